@@ -1,0 +1,602 @@
+//! An interactive terminal client for Sparky that speaks the wire protocol of PROTOCOL.md.
+//!
+//! ```text
+//! cargo run --example client -- [--url ws://127.0.0.1:8000/ws] [--state FILE] [--token T] [--new]
+//! ```
+//!
+//! Type a line to send it as a message; `/cancel` stops the turn in flight; `/quit` or the end
+//! of input leaves. Other lines that start with `/` (`/help`, `/calc 1+2`, …) are ordinary
+//! messages for the server's model. The client saves its `session_id` and the highest `seq` it
+//! has seen in a state file, so a dropped connection or a restarted client resumes the same
+//! session and gets every event it missed.
+//!
+//! The main thread owns the WebSocket and polls it with a short read timeout, sending typed
+//! lines in between; a second thread only reads stdin. Polling is fine for one client with one
+//! connection; the server must never do it.
+
+use std::collections::VecDeque;
+use std::fs;
+use std::io::{self, BufRead, IsTerminal, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sparky::protocol::{
+    ClientFrame, ConnectData, ErrorCode, MessageData, ServerEnvelope, ServerFrame, StatusCode,
+    StatusData, ToolStatus, TurnId,
+};
+use tungstenite::{Message, WebSocket};
+
+/// How long one read waits before the loop looks at stdin again.
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// Bound on TCP connect, the handshake and each write, so a dead server cannot hang the client.
+const NETWORK_TIMEOUT: Duration = Duration::from_secs(5);
+/// The wait before reconnecting starts here and doubles after each failure, up to the maximum.
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Lines the stdin thread may read ahead of the main loop before it waits.
+const INPUT_QUEUE_LEN: usize = 64;
+
+const PLAIN: &str = "";
+const DIM: &str = "\x1b[2m";
+const RED: &str = "\x1b[31m";
+const YELLOW: &str = "\x1b[33m";
+
+/// Command-line flags.
+#[derive(Debug, Parser)]
+#[command(about = "Interactive terminal client for the Sparky chat server")]
+struct Args {
+    /// WebSocket URL of the server (ws:// only: this client has no TLS).
+    #[arg(long, default_value = "ws://127.0.0.1:8000/ws")]
+    url: String,
+    /// File that keeps the session id and the last seen seq between runs.
+    #[arg(long, default_value = ".sparky-client.state.json")]
+    state: PathBuf,
+    /// Credential for a server that requires one.
+    #[arg(long)]
+    token: Option<String>,
+    /// Start a new session instead of resuming the one in the state file.
+    #[arg(long)]
+    new: bool,
+}
+
+/// The resume point kept in the state file.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct SavedState {
+    session_id: Option<String>,
+    /// The highest `seq` seen in `session_id`; 0 when none yet.
+    #[serde(default)]
+    last_seq: u64,
+}
+
+/// What a line typed by the user asks for.
+#[derive(Debug)]
+enum Command {
+    Send(ClientFrame),
+    Quit,
+}
+
+/// Why a connection ended.
+#[derive(Debug)]
+enum End {
+    /// The user quit, or input ended and everything typed was sent.
+    Quit,
+    /// The connection was lost or could not be made; reconnecting may help.
+    Lost(String),
+    /// Reconnecting cannot help (refused credentials, session taken over).
+    Fatal(String),
+}
+
+/// The client: its resume point, what is still to be sent, and the screen.
+#[derive(Debug)]
+struct Client {
+    args: Args,
+    /// Host and port from `--url`, checked once at startup.
+    addr: (String, u16),
+    state: SavedState,
+    input: Receiver<Command>,
+    /// Set once the stdin thread has ended: the client quits when the outbox is empty.
+    input_closed: bool,
+    /// Frames typed but not yet written, kept across reconnects.
+    outbox: VecDeque<ClientFrame>,
+    /// True once this connection got `ready`; only then is the outbox sent, so that a line is
+    /// not written into a connection the server is about to refuse.
+    ready: bool,
+    connected_before: bool,
+    backoff: Duration,
+    save_failed: bool,
+    screen: Screen,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let addr = match host_and_port(&args.url) {
+        Ok(addr) => addr,
+        Err(e) => return fail(2, &format!("bad --url {}: {e}", args.url)),
+    };
+    let color = io::stdout().is_terminal();
+    let mut screen = Screen {
+        color,
+        stream: None,
+        mid_line: false,
+    };
+    let state = if args.new {
+        SavedState::default()
+    } else {
+        load_state(&args.state).unwrap_or_else(|e| {
+            screen.notice(&format!("ignoring {}: {e}", args.state.display()));
+            SavedState::default()
+        })
+    };
+    let input = match spawn_stdin_reader() {
+        Ok(input) => input,
+        Err(e) => return fail(1, &format!("cannot start the stdin thread: {e}")),
+    };
+    let mut client = Client {
+        args,
+        addr,
+        state,
+        input,
+        input_closed: false,
+        outbox: VecDeque::new(),
+        ready: false,
+        connected_before: false,
+        backoff: FIRST_BACKOFF,
+        save_failed: false,
+        screen,
+    };
+    client.run()
+}
+
+impl Client {
+    /// Connects, talks, and reconnects with backoff until the user quits or retrying cannot help.
+    fn run(&mut self) -> ExitCode {
+        loop {
+            let end = match self.open() {
+                Ok(mut ws) => {
+                    let end = self.converse(&mut ws);
+                    if matches!(end, End::Quit) {
+                        close_gracefully(&mut ws);
+                    }
+                    end
+                }
+                Err(reason) => End::Lost(reason),
+            };
+            match end {
+                End::Quit => break,
+                End::Fatal(reason) => return fail(1, &reason),
+                End::Lost(reason) => {
+                    let delay = self.backoff.as_secs_f64();
+                    let notice = format!("disconnected: {reason}; retrying in {delay:.1} s");
+                    self.screen.notice(&notice);
+                }
+            }
+            let deadline = Instant::now() + self.backoff;
+            if !self.take_input(deadline) {
+                break;
+            }
+            // Input has ended: keep trying only while there are lines left to deliver.
+            if self.input_closed && self.outbox.is_empty() {
+                break;
+            }
+            thread::sleep(deadline.saturating_duration_since(Instant::now()));
+            self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        }
+        if !self.outbox.is_empty() {
+            let notice = format!("{} unsent line(s) dropped", self.outbox.len());
+            self.screen.notice(&notice);
+        }
+        ExitCode::SUCCESS
+    }
+
+    /// Opens the TCP connection and does the WebSocket handshake.
+    fn open(&self) -> Result<WebSocket<TcpStream>, String> {
+        let stream = connect_tcp(&self.addr)?;
+        // The handshake reads with the long timeout; only then does polling start.
+        let socket = |e: io::Error| format!("socket: {e}");
+        stream
+            .set_read_timeout(Some(NETWORK_TIMEOUT))
+            .map_err(socket)?;
+        stream
+            .set_write_timeout(Some(NETWORK_TIMEOUT))
+            .map_err(socket)?;
+        let (mut ws, _response) = tungstenite::client(self.args.url.as_str(), stream)
+            .map_err(|e| format!("handshake: {e}"))?;
+        ws.get_mut()
+            .set_read_timeout(Some(POLL_INTERVAL))
+            .map_err(socket)?;
+        Ok(ws)
+    }
+
+    /// Sends `connect`, then alternates between showing what arrived and sending what was typed.
+    fn converse(&mut self, ws: &mut WebSocket<TcpStream>) -> End {
+        self.ready = false;
+        let connect = ClientFrame::Connect(ConnectData {
+            session_id: self.state.session_id.clone(),
+            last_seq: self.state.session_id.as_ref().map(|_| self.state.last_seq),
+            token: self.args.token.clone(),
+            ..ConnectData::default()
+        });
+        if let Err(e) = send(ws, &connect) {
+            return End::Lost(e);
+        }
+        loop {
+            // Read until a read times out, which means the server has nothing more for now.
+            loop {
+                let message = match ws.read() {
+                    Ok(message) => message,
+                    Err(tungstenite::Error::Io(e)) if is_timeout(&e) => break,
+                    Err(e) => return End::Lost(e.to_string()),
+                };
+                match message {
+                    Message::Text(text) => {
+                        if let Some(end) = self.on_text(text.as_str()) {
+                            return end;
+                        }
+                    }
+                    Message::Close(frame) => {
+                        let why = frame.map(|frame| format!(" ({frame})")).unwrap_or_default();
+                        return End::Lost(format!("closed by the server{why}"));
+                    }
+                    // Binary frames are not part of the protocol; tungstenite answers pings.
+                    _ => {}
+                }
+            }
+            if !self.take_input(Instant::now()) {
+                return End::Quit;
+            }
+            while self.ready
+                && let Some(frame) = self.outbox.front()
+            {
+                if let Err(e) = send(ws, frame) {
+                    return End::Lost(e);
+                }
+                self.outbox.pop_front();
+            }
+            if self.input_closed && self.outbox.is_empty() {
+                return End::Quit;
+            }
+        }
+    }
+
+    /// Handles one text frame: shows it, and records its `seq` so a reconnect resumes after it.
+    fn on_text(&mut self, text: &str) -> Option<End> {
+        // A client must ignore what it does not understand, so a frame that is not JSON is
+        // skipped, and one of an unknown type is not shown but its `seq` still counts.
+        let value: Value = serde_json::from_str(text).ok()?;
+        let seq = value.get("seq").and_then(Value::as_u64);
+        if seq.is_some_and(|seq| seq <= self.state.last_seq) {
+            return None; // Already seen: a replay may overlap what this client showed.
+        }
+        // Decoding maps codes this build does not know to `Unknown`; the raw text says more.
+        let code = value
+            .pointer("/data/code")
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+            .to_owned();
+        let end = serde_json::from_value::<ServerEnvelope>(value)
+            .ok()
+            .and_then(|envelope| self.show(envelope.frame, &code));
+        if let Some(seq) = seq {
+            self.state.last_seq = seq;
+            self.save();
+        }
+        end
+    }
+
+    /// Prints one frame in the style of its kind; returns how the connection ends, if it does.
+    fn show(&mut self, frame: ServerFrame, code: &str) -> Option<End> {
+        let screen = &mut self.screen;
+        match frame {
+            ServerFrame::SessionInfo {
+                session_id, is_new, ..
+            } => {
+                if self.state.session_id.as_deref() != Some(session_id.as_str()) {
+                    if self.state.session_id.is_some() {
+                        screen.notice("the saved session is gone; the server started a new one");
+                    }
+                    self.state = SavedState {
+                        session_id: Some(session_id.to_string()),
+                        last_seq: 0,
+                    };
+                    self.save();
+                }
+                let verb = if self.connected_before {
+                    "reconnected to"
+                } else {
+                    "connected to"
+                };
+                let new = if is_new { " new" } else { "" };
+                let (short, after) = (session_id.short(), self.state.last_seq);
+                let notice = format!("{verb}{new} session {short}, resuming after seq {after}");
+                self.screen.notice(&notice);
+                // Only a connection that got this far resets the backoff, so that a server
+                // which accepts and then drops every connection is not hammered.
+                self.backoff = FIRST_BACKOFF;
+            }
+            ServerFrame::Ready { tools, model, .. } => {
+                if !self.connected_before {
+                    screen.say(DIM, &format!("model {model}; tools: {}", tools.join(", ")));
+                }
+                self.ready = true;
+                self.connected_before = true;
+            }
+            ServerFrame::UserMessage { text, .. } => screen.say(PLAIN, &format!("you> {text}")),
+            ServerFrame::Thought { text, .. } => screen.say(DIM, &format!("think> {text}")),
+            ServerFrame::ToolUse { name, args, .. } => {
+                screen.say(PLAIN, &format!("tool> {name} {args}"));
+            }
+            ServerFrame::ToolResult {
+                name,
+                status,
+                result,
+                ..
+            } => match status {
+                ToolStatus::Success => screen.say(PLAIN, &format!("tool> {name} -> {result}")),
+                ToolStatus::Error => screen.say(RED, &format!("tool> {name} failed: {result}")),
+            },
+            ServerFrame::MessageDelta { turn_id, text } => screen.delta(turn_id, &text),
+            ServerFrame::Message { turn_id, text } => screen.answer(turn_id, &text),
+            ServerFrame::Status(status) => {
+                screen.say(YELLOW, &describe_status(&status, code));
+                if status.code == StatusCode::TakenOver {
+                    let reason = "another connection took over this session; run again to resume";
+                    return Some(End::Fatal(reason.to_owned()));
+                }
+            }
+            ServerFrame::Error {
+                turn_id,
+                code: error_code,
+                message,
+            } => {
+                let turn = turn_id
+                    .map(|turn| format!(" (turn {turn})"))
+                    .unwrap_or_default();
+                screen.say(RED, &format!("[error {code}] {message}{turn}"));
+                if error_code == ErrorCode::Unauthorized {
+                    return Some(End::Fatal("the server refused the credentials".to_owned()));
+                }
+            }
+        }
+        None
+    }
+
+    /// Moves typed commands into the outbox, waiting for more until `deadline` (a deadline now
+    /// does not wait); false when the user asked to quit.
+    fn take_input(&mut self, deadline: Instant) -> bool {
+        while !self.input_closed {
+            match self.input.recv_deadline(deadline) {
+                Ok(Command::Send(frame)) => self.outbox.push_back(frame),
+                Ok(Command::Quit) => return false,
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) => self.input_closed = true,
+            }
+        }
+        true
+    }
+
+    /// Writes the resume point; a failure is reported once, since the session goes on without it.
+    fn save(&mut self) {
+        if let Err(e) = save_state(&self.args.state, &self.state)
+            && !self.save_failed
+        {
+            self.save_failed = true;
+            self.screen
+                .notice(&format!("cannot save {}: {e}", self.args.state.display()));
+        }
+    }
+}
+
+/// Writes to stdout, keeping a streamed answer on one line.
+#[derive(Debug)]
+struct Screen {
+    /// Whether to use ANSI colours: only when stdout is a terminal.
+    color: bool,
+    /// The turn whose answer is streaming, and the text of it printed so far.
+    stream: Option<(TurnId, String)>,
+    /// True while the cursor stands after streamed text rather than at the start of a line.
+    mid_line: bool,
+}
+
+impl Screen {
+    /// Prints a whole line in `style`, first ending a streamed answer that is still open.
+    fn say(&mut self, style: &str, text: &str) {
+        self.end_stream_line();
+        if self.color && !style.is_empty() {
+            self.write(&format!("{style}{text}\x1b[0m\n"));
+        } else {
+            self.write(&format!("{text}\n"));
+        }
+    }
+
+    /// Prints a line of the client's own, set apart from the server's frames.
+    fn notice(&mut self, text: &str) {
+        self.say(YELLOW, &format!("-- {text}"));
+    }
+
+    /// Prints a piece of a streamed answer inline.
+    fn delta(&mut self, turn_id: TurnId, text: &str) {
+        if self
+            .stream
+            .as_ref()
+            .is_none_or(|(turn, _)| *turn != turn_id)
+        {
+            self.end_stream_line();
+            self.stream = Some((turn_id, String::new()));
+        }
+        if !self.mid_line {
+            self.write("bot> ");
+            self.mid_line = true;
+        }
+        self.write(text);
+        if let Some((_, streamed)) = &mut self.stream {
+            streamed.push_str(text);
+        }
+    }
+
+    /// Prints the final answer, or only ends the line when its deltas already showed all of it.
+    /// (After a client restart, replay may hold only the tail of the deltas: then the whole
+    /// answer is printed again.)
+    fn answer(&mut self, turn_id: TurnId, text: &str) {
+        let stream = self.stream.take();
+        if stream.is_some_and(|(turn, streamed)| turn == turn_id && streamed == text) {
+            self.end_stream_line();
+        } else {
+            self.say(PLAIN, &format!("bot> {text}"));
+        }
+    }
+
+    fn end_stream_line(&mut self) {
+        if self.mid_line {
+            self.mid_line = false;
+            self.write("\n");
+        }
+    }
+
+    fn write(&self, text: &str) {
+        let mut out = io::stdout().lock();
+        // A closed stdout is no reason to panic or to drop the session, so errors are ignored.
+        let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+    }
+}
+
+/// The one-line form of a `status`: its code, message, and whichever extra fields it carries.
+fn describe_status(status: &StatusData, code: &str) -> String {
+    let details = [
+        status
+            .from
+            .zip(status.to)
+            .map(|(from, to)| format!("events {from}..{to} are lost")),
+        status.attempt.map(|attempt| format!("attempt {attempt}")),
+        status.delay_ms.map(|delay_ms| format!("in {delay_ms} ms")),
+        status.turn_id.map(|turn| format!("turn {turn}")),
+    ];
+    let details: Vec<String> = details.into_iter().flatten().collect();
+    let details = if details.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", details.join(", "))
+    };
+    format!("[{code}] {}{details}", status.message)
+}
+
+/// Starts the thread that turns stdin lines into commands; it ends after `/quit` or at EOF.
+///
+/// The thread is left detached: a blocking read of stdin cannot be interrupted, and the process
+/// exit ends it.
+fn spawn_stdin_reader() -> io::Result<Receiver<Command>> {
+    let (sender, receiver) = crossbeam_channel::bounded(INPUT_QUEUE_LEN);
+    let body = move || {
+        for line in io::stdin().lock().lines() {
+            let line = match line {
+                Ok(line) => line,
+                // A line that is not UTF-8 has been consumed all the same, so reading goes on.
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => continue,
+                Err(_) => break,
+            };
+            let command = match line.trim() {
+                "" => continue,
+                "/quit" => Command::Quit,
+                "/cancel" => Command::Send(ClientFrame::Cancel {}),
+                _ => Command::Send(ClientFrame::Message(MessageData { text: line })),
+            };
+            let quit = matches!(command, Command::Quit);
+            if sender.send(command).is_err() || quit {
+                break;
+            }
+        }
+    };
+    thread::Builder::new()
+        .name("stdin".to_owned())
+        .spawn(body)?;
+    Ok(receiver)
+}
+
+/// Checks the URL and returns the host and port to open a TCP connection to.
+fn host_and_port(url: &str) -> Result<(String, u16), String> {
+    let uri: tungstenite::http::Uri = url.parse().map_err(|e| format!("{e}"))?;
+    match uri.scheme_str() {
+        Some("ws") => {}
+        Some("wss") => return Err("wss:// needs TLS, which this client does not have".to_owned()),
+        _ => return Err("the URL must start with ws://".to_owned()),
+    }
+    let host = uri.host().ok_or("the URL has no host")?;
+    // An IPv6 host comes bracketed, as in the URL; address resolution wants it bare.
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Ok((host.to_owned(), uri.port_u16().unwrap_or(80)))
+}
+
+/// Opens a TCP connection to the first address of the host that answers within the timeout.
+fn connect_tcp((host, port): &(String, u16)) -> Result<TcpStream, String> {
+    let addrs = (host.as_str(), *port)
+        .to_socket_addrs()
+        .map_err(|e| format!("{host}: {e}"))?;
+    let mut last_error = format!("no address for {host}");
+    for addr in addrs {
+        match TcpStream::connect_timeout(&addr, NETWORK_TIMEOUT) {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last_error = format!("connect to {addr}: {e}"),
+        }
+    }
+    Err(last_error)
+}
+
+/// Encodes a client frame and writes it.
+fn send(ws: &mut WebSocket<TcpStream>, frame: &ClientFrame) -> Result<(), String> {
+    let text = serde_json::to_string(frame).map_err(|e| format!("encode: {e}"))?;
+    ws.send(Message::text(text)).map_err(|e| e.to_string())
+}
+
+/// Sends a close frame and waits briefly for the server's, so that the socket is not reset
+/// while the server still has lines just sent to read.
+fn close_gracefully(ws: &mut WebSocket<TcpStream>) {
+    if ws.close(None).is_err() {
+        return;
+    }
+    let deadline = Instant::now() + NETWORK_TIMEOUT;
+    while Instant::now() < deadline {
+        match ws.read() {
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e)) if is_timeout(&e) => {}
+            Err(_) => break, // `ConnectionClosed`: the close handshake is done.
+        }
+    }
+}
+
+/// True for the errors a read timeout produces: nothing has arrived yet.
+fn is_timeout(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+/// Reads the state file; a missing file is a fresh start.
+fn load_state(path: &Path) -> Result<SavedState, String> {
+    match fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| e.to_string()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(SavedState::default()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Writes the state to a temporary file beside `path` and renames it over `path`, so that a
+/// crash mid-write never leaves a torn file.
+fn save_state(path: &Path, state: &SavedState) -> io::Result<()> {
+    let mut temp = path.as_os_str().to_owned();
+    temp.push(format!(".{}.tmp", std::process::id()));
+    fs::write(&temp, serde_json::to_vec_pretty(state)?)?;
+    fs::rename(&temp, path)
+}
+
+/// Reports an error that ends the client on stderr and returns the exit status.
+fn fail(status: u8, message: &str) -> ExitCode {
+    let _ = writeln!(io::stderr(), "sparky client: {message}");
+    ExitCode::from(status)
+}

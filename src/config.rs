@@ -1,0 +1,109 @@
+//! `Config`: everything a server can be told at start. Plain data; depends on nothing in the
+//! crate. `main.rs` fills it from the command line; tests fill it by hand.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The settings of one server. [`Config::default`] is what `sparky` runs with when given no flags.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where to listen.
+    pub addr: SocketAddr,
+    /// Where persistent data lives.
+    pub data_dir: PathBuf,
+    /// How long a session with no connection is kept.
+    pub session_timeout: Duration,
+    /// Open WebSocket connections at most; an upgrade past it gets HTTP 503.
+    pub max_connections: usize,
+    /// Live connections of one session at most; one more takes over from the oldest.
+    pub max_connections_per_session: usize,
+    /// Sessions at most; a `connect` that would create one more gets `server_busy`.
+    pub max_sessions: usize,
+    /// Largest WebSocket frame or message, in bytes; a larger one closes the connection (1009).
+    pub max_frame_bytes: usize,
+    /// Longest `text` of a message, in characters; a longer one gets `too_large`.
+    pub max_text_chars: usize,
+    /// Events kept per session for replay.
+    pub event_log_capacity: usize,
+    /// Frames queued for one connection at most; a connection that falls further behind is
+    /// closed and catches up by replay when it reconnects.
+    pub outbox_capacity: usize,
+    /// How long a connection may sit idle before the server pings it; it is dropped when the
+    /// next interval passes with no answer.
+    pub ping_interval: Duration,
+    /// How long a write to a client may stall before the connection is dropped.
+    pub write_timeout: Duration,
+    /// How long a new TCP connection has to send its request head.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            data_dir: PathBuf::from("sparky-data"),
+            session_timeout: Duration::from_secs(60 * 60),
+            max_connections: 20_000,
+            max_connections_per_session: 8,
+            max_sessions: 100_000,
+            max_frame_bytes: 1 << 20,
+            max_text_chars: 100_000,
+            event_log_capacity: 1_000,
+            outbox_capacity: 1_024,
+            ping_interval: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Reads a duration written as a number and a unit: `500ms`, `90s`, `60m`, `2h`, `1d`. A bare
+/// number is seconds.
+///
+/// # Errors
+///
+/// A message saying what is wrong with the text.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 90s, 60m or 2h"))?;
+    let millis_per_unit = match unit.trim() {
+        "ms" => 1,
+        "" | "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {text:?}; use ms, s, m, h or d"
+            ));
+        }
+    };
+    number
+        .checked_mul(millis_per_unit)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("{text:?} is too long"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_durations_with_units() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("60m"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
+        assert!(parse_duration("5 weeks").is_err());
+        assert!(parse_duration("m").is_err());
+        assert!(parse_duration("99999999999999999999h").is_err());
+    }
+}

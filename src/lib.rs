@@ -1,0 +1,42 @@
+//! Sparky: a self-hosted chat-agent server.
+//!
+//! # Bird's-eye view
+//!
+//! One TCP port serves HTTP and WebSocket ([`server`]). Each connection gets one OS thread
+//! ([`connection`]) that sleeps in `poll(2)` on its socket and a wake-up fd. A `connect` frame
+//! attaches the connection to a [`session::Session`], which holds the bot, its short-term
+//! knowledge and its event log. Each user message opens a turn that runs on a worker thread of
+//! its own ([`worker`]); the turn's agent loop ([`bot`]) asks the model ([`model`]), runs tools
+//! ([`tools`]) and hands every event to the session, which numbers it, logs it and passes it to
+//! every attached connection.
+//!
+//! # Reading order
+//!
+//! [`protocol`], [`server`], [`connection`], [`session`], [`bot`], then the capabilities
+//! ([`model`], [`tools`], [`knowledge`]). ARCHITECTURE.md has the rules that hold between them.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+// Vocabulary: plain data, no IO, no threads.
+pub mod cancel;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod protocol;
+// Capabilities: may do IO, never touch client sockets.
+pub mod knowledge;
+pub mod model;
+pub mod tools;
+// Domain.
+pub mod bot;
+pub mod session;
+pub mod worker;
+// Transport.
+pub mod connection;
+pub mod http;
+pub mod server;
+
+pub use config::Config;
+pub use server::{ServerHandle, bind, spawn};

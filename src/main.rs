@@ -1,0 +1,112 @@
+//! The `sparky` binary: reads flags, sets up logging, binds, and runs the server. No logic of
+//! its own.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use simplelog::{ColorChoice, ConfigBuilder, LevelFilter, TermLogger, TerminalMode};
+
+use sparky::config::{Config, parse_duration};
+
+/// A self-hosted chat-agent server: WebSocket chat with a thinking, tool-using bot.
+#[derive(Debug, Parser)]
+#[command(name = "sparky", version, about)]
+struct Args {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    addr: SocketAddr,
+    /// Directory for persistent data.
+    #[arg(long, default_value = "sparky-data")]
+    data_dir: PathBuf,
+    /// How long a session with no connection is kept, e.g. 90s, 60m, 2h.
+    #[arg(long, default_value = "60m", value_parser = parse_duration)]
+    session_timeout: Duration,
+    /// Log level: error, warn, info, debug or trace.
+    #[arg(long, default_value = "info")]
+    log_level: LevelFilter,
+    /// Open WebSocket connections at most; an upgrade past it gets HTTP 503.
+    #[arg(long, default_value_t = Config::default().max_connections)]
+    max_connections: usize,
+    /// Live connections per session; one more takes over from the oldest.
+    #[arg(long, default_value_t = Config::default().max_connections_per_session)]
+    max_connections_per_session: usize,
+    /// Sessions at most; a connect past it gets server_busy.
+    #[arg(long, default_value_t = Config::default().max_sessions)]
+    max_sessions: usize,
+    /// Largest WebSocket frame or message in bytes; a larger one closes the connection (1009).
+    #[arg(long, default_value_t = Config::default().max_frame_bytes)]
+    max_frame_bytes: usize,
+    /// Longest message text in characters; a longer one gets too_large.
+    #[arg(long, default_value_t = Config::default().max_text_chars)]
+    max_text_chars: usize,
+    /// Events kept per session for replay (at least 1000 is what clients may expect).
+    #[arg(long, default_value_t = Config::default().event_log_capacity)]
+    event_log_capacity: usize,
+    /// How long a connection may be quiet before it is pinged, e.g. 30s.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    ping_interval: Duration,
+    /// How long a write to a client may stall before the connection is dropped.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    write_timeout: Duration,
+    /// How long a new connection has to send its request head.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    handshake_timeout: Duration,
+}
+
+impl Args {
+    fn into_config(self) -> Config {
+        Config {
+            addr: self.addr,
+            data_dir: self.data_dir,
+            session_timeout: self.session_timeout,
+            max_connections: self.max_connections,
+            max_connections_per_session: self.max_connections_per_session,
+            max_sessions: self.max_sessions,
+            max_frame_bytes: self.max_frame_bytes,
+            max_text_chars: self.max_text_chars,
+            event_log_capacity: self.event_log_capacity,
+            ping_interval: self.ping_interval,
+            write_timeout: self.write_timeout,
+            handshake_timeout: self.handshake_timeout,
+            ..Config::default()
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let log_config = ConfigBuilder::new()
+        .set_thread_level(LevelFilter::Off)
+        .build();
+    // Logs go to stderr, so that stdout carries only the `listening on` line.
+    let _ = TermLogger::init(
+        args.log_level,
+        log_config,
+        TerminalMode::Stderr,
+        ColorChoice::Auto,
+    );
+    let config = args.into_config();
+
+    let listener = match sparky::bind(config.addr) {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("sparky: cannot listen on {}: {e}", config.addr);
+            return ExitCode::FAILURE;
+        }
+    };
+    let handle = match sparky::spawn(listener, config) {
+        Ok(handle) => handle,
+        Err(e) => {
+            eprintln!("sparky: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("listening on http://{}", handle.addr());
+    let _ = std::io::stdout().flush();
+    handle.wait();
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,126 @@
+//! The model side of a turn: the conversation it sees (`ChatMessage`), what it answers
+//! (`ModelReply`), and the `ModelBackend` trait that each provider implements. Depends on
+//! `cancel` and `error`.
+
+pub mod offline;
+
+use serde_json::Value;
+
+use crate::error::Result;
+
+/// Who said a message of the conversation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// The system prompt.
+    System,
+    /// The person.
+    User,
+    /// The bot.
+    Assistant,
+    /// A tool's answer to one of the bot's calls.
+    Tool,
+}
+
+/// A call to a tool that the model asked for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ToolCall {
+    /// Pairs the call with its result; unique within a turn.
+    pub id: String,
+    /// The tool's name in the ToolChain.
+    pub name: String,
+    /// The arguments: a JSON object.
+    pub args: Value,
+}
+
+/// One message of the conversation a model sees.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChatMessage {
+    /// Who said it.
+    pub role: Role,
+    /// What was said (for a tool message: the tool's output).
+    pub content: String,
+    /// For an assistant message: the tools it called.
+    pub tool_calls: Vec<ToolCall>,
+    /// For a tool message: the call it answers.
+    pub tool_call_id: Option<String>,
+    /// For a tool message: whether the tool failed.
+    pub is_error: bool,
+}
+
+impl ChatMessage {
+    /// A message with only a role and text.
+    pub fn text(role: Role, content: impl Into<String>) -> Self {
+        ChatMessage {
+            role,
+            content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+            is_error: false,
+        }
+    }
+
+    /// An assistant message that calls tools.
+    pub fn tool_calls(content: impl Into<String>, calls: Vec<ToolCall>) -> Self {
+        ChatMessage {
+            tool_calls: calls,
+            ..Self::text(Role::Assistant, content)
+        }
+    }
+
+    /// A tool's answer to the call `call_id`.
+    pub fn tool_result(call_id: &str, content: impl Into<String>, is_error: bool) -> Self {
+        ChatMessage {
+            tool_call_id: Some(call_id.to_owned()),
+            is_error,
+            ..Self::text(Role::Tool, content)
+        }
+    }
+}
+
+/// A tool as the model is told about it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ToolSpec {
+    /// The name to call it by.
+    pub name: String,
+    /// What it does, for the model to decide when to use it.
+    pub description: String,
+    /// The JSON Schema of its arguments.
+    pub parameters: Value,
+}
+
+/// What a model answered in one step: text, or tool calls, or both.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ModelReply {
+    /// The answer text (empty when the step only calls tools).
+    pub text: String,
+    /// The tools to call before the next step; empty for a final answer.
+    pub tool_calls: Vec<ToolCall>,
+}
+
+/// Where a backend sends what it produces while it works.
+pub trait ReplySink {
+    /// Reasoning to show the user.
+    fn thought(&mut self, text: &str);
+    /// A streamed piece of the answer.
+    fn delta(&mut self, text: &str);
+    /// True once the turn is cancelled: the backend stops as soon as it can.
+    fn is_cancelled(&self) -> bool;
+}
+
+/// A language model provider.
+pub trait ModelBackend: Send + Sync {
+    /// The name clients see in `ready`.
+    fn name(&self) -> &str;
+
+    /// Runs one step of the conversation.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Model`](crate::error::Error::Model) when the provider fails.
+    fn complete(
+        &self,
+        messages: &[ChatMessage],
+        tools: &[ToolSpec],
+        sink: &mut dyn ReplySink,
+    ) -> Result<ModelReply>;
+}

@@ -1,0 +1,381 @@
+//! The server: binding, the accept loop, one thread per connection, the connection limit, the
+//! session reaper, and shutdown. [`spawn`] returns a [`ServerHandle`]; [`run`] blocks.
+//!
+//! Depends on everything above it; only this file and `connection.rs` touch sockets.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Sender, select, tick};
+use parking_lot::Mutex;
+use tungstenite::WebSocket;
+use tungstenite::protocol::{Role, WebSocketConfig};
+
+use crate::bot::Engine;
+use crate::config::Config;
+use crate::connection::{Connection, ConnectionContext, Waker};
+use crate::error::{Error, Result};
+use crate::http::{self, HeadError, Response, Route, ServerView};
+use crate::metrics::Metrics;
+use crate::model::offline::OfflineModel;
+use crate::session::SessionManager;
+use crate::tools::ToolChain;
+
+/// Stack of a connection thread. Only touched pages count towards memory, and a connection
+/// touches little: this leaves room for serde_json's recursion limit of 128 on hostile input.
+const CONNECTION_STACK_BYTES: usize = 256 * 1024;
+
+/// The listen backlog. std's 128 makes a burst of a few hundred connects wait a second for SYN
+/// retries.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// tungstenite's read buffer per connection. Chat frames are small; the default 128 KiB, zeroed
+/// on each read, costs memory and throughput.
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+
+/// Bytes tungstenite gathers before it writes on its own; the connection flushes after each
+/// batch anyway, so this only bounds one batch.
+const WRITE_BUFFER_BYTES: usize = 64 * 1024;
+
+/// Bytes tungstenite may hold for a peer that is not reading before the connection is dropped.
+const MAX_WRITE_BUFFER_BYTES: usize = 8 << 20;
+
+/// Model steps per turn.
+const MAX_STEPS: usize = 8;
+
+/// Binds a listener with a large backlog.
+///
+/// # Errors
+///
+/// When the address cannot be bound.
+pub fn bind(addr: SocketAddr) -> Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )
+    .map_err(|e| Error::io("socket", e))?;
+    socket
+        .set_reuse_address(true)
+        .map_err(|e| Error::io("SO_REUSEADDR", e))?;
+    socket
+        .bind(&addr.into())
+        .map_err(|e| Error::io("bind", e))?;
+    socket
+        .listen(LISTEN_BACKLOG)
+        .map_err(|e| Error::io("listen", e))?;
+    Ok(socket.into())
+}
+
+/// The engine the server runs on by default: the offline model and the built-in tools.
+pub fn default_engine() -> Engine {
+    Engine {
+        model: Arc::new(OfflineModel),
+        tools: Arc::new(ToolChain::builtin()),
+        max_steps: MAX_STEPS,
+    }
+}
+
+/// Starts a server on `listener` with the default engine, and returns at once.
+///
+/// # Errors
+///
+/// When the listener's address cannot be read or a thread cannot be started.
+pub fn spawn(listener: TcpListener, config: Config) -> Result<ServerHandle> {
+    spawn_with(listener, config, default_engine())
+}
+
+/// Starts a server on `listener` running `engine`, and returns at once.
+///
+/// # Errors
+///
+/// When the listener's address cannot be read or a thread cannot be started.
+pub fn spawn_with(listener: TcpListener, config: Config, engine: Engine) -> Result<ServerHandle> {
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::io("local_addr", e))?;
+    let config = Arc::new(config);
+    let metrics = Arc::new(Metrics::default());
+    let sessions = SessionManager::new(config.clone(), engine, metrics.clone());
+    let shared = Arc::new(Shared {
+        ctx: ConnectionContext {
+            config: config.clone(),
+            sessions,
+            metrics,
+            shutdown: Arc::new(AtomicBool::new(false)),
+        },
+        wakers: Mutex::new(HashMap::new()),
+        websockets: AtomicUsize::new(0),
+        next_id: AtomicU64::new(1),
+        started: Instant::now(),
+    });
+
+    let accept_shared = shared.clone();
+    let accept = thread::Builder::new()
+        .name("accept".into())
+        .spawn(move || accept_loop(&listener, &accept_shared))
+        .map_err(Error::Spawn)?;
+
+    let (reaper_stop, stopped) = crossbeam_channel::bounded::<()>(1);
+    let reaper_sessions = shared.ctx.sessions.clone();
+    let every =
+        (config.session_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(30));
+    let reaper = thread::Builder::new()
+        .name("reaper".into())
+        .spawn(move || {
+            let ticker = tick(every);
+            loop {
+                select! {
+                    recv(ticker) -> _ => { reaper_sessions.reap_expired(); }
+                    recv(stopped) -> _ => return,
+                }
+            }
+        })
+        .map_err(Error::Spawn)?;
+
+    log::info!("server: listening on {addr}");
+    Ok(ServerHandle {
+        addr,
+        shared,
+        accept: Some(accept),
+        reaper: Some(reaper),
+        reaper_stop: Some(reaper_stop),
+    })
+}
+
+/// Runs a server on `listener` until the process ends.
+///
+/// # Errors
+///
+/// As [`spawn`].
+pub fn run(listener: TcpListener, config: Config) -> Result<()> {
+    spawn(listener, config)?.wait();
+    Ok(())
+}
+
+/// A running server. Dropping it shuts the server down.
+#[derive(Debug)]
+pub struct ServerHandle {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    accept: Option<JoinHandle<()>>,
+    reaper: Option<JoinHandle<()>>,
+    reaper_stop: Option<Sender<()>>,
+}
+
+impl ServerHandle {
+    /// The address the server listens on (with the real port when bound to port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The session map, for tests and tools that look inside.
+    pub fn sessions(&self) -> &SessionManager {
+        &self.shared.ctx.sessions
+    }
+
+    /// The server's counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.ctx.metrics
+    }
+
+    /// WebSocket connections open now.
+    pub fn connection_count(&self) -> usize {
+        self.shared.websockets.load(Ordering::SeqCst)
+    }
+
+    /// Blocks until the server is shut down from another thread (or the process ends).
+    pub fn wait(mut self) {
+        if let Some(accept) = self.accept.take() {
+            let _ = accept.join();
+        }
+    }
+
+    /// Stops accepting, closes every WebSocket with 1001, cancels turns in flight, and waits
+    /// for the accept and reaper threads.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        let Some(accept) = self.accept.take() else {
+            return;
+        };
+        self.shared.ctx.shutdown.store(true, Ordering::SeqCst);
+        // A connection to ourselves wakes the blocking accept(); it sees the flag and returns.
+        let _ = TcpStream::connect_timeout(&wake_addr(self.addr), Duration::from_secs(1));
+        let _ = accept.join();
+        for waker in self.shared.wakers.lock().values() {
+            waker.wake();
+        }
+        self.shared.ctx.sessions.cancel_all();
+        drop(self.reaper_stop.take());
+        if let Some(reaper) = self.reaper.take() {
+            let _ = reaper.join();
+        }
+        log::info!("server: stopped");
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// An address that reaches the listener: an unspecified bind address is reached on loopback.
+fn wake_addr(addr: SocketAddr) -> SocketAddr {
+    let mut target = addr;
+    if addr.ip().is_unspecified() {
+        target.set_ip(if addr.is_ipv4() {
+            [127, 0, 0, 1].into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    target
+}
+
+/// What the accept loop and every connection thread share.
+struct Shared {
+    ctx: ConnectionContext,
+    /// Every open WebSocket's waker, so that shutdown can wake them all.
+    wakers: Mutex<HashMap<u64, Arc<Waker>>>,
+    /// Open WebSockets; counted against `max_connections`.
+    websockets: AtomicUsize,
+    next_id: AtomicU64,
+    started: Instant,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("websockets", &self.websockets)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Holds one place under the connection limit, and the connection's waker in the registry;
+/// gives both back on drop.
+struct Slot<'a> {
+    shared: &'a Shared,
+    id: u64,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.shared.wakers.lock().remove(&self.id);
+        self.shared.websockets.fetch_sub(1, Ordering::SeqCst);
+        Metrics::drop_one(&self.shared.ctx.metrics.connections_open);
+    }
+}
+
+impl Shared {
+    /// Takes a place under the limit, or `None` when the server is full.
+    fn try_slot(&self, id: u64, waker: Arc<Waker>) -> Option<Slot<'_>> {
+        let limit = self.ctx.config.max_connections;
+        self.websockets
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()?;
+        self.wakers.lock().insert(id, waker);
+        Metrics::bump(&self.ctx.metrics.connections_open);
+        Metrics::bump(&self.ctx.metrics.connections_total);
+        Some(Slot { shared: self, id })
+    }
+}
+
+fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
+    loop {
+        let accepted = listener.accept();
+        if shared.ctx.shutdown.load(Ordering::SeqCst) {
+            return;
+        }
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Out of descriptors or memory: back off a little instead of spinning.
+                log::warn!("server: accept failed: {e}");
+                thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let thread_shared = shared.clone();
+        let spawned = thread::Builder::new()
+            .name(format!("conn-{peer}"))
+            .stack_size(CONNECTION_STACK_BYTES)
+            .spawn(move || {
+                if let Err(e) = serve(stream, &thread_shared, id) {
+                    log::debug!("connection {id} ({peer}): {e}");
+                }
+            });
+        if let Err(e) = spawned {
+            // The stream went down with the closure: the peer sees its connection closed.
+            log::warn!("server: no thread for {peer}: {e}");
+        }
+    }
+}
+
+/// Serves one accepted socket: reads the request head, then answers HTTP or runs a WebSocket.
+fn serve(mut stream: TcpStream, shared: &Shared, id: u64) -> Result<()> {
+    let config = &shared.ctx.config;
+    stream
+        .set_nodelay(true)
+        .map_err(|e| Error::io("nodelay", e))?;
+    stream
+        .set_write_timeout(Some(config.write_timeout))
+        .map_err(|e| Error::io("write timeout", e))?;
+    let head = match http::read_head(&mut stream, Instant::now() + config.handshake_timeout) {
+        Ok(head) => head,
+        Err(HeadError::Gone(_)) => return Ok(()),
+        Err(HeadError::Bad(response)) => return respond(&mut stream, &response),
+    };
+    let view = ServerView {
+        sessions: &shared.ctx.sessions,
+        metrics: &shared.ctx.metrics,
+        started: shared.started,
+        shutting_down: shared.ctx.shutdown.load(Ordering::SeqCst),
+    };
+    match http::route(&head, &view) {
+        Route::Http(response) => respond(&mut stream, &response),
+        Route::WebSocket => {
+            let answer = match http::upgrade_response(&head) {
+                Ok(answer) => answer,
+                Err(response) => return respond(&mut stream, &response),
+            };
+            let waker = Arc::new(Waker::new()?);
+            let Some(_slot) = shared.try_slot(id, waker.clone()) else {
+                let busy = Response::text(503, "Service Unavailable", "too many connections\n");
+                return respond(&mut stream, &busy);
+            };
+            stream
+                .write_all(answer.as_bytes())
+                .map_err(|e| Error::io("handshake", e))?;
+            stream
+                .set_nonblocking(true)
+                .map_err(|e| Error::io("nonblocking", e))?;
+            let ws_config = WebSocketConfig::default()
+                .read_buffer_size(READ_BUFFER_BYTES)
+                .write_buffer_size(WRITE_BUFFER_BYTES)
+                .max_write_buffer_size(MAX_WRITE_BUFFER_BYTES)
+                .max_message_size(Some(config.max_frame_bytes))
+                .max_frame_size(Some(config.max_frame_bytes));
+            let ws =
+                WebSocket::from_partially_read(stream, head.rest, Role::Server, Some(ws_config));
+            Connection::new(ws, &shared.ctx, id, waker).run()
+        }
+    }
+}
+
+fn respond(stream: &mut TcpStream, response: &Response) -> Result<()> {
+    response
+        .write_to(stream)
+        .map_err(|e| Error::io("http response", e))
+}

@@ -1,0 +1,670 @@
+//! Sessions: `SessionManager` (the map from id to session, creation, resume, expiry), `Session`
+//! (its bot, knowledge, event log, current turn and attached subscribers) and `EventLog`.
+//!
+//! Depends on `bot`, `knowledge`, `cancel`, `config`, `metrics` and `protocol`. A subscriber is
+//! anything with a bounded channel and a way to be woken; this file never learns that it is a
+//! WebSocket.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_channel::{Sender, TrySendError};
+use parking_lot::Mutex;
+
+use crate::bot::{Bot, Engine, Turn, TurnEvents};
+use crate::cancel::CancelFlag;
+use crate::config::Config;
+use crate::knowledge::Knowledge;
+use crate::metrics::Metrics;
+use crate::model::{ChatMessage, Role};
+use crate::protocol::{
+    ConnectData, ErrorCode, HistoryRole, ServerFrame, SessionId, StatusCode, StatusData, TurnId,
+    encode,
+};
+
+/// A frame ready for the wire, shared by the event log and every subscriber it goes to.
+pub type WireText = Arc<str>;
+
+/// What a session hands to one subscriber.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// A frame to send.
+    Text(WireText),
+    /// Close the connection, for this reason, after the frames before it.
+    Close(CloseReason),
+}
+
+/// Why a session closes one of its subscribers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// A newer connection took its place past the per-session limit.
+    TakenOver,
+}
+
+/// Wakes a subscriber that sleeps until it has something to send.
+pub trait Notify: Send + Sync {
+    /// Makes the subscriber look at its channel soon. Cheap, and never blocks.
+    fn notify(&self);
+}
+
+/// One attached connection as the session sees it: a bounded channel and its wake-up.
+pub struct Subscriber {
+    /// Unique for the server's life; used to detach.
+    pub id: u64,
+    /// Where frames go. Dropping it tells the subscriber that the session let go of it.
+    pub sender: Sender<Delivery>,
+    /// Called after each send.
+    pub notify: Arc<dyn Notify>,
+    /// Deliveries queued at most; a subscriber that falls further behind is dropped.
+    pub capacity: usize,
+}
+
+impl fmt::Debug for Subscriber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscriber")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Subscriber {
+    /// Queues a delivery and wakes the subscriber. False when it cannot keep up (its queue is
+    /// full) or is gone: the caller then drops it.
+    fn deliver(&self, delivery: Delivery) -> bool {
+        if self.sender.len() >= self.capacity {
+            log::warn!("subscriber {}: queue full, detaching it", self.id);
+            return false;
+        }
+        match self.sender.try_send(delivery) {
+            Ok(()) => {
+                self.notify.notify();
+                true
+            }
+            Err(TrySendError::Full(_)) => {
+                log::warn!("subscriber {}: queue full, detaching it", self.id);
+                false
+            }
+            Err(TrySendError::Disconnected(_)) => false,
+        }
+    }
+}
+
+/// What a successful `connect` gives the connection.
+#[derive(Debug)]
+pub struct Attachment {
+    /// The session it is now attached to.
+    pub session: Session,
+    /// Frames to send before anything from the subscriber channel: `session_info`, `ready`,
+    /// maybe `status gap`, then the replayed events.
+    pub greeting: Vec<WireText>,
+    /// How many of the greeting's frames are replayed events.
+    pub replayed: usize,
+}
+
+/// A refused `connect`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// The section 7 code.
+    pub code: ErrorCode,
+    /// What to tell the client.
+    pub message: String,
+}
+
+/// The retained events of one session, for replay.
+#[derive(Debug)]
+pub struct EventLog {
+    events: VecDeque<(u64, WireText)>,
+    next_seq: u64,
+    capacity: usize,
+}
+
+impl EventLog {
+    /// An empty log that keeps the last `capacity` events (at least one).
+    pub fn new(capacity: usize) -> Self {
+        EventLog {
+            events: VecDeque::new(),
+            next_seq: 1,
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// The `seq` the next event gets.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Appends the event numbered [`next_seq`](Self::next_seq), dropping the oldest past the
+    /// capacity.
+    pub fn push(&mut self, text: WireText) {
+        if self.events.len() == self.capacity {
+            self.events.pop_front();
+        }
+        self.events.push_back((self.next_seq, text));
+        self.next_seq += 1;
+    }
+
+    /// The events after `last_seq`, and the range of those no longer retained, if any.
+    pub fn since(&self, last_seq: u64) -> (Option<(u64, u64)>, Vec<WireText>) {
+        let first_retained = self.events.front().map_or(self.next_seq, |(seq, _)| *seq);
+        let gap = (last_seq + 1 < first_retained).then(|| (last_seq + 1, first_retained - 1));
+        let skip = (last_seq + 1).saturating_sub(first_retained);
+        let skip = usize::try_from(skip).unwrap_or(usize::MAX);
+        let events = self
+            .events
+            .iter()
+            .skip(skip)
+            .map(|(_, text)| text.clone())
+            .collect();
+        (gap, events)
+    }
+}
+
+/// A cheap-to-clone handle to one session.
+#[derive(Clone)]
+pub struct Session {
+    inner: Arc<SessionInner>,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.inner.id)
+            .finish_non_exhaustive()
+    }
+}
+
+struct SessionInner {
+    id: SessionId,
+    user_id: Option<String>,
+    knowledge: Knowledge,
+    metrics: Arc<Metrics>,
+    max_subscribers: usize,
+    /// Held for bookkeeping only: never across IO, a model call, a tool call or a blocking send.
+    state: Mutex<SessionState>,
+}
+
+/// What the session lock protects.
+struct SessionState {
+    bot: Bot,
+    log: EventLog,
+    next_turn: u64,
+    turn: Option<CurrentTurn>,
+    subscribers: Vec<Subscriber>,
+    /// When the session last had a subscriber or an event; expiry counts from here.
+    idle_since: Instant,
+    /// Set when the session is discarded; a closed session accepts nothing.
+    closed: bool,
+}
+
+struct CurrentTurn {
+    id: TurnId,
+    cancel: CancelFlag,
+    text: String,
+}
+
+/// A new turn, ready for a worker thread.
+#[derive(Debug)]
+pub struct TurnStart {
+    /// The agent loop to run.
+    pub turn: Turn,
+    /// Where its events go.
+    pub events: SessionTurn,
+    /// Its cancel flag.
+    pub cancel: CancelFlag,
+    /// The session's knowledge, for the tools.
+    pub knowledge: Knowledge,
+}
+
+impl Session {
+    fn new(
+        id: SessionId,
+        data: &ConnectData,
+        config: &Config,
+        engine: Engine,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let seed = data
+            .history
+            .iter()
+            .flatten()
+            .map(|entry| {
+                let role = match entry.role {
+                    HistoryRole::User => Role::User,
+                    HistoryRole::Assistant => Role::Assistant,
+                };
+                ChatMessage::text(role, entry.content.clone())
+            })
+            .collect();
+        let state = SessionState {
+            bot: Bot::new(engine, data.personality.clone(), seed),
+            log: EventLog::new(config.event_log_capacity),
+            next_turn: 1,
+            turn: None,
+            subscribers: Vec::new(),
+            idle_since: Instant::now(),
+            closed: false,
+        };
+        Session {
+            inner: Arc::new(SessionInner {
+                id,
+                user_id: data.user_id.clone(),
+                knowledge: Knowledge::new(),
+                metrics,
+                max_subscribers: config.max_connections_per_session.max(1),
+                state: Mutex::new(state),
+            }),
+        }
+    }
+
+    /// The session's id.
+    pub fn id(&self) -> &SessionId {
+        &self.inner.id
+    }
+
+    /// The `user_id` the session was created with.
+    pub fn user_id(&self) -> Option<&str> {
+        self.inner.user_id.as_deref()
+    }
+
+    /// How many subscribers are attached now.
+    pub fn subscriber_count(&self) -> usize {
+        self.inner.state.lock().subscribers.len()
+    }
+
+    /// A copy of the conversation so far.
+    pub fn history(&self) -> Vec<ChatMessage> {
+        self.inner.state.lock().bot.history().to_vec()
+    }
+
+    /// Opens a turn for a user message: cancels the turn in flight (its `status cancelled`
+    /// comes first), sends `user_message`, and returns the turn for a worker to run. `None`
+    /// when the session was discarded meanwhile.
+    pub fn submit(&self, text: &str) -> Option<TurnStart> {
+        let mut state = self.inner.state.lock();
+        if state.closed {
+            return None;
+        }
+        self.cancel_locked(&mut state);
+        let turn_id = TurnId(state.next_turn);
+        state.next_turn += 1;
+        self.push_event(
+            &mut state,
+            ServerFrame::UserMessage {
+                turn_id,
+                text: text.to_owned(),
+            },
+        );
+        let cancel = CancelFlag::new();
+        state.turn = Some(CurrentTurn {
+            id: turn_id,
+            cancel: cancel.clone(),
+            text: text.to_owned(),
+        });
+        let turn = state.bot.start_turn(turn_id, text);
+        Metrics::bump(&self.inner.metrics.turns_started);
+        Some(TurnStart {
+            turn,
+            events: SessionTurn {
+                session: self.clone(),
+                turn_id,
+            },
+            cancel,
+            knowledge: self.inner.knowledge.clone(),
+        })
+    }
+
+    /// Stops the turn in flight, if any, and sends its `status cancelled`.
+    pub fn cancel(&self) {
+        let mut state = self.inner.state.lock();
+        self.cancel_locked(&mut state);
+    }
+
+    /// Detaches the subscriber `id`, if it is still attached.
+    pub fn detach(&self, id: u64) {
+        let mut state = self.inner.state.lock();
+        let before = state.subscribers.len();
+        state.subscribers.retain(|subscriber| subscriber.id != id);
+        if state.subscribers.len() < before && state.subscribers.is_empty() {
+            state.idle_since = Instant::now();
+        }
+    }
+
+    fn cancel_locked(&self, state: &mut SessionState) {
+        let Some(turn) = state.turn.take() else {
+            return;
+        };
+        turn.cancel.cancel();
+        let status = ServerFrame::status(
+            StatusCode::Cancelled,
+            "the turn was cancelled",
+            Some(turn.id),
+        );
+        self.push_event(state, status);
+        state
+            .bot
+            .commit_interrupted(&turn.text, "(the reply was cancelled)");
+        Metrics::bump(&self.inner.metrics.turns_cancelled);
+    }
+
+    /// Numbers an event, logs it and hands it to every subscriber; the one place events are
+    /// made. Subscribers that cannot keep up are dropped here.
+    fn push_event(&self, state: &mut SessionState, frame: ServerFrame) {
+        let seq = state.log.next_seq();
+        let text: WireText = encode(&frame, Some(&self.inner.id), Some(seq)).into();
+        state.log.push(text.clone());
+        state.idle_since = Instant::now();
+        state
+            .subscribers
+            .retain(|subscriber| subscriber.deliver(Delivery::Text(text.clone())));
+        Metrics::bump(&self.inner.metrics.events);
+    }
+
+    /// Attaches a subscriber, taking over from the oldest past the limit, and builds its
+    /// greeting. Called with the map lock held.
+    fn attach(
+        &self,
+        subscriber: Subscriber,
+        is_new: bool,
+        last_seq: Option<u64>,
+        ready: &ServerFrame,
+    ) -> Attachment {
+        let mut state = self.inner.state.lock();
+        while state.subscribers.len() >= self.inner.max_subscribers {
+            let oldest = state.subscribers.remove(0);
+            let status = ServerFrame::status(
+                StatusCode::TakenOver,
+                "another connection took this one's place",
+                None,
+            );
+            let text = encode(&status, Some(&self.inner.id), None).into();
+            if oldest.deliver(Delivery::Text(text)) {
+                oldest.deliver(Delivery::Close(CloseReason::TakenOver));
+            }
+            log::info!(
+                "session {}: subscriber {} taken over",
+                self.inner.id.short(),
+                oldest.id
+            );
+        }
+        state.subscribers.push(subscriber);
+        let id = Some(&self.inner.id);
+        let info = ServerFrame::SessionInfo {
+            session_id: self.inner.id.clone(),
+            is_new,
+            reconnected: !is_new,
+        };
+        let mut greeting: Vec<WireText> = vec![
+            encode(&info, id, None).into(),
+            encode(ready, id, None).into(),
+        ];
+        let mut replayed = 0;
+        if let (false, Some(last_seq)) = (is_new, last_seq) {
+            let (gap, events) = state.log.since(last_seq);
+            if let Some((from, to)) = gap {
+                let status = ServerFrame::Status(StatusData {
+                    code: StatusCode::Gap,
+                    message: format!("events {from} to {to} are no longer retained"),
+                    from: Some(from),
+                    to: Some(to),
+                    ..StatusData::default()
+                });
+                greeting.push(encode(&status, id, None).into());
+            }
+            replayed = events.len();
+            greeting.extend(events);
+        }
+        Attachment {
+            session: self.clone(),
+            greeting,
+            replayed,
+        }
+    }
+}
+
+/// The session's side of one running turn: what [`Turn::run`] emits through.
+#[derive(Clone, Debug)]
+pub struct SessionTurn {
+    session: Session,
+    turn_id: TurnId,
+}
+
+impl SessionTurn {
+    /// The turn's id.
+    pub fn turn_id(&self) -> TurnId {
+        self.turn_id
+    }
+
+    /// Closes the turn with an error event, if it is still current, keeping the conversation
+    /// well formed. Used when the turn's worker could not start or crashed.
+    pub fn fail(&self, code: ErrorCode, message: &str) {
+        let inner = &self.session.inner;
+        let mut state = inner.state.lock();
+        let Some(turn) = state.turn.take_if(|turn| turn.id == self.turn_id) else {
+            return;
+        };
+        let frame = ServerFrame::Error {
+            turn_id: Some(self.turn_id),
+            code,
+            message: message.to_owned(),
+        };
+        self.session.push_event(&mut state, frame);
+        state
+            .bot
+            .commit_interrupted(&turn.text, &format!("(no reply: {message})"));
+        Metrics::bump(&inner.metrics.turns_failed);
+    }
+}
+
+impl TurnEvents for SessionTurn {
+    fn emit(&self, frame: ServerFrame) -> bool {
+        let mut state = self.session.inner.state.lock();
+        let current = state
+            .turn
+            .as_ref()
+            .is_some_and(|turn| turn.id == self.turn_id);
+        if current {
+            self.session.push_event(&mut state, frame);
+        }
+        current
+    }
+
+    fn close(&self, frame: ServerFrame, transcript: Vec<ChatMessage>) -> bool {
+        let inner = &self.session.inner;
+        let mut state = inner.state.lock();
+        if state.turn.take_if(|turn| turn.id == self.turn_id).is_none() {
+            return false;
+        }
+        let counter = match frame {
+            ServerFrame::Message { .. } => &inner.metrics.turns_completed,
+            _ => &inner.metrics.turns_failed,
+        };
+        Metrics::bump(counter);
+        self.session.push_event(&mut state, frame);
+        state.bot.commit(transcript);
+        true
+    }
+}
+
+/// The map of live sessions, and the rules for creating, resuming and discarding them. A
+/// cheap-to-clone handle.
+#[derive(Clone)]
+pub struct SessionManager {
+    inner: Arc<ManagerInner>,
+}
+
+impl fmt::Debug for SessionManager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionManager")
+            .field("sessions", &self.len())
+            .finish_non_exhaustive()
+    }
+}
+
+struct ManagerInner {
+    /// Locked only to look up, insert or remove; the order is always map, then session.
+    sessions: Mutex<HashMap<SessionId, Session>>,
+    config: Arc<Config>,
+    engine: Engine,
+    metrics: Arc<Metrics>,
+}
+
+impl SessionManager {
+    /// An empty map for sessions that run on `engine`.
+    pub fn new(config: Arc<Config>, engine: Engine, metrics: Arc<Metrics>) -> Self {
+        SessionManager {
+            inner: Arc::new(ManagerInner {
+                sessions: Mutex::new(HashMap::new()),
+                config,
+                engine,
+                metrics,
+            }),
+        }
+    }
+
+    /// How many sessions are live.
+    pub fn len(&self) -> usize {
+        self.inner.sessions.lock().len()
+    }
+
+    /// True when no session is live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The session `id`, if it is live.
+    pub fn get(&self, id: &SessionId) -> Option<Session> {
+        self.inner.sessions.lock().get(id).cloned()
+    }
+
+    /// The engine every session runs on.
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    /// Creates or resumes a session as PROTOCOL.md section 6 says, and attaches `subscriber`
+    /// to it. An id the server does not hold (never issued, or expired) yields a new session.
+    ///
+    /// # Errors
+    ///
+    /// `server_busy` when a new session would pass the session limit, or no random id could be
+    /// drawn.
+    pub fn connect(
+        &self,
+        data: &ConnectData,
+        subscriber: Subscriber,
+    ) -> Result<Attachment, Refusal> {
+        let ready = ServerFrame::Ready {
+            tools_loaded: self.inner.engine.tools.len(),
+            tools: self.inner.engine.tools.names(),
+            model: self.inner.engine.model.name().to_owned(),
+        };
+        let mut sessions = self.inner.sessions.lock();
+        let known = data.session_id.as_deref().and_then(SessionId::parse);
+        if let Some(session) = known.and_then(|id| sessions.get(&id)) {
+            log::info!(
+                "session {}: resumed from seq {:?}",
+                session.id().short(),
+                data.last_seq
+            );
+            return Ok(session.attach(subscriber, false, data.last_seq, &ready));
+        }
+        if sessions.len() >= self.inner.config.max_sessions {
+            return Err(Refusal {
+                code: ErrorCode::ServerBusy,
+                message: "the server holds as many sessions as it may".into(),
+            });
+        }
+        let id = new_session_id().map_err(|e| Refusal {
+            code: ErrorCode::ServerBusy,
+            message: format!("no session id could be drawn: {e}"),
+        })?;
+        let session = Session::new(
+            id.clone(),
+            data,
+            &self.inner.config,
+            self.inner.engine.clone(),
+            self.inner.metrics.clone(),
+        );
+        log::info!("session {}: created", id.short());
+        sessions.insert(id, session.clone());
+        Ok(session.attach(subscriber, true, None, &ready))
+    }
+
+    /// Discards every session that has had no subscriber and no event for the session timeout,
+    /// cancelling its turn if one is still running. Returns how many went.
+    pub fn reap_expired(&self) -> usize {
+        let timeout = self.inner.config.session_timeout;
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        self.inner.sessions.lock().retain(|_, session| {
+            let mut state = session.inner.state.lock();
+            let idle =
+                state.subscribers.is_empty() && now.duration_since(state.idle_since) >= timeout;
+            if idle {
+                state.closed = true;
+                if let Some(turn) = state.turn.take() {
+                    turn.cancel.cancel();
+                }
+                expired.push(session.id().clone());
+            }
+            !idle
+        });
+        for id in &expired {
+            log::info!("session {}: expired", id.short());
+        }
+        expired.len()
+    }
+
+    /// Cancels every turn in flight; used at shutdown.
+    pub fn cancel_all(&self) {
+        let sessions: Vec<Session> = self.inner.sessions.lock().values().cloned().collect();
+        for session in sessions {
+            session.cancel();
+        }
+    }
+}
+
+/// Draws a new session id from the OS's cryptographic random source.
+fn new_session_id() -> Result<SessionId, getrandom::Error> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes)?;
+    Ok(SessionId::from_random_bytes(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log_with(n: u64, capacity: usize) -> EventLog {
+        let mut log = EventLog::new(capacity);
+        for seq in 1..=n {
+            log.push(seq.to_string().into());
+        }
+        log
+    }
+
+    fn texts(events: Vec<WireText>) -> Vec<String> {
+        events.iter().map(|t| t.to_string()).collect()
+    }
+
+    #[test]
+    fn replays_only_what_follows_last_seq() {
+        let log = log_with(5, 10);
+        assert_eq!(log.since(3), (None, vec!["4".into(), "5".into()]));
+        assert_eq!(texts(log.since(0).1), ["1", "2", "3", "4", "5"]);
+        assert!(log.since(5).1.is_empty());
+        assert!(log.since(99).1.is_empty());
+    }
+
+    #[test]
+    fn reports_a_gap_when_old_events_are_gone() {
+        let log = log_with(10, 4);
+        let (gap, events) = log.since(2);
+        assert_eq!(gap, Some((3, 6)));
+        assert_eq!(texts(events), ["7", "8", "9", "10"]);
+        assert_eq!(log.since(6).0, None);
+        assert_eq!(log.next_seq(), 11);
+    }
+}

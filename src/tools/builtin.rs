@@ -1,0 +1,282 @@
+//! The built-in tools that need no outside service: session notes, calculator, clock and wait.
+//! Depends on `tools` and `tools::calculator`.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+
+use crate::tools::calculator;
+use crate::tools::{Tool, ToolContext};
+
+/// The longest `wait` allowed.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// Every built-in tool, in the order `ready` lists them.
+pub fn all() -> Vec<Arc<dyn Tool>> {
+    vec![
+        Arc::new(SessionNote),
+        Arc::new(SessionNotes),
+        Arc::new(Calculator),
+        Arc::new(Clock),
+        Arc::new(Wait),
+    ]
+}
+
+/// Reads a required string argument.
+fn string_arg<'a>(args: &'a Value, key: &str) -> Result<&'a str, String> {
+    match args.get(key) {
+        Some(Value::String(text)) if !text.trim().is_empty() => Ok(text),
+        Some(Value::String(_)) => Err(format!("\"{key}\" must not be empty")),
+        Some(other) => Err(format!("\"{key}\" must be a string, not {other}")),
+        None => Err(format!("missing argument \"{key}\"")),
+    }
+}
+
+/// `session_note`: keeps a note in the calling session's short-term knowledge.
+#[derive(Debug)]
+pub struct SessionNote;
+
+impl Tool for SessionNote {
+    fn name(&self) -> &str {
+        "session_note"
+    }
+    fn description(&self) -> &str {
+        "Keep a short note in this session's memory. Other sessions never see it."
+    }
+    fn parameters(&self) -> Value {
+        json!({"type": "object", "properties": {"text": {"type": "string", "description": "the note"}},
+               "required": ["text"]})
+    }
+    fn call(&self, args: &Value, ctx: &ToolContext<'_>) -> Result<String, String> {
+        let count = ctx.knowledge.add_note(string_arg(args, "text")?);
+        Ok(format!(
+            "Noted. This session has {count} note{}.",
+            if count == 1 { "" } else { "s" }
+        ))
+    }
+}
+
+/// `session_notes`: lists the calling session's notes.
+#[derive(Debug)]
+pub struct SessionNotes;
+
+impl Tool for SessionNotes {
+    fn name(&self) -> &str {
+        "session_notes"
+    }
+    fn description(&self) -> &str {
+        "List the notes kept in this session."
+    }
+    fn parameters(&self) -> Value {
+        json!({"type": "object", "properties": {}})
+    }
+    fn call(&self, _args: &Value, ctx: &ToolContext<'_>) -> Result<String, String> {
+        let notes = ctx.knowledge.notes();
+        if notes.is_empty() {
+            return Ok("This session has no notes.".to_owned());
+        }
+        let lines: Vec<String> = notes
+            .iter()
+            .enumerate()
+            .map(|(i, note)| format!("{}. {note}", i + 1))
+            .collect();
+        Ok(lines.join("\n"))
+    }
+}
+
+/// `calculator`: evaluates arithmetic.
+#[derive(Debug)]
+pub struct Calculator;
+
+impl Tool for Calculator {
+    fn name(&self) -> &str {
+        "calculator"
+    }
+    fn description(&self) -> &str {
+        "Evaluate an arithmetic expression with + - * / % ^, parentheses and decimals."
+    }
+    fn parameters(&self) -> Value {
+        json!({"type": "object",
+               "properties": {"expression": {"type": "string", "description": "e.g. (2 + 3) * 4"}},
+               "required": ["expression"]})
+    }
+    fn call(&self, args: &Value, _ctx: &ToolContext<'_>) -> Result<String, String> {
+        let expression = string_arg(args, "expression")?;
+        let value = calculator::evaluate(expression)?;
+        Ok(format!(
+            "{} = {}",
+            expression.trim(),
+            calculator::format_number(value)
+        ))
+    }
+}
+
+/// `clock`: the server's time.
+#[derive(Debug)]
+pub struct Clock;
+
+impl Tool for Clock {
+    fn name(&self) -> &str {
+        "clock"
+    }
+    fn description(&self) -> &str {
+        "The current date and time on the server, in UTC."
+    }
+    fn parameters(&self) -> Value {
+        json!({"type": "object", "properties": {}})
+    }
+    fn call(&self, _args: &Value, _ctx: &ToolContext<'_>) -> Result<String, String> {
+        let seconds = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_err(|_| "the server's clock is before 1970".to_owned())?
+            .as_secs();
+        Ok(format!(
+            "It is {} UTC (unix time {seconds}).",
+            format_utc(seconds)
+        ))
+    }
+}
+
+/// `wait`: sleeps, and stops at once when the turn is cancelled.
+#[derive(Debug)]
+pub struct Wait;
+
+impl Tool for Wait {
+    fn name(&self) -> &str {
+        "wait"
+    }
+    fn description(&self) -> &str {
+        "Wait for a number of milliseconds (at most 60000)."
+    }
+    fn parameters(&self) -> Value {
+        json!({"type": "object",
+               "properties": {"ms": {"type": "integer", "minimum": 0, "maximum": 60000}},
+               "required": ["ms"]})
+    }
+    fn call(&self, args: &Value, ctx: &ToolContext<'_>) -> Result<String, String> {
+        let ms = match args.get("ms") {
+            Some(value) => value.as_u64().ok_or_else(|| {
+                format!("\"ms\" must be a whole number of milliseconds, not {value}")
+            })?,
+            None => return Err("missing argument \"ms\"".to_owned()),
+        };
+        let duration = Duration::from_millis(ms);
+        if duration > MAX_WAIT {
+            return Err(format!("\"ms\" must be at most {}", MAX_WAIT.as_millis()));
+        }
+        if ctx.cancel.sleep(duration) {
+            return Err("cancelled".to_owned());
+        }
+        Ok(format!("Waited {ms} ms."))
+    }
+}
+
+/// Writes unix seconds as `YYYY-MM-DD HH:MM:SS`, by the civil-from-days algorithm (Howard
+/// Hinnant's), so that no date crate is needed for one line.
+fn format_utc(unix_seconds: u64) -> String {
+    let days = (unix_seconds / 86_400) as i64;
+    let secs = unix_seconds % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cancel::CancelFlag;
+    use crate::knowledge::Knowledge;
+
+    fn run(tool: &dyn Tool, args: Value) -> Result<String, String> {
+        let knowledge = Knowledge::new();
+        let cancel = CancelFlag::new();
+        tool.call(
+            &args,
+            &ToolContext {
+                knowledge: &knowledge,
+                cancel: &cancel,
+            },
+        )
+    }
+
+    #[test]
+    fn formats_dates() {
+        assert_eq!(format_utc(0), "1970-01-01 00:00:00");
+        assert_eq!(format_utc(951_782_400), "2000-02-29 00:00:00");
+        assert_eq!(format_utc(1_795_000_000), "2026-11-18 11:06:40");
+    }
+
+    #[test]
+    fn calculator_answers_and_explains_errors() {
+        assert_eq!(
+            run(&Calculator, json!({"expression": "2+2"})),
+            Ok("2+2 = 4".to_owned())
+        );
+        assert_eq!(
+            run(&Calculator, json!({"expression": "1/0"})),
+            Err("division by zero".into())
+        );
+        assert!(run(&Calculator, json!({})).unwrap_err().contains("missing"));
+        assert!(
+            run(&Calculator, json!({"expression": 3}))
+                .unwrap_err()
+                .contains("string")
+        );
+    }
+
+    #[test]
+    fn wait_checks_its_argument_and_stops_when_cancelled() {
+        assert!(run(&Wait, json!({"ms": 60_001})).is_err());
+        assert!(run(&Wait, json!({"ms": "5"})).is_err());
+        assert_eq!(run(&Wait, json!({"ms": 1})), Ok("Waited 1 ms.".to_owned()));
+        let knowledge = Knowledge::new();
+        let cancel = CancelFlag::new();
+        cancel.cancel();
+        let ctx = ToolContext {
+            knowledge: &knowledge,
+            cancel: &cancel,
+        };
+        assert_eq!(
+            Wait.call(&json!({"ms": 60_000}), &ctx),
+            Err("cancelled".to_owned())
+        );
+    }
+
+    #[test]
+    fn notes_stay_in_their_knowledge() {
+        let (mine, theirs) = (Knowledge::new(), Knowledge::new());
+        let cancel = CancelFlag::new();
+        let ctx = ToolContext {
+            knowledge: &mine,
+            cancel: &cancel,
+        };
+        SessionNote
+            .call(&json!({"text": "buy milk"}), &ctx)
+            .unwrap();
+        assert_eq!(
+            SessionNotes.call(&json!({}), &ctx),
+            Ok("1. buy milk".to_owned())
+        );
+        let other = ToolContext {
+            knowledge: &theirs,
+            cancel: &cancel,
+        };
+        assert_eq!(
+            SessionNotes.call(&json!({}), &other),
+            Ok("This session has no notes.".into())
+        );
+    }
+}
