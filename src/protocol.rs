@@ -466,7 +466,13 @@ pub fn decode_client_frame(text: &str) -> Result<ClientFrame, DecodeError> {
     // A missing or null `data` reads as `{}`, so that `{"type": "cancel"}` is enough.
     let data = match object.remove("data") {
         None | Some(Value::Null) => Value::Object(serde_json::Map::new()),
-        Some(data) => data,
+        Some(data @ Value::Object(_)) => data,
+        Some(other) => {
+            return Err(DecodeError::new(
+                ErrorCode::InvalidMessage,
+                format!("{frame_type} data must be a JSON object, not {other}"),
+            ));
+        }
     };
     let tagged = serde_json::json!({ "type": frame_type, "data": data });
     let frame: ClientFrame = serde_json::from_value(tagged).map_err(|e| {

@@ -1,0 +1,236 @@
+//! Helpers shared by the integration tests: an in-process server on `127.0.0.1:0` and a
+//! blocking WebSocket client whose every wait is bounded.
+
+#![allow(dead_code)] // Each test file uses its own subset of these helpers.
+
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sparky::bot::Engine;
+use sparky::protocol::{ServerEnvelope, ServerFrame, SessionId, TurnId};
+use sparky::{Config, ServerHandle};
+use tungstenite::protocol::CloseFrame;
+use tungstenite::{Message, WebSocket};
+
+/// How long any single wait may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A server running in this process; dropping it shuts it down.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub handle: ServerHandle,
+}
+
+impl TestServer {
+    /// A server with the default configuration.
+    pub fn start() -> Self {
+        Self::with_config(|_| {})
+    }
+
+    /// A server with the configuration adjusted by `adjust`.
+    pub fn with_config(adjust: impl FnOnce(&mut Config)) -> Self {
+        Self::with_engine(adjust, sparky::server::default_engine())
+    }
+
+    /// A server running `engine`.
+    pub fn with_engine(adjust: impl FnOnce(&mut Config), engine: Engine) -> Self {
+        let mut config = test_config();
+        adjust(&mut config);
+        let listener = sparky::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let handle = sparky::server::spawn_with(listener, config, engine).unwrap();
+        TestServer { addr: handle.addr(), handle }
+    }
+
+    /// A client that has sent `connect` for a new session and read `session_info` and `ready`.
+    pub fn client(&self) -> Client {
+        Client::connect(self.addr, json!({}))
+    }
+}
+
+/// A configuration for tests: loopback, a unique data directory.
+pub fn test_config() -> Config {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("sparky-test-{}-{n}", std::process::id()));
+    Config { addr: "127.0.0.1:0".parse().unwrap(), data_dir: dir, ..Config::default() }
+}
+
+/// Waits until `condition` holds, checking every few milliseconds, and fails after [`WAIT`].
+pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The `type` of a server frame, as on the wire.
+pub fn kind(frame: &ServerEnvelope) -> String {
+    let value = serde_json::to_value(&frame.frame).unwrap();
+    value["type"].as_str().unwrap().to_owned()
+}
+
+/// A blocking WebSocket client that remembers what it saw.
+pub struct Client {
+    pub ws: WebSocket<TcpStream>,
+    /// Every frame received, in order.
+    pub seen: Vec<ServerEnvelope>,
+    pub session_id: Option<SessionId>,
+    /// The highest `seq` received.
+    pub last_seq: u64,
+}
+
+impl Client {
+    /// Opens a WebSocket to `/ws` and sends nothing.
+    pub fn open(addr: SocketAddr) -> Self {
+        Self::open_path(addr, "/ws")
+    }
+
+    /// Opens a WebSocket to `path` and sends nothing.
+    pub fn open_path(addr: SocketAddr, path: &str) -> Self {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_millis(250))).unwrap();
+        stream.set_write_timeout(Some(WAIT)).unwrap();
+        let (ws, _) = tungstenite::client(format!("ws://{addr}{path}"), stream).unwrap();
+        Client { ws, seen: Vec::new(), session_id: None, last_seq: 0 }
+    }
+
+    /// Opens a WebSocket, sends `connect` with `data`, and reads `session_info` and `ready`.
+    pub fn connect(addr: SocketAddr, data: Value) -> Self {
+        let mut client = Self::open(addr);
+        client.send(json!({"type": "connect", "data": data}));
+        let info = client.expect("session_info");
+        let ServerFrame::SessionInfo { session_id, .. } = &info.frame else { unreachable!() };
+        client.session_id = Some(session_id.clone());
+        client.expect("ready");
+        client
+    }
+
+    /// Resumes `session` from `last_seq`.
+    pub fn resume(addr: SocketAddr, session: &SessionId, last_seq: u64) -> Self {
+        let mut client =
+            Self::connect(addr, json!({"session_id": session.as_str(), "last_seq": last_seq}));
+        client.last_seq = last_seq;
+        client
+    }
+
+    /// Sends a JSON value as a text frame.
+    pub fn send(&mut self, value: Value) {
+        self.send_text(&value.to_string());
+    }
+
+    /// Sends a raw text frame.
+    pub fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).unwrap();
+    }
+
+    /// Sends a user message.
+    pub fn say(&mut self, text: &str) {
+        self.send(json!({"type": "message", "data": {"text": text}}));
+    }
+
+    /// Sends `cancel`.
+    pub fn cancel(&mut self) {
+        self.send(json!({"type": "cancel", "data": {}}));
+    }
+
+    /// Reads the next application frame, or `None` when the server closed the connection
+    /// (the close frame, if any, is returned through `closed`).
+    pub fn try_next(&mut self) -> Result<ServerEnvelope, Option<CloseFrame>> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match self.ws.read() {
+                Ok(Message::Text(text)) => {
+                    let frame: ServerEnvelope = serde_json::from_str(text.as_str())
+                        .unwrap_or_else(|e| panic!("bad frame {text}: {e}"));
+                    if let Some(seq) = frame.seq {
+                        self.last_seq = self.last_seq.max(seq);
+                    }
+                    self.seen.push(frame.clone());
+                    return Ok(frame);
+                }
+                Ok(Message::Close(close)) => {
+                    // Let tungstenite answer the close; ignore what follows.
+                    let _ = self.ws.flush();
+                    return Err(close);
+                }
+                Ok(_) => {}
+                Err(tungstenite::Error::Io(e))
+                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+                {
+                    assert!(Instant::now() < deadline, "timed out; frames so far: {:#?}", self.seen);
+                }
+                Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
+                    return Err(None);
+                }
+                Err(e) => panic!("read failed: {e}; frames so far: {:#?}", self.seen),
+            }
+        }
+    }
+
+    /// Reads the next application frame; fails if the connection closes.
+    pub fn next(&mut self) -> ServerEnvelope {
+        match self.try_next() {
+            Ok(frame) => frame,
+            Err(close) => panic!("connection closed ({close:?}); frames so far: {:#?}", self.seen),
+        }
+    }
+
+    /// Reads frames until one of type `kind` arrives, and returns it.
+    pub fn expect(&mut self, wanted: &str) -> ServerEnvelope {
+        loop {
+            let frame = self.next();
+            if kind(&frame) == wanted {
+                return frame;
+            }
+        }
+    }
+
+    /// Reads frames until the turn `turn` is closed; returns that turn's frames, in order.
+    pub fn finish_turn(&mut self, turn: u64) -> Vec<ServerEnvelope> {
+        let mut frames = Vec::new();
+        loop {
+            let frame = self.next();
+            if frame.frame.turn_id() == Some(TurnId(turn)) {
+                let closes = frame.frame.closes_turn();
+                frames.push(frame);
+                if closes {
+                    return frames;
+                }
+            }
+        }
+    }
+
+    /// Sends `text` and reads until its turn closes; returns the closing frame's text, or the
+    /// error message.
+    pub fn ask(&mut self, text: &str) -> String {
+        self.say(text);
+        let opened = self.expect("user_message");
+        let turn = opened.frame.turn_id().unwrap().0;
+        match self.finish_turn(turn).pop().map(|frame| frame.frame) {
+            Some(ServerFrame::Message { text, .. }) => text,
+            other => panic!("turn {turn} did not answer: {other:?}"),
+        }
+    }
+
+    /// Reads until the server closes the connection, and returns the close frame.
+    pub fn expect_close(&mut self) -> Option<CloseFrame> {
+        loop {
+            if let Err(close) = self.try_next() {
+                return close;
+            }
+        }
+    }
+}
+
+/// The `type`s of a list of frames.
+pub fn kinds(frames: &[ServerEnvelope]) -> Vec<String> {
+    frames.iter().map(kind).collect()
+}
+
+/// The `seq`s of a list of frames (events only).
+pub fn seqs(frames: &[ServerEnvelope]) -> Vec<u64> {
+    frames.iter().filter_map(|frame| frame.seq).collect()
+}
