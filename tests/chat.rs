@@ -12,7 +12,12 @@ fn connect_answers_session_info_then_ready() {
     let mut client = Client::open(server.addr);
     client.send(json!({"type": "connect", "data": {}}));
     let info = client.next();
-    let ServerFrame::SessionInfo { session_id, is_new, reconnected } = &info.frame else {
+    let ServerFrame::SessionInfo {
+        session_id,
+        is_new,
+        reconnected,
+    } = &info.frame
+    else {
         panic!("expected session_info, got {info:?}");
     };
     assert!(*is_new && !*reconnected);
@@ -22,12 +27,26 @@ fn connect_answers_session_info_then_ready() {
     assert_eq!(info.seq, None);
 
     let ready = client.next();
-    let ServerFrame::Ready { tools_loaded, tools, model } = &ready.frame else {
+    let ServerFrame::Ready {
+        tools_loaded,
+        tools,
+        model,
+    } = &ready.frame
+    else {
         panic!("expected ready, got {ready:?}");
     };
     assert_eq!(*tools_loaded, tools.len());
-    for tool in ["session_note", "session_notes", "calculator", "clock", "wait"] {
-        assert!(tools.iter().any(|t| t == tool), "{tool} missing from {tools:?}");
+    for tool in [
+        "session_note",
+        "session_notes",
+        "calculator",
+        "clock",
+        "wait",
+    ] {
+        assert!(
+            tools.iter().any(|t| t == tool),
+            "{tool} missing from {tools:?}"
+        );
     }
     assert_eq!(model, "offline");
 }
@@ -42,11 +61,17 @@ fn a_plain_turn_is_user_message_thought_message_numbered_from_one() {
     assert_eq!(seqs(&frames), [1, 2, 3]);
     assert_eq!(
         frames[0].frame,
-        ServerFrame::UserMessage { turn_id: TurnId(1), text: "hello there".into() }
+        ServerFrame::UserMessage {
+            turn_id: TurnId(1),
+            text: "hello there".into()
+        }
     );
     assert_eq!(
         frames[2].frame,
-        ServerFrame::Message { turn_id: TurnId(1), text: "You said: hello there".into() }
+        ServerFrame::Message {
+            turn_id: TurnId(1),
+            text: "You said: hello there".into()
+        }
     );
     for frame in &frames {
         assert_eq!(frame.session_id, client.session_id);
@@ -70,9 +95,17 @@ fn the_original_chat_path_is_an_alias() {
 #[test]
 fn personality_and_history_seed_a_new_session() {
     let server = TestServer::start();
-    let history = json!([{"role": "user", "content": "earlier"}, {"role": "assistant", "content": "yes"}]);
-    let client = Client::connect(server.addr, json!({"personality": "terse", "history": history, "user_id": "ann"}));
-    let session = server.handle.sessions().get(client.session_id.as_ref().unwrap()).unwrap();
+    let history =
+        json!([{"role": "user", "content": "earlier"}, {"role": "assistant", "content": "yes"}]);
+    let client = Client::connect(
+        server.addr,
+        json!({"personality": "terse", "history": history, "user_id": "ann"}),
+    );
+    let session = server
+        .handle
+        .sessions()
+        .get(client.session_id.as_ref().unwrap())
+        .unwrap();
     assert_eq!(session.history().len(), 2);
     assert_eq!(session.user_id(), Some("ann"));
 }

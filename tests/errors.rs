@@ -13,7 +13,11 @@ use tungstenite::protocol::frame::coding::CloseCode;
 fn expect_error(client: &mut Client, code: ErrorCode) {
     let frame = client.next();
     match &frame.frame {
-        ServerFrame::Error { code: got, turn_id: None, message } => {
+        ServerFrame::Error {
+            code: got,
+            turn_id: None,
+            message,
+        } => {
             assert_eq!(*got, code, "{message}");
             assert!(!message.is_empty());
         }
@@ -84,7 +88,12 @@ fn invalid_connect_fields() {
 fn unknown_type() {
     let server = TestServer::start();
     let mut client = server.client();
-    for frame in [json!({"data": {"text": "x"}}), json!({"type": "shout"}), json!({"type": 3}), json!({"type": null})] {
+    for frame in [
+        json!({"data": {"text": "x"}}),
+        json!({"type": "shout"}),
+        json!({"type": 3}),
+        json!({"type": null}),
+    ] {
         client.send(frame);
         expect_error(&mut client, ErrorCode::UnknownType);
     }
@@ -134,7 +143,10 @@ fn too_large() {
     client.say(&"é".repeat(51));
     expect_error(&mut client, ErrorCode::TooLarge);
     // Exactly at the limit is fine; the limit counts characters, not bytes.
-    assert_eq!(client.ask(&"é".repeat(50)), format!("You said: {}", "é".repeat(50)));
+    assert_eq!(
+        client.ask(&"é".repeat(50)),
+        format!("You said: {}", "é".repeat(50))
+    );
 }
 
 #[test]
@@ -152,7 +164,10 @@ fn a_frame_over_the_frame_limit_closes_with_1009() {
 
 #[test]
 fn invalid_utf8_in_a_text_frame_closes_with_1007_and_the_server_goes_on() {
-    use tungstenite::protocol::frame::{Frame, coding::{Data, OpCode}};
+    use tungstenite::protocol::frame::{
+        Frame,
+        coding::{Data, OpCode},
+    };
     let server = TestServer::start();
     let mut client = server.client();
     let frame = Frame::message(vec![0xff, 0xfe, 0x80], OpCode::Data(Data::Text), true);

@@ -20,9 +20,18 @@ fn a_turn_keeps_running_while_disconnected_and_its_events_are_replayed() {
     drop(client);
 
     let metrics = server.handle.metrics();
-    wait_until("the turn to finish", || metrics.turns_completed.load(Ordering::SeqCst) == 1);
+    wait_until("the turn to finish", || {
+        metrics.turns_completed.load(Ordering::SeqCst) == 1
+    });
     let mut again = Client::resume(server.addr, &id, 3);
-    let ServerFrame::SessionInfo { is_new, reconnected, session_id } = &again.seen[0].frame else { unreachable!() };
+    let ServerFrame::SessionInfo {
+        is_new,
+        reconnected,
+        session_id,
+    } = &again.seen[0].frame
+    else {
+        unreachable!()
+    };
     assert!(!is_new && *reconnected);
     assert_eq!(session_id, &id);
     let replayed = vec![again.next(), again.next()];
@@ -43,7 +52,10 @@ fn resuming_mid_turn_switches_from_replay_to_live_without_loss_or_repeat() {
     drop(client);
     let mut again = Client::resume(server.addr, &id, 1);
     let frames = again.finish_turn(1);
-    assert_eq!(kinds(&frames), ["thought", "tool_use", "tool_result", "message"]);
+    assert_eq!(
+        kinds(&frames),
+        ["thought", "tool_use", "tool_result", "message"]
+    );
     assert_eq!(seqs(&frames), [2, 3, 4, 5]);
 }
 
@@ -94,7 +106,12 @@ fn an_unknown_session_id_gets_a_new_session() {
     let server = TestServer::start();
     for made_up in ["0123456789abcdef0123456789abcdef", "not-an-id", ""] {
         let client = Client::connect(server.addr, json!({"session_id": made_up, "last_seq": 0}));
-        let ServerFrame::SessionInfo { session_id, is_new, reconnected } = &client.seen[0].frame else {
+        let ServerFrame::SessionInfo {
+            session_id,
+            is_new,
+            reconnected,
+        } = &client.seen[0].frame
+        else {
             unreachable!()
         };
         assert!(*is_new && !*reconnected);
@@ -105,7 +122,9 @@ fn an_unknown_session_id_gets_a_new_session() {
 
 #[test]
 fn a_session_expires_after_the_timeout_with_no_connection() {
-    let server = TestServer::with_config(|config| config.session_timeout = std::time::Duration::from_millis(300));
+    let server = TestServer::with_config(|config| {
+        config.session_timeout = std::time::Duration::from_millis(300)
+    });
     let mut client = server.client();
     let id = client.session_id.clone().unwrap();
     client.ask("remember me");
@@ -113,9 +132,16 @@ fn a_session_expires_after_the_timeout_with_no_connection() {
     let held = server.handle.sessions().get(&id);
     assert!(held.is_some());
     drop(client);
-    wait_until("the session to expire", || server.handle.sessions().get(&id).is_none());
+    wait_until("the session to expire", || {
+        server.handle.sessions().get(&id).is_none()
+    });
     let again = Client::resume(server.addr, &id, 0);
-    let ServerFrame::SessionInfo { session_id, is_new, .. } = &again.seen[0].frame else { unreachable!() };
+    let ServerFrame::SessionInfo {
+        session_id, is_new, ..
+    } = &again.seen[0].frame
+    else {
+        unreachable!()
+    };
     assert!(*is_new);
     assert_ne!(session_id, &id);
 }

@@ -27,7 +27,16 @@ fn two_connections_on_one_session_both_see_every_event() {
     let on_phone = phone.finish_turn(2);
     let on_laptop = laptop.finish_turn(2);
     assert_eq!(on_laptop, on_phone);
-    assert_eq!(kinds(&on_laptop), ["user_message", "thought", "tool_use", "tool_result", "message"]);
+    assert_eq!(
+        kinds(&on_laptop),
+        [
+            "user_message",
+            "thought",
+            "tool_use",
+            "tool_result",
+            "message"
+        ]
+    );
 
     // Either may cancel the other's turn.
     laptop.say("/wait 10000");
@@ -35,7 +44,9 @@ fn two_connections_on_one_session_both_see_every_event() {
     phone.cancel();
     for client in [&mut laptop, &mut phone] {
         let status = client.expect("status");
-        assert!(matches!(status.frame, ServerFrame::Status(ref s) if s.code == StatusCode::Cancelled));
+        assert!(
+            matches!(status.frame, ServerFrame::Status(ref s) if s.code == StatusCode::Cancelled)
+        );
     }
 }
 
@@ -48,15 +59,32 @@ fn past_the_limit_the_oldest_connection_is_taken_over() {
     let mut third = Client::connect(server.addr, json!({"session_id": id.as_str()}));
 
     let status = first.next();
-    assert!(matches!(status.frame, ServerFrame::Status(ref s) if s.code == StatusCode::TakenOver), "{status:?}");
+    assert!(
+        matches!(status.frame, ServerFrame::Status(ref s) if s.code == StatusCode::TakenOver),
+        "{status:?}"
+    );
     assert_eq!(status.seq, None);
     let close = first.expect_close().expect("a close frame");
     assert_eq!(close.code, CloseCode::Policy);
 
     third.say("still here");
-    assert_eq!(kinds(&third.finish_turn(1)), ["user_message", "thought", "message"]);
-    assert_eq!(kinds(&second.finish_turn(1)), ["user_message", "thought", "message"]);
-    assert_eq!(server.handle.sessions().get(&id).unwrap().subscriber_count(), 2);
+    assert_eq!(
+        kinds(&third.finish_turn(1)),
+        ["user_message", "thought", "message"]
+    );
+    assert_eq!(
+        kinds(&second.finish_turn(1)),
+        ["user_message", "thought", "message"]
+    );
+    assert_eq!(
+        server
+            .handle
+            .sessions()
+            .get(&id)
+            .unwrap()
+            .subscriber_count(),
+        2
+    );
 }
 
 #[test]
@@ -79,7 +107,10 @@ fn two_hundred_clients_at_once_each_complete_their_turns() {
                 .unwrap()
         })
         .collect();
-    let mut ids: Vec<_> = clients.into_iter().map(|handle| handle.join().unwrap()).collect();
+    let mut ids: Vec<_> = clients
+        .into_iter()
+        .map(|handle| handle.join().unwrap())
+        .collect();
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), 200);

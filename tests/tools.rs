@@ -11,10 +11,36 @@ fn tool_turn(client: &mut Client, text: &str, tool: &str) -> Vec<sparky::protoco
     client.say(text);
     let turn = client.expect("user_message").frame.turn_id().unwrap().0;
     let mut frames = client.finish_turn(turn);
-    frames.insert(0, client.seen.iter().rev().find(|f| support::kind(f) == "user_message").unwrap().clone());
-    assert_eq!(kinds(&frames), ["user_message", "thought", "tool_use", "tool_result", "message"], "{text}");
-    let ServerFrame::ToolUse { name, call_id, .. } = &frames[2].frame else { unreachable!() };
-    let ServerFrame::ToolResult { name: result_name, call_id: result_id, .. } = &frames[3].frame else {
+    frames.insert(
+        0,
+        client
+            .seen
+            .iter()
+            .rev()
+            .find(|f| support::kind(f) == "user_message")
+            .unwrap()
+            .clone(),
+    );
+    assert_eq!(
+        kinds(&frames),
+        [
+            "user_message",
+            "thought",
+            "tool_use",
+            "tool_result",
+            "message"
+        ],
+        "{text}"
+    );
+    let ServerFrame::ToolUse { name, call_id, .. } = &frames[2].frame else {
+        unreachable!()
+    };
+    let ServerFrame::ToolResult {
+        name: result_name,
+        call_id: result_id,
+        ..
+    } = &frames[3].frame
+    else {
         unreachable!()
     };
     assert_eq!(name, tool);
@@ -41,11 +67,20 @@ fn calc_evaluates_and_reports_bad_input_as_a_tool_error() {
     let server = TestServer::start();
     let mut client = server.client();
     let frames = tool_turn(&mut client, "/calc (2 + 3) * 4 ^ 2 - -1", "calculator");
-    assert_eq!(args_of(&frames), json!({"expression": "(2 + 3) * 4 ^ 2 - -1"}));
-    assert_eq!(result_of(&frames), (ToolStatus::Success, "(2 + 3) * 4 ^ 2 - -1 = 81".into()));
+    assert_eq!(
+        args_of(&frames),
+        json!({"expression": "(2 + 3) * 4 ^ 2 - -1"})
+    );
+    assert_eq!(
+        result_of(&frames),
+        (ToolStatus::Success, "(2 + 3) * 4 ^ 2 - -1 = 81".into())
+    );
 
     let frames = tool_turn(&mut client, "/calc 1 / 0", "calculator");
-    assert_eq!(result_of(&frames), (ToolStatus::Error, "division by zero".into()));
+    assert_eq!(
+        result_of(&frames),
+        (ToolStatus::Error, "division by zero".into())
+    );
     let frames = tool_turn(&mut client, "/calc 2 +", "calculator");
     assert_eq!(result_of(&frames).0, ToolStatus::Error);
 }
@@ -81,7 +116,10 @@ fn wait_sleeps_and_says_so() {
     let mut client = server.client();
     let frames = tool_turn(&mut client, "/wait 20", "wait");
     assert_eq!(args_of(&frames), json!({"ms": 20}));
-    assert_eq!(result_of(&frames), (ToolStatus::Success, "Waited 20 ms.".into()));
+    assert_eq!(
+        result_of(&frames),
+        (ToolStatus::Success, "Waited 20 ms.".into())
+    );
     let frames = tool_turn(&mut client, "/wait 600000", "wait");
     assert_eq!(result_of(&frames).0, ToolStatus::Error);
 }
@@ -90,13 +128,21 @@ fn wait_sleeps_and_says_so() {
 fn tool_calls_any_tool_with_json_args() {
     let server = TestServer::start();
     let mut client = server.client();
-    let frames = tool_turn(&mut client, r#"/tool calculator {"expression": "6*7"}"#, "calculator");
+    let frames = tool_turn(
+        &mut client,
+        r#"/tool calculator {"expression": "6*7"}"#,
+        "calculator",
+    );
     assert_eq!(result_of(&frames), (ToolStatus::Success, "6*7 = 42".into()));
     let frames = tool_turn(&mut client, "/tool nosuch {}", "nosuch");
     let (status, text) = result_of(&frames);
     assert_eq!(status, ToolStatus::Error);
     assert!(text.contains("unknown tool"), "{text}");
-    let frames = tool_turn(&mut client, r#"/tool calculator {"expression": 5}"#, "calculator");
+    let frames = tool_turn(
+        &mut client,
+        r#"/tool calculator {"expression": 5}"#,
+        "calculator",
+    );
     assert_eq!(result_of(&frames).0, ToolStatus::Error);
     // Not JSON: a usage message, no tool call.
     client.say("/tool calculator {oops");
@@ -111,8 +157,20 @@ fn help_lists_the_commands() {
     client.say("/help");
     let frames = client.finish_turn(1);
     assert_eq!(kinds(&frames), ["user_message", "message"]);
-    let ServerFrame::Message { text, .. } = &frames[1].frame else { unreachable!() };
-    for command in ["/remember", "/recall", "/note", "/notes", "/calc", "/time", "/wait", "/tool", "/help"] {
+    let ServerFrame::Message { text, .. } = &frames[1].frame else {
+        unreachable!()
+    };
+    for command in [
+        "/remember",
+        "/recall",
+        "/note",
+        "/notes",
+        "/calc",
+        "/time",
+        "/wait",
+        "/tool",
+        "/help",
+    ] {
         assert!(text.contains(command), "{command} missing from help");
     }
 }

@@ -40,7 +40,10 @@ impl TestServer {
         adjust(&mut config);
         let listener = sparky::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let handle = sparky::server::spawn_with(listener, config, engine).unwrap();
-        TestServer { addr: handle.addr(), handle }
+        TestServer {
+            addr: handle.addr(),
+            handle,
+        }
     }
 
     /// A client that has sent `connect` for a new session and read `session_info` and `ready`.
@@ -54,7 +57,11 @@ pub fn test_config() -> Config {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::SeqCst);
     let dir = std::env::temp_dir().join(format!("sparky-test-{}-{n}", std::process::id()));
-    Config { addr: "127.0.0.1:0".parse().unwrap(), data_dir: dir, ..Config::default() }
+    Config {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir,
+        ..Config::default()
+    }
 }
 
 /// Waits until `condition` holds, checking every few milliseconds, and fails after [`WAIT`].
@@ -91,10 +98,17 @@ impl Client {
     /// Opens a WebSocket to `path` and sends nothing.
     pub fn open_path(addr: SocketAddr, path: &str) -> Self {
         let stream = TcpStream::connect(addr).unwrap();
-        stream.set_read_timeout(Some(Duration::from_millis(250))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_millis(250)))
+            .unwrap();
         stream.set_write_timeout(Some(WAIT)).unwrap();
         let (ws, _) = tungstenite::client(format!("ws://{addr}{path}"), stream).unwrap();
-        Client { ws, seen: Vec::new(), session_id: None, last_seq: 0 }
+        Client {
+            ws,
+            seen: Vec::new(),
+            session_id: None,
+            last_seq: 0,
+        }
     }
 
     /// Opens a WebSocket, sends `connect` with `data`, and reads `session_info` and `ready`.
@@ -102,7 +116,9 @@ impl Client {
         let mut client = Self::open(addr);
         client.send(json!({"type": "connect", "data": data}));
         let info = client.expect("session_info");
-        let ServerFrame::SessionInfo { session_id, .. } = &info.frame else { unreachable!() };
+        let ServerFrame::SessionInfo { session_id, .. } = &info.frame else {
+            unreachable!()
+        };
         client.session_id = Some(session_id.clone());
         client.expect("ready");
         client
@@ -110,8 +126,10 @@ impl Client {
 
     /// Resumes `session` from `last_seq`.
     pub fn resume(addr: SocketAddr, session: &SessionId, last_seq: u64) -> Self {
-        let mut client =
-            Self::connect(addr, json!({"session_id": session.as_str(), "last_seq": last_seq}));
+        let mut client = Self::connect(
+            addr,
+            json!({"session_id": session.as_str(), "last_seq": last_seq}),
+        );
         client.last_seq = last_seq;
         client
     }
@@ -158,9 +176,16 @@ impl Client {
                 }
                 Ok(_) => {}
                 Err(tungstenite::Error::Io(e))
-                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
                 {
-                    assert!(Instant::now() < deadline, "timed out; frames so far: {:#?}", self.seen);
+                    assert!(
+                        Instant::now() < deadline,
+                        "timed out; frames so far: {:#?}",
+                        self.seen
+                    );
                 }
                 Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
                     return Err(None);
@@ -174,7 +199,10 @@ impl Client {
     pub fn next(&mut self) -> ServerEnvelope {
         match self.try_next() {
             Ok(frame) => frame,
-            Err(close) => panic!("connection closed ({close:?}); frames so far: {:#?}", self.seen),
+            Err(close) => panic!(
+                "connection closed ({close:?}); frames so far: {:#?}",
+                self.seen
+            ),
         }
     }
 

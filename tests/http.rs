@@ -1,0 +1,95 @@
+//! Plain HTTP on the WebSocket port: `/healthz`, `/metrics`, 404, and upgrade mistakes.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use support::{TestServer, WAIT};
+
+/// Sends a raw request and returns the status code and body.
+fn request(addr: SocketAddr, raw: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream.write_all(raw.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split(' ').nth(1).unwrap().parse().unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    request(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n"),
+    )
+}
+
+#[test]
+fn healthz_answers_json() {
+    let server = TestServer::start();
+    let _client = server.client();
+    let (status, body) = get(server.addr, "/healthz");
+    assert_eq!(status, 200);
+    let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["sessions"], 1);
+    assert_eq!(health["connections"], 1);
+    assert_eq!(health["model"], "offline");
+}
+
+#[test]
+fn metrics_answer_prometheus_text() {
+    let server = TestServer::start();
+    let mut client = server.client();
+    client.ask("count me");
+    let (status, body) = get(server.addr, "/metrics");
+    assert_eq!(status, 200);
+    assert!(body.contains("sparky_turns_started_total 1"), "{body}");
+    assert!(
+        body.contains("sparky_turns_ended_total{outcome=\"message\"} 1"),
+        "{body}"
+    );
+}
+
+#[test]
+fn other_paths_are_404_and_the_chat_path_wants_an_upgrade() {
+    let server = TestServer::start();
+    assert_eq!(get(server.addr, "/nope").0, 404);
+    assert_eq!(get(server.addr, "/ws").0, 426);
+    let wrong_version = "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+                         Sec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    assert_eq!(request(server.addr, wrong_version).0, 400);
+    assert_eq!(request(server.addr, "NONSENSE\r\n\r\n").0, 400);
+}
+
+#[test]
+fn a_silent_connection_is_dropped_after_the_handshake_timeout() {
+    let server =
+        TestServer::with_config(|config| config.handshake_timeout = Duration::from_millis(200));
+    let mut silent = TcpStream::connect(server.addr).unwrap();
+    silent.set_read_timeout(Some(WAIT)).unwrap();
+    let mut buffer = [0u8; 16];
+    // The server closes the socket: read returns 0 (EOF) well before WAIT.
+    assert_eq!(silent.read(&mut buffer).unwrap(), 0);
+    // And it still serves others.
+    assert_eq!(get(server.addr, "/healthz").0, 200);
+}
+
+#[test]
+fn the_upgrade_past_the_connection_limit_gets_503() {
+    let server = TestServer::with_config(|config| config.max_connections = 1);
+    let _first = server.client();
+    let upgrade = "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+                   Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    assert_eq!(request(server.addr, upgrade).0, 503);
+    drop(_first);
+    support::wait_until("the slot to free", || server.handle.connection_count() == 0);
+    let mut again = server.client();
+    assert_eq!(again.ask("room now"), "You said: room now");
+}
