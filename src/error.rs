@@ -36,6 +36,8 @@ pub enum Error {
         /// What went wrong.
         detail: String,
     },
+    /// The store failed: it cannot be opened, read or written.
+    Store(String),
     /// The configuration is not usable.
     Config(String),
     /// No thread could be started.
@@ -54,7 +56,11 @@ impl Error {
             Error::Decode(decode) => decode.code,
             Error::Model { .. } => ErrorCode::ModelError,
             Error::Spawn(_) => ErrorCode::ServerBusy,
-            Error::Io { .. } | Error::WebSocket(_) | Error::Tool { .. } | Error::Config(_) => {
+            Error::Io { .. }
+            | Error::WebSocket(_)
+            | Error::Tool { .. }
+            | Error::Store(_)
+            | Error::Config(_) => {
                 ErrorCode::Internal
             }
         }
@@ -69,6 +75,7 @@ impl fmt::Display for Error {
             Error::Decode(e) => write!(f, "decode: {e}"),
             Error::Tool { tool, detail } => write!(f, "tool {tool}: {detail}"),
             Error::Model { backend, detail } => write!(f, "model {backend}: {detail}"),
+            Error::Store(detail) => write!(f, "store: {detail}"),
             Error::Config(detail) => write!(f, "config: {detail}"),
             Error::Spawn(e) => write!(f, "spawn: {e}"),
         }
@@ -82,7 +89,7 @@ impl std::error::Error for Error {
             Error::WebSocket(e) => Some(e),
             Error::Decode(e) => Some(e),
             Error::Spawn(e) => Some(e),
-            Error::Tool { .. } | Error::Model { .. } | Error::Config(_) => None,
+            Error::Tool { .. } | Error::Model { .. } | Error::Store(_) | Error::Config(_) => None,
         }
     }
 }
