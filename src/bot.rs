@@ -7,13 +7,20 @@ use std::sync::Arc;
 
 use crate::cancel::CancelFlag;
 use crate::knowledge::Knowledge;
-use crate::model::{ChatMessage, ModelBackend, ReplySink, Role};
+use crate::model::{ChatMessage, MEMORY_PREFIX, ModelBackend, ReplySink, Role};
 use crate::protocol::{ErrorCode, ServerFrame, TurnId};
+use crate::store::Store;
 use crate::tools::{ToolChain, ToolContext};
 
 /// The most conversation messages a session keeps. Older ones are dropped a whole exchange at a
 /// time, so that the model's context stays bounded and every turn copies a bounded history.
 pub const MAX_HISTORY_MESSAGES: usize = 200;
+
+/// Graph entries put into a turn's context at most.
+pub const MEMORY_ENTRIES: usize = 3;
+
+/// Characters of one graph entry put into a turn's context at most.
+pub const MEMORY_ENTRY_CHARS: usize = 300;
 
 /// The model and tools every bot of a server shares. Cheap to clone.
 #[derive(Clone)]
@@ -24,6 +31,9 @@ pub struct Engine {
     pub tools: Arc<ToolChain>,
     /// Model calls allowed in one turn; the turn fails with `step_limit` past it.
     pub max_steps: usize,
+    /// The knowledge graph, searched at the start of each turn for entries relevant to the
+    /// user's text.
+    pub memory: Option<Arc<dyn Store>>,
 }
 
 impl fmt::Debug for Engine {
@@ -32,6 +42,7 @@ impl fmt::Debug for Engine {
             .field("model", &self.model.name())
             .field("tools", &self.tools)
             .field("max_steps", &self.max_steps)
+            .field("memory", &self.memory.is_some())
             .finish()
     }
 }
@@ -64,18 +75,42 @@ pub struct Bot {
     engine: Engine,
     system: Option<String>,
     history: Vec<ChatMessage>,
+    /// The number of `history[0]` in the whole conversation (older messages were trimmed).
+    first_index: u64,
 }
 
 impl Bot {
     /// A bot with an optional system prompt and a seeded conversation.
     pub fn new(engine: Engine, personality: Option<String>, seed: Vec<ChatMessage>) -> Self {
+        Self::restore(engine, personality, 0, seed)
+    }
+
+    /// A bot whose conversation so far is `history`, the first of which is message number
+    /// `first_index`.
+    pub fn restore(
+        engine: Engine,
+        personality: Option<String>,
+        first_index: u64,
+        history: Vec<ChatMessage>,
+    ) -> Self {
         let mut bot = Bot {
             engine,
             system: personality,
-            history: seed,
+            history,
+            first_index,
         };
         bot.trim();
         bot
+    }
+
+    /// The number of the oldest message kept.
+    pub fn first_index(&self) -> u64 {
+        self.first_index
+    }
+
+    /// The number the next committed message gets.
+    pub fn end_index(&self) -> u64 {
+        self.first_index + self.history.len() as u64
     }
 
     /// The conversation so far, oldest first, without the system prompt.
@@ -129,6 +164,7 @@ impl Bot {
             .position(|m| m.role == Role::User)
             .map_or(self.history.len(), |i| excess + i);
         self.history.drain(..cut);
+        self.first_index += cut as u64;
     }
 }
 
@@ -174,6 +210,9 @@ impl Turn {
     ) -> TurnOutcome {
         let turn_id = self.turn_id;
         let specs = self.engine.tools.specs();
+        if !self.recall_memory(events) {
+            return TurnOutcome::Cancelled;
+        }
         for _step in 0..self.engine.max_steps {
             if cancel.is_cancelled() {
                 return TurnOutcome::Cancelled;
@@ -245,6 +284,53 @@ impl Turn {
             ErrorCode::StepLimit,
             &format!("the turn took more than {limit} model steps"),
         )
+    }
+
+    /// Puts the graph entries most relevant to the user's text into the context, just before
+    /// the user's message, and says which were used (in a `thought`, unless the model says so
+    /// itself). Commands (text starting with `/`) are explicit and get no memory. False when
+    /// the turn is no longer current.
+    fn recall_memory(&mut self, events: &dyn TurnEvents) -> bool {
+        let Some(memory) = &self.engine.memory else {
+            return true;
+        };
+        let text = self.user_text();
+        if text.starts_with('/') {
+            return true;
+        }
+        let hits = match memory.search(text, None, MEMORY_ENTRIES) {
+            Ok(hits) => hits,
+            Err(e) => {
+                log::warn!("turn {}: memory lookup failed: {e}", self.turn_id);
+                return true;
+            }
+        };
+        if hits.is_empty() {
+            return true;
+        }
+        let lines: Vec<String> = hits
+            .iter()
+            .map(|node| {
+                let content: String = node.content.chars().take(MEMORY_ENTRY_CHARS).collect();
+                format!("- #{} {}: {content}", node.id, node.label)
+            })
+            .collect();
+        let context = format!("{MEMORY_PREFIX}\n{}", lines.join("\n"));
+        self.messages
+            .insert(self.first_new, ChatMessage::text(Role::System, context));
+        self.first_new += 1;
+        if self.engine.model.describes_memory() {
+            return true;
+        }
+        let used: Vec<String> = hits
+            .iter()
+            .map(|node| format!("#{} {}", node.id, node.label))
+            .collect();
+        let thought = format!("Recalled from memory: {}", used.join("; "));
+        events.emit(ServerFrame::Thought {
+            turn_id: self.turn_id,
+            text: thought,
+        })
     }
 
     /// Closes the turn with an error, keeping the conversation well formed.
@@ -389,6 +475,7 @@ mod tests {
             model,
             tools: Arc::new(tools),
             max_steps: 3,
+            memory: None,
         }
     }
 

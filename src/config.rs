@@ -12,6 +12,10 @@ pub struct Config {
     pub addr: SocketAddr,
     /// Where persistent data lives.
     pub data_dir: PathBuf,
+    /// Keep everything in memory: no data directory, nothing survives a restart.
+    pub in_memory: bool,
+    /// Model steps allowed in one turn.
+    pub max_steps: usize,
     /// How long a session with no connection is kept.
     pub session_timeout: Duration,
     /// Open WebSocket connections at most; an upgrade past it gets HTTP 503.
@@ -43,6 +47,8 @@ impl Default for Config {
         Config {
             addr: SocketAddr::from(([127, 0, 0, 1], 8000)),
             data_dir: PathBuf::from("sparky-data"),
+            in_memory: false,
+            max_steps: 8,
             session_timeout: Duration::from_secs(60 * 60),
             max_connections: 20_000,
             max_connections_per_session: 8,

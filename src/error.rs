@@ -60,9 +60,7 @@ impl Error {
             | Error::WebSocket(_)
             | Error::Tool { .. }
             | Error::Store(_)
-            | Error::Config(_) => {
-                ErrorCode::Internal
-            }
+            | Error::Config(_) => ErrorCode::Internal,
         }
     }
 }

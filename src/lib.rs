@@ -26,9 +26,10 @@ pub mod error;
 pub mod metrics;
 pub mod protocol;
 // Capabilities: may do IO, never touch client sockets.
+pub mod journal;
+pub mod knowledge;
 pub mod model;
 pub mod store;
-pub mod knowledge;
 pub mod tools;
 // Domain.
 pub mod bot;

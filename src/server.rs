@@ -21,9 +21,12 @@ use crate::config::Config;
 use crate::connection::{Connection, ConnectionContext, Waker};
 use crate::error::{Error, Result};
 use crate::http::{self, HeadError, Response, Route, ServerView};
+use crate::journal::Journal;
 use crate::metrics::Metrics;
+use crate::model::ModelBackend;
 use crate::model::offline::OfflineModel;
 use crate::session::SessionManager;
+use crate::store::{SqliteStore, Store};
 use crate::tools::ToolChain;
 
 /// Stack of a connection thread. Only touched pages count towards memory, and a connection
@@ -45,8 +48,8 @@ const WRITE_BUFFER_BYTES: usize = 64 * 1024;
 /// Bytes tungstenite may hold for a peer that is not reading before the connection is dropped.
 const MAX_WRITE_BUFFER_BYTES: usize = 8 << 20;
 
-/// Model steps per turn.
-const MAX_STEPS: usize = 8;
+/// How long shutdown waits for the journal to commit what is queued.
+const JOURNAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Binds a listener with a large backlog.
 ///
@@ -72,36 +75,49 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener> {
     Ok(socket.into())
 }
 
-/// The engine the server runs on by default: the offline model and the built-in tools.
-pub fn default_engine() -> Engine {
-    Engine {
-        model: Arc::new(OfflineModel),
-        tools: Arc::new(ToolChain::builtin()),
-        max_steps: MAX_STEPS,
-    }
-}
-
-/// Starts a server on `listener` with the default engine, and returns at once.
+/// Starts a server on `listener` with the built-in offline model, and returns at once.
 ///
 /// # Errors
 ///
-/// When the listener's address cannot be read or a thread cannot be started.
+/// When the store cannot be opened (see [`SqliteStore::open`]), the listener's address cannot
+/// be read, or a thread cannot be started.
 pub fn spawn(listener: TcpListener, config: Config) -> Result<ServerHandle> {
-    spawn_with(listener, config, default_engine())
+    spawn_with(listener, config, Arc::new(OfflineModel))
 }
 
-/// Starts a server on `listener` running `engine`, and returns at once.
+/// Starts a server on `listener` that answers with `model`, and returns at once. Opens the
+/// store (or an in-memory one), starts the journal, and restores the sessions the store held.
 ///
 /// # Errors
 ///
-/// When the listener's address cannot be read or a thread cannot be started.
-pub fn spawn_with(listener: TcpListener, config: Config, engine: Engine) -> Result<ServerHandle> {
+/// As [`spawn`].
+pub fn spawn_with(
+    listener: TcpListener,
+    config: Config,
+    model: Arc<dyn ModelBackend>,
+) -> Result<ServerHandle> {
     let addr = listener
         .local_addr()
         .map_err(|e| Error::io("local_addr", e))?;
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::default());
-    let sessions = SessionManager::new(config.clone(), engine, metrics.clone());
+    let (store, journal): (Arc<dyn Store>, Option<Journal>) = if config.in_memory {
+        (Arc::new(SqliteStore::in_memory()?), None)
+    } else {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.data_dir)?);
+        let journal = Journal::spawn(store.clone())?;
+        (store, Some(journal))
+    };
+    let engine = Engine {
+        model,
+        tools: Arc::new(ToolChain::standard(&store)),
+        max_steps: config.max_steps,
+        memory: Some(store.clone()),
+    };
+    let sessions = SessionManager::new(config.clone(), engine, metrics.clone(), journal);
+    if !config.in_memory {
+        sessions.restore(store.load_sessions(config.session_timeout)?);
+    }
     let shared = Arc::new(Shared {
         ctx: ConnectionContext {
             config: config.clone(),
@@ -214,6 +230,11 @@ impl ServerHandle {
             waker.wake();
         }
         self.shared.ctx.sessions.cancel_all();
+        if let Some(journal) = self.shared.ctx.sessions.journal()
+            && !journal.sync(JOURNAL_FLUSH_TIMEOUT)
+        {
+            log::error!("server: the journal did not finish writing in {JOURNAL_FLUSH_TIMEOUT:?}");
+        }
         drop(self.reaper_stop.take());
         if let Some(reaper) = self.reaper.take() {
             let _ = reaper.join();

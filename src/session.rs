@@ -1,28 +1,38 @@
 //! Sessions: `SessionManager` (the map from id to session, creation, resume, expiry), `Session`
 //! (its bot, knowledge, event log, current turn and attached subscribers) and `EventLog`.
 //!
-//! Depends on `bot`, `knowledge`, `cancel`, `config`, `metrics` and `protocol`. A subscriber is
-//! anything with a bounded channel and a way to be woken; this file never learns that it is a
-//! WebSocket.
+//! With a journal, an event reaches subscribers (and replays) only once the store has committed
+//! it: `push_event` logs and submits it, and the journal's acknowledgement (`release`) queues
+//! every newly durable event for each subscriber. Without a journal, events are released at
+//! once.
+//!
+//! Depends on `bot`, `journal`, `store`, `knowledge`, `cancel`, `config`, `metrics` and
+//! `protocol`. A subscriber is anything with a bounded channel and a way to be woken; this file
+//! never learns that it is a WebSocket.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use crossbeam_channel::{Sender, TrySendError};
 use parking_lot::Mutex;
 
-use crate::bot::{Bot, Engine, Turn, TurnEvents};
+use crate::bot::{Bot, Engine, Turn, TurnEvents, interrupted};
 use crate::cancel::CancelFlag;
 use crate::config::Config;
+use crate::journal::{Durable, Journal};
 use crate::knowledge::Knowledge;
 use crate::metrics::Metrics;
 use crate::model::{ChatMessage, Role};
 use crate::protocol::{
-    ConnectData, ErrorCode, HistoryRole, ServerFrame, SessionId, StatusCode, StatusData, TurnId,
-    encode,
+    ConnectData, ErrorCode, HistoryRole, ServerEnvelope, ServerFrame, SessionId, StatusCode,
+    StatusData, TurnId, encode,
 };
+use crate::store::{StoredSession, WriteOp};
+
+/// How often (in events) a session asks the store to forget events past its log's capacity.
+const TRIM_EVERY: u64 = 256;
 
 /// A frame ready for the wire, shared by the event log and every subscriber it goes to.
 pub type WireText = Arc<str>;
@@ -130,6 +140,15 @@ impl EventLog {
         }
     }
 
+    /// A log holding `events` (`seq`, text), oldest first, as loaded from the store.
+    pub fn restore(capacity: usize, events: Vec<(u64, WireText)>) -> Self {
+        let mut log = EventLog::new(capacity);
+        log.next_seq = events.last().map_or(1, |(seq, _)| seq + 1);
+        let skip = events.len().saturating_sub(log.capacity);
+        log.events = events.into_iter().skip(skip).collect();
+        log
+    }
+
     /// The `seq` the next event gets.
     pub fn next_seq(&self) -> u64 {
         self.next_seq
@@ -145,19 +164,32 @@ impl EventLog {
         self.next_seq += 1;
     }
 
-    /// The events after `last_seq`, and the range of those no longer retained, if any.
-    pub fn since(&self, last_seq: u64) -> (Option<(u64, u64)>, Vec<WireText>) {
-        let first_retained = self.events.front().map_or(self.next_seq, |(seq, _)| *seq);
-        let gap = (last_seq + 1 < first_retained).then(|| (last_seq + 1, first_retained - 1));
-        let skip = (last_seq + 1).saturating_sub(first_retained);
-        let skip = usize::try_from(skip).unwrap_or(usize::MAX);
+    /// The events after `last_seq` up to `up_to`, and the range of those no longer retained,
+    /// if any.
+    pub fn since(&self, last_seq: u64, up_to: u64) -> (Option<(u64, u64)>, Vec<WireText>) {
+        let first = self.first_retained();
+        let gap = (last_seq + 1 < first).then(|| (last_seq + 1, (first - 1).min(up_to)));
         let events = self
-            .events
-            .iter()
-            .skip(skip)
-            .map(|(_, text)| text.clone())
+            .range(last_seq.max(first - 1), up_to)
+            .cloned()
             .collect();
         (gap, events)
+    }
+
+    /// The `seq` of the oldest retained event (`next_seq` when there is none).
+    fn first_retained(&self) -> u64 {
+        self.events.front().map_or(self.next_seq, |(seq, _)| *seq)
+    }
+
+    /// The retained events numbered `after + 1 ..= up_to`.
+    fn range(&self, after: u64, up_to: u64) -> impl DoubleEndedIterator<Item = &WireText> {
+        let skip = (after + 1).saturating_sub(self.first_retained());
+        let take = up_to.saturating_sub(after);
+        self.events
+            .iter()
+            .skip(usize::try_from(skip).unwrap_or(usize::MAX))
+            .take(usize::try_from(take).unwrap_or(usize::MAX))
+            .map(|(_, text)| text)
     }
 }
 
@@ -181,6 +213,11 @@ struct SessionInner {
     knowledge: Knowledge,
     metrics: Arc<Metrics>,
     max_subscribers: usize,
+    event_log_capacity: u64,
+    /// Where writes go, when the server persists sessions.
+    journal: Option<Journal>,
+    /// This session as the journal's acknowledgement target.
+    ack: Arc<dyn Durable>,
     /// Held for bookkeeping only: never across IO, a model call, a tool call or a blocking send.
     state: Mutex<SessionState>,
 }
@@ -189,19 +226,42 @@ struct SessionInner {
 struct SessionState {
     bot: Bot,
     log: EventLog,
+    /// The highest `seq` the store has committed (every `seq`, when there is no journal); only
+    /// events up to it are delivered or replayed.
+    durable_seq: u64,
     next_turn: u64,
     turn: Option<CurrentTurn>,
-    subscribers: Vec<Subscriber>,
+    subscribers: Vec<Attached>,
     /// When the session last had a subscriber or an event; expiry counts from here.
     idle_since: Instant,
     /// Set when the session is discarded; a closed session accepts nothing.
     closed: bool,
 }
 
+/// A subscriber and the highest `seq` queued to it.
+struct Attached {
+    subscriber: Subscriber,
+    sent_seq: u64,
+}
+
 struct CurrentTurn {
     id: TurnId,
     cancel: CancelFlag,
     text: String,
+}
+
+/// The journal's handle on a session: a weak one, so that a pending batch does not keep a
+/// discarded session alive.
+struct SessionAck(Weak<SessionInner>);
+
+impl Durable for SessionAck {
+    fn durable(&self, seq: u64) {
+        if let Some(inner) = self.0.upgrade() {
+            let session = Session { inner };
+            let mut state = session.inner.state.lock();
+            session.release(&mut state, seq);
+        }
+    }
 }
 
 /// A new turn, ready for a worker thread.
@@ -218,14 +278,31 @@ pub struct TurnStart {
 }
 
 impl Session {
-    fn new(
-        id: SessionId,
-        data: &ConnectData,
-        config: &Config,
-        engine: Engine,
-        metrics: Arc<Metrics>,
-    ) -> Self {
-        let seed = data
+    /// A new session for a `connect`, seeded with its personality and history.
+    fn create(id: SessionId, data: &ConnectData, manager: &ManagerInner) -> Self {
+        if let Some(journal) = &manager.journal {
+            let (user_id, personality) = (data.user_id.clone(), data.personality.clone());
+            journal.submit(
+                WriteOp::CreateSession {
+                    id: id.clone(),
+                    user_id,
+                    personality,
+                },
+                None,
+            );
+        }
+        let bot = Bot::new(manager.engine.clone(), data.personality.clone(), Vec::new());
+        let log = EventLog::new(manager.config.event_log_capacity);
+        let session = Self::build(
+            id,
+            data.user_id.clone(),
+            Vec::new(),
+            bot,
+            log,
+            Instant::now(),
+            manager,
+        );
+        let seed: Vec<ChatMessage> = data
             .history
             .iter()
             .flatten()
@@ -237,25 +314,76 @@ impl Session {
                 ChatMessage::text(role, entry.content.clone())
             })
             .collect();
+        if !seed.is_empty() {
+            let mut state = session.inner.state.lock();
+            session.commit(&mut state, seed);
+        }
+        session
+    }
+
+    /// A session as the store held it.
+    fn restore(stored: StoredSession, manager: &ManagerInner) -> Self {
+        let bot = Bot::restore(
+            manager.engine.clone(),
+            stored.personality,
+            stored.first_message,
+            stored.messages,
+        );
+        let events = stored
+            .events
+            .into_iter()
+            .map(|(seq, body)| (seq, WireText::from(body)))
+            .collect();
+        let log = EventLog::restore(manager.config.event_log_capacity, events);
+        let idle_since = Instant::now()
+            .checked_sub(stored.idle_for)
+            .unwrap_or_else(Instant::now);
+        Self::build(
+            stored.id,
+            stored.user_id,
+            stored.notes,
+            bot,
+            log,
+            idle_since,
+            manager,
+        )
+    }
+
+    fn build(
+        id: SessionId,
+        user_id: Option<String>,
+        notes: Vec<String>,
+        bot: Bot,
+        log: EventLog,
+        idle_since: Instant,
+        manager: &ManagerInner,
+    ) -> Self {
+        let knowledge = match &manager.journal {
+            Some(journal) => Knowledge::persistent(journal.clone(), id.clone(), notes),
+            None => Knowledge::new(),
+        };
         let state = SessionState {
-            bot: Bot::new(engine, data.personality.clone(), seed),
-            log: EventLog::new(config.event_log_capacity),
+            durable_seq: log.next_seq() - 1,
+            bot,
+            log,
             next_turn: 1,
             turn: None,
             subscribers: Vec::new(),
-            idle_since: Instant::now(),
+            idle_since,
             closed: false,
         };
-        Session {
-            inner: Arc::new(SessionInner {
-                id,
-                user_id: data.user_id.clone(),
-                knowledge: Knowledge::new(),
-                metrics,
-                max_subscribers: config.max_connections_per_session.max(1),
-                state: Mutex::new(state),
-            }),
-        }
+        let inner = Arc::new_cyclic(|weak: &Weak<SessionInner>| SessionInner {
+            id,
+            user_id,
+            knowledge,
+            metrics: manager.metrics.clone(),
+            max_subscribers: manager.config.max_connections_per_session.max(1),
+            event_log_capacity: manager.config.event_log_capacity.max(1) as u64,
+            journal: manager.journal.clone(),
+            ack: Arc::new(SessionAck(weak.clone())),
+            state: Mutex::new(state),
+        });
+        Session { inner }
     }
 
     /// The session's id.
@@ -266,6 +394,11 @@ impl Session {
     /// The `user_id` the session was created with.
     pub fn user_id(&self) -> Option<&str> {
         self.inner.user_id.as_deref()
+    }
+
+    /// The session's short-term knowledge.
+    pub fn knowledge(&self) -> &Knowledge {
+        &self.inner.knowledge
     }
 
     /// How many subscribers are attached now.
@@ -279,7 +412,7 @@ impl Session {
     }
 
     /// Opens a turn for a user message: cancels the turn in flight (its `status cancelled`
-    /// comes first), sends `user_message`, and returns the turn for a worker to run. `None`
+    /// comes first), logs `user_message`, and returns the turn for a worker to run. `None`
     /// when the session was discarded meanwhile.
     pub fn submit(&self, text: &str) -> Option<TurnStart> {
         let mut state = self.inner.state.lock();
@@ -315,7 +448,7 @@ impl Session {
         })
     }
 
-    /// Stops the turn in flight, if any, and sends its `status cancelled`.
+    /// Stops the turn in flight, if any, and logs its `status cancelled`.
     pub fn cancel(&self) {
         let mut state = self.inner.state.lock();
         self.cancel_locked(&mut state);
@@ -325,7 +458,9 @@ impl Session {
     pub fn detach(&self, id: u64) {
         let mut state = self.inner.state.lock();
         let before = state.subscribers.len();
-        state.subscribers.retain(|subscriber| subscriber.id != id);
+        state
+            .subscribers
+            .retain(|attached| attached.subscriber.id != id);
         if state.subscribers.len() < before && state.subscribers.is_empty() {
             state.idle_since = Instant::now();
         }
@@ -342,23 +477,140 @@ impl Session {
             Some(turn.id),
         );
         self.push_event(state, status);
-        state
-            .bot
-            .commit_interrupted(&turn.text, "(the reply was cancelled)");
+        self.commit(state, interrupted(&turn.text, "(the reply was cancelled)"));
         Metrics::bump(&self.inner.metrics.turns_cancelled);
     }
 
-    /// Numbers an event, logs it and hands it to every subscriber; the one place events are
-    /// made. Subscribers that cannot keep up are dropped here.
+    /// Numbers an event, logs it, and writes it to the store (or, with no store, releases it
+    /// at once); the one place events are made.
     fn push_event(&self, state: &mut SessionState, frame: ServerFrame) {
         let seq = state.log.next_seq();
         let text: WireText = encode(&frame, Some(&self.inner.id), Some(seq)).into();
         state.log.push(text.clone());
         state.idle_since = Instant::now();
-        state
-            .subscribers
-            .retain(|subscriber| subscriber.deliver(Delivery::Text(text.clone())));
         Metrics::bump(&self.inner.metrics.events);
+        let Some(journal) = &self.inner.journal else {
+            self.release(state, seq);
+            return;
+        };
+        let session = self.inner.id.clone();
+        let ack = Some((self.inner.ack.clone(), seq));
+        journal.submit(
+            WriteOp::Event {
+                session: session.clone(),
+                seq,
+                body: text,
+            },
+            ack,
+        );
+        let capacity = self.inner.event_log_capacity;
+        if seq % TRIM_EVERY == 0 && seq > capacity {
+            journal.submit(
+                WriteOp::TrimEvents {
+                    session,
+                    below: seq + 1 - capacity,
+                },
+                None,
+            );
+        }
+    }
+
+    /// Marks events up to `seq` durable and queues for each subscriber every durable event it
+    /// has not had yet. Subscribers that cannot keep up are dropped here.
+    fn release(&self, state: &mut SessionState, seq: u64) {
+        if seq <= state.durable_seq {
+            return;
+        }
+        state.durable_seq = seq;
+        let SessionState {
+            log, subscribers, ..
+        } = state;
+        let first_retained = log.first_retained();
+        subscribers.retain_mut(|attached| {
+            if attached.sent_seq + 1 < first_retained {
+                log::warn!(
+                    "subscriber {}: fell behind the event log; detaching it",
+                    attached.subscriber.id
+                );
+                return false;
+            }
+            let delivered = log
+                .range(attached.sent_seq, seq)
+                .all(|text| attached.subscriber.deliver(Delivery::Text(text.clone())));
+            attached.sent_seq = seq;
+            delivered
+        });
+    }
+
+    /// Adds messages to the conversation, and to the store.
+    fn commit(&self, state: &mut SessionState, transcript: Vec<ChatMessage>) {
+        let first = state.bot.end_index();
+        let oldest = state.bot.first_index();
+        if let Some(journal) = &self.inner.journal {
+            let session = self.inner.id.clone();
+            journal.submit(
+                WriteOp::Messages {
+                    session,
+                    first,
+                    messages: transcript.clone(),
+                },
+                None,
+            );
+        }
+        state.bot.commit(transcript);
+        let below = state.bot.first_index();
+        if let (Some(journal), true) = (&self.inner.journal, below > oldest) {
+            journal.submit(
+                WriteOp::TrimMessages {
+                    session: self.inner.id.clone(),
+                    below,
+                },
+                None,
+            );
+        }
+    }
+
+    /// After a restart: sets the turn counter past the log's last turn, and closes that turn
+    /// with an `error` if the restart cut it off, so that every turn is closed exactly once.
+    fn settle_after_restart(&self) {
+        let mut state = self.inner.state.lock();
+        let parsed: Vec<ServerEnvelope> = state
+            .log
+            .range(0, u64::MAX)
+            .rev()
+            .filter_map(|text| serde_json::from_str(text).ok())
+            .collect();
+        let Some(turn_id) = parsed.first().and_then(|last| last.frame.turn_id()) else {
+            return;
+        };
+        state.next_turn = turn_id.0 + 1;
+        if parsed[0].frame.closes_turn() {
+            return;
+        }
+        let text = parsed
+            .iter()
+            .find_map(|envelope| match &envelope.frame {
+                ServerFrame::UserMessage { turn_id: id, text } if *id == turn_id => {
+                    Some(text.clone())
+                }
+                _ => None,
+            })
+            .unwrap_or_default();
+        let message = "the server restarted before this turn finished";
+        let frame = ServerFrame::Error {
+            turn_id: Some(turn_id),
+            code: ErrorCode::Internal,
+            message: message.into(),
+        };
+        self.push_event(&mut state, frame);
+        self.commit(
+            &mut state,
+            interrupted(&text, &format!("(no reply: {message})")),
+        );
+        log::info!(
+            "session {}: closed turn {turn_id}, cut off by a restart",
+            self.inner.id.short()
+        );
     }
 
     /// Attaches a subscriber, taking over from the oldest past the limit, and builds its
@@ -372,7 +624,7 @@ impl Session {
     ) -> Attachment {
         let mut state = self.inner.state.lock();
         while state.subscribers.len() >= self.inner.max_subscribers {
-            let oldest = state.subscribers.remove(0);
+            let oldest = state.subscribers.remove(0).subscriber;
             let status = ServerFrame::status(
                 StatusCode::TakenOver,
                 "another connection took this one's place",
@@ -388,7 +640,16 @@ impl Session {
                 oldest.id
             );
         }
-        state.subscribers.push(subscriber);
+        let durable = state.durable_seq;
+        // What the subscriber has (or is about to get in the greeting): everything durable. A
+        // client claiming more than was ever sent is believed up to the last event.
+        let sent_seq = last_seq.map_or(durable, |seen| {
+            seen.clamp(durable, state.log.next_seq() - 1)
+        });
+        state.subscribers.push(Attached {
+            subscriber,
+            sent_seq,
+        });
         let id = Some(&self.inner.id);
         let info = ServerFrame::SessionInfo {
             session_id: self.inner.id.clone(),
@@ -401,7 +662,7 @@ impl Session {
         ];
         let mut replayed = 0;
         if let (false, Some(last_seq)) = (is_new, last_seq) {
-            let (gap, events) = state.log.since(last_seq);
+            let (gap, events) = state.log.since(last_seq, durable);
             if let Some((from, to)) = gap {
                 let status = ServerFrame::Status(StatusData {
                     code: StatusCode::Gap,
@@ -439,8 +700,8 @@ impl SessionTurn {
     /// Closes the turn with an error event, if it is still current, keeping the conversation
     /// well formed. Used when the turn's worker could not start or crashed.
     pub fn fail(&self, code: ErrorCode, message: &str) {
-        let inner = &self.session.inner;
-        let mut state = inner.state.lock();
+        let session = &self.session;
+        let mut state = session.inner.state.lock();
         let Some(turn) = state.turn.take_if(|turn| turn.id == self.turn_id) else {
             return;
         };
@@ -449,11 +710,12 @@ impl SessionTurn {
             code,
             message: message.to_owned(),
         };
-        self.session.push_event(&mut state, frame);
-        state
-            .bot
-            .commit_interrupted(&turn.text, &format!("(no reply: {message})"));
-        Metrics::bump(&inner.metrics.turns_failed);
+        session.push_event(&mut state, frame);
+        session.commit(
+            &mut state,
+            interrupted(&turn.text, &format!("(no reply: {message})")),
+        );
+        Metrics::bump(&session.inner.metrics.turns_failed);
     }
 }
 
@@ -471,18 +733,18 @@ impl TurnEvents for SessionTurn {
     }
 
     fn close(&self, frame: ServerFrame, transcript: Vec<ChatMessage>) -> bool {
-        let inner = &self.session.inner;
-        let mut state = inner.state.lock();
+        let session = &self.session;
+        let mut state = session.inner.state.lock();
         if state.turn.take_if(|turn| turn.id == self.turn_id).is_none() {
             return false;
         }
         let counter = match frame {
-            ServerFrame::Message { .. } => &inner.metrics.turns_completed,
-            _ => &inner.metrics.turns_failed,
+            ServerFrame::Message { .. } => &session.inner.metrics.turns_completed,
+            _ => &session.inner.metrics.turns_failed,
         };
         Metrics::bump(counter);
-        self.session.push_event(&mut state, frame);
-        state.bot.commit(transcript);
+        session.push_event(&mut state, frame);
+        session.commit(&mut state, transcript);
         true
     }
 }
@@ -508,19 +770,48 @@ struct ManagerInner {
     config: Arc<Config>,
     engine: Engine,
     metrics: Arc<Metrics>,
+    journal: Option<Journal>,
 }
 
 impl SessionManager {
-    /// An empty map for sessions that run on `engine`.
-    pub fn new(config: Arc<Config>, engine: Engine, metrics: Arc<Metrics>) -> Self {
+    /// An empty map for sessions that run on `engine`, persisted through `journal` if given.
+    pub fn new(
+        config: Arc<Config>,
+        engine: Engine,
+        metrics: Arc<Metrics>,
+        journal: Option<Journal>,
+    ) -> Self {
+        let sessions = Mutex::new(HashMap::new());
         SessionManager {
             inner: Arc::new(ManagerInner {
-                sessions: Mutex::new(HashMap::new()),
+                sessions,
                 config,
                 engine,
                 metrics,
+                journal,
             }),
         }
+    }
+
+    /// Brings back the sessions the store held at start, closing any turn a restart cut off.
+    pub fn restore(&self, stored: Vec<StoredSession>) {
+        let count = stored.len();
+        for stored in stored {
+            let session = Session::restore(stored, &self.inner);
+            session.settle_after_restart();
+            self.inner
+                .sessions
+                .lock()
+                .insert(session.id().clone(), session);
+        }
+        if count > 0 {
+            log::info!("sessions: restored {count} from the store");
+        }
+    }
+
+    /// The journal, when sessions are persisted.
+    pub fn journal(&self) -> Option<&Journal> {
+        self.inner.journal.as_ref()
     }
 
     /// How many sessions are live.
@@ -571,29 +862,25 @@ impl SessionManager {
             return Ok(session.attach(subscriber, false, data.last_seq, &ready));
         }
         if sessions.len() >= self.inner.config.max_sessions {
+            let message = "the server holds as many sessions as it may".into();
             return Err(Refusal {
                 code: ErrorCode::ServerBusy,
-                message: "the server holds as many sessions as it may".into(),
+                message,
             });
         }
         let id = new_session_id().map_err(|e| Refusal {
             code: ErrorCode::ServerBusy,
             message: format!("no session id could be drawn: {e}"),
         })?;
-        let session = Session::new(
-            id.clone(),
-            data,
-            &self.inner.config,
-            self.inner.engine.clone(),
-            self.inner.metrics.clone(),
-        );
+        let session = Session::create(id.clone(), data, &self.inner);
         log::info!("session {}: created", id.short());
         sessions.insert(id, session.clone());
         Ok(session.attach(subscriber, true, None, &ready))
     }
 
     /// Discards every session that has had no subscriber and no event for the session timeout,
-    /// cancelling its turn if one is still running. Returns how many went.
+    /// cancelling its turn if one is still running, and deletes it from the store. Returns how
+    /// many went.
     pub fn reap_expired(&self) -> usize {
         let timeout = self.inner.config.session_timeout;
         let now = Instant::now();
@@ -613,6 +900,14 @@ impl SessionManager {
         });
         for id in &expired {
             log::info!("session {}: expired", id.short());
+            if let Some(journal) = &self.inner.journal {
+                journal.submit(
+                    WriteOp::DeleteSession {
+                        session: id.clone(),
+                    },
+                    None,
+                );
+            }
         }
         expired.len()
     }
@@ -652,19 +947,26 @@ mod tests {
     #[test]
     fn replays_only_what_follows_last_seq() {
         let log = log_with(5, 10);
-        assert_eq!(log.since(3), (None, vec!["4".into(), "5".into()]));
-        assert_eq!(texts(log.since(0).1), ["1", "2", "3", "4", "5"]);
-        assert!(log.since(5).1.is_empty());
-        assert!(log.since(99).1.is_empty());
+        assert_eq!(log.since(3, 5), (None, vec!["4".into(), "5".into()]));
+        assert_eq!(texts(log.since(0, 5).1), ["1", "2", "3", "4", "5"]);
+        assert_eq!(texts(log.since(0, 3).1), ["1", "2", "3"]);
+        assert!(log.since(5, 5).1.is_empty());
+        assert!(log.since(99, 5).1.is_empty());
     }
 
     #[test]
     fn reports_a_gap_when_old_events_are_gone() {
         let log = log_with(10, 4);
-        let (gap, events) = log.since(2);
+        let (gap, events) = log.since(2, 10);
         assert_eq!(gap, Some((3, 6)));
         assert_eq!(texts(events), ["7", "8", "9", "10"]);
-        assert_eq!(log.since(6).0, None);
+        assert_eq!(log.since(6, 10).0, None);
         assert_eq!(log.next_seq(), 11);
+        let restored = EventLog::restore(
+            4,
+            (5..=10).map(|seq| (seq, seq.to_string().into())).collect(),
+        );
+        assert_eq!(restored.next_seq(), 11);
+        assert_eq!(texts(restored.since(0, 10).1), ["7", "8", "9", "10"]);
     }
 }

@@ -231,7 +231,9 @@ fn store_error(context: &str, e: impl std::fmt::Display) -> Error {
 }
 
 fn unix_now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 impl SqliteStore {
@@ -244,8 +246,12 @@ impl SqliteStore {
     /// another server holds it, the file is not a database, or its schema is newer than this
     /// build.
     pub fn open(dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| store_error(&format!("cannot create data directory {}", dir.display()), e))?;
+        std::fs::create_dir_all(dir).map_err(|e| {
+            store_error(
+                &format!("cannot create data directory {}", dir.display()),
+                e,
+            )
+        })?;
         let lock_path = dir.join("LOCK");
         let lock = OpenOptions::new()
             .create(true)
@@ -282,7 +288,12 @@ impl SqliteStore {
             migrate(&connection, Path::new(":memory:"))?;
             Ok(connection)
         };
-        Ok(SqliteStore { journal: Mutex::new(open()?), graph: Mutex::new(open()?), _lock: None, path: None })
+        Ok(SqliteStore {
+            journal: Mutex::new(open()?),
+            graph: Mutex::new(open()?),
+            _lock: None,
+            path: None,
+        })
     }
 
     /// The database file, when on disk.
@@ -300,7 +311,9 @@ fn open_connection(path: &Path) -> Result<Connection> {
     // WAL lets the graph read while the journal writes; NORMAL syncs at checkpoints, so a
     // committed transaction survives a crash of the process (not of the machine's power).
     connection
-        .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
+        .execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+        )
         .map_err(|e| store_error(&context, e))?;
     Ok(connection)
 }
@@ -377,7 +390,12 @@ fn migrate(connection: &Connection, path: &Path) -> Result<()> {
     let context = format!("database {}", path.display());
     let version: i64 = connection
         .query_row("PRAGMA user_version", [], |row| row.get(0))
-        .map_err(|e| store_error(&format!("{context} cannot be read (is it a Sparky database?)"), e))?;
+        .map_err(|e| {
+            store_error(
+                &format!("{context} cannot be read (is it a Sparky database?)"),
+                e,
+            )
+        })?;
     if version > SCHEMA_VERSION {
         return Err(Error::Store(format!(
             "{context} has schema version {version}, newer than this build's {SCHEMA_VERSION}; \
@@ -415,7 +433,10 @@ fn role_from(name: &str) -> Role {
 fn calls_to_json(calls: &[ToolCall]) -> Option<String> {
     (!calls.is_empty()).then(|| {
         Value::Array(
-            calls.iter().map(|c| json!({"id": c.id, "name": c.name, "args": c.args})).collect(),
+            calls
+                .iter()
+                .map(|c| json!({"id": c.id, "name": c.name, "args": c.args}))
+                .collect(),
         )
         .to_string()
     })
@@ -483,7 +504,9 @@ fn label_for(content: &str) -> String {
 impl Store for SqliteStore {
     fn apply(&self, batch: &[WriteOp]) -> Result<()> {
         let mut connection = self.journal.lock();
-        let tx = connection.transaction().map_err(|e| store_error("begin", e))?;
+        let tx = connection
+            .transaction()
+            .map_err(|e| store_error("begin", e))?;
         let now = unix_now();
         let mut touched: Vec<&SessionId> = Vec::new();
         for op in batch {
@@ -561,7 +584,9 @@ impl Store for SqliteStore {
         let mut connection = self.journal.lock();
         let now = unix_now();
         let cutoff = now.saturating_sub(timeout.as_secs() as i64);
-        let tx = connection.transaction().map_err(|e| store_error("begin", e))?;
+        let tx = connection
+            .transaction()
+            .map_err(|e| store_error("begin", e))?;
         for table in ["events", "messages", "notes"] {
             tx.execute(
                 &format!(
@@ -580,8 +605,10 @@ impl Store for SqliteStore {
         let rows: Vec<(String, Option<String>, Option<String>, i64)> = tx
             .prepare("SELECT id, user_id, personality, last_active FROM sessions")
             .and_then(|mut s| {
-                s.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)))?
-                    .collect()
+                s.query_map([], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+                })?
+                .collect()
             })
             .map_err(|e| store_error("load sessions", e))?;
         let mut sessions = Vec::with_capacity(rows.len());
@@ -641,7 +668,9 @@ impl Store for SqliteStore {
     fn remember(&self, content: &str) -> Result<(Node, bool)> {
         let connection = self.graph.lock();
         let existing = connection
-            .prepare_cached(&format!("SELECT {NODE_COLUMNS} FROM nodes WHERE kind = 'fact' AND content = ?1"))
+            .prepare_cached(&format!(
+                "SELECT {NODE_COLUMNS} FROM nodes WHERE kind = 'fact' AND content = ?1"
+            ))
             .and_then(|mut s| s.query_row([content], node_from_row).optional())
             .map_err(|e| store_error("remember", e))?;
         if let Some(node) = existing {
@@ -664,7 +693,10 @@ impl Store for SqliteStore {
                  WHERE nodes_fts MATCH ?1 AND (?2 IS NULL OR n.kind = ?2) \
                  ORDER BY bm25(nodes_fts) LIMIT ?3",
             )
-            .and_then(|mut s| s.query_map(params![fts, kind, limit as i64], node_from_row)?.collect())
+            .and_then(|mut s| {
+                s.query_map(params![fts, kind, limit as i64], node_from_row)?
+                    .collect()
+            })
             .map_err(|e| store_error("search", e))
     }
 
@@ -693,7 +725,10 @@ impl Store for SqliteStore {
     fn add_edge(&self, source: i64, target: i64, kind: &str, properties: &Value) -> Result<Edge> {
         let connection = self.graph.lock();
         for id in [source, target] {
-            if get_node(&connection, id).map_err(|e| store_error("add edge", e))?.is_none() {
+            if get_node(&connection, id)
+                .map_err(|e| store_error("add edge", e))?
+                .is_none()
+            {
                 return Err(Error::Store(format!("there is no node #{id}")));
             }
         }
@@ -705,7 +740,9 @@ impl Store for SqliteStore {
             .and_then(|mut s| s.execute(params![source, target, kind, properties.to_string(), unix_now()]))
             .map_err(|e| store_error("add edge", e))?;
         connection
-            .prepare_cached("SELECT id, properties FROM edges WHERE source = ?1 AND target = ?2 AND kind = ?3")
+            .prepare_cached(
+                "SELECT id, properties FROM edges WHERE source = ?1 AND target = ?2 AND kind = ?3",
+            )
             .and_then(|mut s| {
                 s.query_row(params![source, target, kind], |row| {
                     let properties: String = row.get(1)?;
@@ -746,7 +783,11 @@ impl Store for SqliteStore {
             .map_err(|e| store_error("get", e))?;
         let mut neighbours = Vec::with_capacity(edges.len());
         for edge in edges {
-            let other = if edge.source == id { edge.target } else { edge.source };
+            let other = if edge.source == id {
+                edge.target
+            } else {
+                edge.source
+            };
             if let Some(node) = get_node(&connection, other).map_err(|e| store_error("get", e))? {
                 neighbours.push((edge, node));
             }
@@ -791,16 +832,31 @@ mod tests {
         assert_eq!(hits[0].id, cats.id);
         assert_eq!(hits.len(), 2);
         assert!(store.search("!!!", None, 5).unwrap().is_empty());
-        assert!(store.search("\"unbalanced AND (", None, 5).unwrap().is_empty());
+        assert!(
+            store
+                .search("\"unbalanced AND (", None, 5)
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]
     fn edges_join_nodes_and_go_with_them() {
         let store = SqliteStore::in_memory().unwrap();
-        let ann = store.add_node("person", "Ann", "Ann Smith", &json!({"age": 30})).unwrap();
-        let tea = store.add_node("thing", "tea", "green tea", &json!({})).unwrap();
+        let ann = store
+            .add_node("person", "Ann", "Ann Smith", &json!({"age": 30}))
+            .unwrap();
+        let tea = store
+            .add_node("thing", "tea", "green tea", &json!({}))
+            .unwrap();
         let likes = store.add_edge(ann.id, tea.id, "likes", &json!({})).unwrap();
-        assert_eq!(store.add_edge(ann.id, tea.id, "likes", &json!({})).unwrap().id, likes.id);
+        assert_eq!(
+            store
+                .add_edge(ann.id, tea.id, "likes", &json!({}))
+                .unwrap()
+                .id,
+            likes.id
+        );
         assert!(store.add_edge(ann.id, 999, "likes", &json!({})).is_err());
         let around = store.get(tea.id).unwrap().unwrap();
         assert_eq!(around.neighbours.len(), 1);
@@ -817,18 +873,51 @@ mod tests {
         let store = SqliteStore::open(&dir).unwrap();
         let message = ChatMessage::tool_calls(
             "",
-            vec![ToolCall { id: "c".into(), name: "clock".into(), args: json!({}) }],
+            vec![ToolCall {
+                id: "c".into(),
+                name: "clock".into(),
+                args: json!({}),
+            }],
         );
         store
             .apply(&[
-                WriteOp::CreateSession { id: id(1), user_id: Some("ann".into()), personality: None },
-                WriteOp::Event { session: id(1), seq: 1, body: "one".into() },
-                WriteOp::Event { session: id(1), seq: 2, body: "two".into() },
-                WriteOp::TrimEvents { session: id(1), below: 2 },
-                WriteOp::Messages { session: id(1), first: 0, messages: vec![message.clone()] },
-                WriteOp::Note { session: id(1), text: "n1".into() },
-                WriteOp::Note { session: id(1), text: "n2".into() },
-                WriteOp::CreateSession { id: id(2), user_id: None, personality: None },
+                WriteOp::CreateSession {
+                    id: id(1),
+                    user_id: Some("ann".into()),
+                    personality: None,
+                },
+                WriteOp::Event {
+                    session: id(1),
+                    seq: 1,
+                    body: "one".into(),
+                },
+                WriteOp::Event {
+                    session: id(1),
+                    seq: 2,
+                    body: "two".into(),
+                },
+                WriteOp::TrimEvents {
+                    session: id(1),
+                    below: 2,
+                },
+                WriteOp::Messages {
+                    session: id(1),
+                    first: 0,
+                    messages: vec![message.clone()],
+                },
+                WriteOp::Note {
+                    session: id(1),
+                    text: "n1".into(),
+                },
+                WriteOp::Note {
+                    session: id(1),
+                    text: "n2".into(),
+                },
+                WriteOp::CreateSession {
+                    id: id(2),
+                    user_id: None,
+                    personality: None,
+                },
                 WriteOp::DeleteSession { session: id(2) },
             ])
             .unwrap();
@@ -848,7 +937,10 @@ mod tests {
         let dir = temp_dir("locked");
         let _first = SqliteStore::open(&dir).unwrap();
         let second = SqliteStore::open(&dir).unwrap_err().to_string();
-        assert!(second.contains("in use by another running sparky"), "{second}");
+        assert!(
+            second.contains("in use by another running sparky"),
+            "{second}"
+        );
     }
 
     #[test]
@@ -865,7 +957,9 @@ mod tests {
         let dir = temp_dir("newer");
         drop(SqliteStore::open(&dir).unwrap());
         let connection = Connection::open(dir.join(DATABASE_FILE)).unwrap();
-        connection.execute_batch("PRAGMA user_version = 99").unwrap();
+        connection
+            .execute_batch("PRAGMA user_version = 99")
+            .unwrap();
         drop(connection);
         let error = SqliteStore::open(&dir).unwrap_err().to_string();
         assert!(error.contains("newer than this build"), "{error}");

@@ -4,12 +4,10 @@ mod support;
 
 use std::sync::Arc;
 
-use sparky::bot::Engine;
 use sparky::error::Result;
 use sparky::model::offline::OfflineModel;
 use sparky::model::{ChatMessage, ModelBackend, ModelReply, ReplySink, ToolSpec};
 use sparky::protocol::{ErrorCode, ServerFrame};
-use sparky::tools::ToolChain;
 use support::{TestServer, kinds};
 
 /// The offline model, except that it panics on the word "boom".
@@ -34,12 +32,7 @@ impl ModelBackend for Fragile {
 
 #[test]
 fn a_panicking_model_fails_only_its_turn() {
-    let engine = Engine {
-        model: Arc::new(Fragile),
-        tools: Arc::new(ToolChain::builtin()),
-        max_steps: 8,
-    };
-    let server = TestServer::with_engine(|_| {}, engine);
+    let server = TestServer::with_model(|_| {}, Arc::new(Fragile));
     let mut client = server.client();
     client.say("boom");
     let frames = client.finish_turn(1);

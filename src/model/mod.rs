@@ -8,6 +8,9 @@ use serde_json::Value;
 
 use crate::error::Result;
 
+/// How the system message that carries remembered facts into a turn begins.
+pub const MEMORY_PREFIX: &str = "Relevant memory from earlier conversations:";
+
 /// Who said a message of the conversation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -111,6 +114,12 @@ pub trait ReplySink {
 pub trait ModelBackend: Send + Sync {
     /// The name clients see in `ready`.
     fn name(&self) -> &str;
+
+    /// True when the backend itself tells the user, in a thought, which memory entries it was
+    /// given; otherwise the bot sends a thought of its own.
+    fn describes_memory(&self) -> bool {
+        false
+    }
 
     /// Runs one step of the conversation.
     ///

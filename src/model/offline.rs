@@ -4,7 +4,9 @@
 use serde_json::{Value, json};
 
 use crate::error::Result;
-use crate::model::{ChatMessage, ModelBackend, ModelReply, ReplySink, Role, ToolCall, ToolSpec};
+use crate::model::{
+    ChatMessage, MEMORY_PREFIX, ModelBackend, ModelReply, ReplySink, Role, ToolCall, ToolSpec,
+};
 
 /// The built-in model: echoes plain text, and turns slash commands into tool calls.
 #[derive(Debug, Default)]
@@ -34,10 +36,14 @@ impl ModelBackend for OfflineModel {
         "offline"
     }
 
+    fn describes_memory(&self) -> bool {
+        true
+    }
+
     fn complete(
         &self,
         messages: &[ChatMessage],
-        tools: &[ToolSpec],
+        _tools: &[ToolSpec],
         sink: &mut dyn ReplySink,
     ) -> Result<ModelReply> {
         let Some(last) = messages.last() else {
@@ -48,19 +54,11 @@ impl ModelBackend for OfflineModel {
         }
         let text = last.content.as_str();
         if !text.starts_with('/') {
-            sink.thought("No command here, so I echo the text back.");
+            sink.thought(&echo_thought(messages));
             return Ok(say(&format!("You said: {text}")));
         }
         match plan(text) {
             Plan::Say(answer) => Ok(say(&answer)),
-            Plan::Call { name, .. }
-                if (name == "remember" || name == "recall")
-                    && !tools.iter().any(|tool| tool.name == name) =>
-            {
-                Ok(say(
-                    "The knowledge graph is not enabled on this server, so /remember and /recall are unavailable.",
-                ))
-            }
             // An unknown tool still goes through the ToolChain, which says that it is unknown.
             Plan::Call { name, args } => {
                 sink.thought(&format!("Calling the {name} tool with {args}."));
@@ -71,6 +69,33 @@ impl ModelBackend for OfflineModel {
                 })
             }
         }
+    }
+}
+
+/// The thought before an echo: says which remembered facts were in the context, if any.
+fn echo_thought(messages: &[ChatMessage]) -> String {
+    let memory = messages
+        .iter()
+        .rev()
+        .take_while(|m| m.role != Role::Assistant)
+        .find_map(|m| {
+            m.content
+                .strip_prefix(MEMORY_PREFIX)
+                .filter(|_| m.role == Role::System)
+        });
+    match memory {
+        Some(entries) => {
+            let used: Vec<&str> = entries
+                .lines()
+                .filter_map(|line| line.strip_prefix("- "))
+                .map(|line| line.split(':').next().unwrap_or(line))
+                .collect();
+            format!(
+                "No command here, so I echo the text back. Memory in context: {}.",
+                used.join("; ")
+            )
+        }
+        None => "No command here, so I echo the text back.".to_owned(),
     }
 }
 
@@ -201,10 +226,18 @@ mod tests {
     }
 
     #[test]
-    fn graph_commands_say_when_there_is_no_graph() {
-        let (reply, _) = ask("/remember cats purr", &[]);
-        assert!(reply.tool_calls.is_empty());
-        assert!(reply.text.contains("not enabled"));
+    fn the_echo_thought_names_the_memory_in_context() {
+        let memory = format!("{MEMORY_PREFIX}\n- #4 cats purr: Cats purr\n- #9 dogs: Dogs bark");
+        let messages = [
+            ChatMessage::text(Role::System, memory),
+            ChatMessage::text(Role::User, "cats?"),
+        ];
+        let mut sink = Recorder::default();
+        OfflineModel.complete(&messages, &[], &mut sink).unwrap();
+        assert_eq!(
+            sink.thoughts,
+            ["No command here, so I echo the text back. Memory in context: #4 cats purr; #9 dogs."]
+        );
     }
 
     #[test]

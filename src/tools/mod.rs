@@ -1,9 +1,10 @@
 //! The `ToolChain`: every tool a bot may call, built once at start and shared by all sessions,
 //! and the `Tool` trait that built-in, knowledge-graph and MCP tools implement. Depends on
-//! `cancel`, `knowledge` and `model`.
+//! `cancel`, `knowledge`, `model` and `store`.
 
 pub mod builtin;
 pub mod calculator;
+pub mod graph;
 
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -15,6 +16,7 @@ use crate::cancel::CancelFlag;
 use crate::knowledge::Knowledge;
 use crate::model::ToolSpec;
 use crate::protocol::ToolStatus;
+use crate::store::Store;
 
 /// What a tool gets besides its arguments: the calling session's knowledge and the turn's
 /// cancel flag.
@@ -75,6 +77,15 @@ impl ToolChain {
     pub fn builtin() -> Self {
         let mut chain = Self::new();
         for tool in builtin::all() {
+            chain.add(tool);
+        }
+        chain
+    }
+
+    /// The built-in tools and the knowledge-graph tools over `store`.
+    pub fn standard(store: &Arc<dyn Store>) -> Self {
+        let mut chain = Self::builtin();
+        for tool in graph::all(store) {
             chain.add(tool);
         }
         chain

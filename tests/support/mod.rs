@@ -4,11 +4,13 @@
 #![allow(dead_code)] // Each test file uses its own subset of these helpers.
 
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sparky::bot::Engine;
+use sparky::model::ModelBackend;
+use sparky::model::offline::OfflineModel;
 use sparky::protocol::{ServerEnvelope, ServerFrame, SessionId, TurnId};
 use sparky::{Config, ServerHandle};
 use tungstenite::protocol::CloseFrame;
@@ -31,15 +33,15 @@ impl TestServer {
 
     /// A server with the configuration adjusted by `adjust`.
     pub fn with_config(adjust: impl FnOnce(&mut Config)) -> Self {
-        Self::with_engine(adjust, sparky::server::default_engine())
+        Self::with_model(adjust, Arc::new(OfflineModel))
     }
 
-    /// A server running `engine`.
-    pub fn with_engine(adjust: impl FnOnce(&mut Config), engine: Engine) -> Self {
+    /// A server answering with `model`.
+    pub fn with_model(adjust: impl FnOnce(&mut Config), model: Arc<dyn ModelBackend>) -> Self {
         let mut config = test_config();
         adjust(&mut config);
         let listener = sparky::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let handle = sparky::server::spawn_with(listener, config, engine).unwrap();
+        let handle = sparky::server::spawn_with(listener, config, model).unwrap();
         TestServer {
             addr: handle.addr(),
             handle,
@@ -57,6 +59,7 @@ pub fn test_config() -> Config {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::SeqCst);
     let dir = std::env::temp_dir().join(format!("sparky-test-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
     Config {
         addr: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir,
