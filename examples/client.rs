@@ -43,6 +43,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// Lines the stdin thread may read ahead of the main loop before it waits.
 const INPUT_QUEUE_LEN: usize = 64;
 
+/// ANSI styles for [`Screen::say`]; `PLAIN` adds none.
 const PLAIN: &str = "";
 const DIM: &str = "\x1b[2m";
 const RED: &str = "\x1b[31m";
@@ -241,6 +242,7 @@ impl Client {
                         }
                     }
                     Message::Close(frame) => {
+                        let _ = ws.flush(); // Sends the close reply tungstenite has queued.
                         let why = frame.map(|frame| format!(" ({frame})")).unwrap_or_default();
                         return End::Lost(format!("closed by the server{why}"));
                     }
@@ -308,13 +310,19 @@ impl Client {
                     self.save();
                 }
                 let verb = if self.connected_before {
-                    "reconnected to"
+                    "reconnected"
                 } else {
-                    "connected to"
+                    "connected"
                 };
-                let new = if is_new { " new" } else { "" };
-                let (short, after) = (session_id.short(), self.state.last_seq);
-                let notice = format!("{verb}{new} session {short}, resuming after seq {after}");
+                let short = session_id.short();
+                let notice = if is_new {
+                    format!("{verb} to new session {short}")
+                } else {
+                    format!(
+                        "{verb} to session {short}, resuming after seq {}",
+                        self.state.last_seq
+                    )
+                };
                 self.screen.notice(&notice);
                 // Only a connection that got this far resets the backoff, so that a server
                 // which accepts and then drops every connection is not hammered.

@@ -19,9 +19,15 @@ struct Args {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:8000")]
     addr: SocketAddr,
-    /// Directory for persistent data.
+    /// Directory for persistent data: the knowledge graph and durable sessions (SQLite).
     #[arg(long, default_value = "sparky-data")]
     data_dir: PathBuf,
+    /// Keep everything in memory: no data directory is touched, nothing survives a restart.
+    #[arg(long)]
+    in_memory: bool,
+    /// Model steps (model calls) allowed in one turn.
+    #[arg(long, default_value_t = Config::default().max_steps)]
+    max_steps: usize,
     /// How long a session with no connection is kept, e.g. 90s, 60m, 2h.
     #[arg(long, default_value = "60m", value_parser = parse_duration)]
     session_timeout: Duration,
@@ -62,6 +68,8 @@ impl Args {
         Config {
             addr: self.addr,
             data_dir: self.data_dir,
+            in_memory: self.in_memory,
+            max_steps: self.max_steps,
             session_timeout: self.session_timeout,
             max_connections: self.max_connections,
             max_connections_per_session: self.max_connections_per_session,

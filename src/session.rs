@@ -504,7 +504,7 @@ impl Session {
             ack,
         );
         let capacity = self.inner.event_log_capacity;
-        if seq % TRIM_EVERY == 0 && seq > capacity {
+        if seq.is_multiple_of(TRIM_EVERY) && seq > capacity {
             journal.submit(
                 WriteOp::TrimEvents {
                     session,

@@ -265,3 +265,64 @@ pub fn kinds(frames: &[ServerEnvelope]) -> Vec<String> {
 pub fn seqs(frames: &[ServerEnvelope]) -> Vec<u64> {
     frames.iter().filter_map(|frame| frame.seq).collect()
 }
+
+/// The `sparky` binary running as a child process; killed (SIGKILL) when dropped.
+pub struct ChildServer {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+}
+
+impl ChildServer {
+    /// Starts the binary on `127.0.0.1:0` with `args` and waits for its `listening on` line.
+    pub fn start(args: &[&str]) -> Self {
+        use std::io::{BufRead, BufReader};
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sparky"))
+            .args(["--addr", "127.0.0.1:0", "--log-level", "warn"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (lines, received) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                if lines.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let line = received
+            .recv_timeout(WAIT)
+            .expect("the server printed nothing")
+            .unwrap();
+        let addr = line
+            .strip_prefix("listening on http://")
+            .unwrap_or_else(|| panic!("unexpected line {line:?}"));
+        ChildServer {
+            addr: addr.parse().unwrap(),
+            child,
+        }
+    }
+
+    /// Kills the process with SIGKILL and waits for it.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A fresh, empty temporary directory for one test.
+pub fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("sparky-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
