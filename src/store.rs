@@ -478,16 +478,46 @@ fn get_node(connection: &Connection, id: i64) -> rusqlite::Result<Option<Node>> 
         .optional()
 }
 
-/// Turns free text into an FTS5 query that cannot be a syntax error: its words, each quoted,
-/// joined by OR, so that BM25 ranks nodes matching more of them first.
-pub fn fts_query(text: &str) -> Option<String> {
+/// Common words that say nothing about what to look for.
+const STOPWORDS: &[&str] = &[
+    "a", "about", "an", "and", "are", "as", "at", "be", "by", "can", "do", "does", "for", "from",
+    "how", "i", "in", "is", "it", "me", "my", "of", "on", "or", "tell", "that", "the", "this",
+    "to", "was", "what", "when", "where", "which", "who", "why", "with", "you", "your",
+];
+
+/// The words of free text as quoted FTS5 terms (so that no input is a syntax error), without
+/// stopwords unless nothing else is left.
+fn fts_terms(text: &str) -> Vec<String> {
     let words: Vec<String> = text
         .split(|c: char| !c.is_alphanumeric())
         .filter(|word| !word.is_empty())
+        .map(str::to_lowercase)
         .take(32)
-        .map(|word| format!("\"{}\"", word.to_lowercase()))
         .collect();
-    (!words.is_empty()).then(|| words.join(" OR "))
+    let meaningful: Vec<&String> = words
+        .iter()
+        .filter(|w| !STOPWORDS.contains(&w.as_str()))
+        .collect();
+    let chosen: Vec<&String> = if meaningful.is_empty() {
+        words.iter().collect()
+    } else {
+        meaningful
+    };
+    chosen
+        .into_iter()
+        .map(|word| format!("\"{word}\""))
+        .collect()
+}
+
+/// FTS5 queries for free text, most selective first: nodes with every word, then (when there
+/// are several words) nodes with any of them. BM25 ranks within each.
+pub fn fts_queries(text: &str) -> Vec<String> {
+    let terms = fts_terms(text);
+    match terms.len() {
+        0 => Vec::new(),
+        1 => terms,
+        _ => vec![terms.join(" AND "), terms.join(" OR ")],
+    }
 }
 
 /// A fact's label: its first words, cut at a word boundary.
@@ -682,22 +712,29 @@ impl Store for SqliteStore {
     }
 
     fn search(&self, query: &str, kind: Option<&str>, limit: usize) -> Result<Vec<Node>> {
-        let Some(fts) = fts_query(query) else {
-            return Ok(Vec::new());
-        };
         let connection = self.graph.lock();
-        connection
-            .prepare_cached(
-                "SELECT n.id, n.kind, n.label, n.content, n.properties, n.created_at, n.updated_at \
-                 FROM nodes_fts JOIN nodes n ON n.id = nodes_fts.rowid \
-                 WHERE nodes_fts MATCH ?1 AND (?2 IS NULL OR n.kind = ?2) \
-                 ORDER BY bm25(nodes_fts) LIMIT ?3",
-            )
-            .and_then(|mut s| {
-                s.query_map(params![fts, kind, limit as i64], node_from_row)?
-                    .collect()
-            })
-            .map_err(|e| store_error("search", e))
+        let mut found: Vec<Node> = Vec::new();
+        for fts in fts_queries(query) {
+            if found.len() >= limit {
+                break;
+            }
+            // Ask for enough to fill up after dropping what the stricter query found already.
+            let nodes: Vec<Node> = connection
+                .prepare_cached(
+                    "SELECT n.id, n.kind, n.label, n.content, n.properties, n.created_at, n.updated_at \
+                     FROM nodes_fts JOIN nodes n ON n.id = nodes_fts.rowid \
+                     WHERE nodes_fts MATCH ?1 AND (?2 IS NULL OR n.kind = ?2) \
+                     ORDER BY bm25(nodes_fts) LIMIT ?3",
+                )
+                .and_then(|mut s| s.query_map(params![fts, kind, limit as i64], node_from_row)?.collect())
+                .map_err(|e| store_error("search", e))?;
+            for node in nodes {
+                if found.len() < limit && !found.iter().any(|known| known.id == node.id) {
+                    found.push(node);
+                }
+            }
+        }
+        Ok(found)
     }
 
     fn add_node(&self, kind: &str, label: &str, content: &str, properties: &Value) -> Result<Node> {
