@@ -1,0 +1,1080 @@
+//! A load generator for Sparky (and for the benchmark floor, `examples/floor.rs`), built on the
+//! synchronous tungstenite client. Each scenario is bounded in count and in time, and prints
+//! exactly one JSON line of results to stdout.
+//!
+//! ```text
+//! cargo run --release --example loadgen -- --url ws://127.0.0.1:PORT/ws SCENARIO [OPTIONS]
+//!
+//! turns   --clients N --turns M             closed-loop plain turns; latency = send to final message
+//! connect --clients N                       TCP connect + handshake + `connect` until `ready`
+//! idle    --clients N --seconds S --pid P   hold N sessions; server RSS, threads and idle CPU
+//! cancel  --clients N --turns M             `/wait 10000` cut short by a new message
+//! resume  --clients N --events E            reconnect with `last_seq`; time until replay is done
+//! ```
+//!
+//! Every line has `scenario`, `label`, `round`, `clients`, `count` (successful operations),
+//! `expected`, `errors` (timeouts included), `timeouts`, `elapsed_s`, `throughput_per_s`,
+//! `p50_ms`, `p90_ms`, `p99_ms`, `p999_ms`, `max_ms` and `mean_ms`, plus fields of the scenario.
+//! `--label` and `--round` are copied into the line so that `scripts/bench.sh` can tell runs
+//! apart.
+//!
+//! Every socket has a read and write timeout (`--timeout-ms`), and every scenario stops starting
+//! new work after `--max-seconds`, so the generator never hangs on a stuck server. One thread
+//! per client for `turns`, `connect`, `cancel` and `resume` (256 KiB stacks); `idle` opens its
+//! sessions from a few worker threads and then holds every socket in the main thread, so it
+//! can hold 10,000 connections. That needs an open-file limit above the number of clients:
+//! run `ulimit -n 65536` first (the script does).
+
+use std::fmt;
+use std::fs;
+use std::io::ErrorKind;
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::process::ExitCode;
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use serde_json::{Map, Value, json};
+use tungstenite::handshake::HandshakeError;
+use tungstenite::protocol::WebSocketConfig;
+use tungstenite::{Message, WebSocket};
+
+/// Stack of a client thread: a client only holds a socket and a few small buffers.
+const CLIENT_STACK_BYTES: usize = 256 * 1024;
+
+/// tungstenite's read buffer per client socket, the same size the server uses.
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+
+/// The kernel's clock tick for `/proc/PID/stat` times (`USER_HZ`, 100 on every Linux build that
+/// matters here).
+const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
+
+/// Command-line flags.
+#[derive(Debug, Parser)]
+#[command(about = "Load generator for the Sparky chat server; prints one JSON line per run")]
+struct Cli {
+    /// WebSocket URL of the server.
+    #[arg(long, global = true, default_value = "ws://127.0.0.1:8000/ws")]
+    url: String,
+    /// A name for the server under test, copied into the result line (e.g. sparky, floor).
+    #[arg(long, global = true, default_value = "")]
+    label: String,
+    /// A round number, copied into the result line.
+    #[arg(long, global = true, default_value_t = 0)]
+    round: u32,
+    /// Bound on TCP connect, on each socket read and on each write, in milliseconds.
+    #[arg(long, global = true, default_value_t = 10_000)]
+    timeout_ms: u64,
+    /// No new operation starts after this many seconds of measuring.
+    #[arg(long, global = true, default_value_t = 60)]
+    max_seconds: u64,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+/// The scenarios.
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// N clients, each running M closed-loop plain turns.
+    Turns {
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 1)]
+        clients: usize,
+        /// Turns per client.
+        #[arg(long, default_value_t = 100)]
+        turns: usize,
+    },
+    /// N clients connecting at once: TCP connect, handshake, `connect` until `ready`.
+    Connect {
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 200)]
+        clients: usize,
+        /// Connections each client makes, one after another.
+        #[arg(long, default_value_t = 1)]
+        repeat: usize,
+    },
+    /// Hold N connected sessions for S seconds and look at the server meanwhile.
+    Idle {
+        /// Sessions to open and hold.
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+        /// How long to hold the sessions once all are open.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// The server's process id, for its RSS, thread count and CPU time.
+        #[arg(long)]
+        pid: Option<u32>,
+        /// Threads that open the sessions.
+        #[arg(long, default_value_t = 16)]
+        workers: usize,
+    },
+    /// N clients, each cancelling M `/wait 10000` turns by sending a new message.
+    Cancel {
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 10)]
+        clients: usize,
+        /// Turns per client.
+        #[arg(long, default_value_t = 20)]
+        turns: usize,
+    },
+    /// N clients, each resuming a session with E missed events, several times.
+    Resume {
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 10)]
+        clients: usize,
+        /// Events each resume has missed (a plain turn makes three).
+        #[arg(long, default_value_t = 100)]
+        events: u64,
+        /// Resumes per client.
+        #[arg(long, default_value_t = 10)]
+        repeat: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let target = match Target::parse(&cli.url, Duration::from_millis(cli.timeout_ms)) {
+        Ok(target) => target,
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let limit = Duration::from_secs(cli.max_seconds);
+    let result = match cli.scenario {
+        Scenario::Turns { clients, turns } => run_turns(&target, clients, turns, limit),
+        Scenario::Connect { clients, repeat } => run_connect(&target, clients, repeat, limit),
+        Scenario::Idle {
+            clients,
+            seconds,
+            pid,
+            workers,
+        } => run_idle(&target, clients, seconds, pid, workers, limit),
+        Scenario::Cancel { clients, turns } => run_cancel(&target, clients, turns, limit),
+        Scenario::Resume {
+            clients,
+            events,
+            repeat,
+        } => run_resume(&target, clients, events, repeat, limit),
+    };
+    let mut line = Map::new();
+    line.insert("scenario".into(), json!(result.scenario));
+    line.insert("label".into(), json!(cli.label));
+    line.insert("round".into(), json!(cli.round));
+    line.extend(result.into_json());
+    println!("{}", Value::Object(line));
+    ExitCode::SUCCESS
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenarios.
+// ---------------------------------------------------------------------------------------------
+
+fn run_turns(target: &Target, clients: usize, turns: usize, limit: Duration) -> Outcome {
+    let run = run_clients(
+        target,
+        clients,
+        limit,
+        move |ws, target, deadline, tally| {
+            for turn in 0..turns {
+                if Instant::now() >= deadline {
+                    break;
+                }
+                let started = Instant::now();
+                match plain_turn(ws, target, &format!("hello {turn}")) {
+                    Ok(_) => tally.record(started.elapsed()),
+                    Err(e) => {
+                        tally.fail(&e);
+                        return;
+                    }
+                }
+            }
+        },
+    );
+    let mut outcome = run.into_outcome("turns", clients, clients * turns);
+    outcome
+        .extra
+        .insert("turns_per_client".into(), json!(turns));
+    outcome
+}
+
+fn run_connect(target: &Target, clients: usize, repeat: usize, limit: Duration) -> Outcome {
+    let gate = Gate::new();
+    let (ready_tx, ready_rx) = mpsc::channel::<()>();
+    let mut handles = Vec::with_capacity(clients);
+    let mut spawn_failures = Tally::default();
+    for index in 0..clients {
+        let gate = gate.clone();
+        let ready_tx = ready_tx.clone();
+        let target = target.clone();
+        let spawned = client_thread(index, move || {
+            let _ = ready_tx.send(());
+            let (start, deadline) = gate.wait(limit);
+            let mut tally = Tally::default();
+            for _ in 0..repeat {
+                if Instant::now() >= deadline {
+                    break;
+                }
+                let started = Instant::now();
+                match open(&target).and_then(|mut ws| {
+                    let session = connect_new(&mut ws, &target)?;
+                    close(&mut ws);
+                    Ok(session)
+                }) {
+                    Ok(_) => tally.record(started.elapsed()),
+                    Err(e) => tally.fail(&e),
+                }
+            }
+            (tally, Instant::now().max(start))
+        });
+        match spawned {
+            Ok(handle) => handles.push(handle),
+            Err(e) => spawn_failures.fail(&e),
+        }
+    }
+    drop(ready_tx);
+    // Every thread is parked at the gate before it opens, so the connects come as one burst.
+    for _ in 0..handles.len() {
+        if ready_rx.recv().is_err() {
+            break;
+        }
+    }
+    let start = gate.open();
+    let mut run = ClientRun::join(handles, start);
+    run.tally.merge(spawn_failures);
+    let mut outcome = run.into_outcome("connect", clients, clients * repeat);
+    outcome
+        .extra
+        .insert("connects_per_client".into(), json!(repeat));
+    outcome
+}
+
+fn run_idle(
+    target: &Target,
+    clients: usize,
+    seconds: u64,
+    pid: Option<u32>,
+    workers: usize,
+    limit: Duration,
+) -> Outcome {
+    let rss_before = pid.and_then(|pid| proc_status(pid).map(|status| status.rss_kib));
+    let workers = workers.clamp(1, clients.max(1));
+    let open_started = Instant::now();
+    let deadline = open_started + limit;
+    let mut handles = Vec::with_capacity(workers);
+    let mut tally = Tally::default();
+    for worker in 0..workers {
+        let target = target.clone();
+        // Worker w opens clients w, w + workers, w + 2 * workers, …
+        let share = (clients + workers - 1 - worker) / workers;
+        let spawned = client_thread(worker, move || {
+            let mut held = Vec::with_capacity(share);
+            let mut tally = Tally::default();
+            for _ in 0..share {
+                if Instant::now() >= deadline {
+                    break;
+                }
+                let started = Instant::now();
+                match open(&target).and_then(|mut ws| connect_new(&mut ws, &target).map(|_| ws)) {
+                    Ok(ws) => {
+                        tally.record(started.elapsed());
+                        held.push(ws);
+                    }
+                    Err(e) => tally.fail(&e),
+                }
+            }
+            (held, tally)
+        });
+        match spawned {
+            Ok(handle) => handles.push(handle),
+            Err(e) => tally.fail(&e),
+        }
+    }
+    let mut held = Vec::with_capacity(clients);
+    for handle in handles {
+        match handle.join() {
+            Ok((sockets, worker_tally)) => {
+                held.extend(sockets);
+                tally.merge(worker_tally);
+            }
+            Err(_) => tally.fail(&LoadError::Protocol("a worker thread panicked".into())),
+        }
+    }
+    let open_window = open_started.elapsed();
+    let opened = held.len();
+
+    // The hold: nothing is sent; the server should be asleep.
+    let cpu_before = pid.and_then(proc_cpu_ticks);
+    let hold_started = Instant::now();
+    thread::sleep(Duration::from_secs(seconds));
+    let hold = hold_started.elapsed();
+    let cpu_after = pid.and_then(proc_cpu_ticks);
+    let status = pid.and_then(proc_status);
+
+    // A non-blocking read tells an open socket (nothing to read) from a closed one.
+    let mut still_open = 0usize;
+    for ws in &mut held {
+        match is_open(ws) {
+            Ok(()) => still_open += 1,
+            Err(e) => tally.fail(&e),
+        }
+    }
+    for ws in &mut held {
+        close(ws);
+    }
+    drop(held);
+
+    let mut outcome = Outcome {
+        scenario: "idle",
+        clients,
+        expected: clients,
+        window: open_window,
+        tally,
+        extra: Map::new(),
+    };
+    let extra = &mut outcome.extra;
+    extra.insert("opened".into(), json!(opened));
+    extra.insert("held".into(), json!(still_open));
+    extra.insert("hold_s".into(), json!(round3(hold.as_secs_f64())));
+    extra.insert("open_s".into(), json!(round3(open_window.as_secs_f64())));
+    if let Some(status) = status {
+        extra.insert("server_rss_kib".into(), json!(status.rss_kib));
+        extra.insert("server_threads".into(), json!(status.threads));
+        if still_open > 0 {
+            let per_session = status.rss_kib as f64 / still_open as f64;
+            extra.insert("rss_per_session_kib".into(), json!(round3(per_session)));
+        }
+    }
+    if let Some(before) = rss_before {
+        extra.insert("server_rss_before_kib".into(), json!(before));
+    }
+    if let (Some(before), Some(after)) = (cpu_before, cpu_after) {
+        let busy_s = after.saturating_sub(before) as f64 / CLOCK_TICKS_PER_SECOND;
+        let percent = 100.0 * busy_s / hold.as_secs_f64();
+        extra.insert("server_cpu_percent".into(), json!(round3(percent)));
+    }
+    outcome
+}
+
+fn run_cancel(target: &Target, clients: usize, turns: usize, limit: Duration) -> Outcome {
+    let run = run_clients(
+        target,
+        clients,
+        limit,
+        move |ws, target, deadline, tally| {
+            for turn in 0..turns {
+                if Instant::now() >= deadline {
+                    break;
+                }
+                match cancel_turn(ws, target, turn) {
+                    Ok(took) => tally.record(took),
+                    Err(e) => {
+                        tally.fail(&e);
+                        return;
+                    }
+                }
+            }
+        },
+    );
+    let mut outcome = run.into_outcome("cancel", clients, clients * turns);
+    outcome
+        .extra
+        .insert("turns_per_client".into(), json!(turns));
+    outcome
+}
+
+fn run_resume(
+    target: &Target,
+    clients: usize,
+    events: u64,
+    repeat: usize,
+    limit: Duration,
+) -> Outcome {
+    let gate = Gate::new();
+    let (ready_tx, ready_rx) = mpsc::channel::<()>();
+    let mut handles = Vec::with_capacity(clients);
+    let mut tally = Tally::default();
+    for index in 0..clients {
+        let gate = gate.clone();
+        let ready_tx = ready_tx.clone();
+        let target = target.clone();
+        let spawned = client_thread(index, move || {
+            let mut tally = Tally::default();
+            let prepared = prepare_resume(&target, events);
+            let _ = ready_tx.send(());
+            let (start, deadline) = gate.wait(limit);
+            let (session_id, highest) = match prepared {
+                Ok(prepared) => prepared,
+                Err(e) => {
+                    tally.fail(&e);
+                    return (tally, start);
+                }
+            };
+            for _ in 0..repeat {
+                if Instant::now() >= deadline {
+                    break;
+                }
+                match resume_once(&target, &session_id, highest, events) {
+                    Ok(took) => tally.record(took),
+                    Err(e) => tally.fail(&e),
+                }
+            }
+            (tally, Instant::now())
+        });
+        match spawned {
+            Ok(handle) => handles.push(handle),
+            Err(e) => tally.fail(&e),
+        }
+    }
+    drop(ready_tx);
+    for _ in 0..handles.len() {
+        if ready_rx.recv().is_err() {
+            break;
+        }
+    }
+    let start = gate.open();
+    let mut run = ClientRun::join(handles, start);
+    run.tally.merge(tally);
+    let mut outcome = run.into_outcome("resume", clients, clients * repeat);
+    outcome.extra.insert("missed_events".into(), json!(events));
+    outcome
+        .extra
+        .insert("resumes_per_client".into(), json!(repeat));
+    outcome
+}
+
+// ---------------------------------------------------------------------------------------------
+// Protocol steps.
+// ---------------------------------------------------------------------------------------------
+
+/// One plain turn: sends a message and waits for the `message` that closes it. Returns the
+/// closing frame's `seq`.
+fn plain_turn(ws: &mut Socket, target: &Target, text: &str) -> Result<u64, LoadError> {
+    send(ws, &json!({"type": "message", "data": {"text": text}}))?;
+    let deadline = Instant::now() + target.timeout;
+    loop {
+        let frame = next_frame(ws, deadline, "the turn's message")?;
+        match frame_type(&frame) {
+            "message" => return Ok(frame["seq"].as_u64().unwrap_or(0)),
+            "error" => return Err(LoadError::from_error_frame(&frame)),
+            "status" if frame["data"]["code"] == "cancelled" => {
+                return Err(LoadError::Protocol("plain turn was cancelled".into()));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Starts a `/wait 10000` turn, waits for its `tool_use`, then sends a new message and times
+/// how long that message takes to be answered.
+fn cancel_turn(ws: &mut Socket, target: &Target, turn: usize) -> Result<Duration, LoadError> {
+    send(
+        ws,
+        &json!({"type": "message", "data": {"text": "/wait 10000"}}),
+    )?;
+    let deadline = Instant::now() + target.timeout;
+    let waiting_turn = loop {
+        let frame = next_frame(ws, deadline, "the wait turn's tool_use")?;
+        match frame_type(&frame) {
+            "tool_use" => break frame["data"]["turn_id"].as_u64().unwrap_or(0),
+            "message" => {
+                return Err(LoadError::Protocol(
+                    "the wait turn answered before it was cancelled".into(),
+                ));
+            }
+            "error" => return Err(LoadError::from_error_frame(&frame)),
+            _ => {}
+        }
+    };
+    let started = Instant::now();
+    send(
+        ws,
+        &json!({"type": "message", "data": {"text": format!("after cancel {turn}")}}),
+    )?;
+    let deadline = Instant::now() + target.timeout;
+    loop {
+        let frame = next_frame(ws, deadline, "the new turn's message")?;
+        let turn_id = frame["data"]["turn_id"].as_u64().unwrap_or(0);
+        match frame_type(&frame) {
+            "message" if turn_id > waiting_turn => return Ok(started.elapsed()),
+            "message" => {
+                return Err(LoadError::Protocol(
+                    "the wait turn answered instead of being cancelled".into(),
+                ));
+            }
+            "error" => return Err(LoadError::from_error_frame(&frame)),
+            _ => {}
+        }
+    }
+}
+
+/// Creates a session with at least `events` events in its log and leaves it. Returns the
+/// session id and the highest `seq`.
+fn prepare_resume(target: &Target, events: u64) -> Result<(String, u64), LoadError> {
+    let mut ws = open(target)?;
+    let session_id = connect_new(&mut ws, target)?;
+    // A plain turn makes three events: user_message, thought, message.
+    let turns = events.div_ceil(3);
+    let mut highest = 0;
+    for turn in 0..turns {
+        highest = plain_turn(&mut ws, target, &format!("event filler {turn}"))?;
+    }
+    close(&mut ws);
+    if highest < events {
+        return Err(LoadError::Protocol(format!(
+            "the session has {highest} events, fewer than {events}"
+        )));
+    }
+    Ok((session_id, highest))
+}
+
+/// Reconnects to `session_id` having seen all but the last `events` events, and times from
+/// sending `connect` to receiving the event with seq `highest`.
+fn resume_once(
+    target: &Target,
+    session_id: &str,
+    highest: u64,
+    events: u64,
+) -> Result<Duration, LoadError> {
+    let mut ws = open(target)?;
+    let last_seq = highest - events;
+    let started = Instant::now();
+    send(
+        &mut ws,
+        &json!({"type": "connect", "data": {"session_id": session_id, "last_seq": last_seq}}),
+    )?;
+    let deadline = Instant::now() + target.timeout;
+    let mut replayed = 0u64;
+    let mut expected_seq = last_seq + 1;
+    let result = loop {
+        let frame = next_frame(&mut ws, deadline, "the last replayed event")?;
+        match frame_type(&frame) {
+            "session_info" => {
+                let data = &frame["data"];
+                if data["session_id"] != session_id || data["reconnected"] != true {
+                    break Err(LoadError::Protocol(format!(
+                        "resume did not reconnect to the session: {data}"
+                    )));
+                }
+            }
+            "error" => break Err(LoadError::from_error_frame(&frame)),
+            "status" if frame["data"]["code"] == "gap" => {
+                break Err(LoadError::Protocol(format!(
+                    "replay has a gap: {}",
+                    frame["data"]
+                )));
+            }
+            _ => {}
+        }
+        if let Some(seq) = frame["seq"].as_u64() {
+            if seq != expected_seq {
+                break Err(LoadError::Protocol(format!(
+                    "replay sent seq {seq}, expected {expected_seq}"
+                )));
+            }
+            expected_seq += 1;
+            replayed += 1;
+            if seq == highest {
+                break Ok(started.elapsed());
+            }
+        }
+    };
+    close(&mut ws);
+    match result {
+        Ok(_) if replayed != events => Err(LoadError::Protocol(format!(
+            "replayed {replayed} events, expected {events}"
+        ))),
+        other => other,
+    }
+}
+
+/// Sends `connect` for a new session and waits for `ready`. Returns the session id.
+fn connect_new(ws: &mut Socket, target: &Target) -> Result<String, LoadError> {
+    send(ws, &json!({"type": "connect", "data": {}}))?;
+    let deadline = Instant::now() + target.timeout;
+    let mut session_id = String::new();
+    loop {
+        let frame = next_frame(ws, deadline, "ready")?;
+        match frame_type(&frame) {
+            "session_info" => {
+                session_id = frame["data"]["session_id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+            }
+            "ready" => return Ok(session_id),
+            "error" => return Err(LoadError::from_error_frame(&frame)),
+            _ => {}
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sockets.
+// ---------------------------------------------------------------------------------------------
+
+type Socket = WebSocket<TcpStream>;
+
+/// Where to connect, and how long any one step may take.
+#[derive(Clone, Debug)]
+struct Target {
+    url: String,
+    addr: SocketAddr,
+    timeout: Duration,
+}
+
+impl Target {
+    fn parse(url: &str, timeout: Duration) -> Result<Self, String> {
+        let rest = url
+            .strip_prefix("ws://")
+            .ok_or_else(|| format!("{url:?} is not a ws:// URL"))?;
+        let host_port = rest.split('/').next().unwrap_or_default();
+        let addr = host_port
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve {host_port:?}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("{host_port:?} resolves to no address"))?;
+        Ok(Target {
+            url: url.to_owned(),
+            addr,
+            timeout,
+        })
+    }
+}
+
+/// Opens a TCP connection with timeouts and performs the WebSocket handshake.
+fn open(target: &Target) -> Result<Socket, LoadError> {
+    let stream = TcpStream::connect_timeout(&target.addr, target.timeout)
+        .map_err(|e| LoadError::io("tcp connect", e))?;
+    stream
+        .set_nodelay(true)
+        .map_err(|e| LoadError::io("nodelay", e))?;
+    stream
+        .set_read_timeout(Some(target.timeout))
+        .map_err(|e| LoadError::io("read timeout", e))?;
+    stream
+        .set_write_timeout(Some(target.timeout))
+        .map_err(|e| LoadError::io("write timeout", e))?;
+    let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES);
+    match tungstenite::client::client_with_config(target.url.as_str(), stream, Some(config)) {
+        Ok((ws, _response)) => Ok(ws),
+        // A blocking socket is only interrupted by its read timeout.
+        Err(HandshakeError::Interrupted(_)) => Err(LoadError::Timeout("the handshake")),
+        Err(HandshakeError::Failure(e)) => Err(LoadError::websocket("handshake", e)),
+    }
+}
+
+fn send(ws: &mut Socket, frame: &Value) -> Result<(), LoadError> {
+    ws.send(Message::text(frame.to_string()))
+        .map_err(|e| LoadError::websocket("send", e))
+}
+
+/// Reads the next JSON text frame, skipping pings and pongs, until `deadline`.
+fn next_frame(
+    ws: &mut Socket,
+    deadline: Instant,
+    waiting_for: &'static str,
+) -> Result<Value, LoadError> {
+    loop {
+        if Instant::now() >= deadline {
+            return Err(LoadError::Timeout(waiting_for));
+        }
+        match ws.read() {
+            Ok(Message::Text(text)) => {
+                return serde_json::from_str(text.as_str())
+                    .map_err(|e| LoadError::Protocol(format!("frame is not JSON: {e}")));
+            }
+            Ok(Message::Close(_)) => return Err(LoadError::Closed),
+            Ok(Message::Binary(_)) => {
+                return Err(LoadError::Protocol("unexpected binary frame".into()));
+            }
+            Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
+            {
+                return Err(LoadError::Timeout(waiting_for));
+            }
+            Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
+                return Err(LoadError::Closed);
+            }
+            Err(e) => return Err(LoadError::websocket("read", e)),
+        }
+    }
+}
+
+/// Checks without waiting that the server has not closed the socket.
+fn is_open(ws: &mut Socket) -> Result<(), LoadError> {
+    ws.get_mut()
+        .set_nonblocking(true)
+        .map_err(|e| LoadError::io("nonblocking", e))?;
+    loop {
+        match ws.read() {
+            // Pings (answered by tungstenite) and stray frames still mean the socket is open.
+            Ok(Message::Close(_)) => return Err(LoadError::Closed),
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e)) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+            Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
+                return Err(LoadError::Closed);
+            }
+            Err(e) => return Err(LoadError::websocket("read", e)),
+        }
+    }
+}
+
+/// Starts the closing handshake and leaves; the server sees the Close frame or the EOF.
+fn close(ws: &mut Socket) {
+    let _ = ws.close(None);
+    let _ = ws.flush();
+}
+
+fn frame_type(frame: &Value) -> &str {
+    frame["type"].as_str().unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running many clients.
+// ---------------------------------------------------------------------------------------------
+
+/// Starts a named client thread with a small stack.
+fn client_thread<T: Send + 'static>(
+    index: usize,
+    body: impl FnOnce() -> T + Send + 'static,
+) -> Result<thread::JoinHandle<T>, LoadError> {
+    thread::Builder::new()
+        .name(format!("client-{index}"))
+        .stack_size(CLIENT_STACK_BYTES)
+        .spawn(body)
+        .map_err(|e| LoadError::io("spawn", e))
+}
+
+/// Runs `clients` threads that each open a session, wait at the gate until every one of them
+/// is connected, then run `body` on their socket. The measuring window starts at the gate.
+fn run_clients<F>(target: &Target, clients: usize, limit: Duration, body: F) -> ClientRun
+where
+    F: Fn(&mut Socket, &Target, Instant, &mut Tally) + Send + Copy + 'static,
+{
+    let gate = Gate::new();
+    let (ready_tx, ready_rx) = mpsc::channel::<()>();
+    let mut handles = Vec::with_capacity(clients);
+    let mut failures = Tally::default();
+    for index in 0..clients {
+        let gate = gate.clone();
+        let ready_tx = ready_tx.clone();
+        let target = target.clone();
+        let spawned = client_thread(index, move || {
+            let mut tally = Tally::default();
+            let connected = open(&target).and_then(|mut ws| {
+                connect_new(&mut ws, &target)?;
+                Ok(ws)
+            });
+            let _ = ready_tx.send(());
+            let (start, deadline) = gate.wait(limit);
+            let mut ws = match connected {
+                Ok(ws) => ws,
+                Err(e) => {
+                    tally.fail(&e);
+                    return (tally, start);
+                }
+            };
+            body(&mut ws, &target, deadline, &mut tally);
+            let finished = Instant::now();
+            close(&mut ws);
+            (tally, finished)
+        });
+        match spawned {
+            Ok(handle) => handles.push(handle),
+            Err(e) => failures.fail(&e),
+        }
+    }
+    drop(ready_tx);
+    for _ in 0..handles.len() {
+        if ready_rx.recv().is_err() {
+            break;
+        }
+    }
+    let start = gate.open();
+    let mut run = ClientRun::join(handles, start);
+    run.tally.merge(failures);
+    run
+}
+
+/// A one-shot gate: client threads wait at it until the main thread opens it, and learn when
+/// the measuring window started.
+#[derive(Clone)]
+struct Gate {
+    state: Arc<(Mutex<Option<Instant>>, Condvar)>,
+}
+
+impl Gate {
+    fn new() -> Self {
+        Gate {
+            state: Arc::new((Mutex::new(None), Condvar::new())),
+        }
+    }
+
+    /// Opens the gate; returns the start of the measuring window.
+    fn open(&self) -> Instant {
+        let (lock, opened) = &*self.state;
+        let start = Instant::now();
+        // A poisoned lock only means a client thread panicked; the gate still opens.
+        let mut state = lock.lock().unwrap_or_else(|e| e.into_inner());
+        *state = Some(start);
+        opened.notify_all();
+        start
+    }
+
+    /// Waits until the gate opens; returns the start and the deadline for new work.
+    fn wait(&self, limit: Duration) -> (Instant, Instant) {
+        let (lock, opened) = &*self.state;
+        let mut state = lock.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(start) = *state {
+                return (start, start + limit);
+            }
+            state = opened.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// What the client threads of one run measured together.
+struct ClientRun {
+    tally: Tally,
+    window: Duration,
+}
+
+impl ClientRun {
+    /// Joins the client threads; the window runs from `start` to the last one's finish.
+    fn join(handles: Vec<thread::JoinHandle<(Tally, Instant)>>, start: Instant) -> Self {
+        let mut tally = Tally::default();
+        let mut end = start;
+        for handle in handles {
+            match handle.join() {
+                Ok((client, finished)) => {
+                    tally.merge(client);
+                    end = end.max(finished);
+                }
+                Err(_) => tally.fail(&LoadError::Protocol("a client thread panicked".into())),
+            }
+        }
+        ClientRun {
+            tally,
+            window: end - start,
+        }
+    }
+
+    fn into_outcome(self, scenario: &'static str, clients: usize, expected: usize) -> Outcome {
+        Outcome {
+            scenario,
+            clients,
+            expected,
+            window: self.window,
+            tally: self.tally,
+            extra: Map::new(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Results.
+// ---------------------------------------------------------------------------------------------
+
+/// Latencies and failures.
+#[derive(Default)]
+struct Tally {
+    latencies: Vec<Duration>,
+    errors: usize,
+    timeouts: usize,
+    first_error: Option<String>,
+}
+
+impl Tally {
+    fn record(&mut self, latency: Duration) {
+        self.latencies.push(latency);
+    }
+
+    fn fail(&mut self, error: &LoadError) {
+        self.errors += 1;
+        if matches!(error, LoadError::Timeout(_)) {
+            self.timeouts += 1;
+        }
+        if self.first_error.is_none() {
+            self.first_error = Some(error.to_string());
+        }
+    }
+
+    fn merge(&mut self, other: Tally) {
+        self.latencies.extend(other.latencies);
+        self.errors += other.errors;
+        self.timeouts += other.timeouts;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+}
+
+/// One scenario's result, before it becomes a JSON line.
+struct Outcome {
+    scenario: &'static str,
+    clients: usize,
+    expected: usize,
+    window: Duration,
+    tally: Tally,
+    extra: Map<String, Value>,
+}
+
+impl Outcome {
+    fn into_json(mut self) -> Map<String, Value> {
+        let latencies = &mut self.tally.latencies;
+        latencies.sort_unstable();
+        let count = latencies.len();
+        let seconds = self.window.as_secs_f64();
+        let throughput = if seconds > 0.0 {
+            count as f64 / seconds
+        } else {
+            0.0
+        };
+        let mean_ms = if count > 0 {
+            latencies.iter().sum::<Duration>().as_secs_f64() * 1000.0 / count as f64
+        } else {
+            0.0
+        };
+        let mut line = Map::new();
+        line.insert("clients".into(), json!(self.clients));
+        line.insert("count".into(), json!(count));
+        line.insert("expected".into(), json!(self.expected));
+        line.insert("errors".into(), json!(self.tally.errors));
+        line.insert("timeouts".into(), json!(self.tally.timeouts));
+        line.insert("elapsed_s".into(), json!(round3(seconds)));
+        line.insert("throughput_per_s".into(), json!(round3(throughput)));
+        for (name, fraction) in [
+            ("p50_ms", 0.5),
+            ("p90_ms", 0.9),
+            ("p99_ms", 0.99),
+            ("p999_ms", 0.999),
+            ("max_ms", 1.0),
+        ] {
+            line.insert(name.into(), json!(millis(percentile(latencies, fraction))));
+        }
+        line.insert("mean_ms".into(), json!(round3(mean_ms)));
+        if let Some(error) = self.tally.first_error {
+            line.insert("first_error".into(), json!(error));
+        }
+        line.extend(self.extra);
+        line
+    }
+}
+
+/// The nearest-rank percentile of sorted latencies; zero when there are none.
+fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = (fraction * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn millis(duration: Duration) -> f64 {
+    round3(duration.as_secs_f64() * 1000.0)
+}
+
+fn round3(value: f64) -> f64 {
+    (value * 1000.0).round() / 1000.0
+}
+
+// ---------------------------------------------------------------------------------------------
+// The server's process, from /proc.
+// ---------------------------------------------------------------------------------------------
+
+struct ProcStatus {
+    rss_kib: u64,
+    threads: u64,
+}
+
+/// VmRSS and Threads from `/proc/PID/status`.
+fn proc_status(pid: u32) -> Option<ProcStatus> {
+    let text = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|number| number.parse::<u64>().ok())
+    };
+    Some(ProcStatus {
+        rss_kib: field("VmRSS:")?,
+        threads: field("Threads:")?,
+    })
+}
+
+/// utime + stime of the whole process from `/proc/PID/stat`, in clock ticks.
+fn proc_cpu_ticks(pid: u32) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses; the fields after it are plain.
+    let after_name = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // Fields 14 and 15 of proc(5), counted from the state field (3) after the name.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors.
+// ---------------------------------------------------------------------------------------------
+
+/// Why one operation of a client failed.
+#[derive(Debug)]
+enum LoadError {
+    /// No answer within `--timeout-ms`; names what was awaited.
+    Timeout(&'static str),
+    /// The server closed the connection.
+    Closed,
+    /// A socket call failed.
+    Io {
+        step: &'static str,
+        source: std::io::Error,
+    },
+    /// tungstenite failed.
+    WebSocket {
+        step: &'static str,
+        source: tungstenite::Error,
+    },
+    /// The server answered something unexpected.
+    Protocol(String),
+}
+
+impl LoadError {
+    fn io(step: &'static str, source: std::io::Error) -> Self {
+        if matches!(source.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) {
+            return LoadError::Timeout(step);
+        }
+        LoadError::Io { step, source }
+    }
+
+    fn websocket(step: &'static str, source: tungstenite::Error) -> Self {
+        match source {
+            tungstenite::Error::Io(e) => LoadError::io(step, e),
+            tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => {
+                LoadError::Closed
+            }
+            source => LoadError::WebSocket { step, source },
+        }
+    }
+
+    fn from_error_frame(frame: &Value) -> Self {
+        LoadError::Protocol(format!("server error frame: {}", frame["data"]))
+    }
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LoadError::Timeout(what) => write!(f, "timeout: waiting for {what}"),
+            LoadError::Closed => f.write_str("closed: the server closed the connection"),
+            LoadError::Io { step, source } => write!(f, "io: {step}: {source}"),
+            LoadError::WebSocket { step, source } => write!(f, "websocket: {step}: {source}"),
+            LoadError::Protocol(detail) => write!(f, "protocol: {detail}"),
+        }
+    }
+}

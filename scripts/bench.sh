@@ -1,0 +1,191 @@
+#!/usr/bin/env bash
+# Runs the benchmark table of issue 7 against Sparky and the floor (examples/floor.rs), and
+# writes target/bench/results.jsonl (one JSON line per run), target/bench/table.md and
+# target/bench/chart.svg.
+#
+#   bash scripts/bench.sh            # the whole table, about two and a half minutes on 2 cores
+#   ROUNDS=5 bash scripts/bench.sh   # more alternating rounds of turns/connect
+#
+# Every server is started fresh on 127.0.0.1:0; the port comes from its `listening on` line.
+# `turns` and `connect` run against Sparky and the floor alternately, ROUNDS times, and the
+# table shows medians and the median of the per-round ratios Sparky/floor. When Sparky has
+# `--in-memory`, a second Sparky without persistence (label `sparky-mem`) joins the rotation,
+# so the table shows turns with and without persistence. `idle`, `cancel` and `resume` run
+# against the default Sparky; `idle` runs against the floor too, for scale.
+#
+# Holding 10,000 connections needs more open files than the usual 1024: the script raises the
+# limit (`ulimit -n`) for itself and so for both servers and the load generator. Where the
+# hard limit is lower than 65536 (containers), it goes as high as the hard limit allows.
+# Extra flags for Sparky can be passed in SPARKY_ARGS, e.g. SPARKY_ARGS="--log-level warn";
+# BENCH_OUT moves the output directory; the counts at the top can be overridden the same way.
+
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${ROUNDS:-3}
+TURNS_1=${TURNS_1:-5000}          # turns of the single client
+TURNS_50=${TURNS_50:-400}         # turns per client at 50 clients
+TURNS_500=${TURNS_500:-40}        # turns per client at 500 clients
+CONNECT_CLIENTS=${CONNECT_CLIENTS:-200}
+IDLE_CLIENTS=${IDLE_CLIENTS:-10000}
+IDLE_SECONDS=${IDLE_SECONDS:-10}
+# A connect takes milliseconds; a shorter bound keeps a refused one from stalling the run.
+IDLE_TIMEOUT_MS=${IDLE_TIMEOUT_MS:-3000}
+CANCEL_CLIENTS=${CANCEL_CLIENTS:-20}
+CANCEL_TURNS=${CANCEL_TURNS:-25}
+RESUME_CLIENTS=${RESUME_CLIENTS:-20}
+RESUME_EVENTS=${RESUME_EVENTS:-100}
+RESUME_REPEAT=${RESUME_REPEAT:-10}
+# Bound on each loadgen run, on top of its per-read timeouts.
+MAX_SECONDS=${MAX_SECONDS:-60}
+
+OUT=${BENCH_OUT:-target/bench}
+RESULTS=$OUT/results.jsonl
+SPARKY=target/release/sparky
+FLOOR=target/release/examples/floor
+LOADGEN=target/release/examples/loadgen
+
+started_at=$(date +%s)
+log() { printf '[bench %3ss] %s\n' "$(($(date +%s) - started_at))" "$*" >&2; }
+
+# The limit applies to this shell and is inherited by every process it starts.
+if ! ulimit -n 65536 2>/dev/null; then
+    ulimit -n "$(ulimit -Hn)"
+fi
+log "open-file limit: $(ulimit -n)"
+# Sparky uses two descriptors per WebSocket (the socket and an eventfd that wakes its thread).
+if (($(ulimit -n) < 2 * IDLE_CLIENTS + 100)); then
+    log "warning: $(ulimit -n) open files may be too few for Sparky to hold $IDLE_CLIENTS connections"
+fi
+
+log "building (release)"
+cargo build --release --quiet --bin sparky --example loadgen --example floor
+
+mkdir -p "$OUT/logs"
+rm -rf "$OUT/data"
+: >"$RESULTS"
+
+sparky_flags=(--max-connections 20000)
+# Not `--help | grep -q`: with pipefail, grep quitting early can fail the pipeline.
+sparky_help=$("$SPARKY" --help)
+if [[ $sparky_help == *--rate-limit* ]]; then
+    sparky_flags+=(--rate-limit off)
+fi
+# shellcheck disable=SC2206 # Word splitting of SPARKY_ARGS is the point.
+sparky_flags+=(${SPARKY_ARGS:-})
+log "sparky flags: ${sparky_flags[*]}"
+servers=(sparky floor)
+if [[ $sparky_help == *--in-memory* ]]; then
+    servers=(sparky sparky-mem floor)
+fi
+
+SERVER_PID=""
+SERVER_ADDR=""
+SERVER_COUNT=0
+
+stop_server() {
+    if [[ -n $SERVER_PID ]]; then
+        kill "$SERVER_PID" 2>/dev/null || true
+        wait "$SERVER_PID" 2>/dev/null || true
+        SERVER_PID=""
+    fi
+}
+trap stop_server EXIT
+trap 'stop_server; exit 130' INT TERM
+
+# start_server sparky|sparky-mem|floor: starts a fresh server and sets SERVER_PID and
+# SERVER_ADDR.
+start_server() {
+    local name=$1
+    SERVER_COUNT=$((SERVER_COUNT + 1))
+    local stdout="$OUT/logs/$SERVER_COUNT-$name.out"
+    local stderr="$OUT/logs/$SERVER_COUNT-$name.err"
+    if [[ $name == sparky* ]]; then
+        local data="$OUT/data/$SERVER_COUNT"
+        local flags=("${sparky_flags[@]}")
+        [[ $name == sparky-mem ]] && flags+=(--in-memory)
+        mkdir -p "$data"
+        "$SPARKY" --addr 127.0.0.1:0 --data-dir "$data" "${flags[@]}" >"$stdout" 2>"$stderr" &
+    else
+        "$FLOOR" --addr 127.0.0.1:0 >"$stdout" 2>"$stderr" &
+    fi
+    SERVER_PID=$!
+    local line=""
+    for _ in $(seq 100); do
+        line=$(head -n 1 "$stdout" 2>/dev/null || true)
+        [[ $line == "listening on http://"* ]] && break
+        if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+            log "$name exited at start; see $stderr"
+            exit 1
+        fi
+        sleep 0.1
+    done
+    if [[ $line != "listening on http://"* ]]; then
+        log "$name did not print its address within 10 s; see $stdout"
+        exit 1
+    fi
+    SERVER_ADDR=${line#listening on http://}
+    log "$name (pid $SERVER_PID) on $SERVER_ADDR"
+}
+
+# load LABEL ROUND SCENARIO [OPTIONS]: runs the load generator against the current server
+# and appends its JSON line to the results.
+load() {
+    local label=$1 round=$2
+    shift 2
+    local line
+    line=$("$LOADGEN" --url "ws://$SERVER_ADDR/ws" --label "$label" --round "$round" \
+        --max-seconds "$MAX_SECONDS" "$@")
+    echo "$line" >>"$RESULTS"
+    log "$label round $round: $* -> $(summary "$line")"
+}
+
+summary() {
+    python3 - "$1" <<'EOF_PY'
+import json, sys
+r = json.loads(sys.argv[1])
+print("{count}/{expected} ok, {errors} errors, {throughput_per_s:.0f}/s, "
+      "p50 {p50_ms} ms, p99 {p99_ms} ms, max {max_ms} ms".format(**r))
+EOF_PY
+}
+
+compare_round() {
+    local name=$1 round=$2
+    start_server "$name"
+    load "$name" "$round" connect --clients "$CONNECT_CLIENTS"
+    load "$name" "$round" turns --clients 1 --turns "$TURNS_1"
+    load "$name" "$round" turns --clients 50 --turns "$TURNS_50"
+    load "$name" "$round" turns --clients 500 --turns "$TURNS_500"
+    stop_server
+}
+
+# Sparky and the floor alternate, and the order reverses every round, so that a slow phase
+# of the shared machine does not land on one of them only.
+for round in $(seq "$ROUNDS"); do
+    order=("${servers[@]}")
+    if ((round % 2 == 0)); then
+        order=()
+        for ((i = ${#servers[@]} - 1; i >= 0; i--)); do order+=("${servers[i]}"); done
+    fi
+    for name in "${order[@]}"; do
+        compare_round "$name" "$round"
+    done
+done
+
+for name in sparky floor; do
+    start_server "$name"
+    load "$name" 1 idle --clients "$IDLE_CLIENTS" --seconds "$IDLE_SECONDS" --pid "$SERVER_PID" \
+        --timeout-ms "$IDLE_TIMEOUT_MS"
+    stop_server
+done
+
+start_server sparky
+load sparky 1 cancel --clients "$CANCEL_CLIENTS" --turns "$CANCEL_TURNS"
+load sparky 1 resume --clients "$RESUME_CLIENTS" --events "$RESUME_EVENTS" --repeat "$RESUME_REPEAT"
+stop_server
+
+# The servers' data directories only matter while they run.
+rm -rf "$OUT/data"
+python3 scripts/chart.py "$RESULTS" --table "$OUT/table.md" --svg "$OUT/chart.svg"
+cat "$OUT/table.md"
+log "done: $RESULTS, $OUT/table.md, $OUT/chart.svg"

@@ -1,0 +1,487 @@
+#!/usr/bin/env python3
+"""Turns the JSON lines of scripts/bench.sh into a markdown table and an SVG chart.
+
+    python3 scripts/chart.py target/bench/results.jsonl \
+        --table target/bench/table.md --svg target/bench/chart.svg
+
+Each line of the input is one run of examples/loadgen.rs, labelled with the server (`sparky`
+or `floor`) and the round. For `turns` and `connect` the table shows, per number of clients,
+the median over rounds of each figure, and the median over rounds of the ratio Sparky/floor
+taken within the same round (the two ran back to back, so the ratio is steadier than either
+figure). The chart plots turns throughput and p99 latency against the number of clients,
+Sparky beside the floor: each round as a dot, the medians as a line. Standard library only.
+"""
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+from collections import defaultdict
+from datetime import datetime, timezone
+
+SPARKY = "sparky"
+SPARKY_MEM = "sparky-mem"
+FLOOR = "floor"
+COLORS = {SPARKY: "#d9480f", SPARKY_MEM: "#f59f00", FLOOR: "#1c7ed6"}
+NAMES = {SPARKY: "Sparky", SPARKY_MEM: "Sparky --in-memory", FLOOR: "floor"}
+
+# The targets of issue 7: (description, check on the figures) per row.
+IDLE_RSS_KIB_PER_SESSION = 32
+IDLE_CPU_PERCENT = 1.0
+TURNS_50_THROUGHPUT_RATIO = 0.8
+TURNS_50_THROUGHPUT_RATIO_PERSISTENT = 0.6
+TURNS_50_P99_RATIO = 1.25
+TURNS_500_P99_MS = 30.0
+CONNECT_MAX_MS = 1000.0
+CANCEL_P99_MS = 5.0
+RESUME_P99_MS = 10.0
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", help="results.jsonl written by scripts/bench.sh")
+    parser.add_argument("--table", required=True, help="markdown file to write")
+    parser.add_argument("--svg", required=True, help="SVG file to write")
+    args = parser.parse_args()
+
+    with open(args.results, encoding="utf-8") as results:
+        runs = [json.loads(line) for line in results if line.strip()]
+    with open(args.table, "w", encoding="utf-8") as table:
+        table.write(render_table(runs))
+    with open(args.svg, "w", encoding="utf-8") as svg:
+        svg.write(render_chart(runs))
+
+
+# ----------------------------------------------------------------------------------------------
+# Grouping.
+# ----------------------------------------------------------------------------------------------
+
+
+def by_key(runs, scenario):
+    """{clients: {label: {round: run}}} for one scenario."""
+    grouped = defaultdict(lambda: defaultdict(dict))
+    for run in runs:
+        if run["scenario"] == scenario:
+            grouped[run["clients"]][run["label"]][run["round"]] = run
+    return grouped
+
+
+def median_of(rounds, field):
+    values = [run[field] for run in rounds.values() if field in run]
+    return statistics.median(values) if values else None
+
+
+def ratio_of(sparky_rounds, floor_rounds, field):
+    """The median over rounds of sparky/floor, each ratio taken within one round."""
+    ratios = []
+    for round_number, sparky in sparky_rounds.items():
+        floor = floor_rounds.get(round_number)
+        if floor and floor.get(field):
+            ratios.append(sparky[field] / floor[field])
+    return statistics.median(ratios) if ratios else None
+
+
+def single(runs, scenario, label):
+    for run in runs:
+        if run["scenario"] == scenario and run["label"] == label:
+            return run
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# The table.
+# ----------------------------------------------------------------------------------------------
+
+
+def fmt(value, digits=2):
+    if value is None:
+        return "–"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.{digits}f}"
+
+
+def verdict(ok):
+    if ok is None:
+        return "–"
+    return "met" if ok else "**missed**"
+
+
+def machine_line():
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    memory = ""
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as meminfo:
+            kib = int(meminfo.readline().split()[1])
+            memory = f", {kib / 1024 / 1024:.1f} GiB RAM"
+    except (OSError, ValueError, IndexError):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores{memory}, {platform.system()} {platform.release()}"
+
+
+def git_line():
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown commit"
+    return f"commit {commit}" + (" with uncommitted changes" if dirty else "")
+
+
+def comparison_row(scenario, clients, variant, sparky, floor, has_memory_variant):
+    """One row of the Sparky-against-the-floor table, with its target."""
+    throughput_ratio = ratio_of(sparky, floor, "throughput_per_s")
+    p99_ratio = ratio_of(sparky, floor, "p99_ms")
+    sparky_p99 = median_of(sparky, "p99_ms")
+    target, ok = "", None
+    if scenario == "connect":
+        worst = max((run["max_ms"] for run in sparky.values()), default=None)
+        target = "no 1 s tail (max < 1000 in every round)"
+        ok = worst is not None and worst < CONNECT_MAX_MS
+    elif clients == 50:
+        persistent = variant == SPARKY and has_memory_variant
+        least = TURNS_50_THROUGHPUT_RATIO_PERSISTENT if persistent else TURNS_50_THROUGHPUT_RATIO
+        target = f"≥ {least}× floor throughput"
+        ok = throughput_ratio is not None and throughput_ratio >= least
+        if not persistent:
+            target += f", p99 ≤ {TURNS_50_P99_RATIO}× floor"
+            ok = ok and p99_ratio is not None and p99_ratio <= TURNS_50_P99_RATIO
+    elif clients == 500:
+        target = f"p99 < {TURNS_500_P99_MS:.0f} ms"
+        ok = sparky_p99 is not None and sparky_p99 < TURNS_500_P99_MS
+    errors = (
+        f"{sum(run['errors'] for run in sparky.values())}"
+        f"/{sum(run['errors'] for run in floor.values())}"
+    )
+    cells = [
+        scenario,
+        fmt(clients),
+        NAMES[variant],
+        fmt(median_of(sparky, "throughput_per_s")),
+        fmt(median_of(floor, "throughput_per_s")),
+        fmt(throughput_ratio),
+        fmt(median_of(sparky, "p50_ms")),
+        fmt(median_of(floor, "p50_ms")),
+        fmt(sparky_p99),
+        fmt(median_of(floor, "p99_ms")),
+        fmt(p99_ratio),
+        fmt(median_of(sparky, "max_ms")),
+        fmt(median_of(floor, "max_ms")),
+        errors,
+        target,
+        verdict(ok) if target else "",
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def render_table(runs):
+    rounds = sorted({run["round"] for run in runs if run["scenario"] in ("turns", "connect")})
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    out = [
+        "# Benchmark results",
+        "",
+        f"{now}; {machine_line()}; {git_line()}; loopback, built-in offline model.",
+        f"`turns` and `connect`: {len(rounds)} rounds, Sparky and the floor alternating; figures",
+        "are medians over rounds, ratios are medians of the per-round ratio Sparky/floor.",
+        "Latencies in ms. Throughput is operations per second over the measuring window.",
+        "",
+        "## Sparky against the floor",
+        "",
+        "`Sparky` is the default server (with persistence, when the build has it); "
+        "`Sparky --in-memory` keeps nothing on disk.",
+        "",
+        "| scenario | clients | server | server /s | floor /s | ratio | server p50 | floor p50 "
+        "| server p99 | floor p99 | p99 ratio | server max | floor max | errors S/F "
+        "| target | met? |",
+        "|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|---|",
+    ]
+    # Without an in-memory variant in the results, the one Sparky is held to the in-memory
+    # target: either the build has no persistence, or it cannot turn it off.
+    has_memory_variant = any(run["label"] == SPARKY_MEM for run in runs)
+    for scenario in ("connect", "turns"):
+        grouped = by_key(runs, scenario)
+        for clients in sorted(grouped):
+            floor = grouped[clients].get(FLOOR, {})
+            for variant in (SPARKY, SPARKY_MEM):
+                sparky = grouped[clients].get(variant)
+                if sparky:
+                    out.append(
+                        comparison_row(scenario, clients, variant, sparky, floor, has_memory_variant)
+                    )
+    out += [
+        "",
+        "## Capacity and session features",
+        "",
+        "| scenario | figure | Sparky | floor | target | met? |",
+        "|---|---|--:|--:|---|---|",
+    ]
+    idle_sparky = single(runs, "idle", SPARKY)
+    idle_floor = single(runs, "idle", FLOOR)
+    if idle_sparky:
+        clients = idle_sparky["clients"]
+
+        def both(field, scale=None):
+            values = []
+            for run in (idle_sparky, idle_floor):
+                value = run.get(field) if run else None
+                if value is not None and scale:
+                    value = value / scale
+                values.append(fmt(value))
+            return values
+
+        held = idle_sparky.get("held", 0)
+        rss_kib = idle_sparky.get("server_rss_kib")
+        per_session = idle_sparky.get("rss_per_session_kib")
+        cpu = idle_sparky.get("server_cpu_percent")
+        rss_limit_mib = clients * IDLE_RSS_KIB_PER_SESSION / 1024
+        rows = [
+            ("sessions held", both("held"), f"{clients:,}", held == clients),
+            (
+                "server RSS, MiB",
+                both("server_rss_kib", 1024),
+                f"≤ {clients:,} × {IDLE_RSS_KIB_PER_SESSION} KiB = {rss_limit_mib:.1f} MiB",
+                rss_kib is not None and rss_kib / 1024 <= rss_limit_mib,
+            ),
+            (
+                "RSS per session, KiB",
+                both("rss_per_session_kib"),
+                f"≤ {IDLE_RSS_KIB_PER_SESSION} KiB",
+                per_session is not None and per_session <= IDLE_RSS_KIB_PER_SESSION,
+            ),
+            ("server threads", both("server_threads"), "", None),
+            (
+                "server CPU while idle, % of a core",
+                both("server_cpu_percent"),
+                f"< {IDLE_CPU_PERCENT:.0f} %",
+                cpu is not None and cpu < IDLE_CPU_PERCENT,
+            ),
+            ("time to open all, s", both("open_s"), "", None),
+            ("connect p99 while opening, ms", both("p99_ms"), "", None),
+            ("errors", both("errors"), "0", idle_sparky["errors"] == 0),
+        ]
+        for figure, (sparky_value, floor_value), target, ok in rows:
+            out.append(
+                f"| idle {clients:,} | {figure} | {sparky_value} | {floor_value} "
+                f"| {target} | {verdict(ok) if target else ''} |"
+            )
+        if idle_sparky.get("first_error"):
+            out.append(f"| idle {clients:,} | first error | {idle_sparky['first_error']} | | | |")
+    for scenario, limit, what in (
+        ("cancel", CANCEL_P99_MS, "new message after a cancelled `/wait`"),
+        ("resume", RESUME_P99_MS, "replay"),
+    ):
+        run = single(runs, scenario, SPARKY)
+        if not run:
+            continue
+        label = scenario
+        if scenario == "resume":
+            label = f"resume {run.get('missed_events', '?')} missed events"
+        out.append(
+            f"| {label} | p50 / p99 / max, ms ({what}; {run['count']:,} samples) "
+            f"| {fmt(run['p50_ms'])} / {fmt(run['p99_ms'])} / {fmt(run['max_ms'])} | "
+            f"| p99 < {limit:.0f} ms | {verdict(run['p99_ms'] < limit)} |"
+        )
+        out.append(
+            f"| {label} | errors | {run['errors']} | | 0 | {verdict(run['errors'] == 0)} |"
+        )
+    out.append("")
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# The chart.
+# ----------------------------------------------------------------------------------------------
+
+PANEL_WIDTH = 420
+PANEL_HEIGHT = 300
+MARGIN_LEFT = 70
+MARGIN_TOP = 50
+MARGIN_BOTTOM = 50
+GAP = 90
+
+
+def escape(text):
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def nice_ticks_linear(top):
+    """Round tick values from 0 to at least `top`."""
+    if top <= 0:
+        return [0, 1]
+    step = 10 ** math.floor(math.log10(top / 4))
+    for factor in (1, 2, 2.5, 5, 10):
+        if top / (step * factor) <= 5:
+            step *= factor
+            break
+    ticks = [0]
+    while ticks[-1] < top:
+        ticks.append(ticks[-1] + step)
+    return ticks
+
+
+def ticks_log(low, high):
+    """Powers of ten (and 2, 5 between them) spanning low..high."""
+    start = math.floor(math.log10(low))
+    end = math.ceil(math.log10(high))
+    ticks = []
+    for exponent in range(start, end + 1):
+        for mantissa in (1, 2, 5):
+            value = mantissa * 10**exponent
+            if 10**start <= value <= 10**end:
+                ticks.append(value)
+    return ticks
+
+
+def tick_label(value):
+    if value >= 1000:
+        return f"{value / 1000:g}k"
+    return f"{value:g}"
+
+
+def panel(x0, title, y_label, series, log_y):
+    """One plot: series is {label: {clients: [values per round]}}."""
+    clients = sorted({c for points in series.values() for c in points})
+    values = [v for points in series.values() for vs in points.values() for v in vs if v > 0]
+    if not clients or not values:
+        return [f'<text x="{x0}" y="{MARGIN_TOP}">no data for {escape(title)}</text>']
+    if log_y:
+        ticks = ticks_log(min(values), max(values))
+        low, high = math.log10(ticks[0]), math.log10(ticks[-1])
+
+        def y_of(value):
+            value = max(value, ticks[0])
+            return MARGIN_TOP + PANEL_HEIGHT * (1 - (math.log10(value) - low) / (high - low))
+
+    else:
+        ticks = nice_ticks_linear(max(values) * 1.05)
+
+        def y_of(value):
+            return MARGIN_TOP + PANEL_HEIGHT * (1 - value / ticks[-1])
+
+    x_low = math.log10(min(clients))
+    x_high = math.log10(max(clients))
+    x_span = (x_high - x_low) or 1.0
+
+    def x_of(count):
+        return x0 + 30 + (PANEL_WIDTH - 60) * (math.log10(count) - x_low) / x_span
+
+    parts = [
+        f'<text x="{x0 + PANEL_WIDTH / 2}" y="{MARGIN_TOP - 20}" text-anchor="middle" '
+        f'font-weight="bold">{escape(title)}</text>',
+        f'<rect x="{x0}" y="{MARGIN_TOP}" width="{PANEL_WIDTH}" height="{PANEL_HEIGHT}" '
+        'fill="none" stroke="#adb5bd"/>',
+    ]
+    for tick in ticks:
+        y = y_of(tick)
+        parts.append(
+            f'<line x1="{x0}" y1="{y:.1f}" x2="{x0 + PANEL_WIDTH}" y2="{y:.1f}" stroke="#e9ecef"/>'
+        )
+        parts.append(
+            f'<text x="{x0 - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="11">'
+            f"{tick_label(tick)}</text>"
+        )
+    for count in clients:
+        x = x_of(count)
+        parts.append(
+            f'<line x1="{x:.1f}" y1="{MARGIN_TOP}" x2="{x:.1f}" y2="{MARGIN_TOP + PANEL_HEIGHT}" '
+            'stroke="#e9ecef"/>'
+        )
+        parts.append(
+            f'<text x="{x:.1f}" y="{MARGIN_TOP + PANEL_HEIGHT + 16}" text-anchor="middle" '
+            f'font-size="11">{count}</text>'
+        )
+    parts.append(
+        f'<text x="{x0 + PANEL_WIDTH / 2}" y="{MARGIN_TOP + PANEL_HEIGHT + 36}" '
+        'text-anchor="middle" font-size="12">clients (log scale)</text>'
+    )
+    y_mid = MARGIN_TOP + PANEL_HEIGHT / 2
+    parts.append(
+        f'<text x="{x0 - 52}" y="{y_mid}" text-anchor="middle" font-size="12" '
+        f'transform="rotate(-90 {x0 - 52} {y_mid})">{escape(y_label)}</text>'
+    )
+    for label, points in series.items():
+        color = COLORS.get(label, "#495057")
+        medians = []
+        for count in sorted(points):
+            for value in points[count]:
+                parts.append(
+                    f'<circle cx="{x_of(count):.1f}" cy="{y_of(value):.1f}" r="2.5" '
+                    f'fill="{color}" fill-opacity="0.35"/>'
+                )
+            medians.append((x_of(count), y_of(statistics.median(points[count]))))
+        path = " ".join(f"{x:.1f},{y:.1f}" for x, y in medians)
+        parts.append(
+            f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2"/>'
+        )
+        for x, y in medians:
+            parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="4" fill="{color}"/>')
+    return parts
+
+
+def render_chart(runs):
+    throughput = defaultdict(lambda: defaultdict(list))
+    p99 = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        if run["scenario"] == "turns" and run["label"] in COLORS:
+            throughput[run["label"]][run["clients"]].append(run["throughput_per_s"])
+            p99[run["label"]][run["clients"]].append(run["p99_ms"])
+    # Sparky first, so the legend and the drawing order are stable.
+    order = [label for label in (SPARKY, SPARKY_MEM, FLOOR) if label in throughput]
+    throughput = {label: throughput[label] for label in order}
+    p99 = {label: p99[label] for label in order}
+
+    width = MARGIN_LEFT + 2 * PANEL_WIDTH + GAP + 30
+    height = MARGIN_TOP + PANEL_HEIGHT + MARGIN_BOTTOM + 40
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="13">',
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+    ]
+    # Log scales on both axes: Sparky and the floor can be an order of magnitude apart.
+    parts += panel(
+        MARGIN_LEFT, "turns: throughput", "turns per second (log scale)", throughput, True
+    )
+    parts += panel(
+        MARGIN_LEFT + PANEL_WIDTH + GAP, "turns: p99 latency", "p99, ms (log scale)", p99, True
+    )
+    legend_y = height - 14
+    x = MARGIN_LEFT
+    for label in order:
+        color = COLORS[label]
+        parts.append(
+            f'<line x1="{x}" y1="{legend_y - 4}" x2="{x + 24}" y2="{legend_y - 4}" '
+            f'stroke="{color}" stroke-width="2"/>'
+        )
+        parts.append(f'<circle cx="{x + 12}" cy="{legend_y - 4}" r="4" fill="{color}"/>')
+        parts.append(f'<text x="{x + 30}" y="{legend_y}">{NAMES[label]}</text>')
+        x += 40 + 8 * len(NAMES[label])
+    parts.append(
+        f'<text x="{x}" y="{legend_y}" font-size="11" fill="#495057">'
+        "line: median over rounds; faint dots: single rounds</text>"
+    )
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"
+
+
+if __name__ == "__main__":
+    main()
