@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::cancel::CancelFlag;
 use crate::knowledge::Knowledge;
-use crate::model::{ChatMessage, MEMORY_PREFIX, ModelBackend, ReplySink, Role};
+use crate::model::{ChatMessage, Conversation, MEMORY_PREFIX, ModelBackend, ReplySink, Role};
 use crate::protocol::{ErrorCode, ServerFrame, TurnId};
 use crate::store::Store;
 use crate::tools::{ToolChain, ToolContext};
@@ -74,7 +74,8 @@ pub enum TurnOutcome {
 pub struct Bot {
     engine: Engine,
     system: Option<String>,
-    history: Vec<ChatMessage>,
+    /// Shared with running turns as a snapshot: a turn clones the `Arc`, not the messages.
+    history: Arc<Vec<ChatMessage>>,
     /// The number of `history[0]` in the whole conversation (older messages were trimmed).
     first_index: u64,
 }
@@ -96,7 +97,7 @@ impl Bot {
         let mut bot = Bot {
             engine,
             system: personality,
-            history,
+            history: Arc::new(history),
             first_index,
         };
         bot.trim();
@@ -123,27 +124,28 @@ impl Bot {
         &self.engine
     }
 
-    /// Prepares a turn on a copy of the conversation, so that it can run without the session's
-    /// lock.
+    /// Prepares a turn on a snapshot of the conversation, so that it can run without the
+    /// session's lock. The snapshot shares the messages; nothing is copied.
     pub fn start_turn(&self, turn_id: TurnId, text: &str) -> Turn {
-        let mut messages = Vec::with_capacity(self.history.len() + 4);
-        if let Some(system) = &self.system {
-            messages.push(ChatMessage::text(Role::System, system.clone()));
-        }
-        messages.extend(self.history.iter().cloned());
-        let first_new = messages.len();
-        messages.push(ChatMessage::text(Role::User, text));
+        let head = self
+            .system
+            .iter()
+            .map(|system| ChatMessage::text(Role::System, system.clone()))
+            .collect();
         Turn {
             engine: self.engine.clone(),
             turn_id,
-            messages,
-            first_new,
+            head,
+            history: self.history.clone(),
+            current: vec![ChatMessage::text(Role::User, text)],
+            user_index: 0,
         }
     }
 
-    /// Adds a finished turn's messages to the conversation.
+    /// Adds a finished turn's messages to the conversation. The messages are copied only when a
+    /// turn (a cancelled one still winding down) holds a snapshot.
     pub fn commit(&mut self, transcript: Vec<ChatMessage>) {
-        self.history.extend(transcript);
+        Arc::make_mut(&mut self.history).extend(transcript);
         self.trim();
     }
 
@@ -163,7 +165,7 @@ impl Bot {
             .iter()
             .position(|m| m.role == Role::User)
             .map_or(self.history.len(), |i| excess + i);
-        self.history.drain(..cut);
+        Arc::make_mut(&mut self.history).drain(..cut);
         self.first_index += cut as u64;
     }
 }
@@ -180,9 +182,14 @@ pub fn interrupted(user_text: &str, note: &str) -> Vec<ChatMessage> {
 pub struct Turn {
     engine: Engine,
     turn_id: TurnId,
-    messages: Vec<ChatMessage>,
-    /// Index of the turn's user message in `messages`.
-    first_new: usize,
+    /// The system prompt, if any.
+    head: Vec<ChatMessage>,
+    /// The conversation before this turn: the session's snapshot.
+    history: Arc<Vec<ChatMessage>>,
+    /// This turn's messages: maybe memory, the user's message, then tool calls and results.
+    current: Vec<ChatMessage>,
+    /// Index of the user's message in `current`.
+    user_index: usize,
 }
 
 impl fmt::Debug for Turn {
@@ -196,7 +203,7 @@ impl fmt::Debug for Turn {
 impl Turn {
     /// The user's text.
     pub fn user_text(&self) -> &str {
-        &self.messages[self.first_new].content
+        &self.current[self.user_index].content
     }
 
     /// Runs the agent loop: asks the model, runs the tools it calls, and asks again, until the
@@ -209,7 +216,8 @@ impl Turn {
         knowledge: &Knowledge,
     ) -> TurnOutcome {
         let turn_id = self.turn_id;
-        let specs = self.engine.tools.specs();
+        let tools = self.engine.tools.clone();
+        let specs = tools.specs();
         if !self.recall_memory(events) {
             return TurnOutcome::Cancelled;
         }
@@ -223,10 +231,12 @@ impl Turn {
                 turn_id,
                 live: true,
             };
-            let reply = self
-                .engine
-                .model
-                .complete(&self.messages, &specs, &mut sink);
+            let conversation = Conversation {
+                head: &self.head,
+                earlier: &self.history,
+                current: &self.current,
+            };
+            let reply = self.engine.model.complete(conversation, specs, &mut sink);
             if !sink.live || cancel.is_cancelled() {
                 return TurnOutcome::Cancelled;
             }
@@ -239,9 +249,11 @@ impl Turn {
                     turn_id,
                     text: reply.text.clone(),
                 };
-                self.messages
+                self.current
                     .push(ChatMessage::text(Role::Assistant, reply.text));
-                let transcript = self.messages.split_off(self.first_new);
+                let transcript = self.current.split_off(self.user_index);
+                // Let go of the snapshot first, so that the commit extends the history in place.
+                self.history = Arc::default();
                 return if events.close(answer, transcript) {
                     TurnOutcome::Answered
                 } else {
@@ -249,7 +261,7 @@ impl Turn {
                 };
             }
             let calls = reply.tool_calls;
-            self.messages
+            self.current
                 .push(ChatMessage::tool_calls(reply.text, calls.clone()));
             for call in calls {
                 let used = ServerFrame::ToolUse {
@@ -274,7 +286,7 @@ impl Turn {
                     return TurnOutcome::Cancelled;
                 }
                 let is_error = output.status == crate::protocol::ToolStatus::Error;
-                self.messages
+                self.current
                     .push(ChatMessage::tool_result(&call.id, output.text, is_error));
             }
         }
@@ -295,7 +307,7 @@ impl Turn {
             return true;
         };
         let text = self.user_text();
-        if text.starts_with('/') {
+        if text.starts_with('/') || memory.node_count() == 0 {
             return true;
         }
         let hits = match memory.search(text, None, MEMORY_ENTRIES) {
@@ -316,9 +328,9 @@ impl Turn {
             })
             .collect();
         let context = format!("{MEMORY_PREFIX}\n{}", lines.join("\n"));
-        self.messages
-            .insert(self.first_new, ChatMessage::text(Role::System, context));
-        self.first_new += 1;
+        self.current
+            .insert(self.user_index, ChatMessage::text(Role::System, context));
+        self.user_index += 1;
         if self.engine.model.describes_memory() {
             return true;
         }
@@ -452,7 +464,7 @@ mod tests {
         }
         fn complete(
             &self,
-            _: &[ChatMessage],
+            _: Conversation<'_>,
             _: &[ToolSpec],
             _: &mut dyn ReplySink,
         ) -> Result<ModelReply> {

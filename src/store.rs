@@ -8,6 +8,7 @@
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
@@ -210,6 +211,9 @@ pub trait Store: Send + Sync {
     ///
     /// [`Error::Store`] on a database failure.
     fn delete(&self, id: i64) -> Result<bool>;
+
+    /// How many nodes the graph holds.
+    fn node_count(&self) -> u64;
 }
 
 /// The SQLite store: one file in the data directory, in WAL mode.
@@ -221,6 +225,9 @@ pub trait Store: Send + Sync {
 pub struct SqliteStore {
     journal: Mutex<Connection>,
     graph: Mutex<Connection>,
+    /// Nodes in the graph, kept beside the table so that a turn can skip the memory lookup on
+    /// an empty graph without a query.
+    nodes: AtomicU64,
     /// Held (and locked) for as long as the store is open.
     _lock: Option<File>,
     path: Option<PathBuf>,
@@ -269,9 +276,11 @@ impl SqliteStore {
         let journal = open_connection(&path)?;
         migrate(&journal, &path)?;
         let graph = open_connection(&path)?;
+        let nodes = count_nodes(&graph)?;
         Ok(SqliteStore {
             journal: Mutex::new(journal),
             graph: Mutex::new(graph),
+            nodes: AtomicU64::new(nodes),
             _lock: Some(lock),
             path: Some(path),
         })
@@ -291,6 +300,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             journal: Mutex::new(open()?),
             graph: Mutex::new(open()?),
+            nodes: AtomicU64::new(0),
             _lock: None,
             path: None,
         })
@@ -300,6 +310,13 @@ impl SqliteStore {
     pub fn path(&self) -> Option<&Path> {
         self.path.as_deref()
     }
+}
+
+fn count_nodes(connection: &Connection) -> Result<u64> {
+    connection
+        .query_row("SELECT count(*) FROM nodes", [], |row| row.get::<_, i64>(0))
+        .map(|n| n.max(0) as u64)
+        .map_err(|e| store_error("count nodes", e))
 }
 
 fn open_connection(path: &Path) -> Result<Connection> {
@@ -747,6 +764,7 @@ impl Store for SqliteStore {
             )
             .and_then(|mut s| s.execute(params![kind, label, content, properties.to_string(), now]))
             .map_err(|e| store_error("add node", e))?;
+        self.nodes.fetch_add(1, Ordering::Relaxed);
         let id = connection.last_insert_rowid();
         Ok(Node {
             id,
@@ -834,10 +852,18 @@ impl Store for SqliteStore {
 
     fn delete(&self, id: i64) -> Result<bool> {
         let connection = self.graph.lock();
-        connection
+        let deleted = connection
             .execute("DELETE FROM nodes WHERE id = ?1", [id])
             .map(|n| n > 0)
-            .map_err(|e| store_error("delete", e))
+            .map_err(|e| store_error("delete", e))?;
+        if deleted {
+            self.nodes.fetch_sub(1, Ordering::Relaxed);
+        }
+        Ok(deleted)
+    }
+
+    fn node_count(&self) -> u64 {
+        self.nodes.load(Ordering::Relaxed)
     }
 }
 

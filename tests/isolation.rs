@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use sparky::error::Result;
 use sparky::model::offline::OfflineModel;
-use sparky::model::{ChatMessage, ModelBackend, ModelReply, ReplySink, ToolSpec};
+use sparky::model::{Conversation, ModelBackend, ModelReply, ReplySink, ToolSpec};
 use sparky::protocol::{ErrorCode, ServerFrame};
 use support::{TestServer, kinds};
 
@@ -19,7 +19,7 @@ impl ModelBackend for Fragile {
     }
     fn complete(
         &self,
-        messages: &[ChatMessage],
+        messages: Conversation<'_>,
         tools: &[ToolSpec],
         sink: &mut dyn ReplySink,
     ) -> Result<ModelReply> {

@@ -80,6 +80,50 @@ impl ChatMessage {
     }
 }
 
+/// The conversation one model step sees, in three parts that are read in order: the turn's
+/// head (system prompt), the earlier conversation (shared with the session, not copied), and the
+/// current turn's messages so far (memory, the user's message, tool calls and results).
+#[derive(Clone, Copy, Debug)]
+pub struct Conversation<'a> {
+    /// The system prompt, if any.
+    pub head: &'a [ChatMessage],
+    /// The conversation before this turn.
+    pub earlier: &'a [ChatMessage],
+    /// This turn's messages so far.
+    pub current: &'a [ChatMessage],
+}
+
+impl<'a> Conversation<'a> {
+    /// A conversation that is all in one slice (for tests and simple callers).
+    pub fn of(messages: &'a [ChatMessage]) -> Self {
+        Conversation {
+            head: &[],
+            earlier: &[],
+            current: messages,
+        }
+    }
+
+    /// Every message, oldest first.
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = &'a ChatMessage> {
+        self.head.iter().chain(self.earlier).chain(self.current)
+    }
+
+    /// The newest message.
+    pub fn last(&self) -> Option<&'a ChatMessage> {
+        self.iter().next_back()
+    }
+
+    /// How many messages there are in all.
+    pub fn len(&self) -> usize {
+        self.head.len() + self.earlier.len() + self.current.len()
+    }
+
+    /// True when there is no message at all.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// A tool as the model is told about it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ToolSpec {
@@ -128,7 +172,7 @@ pub trait ModelBackend: Send + Sync {
     /// [`Error::Model`](crate::error::Error::Model) when the provider fails.
     fn complete(
         &self,
-        messages: &[ChatMessage],
+        conversation: Conversation<'_>,
         tools: &[ToolSpec],
         sink: &mut dyn ReplySink,
     ) -> Result<ModelReply>;

@@ -5,7 +5,8 @@ use serde_json::{Value, json};
 
 use crate::error::Result;
 use crate::model::{
-    ChatMessage, MEMORY_PREFIX, ModelBackend, ModelReply, ReplySink, Role, ToolCall, ToolSpec,
+    ChatMessage, Conversation, MEMORY_PREFIX, ModelBackend, ModelReply, ReplySink, Role, ToolCall,
+    ToolSpec,
 };
 
 /// The built-in model: echoes plain text, and turns slash commands into tool calls.
@@ -42,7 +43,7 @@ impl ModelBackend for OfflineModel {
 
     fn complete(
         &self,
-        messages: &[ChatMessage],
+        messages: Conversation<'_>,
         _tools: &[ToolSpec],
         sink: &mut dyn ReplySink,
     ) -> Result<ModelReply> {
@@ -73,7 +74,7 @@ impl ModelBackend for OfflineModel {
 }
 
 /// The thought before an echo: says which remembered facts were in the context, if any.
-fn echo_thought(messages: &[ChatMessage]) -> String {
+fn echo_thought(messages: Conversation<'_>) -> String {
     let memory = messages
         .iter()
         .rev()
@@ -145,7 +146,7 @@ fn plan(text: &str) -> Plan {
 }
 
 /// The final answer after tool calls: each tool's output, or what went wrong with it.
-fn summarize_tool_results(messages: &[ChatMessage]) -> String {
+fn summarize_tool_results(messages: Conversation<'_>) -> String {
     let results: Vec<&ChatMessage> = messages
         .iter()
         .rev()
@@ -202,7 +203,9 @@ mod tests {
     fn ask(text: &str, tools: &[ToolSpec]) -> (ModelReply, Vec<String>) {
         let mut sink = Recorder::default();
         let messages = [ChatMessage::text(Role::User, text)];
-        let reply = OfflineModel.complete(&messages, tools, &mut sink).unwrap();
+        let reply = OfflineModel
+            .complete(Conversation::of(&messages), tools, &mut sink)
+            .unwrap();
         (reply, sink.thoughts)
     }
 
@@ -233,7 +236,9 @@ mod tests {
             ChatMessage::text(Role::User, "cats?"),
         ];
         let mut sink = Recorder::default();
-        OfflineModel.complete(&messages, &[], &mut sink).unwrap();
+        OfflineModel
+            .complete(Conversation::of(&messages), &[], &mut sink)
+            .unwrap();
         assert_eq!(
             sink.thoughts,
             ["No command here, so I echo the text back. Memory in context: #4 cats purr; #9 dogs."]
@@ -253,7 +258,7 @@ mod tests {
             ChatMessage::tool_result("c", "division by zero", true),
         ];
         let reply = OfflineModel
-            .complete(&messages, &[], &mut Recorder::default())
+            .complete(Conversation::of(&messages), &[], &mut Recorder::default())
             .unwrap();
         assert_eq!(reply.text, "The calculator tool failed: division by zero");
     }

@@ -57,6 +57,8 @@ pub struct ToolOutput {
 #[derive(Clone, Default)]
 pub struct ToolChain {
     tools: Vec<Arc<dyn Tool>>,
+    /// The tools as the model sees them, made once as tools are added (every turn sends them).
+    specs: Arc<[ToolSpec]>,
 }
 
 impl fmt::Debug for ToolChain {
@@ -95,6 +97,15 @@ impl ToolChain {
     pub fn add(&mut self, tool: Arc<dyn Tool>) {
         self.tools.retain(|known| known.name() != tool.name());
         self.tools.push(tool);
+        self.specs = self
+            .tools
+            .iter()
+            .map(|tool| ToolSpec {
+                name: tool.name().to_owned(),
+                description: tool.description().to_owned(),
+                parameters: tool.parameters(),
+            })
+            .collect();
     }
 
     /// The tools' names, in order.
@@ -106,15 +117,8 @@ impl ToolChain {
     }
 
     /// The tools as the model is told about them.
-    pub fn specs(&self) -> Vec<ToolSpec> {
-        self.tools
-            .iter()
-            .map(|tool| ToolSpec {
-                name: tool.name().to_owned(),
-                description: tool.description().to_owned(),
-                parameters: tool.parameters(),
-            })
-            .collect()
+    pub fn specs(&self) -> &[ToolSpec] {
+        &self.specs
     }
 
     /// How many tools the chain holds.
