@@ -85,6 +85,31 @@ impl Args {
     }
 }
 
+/// Raises the soft open-file limit to the hard one: each WebSocket holds two descriptors (its
+/// socket and its wake-up eventfd). Warns when even the hard limit is too low for
+/// `max_connections`.
+fn raise_open_file_limit(max_connections: usize) {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            log::warn!("server: cannot raise the open-file limit: {e}");
+        }
+    }
+    let available = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
+    let needed = 2 * max_connections as u64 + 64;
+    if available < needed {
+        log::warn!(
+            "server: the open-file limit is {available}; {max_connections} connections need \
+             about {needed} (two descriptors each). Past it, new connections wait in the listen queue."
+        );
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let log_config = ConfigBuilder::new()
@@ -98,6 +123,7 @@ fn main() -> ExitCode {
         ColorChoice::Auto,
     );
     let config = args.into_config();
+    raise_open_file_limit(config.max_connections);
 
     let listener = match sparky::bind(config.addr) {
         Ok(listener) => listener,

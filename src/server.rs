@@ -313,6 +313,7 @@ impl Shared {
 }
 
 fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
+    let mut accept_failing = false;
     loop {
         let accepted = listener.accept();
         if shared.ctx.shutdown.load(Ordering::SeqCst) {
@@ -321,12 +322,20 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
         let (stream, peer) = match accepted {
             Ok(pair) => pair,
             Err(e) => {
-                // Out of descriptors or memory: back off a little instead of spinning.
-                log::warn!("server: accept failed: {e}");
-                thread::sleep(Duration::from_millis(10));
+                // Out of descriptors or memory: back off instead of spinning, and say so once
+                // per episode rather than once per attempt.
+                if !accept_failing {
+                    log::warn!("server: accept failed: {e}; retrying every 100 ms");
+                    accept_failing = true;
+                }
+                thread::sleep(Duration::from_millis(100));
                 continue;
             }
         };
+        if accept_failing {
+            log::info!("server: accepting again");
+            accept_failing = false;
+        }
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         let thread_shared = shared.clone();
         let spawned = thread::Builder::new()
