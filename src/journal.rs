@@ -2,7 +2,7 @@
 //! batches (group commit). An event is handed to its session's subscribers only after the batch
 //! that holds it is committed, so that anything a client has seen survives a crash.
 //!
-//! Depends on `store` and `error`.
+//! Depends on `store`, `metrics` and `error`.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -13,6 +13,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::error::{Error, Result};
+use crate::metrics::Metrics;
 use crate::store::{Store, WriteOp};
 
 /// Writes taken into one transaction at most.
@@ -56,11 +57,11 @@ impl Journal {
     /// # Errors
     ///
     /// [`Error::Spawn`] when the thread cannot be started.
-    pub fn spawn(store: Arc<dyn Store>) -> Result<Self> {
+    pub fn spawn(store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Result<Self> {
         let (sender, receiver) = crossbeam_channel::unbounded();
         thread::Builder::new()
             .name("journal".into())
-            .spawn(move || run(store.as_ref(), &receiver))
+            .spawn(move || run(store.as_ref(), &receiver, &metrics))
             .map_err(Error::Spawn)?;
         Ok(Journal { sender })
     }
@@ -80,7 +81,7 @@ impl Journal {
     }
 }
 
-fn run(store: &dyn Store, receiver: &Receiver<Entry>) {
+fn run(store: &dyn Store, receiver: &Receiver<Entry>, metrics: &Metrics) {
     let mut ops = Vec::new();
     let mut acks: Vec<(Arc<dyn Durable>, u64)> = Vec::new();
     let mut syncs = Vec::new();
@@ -100,6 +101,8 @@ fn run(store: &dyn Store, receiver: &Receiver<Entry>) {
         }
         if !ops.is_empty() {
             write(store, &ops);
+            Metrics::bump(&metrics.journal_batches);
+            Metrics::add(&metrics.journal_writes, ops.len() as u64);
         }
         release(&mut acks);
         ops.clear();
@@ -162,7 +165,7 @@ mod tests {
     #[test]
     fn acknowledges_after_commit_and_syncs() {
         let store = Arc::new(SqliteStore::in_memory().unwrap());
-        let journal = Journal::spawn(store.clone()).unwrap();
+        let journal = Journal::spawn(store.clone(), Arc::default()).unwrap();
         let session = SessionId::from_random_bytes([7; 16]);
         let highest = Arc::new(Highest::default());
         journal.submit(

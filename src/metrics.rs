@@ -26,6 +26,10 @@ pub struct Metrics {
     pub events_replayed: AtomicU64,
     /// Client frames answered with an `error`.
     pub frames_rejected: AtomicU64,
+    /// Transactions the journal committed.
+    pub journal_batches: AtomicU64,
+    /// Writes the journal committed (events, messages, notes, …).
+    pub journal_writes: AtomicU64,
 }
 
 impl Metrics {
@@ -99,6 +103,18 @@ impl Metrics {
             "counter",
             "Client frames rejected.",
             Self::get(&self.frames_rejected),
+        );
+        line(
+            "sparky_journal_batches_total",
+            "counter",
+            "Transactions committed by the journal.",
+            Self::get(&self.journal_batches),
+        );
+        line(
+            "sparky_journal_writes_total",
+            "counter",
+            "Writes committed by the journal.",
+            Self::get(&self.journal_writes),
         );
         let _ = writeln!(
             out,

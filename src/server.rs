@@ -105,7 +105,7 @@ pub fn spawn_with(
         (Arc::new(SqliteStore::in_memory()?), None)
     } else {
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.data_dir)?);
-        let journal = Journal::spawn(store.clone())?;
+        let journal = Journal::spawn(store.clone(), metrics.clone())?;
         (store, Some(journal))
     };
     let engine = Engine {
