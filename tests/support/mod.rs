@@ -101,11 +101,14 @@ impl Client {
     /// Opens a WebSocket to `path` and sends nothing.
     pub fn open_path(addr: SocketAddr, path: &str) -> Self {
         let stream = TcpStream::connect(addr).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_millis(250)))
-            .unwrap();
+        // The whole handshake may take up to WAIT; after it, reads wake every 250 ms so that
+        // `try_next` can check its own deadline.
+        stream.set_read_timeout(Some(WAIT)).unwrap();
         stream.set_write_timeout(Some(WAIT)).unwrap();
         let (ws, _) = tungstenite::client(format!("ws://{addr}{path}"), stream).unwrap();
+        ws.get_ref()
+            .set_read_timeout(Some(Duration::from_millis(250)))
+            .unwrap();
         Client {
             ws,
             seen: Vec::new(),
