@@ -5,6 +5,7 @@
 //! The only file that issues SQL. Depends on `model` (for `ChatMessage`), `protocol` and
 //! `error`.
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -223,7 +224,7 @@ pub trait Store: Send + Sync {
 /// transaction. A lock file keeps a second server off the same directory.
 #[derive(Debug)]
 pub struct SqliteStore {
-    journal: Mutex<Connection>,
+    journal: Mutex<JournalConnection>,
     graph: Mutex<Connection>,
     /// Nodes in the graph, kept beside the table so that a turn can skip the memory lookup on
     /// an empty graph without a query.
@@ -278,7 +279,7 @@ impl SqliteStore {
         let graph = open_connection(&path)?;
         let nodes = count_nodes(&graph)?;
         Ok(SqliteStore {
-            journal: Mutex::new(journal),
+            journal: Mutex::new(JournalConnection::new(journal)),
             graph: Mutex::new(graph),
             nodes: AtomicU64::new(nodes),
             _lock: Some(lock),
@@ -298,7 +299,7 @@ impl SqliteStore {
             Ok(connection)
         };
         Ok(SqliteStore {
-            journal: Mutex::new(open()?),
+            journal: Mutex::new(JournalConnection::new(open()?)),
             graph: Mutex::new(open()?),
             nodes: AtomicU64::new(0),
             _lock: None,
@@ -309,6 +310,86 @@ impl SqliteStore {
     /// The database file, when on disk.
     pub fn path(&self) -> Option<&Path> {
         self.path.as_deref()
+    }
+}
+
+/// Rows appended between two compaction steps.
+const COMPACTION_EVERY: usize = 4_096;
+
+/// Rows (by rowid) one compaction step looks at, per table.
+const COMPACTION_ROWS: i64 = 16_384;
+
+/// Seconds between two writes of one session's `last_active`.
+const TOUCH_SECONDS: i64 = 30;
+
+/// What the journal's connection keeps between batches.
+///
+/// Session data is written append-only (events, messages and notes have no index), so a batch
+/// touches a few pages at the end of each table rather than one page per session. Trimming only
+/// moves a session's low-water mark (`first_seq`, `first_message`); the rows below it, and those
+/// of deleted sessions, are removed by compaction: a full pass at start, and a step over the
+/// next stretch of rowids after every `COMPACTION_EVERY` appended rows, cycling through the
+/// tables.
+#[derive(Debug)]
+struct JournalConnection {
+    connection: Connection,
+    /// Session id to its integer key.
+    keys: HashMap<SessionId, i64>,
+    /// When each session's `last_active` was last written.
+    touched: HashMap<i64, i64>,
+    compaction: Compaction,
+}
+
+impl JournalConnection {
+    fn new(connection: Connection) -> Self {
+        JournalConnection {
+            connection,
+            keys: HashMap::new(),
+            touched: HashMap::new(),
+            compaction: Compaction::default(),
+        }
+    }
+}
+
+/// Statements that remove what no session needs any more, over whole tables.
+const COMPACT_ALL: [&str; 3] = [
+    "DELETE FROM events WHERE NOT EXISTS (SELECT 1 FROM sessions s \
+     WHERE s.key = events.session_key AND events.seq >= s.first_seq)",
+    "DELETE FROM messages WHERE NOT EXISTS (SELECT 1 FROM sessions s \
+     WHERE s.key = messages.session_key AND messages.idx >= s.first_message)",
+    "DELETE FROM notes WHERE NOT EXISTS (SELECT 1 FROM sessions s WHERE s.key = notes.session_key)",
+];
+
+/// Where incremental compaction goes on from.
+#[derive(Debug, Default)]
+struct Compaction {
+    /// Rows appended since the last step.
+    owed: usize,
+    /// The next rowid to look at, per table of `COMPACT_ALL`.
+    cursors: [i64; 3],
+}
+
+impl Compaction {
+    /// Removes dead rows among the next `COMPACTION_ROWS` rowids of each table, wrapping around
+    /// at the end.
+    fn step(&mut self, tx: &rusqlite::Transaction<'_>) -> Result<()> {
+        for (sql, cursor) in COMPACT_ALL.iter().zip(self.cursors.iter_mut()) {
+            let ranged = format!("{sql} AND rowid >= ?1 AND rowid < ?2");
+            let end = *cursor + COMPACTION_ROWS;
+            tx.prepare_cached(&ranged)
+                .and_then(|mut s| s.execute(params![*cursor, end]))
+                .map_err(|e| store_error("compact", e))?;
+            let table = sql.split_whitespace().nth(2).unwrap_or("events");
+            let last: i64 = tx
+                .query_row(
+                    &format!("SELECT COALESCE(MAX(rowid), 0) FROM {table}"),
+                    [],
+                    |row| row.get(0),
+                )
+                .map_err(|e| store_error("compact", e))?;
+            *cursor = if end > last { 0 } else { end };
+        }
+        Ok(())
     }
 }
 
@@ -338,34 +419,33 @@ fn open_connection(path: &Path) -> Result<Connection> {
 /// The schema, one entry per version; entry `n` migrates from version `n` to `n + 1`.
 const MIGRATIONS: &[&str] = &[r#"
 CREATE TABLE sessions (
-    id TEXT PRIMARY KEY,
+    key INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
     user_id TEXT,
     personality TEXT,
     created_at INTEGER NOT NULL,
-    last_active INTEGER NOT NULL
-) WITHOUT ROWID;
+    last_active INTEGER NOT NULL,
+    first_seq INTEGER NOT NULL DEFAULT 1,
+    first_message INTEGER NOT NULL DEFAULT 0
+);
 CREATE TABLE events (
-    session_id TEXT NOT NULL,
+    session_key INTEGER NOT NULL,
     seq INTEGER NOT NULL,
-    body TEXT NOT NULL,
-    PRIMARY KEY (session_id, seq)
-) WITHOUT ROWID;
+    body TEXT NOT NULL
+);
 CREATE TABLE messages (
-    session_id TEXT NOT NULL,
+    session_key INTEGER NOT NULL,
     idx INTEGER NOT NULL,
     role TEXT NOT NULL,
     content TEXT NOT NULL,
     tool_calls TEXT,
     tool_call_id TEXT,
-    is_error INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (session_id, idx)
-) WITHOUT ROWID;
+    is_error INTEGER NOT NULL DEFAULT 0
+);
 CREATE TABLE notes (
-    session_id TEXT NOT NULL,
-    idx INTEGER NOT NULL,
-    text TEXT NOT NULL,
-    PRIMARY KEY (session_id, idx)
-) WITHOUT ROWID;
+    session_key INTEGER NOT NULL,
+    text TEXT NOT NULL
+);
 CREATE TABLE nodes (
     id INTEGER PRIMARY KEY,
     kind TEXT NOT NULL,
@@ -550,42 +630,91 @@ fn label_for(content: &str) -> String {
 
 impl Store for SqliteStore {
     fn apply(&self, batch: &[WriteOp]) -> Result<()> {
-        let mut connection = self.journal.lock();
+        let mut guard = self.journal.lock();
+        let JournalConnection {
+            connection,
+            keys,
+            touched,
+            compaction,
+        } = &mut *guard;
         let tx = connection
             .transaction()
             .map_err(|e| store_error("begin", e))?;
         let now = unix_now();
-        let mut touched: Vec<&SessionId> = Vec::new();
+        let mut appended = 0;
         for op in batch {
-            let result = match op {
-                WriteOp::CreateSession { id, user_id, personality } => tx
-                    .prepare_cached(
-                        "INSERT OR REPLACE INTO sessions (id, user_id, personality, created_at, last_active) \
-                         VALUES (?1, ?2, ?3, ?4, ?4)",
-                    )
-                    .and_then(|mut s| s.execute(params![id.as_str(), user_id, personality, now])),
-                WriteOp::Event { session, seq, body } => {
-                    if touched.last() != Some(&session) && !touched.contains(&session) {
-                        touched.push(session);
-                    }
-                    tx.prepare_cached("INSERT OR REPLACE INTO events (session_id, seq, body) VALUES (?1, ?2, ?3)")
-                        .and_then(|mut s| s.execute(params![session.as_str(), *seq as i64, &**body]))
+            let session = match op {
+                WriteOp::CreateSession { id, .. } => id,
+                WriteOp::Event { session, .. }
+                | WriteOp::TrimEvents { session, .. }
+                | WriteOp::Messages { session, .. }
+                | WriteOp::TrimMessages { session, .. }
+                | WriteOp::Note { session, .. }
+                | WriteOp::DeleteSession { session } => session,
+            };
+            if let WriteOp::CreateSession {
+                id,
+                user_id,
+                personality,
+            } = op
+            {
+                tx.prepare_cached(
+                    "INSERT INTO sessions (id, user_id, personality, created_at, last_active) \
+                     VALUES (?1, ?2, ?3, ?4, ?4)",
+                )
+                .and_then(|mut s| s.execute(params![id.as_str(), user_id, personality, now]))
+                .map_err(|e| store_error("create session", e))?;
+                keys.insert(id.clone(), tx.last_insert_rowid());
+                touched.insert(tx.last_insert_rowid(), now);
+                continue;
+            }
+            let key = match keys.get(session) {
+                Some(&key) => key,
+                None => {
+                    let found: Option<i64> = tx
+                        .query_row(
+                            "SELECT key FROM sessions WHERE id = ?1",
+                            [session.as_str()],
+                            |row| row.get(0),
+                        )
+                        .optional()
+                        .map_err(|e| store_error("find session", e))?;
+                    // A write for a session the store does not hold (deleted, or its creation
+                    // failed) is skipped rather than failing the whole batch.
+                    let Some(key) = found else {
+                        continue;
+                    };
+                    keys.insert(session.clone(), key);
+                    key
                 }
-                WriteOp::TrimEvents { session, below } => tx
-                    .prepare_cached("DELETE FROM events WHERE session_id = ?1 AND seq < ?2")
-                    .and_then(|mut s| s.execute(params![session.as_str(), *below as i64])),
-                WriteOp::Messages { session, first, messages } => {
+            };
+            let result = match op {
+                WriteOp::CreateSession { .. } => Ok(0),
+                WriteOp::Event { seq, body, .. } => {
+                    appended += 1;
+                    tx.prepare_cached(
+                        "INSERT INTO events (session_key, seq, body) VALUES (?1, ?2, ?3)",
+                    )
+                    .and_then(|mut s| s.execute(params![key, *seq as i64, &**body]))
+                }
+                WriteOp::TrimEvents { below, .. } => tx
+                    .prepare_cached("UPDATE sessions SET first_seq = ?2 WHERE key = ?1")
+                    .and_then(|mut s| s.execute(params![key, *below as i64])),
+                WriteOp::Messages {
+                    first, messages, ..
+                } => {
                     let mut result = Ok(0);
                     for (i, message) in messages.iter().enumerate() {
+                        appended += 1;
                         result = tx
                             .prepare_cached(
-                                "INSERT OR REPLACE INTO messages \
-                                 (session_id, idx, role, content, tool_calls, tool_call_id, is_error) \
+                                "INSERT INTO messages \
+                                 (session_key, idx, role, content, tool_calls, tool_call_id, is_error) \
                                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                             )
                             .and_then(|mut s| {
                                 s.execute(params![
-                                    session.as_str(),
+                                    key,
                                     (*first + i as u64) as i64,
                                     role_name(message.role),
                                     message.content,
@@ -600,116 +729,150 @@ impl Store for SqliteStore {
                     }
                     result
                 }
-                WriteOp::TrimMessages { session, below } => tx
-                    .prepare_cached("DELETE FROM messages WHERE session_id = ?1 AND idx < ?2")
-                    .and_then(|mut s| s.execute(params![session.as_str(), *below as i64])),
-                WriteOp::Note { session, text } => tx
-                    .prepare_cached(
-                        "INSERT INTO notes (session_id, idx, text) VALUES \
-                         (?1, (SELECT COALESCE(MAX(idx), 0) + 1 FROM notes WHERE session_id = ?1), ?2)",
-                    )
-                    .and_then(|mut s| s.execute(params![session.as_str(), text])),
+                WriteOp::TrimMessages { below, .. } => tx
+                    .prepare_cached("UPDATE sessions SET first_message = ?2 WHERE key = ?1")
+                    .and_then(|mut s| s.execute(params![key, *below as i64])),
+                WriteOp::Note { text, .. } => tx
+                    .prepare_cached("INSERT INTO notes (session_key, text) VALUES (?1, ?2)")
+                    .and_then(|mut s| s.execute(params![key, text])),
                 WriteOp::DeleteSession { session } => {
-                    let id = session.as_str();
-                    tx.execute("DELETE FROM events WHERE session_id = ?1", [id])
-                        .and_then(|_| tx.execute("DELETE FROM messages WHERE session_id = ?1", [id]))
-                        .and_then(|_| tx.execute("DELETE FROM notes WHERE session_id = ?1", [id]))
-                        .and_then(|_| tx.execute("DELETE FROM sessions WHERE id = ?1", [id]))
+                    keys.remove(session);
+                    touched.remove(&key);
+                    // Its events, messages and notes go with the next compaction passes.
+                    tx.execute("DELETE FROM sessions WHERE key = ?1", [key])
                 }
             };
             result.map_err(|e| store_error("write", e))?;
+            // `last_active` needs only minute precision (it is for expiry after a restart), so
+            // it is written at most every TOUCH_SECONDS per session.
+            if matches!(op, WriteOp::Event { .. })
+                && touched.get(&key).is_none_or(|at| now - at >= TOUCH_SECONDS)
+            {
+                touched.insert(key, now);
+                tx.prepare_cached("UPDATE sessions SET last_active = ?2 WHERE key = ?1")
+                    .and_then(|mut s| s.execute(params![key, now]))
+                    .map_err(|e| store_error("write", e))?;
+            }
         }
-        for session in touched {
-            tx.prepare_cached("UPDATE sessions SET last_active = ?2 WHERE id = ?1")
-                .and_then(|mut s| s.execute(params![session.as_str(), now]))
-                .map_err(|e| store_error("write", e))?;
+        compaction.owed += appended;
+        if compaction.owed >= COMPACTION_EVERY {
+            compaction.owed = 0;
+            compaction.step(&tx)?;
         }
         tx.commit().map_err(|e| store_error("commit", e))
     }
 
     fn load_sessions(&self, timeout: Duration) -> Result<Vec<StoredSession>> {
-        let mut connection = self.journal.lock();
+        let mut guard = self.journal.lock();
+        let JournalConnection {
+            connection,
+            keys,
+            touched,
+            ..
+        } = &mut *guard;
         let now = unix_now();
         let cutoff = now.saturating_sub(timeout.as_secs() as i64);
         let tx = connection
             .transaction()
             .map_err(|e| store_error("begin", e))?;
-        for table in ["events", "messages", "notes"] {
-            tx.execute(
-                &format!(
-                    "DELETE FROM {table} WHERE session_id IN (SELECT id FROM sessions WHERE last_active < ?1)"
-                ),
-                [cutoff],
-            )
-            .map_err(|e| store_error("expire", e))?;
-        }
         let expired = tx
             .execute("DELETE FROM sessions WHERE last_active < ?1", [cutoff])
             .map_err(|e| store_error("expire", e))?;
         if expired > 0 {
             log::info!("store: deleted {expired} expired sessions");
         }
-        let rows: Vec<(String, Option<String>, Option<String>, i64)> = tx
-            .prepare("SELECT id, user_id, personality, last_active FROM sessions")
+        // A full compaction: everything of deleted sessions, and what trimming left behind.
+        for sql in COMPACT_ALL {
+            tx.execute(sql, []).map_err(|e| store_error("compact", e))?;
+        }
+        type Row = (i64, String, Option<String>, Option<String>, i64, i64);
+        let rows: Vec<Row> = tx
+            .prepare(
+                "SELECT key, id, user_id, personality, last_active, first_message FROM sessions",
+            )
             .and_then(|mut s| {
                 s.query_map([], |row| {
-                    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+                    Ok((
+                        row.get(0)?,
+                        row.get(1)?,
+                        row.get(2)?,
+                        row.get(3)?,
+                        row.get(4)?,
+                        row.get(5)?,
+                    ))
                 })?
                 .collect()
             })
             .map_err(|e| store_error("load sessions", e))?;
-        let mut sessions = Vec::with_capacity(rows.len());
-        for (id, user_id, personality, last_active) in rows {
+        let mut sessions: HashMap<i64, StoredSession> = HashMap::with_capacity(rows.len());
+        for (key, id, user_id, personality, last_active, first_message) in rows {
             let Some(session_id) = SessionId::parse(&id) else {
                 log::warn!("store: skipping session with malformed id {id:?}");
                 continue;
             };
-            let messages: Vec<(i64, ChatMessage)> = tx
-                .prepare_cached(
-                    "SELECT idx, role, content, tool_calls, tool_call_id, is_error FROM messages \
-                     WHERE session_id = ?1 ORDER BY idx",
-                )
-                .and_then(|mut s| {
-                    s.query_map([&id], |row| {
-                        let role: String = row.get(1)?;
-                        Ok((
-                            row.get(0)?,
-                            ChatMessage {
-                                role: role_from(&role),
-                                content: row.get(2)?,
-                                tool_calls: calls_from_json(row.get(3)?),
-                                tool_call_id: row.get(4)?,
-                                is_error: row.get(5)?,
-                            },
-                        ))
-                    })?
-                    .collect()
-                })
-                .map_err(|e| store_error("load messages", e))?;
-            let notes: Vec<String> = tx
-                .prepare_cached("SELECT text FROM notes WHERE session_id = ?1 ORDER BY idx")
-                .and_then(|mut s| s.query_map([&id], |row| row.get(0))?.collect())
-                .map_err(|e| store_error("load notes", e))?;
-            let events: Vec<(u64, String)> = tx
-                .prepare_cached("SELECT seq, body FROM events WHERE session_id = ?1 ORDER BY seq")
-                .and_then(|mut s| {
-                    s.query_map([&id], |row| Ok((row.get::<_, i64>(0)? as u64, row.get(1)?)))?
-                        .collect()
-                })
-                .map_err(|e| store_error("load events", e))?;
-            sessions.push(StoredSession {
-                id: session_id,
-                user_id,
-                personality,
-                idle_for: Duration::from_secs(now.saturating_sub(last_active).max(0) as u64),
-                first_message: messages.first().map_or(0, |(idx, _)| *idx as u64),
-                messages: messages.into_iter().map(|(_, message)| message).collect(),
-                notes,
-                events,
-            });
+            keys.insert(session_id.clone(), key);
+            touched.insert(key, last_active);
+            sessions.insert(
+                key,
+                StoredSession {
+                    id: session_id,
+                    user_id,
+                    personality,
+                    idle_for: Duration::from_secs(now.saturating_sub(last_active).max(0) as u64),
+                    first_message: first_message.max(0) as u64,
+                    messages: Vec::new(),
+                    notes: Vec::new(),
+                    events: Vec::new(),
+                },
+            );
         }
+        tx.prepare("SELECT session_key, seq, body FROM events ORDER BY rowid")
+            .and_then(|mut s| {
+                let mut rows = s.query([])?;
+                while let Some(row) = rows.next()? {
+                    if let Some(session) = sessions.get_mut(&row.get::<_, i64>(0)?) {
+                        session
+                            .events
+                            .push((row.get::<_, i64>(1)? as u64, row.get(2)?));
+                    }
+                }
+                Ok(())
+            })
+            .map_err(|e| store_error("load events", e))?;
+        tx.prepare(
+            "SELECT session_key, role, content, tool_calls, tool_call_id, is_error FROM messages \
+             ORDER BY rowid",
+        )
+        .and_then(|mut s| {
+            let mut rows = s.query([])?;
+            while let Some(row) = rows.next()? {
+                if let Some(session) = sessions.get_mut(&row.get::<_, i64>(0)?) {
+                    let role: String = row.get(1)?;
+                    session.messages.push(ChatMessage {
+                        role: role_from(&role),
+                        content: row.get(2)?,
+                        tool_calls: calls_from_json(row.get(3)?),
+                        tool_call_id: row.get(4)?,
+                        is_error: row.get(5)?,
+                    });
+                }
+            }
+            Ok(())
+        })
+        .map_err(|e| store_error("load messages", e))?;
+        tx.prepare("SELECT session_key, text FROM notes ORDER BY rowid")
+            .and_then(|mut s| {
+                let mut rows = s.query([])?;
+                while let Some(row) = rows.next()? {
+                    if let Some(session) = sessions.get_mut(&row.get::<_, i64>(0)?) {
+                        session.notes.push(row.get(1)?);
+                    }
+                }
+                Ok(())
+            })
+            .map_err(|e| store_error("load notes", e))?;
         tx.commit().map_err(|e| store_error("commit", e))?;
-        Ok(sessions)
+        Ok(sessions.into_values().collect())
     }
 
     fn remember(&self, content: &str) -> Result<(Node, bool)> {
@@ -993,6 +1156,74 @@ mod tests {
         assert_eq!(session.events, [(2, "two".to_owned())]);
         assert_eq!(session.messages, [message]);
         assert_eq!(session.notes, ["n1", "n2"]);
+    }
+
+    #[test]
+    fn compaction_removes_trimmed_and_deleted_rows_as_it_goes() {
+        let dir = temp_dir("compaction");
+        let store = SqliteStore::open(&dir).unwrap();
+        store.load_sessions(Duration::from_secs(3600)).unwrap();
+        let (kept, gone) = (id(3), id(4));
+        store
+            .apply(&[
+                WriteOp::CreateSession {
+                    id: kept.clone(),
+                    user_id: None,
+                    personality: None,
+                },
+                WriteOp::CreateSession {
+                    id: gone.clone(),
+                    user_id: None,
+                    personality: None,
+                },
+            ])
+            .unwrap();
+        for seq in 1..=3 * COMPACTION_EVERY as u64 {
+            let mut batch = vec![
+                WriteOp::Event {
+                    session: kept.clone(),
+                    seq,
+                    body: "k".into(),
+                },
+                WriteOp::Event {
+                    session: gone.clone(),
+                    seq,
+                    body: "g".into(),
+                },
+            ];
+            if seq % 100 == 0 {
+                batch.push(WriteOp::TrimEvents {
+                    session: kept.clone(),
+                    below: seq - 50,
+                });
+            }
+            store.apply(&batch).unwrap();
+        }
+        store
+            .apply(&[WriteOp::DeleteSession { session: gone }])
+            .unwrap();
+        let rows = |store: &SqliteStore| -> i64 {
+            let guard = store.journal.lock();
+            guard
+                .connection
+                .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+                .unwrap()
+        };
+        // Steps ran along the way: far fewer rows than were written.
+        assert!(
+            rows(&store) < 4 * COMPACTION_EVERY as i64,
+            "{}",
+            rows(&store)
+        );
+        drop(store);
+        let store = SqliteStore::open(&dir).unwrap();
+        let sessions = store.load_sessions(Duration::from_secs(3600)).unwrap();
+        assert_eq!(sessions.len(), 1);
+        let seqs: Vec<u64> = sessions[0].events.iter().map(|(seq, _)| *seq).collect();
+        let last = 3 * COMPACTION_EVERY as u64;
+        let first = last / 100 * 100 - 50;
+        assert_eq!(seqs, (first..=last).collect::<Vec<_>>());
+        assert_eq!(rows(&store), seqs.len() as i64);
     }
 
     #[test]

@@ -25,7 +25,9 @@ fn prints_the_real_address_when_bound_to_port_zero() {
             "warn",
             "--session-timeout",
             "90s",
+            "--data-dir",
         ])
+        .arg(std::env::temp_dir().join(format!("sparky-cli-{}", std::process::id())))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
