@@ -10,14 +10,12 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Sender;
+use parking_lot::{Condvar, Mutex};
 
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::store::{Store, WriteOp};
-
-/// Writes taken into one transaction at most.
-const MAX_BATCH: usize = 4096;
 
 /// Attempts at a failing batch before it is given up (and its events released anyway).
 const ATTEMPTS: u32 = 3;
@@ -33,70 +31,118 @@ enum Entry {
     Sync(Sender<()>),
 }
 
-/// A cheap-to-clone handle to the writer thread.
+/// The queue between submitters and the writer thread.
 ///
-/// The channel is unbounded on purpose: sessions submit while holding their lock, and the
-/// writer takes session locks to release events, so a bounded channel could deadlock. The
-/// writer drains everything queued into each transaction, so the queue stays short.
+/// It is unbounded on purpose: sessions submit while holding their lock, and the writer takes
+/// session locks to release events, so a bounded queue could deadlock. The writer takes the
+/// whole queue into each transaction, so it stays short. A mutex and condvar rather than a
+/// channel: the writer swaps out everything queued in one step, and nobody spins.
+#[derive(Default)]
+struct Queue {
+    state: Mutex<QueueState>,
+    filled: Condvar,
+}
+
+#[derive(Default)]
+struct QueueState {
+    entries: Vec<Entry>,
+    /// Set when the last `Journal` handle is gone: the writer finishes the queue and ends.
+    closed: bool,
+}
+
+/// Closes the queue when the last handle goes.
+struct Closer(Arc<Queue>);
+
+impl Drop for Closer {
+    fn drop(&mut self) {
+        self.0.state.lock().closed = true;
+        self.0.filled.notify_one();
+    }
+}
+
+/// A cheap-to-clone handle to the writer thread.
 #[derive(Clone)]
 pub struct Journal {
-    sender: Sender<Entry>,
+    queue: Arc<Queue>,
+    _closer: Arc<Closer>,
 }
 
 impl fmt::Debug for Journal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Journal")
-            .field("queued", &self.sender.len())
+            .field("queued", &self.queue.state.lock().entries.len())
             .finish()
     }
 }
 
 impl Journal {
-    /// Starts the writer thread. It ends when the last `Journal` handle is dropped.
+    /// Starts the writer thread. It ends when the last `Journal` handle is dropped, after
+    /// writing what is queued.
     ///
     /// # Errors
     ///
     /// [`Error::Spawn`] when the thread cannot be started.
     pub fn spawn(store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Result<Self> {
-        let (sender, receiver) = crossbeam_channel::unbounded();
+        let queue = Arc::new(Queue::default());
+        let writer_queue = queue.clone();
         thread::Builder::new()
             .name("journal".into())
-            .spawn(move || run(store.as_ref(), &receiver, &metrics))
+            .spawn(move || run(store.as_ref(), &writer_queue, &metrics))
             .map_err(Error::Spawn)?;
-        Ok(Journal { sender })
+        Ok(Journal {
+            _closer: Arc::new(Closer(queue.clone())),
+            queue,
+        })
     }
 
     /// Queues a write. With `ack`, `ack.0.durable(ack.1)` is called once it is committed.
     pub fn submit(&self, op: WriteOp, ack: Option<(Arc<dyn Durable>, u64)>) {
-        if self.sender.send(Entry::Write(op, ack)).is_err() {
-            log::error!("journal: the writer thread is gone; a write was lost");
-        }
+        self.push(Entry::Write(op, ack));
     }
 
     /// Waits until everything submitted before this call is committed (or `timeout` passes).
     /// True when it was.
     pub fn sync(&self, timeout: Duration) -> bool {
         let (done, wait) = crossbeam_channel::bounded(1);
-        self.sender.send(Entry::Sync(done)).is_ok() && wait.recv_timeout(timeout).is_ok()
+        self.push(Entry::Sync(done));
+        wait.recv_timeout(timeout).is_ok()
+    }
+
+    fn push(&self, entry: Entry) {
+        let mut state = self.queue.state.lock();
+        state.entries.push(entry);
+        let first = state.entries.len() == 1;
+        drop(state);
+        // Only the first entry of a batch can find the writer asleep.
+        if first {
+            self.queue.filled.notify_one();
+        }
     }
 }
 
-fn run(store: &dyn Store, receiver: &Receiver<Entry>, metrics: &Metrics) {
+fn run(store: &dyn Store, queue: &Queue, metrics: &Metrics) {
     let mut ops = Vec::new();
     let mut acks: Vec<(Arc<dyn Durable>, u64)> = Vec::new();
     let mut syncs = Vec::new();
-    while let Ok(first) = receiver.recv() {
-        let mut next = Some(first);
-        while let Some(entry) = next.take() {
+    let mut entries = Vec::new();
+    loop {
+        {
+            let mut state = queue.state.lock();
+            while state.entries.is_empty() && !state.closed {
+                queue.filled.wait(&mut state);
+            }
+            if state.entries.is_empty() {
+                return;
+            }
+            std::mem::swap(&mut entries, &mut state.entries);
+        }
+        for entry in entries.drain(..) {
             match entry {
                 Entry::Write(op, ack) => {
                     ops.push(op);
                     acks.extend(ack);
                 }
                 Entry::Sync(done) => syncs.push(done),
-            }
-            if ops.len() < MAX_BATCH {
-                next = receiver.try_recv().ok();
             }
         }
         if !ops.is_empty() {

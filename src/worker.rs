@@ -9,11 +9,11 @@
 //! time, so a turn never waits for another.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use crossbeam_channel::{Sender, TrySendError};
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
 use crate::bot::TurnOutcome;
 use crate::protocol::ErrorCode;
@@ -29,25 +29,29 @@ const MAX_PARKED: usize = 64;
 /// How long a parked thread waits for a turn before it ends.
 const PARK_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The parked threads, each reachable through its own one-slot channel. Locked only to push or
-/// pop.
-static PARKED: Mutex<Vec<Sender<TurnStart>>> = Mutex::new(Vec::new());
+/// Where a parked thread waits for its next turn. A mutex and condvar rather than a channel:
+/// channels spin and yield before they sleep, which costs a core's worth of scheduling on a
+/// small machine.
+#[derive(Default)]
+struct Slot {
+    turn: Mutex<Option<TurnStart>>,
+    filled: Condvar,
+}
+
+/// The parked threads' slots. Locked only to push, pop or remove, never while holding a slot.
+static PARKED: Mutex<Vec<Arc<Slot>>> = Mutex::new(Vec::new());
 
 /// Starts the turn on a thread of its own (a parked one if there is one) and returns at once.
 /// The session never waits for the thread: a newer turn starts while a cancelled one is still
 /// winding down.
 ///
 /// When no thread can be started, the turn is closed with a `server_busy` error instead.
-pub fn spawn_turn(mut start: TurnStart) {
-    loop {
-        let Some(parked) = PARKED.lock().pop() else {
-            break;
-        };
-        match parked.try_send(start) {
-            Ok(()) => return,
-            // The thread gave up waiting just now; try the next one.
-            Err(TrySendError::Disconnected(back) | TrySendError::Full(back)) => start = back,
-        }
+pub fn spawn_turn(start: TurnStart) {
+    let parked = PARKED.lock().pop();
+    if let Some(slot) = parked {
+        *slot.turn.lock() = Some(start);
+        slot.filled.notify_one();
+        return;
     }
     let events = start.events.clone();
     let spawned = thread::Builder::new()
@@ -66,26 +70,31 @@ pub fn spawn_turn(mut start: TurnStart) {
 /// A turn thread's life: run a turn, park, run the next, until nothing comes for a while.
 fn work(first: TurnStart) {
     run(first);
-    let (sender, parked) = crossbeam_channel::bounded(1);
+    let slot = Arc::new(Slot::default());
     loop {
         {
-            let mut all = PARKED.lock();
-            if all.len() >= MAX_PARKED {
+            let mut parked = PARKED.lock();
+            if parked.len() >= MAX_PARKED {
                 return;
             }
-            all.push(sender.clone());
+            parked.push(slot.clone());
         }
-        match parked.recv_timeout(PARK_TIMEOUT) {
-            Ok(start) => run(start),
-            Err(_) => {
-                PARKED.lock().retain(|other| !other.same_channel(&sender));
-                // A turn may have been handed over between the timeout and the removal.
-                match parked.try_recv() {
-                    Ok(start) => run(start),
-                    Err(_) => return,
-                }
+        let mut turn = slot.turn.lock();
+        let next = loop {
+            if let Some(next) = turn.take() {
+                break next;
             }
-        }
+            if slot.filled.wait_for(&mut turn, PARK_TIMEOUT).timed_out() {
+                let mut parked = PARKED.lock();
+                if let Some(at) = parked.iter().position(|other| Arc::ptr_eq(other, &slot)) {
+                    parked.remove(at);
+                    return;
+                }
+                // Someone took the slot just now: the turn is on its way, so wait for it.
+            }
+        };
+        drop(turn);
+        run(next);
     }
 }
 
