@@ -40,6 +40,60 @@ pub struct Config {
     pub write_timeout: Duration,
     /// How long a new TCP connection has to send its request head.
     pub handshake_timeout: Duration,
+    /// Tokens a client must present (any one of them); empty means no authentication.
+    pub auth_tokens: Vec<String>,
+    /// Origins, besides the server's own, whose pages may open a WebSocket (e.g.
+    /// `https://chat.example.com`).
+    pub allowed_origins: Vec<String>,
+    /// Client frames per second per connection, with bursts up to `burst`; `None` for no limit.
+    pub rate_limit: Option<RateLimit>,
+    /// At shutdown, how long turns in flight may run on before they are cancelled.
+    pub shutdown_grace: Duration,
+}
+
+/// A token bucket: `per_second` frames a second on average, `burst` at once.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RateLimit {
+    /// Sustained frames per second.
+    pub per_second: f64,
+    /// Frames allowed at once.
+    pub burst: f64,
+}
+
+impl RateLimit {
+    /// The default: 20 frames a second, bursts of 40.
+    pub const DEFAULT: RateLimit = RateLimit {
+        per_second: 20.0,
+        burst: 40.0,
+    };
+}
+
+/// Reads a rate limit: `off`, `N` (frames per second, bursts of 2N) or `N/B`.
+///
+/// # Errors
+///
+/// A message saying what is wrong with the text.
+pub fn parse_rate_limit(text: &str) -> Result<Option<RateLimit>, String> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    let (rate, burst) = text
+        .split_once('/')
+        .map_or((text, None), |(r, b)| (r, Some(b)));
+    let number = |part: &str| -> Result<f64, String> {
+        part.trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|n| n.is_finite() && *n > 0.0)
+            .ok_or_else(|| format!("{text:?} is not a rate like 20, 20/40 or off"))
+    };
+    let per_second = number(rate)?;
+    let burst = burst.map_or(Ok(per_second * 2.0), number)?;
+    Ok(Some(RateLimit {
+        per_second,
+        burst: burst.max(1.0),
+    }))
 }
 
 impl Default for Config {
@@ -60,6 +114,10 @@ impl Default for Config {
             ping_interval: Duration::from_secs(30),
             write_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
+            auth_tokens: Vec::new(),
+            allowed_origins: Vec::new(),
+            rate_limit: Some(RateLimit::DEFAULT),
+            shutdown_grace: Duration::from_secs(10),
         }
     }
 }
@@ -100,6 +158,27 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_rate_limits() {
+        assert_eq!(parse_rate_limit("off"), Ok(None));
+        assert_eq!(
+            parse_rate_limit("5"),
+            Ok(Some(RateLimit {
+                per_second: 5.0,
+                burst: 10.0
+            }))
+        );
+        assert_eq!(
+            parse_rate_limit("5/3"),
+            Ok(Some(RateLimit {
+                per_second: 5.0,
+                burst: 3.0
+            }))
+        );
+        assert!(parse_rate_limit("fast").is_err());
+        assert!(parse_rate_limit("0").is_err());
+    }
 
     #[test]
     fn parses_durations_with_units() {

@@ -18,7 +18,8 @@ use tungstenite::protocol::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, WebSocket};
 
-use crate::config::Config;
+use crate::auth::{Auth, Refused};
+use crate::config::{Config, RateLimit};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::protocol::{
@@ -79,6 +80,42 @@ pub struct ConnectionContext {
     pub metrics: Arc<Metrics>,
     /// Set when the server shuts down; connections then close with 1001.
     pub shutdown: Arc<AtomicBool>,
+    /// Set when a graceful shutdown begins: turns in flight finish, new ones are refused.
+    pub draining: Arc<AtomicBool>,
+    /// The tokens clients must present.
+    pub auth: Auth,
+}
+
+/// A token bucket for one connection's client frames.
+#[derive(Debug)]
+struct Bucket {
+    limit: RateLimit,
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl Bucket {
+    fn new(limit: RateLimit) -> Self {
+        Bucket {
+            limit,
+            tokens: limit.burst,
+            refilled: Instant::now(),
+        }
+    }
+
+    /// Takes a token if there is one.
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        let earned = now.duration_since(self.refilled).as_secs_f64() * self.limit.per_second;
+        self.tokens = (self.tokens + earned).min(self.limit.burst);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// Whether the connection goes on after a step.
@@ -107,6 +144,10 @@ pub struct Connection<'a> {
     ping_sent: Option<Instant>,
     /// Set once a Close frame is sent: the time by which the peer must have answered.
     closing_until: Option<Instant>,
+    /// A token from the upgrade request (`Authorization: Bearer` or `?token=`).
+    upgrade_token: Option<String>,
+    /// The rate limit on client frames, when there is one.
+    bucket: Option<Bucket>,
 }
 
 impl std::fmt::Debug for Connection<'_> {
@@ -125,6 +166,7 @@ impl<'a> Connection<'a> {
         ctx: &'a ConnectionContext,
         id: u64,
         waker: Arc<Waker>,
+        upgrade_token: Option<String>,
     ) -> Self {
         // Unbounded in type, bounded in use: `Subscriber::deliver` refuses past
         // `outbox_capacity`. An unbounded channel allocates its slots lazily, which keeps an
@@ -143,6 +185,8 @@ impl<'a> Connection<'a> {
             last_heard: Instant::now(),
             ping_sent: None,
             closing_until: None,
+            upgrade_token,
+            bucket: ctx.config.rate_limit.map(Bucket::new),
         }
     }
 
@@ -162,14 +206,14 @@ impl<'a> Connection<'a> {
 
     fn serve(&mut self) -> Result<()> {
         loop {
+            if self.read_all()? == Flow::Stop || self.drain_inbox()? == Flow::Stop {
+                return Ok(());
+            }
+            // After the queue is drained, so that the last events go out before the Close.
             if self.closing_until.is_none() && self.ctx.shutdown.load(Ordering::SeqCst) {
                 self.start_close(CloseCode::Away, "server shutting down");
             }
-            if self.read_all()? == Flow::Stop
-                || self.drain_inbox()? == Flow::Stop
-                || self.flush()? == Flow::Stop
-                || self.keepalive()? == Flow::Stop
-            {
+            if self.flush()? == Flow::Stop || self.keepalive()? == Flow::Stop {
                 return Ok(());
             }
             self.wait()?;
@@ -209,6 +253,14 @@ impl<'a> Connection<'a> {
 
     fn on_message(&mut self, message: Message) -> Result<()> {
         if self.closing_until.is_some() {
+            return Ok(());
+        }
+        let data_frame = matches!(message, Message::Text(_) | Message::Binary(_));
+        if data_frame && self.bucket.as_mut().is_some_and(|bucket| !bucket.take()) {
+            self.reject(
+                ErrorCode::RateLimited,
+                "too many frames; slow down and try again",
+            );
             return Ok(());
         }
         match message {
@@ -256,6 +308,8 @@ impl<'a> Connection<'a> {
                         ErrorCode::TooLarge,
                         &format!("text is longer than {limit} characters"),
                     );
+                } else if self.ctx.draining.load(Ordering::SeqCst) {
+                    self.reject(ErrorCode::ServerBusy, "the server is shutting down");
                 } else if let Some(start) = session.submit(&message.text) {
                     worker::spawn_turn(start);
                 }
@@ -270,13 +324,26 @@ impl<'a> Connection<'a> {
         let Some(sender) = self.sender.take() else {
             return Ok(());
         };
+        let token = data.token.as_deref().or(self.upgrade_token.as_deref());
+        let principal = match self.ctx.auth.check(token) {
+            Ok(principal) => principal,
+            Err(refused) => {
+                let message = match refused {
+                    Refused::Missing => "this server requires a token",
+                    Refused::Wrong => "the token is not valid",
+                };
+                self.reject(ErrorCode::Unauthorized, message);
+                self.start_close(CloseCode::Policy, "unauthorized");
+                return Ok(());
+            }
+        };
         let subscriber = Subscriber {
             id: self.id,
             sender,
             notify: self.waker.clone(),
             capacity: self.ctx.config.outbox_capacity,
         };
-        match self.ctx.sessions.connect(data, subscriber) {
+        match self.ctx.sessions.connect(data, principal, subscriber) {
             Ok(attachment) => {
                 for text in &attachment.greeting {
                     self.write_text(text)?;
@@ -289,7 +356,10 @@ impl<'a> Connection<'a> {
             }
             Err(refusal) => {
                 self.reject(refusal.code, &refusal.message);
-                self.start_close(CloseCode::Again, "server busy");
+                match refusal.code {
+                    ErrorCode::Unauthorized => self.start_close(CloseCode::Policy, "unauthorized"),
+                    _ => self.start_close(CloseCode::Again, "server busy"),
+                }
             }
         }
         Ok(())

@@ -219,6 +219,7 @@ mod tests {
                 id: session.clone(),
                 user_id: None,
                 personality: None,
+                owner: None,
             },
             None,
         );

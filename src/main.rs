@@ -8,9 +8,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 use simplelog::{ColorChoice, ConfigBuilder, LevelFilter, TermLogger, TerminalMode};
 
-use sparky::config::{Config, parse_duration};
+use sparky::config::{Config, RateLimit, parse_duration, parse_rate_limit};
 
 /// A self-hosted chat-agent server: WebSocket chat with a thinking, tool-using bot.
 #[derive(Debug, Parser)]
@@ -61,6 +63,24 @@ struct Args {
     /// How long a new connection has to send its request head.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     handshake_timeout: Duration,
+    /// A token clients must present (repeatable). Tokens are also read from
+    /// --auth-token-file and from the SPARKY_AUTH_TOKENS environment variable (comma-separated),
+    /// which keep them out of `ps`.
+    #[arg(long = "auth-token", value_name = "TOKEN")]
+    auth_tokens: Vec<String>,
+    /// A file with one token per line (blank lines and lines starting with # are ignored).
+    #[arg(long, value_name = "FILE")]
+    auth_token_file: Option<PathBuf>,
+    /// An origin, besides the server's own, whose web pages may open a WebSocket (repeatable),
+    /// e.g. https://chat.example.com.
+    #[arg(long = "allowed-origin", value_name = "ORIGIN")]
+    allowed_origins: Vec<String>,
+    /// Client frames per second per connection: N (bursts of 2N), N/BURST, or off.
+    #[arg(long, default_value = "20/40", value_parser = parse_rate_setting)]
+    rate_limit: RateSetting,
+    /// At SIGINT or SIGTERM, how long turns in flight may finish before they are cancelled.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    shutdown_grace: Duration,
 }
 
 impl Args {
@@ -80,6 +100,10 @@ impl Args {
             ping_interval: self.ping_interval,
             write_timeout: self.write_timeout,
             handshake_timeout: self.handshake_timeout,
+            auth_tokens: self.auth_tokens,
+            allowed_origins: self.allowed_origins,
+            rate_limit: self.rate_limit.0,
+            shutdown_grace: self.shutdown_grace,
             ..Config::default()
         }
     }
@@ -110,6 +134,33 @@ fn raise_open_file_limit(max_connections: usize) {
     }
 }
 
+/// A parsed `--rate-limit`: a newtype, because clap reads a bare `Option` field as "flag may be
+/// absent" rather than as the parsed value.
+#[derive(Clone, Copy, Debug)]
+struct RateSetting(Option<RateLimit>);
+
+fn parse_rate_setting(text: &str) -> Result<RateSetting, String> {
+    parse_rate_limit(text).map(RateSetting)
+}
+
+/// Adds the tokens of `file` and of `SPARKY_AUTH_TOKENS` to those given with --auth-token.
+fn gather_tokens(config: &mut Config, file: Option<&std::path::Path>) -> Result<(), String> {
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read --auth-token-file {}: {e}", path.display()))?;
+        let tokens = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'));
+        config.auth_tokens.extend(tokens.map(str::to_owned));
+    }
+    if let Ok(list) = std::env::var("SPARKY_AUTH_TOKENS") {
+        let tokens = list.split(',').map(str::trim).filter(|t| !t.is_empty());
+        config.auth_tokens.extend(tokens.map(str::to_owned));
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let log_config = ConfigBuilder::new()
@@ -122,8 +173,28 @@ fn main() -> ExitCode {
         TerminalMode::Stderr,
         ColorChoice::Auto,
     );
-    let config = args.into_config();
+    let token_file = args.auth_token_file.clone();
+    let mut config = args.into_config();
+    if let Err(e) = gather_tokens(&mut config, token_file.as_deref()) {
+        eprintln!("sparky: {e}");
+        return ExitCode::FAILURE;
+    }
+    if config.auth_tokens.is_empty() && !config.addr.ip().is_loopback() {
+        log::warn!(
+            "server: listening on {} with no --auth-token: anyone who can reach this address can \
+             chat and use the tools",
+            config.addr
+        );
+    }
     raise_open_file_limit(config.max_connections);
+    let grace = config.shutdown_grace;
+    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("sparky: cannot handle signals: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
 
     let listener = match sparky::bind(config.addr) {
         Ok(listener) => listener,
@@ -141,6 +212,9 @@ fn main() -> ExitCode {
     };
     println!("listening on http://{}", handle.addr());
     let _ = std::io::stdout().flush();
-    handle.wait();
+    if let Some(signal) = signals.forever().next() {
+        log::info!("server: signal {signal}; shutting down (grace {grace:?})");
+    }
+    handle.shutdown_gracefully(grace);
     ExitCode::SUCCESS
 }

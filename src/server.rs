@@ -16,6 +16,7 @@ use parking_lot::Mutex;
 use tungstenite::WebSocket;
 use tungstenite::protocol::{Role, WebSocketConfig};
 
+use crate::auth::Auth;
 use crate::bot::Engine;
 use crate::config::Config;
 use crate::connection::{Connection, ConnectionContext, Waker};
@@ -47,6 +48,9 @@ const WRITE_BUFFER_BYTES: usize = 64 * 1024;
 
 /// Bytes tungstenite may hold for a peer that is not reading before the connection is dropped.
 const MAX_WRITE_BUFFER_BYTES: usize = 8 << 20;
+
+/// How long a graceful shutdown waits for connections to finish their closing handshakes.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// How long shutdown waits for the journal to commit what is queued.
 const JOURNAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -124,6 +128,8 @@ pub fn spawn_with(
             sessions,
             metrics,
             shutdown: Arc::new(AtomicBool::new(false)),
+            draining: Arc::new(AtomicBool::new(false)),
+            auth: Auth::new(config.auth_tokens.iter().map(String::as_str)),
         },
         wakers: Mutex::new(HashMap::new()),
         websockets: AtomicUsize::new(0),
@@ -218,22 +224,55 @@ impl ServerHandle {
         self.stop();
     }
 
-    fn stop(&mut self) {
+    /// Shuts down gracefully: stops accepting, refuses new turns, lets turns in flight run for
+    /// up to `grace`, then cancels the rest, writes everything to the store, closes every
+    /// WebSocket with 1001, and waits (briefly) for the connections to finish.
+    pub fn shutdown_gracefully(mut self, grace: Duration) {
+        self.stop_accepting();
+        let deadline = Instant::now() + grace;
+        let sessions = &self.shared.ctx.sessions;
+        let running = sessions.turns_in_flight();
+        if running > 0 {
+            log::info!("server: waiting up to {grace:?} for {running} turns to finish");
+        }
+        // Shutdown is rare and bounded: checking every few milliseconds is simpler than a
+        // notification from every turn.
+        while sessions.turns_in_flight() > 0 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
+        self.stop();
+        let closing = Instant::now() + CLOSE_WAIT;
+        while self.connection_count() > 0 && Instant::now() < closing {
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Stops the accept loop and refuses new turns; idempotent.
+    fn stop_accepting(&mut self) {
+        self.shared.ctx.draining.store(true, Ordering::SeqCst);
         let Some(accept) = self.accept.take() else {
             return;
         };
-        self.shared.ctx.shutdown.store(true, Ordering::SeqCst);
         // A connection to ourselves wakes the blocking accept(); it sees the flag and returns.
         let _ = TcpStream::connect_timeout(&wake_addr(self.addr), Duration::from_secs(1));
         let _ = accept.join();
-        for waker in self.shared.wakers.lock().values() {
-            waker.wake();
+    }
+
+    fn stop(&mut self) {
+        if self.reaper.is_none() {
+            return;
         }
+        self.stop_accepting();
         self.shared.ctx.sessions.cancel_all();
         if let Some(journal) = self.shared.ctx.sessions.journal()
             && !journal.sync(JOURNAL_FLUSH_TIMEOUT)
         {
             log::error!("server: the journal did not finish writing in {JOURNAL_FLUSH_TIMEOUT:?}");
+        }
+        // Only now, with every event queued, are the connections told to close.
+        self.shared.ctx.shutdown.store(true, Ordering::SeqCst);
+        for waker in self.shared.wakers.lock().values() {
+            waker.wake();
         }
         drop(self.reaper_stop.take());
         if let Some(reaper) = self.reaper.take() {
@@ -316,7 +355,7 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
     let mut accept_failing = false;
     loop {
         let accepted = listener.accept();
-        if shared.ctx.shutdown.load(Ordering::SeqCst) {
+        if shared.ctx.draining.load(Ordering::SeqCst) {
             return;
         }
         let (stream, peer) = match accepted {
@@ -371,11 +410,20 @@ fn serve(mut stream: TcpStream, shared: &Shared, id: u64) -> Result<()> {
         sessions: &shared.ctx.sessions,
         metrics: &shared.ctx.metrics,
         started: shared.started,
-        shutting_down: shared.ctx.shutdown.load(Ordering::SeqCst),
+        shutting_down: shared.ctx.draining.load(Ordering::SeqCst),
     };
     match http::route(&head, &view) {
         Route::Http(response) => respond(&mut stream, &response),
         Route::WebSocket => {
+            if !origin_allowed(&head, &config.allowed_origins) {
+                log::warn!(
+                    "connection {id}: refused an upgrade from origin {:?}",
+                    head.header("origin")
+                );
+                let forbidden =
+                    Response::text(403, "Forbidden", "this origin may not open a session\n");
+                return respond(&mut stream, &forbidden);
+            }
             let answer = match http::upgrade_response(&head) {
                 Ok(answer) => answer,
                 Err(response) => return respond(&mut stream, &response),
@@ -397,11 +445,72 @@ fn serve(mut stream: TcpStream, shared: &Shared, id: u64) -> Result<()> {
                 .max_write_buffer_size(MAX_WRITE_BUFFER_BYTES)
                 .max_message_size(Some(config.max_frame_bytes))
                 .max_frame_size(Some(config.max_frame_bytes));
+            let token = request_token(&head);
             let ws =
                 WebSocket::from_partially_read(stream, head.rest, Role::Server, Some(ws_config));
-            Connection::new(ws, &shared.ctx, id, waker).run()
+            Connection::new(ws, &shared.ctx, id, waker, token).run()
         }
     }
+}
+
+/// Cross-site WebSocket hijacking guard: a browser always sends `Origin` on a WebSocket
+/// upgrade, so a page from elsewhere is refused unless its origin is the server's own (same
+/// host and port as the `Host` header) or listed with `--allowed-origin`. Clients that send no
+/// `Origin` (terminal clients, other servers) are not browsers and pass.
+fn origin_allowed(head: &http::RequestHead, allowed: &[String]) -> bool {
+    let Some(origin) = head.header("origin").map(str::trim) else {
+        return true;
+    };
+    if allowed
+        .iter()
+        .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(origin))
+    {
+        return true;
+    }
+    let authority = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+    head.header("host")
+        .is_some_and(|host| host.trim().eq_ignore_ascii_case(authority))
+}
+
+/// The token of an upgrade request: `Authorization: Bearer …`, else `?token=…`.
+fn request_token(head: &http::RequestHead) -> Option<String> {
+    if let Some(value) = head.header("authorization") {
+        let (scheme, token) = value.trim().split_once(' ')?;
+        if scheme.eq_ignore_ascii_case("bearer") {
+            return Some(token.trim().to_owned());
+        }
+    }
+    head.query
+        .as_deref()?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("token="))
+        .map(percent_decode)
+}
+
+/// Decodes `%XX` escapes and `+` in a query value.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(byte) => {
+                        out.push(byte);
+                        i += 3;
+                        continue;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            byte => out.push(byte),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn respond(stream: &mut TcpStream, response: &Response) -> Result<()> {

@@ -18,6 +18,7 @@ use std::time::Instant;
 use crossbeam_channel::{Sender, TrySendError};
 use parking_lot::Mutex;
 
+use crate::auth::Principal;
 use crate::bot::{Bot, Engine, Turn, TurnEvents, interrupted};
 use crate::cancel::CancelFlag;
 use crate::config::Config;
@@ -210,6 +211,8 @@ impl fmt::Debug for Session {
 struct SessionInner {
     id: SessionId,
     user_id: Option<String>,
+    /// Who may attach to it, when tokens are required.
+    owner: Option<Principal>,
     knowledge: Knowledge,
     metrics: Arc<Metrics>,
     max_subscribers: usize,
@@ -279,7 +282,12 @@ pub struct TurnStart {
 
 impl Session {
     /// A new session for a `connect`, seeded with its personality and history.
-    fn create(id: SessionId, data: &ConnectData, manager: &ManagerInner) -> Self {
+    fn create(
+        id: SessionId,
+        data: &ConnectData,
+        owner: Option<Principal>,
+        manager: &ManagerInner,
+    ) -> Self {
         if let Some(journal) = &manager.journal {
             let (user_id, personality) = (data.user_id.clone(), data.personality.clone());
             journal.submit(
@@ -287,6 +295,7 @@ impl Session {
                     id: id.clone(),
                     user_id,
                     personality,
+                    owner: owner.as_ref().map(|owner| owner.as_str().to_owned()),
                 },
                 None,
             );
@@ -296,6 +305,7 @@ impl Session {
         let session = Self::build(
             id,
             data.user_id.clone(),
+            owner,
             Vec::new(),
             bot,
             log,
@@ -341,6 +351,7 @@ impl Session {
         Self::build(
             stored.id,
             stored.user_id,
+            stored.owner.map(Principal::from_stored),
             stored.notes,
             bot,
             log,
@@ -352,6 +363,7 @@ impl Session {
     fn build(
         id: SessionId,
         user_id: Option<String>,
+        owner: Option<Principal>,
         notes: Vec<String>,
         bot: Bot,
         log: EventLog,
@@ -375,6 +387,7 @@ impl Session {
         let inner = Arc::new_cyclic(|weak: &Weak<SessionInner>| SessionInner {
             id,
             user_id,
+            owner,
             knowledge,
             metrics: manager.metrics.clone(),
             max_subscribers: manager.config.max_connections_per_session.max(1),
@@ -839,11 +852,12 @@ impl SessionManager {
     ///
     /// # Errors
     ///
-    /// `server_busy` when a new session would pass the session limit, or no random id could be
-    /// drawn.
+    /// `unauthorized` when the session belongs to another principal; `server_busy` when a new
+    /// session would pass the session limit, or no random id could be drawn.
     pub fn connect(
         &self,
         data: &ConnectData,
+        principal: Option<Principal>,
         subscriber: Subscriber,
     ) -> Result<Attachment, Refusal> {
         let ready = ServerFrame::Ready {
@@ -854,6 +868,22 @@ impl SessionManager {
         let mut sessions = self.inner.sessions.lock();
         let known = data.session_id.as_deref().and_then(SessionId::parse);
         if let Some(session) = known.and_then(|id| sessions.get(&id)) {
+            if session
+                .inner
+                .owner
+                .as_ref()
+                .is_some_and(|owner| Some(owner) != principal.as_ref())
+            {
+                log::warn!(
+                    "session {}: refused a resume by another principal",
+                    session.id().short()
+                );
+                let message = "this session belongs to someone else".into();
+                return Err(Refusal {
+                    code: ErrorCode::Unauthorized,
+                    message,
+                });
+            }
             log::info!(
                 "session {}: resumed from seq {:?}",
                 session.id().short(),
@@ -872,7 +902,7 @@ impl SessionManager {
             code: ErrorCode::ServerBusy,
             message: format!("no session id could be drawn: {e}"),
         })?;
-        let session = Session::create(id.clone(), data, &self.inner);
+        let session = Session::create(id.clone(), data, principal, &self.inner);
         log::info!("session {}: created", id.short());
         sessions.insert(id, session.clone());
         Ok(session.attach(subscriber, true, None, &ready))
@@ -910,6 +940,15 @@ impl SessionManager {
             }
         }
         expired.len()
+    }
+
+    /// How many sessions have a turn in flight.
+    pub fn turns_in_flight(&self) -> usize {
+        let sessions: Vec<Session> = self.inner.sessions.lock().values().cloned().collect();
+        sessions
+            .iter()
+            .filter(|session| session.inner.state.lock().turn.is_some())
+            .count()
     }
 
     /// Cancels every turn in flight; used at shutdown.

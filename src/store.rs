@@ -41,6 +41,8 @@ pub enum WriteOp {
         user_id: Option<String>,
         /// Its system prompt.
         personality: Option<String>,
+        /// The fingerprint of the principal that owns it, when tokens are required.
+        owner: Option<String>,
     },
     /// An event, by number.
     Event {
@@ -97,6 +99,8 @@ pub struct StoredSession {
     pub user_id: Option<String>,
     /// Its system prompt.
     pub personality: Option<String>,
+    /// The fingerprint of its owner, when it has one.
+    pub owner: Option<String>,
     /// How long ago it last had activity.
     pub idle_for: Duration,
     /// The number of the first of `messages`.
@@ -423,6 +427,7 @@ CREATE TABLE sessions (
     id TEXT NOT NULL UNIQUE,
     user_id TEXT,
     personality TEXT,
+    owner TEXT,
     created_at INTEGER NOT NULL,
     last_active INTEGER NOT NULL,
     first_seq INTEGER NOT NULL DEFAULT 1,
@@ -656,13 +661,14 @@ impl Store for SqliteStore {
                 id,
                 user_id,
                 personality,
+                owner,
             } = op
             {
                 tx.prepare_cached(
-                    "INSERT INTO sessions (id, user_id, personality, created_at, last_active) \
-                     VALUES (?1, ?2, ?3, ?4, ?4)",
+                    "INSERT INTO sessions (id, user_id, personality, owner, created_at, last_active) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
                 )
-                .and_then(|mut s| s.execute(params![id.as_str(), user_id, personality, now]))
+                .and_then(|mut s| s.execute(params![id.as_str(), user_id, personality, owner, now]))
                 .map_err(|e| store_error("create session", e))?;
                 keys.insert(id.clone(), tx.last_insert_rowid());
                 touched.insert(tx.last_insert_rowid(), now);
@@ -785,10 +791,18 @@ impl Store for SqliteStore {
         for sql in COMPACT_ALL {
             tx.execute(sql, []).map_err(|e| store_error("compact", e))?;
         }
-        type Row = (i64, String, Option<String>, Option<String>, i64, i64);
+        type Row = (
+            i64,
+            String,
+            Option<String>,
+            Option<String>,
+            i64,
+            i64,
+            Option<String>,
+        );
         let rows: Vec<Row> = tx
             .prepare(
-                "SELECT key, id, user_id, personality, last_active, first_message FROM sessions",
+                "SELECT key, id, user_id, personality, last_active, first_message, owner FROM sessions",
             )
             .and_then(|mut s| {
                 s.query_map([], |row| {
@@ -799,13 +813,14 @@ impl Store for SqliteStore {
                         row.get(3)?,
                         row.get(4)?,
                         row.get(5)?,
+                        row.get(6)?,
                     ))
                 })?
                 .collect()
             })
             .map_err(|e| store_error("load sessions", e))?;
         let mut sessions: HashMap<i64, StoredSession> = HashMap::with_capacity(rows.len());
-        for (key, id, user_id, personality, last_active, first_message) in rows {
+        for (key, id, user_id, personality, last_active, first_message, owner) in rows {
             let Some(session_id) = SessionId::parse(&id) else {
                 log::warn!("store: skipping session with malformed id {id:?}");
                 continue;
@@ -818,6 +833,7 @@ impl Store for SqliteStore {
                     id: session_id,
                     user_id,
                     personality,
+                    owner,
                     idle_for: Duration::from_secs(now.saturating_sub(last_active).max(0) as u64),
                     first_message: first_message.max(0) as u64,
                     messages: Vec::new(),
@@ -1111,6 +1127,7 @@ mod tests {
                     id: id(1),
                     user_id: Some("ann".into()),
                     personality: None,
+                    owner: None,
                 },
                 WriteOp::Event {
                     session: id(1),
@@ -1143,6 +1160,7 @@ mod tests {
                     id: id(2),
                     user_id: None,
                     personality: None,
+                    owner: None,
                 },
                 WriteOp::DeleteSession { session: id(2) },
             ])
@@ -1170,11 +1188,13 @@ mod tests {
                     id: kept.clone(),
                     user_id: None,
                     personality: None,
+                    owner: None,
                 },
                 WriteOp::CreateSession {
                     id: gone.clone(),
                     user_id: None,
                     personality: None,
+                    owner: None,
                 },
             ])
             .unwrap();
