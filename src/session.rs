@@ -241,6 +241,22 @@ struct SessionState {
     closed: bool,
 }
 
+impl SessionState {
+    /// The state of a session with no turn and no subscriber; everything in `log` is durable.
+    fn new(bot: Bot, log: EventLog, idle_since: Instant) -> Self {
+        SessionState {
+            durable_seq: log.next_seq() - 1,
+            bot,
+            log,
+            next_turn: 1,
+            turn: None,
+            subscribers: Vec::new(),
+            idle_since,
+            closed: false,
+        }
+    }
+}
+
 /// A subscriber and the highest `seq` queued to it.
 struct Attached {
     subscriber: Subscriber,
@@ -302,16 +318,8 @@ impl Session {
         }
         let bot = Bot::new(manager.engine.clone(), data.personality.clone(), Vec::new());
         let log = EventLog::new(manager.config.event_log_capacity);
-        let session = Self::build(
-            id,
-            data.user_id.clone(),
-            owner,
-            Vec::new(),
-            bot,
-            log,
-            Instant::now(),
-            manager,
-        );
+        let state = SessionState::new(bot, log, Instant::now());
+        let session = Self::build(id, data.user_id.clone(), owner, Vec::new(), state, manager);
         let seed: Vec<ChatMessage> = data
             .history
             .iter()
@@ -348,14 +356,14 @@ impl Session {
         let idle_since = Instant::now()
             .checked_sub(stored.idle_for)
             .unwrap_or_else(Instant::now);
+        let owner = stored.owner.map(Principal::from_stored);
+        let state = SessionState::new(bot, log, idle_since);
         Self::build(
             stored.id,
             stored.user_id,
-            stored.owner.map(Principal::from_stored),
+            owner,
             stored.notes,
-            bot,
-            log,
-            idle_since,
+            state,
             manager,
         )
     }
@@ -365,24 +373,12 @@ impl Session {
         user_id: Option<String>,
         owner: Option<Principal>,
         notes: Vec<String>,
-        bot: Bot,
-        log: EventLog,
-        idle_since: Instant,
+        state: SessionState,
         manager: &ManagerInner,
     ) -> Self {
         let knowledge = match &manager.journal {
             Some(journal) => Knowledge::persistent(journal.clone(), id.clone(), notes),
             None => Knowledge::new(),
-        };
-        let state = SessionState {
-            durable_seq: log.next_seq() - 1,
-            bot,
-            log,
-            next_turn: 1,
-            turn: None,
-            subscribers: Vec::new(),
-            idle_since,
-            closed: false,
         };
         let inner = Arc::new_cyclic(|weak: &Weak<SessionInner>| SessionInner {
             id,
