@@ -410,6 +410,16 @@ impl Session {
         &self.inner.knowledge
     }
 
+    /// The `seq` of the newest event (0 before the first).
+    pub fn last_seq(&self) -> u64 {
+        self.inner.state.lock().log.next_seq() - 1
+    }
+
+    /// True while a turn is in flight.
+    pub fn has_turn(&self) -> bool {
+        self.inner.state.lock().turn.is_some()
+    }
+
     /// How many subscribers are attached now.
     pub fn subscriber_count(&self) -> usize {
         self.inner.state.lock().subscribers.len()
