@@ -216,11 +216,12 @@ fn drive(
 fn last_turn_closed(events: &[ServerEnvelope]) -> bool {
     let Some(last_turn) = events
         .iter()
+        .rev()
         .filter_map(|e| match e.frame {
             ServerFrame::UserMessage { turn_id, .. } => Some(turn_id),
             _ => None,
         })
-        .last()
+        .next()
     else {
         return true;
     };
@@ -279,7 +280,7 @@ fn chaos_loses_repeats_and_leaks_nothing() {
             thread::spawn(move || {
                 drive(
                     addr,
-                    0x9e37_79b9 ^ (n + 1) * 0x1234_5678_9abc,
+                    0x9e37_79b9 ^ ((n + 1) * 0x1234_5678_9abc),
                     &tally,
                     deadline,
                 )
