@@ -446,6 +446,10 @@ enum ClientFrameType {
 /// not one of section 3, `invalid_message` when the `data` does not fit the type (including an
 /// empty message `text`). The length limit of `text` is not checked here: it is configuration.
 pub fn decode_client_frame(text: &str) -> Result<ClientFrame, DecodeError> {
+    if nesting_depth(text) > MAX_NESTING {
+        let message = format!("frame is nested deeper than {MAX_NESTING} levels");
+        return Err(DecodeError::new(ErrorCode::InvalidJson, message));
+    }
     let value: Value = serde_json::from_str(text)
         .map_err(|e| DecodeError::new(ErrorCode::InvalidJson, format!("frame is not JSON: {e}")))?;
     let Value::Object(mut object) = value else {
@@ -490,6 +494,39 @@ pub fn decode_client_frame(text: &str) -> Result<ClientFrame, DecodeError> {
         ));
     }
     Ok(frame)
+}
+
+/// The deepest nesting of arrays and objects a client frame may have. Real frames need 4; the
+/// limit keeps parsing (which recurses) far from the bottom of a connection thread's small
+/// stack, whatever the build.
+pub const MAX_NESTING: usize = 64;
+
+/// The deepest nesting of `[` and `{` in a JSON text, outside strings; a linear scan that
+/// costs far less than parsing.
+fn nesting_depth(text: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for byte in text.bytes() {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 /// Encodes a server frame with its envelope fields as one JSON text.
@@ -752,6 +789,7 @@ mod tests {
                 "{text}"
             );
         }
+        assert_eq!(nesting_depth(r#"{"a":[1,{"b":"[[[{{"}]}"#), 3);
         let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
         assert_eq!(
             decode_client_frame(&deep).map_err(|e| e.code),
