@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use sparky::protocol::{ClientFrame, ErrorCode, ServerFrame, decode_client_frame};
-use support::{Client, TestServer};
+use support::TestServer;
 use tungstenite::Message;
 
 /// Deterministic generator (xorshift).
