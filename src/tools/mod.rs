@@ -5,6 +5,7 @@
 pub mod builtin;
 pub mod calculator;
 pub mod graph;
+pub mod mcp;
 
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -166,5 +167,53 @@ impl ToolChain {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    struct Panicky;
+
+    impl Tool for Panicky {
+        fn name(&self) -> &str {
+            "panicky"
+        }
+        fn description(&self) -> &str {
+            "panics"
+        }
+        fn parameters(&self) -> Value {
+            json!({"type": "object"})
+        }
+        fn call(&self, _args: &Value, _ctx: &ToolContext<'_>) -> Result<String, String> {
+            panic!("tool bug")
+        }
+    }
+
+    #[test]
+    fn a_panicking_tool_is_an_error_result_not_a_crash() {
+        let mut chain = ToolChain::new();
+        chain.add(Arc::new(Panicky));
+        let (knowledge, cancel) = (Knowledge::new(), CancelFlag::new());
+        let ctx = ToolContext {
+            knowledge: &knowledge,
+            cancel: &cancel,
+        };
+        let output = chain.call("panicky", &json!({}), &ctx);
+        assert_eq!(output.status, ToolStatus::Error);
+        assert!(output.text.contains("crashed"));
+        assert_eq!(
+            chain.call("panicky", &json!([1]), &ctx).status,
+            ToolStatus::Error
+        );
+        assert!(
+            chain
+                .call("nope", &json!({}), &ctx)
+                .text
+                .contains("unknown tool")
+        );
     }
 }
