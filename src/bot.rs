@@ -1,16 +1,23 @@
 //! `Bot`: one session's conversation and the agent loop that runs a turn on it (model, then
-//! tools, then model again). Depends on `model`, `tools`, `knowledge`, `cancel` and `protocol`;
+//! tools, then model again). Depends on `model`, `tools`, `knowledge`, `cancel`, `protocol` and
+//! `error`;
 //! it knows nothing of sessions or clients and reaches the outside only through [`TurnEvents`].
 
 use std::fmt;
 use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
 
 use crate::cancel::CancelFlag;
+use crate::error::Error;
 use crate::knowledge::Knowledge;
-use crate::model::{ChatMessage, Conversation, MEMORY_PREFIX, ModelBackend, ReplySink, Role};
-use crate::protocol::{ErrorCode, ServerFrame, TurnId};
+use crate::model::{
+    ChatMessage, Conversation, MEMORY_PREFIX, ModelBackend, ModelReply, ReplySink, Role, ToolCall,
+    UNPARSED_ARGUMENTS,
+};
+use crate::protocol::{ErrorCode, ServerFrame, StatusCode, StatusData, ToolStatus, TurnId};
 use crate::store::Store;
-use crate::tools::{ToolChain, ToolContext};
+use crate::tools::{ToolChain, ToolContext, ToolOutput};
 
 /// The most conversation messages a session keeps. Older ones are dropped a whole exchange at a
 /// time, so that the model's context stays bounded and every turn copies a bounded history.
@@ -56,6 +63,11 @@ pub trait TurnEvents {
     /// Sends the frame that closes the turn and adds `transcript` to the conversation, as one
     /// step. False when the turn is no longer current (nothing is sent or kept then).
     fn close(&self, frame: ServerFrame, transcript: Vec<ChatMessage>) -> bool;
+
+    /// As [`close`](Self::close), but `transcript` replaces the conversation (the system
+    /// prompt stays) instead of extending it: the model rejected the earlier history as
+    /// malformed, and the turn ran without it.
+    fn close_resetting(&self, frame: ServerFrame, transcript: Vec<ChatMessage>) -> bool;
 }
 
 /// How a turn ended, as far as its worker knows.
@@ -139,6 +151,7 @@ impl Bot {
             history: self.history.clone(),
             current: vec![ChatMessage::text(Role::User, text)],
             user_index: 0,
+            history_reset: false,
         }
     }
 
@@ -153,6 +166,14 @@ impl Bot {
     /// happened, so that the conversation stays well formed (no dangling tool call).
     pub fn commit_interrupted(&mut self, user_text: &str, note: &str) {
         self.commit(interrupted(user_text, note));
+    }
+
+    /// Forgets the conversation (the system prompt stays), after the model rejected it as
+    /// malformed. Numbering goes on: the next committed message keeps the number it would have
+    /// had, and everything before it counts as trimmed.
+    pub fn clear_history(&mut self) {
+        self.first_index = self.end_index();
+        self.history = Arc::default();
     }
 
     /// Drops the oldest exchanges past the cap; the history then starts at a user message.
@@ -190,6 +211,9 @@ pub struct Turn {
     current: Vec<ChatMessage>,
     /// Index of the user's message in `current`.
     user_index: usize,
+    /// True once the model rejected the history and this turn dropped it: the turn's
+    /// transcript then replaces the session's conversation.
+    history_reset: bool,
 }
 
 impl fmt::Debug for Turn {
@@ -222,27 +246,12 @@ impl Turn {
             return TurnOutcome::Cancelled;
         }
         for _step in 0..self.engine.max_steps {
-            if cancel.is_cancelled() {
-                return TurnOutcome::Cancelled;
-            }
-            let mut sink = FrameSink {
-                events,
-                cancel,
-                turn_id,
-                live: true,
-            };
-            let conversation = Conversation {
-                head: &self.head,
-                earlier: &self.history,
-                current: &self.current,
-            };
-            let reply = self.engine.model.complete(conversation, specs, &mut sink);
-            if !sink.live || cancel.is_cancelled() {
-                return TurnOutcome::Cancelled;
-            }
-            let reply = match reply {
-                Ok(reply) => reply,
-                Err(e) => return self.fail(events, ErrorCode::ModelError, &e.to_string()),
+            let reply = match self.ask_model(events, cancel, specs) {
+                Asked::Reply(reply) => reply,
+                Asked::Cancelled => return TurnOutcome::Cancelled,
+                Asked::Failed(e) => {
+                    return self.fail(events, ErrorCode::ModelError, &e.to_string());
+                }
             };
             if reply.tool_calls.is_empty() {
                 let answer = ServerFrame::Message {
@@ -254,7 +263,7 @@ impl Turn {
                 let transcript = self.current.split_off(self.user_index);
                 // Let go of the snapshot first, so that the commit extends the history in place.
                 self.history = Arc::default();
-                return if events.close(answer, transcript) {
+                return if self.close(events, answer, transcript) {
                     TurnOutcome::Answered
                 } else {
                     TurnOutcome::Cancelled
@@ -263,32 +272,10 @@ impl Turn {
             let calls = reply.tool_calls;
             self.current
                 .push(ChatMessage::tool_calls(reply.text, calls.clone()));
-            for call in calls {
-                let used = ServerFrame::ToolUse {
-                    turn_id,
-                    call_id: call.id.clone(),
-                    name: call.name.clone(),
-                    args: call.args.clone(),
-                };
-                if cancel.is_cancelled() || !events.emit(used) {
-                    return TurnOutcome::Cancelled;
-                }
-                let ctx = ToolContext { knowledge, cancel };
-                let output = self.engine.tools.call(&call.name, &call.args, &ctx);
-                let result = ServerFrame::ToolResult {
-                    turn_id,
-                    call_id: call.id.clone(),
-                    name: call.name,
-                    status: output.status,
-                    result: output.text.clone(),
-                };
-                if cancel.is_cancelled() || !events.emit(result) {
-                    return TurnOutcome::Cancelled;
-                }
-                let is_error = output.status == crate::protocol::ToolStatus::Error;
-                self.current
-                    .push(ChatMessage::tool_result(&call.id, output.text, is_error));
-            }
+            let Some(results) = self.run_tools(&calls, events, cancel, knowledge) else {
+                return TurnOutcome::Cancelled;
+            };
+            self.current.extend(results);
         }
         let limit = self.engine.max_steps;
         self.fail(
@@ -296,6 +283,147 @@ impl Turn {
             ErrorCode::StepLimit,
             &format!("the turn took more than {limit} model steps"),
         )
+    }
+
+    /// Asks the model for the next step. When the model rejects the conversation history as
+    /// malformed, the turn drops the earlier conversation (keeping the system prompt and this
+    /// turn's messages), says so with `status history_reset`, and asks once more.
+    fn ask_model(
+        &mut self,
+        events: &dyn TurnEvents,
+        cancel: &CancelFlag,
+        specs: &[crate::model::ToolSpec],
+    ) -> Asked {
+        loop {
+            if cancel.is_cancelled() {
+                return Asked::Cancelled;
+            }
+            let mut sink = FrameSink {
+                events,
+                cancel,
+                turn_id: self.turn_id,
+                live: true,
+            };
+            let conversation = Conversation {
+                head: &self.head,
+                earlier: &self.history,
+                current: &self.current,
+            };
+            let reply = self.engine.model.complete(conversation, specs, &mut sink);
+            if !sink.live || cancel.is_cancelled() {
+                return Asked::Cancelled;
+            }
+            match reply {
+                Ok(reply) => return Asked::Reply(reply),
+                Err(Error::HistoryRejected { detail, .. }) if !self.history_reset => {
+                    log::warn!(
+                        "turn {}: the model rejected the history; clearing it: {detail}",
+                        self.turn_id
+                    );
+                    self.history_reset = true;
+                    self.history = Arc::default();
+                    let status = ServerFrame::Status(StatusData {
+                        code: StatusCode::HistoryReset,
+                        message: "the model rejected the conversation history; it was cleared \
+                                  and the turn tried again"
+                            .into(),
+                        turn_id: Some(self.turn_id),
+                        ..StatusData::default()
+                    });
+                    if !events.emit(status) {
+                        return Asked::Cancelled;
+                    }
+                }
+                Err(e) => return Asked::Failed(e),
+            }
+        }
+    }
+
+    /// Runs one step's tool calls and reports them: every `tool_use` first, then each
+    /// `tool_result` in call order. Several calls run side by side, the first on this thread
+    /// and each other on a scoped thread of its own. Returns the tool messages for the
+    /// conversation, or `None` when the turn is no longer current.
+    fn run_tools(
+        &self,
+        calls: &[ToolCall],
+        events: &dyn TurnEvents,
+        cancel: &CancelFlag,
+        knowledge: &Knowledge,
+    ) -> Option<Vec<ChatMessage>> {
+        let turn_id = self.turn_id;
+        for call in calls {
+            let used = ServerFrame::ToolUse {
+                turn_id,
+                call_id: call.id.clone(),
+                name: call.name.clone(),
+                args: call.args.clone(),
+            };
+            if cancel.is_cancelled() || !events.emit(used) {
+                return None;
+            }
+        }
+        let tools: &ToolChain = &self.engine.tools;
+        let ctx = ToolContext { knowledge, cancel };
+        thread::scope(|scope| {
+            let ctx = &ctx;
+            let mut others: Vec<_> = calls
+                .iter()
+                .skip(1)
+                .map(|call| {
+                    thread::Builder::new()
+                        .name("tool".into())
+                        .spawn_scoped(scope, move || run_tool(tools, call, ctx))
+                        .inspect_err(|e| {
+                            log::warn!(
+                                "turn {turn_id}: no thread for a tool call, running it in turn: {e}"
+                            );
+                        })
+                        .ok()
+                })
+                .collect();
+            let mut messages = Vec::with_capacity(calls.len());
+            for (i, call) in calls.iter().enumerate() {
+                let handle = i
+                    .checked_sub(1)
+                    .and_then(|other| others.get_mut(other))
+                    .and_then(Option::take);
+                let output = match handle {
+                    Some(handle) => handle.join().unwrap_or_else(|_| ToolOutput {
+                        status: ToolStatus::Error,
+                        text: format!("the {} tool crashed", call.name),
+                    }),
+                    None => run_tool(tools, call, ctx),
+                };
+                let result = ServerFrame::ToolResult {
+                    turn_id,
+                    call_id: call.id.clone(),
+                    name: call.name.clone(),
+                    status: output.status,
+                    result: output.text.clone(),
+                };
+                // The scope waits for the calls still running; they see the cancel flag.
+                if cancel.is_cancelled() || !events.emit(result) {
+                    return None;
+                }
+                let is_error = output.status == ToolStatus::Error;
+                messages.push(ChatMessage::tool_result(&call.id, output.text, is_error));
+            }
+            Some(messages)
+        })
+    }
+
+    /// Closes the turn, replacing the session's conversation if this turn dropped it.
+    fn close(
+        &self,
+        events: &dyn TurnEvents,
+        frame: ServerFrame,
+        transcript: Vec<ChatMessage>,
+    ) -> bool {
+        if self.history_reset {
+            events.close_resetting(frame, transcript)
+        } else {
+            events.close(frame, transcript)
+        }
     }
 
     /// Puts the graph entries most relevant to the user's text into the context, just before
@@ -353,12 +481,41 @@ impl Turn {
             message: message.to_owned(),
         };
         let transcript = interrupted(self.user_text(), &format!("(no reply: {message})"));
-        if events.close(frame, transcript) {
+        if self.close(events, frame, transcript) {
             TurnOutcome::Failed
         } else {
             TurnOutcome::Cancelled
         }
     }
+}
+
+/// What asking the model for one step came to.
+enum Asked {
+    Reply(ModelReply),
+    Failed(Error),
+    Cancelled,
+}
+
+/// Runs one tool call through the ToolChain. Arguments the model wrote as something other than
+/// a JSON object (see [`UNPARSED_ARGUMENTS`]) get an error result without running the tool.
+fn run_tool(tools: &ToolChain, call: &ToolCall, ctx: &ToolContext<'_>) -> ToolOutput {
+    let unparsed = call
+        .args
+        .as_object()
+        .filter(|args| args.len() == 1)
+        .and_then(|args| args.get(UNPARSED_ARGUMENTS));
+    if let Some(raw) = unparsed {
+        let raw = raw.as_str().map_or_else(|| raw.to_string(), str::to_owned);
+        return ToolOutput {
+            status: ToolStatus::Error,
+            text: format!(
+                "the arguments of {} are not a JSON object: {raw}; call it again with a JSON \
+                 object",
+                call.name
+            ),
+        };
+    }
+    tools.call(&call.name, &call.args, ctx)
 }
 
 /// Turns what a model streams into events of the turn.
@@ -394,6 +551,27 @@ impl ReplySink for FrameSink<'_> {
     fn is_cancelled(&self) -> bool {
         !self.live || self.cancel.is_cancelled()
     }
+
+    fn retrying(&mut self, attempt: u32, delay: Duration) {
+        if self.live {
+            let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+            let frame = ServerFrame::Status(StatusData {
+                code: StatusCode::Retrying,
+                message: format!(
+                    "the model server failed; trying again in {delay_ms} ms (attempt {attempt})"
+                ),
+                turn_id: Some(self.turn_id),
+                attempt: Some(attempt),
+                delay_ms: Some(delay_ms),
+                ..StatusData::default()
+            });
+            self.live = self.events.emit(frame);
+        }
+    }
+
+    fn sleep(&mut self, delay: Duration) -> bool {
+        !self.live || self.cancel.sleep(delay)
+    }
 }
 
 #[cfg(test)]
@@ -411,6 +589,7 @@ mod tests {
     struct Recorder {
         frames: Mutex<Vec<ServerFrame>>,
         committed: Mutex<Vec<ChatMessage>>,
+        reset: Mutex<bool>,
         open: bool,
     }
 
@@ -419,6 +598,7 @@ mod tests {
             Recorder {
                 frames: Mutex::new(Vec::new()),
                 committed: Mutex::new(Vec::new()),
+                reset: Mutex::new(false),
                 open: true,
             }
         }
@@ -437,6 +617,11 @@ mod tests {
                 self.committed.lock().extend(transcript);
                 true
             }
+        }
+        fn close_resetting(&self, frame: ServerFrame, transcript: Vec<ChatMessage>) -> bool {
+            self.committed.lock().clear();
+            *self.reset.lock() = true;
+            self.close(frame, transcript)
         }
     }
 
@@ -558,5 +743,179 @@ mod tests {
         }
         assert!(bot.history().len() <= MAX_HISTORY_MESSAGES);
         assert_eq!(bot.history()[0].role, Role::User);
+    }
+
+    /// A model that answers from a script, one entry per step, and records how much earlier
+    /// conversation each step saw.
+    struct Scripted {
+        replies: Mutex<Vec<Result<ModelReply>>>,
+        earlier_seen: Mutex<Vec<usize>>,
+    }
+
+    impl Scripted {
+        fn new(mut replies: Vec<Result<ModelReply>>) -> Self {
+            replies.reverse();
+            Scripted {
+                replies: Mutex::new(replies),
+                earlier_seen: Mutex::new(Vec::new()),
+            }
+        }
+    }
+
+    impl ModelBackend for Scripted {
+        fn name(&self) -> &str {
+            "scripted"
+        }
+        fn complete(
+            &self,
+            conversation: Conversation<'_>,
+            _: &[ToolSpec],
+            _: &mut dyn ReplySink,
+        ) -> Result<ModelReply> {
+            self.earlier_seen.lock().push(conversation.earlier.len());
+            self.replies.lock().pop().unwrap_or_else(|| {
+                Err(Error::Model {
+                    backend: "scripted".into(),
+                    detail: "out of script".into(),
+                })
+            })
+        }
+    }
+
+    fn answer(text: &str) -> Result<ModelReply> {
+        Ok(ModelReply {
+            text: text.into(),
+            tool_calls: Vec::new(),
+        })
+    }
+
+    fn rejected() -> Result<ModelReply> {
+        Err(Error::HistoryRejected {
+            backend: "scripted".into(),
+            detail: "bad history".into(),
+        })
+    }
+
+    fn statuses(frames: &[ServerFrame]) -> Vec<StatusCode> {
+        frames
+            .iter()
+            .filter_map(|frame| match frame {
+                ServerFrame::Status(status) => Some(status.code),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_rejected_history_is_dropped_once_and_the_step_retried() {
+        let model = Arc::new(Scripted::new(vec![rejected(), answer("fine")]));
+        let mut bot = Bot::new(engine(model.clone()), Some("sys".into()), Vec::new());
+        bot.commit(interrupted("old", "old answer"));
+        let events = Recorder::new();
+        assert_eq!(run(&bot, "new", &events), TurnOutcome::Answered);
+        assert_eq!(*model.earlier_seen.lock(), [2, 0]);
+        assert_eq!(statuses(&events.frames.lock()), [StatusCode::HistoryReset]);
+        assert!(*events.reset.lock());
+        let committed: Vec<String> = events
+            .committed
+            .lock()
+            .iter()
+            .map(|m| m.content.clone())
+            .collect();
+        assert_eq!(committed, ["new", "fine"]);
+        bot.clear_history();
+        assert!(bot.history().is_empty());
+        assert_eq!(bot.first_index(), 2);
+    }
+
+    #[test]
+    fn a_second_rejection_fails_the_turn() {
+        let model = Arc::new(Scripted::new(vec![rejected(), rejected()]));
+        let bot = Bot::new(engine(model), None, Vec::new());
+        let events = Recorder::new();
+        assert_eq!(run(&bot, "new", &events), TurnOutcome::Failed);
+        let frames = events.frames.lock();
+        assert!(matches!(
+            frames.last(),
+            Some(ServerFrame::Error { code: ErrorCode::ModelError, message, .. })
+                if message.contains("bad history")
+        ));
+        assert!(*events.reset.lock());
+    }
+
+    /// A tool that waits (boundedly) until two calls of it are running at once.
+    struct Together {
+        running: Mutex<usize>,
+        changed: parking_lot::Condvar,
+    }
+
+    impl Tool for Together {
+        fn name(&self) -> &str {
+            "together"
+        }
+        fn description(&self) -> &str {
+            "waits for a second call"
+        }
+        fn parameters(&self) -> Value {
+            json!({"type": "object"})
+        }
+        fn call(&self, args: &Value, _ctx: &ToolContext<'_>) -> Result<String, String> {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            let mut running = self.running.lock();
+            *running += 1;
+            self.changed.notify_all();
+            while *running < 2 {
+                if self.changed.wait_until(&mut running, deadline).timed_out() {
+                    return Err("alone".into());
+                }
+            }
+            Ok(format!("together {}", args["n"]))
+        }
+    }
+
+    #[test]
+    fn tool_calls_of_one_step_run_side_by_side_and_report_in_order() {
+        let call = |id: &str, name: &str, args: Value| ToolCall {
+            id: id.into(),
+            name: name.into(),
+            args,
+        };
+        let calls = vec![
+            call("a", "together", json!({"n": 1})),
+            call("b", "together", json!({"n": 2})),
+            call("c", "echo", json!({UNPARSED_ARGUMENTS: "{oops"})),
+        ];
+        let model = Arc::new(Scripted::new(vec![
+            Ok(ModelReply {
+                text: String::new(),
+                tool_calls: calls,
+            }),
+            answer("done"),
+        ]));
+        let mut engine = engine(model);
+        let mut tools = (*engine.tools).clone();
+        tools.add(Arc::new(Together {
+            running: Mutex::new(0),
+            changed: parking_lot::Condvar::new(),
+        }));
+        engine.tools = Arc::new(tools);
+        let bot = Bot::new(engine, None, Vec::new());
+        let events = Recorder::new();
+        assert_eq!(run(&bot, "go", &events), TurnOutcome::Answered);
+        let frames = events.frames.lock();
+        let order: Vec<String> = frames
+            .iter()
+            .filter_map(|frame| match frame {
+                ServerFrame::ToolUse { call_id, .. } => Some(format!("use {call_id}")),
+                ServerFrame::ToolResult {
+                    call_id, result, ..
+                } => Some(format!("result {call_id}: {result}")),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(order[..3], ["use a", "use b", "use c"]);
+        assert_eq!(order[3], "result a: together 1");
+        assert_eq!(order[4], "result b: together 2");
+        assert!(order[5].starts_with("result c: the arguments of echo are not a JSON object"));
     }
 }

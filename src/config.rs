@@ -16,6 +16,20 @@ pub struct Config {
     pub in_memory: bool,
     /// Model steps allowed in one turn.
     pub max_steps: usize,
+    /// Which model answers.
+    pub model: ModelKind,
+    /// With [`ModelKind::OpenAi`]: the API's base URL, up to and including `/v1`.
+    pub model_url: String,
+    /// With [`ModelKind::OpenAi`]: the model to ask for, e.g. `llama3.1`.
+    pub model_name: Option<String>,
+    /// With [`ModelKind::OpenAi`]: the environment variable that holds the API key, read at
+    /// start; `None` sends no key.
+    pub api_key_env: Option<String>,
+    /// How long connecting to the model server may take.
+    pub model_connect_timeout: Duration,
+    /// How long the model server may stay silent before its answer starts or between two
+    /// pieces of it.
+    pub model_read_timeout: Duration,
     /// How long a session with no connection is kept.
     pub session_timeout: Duration,
     /// Open WebSocket connections at most; an upgrade past it gets HTTP 503.
@@ -49,6 +63,8 @@ pub struct Config {
     pub rate_limit: Option<RateLimit>,
     /// At shutdown, how long turns in flight may run on before they are cancelled.
     pub shutdown_grace: Duration,
+    /// An MCP config file (`{"mcpServers": {...}}`) whose servers' tools join the ToolChain.
+    pub mcp_config: Option<PathBuf>,
 }
 
 /// A token bucket: `per_second` frames a second on average, `burst` at once.
@@ -96,6 +112,17 @@ pub fn parse_rate_limit(text: &str) -> Result<Option<RateLimit>, String> {
     }))
 }
 
+/// Which model backend a server runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ModelKind {
+    /// The deterministic built-in model (`--model offline`).
+    #[default]
+    Offline,
+    /// An OpenAI-compatible chat-completions server (`--model openai`): Ollama, llama.cpp's
+    /// server, vLLM, OpenAI.
+    OpenAi,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -103,6 +130,12 @@ impl Default for Config {
             data_dir: PathBuf::from("sparky-data"),
             in_memory: false,
             max_steps: 8,
+            model: ModelKind::Offline,
+            model_url: "http://127.0.0.1:11434/v1".into(),
+            model_name: None,
+            api_key_env: None,
+            model_connect_timeout: Duration::from_secs(10),
+            model_read_timeout: Duration::from_secs(300),
             session_timeout: Duration::from_secs(60 * 60),
             max_connections: 20_000,
             max_connections_per_session: 8,
@@ -118,6 +151,7 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             rate_limit: Some(RateLimit::DEFAULT),
             shutdown_grace: Duration::from_secs(10),
+            mcp_config: None,
         }
     }
 }

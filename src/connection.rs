@@ -367,7 +367,7 @@ impl<'a> Connection<'a> {
 
     /// Answers a bad client frame with an `error` frame; the connection stays open.
     fn reject(&mut self, code: ErrorCode, message: &str) {
-        Metrics::bump(&self.ctx.metrics.frames_rejected);
+        self.ctx.metrics.rejected(code);
         log::debug!(
             "connection {}: rejected frame: {}: {message}",
             self.id,

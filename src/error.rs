@@ -36,6 +36,15 @@ pub enum Error {
         /// What went wrong.
         detail: String,
     },
+    /// A model backend refused the conversation history as malformed (a tool message without
+    /// the assistant tool call before it, and the like). The bot resets the history and tries
+    /// once more.
+    HistoryRejected {
+        /// The backend's name.
+        backend: String,
+        /// What the model server answered.
+        detail: String,
+    },
     /// The store failed: it cannot be opened, read or written.
     Store(String),
     /// The configuration is not usable.
@@ -54,7 +63,7 @@ impl Error {
     pub fn code(&self) -> ErrorCode {
         match self {
             Error::Decode(decode) => decode.code,
-            Error::Model { .. } => ErrorCode::ModelError,
+            Error::Model { .. } | Error::HistoryRejected { .. } => ErrorCode::ModelError,
             Error::Spawn(_) => ErrorCode::ServerBusy,
             Error::Io { .. }
             | Error::WebSocket(_)
@@ -73,6 +82,9 @@ impl fmt::Display for Error {
             Error::Decode(e) => write!(f, "decode: {e}"),
             Error::Tool { tool, detail } => write!(f, "tool {tool}: {detail}"),
             Error::Model { backend, detail } => write!(f, "model {backend}: {detail}"),
+            Error::HistoryRejected { backend, detail } => {
+                write!(f, "model {backend} rejected the history: {detail}")
+            }
             Error::Store(detail) => write!(f, "store: {detail}"),
             Error::Config(detail) => write!(f, "config: {detail}"),
             Error::Spawn(e) => write!(f, "spawn: {e}"),
@@ -87,7 +99,11 @@ impl std::error::Error for Error {
             Error::WebSocket(e) => Some(e),
             Error::Decode(e) => Some(e),
             Error::Spawn(e) => Some(e),
-            Error::Tool { .. } | Error::Model { .. } | Error::Store(_) | Error::Config(_) => None,
+            Error::Tool { .. }
+            | Error::Model { .. }
+            | Error::HistoryRejected { .. }
+            | Error::Store(_)
+            | Error::Config(_) => None,
         }
     }
 }

@@ -1,6 +1,6 @@
-//! Plain HTTP on the WebSocket port: reading a request head, routing it (upgrade, `/healthz`,
-//! `/metrics`, 404), the `101` handshake answer, and writing responses. Depends on `session`
-//! and `metrics`; only `server.rs` hands it a socket.
+//! Plain HTTP on the WebSocket port: reading a request head, routing it (upgrade, the chat
+//! page, `/healthz`, `/metrics`, 404), the `101` handshake answer, and writing responses.
+//! Depends on `session` and `metrics`; only `server.rs` hands it a socket.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
@@ -13,6 +13,23 @@ use crate::session::SessionManager;
 
 /// The largest request head accepted.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
+
+/// The chat page: one self-contained file (HTML, CSS and JavaScript inline), bundled into the
+/// binary so that the server needs nothing beside it.
+const CHAT_PAGE: &str = include_str!("page.html");
+
+/// Headers of the chat page. The policy lets the page run only its own inline script and style
+/// and open WebSockets; it loads nothing from anywhere else, and no other site may frame it.
+const CHAT_PAGE_HEADERS: &[(&str, &str)] = &[
+    (
+        "Content-Security-Policy",
+        "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+         img-src 'self' data:; connect-src 'self' ws: wss:; base-uri 'none'; form-action 'none'; \
+         frame-ancestors 'none'",
+    ),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+];
 
 /// The request line and headers of one HTTP request, and any bytes read past them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,6 +153,9 @@ pub struct Response {
     pub reason: &'static str,
     /// The `Content-Type`.
     pub content_type: &'static str,
+    /// Headers beyond the fixed ones (`Content-Type`, `Content-Length`, `Cache-Control`,
+    /// `Connection`).
+    pub extra_headers: &'static [(&'static str, &'static str)],
     /// The body.
     pub body: String,
 }
@@ -147,6 +167,7 @@ impl Response {
             status,
             reason,
             content_type: "text/plain; charset=utf-8",
+            extra_headers: &[],
             body: body.to_owned(),
         }
     }
@@ -157,13 +178,17 @@ impl Response {
     ///
     /// The socket's write error.
     pub fn write_to(&self, stream: &mut impl Write) -> io::Result<()> {
-        let head = format!(
-            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
+        let mut head = format!(
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n",
             self.status,
             self.reason,
             self.content_type,
             self.body.len()
         );
+        for (name, value) in self.extra_headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
         stream.write_all(head.as_bytes())?;
         stream.write_all(self.body.as_bytes())?;
         stream.flush()
@@ -202,6 +227,11 @@ pub fn route(head: &RequestHead, server: &ServerView<'_>) -> Route {
             "Upgrade Required",
             "this endpoint speaks WebSocket only\n",
         )),
+        "/" | "/index.html" if get => Route::Http(Response {
+            content_type: "text/html; charset=utf-8",
+            extra_headers: CHAT_PAGE_HEADERS,
+            ..Response::text(200, "OK", CHAT_PAGE)
+        }),
         "/healthz" if get => Route::Http(health(server)),
         "/metrics" if get => Route::Http(Response {
             content_type: "text/plain; version=0.0.4; charset=utf-8",
@@ -305,5 +335,23 @@ mod tests {
             ..head
         };
         assert_eq!(upgrade_response(&old).unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn writes_extra_headers_after_the_fixed_ones() {
+        let page = Response {
+            content_type: "text/html; charset=utf-8",
+            extra_headers: CHAT_PAGE_HEADERS,
+            ..Response::text(200, "OK", CHAT_PAGE)
+        };
+        let mut out = Vec::new();
+        page.write_to(&mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains("\r\nContent-Type: text/html; charset=utf-8\r\n"));
+        assert!(head.contains("\r\nContent-Security-Policy: default-src 'self'; "));
+        assert!(head.ends_with("\r\nReferrer-Policy: no-referrer"), "{head}");
+        assert_eq!(body, CHAT_PAGE);
+        assert!(CHAT_PAGE.contains("<title>Sparky</title>"));
     }
 }

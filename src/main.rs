@@ -5,6 +5,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
@@ -12,7 +13,10 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use simplelog::{ColorChoice, ConfigBuilder, LevelFilter, TermLogger, TerminalMode};
 
-use sparky::config::{Config, RateLimit, parse_duration, parse_rate_limit};
+use sparky::config::{Config, ModelKind, RateLimit, parse_duration, parse_rate_limit};
+use sparky::model::ModelBackend;
+use sparky::model::offline::OfflineModel;
+use sparky::model::remote::{RemoteModel, RemoteOptions};
 
 /// A self-hosted chat-agent server: WebSocket chat with a thinking, tool-using bot.
 #[derive(Debug, Parser)]
@@ -30,6 +34,25 @@ struct Args {
     /// Model steps (model calls) allowed in one turn.
     #[arg(long, default_value_t = Config::default().max_steps)]
     max_steps: usize,
+    /// The model: the built-in offline one, or an OpenAI-compatible server (Ollama, llama.cpp,
+    /// vLLM, OpenAI).
+    #[arg(long, value_enum, default_value = "offline")]
+    model: ModelArg,
+    /// With --model openai: the API's base URL, up to and including /v1.
+    #[arg(long, default_value_t = Config::default().model_url)]
+    model_url: String,
+    /// With --model openai: the model to ask for, e.g. llama3.1 (required).
+    #[arg(long, value_name = "NAME")]
+    model_name: Option<String>,
+    /// With --model openai: the environment variable holding the API key (read at start).
+    #[arg(long, value_name = "VAR")]
+    api_key_env: Option<String>,
+    /// How long connecting to the model server may take, e.g. 10s.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    model_connect_timeout: Duration,
+    /// How long the model server may stay silent before or while it answers, e.g. 300s.
+    #[arg(long, default_value = "300s", value_parser = parse_duration)]
+    model_read_timeout: Duration,
     /// How long a session with no connection is kept, e.g. 90s, 60m, 2h.
     #[arg(long, default_value = "60m", value_parser = parse_duration)]
     session_timeout: Duration,
@@ -81,6 +104,10 @@ struct Args {
     /// At SIGINT or SIGTERM, how long turns in flight may finish before they are cancelled.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     shutdown_grace: Duration,
+    /// An MCP config file ({"mcpServers": {"name": {"command", "args", "env"}}}): each server is
+    /// started and its tools join the bot's tools as <server>__<tool>.
+    #[arg(long, value_name = "FILE")]
+    mcp_config: Option<PathBuf>,
 }
 
 impl Args {
@@ -90,6 +117,15 @@ impl Args {
             data_dir: self.data_dir,
             in_memory: self.in_memory,
             max_steps: self.max_steps,
+            model: match self.model {
+                ModelArg::Offline => ModelKind::Offline,
+                ModelArg::Openai => ModelKind::OpenAi,
+            },
+            model_url: self.model_url,
+            model_name: self.model_name,
+            api_key_env: self.api_key_env,
+            model_connect_timeout: self.model_connect_timeout,
+            model_read_timeout: self.model_read_timeout,
             session_timeout: self.session_timeout,
             max_connections: self.max_connections,
             max_connections_per_session: self.max_connections_per_session,
@@ -104,6 +140,7 @@ impl Args {
             allowed_origins: self.allowed_origins,
             rate_limit: self.rate_limit.0,
             shutdown_grace: self.shutdown_grace,
+            mcp_config: self.mcp_config,
             ..Config::default()
         }
     }
@@ -161,6 +198,49 @@ fn gather_tokens(config: &mut Config, file: Option<&std::path::Path>) -> Result<
     Ok(())
 }
 
+/// The `--model` choices.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum ModelArg {
+    /// The deterministic built-in model.
+    Offline,
+    /// An OpenAI-compatible chat-completions server.
+    Openai,
+}
+
+/// The model backend `config` asks for. The API key is read from its environment variable
+/// here, once, and never logged.
+fn build_model(config: &Config) -> Result<Arc<dyn ModelBackend>, String> {
+    if config.model == ModelKind::Offline {
+        return Ok(Arc::new(OfflineModel));
+    }
+    let name = config
+        .model_name
+        .clone()
+        .filter(|name| !name.trim().is_empty())
+        .ok_or("--model openai needs --model-name (e.g. llama3.1)")?;
+    let mut options = RemoteOptions::new(config.model_url.clone(), name);
+    options.connect_timeout = config.model_connect_timeout;
+    options.read_timeout = config.model_read_timeout;
+    if let Some(var) = &config.api_key_env {
+        match std::env::var(var) {
+            Ok(key) if !key.trim().is_empty() => options.api_key = Some(key.trim().to_owned()),
+            _ => return Err(format!("--api-key-env {var}: the variable is not set")),
+        }
+    }
+    let model = RemoteModel::new(options);
+    log::info!(
+        "model: {} at {}{}",
+        model.name(),
+        model.endpoint(),
+        if config.api_key_env.is_some() {
+            " (with an API key)"
+        } else {
+            ""
+        }
+    );
+    Ok(Arc::new(model))
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let log_config = ConfigBuilder::new()
@@ -203,7 +283,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let handle = match sparky::spawn(listener, config) {
+    let model = match build_model(&config) {
+        Ok(model) => model,
+        Err(e) => {
+            eprintln!("sparky: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let handle = match sparky::server::spawn_with(listener, config, model) {
         Ok(handle) => handle,
         Err(e) => {
             eprintln!("sparky: cannot start: {e}");

@@ -1,8 +1,44 @@
-//! `Metrics`: the server's counters, and their Prometheus text form. Atomics only; depends on
-//! `protocol` for the names of error codes.
+//! `Metrics`: the server's counters, and their Prometheus text form. Atomics, plus one small
+//! map for tool calls; depends on `protocol` for the names of error codes.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use crate::protocol::{ErrorCode, ToolStatus};
+
+/// Upper bounds of the turn-duration histogram's buckets, in seconds.
+const TURN_BUCKETS: [f64; 13] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0,
+];
+
+/// The error codes counted for rejected client frames, in display order.
+const REJECTED_CODES: [ErrorCode; 10] = [
+    ErrorCode::InvalidJson,
+    ErrorCode::InvalidMessage,
+    ErrorCode::UnknownType,
+    ErrorCode::NotConnected,
+    ErrorCode::AlreadyConnected,
+    ErrorCode::UnsupportedFrame,
+    ErrorCode::TooLarge,
+    ErrorCode::RateLimited,
+    ErrorCode::Unauthorized,
+    ErrorCode::ServerBusy,
+];
+
+/// How a turn ended, for the counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Closed by a `message`.
+    Message,
+    /// Closed by an `error`.
+    Error,
+    /// Closed by `status cancelled`.
+    Cancelled,
+}
 
 /// Counters shared by every thread of one server. Each is a relaxed atomic: they are read for
 /// display, never to make a decision.
@@ -22,14 +58,28 @@ pub struct Metrics {
     pub turns_cancelled: AtomicU64,
     /// Events appended to session logs.
     pub events: AtomicU64,
+    /// Events queued to connections (each event once per connection it goes to).
+    pub events_sent: AtomicU64,
     /// Events sent again on resume.
     pub events_replayed: AtomicU64,
     /// Client frames answered with an `error`.
     pub frames_rejected: AtomicU64,
+    /// Requests to the model backend.
+    pub model_requests: AtomicU64,
+    /// Retries of model requests.
+    pub model_retries: AtomicU64,
     /// Transactions the journal committed.
     pub journal_batches: AtomicU64,
     /// Writes the journal committed (events, messages, notes, …).
     pub journal_writes: AtomicU64,
+    /// Rejected client frames, by the index of their code in `REJECTED_CODES`.
+    rejected_by_code: [AtomicU64; REJECTED_CODES.len()],
+    /// Turn durations: a count per bucket of `TURN_BUCKETS` (plus one for larger), and the
+    /// sum in microseconds.
+    turn_buckets: [AtomicU64; TURN_BUCKETS.len() + 1],
+    turn_micros: AtomicU64,
+    /// Tool calls by tool name and status. Locked for one increment or one render.
+    tool_calls: Mutex<BTreeMap<(String, &'static str), u64>>,
 }
 
 impl Metrics {
@@ -53,74 +103,138 @@ impl Metrics {
         counter.load(Ordering::Relaxed)
     }
 
+    /// Counts a rejected client frame.
+    pub fn rejected(&self, code: ErrorCode) {
+        Self::bump(&self.frames_rejected);
+        if let Some(index) = REJECTED_CODES.iter().position(|known| *known == code) {
+            Self::bump(&self.rejected_by_code[index]);
+        }
+    }
+
+    /// Counts a finished turn and how long it took.
+    pub fn turn_ended(&self, outcome: Outcome, took: Duration) {
+        let counter = match outcome {
+            Outcome::Message => &self.turns_completed,
+            Outcome::Error => &self.turns_failed,
+            Outcome::Cancelled => &self.turns_cancelled,
+        };
+        Self::bump(counter);
+        let seconds = took.as_secs_f64();
+        let bucket = TURN_BUCKETS
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(TURN_BUCKETS.len());
+        Self::bump(&self.turn_buckets[bucket]);
+        Self::add(
+            &self.turn_micros,
+            u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+        );
+    }
+
+    /// Counts a tool call.
+    pub fn tool_called(&self, tool: &str, status: ToolStatus) {
+        let status = match status {
+            ToolStatus::Success => "success",
+            ToolStatus::Error => "error",
+        };
+        *self
+            .tool_calls
+            .lock()
+            .entry((tool.to_owned(), status))
+            .or_default() += 1;
+    }
+
     /// Renders every counter, plus the live session count, in the Prometheus text format.
     pub fn render(&self, sessions: usize) -> String {
         let mut out = String::new();
-        let mut line = |name: &str, kind: &str, help: &str, value: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
+        let head = |out: &mut String, name: &str, kind: &str, help: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         };
-        line(
-            "sparky_connections_open",
-            "gauge",
-            "WebSocket connections open.",
-            Self::get(&self.connections_open),
-        );
-        line(
-            "sparky_connections_total",
+        let simple: [(&str, &str, &str, u64); 12] = [
+            (
+                "sparky_connections_open",
+                "gauge",
+                "WebSocket connections open.",
+                Self::get(&self.connections_open),
+            ),
+            (
+                "sparky_connections_total",
+                "counter",
+                "WebSocket connections accepted.",
+                Self::get(&self.connections_total),
+            ),
+            (
+                "sparky_sessions",
+                "gauge",
+                "Sessions held.",
+                sessions as u64,
+            ),
+            (
+                "sparky_turns_started_total",
+                "counter",
+                "Turns started.",
+                Self::get(&self.turns_started),
+            ),
+            (
+                "sparky_events_total",
+                "counter",
+                "Events logged.",
+                Self::get(&self.events),
+            ),
+            (
+                "sparky_events_sent_total",
+                "counter",
+                "Events queued to connections.",
+                Self::get(&self.events_sent),
+            ),
+            (
+                "sparky_events_replayed_total",
+                "counter",
+                "Events replayed on resume.",
+                Self::get(&self.events_replayed),
+            ),
+            (
+                "sparky_frames_rejected_total",
+                "counter",
+                "Client frames rejected.",
+                Self::get(&self.frames_rejected),
+            ),
+            (
+                "sparky_model_requests_total",
+                "counter",
+                "Requests to the model.",
+                Self::get(&self.model_requests),
+            ),
+            (
+                "sparky_model_retries_total",
+                "counter",
+                "Model requests retried.",
+                Self::get(&self.model_retries),
+            ),
+            (
+                "sparky_journal_batches_total",
+                "counter",
+                "Transactions committed by the journal.",
+                Self::get(&self.journal_batches),
+            ),
+            (
+                "sparky_journal_writes_total",
+                "counter",
+                "Writes committed by the journal.",
+                Self::get(&self.journal_writes),
+            ),
+        ];
+        for (name, kind, help, value) in simple {
+            head(&mut out, name, kind, help);
+            let _ = writeln!(out, "{name} {value}");
+        }
+
+        head(
+            &mut out,
+            "sparky_turns_ended_total",
             "counter",
-            "WebSocket connections accepted.",
-            Self::get(&self.connections_total),
+            "Turns ended, by outcome.",
         );
-        line(
-            "sparky_sessions",
-            "gauge",
-            "Sessions held.",
-            sessions as u64,
-        );
-        line(
-            "sparky_turns_started_total",
-            "counter",
-            "Turns started.",
-            Self::get(&self.turns_started),
-        );
-        line(
-            "sparky_events_total",
-            "counter",
-            "Events logged.",
-            Self::get(&self.events),
-        );
-        line(
-            "sparky_events_replayed_total",
-            "counter",
-            "Events replayed on resume.",
-            Self::get(&self.events_replayed),
-        );
-        line(
-            "sparky_frames_rejected_total",
-            "counter",
-            "Client frames rejected.",
-            Self::get(&self.frames_rejected),
-        );
-        line(
-            "sparky_journal_batches_total",
-            "counter",
-            "Transactions committed by the journal.",
-            Self::get(&self.journal_batches),
-        );
-        line(
-            "sparky_journal_writes_total",
-            "counter",
-            "Writes committed by the journal.",
-            Self::get(&self.journal_writes),
-        );
-        let _ = writeln!(
-            out,
-            "# HELP sparky_turns_ended_total Turns ended, by outcome."
-        );
-        let _ = writeln!(out, "# TYPE sparky_turns_ended_total counter");
         for (outcome, counter) in [
             ("message", &self.turns_completed),
             ("error", &self.turns_failed),
@@ -132,6 +246,85 @@ impl Metrics {
                 Self::get(counter)
             );
         }
+
+        head(
+            &mut out,
+            "sparky_frames_rejected_by_code_total",
+            "counter",
+            "Client frames rejected, by error code.",
+        );
+        for (code, counter) in REJECTED_CODES.iter().zip(&self.rejected_by_code) {
+            let _ = writeln!(
+                out,
+                "sparky_frames_rejected_by_code_total{{code=\"{}\"}} {}",
+                code.as_str(),
+                Self::get(counter)
+            );
+        }
+
+        head(
+            &mut out,
+            "sparky_turn_duration_seconds",
+            "histogram",
+            "Time from a turn's start to its close.",
+        );
+        let mut cumulative = 0;
+        for (bound, counter) in TURN_BUCKETS.iter().zip(&self.turn_buckets) {
+            cumulative += Self::get(counter);
+            let _ = writeln!(
+                out,
+                "sparky_turn_duration_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        cumulative += Self::get(&self.turn_buckets[TURN_BUCKETS.len()]);
+        let _ = writeln!(
+            out,
+            "sparky_turn_duration_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
+        );
+        let sum = Self::get(&self.turn_micros) as f64 / 1_000_000.0;
+        let _ = writeln!(out, "sparky_turn_duration_seconds_sum {sum}");
+        let _ = writeln!(out, "sparky_turn_duration_seconds_count {cumulative}");
+
+        head(
+            &mut out,
+            "sparky_tool_calls_total",
+            "counter",
+            "Tool calls, by tool and status.",
+        );
+        for ((tool, status), count) in self.tool_calls.lock().iter() {
+            let tool = tool.replace(['\\', '"', '\n'], "_");
+            let _ = writeln!(
+                out,
+                "sparky_tool_calls_total{{tool=\"{tool}\",status=\"{status}\"}} {count}"
+            );
+        }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_histograms_and_labelled_counters() {
+        let metrics = Metrics::default();
+        metrics.turn_ended(Outcome::Message, Duration::from_millis(3));
+        metrics.turn_ended(Outcome::Cancelled, Duration::from_secs(100));
+        metrics.rejected(ErrorCode::TooLarge);
+        metrics.tool_called("calculator", ToolStatus::Error);
+        let text = metrics.render(2);
+        assert!(
+            text.contains("sparky_turn_duration_seconds_bucket{le=\"0.005\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sparky_turn_duration_seconds_bucket{le=\"+Inf\"} 2\n"),
+            "{text}"
+        );
+        assert!(text.contains("sparky_turns_ended_total{outcome=\"cancelled\"} 1\n"));
+        assert!(text.contains("sparky_frames_rejected_by_code_total{code=\"too_large\"} 1\n"));
+        assert!(text.contains("sparky_tool_calls_total{tool=\"calculator\",status=\"error\"} 1\n"));
+        assert!(text.contains("sparky_sessions 2\n"));
     }
 }

@@ -29,6 +29,7 @@ use crate::model::offline::OfflineModel;
 use crate::session::SessionManager;
 use crate::store::{SqliteStore, Store};
 use crate::tools::ToolChain;
+use crate::tools::mcp::{self, McpServers};
 
 /// Stack of a connection thread. Only touched pages count towards memory, and a connection
 /// touches little: this leaves room for serde_json's recursion limit of 128 on hostile input.
@@ -104,6 +105,12 @@ pub fn spawn_with(
         .local_addr()
         .map_err(|e| Error::io("local_addr", e))?;
     let config = Arc::new(config);
+    // MCP servers start before the store opens: an unreadable config stops the server here,
+    // while a server that fails to start is only a warning.
+    let mcp = match &config.mcp_config {
+        Some(path) => Some(mcp::load(path)?),
+        None => None,
+    };
     let metrics = Arc::new(Metrics::default());
     let (store, journal): (Arc<dyn Store>, Option<Journal>) = if config.in_memory {
         (Arc::new(SqliteStore::in_memory()?), None)
@@ -112,9 +119,14 @@ pub fn spawn_with(
         let journal = Journal::spawn(store.clone(), metrics.clone())?;
         (store, Some(journal))
     };
+    let mut tools = ToolChain::standard(&store);
+    for tool in mcp.iter().flat_map(McpServers::tools) {
+        tools.add(tool.clone());
+    }
+    tools.set_metrics(metrics.clone());
     let engine = Engine {
         model,
-        tools: Arc::new(ToolChain::standard(&store)),
+        tools: Arc::new(tools),
         max_steps: config.max_steps,
         memory: Some(store.clone()),
     };
@@ -167,6 +179,7 @@ pub fn spawn_with(
         accept: Some(accept),
         reaper: Some(reaper),
         reaper_stop: Some(reaper_stop),
+        mcp,
     })
 }
 
@@ -188,6 +201,8 @@ pub struct ServerHandle {
     accept: Option<JoinHandle<()>>,
     reaper: Option<JoinHandle<()>>,
     reaper_stop: Option<Sender<()>>,
+    /// The MCP server processes; stopped with the server.
+    mcp: Option<McpServers>,
 }
 
 impl ServerHandle {
@@ -264,6 +279,9 @@ impl ServerHandle {
         }
         self.stop_accepting();
         self.shared.ctx.sessions.cancel_all();
+        if let Some(mcp) = &self.mcp {
+            mcp.shutdown();
+        }
         if let Some(journal) = self.shared.ctx.sessions.journal()
             && !journal.sync(JOURNAL_FLUSH_TIMEOUT)
         {

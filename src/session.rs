@@ -24,7 +24,7 @@ use crate::cancel::CancelFlag;
 use crate::config::Config;
 use crate::journal::{Durable, Journal};
 use crate::knowledge::Knowledge;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Outcome};
 use crate::model::{ChatMessage, Role};
 use crate::protocol::{
     ConnectData, ErrorCode, HistoryRole, ServerEnvelope, ServerFrame, SessionId, StatusCode,
@@ -267,6 +267,7 @@ struct CurrentTurn {
     id: TurnId,
     cancel: CancelFlag,
     text: String,
+    started: Instant,
 }
 
 /// The journal's handle on a session: a weak one, so that a pending batch does not keep a
@@ -453,6 +454,7 @@ impl Session {
             id: turn_id,
             cancel: cancel.clone(),
             text: text.to_owned(),
+            started: Instant::now(),
         });
         let turn = state.bot.start_turn(turn_id, text);
         Metrics::bump(&self.inner.metrics.turns_started);
@@ -497,7 +499,8 @@ impl Session {
         );
         self.push_event(state, status);
         self.commit(state, interrupted(&turn.text, "(the reply was cancelled)"));
-        Metrics::bump(&self.inner.metrics.turns_cancelled);
+        let took = turn.started.elapsed();
+        self.inner.metrics.turn_ended(Outcome::Cancelled, took);
     }
 
     /// Numbers an event, logs it, and writes it to the store (or, with no store, releases it
@@ -544,6 +547,7 @@ impl Session {
         let SessionState {
             log, subscribers, ..
         } = state;
+        let metrics = &self.inner.metrics;
         let first_retained = log.first_retained();
         subscribers.retain_mut(|attached| {
             if attached.sent_seq + 1 < first_retained {
@@ -553,12 +557,35 @@ impl Session {
                 );
                 return false;
             }
-            let delivered = log
-                .range(attached.sent_seq, seq)
-                .all(|text| attached.subscriber.deliver(Delivery::Text(text.clone())));
+            let mut sent = 0;
+            let delivered = log.range(attached.sent_seq, seq).all(|text| {
+                sent += 1;
+                attached.subscriber.deliver(Delivery::Text(text.clone()))
+            });
+            Metrics::add(&metrics.events_sent, sent);
             attached.sent_seq = seq;
             delivered
         });
+    }
+
+    /// Forgets the conversation (the system prompt stays), in memory and in the store, after
+    /// the model rejected it as malformed. The store only raises the session's low-water mark,
+    /// so that a restart loads the same, shorter conversation.
+    fn reset_history(&self, state: &mut SessionState) {
+        state.bot.clear_history();
+        if let Some(journal) = &self.inner.journal {
+            journal.submit(
+                WriteOp::TrimMessages {
+                    session: self.inner.id.clone(),
+                    below: state.bot.first_index(),
+                },
+                None,
+            );
+        }
+        log::info!(
+            "session {}: history cleared after the model rejected it",
+            self.inner.id.short()
+        );
     }
 
     /// Adds messages to the conversation, and to the store.
@@ -734,7 +761,8 @@ impl SessionTurn {
             &mut state,
             interrupted(&turn.text, &format!("(no reply: {message})")),
         );
-        Metrics::bump(&session.inner.metrics.turns_failed);
+        let took = turn.started.elapsed();
+        session.inner.metrics.turn_ended(Outcome::Error, took);
     }
 }
 
@@ -752,17 +780,40 @@ impl TurnEvents for SessionTurn {
     }
 
     fn close(&self, frame: ServerFrame, transcript: Vec<ChatMessage>) -> bool {
+        self.finish(frame, transcript, false)
+    }
+
+    fn close_resetting(&self, frame: ServerFrame, transcript: Vec<ChatMessage>) -> bool {
+        self.finish(frame, transcript, true)
+    }
+}
+
+impl SessionTurn {
+    /// Closes the turn, if it is still current: sends `frame` and commits `transcript`, after
+    /// clearing the conversation when `reset_history` is set.
+    fn finish(
+        &self,
+        frame: ServerFrame,
+        transcript: Vec<ChatMessage>,
+        reset_history: bool,
+    ) -> bool {
         let session = &self.session;
         let mut state = session.inner.state.lock();
-        if state.turn.take_if(|turn| turn.id == self.turn_id).is_none() {
+        let Some(turn) = state.turn.take_if(|turn| turn.id == self.turn_id) else {
             return false;
-        }
-        let counter = match frame {
-            ServerFrame::Message { .. } => &session.inner.metrics.turns_completed,
-            _ => &session.inner.metrics.turns_failed,
         };
-        Metrics::bump(counter);
+        let outcome = match frame {
+            ServerFrame::Message { .. } => Outcome::Message,
+            _ => Outcome::Error,
+        };
+        session
+            .inner
+            .metrics
+            .turn_ended(outcome, turn.started.elapsed());
         session.push_event(&mut state, frame);
+        if reset_history {
+            session.reset_history(&mut state);
+        }
         session.commit(&mut state, transcript);
         true
     }

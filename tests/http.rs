@@ -1,4 +1,5 @@
-//! Plain HTTP on the WebSocket port: `/healthz`, `/metrics`, 404, and upgrade mistakes.
+//! Plain HTTP on the WebSocket port: the chat page, `/healthz`, `/metrics`, 404, and upgrade
+//! mistakes.
 
 mod support;
 
@@ -28,6 +29,30 @@ fn get(addr: SocketAddr, path: &str) -> (u16, String) {
         addr,
         &format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n"),
     )
+}
+
+#[test]
+fn the_root_serves_the_chat_page_with_a_content_security_policy() {
+    let server = TestServer::start();
+    for path in ["/", "/index.html"] {
+        let mut stream = TcpStream::connect(server.addr).unwrap();
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+        let head = head.to_ascii_lowercase();
+        assert!(
+            head.contains("\r\ncontent-type: text/html; charset=utf-8\r\n"),
+            "{head}"
+        );
+        assert!(
+            head.contains("\r\ncontent-security-policy: default-src 'self';"),
+            "{head}"
+        );
+        assert!(body.contains("<title>Sparky</title>"), "{body}");
+    }
 }
 
 #[test]
@@ -92,4 +117,35 @@ fn the_upgrade_past_the_connection_limit_gets_503() {
     support::wait_until("the slot to free", || server.handle.connection_count() == 0);
     let mut again = server.client();
     assert_eq!(again.ask("room now"), "You said: room now");
+}
+
+#[test]
+fn a_header_sent_a_byte_at_a_time_is_cut_off_at_the_handshake_deadline() {
+    let server =
+        TestServer::with_config(|config| config.handshake_timeout = Duration::from_millis(300));
+    let mut slow = TcpStream::connect(server.addr).unwrap();
+    slow.set_read_timeout(Some(Duration::from_millis(20)))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let head = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    let mut closed = false;
+    for byte in head {
+        // A write after the server closed fails (or the read below sees EOF).
+        if slow.write_all(&[*byte]).is_err() {
+            closed = true;
+            break;
+        }
+        let mut buffer = [0u8; 64];
+        match slow.read(&mut buffer) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Ok(_) => panic!("the server answered a request it should have dropped"),
+            Err(_) => {} // Nothing yet: the 20 ms read timeout paces the bytes.
+        }
+    }
+    assert!(closed, "the server waited for the whole slow header");
+    assert!(started.elapsed() < WAIT);
+    assert_eq!(get(server.addr, "/healthz").0, 200);
 }

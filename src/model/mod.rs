@@ -3,6 +3,9 @@
 //! `cancel` and `error`.
 
 pub mod offline;
+pub mod remote;
+
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -10,6 +13,12 @@ use crate::error::Result;
 
 /// How the system message that carries remembered facts into a turn begins.
 pub const MEMORY_PREFIX: &str = "Relevant memory from earlier conversations:";
+
+/// The one key of the arguments a backend gives a tool call whose arguments the model wrote
+/// as something other than a JSON object (usually broken JSON): `{"_unparsed_arguments":
+/// "<what the model wrote>"}`. The bot answers such a call with an error result, without
+/// running the tool, so that the model sees what was wrong and can try again.
+pub const UNPARSED_ARGUMENTS: &str = "_unparsed_arguments";
 
 /// Who said a message of the conversation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -152,6 +161,25 @@ pub trait ReplySink {
     fn delta(&mut self, text: &str);
     /// True once the turn is cancelled: the backend stops as soon as it can.
     fn is_cancelled(&self) -> bool;
+
+    /// A transient failure: the backend tries again, as attempt number `attempt`, after
+    /// `delay`.
+    fn retrying(&mut self, _attempt: u32, _delay: Duration) {}
+
+    /// Waits for `delay`, or less if the turn is cancelled meanwhile; true when cancelled.
+    /// The default checks [`is_cancelled`](Self::is_cancelled) every few milliseconds; a sink
+    /// that can be woken does better.
+    fn sleep(&mut self, delay: Duration) -> bool {
+        let deadline = std::time::Instant::now() + delay;
+        while !self.is_cancelled() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            std::thread::sleep(left.min(Duration::from_millis(10)));
+        }
+        true
+    }
 }
 
 /// A language model provider.
@@ -169,7 +197,10 @@ pub trait ModelBackend: Send + Sync {
     ///
     /// # Errors
     ///
-    /// [`Error::Model`](crate::error::Error::Model) when the provider fails.
+    /// [`Error::Model`](crate::error::Error::Model) when the provider fails, and
+    /// [`Error::HistoryRejected`](crate::error::Error::HistoryRejected) when it refuses the
+    /// conversation history as malformed (the bot then resets the history and tries once
+    /// more).
     fn complete(
         &self,
         conversation: Conversation<'_>,

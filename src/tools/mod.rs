@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use crate::cancel::CancelFlag;
 use crate::knowledge::Knowledge;
+use crate::metrics::Metrics;
 use crate::model::ToolSpec;
 use crate::protocol::ToolStatus;
 use crate::store::Store;
@@ -60,6 +61,8 @@ pub struct ToolChain {
     tools: Vec<Arc<dyn Tool>>,
     /// The tools as the model sees them, made once as tools are added (every turn sends them).
     specs: Arc<[ToolSpec]>,
+    /// Where calls are counted, when set.
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl fmt::Debug for ToolChain {
@@ -135,6 +138,19 @@ impl ToolChain {
     /// Calls the tool `name`. An unknown tool, bad arguments, a failure and even a panic inside
     /// the tool all come back as an error output: a tool never takes the turn down.
     pub fn call(&self, name: &str, args: &Value, ctx: &ToolContext<'_>) -> ToolOutput {
+        let output = self.run(name, args, ctx);
+        if let Some(metrics) = &self.metrics {
+            metrics.tool_called(name, output.status);
+        }
+        output
+    }
+
+    /// Counts every call in `metrics` from now on.
+    pub fn set_metrics(&mut self, metrics: Arc<Metrics>) {
+        self.metrics = Some(metrics);
+    }
+
+    fn run(&self, name: &str, args: &Value, ctx: &ToolContext<'_>) -> ToolOutput {
         let Some(tool) = self.tools.iter().find(|tool| tool.name() == name) else {
             return ToolOutput {
                 status: ToolStatus::Error,

@@ -1,0 +1,335 @@
+//! MCP tool servers: the fixture server's tools join the ToolChain under prefixed names and
+//! answer real WebSocket sessions; error results, crashes and restarts, cancellation, many
+//! sessions at once, servers that fail to start, and config files that cannot be read.
+//!
+//! The fixture is `tests/fixtures/mcp_fixture.py`, run with `python3` (its header says why it
+//! is not a Rust binary).
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sparky::protocol::{ServerFrame, StatusCode, ToolStatus};
+use support::{Client, TestServer, WAIT, test_config, wait_until};
+
+const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/mcp_fixture.py");
+
+/// The fixture's tools as the ToolChain names them (server `fx`).
+const FIXTURE_TOOLS: [&str; 6] = [
+    "fx__echo",
+    "fx__fail",
+    "fx__slow",
+    "fx__crash",
+    "fx__weird_name_with_space",
+    "fx__env",
+];
+
+/// An `mcp.json` that starts the fixture as server `fx` (plus `extra` servers), and the file
+/// the fixture records its events in.
+struct Fixture {
+    config: PathBuf,
+    log: PathBuf,
+}
+
+impl Fixture {
+    fn new(name: &str) -> Self {
+        Self::with_servers(name, json!({}))
+    }
+
+    fn with_servers(name: &str, extra: Value) -> Self {
+        assert!(
+            Command::new("python3").arg("--version").output().is_ok(),
+            "the MCP tests run their fixture server with python3, which is not on PATH"
+        );
+        let dir = support::temp_dir(&format!("mcp-{name}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("events.log");
+        let mut servers = json!({
+            "fx": {"command": "python3", "args": [FIXTURE],
+                   "env": {"MCP_FIXTURE_LOG": log.to_str().unwrap(), "FIXTURE_GIVEN": "given"}}
+        });
+        for (key, value) in extra.as_object().unwrap() {
+            servers[key] = value.clone();
+        }
+        let config = dir.join("mcp.json");
+        std::fs::write(&config, json!({"mcpServers": servers}).to_string()).unwrap();
+        Fixture { config, log }
+    }
+
+    /// A server with the offline model and this fixture's MCP config.
+    fn server(&self) -> TestServer {
+        TestServer::with_config(|config| config.mcp_config = Some(self.config.clone()))
+    }
+
+    /// The events the fixture has recorded so far.
+    fn events(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Waits until an event starting with `prefix` is recorded, and returns it.
+    fn wait_for(&self, prefix: &str) -> String {
+        let mut found = None;
+        wait_until(&format!("the fixture to record {prefix:?}"), || {
+            found = self.events().into_iter().find(|e| e.starts_with(prefix));
+            found.is_some()
+        });
+        found.unwrap()
+    }
+}
+
+/// Calls `tool` through the offline model's `/tool` command and returns the tool_result.
+fn call(client: &mut Client, tool: &str, args: Value) -> (ToolStatus, String) {
+    client.say(&format!("/tool {tool} {args}"));
+    let turn = client.expect("user_message").frame.turn_id().unwrap().0;
+    let frames = client.finish_turn(turn);
+    frames
+        .iter()
+        .find_map(|frame| match &frame.frame {
+            ServerFrame::ToolResult { status, result, .. } => Some((*status, result.clone())),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no tool_result in {frames:#?}"))
+}
+
+/// The `ready` frame a client received when it connected: its tool count and names.
+fn ready(client: &Client) -> (usize, Vec<String>) {
+    client
+        .seen
+        .iter()
+        .find_map(|frame| match &frame.frame {
+            ServerFrame::Ready {
+                tools_loaded,
+                tools,
+                ..
+            } => Some((*tools_loaded, tools.clone())),
+            _ => None,
+        })
+        .expect("a ready frame")
+}
+
+#[test]
+fn the_ready_frame_lists_and_counts_the_prefixed_tools() {
+    let (builtin_count, _) = ready(&TestServer::start().client());
+    let fixture = Fixture::new("list");
+    let server = fixture.server();
+    let (count, names) = ready(&server.client());
+    assert_eq!(count, names.len());
+    assert_eq!(count, builtin_count + FIXTURE_TOOLS.len());
+    let listed: Vec<&str> = names
+        .iter()
+        .map(String::as_str)
+        .filter(|n| n.starts_with("fx__"))
+        .collect();
+    // Both pages of tools/list, in the server's order.
+    assert_eq!(listed, FIXTURE_TOOLS);
+    // The handshake ran in order, and the server's own ping was answered.
+    fixture.wait_for("pong");
+    assert_eq!(fixture.events()[..2], ["initialize", "initialized"]);
+}
+
+#[test]
+fn a_call_returns_the_tool_output() {
+    let fixture = Fixture::new("call");
+    let server = fixture.server();
+    let mut client = server.client();
+    assert_eq!(
+        call(&mut client, "fx__echo", json!({"text": "hi"})),
+        (ToolStatus::Success, "hi".to_owned())
+    );
+    assert_eq!(
+        call(
+            &mut client,
+            "fx__weird_name_with_space",
+            json!({"text": "odd"})
+        ),
+        (ToolStatus::Success, "odd".to_owned())
+    );
+}
+
+#[test]
+fn a_server_sees_its_configured_env_and_not_the_rest_of_ours() {
+    let fixture = Fixture::new("env");
+    let server = fixture.server();
+    let mut client = server.client();
+    let mut env = |name: &str| call(&mut client, "fx__env", json!({"name": name})).1;
+    assert_eq!(env("FIXTURE_GIVEN"), "given");
+    // Version managers' shims (pyenv) may put their own directories in front of ours.
+    assert!(env("PATH").ends_with(&std::env::var("PATH").unwrap()));
+    // cargo runs every test with CARGO_MANIFEST_DIR set; the server must not inherit it.
+    assert!(std::env::var_os("CARGO_MANIFEST_DIR").is_some());
+    assert_eq!(env("CARGO_MANIFEST_DIR"), "(unset)");
+}
+
+#[test]
+fn an_error_result_gives_status_error() {
+    let fixture = Fixture::new("error");
+    let server = fixture.server();
+    let mut client = server.client();
+    assert_eq!(
+        call(&mut client, "fx__fail", json!({})),
+        (ToolStatus::Error, "it failed, as asked".to_owned())
+    );
+}
+
+#[test]
+fn a_crashed_server_answers_with_a_clear_error_then_restarts() {
+    let fixture = Fixture::new("crash");
+    let server = fixture.server();
+    let mut client = server.client();
+    let (status, text) = call(&mut client, "fx__crash", json!({}));
+    assert_eq!(status, ToolStatus::Error);
+    assert!(
+        text.contains("mcp server fx stopped") && text.contains("restarted"),
+        "{text}"
+    );
+    assert_eq!(
+        call(&mut client, "fx__echo", json!({"text": "back"})),
+        (ToolStatus::Success, "back".to_owned())
+    );
+    let starts = fixture
+        .events()
+        .iter()
+        .filter(|e| *e == "initialize")
+        .count();
+    assert_eq!(starts, 2);
+}
+
+#[test]
+fn cancelling_a_turn_cancels_its_mcp_call() {
+    let fixture = Fixture::new("cancel");
+    let server = fixture.server();
+    let mut client = server.client();
+    client.say(r#"/tool fx__slow {"ms": 30000}"#);
+    client.expect("tool_use");
+    let started = fixture.wait_for("call ");
+    let id = started
+        .strip_prefix("call ")
+        .and_then(|rest| rest.strip_suffix(" slow"))
+        .unwrap_or_else(|| panic!("unexpected event {started:?}"))
+        .to_owned();
+
+    let sent = Instant::now();
+    client.cancel();
+    let status = client.expect("status");
+    assert!(
+        matches!(&status.frame, ServerFrame::Status(s) if s.code == StatusCode::Cancelled),
+        "{status:?}"
+    );
+    assert!(
+        sent.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        sent.elapsed()
+    );
+    // The server was told which request to stop, as MCP asks of stdio clients.
+    let cancelled = fixture.wait_for(&format!("cancelled {id} "));
+    assert!(cancelled.contains("cancelled the turn"), "{cancelled}");
+    // The server is still fine for the next turn.
+    assert_eq!(
+        call(&mut client, "fx__echo", json!({"text": "next"})),
+        (ToolStatus::Success, "next".to_owned())
+    );
+}
+
+#[test]
+fn calls_from_many_sessions_at_once_get_their_own_answers() {
+    let fixture = Fixture::new("concurrent");
+    let server = fixture.server();
+    std::thread::scope(|scope| {
+        let callers: Vec<_> = (0..10)
+            .map(|i| {
+                let server = &server;
+                scope.spawn(move || {
+                    let mut client = server.client();
+                    // Earlier callers wait longer, so the answers come back out of order.
+                    let args = json!({"text": format!("client {i}"), "delay_ms": (10 - i) * 30});
+                    call(&mut client, "fx__echo", args)
+                })
+            })
+            .collect();
+        for (i, caller) in callers.into_iter().enumerate() {
+            assert_eq!(
+                caller.join().unwrap(),
+                (ToolStatus::Success, format!("client {i}"))
+            );
+        }
+    });
+}
+
+#[test]
+fn a_server_that_fails_to_start_is_left_out_and_the_rest_load() {
+    let fixture = Fixture::with_servers(
+        "partial",
+        json!({
+            "missing": {"command": "/nonexistent/sparky-no-such-mcp-server"},
+            "quits": {"command": "python3", "args": ["-c", "import sys; sys.exit(1)"]},
+            "remote": {"url": "https://example.invalid/mcp"},
+        }),
+    );
+    let server = fixture.server();
+    let mut client = server.client();
+    let (_, names) = ready(&client);
+    assert!(names.iter().all(|n| !n.starts_with("missing__")
+        && !n.starts_with("quits__")
+        && !n.starts_with("remote__")));
+    assert_eq!(
+        names.iter().filter(|n| n.starts_with("fx__")).count(),
+        FIXTURE_TOOLS.len()
+    );
+    assert_eq!(
+        call(&mut client, "fx__echo", json!({"text": "still here"})),
+        (ToolStatus::Success, "still here".to_owned())
+    );
+}
+
+#[test]
+fn a_config_that_cannot_be_read_stops_the_server_at_start() {
+    let dir = support::temp_dir("mcp-bad-config");
+    std::fs::create_dir_all(&dir).unwrap();
+    let broken = dir.join("broken.json");
+    std::fs::write(&broken, r#"{"mcpServers": {"a": "#).unwrap();
+    for (path, expected) in [
+        (dir.join("missing.json"), "cannot read the MCP config"),
+        (broken, "is not an MCP config"),
+    ] {
+        let mut config = test_config();
+        config.mcp_config = Some(path.clone());
+        let listener = sparky::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let error = sparky::spawn(listener, config).unwrap_err();
+        assert!(
+            matches!(error, sparky::error::Error::Config(_)),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains(expected), "{error}");
+
+        // The binary says so and exits with status 1.
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sparky"))
+            .args(["--addr", "127.0.0.1:0", "--in-memory", "--mcp-config"])
+            .arg(&path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + WAIT;
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("sparky did not exit with a bad MCP config");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let output = child.wait_with_output().unwrap();
+        assert_eq!(status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(expected), "{stderr}");
+    }
+}

@@ -1,0 +1,773 @@
+//! The OpenAI-compatible backend against a fake model server (std::net, in this file), driven
+//! through a real Sparky and a real WebSocket client: streamed answers, the tool-call shapes of
+//! OpenAI and Ollama, reasoning, retries, a rejected history, the step limit, and cancellation
+//! that reaches the network.
+
+mod support;
+
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sparky::Config;
+use sparky::model::remote::{RemoteModel, RemoteOptions, RetryPolicy};
+use sparky::protocol::{ErrorCode, ServerEnvelope, ServerFrame, StatusCode, ToolStatus};
+use support::{ChildServer, Client, TestServer, WAIT};
+
+/// One canned answer of the fake server, for one connection.
+enum Reply {
+    /// `200` with these server-sent events (`data:` payloads), chunked or close-delimited.
+    Stream { events: Vec<String>, chunked: bool },
+    /// Any status, with extra headers and a body.
+    Status {
+        line: &'static str,
+        headers: Vec<(&'static str, &'static str)>,
+        body: String,
+    },
+    /// Reads the request, sends `200` and `first` (or nothing at all when `None`), then waits
+    /// for the client to go away and reports when it did.
+    Stall {
+        first: Option<String>,
+        closed: Sender<Instant>,
+    },
+}
+
+/// A fake OpenAI-compatible server that answers each connection with the next reply of its
+/// script, and hands every request body to the test.
+struct FakeServer {
+    addr: SocketAddr,
+    requests: Receiver<Value>,
+}
+
+impl FakeServer {
+    fn start(script: Vec<Reply>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (requests, received) = mpsc::channel();
+        thread::spawn(move || {
+            // Past the script the listener closes, so that further requests are refused.
+            for reply in script {
+                let Ok((stream, _)) = listener.accept() else {
+                    return;
+                };
+                let requests = requests.clone();
+                thread::spawn(move || serve(stream, reply, &requests));
+            }
+        });
+        FakeServer {
+            addr,
+            requests: received,
+        }
+    }
+
+    /// The next request's body.
+    fn request(&self) -> Value {
+        self.requests
+            .recv_timeout(WAIT)
+            .expect("the fake server got no request")
+    }
+
+    /// A model that talks to this server, with quick retries and a read timeout far longer
+    /// than any wait of the tests (so that a test would notice a turn waiting for it).
+    fn model(&self) -> Arc<RemoteModel> {
+        let mut options = RemoteOptions::new(format!("http://{}/v1/", self.addr), "test-model");
+        options.connect_timeout = Duration::from_secs(5);
+        options.read_timeout = Duration::from_secs(60);
+        options.retry = RetryPolicy {
+            max_retries: 3,
+            base_delay: Duration::from_millis(10),
+            max_delay: Duration::from_millis(50),
+        };
+        Arc::new(RemoteModel::new(options))
+    }
+
+    /// A Sparky (in memory) answering with this server's model.
+    fn sparky(&self, adjust: impl FnOnce(&mut Config)) -> TestServer {
+        TestServer::with_model(
+            |config| {
+                config.in_memory = true;
+                adjust(config);
+            },
+            self.model(),
+        )
+    }
+}
+
+/// Reads one request and answers it with `reply`.
+fn serve(stream: TcpStream, reply: Reply, requests: &Sender<Value>) {
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut length = 0;
+    let mut authorization = None;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let header = line.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse().unwrap();
+            } else if name.eq_ignore_ascii_case("authorization") {
+                authorization = Some(value.trim().to_owned());
+            }
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).unwrap();
+    let mut body: Value = serde_json::from_slice(&body).unwrap();
+    // The test sees the one header it checks as a field of the body.
+    if let Some(authorization) = authorization {
+        body["_authorization"] = authorization.into();
+    }
+    let _ = requests.send(body);
+    let mut stream = stream;
+    match reply {
+        Reply::Stream { events, chunked } => {
+            let framing = if chunked {
+                "Transfer-Encoding: chunked"
+            } else {
+                "Connection: close"
+            };
+            let head =
+                format!("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n{framing}\r\n\r\n");
+            let _ = stream.write_all(head.as_bytes());
+            for event in events {
+                let _ = stream.write_all(&frame(&format!("data: {event}\n\n"), chunked));
+            }
+            if chunked {
+                let _ = stream.write_all(b"0\r\n\r\n");
+            }
+        }
+        Reply::Status {
+            line,
+            headers,
+            body,
+        } => {
+            let mut head = format!(
+                "HTTP/1.1 {line}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+                body.len()
+            );
+            for (name, value) in headers {
+                head.push_str(&format!("{name}: {value}\r\n"));
+            }
+            head.push_str("Connection: close\r\n\r\n");
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(body.as_bytes());
+        }
+        Reply::Stall { first, closed } => {
+            if let Some(first) = first {
+                let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\
+                            Transfer-Encoding: chunked\r\n\r\n";
+                let _ = stream.write_all(head.as_bytes());
+                let _ = stream.write_all(&frame(&format!("data: {first}\n\n"), true));
+                let _ = stream.flush();
+            }
+            // The request was read whole, so anything but a timeout means the client left.
+            let mut byte = [0u8; 1];
+            match stream.read(&mut byte) {
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                _ => {
+                    let _ = closed.send(Instant::now());
+                }
+            }
+        }
+    }
+    let _ = stream.flush();
+}
+
+/// `text` as one piece of a chunked body, or as it is.
+fn frame(text: &str, chunked: bool) -> Vec<u8> {
+    if chunked {
+        format!("{:x}\r\n{text}\r\n", text.len()).into_bytes()
+    } else {
+        text.as_bytes().to_vec()
+    }
+}
+
+const DONE: &str = "[DONE]";
+
+fn delta(delta: Value) -> String {
+    json!({"id": "chatcmpl-1", "object": "chat.completion.chunk",
+           "choices": [{"index": 0, "delta": delta, "finish_reason": null}]})
+    .to_string()
+}
+
+fn content(text: &str) -> String {
+    delta(json!({"content": text}))
+}
+
+fn tool_calls(fragments: Value) -> String {
+    delta(json!({"tool_calls": fragments}))
+}
+
+fn stream(events: Vec<String>) -> Reply {
+    Reply::Stream {
+        events,
+        chunked: true,
+    }
+}
+
+fn answer(text: &str) -> Reply {
+    stream(vec![
+        delta(json!({"role": "assistant", "content": ""})),
+        content(text),
+        DONE.into(),
+    ])
+}
+
+fn status(line: &'static str, headers: Vec<(&'static str, &'static str)>, body: Value) -> Reply {
+    Reply::Status {
+        line,
+        headers,
+        body: body.to_string(),
+    }
+}
+
+/// Sends `text` and returns the frames of its turn, up to the one that closes it.
+fn turn(client: &mut Client, text: &str) -> Vec<ServerFrame> {
+    client.say(text);
+    let opened = client.expect("user_message");
+    let id = opened.frame.turn_id().unwrap().0;
+    client
+        .finish_turn(id)
+        .into_iter()
+        .map(|envelope: ServerEnvelope| envelope.frame)
+        .collect()
+}
+
+fn final_text(frames: &[ServerFrame]) -> &str {
+    match frames.last() {
+        Some(ServerFrame::Message { text, .. }) => text,
+        other => panic!("the turn did not answer: {other:?}; frames: {frames:#?}"),
+    }
+}
+
+fn deltas(frames: &[ServerFrame]) -> String {
+    frames
+        .iter()
+        .filter_map(|frame| match frame {
+            ServerFrame::MessageDelta { text, .. } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn thoughts(frames: &[ServerFrame]) -> Vec<&str> {
+    frames
+        .iter()
+        .filter_map(|frame| match frame {
+            ServerFrame::Thought { text, .. } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn statuses(frames: &[ServerFrame]) -> Vec<(StatusCode, Option<u32>, Option<u64>)> {
+    frames
+        .iter()
+        .filter_map(|frame| match frame {
+            ServerFrame::Status(status) => Some((status.code, status.attempt, status.delay_ms)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `(call_id, name, args)` of each `tool_use`, and `(call_id, status, result)` of each
+/// `tool_result`, in the order they came.
+fn tool_frames(frames: &[ServerFrame]) -> Vec<String> {
+    frames
+        .iter()
+        .filter_map(|frame| match frame {
+            ServerFrame::ToolUse {
+                call_id,
+                name,
+                args,
+                ..
+            } => Some(format!("use {call_id} {name} {args}")),
+            ServerFrame::ToolResult {
+                call_id,
+                status,
+                result,
+                ..
+            } => Some(format!(
+                "result {call_id} {} {result}",
+                if *status == ToolStatus::Success {
+                    "ok"
+                } else {
+                    "error"
+                }
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+fn roles(request: &Value) -> Vec<String> {
+    request["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["role"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn a_plain_answer_streams_deltas_then_one_message() {
+    let fake = FakeServer::start(vec![stream(vec![
+        delta(json!({"role": "assistant", "content": ""})),
+        content("Hello"),
+        content(", "),
+        content("world"),
+        content("!"),
+        DONE.into(),
+    ])]);
+    let server = fake.sparky(|_| {});
+    let mut client = server.client();
+    assert!(matches!(
+        &client.seen[1].frame,
+        ServerFrame::Ready { model, .. } if model == "test-model"
+    ));
+    let frames = turn(&mut client, "hi");
+    assert_eq!(final_text(&frames), "Hello, world!");
+    assert!(matches!(frames[0], ServerFrame::MessageDelta { .. }));
+    assert_eq!(deltas(&frames), "Hello, world!");
+
+    let request = fake.request();
+    assert!(request.get("_authorization").is_none());
+    assert_eq!(request["model"], "test-model");
+    assert_eq!(request["stream"], true);
+    assert_eq!(roles(&request), ["user"]);
+    assert_eq!(request["messages"][0]["content"], "hi");
+    let tools: Vec<&str> = request["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|tool| {
+            assert_eq!(tool["type"], "function");
+            assert_eq!(tool["function"]["parameters"]["type"], "object");
+            tool["function"]["name"].as_str().unwrap()
+        })
+        .collect();
+    assert!(tools.contains(&"calculator"), "{tools:?}");
+}
+
+#[test]
+fn the_api_key_goes_in_the_authorization_header() {
+    let fake = FakeServer::start(vec![answer("authorized")]);
+    let mut options = RemoteOptions::new(format!("http://{}/v1", fake.addr), "test-model");
+    options.api_key = Some("sk-test-123".into());
+    let server = TestServer::with_model(
+        |config| config.in_memory = true,
+        Arc::new(RemoteModel::new(options)),
+    );
+    let mut client = server.client();
+    assert_eq!(final_text(&turn(&mut client, "hi")), "authorized");
+    assert_eq!(fake.request()["_authorization"], "Bearer sk-test-123");
+}
+
+#[test]
+fn openai_fragmented_tool_calls_run_through_the_toolchain() {
+    let fake = FakeServer::start(vec![
+        stream(vec![
+            tool_calls(json!([{"index": 0, "id": "call_abc", "type": "function",
+                "function": {"name": "calculator", "arguments": ""}}])),
+            tool_calls(json!([{"index": 0, "function": {"arguments": "{\"expre"}}])),
+            tool_calls(json!([{"index": 0, "function": {"arguments": "ssion\": \"2*"}}])),
+            tool_calls(json!([{"index": 0, "function": {"arguments": "21\"}"}}])),
+            DONE.into(),
+        ]),
+        answer("The answer is 42."),
+    ]);
+    let server = fake.sparky(|_| {});
+    let mut client = server.client();
+    let frames = turn(&mut client, "what is 2*21?");
+    assert_eq!(
+        tool_frames(&frames),
+        [
+            r#"use call_abc calculator {"expression":"2*21"}"#,
+            "result call_abc ok 2*21 = 42",
+        ]
+    );
+    assert_eq!(final_text(&frames), "The answer is 42.");
+
+    let _first = fake.request();
+    let second = fake.request();
+    assert_eq!(roles(&second), ["user", "assistant", "tool"]);
+    let call = &second["messages"][1]["tool_calls"][0];
+    assert_eq!(call["id"], "call_abc");
+    assert_eq!(call["function"]["name"], "calculator");
+    assert_eq!(call["function"]["arguments"], r#"{"expression":"2*21"}"#);
+    assert_eq!(second["messages"][2]["tool_call_id"], "call_abc");
+    assert_eq!(second["messages"][2]["content"], "2*21 = 42");
+}
+
+#[test]
+fn ollama_whole_tool_calls_at_index_zero_stay_apart() {
+    let fake = FakeServer::start(vec![
+        Reply::Stream {
+            events: vec![
+                tool_calls(json!([{"index": 0, "id": "call_1",
+                    "function": {"name": "calculator", "arguments": "{\"expression\": \"1+1\"}"}}])),
+                // The same index again, no id, and the arguments as an object.
+                tool_calls(json!([{"index": 0,
+                    "function": {"name": "calculator", "arguments": {"expression": "2+2"}}}])),
+                DONE.into(),
+            ],
+            chunked: false,
+        },
+        answer("2 and 4"),
+    ]);
+    let server = fake.sparky(|_| {});
+    let mut client = server.client();
+    let frames = turn(&mut client, "two sums");
+    let tools = tool_frames(&frames);
+    assert_eq!(tools.len(), 4, "{tools:#?}");
+    assert_eq!(tools[0], r#"use call_1 calculator {"expression":"1+1"}"#);
+    let second_id = tools[1]
+        .strip_prefix("use ")
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap()
+        .to_owned();
+    assert_ne!(second_id, "call_1");
+    assert_eq!(
+        tools[1],
+        format!(r#"use {second_id} calculator {{"expression":"2+2"}}"#)
+    );
+    assert_eq!(tools[2], "result call_1 ok 1+1 = 2");
+    assert_eq!(tools[3], format!("result {second_id} ok 2+2 = 4"));
+    assert_eq!(final_text(&frames), "2 and 4");
+
+    let _first = fake.request();
+    let second = fake.request();
+    assert_eq!(roles(&second), ["user", "assistant", "tool", "tool"]);
+    assert_eq!(
+        second["messages"][1]["tool_calls"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
+#[test]
+fn reasoning_becomes_thoughts_and_stays_out_of_the_answer() {
+    let fake = FakeServer::start(vec![stream(vec![
+        delta(json!({"reasoning_content": "The user asks "})),
+        delta(json!({"reasoning_content": "about the sky."})),
+        content("<thi"),
+        content("nk>Blue, because of Rayleigh"),
+        content(" scattering.</th"),
+        content("ink>\n\nThe sky"),
+        content(" is blue."),
+        DONE.into(),
+    ])]);
+    let server = fake.sparky(|_| {});
+    let mut client = server.client();
+    let frames = turn(&mut client, "why is the sky blue?");
+    assert_eq!(
+        thoughts(&frames),
+        [
+            "The user asks about the sky.",
+            "Blue, because of Rayleigh scattering."
+        ]
+    );
+    assert_eq!(final_text(&frames), "The sky is blue.");
+    assert_eq!(deltas(&frames), "The sky is blue.");
+}
+
+#[test]
+fn a_429_is_retried_after_retry_after() {
+    let fake = FakeServer::start(vec![
+        status(
+            "429 Too Many Requests",
+            vec![("Retry-After", "1")],
+            json!({"error": {"message": "slow down"}}),
+        ),
+        answer("made it"),
+    ]);
+    let server = fake.sparky(|_| {});
+    let mut client = server.client();
+    let started = Instant::now();
+    let frames = turn(&mut client, "hello");
+    assert_eq!(
+        statuses(&frames),
+        [(StatusCode::Retrying, Some(2), Some(1000))]
+    );
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    assert_eq!(final_text(&frames), "made it");
+}
+
+#[test]
+fn server_errors_back_off_and_other_failures_say_what_the_server_answered() {
+    let fake = FakeServer::start(vec![
+        status(
+            "503 Service Unavailable",
+            vec![],
+            json!({"error": "loading"}),
+        ),
+        status("502 Bad Gateway", vec![], json!({})),
+        answer("up again"),
+        status(
+            "404 Not Found",
+            vec![],
+            json!({"error": {"message": "model \"test-model\" not found, try pulling it first"}}),
+        ),
+    ]);
+    let server = fake.sparky(|_| {});
+    let mut client = server.client();
+    let frames = turn(&mut client, "one");
+    let codes: Vec<_> = statuses(&frames).into_iter().map(|s| (s.0, s.1)).collect();
+    assert_eq!(
+        codes,
+        [
+            (StatusCode::Retrying, Some(2)),
+            (StatusCode::Retrying, Some(3))
+        ]
+    );
+    assert_eq!(final_text(&frames), "up again");
+
+    let frames = turn(&mut client, "two");
+    match frames.last() {
+        Some(ServerFrame::Error { code, message, .. }) => {
+            assert_eq!(*code, ErrorCode::ModelError);
+            assert!(message.contains("404"), "{message}");
+            assert!(message.contains("try pulling it first"), "{message}");
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+#[test]
+fn an_unreachable_server_is_retried_then_reported() {
+    // A port that was just free: connections are refused.
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut options = RemoteOptions::new(format!("http://{addr}/v1"), "gone");
+    options.retry = RetryPolicy {
+        max_retries: 2,
+        base_delay: Duration::from_millis(10),
+        max_delay: Duration::from_millis(20),
+    };
+    let server = TestServer::with_model(
+        |config| config.in_memory = true,
+        Arc::new(RemoteModel::new(options)),
+    );
+    let mut client = server.client();
+    let frames = turn(&mut client, "anyone?");
+    assert_eq!(statuses(&frames).len(), 2);
+    match frames.last() {
+        Some(ServerFrame::Error { code, message, .. }) => {
+            assert_eq!(*code, ErrorCode::ModelError);
+            assert!(message.contains("could not be reached"), "{message}");
+            assert!(message.contains("3 attempts"), "{message}");
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_rejected_history_is_reset_and_the_turn_retried() {
+    let fake = FakeServer::start(vec![
+        answer("first answer"),
+        status(
+            "400 Bad Request",
+            vec![],
+            json!({"error": {"message": "Invalid parameter: messages with role 'tool' must be a \
+                   response to a preceeding message with 'tool_calls'.", "type": "invalid_request_error"}}),
+        ),
+        answer("second answer"),
+        answer("third answer"),
+    ]);
+    let server = fake.sparky(|_| {});
+    let mut client = Client::connect(server.addr, json!({"personality": "Be brief."}));
+    assert_eq!(final_text(&turn(&mut client, "one")), "first answer");
+    let frames = turn(&mut client, "two");
+    assert_eq!(statuses(&frames), [(StatusCode::HistoryReset, None, None)]);
+    assert_eq!(final_text(&frames), "second answer");
+    assert_eq!(final_text(&turn(&mut client, "three")), "third answer");
+
+    let _first = fake.request();
+    let rejected = fake.request();
+    assert_eq!(roles(&rejected), ["system", "user", "assistant", "user"]);
+    let retried = fake.request();
+    assert_eq!(roles(&retried), ["system", "user"]);
+    assert_eq!(retried["messages"][0]["content"], "Be brief.");
+    assert_eq!(retried["messages"][1]["content"], "two");
+    let after = fake.request();
+    let contents: Vec<&str> = after["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(contents, ["Be brief.", "two", "second answer", "three"]);
+}
+
+#[test]
+fn the_binary_talks_to_the_model_and_the_reset_history_survives_a_restart() {
+    let fake = FakeServer::start(vec![
+        answer("first answer"),
+        status(
+            "400 Bad Request",
+            vec![],
+            json!({"error": {"message": "Please ensure that function response turn comes \
+                   immediately after a function call turn."}}),
+        ),
+        answer("second answer"),
+        answer("third answer"),
+    ]);
+    let dir = support::temp_dir("remote-reset");
+    let url = format!("http://{}/v1", fake.addr);
+    let args = [
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--model",
+        "openai",
+        "--model-url",
+        &url,
+        "--model-name",
+        "test-model",
+    ];
+    let server = ChildServer::start(&args);
+    let mut client = Client::connect(server.addr, json!({}));
+    assert!(matches!(
+        &client.seen[1].frame,
+        ServerFrame::Ready { model, .. } if model == "test-model"
+    ));
+    let session = client.session_id.clone().unwrap();
+    assert_eq!(final_text(&turn(&mut client, "one")), "first answer");
+    let frames = turn(&mut client, "two");
+    assert_eq!(statuses(&frames), [(StatusCode::HistoryReset, None, None)]);
+    assert_eq!(final_text(&frames), "second answer");
+    stop(server);
+
+    let server = ChildServer::start(&args);
+    let mut client = Client::resume(server.addr, &session, client.last_seq);
+    assert_eq!(final_text(&turn(&mut client, "three")), "third answer");
+    for _ in 0..3 {
+        fake.request();
+    }
+    let after = fake.request();
+    let contents: Vec<&str> = after["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(contents, ["two", "second answer", "three"]);
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Stops a server process with SIGTERM (a graceful shutdown) and waits for it to exit.
+fn stop(mut server: ChildServer) {
+    let status = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    support::wait_until("the server to exit", || {
+        server.child.try_wait().unwrap().is_some()
+    });
+}
+
+#[test]
+fn a_model_that_never_stops_calling_tools_hits_the_step_limit() {
+    let call = || {
+        stream(vec![
+            tool_calls(json!([{"index": 0, "function": {"name": "clock", "arguments": "{}"}}])),
+            DONE.into(),
+        ])
+    };
+    let fake = FakeServer::start(vec![call(), call(), call(), call()]);
+    let server = fake.sparky(|config| config.max_steps = 3);
+    let mut client = server.client();
+    let frames = turn(&mut client, "loop forever");
+    assert_eq!(tool_frames(&frames).len(), 6);
+    match frames.last() {
+        Some(ServerFrame::Error { code, .. }) => assert_eq!(*code, ErrorCode::StepLimit),
+        other => panic!("expected step_limit, got {other:?}"),
+    }
+    for _ in 0..3 {
+        fake.request();
+    }
+    assert!(fake.requests.try_recv().is_err(), "a fourth model call");
+}
+
+#[test]
+fn cancelling_a_slow_stream_closes_its_connection() {
+    let (closed, was_closed) = mpsc::channel();
+    let fake = FakeServer::start(vec![
+        Reply::Stall {
+            first: Some(content("Once upon a time")),
+            closed,
+        },
+        answer("fresh answer"),
+    ]);
+    let server = fake.sparky(|_| {});
+    let mut client = server.client();
+    client.say("tell me a long story");
+    let delta = client.expect("message_delta");
+    assert!(matches!(
+        &delta.frame,
+        ServerFrame::MessageDelta { text, .. } if text == "Once upon a time"
+    ));
+    let cancelled_at = Instant::now();
+    client.cancel();
+    let status = client.expect("status");
+    assert!(matches!(
+        &status.frame,
+        ServerFrame::Status(s) if s.code == StatusCode::Cancelled
+    ));
+    let at = was_closed
+        .recv_timeout(WAIT)
+        .expect("the model connection stayed open after the cancel");
+    assert!(at.duration_since(cancelled_at) < Duration::from_secs(2));
+
+    // The next turn goes ahead at once (the stalled answer would have taken 60 s to time out).
+    let frames = turn(&mut client, "something short instead");
+    assert_eq!(final_text(&frames), "fresh answer");
+    assert!(cancelled_at.elapsed() < WAIT);
+}
+
+#[test]
+fn a_request_with_no_answer_yet_is_abandoned_when_cancelled() {
+    let (closed, was_closed) = mpsc::channel();
+    let fake = FakeServer::start(vec![
+        Reply::Stall {
+            first: None,
+            closed,
+        },
+        answer("second try"),
+    ]);
+    let server = fake.sparky(|_| {});
+    let mut client = server.client();
+    client.say("hello?");
+    client.expect("user_message");
+    // The server has the request and is sitting on it.
+    fake.request();
+    let cancelled_at = Instant::now();
+    // A new message cancels the turn in flight.
+    let frames = turn(&mut client, "hello again");
+    assert_eq!(final_text(&frames), "second try");
+    let at = was_closed
+        .recv_timeout(WAIT)
+        .expect("the abandoned request's connection stayed open");
+    assert!(at.duration_since(cancelled_at) < Duration::from_secs(2));
+    let cancelled = client.seen.iter().any(|envelope| {
+        matches!(&envelope.frame, ServerFrame::Status(s) if s.code == StatusCode::Cancelled)
+    });
+    assert!(cancelled);
+}
