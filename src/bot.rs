@@ -11,6 +11,7 @@ use std::time::Duration;
 use crate::cancel::CancelFlag;
 use crate::error::Error;
 use crate::knowledge::Knowledge;
+use crate::metrics::Metrics;
 use crate::model::{
     ChatMessage, Conversation, MEMORY_PREFIX, ModelBackend, ModelReply, ReplySink, Role, ToolCall,
     UNPARSED_ARGUMENTS,
@@ -41,6 +42,8 @@ pub struct Engine {
     /// The knowledge graph, searched at the start of each turn for entries relevant to the
     /// user's text.
     pub memory: Option<Arc<dyn Store>>,
+    /// Where model requests and retries are counted.
+    pub metrics: Arc<Metrics>,
 }
 
 impl fmt::Debug for Engine {
@@ -303,7 +306,9 @@ impl Turn {
                 cancel,
                 turn_id: self.turn_id,
                 live: true,
+                metrics: &self.engine.metrics,
             };
+            Metrics::bump(&self.engine.metrics.model_requests);
             let conversation = Conversation {
                 head: &self.head,
                 earlier: &self.history,
@@ -525,6 +530,7 @@ struct FrameSink<'a> {
     turn_id: TurnId,
     /// False once an emit was refused: the turn is over for the session.
     live: bool,
+    metrics: &'a Metrics,
 }
 
 impl ReplySink for FrameSink<'_> {
@@ -553,6 +559,7 @@ impl ReplySink for FrameSink<'_> {
     }
 
     fn retrying(&mut self, attempt: u32, delay: Duration) {
+        Metrics::bump(&self.metrics.model_retries);
         if self.live {
             let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
             let frame = ServerFrame::Status(StatusData {
@@ -673,6 +680,7 @@ mod tests {
             tools: Arc::new(tools),
             max_steps: 3,
             memory: None,
+            metrics: Arc::default(),
         }
     }
 

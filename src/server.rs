@@ -129,6 +129,7 @@ pub fn spawn_with(
         tools: Arc::new(tools),
         max_steps: config.max_steps,
         memory: Some(store.clone()),
+        metrics: metrics.clone(),
     };
     let sessions = SessionManager::new(config.clone(), engine, metrics.clone(), journal);
     if !config.in_memory {

@@ -73,13 +73,24 @@ fn metrics_answer_prometheus_text() {
     let server = TestServer::start();
     let mut client = server.client();
     client.ask("count me");
+    client.ask("/calc 2+2");
+    client.send_text("not json");
+    client.expect("error");
     let (status, body) = get(server.addr, "/metrics");
     assert_eq!(status, 200);
-    assert!(body.contains("sparky_turns_started_total 1"), "{body}");
-    assert!(
-        body.contains("sparky_turns_ended_total{outcome=\"message\"} 1"),
-        "{body}"
-    );
+    for line in [
+        "sparky_connections_open 1",
+        "sparky_sessions 1",
+        "sparky_turns_started_total 2",
+        "sparky_turns_ended_total{outcome=\"message\"} 2",
+        "sparky_turn_duration_seconds_count 2",
+        "sparky_tool_calls_total{tool=\"calculator\",status=\"success\"} 1",
+        "sparky_model_requests_total 3",
+        "sparky_frames_rejected_by_code_total{code=\"invalid_json\"} 1",
+        "sparky_events_total 8",
+    ] {
+        assert!(body.lines().any(|l| l == line), "{line} missing from:\n{body}");
+    }
 }
 
 #[test]
