@@ -89,7 +89,10 @@ fn metrics_answer_prometheus_text() {
         "sparky_frames_rejected_by_code_total{code=\"invalid_json\"} 1",
         "sparky_events_total 8",
     ] {
-        assert!(body.lines().any(|l| l == line), "{line} missing from:\n{body}");
+        assert!(
+            body.lines().any(|l| l == line),
+            "{line} missing from:\n{body}"
+        );
     }
 }
 
