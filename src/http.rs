@@ -222,10 +222,12 @@ pub fn route(head: &RequestHead, server: &ServerView<'_>) -> Route {
     let get = head.method == "GET";
     match head.path.as_str() {
         "/ws" | "/ws/chat" if get && head.header_has("upgrade", "websocket") => Route::WebSocket,
+        // PROTOCOL.md section 10: anything that is not one of its four answers is a 404, so a
+        // plain GET of the WebSocket path is too (the body says what it wanted).
         "/ws" | "/ws/chat" => Route::Http(Response::text(
-            426,
-            "Upgrade Required",
-            "this endpoint speaks WebSocket only\n",
+            404,
+            "Not Found",
+            "this path speaks WebSocket only: send an Upgrade request\n",
         )),
         "/" | "/index.html" if get => Route::Http(Response {
             content_type: "text/html; charset=utf-8",

@@ -97,10 +97,10 @@ fn metrics_answer_prometheus_text() {
 }
 
 #[test]
-fn other_paths_are_404_and_the_chat_path_wants_an_upgrade() {
+fn other_paths_and_a_plain_get_of_the_chat_path_are_404() {
     let server = TestServer::start();
     assert_eq!(get(server.addr, "/nope").0, 404);
-    assert_eq!(get(server.addr, "/ws").0, 426);
+    assert_eq!(get(server.addr, "/ws").0, 404);
     let wrong_version = "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
                          Sec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
     assert_eq!(request(server.addr, wrong_version).0, 400);
