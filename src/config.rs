@@ -77,10 +77,11 @@ pub struct RateLimit {
 }
 
 impl RateLimit {
-    /// The default: 20 frames a second, bursts of 40.
+    /// The default: 100 frames a second, bursts of 200: far above what a person types, low
+    /// enough to cut off a flood.
     pub const DEFAULT: RateLimit = RateLimit {
-        per_second: 20.0,
-        burst: 40.0,
+        per_second: 100.0,
+        burst: 200.0,
     };
 }
 

@@ -99,7 +99,7 @@ struct Args {
     #[arg(long = "allowed-origin", value_name = "ORIGIN")]
     allowed_origins: Vec<String>,
     /// Client frames per second per connection: N (bursts of 2N), N/BURST, or off.
-    #[arg(long, default_value = "20/40", value_parser = parse_rate_setting)]
+    #[arg(long, default_value = "100/200", value_parser = parse_rate_setting)]
     rate_limit: RateSetting,
     /// At SIGINT or SIGTERM, how long turns in flight may finish before they are cancelled.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
