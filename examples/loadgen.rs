@@ -234,15 +234,7 @@ fn run_connect(target: &Target, clients: usize, repeat: usize, limit: Duration) 
             Err(e) => spawn_failures.fail(&e),
         }
     }
-    drop(ready_tx);
-    // Every thread is parked at the gate before it opens, so the connects come as one burst.
-    for _ in 0..handles.len() {
-        if ready_rx.recv().is_err() {
-            break;
-        }
-    }
-    let start = gate.open();
-    let mut run = ClientRun::join(handles, start);
+    let mut run = ClientRun::start_and_join(handles, ready_tx, &ready_rx, &gate);
     run.tally.merge(spawn_failures);
     let mut outcome = run.into_outcome("connect", clients, clients * repeat);
     outcome
@@ -428,14 +420,7 @@ fn run_resume(
             Err(e) => tally.fail(&e),
         }
     }
-    drop(ready_tx);
-    for _ in 0..handles.len() {
-        if ready_rx.recv().is_err() {
-            break;
-        }
-    }
-    let start = gate.open();
-    let mut run = ClientRun::join(handles, start);
+    let mut run = ClientRun::start_and_join(handles, ready_tx, &ready_rx, &gate);
     run.tally.merge(tally);
     let mut outcome = run.into_outcome("resume", clients, clients * repeat);
     outcome.extra.insert("missed_events".into(), json!(events));
@@ -788,14 +773,7 @@ where
             Err(e) => failures.fail(&e),
         }
     }
-    drop(ready_tx);
-    for _ in 0..handles.len() {
-        if ready_rx.recv().is_err() {
-            break;
-        }
-    }
-    let start = gate.open();
-    let mut run = ClientRun::join(handles, start);
+    let mut run = ClientRun::start_and_join(handles, ready_tx, &ready_rx, &gate);
     run.tally.merge(failures);
     run
 }
@@ -845,6 +823,24 @@ struct ClientRun {
 }
 
 impl ClientRun {
+    /// Waits until every client thread is parked at the gate, opens it (so that the clients
+    /// start as one burst), and joins them.
+    fn start_and_join(
+        handles: Vec<thread::JoinHandle<(Tally, Instant)>>,
+        ready_tx: mpsc::Sender<()>,
+        ready_rx: &mpsc::Receiver<()>,
+        gate: &Gate,
+    ) -> Self {
+        drop(ready_tx);
+        for _ in 0..handles.len() {
+            if ready_rx.recv().is_err() {
+                break;
+            }
+        }
+        let start = gate.open();
+        Self::join(handles, start)
+    }
+
     /// Joins the client threads; the window runs from `start` to the last one's finish.
     fn join(handles: Vec<thread::JoinHandle<(Tally, Instant)>>, start: Instant) -> Self {
         let mut tally = Tally::default();
