@@ -4,17 +4,7 @@
 mod support;
 
 use sparky::protocol::{ServerFrame, ToolStatus};
-use support::{TestServer, kinds};
-
-fn tool_result(frames: &[sparky::protocol::ServerEnvelope]) -> (ToolStatus, String) {
-    frames
-        .iter()
-        .find_map(|f| match &f.frame {
-            ServerFrame::ToolResult { status, result, .. } => Some((*status, result.clone())),
-            _ => None,
-        })
-        .expect("a tool_result")
-}
+use support::{TestServer, kinds, tool_result};
 
 #[test]
 fn a_fact_remembered_in_one_session_is_recalled_in_another() {

@@ -8,7 +8,7 @@ use std::thread;
 
 use serde_json::json;
 use sparky::protocol::{ErrorCode, ServerFrame, TurnId};
-use support::{ChildServer, Client, kinds, seqs, temp_dir};
+use support::{ChildServer, Client, kinds, seqs, temp_dir, tool_result};
 
 #[test]
 fn a_killed_server_comes_back_with_every_event_and_fact() {
@@ -53,18 +53,14 @@ fn a_killed_server_comes_back_with_every_event_and_fact() {
     again.say("/notes");
     let frames = again.finish_turn(4);
     assert_eq!(frames[0].seq, Some(last_seen + 2));
-    let ServerFrame::ToolResult { result, .. } = &frames[3].frame else {
-        panic!("{frames:?}")
-    };
+    let (_, result) = tool_result(&frames);
     assert_eq!(result, "1. buy blue paint");
 
     // A fact remembered before the kill is found from another session.
     let mut other = Client::connect(server.addr, json!({}));
     other.say("/recall sky Lisbon");
     let frames = other.finish_turn(1);
-    let ServerFrame::ToolResult { result, .. } = &frames[3].frame else {
-        panic!("{frames:?}")
-    };
+    let (_, result) = tool_result(&frames);
     assert!(
         result.contains("the sky over Lisbon is green on Tuesdays"),
         "{result}"
@@ -109,9 +105,7 @@ fn fifty_sessions_writing_at_once_lose_nothing() {
     let mut reader = Client::connect(server.addr, json!({}));
     reader.say(r#"/tool graph_search {"query": "fifty test", "limit": 50}"#);
     let frames = reader.finish_turn(1);
-    let ServerFrame::ToolResult { result, .. } = &frames[3].frame else {
-        panic!("{frames:?}")
-    };
+    let (_, result) = tool_result(&frames);
     assert_eq!(result.lines().count(), 50, "{result}");
 }
 

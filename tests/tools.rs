@@ -4,7 +4,7 @@ mod support;
 
 use serde_json::json;
 use sparky::protocol::{ServerFrame, ToolStatus};
-use support::{Client, TestServer, kinds};
+use support::{Client, TestServer, kinds, tool_result};
 
 /// Sends a command and returns the turn's frames, checking the tool shape of section 9.
 fn tool_turn(client: &mut Client, text: &str, tool: &str) -> Vec<sparky::protocol::ServerEnvelope> {
@@ -48,13 +48,6 @@ fn tool_turn(client: &mut Client, text: &str, tool: &str) -> Vec<sparky::protoco
     frames
 }
 
-fn result_of(frames: &[sparky::protocol::ServerEnvelope]) -> (ToolStatus, String) {
-    match &frames[3].frame {
-        ServerFrame::ToolResult { status, result, .. } => (*status, result.clone()),
-        other => panic!("not a tool_result: {other:?}"),
-    }
-}
-
 fn args_of(frames: &[sparky::protocol::ServerEnvelope]) -> serde_json::Value {
     match &frames[2].frame {
         ServerFrame::ToolUse { args, .. } => args.clone(),
@@ -72,17 +65,17 @@ fn calc_evaluates_and_reports_bad_input_as_a_tool_error() {
         json!({"expression": "(2 + 3) * 4 ^ 2 - -1"})
     );
     assert_eq!(
-        result_of(&frames),
+        tool_result(&frames),
         (ToolStatus::Success, "(2 + 3) * 4 ^ 2 - -1 = 81".into())
     );
 
     let frames = tool_turn(&mut client, "/calc 1 / 0", "calculator");
     assert_eq!(
-        result_of(&frames),
+        tool_result(&frames),
         (ToolStatus::Error, "division by zero".into())
     );
     let frames = tool_turn(&mut client, "/calc 2 +", "calculator");
-    assert_eq!(result_of(&frames).0, ToolStatus::Error);
+    assert_eq!(tool_result(&frames).0, ToolStatus::Error);
 }
 
 #[test]
@@ -91,7 +84,7 @@ fn time_reads_the_clock() {
     let mut client = server.client();
     let frames = tool_turn(&mut client, "/time", "clock");
     assert_eq!(args_of(&frames), json!({}));
-    let (status, text) = result_of(&frames);
+    let (status, text) = tool_result(&frames);
     assert_eq!(status, ToolStatus::Success);
     assert!(text.contains("UTC"), "{text}");
 }
@@ -105,9 +98,9 @@ fn notes_are_kept_per_session() {
     assert_eq!(args_of(&frames), json!({"text": "buy milk"}));
     tool_turn(&mut mine, "/note call mum", "session_note");
     let frames = tool_turn(&mut mine, "/notes", "session_notes");
-    assert_eq!(result_of(&frames).1, "1. buy milk\n2. call mum");
+    assert_eq!(tool_result(&frames).1, "1. buy milk\n2. call mum");
     let frames = tool_turn(&mut theirs, "/notes", "session_notes");
-    assert_eq!(result_of(&frames).1, "This session has no notes.");
+    assert_eq!(tool_result(&frames).1, "This session has no notes.");
 }
 
 #[test]
@@ -117,11 +110,11 @@ fn wait_sleeps_and_says_so() {
     let frames = tool_turn(&mut client, "/wait 20", "wait");
     assert_eq!(args_of(&frames), json!({"ms": 20}));
     assert_eq!(
-        result_of(&frames),
+        tool_result(&frames),
         (ToolStatus::Success, "Waited 20 ms.".into())
     );
     let frames = tool_turn(&mut client, "/wait 600000", "wait");
-    assert_eq!(result_of(&frames).0, ToolStatus::Error);
+    assert_eq!(tool_result(&frames).0, ToolStatus::Error);
 }
 
 #[test]
@@ -133,9 +126,12 @@ fn tool_calls_any_tool_with_json_args() {
         r#"/tool calculator {"expression": "6*7"}"#,
         "calculator",
     );
-    assert_eq!(result_of(&frames), (ToolStatus::Success, "6*7 = 42".into()));
+    assert_eq!(
+        tool_result(&frames),
+        (ToolStatus::Success, "6*7 = 42".into())
+    );
     let frames = tool_turn(&mut client, "/tool nosuch {}", "nosuch");
-    let (status, text) = result_of(&frames);
+    let (status, text) = tool_result(&frames);
     assert_eq!(status, ToolStatus::Error);
     assert!(text.contains("unknown tool"), "{text}");
     let frames = tool_turn(
@@ -143,7 +139,7 @@ fn tool_calls_any_tool_with_json_args() {
         r#"/tool calculator {"expression": 5}"#,
         "calculator",
     );
-    assert_eq!(result_of(&frames).0, ToolStatus::Error);
+    assert_eq!(tool_result(&frames).0, ToolStatus::Error);
     // Not JSON: a usage message, no tool call.
     client.say("/tool calculator {oops");
     let frames = client.finish_turn(4);

@@ -329,3 +329,14 @@ pub fn temp_dir(name: &str) -> std::path::PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     dir
 }
+
+/// The status and text of the first `tool_result` among `frames`; fails if there is none.
+pub fn tool_result(frames: &[ServerEnvelope]) -> (sparky::protocol::ToolStatus, String) {
+    frames
+        .iter()
+        .find_map(|f| match &f.frame {
+            ServerFrame::ToolResult { status, result, .. } => Some((*status, result.clone())),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no tool_result in {frames:#?}"))
+}
