@@ -13,7 +13,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use sparky::store::{SqliteStore, Store};
+use sparky::store::{GraphStore, SqliteStore};
 
 /// A small deterministic generator (xorshift), so runs are comparable.
 struct Rng(u64);
@@ -56,7 +56,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .collect();
         let tag = format!("fact{n}");
         words.push(&tag);
-        store.remember(&words.join(" "))?;
+        store.remember("local", &words.join(" "))?;
     }
     let fill = started.elapsed();
 
@@ -68,7 +68,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .map(|_| vocabulary[rng.word(vocabulary.len())].as_str())
             .collect();
         let started = Instant::now();
-        hits += store.search(&query.join(" "), None, 5)?.len();
+        hits += store.search("local", &query.join(" "), None, 5)?.len();
         latencies.push(started.elapsed());
     }
     latencies.sort();

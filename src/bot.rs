@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
+use crate::auth::Principal;
 use crate::cancel::CancelFlag;
 use crate::error::Error;
 use crate::knowledge::Knowledge;
@@ -17,7 +18,7 @@ use crate::model::{
     UNPARSED_ARGUMENTS,
 };
 use crate::protocol::{ErrorCode, ServerFrame, StatusCode, StatusData, ToolStatus, TurnId};
-use crate::store::Store;
+use crate::store::GraphStore;
 use crate::tools::{ToolChain, ToolContext, ToolOutput};
 
 /// The most conversation messages a session keeps. Older ones are dropped a whole exchange at a
@@ -41,7 +42,7 @@ pub struct Engine {
     pub max_steps: usize,
     /// The knowledge graph, searched at the start of each turn for entries relevant to the
     /// user's text.
-    pub memory: Option<Arc<dyn Store>>,
+    pub memory: Option<Arc<dyn GraphStore>>,
     /// Where model requests and retries are counted.
     pub metrics: Arc<Metrics>,
 }
@@ -140,8 +141,9 @@ impl Bot {
     }
 
     /// Prepares a turn on a snapshot of the conversation, so that it can run without the
-    /// session's lock. The snapshot shares the messages; nothing is copied.
-    pub fn start_turn(&self, turn_id: TurnId, text: &str) -> Turn {
+    /// session's lock. The snapshot shares the messages; nothing is copied. `owner` is the
+    /// principal the turn's memory lookup and tools act for.
+    pub fn start_turn(&self, turn_id: TurnId, text: &str, owner: &Principal) -> Turn {
         let head = self
             .system
             .iter()
@@ -150,6 +152,7 @@ impl Bot {
         Turn {
             engine: self.engine.clone(),
             turn_id,
+            owner: owner.clone(),
             head,
             history: self.history.clone(),
             current: vec![ChatMessage::text(Role::User, text)],
@@ -206,6 +209,8 @@ pub fn interrupted(user_text: &str, note: &str) -> Vec<ChatMessage> {
 pub struct Turn {
     engine: Engine,
     turn_id: TurnId,
+    /// The principal it acts for.
+    owner: Principal,
     /// The system prompt, if any.
     head: Vec<ChatMessage>,
     /// The conversation before this turn: the session's snapshot.
@@ -368,7 +373,11 @@ impl Turn {
             }
         }
         let tools: &ToolChain = &self.engine.tools;
-        let ctx = ToolContext { knowledge, cancel };
+        let ctx = ToolContext {
+            principal: &self.owner,
+            knowledge,
+            cancel,
+        };
         thread::scope(|scope| {
             let ctx = &ctx;
             let mut others: Vec<_> = calls
@@ -443,7 +452,7 @@ impl Turn {
         if text.starts_with('/') || memory.node_count() == 0 {
             return true;
         }
-        let hits = match memory.search(text, None, MEMORY_ENTRIES) {
+        let hits = match memory.search(self.owner.as_str(), text, None, MEMORY_ENTRIES) {
             Ok(hits) => hits,
             Err(e) => {
                 log::warn!("turn {}: memory lookup failed: {e}", self.turn_id);
@@ -549,6 +558,7 @@ impl ReplySink for FrameSink<'_> {
             let frame = ServerFrame::MessageDelta {
                 turn_id: self.turn_id,
                 text: text.to_owned(),
+                replace: false,
             };
             self.live = self.events.emit(frame);
         }
@@ -685,8 +695,11 @@ mod tests {
     }
 
     fn run(bot: &Bot, text: &str, events: &Recorder) -> TurnOutcome {
-        bot.start_turn(TurnId(1), text)
-            .run(events, &CancelFlag::new(), &Knowledge::new())
+        bot.start_turn(TurnId(1), text, &Principal::local()).run(
+            events,
+            &CancelFlag::new(),
+            &Knowledge::new(),
+        )
     }
 
     #[test]

@@ -30,8 +30,12 @@ pub struct Config {
     /// How long the model server may stay silent before its answer starts or between two
     /// pieces of it.
     pub model_read_timeout: Duration,
-    /// How long a session with no connection is kept.
-    pub session_timeout: Duration,
+    /// How long a session with no connection and no turn stays in memory. It only frees
+    /// memory: the conversation stays in the store, and the next `connect` brings it back.
+    pub idle_timeout: Duration,
+    /// The operator's opt-in to deleting conversations with no event for this long; `None`
+    /// (the default) keeps every conversation until its owner deletes it.
+    pub retention: Option<Duration>,
     /// Open WebSocket connections at most; an upgrade past it gets HTTP 503.
     pub max_connections: usize,
     /// Live connections of one session at most; one more takes over from the oldest.
@@ -42,7 +46,8 @@ pub struct Config {
     pub max_frame_bytes: usize,
     /// Longest `text` of a message, in characters; a longer one gets `too_large`.
     pub max_text_chars: usize,
-    /// Events kept per session for replay.
+    /// Events a live session keeps in memory (besides a bound in bytes); a replay of older
+    /// ones reads the store.
     pub event_log_capacity: usize,
     /// Frames queued for one connection at most; a connection that falls further behind is
     /// closed and catches up by replay when it reconnects.
@@ -137,13 +142,14 @@ impl Default for Config {
             api_key_env: None,
             model_connect_timeout: Duration::from_secs(10),
             model_read_timeout: Duration::from_secs(300),
-            session_timeout: Duration::from_secs(60 * 60),
+            idle_timeout: Duration::from_secs(60 * 60),
+            retention: None,
             max_connections: 20_000,
             max_connections_per_session: 8,
             max_sessions: 100_000,
             max_frame_bytes: 1 << 20,
             max_text_chars: 100_000,
-            event_log_capacity: 1_000,
+            event_log_capacity: 256,
             outbox_capacity: 1_024,
             ping_interval: Duration::from_secs(30),
             write_timeout: Duration::from_secs(10),

@@ -18,7 +18,7 @@ use tungstenite::protocol::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, WebSocket};
 
-use crate::auth::{Auth, Refused};
+use crate::auth::{Auth, Principal, Refused};
 use crate::config::{Config, RateLimit};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -30,6 +30,11 @@ use crate::worker;
 
 /// How long a closing handshake may take before the socket is dropped anyway.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Bytes handed to tungstenite but not yet flushed past which the connection stops taking
+/// more frames (from its queue, or from a replay) until the socket drains: backpressure, so
+/// that what a slow peer costs is bounded by this plus one frame.
+const UNFLUSHED_LIMIT_BYTES: usize = 1 << 20;
 
 /// Wakes a connection thread from `poll`: an eventfd, written by whoever queued a frame.
 #[derive(Debug)]
@@ -138,6 +143,10 @@ pub struct Connection<'a> {
     session: Option<Session>,
     /// Data that the socket would not take yet.
     unflushed: bool,
+    /// Bytes written into tungstenite since its buffer was last empty.
+    unflushed_bytes: usize,
+    /// True while the connection replays its session's events from before it attached.
+    replaying: bool,
     /// Since when writes have made no progress.
     stalled_since: Option<Instant>,
     last_heard: Instant,
@@ -181,6 +190,8 @@ impl<'a> Connection<'a> {
             sender: Some(sender),
             session: None,
             unflushed: false,
+            unflushed_bytes: 0,
+            replaying: false,
             stalled_since: None,
             last_heard: Instant::now(),
             ping_sent: None,
@@ -209,6 +220,9 @@ impl<'a> Connection<'a> {
             if self.read_all()? == Flow::Stop || self.drain_inbox()? == Flow::Stop {
                 return Ok(());
             }
+            if self.replaying && self.has_room() {
+                self.replay_step()?;
+            }
             // After the queue is drained, so that the last events go out before the Close.
             if self.closing_until.is_none() && self.ctx.shutdown.load(Ordering::SeqCst) {
                 self.start_close(CloseCode::Away, "server shutting down");
@@ -216,7 +230,10 @@ impl<'a> Connection<'a> {
             if self.flush()? == Flow::Stop || self.keepalive()? == Flow::Stop {
                 return Ok(());
             }
-            self.wait()?;
+            // A replay goes on as fast as the socket takes it, without sleeping in between.
+            if !(self.replaying && self.has_room()) {
+                self.wait()?;
+            }
         }
     }
 
@@ -326,7 +343,7 @@ impl<'a> Connection<'a> {
         };
         let token = data.token.as_deref().or(self.upgrade_token.as_deref());
         let principal = match self.ctx.auth.check(token) {
-            Ok(principal) => principal,
+            Ok(principal) => principal.unwrap_or_else(Principal::local),
             Err(refused) => {
                 let message = match refused {
                     Refused::Missing => "this server requires a token",
@@ -343,15 +360,12 @@ impl<'a> Connection<'a> {
             notify: self.waker.clone(),
             capacity: self.ctx.config.outbox_capacity,
         };
-        match self.ctx.sessions.connect(data, principal, subscriber) {
+        match self.ctx.sessions.connect(data, &principal, subscriber) {
             Ok(attachment) => {
                 for text in &attachment.greeting {
                     self.write_text(text)?;
                 }
-                Metrics::add(
-                    &self.ctx.metrics.events_replayed,
-                    attachment.replayed as u64,
-                );
+                self.replaying = attachment.replaying;
                 self.session = Some(attachment.session);
             }
             Err(refusal) => {
@@ -379,14 +393,46 @@ impl<'a> Connection<'a> {
         let _ = self.write_text(&text);
     }
 
-    /// Moves every queued delivery into tungstenite's write buffer.
+    /// True when tungstenite's buffer has room for more frames.
+    fn has_room(&self) -> bool {
+        !self.unflushed || self.unflushed_bytes < UNFLUSHED_LIMIT_BYTES
+    }
+
+    /// Sends the next stretch of the replay; the last one makes the connection live.
+    fn replay_step(&mut self) -> Result<()> {
+        let Some(session) = self.session.clone() else {
+            self.replaying = false;
+            return Ok(());
+        };
+        let step = match session.replay(self.id) {
+            Ok(step) => step,
+            Err(e) => {
+                log::error!("connection {}: replay failed: {e}", self.id);
+                self.replaying = false;
+                self.start_close(CloseCode::Error, "the conversation could not be read");
+                return Ok(());
+            }
+        };
+        for text in &step.frames {
+            self.write_text(text)?;
+        }
+        Metrics::add(&self.ctx.metrics.events_replayed, step.events as u64);
+        self.replaying = !step.done;
+        Ok(())
+    }
+
+    /// Moves queued deliveries into tungstenite's write buffer, as long as it has room.
     fn drain_inbox(&mut self) -> Result<Flow> {
-        loop {
+        while self.has_room() {
             match self.inbox.try_recv() {
                 Ok(Delivery::Text(text)) => self.write_text(&text)?,
                 Ok(Delivery::Close(CloseReason::TakenOver)) => {
                     self.session = None;
                     self.start_close(CloseCode::Policy, "taken over by a newer connection");
+                }
+                Ok(Delivery::Close(CloseReason::Deleted)) => {
+                    self.session = None;
+                    self.start_close(CloseCode::Normal, "the conversation was deleted");
                 }
                 Err(TryRecvError::Empty) => return Ok(Flow::Continue),
                 Err(TryRecvError::Disconnected) => {
@@ -399,6 +445,7 @@ impl<'a> Connection<'a> {
                 }
             }
         }
+        Ok(Flow::Continue)
     }
 
     /// Queues a text frame. A frame the socket will not take now stays buffered for `flush`.
@@ -415,6 +462,7 @@ impl<'a> Connection<'a> {
             Err(e) => return Err(e.into()),
         }
         self.unflushed = true;
+        self.unflushed_bytes += text.len();
         Ok(())
     }
 
@@ -424,6 +472,7 @@ impl<'a> Connection<'a> {
         match self.ws.flush() {
             Ok(()) => {
                 self.unflushed = false;
+                self.unflushed_bytes = 0;
                 self.stalled_since = None;
             }
             Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {

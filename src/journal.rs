@@ -15,7 +15,7 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::store::{Store, WriteOp};
+use crate::store::{ConversationStore, WriteOp};
 
 /// Attempts at a failing batch before it is given up (and its events released anyway).
 const ATTEMPTS: u32 = 3;
@@ -82,7 +82,7 @@ impl Journal {
     /// # Errors
     ///
     /// [`Error::Spawn`] when the thread cannot be started.
-    pub fn spawn(store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Result<Self> {
+    pub fn spawn(store: Arc<dyn ConversationStore>, metrics: Arc<Metrics>) -> Result<Self> {
         let queue = Arc::new(Queue::default());
         let writer_queue = queue.clone();
         thread::Builder::new()
@@ -120,7 +120,7 @@ impl Journal {
     }
 }
 
-fn run(store: &dyn Store, queue: &Queue, metrics: &Metrics) {
+fn run(store: &dyn ConversationStore, queue: &Queue, metrics: &Metrics) {
     let mut ops = Vec::new();
     let mut acks: Vec<(Arc<dyn Durable>, u64)> = Vec::new();
     let mut syncs = Vec::new();
@@ -161,7 +161,7 @@ fn run(store: &dyn Store, queue: &Queue, metrics: &Metrics) {
 /// Writes one batch, retrying a few times. A batch that still fails is logged and dropped:
 /// the server keeps serving (its events are released anyway) rather than stall every chat on
 /// a broken disk.
-fn write(store: &dyn Store, ops: &[WriteOp]) {
+fn write(store: &dyn ConversationStore, ops: &[WriteOp]) {
     for attempt in 1..=ATTEMPTS {
         match store.apply(ops) {
             Ok(()) => return,
@@ -217,9 +217,9 @@ mod tests {
         journal.submit(
             WriteOp::CreateSession {
                 id: session.clone(),
+                owner: "local".into(),
                 user_id: None,
                 personality: None,
-                owner: None,
             },
             None,
         );
@@ -231,6 +231,8 @@ mod tests {
                     session: session.clone(),
                     seq,
                     body,
+                    turn: Default::default(),
+                    search_text: None,
                 },
                 Some((ack, seq)),
             );

@@ -1,24 +1,27 @@
-//! `Knowledge`: the short-term notes of one session, sandboxed to it, and written through the
-//! journal when the server persists sessions. Depends on `journal`, `store` and `protocol`.
+//! `Knowledge`: the short-term notes of one session, sandboxed to it. Each new note also goes
+//! to a [`NoteWriter`] (the session's store writer), so the notes outlive the process. Depends
+//! on nothing in the crate.
 
 use std::fmt;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::journal::Journal;
-use crate::protocol::SessionId;
-use crate::store::WriteOp;
+/// Where a session's new notes are written.
+pub trait NoteWriter: Send + Sync {
+    /// Keeps a note. Never blocks.
+    fn note(&self, text: &str);
+}
 
 /// Notes that belong to one session and vanish with it. A cheap-to-clone handle: the session
 /// owns one and the tools of its turns get a clone.
 ///
-/// The lock guards only the list of notes and is held for a push (and its non-blocking journal
-/// submit, so the store keeps the same order) or a copy.
+/// The lock guards only the list of notes and is held for a push (and its non-blocking write,
+/// so the store keeps the same order) or a copy.
 #[derive(Clone, Default)]
 pub struct Knowledge {
     notes: Arc<Mutex<Vec<String>>>,
-    journal: Option<(Journal, SessionId)>,
+    writer: Option<Arc<dyn NoteWriter>>,
 }
 
 impl fmt::Debug for Knowledge {
@@ -35,11 +38,11 @@ impl Knowledge {
         Self::default()
     }
 
-    /// Knowledge of `session` holding `notes`, whose new notes are written through `journal`.
-    pub fn persistent(journal: Journal, session: SessionId, notes: Vec<String>) -> Self {
+    /// Knowledge holding `notes`, whose new notes are also given to `writer`.
+    pub fn persistent(writer: Arc<dyn NoteWriter>, notes: Vec<String>) -> Self {
         Knowledge {
             notes: Arc::new(Mutex::new(notes)),
-            journal: Some((journal, session)),
+            writer: Some(writer),
         }
     }
 
@@ -47,14 +50,8 @@ impl Knowledge {
     pub fn add_note(&self, text: &str) -> usize {
         let mut notes = self.notes.lock();
         notes.push(text.to_owned());
-        if let Some((journal, session)) = &self.journal {
-            journal.submit(
-                WriteOp::Note {
-                    session: session.clone(),
-                    text: text.to_owned(),
-                },
-                None,
-            );
+        if let Some(writer) = &self.writer {
+            writer.note(text);
         }
         notes.len()
     }

@@ -53,9 +53,14 @@ struct Args {
     /// How long the model server may stay silent before or while it answers, e.g. 300s.
     #[arg(long, default_value = "300s", value_parser = parse_duration)]
     model_read_timeout: Duration,
-    /// How long a session with no connection is kept, e.g. 90s, 60m, 2h.
-    #[arg(long, default_value = "60m", value_parser = parse_duration)]
-    session_timeout: Duration,
+    /// How long a conversation with no connection and no turn stays in memory, e.g. 90s, 60m.
+    /// It only frees memory: the conversation stays stored and comes back on the next connect.
+    #[arg(long, alias = "session-timeout", default_value = "60m", value_parser = parse_duration)]
+    idle_timeout: Duration,
+    /// Delete conversations with no activity for this long, e.g. 90d (default: keep them until
+    /// their owner deletes them).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    retention: Option<Duration>,
     /// Log level: error, warn, info, debug or trace.
     #[arg(long, default_value = "info")]
     log_level: LevelFilter,
@@ -74,7 +79,7 @@ struct Args {
     /// Longest message text in characters; a longer one gets too_large.
     #[arg(long, default_value_t = Config::default().max_text_chars)]
     max_text_chars: usize,
-    /// Events kept per session for replay (at least 1000 is what clients may expect).
+    /// Events a live conversation keeps in memory; a replay of older ones reads the store.
     #[arg(long, default_value_t = Config::default().event_log_capacity)]
     event_log_capacity: usize,
     /// How long a connection may be quiet before it is pinged, e.g. 30s.
@@ -126,7 +131,8 @@ impl Args {
             api_key_env: self.api_key_env,
             model_connect_timeout: self.model_connect_timeout,
             model_read_timeout: self.model_read_timeout,
-            session_timeout: self.session_timeout,
+            idle_timeout: self.idle_timeout,
+            retention: self.retention,
             max_connections: self.max_connections,
             max_connections_per_session: self.max_connections_per_session,
             max_sessions: self.max_sessions,

@@ -201,12 +201,16 @@ pub enum ServerFrame {
         /// The tool's output, or what went wrong.
         result: String,
     },
-    /// A streamed piece of the final answer.
+    /// A streamed piece of the final answer: not an event (no `seq`, never logged or replayed).
     MessageDelta {
         /// The turn it belongs to.
         turn_id: TurnId,
-        /// The piece.
+        /// The piece, or with `replace` the whole answer so far.
         text: String,
+        /// True when `text` replaces what the client has of the answer: sent to a connection
+        /// that attaches while the answer streams.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        replace: bool,
     },
     /// The final answer; closes the turn.
     Message {
@@ -325,6 +329,12 @@ pub enum StatusCode {
     Gap,
     /// This connection was the oldest of its session past the limit, and is closed.
     TakenOver,
+    /// The conversation was deleted; the connection is closed.
+    Deleted,
+    /// Older turns were left out of what the model sees.
+    ContextTrimmed,
+    /// The model stopped at its length limit; the answer that follows is incomplete.
+    Truncated,
     /// A code this build does not know (only ever decoded, never sent).
     #[serde(other)]
     Unknown,
@@ -361,6 +371,8 @@ pub enum ErrorCode {
     StepLimit,
     /// Turn error: something inside the server failed (a panic, a lost thread).
     Internal,
+    /// Turn error: the store could not write the turn.
+    Storage,
     /// A code this build does not know (only ever decoded, never sent).
     #[serde(other)]
     Unknown,
@@ -383,6 +395,7 @@ impl ErrorCode {
             ErrorCode::ModelError => "model_error",
             ErrorCode::StepLimit => "step_limit",
             ErrorCode::Internal => "internal",
+            ErrorCode::Storage => "storage",
             ErrorCode::Unknown => "unknown",
         }
     }
@@ -657,10 +670,21 @@ mod tests {
             ServerFrame::MessageDelta {
                 turn_id: TurnId(1),
                 text: "pa".into(),
+                replace: false,
             },
-            Some(5),
-            json!({"type": "message_delta", "session_id": sid, "seq": 5,
+            None,
+            json!({"type": "message_delta", "session_id": sid,
                    "data": {"turn_id": 1, "text": "pa"}}),
+        );
+        golden(
+            ServerFrame::MessageDelta {
+                turn_id: TurnId(1),
+                text: "papa".into(),
+                replace: true,
+            },
+            None,
+            json!({"type": "message_delta", "session_id": sid,
+                   "data": {"turn_id": 1, "text": "papa", "replace": true}}),
         );
         golden(
             ServerFrame::Message {

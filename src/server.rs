@@ -27,7 +27,7 @@ use crate::metrics::Metrics;
 use crate::model::ModelBackend;
 use crate::model::offline::OfflineModel;
 use crate::session::SessionManager;
-use crate::store::{SqliteStore, Store};
+use crate::store::{ConversationStore, GraphStore, SqliteStore};
 use crate::tools::ToolChain;
 use crate::tools::mcp::{self, McpServers};
 
@@ -47,8 +47,10 @@ const READ_BUFFER_BYTES: usize = 4 * 1024;
 /// batch anyway, so this only bounds one batch.
 const WRITE_BUFFER_BYTES: usize = 64 * 1024;
 
-/// Bytes tungstenite may hold for a peer that is not reading before the connection is dropped.
-const MAX_WRITE_BUFFER_BYTES: usize = 8 << 20;
+/// Bytes tungstenite may hold for a peer that is not reading. The connection stops adding
+/// frames past about 1 MiB (its own backpressure), so this only has to hold the largest single
+/// frame on top of that.
+const MAX_WRITE_BUFFER_BYTES: usize = 64 << 20;
 
 /// How long a graceful shutdown waits for connections to finish their closing handshakes.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
@@ -112,14 +114,15 @@ pub fn spawn_with(
         None => None,
     };
     let metrics = Arc::new(Metrics::default());
-    let (store, journal): (Arc<dyn Store>, Option<Journal>) = if config.in_memory {
-        (Arc::new(SqliteStore::in_memory()?), None)
+    let store = Arc::new(if config.in_memory {
+        SqliteStore::in_memory()?
     } else {
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.data_dir)?);
-        let journal = Journal::spawn(store.clone(), metrics.clone())?;
-        (store, Some(journal))
-    };
-    let mut tools = ToolChain::standard(&store);
+        SqliteStore::open(&config.data_dir)?
+    });
+    let conversations: Arc<dyn ConversationStore> = store.clone();
+    let graph: Arc<dyn GraphStore> = store;
+    let journal = Journal::spawn(conversations.clone(), metrics.clone())?;
+    let mut tools = ToolChain::standard(&graph);
     for tool in mcp.iter().flat_map(McpServers::tools) {
         tools.add(tool.clone());
     }
@@ -128,13 +131,17 @@ pub fn spawn_with(
         model,
         tools: Arc::new(tools),
         max_steps: config.max_steps,
-        memory: Some(store.clone()),
+        memory: Some(graph),
         metrics: metrics.clone(),
     };
-    let sessions = SessionManager::new(config.clone(), engine, metrics.clone(), journal);
-    if !config.in_memory {
-        sessions.restore(store.load_sessions(config.session_timeout)?);
-    }
+    // Nothing is loaded at start: a conversation comes into memory when a client asks for it.
+    let sessions = SessionManager::new(
+        config.clone(),
+        engine,
+        metrics.clone(),
+        journal,
+        conversations,
+    );
     let shared = Arc::new(Shared {
         ctx: ConnectionContext {
             config: config.clone(),
@@ -158,15 +165,20 @@ pub fn spawn_with(
 
     let (reaper_stop, stopped) = crossbeam_channel::bounded::<()>(1);
     let reaper_sessions = shared.ctx.sessions.clone();
-    let every =
-        (config.session_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(30));
+    let every = (config.idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(30));
+    let (idle_timeout, retention) = (config.idle_timeout, config.retention);
     let reaper = thread::Builder::new()
         .name("reaper".into())
         .spawn(move || {
             let ticker = tick(every);
             loop {
                 select! {
-                    recv(ticker) -> _ => { reaper_sessions.reap_expired(); }
+                    recv(ticker) -> _ => {
+                        reaper_sessions.evict_idle(idle_timeout);
+                        if let Some(retention) = retention {
+                            reaper_sessions.expire(retention);
+                        }
+                    }
                     recv(stopped) -> _ => return,
                 }
             }
@@ -283,8 +295,12 @@ impl ServerHandle {
         if let Some(mcp) = &self.mcp {
             mcp.shutdown();
         }
-        if let Some(journal) = self.shared.ctx.sessions.journal()
-            && !journal.sync(JOURNAL_FLUSH_TIMEOUT)
+        if !self
+            .shared
+            .ctx
+            .sessions
+            .journal()
+            .sync(JOURNAL_FLUSH_TIMEOUT)
         {
             log::error!("server: the journal did not finish writing in {JOURNAL_FLUSH_TIMEOUT:?}");
         }

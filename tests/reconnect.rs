@@ -80,25 +80,26 @@ fn last_seq_zero_replays_everything_and_absent_replays_nothing() {
 }
 
 #[test]
-fn a_gap_is_reported_when_old_events_are_gone() {
+fn a_resume_from_before_the_memory_tail_replays_from_the_store_without_a_gap() {
     let server = TestServer::with_config(|config| config.event_log_capacity = 4);
     let mut client = server.client();
     let id = client.session_id.clone().unwrap();
     client.ask("one");
     client.ask("two");
+    client.ask("three");
     drop(client);
     let mut again = Client::resume(server.addr, &id, 1);
-    let gap = again.next();
-    match &gap.frame {
-        ServerFrame::Status(status) => {
-            assert_eq!(status.code, StatusCode::Gap);
-            assert_eq!((status.from, status.to), (Some(2), Some(2)));
-        }
-        other => panic!("expected a gap, got {other:?}"),
-    }
-    assert_eq!(gap.seq, None);
-    let replayed: Vec<_> = (0..4).map(|_| again.next()).collect();
-    assert_eq!(seqs(&replayed), [3, 4, 5, 6]);
+    let replayed: Vec<_> = (0..8).map(|_| again.next()).collect();
+    assert_eq!(seqs(&replayed), [2, 3, 4, 5, 6, 7, 8, 9]);
+    assert!(
+        replayed.iter().all(
+            |frame| !matches!(&frame.frame, ServerFrame::Status(s) if s.code == StatusCode::Gap)
+        )
+    );
+    // Live again after the replay: the next turn follows on.
+    again.say("four");
+    let frames = again.finish_turn(4);
+    assert_eq!(seqs(&frames), [10, 11, 12]);
 }
 
 #[test]
@@ -121,27 +122,48 @@ fn an_unknown_session_id_gets_a_new_session() {
 }
 
 #[test]
-fn a_session_expires_after_the_timeout_with_no_connection() {
+fn an_idle_session_leaves_memory_and_comes_back_as_it_was() {
     let server = TestServer::with_config(|config| {
-        config.session_timeout = std::time::Duration::from_millis(300)
+        config.idle_timeout = std::time::Duration::from_millis(300)
     });
     let mut client = server.client();
     let id = client.session_id.clone().unwrap();
     client.ask("remember me");
+    client.say("/note a note");
+    client.finish_turn(2);
     // While connected the session stays, however long.
-    let held = server.handle.sessions().get(&id);
-    assert!(held.is_some());
+    assert!(server.handle.sessions().get(&id).is_some());
+    let seen: Vec<_> = client
+        .seen
+        .iter()
+        .filter(|f| f.seq.is_some())
+        .cloned()
+        .collect();
     drop(client);
-    wait_until("the session to expire", || {
+    wait_until("the session to leave memory", || {
         server.handle.sessions().get(&id).is_none()
     });
-    let again = Client::resume(server.addr, &id, 0);
+    let mut again = Client::resume(server.addr, &id, 0);
     let ServerFrame::SessionInfo {
-        session_id, is_new, ..
+        session_id,
+        is_new,
+        reconnected,
     } = &again.seen[0].frame
     else {
         unreachable!()
     };
-    assert!(*is_new);
-    assert_ne!(session_id, &id);
+    assert!(!*is_new && *reconnected);
+    assert_eq!(session_id, &id);
+    let replayed: Vec<_> = (0..seen.len()).map(|_| again.next()).collect();
+    assert_eq!(replayed, seen, "the replay is exactly what was sent");
+    // Numbering, notes and the conversation go on where they were.
+    again.say("/notes");
+    let frames = again.finish_turn(3);
+    assert_eq!(frames[0].seq, Some(seen.len() as u64 + 1));
+    let ServerFrame::Message { text, .. } = &frames.last().unwrap().frame else {
+        panic!("no answer: {frames:?}");
+    };
+    assert!(text.contains("a note"), "{text}");
+    let history = server.handle.sessions().get(&id).unwrap().history();
+    assert!(history.iter().any(|m| m.content == "remember me"));
 }

@@ -197,6 +197,7 @@ fn format_utc(unix_seconds: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::Principal;
     use crate::cancel::CancelFlag;
     use crate::knowledge::Knowledge;
 
@@ -206,6 +207,7 @@ mod tests {
         tool.call(
             &args,
             &ToolContext {
+                principal: &Principal::local(),
                 knowledge: &knowledge,
                 cancel: &cancel,
             },
@@ -246,6 +248,7 @@ mod tests {
         let cancel = CancelFlag::new();
         cancel.cancel();
         let ctx = ToolContext {
+            principal: &Principal::local(),
             knowledge: &knowledge,
             cancel: &cancel,
         };
@@ -260,6 +263,7 @@ mod tests {
         let (mine, theirs) = (Knowledge::new(), Knowledge::new());
         let cancel = CancelFlag::new();
         let ctx = ToolContext {
+            principal: &Principal::local(),
             knowledge: &mine,
             cancel: &cancel,
         };
@@ -271,6 +275,7 @@ mod tests {
             Ok("1. buy milk".to_owned())
         );
         let other = ToolContext {
+            principal: &Principal::local(),
             knowledge: &theirs,
             cancel: &cancel,
         };

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use crate::store::{Node, Store};
+use crate::store::{GraphStore, Node};
 use crate::tools::{Tool, ToolContext};
 
 /// Results a search returns when the caller gives no limit.
@@ -16,7 +16,7 @@ const DEFAULT_LIMIT: u64 = 5;
 const MAX_LIMIT: u64 = 50;
 
 /// Every graph tool, over one store.
-pub fn all(store: &Arc<dyn Store>) -> Vec<Arc<dyn Tool>> {
+pub fn all(store: &Arc<dyn GraphStore>) -> Vec<Arc<dyn Tool>> {
     let tool = |kind: GraphTool| -> Arc<dyn Tool> {
         Arc::new(Graph {
             kind,
@@ -48,7 +48,7 @@ enum GraphTool {
 /// One graph tool: which operation, on which store.
 struct Graph {
     kind: GraphTool,
-    store: Arc<dyn Store>,
+    store: Arc<dyn GraphStore>,
 }
 
 fn string<'a>(args: &'a Value, key: &str) -> Result<&'a str, String> {
@@ -136,7 +136,7 @@ impl Tool for Graph {
     fn description(&self) -> &str {
         match self.kind {
             GraphTool::Remember => {
-                "Store a fact in the long-term memory shared by every conversation."
+                "Store a fact in your long-term memory, shared by all your conversations."
             }
             GraphTool::Recall => {
                 "Search the long-term memory for facts about a topic, best match first."
@@ -180,13 +180,14 @@ impl Tool for Graph {
         }
     }
 
-    fn call(&self, args: &Value, _ctx: &ToolContext<'_>) -> Result<String, String> {
+    fn call(&self, args: &Value, ctx: &ToolContext<'_>) -> Result<String, String> {
         let store = &self.store;
+        let owner = ctx.principal.as_str();
         let failed = |e: crate::error::Error| e.to_string();
         match self.kind {
             GraphTool::Remember => {
                 let (node, new) = store
-                    .remember(string(args, "content")?.trim())
+                    .remember(owner, string(args, "content")?.trim())
                     .map_err(failed)?;
                 Ok(if new {
                     format!("Remembered as #{}.", node.id)
@@ -197,7 +198,9 @@ impl Tool for Graph {
             GraphTool::Recall => {
                 let query = string(args, "query")?;
                 Ok(list(
-                    &store.search(query, None, limit(args)?).map_err(failed)?,
+                    &store
+                        .search(owner, query, None, limit(args)?)
+                        .map_err(failed)?,
                     query,
                 ))
             }
@@ -205,7 +208,9 @@ impl Tool for Graph {
                 let query = string(args, "query")?;
                 let kind = optional_string(args, "kind")?;
                 Ok(list(
-                    &store.search(query, kind, limit(args)?).map_err(failed)?,
+                    &store
+                        .search(owner, query, kind, limit(args)?)
+                        .map_err(failed)?,
                     query,
                 ))
             }
@@ -214,7 +219,7 @@ impl Tool for Graph {
                 let label = string(args, "label")?;
                 let content = optional_string(args, "content")?.unwrap_or(label);
                 let node = store
-                    .add_node(kind, label, content, &properties(args)?)
+                    .add_node(owner, kind, label, content, &properties(args)?)
                     .map_err(failed)?;
                 Ok(format!("Added node {}.", describe(&node)))
             }
@@ -222,13 +227,13 @@ impl Tool for Graph {
                 let (source, target) = (node_id(args, "source")?, node_id(args, "target")?);
                 let kind = string(args, "kind")?;
                 let edge = store
-                    .add_edge(source, target, kind, &properties(args)?)
+                    .add_edge(owner, source, target, kind, &properties(args)?)
                     .map_err(failed)?;
                 Ok(format!("Edge #{}: #{source} -{kind}-> #{target}.", edge.id))
             }
             GraphTool::Get => {
                 let id = node_id(args, "id")?;
-                let Some(around) = store.get(id).map_err(failed)? else {
+                let Some(around) = store.get(owner, id).map_err(failed)? else {
                     return Err(format!("there is no node #{id}"));
                 };
                 let mut lines = vec![describe(&around.node)];
@@ -252,7 +257,7 @@ impl Tool for Graph {
             }
             GraphTool::Delete => {
                 let id = node_id(args, "id")?;
-                if store.delete(id).map_err(failed)? {
+                if store.delete(owner, id).map_err(failed)? {
                     Ok(format!("Deleted node #{id} and its edges."))
                 } else {
                     Err(format!("there is no node #{id}"))
@@ -265,13 +270,14 @@ impl Tool for Graph {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::Principal;
     use crate::cancel::CancelFlag;
     use crate::knowledge::Knowledge;
     use crate::store::SqliteStore;
     use crate::tools::ToolChain;
 
     fn chain() -> ToolChain {
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
+        let store: Arc<dyn GraphStore> = Arc::new(SqliteStore::in_memory().unwrap());
         let mut chain = ToolChain::new();
         for tool in all(&store) {
             chain.add(tool);
@@ -286,6 +292,7 @@ mod tests {
             name,
             &args,
             &ToolContext {
+                principal: &Principal::local(),
                 knowledge: &knowledge,
                 cancel: &cancel,
             },

@@ -13,17 +13,20 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use crate::auth::Principal;
 use crate::cancel::CancelFlag;
 use crate::knowledge::Knowledge;
 use crate::metrics::Metrics;
 use crate::model::ToolSpec;
 use crate::protocol::ToolStatus;
-use crate::store::Store;
+use crate::store::GraphStore;
 
-/// What a tool gets besides its arguments: the calling session's knowledge and the turn's
-/// cancel flag.
+/// What a tool gets besides its arguments: who calls it, the calling session's knowledge and
+/// the turn's cancel flag.
 #[derive(Debug)]
 pub struct ToolContext<'a> {
+    /// The principal whose conversation calls the tool: the graph tools act for it alone.
+    pub principal: &'a Principal,
     /// The calling session's short-term knowledge.
     pub knowledge: &'a Knowledge,
     /// Set when the turn is cancelled; a slow tool stops when it sees it.
@@ -89,7 +92,7 @@ impl ToolChain {
     }
 
     /// The built-in tools and the knowledge-graph tools over `store`.
-    pub fn standard(store: &Arc<dyn Store>) -> Self {
+    pub fn standard(store: &Arc<dyn GraphStore>) -> Self {
         let mut chain = Self::builtin();
         for tool in graph::all(store) {
             chain.add(tool);
@@ -215,6 +218,7 @@ mod tests {
         chain.add(Arc::new(Panicky));
         let (knowledge, cancel) = (Knowledge::new(), CancelFlag::new());
         let ctx = ToolContext {
+            principal: &Principal::local(),
             knowledge: &knowledge,
             cancel: &cancel,
         };

@@ -1,0 +1,615 @@
+//! Sessions (conversations) while they are live in memory.
+//!
+//! - `manager.rs`: `SessionManager`, the map of live sessions; creates them, brings them back
+//!   from the store on demand, frees idle ones, deletes them.
+//! - this file: `Session`, one conversation's live state (bot, knowledge, event tail, current
+//!   turn, subscribers) and the operations on it: submit, cancel, attach, replay, release.
+//! - `tail.rs`: the in-memory tail of events. `subscribers.rs`: fan-out to connections.
+//!   `turn.rs`: the running turn and the one place a turn is closed. `persist.rs`: every store
+//!   write.
+//!
+//! An event reaches subscribers only once the store has committed it: `push_event` numbers,
+//! logs and submits it; the journal's acknowledgement (`release`) hands it to every live
+//! subscriber. Depends on `bot`, `journal`, `store`, `knowledge`, `cancel`, `config`, `auth`,
+//! `metrics`, `model` and `protocol`; it never learns that a subscriber is a WebSocket.
+
+mod manager;
+mod persist;
+mod subscribers;
+mod tail;
+mod turn;
+
+use std::fmt;
+use std::sync::{Arc, Weak};
+use std::time::Instant;
+
+use parking_lot::Mutex;
+
+use crate::auth::Principal;
+use crate::bot::{Bot, interrupted};
+use crate::cancel::CancelFlag;
+use crate::journal::Durable;
+use crate::knowledge::Knowledge;
+use crate::metrics::Metrics;
+use crate::model::ChatMessage;
+use crate::protocol::{ServerFrame, SessionId, StatusCode, StatusData, TurnId, encode};
+use crate::store::ConversationStore;
+
+pub use manager::{Conversation, Refusal, SessionManager};
+pub use persist::Persist;
+pub use subscribers::{Attached, CloseReason, Delivery, Notify, Subscriber};
+pub use tail::EventLog;
+pub use turn::{CurrentTurn, SessionTurn, TurnStart};
+
+/// A frame ready for the wire, shared by the event tail and every subscriber it goes to.
+pub type WireText = Arc<str>;
+
+/// Bytes of events one replay step reads at most.
+const REPLAY_PAGE_BYTES: usize = 256 * 1024;
+
+/// What a successful `connect` gives the connection.
+#[derive(Debug)]
+pub struct Attachment {
+    /// The session it is now attached to.
+    pub session: Session,
+    /// Frames to send first: `session_info`, `ready`, and for a live attach to a streaming
+    /// turn the `message_delta` that replaces the answer so far.
+    pub greeting: Vec<WireText>,
+    /// True when the connection must replay (see [`Session::replay`]) before it is live.
+    pub replaying: bool,
+}
+
+/// One step of a replay.
+#[derive(Debug, Default)]
+pub struct ReplayStep {
+    /// Frames to send, in order.
+    pub frames: Vec<WireText>,
+    /// How many of them are replayed events.
+    pub events: usize,
+    /// True when the connection has caught up and is live: nothing more to pull.
+    pub done: bool,
+}
+
+/// A cheap-to-clone handle to one session.
+#[derive(Clone)]
+pub struct Session {
+    inner: Arc<SessionInner>,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.inner.id)
+            .finish_non_exhaustive()
+    }
+}
+
+struct SessionInner {
+    id: SessionId,
+    /// The client's label for its user, from the `connect` that created it.
+    user_id: Option<String>,
+    /// Who may attach to it and see it.
+    owner: Principal,
+    knowledge: Knowledge,
+    metrics: Arc<Metrics>,
+    max_subscribers: usize,
+    persist: Persist,
+    /// Where replays read what the tail no longer holds.
+    store: Arc<dyn ConversationStore>,
+    /// This session as the journal's acknowledgement target.
+    ack: Arc<dyn Durable>,
+    /// Held for bookkeeping only: never across IO, a model call, a tool call or a blocking send.
+    state: Mutex<SessionState>,
+}
+
+/// What the session lock protects.
+struct SessionState {
+    bot: Bot,
+    log: EventLog,
+    /// The highest `seq` the store has committed; only events up to it are delivered.
+    durable_seq: u64,
+    next_turn: u64,
+    turn: Option<CurrentTurn>,
+    subscribers: Vec<Attached>,
+    /// Streamed pieces emitted while events before them wait for the store: `(seq of the event
+    /// they follow, frame, piece)`. Released with those events, in order.
+    held: Vec<(u64, WireText, String)>,
+    /// When the session last had a subscriber or an event; eviction counts from here.
+    idle_since: Instant,
+    /// Set when the session leaves memory or is deleted; a closed session accepts nothing.
+    closed: bool,
+}
+
+/// The journal's handle on a session: a weak one, so that a pending batch does not keep an
+/// evicted session alive.
+struct SessionAck(Weak<SessionInner>);
+
+impl Durable for SessionAck {
+    fn durable(&self, seq: u64) {
+        if let Some(inner) = self.0.upgrade() {
+            let session = Session { inner };
+            let mut state = session.inner.state.lock();
+            session.release(&mut state, seq);
+        }
+    }
+}
+
+/// What a session is built from: new, or as the store held it.
+struct Parts {
+    id: SessionId,
+    user_id: Option<String>,
+    owner: Principal,
+    bot: Bot,
+    notes: Vec<String>,
+    log: EventLog,
+    next_turn: u64,
+}
+
+impl Session {
+    fn build(parts: Parts, persist: Persist, shared: &manager::Shared) -> Self {
+        let knowledge = Knowledge::persistent(Arc::new(persist.clone()), parts.notes);
+        let state = SessionState {
+            durable_seq: parts.log.last_seq(),
+            bot: parts.bot,
+            log: parts.log,
+            next_turn: parts.next_turn,
+            turn: None,
+            subscribers: Vec::new(),
+            held: Vec::new(),
+            idle_since: Instant::now(),
+            closed: false,
+        };
+        let inner = Arc::new_cyclic(|weak: &Weak<SessionInner>| SessionInner {
+            id: parts.id,
+            user_id: parts.user_id,
+            owner: parts.owner,
+            knowledge,
+            metrics: shared.metrics.clone(),
+            max_subscribers: shared.config.max_connections_per_session.max(1),
+            persist,
+            store: shared.store.clone(),
+            ack: Arc::new(SessionAck(weak.clone())),
+            state: Mutex::new(state),
+        });
+        Session { inner }
+    }
+
+    /// The session's id.
+    pub fn id(&self) -> &SessionId {
+        &self.inner.id
+    }
+
+    /// The `user_id` the session was created with.
+    pub fn user_id(&self) -> Option<&str> {
+        self.inner.user_id.as_deref()
+    }
+
+    /// The principal that owns it.
+    pub fn owner(&self) -> &Principal {
+        &self.inner.owner
+    }
+
+    /// The session's short-term knowledge.
+    pub fn knowledge(&self) -> &Knowledge {
+        &self.inner.knowledge
+    }
+
+    /// The `seq` of the newest event (0 before the first).
+    pub fn last_seq(&self) -> u64 {
+        self.inner.state.lock().log.last_seq()
+    }
+
+    /// True while a turn is in flight.
+    pub fn has_turn(&self) -> bool {
+        self.inner.state.lock().turn.is_some()
+    }
+
+    /// How many subscribers are attached now.
+    pub fn subscriber_count(&self) -> usize {
+        self.inner.state.lock().subscribers.len()
+    }
+
+    /// A copy of the conversation the model sees.
+    pub fn history(&self) -> Vec<ChatMessage> {
+        self.inner.state.lock().bot.history().to_vec()
+    }
+
+    /// Opens a turn for a user message: cancels the turn in flight (its `status cancelled`
+    /// comes first), logs `user_message`, and returns the turn for a worker to run. `None`
+    /// when the session left memory or was deleted meanwhile.
+    pub fn submit(&self, text: &str) -> Option<TurnStart> {
+        let mut state = self.inner.state.lock();
+        if state.closed {
+            return None;
+        }
+        self.cancel_locked(&mut state);
+        let turn_id = TurnId(state.next_turn);
+        state.next_turn += 1;
+        let frame = ServerFrame::UserMessage {
+            turn_id,
+            text: text.to_owned(),
+        };
+        self.push_event(&mut state, frame);
+        let cancel = CancelFlag::new();
+        state.turn = Some(CurrentTurn {
+            id: turn_id,
+            cancel: cancel.clone(),
+            text: text.to_owned(),
+            started: Instant::now(),
+            shown: String::new(),
+        });
+        let turn = state.bot.start_turn(turn_id, text, &self.inner.owner);
+        Metrics::bump(&self.inner.metrics.turns_started);
+        Some(TurnStart {
+            turn,
+            events: SessionTurn {
+                session: self.clone(),
+                turn_id,
+            },
+            cancel,
+            knowledge: self.inner.knowledge.clone(),
+        })
+    }
+
+    /// Stops the turn in flight, if any, and logs its `status cancelled`.
+    pub fn cancel(&self) {
+        let mut state = self.inner.state.lock();
+        self.cancel_locked(&mut state);
+    }
+
+    /// Detaches the subscriber `id`, if it is still attached.
+    pub fn detach(&self, id: u64) {
+        let mut state = self.inner.state.lock();
+        let before = state.subscribers.len();
+        state
+            .subscribers
+            .retain(|attached| attached.subscriber.id != id);
+        if state.subscribers.len() < before && state.subscribers.is_empty() {
+            state.idle_since = Instant::now();
+        }
+    }
+
+    fn cancel_locked(&self, state: &mut SessionState) {
+        let Some(turn) = state.turn.take() else {
+            return;
+        };
+        turn.cancel.cancel();
+        let status = ServerFrame::status(
+            StatusCode::Cancelled,
+            "the turn was cancelled",
+            Some(turn.id),
+        );
+        let transcript = interrupted(&turn.text, "(the reply was cancelled)");
+        self.close_turn(state, Some(&turn), status, transcript, false);
+    }
+
+    /// Numbers an event, logs it, and submits it to the store; the one place events are made.
+    /// Subscribers get it when the store acknowledges it.
+    fn push_event(&self, state: &mut SessionState, frame: ServerFrame) {
+        let seq = state.log.last_seq() + 1;
+        let text: WireText = encode(&frame, Some(&self.inner.id), Some(seq)).into();
+        state.log.push(text.clone());
+        state.idle_since = Instant::now();
+        Metrics::bump(&self.inner.metrics.events);
+        self.inner
+            .persist
+            .event(seq, &text, &frame, self.inner.ack.clone());
+    }
+
+    /// A streamed piece of the answer of turn `turn_id`: not an event. It goes to live
+    /// subscribers at once, or, while events before it wait for the store, right after them.
+    fn stream(&self, state: &mut SessionState, turn_id: TurnId, piece: String) {
+        let frame = ServerFrame::MessageDelta {
+            turn_id,
+            text: piece,
+            replace: false,
+        };
+        let text: WireText = encode(&frame, Some(&self.inner.id), None).into();
+        let ServerFrame::MessageDelta { text: piece, .. } = frame else {
+            return;
+        };
+        if state.durable_seq < state.log.last_seq() {
+            state.held.push((state.log.last_seq(), text, piece));
+            return;
+        }
+        if let Some(turn) = &mut state.turn {
+            turn.shown.push_str(&piece);
+        }
+        state.subscribers.retain(|attached| {
+            !attached.live || attached.subscriber.deliver(Delivery::Text(text.clone()))
+        });
+    }
+
+    /// Marks events up to `seq` durable and queues them, with the pieces streamed between
+    /// them, for every live subscriber. Subscribers that cannot keep up are dropped here.
+    fn release(&self, state: &mut SessionState, seq: u64) {
+        if seq <= state.durable_seq {
+            return;
+        }
+        state.durable_seq = seq;
+        let split = state.held.partition_point(|(after, _, _)| *after <= seq);
+        let held: Vec<(u64, WireText, String)> = state.held.drain(..split).collect();
+        let SessionState {
+            log,
+            subscribers,
+            turn,
+            ..
+        } = state;
+        if let Some(turn) = turn {
+            for (_, _, piece) in &held {
+                turn.shown.push_str(piece);
+            }
+        }
+        let metrics = &self.inner.metrics;
+        subscribers.retain_mut(|attached| {
+            if !attached.live {
+                return true;
+            }
+            let Some(events) = log.range(attached.sent_seq, seq) else {
+                log::warn!(
+                    "subscriber {}: fell behind the event tail; detaching it",
+                    attached.subscriber.id
+                );
+                return false;
+            };
+            let mut pieces = held.iter().peekable();
+            let mut sent = 0;
+            for (event_seq, text) in events {
+                while let Some((_, piece, _)) = pieces.next_if(|(after, _, _)| *after < event_seq) {
+                    if !attached.subscriber.deliver(Delivery::Text(piece.clone())) {
+                        return false;
+                    }
+                }
+                sent += 1;
+                if !attached.subscriber.deliver(Delivery::Text(text.clone())) {
+                    return false;
+                }
+            }
+            for (_, piece, _) in pieces {
+                if !attached.subscriber.deliver(Delivery::Text(piece.clone())) {
+                    return false;
+                }
+            }
+            Metrics::add(&metrics.events_sent, sent);
+            attached.sent_seq = seq;
+            true
+        });
+        log.trim(seq);
+    }
+
+    /// Adds messages to the conversation, and to the store.
+    fn commit(&self, state: &mut SessionState, transcript: Vec<ChatMessage>) {
+        self.inner
+            .persist
+            .messages(state.bot.end_index(), transcript.clone());
+        state.bot.commit(transcript);
+    }
+
+    /// The `message_delta` with `replace` that a connection attaching now needs, if the turn
+    /// in flight has shown part of its answer.
+    fn replace_frame(&self, state: &SessionState) -> Option<WireText> {
+        let turn = state.turn.as_ref().filter(|turn| !turn.shown.is_empty())?;
+        let frame = ServerFrame::MessageDelta {
+            turn_id: turn.id,
+            text: turn.shown.clone(),
+            replace: true,
+        };
+        Some(encode(&frame, Some(&self.inner.id), None).into())
+    }
+
+    /// Attaches a subscriber, taking over from the oldest past the limit, and builds its
+    /// greeting. With `last_seq` (on a resume) the connection then replays; without it, it is
+    /// live at once. Gives the subscriber back when the session left memory meanwhile.
+    fn attach(
+        &self,
+        subscriber: Subscriber,
+        is_new: bool,
+        last_seq: Option<u64>,
+        ready: &ServerFrame,
+    ) -> Result<Attachment, Subscriber> {
+        let mut state = self.inner.state.lock();
+        if state.closed {
+            return Err(subscriber);
+        }
+        while state.subscribers.len() >= self.inner.max_subscribers {
+            let oldest = state.subscribers.remove(0).subscriber;
+            let status = ServerFrame::status(
+                StatusCode::TakenOver,
+                "another connection took this one's place",
+                None,
+            );
+            let text = encode(&status, Some(&self.inner.id), None).into();
+            if oldest.deliver(Delivery::Text(text)) {
+                oldest.deliver(Delivery::Close(CloseReason::TakenOver));
+            }
+            log::info!(
+                "session {}: subscriber {} taken over",
+                self.inner.id.short(),
+                oldest.id
+            );
+        }
+        let id = Some(&self.inner.id);
+        let info = ServerFrame::SessionInfo {
+            session_id: self.inner.id.clone(),
+            is_new,
+            reconnected: !is_new,
+        };
+        let mut greeting: Vec<WireText> = vec![
+            encode(&info, id, None).into(),
+            encode(ready, id, None).into(),
+        ];
+        let replaying = !is_new && last_seq.is_some();
+        let sent_seq = match last_seq {
+            Some(seen) if replaying => seen.min(state.log.last_seq()),
+            _ => state.durable_seq,
+        };
+        if !replaying {
+            greeting.extend(self.replace_frame(&state));
+        }
+        state.subscribers.push(Attached {
+            subscriber,
+            sent_seq,
+            live: !replaying,
+        });
+        Ok(Attachment {
+            session: self.clone(),
+            greeting,
+            replaying,
+        })
+    }
+
+    /// The next step of subscriber `id`'s replay: events it has not had, up to what is durable,
+    /// from the tail when it holds them, else from the store (read with no lock held). The step
+    /// that reaches the durable end makes the subscriber live and is `done`.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::error::Error::Store`] when the store cannot be read.
+    pub fn replay(&self, id: u64) -> crate::error::Result<ReplayStep> {
+        let (after, up_to) = {
+            let mut state = self.inner.state.lock();
+            let durable = state.durable_seq;
+            let Some(at) = state
+                .subscribers
+                .iter()
+                .position(|attached| attached.subscriber.id == id)
+            else {
+                return Ok(ReplayStep {
+                    done: true,
+                    ..ReplayStep::default()
+                });
+            };
+            let after = state.subscribers[at].sent_seq;
+            if state.subscribers[at].live {
+                return Ok(ReplayStep {
+                    done: true,
+                    ..ReplayStep::default()
+                });
+            }
+            let cached: Option<Vec<(u64, WireText)>> =
+                state.log.range(after, durable).map(|events| {
+                    let mut bytes = 0;
+                    events
+                        .take_while(|(_, text)| {
+                            let more = bytes < REPLAY_PAGE_BYTES;
+                            bytes += text.len();
+                            more
+                        })
+                        .map(|(seq, text)| (seq, text.clone()))
+                        .collect()
+                });
+            if let Some(events) = cached {
+                let mut step = ReplayStep::default();
+                let last = events.last().map_or(after, |(seq, _)| *seq);
+                step.frames = events.into_iter().map(|(_, text)| text).collect();
+                step.events = step.frames.len();
+                step.done = last >= durable;
+                let replace = step.done.then(|| self.replace_frame(&state)).flatten();
+                let attached = &mut state.subscribers[at];
+                attached.sent_seq = last;
+                attached.live = step.done;
+                step.frames.extend(replace);
+                return Ok(step);
+            }
+            (after, durable)
+        };
+        let page = self
+            .inner
+            .store
+            .events(&self.inner.id, after, up_to, REPLAY_PAGE_BYTES)?;
+        let mut step = ReplayStep::default();
+        if page.first_seq > after + 1 {
+            let (from, to) = (after + 1, page.first_seq - 1);
+            let status = ServerFrame::Status(StatusData {
+                code: StatusCode::Gap,
+                message: format!("events {from} to {to} were removed by the retention policy"),
+                from: Some(from),
+                to: Some(to),
+                ..StatusData::default()
+            });
+            step.frames
+                .push(encode(&status, Some(&self.inner.id), None).into());
+        }
+        let last = page.events.last().map_or(up_to, |(seq, _)| *seq);
+        step.events = page.events.len();
+        step.frames.extend(
+            page.events
+                .into_iter()
+                .map(|(_, body)| WireText::from(body)),
+        );
+        let mut state = self.inner.state.lock();
+        if let Some(attached) = state
+            .subscribers
+            .iter_mut()
+            .find(|attached| attached.subscriber.id == id && !attached.live)
+        {
+            attached.sent_seq = attached.sent_seq.max(last);
+        }
+        Ok(step)
+    }
+
+    /// Brings the numbering past the store's and closes a turn that a restart cut off, so
+    /// that every turn is closed exactly once.
+    fn settle(&self, open_turn: Option<(u64, String)>) {
+        let Some((turn_id, text)) = open_turn else {
+            return;
+        };
+        let mut state = self.inner.state.lock();
+        let message = "the server restarted before this turn finished";
+        let frame = ServerFrame::Error {
+            turn_id: Some(TurnId(turn_id)),
+            code: crate::protocol::ErrorCode::Internal,
+            message: message.into(),
+        };
+        let transcript = interrupted(&text, &format!("(no reply: {message})"));
+        self.close_turn(&mut state, None, frame, transcript, false);
+        log::info!(
+            "session {}: closed turn {turn_id}, cut off by a restart",
+            self.inner.id.short()
+        );
+    }
+
+    /// Takes the session out of service: no more turns or subscribers. With `deleted`, its
+    /// turn is stopped and its subscribers get `status deleted` and are closed.
+    fn close(&self, deleted: bool) {
+        let mut state = self.inner.state.lock();
+        state.closed = true;
+        if !deleted {
+            return;
+        }
+        if let Some(turn) = state.turn.take() {
+            turn.cancel.cancel();
+        }
+        let status = ServerFrame::status(StatusCode::Deleted, "the conversation was deleted", None);
+        let text: WireText = encode(&status, Some(&self.inner.id), None).into();
+        for attached in state.subscribers.drain(..) {
+            if attached.subscriber.deliver(Delivery::Text(text.clone())) {
+                attached
+                    .subscriber
+                    .deliver(Delivery::Close(CloseReason::Deleted));
+            }
+        }
+    }
+
+    /// True when the session may leave memory: nobody attached, no turn, everything durable,
+    /// and idle since `before`.
+    fn evictable(&self, before: Instant) -> bool {
+        Self::idle(&self.inner.state.lock(), before)
+    }
+
+    /// Closes the session if it is still [`evictable`](Self::evictable), in one step under its
+    /// lock, so that no connection attaches to it in between. True when it closed.
+    fn close_if_idle(&self, before: Instant) -> bool {
+        let mut state = self.inner.state.lock();
+        let idle = Self::idle(&state, before);
+        state.closed |= idle;
+        idle
+    }
+
+    fn idle(state: &SessionState, before: Instant) -> bool {
+        state.subscribers.is_empty()
+            && state.turn.is_none()
+            && state.durable_seq == state.log.last_seq()
+            && state.idle_since <= before
+    }
+}

@@ -1,0 +1,156 @@
+//! One running turn as its session sees it: `CurrentTurn` (its bookkeeping under the session
+//! lock), `SessionTurn` (what the worker emits through), `TurnStart` (what a worker thread is
+//! handed), and the one place a turn is closed.
+
+use std::time::Instant;
+
+use crate::bot::{Turn, TurnEvents, interrupted};
+use crate::cancel::CancelFlag;
+use crate::knowledge::Knowledge;
+use crate::metrics::Outcome;
+use crate::model::ChatMessage;
+use crate::protocol::{ErrorCode, ServerFrame, TurnId};
+
+use super::{Session, SessionState};
+
+/// The turn in flight, as its session keeps it.
+#[derive(Debug)]
+pub struct CurrentTurn {
+    /// Its id.
+    pub id: TurnId,
+    /// Set to stop it.
+    pub cancel: CancelFlag,
+    /// The user's text, for the transcript of an interrupted turn.
+    pub text: String,
+    /// When it started, for the duration histogram.
+    pub started: Instant,
+    /// The answer streamed so far that subscribers were given: what a connection attaching now
+    /// gets as one `message_delta` with `replace`.
+    pub shown: String,
+}
+
+/// A new turn, ready for a worker thread.
+#[derive(Debug)]
+pub struct TurnStart {
+    /// The agent loop to run.
+    pub turn: Turn,
+    /// Where its events go.
+    pub events: SessionTurn,
+    /// Its cancel flag.
+    pub cancel: CancelFlag,
+    /// The session's knowledge, for the tools.
+    pub knowledge: Knowledge,
+}
+
+/// The session's side of one running turn: what [`Turn::run`] emits through.
+#[derive(Clone, Debug)]
+pub struct SessionTurn {
+    pub(super) session: Session,
+    pub(super) turn_id: TurnId,
+}
+
+impl SessionTurn {
+    /// The turn's id.
+    pub fn turn_id(&self) -> TurnId {
+        self.turn_id
+    }
+
+    /// The session the turn runs in.
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// Closes the turn with an error event, if it is still current, keeping the conversation
+    /// well formed. Used when the turn's worker could not start or crashed.
+    pub fn fail(&self, code: ErrorCode, message: &str) {
+        let frame = ServerFrame::Error {
+            turn_id: Some(self.turn_id),
+            code,
+            message: message.to_owned(),
+        };
+        let mut state = self.session.inner.state.lock();
+        if let Some(turn) = state.turn.take_if(|turn| turn.id == self.turn_id) {
+            let transcript = interrupted(&turn.text, &format!("(no reply: {message})"));
+            self.session
+                .close_turn(&mut state, Some(&turn), frame, transcript, false);
+        }
+    }
+
+    /// Closes the turn with `frame`, if it is still current.
+    fn finish(
+        &self,
+        frame: ServerFrame,
+        transcript: Vec<ChatMessage>,
+        reset_history: bool,
+    ) -> bool {
+        let mut state = self.session.inner.state.lock();
+        let Some(turn) = state.turn.take_if(|turn| turn.id == self.turn_id) else {
+            return false;
+        };
+        self.session
+            .close_turn(&mut state, Some(&turn), frame, transcript, reset_history);
+        true
+    }
+}
+
+impl TurnEvents for SessionTurn {
+    fn emit(&self, frame: ServerFrame) -> bool {
+        let mut state = self.session.inner.state.lock();
+        let current = state
+            .turn
+            .as_ref()
+            .is_some_and(|turn| turn.id == self.turn_id);
+        if current {
+            match frame {
+                ServerFrame::MessageDelta { text, .. } => {
+                    self.session.stream(&mut state, self.turn_id, text);
+                }
+                frame => self.session.push_event(&mut state, frame),
+            }
+        }
+        current
+    }
+
+    fn close(&self, frame: ServerFrame, transcript: Vec<ChatMessage>) -> bool {
+        self.finish(frame, transcript, false)
+    }
+
+    fn close_resetting(&self, frame: ServerFrame, transcript: Vec<ChatMessage>) -> bool {
+        self.finish(frame, transcript, true)
+    }
+}
+
+impl Session {
+    /// The one place a turn ends: logs its closing `frame`, clears the conversation first when
+    /// `reset_history` is set, and commits `transcript`. `turn` is the turn that was current,
+    /// taken out of the state by the caller (none for a turn a restart cut off).
+    pub(super) fn close_turn(
+        &self,
+        state: &mut SessionState,
+        turn: Option<&CurrentTurn>,
+        frame: ServerFrame,
+        transcript: Vec<ChatMessage>,
+        reset_history: bool,
+    ) {
+        if let Some(turn) = turn {
+            let outcome = match &frame {
+                ServerFrame::Message { .. } => Outcome::Message,
+                ServerFrame::Status(_) => Outcome::Cancelled,
+                _ => Outcome::Error,
+            };
+            self.inner
+                .metrics
+                .turn_ended(outcome, turn.started.elapsed());
+        }
+        self.push_event(state, frame);
+        if reset_history {
+            state.bot.clear_history();
+            self.inner.persist.trim_messages(state.bot.first_index());
+            log::info!(
+                "session {}: history cleared after the model rejected it",
+                self.inner.id.short()
+            );
+        }
+        self.commit(state, transcript);
+    }
+}

@@ -1,0 +1,362 @@
+//! The persistent store: what it holds and the two traits the rest of the server uses.
+//!
+//! - [`ConversationStore`]: conversations (sessions), their events, messages and notes, written
+//!   in batches by the journal and read back lazily, one conversation at a time, by the session
+//!   manager, the replay of a connection and the HTTP API.
+//! - [`GraphStore`]: the knowledge graph, every node owned by one principal.
+//!
+//! `sqlite.rs` implements both over one SQLite file; `schema.rs` holds its migrations. This is
+//! the only module that runs SQL. Depends on `model` (for `ChatMessage`), `protocol` and `error`.
+
+mod schema;
+mod sqlite;
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::error::Result;
+use crate::model::ChatMessage;
+use crate::protocol::SessionId;
+
+pub use sqlite::{DATABASE_FILE, SqliteStore, fts_queries};
+
+/// The schema version this build writes. A store with a higher one was written by a newer
+/// Sparky and is refused.
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// The owner of everything when the server requires no token.
+pub const LOCAL_OWNER: &str = "local";
+
+/// One write to the store. The journal applies a batch of them in one transaction; every op
+/// is built in `session/persist.rs`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum WriteOp {
+    /// A new conversation.
+    CreateSession {
+        /// Its id.
+        id: SessionId,
+        /// The principal that owns it.
+        owner: String,
+        /// The client's label for its user.
+        user_id: Option<String>,
+        /// Its system prompt.
+        personality: Option<String>,
+    },
+    /// An event, by number.
+    Event {
+        /// Its conversation.
+        session: SessionId,
+        /// Its `seq`.
+        seq: u64,
+        /// The frame as sent.
+        body: Arc<str>,
+        /// What the event changes about its turn, so that a restart needs no JSON parsing.
+        turn: TurnMark,
+        /// Text that `GET /api/conversations?q=` searches (user messages and answers).
+        search_text: Option<String>,
+    },
+    /// Conversation messages appended, numbered from `first`.
+    Messages {
+        /// The conversation.
+        session: SessionId,
+        /// The number of the first message.
+        first: u64,
+        /// The messages.
+        messages: Vec<ChatMessage>,
+    },
+    /// The model sees no message numbered below `below` (the history was reset).
+    TrimMessages {
+        /// The conversation.
+        session: SessionId,
+        /// The first number kept.
+        below: u64,
+    },
+    /// A note of the conversation's short-term knowledge.
+    Note {
+        /// The conversation.
+        session: SessionId,
+        /// The note.
+        text: String,
+    },
+    /// A new title, when `owner` owns the conversation.
+    Rename {
+        /// The conversation.
+        session: SessionId,
+        /// Who asks.
+        owner: String,
+        /// The title.
+        title: String,
+    },
+    /// The conversation and every row that belongs to it.
+    DeleteSession {
+        /// The conversation.
+        session: SessionId,
+    },
+}
+
+/// What an event does to its conversation's turn bookkeeping.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum TurnMark {
+    /// Nothing: an event inside a turn, or one that concerns no turn.
+    #[default]
+    None,
+    /// A `user_message` opened turn `turn_id` with this text.
+    Opened {
+        /// The turn.
+        turn_id: u64,
+        /// The user's text.
+        text: String,
+    },
+    /// The frame closed the open turn.
+    Closed,
+}
+
+/// A conversation as the store holds it: what a session needs to come back to life.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredConversation {
+    /// Its id.
+    pub id: SessionId,
+    /// The principal that owns it.
+    pub owner: String,
+    /// The client's label for its user.
+    pub user_id: Option<String>,
+    /// Its system prompt.
+    pub personality: Option<String>,
+    /// The `seq` of its newest event (0 before the first).
+    pub last_seq: u64,
+    /// The highest turn id it used.
+    pub turns: u64,
+    /// The turn that was open when the server stopped, and its user's text.
+    pub open_turn: Option<(u64, String)>,
+    /// The number of the first of `messages`.
+    pub first_message: u64,
+    /// The newest part of its conversation, oldest first.
+    pub messages: Vec<ChatMessage>,
+    /// Its notes, oldest first.
+    pub notes: Vec<String>,
+    /// Its newest events, `(seq, body)`, oldest first.
+    pub tail: Vec<(u64, String)>,
+}
+
+/// One conversation in `GET /api/conversations`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConversationSummary {
+    /// Its id.
+    pub id: SessionId,
+    /// Its title: the first user message, cut to 80 characters, until renamed.
+    pub title: Option<String>,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds of its last event.
+    pub updated_at: i64,
+    /// Turns so far.
+    pub turns: u64,
+}
+
+/// Events read for a replay.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EventPage {
+    /// `(seq, body)`, oldest first.
+    pub events: Vec<(u64, String)>,
+    /// The oldest `seq` the store still holds for the conversation (events before it were
+    /// removed by retention).
+    pub first_seq: u64,
+}
+
+/// Conversations: written in batches through the journal, read one at a time.
+pub trait ConversationStore: Send + Sync {
+    /// Applies a batch of writes atomically. A write for a conversation the store does not hold
+    /// (deleted meanwhile) is skipped.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::error::Error::Store`] when the batch could not be written; nothing of it is
+    /// then kept.
+    fn apply(&self, batch: &[WriteOp]) -> Result<()>;
+
+    /// The conversation `id` with its newest `tail` events and at most `messages` messages,
+    /// or `None` when the store does not hold it.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::error::Error::Store`] when the store cannot be read.
+    fn load(
+        &self,
+        id: &SessionId,
+        tail: usize,
+        messages: usize,
+    ) -> Result<Option<StoredConversation>>;
+
+    /// Events of `id` with `seq` in `after + 1 ..= up_to`, oldest first, stopping after
+    /// `max_bytes` of bodies (at least one event is returned when there is one).
+    ///
+    /// # Errors
+    ///
+    /// [`crate::error::Error::Store`] when the store cannot be read.
+    fn events(&self, id: &SessionId, after: u64, up_to: u64, max_bytes: usize)
+    -> Result<EventPage>;
+
+    /// The newest `limit` events of `id` with `seq < before` (all when `None`), oldest first,
+    /// when `owner` owns it; `None` when it does not exist or is someone else's.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::error::Error::Store`] when the store cannot be read.
+    fn events_before(
+        &self,
+        owner: &str,
+        id: &SessionId,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Option<Vec<String>>>;
+
+    /// `owner`'s conversations, most recently active first; with `query`, only those whose
+    /// user messages or answers match its words.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::error::Error::Store`] when the store cannot be read.
+    fn list(
+        &self,
+        owner: &str,
+        query: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ConversationSummary>>;
+
+    /// One of `owner`'s conversations, or `None`.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::error::Error::Store`] when the store cannot be read.
+    fn summary(&self, owner: &str, id: &SessionId) -> Result<Option<ConversationSummary>>;
+
+    /// Conversations with no event for longer than `idle`, at most `limit`.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::error::Error::Store`] when the store cannot be read.
+    fn idle(&self, idle: std::time::Duration, limit: usize) -> Result<Vec<SessionId>>;
+}
+
+/// A node of the knowledge graph.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Node {
+    /// Its id.
+    pub id: i64,
+    /// What kind of thing it is (`fact` for what `remember` stores).
+    pub kind: String,
+    /// A short name.
+    pub label: String,
+    /// The text.
+    pub content: String,
+    /// Free-form JSON properties.
+    pub properties: Value,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds.
+    pub updated_at: i64,
+}
+
+/// A typed edge between two nodes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Edge {
+    /// Its id.
+    pub id: i64,
+    /// Where it starts.
+    pub source: i64,
+    /// Where it ends.
+    pub target: i64,
+    /// The relation, e.g. `likes`.
+    pub kind: String,
+    /// Free-form JSON properties.
+    pub properties: Value,
+}
+
+/// A node with the edges that touch it and the nodes at their other ends.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Neighbourhood {
+    /// The node.
+    pub node: Node,
+    /// Each edge and the node at its other end.
+    pub neighbours: Vec<(Edge, Node)>,
+}
+
+/// The knowledge graph. Every call names the principal (`owner`) it acts for, and sees and
+/// changes only that principal's nodes.
+pub trait GraphStore: Send + Sync {
+    /// Stores a fact as a `fact` node, unless `owner` has the same fact already (an upsert:
+    /// two calls at once store it once). Returns the node and whether it is new.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::error::Error::Store`] on a database failure.
+    fn remember(&self, owner: &str, content: &str) -> Result<(Node, bool)>;
+
+    /// `owner`'s nodes that best match `query` (BM25 over label and content), best first;
+    /// with `kind`, only nodes of that kind.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::error::Error::Store`] on a database failure.
+    fn search(
+        &self,
+        owner: &str,
+        query: &str,
+        kind: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Node>>;
+
+    /// `owner`'s nodes, newest first, at most `limit`.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::error::Error::Store`] on a database failure.
+    fn recent(&self, owner: &str, kind: Option<&str>, limit: usize) -> Result<Vec<Node>>;
+
+    /// Adds a node owned by `owner`.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::error::Error::Store`] on a database failure.
+    fn add_node(
+        &self,
+        owner: &str,
+        kind: &str,
+        label: &str,
+        content: &str,
+        properties: &Value,
+    ) -> Result<Node>;
+
+    /// Adds an edge between two of `owner`'s nodes, or returns the one that already joins them
+    /// with the same kind.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::error::Error::Store`] when a node is not `owner`'s, or on a database failure.
+    fn add_edge(
+        &self,
+        owner: &str,
+        source: i64,
+        target: i64,
+        kind: &str,
+        properties: &Value,
+    ) -> Result<Edge>;
+
+    /// One of `owner`'s nodes and its neighbours, or `None`.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::error::Error::Store`] on a database failure.
+    fn get(&self, owner: &str, id: i64) -> Result<Option<Neighbourhood>>;
+
+    /// Deletes one of `owner`'s nodes and its edges; false when `owner` has no such node.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::error::Error::Store`] on a database failure.
+    fn delete(&self, owner: &str, id: i64) -> Result<bool>;
+
+    /// How many nodes the graph holds, all owners together (a cheap way to skip a lookup).
+    fn node_count(&self) -> u64;
+}

@@ -1,0 +1,198 @@
+//! The SQLite schema, one migration per version, and the code that runs them at start.
+//!
+//! Version 1 kept a window of events and loaded every session at start. Version 2 keeps every
+//! event with an index per conversation, turn bookkeeping and titles in the session row, a
+//! full-text index over what people said, and an owner on every node of the graph.
+
+use rusqlite::{Connection, Transaction};
+
+use super::{LOCAL_OWNER, SCHEMA_VERSION};
+use crate::error::{Error, Result};
+
+/// Version 0 to 1: the first schema.
+const V1: &str = r#"
+CREATE TABLE sessions (
+    key INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    user_id TEXT,
+    personality TEXT,
+    owner TEXT,
+    created_at INTEGER NOT NULL,
+    last_active INTEGER NOT NULL,
+    first_seq INTEGER NOT NULL DEFAULT 1,
+    first_message INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE events (session_key INTEGER NOT NULL, seq INTEGER NOT NULL, body TEXT NOT NULL);
+CREATE TABLE messages (
+    session_key INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    role TEXT NOT NULL,
+    content TEXT NOT NULL,
+    tool_calls TEXT,
+    tool_call_id TEXT,
+    is_error INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE notes (session_key INTEGER NOT NULL, text TEXT NOT NULL);
+CREATE TABLE nodes (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    label TEXT NOT NULL,
+    content TEXT NOT NULL,
+    properties TEXT NOT NULL DEFAULT '{}',
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE INDEX nodes_kind_content ON nodes (kind, content);
+CREATE TABLE edges (
+    id INTEGER PRIMARY KEY,
+    source INTEGER NOT NULL REFERENCES nodes (id) ON DELETE CASCADE,
+    target INTEGER NOT NULL REFERENCES nodes (id) ON DELETE CASCADE,
+    kind TEXT NOT NULL,
+    properties TEXT NOT NULL DEFAULT '{}',
+    created_at INTEGER NOT NULL,
+    UNIQUE (source, target, kind)
+);
+CREATE INDEX edges_target ON edges (target);
+CREATE VIRTUAL TABLE nodes_fts USING fts5 (
+    label, content, content = 'nodes', content_rowid = 'id', tokenize = 'porter unicode61'
+);
+CREATE TRIGGER nodes_after_insert AFTER INSERT ON nodes BEGIN
+    INSERT INTO nodes_fts (rowid, label, content) VALUES (new.id, new.label, new.content);
+END;
+CREATE TRIGGER nodes_after_delete AFTER DELETE ON nodes BEGIN
+    INSERT INTO nodes_fts (nodes_fts, rowid, label, content)
+        VALUES ('delete', old.id, old.label, old.content);
+END;
+CREATE TRIGGER nodes_after_update AFTER UPDATE ON nodes BEGIN
+    INSERT INTO nodes_fts (nodes_fts, rowid, label, content)
+        VALUES ('delete', old.id, old.label, old.content);
+    INSERT INTO nodes_fts (rowid, label, content) VALUES (new.id, new.label, new.content);
+END;
+"#;
+
+/// Version 1 to 2. Rows that version 1 had trimmed or orphaned (it deleted lazily) go first,
+/// then the new columns are filled from the events that are left.
+const V2: &str = r#"
+DELETE FROM events WHERE NOT EXISTS (SELECT 1 FROM sessions s
+    WHERE s.key = events.session_key AND events.seq >= s.first_seq);
+DELETE FROM messages WHERE NOT EXISTS (SELECT 1 FROM sessions s
+    WHERE s.key = messages.session_key AND messages.idx >= s.first_message);
+DELETE FROM notes WHERE NOT EXISTS (SELECT 1 FROM sessions s WHERE s.key = notes.session_key);
+ALTER TABLE sessions RENAME COLUMN last_active TO updated_at;
+ALTER TABLE sessions ADD COLUMN title TEXT;
+ALTER TABLE sessions ADD COLUMN last_seq INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE sessions ADD COLUMN turns INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE sessions ADD COLUMN open_turn INTEGER;
+ALTER TABLE sessions ADD COLUMN open_text TEXT;
+UPDATE sessions SET owner = 'local' WHERE owner IS NULL;
+CREATE INDEX sessions_owner ON sessions (owner, updated_at);
+CREATE INDEX sessions_updated ON sessions (updated_at);
+CREATE INDEX events_session ON events (session_key, seq);
+CREATE INDEX messages_session ON messages (session_key, idx);
+CREATE INDEX notes_session ON notes (session_key);
+UPDATE sessions SET
+    last_seq = COALESCE((SELECT MAX(seq) FROM events WHERE session_key = sessions.key), first_seq - 1),
+    turns = COALESCE((SELECT MAX(json_extract(body, '$.data.turn_id')) FROM events
+        WHERE session_key = sessions.key), 0),
+    title = (SELECT substr(json_extract(body, '$.data.text'), 1, 80) FROM events
+        WHERE session_key = sessions.key AND json_extract(body, '$.type') = 'user_message'
+        ORDER BY seq LIMIT 1);
+CREATE VIRTUAL TABLE event_text USING fts5 (
+    text, session_key UNINDEXED, tokenize = 'porter unicode61'
+);
+INSERT INTO event_text (rowid, text, session_key)
+    SELECT rowid, json_extract(body, '$.data.text'), session_key FROM events
+    WHERE json_extract(body, '$.type') IN ('user_message', 'message');
+ALTER TABLE nodes ADD COLUMN owner TEXT NOT NULL DEFAULT 'local';
+DROP INDEX nodes_kind_content;
+CREATE INDEX nodes_owner ON nodes (owner, kind, content);
+"#;
+
+/// Fills in the open turn of each conversation from its last event: version 1 kept that only
+/// in the events.
+fn v2_open_turns(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    let open: Vec<(i64, i64, String)> = tx
+        .prepare(
+            "SELECT s.key, json_extract(e.body, '$.data.turn_id'), e.body FROM sessions s \
+             JOIN events e ON e.session_key = s.key AND e.seq = s.last_seq",
+        )?
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
+        .filter_map(|row| match row {
+            Ok((key, Some(turn), body)) => Some(Ok((key, turn, body))),
+            Ok((_, None, _)) => None,
+            Err(e) => Some(Err(e)),
+        })
+        .collect::<rusqlite::Result<_>>()?;
+    for (key, turn, body) in open {
+        let closed = body.contains(r#""type":"message""#)
+            || body.contains(r#""code":"cancelled""#)
+            || (body.contains(r#""type":"error""#) && body.contains(r#""turn_id""#));
+        if closed {
+            continue;
+        }
+        let text: Option<String> = tx
+            .query_row(
+                "SELECT json_extract(body, '$.data.text') FROM events WHERE session_key = ?1 \
+             AND json_extract(body, '$.type') = 'user_message' \
+             AND json_extract(body, '$.data.turn_id') = ?2",
+                rusqlite::params![key, turn],
+                |row| row.get(0),
+            )
+            .or_else(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                e => Err(e),
+            })?;
+        tx.execute(
+            "UPDATE sessions SET open_turn = ?2, open_text = ?3 WHERE key = ?1",
+            rusqlite::params![key, turn, text.unwrap_or_default()],
+        )?;
+    }
+    Ok(())
+}
+
+/// One migration: SQL, then an optional step in code.
+type Migration = (
+    &'static str,
+    Option<fn(&Transaction<'_>) -> rusqlite::Result<()>>,
+);
+
+/// Entry `n` migrates from version `n` to `n + 1`.
+const MIGRATIONS: [Migration; SCHEMA_VERSION as usize] = [(V1, None), (V2, Some(v2_open_turns))];
+
+/// Brings the database to [`SCHEMA_VERSION`], one version per transaction.
+///
+/// # Errors
+///
+/// [`Error::Store`] when the file is not a database, was written by a newer build, or a
+/// migration fails (nothing of that migration is then kept).
+pub fn migrate(connection: &mut Connection, context: &str) -> Result<()> {
+    let version: i64 = connection
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(|e| {
+            Error::Store(format!(
+                "{context} cannot be read (is it a Sparky database?): {e}"
+            ))
+        })?;
+    if version > SCHEMA_VERSION {
+        return Err(Error::Store(format!(
+            "{context} has schema version {version}, newer than this build's {SCHEMA_VERSION}; \
+             run a newer sparky or point --data-dir elsewhere"
+        )));
+    }
+    debug_assert_eq!(LOCAL_OWNER, "local", "V2 writes the local owner literally");
+    for (from, (sql, step)) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+        let to = from as i64 + 1;
+        let failed = |e: rusqlite::Error| {
+            Error::Store(format!("{context}: migration to version {to} failed: {e}"))
+        };
+        let tx = connection.transaction().map_err(failed)?;
+        tx.execute_batch(sql).map_err(failed)?;
+        if let Some(step) = step {
+            step(&tx).map_err(failed)?;
+        }
+        tx.pragma_update(None, "user_version", to).map_err(failed)?;
+        tx.commit().map_err(failed)?;
+        log::info!("store: {context} migrated to schema version {to}");
+    }
+    Ok(())
+}

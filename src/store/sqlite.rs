@@ -1,0 +1,973 @@
+//! `SqliteStore`: both store traits over one SQLite file in WAL mode (or a private in-memory
+//! database for `--in-memory`).
+//!
+//! One writer connection, behind a mutex, takes the journal's batches and the graph's writes.
+//! A small pool of reader connections serves everything else (loading a conversation, replay,
+//! the API, graph searches): WAL lets them read while the writer writes, so a slow search never
+//! holds up a commit or another reader.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use serde_json::{Value, json};
+
+use super::schema::migrate;
+use super::{
+    ConversationStore, ConversationSummary, Edge, EventPage, GraphStore, Neighbourhood, Node,
+    StoredConversation, TurnMark, WriteOp,
+};
+use crate::error::{Error, Result};
+use crate::model::{ChatMessage, Role, ToolCall};
+use crate::protocol::SessionId;
+
+/// The database file inside the data directory.
+pub const DATABASE_FILE: &str = "sparky.db";
+
+/// Longest label made from a fact's first words.
+const LABEL_CHARS: usize = 60;
+
+/// Longest title made from a first user message.
+const TITLE_CHARS: usize = 80;
+
+/// Reader connections in the pool.
+const READERS: usize = 4;
+
+/// The SQLite store. See the module documentation for its connections.
+#[derive(Debug)]
+pub struct SqliteStore {
+    writer: Mutex<Writer>,
+    readers: Vec<Mutex<Connection>>,
+    next_reader: AtomicUsize,
+    /// Nodes in the graph, kept beside the table so that a turn can skip the memory lookup on
+    /// an empty graph without a query.
+    nodes: AtomicU64,
+    /// Held (and locked) for as long as the store is open.
+    _lock: Option<File>,
+    path: Option<PathBuf>,
+}
+
+/// The writer connection and what it remembers between batches.
+#[derive(Debug)]
+struct Writer {
+    connection: Connection,
+    /// Conversation id to its integer key.
+    keys: HashMap<SessionId, i64>,
+}
+
+fn store_error(context: &str, e: impl std::fmt::Display) -> Error {
+    Error::Store(format!("{context}: {e}"))
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store in `dir`, takes the directory's lock, and migrates
+    /// the schema to [`super::SCHEMA_VERSION`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] with a message for the operator when the directory cannot be created,
+    /// another server holds it, the file is not a database, or its schema is newer than this
+    /// build.
+    pub fn open(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            store_error(
+                &format!("cannot create data directory {}", dir.display()),
+                e,
+            )
+        })?;
+        let lock_path = dir.join("LOCK");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| store_error(&format!("cannot open {}", lock_path.display()), e))?;
+        if lock.try_lock().is_err() {
+            return Err(Error::Store(format!(
+                "data directory {} is in use by another running sparky",
+                dir.display()
+            )));
+        }
+        let path = dir.join(DATABASE_FILE);
+        let name = path.to_string_lossy().into_owned();
+        let mut store = Self::connect(&name, &format!("database {}", path.display()))?;
+        store._lock = Some(lock);
+        store.path = Some(path);
+        Ok(store)
+    }
+
+    /// A store that lives in memory and is gone with the process. Its connections share one
+    /// private database (SQLite's `memdb` VFS), so it behaves like the file store.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] if SQLite cannot start.
+    pub fn in_memory() -> Result<Self> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = format!("file:/sparky-{}-{n}?vfs=memdb", std::process::id());
+        Self::connect(&name, "in-memory database")
+    }
+
+    fn connect(name: &str, context: &str) -> Result<Self> {
+        let mut writer = open_connection(name, context)?;
+        migrate(&mut writer, context)?;
+        let readers = (0..READERS)
+            .map(|_| open_connection(name, context).map(Mutex::new))
+            .collect::<Result<Vec<_>>>()?;
+        let nodes = writer
+            .query_row("SELECT count(*) FROM nodes", [], |row| row.get::<_, i64>(0))
+            .map_err(|e| store_error("count nodes", e))?;
+        Ok(SqliteStore {
+            writer: Mutex::new(Writer {
+                connection: writer,
+                keys: HashMap::new(),
+            }),
+            readers,
+            next_reader: AtomicUsize::new(0),
+            nodes: AtomicU64::new(nodes.max(0) as u64),
+            _lock: None,
+            path: None,
+        })
+    }
+
+    /// The database file, when on disk.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// Runs `query` on a reader connection: a free one if there is one, else it waits for one.
+    fn read<T>(
+        &self,
+        what: &str,
+        query: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T> {
+        let start = self.next_reader.fetch_add(1, Ordering::Relaxed);
+        let count = self.readers.len();
+        let free = (0..count).find_map(|i| self.readers[(start + i) % count].try_lock());
+        let connection = match free {
+            Some(connection) => connection,
+            None => self.readers[start % count].lock(),
+        };
+        query(&connection).map_err(|e| store_error(what, e))
+    }
+
+    /// Runs `write` on the writer connection.
+    fn write<T>(
+        &self,
+        what: &str,
+        write: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T> {
+        let writer = self.writer.lock();
+        write(&writer.connection).map_err(|e| store_error(what, e))
+    }
+}
+
+fn open_connection(name: &str, context: &str) -> Result<Connection> {
+    let connection = Connection::open_with_flags(
+        name,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| store_error(&format!("cannot open {context}"), e))?;
+    connection
+        .busy_timeout(Duration::from_secs(5))
+        .map_err(|e| store_error(context, e))?;
+    // WAL lets readers read while the writer writes; NORMAL syncs at checkpoints, so a
+    // committed transaction survives a crash of the process (not of the machine's power). The
+    // in-memory database ignores the journal mode.
+    connection
+        .execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+        )
+        .map_err(|e| store_error(context, e))?;
+    Ok(connection)
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::System => "system",
+        Role::User => "user",
+        Role::Assistant => "assistant",
+        Role::Tool => "tool",
+    }
+}
+
+fn role_from(name: &str) -> Role {
+    match name {
+        "system" => Role::System,
+        "assistant" => Role::Assistant,
+        "tool" => Role::Tool,
+        _ => Role::User,
+    }
+}
+
+fn calls_to_json(calls: &[ToolCall]) -> Option<String> {
+    (!calls.is_empty()).then(|| {
+        Value::Array(
+            calls
+                .iter()
+                .map(|c| json!({"id": c.id, "name": c.name, "args": c.args}))
+                .collect(),
+        )
+        .to_string()
+    })
+}
+
+fn calls_from_json(text: Option<String>) -> Vec<ToolCall> {
+    let Some(Ok(Value::Array(items))) = text.map(|t| serde_json::from_str::<Value>(&t)) else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .map(|item| ToolCall {
+            id: item["id"].as_str().unwrap_or_default().to_owned(),
+            name: item["name"].as_str().unwrap_or_default().to_owned(),
+            args: item["args"].clone(),
+        })
+        .collect()
+}
+
+fn node_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Node> {
+    let properties: String = row.get(4)?;
+    Ok(Node {
+        id: row.get(0)?,
+        kind: row.get(1)?,
+        label: row.get(2)?,
+        content: row.get(3)?,
+        properties: serde_json::from_str(&properties).unwrap_or(Value::Null),
+        created_at: row.get(5)?,
+        updated_at: row.get(6)?,
+    })
+}
+
+const NODE_COLUMNS: &str = "id, kind, label, content, properties, created_at, updated_at";
+
+fn get_node(connection: &Connection, owner: &str, id: i64) -> rusqlite::Result<Option<Node>> {
+    connection
+        .prepare_cached(&format!(
+            "SELECT {NODE_COLUMNS} FROM nodes WHERE id = ?1 AND owner = ?2"
+        ))?
+        .query_row(params![id, owner], node_from_row)
+        .optional()
+}
+
+fn summary_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Option<ConversationSummary>> {
+    let id: String = row.get(0)?;
+    Ok(SessionId::parse(&id).map(|id| ConversationSummary {
+        id,
+        title: row.get(1).ok().flatten(),
+        created_at: row.get(2).unwrap_or(0),
+        updated_at: row.get(3).unwrap_or(0),
+        turns: row.get::<_, i64>(4).unwrap_or(0).max(0) as u64,
+    }))
+}
+
+const SUMMARY_COLUMNS: &str = "id, title, created_at, updated_at, turns";
+
+/// Common words that say nothing about what to look for.
+const STOPWORDS: &[&str] = &[
+    "a", "about", "an", "and", "are", "as", "at", "be", "by", "can", "do", "does", "for", "from",
+    "how", "i", "in", "is", "it", "me", "my", "of", "on", "or", "tell", "that", "the", "this",
+    "to", "was", "what", "when", "where", "which", "who", "why", "with", "you", "your",
+];
+
+/// The words of free text as quoted FTS5 terms (so that no input is a syntax error), without
+/// stopwords unless nothing else is left.
+fn fts_terms(text: &str) -> Vec<String> {
+    let words: Vec<String> = text
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|word| !word.is_empty())
+        .map(str::to_lowercase)
+        .take(32)
+        .collect();
+    let meaningful: Vec<&String> = words
+        .iter()
+        .filter(|w| !STOPWORDS.contains(&w.as_str()))
+        .collect();
+    let chosen: Vec<&String> = if meaningful.is_empty() {
+        words.iter().collect()
+    } else {
+        meaningful
+    };
+    chosen
+        .into_iter()
+        .map(|word| format!("\"{word}\""))
+        .collect()
+}
+
+/// FTS5 queries for free text, most selective first: nodes with every word, then (when there
+/// are several words) nodes with any of them. BM25 ranks within each.
+pub fn fts_queries(text: &str) -> Vec<String> {
+    let terms = fts_terms(text);
+    match terms.len() {
+        0 => Vec::new(),
+        1 => terms,
+        _ => vec![terms.join(" AND "), terms.join(" OR ")],
+    }
+}
+
+/// The first `limit` characters of `text`.
+fn cut(text: &str, limit: usize) -> String {
+    text.chars().take(limit).collect()
+}
+
+/// A fact's label: its first words, cut at a word boundary.
+fn label_for(content: &str) -> String {
+    let flat: String = content.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.chars().count() <= LABEL_CHARS {
+        return flat;
+    }
+    let head = cut(&flat, LABEL_CHARS);
+    let head = head
+        .rsplit_once(' ')
+        .map_or(head.as_str(), |(head, _)| head);
+    format!("{head}…")
+}
+
+/// What a batch changes in one session row, gathered so that each row is updated once.
+#[derive(Default)]
+struct RowUpdate {
+    last_seq: u64,
+    /// The highest turn opened.
+    turns: u64,
+    /// `Some(None)`: the open turn closed; `Some(Some(..))`: a turn opened.
+    open: Option<Option<(u64, String)>>,
+    /// The first turn opened in the batch: a title, when the row has none yet.
+    title: Option<String>,
+}
+
+/// The integer key of a conversation, or `None` when the store does not hold it.
+fn session_key(
+    keys: &mut HashMap<SessionId, i64>,
+    tx: &rusqlite::Transaction<'_>,
+    id: &SessionId,
+) -> rusqlite::Result<Option<i64>> {
+    if let Some(&key) = keys.get(id) {
+        return Ok(Some(key));
+    }
+    let found: Option<i64> = tx
+        .prepare_cached("SELECT key FROM sessions WHERE id = ?1")?
+        .query_row([id.as_str()], |row| row.get(0))
+        .optional()?;
+    if let Some(key) = found {
+        keys.insert(id.clone(), key);
+    }
+    Ok(found)
+}
+
+impl Writer {
+    fn apply(&mut self, batch: &[WriteOp]) -> rusqlite::Result<()> {
+        let Writer { connection, keys } = self;
+        let tx = connection.transaction()?;
+        let now = unix_now();
+        let mut rows: HashMap<i64, RowUpdate> = HashMap::new();
+        for op in batch {
+            match op {
+                WriteOp::CreateSession {
+                    id,
+                    owner,
+                    user_id,
+                    personality,
+                } => {
+                    tx.prepare_cached(
+                        "INSERT INTO sessions (id, owner, user_id, personality, created_at, updated_at) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+                    )?
+                    .execute(params![id.as_str(), owner, user_id, personality, now])?;
+                    keys.insert(id.clone(), tx.last_insert_rowid());
+                }
+                WriteOp::Event {
+                    session,
+                    seq,
+                    body,
+                    turn,
+                    search_text,
+                } => {
+                    // A write for a conversation the store does not hold (deleted meanwhile)
+                    // is skipped rather than failing the whole batch; so are the others below.
+                    let Some(key) = session_key(keys, &tx, session)? else {
+                        continue;
+                    };
+                    tx.prepare_cached(
+                        "INSERT INTO events (session_key, seq, body) VALUES (?1, ?2, ?3)",
+                    )?
+                    .execute(params![key, *seq as i64, &**body])?;
+                    if let Some(text) = search_text {
+                        let rowid = tx.last_insert_rowid();
+                        tx.prepare_cached(
+                            "INSERT INTO event_text (rowid, text, session_key) VALUES (?1, ?2, ?3)",
+                        )?
+                        .execute(params![rowid, text, key])?;
+                    }
+                    let row = rows.entry(key).or_default();
+                    row.last_seq = row.last_seq.max(*seq);
+                    match turn {
+                        TurnMark::None => {}
+                        TurnMark::Opened { turn_id, text } => {
+                            row.open = Some(Some((*turn_id, text.clone())));
+                            row.turns = row.turns.max(*turn_id);
+                            row.title.get_or_insert_with(|| cut(text, TITLE_CHARS));
+                        }
+                        TurnMark::Closed => row.open = Some(None),
+                    }
+                }
+                WriteOp::Messages {
+                    session,
+                    first,
+                    messages,
+                } => {
+                    let Some(key) = session_key(keys, &tx, session)? else {
+                        continue;
+                    };
+                    let mut insert = tx.prepare_cached(
+                        "INSERT INTO messages \
+                         (session_key, idx, role, content, tool_calls, tool_call_id, is_error) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    )?;
+                    for (i, message) in messages.iter().enumerate() {
+                        insert.execute(params![
+                            key,
+                            (*first + i as u64) as i64,
+                            role_name(message.role),
+                            message.content,
+                            calls_to_json(&message.tool_calls),
+                            message.tool_call_id,
+                            message.is_error,
+                        ])?;
+                    }
+                }
+                WriteOp::TrimMessages { session, below } => {
+                    if let Some(key) = session_key(keys, &tx, session)? {
+                        tx.prepare_cached("UPDATE sessions SET first_message = ?2 WHERE key = ?1")?
+                            .execute(params![key, *below as i64])?;
+                    }
+                }
+                WriteOp::Note { session, text } => {
+                    if let Some(key) = session_key(keys, &tx, session)? {
+                        tx.prepare_cached("INSERT INTO notes (session_key, text) VALUES (?1, ?2)")?
+                            .execute(params![key, text])?;
+                    }
+                }
+                WriteOp::Rename {
+                    session,
+                    owner,
+                    title,
+                } => {
+                    tx.prepare_cached(
+                        "UPDATE sessions SET title = ?3 WHERE id = ?1 AND owner = ?2",
+                    )?
+                    .execute(params![session.as_str(), owner, title])?;
+                }
+                WriteOp::DeleteSession { session } => {
+                    let Some(key) = session_key(keys, &tx, session)? else {
+                        continue;
+                    };
+                    rows.remove(&key);
+                    keys.remove(session);
+                    tx.execute(
+                        "DELETE FROM event_text WHERE rowid IN \
+                         (SELECT rowid FROM events WHERE session_key = ?1)",
+                        [key],
+                    )?;
+                    for table in ["events", "messages", "notes"] {
+                        tx.execute(
+                            &format!("DELETE FROM {table} WHERE session_key = ?1"),
+                            [key],
+                        )?;
+                    }
+                    tx.execute("DELETE FROM sessions WHERE key = ?1", [key])?;
+                }
+            }
+        }
+        for (key, row) in rows {
+            tx.prepare_cached(
+                "UPDATE sessions SET last_seq = MAX(last_seq, ?2), turns = MAX(turns, ?3), \
+                 updated_at = ?4 WHERE key = ?1",
+            )?
+            .execute(params![key, row.last_seq as i64, row.turns as i64, now])?;
+            match row.open {
+                None => {}
+                Some(None) => {
+                    tx.prepare_cached(
+                        "UPDATE sessions SET open_turn = NULL, open_text = NULL WHERE key = ?1",
+                    )?
+                    .execute([key])?;
+                }
+                Some(Some((turn, text))) => {
+                    tx.prepare_cached(
+                        "UPDATE sessions SET open_turn = ?2, open_text = ?3 WHERE key = ?1",
+                    )?
+                    .execute(params![key, turn as i64, text])?;
+                }
+            }
+            if let Some(title) = row.title {
+                tx.prepare_cached(
+                    "UPDATE sessions SET title = ?2 WHERE key = ?1 AND title IS NULL",
+                )?
+                .execute(params![key, title])?;
+            }
+        }
+        tx.commit()
+    }
+}
+
+impl ConversationStore for SqliteStore {
+    fn apply(&self, batch: &[WriteOp]) -> Result<()> {
+        self.writer
+            .lock()
+            .apply(batch)
+            .map_err(|e| store_error("write", e))
+    }
+
+    fn load(
+        &self,
+        id: &SessionId,
+        tail: usize,
+        messages: usize,
+    ) -> Result<Option<StoredConversation>> {
+        self.read("load conversation", |connection| {
+            let tx = connection.unchecked_transaction()?;
+            type Row = (
+                i64,
+                String,
+                Option<String>,
+                Option<String>,
+                i64,
+                i64,
+                Option<i64>,
+                Option<String>,
+                i64,
+            );
+            let row: Option<Row> = tx
+                .prepare_cached(
+                    "SELECT key, owner, user_id, personality, last_seq, turns, open_turn, \
+                     open_text, first_message FROM sessions WHERE id = ?1",
+                )?
+                .query_row([id.as_str()], |row| {
+                    Ok((
+                        row.get(0)?,
+                        row.get(1)?,
+                        row.get(2)?,
+                        row.get(3)?,
+                        row.get(4)?,
+                        row.get(5)?,
+                        row.get(6)?,
+                        row.get(7)?,
+                        row.get(8)?,
+                    ))
+                })
+                .optional()?;
+            let Some((key, owner, user_id, personality, last_seq, turns, open, text, first)) = row
+            else {
+                return Ok(None);
+            };
+            let mut loaded: Vec<(u64, ChatMessage)> = tx
+                .prepare_cached(
+                    "SELECT idx, role, content, tool_calls, tool_call_id, is_error FROM messages \
+                     WHERE session_key = ?1 AND idx >= ?2 ORDER BY idx DESC LIMIT ?3",
+                )?
+                .query_map(params![key, first, messages as i64], |row| {
+                    let role: String = row.get(1)?;
+                    Ok((
+                        row.get::<_, i64>(0)?.max(0) as u64,
+                        ChatMessage {
+                            role: role_from(&role),
+                            content: row.get(2)?,
+                            tool_calls: calls_from_json(row.get(3)?),
+                            tool_call_id: row.get(4)?,
+                            is_error: row.get(5)?,
+                        },
+                    ))
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            loaded.reverse();
+            // A cut by count can start inside an exchange: the conversation starts at a user
+            // message, so that no tool result is left without its call.
+            let start = loaded
+                .iter()
+                .position(|(_, message)| message.role == Role::User)
+                .unwrap_or(loaded.len());
+            let first_message = loaded
+                .get(start)
+                .map_or_else(|| loaded.last().map_or(first.max(0) as u64, |(i, _)| i + 1), |(i, _)| *i);
+            let messages = loaded.into_iter().skip(start).map(|(_, m)| m).collect();
+            let notes = tx
+                .prepare_cached("SELECT text FROM notes WHERE session_key = ?1 ORDER BY rowid")?
+                .query_map([key], |row| row.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut events: Vec<(u64, String)> = tx
+                .prepare_cached(
+                    "SELECT seq, body FROM events WHERE session_key = ?1 ORDER BY seq DESC LIMIT ?2",
+                )?
+                .query_map(params![key, tail as i64], |row| {
+                    Ok((row.get::<_, i64>(0)?.max(0) as u64, row.get(1)?))
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            events.reverse();
+            Ok(Some(StoredConversation {
+                id: id.clone(),
+                owner,
+                user_id,
+                personality,
+                last_seq: last_seq.max(0) as u64,
+                turns: turns.max(0) as u64,
+                open_turn: open.map(|turn| (turn.max(0) as u64, text.unwrap_or_default())),
+                first_message,
+                messages,
+                notes,
+                tail: events,
+            }))
+        })
+    }
+
+    fn events(
+        &self,
+        id: &SessionId,
+        after: u64,
+        up_to: u64,
+        max_bytes: usize,
+    ) -> Result<EventPage> {
+        self.read("read events", |connection| {
+            let tx = connection.unchecked_transaction()?;
+            let Some((key, first_seq)) = tx
+                .prepare_cached("SELECT key, first_seq FROM sessions WHERE id = ?1")?
+                .query_row([id.as_str()], |row| {
+                    Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
+                })
+                .optional()?
+            else {
+                return Ok(EventPage::default());
+            };
+            let mut statement = tx.prepare_cached(
+                "SELECT seq, body FROM events WHERE session_key = ?1 AND seq > ?2 AND seq <= ?3 \
+                 ORDER BY seq",
+            )?;
+            let mut rows = statement.query(params![key, after as i64, up_to as i64])?;
+            let mut events = Vec::new();
+            let mut bytes = 0;
+            while bytes < max_bytes {
+                let Some(row) = rows.next()? else {
+                    break;
+                };
+                let body: String = row.get(1)?;
+                bytes += body.len();
+                events.push((row.get::<_, i64>(0)?.max(0) as u64, body));
+            }
+            Ok(EventPage {
+                events,
+                first_seq: first_seq.max(1) as u64,
+            })
+        })
+    }
+
+    fn events_before(
+        &self,
+        owner: &str,
+        id: &SessionId,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Option<Vec<String>>> {
+        self.read("read events", |connection| {
+            let tx = connection.unchecked_transaction()?;
+            let Some(key) = tx
+                .prepare_cached("SELECT key FROM sessions WHERE id = ?1 AND owner = ?2")?
+                .query_row(params![id.as_str(), owner], |row| row.get::<_, i64>(0))
+                .optional()?
+            else {
+                return Ok(None);
+            };
+            let before = before.map_or(i64::MAX, |seq| i64::try_from(seq).unwrap_or(i64::MAX));
+            let mut bodies: Vec<String> = tx
+                .prepare_cached(
+                    "SELECT body FROM events WHERE session_key = ?1 AND seq < ?2 \
+                     ORDER BY seq DESC LIMIT ?3",
+                )?
+                .query_map(params![key, before, limit as i64], |row| row.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            bodies.reverse();
+            Ok(Some(bodies))
+        })
+    }
+
+    fn list(
+        &self,
+        owner: &str,
+        query: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ConversationSummary>> {
+        self.read("list conversations", |connection| {
+            let rows: Vec<Option<ConversationSummary>> = match query {
+                None => connection
+                    .prepare_cached(&format!(
+                        "SELECT {SUMMARY_COLUMNS} FROM sessions WHERE owner = ?1 \
+                         ORDER BY updated_at DESC, key DESC LIMIT ?2"
+                    ))?
+                    .query_map(params![owner, limit as i64], summary_from_row)?
+                    .collect::<rusqlite::Result<_>>()?,
+                Some(text) => {
+                    // Every word must appear in one message of the conversation.
+                    let Some(fts) = fts_queries(text).into_iter().next() else {
+                        return Ok(Vec::new());
+                    };
+                    connection
+                        .prepare_cached(&format!(
+                            "SELECT {SUMMARY_COLUMNS} FROM sessions WHERE owner = ?1 AND key IN \
+                             (SELECT session_key FROM event_text WHERE event_text MATCH ?2) \
+                             ORDER BY updated_at DESC, key DESC LIMIT ?3"
+                        ))?
+                        .query_map(params![owner, fts, limit as i64], summary_from_row)?
+                        .collect::<rusqlite::Result<_>>()?
+                }
+            };
+            Ok(rows.into_iter().flatten().collect())
+        })
+    }
+
+    fn summary(&self, owner: &str, id: &SessionId) -> Result<Option<ConversationSummary>> {
+        self.read("read conversation", |connection| {
+            Ok(connection
+                .prepare_cached(&format!(
+                    "SELECT {SUMMARY_COLUMNS} FROM sessions WHERE id = ?1 AND owner = ?2"
+                ))?
+                .query_row(params![id.as_str(), owner], summary_from_row)
+                .optional()?
+                .flatten())
+        })
+    }
+
+    fn idle(&self, idle: Duration, limit: usize) -> Result<Vec<SessionId>> {
+        let cutoff = unix_now().saturating_sub(i64::try_from(idle.as_secs()).unwrap_or(i64::MAX));
+        self.read("find idle conversations", |connection| {
+            let ids: Vec<String> = connection
+                .prepare_cached("SELECT id FROM sessions WHERE updated_at < ?1 LIMIT ?2")?
+                .query_map(params![cutoff, limit as i64], |row| row.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(ids.iter().filter_map(|id| SessionId::parse(id)).collect())
+        })
+    }
+}
+
+impl GraphStore for SqliteStore {
+    fn remember(&self, owner: &str, content: &str) -> Result<(Node, bool)> {
+        let now = unix_now();
+        let label = label_for(content);
+        let (id, new) = self.write("remember", |connection| {
+            // One statement: SQLite runs it atomically, so two calls at once store one fact.
+            let inserted = connection
+                .prepare_cached(
+                    "INSERT INTO nodes (owner, kind, label, content, properties, created_at, updated_at) \
+                     SELECT ?1, 'fact', ?2, ?3, '{}', ?4, ?4 WHERE NOT EXISTS \
+                     (SELECT 1 FROM nodes WHERE owner = ?1 AND kind = 'fact' AND content = ?3)",
+                )?
+                .execute(params![owner, label, content, now])?;
+            if inserted == 1 {
+                return Ok((connection.last_insert_rowid(), true));
+            }
+            let id = connection
+                .prepare_cached(
+                    "SELECT id FROM nodes WHERE owner = ?1 AND kind = 'fact' AND content = ?2",
+                )?
+                .query_row(params![owner, content], |row| row.get(0))?;
+            Ok((id, false))
+        })?;
+        if new {
+            self.nodes.fetch_add(1, Ordering::Relaxed);
+        }
+        let node = self
+            .write("remember", |connection| get_node(connection, owner, id))?
+            .ok_or_else(|| Error::Store(format!("fact #{id} vanished")))?;
+        Ok((node, new))
+    }
+
+    fn search(
+        &self,
+        owner: &str,
+        query: &str,
+        kind: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Node>> {
+        self.read("search", |connection| {
+            let mut found: Vec<Node> = Vec::new();
+            for fts in fts_queries(query) {
+                if found.len() >= limit {
+                    break;
+                }
+                // Ask for enough to fill up after dropping what the stricter query found.
+                let nodes: Vec<Node> = connection
+                    .prepare_cached(
+                        "SELECT n.id, n.kind, n.label, n.content, n.properties, n.created_at, \
+                         n.updated_at FROM nodes_fts JOIN nodes n ON n.id = nodes_fts.rowid \
+                         WHERE nodes_fts MATCH ?1 AND n.owner = ?2 AND (?3 IS NULL OR n.kind = ?3) \
+                         ORDER BY bm25(nodes_fts) LIMIT ?4",
+                    )?
+                    .query_map(params![fts, owner, kind, limit as i64], node_from_row)?
+                    .collect::<rusqlite::Result<_>>()?;
+                for node in nodes {
+                    if found.len() < limit && !found.iter().any(|known| known.id == node.id) {
+                        found.push(node);
+                    }
+                }
+            }
+            Ok(found)
+        })
+    }
+
+    fn recent(&self, owner: &str, kind: Option<&str>, limit: usize) -> Result<Vec<Node>> {
+        self.read("list nodes", |connection| {
+            connection
+                .prepare_cached(&format!(
+                    "SELECT {NODE_COLUMNS} FROM nodes WHERE owner = ?1 AND (?2 IS NULL OR kind = ?2) \
+                     ORDER BY id DESC LIMIT ?3"
+                ))?
+                .query_map(params![owner, kind, limit as i64], node_from_row)?
+                .collect()
+        })
+    }
+
+    fn add_node(
+        &self,
+        owner: &str,
+        kind: &str,
+        label: &str,
+        content: &str,
+        properties: &Value,
+    ) -> Result<Node> {
+        let now = unix_now();
+        let id = self.write("add node", |connection| {
+            connection
+                .prepare_cached(
+                    "INSERT INTO nodes (owner, kind, label, content, properties, created_at, updated_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+                )?
+                .execute(params![owner, kind, label, content, properties.to_string(), now])?;
+            Ok(connection.last_insert_rowid())
+        })?;
+        self.nodes.fetch_add(1, Ordering::Relaxed);
+        Ok(Node {
+            id,
+            kind: kind.to_owned(),
+            label: label.to_owned(),
+            content: content.to_owned(),
+            properties: properties.clone(),
+            created_at: now,
+            updated_at: now,
+        })
+    }
+
+    fn add_edge(
+        &self,
+        owner: &str,
+        source: i64,
+        target: i64,
+        kind: &str,
+        properties: &Value,
+    ) -> Result<Edge> {
+        let writer = self.writer.lock();
+        let connection = &writer.connection;
+        for id in [source, target] {
+            if get_node(connection, owner, id)
+                .map_err(|e| store_error("add edge", e))?
+                .is_none()
+            {
+                return Err(Error::Store(format!("there is no node #{id}")));
+            }
+        }
+        let edge = (|| {
+            connection
+                .prepare_cached(
+                    "INSERT INTO edges (source, target, kind, properties, created_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (source, target, kind) DO NOTHING",
+                )?
+                .execute(params![
+                    source,
+                    target,
+                    kind,
+                    properties.to_string(),
+                    unix_now()
+                ])?;
+            connection
+                .prepare_cached(
+                    "SELECT id, properties FROM edges WHERE source = ?1 AND target = ?2 AND kind = ?3",
+                )?
+                .query_row(params![source, target, kind], |row| {
+                    let properties: String = row.get(1)?;
+                    Ok(Edge {
+                        id: row.get(0)?,
+                        source,
+                        target,
+                        kind: kind.to_owned(),
+                        properties: serde_json::from_str(&properties).unwrap_or(Value::Null),
+                    })
+                })
+        })();
+        edge.map_err(|e| store_error("add edge", e))
+    }
+
+    fn get(&self, owner: &str, id: i64) -> Result<Option<Neighbourhood>> {
+        self.read("get", |connection| {
+            let Some(node) = get_node(connection, owner, id)? else {
+                return Ok(None);
+            };
+            let edges: Vec<Edge> = connection
+                .prepare_cached(
+                    "SELECT id, source, target, kind, properties FROM edges \
+                     WHERE source = ?1 OR target = ?1 ORDER BY id",
+                )?
+                .query_map([id], |row| {
+                    let properties: String = row.get(4)?;
+                    Ok(Edge {
+                        id: row.get(0)?,
+                        source: row.get(1)?,
+                        target: row.get(2)?,
+                        kind: row.get(3)?,
+                        properties: serde_json::from_str(&properties).unwrap_or(Value::Null),
+                    })
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut neighbours = Vec::with_capacity(edges.len());
+            for edge in edges {
+                let other = if edge.source == id {
+                    edge.target
+                } else {
+                    edge.source
+                };
+                if let Some(node) = get_node(connection, owner, other)? {
+                    neighbours.push((edge, node));
+                }
+            }
+            Ok(Some(Neighbourhood { node, neighbours }))
+        })
+    }
+
+    fn delete(&self, owner: &str, id: i64) -> Result<bool> {
+        let deleted = self.write("delete", |connection| {
+            connection
+                .execute(
+                    "DELETE FROM nodes WHERE id = ?1 AND owner = ?2",
+                    params![id, owner],
+                )
+                .map(|n| n > 0)
+        })?;
+        if deleted {
+            self.nodes.fetch_sub(1, Ordering::Relaxed);
+        }
+        Ok(deleted)
+    }
+
+    fn node_count(&self) -> u64 {
+        self.nodes.load(Ordering::Relaxed)
+    }
+}
