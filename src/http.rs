@@ -110,6 +110,57 @@ pub fn read_head(stream: &mut TcpStream, deadline: Instant) -> Result<RequestHea
     }
 }
 
+/// Reads the body that follows `head` (by its `Content-Length`), giving the peer until
+/// `deadline`. A request without one has an empty body.
+///
+/// # Errors
+///
+/// [`HeadError::Gone`] on EOF, timeout or a socket error; [`HeadError::Bad`] with `413` for a
+/// body over `limit` bytes, `400` for a malformed length.
+pub fn read_body(
+    stream: &mut TcpStream,
+    head: &RequestHead,
+    limit: usize,
+    deadline: Instant,
+) -> Result<Vec<u8>, HeadError> {
+    let length = match head.header("content-length") {
+        None => 0,
+        Some(text) => text.trim().parse::<usize>().map_err(|_| {
+            HeadError::Bad(Response::text(
+                400,
+                "Bad Request",
+                "malformed Content-Length\n",
+            ))
+        })?,
+    };
+    if length > limit {
+        return Err(HeadError::Bad(Response::text(
+            413,
+            "Content Too Large",
+            &format!("the body may be {limit} bytes at most\n"),
+        )));
+    }
+    let mut body = head.rest.clone();
+    body.truncate(length);
+    let mut chunk = [0u8; 4096];
+    while body.len() < length {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(HeadError::Gone(io::ErrorKind::TimedOut.into()));
+        }
+        stream
+            .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .map_err(HeadError::Gone)?;
+        let want = (length - body.len()).min(chunk.len());
+        let n = stream.read(&mut chunk[..want]).map_err(HeadError::Gone)?;
+        if n == 0 {
+            return Err(HeadError::Gone(io::ErrorKind::UnexpectedEof.into()));
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    Ok(body)
+}
+
 /// Parses a complete head from `buffer`, or `None` when more bytes are needed.
 fn parse_head(buffer: &[u8]) -> Result<Option<RequestHead>, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
@@ -178,6 +229,16 @@ impl Response {
     ///
     /// The socket's write error.
     pub fn write_to(&self, stream: &mut impl Write) -> io::Result<()> {
+        self.write(stream, true)
+    }
+
+    /// Writes the response, without its body for a `HEAD` request (the headers still say how
+    /// long it is).
+    ///
+    /// # Errors
+    ///
+    /// The socket's write error.
+    pub fn write(&self, stream: &mut impl Write, with_body: bool) -> io::Result<()> {
         let mut head = format!(
             "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n",
             self.status,
@@ -190,7 +251,9 @@ impl Response {
         }
         head.push_str("\r\n");
         stream.write_all(head.as_bytes())?;
-        stream.write_all(self.body.as_bytes())?;
+        if with_body {
+            stream.write_all(self.body.as_bytes())?;
+        }
         stream.flush()
     }
 }
@@ -213,6 +276,9 @@ pub struct ServerView<'a> {
 pub enum Route {
     /// A WebSocket upgrade to the chat endpoint.
     WebSocket,
+    /// A request for the conversation API (`/api/…`): its body is read and it is
+    /// authenticated before [`crate::api::Api`] answers it.
+    Api,
     /// A plain HTTP answer.
     Http(Response),
 }
@@ -234,6 +300,7 @@ pub fn route(head: &RequestHead, server: &ServerView<'_>) -> Route {
             extra_headers: CHAT_PAGE_HEADERS,
             ..Response::text(200, "OK", CHAT_PAGE)
         }),
+        path if path == "/api" || path.starts_with("/api/") => Route::Api,
         "/healthz" if get => Route::Http(health(server)),
         "/metrics" if get => Route::Http(Response {
             content_type: "text/plain; version=0.0.4; charset=utf-8",

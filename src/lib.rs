@@ -37,6 +37,7 @@ pub mod bot;
 pub mod session;
 pub mod worker;
 // Transport.
+pub mod api;
 pub mod connection;
 pub mod http;
 pub mod server;

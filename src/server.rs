@@ -16,7 +16,8 @@ use parking_lot::Mutex;
 use tungstenite::WebSocket;
 use tungstenite::protocol::{Role, WebSocketConfig};
 
-use crate::auth::Auth;
+use crate::api::{self, Api, ApiRequest};
+use crate::auth::{Auth, Principal};
 use crate::bot::Engine;
 use crate::config::Config;
 use crate::connection::{Connection, ConnectionContext, Waker};
@@ -121,6 +122,7 @@ pub fn spawn_with(
     });
     let conversations: Arc<dyn ConversationStore> = store.clone();
     let graph: Arc<dyn GraphStore> = store;
+    let api_graph = graph.clone();
     let journal = Journal::spawn(conversations.clone(), metrics.clone())?;
     let mut tools = ToolChain::standard(&graph);
     for tool in mcp.iter().flat_map(McpServers::tools) {
@@ -151,6 +153,7 @@ pub fn spawn_with(
             draining: Arc::new(AtomicBool::new(false)),
             auth: Auth::new(config.auth_tokens.iter().map(String::as_str)),
         },
+        graph: api_graph,
         wakers: Mutex::new(HashMap::new()),
         websockets: AtomicUsize::new(0),
         next_id: AtomicU64::new(1),
@@ -339,6 +342,8 @@ fn wake_addr(addr: SocketAddr) -> SocketAddr {
 /// What the accept loop and every connection thread share.
 struct Shared {
     ctx: ConnectionContext,
+    /// The knowledge graph, for the API's memories.
+    graph: Arc<dyn GraphStore>,
     /// Every open WebSocket's waker, so that shutdown can wake them all.
     wakers: Mutex<HashMap<u64, Arc<Waker>>>,
     /// Open WebSockets; counted against `max_connections`.
@@ -449,6 +454,39 @@ fn serve(mut stream: TcpStream, shared: &Shared, id: u64) -> Result<()> {
     };
     match http::route(&head, &view) {
         Route::Http(response) => respond(&mut stream, &response),
+        Route::Api => {
+            let deadline = Instant::now() + config.handshake_timeout;
+            let body = match http::read_body(&mut stream, &head, api::MAX_BODY_BYTES, deadline) {
+                Ok(body) => body,
+                Err(HeadError::Gone(_)) => return Ok(()),
+                Err(HeadError::Bad(response)) => return respond(&mut stream, &response),
+            };
+            let response = match api_principal(&head, &shared.ctx.auth) {
+                Some(principal) => Api {
+                    sessions: &shared.ctx.sessions,
+                    graph: &shared.graph,
+                }
+                .handle(&ApiRequest {
+                    method: &head.method,
+                    path: &head.path,
+                    query: head.query.as_deref(),
+                    body: &body,
+                    principal: &principal,
+                }),
+                None => Response {
+                    content_type: "application/json",
+                    extra_headers: &[("WWW-Authenticate", "Bearer")],
+                    ..Response::text(
+                        401,
+                        "Unauthorized",
+                        r#"{"error":"a valid bearer token is required"}"#,
+                    )
+                },
+            };
+            response
+                .write(&mut stream, head.method != "HEAD")
+                .map_err(|e| Error::io("http response", e))
+        }
         Route::WebSocket => {
             if !origin_allowed(&head, &config.allowed_origins) {
                 log::warn!(
@@ -505,6 +543,20 @@ fn origin_allowed(head: &http::RequestHead, allowed: &[String]) -> bool {
     let authority = origin.split_once("://").map_or(origin, |(_, rest)| rest);
     head.header("host")
         .is_some_and(|host| host.trim().eq_ignore_ascii_case(authority))
+}
+
+/// Who an API request comes from: the bearer token's principal, or the local principal when
+/// the server requires no token. `None` when a token is required and missing or wrong.
+fn api_principal(head: &http::RequestHead, auth: &Auth) -> Option<Principal> {
+    let token = head
+        .header("authorization")
+        .and_then(|value| value.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
+    match auth.check(token) {
+        Ok(principal) => Some(principal.unwrap_or_else(Principal::local)),
+        Err(_) => None,
+    }
 }
 
 /// The token of an upgrade request: `Authorization: Bearer …`, else `?token=…`.

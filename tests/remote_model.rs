@@ -771,3 +771,43 @@ fn a_request_with_no_answer_yet_is_abandoned_when_cancelled() {
     });
     assert!(cancelled);
 }
+
+#[test]
+fn a_connection_that_attaches_mid_answer_first_gets_the_answer_so_far() {
+    let (closed, _was_closed) = mpsc::channel();
+    let fake = FakeServer::start(vec![Reply::Stall {
+        first: Some(content("Once upon a time")),
+        closed,
+    }]);
+    let server = fake.sparky(|_| {});
+    let mut client = server.client();
+    client.say("tell me a long story");
+    let delta = client.expect("message_delta");
+    assert_eq!(delta.seq, None, "pieces are not events");
+    let id = client.session_id.clone().unwrap();
+    let replace = |frame: &ServerEnvelope| match &frame.frame {
+        ServerFrame::MessageDelta {
+            turn_id,
+            text,
+            replace,
+        } => (turn_id.0, text.clone(), *replace, frame.seq),
+        other => panic!("expected the answer so far, got {other:?}"),
+    };
+    // A second tab joins without a replay: the answer so far comes right after `ready`.
+    let mut second = Client::connect(server.addr, json!({"session_id": id.as_str()}));
+    let expected = (1, "Once upon a time".to_owned(), true, None);
+    assert_eq!(replace(&second.next()), expected);
+    // A reload replays the turn's events first, then gets the answer so far.
+    let mut reloaded = Client::resume(server.addr, &id, 0);
+    assert!(matches!(
+        reloaded.next().frame,
+        ServerFrame::UserMessage { .. }
+    ));
+    assert_eq!(replace(&reloaded.next()), expected);
+    // Nothing of the turn follows its closing frame, for any of them.
+    client.cancel();
+    for tab in [&mut client, &mut second, &mut reloaded] {
+        let status = tab.expect("status");
+        assert!(matches!(&status.frame, ServerFrame::Status(s) if s.code == StatusCode::Cancelled));
+    }
+}

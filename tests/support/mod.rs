@@ -48,6 +48,28 @@ impl TestServer {
         }
     }
 
+    /// A server on `data_dir`, which a server that was just dropped may still hold for a moment
+    /// (its connection threads and journal finish after the drop): starts once the directory
+    /// is free.
+    pub fn restart_on(data_dir: &std::path::Path) -> Self {
+        let mut started = None;
+        wait_until("the data directory to be free", || {
+            let mut config = test_config();
+            config.data_dir = data_dir.to_owned();
+            let listener = sparky::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+            match sparky::server::spawn_with(listener, config, Arc::new(OfflineModel)) {
+                Ok(handle) => started = Some(handle),
+                Err(e) => assert!(e.to_string().contains("in use"), "{e}"),
+            }
+            started.is_some()
+        });
+        let handle = started.unwrap();
+        TestServer {
+            addr: handle.addr(),
+            handle,
+        }
+    }
+
     /// A client that has sent `connect` for a new session and read `session_info` and `ready`.
     pub fn client(&self) -> Client {
         Client::connect(self.addr, json!({}))
@@ -339,4 +361,50 @@ pub fn tool_result(frames: &[ServerEnvelope]) -> (sparky::protocol::ToolStatus, 
             _ => None,
         })
         .unwrap_or_else(|| panic!("no tool_result in {frames:#?}"))
+}
+
+/// Sends one HTTP request (with `Host: localhost`, and `Authorization: Bearer` when `token` is
+/// given) and returns the status code and the body.
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\n");
+    if let Some(token) = token {
+        request.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    let body = body.unwrap_or("");
+    request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split(' ').nth(1).unwrap().parse().unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// `http` for a JSON answer: the status and the parsed body (`null` when empty).
+pub fn http_json(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, Value) {
+    let (status, text) = http(addr, method, path, token, body);
+    let value = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+    };
+    (status, value)
 }

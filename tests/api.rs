@@ -1,0 +1,282 @@
+//! The conversation API (PROTOCOL.md section 10) over real sockets: listing and searching,
+//! reading events, renaming, deleting (also while a connection is live), memories, and a `404`
+//! for everything of another principal.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sparky::protocol::{ServerFrame, StatusCode};
+use support::{Client, TestServer, http, http_json, wait_until};
+use tungstenite::protocol::frame::coding::CloseCode;
+
+fn conversations(server: &TestServer, path: &str, token: Option<&str>) -> Vec<Value> {
+    let (status, body) = http_json(server.addr, "GET", path, token, None);
+    assert_eq!(status, 200, "{body}");
+    body["conversations"].as_array().unwrap().clone()
+}
+
+#[test]
+fn conversations_are_listed_newest_first_and_searched_by_their_words() {
+    let server = TestServer::start();
+    let mut first = server.client();
+    let long = "tell me about otters ".repeat(10);
+    first.ask(&long);
+    first.ask("and beavers");
+    let mut second = server.client();
+    second.ask("what do herons eat");
+    let list = conversations(&server, "/api/conversations", None);
+    assert_eq!(list.len(), 2);
+    let (newest, oldest) = (&list[0], &list[1]);
+    assert_eq!(newest["id"], second.session_id.as_ref().unwrap().as_str());
+    assert_eq!(newest["title"], "what do herons eat");
+    assert_eq!(newest["turns"], 1);
+    assert_eq!(newest["running"], false);
+    assert_eq!(oldest["turns"], 2);
+    let title = oldest["title"].as_str().unwrap();
+    assert_eq!(title, long.chars().take(80).collect::<String>());
+    for field in ["created_at", "updated_at"] {
+        let at = newest[field].as_str().unwrap();
+        assert!(at.ends_with('Z') && at.contains('T'), "{field}: {at}");
+    }
+    let found = conversations(&server, "/api/conversations?q=beavers", None);
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0]["id"], oldest["id"]);
+    // Answers are searched too ("You said: …"), and words are matched, not substrings.
+    assert_eq!(
+        conversations(&server, "/api/conversations?q=herons", None).len(),
+        1
+    );
+    assert!(conversations(&server, "/api/conversations?q=hero", None).is_empty());
+    assert!(conversations(&server, "/api/conversations?q=%22%28%2A", None).is_empty());
+}
+
+#[test]
+fn events_come_back_exactly_as_sent_a_page_at_a_time() {
+    let server = TestServer::start();
+    let mut client = server.client();
+    client.ask("one");
+    client.ask("/calc 2+2");
+    client.ask("three");
+    let id = client.session_id.clone().unwrap();
+    let sent: Vec<Value> = client
+        .seen
+        .iter()
+        .filter(|frame| frame.seq.is_some())
+        .map(|frame| serde_json::to_value(frame).unwrap())
+        .collect();
+    let path = format!("/api/conversations/{}/events", id.as_str());
+    let (status, all) = http_json(server.addr, "GET", &path, None, None);
+    assert_eq!(status, 200);
+    assert_eq!(all["events"].as_array().unwrap(), &sent);
+    let last = sent.len() as u64;
+    let (_, page) = http_json(
+        server.addr,
+        "GET",
+        &format!("{path}?before_seq={last}&limit=3"),
+        None,
+        None,
+    );
+    let seqs: Vec<u64> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|event| event["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [last - 3, last - 2, last - 1]);
+    let (status, _) = http(server.addr, "GET", &format!("{path}?limit=x"), None, None);
+    assert_eq!(status, 400);
+    let (status, _) = http(server.addr, "HEAD", &path, None, None);
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn a_conversation_can_be_renamed() {
+    let server = TestServer::start();
+    let mut client = server.client();
+    client.ask("hello");
+    let path = format!(
+        "/api/conversations/{}",
+        client.session_id.as_ref().unwrap().as_str()
+    );
+    let body = json!({"title": "  Greetings  "}).to_string();
+    let (status, entry) = http_json(server.addr, "PATCH", &path, None, Some(&body));
+    assert_eq!(status, 200, "{entry}");
+    assert_eq!(entry["title"], "Greetings");
+    assert_eq!(
+        conversations(&server, "/api/conversations", None)[0]["title"],
+        "Greetings"
+    );
+    for bad in ["{}", "not json", r#"{"title": ""}"#] {
+        let (status, _) = http(server.addr, "PATCH", &path, None, Some(bad));
+        assert_eq!(status, 400, "{bad}");
+    }
+    let (status, _) = http(server.addr, "POST", &path, None, Some(&body));
+    assert_eq!(status, 405);
+}
+
+#[test]
+fn deleting_a_live_conversation_stops_it_closes_its_connections_and_removes_it() {
+    let server = TestServer::start();
+    let mut client = server.client();
+    client.ask("/note private");
+    client.say("/wait 60000");
+    client.expect("tool_use");
+    let id = client.session_id.clone().unwrap();
+    let path = format!("/api/conversations/{}", id.as_str());
+    let listed = conversations(&server, "/api/conversations", None);
+    assert_eq!(listed[0]["running"], true);
+    let (status, body) = http(server.addr, "DELETE", &path, None, None);
+    assert_eq!((status, body.as_str()), (204, ""));
+    let deleted = client.expect("status");
+    assert!(
+        matches!(&deleted.frame, ServerFrame::Status(s) if s.code == StatusCode::Deleted),
+        "{deleted:?}"
+    );
+    assert_eq!(deleted.seq, None);
+    let close = client.expect_close().expect("a close frame");
+    assert_eq!(close.code, CloseCode::Normal);
+    assert!(server.handle.sessions().get(&id).is_none());
+    assert_eq!(http(server.addr, "GET", &path, None, None).0, 404);
+    assert_eq!(http(server.addr, "DELETE", &path, None, None).0, 404);
+    assert_eq!(
+        http(server.addr, "GET", &format!("{path}/events"), None, None).0,
+        404
+    );
+    assert!(conversations(&server, "/api/conversations?q=private", None).is_empty());
+    // Its id is not adopted again: a resume makes a new conversation.
+    let again = Client::resume(server.addr, &id, 0);
+    let ServerFrame::SessionInfo { is_new, .. } = again.seen[0].frame else {
+        unreachable!()
+    };
+    assert!(is_new);
+}
+
+#[test]
+fn memories_are_listed_searched_and_deleted() {
+    let server = TestServer::start();
+    let mut client = server.client();
+    client.ask("/remember the cat is called Tom");
+    client.ask("/remember the dog is called Rex");
+    let (status, all) = http_json(server.addr, "GET", "/api/memories", None, None);
+    assert_eq!(status, 200);
+    let memories = all["memories"].as_array().unwrap();
+    assert_eq!(memories.len(), 2);
+    let (_, found) = http_json(server.addr, "GET", "/api/memories?q=cat", None, None);
+    let found = found["memories"].as_array().unwrap().clone();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0]["content"], "the cat is called Tom");
+    let path = format!("/api/memories/{}", found[0]["id"]);
+    assert_eq!(http(server.addr, "DELETE", &path, None, None).0, 204);
+    assert_eq!(http(server.addr, "DELETE", &path, None, None).0, 404);
+    assert_eq!(
+        http(server.addr, "DELETE", "/api/memories/x", None, None).0,
+        404
+    );
+    assert!(client.ask("/recall cat").starts_with("Nothing found"));
+}
+
+#[test]
+fn another_principal_sees_nothing_and_gets_404_for_everything() {
+    let server = TestServer::with_config(|config| {
+        config.auth_tokens = vec!["alice-token".into(), "bob-token".into()];
+    });
+    let (alice, bob) = (Some("alice-token"), Some("bob-token"));
+    let mut ann = Client::connect(server.addr, json!({"token": "alice-token"}));
+    ann.ask("/remember the launch code is swordfish");
+    ann.ask("/note alice's note");
+    let id = ann.session_id.clone().unwrap();
+    let (_, memories) = http_json(server.addr, "GET", "/api/memories", alice, None);
+    let fact = memories["memories"][0]["id"].as_i64().unwrap();
+
+    assert_eq!(conversations(&server, "/api/conversations", alice).len(), 1);
+    assert!(conversations(&server, "/api/conversations", bob).is_empty());
+    assert!(conversations(&server, "/api/conversations?q=swordfish", bob).is_empty());
+    let path = format!("/api/conversations/{}", id.as_str());
+    let rename = Some(r#"{"title": "mine now"}"#);
+    for (method, path, body) in [
+        ("GET", path.clone(), None),
+        ("GET", format!("{path}/events"), None),
+        ("PATCH", path.clone(), rename),
+        ("DELETE", path.clone(), None),
+        ("DELETE", format!("/api/memories/{fact}"), None),
+    ] {
+        assert_eq!(
+            http(server.addr, method, &path, bob, body).0,
+            404,
+            "{method} {path}"
+        );
+        assert_eq!(
+            http(server.addr, method, &path, None, body).0,
+            401,
+            "{method} {path}"
+        );
+        let wrong = Some("mallory");
+        assert_eq!(http(server.addr, method, &path, wrong, body).0, 401);
+    }
+    let (_, theirs) = http_json(server.addr, "GET", "/api/memories?q=swordfish", bob, None);
+    assert!(theirs["memories"].as_array().unwrap().is_empty());
+
+    // Over the WebSocket: no tool and no prompt of Bob's reaches Alice's facts.
+    let mut bo = Client::connect(server.addr, json!({"token": "bob-token"}));
+    assert!(bo.ask("/recall launch code").starts_with("Nothing found"));
+    for tool in ["graph_get", "graph_delete"] {
+        bo.say(&format!("/tool {tool} {{\"id\": {fact}}}"));
+        let turn = bo.expect("user_message").frame.turn_id().unwrap().0;
+        let (status, text) = support::tool_result(&bo.finish_turn(turn));
+        assert_eq!(
+            status,
+            sparky::protocol::ToolStatus::Error,
+            "{tool}: {text}"
+        );
+        assert!(!text.contains("swordfish"));
+    }
+    bo.say("what is the launch code");
+    let turn = bo.expect("user_message").frame.turn_id().unwrap().0;
+    let frames = bo.finish_turn(turn);
+    assert!(
+        frames
+            .iter()
+            .all(|frame| !format!("{frame:?}").contains("swordfish")),
+        "{frames:?}"
+    );
+    // Alice's memory is still hers, and her prompts use it.
+    ann.say("what is the launch code");
+    let turn = ann.expect("user_message").frame.turn_id().unwrap().0;
+    let frames = ann.finish_turn(turn);
+    assert!(
+        frames
+            .iter()
+            .any(|frame| format!("{frame:?}").contains("Memory in context: #")),
+        "{frames:?}"
+    );
+    assert!(ann.ask("/notes").contains("alice's note"));
+    // Bob cannot resume Alice's conversation either.
+    let mut intruder = Client::open(server.addr);
+    intruder.send(
+        json!({"type": "connect", "data": {"token": "bob-token", "session_id": id.as_str()}}),
+    );
+    let refused = intruder.expect("error");
+    assert!(format!("{refused:?}").contains("Unauthorized"));
+}
+
+#[test]
+fn the_retention_policy_deletes_idle_conversations_and_only_those() {
+    let server = TestServer::with_config(|config| {
+        config.retention = Some(Duration::from_secs(1));
+        config.idle_timeout = Duration::from_millis(200);
+    });
+    let mut old = server.client();
+    old.ask("soon forgotten");
+    let id = old.session_id.clone().unwrap();
+    drop(old);
+    let mut kept = server.client();
+    wait_until("the idle conversation to be deleted", || {
+        // The connected one keeps chatting, so it is never idle for a second.
+        kept.ask("still here");
+        let list = conversations(&server, "/api/conversations", None);
+        list.iter().all(|entry| entry["id"] != id.as_str())
+    });
+    assert_eq!(conversations(&server, "/api/conversations", None).len(), 1);
+}
