@@ -1,6 +1,7 @@
-//! Plain HTTP on the WebSocket port: reading a request head, routing it (upgrade, the chat
-//! page, `/healthz`, `/metrics`, 404), the `101` handshake answer, and writing responses.
-//! Depends on `session` and `metrics`; only `server.rs` hands it a socket.
+//! Plain HTTP on the WebSocket port: reading a request head (and a small body), routing it
+//! (upgrade, the API, the chat page, `/healthz`, `/metrics`, 404), the `101` handshake answer,
+//! and writing responses. Depends on `session` and `metrics`; only `server.rs` hands it a
+//! socket.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
@@ -276,8 +277,8 @@ pub struct ServerView<'a> {
 pub enum Route {
     /// A WebSocket upgrade to the chat endpoint.
     WebSocket,
-    /// A request for the conversation API (`/api/…`): its body is read and it is
-    /// authenticated before [`crate::api::Api`] answers it.
+    /// A request for the conversation API (`/api/…`): the server reads its body and
+    /// authenticates it, then `api.rs` answers it.
     Api,
     /// A plain HTTP answer.
     Http(Response),
