@@ -25,6 +25,11 @@ use crate::tools::{ToolChain, ToolContext, ToolOutput};
 /// time, so that the model's context stays bounded and every turn copies a bounded history.
 pub const MAX_HISTORY_MESSAGES: usize = 200;
 
+/// The most bytes of conversation a session keeps in memory (text, tool calls and results),
+/// trimmed like [`MAX_HISTORY_MESSAGES`]: more than any model's context holds, and a bound on a
+/// session's memory however large its messages. The last exchange is kept whatever its size.
+pub const MAX_HISTORY_BYTES: usize = 2 << 20;
+
 /// Graph entries put into a turn's context at most.
 pub const MEMORY_ENTRIES: usize = 3;
 
@@ -94,6 +99,18 @@ pub struct Bot {
     history: Arc<Vec<ChatMessage>>,
     /// The number of `history[0]` in the whole conversation (older messages were trimmed).
     first_index: u64,
+    /// The size of `history`, as [`message_bytes`] counts it.
+    bytes: usize,
+}
+
+/// What a message costs in memory, near enough: its text and its tool calls.
+fn message_bytes(message: &ChatMessage) -> usize {
+    let calls: usize = message
+        .tool_calls
+        .iter()
+        .map(|call| call.id.len() + call.name.len() + call.args.to_string().len())
+        .sum();
+    message.content.len() + calls
 }
 
 impl Bot {
@@ -113,6 +130,7 @@ impl Bot {
         let mut bot = Bot {
             engine,
             system: personality,
+            bytes: history.iter().map(message_bytes).sum(),
             history: Arc::new(history),
             first_index,
         };
@@ -164,6 +182,7 @@ impl Bot {
     /// Adds a finished turn's messages to the conversation. The messages are copied only when a
     /// turn (a cancelled one still winding down) holds a snapshot.
     pub fn commit(&mut self, transcript: Vec<ChatMessage>) {
+        self.bytes += transcript.iter().map(message_bytes).sum::<usize>();
         Arc::make_mut(&mut self.history).extend(transcript);
         self.trim();
     }
@@ -180,20 +199,40 @@ impl Bot {
     pub fn clear_history(&mut self) {
         self.first_index = self.end_index();
         self.history = Arc::default();
+        self.bytes = 0;
     }
 
-    /// Drops the oldest exchanges past the cap; the history then starts at a user message.
+    /// Drops the oldest exchanges while the history is past [`MAX_HISTORY_MESSAGES`] or
+    /// [`MAX_HISTORY_BYTES`]; the history then starts at a user message. The last exchange
+    /// stays whatever its size.
     fn trim(&mut self) {
-        if self.history.len() <= MAX_HISTORY_MESSAGES {
+        let history = &self.history;
+        let over = |cut: usize, bytes: usize| {
+            history.len() - cut > MAX_HISTORY_MESSAGES || bytes > MAX_HISTORY_BYTES
+        };
+        if !over(0, self.bytes) {
             return;
         }
-        let excess = self.history.len() - MAX_HISTORY_MESSAGES;
-        let cut = self.history[excess..]
+        let last_exchange = history
             .iter()
-            .position(|m| m.role == Role::User)
-            .map_or(self.history.len(), |i| excess + i);
-        Arc::make_mut(&mut self.history).drain(..cut);
-        self.first_index += cut as u64;
+            .rposition(|m| m.role == Role::User)
+            .unwrap_or(history.len());
+        let (mut cut, mut bytes) = (0, self.bytes);
+        while cut < last_exchange && over(cut, bytes) {
+            // One whole exchange: up to the next user message.
+            loop {
+                bytes -= message_bytes(&history[cut]);
+                cut += 1;
+                if cut >= last_exchange || history[cut].role == Role::User {
+                    break;
+                }
+            }
+        }
+        if cut > 0 {
+            Arc::make_mut(&mut self.history).drain(..cut);
+            self.first_index += cut as u64;
+            self.bytes = bytes;
+        }
     }
 }
 
@@ -764,6 +803,24 @@ mod tests {
         }
         assert!(bot.history().len() <= MAX_HISTORY_MESSAGES);
         assert_eq!(bot.history()[0].role, Role::User);
+    }
+
+    #[test]
+    fn history_is_bounded_in_bytes_but_keeps_the_last_exchange() {
+        let mut bot = Bot::new(engine(Arc::new(OfflineModel)), None, Vec::new());
+        let big = "x".repeat(MAX_HISTORY_BYTES / 4);
+        for i in 0..20 {
+            bot.commit(interrupted(&format!("q{i} {big}"), "a"));
+        }
+        let bytes: usize = bot.history().iter().map(message_bytes).sum();
+        assert!(bytes <= MAX_HISTORY_BYTES, "{bytes}");
+        assert_eq!(bytes, bot.bytes);
+        assert_eq!(bot.history()[0].role, Role::User);
+        assert_eq!(bot.end_index(), 40);
+        let huge = "y".repeat(MAX_HISTORY_BYTES * 2);
+        bot.commit(interrupted(&huge, "a"));
+        assert_eq!(bot.history().len(), 2, "only the last exchange");
+        assert_eq!(bot.history()[0].content, huge);
     }
 
     /// A model that answers from a script, one entry per step, and records how much earlier

@@ -14,6 +14,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Keep everything in memory: no data directory, nothing survives a restart.
     pub in_memory: bool,
+    /// A cap on the store's size in bytes; past it, writes fail as on a full disk (new turns
+    /// are refused until there is room). `None`: only the disk's size.
+    pub max_store_bytes: Option<u64>,
     /// Model steps allowed in one turn.
     pub max_steps: usize,
     /// Which model answers.
@@ -42,6 +45,15 @@ pub struct Config {
     pub max_connections_per_session: usize,
     /// Sessions at most; a `connect` that would create one more gets `server_busy`.
     pub max_sessions: usize,
+    /// Conversations one principal may keep at most; a `connect` that would create one more
+    /// gets `server_busy`.
+    pub max_conversations_per_principal: u64,
+    /// How fast one principal may create conversations; `None` for no limit.
+    pub new_conversation_rate: Option<RateLimit>,
+    /// Turns running at once on the whole server, at most; one more gets `server_busy`.
+    pub max_running_turns: usize,
+    /// Turns one principal may run at once, at most; one more gets `server_busy`.
+    pub max_running_turns_per_principal: usize,
     /// Largest WebSocket frame or message, in bytes; a larger one closes the connection (1009).
     pub max_frame_bytes: usize,
     /// Longest `text` of a message, in characters; a longer one gets `too_large`.
@@ -135,6 +147,7 @@ impl Default for Config {
             addr: SocketAddr::from(([127, 0, 0, 1], 8000)),
             data_dir: PathBuf::from("sparky-data"),
             in_memory: false,
+            max_store_bytes: None,
             max_steps: 8,
             model: ModelKind::Offline,
             model_url: "http://127.0.0.1:11434/v1".into(),
@@ -147,6 +160,13 @@ impl Default for Config {
             max_connections: 20_000,
             max_connections_per_session: 8,
             max_sessions: 100_000,
+            max_conversations_per_principal: 50_000,
+            new_conversation_rate: Some(RateLimit {
+                per_second: 1.0,
+                burst: 600.0,
+            }),
+            max_running_turns: 1_024,
+            max_running_turns_per_principal: 256,
             max_frame_bytes: 1 << 20,
             max_text_chars: 100_000,
             event_log_capacity: 256,

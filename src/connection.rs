@@ -327,6 +327,12 @@ impl<'a> Connection<'a> {
                     );
                 } else if self.ctx.draining.load(Ordering::SeqCst) {
                     self.reject(ErrorCode::ServerBusy, "the server is shutting down");
+                } else if session.store_failing() {
+                    self.reject(
+                        ErrorCode::Storage,
+                        "the server cannot write to its store right now (is its disk full?); \
+                         try again later",
+                    );
                 } else if let Some(start) = session.submit(&message.text) {
                     worker::spawn_turn(start);
                 }

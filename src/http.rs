@@ -313,8 +313,16 @@ pub fn route(head: &RequestHead, server: &ServerView<'_>) -> Route {
 
 fn health(server: &ServerView<'_>) -> Response {
     let engine = server.sessions.engine();
+    let degraded = server.sessions.journal().failing();
+    let status = if server.shutting_down {
+        "shutting_down"
+    } else if degraded {
+        "degraded"
+    } else {
+        "ok"
+    };
     let body = json!({
-        "status": if server.shutting_down { "shutting_down" } else { "ok" },
+        "status": status,
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": server.started.elapsed().as_secs(),
         "connections": Metrics::get(&server.metrics.connections_open),
@@ -322,7 +330,7 @@ fn health(server: &ServerView<'_>) -> Response {
         "model": engine.model.name(),
         "tools_loaded": engine.tools.len(),
     });
-    let (status, reason) = if server.shutting_down {
+    let (status, reason) = if server.shutting_down || degraded {
         (503, "Service Unavailable")
     } else {
         (200, "OK")

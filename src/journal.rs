@@ -2,11 +2,17 @@
 //! batches (group commit). An event is handed to its session's subscribers only after the batch
 //! that holds it is committed, so that anything a client has seen survives a crash.
 //!
+//! A batch the store refuses (a full disk, a quota) is never dropped and never released: the
+//! writer retries it with backoff, and meanwhile [`Journal::failing`] is true, so that sessions
+//! refuse new turns and stop the ones in flight. When the store takes the batch, everything
+//! queued behind it follows, in order, and nothing is lost.
+//!
 //! Depends on `store`, `metrics` and `error`.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::Duration;
 
@@ -17,8 +23,15 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::store::{ConversationStore, WriteOp};
 
-/// Attempts at a failing batch before it is given up (and its events released anyway).
-const ATTEMPTS: u32 = 3;
+/// The first wait before a failed batch is tried again; it doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+
+/// The longest wait between two tries of a failed batch.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Tries of a failed batch once the journal is shutting down, before it is given up. Its
+/// events were never released, so no client saw them.
+const ATTEMPTS_AT_SHUTDOWN: u32 = 5;
 
 /// Told when the writes it asked for are committed.
 pub trait Durable: Send + Sync {
@@ -41,6 +54,8 @@ enum Entry {
 struct Queue {
     state: Mutex<QueueState>,
     filled: Condvar,
+    /// True while the store refuses the batch at the head of the queue.
+    failing: AtomicBool,
 }
 
 #[derive(Default)]
@@ -108,6 +123,12 @@ impl Journal {
         wait.recv_timeout(timeout).is_ok()
     }
 
+    /// True while the store refuses writes: the batch at the head of the queue is being
+    /// retried, and nothing behind it is committed.
+    pub fn failing(&self) -> bool {
+        self.queue.failing.load(Ordering::Relaxed)
+    }
+
     fn push(&self, entry: Entry) {
         let mut state = self.queue.state.lock();
         state.entries.push(entry);
@@ -146,7 +167,10 @@ fn run(store: &dyn ConversationStore, queue: &Queue, metrics: &Metrics) {
             }
         }
         if !ops.is_empty() {
-            write(store, &ops);
+            if !write(store, &ops, queue) {
+                // Given up at shutdown: what was never committed is never released.
+                acks.clear();
+            }
             Metrics::bump(&metrics.journal_batches);
             Metrics::add(&metrics.journal_writes, ops.len() as u64);
         }
@@ -158,22 +182,42 @@ fn run(store: &dyn ConversationStore, queue: &Queue, metrics: &Metrics) {
     }
 }
 
-/// Writes one batch, retrying a few times. A batch that still fails is logged and dropped:
-/// the server keeps serving (its events are released anyway) rather than stall every chat on
-/// a broken disk.
-fn write(store: &dyn ConversationStore, ops: &[WriteOp]) {
-    for attempt in 1..=ATTEMPTS {
-        match store.apply(ops) {
-            Ok(()) => return,
-            Err(e) if attempt < ATTEMPTS => {
-                log::warn!(
-                    "journal: batch of {} writes failed ({e}); retrying",
+/// Writes one batch, retrying with backoff for as long as the store refuses it, so that a full
+/// disk delays events instead of losing them. Only once the journal is shutting down does it
+/// give up, after a few more tries; false then.
+fn write(store: &dyn ConversationStore, ops: &[WriteOp], queue: &Queue) -> bool {
+    let mut backoff = FIRST_BACKOFF;
+    let mut tries_at_shutdown = 0;
+    loop {
+        let error = match store.apply(ops) {
+            Ok(()) => {
+                if queue.failing.swap(false, Ordering::Relaxed) {
+                    log::warn!("journal: the store takes writes again");
+                }
+                return true;
+            }
+            Err(e) => e,
+        };
+        if !queue.failing.swap(true, Ordering::Relaxed) {
+            log::error!(
+                "journal: the store refused a batch of {} writes ({error}); new turns are \
+                 refused and the batch is retried until it is taken",
+                ops.len()
+            );
+        }
+        if queue.state.lock().closed {
+            tries_at_shutdown += 1;
+            if tries_at_shutdown >= ATTEMPTS_AT_SHUTDOWN {
+                log::error!(
+                    "journal: shutting down with a batch of {} writes the store refused: \
+                     {error}; no client was shown its events",
                     ops.len()
                 );
-                thread::sleep(Duration::from_millis(50 * u64::from(attempt)));
+                return false;
             }
-            Err(e) => log::error!("journal: batch of {} writes lost: {e}", ops.len()),
         }
+        thread::sleep(backoff);
+        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 

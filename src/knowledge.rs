@@ -7,6 +7,12 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+/// Notes one session may hold at most.
+pub const MAX_NOTES: usize = 200;
+
+/// Bytes of notes one session may hold at most.
+pub const MAX_NOTE_BYTES: usize = 512 * 1024;
+
 /// Where a session's new notes are written.
 pub trait NoteWriter: Send + Sync {
     /// Keeps a note. Never blocks.
@@ -47,13 +53,26 @@ impl Knowledge {
     }
 
     /// Adds a note and returns how many the session now holds.
-    pub fn add_note(&self, text: &str) -> usize {
+    ///
+    /// # Errors
+    ///
+    /// A message for the model when the session holds [`MAX_NOTES`] notes or the new one
+    /// would take it past [`MAX_NOTE_BYTES`].
+    pub fn add_note(&self, text: &str) -> Result<usize, String> {
         let mut notes = self.notes.lock();
+        let bytes: usize = notes.iter().map(String::len).sum();
+        if notes.len() >= MAX_NOTES || bytes + text.len() > MAX_NOTE_BYTES {
+            return Err(format!(
+                "this session's notes are full ({} notes, {bytes} bytes; at most {MAX_NOTES} \
+                 notes and {MAX_NOTE_BYTES} bytes)",
+                notes.len()
+            ));
+        }
         notes.push(text.to_owned());
         if let Some(writer) = &self.writer {
             writer.note(text);
         }
-        notes.len()
+        Ok(notes.len())
     }
 
     /// A copy of every note, oldest first.

@@ -26,6 +26,7 @@ pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod protocol;
+pub mod rate;
 // Capabilities: may do IO, never touch client sockets.
 pub mod journal;
 pub mod knowledge;

@@ -73,6 +73,23 @@ struct Args {
     /// Sessions at most; a connect past it gets server_busy.
     #[arg(long, default_value_t = Config::default().max_sessions)]
     max_sessions: usize,
+    /// Cap the store at this many MiB; past it, new turns are refused as on a full disk
+    /// (default: only the disk's size).
+    #[arg(long, value_name = "MIB")]
+    max_store_mib: Option<u64>,
+    /// Conversations one principal (token) may keep; a connect that would create one more
+    /// gets server_busy.
+    #[arg(long, default_value_t = Config::default().max_conversations_per_principal)]
+    max_conversations_per_principal: u64,
+    /// New conversations per second per principal, as N, N/BURST or off.
+    #[arg(long, default_value = "1/600", value_parser = parse_rate_setting)]
+    new_conversation_rate: RateSetting,
+    /// Turns running at once on the whole server; one more gets server_busy.
+    #[arg(long, default_value_t = Config::default().max_running_turns)]
+    max_running_turns: usize,
+    /// Turns one principal (token) may run at once; one more gets server_busy.
+    #[arg(long, default_value_t = Config::default().max_running_turns_per_principal)]
+    max_running_turns_per_principal: usize,
     /// Largest WebSocket frame or message in bytes; a larger one closes the connection (1009).
     #[arg(long, default_value_t = Config::default().max_frame_bytes)]
     max_frame_bytes: usize,
@@ -136,6 +153,11 @@ impl Args {
             max_connections: self.max_connections,
             max_connections_per_session: self.max_connections_per_session,
             max_sessions: self.max_sessions,
+            max_store_bytes: self.max_store_mib.map(|mib| mib.saturating_mul(1 << 20)),
+            max_conversations_per_principal: self.max_conversations_per_principal,
+            new_conversation_rate: self.new_conversation_rate.0,
+            max_running_turns: self.max_running_turns,
+            max_running_turns_per_principal: self.max_running_turns_per_principal,
             max_frame_bytes: self.max_frame_bytes,
             max_text_chars: self.max_text_chars,
             event_log_capacity: self.event_log_capacity,
@@ -177,7 +199,7 @@ fn raise_open_file_limit(max_connections: usize) {
     }
 }
 
-/// A parsed `--rate-limit`: a newtype, because clap reads a bare `Option` field as "flag may be
+/// A parsed rate (`--rate-limit`, `--new-conversation-rate`): a newtype, because clap reads a bare `Option` field as "flag may be
 /// absent" rather than as the parsed value.
 #[derive(Clone, Copy, Debug)]
 struct RateSetting(Option<RateLimit>);

@@ -120,6 +120,9 @@ pub fn spawn_with(
     } else {
         SqliteStore::open(&config.data_dir)?
     });
+    if let Some(bytes) = config.max_store_bytes {
+        store.set_size_limit(Some(bytes))?;
+    }
     let conversations: Arc<dyn ConversationStore> = store.clone();
     let graph: Arc<dyn GraphStore> = store;
     let api_graph = graph.clone();

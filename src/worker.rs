@@ -104,8 +104,10 @@ fn run(start: TurnStart) {
         events,
         cancel,
         knowledge,
+        permit,
     } = start;
     let outcome = catch_unwind(AssertUnwindSafe(|| turn.run(&events, &cancel, &knowledge)));
+    drop(permit);
     match outcome {
         Ok(TurnOutcome::Answered | TurnOutcome::Failed | TurnOutcome::Cancelled) => {}
         Err(_) => {

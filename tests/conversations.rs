@@ -6,25 +6,7 @@ mod support;
 
 use serde_json::{Value, json};
 use sparky::protocol::{ErrorCode, ServerFrame, TurnId};
-use support::{Client, TestServer, http_json, temp_dir, test_config};
-
-/// The numbered frames a client has seen, as JSON.
-fn events_seen(client: &Client) -> Vec<Value> {
-    client
-        .seen
-        .iter()
-        .filter(|frame| frame.seq.is_some())
-        .map(|frame| serde_json::to_value(frame).unwrap())
-        .collect()
-}
-
-/// Resumes `id` from `last_seq` 0 and reads `count` replayed events as JSON.
-fn replay(server: &TestServer, id: &sparky::protocol::SessionId, count: usize) -> Vec<Value> {
-    let mut client = Client::resume(server.addr, id, 0);
-    (0..count)
-        .map(|_| serde_json::to_value(client.next()).unwrap())
-        .collect()
-}
+use support::{Client, TestServer, events_seen, http_json, replay, temp_dir, test_config};
 
 #[test]
 fn a_replay_of_many_megabytes_arrives_whole_and_in_order() {
@@ -41,7 +23,7 @@ fn a_replay_of_many_megabytes_arrives_whole_and_in_order() {
     let bytes: usize = sent.iter().map(|event| event.to_string().len()).sum();
     assert!(bytes > 9_000_000, "{bytes}");
     drop(client);
-    let replayed = replay(&server, &id, sent.len());
+    let replayed = replay(server.addr, &id, sent.len());
     assert!(replayed == sent, "the replay differs from what was sent");
 }
 
@@ -69,7 +51,7 @@ fn thousands_of_events_of_several_conversations_come_back_after_a_restart() {
         "nothing is loaded at start"
     );
     for (id, events) in &seen {
-        assert_eq!(&replay(&server, id, events.len()), events);
+        assert_eq!(&replay(server.addr, id, events.len()), events);
         assert_eq!(
             server.handle.sessions().get(id).unwrap().last_seq(),
             events.len() as u64

@@ -18,9 +18,10 @@ use crate::journal::Journal;
 use crate::metrics::Metrics;
 use crate::model::{ChatMessage, Role};
 use crate::protocol::{ConnectData, ErrorCode, HistoryRole, ServerFrame, SessionId};
+use crate::rate::Bucket;
 use crate::store::{ConversationStore, ConversationSummary, StoredConversation};
 
-use super::{Attachment, EventLog, Parts, Persist, Session, Subscriber, WireText};
+use super::{Attachment, EventLog, Parts, Persist, Session, Subscriber, TurnLimits, WireText};
 
 /// Bytes of events a live session keeps in memory at most (besides `--event-log-capacity`).
 const TAIL_BYTES: usize = 1 << 20;
@@ -68,6 +69,7 @@ pub(super) struct Shared {
     pub(super) metrics: Arc<Metrics>,
     pub(super) journal: Journal,
     pub(super) store: Arc<dyn ConversationStore>,
+    pub(super) limits: Arc<TurnLimits>,
 }
 
 /// The map of live sessions, and the rules for creating, resuming, evicting and deleting them.
@@ -88,7 +90,17 @@ impl fmt::Debug for SessionManager {
 struct ManagerInner {
     /// Locked only to look up, insert or remove; the order is always map, then session.
     sessions: Mutex<HashMap<SessionId, Session>>,
+    /// Each principal's creation rate and conversation count. Never locked with `sessions`.
+    quotas: Mutex<HashMap<Principal, Quota>>,
     shared: Shared,
+}
+
+/// What one principal may still create.
+struct Quota {
+    /// New conversations.
+    bucket: Option<Bucket>,
+    /// Conversations stored: read from the store once, then counted here.
+    stored: Option<u64>,
 }
 
 impl SessionManager {
@@ -104,10 +116,15 @@ impl SessionManager {
         SessionManager {
             inner: Arc::new(ManagerInner {
                 sessions: Mutex::new(HashMap::new()),
+                quotas: Mutex::new(HashMap::new()),
                 shared: Shared {
-                    config,
                     engine,
                     metrics,
+                    limits: TurnLimits::new(
+                        config.max_running_turns,
+                        config.max_running_turns_per_principal,
+                    ),
+                    config,
                     journal,
                     store,
                 },
@@ -118,6 +135,11 @@ impl SessionManager {
     /// The journal every session writes through.
     pub fn journal(&self) -> &Journal {
         &self.inner.shared.journal
+    }
+
+    /// The store conversations are kept in.
+    pub fn store(&self) -> &Arc<dyn ConversationStore> {
+        &self.inner.shared.store
     }
 
     /// How many sessions are live in memory.
@@ -247,6 +269,62 @@ impl SessionManager {
         Ok(Some(session))
     }
 
+    /// Takes one new conversation from `principal`'s quota: its creation rate and its count.
+    fn take_quota(&self, principal: &Principal) -> Result<(), Refusal> {
+        let config = &self.inner.shared.config;
+        let mut quotas = self.inner.quotas.lock();
+        let quota = quotas.entry(principal.clone()).or_insert_with(|| Quota {
+            bucket: config.new_conversation_rate.map(Bucket::new),
+            stored: None,
+        });
+        let stored = match quota.stored {
+            Some(stored) => stored,
+            None => self
+                .inner
+                .shared
+                .store
+                .count(principal.as_str())
+                .map_err(|e| {
+                    log::error!("sessions: cannot count conversations: {e}");
+                    Refusal::new(
+                        ErrorCode::ServerBusy,
+                        "the conversations cannot be read now",
+                    )
+                })?,
+        };
+        quota.stored = Some(stored);
+        let limit = config.max_conversations_per_principal;
+        if stored >= limit {
+            return Err(Refusal::new(
+                ErrorCode::ServerBusy,
+                format!("you have {stored} conversations, the most you may keep; delete some"),
+            ));
+        }
+        if !quota.bucket.as_mut().is_none_or(Bucket::take) {
+            log::warn!("sessions: a principal creates conversations too fast");
+            return Err(Refusal::new(
+                ErrorCode::ServerBusy,
+                "you are creating conversations too fast; wait a little",
+            ));
+        }
+        quota.stored = Some(stored + 1);
+        Ok(())
+    }
+
+    /// Counts one conversation less for `owner`; `None` forgets every count (after the
+    /// retention policy deleted some).
+    fn give_back_quota(&self, owner: Option<&Principal>) {
+        let mut quotas = self.inner.quotas.lock();
+        match owner {
+            Some(owner) => {
+                if let Some(stored) = quotas.get_mut(owner).and_then(|q| q.stored.as_mut()) {
+                    *stored = stored.saturating_sub(1);
+                }
+            }
+            None => quotas.values_mut().for_each(|quota| quota.stored = None),
+        }
+    }
+
     /// A new session for `principal`, seeded with the personality and history of `data`.
     fn create(&self, data: &ConnectData, principal: &Principal) -> Result<Session, Refusal> {
         let shared = &self.inner.shared;
@@ -256,6 +334,7 @@ impl SessionManager {
                 "the server holds as many sessions as it may",
             ));
         }
+        self.take_quota(principal)?;
         let id = new_session_id().map_err(|e| {
             Refusal::new(
                 ErrorCode::ServerBusy,
@@ -358,6 +437,9 @@ impl SessionManager {
             deleted += 1;
             log::info!("session {}: deleted by the retention policy", id.short());
         }
+        if deleted > 0 {
+            self.give_back_quota(None);
+        }
         deleted
     }
 
@@ -457,6 +539,7 @@ impl SessionManager {
         };
         if owned {
             self.remove(id);
+            self.give_back_quota(Some(principal));
             log::info!("session {}: deleted by its owner", id.short());
         }
         Ok(owned)
@@ -489,6 +572,11 @@ impl SessionManager {
             .iter()
             .filter(|session| session.has_turn())
             .count()
+    }
+
+    /// How many turns hold a place under the caps: running, or cancelled and winding down.
+    pub fn turns_running(&self) -> usize {
+        self.inner.shared.limits.running()
     }
 
     /// Cancels every turn in flight; used at shutdown.

@@ -13,6 +13,7 @@
 //! subscriber. Depends on `bot`, `journal`, `store`, `knowledge`, `cancel`, `config`, `auth`,
 //! `metrics`, `model` and `protocol`; it never learns that a subscriber is a WebSocket.
 
+mod limits;
 mod manager;
 mod persist;
 mod subscribers;
@@ -35,6 +36,7 @@ use crate::model::ChatMessage;
 use crate::protocol::{ServerFrame, SessionId, StatusCode, StatusData, TurnId, encode};
 use crate::store::ConversationStore;
 
+pub use limits::{Full, TurnLimits, TurnPermit};
 pub use manager::{Conversation, Refusal, SessionManager};
 pub use persist::Persist;
 pub use subscribers::{Attached, CloseReason, Delivery, Notify, Subscriber};
@@ -92,6 +94,8 @@ struct SessionInner {
     owner: Principal,
     knowledge: Knowledge,
     metrics: Arc<Metrics>,
+    /// The caps on running turns, shared by every session.
+    limits: Arc<TurnLimits>,
     max_subscribers: usize,
     persist: Persist,
     /// Where replays read what the tail no longer holds.
@@ -165,6 +169,7 @@ impl Session {
             owner: parts.owner,
             knowledge,
             metrics: shared.metrics.clone(),
+            limits: shared.limits.clone(),
             max_subscribers: shared.config.max_connections_per_session.max(1),
             persist,
             store: shared.store.clone(),
@@ -199,6 +204,11 @@ impl Session {
         self.inner.state.lock().log.last_seq()
     }
 
+    /// True while the store refuses writes: new turns are refused meanwhile.
+    pub fn store_failing(&self) -> bool {
+        self.inner.persist.failing()
+    }
+
     /// True while a turn is in flight.
     pub fn has_turn(&self) -> bool {
         self.inner.state.lock().turn.is_some()
@@ -216,7 +226,8 @@ impl Session {
 
     /// Opens a turn for a user message: cancels the turn in flight (its `status cancelled`
     /// comes first), logs `user_message`, and returns the turn for a worker to run. `None`
-    /// when the session left memory or was deleted meanwhile.
+    /// when the session left memory or was deleted meanwhile, or when the caps on running
+    /// turns are reached: then the turn is closed at once with `error` `server_busy`.
     pub fn submit(&self, text: &str) -> Option<TurnStart> {
         let mut state = self.inner.state.lock();
         if state.closed {
@@ -230,6 +241,24 @@ impl Session {
             text: text.to_owned(),
         };
         self.push_event(&mut state, frame);
+        let permit = match self.inner.limits.acquire(&self.inner.owner) {
+            Ok(permit) => permit,
+            Err(full) => {
+                log::warn!(
+                    "session {}: turn {turn_id} refused: {:?} cap reached",
+                    self.inner.id.short(),
+                    full
+                );
+                let frame = ServerFrame::Error {
+                    turn_id: Some(turn_id),
+                    code: crate::protocol::ErrorCode::ServerBusy,
+                    message: full.message().to_owned(),
+                };
+                let transcript = interrupted(text, &format!("(no reply: {})", full.message()));
+                self.close_turn(&mut state, None, frame, transcript, false);
+                return None;
+            }
+        };
         let cancel = CancelFlag::new();
         state.turn = Some(CurrentTurn {
             id: turn_id,
@@ -248,6 +277,7 @@ impl Session {
             },
             cancel,
             knowledge: self.inner.knowledge.clone(),
+            permit,
         })
     }
 

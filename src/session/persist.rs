@@ -28,6 +28,11 @@ impl Persist {
         Persist { journal, session }
     }
 
+    /// True while the store refuses writes (see [`Journal::failing`]).
+    pub fn failing(&self) -> bool {
+        self.journal.failing()
+    }
+
     /// The new conversation's row.
     pub fn create(&self, owner: &str, data: &ConnectData) {
         self.submit(WriteOp::CreateSession {

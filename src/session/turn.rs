@@ -11,7 +11,7 @@ use crate::metrics::Outcome;
 use crate::model::ChatMessage;
 use crate::protocol::{ErrorCode, ServerFrame, TurnId};
 
-use super::{Session, SessionState};
+use super::{Session, SessionState, TurnPermit};
 
 /// The turn in flight, as its session keeps it.
 #[derive(Debug)]
@@ -40,6 +40,8 @@ pub struct TurnStart {
     pub cancel: CancelFlag,
     /// The session's knowledge, for the tools.
     pub knowledge: Knowledge,
+    /// The turn's place under the caps on running turns: held until its worker is done.
+    pub permit: TurnPermit,
 }
 
 /// The session's side of one running turn: what [`Turn::run`] emits through.
@@ -84,6 +86,10 @@ impl SessionTurn {
         reset_history: bool,
     ) -> bool {
         let mut state = self.session.inner.state.lock();
+        if self.session.store_failing() {
+            self.fail_on_storage(&mut state);
+            return false;
+        }
         let Some(turn) = state.turn.take_if(|turn| turn.id == self.turn_id) else {
             return false;
         };
@@ -91,11 +97,40 @@ impl SessionTurn {
             .close_turn(&mut state, Some(&turn), frame, transcript, reset_history);
         true
     }
+
+    /// Ends the turn with `error` `storage` because the store refuses writes: nothing more of
+    /// it is produced, and what it produced since the failure is never shown (events are
+    /// released only once committed; the error itself is, once the store takes writes again).
+    fn fail_on_storage(&self, state: &mut SessionState) {
+        let Some(turn) = state.turn.take_if(|turn| turn.id == self.turn_id) else {
+            return;
+        };
+        turn.cancel.cancel();
+        let message = "the server could not write this turn to its store; nothing of it after \
+                       the failure was shown";
+        let frame = ServerFrame::Error {
+            turn_id: Some(self.turn_id),
+            code: ErrorCode::Storage,
+            message: message.to_owned(),
+        };
+        let transcript = interrupted(&turn.text, "(no reply: the store failed)");
+        self.session
+            .close_turn(state, Some(&turn), frame, transcript, false);
+        log::warn!(
+            "session {}: turn {} ended: the store refuses writes",
+            self.session.id().short(),
+            self.turn_id
+        );
+    }
 }
 
 impl TurnEvents for SessionTurn {
     fn emit(&self, frame: ServerFrame) -> bool {
         let mut state = self.session.inner.state.lock();
+        if self.session.store_failing() {
+            self.fail_on_storage(&mut state);
+            return false;
+        }
         let current = state
             .turn
             .as_ref()

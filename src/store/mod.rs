@@ -237,6 +237,21 @@ pub trait ConversationStore: Send + Sync {
     ///
     /// [`crate::error::Error::Store`] when the store cannot be read.
     fn idle(&self, idle: std::time::Duration, limit: usize) -> Result<Vec<SessionId>>;
+
+    /// How many conversations `owner` has.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::error::Error::Store`] when the store cannot be read.
+    fn count(&self, owner: &str) -> Result<u64>;
+
+    /// Caps the size of the store at about `bytes` (`None`: no cap but the disk's). Past it, a
+    /// write fails as it would on a full disk.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::error::Error::Store`] when the cap cannot be set.
+    fn set_size_limit(&self, bytes: Option<u64>) -> Result<()>;
 }
 
 /// A node of the knowledge graph.

@@ -758,7 +758,31 @@ impl ConversationStore for SqliteStore {
             Ok(ids.iter().filter_map(|id| SessionId::parse(id)).collect())
         })
     }
+
+    fn count(&self, owner: &str) -> Result<u64> {
+        self.read("count conversations", |connection| {
+            connection
+                .prepare_cached("SELECT count(*) FROM sessions WHERE owner = ?1")?
+                .query_row([owner], |row| row.get::<_, i64>(0))
+                .map(|n| n.max(0) as u64)
+        })
+    }
+
+    fn set_size_limit(&self, bytes: Option<u64>) -> Result<()> {
+        self.write("set the size limit", |connection| {
+            let page_size: i64 = connection.query_row("PRAGMA page_size", [], |row| row.get(0))?;
+            // SQLite's own ceiling when there is no cap; a cap below the file's size keeps the
+            // file's size (SQLite never truncates here).
+            let pages = bytes.map_or(MAX_PAGES, |bytes| {
+                (i64::try_from(bytes).unwrap_or(i64::MAX) / page_size.max(1)).clamp(1, MAX_PAGES)
+            });
+            connection.pragma_update(None, "max_page_count", pages)
+        })
+    }
 }
+
+/// SQLite's largest `max_page_count`.
+const MAX_PAGES: i64 = 4_294_967_294;
 
 impl GraphStore for SqliteStore {
     fn remember(&self, owner: &str, content: &str) -> Result<(Node, bool)> {

@@ -49,7 +49,7 @@ impl Tool for SessionNote {
                "required": ["text"]})
     }
     fn call(&self, args: &Value, ctx: &ToolContext<'_>) -> Result<String, String> {
-        let count = ctx.knowledge.add_note(string_arg(args, "text")?);
+        let count = ctx.knowledge.add_note(string_arg(args, "text")?)?;
         Ok(format!(
             "Noted. This session has {count} note{}.",
             if count == 1 { "" } else { "s" }

@@ -408,3 +408,21 @@ pub fn http_json(
     };
     (status, value)
 }
+
+/// The numbered frames a client has seen, as JSON.
+pub fn events_seen(client: &Client) -> Vec<Value> {
+    client
+        .seen
+        .iter()
+        .filter(|frame| frame.seq.is_some())
+        .map(|frame| serde_json::to_value(frame).unwrap())
+        .collect()
+}
+
+/// Resumes `id` from `last_seq` 0 and reads `count` replayed events as JSON.
+pub fn replay(addr: SocketAddr, id: &SessionId, count: usize) -> Vec<Value> {
+    let mut client = Client::resume(addr, id, 0);
+    (0..count)
+        .map(|_| serde_json::to_value(client.next()).unwrap())
+        .collect()
+}

@@ -1,0 +1,233 @@
+//! Hostile clients against the server's resource bounds: running turns, conversations per
+//! principal, per-session memory and a full store. Each test holds a bound while another
+//! principal (or the same one, once the flood stops) keeps being served.
+
+mod support;
+
+use serde_json::json;
+use sparky::protocol::{ErrorCode, ServerEnvelope, ServerFrame, TurnId};
+use support::{Client, TestServer, events_seen, http_json, replay, test_config, wait_until};
+
+/// Asserts that `frame` is the `error` `server_busy` closing turn `turn`.
+fn assert_busy(frame: &ServerEnvelope, turn: u64) {
+    match &frame.frame {
+        ServerFrame::Error { turn_id, code, .. } => {
+            assert_eq!(*code, ErrorCode::ServerBusy, "{frame:?}");
+            assert_eq!(*turn_id, Some(TurnId(turn)));
+        }
+        other => panic!("expected error server_busy, got {other:?}"),
+    }
+}
+
+/// A client of principal `token` with a new session.
+fn client_of(server: &TestServer, token: &str) -> Client {
+    Client::connect(server.addr, json!({ "token": token }))
+}
+
+#[test]
+fn running_turns_are_capped_per_principal_and_per_server_while_others_are_served() {
+    let server = TestServer::with_config(|config| {
+        config.auth_tokens = vec!["alpha".into(), "beta".into()];
+        config.max_running_turns = 5;
+        config.max_running_turns_per_principal = 3;
+    });
+    // The attack: turns that run long, each in a session of its own.
+    let mut alpha: Vec<Client> = (0..3).map(|_| client_of(&server, "alpha")).collect();
+    for client in &mut alpha {
+        client.say("/wait 30000");
+        client.expect("user_message");
+        client.expect("tool_use");
+    }
+    wait_until("three turns running", || {
+        server.handle.sessions().turns_running() == 3
+    });
+
+    // One more of alpha's is refused, and closed at once.
+    let mut fourth = client_of(&server, "alpha");
+    fourth.say("/wait 30000");
+    fourth.expect("user_message");
+    assert_busy(&fourth.expect("error"), 1);
+
+    // Beta is still served, up to the server's cap.
+    let mut beta = client_of(&server, "beta");
+    assert_eq!(beta.ask("hello"), "You said: hello");
+    let mut beta_waits: Vec<Client> = (0..2).map(|_| client_of(&server, "beta")).collect();
+    for client in &mut beta_waits {
+        client.say("/wait 30000");
+        client.expect("tool_use");
+    }
+    beta.say("one too many");
+    beta.expect("user_message");
+    assert_busy(&beta.expect("error"), 2);
+    assert_eq!(server.handle.sessions().turns_running(), 5);
+
+    // A cancelled turn gives its place back once its thread is done with it.
+    alpha[0].cancel();
+    alpha[0].expect("status");
+    wait_until("the cancelled turn's place to be free", || {
+        server.handle.sessions().turns_running() == 4
+    });
+    assert_eq!(fourth.ask("my turn now"), "You said: my turn now");
+    wait_until("the finished turn's place to be free", || {
+        server.handle.sessions().turns_running() == 4
+    });
+}
+
+/// The code of a frame that is an error, for a turn or for the connection.
+fn error_code(frame: &ServerEnvelope) -> Option<ErrorCode> {
+    match &frame.frame {
+        ServerFrame::Error { code, .. } => Some(*code),
+        _ => None,
+    }
+}
+
+#[test]
+fn a_full_store_delays_events_refuses_turns_and_loses_nothing_once_there_is_room() {
+    let config = test_config();
+    let data_dir = config.data_dir.clone();
+    let (mut seen, waiting_id, writer_id);
+    {
+        let server = TestServer::with_config(|c| *c = config.clone());
+        let mut waiting = server.client();
+        let mut writer = server.client();
+        assert_eq!(waiting.ask("before"), "You said: before");
+        waiting.say("/wait 3000");
+        waiting.expect("tool_use");
+
+        // The disk fills: no page may be added to the database.
+        let store = server.handle.sessions().store().clone();
+        store.set_size_limit(Some(1)).unwrap();
+        writer.say(&"x".repeat(90_000));
+        let journal = server.handle.sessions().journal().clone();
+        wait_until("the store to refuse writes", || journal.failing());
+        let (status, health) = http_json(server.addr, "GET", "/healthz", None, None);
+        assert_eq!((status, health["status"].as_str()), (503, Some("degraded")));
+
+        // New turns are refused at once, with nothing logged.
+        writer.say("anyone there?");
+        let refused = writer.next();
+        assert_eq!(
+            error_code(&refused),
+            Some(ErrorCode::Storage),
+            "{refused:?}"
+        );
+        assert_eq!(refused.seq, None);
+
+        // The turn in flight ends with `storage` instead of going on; nothing of it after the
+        // failure is shown while the store refuses it.
+        wait_until("the waiting turn to end", || {
+            server.handle.sessions().turns_running() == 0
+        });
+        let shown_while_full = waiting.seen.len();
+
+        // Room again: everything queued is committed and delivered, in order.
+        store.set_size_limit(None).unwrap();
+        wait_until("the store to take writes", || !journal.failing());
+        let turn = waiting.finish_turn(2);
+        assert!(waiting.seen.len() > shown_while_full);
+        let closing = turn.last().unwrap();
+        assert_eq!(error_code(closing), Some(ErrorCode::Storage), "{turn:?}");
+        assert!(
+            turn.iter()
+                .all(|frame| !matches!(frame.frame, ServerFrame::ToolResult { .. })),
+            "{turn:?}"
+        );
+        writer.finish_turn(1);
+        let (status, _) = http_json(server.addr, "GET", "/healthz", None, None);
+        assert_eq!(status, 200);
+        assert_eq!(writer.ask("and now?"), "You said: and now?");
+        seen = vec![events_seen(&waiting), events_seen(&writer)];
+        waiting_id = waiting.session_id.clone().unwrap();
+        writer_id = writer.session_id.clone().unwrap();
+    }
+
+    // After a restart, every event a client saw is there, with the same `seq` and content.
+    let server = TestServer::restart_on(&data_dir);
+    for (id, events) in [&waiting_id, &writer_id].into_iter().zip(seen.drain(..)) {
+        let numbers: Vec<u64> = (1..=events.len() as u64).collect();
+        let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+        assert_eq!(seqs, numbers, "no gap and no repeat");
+        assert_eq!(replay(server.addr, id, events.len()), events);
+    }
+}
+
+/// Sends `connect` for a new session as `token` and returns the refusal's message.
+fn refused_connect(server: &TestServer, token: &str) -> String {
+    let mut client = Client::open(server.addr);
+    client.send(json!({"type": "connect", "data": {"token": token}}));
+    let frame = client.next();
+    let ServerFrame::Error { code, message, .. } = &frame.frame else {
+        panic!("expected a refusal, got {frame:?}");
+    };
+    assert_eq!(*code, ErrorCode::ServerBusy);
+    let close = client.expect_close().expect("a close frame");
+    assert_eq!(u16::from(close.code), 1013);
+    message.clone()
+}
+
+#[test]
+fn a_flood_of_new_conversations_is_cut_off_for_its_principal_only() {
+    let server = TestServer::with_config(|config| {
+        config.auth_tokens = vec!["alpha".into(), "beta".into()];
+        config.new_conversation_rate = Some(sparky::config::RateLimit {
+            per_second: 0.001,
+            burst: 5.0,
+        });
+    });
+    let mut first = client_of(&server, "alpha");
+    first.ask("keep me");
+    for _ in 0..4 {
+        client_of(&server, "alpha");
+    }
+    assert!(refused_connect(&server, "alpha").contains("too fast"));
+    // Another principal is served, and alpha may still resume what it has.
+    assert_eq!(client_of(&server, "beta").ask("hi"), "You said: hi");
+    let id = first.session_id.clone().unwrap();
+    let mut again = Client::connect(
+        server.addr,
+        json!({"token": "alpha", "session_id": id.as_str(), "last_seq": first.last_seq}),
+    );
+    assert_eq!(again.ask("still here"), "You said: still here");
+}
+
+#[test]
+fn a_principal_keeps_at_most_its_quota_of_conversations() {
+    let server = TestServer::with_config(|config| {
+        config.auth_tokens = vec!["alpha".into(), "beta".into()];
+        config.max_conversations_per_principal = 3;
+    });
+    let ids: Vec<_> = (0..3)
+        .map(|_| client_of(&server, "alpha").session_id.unwrap())
+        .collect();
+    assert!(refused_connect(&server, "alpha").contains("delete some"));
+    client_of(&server, "beta");
+    let path = format!("/api/conversations/{}", ids[0].as_str());
+    let (status, _) = http_json(server.addr, "DELETE", &path, Some("alpha"), None);
+    assert_eq!(status, 204);
+    client_of(&server, "alpha");
+    assert!(refused_connect(&server, "alpha").contains("delete some"));
+}
+
+#[test]
+fn a_session_of_many_huge_messages_holds_a_bounded_conversation_in_memory() {
+    let server = TestServer::with_config(|config| config.rate_limit = None);
+    let mut client = server.client();
+    let big = "z".repeat(99_990);
+    for n in 0..40 {
+        let answer = client.ask(&format!("{n} {big}"));
+        assert!(answer.ends_with(&big[..10]));
+    }
+    let session = server
+        .handle
+        .sessions()
+        .get(client.session_id.as_ref().unwrap())
+        .unwrap();
+    let history = session.history();
+    let bytes: usize = history.iter().map(|m| m.content.len()).sum();
+    assert!(bytes <= sparky::bot::MAX_HISTORY_BYTES, "{bytes}");
+    assert!(history.len() < 80, "old exchanges left memory");
+    // The newest exchange is still there, and the whole conversation is in the store.
+    assert!(history.last().unwrap().content.starts_with("You said: 39"));
+    let events = replay(server.addr, client.session_id.as_ref().unwrap(), 120);
+    assert_eq!(events.last().unwrap()["seq"], 120);
+}
