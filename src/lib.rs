@@ -26,6 +26,7 @@ pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod protocol;
+pub mod redact;
 // Capabilities: may do IO, never touch client sockets.
 pub mod journal;
 pub mod knowledge;
@@ -40,6 +41,7 @@ pub mod worker;
 pub mod api;
 pub mod connection;
 pub mod http;
+pub mod inbound;
 pub mod server;
 
 pub use config::Config;
