@@ -113,21 +113,16 @@ impl Bucket {
 
     /// Takes a token if there is one.
     fn take(&mut self) -> bool {
-        self.refill();
+        let now = Instant::now();
+        let earned = now.duration_since(self.refilled).as_secs_f64() * self.limit.per_second;
+        self.tokens = (self.tokens + earned).min(self.limit.burst);
+        self.refilled = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true
         } else {
             false
         }
-    }
-
-    /// Adds the tokens earned since the last refill.
-    fn refill(&mut self) {
-        let now = Instant::now();
-        let earned = now.duration_since(self.refilled).as_secs_f64() * self.limit.per_second;
-        self.tokens = (self.tokens + earned).min(self.limit.burst);
-        self.refilled = now;
     }
 }
 
