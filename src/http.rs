@@ -142,7 +142,13 @@ impl HostPolicy {
     pub fn new(bound: SocketAddr, allowed: &[String]) -> Self {
         let names = allowed
             .iter()
-            .filter_map(|name| split_authority(name.trim()).map(|(host, _)| host))
+            .filter_map(|name| {
+                let host = split_authority(name.trim()).map(|(host, _)| host);
+                if host.is_none() {
+                    log::warn!("server: --allowed-host {name:?} is not a host name; ignored");
+                }
+                host
+            })
             .collect();
         HostPolicy {
             bound: bound.ip(),
@@ -227,6 +233,12 @@ pub fn origin_allowed(head: &RequestHead, allowed: &[String]) -> bool {
             port: port.unwrap_or(80),
         });
     own.is_some_and(|own| own == origin)
+}
+
+/// True when `text` is an origin `origin_allowed` can compare: `http` or `https`, a host, and
+/// at most a port.
+pub fn is_origin(text: &str) -> bool {
+    parse_origin(text.trim().trim_end_matches('/')).is_some()
 }
 
 /// An origin: scheme, host and port, lowercase, the port filled in from the scheme.
@@ -711,6 +723,7 @@ mod tests {
         }
         let no_origin = with_host("localhost");
         assert!(origin_allowed(&no_origin, &[]));
+        assert!(is_origin("https://chat.example.com/") && !is_origin("chat.example.com"));
     }
 
     #[test]

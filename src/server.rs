@@ -121,6 +121,15 @@ pub fn spawn_with(
         Some(path) => Some(mcp::load(path)?),
         None => None,
     };
+    for origin in config
+        .allowed_origins
+        .iter()
+        .filter(|o| !http::is_origin(o))
+    {
+        log::warn!(
+            "server: --allowed-origin {origin:?} is not an origin like https://host[:port]; ignored"
+        );
+    }
     let metrics = Arc::new(Metrics::default());
     let store = Arc::new(if config.in_memory {
         SqliteStore::in_memory()?
