@@ -3,7 +3,11 @@
 
 use std::fmt;
 
-use sha1::{Digest, Sha1};
+use sha2::{Digest, Sha256};
+
+/// Bytes of a token's SHA-256 digest that make up its fingerprint (32 hex characters): plenty
+/// to tell tokens apart, and less of the digest stored beside the data it owns.
+const FINGERPRINT_BYTES: usize = 16;
 
 /// Who a client is, as far as session ownership goes: a fingerprint of the token it presented
 /// (never the token itself, which is why it can be stored beside the session).
@@ -11,14 +15,18 @@ use sha1::{Digest, Sha1};
 pub struct Principal(String);
 
 impl Principal {
-    /// The principal that a token stands for.
+    /// The principal that a token stands for: the first 16 bytes of the token's SHA-256
+    /// digest, in hex.
     pub fn of_token(token: &str) -> Self {
-        let digest = Sha1::digest(token.as_bytes());
-        let mut hex = String::with_capacity(16);
-        for byte in &digest[..8] {
-            hex.push_str(&format!("{byte:02x}"));
-        }
-        Principal(hex)
+        Principal(hex(&Sha256::digest(token.as_bytes())[..FINGERPRINT_BYTES]))
+    }
+
+    /// The fingerprint that versions before SHA-256 stored for a token (the first 8 bytes of
+    /// its SHA-1 digest, in hex). Only the start-up migration that moves old rows to
+    /// [`Principal::of_token`] uses it.
+    pub fn legacy_of_token(token: &str) -> Self {
+        use sha1::{Digest as _, Sha1};
+        Principal(hex(&Sha1::digest(token.as_bytes())[..8]))
     }
 
     /// A principal as stored.
@@ -46,9 +54,9 @@ impl fmt::Debug for Principal {
 /// The tokens a server accepts. With none, every client may connect and sessions have no owner.
 #[derive(Clone, Default)]
 pub struct Auth {
-    /// SHA-1 digests of the accepted tokens: comparing fixed-length digests in constant time
+    /// SHA-256 digests of the accepted tokens: comparing fixed-length digests in constant time
     /// leaks neither a token's content nor its length.
-    digests: Vec<[u8; 20]>,
+    digests: Vec<[u8; 32]>,
 }
 
 impl fmt::Debug for Auth {
@@ -74,7 +82,7 @@ impl Auth {
         let digests = tokens
             .into_iter()
             .filter(|token| !token.is_empty())
-            .map(|token| Sha1::digest(token.as_bytes()).into())
+            .map(|token| Sha256::digest(token.as_bytes()).into())
             .collect();
         Auth { digests }
     }
@@ -95,7 +103,7 @@ impl Auth {
             return Ok(None);
         }
         let token = token.filter(|t| !t.is_empty()).ok_or(Refused::Missing)?;
-        let presented: [u8; 20] = Sha1::digest(token.as_bytes()).into();
+        let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         // Look at every accepted token whatever the outcome, so timing says nothing.
         let mut found = false;
         for digest in &self.digests {
@@ -110,8 +118,20 @@ impl Auth {
 }
 
 /// Compares two digests in time that depends only on their (fixed) length.
-fn constant_time_eq(a: &[u8; 20], b: &[u8; 20]) -> bool {
+fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+}
+
+/// Lowercase hex of `bytes`.
+fn hex(bytes: &[u8]) -> String {
+    use fmt::Write as _;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut out, byte| {
+            // Writing to a String cannot fail.
+            let _ = write!(out, "{byte:02x}");
+            out
+        })
 }
 
 #[cfg(test)]
@@ -131,7 +151,24 @@ mod tests {
         let beta = auth.check(Some("beta")).unwrap().unwrap();
         assert_ne!(alpha, beta);
         assert_eq!(alpha, Principal::of_token("alpha"));
-        assert_eq!(alpha.as_str().len(), 16);
+        assert_eq!(alpha.as_str().len(), 32);
         assert!(!alpha.as_str().contains("alpha"));
+    }
+
+    #[test]
+    fn fingerprints_are_sha_256_and_the_legacy_ones_sha_1() {
+        // SHA-256("abc") and SHA-1("abc") from FIPS 180-2's examples.
+        assert_eq!(
+            Principal::of_token("abc").as_str(),
+            "ba7816bf8f01cfea414140de5dae2223"
+        );
+        assert_eq!(
+            Principal::legacy_of_token("abc").as_str(),
+            "a9993e364706816a"
+        );
+        assert_ne!(
+            Principal::of_token("abc"),
+            Principal::legacy_of_token("abc")
+        );
     }
 }

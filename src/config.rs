@@ -1,12 +1,20 @@
 //! `Config`: everything a server can be told at start. Plain data; depends on nothing in the
 //! crate. `main.rs` fills it from the command line; tests fill it by hand.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// Largest frame or message, in bytes, that a connection may send before it has authenticated
+/// (when tokens are required and none came with the upgrade request): room for a `connect`
+/// frame, not for a flood held in memory by a stranger.
+pub const UNAUTHENTICATED_FRAME_BYTES: usize = 64 * 1024;
+
 /// The settings of one server. [`Config::default`] is what `sparky` runs with when given no flags.
-#[derive(Clone, Debug)]
+///
+/// Its `Debug` form shows how many tokens there are, never the tokens.
+#[derive(Clone)]
 pub struct Config {
     /// Where to listen.
     pub addr: SocketAddr,
@@ -69,13 +77,31 @@ pub struct Config {
     pub ping_interval: Duration,
     /// How long a write to a client may stall before the connection is dropped.
     pub write_timeout: Duration,
-    /// How long a new TCP connection has to send its request head.
+    /// How long a new TCP connection has to send its request head, and, when tokens are
+    /// required, how long a WebSocket has to authenticate before it is closed (1008).
     pub handshake_timeout: Duration,
     /// Tokens a client must present (any one of them); empty means no authentication.
     pub auth_tokens: Vec<String>,
     /// Origins, besides the server's own, whose pages may open a WebSocket (e.g.
     /// `https://chat.example.com`).
     pub allowed_origins: Vec<String>,
+    /// Host names that requests may carry in `Host` (with any port), besides loopback names and
+    /// addresses and the address the server is bound to; any other `Host` gets HTTP 421, which
+    /// is what stops DNS rebinding.
+    pub allowed_hosts: Vec<String>,
+    /// Open connections (HTTP and WebSocket) from one IP address at most; one more gets HTTP
+    /// 429. `0` turns the cap off. Loopback peers are exempt unless `per_ip_loopback` is set.
+    pub max_connections_per_ip: usize,
+    /// Count loopback peers against `max_connections_per_ip` too. Off by default: behind a
+    /// reverse proxy on the same machine every client arrives from loopback, and a cap on that
+    /// one address would be a cap on everyone.
+    pub per_ip_loopback: bool,
+    /// Bytes that unfinished incoming WebSocket messages (fragments, or a frame still arriving)
+    /// may hold across all connections; a connection whose data would pass it is closed with
+    /// 1013 (try again later).
+    pub max_pending_message_bytes: usize,
+    /// Serve `/metrics` without a token even when tokens are configured.
+    pub public_metrics: bool,
     /// Client frames per second per connection, with bursts up to `burst`; `None` for no limit.
     pub rate_limit: Option<RateLimit>,
     /// At shutdown, how long turns in flight may run on before they are cancelled.
@@ -176,10 +202,61 @@ impl Default for Config {
             handshake_timeout: Duration::from_secs(10),
             auth_tokens: Vec::new(),
             allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
+            max_connections_per_ip: 64,
+            per_ip_loopback: false,
+            max_pending_message_bytes: 64 << 20,
+            public_metrics: false,
             rate_limit: Some(RateLimit::DEFAULT),
             shutdown_grace: Duration::from_secs(10),
             mcp_config: None,
         }
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Every field but the tokens, which are secrets: only their number is shown.
+        f.debug_struct("Config")
+            .field("addr", &self.addr)
+            .field("data_dir", &self.data_dir)
+            .field("in_memory", &self.in_memory)
+            .field("max_steps", &self.max_steps)
+            .field("model", &self.model)
+            .field("model_url", &self.model_url)
+            .field("model_name", &self.model_name)
+            .field("api_key_env", &self.api_key_env)
+            .field("model_connect_timeout", &self.model_connect_timeout)
+            .field("model_read_timeout", &self.model_read_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("retention", &self.retention)
+            .field("max_connections", &self.max_connections)
+            .field(
+                "max_connections_per_session",
+                &self.max_connections_per_session,
+            )
+            .field("max_sessions", &self.max_sessions)
+            .field("max_frame_bytes", &self.max_frame_bytes)
+            .field("max_text_chars", &self.max_text_chars)
+            .field("event_log_capacity", &self.event_log_capacity)
+            .field("outbox_capacity", &self.outbox_capacity)
+            .field("ping_interval", &self.ping_interval)
+            .field("write_timeout", &self.write_timeout)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field(
+                "auth_tokens",
+                &format_args!("[{} redacted]", self.auth_tokens.len()),
+            )
+            .field("allowed_origins", &self.allowed_origins)
+            .field("allowed_hosts", &self.allowed_hosts)
+            .field("max_connections_per_ip", &self.max_connections_per_ip)
+            .field("per_ip_loopback", &self.per_ip_loopback)
+            .field("max_pending_message_bytes", &self.max_pending_message_bytes)
+            .field("public_metrics", &self.public_metrics)
+            .field("rate_limit", &self.rate_limit)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .field("mcp_config", &self.mcp_config)
+            .finish()
     }
 }
 
@@ -239,6 +316,17 @@ mod tests {
         );
         assert!(parse_rate_limit("fast").is_err());
         assert!(parse_rate_limit("0").is_err());
+    }
+
+    #[test]
+    fn debug_output_counts_tokens_without_showing_them() {
+        let config = Config {
+            auth_tokens: vec!["hunter2-secret".into()],
+            ..Config::default()
+        };
+        let text = format!("{config:?}");
+        assert!(!text.contains("hunter2-secret"), "{text}");
+        assert!(text.contains("[1 redacted]"), "{text}");
     }
 
     #[test]

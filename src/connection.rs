@@ -4,9 +4,11 @@
 //! The socket is non-blocking. The thread sleeps in `poll(2)` on two descriptors: the socket
 //! and an eventfd ([`Waker`]) that the session writes after queueing a frame. So an idle
 //! connection costs no CPU, and a frame from a worker reaches the wire without waiting for the
-//! client to send anything. Depends on `session`, `worker`, `protocol`, `config` and `metrics`.
+//! client to send anything. Until a connection has authenticated (when tokens are required), its
+//! frames may be 64 KiB at most and it has `--handshake-timeout` to do so. Control frames count
+//! against the rate limit like any other. Depends on `session`, `worker`, `protocol`, `config`,
+//! `inbound` and `metrics`.
 
-use std::net::TcpStream;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,12 +21,14 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, WebSocket};
 
 use crate::auth::{Auth, Principal, Refused};
-use crate::config::{Config, RateLimit};
+use crate::config::{Config, UNAUTHENTICATED_FRAME_BYTES};
 use crate::error::{Error, Result};
+use crate::inbound::{MeteredStream, OverBudget};
 use crate::metrics::Metrics;
 use crate::protocol::{
     ClientFrame, ConnectData, ErrorCode, ServerFrame, decode_client_frame, encode,
 };
+use crate::rate::Bucket;
 use crate::session::{CloseReason, Delivery, Notify, Session, SessionManager, Subscriber};
 use crate::worker;
 
@@ -91,38 +95,6 @@ pub struct ConnectionContext {
     pub auth: Auth,
 }
 
-/// A token bucket for one connection's client frames.
-#[derive(Debug)]
-struct Bucket {
-    limit: RateLimit,
-    tokens: f64,
-    refilled: Instant,
-}
-
-impl Bucket {
-    fn new(limit: RateLimit) -> Self {
-        Bucket {
-            limit,
-            tokens: limit.burst,
-            refilled: Instant::now(),
-        }
-    }
-
-    /// Takes a token if there is one.
-    fn take(&mut self) -> bool {
-        let now = Instant::now();
-        let earned = now.duration_since(self.refilled).as_secs_f64() * self.limit.per_second;
-        self.tokens = (self.tokens + earned).min(self.limit.burst);
-        self.refilled = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 /// Whether the connection goes on after a step.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Flow {
@@ -132,7 +104,7 @@ enum Flow {
 
 /// One WebSocket and what it is attached to.
 pub struct Connection<'a> {
-    ws: WebSocket<TcpStream>,
+    ws: WebSocket<MeteredStream>,
     ctx: &'a ConnectionContext,
     id: u64,
     waker: Arc<Waker>,
@@ -155,6 +127,9 @@ pub struct Connection<'a> {
     closing_until: Option<Instant>,
     /// A token from the upgrade request (`Authorization: Bearer` or `?token=`).
     upgrade_token: Option<String>,
+    /// While tokens are required and none valid has been presented: the time by which one must
+    /// be, or the connection is closed (1008), whatever it sends meanwhile.
+    auth_deadline: Option<Instant>,
     /// The rate limit on client frames, when there is one.
     bucket: Option<Bucket>,
 }
@@ -170,13 +145,26 @@ impl std::fmt::Debug for Connection<'_> {
 
 impl<'a> Connection<'a> {
     /// Wraps an upgraded socket. The socket must already be non-blocking.
+    ///
+    /// When tokens are required and `upgrade_token` is not a valid one, the connection starts
+    /// unauthenticated: its frames and messages may be [`UNAUTHENTICATED_FRAME_BYTES`] at most,
+    /// and it must authenticate (a `connect` with a valid token) within the handshake timeout.
     pub fn new(
-        ws: WebSocket<TcpStream>,
+        mut ws: WebSocket<MeteredStream>,
         ctx: &'a ConnectionContext,
         id: u64,
         waker: Arc<Waker>,
         upgrade_token: Option<String>,
     ) -> Self {
+        let authenticated = ctx.auth.check(upgrade_token.as_deref()).is_ok();
+        let auth_deadline = (!authenticated).then(|| Instant::now() + ctx.config.handshake_timeout);
+        if !authenticated {
+            let limit = UNAUTHENTICATED_FRAME_BYTES.min(ctx.config.max_frame_bytes);
+            ws.set_config(|config| {
+                config.max_message_size = Some(limit);
+                config.max_frame_size = Some(limit);
+            });
+        }
         // Unbounded in type, bounded in use: `Subscriber::deliver` refuses past
         // `outbox_capacity`. An unbounded channel allocates its slots lazily, which keeps an
         // idle connection small.
@@ -197,6 +185,7 @@ impl<'a> Connection<'a> {
             ping_sent: None,
             closing_until: None,
             upgrade_token,
+            auth_deadline,
             bucket: ctx.config.rate_limit.map(Bucket::new),
         }
     }
@@ -227,6 +216,7 @@ impl<'a> Connection<'a> {
             if self.closing_until.is_none() && self.ctx.shutdown.load(Ordering::SeqCst) {
                 self.start_close(CloseCode::Away, "server shutting down");
             }
+            self.check_auth_deadline();
             if self.flush()? == Flow::Stop || self.keepalive()? == Flow::Stop {
                 return Ok(());
             }
@@ -242,12 +232,25 @@ impl<'a> Connection<'a> {
         loop {
             match self.ws.read() {
                 Ok(message) => {
+                    // The first pong after our ping is the answer to it; any other control
+                    // frame is the peer's own, and counts against its rate limit.
+                    let awaited = matches!(message, Message::Pong(_)) && self.ping_sent.is_some();
                     self.last_heard = Instant::now();
                     self.ping_sent = None;
-                    self.on_message(message)?;
+                    if self.on_message(message, awaited)? == Flow::Stop {
+                        return Ok(Flow::Stop);
+                    }
                 }
                 Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     return Ok(Flow::Continue);
+                }
+                Err(tungstenite::Error::Io(e)) if OverBudget::is(&e) => {
+                    log::warn!(
+                        "connection {}: unfinished messages of all connections passed \
+                         --max-pending-message-bytes; closing with 1013",
+                        self.id
+                    );
+                    return Ok(self.abort(CloseCode::Again, "server busy; try again later"));
                 }
                 Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
                     return Ok(Flow::Stop);
@@ -268,29 +271,67 @@ impl<'a> Connection<'a> {
         }
     }
 
-    fn on_message(&mut self, message: Message) -> Result<()> {
+    /// Handles one message. `awaited_pong` is true for the pong that answers our keepalive
+    /// ping, which does not count against the rate limit.
+    fn on_message(&mut self, message: Message, awaited_pong: bool) -> Result<Flow> {
+        // Checked per message too: a peer that never lets the socket run dry must not outlive
+        // its deadline.
+        self.check_auth_deadline();
         if self.closing_until.is_some() {
-            return Ok(());
+            return Ok(Flow::Continue);
         }
-        let data_frame = matches!(message, Message::Text(_) | Message::Binary(_));
-        if data_frame && self.bucket.as_mut().is_some_and(|bucket| !bucket.take()) {
+        let control_frame = match &message {
+            Message::Ping(_) => true,
+            Message::Pong(_) => !awaited_pong,
+            _ => false,
+        };
+        let counted = control_frame || matches!(message, Message::Text(_) | Message::Binary(_));
+        if counted && self.bucket.as_mut().is_some_and(|bucket| !bucket.take()) {
+            if control_frame {
+                // An error frame per excess ping would answer a flood with a flood, and
+                // tungstenite has queued the pong already: a peer this far past its limit
+                // with control frames is not a chat client.
+                log::warn!(
+                    "connection {}: control frames past the rate limit; closing with 1008",
+                    self.id
+                );
+                self.ctx.metrics.rejected(ErrorCode::RateLimited);
+                return Ok(self.abort(CloseCode::Policy, "too many control frames"));
+            }
             self.reject(
                 ErrorCode::RateLimited,
                 "too many frames; slow down and try again",
             );
-            return Ok(());
+            return Ok(Flow::Continue);
         }
         match message {
-            Message::Text(text) => self.on_text(text.as_str()),
+            Message::Text(text) => self.on_text(text.as_str())?,
             Message::Binary(_) => {
                 self.reject(
                     ErrorCode::UnsupportedFrame,
                     "binary frames are not supported; send JSON text",
                 );
-                Ok(())
             }
             // tungstenite queues the pong and the close reply itself; `flush` sends them.
-            Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_) => Ok(()),
+            Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_) => {}
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// Closes (1008) a connection that has not authenticated by its deadline.
+    fn check_auth_deadline(&mut self) {
+        if self.closing_until.is_none()
+            && self
+                .auth_deadline
+                .is_some_and(|deadline| Instant::now() >= deadline)
+        {
+            log::info!(
+                "connection {}: no valid token within {:?}; closing with 1008",
+                self.id,
+                self.ctx.config.handshake_timeout
+            );
+            self.ctx.metrics.rejected(ErrorCode::Unauthorized);
+            self.start_close(CloseCode::Policy, "no valid token in time");
         }
     }
 
@@ -360,6 +401,14 @@ impl<'a> Connection<'a> {
                 return Ok(());
             }
         };
+        // Authenticated: the connection gets the server's full limits and no deadline.
+        if self.auth_deadline.take().is_some() {
+            let limit = self.ctx.config.max_frame_bytes;
+            self.ws.set_config(|config| {
+                config.max_message_size = Some(limit);
+                config.max_frame_size = Some(limit);
+            });
+        }
         let subscriber = Subscriber {
             id: self.id,
             sender,
@@ -563,6 +612,8 @@ impl<'a> Connection<'a> {
             deadline = deadline.min(since + self.ctx.config.write_timeout);
         }
         if let Some(until) = self.closing_until {
+            deadline = deadline.min(until);
+        } else if let Some(until) = self.auth_deadline {
             deadline = deadline.min(until);
         }
         let timeout = deadline.saturating_duration_since(now);

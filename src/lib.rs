@@ -27,6 +27,7 @@ pub mod error;
 pub mod metrics;
 pub mod protocol;
 pub mod rate;
+pub mod redact;
 // Capabilities: may do IO, never touch client sockets.
 pub mod journal;
 pub mod knowledge;
@@ -41,6 +42,7 @@ pub mod worker;
 pub mod api;
 pub mod connection;
 pub mod http;
+pub mod inbound;
 pub mod server;
 
 pub use config::Config;

@@ -12,6 +12,7 @@ use clap::Parser;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use simplelog::{ColorChoice, ConfigBuilder, LevelFilter, TermLogger, TerminalMode};
+use sparky::redact::Redactor;
 
 use sparky::config::{Config, ModelKind, RateLimit, parse_duration, parse_rate_limit};
 use sparky::model::ModelBackend;
@@ -105,7 +106,8 @@ struct Args {
     /// How long a write to a client may stall before the connection is dropped.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     write_timeout: Duration,
-    /// How long a new connection has to send its request head.
+    /// How long a new connection has to send its request head; with tokens, also how long a
+    /// WebSocket has to present a valid one before it is closed (1008).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     handshake_timeout: Duration,
     /// A token clients must present (repeatable). Tokens are also read from
@@ -120,6 +122,25 @@ struct Args {
     /// e.g. https://chat.example.com.
     #[arg(long = "allowed-origin", value_name = "ORIGIN")]
     allowed_origins: Vec<String>,
+    /// A host name requests may name in Host (repeatable, any port), besides localhost,
+    /// loopback addresses and the bound address, e.g. chat.example.com. Others get 421.
+    #[arg(long = "allowed-host", value_name = "NAME")]
+    allowed_hosts: Vec<String>,
+    /// Open connections from one IP address at most (0: no cap); one more gets HTTP 429.
+    /// Loopback peers are exempt unless --per-ip-loopback.
+    #[arg(long, default_value_t = Config::default().max_connections_per_ip)]
+    max_connections_per_ip: usize,
+    /// Apply --max-connections-per-ip to loopback peers too (not behind a local reverse proxy,
+    /// whose clients all arrive from loopback).
+    #[arg(long)]
+    per_ip_loopback: bool,
+    /// Bytes that unfinished incoming messages may hold, all connections together; a connection
+    /// that would pass it is closed with 1013.
+    #[arg(long, default_value_t = Config::default().max_pending_message_bytes)]
+    max_pending_message_bytes: usize,
+    /// Serve /metrics without a token even when tokens are configured.
+    #[arg(long)]
+    public_metrics: bool,
     /// Client frames per second per connection: N (bursts of 2N), N/BURST, or off.
     #[arg(long, default_value = "100/200", value_parser = parse_rate_setting)]
     rate_limit: RateSetting,
@@ -166,6 +187,11 @@ impl Args {
             handshake_timeout: self.handshake_timeout,
             auth_tokens: self.auth_tokens,
             allowed_origins: self.allowed_origins,
+            allowed_hosts: self.allowed_hosts,
+            max_connections_per_ip: self.max_connections_per_ip,
+            per_ip_loopback: self.per_ip_loopback,
+            max_pending_message_bytes: self.max_pending_message_bytes,
+            public_metrics: self.public_metrics,
             rate_limit: self.rate_limit.0,
             shutdown_grace: self.shutdown_grace,
             mcp_config: self.mcp_config,
@@ -269,24 +295,30 @@ fn build_model(config: &Config) -> Result<Arc<dyn ModelBackend>, String> {
     Ok(Arc::new(model))
 }
 
-fn main() -> ExitCode {
-    let args = Args::parse();
+/// Sends logs to stderr (stdout carries only the `listening on` line), with every token taken
+/// out of them at every level.
+fn init_logging(level: LevelFilter, tokens: &[String]) {
     let log_config = ConfigBuilder::new()
         .set_thread_level(LevelFilter::Off)
         .build();
-    // Logs go to stderr, so that stdout carries only the `listening on` line.
-    let _ = TermLogger::init(
-        args.log_level,
-        log_config,
-        TerminalMode::Stderr,
-        ColorChoice::Auto,
-    );
+    let terminal = TermLogger::new(level, log_config, TerminalMode::Stderr, ColorChoice::Auto);
+    let logger = Redactor::new(terminal, tokens.iter().cloned());
+    if log::set_logger(Box::leak(Box::new(logger))).is_ok() {
+        log::set_max_level(level);
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let log_level = args.log_level;
     let token_file = args.auth_token_file.clone();
     let mut config = args.into_config();
     if let Err(e) = gather_tokens(&mut config, token_file.as_deref()) {
         eprintln!("sparky: {e}");
         return ExitCode::FAILURE;
     }
+    // Once the tokens are known, so that the logger can keep them out.
+    init_logging(log_level, &config.auth_tokens);
     if config.auth_tokens.is_empty() && !config.addr.ip().is_loopback() {
         log::warn!(
             "server: listening on {} with no --auth-token: anyone who can reach this address can \

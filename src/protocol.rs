@@ -88,8 +88,8 @@ pub enum ClientFrame {
     Cancel {},
 }
 
-/// The `data` of a `connect` frame. Every field is optional.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// The `data` of a `connect` frame. Every field is optional. Its `Debug` form hides the token.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ConnectData {
     /// The session to resume; an id the server did not issue yields a new session.
@@ -110,6 +110,19 @@ pub struct ConnectData {
     /// Earlier conversation to seed a new session with.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub history: Option<Vec<HistoryEntry>>,
+}
+
+impl std::fmt::Debug for ConnectData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectData")
+            .field("session_id", &self.session_id)
+            .field("last_seq", &self.last_seq)
+            .field("token", &self.token.as_ref().map(|_| "[redacted]"))
+            .field("user_id", &self.user_id)
+            .field("personality", &self.personality)
+            .field("history", &self.history)
+            .finish()
+    }
 }
 
 /// One message of a seeded conversation.
@@ -589,6 +602,17 @@ mod tests {
                 session_id: Some(id()),
                 seq
             }
+        );
+    }
+
+    #[test]
+    fn connect_data_debug_hides_the_token() {
+        let frame =
+            decode_client_frame(r#"{"type":"connect","data":{"token":"s3cret","user_id":"ann"}}"#);
+        let shown = format!("{frame:?}");
+        assert!(
+            !shown.contains("s3cret") && shown.contains("[redacted]") && shown.contains("ann"),
+            "{shown}"
         );
     }
 

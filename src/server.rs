@@ -1,11 +1,12 @@
-//! The server: binding, the accept loop, one thread per connection, the connection limit, the
-//! session reaper, and shutdown. [`spawn`] returns a [`ServerHandle`]; [`run`] blocks.
+//! The server: binding, the accept loop, one thread per connection, the connection limits (in
+//! all and per IP address), the `Host` check, the session reaper, and shutdown. [`spawn`]
+//! returns a [`ServerHandle`]; [`run`] blocks.
 //!
 //! Depends on everything above it; only this file and `connection.rs` touch sockets.
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::{self, JoinHandle};
@@ -22,7 +23,8 @@ use crate::bot::Engine;
 use crate::config::Config;
 use crate::connection::{Connection, ConnectionContext, Waker};
 use crate::error::{Error, Result};
-use crate::http::{self, HeadError, Response, Route, ServerView};
+use crate::http::{self, HeadError, HostPolicy, Response, Route, ServerView};
+use crate::inbound::{MessageBudget, MeteredStream};
 use crate::journal::Journal;
 use crate::metrics::Metrics;
 use crate::model::ModelBackend;
@@ -58,6 +60,11 @@ const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// How long shutdown waits for the journal to commit what is queued.
 const JOURNAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a connection refused by the per-IP cap has to send its request head before it is
+/// answered `429` anyway: the answer should reach an honest client, but a refused connection
+/// must not hold its thread for the whole handshake timeout.
+const REFUSED_HEAD_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Binds a listener with a large backlog.
 ///
@@ -114,6 +121,15 @@ pub fn spawn_with(
         Some(path) => Some(mcp::load(path)?),
         None => None,
     };
+    for origin in config
+        .allowed_origins
+        .iter()
+        .filter(|o| !http::is_origin(o))
+    {
+        log::warn!(
+            "server: --allowed-origin {origin:?} is not an origin like https://host[:port]; ignored"
+        );
+    }
     let metrics = Arc::new(Metrics::default());
     let store = Arc::new(if config.in_memory {
         SqliteStore::in_memory()?
@@ -125,6 +141,8 @@ pub fn spawn_with(
     }
     let conversations: Arc<dyn ConversationStore> = store.clone();
     let graph: Arc<dyn GraphStore> = store;
+    // Before the journal starts, so that nothing else writes meanwhile.
+    migrate_owners(conversations.as_ref(), graph.as_ref(), &config.auth_tokens)?;
     let api_graph = graph.clone();
     let journal = Journal::spawn(conversations.clone(), metrics.clone())?;
     let mut tools = ToolChain::standard(&graph);
@@ -157,6 +175,9 @@ pub fn spawn_with(
             auth: Auth::new(config.auth_tokens.iter().map(String::as_str)),
         },
         graph: api_graph,
+        hosts: HostPolicy::new(addr, &config.allowed_hosts),
+        budget: Arc::new(MessageBudget::new(config.max_pending_message_bytes)),
+        per_ip: Mutex::new(HashMap::new()),
         wakers: Mutex::new(HashMap::new()),
         websockets: AtomicUsize::new(0),
         next_id: AtomicU64::new(1),
@@ -243,6 +264,11 @@ impl ServerHandle {
     /// WebSocket connections open now.
     pub fn connection_count(&self) -> usize {
         self.shared.websockets.load(Ordering::SeqCst)
+    }
+
+    /// Bytes that unfinished incoming messages hold now, all connections together.
+    pub fn pending_message_bytes(&self) -> usize {
+        self.shared.budget.held()
     }
 
     /// Blocks until the server is shut down from another thread (or the process ends).
@@ -342,11 +368,41 @@ fn wake_addr(addr: SocketAddr) -> SocketAddr {
     target
 }
 
+/// Moves what earlier versions stored under a token's SHA-1 fingerprint to its SHA-256 one, for
+/// every configured token. Cheap when there is nothing to move (indexed lookups), so it runs at
+/// every start.
+fn migrate_owners(
+    conversations: &dyn ConversationStore,
+    graph: &dyn GraphStore,
+    tokens: &[String],
+) -> Result<()> {
+    for token in tokens.iter().filter(|token| !token.is_empty()) {
+        let old = Principal::legacy_of_token(token);
+        let new = Principal::of_token(token);
+        let moved = conversations.reassign_owner(old.as_str(), new.as_str())?
+            + graph.reassign_nodes(old.as_str(), new.as_str())?;
+        if moved > 0 {
+            log::info!(
+                "store: moved {moved} conversations and facts of one token from its SHA-1 \
+                 fingerprint to its SHA-256 one"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// What the accept loop and every connection thread share.
 struct Shared {
     ctx: ConnectionContext,
     /// The knowledge graph, for the API's memories.
     graph: Arc<dyn GraphStore>,
+    /// The `Host` values the server answers to.
+    hosts: HostPolicy,
+    /// The bytes unfinished incoming messages may hold, all connections together.
+    budget: Arc<MessageBudget>,
+    /// Open connections per peer address, for `max_connections_per_ip`; an address leaves the
+    /// map when its last connection closes. Locked for one update.
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// Every open WebSocket's waker, so that shutdown can wake them all.
     wakers: Mutex<HashMap<u64, Arc<Waker>>>,
     /// Open WebSockets; counted against `max_connections`.
@@ -378,7 +434,53 @@ impl Drop for Slot<'_> {
     }
 }
 
+/// Holds one place under the per-IP cap; gives it back on drop. `ip` is `None` for a peer the
+/// cap does not apply to.
+struct IpSlot<'a> {
+    shared: &'a Shared,
+    ip: Option<IpAddr>,
+}
+
+impl Drop for IpSlot<'_> {
+    fn drop(&mut self) {
+        let Some(ip) = self.ip else {
+            return;
+        };
+        let mut per_ip = self.shared.per_ip.lock();
+        if let Some(count) = per_ip.get_mut(&ip) {
+            *count -= 1;
+            if *count == 0 {
+                per_ip.remove(&ip);
+            }
+        }
+    }
+}
+
 impl Shared {
+    /// Takes a place under the per-IP cap for a connection from `peer`, or `None` when that
+    /// address has as many connections open as it may.
+    fn try_ip_slot(&self, peer: IpAddr) -> Option<IpSlot<'_>> {
+        let config = &self.ctx.config;
+        let peer = peer.to_canonical();
+        let exempt = peer.is_loopback() && !config.per_ip_loopback;
+        if config.max_connections_per_ip == 0 || exempt {
+            return Some(IpSlot {
+                shared: self,
+                ip: None,
+            });
+        }
+        let mut per_ip = self.per_ip.lock();
+        let count = per_ip.entry(peer).or_insert(0);
+        if *count >= config.max_connections_per_ip {
+            return None;
+        }
+        *count += 1;
+        Some(IpSlot {
+            shared: self,
+            ip: Some(peer),
+        })
+    }
+
     /// Takes a place under the limit, or `None` when the server is full.
     fn try_slot(&self, id: u64, waker: Arc<Waker>) -> Option<Slot<'_>> {
         let limit = self.ctx.config.max_connections;
@@ -424,7 +526,7 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
             .name(format!("conn-{peer}"))
             .stack_size(CONNECTION_STACK_BYTES)
             .spawn(move || {
-                if let Err(e) = serve(stream, &thread_shared, id) {
+                if let Err(e) = serve(stream, peer, &thread_shared, id) {
                     log::debug!("connection {id} ({peer}): {e}");
                 }
             });
@@ -435,8 +537,9 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
     }
 }
 
-/// Serves one accepted socket: reads the request head, then answers HTTP or runs a WebSocket.
-fn serve(mut stream: TcpStream, shared: &Shared, id: u64) -> Result<()> {
+/// Serves one accepted socket: reads the request head, checks its `Host`, then answers HTTP or
+/// runs a WebSocket.
+fn serve(mut stream: TcpStream, peer: SocketAddr, shared: &Shared, id: u64) -> Result<()> {
     let config = &shared.ctx.config;
     stream
         .set_nodelay(true)
@@ -444,16 +547,44 @@ fn serve(mut stream: TcpStream, shared: &Shared, id: u64) -> Result<()> {
     stream
         .set_write_timeout(Some(config.write_timeout))
         .map_err(|e| Error::io("write timeout", e))?;
+    let Some(_ip_slot) = shared.try_ip_slot(peer.ip()) else {
+        log::warn!(
+            "connection {id}: {} has {} connections open already; answering 429",
+            peer.ip(),
+            config.max_connections_per_ip
+        );
+        let deadline = Instant::now() + REFUSED_HEAD_TIMEOUT.min(config.handshake_timeout);
+        if let Err(HeadError::Gone(_)) = http::read_head(&mut stream, deadline) {
+            return Ok(());
+        }
+        let refused = Response::text(
+            429,
+            "Too Many Requests",
+            "too many connections from your address\n",
+        );
+        return respond(&mut stream, &refused);
+    };
     let head = match http::read_head(&mut stream, Instant::now() + config.handshake_timeout) {
         Ok(head) => head,
         Err(HeadError::Gone(_)) => return Ok(()),
         Err(HeadError::Bad(response)) => return respond(&mut stream, &response),
     };
+    if let Err(response) = shared.hosts.check(&head) {
+        log::warn!(
+            "connection {id}: refused a request for Host {:?} with {}",
+            head.header("host"),
+            response.status
+        );
+        return respond(&mut stream, &response);
+    }
+    let token = head.token();
     let view = ServerView {
         sessions: &shared.ctx.sessions,
         metrics: &shared.ctx.metrics,
         started: shared.started,
         shutting_down: shared.ctx.draining.load(Ordering::SeqCst),
+        authorized: shared.ctx.auth.check(token.as_deref()).is_ok(),
+        public_metrics: config.public_metrics,
     };
     match http::route(&head, &view) {
         Route::Http(response) => respond(&mut stream, &response),
@@ -491,7 +622,7 @@ fn serve(mut stream: TcpStream, shared: &Shared, id: u64) -> Result<()> {
                 .map_err(|e| Error::io("http response", e))
         }
         Route::WebSocket => {
-            if !origin_allowed(&head, &config.allowed_origins) {
+            if !http::origin_allowed(&head, &config.allowed_origins) {
                 log::warn!(
                     "connection {id}: refused an upgrade from origin {:?}",
                     head.header("origin")
@@ -509,10 +640,16 @@ fn serve(mut stream: TcpStream, shared: &Shared, id: u64) -> Result<()> {
                 let busy = Response::text(503, "Service Unavailable", "too many connections\n");
                 return respond(&mut stream, &busy);
             };
+            let mut stream = MeteredStream::new(stream, shared.budget.clone());
+            if stream.observe(&head.rest).is_err() {
+                let busy = Response::text(503, "Service Unavailable", "server busy\n");
+                return respond(&mut stream, &busy);
+            }
             stream
                 .write_all(answer.as_bytes())
                 .map_err(|e| Error::io("handshake", e))?;
             stream
+                .get_ref()
                 .set_nonblocking(true)
                 .map_err(|e| Error::io("nonblocking", e))?;
             let ws_config = WebSocketConfig::default()
@@ -521,31 +658,11 @@ fn serve(mut stream: TcpStream, shared: &Shared, id: u64) -> Result<()> {
                 .max_write_buffer_size(MAX_WRITE_BUFFER_BYTES)
                 .max_message_size(Some(config.max_frame_bytes))
                 .max_frame_size(Some(config.max_frame_bytes));
-            let token = request_token(&head);
             let ws =
                 WebSocket::from_partially_read(stream, head.rest, Role::Server, Some(ws_config));
             Connection::new(ws, &shared.ctx, id, waker, token).run()
         }
     }
-}
-
-/// Cross-site WebSocket hijacking guard: a browser always sends `Origin` on a WebSocket
-/// upgrade, so a page from elsewhere is refused unless its origin is the server's own (same
-/// host and port as the `Host` header) or listed with `--allowed-origin`. Clients that send no
-/// `Origin` (terminal clients, other servers) are not browsers and pass.
-fn origin_allowed(head: &http::RequestHead, allowed: &[String]) -> bool {
-    let Some(origin) = head.header("origin").map(str::trim) else {
-        return true;
-    };
-    if allowed
-        .iter()
-        .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(origin))
-    {
-        return true;
-    }
-    let authority = origin.split_once("://").map_or(origin, |(_, rest)| rest);
-    head.header("host")
-        .is_some_and(|host| host.trim().eq_ignore_ascii_case(authority))
 }
 
 /// Who an API request comes from: the bearer token's principal, or the local principal when
@@ -562,48 +679,7 @@ fn api_principal(head: &http::RequestHead, auth: &Auth) -> Option<Principal> {
     }
 }
 
-/// The token of an upgrade request: `Authorization: Bearer …`, else `?token=…`.
-fn request_token(head: &http::RequestHead) -> Option<String> {
-    if let Some(value) = head.header("authorization") {
-        let (scheme, token) = value.trim().split_once(' ')?;
-        if scheme.eq_ignore_ascii_case("bearer") {
-            return Some(token.trim().to_owned());
-        }
-    }
-    head.query
-        .as_deref()?
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("token="))
-        .map(percent_decode)
-}
-
-/// Decodes `%XX` escapes and `+` in a query value.
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
-                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(byte) => {
-                        out.push(byte);
-                        i += 3;
-                        continue;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b'+' => out.push(b' '),
-            byte => out.push(byte),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn respond(stream: &mut TcpStream, response: &Response) -> Result<()> {
+fn respond(stream: &mut impl Write, response: &Response) -> Result<()> {
     response
         .write_to(stream)
         .map_err(|e| Error::io("http response", e))

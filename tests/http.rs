@@ -101,7 +101,7 @@ fn other_paths_and_a_plain_get_of_the_chat_path_are_404() {
     let server = TestServer::start();
     assert_eq!(get(server.addr, "/nope").0, 404);
     assert_eq!(get(server.addr, "/ws").0, 404);
-    let wrong_version = "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+    let wrong_version = "GET /ws HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
                          Sec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
     assert_eq!(request(server.addr, wrong_version).0, 400);
     assert_eq!(request(server.addr, "NONSENSE\r\n\r\n").0, 400);
@@ -124,7 +124,7 @@ fn a_silent_connection_is_dropped_after_the_handshake_timeout() {
 fn the_upgrade_past_the_connection_limit_gets_503() {
     let server = TestServer::with_config(|config| config.max_connections = 1);
     let _first = server.client();
-    let upgrade = "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+    let upgrade = "GET /ws HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
                    Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
     assert_eq!(request(server.addr, upgrade).0, 503);
     drop(_first);

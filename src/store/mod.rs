@@ -252,6 +252,15 @@ pub trait ConversationStore: Send + Sync {
     ///
     /// [`crate::error::Error::Store`] when the cap cannot be set.
     fn set_size_limit(&self, bytes: Option<u64>) -> Result<()>;
+
+    /// Gives every conversation of `old` to `new`, and returns how many there were. Start-up
+    /// uses it, before the journal starts, to move owners from a fingerprint an earlier version
+    /// stored to the current one.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::error::Error::Store`] when the store cannot be written.
+    fn reassign_owner(&self, old: &str, new: &str) -> Result<u64>;
 }
 
 /// A node of the knowledge graph.
@@ -374,4 +383,12 @@ pub trait GraphStore: Send + Sync {
 
     /// How many nodes the graph holds, all owners together (a cheap way to skip a lookup).
     fn node_count(&self) -> u64;
+
+    /// Gives every node of `old` to `new`, and returns how many there were (the counterpart of
+    /// [`ConversationStore::reassign_owner`] for the graph).
+    ///
+    /// # Errors
+    ///
+    /// [`crate::error::Error::Store`] on a database failure.
+    fn reassign_nodes(&self, old: &str, new: &str) -> Result<u64>;
 }

@@ -779,6 +779,17 @@ impl ConversationStore for SqliteStore {
             connection.pragma_update(None, "max_page_count", pages)
         })
     }
+
+    fn reassign_owner(&self, old: &str, new: &str) -> Result<u64> {
+        self.write("reassign conversations", |connection| {
+            connection
+                .execute(
+                    "UPDATE sessions SET owner = ?2 WHERE owner = ?1",
+                    params![old, new],
+                )
+                .map(|n| n as u64)
+        })
+    }
 }
 
 /// SQLite's largest `max_page_count`.
@@ -994,6 +1005,17 @@ impl GraphStore for SqliteStore {
     fn node_count(&self) -> u64 {
         self.nodes.load(Ordering::Relaxed)
     }
+
+    fn reassign_nodes(&self, old: &str, new: &str) -> Result<u64> {
+        self.write("reassign nodes", |connection| {
+            connection
+                .execute(
+                    "UPDATE nodes SET owner = ?2 WHERE owner = ?1",
+                    params![old, new],
+                )
+                .map(|n| n as u64)
+        })
+    }
 }
 
 #[cfg(test)]
@@ -1141,6 +1163,26 @@ mod tests {
         ] {
             assert_eq!(count(&store, table), left, "{table}");
         }
+    }
+
+    #[test]
+    fn reassigning_an_owner_moves_its_conversations_and_nodes_only() {
+        let store = SqliteStore::in_memory().unwrap();
+        let (one, two) = (id(1), id(2));
+        store
+            .apply(&[create(&one, "old"), create(&two, "other")])
+            .unwrap();
+        store.remember("old", "owls hoot").unwrap();
+        store.remember("other", "owls hoot").unwrap();
+        assert_eq!(store.reassign_owner("old", "new").unwrap(), 1);
+        assert_eq!(store.reassign_nodes("old", "new").unwrap(), 1);
+        assert_eq!(store.load(&one, 1, 1).unwrap().unwrap().owner, "new");
+        assert_eq!(store.load(&two, 1, 1).unwrap().unwrap().owner, "other");
+        assert_eq!(store.list("new", None, 10).unwrap().len(), 1);
+        assert!(store.list("old", None, 10).unwrap().is_empty());
+        assert_eq!(store.search("new", "owls", None, 5).unwrap().len(), 1);
+        assert!(store.search("old", "owls", None, 5).unwrap().is_empty());
+        assert_eq!(store.reassign_owner("old", "new").unwrap(), 0, "idempotent");
     }
 
     #[test]
