@@ -52,10 +52,16 @@ impl TestServer {
     /// (its connection threads and journal finish after the drop): starts once the directory
     /// is free.
     pub fn restart_on(data_dir: &std::path::Path) -> Self {
+        Self::restart_with(data_dir, |_| {})
+    }
+
+    /// [`TestServer::restart_on`] with the configuration adjusted by `adjust`.
+    pub fn restart_with(data_dir: &std::path::Path, adjust: impl Fn(&mut Config)) -> Self {
         let mut started = None;
         wait_until("the data directory to be free", || {
             let mut config = test_config();
             config.data_dir = data_dir.to_owned();
+            adjust(&mut config);
             let listener = sparky::bind("127.0.0.1:0".parse().unwrap()).unwrap();
             match sparky::server::spawn_with(listener, config, Arc::new(OfflineModel)) {
                 Ok(handle) => started = Some(handle),
