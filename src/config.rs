@@ -70,6 +70,9 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// An MCP config file (`{"mcpServers": {...}}`) whose servers' tools join the ToolChain.
     pub mcp_config: Option<PathBuf>,
+    /// Longest tool result kept, in bytes; a longer one (built-in or MCP) is cut with a note
+    /// before it becomes an event or reaches the model.
+    pub max_tool_result_bytes: usize,
 }
 
 /// A token bucket: `per_second` frames a second on average, `burst` at once.
@@ -159,6 +162,7 @@ impl Default for Config {
             rate_limit: Some(RateLimit::DEFAULT),
             shutdown_grace: Duration::from_secs(10),
             mcp_config: None,
+            max_tool_result_bytes: 256 * 1024,
         }
     }
 }

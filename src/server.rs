@@ -129,6 +129,7 @@ pub fn spawn_with(
         tools.add(tool.clone());
     }
     tools.set_metrics(metrics.clone());
+    tools.set_max_result_bytes(config.max_tool_result_bytes);
     let engine = Engine {
         model,
         tools: Arc::new(tools),
