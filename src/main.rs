@@ -122,6 +122,10 @@ struct Args {
         value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1024..)
     )]
     max_tool_result_bytes: usize,
+    /// How long one full-text search (memory lookup, graph search, API search) may run; one
+    /// that runs out answers with what it found so far, e.g. 200ms.
+    #[arg(long, value_name = "DURATION", default_value = "200ms", value_parser = parse_duration)]
+    search_budget: Duration,
 }
 
 impl Args {
@@ -157,6 +161,7 @@ impl Args {
             shutdown_grace: self.shutdown_grace,
             mcp_config: self.mcp_config,
             max_tool_result_bytes: self.max_tool_result_bytes,
+            search_budget: self.search_budget,
             ..Config::default()
         }
     }

@@ -120,6 +120,7 @@ pub fn spawn_with(
     } else {
         SqliteStore::open(&config.data_dir)?
     });
+    store.set_search_budget(config.search_budget);
     let conversations: Arc<dyn ConversationStore> = store.clone();
     let graph: Arc<dyn GraphStore> = store;
     let api_graph = graph.clone();
