@@ -108,6 +108,12 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// An MCP config file (`{"mcpServers": {...}}`) whose servers' tools join the ToolChain.
     pub mcp_config: Option<PathBuf>,
+    /// Longest tool result kept, in bytes; a longer one (built-in or MCP) is cut with a note
+    /// before it becomes an event or reaches the model.
+    pub max_tool_result_bytes: usize,
+    /// How long one full-text search (a memory lookup, `graph_search`, `recall`, or a search
+    /// of the API) may run; one that runs out answers with what it found so far.
+    pub search_budget: Duration,
 }
 
 /// A token bucket: `per_second` frames a second on average, `burst` at once.
@@ -210,6 +216,8 @@ impl Default for Config {
             rate_limit: Some(RateLimit::DEFAULT),
             shutdown_grace: Duration::from_secs(10),
             mcp_config: None,
+            max_tool_result_bytes: 256 * 1024,
+            search_budget: Duration::from_millis(200),
         }
     }
 }

@@ -151,6 +151,19 @@ struct Args {
     /// started and its tools join the bot's tools as <server>__<tool>.
     #[arg(long, value_name = "FILE")]
     mcp_config: Option<PathBuf>,
+    /// Longest tool result kept, in bytes; a longer one is cut, with a note saying so, before
+    /// the model or a client sees it.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = Config::default().max_tool_result_bytes,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1024..)
+    )]
+    max_tool_result_bytes: usize,
+    /// How long one full-text search (memory lookup, graph search, API search) may run; one
+    /// that runs out answers with what it found so far, e.g. 200ms.
+    #[arg(long, value_name = "DURATION", default_value = "200ms", value_parser = parse_duration)]
+    search_budget: Duration,
 }
 
 impl Args {
@@ -195,6 +208,8 @@ impl Args {
             rate_limit: self.rate_limit.0,
             shutdown_grace: self.shutdown_grace,
             mcp_config: self.mcp_config,
+            max_tool_result_bytes: self.max_tool_result_bytes,
+            search_budget: self.search_budget,
             ..Config::default()
         }
     }

@@ -139,6 +139,7 @@ pub fn spawn_with(
     if let Some(bytes) = config.max_store_bytes {
         store.set_size_limit(Some(bytes))?;
     }
+    store.set_search_budget(config.search_budget);
     let conversations: Arc<dyn ConversationStore> = store.clone();
     let graph: Arc<dyn GraphStore> = store;
     // Before the journal starts, so that nothing else writes meanwhile.
@@ -150,6 +151,7 @@ pub fn spawn_with(
         tools.add(tool.clone());
     }
     tools.set_metrics(metrics.clone());
+    tools.set_max_result_bytes(config.max_tool_result_bytes);
     let engine = Engine {
         model,
         tools: Arc::new(tools),

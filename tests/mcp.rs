@@ -1,6 +1,7 @@
 //! MCP tool servers: the fixture server's tools join the ToolChain under prefixed names and
 //! answer real WebSocket sessions; error results, crashes and restarts, cancellation, many
-//! sessions at once, servers that fail to start, and config files that cannot be read.
+//! sessions at once, servers that fail to start, config files that cannot be read, and the
+//! processes a server starts, which must not outlive it.
 //!
 //! The fixture is `tests/fixtures/mcp_fixture.py`, run with `python3` (its header says why it
 //! is not a Rust binary).
@@ -331,5 +332,116 @@ fn a_config_that_cannot_be_read_stops_the_server_at_start() {
         assert_eq!(status.code(), Some(1));
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains(expected), "{stderr}");
+    }
+}
+
+/// A launcher like `npx` or `sh -c`: it starts two helpers of its own, then becomes the fixture.
+/// One helper ends on SIGTERM; the other ignores it, so only SIGKILL ends it. Each writes its
+/// pid to a file in the directory given as `$1`.
+const LAUNCHER: &str = r#"#!/bin/sh
+sleep 1000 &
+echo $! > "$1/polite.pid.tmp" && mv "$1/polite.pid.tmp" "$1/polite.pid"
+(trap '' TERM; exec sleep 1000) &
+echo $! > "$1/stubborn.pid.tmp" && mv "$1/stubborn.pid.tmp" "$1/stubborn.pid"
+exec python3 "$2"
+"#;
+
+/// A fixture started through [`LAUNCHER`] as server `fx`, and the directory of its pid files.
+fn launched_fixture(name: &str) -> (Fixture, PathBuf) {
+    let fixture = Fixture::new(name);
+    let dir = fixture.config.parent().unwrap().to_owned();
+    let launcher = dir.join("launcher.sh");
+    std::fs::write(&launcher, LAUNCHER).unwrap();
+    let config = json!({"mcpServers": {"fx": {
+        "command": "sh",
+        "args": [launcher.to_str().unwrap(), dir.to_str().unwrap(), FIXTURE],
+        "env": {"MCP_FIXTURE_LOG": fixture.log.to_str().unwrap()},
+    }}});
+    std::fs::write(&fixture.config, config.to_string()).unwrap();
+    (fixture, dir)
+}
+
+/// The pids the launcher's helpers wrote, once both files are there.
+fn helper_pids(dir: &std::path::Path) -> [u32; 2] {
+    let read = |file: &str| -> Option<u32> {
+        std::fs::read_to_string(dir.join(file))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    let mut pids = None;
+    wait_until("the launcher to record its helpers", || {
+        pids = read("polite.pid").zip(read("stubborn.pid"));
+        pids.is_some()
+    });
+    let (polite, stubborn) = pids.unwrap();
+    [polite, stubborn]
+}
+
+/// True while `pid` runs. A zombie counts as gone: an orphan that has exited waits for init to
+/// reap it, which some containers' init never does.
+fn running(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state follows the command name, which is in parentheses and may contain spaces.
+    let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
+    !matches!(state.and_then(|s| s.chars().next()), Some('Z' | 'X') | None)
+}
+
+#[test]
+fn the_processes_a_server_starts_are_stopped_with_sparky() {
+    let (fixture, dir) = launched_fixture("group-shutdown");
+    let server = fixture.server();
+    let mut client = server.client();
+    assert_eq!(
+        call(&mut client, "fx__echo", json!({"text": "up"})),
+        (ToolStatus::Success, "up".to_owned())
+    );
+    let pids = helper_pids(&dir);
+    assert!(pids.iter().all(|&pid| running(pid)), "{pids:?}");
+
+    drop(client);
+    let stopping = Instant::now();
+    drop(server);
+    // Its input closes, SIGTERM ends the polite helper, SIGKILL the stubborn one.
+    for pid in pids {
+        wait_until(&format!("helper {pid} to be gone"), || !running(pid));
+    }
+    // Shutdown waited for the whole group: about 2 s for the helper that ignores SIGTERM.
+    assert!(
+        stopping.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        stopping.elapsed()
+    );
+}
+
+#[test]
+fn a_crashed_server_s_processes_are_stopped_before_it_starts_again() {
+    let (fixture, dir) = launched_fixture("group-restart");
+    let server = fixture.server();
+    let mut client = server.client();
+    let first = helper_pids(&dir);
+    for file in ["polite.pid", "stubborn.pid"] {
+        std::fs::remove_file(dir.join(file)).unwrap();
+    }
+    let (status, text) = call(&mut client, "fx__crash", json!({}));
+    assert_eq!(status, ToolStatus::Error, "{text}");
+    // The launcher's helpers hold the server's output open, so the crash shows only as the
+    // call's own failure; the next call restarts the server and stops what was left of it.
+    assert_eq!(
+        call(&mut client, "fx__echo", json!({"text": "back"})),
+        (ToolStatus::Success, "back".to_owned())
+    );
+    for pid in first {
+        wait_until(&format!("old helper {pid} to be gone"), || !running(pid));
+    }
+    let second = helper_pids(&dir);
+    assert!(second.iter().all(|&pid| running(pid)), "{second:?}");
+    drop(client);
+    drop(server);
+    for pid in second {
+        wait_until(&format!("helper {pid} to be gone"), || !running(pid));
     }
 }

@@ -19,7 +19,9 @@ use crate::error::Result;
 use crate::model::ChatMessage;
 use crate::protocol::SessionId;
 
-pub use sqlite::{DATABASE_FILE, SqliteStore, fts_queries};
+pub use sqlite::{
+    DATABASE_FILE, DEFAULT_SEARCH_BUDGET, MAX_SEARCH_WORDS, SqliteStore, fts_queries,
+};
 
 /// The schema version this build writes. A store with a higher one was written by a newer
 /// Sparky and is refused.
@@ -212,7 +214,7 @@ pub trait ConversationStore: Send + Sync {
     ) -> Result<Option<Vec<String>>>;
 
     /// `owner`'s conversations, most recently active first; with `query`, only those whose
-    /// user messages or answers match its words.
+    /// user messages or answers match its words (bounded like [`GraphStore::search`]).
     ///
     /// # Errors
     ///
@@ -318,7 +320,9 @@ pub trait GraphStore: Send + Sync {
     fn remember(&self, owner: &str, content: &str) -> Result<(Node, bool)>;
 
     /// `owner`'s nodes that best match `query` (BM25 over label and content), best first;
-    /// with `kind`, only nodes of that kind.
+    /// with `kind`, only nodes of that kind. A store may bound the work: keep only the first
+    /// words of `query`, and stop a search that runs past its time budget, answering with
+    /// what it found so far (possibly nothing) rather than an error.
     ///
     /// # Errors
     ///

@@ -4,15 +4,17 @@
 //! One writer connection, behind a mutex, takes the journal's batches and the graph's writes.
 //! A small pool of reader connections serves everything else (loading a conversation, replay,
 //! the API, graph searches): WAL lets them read while the writer writes, so a slow search never
-//! holds up a commit or another reader.
+//! holds up a commit or another reader. A full-text search keeps at most [`MAX_SEARCH_WORDS`]
+//! words and runs within a time budget (SQLite's progress handler interrupts it), so that no
+//! search holds a reader for long: one that runs out returns what it found so far.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde_json::{Value, json};
 
@@ -37,12 +39,26 @@ const TITLE_CHARS: usize = 80;
 /// Reader connections in the pool.
 const READERS: usize = 4;
 
+/// How long one full-text search may run by default (`--search-budget`).
+pub const DEFAULT_SEARCH_BUDGET: Duration = Duration::from_millis(200);
+
+/// Words of a search or memory lookup kept at most (after dropping stopwords and repeats);
+/// later ones are dropped. Each word is one more posting list to merge and rank.
+pub const MAX_SEARCH_WORDS: usize = 16;
+
+/// SQLite virtual-machine instructions between two looks at a search's clock: a few
+/// microseconds of work, so a search overruns its budget by little, and the clock costs
+/// nothing measurable.
+const PROGRESS_OPS: i32 = 1000;
+
 /// The SQLite store. See the module documentation for its connections.
 #[derive(Debug)]
 pub struct SqliteStore {
     writer: Mutex<Writer>,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
+    /// How long a full-text search may run, in microseconds.
+    search_budget_micros: AtomicU64,
     /// Nodes in the graph, kept beside the table so that a turn can skip the memory lookup on
     /// an empty graph without a query.
     nodes: AtomicU64,
@@ -57,6 +73,16 @@ struct Writer {
     connection: Connection,
     /// Conversation id to its integer key.
     keys: HashMap<SessionId, i64>,
+}
+
+/// `duration` in whole microseconds, saturating.
+fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// True when `e` is a statement stopped by the progress handler: a search out of time.
+fn interrupted(e: &rusqlite::Error) -> bool {
+    e.sqlite_error_code() == Some(rusqlite::ErrorCode::OperationInterrupted)
 }
 
 fn store_error(context: &str, e: impl std::fmt::Display) -> Error {
@@ -135,6 +161,7 @@ impl SqliteStore {
             }),
             readers,
             next_reader: AtomicUsize::new(0),
+            search_budget_micros: AtomicU64::new(micros(DEFAULT_SEARCH_BUDGET)),
             nodes: AtomicU64::new(nodes.max(0) as u64),
             _lock: None,
             path: None,
@@ -146,20 +173,90 @@ impl SqliteStore {
         self.path.as_deref()
     }
 
-    /// Runs `query` on a reader connection: a free one if there is one, else it waits for one.
+    /// Gives every full-text search from now on `budget` to run (default
+    /// [`DEFAULT_SEARCH_BUDGET`]): graph searches, memory lookups and the conversation search.
+    /// A search that runs out is interrupted and returns what it had found, which may be
+    /// nothing; it is not an error.
+    pub fn set_search_budget(&self, budget: Duration) {
+        self.search_budget_micros
+            .store(micros(budget), Ordering::Relaxed);
+    }
+
+    /// A reader connection: a free one if there is one, else it waits for one. The guard is
+    /// held for one query.
+    fn reader(&self) -> MutexGuard<'_, Connection> {
+        let start = self.next_reader.fetch_add(1, Ordering::Relaxed);
+        let count = self.readers.len();
+        let free = (0..count).find_map(|i| self.readers[(start + i) % count].try_lock());
+        match free {
+            Some(connection) => connection,
+            None => self.readers[start % count].lock(),
+        }
+    }
+
+    /// `owner`'s conversations with every word of `text` in one message, most recently active
+    /// first, within the search budget (an empty list when it runs out).
+    fn search_conversations(
+        &self,
+        owner: &str,
+        text: &str,
+        limit: usize,
+    ) -> Result<Vec<ConversationSummary>> {
+        let Some(fts) = fts_queries(text).into_iter().next() else {
+            return Ok(Vec::new());
+        };
+        self.read_searching("search conversations", |connection| {
+            let rows = (|| -> rusqlite::Result<Vec<Option<ConversationSummary>>> {
+                connection
+                    .prepare_cached(&format!(
+                        "SELECT {SUMMARY_COLUMNS} FROM sessions WHERE owner = ?1 AND key IN \
+                         (SELECT session_key FROM event_text WHERE event_text MATCH ?2) \
+                         ORDER BY updated_at DESC, key DESC LIMIT ?3"
+                    ))?
+                    .query_map(params![owner, fts, limit as i64], summary_from_row)?
+                    .collect()
+            })();
+            match rows {
+                Ok(rows) => Ok(rows.into_iter().flatten().collect()),
+                Err(e) if interrupted(&e) => {
+                    log::debug!("store: a conversation search ran out of time");
+                    Ok(Vec::new())
+                }
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    /// Runs `query` on a reader connection.
     fn read<T>(
         &self,
         what: &str,
         query: impl FnOnce(&Connection) -> rusqlite::Result<T>,
     ) -> Result<T> {
-        let start = self.next_reader.fetch_add(1, Ordering::Relaxed);
-        let count = self.readers.len();
-        let free = (0..count).find_map(|i| self.readers[(start + i) % count].try_lock());
-        let connection = match free {
-            Some(connection) => connection,
-            None => self.readers[start % count].lock(),
-        };
-        query(&connection).map_err(|e| store_error(what, e))
+        query(&self.reader()).map_err(|e| store_error(what, e))
+    }
+
+    /// Runs a full-text `search` on a reader connection within the search budget: SQLite's
+    /// progress handler interrupts it once the budget has passed, and every statement it runs
+    /// from then on fails with [`interrupted`] errors, which `search` turns into a shorter
+    /// answer.
+    fn read_searching<T>(
+        &self,
+        what: &str,
+        search: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T> {
+        let budget = Duration::from_micros(self.search_budget_micros.load(Ordering::Relaxed));
+        let deadline = Instant::now() + budget;
+        let mut connection = self.reader();
+        connection
+            .progress_handler(PROGRESS_OPS, Some(move || Instant::now() >= deadline))
+            .map_err(|e| store_error(what, e))?;
+        let result = search(&connection);
+        // The connection goes back to the pool without a handler, for queries with no budget.
+        let cleared = connection.progress_handler(0, None::<fn() -> bool>);
+        let value = result.map_err(|e| store_error(what, e))?;
+        cleared.map_err(|e| store_error(what, e))?;
+        Ok(value)
     }
 
     /// Runs `write` on the writer connection.
@@ -284,21 +381,32 @@ const STOPWORDS: &[&str] = &[
     "to", "was", "what", "when", "where", "which", "who", "why", "with", "you", "your",
 ];
 
-/// The words of free text as quoted FTS5 terms (so that no input is a syntax error), without
-/// stopwords unless nothing else is left.
+/// The words of free text as quoted FTS5 terms (so that no input is a syntax error): lowercased,
+/// each once, without stopwords unless nothing else is left, and at most [`MAX_SEARCH_WORDS`]
+/// of them (the first ones). Reading stops once that many are found, so a long text costs no
+/// more than a short one.
 fn fts_terms(text: &str) -> Vec<String> {
-    let words: Vec<String> = text
+    let mut meaningful: Vec<String> = Vec::new();
+    let mut common: Vec<String> = Vec::new();
+    for word in text
         .split(|c: char| !c.is_alphanumeric())
         .filter(|word| !word.is_empty())
-        .map(str::to_lowercase)
-        .take(32)
-        .collect();
-    let meaningful: Vec<&String> = words
-        .iter()
-        .filter(|w| !STOPWORDS.contains(&w.as_str()))
-        .collect();
-    let chosen: Vec<&String> = if meaningful.is_empty() {
-        words.iter().collect()
+    {
+        let word = word.to_lowercase();
+        let list = if STOPWORDS.contains(&word.as_str()) {
+            &mut common
+        } else {
+            &mut meaningful
+        };
+        if list.len() < MAX_SEARCH_WORDS && !list.contains(&word) {
+            list.push(word);
+        }
+        if meaningful.len() == MAX_SEARCH_WORDS {
+            break;
+        }
+    }
+    let chosen = if meaningful.is_empty() {
+        common
     } else {
         meaningful
     };
@@ -317,6 +425,47 @@ pub fn fts_queries(text: &str) -> Vec<String> {
         1 => terms,
         _ => vec![terms.join(" AND "), terms.join(" OR ")],
     }
+}
+
+/// Adds to `found`, best first, `owner`'s nodes (of `kind`, when given) that match the FTS5
+/// query `fts` and are not in it yet, until it holds `limit`.
+///
+/// Ranking reads the full-text index alone; a node's row is read only for the best-ranked
+/// candidates, one at a time, until enough belong to `owner`. Joining `nodes` in the ranking
+/// query instead would read every matching row, and `owner` sits after `content` in the row
+/// (version 2 added it), so checking it walks every page of a long fact.
+fn add_matches(
+    connection: &Connection,
+    fts: &str,
+    owner: &str,
+    kind: Option<&str>,
+    limit: usize,
+    found: &mut Vec<Node>,
+) -> rusqlite::Result<()> {
+    let mut ranked = connection.prepare_cached(
+        "SELECT rowid FROM nodes_fts WHERE nodes_fts MATCH ?1 ORDER BY bm25(nodes_fts)",
+    )?;
+    let mut candidate = connection.prepare_cached(&format!(
+        "SELECT {NODE_COLUMNS} FROM nodes WHERE id = ?1 AND owner = ?2 \
+         AND (?3 IS NULL OR kind = ?3)"
+    ))?;
+    let mut ids = ranked.query([fts])?;
+    while found.len() < limit {
+        let Some(row) = ids.next()? else {
+            break;
+        };
+        let id: i64 = row.get(0)?;
+        if found.iter().any(|known| known.id == id) {
+            continue;
+        }
+        if let Some(node) = candidate
+            .query_row(params![id, owner, kind], node_from_row)
+            .optional()?
+        {
+            found.push(node);
+        }
+    }
+    Ok(())
 }
 
 /// The first `limit` characters of `text`.
@@ -708,30 +857,17 @@ impl ConversationStore for SqliteStore {
         query: Option<&str>,
         limit: usize,
     ) -> Result<Vec<ConversationSummary>> {
+        if let Some(text) = query {
+            return self.search_conversations(owner, text, limit);
+        }
         self.read("list conversations", |connection| {
-            let rows: Vec<Option<ConversationSummary>> = match query {
-                None => connection
-                    .prepare_cached(&format!(
-                        "SELECT {SUMMARY_COLUMNS} FROM sessions WHERE owner = ?1 \
-                         ORDER BY updated_at DESC, key DESC LIMIT ?2"
-                    ))?
-                    .query_map(params![owner, limit as i64], summary_from_row)?
-                    .collect::<rusqlite::Result<_>>()?,
-                Some(text) => {
-                    // Every word must appear in one message of the conversation.
-                    let Some(fts) = fts_queries(text).into_iter().next() else {
-                        return Ok(Vec::new());
-                    };
-                    connection
-                        .prepare_cached(&format!(
-                            "SELECT {SUMMARY_COLUMNS} FROM sessions WHERE owner = ?1 AND key IN \
-                             (SELECT session_key FROM event_text WHERE event_text MATCH ?2) \
-                             ORDER BY updated_at DESC, key DESC LIMIT ?3"
-                        ))?
-                        .query_map(params![owner, fts, limit as i64], summary_from_row)?
-                        .collect::<rusqlite::Result<_>>()?
-                }
-            };
+            let rows: Vec<Option<ConversationSummary>> = connection
+                .prepare_cached(&format!(
+                    "SELECT {SUMMARY_COLUMNS} FROM sessions WHERE owner = ?1 \
+                     ORDER BY updated_at DESC, key DESC LIMIT ?2"
+                ))?
+                .query_map(params![owner, limit as i64], summary_from_row)?
+                .collect::<rusqlite::Result<_>>()?;
             Ok(rows.into_iter().flatten().collect())
         })
     }
@@ -834,26 +970,23 @@ impl GraphStore for SqliteStore {
         kind: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Node>> {
-        self.read("search", |connection| {
+        let terms = fts_queries(query);
+        self.read_searching("search", |connection| {
             let mut found: Vec<Node> = Vec::new();
-            for fts in fts_queries(query) {
+            for fts in terms {
                 if found.len() >= limit {
                     break;
                 }
-                // Ask for enough to fill up after dropping what the stricter query found.
-                let nodes: Vec<Node> = connection
-                    .prepare_cached(
-                        "SELECT n.id, n.kind, n.label, n.content, n.properties, n.created_at, \
-                         n.updated_at FROM nodes_fts JOIN nodes n ON n.id = nodes_fts.rowid \
-                         WHERE nodes_fts MATCH ?1 AND n.owner = ?2 AND (?3 IS NULL OR n.kind = ?3) \
-                         ORDER BY bm25(nodes_fts) LIMIT ?4",
-                    )?
-                    .query_map(params![fts, owner, kind, limit as i64], node_from_row)?
-                    .collect::<rusqlite::Result<_>>()?;
-                for node in nodes {
-                    if found.len() < limit && !found.iter().any(|known| known.id == node.id) {
-                        found.push(node);
+                match add_matches(connection, &fts, owner, kind, limit, &mut found) {
+                    Ok(()) => {}
+                    Err(e) if interrupted(&e) => {
+                        log::debug!(
+                            "graph: a search ran out of time; answering with {} nodes",
+                            found.len()
+                        );
+                        break;
                     }
+                    Err(e) => return Err(e),
                 }
             }
             Ok(found)
@@ -1263,6 +1396,65 @@ mod tests {
         std::fs::write(dir.join(DATABASE_FILE), vec![0x42; 8192]).unwrap();
         let corrupt = SqliteStore::open(&dir).unwrap_err().to_string();
         assert!(corrupt.contains("sparky.db"), "{corrupt}");
+    }
+
+    #[test]
+    fn a_search_keeps_its_first_sixteen_distinct_words() {
+        let long: Vec<String> = (0..40).map(|i| format!("word{i}")).collect();
+        let terms = fts_terms(&format!("the {} word0 WORD1", long.join(" ")));
+        assert_eq!(terms.len(), MAX_SEARCH_WORDS);
+        assert_eq!(terms[0], "\"word0\"");
+        assert_eq!(terms[15], "\"word15\"");
+        assert_eq!(
+            fts_terms("what is the what"),
+            ["\"what\"", "\"is\"", "\"the\""]
+        );
+        assert!(fts_terms("  ...  ").is_empty());
+
+        // A lookup over the cap still works: the words kept find the fact, and a fact that
+        // only words past the cap would find is not searched for.
+        let store = SqliteStore::in_memory().unwrap();
+        store.remember("ann", "word3 and cats").unwrap();
+        store.remember("ann", "only word39 here").unwrap();
+        let found = store.search("ann", &long.join(" "), None, 5).unwrap();
+        let contents: Vec<&str> = found.iter().map(|n| n.content.as_str()).collect();
+        assert_eq!(contents, ["word3 and cats"]);
+    }
+
+    #[test]
+    fn a_search_out_of_time_answers_with_what_it_found_not_an_error() {
+        let store = SqliteStore::in_memory().unwrap();
+        for n in 0..300 {
+            store
+                .remember("ann", &format!("fact {n} about otters and rivers"))
+                .unwrap();
+        }
+        let session = id(9);
+        let mut ops = vec![create(&session, "ann")];
+        ops.extend((1..=300).map(|seq| event(&session, seq, TurnMark::None, Some("otters swim"))));
+        store.apply(&ops).unwrap();
+        assert_eq!(
+            store.search("ann", "otters rivers", None, 5).unwrap().len(),
+            5
+        );
+        assert_eq!(store.list("ann", Some("otters"), 10).unwrap().len(), 1);
+
+        // No time at all: the progress handler stops the first query at once.
+        store.set_search_budget(Duration::ZERO);
+        assert!(
+            store
+                .search("ann", "otters rivers", None, 5)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(store.list("ann", Some("otters"), 10).unwrap().len(), 0);
+        // Other reads have no budget, and the connections work on afterwards.
+        assert_eq!(store.recent("ann", None, 3).unwrap().len(), 3);
+        assert_eq!(store.list("ann", None, 10).unwrap().len(), 1);
+        store.set_search_budget(DEFAULT_SEARCH_BUDGET);
+        for _ in 0..READERS {
+            assert_eq!(store.search("ann", "otters", None, 5).unwrap().len(), 5);
+        }
     }
 
     #[test]

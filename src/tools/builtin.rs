@@ -5,6 +5,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
+use time::OffsetDateTime;
+use time::format_description::BorrowedFormatItem;
+use time::macros::format_description;
 
 use crate::tools::calculator;
 use crate::tools::{Tool, ToolContext};
@@ -172,26 +175,17 @@ impl Tool for Wait {
     }
 }
 
-/// Writes unix seconds as `YYYY-MM-DD HH:MM:SS`, by the civil-from-days algorithm (Howard
-/// Hinnant's), so that no date crate is needed for one line.
+/// How `clock` writes a time: `YYYY-MM-DD HH:MM:SS`.
+const CLOCK_FORMAT: &[BorrowedFormatItem<'_>] =
+    format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
+
+/// Writes unix seconds as `YYYY-MM-DD HH:MM:SS` (UTC).
 fn format_utc(unix_seconds: u64) -> String {
-    let days = (unix_seconds / 86_400) as i64;
-    let secs = unix_seconds % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
+    i64::try_from(unix_seconds)
+        .ok()
+        .and_then(|seconds| OffsetDateTime::from_unix_timestamp(seconds).ok())
+        .and_then(|at| at.format(CLOCK_FORMAT).ok())
+        .unwrap_or_else(|| format!("unix time {unix_seconds}"))
 }
 
 #[cfg(test)]
@@ -219,6 +213,8 @@ mod tests {
         assert_eq!(format_utc(0), "1970-01-01 00:00:00");
         assert_eq!(format_utc(951_782_400), "2000-02-29 00:00:00");
         assert_eq!(format_utc(1_795_000_000), "2026-11-18 11:06:40");
+        // Past the calendar's range the time is still told, as a number.
+        assert_eq!(format_utc(u64::MAX), format!("unix time {}", u64::MAX));
     }
 
     #[test]

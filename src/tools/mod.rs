@@ -58,14 +58,30 @@ pub struct ToolOutput {
     pub text: String,
 }
 
+/// The largest tool result kept by default, in bytes (`--max-tool-result-bytes`).
+pub const DEFAULT_MAX_RESULT_BYTES: usize = 256 * 1024;
+
 /// The tools of one server, in a fixed order. Shared through `Arc`; immutable after start.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct ToolChain {
     tools: Vec<Arc<dyn Tool>>,
     /// The tools as the model sees them, made once as tools are added (every turn sends them).
     specs: Arc<[ToolSpec]>,
     /// Where calls are counted, when set.
     metrics: Option<Arc<Metrics>>,
+    /// Longest result kept, in bytes; a longer one is cut (see [`ToolChain::call`]).
+    max_result_bytes: usize,
+}
+
+impl Default for ToolChain {
+    fn default() -> Self {
+        ToolChain {
+            tools: Vec::new(),
+            specs: Arc::from([]),
+            metrics: None,
+            max_result_bytes: DEFAULT_MAX_RESULT_BYTES,
+        }
+    }
 }
 
 impl fmt::Debug for ToolChain {
@@ -140,8 +156,21 @@ impl ToolChain {
 
     /// Calls the tool `name`. An unknown tool, bad arguments, a failure and even a panic inside
     /// the tool all come back as an error output: a tool never takes the turn down.
+    ///
+    /// A result (or error) longer than the chain's cap (see
+    /// [`set_max_result_bytes`](Self::set_max_result_bytes)) keeps its first bytes up to the cap,
+    /// cut at a character boundary, and ends with a note saying so. This happens here, before
+    /// the result becomes an event or reaches the model, so that it holds for every tool.
     pub fn call(&self, name: &str, args: &Value, ctx: &ToolContext<'_>) -> ToolOutput {
-        let output = self.run(name, args, ctx);
+        let mut output = self.run(name, args, ctx);
+        let returned = output.text.len();
+        if returned > self.max_result_bytes {
+            truncate_result(&mut output.text, self.max_result_bytes);
+            log::info!(
+                "tool {name}: its result of {returned} bytes was cut to {}",
+                self.max_result_bytes
+            );
+        }
         if let Some(metrics) = &self.metrics {
             metrics.tool_called(name, output.status);
         }
@@ -151,6 +180,12 @@ impl ToolChain {
     /// Counts every call in `metrics` from now on.
     pub fn set_metrics(&mut self, metrics: Arc<Metrics>) {
         self.metrics = Some(metrics);
+    }
+
+    /// Keeps at most `bytes` of each tool result from now on (default
+    /// [`DEFAULT_MAX_RESULT_BYTES`]).
+    pub fn set_max_result_bytes(&mut self, bytes: usize) {
+        self.max_result_bytes = bytes;
     }
 
     fn run(&self, name: &str, args: &Value, ctx: &ToolContext<'_>) -> ToolOutput {
@@ -189,6 +224,17 @@ impl ToolChain {
     }
 }
 
+/// Cuts `text` to at most `limit` bytes, at a character boundary, and appends a note giving
+/// both sizes.
+fn truncate_result(text: &mut String, limit: usize) {
+    let returned = text.len();
+    let kept = text.floor_char_boundary(limit);
+    text.truncate(kept);
+    text.push_str(&format!(
+        "\n[truncated: the tool returned {returned} bytes; Sparky keeps the first {limit}]"
+    ));
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -210,6 +256,68 @@ mod tests {
         fn call(&self, _args: &Value, _ctx: &ToolContext<'_>) -> Result<String, String> {
             panic!("tool bug")
         }
+    }
+
+    /// Returns `args.text` repeated `args.times` times, as a success or (with `fail`) an error.
+    struct Repeat;
+
+    impl Tool for Repeat {
+        fn name(&self) -> &str {
+            "repeat"
+        }
+        fn description(&self) -> &str {
+            "repeats"
+        }
+        fn parameters(&self) -> Value {
+            json!({"type": "object"})
+        }
+        fn call(&self, args: &Value, _ctx: &ToolContext<'_>) -> Result<String, String> {
+            let text = args["text"].as_str().unwrap_or_default();
+            let times = args["times"].as_u64().unwrap_or(1) as usize;
+            let output = text.repeat(times);
+            if args["fail"] == json!(true) {
+                Err(output)
+            } else {
+                Ok(output)
+            }
+        }
+    }
+
+    #[test]
+    fn a_long_result_is_cut_at_a_character_boundary_with_a_note() {
+        let mut chain = ToolChain::new();
+        chain.add(Arc::new(Repeat));
+        chain.set_max_result_bytes(10);
+        let (knowledge, cancel) = (Knowledge::new(), CancelFlag::new());
+        let ctx = ToolContext {
+            principal: &Principal::local(),
+            knowledge: &knowledge,
+            cancel: &cancel,
+        };
+        // Within the cap: untouched.
+        let short = chain.call("repeat", &json!({"text": "abcde", "times": 2}), &ctx);
+        assert_eq!(short.text, "abcdeabcde");
+        // "é" is two bytes, so byte 10 falls inside the sixth one: five are kept.
+        let long = chain.call("repeat", &json!({"text": "é", "times": 8}), &ctx);
+        assert_eq!(long.status, ToolStatus::Success);
+        assert_eq!(
+            long.text,
+            "ééééé\n[truncated: the tool returned 16 bytes; Sparky keeps the first 10]"
+        );
+        // Errors are cut the same way.
+        let failed = chain.call(
+            "repeat",
+            &json!({"text": "x", "times": 50, "fail": true}),
+            &ctx,
+        );
+        assert_eq!(failed.status, ToolStatus::Error);
+        assert!(
+            failed
+                .text
+                .starts_with("xxxxxxxxxx\n[truncated: the tool returned 50 bytes")
+        );
+        // The default keeps 256 KiB.
+        assert_eq!(ToolChain::new().max_result_bytes, DEFAULT_MAX_RESULT_BYTES);
     }
 
     #[test]

@@ -1,0 +1,824 @@
+//! `McpClient`: one connection to an MCP server over a byte pipe pair (a child's stdout and
+//! stdin, or in-memory pipes in tests), speaking newline-delimited JSON-RPC 2.0. A named reader
+//! thread routes each answer to its caller by request id; a named writer thread owns the
+//! server's input, so a caller never blocks on a pipe write. Depends on `cancel`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use parking_lot::Mutex;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::config::ServerCommand;
+use super::process::ServerProcess;
+use super::wire::{
+    CallToolResult, InitializeResult, METHOD_NOT_FOUND, Message, RemoteTool, Request, RequestId,
+    Response, ToolsPage, render_content,
+};
+use super::{McpError, PROTOCOL_VERSION, WAIT_SLICE};
+use crate::cancel::CancelFlag;
+
+/// Revisions whose tools API Sparky knows; a server that answers with another one gets a
+/// warning but is used anyway, since the tools API has not changed between them.
+const KNOWN_PROTOCOL_VERSIONS: [&str; 4] = ["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
+
+/// Lines queued for a server's stdin at most; past it the server is not reading.
+const OUTBOX_CAPACITY: usize = 256;
+
+/// Longest line accepted from a server. A longer one ends the connection.
+const MAX_LINE_BYTES: u64 = 16 << 20;
+
+/// Pages of `tools/list` followed at most, so a server repeating its cursor cannot loop us.
+const MAX_TOOL_PAGES: usize = 100;
+
+/// The outcome of one `tools/call`: its content as text, and whether the tool said it failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct ToolReply {
+    /// The server's `isError`: the tool ran and reports a failure.
+    pub(super) is_error: bool,
+    /// The content, rendered by [`render_content`].
+    pub(super) text: String,
+}
+
+/// What a waiting caller receives: the result, or why there is none.
+type Reply = std::result::Result<Value, McpError>;
+
+/// One connection to an MCP server over any byte pipe pair: a child's stdout and stdin, or
+/// in-memory pipes in tests.
+///
+/// It owns two named threads: `mcp-<name>-reader` reads lines and routes each response to the
+/// one-shot channel its request registered, and `mcp-<name>-writer` writes queued lines. Both
+/// are detached: they hold only the shared state and their pipe, and end when the pipe closes
+/// (reader) or the client closes (writer). [`stop`](Self::stop), or dropping the client,
+/// closes it and then stops its server's process group.
+pub(super) struct McpClient {
+    shared: Arc<ClientShared>,
+    /// The server's process, when the client started one; taken by [`stop`](Self::stop).
+    process: Mutex<Option<ServerProcess>>,
+}
+
+impl fmt::Debug for McpClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("McpClient")
+            .field("server", &self.shared.server)
+            .field("alive", &self.is_alive())
+            .finish()
+    }
+}
+
+/// What a client shares with its threads.
+struct ClientShared {
+    server: String,
+    next_id: AtomicI64,
+    /// Held only to register or remove a waiter, or to queue a line (never blocking); never
+    /// across IO.
+    state: Mutex<ClientState>,
+}
+
+struct ClientState {
+    /// Callers waiting for an answer, by request id.
+    pending: HashMap<i64, Sender<Reply>>,
+    /// Lines for the writer thread; `None` once closed, which ends the writer.
+    outbox: Option<Sender<String>>,
+    /// Why the client closed, once it has.
+    closed: Option<String>,
+}
+
+impl McpClient {
+    /// A client speaking to a server through `reader` (its output) and `writer` (its input).
+    /// `process`, when given, is stopped when the client stops.
+    pub(super) fn new(
+        server: &str,
+        reader: impl Read + Send + 'static,
+        writer: impl Write + Send + 'static,
+        process: Option<ServerProcess>,
+    ) -> Result<Self, McpError> {
+        let (outbox, lines) = crossbeam_channel::bounded(OUTBOX_CAPACITY);
+        let shared = Arc::new(ClientShared {
+            server: server.to_owned(),
+            next_id: AtomicI64::new(1),
+            state: Mutex::new(ClientState {
+                pending: HashMap::new(),
+                outbox: Some(outbox),
+                closed: None,
+            }),
+        });
+        // Built first, so that a failure below drops it, which stops the process.
+        let client = McpClient {
+            shared: shared.clone(),
+            process: Mutex::new(process),
+        };
+        let no_thread = |e: io::Error| McpError::Start {
+            server: server.to_owned(),
+            detail: format!("no thread for it: {e}"),
+        };
+
+        let writer_shared = shared.clone();
+        thread::Builder::new()
+            .name(format!("mcp-{server}-writer"))
+            .spawn(move || {
+                if let Err(e) = run_writer(writer, &lines) {
+                    writer_shared.close_and_log(format!("writing to it failed: {e}"));
+                }
+            })
+            .map_err(no_thread)?;
+
+        let reader_shared = shared;
+        thread::Builder::new()
+            .name(format!("mcp-{server}-reader"))
+            .spawn(move || {
+                let reason = match run_reader(reader, &reader_shared) {
+                    Ok(()) => "it closed its output; it is restarted on the next call".to_owned(),
+                    Err(e) => {
+                        format!("reading from it failed ({e}); it is restarted on the next call")
+                    }
+                };
+                reader_shared.close_and_log(reason);
+            })
+            .map_err(no_thread)?;
+        Ok(client)
+    }
+
+    /// Spawns `command` (see [`ServerProcess::spawn`]) and returns a client on it, not yet
+    /// initialised. The client closes when the server's output ends or its own process exits,
+    /// whichever comes first.
+    pub(super) fn spawn(server: &str, command: &ServerCommand) -> Result<Self, McpError> {
+        let (process, stdin, stdout) = ServerProcess::spawn(server, command)?;
+        let client = McpClient::new(server, stdout, stdin, None)?;
+        let watched = Arc::downgrade(&client.shared);
+        process.watch_exit(move |how| {
+            if let Some(shared) = watched.upgrade() {
+                shared.close_and_log(format!(
+                    "it exited ({how}); it is restarted on the next call"
+                ));
+            }
+        })?;
+        *client.process.lock() = Some(process);
+        Ok(client)
+    }
+
+    /// True until the server stops or the client is closed.
+    pub(super) fn is_alive(&self) -> bool {
+        self.shared.state.lock().closed.is_none()
+    }
+
+    /// Closes the client and stops its server: the writer ends, which closes the server's
+    /// input, then the process group is stopped (see [`ServerProcess::stop`]), which may take
+    /// a few seconds when the server lingers. Every waiting caller gets a `Closed` error.
+    /// Calling it again does nothing.
+    pub(super) fn stop(&self) {
+        // Closing drops the outbox, so the writer ends and the server's stdin closes.
+        self.shared.close("sparky stopped it".into());
+        let process = self.process.lock().take();
+        if let Some(mut process) = process {
+            process.stop();
+        }
+    }
+
+    /// `initialize`, then the `notifications/initialized` notification.
+    pub(super) fn initialize(
+        &self,
+        deadline: Instant,
+        cancel: Option<&CancelFlag>,
+    ) -> Result<(), McpError> {
+        let params = json!({
+            "protocolVersion": PROTOCOL_VERSION,
+            "capabilities": {},
+            "clientInfo": {"name": "sparky", "version": env!("CARGO_PKG_VERSION")},
+        });
+        let result = self.request("initialize", params, deadline, cancel)?;
+        let answer: InitializeResult = self.parse(result)?;
+        let server = &self.shared.server;
+        if !KNOWN_PROTOCOL_VERSIONS.contains(&answer.protocol_version.as_str()) {
+            log::warn!(
+                "mcp {server}: speaks protocol {:?}, which sparky does not know; trying anyway",
+                answer.protocol_version
+            );
+        }
+        let info = answer.server_info.unwrap_or_default();
+        log::info!(
+            "mcp {server}: initialised {} {} (protocol {})",
+            info.name,
+            info.version,
+            answer.protocol_version
+        );
+        self.notify("notifications/initialized", None)
+    }
+
+    /// Every tool the server offers, following `nextCursor` from page to page.
+    pub(super) fn list_tools(
+        &self,
+        deadline: Instant,
+        cancel: Option<&CancelFlag>,
+    ) -> Result<Vec<RemoteTool>, McpError> {
+        let mut tools = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..MAX_TOOL_PAGES {
+            let params = match &cursor {
+                Some(cursor) => json!({"cursor": cursor}),
+                None => json!({}),
+            };
+            let page: ToolsPage =
+                self.parse(self.request("tools/list", params, deadline, cancel)?)?;
+            tools.extend(page.tools);
+            match page.next_cursor {
+                Some(next) if !next.is_empty() => cursor = Some(next),
+                _ => return Ok(tools),
+            }
+        }
+        Err(self.protocol(format!(
+            "tools/list went on for more than {MAX_TOOL_PAGES} pages"
+        )))
+    }
+
+    /// Calls one tool and renders its content as text.
+    pub(super) fn call_tool(
+        &self,
+        name: &str,
+        args: &Value,
+        timeout: Duration,
+        cancel: &CancelFlag,
+    ) -> Result<ToolReply, McpError> {
+        let params = json!({"name": name, "arguments": args});
+        let result = self.request("tools/call", params, Instant::now() + timeout, Some(cancel))?;
+        let result: CallToolResult = self.parse(result)?;
+        Ok(ToolReply {
+            is_error: result.is_error,
+            text: render_content(&result.content, result.structured_content.as_ref()),
+        })
+    }
+
+    /// Sends a request and waits for its answer until `deadline`, or until `cancel` is set.
+    /// A cancelled or timed-out request is cancelled at the server with
+    /// `notifications/cancelled` (except `initialize`, which MCP forbids cancelling).
+    fn request(
+        &self,
+        method: &str,
+        params: Value,
+        deadline: Instant,
+        cancel: Option<&CancelFlag>,
+    ) -> Result<Value, McpError> {
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let line = self.encode(&Message::request(id, method, params))?;
+        let (waiter, reply) = crossbeam_channel::bounded(1);
+        {
+            let mut state = self.shared.state.lock();
+            if let Some(reason) = &state.closed {
+                return Err(self.shared.closed_error(reason));
+            }
+            state.pending.insert(id, waiter);
+            if let Err(e) = self.shared.queue(&mut state, line) {
+                state.pending.remove(&id);
+                return Err(e);
+            }
+        }
+        log::debug!("mcp {}: request {id} {method}", self.shared.server);
+        let allowed = deadline.saturating_duration_since(Instant::now());
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let slice = if cancel.is_some() {
+                left.min(WAIT_SLICE)
+            } else {
+                left
+            };
+            match reply.recv_timeout(slice) {
+                Ok(answer) => return answer,
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(self.shared.closed_error("it closed"));
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            if cancel.is_some_and(CancelFlag::is_cancelled) {
+                self.abandon(id, method, "the user cancelled the turn");
+                return Err(McpError::Cancelled);
+            }
+            if Instant::now() >= deadline {
+                self.abandon(id, method, &format!("no answer within {allowed:?}"));
+                return Err(McpError::Timeout {
+                    server: self.shared.server.clone(),
+                    method: method.to_owned(),
+                    after: allowed,
+                });
+            }
+        }
+    }
+
+    /// Stops waiting for request `id` and, when it is still in flight, tells the server.
+    fn abandon(&self, id: i64, method: &str, reason: &str) {
+        let mut state = self.shared.state.lock();
+        if state.pending.remove(&id).is_none() || method == "initialize" {
+            return;
+        }
+        let params = json!({"requestId": id, "reason": reason});
+        let sent = self
+            .encode(&Message::notification(
+                "notifications/cancelled",
+                Some(params),
+            ))
+            .and_then(|line| self.shared.queue(&mut state, line));
+        match sent {
+            Ok(()) => log::debug!(
+                "mcp {}: cancelled request {id}: {reason}",
+                self.shared.server
+            ),
+            Err(e) => log::debug!(
+                "mcp {}: could not cancel request {id}: {e}",
+                self.shared.server
+            ),
+        }
+    }
+
+    /// Sends a notification.
+    fn notify(&self, method: &str, params: Option<Value>) -> Result<(), McpError> {
+        let line = self.encode(&Message::notification(method, params))?;
+        let mut state = self.shared.state.lock();
+        if let Some(reason) = &state.closed {
+            return Err(self.shared.closed_error(reason));
+        }
+        self.shared.queue(&mut state, line)
+    }
+
+    fn encode(&self, message: &Message) -> Result<String, McpError> {
+        serde_json::to_string(message).map_err(|e| self.protocol(format!("cannot encode: {e}")))
+    }
+
+    fn parse<T: for<'de> Deserialize<'de>>(&self, value: Value) -> Result<T, McpError> {
+        serde_json::from_value(value).map_err(|e| self.protocol(e.to_string()))
+    }
+
+    fn protocol(&self, detail: String) -> McpError {
+        McpError::Protocol {
+            server: self.shared.server.clone(),
+            detail,
+        }
+    }
+}
+
+impl Drop for McpClient {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl ClientShared {
+    /// Queues a line for the writer without blocking.
+    fn queue(&self, state: &mut ClientState, line: String) -> Result<(), McpError> {
+        let Some(outbox) = &state.outbox else {
+            return Err(self.closed_error(state.closed.as_deref().unwrap_or("it closed")));
+        };
+        match outbox.try_send(line) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(McpError::Busy {
+                server: self.server.clone(),
+            }),
+            Err(TrySendError::Disconnected(_)) => Err(self.closed_error("it closed")),
+        }
+    }
+
+    fn closed_error(&self, reason: &str) -> McpError {
+        McpError::Closed {
+            server: self.server.clone(),
+            reason: reason.to_owned(),
+        }
+    }
+
+    /// Closes the client: no new requests, the writer ends, and every waiting caller gets a
+    /// `Closed` error. True when this call closed it (false when it already was).
+    fn close(&self, reason: String) -> bool {
+        let pending = {
+            let mut state = self.state.lock();
+            if state.closed.is_some() {
+                return false;
+            }
+            state.outbox = None;
+            state.closed = Some(reason.clone());
+            std::mem::take(&mut state.pending)
+        };
+        for waiter in pending.into_values() {
+            let _ = waiter.try_send(Err(self.closed_error(&reason)));
+        }
+        true
+    }
+
+    /// [`close`](Self::close), and a warning when it was the server, not us, that ended it.
+    fn close_and_log(&self, reason: String) {
+        if self.close(reason.clone()) {
+            log::warn!("mcp {}: stopped: {reason}", self.server);
+        }
+    }
+
+    /// Handles one line from the server.
+    fn dispatch(&self, line: &[u8]) {
+        let text = String::from_utf8_lossy(line);
+        let text = text.trim();
+        if text.is_empty() {
+            return;
+        }
+        log::trace!("mcp {}: <- {text}", self.server);
+        match serde_json::from_str::<Message>(text) {
+            Ok(Message::Response(response)) => self.route(response),
+            Ok(Message::Request(request)) => self.answer(request),
+            Ok(Message::Notification(notification)) => {
+                log::debug!("mcp {}: notification {}", self.server, notification.method);
+            }
+            Err(e) => {
+                let preview: String = text.chars().take(200).collect();
+                log::warn!(
+                    "mcp {}: ignoring a line that is not JSON-RPC ({e}): {preview}",
+                    self.server
+                );
+            }
+        }
+    }
+
+    /// Hands a response to the caller waiting for it.
+    fn route(&self, response: Response) {
+        let id = match &response.id {
+            Some(RequestId::Number(id)) => Some(*id),
+            Some(RequestId::Text(text)) => text.parse().ok(),
+            None => None,
+        };
+        let waiter = id.and_then(|id| self.state.lock().pending.remove(&id));
+        let Some(waiter) = waiter else {
+            // A request we cancelled or stopped waiting for, or an error about a line the
+            // server could not read.
+            log::debug!(
+                "mcp {}: answer to no waiting request ({:?})",
+                self.server,
+                response.id
+            );
+            return;
+        };
+        let reply = match response.error {
+            Some(error) => Err(McpError::Rpc {
+                server: self.server.clone(),
+                code: error.code,
+                message: error.message,
+            }),
+            None => Ok(response.result.unwrap_or(Value::Null)),
+        };
+        let _ = waiter.try_send(reply);
+    }
+
+    /// Answers a request the server made: `ping` gets an empty result, anything else "method
+    /// not found", since Sparky offers servers no client features.
+    fn answer(&self, request: Request) {
+        let reply = if request.method == "ping" {
+            Message::Response(Response::ok(Some(request.id), json!({})))
+        } else {
+            log::debug!(
+                "mcp {}: refusing its request {}",
+                self.server,
+                request.method
+            );
+            Message::Response(Response::error(
+                Some(request.id),
+                METHOD_NOT_FOUND,
+                format!("sparky does not offer {}", request.method),
+            ))
+        };
+        let Ok(line) = serde_json::to_string(&reply) else {
+            return;
+        };
+        let mut state = self.state.lock();
+        if let Err(e) = self.queue(&mut state, line) {
+            log::debug!("mcp {}: could not answer its request: {e}", self.server);
+        }
+    }
+}
+
+/// The writer thread: writes each queued line, until the client closes.
+fn run_writer(mut writer: impl Write, lines: &Receiver<String>) -> io::Result<()> {
+    for mut line in lines {
+        line.push('\n');
+        writer.write_all(line.as_bytes())?;
+        writer.flush()?;
+    }
+    Ok(())
+}
+
+/// The reader thread: reads lines until the server closes its output.
+///
+/// # Errors
+///
+/// When reading fails or a line is longer than [`MAX_LINE_BYTES`].
+fn run_reader(reader: impl Read, shared: &ClientShared) -> io::Result<()> {
+    let mut reader = BufReader::new(reader);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let read = (&mut reader)
+            .take(MAX_LINE_BYTES)
+            .read_until(b'\n', &mut line)?;
+        if read == 0 {
+            return Ok(());
+        }
+        if line.last() != Some(&b'\n') && read as u64 == MAX_LINE_BYTES {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("a line longer than {MAX_LINE_BYTES} bytes"),
+            ));
+        }
+        shared.dispatch(&line);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{PipeReader, PipeWriter};
+
+    use super::*;
+
+    /// How long any wait in these tests may take.
+    const WAIT: Duration = Duration::from_secs(10);
+
+    /// The far end of a client's pipes: the messages the client wrote, and a way to answer.
+    struct FakeServer {
+        received: Receiver<Message>,
+        output: PipeWriter,
+    }
+
+    impl FakeServer {
+        /// The next message the client wrote; fails after [`WAIT`].
+        fn next(&self) -> Message {
+            self.received
+                .recv_timeout(WAIT)
+                .expect("the client sent nothing")
+        }
+
+        /// The next request, which must have method `method`; returns its id and params.
+        fn expect_request(&self, method: &str) -> (RequestId, Value) {
+            match self.next() {
+                Message::Request(request) if request.method == method => {
+                    (request.id, request.params.unwrap_or(Value::Null))
+                }
+                other => panic!("expected a {method} request, got {other:?}"),
+            }
+        }
+
+        fn send(&mut self, message: &Message) {
+            self.send_line(&serde_json::to_string(message).unwrap());
+        }
+
+        fn send_line(&mut self, line: &str) {
+            self.output.write_all(line.as_bytes()).unwrap();
+            self.output.write_all(b"\n").unwrap();
+        }
+
+        fn reply(&mut self, id: RequestId, result: Value) {
+            self.send(&Message::Response(Response::ok(Some(id), result)));
+        }
+    }
+
+    /// A client over in-memory pipes, and the fake server at their other end.
+    fn connect() -> (McpClient, FakeServer) {
+        let (client_reads, server_writes) = std::io::pipe().unwrap();
+        let (server_reads, client_writes) = std::io::pipe().unwrap();
+        let client = McpClient::new("fake", client_reads, client_writes, None).unwrap();
+        let (sender, received) = crossbeam_channel::unbounded();
+        thread::spawn(move || read_messages(server_reads, &sender));
+        (
+            client,
+            FakeServer {
+                received,
+                output: server_writes,
+            },
+        )
+    }
+
+    /// Decodes every line the client writes; ends (dropping `sender`) when its input closes.
+    fn read_messages(input: PipeReader, sender: &Sender<Message>) {
+        for line in BufReader::new(input).lines() {
+            let message = serde_json::from_str(&line.unwrap()).unwrap();
+            if sender.send(message).is_err() {
+                return;
+            }
+        }
+    }
+
+    fn soon() -> Instant {
+        Instant::now() + WAIT
+    }
+
+    fn text(value: &str) -> Value {
+        json!({"content": [{"type": "text", "text": value}]})
+    }
+
+    #[test]
+    fn the_handshake_initialises_and_follows_every_page_of_tools() {
+        let (client, mut server) = connect();
+        thread::scope(|scope| {
+            let handshake = scope.spawn(|| {
+                client.initialize(soon(), None)?;
+                client.list_tools(soon(), None)
+            });
+            let (id, params) = server.expect_request("initialize");
+            assert_eq!(params["protocolVersion"], PROTOCOL_VERSION);
+            assert_eq!(params["clientInfo"]["name"], "sparky");
+            server.reply(
+                id,
+                json!({"protocolVersion": "2025-06-18", "capabilities": {"tools": {}},
+                       "serverInfo": {"name": "fake", "version": "1"}}),
+            );
+            match server.next() {
+                Message::Notification(n) => assert_eq!(n.method, "notifications/initialized"),
+                other => panic!("expected initialized, got {other:?}"),
+            }
+            let (id, params) = server.expect_request("tools/list");
+            assert_eq!(params.get("cursor"), None);
+            server.reply(
+                id,
+                json!({"tools": [{"name": "a", "inputSchema": {"type": "object"}}],
+                       "nextCursor": "2"}),
+            );
+            let (id, params) = server.expect_request("tools/list");
+            assert_eq!(params["cursor"], "2");
+            server.reply(id, json!({"tools": [{"name": "b", "description": "B"}]}));
+            let tools = handshake.join().unwrap().unwrap();
+            let names: Vec<&str> = tools.iter().map(|t| t.name.as_str()).collect();
+            assert_eq!(names, ["a", "b"]);
+            assert_eq!(tools[1].description.as_deref(), Some("B"));
+        });
+    }
+
+    #[test]
+    fn answers_out_of_order_reach_their_own_callers() {
+        let (client, mut server) = connect();
+        let cancel = CancelFlag::new();
+        thread::scope(|scope| {
+            let calls: Vec<_> = (0..5)
+                .map(|i| {
+                    let (client, cancel) = (&client, &cancel);
+                    scope.spawn(move || {
+                        let args = json!({"n": i});
+                        client.call_tool("echo", &args, WAIT, cancel).unwrap()
+                    })
+                })
+                .collect();
+            let mut requests: Vec<(RequestId, Value)> = (0..5)
+                .map(|_| server.expect_request("tools/call"))
+                .collect();
+            requests.reverse();
+            for (id, params) in requests {
+                let n = params["arguments"]["n"].clone();
+                server.reply(id, text(&format!("answer {n}")));
+            }
+            for (i, call) in calls.into_iter().enumerate() {
+                let reply = call.join().unwrap();
+                assert_eq!(reply.text, format!("answer {i}"));
+                assert!(!reply.is_error);
+            }
+        });
+    }
+
+    #[test]
+    fn a_cancelled_call_returns_at_once_and_cancels_the_request_at_the_server() {
+        let (client, server) = connect();
+        let cancel = CancelFlag::new();
+        thread::scope(|scope| {
+            let call = scope.spawn(|| client.call_tool("slow", &json!({}), WAIT, &cancel));
+            let (id, _) = server.expect_request("tools/call");
+            let cancelled_at = Instant::now();
+            cancel.cancel();
+            let outcome = call.join().unwrap();
+            assert!(matches!(outcome, Err(McpError::Cancelled)), "{outcome:?}");
+            assert_eq!(outcome.unwrap_err().to_string(), "cancelled");
+            assert!(cancelled_at.elapsed() < Duration::from_secs(1));
+            match server.next() {
+                Message::Notification(n) => {
+                    assert_eq!(n.method, "notifications/cancelled");
+                    let params = n.params.unwrap();
+                    assert_eq!(
+                        serde_json::from_value::<RequestId>(params["requestId"].clone()).unwrap(),
+                        id
+                    );
+                    assert!(params["reason"].as_str().unwrap().contains("cancelled"));
+                }
+                other => panic!("expected notifications/cancelled, got {other:?}"),
+            }
+        });
+    }
+
+    #[test]
+    fn a_late_answer_after_a_timeout_is_ignored_and_the_request_cancelled() {
+        let (client, mut server) = connect();
+        let cancel = CancelFlag::new();
+        let outcome = client.call_tool("slow", &json!({}), Duration::from_millis(50), &cancel);
+        assert!(
+            matches!(&outcome, Err(McpError::Timeout { method, .. }) if method == "tools/call"),
+            "{outcome:?}"
+        );
+        let (id, _) = server.expect_request("tools/call");
+        match server.next() {
+            Message::Notification(n) => assert_eq!(n.method, "notifications/cancelled"),
+            other => panic!("expected notifications/cancelled, got {other:?}"),
+        }
+        // The late answer goes nowhere, and the next call still gets its own.
+        server.reply(id, text("late"));
+        thread::scope(|scope| {
+            let call = scope.spawn(|| client.call_tool("echo", &json!({}), WAIT, &cancel));
+            let (id, _) = server.expect_request("tools/call");
+            server.reply(id, text("on time"));
+            assert_eq!(call.join().unwrap().unwrap().text, "on time");
+        });
+    }
+
+    #[test]
+    fn a_server_that_stops_fails_waiting_and_new_calls_with_a_clear_error() {
+        let (client, server) = connect();
+        let cancel = CancelFlag::new();
+        thread::scope(|scope| {
+            let call = scope.spawn(|| client.call_tool("echo", &json!({}), WAIT, &cancel));
+            server.expect_request("tools/call");
+            drop(server.output); // The server's stdout closes, as when it exits.
+            let error = call.join().unwrap().unwrap_err();
+            assert!(matches!(error, McpError::Closed { .. }), "{error:?}");
+            assert!(error.to_string().contains("stopped"), "{error}");
+        });
+        assert!(!client.is_alive());
+        let again = client
+            .call_tool("echo", &json!({}), WAIT, &cancel)
+            .unwrap_err();
+        assert!(matches!(again, McpError::Closed { .. }), "{again:?}");
+    }
+
+    #[test]
+    fn errors_and_error_results_are_told_apart() {
+        let (client, mut server) = connect();
+        let cancel = CancelFlag::new();
+        thread::scope(|scope| {
+            let call = scope.spawn(|| client.call_tool("nope", &json!({}), WAIT, &cancel));
+            let (id, _) = server.expect_request("tools/call");
+            server.send(&Message::Response(Response::error(
+                Some(id),
+                -32602,
+                "Unknown tool: nope".into(),
+            )));
+            let error = call.join().unwrap().unwrap_err();
+            assert_eq!(
+                error.to_string(),
+                "mcp server fake: Unknown tool: nope (error -32602)"
+            );
+
+            let call = scope.spawn(|| client.call_tool("fail", &json!({}), WAIT, &cancel));
+            let (id, _) = server.expect_request("tools/call");
+            server.reply(
+                id,
+                json!({"content": [{"type": "text", "text": "bad"}], "isError": true}),
+            );
+            let reply = call.join().unwrap().unwrap();
+            assert_eq!((reply.is_error, reply.text.as_str()), (true, "bad"));
+
+            let call = scope.spawn(|| client.call_tool("odd", &json!({}), WAIT, &cancel));
+            let (id, _) = server.expect_request("tools/call");
+            server.reply(id, json!({"content": "not a list"}));
+            let error = call.join().unwrap().unwrap_err();
+            assert!(matches!(error, McpError::Protocol { .. }), "{error:?}");
+        });
+    }
+
+    #[test]
+    fn requests_from_the_server_are_answered_and_noise_is_ignored() {
+        let (client, mut server) = connect();
+        server.send_line("this is not json");
+        server.send_line(r#"{"jsonrpc":"2.0","method":"notifications/message","params":{}}"#);
+        server.send_line(r#"{"jsonrpc":"2.0","id":99,"result":{}}"#);
+        server.send_line(r#"{"jsonrpc":"2.0","id":"s1","method":"ping"}"#);
+        server.send_line(r#"{"jsonrpc":"2.0","id":"s2","method":"sampling/createMessage"}"#);
+        let Message::Response(pong) = server.next() else {
+            panic!("ping was not answered")
+        };
+        assert_eq!(pong.id, Some(RequestId::Text("s1".into())));
+        assert_eq!(pong.result, Some(json!({})));
+        let Message::Response(refusal) = server.next() else {
+            panic!("the request was not answered")
+        };
+        assert_eq!(refusal.id, Some(RequestId::Text("s2".into())));
+        assert_eq!(refusal.error.map(|e| e.code), Some(METHOD_NOT_FOUND));
+        // None of it broke the connection.
+        let cancel = CancelFlag::new();
+        thread::scope(|scope| {
+            let call = scope.spawn(|| client.call_tool("echo", &json!({}), WAIT, &cancel));
+            let (id, _) = server.expect_request("tools/call");
+            server.reply(id, text("fine"));
+            assert_eq!(call.join().unwrap().unwrap().text, "fine");
+        });
+    }
+
+    #[test]
+    fn dropping_the_client_closes_the_server_input() {
+        let (client, server) = connect();
+        drop(client);
+        assert_eq!(
+            server.received.recv_timeout(WAIT).err(),
+            Some(RecvTimeoutError::Disconnected)
+        );
+    }
+}

@@ -1,0 +1,102 @@
+//! The `--mcp-config` file: the usual `{"mcpServers": {"name": {"command", "args", "env"}}}`
+//! format, read into one [`ServerCommand`] per stdio server. Plain data; depends on nothing.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// The usual MCP config file: `{"mcpServers": {"name": {"command", "args", "env"}}}`.
+#[derive(Debug, Deserialize)]
+struct ConfigFile {
+    #[serde(rename = "mcpServers")]
+    servers: BTreeMap<String, ConfigEntry>,
+}
+
+/// One entry of `mcpServers`. Entries for other transports (a `url` instead of a `command`)
+/// are skipped with a warning: Sparky speaks stdio only.
+#[derive(Debug, Deserialize)]
+struct ConfigEntry {
+    command: Option<String>,
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    cwd: Option<PathBuf>,
+    #[serde(default)]
+    disabled: bool,
+}
+
+/// How to start one server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct ServerCommand {
+    /// The program to run, found on `PATH` when it has no slash.
+    pub(super) command: String,
+    /// Its arguments.
+    pub(super) args: Vec<String>,
+    /// Variables set for it, besides the few it inherits.
+    pub(super) env: BTreeMap<String, String>,
+    /// Where it runs; Sparky's own directory when `None`.
+    pub(super) cwd: Option<PathBuf>,
+}
+
+/// Reads a config file's text into the servers to start, in name order.
+pub(super) fn parse_config(text: &str) -> Result<Vec<(String, ServerCommand)>, serde_json::Error> {
+    let file: ConfigFile = serde_json::from_str(text)?;
+    let mut servers = Vec::new();
+    for (name, entry) in file.servers {
+        if entry.disabled {
+            log::info!("mcp {name}: disabled in the config");
+            continue;
+        }
+        let Some(command) = entry.command.filter(|c| !c.trim().is_empty()) else {
+            log::warn!("mcp {name}: left out: it has no \"command\" (only stdio servers work)");
+            continue;
+        };
+        servers.push((
+            name,
+            ServerCommand {
+                command,
+                args: entry.args,
+                env: entry.env,
+                cwd: entry.cwd,
+            },
+        ));
+    }
+    Ok(servers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_usual_config_format_is_read() {
+        let servers = parse_config(
+            r#"{"mcpServers": {
+                "files": {"command": "npx", "args": ["-y", "server-files", "/tmp"],
+                          "env": {"A": "1"}},
+                "plain": {"command": "plain-server"},
+                "remote": {"url": "https://example.com/mcp"},
+                "off": {"command": "x", "disabled": true}
+            }}"#,
+        )
+        .unwrap();
+        let names: Vec<&str> = servers.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(names, ["files", "plain"]);
+        assert_eq!(
+            servers[0].1,
+            ServerCommand {
+                command: "npx".into(),
+                args: vec!["-y".into(), "server-files".into(), "/tmp".into()],
+                env: BTreeMap::from([("A".into(), "1".into())]),
+                cwd: None,
+            }
+        );
+        assert!(servers[1].1.args.is_empty());
+        assert!(parse_config("{}").is_err());
+        assert!(parse_config(r#"{"mcpServers": {"a": {"command": 3}}}"#).is_err());
+        assert!(parse_config("not json").is_err());
+    }
+}

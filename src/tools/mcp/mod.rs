@@ -1,0 +1,356 @@
+//! MCP tool servers, each started from the `--mcp-config` file and spoken to over stdio. Every
+//! tool of every server joins the ToolChain as `<server>__<tool>`. Depends on `cancel`, `error`
+//! and `tools`.
+//!
+//! `tools/mcp/` is the only place that spawns processes, and the MCP JSON shapes stay private
+//! to it. Its files, in reading order:
+//!
+//! - `config.rs`: the config file, one `ServerCommand` per server;
+//! - `wire.rs`: JSON-RPC messages and the MCP results we read;
+//! - `process.rs`: a server's process, in a process group of its own, and how it is stopped;
+//! - `client.rs`: `McpClient`, requests matched to answers by id over a pipe pair;
+//! - `supervisor.rs`: a server restarted after a crash, and its tools;
+//! - this file: `load`, `McpServers` (every server of one config), `McpError`, tool names.
+//!
+//! One process per configured server is shared by every session. Callers never hold a lock
+//! across IO: a request registers a one-shot channel under its id, hands its line to the
+//! server's writer thread, and waits on the channel in short slices so that it sees its turn's
+//! [`CancelFlag`](crate::cancel::CancelFlag) at once. A server that dies fails every waiting
+//! call with a clear error and is started again by the next call.
+
+mod client;
+mod config;
+mod process;
+mod supervisor;
+mod wire;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::tools::Tool;
+
+use self::config::{ServerCommand, parse_config};
+use self::supervisor::{McpServer, McpTool, Started, start_server};
+
+/// The MCP revision Sparky asks for in `initialize`. It is the newest revision with the
+/// `initialize` handshake: 2026-07-28 made the protocol stateless, and servers that speak it
+/// still accept this handshake from older clients.
+pub const PROTOCOL_VERSION: &str = "2025-11-25";
+
+/// How long a `tools/call` may take before it is cancelled and reported as timed out.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a server has to start: spawn, `initialize` and every page of `tools/list`.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Longest tool name the model may see (the OpenAI function-name limit).
+pub const MAX_TOOL_NAME_CHARS: usize = 64;
+
+/// What stands between the server's name and the tool's name in [`tool_name`].
+pub const NAME_SEPARATOR: &str = "__";
+
+/// How often a waiting caller looks at its cancel flag.
+const WAIT_SLICE: Duration = Duration::from_millis(20);
+
+/// Starts every server in the MCP config file at `path` and returns them with their tools.
+///
+/// Servers start side by side. One that cannot be spawned, initialised or listed is logged
+/// (`warn`) and left out; the others still load.
+///
+/// # Errors
+///
+/// [`Error::Config`] when the file cannot be read or is not an MCP config.
+pub fn load(path: &Path) -> Result<McpServers> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::Config(format!(
+            "cannot read the MCP config {}: {e}",
+            path.display()
+        ))
+    })?;
+    let entries = parse_config(&text)
+        .map_err(|e| Error::Config(format!("{} is not an MCP config: {e}", path.display())))?;
+    Ok(McpServers::start(entries))
+}
+
+/// The name a server's tool has in the ToolChain: `<server>__<tool>`.
+///
+/// Every character of either part outside `[a-zA-Z0-9_-]` becomes `_`. A result longer than
+/// [`MAX_TOOL_NAME_CHARS`] keeps its first 55 characters and ends in `_` and eight hex digits
+/// of a hash of both original names, so that long names stay distinct and stable across runs.
+pub fn tool_name(server: &str, tool: &str) -> String {
+    let full = format!("{}{NAME_SEPARATOR}{}", sanitize(server), sanitize(tool));
+    if full.len() <= MAX_TOOL_NAME_CHARS {
+        return full;
+    }
+    let hash = fnv1a(format!("{server}\0{tool}").as_bytes());
+    // `full` is ASCII, so any byte index is a character boundary.
+    format!("{}_{hash:08x}", &full[..MAX_TOOL_NAME_CHARS - 9])
+}
+
+/// The MCP servers started from one config file, and their tools. Cheap to keep: the tools
+/// hold the servers too, so the ToolChain keeps them alive. Dropping this (or calling
+/// [`shutdown`](Self::shutdown)) stops every server process.
+pub struct McpServers {
+    servers: Vec<Arc<McpServer>>,
+    tools: Vec<Arc<dyn Tool>>,
+}
+
+impl fmt::Debug for McpServers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.servers.iter().map(|s| s.name.as_str()).collect();
+        let tools: Vec<&str> = self.tools.iter().map(|t| t.name()).collect();
+        f.debug_struct("McpServers")
+            .field("servers", &names)
+            .field("tools", &tools)
+            .finish()
+    }
+}
+
+impl McpServers {
+    /// Every tool of every server that started, in server-name order, under the names of
+    /// [`tool_name`].
+    pub fn tools(&self) -> &[Arc<dyn Tool>] {
+        &self.tools
+    }
+
+    /// The names of the servers that started.
+    pub fn server_names(&self) -> Vec<String> {
+        self.servers.iter().map(|s| s.name.clone()).collect()
+    }
+
+    /// Stops every server: closes its input, then stops its whole process group (SIGTERM,
+    /// then SIGKILL), side by side, one `mcp-<name>-stop` thread each. Returns once every
+    /// server's own process has been waited for: at once for servers that exit when their
+    /// input closes, after about three seconds at most for one that lingers. Their tools
+    /// answer with an error from then on and are not restarted. Calling it twice is harmless.
+    pub fn shutdown(&self) {
+        thread::scope(|scope| {
+            for server in &self.servers {
+                let stopping = thread::Builder::new()
+                    .name(format!("mcp-{}-stop", server.name))
+                    .spawn_scoped(scope, || server.shutdown());
+                if stopping.is_err() {
+                    // No thread: stop this one here instead.
+                    server.shutdown();
+                }
+            }
+        });
+    }
+
+    /// Starts the servers of a parsed config side by side and keeps those that came up.
+    fn start(entries: Vec<(String, ServerCommand)>) -> Self {
+        let started: Vec<(String, ServerCommand, Result<Started, McpError>)> =
+            thread::scope(|scope| {
+                let spawned: Vec<_> = entries
+                    .into_iter()
+                    .map(|(name, command)| {
+                        let (thread_name, thread_command) = (name.clone(), command.clone());
+                        let handle = thread::Builder::new()
+                            .name(format!("mcp-{name}-start"))
+                            .spawn_scoped(scope, move || {
+                                start_server(&thread_name, &thread_command, START_TIMEOUT, None)
+                            });
+                        (name, command, handle)
+                    })
+                    .collect();
+                spawned
+                    .into_iter()
+                    .map(|(name, command, handle)| {
+                        let result = match handle {
+                            Ok(handle) => handle.join().unwrap_or_else(|_| {
+                                Err(McpError::Start {
+                                    server: name.clone(),
+                                    detail: "its start-up thread panicked".into(),
+                                })
+                            }),
+                            Err(e) => Err(McpError::Start {
+                                server: name.clone(),
+                                detail: format!("no thread to start it: {e}"),
+                            }),
+                        };
+                        (name, command, result)
+                    })
+                    .collect()
+            });
+
+        let mut servers = Vec::new();
+        let mut tools: Vec<Arc<dyn Tool>> = Vec::new();
+        let mut names = HashSet::new();
+        for (name, command, result) in started {
+            let (client, remote_tools) = match result {
+                Ok(started) => started,
+                Err(e) => {
+                    log::warn!("mcp {name}: not loaded: {e}");
+                    continue;
+                }
+            };
+            let server = Arc::new(McpServer::new(name.clone(), command, client));
+            let mut count = 0;
+            for remote in remote_tools {
+                let full_name = tool_name(&name, &remote.name);
+                if remote.name.is_empty() || !names.insert(full_name.clone()) {
+                    log::warn!(
+                        "mcp {name}: tool {:?} left out: its name is empty or taken ({full_name})",
+                        remote.name
+                    );
+                    continue;
+                }
+                tools.push(Arc::new(McpTool::new(server.clone(), full_name, remote)));
+                count += 1;
+            }
+            log::info!("mcp {name}: loaded with {count} tools");
+            servers.push(server);
+        }
+        McpServers { servers, tools }
+    }
+}
+
+impl Drop for McpServers {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// What went wrong talking to an MCP server. The `Display` text is what the model and the user
+/// see as the tool's error.
+#[derive(Debug)]
+pub enum McpError {
+    /// The server could not be started: it could not be spawned or a thread for it could not be
+    /// created.
+    Start {
+        /// The server's name in the config.
+        server: String,
+        /// What failed.
+        detail: String,
+    },
+    /// The server stopped: its output closed, or reading or writing its pipes failed.
+    Closed {
+        /// The server's name in the config.
+        server: String,
+        /// Why, and what happens next.
+        reason: String,
+    },
+    /// The server is not reading its input: too many messages are queued for it.
+    Busy {
+        /// The server's name in the config.
+        server: String,
+    },
+    /// No answer came in time; the request was cancelled.
+    Timeout {
+        /// The server's name in the config.
+        server: String,
+        /// The request's method.
+        method: String,
+        /// How long we waited.
+        after: Duration,
+    },
+    /// The turn was cancelled while the request was in flight; the request was cancelled too.
+    Cancelled,
+    /// The server answered with a JSON-RPC error.
+    Rpc {
+        /// The server's name in the config.
+        server: String,
+        /// The JSON-RPC error code.
+        code: i64,
+        /// The server's message.
+        message: String,
+    },
+    /// The server answered something that is not what MCP says it should be.
+    Protocol {
+        /// The server's name in the config.
+        server: String,
+        /// What was wrong.
+        detail: String,
+    },
+}
+
+impl fmt::Display for McpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            McpError::Start { server, detail } => {
+                write!(f, "mcp server {server}: cannot start: {detail}")
+            }
+            McpError::Closed { server, reason } => {
+                write!(f, "mcp server {server} stopped: {reason}")
+            }
+            McpError::Busy { server } => write!(f, "mcp server {server} is not reading its input"),
+            McpError::Timeout {
+                server,
+                method,
+                after,
+            } => write!(
+                f,
+                "mcp server {server} did not answer {method} within {after:?}"
+            ),
+            McpError::Cancelled => write!(f, "cancelled"),
+            McpError::Rpc {
+                server,
+                code,
+                message,
+            } => write!(f, "mcp server {server}: {message} (error {code})"),
+            McpError::Protocol { server, detail } => {
+                write!(f, "mcp server {server}: unexpected answer: {detail}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for McpError {}
+
+fn sanitize(part: &str) -> String {
+    part.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// 32-bit FNV-1a: a tiny hash that, unlike std's, is the same in every build.
+fn fnv1a(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5, |hash: u32, byte| {
+        (hash ^ u32::from(*byte)).wrapping_mul(0x0100_0193)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tool_names_are_prefixed_sanitised_and_at_most_64_characters() {
+        assert_eq!(tool_name("files", "read_file"), "files__read_file");
+        assert_eq!(tool_name("my server", "a.b/c-d"), "my_server__a_b_c-d");
+        assert_eq!(tool_name("é", "ü"), "____");
+        let long = tool_name("server", &"x".repeat(100));
+        assert_eq!(long.len(), MAX_TOOL_NAME_CHARS);
+        assert!(long.starts_with("server__xxx"));
+        // Names that share a long prefix stay distinct, and the same name maps the same way.
+        let other = tool_name("server", &format!("{}y", "x".repeat(99)));
+        assert_ne!(long, other);
+        assert_eq!(long, tool_name("server", &"x".repeat(100)));
+        assert!(
+            long.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        );
+    }
+
+    #[test]
+    fn load_reports_a_missing_or_broken_file_as_a_config_error() {
+        let missing = load(Path::new("/nonexistent/sparky-mcp.json")).unwrap_err();
+        assert!(matches!(&missing, Error::Config(detail) if detail.contains("cannot read")));
+        let path = std::env::temp_dir().join(format!("sparky-mcp-bad-{}.json", std::process::id()));
+        std::fs::write(&path, "{\"mcpServers\": [").unwrap();
+        let broken = load(&path).unwrap_err();
+        let _ = std::fs::remove_file(&path);
+        assert!(matches!(&broken, Error::Config(detail) if detail.contains("not an MCP config")));
+    }
+}

@@ -1,0 +1,368 @@
+//! Wire types: JSON-RPC 2.0 messages as MCP's stdio transport carries them (one per line), the
+//! parts of MCP results Sparky reads, and how a tool result's content becomes text. Plain
+//! serde types; the MCP JSON shapes stay private to `tools/mcp/`. Depends on nothing.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::Value;
+
+/// JSON-RPC's "method not found", the answer to every request a server makes of us but `ping`.
+pub(super) const METHOD_NOT_FOUND: i64 = -32601;
+
+/// The `"jsonrpc": "2.0"` member every message carries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct JsonRpc;
+
+impl Serialize for JsonRpc {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str("2.0")
+    }
+}
+
+/// A request id: we send numbers; servers may use strings for theirs.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+pub(super) enum RequestId {
+    Number(i64),
+    Text(String),
+}
+
+/// Any message on the wire. Encoded as the variant's own object; decoded by looking at which
+/// of `id` and `method` are present (a request has both, a notification only `method`, a
+/// response only `id`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged, try_from = "RawMessage")]
+pub(super) enum Message {
+    Request(Request),
+    Response(Response),
+    Notification(Notification),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub(super) struct Request {
+    pub(super) jsonrpc: JsonRpc,
+    pub(super) id: RequestId,
+    pub(super) method: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) params: Option<Value>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub(super) struct Notification {
+    pub(super) jsonrpc: JsonRpc,
+    pub(super) method: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) params: Option<Value>,
+}
+
+/// A response. `id` is null only in an error about a request the server could not read.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub(super) struct Response {
+    pub(super) jsonrpc: JsonRpc,
+    pub(super) id: Option<RequestId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) result: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) error: Option<RpcError>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(super) struct RpcError {
+    pub(super) code: i64,
+    pub(super) message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) data: Option<Value>,
+}
+
+/// Every member a message may have, before we know which kind it is.
+#[derive(Deserialize)]
+struct RawMessage {
+    jsonrpc: String,
+    #[serde(default, deserialize_with = "present")]
+    id: Option<Value>,
+    method: Option<String>,
+    params: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    result: Option<Value>,
+    error: Option<RpcError>,
+}
+
+/// Deserialises a member that is present as `Some`, even when it is `null`.
+fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(deserializer).map(Some)
+}
+
+impl TryFrom<RawMessage> for Message {
+    type Error = String;
+
+    fn try_from(raw: RawMessage) -> Result<Self, String> {
+        if raw.jsonrpc != "2.0" {
+            return Err(format!("jsonrpc is {:?}, not \"2.0\"", raw.jsonrpc));
+        }
+        let has_id = raw.id.is_some();
+        let id = match raw.id {
+            None | Some(Value::Null) => None,
+            Some(id) => Some(
+                serde_json::from_value::<RequestId>(id.clone())
+                    .map_err(|_| format!("{id} is not a request id"))?,
+            ),
+        };
+        match (raw.method, id) {
+            (Some(method), Some(id)) => Ok(Message::Request(Request {
+                jsonrpc: JsonRpc,
+                id,
+                method,
+                params: raw.params,
+            })),
+            (Some(method), None) => Ok(Message::Notification(Notification {
+                jsonrpc: JsonRpc,
+                method,
+                params: raw.params,
+            })),
+            (None, id) if has_id => {
+                if raw.result.is_none() && raw.error.is_none() {
+                    return Err("a response with neither result nor error".into());
+                }
+                Ok(Message::Response(Response {
+                    jsonrpc: JsonRpc,
+                    id,
+                    result: raw.result,
+                    error: raw.error,
+                }))
+            }
+            (None, _) => Err("neither a request, a response nor a notification".into()),
+        }
+    }
+}
+
+impl Message {
+    pub(super) fn request(id: i64, method: &str, params: Value) -> Self {
+        Message::Request(Request {
+            jsonrpc: JsonRpc,
+            id: RequestId::Number(id),
+            method: method.to_owned(),
+            params: Some(params),
+        })
+    }
+
+    pub(super) fn notification(method: &str, params: Option<Value>) -> Self {
+        Message::Notification(Notification {
+            jsonrpc: JsonRpc,
+            method: method.to_owned(),
+            params,
+        })
+    }
+}
+
+impl Response {
+    pub(super) fn ok(id: Option<RequestId>, result: Value) -> Self {
+        Response {
+            jsonrpc: JsonRpc,
+            id,
+            result: Some(result),
+            error: None,
+        }
+    }
+
+    pub(super) fn error(id: Option<RequestId>, code: i64, message: String) -> Self {
+        Response {
+            jsonrpc: JsonRpc,
+            id,
+            result: None,
+            error: Some(RpcError {
+                code,
+                message,
+                data: None,
+            }),
+        }
+    }
+}
+
+/// The part of the `initialize` result we use.
+#[derive(Debug, Deserialize)]
+pub(super) struct InitializeResult {
+    #[serde(rename = "protocolVersion")]
+    pub(super) protocol_version: String,
+    #[serde(rename = "serverInfo")]
+    pub(super) server_info: Option<Implementation>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct Implementation {
+    #[serde(default)]
+    pub(super) name: String,
+    #[serde(default)]
+    pub(super) version: String,
+}
+
+/// One page of `tools/list`.
+#[derive(Debug, Deserialize)]
+pub(super) struct ToolsPage {
+    pub(super) tools: Vec<RemoteTool>,
+    #[serde(rename = "nextCursor")]
+    pub(super) next_cursor: Option<String>,
+}
+
+/// A tool as its server describes it.
+#[derive(Debug, Deserialize)]
+pub(super) struct RemoteTool {
+    pub(super) name: String,
+    pub(super) title: Option<String>,
+    pub(super) description: Option<String>,
+    #[serde(rename = "inputSchema")]
+    pub(super) input_schema: Option<Value>,
+}
+
+/// The part of a `tools/call` result we use.
+#[derive(Debug, Deserialize)]
+pub(super) struct CallToolResult {
+    #[serde(default)]
+    pub(super) content: Vec<Value>,
+    #[serde(default, rename = "isError")]
+    pub(super) is_error: bool,
+    #[serde(rename = "structuredContent")]
+    pub(super) structured_content: Option<Value>,
+}
+
+/// Turns a `tools/call` result's content into text: text items joined with newlines, other
+/// kinds summarised in brackets, and `structuredContent` when there is no content at all.
+pub(super) fn render_content(content: &[Value], structured: Option<&Value>) -> String {
+    let parts: Vec<String> = content.iter().map(describe_content).collect();
+    if !parts.is_empty() {
+        return parts.join("\n");
+    }
+    match structured {
+        Some(value) => value.to_string(),
+        None => "(no output)".to_owned(),
+    }
+}
+
+/// One content item as text.
+fn describe_content(item: &Value) -> String {
+    let kind = item
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("unknown");
+    let field =
+        |value: &Value, key: &str| value.get(key).and_then(Value::as_str).map(str::to_owned);
+    match kind {
+        "text" => field(item, "text").unwrap_or_default(),
+        "image" | "audio" => match field(item, "mimeType") {
+            Some(mime) => format!("[{kind}: {mime}]"),
+            None => format!("[{kind}]"),
+        },
+        "resource" => {
+            let resource = item.get("resource").unwrap_or(&Value::Null);
+            field(resource, "text").unwrap_or_else(|| {
+                format!("[resource: {}]", field(resource, "uri").unwrap_or_default())
+            })
+        }
+        "resource_link" => format!(
+            "[resource link: {}]",
+            field(item, "uri").unwrap_or_default()
+        ),
+        other => format!("[{other} content]"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn messages_encode_to_golden_json_and_decode_back() {
+        let cases = [
+            (
+                Message::request(7, "tools/list", json!({"cursor": "c"})),
+                r#"{"jsonrpc":"2.0","id":7,"method":"tools/list","params":{"cursor":"c"}}"#,
+            ),
+            (
+                Message::Request(Request {
+                    jsonrpc: JsonRpc,
+                    id: RequestId::Text("srv-1".into()),
+                    method: "ping".into(),
+                    params: None,
+                }),
+                r#"{"jsonrpc":"2.0","id":"srv-1","method":"ping"}"#,
+            ),
+            (
+                Message::notification("notifications/initialized", None),
+                r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+            ),
+            (
+                Message::notification(
+                    "notifications/cancelled",
+                    Some(json!({"requestId": 3, "reason": "stop"})),
+                ),
+                r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"reason":"stop","requestId":3}}"#,
+            ),
+            (
+                Message::Response(Response::ok(
+                    Some(RequestId::Number(3)),
+                    json!({"tools": []}),
+                )),
+                r#"{"jsonrpc":"2.0","id":3,"result":{"tools":[]}}"#,
+            ),
+            (
+                Message::Response(Response::ok(Some(RequestId::Number(4)), Value::Null)),
+                r#"{"jsonrpc":"2.0","id":4,"result":null}"#,
+            ),
+            (
+                Message::Response(Response::error(
+                    Some(RequestId::Text("x".into())),
+                    METHOD_NOT_FOUND,
+                    "no".into(),
+                )),
+                r#"{"jsonrpc":"2.0","id":"x","error":{"code":-32601,"message":"no"}}"#,
+            ),
+            (
+                Message::Response(Response::error(None, -32700, "parse error".into())),
+                r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"parse error"}}"#,
+            ),
+        ];
+        for (message, golden) in cases {
+            assert_eq!(serde_json::to_string(&message).unwrap(), golden);
+            assert_eq!(
+                serde_json::from_str::<Message>(golden).unwrap(),
+                message,
+                "{golden}"
+            );
+        }
+    }
+
+    #[test]
+    fn decoding_refuses_what_is_not_json_rpc() {
+        for bad in [
+            r#"{"id":1,"method":"ping"}"#,
+            r#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#,
+            r#"{"jsonrpc":"2.0"}"#,
+            r#"{"jsonrpc":"2.0","id":1}"#,
+            r#"{"jsonrpc":"2.0","id":1.5,"method":"ping"}"#,
+            r#"[1, 2]"#,
+        ] {
+            assert!(serde_json::from_str::<Message>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn content_is_joined_and_other_kinds_are_summarised() {
+        let content = [
+            json!({"type": "text", "text": "one"}),
+            json!({"type": "image", "data": "AAAA", "mimeType": "image/png"}),
+            json!({"type": "audio", "data": "AAAA"}),
+            json!({"type": "resource", "resource": {"uri": "file:///a", "text": "inside"}}),
+            json!({"type": "resource", "resource": {"uri": "file:///b", "blob": "AAAA"}}),
+            json!({"type": "resource_link", "uri": "file:///c", "name": "c"}),
+            json!({"type": "hologram"}),
+            json!({"type": "text", "text": "two"}),
+        ];
+        assert_eq!(
+            render_content(&content, None),
+            "one\n[image: image/png]\n[audio]\ninside\n[resource: file:///b]\n\
+             [resource link: file:///c]\n[hologram content]\ntwo"
+        );
+        assert_eq!(render_content(&[], Some(&json!({"n": 1}))), r#"{"n":1}"#);
+        assert_eq!(render_content(&[], None), "(no output)");
+    }
+}
