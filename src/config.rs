@@ -22,6 +22,11 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Keep everything in memory: no data directory, nothing survives a restart.
     pub in_memory: bool,
+    /// A PostgreSQL database to keep everything in (`postgres://USER@HOST[:PORT]/DB`), instead
+    /// of the SQLite file in `data_dir`. Its Debug form hides any password.
+    pub database_url: Option<String>,
+    /// Connections the PostgreSQL store's pool may open, besides the writer's own.
+    pub store_pool: usize,
     /// A cap on the store's size in bytes; past it, writes fail as on a full disk (new turns
     /// are refused until there is room). `None`: only the disk's size.
     pub max_store_bytes: Option<u64>,
@@ -179,6 +184,8 @@ impl Default for Config {
             addr: SocketAddr::from(([127, 0, 0, 1], 8000)),
             data_dir: PathBuf::from("sparky-data"),
             in_memory: false,
+            database_url: None,
+            store_pool: 8,
             max_store_bytes: None,
             max_steps: 8,
             model: ModelKind::Offline,
@@ -229,6 +236,11 @@ impl fmt::Debug for Config {
             .field("addr", &self.addr)
             .field("data_dir", &self.data_dir)
             .field("in_memory", &self.in_memory)
+            .field(
+                "database_url",
+                &self.database_url.as_deref().map(redact_url),
+            )
+            .field("store_pool", &self.store_pool)
             .field("max_steps", &self.max_steps)
             .field("model", &self.model)
             .field("model_url", &self.model_url)
@@ -266,6 +278,35 @@ impl fmt::Debug for Config {
             .field("mcp_config", &self.mcp_config)
             .finish()
     }
+}
+
+/// `url` with any password replaced by `***`, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    let mut text = url.to_owned();
+    if let Some(scheme_end) = text.find("://") {
+        let rest = &text[scheme_end + 3..];
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        if let Some(at) = rest[..authority_end].rfind('@')
+            && let Some(colon) = rest[..at].find(':')
+        {
+            let start = scheme_end + 3 + colon + 1;
+            text.replace_range(start..scheme_end + 3 + at, "***");
+        }
+    }
+    // `password=` in a query string or in the key=value form.
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    while let Some(at) = rest.find("password=") {
+        let value = at + "password=".len();
+        out.push_str(&rest[..value]);
+        out.push_str("***");
+        let end = rest[value..]
+            .find(['&', ' '])
+            .map_or(rest.len(), |end| value + end);
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Reads a duration written as a number and a unit: `500ms`, `90s`, `60m`, `2h`, `1d`. A bare
@@ -335,6 +376,28 @@ mod tests {
         let text = format!("{config:?}");
         assert!(!text.contains("hunter2-secret"), "{text}");
         assert!(text.contains("[1 redacted]"), "{text}");
+    }
+
+    #[test]
+    fn database_passwords_are_kept_out_of_messages() {
+        assert_eq!(
+            redact_url("postgres://ann:s3cret@db.example:5433/sparky"),
+            "postgres://ann:***@db.example:5433/sparky"
+        );
+        assert_eq!(
+            redact_url("postgres://ann@db/sparky?password=s3cret&sslmode=disable"),
+            "postgres://ann@db/sparky?password=***&sslmode=disable"
+        );
+        assert_eq!(
+            redact_url("host=db user=ann password=s3cret dbname=sparky"),
+            "host=db user=ann password=*** dbname=sparky"
+        );
+        assert_eq!(redact_url("postgres://ann@db/x"), "postgres://ann@db/x");
+        let config = Config {
+            database_url: Some("postgres://ann:s3cret@db/sparky".into()),
+            ..Config::default()
+        };
+        assert!(!format!("{config:?}").contains("s3cret"));
     }
 
     #[test]

@@ -541,15 +541,88 @@ pub fn route(head: &RequestHead, server: &ServerView<'_>) -> Route {
         }
         "/metrics" if get => Route::Http(Response {
             content_type: "text/plain; version=0.0.4; charset=utf-8",
-            ..Response::text(200, "OK", &server.metrics.render(server.sessions.len()))
+            ..Response::text(200, "OK", &metrics_text(server))
         }),
         _ => Route::Http(Response::text(404, "Not Found", "not found\n")),
     }
 }
 
+/// The server's counters, then the store's: whether it reaches its database, and its pool.
+fn metrics_text(server: &ServerView<'_>) -> String {
+    let mut text = server.metrics.render(server.sessions.len());
+    let store = server.sessions.store().status();
+    let mut samples = vec![(
+        "sparky_store_up",
+        "gauge",
+        "1 while the store reaches its database and takes writes.",
+        u64::from(store.reachable && !server.sessions.journal().failing()),
+    )];
+    if let Some(pool) = store.pool {
+        samples.extend([
+            (
+                "sparky_store_pool_size",
+                "gauge",
+                "Connections the store's pool may open (--store-pool).",
+                pool.size,
+            ),
+            (
+                "sparky_store_pool_open",
+                "gauge",
+                "Pool connections open, in use or idle.",
+                pool.open,
+            ),
+            (
+                "sparky_store_pool_in_use",
+                "gauge",
+                "Pool connections lent out.",
+                pool.in_use,
+            ),
+            (
+                "sparky_store_pool_waiting",
+                "gauge",
+                "Threads waiting for a pool connection.",
+                pool.waiting,
+            ),
+            (
+                "sparky_store_pool_checkouts_total",
+                "counter",
+                "Pool connections lent.",
+                pool.checkouts_total,
+            ),
+            (
+                "sparky_store_pool_waits_total",
+                "counter",
+                "Checkouts that waited for a connection to come back.",
+                pool.waits_total,
+            ),
+            (
+                "sparky_store_pool_timeouts_total",
+                "counter",
+                "Checkouts that gave up waiting.",
+                pool.timeouts_total,
+            ),
+            (
+                "sparky_store_connects_total",
+                "counter",
+                "Database connections opened, the writer's included.",
+                pool.connects_total,
+            ),
+            (
+                "sparky_store_connect_failures_total",
+                "counter",
+                "Attempts to connect to the database that failed.",
+                pool.connect_failures_total,
+            ),
+        ]);
+    }
+    text.push_str(&Metrics::render_samples(&samples));
+    text
+}
+
 fn health(server: &ServerView<'_>) -> Response {
     let engine = server.sessions.engine();
-    let degraded = server.sessions.journal().failing();
+    let store = server.sessions.store().status();
+    let degraded = server.sessions.journal().failing() || !store.reachable;
     let status = if server.shutting_down {
         "shutting_down"
     } else if degraded {
@@ -569,6 +642,8 @@ fn health(server: &ServerView<'_>) -> Response {
             "sessions": server.sessions.len(),
             "model": engine.model.name(),
             "tools_loaded": engine.tools.len(),
+            "store": if degraded { "failing" } else { "ok" },
+            "store_backend": store.backend,
         })
     };
     let (status, reason) = if server.shutting_down || degraded {

@@ -30,8 +30,21 @@ struct Args {
     #[arg(long, default_value = "sparky-data")]
     data_dir: PathBuf,
     /// Keep everything in memory: no data directory is touched, nothing survives a restart.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "store")]
     in_memory: bool,
+    /// Keep everything in PostgreSQL instead of SQLite: postgres://USER[:PASSWORD]@HOST[:PORT]/DB
+    /// (default: the SPARKY_DATABASE_URL environment variable, else SQLite in --data-dir).
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
+    /// With a PostgreSQL store: connections its pool may open for reads and graph writes,
+    /// besides the one the journal writes with.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = Config::default().store_pool,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1000)
+    )]
+    store_pool: usize,
     /// Model steps (model calls) allowed in one turn.
     #[arg(long, default_value_t = Config::default().max_steps)]
     max_steps: usize,
@@ -164,6 +177,25 @@ struct Args {
     /// that runs out answers with what it found so far, e.g. 200ms.
     #[arg(long, value_name = "DURATION", default_value = "200ms", value_parser = parse_duration)]
     search_budget: Duration,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// What `sparky` does besides serving.
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Copy a SQLite data directory (conversations, events, messages, notes, the knowledge
+    /// graph) into an empty PostgreSQL database, in one transaction. Stop the server that uses
+    /// the directory first.
+    MigrateStore {
+        /// The SQLite data directory (--data-dir of the server that wrote it).
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
+        /// The PostgreSQL database: postgres://USER[:PASSWORD]@HOST[:PORT]/DB (default: the
+        /// SPARKY_DATABASE_URL environment variable).
+        #[arg(long, value_name = "URL")]
+        to: Option<String>,
+    },
 }
 
 impl Args {
@@ -172,6 +204,8 @@ impl Args {
             addr: self.addr,
             data_dir: self.data_dir,
             in_memory: self.in_memory,
+            database_url: self.store,
+            store_pool: self.store_pool,
             max_steps: self.max_steps,
             model: match self.model {
                 ModelArg::Offline => ModelKind::Offline,
@@ -323,8 +357,115 @@ fn init_logging(level: LevelFilter, tokens: &[String]) {
     }
 }
 
+/// The database URL given with a flag, else the one in `SPARKY_DATABASE_URL`; checked to be a
+/// PostgreSQL one.
+fn database_url(flag: Option<String>, name: &str) -> Result<Option<String>, String> {
+    let url = flag.or_else(|| {
+        std::env::var("SPARKY_DATABASE_URL")
+            .ok()
+            .filter(|url| !url.trim().is_empty())
+    });
+    match url {
+        Some(url) if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) => {
+            Err(format!(
+                "{name} takes a PostgreSQL URL like postgres://USER@HOST[:PORT]/DB, not {}",
+                sparky::config::redact_url(&url)
+            ))
+        }
+        url => Ok(url),
+    }
+}
+
+/// `sparky migrate-store`: copies `from` into the database at `to`, printing what it copied.
+fn migrate_store(from: &std::path::Path, to: &str, pool: usize) -> ExitCode {
+    use sparky::store::{PostgresStore, SqliteStore, copy_sqlite_to_postgres};
+    if !from.join(sparky::store::DATABASE_FILE).is_file() {
+        eprintln!(
+            "sparky: {} holds no {}; --from takes the --data-dir of a server",
+            from.display(),
+            sparky::store::DATABASE_FILE
+        );
+        return ExitCode::FAILURE;
+    }
+    let source = match SqliteStore::open(from) {
+        Ok(store) => store,
+        Err(e) => {
+            eprintln!("sparky: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let target = match PostgresStore::connect(to, pool) {
+        Ok(store) => store,
+        Err(e) => {
+            eprintln!("sparky: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut shown = std::time::Instant::now();
+    let mut progress = |report: &sparky::store::CopyReport| {
+        if shown.elapsed() >= Duration::from_secs(2) {
+            shown = std::time::Instant::now();
+            log::info!(
+                "migrate-store: {} conversations, {} events so far",
+                report.conversations,
+                report.events
+            );
+        }
+    };
+    match copy_sqlite_to_postgres(&source, &target, &mut progress) {
+        Ok(report) => {
+            println!(
+                "copied {} conversations ({} events, {} messages, {} notes) and {} nodes and \
+                 {} edges from {} to {}",
+                report.conversations,
+                report.events,
+                report.messages,
+                report.notes,
+                report.nodes,
+                report.edges,
+                from.display(),
+                target.target()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("sparky: migrate-store: {e}; nothing was copied");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if let Some(Command::MigrateStore { from, to }) = args.command.take() {
+        init_logging(args.log_level, &[]);
+        return match database_url(to, "--to") {
+            Ok(Some(to)) => migrate_store(&from, &to, args.store_pool),
+            Ok(None) => {
+                eprintln!("sparky: migrate-store needs --to URL (or SPARKY_DATABASE_URL)");
+                ExitCode::FAILURE
+            }
+            Err(e) => {
+                eprintln!("sparky: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    args.store = match database_url(args.store.take(), "--store") {
+        Ok(url) if args.in_memory => {
+            if url.is_some() {
+                eprintln!(
+                    "sparky: --in-memory keeps everything in memory; SPARKY_DATABASE_URL is ignored"
+                );
+            }
+            None
+        }
+        Ok(url) => url,
+        Err(e) => {
+            eprintln!("sparky: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let log_level = args.log_level;
     let token_file = args.auth_token_file.clone();
     let mut config = args.into_config();

@@ -144,6 +144,19 @@ impl Metrics {
             .or_default() += 1;
     }
 
+    /// Prometheus text for figures kept elsewhere (the store's pool): one `(name, kind, help,
+    /// value)` each.
+    pub fn render_samples(samples: &[(&str, &str, &str, u64)]) -> String {
+        let mut out = String::new();
+        for (name, kind, help, value) in samples {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        }
+        out
+    }
+
     /// Renders every counter, plus the live session count, in the Prometheus text format.
     pub fn render(&self, sessions: usize) -> String {
         let mut out = String::new();

@@ -30,7 +30,7 @@ use crate::metrics::Metrics;
 use crate::model::ModelBackend;
 use crate::model::offline::OfflineModel;
 use crate::session::SessionManager;
-use crate::store::{ConversationStore, GraphStore, SqliteStore};
+use crate::store::{ConversationStore, GraphStore, PostgresStore, SqliteStore};
 use crate::tools::ToolChain;
 use crate::tools::mcp::{self, McpServers};
 
@@ -94,7 +94,8 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener> {
 ///
 /// # Errors
 ///
-/// When the store cannot be opened (see [`SqliteStore::open`]), the listener's address cannot
+/// When the store cannot be opened (see [`SqliteStore::open`] and
+/// [`PostgresStore::connect`]), the listener's address cannot
 /// be read, or a thread cannot be started.
 pub fn spawn(listener: TcpListener, config: Config) -> Result<ServerHandle> {
     spawn_with(listener, config, Arc::new(OfflineModel))
@@ -131,17 +132,7 @@ pub fn spawn_with(
         );
     }
     let metrics = Arc::new(Metrics::default());
-    let store = Arc::new(if config.in_memory {
-        SqliteStore::in_memory()?
-    } else {
-        SqliteStore::open(&config.data_dir)?
-    });
-    if let Some(bytes) = config.max_store_bytes {
-        store.set_size_limit(Some(bytes))?;
-    }
-    store.set_search_budget(config.search_budget);
-    let conversations: Arc<dyn ConversationStore> = store.clone();
-    let graph: Arc<dyn GraphStore> = store;
+    let (conversations, graph) = open_store(&config)?;
     // Before the journal starts, so that nothing else writes meanwhile.
     migrate_owners(conversations.as_ref(), graph.as_ref(), &config.auth_tokens)?;
     let api_graph = graph.clone();
@@ -368,6 +359,27 @@ fn wake_addr(addr: SocketAddr) -> SocketAddr {
         });
     }
     target
+}
+
+/// The store `config` asks for: PostgreSQL with `database_url`, else SQLite in `data_dir` (or
+/// in memory), with its size cap and search budget set.
+fn open_store(config: &Config) -> Result<(Arc<dyn ConversationStore>, Arc<dyn GraphStore>)> {
+    if let Some(url) = &config.database_url {
+        let store = Arc::new(PostgresStore::connect(url, config.store_pool)?);
+        store.set_size_limit(config.max_store_bytes)?;
+        store.set_search_budget(config.search_budget);
+        return Ok((store.clone(), store));
+    }
+    let store = Arc::new(if config.in_memory {
+        SqliteStore::in_memory()?
+    } else {
+        SqliteStore::open(&config.data_dir)?
+    });
+    if let Some(bytes) = config.max_store_bytes {
+        store.set_size_limit(Some(bytes))?;
+    }
+    store.set_search_budget(config.search_budget);
+    Ok((store.clone(), store))
 }
 
 /// Moves what earlier versions stored under a token's SHA-1 fingerprint to its SHA-256 one, for

@@ -5,23 +5,39 @@
 //!   manager, the replay of a connection and the HTTP API.
 //! - [`GraphStore`]: the knowledge graph, every node owned by one principal.
 //!
-//! `sqlite.rs` implements both over one SQLite file; `schema.rs` holds its migrations. This is
-//! the only module that runs SQL. Depends on `model` (for `ChatMessage`), `protocol` and `error`.
+//! `sqlite.rs` implements both over one SQLite file (`schema.rs` holds its migrations);
+//! `postgres/` implements both over a PostgreSQL database; `copy.rs` moves a SQLite data
+//! directory into PostgreSQL (`sparky migrate-store`). What both stores share (the words a search
+//! keeps, labels, titles, how a stored message is spelled) lives here, so that they agree. This
+//! is the only module that runs SQL. Depends on `model` (for `ChatMessage`), `protocol` and
+//! `error`.
 
+mod copy;
+mod postgres;
 mod schema;
 mod sqlite;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::error::Result;
-use crate::model::ChatMessage;
+use crate::model::{ChatMessage, Role, ToolCall};
 use crate::protocol::SessionId;
 
-pub use sqlite::{
-    DATABASE_FILE, DEFAULT_SEARCH_BUDGET, MAX_SEARCH_WORDS, SqliteStore, fts_queries,
-};
+pub use copy::{CopyReport, copy_sqlite_to_postgres};
+pub use postgres::{POSTGRES_SCHEMA_VERSION, PostgresStore};
+pub use sqlite::{DATABASE_FILE, SqliteStore, fts_queries};
+
+/// How long one full-text search may run by default (`--search-budget`).
+pub const DEFAULT_SEARCH_BUDGET: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Words of a search or memory lookup kept at most (after dropping stopwords and repeats);
+/// later ones are dropped. Each word is one more posting list to merge and rank.
+pub const MAX_SEARCH_WORDS: usize = 16;
 
 /// The schema version this build writes. A store with a higher one was written by a newer
 /// Sparky and is refused.
@@ -263,6 +279,44 @@ pub trait ConversationStore: Send + Sync {
     ///
     /// [`crate::error::Error::Store`] when the store cannot be written.
     fn reassign_owner(&self, old: &str, new: &str) -> Result<u64>;
+
+    /// What the store is and whether it can reach its data now, for `/healthz` and `/metrics`.
+    /// Never blocks for long: a store that found its database gone answers from what it saw.
+    fn status(&self) -> StoreStatus;
+}
+
+/// What a store says about itself: its kind, whether it can reach its data, and its pool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreStatus {
+    /// `sqlite` or `postgres`.
+    pub backend: &'static str,
+    /// False while the database cannot be reached (the last attempt to connect failed).
+    pub reachable: bool,
+    /// The connection pool, for a store that has one.
+    pub pool: Option<PoolStatus>,
+}
+
+/// The figures of a connection pool, for `/metrics`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolStatus {
+    /// Connections the pool may hold (`--store-pool`), besides the writer's own.
+    pub size: u64,
+    /// Connections open now, in use or idle.
+    pub open: u64,
+    /// Connections lent out now.
+    pub in_use: u64,
+    /// Threads waiting for a connection now.
+    pub waiting: u64,
+    /// Connections lent since start.
+    pub checkouts_total: u64,
+    /// Checkouts that had to wait for a connection to come back.
+    pub waits_total: u64,
+    /// Checkouts that gave up waiting.
+    pub timeouts_total: u64,
+    /// Connections opened since start (the writer's included).
+    pub connects_total: u64,
+    /// Attempts to connect that failed.
+    pub connect_failures_total: u64,
 }
 
 /// A node of the knowledge graph.
@@ -395,4 +449,143 @@ pub trait GraphStore: Send + Sync {
     ///
     /// [`crate::error::Error::Store`] on a database failure.
     fn reassign_nodes(&self, old: &str, new: &str) -> Result<u64>;
+}
+
+/// Longest label made from a fact's first words.
+const LABEL_CHARS: usize = 60;
+
+/// Longest title made from a first user message.
+const TITLE_CHARS: usize = 80;
+
+/// Common words that say nothing about what to look for.
+const STOPWORDS: &[&str] = &[
+    "a", "about", "an", "and", "are", "as", "at", "be", "by", "can", "do", "does", "for", "from",
+    "how", "i", "in", "is", "it", "me", "my", "of", "on", "or", "tell", "that", "the", "this",
+    "to", "was", "what", "when", "where", "which", "who", "why", "with", "you", "your",
+];
+
+/// The words of free text a search looks for: lowercased, each once, without stopwords unless
+/// nothing else is left, and at most [`MAX_SEARCH_WORDS`] of them (the first ones). Each is
+/// made of letters and digits only, so no input is a syntax error in either store's query
+/// language. Reading stops once that many are found, so a long text costs no more than a short
+/// one.
+fn search_words(text: &str) -> Vec<String> {
+    let mut meaningful: Vec<String> = Vec::new();
+    let mut common: Vec<String> = Vec::new();
+    for word in text
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|word| !word.is_empty())
+    {
+        let word = word.to_lowercase();
+        let list = if STOPWORDS.contains(&word.as_str()) {
+            &mut common
+        } else {
+            &mut meaningful
+        };
+        if list.len() < MAX_SEARCH_WORDS && !list.contains(&word) {
+            list.push(word);
+        }
+        if meaningful.len() == MAX_SEARCH_WORDS {
+            break;
+        }
+    }
+    if meaningful.is_empty() {
+        common
+    } else {
+        meaningful
+    }
+}
+
+/// Unix seconds now.
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// The first `limit` characters of `text`.
+fn cut(text: &str, limit: usize) -> String {
+    text.chars().take(limit).collect()
+}
+
+/// A fact's label: its first words, cut at a word boundary.
+fn label_for(content: &str) -> String {
+    let flat: String = content.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.chars().count() <= LABEL_CHARS {
+        return flat;
+    }
+    let head = cut(&flat, LABEL_CHARS);
+    let head = head
+        .rsplit_once(' ')
+        .map_or(head.as_str(), |(head, _)| head);
+    format!("{head}…")
+}
+
+/// How a role is stored.
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::System => "system",
+        Role::User => "user",
+        Role::Assistant => "assistant",
+        Role::Tool => "tool",
+    }
+}
+
+/// The role stored as `name`.
+fn role_from(name: &str) -> Role {
+    match name {
+        "system" => Role::System,
+        "assistant" => Role::Assistant,
+        "tool" => Role::Tool,
+        _ => Role::User,
+    }
+}
+
+/// A message's tool calls as stored: a JSON array, or nothing when there are none.
+fn calls_to_json(calls: &[ToolCall]) -> Option<String> {
+    (!calls.is_empty()).then(|| {
+        Value::Array(
+            calls
+                .iter()
+                .map(|c| json!({"id": c.id, "name": c.name, "args": c.args}))
+                .collect(),
+        )
+        .to_string()
+    })
+}
+
+/// The tool calls stored as `text`.
+fn calls_from_json(text: Option<String>) -> Vec<ToolCall> {
+    let Some(Ok(Value::Array(items))) = text.map(|t| serde_json::from_str::<Value>(&t)) else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .map(|item| ToolCall {
+            id: item["id"].as_str().unwrap_or_default().to_owned(),
+            name: item["name"].as_str().unwrap_or_default().to_owned(),
+            args: item["args"].clone(),
+        })
+        .collect()
+}
+
+/// The newest messages of a conversation as read (numbered, newest first, at most the count
+/// asked for), made into what a session loads: oldest first, starting at a user message so that
+/// no tool result is left without its call, with the number of the first one kept. `first` is
+/// the conversation's first visible message number, for when none is kept.
+fn messages_from_newest(
+    mut loaded: Vec<(u64, ChatMessage)>,
+    first: i64,
+) -> (u64, Vec<ChatMessage>) {
+    loaded.reverse();
+    let start = loaded
+        .iter()
+        .position(|(_, message)| message.role == Role::User)
+        .unwrap_or(loaded.len());
+    let first_message = loaded.get(start).map_or_else(
+        || loaded.last().map_or(first.max(0) as u64, |(i, _)| i + 1),
+        |(i, _)| *i,
+    );
+    let messages = loaded.into_iter().skip(start).map(|(_, m)| m).collect();
+    (first_message, messages)
 }

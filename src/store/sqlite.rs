@@ -4,7 +4,7 @@
 //! One writer connection, behind a mutex, takes the journal's batches and the graph's writes.
 //! A small pool of reader connections serves everything else (loading a conversation, replay,
 //! the API, graph searches): WAL lets them read while the writer writes, so a slow search never
-//! holds up a commit or another reader. A full-text search keeps at most [`MAX_SEARCH_WORDS`]
+//! holds up a commit or another reader. A full-text search keeps at most [`super::MAX_SEARCH_WORDS`]
 //! words and runs within a time budget (SQLite's progress handler interrupts it), so that no
 //! search holds a reader for long: one that runs out returns what it found so far.
 
@@ -12,39 +12,29 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, MutexGuard};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
-use serde_json::{Value, json};
+use serde_json::Value;
 
+use super::copy::{Exported, ExportedConversation, ExportedEdge, ExportedNode};
 use super::schema::migrate;
 use super::{
-    ConversationStore, ConversationSummary, Edge, EventPage, GraphStore, Neighbourhood, Node,
-    StoredConversation, TurnMark, WriteOp,
+    ConversationStore, ConversationSummary, DEFAULT_SEARCH_BUDGET, Edge, EventPage, GraphStore,
+    Neighbourhood, Node, StoreStatus, StoredConversation, TITLE_CHARS, TurnMark, WriteOp,
+    calls_from_json, calls_to_json, cut, label_for, messages_from_newest, role_from, role_name,
+    search_words, unix_now,
 };
 use crate::error::{Error, Result};
-use crate::model::{ChatMessage, Role, ToolCall};
+use crate::model::ChatMessage;
 use crate::protocol::SessionId;
 
 /// The database file inside the data directory.
 pub const DATABASE_FILE: &str = "sparky.db";
 
-/// Longest label made from a fact's first words.
-const LABEL_CHARS: usize = 60;
-
-/// Longest title made from a first user message.
-const TITLE_CHARS: usize = 80;
-
 /// Reader connections in the pool.
 const READERS: usize = 4;
-
-/// How long one full-text search may run by default (`--search-budget`).
-pub const DEFAULT_SEARCH_BUDGET: Duration = Duration::from_millis(200);
-
-/// Words of a search or memory lookup kept at most (after dropping stopwords and repeats);
-/// later ones are dropped. Each word is one more posting list to merge and rank.
-pub const MAX_SEARCH_WORDS: usize = 16;
 
 /// SQLite virtual-machine instructions between two looks at a search's clock: a few
 /// microseconds of work, so a search overruns its budget by little, and the clock costs
@@ -87,12 +77,6 @@ fn interrupted(e: &rusqlite::Error) -> bool {
 
 fn store_error(context: &str, e: impl std::fmt::Display) -> Error {
     Error::Store(format!("{context}: {e}"))
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 impl SqliteStore {
@@ -259,6 +243,76 @@ impl SqliteStore {
         Ok(value)
     }
 
+    /// Reads everything the store holds for `sparky migrate-store`, handing each conversation,
+    /// then each node, then each edge to `sink`, on one reader connection.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] when the store cannot be read, or what `sink` returns.
+    pub(super) fn export(&self, sink: &mut dyn FnMut(&Exported) -> Result<()>) -> Result<()> {
+        let connection = self.reader();
+        let failed = |e: rusqlite::Error| store_error("read for the copy", e);
+        let keys: Vec<i64> = connection
+            .prepare("SELECT key FROM sessions ORDER BY key")
+            .and_then(|mut statement| {
+                statement
+                    .query_map([], |row| row.get(0))?
+                    .collect::<rusqlite::Result<_>>()
+            })
+            .map_err(failed)?;
+        for key in keys {
+            let conversation = export_conversation(&connection, key).map_err(failed)?;
+            sink(&Exported::Conversation(Box::new(conversation)))?;
+        }
+        let nodes: Vec<ExportedNode> = connection
+            .prepare(
+                "SELECT id, owner, kind, label, content, properties, created_at, updated_at \
+                 FROM nodes ORDER BY id",
+            )
+            .and_then(|mut statement| {
+                statement
+                    .query_map([], |row| {
+                        let properties: String = row.get(5)?;
+                        Ok(ExportedNode {
+                            id: row.get(0)?,
+                            owner: row.get(1)?,
+                            kind: row.get(2)?,
+                            label: row.get(3)?,
+                            content: row.get(4)?,
+                            properties: serde_json::from_str(&properties).unwrap_or(Value::Null),
+                            created_at: row.get(6)?,
+                            updated_at: row.get(7)?,
+                        })
+                    })?
+                    .collect::<rusqlite::Result<_>>()
+            })
+            .map_err(failed)?;
+        for node in nodes {
+            sink(&Exported::Node(node))?;
+        }
+        let edges: Vec<ExportedEdge> = connection
+            .prepare("SELECT source, target, kind, properties, created_at FROM edges ORDER BY id")
+            .and_then(|mut statement| {
+                statement
+                    .query_map([], |row| {
+                        let properties: String = row.get(3)?;
+                        Ok(ExportedEdge {
+                            source: row.get(0)?,
+                            target: row.get(1)?,
+                            kind: row.get(2)?,
+                            properties: serde_json::from_str(&properties).unwrap_or(Value::Null),
+                            created_at: row.get(4)?,
+                        })
+                    })?
+                    .collect::<rusqlite::Result<_>>()
+            })
+            .map_err(failed)?;
+        for edge in edges {
+            sink(&Exported::Edge(edge))?;
+        }
+        Ok(())
+    }
+
     /// Runs `write` on the writer connection.
     fn write<T>(
         &self,
@@ -268,6 +322,68 @@ impl SqliteStore {
         let writer = self.writer.lock();
         write(&writer.connection).map_err(|e| store_error(what, e))
     }
+}
+
+/// One conversation and everything in it, for the copy.
+fn export_conversation(
+    connection: &Connection,
+    key: i64,
+) -> rusqlite::Result<ExportedConversation> {
+    let mut conversation = connection.query_row(
+        "SELECT id, owner, user_id, personality, title, created_at, updated_at, last_seq, \
+         turns, open_turn, open_text, first_seq, first_message FROM sessions WHERE key = ?1",
+        [key],
+        |row| {
+            Ok(ExportedConversation {
+                id: row.get(0)?,
+                owner: row.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                user_id: row.get(2)?,
+                personality: row.get(3)?,
+                title: row.get(4)?,
+                created_at: row.get(5)?,
+                updated_at: row.get(6)?,
+                last_seq: row.get(7)?,
+                turns: row.get(8)?,
+                open_turn: row.get(9)?,
+                open_text: row.get(10)?,
+                first_seq: row.get(11)?,
+                first_message: row.get(12)?,
+                ..ExportedConversation::default()
+            })
+        },
+    )?;
+    conversation.events = connection
+        .prepare(
+            "SELECT e.seq, e.body, t.text FROM events e \
+             LEFT JOIN event_text t ON t.rowid = e.rowid \
+             WHERE e.session_key = ?1 ORDER BY e.seq",
+        )?
+        .query_map([key], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    conversation.messages = connection
+        .prepare(
+            "SELECT idx, role, content, tool_calls, tool_call_id, is_error FROM messages \
+             WHERE session_key = ?1 ORDER BY idx",
+        )?
+        .query_map([key], |row| {
+            let role: String = row.get(1)?;
+            Ok((
+                row.get(0)?,
+                ChatMessage {
+                    role: role_from(&role),
+                    content: row.get(2)?,
+                    tool_calls: calls_from_json(row.get(3)?),
+                    tool_call_id: row.get(4)?,
+                    is_error: row.get(5)?,
+                },
+            ))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    conversation.notes = connection
+        .prepare("SELECT text FROM notes WHERE session_key = ?1 ORDER BY rowid")?
+        .query_map([key], |row| row.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(conversation)
 }
 
 fn open_connection(name: &str, context: &str) -> Result<Connection> {
@@ -291,50 +407,6 @@ fn open_connection(name: &str, context: &str) -> Result<Connection> {
         )
         .map_err(|e| store_error(context, e))?;
     Ok(connection)
-}
-
-fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::System => "system",
-        Role::User => "user",
-        Role::Assistant => "assistant",
-        Role::Tool => "tool",
-    }
-}
-
-fn role_from(name: &str) -> Role {
-    match name {
-        "system" => Role::System,
-        "assistant" => Role::Assistant,
-        "tool" => Role::Tool,
-        _ => Role::User,
-    }
-}
-
-fn calls_to_json(calls: &[ToolCall]) -> Option<String> {
-    (!calls.is_empty()).then(|| {
-        Value::Array(
-            calls
-                .iter()
-                .map(|c| json!({"id": c.id, "name": c.name, "args": c.args}))
-                .collect(),
-        )
-        .to_string()
-    })
-}
-
-fn calls_from_json(text: Option<String>) -> Vec<ToolCall> {
-    let Some(Ok(Value::Array(items))) = text.map(|t| serde_json::from_str::<Value>(&t)) else {
-        return Vec::new();
-    };
-    items
-        .iter()
-        .map(|item| ToolCall {
-            id: item["id"].as_str().unwrap_or_default().to_owned(),
-            name: item["name"].as_str().unwrap_or_default().to_owned(),
-            args: item["args"].clone(),
-        })
-        .collect()
 }
 
 fn node_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Node> {
@@ -374,43 +446,10 @@ fn summary_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Option<Conversa
 
 const SUMMARY_COLUMNS: &str = "id, title, created_at, updated_at, turns";
 
-/// Common words that say nothing about what to look for.
-const STOPWORDS: &[&str] = &[
-    "a", "about", "an", "and", "are", "as", "at", "be", "by", "can", "do", "does", "for", "from",
-    "how", "i", "in", "is", "it", "me", "my", "of", "on", "or", "tell", "that", "the", "this",
-    "to", "was", "what", "when", "where", "which", "who", "why", "with", "you", "your",
-];
-
-/// The words of free text as quoted FTS5 terms (so that no input is a syntax error): lowercased,
-/// each once, without stopwords unless nothing else is left, and at most [`MAX_SEARCH_WORDS`]
-/// of them (the first ones). Reading stops once that many are found, so a long text costs no
-/// more than a short one.
+/// The words of free text as quoted FTS5 terms (see [`search_words`]), so that no input is a
+/// syntax error.
 fn fts_terms(text: &str) -> Vec<String> {
-    let mut meaningful: Vec<String> = Vec::new();
-    let mut common: Vec<String> = Vec::new();
-    for word in text
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|word| !word.is_empty())
-    {
-        let word = word.to_lowercase();
-        let list = if STOPWORDS.contains(&word.as_str()) {
-            &mut common
-        } else {
-            &mut meaningful
-        };
-        if list.len() < MAX_SEARCH_WORDS && !list.contains(&word) {
-            list.push(word);
-        }
-        if meaningful.len() == MAX_SEARCH_WORDS {
-            break;
-        }
-    }
-    let chosen = if meaningful.is_empty() {
-        common
-    } else {
-        meaningful
-    };
-    chosen
+    search_words(text)
         .into_iter()
         .map(|word| format!("\"{word}\""))
         .collect()
@@ -466,24 +505,6 @@ fn add_matches(
         }
     }
     Ok(())
-}
-
-/// The first `limit` characters of `text`.
-fn cut(text: &str, limit: usize) -> String {
-    text.chars().take(limit).collect()
-}
-
-/// A fact's label: its first words, cut at a word boundary.
-fn label_for(content: &str) -> String {
-    let flat: String = content.split_whitespace().collect::<Vec<_>>().join(" ");
-    if flat.chars().count() <= LABEL_CHARS {
-        return flat;
-    }
-    let head = cut(&flat, LABEL_CHARS);
-    let head = head
-        .rsplit_once(' ')
-        .map_or(head.as_str(), |(head, _)| head);
-    format!("{head}…")
 }
 
 /// What a batch changes in one session row, gathered so that each row is updated once.
@@ -723,7 +744,7 @@ impl ConversationStore for SqliteStore {
             else {
                 return Ok(None);
             };
-            let mut loaded: Vec<(u64, ChatMessage)> = tx
+            let loaded: Vec<(u64, ChatMessage)> = tx
                 .prepare_cached(
                     "SELECT idx, role, content, tool_calls, tool_call_id, is_error FROM messages \
                      WHERE session_key = ?1 AND idx >= ?2 ORDER BY idx DESC LIMIT ?3",
@@ -742,17 +763,7 @@ impl ConversationStore for SqliteStore {
                     ))
                 })?
                 .collect::<rusqlite::Result<_>>()?;
-            loaded.reverse();
-            // A cut by count can start inside an exchange: the conversation starts at a user
-            // message, so that no tool result is left without its call.
-            let start = loaded
-                .iter()
-                .position(|(_, message)| message.role == Role::User)
-                .unwrap_or(loaded.len());
-            let first_message = loaded
-                .get(start)
-                .map_or_else(|| loaded.last().map_or(first.max(0) as u64, |(i, _)| i + 1), |(i, _)| *i);
-            let messages = loaded.into_iter().skip(start).map(|(_, m)| m).collect();
+            let (first_message, messages) = messages_from_newest(loaded, first);
             let notes = tx
                 .prepare_cached("SELECT text FROM notes WHERE session_key = ?1 ORDER BY rowid")?
                 .query_map([key], |row| row.get(0))?
@@ -925,6 +936,16 @@ impl ConversationStore for SqliteStore {
                 )
                 .map(|n| n as u64)
         })
+    }
+
+    /// A file on the local disk is always there to reach; a full disk shows as the journal
+    /// failing instead.
+    fn status(&self) -> StoreStatus {
+        StoreStatus {
+            backend: "sqlite",
+            reachable: true,
+            pool: None,
+        }
     }
 }
 

@@ -1,0 +1,259 @@
+//! The PostgreSQL side of `sparky migrate-store`: [`Importer`] writes what the SQLite store
+//! exported, inside the one transaction [`PostgresStore::import`] opens, with the rows of each
+//! table sent as arrays a thousand at a time.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+
+use postgres::Transaction;
+use sha2::{Digest, Sha256};
+
+use super::super::copy::{CopyReport, Exported, ExportedConversation, turns_of};
+use super::super::{calls_to_json, role_name};
+use super::pool::Connection;
+use super::{PostgresStore, small, store_error};
+use crate::error::{Error, Result};
+
+/// Rows sent in one statement at most.
+const CHUNK_ROWS: usize = 1000;
+
+/// Writes exported things into the database, in the transaction it holds.
+pub(in super::super) struct Importer<'a, 'b> {
+    tx: &'a mut Transaction<'b>,
+    report: CopyReport,
+    /// SQLite node ids to the ids they have here: the same, except for a fact stored twice,
+    /// which PostgreSQL keeps once.
+    node_ids: HashMap<i64, i64>,
+}
+
+impl std::fmt::Debug for Importer<'_, '_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Importer")
+            .field("report", &self.report)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresStore {
+    /// Opens a transaction on the writer connection, checks that the database holds neither
+    /// conversations nor nodes, lets `fill` add everything through an [`Importer`], moves the
+    /// id sequences past what was copied, and commits.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] when the database is not empty or cannot be written, or what `fill`
+    /// returns; nothing is then kept.
+    pub(in super::super) fn import(
+        &self,
+        fill: &mut dyn FnMut(&mut Importer<'_, '_>) -> Result<()>,
+    ) -> Result<CopyReport> {
+        let target = self.target().to_owned();
+        let mut writer = self.writer.lock();
+        let connection: &mut Connection = self.writer_connection(&mut writer.connection)?;
+        let failed = |e: postgres::Error| store_error("copy", &e);
+        let mut tx = connection.client.transaction().map_err(failed)?;
+        let held: i64 = tx
+            .query_one(
+                "SELECT (SELECT count(*) FROM sessions) + (SELECT count(*) FROM nodes)",
+                &[],
+            )
+            .and_then(|row| row.try_get(0))
+            .map_err(failed)?;
+        if held > 0 {
+            return Err(Error::Store(format!(
+                "database {target} already holds conversations or facts; migrate-store copies \
+                 into an empty database only"
+            )));
+        }
+        let mut importer = Importer {
+            tx: &mut tx,
+            report: CopyReport::default(),
+            node_ids: HashMap::new(),
+        };
+        fill(&mut importer)?;
+        let report = importer.report;
+        tx.batch_execute(
+            "SELECT setval(pg_get_serial_sequence('nodes', 'id'), \
+                 (SELECT coalesce(max(id), 0) + 1 FROM nodes), false); \
+             SELECT setval(pg_get_serial_sequence('edges', 'id'), \
+                 (SELECT coalesce(max(id), 0) + 1 FROM edges), false);",
+        )
+        .map_err(failed)?;
+        let nodes: i64 = tx
+            .query_one("SELECT count(*) FROM nodes", &[])
+            .and_then(|row| row.try_get(0))
+            .map_err(failed)?;
+        tx.commit().map_err(failed)?;
+        writer.memory.keys.clear();
+        self.nodes.store(small(nodes), Ordering::Relaxed);
+        Ok(report)
+    }
+}
+
+impl Importer<'_, '_> {
+    /// What has been copied so far.
+    pub(in super::super) fn report(&self) -> &CopyReport {
+        &self.report
+    }
+
+    /// Writes one exported thing.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] when the database refuses it.
+    pub(in super::super) fn add(&mut self, item: &Exported) -> Result<()> {
+        let result = match item {
+            Exported::Conversation(conversation) => self.conversation(conversation),
+            Exported::Node(node) => {
+                let digest = Sha256::digest(node.content.as_bytes()).to_vec();
+                let stored: Result<Option<i64>, postgres::Error> = self
+                    .tx
+                    .query_opt(
+                        "INSERT INTO nodes (id, owner, kind, label, content, content_sha256, \
+                         properties, created_at, updated_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                         ON CONFLICT (owner, content_sha256) WHERE kind = 'fact' DO NOTHING \
+                         RETURNING id",
+                        &[
+                            &node.id,
+                            &node.owner,
+                            &node.kind,
+                            &node.label,
+                            &node.content,
+                            &digest,
+                            &node.properties,
+                            &node.created_at,
+                            &node.updated_at,
+                        ],
+                    )
+                    .and_then(|row| row.map(|row| row.try_get(0)).transpose());
+                match stored {
+                    Ok(Some(id)) => {
+                        self.report.nodes += 1;
+                        self.node_ids.insert(node.id, id);
+                        Ok(())
+                    }
+                    // The same fact twice: the copy keeps the first, and edges follow it.
+                    Ok(None) => self
+                        .tx
+                        .query_one(
+                            "SELECT id FROM nodes WHERE owner = $1 AND kind = 'fact' \
+                             AND content_sha256 = $2",
+                            &[&node.owner, &digest],
+                        )
+                        .and_then(|row| row.try_get(0))
+                        .map(|id| {
+                            self.node_ids.insert(node.id, id);
+                        }),
+                    Err(e) => Err(e),
+                }
+            }
+            Exported::Edge(edge) => {
+                let source = self.node_ids.get(&edge.source).copied();
+                let target = self.node_ids.get(&edge.target).copied();
+                let (Some(source), Some(target)) = (source, target) else {
+                    return Ok(());
+                };
+                self.tx
+                    .execute(
+                        "INSERT INTO edges (source, target, kind, properties, created_at) \
+                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                        &[
+                            &source,
+                            &target,
+                            &edge.kind,
+                            &edge.properties,
+                            &edge.created_at,
+                        ],
+                    )
+                    .map(|n| self.report.edges += n)
+            }
+        };
+        result.map_err(|e| store_error("copy", &e))
+    }
+
+    fn conversation(&mut self, c: &ExportedConversation) -> Result<(), postgres::Error> {
+        let key: i64 = self
+            .tx
+            .query_one(
+                "INSERT INTO sessions (id, owner, user_id, personality, title, created_at, \
+                 updated_at, last_seq, turns, open_turn, open_text, first_seq, first_message) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING key",
+                &[
+                    &c.id,
+                    &c.owner,
+                    &c.user_id,
+                    &c.personality,
+                    &c.title,
+                    &c.created_at,
+                    &c.updated_at,
+                    &c.last_seq,
+                    &c.turns,
+                    &c.open_turn,
+                    &c.open_text,
+                    &c.first_seq,
+                    &c.first_message,
+                ],
+            )?
+            .try_get(0)?;
+        for chunk in c.events.chunks(CHUNK_ROWS) {
+            let seqs: Vec<i64> = chunk.iter().map(|(seq, _, _)| *seq).collect();
+            let bodies: Vec<&str> = chunk.iter().map(|(_, body, _)| body.as_str()).collect();
+            let texts: Vec<Option<&str>> =
+                chunk.iter().map(|(_, _, text)| text.as_deref()).collect();
+            self.tx.execute(
+                "INSERT INTO events (session_key, seq, body, search) \
+                 SELECT $1, s, b, to_tsvector('english', left(t, $5::bigint::int)) \
+                 FROM unnest($2::bigint[], $3::text[], $4::text[]) AS u (s, b, t)",
+                &[&key, &seqs, &bodies, &texts, &super::SEARCH_TEXT_CHARS],
+            )?;
+        }
+        self.report.events += c.events.len() as u64;
+        for chunk in c.messages.chunks(CHUNK_ROWS) {
+            let indexes: Vec<i64> = chunk.iter().map(|(i, _)| *i).collect();
+            let roles: Vec<&str> = chunk.iter().map(|(_, m)| role_name(m.role)).collect();
+            let contents: Vec<&str> = chunk.iter().map(|(_, m)| m.content.as_str()).collect();
+            let calls: Vec<Option<String>> = chunk
+                .iter()
+                .map(|(_, m)| calls_to_json(&m.tool_calls))
+                .collect();
+            let call_ids: Vec<Option<&str>> = chunk
+                .iter()
+                .map(|(_, m)| m.tool_call_id.as_deref())
+                .collect();
+            let errors: Vec<bool> = chunk.iter().map(|(_, m)| m.is_error).collect();
+            self.tx.execute(
+                "INSERT INTO messages \
+                 (session_key, idx, role, content, tool_calls, tool_call_id, is_error) \
+                 SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], \
+                 $6::text[], $7::bool[]) ON CONFLICT DO NOTHING",
+                &[
+                    &key, &indexes, &roles, &contents, &calls, &call_ids, &errors,
+                ],
+            )?;
+        }
+        self.report.messages += c.messages.len() as u64;
+        for chunk in c.notes.chunks(CHUNK_ROWS) {
+            self.tx.execute(
+                "INSERT INTO notes (session_key, text) SELECT $1, t \
+                 FROM unnest($2::text[]) WITH ORDINALITY AS u (t, n) ORDER BY n",
+                &[&key, &chunk],
+            )?;
+        }
+        self.report.notes += c.notes.len() as u64;
+        let turns = turns_of(&c.events);
+        for chunk in turns.chunks(CHUNK_ROWS) {
+            let ids: Vec<i64> = chunk.iter().map(|(turn, _, _)| *turn).collect();
+            let opened: Vec<i64> = chunk.iter().map(|(_, seq, _)| *seq).collect();
+            let closed: Vec<Option<i64>> = chunk.iter().map(|(_, _, seq)| *seq).collect();
+            self.tx.execute(
+                "INSERT INTO turns (session_key, turn_id, opened_seq, closed_seq) \
+                 SELECT $1, * FROM unnest($2::bigint[], $3::bigint[], $4::bigint[]) \
+                 ON CONFLICT DO NOTHING",
+                &[&key, &ids, &opened, &closed],
+            )?;
+        }
+        self.report.conversations += 1;
+        Ok(())
+    }
+}

@@ -1,0 +1,171 @@
+//! The PostgreSQL schema, one migration per version, and the code that runs them at start.
+//!
+//! The version lives in a `schema_version` table (one row per migration run). Each migration
+//! runs in a transaction of its own that first takes an advisory lock, so that instances
+//! starting at once against one database migrate it once.
+//!
+//! Version 1 holds what SQLite's version 2 holds, with the database enforcing what one writer
+//! only promised there: one event per `seq` and one turn per `turn_id` in a conversation
+//! (primary keys), one copy of a fact per owner (a unique index over a digest of its content).
+//! Full-text search is a `tsvector` with a GIN index: over what people said, for the
+//! conversation search, and over each node's label and content plus a lexeme naming its owner,
+//! so that a search is scoped to one principal inside the index. `leases` is empty: it is where
+//! an instance will record the conversations whose turns it runs, once several instances share
+//! one database.
+
+use postgres::Client;
+
+use crate::error::{Error, Result};
+
+/// The schema version this build writes. A database with a higher one was migrated by a newer
+/// Sparky and is refused.
+pub const POSTGRES_SCHEMA_VERSION: i64 = 1;
+
+/// The advisory lock each migration's transaction takes: `sparky-migrate` in ASCII.
+const MIGRATION_LOCK: i64 = 0x7370_6172_6b79_6d67;
+
+/// Version 0 to 1: the first schema.
+const V1: &str = r#"
+CREATE TABLE sessions (
+    key bigserial PRIMARY KEY,
+    id text NOT NULL UNIQUE,
+    owner text NOT NULL,
+    user_id text,
+    personality text,
+    title text,
+    created_at bigint NOT NULL,
+    updated_at bigint NOT NULL,
+    last_seq bigint NOT NULL DEFAULT 0,
+    turns bigint NOT NULL DEFAULT 0,
+    open_turn bigint,
+    open_text text,
+    first_seq bigint NOT NULL DEFAULT 1,
+    first_message bigint NOT NULL DEFAULT 0
+);
+CREATE INDEX sessions_owner ON sessions (owner, updated_at DESC, key DESC);
+CREATE INDEX sessions_updated ON sessions (updated_at);
+
+CREATE TABLE events (
+    session_key bigint NOT NULL REFERENCES sessions (key) ON DELETE CASCADE,
+    seq bigint NOT NULL,
+    body text NOT NULL,
+    search tsvector,
+    PRIMARY KEY (session_key, seq)
+);
+CREATE INDEX events_search ON events USING gin (search);
+
+CREATE TABLE turns (
+    session_key bigint NOT NULL REFERENCES sessions (key) ON DELETE CASCADE,
+    turn_id bigint NOT NULL,
+    opened_seq bigint NOT NULL,
+    closed_seq bigint,
+    PRIMARY KEY (session_key, turn_id)
+);
+
+CREATE TABLE messages (
+    session_key bigint NOT NULL REFERENCES sessions (key) ON DELETE CASCADE,
+    idx bigint NOT NULL,
+    role text NOT NULL,
+    content text NOT NULL,
+    tool_calls text,
+    tool_call_id text,
+    is_error boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (session_key, idx)
+);
+
+CREATE TABLE notes (
+    id bigserial PRIMARY KEY,
+    session_key bigint NOT NULL REFERENCES sessions (key) ON DELETE CASCADE,
+    text text NOT NULL
+);
+CREATE INDEX notes_session ON notes (session_key, id);
+
+CREATE TABLE leases (
+    session_key bigint PRIMARY KEY REFERENCES sessions (key) ON DELETE CASCADE,
+    holder text NOT NULL,
+    expires_at timestamptz NOT NULL
+);
+
+CREATE TABLE nodes (
+    id bigserial PRIMARY KEY,
+    owner text NOT NULL,
+    kind text NOT NULL,
+    label text NOT NULL,
+    content text NOT NULL,
+    content_sha256 bytea NOT NULL,
+    properties jsonb NOT NULL DEFAULT '{}',
+    created_at bigint NOT NULL,
+    updated_at bigint NOT NULL,
+    search tsvector GENERATED ALWAYS AS (
+        to_tsvector('english', label || ' ' || content) || array_to_tsvector(ARRAY['@' || owner])
+    ) STORED
+);
+CREATE INDEX nodes_owner ON nodes (owner, kind, id);
+CREATE UNIQUE INDEX nodes_fact ON nodes (owner, content_sha256) WHERE kind = 'fact';
+CREATE INDEX nodes_search ON nodes USING gin (search);
+
+CREATE TABLE edges (
+    id bigserial PRIMARY KEY,
+    source bigint NOT NULL REFERENCES nodes (id) ON DELETE CASCADE,
+    target bigint NOT NULL REFERENCES nodes (id) ON DELETE CASCADE,
+    kind text NOT NULL,
+    properties jsonb NOT NULL DEFAULT '{}',
+    created_at bigint NOT NULL,
+    UNIQUE (source, target, kind)
+);
+CREATE INDEX edges_target ON edges (target);
+"#;
+
+/// Entry `n` migrates from version `n` to `n + 1`.
+const MIGRATIONS: [&str; POSTGRES_SCHEMA_VERSION as usize] = [V1];
+
+/// Brings the database to [`POSTGRES_SCHEMA_VERSION`], one version per transaction.
+///
+/// # Errors
+///
+/// [`Error::Store`] when the database was migrated by a newer build, the role may not create
+/// tables, or a migration fails (nothing of that migration is then kept).
+pub fn migrate(client: &mut Client, target: &str) -> Result<()> {
+    loop {
+        let failed = |e: postgres::Error| {
+            Error::Store(format!(
+                "database {target}: migration failed: {}",
+                super::pool::describe(&e)
+            ))
+        };
+        let mut tx = client.transaction().map_err(failed)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .map_err(failed)?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS schema_version (
+                version bigint PRIMARY KEY,
+                migrated_at timestamptz NOT NULL DEFAULT now()
+            )",
+        )
+        .map_err(failed)?;
+        let version: i64 = tx
+            .query_one("SELECT coalesce(max(version), 0) FROM schema_version", &[])
+            .and_then(|row| row.try_get(0))
+            .map_err(failed)?;
+        if version > POSTGRES_SCHEMA_VERSION {
+            return Err(Error::Store(format!(
+                "database {target} has schema version {version}, newer than this build's \
+                 {POSTGRES_SCHEMA_VERSION}; run a newer sparky or point --store elsewhere"
+            )));
+        }
+        let Some(sql) = MIGRATIONS.get(version.max(0) as usize) else {
+            return tx.commit().map_err(failed);
+        };
+        let to = version + 1;
+        tx.batch_execute(sql).map_err(|e| {
+            Error::Store(format!(
+                "database {target}: migration to version {to} failed: {}",
+                super::pool::describe(&e)
+            ))
+        })?;
+        tx.execute("INSERT INTO schema_version (version) VALUES ($1)", &[&to])
+            .map_err(failed)?;
+        tx.commit().map_err(failed)?;
+        log::info!("store: database {target} migrated to schema version {to}");
+    }
+}
