@@ -1173,9 +1173,23 @@ impl GraphStore for SqliteStore {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::Arc;
+impl SqliteStore {
+    /// Rows in `table`, for tests.
+    pub(super) fn count_rows(&self, table: &str) -> i64 {
+        self.read("count", |c| {
+            c.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+        })
+        .unwrap_or(-1)
+    }
 
+    /// Reader connections, for tests.
+    pub(super) fn reader_count(&self) -> usize {
+        self.readers.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
     use super::*;
     use crate::store::SCHEMA_VERSION;
 
@@ -1183,216 +1197,6 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sparky-store-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         dir
-    }
-
-    fn id(byte: u8) -> SessionId {
-        SessionId::from_random_bytes([byte; 16])
-    }
-
-    fn create(id: &SessionId, owner: &str) -> WriteOp {
-        WriteOp::CreateSession {
-            id: id.clone(),
-            owner: owner.into(),
-            user_id: Some("ann".into()),
-            personality: Some("be brief".into()),
-        }
-    }
-
-    fn event(session: &SessionId, seq: u64, turn: TurnMark, text: Option<&str>) -> WriteOp {
-        WriteOp::Event {
-            session: session.clone(),
-            seq,
-            body: format!("event {seq}").into(),
-            turn,
-            search_text: text.map(str::to_owned),
-        }
-    }
-
-    fn count(store: &SqliteStore, table: &str) -> i64 {
-        store
-            .read("count", |c| {
-                c.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
-            })
-            .unwrap()
-    }
-
-    #[test]
-    fn a_conversation_round_trips_and_is_deleted_whole() {
-        let dir = temp_dir("round-trip");
-        let store = SqliteStore::open(&dir).unwrap();
-        let (one, two) = (id(1), id(2));
-        let opened = TurnMark::Opened {
-            turn_id: 1,
-            text: "hello otters".into(),
-        };
-        let calls = ChatMessage::tool_calls(
-            "",
-            vec![ToolCall {
-                id: "c".into(),
-                name: "clock".into(),
-                args: json!({}),
-            }],
-        );
-        store
-            .apply(&[
-                create(&one, "alice"),
-                event(&one, 1, opened, Some("hello otters")),
-                event(&one, 2, TurnMark::Closed, Some("You said: hello otters")),
-                event(
-                    &one,
-                    3,
-                    TurnMark::Opened {
-                        turn_id: 2,
-                        text: "cut".into(),
-                    },
-                    None,
-                ),
-                WriteOp::Messages {
-                    session: one.clone(),
-                    first: 0,
-                    messages: vec![ChatMessage::text(Role::User, "hello otters"), calls.clone()],
-                },
-                WriteOp::Note {
-                    session: one.clone(),
-                    text: "n1".into(),
-                },
-                create(&two, "bob"),
-                event(&two, 1, TurnMark::None, Some("otters too")),
-            ])
-            .unwrap();
-        drop(store);
-        let store = SqliteStore::open(&dir).unwrap();
-        let loaded = store.load(&one, 2, 100).unwrap().unwrap();
-        assert_eq!(loaded.owner, "alice");
-        assert_eq!(loaded.personality.as_deref(), Some("be brief"));
-        assert_eq!((loaded.last_seq, loaded.turns), (3, 2));
-        assert_eq!(loaded.open_turn, Some((2, "cut".to_owned())));
-        assert_eq!(
-            loaded.tail,
-            [(2, "event 2".to_owned()), (3, "event 3".to_owned())]
-        );
-        assert_eq!(loaded.messages.len(), 2);
-        assert_eq!(loaded.messages[1], calls);
-        assert_eq!(loaded.notes, ["n1"]);
-        // A cut by count never starts inside an exchange.
-        let cut = store.load(&one, 2, 1).unwrap().unwrap();
-        assert!(cut.messages.is_empty());
-        assert_eq!(cut.first_message, 2);
-        let page = store.events(&one, 1, 3, usize::MAX).unwrap();
-        assert_eq!(page.events.len(), 2);
-        assert_eq!(store.events(&one, 0, 3, 1).unwrap().events.len(), 1);
-        let titles: Vec<_> = store
-            .list("alice", None, 10)
-            .unwrap()
-            .into_iter()
-            .map(|s| s.title)
-            .collect();
-        assert_eq!(titles, [Some("hello otters".to_owned())]);
-        assert_eq!(store.list("alice", Some("otters"), 10).unwrap().len(), 1);
-        assert_eq!(store.list("bob", Some("otters"), 10).unwrap().len(), 1);
-        assert!(store.list("alice", Some("beavers"), 10).unwrap().is_empty());
-        assert!(store.summary("bob", &one).unwrap().is_none());
-        assert!(
-            store
-                .events_before("bob", &one, None, 10)
-                .unwrap()
-                .is_none()
-        );
-
-        store
-            .apply(&[WriteOp::DeleteSession {
-                session: one.clone(),
-            }])
-            .unwrap();
-        assert!(store.load(&one, 10, 10).unwrap().is_none());
-        // Writes for a deleted conversation are skipped, not failed.
-        store
-            .apply(&[event(&one, 4, TurnMark::None, None)])
-            .unwrap();
-        for (table, left) in [
-            ("events", 1),
-            ("event_text", 1),
-            ("messages", 0),
-            ("notes", 0),
-        ] {
-            assert_eq!(count(&store, table), left, "{table}");
-        }
-    }
-
-    #[test]
-    fn reassigning_an_owner_moves_its_conversations_and_nodes_only() {
-        let store = SqliteStore::in_memory().unwrap();
-        let (one, two) = (id(1), id(2));
-        store
-            .apply(&[create(&one, "old"), create(&two, "other")])
-            .unwrap();
-        store.remember("old", "owls hoot").unwrap();
-        store.remember("other", "owls hoot").unwrap();
-        assert_eq!(store.reassign_owner("old", "new").unwrap(), 1);
-        assert_eq!(store.reassign_nodes("old", "new").unwrap(), 1);
-        assert_eq!(store.load(&one, 1, 1).unwrap().unwrap().owner, "new");
-        assert_eq!(store.load(&two, 1, 1).unwrap().unwrap().owner, "other");
-        assert_eq!(store.list("new", None, 10).unwrap().len(), 1);
-        assert!(store.list("old", None, 10).unwrap().is_empty());
-        assert_eq!(store.search("new", "owls", None, 5).unwrap().len(), 1);
-        assert!(store.search("old", "owls", None, 5).unwrap().is_empty());
-        assert_eq!(store.reassign_owner("old", "new").unwrap(), 0, "idempotent");
-    }
-
-    #[test]
-    fn the_graph_is_private_to_each_owner_and_remember_is_an_upsert() {
-        let store = Arc::new(SqliteStore::in_memory().unwrap());
-        let threads: Vec<_> = (0..8)
-            .map(|_| {
-                let store = store.clone();
-                std::thread::spawn(move || store.remember("ann", "cats purr").unwrap().0.id)
-            })
-            .collect();
-        let ids: Vec<i64> = threads.into_iter().map(|t| t.join().unwrap()).collect();
-        assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
-        let (theirs, new) = store.remember("bob", "cats purr").unwrap();
-        assert!(new && theirs.id != ids[0]);
-        assert_eq!(store.search("ann", "cats", None, 5).unwrap().len(), 1);
-        assert_eq!(store.search("eve", "cats", None, 5).unwrap().len(), 0);
-        assert!(store.get("eve", ids[0]).unwrap().is_none());
-        assert!(!store.delete("eve", ids[0]).unwrap());
-        assert!(
-            store
-                .add_edge("eve", ids[0], theirs.id, "likes", &json!({}))
-                .is_err()
-        );
-        assert!(
-            store
-                .add_edge("ann", ids[0], theirs.id, "likes", &json!({}))
-                .is_err()
-        );
-        let tea = store
-            .add_node("ann", "thing", "tea", "green tea", &json!({}))
-            .unwrap();
-        store
-            .add_edge("ann", ids[0], tea.id, "likes", &json!({}))
-            .unwrap();
-        assert_eq!(
-            store.get("ann", tea.id).unwrap().unwrap().neighbours.len(),
-            1
-        );
-        assert_eq!(store.recent("ann", None, 10).unwrap().len(), 2);
-        assert!(store.delete("ann", ids[0]).unwrap());
-        assert!(
-            store
-                .get("ann", tea.id)
-                .unwrap()
-                .unwrap()
-                .neighbours
-                .is_empty()
-        );
-        assert!(
-            store
-                .search("ann", "\"unbalanced AND (", None, 5)
-                .unwrap()
-                .is_empty()
-        );
-        assert_eq!(store.node_count(), 2);
     }
 
     #[test]
@@ -1420,69 +1224,15 @@ mod tests {
     }
 
     #[test]
-    fn a_search_keeps_its_first_sixteen_distinct_words() {
-        let long: Vec<String> = (0..40).map(|i| format!("word{i}")).collect();
-        let terms = fts_terms(&format!("the {} word0 WORD1", long.join(" ")));
-        assert_eq!(terms.len(), MAX_SEARCH_WORDS);
-        assert_eq!(terms[0], "\"word0\"");
-        assert_eq!(terms[15], "\"word15\"");
+    fn search_words_are_quoted_fts5_terms() {
         assert_eq!(
             fts_terms("what is the what"),
             ["\"what\"", "\"is\"", "\"the\""]
         );
-        assert!(fts_terms("  ...  ").is_empty());
-
-        // A lookup over the cap still works: the words kept find the fact, and a fact that
-        // only words past the cap would find is not searched for.
-        let store = SqliteStore::in_memory().unwrap();
-        store.remember("ann", "word3 and cats").unwrap();
-        store.remember("ann", "only word39 here").unwrap();
-        let found = store.search("ann", &long.join(" "), None, 5).unwrap();
-        let contents: Vec<&str> = found.iter().map(|n| n.content.as_str()).collect();
-        assert_eq!(contents, ["word3 and cats"]);
-    }
-
-    #[test]
-    fn a_search_out_of_time_answers_with_what_it_found_not_an_error() {
-        let store = SqliteStore::in_memory().unwrap();
-        for n in 0..300 {
-            store
-                .remember("ann", &format!("fact {n} about otters and rivers"))
-                .unwrap();
-        }
-        let session = id(9);
-        let mut ops = vec![create(&session, "ann")];
-        ops.extend((1..=300).map(|seq| event(&session, seq, TurnMark::None, Some("otters swim"))));
-        store.apply(&ops).unwrap();
         assert_eq!(
-            store.search("ann", "otters rivers", None, 5).unwrap().len(),
-            5
+            fts_queries("otters rivers"),
+            ["\"otters\" AND \"rivers\"", "\"otters\" OR \"rivers\""]
         );
-        assert_eq!(store.list("ann", Some("otters"), 10).unwrap().len(), 1);
-
-        // No time at all: the progress handler stops the first query at once.
-        store.set_search_budget(Duration::ZERO);
-        assert!(
-            store
-                .search("ann", "otters rivers", None, 5)
-                .unwrap()
-                .is_empty()
-        );
-        assert_eq!(store.list("ann", Some("otters"), 10).unwrap().len(), 0);
-        // Other reads have no budget, and the connections work on afterwards.
-        assert_eq!(store.recent("ann", None, 3).unwrap().len(), 3);
-        assert_eq!(store.list("ann", None, 10).unwrap().len(), 1);
-        store.set_search_budget(DEFAULT_SEARCH_BUDGET);
-        for _ in 0..READERS {
-            assert_eq!(store.search("ann", "otters", None, 5).unwrap().len(), 5);
-        }
-    }
-
-    #[test]
-    fn labels_are_cut_at_a_word() {
-        assert_eq!(label_for("short  fact"), "short fact");
-        let long = "word ".repeat(30);
-        let label = label_for(&long);
-        assert!(label.ends_with('…') && label.chars().count() <= LABEL_CHARS + 1);
+        assert!(fts_terms("  ...  ").is_empty());
     }
 }

@@ -1,1 +1,557 @@
-//! Tests shared by both stores.
+//! The store tests, each body run against both stores: [`SqliteStore`] on a temporary
+//! directory (or in memory) and [`PostgresStore`] on a fresh database of the test server
+//! (`tests/support/postgres.rs`, shared with the integration tests). Then what only one of them
+//! has: PostgreSQL's instance lock, schema version, size cap and reconnection.
+
+#[path = "../../tests/support/postgres.rs"]
+mod cluster;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::{
+    ConversationStore, DEFAULT_SEARCH_BUDGET, GraphStore, LABEL_CHARS, MAX_SEARCH_WORDS,
+    PostgresStore, SqliteStore, TurnMark, WriteOp, label_for, search_words,
+};
+use crate::model::{ChatMessage, Role, ToolCall};
+use crate::protocol::SessionId;
+
+/// Both traits, and what the shared tests need to look inside.
+trait TestStore: ConversationStore + GraphStore + Send + Sync + 'static {
+    /// Rows in `table` (`events`, `messages`, `notes`).
+    fn rows(&self, table: &str) -> i64;
+    fn set_budget(&self, budget: Duration);
+}
+
+impl TestStore for SqliteStore {
+    fn rows(&self, table: &str) -> i64 {
+        self.count_rows(table)
+    }
+    fn set_budget(&self, budget: Duration) {
+        self.set_search_budget(budget);
+    }
+}
+
+impl TestStore for PostgresStore {
+    fn rows(&self, table: &str) -> i64 {
+        self.count_rows(table)
+    }
+    fn set_budget(&self, budget: Duration) {
+        self.set_search_budget(budget);
+    }
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sparky-store-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn postgres(url: &str) -> PostgresStore {
+    PostgresStore::connect(url, 4).unwrap()
+}
+
+fn id(byte: u8) -> SessionId {
+    SessionId::from_random_bytes([byte; 16])
+}
+
+fn create(id: &SessionId, owner: &str) -> WriteOp {
+    WriteOp::CreateSession {
+        id: id.clone(),
+        owner: owner.into(),
+        user_id: Some("ann".into()),
+        personality: Some("be brief".into()),
+    }
+}
+
+fn event(session: &SessionId, seq: u64, turn: TurnMark, text: Option<&str>) -> WriteOp {
+    WriteOp::Event {
+        session: session.clone(),
+        seq,
+        body: format!("event {seq}").into(),
+        turn,
+        search_text: text.map(str::to_owned),
+    }
+}
+
+/// Writes a conversation of each of two owners, reopens the store with `reopen`, reads them
+/// back every way there is, and deletes one whole.
+fn round_trip<S: TestStore>(store: S, reopen: impl FnOnce() -> S) {
+    let (one, two) = (id(1), id(2));
+    let opened = TurnMark::Opened {
+        turn_id: 1,
+        text: "hello otters".into(),
+    };
+    let calls = ChatMessage::tool_calls(
+        "",
+        vec![ToolCall {
+            id: "c".into(),
+            name: "clock".into(),
+            args: json!({}),
+        }],
+    );
+    store
+        .apply(&[
+            create(&one, "alice"),
+            event(&one, 1, opened, Some("hello otters")),
+            event(&one, 2, TurnMark::Closed, Some("You said: hello otters")),
+            event(
+                &one,
+                3,
+                TurnMark::Opened {
+                    turn_id: 2,
+                    text: "cut".into(),
+                },
+                None,
+            ),
+            WriteOp::Messages {
+                session: one.clone(),
+                first: 0,
+                messages: vec![ChatMessage::text(Role::User, "hello otters"), calls.clone()],
+            },
+            WriteOp::Note {
+                session: one.clone(),
+                text: "n1".into(),
+            },
+            WriteOp::Note {
+                session: one.clone(),
+                text: "n2".into(),
+            },
+            create(&two, "bob"),
+            event(&two, 1, TurnMark::None, Some("otters too")),
+        ])
+        .unwrap();
+    drop(store);
+    let store = reopen();
+    let loaded = store.load(&one, 2, 100).unwrap().unwrap();
+    assert_eq!(loaded.owner, "alice");
+    assert_eq!(loaded.user_id.as_deref(), Some("ann"));
+    assert_eq!(loaded.personality.as_deref(), Some("be brief"));
+    assert_eq!((loaded.last_seq, loaded.turns), (3, 2));
+    assert_eq!(loaded.open_turn, Some((2, "cut".to_owned())));
+    assert_eq!(
+        loaded.tail,
+        [(2, "event 2".to_owned()), (3, "event 3".to_owned())]
+    );
+    assert_eq!(loaded.messages.len(), 2);
+    assert_eq!(loaded.messages[1], calls);
+    assert_eq!(loaded.notes, ["n1", "n2"]);
+    // A cut by count never starts inside an exchange.
+    let cut = store.load(&one, 2, 1).unwrap().unwrap();
+    assert!(cut.messages.is_empty());
+    assert_eq!(cut.first_message, 2);
+    assert!(store.load(&id(3), 2, 1).unwrap().is_none());
+    let page = store.events(&one, 1, 3, usize::MAX).unwrap();
+    assert_eq!(page.events.len(), 2);
+    assert_eq!(page.first_seq, 1);
+    assert_eq!(store.events(&one, 0, 3, 1).unwrap().events.len(), 1);
+    assert!(store.events(&id(3), 0, 3, 1).unwrap().events.is_empty());
+    let before = store.events_before("alice", &one, Some(3), 1).unwrap();
+    assert_eq!(before, Some(vec!["event 2".to_owned()]));
+    let all = store.events_before("alice", &one, None, 10).unwrap();
+    assert_eq!(all.map(|events| events.len()), Some(3));
+    let titles: Vec<_> = store
+        .list("alice", None, 10)
+        .unwrap()
+        .into_iter()
+        .map(|s| s.title)
+        .collect();
+    assert_eq!(titles, [Some("hello otters".to_owned())]);
+    assert_eq!(store.list("alice", Some("otters"), 10).unwrap().len(), 1);
+    assert_eq!(store.list("alice", Some("OTTER"), 10).unwrap().len(), 1);
+    assert_eq!(store.list("bob", Some("otters"), 10).unwrap().len(), 1);
+    assert!(store.list("alice", Some("beavers"), 10).unwrap().is_empty());
+    assert!(store.list("alice", Some("  ..."), 10).unwrap().is_empty());
+    assert_eq!(store.count("alice").unwrap(), 1);
+    assert_eq!(store.count("carol").unwrap(), 0);
+    let summary = store.summary("alice", &one).unwrap().unwrap();
+    assert_eq!(
+        (summary.turns, summary.title.as_deref()),
+        (2, Some("hello otters"))
+    );
+    assert!(store.summary("bob", &one).unwrap().is_none());
+    assert!(
+        store
+            .events_before("bob", &one, None, 10)
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .idle(Duration::from_secs(3600), 10)
+            .unwrap()
+            .is_empty()
+    );
+
+    store
+        .apply(&[
+            WriteOp::Rename {
+                session: one.clone(),
+                owner: "bob".into(),
+                title: "not yours".into(),
+            },
+            WriteOp::Rename {
+                session: two.clone(),
+                owner: "bob".into(),
+                title: "renamed".into(),
+            },
+        ])
+        .unwrap();
+    assert_eq!(
+        store
+            .summary("bob", &two)
+            .unwrap()
+            .unwrap()
+            .title
+            .as_deref(),
+        Some("renamed")
+    );
+    assert_eq!(
+        store
+            .summary("alice", &one)
+            .unwrap()
+            .unwrap()
+            .title
+            .as_deref(),
+        Some("hello otters")
+    );
+
+    store
+        .apply(&[WriteOp::DeleteSession {
+            session: one.clone(),
+        }])
+        .unwrap();
+    assert!(store.load(&one, 10, 10).unwrap().is_none());
+    assert!(store.list("alice", Some("otters"), 10).unwrap().is_empty());
+    // Writes for a deleted conversation are skipped, not failed.
+    store
+        .apply(&[event(&one, 4, TurnMark::None, None)])
+        .unwrap();
+    for (table, left) in [("events", 1), ("messages", 0), ("notes", 0)] {
+        assert_eq!(store.rows(table), left, "{table}");
+    }
+}
+
+fn reassigning_an_owner_moves_its_conversations_and_nodes_only<S: TestStore>(store: S) {
+    let (one, two) = (id(1), id(2));
+    store
+        .apply(&[create(&one, "old"), create(&two, "other")])
+        .unwrap();
+    store.remember("old", "owls hoot").unwrap();
+    store.remember("other", "owls hoot").unwrap();
+    assert_eq!(store.reassign_owner("old", "new").unwrap(), 1);
+    assert_eq!(store.reassign_nodes("old", "new").unwrap(), 1);
+    assert_eq!(store.load(&one, 1, 1).unwrap().unwrap().owner, "new");
+    assert_eq!(store.load(&two, 1, 1).unwrap().unwrap().owner, "other");
+    assert_eq!(store.list("new", None, 10).unwrap().len(), 1);
+    assert!(store.list("old", None, 10).unwrap().is_empty());
+    assert_eq!(store.search("new", "owls", None, 5).unwrap().len(), 1);
+    assert!(store.search("old", "owls", None, 5).unwrap().is_empty());
+    assert_eq!(store.reassign_owner("old", "new").unwrap(), 0, "idempotent");
+}
+
+fn the_graph_is_private_to_each_owner_and_remember_is_an_upsert<S: TestStore>(store: S) {
+    let store = Arc::new(store);
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            std::thread::spawn(move || store.remember("ann", "cats purr").unwrap().0.id)
+        })
+        .collect();
+    let ids: Vec<i64> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+    let (again, new) = store.remember("ann", "cats purr").unwrap();
+    assert!(!new && again.id == ids[0] && again.kind == "fact");
+    let (theirs, new) = store.remember("bob", "cats purr").unwrap();
+    assert!(new && theirs.id != ids[0]);
+    assert_eq!(store.search("ann", "cats", None, 5).unwrap().len(), 1);
+    assert_eq!(
+        store.search("ann", "cat", None, 5).unwrap().len(),
+        1,
+        "stemmed"
+    );
+    assert_eq!(
+        store.search("ann", "cats", Some("thing"), 5).unwrap().len(),
+        0
+    );
+    assert_eq!(store.search("eve", "cats", None, 5).unwrap().len(), 0);
+    assert!(store.get("eve", ids[0]).unwrap().is_none());
+    assert!(!store.delete("eve", ids[0]).unwrap());
+    assert!(
+        store
+            .add_edge("eve", ids[0], theirs.id, "likes", &json!({}))
+            .is_err()
+    );
+    assert!(
+        store
+            .add_edge("ann", ids[0], theirs.id, "likes", &json!({}))
+            .is_err()
+    );
+    let tea = store
+        .add_node("ann", "thing", "tea", "green tea", &json!({"hot": true}))
+        .unwrap();
+    assert_eq!(tea.properties, json!({"hot": true}));
+    let edge = store
+        .add_edge("ann", ids[0], tea.id, "likes", &json!({"since": 2020}))
+        .unwrap();
+    let same = store
+        .add_edge("ann", ids[0], tea.id, "likes", &json!({}))
+        .unwrap();
+    assert_eq!(same, edge, "an edge is added once");
+    let around = store.get("ann", tea.id).unwrap().unwrap();
+    assert_eq!(around.node, tea);
+    assert_eq!(around.neighbours.len(), 1);
+    assert_eq!(around.neighbours[0].0.properties, json!({"since": 2020}));
+    assert_eq!(around.neighbours[0].1.id, ids[0]);
+    let recent = store.recent("ann", None, 10).unwrap();
+    assert_eq!(
+        recent.iter().map(|n| n.id).collect::<Vec<_>>(),
+        [tea.id, ids[0]]
+    );
+    assert_eq!(store.recent("ann", Some("fact"), 10).unwrap().len(), 1);
+    assert_eq!(
+        store.search("ann", "green tea", None, 5).unwrap(),
+        [tea.clone()]
+    );
+    assert!(store.delete("ann", ids[0]).unwrap());
+    assert!(
+        store
+            .get("ann", tea.id)
+            .unwrap()
+            .unwrap()
+            .neighbours
+            .is_empty()
+    );
+    assert!(
+        store
+            .search("ann", "\"unbalanced AND ( ' & | !", None, 5)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.node_count(), 2);
+}
+
+fn a_search_keeps_its_first_sixteen_distinct_words<S: TestStore>(store: S) {
+    // A lookup over the cap still works: the words kept find the fact, and a fact that only
+    // words past the cap would find is not searched for.
+    let long: Vec<String> = (0..40).map(|i| format!("word{i}")).collect();
+    store.remember("ann", "word3 and cats").unwrap();
+    store.remember("ann", "only word39 here").unwrap();
+    let found = store.search("ann", &long.join(" "), None, 5).unwrap();
+    let contents: Vec<&str> = found.iter().map(|n| n.content.as_str()).collect();
+    assert_eq!(contents, ["word3 and cats"]);
+    // Every word first, then any of them: the fact with both ranks first.
+    store.remember("ann", "otters swim in rivers").unwrap();
+    store.remember("ann", "otters sleep").unwrap();
+    let found = store.search("ann", "otters rivers", None, 5).unwrap();
+    let contents: Vec<&str> = found.iter().map(|n| n.content.as_str()).collect();
+    assert_eq!(contents, ["otters swim in rivers", "otters sleep"]);
+}
+
+fn a_search_out_of_time_answers_with_what_it_found_not_an_error<S: TestStore>(store: S) {
+    for n in 0..300 {
+        store
+            .remember("ann", &format!("fact {n} about otters and rivers"))
+            .unwrap();
+    }
+    let session = id(9);
+    let mut ops = vec![create(&session, "ann")];
+    ops.extend((1..=300).map(|seq| event(&session, seq, TurnMark::None, Some("otters swim"))));
+    store.apply(&ops).unwrap();
+    assert_eq!(
+        store.search("ann", "otters rivers", None, 5).unwrap().len(),
+        5
+    );
+    assert_eq!(store.list("ann", Some("otters"), 10).unwrap().len(), 1);
+
+    // No time at all: the first query is stopped at once.
+    store.set_budget(Duration::ZERO);
+    assert!(
+        store
+            .search("ann", "otters rivers", None, 5)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.list("ann", Some("otters"), 10).unwrap().len(), 0);
+    // Other reads have no budget, and the connections work on afterwards.
+    assert_eq!(store.recent("ann", None, 3).unwrap().len(), 3);
+    assert_eq!(store.list("ann", None, 10).unwrap().len(), 1);
+    store.set_budget(DEFAULT_SEARCH_BUDGET);
+    for _ in 0..8 {
+        assert_eq!(store.search("ann", "otters", None, 5).unwrap().len(), 5);
+    }
+}
+
+#[test]
+fn sqlite_round_trip() {
+    let dir = temp_dir("round-trip");
+    round_trip(SqliteStore::open(&dir).unwrap(), || {
+        SqliteStore::open(&dir).unwrap()
+    });
+}
+
+#[test]
+fn postgres_round_trip() {
+    let url = cluster::fresh_database();
+    round_trip(postgres(&url), || postgres(&url));
+}
+
+#[test]
+fn sqlite_reassigning_an_owner() {
+    reassigning_an_owner_moves_its_conversations_and_nodes_only(SqliteStore::in_memory().unwrap());
+}
+
+#[test]
+fn postgres_reassigning_an_owner() {
+    reassigning_an_owner_moves_its_conversations_and_nodes_only(postgres(
+        &cluster::fresh_database(),
+    ));
+}
+
+#[test]
+fn sqlite_graph() {
+    the_graph_is_private_to_each_owner_and_remember_is_an_upsert(SqliteStore::in_memory().unwrap());
+}
+
+#[test]
+fn postgres_graph() {
+    the_graph_is_private_to_each_owner_and_remember_is_an_upsert(postgres(
+        &cluster::fresh_database(),
+    ));
+}
+
+#[test]
+fn sqlite_search_words() {
+    a_search_keeps_its_first_sixteen_distinct_words(SqliteStore::in_memory().unwrap());
+}
+
+#[test]
+fn postgres_search_words() {
+    a_search_keeps_its_first_sixteen_distinct_words(postgres(&cluster::fresh_database()));
+}
+
+#[test]
+fn sqlite_search_budget() {
+    let store = SqliteStore::in_memory().unwrap();
+    assert!(store.reader_count() <= 8);
+    a_search_out_of_time_answers_with_what_it_found_not_an_error(store);
+}
+
+#[test]
+fn postgres_search_budget() {
+    a_search_out_of_time_answers_with_what_it_found_not_an_error(postgres(
+        &cluster::fresh_database(),
+    ));
+}
+
+#[test]
+fn search_words_keep_the_first_sixteen_distinct_ones() {
+    let long: Vec<String> = (0..40).map(|i| format!("word{i}")).collect();
+    let words = search_words(&format!("the {} word0 WORD1", long.join(" ")));
+    assert_eq!(words.len(), MAX_SEARCH_WORDS);
+    assert_eq!(words[0], "word0");
+    assert_eq!(words[15], "word15");
+    assert_eq!(search_words("what is the what"), ["what", "is", "the"]);
+    assert!(search_words("  ...  ").is_empty());
+}
+
+#[test]
+fn labels_are_cut_at_a_word() {
+    assert_eq!(label_for("short  fact"), "short fact");
+    let long = "word ".repeat(30);
+    let label = label_for(&long);
+    assert!(label.ends_with('…') && label.chars().count() <= LABEL_CHARS + 1);
+}
+
+#[test]
+fn postgres_refuses_a_second_instance_a_newer_schema_and_a_bad_url() {
+    let url = cluster::fresh_database();
+    let first = postgres(&url);
+    let second = PostgresStore::connect(&url, 2).unwrap_err().to_string();
+    assert!(
+        second.contains("in use by another running sparky"),
+        "{second}"
+    );
+    drop(first);
+    let again = postgres(&url);
+    drop(again);
+    let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    client
+        .execute("INSERT INTO schema_version (version) VALUES (99)", &[])
+        .unwrap();
+    let newer = PostgresStore::connect(&url, 2).unwrap_err().to_string();
+    assert!(newer.contains("newer than this build"), "{newer}");
+    let bad = PostgresStore::connect("postgres://ann:s3cret@127.0.0.1:1/x", 2)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        bad.contains("cannot connect") && !bad.contains("s3cret"),
+        "{bad}"
+    );
+    let nonsense = PostgresStore::connect("postgres://[::", 2)
+        .unwrap_err()
+        .to_string();
+    assert!(nonsense.contains("not a PostgreSQL URL"), "{nonsense}");
+}
+
+#[test]
+fn postgres_a_size_cap_refuses_writes_that_add_but_lets_deletions_through() {
+    let store = postgres(&cluster::fresh_database());
+    let one = id(1);
+    store.apply(&[create(&one, "ann")]).unwrap();
+    store.set_size_limit(Some(1)).unwrap();
+    let full = store
+        .apply(&[event(&one, 1, TurnMark::None, None)])
+        .unwrap_err()
+        .to_string();
+    assert!(full.contains("--max-store-mib"), "{full}");
+    assert!(store.remember("ann", "a fact").is_err());
+    store
+        .apply(&[WriteOp::DeleteSession { session: one }])
+        .unwrap();
+    store.set_size_limit(None).unwrap();
+    store.remember("ann", "a fact").unwrap();
+}
+
+#[test]
+fn postgres_a_lost_database_fails_writes_then_takes_them_again() {
+    let url = cluster::fresh_database();
+    let store = postgres(&url);
+    let one = id(1);
+    store
+        .apply(&[create(&one, "ann"), event(&one, 1, TurnMark::None, None)])
+        .unwrap();
+    store.remember("ann", "before").unwrap();
+    assert!(store.status().reachable);
+
+    cluster::cut_off(&url);
+    let batch = [event(&one, 2, TurnMark::None, None)];
+    assert!(store.apply(&batch).is_err());
+    assert!(store.load(&one, 10, 10).is_err());
+    assert!(!store.status().reachable);
+
+    cluster::reopen(&url);
+    // The writer reconnects (with backoff) and takes the instance lock again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.apply(&batch).is_err() {
+        assert!(Instant::now() < deadline, "the store did not come back");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(store.status().reachable);
+    let loaded = store.load(&one, 10, 10).unwrap().unwrap();
+    assert_eq!(loaded.last_seq, 2);
+    assert_eq!(store.search("ann", "before", None, 5).unwrap().len(), 1);
+    // A restart of the server ends every connection: the pool's stale ones are replaced
+    // without a read failing.
+    cluster::terminate_connections(&url);
+    assert_eq!(store.load(&one, 10, 10).unwrap().unwrap().last_seq, 2);
+    assert_eq!(store.search("ann", "before", None, 5).unwrap().len(), 1);
+    let status = store.status().pool.unwrap();
+    assert!(
+        status.connects_total >= 3 && status.connect_failures_total >= 1,
+        "{status:?}"
+    );
+}

@@ -203,7 +203,7 @@ impl Importer<'_, '_> {
                 chunk.iter().map(|(_, _, text)| text.as_deref()).collect();
             self.tx.execute(
                 "INSERT INTO events (session_key, seq, body, search) \
-                 SELECT $1, s, b, to_tsvector('english', left(t, $5::bigint::int)) \
+                 SELECT $1, s, b, to_tsvector('sparky_english', left(t, $5::bigint::int)) \
                  FROM unnest($2::bigint[], $3::text[], $4::text[]) AS u (s, b, t)",
                 &[&key, &seqs, &bodies, &texts, &super::SEARCH_TEXT_CHARS],
             )?;

@@ -117,7 +117,7 @@ fn owner_lexeme(owner: &str) -> String {
 }
 
 /// The text-search queries for free text, most selective first: every word, then (when there
-/// are several) any of them; each word quoted, for `to_tsquery('english', …)`.
+/// are several) any of them; each word quoted, for `to_tsquery('sparky_english', …)`.
 fn tsqueries(text: &str) -> Vec<String> {
     let words: Vec<String> = search_words(text)
         .into_iter()
@@ -454,7 +454,7 @@ const INSERT_SESSION: &str = "INSERT INTO sessions \
      VALUES ($1, $2, $3, $4, $5, $5) RETURNING key";
 const SESSION_KEY: &str = "SELECT key FROM sessions WHERE id = $1";
 const INSERT_EVENTS: &str = "INSERT INTO events (session_key, seq, body, search) \
-     SELECT k, s, b, to_tsvector('english', left(t, $5::bigint::int)) \
+     SELECT k, s, b, to_tsvector('sparky_english', left(t, $5::bigint::int)) \
      FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[]) AS u (k, s, b, t)";
 const INSERT_MESSAGES: &str = "INSERT INTO messages \
      (session_key, idx, role, content, tool_calls, tool_call_id, is_error) \
@@ -758,7 +758,7 @@ const EVENTS_BEFORE: &str = "SELECT body FROM events WHERE session_key = $1 AND 
      ORDER BY seq DESC LIMIT $3";
 const LIST: &str = "SELECT id, title, created_at, updated_at, turns FROM sessions \
      WHERE owner = $1 ORDER BY updated_at DESC, key DESC LIMIT $2";
-const SEARCH_CONVERSATIONS: &str = "WITH q AS (SELECT to_tsquery('english', $2) AS words) \
+const SEARCH_CONVERSATIONS: &str = "WITH q AS (SELECT to_tsquery('sparky_english', $2) AS words) \
      SELECT s.id, s.title, s.created_at, s.updated_at, s.turns FROM sessions s, q \
      WHERE numnode(q.words) > 0 AND s.owner = $1 AND EXISTS \
      (SELECT 1 FROM events e WHERE e.session_key = s.key AND e.search @@ q.words) \
@@ -1044,9 +1044,9 @@ const REMEMBER: &str = "INSERT INTO nodes \
      RETURNING id, kind, label, content, properties, created_at, updated_at";
 const REMEMBERED: &str = "SELECT id, kind, label, content, properties, created_at, updated_at \
      FROM nodes WHERE owner = $1 AND kind = 'fact' AND content_sha256 = $2";
-const SEARCH_NODES: &str = "WITH q AS (SELECT to_tsquery('english', $2) AS words) \
+const SEARCH_NODES: &str = "WITH q AS (SELECT to_tsquery('sparky_english', $2) AS words) \
      SELECT n.id, n.kind, n.label, n.content, n.properties, n.created_at, n.updated_at \
-     FROM nodes n, q WHERE numnode(q.words) > 0 AND n.search @@ (q.words && $1::tsquery) \
+     FROM nodes n, q WHERE numnode(q.words) > 0 AND n.search @@ (q.words && $1::text::tsquery) \
      AND ($3::text IS NULL OR n.kind = $3) \
      ORDER BY ts_rank_cd(n.search, q.words) DESC, n.id DESC LIMIT $4";
 const RECENT: &str = "SELECT id, kind, label, content, properties, created_at, updated_at \
@@ -1256,5 +1256,20 @@ impl GraphStore for PostgresStore {
                 &[&old, &new],
             )
         })
+    }
+}
+
+#[cfg(test)]
+impl PostgresStore {
+    /// Rows in `table`, for tests.
+    pub(in super::super) fn count_rows(&self, table: &str) -> i64 {
+        self.pool
+            .run("count", |connection| {
+                connection
+                    .client
+                    .query_one(&format!("SELECT count(*) FROM {table}"), &[])?
+                    .try_get(0)
+            })
+            .unwrap_or(-1)
     }
 }

@@ -7,7 +7,10 @@
 //! Version 1 holds what SQLite's version 2 holds, with the database enforcing what one writer
 //! only promised there: one event per `seq` and one turn per `turn_id` in a conversation
 //! (primary keys), one copy of a fact per owner (a unique index over a digest of its content).
-//! Full-text search is a `tsvector` with a GIN index: over what people said, for the
+//! Text is searched with `sparky_english`: PostgreSQL's English configuration with its
+//! stemmer but without its stopwords, so that, as with SQLite's index, every word can be found
+//! (the words a search keeps are chosen in Rust, alike for both stores). Full-text search is a
+//! `tsvector` with a GIN index: over what people said, for the
 //! conversation search, and over each node's label and content plus a lexeme naming its owner,
 //! so that a search is scoped to one principal inside the index. `leases` is empty: it is where
 //! an instance will record the conversations whose turns it runs, once several instances share
@@ -26,6 +29,12 @@ const MIGRATION_LOCK: i64 = 0x7370_6172_6b79_6d67;
 
 /// Version 0 to 1: the first schema.
 const V1: &str = r#"
+CREATE TEXT SEARCH DICTIONARY sparky_stem (TEMPLATE = snowball, LANGUAGE = english);
+CREATE TEXT SEARCH CONFIGURATION sparky_english (COPY = english);
+ALTER TEXT SEARCH CONFIGURATION sparky_english
+    ALTER MAPPING FOR asciiword, asciihword, hword_asciipart, word, hword, hword_part
+    WITH sparky_stem;
+
 CREATE TABLE sessions (
     key bigserial PRIMARY KEY,
     id text NOT NULL UNIQUE,
@@ -97,7 +106,7 @@ CREATE TABLE nodes (
     created_at bigint NOT NULL,
     updated_at bigint NOT NULL,
     search tsvector GENERATED ALWAYS AS (
-        to_tsvector('english', label || ' ' || content) || array_to_tsvector(ARRAY['@' || owner])
+        to_tsvector('sparky_english', label || ' ' || content) || array_to_tsvector(ARRAY['@' || owner])
     ) STORED
 );
 CREATE INDEX nodes_owner ON nodes (owner, kind, id);
