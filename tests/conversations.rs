@@ -101,7 +101,11 @@ fn a_version_1_database_is_migrated_with_nothing_lost() {
         (sessions, events)
     };
     assert_eq!(sessions.len(), 3);
-    let server = TestServer::with_config(|config| config.data_dir = dir.clone());
+    // A SQLite file of version 1: this test is about SQLite whatever the run's store.
+    let server = TestServer::with_config(|config| {
+        config.data_dir = dir.clone();
+        config.database_url = None;
+    });
     let list = http_json(server.addr, "GET", "/api/conversations", None, None).1;
     assert_eq!(list["conversations"].as_array().unwrap().len(), 3);
     for id in &sessions {

@@ -14,8 +14,8 @@ use serde_json::json;
 use sparky::auth::Principal;
 use sparky::config::RateLimit;
 use sparky::protocol::{ServerFrame, SessionId};
-use sparky::store::{ConversationStore, GraphStore, SqliteStore, TurnMark, WriteOp};
-use support::{Client, TestServer, WAIT, http_json, temp_dir, test_config, wait_until};
+use sparky::store::{TurnMark, WriteOp};
+use support::{Client, TestServer, WAIT, http_json, test_config, wait_until};
 use tungstenite::client::IntoClientRequest;
 use tungstenite::http::{HeaderName, HeaderValue};
 use tungstenite::protocol::CloseFrame;
@@ -475,11 +475,14 @@ fn tokens_never_reach_the_log_even_at_trace_level() {
 
 #[test]
 fn owners_stored_under_a_sha1_fingerprint_are_moved_to_sha256_at_start() {
-    let dir = temp_dir("sha1-owners");
+    let config = sparky::Config {
+        auth_tokens: vec!["alpha".into(), "beta".into()],
+        ..test_config()
+    };
     let id = SessionId::from_random_bytes([7; 16]);
     let old = Principal::legacy_of_token("alpha");
     {
-        let store = SqliteStore::open(&dir).unwrap();
+        let (store, graph) = support::open_store(&config);
         store
             .apply(&[
                 WriteOp::CreateSession {
@@ -504,15 +507,9 @@ fn owners_stored_under_a_sha1_fingerprint_are_moved_to_sha256_at_start() {
                 },
             ])
             .unwrap();
-        store.remember(old.as_str(), "owls hoot at night").unwrap();
+        graph.remember(old.as_str(), "owls hoot at night").unwrap();
     }
-    let server = TestServer::with_config(|config| {
-        *config = sparky::Config {
-            data_dir: dir.clone(),
-            auth_tokens: vec!["alpha".into(), "beta".into()],
-            ..test_config()
-        };
-    });
+    let server = TestServer::with_config(|c| *c = config.clone());
     let (status, listed) = http_json(
         server.addr,
         "GET",

@@ -1,5 +1,5 @@
 //! Durability: sessions and facts survive a SIGKILL of the server process, and a data
-//! directory that is locked, corrupt or newer is refused at start.
+//! directory (or a database) that is locked, corrupt or newer is refused at start.
 
 mod support;
 
@@ -8,7 +8,7 @@ use std::thread;
 
 use serde_json::json;
 use sparky::protocol::{ErrorCode, ServerFrame, TurnId};
-use support::{ChildServer, Client, kinds, seqs, temp_dir, tool_result};
+use support::{ChildServer, Client, kinds, seqs, store_args, temp_dir, tool_result};
 
 #[test]
 fn a_killed_server_comes_back_with_every_event_and_fact() {
@@ -109,10 +109,17 @@ fn fifty_sessions_writing_at_once_lose_nothing() {
     assert_eq!(result.lines().count(), 50, "{result}");
 }
 
-/// Runs the binary on `dir` and returns its exit code and stderr.
-fn start_fails(dir: &str) -> (Option<i32>, String) {
+/// Runs the binary on `dir` (on the database that stands for it in a run against
+/// PostgreSQL, when `any_store`) and returns its exit code and stderr.
+fn start_fails(dir: &str, any_store: bool) -> (Option<i32>, String) {
+    let args = ["--addr", "127.0.0.1:0", "--data-dir", dir];
+    let args = if any_store {
+        store_args(&args)
+    } else {
+        args.map(str::to_owned).to_vec()
+    };
     let output = Command::new(env!("CARGO_BIN_EXE_sparky"))
-        .args(["--addr", "127.0.0.1:0", "--data-dir", dir])
+        .args(args)
         .output()
         .unwrap();
     (
@@ -126,7 +133,7 @@ fn a_data_dir_in_use_is_refused_with_exit_code_1() {
     let dir = temp_dir("locked");
     let data_dir = dir.to_str().unwrap();
     let _running = ChildServer::start(&["--data-dir", data_dir]);
-    let (code, stderr) = start_fails(data_dir);
+    let (code, stderr) = start_fails(data_dir, true);
     assert_eq!(code, Some(1));
     assert!(
         stderr.contains("in use by another running sparky"),
@@ -139,7 +146,8 @@ fn a_corrupt_database_is_refused_with_exit_code_1() {
     let dir = temp_dir("corrupt");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("sparky.db"), vec![0x5a; 16 * 1024]).unwrap();
-    let (code, stderr) = start_fails(dir.to_str().unwrap());
+    // A SQLite file, whatever the run's store.
+    let (code, stderr) = start_fails(dir.to_str().unwrap(), false);
     assert_eq!(code, Some(1));
     assert!(stderr.contains("sparky.db"), "{stderr}");
     // The file is left as it was: no silent reset.

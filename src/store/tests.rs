@@ -314,7 +314,7 @@ fn the_graph_is_private_to_each_owner_and_remember_is_an_upsert<S: TestStore>(st
     assert_eq!(store.recent("ann", Some("fact"), 10).unwrap().len(), 1);
     assert_eq!(
         store.search("ann", "green tea", None, 5).unwrap(),
-        [tea.clone()]
+        std::slice::from_ref(&tea)
     );
     assert!(store.delete("ann", ids[0]).unwrap());
     assert!(

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // Each test file uses its own subset of these helpers.
 
+pub mod postgres;
+
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -61,6 +63,7 @@ impl TestServer {
         wait_until("the data directory to be free", || {
             let mut config = test_config();
             config.data_dir = data_dir.to_owned();
+            use_test_store(&mut config);
             adjust(&mut config);
             let listener = sparky::bind("127.0.0.1:0".parse().unwrap()).unwrap();
             match sparky::server::spawn_with(listener, config, Arc::new(OfflineModel)) {
@@ -82,17 +85,71 @@ impl TestServer {
     }
 }
 
-/// A configuration for tests: loopback, a unique data directory.
+/// A configuration for tests: loopback, a unique data directory (and, in a run against
+/// PostgreSQL, a database of its own; see [`use_test_store`]).
 pub fn test_config() -> Config {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::SeqCst);
     let dir = std::env::temp_dir().join(format!("sparky-test-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    Config {
+    let mut config = Config {
         addr: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir,
         ..Config::default()
+    };
+    use_test_store(&mut config);
+    config
+}
+
+/// True when this run keeps its servers' data in PostgreSQL (`SPARKY_TEST_STORE=postgres`)
+/// rather than SQLite.
+pub fn on_postgres() -> bool {
+    match std::env::var("SPARKY_TEST_STORE").as_deref() {
+        Ok("postgres") => true,
+        Ok("sqlite") | Ok("") | Err(_) => false,
+        Ok(other) => panic!("SPARKY_TEST_STORE is sqlite or postgres, not {other:?}"),
     }
+}
+
+/// In a run against PostgreSQL, points `config` at the database that stands for its data
+/// directory (the same one for the same directory, so a restart finds its data); otherwise
+/// leaves it on SQLite.
+pub fn use_test_store(config: &mut Config) {
+    config.database_url =
+        (on_postgres() && !config.in_memory).then(|| postgres::database_for(&config.data_dir));
+}
+
+/// The store `config` names, opened directly (no server): both traits of one store.
+pub fn open_store(
+    config: &Config,
+) -> (
+    Arc<dyn sparky::store::ConversationStore>,
+    Arc<dyn sparky::store::GraphStore>,
+) {
+    match &config.database_url {
+        Some(url) => {
+            let store = Arc::new(sparky::store::PostgresStore::connect(url, 2).unwrap());
+            (store.clone(), store)
+        }
+        None => {
+            let store = Arc::new(sparky::store::SqliteStore::open(&config.data_dir).unwrap());
+            (store.clone(), store)
+        }
+    }
+}
+
+/// The binary's arguments for `args`, with `--store` added in a run against PostgreSQL: the
+/// database that stands for the `--data-dir` given (unless `--in-memory`).
+pub fn store_args(args: &[&str]) -> Vec<String> {
+    let mut all: Vec<String> = args.iter().map(|arg| (*arg).to_owned()).collect();
+    if on_postgres()
+        && !args.contains(&"--in-memory")
+        && let Some(at) = args.iter().position(|arg| *arg == "--data-dir")
+    {
+        let dir = std::path::Path::new(args[at + 1]);
+        all.extend(["--store".to_owned(), postgres::database_for(dir)]);
+    }
+    all
 }
 
 /// Waits until `condition` holds, checking every few milliseconds, and fails after [`WAIT`].
@@ -310,7 +367,7 @@ impl ChildServer {
         use std::process::{Command, Stdio};
         let mut child = Command::new(env!("CARGO_BIN_EXE_sparky"))
             .args(["--addr", "127.0.0.1:0", "--log-level", "warn"])
-            .args(args)
+            .args(store_args(args))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

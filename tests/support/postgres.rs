@@ -324,13 +324,16 @@ fn spawn_server(mut server: Command) -> Result<(), String> {
         .name("test-postgres".into())
         .spawn(move || {
             let child = server.spawn();
-            let ok = child.is_ok();
+            let failed = child.is_err();
             let _ = started.send(
                 child
                     .map(|_| ())
                     .map_err(|e| format!("cannot start postgres: {e}")),
             );
-            while ok {
+            if failed {
+                return;
+            }
+            loop {
                 std::thread::park();
             }
         })

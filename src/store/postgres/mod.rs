@@ -248,25 +248,35 @@ impl PostgresStore {
     }
 
     /// Runs `work` on the writer connection, connecting (and taking the instance lock) first
-    /// when there is none. A connection that broke is dropped, to be opened again next time.
+    /// when there is none. A connection that broke is dropped, and `work` runs once more on a
+    /// new one: the usual failure after the database restarted is a connection that was
+    /// already dead. `work` must be safe to repeat: a batch is (see [`apply_batch`]).
     fn write<T>(
         &self,
         what: &str,
-        work: impl FnOnce(&mut Connection, &mut WriterMemory) -> Result<T, postgres::Error>,
+        mut work: impl FnMut(&mut Connection, &mut WriterMemory) -> Result<T, postgres::Error>,
     ) -> Result<T> {
         let mut writer = self.writer.lock();
         let Writer { connection, memory } = &mut *writer;
-        let open = self.writer_connection(connection)?;
-        let result = work(open, memory);
-        if result.is_err() {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let open = self.writer_connection(connection)?;
+            let result = work(open, memory);
+            let Err(e) = result else {
+                return result.map_err(|e| store_error(what, &e));
+            };
             // Keys learnt in a transaction that did not commit may name nothing.
             memory.keys.clear();
-            if open.client.is_closed() {
-                *connection = None;
+            if !open.client.is_closed() {
+                return Err(store_error(what, &e));
+            }
+            *connection = None;
+            if tries == 2 {
                 self.pool.connector().lost();
+                return Err(store_error(what, &e));
             }
         }
-        result.map_err(|e| store_error(what, &e))
     }
 
     /// The writer's connection, opened (and holding the instance lock) if there is none or it
