@@ -4,7 +4,7 @@
 //! has: PostgreSQL's instance lock, schema version, size cap and reconnection.
 
 #[path = "../../tests/support/postgres.rs"]
-mod cluster;
+pub(super) mod cluster;
 
 use std::path::PathBuf;
 use std::sync::Arc;

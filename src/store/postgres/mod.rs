@@ -1283,3 +1283,74 @@ impl PostgresStore {
             .unwrap_or(-1)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::cluster;
+    use super::*;
+
+    fn batch(id: &SessionId, seq: u64) -> Vec<WriteOp> {
+        vec![WriteOp::Event {
+            session: id.clone(),
+            seq,
+            body: format!("event {seq}").into(),
+            turn: TurnMark::None,
+            search_text: None,
+        }]
+    }
+
+    /// The transaction id that wrote event `seq` (a fresh cluster's ids need no epoch).
+    fn writer_of(store: &PostgresStore, seq: i64) -> String {
+        store
+            .pool
+            .run("xmin", |connection| {
+                connection
+                    .client
+                    .query_one("SELECT xmin::text FROM events WHERE seq = $1", &[&seq])?
+                    .try_get(0)
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn a_batch_whose_commit_was_cut_off_is_written_exactly_once() {
+        let store = PostgresStore::connect(&cluster::fresh_database(), 2).unwrap();
+        let id = SessionId::from_random_bytes([5; 16]);
+        let create = WriteOp::CreateSession {
+            id: id.clone(),
+            owner: "ann".into(),
+            user_id: None,
+            personality: None,
+        };
+        store.apply(&[create]).unwrap();
+        store.apply(&batch(&id, 1)).unwrap();
+
+        // The commit went through, but the writer lost the connection before hearing so: the
+        // same batch, tried again, is not written twice (a second event 1 would be refused).
+        let committed = writer_of(&store, 1);
+        store.writer.lock().memory.uncertain = Some((committed, batch(&id, 1)));
+        store.apply(&batch(&id, 1)).unwrap();
+        assert_eq!(store.count_rows("events"), 1);
+
+        // The commit did not go through: the batch is written.
+        let aborted: String = {
+            let mut writer = store.writer.lock();
+            let client = &mut writer.connection.as_mut().unwrap().client;
+            let mut tx = client.transaction().unwrap();
+            let xid = tx
+                .query_one("SELECT pg_current_xact_id()::text", &[])
+                .unwrap()
+                .get(0);
+            tx.rollback().unwrap();
+            xid
+        };
+        store.writer.lock().memory.uncertain = Some((aborted, batch(&id, 2)));
+        store.apply(&batch(&id, 2)).unwrap();
+        assert_eq!(store.count_rows("events"), 2);
+
+        // A `seq` the conversation has already used is refused by the database.
+        let again = store.apply(&batch(&id, 2)).unwrap_err().to_string();
+        assert!(again.contains("duplicate key"), "{again}");
+        assert_eq!(store.load(&id, 10, 10).unwrap().unwrap().last_seq, 2);
+    }
+}
