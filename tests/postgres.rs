@@ -199,3 +199,24 @@ fn a_restarted_database_server_costs_no_reader_an_error() {
     let mut again = Client::resume(server.addr, &id, last_seq);
     assert_eq!(again.ask("still here?"), "You said: still here?");
 }
+
+#[test]
+fn healthz_sees_the_database_return_with_no_other_traffic() {
+    let url = postgres::fresh_database();
+    let server = on_postgres(&url);
+    assert_eq!(server.client().ask("hello"), "You said: hello");
+    postgres::cut_off(&url);
+    // A read finds the database gone; nothing else happens on this server afterwards (a load
+    // balancer would send it nothing while its health check fails).
+    let (status, _) = http(server.addr, "GET", "/api/conversations", None, None);
+    assert_ne!(status, 200);
+    let (status, health) = http_json(server.addr, "GET", "/healthz", None, None);
+    assert_eq!((status, health["store"].as_str()), (503, Some("failing")));
+    postgres::reopen(&url);
+    wait_until("/healthz to see the database again", || {
+        http_json(server.addr, "GET", "/healthz", None, None).0 == 200
+    });
+    let (status, list) = http_json(server.addr, "GET", "/api/conversations", None, None);
+    assert_eq!(status, 200);
+    assert_eq!(list["conversations"].as_array().unwrap().len(), 1);
+}

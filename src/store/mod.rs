@@ -281,7 +281,7 @@ pub trait ConversationStore: Send + Sync {
     fn reassign_owner(&self, old: &str, new: &str) -> Result<u64>;
 
     /// What the store is and whether it can reach its data now, for `/healthz` and `/metrics`.
-    /// Never blocks for long: a store that found its database gone answers from what it saw.
+    /// A store that lost its database may try it again here, bounded by its connect timeout.
     fn status(&self) -> StoreStatus;
 }
 

@@ -762,7 +762,7 @@ const LOAD_TAIL: &str =
     "SELECT seq, body FROM events WHERE session_key = $1 ORDER BY seq DESC LIMIT $2";
 const SESSION_FIRST_SEQ: &str = "SELECT key, first_seq FROM sessions WHERE id = $1";
 const EVENT_RANGE: &str = "SELECT seq, body FROM events \
-     WHERE session_key = $1 AND seq > $2 AND seq <= $3 ORDER BY seq LIMIT $4";
+     WHERE session_key = $1 AND seq > $2 AND seq <= $3 ORDER BY seq";
 const OWNED_SESSION_KEY: &str = "SELECT key FROM sessions WHERE id = $1 AND owner = $2";
 const EVENTS_BEFORE: &str = "SELECT body FROM events WHERE session_key = $1 AND seq < $2 \
      ORDER BY seq DESC LIMIT $3";
@@ -778,9 +778,12 @@ const SUMMARY: &str = "SELECT id, title, created_at, updated_at, turns FROM sess
 const IDLE: &str = "SELECT id FROM sessions WHERE updated_at < $1 LIMIT $2";
 const COUNT: &str = "SELECT count(*) FROM sessions WHERE owner = $1";
 
-/// Rows a replay page reads at most: a page stops at its byte budget anyway, and an event is
-/// never shorter than this many bytes.
-const SHORTEST_EVENT_BYTES: usize = 32;
+/// Rows of a replay page fetched first; each later fetch takes four times as many, up to
+/// [`MAX_EVENT_ROWS`].
+const FIRST_EVENT_ROWS: i32 = 64;
+
+/// Rows of a replay page fetched at once at most.
+const MAX_EVENT_ROWS: i32 = 1024;
 
 impl ConversationStore for PostgresStore {
     fn apply(&self, batch: &[WriteOp]) -> Result<()> {
@@ -871,7 +874,6 @@ impl ConversationStore for PostgresStore {
         up_to: u64,
         max_bytes: usize,
     ) -> Result<EventPage> {
-        let rows = big((max_bytes / SHORTEST_EVENT_BYTES).max(1) as u64);
         self.pool.run("read events", |connection| {
             let Connection { client, statements } = connection;
             let mut tx = client
@@ -886,16 +888,31 @@ impl ConversationStore for PostgresStore {
             let key: i64 = row.try_get(0)?;
             let first_seq: i64 = row.try_get(1)?;
             let statement = prepared(statements, &mut tx, EVENT_RANGE)?;
+            // A portal hands the rows over a few at a time, so that a page of large events
+            // does not bring every later one over the wire with it.
+            let portal = tx.bind(&statement, &[&key, &big(after), &big(up_to)])?;
             let mut events = Vec::new();
             let mut bytes = 0;
-            for row in tx.query(&statement, &[&key, &big(after), &big(up_to), &rows])? {
-                if bytes >= max_bytes {
+            let mut chunk = FIRST_EVENT_ROWS;
+            'page: while bytes < max_bytes {
+                let rows = tx.query_portal(&portal, chunk)?;
+                if rows.is_empty() {
                     break;
                 }
-                let body: String = row.try_get(1)?;
-                bytes += body.len();
-                events.push((small(row.try_get(0)?), body));
+                for row in &rows {
+                    let body: String = row.try_get(1)?;
+                    bytes += body.len();
+                    events.push((small(row.try_get(0)?), body));
+                    if bytes >= max_bytes {
+                        break 'page;
+                    }
+                }
+                if rows.len() < chunk as usize {
+                    break;
+                }
+                chunk = (chunk * 4).min(MAX_EVENT_ROWS);
             }
+            drop(portal);
             tx.commit()?;
             Ok(EventPage {
                 events,
@@ -1038,7 +1055,15 @@ impl ConversationStore for PostgresStore {
         })
     }
 
+    /// While the database is thought unreachable, this tries it (at most once per backoff,
+    /// bounded by the connect timeout), so that a server no one sends work to, such as one a
+    /// load balancer took out for failing its health check, still sees the database return.
     fn status(&self) -> StoreStatus {
+        if self.pool.connector().is_down() {
+            let _ = self.pool.run("probe the database", |connection| {
+                connection.client.simple_query("SELECT 1").map(|_| ())
+            });
+        }
         StoreStatus {
             backend: "postgres",
             reachable: !self.pool.connector().is_down(),
