@@ -29,7 +29,7 @@ use postgres::{Row, Transaction};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use self::pool::{Connection, Connector, Pool, describe, prepared};
+use self::pool::{Connection, Connector, Pool, broken, describe, prepared};
 use super::{
     ConversationStore, ConversationSummary, DEFAULT_SEARCH_BUDGET, Edge, EventPage, GraphStore,
     Neighbourhood, Node, StoreStatus, StoredConversation, TITLE_CHARS, TurnMark, WriteOp,
@@ -268,7 +268,7 @@ impl PostgresStore {
             };
             // Keys learnt in a transaction that did not commit may name nothing.
             memory.keys.clear();
-            if !open.client.is_closed() {
+            if !broken(&e, &open.client) {
                 return Err(store_error(what, &e));
             }
             *connection = None;
@@ -430,11 +430,12 @@ struct RowUpdate {
     open: Option<Option<(u64, String)>>,
     /// The first turn opened in the batch: a title, when the row has none yet.
     title: Option<String>,
-    /// The turn opened in this batch and not closed yet.
-    open_here: Option<u64>,
+    /// The turn opened in this batch, not closed yet and not written yet: its place in
+    /// [`Rows`]'s turn columns.
+    open_here: Option<usize>,
 }
 
-/// The rows of a batch, gathered per table and written as arrays.
+/// The rows of a batch, gathered per table and written as arrays by one statement.
 #[derive(Default)]
 struct Rows {
     event_keys: Vec<i64>,
@@ -450,49 +451,74 @@ struct Rows {
     message_errors: Vec<bool>,
     note_keys: Vec<i64>,
     note_texts: Vec<String>,
-    opened_keys: Vec<i64>,
-    opened_turns: Vec<i64>,
-    opened_seqs: Vec<i64>,
-    closed_keys: Vec<i64>,
-    /// The turn closed, when it was opened in the same batch; else the one open before it.
-    closed_turns: Vec<Option<i64>>,
-    closed_seqs: Vec<i64>,
+    /// Turns opened in the batch, with the `seq` that closed them when that is in the batch too.
+    turn_keys: Vec<i64>,
+    turn_ids: Vec<i64>,
+    turn_opened: Vec<i64>,
+    turn_closed: Vec<Option<i64>>,
+    /// Turns opened before and closed in the batch.
+    close_keys: Vec<i64>,
+    close_seqs: Vec<i64>,
+    /// Session rows: key, last seq, turns, whether the open turn changed, the open turn and its
+    /// text, a title.
+    session_keys: Vec<i64>,
+    session_last_seqs: Vec<i64>,
+    session_turns: Vec<i64>,
+    session_open_set: Vec<bool>,
+    session_open_turns: Vec<Option<i64>>,
+    session_open_texts: Vec<Option<String>>,
+    session_titles: Vec<Option<String>>,
 }
 
 const INSERT_SESSION: &str = "INSERT INTO sessions \
      (id, owner, user_id, personality, created_at, updated_at) \
      VALUES ($1, $2, $3, $4, $5, $5) RETURNING key";
 const SESSION_KEY: &str = "SELECT key FROM sessions WHERE id = $1";
-const INSERT_EVENTS: &str = "INSERT INTO events (session_key, seq, body, search) \
-     SELECT k, s, b, to_tsvector('sparky_english', left(t, $5::bigint::int)) \
-     FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[]) AS u (k, s, b, t)";
-const INSERT_MESSAGES: &str = "INSERT INTO messages \
-     (session_key, idx, role, content, tool_calls, tool_call_id, is_error) \
-     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
-     $6::text[], $7::bool[]) ON CONFLICT (session_key, idx) DO NOTHING";
-const INSERT_NOTES: &str = "INSERT INTO notes (session_key, text) \
-     SELECT k, t FROM unnest($1::bigint[], $2::text[]) WITH ORDINALITY AS u (k, t, n) ORDER BY n";
-const INSERT_TURNS: &str = "INSERT INTO turns (session_key, turn_id, opened_seq) \
-     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[])";
-const CLOSE_TURNS: &str = "UPDATE turns t SET closed_seq = u.s \
-     FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS u (k, turn, s) \
-     WHERE t.session_key = u.k AND t.closed_seq IS NULL \
-     AND (t.turn_id = u.turn OR (u.turn IS NULL AND t.opened_seq < u.s))";
-const UPDATE_SESSIONS: &str = "UPDATE sessions s SET \
-     last_seq = greatest(s.last_seq, u.last_seq), turns = greatest(s.turns, u.turns), \
-     updated_at = $8, \
-     open_turn = CASE WHEN u.open_set THEN u.open_turn ELSE s.open_turn END, \
-     open_text = CASE WHEN u.open_set THEN u.open_text ELSE s.open_text END, \
-     title = coalesce(s.title, u.title) \
-     FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bool[], $5::bigint[], \
-     $6::text[], $7::text[]) AS u (key, last_seq, turns, open_set, open_turn, open_text, title) \
-     WHERE s.key = u.key";
+/// Every row of a batch in one statement (one round trip), and the transaction's id. Its parts
+/// all see the database as it was before the statement, which is why a turn opened and closed
+/// in one batch is inserted closed, and only turns opened earlier are updated.
+const WRITE_ROWS: &str = "WITH \
+     ev AS (INSERT INTO events (session_key, seq, body, search) \
+         SELECT k, s, b, to_tsvector('sparky_english', left(t, $5::bigint::int)) \
+         FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[]) AS u (k, s, b, t)), \
+     ms AS (INSERT INTO messages \
+         (session_key, idx, role, content, tool_calls, tool_call_id, is_error) \
+         SELECT * FROM unnest($6::bigint[], $7::bigint[], $8::text[], $9::text[], $10::text[], \
+         $11::text[], $12::bool[]) ON CONFLICT (session_key, idx) DO NOTHING), \
+     nt AS (INSERT INTO notes (session_key, text) \
+         SELECT k, t FROM unnest($13::bigint[], $14::text[]) WITH ORDINALITY AS u (k, t, n) \
+         ORDER BY n), \
+     tu AS (INSERT INTO turns (session_key, turn_id, opened_seq, closed_seq) \
+         SELECT * FROM unnest($15::bigint[], $16::bigint[], $17::bigint[], $18::bigint[])), \
+     cl AS (UPDATE turns t SET closed_seq = u.s \
+         FROM unnest($19::bigint[], $20::bigint[]) AS u (k, s) \
+         WHERE t.session_key = u.k AND t.closed_seq IS NULL AND t.opened_seq < u.s), \
+     se AS (UPDATE sessions s SET \
+         last_seq = greatest(s.last_seq, u.last_seq), turns = greatest(s.turns, u.turns), \
+         updated_at = $28, \
+         open_turn = CASE WHEN u.open_set THEN u.open_turn ELSE s.open_turn END, \
+         open_text = CASE WHEN u.open_set THEN u.open_text ELSE s.open_text END, \
+         title = coalesce(s.title, u.title) \
+         FROM unnest($21::bigint[], $22::bigint[], $23::bigint[], $24::bool[], $25::bigint[], \
+         $26::text[], $27::text[]) \
+         AS u (key, last_seq, turns, open_set, open_turn, open_text, title) \
+         WHERE s.key = u.key) \
+     SELECT pg_current_xact_id()::text";
 const TRIM_MESSAGES: &str = "UPDATE sessions SET first_message = $2 WHERE key = $1";
 const RENAME: &str = "UPDATE sessions SET title = $3 WHERE id = $1 AND owner = $2";
-const DELETE_SESSION: &str = "DELETE FROM sessions WHERE key = $1";
+/// A conversation and every row of it (`turns` and `leases` follow by their foreign keys).
+const DELETE_SESSION: &str = "WITH \
+     ev AS (DELETE FROM events WHERE session_key = $1), \
+     ms AS (DELETE FROM messages WHERE session_key = $1), \
+     nt AS (DELETE FROM notes WHERE session_key = $1) \
+     DELETE FROM sessions WHERE key = $1";
 
 /// Applies `batch` in one transaction, unless it is the batch whose `COMMIT` was cut off and
 /// the database says that transaction committed.
+///
+/// A batch costs three round trips (`BEGIN`, [`WRITE_ROWS`], `COMMIT`), plus one for each new
+/// conversation, each conversation the writer has not seen yet, and each rename, trim or
+/// deletion: with many sessions busy, the round trips are what a batch costs, not the rows.
 fn apply_batch(
     connection: &mut Connection,
     memory: &mut WriterMemory,
@@ -510,9 +536,6 @@ fn apply_batch(
         }
     }
     let mut tx = client.transaction()?;
-    let xid: String = tx
-        .query_one("SELECT pg_current_xact_id()::text", &[])?
-        .try_get(0)?;
     let now = unix_now();
     // Ordered by key, so that two writers would lock session rows in one order.
     let mut updates: BTreeMap<i64, RowUpdate> = BTreeMap::new();
@@ -541,8 +564,8 @@ fn apply_batch(
                 turn,
                 search_text,
             } => {
-                // A write for a conversation the store does not hold (deleted meanwhile)
-                // is skipped rather than failing the whole batch; so are the others below.
+                // A write for a conversation the store does not hold (deleted meanwhile) is
+                // skipped rather than failing the whole batch; so are the others below.
                 let Some(key) = session_key(keys, statements, &mut tx, session)? else {
                     continue;
                 };
@@ -558,16 +581,21 @@ fn apply_batch(
                         update.open = Some(Some((*turn_id, text.clone())));
                         update.turns = update.turns.max(*turn_id);
                         update.title.get_or_insert_with(|| cut(text, TITLE_CHARS));
-                        update.open_here = Some(*turn_id);
-                        rows.opened_keys.push(key);
-                        rows.opened_turns.push(big(*turn_id));
-                        rows.opened_seqs.push(big(*seq));
+                        update.open_here = Some(rows.turn_keys.len());
+                        rows.turn_keys.push(key);
+                        rows.turn_ids.push(big(*turn_id));
+                        rows.turn_opened.push(big(*seq));
+                        rows.turn_closed.push(None);
                     }
                     TurnMark::Closed => {
                         update.open = Some(None);
-                        rows.closed_keys.push(key);
-                        rows.closed_turns.push(update.open_here.take().map(big));
-                        rows.closed_seqs.push(big(*seq));
+                        match update.open_here.take() {
+                            Some(at) => rows.turn_closed[at] = Some(big(*seq)),
+                            None => {
+                                rows.close_keys.push(key);
+                                rows.close_seqs.push(big(*seq));
+                            }
+                        }
                     }
                 }
             }
@@ -613,49 +641,24 @@ fn apply_batch(
                 let Some(key) = session_key(keys, statements, &mut tx, session)? else {
                     continue;
                 };
-                // Rows gathered so far go in first, and go with the conversation.
-                rows.flush(statements, &mut tx)?;
+                // Rows gathered so far go in first, and go with the conversation. Turns they
+                // open are in the table from then on, so a later close updates them there.
                 updates.remove(&key);
+                rows.write(statements, &mut tx, &mut BTreeMap::new(), now)?;
+                for update in updates.values_mut() {
+                    update.open_here = None;
+                }
                 keys.remove(session);
                 let statement = prepared(statements, &mut tx, DELETE_SESSION)?;
                 tx.execute(&statement, &[&key])?;
             }
         }
     }
-    rows.flush(statements, &mut tx)?;
-    if !updates.is_empty() {
-        let mut columns = (
-            Vec::with_capacity(updates.len()),
-            Vec::with_capacity(updates.len()),
-            Vec::with_capacity(updates.len()),
-            Vec::with_capacity(updates.len()),
-            Vec::with_capacity(updates.len()),
-            Vec::with_capacity(updates.len()),
-            Vec::with_capacity(updates.len()),
-        );
-        for (key, update) in updates {
-            columns.0.push(key);
-            columns.1.push(big(update.last_seq));
-            columns.2.push(big(update.turns));
-            columns.3.push(update.open.is_some());
-            let open = update.open.flatten();
-            columns.4.push(open.as_ref().map(|(turn, _)| big(*turn)));
-            columns.5.push(open.map(|(_, text)| text));
-            columns.6.push(update.title);
-        }
-        let statement = prepared(statements, &mut tx, UPDATE_SESSIONS)?;
-        tx.execute(
-            &statement,
-            &[
-                &columns.0, &columns.1, &columns.2, &columns.3, &columns.4, &columns.5, &columns.6,
-                &now,
-            ],
-        )?;
-    }
+    let xid = rows.write(statements, &mut tx, &mut updates, now)?;
     match tx.commit() {
         Ok(()) => Ok(()),
         Err(e) => {
-            if client.is_closed() {
+            if broken(&e, client) {
                 *uncertain = Some((xid, batch.to_vec()));
             }
             Err(e)
@@ -664,15 +667,29 @@ fn apply_batch(
 }
 
 impl Rows {
-    /// Writes the rows gathered so far, one statement per table, and forgets them.
-    fn flush(
+    /// Writes the rows gathered so far and the session rows of `updates` in one statement,
+    /// forgets them, and returns the transaction's id.
+    fn write(
         &mut self,
         statements: &mut Statements,
         tx: &mut Transaction<'_>,
-    ) -> Result<(), postgres::Error> {
-        if !self.event_keys.is_empty() {
-            let statement = prepared(statements, tx, INSERT_EVENTS)?;
-            tx.execute(
+        updates: &mut BTreeMap<i64, RowUpdate>,
+        now: i64,
+    ) -> Result<String, postgres::Error> {
+        for (key, update) in std::mem::take(updates) {
+            self.session_keys.push(key);
+            self.session_last_seqs.push(big(update.last_seq));
+            self.session_turns.push(big(update.turns));
+            self.session_open_set.push(update.open.is_some());
+            let open = update.open.flatten();
+            self.session_open_turns
+                .push(open.as_ref().map(|(turn, _)| big(*turn)));
+            self.session_open_texts.push(open.map(|(_, text)| text));
+            self.session_titles.push(update.title);
+        }
+        let statement = prepared(statements, tx, WRITE_ROWS)?;
+        let xid: String = tx
+            .query_one(
                 &statement,
                 &[
                     &self.event_keys,
@@ -680,14 +697,6 @@ impl Rows {
                     &self.event_bodies,
                     &self.event_texts,
                     &SEARCH_TEXT_CHARS,
-                ],
-            )?;
-        }
-        if !self.message_keys.is_empty() {
-            let statement = prepared(statements, tx, INSERT_MESSAGES)?;
-            tx.execute(
-                &statement,
-                &[
                     &self.message_keys,
                     &self.message_indexes,
                     &self.message_roles,
@@ -695,29 +704,27 @@ impl Rows {
                     &self.message_calls,
                     &self.message_call_ids,
                     &self.message_errors,
+                    &self.note_keys,
+                    &self.note_texts,
+                    &self.turn_keys,
+                    &self.turn_ids,
+                    &self.turn_opened,
+                    &self.turn_closed,
+                    &self.close_keys,
+                    &self.close_seqs,
+                    &self.session_keys,
+                    &self.session_last_seqs,
+                    &self.session_turns,
+                    &self.session_open_set,
+                    &self.session_open_turns,
+                    &self.session_open_texts,
+                    &self.session_titles,
+                    &now,
                 ],
-            )?;
-        }
-        if !self.note_keys.is_empty() {
-            let statement = prepared(statements, tx, INSERT_NOTES)?;
-            tx.execute(&statement, &[&self.note_keys, &self.note_texts])?;
-        }
-        if !self.opened_keys.is_empty() {
-            let statement = prepared(statements, tx, INSERT_TURNS)?;
-            tx.execute(
-                &statement,
-                &[&self.opened_keys, &self.opened_turns, &self.opened_seqs],
-            )?;
-        }
-        if !self.closed_keys.is_empty() {
-            let statement = prepared(statements, tx, CLOSE_TURNS)?;
-            tx.execute(
-                &statement,
-                &[&self.closed_keys, &self.closed_turns, &self.closed_seqs],
-            )?;
-        }
+            )?
+            .try_get(0)?;
         *self = Rows::default();
-        Ok(())
+        Ok(xid)
     }
 }
 

@@ -289,17 +289,25 @@ impl Pool {
             armed: true,
         };
         let mut result = work(&mut connection);
-        if retry && result.is_err() && reused && connection.client.is_closed() {
+        if retry
+            && reused
+            && result
+                .as_ref()
+                .is_err_and(|e| broken(e, &connection.client))
+        {
             drop(connection);
             // On failure the place stays armed, and is given back on the way out.
             connection = self.connector.connect()?;
             result = work(&mut connection);
         }
         place.armed = false;
-        if result.is_err() && connection.client.is_closed() {
+        let lost = result
+            .as_ref()
+            .is_err_and(|e| broken(e, &connection.client));
+        if lost {
             self.connector.lost();
         }
-        self.give_back(connection);
+        self.give_back(connection, lost);
         result.map_err(|e| Error::Store(format!("{what}: {}", describe(&e))))
     }
 
@@ -348,10 +356,10 @@ impl Pool {
         }
     }
 
-    /// Puts a connection back among the idle ones, or closes it when it is broken.
-    fn give_back(&self, connection: Connection) {
+    /// Puts a connection back among the idle ones, or closes it when it is `broken`.
+    fn give_back(&self, connection: Connection, broken: bool) {
         let mut state = self.state.lock();
-        if connection.client.is_closed() {
+        if broken || connection.client.is_closed() {
             state.open -= 1;
             drop(state);
             drop(connection);
@@ -379,6 +387,28 @@ impl Pool {
             connect_failures_total: self.connector.failures.load(Ordering::Relaxed),
         }
     }
+}
+
+/// True when `e` means the connection is gone (or going): closed, cut off by the server, or
+/// failed in its IO. The client may not have noticed the close yet when the error arrives, so
+/// the error itself is looked at too.
+pub(super) fn broken(e: &postgres::Error, client: &Client) -> bool {
+    use postgres::error::SqlState;
+    if client.is_closed() || e.is_closed() {
+        return true;
+    }
+    if let Some(db) = e.as_db_error() {
+        return db.severity() == "FATAL"
+            || db.severity() == "PANIC"
+            || [
+                SqlState::ADMIN_SHUTDOWN,
+                SqlState::CRASH_SHUTDOWN,
+                SqlState::CANNOT_CONNECT_NOW,
+            ]
+            .contains(db.code());
+    }
+    // No message from the server: the socket itself failed.
+    std::error::Error::source(e).is_some_and(|cause| cause.is::<std::io::Error>())
 }
 
 /// A PostgreSQL error in one line: the database's own message and code when it sent one.
