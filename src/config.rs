@@ -23,7 +23,8 @@ pub struct Config {
     /// Keep everything in memory: no data directory, nothing survives a restart.
     pub in_memory: bool,
     /// A PostgreSQL database to keep everything in (`postgres://USER@HOST[:PORT]/DB`), instead
-    /// of the SQLite file in `data_dir`. Its Debug form hides any password.
+    /// of the SQLite file in `data_dir` (`in_memory` wins over it). Its Debug form hides any
+    /// password.
     pub database_url: Option<String>,
     /// Connections the PostgreSQL store's pool may open, besides the writer's own.
     pub store_pool: usize,

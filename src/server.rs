@@ -361,10 +361,10 @@ fn wake_addr(addr: SocketAddr) -> SocketAddr {
     target
 }
 
-/// The store `config` asks for: PostgreSQL with `database_url`, else SQLite in `data_dir` (or
-/// in memory), with its size cap and search budget set.
+/// The store `config` asks for: in memory with `in_memory`, else PostgreSQL with
+/// `database_url`, else SQLite in `data_dir`, with its size cap and search budget set.
 fn open_store(config: &Config) -> Result<(Arc<dyn ConversationStore>, Arc<dyn GraphStore>)> {
-    if let Some(url) = &config.database_url {
+    if let Some(url) = config.database_url.as_ref().filter(|_| !config.in_memory) {
         let store = Arc::new(PostgresStore::connect(url, config.store_pool)?);
         store.set_size_limit(config.max_store_bytes)?;
         store.set_search_budget(config.search_budget);

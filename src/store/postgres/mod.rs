@@ -5,9 +5,9 @@
 //! per database, for now). A pool of `--store-pool` connections ([`pool`]) serves everything
 //! else: loading a conversation, replay, the API, graph searches and graph writes.
 //!
-//! A batch is one transaction of a few statements whatever its size: the rows of each table
-//! go in as arrays (`unnest`), and every session row touched is updated by one statement. When
-//! the connection drops during a `COMMIT`, the writer asks the database on its next try whether
+//! A batch is one transaction of three round trips whatever its size: the rows of every table,
+//! and every session row touched, go in as arrays (`unnest`) in one statement. When the
+//! connection drops during a `COMMIT`, the writer asks the database on its next try whether
 //! that transaction committed (`pg_xact_status`), so that a retried batch is written exactly
 //! once. Every other failure leaves nothing of the batch, and the journal retries it.
 //!
