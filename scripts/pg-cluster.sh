@@ -11,10 +11,15 @@ pg_cluster_dir=""
 pg_cluster_bin=""
 pg_cluster_owner=()
 
+# Runs a PostgreSQL program as the cluster's owner, from the cluster's directory: the owner may
+# not be allowed into the current one (a clone under /root), and pg_ctl changes into it.
+pg_cluster_run() {
+    (cd "$pg_cluster_dir" && "${pg_cluster_owner[@]}" "$pg_cluster_bin/$1" "${@:2}")
+}
+
 pg_cluster_stop() {
     if [ -n "$pg_cluster_dir" ]; then
-        "${pg_cluster_owner[@]}" "$pg_cluster_bin/pg_ctl" -D "$pg_cluster_dir/data" -m immediate \
-            stop >/dev/null 2>&1 || true
+        pg_cluster_run pg_ctl -D "$pg_cluster_dir/data" -m immediate stop >/dev/null 2>&1 || true
         rm -rf "$pg_cluster_dir"
         pg_cluster_dir=""
     fi
@@ -33,8 +38,8 @@ pg_cluster_start() {
         chown nobody:nogroup "$pg_cluster_dir"
         pg_cluster_owner=(setpriv --reuid=nobody --regid=nogroup --clear-groups)
     fi
-    "${pg_cluster_owner[@]}" "$pg_cluster_bin/initdb" -D "$pg_cluster_dir/data" -U sparky \
-        --auth=trust -N -E UTF8 --locale=C.UTF-8 >/dev/null
+    pg_cluster_run initdb -D "$pg_cluster_dir/data" -U sparky --auth=trust -N -E UTF8 \
+        --locale=C.UTF-8 >/dev/null
     local options="-k $pg_cluster_dir -c listen_addresses=127.0.0.1 -c max_connections=300"
     local setting
     for setting in "$@"; do
@@ -47,8 +52,8 @@ pg_cluster_start() {
         if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
             continue
         fi
-        if "${pg_cluster_owner[@]}" "$pg_cluster_bin/pg_ctl" -D "$pg_cluster_dir/data" \
-            -l "$pg_cluster_dir/server.log" -w -o "-p $port $options" start >/dev/null; then
+        if pg_cluster_run pg_ctl -D "$pg_cluster_dir/data" -l "$pg_cluster_dir/server.log" -w \
+            -o "-p $port $options" start >/dev/null; then
             PG_CLUSTER_URL="postgres://sparky@127.0.0.1:$port/postgres"
             return 0
         fi

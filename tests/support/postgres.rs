@@ -236,6 +236,8 @@ fn start_cluster() -> Result<String, String> {
         }
         // The server stops when the thread that started it does: see `spawn_server`.
         command.args(["--pdeathsig", "QUIT"]).arg(program);
+        // The owner may not be allowed into the current directory (a clone under /root).
+        command.current_dir(&root);
         command
     };
     if as_root {
