@@ -21,6 +21,10 @@ use crate::error::{Error, Result};
 /// How long opening a connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long data sent to the database may stay unacknowledged before the connection counts as
+/// broken (Linux's `TCP_USER_TIMEOUT`).
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The wait before the first new try once the database has refused a connection; it doubles
 /// with each refusal up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -96,8 +100,14 @@ impl Connector {
         config
             .connect_timeout(CONNECT_TIMEOUT)
             .application_name("sparky")
+            // A database behind a cut network is noticed within seconds, not after TCP's
+            // retransmissions give up (many minutes): sent data unacknowledged for
+            // TCP_USER_TIMEOUT fails the connection, and so do keepalives unanswered while idle.
+            .tcp_user_timeout(TCP_USER_TIMEOUT)
             .keepalives(true)
-            .keepalives_idle(Duration::from_secs(30))
+            .keepalives_idle(Duration::from_secs(10))
+            .keepalives_interval(Duration::from_secs(5))
+            .keepalives_retries(3)
             // PostgreSQL's notices (a search made only of stopwords, say) are for a developer.
             .notice_callback(|notice| {
                 log::debug!("store: postgres says: {}", notice.message());
