@@ -241,7 +241,7 @@ mod tests {
 
     use super::*;
     use crate::protocol::SessionId;
-    use crate::store::SqliteStore;
+    use crate::store::{PostgresStore, SqliteStore};
 
     #[derive(Default)]
     struct Highest(AtomicU64);
@@ -253,8 +253,17 @@ mod tests {
     }
 
     #[test]
-    fn acknowledges_after_commit_and_syncs() {
-        let store = Arc::new(SqliteStore::in_memory().unwrap());
+    fn acknowledges_after_commit_and_syncs_on_sqlite() {
+        acknowledges_after_commit_and_syncs(Arc::new(SqliteStore::in_memory().unwrap()));
+    }
+
+    #[test]
+    fn acknowledges_after_commit_and_syncs_on_postgres() {
+        let url = crate::store::tests::cluster::fresh_database();
+        acknowledges_after_commit_and_syncs(Arc::new(PostgresStore::connect(&url, 2).unwrap()));
+    }
+
+    fn acknowledges_after_commit_and_syncs(store: Arc<dyn ConversationStore>) {
         let journal = Journal::spawn(store.clone(), Arc::default()).unwrap();
         let session = SessionId::from_random_bytes([7; 16]);
         let highest = Arc::new(Highest::default());

@@ -3,8 +3,10 @@
 //! (`tests/support/postgres.rs`, shared with the integration tests). Then what only one of them
 //! has: PostgreSQL's instance lock, schema version, size cap and reconnection.
 
+/// The test PostgreSQL server (`tests/support/postgres.rs`), for every unit test that wants a
+/// database.
 #[path = "../../tests/support/postgres.rs"]
-pub(super) mod cluster;
+pub(crate) mod cluster;
 
 use std::path::PathBuf;
 use std::sync::Arc;

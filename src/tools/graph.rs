@@ -273,11 +273,19 @@ mod tests {
     use crate::auth::Principal;
     use crate::cancel::CancelFlag;
     use crate::knowledge::Knowledge;
-    use crate::store::SqliteStore;
+    use crate::store::{PostgresStore, SqliteStore};
     use crate::tools::ToolChain;
 
-    fn chain() -> ToolChain {
-        let store: Arc<dyn GraphStore> = Arc::new(SqliteStore::in_memory().unwrap());
+    /// The tools over each store: SQLite in memory, and a fresh PostgreSQL database.
+    fn chains() -> [ToolChain; 2] {
+        let url = crate::store::tests::cluster::fresh_database();
+        [
+            chain(Arc::new(SqliteStore::in_memory().unwrap())),
+            chain(Arc::new(PostgresStore::connect(&url, 2).unwrap())),
+        ]
+    }
+
+    fn chain(store: Arc<dyn GraphStore>) -> ToolChain {
         let mut chain = ToolChain::new();
         for tool in all(&store) {
             chain.add(tool);
@@ -305,10 +313,15 @@ mod tests {
 
     #[test]
     fn builds_and_reads_a_small_graph() {
-        let chain = chain();
+        for chain in chains() {
+            builds_and_reads_a_small_graph_with(&chain);
+        }
+    }
+
+    fn builds_and_reads_a_small_graph_with(chain: &ToolChain) {
         assert_eq!(
             call(
-                &chain,
+                chain,
                 "remember",
                 json!({"content": "Ann drinks green tea"})
             ),
@@ -316,30 +329,30 @@ mod tests {
         );
         assert_eq!(
             call(
-                &chain,
+                chain,
                 "remember",
                 json!({"content": "Ann drinks green tea"})
             ),
             (true, "Already known as #1.".into())
         );
         let (ok, text) = call(
-            &chain,
+            chain,
             "graph_add_node",
             json!({"kind": "person", "label": "Ann", "properties": {"age": 30}}),
         );
         assert!(ok, "{text}");
         let (ok, text) = call(
-            &chain,
+            chain,
             "graph_add_edge",
             json!({"source": 2, "target": 1, "kind": "said"}),
         );
         assert!(ok, "{text}");
-        let (ok, text) = call(&chain, "graph_get", json!({"id": 2}));
+        let (ok, text) = call(chain, "graph_get", json!({"id": 2}));
         assert!(ok && text.contains("-said-> #1"), "{text}");
-        let (ok, text) = call(&chain, "recall", json!({"query": "what tea?"}));
+        let (ok, text) = call(chain, "recall", json!({"query": "what tea?"}));
         assert!(ok && text.starts_with("1. #1 [fact]"), "{text}");
         let (ok, text) = call(
-            &chain,
+            chain,
             "graph_search",
             json!({"query": "Ann", "kind": "person"}),
         );
@@ -347,13 +360,18 @@ mod tests {
             ok && text.contains("#2 [person] Ann") && !text.contains("#1"),
             "{text}"
         );
-        assert!(call(&chain, "graph_delete", json!({"id": 2})).0);
-        assert!(!call(&chain, "graph_delete", json!({"id": 2})).0);
+        assert!(call(chain, "graph_delete", json!({"id": 2})).0);
+        assert!(!call(chain, "graph_delete", json!({"id": 2})).0);
     }
 
     #[test]
     fn bad_arguments_say_what_is_wrong() {
-        let chain = chain();
+        for chain in chains() {
+            bad_arguments_say_what_is_wrong_with(&chain);
+        }
+    }
+
+    fn bad_arguments_say_what_is_wrong_with(chain: &ToolChain) {
         for (tool, args, expected) in [
             ("remember", json!({}), "missing argument \"content\""),
             ("remember", json!({"content": "  "}), "must not be empty"),
@@ -375,7 +393,7 @@ mod tests {
             ),
             ("graph_get", json!({"id": 42}), "no node #42"),
         ] {
-            let (ok, text) = call(&chain, tool, args);
+            let (ok, text) = call(chain, tool, args);
             assert!(!ok && text.contains(expected), "{tool}: {text}");
         }
     }

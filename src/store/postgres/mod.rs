@@ -1079,11 +1079,20 @@ impl ConversationStore for PostgresStore {
     }
 }
 
-const REMEMBER: &str = "INSERT INTO nodes \
+/// A fact stored unless its owner has it: the row and whether it is new. The insert is tried
+/// only when the fact is not there, so that a known fact uses up no id (ids have no gaps, as
+/// with SQLite, unless two calls race); the unique index stores it once either way.
+const REMEMBER: &str = "WITH found AS (SELECT id, kind, label, content, properties, \
+     created_at, updated_at FROM nodes \
+     WHERE owner = $1 AND kind = 'fact' AND content_sha256 = $4), \
+     ins AS (INSERT INTO nodes \
      (owner, kind, label, content, content_sha256, properties, created_at, updated_at) \
-     VALUES ($1, 'fact', $2, $3, $4, '{}', $5, $5) \
+     SELECT $1, 'fact', $2, $3, $4, '{}', $5, $5 WHERE NOT EXISTS (SELECT 1 FROM found) \
      ON CONFLICT (owner, content_sha256) WHERE kind = 'fact' DO NOTHING \
-     RETURNING id, kind, label, content, properties, created_at, updated_at";
+     RETURNING id, kind, label, content, properties, created_at, updated_at) \
+     SELECT id, kind, label, content, properties, created_at, updated_at, true FROM ins \
+     UNION ALL \
+     SELECT id, kind, label, content, properties, created_at, updated_at, false FROM found";
 const REMEMBERED: &str = "SELECT id, kind, label, content, properties, created_at, updated_at \
      FROM nodes WHERE owner = $1 AND kind = 'fact' AND content_sha256 = $2";
 const SEARCH_NODES: &str = "WITH q AS (SELECT to_tsquery('sparky_english', $2) AS words) \
@@ -1117,7 +1126,7 @@ impl GraphStore for PostgresStore {
             if let Some(row) =
                 client.query_opt(&statement, &[&owner, &label, &content, &digest, &now])?
             {
-                return Ok((Some(node_from_row(&row)?), true));
+                return Ok((Some(node_from_row(&row)?), row.try_get(7)?));
             }
             let statement = prepared(statements, client, REMEMBERED)?;
             let found = client
