@@ -82,6 +82,9 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// Tokens a client must present (any one of them); empty means no authentication.
     pub auth_tokens: Vec<String>,
+    /// Readable names of some of those tokens' principals, as `(token, name)`: for logs and the
+    /// API. Ownership goes by the token, never by the name.
+    pub token_names: Vec<(String, String)>,
     /// Origins, besides the server's own, whose pages may open a WebSocket (e.g.
     /// `https://chat.example.com`).
     pub allowed_origins: Vec<String>,
@@ -207,6 +210,7 @@ impl Default for Config {
             write_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
             auth_tokens: Vec::new(),
+            token_names: Vec::new(),
             allowed_origins: Vec::new(),
             allowed_hosts: Vec::new(),
             max_connections_per_ip: 64,

@@ -254,11 +254,23 @@ fn gather_tokens(config: &mut Config, file: Option<&std::path::Path>) -> Result<
     if let Some(path) = file {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read --auth-token-file {}: {e}", path.display()))?;
-        let tokens = text
+        let lines = text
             .lines()
             .map(str::trim)
             .filter(|l| !l.is_empty() && !l.starts_with('#'));
-        config.auth_tokens.extend(tokens.map(str::to_owned));
+        for line in lines {
+            // `name:token` names the principal; a bare token (or `:token`, for a token that
+            // itself holds a colon) has none.
+            match line.split_once(':') {
+                Some((name, token)) if !token.is_empty() => {
+                    if !name.is_empty() {
+                        config.token_names.push((token.to_owned(), name.to_owned()));
+                    }
+                    config.auth_tokens.push(token.to_owned());
+                }
+                _ => config.auth_tokens.push(line.to_owned()),
+            }
+        }
     }
     if let Ok(list) = std::env::var("SPARKY_AUTH_TOKENS") {
         let tokens = list.split(',').map(str::trim).filter(|t| !t.is_empty());

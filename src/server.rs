@@ -174,7 +174,10 @@ pub fn spawn_with(
             metrics,
             shutdown: Arc::new(AtomicBool::new(false)),
             draining: Arc::new(AtomicBool::new(false)),
-            auth: Auth::new(config.auth_tokens.iter().map(String::as_str)),
+            auth: Auth::named(
+                config.auth_tokens.iter().map(String::as_str),
+                &config.token_names,
+            ),
         },
         graph: api_graph,
         hosts: HostPolicy::new(addr, &config.allowed_hosts),
