@@ -148,6 +148,11 @@ impl Bot {
         self.first_index + self.history.len() as u64
     }
 
+    /// The personality (system prompt) it was created with.
+    pub fn personality(&self) -> Option<&str> {
+        self.system.as_deref()
+    }
+
     /// The conversation so far, oldest first, without the system prompt.
     pub fn history(&self) -> &[ChatMessage] {
         &self.history
