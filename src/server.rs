@@ -292,17 +292,29 @@ impl ServerHandle {
     /// Shuts down gracefully: stops accepting, refuses new turns, lets turns in flight run for
     /// up to `grace`, then cancels the rest, writes everything to the store, closes every
     /// WebSocket with 1001, and waits (briefly) for the connections to finish.
-    pub fn shutdown_gracefully(mut self, grace: Duration) {
+    pub fn shutdown_gracefully(self, grace: Duration) {
+        self.shutdown_gracefully_unless(grace, &AtomicBool::new(false));
+    }
+
+    /// [`shutdown_gracefully`](Self::shutdown_gracefully), except that the grace period ends
+    /// at once when `hurry` is set (a second Ctrl-C).
+    pub fn shutdown_gracefully_unless(mut self, grace: Duration, hurry: &AtomicBool) {
         self.stop_accepting();
         let deadline = Instant::now() + grace;
         let sessions = &self.shared.ctx.sessions;
         let running = sessions.turns_in_flight();
         if running > 0 {
-            log::info!("server: waiting up to {grace:?} for {running} turns to finish");
+            log::info!(
+                "server: waiting up to {grace:?} for {running} turn{} to finish",
+                if running == 1 { "" } else { "s" }
+            );
         }
         // Shutdown is rare and bounded: checking every few milliseconds is simpler than a
         // notification from every turn.
-        while sessions.turns_in_flight() > 0 && Instant::now() < deadline {
+        while sessions.turns_in_flight() > 0
+            && Instant::now() < deadline
+            && !hurry.load(Ordering::SeqCst)
+        {
             thread::sleep(Duration::from_millis(10));
         }
         self.stop();

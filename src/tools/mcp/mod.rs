@@ -203,7 +203,10 @@ impl McpServers {
                 tools.push(Arc::new(McpTool::new(server.clone(), full_name, remote)));
                 count += 1;
             }
-            log::info!("mcp {name}: loaded with {count} tools");
+            log::info!(
+                "mcp {name}: loaded with {count} tool{}",
+                if count == 1 { "" } else { "s" }
+            );
             servers.push(server);
         }
         McpServers { servers, tools }
