@@ -350,7 +350,7 @@ impl Client {
                 ToolStatus::Error => screen.say(RED, &format!("tool> {name} failed: {result}")),
             },
             ServerFrame::MessageDelta { turn_id, text, .. } => screen.delta(turn_id, &text),
-            ServerFrame::Message { turn_id, text } => screen.answer(turn_id, &text),
+            ServerFrame::Message { turn_id, text, .. } => screen.answer(turn_id, &text),
             ServerFrame::Status(status) => {
                 screen.say(YELLOW, &describe_status(&status, code));
                 if status.code == StatusCode::TakenOver {
