@@ -820,7 +820,9 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         assert!(head.contains("\r\nContent-Type: text/html; charset=utf-8\r\n"));
-        assert!(head.contains("\r\nContent-Security-Policy: default-src 'none'; script-src 'self'; "));
+        assert!(
+            head.contains("\r\nContent-Security-Policy: default-src 'none'; script-src 'self'; ")
+        );
         assert!(head.ends_with("\r\nReferrer-Policy: no-referrer"), "{head}");
         assert!(head.contains("\r\nCache-Control: no-store\r\n"));
         assert_eq!(body, assets::page());
