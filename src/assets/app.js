@@ -1009,9 +1009,9 @@
         if (id !== sessionId) openConversation(id);
       });
       const rename = button("action rename", "\u270E", "Rename");
-      rename.addEventListener("click", () => startRename(item, id, title));
+      rename.addEventListener("click", () => startRename(item, id, name.textContent));
       const remove = button("action delete", "\u2715", "Delete");
-      remove.addEventListener("click", () => askDelete(id, title));
+      remove.addEventListener("click", () => askDelete(id, name.textContent));
       item.append(open, rename, remove);
       listEl.append(item);
       if (id === sessionId) setTitle(title, true);

@@ -298,9 +298,21 @@ impl Browser {
             .to_owned()
     }
 
+    /// Clicks the element `css`. A list the page redraws (the conversations) may replace the
+    /// element between finding and clicking it; then it is found again, until [`PAGE_WAIT`].
     pub fn click(&self, css: &str) {
-        let element = self.element(css);
-        self.command("POST", &format!("/element/{element}/click"), json!({}));
+        let deadline = Instant::now() + PAGE_WAIT;
+        loop {
+            let element = self.element(css);
+            let path = format!("/session/{}/element/{element}/click", self.session);
+            match self.request("POST", &path, Some(&json!({}))) {
+                Ok(_) => return,
+                Err(e) if e.contains("stale element") && Instant::now() < deadline => {
+                    std::thread::sleep(POLL);
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
     }
 
     /// Types `text` into the element `css`, as keystrokes (`\u{E007}` is Enter).
