@@ -854,6 +854,7 @@
     setTitle(known ? String(known.title ?? "") : "", Boolean(known));
     showPersona();
     markCurrent();
+    listChanged();
     setConn("connecting", "loading…");
     let events = null;
     try {
@@ -964,14 +965,15 @@
   let listTimer = null;
   let listRequest = 0;
 
-  // Something changed that the list shows: fetch it again, soon (changes come in bursts).
+  // Something changed that the list shows: fetch it again, soon (changes come in bursts, and
+  // one fetch covers a burst).
   function listChanged() {
-    clearTimeout(listTimer);
-    listTimer = setTimeout(refreshList, 300);
+    if (listTimer === null) listTimer = setTimeout(refreshList, 150);
   }
 
   async function refreshList() {
     clearTimeout(listTimer);
+    listTimer = null;
     const mine = ++listRequest;
     const q = searchEl.value.trim();
     let data;
@@ -1400,7 +1402,16 @@
 
   // ---- start ----
 
+  // The box says how Enter works where there is room for it.
+  function placeholder() {
+    input.placeholder = window.matchMedia("(max-width: 560px)").matches
+      ? "Message Sparky"
+      : "Message Sparky (Enter sends, Shift+Enter adds a line)";
+  }
+  window.matchMedia("(max-width: 560px)").addEventListener("change", placeholder);
+
   function start() {
+    placeholder();
     updatePersonaPicker();
     const fromHash = location.hash.slice(1);
     const stored = store.get(KEY_SESSION);

@@ -8,14 +8,8 @@
 use serde_json::json;
 
 use crate::driver::{Browser, CONNECTED, OPEN_ID, Submit};
-use crate::fakes::{Beacon, FAKE_USAGE, FakeModel};
-use crate::support::ChildServer;
-
-/// A rich answer: what the README's screenshots show.
-const RICH: &str = "## Brewing green tea\n\nUse water at **70–80 °C**, not boiling, and steep \
-for *two minutes*. More on [the tea page](https://example.com/tea).\n\n| Tea | Water | Time |\n\
-|:----|------:|:----:|\n| Sencha | 75 °C | 1 min |\n| Gyokuro | 60 °C | 2 min |\n\n\
-```python\ndef steep(minutes):\n    return f\"steep for {minutes} min\"\n```\n\n- keep the leaves\n- brew them again\n";
+use crate::fakes::{Beacon, FAKE_USAGE, FakeModel, TEA_ANSWER, TEA_QUESTION};
+use crate::support::{ChildServer, http};
 
 /// Markdown and HTML that must never run, load or navigate anywhere: each is the whole answer.
 /// `{beacon}` becomes the address of a listener that must never be contacted.
@@ -147,7 +141,7 @@ pub fn run(browser: &Browser) {
     // Rendered markdown: headings, emphasis, a table with its alignment, code in monospace
     // with a copy button, links that open in a new tab without an opener.
     browser.click("#new-chat");
-    browser.say_text(&format!("say:{RICH}"));
+    browser.say_text(&format!("say:{TEA_ANSWER}"));
     browser.wait_for_turn(1, "done");
     model.request();
     let rendered = browser.eval(
@@ -235,16 +229,38 @@ pub fn run(browser: &Browser) {
         "{pixel}"
     );
 
-    // Screenshots for the README: the rich answer, light and dark.
-    browser.goto(&format!("{page}#{}", id.as_str().unwrap()));
+    // Screenshots for the README: a question with a persona, its rendered answer, light and
+    // dark, after a fresh load.
+    let payloads = format!("/api/conversations/{}", id.as_str().unwrap());
+    let renamed = http(
+        server.addr,
+        "PATCH",
+        &payloads,
+        None,
+        Some(r#"{"title": "Markdown payloads"}"#),
+    );
+    assert_eq!(renamed.0, 200);
+    browser.click("#new-chat");
+    browser.eval(
+        "const s = document.getElementById('persona-select'); s.value = 'engineer'; \
+         s.dispatchEvent(new Event('change'))",
+    );
+    browser.say(TEA_QUESTION, Submit::EnterKey);
     browser.wait_for_turn(1, "done");
-    browser.eval("document.getElementById('log').scrollTop = 0");
+    model.request();
+    let tea = browser.eval(OPEN_ID);
+    browser.goto("about:blank");
+    browser.goto(&format!("{page}#{}", tea.as_str().unwrap()));
+    browser.wait_for_turn(1, "done");
+    browser.wait_for(
+        "the list of four",
+        "return document.querySelectorAll('#conversation-list .conversation').length === 4",
+    );
     browser.screenshot("answers-02-desktop");
     browser.cdp(
         "Emulation.setEmulatedMedia",
         json!({"features": [{"name": "prefers-color-scheme", "value": "dark"}]}),
     );
-    browser.eval("document.getElementById('log').scrollTop = 0");
     browser.screenshot("answers-03-dark");
     browser.cdp("Emulation.setEmulatedMedia", json!({"features": []}));
     drop(server);

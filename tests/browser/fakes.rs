@@ -273,12 +273,23 @@ fn serve_http(mut stream: TcpStream) {
     );
 }
 
+/// A question [`FakeModel`] answers with [`TEA_ANSWER`].
+pub const TEA_QUESTION: &str = "How should I brew green tea?";
+
+/// A rich answer: a heading, emphasis, a link, a table, code and a list.
+pub const TEA_ANSWER: &str = "## Brewing green tea\n\nUse water at **70–80 °C**, not boiling, and \
+steep for *two minutes*. More on [the tea page](https://example.com/tea).\n\n\
+| Tea | Water | Time |\n|:----|------:|:----:|\n| Sencha | 75 °C | 1 min |\n\
+| Gyokuro | 60 °C | 2 min |\n\n```python\ndef steep(minutes):\n    \
+return f\"steep for {minutes} min\"\n```\n\n- keep the leaves\n- brew them again\n";
+
 /// The tokens [`FakeModel`] reports for every answer.
 pub const FAKE_USAGE: (u64, u64) = (11, 7);
 
 /// A fake OpenAI-compatible model server. It answers every request with a streamed answer and
 /// a usage chunk of [`FAKE_USAGE`], and hands every request body to the test. What it answers
-/// depends on the newest user message: `say:<text>` answers `<text>` exactly; `slow` answers
+/// depends on the newest user message: [`TEA_QUESTION`] gets [`TEA_ANSWER`]; `say:<text>`
+/// answers `<text>` exactly; `slow` answers
 /// "Streaming part one." and then waits until the test calls [`FakeModel::release`] before
 /// it ends with " And the end."; anything else gets "Hello from the fake model."
 pub struct FakeModel {
@@ -374,7 +385,9 @@ fn model_answer(stream: TcpStream, requests: &Sender<Value>, released: &Mutex<Re
         let _ = out.write_all(format!("data: {chunk}\n\n").as_bytes());
         let _ = out.flush();
     };
-    if let Some(text) = last_user.strip_prefix("say:") {
+    if last_user == TEA_QUESTION {
+        piece(TEA_ANSWER);
+    } else if let Some(text) = last_user.strip_prefix("say:") {
         piece(text);
     } else if last_user == "slow" {
         piece("Streaming part one.");

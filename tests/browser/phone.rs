@@ -11,6 +11,8 @@ pub fn run(browser: &Browser) {
     let server = ChildServer::start(&["--in-memory"]);
     let mut first = Client::connect(server.addr, json!({}));
     first.ask("/calc (2+3)*7");
+    first.ask("/remember The train to Sintra leaves at 9:40");
+    first.ask("thanks, that helps!");
     let first_id = first.session_id.clone().unwrap().as_str().to_owned();
     let mut second = Client::connect(server.addr, json!({}));
     second.ask("plan a weekend in Lisbon");
