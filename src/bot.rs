@@ -303,7 +303,7 @@ impl Turn {
                 }
             };
             if let Some(step) = reply.usage {
-                usage = Some(usage.unwrap_or_default().add(step));
+                usage = Some(usage.unwrap_or_default().plus(step));
             }
             if reply.tool_calls.is_empty() {
                 let answer = ServerFrame::Message {

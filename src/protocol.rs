@@ -306,8 +306,8 @@ pub struct Usage {
 }
 
 impl Usage {
-    /// The sum of two counts.
-    pub fn add(self, other: Usage) -> Usage {
+    /// The sum of two counts (saturating).
+    pub fn plus(self, other: Usage) -> Usage {
         Usage {
             prompt_tokens: self.prompt_tokens.saturating_add(other.prompt_tokens),
             completion_tokens: self
