@@ -17,7 +17,7 @@ use crate::model::{
     ChatMessage, Conversation, MEMORY_PREFIX, ModelBackend, ModelReply, ReplySink, Role, ToolCall,
     UNPARSED_ARGUMENTS,
 };
-use crate::protocol::{ErrorCode, ServerFrame, StatusCode, StatusData, ToolStatus, TurnId};
+use crate::protocol::{ErrorCode, ServerFrame, StatusCode, StatusData, ToolStatus, TurnId, Usage};
 use crate::store::GraphStore;
 use crate::tools::{ToolChain, ToolContext, ToolOutput};
 
@@ -297,6 +297,8 @@ impl Turn {
         if !self.recall_memory(events) {
             return TurnOutcome::Cancelled;
         }
+        // Tokens used by the turn's model calls, summed over the steps that reported them.
+        let mut usage: Option<Usage> = None;
         for _step in 0..self.engine.max_steps {
             let reply = match self.ask_model(events, cancel, specs) {
                 Asked::Reply(reply) => reply,
@@ -305,10 +307,14 @@ impl Turn {
                     return self.fail(events, ErrorCode::ModelError, &e.to_string());
                 }
             };
+            if let Some(step) = reply.usage {
+                usage = Some(usage.unwrap_or_default().plus(step));
+            }
             if reply.tool_calls.is_empty() {
                 let answer = ServerFrame::Message {
                     turn_id,
                     text: reply.text.clone(),
+                    usage,
                 };
                 self.current
                     .push(ChatMessage::text(Role::Assistant, reply.text));
@@ -722,6 +728,7 @@ mod tests {
             Ok(ModelReply {
                 text: String::new(),
                 tool_calls: vec![call],
+                usage: None,
             })
         }
     }
@@ -869,6 +876,7 @@ mod tests {
         Ok(ModelReply {
             text: text.into(),
             tool_calls: Vec::new(),
+            usage: None,
         })
     }
 
@@ -909,6 +917,52 @@ mod tests {
         bot.clear_history();
         assert!(bot.history().is_empty());
         assert_eq!(bot.first_index(), 2);
+    }
+
+    #[test]
+    fn the_answer_carries_the_usage_of_every_step_and_the_system_prompt_is_first() {
+        let counted = |prompt, completion| {
+            Some(Usage {
+                prompt_tokens: prompt,
+                completion_tokens: completion,
+            })
+        };
+        let step = ModelReply {
+            text: String::new(),
+            tool_calls: vec![ToolCall {
+                id: "a".into(),
+                name: "echo".into(),
+                args: json!({}),
+            }],
+            usage: counted(10, 2),
+        };
+        let last = ModelReply {
+            usage: counted(15, 7),
+            ..answer("done").unwrap()
+        };
+        let model = Arc::new(Scripted::new(vec![Ok(step), Ok(last)]));
+        let bot = Bot::new(engine(model), Some("be a pirate".into()), Vec::new());
+        let turn = bot.start_turn(TurnId(1), "hi", &Principal::local());
+        assert_eq!(turn.head[0].role, Role::System);
+        assert_eq!(turn.head[0].content, "be a pirate");
+        let events = Recorder::new();
+        assert_eq!(run(&bot, "what time is it", &events), TurnOutcome::Answered);
+        let frames = events.frames.lock();
+        assert!(
+            matches!(frames.last(), Some(ServerFrame::Message { usage, .. }) if *usage == counted(25, 9)),
+            "{frames:?}"
+        );
+        let unreported = Arc::new(Scripted::new(vec![answer("plain")]));
+        let events = Recorder::new();
+        run(
+            &Bot::new(engine(unreported), None, Vec::new()),
+            "x",
+            &events,
+        );
+        assert!(matches!(
+            events.frames.lock().last(),
+            Some(ServerFrame::Message { usage: None, .. })
+        ));
     }
 
     #[test]
@@ -972,6 +1026,7 @@ mod tests {
             Ok(ModelReply {
                 text: String::new(),
                 tool_calls: calls,
+                usage: None,
             }),
             answer("done"),
         ]));

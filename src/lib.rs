@@ -40,6 +40,7 @@ pub mod session;
 pub mod worker;
 // Transport.
 pub mod api;
+pub mod assets;
 pub mod connection;
 pub mod http;
 pub mod inbound;

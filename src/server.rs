@@ -604,7 +604,9 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, shared: &Shared, id: u64) -> R
         public_metrics: config.public_metrics,
     };
     match http::route(&head, &view) {
-        Route::Http(response) => respond(&mut stream, &response),
+        Route::Http(response) => response
+            .write(&mut stream, head.method != "HEAD")
+            .map_err(|e| Error::io("http response", e)),
         Route::Api => {
             let deadline = Instant::now() + config.handshake_timeout;
             let body = match http::read_body(&mut stream, &head, api::MAX_BODY_BYTES, deadline) {

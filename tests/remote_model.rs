@@ -811,3 +811,44 @@ fn a_connection_that_attaches_mid_answer_first_gets_the_answer_so_far() {
         assert!(matches!(&status.frame, ServerFrame::Status(s) if s.code == StatusCode::Cancelled));
     }
 }
+
+#[test]
+fn usage_is_summed_over_the_steps_and_the_personality_is_the_system_message() {
+    let usage = |prompt: u64, completion: u64| {
+        json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "choices": [],
+               "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
+                         "total_tokens": prompt + completion}})
+        .to_string()
+    };
+    let fake = FakeServer::start(vec![
+        stream(vec![
+            tool_calls(json!([{"index": 0, "id": "c1", "type": "function",
+                "function": {"name": "clock", "arguments": "{}"}}])),
+            usage(100, 5),
+            DONE.into(),
+        ]),
+        stream(vec![content("It is late."), usage(130, 9), DONE.into()]),
+        answer("Uncounted."),
+    ]);
+    let server = fake.sparky(|_| {});
+    let mut client = Client::connect(server.addr, json!({"personality": "Talk like a pirate."}));
+    let frames = turn(&mut client, "what time is it?");
+    assert!(
+        matches!(frames.last(), Some(ServerFrame::Message { text, usage: Some(usage), .. })
+            if text == "It is late." && usage.prompt_tokens == 230 && usage.completion_tokens == 14),
+        "{frames:#?}"
+    );
+    let first = fake.request();
+    assert_eq!(first["stream_options"]["include_usage"], true);
+    assert_eq!(roles(&first), ["system", "user"]);
+    assert_eq!(first["messages"][0]["content"], "Talk like a pirate.");
+    fake.request();
+    // A model that reports nothing gives a message without `usage`.
+    let frames = turn(&mut client, "again");
+    assert!(matches!(
+        frames.last(),
+        Some(ServerFrame::Message { usage: None, .. })
+    ));
+    let third = fake.request();
+    assert_eq!(third["messages"][0]["content"], "Talk like a pirate.");
+}

@@ -1,6 +1,6 @@
 //! The model side of a turn: the conversation it sees (`ChatMessage`), what it answers
 //! (`ModelReply`), and the `ModelBackend` trait that each provider implements. Depends on
-//! `cancel` and `error`.
+//! `error` and `protocol` (token counts).
 
 pub mod offline;
 pub mod remote;
@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::error::Result;
+use crate::protocol::Usage;
 
 /// How the system message that carries remembered facts into a turn begins.
 pub const MEMORY_PREFIX: &str = "Relevant memory from earlier conversations:";
@@ -151,6 +152,8 @@ pub struct ModelReply {
     pub text: String,
     /// The tools to call before the next step; empty for a final answer.
     pub tool_calls: Vec<ToolCall>,
+    /// The tokens this step used, when the provider reported them.
+    pub usage: Option<Usage>,
 }
 
 /// Where a backend sends what it produces while it works.

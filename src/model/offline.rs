@@ -67,6 +67,7 @@ impl ModelBackend for OfflineModel {
                 Ok(ModelReply {
                     text: String::new(),
                     tool_calls: vec![ToolCall { id, name, args }],
+                    usage: None,
                 })
             }
         }
@@ -104,6 +105,7 @@ fn say(text: &str) -> ModelReply {
     ModelReply {
         text: text.to_owned(),
         tool_calls: Vec::new(),
+        usage: None,
     }
 }
 

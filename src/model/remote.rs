@@ -40,6 +40,7 @@ use crate::error::{Error, Result};
 use crate::model::{
     Conversation, ModelBackend, ModelReply, ReplySink, Role, ToolCall, ToolSpec, UNPARSED_ARGUMENTS,
 };
+use crate::protocol::Usage;
 
 /// How often the turn's thread looks at the cancel flag while it waits for the server.
 const POLL_SLICE: Duration = Duration::from_millis(20);
@@ -725,7 +726,14 @@ fn request_body(model: &str, conversation: Conversation<'_>, tools: &[ToolSpec])
     if !system.is_empty() {
         messages.insert(0, json!({"role": "system", "content": system.join("\n\n")}));
     }
-    let mut body = json!({"model": model, "stream": true, "messages": messages});
+    // `include_usage` asks for a last chunk with the tokens used (PROTOCOL.md section 5 passes
+    // them on); servers that do not know it ignore it.
+    let mut body = json!({
+        "model": model,
+        "stream": true,
+        "stream_options": {"include_usage": true},
+        "messages": messages,
+    });
     if !tools.is_empty() {
         let tools: Vec<Value> = tools
             .iter()
@@ -743,6 +751,15 @@ fn request_body(model: &str, conversation: Conversation<'_>, tools: &[ToolSpec])
         body["tools"] = Value::Array(tools);
     }
     body
+}
+
+/// The `usage` object of a chunk: `None` unless it has both counts (some servers send
+/// `"usage": null` on every chunk but the last).
+fn parse_usage(usage: &Value) -> Option<Usage> {
+    Some(Usage {
+        prompt_tokens: usage.get("prompt_tokens")?.as_u64()?,
+        completion_tokens: usage.get("completion_tokens")?.as_u64()?,
+    })
 }
 
 /// A tool's parameter schema as servers want it: an object schema, even for a tool that
@@ -1029,6 +1046,8 @@ struct StreamState {
     reasoning_source: Source,
     think: ThinkSplitter,
     calls: ToolCalls,
+    /// The tokens used, from the server's usage chunk.
+    usage: Option<Usage>,
 }
 
 /// Where reasoning arrives.
@@ -1050,6 +1069,7 @@ impl StreamState {
             reasoning_source: Source::Field,
             think: ThinkSplitter::default(),
             calls: ToolCalls::default(),
+            usage: None,
         }
     }
 
@@ -1064,6 +1084,10 @@ impl StreamState {
                 "the model server reported an error: {}",
                 excerpt(&message)
             )));
+        }
+        // The usage chunk (last, with no choices) or the usage of a whole answer.
+        if let Some(usage) = chunk.get("usage").and_then(parse_usage) {
+            self.usage = Some(usage);
         }
         let Some(choices) = chunk.get("choices").and_then(Value::as_array) else {
             return Ok(());
@@ -1174,6 +1198,7 @@ impl StreamState {
         ModelReply {
             text: self.answer,
             tool_calls: self.calls.finish(),
+            usage: self.usage,
         }
     }
 }
@@ -1259,6 +1284,23 @@ mod tests {
         assert!(reply.tool_calls.is_empty());
         assert_eq!(sink.deltas.concat(), "Hello there");
         assert!(!sink.deltas.is_empty());
+    }
+
+    #[test]
+    fn the_usage_chunk_becomes_the_reply_usage() {
+        let (reply, _) = run(&[
+            json!({"choices": [{"index": 0, "delta": {"content": "Hi"}}], "usage": null}),
+            json!({"choices": [], "usage": {"prompt_tokens": 31, "completion_tokens": 4, "total_tokens": 35}}),
+        ]);
+        assert_eq!(reply.text, "Hi");
+        assert_eq!(
+            reply.usage,
+            Some(Usage {
+                prompt_tokens: 31,
+                completion_tokens: 4
+            })
+        );
+        assert_eq!(run(&[content("no count")]).0.usage, None);
     }
 
     #[test]
@@ -1509,6 +1551,7 @@ mod tests {
         let body = request_body("m", conversation, &tools);
         assert_eq!(body["model"], "m");
         assert_eq!(body["stream"], true);
+        assert_eq!(body["stream_options"]["include_usage"], true);
         let messages = body["messages"].as_array().unwrap();
         let roles: Vec<&str> = messages
             .iter()
