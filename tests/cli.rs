@@ -121,3 +121,38 @@ fn a_second_interrupt_stops_at_once_and_the_log_has_no_colour_codes() {
     assert!(took < WAIT, "{took:?}");
     line_with(&lines, "stopping now");
 }
+
+/// The `--flag` names at the start of lines of `text` that match `prefix`.
+fn flags(text: &str, prefix: &str) -> std::collections::BTreeSet<String> {
+    text.lines()
+        .filter_map(|line| line.trim_start().strip_prefix(prefix))
+        .filter_map(|rest| {
+            let rest = rest.trim_start_matches("-h, ");
+            let name: String = rest
+                .strip_prefix("--")?
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .collect();
+            Some(format!("--{name}"))
+        })
+        .filter(|flag| flag != "--help" && flag != "--version")
+        .collect()
+}
+
+#[test]
+fn help_and_the_readme_flag_table_list_the_same_flags() {
+    let help = Command::new(env!("CARGO_BIN_EXE_sparky"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = flags(&String::from_utf8_lossy(&help.stdout), "");
+    let readme = include_str!("../README.md");
+    let table = flags(readme, "| `");
+    assert!(help.len() > 30, "{help:?}");
+    let only_help: Vec<_> = help.difference(&table).collect();
+    let only_readme: Vec<_> = table.difference(&help).collect();
+    assert!(
+        only_help.is_empty() && only_readme.is_empty(),
+        "in --help only: {only_help:?}; in the README only: {only_readme:?}"
+    );
+}
