@@ -605,7 +605,11 @@ fn health(server: &ServerView<'_>) -> Response {
             "uptime_seconds": server.started.elapsed().as_secs(),
             "connections": Metrics::get(&server.metrics.connections_open),
             "sessions": server.sessions.len(),
-            "model": engine.model.name(),
+            "model": {
+                "name": engine.model.name(),
+                "reachable": engine.model.health().reachable,
+                "last_error": engine.model.health().last_error,
+            },
             "tools_loaded": engine.tools.len(),
         })
     };

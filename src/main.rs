@@ -219,6 +219,41 @@ impl Args {
     }
 }
 
+/// How often the model server is asked whether it is there.
+const PROBE_INTERVAL: Duration = Duration::from_secs(300);
+
+/// Asks the model server at start, then every [`PROBE_INTERVAL`], and says so when it cannot be
+/// reached or does not serve the model, and when it answers again. `/healthz` shows the last
+/// answer (turns update it too).
+fn watch_model(model: Arc<dyn ModelBackend>) {
+    let watcher = std::thread::Builder::new()
+        .name("model-probe".into())
+        .spawn(move || {
+            let mut answered = None;
+            loop {
+                let Some(outcome) = model.probe() else {
+                    return;
+                };
+                match (&outcome, answered) {
+                    (Err(e), None | Some(true)) => {
+                        log::warn!("model: {e}; turns will fail until it answers");
+                    }
+                    (Ok(()), Some(false)) => log::info!("model: the model server answers again"),
+                    (Ok(()), None) => {
+                        log::info!("model: the model server serves {}", model.name());
+                    }
+                    _ => {}
+                }
+                answered = Some(outcome.is_ok());
+                // A timer, not a wait for something.
+                std::thread::sleep(PROBE_INTERVAL);
+            }
+        });
+    if let Err(e) = watcher {
+        log::warn!("model: cannot start the model probe: {e}");
+    }
+}
+
 /// Descriptors one WebSocket holds: its socket and its wake-up eventfd.
 const DESCRIPTORS_PER_CONNECTION: u64 = 2;
 
@@ -446,6 +481,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let probed = model.clone();
     let handle = match sparky::server::spawn_with(listener, config, model) {
         Ok(handle) => handle,
         Err(e) => {
@@ -454,6 +490,7 @@ fn main() -> ExitCode {
         }
     };
     println!("listening on http://{}", handle.addr());
+    watch_model(probed);
     if handle.addr().ip().is_unspecified() {
         let port = handle.addr().port();
         let host = rustix::system::uname()

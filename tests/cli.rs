@@ -156,3 +156,108 @@ fn help_and_the_readme_flag_table_list_the_same_flags() {
         "in --help only: {only_help:?}; in the README only: {only_readme:?}"
     );
 }
+
+/// A model server that answers every request with `GET /models`'s list of `models`.
+fn models_server(models: &'static [&'static str]) -> std::net::SocketAddr {
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n")
+                && std::io::Read::read(&mut stream, &mut byte).unwrap_or(0) == 1
+            {
+                head.push(byte[0]);
+            }
+            let data: Vec<_> = models
+                .iter()
+                .map(|id| json!({"id": id, "object": "model"}))
+                .collect();
+            let body = json!({"object": "list", "data": data}).to_string();
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    addr
+}
+
+#[test]
+fn an_unreachable_or_wrong_model_server_is_reported_at_start_and_in_healthz() {
+    let url = "http://127.0.0.1:1/v1";
+    let (mut child, line, lines) = start(&[
+        "--addr",
+        "127.0.0.1:0",
+        "--in-memory",
+        "--model",
+        "openai",
+        "--model-name",
+        "m",
+        "--model-url",
+        url,
+    ]);
+    let warning = line_with(&lines, "cannot reach the model server");
+    assert!(warning.contains(url), "{warning}");
+    let addr = line
+        .trim_start_matches("listening on http://")
+        .parse()
+        .unwrap();
+    let (status, health) = support::http_json(addr, "GET", "/healthz", None, None);
+    assert_eq!(
+        (status, health["status"].as_str()),
+        (200, Some("ok")),
+        "{health}"
+    );
+    assert_eq!(health["model"]["reachable"], false, "{health}");
+    assert!(
+        health["model"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains(url)
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let server = models_server(&["other", "another"]);
+    let url = format!("http://{server}/v1");
+    let (mut child, _, lines) = start(&[
+        "--addr",
+        "127.0.0.1:0",
+        "--in-memory",
+        "--model",
+        "openai",
+        "--model-name",
+        "m",
+        "--model-url",
+        &url,
+    ]);
+    let warning = line_with(&lines, "does not serve");
+    assert!(
+        warning.contains("\"m\"") && warning.contains("other, another"),
+        "{warning}"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let server = models_server(&["m"]);
+    let url = format!("http://{server}/v1");
+    let (mut child, _, lines) = start(&[
+        "--addr",
+        "127.0.0.1:0",
+        "--in-memory",
+        "--model",
+        "openai",
+        "--model-name",
+        "m",
+        "--model-url",
+        &url,
+    ]);
+    line_with(&lines, "serves m");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

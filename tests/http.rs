@@ -97,7 +97,8 @@ fn healthz_answers_json() {
     assert_eq!(health["status"], "ok");
     assert_eq!(health["sessions"], 1);
     assert_eq!(health["connections"], 1);
-    assert_eq!(health["model"], "offline");
+    assert_eq!(health["model"]["name"], "offline");
+    assert_eq!(health["model"]["reachable"], true);
 }
 
 #[test]

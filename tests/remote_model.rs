@@ -51,12 +51,24 @@ impl FakeServer {
         let (requests, received) = mpsc::channel();
         thread::spawn(move || {
             // Past the script the listener closes, so that further requests are refused.
-            for reply in script {
+            // `GET /models` (the binary's probe) is answered on the side and takes no turn.
+            let mut script = std::collections::VecDeque::from(script);
+            while !script.is_empty() {
                 let Ok((stream, _)) = listener.accept() else {
                     return;
                 };
+                let Some(head) = read_head(&stream) else {
+                    continue;
+                };
+                if head.get {
+                    answer_models(stream);
+                    continue;
+                }
+                let Some(reply) = script.pop_front() else {
+                    return;
+                };
                 let requests = requests.clone();
-                thread::spawn(move || serve(stream, reply, &requests));
+                thread::spawn(move || serve(stream, head, reply, &requests));
             }
         });
         FakeServer {
@@ -98,17 +110,29 @@ impl FakeServer {
     }
 }
 
-/// Reads one request and answers it with `reply`.
-fn serve(stream: TcpStream, reply: Reply, requests: &Sender<Value>) {
+/// A request's head, as far as the fake cares.
+struct Head {
+    get: bool,
+    length: usize,
+    authorization: Option<String>,
+    /// The reader, holding whatever of the body it read ahead.
+    reader: BufReader<TcpStream>,
+}
+
+/// Reads a request head; `None` when the client went away first.
+fn read_head(stream: &TcpStream) -> Option<Head> {
     stream.set_read_timeout(Some(WAIT)).unwrap();
     let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut head = String::new();
+    reader.read_line(&mut head).ok().filter(|n| *n > 0)?;
+    let get = head.starts_with("GET ");
     let mut length = 0;
     let mut authorization = None;
     let mut line = String::new();
     loop {
         line.clear();
         if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
+            return None;
         }
         let header = line.trim_end();
         if header.is_empty() {
@@ -122,6 +146,34 @@ fn serve(stream: TcpStream, reply: Reply, requests: &Sender<Value>) {
             }
         }
     }
+    Some(Head {
+        get,
+        length,
+        authorization,
+        reader,
+    })
+}
+
+/// Answers `GET /models` with the one model the tests ask for.
+fn answer_models(mut stream: TcpStream) {
+    let body = json!({"object": "list", "data": [{"id": "test-model", "object": "model"}]});
+    let body = body.to_string();
+    let _ = write!(
+        stream,
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    );
+}
+
+/// Reads one request's body and answers it with `reply`.
+fn serve(stream: TcpStream, head: Head, reply: Reply, requests: &Sender<Value>) {
+    let Head {
+        length,
+        authorization,
+        mut reader,
+        ..
+    } = head;
     let mut body = vec![0; length];
     reader.read_exact(&mut body).unwrap();
     let mut body: Value = serde_json::from_slice(&body).unwrap();

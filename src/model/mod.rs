@@ -185,10 +185,35 @@ pub trait ReplySink {
     }
 }
 
+/// What a server knows of its model server, for `/healthz`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ModelHealth {
+    /// Whether it answered the last request or probe; `None` before the first.
+    pub reachable: Option<bool>,
+    /// What went wrong last, if the last request or probe failed.
+    pub last_error: Option<String>,
+}
+
 /// A language model provider.
 pub trait ModelBackend: Send + Sync {
     /// The name clients see in `ready`.
     fn name(&self) -> &str;
+
+    /// What is known of the model server: whether it answered last time it was asked (by a
+    /// probe or a turn), and the last error. The built-in model is always there.
+    fn health(&self) -> ModelHealth {
+        ModelHealth {
+            reachable: Some(true),
+            last_error: None,
+        }
+    }
+
+    /// Asks the model server whether it is there and serves the model (`GET /v1/models`),
+    /// and records the answer for [`health`](Self::health). `None` for a backend with nothing
+    /// to ask.
+    fn probe(&self) -> Option<std::result::Result<(), String>> {
+        None
+    }
 
     /// True when the backend itself tells the user, in a thought, which memory entries it was
     /// given; otherwise the bot sends a thought of its own.

@@ -38,7 +38,8 @@ use ureq::Agent;
 
 use crate::error::{Error, Result};
 use crate::model::{
-    Conversation, ModelBackend, ModelReply, ReplySink, Role, ToolCall, ToolSpec, UNPARSED_ARGUMENTS,
+    Conversation, ModelBackend, ModelHealth, ModelReply, ReplySink, Role, ToolCall, ToolSpec,
+    UNPARSED_ARGUMENTS,
 };
 use crate::protocol::Usage;
 
@@ -167,11 +168,16 @@ impl fmt::Debug for RemoteOptions {
     }
 }
 
+/// The largest `GET /models` answer read.
+const MAX_MODELS_BODY_BYTES: u64 = 1 << 20;
+
 /// A model behind an OpenAI-compatible `POST {base_url}/chat/completions` endpoint.
 #[derive(Debug)]
 pub struct RemoteModel {
     options: RemoteOptions,
     endpoint: String,
+    /// What the last request or probe found.
+    health: parking_lot::Mutex<ModelHealth>,
 }
 
 impl RemoteModel {
@@ -182,7 +188,66 @@ impl RemoteModel {
             "{}/chat/completions",
             options.base_url.trim_end_matches('/')
         );
-        RemoteModel { options, endpoint }
+        RemoteModel {
+            options,
+            endpoint,
+            health: parking_lot::Mutex::default(),
+        }
+    }
+
+    /// Records how the server answered a request or probe.
+    fn record(&self, outcome: std::result::Result<(), &str>) {
+        let mut health = self.health.lock();
+        health.reachable = Some(outcome.is_ok());
+        health.last_error = outcome.err().map(str::to_owned);
+    }
+
+    /// `GET {base_url}/models`: is the server there, and does it serve the model?
+    fn ask_for_models(&self) -> std::result::Result<(), String> {
+        let base = self.options.base_url.trim_end_matches('/');
+        let url = format!("{base}/models");
+        let mut request = self.agent().get(&url);
+        if let Some(key) = &self.options.api_key {
+            request = request.header("Authorization", &format!("Bearer {key}"));
+        }
+        let mut response = request
+            .call()
+            .map_err(|e| format!("cannot reach the model server at {base}: {e}"))?;
+        let status = response.status().as_u16();
+        let body = response
+            .body_mut()
+            .with_config()
+            .limit(MAX_MODELS_BODY_BYTES)
+            .read_to_string()
+            .map_err(|e| format!("the model server at {base} sent an unreadable answer: {e}"))?;
+        if status != 200 {
+            return Err(format!(
+                "the model server at {base} answered GET /models with {status}: {}",
+                error_message(&body)
+            ));
+        }
+        let served: Vec<String> = serde_json::from_str::<Value>(&body)
+            .ok()
+            .and_then(|value| {
+                value["data"].as_array().map(|models| {
+                    models
+                        .iter()
+                        .filter_map(|m| m["id"].as_str().map(str::to_owned))
+                        .collect()
+                })
+            })
+            .unwrap_or_default();
+        // Some servers (llama.cpp's) serve whatever name is asked for; an empty or unreadable
+        // list is no evidence against the model.
+        if served.is_empty() || served.contains(&self.options.model) {
+            Ok(())
+        } else {
+            Err(format!(
+                "the model server at {base} does not serve {:?}; it serves: {}",
+                self.options.model,
+                served.join(", ")
+            ))
+        }
     }
 
     /// The URL requests go to.
@@ -235,6 +300,16 @@ impl ModelBackend for RemoteModel {
         &self.options.model
     }
 
+    fn health(&self) -> ModelHealth {
+        self.health.lock().clone()
+    }
+
+    fn probe(&self) -> Option<std::result::Result<(), String>> {
+        let outcome = self.ask_for_models();
+        self.record(outcome.as_ref().map(|_| ()).map_err(String::as_str));
+        Some(outcome)
+    }
+
     fn complete(
         &self,
         conversation: Conversation<'_>,
@@ -252,7 +327,10 @@ impl ModelBackend for RemoteModel {
                 return Err(self.error(Failure::Cancelled));
             }
             let failure = match self.attempt(&body, sink) {
-                Ok(reply) => return Ok(reply),
+                Ok(reply) => {
+                    self.record(Ok(()));
+                    return Ok(reply);
+                }
                 Err(failure) => failure,
             };
             let Failure::Retryable {
@@ -292,6 +370,8 @@ impl ModelBackend for RemoteModel {
 }
 
 impl RemoteModel {
+    /// The error a failed step ends with; it names the server's URL, so that the user knows
+    /// which server failed.
     fn error(&self, failure: Failure) -> Error {
         let backend = self.options.model.clone();
         match failure {
@@ -301,6 +381,8 @@ impl RemoteModel {
                 detail: "cancelled".into(),
             },
             Failure::Retryable { detail, .. } | Failure::Fatal(detail) => {
+                let detail = format!("{detail} (model server {})", self.endpoint);
+                self.record(Err(&detail));
                 Error::Model { backend, detail }
             }
         }

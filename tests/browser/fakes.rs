@@ -364,6 +364,18 @@ fn model_answer(stream: TcpStream, requests: &Sender<Value>, released: &Mutex<Re
             length = value.trim().parse().unwrap();
         }
     }
+    if length == 0 {
+        // The binary's `GET /models` probe: the one model it asks for.
+        let body = json!({"object": "list", "data": [{"id": "fake-model"}]}).to_string();
+        let mut out = stream;
+        let _ = write!(
+            out,
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{body}",
+            body.len()
+        );
+        return;
+    }
     let mut body = vec![0; length];
     if reader.read_exact(&mut body).is_err() {
         return;
