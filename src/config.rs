@@ -11,6 +11,19 @@ use std::time::Duration;
 /// frame, not for a flood held in memory by a stranger.
 pub const UNAUTHENTICATED_FRAME_BYTES: usize = 64 * 1024;
 
+/// Descriptors one WebSocket holds: its socket and its wake-up eventfd.
+pub const DESCRIPTORS_PER_CONNECTION: u64 = 2;
+
+/// Descriptors kept for everything but connections: the listener, the store's files, MCP
+/// pipes, logs.
+pub const RESERVED_DESCRIPTORS: u64 = 64;
+
+/// How many connections `open_files` descriptors hold.
+pub fn connections_for(open_files: u64) -> usize {
+    usize::try_from(open_files.saturating_sub(RESERVED_DESCRIPTORS) / DESCRIPTORS_PER_CONNECTION)
+        .unwrap_or(usize::MAX)
+}
+
 /// The settings of one server. [`Config::default`] is what `sparky` runs with when given no flags.
 ///
 /// Its `Debug` form shows how many tokens there are, never the tokens.

@@ -41,6 +41,7 @@ pub mod worker;
 // Transport.
 pub mod api;
 pub mod assets;
+pub mod check;
 pub mod connection;
 pub mod http;
 pub mod inbound;

@@ -15,7 +15,10 @@ use signal_hook::iterator::Signals;
 use simplelog::{ColorChoice, ConfigBuilder, LevelFilter, TermLogger, TerminalMode};
 use sparky::redact::Redactor;
 
-use sparky::config::{Config, ModelKind, RateLimit, parse_duration, parse_rate_limit};
+use sparky::config::{
+    Config, DESCRIPTORS_PER_CONNECTION, ModelKind, RESERVED_DESCRIPTORS, RateLimit,
+    connections_for, parse_duration, parse_rate_limit,
+};
 use sparky::model::ModelBackend;
 use sparky::model::offline::OfflineModel;
 use sparky::model::remote::{RemoteModel, RemoteOptions};
@@ -219,6 +222,29 @@ impl Args {
     }
 }
 
+/// `sparky check`: one line per thing a start depends on; exit 1 at the first hard failure.
+fn check(args: Args) -> ExitCode {
+    let token_file = args.auth_token_file.clone();
+    let log_level = args.log_level;
+    let explicit = args.max_connections.is_some();
+    let mut config = args.into_config();
+    // Quiet unless asked: the lines of the check are the output.
+    init_logging(log_level.min(LevelFilter::Error), &config.auth_tokens);
+    let tokens =
+        gather_tokens(&mut config, token_file.as_deref()).map(|()| config.auth_tokens.len());
+    let model = build_model(&config);
+    let open_files = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .maximum
+        .unwrap_or(u64::MAX);
+    let mut stdout = std::io::stdout();
+    let files = (open_files, explicit);
+    if sparky::check::run(&config, model, tokens, files, &mut stdout) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
 /// How often the model server is asked whether it is there.
 const PROBE_INTERVAL: Duration = Duration::from_secs(300);
 
@@ -254,12 +280,6 @@ fn watch_model(model: Arc<dyn ModelBackend>) {
     }
 }
 
-/// Descriptors one WebSocket holds: its socket and its wake-up eventfd.
-const DESCRIPTORS_PER_CONNECTION: u64 = 2;
-
-/// Descriptors kept for everything else: the listener, the store's files, MCP pipes, logs.
-const RESERVED_DESCRIPTORS: u64 = 64;
-
 /// Raises the soft open-file limit to the hard one. When even that is too low for
 /// `--max-connections`: a value the operator gave gets one warning that says what to do; the
 /// default is lowered to what fits.
@@ -277,8 +297,7 @@ fn raise_open_file_limit(config: &mut Config, explicit: bool) {
     }
     let available = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
     let per = DESCRIPTORS_PER_CONNECTION;
-    let fits =
-        usize::try_from(available.saturating_sub(RESERVED_DESCRIPTORS) / per).unwrap_or(usize::MAX);
+    let fits = connections_for(available);
     if config.max_connections <= fits {
         return;
     }
@@ -439,7 +458,16 @@ fn init_logging(level: LevelFilter, tokens: &[String]) {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    // `sparky check [FLAGS]`: the same flags, checked instead of run.
+    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let checking = argv.get(1).is_some_and(|first| first == "check");
+    if checking {
+        argv.remove(1);
+    }
+    let args = Args::parse_from(argv);
+    if checking {
+        return check(args);
+    }
     let log_level = args.log_level;
     let token_file = args.auth_token_file.clone();
     let max_connections_given = args.max_connections.is_some();

@@ -157,6 +157,21 @@ fn help_and_the_readme_flag_table_list_the_same_flags() {
     );
 }
 
+/// In-memory flags for an OpenAI-compatible model `m` at `url`, then `more`.
+fn openai_args<'a>(url: &'a str, more: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "--in-memory",
+        "--model",
+        "openai",
+        "--model-name",
+        "m",
+        "--model-url",
+        url,
+    ];
+    args.extend_from_slice(more);
+    args
+}
+
 /// A model server that answers every request with `GET /models`'s list of `models`.
 fn models_server(models: &'static [&'static str]) -> std::net::SocketAddr {
     use std::io::Write;
@@ -190,17 +205,7 @@ fn models_server(models: &'static [&'static str]) -> std::net::SocketAddr {
 #[test]
 fn an_unreachable_or_wrong_model_server_is_reported_at_start_and_in_healthz() {
     let url = "http://127.0.0.1:1/v1";
-    let (mut child, line, lines) = start(&[
-        "--addr",
-        "127.0.0.1:0",
-        "--in-memory",
-        "--model",
-        "openai",
-        "--model-name",
-        "m",
-        "--model-url",
-        url,
-    ]);
+    let (mut child, line, lines) = start(&openai_args(url, &["--addr", "127.0.0.1:0"]));
     let warning = line_with(&lines, "cannot reach the model server");
     assert!(warning.contains(url), "{warning}");
     let addr = line
@@ -225,17 +230,7 @@ fn an_unreachable_or_wrong_model_server_is_reported_at_start_and_in_healthz() {
 
     let server = models_server(&["other", "another"]);
     let url = format!("http://{server}/v1");
-    let (mut child, _, lines) = start(&[
-        "--addr",
-        "127.0.0.1:0",
-        "--in-memory",
-        "--model",
-        "openai",
-        "--model-name",
-        "m",
-        "--model-url",
-        &url,
-    ]);
+    let (mut child, _, lines) = start(&openai_args(&url, &["--addr", "127.0.0.1:0"]));
     let warning = line_with(&lines, "does not serve");
     assert!(
         warning.contains("\"m\"") && warning.contains("other, another"),
@@ -246,18 +241,80 @@ fn an_unreachable_or_wrong_model_server_is_reported_at_start_and_in_healthz() {
 
     let server = models_server(&["m"]);
     let url = format!("http://{server}/v1");
-    let (mut child, _, lines) = start(&[
-        "--addr",
-        "127.0.0.1:0",
-        "--in-memory",
-        "--model",
-        "openai",
-        "--model-name",
-        "m",
-        "--model-url",
-        &url,
-    ]);
+    let (mut child, _, lines) = start(&openai_args(&url, &["--addr", "127.0.0.1:0"]));
     line_with(&lines, "serves m");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn check_passes_a_good_setup_and_names_what_is_broken() {
+    let run = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_sparky"))
+            .arg("check")
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+    let dir = support::temp_dir("check");
+    let data = dir.join("data");
+    let data = data.to_str().unwrap();
+    let (ok, out) = run(&["--data-dir", data]);
+    assert!(ok, "{out}");
+    for check in ["data", "tokens", "files", "model", "mcp"] {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with("ok") && l.contains(check)),
+            "{check}: {out}"
+        );
+    }
+    assert!(
+        !std::path::Path::new(data).exists(),
+        "check changed nothing"
+    );
+
+    // A broken model URL.
+    let (ok, out) = run(&openai_args("http://127.0.0.1:1/v1", &[]));
+    assert!(!ok);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("FAIL model") && l.contains("127.0.0.1:1")),
+        "{out}"
+    );
+
+    // A bad MCP config, and a server that cannot start.
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("mcp.json");
+    std::fs::write(&config, "{ not json").unwrap();
+    let (ok, out) = run(&["--in-memory", "--mcp-config", config.to_str().unwrap()]);
+    assert!(
+        !ok && out.contains("FAIL mcp") && out.contains("not an MCP config"),
+        "{out}"
+    );
+    std::fs::write(
+        &config,
+        r#"{"mcpServers": {"gone": {"command": "/nonexistent/server"}}}"#,
+    )
+    .unwrap();
+    let (ok, out) = run(&["--in-memory", "--mcp-config", config.to_str().unwrap()]);
+    assert!(
+        !ok && out.contains("FAIL mcp") && out.contains("gone"),
+        "{out}"
+    );
+
+    // A data directory another server holds.
+    let (mut child, _, _) = start(&["--addr", "127.0.0.1:0", "--data-dir", data]);
+    let (ok, out) = run(&["--data-dir", data]);
+    assert!(!ok);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("FAIL data") && l.contains("in use")),
+        "{out}"
+    );
     child.kill().unwrap();
     child.wait().unwrap();
 }
