@@ -192,12 +192,6 @@ impl Bot {
         self.trim();
     }
 
-    /// Records a turn that ended without an answer: the user's message and a note of what
-    /// happened, so that the conversation stays well formed (no dangling tool call).
-    pub fn commit_interrupted(&mut self, user_text: &str, note: &str) {
-        self.commit(interrupted(user_text, note));
-    }
-
     /// Forgets the conversation (the system prompt stays), after the model rejected it as
     /// malformed. Numbering goes on: the next committed message keeps the number it would have
     /// had, and everything before it counts as trimmed.
@@ -241,11 +235,13 @@ impl Bot {
     }
 }
 
-/// The transcript of a turn that ended without an answer.
-pub fn interrupted(user_text: &str, note: &str) -> Vec<ChatMessage> {
+/// The transcript of a turn that ended without an answer: the user's message and an empty
+/// reply. What went wrong is in the turn's events for people to read; the model is not told,
+/// or a small model answers the next question with the server's error text.
+pub fn interrupted(user_text: &str) -> Vec<ChatMessage> {
     vec![
         ChatMessage::text(Role::User, user_text),
-        ChatMessage::text(Role::Assistant, note),
+        ChatMessage::text(Role::Assistant, ""),
     ]
 }
 
@@ -311,6 +307,17 @@ impl Turn {
                 usage = Some(usage.unwrap_or_default().plus(step));
             }
             if reply.tool_calls.is_empty() {
+                if reply.truncated {
+                    let status = ServerFrame::status(
+                        StatusCode::Truncated,
+                        "the model stopped before the end of its answer (its length limit, \
+                         or no reason given); what follows may be incomplete",
+                        Some(turn_id),
+                    );
+                    if !events.emit(status) {
+                        return TurnOutcome::Cancelled;
+                    }
+                }
                 let answer = ServerFrame::Message {
                     turn_id,
                     text: reply.text.clone(),
@@ -544,7 +551,7 @@ impl Turn {
             code,
             message: message.to_owned(),
         };
-        let transcript = interrupted(self.user_text(), &format!("(no reply: {message})"));
+        let transcript = interrupted(self.user_text());
         if self.close(events, frame, transcript) {
             TurnOutcome::Failed
         } else {
@@ -728,7 +735,7 @@ mod tests {
             Ok(ModelReply {
                 text: String::new(),
                 tool_calls: vec![call],
-                usage: None,
+                ..ModelReply::default()
             })
         }
     }
@@ -807,11 +814,19 @@ mod tests {
         assert!(events.frames.lock().is_empty());
     }
 
+    /// A question and its answer.
+    fn exchange(question: &str, answer: &str) -> Vec<ChatMessage> {
+        vec![
+            ChatMessage::text(Role::User, question),
+            ChatMessage::text(Role::Assistant, answer),
+        ]
+    }
+
     #[test]
     fn history_is_trimmed_at_a_user_message() {
         let mut bot = Bot::new(engine(Arc::new(OfflineModel)), None, Vec::new());
         for i in 0..MAX_HISTORY_MESSAGES {
-            bot.commit(interrupted(&format!("q{i}"), "a"));
+            bot.commit(exchange(&format!("q{i}"), "a"));
         }
         assert!(bot.history().len() <= MAX_HISTORY_MESSAGES);
         assert_eq!(bot.history()[0].role, Role::User);
@@ -822,7 +837,7 @@ mod tests {
         let mut bot = Bot::new(engine(Arc::new(OfflineModel)), None, Vec::new());
         let big = "x".repeat(MAX_HISTORY_BYTES / 4);
         for i in 0..20 {
-            bot.commit(interrupted(&format!("q{i} {big}"), "a"));
+            bot.commit(exchange(&format!("q{i} {big}"), "a"));
         }
         let bytes: usize = bot.history().iter().map(message_bytes).sum();
         assert!(bytes <= MAX_HISTORY_BYTES, "{bytes}");
@@ -830,7 +845,7 @@ mod tests {
         assert_eq!(bot.history()[0].role, Role::User);
         assert_eq!(bot.end_index(), 40);
         let huge = "y".repeat(MAX_HISTORY_BYTES * 2);
-        bot.commit(interrupted(&huge, "a"));
+        bot.commit(exchange(&huge, "a"));
         assert_eq!(bot.history().len(), 2, "only the last exchange");
         assert_eq!(bot.history()[0].content, huge);
     }
@@ -876,7 +891,7 @@ mod tests {
         Ok(ModelReply {
             text: text.into(),
             tool_calls: Vec::new(),
-            usage: None,
+            ..ModelReply::default()
         })
     }
 
@@ -901,7 +916,7 @@ mod tests {
     fn a_rejected_history_is_dropped_once_and_the_step_retried() {
         let model = Arc::new(Scripted::new(vec![rejected(), answer("fine")]));
         let mut bot = Bot::new(engine(model.clone()), Some("sys".into()), Vec::new());
-        bot.commit(interrupted("old", "old answer"));
+        bot.commit(exchange("old", "old answer"));
         let events = Recorder::new();
         assert_eq!(run(&bot, "new", &events), TurnOutcome::Answered);
         assert_eq!(*model.earlier_seen.lock(), [2, 0]);
@@ -935,6 +950,7 @@ mod tests {
                 args: json!({}),
             }],
             usage: counted(10, 2),
+            truncated: false,
         };
         let last = ModelReply {
             usage: counted(15, 7),
@@ -1026,7 +1042,7 @@ mod tests {
             Ok(ModelReply {
                 text: String::new(),
                 tool_calls: calls,
-                usage: None,
+                ..ModelReply::default()
             }),
             answer("done"),
         ]));

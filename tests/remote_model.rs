@@ -269,10 +269,18 @@ fn stream(events: Vec<String>) -> Reply {
     }
 }
 
+/// The chunk that says why the model stopped.
+fn finished(reason: &str) -> String {
+    json!({"id": "chatcmpl-1", "object": "chat.completion.chunk",
+           "choices": [{"index": 0, "delta": {}, "finish_reason": reason}]})
+    .to_string()
+}
+
 fn answer(text: &str) -> Reply {
     stream(vec![
         delta(json!({"role": "assistant", "content": ""})),
         content(text),
+        finished("stop"),
         DONE.into(),
     ])
 }
@@ -903,4 +911,84 @@ fn usage_is_summed_over_the_steps_and_the_personality_is_the_system_message() {
     ));
     let third = fake.request();
     assert_eq!(third["messages"][0]["content"], "Talk like a pirate.");
+}
+
+/// The error a turn closed with: its code and message.
+fn turn_error(frames: &[ServerFrame]) -> (ErrorCode, String) {
+    match frames.last() {
+        Some(ServerFrame::Error { code, message, .. }) => (*code, message.clone()),
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+#[test]
+fn endings_are_truthful_empty_streams_fail_and_cut_answers_say_so() {
+    let fake = FakeServer::start(vec![
+        // A context overflow as llama-cpp-python answers it: 200, an empty event stream.
+        stream(vec![]),
+        // [DONE] with no finish_reason, then a model stopped at its length limit.
+        stream(vec![content("half a sent"), DONE.into()]),
+        stream(vec![content("the limit"), finished("length"), DONE.into()]),
+        answer("complete"),
+    ]);
+    let server = fake.sparky(|_| {});
+    let mut client = server.client();
+    let frames = turn(&mut client, "one");
+    let (code, message) = turn_error(&frames);
+    assert_eq!(code, ErrorCode::ModelError);
+    assert!(message.contains("without any content"), "{message}");
+    assert!(
+        message.contains(&fake.addr.to_string()),
+        "the URL is named: {message}"
+    );
+    for text in ["two", "three"] {
+        let frames = turn(&mut client, text);
+        assert_eq!(statuses(&frames), [(StatusCode::Truncated, None, None)]);
+        assert!(matches!(frames.last(), Some(ServerFrame::Message { .. })));
+    }
+    let frames = turn(&mut client, "four");
+    assert!(statuses(&frames).is_empty());
+    assert_eq!(final_text(&frames), "complete");
+    // The failed turn reached the next requests as an empty reply, never as error text.
+    for _ in 0..3 {
+        fake.request();
+    }
+    let last = fake.request();
+    let replies: Vec<&str> = last["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "assistant")
+        .map(|m| m["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(replies, ["", "half a sent", "the limit"]);
+}
+
+#[test]
+fn an_invalid_request_is_not_retried_and_an_overflow_recovers_the_conversation() {
+    let fake = FakeServer::start(vec![
+        // llama-cpp-python's answer to a request it cannot parse: a 500 that says so.
+        status(
+            "500 Internal Server Error",
+            vec![],
+            json!({"error": {"message": "1 validation error for ChatCompletionRequest"}}),
+        ),
+        answer("fine"),
+        // llama.cpp's server when the conversation no longer fits.
+        status(
+            "400 Bad Request",
+            vec![],
+            json!({"error": {"code": 400, "message": "the request exceeds the available context size (8192 tokens), try increasing it", "type": "exceed_context_size_error"}}),
+        ),
+        answer("fits again"),
+    ]);
+    let server = fake.sparky(|_| {});
+    let mut client = server.client();
+    let frames = turn(&mut client, "one");
+    assert!(statuses(&frames).is_empty(), "not retried: {frames:?}");
+    assert!(turn_error(&frames).1.contains("validation error"));
+    assert_eq!(final_text(&turn(&mut client, "two")), "fine");
+    let frames = turn(&mut client, "three");
+    assert_eq!(statuses(&frames), [(StatusCode::HistoryReset, None, None)]);
+    assert_eq!(final_text(&frames), "fits again");
 }

@@ -145,6 +145,13 @@ pub struct ToolSpec {
     pub parameters: Value,
 }
 
+/// True for the notes earlier versions stored as the reply of a failed or cancelled turn
+/// ("(no reply: …)", "(the reply was cancelled)"): requests send them as empty replies, so that
+/// the model is never shown the server's own error text.
+pub fn is_failure_note(text: &str) -> bool {
+    text.starts_with("(no reply: ") || text == "(the reply was cancelled)"
+}
+
 /// What a model answered in one step: text, or tool calls, or both.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ModelReply {
@@ -154,6 +161,9 @@ pub struct ModelReply {
     pub tool_calls: Vec<ToolCall>,
     /// The tokens this step used, when the provider reported them.
     pub usage: Option<Usage>,
+    /// True when the answer may be incomplete: the provider stopped at its length limit
+    /// (`finish_reason: "length"`) or gave no reason for stopping.
+    pub truncated: bool,
 }
 
 /// Where a backend sends what it produces while it works.

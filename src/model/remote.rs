@@ -37,6 +37,7 @@ use serde_json::{Map, Value, json};
 use ureq::Agent;
 
 use crate::error::{Error, Result};
+use crate::model::is_failure_note;
 use crate::model::{
     Conversation, ModelBackend, ModelHealth, ModelReply, ReplySink, Role, ToolCall, ToolSpec,
     UNPARSED_ARGUMENTS,
@@ -78,6 +79,29 @@ const HELPER_STACK_BYTES: usize = 1 << 20;
 
 /// Phrases (lowercase) with which servers reject a conversation whose tool messages do not
 /// follow the assistant message that called them, or whose roles are out of order.
+/// How servers say that the conversation does not fit the model's context: llama.cpp's
+/// server, Ollama, vLLM and OpenAI, as seen in their answers. The history is then dropped and
+/// the step tried once more, so that one long conversation does not fail every later turn.
+const CONTEXT_OVERFLOW: &[&str] = &[
+    "exceeds the available context size",
+    "maximum context length",
+    "context_length_exceeded",
+    "context length exceeded",
+    "exceeds the context window",
+    "prompt is too long",
+    "too many tokens",
+];
+
+/// How servers say that the request itself is wrong, whatever status they answer it with
+/// (llama-cpp-python answers a schema error with a 500): trying it again cannot help.
+const INVALID_REQUEST: &[&str] = &[
+    "validation error",
+    "invalid_request_error",
+    "invalid request",
+    "input should be",
+    "field required",
+];
+
 const MALFORMED_HISTORY: &[&str] = &[
     // OpenAI (with its spelling), vLLM, LiteLLM.
     "must be a response to a preceeding message with 'tool_calls'",
@@ -327,6 +351,13 @@ impl ModelBackend for RemoteModel {
                 return Err(self.error(Failure::Cancelled));
             }
             let failure = match self.attempt(&body, sink) {
+                // No text and no tool call: a stream cut short (llama-cpp-python answers a
+                // context overflow with an empty stream), never an answer.
+                Ok(reply) if reply.text.trim().is_empty() && reply.tool_calls.is_empty() => {
+                    return Err(self.error(Failure::Fatal(
+                        "the model server ended its answer without any content".into(),
+                    )));
+                }
                 Ok(reply) => {
                     self.record(Ok(()));
                     return Ok(reply);
@@ -627,12 +658,18 @@ fn classify(status: u16, status_line: &str, body: &str, retry_after: Option<Dura
         "the model server answered {status_line}: {}",
         error_message(body)
     );
+    let says = |phrases: &[&str]| {
+        let body = body.to_lowercase();
+        phrases.iter().any(|phrase| body.contains(phrase))
+    };
     match status {
+        400 | 413 | 422 | 500 if says(CONTEXT_OVERFLOW) => Failure::HistoryRejected(detail),
+        400 | 422 if is_malformed_history(body) => Failure::HistoryRejected(detail),
+        500..=599 if says(INVALID_REQUEST) => Failure::Fatal(detail),
         408 | 429 | 500..=599 => Failure::Retryable {
             detail,
             retry_after,
         },
-        400 | 422 if is_malformed_history(body) => Failure::HistoryRejected(detail),
         _ => Failure::Fatal(detail),
     }
 }
@@ -769,6 +806,11 @@ fn request_body(model: &str, conversation: Conversation<'_>, tools: &[ToolSpec])
             Role::System => system.push(content),
             Role::User => messages.push(json!({"role": "user", "content": content})),
             Role::Assistant if message.tool_calls.is_empty() => {
+                let content = if is_failure_note(content) {
+                    ""
+                } else {
+                    content
+                };
                 messages.push(json!({"role": "assistant", "content": content}));
             }
             Role::Assistant => {
@@ -783,11 +825,7 @@ fn request_body(model: &str, conversation: Conversation<'_>, tools: &[ToolSpec])
                         })
                     })
                     .collect();
-                let content = if content.is_empty() {
-                    Value::Null
-                } else {
-                    content.into()
-                };
+                // `""`, never `null`: llama-cpp-python refuses a null content with a 500.
                 messages
                     .push(json!({"role": "assistant", "content": content, "tool_calls": calls}));
             }
@@ -1130,6 +1168,8 @@ struct StreamState {
     calls: ToolCalls,
     /// The tokens used, from the server's usage chunk.
     usage: Option<Usage>,
+    /// Why the server says it stopped (`stop`, `length`, `tool_calls`), once it said.
+    finish_reason: Option<String>,
 }
 
 /// Where reasoning arrives.
@@ -1152,6 +1192,7 @@ impl StreamState {
             think: ThinkSplitter::default(),
             calls: ToolCalls::default(),
             usage: None,
+            finish_reason: None,
         }
     }
 
@@ -1180,6 +1221,9 @@ impl StreamState {
         let Some(choice) = choice else {
             return Ok(());
         };
+        if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
+            self.finish_reason = Some(reason.to_owned());
+        }
         let Some(delta) = choice.get("delta").or_else(|| choice.get("message")) else {
             return Ok(());
         };
@@ -1277,10 +1321,17 @@ impl StreamState {
         self.take(pieces, sink);
         self.end_reasoning(sink);
         self.flush(sink);
+        let tool_calls = self.calls.finish();
+        let truncated = tool_calls.is_empty()
+            && self
+                .finish_reason
+                .as_deref()
+                .is_none_or(|reason| reason == "length");
         ModelReply {
             text: self.answer,
-            tool_calls: self.calls.finish(),
+            tool_calls,
             usage: self.usage,
+            truncated,
         }
     }
 }
@@ -1644,7 +1695,10 @@ mod tests {
             ["system", "user", "assistant", "user", "assistant", "tool"]
         );
         assert_eq!(messages[0]["content"], "be nice\n\nmemory");
-        assert_eq!(messages[4]["content"], Value::Null);
+        assert_eq!(
+            messages[4]["content"], "",
+            "never null: llama-cpp-python refuses it"
+        );
         assert_eq!(
             messages[4]["tool_calls"][0]["function"]["name"],
             "calculator"

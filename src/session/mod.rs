@@ -263,7 +263,7 @@ impl Session {
                     code: crate::protocol::ErrorCode::ServerBusy,
                     message: full.message().to_owned(),
                 };
-                let transcript = interrupted(text, &format!("(no reply: {})", full.message()));
+                let transcript = interrupted(text);
                 self.close_turn(&mut state, None, frame, transcript, false);
                 return None;
             }
@@ -318,7 +318,7 @@ impl Session {
             "the turn was cancelled",
             Some(turn.id),
         );
-        let transcript = interrupted(&turn.text, "(the reply was cancelled)");
+        let transcript = interrupted(&turn.text);
         self.close_turn(state, Some(&turn), status, transcript, false);
     }
 
@@ -619,7 +619,7 @@ impl Session {
             code: crate::protocol::ErrorCode::Internal,
             message: message.into(),
         };
-        let transcript = interrupted(&text, &format!("(no reply: {message})"));
+        let transcript = interrupted(&text);
         self.close_turn(&mut state, None, frame, transcript, false);
         log::info!(
             "session {}: closed turn {turn_id}, cut off by a restart",
