@@ -50,6 +50,32 @@ pub struct Engine {
     pub memory: Option<Arc<dyn GraphStore>>,
     /// Where model requests and retries are counted.
     pub metrics: Arc<Metrics>,
+    /// The system message of a conversation that has no personality of its own; `{date}` in it
+    /// becomes the day's date (UTC) at each turn. `None`: no system message.
+    pub system_prompt: Option<Arc<str>>,
+}
+
+/// The built-in system prompt: what Sparky is, what its tools are for, and the date.
+pub const DEFAULT_SYSTEM_PROMPT: &str = "You are Sparky, a helpful assistant running on the \
+user's own server. Today is {date}. Answer clearly and briefly. You have tools: use \
+`remember` to keep facts the user tells you and `recall` to look them up in your long-term \
+memory, `session_note` and `session_notes` for notes about this conversation, `calculator` for \
+arithmetic, `clock` for the time, and any other tool listed when it helps. Say so when you do \
+not know something.";
+
+/// `prompt` with `{date}` replaced by today's date (UTC), e.g. 2026-12-02.
+fn with_date(prompt: &str) -> String {
+    if !prompt.contains("{date}") {
+        return prompt.to_owned();
+    }
+    let date = time::OffsetDateTime::now_utc().date();
+    let date = format!(
+        "{:04}-{:02}-{:02}",
+        date.year(),
+        u8::from(date.month()),
+        date.day()
+    );
+    prompt.replace("{date}", &date)
 }
 
 impl fmt::Debug for Engine {
@@ -167,10 +193,15 @@ impl Bot {
     /// session's lock. The snapshot shares the messages; nothing is copied. `owner` is the
     /// principal the turn's memory lookup and tools act for.
     pub fn start_turn(&self, turn_id: TurnId, text: &str, owner: &Principal) -> Turn {
-        let head = self
+        // The conversation's personality replaces the server's system prompt.
+        let system = self
             .system
-            .iter()
-            .map(|system| ChatMessage::text(Role::System, system.clone()))
+            .as_deref()
+            .or(self.engine.system_prompt.as_deref());
+        let head = system
+            .filter(|system| !system.trim().is_empty())
+            .map(|system| ChatMessage::text(Role::System, with_date(system)))
+            .into_iter()
             .collect();
         Turn {
             engine: self.engine.clone(),
@@ -749,6 +780,7 @@ mod tests {
             max_steps: 3,
             memory: None,
             metrics: Arc::default(),
+            system_prompt: None,
         }
     }
 

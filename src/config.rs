@@ -40,6 +40,9 @@ pub struct Config {
     pub max_store_bytes: Option<u64>,
     /// Model steps allowed in one turn.
     pub max_steps: usize,
+    /// The system message of conversations without a personality of their own (`{date}` is
+    /// replaced by the date); `None`: the built-in one; empty: none at all.
+    pub system_prompt: Option<String>,
     /// Which model answers.
     pub model: ModelKind,
     /// With [`ModelKind::OpenAi`]: the API's base URL, up to and including `/v1`.
@@ -197,6 +200,7 @@ impl Default for Config {
             in_memory: false,
             max_store_bytes: None,
             max_steps: 8,
+            system_prompt: None,
             model: ModelKind::Offline,
             model_url: "http://127.0.0.1:11434/v1".into(),
             model_name: None,

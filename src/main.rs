@@ -39,6 +39,13 @@ struct Args {
     /// Model steps (model calls) allowed in one turn.
     #[arg(long, default_value_t = Config::default().max_steps, value_parser = at_least_one::<usize>)]
     max_steps: usize,
+    /// The system message of conversations without a persona of their own; `{date}` becomes
+    /// the date; "" sends none (default: a built-in one naming the tools and the date).
+    #[arg(long, value_name = "TEXT", conflicts_with = "system_prompt_file")]
+    system_prompt: Option<String>,
+    /// Read the system prompt from FILE.
+    #[arg(long, value_name = "FILE")]
+    system_prompt_file: Option<PathBuf>,
     /// The model: the built-in offline one, or an OpenAI-compatible server (Ollama, llama.cpp,
     /// vLLM, OpenAI).
     #[arg(long, value_enum, default_value = "offline")]
@@ -178,6 +185,7 @@ impl Args {
             data_dir: self.data_dir,
             in_memory: self.in_memory,
             max_steps: self.max_steps,
+            system_prompt: self.system_prompt,
             model: match self.model {
                 ModelArg::Offline => ModelKind::Offline,
                 ModelArg::Openai => ModelKind::OpenAi,
@@ -471,10 +479,23 @@ fn main() -> ExitCode {
     let log_level = args.log_level;
     let token_file = args.auth_token_file.clone();
     let max_connections_given = args.max_connections.is_some();
+    let prompt_file = args.system_prompt_file.clone();
     let mut config = args.into_config();
     if let Err(e) = gather_tokens(&mut config, token_file.as_deref()) {
         eprintln!("sparky: {e}");
         return ExitCode::FAILURE;
+    }
+    if let Some(path) = prompt_file {
+        match std::fs::read_to_string(&path) {
+            Ok(text) => config.system_prompt = Some(text.trim().to_owned()),
+            Err(e) => {
+                eprintln!(
+                    "sparky: cannot read --system-prompt-file {}: {e}",
+                    path.display()
+                );
+                return ExitCode::FAILURE;
+            }
+        }
     }
     // Once the tokens are known, so that the logger can keep them out.
     init_logging(log_level, &config.auth_tokens);

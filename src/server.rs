@@ -158,6 +158,10 @@ pub fn spawn_with(
         max_steps: config.max_steps,
         memory: Some(graph),
         metrics: metrics.clone(),
+        system_prompt: match &config.system_prompt {
+            Some(prompt) => Some(prompt.as_str().into()),
+            None => Some(crate::bot::DEFAULT_SYSTEM_PROMPT.into()),
+        },
     };
     // Nothing is loaded at start: a conversation comes into memory when a client asks for it.
     let sessions = SessionManager::new(

@@ -98,11 +98,13 @@ impl FakeServer {
         Arc::new(RemoteModel::new(options))
     }
 
-    /// A Sparky (in memory) answering with this server's model.
+    /// A Sparky (in memory) answering with this server's model, with no system prompt
+    /// unless `adjust` sets one.
     fn sparky(&self, adjust: impl FnOnce(&mut Config)) -> TestServer {
         TestServer::with_model(
             |config| {
                 config.in_memory = true;
+                config.system_prompt = Some(String::new());
                 adjust(config);
             },
             self.model(),
@@ -391,7 +393,8 @@ fn a_plain_answer_streams_deltas_then_one_message() {
         content("!"),
         DONE.into(),
     ])]);
-    let server = fake.sparky(|_| {});
+    // The built-in system prompt.
+    let server = fake.sparky(|config| config.system_prompt = None);
     let mut client = server.client();
     assert!(matches!(
         &client.seen[1].frame,
@@ -406,8 +409,21 @@ fn a_plain_answer_streams_deltas_then_one_message() {
     assert!(request.get("_authorization").is_none());
     assert_eq!(request["model"], "test-model");
     assert_eq!(request["stream"], true);
-    assert_eq!(roles(&request), ["user"]);
-    assert_eq!(request["messages"][0]["content"], "hi");
+    assert_eq!(roles(&request), ["system", "user"]);
+    // The built-in system prompt, with today's date.
+    let system = request["messages"][0]["content"].as_str().unwrap();
+    let today = time::OffsetDateTime::now_utc().date();
+    let today = format!(
+        "{:04}-{:02}-{:02}",
+        today.year(),
+        u8::from(today.month()),
+        today.day()
+    );
+    assert!(
+        system.starts_with("You are Sparky") && system.contains(&today),
+        "{system}"
+    );
+    assert_eq!(request["messages"][1]["content"], "hi");
     let tools: Vec<&str> = request["tools"]
         .as_array()
         .unwrap()
@@ -699,6 +715,8 @@ fn the_binary_talks_to_the_model_and_the_reset_history_survives_a_restart() {
         &url,
         "--model-name",
         "test-model",
+        "--system-prompt",
+        "",
     ];
     let server = ChildServer::start(&args);
     let mut client = Client::connect(server.addr, json!({}));
