@@ -326,6 +326,9 @@ impl Turn {
         }
         // Tokens used by the turn's model calls, summed over the steps that reported them.
         let mut usage: Option<Usage> = None;
+        // Text the model streamed in steps that went on to call tools: the user saw it as it
+        // came, so it stays part of the answer.
+        let mut said: Vec<String> = Vec::new();
         for _step in 0..self.engine.max_steps {
             let reply = match self.ask_model(events, cancel, specs) {
                 Asked::Reply(reply) => reply,
@@ -349,9 +352,12 @@ impl Turn {
                         return TurnOutcome::Cancelled;
                     }
                 }
+                // The answer is every step's text, in order, separated by a blank line.
+                said.push(reply.text.clone());
+                said.retain(|text| !text.trim().is_empty());
                 let answer = ServerFrame::Message {
                     turn_id,
-                    text: reply.text.clone(),
+                    text: said.join("\n\n"),
                     usage,
                 };
                 self.current
@@ -366,6 +372,7 @@ impl Turn {
                 };
             }
             let calls = reply.tool_calls;
+            said.push(reply.text.clone());
             self.current
                 .push(ChatMessage::tool_calls(reply.text, calls.clone()));
             let Some(results) = self.run_tools(&calls, events, cancel, knowledge) else {

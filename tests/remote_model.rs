@@ -1010,3 +1010,26 @@ fn an_invalid_request_is_not_retried_and_an_overflow_recovers_the_conversation()
     assert_eq!(statuses(&frames), [(StatusCode::HistoryReset, None, None)]);
     assert_eq!(final_text(&frames), "fits again");
 }
+
+#[test]
+fn text_streamed_before_tool_calls_stays_in_the_answer() {
+    let fake = FakeServer::start(vec![
+        stream(vec![
+            content("Let me work that out."),
+            tool_calls(json!([{"index": 0, "id": "call_1", "type": "function",
+                "function": {"name": "calculator", "arguments": "{\"expression\": \"6*7\"}"}}])),
+            finished("tool_calls"),
+            DONE.into(),
+        ]),
+        answer("It is 42."),
+    ]);
+    let server = fake.sparky(|_| {});
+    let mut client = server.client();
+    let frames = turn(&mut client, "what is 6*7?");
+    assert_eq!(deltas(&frames), "Let me work that out.It is 42.");
+    assert_eq!(final_text(&frames), "Let me work that out.\n\nIt is 42.");
+    // The model sees each step as it was.
+    fake.request();
+    let second = fake.request();
+    assert_eq!(second["messages"][1]["content"], "Let me work that out.");
+}
