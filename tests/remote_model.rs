@@ -1033,3 +1033,23 @@ fn text_streamed_before_tool_calls_stays_in_the_answer() {
     let second = fake.request();
     assert_eq!(second["messages"][1]["content"], "Let me work that out.");
 }
+
+#[test]
+fn a_server_that_refuses_stream_options_is_asked_without_it_from_then_on() {
+    let fake = FakeServer::start(vec![
+        status(
+            "400 Bad Request",
+            vec![],
+            json!({"error": {"message": "Unrecognized request argument supplied: stream_options"}}),
+        ),
+        answer("without usage"),
+        answer("still without"),
+    ]);
+    let server = fake.sparky(|_| {});
+    let mut client = server.client();
+    assert_eq!(final_text(&turn(&mut client, "one")), "without usage");
+    assert_eq!(final_text(&turn(&mut client, "two")), "still without");
+    assert_eq!(fake.request()["stream_options"]["include_usage"], true);
+    assert!(fake.request().get("stream_options").is_none());
+    assert!(fake.request().get("stream_options").is_none(), "remembered");
+}

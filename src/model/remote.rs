@@ -28,7 +28,7 @@
 use std::fmt;
 use std::io::{BufRead, BufReader, Read};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -202,6 +202,8 @@ pub struct RemoteModel {
     endpoint: String,
     /// What the last request or probe found.
     health: parking_lot::Mutex<ModelHealth>,
+    /// Set once the server refused `stream_options`: it is not asked for again.
+    usage_refused: AtomicBool,
 }
 
 impl RemoteModel {
@@ -216,6 +218,7 @@ impl RemoteModel {
             options,
             endpoint,
             health: parking_lot::Mutex::default(),
+            usage_refused: AtomicBool::new(false),
         }
     }
 
@@ -340,10 +343,8 @@ impl ModelBackend for RemoteModel {
         tools: &[ToolSpec],
         sink: &mut dyn ReplySink,
     ) -> Result<ModelReply> {
-        let body = request_body(&self.options.model, conversation, tools);
-        let body: Arc<[u8]> = serde_json::to_vec(&body)
-            .map_err(|e| self.error(Failure::Fatal(format!("cannot encode the request: {e}"))))?
-            .into();
+        let mut usage = !self.usage_refused.load(Ordering::Relaxed);
+        let mut body = self.encode(conversation, tools, usage)?;
         let retry = self.options.retry;
         let mut attempt: u32 = 1;
         loop {
@@ -364,6 +365,21 @@ impl ModelBackend for RemoteModel {
                 }
                 Err(failure) => failure,
             };
+            // A server that refuses `stream_options` (some older ones answer 400 or 422 naming
+            // it) is asked once more without it, and never again with it.
+            if let Failure::Fatal(detail) = &failure
+                && usage
+                && detail.contains("stream_options")
+            {
+                log::info!(
+                    "model {}: the server refuses stream_options; asking without usage",
+                    self.options.model
+                );
+                self.usage_refused.store(true, Ordering::Relaxed);
+                usage = false;
+                body = self.encode(conversation, tools, usage)?;
+                continue;
+            }
             let Failure::Retryable {
                 detail,
                 retry_after,
@@ -401,6 +417,22 @@ impl ModelBackend for RemoteModel {
 }
 
 impl RemoteModel {
+    /// The request body for one step, with or without the usage chunk asked for.
+    fn encode(
+        &self,
+        conversation: Conversation<'_>,
+        tools: &[ToolSpec],
+        usage: bool,
+    ) -> Result<Arc<[u8]>> {
+        let mut body = request_body(&self.options.model, conversation, tools);
+        if !usage && let Some(body) = body.as_object_mut() {
+            body.remove("stream_options");
+        }
+        serde_json::to_vec(&body)
+            .map(Arc::from)
+            .map_err(|e| self.error(Failure::Fatal(format!("cannot encode the request: {e}"))))
+    }
+
     /// The error a failed step ends with; it names the server's URL, so that the user knows
     /// which server failed.
     fn error(&self, failure: Failure) -> Error {
