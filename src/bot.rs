@@ -339,6 +339,11 @@ impl Turn {
             };
             if let Some(step) = reply.usage {
                 usage = Some(usage.unwrap_or_default().plus(step));
+                self.engine.metrics.tokens_used(
+                    self.engine.model.name(),
+                    step.prompt_tokens,
+                    step.completion_tokens,
+                );
             }
             if reply.tool_calls.is_empty() {
                 if reply.truncated {

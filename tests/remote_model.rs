@@ -929,6 +929,14 @@ fn usage_is_summed_over_the_steps_and_the_personality_is_the_system_message() {
     ));
     let third = fake.request();
     assert_eq!(third["messages"][0]["content"], "Talk like a pirate.");
+    // And `/metrics` counts the tokens by model.
+    let metrics = server.handle.metrics().render(0);
+    for line in [
+        "sparky_model_tokens_total{model=\"test-model\",kind=\"prompt\"} 230",
+        "sparky_model_tokens_total{model=\"test-model\",kind=\"completion\"} 14",
+    ] {
+        assert!(metrics.contains(line), "{line} not in {metrics}");
+    }
 }
 
 /// The error a turn closed with: its code and message.
