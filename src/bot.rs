@@ -53,6 +53,9 @@ pub struct Engine {
     /// The system message of a conversation that has no personality of its own; `{date}` in it
     /// becomes the day's date (UTC) at each turn. `None`: no system message.
     pub system_prompt: Option<Arc<str>>,
+    /// The model's context window in tokens, when the operator gave it (`--context-tokens`);
+    /// else the model says ([`ModelBackend::context_tokens`]), or nothing is trimmed.
+    pub context_tokens: Option<usize>,
 }
 
 /// The built-in system prompt: what Sparky is, what its tools are for, and the date.
@@ -212,6 +215,7 @@ impl Bot {
             current: vec![ChatMessage::text(Role::User, text)],
             user_index: 0,
             history_reset: false,
+            trim_announced: false,
         }
     }
 
@@ -293,6 +297,8 @@ pub struct Turn {
     /// True once the model rejected the history and this turn dropped it: the turn's
     /// transcript then replaces the session's conversation.
     history_reset: bool,
+    /// True once this turn said `context_trimmed`.
+    trim_announced: bool,
 }
 
 impl fmt::Debug for Turn {
@@ -414,12 +420,39 @@ impl Turn {
                 metrics: &self.engine.metrics,
             };
             Metrics::bump(&self.engine.metrics.model_requests);
-            let conversation = Conversation {
-                head: &self.head,
-                earlier: &self.history,
-                current: &self.current,
+            let window = self
+                .engine
+                .context_tokens
+                .or_else(|| self.engine.model.context_tokens());
+            let fitted = window.map(|window| {
+                crate::context::fit(window, &self.head, &self.history, &self.current)
+            });
+            let conversation = match &fitted {
+                Some(fitted) => Conversation {
+                    head: &self.head,
+                    earlier: fitted.earlier,
+                    current: &fitted.current,
+                },
+                None => Conversation {
+                    head: &self.head,
+                    earlier: &self.history,
+                    current: &self.current,
+                },
             };
+            if fitted.as_ref().is_some_and(|f| f.trimmed) && !self.trim_announced {
+                self.trim_announced = true;
+                let status = ServerFrame::status(
+                    StatusCode::ContextTrimmed,
+                    "the conversation is longer than the model's context: older turns were \
+                     left out of what it sees (the conversation itself is kept)",
+                    Some(self.turn_id),
+                );
+                if !events.emit(status) {
+                    return Asked::Cancelled;
+                }
+            }
             let reply = self.engine.model.complete(conversation, specs, &mut sink);
+            drop(fitted);
             if !sink.live || cancel.is_cancelled() {
                 return Asked::Cancelled;
             }
@@ -793,6 +826,7 @@ mod tests {
             memory: None,
             metrics: Arc::default(),
             system_prompt: None,
+            context_tokens: None,
         }
     }
 

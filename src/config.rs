@@ -40,6 +40,9 @@ pub struct Config {
     pub max_store_bytes: Option<u64>,
     /// Model steps allowed in one turn.
     pub max_steps: usize,
+    /// The model's context window in tokens; `None`: ask the server (llama.cpp's `/props`),
+    /// else assume [`crate::model::remote::DEFAULT_CONTEXT_TOKENS`].
+    pub context_tokens: Option<usize>,
     /// The system message of conversations without a personality of their own (`{date}` is
     /// replaced by the date); `None`: the built-in one; empty: none at all.
     pub system_prompt: Option<String>,
@@ -200,6 +203,7 @@ impl Default for Config {
             in_memory: false,
             max_store_bytes: None,
             max_steps: 8,
+            context_tokens: None,
             system_prompt: None,
             model: ModelKind::Offline,
             model_url: "http://127.0.0.1:11434/v1".into(),

@@ -29,6 +29,7 @@ pub mod protocol;
 pub mod rate;
 pub mod redact;
 // Capabilities: may do IO, never touch client sockets.
+pub mod context;
 pub mod journal;
 pub mod knowledge;
 pub mod model;

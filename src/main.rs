@@ -39,6 +39,10 @@ struct Args {
     /// Model steps (model calls) allowed in one turn.
     #[arg(long, default_value_t = Config::default().max_steps, value_parser = at_least_one::<usize>)]
     max_steps: usize,
+    /// The model's context window in tokens (default: what llama.cpp's server reports, else
+    /// 4096); older turns that do not fit are left out of what the model sees.
+    #[arg(long, value_name = "N", value_parser = at_least_one::<usize>)]
+    context_tokens: Option<usize>,
     /// The system message of conversations without a persona of their own; `{date}` becomes
     /// the date; "" sends none (default: a built-in one naming the tools and the date).
     #[arg(long, value_name = "TEXT", conflicts_with = "system_prompt_file")]
@@ -186,6 +190,7 @@ impl Args {
             in_memory: self.in_memory,
             max_steps: self.max_steps,
             system_prompt: self.system_prompt,
+            context_tokens: self.context_tokens,
             model: match self.model {
                 ModelArg::Offline => ModelKind::Offline,
                 ModelArg::Openai => ModelKind::OpenAi,

@@ -158,6 +158,7 @@ pub fn spawn_with(
         max_steps: config.max_steps,
         memory: Some(graph),
         metrics: metrics.clone(),
+        context_tokens: config.context_tokens,
         system_prompt: match &config.system_prompt {
             Some(prompt) => Some(prompt.as_str().into()),
             None => Some(crate::bot::DEFAULT_SYSTEM_PROMPT.into()),

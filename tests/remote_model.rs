@@ -1061,3 +1061,40 @@ fn a_server_that_refuses_stream_options_is_asked_without_it_from_then_on() {
     assert!(fake.request().get("stream_options").is_none());
     assert!(fake.request().get("stream_options").is_none(), "remembered");
 }
+
+#[test]
+fn a_conversation_longer_than_the_window_is_trimmed_to_the_newest_exchanges() {
+    let fake = FakeServer::start(vec![answer("a1"), answer("a2"), answer("a3")]);
+    // About 200 tokens a question: two fit a 600-token window with room for the answer.
+    let server = fake.sparky(|config| config.context_tokens = Some(600));
+    let mut client = server.client();
+    let long = |n: u32| format!("question {n} {}", "x".repeat(600));
+    let first = turn(&mut client, &long(1));
+    assert!(statuses(&first).is_empty(), "{first:?}");
+    turn(&mut client, &long(2));
+    let third = turn(&mut client, &long(3));
+    assert_eq!(statuses(&third), [(StatusCode::ContextTrimmed, None, None)]);
+    assert_eq!(final_text(&third), "a3");
+    fake.request();
+    fake.request();
+    let request = fake.request();
+    let users: Vec<&str> = request["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "user")
+        .map(|m| &m["content"].as_str().unwrap()[..10])
+        .collect();
+    assert_eq!(
+        users,
+        ["question 2", "question 3"],
+        "the oldest exchange left out"
+    );
+    // The conversation itself is whole.
+    let session = server
+        .handle
+        .sessions()
+        .get(client.session_id.as_ref().unwrap())
+        .unwrap();
+    assert_eq!(session.history().len(), 6);
+}

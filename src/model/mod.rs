@@ -218,6 +218,12 @@ pub trait ModelBackend: Send + Sync {
         }
     }
 
+    /// The model's context window in tokens, when known; `None` for a backend that needs no
+    /// trimming (the built-in model).
+    fn context_tokens(&self) -> Option<usize> {
+        None
+    }
+
     /// Asks the model server whether it is there and serves the model (`GET /v1/models`),
     /// and records the answer for [`health`](Self::health). `None` for a backend with nothing
     /// to ask.

@@ -204,7 +204,13 @@ pub struct RemoteModel {
     health: parking_lot::Mutex<ModelHealth>,
     /// Set once the server refused `stream_options`: it is not asked for again.
     usage_refused: AtomicBool,
+    /// The context window the server reported (llama.cpp's `/props`); 0 until it did.
+    window: AtomicU64,
 }
+
+/// The context window assumed for a server that does not say: small local models have 2k to
+/// 8k tokens, and a server that overflows answers with an error the bot recovers from.
+pub const DEFAULT_CONTEXT_TOKENS: usize = 4096;
 
 impl RemoteModel {
     /// A backend that asks the server described by `options`. Nothing is sent until a turn
@@ -219,6 +225,7 @@ impl RemoteModel {
             endpoint,
             health: parking_lot::Mutex::default(),
             usage_refused: AtomicBool::new(false),
+            window: AtomicU64::new(0),
         }
     }
 
@@ -227,6 +234,28 @@ impl RemoteModel {
         let mut health = self.health.lock();
         health.reachable = Some(outcome.is_ok());
         health.last_error = outcome.err().map(str::to_owned);
+    }
+
+    /// The context window, from llama.cpp's `GET /props` (`n_ctx`, at the top or under
+    /// `default_generation_settings`); `None` from servers that do not say.
+    fn ask_for_window(&self) -> Option<u64> {
+        let base = self.options.base_url.trim_end_matches('/');
+        let root = base.strip_suffix("/v1").unwrap_or(base);
+        let mut response = self.agent().get(&format!("{root}/props")).call().ok()?;
+        if response.status().as_u16() != 200 {
+            return None;
+        }
+        let body = response
+            .body_mut()
+            .with_config()
+            .limit(MAX_MODELS_BODY_BYTES)
+            .read_to_string()
+            .ok()?;
+        let props: Value = serde_json::from_str(&body).ok()?;
+        props["n_ctx"]
+            .as_u64()
+            .or_else(|| props["default_generation_settings"]["n_ctx"].as_u64())
+            .filter(|n| *n > 0)
     }
 
     /// `GET {base_url}/models`: is the server there, and does it serve the model?
@@ -331,7 +360,17 @@ impl ModelBackend for RemoteModel {
         self.health.lock().clone()
     }
 
+    fn context_tokens(&self) -> Option<usize> {
+        match self.window.load(Ordering::Relaxed) {
+            0 => Some(DEFAULT_CONTEXT_TOKENS),
+            n => usize::try_from(n).ok(),
+        }
+    }
+
     fn probe(&self) -> Option<std::result::Result<(), String>> {
+        if let Some(window) = self.ask_for_window() {
+            self.window.store(window, Ordering::Relaxed);
+        }
         let outcome = self.ask_for_models();
         self.record(outcome.as_ref().map(|_| ()).map_err(String::as_str));
         Some(outcome)
