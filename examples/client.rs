@@ -4,19 +4,22 @@
 //! cargo run --example client -- [--url ws://127.0.0.1:8000/ws] [--state FILE] [--token T] [--new]
 //! ```
 //!
-//! Type a line to send it as a message; `/cancel` stops the turn in flight; `/quit` or the end
-//! of input leaves. Other lines that start with `/` (`/help`, `/calc 1+2`, …) are ordinary
-//! messages for the server's model. The client saves its `session_id` and the highest `seq` it
-//! has seen in a state file, so a dropped connection or a restarted client resumes the same
-//! session and gets every event it missed.
+//! Type a line at the `you>` prompt to send it as a message. Ctrl-C stops the turn in flight
+//! (as does `/cancel`); a second Ctrl-C quits, as do `/quit` and the end of input. `/list`
+//! shows your conversations (through the HTTP API), `/open N` switches to the Nth of that list,
+//! `/new` starts a new one. Other lines that start with `/` (`/help`, `/calc 1+2`, …) are
+//! ordinary messages for the server's model. The client saves its `session_id` and the highest
+//! `seq` it has seen in a state file, so a dropped connection or a restarted client resumes the
+//! same session and gets every event it missed; on resume (and on `/open`) it first shows the
+//! conversation's recent history, so the screen is not blank.
 //!
 //! The main thread owns the WebSocket and polls it with a short read timeout, sending typed
-//! lines in between; a second thread only reads stdin. Polling is fine for one client with one
-//! connection; the server must never do it.
+//! lines in between; a second thread only reads stdin, and a third turns SIGINT into a command.
+//! Polling is fine for one client with one connection; the server must never do it.
 
 use std::collections::VecDeque;
 use std::fs;
-use std::io::{self, BufRead, IsTerminal, Write};
+use std::io::{self, BufRead, IsTerminal, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -42,6 +45,12 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// Lines the stdin thread may read ahead of the main loop before it waits.
 const INPUT_QUEUE_LEN: usize = 64;
+/// Events of recent history shown when resuming or opening a conversation.
+const HISTORY_EVENTS: usize = 24;
+/// The prompt; a message the server echoes back is not printed again, since it stands after it.
+const PROMPT: &str = "you> ";
+/// The most bytes of an API answer that are read.
+const MAX_API_BYTES: u64 = 4 << 20;
 
 /// ANSI styles for [`Screen::say`]; `PLAIN` adds none.
 const PLAIN: &str = "";
@@ -76,11 +85,30 @@ struct SavedState {
     last_seq: u64,
 }
 
-/// What a line typed by the user asks for.
+/// What a line typed by the user (or Ctrl-C) asks for.
 #[derive(Debug)]
 enum Command {
     Send(ClientFrame),
     Quit,
+    /// Ctrl-C: cancel the running turn, or quit when pressed again.
+    Interrupt,
+    /// `/list`: show the user's conversations.
+    List,
+    /// `/open N`: switch to the Nth conversation of the last `/list`.
+    Open(usize),
+    /// `/new`: start a new conversation.
+    New,
+}
+
+/// What [`Client::take_input`] decided.
+#[derive(Debug, PartialEq, Eq)]
+enum Input {
+    /// Go on.
+    Continue,
+    /// The user asked to quit.
+    Quit,
+    /// The user switched conversations: reconnect at once.
+    Switch,
 }
 
 /// Why a connection ended.
@@ -92,6 +120,8 @@ enum End {
     Lost(String),
     /// Reconnecting cannot help (refused credentials, session taken over).
     Fatal(String),
+    /// The user opened another conversation (or a new one).
+    Switch,
 }
 
 /// The client: its resume point, what is still to be sent, and the screen.
@@ -113,6 +143,15 @@ struct Client {
     backoff: Duration,
     save_failed: bool,
     screen: Screen,
+    /// Texts this client sent whose `user_message` echo has not come back yet: the echo is not
+    /// printed, since the typed line is on the screen already.
+    echoes: VecDeque<String>,
+    /// True while a turn of the session runs (between its `user_message` and its closing frame).
+    running: bool,
+    /// True after a Ctrl-C that was not followed by anything else: the next one quits.
+    interrupted: bool,
+    /// The conversation ids of the last `/list`, in the order shown.
+    listed: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -124,6 +163,8 @@ fn main() -> ExitCode {
     let color = io::stdout().is_terminal();
     let mut screen = Screen {
         color,
+        interactive: color && io::stdin().is_terminal(),
+        prompt_shown: false,
         stream: None,
         mid_line: false,
     };
@@ -135,9 +176,9 @@ fn main() -> ExitCode {
             SavedState::default()
         })
     };
-    let input = match spawn_stdin_reader() {
+    let input = match spawn_input_threads() {
         Ok(input) => input,
-        Err(e) => return fail(1, &format!("cannot start the stdin thread: {e}")),
+        Err(e) => return fail(1, &format!("cannot start the input threads: {e}")),
     };
     let mut client = Client {
         args,
@@ -151,6 +192,10 @@ fn main() -> ExitCode {
         backoff: FIRST_BACKOFF,
         save_failed: false,
         screen,
+        echoes: VecDeque::new(),
+        running: false,
+        interrupted: false,
+        listed: Vec::new(),
     };
     client.run()
 }
@@ -158,6 +203,9 @@ fn main() -> ExitCode {
 impl Client {
     /// Connects, talks, and reconnects with backoff until the user quits or retrying cannot help.
     fn run(&mut self) -> ExitCode {
+        if self.state.session_id.is_some() {
+            self.show_history();
+        }
         loop {
             let end = match self.open() {
                 Ok(mut ws) => {
@@ -171,6 +219,10 @@ impl Client {
             };
             match end {
                 End::Quit => break,
+                End::Switch => {
+                    self.backoff = FIRST_BACKOFF;
+                    continue;
+                }
                 End::Fatal(reason) => return fail(1, &reason),
                 End::Lost(reason) => {
                     let delay = self.backoff.as_secs_f64();
@@ -179,8 +231,10 @@ impl Client {
                 }
             }
             let deadline = Instant::now() + self.backoff;
-            if !self.take_input(deadline) {
-                break;
+            match self.take_input(deadline) {
+                Input::Quit => break,
+                Input::Switch => continue,
+                Input::Continue => {}
             }
             // Input has ended: keep trying only while there are lines left to deliver.
             if self.input_closed && self.outbox.is_empty() {
@@ -250,8 +304,13 @@ impl Client {
                     _ => {}
                 }
             }
-            if !self.take_input(Instant::now()) {
-                return End::Quit;
+            match self.take_input(Instant::now()) {
+                Input::Quit => return End::Quit,
+                Input::Switch => {
+                    close_gracefully(ws);
+                    return End::Switch;
+                }
+                Input::Continue => {}
             }
             while self.ready
                 && let Some(frame) = self.outbox.front()
@@ -259,7 +318,13 @@ impl Client {
                 if let Err(e) = send(ws, frame) {
                     return End::Lost(e);
                 }
+                if let ClientFrame::Message(message) = frame {
+                    self.echoes.push_back(message.text.clone());
+                }
                 self.outbox.pop_front();
+            }
+            if self.ready && !self.running {
+                self.screen.prompt();
             }
             if self.input_closed && self.outbox.is_empty() {
                 return End::Quit;
@@ -294,6 +359,9 @@ impl Client {
 
     /// Prints one frame in the style of its kind; returns how the connection ends, if it does.
     fn show(&mut self, frame: ServerFrame, code: &str) -> Option<End> {
+        if frame.closes_turn() {
+            self.running = false;
+        }
         let screen = &mut self.screen;
         match frame {
             ServerFrame::SessionInfo {
@@ -335,7 +403,15 @@ impl Client {
                 self.ready = true;
                 self.connected_before = true;
             }
-            ServerFrame::UserMessage { text, .. } => screen.say(PLAIN, &format!("you> {text}")),
+            ServerFrame::UserMessage { text, .. } => {
+                self.running = true;
+                if self.echoes.front() == Some(&text) {
+                    // Typed here: the line stands after the prompt already.
+                    self.echoes.pop_front();
+                } else {
+                    screen.say(PLAIN, &format!("{PROMPT}{text}"));
+                }
+            }
             ServerFrame::Thought { text, .. } => screen.say(DIM, &format!("think> {text}")),
             ServerFrame::ToolUse { name, args, .. } => {
                 screen.say(PLAIN, &format!("tool> {name} {args}"));
@@ -350,7 +426,7 @@ impl Client {
                 ToolStatus::Error => screen.say(RED, &format!("tool> {name} failed: {result}")),
             },
             ServerFrame::MessageDelta { turn_id, text, .. } => screen.delta(turn_id, &text),
-            ServerFrame::Message { turn_id, text } => screen.answer(turn_id, &text),
+            ServerFrame::Message { turn_id, text, .. } => screen.answer(turn_id, &text),
             ServerFrame::Status(status) => {
                 screen.say(YELLOW, &describe_status(&status, code));
                 if status.code == StatusCode::TakenOver {
@@ -376,17 +452,193 @@ impl Client {
     }
 
     /// Moves typed commands into the outbox, waiting for more until `deadline` (a deadline now
-    /// does not wait); false when the user asked to quit.
-    fn take_input(&mut self, deadline: Instant) -> bool {
+    /// does not wait), and carries out the others.
+    fn take_input(&mut self, deadline: Instant) -> Input {
         while !self.input_closed {
-            match self.input.recv_deadline(deadline) {
-                Ok(Command::Send(frame)) => self.outbox.push_back(frame),
-                Ok(Command::Quit) => return false,
+            let command = match self.input.recv_deadline(deadline) {
+                Ok(command) => command,
                 Err(RecvTimeoutError::Timeout) => break,
-                Err(RecvTimeoutError::Disconnected) => self.input_closed = true,
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.input_closed = true;
+                    break;
+                }
+            };
+            if !matches!(command, Command::Interrupt) {
+                // A typed line ends with Enter: the prompt is used up.
+                self.screen.prompt_shown = false;
+                self.interrupted = false;
+            }
+            match command {
+                Command::Send(frame) => self.outbox.push_back(frame),
+                Command::Quit => return Input::Quit,
+                Command::Interrupt => {
+                    if self.interrupted {
+                        self.screen.end_prompt_line();
+                        return Input::Quit;
+                    }
+                    self.interrupted = true;
+                    if self.running {
+                        self.outbox.push_front(ClientFrame::Cancel {});
+                        self.screen
+                            .notice("stopping the answer (Ctrl-C again to quit)");
+                    } else {
+                        self.screen.notice("press Ctrl-C again to quit");
+                    }
+                }
+                Command::List => self.list(),
+                Command::Open(number) => match self.listed.get(number.wrapping_sub(1)) {
+                    Some(id) => {
+                        let id = id.clone();
+                        self.switch(Some(id));
+                        return Input::Switch;
+                    }
+                    None if self.listed.is_empty() => self.screen.notice("run /list first"),
+                    None => self.screen.notice(&format!(
+                        "/open takes a number from 1 to {}",
+                        self.listed.len()
+                    )),
+                },
+                Command::New => {
+                    self.switch(None);
+                    return Input::Switch;
+                }
             }
         }
-        true
+        Input::Continue
+    }
+
+    /// Leaves the current conversation for `id` (shown with its recent history), or for a new
+    /// one when `None`.
+    fn switch(&mut self, id: Option<String>) {
+        self.outbox.clear();
+        self.echoes.clear();
+        self.running = false;
+        self.connected_before = false;
+        self.screen.stream = None;
+        self.state = SavedState {
+            session_id: id,
+            last_seq: 0,
+        };
+        if self.state.session_id.is_some() {
+            self.show_history();
+        } else {
+            self.screen
+                .notice("a new conversation starts with your next message");
+        }
+        self.save();
+    }
+
+    /// `/list`: the user's conversations, newest first, numbered for `/open`.
+    fn list(&mut self) {
+        let answer = match self.api("/api/conversations") {
+            Ok(answer) => answer,
+            Err(e) => {
+                return self
+                    .screen
+                    .notice(&format!("cannot list conversations: {e}"));
+            }
+        };
+        let conversations = answer["conversations"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        self.listed = conversations
+            .iter()
+            .filter_map(|c| c["id"].as_str().map(str::to_owned))
+            .collect();
+        if conversations.is_empty() {
+            return self.screen.notice("no conversations yet");
+        }
+        for (number, conversation) in conversations.iter().enumerate() {
+            let id = conversation["id"].as_str().unwrap_or_default();
+            let current = self.state.session_id.as_deref() == Some(id);
+            let title = conversation["title"].as_str().unwrap_or("(untitled)");
+            let turns = conversation["turns"].as_u64().unwrap_or(0);
+            let when = conversation["updated_at"].as_str().unwrap_or_default();
+            let line = format!(
+                "{} {:>2}. {title}  ({turns} turns, {when})",
+                if current { "*" } else { " " },
+                number + 1
+            );
+            self.screen.say(if current { PLAIN } else { DIM }, &line);
+        }
+        self.screen.notice("/open N switches to one of them");
+    }
+
+    /// Shows the last events of the current conversation up to the saved resume point (all of
+    /// its newest ones for a conversation just opened), and moves the resume point to them.
+    fn show_history(&mut self) {
+        let Some(id) = self.state.session_id.clone() else {
+            return;
+        };
+        let mut path = format!("/api/conversations/{id}/events?limit={HISTORY_EVENTS}");
+        if self.state.last_seq > 0 {
+            path.push_str(&format!("&before_seq={}", self.state.last_seq + 1));
+        }
+        let events = match self.api(&path) {
+            Ok(answer) => answer["events"].as_array().cloned().unwrap_or_default(),
+            Err(e) => {
+                // Without the history, the resume still brings every missed event.
+                self.screen.notice(&format!("no history shown: {e}"));
+                return;
+            }
+        };
+        if events.is_empty() {
+            return;
+        }
+        self.screen.notice("recent history of this conversation:");
+        for event in events {
+            let seq = event.get("seq").and_then(Value::as_u64).unwrap_or(0);
+            let code = event
+                .pointer("/data/code")
+                .and_then(Value::as_str)
+                .unwrap_or("?")
+                .to_owned();
+            if let Ok(envelope) = serde_json::from_value::<ServerEnvelope>(event) {
+                self.show(envelope.frame, &code);
+            }
+            self.state.last_seq = self.state.last_seq.max(seq);
+        }
+        self.screen.notice("(end of history)");
+    }
+
+    /// One GET of the conversation API on the server of `--url`, as JSON.
+    fn api(&self, path: &str) -> Result<Value, String> {
+        let mut stream = connect_tcp(&self.addr)?;
+        let socket = |e: io::Error| format!("socket: {e}");
+        stream
+            .set_read_timeout(Some(NETWORK_TIMEOUT))
+            .map_err(socket)?;
+        stream
+            .set_write_timeout(Some(NETWORK_TIMEOUT))
+            .map_err(socket)?;
+        let (host, port) = &self.addr;
+        let host = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        let mut request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+        if let Some(token) = &self.args.token {
+            request.push_str(&format!("Authorization: Bearer {token}\r\n"));
+        }
+        request.push_str("\r\n");
+        stream.write_all(request.as_bytes()).map_err(socket)?;
+        let mut response = Vec::new();
+        stream
+            .take(MAX_API_BYTES)
+            .read_to_end(&mut response)
+            .map_err(socket)?;
+        let response = String::from_utf8_lossy(&response);
+        let (head, body) = response
+            .split_once("\r\n\r\n")
+            .ok_or("the server sent no HTTP answer")?;
+        let status = head.split(' ').nth(1).unwrap_or_default();
+        if status != "200" {
+            let line = head.lines().next().unwrap_or_default();
+            return Err(format!("the server answered {line}"));
+        }
+        serde_json::from_str(body).map_err(|e| format!("not JSON: {e}"))
     }
 
     /// Writes the resume point; a failure is reported once, since the session goes on without it.
@@ -406,6 +658,10 @@ impl Client {
 struct Screen {
     /// Whether to use ANSI colours: only when stdout is a terminal.
     color: bool,
+    /// Whether to show a prompt: stdin and stdout are terminals.
+    interactive: bool,
+    /// True while the prompt stands at the start of the last line, nothing typed after it.
+    prompt_shown: bool,
     /// The turn whose answer is streaming, and the text of it printed so far.
     stream: Option<(TurnId, String)>,
     /// True while the cursor stands after streamed text rather than at the start of a line.
@@ -415,6 +671,7 @@ struct Screen {
 impl Screen {
     /// Prints a whole line in `style`, first ending a streamed answer that is still open.
     fn say(&mut self, style: &str, text: &str) {
+        self.clear_prompt();
         self.end_stream_line();
         if self.color && !style.is_empty() {
             self.write(&format!("{style}{text}\x1b[0m\n"));
@@ -439,6 +696,7 @@ impl Screen {
             self.stream = Some((turn_id, String::new()));
         }
         if !self.mid_line {
+            self.clear_prompt();
             self.write("bot> ");
             self.mid_line = true;
         }
@@ -457,6 +715,30 @@ impl Screen {
             self.end_stream_line();
         } else {
             self.say(PLAIN, &format!("bot> {text}"));
+        }
+    }
+
+    /// Shows the prompt, unless it is up already or an answer is streaming.
+    fn prompt(&mut self) {
+        if self.interactive && !self.prompt_shown && !self.mid_line {
+            self.write(PROMPT);
+            self.prompt_shown = true;
+        }
+    }
+
+    /// Takes the prompt off its line, so that output does not follow it.
+    fn clear_prompt(&mut self) {
+        if self.prompt_shown {
+            self.write("\r\x1b[K");
+            self.prompt_shown = false;
+        }
+    }
+
+    /// Ends the prompt's line before the client quits.
+    fn end_prompt_line(&mut self) {
+        if self.prompt_shown {
+            self.write("\n");
+            self.prompt_shown = false;
         }
     }
 
@@ -494,12 +776,24 @@ fn describe_status(status: &StatusData, code: &str) -> String {
     format!("[{code}] {}{details}", status.message)
 }
 
-/// Starts the thread that turns stdin lines into commands; it ends after `/quit` or at EOF.
+/// Starts the thread that turns stdin lines into commands (it ends after `/quit` or at EOF) and
+/// the one that turns each SIGINT (Ctrl-C) into [`Command::Interrupt`].
 ///
-/// The thread is left detached: a blocking read of stdin cannot be interrupted, and the process
-/// exit ends it.
-fn spawn_stdin_reader() -> io::Result<Receiver<Command>> {
+/// Both threads are left detached: a blocking read of stdin cannot be interrupted, and the
+/// process exit ends them.
+fn spawn_input_threads() -> io::Result<Receiver<Command>> {
     let (sender, receiver) = crossbeam_channel::bounded(INPUT_QUEUE_LEN);
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT])?;
+    let interrupts = sender.clone();
+    thread::Builder::new()
+        .name("sigint".to_owned())
+        .spawn(move || {
+            for _ in signals.forever() {
+                if interrupts.send(Command::Interrupt).is_err() {
+                    break;
+                }
+            }
+        })?;
     let body = move || {
         for line in io::stdin().lock().lines() {
             let line = match line {
@@ -512,6 +806,14 @@ fn spawn_stdin_reader() -> io::Result<Receiver<Command>> {
                 "" => continue,
                 "/quit" => Command::Quit,
                 "/cancel" => Command::Send(ClientFrame::Cancel {}),
+                "/list" => Command::List,
+                "/new" => Command::New,
+                other if other.starts_with("/open") => {
+                    match other["/open".len()..].trim().parse() {
+                        Ok(number) => Command::Open(number),
+                        Err(_) => Command::Open(0),
+                    }
+                }
                 _ => Command::Send(ClientFrame::Message(MessageData { text: line })),
             };
             let quit = matches!(command, Command::Quit);
@@ -577,11 +879,12 @@ fn close_gracefully(ws: &mut WebSocket<TcpStream>) {
     }
 }
 
-/// True for the errors a read timeout produces: nothing has arrived yet.
+/// True for the errors a read timeout produces (nothing has arrived yet), and for a read cut
+/// short by a signal (Ctrl-C): neither loses anything.
 fn is_timeout(error: &io::Error) -> bool {
     matches!(
         error.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
     )
 }
 

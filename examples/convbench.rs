@@ -145,6 +145,7 @@ fn conversation(id: &SessionId, owner: &str, turns: u64, topic: &str) -> Vec<Wri
             ServerFrame::Message {
                 turn_id,
                 text: answer.clone(),
+                usage: None,
             },
             TurnMark::Closed,
             Some(answer.clone()),

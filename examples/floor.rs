@@ -156,6 +156,7 @@ fn serve(stream: TcpStream, greeting: &Greeting) -> tungstenite::Result<()> {
                     ServerFrame::Message {
                         turn_id,
                         text: format!("You said: {}", message.text),
+                        usage: None,
                     },
                 ];
                 for frame in &frames {

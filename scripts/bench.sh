@@ -71,6 +71,12 @@ sparky_help=$("$SPARKY" --help)
 if [[ $sparky_help == *--rate-limit* ]]; then
     sparky_flags+=(--rate-limit off)
 fi
+# One load generator is one principal making thousands of conversations and turns: lift the
+# per-principal bounds that are there to stop exactly that.
+if [[ $sparky_help == *--new-conversation-rate* ]]; then
+    sparky_flags+=(--new-conversation-rate off --max-running-turns-per-principal 100000
+        --max-running-turns 100000)
+fi
 # shellcheck disable=SC2206 # Word splitting of SPARKY_ARGS is the point.
 sparky_flags+=(${SPARKY_ARGS:-})
 log "sparky flags: ${sparky_flags[*]}"

@@ -73,8 +73,11 @@ struct ConversationJson {
 }
 
 #[derive(Debug, Serialize)]
-struct ConversationsJson {
+struct ConversationsJson<'a> {
     conversations: Vec<ConversationJson>,
+    /// Whose they are: the token's name (`name:token` in the token file), else its
+    /// fingerprint. A field beyond PROTOCOL.md's, which clients ignore.
+    principal: &'a str,
 }
 
 #[derive(Debug, Serialize)]
@@ -242,6 +245,7 @@ impl Api<'_> {
                 "OK",
                 &ConversationsJson {
                     conversations: list.into_iter().map(Into::into).collect(),
+                    principal: request.principal.name(),
                 },
             ),
             Err(e) => failed(&e),

@@ -2,6 +2,8 @@
 //! constant-time check. Plain data and hashing; depends on nothing in the crate.
 
 use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
@@ -10,15 +12,34 @@ use sha2::{Digest, Sha256};
 const FINGERPRINT_BYTES: usize = 16;
 
 /// Who a client is, as far as session ownership goes: a fingerprint of the token it presented
-/// (never the token itself, which is why it can be stored beside the session).
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct Principal(String);
+/// (never the token itself, which is why it can be stored beside the session), and the name the
+/// operator gave that token, if any. Two principals are the same when their fingerprints are:
+/// the name is for people reading logs and the API.
+#[derive(Clone)]
+pub struct Principal {
+    fingerprint: String,
+    name: Option<Arc<str>>,
+}
+
+impl PartialEq for Principal {
+    fn eq(&self, other: &Self) -> bool {
+        self.fingerprint == other.fingerprint
+    }
+}
+
+impl Eq for Principal {}
+
+impl Hash for Principal {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.fingerprint.hash(state);
+    }
+}
 
 impl Principal {
     /// The principal that a token stands for: the first 16 bytes of the token's SHA-256
     /// digest, in hex.
     pub fn of_token(token: &str) -> Self {
-        Principal(hex(&Sha256::digest(token.as_bytes())[..FINGERPRINT_BYTES]))
+        Principal::from_stored(hex(&Sha256::digest(token.as_bytes())[..FINGERPRINT_BYTES]))
     }
 
     /// The fingerprint that versions before SHA-256 stored for a token (the first 8 bytes of
@@ -26,37 +47,46 @@ impl Principal {
     /// [`Principal::of_token`] uses it.
     pub fn legacy_of_token(token: &str) -> Self {
         use sha1::{Digest as _, Sha1};
-        Principal(hex(&Sha1::digest(token.as_bytes())[..8]))
+        Principal::from_stored(hex(&Sha1::digest(token.as_bytes())[..8]))
     }
 
     /// A principal as stored.
     pub fn from_stored(fingerprint: String) -> Self {
-        Principal(fingerprint)
+        Principal {
+            fingerprint,
+            name: None,
+        }
     }
 
     /// The one principal of a server that requires no token: everything belongs to it.
     pub fn local() -> Self {
-        Principal("local".to_owned())
+        Principal::from_stored("local".to_owned())
     }
 
-    /// The fingerprint, for storage and logs.
+    /// The fingerprint, for storage.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.fingerprint
+    }
+
+    /// The operator's name for it (`name:token` in the token file), else the fingerprint: for
+    /// logs and the API.
+    pub fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.fingerprint)
     }
 }
 
 impl fmt::Debug for Principal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Principal({})", self.0)
+        write!(f, "Principal({})", self.name())
     }
 }
 
 /// The tokens a server accepts. With none, every client may connect and sessions have no owner.
 #[derive(Clone, Default)]
 pub struct Auth {
-    /// SHA-256 digests of the accepted tokens: comparing fixed-length digests in constant time
-    /// leaks neither a token's content nor its length.
-    digests: Vec<[u8; 32]>,
+    /// SHA-256 digests of the accepted tokens, with each one's name: comparing fixed-length
+    /// digests in constant time leaks neither a token's content nor its length.
+    digests: Vec<([u8; 32], Option<Arc<str>>)>,
 }
 
 impl fmt::Debug for Auth {
@@ -79,10 +109,25 @@ pub enum Refused {
 impl Auth {
     /// Accepts exactly `tokens` (empty strings are ignored).
     pub fn new<'a>(tokens: impl IntoIterator<Item = &'a str>) -> Self {
+        Self::named(tokens, &[])
+    }
+
+    /// Accepts exactly `tokens`; a token listed in `names` (as `(token, name)`) stands for a
+    /// principal with that name.
+    pub fn named<'a>(
+        tokens: impl IntoIterator<Item = &'a str>,
+        names: &[(String, String)],
+    ) -> Self {
         let digests = tokens
             .into_iter()
             .filter(|token| !token.is_empty())
-            .map(|token| Sha256::digest(token.as_bytes()).into())
+            .map(|token| {
+                let name = names
+                    .iter()
+                    .find(|(named, _)| named == token)
+                    .map(|(_, name)| Arc::from(name.as_str()));
+                (Sha256::digest(token.as_bytes()).into(), name)
+            })
             .collect();
         Auth { digests }
     }
@@ -105,14 +150,18 @@ impl Auth {
         let token = token.filter(|t| !t.is_empty()).ok_or(Refused::Missing)?;
         let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         // Look at every accepted token whatever the outcome, so timing says nothing.
-        let mut found = false;
-        for digest in &self.digests {
-            found |= constant_time_eq(digest, &presented);
+        let mut found = None;
+        for (digest, name) in &self.digests {
+            if constant_time_eq(digest, &presented) {
+                found = Some(name.clone());
+            }
         }
-        if found {
-            Ok(Some(Principal::of_token(token)))
-        } else {
-            Err(Refused::Wrong)
+        match found {
+            Some(name) => Ok(Some(Principal {
+                name,
+                ..Principal::of_token(token)
+            })),
+            None => Err(Refused::Wrong),
         }
     }
 }

@@ -17,7 +17,7 @@ use crate::model::{
     ChatMessage, Conversation, MEMORY_PREFIX, ModelBackend, ModelReply, ReplySink, Role, ToolCall,
     UNPARSED_ARGUMENTS,
 };
-use crate::protocol::{ErrorCode, ServerFrame, StatusCode, StatusData, ToolStatus, TurnId};
+use crate::protocol::{ErrorCode, ServerFrame, StatusCode, StatusData, ToolStatus, TurnId, Usage};
 use crate::store::GraphStore;
 use crate::tools::{ToolChain, ToolContext, ToolOutput};
 
@@ -50,6 +50,35 @@ pub struct Engine {
     pub memory: Option<Arc<dyn GraphStore>>,
     /// Where model requests and retries are counted.
     pub metrics: Arc<Metrics>,
+    /// The system message of a conversation that has no personality of its own; `{date}` in it
+    /// becomes the day's date (UTC) at each turn. `None`: no system message.
+    pub system_prompt: Option<Arc<str>>,
+    /// The model's context window in tokens, when the operator gave it (`--context-tokens`);
+    /// else the model says ([`ModelBackend::context_tokens`]), or nothing is trimmed.
+    pub context_tokens: Option<usize>,
+}
+
+/// The built-in system prompt: what Sparky is, what its tools are for, and the date.
+pub const DEFAULT_SYSTEM_PROMPT: &str = "You are Sparky, a helpful assistant running on the \
+user's own server. Today is {date}. Answer clearly and briefly. You have tools: use \
+`remember` to keep facts the user tells you and `recall` to look them up in your long-term \
+memory, `session_note` and `session_notes` for notes about this conversation, `calculator` for \
+arithmetic, `clock` for the time, and any other tool listed when it helps. Say so when you do \
+not know something.";
+
+/// `prompt` with `{date}` replaced by today's date (UTC), e.g. 2026-12-02.
+fn with_date(prompt: &str) -> String {
+    if !prompt.contains("{date}") {
+        return prompt.to_owned();
+    }
+    let date = time::OffsetDateTime::now_utc().date();
+    let date = format!(
+        "{:04}-{:02}-{:02}",
+        date.year(),
+        u8::from(date.month()),
+        date.day()
+    );
+    prompt.replace("{date}", &date)
 }
 
 impl fmt::Debug for Engine {
@@ -148,6 +177,11 @@ impl Bot {
         self.first_index + self.history.len() as u64
     }
 
+    /// The personality (system prompt) it was created with.
+    pub fn personality(&self) -> Option<&str> {
+        self.system.as_deref()
+    }
+
     /// The conversation so far, oldest first, without the system prompt.
     pub fn history(&self) -> &[ChatMessage] {
         &self.history
@@ -162,10 +196,15 @@ impl Bot {
     /// session's lock. The snapshot shares the messages; nothing is copied. `owner` is the
     /// principal the turn's memory lookup and tools act for.
     pub fn start_turn(&self, turn_id: TurnId, text: &str, owner: &Principal) -> Turn {
-        let head = self
+        // The conversation's personality replaces the server's system prompt.
+        let system = self
             .system
-            .iter()
-            .map(|system| ChatMessage::text(Role::System, system.clone()))
+            .as_deref()
+            .or(self.engine.system_prompt.as_deref());
+        let head = system
+            .filter(|system| !system.trim().is_empty())
+            .map(|system| ChatMessage::text(Role::System, with_date(system)))
+            .into_iter()
             .collect();
         Turn {
             engine: self.engine.clone(),
@@ -176,6 +215,7 @@ impl Bot {
             current: vec![ChatMessage::text(Role::User, text)],
             user_index: 0,
             history_reset: false,
+            trim_announced: false,
         }
     }
 
@@ -185,12 +225,6 @@ impl Bot {
         self.bytes += transcript.iter().map(message_bytes).sum::<usize>();
         Arc::make_mut(&mut self.history).extend(transcript);
         self.trim();
-    }
-
-    /// Records a turn that ended without an answer: the user's message and a note of what
-    /// happened, so that the conversation stays well formed (no dangling tool call).
-    pub fn commit_interrupted(&mut self, user_text: &str, note: &str) {
-        self.commit(interrupted(user_text, note));
     }
 
     /// Forgets the conversation (the system prompt stays), after the model rejected it as
@@ -236,11 +270,13 @@ impl Bot {
     }
 }
 
-/// The transcript of a turn that ended without an answer.
-pub fn interrupted(user_text: &str, note: &str) -> Vec<ChatMessage> {
+/// The transcript of a turn that ended without an answer: the user's message and an empty
+/// reply. What went wrong is in the turn's events for people to read; the model is not told,
+/// or a small model answers the next question with the server's error text.
+pub fn interrupted(user_text: &str) -> Vec<ChatMessage> {
     vec![
         ChatMessage::text(Role::User, user_text),
-        ChatMessage::text(Role::Assistant, note),
+        ChatMessage::text(Role::Assistant, ""),
     ]
 }
 
@@ -261,6 +297,8 @@ pub struct Turn {
     /// True once the model rejected the history and this turn dropped it: the turn's
     /// transcript then replaces the session's conversation.
     history_reset: bool,
+    /// True once this turn said `context_trimmed`.
+    trim_announced: bool,
 }
 
 impl fmt::Debug for Turn {
@@ -292,6 +330,11 @@ impl Turn {
         if !self.recall_memory(events) {
             return TurnOutcome::Cancelled;
         }
+        // Tokens used by the turn's model calls, summed over the steps that reported them.
+        let mut usage: Option<Usage> = None;
+        // Text the model streamed in steps that went on to call tools: the user saw it as it
+        // came, so it stays part of the answer.
+        let mut said: Vec<String> = Vec::new();
         for _step in 0..self.engine.max_steps {
             let reply = match self.ask_model(events, cancel, specs) {
                 Asked::Reply(reply) => reply,
@@ -300,10 +343,33 @@ impl Turn {
                     return self.fail(events, ErrorCode::ModelError, &e.to_string());
                 }
             };
+            if let Some(step) = reply.usage {
+                usage = Some(usage.unwrap_or_default().plus(step));
+                self.engine.metrics.tokens_used(
+                    self.engine.model.name(),
+                    step.prompt_tokens,
+                    step.completion_tokens,
+                );
+            }
             if reply.tool_calls.is_empty() {
+                if reply.truncated {
+                    let status = ServerFrame::status(
+                        StatusCode::Truncated,
+                        "the model stopped before the end of its answer (its length limit, \
+                         or no reason given); what follows may be incomplete",
+                        Some(turn_id),
+                    );
+                    if !events.emit(status) {
+                        return TurnOutcome::Cancelled;
+                    }
+                }
+                // The answer is every step's text, in order, separated by a blank line.
+                said.push(reply.text.clone());
+                said.retain(|text| !text.trim().is_empty());
                 let answer = ServerFrame::Message {
                     turn_id,
-                    text: reply.text.clone(),
+                    text: said.join("\n\n"),
+                    usage,
                 };
                 self.current
                     .push(ChatMessage::text(Role::Assistant, reply.text));
@@ -317,6 +383,7 @@ impl Turn {
                 };
             }
             let calls = reply.tool_calls;
+            said.push(reply.text.clone());
             self.current
                 .push(ChatMessage::tool_calls(reply.text, calls.clone()));
             let Some(results) = self.run_tools(&calls, events, cancel, knowledge) else {
@@ -353,12 +420,39 @@ impl Turn {
                 metrics: &self.engine.metrics,
             };
             Metrics::bump(&self.engine.metrics.model_requests);
-            let conversation = Conversation {
-                head: &self.head,
-                earlier: &self.history,
-                current: &self.current,
+            let window = self
+                .engine
+                .context_tokens
+                .or_else(|| self.engine.model.context_tokens());
+            let fitted = window.map(|window| {
+                crate::context::fit(window, &self.head, &self.history, &self.current)
+            });
+            let conversation = match &fitted {
+                Some(fitted) => Conversation {
+                    head: &self.head,
+                    earlier: fitted.earlier,
+                    current: &fitted.current,
+                },
+                None => Conversation {
+                    head: &self.head,
+                    earlier: &self.history,
+                    current: &self.current,
+                },
             };
+            if fitted.as_ref().is_some_and(|f| f.trimmed) && !self.trim_announced {
+                self.trim_announced = true;
+                let status = ServerFrame::status(
+                    StatusCode::ContextTrimmed,
+                    "the conversation is longer than the model's context: older turns were \
+                     left out of what it sees (the conversation itself is kept)",
+                    Some(self.turn_id),
+                );
+                if !events.emit(status) {
+                    return Asked::Cancelled;
+                }
+            }
             let reply = self.engine.model.complete(conversation, specs, &mut sink);
+            drop(fitted);
             if !sink.live || cancel.is_cancelled() {
                 return Asked::Cancelled;
             }
@@ -533,7 +627,7 @@ impl Turn {
             code,
             message: message.to_owned(),
         };
-        let transcript = interrupted(self.user_text(), &format!("(no reply: {message})"));
+        let transcript = interrupted(self.user_text());
         if self.close(events, frame, transcript) {
             TurnOutcome::Failed
         } else {
@@ -717,6 +811,7 @@ mod tests {
             Ok(ModelReply {
                 text: String::new(),
                 tool_calls: vec![call],
+                ..ModelReply::default()
             })
         }
     }
@@ -730,6 +825,8 @@ mod tests {
             max_steps: 3,
             memory: None,
             metrics: Arc::default(),
+            system_prompt: None,
+            context_tokens: None,
         }
     }
 
@@ -795,11 +892,19 @@ mod tests {
         assert!(events.frames.lock().is_empty());
     }
 
+    /// A question and its answer.
+    fn exchange(question: &str, answer: &str) -> Vec<ChatMessage> {
+        vec![
+            ChatMessage::text(Role::User, question),
+            ChatMessage::text(Role::Assistant, answer),
+        ]
+    }
+
     #[test]
     fn history_is_trimmed_at_a_user_message() {
         let mut bot = Bot::new(engine(Arc::new(OfflineModel)), None, Vec::new());
         for i in 0..MAX_HISTORY_MESSAGES {
-            bot.commit(interrupted(&format!("q{i}"), "a"));
+            bot.commit(exchange(&format!("q{i}"), "a"));
         }
         assert!(bot.history().len() <= MAX_HISTORY_MESSAGES);
         assert_eq!(bot.history()[0].role, Role::User);
@@ -810,7 +915,7 @@ mod tests {
         let mut bot = Bot::new(engine(Arc::new(OfflineModel)), None, Vec::new());
         let big = "x".repeat(MAX_HISTORY_BYTES / 4);
         for i in 0..20 {
-            bot.commit(interrupted(&format!("q{i} {big}"), "a"));
+            bot.commit(exchange(&format!("q{i} {big}"), "a"));
         }
         let bytes: usize = bot.history().iter().map(message_bytes).sum();
         assert!(bytes <= MAX_HISTORY_BYTES, "{bytes}");
@@ -818,7 +923,7 @@ mod tests {
         assert_eq!(bot.history()[0].role, Role::User);
         assert_eq!(bot.end_index(), 40);
         let huge = "y".repeat(MAX_HISTORY_BYTES * 2);
-        bot.commit(interrupted(&huge, "a"));
+        bot.commit(exchange(&huge, "a"));
         assert_eq!(bot.history().len(), 2, "only the last exchange");
         assert_eq!(bot.history()[0].content, huge);
     }
@@ -864,6 +969,7 @@ mod tests {
         Ok(ModelReply {
             text: text.into(),
             tool_calls: Vec::new(),
+            ..ModelReply::default()
         })
     }
 
@@ -888,7 +994,7 @@ mod tests {
     fn a_rejected_history_is_dropped_once_and_the_step_retried() {
         let model = Arc::new(Scripted::new(vec![rejected(), answer("fine")]));
         let mut bot = Bot::new(engine(model.clone()), Some("sys".into()), Vec::new());
-        bot.commit(interrupted("old", "old answer"));
+        bot.commit(exchange("old", "old answer"));
         let events = Recorder::new();
         assert_eq!(run(&bot, "new", &events), TurnOutcome::Answered);
         assert_eq!(*model.earlier_seen.lock(), [2, 0]);
@@ -904,6 +1010,53 @@ mod tests {
         bot.clear_history();
         assert!(bot.history().is_empty());
         assert_eq!(bot.first_index(), 2);
+    }
+
+    #[test]
+    fn the_answer_carries_the_usage_of_every_step_and_the_system_prompt_is_first() {
+        let counted = |prompt, completion| {
+            Some(Usage {
+                prompt_tokens: prompt,
+                completion_tokens: completion,
+            })
+        };
+        let step = ModelReply {
+            text: String::new(),
+            tool_calls: vec![ToolCall {
+                id: "a".into(),
+                name: "echo".into(),
+                args: json!({}),
+            }],
+            usage: counted(10, 2),
+            truncated: false,
+        };
+        let last = ModelReply {
+            usage: counted(15, 7),
+            ..answer("done").unwrap()
+        };
+        let model = Arc::new(Scripted::new(vec![Ok(step), Ok(last)]));
+        let bot = Bot::new(engine(model), Some("be a pirate".into()), Vec::new());
+        let turn = bot.start_turn(TurnId(1), "hi", &Principal::local());
+        assert_eq!(turn.head[0].role, Role::System);
+        assert_eq!(turn.head[0].content, "be a pirate");
+        let events = Recorder::new();
+        assert_eq!(run(&bot, "what time is it", &events), TurnOutcome::Answered);
+        let frames = events.frames.lock();
+        assert!(
+            matches!(frames.last(), Some(ServerFrame::Message { usage, .. }) if *usage == counted(25, 9)),
+            "{frames:?}"
+        );
+        let unreported = Arc::new(Scripted::new(vec![answer("plain")]));
+        let events = Recorder::new();
+        run(
+            &Bot::new(engine(unreported), None, Vec::new()),
+            "x",
+            &events,
+        );
+        assert!(matches!(
+            events.frames.lock().last(),
+            Some(ServerFrame::Message { usage: None, .. })
+        ));
     }
 
     #[test]
@@ -967,6 +1120,7 @@ mod tests {
             Ok(ModelReply {
                 text: String::new(),
                 tool_calls: calls,
+                ..ModelReply::default()
             }),
             answer("done"),
         ]));

@@ -11,6 +11,19 @@ use std::time::Duration;
 /// frame, not for a flood held in memory by a stranger.
 pub const UNAUTHENTICATED_FRAME_BYTES: usize = 64 * 1024;
 
+/// Descriptors one WebSocket holds: its socket and its wake-up eventfd.
+pub const DESCRIPTORS_PER_CONNECTION: u64 = 2;
+
+/// Descriptors kept for everything but connections: the listener, the store's files, MCP
+/// pipes, logs.
+pub const RESERVED_DESCRIPTORS: u64 = 64;
+
+/// How many connections `open_files` descriptors hold.
+pub fn connections_for(open_files: u64) -> usize {
+    usize::try_from(open_files.saturating_sub(RESERVED_DESCRIPTORS) / DESCRIPTORS_PER_CONNECTION)
+        .unwrap_or(usize::MAX)
+}
+
 /// The settings of one server. [`Config::default`] is what `sparky` runs with when given no flags.
 ///
 /// Its `Debug` form shows how many tokens there are, never the tokens.
@@ -33,6 +46,12 @@ pub struct Config {
     pub max_store_bytes: Option<u64>,
     /// Model steps allowed in one turn.
     pub max_steps: usize,
+    /// The model's context window in tokens; `None`: ask the server (llama.cpp's `/props`),
+    /// else assume [`crate::model::remote::DEFAULT_CONTEXT_TOKENS`].
+    pub context_tokens: Option<usize>,
+    /// The system message of conversations without a personality of their own (`{date}` is
+    /// replaced by the date); `None`: the built-in one; empty: none at all.
+    pub system_prompt: Option<String>,
     /// Which model answers.
     pub model: ModelKind,
     /// With [`ModelKind::OpenAi`]: the API's base URL, up to and including `/v1`.
@@ -88,6 +107,9 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// Tokens a client must present (any one of them); empty means no authentication.
     pub auth_tokens: Vec<String>,
+    /// Readable names of some of those tokens' principals, as `(token, name)`: for logs and the
+    /// API. Ownership goes by the token, never by the name.
+    pub token_names: Vec<(String, String)>,
     /// Origins, besides the server's own, whose pages may open a WebSocket (e.g.
     /// `https://chat.example.com`).
     pub allowed_origins: Vec<String>,
@@ -189,6 +211,8 @@ impl Default for Config {
             store_pool: 8,
             max_store_bytes: None,
             max_steps: 8,
+            context_tokens: None,
+            system_prompt: None,
             model: ModelKind::Offline,
             model_url: "http://127.0.0.1:11434/v1".into(),
             model_name: None,
@@ -215,6 +239,7 @@ impl Default for Config {
             write_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
             auth_tokens: Vec::new(),
+            token_names: Vec::new(),
             allowed_origins: Vec::new(),
             allowed_hosts: Vec::new(),
             max_connections_per_ip: 64,

@@ -401,6 +401,13 @@ impl<'a> Connection<'a> {
                 return Ok(());
             }
         };
+        if self.ctx.auth.required() {
+            log::info!(
+                "connection {}: authenticated as {}",
+                self.id,
+                principal.name()
+            );
+        }
         // Authenticated: the connection gets the server's full limits and no deadline.
         if self.auth_deadline.take().is_some() {
             let limit = self.ctx.config.max_frame_bytes;

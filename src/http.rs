@@ -1,7 +1,7 @@
 //! Plain HTTP on the WebSocket port: reading a request head (and a small body), the `Host` and
-//! `Origin` checks, routing (upgrade, the API, the chat page, `/healthz`, `/metrics`, 404), the
-//! `101` handshake answer, and writing responses. Depends on `session` and `metrics`; only
-//! `server.rs` hands it a socket.
+//! `Origin` checks, routing (upgrade, the API, the chat page and its `/assets/`, `/healthz`,
+//! `/metrics`, 404), the `101` handshake answer, and writing responses. Depends on `assets`,
+//! `session` and `metrics`; only `server.rs` hands it a socket.
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -12,28 +12,36 @@ use serde_json::json;
 use tungstenite::http::Uri;
 use tungstenite::http::uri::Authority;
 
+use crate::assets;
 use crate::metrics::Metrics;
 use crate::session::SessionManager;
 
 /// The largest request head accepted.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
 
-/// The chat page: one self-contained file (HTML, CSS and JavaScript inline), bundled into the
-/// binary so that the server needs nothing beside it.
-const CHAT_PAGE: &str = include_str!("page.html");
-
-/// Headers of the chat page. The policy lets the page run only its own inline script and style
-/// and open WebSockets; it loads nothing from anywhere else, and no other site may frame it.
+/// Headers of the chat page and its assets. The policy lets the page run only the scripts and
+/// style sheets served from `/assets/` (no inline script or style, no `eval`), fetch only from
+/// this server and open WebSockets; it loads no image but `data:` ones (answers never fetch
+/// images), no frame, no plugin, and no other site may frame it.
 const CHAT_PAGE_HEADERS: &[(&str, &str)] = &[
     (
         "Content-Security-Policy",
-        "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
-         img-src 'self' data:; connect-src 'self' ws: wss:; base-uri 'none'; form-action 'none'; \
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src data:; \
+         connect-src 'self' ws: wss:; base-uri 'none'; form-action 'none'; \
          frame-ancestors 'none'",
     ),
     ("X-Content-Type-Options", "nosniff"),
     ("Referrer-Policy", "no-referrer"),
 ];
+
+/// `Cache-Control` of everything but versioned assets.
+const NO_STORE: &str = "no-store";
+
+/// `Cache-Control` of an asset asked for by its versioned URL: its content never changes.
+const IMMUTABLE: &str = "public, max-age=31536000, immutable";
+
+/// `Cache-Control` of an asset asked for without its current version: keep, but check first.
+const REVALIDATE: &str = "no-cache";
 
 /// Request headers whose values are secrets: never shown in `Debug` output (and so never in a
 /// log line).
@@ -428,6 +436,8 @@ pub struct Response {
     /// Headers beyond the fixed ones (`Content-Type`, `Content-Length`, `Cache-Control`,
     /// `Connection`).
     pub extra_headers: &'static [(&'static str, &'static str)],
+    /// The `Cache-Control` value: `no-store` but for versioned assets.
+    pub cache_control: &'static str,
     /// The body.
     pub body: String,
 }
@@ -440,6 +450,7 @@ impl Response {
             reason,
             content_type: "text/plain; charset=utf-8",
             extra_headers: &[],
+            cache_control: NO_STORE,
             body: body.to_owned(),
         }
     }
@@ -461,11 +472,12 @@ impl Response {
     /// The socket's write error.
     pub fn write(&self, stream: &mut impl Write, with_body: bool) -> io::Result<()> {
         let mut head = format!(
-            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n",
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: {}\r\nConnection: close\r\n",
             self.status,
             self.reason,
             self.content_type,
-            self.body.len()
+            self.body.len(),
+            self.cache_control
         );
         for (name, value) in self.extra_headers {
             head.push_str(&format!("{name}: {value}\r\n"));
@@ -510,11 +522,14 @@ pub enum Route {
     Http(Response),
 }
 
-/// The one dispatcher for requests on the port.
+/// The one dispatcher for requests on the port. `HEAD` is routed as `GET` (the caller leaves
+/// the body out).
 pub fn route(head: &RequestHead, server: &ServerView<'_>) -> Route {
-    let get = head.method == "GET";
+    let get = head.method == "GET" || head.method == "HEAD";
     match head.path.as_str() {
-        "/ws" | "/ws/chat" if get && head.header_has("upgrade", "websocket") => Route::WebSocket,
+        "/ws" | "/ws/chat" if head.method == "GET" && head.header_has("upgrade", "websocket") => {
+            Route::WebSocket
+        }
         // PROTOCOL.md section 10: anything that is not one of its four answers is a 404, so a
         // plain GET of the WebSocket path is too (the body says what it wanted).
         "/ws" | "/ws/chat" => Route::Http(Response::text(
@@ -522,11 +537,8 @@ pub fn route(head: &RequestHead, server: &ServerView<'_>) -> Route {
             "Not Found",
             "this path speaks WebSocket only: send an Upgrade request\n",
         )),
-        "/" | "/index.html" if get => Route::Http(Response {
-            content_type: "text/html; charset=utf-8",
-            extra_headers: CHAT_PAGE_HEADERS,
-            ..Response::text(200, "OK", CHAT_PAGE)
-        }),
+        "/" | "/index.html" if get => Route::Http(chat_page()),
+        path if get && path.starts_with("/assets/") => Route::Http(asset(path, head)),
         path if path == "/api" || path.starts_with("/api/") => Route::Api,
         "/healthz" if get => Route::Http(health(server)),
         "/metrics" if get && !(server.authorized || server.public_metrics) => {
@@ -619,6 +631,32 @@ fn metrics_text(server: &ServerView<'_>) -> String {
     text
 }
 
+/// The chat page, with the headers of [`CHAT_PAGE_HEADERS`].
+fn chat_page() -> Response {
+    Response {
+        content_type: "text/html; charset=utf-8",
+        extra_headers: CHAT_PAGE_HEADERS,
+        ..Response::text(200, "OK", assets::page())
+    }
+}
+
+/// A file of `/assets/`, kept for a year when asked for by its current versioned URL.
+fn asset(path: &str, head: &RequestHead) -> Response {
+    let Some(asset) = assets::find(path) else {
+        return Response::text(404, "Not Found", "not found\n");
+    };
+    let versioned = head.query.as_deref().is_some_and(|query| {
+        form_urlencoded::parse(query.as_bytes())
+            .any(|(name, value)| name == "v" && value == asset.version)
+    });
+    Response {
+        content_type: asset.content_type,
+        extra_headers: CHAT_PAGE_HEADERS,
+        cache_control: if versioned { IMMUTABLE } else { REVALIDATE },
+        ..Response::text(200, "OK", asset.body)
+    }
+}
+
 fn health(server: &ServerView<'_>) -> Response {
     let engine = server.sessions.engine();
     let store = server.sessions.store().status();
@@ -640,7 +678,11 @@ fn health(server: &ServerView<'_>) -> Response {
             "uptime_seconds": server.started.elapsed().as_secs(),
             "connections": Metrics::get(&server.metrics.connections_open),
             "sessions": server.sessions.len(),
-            "model": engine.model.name(),
+            "model": {
+                "name": engine.model.name(),
+                "reachable": engine.model.health().reachable,
+                "last_error": engine.model.health().last_error,
+            },
             "tools_loaded": engine.tools.len(),
             "store": if degraded { "failing" } else { "ok" },
             "store_backend": store.backend,
@@ -835,20 +877,34 @@ mod tests {
     }
 
     #[test]
+    fn assets_are_kept_for_a_year_only_under_their_current_version() {
+        let app = assets::find("/assets/app.js").unwrap();
+        let versioned = parse(format!("GET {} HTTP/1.1\r\n\r\n", app.url()).as_bytes());
+        let answer = asset(&versioned.path, &versioned);
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.cache_control, IMMUTABLE);
+        assert_eq!(answer.content_type, "text/javascript; charset=utf-8");
+        assert_eq!(answer.extra_headers, CHAT_PAGE_HEADERS);
+        let stale = parse(b"GET /assets/app.js?v=0000 HTTP/1.1\r\n\r\n");
+        assert_eq!(asset(&stale.path, &stale).cache_control, REVALIDATE);
+        let missing = parse(b"GET /assets/nope.js HTTP/1.1\r\n\r\n");
+        assert_eq!(asset(&missing.path, &missing).status, 404);
+    }
+
+    #[test]
     fn writes_extra_headers_after_the_fixed_ones() {
-        let page = Response {
-            content_type: "text/html; charset=utf-8",
-            extra_headers: CHAT_PAGE_HEADERS,
-            ..Response::text(200, "OK", CHAT_PAGE)
-        };
+        let page = chat_page();
         let mut out = Vec::new();
         page.write_to(&mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         assert!(head.contains("\r\nContent-Type: text/html; charset=utf-8\r\n"));
-        assert!(head.contains("\r\nContent-Security-Policy: default-src 'self'; "));
+        assert!(
+            head.contains("\r\nContent-Security-Policy: default-src 'none'; script-src 'self'; ")
+        );
         assert!(head.ends_with("\r\nReferrer-Policy: no-referrer"), "{head}");
-        assert_eq!(body, CHAT_PAGE);
-        assert!(CHAT_PAGE.contains("<title>Sparky</title>"));
+        assert!(head.contains("\r\nCache-Control: no-store\r\n"));
+        assert_eq!(body, assets::page());
+        assert!(body.contains("<title>Sparky</title>"));
     }
 }

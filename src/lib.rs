@@ -29,6 +29,7 @@ pub mod protocol;
 pub mod rate;
 pub mod redact;
 // Capabilities: may do IO, never touch client sockets.
+pub mod context;
 pub mod journal;
 pub mod knowledge;
 pub mod model;
@@ -40,6 +41,8 @@ pub mod session;
 pub mod worker;
 // Transport.
 pub mod api;
+pub mod assets;
+pub mod check;
 pub mod connection;
 pub mod http;
 pub mod inbound;

@@ -1,11 +1,12 @@
 //! The `sparky` binary: reads flags, sets up logging, binds, and runs the server. No logic of
 //! its own.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::Parser;
@@ -14,7 +15,10 @@ use signal_hook::iterator::Signals;
 use simplelog::{ColorChoice, ConfigBuilder, LevelFilter, TermLogger, TerminalMode};
 use sparky::redact::Redactor;
 
-use sparky::config::{Config, ModelKind, RateLimit, parse_duration, parse_rate_limit};
+use sparky::config::{
+    Config, DESCRIPTORS_PER_CONNECTION, ModelKind, RESERVED_DESCRIPTORS, RateLimit,
+    connections_for, parse_duration, parse_rate_limit,
+};
 use sparky::model::ModelBackend;
 use sparky::model::offline::OfflineModel;
 use sparky::model::remote::{RemoteModel, RemoteOptions};
@@ -24,7 +28,7 @@ use sparky::model::remote::{RemoteModel, RemoteOptions};
 #[command(name = "sparky", version, about)]
 struct Args {
     /// Address to listen on (port 0 picks a free port).
-    #[arg(long, default_value = "127.0.0.1:8000")]
+    #[arg(long, default_value = "127.0.0.1:8000", value_parser = parse_addr)]
     addr: SocketAddr,
     /// Directory for persistent data: the knowledge graph and durable sessions (SQLite).
     #[arg(long, default_value = "sparky-data")]
@@ -46,8 +50,19 @@ struct Args {
     )]
     store_pool: usize,
     /// Model steps (model calls) allowed in one turn.
-    #[arg(long, default_value_t = Config::default().max_steps)]
+    #[arg(long, default_value_t = Config::default().max_steps, value_parser = at_least_one::<usize>)]
     max_steps: usize,
+    /// The model's context window in tokens (default: what llama.cpp's server reports, else
+    /// 4096); older turns that do not fit are left out of what the model sees.
+    #[arg(long, value_name = "N", value_parser = at_least_one::<usize>)]
+    context_tokens: Option<usize>,
+    /// The system message of conversations without a persona of their own; `{date}` becomes
+    /// the date; "" sends none (default: a built-in one naming the tools and the date).
+    #[arg(long, value_name = "TEXT", conflicts_with = "system_prompt_file")]
+    system_prompt: Option<String>,
+    /// Read the system prompt from FILE.
+    #[arg(long, value_name = "FILE")]
+    system_prompt_file: Option<PathBuf>,
     /// The model: the built-in offline one, or an OpenAI-compatible server (Ollama, llama.cpp,
     /// vLLM, OpenAI).
     #[arg(long, value_enum, default_value = "offline")]
@@ -62,66 +77,67 @@ struct Args {
     #[arg(long, value_name = "VAR")]
     api_key_env: Option<String>,
     /// How long connecting to the model server may take, e.g. 10s.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = positive_duration)]
     model_connect_timeout: Duration,
     /// How long the model server may stay silent before or while it answers, e.g. 300s.
-    #[arg(long, default_value = "300s", value_parser = parse_duration)]
+    #[arg(long, default_value = "300s", value_parser = positive_duration)]
     model_read_timeout: Duration,
     /// How long a conversation with no connection and no turn stays in memory, e.g. 90s, 60m.
     /// It only frees memory: the conversation stays stored and comes back on the next connect.
-    #[arg(long, alias = "session-timeout", default_value = "60m", value_parser = parse_duration)]
+    #[arg(long, alias = "session-timeout", default_value = "60m", value_parser = positive_duration)]
     idle_timeout: Duration,
     /// Delete conversations with no activity for this long, e.g. 90d (default: keep them until
     /// their owner deletes them).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = positive_duration)]
     retention: Option<Duration>,
     /// Log level: error, warn, info, debug or trace.
     #[arg(long, default_value = "info")]
     log_level: LevelFilter,
-    /// Open WebSocket connections at most; an upgrade past it gets HTTP 503.
-    #[arg(long, default_value_t = Config::default().max_connections)]
-    max_connections: usize,
+    /// Open WebSocket connections at most; an upgrade past it gets HTTP 503 (default: 20000,
+    /// or fewer when the open-file limit allows fewer).
+    #[arg(long, value_parser = at_least_one::<usize>)]
+    max_connections: Option<usize>,
     /// Live connections per session; one more takes over from the oldest.
-    #[arg(long, default_value_t = Config::default().max_connections_per_session)]
+    #[arg(long, default_value_t = Config::default().max_connections_per_session, value_parser = at_least_one::<usize>)]
     max_connections_per_session: usize,
     /// Sessions at most; a connect past it gets server_busy.
-    #[arg(long, default_value_t = Config::default().max_sessions)]
+    #[arg(long, default_value_t = Config::default().max_sessions, value_parser = at_least_one::<usize>)]
     max_sessions: usize,
     /// Cap the store at this many MiB; past it, new turns are refused as on a full disk
     /// (default: only the disk's size).
-    #[arg(long, value_name = "MIB")]
+    #[arg(long, value_name = "MIB", value_parser = at_least_one::<u64>)]
     max_store_mib: Option<u64>,
     /// Conversations one principal (token) may keep; a connect that would create one more
     /// gets server_busy.
-    #[arg(long, default_value_t = Config::default().max_conversations_per_principal)]
+    #[arg(long, default_value_t = Config::default().max_conversations_per_principal, value_parser = at_least_one::<u64>)]
     max_conversations_per_principal: u64,
     /// New conversations per second per principal, as N, N/BURST or off.
     #[arg(long, default_value = "1/600", value_parser = parse_rate_setting)]
     new_conversation_rate: RateSetting,
     /// Turns running at once on the whole server; one more gets server_busy.
-    #[arg(long, default_value_t = Config::default().max_running_turns)]
+    #[arg(long, default_value_t = Config::default().max_running_turns, value_parser = at_least_one::<usize>)]
     max_running_turns: usize,
     /// Turns one principal (token) may run at once; one more gets server_busy.
-    #[arg(long, default_value_t = Config::default().max_running_turns_per_principal)]
+    #[arg(long, default_value_t = Config::default().max_running_turns_per_principal, value_parser = at_least_one::<usize>)]
     max_running_turns_per_principal: usize,
     /// Largest WebSocket frame or message in bytes; a larger one closes the connection (1009).
-    #[arg(long, default_value_t = Config::default().max_frame_bytes)]
+    #[arg(long, default_value_t = Config::default().max_frame_bytes, value_parser = at_least_one::<usize>)]
     max_frame_bytes: usize,
     /// Longest message text in characters; a longer one gets too_large.
-    #[arg(long, default_value_t = Config::default().max_text_chars)]
+    #[arg(long, default_value_t = Config::default().max_text_chars, value_parser = at_least_one::<usize>)]
     max_text_chars: usize,
     /// Events a live conversation keeps in memory; a replay of older ones reads the store.
-    #[arg(long, default_value_t = Config::default().event_log_capacity)]
+    #[arg(long, default_value_t = Config::default().event_log_capacity, value_parser = at_least_one::<usize>)]
     event_log_capacity: usize,
     /// How long a connection may be quiet before it is pinged, e.g. 30s.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = positive_duration)]
     ping_interval: Duration,
     /// How long a write to a client may stall before the connection is dropped.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = positive_duration)]
     write_timeout: Duration,
     /// How long a new connection has to send its request head; with tokens, also how long a
     /// WebSocket has to present a valid one before it is closed (1008).
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = positive_duration)]
     handshake_timeout: Duration,
     /// A token clients must present (repeatable). Tokens are also read from
     /// --auth-token-file and from the SPARKY_AUTH_TOKENS environment variable (comma-separated),
@@ -149,7 +165,7 @@ struct Args {
     per_ip_loopback: bool,
     /// Bytes that unfinished incoming messages may hold, all connections together; a connection
     /// that would pass it is closed with 1013.
-    #[arg(long, default_value_t = Config::default().max_pending_message_bytes)]
+    #[arg(long, default_value_t = Config::default().max_pending_message_bytes, value_parser = at_least_one::<usize>)]
     max_pending_message_bytes: usize,
     /// Serve /metrics without a token even when tokens are configured.
     #[arg(long)]
@@ -175,7 +191,7 @@ struct Args {
     max_tool_result_bytes: usize,
     /// How long one full-text search (memory lookup, graph search, API search) may run; one
     /// that runs out answers with what it found so far, e.g. 200ms.
-    #[arg(long, value_name = "DURATION", default_value = "200ms", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "200ms", value_parser = positive_duration)]
     search_budget: Duration,
     #[command(subcommand)]
     command: Option<Command>,
@@ -207,6 +223,8 @@ impl Args {
             database_url: self.store,
             store_pool: self.store_pool,
             max_steps: self.max_steps,
+            system_prompt: self.system_prompt,
+            context_tokens: self.context_tokens,
             model: match self.model {
                 ModelArg::Offline => ModelKind::Offline,
                 ModelArg::Openai => ModelKind::OpenAi,
@@ -218,7 +236,9 @@ impl Args {
             model_read_timeout: self.model_read_timeout,
             idle_timeout: self.idle_timeout,
             retention: self.retention,
-            max_connections: self.max_connections,
+            max_connections: self
+                .max_connections
+                .unwrap_or(Config::default().max_connections),
             max_connections_per_session: self.max_connections_per_session,
             max_sessions: self.max_sessions,
             max_store_bytes: self.max_store_mib.map(|mib| mib.saturating_mul(1 << 20)),
@@ -249,10 +269,68 @@ impl Args {
     }
 }
 
-/// Raises the soft open-file limit to the hard one: each WebSocket holds two descriptors (its
-/// socket and its wake-up eventfd). Warns when even the hard limit is too low for
-/// `max_connections`.
-fn raise_open_file_limit(max_connections: usize) {
+/// `sparky check`: one line per thing a start depends on; exit 1 at the first hard failure.
+fn check(args: Args) -> ExitCode {
+    let token_file = args.auth_token_file.clone();
+    let log_level = args.log_level;
+    let explicit = args.max_connections.is_some();
+    let mut config = args.into_config();
+    // Quiet unless asked: the lines of the check are the output.
+    init_logging(log_level.min(LevelFilter::Error), &config.auth_tokens);
+    let tokens =
+        gather_tokens(&mut config, token_file.as_deref()).map(|()| config.auth_tokens.len());
+    let model = build_model(&config);
+    let open_files = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .maximum
+        .unwrap_or(u64::MAX);
+    let mut stdout = std::io::stdout();
+    let files = (open_files, explicit);
+    if sparky::check::run(&config, model, tokens, files, &mut stdout) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// How often the model server is asked whether it is there.
+const PROBE_INTERVAL: Duration = Duration::from_secs(300);
+
+/// Asks the model server at start, then every [`PROBE_INTERVAL`], and says so when it cannot be
+/// reached or does not serve the model, and when it answers again. `/healthz` shows the last
+/// answer (turns update it too).
+fn watch_model(model: Arc<dyn ModelBackend>) {
+    let watcher = std::thread::Builder::new()
+        .name("model-probe".into())
+        .spawn(move || {
+            let mut answered = None;
+            loop {
+                let Some(outcome) = model.probe() else {
+                    return;
+                };
+                match (&outcome, answered) {
+                    (Err(e), None | Some(true)) => {
+                        log::warn!("model: {e}; turns will fail until it answers");
+                    }
+                    (Ok(()), Some(false)) => log::info!("model: the model server answers again"),
+                    (Ok(()), None) => {
+                        log::info!("model: the model server serves {}", model.name());
+                    }
+                    _ => {}
+                }
+                answered = Some(outcome.is_ok());
+                // A timer, not a wait for something.
+                std::thread::sleep(PROBE_INTERVAL);
+            }
+        });
+    if let Err(e) = watcher {
+        log::warn!("model: cannot start the model probe: {e}");
+    }
+}
+
+/// Raises the soft open-file limit to the hard one. When even that is too low for
+/// `--max-connections`: a value the operator gave gets one warning that says what to do; the
+/// default is lowered to what fits.
+fn raise_open_file_limit(config: &mut Config, explicit: bool) {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let limit = getrlimit(Resource::Nofile);
     if limit.current != limit.maximum {
@@ -265,13 +343,63 @@ fn raise_open_file_limit(max_connections: usize) {
         }
     }
     let available = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
-    let needed = 2 * max_connections as u64 + 64;
-    if available < needed {
-        log::warn!(
-            "server: the open-file limit is {available}; {max_connections} connections need \
-             about {needed} (two descriptors each). Past it, new connections wait in the listen queue."
-        );
+    let per = DESCRIPTORS_PER_CONNECTION;
+    let fits = connections_for(available);
+    if config.max_connections <= fits {
+        return;
     }
+    if explicit {
+        log::warn!(
+            "server: --max-connections {} needs about {} open files ({per} per connection), but \
+             the limit is {available}; past {fits} connections new ones wait. Raise the limit \
+             (ulimit -n, or LimitNOFILE= under systemd) or lower --max-connections",
+            config.max_connections,
+            config.max_connections as u64 * per + RESERVED_DESCRIPTORS,
+        );
+    } else {
+        log::info!(
+            "server: at most {fits} connections, as the open-file limit of {available} allows"
+        );
+        config.max_connections = fits;
+    }
+}
+
+/// `HOST:PORT` where HOST is an address or a name (`localhost:8000`); a name that resolves to
+/// several addresses listens on the first IPv4 one.
+fn parse_addr(text: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    let addrs: Vec<SocketAddr> = text
+        .to_socket_addrs()
+        .map_err(|e| format!("{text:?} is not HOST:PORT ({e})"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|addr| addr.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{text:?} names no address"))
+}
+
+/// A count that must be at least 1: a zero would make the server refuse everything (every
+/// turn past `--max-steps 0` fails), so it is refused at start instead.
+fn at_least_one<T>(text: &str) -> Result<T, String>
+where
+    T: std::str::FromStr + PartialOrd + From<u8>,
+{
+    match text.trim().parse::<T>() {
+        Ok(n) if n >= T::from(1) => Ok(n),
+        Ok(_) => Err("must be at least 1".to_owned()),
+        Err(_) => Err(format!("{text:?} is not a whole number")),
+    }
+}
+
+/// A duration that must be longer than zero.
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    let duration = parse_duration(text)?;
+    if duration.is_zero() {
+        return Err("must be longer than zero".to_owned());
+    }
+    Ok(duration)
 }
 
 /// A parsed rate (`--rate-limit`, `--new-conversation-rate`): a newtype, because clap reads a bare `Option` field as "flag may be
@@ -288,11 +416,23 @@ fn gather_tokens(config: &mut Config, file: Option<&std::path::Path>) -> Result<
     if let Some(path) = file {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read --auth-token-file {}: {e}", path.display()))?;
-        let tokens = text
+        let lines = text
             .lines()
             .map(str::trim)
             .filter(|l| !l.is_empty() && !l.starts_with('#'));
-        config.auth_tokens.extend(tokens.map(str::to_owned));
+        for line in lines {
+            // `name:token` names the principal; a bare token (or `:token`, for a token that
+            // itself holds a colon) has none.
+            match line.split_once(':') {
+                Some((name, token)) if !token.is_empty() => {
+                    if !name.is_empty() {
+                        config.token_names.push((token.to_owned(), name.to_owned()));
+                    }
+                    config.auth_tokens.push(token.to_owned());
+                }
+                _ => config.auth_tokens.push(line.to_owned()),
+            }
+        }
     }
     if let Ok(list) = std::env::var("SPARKY_AUTH_TOKENS") {
         let tokens = list.split(',').map(str::trim).filter(|t| !t.is_empty());
@@ -350,7 +490,14 @@ fn init_logging(level: LevelFilter, tokens: &[String]) {
     let log_config = ConfigBuilder::new()
         .set_thread_level(LevelFilter::Off)
         .build();
-    let terminal = TermLogger::new(level, log_config, TerminalMode::Stderr, ColorChoice::Auto);
+    // Colour only on a terminal, and never with NO_COLOR set (https://no-color.org): escape
+    // codes in a file or in journald are noise.
+    let colour = if std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none() {
+        ColorChoice::Auto
+    } else {
+        ColorChoice::Never
+    };
+    let terminal = TermLogger::new(level, log_config, TerminalMode::Stderr, colour);
     let logger = Redactor::new(terminal, tokens.iter().cloned());
     if log::set_logger(Box::leak(Box::new(logger))).is_ok() {
         log::set_max_level(level);
@@ -436,7 +583,13 @@ fn migrate_store(from: &std::path::Path, to: &str, pool: usize) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let mut args = Args::parse();
+    // `sparky check [FLAGS]`: the same flags, checked instead of run.
+    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let checking = argv.get(1).is_some_and(|first| first == "check");
+    if checking {
+        argv.remove(1);
+    }
+    let mut args = Args::parse_from(argv);
     if let Some(Command::MigrateStore { from, to }) = args.command.take() {
         init_logging(args.log_level, &[]);
         return match database_url(to, "--to") {
@@ -466,12 +619,29 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if checking {
+        return check(args);
+    }
     let log_level = args.log_level;
     let token_file = args.auth_token_file.clone();
+    let max_connections_given = args.max_connections.is_some();
+    let prompt_file = args.system_prompt_file.clone();
     let mut config = args.into_config();
     if let Err(e) = gather_tokens(&mut config, token_file.as_deref()) {
         eprintln!("sparky: {e}");
         return ExitCode::FAILURE;
+    }
+    if let Some(path) = prompt_file {
+        match std::fs::read_to_string(&path) {
+            Ok(text) => config.system_prompt = Some(text.trim().to_owned()),
+            Err(e) => {
+                eprintln!(
+                    "sparky: cannot read --system-prompt-file {}: {e}",
+                    path.display()
+                );
+                return ExitCode::FAILURE;
+            }
+        }
     }
     // Once the tokens are known, so that the logger can keep them out.
     init_logging(log_level, &config.auth_tokens);
@@ -482,7 +652,7 @@ fn main() -> ExitCode {
             config.addr
         );
     }
-    raise_open_file_limit(config.max_connections);
+    raise_open_file_limit(&mut config, max_connections_given);
     let grace = config.shutdown_grace;
     let mut signals = match Signals::new([SIGINT, SIGTERM]) {
         Ok(signals) => signals,
@@ -506,6 +676,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let probed = model.clone();
     let handle = match sparky::server::spawn_with(listener, config, model) {
         Ok(handle) => handle,
         Err(e) => {
@@ -514,10 +685,37 @@ fn main() -> ExitCode {
         }
     };
     println!("listening on http://{}", handle.addr());
+    watch_model(probed);
+    if handle.addr().ip().is_unspecified() {
+        let port = handle.addr().port();
+        let host = rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned();
+        log::info!(
+            "server: open http://127.0.0.1:{port}/ on this machine, or http://{host}:{port}/ \
+             from another (with --allowed-host {host})"
+        );
+    }
     let _ = std::io::stdout().flush();
     if let Some(signal) = signals.forever().next() {
-        log::info!("server: signal {signal}; shutting down (grace {grace:?})");
+        log::info!(
+            "server: signal {signal}; shutting down, letting turns in flight finish for up to \
+             {grace:?} (press Ctrl-C again to stop at once)"
+        );
     }
-    handle.shutdown_gracefully(grace);
+    // A second SIGINT or SIGTERM during the grace period ends it at once.
+    let hurry = Arc::new(AtomicBool::new(false));
+    let second = hurry.clone();
+    let handle_signals = signals.handle();
+    let watcher = std::thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            log::warn!("server: signal {signal} again; stopping now");
+            second.store(true, Ordering::SeqCst);
+        }
+    });
+    handle.shutdown_gracefully_unless(grace, &hurry);
+    handle_signals.close();
+    let _ = watcher.join();
     ExitCode::SUCCESS
 }

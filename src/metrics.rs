@@ -80,6 +80,8 @@ pub struct Metrics {
     turn_micros: AtomicU64,
     /// Tool calls by tool name and status. Locked for one increment or one render.
     tool_calls: Mutex<BTreeMap<(String, &'static str), u64>>,
+    /// Tokens the model servers reported, by model and kind (`prompt`, `completion`).
+    tokens: Mutex<BTreeMap<(String, &'static str), u64>>,
 }
 
 impl Metrics {
@@ -155,6 +157,13 @@ impl Metrics {
             );
         }
         out
+    }
+
+    /// Counts the tokens a model reported for one step.
+    pub fn tokens_used(&self, model: &str, prompt: u64, completion: u64) {
+        let mut tokens = self.tokens.lock();
+        *tokens.entry((model.to_owned(), "prompt")).or_default() += prompt;
+        *tokens.entry((model.to_owned(), "completion")).or_default() += completion;
     }
 
     /// Renders every counter, plus the live session count, in the Prometheus text format.
@@ -309,6 +318,19 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "sparky_tool_calls_total{{tool=\"{tool}\",status=\"{status}\"}} {count}"
+            );
+        }
+        head(
+            &mut out,
+            "sparky_model_tokens_total",
+            "counter",
+            "Tokens the model servers reported, by model and kind.",
+        );
+        for ((model, kind), count) in self.tokens.lock().iter() {
+            let model = model.replace(['\\', '"', '\n'], "_");
+            let _ = writeln!(
+                out,
+                "sparky_model_tokens_total{{model=\"{model}\",kind=\"{kind}\"}} {count}"
             );
         }
         out

@@ -231,6 +231,9 @@ pub enum ServerFrame {
         turn_id: TurnId,
         /// The answer.
         text: String,
+        /// The tokens the turn's model calls used, when the model reported them.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        usage: Option<Usage>,
     },
     /// Something about the session or a turn that is neither content nor failure.
     Status(StatusData),
@@ -289,6 +292,28 @@ impl ServerFrame {
             turn_id,
             ..StatusData::default()
         })
+    }
+}
+
+/// Tokens a model used, as OpenAI-compatible servers report them: summed over the model calls
+/// of a turn on a `message`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Tokens of the prompts sent.
+    pub prompt_tokens: u64,
+    /// Tokens the model generated.
+    pub completion_tokens: u64,
+}
+
+impl Usage {
+    /// The sum of two counts (saturating).
+    pub fn plus(self, other: Usage) -> Usage {
+        Usage {
+            prompt_tokens: self.prompt_tokens.saturating_add(other.prompt_tokens),
+            completion_tokens: self
+                .completion_tokens
+                .saturating_add(other.completion_tokens),
+        }
     }
 }
 
@@ -714,10 +739,25 @@ mod tests {
             ServerFrame::Message {
                 turn_id: TurnId(1),
                 text: "done".into(),
+                usage: None,
             },
             Some(6),
             json!({"type": "message", "session_id": sid, "seq": 6,
                    "data": {"turn_id": 1, "text": "done"}}),
+        );
+        golden(
+            ServerFrame::Message {
+                turn_id: TurnId(2),
+                text: "counted".into(),
+                usage: Some(Usage {
+                    prompt_tokens: 12,
+                    completion_tokens: 3,
+                }),
+            },
+            Some(7),
+            json!({"type": "message", "session_id": sid, "seq": 7,
+                   "data": {"turn_id": 2, "text": "counted",
+                            "usage": {"prompt_tokens": 12, "completion_tokens": 3}}}),
         );
         golden(
             ServerFrame::status(StatusCode::Cancelled, "stopped", Some(TurnId(2))),

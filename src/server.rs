@@ -149,6 +149,11 @@ pub fn spawn_with(
         max_steps: config.max_steps,
         memory: Some(graph),
         metrics: metrics.clone(),
+        context_tokens: config.context_tokens,
+        system_prompt: match &config.system_prompt {
+            Some(prompt) => Some(prompt.as_str().into()),
+            None => Some(crate::bot::DEFAULT_SYSTEM_PROMPT.into()),
+        },
     };
     // Nothing is loaded at start: a conversation comes into memory when a client asks for it.
     let sessions = SessionManager::new(
@@ -165,7 +170,10 @@ pub fn spawn_with(
             metrics,
             shutdown: Arc::new(AtomicBool::new(false)),
             draining: Arc::new(AtomicBool::new(false)),
-            auth: Auth::new(config.auth_tokens.iter().map(String::as_str)),
+            auth: Auth::named(
+                config.auth_tokens.iter().map(String::as_str),
+                &config.token_names,
+            ),
         },
         graph: api_graph,
         hosts: HostPolicy::new(addr, &config.allowed_hosts),
@@ -280,17 +288,29 @@ impl ServerHandle {
     /// Shuts down gracefully: stops accepting, refuses new turns, lets turns in flight run for
     /// up to `grace`, then cancels the rest, writes everything to the store, closes every
     /// WebSocket with 1001, and waits (briefly) for the connections to finish.
-    pub fn shutdown_gracefully(mut self, grace: Duration) {
+    pub fn shutdown_gracefully(self, grace: Duration) {
+        self.shutdown_gracefully_unless(grace, &AtomicBool::new(false));
+    }
+
+    /// [`shutdown_gracefully`](Self::shutdown_gracefully), except that the grace period ends
+    /// at once when `hurry` is set (a second Ctrl-C).
+    pub fn shutdown_gracefully_unless(mut self, grace: Duration, hurry: &AtomicBool) {
         self.stop_accepting();
         let deadline = Instant::now() + grace;
         let sessions = &self.shared.ctx.sessions;
         let running = sessions.turns_in_flight();
         if running > 0 {
-            log::info!("server: waiting up to {grace:?} for {running} turns to finish");
+            log::info!(
+                "server: waiting up to {grace:?} for {running} turn{} to finish",
+                if running == 1 { "" } else { "s" }
+            );
         }
         // Shutdown is rare and bounded: checking every few milliseconds is simpler than a
         // notification from every turn.
-        while sessions.turns_in_flight() > 0 && Instant::now() < deadline {
+        while sessions.turns_in_flight() > 0
+            && Instant::now() < deadline
+            && !hurry.load(Ordering::SeqCst)
+        {
             thread::sleep(Duration::from_millis(10));
         }
         self.stop();
@@ -601,7 +621,9 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, shared: &Shared, id: u64) -> R
         public_metrics: config.public_metrics,
     };
     match http::route(&head, &view) {
-        Route::Http(response) => respond(&mut stream, &response),
+        Route::Http(response) => response
+            .write(&mut stream, head.method != "HEAD")
+            .map_err(|e| Error::io("http response", e)),
         Route::Api => {
             let deadline = Instant::now() + config.handshake_timeout;
             let body = match http::read_body(&mut stream, &head, api::MAX_BODY_BYTES, deadline) {

@@ -70,7 +70,8 @@ fn a_plain_turn_is_user_message_thought_message_numbered_from_one() {
         frames[2].frame,
         ServerFrame::Message {
             turn_id: TurnId(1),
-            text: "You said: hello there".into()
+            text: "You said: hello there".into(),
+            usage: None,
         }
     );
     for frame in &frames {

@@ -1,75 +1,320 @@
-//! The `sparky` binary: flags, the `listening on` line, and exit codes.
+//! The binary as a self-hoster meets it: host names in `--addr`, flags that cannot work refused
+//! at start, a second Ctrl-C that stops at once, and logs without colour codes off a terminal.
+
+mod support;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::sync::mpsc::{Receiver, channel};
+use std::time::Instant;
 
-/// Kills the child when the test ends, however it ends.
-struct Running(Child);
+use rustix::process::{Pid, Signal, kill_process};
+use serde_json::json;
+use support::{Client, WAIT};
 
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-#[test]
-fn prints_the_real_address_when_bound_to_port_zero() {
-    let child = Command::new(env!("CARGO_BIN_EXE_sparky"))
-        .args([
-            "--addr",
-            "127.0.0.1:0",
-            "--log-level",
-            "warn",
-            "--session-timeout",
-            "90s",
-            "--data-dir",
-        ])
-        .arg(std::env::temp_dir().join(format!("sparky-cli-{}", std::process::id())))
+/// The binary started with `args`, its stdout's first line (the address) and its stderr lines.
+fn start(args: &[&str]) -> (Child, String, Receiver<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sparky"))
+        .args(args)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut child = Running(child);
-    let stdout = child.0.stdout.take().unwrap();
-    let (lines, received) = mpsc::channel();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let stderr = child.stderr.take().unwrap();
+    let (lines, received) = channel();
     std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if lines.send(line).is_err() {
                 return;
             }
         }
     });
-    let line = received
-        .recv_timeout(Duration::from_secs(10))
-        .unwrap()
-        .unwrap();
-    let addr = line
-        .strip_prefix("listening on http://")
-        .unwrap_or_else(|| panic!("unexpected line {line:?}"));
-    let addr: std::net::SocketAddr = addr.parse().unwrap();
-    assert_ne!(addr.port(), 0);
-    let (mut ws, _) = tungstenite::connect(format!("ws://{addr}/ws")).unwrap();
-    ws.send(tungstenite::Message::text(r#"{"type":"connect"}"#))
-        .unwrap();
-    let first = ws.read().unwrap();
-    assert!(first.to_text().unwrap().contains("session_info"));
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    (child, first.trim().to_owned(), received)
+}
+
+/// Waits for a stderr line containing `wanted`, and returns it.
+fn line_with(lines: &Receiver<String>, wanted: &str) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.contains(wanted) => return line,
+            Ok(_) => {}
+            Err(_) => panic!("no line with {wanted:?}"),
+        }
+    }
+}
+
+fn signal(child: &Child, signal: Signal) {
+    let pid = Pid::from_raw(i32::try_from(child.id()).unwrap()).unwrap();
+    kill_process(pid, signal).unwrap();
+}
+
+/// Waits for the child to exit and returns how long it took from `since`.
+fn exited_within(child: &mut Child, since: Instant) -> std::time::Duration {
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return since.elapsed();
+        }
+        assert!(since.elapsed() < WAIT, "the server did not stop");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 #[test]
-fn a_bad_flag_fails_with_a_message() {
-    for args in [
-        &["--session-timeout", "soon"][..],
-        &["--addr", "nowhere"],
-        &["--no-such-flag"],
+fn addr_takes_a_host_name() {
+    let (mut child, line, _) = start(&["--addr", "localhost:0", "--in-memory"]);
+    assert!(line.starts_with("listening on http://127.0.0.1:"), "{line}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn flags_that_cannot_work_are_refused_with_the_flag_named() {
+    for (flag, value) in [
+        ("--max-steps", "0"),
+        ("--max-connections", "0"),
+        ("--max-running-turns", "0"),
+        ("--event-log-capacity", "0"),
+        ("--ping-interval", "0s"),
+        ("--idle-timeout", "0"),
+        ("--handshake-timeout", "soon"),
+        ("--addr", "nowhere"),
     ] {
         let output = Command::new(env!("CARGO_BIN_EXE_sparky"))
+            .args(["--in-memory", flag, value])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{flag} {value} was accepted");
+        assert!(stderr.contains(flag), "{flag} {value}: {stderr}");
+    }
+}
+
+#[test]
+fn a_second_interrupt_stops_at_once_and_the_log_has_no_colour_codes() {
+    let (mut child, line, lines) = start(&[
+        "--addr",
+        "127.0.0.1:0",
+        "--in-memory",
+        "--shutdown-grace",
+        "60s",
+    ]);
+    let addr = line
+        .trim_start_matches("listening on http://")
+        .parse()
+        .unwrap();
+    let mut client = Client::connect(addr, json!({}));
+    client.say("/wait 60000");
+    client.expect("tool_use");
+    signal(&child, Signal::INT);
+    let first = line_with(&lines, "shutting down");
+    assert!(first.contains("Ctrl-C again"), "{first}");
+    assert!(!first.contains('\u{1b}'), "escape codes in {first:?}");
+    let second = Instant::now();
+    signal(&child, Signal::INT);
+    let took = exited_within(&mut child, second);
+    // The grace period was 60 s: stopping at all within the wait bound is the point.
+    assert!(took < WAIT, "{took:?}");
+    line_with(&lines, "stopping now");
+}
+
+/// The `--flag` names at the start of lines of `text` that match `prefix`.
+fn flags(text: &str, prefix: &str) -> std::collections::BTreeSet<String> {
+    text.lines()
+        .filter_map(|line| line.trim_start().strip_prefix(prefix))
+        .filter_map(|rest| {
+            let rest = rest.trim_start_matches("-h, ");
+            let name: String = rest
+                .strip_prefix("--")?
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .collect();
+            Some(format!("--{name}"))
+        })
+        .filter(|flag| flag != "--help" && flag != "--version")
+        .collect()
+}
+
+#[test]
+fn help_and_the_readme_flag_table_list_the_same_flags() {
+    let help = Command::new(env!("CARGO_BIN_EXE_sparky"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = flags(&String::from_utf8_lossy(&help.stdout), "");
+    let readme = include_str!("../README.md");
+    let table = flags(readme, "| `");
+    assert!(help.len() > 30, "{help:?}");
+    let only_help: Vec<_> = help.difference(&table).collect();
+    let only_readme: Vec<_> = table.difference(&help).collect();
+    assert!(
+        only_help.is_empty() && only_readme.is_empty(),
+        "in --help only: {only_help:?}; in the README only: {only_readme:?}"
+    );
+}
+
+/// In-memory flags for an OpenAI-compatible model `m` at `url`, then `more`.
+fn openai_args<'a>(url: &'a str, more: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "--in-memory",
+        "--model",
+        "openai",
+        "--model-name",
+        "m",
+        "--model-url",
+        url,
+    ];
+    args.extend_from_slice(more);
+    args
+}
+
+/// A model server that answers every request with `GET /models`'s list of `models`.
+fn models_server(models: &'static [&'static str]) -> std::net::SocketAddr {
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n")
+                && std::io::Read::read(&mut stream, &mut byte).unwrap_or(0) == 1
+            {
+                head.push(byte[0]);
+            }
+            let data: Vec<_> = models
+                .iter()
+                .map(|id| json!({"id": id, "object": "model"}))
+                .collect();
+            let body = json!({"object": "list", "data": data}).to_string();
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    addr
+}
+
+#[test]
+fn an_unreachable_or_wrong_model_server_is_reported_at_start_and_in_healthz() {
+    let url = "http://127.0.0.1:1/v1";
+    let (mut child, line, lines) = start(&openai_args(url, &["--addr", "127.0.0.1:0"]));
+    let warning = line_with(&lines, "cannot reach the model server");
+    assert!(warning.contains(url), "{warning}");
+    let addr = line
+        .trim_start_matches("listening on http://")
+        .parse()
+        .unwrap();
+    let (status, health) = support::http_json(addr, "GET", "/healthz", None, None);
+    assert_eq!(
+        (status, health["status"].as_str()),
+        (200, Some("ok")),
+        "{health}"
+    );
+    assert_eq!(health["model"]["reachable"], false, "{health}");
+    assert!(
+        health["model"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains(url)
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let server = models_server(&["other", "another"]);
+    let url = format!("http://{server}/v1");
+    let (mut child, _, lines) = start(&openai_args(&url, &["--addr", "127.0.0.1:0"]));
+    let warning = line_with(&lines, "does not serve");
+    assert!(
+        warning.contains("\"m\"") && warning.contains("other, another"),
+        "{warning}"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let server = models_server(&["m"]);
+    let url = format!("http://{server}/v1");
+    let (mut child, _, lines) = start(&openai_args(&url, &["--addr", "127.0.0.1:0"]));
+    line_with(&lines, "serves m");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn check_passes_a_good_setup_and_names_what_is_broken() {
+    let run = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_sparky"))
+            .arg("check")
             .args(args)
             .output()
             .unwrap();
-        assert!(!output.status.success(), "{args:?}");
-        assert!(!output.stderr.is_empty(), "{args:?}");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+    let dir = support::temp_dir("check");
+    let data = dir.join("data");
+    let data = data.to_str().unwrap();
+    let (ok, out) = run(&["--data-dir", data]);
+    assert!(ok, "{out}");
+    for check in ["data", "tokens", "files", "model", "mcp"] {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with("ok") && l.contains(check)),
+            "{check}: {out}"
+        );
     }
+    assert!(
+        !std::path::Path::new(data).exists(),
+        "check changed nothing"
+    );
+
+    // A broken model URL.
+    let (ok, out) = run(&openai_args("http://127.0.0.1:1/v1", &[]));
+    assert!(!ok);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("FAIL model") && l.contains("127.0.0.1:1")),
+        "{out}"
+    );
+
+    // A bad MCP config, and a server that cannot start.
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("mcp.json");
+    std::fs::write(&config, "{ not json").unwrap();
+    let (ok, out) = run(&["--in-memory", "--mcp-config", config.to_str().unwrap()]);
+    assert!(
+        !ok && out.contains("FAIL mcp") && out.contains("not an MCP config"),
+        "{out}"
+    );
+    std::fs::write(
+        &config,
+        r#"{"mcpServers": {"gone": {"command": "/nonexistent/server"}}}"#,
+    )
+    .unwrap();
+    let (ok, out) = run(&["--in-memory", "--mcp-config", config.to_str().unwrap()]);
+    assert!(
+        !ok && out.contains("FAIL mcp") && out.contains("gone"),
+        "{out}"
+    );
+
+    // A data directory another server holds.
+    let (mut child, _, _) = start(&["--addr", "127.0.0.1:0", "--data-dir", data]);
+    let (ok, out) = run(&["--data-dir", data]);
+    assert!(!ok);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("FAIL data") && l.contains("in use")),
+        "{out}"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
 }

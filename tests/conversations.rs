@@ -168,3 +168,48 @@ fn a_version_1_database_is_migrated_with_nothing_lost() {
     );
     assert!(json!(list).is_object());
 }
+
+#[test]
+fn a_connect_alone_stores_nothing_and_the_first_message_stores_the_conversation() {
+    let config = test_config();
+    let data_dir = config.data_dir.clone();
+    let (empty, kept) = {
+        let server = TestServer::with_config(|c| *c = config.clone());
+        let listed = |server: &TestServer| {
+            let (status, body) = http_json(server.addr, "GET", "/api/conversations", None, None);
+            assert_eq!(status, 200);
+            body["conversations"].as_array().unwrap().len()
+        };
+        let mut empty = server.client();
+        let mut kept = Client::connect(
+            server.addr,
+            json!({"personality": "terse", "history": [{"role": "user", "content": "earlier"}]}),
+        );
+        server.handle.sessions().journal().sync(support::WAIT);
+        assert_eq!(listed(&server), 0, "page loads leave no empty chats");
+        // While it is in memory, an empty session resumes as usual.
+        let id = empty.session_id.clone().unwrap();
+        drop(empty);
+        empty = Client::resume(server.addr, &id, 0);
+        assert_eq!(empty.session_id.as_ref(), Some(&id));
+        assert_eq!(kept.ask("first"), "You said: first");
+        server.handle.sessions().journal().sync(support::WAIT);
+        assert_eq!(listed(&server), 1);
+        (id, kept.session_id.clone().unwrap())
+    };
+    let server = TestServer::restart_on(&data_dir);
+    // The one that never got a message is gone: its id yields a new session.
+    let fresh = Client::resume(server.addr, &empty, 0);
+    assert_ne!(fresh.session_id.as_ref(), Some(&empty));
+    // The other came back whole, seeded history and personality included.
+    let mut back = Client::resume(server.addr, &kept, 0);
+    assert_eq!(back.session_id.as_ref(), Some(&kept));
+    back.expect("message");
+    let session = server.handle.sessions().get(&kept).unwrap();
+    let history: Vec<String> = session
+        .history()
+        .iter()
+        .map(|m| m.content.clone())
+        .collect();
+    assert_eq!(history, ["earlier", "first", "You said: first"]);
+}

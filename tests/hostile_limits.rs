@@ -196,15 +196,23 @@ fn a_principal_keeps_at_most_its_quota_of_conversations() {
         config.auth_tokens = vec!["alpha".into(), "beta".into()];
         config.max_conversations_per_principal = 3;
     });
+    // A conversation counts once it is stored, with its first message.
+    for _ in 0..5 {
+        client_of(&server, "alpha");
+    }
     let ids: Vec<_> = (0..3)
-        .map(|_| client_of(&server, "alpha").session_id.unwrap())
+        .map(|_| {
+            let mut client = client_of(&server, "alpha");
+            client.ask("keep this");
+            client.session_id.unwrap()
+        })
         .collect();
     assert!(refused_connect(&server, "alpha").contains("delete some"));
     client_of(&server, "beta");
     let path = format!("/api/conversations/{}", ids[0].as_str());
     let (status, _) = http_json(server.addr, "DELETE", &path, Some("alpha"), None);
     assert_eq!(status, 204);
-    client_of(&server, "alpha");
+    client_of(&server, "alpha").ask("in its place");
     assert!(refused_connect(&server, "alpha").contains("delete some"));
 }
 

@@ -48,11 +48,43 @@ fn the_root_serves_the_chat_page_with_a_content_security_policy() {
             "{head}"
         );
         assert!(
-            head.contains("\r\ncontent-security-policy: default-src 'self';"),
+            head.contains("\r\ncontent-security-policy: default-src 'none'; script-src 'self'; style-src 'self';"),
             "{head}"
         );
+        assert!(head.contains("\r\ncache-control: no-store\r\n"), "{head}");
         assert!(body.contains("<title>Sparky</title>"), "{body}");
+        assert!(!body.contains("<script>"), "an inline script: {body}");
     }
+}
+
+#[test]
+fn the_page_assets_are_served_with_the_policy_and_cached_by_version() {
+    let server = TestServer::start();
+    let (_, page) = get(server.addr, "/");
+    for asset in sparky::assets::all() {
+        let url = asset.url();
+        assert!(page.contains(&url), "the page does not name {url}");
+        let mut stream = TcpStream::connect(server.addr).unwrap();
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        write!(stream, "GET {url} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        let head = head.to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 200 "), "{head}");
+        assert!(
+            head.contains("\r\ncache-control: public, max-age=31536000, immutable\r\n"),
+            "{head}"
+        );
+        assert!(head.contains("\r\ncontent-security-policy: default-src 'none';"));
+        assert!(head.contains("\r\nx-content-type-options: nosniff\r\n"));
+        assert_eq!(body, asset.body);
+    }
+    let (status, _) = get(server.addr, "/assets/nothing.js");
+    assert_eq!(status, 404);
+    // HEAD is answered like GET, without the body.
+    let (status, body) = support::http(server.addr, "HEAD", "/assets/app.css", None, None);
+    assert_eq!((status, body.as_str()), (200, ""));
 }
 
 #[test]
@@ -65,7 +97,8 @@ fn healthz_answers_json() {
     assert_eq!(health["status"], "ok");
     assert_eq!(health["sessions"], 1);
     assert_eq!(health["connections"], 1);
-    assert_eq!(health["model"], "offline");
+    assert_eq!(health["model"]["name"], "offline");
+    assert_eq!(health["model"]["reachable"], true);
 }
 
 #[test]

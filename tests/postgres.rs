@@ -220,3 +220,55 @@ fn healthz_sees_the_database_return_with_no_other_traffic() {
     assert_eq!(status, 200);
     assert_eq!(list["conversations"].as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn check_looks_at_the_database_and_changes_nothing() {
+    let check = |url: &str| {
+        let output = Command::new(env!("CARGO_BIN_EXE_sparky"))
+            .args(["check", "--store", url])
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+    let url = postgres::fresh_database();
+    let (ok, out) = check(&url);
+    assert!(ok, "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("ok") && l.contains("is new")),
+        "{out}"
+    );
+    let mut db = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap();
+    let tables: i64 = db
+        .query_one(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(tables, 0, "check created nothing");
+
+    let server = on_postgres(&url);
+    let (ok, out) = check(&url);
+    assert!(!ok);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("FAIL data") && l.contains("in use")),
+        "{out}"
+    );
+    drop(server);
+    // The stopped server's last connection threads may hold the store for a moment.
+    wait_until("the stopped server to let the database go", || {
+        check(&url).0
+    });
+    let (ok, out) = check(&url);
+    assert!(ok && out.contains("schema version 1"), "{out}");
+    let (ok, out) = check("postgres://ann:s3cret@127.0.0.1:1/x");
+    assert!(
+        !ok && out.contains("FAIL data") && !out.contains("s3cret"),
+        "{out}"
+    );
+}

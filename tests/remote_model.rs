@@ -51,12 +51,24 @@ impl FakeServer {
         let (requests, received) = mpsc::channel();
         thread::spawn(move || {
             // Past the script the listener closes, so that further requests are refused.
-            for reply in script {
+            // `GET /models` (the binary's probe) is answered on the side and takes no turn.
+            let mut script = std::collections::VecDeque::from(script);
+            while !script.is_empty() {
                 let Ok((stream, _)) = listener.accept() else {
                     return;
                 };
+                let Some(head) = read_head(&stream) else {
+                    continue;
+                };
+                if head.get {
+                    answer_models(stream);
+                    continue;
+                }
+                let Some(reply) = script.pop_front() else {
+                    return;
+                };
                 let requests = requests.clone();
-                thread::spawn(move || serve(stream, reply, &requests));
+                thread::spawn(move || serve(stream, head, reply, &requests));
             }
         });
         FakeServer {
@@ -86,11 +98,13 @@ impl FakeServer {
         Arc::new(RemoteModel::new(options))
     }
 
-    /// A Sparky (in memory) answering with this server's model.
+    /// A Sparky (in memory) answering with this server's model, with no system prompt
+    /// unless `adjust` sets one.
     fn sparky(&self, adjust: impl FnOnce(&mut Config)) -> TestServer {
         TestServer::with_model(
             |config| {
                 config.in_memory = true;
+                config.system_prompt = Some(String::new());
                 adjust(config);
             },
             self.model(),
@@ -98,17 +112,29 @@ impl FakeServer {
     }
 }
 
-/// Reads one request and answers it with `reply`.
-fn serve(stream: TcpStream, reply: Reply, requests: &Sender<Value>) {
+/// A request's head, as far as the fake cares.
+struct Head {
+    get: bool,
+    length: usize,
+    authorization: Option<String>,
+    /// The reader, holding whatever of the body it read ahead.
+    reader: BufReader<TcpStream>,
+}
+
+/// Reads a request head; `None` when the client went away first.
+fn read_head(stream: &TcpStream) -> Option<Head> {
     stream.set_read_timeout(Some(WAIT)).unwrap();
     let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut head = String::new();
+    reader.read_line(&mut head).ok().filter(|n| *n > 0)?;
+    let get = head.starts_with("GET ");
     let mut length = 0;
     let mut authorization = None;
     let mut line = String::new();
     loop {
         line.clear();
         if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
+            return None;
         }
         let header = line.trim_end();
         if header.is_empty() {
@@ -122,6 +148,34 @@ fn serve(stream: TcpStream, reply: Reply, requests: &Sender<Value>) {
             }
         }
     }
+    Some(Head {
+        get,
+        length,
+        authorization,
+        reader,
+    })
+}
+
+/// Answers `GET /models` with the one model the tests ask for.
+fn answer_models(mut stream: TcpStream) {
+    let body = json!({"object": "list", "data": [{"id": "test-model", "object": "model"}]});
+    let body = body.to_string();
+    let _ = write!(
+        stream,
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    );
+}
+
+/// Reads one request's body and answers it with `reply`.
+fn serve(stream: TcpStream, head: Head, reply: Reply, requests: &Sender<Value>) {
+    let Head {
+        length,
+        authorization,
+        mut reader,
+        ..
+    } = head;
     let mut body = vec![0; length];
     reader.read_exact(&mut body).unwrap();
     let mut body: Value = serde_json::from_slice(&body).unwrap();
@@ -217,10 +271,18 @@ fn stream(events: Vec<String>) -> Reply {
     }
 }
 
+/// The chunk that says why the model stopped.
+fn finished(reason: &str) -> String {
+    json!({"id": "chatcmpl-1", "object": "chat.completion.chunk",
+           "choices": [{"index": 0, "delta": {}, "finish_reason": reason}]})
+    .to_string()
+}
+
 fn answer(text: &str) -> Reply {
     stream(vec![
         delta(json!({"role": "assistant", "content": ""})),
         content(text),
+        finished("stop"),
         DONE.into(),
     ])
 }
@@ -331,7 +393,8 @@ fn a_plain_answer_streams_deltas_then_one_message() {
         content("!"),
         DONE.into(),
     ])]);
-    let server = fake.sparky(|_| {});
+    // The built-in system prompt.
+    let server = fake.sparky(|config| config.system_prompt = None);
     let mut client = server.client();
     assert!(matches!(
         &client.seen[1].frame,
@@ -346,8 +409,21 @@ fn a_plain_answer_streams_deltas_then_one_message() {
     assert!(request.get("_authorization").is_none());
     assert_eq!(request["model"], "test-model");
     assert_eq!(request["stream"], true);
-    assert_eq!(roles(&request), ["user"]);
-    assert_eq!(request["messages"][0]["content"], "hi");
+    assert_eq!(roles(&request), ["system", "user"]);
+    // The built-in system prompt, with today's date.
+    let system = request["messages"][0]["content"].as_str().unwrap();
+    let today = time::OffsetDateTime::now_utc().date();
+    let today = format!(
+        "{:04}-{:02}-{:02}",
+        today.year(),
+        u8::from(today.month()),
+        today.day()
+    );
+    assert!(
+        system.starts_with("You are Sparky") && system.contains(&today),
+        "{system}"
+    );
+    assert_eq!(request["messages"][1]["content"], "hi");
     let tools: Vec<&str> = request["tools"]
         .as_array()
         .unwrap()
@@ -639,6 +715,8 @@ fn the_binary_talks_to_the_model_and_the_reset_history_survives_a_restart() {
         &url,
         "--model-name",
         "test-model",
+        "--system-prompt",
+        "",
     ];
     let server = ChildServer::start(&args);
     let mut client = Client::connect(server.addr, json!({}));
@@ -810,4 +888,213 @@ fn a_connection_that_attaches_mid_answer_first_gets_the_answer_so_far() {
         let status = tab.expect("status");
         assert!(matches!(&status.frame, ServerFrame::Status(s) if s.code == StatusCode::Cancelled));
     }
+}
+
+#[test]
+fn usage_is_summed_over_the_steps_and_the_personality_is_the_system_message() {
+    let usage = |prompt: u64, completion: u64| {
+        json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "choices": [],
+               "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
+                         "total_tokens": prompt + completion}})
+        .to_string()
+    };
+    let fake = FakeServer::start(vec![
+        stream(vec![
+            tool_calls(json!([{"index": 0, "id": "c1", "type": "function",
+                "function": {"name": "clock", "arguments": "{}"}}])),
+            usage(100, 5),
+            DONE.into(),
+        ]),
+        stream(vec![content("It is late."), usage(130, 9), DONE.into()]),
+        answer("Uncounted."),
+    ]);
+    let server = fake.sparky(|_| {});
+    let mut client = Client::connect(server.addr, json!({"personality": "Talk like a pirate."}));
+    let frames = turn(&mut client, "what time is it?");
+    assert!(
+        matches!(frames.last(), Some(ServerFrame::Message { text, usage: Some(usage), .. })
+            if text == "It is late." && usage.prompt_tokens == 230 && usage.completion_tokens == 14),
+        "{frames:#?}"
+    );
+    let first = fake.request();
+    assert_eq!(first["stream_options"]["include_usage"], true);
+    assert_eq!(roles(&first), ["system", "user"]);
+    assert_eq!(first["messages"][0]["content"], "Talk like a pirate.");
+    fake.request();
+    // A model that reports nothing gives a message without `usage`.
+    let frames = turn(&mut client, "again");
+    assert!(matches!(
+        frames.last(),
+        Some(ServerFrame::Message { usage: None, .. })
+    ));
+    let third = fake.request();
+    assert_eq!(third["messages"][0]["content"], "Talk like a pirate.");
+    // And `/metrics` counts the tokens by model.
+    let metrics = server.handle.metrics().render(0);
+    for line in [
+        "sparky_model_tokens_total{model=\"test-model\",kind=\"prompt\"} 230",
+        "sparky_model_tokens_total{model=\"test-model\",kind=\"completion\"} 14",
+    ] {
+        assert!(metrics.contains(line), "{line} not in {metrics}");
+    }
+}
+
+/// The error a turn closed with: its code and message.
+fn turn_error(frames: &[ServerFrame]) -> (ErrorCode, String) {
+    match frames.last() {
+        Some(ServerFrame::Error { code, message, .. }) => (*code, message.clone()),
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+#[test]
+fn endings_are_truthful_empty_streams_fail_and_cut_answers_say_so() {
+    let fake = FakeServer::start(vec![
+        // A context overflow as llama-cpp-python answers it: 200, an empty event stream.
+        stream(vec![]),
+        // [DONE] with no finish_reason, then a model stopped at its length limit.
+        stream(vec![content("half a sent"), DONE.into()]),
+        stream(vec![content("the limit"), finished("length"), DONE.into()]),
+        answer("complete"),
+    ]);
+    let server = fake.sparky(|_| {});
+    let mut client = server.client();
+    let frames = turn(&mut client, "one");
+    let (code, message) = turn_error(&frames);
+    assert_eq!(code, ErrorCode::ModelError);
+    assert!(message.contains("without any content"), "{message}");
+    assert!(
+        message.contains(&fake.addr.to_string()),
+        "the URL is named: {message}"
+    );
+    for text in ["two", "three"] {
+        let frames = turn(&mut client, text);
+        assert_eq!(statuses(&frames), [(StatusCode::Truncated, None, None)]);
+        assert!(matches!(frames.last(), Some(ServerFrame::Message { .. })));
+    }
+    let frames = turn(&mut client, "four");
+    assert!(statuses(&frames).is_empty());
+    assert_eq!(final_text(&frames), "complete");
+    // The failed turn reached the next requests as an empty reply, never as error text.
+    for _ in 0..3 {
+        fake.request();
+    }
+    let last = fake.request();
+    let replies: Vec<&str> = last["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "assistant")
+        .map(|m| m["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(replies, ["", "half a sent", "the limit"]);
+}
+
+#[test]
+fn an_invalid_request_is_not_retried_and_an_overflow_recovers_the_conversation() {
+    let fake = FakeServer::start(vec![
+        // llama-cpp-python's answer to a request it cannot parse: a 500 that says so.
+        status(
+            "500 Internal Server Error",
+            vec![],
+            json!({"error": {"message": "1 validation error for ChatCompletionRequest"}}),
+        ),
+        answer("fine"),
+        // llama.cpp's server when the conversation no longer fits.
+        status(
+            "400 Bad Request",
+            vec![],
+            json!({"error": {"code": 400, "message": "the request exceeds the available context size (8192 tokens), try increasing it", "type": "exceed_context_size_error"}}),
+        ),
+        answer("fits again"),
+    ]);
+    let server = fake.sparky(|_| {});
+    let mut client = server.client();
+    let frames = turn(&mut client, "one");
+    assert!(statuses(&frames).is_empty(), "not retried: {frames:?}");
+    assert!(turn_error(&frames).1.contains("validation error"));
+    assert_eq!(final_text(&turn(&mut client, "two")), "fine");
+    let frames = turn(&mut client, "three");
+    assert_eq!(statuses(&frames), [(StatusCode::HistoryReset, None, None)]);
+    assert_eq!(final_text(&frames), "fits again");
+}
+
+#[test]
+fn text_streamed_before_tool_calls_stays_in_the_answer() {
+    let fake = FakeServer::start(vec![
+        stream(vec![
+            content("Let me work that out."),
+            tool_calls(json!([{"index": 0, "id": "call_1", "type": "function",
+                "function": {"name": "calculator", "arguments": "{\"expression\": \"6*7\"}"}}])),
+            finished("tool_calls"),
+            DONE.into(),
+        ]),
+        answer("It is 42."),
+    ]);
+    let server = fake.sparky(|_| {});
+    let mut client = server.client();
+    let frames = turn(&mut client, "what is 6*7?");
+    assert_eq!(deltas(&frames), "Let me work that out.It is 42.");
+    assert_eq!(final_text(&frames), "Let me work that out.\n\nIt is 42.");
+    // The model sees each step as it was.
+    fake.request();
+    let second = fake.request();
+    assert_eq!(second["messages"][1]["content"], "Let me work that out.");
+}
+
+#[test]
+fn a_server_that_refuses_stream_options_is_asked_without_it_from_then_on() {
+    let fake = FakeServer::start(vec![
+        status(
+            "400 Bad Request",
+            vec![],
+            json!({"error": {"message": "Unrecognized request argument supplied: stream_options"}}),
+        ),
+        answer("without usage"),
+        answer("still without"),
+    ]);
+    let server = fake.sparky(|_| {});
+    let mut client = server.client();
+    assert_eq!(final_text(&turn(&mut client, "one")), "without usage");
+    assert_eq!(final_text(&turn(&mut client, "two")), "still without");
+    assert_eq!(fake.request()["stream_options"]["include_usage"], true);
+    assert!(fake.request().get("stream_options").is_none());
+    assert!(fake.request().get("stream_options").is_none(), "remembered");
+}
+
+#[test]
+fn a_conversation_longer_than_the_window_is_trimmed_to_the_newest_exchanges() {
+    let fake = FakeServer::start(vec![answer("a1"), answer("a2"), answer("a3")]);
+    // About 200 tokens a question: two fit a 600-token window with room for the answer.
+    let server = fake.sparky(|config| config.context_tokens = Some(600));
+    let mut client = server.client();
+    let long = |n: u32| format!("question {n} {}", "x".repeat(600));
+    let first = turn(&mut client, &long(1));
+    assert!(statuses(&first).is_empty(), "{first:?}");
+    turn(&mut client, &long(2));
+    let third = turn(&mut client, &long(3));
+    assert_eq!(statuses(&third), [(StatusCode::ContextTrimmed, None, None)]);
+    assert_eq!(final_text(&third), "a3");
+    fake.request();
+    fake.request();
+    let request = fake.request();
+    let users: Vec<&str> = request["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "user")
+        .map(|m| &m["content"].as_str().unwrap()[..10])
+        .collect();
+    assert_eq!(
+        users,
+        ["question 2", "question 3"],
+        "the oldest exchange left out"
+    );
+    // The conversation itself is whole.
+    let session = server
+        .handle
+        .sessions()
+        .get(client.session_id.as_ref().unwrap())
+        .unwrap();
+    assert_eq!(session.history().len(), 6);
 }

@@ -342,3 +342,75 @@ fn listening_beyond_loopback_without_a_token_warns() {
     let _ = child.wait();
     assert!(warned);
 }
+
+#[test]
+fn token_file_lines_may_name_their_principal_without_changing_ownership() {
+    let dir = support::temp_dir("named-tokens");
+    std::fs::create_dir_all(&dir).unwrap();
+    let tokens = dir.join("tokens");
+    let data = dir.join("data");
+    let data = data.to_str().unwrap();
+    // First as bare tokens: a conversation of the first token.
+    std::fs::write(&tokens, "alpha-token\n# a comment\n:with:colons\n").unwrap();
+    let server = ChildServer::start(&[
+        "--data-dir",
+        data,
+        "--auth-token-file",
+        tokens.to_str().unwrap(),
+    ]);
+    let mut client = Client::connect(server.addr, json!({"token": "alpha-token"}));
+    client.ask("mine");
+    let id = client.session_id.clone().unwrap();
+    Client::connect(server.addr, json!({"token": "with:colons"}));
+    let (_, listed) = support::http_json(
+        server.addr,
+        "GET",
+        "/api/conversations",
+        Some("alpha-token"),
+        None,
+    );
+    assert_eq!(
+        listed["principal"].as_str().map(str::len),
+        Some(32),
+        "{listed}"
+    );
+    drop(client);
+    server.kill();
+
+    // Named now: the same token owns the same conversation, under a readable name.
+    std::fs::write(&tokens, "alice:alpha-token\nbob:beta-token\n").unwrap();
+    let server = ChildServer::start(&[
+        "--data-dir",
+        data,
+        "--auth-token-file",
+        tokens.to_str().unwrap(),
+    ]);
+    let (status, listed) = support::http_json(
+        server.addr,
+        "GET",
+        "/api/conversations",
+        Some("alpha-token"),
+        None,
+    );
+    assert_eq!(status, 200);
+    assert_eq!(listed["principal"], "alice");
+    assert_eq!(listed["conversations"][0]["id"], id.as_str());
+    let (_, other) = support::http_json(
+        server.addr,
+        "GET",
+        "/api/conversations",
+        Some("beta-token"),
+        None,
+    );
+    assert_eq!(other["principal"], "bob");
+    assert_eq!(other["conversations"].as_array().map(Vec::len), Some(0));
+    let (status, _) = support::http_json(
+        server.addr,
+        "GET",
+        "/api/conversations",
+        Some("alice"),
+        None,
+    );
+    assert_eq!(status, 401, "a name is not a token");
+    server.kill();
+}

@@ -1,6 +1,6 @@
 //! The model side of a turn: the conversation it sees (`ChatMessage`), what it answers
 //! (`ModelReply`), and the `ModelBackend` trait that each provider implements. Depends on
-//! `cancel` and `error`.
+//! `error` and `protocol` (token counts).
 
 pub mod offline;
 pub mod remote;
@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::error::Result;
+use crate::protocol::Usage;
 
 /// How the system message that carries remembered facts into a turn begins.
 pub const MEMORY_PREFIX: &str = "Relevant memory from earlier conversations:";
@@ -144,6 +145,13 @@ pub struct ToolSpec {
     pub parameters: Value,
 }
 
+/// True for the notes earlier versions stored as the reply of a failed or cancelled turn
+/// ("(no reply: …)", "(the reply was cancelled)"): requests send them as empty replies, so that
+/// the model is never shown the server's own error text.
+pub fn is_failure_note(text: &str) -> bool {
+    text.starts_with("(no reply: ") || text == "(the reply was cancelled)"
+}
+
 /// What a model answered in one step: text, or tool calls, or both.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ModelReply {
@@ -151,6 +159,11 @@ pub struct ModelReply {
     pub text: String,
     /// The tools to call before the next step; empty for a final answer.
     pub tool_calls: Vec<ToolCall>,
+    /// The tokens this step used, when the provider reported them.
+    pub usage: Option<Usage>,
+    /// True when the answer may be incomplete: the provider stopped at its length limit
+    /// (`finish_reason: "length"`) or gave no reason for stopping.
+    pub truncated: bool,
 }
 
 /// Where a backend sends what it produces while it works.
@@ -182,10 +195,41 @@ pub trait ReplySink {
     }
 }
 
+/// What a server knows of its model server, for `/healthz`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ModelHealth {
+    /// Whether it answered the last request or probe; `None` before the first.
+    pub reachable: Option<bool>,
+    /// What went wrong last, if the last request or probe failed.
+    pub last_error: Option<String>,
+}
+
 /// A language model provider.
 pub trait ModelBackend: Send + Sync {
     /// The name clients see in `ready`.
     fn name(&self) -> &str;
+
+    /// What is known of the model server: whether it answered last time it was asked (by a
+    /// probe or a turn), and the last error. The built-in model is always there.
+    fn health(&self) -> ModelHealth {
+        ModelHealth {
+            reachable: Some(true),
+            last_error: None,
+        }
+    }
+
+    /// The model's context window in tokens, when known; `None` for a backend that needs no
+    /// trimming (the built-in model).
+    fn context_tokens(&self) -> Option<usize> {
+        None
+    }
+
+    /// Asks the model server whether it is there and serves the model (`GET /v1/models`),
+    /// and records the answer for [`health`](Self::health). `None` for a backend with nothing
+    /// to ask.
+    fn probe(&self) -> Option<std::result::Result<(), String>> {
+        None
+    }
 
     /// True when the backend itself tells the user, in a thought, which memory entries it was
     /// given; otherwise the bot sends a thought of its own.

@@ -67,6 +67,7 @@ impl ModelBackend for OfflineModel {
                 Ok(ModelReply {
                     text: String::new(),
                     tool_calls: vec![ToolCall { id, name, args }],
+                    ..ModelReply::default()
                 })
             }
         }
@@ -103,7 +104,7 @@ fn echo_thought(messages: Conversation<'_>) -> String {
 fn say(text: &str) -> ModelReply {
     ModelReply {
         text: text.to_owned(),
-        tool_calls: Vec::new(),
+        ..ModelReply::default()
     }
 }
 

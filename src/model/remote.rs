@@ -28,7 +28,7 @@
 use std::fmt;
 use std::io::{BufRead, BufReader, Read};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -37,9 +37,12 @@ use serde_json::{Map, Value, json};
 use ureq::Agent;
 
 use crate::error::{Error, Result};
+use crate::model::is_failure_note;
 use crate::model::{
-    Conversation, ModelBackend, ModelReply, ReplySink, Role, ToolCall, ToolSpec, UNPARSED_ARGUMENTS,
+    Conversation, ModelBackend, ModelHealth, ModelReply, ReplySink, Role, ToolCall, ToolSpec,
+    UNPARSED_ARGUMENTS,
 };
+use crate::protocol::Usage;
 
 /// How often the turn's thread looks at the cancel flag while it waits for the server.
 const POLL_SLICE: Duration = Duration::from_millis(20);
@@ -76,6 +79,29 @@ const HELPER_STACK_BYTES: usize = 1 << 20;
 
 /// Phrases (lowercase) with which servers reject a conversation whose tool messages do not
 /// follow the assistant message that called them, or whose roles are out of order.
+/// How servers say that the conversation does not fit the model's context: llama.cpp's
+/// server, Ollama, vLLM and OpenAI, as seen in their answers. The history is then dropped and
+/// the step tried once more, so that one long conversation does not fail every later turn.
+const CONTEXT_OVERFLOW: &[&str] = &[
+    "exceeds the available context size",
+    "maximum context length",
+    "context_length_exceeded",
+    "context length exceeded",
+    "exceeds the context window",
+    "prompt is too long",
+    "too many tokens",
+];
+
+/// How servers say that the request itself is wrong, whatever status they answer it with
+/// (llama-cpp-python answers a schema error with a 500): trying it again cannot help.
+const INVALID_REQUEST: &[&str] = &[
+    "validation error",
+    "invalid_request_error",
+    "invalid request",
+    "input should be",
+    "field required",
+];
+
 const MALFORMED_HISTORY: &[&str] = &[
     // OpenAI (with its spelling), vLLM, LiteLLM.
     "must be a response to a preceeding message with 'tool_calls'",
@@ -166,12 +192,25 @@ impl fmt::Debug for RemoteOptions {
     }
 }
 
+/// The largest `GET /models` answer read.
+const MAX_MODELS_BODY_BYTES: u64 = 1 << 20;
+
 /// A model behind an OpenAI-compatible `POST {base_url}/chat/completions` endpoint.
 #[derive(Debug)]
 pub struct RemoteModel {
     options: RemoteOptions,
     endpoint: String,
+    /// What the last request or probe found.
+    health: parking_lot::Mutex<ModelHealth>,
+    /// Set once the server refused `stream_options`: it is not asked for again.
+    usage_refused: AtomicBool,
+    /// The context window the server reported (llama.cpp's `/props`); 0 until it did.
+    window: AtomicU64,
 }
+
+/// The context window assumed for a server that does not say: small local models have 2k to
+/// 8k tokens, and a server that overflows answers with an error the bot recovers from.
+pub const DEFAULT_CONTEXT_TOKENS: usize = 4096;
 
 impl RemoteModel {
     /// A backend that asks the server described by `options`. Nothing is sent until a turn
@@ -181,7 +220,90 @@ impl RemoteModel {
             "{}/chat/completions",
             options.base_url.trim_end_matches('/')
         );
-        RemoteModel { options, endpoint }
+        RemoteModel {
+            options,
+            endpoint,
+            health: parking_lot::Mutex::default(),
+            usage_refused: AtomicBool::new(false),
+            window: AtomicU64::new(0),
+        }
+    }
+
+    /// Records how the server answered a request or probe.
+    fn record(&self, outcome: std::result::Result<(), &str>) {
+        let mut health = self.health.lock();
+        health.reachable = Some(outcome.is_ok());
+        health.last_error = outcome.err().map(str::to_owned);
+    }
+
+    /// The context window, from llama.cpp's `GET /props` (`n_ctx`, at the top or under
+    /// `default_generation_settings`); `None` from servers that do not say.
+    fn ask_for_window(&self) -> Option<u64> {
+        let base = self.options.base_url.trim_end_matches('/');
+        let root = base.strip_suffix("/v1").unwrap_or(base);
+        let mut response = self.agent().get(&format!("{root}/props")).call().ok()?;
+        if response.status().as_u16() != 200 {
+            return None;
+        }
+        let body = response
+            .body_mut()
+            .with_config()
+            .limit(MAX_MODELS_BODY_BYTES)
+            .read_to_string()
+            .ok()?;
+        let props: Value = serde_json::from_str(&body).ok()?;
+        props["n_ctx"]
+            .as_u64()
+            .or_else(|| props["default_generation_settings"]["n_ctx"].as_u64())
+            .filter(|n| *n > 0)
+    }
+
+    /// `GET {base_url}/models`: is the server there, and does it serve the model?
+    fn ask_for_models(&self) -> std::result::Result<(), String> {
+        let base = self.options.base_url.trim_end_matches('/');
+        let url = format!("{base}/models");
+        let mut request = self.agent().get(&url);
+        if let Some(key) = &self.options.api_key {
+            request = request.header("Authorization", &format!("Bearer {key}"));
+        }
+        let mut response = request
+            .call()
+            .map_err(|e| format!("cannot reach the model server at {base}: {e}"))?;
+        let status = response.status().as_u16();
+        let body = response
+            .body_mut()
+            .with_config()
+            .limit(MAX_MODELS_BODY_BYTES)
+            .read_to_string()
+            .map_err(|e| format!("the model server at {base} sent an unreadable answer: {e}"))?;
+        if status != 200 {
+            return Err(format!(
+                "the model server at {base} answered GET /models with {status}: {}",
+                error_message(&body)
+            ));
+        }
+        let served: Vec<String> = serde_json::from_str::<Value>(&body)
+            .ok()
+            .and_then(|value| {
+                value["data"].as_array().map(|models| {
+                    models
+                        .iter()
+                        .filter_map(|m| m["id"].as_str().map(str::to_owned))
+                        .collect()
+                })
+            })
+            .unwrap_or_default();
+        // Some servers (llama.cpp's) serve whatever name is asked for; an empty or unreadable
+        // list is no evidence against the model.
+        if served.is_empty() || served.contains(&self.options.model) {
+            Ok(())
+        } else {
+            Err(format!(
+                "the model server at {base} does not serve {:?}; it serves: {}",
+                self.options.model,
+                served.join(", ")
+            ))
+        }
     }
 
     /// The URL requests go to.
@@ -234,16 +356,34 @@ impl ModelBackend for RemoteModel {
         &self.options.model
     }
 
+    fn health(&self) -> ModelHealth {
+        self.health.lock().clone()
+    }
+
+    fn context_tokens(&self) -> Option<usize> {
+        match self.window.load(Ordering::Relaxed) {
+            0 => Some(DEFAULT_CONTEXT_TOKENS),
+            n => usize::try_from(n).ok(),
+        }
+    }
+
+    fn probe(&self) -> Option<std::result::Result<(), String>> {
+        if let Some(window) = self.ask_for_window() {
+            self.window.store(window, Ordering::Relaxed);
+        }
+        let outcome = self.ask_for_models();
+        self.record(outcome.as_ref().map(|_| ()).map_err(String::as_str));
+        Some(outcome)
+    }
+
     fn complete(
         &self,
         conversation: Conversation<'_>,
         tools: &[ToolSpec],
         sink: &mut dyn ReplySink,
     ) -> Result<ModelReply> {
-        let body = request_body(&self.options.model, conversation, tools);
-        let body: Arc<[u8]> = serde_json::to_vec(&body)
-            .map_err(|e| self.error(Failure::Fatal(format!("cannot encode the request: {e}"))))?
-            .into();
+        let mut usage = !self.usage_refused.load(Ordering::Relaxed);
+        let mut body = self.encode(conversation, tools, usage)?;
         let retry = self.options.retry;
         let mut attempt: u32 = 1;
         loop {
@@ -251,9 +391,34 @@ impl ModelBackend for RemoteModel {
                 return Err(self.error(Failure::Cancelled));
             }
             let failure = match self.attempt(&body, sink) {
-                Ok(reply) => return Ok(reply),
+                // No text and no tool call: a stream cut short (llama-cpp-python answers a
+                // context overflow with an empty stream), never an answer.
+                Ok(reply) if reply.text.trim().is_empty() && reply.tool_calls.is_empty() => {
+                    return Err(self.error(Failure::Fatal(
+                        "the model server ended its answer without any content".into(),
+                    )));
+                }
+                Ok(reply) => {
+                    self.record(Ok(()));
+                    return Ok(reply);
+                }
                 Err(failure) => failure,
             };
+            // A server that refuses `stream_options` (some older ones answer 400 or 422 naming
+            // it) is asked once more without it, and never again with it.
+            if let Failure::Fatal(detail) = &failure
+                && usage
+                && detail.contains("stream_options")
+            {
+                log::info!(
+                    "model {}: the server refuses stream_options; asking without usage",
+                    self.options.model
+                );
+                self.usage_refused.store(true, Ordering::Relaxed);
+                usage = false;
+                body = self.encode(conversation, tools, usage)?;
+                continue;
+            }
             let Failure::Retryable {
                 detail,
                 retry_after,
@@ -291,6 +456,24 @@ impl ModelBackend for RemoteModel {
 }
 
 impl RemoteModel {
+    /// The request body for one step, with or without the usage chunk asked for.
+    fn encode(
+        &self,
+        conversation: Conversation<'_>,
+        tools: &[ToolSpec],
+        usage: bool,
+    ) -> Result<Arc<[u8]>> {
+        let mut body = request_body(&self.options.model, conversation, tools);
+        if !usage && let Some(body) = body.as_object_mut() {
+            body.remove("stream_options");
+        }
+        serde_json::to_vec(&body)
+            .map(Arc::from)
+            .map_err(|e| self.error(Failure::Fatal(format!("cannot encode the request: {e}"))))
+    }
+
+    /// The error a failed step ends with; it names the server's URL, so that the user knows
+    /// which server failed.
     fn error(&self, failure: Failure) -> Error {
         let backend = self.options.model.clone();
         match failure {
@@ -300,6 +483,8 @@ impl RemoteModel {
                 detail: "cancelled".into(),
             },
             Failure::Retryable { detail, .. } | Failure::Fatal(detail) => {
+                let detail = format!("{detail} (model server {})", self.endpoint);
+                self.record(Err(&detail));
                 Error::Model { backend, detail }
             }
         }
@@ -544,12 +729,18 @@ fn classify(status: u16, status_line: &str, body: &str, retry_after: Option<Dura
         "the model server answered {status_line}: {}",
         error_message(body)
     );
+    let says = |phrases: &[&str]| {
+        let body = body.to_lowercase();
+        phrases.iter().any(|phrase| body.contains(phrase))
+    };
     match status {
+        400 | 413 | 422 | 500 if says(CONTEXT_OVERFLOW) => Failure::HistoryRejected(detail),
+        400 | 422 if is_malformed_history(body) => Failure::HistoryRejected(detail),
+        500..=599 if says(INVALID_REQUEST) => Failure::Fatal(detail),
         408 | 429 | 500..=599 => Failure::Retryable {
             detail,
             retry_after,
         },
-        400 | 422 if is_malformed_history(body) => Failure::HistoryRejected(detail),
         _ => Failure::Fatal(detail),
     }
 }
@@ -686,6 +877,11 @@ fn request_body(model: &str, conversation: Conversation<'_>, tools: &[ToolSpec])
             Role::System => system.push(content),
             Role::User => messages.push(json!({"role": "user", "content": content})),
             Role::Assistant if message.tool_calls.is_empty() => {
+                let content = if is_failure_note(content) {
+                    ""
+                } else {
+                    content
+                };
                 messages.push(json!({"role": "assistant", "content": content}));
             }
             Role::Assistant => {
@@ -700,11 +896,7 @@ fn request_body(model: &str, conversation: Conversation<'_>, tools: &[ToolSpec])
                         })
                     })
                     .collect();
-                let content = if content.is_empty() {
-                    Value::Null
-                } else {
-                    content.into()
-                };
+                // `""`, never `null`: llama-cpp-python refuses a null content with a 500.
                 messages
                     .push(json!({"role": "assistant", "content": content, "tool_calls": calls}));
             }
@@ -725,7 +917,14 @@ fn request_body(model: &str, conversation: Conversation<'_>, tools: &[ToolSpec])
     if !system.is_empty() {
         messages.insert(0, json!({"role": "system", "content": system.join("\n\n")}));
     }
-    let mut body = json!({"model": model, "stream": true, "messages": messages});
+    // `include_usage` asks for a last chunk with the tokens used (PROTOCOL.md section 5 passes
+    // them on); servers that do not know it ignore it.
+    let mut body = json!({
+        "model": model,
+        "stream": true,
+        "stream_options": {"include_usage": true},
+        "messages": messages,
+    });
     if !tools.is_empty() {
         let tools: Vec<Value> = tools
             .iter()
@@ -743,6 +942,15 @@ fn request_body(model: &str, conversation: Conversation<'_>, tools: &[ToolSpec])
         body["tools"] = Value::Array(tools);
     }
     body
+}
+
+/// The `usage` object of a chunk: `None` unless it has both counts (some servers send
+/// `"usage": null` on every chunk but the last).
+fn parse_usage(usage: &Value) -> Option<Usage> {
+    Some(Usage {
+        prompt_tokens: usage.get("prompt_tokens")?.as_u64()?,
+        completion_tokens: usage.get("completion_tokens")?.as_u64()?,
+    })
 }
 
 /// A tool's parameter schema as servers want it: an object schema, even for a tool that
@@ -1029,6 +1237,10 @@ struct StreamState {
     reasoning_source: Source,
     think: ThinkSplitter,
     calls: ToolCalls,
+    /// The tokens used, from the server's usage chunk.
+    usage: Option<Usage>,
+    /// Why the server says it stopped (`stop`, `length`, `tool_calls`), once it said.
+    finish_reason: Option<String>,
 }
 
 /// Where reasoning arrives.
@@ -1050,6 +1262,8 @@ impl StreamState {
             reasoning_source: Source::Field,
             think: ThinkSplitter::default(),
             calls: ToolCalls::default(),
+            usage: None,
+            finish_reason: None,
         }
     }
 
@@ -1065,6 +1279,10 @@ impl StreamState {
                 excerpt(&message)
             )));
         }
+        // The usage chunk (last, with no choices) or the usage of a whole answer.
+        if let Some(usage) = chunk.get("usage").and_then(parse_usage) {
+            self.usage = Some(usage);
+        }
         let Some(choices) = chunk.get("choices").and_then(Value::as_array) else {
             return Ok(());
         };
@@ -1074,6 +1292,9 @@ impl StreamState {
         let Some(choice) = choice else {
             return Ok(());
         };
+        if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
+            self.finish_reason = Some(reason.to_owned());
+        }
         let Some(delta) = choice.get("delta").or_else(|| choice.get("message")) else {
             return Ok(());
         };
@@ -1171,9 +1392,17 @@ impl StreamState {
         self.take(pieces, sink);
         self.end_reasoning(sink);
         self.flush(sink);
+        let tool_calls = self.calls.finish();
+        let truncated = tool_calls.is_empty()
+            && self
+                .finish_reason
+                .as_deref()
+                .is_none_or(|reason| reason == "length");
         ModelReply {
             text: self.answer,
-            tool_calls: self.calls.finish(),
+            tool_calls,
+            usage: self.usage,
+            truncated,
         }
     }
 }
@@ -1259,6 +1488,23 @@ mod tests {
         assert!(reply.tool_calls.is_empty());
         assert_eq!(sink.deltas.concat(), "Hello there");
         assert!(!sink.deltas.is_empty());
+    }
+
+    #[test]
+    fn the_usage_chunk_becomes_the_reply_usage() {
+        let (reply, _) = run(&[
+            json!({"choices": [{"index": 0, "delta": {"content": "Hi"}}], "usage": null}),
+            json!({"choices": [], "usage": {"prompt_tokens": 31, "completion_tokens": 4, "total_tokens": 35}}),
+        ]);
+        assert_eq!(reply.text, "Hi");
+        assert_eq!(
+            reply.usage,
+            Some(Usage {
+                prompt_tokens: 31,
+                completion_tokens: 4
+            })
+        );
+        assert_eq!(run(&[content("no count")]).0.usage, None);
     }
 
     #[test]
@@ -1509,6 +1755,7 @@ mod tests {
         let body = request_body("m", conversation, &tools);
         assert_eq!(body["model"], "m");
         assert_eq!(body["stream"], true);
+        assert_eq!(body["stream_options"]["include_usage"], true);
         let messages = body["messages"].as_array().unwrap();
         let roles: Vec<&str> = messages
             .iter()
@@ -1519,7 +1766,10 @@ mod tests {
             ["system", "user", "assistant", "user", "assistant", "tool"]
         );
         assert_eq!(messages[0]["content"], "be nice\n\nmemory");
-        assert_eq!(messages[4]["content"], Value::Null);
+        assert_eq!(
+            messages[4]["content"], "",
+            "never null: llama-cpp-python refuses it"
+        );
         assert_eq!(
             messages[4]["tool_calls"][0]["function"]["name"],
             "calculator"

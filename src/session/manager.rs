@@ -277,7 +277,10 @@ impl SessionManager {
             bucket: config.new_conversation_rate.map(Bucket::new),
             stored: None,
         });
-        let stored = match quota.stored {
+        let limit = config.max_conversations_per_principal;
+        // The cached count also holds sessions that never got a message (and so were never
+        // stored): at the limit, ask the store for the truth.
+        let stored = match quota.stored.filter(|stored| *stored < limit) {
             Some(stored) => stored,
             None => self
                 .inner
@@ -293,7 +296,6 @@ impl SessionManager {
                 })?,
         };
         quota.stored = Some(stored);
-        let limit = config.max_conversations_per_principal;
         if stored >= limit {
             return Err(Refusal::new(
                 ErrorCode::ServerBusy,
@@ -342,7 +344,6 @@ impl SessionManager {
             )
         })?;
         let persist = Persist::new(shared.journal.clone(), id.clone());
-        persist.create(principal.as_str(), data);
         let parts = Parts {
             id: id.clone(),
             user_id: data.user_id.clone(),
@@ -351,6 +352,7 @@ impl SessionManager {
             notes: Vec::new(),
             log: tail(shared, 1, Vec::new()),
             next_turn: 1,
+            unsaved: true,
         };
         let session = Session::build(parts, persist, shared);
         let seed: Vec<ChatMessage> = data
@@ -621,6 +623,7 @@ fn restore(stored: StoredConversation, shared: &Shared) -> Session {
         notes: stored.notes,
         log: tail(shared, stored.last_seq + 1, events),
         next_turn: stored.turns + 1,
+        unsaved: false,
     };
     let persist = Persist::new(shared.journal.clone(), stored.id);
     Session::build(parts, persist, shared)

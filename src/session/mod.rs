@@ -122,6 +122,9 @@ struct SessionState {
     idle_since: Instant,
     /// Set when the session leaves memory or is deleted; a closed session accepts nothing.
     closed: bool,
+    /// True for a new session until its first message: nothing of it is in the store, and it
+    /// is not listed. Its first message writes it, with any seeded history.
+    unsaved: bool,
 }
 
 /// The journal's handle on a session: a weak one, so that a pending batch does not keep an
@@ -147,6 +150,8 @@ struct Parts {
     notes: Vec<String>,
     log: EventLog,
     next_turn: u64,
+    /// True for a session `connect` just made: see [`SessionState::unsaved`].
+    unsaved: bool,
 }
 
 impl Session {
@@ -162,6 +167,7 @@ impl Session {
             held: Vec::new(),
             idle_since: Instant::now(),
             closed: false,
+            unsaved: parts.unsaved,
         };
         let inner = Arc::new_cyclic(|weak: &Weak<SessionInner>| SessionInner {
             id: parts.id,
@@ -234,6 +240,9 @@ impl Session {
             return None;
         }
         self.cancel_locked(&mut state);
+        if std::mem::take(&mut state.unsaved) {
+            self.save(&state);
+        }
         let turn_id = TurnId(state.next_turn);
         state.next_turn += 1;
         let frame = ServerFrame::UserMessage {
@@ -254,7 +263,7 @@ impl Session {
                     code: crate::protocol::ErrorCode::ServerBusy,
                     message: full.message().to_owned(),
                 };
-                let transcript = interrupted(text, &format!("(no reply: {})", full.message()));
+                let transcript = interrupted(text);
                 self.close_turn(&mut state, None, frame, transcript, false);
                 return None;
             }
@@ -309,7 +318,7 @@ impl Session {
             "the turn was cancelled",
             Some(turn.id),
         );
-        let transcript = interrupted(&turn.text, "(the reply was cancelled)");
+        let transcript = interrupted(&turn.text);
         self.close_turn(state, Some(&turn), status, transcript, false);
     }
 
@@ -407,12 +416,31 @@ impl Session {
         log.trim(seq);
     }
 
-    /// Adds messages to the conversation, and to the store.
+    /// Adds messages to the conversation, and to the store once the session is in it.
     fn commit(&self, state: &mut SessionState, transcript: Vec<ChatMessage>) {
-        self.inner
-            .persist
-            .messages(state.bot.end_index(), transcript.clone());
+        if !state.unsaved {
+            self.inner
+                .persist
+                .messages(state.bot.end_index(), transcript.clone());
+        }
         state.bot.commit(transcript);
+    }
+
+    /// Writes a new session to the store: its row, then the history it was seeded with.
+    fn save(&self, state: &SessionState) {
+        let persist = &self.inner.persist;
+        persist.create(
+            self.inner.owner.as_str(),
+            self.inner.user_id.as_deref(),
+            state.bot.personality(),
+        );
+        if !state.bot.history().is_empty() {
+            persist.messages(state.bot.first_index(), state.bot.history().to_vec());
+        }
+        log::info!(
+            "session {}: stored with its first message",
+            self.inner.id.short()
+        );
     }
 
     /// The `message_delta` with `replace` that a connection attaching now needs, if the turn
@@ -591,7 +619,7 @@ impl Session {
             code: crate::protocol::ErrorCode::Internal,
             message: message.into(),
         };
-        let transcript = interrupted(&text, &format!("(no reply: {message})"));
+        let transcript = interrupted(&text);
         self.close_turn(&mut state, None, frame, transcript, false);
         log::info!(
             "session {}: closed turn {turn_id}, cut off by a restart",

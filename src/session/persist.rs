@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::journal::{Durable, Journal};
 use crate::knowledge::NoteWriter;
 use crate::model::ChatMessage;
-use crate::protocol::{ConnectData, ServerFrame, SessionId};
+use crate::protocol::{ServerFrame, SessionId};
 use crate::store::{TurnMark, WriteOp};
 
 use super::WireText;
@@ -34,12 +34,12 @@ impl Persist {
     }
 
     /// The new conversation's row.
-    pub fn create(&self, owner: &str, data: &ConnectData) {
+    pub fn create(&self, owner: &str, user_id: Option<&str>, personality: Option<&str>) {
         self.submit(WriteOp::CreateSession {
             id: self.session.clone(),
             owner: owner.to_owned(),
-            user_id: data.user_id.clone(),
-            personality: data.personality.clone(),
+            user_id: user_id.map(str::to_owned),
+            personality: personality.map(str::to_owned),
         });
     }
 

@@ -72,7 +72,7 @@ impl SessionTurn {
         };
         let mut state = self.session.inner.state.lock();
         if let Some(turn) = state.turn.take_if(|turn| turn.id == self.turn_id) {
-            let transcript = interrupted(&turn.text, &format!("(no reply: {message})"));
+            let transcript = interrupted(&turn.text);
             self.session
                 .close_turn(&mut state, Some(&turn), frame, transcript, false);
         }
@@ -113,7 +113,7 @@ impl SessionTurn {
             code: ErrorCode::Storage,
             message: message.to_owned(),
         };
-        let transcript = interrupted(&turn.text, "(no reply: the store failed)");
+        let transcript = interrupted(&turn.text);
         self.session
             .close_turn(state, Some(&turn), frame, transcript, false);
         log::warn!(
@@ -167,6 +167,19 @@ impl Session {
         transcript: Vec<ChatMessage>,
         reset_history: bool,
     ) {
+        // The turn's story in one line: session, turn, code and the model server's words.
+        if let ServerFrame::Error {
+            turn_id: Some(turn_id),
+            code,
+            message,
+        } = &frame
+        {
+            log::warn!(
+                "session {}: turn {turn_id} failed ({}): {message}",
+                self.inner.id.short(),
+                code.as_str()
+            );
+        }
         if let Some(turn) = turn {
             let outcome = match &frame {
                 ServerFrame::Message { .. } => Outcome::Message,

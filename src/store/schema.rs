@@ -192,7 +192,11 @@ pub fn migrate(connection: &mut Connection, context: &str) -> Result<()> {
         }
         tx.pragma_update(None, "user_version", to).map_err(failed)?;
         tx.commit().map_err(failed)?;
-        log::info!("store: {context} migrated to schema version {to}");
+    }
+    if version == 0 {
+        log::info!("store: {context} created at schema version {SCHEMA_VERSION}");
+    } else if version < SCHEMA_VERSION {
+        log::info!("store: {context} migrated from schema version {version} to {SCHEMA_VERSION}");
     }
     Ok(())
 }

@@ -116,6 +116,58 @@ impl SqliteStore {
         Ok(store)
     }
 
+    /// What [`open`](Self::open) would find in `dir`, without changing anything: for
+    /// `sparky check`. Says whether the database is new, current, or to be migrated.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] with the reason `open` would fail: the directory cannot be written,
+    /// another server holds it, the file is not a database, or its schema is newer than this
+    /// build.
+    pub fn inspect(dir: &Path) -> Result<String> {
+        let probe = dir.join(".sparky-check");
+        let existed = dir.exists();
+        let writable = std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&probe, b""));
+        let _ = std::fs::remove_file(&probe);
+        if !existed {
+            let _ = std::fs::remove_dir(dir);
+        }
+        writable.map_err(|e| store_error(&format!("{} is not writable", dir.display()), e))?;
+        if let Ok(lock) = File::open(dir.join("LOCK"))
+            && lock.try_lock().is_err()
+        {
+            return Err(Error::Store(format!(
+                "{} is in use by another running sparky",
+                dir.display()
+            )));
+        }
+        let path = dir.join(DATABASE_FILE);
+        if !path.exists() {
+            return Ok(format!(
+                "{} is new; the store will be created",
+                dir.display()
+            ));
+        }
+        let connection = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| store_error(&format!("cannot open {}", path.display()), e))?;
+        let version: i64 = connection
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .map_err(|e| store_error(&format!("{} is not a Sparky database", path.display()), e))?;
+        match version {
+            v if v > super::SCHEMA_VERSION => Err(Error::Store(format!(
+                "{} has schema version {v}, newer than this build's {}",
+                path.display(),
+                super::SCHEMA_VERSION
+            ))),
+            v if v < super::SCHEMA_VERSION => Ok(format!(
+                "{}: schema version {v}, migrated to {} at start",
+                path.display(),
+                super::SCHEMA_VERSION
+            )),
+            v => Ok(format!("{}: schema version {v}", path.display())),
+        }
+    }
+
     /// A store that lives in memory and is gone with the process. Its connections share one
     /// private database (SQLite's `memdb` VFS), so it behaves like the file store.
     ///

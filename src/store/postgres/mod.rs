@@ -229,6 +229,63 @@ impl PostgresStore {
         })
     }
 
+    /// What a start on the database at `url` would find, for `sparky check`, changing nothing:
+    /// whether it can be reached, whether another Sparky holds it, and its schema version.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] when the URL is not one, the database cannot be reached, another
+    /// Sparky holds it, or its schema is newer than this build.
+    pub fn inspect(url: &str) -> Result<String> {
+        let target = redact_url(url);
+        let config: postgres::Config = url.parse().map_err(|e| {
+            Error::Store(format!(
+                "{target} is not a PostgreSQL URL like postgres://USER@HOST[:PORT]/DB: {e}"
+            ))
+        })?;
+        let mut connection = Connector::new(config, target.clone()).connect()?;
+        let client = &mut connection.client;
+        let failed = |e: postgres::Error| store_error(&format!("database {target}"), &e);
+        let free: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&INSTANCE_LOCK])
+            .and_then(|row| row.try_get(0))
+            .map_err(failed)?;
+        if !free {
+            return Err(Error::Store(format!(
+                "database {target} is in use by another running sparky"
+            )));
+        }
+        client
+            .execute("SELECT pg_advisory_unlock($1)", &[&INSTANCE_LOCK])
+            .map_err(failed)?;
+        let migrated: bool = client
+            .query_one("SELECT to_regclass('schema_version') IS NOT NULL", &[])
+            .and_then(|row| row.try_get(0))
+            .map_err(failed)?;
+        let version: i64 = if migrated {
+            client
+                .query_one("SELECT coalesce(max(version), 0) FROM schema_version", &[])
+                .and_then(|row| row.try_get(0))
+                .map_err(failed)?
+        } else {
+            0
+        };
+        match version {
+            0 => Ok(format!(
+                "database {target} is new; the store will be created"
+            )),
+            v if v > POSTGRES_SCHEMA_VERSION => Err(Error::Store(format!(
+                "database {target} has schema version {v}, newer than this build's \
+                 {POSTGRES_SCHEMA_VERSION}"
+            ))),
+            v if v < POSTGRES_SCHEMA_VERSION => Ok(format!(
+                "database {target}: schema version {v}, migrated to {POSTGRES_SCHEMA_VERSION} \
+                 at start"
+            )),
+            v => Ok(format!("database {target}: schema version {v}")),
+        }
+    }
+
     /// The database as named in messages (without a password).
     pub fn target(&self) -> &str {
         &self.pool.connector().target

@@ -98,6 +98,10 @@ pub fn tool_name(server: &str, tool: &str) -> String {
 pub struct McpServers {
     servers: Vec<Arc<McpServer>>,
     tools: Vec<Arc<dyn Tool>>,
+    /// Each server that started, with how many tools it brought.
+    loaded: Vec<(String, usize)>,
+    /// Each server that did not start, with why.
+    failed: Vec<(String, String)>,
 }
 
 impl fmt::Debug for McpServers {
@@ -116,6 +120,16 @@ impl McpServers {
     /// [`tool_name`].
     pub fn tools(&self) -> &[Arc<dyn Tool>] {
         &self.tools
+    }
+
+    /// Each server that started, with how many tools it brought, in name order.
+    pub fn loaded(&self) -> &[(String, usize)] {
+        &self.loaded
+    }
+
+    /// Each server that did not start, with why.
+    pub fn failed(&self) -> &[(String, String)] {
+        &self.failed
     }
 
     /// The names of the servers that started.
@@ -181,11 +195,13 @@ impl McpServers {
         let mut servers = Vec::new();
         let mut tools: Vec<Arc<dyn Tool>> = Vec::new();
         let mut names = HashSet::new();
+        let (mut loaded, mut failed) = (Vec::new(), Vec::new());
         for (name, command, result) in started {
             let (client, remote_tools) = match result {
                 Ok(started) => started,
                 Err(e) => {
                     log::warn!("mcp {name}: not loaded: {e}");
+                    failed.push((name, e.to_string()));
                     continue;
                 }
             };
@@ -203,10 +219,19 @@ impl McpServers {
                 tools.push(Arc::new(McpTool::new(server.clone(), full_name, remote)));
                 count += 1;
             }
-            log::info!("mcp {name}: loaded with {count} tools");
+            log::info!(
+                "mcp {name}: loaded with {count} tool{}",
+                if count == 1 { "" } else { "s" }
+            );
+            loaded.push((name, count));
             servers.push(server);
         }
-        McpServers { servers, tools }
+        McpServers {
+            servers,
+            tools,
+            loaded,
+            failed,
+        }
     }
 }
 

@@ -1,0 +1,75 @@
+//! The chat page in a real browser: headless Chromium, driven over WebDriver, against real
+//! servers (and a few stand-ins, in `fakes.rs`).
+//!
+//! One test, so that Chromium starts once; it runs one scenario per concern, each in its own
+//! file and against its own server: chatting through a proxy that cuts the network and a
+//! server that is killed mid-turn (`chat.rs`), the conversation list, paging and export
+//! (`conversations.rs`), personas, token usage, a reload mid-answer and rendered answers with
+//! the markdown payload list (`answers.rs`), memories (`memories.rs`), the phone layout
+//! (`phone.rs`), tokens (`tokens.rs`). At the end the console must hold no script error and
+//! no Content-Security-Policy violation. Screenshots go to `target/browser-artifacts/`.
+//!
+//! Chromium and chromedriver must be installed (`.ci/run` installs Debian's `chromium` and
+//! `chromium-driver`); without them the test fails, unless `SPARKY_SKIP_BROWSER=1` is set.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod answers;
+mod chat;
+mod conversations;
+mod driver;
+mod fakes;
+mod memories;
+mod phone;
+mod tokens;
+
+use std::time::Instant;
+
+use driver::{Browser, BrowserTools, artifacts_dir, notice};
+
+#[test]
+fn the_chat_page_works_in_a_real_browser() {
+    let Some(tools) = BrowserTools::find() else {
+        return;
+    };
+    let started = Instant::now();
+    let browser = Browser::start(&tools);
+
+    chat::run(&browser);
+    conversations::run(&browser);
+    answers::run(&browser);
+    memories::run(&browser);
+    phone::run(&browser);
+    tokens::run(&browser);
+
+    // No script error and no Content-Security-Policy violation anywhere along the way; the
+    // only errors are the network failures the scenarios cause on purpose (a cut network, a
+    // killed server, a refused token, a deleted conversation).
+    let console = browser.console();
+    std::fs::write(artifacts_dir().join("console.log"), console.join("\n")).unwrap();
+    for entry in &console {
+        let expected = entry.contains("WebSocket connection to")
+            || entry.contains("Failed to load resource: net::ERR_")
+            || entry.contains("status of 401 (Unauthorized)")
+            || entry.contains("status of 404 (Not Found)");
+        assert!(
+            expected || !entry.starts_with("\"SEVERE\""),
+            "the browser console says: {entry}"
+        );
+        assert!(
+            !entry.contains("Content Security Policy")
+                && !entry.contains("Content-Security-Policy")
+                && !entry.contains("Refused to")
+                && !entry.contains("Uncaught"),
+            "the browser console says: {entry}"
+        );
+    }
+
+    drop(browser);
+    notice(&format!(
+        "browser test took {:.1} s; screenshots in {}",
+        started.elapsed().as_secs_f64(),
+        artifacts_dir().display()
+    ));
+}

@@ -1,0 +1,137 @@
+//! `docs/protocol.md` names every frame type, `status` code and `error` code the server can
+//! send. The lists below are checked against the enums by exhaustive matches, so a new variant
+//! does not compile until it is listed here, and then fails this test until it is documented.
+
+use sparky::protocol::{ErrorCode, ServerFrame, StatusCode};
+
+const DOC: &str = include_str!("../docs/protocol.md");
+
+/// Every frame type's wire name.
+fn frame_types() -> Vec<&'static str> {
+    // An exhaustive match over a frame of each kind: adding a variant breaks the build here.
+    let name = |frame: &ServerFrame| match frame {
+        ServerFrame::SessionInfo { .. } => "session_info",
+        ServerFrame::Ready { .. } => "ready",
+        ServerFrame::UserMessage { .. } => "user_message",
+        ServerFrame::Thought { .. } => "thought",
+        ServerFrame::ToolUse { .. } => "tool_use",
+        ServerFrame::ToolResult { .. } => "tool_result",
+        ServerFrame::MessageDelta { .. } => "message_delta",
+        ServerFrame::Message { .. } => "message",
+        ServerFrame::Status(_) => "status",
+        ServerFrame::Error { .. } => "error",
+    };
+    let _ = name;
+    vec![
+        "session_info",
+        "ready",
+        "user_message",
+        "thought",
+        "tool_use",
+        "tool_result",
+        "message_delta",
+        "message",
+        "status",
+        "error",
+    ]
+}
+
+fn error_codes() -> Vec<ErrorCode> {
+    let all = vec![
+        ErrorCode::InvalidJson,
+        ErrorCode::InvalidMessage,
+        ErrorCode::UnknownType,
+        ErrorCode::NotConnected,
+        ErrorCode::AlreadyConnected,
+        ErrorCode::UnsupportedFrame,
+        ErrorCode::TooLarge,
+        ErrorCode::RateLimited,
+        ErrorCode::Unauthorized,
+        ErrorCode::ServerBusy,
+        ErrorCode::ModelError,
+        ErrorCode::StepLimit,
+        ErrorCode::Internal,
+        ErrorCode::Storage,
+    ];
+    for code in &all {
+        match code {
+            ErrorCode::InvalidJson
+            | ErrorCode::InvalidMessage
+            | ErrorCode::UnknownType
+            | ErrorCode::NotConnected
+            | ErrorCode::AlreadyConnected
+            | ErrorCode::UnsupportedFrame
+            | ErrorCode::TooLarge
+            | ErrorCode::RateLimited
+            | ErrorCode::Unauthorized
+            | ErrorCode::ServerBusy
+            | ErrorCode::ModelError
+            | ErrorCode::StepLimit
+            | ErrorCode::Internal
+            | ErrorCode::Storage
+            // Only ever decoded, never sent.
+            | ErrorCode::Unknown => {}
+        }
+    }
+    all
+}
+
+fn status_codes() -> Vec<StatusCode> {
+    let all = vec![
+        StatusCode::Cancelled,
+        StatusCode::HistoryReset,
+        StatusCode::Retrying,
+        StatusCode::Gap,
+        StatusCode::TakenOver,
+        StatusCode::Deleted,
+        StatusCode::ContextTrimmed,
+        StatusCode::Truncated,
+    ];
+    for code in &all {
+        match code {
+            StatusCode::Cancelled
+            | StatusCode::HistoryReset
+            | StatusCode::Retrying
+            | StatusCode::Gap
+            | StatusCode::TakenOver
+            | StatusCode::Deleted
+            | StatusCode::ContextTrimmed
+            | StatusCode::Truncated
+            // Only ever decoded, never sent.
+            | StatusCode::Unknown => {}
+        }
+    }
+    all
+}
+
+/// Wire names as the server writes them.
+fn wire<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn every_frame_type_and_code_the_server_sends_is_documented() {
+    let mut missing = Vec::new();
+    for name in frame_types() {
+        if !DOC.contains(&format!("`{name}`")) || !DOC.contains(&format!("\"type\":\"{name}\"")) {
+            missing.push(format!("frame {name} (a row and an example)"));
+        }
+    }
+    for code in error_codes() {
+        let name = wire(&code);
+        if !DOC.contains(&format!("| `{name}` |")) {
+            missing.push(format!("error code {name}"));
+        }
+    }
+    for code in status_codes() {
+        let name = wire(&code);
+        if !DOC.contains(&format!("| `{name}` |")) {
+            missing.push(format!("status code {name}"));
+        }
+    }
+    assert!(missing.is_empty(), "docs/protocol.md lacks: {missing:?}");
+}
