@@ -10,7 +10,7 @@
 //! directory into PostgreSQL (`sparky migrate-store`). What both stores share (the words a search
 //! keeps, labels, titles, how a stored message is spelled) lives here, so that they agree. This
 //! is the only module that runs SQL. Depends on `model` (for `ChatMessage`), `protocol` and
-//! `error`.
+//! `error`; `postgres/` on `config` too (a URL without its password).
 
 mod copy;
 mod postgres;
@@ -39,8 +39,8 @@ pub const DEFAULT_SEARCH_BUDGET: std::time::Duration = std::time::Duration::from
 /// later ones are dropped. Each word is one more posting list to merge and rank.
 pub const MAX_SEARCH_WORDS: usize = 16;
 
-/// The schema version this build writes. A store with a higher one was written by a newer
-/// Sparky and is refused.
+/// The SQLite schema version this build writes. A store with a higher one was written by a
+/// newer Sparky and is refused. (PostgreSQL's is [`POSTGRES_SCHEMA_VERSION`].)
 pub const SCHEMA_VERSION: i64 = 2;
 
 /// The owner of everything when the server requires no token.
