@@ -41,9 +41,13 @@ pub mod worker;
 // Transport.
 pub mod api;
 pub mod connection;
+pub mod handler;
 pub mod http;
 pub mod inbound;
+pub mod outbound;
 pub mod server;
+pub mod shutdown;
+pub mod wake;
 
 pub use config::Config;
 pub use server::{ServerHandle, bind, spawn};

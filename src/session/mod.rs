@@ -10,8 +10,9 @@
 //!
 //! An event reaches subscribers only once the store has committed it: `push_event` numbers,
 //! logs and submits it; the journal's acknowledgement (`release`) hands it to every live
-//! subscriber. Depends on `bot`, `journal`, `store`, `knowledge`, `cancel`, `config`, `auth`,
-//! `metrics`, `model` and `protocol`; it never learns that a subscriber is a WebSocket.
+//! subscriber's [`Sink`], one batch per subscriber, under the session lock. A session starts
+//! its own turns on the server's [`TurnPool`]. Depends on `bot`, `journal`, `store`, `knowledge`, `cancel`, `config`, `auth`,
+//! `metrics`, `model`, `protocol` and `worker`; it never learns that a subscriber is a WebSocket.
 
 mod limits;
 mod manager;
@@ -35,11 +36,12 @@ use crate::metrics::Metrics;
 use crate::model::ChatMessage;
 use crate::protocol::{ServerFrame, SessionId, StatusCode, StatusData, TurnId, encode};
 use crate::store::ConversationStore;
+use crate::worker::TurnPool;
 
 pub use limits::{Full, TurnLimits, TurnPermit};
 pub use manager::{Conversation, Refusal, SessionManager};
 pub use persist::Persist;
-pub use subscribers::{Attached, CloseReason, Delivery, Notify, Subscriber};
+pub use subscribers::{Attached, CloseReason, Sink, Subscriber};
 pub use tail::EventLog;
 pub use turn::{CurrentTurn, SessionTurn, TurnStart};
 
@@ -49,24 +51,24 @@ pub type WireText = Arc<str>;
 /// Bytes of events one replay step reads at most.
 const REPLAY_PAGE_BYTES: usize = 256 * 1024;
 
-/// What a successful `connect` gives the connection.
+/// The threads turns run on: one pool for the server.
+pub type Turns = TurnPool<TurnStart>;
+
+/// What a successful `connect` gives the connection. Its greeting (`session_info`, `ready`,
+/// and for a live attach to a streaming turn the `message_delta` that replaces the answer so
+/// far) has gone to its sink already, under the session lock, so nothing overtakes it.
 #[derive(Debug)]
 pub struct Attachment {
     /// The session it is now attached to.
     pub session: Session,
-    /// Frames to send first: `session_info`, `ready`, and for a live attach to a streaming
-    /// turn the `message_delta` that replaces the answer so far.
-    pub greeting: Vec<WireText>,
     /// True when the connection must replay (see [`Session::replay`]) before it is live.
     pub replaying: bool,
 }
 
-/// One step of a replay.
+/// One step of a replay; its frames have gone to the subscriber's sink.
 #[derive(Debug, Default)]
 pub struct ReplayStep {
-    /// Frames to send, in order.
-    pub frames: Vec<WireText>,
-    /// How many of them are replayed events.
+    /// How many events it sent.
     pub events: usize,
     /// True when the connection has caught up and is live: nothing more to pull.
     pub done: bool,
@@ -96,6 +98,8 @@ struct SessionInner {
     metrics: Arc<Metrics>,
     /// The caps on running turns, shared by every session.
     limits: Arc<TurnLimits>,
+    /// Where its turns run.
+    turns: Turns,
     max_subscribers: usize,
     persist: Persist,
     /// Where replays read what the tail no longer holds.
@@ -170,6 +174,7 @@ impl Session {
             knowledge,
             metrics: shared.metrics.clone(),
             limits: shared.limits.clone(),
+            turns: shared.turns.clone(),
             max_subscribers: shared.config.max_connections_per_session.max(1),
             persist,
             store: shared.store.clone(),
@@ -225,10 +230,19 @@ impl Session {
     }
 
     /// Opens a turn for a user message: cancels the turn in flight (its `status cancelled`
-    /// comes first), logs `user_message`, and returns the turn for a worker to run. `None`
-    /// when the session left memory or was deleted meanwhile, or when the caps on running
-    /// turns are reached: then the turn is closed at once with `error` `server_busy`.
-    pub fn submit(&self, text: &str) -> Option<TurnStart> {
+    /// comes first), logs `user_message`, and starts the turn on the server's pool. False when
+    /// the session left memory or was deleted meanwhile, or when the caps on running turns are
+    /// reached: then the turn is closed at once with `error` `server_busy`.
+    pub fn submit(&self, text: &str) -> bool {
+        let Some(start) = self.open_turn(text) else {
+            return false;
+        };
+        // With the lock released: waking a thread is a system call.
+        self.inner.turns.start(start);
+        true
+    }
+
+    fn open_turn(&self, text: &str) -> Option<TurnStart> {
         let mut state = self.inner.state.lock();
         if state.closed {
             return None;
@@ -345,9 +359,10 @@ impl Session {
         if let Some(turn) = &mut state.turn {
             turn.shown.push_str(&piece);
         }
-        state.subscribers.retain(|attached| {
-            !attached.live || attached.subscriber.deliver(Delivery::Text(text.clone()))
-        });
+        let batch = [text];
+        state
+            .subscribers
+            .retain(|attached| !attached.live || attached.subscriber.deliver(&batch));
     }
 
     /// Marks events up to `seq` durable and queues them, with the pieces streamed between
@@ -371,6 +386,7 @@ impl Session {
             }
         }
         let metrics = &self.inner.metrics;
+        let mut batch: Vec<WireText> = Vec::new();
         subscribers.retain_mut(|attached| {
             if !attached.live {
                 return true;
@@ -380,25 +396,23 @@ impl Session {
                     "subscriber {}: fell behind the event tail; detaching it",
                     attached.subscriber.id
                 );
+                attached.subscriber.sink.close(CloseReason::Behind);
                 return false;
             };
+            // The events and the pieces streamed between them, in order, in one batch.
+            batch.clear();
             let mut pieces = held.iter().peekable();
             let mut sent = 0;
             for (event_seq, text) in events {
                 while let Some((_, piece, _)) = pieces.next_if(|(after, _, _)| *after < event_seq) {
-                    if !attached.subscriber.deliver(Delivery::Text(piece.clone())) {
-                        return false;
-                    }
+                    batch.push(piece.clone());
                 }
                 sent += 1;
-                if !attached.subscriber.deliver(Delivery::Text(text.clone())) {
-                    return false;
-                }
+                batch.push(text.clone());
             }
-            for (_, piece, _) in pieces {
-                if !attached.subscriber.deliver(Delivery::Text(piece.clone())) {
-                    return false;
-                }
+            batch.extend(pieces.map(|(_, piece, _)| piece.clone()));
+            if !attached.subscriber.deliver(&batch) {
+                return false;
             }
             Metrics::add(&metrics.events_sent, sent);
             attached.sent_seq = seq;
@@ -427,7 +441,7 @@ impl Session {
         Some(encode(&frame, Some(&self.inner.id), None).into())
     }
 
-    /// Attaches a subscriber, taking over from the oldest past the limit, and builds its
+    /// Attaches a subscriber, taking over from the oldest past the limit, and sends it its
     /// greeting. With `last_seq` (on a resume) the connection then replays; without it, it is
     /// live at once. Gives the subscriber back when the session left memory meanwhile.
     fn attach(
@@ -448,10 +462,9 @@ impl Session {
                 "another connection took this one's place",
                 None,
             );
-            let text = encode(&status, Some(&self.inner.id), None).into();
-            if oldest.deliver(Delivery::Text(text)) {
-                oldest.deliver(Delivery::Close(CloseReason::TakenOver));
-            }
+            let text: WireText = encode(&status, Some(&self.inner.id), None).into();
+            oldest.deliver(&[text]);
+            oldest.sink.close(CloseReason::TakenOver);
             log::info!(
                 "session {}: subscriber {} taken over",
                 self.inner.id.short(),
@@ -476,6 +489,8 @@ impl Session {
         if !replaying {
             greeting.extend(self.replace_frame(&state));
         }
+        // Under the lock: nothing released after this attach can overtake the greeting.
+        subscriber.deliver(&greeting);
         state.subscribers.push(Attached {
             subscriber,
             sent_seq,
@@ -483,14 +498,14 @@ impl Session {
         });
         Ok(Attachment {
             session: self.clone(),
-            greeting,
             replaying,
         })
     }
 
-    /// The next step of subscriber `id`'s replay: events it has not had, up to what is durable,
-    /// from the tail when it holds them, else from the store (read with no lock held). The step
-    /// that reaches the durable end makes the subscriber live and is `done`.
+    /// Sends subscriber `id` the next step of its replay: events it has not had, up to what is
+    /// durable, from the tail when it holds them, else from the store (read with no lock held).
+    /// The step that reaches the durable end makes the subscriber live and is `done`; its
+    /// frames go out under the session lock, so live events cannot overtake them.
     ///
     /// # Errors
     ///
@@ -529,16 +544,22 @@ impl Session {
                         .collect()
                 });
             if let Some(events) = cached {
-                let mut step = ReplayStep::default();
                 let last = events.last().map_or(after, |(seq, _)| *seq);
-                step.frames = events.into_iter().map(|(_, text)| text).collect();
-                step.events = step.frames.len();
-                step.done = last >= durable;
-                let replace = step.done.then(|| self.replace_frame(&state)).flatten();
+                let mut frames: Vec<WireText> = events.into_iter().map(|(_, text)| text).collect();
+                let step = ReplayStep {
+                    events: frames.len(),
+                    done: last >= durable,
+                };
+                if step.done {
+                    frames.extend(self.replace_frame(&state));
+                }
                 let attached = &mut state.subscribers[at];
                 attached.sent_seq = last;
                 attached.live = step.done;
-                step.frames.extend(replace);
+                if !attached.subscriber.deliver(&frames) {
+                    state.subscribers.remove(at);
+                    return Ok(ReplayStep { done: true, ..step });
+                }
                 return Ok(step);
             }
             (after, durable)
@@ -547,7 +568,7 @@ impl Session {
             .inner
             .store
             .events(&self.inner.id, after, up_to, REPLAY_PAGE_BYTES)?;
-        let mut step = ReplayStep::default();
+        let mut frames: Vec<WireText> = Vec::with_capacity(page.events.len() + 1);
         if page.first_seq > after + 1 {
             let (from, to) = (after + 1, page.first_seq - 1);
             let status = ServerFrame::Status(StatusData {
@@ -557,23 +578,31 @@ impl Session {
                 to: Some(to),
                 ..StatusData::default()
             });
-            step.frames
-                .push(encode(&status, Some(&self.inner.id), None).into());
+            frames.push(encode(&status, Some(&self.inner.id), None).into());
         }
         let last = page.events.last().map_or(up_to, |(seq, _)| *seq);
-        step.events = page.events.len();
-        step.frames.extend(
+        let step = ReplayStep {
+            events: page.events.len(),
+            done: false,
+        };
+        frames.extend(
             page.events
                 .into_iter()
                 .map(|(_, body)| WireText::from(body)),
         );
         let mut state = self.inner.state.lock();
-        if let Some(attached) = state
+        let Some(at) = state
             .subscribers
-            .iter_mut()
-            .find(|attached| attached.subscriber.id == id && !attached.live)
-        {
-            attached.sent_seq = attached.sent_seq.max(last);
+            .iter()
+            .position(|attached| attached.subscriber.id == id && !attached.live)
+        else {
+            return Ok(ReplayStep { done: true, ..step });
+        };
+        let attached = &mut state.subscribers[at];
+        attached.sent_seq = attached.sent_seq.max(last);
+        if !attached.subscriber.deliver(&frames) {
+            state.subscribers.remove(at);
+            return Ok(ReplayStep { done: true, ..step });
         }
         Ok(step)
     }
@@ -613,11 +642,8 @@ impl Session {
         let status = ServerFrame::status(StatusCode::Deleted, "the conversation was deleted", None);
         let text: WireText = encode(&status, Some(&self.inner.id), None).into();
         for attached in state.subscribers.drain(..) {
-            if attached.subscriber.deliver(Delivery::Text(text.clone())) {
-                attached
-                    .subscriber
-                    .deliver(Delivery::Close(CloseReason::Deleted));
-            }
+            attached.subscriber.deliver(std::slice::from_ref(&text));
+            attached.subscriber.sink.close(CloseReason::Deleted);
         }
     }
 

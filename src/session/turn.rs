@@ -1,15 +1,18 @@
 //! One running turn as its session sees it: `CurrentTurn` (its bookkeeping under the session
 //! lock), `SessionTurn` (what the worker emits through), `TurnStart` (what a worker thread is
-//! handed), and the one place a turn is closed.
+//! handed, and how it runs there), and the one place a turn is closed.
 
+use std::io;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Instant;
 
-use crate::bot::{Turn, TurnEvents, interrupted};
+use crate::bot::{Turn, TurnEvents, TurnOutcome, interrupted};
 use crate::cancel::CancelFlag;
 use crate::knowledge::Knowledge;
 use crate::metrics::Outcome;
 use crate::model::ChatMessage;
 use crate::protocol::{ErrorCode, ServerFrame, TurnId};
+use crate::worker::Task;
 
 use super::{Session, SessionState, TurnPermit};
 
@@ -42,6 +45,40 @@ pub struct TurnStart {
     pub knowledge: Knowledge,
     /// The turn's place under the caps on running turns: held until its worker is done.
     pub permit: TurnPermit,
+}
+
+impl Task for TurnStart {
+    /// Runs the agent loop; a panic becomes an `internal` error event that closes the turn.
+    fn run(self) {
+        let TurnStart {
+            turn,
+            events,
+            cancel,
+            knowledge,
+            permit,
+        } = self;
+        let outcome = catch_unwind(AssertUnwindSafe(|| turn.run(&events, &cancel, &knowledge)));
+        drop(permit);
+        match outcome {
+            Ok(TurnOutcome::Answered | TurnOutcome::Failed | TurnOutcome::Cancelled) => {}
+            Err(_) => {
+                log::error!("turn {}: panicked", events.turn_id());
+                events.fail(ErrorCode::Internal, "the turn crashed inside the server");
+            }
+        }
+    }
+
+    /// Closes the turn with `server_busy`: no thread could run it.
+    fn refused(self, error: &io::Error) {
+        log::warn!(
+            "turn {}: no thread could be started: {error}",
+            self.events.turn_id()
+        );
+        self.events.fail(
+            ErrorCode::ServerBusy,
+            "the server could not start a worker for this turn",
+        );
+    }
 }
 
 /// The session's side of one running turn: what [`Turn::run`] emits through.

@@ -1,0 +1,420 @@
+//! `Outbound`: the write side of one WebSocket, shared by every thread that produces frames for
+//! it. Whoever has frames writes them to the socket itself, with a non-blocking write under a
+//! small lock: the connection thread for its own replies, the journal thread for the events it
+//! has just committed, a turn thread for streamed pieces. Only when the socket will not take
+//! the bytes does the rest wait in a pending buffer, which the connection thread writes out
+//! when `poll` says the socket has room.
+//!
+//! Server frames are encoded here (unmasked RFC 6455 text frames), and a batch of frames goes
+//! out in one `writev`. tungstenite keeps the read side; its own frames (pongs, pings, Close)
+//! come through [`Outbound::write_raw`] under the same lock, so bytes never interleave.
+//!
+//! Depends on `session` (the [`Sink`] it implements), `shutdown` (the [`Wake`] it implements)
+//! and `wake` (how it wakes its connection thread).
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io::{self, IoSlice, Write};
+use std::net::TcpStream;
+use std::time::Instant;
+
+use parking_lot::Mutex;
+
+use crate::session::{CloseReason, Sink, WireText};
+use crate::shutdown::Wake;
+use crate::wake::ThreadWaker;
+
+/// Frames per `writev`: two slices each (header and payload), well under `IOV_MAX` (1024).
+const FRAMES_PER_WRITE: usize = 32;
+
+/// The longest header of an unmasked server frame: 2 bytes and an 8-byte length.
+const MAX_HEADER_BYTES: usize = 10;
+
+/// Pending bytes below which the connection takes more work of its own (replay pages).
+const ROOM_BYTES: usize = 256 * 1024;
+
+/// A pending buffer whose capacity grew past this is freed once it empties, so that a burst
+/// does not leave an idle connection holding memory.
+const KEEP_CAPACITY_BYTES: usize = 16 * 1024;
+
+/// How far a connection may fall behind before its sessions let it go.
+#[derive(Clone, Copy, Debug)]
+pub struct PendingLimit {
+    /// Frames waiting for the socket, at most.
+    pub frames: usize,
+    /// Bytes waiting for the socket, at most.
+    pub bytes: usize,
+}
+
+/// The write side of one WebSocket. Shared (`Arc`) by its connection thread and every session
+/// it is attached to.
+///
+/// The lock guards the pending buffer and the connection thread's sleep; it is held for one
+/// non-blocking `write`/`writev` at most, and taken after a session's lock, never before.
+pub struct Outbound {
+    socket: TcpStream,
+    limit: PendingLimit,
+    state: Mutex<OutboundState>,
+}
+
+#[derive(Default)]
+struct OutboundState {
+    /// Bytes the socket did not take yet; `pending[sent..]` is still to be written.
+    pending: Vec<u8>,
+    sent: usize,
+    /// Where each data frame in `pending` ends, oldest first: counts frames for the limit.
+    frame_ends: VecDeque<usize>,
+    /// Since when the pending bytes have made no progress.
+    stalled_since: Option<Instant>,
+    /// A Close frame is on its way: no data frame may follow it.
+    data_closed: bool,
+    /// A write failed: the socket is gone.
+    broken: bool,
+    /// A session let the connection go, and why.
+    released: Option<CloseReason>,
+    /// Someone asked the connection thread to look around (shutdown).
+    woken: bool,
+    /// Set while the connection thread sleeps (or is about to): whom to wake, and whether it
+    /// polls for `POLLOUT` already.
+    sleeping: Option<Sleeping>,
+}
+
+#[derive(Clone, Copy)]
+struct Sleeping {
+    waker: ThreadWaker,
+    polls_out: bool,
+}
+
+impl OutboundState {
+    fn pending_bytes(&self) -> usize {
+        self.pending.len() - self.sent
+    }
+
+    /// Wakes the connection thread if it sleeps; with `for_output`, only if it does not poll
+    /// for `POLLOUT` already.
+    fn wake(&self, for_output: bool) {
+        if let Some(sleeping) = self.sleeping
+            && !(for_output && sleeping.polls_out)
+        {
+            sleeping.waker.wake();
+        }
+    }
+
+    /// Keeps what the socket did not take of `slices` (it took `written` bytes); `frame_ends`
+    /// are the ends of the data frames in them, counted from the first slice.
+    fn keep(&mut self, slices: &[IoSlice<'_>], written: usize, frame_ends: &[usize]) {
+        let start = self.pending.len();
+        let mut skip = written;
+        for slice in slices {
+            let skipped = skip.min(slice.len());
+            skip -= skipped;
+            self.pending.extend_from_slice(&slice[skipped..]);
+        }
+        for end in frame_ends.iter().filter(|end| **end > written) {
+            self.frame_ends.push_back(start + end - written);
+        }
+    }
+}
+
+impl fmt::Debug for Outbound {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Outbound")
+            .field("pending", &self.pending_bytes())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Outbound {
+    /// The write side of `socket`, which must be (or soon be) non-blocking.
+    pub fn new(socket: TcpStream, limit: PendingLimit) -> Self {
+        Outbound {
+            socket,
+            limit,
+            state: Mutex::new(OutboundState::default()),
+        }
+    }
+
+    /// The socket, for reading and polling.
+    pub fn socket(&self) -> &TcpStream {
+        &self.socket
+    }
+
+    /// Writes `frames` as text frames, in one `writev` where it can; what the socket does not
+    /// take waits for the connection thread. False when the connection is closing or broken,
+    /// or has fallen past its [`PendingLimit`]: then it is released (`CloseReason::Behind`)
+    /// and its thread woken to close it.
+    pub fn send(&self, frames: &[WireText]) -> bool {
+        let mut state = self.state.lock();
+        if state.data_closed || state.broken || state.released.is_some() {
+            return false;
+        }
+        if state.pending_bytes() > 0 {
+            if state.pending_bytes() >= self.limit.bytes
+                || state.frame_ends.len() >= self.limit.frames
+            {
+                log::warn!(
+                    "connection: {} bytes in {} frames wait for a peer that does not read; \
+                     letting it go",
+                    state.pending_bytes(),
+                    state.frame_ends.len()
+                );
+                state.released = Some(CloseReason::Behind);
+                state.wake(false);
+                return false;
+            }
+            for frame in frames {
+                push_frame(&mut state.pending, frame.as_bytes());
+                let end = state.pending.len();
+                state.frame_ends.push_back(end);
+            }
+            return true;
+        }
+        for (at, chunk) in frames.chunks(FRAMES_PER_WRITE).enumerate() {
+            let mut headers = [[0u8; MAX_HEADER_BYTES]; FRAMES_PER_WRITE];
+            let mut lengths = [0usize; FRAMES_PER_WRITE];
+            for (i, frame) in chunk.iter().enumerate() {
+                lengths[i] = text_header(&mut headers[i], frame.len());
+            }
+            let mut slices = [IoSlice::new(&[]); 2 * FRAMES_PER_WRITE];
+            let mut ends = [0usize; FRAMES_PER_WRITE];
+            let mut total = 0;
+            for (i, frame) in chunk.iter().enumerate() {
+                slices[2 * i] = IoSlice::new(&headers[i][..lengths[i]]);
+                slices[2 * i + 1] = IoSlice::new(frame.as_bytes());
+                total += lengths[i] + frame.len();
+                ends[i] = total;
+            }
+            let slices = &slices[..2 * chunk.len()];
+            let written = match write_vectored(&self.socket, slices) {
+                Ok(written) => written,
+                Err(e) => {
+                    log::debug!("connection: write failed: {e}");
+                    state.broken = true;
+                    state.wake(false);
+                    return false;
+                }
+            };
+            if written < total {
+                state.keep(slices, written, &ends[..chunk.len()]);
+                for frame in frames.iter().skip((at + 1) * FRAMES_PER_WRITE) {
+                    push_frame(&mut state.pending, frame.as_bytes());
+                    let end = state.pending.len();
+                    state.frame_ends.push_back(end);
+                }
+                state.stalled_since = Some(Instant::now());
+                // The connection thread may sleep waiting for its peer only: now it must wait
+                // for room too.
+                state.wake(true);
+                return true;
+            }
+        }
+        true
+    }
+
+    /// Writes bytes tungstenite encoded (control frames, Close), after anything pending. Takes
+    /// them all: what the socket does not take waits.
+    ///
+    /// # Errors
+    ///
+    /// When the socket is broken.
+    pub fn write_raw(&self, bytes: &[u8]) -> io::Result<usize> {
+        let mut state = self.state.lock();
+        if state.broken {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
+        if state.pending_bytes() > 0 {
+            state.pending.extend_from_slice(bytes);
+            return Ok(bytes.len());
+        }
+        let slices = [IoSlice::new(bytes)];
+        match write_vectored(&self.socket, &slices) {
+            Ok(written) if written < bytes.len() => {
+                state.keep(&slices, written, &[]);
+                state.stalled_since = Some(Instant::now());
+                state.wake(true);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                state.broken = true;
+                return Err(e);
+            }
+        }
+        Ok(bytes.len())
+    }
+
+    /// Writes what is pending as far as the socket takes it. Called by the connection thread.
+    ///
+    /// # Errors
+    ///
+    /// When the socket is broken.
+    pub fn flush(&self) -> io::Result<()> {
+        let mut state = self.state.lock();
+        if state.broken {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
+        let mut progress = false;
+        while state.pending_bytes() > 0 {
+            let from = state.sent;
+            match (&self.socket).write(&state.pending[from..]) {
+                Ok(0) => {
+                    state.broken = true;
+                    return Err(io::ErrorKind::WriteZero.into());
+                }
+                Ok(n) => {
+                    state.sent += n;
+                    progress = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    state.broken = true;
+                    return Err(e);
+                }
+            }
+        }
+        let sent = state.sent;
+        while state.frame_ends.front().is_some_and(|end| *end <= sent) {
+            state.frame_ends.pop_front();
+        }
+        if state.pending_bytes() == 0 {
+            if state.pending.capacity() > KEEP_CAPACITY_BYTES {
+                state.pending = Vec::new();
+                state.frame_ends = VecDeque::new();
+            }
+            state.pending.clear();
+            state.frame_ends.clear();
+            state.sent = 0;
+            state.stalled_since = None;
+        } else if progress {
+            state.stalled_since = Some(Instant::now());
+            if state.sent > state.pending.len() / 2 {
+                let sent = state.sent;
+                state.pending.drain(..sent);
+                for end in &mut state.frame_ends {
+                    *end -= sent;
+                }
+                state.sent = 0;
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes waiting for the socket.
+    pub fn pending_bytes(&self) -> usize {
+        self.state.lock().pending_bytes()
+    }
+
+    /// True when little enough waits that the connection may take on more work of its own.
+    pub fn has_room(&self) -> bool {
+        self.pending_bytes() < ROOM_BYTES
+    }
+
+    /// Since when the pending bytes have made no progress, if any wait.
+    pub fn stalled_since(&self) -> Option<Instant> {
+        self.state.lock().stalled_since
+    }
+
+    /// No data frame may be sent any more: a Close frame follows.
+    pub fn close_data(&self) {
+        self.state.lock().data_closed = true;
+    }
+
+    /// Why a session let the connection go, once.
+    pub fn take_released(&self) -> Option<CloseReason> {
+        self.state.lock().released.take()
+    }
+
+    /// Called by the connection thread before it sleeps: `None` when something happened that
+    /// it must look at first (a wake, a release, a broken socket); else the thread counts as
+    /// sleeping from now on, and the answer says whether it must poll for `POLLOUT`.
+    pub fn begin_sleep(&self, waker: ThreadWaker) -> Option<bool> {
+        let mut state = self.state.lock();
+        if std::mem::take(&mut state.woken) || state.released.is_some() || state.broken {
+            return None;
+        }
+        let polls_out = state.pending_bytes() > 0;
+        state.sleeping = Some(Sleeping { waker, polls_out });
+        Some(polls_out)
+    }
+
+    /// Called by the connection thread when its sleep ends; nobody wakes it after this.
+    pub fn end_sleep(&self) {
+        self.state.lock().sleeping = None;
+    }
+}
+
+impl Sink for Outbound {
+    fn deliver(&self, frames: &[WireText]) -> bool {
+        self.send(frames)
+    }
+
+    fn close(&self, reason: CloseReason) {
+        let mut state = self.state.lock();
+        state.released.get_or_insert(reason);
+        state.wake(false);
+    }
+}
+
+impl Wake for Outbound {
+    fn wake(&self) {
+        let mut state = self.state.lock();
+        state.woken = true;
+        state.wake(false);
+    }
+}
+
+/// Writes `slices` once, as far as the socket takes them; `WouldBlock` is 0 bytes.
+fn write_vectored(socket: &TcpStream, slices: &[IoSlice<'_>]) -> io::Result<usize> {
+    let mut socket = socket;
+    loop {
+        match socket.write_vectored(slices) {
+            Ok(written) => return Ok(written),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Writes the header of an unmasked, final text frame of `length` bytes; returns its size.
+fn text_header(header: &mut [u8; MAX_HEADER_BYTES], length: usize) -> usize {
+    header[0] = 0x81;
+    if length < 126 {
+        header[1] = length as u8;
+        2
+    } else if let Ok(short) = u16::try_from(length) {
+        header[1] = 126;
+        header[2..4].copy_from_slice(&short.to_be_bytes());
+        4
+    } else {
+        header[1] = 127;
+        header[2..10].copy_from_slice(&(length as u64).to_be_bytes());
+        10
+    }
+}
+
+/// Appends one text frame to `buffer`.
+fn push_frame(buffer: &mut Vec<u8>, payload: &[u8]) {
+    let mut header = [0u8; MAX_HEADER_BYTES];
+    let length = text_header(&mut header, payload.len());
+    buffer.extend_from_slice(&header[..length]);
+    buffer.extend_from_slice(payload);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_use_7_16_and_64_bit_lengths() {
+        let mut header = [0u8; MAX_HEADER_BYTES];
+        assert_eq!(text_header(&mut header, 125), 2);
+        assert_eq!(header[..2], [0x81, 125]);
+        assert_eq!(text_header(&mut header, 126), 4);
+        assert_eq!(header[..4], [0x81, 126, 0, 126]);
+        assert_eq!(text_header(&mut header, 65_535), 4);
+        assert_eq!(header[..4], [0x81, 126, 0xff, 0xff]);
+        assert_eq!(text_header(&mut header, 65_536), 10);
+        assert_eq!(header[..10], [0x81, 127, 0, 0, 0, 0, 0, 1, 0, 0]);
+    }
+}
