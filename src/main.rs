@@ -215,9 +215,8 @@ impl Args {
     }
 }
 
-/// Raises the soft open-file limit to the hard one: each WebSocket holds two descriptors (its
-/// socket and its wake-up eventfd). Warns when even the hard limit is too low for
-/// `max_connections`.
+/// Raises the soft open-file limit to the hard one: each WebSocket holds one descriptor (its
+/// socket). Warns when even the hard limit is too low for `max_connections`.
 fn raise_open_file_limit(max_connections: usize) {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let limit = getrlimit(Resource::Nofile);
@@ -231,11 +230,11 @@ fn raise_open_file_limit(max_connections: usize) {
         }
     }
     let available = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
-    let needed = 2 * max_connections as u64 + 64;
+    let needed = max_connections as u64 + 64;
     if available < needed {
         log::warn!(
             "server: the open-file limit is {available}; {max_connections} connections need \
-             about {needed} (two descriptors each). Past it, new connections wait in the listen queue."
+             about {needed} (one descriptor each). Past it, new connections wait in the listen queue."
         );
     }
 }

@@ -9,17 +9,19 @@
 //! out in one `writev`. tungstenite keeps the read side; its own frames (pongs, pings, Close)
 //! come through [`Outbound::write_raw`] under the same lock, so bytes never interleave.
 //!
-//! Depends on `session` (the [`Sink`] it implements), `shutdown` (the [`Wake`] it implements)
-//! and `wake` (how it wakes its connection thread).
+//! Depends on `session` (the [`Sink`] it implements), `shutdown` (the [`Wake`] it implements),
+//! `wake` (how it wakes its connection thread) and `metrics`.
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, IoSlice, Write};
 use std::net::TcpStream;
+use std::sync::Arc;
 use std::time::Instant;
 
 use parking_lot::Mutex;
 
+use crate::metrics::Metrics;
 use crate::session::{CloseReason, Sink, WireText};
 use crate::shutdown::Wake;
 use crate::wake::ThreadWaker;
@@ -54,6 +56,7 @@ pub struct PendingLimit {
 pub struct Outbound {
     socket: TcpStream,
     limit: PendingLimit,
+    metrics: Arc<Metrics>,
     state: Mutex<OutboundState>,
 }
 
@@ -126,10 +129,11 @@ impl fmt::Debug for Outbound {
 
 impl Outbound {
     /// The write side of `socket`, which must be (or soon be) non-blocking.
-    pub fn new(socket: TcpStream, limit: PendingLimit) -> Self {
+    pub fn new(socket: TcpStream, limit: PendingLimit, metrics: Arc<Metrics>) -> Self {
         Outbound {
             socket,
             limit,
+            metrics,
             state: Mutex::new(OutboundState::default()),
         }
     }
@@ -202,6 +206,7 @@ impl Outbound {
                     state.frame_ends.push_back(end);
                 }
                 state.stalled_since = Some(Instant::now());
+                Metrics::bump(&self.metrics.writes_deferred);
                 // The connection thread may sleep waiting for its peer only: now it must wait
                 // for room too.
                 state.wake(true);

@@ -636,7 +636,7 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, shared: &Shared, id: u64) -> R
                 frames: config.outbox_capacity.max(1),
                 bytes: PENDING_LIMIT_BYTES,
             };
-            let outbound = Arc::new(Outbound::new(stream, limit));
+            let outbound = Arc::new(Outbound::new(stream, limit, shared.ctx.metrics.clone()));
             let mut stream = MeteredStream::new(Wire::new(outbound.clone()), shared.budget.clone());
             if stream.observe(&head.rest).is_err() {
                 let busy = Response::text(503, "Service Unavailable", "server busy\n");
