@@ -9,7 +9,7 @@ use std::thread;
 use std::time::Duration;
 
 use crate::auth::Principal;
-use crate::cancel::CancelFlag;
+use crate::cancel::{CancelFlag, OnCancel};
 use crate::error::Error;
 use crate::knowledge::Knowledge;
 use crate::metrics::Metrics;
@@ -627,6 +627,10 @@ impl ReplySink for FrameSink<'_> {
 
     fn sleep(&mut self, delay: Duration) -> bool {
         !self.live || self.cancel.sleep(delay)
+    }
+
+    fn on_cancel(&self, hook: Box<dyn Fn() + Send + Sync>) -> Option<OnCancel> {
+        Some(self.cancel.on_cancel(hook))
     }
 }
 

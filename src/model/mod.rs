@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::cancel::OnCancel;
 use crate::error::Result;
 
 /// How the system message that carries remembered facts into a turn begins.
@@ -165,6 +166,14 @@ pub trait ReplySink {
     /// A transient failure: the backend tries again, as attempt number `attempt`, after
     /// `delay`.
     fn retrying(&mut self, _attempt: u32, _delay: Duration) {}
+
+    /// Calls `hook` the moment the turn is cancelled, until the returned guard is dropped, so
+    /// that a backend waiting on something else (its helper thread) is woken at once. `None`
+    /// when the sink cannot do that: the backend then looks at
+    /// [`is_cancelled`](Self::is_cancelled) every few milliseconds instead.
+    fn on_cancel(&self, _hook: Box<dyn Fn() + Send + Sync>) -> Option<OnCancel> {
+        None
+    }
 
     /// Waits for `delay`, or less if the turn is cancelled meanwhile; true when cancelled.
     /// The default checks [`is_cancelled`](Self::is_cancelled) every few milliseconds; a sink
