@@ -106,6 +106,9 @@ struct SessionInner {
     store: Arc<dyn ConversationStore>,
     /// This session as the journal's acknowledgement target.
     ack: Arc<dyn Durable>,
+    /// True with `--in-memory`: nothing survives a restart anyway, so an event is sent the
+    /// moment it is made instead of after the journal has written it (one thread hop less).
+    send_before_written: bool,
     /// Held for bookkeeping only: never across IO, a model call, a tool call or a blocking send.
     state: Mutex<SessionState>,
 }
@@ -114,8 +117,11 @@ struct SessionInner {
 struct SessionState {
     bot: Bot,
     log: EventLog,
-    /// The highest `seq` the store has committed; only events up to it are delivered.
+    /// The highest `seq` the store has committed; the tail keeps every event after it.
     durable_seq: u64,
+    /// The highest `seq` handed to subscribers: `durable_seq` when events are written before
+    /// they are sent, the newest event with `--in-memory`.
+    visible_seq: u64,
     next_turn: u64,
     turn: Option<CurrentTurn>,
     subscribers: Vec<Attached>,
@@ -137,7 +143,7 @@ impl Durable for SessionAck {
         if let Some(inner) = self.0.upgrade() {
             let session = Session { inner };
             let mut state = session.inner.state.lock();
-            session.release(&mut state, seq);
+            session.durable(&mut state, seq);
         }
     }
 }
@@ -158,6 +164,7 @@ impl Session {
         let knowledge = Knowledge::persistent(Arc::new(persist.clone()), parts.notes);
         let state = SessionState {
             durable_seq: parts.log.last_seq(),
+            visible_seq: parts.log.last_seq(),
             bot: parts.bot,
             log: parts.log,
             next_turn: parts.next_turn,
@@ -179,6 +186,7 @@ impl Session {
             persist,
             store: shared.store.clone(),
             ack: Arc::new(SessionAck(weak.clone())),
+            send_before_written: shared.config.in_memory,
             state: Mutex::new(state),
         });
         Session { inner }
@@ -338,6 +346,9 @@ impl Session {
         self.inner
             .persist
             .event(seq, &text, &frame, self.inner.ack.clone());
+        if self.inner.send_before_written {
+            self.release(state, seq);
+        }
     }
 
     /// A streamed piece of the answer of turn `turn_id`: not an event. It goes to live
@@ -352,7 +363,7 @@ impl Session {
         let ServerFrame::MessageDelta { text: piece, .. } = frame else {
             return;
         };
-        if state.durable_seq < state.log.last_seq() {
+        if state.visible_seq < state.log.last_seq() {
             state.held.push((state.log.last_seq(), text, piece));
             return;
         }
@@ -365,13 +376,24 @@ impl Session {
             .retain(|attached| !attached.live || attached.subscriber.deliver(&batch));
     }
 
-    /// Marks events up to `seq` durable and queues them, with the pieces streamed between
-    /// them, for every live subscriber. Subscribers that cannot keep up are dropped here.
+    /// The journal has written events up to `seq`: the tail may let them go, and (unless they
+    /// went out already) they go to every live subscriber.
+    fn durable(&self, state: &mut SessionState, seq: u64) {
+        state.durable_seq = state.durable_seq.max(seq);
+        if !self.inner.send_before_written {
+            self.release(state, seq);
+        }
+        let durable = state.durable_seq;
+        state.log.trim(durable);
+    }
+
+    /// Sends events up to `seq`, with the pieces streamed between them, to every live
+    /// subscriber, one batch each. Subscribers that cannot keep up are dropped here.
     fn release(&self, state: &mut SessionState, seq: u64) {
-        if seq <= state.durable_seq {
+        if seq <= state.visible_seq {
             return;
         }
-        state.durable_seq = seq;
+        state.visible_seq = seq;
         let split = state.held.partition_point(|(after, _, _)| *after <= seq);
         let held: Vec<(u64, WireText, String)> = state.held.drain(..split).collect();
         let SessionState {
@@ -418,7 +440,6 @@ impl Session {
             attached.sent_seq = seq;
             true
         });
-        log.trim(seq);
     }
 
     /// Adds messages to the conversation, and to the store.
@@ -484,7 +505,7 @@ impl Session {
         let replaying = !is_new && last_seq.is_some();
         let sent_seq = match last_seq {
             Some(seen) if replaying => seen.min(state.log.last_seq()),
-            _ => state.durable_seq,
+            _ => state.visible_seq,
         };
         if !replaying {
             greeting.extend(self.replace_frame(&state));
@@ -513,7 +534,7 @@ impl Session {
     pub fn replay(&self, id: u64) -> crate::error::Result<ReplayStep> {
         let (after, up_to) = {
             let mut state = self.inner.state.lock();
-            let durable = state.durable_seq;
+            let visible = state.visible_seq;
             let Some(at) = state
                 .subscribers
                 .iter()
@@ -532,7 +553,7 @@ impl Session {
                 });
             }
             let cached: Option<Vec<(u64, WireText)>> =
-                state.log.range(after, durable).map(|events| {
+                state.log.range(after, visible).map(|events| {
                     let mut bytes = 0;
                     events
                         .take_while(|(_, text)| {
@@ -548,7 +569,7 @@ impl Session {
                 let mut frames: Vec<WireText> = events.into_iter().map(|(_, text)| text).collect();
                 let step = ReplayStep {
                     events: frames.len(),
-                    done: last >= durable,
+                    done: last >= visible,
                 };
                 if step.done {
                     frames.extend(self.replace_frame(&state));
@@ -562,7 +583,8 @@ impl Session {
                 }
                 return Ok(step);
             }
-            (after, durable)
+            // The tail keeps every event the store has not written, so these are written.
+            (after, state.durable_seq)
         };
         let page = self
             .inner
