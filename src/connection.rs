@@ -213,7 +213,8 @@ impl Connection {
             if let Some(incoming) = self.read()? {
                 return Ok(incoming);
             }
-            if let Some(reason) = self.outbound.take_released() {
+            let quiet = self.outbound.quiet();
+            if let Some(reason) = (!quiet).then(|| self.outbound.take_released()).flatten() {
                 let (code, text) = match reason {
                     CloseReason::TakenOver => {
                         (CloseCode::Policy, "taken over by a newer connection")
@@ -236,7 +237,7 @@ impl Connection {
                 self.deadline = None;
                 return Ok(Incoming::Deadline);
             }
-            if !self.flush() || !self.keepalive() {
+            if (!quiet && !self.flush()) || !self.closing_in_time() || !self.keepalive() {
                 return Ok(Incoming::Closed);
             }
             if want_room && !self.is_closing() && self.outbound.has_room() {
@@ -311,7 +312,7 @@ impl Connection {
     }
 
     /// Writes what is pending; false when the connection must end (a broken socket, a peer
-    /// that stalled past the write timeout, a closing handshake past its grace).
+    /// that stalled past the write timeout).
     fn flush(&mut self) -> bool {
         if self.outbound.flush().is_err() {
             return false;
@@ -322,6 +323,11 @@ impl Connection {
             log::warn!("connection {}: peer stopped reading; dropping it", self.id);
             return false;
         }
+        true
+    }
+
+    /// False once a closing handshake has run past its grace.
+    fn closing_in_time(&self) -> bool {
         self.closing_until
             .is_none_or(|until| Instant::now() < until)
     }
@@ -354,7 +360,9 @@ impl Connection {
             Some(sent) => sent + self.ping_interval,
             None => self.last_heard + self.ping_interval,
         };
-        if let Some(since) = self.outbound.stalled_since() {
+        if !self.outbound.quiet()
+            && let Some(since) = self.outbound.stalled_since()
+        {
             deadline = deadline.min(since + self.write_timeout);
         }
         if let Some(until) = self.closing_until {

@@ -16,10 +16,12 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, IoSlice, Write};
 use std::net::TcpStream;
+use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 
 use crate::metrics::Metrics;
 use crate::session::{CloseReason, Sink, WireText};
@@ -58,6 +60,41 @@ pub struct Outbound {
     limit: PendingLimit,
     metrics: Arc<Metrics>,
     state: Mutex<OutboundState>,
+    /// Copies of what the connection thread looks at on every pass, kept up to date whenever
+    /// the lock is released, so that an idle pass takes no lock: the pending bytes, and
+    /// whether a session let the connection go or the socket broke.
+    pending_copy: AtomicUsize,
+    attention: AtomicBool,
+}
+
+/// The lock, held; brings the lock-free copies up to date when released.
+struct Locked<'a> {
+    outbound: &'a Outbound,
+    state: MutexGuard<'a, OutboundState>,
+}
+
+impl Deref for Locked<'_> {
+    type Target = OutboundState;
+
+    fn deref(&self) -> &OutboundState {
+        &self.state
+    }
+}
+
+impl DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut OutboundState {
+        &mut self.state
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        let attention = self.state.released.is_some() || self.state.broken;
+        self.outbound
+            .pending_copy
+            .store(self.state.pending_bytes(), Ordering::Release);
+        self.outbound.attention.store(attention, Ordering::Release);
+    }
 }
 
 #[derive(Default)]
@@ -135,7 +172,22 @@ impl Outbound {
             limit,
             metrics,
             state: Mutex::new(OutboundState::default()),
+            pending_copy: AtomicUsize::new(0),
+            attention: AtomicBool::new(false),
         }
+    }
+
+    fn lock(&self) -> Locked<'_> {
+        Locked {
+            outbound: self,
+            state: self.state.lock(),
+        }
+    }
+
+    /// True when nothing waits for the socket and no session let the connection go: the
+    /// connection thread has nothing to write out or close. Takes no lock.
+    pub fn quiet(&self) -> bool {
+        self.pending_copy.load(Ordering::Acquire) == 0 && !self.attention.load(Ordering::Acquire)
     }
 
     /// The socket, for reading and polling.
@@ -148,7 +200,7 @@ impl Outbound {
     /// or has fallen past its [`PendingLimit`]: then it is released (`CloseReason::Behind`)
     /// and its thread woken to close it.
     pub fn send(&self, frames: &[WireText]) -> bool {
-        let mut state = self.state.lock();
+        let mut state = self.lock();
         if state.data_closed || state.broken || state.released.is_some() {
             return false;
         }
@@ -223,7 +275,7 @@ impl Outbound {
     ///
     /// When the socket is broken.
     pub fn write_raw(&self, bytes: &[u8]) -> io::Result<usize> {
-        let mut state = self.state.lock();
+        let mut state = self.lock();
         if state.broken {
             return Err(io::ErrorKind::BrokenPipe.into());
         }
@@ -253,7 +305,7 @@ impl Outbound {
     ///
     /// When the socket is broken.
     pub fn flush(&self) -> io::Result<()> {
-        let mut state = self.state.lock();
+        let mut state = self.lock();
         if state.broken {
             return Err(io::ErrorKind::BrokenPipe.into());
         }
@@ -306,7 +358,7 @@ impl Outbound {
 
     /// Bytes waiting for the socket.
     pub fn pending_bytes(&self) -> usize {
-        self.state.lock().pending_bytes()
+        self.pending_copy.load(Ordering::Acquire)
     }
 
     /// True when little enough waits that the connection may take on more work of its own.
@@ -316,24 +368,24 @@ impl Outbound {
 
     /// Since when the pending bytes have made no progress, if any wait.
     pub fn stalled_since(&self) -> Option<Instant> {
-        self.state.lock().stalled_since
+        self.lock().stalled_since
     }
 
     /// No data frame may be sent any more: a Close frame follows.
     pub fn close_data(&self) {
-        self.state.lock().data_closed = true;
+        self.lock().data_closed = true;
     }
 
     /// Why a session let the connection go, once.
     pub fn take_released(&self) -> Option<CloseReason> {
-        self.state.lock().released.take()
+        self.lock().released.take()
     }
 
     /// Called by the connection thread before it sleeps: `None` when something happened that
     /// it must look at first (a wake, a release, a broken socket); else the thread counts as
     /// sleeping from now on, and the answer says whether it must poll for `POLLOUT`.
     pub fn begin_sleep(&self, waker: ThreadWaker) -> Option<bool> {
-        let mut state = self.state.lock();
+        let mut state = self.lock();
         if std::mem::take(&mut state.woken) || state.released.is_some() || state.broken {
             return None;
         }
@@ -344,7 +396,7 @@ impl Outbound {
 
     /// Called by the connection thread when its sleep ends; nobody wakes it after this.
     pub fn end_sleep(&self) {
-        self.state.lock().sleeping = None;
+        self.lock().sleeping = None;
     }
 }
 
@@ -354,7 +406,7 @@ impl Sink for Outbound {
     }
 
     fn close(&self, reason: CloseReason) {
-        let mut state = self.state.lock();
+        let mut state = self.lock();
         state.released.get_or_insert(reason);
         state.wake(false);
     }
@@ -362,7 +414,7 @@ impl Sink for Outbound {
 
 impl Wake for Outbound {
     fn wake(&self) {
-        let mut state = self.state.lock();
+        let mut state = self.lock();
         state.woken = true;
         state.wake(false);
     }
