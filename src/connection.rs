@@ -114,6 +114,13 @@ impl std::fmt::Debug for Connection {
     }
 }
 
+impl Drop for Connection {
+    fn drop(&mut self) {
+        // The thread is about to end: no wake-up signal may reach it after this.
+        self.outbound.retire();
+    }
+}
+
 impl Connection {
     /// The transport of an upgraded socket, which must be non-blocking and written only
     /// through `outbound`. `sleeper` must have been made on this thread.

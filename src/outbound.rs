@@ -65,6 +65,11 @@ pub struct Outbound {
     /// whether a session let the connection go or the socket broke.
     pending_copy: AtomicUsize,
     attention: AtomicBool,
+    /// True while the connection thread sleeps (or is about to). Set under the lock, cleared
+    /// without it when the sleep ends (a writer that still sees it set sends one wake too
+    /// many, which only shortens the next sleep), and cleared under the lock for good by
+    /// [`Outbound::retire`].
+    asleep: AtomicBool,
 }
 
 /// The lock, held; brings the lock-free copies up to date when released.
@@ -84,6 +89,20 @@ impl Deref for Locked<'_> {
 impl DerefMut for Locked<'_> {
     fn deref_mut(&mut self) -> &mut OutboundState {
         &mut self.state
+    }
+}
+
+impl Locked<'_> {
+    /// Wakes the connection thread if it sleeps; with `for_output`, only if it does not poll
+    /// for `POLLOUT` already. Called with the lock held, which is what keeps the thread alive
+    /// meanwhile (see [`Outbound::retire`]).
+    fn wake(&self, for_output: bool) {
+        if self.outbound.asleep.load(Ordering::SeqCst)
+            && let Some(sleeping) = self.state.sleeping
+            && !(for_output && sleeping.polls_out)
+        {
+            sleeping.waker.wake();
+        }
     }
 }
 
@@ -114,8 +133,8 @@ struct OutboundState {
     released: Option<CloseReason>,
     /// Someone asked the connection thread to look around (shutdown).
     woken: bool,
-    /// Set while the connection thread sleeps (or is about to): whom to wake, and whether it
-    /// polls for `POLLOUT` already.
+    /// Set by the connection thread before each sleep: whom to wake, and whether it polls for
+    /// `POLLOUT` already. Only read while [`Outbound::asleep`] is set.
     sleeping: Option<Sleeping>,
 }
 
@@ -128,16 +147,6 @@ struct Sleeping {
 impl OutboundState {
     fn pending_bytes(&self) -> usize {
         self.pending.len() - self.sent
-    }
-
-    /// Wakes the connection thread if it sleeps; with `for_output`, only if it does not poll
-    /// for `POLLOUT` already.
-    fn wake(&self, for_output: bool) {
-        if let Some(sleeping) = self.sleeping
-            && !(for_output && sleeping.polls_out)
-        {
-            sleeping.waker.wake();
-        }
     }
 
     /// Keeps what the socket did not take of `slices` (it took `written` bytes); `frame_ends`
@@ -174,6 +183,7 @@ impl Outbound {
             state: Mutex::new(OutboundState::default()),
             pending_copy: AtomicUsize::new(0),
             attention: AtomicBool::new(false),
+            asleep: AtomicBool::new(false),
         }
     }
 
@@ -391,12 +401,21 @@ impl Outbound {
         }
         let polls_out = state.pending_bytes() > 0;
         state.sleeping = Some(Sleeping { waker, polls_out });
+        self.asleep.store(true, Ordering::SeqCst);
         Some(polls_out)
     }
 
-    /// Called by the connection thread when its sleep ends; nobody wakes it after this.
+    /// Called by the connection thread when its sleep ends. Takes no lock.
     pub fn end_sleep(&self) {
-        self.lock().sleeping = None;
+        self.asleep.store(false, Ordering::SeqCst);
+    }
+
+    /// Called by the connection thread before it ends: nobody wakes it after this returns.
+    /// Taking the lock waits out a writer that saw it asleep and is signalling it.
+    pub fn retire(&self) {
+        let mut state = self.lock();
+        self.asleep.store(false, Ordering::SeqCst);
+        state.sleeping = None;
     }
 }
 
