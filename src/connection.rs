@@ -209,9 +209,14 @@ impl Connection {
     /// Waits for the next thing the handler must know about. With `want_room`, also returns
     /// as soon as little enough is pending that the handler may send more of its own.
     ///
+    /// Not inlined: tungstenite's read path has large locals, and inlined into the handler's
+    /// loop they would sit under every frame it handles (a `connect` that creates a session
+    /// goes deep), so that each connection thread touched one more stack page.
+    ///
     /// # Errors
     ///
     /// Socket and WebSocket failures other than a normal close.
+    #[inline(never)]
     pub fn next(&mut self, want_room: bool) -> Result<Incoming> {
         loop {
             if self.aborted {

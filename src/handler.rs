@@ -98,7 +98,7 @@ impl<'a> Handler<'a> {
     /// # Errors
     ///
     /// Socket and WebSocket failures other than a normal close.
-    pub fn run(mut self) -> Result<()> {
+    pub fn run(&mut self) -> Result<()> {
         let result = self.serve();
         if let Some(session) = self.session.take() {
             session.detach(self.connection.id());

@@ -28,8 +28,10 @@ use crate::session::{CloseReason, Sink, WireText};
 use crate::shutdown::Wake;
 use crate::wake::ThreadWaker;
 
-/// Frames per `writev`: two slices each (header and payload), well under `IOV_MAX` (1024).
-const FRAMES_PER_WRITE: usize = 32;
+/// Frames per `writev`: two slices each (header and payload). Small, because the slices and
+/// headers sit on the writer's stack, and a connection thread's stack pages count towards
+/// what an idle connection costs; a batch of more frames takes several calls.
+const FRAMES_PER_WRITE: usize = 8;
 
 /// The longest header of an unmasked server frame: 2 bytes and an 8-byte length.
 const MAX_HEADER_BYTES: usize = 10;

@@ -614,63 +614,93 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, shared: &Shared, id: u64) -> R
                 .write(&mut stream, head.method != "HEAD")
                 .map_err(|e| Error::io("http response", e))
         }
-        Route::WebSocket => {
-            if !http::origin_allowed(&head, &config.allowed_origins) {
-                log::warn!(
-                    "connection {id}: refused an upgrade from origin {:?}",
-                    head.header("origin")
-                );
-                let forbidden =
-                    Response::text(403, "Forbidden", "this origin may not open a session\n");
-                return respond(&mut stream, &forbidden);
-            }
-            let answer = match http::upgrade_response(&head) {
-                Ok(answer) => answer,
-                Err(response) => return respond(&mut stream, &response),
-            };
-            let Some(_slot) = shared.try_slot() else {
-                let busy = Response::text(503, "Service Unavailable", "too many connections\n");
-                return respond(&mut stream, &busy);
-            };
-            let limit = PendingLimit {
-                frames: config.outbox_capacity.max(1),
-                bytes: PENDING_LIMIT_BYTES,
-            };
-            let outbound = Arc::new(Outbound::new(stream, limit, shared.ctx.metrics.clone()));
-            let mut stream = MeteredStream::new(Wire::new(outbound.clone()), shared.budget.clone());
-            if stream.observe(&head.rest).is_err() {
-                let busy = Response::text(503, "Service Unavailable", "server busy\n");
-                return respond(&mut outbound.socket(), &busy);
-            }
-            // Still blocking (with the write timeout): the answer goes out whole.
-            outbound
-                .socket()
-                .write_all(answer.as_bytes())
-                .map_err(|e| Error::io("handshake", e))?;
-            outbound
-                .socket()
-                .set_nonblocking(true)
-                .map_err(|e| Error::io("nonblocking", e))?;
-            let sleeper = Sleeper::new().map_err(|e| Error::io("signal mask", e))?;
-            let _registration = shared.ctx.shutdown.register(id, outbound.clone());
-            let ws_config = WebSocketConfig::default()
-                .read_buffer_size(READ_BUFFER_BYTES)
-                .write_buffer_size(WRITE_BUFFER_BYTES)
-                .max_message_size(Some(config.max_frame_bytes))
-                .max_frame_size(Some(config.max_frame_bytes));
-            let ws =
-                WebSocket::from_partially_read(stream, head.rest, Role::Server, Some(ws_config));
-            let connection = Connection::new(
-                ws,
-                outbound,
-                sleeper,
-                shared.ctx.shutdown.clone(),
-                id,
-                config,
-            );
-            Handler::new(connection, &shared.ctx, token).run()
-        }
+        Route::WebSocket => serve_websocket(stream, head, shared, id, token),
     }
+}
+
+/// Runs a WebSocket on `stream`, whose request head was `head`. Not inlined into [`serve`]:
+/// its locals (the WebSocket, the transport, the handler) would otherwise deepen the stack
+/// under every request head that is read, and an idle connection's thread would touch one
+/// more page.
+#[inline(never)]
+fn serve_websocket(
+    mut stream: TcpStream,
+    head: http::RequestHead,
+    shared: &Shared,
+    id: u64,
+    token: Option<String>,
+) -> Result<()> {
+    let config = &shared.ctx.config;
+    if !http::origin_allowed(&head, &config.allowed_origins) {
+        log::warn!(
+            "connection {id}: refused an upgrade from origin {:?}",
+            head.header("origin")
+        );
+        let forbidden = Response::text(403, "Forbidden", "this origin may not open a session\n");
+        return respond(&mut stream, &forbidden);
+    }
+    let answer = match http::upgrade_response(&head) {
+        Ok(answer) => answer,
+        Err(response) => return respond(&mut stream, &response),
+    };
+    let Some(_slot) = shared.try_slot() else {
+        let busy = Response::text(503, "Service Unavailable", "too many connections\n");
+        return respond(&mut stream, &busy);
+    };
+    let limit = PendingLimit {
+        frames: config.outbox_capacity.max(1),
+        bytes: PENDING_LIMIT_BYTES,
+    };
+    let outbound = Arc::new(Outbound::new(stream, limit, shared.ctx.metrics.clone()));
+    let mut stream = MeteredStream::new(Wire::new(outbound.clone()), shared.budget.clone());
+    if stream.observe(&head.rest).is_err() {
+        let busy = Response::text(503, "Service Unavailable", "server busy\n");
+        return respond(&mut outbound.socket(), &busy);
+    }
+    // Still blocking (with the write timeout): the answer goes out whole.
+    outbound
+        .socket()
+        .write_all(answer.as_bytes())
+        .map_err(|e| Error::io("handshake", e))?;
+    outbound
+        .socket()
+        .set_nonblocking(true)
+        .map_err(|e| Error::io("nonblocking", e))?;
+    let sleeper = Sleeper::new().map_err(|e| Error::io("signal mask", e))?;
+    let _registration = shared.ctx.shutdown.register(id, outbound.clone());
+    let mut handler = handler(stream, head.rest, outbound, sleeper, shared, id, token);
+    handler.run()
+}
+
+/// The transport and the handler of a WebSocket, on the heap. Built in a frame of its own that
+/// is gone before the handler runs, so that its temporaries do not deepen the stack under
+/// every frame the handler handles.
+#[inline(never)]
+fn handler(
+    stream: MeteredStream<Wire>,
+    read_ahead: Vec<u8>,
+    outbound: Arc<Outbound>,
+    sleeper: Sleeper,
+    shared: &Shared,
+    id: u64,
+    token: Option<String>,
+) -> Box<Handler<'_>> {
+    let config = &shared.ctx.config;
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
+        .max_message_size(Some(config.max_frame_bytes))
+        .max_frame_size(Some(config.max_frame_bytes));
+    let ws = WebSocket::from_partially_read(stream, read_ahead, Role::Server, Some(ws_config));
+    let connection = Connection::new(
+        ws,
+        outbound,
+        sleeper,
+        shared.ctx.shutdown.clone(),
+        id,
+        config,
+    );
+    Box::new(Handler::new(connection, &shared.ctx, token))
 }
 
 /// Who an API request comes from: the bearer token's principal, or the local principal when
