@@ -79,6 +79,9 @@ fi
 mkdir -p "$OUT/logs"
 rm -rf "$OUT/data"
 : >"$RESULTS"
+# The machine is shared: what else ran is part of every figure.
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+log "load average before the rounds: $load_before"
 
 sparky_flags=(--max-connections 20000)
 # Not `--help | grep -q`: with pipefail, grep quitting early can fail the pipeline.
@@ -198,7 +201,7 @@ for round in $(seq "$ROUNDS"); do
 done
 
 load_average=$(cut -d' ' -f1-3 /proc/loadavg)
-echo "{\"scenario\":\"machine\",\"load_average\":\"$load_average\"}" >>"$RESULTS"
+echo "{\"scenario\":\"machine\",\"load_before\":\"$load_before\",\"load_average\":\"$load_average\"}" >>"$RESULTS"
 log "load average after the rounds: $load_average"
 
 for name in sparky floor; do

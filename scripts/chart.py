@@ -249,8 +249,14 @@ def comparison_row(scenario, clients, variant, grouped):
 def render_table(runs):
     rounds = sorted({run["round"] for run in runs if run["scenario"] in ("turns", "connect")})
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    loads = [run["load_average"] for run in runs if run["scenario"] == "machine"]
-    load = f" Load average (1, 5, 15 min) after the rounds: {loads[-1]}." if loads else ""
+    machine = [run for run in runs if run["scenario"] == "machine"]
+    load = ""
+    if machine:
+        load = (
+            f" Load average (1, 5, 15 min) before the rounds: "
+            f"{machine[-1].get('load_before', '?')}; after them (our own load included): "
+            f"{machine[-1].get('load_average', '?')}."
+        )
     servers = [NAMES[label] for label in SERVER_ORDER if any(r["label"] == label for r in runs)]
     out = [
         "# Benchmark results",
