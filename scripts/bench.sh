@@ -76,8 +76,9 @@ if [[ -z ${NO_FASTAPI:-} ]]; then
     fi
 fi
 
+# Old logs go: a server's address is read from a log file of the same name.
+rm -rf "$OUT/logs" "$OUT/data"
 mkdir -p "$OUT/logs"
-rm -rf "$OUT/data"
 : >"$RESULTS"
 # The machine is shared: what else ran is part of every figure.
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -126,6 +127,9 @@ start_server() {
     SERVER_COUNT=$((SERVER_COUNT + 1))
     local stdout="$OUT/logs/$SERVER_COUNT-$name.out"
     local stderr="$OUT/logs/$SERVER_COUNT-$name.err"
+    # Emptied here, not only by the redirection below: that happens in the started process,
+    # which the loop that reads the address may overtake.
+    : >"$stdout"
     if [[ $name == sparky* ]]; then
         local data="$OUT/data/$SERVER_COUNT"
         local flags=("${sparky_flags[@]}")
