@@ -22,6 +22,7 @@
 # limit (`ulimit -n`) for itself and so for both servers and the load generator. Where the
 # hard limit is lower than 65536 (containers), it goes as high as the hard limit allows.
 # Extra flags for Sparky can be passed in SPARKY_ARGS, e.g. SPARKY_ARGS="--log-level warn";
+# SPARKY_BIN=path runs that build of Sparky instead of target/release/sparky;
 # BENCH_OUT moves the output directory; the counts at the top can be overridden the same way.
 
 set -euo pipefail
@@ -46,7 +47,8 @@ MAX_SECONDS=${MAX_SECONDS:-60}
 
 OUT=${BENCH_OUT:-target/bench}
 RESULTS=$OUT/results.jsonl
-SPARKY=target/release/sparky
+# SPARKY_BIN runs another build of Sparky (an earlier commit's, for a before-and-after).
+SPARKY=${SPARKY_BIN:-target/release/sparky}
 FLOOR=target/release/examples/floor
 LOADGEN=target/release/examples/loadgen
 
