@@ -77,6 +77,14 @@ pub trait TurnEvents {
     /// prompt stays) instead of extending it: the model rejected the earlier history as
     /// malformed, and the turn ran without it.
     fn close_resetting(&self, frame: ServerFrame, transcript: Vec<ChatMessage>) -> bool;
+
+    /// What the turn emits from now on may wait, to go out in one write with what follows it,
+    /// until [`flush`](Self::flush) or the turn's close. Called only around a model step that
+    /// never waits ([`ModelBackend::answers_at_once`](crate::model::ModelBackend)).
+    fn hold(&self) {}
+
+    /// Sends what [`hold`](Self::hold) kept back.
+    fn flush(&self) {}
 }
 
 /// How a turn ended, as far as its worker knows.
@@ -358,7 +366,17 @@ impl Turn {
                 earlier: &self.history,
                 current: &self.current,
             };
+            // A model that answers at once: its thoughts go out with its answer, in one write.
+            let held = self.engine.model.answers_at_once();
+            if held {
+                events.hold();
+            }
             let reply = self.engine.model.complete(conversation, specs, &mut sink);
+            // A final answer closes the turn, which sends what was held with it; anything else
+            // (tool calls, which may wait, or a failure) sends it now.
+            if held && !matches!(&reply, Ok(reply) if reply.tool_calls.is_empty()) {
+                events.flush();
+            }
             if !sink.live || cancel.is_cancelled() {
                 return Asked::Cancelled;
             }

@@ -202,6 +202,14 @@ pub trait ModelBackend: Send + Sync {
         false
     }
 
+    /// True when [`complete`](Self::complete) never waits (no network, no sleep, no lock held
+    /// by someone slow): what it streams may then go out with what follows it, in one write,
+    /// instead of the moment it is streamed. False (the default) for anything that may block,
+    /// so that nothing it streams waits for the rest.
+    fn answers_at_once(&self) -> bool {
+        false
+    }
+
     /// Runs one step of the conversation.
     ///
     /// # Errors

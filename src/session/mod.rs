@@ -132,6 +132,10 @@ struct SessionState {
     idle_since: Instant,
     /// Set when the session leaves memory or is deleted; a closed session accepts nothing.
     closed: bool,
+    /// Set while the current turn holds back what it emits (`--in-memory` only: a model that
+    /// answers at once has its thoughts sent with its answer); cleared when the turn flushes
+    /// or closes.
+    holding: bool,
 }
 
 /// The journal's handle on a session: a weak one, so that a pending batch does not keep an
@@ -173,6 +177,7 @@ impl Session {
             held: Vec::new(),
             idle_since: Instant::now(),
             closed: false,
+            holding: false,
         };
         let inner = Arc::new_cyclic(|weak: &Weak<SessionInner>| SessionInner {
             id: parts.id,
@@ -346,8 +351,16 @@ impl Session {
         self.inner
             .persist
             .event(seq, &text, &frame, self.inner.ack.clone());
-        if self.inner.send_before_written {
+        if self.inner.send_before_written && !state.holding {
             self.release(state, seq);
+        }
+    }
+
+    /// Sends what the current turn held back, if it held anything.
+    fn flush_held(&self, state: &mut SessionState) {
+        if std::mem::take(&mut state.holding) && self.inner.send_before_written {
+            let last = state.log.last_seq();
+            self.release(state, last);
         }
     }
 

@@ -190,6 +190,24 @@ impl TurnEvents for SessionTurn {
     fn close_resetting(&self, frame: ServerFrame, transcript: Vec<ChatMessage>) -> bool {
         self.finish(frame, transcript, true)
     }
+
+    fn hold(&self) {
+        let mut state = self.session.inner.state.lock();
+        // Only where events are sent as they are made; otherwise the journal batches them.
+        if self.session.inner.send_before_written
+            && state
+                .turn
+                .as_ref()
+                .is_some_and(|turn| turn.id == self.turn_id)
+        {
+            state.holding = true;
+        }
+    }
+
+    fn flush(&self) {
+        let mut state = self.session.inner.state.lock();
+        self.session.flush_held(&mut state);
+    }
 }
 
 impl Session {
@@ -204,6 +222,8 @@ impl Session {
         transcript: Vec<ChatMessage>,
         reset_history: bool,
     ) {
+        // The closing frame goes out with whatever the turn held back.
+        state.holding = false;
         if let Some(turn) = turn {
             let outcome = match &frame {
                 ServerFrame::Message { .. } => Outcome::Message,
