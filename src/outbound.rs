@@ -58,6 +58,8 @@ pub struct PendingLimit {
 /// The lock guards the pending buffer and the connection thread's sleep; it is held for one
 /// non-blocking `write`/`writev` at most, and taken after a session's lock, never before.
 pub struct Outbound {
+    /// The connection's id, for the log.
+    id: u64,
     socket: TcpStream,
     limit: PendingLimit,
     metrics: Arc<Metrics>,
@@ -176,9 +178,10 @@ impl fmt::Debug for Outbound {
 }
 
 impl Outbound {
-    /// The write side of `socket`, which must be (or soon be) non-blocking.
-    pub fn new(socket: TcpStream, limit: PendingLimit, metrics: Arc<Metrics>) -> Self {
+    /// The write side of connection `id`'s `socket`, which must be (or soon be) non-blocking.
+    pub fn new(id: u64, socket: TcpStream, limit: PendingLimit, metrics: Arc<Metrics>) -> Self {
         Outbound {
+            id,
             socket,
             limit,
             metrics,
@@ -221,8 +224,9 @@ impl Outbound {
                 || state.frame_ends.len() >= self.limit.frames
             {
                 log::warn!(
-                    "connection: {} bytes in {} frames wait for a peer that does not read; \
+                    "connection {}: {} bytes in {} frames wait for a peer that does not read; \
                      letting it go",
+                    self.id,
                     state.pending_bytes(),
                     state.frame_ends.len()
                 );
@@ -256,7 +260,7 @@ impl Outbound {
             let written = match write_vectored(&self.socket, slices) {
                 Ok(written) => written,
                 Err(e) => {
-                    log::debug!("connection: write failed: {e}");
+                    log::debug!("connection {}: write failed: {e}", self.id);
                     state.broken = true;
                     state.wake(false);
                     return false;

@@ -651,7 +651,7 @@ fn serve_websocket(
         frames: config.outbox_capacity.max(1),
         bytes: PENDING_LIMIT_BYTES,
     };
-    let outbound = Arc::new(Outbound::new(stream, limit, shared.ctx.metrics.clone()));
+    let outbound = Arc::new(Outbound::new(id, stream, limit, shared.ctx.metrics.clone()));
     let mut stream = MeteredStream::new(Wire::new(outbound.clone()), shared.budget.clone());
     if stream.observe(&head.rest).is_err() {
         let busy = Response::text(503, "Service Unavailable", "server busy\n");
