@@ -485,7 +485,118 @@ fn push_frame(buffer: &mut Vec<u8>, payload: &[u8]) {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Read;
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsFd;
+    use std::thread;
+    use std::time::Duration;
+
+    use nix::poll::PollFlags;
+
     use super::*;
+    use crate::wake::{self, Sleeper};
+
+    /// Frames the writer sends, and the payload of each.
+    const FRAMES: usize = 2_000;
+    const FRAME_BYTES: usize = 8 * 1024;
+
+    /// A writer thread keeps the socket full while a reader drains it in small reads, so that
+    /// the pending buffer fills and empties over and over, and each time it fills while the
+    /// connection thread sleeps polling for input only, that thread must be woken to poll for
+    /// room. A lost wake-up leaves bytes pending with nobody writing them: the reader's next
+    /// read times out. Every frame arrives, once, in order.
+    #[test]
+    fn no_wake_up_is_lost_while_the_pending_buffer_fills_and_empties() {
+        wake::install().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket
+            .connect(&listener.local_addr().unwrap().into())
+            .unwrap();
+        let mut client: TcpStream = socket.into();
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let (server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        // A small send buffer: most frames do not fit whole, so the writer leaves bytes
+        // pending (and must wake the connection thread) again and again.
+        socket2::SockRef::from(&server)
+            .set_send_buffer_size(4096)
+            .unwrap();
+        let limit = PendingLimit {
+            frames: usize::MAX,
+            bytes: usize::MAX,
+        };
+        let metrics = Arc::new(Metrics::default());
+        let outbound = Arc::new(Outbound::new(1, server, limit, metrics.clone()));
+        let done = Arc::new(AtomicBool::new(false));
+
+        // The connection thread, as `Connection` runs it: flush, then sleep until the socket
+        // has room (when bytes are pending) or a wake-up comes.
+        let (connection_outbound, connection_done) = (outbound.clone(), done.clone());
+        let connection = thread::spawn(move || {
+            let sleeper = Sleeper::new().unwrap();
+            while !connection_done.load(Ordering::SeqCst) {
+                connection_outbound.flush().unwrap();
+                let Some(polls_out) = connection_outbound.begin_sleep(sleeper.waker()) else {
+                    continue;
+                };
+                let mut events = PollFlags::POLLIN;
+                if polls_out {
+                    events |= PollFlags::POLLOUT;
+                }
+                let fd = connection_outbound.socket().as_fd();
+                // A long timeout: only a wake-up or room on the socket ends the sleep in time.
+                sleeper
+                    .sleep(fd, events, Some(Duration::from_secs(60)))
+                    .unwrap();
+                connection_outbound.end_sleep();
+            }
+            connection_outbound.retire();
+        });
+        // The writer: a turn thread producing frames. It waits for the pending bytes to drain
+        // before each frame, so that every frame the socket refuses makes the pending buffer
+        // non-empty anew, most often while the connection thread sleeps polling for input only.
+        let writer_outbound = outbound.clone();
+        let writer = thread::spawn(move || {
+            let padding = "z".repeat(FRAME_BYTES - 8);
+            for i in 0..FRAMES {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while writer_outbound.pending_bytes() > 0 {
+                    assert!(Instant::now() < deadline, "the pending bytes never drained");
+                    thread::yield_now();
+                }
+                let frame: WireText = format!("{i:08}{padding}").into();
+                assert!(writer_outbound.send(&[frame]));
+            }
+        });
+        // The reader: the client, in small reads.
+        let mut received = Vec::with_capacity(FRAMES * (FRAME_BYTES + 4));
+        let mut chunk = [0u8; 512];
+        while received.len() < FRAMES * (FRAME_BYTES + 4) {
+            let n = client
+                .read(&mut chunk)
+                .expect("a read timed out: a wake-up was lost");
+            assert!(n > 0, "the socket closed");
+            received.extend_from_slice(&chunk[..n]);
+        }
+        writer.join().unwrap();
+        done.store(true, Ordering::SeqCst);
+        Wake::wake(&*outbound);
+        connection.join().unwrap();
+        for (i, frame) in received.chunks(FRAME_BYTES + 4).enumerate() {
+            assert_eq!(frame[..4], [0x81, 126, (FRAME_BYTES >> 8) as u8, 0]);
+            assert_eq!(&frame[4..12], format!("{i:08}").as_bytes());
+        }
+        let deferred = Metrics::get(&metrics.writes_deferred);
+        assert!(
+            deferred > FRAMES as u64 / 10,
+            "the socket filled up only {deferred} times; the test proves little"
+        );
+    }
 
     #[test]
     fn headers_use_7_16_and_64_bit_lengths() {
