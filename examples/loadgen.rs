@@ -5,7 +5,7 @@
 //! ```text
 //! cargo run --release --example loadgen -- --url ws://127.0.0.1:PORT/ws SCENARIO [OPTIONS]
 //!
-//! turns   --clients N --turns M             closed-loop plain turns; latency = send to final message
+//! turns   --clients N --turns M [--pid P]   closed-loop plain turns; latency = send to final message
 //! connect --clients N                       TCP connect + handshake + `connect` until `ready`
 //! idle    --clients N --seconds S --pid P   hold N sessions; server RSS, threads and idle CPU
 //! cancel  --clients N --turns M             `/wait 10000` cut short by a new message
@@ -85,6 +85,10 @@ enum Scenario {
         /// Turns per client.
         #[arg(long, default_value_t = 100)]
         turns: usize,
+        /// The server's process id: its CPU time over the run (until it settles afterwards:
+        /// work it deferred counts) is reported per turn.
+        #[arg(long)]
+        pid: Option<u32>,
     },
     /// N clients connecting at once: TCP connect, handshake, `connect` until `ready`.
     Connect {
@@ -144,7 +148,11 @@ fn main() -> ExitCode {
     };
     let limit = Duration::from_secs(cli.max_seconds);
     let result = match cli.scenario {
-        Scenario::Turns { clients, turns } => run_turns(&target, clients, turns, limit),
+        Scenario::Turns {
+            clients,
+            turns,
+            pid,
+        } => run_turns(&target, clients, turns, pid, limit),
         Scenario::Connect { clients, repeat } => run_connect(&target, clients, repeat, limit),
         Scenario::Idle {
             clients,
@@ -172,11 +180,18 @@ fn main() -> ExitCode {
 // Scenarios.
 // ---------------------------------------------------------------------------------------------
 
-fn run_turns(target: &Target, clients: usize, turns: usize, limit: Duration) -> Outcome {
+fn run_turns(
+    target: &Target,
+    clients: usize,
+    turns: usize,
+    pid: Option<u32>,
+    limit: Duration,
+) -> Outcome {
     let run = run_clients(
         target,
         clients,
         limit,
+        pid,
         move |ws, target, deadline, tally| {
             for turn in 0..turns {
                 if Instant::now() >= deadline {
@@ -193,10 +208,45 @@ fn run_turns(target: &Target, clients: usize, turns: usize, limit: Duration) -> 
             }
         },
     );
+    let cpu_ticks = run.cpu_ticks_since_start(pid);
+    let finishes = run.finishes.clone();
     let mut outcome = run.into_outcome("turns", clients, clients * turns);
     outcome
         .extra
         .insert("turns_per_client".into(), json!(turns));
+    if let Some(ticks) = cpu_ticks {
+        let seconds = ticks as f64 / CLOCK_TICKS_PER_SECOND;
+        outcome
+            .extra
+            .insert("server_cpu_s".into(), json!(round3(seconds)));
+        let count = outcome.tally.latencies.len();
+        if count > 0 {
+            let micros = seconds * 1e6 / count as f64;
+            outcome
+                .extra
+                .insert("server_cpu_us_per_turn".into(), json!(round3(micros)));
+        }
+    }
+    // Fairness: when each client finished its turns, from the start of the window.
+    let mut finishes: Vec<f64> = finishes.iter().map(Duration::as_secs_f64).collect();
+    finishes.sort_by(f64::total_cmp);
+    if let (Some(first), Some(last)) = (finishes.first(), finishes.last()) {
+        let median = finishes[finishes.len() / 2];
+        outcome
+            .extra
+            .insert("client_finish_min_s".into(), json!(round3(*first)));
+        outcome
+            .extra
+            .insert("client_finish_median_s".into(), json!(round3(median)));
+        outcome
+            .extra
+            .insert("client_finish_max_s".into(), json!(round3(*last)));
+        if *first > 0.0 {
+            outcome
+                .extra
+                .insert("client_finish_spread".into(), json!(round3(last / first)));
+        }
+    }
     outcome
 }
 
@@ -355,6 +405,7 @@ fn run_cancel(target: &Target, clients: usize, turns: usize, limit: Duration) ->
         target,
         clients,
         limit,
+        None,
         move |ws, target, deadline, tally| {
             for turn in 0..turns {
                 if Instant::now() >= deadline {
@@ -736,7 +787,13 @@ fn client_thread<T: Send + 'static>(
 
 /// Runs `clients` threads that each open a session, wait at the gate until every one of them
 /// is connected, then run `body` on their socket. The measuring window starts at the gate.
-fn run_clients<F>(target: &Target, clients: usize, limit: Duration, body: F) -> ClientRun
+fn run_clients<F>(
+    target: &Target,
+    clients: usize,
+    limit: Duration,
+    pid: Option<u32>,
+    body: F,
+) -> ClientRun
 where
     F: Fn(&mut Socket, &Target, Instant, &mut Tally) + Send + Copy + 'static,
 {
@@ -773,7 +830,7 @@ where
             Err(e) => failures.fail(&e),
         }
     }
-    let mut run = ClientRun::start_and_join(handles, ready_tx, &ready_rx, &gate);
+    let mut run = ClientRun::start_and_join_measuring(handles, ready_tx, &ready_rx, &gate, pid);
     run.tally.merge(failures);
     run
 }
@@ -820,6 +877,10 @@ impl Gate {
 struct ClientRun {
     tally: Tally,
     window: Duration,
+    /// When each client finished, from the start of the window.
+    finishes: Vec<Duration>,
+    /// The server's CPU ticks when the window opened, when asked for.
+    cpu_at_start: Option<u64>,
 }
 
 impl ClientRun {
@@ -831,25 +892,57 @@ impl ClientRun {
         ready_rx: &mpsc::Receiver<()>,
         gate: &Gate,
     ) -> Self {
+        Self::start_and_join_measuring(handles, ready_tx, ready_rx, gate, None)
+    }
+
+    /// [`ClientRun::start_and_join`], noting the CPU time of process `pid` as the gate opens.
+    fn start_and_join_measuring(
+        handles: Vec<thread::JoinHandle<(Tally, Instant)>>,
+        ready_tx: mpsc::Sender<()>,
+        ready_rx: &mpsc::Receiver<()>,
+        gate: &Gate,
+        pid: Option<u32>,
+    ) -> Self {
         drop(ready_tx);
         for _ in 0..handles.len() {
             if ready_rx.recv().is_err() {
                 break;
             }
         }
+        let cpu_at_start = pid.and_then(proc_cpu_ticks);
         let start = gate.open();
-        Self::join(handles, start)
+        let mut run = Self::join(handles, start);
+        run.cpu_at_start = cpu_at_start;
+        run
+    }
+
+    /// The CPU ticks process `pid` spent since the window opened, once it has settled (no
+    /// tick for 300 ms, or 5 s at most): work a server deferred past the last answer counts.
+    fn cpu_ticks_since_start(&self, pid: Option<u32>) -> Option<u64> {
+        let (pid, start) = (pid?, self.cpu_at_start?);
+        let mut last = proc_cpu_ticks(pid)?;
+        let give_up = Instant::now() + Duration::from_secs(5);
+        let mut quiet = 0;
+        while quiet < 3 && Instant::now() < give_up {
+            thread::sleep(Duration::from_millis(100));
+            let now = proc_cpu_ticks(pid)?;
+            quiet = if now == last { quiet + 1 } else { 0 };
+            last = now;
+        }
+        Some(last.saturating_sub(start))
     }
 
     /// Joins the client threads; the window runs from `start` to the last one's finish.
     fn join(handles: Vec<thread::JoinHandle<(Tally, Instant)>>, start: Instant) -> Self {
         let mut tally = Tally::default();
         let mut end = start;
+        let mut finishes = Vec::with_capacity(handles.len());
         for handle in handles {
             match handle.join() {
                 Ok((client, finished)) => {
                     tally.merge(client);
                     end = end.max(finished);
+                    finishes.push(finished.saturating_duration_since(start));
                 }
                 Err(_) => tally.fail(&LoadError::Protocol("a client thread panicked".into())),
             }
@@ -857,6 +950,8 @@ impl ClientRun {
         ClientRun {
             tally,
             window: end - start,
+            finishes,
+            cpu_at_start: None,
         }
     }
 

@@ -1,22 +1,28 @@
 #!/usr/bin/env bash
-# Runs the benchmark table of issue 7 against Sparky and the floor (examples/floor.rs), and
-# writes target/bench/results.jsonl (one JSON line per run), target/bench/table.md and
+# Runs the benchmark table of issues 7 and 13 against Sparky, the floor (examples/floor.rs) and
+# the seed's stack (bench/fastapi_app.py: FastAPI under uvicorn, one worker), and writes
+# target/bench/results.jsonl (one JSON line per run), target/bench/table.md and
 # target/bench/chart.svg.
 #
 #   bash scripts/bench.sh            # the whole table, about two and a half minutes on 2 cores
 #   ROUNDS=5 bash scripts/bench.sh   # more alternating rounds of turns/connect
 #
 # Every server is started fresh on 127.0.0.1:0; the port comes from its `listening on` line.
-# `turns` and `connect` run against Sparky and the floor alternately, ROUNDS times, and the
-# table shows medians and the median of the per-round ratios Sparky/floor. When Sparky has
-# `--in-memory`, a second Sparky without persistence (label `sparky-mem`) joins the rotation,
-# so the table shows turns with and without persistence. `idle`, `cancel` and `resume` run
+# `turns` and `connect` run against Sparky, the floor and FastAPI in turn, ROUNDS times (the
+# order reverses every round), and the table shows medians and the median of the per-round
+# ratios. When Sparky has `--in-memory`, a second Sparky without persistence (label
+# `sparky-mem`) joins the rotation, so the table shows turns with and without persistence.
+# `turns` also reports each server's CPU time per turn (from /proc, until it settles after the
+# run) and the spread of the clients' completion times. FastAPI is installed from PyPI into a
+# virtualenv under target/ on the first run (bench/requirements.txt); NO_FASTAPI=1 leaves it
+# out. `idle`, `cancel` and `resume` run
 # against the default Sparky; `idle` runs against the floor too, for scale.
 #
 # Holding 10,000 connections needs more open files than the usual 1024: the script raises the
 # limit (`ulimit -n`) for itself and so for both servers and the load generator. Where the
 # hard limit is lower than 65536 (containers), it goes as high as the hard limit allows.
 # Extra flags for Sparky can be passed in SPARKY_ARGS, e.g. SPARKY_ARGS="--log-level warn";
+# SPARKY_BIN=path runs that build of Sparky instead of target/release/sparky;
 # BENCH_OUT moves the output directory; the counts at the top can be overridden the same way.
 
 set -euo pipefail
@@ -41,7 +47,8 @@ MAX_SECONDS=${MAX_SECONDS:-60}
 
 OUT=${BENCH_OUT:-target/bench}
 RESULTS=$OUT/results.jsonl
-SPARKY=target/release/sparky
+# SPARKY_BIN runs another build of Sparky (an earlier commit's, for a before-and-after).
+SPARKY=${SPARKY_BIN:-target/release/sparky}
 FLOOR=target/release/examples/floor
 LOADGEN=target/release/examples/loadgen
 
@@ -53,17 +60,31 @@ if ! ulimit -n 65536 2>/dev/null; then
     ulimit -n "$(ulimit -Hn)"
 fi
 log "open-file limit: $(ulimit -n)"
-# Sparky uses two descriptors per WebSocket (the socket and an eventfd that wakes its thread).
-if (($(ulimit -n) < 2 * IDLE_CLIENTS + 100)); then
+# Sparky uses one descriptor per WebSocket (its socket).
+if (($(ulimit -n) < IDLE_CLIENTS + 100)); then
     log "warning: $(ulimit -n) open files may be too few for Sparky to hold $IDLE_CLIENTS connections"
 fi
 
 log "building (release)"
 cargo build --release --quiet --bin sparky --example loadgen --example floor
 
+VENV=target/bench-venv
+FASTAPI_PYTHON=$VENV/bin/python
+if [[ -z ${NO_FASTAPI:-} ]]; then
+    if ! "$FASTAPI_PYTHON" -c "import fastapi, uvicorn" 2>/dev/null; then
+        log "installing FastAPI and uvicorn into $VENV"
+        python3 -m venv "$VENV"
+        "$VENV/bin/pip" install --quiet -r bench/requirements.txt
+    fi
+fi
+
+# Old logs go: a server's address is read from a log file of the same name.
+rm -rf "$OUT/logs" "$OUT/data"
 mkdir -p "$OUT/logs"
-rm -rf "$OUT/data"
 : >"$RESULTS"
+# The machine is shared: what else ran is part of every figure.
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+log "load average before the rounds: $load_before"
 
 sparky_flags=(--max-connections 20000)
 # Not `--help | grep -q`: with pipefail, grep quitting early can fail the pipeline.
@@ -84,6 +105,9 @@ servers=(sparky floor)
 if [[ $sparky_help == *--in-memory* ]]; then
     servers=(sparky sparky-mem floor)
 fi
+if [[ -z ${NO_FASTAPI:-} ]]; then
+    servers+=(fastapi)
+fi
 
 SERVER_PID=""
 SERVER_ADDR=""
@@ -99,19 +123,24 @@ stop_server() {
 trap stop_server EXIT
 trap 'stop_server; exit 130' INT TERM
 
-# start_server sparky|sparky-mem|floor: starts a fresh server and sets SERVER_PID and
+# start_server sparky|sparky-mem|floor|fastapi: starts a fresh server and sets SERVER_PID and
 # SERVER_ADDR.
 start_server() {
     local name=$1
     SERVER_COUNT=$((SERVER_COUNT + 1))
     local stdout="$OUT/logs/$SERVER_COUNT-$name.out"
     local stderr="$OUT/logs/$SERVER_COUNT-$name.err"
+    # Emptied here, not only by the redirection below: that happens in the started process,
+    # which the loop that reads the address may overtake.
+    : >"$stdout"
     if [[ $name == sparky* ]]; then
         local data="$OUT/data/$SERVER_COUNT"
         local flags=("${sparky_flags[@]}")
         [[ $name == sparky-mem ]] && flags+=(--in-memory)
         mkdir -p "$data"
         "$SPARKY" --addr 127.0.0.1:0 --data-dir "$data" "${flags[@]}" >"$stdout" 2>"$stderr" &
+    elif [[ $name == fastapi ]]; then
+        "$FASTAPI_PYTHON" bench/fastapi_app.py --addr 127.0.0.1:0 >"$stdout" 2>"$stderr" &
     else
         "$FLOOR" --addr 127.0.0.1:0 >"$stdout" 2>"$stderr" &
     fi
@@ -159,14 +188,14 @@ compare_round() {
     local name=$1 round=$2
     start_server "$name"
     load "$name" "$round" connect --clients "$CONNECT_CLIENTS"
-    load "$name" "$round" turns --clients 1 --turns "$TURNS_1"
-    load "$name" "$round" turns --clients 50 --turns "$TURNS_50"
-    load "$name" "$round" turns --clients 500 --turns "$TURNS_500"
+    load "$name" "$round" turns --clients 1 --turns "$TURNS_1" --pid "$SERVER_PID"
+    load "$name" "$round" turns --clients 50 --turns "$TURNS_50" --pid "$SERVER_PID"
+    load "$name" "$round" turns --clients 500 --turns "$TURNS_500" --pid "$SERVER_PID"
     stop_server
 }
 
-# Sparky and the floor alternate, and the order reverses every round, so that a slow phase
-# of the shared machine does not land on one of them only.
+# The servers alternate, and the order reverses every round, so that a slow phase of the
+# shared machine does not land on one of them only.
 for round in $(seq "$ROUNDS"); do
     order=("${servers[@]}")
     if ((round % 2 == 0)); then
@@ -177,6 +206,10 @@ for round in $(seq "$ROUNDS"); do
         compare_round "$name" "$round"
     done
 done
+
+load_average=$(cut -d' ' -f1-3 /proc/loadavg)
+echo "{\"scenario\":\"machine\",\"load_before\":\"$load_before\",\"load_average\":\"$load_average\"}" >>"$RESULTS"
+log "load average after the rounds: $load_average"
 
 for name in sparky floor; do
     start_server "$name"

@@ -9,7 +9,7 @@ use std::thread;
 use std::time::Duration;
 
 use crate::auth::Principal;
-use crate::cancel::CancelFlag;
+use crate::cancel::{CancelFlag, OnCancel};
 use crate::error::Error;
 use crate::knowledge::Knowledge;
 use crate::metrics::Metrics;
@@ -106,6 +106,14 @@ pub trait TurnEvents {
     /// prompt stays) instead of extending it: the model rejected the earlier history as
     /// malformed, and the turn ran without it.
     fn close_resetting(&self, frame: ServerFrame, transcript: Vec<ChatMessage>) -> bool;
+
+    /// What the turn emits from now on may wait, to go out in one write with what follows it,
+    /// until [`flush`](Self::flush) or the turn's close. Called only around a model step that
+    /// never waits ([`ModelBackend::answers_at_once`](crate::model::ModelBackend)).
+    fn hold(&self) {}
+
+    /// Sends what [`hold`](Self::hold) kept back.
+    fn flush(&self) {}
 }
 
 /// How a turn ended, as far as its worker knows.
@@ -451,8 +459,18 @@ impl Turn {
                     return Asked::Cancelled;
                 }
             }
+            // A model that answers at once: its thoughts go out with its answer, in one write.
+            let held = self.engine.model.answers_at_once();
+            if held {
+                events.hold();
+            }
             let reply = self.engine.model.complete(conversation, specs, &mut sink);
             drop(fitted);
+            // A final answer closes the turn, which sends what was held with it; anything else
+            // (tool calls, which may wait, or a failure) sends it now.
+            if held && !matches!(&reply, Ok(reply) if reply.tool_calls.is_empty()) {
+                events.flush();
+            }
             if !sink.live || cancel.is_cancelled() {
                 return Asked::Cancelled;
             }
@@ -721,6 +739,10 @@ impl ReplySink for FrameSink<'_> {
 
     fn sleep(&mut self, delay: Duration) -> bool {
         !self.live || self.cancel.sleep(delay)
+    }
+
+    fn on_cancel(&self, hook: Box<dyn Fn() + Send + Sync>) -> Option<OnCancel> {
+        Some(self.cancel.on_cancel(hook))
     }
 }
 

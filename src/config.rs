@@ -11,8 +11,8 @@ use std::time::Duration;
 /// frame, not for a flood held in memory by a stranger.
 pub const UNAUTHENTICATED_FRAME_BYTES: usize = 64 * 1024;
 
-/// Descriptors one WebSocket holds: its socket and its wake-up eventfd.
-pub const DESCRIPTORS_PER_CONNECTION: u64 = 2;
+/// Descriptors one WebSocket holds: its socket (a thread-directed signal wakes its thread).
+pub const DESCRIPTORS_PER_CONNECTION: u64 = 1;
 
 /// Descriptors kept for everything but connections: the listener, the store's files, MCP
 /// pipes, logs.

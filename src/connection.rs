@@ -1,248 +1,272 @@
-//! `Connection`: the sole owner of one WebSocket. It decodes client frames, dispatches them to
-//! the session, and writes the session's frames the moment they are queued.
+//! `Connection`: the transport of one WebSocket. It reads client frames (through tungstenite),
+//! sleeps in `poll(2)` on its socket alone, writes out what its [`Outbound`] could not write at
+//! once, pings a quiet peer, drops one that stalls or stops answering, and closes. It knows
+//! nothing of what the frames mean: `handler.rs` does.
 //!
-//! The socket is non-blocking. The thread sleeps in `poll(2)` on two descriptors: the socket
-//! and an eventfd ([`Waker`]) that the session writes after queueing a frame. So an idle
-//! connection costs no CPU, and a frame from a worker reaches the wire without waiting for the
-//! client to send anything. Until a connection has authenticated (when tokens are required), its
-//! frames may be 64 KiB at most and it has `--handshake-timeout` to do so. Control frames count
-//! against the rate limit like any other. Depends on `session`, `worker`, `protocol`, `config`,
-//! `inbound` and `metrics`.
+//! The socket is non-blocking. Frames from sessions do not pass through this thread: their
+//! producers write them through the `Outbound`. The thread is woken (a thread-directed signal,
+//! see `wake.rs`) only when those bytes did not all fit and it must poll for `POLLOUT`, when a
+//! session lets the connection go, or at shutdown. Depends on `config`, `error`, `inbound`,
+//! `outbound`, `session`, `shutdown` and `wake`.
 
-use std::os::fd::OwnedFd;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError};
-use rustix::event::{EventfdFlags, PollFd, PollFlags, Timespec, eventfd, poll};
+use nix::poll::PollFlags;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::{Message, WebSocket};
+use tungstenite::{Message, Utf8Bytes, WebSocket};
 
-use crate::auth::{Auth, Principal, Refused};
-use crate::config::{Config, UNAUTHENTICATED_FRAME_BYTES};
-use crate::error::{Error, Result};
+use crate::config::Config;
+use crate::error::Result;
 use crate::inbound::{MeteredStream, OverBudget};
-use crate::metrics::Metrics;
-use crate::protocol::{
-    ClientFrame, ConnectData, ErrorCode, ServerFrame, decode_client_frame, encode,
-};
-use crate::rate::Bucket;
-use crate::session::{CloseReason, Delivery, Notify, Session, SessionManager, Subscriber};
-use crate::worker;
+use crate::outbound::Outbound;
+use crate::session::{CloseReason, WireText};
+use crate::shutdown::Shutdown;
+use crate::wake::Sleeper;
 
 /// How long a closing handshake may take before the socket is dropped anyway.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
-/// Bytes handed to tungstenite but not yet flushed past which the connection stops taking
-/// more frames (from its queue, or from a replay) until the socket drains: backpressure, so
-/// that what a slow peer costs is bounded by this plus one frame.
-const UNFLUSHED_LIMIT_BYTES: usize = 1 << 20;
-
-/// Wakes a connection thread from `poll`: an eventfd, written by whoever queued a frame.
+/// The stream under the WebSocket: reads come from the socket, writes (tungstenite's own
+/// frames: pongs, pings, Close) go through the connection's [`Outbound`], after anything the
+/// sessions have pending, so that bytes never interleave.
 #[derive(Debug)]
-pub struct Waker {
-    fd: OwnedFd,
+pub struct Wire {
+    outbound: Arc<Outbound>,
 }
 
-impl Waker {
-    /// A new eventfd.
-    ///
-    /// # Errors
-    ///
-    /// When the process is out of file descriptors.
-    pub fn new() -> Result<Self> {
-        let fd = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
-            .map_err(|e| Error::io("eventfd", e.into()))?;
-        Ok(Waker { fd })
-    }
-
-    /// Makes the next (or current) `poll` of the connection return.
-    pub fn wake(&self) {
-        // The counter saturates only after 2^64 wakes without a read; a full counter would
-        // still leave the fd readable, so an error here loses nothing.
-        let _ = rustix::io::write(&self.fd, &1u64.to_ne_bytes());
-    }
-
-    /// Clears pending wakes; called before draining the queue, so that no wake is lost.
-    fn reset(&self) {
-        let mut buffer = [0u8; 8];
-        let _ = rustix::io::read(&self.fd, &mut buffer);
+impl Wire {
+    /// The stream of the connection that writes through `outbound`.
+    pub fn new(outbound: Arc<Outbound>) -> Self {
+        Wire { outbound }
     }
 }
 
-impl Notify for Waker {
-    fn notify(&self) {
-        self.wake();
+impl Read for Wire {
+    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        let mut socket = self.outbound.socket();
+        socket.read(buffer)
     }
 }
 
-/// What every connection of a server shares.
-#[derive(Clone, Debug)]
-pub struct ConnectionContext {
-    /// The server's settings.
-    pub config: Arc<Config>,
-    /// The session map.
-    pub sessions: SessionManager,
-    /// The counters.
-    pub metrics: Arc<Metrics>,
-    /// Set when the server shuts down; connections then close with 1001.
-    pub shutdown: Arc<AtomicBool>,
-    /// Set when a graceful shutdown begins: turns in flight finish, new ones are refused.
-    pub draining: Arc<AtomicBool>,
-    /// The tokens clients must present.
-    pub auth: Auth,
+impl Write for Wire {
+    fn write(&mut self, buffer: &[u8]) -> io::Result<usize> {
+        self.outbound.write_raw(buffer)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
-/// Whether the connection goes on after a step.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Flow {
-    Continue,
-    Stop,
+impl AsFd for Wire {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.outbound.socket().as_fd()
+    }
 }
 
-/// One WebSocket and what it is attached to.
-pub struct Connection<'a> {
-    ws: WebSocket<MeteredStream>,
-    ctx: &'a ConnectionContext,
+/// What the transport hands the handler.
+#[derive(Debug)]
+pub enum Incoming {
+    /// A text message.
+    Text(Utf8Bytes),
+    /// A binary message.
+    Binary,
+    /// A ping, or a pong nobody asked for: the peer's own control frame.
+    Control,
+    /// The handler asked for room to send more of its own (a replay page), and there is.
+    Room,
+    /// A session let the connection go; a Close frame is on its way.
+    Released(CloseReason),
+    /// The deadline the handler set has passed.
+    Deadline,
+    /// The connection is over.
+    Closed,
+}
+
+/// The transport of one WebSocket; owned by its connection thread.
+pub struct Connection {
+    ws: WebSocket<MeteredStream<Wire>>,
+    outbound: Arc<Outbound>,
+    sleeper: Sleeper,
+    shutdown: Shutdown,
     id: u64,
-    waker: Arc<Waker>,
-    inbox: Receiver<Delivery>,
-    /// The sending side of `inbox`, until `connect` hands it to the session. The connection
-    /// keeps no copy, so that the session dropping it reads as "you were let go".
-    sender: Option<Sender<Delivery>>,
-    session: Option<Session>,
-    /// Data that the socket would not take yet.
-    unflushed: bool,
-    /// Bytes written into tungstenite since its buffer was last empty.
-    unflushed_bytes: usize,
-    /// True while the connection replays its session's events from before it attached.
-    replaying: bool,
-    /// Since when writes have made no progress.
-    stalled_since: Option<Instant>,
+    ping_interval: Duration,
+    write_timeout: Duration,
     last_heard: Instant,
     ping_sent: Option<Instant>,
     /// Set once a Close frame is sent: the time by which the peer must have answered.
     closing_until: Option<Instant>,
-    /// A token from the upgrade request (`Authorization: Bearer` or `?token=`).
-    upgrade_token: Option<String>,
-    /// While tokens are required and none valid has been presented: the time by which one must
-    /// be, or the connection is closed (1008), whatever it sends meanwhile.
-    auth_deadline: Option<Instant>,
-    /// The rate limit on client frames, when there is one.
-    bucket: Option<Bucket>,
+    /// The handler's deadline.
+    deadline: Option<Instant>,
+    /// Set after a fatal frame: the connection ends at once.
+    aborted: bool,
 }
 
-impl std::fmt::Debug for Connection<'_> {
+impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connection")
             .field("id", &self.id)
-            .field("session", &self.session)
             .finish_non_exhaustive()
     }
 }
 
-impl<'a> Connection<'a> {
-    /// Wraps an upgraded socket. The socket must already be non-blocking.
-    ///
-    /// When tokens are required and `upgrade_token` is not a valid one, the connection starts
-    /// unauthenticated: its frames and messages may be [`UNAUTHENTICATED_FRAME_BYTES`] at most,
-    /// and it must authenticate (a `connect` with a valid token) within the handshake timeout.
+impl Drop for Connection {
+    fn drop(&mut self) {
+        // The thread is about to end: no wake-up signal may reach it after this.
+        self.outbound.retire();
+    }
+}
+
+impl Connection {
+    /// The transport of an upgraded socket, which must be non-blocking and written only
+    /// through `outbound`. `sleeper` must have been made on this thread.
     pub fn new(
-        mut ws: WebSocket<MeteredStream>,
-        ctx: &'a ConnectionContext,
+        ws: WebSocket<MeteredStream<Wire>>,
+        outbound: Arc<Outbound>,
+        sleeper: Sleeper,
+        shutdown: Shutdown,
         id: u64,
-        waker: Arc<Waker>,
-        upgrade_token: Option<String>,
+        config: &Config,
     ) -> Self {
-        let authenticated = ctx.auth.check(upgrade_token.as_deref()).is_ok();
-        let auth_deadline = (!authenticated).then(|| Instant::now() + ctx.config.handshake_timeout);
-        if !authenticated {
-            let limit = UNAUTHENTICATED_FRAME_BYTES.min(ctx.config.max_frame_bytes);
-            ws.set_config(|config| {
-                config.max_message_size = Some(limit);
-                config.max_frame_size = Some(limit);
-            });
-        }
-        // Unbounded in type, bounded in use: `Subscriber::deliver` refuses past
-        // `outbox_capacity`. An unbounded channel allocates its slots lazily, which keeps an
-        // idle connection small.
-        let (sender, inbox) = crossbeam_channel::unbounded();
         Connection {
             ws,
-            ctx,
+            outbound,
+            sleeper,
+            shutdown,
             id,
-            waker,
-            inbox,
-            sender: Some(sender),
-            session: None,
-            unflushed: false,
-            unflushed_bytes: 0,
-            replaying: false,
-            stalled_since: None,
+            ping_interval: config.ping_interval,
+            write_timeout: config.write_timeout,
             last_heard: Instant::now(),
             ping_sent: None,
             closing_until: None,
-            upgrade_token,
-            auth_deadline,
-            bucket: ctx.config.rate_limit.map(Bucket::new),
+            deadline: None,
+            aborted: false,
         }
     }
 
-    /// Serves the connection until the peer leaves, the connection is closed, or the server
-    /// shuts down.
+    /// The connection's id, unique for the server's life.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The write side, which sessions deliver to.
+    pub fn outbound(&self) -> &Arc<Outbound> {
+        &self.outbound
+    }
+
+    /// Limits incoming frames and messages to `bytes`.
+    pub fn limit_frames(&mut self, bytes: usize) {
+        self.ws.set_config(|config| {
+            config.max_message_size = Some(bytes);
+            config.max_frame_size = Some(bytes);
+        });
+    }
+
+    /// Makes [`Connection::next`] return [`Incoming::Deadline`] once `deadline` passes.
+    pub fn set_deadline(&mut self, deadline: Option<Instant>) {
+        self.deadline = deadline;
+    }
+
+    /// Sends frames of the handler's own (replies, errors). A refused send shows up as the
+    /// connection ending.
+    pub fn send(&self, frames: &[WireText]) {
+        self.outbound.send(frames);
+    }
+
+    /// True once a Close frame was sent.
+    pub fn is_closing(&self) -> bool {
+        self.closing_until.is_some()
+    }
+
+    /// Sends a Close frame and gives the peer a moment to answer; nothing is sent after it.
+    pub fn close(&mut self, code: CloseCode, reason: &str) {
+        if self.closing_until.is_some() {
+            return;
+        }
+        self.outbound.close_data();
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        // The write side takes every byte (what the socket refuses waits); any other error
+        // ends the connection at the next read or flush anyway.
+        let _ = self.ws.close(Some(frame));
+        let _ = self.ws.flush();
+        self.closing_until = Some(Instant::now() + CLOSE_GRACE);
+    }
+
+    /// Closes at once after a fatal frame: sends the Close frame if the socket takes it.
+    pub fn abort(&mut self, code: CloseCode, reason: &str) {
+        self.close(code, reason);
+        let _ = self.outbound.flush();
+        self.aborted = true;
+    }
+
+    /// Waits for the next thing the handler must know about. With `want_room`, also returns
+    /// as soon as little enough is pending that the handler may send more of its own.
+    ///
+    /// Not inlined: tungstenite's read path has large locals, and inlined into the handler's
+    /// loop they would sit under every frame it handles (a `connect` that creates a session
+    /// goes deep), so that each connection thread touched one more stack page.
     ///
     /// # Errors
     ///
     /// Socket and WebSocket failures other than a normal close.
-    pub fn run(mut self) -> Result<()> {
-        let result = self.serve();
-        if let Some(session) = self.session.take() {
-            session.detach(self.id);
-        }
-        result
-    }
-
-    fn serve(&mut self) -> Result<()> {
+    #[inline(never)]
+    pub fn next(&mut self, want_room: bool) -> Result<Incoming> {
         loop {
-            if self.read_all()? == Flow::Stop || self.drain_inbox()? == Flow::Stop {
-                return Ok(());
+            if self.aborted {
+                return Ok(Incoming::Closed);
             }
-            if self.replaying && self.has_room() {
-                self.replay_step()?;
+            if let Some(incoming) = self.read()? {
+                return Ok(incoming);
             }
-            // After the queue is drained, so that the last events go out before the Close.
-            if self.closing_until.is_none() && self.ctx.shutdown.load(Ordering::SeqCst) {
-                self.start_close(CloseCode::Away, "server shutting down");
-            }
-            self.check_auth_deadline();
-            if self.flush()? == Flow::Stop || self.keepalive()? == Flow::Stop {
-                return Ok(());
-            }
-            // A replay goes on as fast as the socket takes it, without sleeping in between.
-            if !(self.replaying && self.has_room()) {
-                self.wait()?;
-            }
-        }
-    }
-
-    /// Handles every message the socket and tungstenite's buffer hold.
-    fn read_all(&mut self) -> Result<Flow> {
-        loop {
-            match self.ws.read() {
-                Ok(message) => {
-                    // The first pong after our ping is the answer to it; any other control
-                    // frame is the peer's own, and counts against its rate limit.
-                    let awaited = matches!(message, Message::Pong(_)) && self.ping_sent.is_some();
-                    self.last_heard = Instant::now();
-                    self.ping_sent = None;
-                    if self.on_message(message, awaited)? == Flow::Stop {
-                        return Ok(Flow::Stop);
+            let quiet = self.outbound.quiet();
+            if let Some(reason) = (!quiet).then(|| self.outbound.take_released()).flatten() {
+                let (code, text) = match reason {
+                    CloseReason::TakenOver => {
+                        (CloseCode::Policy, "taken over by a newer connection")
                     }
-                }
-                Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    return Ok(Flow::Continue);
+                    CloseReason::Deleted => (CloseCode::Normal, "the conversation was deleted"),
+                    CloseReason::Behind => {
+                        (CloseCode::Again, "too far behind; reconnect to catch up")
+                    }
+                };
+                self.close(code, text);
+                return Ok(Incoming::Released(reason));
+            }
+            if self.closing_until.is_none() && self.shutdown.closing() {
+                self.close(CloseCode::Away, "server shutting down");
+            }
+            if self
+                .deadline
+                .is_some_and(|deadline| Instant::now() >= deadline)
+            {
+                self.deadline = None;
+                return Ok(Incoming::Deadline);
+            }
+            if (!quiet && !self.flush()) || !self.closing_in_time() || !self.keepalive() {
+                return Ok(Incoming::Closed);
+            }
+            if want_room && !self.is_closing() && self.outbound.has_room() {
+                return Ok(Incoming::Room);
+            }
+            self.sleep()?;
+        }
+    }
+
+    /// Reads one message the handler must see, if the socket has one. `None` when it has
+    /// nothing more for now.
+    fn read(&mut self) -> Result<Option<Incoming>> {
+        loop {
+            let message = match self.ws.read() {
+                Ok(message) => message,
+                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Ok(None);
                 }
                 Err(tungstenite::Error::Io(e)) if OverBudget::is(&e) => {
                     log::warn!(
@@ -250,399 +274,128 @@ impl<'a> Connection<'a> {
                          --max-pending-message-bytes; closing with 1013",
                         self.id
                     );
-                    return Ok(self.abort(CloseCode::Again, "server busy; try again later"));
+                    self.abort(CloseCode::Again, "server busy; try again later");
+                    return Ok(Some(Incoming::Closed));
                 }
                 Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
-                    return Ok(Flow::Stop);
+                    return Ok(Some(Incoming::Closed));
                 }
                 Err(tungstenite::Error::Capacity(e)) => {
                     log::info!("connection {}: {e}; closing with 1009", self.id);
-                    return Ok(self.abort(CloseCode::Size, "frame too large"));
+                    self.abort(CloseCode::Size, "frame too large");
+                    return Ok(Some(Incoming::Closed));
                 }
                 Err(tungstenite::Error::Utf8(_)) => {
-                    return Ok(self.abort(CloseCode::Invalid, "text frame is not valid UTF-8"));
+                    self.abort(CloseCode::Invalid, "text frame is not valid UTF-8");
+                    return Ok(Some(Incoming::Closed));
                 }
                 Err(tungstenite::Error::Protocol(e)) => {
                     log::debug!("connection {}: protocol error: {e}", self.id);
-                    return Ok(self.abort(CloseCode::Protocol, "WebSocket protocol error"));
+                    self.abort(CloseCode::Protocol, "WebSocket protocol error");
+                    return Ok(Some(Incoming::Closed));
                 }
                 Err(e) => return Err(e.into()),
+            };
+            // The first pong after our ping is the answer to it; any other control frame is
+            // the peer's own.
+            let awaited = matches!(message, Message::Pong(_)) && self.ping_sent.is_some();
+            self.last_heard = Instant::now();
+            self.ping_sent = None;
+            let closing = self.is_closing();
+            let incoming = match message {
+                Message::Text(text) => Incoming::Text(text),
+                Message::Binary(_) => Incoming::Binary,
+                Message::Ping(_) => Incoming::Control,
+                Message::Pong(_) if !awaited => Incoming::Control,
+                Message::Close(_) => {
+                    // tungstenite has queued the reply; no data frame may follow it.
+                    self.outbound.close_data();
+                    self.closing_until
+                        .get_or_insert_with(|| Instant::now() + CLOSE_GRACE);
+                    continue;
+                }
+                Message::Pong(_) | Message::Frame(_) => continue,
+            };
+            // Past our Close frame, what the peer sends no longer matters.
+            if !closing {
+                return Ok(Some(incoming));
             }
         }
     }
 
-    /// Handles one message. `awaited_pong` is true for the pong that answers our keepalive
-    /// ping, which does not count against the rate limit.
-    fn on_message(&mut self, message: Message, awaited_pong: bool) -> Result<Flow> {
-        // Checked per message too: a peer that never lets the socket run dry must not outlive
-        // its deadline.
-        self.check_auth_deadline();
-        if self.closing_until.is_some() {
-            return Ok(Flow::Continue);
+    /// Writes what is pending; false when the connection must end (a broken socket, a peer
+    /// that stalled past the write timeout).
+    fn flush(&mut self) -> bool {
+        if self.outbound.flush().is_err() {
+            return false;
         }
-        let control_frame = match &message {
-            Message::Ping(_) => true,
-            Message::Pong(_) => !awaited_pong,
-            _ => false,
-        };
-        let counted = control_frame || matches!(message, Message::Text(_) | Message::Binary(_));
-        if counted && self.bucket.as_mut().is_some_and(|bucket| !bucket.take()) {
-            if control_frame {
-                // An error frame per excess ping would answer a flood with a flood, and
-                // tungstenite has queued the pong already: a peer this far past its limit
-                // with control frames is not a chat client.
-                log::warn!(
-                    "connection {}: control frames past the rate limit; closing with 1008",
-                    self.id
-                );
-                self.ctx.metrics.rejected(ErrorCode::RateLimited);
-                return Ok(self.abort(CloseCode::Policy, "too many control frames"));
-            }
-            self.reject(
-                ErrorCode::RateLimited,
-                "too many frames; slow down and try again",
-            );
-            return Ok(Flow::Continue);
-        }
-        match message {
-            Message::Text(text) => self.on_text(text.as_str())?,
-            Message::Binary(_) => {
-                self.reject(
-                    ErrorCode::UnsupportedFrame,
-                    "binary frames are not supported; send JSON text",
-                );
-            }
-            // tungstenite queues the pong and the close reply itself; `flush` sends them.
-            Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_) => {}
-        }
-        Ok(Flow::Continue)
-    }
-
-    /// Closes (1008) a connection that has not authenticated by its deadline.
-    fn check_auth_deadline(&mut self) {
-        if self.closing_until.is_none()
-            && self
-                .auth_deadline
-                .is_some_and(|deadline| Instant::now() >= deadline)
+        if let Some(since) = self.outbound.stalled_since()
+            && since.elapsed() >= self.write_timeout
         {
-            log::info!(
-                "connection {}: no valid token within {:?}; closing with 1008",
-                self.id,
-                self.ctx.config.handshake_timeout
-            );
-            self.ctx.metrics.rejected(ErrorCode::Unauthorized);
-            self.start_close(CloseCode::Policy, "no valid token in time");
+            log::warn!("connection {}: peer stopped reading; dropping it", self.id);
+            return false;
         }
+        true
     }
 
-    fn on_text(&mut self, text: &str) -> Result<()> {
-        let frame = match decode_client_frame(text) {
-            Ok(frame) => frame,
-            Err(e) => {
-                self.reject(e.code, &e.message);
-                return Ok(());
-            }
-        };
-        let session = match (frame, &self.session) {
-            (ClientFrame::Connect(data), None) => return self.connect(&data),
-            (ClientFrame::Connect(_), Some(_)) => {
-                self.reject(
-                    ErrorCode::AlreadyConnected,
-                    "this connection already sent connect",
-                );
-                return Ok(());
-            }
-            (_, None) => {
-                self.reject(ErrorCode::NotConnected, "the first frame must be connect");
-                return Ok(());
-            }
-            (frame, Some(session)) => (frame, session.clone()),
-        };
-        match session {
-            (ClientFrame::Message(message), session) => {
-                let limit = self.ctx.config.max_text_chars;
-                if message.text.chars().count() > limit {
-                    self.reject(
-                        ErrorCode::TooLarge,
-                        &format!("text is longer than {limit} characters"),
-                    );
-                } else if self.ctx.draining.load(Ordering::SeqCst) {
-                    self.reject(ErrorCode::ServerBusy, "the server is shutting down");
-                } else if session.store_failing() {
-                    self.reject(
-                        ErrorCode::Storage,
-                        "the server cannot write to its store right now (is its disk full?); \
-                         try again later",
-                    );
-                } else if let Some(start) = session.submit(&message.text) {
-                    worker::spawn_turn(start);
-                }
-            }
-            (ClientFrame::Cancel {}, session) => session.cancel(),
-            (ClientFrame::Connect(_), _) => {}
-        }
-        Ok(())
+    /// False once a closing handshake has run past its grace.
+    fn closing_in_time(&self) -> bool {
+        self.closing_until
+            .is_none_or(|until| Instant::now() < until)
     }
 
-    fn connect(&mut self, data: &ConnectData) -> Result<()> {
-        let Some(sender) = self.sender.take() else {
-            return Ok(());
-        };
-        let token = data.token.as_deref().or(self.upgrade_token.as_deref());
-        let principal = match self.ctx.auth.check(token) {
-            Ok(principal) => principal.unwrap_or_else(Principal::local),
-            Err(refused) => {
-                let message = match refused {
-                    Refused::Missing => "this server requires a token",
-                    Refused::Wrong => "the token is not valid",
-                };
-                self.reject(ErrorCode::Unauthorized, message);
-                self.start_close(CloseCode::Policy, "unauthorized");
-                return Ok(());
-            }
-        };
-        if self.ctx.auth.required() {
-            log::info!(
-                "connection {}: authenticated as {}",
-                self.id,
-                principal.name()
-            );
-        }
-        // Authenticated: the connection gets the server's full limits and no deadline.
-        if self.auth_deadline.take().is_some() {
-            let limit = self.ctx.config.max_frame_bytes;
-            self.ws.set_config(|config| {
-                config.max_message_size = Some(limit);
-                config.max_frame_size = Some(limit);
-            });
-        }
-        let subscriber = Subscriber {
-            id: self.id,
-            sender,
-            notify: self.waker.clone(),
-            capacity: self.ctx.config.outbox_capacity,
-        };
-        match self.ctx.sessions.connect(data, &principal, subscriber) {
-            Ok(attachment) => {
-                for text in &attachment.greeting {
-                    self.write_text(text)?;
-                }
-                self.replaying = attachment.replaying;
-                self.session = Some(attachment.session);
-            }
-            Err(refusal) => {
-                self.reject(refusal.code, &refusal.message);
-                match refusal.code {
-                    ErrorCode::Unauthorized => self.start_close(CloseCode::Policy, "unauthorized"),
-                    _ => self.start_close(CloseCode::Again, "server busy"),
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Answers a bad client frame with an `error` frame; the connection stays open.
-    fn reject(&mut self, code: ErrorCode, message: &str) {
-        self.ctx.metrics.rejected(code);
-        log::debug!(
-            "connection {}: rejected frame: {}: {message}",
-            self.id,
-            code.as_str()
-        );
-        let frame = ServerFrame::client_error(code, message);
-        let text = encode(&frame, self.session.as_ref().map(Session::id), None);
-        // A failed write shows up again at the next flush, which ends the connection.
-        let _ = self.write_text(&text);
-    }
-
-    /// True when tungstenite's buffer has room for more frames.
-    fn has_room(&self) -> bool {
-        !self.unflushed || self.unflushed_bytes < UNFLUSHED_LIMIT_BYTES
-    }
-
-    /// Sends the next stretch of the replay; the last one makes the connection live.
-    fn replay_step(&mut self) -> Result<()> {
-        let Some(session) = self.session.clone() else {
-            self.replaying = false;
-            return Ok(());
-        };
-        let step = match session.replay(self.id) {
-            Ok(step) => step,
-            Err(e) => {
-                log::error!("connection {}: replay failed: {e}", self.id);
-                self.replaying = false;
-                self.start_close(CloseCode::Error, "the conversation could not be read");
-                return Ok(());
-            }
-        };
-        for text in &step.frames {
-            self.write_text(text)?;
-        }
-        Metrics::add(&self.ctx.metrics.events_replayed, step.events as u64);
-        self.replaying = !step.done;
-        Ok(())
-    }
-
-    /// Moves queued deliveries into tungstenite's write buffer, as long as it has room.
-    fn drain_inbox(&mut self) -> Result<Flow> {
-        while self.has_room() {
-            match self.inbox.try_recv() {
-                Ok(Delivery::Text(text)) => self.write_text(&text)?,
-                Ok(Delivery::Close(CloseReason::TakenOver)) => {
-                    self.session = None;
-                    self.start_close(CloseCode::Policy, "taken over by a newer connection");
-                }
-                Ok(Delivery::Close(CloseReason::Deleted)) => {
-                    self.session = None;
-                    self.start_close(CloseCode::Normal, "the conversation was deleted");
-                }
-                Err(TryRecvError::Empty) => return Ok(Flow::Continue),
-                Err(TryRecvError::Disconnected) => {
-                    // The session let go of this connection: it fell too far behind, or was
-                    // taken over. The client catches up by replay when it reconnects.
-                    if self.session.take().is_some() {
-                        self.start_close(CloseCode::Again, "too far behind; reconnect to catch up");
-                    }
-                    return Ok(Flow::Continue);
-                }
-            }
-        }
-        Ok(Flow::Continue)
-    }
-
-    /// Queues a text frame. A frame the socket will not take now stays buffered for `flush`.
-    fn write_text(&mut self, text: &str) -> Result<()> {
-        if self.closing_until.is_some() {
-            return Ok(());
-        }
-        match self.ws.write(Message::text(text)) {
-            Ok(()) => {}
-            Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(tungstenite::Error::WriteBufferFull(_)) => {
-                return Err(Error::io("write", std::io::ErrorKind::WriteZero.into()));
-            }
-            Err(e) => return Err(e.into()),
-        }
-        self.unflushed = true;
-        self.unflushed_bytes += text.len();
-        Ok(())
-    }
-
-    /// Writes what tungstenite buffered; notes a stall, and gives up on a peer that stalls past
-    /// the write timeout.
-    fn flush(&mut self) -> Result<Flow> {
-        match self.ws.flush() {
-            Ok(()) => {
-                self.unflushed = false;
-                self.unflushed_bytes = 0;
-                self.stalled_since = None;
-            }
-            Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                self.unflushed = true;
-                let since = *self.stalled_since.get_or_insert_with(Instant::now);
-                if since.elapsed() >= self.ctx.config.write_timeout {
-                    log::warn!("connection {}: peer stopped reading; dropping it", self.id);
-                    return Ok(Flow::Stop);
-                }
-            }
-            Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
-                return Ok(Flow::Stop);
-            }
-            Err(e) => return Err(e.into()),
-        }
-        if self
-            .closing_until
-            .is_some_and(|until| Instant::now() >= until)
-        {
-            return Ok(Flow::Stop);
-        }
-        Ok(Flow::Continue)
-    }
-
-    /// Pings a quiet peer, and drops one that did not answer the last ping in time.
-    fn keepalive(&mut self) -> Result<Flow> {
-        let interval = self.ctx.config.ping_interval;
+    /// Pings a quiet peer; false when it did not answer the last ping in time.
+    fn keepalive(&mut self) -> bool {
+        let interval = self.ping_interval;
         match self.ping_sent {
             Some(sent) if sent.elapsed() >= interval => {
                 log::info!(
                     "connection {}: no pong within {interval:?}; dropping it",
                     self.id
                 );
-                Ok(Flow::Stop)
+                false
             }
-            None if self.last_heard.elapsed() >= interval && self.closing_until.is_none() => {
+            None if self.last_heard.elapsed() >= interval && !self.is_closing() => {
                 self.ping_sent = Some(Instant::now());
-                match self.ws.write(Message::Ping(Default::default())) {
-                    Ok(()) => {}
-                    Err(tungstenite::Error::Io(e))
-                        if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(e.into()),
-                }
-                self.flush()
+                // The write side takes every byte; a broken socket shows at the next flush.
+                let _ = self.ws.send(Message::Ping(Default::default()));
+                true
             }
-            _ => Ok(Flow::Continue),
+            _ => true,
         }
     }
 
-    /// Sends a Close frame and gives the peer a moment to answer.
-    fn start_close(&mut self, code: CloseCode, reason: &str) {
-        if self.closing_until.is_some() {
-            return;
-        }
-        let frame = CloseFrame {
-            code,
-            reason: reason.into(),
-        };
-        // WouldBlock leaves the frame buffered for `flush`; any other error ends the
-        // connection at the next read or flush anyway.
-        let _ = self.ws.close(Some(frame));
-        self.unflushed = true;
-        self.closing_until = Some(Instant::now() + CLOSE_GRACE);
-    }
-
-    /// Closes at once after a fatal frame: sends the Close frame if the socket takes it.
-    fn abort(&mut self, code: CloseCode, reason: &str) -> Flow {
-        self.start_close(code, reason);
-        let _ = self.ws.flush();
-        Flow::Stop
-    }
-
-    /// Sleeps until the socket or the waker has something, or the next deadline.
-    fn wait(&mut self) -> Result<()> {
-        let now = Instant::now();
-        let interval = self.ctx.config.ping_interval;
+    /// Sleeps until the socket has something (or room, when bytes are pending), a wake-up
+    /// comes, or the next deadline.
+    fn sleep(&mut self) -> Result<()> {
         let mut deadline = match self.ping_sent {
-            Some(sent) => sent + interval,
-            None => self.last_heard + interval,
+            Some(sent) => sent + self.ping_interval,
+            None => self.last_heard + self.ping_interval,
         };
-        if let Some(since) = self.stalled_since {
-            deadline = deadline.min(since + self.ctx.config.write_timeout);
+        if !self.outbound.quiet()
+            && let Some(since) = self.outbound.stalled_since()
+        {
+            deadline = deadline.min(since + self.write_timeout);
         }
         if let Some(until) = self.closing_until {
             deadline = deadline.min(until);
-        } else if let Some(until) = self.auth_deadline {
+        }
+        if let Some(until) = self.deadline {
             deadline = deadline.min(until);
         }
-        let timeout = deadline.saturating_duration_since(now);
-        let timeout = Timespec {
-            tv_sec: timeout.as_secs().try_into().unwrap_or(i64::MAX),
-            tv_nsec: timeout.subsec_nanos().into(),
+        let Some(polls_out) = self.outbound.begin_sleep(self.sleeper.waker()) else {
+            return Ok(());
         };
-        let mut socket_events = PollFlags::IN;
-        if self.unflushed {
-            socket_events |= PollFlags::OUT;
+        let mut events = PollFlags::POLLIN;
+        if polls_out {
+            events |= PollFlags::POLLOUT;
         }
-        let mut fds = [
-            PollFd::new(self.ws.get_ref(), socket_events),
-            PollFd::new(&self.waker.fd, PollFlags::IN),
-        ];
-        match poll(&mut fds, Some(&timeout)) {
-            Ok(_) | Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(Error::io("poll", e.into())),
-        }
-        if fds[1].revents().contains(PollFlags::IN) {
-            self.waker.reset();
-        }
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        let slept = self
+            .sleeper
+            .sleep(self.outbound.socket().as_fd(), events, Some(timeout));
+        self.outbound.end_sleep();
+        slept.map_err(|e| crate::error::Error::io("poll", e))?;
         Ok(())
     }
 }

@@ -74,17 +74,18 @@ impl OverBudget {
     }
 }
 
-/// A client socket that charges the bytes of its unfinished message to a shared budget.
-/// Writes pass straight through. Dropping it gives back what it holds.
-pub struct MeteredStream {
-    stream: TcpStream,
+/// A client socket (or anything that reads from one) that charges the bytes of its unfinished
+/// message to a shared budget. Writes pass straight through. Dropping it gives back what it
+/// holds.
+pub struct MeteredStream<S = TcpStream> {
+    stream: S,
     budget: Arc<MessageBudget>,
     frames: FrameTracker,
     /// Bytes charged to the budget now.
     charged: usize,
 }
 
-impl fmt::Debug for MeteredStream {
+impl<S> fmt::Debug for MeteredStream<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MeteredStream")
             .field("charged", &self.charged)
@@ -92,9 +93,9 @@ impl fmt::Debug for MeteredStream {
     }
 }
 
-impl MeteredStream {
+impl<S> MeteredStream<S> {
     /// Wraps `stream`, which has not yet carried any WebSocket bytes past [`Self::observe`].
-    pub fn new(stream: TcpStream, budget: Arc<MessageBudget>) -> Self {
+    pub fn new(stream: S, budget: Arc<MessageBudget>) -> Self {
         MeteredStream {
             stream,
             budget,
@@ -103,8 +104,8 @@ impl MeteredStream {
         }
     }
 
-    /// The socket.
-    pub fn get_ref(&self) -> &TcpStream {
+    /// The stream it wraps.
+    pub fn get_ref(&self) -> &S {
         &self.stream
     }
 
@@ -138,7 +139,7 @@ impl MeteredStream {
     }
 }
 
-impl Read for MeteredStream {
+impl<S: Read> Read for MeteredStream<S> {
     fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
         let n = self.stream.read(buffer)?;
         self.observe(&buffer[..n])?;
@@ -146,7 +147,7 @@ impl Read for MeteredStream {
     }
 }
 
-impl Write for MeteredStream {
+impl<S: Write> Write for MeteredStream<S> {
     fn write(&mut self, buffer: &[u8]) -> io::Result<usize> {
         self.stream.write(buffer)
     }
@@ -156,13 +157,13 @@ impl Write for MeteredStream {
     }
 }
 
-impl AsFd for MeteredStream {
+impl<S: AsFd> AsFd for MeteredStream<S> {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.stream.as_fd()
     }
 }
 
-impl Drop for MeteredStream {
+impl<S> Drop for MeteredStream<S> {
     fn drop(&mut self) {
         self.budget.release(self.charged);
     }

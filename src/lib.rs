@@ -3,17 +3,19 @@
 //! # Bird's-eye view
 //!
 //! One TCP port serves HTTP and WebSocket ([`server`]). Each connection gets one OS thread
-//! ([`connection`]) that sleeps in `poll(2)` on its socket and a wake-up fd. A `connect` frame
-//! attaches the connection to a [`session::Session`], which holds the bot, its short-term
-//! knowledge and its event log. Each user message opens a turn that runs on a worker thread of
-//! its own ([`worker`]); the turn's agent loop ([`bot`]) asks the model ([`model`]), runs tools
-//! ([`tools`]) and hands every event to the session, which numbers it, logs it and passes it to
-//! every attached connection.
+//! that sleeps in `ppoll(2)` on its socket alone: the transport ([`connection`]) reads frames,
+//! the handler ([`handler`]) decodes and dispatches them. A `connect` frame attaches the
+//! connection to a [`session::Session`], which holds the bot, its short-term knowledge and its
+//! event log. Each user message opens a turn that the session starts on a thread of the
+//! server's [`worker::TurnPool`]; the turn's agent loop ([`bot`]) asks the model ([`model`]),
+//! runs tools ([`tools`]) and hands every event to the session, which numbers it, logs it and
+//! writes it to every attached connection's socket through its [`outbound::Outbound`].
 //!
 //! # Reading order
 //!
-//! [`protocol`], [`server`], [`connection`], [`session`], [`bot`], then the capabilities
-//! ([`model`], [`tools`], [`knowledge`]). ARCHITECTURE.md has the rules that hold between them.
+//! [`protocol`], [`server`], [`handler`], [`connection`], [`outbound`], [`session`], [`bot`],
+//! then the capabilities ([`model`], [`tools`], [`knowledge`]). ARCHITECTURE.md has the rules
+//! that hold between them.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
@@ -44,9 +46,13 @@ pub mod api;
 pub mod assets;
 pub mod check;
 pub mod connection;
+pub mod handler;
 pub mod http;
 pub mod inbound;
+pub mod outbound;
 pub mod server;
+pub mod shutdown;
+pub mod wake;
 
 pub use config::Config;
 pub use server::{ServerHandle, bind, spawn};

@@ -72,6 +72,9 @@ pub struct Metrics {
     pub journal_batches: AtomicU64,
     /// Writes the journal committed (events, messages, notes, …).
     pub journal_writes: AtomicU64,
+    /// Writes to a client that its socket did not take whole: the rest waited for the
+    /// connection thread (a slow reader, or a full socket buffer).
+    pub writes_deferred: AtomicU64,
     /// Rejected client frames, by the index of their code in `REJECTED_CODES`.
     rejected_by_code: [AtomicU64; REJECTED_CODES.len()],
     /// Turn durations: a count per bucket of `TURN_BUCKETS` (plus one for larger), and the
@@ -172,7 +175,7 @@ impl Metrics {
         let head = |out: &mut String, name: &str, kind: &str, help: &str| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         };
-        let simple: [(&str, &str, &str, u64); 12] = [
+        let simple: [(&str, &str, &str, u64); 13] = [
             (
                 "sparky_connections_open",
                 "gauge",
@@ -244,6 +247,12 @@ impl Metrics {
                 "counter",
                 "Writes committed by the journal.",
                 Self::get(&self.journal_writes),
+            ),
+            (
+                "sparky_writes_deferred_total",
+                "counter",
+                "Writes to clients that the socket did not take whole.",
+                Self::get(&self.writes_deferred),
             ),
         ];
         for (name, kind, help, value) in simple {

@@ -2,7 +2,8 @@
 //! all and per IP address), the `Host` check, the session reaper, and shutdown. [`spawn`]
 //! returns a [`ServerHandle`]; [`run`] blocks.
 //!
-//! Depends on everything above it; only this file and `connection.rs` touch sockets.
+//! Depends on everything above it; only this file, `http.rs`, `outbound.rs` and
+//! `connection.rs` touch client sockets.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -21,18 +22,25 @@ use crate::api::{self, Api, ApiRequest};
 use crate::auth::{Auth, Principal};
 use crate::bot::Engine;
 use crate::config::Config;
-use crate::connection::{Connection, ConnectionContext, Waker};
+use crate::connection::{Connection, Wire};
 use crate::error::{Error, Result};
+use crate::handler::{ConnectionContext, Handler};
 use crate::http::{self, HeadError, HostPolicy, Response, Route, ServerView};
 use crate::inbound::{MessageBudget, MeteredStream};
 use crate::journal::Journal;
 use crate::metrics::Metrics;
 use crate::model::ModelBackend;
 use crate::model::offline::OfflineModel;
-use crate::session::SessionManager;
+use crate::outbound::{Outbound, PendingLimit};
+use crate::session::{SessionManager, Turns};
+use crate::shutdown::Shutdown;
 use crate::store::{ConversationStore, GraphStore, PostgresStore, SqliteStore};
 use crate::tools::ToolChain;
 use crate::tools::mcp::{self, McpServers};
+use crate::wake::{self, Sleeper};
+
+/// How often the grace period of a shutdown looks whether a second Ctrl-C asked to hurry.
+const HURRY_CHECK: Duration = Duration::from_millis(100);
 
 /// Stack of a connection thread. Only touched pages count towards memory, and a connection
 /// touches little: this leaves room for serde_json's recursion limit of 128 on hostile input.
@@ -46,14 +54,13 @@ const LISTEN_BACKLOG: i32 = 4096;
 /// on each read, costs memory and throughput.
 const READ_BUFFER_BYTES: usize = 4 * 1024;
 
-/// Bytes tungstenite gathers before it writes on its own; the connection flushes after each
-/// batch anyway, so this only bounds one batch.
-const WRITE_BUFFER_BYTES: usize = 64 * 1024;
+/// Bytes tungstenite gathers before it writes: none. It writes only its own control frames,
+/// and those go straight to the connection's `Outbound`, which never refuses bytes.
+const WRITE_BUFFER_BYTES: usize = 0;
 
-/// Bytes tungstenite may hold for a peer that is not reading. The connection stops adding
-/// frames past about 1 MiB (its own backpressure), so this only has to hold the largest single
-/// frame on top of that.
-const MAX_WRITE_BUFFER_BYTES: usize = 64 << 20;
+/// Bytes waiting for a peer that does not read, past which its sessions let it go (it resumes
+/// by replay). Frames are bounded by `--outbox-capacity` too.
+const PENDING_LIMIT_BYTES: usize = 4 << 20;
 
 /// How long a graceful shutdown waits for connections to finish their closing handshakes.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
@@ -131,6 +138,8 @@ pub fn spawn_with(
             "server: --allowed-origin {origin:?} is not an origin like https://host[:port]; ignored"
         );
     }
+    // Before any connection: the signal that wakes a connection thread needs its handler.
+    wake::install().map_err(|e| Error::io("wake-up signal", e))?;
     let metrics = Arc::new(Metrics::default());
     let (conversations, graph) = open_store(&config)?;
     // Before the journal starts, so that nothing else writes meanwhile.
@@ -162,14 +171,14 @@ pub fn spawn_with(
         metrics.clone(),
         journal,
         conversations,
+        Turns::new(),
     );
     let shared = Arc::new(Shared {
         ctx: ConnectionContext {
             config: config.clone(),
             sessions,
             metrics,
-            shutdown: Arc::new(AtomicBool::new(false)),
-            draining: Arc::new(AtomicBool::new(false)),
+            shutdown: Shutdown::new(),
             auth: Auth::named(
                 config.auth_tokens.iter().map(String::as_str),
                 &config.token_names,
@@ -179,7 +188,6 @@ pub fn spawn_with(
         hosts: HostPolicy::new(addr, &config.allowed_hosts),
         budget: Arc::new(MessageBudget::new(config.max_pending_message_bytes)),
         per_ip: Mutex::new(HashMap::new()),
-        wakers: Mutex::new(HashMap::new()),
         websockets: AtomicUsize::new(0),
         next_id: AtomicU64::new(1),
         started: Instant::now(),
@@ -296,33 +304,33 @@ impl ServerHandle {
     /// at once when `hurry` is set (a second Ctrl-C).
     pub fn shutdown_gracefully_unless(mut self, grace: Duration, hurry: &AtomicBool) {
         self.stop_accepting();
-        let deadline = Instant::now() + grace;
-        let sessions = &self.shared.ctx.sessions;
-        let running = sessions.turns_in_flight();
+        let turns = self.shared.ctx.sessions.turns();
+        let running = turns.running();
         if running > 0 {
             log::info!(
                 "server: waiting up to {grace:?} for {running} turn{} to finish",
                 if running == 1 { "" } else { "s" }
             );
         }
-        // Shutdown is rare and bounded: checking every few milliseconds is simpler than a
-        // notification from every turn.
-        while sessions.turns_in_flight() > 0
-            && Instant::now() < deadline
-            && !hurry.load(Ordering::SeqCst)
-        {
-            thread::sleep(Duration::from_millis(10));
+        // The grace period: until every turn is done, the deadline, or a second Ctrl-C
+        // (`hurry`, looked at between waits of at most a tenth of a second).
+        let deadline = Instant::now() + grace;
+        while !hurry.load(Ordering::SeqCst) && Instant::now() < deadline {
+            let slice = (Instant::now() + HURRY_CHECK).min(deadline);
+            if turns.wait_idle(slice) {
+                break;
+            }
         }
         self.stop();
-        let closing = Instant::now() + CLOSE_WAIT;
-        while self.connection_count() > 0 && Instant::now() < closing {
-            thread::sleep(Duration::from_millis(10));
-        }
+        self.shared
+            .ctx
+            .shutdown
+            .wait_closed(Instant::now() + CLOSE_WAIT);
     }
 
     /// Stops the accept loop and refuses new turns; idempotent.
     fn stop_accepting(&mut self) {
-        self.shared.ctx.draining.store(true, Ordering::SeqCst);
+        self.shared.ctx.shutdown.drain();
         let Some(accept) = self.accept.take() else {
             return;
         };
@@ -349,11 +357,8 @@ impl ServerHandle {
         {
             log::error!("server: the journal did not finish writing in {JOURNAL_FLUSH_TIMEOUT:?}");
         }
-        // Only now, with every event queued, are the connections told to close.
-        self.shared.ctx.shutdown.store(true, Ordering::SeqCst);
-        for waker in self.shared.wakers.lock().values() {
-            waker.wake();
-        }
+        // Only now, with every event written, are the connections told to close.
+        self.shared.ctx.shutdown.close();
         drop(self.reaper_stop.take());
         if let Some(reaper) = self.reaper.take() {
             let _ = reaper.join();
@@ -437,8 +442,6 @@ struct Shared {
     /// Open connections per peer address, for `max_connections_per_ip`; an address leaves the
     /// map when its last connection closes. Locked for one update.
     per_ip: Mutex<HashMap<IpAddr, usize>>,
-    /// Every open WebSocket's waker, so that shutdown can wake them all.
-    wakers: Mutex<HashMap<u64, Arc<Waker>>>,
     /// Open WebSockets; counted against `max_connections`.
     websockets: AtomicUsize,
     next_id: AtomicU64,
@@ -453,16 +456,13 @@ impl std::fmt::Debug for Shared {
     }
 }
 
-/// Holds one place under the connection limit, and the connection's waker in the registry;
-/// gives both back on drop.
+/// Holds one place under the connection limit; gives it back on drop.
 struct Slot<'a> {
     shared: &'a Shared,
-    id: u64,
 }
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        self.shared.wakers.lock().remove(&self.id);
         self.shared.websockets.fetch_sub(1, Ordering::SeqCst);
         Metrics::drop_one(&self.shared.ctx.metrics.connections_open);
     }
@@ -516,17 +516,16 @@ impl Shared {
     }
 
     /// Takes a place under the limit, or `None` when the server is full.
-    fn try_slot(&self, id: u64, waker: Arc<Waker>) -> Option<Slot<'_>> {
+    fn try_slot(&self) -> Option<Slot<'_>> {
         let limit = self.ctx.config.max_connections;
         self.websockets
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
                 (n < limit).then_some(n + 1)
             })
             .ok()?;
-        self.wakers.lock().insert(id, waker);
         Metrics::bump(&self.ctx.metrics.connections_open);
         Metrics::bump(&self.ctx.metrics.connections_total);
-        Some(Slot { shared: self, id })
+        Some(Slot { shared: self })
     }
 }
 
@@ -534,7 +533,7 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
     let mut accept_failing = false;
     loop {
         let accepted = listener.accept();
-        if shared.ctx.draining.load(Ordering::SeqCst) {
+        if shared.ctx.shutdown.draining() {
             return;
         }
         let (stream, peer) = match accepted {
@@ -616,7 +615,7 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, shared: &Shared, id: u64) -> R
         sessions: &shared.ctx.sessions,
         metrics: &shared.ctx.metrics,
         started: shared.started,
-        shutting_down: shared.ctx.draining.load(Ordering::SeqCst),
+        shutting_down: shared.ctx.shutdown.draining(),
         authorized: shared.ctx.auth.check(token.as_deref()).is_ok(),
         public_metrics: config.public_metrics,
     };
@@ -657,48 +656,93 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, shared: &Shared, id: u64) -> R
                 .write(&mut stream, head.method != "HEAD")
                 .map_err(|e| Error::io("http response", e))
         }
-        Route::WebSocket => {
-            if !http::origin_allowed(&head, &config.allowed_origins) {
-                log::warn!(
-                    "connection {id}: refused an upgrade from origin {:?}",
-                    head.header("origin")
-                );
-                let forbidden =
-                    Response::text(403, "Forbidden", "this origin may not open a session\n");
-                return respond(&mut stream, &forbidden);
-            }
-            let answer = match http::upgrade_response(&head) {
-                Ok(answer) => answer,
-                Err(response) => return respond(&mut stream, &response),
-            };
-            let waker = Arc::new(Waker::new()?);
-            let Some(_slot) = shared.try_slot(id, waker.clone()) else {
-                let busy = Response::text(503, "Service Unavailable", "too many connections\n");
-                return respond(&mut stream, &busy);
-            };
-            let mut stream = MeteredStream::new(stream, shared.budget.clone());
-            if stream.observe(&head.rest).is_err() {
-                let busy = Response::text(503, "Service Unavailable", "server busy\n");
-                return respond(&mut stream, &busy);
-            }
-            stream
-                .write_all(answer.as_bytes())
-                .map_err(|e| Error::io("handshake", e))?;
-            stream
-                .get_ref()
-                .set_nonblocking(true)
-                .map_err(|e| Error::io("nonblocking", e))?;
-            let ws_config = WebSocketConfig::default()
-                .read_buffer_size(READ_BUFFER_BYTES)
-                .write_buffer_size(WRITE_BUFFER_BYTES)
-                .max_write_buffer_size(MAX_WRITE_BUFFER_BYTES)
-                .max_message_size(Some(config.max_frame_bytes))
-                .max_frame_size(Some(config.max_frame_bytes));
-            let ws =
-                WebSocket::from_partially_read(stream, head.rest, Role::Server, Some(ws_config));
-            Connection::new(ws, &shared.ctx, id, waker, token).run()
-        }
+        Route::WebSocket => serve_websocket(stream, head, shared, id, token),
     }
+}
+
+/// Runs a WebSocket on `stream`, whose request head was `head`. Not inlined into [`serve`]:
+/// its locals (the WebSocket, the transport, the handler) would otherwise deepen the stack
+/// under every request head that is read, and an idle connection's thread would touch one
+/// more page.
+#[inline(never)]
+fn serve_websocket(
+    mut stream: TcpStream,
+    head: http::RequestHead,
+    shared: &Shared,
+    id: u64,
+    token: Option<String>,
+) -> Result<()> {
+    let config = &shared.ctx.config;
+    if !http::origin_allowed(&head, &config.allowed_origins) {
+        log::warn!(
+            "connection {id}: refused an upgrade from origin {:?}",
+            head.header("origin")
+        );
+        let forbidden = Response::text(403, "Forbidden", "this origin may not open a session\n");
+        return respond(&mut stream, &forbidden);
+    }
+    let answer = match http::upgrade_response(&head) {
+        Ok(answer) => answer,
+        Err(response) => return respond(&mut stream, &response),
+    };
+    let Some(_slot) = shared.try_slot() else {
+        let busy = Response::text(503, "Service Unavailable", "too many connections\n");
+        return respond(&mut stream, &busy);
+    };
+    let limit = PendingLimit {
+        frames: config.outbox_capacity.max(1),
+        bytes: PENDING_LIMIT_BYTES,
+    };
+    let outbound = Arc::new(Outbound::new(id, stream, limit, shared.ctx.metrics.clone()));
+    let mut stream = MeteredStream::new(Wire::new(outbound.clone()), shared.budget.clone());
+    if stream.observe(&head.rest).is_err() {
+        let busy = Response::text(503, "Service Unavailable", "server busy\n");
+        return respond(&mut outbound.socket(), &busy);
+    }
+    // Still blocking (with the write timeout): the answer goes out whole.
+    outbound
+        .socket()
+        .write_all(answer.as_bytes())
+        .map_err(|e| Error::io("handshake", e))?;
+    outbound
+        .socket()
+        .set_nonblocking(true)
+        .map_err(|e| Error::io("nonblocking", e))?;
+    let sleeper = Sleeper::new().map_err(|e| Error::io("signal mask", e))?;
+    let _registration = shared.ctx.shutdown.register(id, outbound.clone());
+    let mut handler = handler(stream, head.rest, outbound, sleeper, shared, id, token);
+    handler.run()
+}
+
+/// The transport and the handler of a WebSocket, on the heap. Built in a frame of its own that
+/// is gone before the handler runs, so that its temporaries do not deepen the stack under
+/// every frame the handler handles.
+#[inline(never)]
+fn handler(
+    stream: MeteredStream<Wire>,
+    read_ahead: Vec<u8>,
+    outbound: Arc<Outbound>,
+    sleeper: Sleeper,
+    shared: &Shared,
+    id: u64,
+    token: Option<String>,
+) -> Box<Handler<'_>> {
+    let config = &shared.ctx.config;
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
+        .max_message_size(Some(config.max_frame_bytes))
+        .max_frame_size(Some(config.max_frame_bytes));
+    let ws = WebSocket::from_partially_read(stream, read_ahead, Role::Server, Some(ws_config));
+    let connection = Connection::new(
+        ws,
+        outbound,
+        sleeper,
+        shared.ctx.shutdown.clone(),
+        id,
+        config,
+    );
+    Box::new(Handler::new(connection, &shared.ctx, token))
 }
 
 /// Who an API request comes from: the bearer token's principal, or the local principal when

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::cancel::OnCancel;
 use crate::error::Result;
 use crate::protocol::Usage;
 
@@ -179,6 +180,14 @@ pub trait ReplySink {
     /// `delay`.
     fn retrying(&mut self, _attempt: u32, _delay: Duration) {}
 
+    /// Calls `hook` the moment the turn is cancelled, until the returned guard is dropped, so
+    /// that a backend waiting on something else (its helper thread) is woken at once. `None`
+    /// when the sink cannot do that: the backend then looks at
+    /// [`is_cancelled`](Self::is_cancelled) every few milliseconds instead.
+    fn on_cancel(&self, _hook: Box<dyn Fn() + Send + Sync>) -> Option<OnCancel> {
+        None
+    }
+
     /// Waits for `delay`, or less if the turn is cancelled meanwhile; true when cancelled.
     /// The default checks [`is_cancelled`](Self::is_cancelled) every few milliseconds; a sink
     /// that can be woken does better.
@@ -234,6 +243,14 @@ pub trait ModelBackend: Send + Sync {
     /// True when the backend itself tells the user, in a thought, which memory entries it was
     /// given; otherwise the bot sends a thought of its own.
     fn describes_memory(&self) -> bool {
+        false
+    }
+
+    /// True when [`complete`](Self::complete) never waits (no network, no sleep, no lock held
+    /// by someone slow): what it streams may then go out with what follows it, in one write,
+    /// instead of the moment it is streamed. False (the default) for anything that may block,
+    /// so that nothing it streams waits for the rest.
+    fn answers_at_once(&self) -> bool {
         false
     }
 

@@ -41,6 +41,10 @@ impl ModelBackend for OfflineModel {
         true
     }
 
+    fn answers_at_once(&self) -> bool {
+        true
+    }
+
     fn complete(
         &self,
         messages: Conversation<'_>,

@@ -29,10 +29,10 @@ use std::fmt;
 use std::io::{BufRead, BufReader, Read};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crossbeam_channel::{Receiver, Sender, select};
 use serde_json::{Map, Value, json};
 use ureq::Agent;
 
@@ -44,8 +44,13 @@ use crate::model::{
 };
 use crate::protocol::Usage;
 
-/// How often the turn's thread looks at the cancel flag while it waits for the server.
+/// How often the turn's thread looks at the cancel flag while it waits for the server, when its
+/// sink cannot wake it on cancel.
 const POLL_SLICE: Duration = Duration::from_millis(20);
+
+/// The longest the turn's thread waits for its helper without looking around, when its sink
+/// wakes it on cancel. The helper's own timeouts end every request; this only bounds the wait.
+const WAIT_SLICE: Duration = Duration::from_secs(1);
 
 /// Streamed answer text is passed on at most this often (the first piece at once): one event
 /// per token would flood the session's event log and its store.
@@ -334,7 +339,7 @@ impl RemoteModel {
         // Whatever happens below, the attempt's connection is closed when it is over, which
         // also wakes the helper from a blocked read so that it ends.
         let _closer = Closer(Some(agent.clone()));
-        let (events, received) = mpsc::sync_channel(CHANNEL_CAPACITY);
+        let (events, received) = crossbeam_channel::bounded(CHANNEL_CAPACITY);
         let exchange = Exchange {
             agent,
             url: self.endpoint.clone(),
@@ -537,7 +542,7 @@ struct Exchange {
     url: String,
     api_key: Option<String>,
     body: Arc<[u8]>,
-    events: SyncSender<Event>,
+    events: Sender<Event>,
 }
 
 impl Exchange {
@@ -643,13 +648,35 @@ impl Exchange {
     }
 }
 
-/// Waits for the helper's events, checking for cancellation between them, and builds the
+/// Waits for the helper's events, woken at once when the turn is cancelled, and builds the
 /// reply.
 fn receive(received: &Receiver<Event>, sink: &mut dyn ReplySink) -> Result<ModelReply, Failure> {
     let mut stream = StreamState::new();
+    let (cancelled, woken) = crossbeam_channel::bounded::<()>(1);
+    let hook = sink.on_cancel(Box::new(move || {
+        let _ = cancelled.try_send(());
+    }));
+    let idle = if hook.is_some() {
+        WAIT_SLICE
+    } else {
+        POLL_SLICE
+    };
     loop {
-        match received.recv_timeout(POLL_SLICE) {
-            Ok(Event::Data(data)) => {
+        let wait = stream
+            .flush_in(Instant::now())
+            .map_or(idle, |due| due.min(idle));
+        // `None`: woken by a cancel, or time to flush; `Some(Err)`: the helper is gone.
+        let event = select! {
+            recv(received) -> event => Some(event),
+            recv(woken) -> _ => None,
+            default(wait) => None,
+        };
+        match event {
+            None => {}
+            Some(Err(_)) => {
+                return Err(Failure::Fatal("the request ended without an answer".into()));
+            }
+            Some(Ok(Event::Data(data))) => {
                 for chunk in parse_event(&data)? {
                     match chunk {
                         Some(chunk) => stream.chunk(&chunk, sink)?,
@@ -657,7 +684,7 @@ fn receive(received: &Receiver<Event>, sink: &mut dyn ReplySink) -> Result<Model
                     }
                 }
             }
-            Ok(Event::Whole(text)) => {
+            Some(Ok(Event::Whole(text))) => {
                 let answer: Value = serde_json::from_str(&text).map_err(|e| {
                     Failure::Fatal(format!(
                         "the model server's answer is not JSON ({e}): {}",
@@ -666,12 +693,8 @@ fn receive(received: &Receiver<Event>, sink: &mut dyn ReplySink) -> Result<Model
                 })?;
                 stream.chunk(&answer, sink)?;
             }
-            Ok(Event::End) => return Ok(stream.finish(sink)),
-            Ok(Event::Failed(failure)) => return Err(failure),
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => {
-                return Err(Failure::Fatal("the request ended without an answer".into()));
-            }
+            Some(Ok(Event::End)) => return Ok(stream.finish(sink)),
+            Some(Ok(Event::Failed(failure))) => return Err(failure),
         }
         if sink.is_cancelled() {
             return Err(Failure::Cancelled);
@@ -1366,6 +1389,16 @@ impl StreamState {
             self.flush(sink);
             sink.thought(thought);
         }
+    }
+
+    /// How long until pending answer text is due to go out; `None` when none is pending.
+    fn flush_in(&self, now: Instant) -> Option<Duration> {
+        if self.pending.is_empty() {
+            return None;
+        }
+        Some(self.last_delta.map_or(Duration::ZERO, |last| {
+            DELTA_INTERVAL.saturating_sub(now.duration_since(last))
+        }))
     }
 
     /// Passes pending answer text on if the last piece went out long enough ago.

@@ -21,7 +21,9 @@ use crate::protocol::{ConnectData, ErrorCode, HistoryRole, ServerFrame, SessionI
 use crate::rate::Bucket;
 use crate::store::{ConversationStore, ConversationSummary, StoredConversation};
 
-use super::{Attachment, EventLog, Parts, Persist, Session, Subscriber, TurnLimits, WireText};
+use super::{
+    Attachment, EventLog, Parts, Persist, Session, Subscriber, TurnLimits, Turns, WireText,
+};
 
 /// Bytes of events a live session keeps in memory at most (besides `--event-log-capacity`).
 const TAIL_BYTES: usize = 1 << 20;
@@ -70,6 +72,7 @@ pub(super) struct Shared {
     pub(super) journal: Journal,
     pub(super) store: Arc<dyn ConversationStore>,
     pub(super) limits: Arc<TurnLimits>,
+    pub(super) turns: Turns,
 }
 
 /// The map of live sessions, and the rules for creating, resuming, evicting and deleting them.
@@ -104,14 +107,15 @@ struct Quota {
 }
 
 impl SessionManager {
-    /// An empty map for sessions that run on `engine` and are kept in `store` through
-    /// `journal`.
+    /// An empty map for sessions that run on `engine`, start their turns on `turns`, and are
+    /// kept in `store` through `journal`.
     pub fn new(
         config: Arc<Config>,
         engine: Engine,
         metrics: Arc<Metrics>,
         journal: Journal,
         store: Arc<dyn ConversationStore>,
+        turns: Turns,
     ) -> Self {
         SessionManager {
             inner: Arc::new(ManagerInner {
@@ -127,6 +131,7 @@ impl SessionManager {
                     config,
                     journal,
                     store,
+                    turns,
                 },
             }),
         }
@@ -155,6 +160,11 @@ impl SessionManager {
     /// The session `id`, if it is live in memory.
     pub fn get(&self, id: &SessionId) -> Option<Session> {
         self.inner.sessions.lock().get(id).cloned()
+    }
+
+    /// The pool every session starts its turns on.
+    pub fn turns(&self) -> &Turns {
+        &self.inner.shared.turns
     }
 
     /// The engine every session runs on.

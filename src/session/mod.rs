@@ -10,8 +10,9 @@
 //!
 //! An event reaches subscribers only once the store has committed it: `push_event` numbers,
 //! logs and submits it; the journal's acknowledgement (`release`) hands it to every live
-//! subscriber. Depends on `bot`, `journal`, `store`, `knowledge`, `cancel`, `config`, `auth`,
-//! `metrics`, `model` and `protocol`; it never learns that a subscriber is a WebSocket.
+//! subscriber's [`Sink`], one batch per subscriber, under the session lock. A session starts
+//! its own turns on the server's [`TurnPool`]. Depends on `bot`, `journal`, `store`, `knowledge`, `cancel`, `config`, `auth`,
+//! `metrics`, `model`, `protocol` and `worker`; it never learns that a subscriber is a WebSocket.
 
 mod limits;
 mod manager;
@@ -35,11 +36,12 @@ use crate::metrics::Metrics;
 use crate::model::ChatMessage;
 use crate::protocol::{ServerFrame, SessionId, StatusCode, StatusData, TurnId, encode};
 use crate::store::ConversationStore;
+use crate::worker::TurnPool;
 
 pub use limits::{Full, TurnLimits, TurnPermit};
 pub use manager::{Conversation, Refusal, SessionManager};
 pub use persist::Persist;
-pub use subscribers::{Attached, CloseReason, Delivery, Notify, Subscriber};
+pub use subscribers::{Attached, CloseReason, Sink, Subscriber};
 pub use tail::EventLog;
 pub use turn::{CurrentTurn, SessionTurn, TurnStart};
 
@@ -49,24 +51,24 @@ pub type WireText = Arc<str>;
 /// Bytes of events one replay step reads at most.
 const REPLAY_PAGE_BYTES: usize = 256 * 1024;
 
-/// What a successful `connect` gives the connection.
+/// The threads turns run on: one pool for the server.
+pub type Turns = TurnPool<TurnStart>;
+
+/// What a successful `connect` gives the connection. Its greeting (`session_info`, `ready`,
+/// and for a live attach to a streaming turn the `message_delta` that replaces the answer so
+/// far) has gone to its sink already, under the session lock, so nothing overtakes it.
 #[derive(Debug)]
 pub struct Attachment {
     /// The session it is now attached to.
     pub session: Session,
-    /// Frames to send first: `session_info`, `ready`, and for a live attach to a streaming
-    /// turn the `message_delta` that replaces the answer so far.
-    pub greeting: Vec<WireText>,
     /// True when the connection must replay (see [`Session::replay`]) before it is live.
     pub replaying: bool,
 }
 
-/// One step of a replay.
+/// One step of a replay; its frames have gone to the subscriber's sink.
 #[derive(Debug, Default)]
 pub struct ReplayStep {
-    /// Frames to send, in order.
-    pub frames: Vec<WireText>,
-    /// How many of them are replayed events.
+    /// How many events it sent.
     pub events: usize,
     /// True when the connection has caught up and is live: nothing more to pull.
     pub done: bool,
@@ -96,12 +98,17 @@ struct SessionInner {
     metrics: Arc<Metrics>,
     /// The caps on running turns, shared by every session.
     limits: Arc<TurnLimits>,
+    /// Where its turns run.
+    turns: Turns,
     max_subscribers: usize,
     persist: Persist,
     /// Where replays read what the tail no longer holds.
     store: Arc<dyn ConversationStore>,
     /// This session as the journal's acknowledgement target.
     ack: Arc<dyn Durable>,
+    /// True with `--in-memory`: nothing survives a restart anyway, so an event is sent the
+    /// moment it is made instead of after the journal has written it (one thread hop less).
+    send_before_written: bool,
     /// Held for bookkeeping only: never across IO, a model call, a tool call or a blocking send.
     state: Mutex<SessionState>,
 }
@@ -110,8 +117,11 @@ struct SessionInner {
 struct SessionState {
     bot: Bot,
     log: EventLog,
-    /// The highest `seq` the store has committed; only events up to it are delivered.
+    /// The highest `seq` the store has committed; the tail keeps every event after it.
     durable_seq: u64,
+    /// The highest `seq` handed to subscribers: `durable_seq` when events are written before
+    /// they are sent, the newest event with `--in-memory`.
+    visible_seq: u64,
     next_turn: u64,
     turn: Option<CurrentTurn>,
     subscribers: Vec<Attached>,
@@ -125,6 +135,10 @@ struct SessionState {
     /// True for a new session until its first message: nothing of it is in the store, and it
     /// is not listed. Its first message writes it, with any seeded history.
     unsaved: bool,
+    /// Set while the current turn holds back what it emits (`--in-memory` only: a model that
+    /// answers at once has its thoughts sent with its answer); cleared when the turn flushes
+    /// or closes.
+    holding: bool,
 }
 
 /// The journal's handle on a session: a weak one, so that a pending batch does not keep an
@@ -136,7 +150,7 @@ impl Durable for SessionAck {
         if let Some(inner) = self.0.upgrade() {
             let session = Session { inner };
             let mut state = session.inner.state.lock();
-            session.release(&mut state, seq);
+            session.durable(&mut state, seq);
         }
     }
 }
@@ -159,6 +173,7 @@ impl Session {
         let knowledge = Knowledge::persistent(Arc::new(persist.clone()), parts.notes);
         let state = SessionState {
             durable_seq: parts.log.last_seq(),
+            visible_seq: parts.log.last_seq(),
             bot: parts.bot,
             log: parts.log,
             next_turn: parts.next_turn,
@@ -168,6 +183,7 @@ impl Session {
             idle_since: Instant::now(),
             closed: false,
             unsaved: parts.unsaved,
+            holding: false,
         };
         let inner = Arc::new_cyclic(|weak: &Weak<SessionInner>| SessionInner {
             id: parts.id,
@@ -176,10 +192,12 @@ impl Session {
             knowledge,
             metrics: shared.metrics.clone(),
             limits: shared.limits.clone(),
+            turns: shared.turns.clone(),
             max_subscribers: shared.config.max_connections_per_session.max(1),
             persist,
             store: shared.store.clone(),
             ack: Arc::new(SessionAck(weak.clone())),
+            send_before_written: shared.config.in_memory,
             state: Mutex::new(state),
         });
         Session { inner }
@@ -231,10 +249,19 @@ impl Session {
     }
 
     /// Opens a turn for a user message: cancels the turn in flight (its `status cancelled`
-    /// comes first), logs `user_message`, and returns the turn for a worker to run. `None`
-    /// when the session left memory or was deleted meanwhile, or when the caps on running
-    /// turns are reached: then the turn is closed at once with `error` `server_busy`.
-    pub fn submit(&self, text: &str) -> Option<TurnStart> {
+    /// comes first), logs `user_message`, and starts the turn on the server's pool. False when
+    /// the session left memory or was deleted meanwhile, or when the caps on running turns are
+    /// reached: then the turn is closed at once with `error` `server_busy`.
+    pub fn submit(&self, text: &str) -> bool {
+        let Some(start) = self.open_turn(text) else {
+            return false;
+        };
+        // With the lock released: waking a thread is a system call.
+        self.inner.turns.start(start);
+        true
+    }
+
+    fn open_turn(&self, text: &str) -> Option<TurnStart> {
         let mut state = self.inner.state.lock();
         if state.closed {
             return None;
@@ -333,6 +360,17 @@ impl Session {
         self.inner
             .persist
             .event(seq, &text, &frame, self.inner.ack.clone());
+        if self.inner.send_before_written && !state.holding {
+            self.release(state, seq);
+        }
+    }
+
+    /// Sends what the current turn held back, if it held anything.
+    fn flush_held(&self, state: &mut SessionState) {
+        if std::mem::take(&mut state.holding) && self.inner.send_before_written {
+            let last = state.log.last_seq();
+            self.release(state, last);
+        }
     }
 
     /// A streamed piece of the answer of turn `turn_id`: not an event. It goes to live
@@ -347,25 +385,37 @@ impl Session {
         let ServerFrame::MessageDelta { text: piece, .. } = frame else {
             return;
         };
-        if state.durable_seq < state.log.last_seq() {
+        if state.visible_seq < state.log.last_seq() {
             state.held.push((state.log.last_seq(), text, piece));
             return;
         }
         if let Some(turn) = &mut state.turn {
             turn.shown.push_str(&piece);
         }
-        state.subscribers.retain(|attached| {
-            !attached.live || attached.subscriber.deliver(Delivery::Text(text.clone()))
-        });
+        let batch = [text];
+        state
+            .subscribers
+            .retain(|attached| !attached.live || attached.subscriber.deliver(&batch));
     }
 
-    /// Marks events up to `seq` durable and queues them, with the pieces streamed between
-    /// them, for every live subscriber. Subscribers that cannot keep up are dropped here.
+    /// The journal has written events up to `seq`: the tail may let them go, and (unless they
+    /// went out already) they go to every live subscriber.
+    fn durable(&self, state: &mut SessionState, seq: u64) {
+        state.durable_seq = state.durable_seq.max(seq);
+        if !self.inner.send_before_written {
+            self.release(state, seq);
+        }
+        let durable = state.durable_seq;
+        state.log.trim(durable);
+    }
+
+    /// Sends events up to `seq`, with the pieces streamed between them, to every live
+    /// subscriber, one batch each. Subscribers that cannot keep up are dropped here.
     fn release(&self, state: &mut SessionState, seq: u64) {
-        if seq <= state.durable_seq {
+        if seq <= state.visible_seq {
             return;
         }
-        state.durable_seq = seq;
+        state.visible_seq = seq;
         let split = state.held.partition_point(|(after, _, _)| *after <= seq);
         let held: Vec<(u64, WireText, String)> = state.held.drain(..split).collect();
         let SessionState {
@@ -380,6 +430,7 @@ impl Session {
             }
         }
         let metrics = &self.inner.metrics;
+        let mut batch: Vec<WireText> = Vec::new();
         subscribers.retain_mut(|attached| {
             if !attached.live {
                 return true;
@@ -389,31 +440,28 @@ impl Session {
                     "subscriber {}: fell behind the event tail; detaching it",
                     attached.subscriber.id
                 );
+                attached.subscriber.sink.close(CloseReason::Behind);
                 return false;
             };
+            // The events and the pieces streamed between them, in order, in one batch.
+            batch.clear();
             let mut pieces = held.iter().peekable();
             let mut sent = 0;
             for (event_seq, text) in events {
                 while let Some((_, piece, _)) = pieces.next_if(|(after, _, _)| *after < event_seq) {
-                    if !attached.subscriber.deliver(Delivery::Text(piece.clone())) {
-                        return false;
-                    }
+                    batch.push(piece.clone());
                 }
                 sent += 1;
-                if !attached.subscriber.deliver(Delivery::Text(text.clone())) {
-                    return false;
-                }
+                batch.push(text.clone());
             }
-            for (_, piece, _) in pieces {
-                if !attached.subscriber.deliver(Delivery::Text(piece.clone())) {
-                    return false;
-                }
+            batch.extend(pieces.map(|(_, piece, _)| piece.clone()));
+            if !attached.subscriber.deliver(&batch) {
+                return false;
             }
             Metrics::add(&metrics.events_sent, sent);
             attached.sent_seq = seq;
             true
         });
-        log.trim(seq);
     }
 
     /// Adds messages to the conversation, and to the store once the session is in it.
@@ -455,7 +503,7 @@ impl Session {
         Some(encode(&frame, Some(&self.inner.id), None).into())
     }
 
-    /// Attaches a subscriber, taking over from the oldest past the limit, and builds its
+    /// Attaches a subscriber, taking over from the oldest past the limit, and sends it its
     /// greeting. With `last_seq` (on a resume) the connection then replays; without it, it is
     /// live at once. Gives the subscriber back when the session left memory meanwhile.
     fn attach(
@@ -476,10 +524,9 @@ impl Session {
                 "another connection took this one's place",
                 None,
             );
-            let text = encode(&status, Some(&self.inner.id), None).into();
-            if oldest.deliver(Delivery::Text(text)) {
-                oldest.deliver(Delivery::Close(CloseReason::TakenOver));
-            }
+            let text: WireText = encode(&status, Some(&self.inner.id), None).into();
+            oldest.deliver(&[text]);
+            oldest.sink.close(CloseReason::TakenOver);
             log::info!(
                 "session {}: subscriber {} taken over",
                 self.inner.id.short(),
@@ -499,11 +546,13 @@ impl Session {
         let replaying = !is_new && last_seq.is_some();
         let sent_seq = match last_seq {
             Some(seen) if replaying => seen.min(state.log.last_seq()),
-            _ => state.durable_seq,
+            _ => state.visible_seq,
         };
         if !replaying {
             greeting.extend(self.replace_frame(&state));
         }
+        // Under the lock: nothing released after this attach can overtake the greeting.
+        subscriber.deliver(&greeting);
         state.subscribers.push(Attached {
             subscriber,
             sent_seq,
@@ -511,14 +560,14 @@ impl Session {
         });
         Ok(Attachment {
             session: self.clone(),
-            greeting,
             replaying,
         })
     }
 
-    /// The next step of subscriber `id`'s replay: events it has not had, up to what is durable,
-    /// from the tail when it holds them, else from the store (read with no lock held). The step
-    /// that reaches the durable end makes the subscriber live and is `done`.
+    /// Sends subscriber `id` the next step of its replay: events it has not had, up to what is
+    /// durable, from the tail when it holds them, else from the store (read with no lock held).
+    /// The step that reaches the durable end makes the subscriber live and is `done`; its
+    /// frames go out under the session lock, so live events cannot overtake them.
     ///
     /// # Errors
     ///
@@ -526,7 +575,7 @@ impl Session {
     pub fn replay(&self, id: u64) -> crate::error::Result<ReplayStep> {
         let (after, up_to) = {
             let mut state = self.inner.state.lock();
-            let durable = state.durable_seq;
+            let visible = state.visible_seq;
             let Some(at) = state
                 .subscribers
                 .iter()
@@ -545,7 +594,7 @@ impl Session {
                 });
             }
             let cached: Option<Vec<(u64, WireText)>> =
-                state.log.range(after, durable).map(|events| {
+                state.log.range(after, visible).map(|events| {
                     let mut bytes = 0;
                     events
                         .take_while(|(_, text)| {
@@ -557,25 +606,32 @@ impl Session {
                         .collect()
                 });
             if let Some(events) = cached {
-                let mut step = ReplayStep::default();
                 let last = events.last().map_or(after, |(seq, _)| *seq);
-                step.frames = events.into_iter().map(|(_, text)| text).collect();
-                step.events = step.frames.len();
-                step.done = last >= durable;
-                let replace = step.done.then(|| self.replace_frame(&state)).flatten();
+                let mut frames: Vec<WireText> = events.into_iter().map(|(_, text)| text).collect();
+                let step = ReplayStep {
+                    events: frames.len(),
+                    done: last >= visible,
+                };
+                if step.done {
+                    frames.extend(self.replace_frame(&state));
+                }
                 let attached = &mut state.subscribers[at];
                 attached.sent_seq = last;
                 attached.live = step.done;
-                step.frames.extend(replace);
+                if !attached.subscriber.deliver(&frames) {
+                    state.subscribers.remove(at);
+                    return Ok(ReplayStep { done: true, ..step });
+                }
                 return Ok(step);
             }
-            (after, durable)
+            // The tail keeps every event the store has not written, so these are written.
+            (after, state.durable_seq)
         };
         let page = self
             .inner
             .store
             .events(&self.inner.id, after, up_to, REPLAY_PAGE_BYTES)?;
-        let mut step = ReplayStep::default();
+        let mut frames: Vec<WireText> = Vec::with_capacity(page.events.len() + 1);
         if page.first_seq > after + 1 {
             let (from, to) = (after + 1, page.first_seq - 1);
             let status = ServerFrame::Status(StatusData {
@@ -585,23 +641,31 @@ impl Session {
                 to: Some(to),
                 ..StatusData::default()
             });
-            step.frames
-                .push(encode(&status, Some(&self.inner.id), None).into());
+            frames.push(encode(&status, Some(&self.inner.id), None).into());
         }
         let last = page.events.last().map_or(up_to, |(seq, _)| *seq);
-        step.events = page.events.len();
-        step.frames.extend(
+        let step = ReplayStep {
+            events: page.events.len(),
+            done: false,
+        };
+        frames.extend(
             page.events
                 .into_iter()
                 .map(|(_, body)| WireText::from(body)),
         );
         let mut state = self.inner.state.lock();
-        if let Some(attached) = state
+        let Some(at) = state
             .subscribers
-            .iter_mut()
-            .find(|attached| attached.subscriber.id == id && !attached.live)
-        {
-            attached.sent_seq = attached.sent_seq.max(last);
+            .iter()
+            .position(|attached| attached.subscriber.id == id && !attached.live)
+        else {
+            return Ok(ReplayStep { done: true, ..step });
+        };
+        let attached = &mut state.subscribers[at];
+        attached.sent_seq = attached.sent_seq.max(last);
+        if !attached.subscriber.deliver(&frames) {
+            state.subscribers.remove(at);
+            return Ok(ReplayStep { done: true, ..step });
         }
         Ok(step)
     }
@@ -641,11 +705,8 @@ impl Session {
         let status = ServerFrame::status(StatusCode::Deleted, "the conversation was deleted", None);
         let text: WireText = encode(&status, Some(&self.inner.id), None).into();
         for attached in state.subscribers.drain(..) {
-            if attached.subscriber.deliver(Delivery::Text(text.clone())) {
-                attached
-                    .subscriber
-                    .deliver(Delivery::Close(CloseReason::Deleted));
-            }
+            attached.subscriber.deliver(std::slice::from_ref(&text));
+            attached.subscriber.sink.close(CloseReason::Deleted);
         }
     }
 

@@ -1,15 +1,18 @@
 //! One running turn as its session sees it: `CurrentTurn` (its bookkeeping under the session
 //! lock), `SessionTurn` (what the worker emits through), `TurnStart` (what a worker thread is
-//! handed), and the one place a turn is closed.
+//! handed, and how it runs there), and the one place a turn is closed.
 
+use std::io;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Instant;
 
-use crate::bot::{Turn, TurnEvents, interrupted};
+use crate::bot::{Turn, TurnEvents, TurnOutcome, interrupted};
 use crate::cancel::CancelFlag;
 use crate::knowledge::Knowledge;
 use crate::metrics::Outcome;
 use crate::model::ChatMessage;
 use crate::protocol::{ErrorCode, ServerFrame, TurnId};
+use crate::worker::Task;
 
 use super::{Session, SessionState, TurnPermit};
 
@@ -42,6 +45,40 @@ pub struct TurnStart {
     pub knowledge: Knowledge,
     /// The turn's place under the caps on running turns: held until its worker is done.
     pub permit: TurnPermit,
+}
+
+impl Task for TurnStart {
+    /// Runs the agent loop; a panic becomes an `internal` error event that closes the turn.
+    fn run(self) {
+        let TurnStart {
+            turn,
+            events,
+            cancel,
+            knowledge,
+            permit,
+        } = self;
+        let outcome = catch_unwind(AssertUnwindSafe(|| turn.run(&events, &cancel, &knowledge)));
+        drop(permit);
+        match outcome {
+            Ok(TurnOutcome::Answered | TurnOutcome::Failed | TurnOutcome::Cancelled) => {}
+            Err(_) => {
+                log::error!("turn {}: panicked", events.turn_id());
+                events.fail(ErrorCode::Internal, "the turn crashed inside the server");
+            }
+        }
+    }
+
+    /// Closes the turn with `server_busy`: no thread could run it.
+    fn refused(self, error: &io::Error) {
+        log::warn!(
+            "turn {}: no thread could be started: {error}",
+            self.events.turn_id()
+        );
+        self.events.fail(
+            ErrorCode::ServerBusy,
+            "the server could not start a worker for this turn",
+        );
+    }
 }
 
 /// The session's side of one running turn: what [`Turn::run`] emits through.
@@ -153,6 +190,24 @@ impl TurnEvents for SessionTurn {
     fn close_resetting(&self, frame: ServerFrame, transcript: Vec<ChatMessage>) -> bool {
         self.finish(frame, transcript, true)
     }
+
+    fn hold(&self) {
+        let mut state = self.session.inner.state.lock();
+        // Only where events are sent as they are made; otherwise the journal batches them.
+        if self.session.inner.send_before_written
+            && state
+                .turn
+                .as_ref()
+                .is_some_and(|turn| turn.id == self.turn_id)
+        {
+            state.holding = true;
+        }
+    }
+
+    fn flush(&self) {
+        let mut state = self.session.inner.state.lock();
+        self.session.flush_held(&mut state);
+    }
 }
 
 impl Session {
@@ -180,6 +235,8 @@ impl Session {
                 code.as_str()
             );
         }
+        // The closing frame goes out with whatever the turn held back.
+        state.holding = false;
         if let Some(turn) = turn {
             let outcome = match &frame {
                 ServerFrame::Message { .. } => Outcome::Message,

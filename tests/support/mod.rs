@@ -95,6 +95,9 @@ pub fn test_config() -> Config {
     let mut config = Config {
         addr: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir,
+        // `SPARKY_TEST_IN_MEMORY=1 cargo test --test reconnect` runs a suite against the
+        // in-memory store, where events are sent before the journal has written them.
+        in_memory: std::env::var_os("SPARKY_TEST_IN_MEMORY").is_some(),
         ..Config::default()
     };
     use_test_store(&mut config);

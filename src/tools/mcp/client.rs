@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender, TrySendError, select};
 use parking_lot::Mutex;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -22,7 +22,7 @@ use super::wire::{
     CallToolResult, InitializeResult, METHOD_NOT_FOUND, Message, RemoteTool, Request, RequestId,
     Response, ToolsPage, render_content,
 };
-use super::{McpError, PROTOCOL_VERSION, WAIT_SLICE};
+use super::{McpError, PROTOCOL_VERSION};
 use crate::cancel::CancelFlag;
 
 /// Revisions whose tools API Sparky knows; a server that answers with another one gets a
@@ -281,19 +281,22 @@ impl McpClient {
         }
         log::debug!("mcp {}: request {id} {method}", self.shared.server);
         let allowed = deadline.saturating_duration_since(Instant::now());
+        // A cancel wakes the wait below at once through this channel.
+        let (cancelled, woken) = crossbeam_channel::bounded::<()>(1);
+        let _hook = cancel.map(|cancel| {
+            cancel.on_cancel(move || {
+                let _ = cancelled.try_send(());
+            })
+        });
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let slice = if cancel.is_some() {
-                left.min(WAIT_SLICE)
-            } else {
-                left
-            };
-            match reply.recv_timeout(slice) {
-                Ok(answer) => return answer,
-                Err(RecvTimeoutError::Disconnected) => {
-                    return Err(self.shared.closed_error("it closed"));
-                }
-                Err(RecvTimeoutError::Timeout) => {}
+            select! {
+                recv(reply) -> answer => match answer {
+                    Ok(answer) => return answer,
+                    Err(_) => return Err(self.shared.closed_error("it closed")),
+                },
+                recv(woken) -> _ => {}
+                default(left) => {}
             }
             if cancel.is_some_and(CancelFlag::is_cancelled) {
                 self.abandon(id, method, "the user cancelled the turn");
@@ -533,6 +536,8 @@ fn run_reader(reader: impl Read, shared: &ClientShared) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use std::io::{PipeReader, PipeWriter};
+
+    use crossbeam_channel::RecvTimeoutError;
 
     use super::*;
 

@@ -54,9 +54,6 @@ pub const MAX_TOOL_NAME_CHARS: usize = 64;
 /// What stands between the server's name and the tool's name in [`tool_name`].
 pub const NAME_SEPARATOR: &str = "__";
 
-/// How often a waiting caller looks at its cancel flag.
-const WAIT_SLICE: Duration = Duration::from_millis(20);
-
 /// Starts every server in the MCP config file at `path` and returns them with their tools.
 ///
 /// Servers start side by side. One that cannot be spawned, initialised or listed is logged

@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use serde_json::{Value, json};
 
 use super::client::McpClient;
 use super::config::ServerCommand;
 use super::wire::RemoteTool;
-use super::{CALL_TIMEOUT, McpError, START_TIMEOUT, WAIT_SLICE};
+use super::{CALL_TIMEOUT, McpError, START_TIMEOUT};
 use crate::cancel::CancelFlag;
 use crate::tools::{Tool, ToolContext};
 
@@ -23,9 +23,9 @@ pub(super) struct McpServer {
     command: ServerCommand,
     /// The live client. Held only to clone or swap the `Arc`.
     client: Mutex<Option<Arc<McpClient>>>,
-    /// Held by the one caller restarting the server, across spawn and handshake (bounded by
+    /// Taken by the one caller restarting the server, across spawn and handshake (bounded by
     /// [`START_TIMEOUT`]), so that callers finding it down start one process, not one each.
-    restart: Mutex<()>,
+    restart: Arc<Gate>,
     /// Set by shutdown: no more restarts.
     stopped: AtomicBool,
 }
@@ -37,7 +37,7 @@ impl McpServer {
             name,
             command,
             client: Mutex::new(Some(Arc::new(client))),
-            restart: Mutex::new(()),
+            restart: Arc::default(),
             stopped: AtomicBool::new(false),
         }
     }
@@ -47,14 +47,7 @@ impl McpServer {
         if let Some(client) = self.current() {
             return Ok(client);
         }
-        let _restarting = loop {
-            if let Some(guard) = self.restart.try_lock_for(WAIT_SLICE) {
-                break guard;
-            }
-            if cancel.is_cancelled() {
-                return Err(McpError::Cancelled);
-            }
-        };
+        let _restarting = self.restart.take(cancel, &self.name)?;
         // Another caller may have restarted it while we waited.
         if let Some(client) = self.current() {
             return Ok(client);
@@ -119,6 +112,59 @@ impl McpServer {
         if let Some(client) = client {
             client.stop();
         }
+    }
+}
+
+/// A lock that a waiter can give up on when its turn is cancelled: a flag and a condition
+/// variable, which a cancel hook notifies.
+#[derive(Default)]
+struct Gate {
+    taken: Mutex<bool>,
+    freed: Condvar,
+}
+
+/// The gate, taken; frees it on drop.
+struct GateGuard<'a>(&'a Gate);
+
+impl Drop for GateGuard<'_> {
+    fn drop(&mut self) {
+        *self.0.taken.lock() = false;
+        self.0.freed.notify_one();
+    }
+}
+
+impl Gate {
+    /// Takes the gate, waiting while another caller holds it (it holds it for one restart at
+    /// most); `Cancelled` when `cancel` is set meanwhile.
+    fn take<'a>(
+        self: &'a Arc<Self>,
+        cancel: &CancelFlag,
+        server: &str,
+    ) -> Result<GateGuard<'a>, McpError> {
+        let gate = self.clone();
+        // Registered before the lock is taken: a hook for a flag set already runs at once.
+        let _hook = cancel.on_cancel(move || {
+            let _taken = gate.taken.lock();
+            gate.freed.notify_all();
+        });
+        let deadline = Instant::now() + START_TIMEOUT + START_TIMEOUT;
+        let mut taken = self.taken.lock();
+        while *taken {
+            if cancel.is_cancelled() {
+                return Err(McpError::Cancelled);
+            }
+            if self.freed.wait_until(&mut taken, deadline).timed_out() {
+                return Err(McpError::Closed {
+                    server: server.to_owned(),
+                    reason: "another call has been restarting it for too long".into(),
+                });
+            }
+        }
+        if cancel.is_cancelled() {
+            return Err(McpError::Cancelled);
+        }
+        *taken = true;
+        Ok(GateGuard(self))
     }
 }
 
