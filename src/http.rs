@@ -669,6 +669,7 @@ fn health(server: &ServerView<'_>) -> Response {
         "ok"
     };
     // Without a token only the status: counts and versions help whoever probes the server.
+    let model = engine.model.health();
     let body = if !server.authorized {
         json!({ "status": status })
     } else {
@@ -680,8 +681,8 @@ fn health(server: &ServerView<'_>) -> Response {
             "sessions": server.sessions.len(),
             "model": {
                 "name": engine.model.name(),
-                "reachable": engine.model.health().reachable,
-                "last_error": engine.model.health().last_error,
+                "reachable": model.reachable,
+                "last_error": model.last_error,
             },
             "tools_loaded": engine.tools.len(),
             "store": if degraded { "failing" } else { "ok" },
