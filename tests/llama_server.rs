@@ -1,0 +1,291 @@
+//! Sparky against a real model server: llama.cpp's `llama-server` serving SmolLM2-135M-Instruct
+//! at temperature 0, built and fetched once by `scripts/llama-server.sh` (cached under
+//! `target/llama/`). Fakes show only the quirks we already know; these show the real ones.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sparky::model::remote::{RemoteModel, RemoteOptions, RetryPolicy};
+use sparky::protocol::{ServerEnvelope, ServerFrame, StatusCode};
+use support::{Client, TestServer};
+
+/// How long the model server may take to load and to answer: a small model on two busy cores.
+const MODEL_WAIT: Duration = Duration::from_secs(120);
+
+/// The server binary and the model, from the build script.
+fn artifacts() -> (PathBuf, PathBuf) {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let output = Command::new(root.join("scripts/llama-server.sh"))
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("scripts/llama-server.sh runs");
+    assert!(output.status.success(), "scripts/llama-server.sh failed");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let mut lines = text.lines().map(|line| root.join(line.trim()));
+    (lines.next().unwrap(), lines.next().unwrap())
+}
+
+/// A running `llama-server`; killed when dropped. Its log lines arrive on `log`.
+struct Llama {
+    child: Child,
+    port: u16,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Llama {
+    fn start(ctx_size: u32, port: Option<u16>) -> Self {
+        let (server, model) = artifacts();
+        let port = port.unwrap_or_else(|| {
+            TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        });
+        let mut child = Command::new(server)
+            .args(["-m"])
+            .arg(model)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args([
+                "--ctx-size",
+                &ctx_size.to_string(),
+                "--temp",
+                "0",
+                "--seed",
+                "1",
+            ])
+            .args(["--threads", "2", "--parallel", "1", "--jinja"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("llama-server starts");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        for pipe in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        let llama = Llama { child, port, log };
+        llama.wait_healthy();
+        llama
+    }
+
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// Waits until `GET /health` answers 200 (the model is loaded).
+    fn wait_healthy(&self) {
+        let deadline = Instant::now() + MODEL_WAIT;
+        loop {
+            if let Ok(mut stream) = TcpStream::connect(self.addr()) {
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let _ = write!(
+                    stream,
+                    "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+                );
+                let mut answer = String::new();
+                let _ = stream.read_to_string(&mut answer);
+                if answer.starts_with("HTTP/1.1 200") {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "llama-server did not become healthy"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// True once a log line contains `text`.
+    fn logged(&self, text: &str) -> bool {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|line| line.contains(text))
+    }
+
+    fn model(&self) -> Arc<RemoteModel> {
+        let mut options = RemoteOptions::new(format!("http://{}/v1", self.addr()), "smollm2");
+        options.connect_timeout = Duration::from_secs(5);
+        options.read_timeout = MODEL_WAIT;
+        options.retry = RetryPolicy {
+            max_retries: 2,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_millis(200),
+        };
+        Arc::new(RemoteModel::new(options))
+    }
+}
+
+impl Drop for Llama {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A Sparky (in memory) on `llama`'s model, with a context budget of `window` tokens.
+fn sparky(llama: &Llama, window: usize) -> TestServer {
+    TestServer::with_model(
+        |config| {
+            config.in_memory = true;
+            config.context_tokens = Some(window);
+        },
+        llama.model(),
+    )
+}
+
+/// Sends `text` and reads the turn's frames up to its closing one, waiting as long as a model
+/// may take.
+fn turn(client: &mut Client, text: &str) -> Vec<ServerFrame> {
+    client.say(text);
+    let deadline = Instant::now() + MODEL_WAIT;
+    let mut frames = Vec::new();
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the turn did not end: {frames:#?}"
+        );
+        let Ok(envelope) = client.try_next() else {
+            panic!("the connection closed: {frames:#?}");
+        };
+        let ServerEnvelope { frame, .. } = envelope;
+        let closes = frame.closes_turn();
+        if !matches!(frame, ServerFrame::UserMessage { .. }) {
+            frames.push(frame);
+        }
+        if closes {
+            return frames;
+        }
+    }
+}
+
+fn answer(frames: &[ServerFrame]) -> String {
+    match frames.last() {
+        Some(ServerFrame::Message { text, .. }) => text.clone(),
+        other => panic!("no answer: {other:?}; {frames:#?}"),
+    }
+}
+
+fn deltas(frames: &[ServerFrame]) -> String {
+    frames
+        .iter()
+        .filter_map(|frame| match frame {
+            ServerFrame::MessageDelta { text, .. } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn has_status(frames: &[ServerFrame], code: StatusCode) -> bool {
+    frames
+        .iter()
+        .any(|frame| matches!(frame, ServerFrame::Status(status) if status.code == code))
+}
+
+#[test]
+fn a_real_model_streams_answers_keeps_context_and_stops_when_cancelled() {
+    let llama = Llama::start(2048, None);
+    let server = sparky(&llama, 2048);
+
+    // A plain streamed answer: the pieces make up the message, and at temperature 0 the same
+    // question in another conversation gets the same answer.
+    let mut first = server.client();
+    let frames = turn(
+        &mut first,
+        "What is the capital of France? Answer in one short sentence.",
+    );
+    let text = answer(&frames);
+    assert!(!text.trim().is_empty());
+    assert_eq!(deltas(&frames).trim(), text.trim());
+    let mut second = server.client();
+    let again = turn(
+        &mut second,
+        "What is the capital of France? Answer in one short sentence.",
+    );
+    assert_eq!(answer(&again), text, "temperature 0 is deterministic");
+
+    // A multi-turn conversation: the second turn is answered with the first in its context.
+    let frames = turn(&mut first, "Say that again, please.");
+    assert!(!answer(&frames).trim().is_empty());
+
+    // A cancel stops the generation on the server too.
+    first.say("Write a very long story about a lighthouse keeper, with many chapters.");
+    let deadline = Instant::now() + MODEL_WAIT;
+    loop {
+        assert!(Instant::now() < deadline, "no piece of the story arrived");
+        if matches!(first.next().frame, ServerFrame::MessageDelta { .. }) {
+            break;
+        }
+    }
+    first.cancel();
+    first.expect("status");
+    let deadline = Instant::now() + MODEL_WAIT;
+    while !llama.logged("cancel") {
+        assert!(
+            Instant::now() < deadline,
+            "llama-server never logged the cancel"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn an_overflowing_conversation_is_trimmed_or_recovered_and_a_restarted_server_is_found_again() {
+    let llama = Llama::start(768, None);
+    // Sparky believes the window is far larger than it is: the server's overflow answer is
+    // what recovers the conversation.
+    let server = sparky(&llama, 100_000);
+    let mut client = server.client();
+    let paste = "The quick brown fox jumps over the lazy dog. ".repeat(25);
+    let mut recovered = false;
+    for n in 0..6 {
+        let frames = turn(&mut client, &format!("Note {n}: {paste} Reply with OK."));
+        recovered |= has_status(&frames, StatusCode::HistoryReset);
+        answer(&frames);
+    }
+    assert!(recovered, "the server never overflowed");
+
+    // With the real window, Sparky trims before the server has to refuse.
+    let trimming = sparky(&llama, 768);
+    let mut client = trimming.client();
+    let mut trimmed = false;
+    for n in 0..6 {
+        let frames = turn(&mut client, &format!("Note {n}: {paste} Reply with OK."));
+        trimmed |= has_status(&frames, StatusCode::ContextTrimmed);
+        assert!(
+            !has_status(&frames, StatusCode::HistoryReset),
+            "{frames:#?}"
+        );
+        answer(&frames);
+    }
+    assert!(trimmed);
+
+    // The server dies mid-conversation: the turn fails and says so; once it is back on the
+    // same port, the conversation goes on.
+    let port = llama.port;
+    drop(llama);
+    let frames = turn(&mut client, "Are you there?");
+    assert!(
+        matches!(frames.last(), Some(ServerFrame::Error { .. })),
+        "{frames:#?}"
+    );
+    let _llama = Llama::start(768, Some(port));
+    let frames = turn(&mut client, "Are you back? Reply with OK.");
+    assert!(!answer(&frames).trim().is_empty());
+}
