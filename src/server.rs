@@ -147,8 +147,8 @@ pub fn spawn_with(
     let api_graph = graph.clone();
     let journal = Journal::spawn(conversations.clone(), metrics.clone())?;
     let mut tools = ToolChain::standard(&graph);
-    for tool in mcp.iter().flat_map(McpServers::tools) {
-        tools.add(tool.clone());
+    if let Some(mcp) = &mcp {
+        tools.set_source(mcp.source());
     }
     tools.set_metrics(metrics.clone());
     tools.set_max_result_bytes(config.max_tool_result_bytes);

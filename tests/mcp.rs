@@ -18,14 +18,16 @@ use support::{Client, TestServer, WAIT, test_config, wait_until};
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/mcp_fixture.py");
 
-/// The fixture's tools as the ToolChain names them (server `fx`).
-const FIXTURE_TOOLS: [&str; 6] = [
+/// The fixture's tools as the ToolChain names them (server `fx`); its `research` tool requires
+/// tasks and is left out.
+const FIXTURE_TOOLS: [&str; 7] = [
     "fx__echo",
     "fx__fail",
     "fx__slow",
     "fx__crash",
     "fx__weird_name_with_space",
     "fx__env",
+    "fx__grow",
 ];
 
 /// An `mcp.json` that starts the fixture as server `fx` (plus `extra` servers), and the file
@@ -444,4 +446,37 @@ fn a_crashed_server_s_processes_are_stopped_before_it_starts_again() {
     for pid in second {
         wait_until(&format!("helper {pid} to be gone"), || !running(pid));
     }
+}
+
+#[test]
+fn a_changed_tool_list_reaches_new_turns_and_a_restart_s_list_is_the_new_truth() {
+    let fixture = Fixture::new("list-changed");
+    let server = fixture.server();
+    let mut client = server.client();
+    assert!(!ready(&client).1.contains(&"fx__added".to_owned()));
+    assert_eq!(
+        call(&mut client, "fx__grow", json!({})),
+        (ToolStatus::Success, "grown".to_owned())
+    );
+    // The fixture announces its new list; Sparky fetches it and new connections see it.
+    wait_until("fx__added to be listed", || {
+        ready(&server.client()).1.contains(&"fx__added".to_owned())
+    });
+    assert_eq!(
+        call(&mut client, "fx__added", json!({"text": "new"})),
+        (ToolStatus::Success, "new".to_owned())
+    );
+    // A crash and restart: the restarted fixture lists no "added", and that is the truth now.
+    let (status, _) = call(&mut client, "fx__crash", json!({}));
+    assert_eq!(status, ToolStatus::Error);
+    assert_eq!(
+        call(&mut client, "fx__echo", json!({"text": "back"})),
+        (ToolStatus::Success, "back".to_owned())
+    );
+    let (count, names) = ready(&server.client());
+    assert!(!names.contains(&"fx__added".to_owned()), "{names:?}");
+    assert_eq!(count, names.len());
+    let (status, text) = call(&mut client, "fx__added", json!({"text": "gone"}));
+    assert_eq!(status, ToolStatus::Error);
+    assert!(text.contains("unknown tool"), "{text}");
 }

@@ -1,6 +1,7 @@
 //! MCP tool servers, each started from the `--mcp-config` file and spoken to over stdio. Every
-//! tool of every server joins the ToolChain as `<server>__<tool>`. Depends on `cancel`, `error`
-//! and `tools`.
+//! tool of every server joins the ToolChain as `<server>__<tool>`, through a catalog of the
+//! current tools that follows `notifications/tools/list_changed` and restarts; each server's
+//! `instructions` join the system prompt. Depends on `cancel`, `error` and `tools`.
 //!
 //! `tools/mcp/` is the only place that spawns processes, and the MCP JSON shapes stay private
 //! to it. Its files, in reading order:
@@ -9,7 +10,8 @@
 //! - `wire.rs`: JSON-RPC messages and the MCP results we read;
 //! - `process.rs`: a server's process, in a process group of its own, and how it is stopped;
 //! - `client.rs`: `McpClient`, requests matched to answers by id over a pipe pair;
-//! - `supervisor.rs`: a server restarted after a crash, and its tools;
+//! - `supervisor.rs`: a server restarted after a crash, its tools, and the catalog of every
+//!   server's current tools;
 //! - this file: `load`, `McpServers` (every server of one config), `McpError`, tool names.
 //!
 //! One process per configured server is shared by every session. Callers never hold a lock
@@ -24,7 +26,6 @@ mod process;
 mod supervisor;
 mod wire;
 
-use std::collections::HashSet;
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
@@ -32,10 +33,10 @@ use std::thread;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::tools::Tool;
+use crate::tools::{Tool, ToolSource};
 
 use self::config::{ServerCommand, parse_config};
-use self::supervisor::{McpServer, McpTool, Started, start_server};
+use self::supervisor::{Catalog, McpServer, Started, start_server, tools_text};
 
 /// The MCP revision Sparky asks for in `initialize`. It is the newest revision with the
 /// `initialize` handshake: 2026-07-28 made the protocol stateless, and servers that speak it
@@ -89,12 +90,28 @@ pub fn tool_name(server: &str, tool: &str) -> String {
     format!("{}_{hash:08x}", &full[..MAX_TOOL_NAME_CHARS - 9])
 }
 
+/// A duration as people read it: whole milliseconds below a second, else seconds rounded to
+/// one decimal place, without a trailing `.0` (`250ms`, `60s`, `1.5s`).
+pub fn round_duration(duration: Duration) -> String {
+    let millis = duration.as_millis();
+    if millis < 1000 {
+        return format!("{millis}ms");
+    }
+    let tenths = (millis + 50) / 100;
+    if tenths.is_multiple_of(10) {
+        format!("{}s", tenths / 10)
+    } else {
+        format!("{}.{}s", tenths / 10, tenths % 10)
+    }
+}
+
 /// The MCP servers started from one config file, and their tools. Cheap to keep: the tools
 /// hold the servers too, so the ToolChain keeps them alive. Dropping this (or calling
 /// [`shutdown`](Self::shutdown)) stops every server process.
 pub struct McpServers {
     servers: Vec<Arc<McpServer>>,
-    tools: Vec<Arc<dyn Tool>>,
+    /// Every server's current tools and instructions.
+    catalog: Arc<Catalog>,
     /// Each server that started, with how many tools it brought.
     loaded: Vec<(String, usize)>,
     /// Each server that did not start, with why.
@@ -104,7 +121,12 @@ pub struct McpServers {
 impl fmt::Debug for McpServers {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let names: Vec<&str> = self.servers.iter().map(|s| s.name.as_str()).collect();
-        let tools: Vec<&str> = self.tools.iter().map(|t| t.name()).collect();
+        let tools: Vec<String> = self
+            .catalog
+            .tools()
+            .iter()
+            .map(|t| t.name().to_owned())
+            .collect();
         f.debug_struct("McpServers")
             .field("servers", &names)
             .field("tools", &tools)
@@ -113,10 +135,16 @@ impl fmt::Debug for McpServers {
 }
 
 impl McpServers {
-    /// Every tool of every server that started, in server-name order, under the names of
-    /// [`tool_name`].
-    pub fn tools(&self) -> &[Arc<dyn Tool>] {
-        &self.tools
+    /// Every current tool of every server that started, in server-name order, under the names
+    /// of [`tool_name`]. The list changes when a server announces a new one or restarts.
+    pub fn tools(&self) -> Arc<[Arc<dyn Tool>]> {
+        self.catalog.tools()
+    }
+
+    /// The servers' current tools and instructions, for
+    /// [`ToolChain::set_source`](crate::tools::ToolChain::set_source).
+    pub fn source(&self) -> Arc<dyn ToolSource> {
+        self.catalog.clone()
     }
 
     /// Each server that started, with how many tools it brought, in name order.
@@ -189,12 +217,11 @@ impl McpServers {
                     .collect()
             });
 
+        let catalog = Arc::new(Catalog::default());
         let mut servers = Vec::new();
-        let mut tools: Vec<Arc<dyn Tool>> = Vec::new();
-        let mut names = HashSet::new();
         let (mut loaded, mut failed) = (Vec::new(), Vec::new());
         for (name, command, result) in started {
-            let (client, remote_tools) = match result {
+            let started = match result {
                 Ok(started) => started,
                 Err(e) => {
                     log::warn!("mcp {name}: not loaded: {e}");
@@ -202,30 +229,15 @@ impl McpServers {
                     continue;
                 }
             };
-            let server = Arc::new(McpServer::new(name.clone(), command, client));
-            let mut count = 0;
-            for remote in remote_tools {
-                let full_name = tool_name(&name, &remote.name);
-                if remote.name.is_empty() || !names.insert(full_name.clone()) {
-                    log::warn!(
-                        "mcp {name}: tool {:?} left out: its name is empty or taken ({full_name})",
-                        remote.name
-                    );
-                    continue;
-                }
-                tools.push(Arc::new(McpTool::new(server.clone(), full_name, remote)));
-                count += 1;
-            }
-            log::info!(
-                "mcp {name}: loaded with {count} tool{}",
-                if count == 1 { "" } else { "s" }
-            );
+            let server = McpServer::new(name.clone(), command, &catalog);
+            let (_, count) = server.adopt(started);
+            log::info!("mcp {name}: loaded with {}", tools_text(count));
             loaded.push((name, count));
             servers.push(server);
         }
         McpServers {
             servers,
-            tools,
+            catalog,
             loaded,
             failed,
         }
@@ -307,7 +319,8 @@ impl fmt::Display for McpError {
                 after,
             } => write!(
                 f,
-                "mcp server {server} did not answer {method} within {after:?}"
+                "mcp server {server} did not answer {method} within {}",
+                round_duration(*after)
             ),
             McpError::Cancelled => write!(f, "cancelled"),
             McpError::Rpc {
@@ -362,6 +375,23 @@ mod tests {
         assert!(
             long.chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        );
+    }
+
+    #[test]
+    fn durations_are_rounded_for_people() {
+        assert_eq!(round_duration(Duration::from_nanos(59_999_945_507)), "60s");
+        assert_eq!(round_duration(Duration::from_millis(1_500)), "1.5s");
+        assert_eq!(round_duration(Duration::from_micros(250_400)), "250ms");
+        assert_eq!(round_duration(Duration::ZERO), "0ms");
+        let timeout = McpError::Timeout {
+            server: "fx".into(),
+            method: "tools/call".into(),
+            after: Duration::from_nanos(59_999_945_507),
+        };
+        assert_eq!(
+            timeout.to_string(),
+            "mcp server fx did not answer tools/call within 60s"
         );
     }
 
