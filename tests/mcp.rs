@@ -1,7 +1,8 @@
 //! MCP tool servers: the fixture server's tools join the ToolChain under prefixed names and
 //! answer real WebSocket sessions; error results, crashes and restarts, cancellation, many
 //! sessions at once, servers that fail to start, config files that cannot be read, and the
-//! processes a server starts, which must not outlive it.
+//! processes a server starts, which must not outlive it; the servers' instructions in the
+//! system prompt, tools that require tasks left out, and tool lists that change.
 //!
 //! The fixture is `tests/fixtures/mcp_fixture.py`, run with `python3` (its header says why it
 //! is not a Rust binary).
@@ -479,4 +480,57 @@ fn a_changed_tool_list_reaches_new_turns_and_a_restart_s_list_is_the_new_truth()
     let (status, text) = call(&mut client, "fx__added", json!({"text": "gone"}));
     assert_eq!(status, ToolStatus::Error);
     assert!(text.contains("unknown tool"), "{text}");
+}
+
+/// A model that records each system message it is given, and answers "ok".
+struct SystemRecorder {
+    seen: std::sync::Mutex<Vec<String>>,
+}
+
+impl sparky::model::ModelBackend for SystemRecorder {
+    fn name(&self) -> &str {
+        "system-recorder"
+    }
+
+    fn complete(
+        &self,
+        conversation: sparky::model::Conversation<'_>,
+        _tools: &[sparky::model::ToolSpec],
+        _sink: &mut dyn sparky::model::ReplySink,
+    ) -> sparky::error::Result<sparky::model::ModelReply> {
+        let system = conversation
+            .head
+            .iter()
+            .filter(|message| message.role == sparky::model::Role::System)
+            .map(|message| message.content.clone());
+        self.seen.lock().unwrap().extend(system);
+        Ok(sparky::model::ModelReply {
+            text: "ok".into(),
+            ..Default::default()
+        })
+    }
+}
+
+#[test]
+fn a_server_s_instructions_reach_the_model_under_its_name() {
+    let fixture = Fixture::new("instructions");
+    let model = std::sync::Arc::new(SystemRecorder {
+        seen: std::sync::Mutex::default(),
+    });
+    let server = TestServer::with_model(
+        |config| {
+            config.mcp_config = Some(fixture.config.clone());
+            config.system_prompt = Some("be brief".into());
+        },
+        model.clone(),
+    );
+    let mut client = server.client();
+    client.say("hello");
+    let turn = client.expect("user_message").frame.turn_id().unwrap().0;
+    client.finish_turn(turn);
+    let seen = model.seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        ["be brief\n\nInstructions from the MCP server fx:\nCall echo before anything else."]
+    );
 }

@@ -419,6 +419,53 @@ mod tests {
         assert_eq!(ToolChain::new().max_result_bytes, DEFAULT_MAX_RESULT_BYTES);
     }
 
+    /// A source whose tools the test swaps.
+    #[derive(Default)]
+    struct Swapping {
+        tools: Mutex<(u64, Vec<Arc<dyn Tool>>)>,
+    }
+
+    impl ToolSource for Swapping {
+        fn tools(&self) -> Arc<[Arc<dyn Tool>]> {
+            self.tools.lock().1.clone().into()
+        }
+        fn generation(&self) -> u64 {
+            self.tools.lock().0
+        }
+        fn instructions(&self) -> String {
+            String::new()
+        }
+    }
+
+    #[test]
+    fn a_source_s_current_tools_are_listed_and_called_and_fixed_names_win() {
+        let source = Arc::new(Swapping::default());
+        let mut chain = ToolChain::new();
+        chain.add(Arc::new(Panicky));
+        chain.set_source(source.clone());
+        assert_eq!(chain.names(), ["panicky"]);
+        assert_eq!(chain.specs().len(), 1);
+        *source.tools.lock() = (1, vec![Arc::new(Repeat), Arc::new(Panicky)]);
+        assert_eq!(chain.names(), ["panicky", "repeat"]);
+        let specs: Vec<String> = chain.specs().iter().map(|s| s.name.clone()).collect();
+        assert_eq!(specs, ["panicky", "repeat"]);
+        assert_eq!(chain.len(), 2);
+        let (knowledge, cancel) = (Knowledge::new(), CancelFlag::new());
+        let ctx = ToolContext {
+            principal: &Principal::local(),
+            knowledge: &knowledge,
+            cancel: &cancel,
+        };
+        assert_eq!(chain.call("repeat", &json!({"text": "a"}), &ctx).text, "a");
+        *source.tools.lock() = (2, Vec::new());
+        assert_eq!(chain.specs().len(), 1);
+        assert_eq!(
+            chain.call("repeat", &json!({}), &ctx).status,
+            ToolStatus::Error
+        );
+        assert_eq!(chain.instructions(), "");
+    }
+
     #[test]
     fn a_panicking_tool_is_an_error_result_not_a_crash() {
         let mut chain = ToolChain::new();

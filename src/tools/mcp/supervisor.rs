@@ -461,3 +461,62 @@ pub(super) fn start_server(
         instructions,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(name: &str, catalog: &Arc<Catalog>) -> Arc<McpServer> {
+        let command = ServerCommand {
+            command: "true".into(),
+            args: Vec::new(),
+            env: Default::default(),
+            cwd: None,
+        };
+        McpServer::new(name.into(), command, catalog)
+    }
+
+    fn remote(value: Value) -> RemoteTool {
+        serde_json::from_value(value).unwrap()
+    }
+
+    fn names(catalog: &Catalog) -> Vec<String> {
+        catalog
+            .tools()
+            .iter()
+            .map(|t| t.name().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn the_catalog_leaves_out_task_tools_and_follows_each_server_s_latest_list() {
+        let catalog = Arc::new(Catalog::default());
+        let (a, b) = (server("a", &catalog), server("b", &catalog));
+        *a.instructions.lock() = Some("Use a.".into());
+        let published = a.publish(vec![
+            remote(json!({"name": "one"})),
+            remote(json!({"name": "research", "execution": {"taskSupport": "required"}})),
+            remote(json!({"name": "maybe", "execution": {"taskSupport": "optional"}})),
+        ]);
+        assert_eq!(published, 2);
+        let before = catalog.generation();
+        b.publish(vec![remote(json!({"name": "two"}))]);
+        assert_ne!(catalog.generation(), before);
+        assert_eq!(names(&catalog), ["a__one", "a__maybe", "b__two"]);
+        assert_eq!(
+            catalog.instructions(),
+            "Instructions from the MCP server a:\nUse a."
+        );
+        // A new list from a replaces its old one and leaves b's alone.
+        a.publish(vec![remote(json!({"name": "three"}))]);
+        assert_eq!(names(&catalog), ["a__three", "b__two"]);
+        *b.instructions.lock() = Some("Use b.".into());
+        b.publish(Vec::new());
+        assert_eq!(names(&catalog), ["a__three"]);
+        assert_eq!(
+            catalog.instructions(),
+            "Instructions from the MCP server a:\nUse a.\n\n\
+             Instructions from the MCP server b:\nUse b."
+        );
+    }
+}
