@@ -63,9 +63,13 @@ impl Fixture {
         Fixture { config, log }
     }
 
-    /// A server with the offline model and this fixture's MCP config.
+    /// A server with the offline model and this fixture's MCP config, once the fixture's
+    /// tools have joined (servers start in the background).
     fn server(&self) -> TestServer {
-        TestServer::with_config(|config| config.mcp_config = Some(self.config.clone()))
+        let server =
+            TestServer::with_config(|config| config.mcp_config = Some(self.config.clone()));
+        wait_for_tool(&server, "fx__echo");
+        server
     }
 
     /// The events the fixture has recorded so far.
@@ -86,6 +90,13 @@ impl Fixture {
         });
         found.unwrap()
     }
+}
+
+/// Waits until the `ready` frame of a new connection lists `tool`.
+fn wait_for_tool(server: &TestServer, tool: &str) {
+    wait_until(&format!("{tool} to be listed"), || {
+        ready(&server.client()).1.iter().any(|name| name == tool)
+    });
 }
 
 /// Calls `tool` through the offline model's `/tool` command and returns the tool_result.
@@ -460,9 +471,7 @@ fn a_changed_tool_list_reaches_new_turns_and_a_restart_s_list_is_the_new_truth()
         (ToolStatus::Success, "grown".to_owned())
     );
     // The fixture announces its new list; Sparky fetches it and new connections see it.
-    wait_until("fx__added to be listed", || {
-        ready(&server.client()).1.contains(&"fx__added".to_owned())
-    });
+    wait_for_tool(&server, "fx__added");
     assert_eq!(
         call(&mut client, "fx__added", json!({"text": "new"})),
         (ToolStatus::Success, "new".to_owned())
@@ -524,6 +533,7 @@ fn a_server_s_instructions_reach_the_model_under_its_name() {
         },
         model.clone(),
     );
+    wait_for_tool(&server, "fx__echo");
     let mut client = server.client();
     client.say("hello");
     let turn = client.expect("user_message").frame.turn_id().unwrap().0;
@@ -533,4 +543,46 @@ fn a_server_s_instructions_reach_the_model_under_its_name() {
         seen,
         ["be brief\n\nInstructions from the MCP server fx:\nCall echo before anything else."]
     );
+}
+
+#[test]
+fn sparky_listens_at_once_and_a_failed_server_is_tried_again_until_it_starts() {
+    let fixture = Fixture::new("background");
+    let dir = fixture.config.parent().unwrap().to_owned();
+    let marker = dir.join("tried");
+    // "late" fails its first start and works from the second; "mute" never answers.
+    let late = format!(
+        "if [ -e '{m}' ]; then exec python3 '{f}'; else touch '{m}'; exit 1; fi",
+        m = marker.display(),
+        f = FIXTURE
+    );
+    let config = json!({"mcpServers": {
+        "late": {"command": "sh", "args": ["-c", late]},
+        "mute": {"command": "python3", "args": ["-c", "import time; time.sleep(600)"]},
+    }});
+    std::fs::write(&fixture.config, config.to_string()).unwrap();
+    let started = Instant::now();
+    let server = TestServer::with_config(|config| config.mcp_config = Some(fixture.config.clone()));
+    let client = server.client();
+    // Well within START_TIMEOUT (30 s), which "mute" would otherwise hold the listener for.
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(
+        ready(&client)
+            .1
+            .iter()
+            .all(|name| !name.starts_with("late__"))
+    );
+    // The first try failed; the retry a second later brings its tools.
+    wait_for_tool(&server, "late__echo");
+    assert!(marker.exists());
+    let mut client = server.client();
+    assert_eq!(
+        call(&mut client, "late__echo", json!({"text": "late"})),
+        (ToolStatus::Success, "late".to_owned())
+    );
+    // Shutting down while "mute" is still starting ends promptly.
+    let stopping = Instant::now();
+    drop(client);
+    drop(server);
+    assert!(stopping.elapsed() < Duration::from_secs(10));
 }

@@ -29,9 +29,12 @@ mod wire;
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
-use std::thread;
+use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
+use parking_lot::Mutex;
+
+use crate::cancel::CancelFlag;
 use crate::error::{Error, Result};
 use crate::tools::{Tool, ToolSource};
 
@@ -49,6 +52,13 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a server has to start: spawn, `initialize` and every page of `tools/list`.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long the first wait is before a server that failed to start is tried again; each
+/// failure doubles it, up to [`MAX_RETRY_DELAY`].
+pub const FIRST_RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// The longest wait between two tries at starting a server.
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(300);
+
 /// Longest tool name the model may see (the OpenAI function-name limit).
 pub const MAX_TOOL_NAME_CHARS: usize = 64;
 
@@ -64,15 +74,69 @@ pub const NAME_SEPARATOR: &str = "__";
 ///
 /// [`Error::Config`] when the file cannot be read or is not an MCP config.
 pub fn load(path: &Path) -> Result<McpServers> {
+    Ok(McpServers::start(read_config(path)?))
+}
+
+/// Reads the MCP config file at `path` and starts its servers in the background, one
+/// `mcp-<name>-start` thread each, returning at once: each server's tools join
+/// [`McpServers::source`] when it is up. A server that fails or times out is logged and tried
+/// again after a wait that doubles from `first_retry_delay` (normally [`FIRST_RETRY_DELAY`]) up
+/// to [`MAX_RETRY_DELAY`], until it starts or the servers shut down.
+///
+/// # Errors
+///
+/// [`Error::Config`] when the file cannot be read or is not an MCP config, and
+/// [`Error::Spawn`] when a start-up thread cannot be created.
+pub fn spawn(path: &Path, first_retry_delay: Duration) -> Result<McpServers> {
+    let entries = read_config(path)?;
+    let catalog = Arc::new(Catalog::default());
+    let stopping = CancelFlag::new();
+    let mut servers = Vec::new();
+    let mut starting = Vec::new();
+    for (name, command) in entries {
+        let server = McpServer::new(name.clone(), command, &catalog);
+        let (thread_server, thread_stopping) = (server.clone(), stopping.clone());
+        let handle = thread::Builder::new()
+            .name(format!("mcp-{name}-start"))
+            .spawn(move || thread_server.run_start(&thread_stopping, first_retry_delay));
+        servers.push(server);
+        match handle {
+            Ok(handle) => starting.push(handle),
+            Err(e) => {
+                // What started so far stops when `partial` drops.
+                let partial = McpServers {
+                    servers,
+                    catalog,
+                    loaded: Vec::new(),
+                    failed: Vec::new(),
+                    stopping,
+                    starting: Mutex::new(starting),
+                };
+                drop(partial);
+                return Err(Error::Spawn(e));
+            }
+        }
+    }
+    Ok(McpServers {
+        servers,
+        catalog,
+        loaded: Vec::new(),
+        failed: Vec::new(),
+        stopping,
+        starting: Mutex::new(starting),
+    })
+}
+
+/// Reads and parses the MCP config file at `path`.
+fn read_config(path: &Path) -> Result<Vec<(String, ServerCommand)>> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         Error::Config(format!(
             "cannot read the MCP config {}: {e}",
             path.display()
         ))
     })?;
-    let entries = parse_config(&text)
-        .map_err(|e| Error::Config(format!("{} is not an MCP config: {e}", path.display())))?;
-    Ok(McpServers::start(entries))
+    parse_config(&text)
+        .map_err(|e| Error::Config(format!("{} is not an MCP config: {e}", path.display())))
 }
 
 /// The name a server's tool has in the ToolChain: `<server>__<tool>`.
@@ -116,6 +180,10 @@ pub struct McpServers {
     loaded: Vec<(String, usize)>,
     /// Each server that did not start, with why.
     failed: Vec<(String, String)>,
+    /// Set by shutdown: background starts give up.
+    stopping: CancelFlag,
+    /// The `mcp-<name>-start` threads of [`spawn`], joined by shutdown. Held only to take them.
+    starting: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl fmt::Debug for McpServers {
@@ -147,12 +215,13 @@ impl McpServers {
         self.catalog.clone()
     }
 
-    /// Each server that started, with how many tools it brought, in name order.
+    /// Each server that started, with how many tools it brought, in name order (for
+    /// [`load`]; empty for [`spawn`], whose servers start later).
     pub fn loaded(&self) -> &[(String, usize)] {
         &self.loaded
     }
 
-    /// Each server that did not start, with why.
+    /// Each server that did not start, with why (for [`load`]; empty for [`spawn`]).
     pub fn failed(&self) -> &[(String, String)] {
         &self.failed
     }
@@ -168,6 +237,14 @@ impl McpServers {
     /// input closes, after about three seconds at most for one that lingers. Their tools
     /// answer with an error from then on and are not restarted. Calling it twice is harmless.
     pub fn shutdown(&self) {
+        // Background starts first: each gives up at once and stops what it had started.
+        self.stopping.cancel();
+        let starting = std::mem::take(&mut *self.starting.lock());
+        for handle in starting {
+            if handle.join().is_err() {
+                log::warn!("mcp: a start-up thread panicked");
+            }
+        }
         thread::scope(|scope| {
             for server in &self.servers {
                 let stopping = thread::Builder::new()
@@ -240,6 +317,8 @@ impl McpServers {
             catalog,
             loaded,
             failed,
+            stopping: CancelFlag::new(),
+            starting: Mutex::default(),
         }
     }
 }

@@ -164,6 +164,10 @@ impl McpServer {
         if let Some(old) = old {
             old.stop();
         }
+        if self.stopped.load(Ordering::SeqCst) {
+            // Shut down meanwhile: the client stops when the caller drops it.
+            return (client, 0);
+        }
         *self.instructions.lock() = instructions;
         let count = self.publish(tools);
         (client, count)
@@ -247,6 +251,36 @@ impl McpServer {
             {
                 return;
             }
+        }
+    }
+
+    /// The body of a `mcp-<name>-start` thread: starts the server, and after each failure
+    /// (logged) waits and tries again, the wait doubling from `first_delay` up to
+    /// [`MAX_RETRY_DELAY`](super::MAX_RETRY_DELAY); its tools join the catalog once it is up.
+    /// Ends when it is up or when `stopping` is set.
+    pub(super) fn run_start(self: &Arc<Self>, stopping: &CancelFlag, first_delay: Duration) {
+        let mut delay = first_delay;
+        for attempt in 1.. {
+            if stopping.is_cancelled() {
+                return;
+            }
+            match start_server(&self.name, &self.command, START_TIMEOUT, Some(stopping)) {
+                Ok(started) => {
+                    let (_, count) = self.adopt(started);
+                    log::info!("mcp {}: loaded with {}", self.name, tools_text(count));
+                    return;
+                }
+                Err(McpError::Cancelled) => return,
+                Err(e) => log::warn!(
+                    "mcp {}: not loaded (attempt {attempt}): {e}; trying again in {}",
+                    self.name,
+                    super::round_duration(delay)
+                ),
+            }
+            if stopping.sleep(delay) {
+                return;
+            }
+            delay = (delay * 2).min(super::MAX_RETRY_DELAY);
         }
     }
 
