@@ -1,4 +1,5 @@
-//! MCP tool servers, each started from the `--mcp-config` file and spoken to over stdio. Every
+//! MCP tool servers, each started from the `--mcp-config` file (in the background, retried with
+//! backoff until it comes up) and spoken to over stdio. Every
 //! tool of every server joins the ToolChain as `<server>__<tool>`, through a catalog of the
 //! current tools that follows `notifications/tools/list_changed` and restarts; each server's
 //! `instructions` join the system prompt. Depends on `cancel`, `error` and `tools`.
@@ -17,7 +18,7 @@
 //! One process per configured server is shared by every session. Callers never hold a lock
 //! across IO: a request registers a one-shot channel under its id, hands its line to the
 //! server's writer thread, and waits on the channel in short slices so that it sees its turn's
-//! [`CancelFlag`](crate::cancel::CancelFlag) at once. A server that dies fails every waiting
+//! [`CancelFlag`] at once. A server that dies fails every waiting
 //! call with a clear error and is started again by the next call.
 
 mod client;
