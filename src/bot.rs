@@ -209,9 +209,16 @@ impl Bot {
             .system
             .as_deref()
             .or(self.engine.system_prompt.as_deref());
+        let system = system.filter(|system| !system.trim().is_empty());
+        // The tools' instructions (the MCP servers') follow the prompt, whichever it is.
+        let instructions = self.engine.tools.instructions();
+        let system = match (system, instructions.trim().is_empty()) {
+            (system, true) => system.map(str::to_owned),
+            (Some(system), false) => Some(format!("{system}\n\n{instructions}")),
+            (None, false) => Some(instructions),
+        };
         let head = system
-            .filter(|system| !system.trim().is_empty())
-            .map(|system| ChatMessage::text(Role::System, with_date(system)))
+            .map(|system| ChatMessage::text(Role::System, with_date(&system)))
             .into_iter()
             .collect();
         Turn {
@@ -344,7 +351,7 @@ impl Turn {
         // came, so it stays part of the answer.
         let mut said: Vec<String> = Vec::new();
         for _step in 0..self.engine.max_steps {
-            let reply = match self.ask_model(events, cancel, specs) {
+            let reply = match self.ask_model(events, cancel, &specs) {
                 Asked::Reply(reply) => reply,
                 Asked::Cancelled => return TurnOutcome::Cancelled,
                 Asked::Failed(e) => {
@@ -1032,6 +1039,38 @@ mod tests {
         bot.clear_history();
         assert!(bot.history().is_empty());
         assert_eq!(bot.first_index(), 2);
+    }
+
+    /// A tool source with no tools and fixed instructions.
+    struct Instructed(&'static str);
+
+    impl crate::tools::ToolSource for Instructed {
+        fn tools(&self) -> Arc<[Arc<dyn crate::tools::Tool>]> {
+            Arc::from([])
+        }
+        fn generation(&self) -> u64 {
+            0
+        }
+        fn instructions(&self) -> String {
+            self.0.to_owned()
+        }
+    }
+
+    #[test]
+    fn the_tools_instructions_follow_the_system_prompt() {
+        let text = "Instructions from the MCP server fx:\nCall echo first.";
+        let mut engine = engine(Arc::new(Scripted::new(Vec::new())));
+        let mut tools = (*engine.tools).clone();
+        tools.set_source(Arc::new(Instructed(text)));
+        engine.tools = Arc::new(tools);
+        let bot = Bot::new(engine.clone(), Some("be a pirate".into()), Vec::new());
+        let turn = bot.start_turn(TurnId(1), "hi", &Principal::local());
+        assert_eq!(turn.head[0].role, Role::System);
+        assert_eq!(turn.head[0].content, format!("be a pirate\n\n{text}"));
+        // With no prompt at all, the instructions are the system message.
+        let bot = Bot::new(engine, None, Vec::new());
+        let turn = bot.start_turn(TurnId(1), "hi", &Principal::local());
+        assert_eq!(turn.head[0].content, text);
     }
 
     #[test]

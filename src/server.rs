@@ -123,10 +123,10 @@ pub fn spawn_with(
         .local_addr()
         .map_err(|e| Error::io("local_addr", e))?;
     let config = Arc::new(config);
-    // MCP servers start before the store opens: an unreadable config stops the server here,
-    // while a server that fails to start is only a warning.
+    // MCP servers start in the background, beside the listener: an unreadable config stops
+    // the server here, while a server that fails to start is logged and tried again.
     let mcp = match &config.mcp_config {
-        Some(path) => Some(mcp::load(path)?),
+        Some(path) => Some(mcp::spawn(path, mcp::FIRST_RETRY_DELAY)?),
         None => None,
     };
     for origin in config
@@ -147,8 +147,8 @@ pub fn spawn_with(
     let api_graph = graph.clone();
     let journal = Journal::spawn(conversations.clone(), metrics.clone())?;
     let mut tools = ToolChain::standard(&graph);
-    for tool in mcp.iter().flat_map(McpServers::tools) {
-        tools.add(tool.clone());
+    if let Some(mcp) = &mcp {
+        tools.set_source(mcp.source());
     }
     tools.set_metrics(metrics.clone());
     tools.set_max_result_bytes(config.max_tool_result_bytes);

@@ -1,7 +1,8 @@
 //! MCP tool servers: the fixture server's tools join the ToolChain under prefixed names and
 //! answer real WebSocket sessions; error results, crashes and restarts, cancellation, many
 //! sessions at once, servers that fail to start, config files that cannot be read, and the
-//! processes a server starts, which must not outlive it.
+//! processes a server starts, which must not outlive it; the servers' instructions in the
+//! system prompt, tools that require tasks left out, and tool lists that change.
 //!
 //! The fixture is `tests/fixtures/mcp_fixture.py`, run with `python3` (its header says why it
 //! is not a Rust binary).
@@ -18,14 +19,16 @@ use support::{Client, TestServer, WAIT, test_config, wait_until};
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/mcp_fixture.py");
 
-/// The fixture's tools as the ToolChain names them (server `fx`).
-const FIXTURE_TOOLS: [&str; 6] = [
+/// The fixture's tools as the ToolChain names them (server `fx`); its `research` tool requires
+/// tasks and is left out.
+const FIXTURE_TOOLS: [&str; 7] = [
     "fx__echo",
     "fx__fail",
     "fx__slow",
     "fx__crash",
     "fx__weird_name_with_space",
     "fx__env",
+    "fx__grow",
 ];
 
 /// An `mcp.json` that starts the fixture as server `fx` (plus `extra` servers), and the file
@@ -60,9 +63,13 @@ impl Fixture {
         Fixture { config, log }
     }
 
-    /// A server with the offline model and this fixture's MCP config.
+    /// A server with the offline model and this fixture's MCP config, once the fixture's
+    /// tools have joined (servers start in the background).
     fn server(&self) -> TestServer {
-        TestServer::with_config(|config| config.mcp_config = Some(self.config.clone()))
+        let server =
+            TestServer::with_config(|config| config.mcp_config = Some(self.config.clone()));
+        wait_for_tool(&server, "fx__echo");
+        server
     }
 
     /// The events the fixture has recorded so far.
@@ -83,6 +90,13 @@ impl Fixture {
         });
         found.unwrap()
     }
+}
+
+/// Waits until the `ready` frame of a new connection lists `tool`.
+fn wait_for_tool(server: &TestServer, tool: &str) {
+    wait_until(&format!("{tool} to be listed"), || {
+        ready(&server.client()).1.iter().any(|name| name == tool)
+    });
 }
 
 /// Calls `tool` through the offline model's `/tool` command and returns the tool_result.
@@ -444,4 +458,131 @@ fn a_crashed_server_s_processes_are_stopped_before_it_starts_again() {
     for pid in second {
         wait_until(&format!("helper {pid} to be gone"), || !running(pid));
     }
+}
+
+#[test]
+fn a_changed_tool_list_reaches_new_turns_and_a_restart_s_list_is_the_new_truth() {
+    let fixture = Fixture::new("list-changed");
+    let server = fixture.server();
+    let mut client = server.client();
+    assert!(!ready(&client).1.contains(&"fx__added".to_owned()));
+    assert_eq!(
+        call(&mut client, "fx__grow", json!({})),
+        (ToolStatus::Success, "grown".to_owned())
+    );
+    // The fixture announces its new list; Sparky fetches it and new connections see it.
+    wait_for_tool(&server, "fx__added");
+    assert_eq!(
+        call(&mut client, "fx__added", json!({"text": "new"})),
+        (ToolStatus::Success, "new".to_owned())
+    );
+    // A crash and restart: the restarted fixture lists no "added", and that is the truth now.
+    let (status, _) = call(&mut client, "fx__crash", json!({}));
+    assert_eq!(status, ToolStatus::Error);
+    assert_eq!(
+        call(&mut client, "fx__echo", json!({"text": "back"})),
+        (ToolStatus::Success, "back".to_owned())
+    );
+    let (count, names) = ready(&server.client());
+    assert!(!names.contains(&"fx__added".to_owned()), "{names:?}");
+    assert_eq!(count, names.len());
+    let (status, text) = call(&mut client, "fx__added", json!({"text": "gone"}));
+    assert_eq!(status, ToolStatus::Error);
+    assert!(text.contains("unknown tool"), "{text}");
+}
+
+/// A model that records each system message it is given, and answers "ok".
+struct SystemRecorder {
+    seen: std::sync::Mutex<Vec<String>>,
+}
+
+impl sparky::model::ModelBackend for SystemRecorder {
+    fn name(&self) -> &str {
+        "system-recorder"
+    }
+
+    fn complete(
+        &self,
+        conversation: sparky::model::Conversation<'_>,
+        _tools: &[sparky::model::ToolSpec],
+        _sink: &mut dyn sparky::model::ReplySink,
+    ) -> sparky::error::Result<sparky::model::ModelReply> {
+        let system = conversation
+            .head
+            .iter()
+            .filter(|message| message.role == sparky::model::Role::System)
+            .map(|message| message.content.clone());
+        self.seen.lock().unwrap().extend(system);
+        Ok(sparky::model::ModelReply {
+            text: "ok".into(),
+            ..Default::default()
+        })
+    }
+}
+
+#[test]
+fn a_server_s_instructions_reach_the_model_under_its_name() {
+    let fixture = Fixture::new("instructions");
+    let model = std::sync::Arc::new(SystemRecorder {
+        seen: std::sync::Mutex::default(),
+    });
+    let server = TestServer::with_model(
+        |config| {
+            config.mcp_config = Some(fixture.config.clone());
+            config.system_prompt = Some("be brief".into());
+        },
+        model.clone(),
+    );
+    wait_for_tool(&server, "fx__echo");
+    let mut client = server.client();
+    client.say("hello");
+    let turn = client.expect("user_message").frame.turn_id().unwrap().0;
+    client.finish_turn(turn);
+    let seen = model.seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        ["be brief\n\nInstructions from the MCP server fx:\nCall echo before anything else."]
+    );
+}
+
+#[test]
+fn sparky_listens_at_once_and_a_failed_server_is_tried_again_until_it_starts() {
+    let fixture = Fixture::new("background");
+    let dir = fixture.config.parent().unwrap().to_owned();
+    let marker = dir.join("tried");
+    // "late" fails its first start and works from the second; "mute" never answers.
+    let late = format!(
+        "if [ -e '{m}' ]; then exec python3 '{f}'; else touch '{m}'; exit 1; fi",
+        m = marker.display(),
+        f = FIXTURE
+    );
+    let config = json!({"mcpServers": {
+        "late": {"command": "sh", "args": ["-c", late]},
+        "mute": {"command": "python3", "args": ["-c", "import time; time.sleep(600)"]},
+    }});
+    std::fs::write(&fixture.config, config.to_string()).unwrap();
+    let started = Instant::now();
+    let server = TestServer::with_config(|config| config.mcp_config = Some(fixture.config.clone()));
+    let client = server.client();
+    // Well within START_TIMEOUT (30 s), which "mute" would otherwise hold the listener for.
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(
+        ready(&client)
+            .1
+            .iter()
+            .all(|name| !name.starts_with("late__"))
+    );
+    // The first try failed; the retry a second later brings its tools.
+    wait_for_tool(&server, "late__echo");
+    assert!(marker.exists());
+    let mut client = server.client();
+    assert_eq!(
+        call(&mut client, "late__echo", json!({"text": "late"})),
+        (ToolStatus::Success, "late".to_owned())
+    );
+    // Shutting down while "mute" is still starting ends promptly.
+    let stopping = Instant::now();
+    drop(client);
+    drop(server);
+    assert!(stopping.elapsed() < Duration::from_secs(10));
 }

@@ -64,6 +64,13 @@ fn a_long_mcp_result_is_cut_with_a_note() {
         c.mcp_config = Some(config.clone());
         c.max_tool_result_bytes = CAP;
     });
+    // MCP servers start in the background: wait until the fixture's tools have joined.
+    support::wait_until("fx__echo to be listed", || {
+        server.client().seen.iter().any(|frame| {
+            matches!(&frame.frame, ServerFrame::Ready { tools, .. }
+                if tools.iter().any(|name| name == "fx__echo"))
+        })
+    });
     let mut client = server.client();
 
     // 1 + 4,000 bytes: odd, so the cap falls inside a two-byte character.

@@ -1,5 +1,6 @@
-//! The `ToolChain`: every tool a bot may call, built once at start and shared by all sessions,
-//! and the `Tool` trait that built-in, knowledge-graph and MCP tools implement. Depends on
+//! The `ToolChain`: every tool a bot may call, shared by all sessions, and the `Tool` trait
+//! that built-in, knowledge-graph and MCP tools implement. The built-in part is fixed at start;
+//! a [`ToolSource`] (the MCP servers) may change its tools while the server runs. Depends on
 //! `cancel`, `knowledge`, `model` and `store`.
 
 pub mod builtin;
@@ -11,6 +12,7 @@ use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
+use parking_lot::Mutex;
 use serde_json::Value;
 
 use crate::auth::Principal;
@@ -49,6 +51,20 @@ pub trait Tool: Send + Sync {
     fn call(&self, args: &Value, ctx: &ToolContext<'_>) -> Result<String, String>;
 }
 
+/// Tools that may change while the server runs (the MCP servers' tools): a server announces a
+/// new list, or restarts with one. The ToolChain asks it for the current tools whenever it
+/// needs them, so every new turn and every `ready` frame sees the current list.
+pub trait ToolSource: Send + Sync {
+    /// The current tools, in a stable order. Their names must not change while they are listed.
+    fn tools(&self) -> Arc<[Arc<dyn Tool>]>;
+    /// A number that changes whenever [`tools`](Self::tools) or
+    /// [`instructions`](Self::instructions) does, so that callers can cache what they derive.
+    fn generation(&self) -> u64;
+    /// Text for the system prompt (the MCP servers' `instructions`, each under its server's
+    /// name); empty when there is none.
+    fn instructions(&self) -> String;
+}
+
 /// The result of one tool call as clients see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ToolOutput {
@@ -61,12 +77,22 @@ pub struct ToolOutput {
 /// The largest tool result kept by default, in bytes (`--max-tool-result-bytes`).
 pub const DEFAULT_MAX_RESULT_BYTES: usize = 256 * 1024;
 
-/// The tools of one server, in a fixed order. Shared through `Arc`; immutable after start.
+/// Specs made for one generation of a [`ToolSource`].
+type CachedSpecs = (u64, Arc<[ToolSpec]>);
+
+/// The tools of one server: a fixed part, in the order added, then the current tools of its
+/// [`ToolSource`], if any. Shared through `Arc`.
 #[derive(Clone)]
 pub struct ToolChain {
     tools: Vec<Arc<dyn Tool>>,
-    /// The tools as the model sees them, made once as tools are added (every turn sends them).
+    /// The fixed tools as the model sees them, made once as tools are added (every turn sends
+    /// them).
     specs: Arc<[ToolSpec]>,
+    /// The tools that may change, when there are any.
+    source: Option<Arc<dyn ToolSource>>,
+    /// Every spec (fixed and the source's) for the source's generation it was made for. The
+    /// lock is held only to read or replace the `Arc`, never while specs are built.
+    combined: Arc<Mutex<Option<CachedSpecs>>>,
     /// Where calls are counted, when set.
     metrics: Option<Arc<Metrics>>,
     /// Longest result kept, in bytes; a longer one is cut (see [`ToolChain::call`]).
@@ -78,6 +104,8 @@ impl Default for ToolChain {
         ToolChain {
             tools: Vec::new(),
             specs: Arc::from([]),
+            source: None,
+            combined: Arc::default(),
             metrics: None,
             max_result_bytes: DEFAULT_MAX_RESULT_BYTES,
         }
@@ -116,42 +144,72 @@ impl ToolChain {
         chain
     }
 
-    /// Adds a tool; one with the same name as an earlier tool replaces it.
+    /// Adds a fixed tool; one with the same name as an earlier tool replaces it.
     pub fn add(&mut self, tool: Arc<dyn Tool>) {
         self.tools.retain(|known| known.name() != tool.name());
         self.tools.push(tool);
-        self.specs = self
-            .tools
-            .iter()
-            .map(|tool| ToolSpec {
-                name: tool.name().to_owned(),
-                description: tool.description().to_owned(),
-                parameters: tool.parameters(),
-            })
-            .collect();
+        self.specs = self.tools.iter().map(|tool| spec(tool.as_ref())).collect();
+        // A clone must not share the cache of the chain it came from once they differ.
+        self.combined = Arc::default();
     }
 
-    /// The tools' names, in order.
+    /// Consults `source` from now on for tools beyond the fixed ones. A source's tool whose
+    /// name a fixed tool has is left out.
+    pub fn set_source(&mut self, source: Arc<dyn ToolSource>) {
+        self.source = Some(source);
+        self.combined = Arc::default();
+    }
+
+    /// The current tools' names, in order.
     pub fn names(&self) -> Vec<String> {
-        self.tools
+        self.current()
             .iter()
             .map(|tool| tool.name().to_owned())
             .collect()
     }
 
-    /// The tools as the model is told about them.
-    pub fn specs(&self) -> &[ToolSpec] {
-        &self.specs
+    /// The current tools as the model is told about them.
+    pub fn specs(&self) -> Arc<[ToolSpec]> {
+        let Some(source) = &self.source else {
+            return self.specs.clone();
+        };
+        let generation = source.generation();
+        if let Some((cached, specs)) = self.combined.lock().as_ref()
+            && *cached == generation
+        {
+            return specs.clone();
+        }
+        let specs: Arc<[ToolSpec]> = self
+            .specs
+            .iter()
+            .cloned()
+            .chain(
+                self.source_tools(source)
+                    .iter()
+                    .map(|tool| spec(tool.as_ref())),
+            )
+            .collect();
+        *self.combined.lock() = Some((generation, specs.clone()));
+        specs
     }
 
-    /// How many tools the chain holds.
+    /// Text the system prompt carries for the tools (the MCP servers' instructions); empty
+    /// when there is none.
+    pub fn instructions(&self) -> String {
+        self.source
+            .as_ref()
+            .map(|source| source.instructions())
+            .unwrap_or_default()
+    }
+
+    /// How many tools the chain holds now.
     pub fn len(&self) -> usize {
-        self.tools.len()
+        self.current().len()
     }
 
-    /// True when the chain holds no tool.
+    /// True when the chain holds no tool now.
     pub fn is_empty(&self) -> bool {
-        self.tools.is_empty()
+        self.current().is_empty()
     }
 
     /// Calls the tool `name`. An unknown tool, bad arguments, a failure and even a panic inside
@@ -188,8 +246,40 @@ impl ToolChain {
         self.max_result_bytes = bytes;
     }
 
+    /// Every current tool: the fixed ones, then the source's.
+    fn current(&self) -> Vec<Arc<dyn Tool>> {
+        let mut tools = self.tools.clone();
+        if let Some(source) = &self.source {
+            tools.extend(self.source_tools(source));
+        }
+        tools
+    }
+
+    /// The source's tools whose names no fixed tool has.
+    fn source_tools(&self, source: &Arc<dyn ToolSource>) -> Vec<Arc<dyn Tool>> {
+        source
+            .tools()
+            .iter()
+            .filter(|tool| !self.tools.iter().any(|fixed| fixed.name() == tool.name()))
+            .cloned()
+            .collect()
+    }
+
     fn run(&self, name: &str, args: &Value, ctx: &ToolContext<'_>) -> ToolOutput {
-        let Some(tool) = self.tools.iter().find(|tool| tool.name() == name) else {
+        let tool = self
+            .tools
+            .iter()
+            .find(|tool| tool.name() == name)
+            .cloned()
+            .or_else(|| {
+                let source = self.source.as_ref()?;
+                source
+                    .tools()
+                    .iter()
+                    .find(|tool| tool.name() == name)
+                    .cloned()
+            });
+        let Some(tool) = tool else {
             return ToolOutput {
                 status: ToolStatus::Error,
                 text: format!(
@@ -221,6 +311,15 @@ impl ToolChain {
                 }
             }
         }
+    }
+}
+
+/// A tool as the model is told about it.
+fn spec(tool: &dyn Tool) -> ToolSpec {
+    ToolSpec {
+        name: tool.name().to_owned(),
+        description: tool.description().to_owned(),
+        parameters: tool.parameters(),
     }
 }
 
@@ -318,6 +417,53 @@ mod tests {
         );
         // The default keeps 256 KiB.
         assert_eq!(ToolChain::new().max_result_bytes, DEFAULT_MAX_RESULT_BYTES);
+    }
+
+    /// A source whose tools the test swaps.
+    #[derive(Default)]
+    struct Swapping {
+        tools: Mutex<(u64, Vec<Arc<dyn Tool>>)>,
+    }
+
+    impl ToolSource for Swapping {
+        fn tools(&self) -> Arc<[Arc<dyn Tool>]> {
+            self.tools.lock().1.clone().into()
+        }
+        fn generation(&self) -> u64 {
+            self.tools.lock().0
+        }
+        fn instructions(&self) -> String {
+            String::new()
+        }
+    }
+
+    #[test]
+    fn a_source_s_current_tools_are_listed_and_called_and_fixed_names_win() {
+        let source = Arc::new(Swapping::default());
+        let mut chain = ToolChain::new();
+        chain.add(Arc::new(Panicky));
+        chain.set_source(source.clone());
+        assert_eq!(chain.names(), ["panicky"]);
+        assert_eq!(chain.specs().len(), 1);
+        *source.tools.lock() = (1, vec![Arc::new(Repeat), Arc::new(Panicky)]);
+        assert_eq!(chain.names(), ["panicky", "repeat"]);
+        let specs: Vec<String> = chain.specs().iter().map(|s| s.name.clone()).collect();
+        assert_eq!(specs, ["panicky", "repeat"]);
+        assert_eq!(chain.len(), 2);
+        let (knowledge, cancel) = (Knowledge::new(), CancelFlag::new());
+        let ctx = ToolContext {
+            principal: &Principal::local(),
+            knowledge: &knowledge,
+            cancel: &cancel,
+        };
+        assert_eq!(chain.call("repeat", &json!({"text": "a"}), &ctx).text, "a");
+        *source.tools.lock() = (2, Vec::new());
+        assert_eq!(chain.specs().len(), 1);
+        assert_eq!(
+            chain.call("repeat", &json!({}), &ctx).status,
+            ToolStatus::Error
+        );
+        assert_eq!(chain.instructions(), "");
     }
 
     #[test]

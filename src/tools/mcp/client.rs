@@ -50,6 +50,10 @@ pub(super) struct ToolReply {
 /// What a waiting caller receives: the result, or why there is none.
 type Reply = std::result::Result<Value, McpError>;
 
+/// What runs when the server announces a new tool list; called on the reader thread, so it
+/// must not block.
+type ToolsChanged = Arc<dyn Fn() + Send + Sync>;
+
 /// One connection to an MCP server over any byte pipe pair: a child's stdout and stdin, or
 /// in-memory pipes in tests.
 ///
@@ -80,6 +84,8 @@ struct ClientShared {
     /// Held only to register or remove a waiter, or to queue a line (never blocking); never
     /// across IO.
     state: Mutex<ClientState>,
+    /// Called on `notifications/tools/list_changed`; held only to clone the `Arc`.
+    tools_changed: Mutex<Option<ToolsChanged>>,
 }
 
 struct ClientState {
@@ -109,6 +115,7 @@ impl McpClient {
                 outbox: Some(outbox),
                 closed: None,
             }),
+            tools_changed: Mutex::new(None),
         });
         // Built first, so that a failure below drops it, which stops the process.
         let client = McpClient {
@@ -125,7 +132,7 @@ impl McpClient {
             .name(format!("mcp-{server}-writer"))
             .spawn(move || {
                 if let Err(e) = run_writer(writer, &lines) {
-                    writer_shared.close_and_log(format!("writing to it failed: {e}"));
+                    let _ = writer_shared.close_and_log(format!("writing to it failed: {e}"));
                 }
             })
             .map_err(no_thread)?;
@@ -140,7 +147,7 @@ impl McpClient {
                         format!("reading from it failed ({e}); it is restarted on the next call")
                     }
                 };
-                reader_shared.close_and_log(reason);
+                let _ = reader_shared.close_and_log(reason);
             })
             .map_err(no_thread)?;
         Ok(client)
@@ -154,10 +161,14 @@ impl McpClient {
         let client = McpClient::new(server, stdout, stdin, None)?;
         let watched = Arc::downgrade(&client.shared);
         process.watch_exit(move |how| {
-            if let Some(shared) = watched.upgrade() {
-                shared.close_and_log(format!(
-                    "it exited ({how}); it is restarted on the next call"
-                ));
+            let Some(shared) = watched.upgrade() else {
+                return;
+            };
+            let reason = format!("it exited ({how}); it is restarted on the next call");
+            if !shared.close_and_log(reason) {
+                // The client closed first (its output ended, or we stopped it): the log
+                // still says how the process ended.
+                log::info!("mcp {}: its process exited ({how})", shared.server);
             }
         })?;
         *client.process.lock() = Some(process);
@@ -182,12 +193,19 @@ impl McpClient {
         }
     }
 
-    /// `initialize`, then the `notifications/initialized` notification.
+    /// Calls `hook` (on the reader thread; it must not block) whenever the server sends
+    /// `notifications/tools/list_changed`.
+    pub(super) fn on_tools_changed(&self, hook: impl Fn() + Send + Sync + 'static) {
+        *self.shared.tools_changed.lock() = Some(Arc::new(hook));
+    }
+
+    /// `initialize`, then the `notifications/initialized` notification. Returns the server's
+    /// `instructions`, when it gave any.
     pub(super) fn initialize(
         &self,
         deadline: Instant,
         cancel: Option<&CancelFlag>,
-    ) -> Result<(), McpError> {
+    ) -> Result<Option<String>, McpError> {
         let params = json!({
             "protocolVersion": PROTOCOL_VERSION,
             "capabilities": {},
@@ -209,7 +227,8 @@ impl McpClient {
             info.version,
             answer.protocol_version
         );
-        self.notify("notifications/initialized", None)
+        self.notify("notifications/initialized", None)?;
+        Ok(answer.instructions.filter(|text| !text.trim().is_empty()))
     }
 
     /// Every tool the server offers, following `nextCursor` from page to page.
@@ -303,7 +322,11 @@ impl McpClient {
                 return Err(McpError::Cancelled);
             }
             if Instant::now() >= deadline {
-                self.abandon(id, method, &format!("no answer within {allowed:?}"));
+                self.abandon(
+                    id,
+                    method,
+                    &format!("no answer within {}", super::round_duration(allowed)),
+                );
                 return Err(McpError::Timeout {
                     server: self.shared.server.clone(),
                     method: method.to_owned(),
@@ -411,10 +434,13 @@ impl ClientShared {
     }
 
     /// [`close`](Self::close), and a warning when it was the server, not us, that ended it.
-    fn close_and_log(&self, reason: String) {
-        if self.close(reason.clone()) {
+    /// True when this call closed it.
+    fn close_and_log(&self, reason: String) -> bool {
+        let closed = self.close(reason.clone());
+        if closed {
             log::warn!("mcp {}: stopped: {reason}", self.server);
         }
+        closed
     }
 
     /// Handles one line from the server.
@@ -430,6 +456,12 @@ impl ClientShared {
             Ok(Message::Request(request)) => self.answer(request),
             Ok(Message::Notification(notification)) => {
                 log::debug!("mcp {}: notification {}", self.server, notification.method);
+                if notification.method == "notifications/tools/list_changed" {
+                    let hook = self.tools_changed.lock().clone();
+                    if let Some(hook) = hook {
+                        hook();
+                    }
+                }
             }
             Err(e) => {
                 let preview: String = text.chars().take(200).collect();

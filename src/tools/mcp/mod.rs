@@ -1,6 +1,8 @@
-//! MCP tool servers, each started from the `--mcp-config` file and spoken to over stdio. Every
-//! tool of every server joins the ToolChain as `<server>__<tool>`. Depends on `cancel`, `error`
-//! and `tools`.
+//! MCP tool servers, each started from the `--mcp-config` file (in the background, retried with
+//! backoff until it comes up) and spoken to over stdio. Every
+//! tool of every server joins the ToolChain as `<server>__<tool>`, through a catalog of the
+//! current tools that follows `notifications/tools/list_changed` and restarts; each server's
+//! `instructions` join the system prompt. Depends on `cancel`, `error` and `tools`.
 //!
 //! `tools/mcp/` is the only place that spawns processes, and the MCP JSON shapes stay private
 //! to it. Its files, in reading order:
@@ -9,13 +11,14 @@
 //! - `wire.rs`: JSON-RPC messages and the MCP results we read;
 //! - `process.rs`: a server's process, in a process group of its own, and how it is stopped;
 //! - `client.rs`: `McpClient`, requests matched to answers by id over a pipe pair;
-//! - `supervisor.rs`: a server restarted after a crash, and its tools;
+//! - `supervisor.rs`: a server restarted after a crash, its tools, and the catalog of every
+//!   server's current tools;
 //! - this file: `load`, `McpServers` (every server of one config), `McpError`, tool names.
 //!
 //! One process per configured server is shared by every session. Callers never hold a lock
 //! across IO: a request registers a one-shot channel under its id, hands its line to the
 //! server's writer thread, and waits on the channel in short slices so that it sees its turn's
-//! [`CancelFlag`](crate::cancel::CancelFlag) at once. A server that dies fails every waiting
+//! [`CancelFlag`] at once. A server that dies fails every waiting
 //! call with a clear error and is started again by the next call.
 
 mod client;
@@ -24,18 +27,20 @@ mod process;
 mod supervisor;
 mod wire;
 
-use std::collections::HashSet;
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
-use std::thread;
+use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
+use parking_lot::Mutex;
+
+use crate::cancel::CancelFlag;
 use crate::error::{Error, Result};
-use crate::tools::Tool;
+use crate::tools::{Tool, ToolSource};
 
 use self::config::{ServerCommand, parse_config};
-use self::supervisor::{McpServer, McpTool, Started, start_server};
+use self::supervisor::{Catalog, McpServer, Started, start_server, tools_text};
 
 /// The MCP revision Sparky asks for in `initialize`. It is the newest revision with the
 /// `initialize` handshake: 2026-07-28 made the protocol stateless, and servers that speak it
@@ -47,6 +52,13 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long a server has to start: spawn, `initialize` and every page of `tools/list`.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long the first wait is before a server that failed to start is tried again; each
+/// failure doubles it, up to [`MAX_RETRY_DELAY`].
+pub const FIRST_RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// The longest wait between two tries at starting a server.
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(300);
 
 /// Longest tool name the model may see (the OpenAI function-name limit).
 pub const MAX_TOOL_NAME_CHARS: usize = 64;
@@ -63,15 +75,69 @@ pub const NAME_SEPARATOR: &str = "__";
 ///
 /// [`Error::Config`] when the file cannot be read or is not an MCP config.
 pub fn load(path: &Path) -> Result<McpServers> {
+    Ok(McpServers::start(read_config(path)?))
+}
+
+/// Reads the MCP config file at `path` and starts its servers in the background, one
+/// `mcp-<name>-start` thread each, returning at once: each server's tools join
+/// [`McpServers::source`] when it is up. A server that fails or times out is logged and tried
+/// again after a wait that doubles from `first_retry_delay` (normally [`FIRST_RETRY_DELAY`]) up
+/// to [`MAX_RETRY_DELAY`], until it starts or the servers shut down.
+///
+/// # Errors
+///
+/// [`Error::Config`] when the file cannot be read or is not an MCP config, and
+/// [`Error::Spawn`] when a start-up thread cannot be created.
+pub fn spawn(path: &Path, first_retry_delay: Duration) -> Result<McpServers> {
+    let entries = read_config(path)?;
+    let catalog = Arc::new(Catalog::default());
+    let stopping = CancelFlag::new();
+    let mut servers = Vec::new();
+    let mut starting = Vec::new();
+    for (name, command) in entries {
+        let server = McpServer::new(name.clone(), command, &catalog);
+        let (thread_server, thread_stopping) = (server.clone(), stopping.clone());
+        let handle = thread::Builder::new()
+            .name(format!("mcp-{name}-start"))
+            .spawn(move || thread_server.run_start(&thread_stopping, first_retry_delay));
+        servers.push(server);
+        match handle {
+            Ok(handle) => starting.push(handle),
+            Err(e) => {
+                // What started so far stops when `partial` drops.
+                let partial = McpServers {
+                    servers,
+                    catalog,
+                    loaded: Vec::new(),
+                    failed: Vec::new(),
+                    stopping,
+                    starting: Mutex::new(starting),
+                };
+                drop(partial);
+                return Err(Error::Spawn(e));
+            }
+        }
+    }
+    Ok(McpServers {
+        servers,
+        catalog,
+        loaded: Vec::new(),
+        failed: Vec::new(),
+        stopping,
+        starting: Mutex::new(starting),
+    })
+}
+
+/// Reads and parses the MCP config file at `path`.
+fn read_config(path: &Path) -> Result<Vec<(String, ServerCommand)>> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         Error::Config(format!(
             "cannot read the MCP config {}: {e}",
             path.display()
         ))
     })?;
-    let entries = parse_config(&text)
-        .map_err(|e| Error::Config(format!("{} is not an MCP config: {e}", path.display())))?;
-    Ok(McpServers::start(entries))
+    parse_config(&text)
+        .map_err(|e| Error::Config(format!("{} is not an MCP config: {e}", path.display())))
 }
 
 /// The name a server's tool has in the ToolChain: `<server>__<tool>`.
@@ -89,22 +155,47 @@ pub fn tool_name(server: &str, tool: &str) -> String {
     format!("{}_{hash:08x}", &full[..MAX_TOOL_NAME_CHARS - 9])
 }
 
+/// A duration as people read it: whole milliseconds below a second, else seconds rounded to
+/// one decimal place, without a trailing `.0` (`250ms`, `60s`, `1.5s`).
+pub fn round_duration(duration: Duration) -> String {
+    let millis = duration.as_millis();
+    if millis < 1000 {
+        return format!("{millis}ms");
+    }
+    let tenths = (millis + 50) / 100;
+    if tenths.is_multiple_of(10) {
+        format!("{}s", tenths / 10)
+    } else {
+        format!("{}.{}s", tenths / 10, tenths % 10)
+    }
+}
+
 /// The MCP servers started from one config file, and their tools. Cheap to keep: the tools
 /// hold the servers too, so the ToolChain keeps them alive. Dropping this (or calling
 /// [`shutdown`](Self::shutdown)) stops every server process.
 pub struct McpServers {
     servers: Vec<Arc<McpServer>>,
-    tools: Vec<Arc<dyn Tool>>,
+    /// Every server's current tools and instructions.
+    catalog: Arc<Catalog>,
     /// Each server that started, with how many tools it brought.
     loaded: Vec<(String, usize)>,
     /// Each server that did not start, with why.
     failed: Vec<(String, String)>,
+    /// Set by shutdown: background starts give up.
+    stopping: CancelFlag,
+    /// The `mcp-<name>-start` threads of [`spawn`], joined by shutdown. Held only to take them.
+    starting: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl fmt::Debug for McpServers {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let names: Vec<&str> = self.servers.iter().map(|s| s.name.as_str()).collect();
-        let tools: Vec<&str> = self.tools.iter().map(|t| t.name()).collect();
+        let tools: Vec<String> = self
+            .catalog
+            .tools()
+            .iter()
+            .map(|t| t.name().to_owned())
+            .collect();
         f.debug_struct("McpServers")
             .field("servers", &names)
             .field("tools", &tools)
@@ -113,18 +204,25 @@ impl fmt::Debug for McpServers {
 }
 
 impl McpServers {
-    /// Every tool of every server that started, in server-name order, under the names of
-    /// [`tool_name`].
-    pub fn tools(&self) -> &[Arc<dyn Tool>] {
-        &self.tools
+    /// Every current tool of every server that started, in server-name order, under the names
+    /// of [`tool_name`]. The list changes when a server announces a new one or restarts.
+    pub fn tools(&self) -> Arc<[Arc<dyn Tool>]> {
+        self.catalog.tools()
     }
 
-    /// Each server that started, with how many tools it brought, in name order.
+    /// The servers' current tools and instructions, for
+    /// [`ToolChain::set_source`](crate::tools::ToolChain::set_source).
+    pub fn source(&self) -> Arc<dyn ToolSource> {
+        self.catalog.clone()
+    }
+
+    /// Each server that started, with how many tools it brought, in name order (for
+    /// [`load`]; empty for [`spawn`], whose servers start later).
     pub fn loaded(&self) -> &[(String, usize)] {
         &self.loaded
     }
 
-    /// Each server that did not start, with why.
+    /// Each server that did not start, with why (for [`load`]; empty for [`spawn`]).
     pub fn failed(&self) -> &[(String, String)] {
         &self.failed
     }
@@ -140,6 +238,14 @@ impl McpServers {
     /// input closes, after about three seconds at most for one that lingers. Their tools
     /// answer with an error from then on and are not restarted. Calling it twice is harmless.
     pub fn shutdown(&self) {
+        // Background starts first: each gives up at once and stops what it had started.
+        self.stopping.cancel();
+        let starting = std::mem::take(&mut *self.starting.lock());
+        for handle in starting {
+            if handle.join().is_err() {
+                log::warn!("mcp: a start-up thread panicked");
+            }
+        }
         thread::scope(|scope| {
             for server in &self.servers {
                 let stopping = thread::Builder::new()
@@ -189,12 +295,11 @@ impl McpServers {
                     .collect()
             });
 
+        let catalog = Arc::new(Catalog::default());
         let mut servers = Vec::new();
-        let mut tools: Vec<Arc<dyn Tool>> = Vec::new();
-        let mut names = HashSet::new();
         let (mut loaded, mut failed) = (Vec::new(), Vec::new());
         for (name, command, result) in started {
-            let (client, remote_tools) = match result {
+            let started = match result {
                 Ok(started) => started,
                 Err(e) => {
                     log::warn!("mcp {name}: not loaded: {e}");
@@ -202,32 +307,19 @@ impl McpServers {
                     continue;
                 }
             };
-            let server = Arc::new(McpServer::new(name.clone(), command, client));
-            let mut count = 0;
-            for remote in remote_tools {
-                let full_name = tool_name(&name, &remote.name);
-                if remote.name.is_empty() || !names.insert(full_name.clone()) {
-                    log::warn!(
-                        "mcp {name}: tool {:?} left out: its name is empty or taken ({full_name})",
-                        remote.name
-                    );
-                    continue;
-                }
-                tools.push(Arc::new(McpTool::new(server.clone(), full_name, remote)));
-                count += 1;
-            }
-            log::info!(
-                "mcp {name}: loaded with {count} tool{}",
-                if count == 1 { "" } else { "s" }
-            );
+            let server = McpServer::new(name.clone(), command, &catalog);
+            let (_, count) = server.adopt(started);
+            log::info!("mcp {name}: loaded with {}", tools_text(count));
             loaded.push((name, count));
             servers.push(server);
         }
         McpServers {
             servers,
-            tools,
+            catalog,
             loaded,
             failed,
+            stopping: CancelFlag::new(),
+            starting: Mutex::default(),
         }
     }
 }
@@ -307,7 +399,8 @@ impl fmt::Display for McpError {
                 after,
             } => write!(
                 f,
-                "mcp server {server} did not answer {method} within {after:?}"
+                "mcp server {server} did not answer {method} within {}",
+                round_duration(*after)
             ),
             McpError::Cancelled => write!(f, "cancelled"),
             McpError::Rpc {
@@ -362,6 +455,23 @@ mod tests {
         assert!(
             long.chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        );
+    }
+
+    #[test]
+    fn durations_are_rounded_for_people() {
+        assert_eq!(round_duration(Duration::from_nanos(59_999_945_507)), "60s");
+        assert_eq!(round_duration(Duration::from_millis(1_500)), "1.5s");
+        assert_eq!(round_duration(Duration::from_micros(250_400)), "250ms");
+        assert_eq!(round_duration(Duration::ZERO), "0ms");
+        let timeout = McpError::Timeout {
+            server: "fx".into(),
+            method: "tools/call".into(),
+            after: Duration::from_nanos(59_999_945_507),
+        };
+        assert_eq!(
+            timeout.to_string(),
+            "mcp server fx did not answer tools/call within 60s"
         );
     }
 

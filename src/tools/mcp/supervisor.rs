@@ -1,20 +1,99 @@
 //! The supervisor: a configured server that is started again by the next call after it dies,
-//! and the [`Tool`] each of its tools becomes in the ToolChain. Depends on `cancel` and
-//! `tools`.
+//! the [`Tool`] each of its tools becomes in the ToolChain, and the [`Catalog`] of every
+//! server's current tools, which a server updates when it announces a new list
+//! (`notifications/tools/list_changed`) or restarts. Depends on `cancel` and `tools`.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::thread;
 use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::{Condvar, Mutex, RwLock};
 use serde_json::{Value, json};
 
 use super::client::McpClient;
 use super::config::ServerCommand;
 use super::wire::RemoteTool;
-use super::{CALL_TIMEOUT, McpError, START_TIMEOUT};
+use super::{CALL_TIMEOUT, McpError, START_TIMEOUT, tool_name};
 use crate::cancel::CancelFlag;
-use crate::tools::{Tool, ToolContext};
+use crate::tools::{Tool, ToolContext, ToolSource};
+
+/// Every server's current tools and instructions: what the ToolChain consults (as its
+/// [`ToolSource`]) for each new turn and `ready` frame.
+#[derive(Default)]
+pub(super) struct Catalog {
+    /// Held only to read or replace entries; never across IO.
+    state: RwLock<CatalogState>,
+    /// Bumped on every change.
+    generation: AtomicU64,
+}
+
+/// One server's tools and instructions, as last published.
+type Published = (Vec<Arc<dyn Tool>>, Option<String>);
+
+#[derive(Default)]
+struct CatalogState {
+    /// Each server's tools and instructions, by server name.
+    servers: BTreeMap<String, Published>,
+    /// Every server's tools in server-name order, without names taken by an earlier server.
+    combined: Arc<[Arc<dyn Tool>]>,
+}
+
+impl Catalog {
+    /// Makes `tools` and `instructions` the current ones of `server`.
+    pub(super) fn publish(
+        &self,
+        server: &str,
+        tools: Vec<Arc<dyn Tool>>,
+        instructions: Option<String>,
+    ) {
+        let mut state = self.state.write();
+        state
+            .servers
+            .insert(server.to_owned(), (tools, instructions));
+        let mut names = HashSet::new();
+        let mut combined = Vec::new();
+        for (name, (tools, _)) in &state.servers {
+            for tool in tools {
+                if names.insert(tool.name().to_owned()) {
+                    combined.push(tool.clone());
+                } else {
+                    log::warn!(
+                        "mcp {name}: tool {} left out: another server has its name",
+                        tool.name()
+                    );
+                }
+            }
+        }
+        state.combined = combined.into();
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+impl ToolSource for Catalog {
+    fn tools(&self) -> Arc<[Arc<dyn Tool>]> {
+        self.state.read().combined.clone()
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    fn instructions(&self) -> String {
+        let state = self.state.read();
+        let parts: Vec<String> = state
+            .servers
+            .iter()
+            .filter_map(|(name, (_, instructions))| {
+                let text = instructions.as_deref()?.trim();
+                (!text.is_empty())
+                    .then(|| format!("Instructions from the MCP server {name}:\n{text}"))
+            })
+            .collect();
+        parts.join("\n\n")
+    }
+}
 
 /// A configured server: how to start it and the live client, replaced after it dies.
 pub(super) struct McpServer {
@@ -28,22 +107,185 @@ pub(super) struct McpServer {
     restart: Arc<Gate>,
     /// Set by shutdown: no more restarts.
     stopped: AtomicBool,
+    /// Where its tools are published; weak, since the catalog holds its tools, which hold it.
+    catalog: Weak<Catalog>,
+    /// The instructions of its last `initialize`.
+    instructions: Mutex<Option<String>>,
+    /// Set when the server announced a new tool list that has not been fetched yet.
+    relist_wanted: AtomicBool,
+    /// Set while a `mcp-<name>-relist` thread runs.
+    relisting: AtomicBool,
 }
 
 impl McpServer {
-    /// A server whose first client is `client`.
-    pub(super) fn new(name: String, command: ServerCommand, client: McpClient) -> Self {
-        McpServer {
+    /// A server with no client yet, publishing its tools to `catalog`; give it its first with
+    /// [`adopt`](Self::adopt).
+    pub(super) fn new(name: String, command: ServerCommand, catalog: &Arc<Catalog>) -> Arc<Self> {
+        Arc::new(McpServer {
             name,
             command,
-            client: Mutex::new(Some(Arc::new(client))),
+            client: Mutex::new(None),
             restart: Arc::default(),
             stopped: AtomicBool::new(false),
+            catalog: Arc::downgrade(catalog),
+            instructions: Mutex::new(None),
+            relist_wanted: AtomicBool::new(false),
+            relisting: AtomicBool::new(false),
+        })
+    }
+
+    /// Makes `started` the live client and its tools and instructions the server's current
+    /// ones; returns the client and how many tools were published. The client's
+    /// `notifications/tools/list_changed` fetches the list again from then on. The previous
+    /// client, if any, is stopped (outside the lock).
+    pub(super) fn adopt(self: &Arc<Self>, started: Started) -> (Arc<McpClient>, usize) {
+        let Started {
+            client,
+            tools,
+            instructions,
+        } = started;
+        let weak = Arc::downgrade(self);
+        client.on_tools_changed(move || {
+            if let Some(server) = weak.upgrade() {
+                server.relist_soon();
+            }
+        });
+        let client = Arc::new(client);
+        let old = {
+            let mut slot = self.client.lock();
+            if self.stopped.load(Ordering::SeqCst) {
+                None
+            } else {
+                slot.replace(client.clone())
+            }
+        };
+        // Stopping the dead client reaps what is left of its process group. A caller still
+        // holding it only sees it closed.
+        if let Some(old) = old {
+            old.stop();
+        }
+        if self.stopped.load(Ordering::SeqCst) {
+            // Shut down meanwhile: the client stops when the caller drops it.
+            return (client, 0);
+        }
+        *self.instructions.lock() = instructions;
+        let count = self.publish(tools);
+        (client, count)
+    }
+
+    /// Makes `remote` the server's current tools, leaving out those that cannot work here
+    /// (one log line each); returns how many were published.
+    fn publish(self: &Arc<Self>, remote: Vec<RemoteTool>) -> usize {
+        let mut names = HashSet::new();
+        let mut tools: Vec<Arc<dyn Tool>> = Vec::new();
+        for remote in remote {
+            let full_name = tool_name(&self.name, &remote.name);
+            if remote.requires_tasks() {
+                log::warn!(
+                    "mcp {}: tool {:?} left out: it requires tasks, which sparky does not \
+                     support",
+                    self.name,
+                    remote.name
+                );
+                continue;
+            }
+            if remote.name.is_empty() || !names.insert(full_name.clone()) {
+                log::warn!(
+                    "mcp {}: tool {:?} left out: its name is empty or taken ({full_name})",
+                    self.name,
+                    remote.name
+                );
+                continue;
+            }
+            tools.push(Arc::new(McpTool::new(self.clone(), full_name, remote)));
+        }
+        let count = tools.len();
+        if let Some(catalog) = self.catalog.upgrade() {
+            let instructions = self.instructions.lock().clone();
+            catalog.publish(&self.name, tools, instructions);
+        }
+        count
+    }
+
+    /// Fetches the tool list again on a `mcp-<name>-relist` thread, unless one is running
+    /// already (it then fetches once more). Never blocks: called on the reader thread.
+    fn relist_soon(self: &Arc<Self>) {
+        self.relist_wanted.store(true, Ordering::SeqCst);
+        if self.relisting.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let server = self.clone();
+        let spawned = thread::Builder::new()
+            .name(format!("mcp-{}-relist", self.name))
+            .spawn(move || server.run_relist());
+        if let Err(e) = spawned {
+            self.relisting.store(false, Ordering::SeqCst);
+            log::warn!("mcp {}: cannot fetch its new tool list: {e}", self.name);
+        }
+    }
+
+    /// The relist thread: fetches the list while new ones are announced, then ends.
+    fn run_relist(self: &Arc<Self>) {
+        loop {
+            while self.relist_wanted.swap(false, Ordering::SeqCst) {
+                let Some(client) = self.current() else {
+                    // It is down; its restart lists its tools anyway.
+                    continue;
+                };
+                match client.list_tools(Instant::now() + START_TIMEOUT, None) {
+                    Ok(tools) => {
+                        let count = self.publish(tools);
+                        log::info!(
+                            "mcp {}: tool list changed: {}",
+                            self.name,
+                            tools_text(count)
+                        );
+                    }
+                    Err(e) => log::warn!("mcp {}: cannot fetch its new tool list: {e}", self.name),
+                }
+            }
+            self.relisting.store(false, Ordering::SeqCst);
+            // A notification between the last check and the store above spawned no thread.
+            if !self.relist_wanted.load(Ordering::SeqCst)
+                || self.relisting.swap(true, Ordering::SeqCst)
+            {
+                return;
+            }
+        }
+    }
+
+    /// The body of a `mcp-<name>-start` thread: starts the server, and after each failure
+    /// (logged) waits and tries again, the wait doubling from `first_delay` up to
+    /// [`MAX_RETRY_DELAY`](super::MAX_RETRY_DELAY); its tools join the catalog once it is up.
+    /// Ends when it is up or when `stopping` is set.
+    pub(super) fn run_start(self: &Arc<Self>, stopping: &CancelFlag, first_delay: Duration) {
+        let mut delay = first_delay;
+        for attempt in 1.. {
+            if stopping.is_cancelled() {
+                return;
+            }
+            match start_server(&self.name, &self.command, START_TIMEOUT, Some(stopping)) {
+                Ok(started) => {
+                    let (_, count) = self.adopt(started);
+                    log::info!("mcp {}: loaded with {}", self.name, tools_text(count));
+                    return;
+                }
+                Err(McpError::Cancelled) => return,
+                Err(e) => log::warn!(
+                    "mcp {}: not loaded (attempt {attempt}): {e}; trying again in {}",
+                    self.name,
+                    super::round_duration(delay)
+                ),
+            }
+            if stopping.sleep(delay) {
+                return;
+            }
+            delay = (delay * 2).min(super::MAX_RETRY_DELAY);
         }
     }
 
     /// The live client, restarting the server first when it has stopped.
-    fn live_client(&self, cancel: &CancelFlag) -> Result<Arc<McpClient>, McpError> {
+    fn live_client(self: &Arc<Self>, cancel: &CancelFlag) -> Result<Arc<McpClient>, McpError> {
         if let Some(client) = self.current() {
             return Ok(client);
         }
@@ -54,7 +296,7 @@ impl McpServer {
         }
         self.check_running()?;
         log::info!("mcp {}: restarting", self.name);
-        let (client, tools) = start_server(&self.name, &self.command, START_TIMEOUT, Some(cancel))
+        let started = start_server(&self.name, &self.command, START_TIMEOUT, Some(cancel))
             .map_err(|e| match e {
                 McpError::Cancelled => McpError::Cancelled,
                 other => McpError::Closed {
@@ -62,21 +304,9 @@ impl McpServer {
                     reason: format!("it could not be restarted: {other}"),
                 },
             })?;
-        log::info!("mcp {}: restarted with {} tools", self.name, tools.len());
-        let client = Arc::new(client);
-        let old = {
-            let mut slot = self.client.lock();
-            if self.stopped.load(Ordering::SeqCst) {
-                None
-            } else {
-                slot.replace(client.clone())
-            }
-        };
-        // Stopping the dead client reaps what is left of its process group; done outside the
-        // lock. A caller still holding it only sees it closed.
-        if let Some(old) = old {
-            old.stop();
-        }
+        // The restarted server's list is the new truth.
+        let (client, count) = self.adopt(started);
+        log::info!("mcp {}: restarted with {}", self.name, tools_text(count));
         self.check_running()?;
         Ok(client)
     }
@@ -113,6 +343,11 @@ impl McpServer {
             client.stop();
         }
     }
+}
+
+/// "1 tool", "3 tools".
+pub(super) fn tools_text(count: usize) -> String {
+    format!("{count} tool{}", if count == 1 { "" } else { "s" })
 }
 
 /// A lock that a waiter can give up on when its turn is cancelled: a flag and a condition
@@ -233,8 +468,15 @@ impl Tool for McpTool {
     }
 }
 
-/// A started, initialised client and the tools its server listed.
-pub(super) type Started = (McpClient, Vec<RemoteTool>);
+/// A started, initialised client, the tools its server listed and its instructions.
+pub(super) struct Started {
+    /// The client, initialised.
+    pub(super) client: McpClient,
+    /// Every tool the server listed.
+    pub(super) tools: Vec<RemoteTool>,
+    /// The `instructions` of its `initialize` result.
+    pub(super) instructions: Option<String>,
+}
 
 /// Spawns a server, initialises it and lists its tools, all within `timeout`.
 pub(super) fn start_server(
@@ -245,7 +487,70 @@ pub(super) fn start_server(
 ) -> Result<Started, McpError> {
     let deadline = Instant::now() + timeout;
     let client = McpClient::spawn(name, command)?;
-    client.initialize(deadline, cancel)?;
+    let instructions = client.initialize(deadline, cancel)?;
     let tools = client.list_tools(deadline, cancel)?;
-    Ok((client, tools))
+    Ok(Started {
+        client,
+        tools,
+        instructions,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(name: &str, catalog: &Arc<Catalog>) -> Arc<McpServer> {
+        let command = ServerCommand {
+            command: "true".into(),
+            args: Vec::new(),
+            env: Default::default(),
+            cwd: None,
+        };
+        McpServer::new(name.into(), command, catalog)
+    }
+
+    fn remote(value: Value) -> RemoteTool {
+        serde_json::from_value(value).unwrap()
+    }
+
+    fn names(catalog: &Catalog) -> Vec<String> {
+        catalog
+            .tools()
+            .iter()
+            .map(|t| t.name().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn the_catalog_leaves_out_task_tools_and_follows_each_server_s_latest_list() {
+        let catalog = Arc::new(Catalog::default());
+        let (a, b) = (server("a", &catalog), server("b", &catalog));
+        *a.instructions.lock() = Some("Use a.".into());
+        let published = a.publish(vec![
+            remote(json!({"name": "one"})),
+            remote(json!({"name": "research", "execution": {"taskSupport": "required"}})),
+            remote(json!({"name": "maybe", "execution": {"taskSupport": "optional"}})),
+        ]);
+        assert_eq!(published, 2);
+        let before = catalog.generation();
+        b.publish(vec![remote(json!({"name": "two"}))]);
+        assert_ne!(catalog.generation(), before);
+        assert_eq!(names(&catalog), ["a__one", "a__maybe", "b__two"]);
+        assert_eq!(
+            catalog.instructions(),
+            "Instructions from the MCP server a:\nUse a."
+        );
+        // A new list from a replaces its old one and leaves b's alone.
+        a.publish(vec![remote(json!({"name": "three"}))]);
+        assert_eq!(names(&catalog), ["a__three", "b__two"]);
+        *b.instructions.lock() = Some("Use b.".into());
+        b.publish(Vec::new());
+        assert_eq!(names(&catalog), ["a__three"]);
+        assert_eq!(
+            catalog.instructions(),
+            "Instructions from the MCP server a:\nUse a.\n\n\
+             Instructions from the MCP server b:\nUse b."
+        );
+    }
 }

@@ -184,6 +184,8 @@ pub(super) struct InitializeResult {
     pub(super) protocol_version: String,
     #[serde(rename = "serverInfo")]
     pub(super) server_info: Option<Implementation>,
+    /// How to use the server, for the model's system prompt.
+    pub(super) instructions: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -210,6 +212,26 @@ pub(super) struct RemoteTool {
     pub(super) description: Option<String>,
     #[serde(rename = "inputSchema")]
     pub(super) input_schema: Option<Value>,
+    /// How the tool may be run; absent means plain `tools/call`.
+    pub(super) execution: Option<ToolExecution>,
+}
+
+/// A tool's `execution`: whether it runs as a task (MCP 2025-11-25).
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct ToolExecution {
+    /// `"forbidden"` (the default), `"optional"` or `"required"`.
+    #[serde(rename = "taskSupport")]
+    pub(super) task_support: Option<String>,
+}
+
+impl RemoteTool {
+    /// True when the tool can be called only as a task, which Sparky does not support.
+    pub(super) fn requires_tasks(&self) -> bool {
+        self.execution
+            .as_ref()
+            .and_then(|execution| execution.task_support.as_deref())
+            == Some("required")
+    }
 }
 
 /// The part of a `tools/call` result we use.
@@ -328,6 +350,24 @@ mod tests {
                 message,
                 "{golden}"
             );
+        }
+    }
+
+    #[test]
+    fn a_tool_that_requires_tasks_is_recognised() {
+        let tool = |value: Value| serde_json::from_value::<RemoteTool>(value).unwrap();
+        let required = tool(
+            json!({"name": "research", "inputSchema": {"type": "object"},
+                                   "execution": {"taskSupport": "required"}}),
+        );
+        assert!(required.requires_tasks());
+        for other in [
+            json!({"name": "a"}),
+            json!({"name": "a", "execution": {}}),
+            json!({"name": "a", "execution": {"taskSupport": "optional"}}),
+            json!({"name": "a", "execution": {"taskSupport": "forbidden"}}),
+        ] {
+            assert!(!tool(other.clone()).requires_tasks(), "{other}");
         }
     }
 
