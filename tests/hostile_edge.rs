@@ -16,8 +16,6 @@ use sparky::config::RateLimit;
 use sparky::protocol::{ServerFrame, SessionId};
 use sparky::store::{TurnMark, WriteOp};
 use support::{Client, TestServer, WAIT, http_json, test_config, wait_until};
-use tungstenite::client::IntoClientRequest;
-use tungstenite::http::{HeaderName, HeaderValue};
 use tungstenite::protocol::CloseFrame;
 use tungstenite::protocol::frame::Frame;
 use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
@@ -55,32 +53,7 @@ fn status_of(addr: SocketAddr, request: &str) -> u16 {
 
 /// Opens a WebSocket to `path` with extra request headers; the HTTP status when refused.
 fn open_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Result<Client, u16> {
-    let mut request = format!("ws://{addr}{path}").into_client_request().unwrap();
-    for (name, value) in headers {
-        request.headers_mut().insert(
-            HeaderName::from_bytes(name.as_bytes()).unwrap(),
-            HeaderValue::from_str(value).unwrap(),
-        );
-    }
-    let stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(WAIT)).unwrap();
-    match tungstenite::client(request, stream) {
-        Ok((ws, _)) => {
-            ws.get_ref()
-                .set_read_timeout(Some(Duration::from_millis(50)))
-                .unwrap();
-            Ok(Client {
-                ws,
-                seen: Vec::new(),
-                session_id: None,
-                last_seq: 0,
-            })
-        }
-        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(response))) => {
-            Err(response.status().as_u16())
-        }
-        Err(e) => panic!("handshake failed: {e}"),
-    }
+    Client::open_with(addr, path, headers, Duration::from_millis(50))
 }
 
 /// How a connection ended, seen from the client.

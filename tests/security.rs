@@ -2,7 +2,7 @@
 
 mod support;
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -10,8 +10,6 @@ use serde_json::json;
 use sparky::config::RateLimit;
 use sparky::protocol::{ErrorCode, ServerFrame};
 use support::{ChildServer, Client, TestServer, WAIT, kinds, temp_dir, wait_until};
-use tungstenite::client::IntoClientRequest;
-use tungstenite::http::{HeaderName, HeaderValue};
 use tungstenite::protocol::frame::coding::CloseCode;
 
 fn with_tokens() -> TestServer {
@@ -35,38 +33,13 @@ fn expect_unauthorized(client: &mut Client) {
     assert_eq!(close.code, CloseCode::Policy);
 }
 
-/// Opens a WebSocket with extra request headers.
+/// Opens a WebSocket to `path` with extra request headers; the HTTP status when refused.
 fn open_with_headers(
     addr: SocketAddr,
     path: &str,
     headers: &[(&str, &str)],
 ) -> Result<Client, u16> {
-    let mut request = format!("ws://{addr}{path}").into_client_request().unwrap();
-    for (name, value) in headers {
-        request.headers_mut().insert(
-            HeaderName::from_bytes(name.as_bytes()).unwrap(),
-            HeaderValue::from_str(value).unwrap(),
-        );
-    }
-    let stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(WAIT)).unwrap();
-    match tungstenite::client(request, stream) {
-        Ok((ws, _)) => {
-            ws.get_ref()
-                .set_read_timeout(Some(Duration::from_millis(250)))
-                .unwrap();
-            Ok(Client {
-                ws,
-                seen: Vec::new(),
-                session_id: None,
-                last_seq: 0,
-            })
-        }
-        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(response))) => {
-            Err(response.status().as_u16())
-        }
-        Err(e) => panic!("handshake failed: {e}"),
-    }
+    Client::open_with(addr, path, headers, Duration::from_millis(250))
 }
 
 #[test]

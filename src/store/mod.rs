@@ -338,6 +338,28 @@ pub struct Node {
     pub updated_at: i64,
 }
 
+impl Node {
+    /// A node just stored as `id`, created and updated at `now`.
+    pub fn created(
+        id: i64,
+        kind: &str,
+        label: &str,
+        content: &str,
+        properties: &Value,
+        now: i64,
+    ) -> Self {
+        Node {
+            id,
+            kind: kind.to_owned(),
+            label: label.to_owned(),
+            content: content.to_owned(),
+            properties: properties.clone(),
+            created_at: now,
+            updated_at: now,
+        }
+    }
+}
+
 /// A typed edge between two nodes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Edge {

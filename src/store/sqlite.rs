@@ -1097,15 +1097,7 @@ impl GraphStore for SqliteStore {
             Ok(connection.last_insert_rowid())
         })?;
         self.nodes.fetch_add(1, Ordering::Relaxed);
-        Ok(Node {
-            id,
-            kind: kind.to_owned(),
-            label: label.to_owned(),
-            content: content.to_owned(),
-            properties: properties.clone(),
-            created_at: now,
-            updated_at: now,
-        })
+        Ok(Node::created(id, kind, label, content, properties, now))
     }
 
     fn add_edge(

@@ -205,6 +205,42 @@ impl Client {
         }
     }
 
+    /// Opens a WebSocket to `path` with extra request headers, reading in slices of `poll` once
+    /// open; the HTTP status when the upgrade is refused.
+    pub fn open_with(
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+        poll: Duration,
+    ) -> Result<Self, u16> {
+        use tungstenite::client::IntoClientRequest;
+        use tungstenite::http::{HeaderName, HeaderValue};
+        let mut request = format!("ws://{addr}{path}").into_client_request().unwrap();
+        for (name, value) in headers {
+            request.headers_mut().insert(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        match tungstenite::client(request, stream) {
+            Ok((ws, _)) => {
+                ws.get_ref().set_read_timeout(Some(poll)).unwrap();
+                Ok(Client {
+                    ws,
+                    seen: Vec::new(),
+                    session_id: None,
+                    last_seq: 0,
+                })
+            }
+            Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(response))) => {
+                Err(response.status().as_u16())
+            }
+            Err(e) => panic!("handshake failed: {e}"),
+        }
+    }
+
     /// Opens a WebSocket, sends `connect` with `data`, and reads `session_info` and `ready`.
     pub fn connect(addr: SocketAddr, data: Value) -> Self {
         let mut client = Self::open(addr);

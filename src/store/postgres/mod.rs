@@ -1275,15 +1275,7 @@ impl GraphStore for PostgresStore {
                 .try_get::<_, i64>(0)
         })?;
         self.nodes.fetch_add(1, Ordering::Relaxed);
-        Ok(Node {
-            id,
-            kind: kind.to_owned(),
-            label: label.to_owned(),
-            content: content.to_owned(),
-            properties: properties.clone(),
-            created_at: now,
-            updated_at: now,
-        })
+        Ok(Node::created(id, kind, label, content, properties, now))
     }
 
     fn add_edge(
