@@ -55,7 +55,8 @@ const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
 #[derive(Debug, Parser)]
 #[command(about = "Load generator for the Sparky chat server; prints one JSON line per run")]
 struct Cli {
-    /// WebSocket URL of the server.
+    /// WebSocket URL of the server; several, comma-separated, spread the clients over them in
+    /// turn (several instances sharing one database).
     #[arg(long, global = true, default_value = "ws://127.0.0.1:8000/ws")]
     url: String,
     /// A name for the server under test, copied into the result line (e.g. sparky, floor).
@@ -659,24 +660,42 @@ struct Target {
     url: String,
     addr: SocketAddr,
     timeout: Duration,
+    /// Every server given, this one first: client `i` goes to the `i`-th, round the list.
+    spread: Vec<(String, SocketAddr)>,
 }
 
 impl Target {
-    fn parse(url: &str, timeout: Duration) -> Result<Self, String> {
-        let rest = url
-            .strip_prefix("ws://")
-            .ok_or_else(|| format!("{url:?} is not a ws:// URL"))?;
-        let host_port = rest.split('/').next().unwrap_or_default();
-        let addr = host_port
-            .to_socket_addrs()
-            .map_err(|e| format!("cannot resolve {host_port:?}: {e}"))?
-            .next()
-            .ok_or_else(|| format!("{host_port:?} resolves to no address"))?;
+    fn parse(urls: &str, timeout: Duration) -> Result<Self, String> {
+        let mut spread = Vec::new();
+        for url in urls.split(',') {
+            let rest = url
+                .strip_prefix("ws://")
+                .ok_or_else(|| format!("{url:?} is not a ws:// URL"))?;
+            let host_port = rest.split('/').next().unwrap_or_default();
+            let addr = host_port
+                .to_socket_addrs()
+                .map_err(|e| format!("cannot resolve {host_port:?}: {e}"))?
+                .next()
+                .ok_or_else(|| format!("{host_port:?} resolves to no address"))?;
+            spread.push((url.to_owned(), addr));
+        }
+        let (url, addr) = spread[0].clone();
         Ok(Target {
-            url: url.to_owned(),
+            url,
             addr,
             timeout,
+            spread,
         })
+    }
+
+    /// The server client `index` talks to.
+    fn for_client(&self, index: usize) -> Target {
+        let (url, addr) = self.spread[index % self.spread.len()].clone();
+        Target {
+            url,
+            addr,
+            ..self.clone()
+        }
     }
 }
 
@@ -804,7 +823,7 @@ where
     for index in 0..clients {
         let gate = gate.clone();
         let ready_tx = ready_tx.clone();
-        let target = target.clone();
+        let target = target.for_client(index);
         let spawned = client_thread(index, move || {
             let mut tally = Tally::default();
             let connected = open(&target).and_then(|mut ws| {

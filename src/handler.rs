@@ -225,9 +225,10 @@ impl<'a> Handler<'a> {
                         "the server cannot write to its store right now (is its disk full?); \
                          try again later",
                     );
-                } else {
-                    // The session starts the turn on its own.
-                    session.submit(&message.text);
+                } else if let Err(why) = session.submit(&message.text) {
+                    // The session starts the turn on its own, unless another instance kept
+                    // the conversation.
+                    self.reject(ErrorCode::ServerBusy, why);
                 }
             }
             (ClientFrame::Cancel {}, session) => session.cancel(),

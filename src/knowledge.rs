@@ -75,6 +75,11 @@ impl Knowledge {
         Ok(notes.len())
     }
 
+    /// Puts `notes` in place of the notes held (read again from the store), writing nothing.
+    pub fn replace_notes(&self, notes: Vec<String>) {
+        *self.notes.lock() = notes;
+    }
+
     /// A copy of every note, oldest first.
     pub fn notes(&self) -> Vec<String> {
         self.notes.lock().clone()

@@ -45,6 +45,7 @@ pub mod worker;
 pub mod api;
 pub mod assets;
 pub mod check;
+pub mod cluster;
 pub mod connection;
 pub mod handler;
 pub mod http;

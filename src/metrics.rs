@@ -75,6 +75,13 @@ pub struct Metrics {
     /// Writes to a client that its socket did not take whole: the rest waited for the
     /// connection thread (a slow reader, or a full socket buffer).
     pub writes_deferred: AtomicU64,
+    /// Signals received from other instances sharing the store (PostgreSQL).
+    pub signals_received: AtomicU64,
+    /// How long those signals took from their sender's `NOTIFY` to this instance, summed in
+    /// microseconds (by the two machines' clocks).
+    pub signal_lag_micros: AtomicU64,
+    /// Leases of conversations taken over from another instance (asked to let go, or dead).
+    pub leases_taken: AtomicU64,
     /// Rejected client frames, by the index of their code in `REJECTED_CODES`.
     rejected_by_code: [AtomicU64; REJECTED_CODES.len()],
     /// Turn durations: a count per bucket of `TURN_BUCKETS` (plus one for larger), and the
@@ -175,7 +182,7 @@ impl Metrics {
         let head = |out: &mut String, name: &str, kind: &str, help: &str| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         };
-        let simple: [(&str, &str, &str, u64); 13] = [
+        let simple: [(&str, &str, &str, u64); 15] = [
             (
                 "sparky_connections_open",
                 "gauge",
@@ -254,6 +261,18 @@ impl Metrics {
                 "Writes to clients that the socket did not take whole.",
                 Self::get(&self.writes_deferred),
             ),
+            (
+                "sparky_cluster_signals_total",
+                "counter",
+                "Signals (NOTIFY) received from other instances sharing the database.",
+                Self::get(&self.signals_received),
+            ),
+            (
+                "sparky_cluster_leases_taken_total",
+                "counter",
+                "Conversation leases taken over from another instance.",
+                Self::get(&self.leases_taken),
+            ),
         ];
         for (name, kind, help, value) in simple {
             head(&mut out, name, kind, help);
@@ -315,6 +334,20 @@ impl Metrics {
         let sum = Self::get(&self.turn_micros) as f64 / 1_000_000.0;
         let _ = writeln!(out, "sparky_turn_duration_seconds_sum {sum}");
         let _ = writeln!(out, "sparky_turn_duration_seconds_count {cumulative}");
+
+        head(
+            &mut out,
+            "sparky_cluster_signal_lag_seconds",
+            "summary",
+            "Time from another instance's NOTIFY to its arrival here.",
+        );
+        let lag = Self::get(&self.signal_lag_micros) as f64 / 1_000_000.0;
+        let _ = writeln!(out, "sparky_cluster_signal_lag_seconds_sum {lag}");
+        let _ = writeln!(
+            out,
+            "sparky_cluster_signal_lag_seconds_count {}",
+            Self::get(&self.signals_received)
+        );
 
         head(
             &mut out,

@@ -21,6 +21,7 @@ use tungstenite::protocol::{Role, WebSocketConfig};
 use crate::api::{self, Api, ApiRequest};
 use crate::auth::{Auth, Principal};
 use crate::bot::Engine;
+use crate::cluster::ClusterThread;
 use crate::config::Config;
 use crate::connection::{Connection, Wire};
 use crate::error::{Error, Result};
@@ -34,7 +35,7 @@ use crate::model::offline::OfflineModel;
 use crate::outbound::{Outbound, PendingLimit};
 use crate::session::{SessionManager, Turns};
 use crate::shutdown::Shutdown;
-use crate::store::{ConversationStore, GraphStore, PostgresStore, SqliteStore};
+use crate::store::{Cluster, ConversationStore, GraphStore, PostgresStore, Solo, SqliteStore};
 use crate::tools::ToolChain;
 use crate::tools::mcp::{self, McpServers};
 use crate::wake::{self, Sleeper};
@@ -141,7 +142,7 @@ pub fn spawn_with(
     // Before any connection: the signal that wakes a connection thread needs its handler.
     wake::install().map_err(|e| Error::io("wake-up signal", e))?;
     let metrics = Arc::new(Metrics::default());
-    let (conversations, graph) = open_store(&config)?;
+    let (conversations, graph, cluster) = open_store(&config)?;
     // Before the journal starts, so that nothing else writes meanwhile.
     migrate_owners(conversations.as_ref(), graph.as_ref(), &config.auth_tokens)?;
     let api_graph = graph.clone();
@@ -170,9 +171,10 @@ pub fn spawn_with(
         engine,
         metrics.clone(),
         journal,
-        conversations,
+        (conversations, cluster),
         Turns::new(),
     );
+    let cluster = ClusterThread::spawn(sessions.clone(), metrics.clone())?;
     let shared = Arc::new(Shared {
         ctx: ConnectionContext {
             config: config.clone(),
@@ -228,6 +230,7 @@ pub fn spawn_with(
         accept: Some(accept),
         reaper: Some(reaper),
         reaper_stop: Some(reaper_stop),
+        cluster,
         mcp,
     })
 }
@@ -250,6 +253,8 @@ pub struct ServerHandle {
     accept: Option<JoinHandle<()>>,
     reaper: Option<JoinHandle<()>>,
     reaper_stop: Option<Sender<()>>,
+    /// With several instances on one database: the thread that listens to the others.
+    cluster: Option<ClusterThread>,
     /// The MCP server processes; stopped with the server.
     mcp: Option<McpServers>,
 }
@@ -357,6 +362,10 @@ impl ServerHandle {
         {
             log::error!("server: the journal did not finish writing in {JOURNAL_FLUSH_TIMEOUT:?}");
         }
+        // With everything written, the other instances may take this one's conversations.
+        if let Some(cluster) = self.cluster.as_mut() {
+            cluster.stop();
+        }
         // Only now, with every event written, are the connections told to close.
         self.shared.ctx.shutdown.close();
         drop(self.reaper_stop.take());
@@ -388,12 +397,12 @@ fn wake_addr(addr: SocketAddr) -> SocketAddr {
 
 /// The store `config` asks for: in memory with `in_memory`, else PostgreSQL with
 /// `database_url`, else SQLite in `data_dir`, with its size cap and search budget set.
-fn open_store(config: &Config) -> Result<(Arc<dyn ConversationStore>, Arc<dyn GraphStore>)> {
+fn open_store(config: &Config) -> Result<Stores> {
     if let Some(url) = config.database_url.as_ref().filter(|_| !config.in_memory) {
         let store = Arc::new(PostgresStore::connect(url, config.store_pool)?);
         store.set_size_limit(config.max_store_bytes)?;
         store.set_search_budget(config.search_budget);
-        return Ok((store.clone(), store));
+        return Ok((store.clone(), store.clone(), store));
     }
     let store = Arc::new(if config.in_memory {
         SqliteStore::in_memory()?
@@ -404,8 +413,15 @@ fn open_store(config: &Config) -> Result<(Arc<dyn ConversationStore>, Arc<dyn Gr
         store.set_size_limit(Some(bytes))?;
     }
     store.set_search_budget(config.search_budget);
-    Ok((store.clone(), store))
+    Ok((store.clone(), store, Arc::new(Solo)))
 }
+
+/// The store as each of its users sees it: conversations, the graph, the cluster.
+type Stores = (
+    Arc<dyn ConversationStore>,
+    Arc<dyn GraphStore>,
+    Arc<dyn Cluster>,
+);
 
 /// Moves what earlier versions stored under a token's SHA-1 fingerprint to its SHA-256 one, for
 /// every configured token. Cheap when there is nothing to move (indexed lookups), so it runs at

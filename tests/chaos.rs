@@ -15,23 +15,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use sparky::protocol::{ServerEnvelope, ServerFrame, SessionId, TurnId};
-use support::{Client, TestServer, WAIT, wait_until};
+use support::{Client, Rng, TestServer, WAIT, wait_until};
 
 const SESSIONS: usize = 16;
 const ACTIONS: usize = 60;
 const TIME_BUDGET: Duration = Duration::from_secs(8);
-
-/// A small deterministic generator, one per session, so a failure can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
 
 #[derive(Default)]
 struct Tally {

@@ -19,10 +19,11 @@ use crate::metrics::Metrics;
 use crate::model::{ChatMessage, Role};
 use crate::protocol::{ConnectData, ErrorCode, HistoryRole, ServerFrame, SessionId};
 use crate::rate::Bucket;
-use crate::store::{ConversationStore, ConversationSummary, StoredConversation};
+use crate::store::{Cluster, ConversationStore, ConversationSummary, StoredConversation};
 
 use super::{
-    Attachment, EventLog, Parts, Persist, Session, Subscriber, TurnLimits, Turns, WireText,
+    Attachment, EventLog, Parts, Persist, Releases, Session, Subscriber, TurnLimits, Turns,
+    WireText,
 };
 
 /// Bytes of events a live session keeps in memory at most (besides `--event-log-capacity`).
@@ -71,6 +72,8 @@ pub(super) struct Shared {
     pub(super) metrics: Arc<Metrics>,
     pub(super) journal: Journal,
     pub(super) store: Arc<dyn ConversationStore>,
+    pub(super) cluster: Arc<dyn Cluster>,
+    pub(super) releases: Arc<Releases>,
     pub(super) limits: Arc<TurnLimits>,
     pub(super) turns: Turns,
 }
@@ -108,15 +111,16 @@ struct Quota {
 
 impl SessionManager {
     /// An empty map for sessions that run on `engine`, start their turns on `turns`, and are
-    /// kept in `store` through `journal`.
+    /// kept in `store` through `journal`, shared with the other instances of `cluster`.
     pub fn new(
         config: Arc<Config>,
         engine: Engine,
         metrics: Arc<Metrics>,
         journal: Journal,
-        store: Arc<dyn ConversationStore>,
+        store: (Arc<dyn ConversationStore>, Arc<dyn Cluster>),
         turns: Turns,
     ) -> Self {
+        let (store, cluster) = store;
         SessionManager {
             inner: Arc::new(ManagerInner {
                 sessions: Mutex::new(HashMap::new()),
@@ -131,6 +135,8 @@ impl SessionManager {
                     config,
                     journal,
                     store,
+                    cluster,
+                    releases: Arc::new(Releases::default()),
                     turns,
                 },
             }),
@@ -221,22 +227,32 @@ impl SessionManager {
 
     /// The live or stored session `id`, checked against `principal`.
     fn find(&self, id: &SessionId, principal: &Principal) -> Result<Option<Session>, Refusal> {
-        let refuse = |session: &SessionId| {
-            log::warn!(
-                "session {}: refused a resume by another principal",
-                session.short()
-            );
-            Refusal::new(
-                ErrorCode::Unauthorized,
-                "this session belongs to someone else",
-            )
+        let Some(session) = self.bring_back(id, Some(principal))? else {
+            return Ok(None);
         };
+        if session.owner() == principal {
+            return Ok(Some(session));
+        }
+        log::warn!(
+            "session {}: refused a resume by another principal",
+            id.short()
+        );
+        Err(Refusal::new(
+            ErrorCode::Unauthorized,
+            "this session belongs to someone else",
+        ))
+    }
+
+    /// The session `id`, live or brought back from the store; `None` when the store does not
+    /// hold it. With `owner`, a stored conversation of someone else's is not brought into
+    /// memory (the live or stored session is returned for the caller to refuse).
+    fn bring_back(
+        &self,
+        id: &SessionId,
+        owner: Option<&Principal>,
+    ) -> Result<Option<Session>, Refusal> {
         if let Some(session) = self.get(id) {
-            return if session.owner() == principal {
-                Ok(Some(session))
-            } else {
-                Err(refuse(id))
-            };
+            return Ok(Some(session));
         }
         let shared = &self.inner.shared;
         let stored = shared
@@ -253,11 +269,11 @@ impl SessionManager {
         let Some(stored) = stored else {
             return Ok(None);
         };
-        if stored.owner != principal.as_str() {
-            return Err(refuse(id));
-        }
         let open_turn = stored.open_turn.clone();
         let restored = restore(stored, shared);
+        if owner.is_some_and(|owner| restored.owner() != owner) {
+            return Ok(Some(restored));
+        }
         let (session, inserted) = {
             let mut sessions = self.inner.sessions.lock();
             if let Some(live) = sessions.get(id) {
@@ -273,7 +289,16 @@ impl SessionManager {
             }
         };
         if inserted {
-            session.settle(open_turn);
+            if !shared.cluster.shared() {
+                session.settle(open_turn);
+            } else if open_turn.is_some() {
+                // Open in the store: running on another instance, or left by one that died,
+                // whose lease then has expired and is taken here.
+                session.recover();
+            } else {
+                // Whatever was written between the load and the insert.
+                session.catch_up();
+            }
             log::info!("session {}: brought back from the store", id.short());
         }
         Ok(Some(session))
@@ -363,6 +388,8 @@ impl SessionManager {
             log: tail(shared, 1, Vec::new()),
             next_turn: 1,
             unsaved: true,
+            // Nobody else knows its id: the store leases it to this instance with its row.
+            holder: true,
         };
         let session = Session::build(parts, persist, shared);
         let seed: Vec<ChatMessage> = data
@@ -413,14 +440,24 @@ impl SessionManager {
             return 0;
         }
         let mut sessions = self.inner.sessions.lock();
-        let mut evicted = 0;
+        let mut gone = Vec::new();
         for session in candidates {
             if session.close_if_idle(before) {
                 sessions.remove(session.id());
-                evicted += 1;
+                gone.push(session);
             }
         }
         drop(sessions);
+        let evicted = gone.len();
+        let cluster = &self.inner.shared.cluster;
+        for session in gone.iter().filter(|session| session.holds_lease()) {
+            if let Err(e) = cluster.release(session.id()) {
+                log::warn!(
+                    "session {}: cannot let its lease go: {e}",
+                    session.id().short()
+                );
+            }
+        }
         if evicted > 0 {
             log::info!("sessions: {evicted} idle ones left memory");
         }
@@ -591,10 +628,52 @@ impl SessionManager {
         self.inner.shared.limits.running()
     }
 
-    /// Cancels every turn in flight; used at shutdown.
+    /// Cancels every turn in flight here; used at shutdown.
     pub fn cancel_all(&self) {
         for session in self.live() {
-            session.cancel();
+            session.cancel_here();
+        }
+    }
+
+    /// The instances sharing the store.
+    pub fn cluster(&self) -> &Arc<dyn Cluster> {
+        &self.inner.shared.cluster
+    }
+
+    /// Another instance let a lease go: wakes the messages waiting for one.
+    pub fn lease_released(&self) {
+        self.inner.shared.releases.released();
+    }
+
+    /// Another instance deleted conversation `id`: takes it out of memory here, telling its
+    /// connections (`status deleted`).
+    pub fn forget(&self, id: &SessionId) {
+        let live = self.inner.sessions.lock().remove(id);
+        if let Some(session) = live {
+            session.close(true);
+            log::info!("session {}: deleted on another instance", id.short());
+        }
+    }
+
+    /// Conversation `id`'s lease expired with a turn open (its holder died): takes the lease
+    /// and closes the turn, bringing the conversation into memory for that.
+    pub fn recover(&self, id: &SessionId) {
+        match self.bring_back(id, None) {
+            Ok(Some(session)) => session.recover(),
+            Ok(None) => {}
+            Err(refusal) => log::warn!(
+                "session {}: cannot be recovered: {}",
+                id.short(),
+                refusal.message
+            ),
+        }
+    }
+
+    /// Brings every follower here up to date with the store (after signals may have been
+    /// missed).
+    pub fn catch_up_all(&self) {
+        for session in self.live() {
+            session.catch_up();
         }
     }
 
@@ -634,6 +713,7 @@ fn restore(stored: StoredConversation, shared: &Shared) -> Session {
         log: tail(shared, stored.last_seq + 1, events),
         next_turn: stored.turns + 1,
         unsaved: false,
+        holder: !shared.cluster.shared(),
     };
     let persist = Persist::new(shared.journal.clone(), stored.id);
     Session::build(parts, persist, shared)

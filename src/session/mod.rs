@@ -6,7 +6,8 @@
 //!   turn, subscribers) and the operations on it: submit, cancel, attach, replay, release.
 //! - `tail.rs`: the in-memory tail of events. `subscribers.rs`: fan-out to connections.
 //!   `turn.rs`: the running turn and the one place a turn is closed. `persist.rs`: every store
-//!   write.
+//!   write. `lease.rs`: the session's part when several instances share the store (who writes
+//!   it, and how the others follow).
 //!
 //! An event reaches subscribers only once the store has committed it: `push_event` numbers,
 //! logs and submits it; the journal's acknowledgement (`release`) hands it to every live
@@ -14,6 +15,7 @@
 //! its own turns on the server's [`TurnPool`]. Depends on `bot`, `journal`, `store`, `knowledge`, `cancel`, `config`, `auth`,
 //! `metrics`, `model`, `protocol` and `worker`; it never learns that a subscriber is a WebSocket.
 
+mod lease;
 mod limits;
 mod manager;
 mod persist;
@@ -35,9 +37,10 @@ use crate::knowledge::Knowledge;
 use crate::metrics::Metrics;
 use crate::model::ChatMessage;
 use crate::protocol::{ServerFrame, SessionId, StatusCode, StatusData, TurnId, encode};
-use crate::store::ConversationStore;
+use crate::store::{Cluster, ConversationStore};
 use crate::worker::TurnPool;
 
+pub use lease::Releases;
 pub use limits::{Full, TurnLimits, TurnPermit};
 pub use manager::{Conversation, Refusal, SessionManager};
 pub use persist::Persist;
@@ -106,6 +109,12 @@ struct SessionInner {
     store: Arc<dyn ConversationStore>,
     /// This session as the journal's acknowledgement target.
     ack: Arc<dyn Durable>,
+    /// The instances sharing the store, and where a message waiting for the lease sleeps.
+    cluster: Arc<dyn Cluster>,
+    releases: Arc<Releases>,
+    /// Held while the lease changes hands here (taken, let go), never with `state`'s lock
+    /// held: those steps do IO.
+    lease: Mutex<()>,
     /// True with `--in-memory`: nothing survives a restart anyway, so an event is sent the
     /// moment it is made instead of after the journal has written it (one thread hop less).
     send_before_written: bool,
@@ -135,6 +144,9 @@ struct SessionState {
     /// True for a new session until its first message: nothing of it is in the store, and it
     /// is not listed. Its first message writes it, with any seeded history.
     unsaved: bool,
+    /// True while this instance holds the conversation's lease and so may write it; always
+    /// with a cluster of one. A follower writes nothing (see `lease.rs`).
+    holder: bool,
     /// Set while the current turn holds back what it emits (`--in-memory` only: a model that
     /// answers at once has its thoughts sent with its answer); cleared when the turn flushes
     /// or closes.
@@ -166,6 +178,8 @@ struct Parts {
     next_turn: u64,
     /// True for a session `connect` just made: see [`SessionState::unsaved`].
     unsaved: bool,
+    /// True when this instance holds the lease: see [`SessionState::holder`].
+    holder: bool,
 }
 
 impl Session {
@@ -183,6 +197,7 @@ impl Session {
             idle_since: Instant::now(),
             closed: false,
             unsaved: parts.unsaved,
+            holder: parts.holder,
             holding: false,
         };
         let inner = Arc::new_cyclic(|weak: &Weak<SessionInner>| SessionInner {
@@ -197,6 +212,9 @@ impl Session {
             persist,
             store: shared.store.clone(),
             ack: Arc::new(SessionAck(weak.clone())),
+            cluster: shared.cluster.clone(),
+            releases: shared.releases.clone(),
+            lease: Mutex::new(()),
             send_before_written: shared.config.in_memory,
             state: Mutex::new(state),
         });
@@ -249,21 +267,32 @@ impl Session {
     }
 
     /// Opens a turn for a user message: cancels the turn in flight (its `status cancelled`
-    /// comes first), logs `user_message`, and starts the turn on the server's pool. False when
-    /// the session left memory or was deleted meanwhile, or when the caps on running turns are
-    /// reached: then the turn is closed at once with `error` `server_busy`.
-    pub fn submit(&self, text: &str) -> bool {
-        let Some(start) = self.open_turn(text) else {
-            return false;
-        };
-        // With the lock released: waking a thread is a system call.
-        self.inner.turns.start(start);
-        true
+    /// comes first), logs `user_message`, and starts the turn on the server's pool. With
+    /// several instances, this one takes the conversation's lease first (see `lease.rs`),
+    /// which stops a turn running elsewhere. When the caps on running turns are reached, the
+    /// turn is closed at once with `error` `server_busy`; nothing happens when the session
+    /// left memory or was deleted meanwhile.
+    ///
+    /// # Errors
+    ///
+    /// What to tell the client when the lease could not be had: the message was not taken.
+    pub fn submit(&self, text: &str) -> Result<(), &'static str> {
+        if !self.lead() {
+            return Err(
+                "another server holds this conversation and did not let it go; \
+                        try again",
+            );
+        }
+        if let Some(start) = self.open_turn(text) {
+            // With the lock released: waking a thread is a system call.
+            self.inner.turns.start(start);
+        }
+        Ok(())
     }
 
     fn open_turn(&self, text: &str) -> Option<TurnStart> {
         let mut state = self.inner.state.lock();
-        if state.closed {
+        if state.closed || !state.holder {
             return None;
         }
         self.cancel_locked(&mut state);
@@ -317,8 +346,22 @@ impl Session {
         })
     }
 
-    /// Stops the turn in flight, if any, and logs its `status cancelled`.
+    /// A client's `cancel`: stops the turn in flight, if any, and logs its `status
+    /// cancelled`; passed on to the instance that holds the conversation when this one does
+    /// not.
     pub fn cancel(&self) {
+        let mut state = self.inner.state.lock();
+        if state.holder {
+            self.cancel_locked(&mut state);
+        } else {
+            drop(state);
+            self.cancel_elsewhere();
+        }
+    }
+
+    /// Stops the turn in flight here, if any (at shutdown, or when another instance passes a
+    /// client's `cancel` on).
+    pub fn cancel_here(&self) {
         let mut state = self.inner.state.lock();
         self.cancel_locked(&mut state);
     }
@@ -670,14 +713,14 @@ impl Session {
         Ok(step)
     }
 
-    /// Brings the numbering past the store's and closes a turn that a restart cut off, so
-    /// that every turn is closed exactly once.
+    /// Closes a turn that a restart (or, with several instances, the death of the instance
+    /// running it) cut off, so that every turn is closed exactly once.
     fn settle(&self, open_turn: Option<(u64, String)>) {
         let Some((turn_id, text)) = open_turn else {
             return;
         };
         let mut state = self.inner.state.lock();
-        let message = "the server restarted before this turn finished";
+        let message = "the server running this turn stopped before it finished";
         let frame = ServerFrame::Error {
             turn_id: Some(TurnId(turn_id)),
             code: crate::protocol::ErrorCode::Internal,
@@ -686,7 +729,7 @@ impl Session {
         let transcript = interrupted(&text);
         self.close_turn(&mut state, None, frame, transcript, false);
         log::info!(
-            "session {}: closed turn {turn_id}, cut off by a restart",
+            "session {}: closed turn {turn_id}, cut off by a stop",
             self.inner.id.short()
         );
     }

@@ -33,6 +33,11 @@ impl Persist {
         self.journal.failing()
     }
 
+    /// Waits until everything queued so far is written; false when `timeout` passed first.
+    pub fn sync(&self, timeout: Duration) -> bool {
+        self.journal.sync(timeout)
+    }
+
     /// The new conversation's row.
     pub fn create(&self, owner: &str, user_id: Option<&str>, personality: Option<&str>) {
         self.submit(WriteOp::CreateSession {

@@ -4,6 +4,7 @@
 //!   in batches by the journal and read back lazily, one conversation at a time, by the session
 //!   manager, the replay of a connection and the HTTP API.
 //! - [`GraphStore`]: the knowledge graph, every node owned by one principal.
+//! - [`Cluster`] (`cluster.rs`): leases and signals between instances sharing one store.
 //!
 //! `sqlite.rs` implements both over one SQLite file (`schema.rs` holds its migrations);
 //! `postgres/` implements both over a PostgreSQL database; `copy.rs` moves a SQLite data
@@ -12,6 +13,7 @@
 //! is the only module that runs SQL. Depends on `model` (for `ChatMessage`), `protocol` and
 //! `error`; `postgres/` on `config` too (a URL without its password).
 
+mod cluster;
 mod copy;
 mod postgres;
 mod schema;
@@ -28,6 +30,7 @@ use crate::error::Result;
 use crate::model::{ChatMessage, Role, ToolCall};
 use crate::protocol::SessionId;
 
+pub use cluster::{Cluster, LEASE_TTL, Notice, Signal, Solo};
 pub use copy::{CopyReport, copy_sqlite_to_postgres};
 pub use postgres::{POSTGRES_SCHEMA_VERSION, PostgresStore};
 pub use sqlite::{DATABASE_FILE, SqliteStore, fts_queries};
@@ -523,6 +526,13 @@ fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Microseconds since the Unix epoch, by this machine's clock.
+fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 /// The first `limit` characters of `text`.

@@ -155,6 +155,20 @@ pub fn store_args(args: &[&str]) -> Vec<String> {
     all
 }
 
+/// A small deterministic random source (xorshift), so that a failing run can be repeated from
+/// its seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// A number below `n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
 /// Waits until `condition` holds, checking every few milliseconds, and fails after [`WAIT`].
 pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;

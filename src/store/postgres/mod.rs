@@ -1,9 +1,12 @@
 //! `PostgresStore`: both store traits over a PostgreSQL database (`--store postgres://…`).
 //!
-//! One writer connection, behind a mutex, takes the journal's batches, as SQLite's writer does,
-//! and holds an advisory lock that keeps a second Sparky off the same database (one instance
-//! per database, for now). A pool of `--store-pool` connections ([`pool`]) serves everything
-//! else: loading a conversation, replay, the API, graph searches and graph writes.
+//! One writer connection, behind a mutex, takes the journal's batches, as SQLite's writer does.
+//! A pool of `--store-pool` connections ([`pool`]) serves everything else: loading a
+//! conversation, replay, the API, graph searches and graph writes. Several instances may share
+//! the database: `cluster.rs` implements [`super::Cluster`] (leases and `LISTEN`/`NOTIFY`) on
+//! one more connection, and a batch that writes events or deletes a conversation notifies the
+//! other instances in its own transaction, so that the signal goes out exactly when the rows
+//! are visible.
 //!
 //! A batch is one transaction of three round trips whatever its size: the rows of every table,
 //! and every session row touched, go in as arrays (`unnest`) in one statement. When the
@@ -15,6 +18,7 @@
 //! same words as SQLite's ([`super::search_words`]), and run within the search budget through
 //! `statement_timeout`: a search out of time answers with what it found.
 
+mod cluster;
 mod import;
 mod pool;
 mod schema;
@@ -30,11 +34,12 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use self::pool::{Connection, Connector, Pool, broken, describe, prepared};
+use super::cluster::payload;
 use super::{
     ConversationStore, ConversationSummary, DEFAULT_SEARCH_BUDGET, Edge, EventPage, GraphStore,
-    Neighbourhood, Node, StoreStatus, StoredConversation, TITLE_CHARS, TurnMark, WriteOp,
-    calls_from_json, calls_to_json, cut, label_for, messages_from_newest, role_from, role_name,
-    search_words, unix_now,
+    LEASE_TTL, Neighbourhood, Node, Signal, StoreStatus, StoredConversation, TITLE_CHARS, TurnMark,
+    WriteOp, calls_from_json, calls_to_json, cut, label_for, messages_from_newest, role_from,
+    role_name, search_words, unix_now,
 };
 use crate::config::redact_url;
 use crate::error::{Error, Result};
@@ -42,9 +47,6 @@ use crate::model::ChatMessage;
 use crate::protocol::SessionId;
 
 pub use schema::POSTGRES_SCHEMA_VERSION;
-
-/// The advisory lock the writer holds while the store is open: `sparky` in ASCII.
-const INSTANCE_LOCK: i64 = 0x7370_6172_6b79;
 
 /// How long a measure of the database's size is trusted when a size cap is set.
 const SIZE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
@@ -58,6 +60,11 @@ const SEARCH_TEXT_CHARS: i64 = 100_000;
 pub struct PostgresStore {
     pool: Pool,
     writer: Mutex<Writer>,
+    /// This instance's name in leases and signals: random, drawn at start.
+    instance: String,
+    /// The connection that `LISTEN`s for other instances' signals; `None` until the first
+    /// [`super::Cluster::wait`], and again once it broke.
+    listener: Mutex<Option<Connection>>,
     /// How long a full-text search may run, in microseconds.
     search_budget_micros: AtomicU64,
     /// Nodes in the graph, counted at open and kept beside the table, so that a turn can skip
@@ -89,6 +96,8 @@ struct WriterMemory {
     /// A batch whose `COMMIT` was cut off with the connection, and its transaction id: it may
     /// or may not have been committed.
     uncertain: Option<(String, Vec<WriteOp>)>,
+    /// This instance's name: a conversation it creates is leased to it.
+    instance: String,
 }
 
 fn store_error(what: &str, e: &postgres::Error) -> Error {
@@ -192,14 +201,14 @@ fn get_node(
 
 impl PostgresStore {
     /// Connects to the database at `url` (`postgres://USER[:PASSWORD]@HOST[:PORT]/DB`, or
-    /// PostgreSQL's `key=value` form), takes the instance lock, and migrates the schema to
+    /// PostgreSQL's `key=value` form), draws this instance's name, and migrates the schema to
     /// [`POSTGRES_SCHEMA_VERSION`]. The pool opens up to `pool_size` more connections as they
     /// are needed.
     ///
     /// # Errors
     ///
     /// [`Error::Store`] with a message for the operator when the URL is not one, the database
-    /// cannot be reached, another Sparky uses it, or its schema is newer than this build.
+    /// cannot be reached, or its schema is newer than this build.
     pub fn connect(url: &str, pool_size: usize) -> Result<Self> {
         let target = redact_url(url);
         let config: postgres::Config = url.parse().map_err(|e| {
@@ -207,10 +216,13 @@ impl PostgresStore {
                 "{target} is not a PostgreSQL URL like postgres://USER@HOST[:PORT]/DB: {e}"
             ))
         })?;
-        let pool = Pool::new(Connector::new(config, target.clone()), pool_size);
+        // Every connection carries the instance's name, so that another instance can tell
+        // whether this one is still connected (see `cluster.rs`).
+        let instance = cluster::instance_name()?;
+        let name = cluster::application_name(&instance);
+        let pool = Pool::new(Connector::new(config, target.clone(), &name), pool_size);
         let mut connection = pool.connector().connect()?;
         schema::migrate(&mut connection.client, &target)?;
-        take_instance_lock(&mut connection, &target)?;
         let nodes: i64 = connection
             .client
             .query_one("SELECT count(*) FROM nodes", &[])
@@ -223,6 +235,8 @@ impl PostgresStore {
                 connection: Some(connection),
                 ..Writer::default()
             }),
+            instance,
+            listener: Mutex::new(None),
             search_budget_micros: AtomicU64::new(micros(DEFAULT_SEARCH_BUDGET)),
             nodes: AtomicU64::new(small(nodes)),
             size: Mutex::new(SizeCap::default()),
@@ -230,12 +244,12 @@ impl PostgresStore {
     }
 
     /// What a start on the database at `url` would find, for `sparky check`, changing nothing:
-    /// whether it can be reached, whether another Sparky holds it, and its schema version.
+    /// whether it can be reached, and its schema version.
     ///
     /// # Errors
     ///
-    /// [`Error::Store`] when the URL is not one, the database cannot be reached, another
-    /// Sparky holds it, or its schema is newer than this build.
+    /// [`Error::Store`] when the URL is not one, the database cannot be reached, or its schema
+    /// is newer than this build.
     pub fn inspect(url: &str) -> Result<String> {
         let target = redact_url(url);
         let config: postgres::Config = url.parse().map_err(|e| {
@@ -243,21 +257,9 @@ impl PostgresStore {
                 "{target} is not a PostgreSQL URL like postgres://USER@HOST[:PORT]/DB: {e}"
             ))
         })?;
-        let mut connection = Connector::new(config, target.clone()).connect()?;
+        let mut connection = Connector::new(config, target.clone(), "sparky check").connect()?;
         let client = &mut connection.client;
         let failed = |e: postgres::Error| store_error(&format!("database {target}"), &e);
-        let free: bool = client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&INSTANCE_LOCK])
-            .and_then(|row| row.try_get(0))
-            .map_err(failed)?;
-        if !free {
-            return Err(Error::Store(format!(
-                "database {target} is in use by another running sparky"
-            )));
-        }
-        client
-            .execute("SELECT pg_advisory_unlock($1)", &[&INSTANCE_LOCK])
-            .map_err(failed)?;
         let migrated: bool = client
             .query_one("SELECT to_regclass('schema_version') IS NOT NULL", &[])
             .and_then(|row| row.try_get(0))
@@ -304,8 +306,7 @@ impl PostgresStore {
         Instant::now() + Duration::from_micros(self.search_budget_micros.load(Ordering::Relaxed))
     }
 
-    /// Runs `work` on the writer connection, connecting (and taking the instance lock) first
-    /// when there is none. A connection that broke is dropped, and `work` runs once more on a
+    /// Runs `work` on the writer connection, connecting first when there is none. A connection that broke is dropped, and `work` runs once more on a
     /// new one: the usual failure after the database restarted is a connection that was
     /// already dead. `work` must be safe to repeat: a batch is (see [`apply_batch`]).
     fn write<T>(
@@ -315,6 +316,7 @@ impl PostgresStore {
     ) -> Result<T> {
         let mut writer = self.writer.lock();
         let Writer { connection, memory } = &mut *writer;
+        memory.instance.clone_from(&self.instance);
         let mut tries = 0;
         loop {
             tries += 1;
@@ -336,8 +338,7 @@ impl PostgresStore {
         }
     }
 
-    /// The writer's connection, opened (and holding the instance lock) if there is none or it
-    /// broke.
+    /// The writer's connection, opened if there is none or it broke.
     fn writer_connection<'a>(
         &self,
         connection: &'a mut Option<Connection>,
@@ -346,10 +347,7 @@ impl PostgresStore {
             *connection = None;
         }
         if connection.is_none() {
-            let connector = self.pool.connector();
-            let mut opened = connector.connect()?;
-            take_instance_lock(&mut opened, &connector.target)?;
-            *connection = Some(opened);
+            *connection = Some(self.pool.connector().connect()?);
         }
         connection
             .as_mut()
@@ -448,35 +446,6 @@ fn micros(duration: Duration) -> u64 {
     u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
 }
 
-/// Takes the advisory lock that keeps a second Sparky off the database, on the connection that
-/// will write; it is held until that connection closes.
-fn take_instance_lock(connection: &mut Connection, target: &str) -> Result<()> {
-    let taken: bool = connection
-        .client
-        .query_one("SELECT pg_try_advisory_lock($1)", &[&INSTANCE_LOCK])
-        .and_then(|row| row.try_get(0))
-        .map_err(|e| store_error(&format!("lock database {target}"), &e))?;
-    if taken {
-        Ok(())
-    } else {
-        Err(Error::Store(format!(
-            "database {target} is in use by another running sparky"
-        )))
-    }
-}
-
-impl Drop for PostgresStore {
-    fn drop(&mut self) {
-        // Let the lock go now rather than when the server notices the connection is closed, so
-        // that a store opened right after this one finds the database free.
-        if let Some(connection) = self.writer.get_mut().connection.as_mut() {
-            let _ = connection
-                .client
-                .execute("SELECT pg_advisory_unlock($1)", &[&INSTANCE_LOCK]);
-        }
-    }
-}
-
 /// What a batch changes in one session row, gathered so that each row is updated once.
 #[derive(Default)]
 struct RowUpdate {
@@ -525,19 +494,30 @@ struct Rows {
     session_open_turns: Vec<Option<i64>>,
     session_open_texts: Vec<Option<String>>,
     session_titles: Vec<Option<String>>,
+    /// Notifications for the other instances.
+    notices: Vec<String>,
 }
 
-const INSERT_SESSION: &str = "INSERT INTO sessions \
+/// A new conversation, leased to the instance that creates it (`$6`) for `$7` milliseconds.
+const INSERT_SESSION: &str = "WITH s AS (INSERT INTO sessions \
      (id, owner, user_id, personality, created_at, updated_at) \
-     VALUES ($1, $2, $3, $4, $5, $5) RETURNING key";
+     VALUES ($1, $2, $3, $4, $5, $5) RETURNING key), \
+     l AS (INSERT INTO leases (session_key, holder, expires_at) \
+     SELECT key, $6, now() + $7::bigint * interval '1 millisecond' FROM s) \
+     SELECT key FROM s";
 const SESSION_KEY: &str = "SELECT key FROM sessions WHERE id = $1";
-/// Every row of a batch in one statement (one round trip), and the transaction's id. Its parts
+/// Every row of a batch in one statement (one round trip), the notifications for other
+/// instances (`$29`, sent when the transaction commits), and the transaction's id. Its parts
 /// all see the database as it was before the statement, which is why a turn opened and closed
-/// in one batch is inserted closed, and only turns opened earlier are updated.
+/// in one batch is inserted closed, and only turns opened earlier are updated. An event or
+/// turn whose number is taken already is left out rather than failing the batch: only an
+/// instance that lost its lease (stalled past [`super::LEASE_TTL`]) can write one, and the
+/// numbers belong to the instance that took the lease over.
 const WRITE_ROWS: &str = "WITH \
      ev AS (INSERT INTO events (session_key, seq, body, search) \
          SELECT k, s, b, to_tsvector('sparky_english', left(t, $5::bigint::int)) \
-         FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[]) AS u (k, s, b, t)), \
+         FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[]) AS u (k, s, b, t) \
+         ON CONFLICT (session_key, seq) DO NOTHING), \
      ms AS (INSERT INTO messages \
          (session_key, idx, role, content, tool_calls, tool_call_id, is_error) \
          SELECT * FROM unnest($6::bigint[], $7::bigint[], $8::text[], $9::text[], $10::text[], \
@@ -546,7 +526,8 @@ const WRITE_ROWS: &str = "WITH \
          SELECT k, t FROM unnest($13::bigint[], $14::text[]) WITH ORDINALITY AS u (k, t, n) \
          ORDER BY n), \
      tu AS (INSERT INTO turns (session_key, turn_id, opened_seq, closed_seq) \
-         SELECT * FROM unnest($15::bigint[], $16::bigint[], $17::bigint[], $18::bigint[])), \
+         SELECT * FROM unnest($15::bigint[], $16::bigint[], $17::bigint[], $18::bigint[]) \
+         ON CONFLICT (session_key, turn_id) DO NOTHING), \
      cl AS (UPDATE turns t SET closed_seq = u.s \
          FROM unnest($19::bigint[], $20::bigint[]) AS u (k, s) \
          WHERE t.session_key = u.k AND t.closed_seq IS NULL AND t.opened_seq < u.s), \
@@ -560,7 +541,8 @@ const WRITE_ROWS: &str = "WITH \
          $26::text[], $27::text[]) \
          AS u (key, last_seq, turns, open_set, open_turn, open_text, title) \
          WHERE s.key = u.key) \
-     SELECT pg_current_xact_id()::text";
+     SELECT pg_current_xact_id()::text, \
+         (SELECT count(*) FROM (SELECT pg_notify('sparky', n) FROM unnest($29::text[]) n) x)";
 const TRIM_MESSAGES: &str = "UPDATE sessions SET first_message = $2 WHERE key = $1";
 const RENAME: &str = "UPDATE sessions SET title = $3 WHERE id = $1 AND owner = $2";
 /// A conversation and every row of it (`turns` and `leases` follow by their foreign keys).
@@ -582,7 +564,11 @@ fn apply_batch(
     batch: &[WriteOp],
 ) -> Result<(), postgres::Error> {
     let Connection { client, statements } = connection;
-    let WriterMemory { keys, uncertain } = memory;
+    let WriterMemory {
+        keys,
+        uncertain,
+        instance,
+    } = memory;
     if let Some((xid, ops)) = uncertain.take() {
         let status: Option<String> = client
             .query_one("SELECT pg_xact_status($1::text::xid8)", &[&xid])?
@@ -597,6 +583,9 @@ fn apply_batch(
     // Ordered by key, so that two writers would lock session rows in one order.
     let mut updates: BTreeMap<i64, RowUpdate> = BTreeMap::new();
     let mut rows = Rows::default();
+    // Conversations whose events or deletion the other instances hear of.
+    let mut notices: BTreeMap<&str, Signal> = BTreeMap::new();
+    let lease_ms = LEASE_TTL.as_millis() as i64;
     for op in batch {
         match op {
             WriteOp::CreateSession {
@@ -609,7 +598,15 @@ fn apply_batch(
                 let key: i64 = tx
                     .query_one(
                         &statement,
-                        &[&id.as_str(), owner, user_id, personality, &now],
+                        &[
+                            &id.as_str(),
+                            owner,
+                            user_id,
+                            personality,
+                            &now,
+                            &*instance,
+                            &lease_ms,
+                        ],
                     )?
                     .try_get(0)?;
                 keys.insert(id.clone(), key);
@@ -626,6 +623,7 @@ fn apply_batch(
                 let Some(key) = session_key(keys, statements, &mut tx, session)? else {
                     continue;
                 };
+                notices.entry(session.as_str()).or_insert(Signal::Events);
                 rows.event_keys.push(key);
                 rows.event_seqs.push(big(*seq));
                 rows.event_bodies.push(body.to_string());
@@ -706,11 +704,16 @@ fn apply_batch(
                     update.open_here = None;
                 }
                 keys.remove(session);
+                notices.insert(session.as_str(), Signal::Deleted);
                 let statement = prepared(statements, &mut tx, DELETE_SESSION)?;
                 tx.execute(&statement, &[&key])?;
             }
         }
     }
+    rows.notices = notices
+        .into_iter()
+        .map(|(session, signal)| payload(signal, session, instance))
+        .collect();
     let xid = rows.write(statements, &mut tx, &mut updates, now)?;
     match tx.commit() {
         Ok(()) => Ok(()),
@@ -777,6 +780,7 @@ impl Rows {
                     &self.session_open_texts,
                     &self.session_titles,
                     &now,
+                    &self.notices,
                 ],
             )?
             .try_get(0)?;
@@ -1379,14 +1383,21 @@ mod tests {
     use super::super::tests::cluster;
     use super::*;
 
+    /// An event and a note: a note has no key, so a batch written twice shows as two notes.
     fn batch(id: &SessionId, seq: u64) -> Vec<WriteOp> {
-        vec![WriteOp::Event {
-            session: id.clone(),
-            seq,
-            body: format!("event {seq}").into(),
-            turn: TurnMark::None,
-            search_text: None,
-        }]
+        vec![
+            WriteOp::Event {
+                session: id.clone(),
+                seq,
+                body: format!("event {seq}").into(),
+                turn: TurnMark::None,
+                search_text: None,
+            },
+            WriteOp::Note {
+                session: id.clone(),
+                text: format!("note {seq}"),
+            },
+        ]
     }
 
     /// The transaction id that wrote event `seq` (a fresh cluster's ids need no epoch).
@@ -1416,11 +1427,12 @@ mod tests {
         store.apply(&batch(&id, 1)).unwrap();
 
         // The commit went through, but the writer lost the connection before hearing so: the
-        // same batch, tried again, is not written twice (a second event 1 would be refused).
+        // same batch, tried again, is not written twice (its note would be).
         let committed = writer_of(&store, 1);
         store.writer.lock().memory.uncertain = Some((committed, batch(&id, 1)));
         store.apply(&batch(&id, 1)).unwrap();
         assert_eq!(store.count_rows("events"), 1);
+        assert_eq!(store.count_rows("notes"), 1);
 
         // The commit did not go through: the batch is written.
         let aborted: String = {
@@ -1437,10 +1449,21 @@ mod tests {
         store.writer.lock().memory.uncertain = Some((aborted, batch(&id, 2)));
         store.apply(&batch(&id, 2)).unwrap();
         assert_eq!(store.count_rows("events"), 2);
+        assert_eq!(store.count_rows("notes"), 2);
 
-        // A `seq` the conversation has already used is refused by the database.
-        let again = store.apply(&batch(&id, 2)).unwrap_err().to_string();
-        assert!(again.contains("duplicate key"), "{again}");
+        // An event whose `seq` the conversation has used already (written by an instance that
+        // lost its lease) is left out, and the first one kept; the batch is not stuck on it.
+        let stale = WriteOp::Event {
+            session: id.clone(),
+            seq: 2,
+            body: "a stale writer's event 2".into(),
+            turn: TurnMark::None,
+            search_text: None,
+        };
+        store.apply(&[stale]).unwrap();
+        assert_eq!(store.count_rows("events"), 2);
+        let page = store.events(&id, 1, 2, 1 << 20).unwrap();
+        assert_eq!(page.events, vec![(2, "event 2".to_owned())]);
         assert_eq!(store.load(&id, 10, 10).unwrap().unwrap().last_seq, 2);
     }
 }

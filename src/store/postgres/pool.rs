@@ -95,11 +95,12 @@ impl fmt::Debug for Connector {
 }
 
 impl Connector {
-    /// A connector for `config`; `target` names the database in messages.
-    pub(super) fn new(mut config: postgres::Config, target: String) -> Self {
+    /// A connector for `config`; `target` names the database in messages, and `name` is every
+    /// connection's `application_name`.
+    pub(super) fn new(mut config: postgres::Config, target: String, name: &str) -> Self {
         config
             .connect_timeout(CONNECT_TIMEOUT)
-            .application_name("sparky")
+            .application_name(name)
             // A database behind a cut network is noticed within seconds, not after TCP's
             // retransmissions give up (many minutes): sent data unacknowledged for
             // TCP_USER_TIMEOUT fails the connection, and so do keepalives unanswered while idle.
