@@ -24,9 +24,9 @@ const WAIT: Duration = Duration::from_millis(500);
 /// How often this instance renews its leases: three times per lease.
 const RENEW_EVERY: Duration = Duration::from_secs(LEASE_TTL.as_secs() / 3);
 
-/// How often expired leases are looked for. With [`LEASE_TTL`], a dead instance's turns are
-/// closed at most `LEASE_TTL + SWEEP_EVERY` after its last renewal.
-const SWEEP_EVERY: Duration = Duration::from_secs(2);
+/// How often dead holders' leases are looked for: an instance whose connections are gone is
+/// seen at the next look, one that hangs while connected `LEASE_TTL` after its last renewal.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Expired conversations recovered in one sweep at most.
 const SWEEP_BATCH: usize = 64;

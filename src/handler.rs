@@ -225,10 +225,10 @@ impl<'a> Handler<'a> {
                         "the server cannot write to its store right now (is its disk full?); \
                          try again later",
                     );
-                } else if let Err(why) = session.submit(&message.text) {
-                    // The session starts the turn on its own, unless another instance kept
-                    // the conversation.
-                    self.reject(ErrorCode::ServerBusy, why);
+                } else if let Err((code, why)) = session.submit(&message.text) {
+                    // The session starts the turn on its own, unless the conversation's lease
+                    // could not be had (several instances on one database).
+                    self.reject(code, why);
                 }
             }
             (ClientFrame::Cancel {}, session) => session.cancel(),

@@ -167,6 +167,22 @@ fn two_devices_on_two_instances_both_get_every_event_in_order() {
         on_phone,
         "the store"
     );
+    // B heard A's signals, and says how late they were.
+    let (_, metrics) = http(b.addr, "GET", "/metrics", None, None);
+    let figure = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+    };
+    assert!(figure("sparky_cluster_signals_total") >= 2.0, "{metrics}");
+    assert!(figure("sparky_cluster_signal_lag_seconds_count") >= 2.0);
+    assert!(figure("sparky_cluster_signal_lag_seconds_sum") > 0.0);
+    assert!(
+        figure("sparky_cluster_leases_taken_total") >= 1.0,
+        "B took it for turn 3"
+    );
 }
 
 #[test]

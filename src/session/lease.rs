@@ -17,6 +17,7 @@ use parking_lot::{Condvar, Mutex};
 use crate::bot::Bot;
 use crate::bot::MAX_HISTORY_MESSAGES;
 use crate::metrics::Metrics;
+use crate::protocol::ErrorCode;
 use crate::store::{LEASE_TTL, Signal};
 
 use super::{REPLAY_PAGE_BYTES, Session, SessionState, WireText};
@@ -72,46 +73,53 @@ impl Session {
 
     /// Makes this instance the conversation's writer, as a message needs: takes its lease,
     /// asking the holder to let go (every [`ASK_AGAIN`]) and waiting for it, then reads what
-    /// the holder wrote. False when the lease did not come within [`LEAD_TIMEOUT`], the store
-    /// could not be reached, or the conversation was deleted meanwhile.
-    pub(super) fn lead(&self) -> bool {
+    /// the holder wrote.
+    ///
+    /// # Errors
+    ///
+    /// The code and words for the client: `storage` when the store could not be reached (or
+    /// the conversation was deleted meanwhile), `server_busy` when the lease did not come
+    /// within [`LEAD_TIMEOUT`].
+    pub(super) fn lead(&self) -> Result<(), (ErrorCode, &'static str)> {
+        const UNREACHABLE: (ErrorCode, &str) = (
+            ErrorCode::Storage,
+            "the server cannot reach its database right now; try again later",
+        );
         let cluster = &self.inner.cluster;
         if !cluster.shared() {
-            return true;
+            return Ok(());
         }
         let _transition = self.inner.lease.lock();
         if self.inner.state.lock().holder {
-            return true;
+            return Ok(());
         }
+        let id = &self.inner.id;
         let deadline = Instant::now() + LEAD_TIMEOUT;
         let mut asked: Option<Instant> = None;
         loop {
             let seen = self.inner.releases.generation();
-            match cluster.acquire(&self.inner.id) {
+            match cluster.acquire(id) {
                 Ok(true) => break,
                 Ok(false) => {}
                 Err(e) => {
-                    log::warn!(
-                        "session {}: cannot take its lease: {e}",
-                        self.inner.id.short()
-                    );
-                    return false;
+                    log::warn!("session {}: cannot take its lease: {e}", id.short());
+                    return Err(UNREACHABLE);
                 }
             }
             let now = Instant::now();
             if now >= deadline {
                 log::warn!(
                     "session {}: its holder did not let go within {LEAD_TIMEOUT:?}",
-                    self.inner.id.short()
+                    id.short()
                 );
-                return false;
+                return Err((
+                    ErrorCode::ServerBusy,
+                    "another server holds this conversation and did not let it go; try again",
+                ));
             }
             if asked.is_none_or(|at| now.duration_since(at) >= ASK_AGAIN) {
-                if let Err(e) = cluster.signal(Signal::Yield, &self.inner.id) {
-                    log::warn!(
-                        "session {}: cannot ask its holder: {e}",
-                        self.inner.id.short()
-                    );
+                if let Err(e) = cluster.signal(Signal::Yield, id) {
+                    log::warn!("session {}: cannot ask its holder: {e}", id.short());
                 }
                 asked = Some(now);
             }
@@ -119,7 +127,11 @@ impl Session {
                 .releases
                 .wait_past(seen, deadline.min(now + ASK_AGAIN));
         }
-        self.take_over()
+        if self.take_over() {
+            Ok(())
+        } else {
+            Err(UNREACHABLE)
+        }
     }
 
     /// Becomes the writer of a conversation whose lease this instance has just taken: reads

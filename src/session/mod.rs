@@ -36,7 +36,7 @@ use crate::journal::Durable;
 use crate::knowledge::Knowledge;
 use crate::metrics::Metrics;
 use crate::model::ChatMessage;
-use crate::protocol::{ServerFrame, SessionId, StatusCode, StatusData, TurnId, encode};
+use crate::protocol::{ErrorCode, ServerFrame, SessionId, StatusCode, StatusData, TurnId, encode};
 use crate::store::{Cluster, ConversationStore};
 use crate::worker::TurnPool;
 
@@ -275,14 +275,10 @@ impl Session {
     ///
     /// # Errors
     ///
-    /// What to tell the client when the lease could not be had: the message was not taken.
-    pub fn submit(&self, text: &str) -> Result<(), &'static str> {
-        if !self.lead() {
-            return Err(
-                "another server holds this conversation and did not let it go; \
-                        try again",
-            );
-        }
+    /// The code and words for the client when the lease could not be had: the message was
+    /// not taken.
+    pub fn submit(&self, text: &str) -> Result<(), (ErrorCode, &'static str)> {
+        self.lead()?;
         if let Some(start) = self.open_turn(text) {
             // With the lock released: waking a thread is a system call.
             self.inner.turns.start(start);
@@ -316,7 +312,7 @@ impl Session {
                 );
                 let frame = ServerFrame::Error {
                     turn_id: Some(turn_id),
-                    code: crate::protocol::ErrorCode::ServerBusy,
+                    code: ErrorCode::ServerBusy,
                     message: full.message().to_owned(),
                 };
                 let transcript = interrupted(text);
@@ -723,7 +719,7 @@ impl Session {
         let message = "the server running this turn stopped before it finished";
         let frame = ServerFrame::Error {
             turn_id: Some(TurnId(turn_id)),
-            code: crate::protocol::ErrorCode::Internal,
+            code: ErrorCode::Internal,
             message: message.into(),
         };
         let transcript = interrupted(&text);
