@@ -167,6 +167,20 @@ fn act(sessions: &SessionManager, metrics: &Metrics, notice: Notice) {
         Signal::Deleted => sessions.forget(&id),
         Signal::Events | Signal::Yield | Signal::Cancel => {
             let Some(session) = sessions.get(&id) else {
+                if signal == Signal::Yield {
+                    // Not in memory here: a lease left behind (a release that failed when the
+                    // session left memory) is let go, or the asker would wait it out.
+                    let cluster = sessions.cluster();
+                    if let Err(e) = cluster.release(&id).and_then(|held| {
+                        if held {
+                            cluster.signal(Signal::Released, &id)
+                        } else {
+                            Ok(())
+                        }
+                    }) {
+                        log::warn!("session {}: cannot let its lease go: {e}", id.short());
+                    }
+                }
                 return;
             };
             match signal {

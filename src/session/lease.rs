@@ -200,7 +200,7 @@ impl Session {
         let cluster = &self.inner.cluster;
         if let Err(e) = cluster
             .release(id)
-            .and_then(|()| cluster.signal(Signal::Released, id))
+            .and_then(|_| cluster.signal(Signal::Released, id))
         {
             log::warn!("session {}: cannot let its lease go: {e}", id.short());
         }

@@ -89,12 +89,12 @@ pub trait Cluster: Send + Sync {
     /// [`crate::error::Error::Store`] when the store cannot be reached.
     fn acquire(&self, id: &SessionId) -> Result<bool>;
 
-    /// Lets go of the lease on `id`, if this instance holds it.
+    /// Lets go of the lease on `id`, if this instance holds it; true when it did.
     ///
     /// # Errors
     ///
     /// [`crate::error::Error::Store`] when the store cannot be reached.
-    fn release(&self, id: &SessionId) -> Result<()>;
+    fn release(&self, id: &SessionId) -> Result<bool>;
 
     /// Lets go of every lease this instance holds (at shutdown).
     ///
@@ -148,8 +148,8 @@ impl Cluster for Solo {
         Ok(true)
     }
 
-    fn release(&self, _: &SessionId) -> Result<()> {
-        Ok(())
+    fn release(&self, _: &SessionId) -> Result<bool> {
+        Ok(false)
     }
 
     fn release_all(&self) -> Result<()> {

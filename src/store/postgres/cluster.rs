@@ -95,12 +95,12 @@ impl Cluster for PostgresStore {
         })
     }
 
-    fn release(&self, id: &SessionId) -> Result<()> {
+    fn release(&self, id: &SessionId) -> Result<bool> {
         self.pool.run("let a lease go", |connection| {
             connection
                 .client
                 .execute(RELEASE, &[&id.as_str(), &self.instance])
-                .map(drop)
+                .map(|rows| rows > 0)
         })
     }
 
