@@ -161,7 +161,7 @@ fn turn(client: &mut Client, text: &str) -> Vec<ServerFrame> {
             Instant::now() < deadline,
             "the turn did not end: {frames:#?}"
         );
-        let Ok(envelope) = client.try_next() else {
+        let Ok(envelope) = client.try_next_within(deadline - Instant::now()) else {
             panic!("the connection closed: {frames:#?}");
         };
         let ServerEnvelope { frame, .. } = envelope;
@@ -229,7 +229,8 @@ fn a_real_model_streams_answers_keeps_context_and_stops_when_cancelled() {
     let deadline = Instant::now() + MODEL_WAIT;
     loop {
         assert!(Instant::now() < deadline, "no piece of the story arrived");
-        if matches!(first.next().frame, ServerFrame::MessageDelta { .. }) {
+        let frame = first.try_next_within(deadline - Instant::now()).unwrap();
+        if matches!(frame.frame, ServerFrame::MessageDelta { .. }) {
             break;
         }
     }

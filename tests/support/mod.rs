@@ -301,7 +301,16 @@ impl Client {
     /// Reads the next application frame, or `None` when the server closed the connection
     /// (the close frame, if any, is returned through `closed`).
     pub fn try_next(&mut self) -> Result<ServerEnvelope, Option<CloseFrame>> {
-        let deadline = Instant::now() + WAIT;
+        self.try_next_within(WAIT)
+    }
+
+    /// [`Client::try_next`], waiting up to `limit` instead of [`WAIT`] (a real model may be
+    /// slower than any test server).
+    pub fn try_next_within(
+        &mut self,
+        limit: Duration,
+    ) -> Result<ServerEnvelope, Option<CloseFrame>> {
+        let deadline = Instant::now() + limit;
         loop {
             match self.ws.read() {
                 Ok(Message::Text(text)) => {
