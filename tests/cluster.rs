@@ -213,6 +213,30 @@ fn a_cancel_through_another_instance_stops_the_turn_at_once() {
 }
 
 #[test]
+fn a_newer_message_through_another_instance_cancels_the_turn_there_and_runs_here() {
+    let (_a, _b, mut phone, mut laptop) = phone_and_laptop();
+    phone.say(r#"/tool wait {"ms": 60000}"#);
+    read_until(&mut laptop, "tool_use", 2);
+    // B asks A to let go: A's turn ends with `status cancelled`, written before B's message.
+    laptop.say("never mind that");
+    let cancelled = read_until(&mut laptop, "status", 2);
+    assert_eq!(cancelled["data"]["code"], "cancelled", "{cancelled}");
+    let frames = laptop.finish_turn(3);
+    assert!(matches!(
+        frames.last().unwrap().frame,
+        ServerFrame::Message { .. }
+    ));
+    phone.finish_turn(3);
+    let events = events_seen(&phone);
+    assert_contiguous(&events);
+    assert_turns_closed_once(&events);
+    assert_eq!(
+        events_seen(&laptop)[..],
+        events[events.len() - events_seen(&laptop).len()..]
+    );
+}
+
+#[test]
 fn the_turn_of_a_killed_instance_is_closed_by_another_and_the_conversation_goes_on() {
     let url = postgres::fresh_database();
     let a = ChildServer::start(&["--store", &url]);
