@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 
 use crate::error::Result;
 use crate::model::{ChatMessage, Role, ToolCall};
-use crate::protocol::SessionId;
+use crate::protocol::{SessionId, Usage};
 
 pub use copy::{CopyReport, copy_sqlite_to_postgres};
 pub use postgres::{POSTGRES_SCHEMA_VERSION, PostgresStore};
@@ -41,7 +41,7 @@ pub const MAX_SEARCH_WORDS: usize = 16;
 
 /// The SQLite schema version this build writes. A store with a higher one was written by a
 /// newer Sparky and is refused. (PostgreSQL's is [`POSTGRES_SCHEMA_VERSION`].)
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// The owner of everything when the server requires no token.
 pub const LOCAL_OWNER: &str = "local";
@@ -60,6 +60,8 @@ pub enum WriteOp {
         user_id: Option<String>,
         /// Its system prompt.
         personality: Option<String>,
+        /// The model it chose; `None` for the server's default.
+        model: Option<String>,
     },
     /// An event, by number.
     Event {
@@ -126,8 +128,12 @@ pub enum TurnMark {
         /// The user's text.
         text: String,
     },
-    /// The frame closed the open turn.
-    Closed,
+    /// The frame closed the open turn; a `message` adds the tokens its turn used to the
+    /// conversation's totals.
+    Closed {
+        /// The turn's tokens (zero when the model did not say, or the turn did not answer).
+        usage: Usage,
+    },
 }
 
 /// A conversation as the store holds it: what a session needs to come back to life.
@@ -141,6 +147,8 @@ pub struct StoredConversation {
     pub user_id: Option<String>,
     /// Its system prompt.
     pub personality: Option<String>,
+    /// The model it chose; `None` for the server's default.
+    pub model: Option<String>,
     /// The `seq` of its newest event (0 before the first).
     pub last_seq: u64,
     /// The highest turn id it used.
@@ -170,6 +178,10 @@ pub struct ConversationSummary {
     pub updated_at: i64,
     /// Turns so far.
     pub turns: u64,
+    /// The model it chose; `None` for the server's default.
+    pub model: Option<String>,
+    /// The tokens its answered turns used, summed from each closing `message`'s usage.
+    pub usage: Usage,
 }
 
 /// Events read for a replay.

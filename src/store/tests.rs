@@ -19,7 +19,7 @@ use super::{
     PostgresStore, SqliteStore, TurnMark, WriteOp, label_for, search_words,
 };
 use crate::model::{ChatMessage, Role, ToolCall};
-use crate::protocol::SessionId;
+use crate::protocol::{SessionId, Usage};
 
 /// Both traits, and what the shared tests need to look inside.
 trait TestStore: ConversationStore + GraphStore + Send + Sync + 'static {
@@ -66,6 +66,7 @@ fn create(id: &SessionId, owner: &str) -> WriteOp {
         owner: owner.into(),
         user_id: Some("ann".into()),
         personality: Some("be brief".into()),
+        model: None,
     }
 }
 
@@ -99,7 +100,14 @@ fn round_trip<S: TestStore>(store: S, reopen: impl FnOnce() -> S) {
         .apply(&[
             create(&one, "alice"),
             event(&one, 1, opened, Some("hello otters")),
-            event(&one, 2, TurnMark::Closed, Some("You said: hello otters")),
+            event(
+                &one,
+                2,
+                TurnMark::Closed {
+                    usage: Usage::default(),
+                },
+                Some("You said: hello otters"),
+            ),
             event(
                 &one,
                 3,

@@ -39,7 +39,7 @@ use super::{
 use crate::config::redact_url;
 use crate::error::{Error, Result};
 use crate::model::ChatMessage;
-use crate::protocol::SessionId;
+use crate::protocol::{SessionId, Usage};
 
 pub use schema::POSTGRES_SCHEMA_VERSION;
 
@@ -162,7 +162,7 @@ fn edge_from_row(row: &Row) -> Result<Edge, postgres::Error> {
     })
 }
 
-/// A summary from `id, title, created_at, updated_at, turns`; `None` for an id that is not one.
+/// A summary from [`SUMMARY_COLUMNS`]; `None` for an id that is not one.
 fn summary_from_row(row: &Row) -> Result<Option<ConversationSummary>, postgres::Error> {
     let id: String = row.try_get(0)?;
     Ok(SessionId::parse(&id).map(|id| ConversationSummary {
@@ -171,7 +171,36 @@ fn summary_from_row(row: &Row) -> Result<Option<ConversationSummary>, postgres::
         created_at: row.try_get(2).unwrap_or(0),
         updated_at: row.try_get(3).unwrap_or(0),
         turns: small(row.try_get(4).unwrap_or(0)),
+        model: row.try_get(5).ok().flatten(),
+        usage: Usage {
+            prompt_tokens: small(row.try_get(6).unwrap_or(0)),
+            completion_tokens: small(row.try_get(7).unwrap_or(0)),
+        },
     }))
+}
+
+/// What a conversation's summary reads, in the order [`summary_from_row`] takes it.
+macro_rules! summary_columns {
+    ($prefix:literal) => {
+        concat!(
+            $prefix,
+            "id, ",
+            $prefix,
+            "title, ",
+            $prefix,
+            "created_at, ",
+            $prefix,
+            "updated_at, ",
+            $prefix,
+            "turns, ",
+            $prefix,
+            "model, ",
+            $prefix,
+            "prompt_tokens, ",
+            $prefix,
+            "completion_tokens"
+        )
+    };
 }
 
 const GET_NODE: &str = "SELECT id, kind, label, content, properties, created_at, updated_at \
@@ -490,6 +519,8 @@ struct RowUpdate {
     /// The turn opened in this batch, not closed yet and not written yet: its place in
     /// [`Rows`]'s turn columns.
     open_here: Option<usize>,
+    /// Tokens the turns closed in the batch used.
+    usage: Usage,
 }
 
 /// The rows of a batch, gathered per table and written as arrays by one statement.
@@ -525,11 +556,13 @@ struct Rows {
     session_open_turns: Vec<Option<i64>>,
     session_open_texts: Vec<Option<String>>,
     session_titles: Vec<Option<String>>,
+    session_prompt_tokens: Vec<i64>,
+    session_completion_tokens: Vec<i64>,
 }
 
 const INSERT_SESSION: &str = "INSERT INTO sessions \
-     (id, owner, user_id, personality, created_at, updated_at) \
-     VALUES ($1, $2, $3, $4, $5, $5) RETURNING key";
+     (id, owner, user_id, personality, model, created_at, updated_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $6) RETURNING key";
 const SESSION_KEY: &str = "SELECT key FROM sessions WHERE id = $1";
 /// Every row of a batch in one statement (one round trip), and the transaction's id. Its parts
 /// all see the database as it was before the statement, which is why a turn opened and closed
@@ -555,10 +588,12 @@ const WRITE_ROWS: &str = "WITH \
          updated_at = $28, \
          open_turn = CASE WHEN u.open_set THEN u.open_turn ELSE s.open_turn END, \
          open_text = CASE WHEN u.open_set THEN u.open_text ELSE s.open_text END, \
-         title = coalesce(s.title, u.title) \
+         title = coalesce(s.title, u.title), \
+         prompt_tokens = s.prompt_tokens + u.prompt, \
+         completion_tokens = s.completion_tokens + u.completion \
          FROM unnest($21::bigint[], $22::bigint[], $23::bigint[], $24::bool[], $25::bigint[], \
-         $26::text[], $27::text[]) \
-         AS u (key, last_seq, turns, open_set, open_turn, open_text, title) \
+         $26::text[], $27::text[], $29::bigint[], $30::bigint[]) \
+         AS u (key, last_seq, turns, open_set, open_turn, open_text, title, prompt, completion) \
          WHERE s.key = u.key) \
      SELECT pg_current_xact_id()::text";
 const TRIM_MESSAGES: &str = "UPDATE sessions SET first_message = $2 WHERE key = $1";
@@ -604,12 +639,13 @@ fn apply_batch(
                 owner,
                 user_id,
                 personality,
+                model,
             } => {
                 let statement = prepared(statements, &mut tx, INSERT_SESSION)?;
                 let key: i64 = tx
                     .query_one(
                         &statement,
-                        &[&id.as_str(), owner, user_id, personality, &now],
+                        &[&id.as_str(), owner, user_id, personality, model, &now],
                     )?
                     .try_get(0)?;
                 keys.insert(id.clone(), key);
@@ -644,8 +680,9 @@ fn apply_batch(
                         rows.turn_opened.push(big(*seq));
                         rows.turn_closed.push(None);
                     }
-                    TurnMark::Closed => {
+                    TurnMark::Closed { usage } => {
                         update.open = Some(None);
+                        update.usage = update.usage.plus(*usage);
                         match update.open_here.take() {
                             Some(at) => rows.turn_closed[at] = Some(big(*seq)),
                             None => {
@@ -743,6 +780,10 @@ impl Rows {
                 .push(open.as_ref().map(|(turn, _)| big(*turn)));
             self.session_open_texts.push(open.map(|(_, text)| text));
             self.session_titles.push(update.title);
+            self.session_prompt_tokens
+                .push(big(update.usage.prompt_tokens));
+            self.session_completion_tokens
+                .push(big(update.usage.completion_tokens));
         }
         let statement = prepared(statements, tx, WRITE_ROWS)?;
         let xid: String = tx
@@ -777,6 +818,8 @@ impl Rows {
                     &self.session_open_texts,
                     &self.session_titles,
                     &now,
+                    &self.session_prompt_tokens,
+                    &self.session_completion_tokens,
                 ],
             )?
             .try_get(0)?;
@@ -818,7 +861,7 @@ fn only_removes(batch: &[WriteOp]) -> bool {
 }
 
 const LOAD_SESSION: &str = "SELECT key, owner, user_id, personality, last_seq, turns, \
-     open_turn, open_text, first_message FROM sessions WHERE id = $1";
+     open_turn, open_text, first_message, model FROM sessions WHERE id = $1";
 const LOAD_MESSAGES: &str = "SELECT idx, role, content, tool_calls, tool_call_id, is_error \
      FROM messages WHERE session_key = $1 AND idx >= $2 ORDER BY idx DESC LIMIT $3";
 const LOAD_NOTES: &str = "SELECT text FROM notes WHERE session_key = $1 ORDER BY id";
@@ -830,15 +873,24 @@ const EVENT_RANGE: &str = "SELECT seq, body FROM events \
 const OWNED_SESSION_KEY: &str = "SELECT key FROM sessions WHERE id = $1 AND owner = $2";
 const EVENTS_BEFORE: &str = "SELECT body FROM events WHERE session_key = $1 AND seq < $2 \
      ORDER BY seq DESC LIMIT $3";
-const LIST: &str = "SELECT id, title, created_at, updated_at, turns FROM sessions \
-     WHERE owner = $1 ORDER BY updated_at DESC, key DESC LIMIT $2";
-const SEARCH_CONVERSATIONS: &str = "WITH q AS (SELECT to_tsquery('sparky_english', $2) AS words) \
-     SELECT s.id, s.title, s.created_at, s.updated_at, s.turns FROM sessions s, q \
+const LIST: &str = concat!(
+    "SELECT ",
+    summary_columns!(""),
+    " FROM sessions WHERE owner = $1 ORDER BY updated_at DESC, key DESC LIMIT $2"
+);
+const SEARCH_CONVERSATIONS: &str = concat!(
+    "WITH q AS (SELECT to_tsquery('sparky_english', $2) AS words) SELECT ",
+    summary_columns!("s."),
+    " FROM sessions s, q \
      WHERE numnode(q.words) > 0 AND s.owner = $1 AND EXISTS \
      (SELECT 1 FROM events e WHERE e.session_key = s.key AND e.search @@ q.words) \
-     ORDER BY s.updated_at DESC, s.key DESC LIMIT $3";
-const SUMMARY: &str = "SELECT id, title, created_at, updated_at, turns FROM sessions \
-     WHERE id = $1 AND owner = $2";
+     ORDER BY s.updated_at DESC, s.key DESC LIMIT $3"
+);
+const SUMMARY: &str = concat!(
+    "SELECT ",
+    summary_columns!(""),
+    " FROM sessions WHERE id = $1 AND owner = $2"
+);
 const IDLE: &str = "SELECT id FROM sessions WHERE updated_at < $1 LIMIT $2";
 const COUNT: &str = "SELECT count(*) FROM sessions WHERE owner = $1";
 
@@ -920,6 +972,7 @@ impl ConversationStore for PostgresStore {
                 owner: row.try_get(1)?,
                 user_id: row.try_get(2)?,
                 personality: row.try_get(3)?,
+                model: row.try_get(9)?,
                 last_seq: small(row.try_get(4)?),
                 turns: small(row.try_get(5)?),
                 open_turn: open.map(|turn| (small(turn), text.unwrap_or_default())),
@@ -1411,6 +1464,7 @@ mod tests {
             owner: "ann".into(),
             user_id: None,
             personality: None,
+            model: None,
         };
         store.apply(&[create]).unwrap();
         store.apply(&batch(&id, 1)).unwrap();
