@@ -2,6 +2,7 @@
 //! (`ModelReply`), and the `ModelBackend` trait that each provider implements. Depends on
 //! `error` and `protocol` (token counts).
 
+pub mod embed;
 pub mod offline;
 pub mod remote;
 

@@ -476,6 +476,38 @@ pub trait GraphStore: Send + Sync {
     /// How many nodes the graph holds, all owners together (a cheap way to skip a lookup).
     fn node_count(&self) -> u64;
 
+    /// Nodes (any owner's) that have no embedding by `model` yet, oldest first, at most
+    /// `limit`: `(id, the text to embed)`. Semantic memory's background worker embeds them.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::error::Error::Store`] on a database failure.
+    fn unembedded(&self, model: &str, limit: usize) -> Result<Vec<(i64, String)>>;
+
+    /// Stores each node's unit vector by `model` (replacing any earlier one), under the node's
+    /// owner. A node deleted meanwhile is skipped.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::error::Error::Store`] on a database failure.
+    fn store_embeddings(&self, model: &str, vectors: &[(i64, Vec<f32>)]) -> Result<()>;
+
+    /// `owner`'s nodes whose `model` vectors are nearest to the unit vector `query` (cosine
+    /// similarity, brute force over that owner's vectors), best first, at most `limit`, with
+    /// their similarity; with `kind`, only nodes of that kind.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::error::Error::Store`] on a database failure.
+    fn nearest(
+        &self,
+        owner: &str,
+        model: &str,
+        query: &[f32],
+        kind: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(Node, f32)>>;
+
     /// Gives every node of `old` to `new`, and returns how many there were (the counterpart of
     /// [`ConversationStore::reassign_owner`] for the graph).
     ///
@@ -483,6 +515,45 @@ pub trait GraphStore: Send + Sync {
     ///
     /// [`crate::error::Error::Store`] on a database failure.
     fn reassign_nodes(&self, old: &str, new: &str) -> Result<u64>;
+}
+
+/// What a node's embedding is made from, in SQL (both stores): a fact's content, another
+/// node's label and content.
+const EMBEDDED_TEXT: &str =
+    "CASE WHEN kind = 'fact' THEN content ELSE label || '. ' || content END";
+
+/// A vector as stored: its `f32`s, little-endian, one after another.
+fn vector_bytes(vector: &[f32]) -> Vec<u8> {
+    vector.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// The dot product of `query` and a stored vector (the cosine similarity, both being unit
+/// vectors); `None` when the stored one has another dimension.
+fn stored_similarity(query: &[f32], stored: &[u8]) -> Option<f32> {
+    if stored.len() != query.len() * 4 {
+        return None;
+    }
+    Some(
+        stored
+            .chunks_exact(4)
+            .zip(query)
+            .map(|(bytes, q)| f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) * q)
+            .sum(),
+    )
+}
+
+/// The `limit` best `(id, similarity)` of `scored`, best first (ties: the newer node first).
+fn best(scored: impl Iterator<Item = (i64, f32)>, limit: usize) -> Vec<(i64, f32)> {
+    let mut top: Vec<(i64, f32)> = Vec::with_capacity(limit + 1);
+    for (id, score) in scored {
+        if limit == 0 || (top.len() == limit && top.last().is_some_and(|(_, s)| *s >= score)) {
+            continue;
+        }
+        let at = top.partition_point(|(other, s)| *s > score || (*s == score && *other > id));
+        top.insert(at, (id, score));
+        top.truncate(limit);
+    }
+    top
 }
 
 /// Longest label made from a fact's first words.

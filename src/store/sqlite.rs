@@ -21,10 +21,10 @@ use serde_json::Value;
 use super::copy::{Exported, ExportedConversation, ExportedEdge, ExportedNode};
 use super::schema::migrate;
 use super::{
-    ConversationStore, ConversationSummary, DEFAULT_SEARCH_BUDGET, Edge, EventPage, GraphStore,
-    Neighbourhood, Node, StoreStatus, StoredConversation, TITLE_CHARS, TurnMark, WriteOp,
-    calls_from_json, calls_to_json, cut, label_for, messages_from_newest, role_from, role_name,
-    search_words, unix_now,
+    ConversationStore, ConversationSummary, DEFAULT_SEARCH_BUDGET, EMBEDDED_TEXT, Edge, EventPage,
+    GraphStore, Neighbourhood, Node, StoreStatus, StoredConversation, TITLE_CHARS, TurnMark,
+    WriteOp, best, calls_from_json, calls_to_json, cut, label_for, messages_from_newest, role_from,
+    role_name, search_words, stored_similarity, unix_now, vector_bytes,
 };
 use crate::error::{Error, Result};
 use crate::model::ChatMessage;
@@ -1242,12 +1242,78 @@ impl GraphStore for SqliteStore {
 
     fn reassign_nodes(&self, old: &str, new: &str) -> Result<u64> {
         self.write("reassign nodes", |connection| {
+            connection.execute(
+                "UPDATE embeddings SET owner = ?2 WHERE owner = ?1",
+                params![old, new],
+            )?;
             connection
                 .execute(
                     "UPDATE nodes SET owner = ?2 WHERE owner = ?1",
                     params![old, new],
                 )
                 .map(|n| n as u64)
+        })
+    }
+
+    fn unembedded(&self, model: &str, limit: usize) -> Result<Vec<(i64, String)>> {
+        self.read("find facts to embed", |connection| {
+            connection
+                .prepare_cached(&format!(
+                    "SELECT id, {EMBEDDED_TEXT} FROM nodes WHERE NOT EXISTS \
+                     (SELECT 1 FROM embeddings e WHERE e.node_id = nodes.id AND e.model = ?1) \
+                     ORDER BY id LIMIT ?2"
+                ))?
+                .query_map(params![model, limit as i64], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })?
+                .collect()
+        })
+    }
+
+    fn store_embeddings(&self, model: &str, vectors: &[(i64, Vec<f32>)]) -> Result<()> {
+        self.write("store embeddings", |connection| {
+            let tx = connection.unchecked_transaction()?;
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT OR REPLACE INTO embeddings (node_id, owner, model, vector) \
+                     SELECT id, owner, ?2, ?3 FROM nodes WHERE id = ?1",
+                )?;
+                for (id, vector) in vectors {
+                    insert.execute(params![id, model, vector_bytes(vector)])?;
+                }
+            }
+            tx.commit()
+        })
+    }
+
+    fn nearest(
+        &self,
+        owner: &str,
+        model: &str,
+        query: &[f32],
+        kind: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(Node, f32)>> {
+        self.read("semantic search", |connection| {
+            let mut statement = connection.prepare_cached(
+                "SELECT e.node_id, e.vector FROM embeddings e JOIN nodes n ON n.id = e.node_id \
+                 WHERE e.owner = ?1 AND e.model = ?2 AND (?3 IS NULL OR n.kind = ?3)",
+            )?;
+            let mut rows = statement.query(params![owner, model, kind])?;
+            let mut scored: Vec<(i64, f32)> = Vec::new();
+            while let Some(row) = rows.next()? {
+                let id: i64 = row.get(0)?;
+                if let Some(similarity) = stored_similarity(query, row.get_ref(1)?.as_blob()?) {
+                    scored.push((id, similarity));
+                }
+            }
+            let mut found = Vec::new();
+            for (id, similarity) in best(scored.into_iter(), limit) {
+                if let Some(node) = get_node(connection, owner, id)? {
+                    found.push((node, similarity));
+                }
+            }
+            Ok(found)
         })
     }
 }

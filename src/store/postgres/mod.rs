@@ -32,9 +32,9 @@ use sha2::{Digest, Sha256};
 use self::pool::{Connection, Connector, Pool, broken, describe, prepared};
 use super::{
     ConversationStore, ConversationSummary, DEFAULT_SEARCH_BUDGET, Edge, EventPage, GraphStore,
-    Neighbourhood, Node, StoreStatus, StoredConversation, TITLE_CHARS, TurnMark, WriteOp,
+    Neighbourhood, Node, StoreStatus, StoredConversation, TITLE_CHARS, TurnMark, WriteOp, best,
     calls_from_json, calls_to_json, cut, label_for, messages_from_newest, role_from, role_name,
-    search_words, unix_now,
+    search_words, stored_similarity, unix_now, vector_bytes,
 };
 use crate::config::redact_url;
 use crate::error::{Error, Result};
@@ -202,6 +202,22 @@ macro_rules! summary_columns {
         )
     };
 }
+
+const UNEMBEDDED: &str = concat!(
+    "SELECT id, ",
+    "CASE WHEN kind = 'fact' THEN content ELSE label || '. ' || content END",
+    " FROM nodes WHERE NOT EXISTS (SELECT 1 FROM embeddings e \
+     WHERE e.node_id = nodes.id AND e.model = $1) ORDER BY id LIMIT $2"
+);
+/// Upserts a batch of vectors, each under its node's owner; a node deleted meanwhile has no
+/// row to join and is skipped.
+const STORE_EMBEDDINGS: &str = "INSERT INTO embeddings (node_id, owner, model, vector) \
+     SELECT n.id, n.owner, $2, u.v FROM unnest($1::bigint[], $3::bytea[]) AS u (id, v) \
+     JOIN nodes n ON n.id = u.id \
+     ON CONFLICT (node_id) DO UPDATE SET owner = excluded.owner, model = excluded.model, \
+     vector = excluded.vector";
+const VECTORS: &str = "SELECT e.node_id, e.vector FROM embeddings e JOIN nodes n ON n.id = e.node_id \
+     WHERE e.owner = $1 AND e.model = $2 AND ($3::text IS NULL OR n.kind = $3)";
 
 const GET_NODE: &str = "SELECT id, kind, label, content, properties, created_at, updated_at \
      FROM nodes WHERE id = $1 AND owner = $2";
@@ -1404,10 +1420,71 @@ impl GraphStore for PostgresStore {
 
     fn reassign_nodes(&self, old: &str, new: &str) -> Result<u64> {
         self.write("reassign nodes", |connection, _| {
-            connection.client.execute(
+            let mut tx = connection.client.transaction()?;
+            tx.execute(
+                "UPDATE embeddings SET owner = $2 WHERE owner = $1",
+                &[&old, &new],
+            )?;
+            let moved = tx.execute(
                 "UPDATE nodes SET owner = $2 WHERE owner = $1",
                 &[&old, &new],
-            )
+            )?;
+            tx.commit()?;
+            Ok(moved)
+        })
+    }
+
+    fn unembedded(&self, model: &str, limit: usize) -> Result<Vec<(i64, String)>> {
+        self.pool.run("find facts to embed", |connection| {
+            let Connection { client, statements } = connection;
+            let statement = prepared(statements, client, UNEMBEDDED)?;
+            client
+                .query(&statement, &[&model, &big(limit as u64)])?
+                .iter()
+                .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+                .collect()
+        })
+    }
+
+    fn store_embeddings(&self, model: &str, vectors: &[(i64, Vec<f32>)]) -> Result<()> {
+        let ids: Vec<i64> = vectors.iter().map(|(id, _)| *id).collect();
+        let bytes: Vec<Vec<u8>> = vectors.iter().map(|(_, v)| vector_bytes(v)).collect();
+        self.pool.run("store embeddings", |connection| {
+            let Connection { client, statements } = connection;
+            let statement = prepared(statements, client, STORE_EMBEDDINGS)?;
+            client.execute(&statement, &[&ids, &model, &bytes])?;
+            Ok(())
+        })
+    }
+
+    fn nearest(
+        &self,
+        owner: &str,
+        model: &str,
+        query: &[f32],
+        kind: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(Node, f32)>> {
+        self.pool.run("semantic search", |connection| {
+            let scored = {
+                let Connection { client, statements } = &mut *connection;
+                let statement = prepared(statements, client, VECTORS)?;
+                let mut scored: Vec<(i64, f32)> = Vec::new();
+                for row in client.query(&statement, &[&owner, &model, &kind])? {
+                    let bytes: &[u8] = row.try_get(1)?;
+                    if let Some(similarity) = stored_similarity(query, bytes) {
+                        scored.push((row.try_get(0)?, similarity));
+                    }
+                }
+                best(scored.into_iter(), limit)
+            };
+            let mut found = Vec::new();
+            for (id, similarity) in scored {
+                if let Some(node) = get_node(connection, owner, id)? {
+                    found.push((node, similarity));
+                }
+            }
+            Ok(found)
         })
     }
 }
