@@ -192,6 +192,12 @@ const MIGRATIONS: [Migration; SCHEMA_VERSION as usize] =
 /// [`Error::Store`] when the file is not a database, was written by a newer build, or a
 /// migration fails (nothing of that migration is then kept).
 pub fn migrate(connection: &mut Connection, context: &str) -> Result<()> {
+    migrate_to(connection, context, SCHEMA_VERSION)
+}
+
+/// Brings the database to version `target` (at most [`SCHEMA_VERSION`]); tests use it to
+/// build an older version's database.
+pub(super) fn migrate_to(connection: &mut Connection, context: &str, target: i64) -> Result<()> {
     let version: i64 = connection
         .query_row("PRAGMA user_version", [], |row| row.get(0))
         .map_err(|e| {
@@ -206,7 +212,12 @@ pub fn migrate(connection: &mut Connection, context: &str) -> Result<()> {
         )));
     }
     debug_assert_eq!(LOCAL_OWNER, "local", "V2 writes the local owner literally");
-    for (from, (sql, step)) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+    for (from, (sql, step)) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .take(target.max(0) as usize)
+        .skip(version.max(0) as usize)
+    {
         let to = from as i64 + 1;
         let failed = |e: rusqlite::Error| {
             Error::Store(format!("{context}: migration to version {to} failed: {e}"))

@@ -17,7 +17,7 @@
 
 mod import;
 mod pool;
-mod schema;
+pub(super) mod schema;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};

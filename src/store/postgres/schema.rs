@@ -163,6 +163,12 @@ const MIGRATIONS: [&str; POSTGRES_SCHEMA_VERSION as usize] = [V1, V2];
 /// [`Error::Store`] when the database was migrated by a newer build, the role may not create
 /// tables, or a migration fails (nothing of that migration is then kept).
 pub fn migrate(client: &mut Client, target: &str) -> Result<()> {
+    migrate_to(client, target, POSTGRES_SCHEMA_VERSION)
+}
+
+/// Brings the database to version `version_wanted` (at most [`POSTGRES_SCHEMA_VERSION`]);
+/// tests use it to build an older version's database.
+pub(crate) fn migrate_to(client: &mut Client, target: &str, version_wanted: i64) -> Result<()> {
     loop {
         let failed = |e: postgres::Error| {
             Error::Store(format!(
@@ -190,7 +196,10 @@ pub fn migrate(client: &mut Client, target: &str) -> Result<()> {
                  {POSTGRES_SCHEMA_VERSION}; run a newer sparky or point --store elsewhere"
             )));
         }
-        let Some(sql) = MIGRATIONS.get(version.max(0) as usize) else {
+        let Some(sql) = MIGRATIONS
+            .get(version.max(0) as usize)
+            .filter(|_| version < version_wanted)
+        else {
             return tx.commit().map_err(failed);
         };
         let to = version + 1;
