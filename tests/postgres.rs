@@ -265,7 +265,7 @@ fn check_looks_at_the_database_and_changes_nothing() {
         check(&url).0
     });
     let (ok, out) = check(&url);
-    assert!(ok && out.contains("schema version 1"), "{out}");
+    assert!(ok && out.contains("schema version 2"), "{out}");
     let (ok, out) = check("postgres://ann:s3cret@127.0.0.1:1/x");
     assert!(
         !ok && out.contains("FAIL data") && !out.contains("s3cret"),
