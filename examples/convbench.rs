@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use sparky::auth::Principal;
 use sparky::model::{ChatMessage, Role};
-use sparky::protocol::{ServerFrame, SessionId, TurnId, encode};
+use sparky::protocol::{ServerFrame, SessionId, TurnId, Usage, encode};
 use sparky::store::{ConversationStore, SqliteStore, TurnMark, WriteOp};
 use tungstenite::Message;
 
@@ -105,6 +105,7 @@ fn conversation(id: &SessionId, owner: &str, turns: u64, topic: &str) -> Vec<Wri
         owner: owner.to_owned(),
         user_id: None,
         personality: None,
+        model: None,
     }];
     let mut seq = 0;
     let mut event = |frame: ServerFrame, turn: TurnMark, search: Option<String>| {
@@ -147,7 +148,9 @@ fn conversation(id: &SessionId, owner: &str, turns: u64, topic: &str) -> Vec<Wri
                 text: answer.clone(),
                 usage: None,
             },
-            TurnMark::Closed,
+            TurnMark::Closed {
+                usage: Usage::default(),
+            },
             Some(answer.clone()),
         ));
         messages.push(ChatMessage::text(Role::User, text));

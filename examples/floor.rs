@@ -135,6 +135,7 @@ fn serve(stream: TcpStream, greeting: &Greeting) -> tungstenite::Result<()> {
                     tools_loaded: greeting.tools.len(),
                     tools: greeting.tools.clone(),
                     model: "offline".into(),
+                    models: vec!["offline".into()],
                 };
                 ws.write(Message::text(encode(&info, Some(&id), None)))?;
                 ws.write(Message::text(encode(&ready, Some(&id), None)))?;

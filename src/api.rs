@@ -13,7 +13,7 @@ use serde_json::value::RawValue;
 
 use crate::auth::Principal;
 use crate::http::Response;
-use crate::protocol::SessionId;
+use crate::protocol::{SessionId, Usage};
 use crate::session::{Conversation, SessionManager};
 use crate::store::{GraphStore, Node};
 
@@ -70,6 +70,10 @@ struct ConversationJson {
     updated_at: String,
     turns: u64,
     running: bool,
+    /// The model its turns use. Beyond PROTOCOL.md's fields, which clients ignore.
+    model: String,
+    /// The tokens its answered turns used, summed from each closing `message`'s `usage`.
+    usage: Usage,
 }
 
 #[derive(Debug, Serialize)]
@@ -130,6 +134,8 @@ impl From<Conversation> for ConversationJson {
             updated_at: rfc3339(summary.updated_at),
             turns: summary.turns,
             running: conversation.running,
+            model: conversation.model,
+            usage: summary.usage,
         }
     }
 }

@@ -132,6 +132,8 @@ pub enum TurnOutcome {
 pub struct Bot {
     engine: Engine,
     system: Option<String>,
+    /// The model the conversation chose; `None` for the backend's default.
+    model: Option<String>,
     /// Shared with running turns as a snapshot: a turn clones the `Arc`, not the messages.
     history: Arc<Vec<ChatMessage>>,
     /// The number of `history[0]` in the whole conversation (older messages were trimmed).
@@ -167,6 +169,7 @@ impl Bot {
         let mut bot = Bot {
             engine,
             system: personality,
+            model: None,
             bytes: history.iter().map(message_bytes).sum(),
             history: Arc::new(history),
             first_index,
@@ -183,6 +186,19 @@ impl Bot {
     /// The number the next committed message gets.
     pub fn end_index(&self) -> u64 {
         self.first_index + self.history.len() as u64
+    }
+
+    /// The bot with the conversation's choice of model (one of the backend's
+    /// [`models`](ModelBackend::models)); `None` for the default.
+    #[must_use]
+    pub fn with_model(mut self, model: Option<String>) -> Self {
+        self.model = model;
+        self
+    }
+
+    /// The model the conversation chose, if any.
+    pub fn model(&self) -> Option<&str> {
+        self.model.as_deref()
     }
 
     /// The personality (system prompt) it was created with.
@@ -223,6 +239,7 @@ impl Bot {
             .collect();
         Turn {
             engine: self.engine.clone(),
+            model: self.model.clone(),
             turn_id,
             owner: owner.clone(),
             head,
@@ -298,6 +315,8 @@ pub fn interrupted(user_text: &str) -> Vec<ChatMessage> {
 /// One turn, ready to run on a worker thread.
 pub struct Turn {
     engine: Engine,
+    /// The conversation's model; `None` for the backend's default.
+    model: Option<String>,
     turn_id: TurnId,
     /// The principal it acts for.
     owner: Principal,
@@ -361,7 +380,7 @@ impl Turn {
             if let Some(step) = reply.usage {
                 usage = Some(usage.unwrap_or_default().plus(step));
                 self.engine.metrics.tokens_used(
-                    self.engine.model.name(),
+                    &self.engine.model.resolve(self.model.as_deref()),
                     step.prompt_tokens,
                     step.completion_tokens,
                 );
@@ -444,11 +463,13 @@ impl Turn {
             });
             let conversation = match &fitted {
                 Some(fitted) => Conversation {
+                    model: self.model.as_deref(),
                     head: &self.head,
                     earlier: fitted.earlier,
                     current: &fitted.current,
                 },
                 None => Conversation {
+                    model: self.model.as_deref(),
                     head: &self.head,
                     earlier: &self.history,
                     current: &self.current,
@@ -823,8 +844,8 @@ mod tests {
     /// A model that always calls a tool, to hit the step limit.
     struct Loop;
     impl ModelBackend for Loop {
-        fn name(&self) -> &str {
-            "loop"
+        fn name(&self) -> String {
+            "loop".into()
         }
         fn complete(
             &self,
@@ -975,8 +996,8 @@ mod tests {
     }
 
     impl ModelBackend for Scripted {
-        fn name(&self) -> &str {
-            "scripted"
+        fn name(&self) -> String {
+            "scripted".into()
         }
         fn complete(
             &self,

@@ -56,8 +56,16 @@ pub struct Config {
     pub model: ModelKind,
     /// With [`ModelKind::OpenAi`]: the API's base URL, up to and including `/v1`.
     pub model_url: String,
-    /// With [`ModelKind::OpenAi`]: the model to ask for, e.g. `llama3.1`.
-    pub model_name: Option<String>,
+    /// With [`ModelKind::OpenAi`]: the models a conversation may choose, e.g. `llama3.1`, the
+    /// first being the default; `["auto"]` for whatever the server lists.
+    pub model_names: Vec<String>,
+    /// The embedding model that turns on semantic memory (`POST /v1/embeddings`); `None`:
+    /// keyword search alone.
+    pub embedding_model: Option<String>,
+    /// The embedding server's base URL, up to and including `/v1`; `None`: `model_url`.
+    pub embedding_url: Option<String>,
+    /// How long one embedding request may take, connecting included.
+    pub embedding_timeout: Duration,
     /// With [`ModelKind::OpenAi`]: the environment variable that holds the API key, read at
     /// start; `None` sends no key.
     pub api_key_env: Option<String>,
@@ -215,7 +223,10 @@ impl Default for Config {
             system_prompt: None,
             model: ModelKind::Offline,
             model_url: "http://127.0.0.1:11434/v1".into(),
-            model_name: None,
+            model_names: Vec::new(),
+            embedding_model: None,
+            embedding_url: None,
+            embedding_timeout: Duration::from_secs(10),
             api_key_env: None,
             model_connect_timeout: Duration::from_secs(10),
             model_read_timeout: Duration::from_secs(300),
@@ -270,7 +281,10 @@ impl fmt::Debug for Config {
             .field("max_steps", &self.max_steps)
             .field("model", &self.model)
             .field("model_url", &self.model_url)
-            .field("model_name", &self.model_name)
+            .field("model_names", &self.model_names)
+            .field("embedding_model", &self.embedding_model)
+            .field("embedding_url", &self.embedding_url)
+            .field("embedding_timeout", &self.embedding_timeout)
             .field("api_key_env", &self.api_key_env)
             .field("model_connect_timeout", &self.model_connect_timeout)
             .field("model_read_timeout", &self.model_read_timeout)

@@ -281,6 +281,11 @@ impl<'a> Handler<'a> {
                     ErrorCode::Unauthorized => {
                         self.connection.close(CloseCode::Policy, "unauthorized");
                     }
+                    // A `connect` the server cannot honour (an unknown model): nothing else
+                    // may follow it on this connection.
+                    ErrorCode::InvalidMessage => {
+                        self.connection.close(CloseCode::Policy, "invalid connect");
+                    }
                     _ => self.connection.close(CloseCode::Again, "server busy"),
                 }
             }

@@ -273,6 +273,7 @@ mod tests {
                 owner: "local".into(),
                 user_id: None,
                 personality: None,
+                model: None,
             },
             None,
         );

@@ -34,6 +34,7 @@ pub mod redact;
 pub mod context;
 pub mod journal;
 pub mod knowledge;
+pub mod memory;
 pub mod model;
 pub mod store;
 pub mod tools;

@@ -21,7 +21,7 @@ use sparky::config::{
 };
 use sparky::model::ModelBackend;
 use sparky::model::offline::OfflineModel;
-use sparky::model::remote::{RemoteModel, RemoteOptions};
+use sparky::model::remote::{AUTO_MODELS, RemoteModel, RemoteOptions};
 
 /// A self-hosted chat-agent server: WebSocket chat with a thinking, tool-using bot.
 #[derive(Debug, Parser)]
@@ -70,9 +70,22 @@ struct Args {
     /// With --model openai: the API's base URL, up to and including /v1.
     #[arg(long, default_value_t = Config::default().model_url)]
     model_url: String,
-    /// With --model openai: the model to ask for, e.g. llama3.1 (required).
+    /// With --model openai: the model to ask for, e.g. llama3.1 (required); repeat it to let
+    /// each new conversation choose (the first is the default), or `auto` for every model the
+    /// server lists.
     #[arg(long, value_name = "NAME")]
-    model_name: Option<String>,
+    model_name: Vec<String>,
+    /// Turns on semantic memory: the embedding model to ask for (POST /v1/embeddings), e.g.
+    /// nomic-embed-text; facts are then found by meaning as well as by keywords.
+    #[arg(long, value_name = "NAME")]
+    embedding_model: Option<String>,
+    /// With --embedding-model: the embedding server's base URL, up to and including /v1
+    /// (default: --model-url).
+    #[arg(long, value_name = "URL", requires = "embedding_model")]
+    embedding_url: Option<String>,
+    /// With --embedding-model: how long one embedding request may take, e.g. 10s.
+    #[arg(long, default_value = "10s", value_parser = positive_duration)]
+    embedding_timeout: Duration,
     /// With --model openai: the environment variable holding the API key (read at start).
     #[arg(long, value_name = "VAR")]
     api_key_env: Option<String>,
@@ -230,7 +243,10 @@ impl Args {
                 ModelArg::Openai => ModelKind::OpenAi,
             },
             model_url: self.model_url,
-            model_name: self.model_name,
+            model_names: self.model_name,
+            embedding_model: self.embedding_model,
+            embedding_url: self.embedding_url,
+            embedding_timeout: self.embedding_timeout,
             api_key_env: self.api_key_env,
             model_connect_timeout: self.model_connect_timeout,
             model_read_timeout: self.model_read_timeout,
@@ -456,12 +472,19 @@ fn build_model(config: &Config) -> Result<Arc<dyn ModelBackend>, String> {
     if config.model == ModelKind::Offline {
         return Ok(Arc::new(OfflineModel));
     }
-    let name = config
-        .model_name
-        .clone()
-        .filter(|name| !name.trim().is_empty())
-        .ok_or("--model openai needs --model-name (e.g. llama3.1)")?;
+    let mut names = config
+        .model_names
+        .iter()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty());
+    let name = names
+        .next()
+        .ok_or("--model openai needs --model-name (e.g. llama3.1, or auto)")?;
     let mut options = RemoteOptions::new(config.model_url.clone(), name);
+    options.other_models = names.collect();
+    if options.model == AUTO_MODELS && !options.other_models.is_empty() {
+        return Err("--model-name auto lists the server's models; give no other name".into());
+    }
     options.connect_timeout = config.model_connect_timeout;
     options.read_timeout = config.model_read_timeout;
     if let Some(var) = &config.api_key_env {

@@ -107,6 +107,9 @@ pub struct ConnectData {
     /// The system prompt of a new session.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub personality: Option<String>,
+    /// The model a new session uses: one of the names `ready.models` lists.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
     /// Earlier conversation to seed a new session with.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub history: Option<Vec<HistoryEntry>>,
@@ -120,6 +123,7 @@ impl std::fmt::Debug for ConnectData {
             .field("token", &self.token.as_ref().map(|_| "[redacted]"))
             .field("user_id", &self.user_id)
             .field("personality", &self.personality)
+            .field("model", &self.model)
             .field("history", &self.history)
             .finish()
     }
@@ -173,8 +177,11 @@ pub enum ServerFrame {
         tools_loaded: usize,
         /// Their names.
         tools: Vec<String>,
-        /// The model backend's name.
+        /// This conversation's model.
         model: String,
+        /// The models a new conversation may choose (`connect.model`), the default first.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        models: Vec<String>,
     },
     /// Opens a turn and echoes the user's text.
     UserMessage {
@@ -668,6 +675,7 @@ mod tests {
                 tools_loaded: 1,
                 tools: vec!["clock".into()],
                 model: "m".into(),
+                models: Vec::new(),
             },
             None,
             json!({"type": "ready", "session_id": sid,

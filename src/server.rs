@@ -29,8 +29,10 @@ use crate::handler::{ConnectionContext, Handler};
 use crate::http::{self, HeadError, HostPolicy, Response, Route, ServerView};
 use crate::inbound::{MessageBudget, MeteredStream};
 use crate::journal::Journal;
+use crate::memory::SemanticGraph;
 use crate::metrics::Metrics;
 use crate::model::ModelBackend;
+use crate::model::embed::{Embed, EmbedOptions, RemoteEmbedder};
 use crate::model::offline::OfflineModel;
 use crate::outbound::{Outbound, PendingLimit};
 use crate::session::{SessionManager, Turns};
@@ -145,6 +147,7 @@ pub fn spawn_with(
     let (conversations, graph, cluster) = open_store(&config)?;
     // Before the journal starts, so that nothing else writes meanwhile.
     migrate_owners(conversations.as_ref(), graph.as_ref(), &config.auth_tokens)?;
+    let graph = with_embeddings(graph, &config)?;
     let api_graph = graph.clone();
     let journal = Journal::spawn(conversations.clone(), metrics.clone())?;
     let mut tools = ToolChain::standard(&graph);
@@ -393,6 +396,38 @@ fn wake_addr(addr: SocketAddr) -> SocketAddr {
         });
     }
     target
+}
+
+/// `graph` with semantic memory when `config` names an embedding model
+/// (`--embedding-model`): embedded through `--embedding-url`, else the model's URL, with the
+/// model's API key when it is the same server.
+fn with_embeddings(graph: Arc<dyn GraphStore>, config: &Config) -> Result<Arc<dyn GraphStore>> {
+    let Some(model) = config
+        .embedding_model
+        .as_ref()
+        .filter(|m| !m.trim().is_empty())
+    else {
+        return Ok(graph);
+    };
+    let api_key = match (&config.embedding_url, &config.api_key_env) {
+        (None, Some(var)) => std::env::var(var).ok().map(|key| key.trim().to_owned()),
+        _ => None,
+    };
+    let embedder = RemoteEmbedder::new(EmbedOptions {
+        base_url: config
+            .embedding_url
+            .clone()
+            .unwrap_or_else(|| config.model_url.clone()),
+        model: model.trim().to_owned(),
+        api_key,
+        timeout: config.embedding_timeout,
+    });
+    log::info!(
+        "memory: semantic, embedded by {} at {}",
+        embedder.model(),
+        embedder.endpoint()
+    );
+    Ok(SemanticGraph::start(graph, Arc::new(embedder))?)
 }
 
 /// The store `config` asks for: in memory with `in_memory`, else PostgreSQL with

@@ -31,6 +31,7 @@ fn connect_answers_session_info_then_ready() {
         tools_loaded,
         tools,
         model,
+        models,
     } = &ready.frame
     else {
         panic!("expected ready, got {ready:?}");
@@ -49,6 +50,11 @@ fn connect_answers_session_info_then_ready() {
         );
     }
     assert_eq!(model, "offline");
+    assert_eq!(
+        models,
+        &["offline"],
+        "the one model a new conversation may choose"
+    );
 }
 
 #[test]

@@ -45,8 +45,8 @@ struct Streamer {
 }
 
 impl ModelBackend for Streamer {
-    fn name(&self) -> &str {
-        "streamer"
+    fn name(&self) -> String {
+        "streamer".into()
     }
 
     fn complete(

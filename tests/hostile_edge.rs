@@ -463,6 +463,7 @@ fn owners_stored_under_a_sha1_fingerprint_are_moved_to_sha256_at_start() {
                     owner: old.as_str().to_owned(),
                     user_id: None,
                     personality: None,
+                    model: None,
                 },
                 WriteOp::Event {
                     session: id.clone(),

@@ -14,8 +14,8 @@ use support::{TestServer, kinds};
 struct Fragile;
 
 impl ModelBackend for Fragile {
-    fn name(&self) -> &str {
-        "fragile"
+    fn name(&self) -> String {
+        "fragile".into()
     }
     fn complete(
         &self,

@@ -497,8 +497,8 @@ struct SystemRecorder {
 }
 
 impl sparky::model::ModelBackend for SystemRecorder {
-    fn name(&self) -> &str {
-        "system-recorder"
+    fn name(&self) -> String {
+        "system-recorder".into()
     }
 
     fn complete(

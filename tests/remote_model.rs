@@ -64,6 +64,14 @@ impl FakeServer {
                     answer_models(stream);
                     continue;
                 }
+                if head.show {
+                    // Ollama's `POST /api/show` (the probe asks it for the window): not Ollama.
+                    let mut stream = stream;
+                    let _ = stream.write_all(
+                        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    );
+                    continue;
+                }
                 let Some(reply) = script.pop_front() else {
                     return;
                 };
@@ -115,6 +123,8 @@ impl FakeServer {
 /// A request's head, as far as the fake cares.
 struct Head {
     get: bool,
+    /// `POST /api/show`.
+    show: bool,
     length: usize,
     authorization: Option<String>,
     /// The reader, holding whatever of the body it read ahead.
@@ -128,6 +138,7 @@ fn read_head(stream: &TcpStream) -> Option<Head> {
     let mut head = String::new();
     reader.read_line(&mut head).ok().filter(|n| *n > 0)?;
     let get = head.starts_with("GET ");
+    let show = head.starts_with("POST /api/show ");
     let mut length = 0;
     let mut authorization = None;
     let mut line = String::new();
@@ -150,6 +161,7 @@ fn read_head(stream: &TcpStream) -> Option<Head> {
     }
     Some(Head {
         get,
+        show,
         length,
         authorization,
         reader,

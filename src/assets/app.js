@@ -22,6 +22,7 @@
   const KEY_SESSION = "sparky.session_id";
   const KEY_TOKEN = "sparky.token";
   const KEY_PERSONAS = "sparky.personas";
+  const KEY_MODELS = "sparky.models"; // the models the server offered last (ready.models)
   const FIRST_BACKOFF_MS = 500;
   const MAX_BACKOFF_MS = 15000;
   const PAGE_EVENTS = 200;      // events fetched per page of history
@@ -54,6 +55,7 @@
   const listEl = $("conversation-list"), listNote = $("list-note"), searchEl = $("search");
   const titleEl = $("title"), personaChip = $("persona-chip"), usageTotalEl = $("usage-total");
   const personaSelect = $("persona-select"), personaText = $("persona-text");
+  const modelSelect = $("model-select"), modelLabel = $("model-label");
   const exportMenu = $("export");
 
   // localStorage can be missing or full (private windows); the page still works without it.
@@ -299,6 +301,7 @@
       } else {
         const persona = chosenPersona();
         if (persona.text) data.personality = persona.text;
+        if (!modelSelect.hidden && modelSelect.value) data.model = modelSelect.value;
       }
       const token = store.get(KEY_TOKEN);
       if (token) data.token = token;
@@ -375,6 +378,10 @@
     switch (type) {
       case "session_info": return onSessionInfo(data);
       case "ready":
+        if (Array.isArray(data.models)) {
+          store.set(KEY_MODELS, JSON.stringify(data.models));
+          showModels();
+        }
         ready = true;
         everReady = true;
         backoff = FIRST_BACKOFF_MS;
@@ -741,6 +748,25 @@
     titleEl.dataset.fromList = fromList ? "true" : "false";
     document.title = sessionId ? title + " · Sparky" : "Sparky";
   }
+
+  // ---- models ----
+  // The new-chat form offers the models of the last `ready` (the server offers the same to
+  // every new conversation); the menu shows only when there is a choice.
+  function showModels() {
+    let models = [];
+    try { models = JSON.parse(store.get(KEY_MODELS) || "[]"); } catch (_) { models = []; }
+    models = Array.isArray(models) ? models.filter((m) => typeof m === "string") : [];
+    const chosen = modelSelect.value;
+    modelSelect.replaceChildren(...models.map((name) => {
+      const option = document.createElement("option");
+      option.value = name;
+      option.textContent = name;
+      return option;
+    }));
+    if (models.includes(chosen)) modelSelect.value = chosen;
+    modelSelect.hidden = modelLabel.hidden = models.length < 2;
+  }
+  showModels();
 
   // ---- personas ----
 

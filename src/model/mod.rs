@@ -2,6 +2,7 @@
 //! (`ModelReply`), and the `ModelBackend` trait that each provider implements. Depends on
 //! `error` and `protocol` (token counts).
 
+pub mod embed;
 pub mod offline;
 pub mod remote;
 
@@ -96,6 +97,9 @@ impl ChatMessage {
 /// current turn's messages so far (memory, the user's message, tool calls and results).
 #[derive(Clone, Copy, Debug)]
 pub struct Conversation<'a> {
+    /// The model the conversation chose (one of [`ModelBackend::models`]); `None` for the
+    /// backend's default.
+    pub model: Option<&'a str>,
     /// The system prompt, if any.
     pub head: &'a [ChatMessage],
     /// The conversation before this turn.
@@ -108,6 +112,7 @@ impl<'a> Conversation<'a> {
     /// A conversation that is all in one slice (for tests and simple callers).
     pub fn of(messages: &'a [ChatMessage]) -> Self {
         Conversation {
+            model: None,
             head: &[],
             earlier: &[],
             current: messages,
@@ -215,8 +220,20 @@ pub struct ModelHealth {
 
 /// A language model provider.
 pub trait ModelBackend: Send + Sync {
-    /// The name clients see in `ready`.
-    fn name(&self) -> &str;
+    /// The default model's name: what a conversation that chose none uses, and what clients
+    /// see in `ready` for it.
+    fn name(&self) -> String;
+
+    /// The models a new conversation may choose, the default first. A backend that serves one
+    /// model lists only [`name`](Self::name).
+    fn models(&self) -> Vec<String> {
+        vec![self.name()]
+    }
+
+    /// The model a conversation that chose `chosen` uses: its choice, else the default.
+    fn resolve(&self, chosen: Option<&str>) -> String {
+        chosen.map_or_else(|| self.name(), str::to_owned)
+    }
 
     /// What is known of the model server: whether it answered last time it was asked (by a
     /// probe or a turn), and the last error. The built-in model is always there.

@@ -33,8 +33,8 @@ enum Plan {
 }
 
 impl ModelBackend for OfflineModel {
-    fn name(&self) -> &str {
-        "offline"
+    fn name(&self) -> String {
+        "offline".into()
     }
 
     fn describes_memory(&self) -> bool {

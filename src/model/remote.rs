@@ -156,8 +156,12 @@ impl Default for RetryPolicy {
 pub struct RemoteOptions {
     /// The API's base URL, up to and including `/v1`, e.g. `http://127.0.0.1:11434/v1`.
     pub base_url: String,
-    /// The model to ask for, e.g. `llama3.1`; also the name clients see in `ready`.
+    /// The model to ask for by default, e.g. `llama3.1`; also the name clients see in `ready`.
+    /// [`AUTO_MODELS`] (`auto`): whatever the server lists (`GET /models`), the first being
+    /// the default.
     pub model: String,
+    /// Further models a conversation may choose instead of `model`.
+    pub other_models: Vec<String>,
     /// Sent as `Authorization: Bearer …` when set. Never logged.
     pub api_key: Option<String>,
     /// How long connecting (with the TLS handshake) may take.
@@ -176,6 +180,7 @@ impl RemoteOptions {
         RemoteOptions {
             base_url: base_url.into(),
             model: model.into(),
+            other_models: Vec::new(),
             api_key: None,
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(300),
@@ -189,6 +194,7 @@ impl fmt::Debug for RemoteOptions {
         f.debug_struct("RemoteOptions")
             .field("base_url", &self.base_url)
             .field("model", &self.model)
+            .field("other_models", &self.other_models)
             .field("api_key", &self.api_key.as_ref().map(|_| "(set)"))
             .field("connect_timeout", &self.connect_timeout)
             .field("read_timeout", &self.read_timeout)
@@ -200,6 +206,15 @@ impl fmt::Debug for RemoteOptions {
 /// The largest `GET /models` answer read.
 const MAX_MODELS_BODY_BYTES: u64 = 1 << 20;
 
+/// The `--model-name` that lists the server's models instead of naming them.
+pub const AUTO_MODELS: &str = "auto";
+
+/// Models of a server's list that are offered at most; the rest are left out.
+pub const MAX_MODELS: usize = 100;
+
+/// The longest model name kept from a server's list.
+const MAX_MODEL_NAME_BYTES: usize = 200;
+
 /// A model behind an OpenAI-compatible `POST {base_url}/chat/completions` endpoint.
 #[derive(Debug)]
 pub struct RemoteModel {
@@ -209,8 +224,14 @@ pub struct RemoteModel {
     health: parking_lot::Mutex<ModelHealth>,
     /// Set once the server refused `stream_options`: it is not asked for again.
     usage_refused: AtomicBool,
-    /// The context window the server reported (llama.cpp's `/props`); 0 until it did.
+    /// The context window the server reported (llama.cpp's `/props`, Ollama's `/api/show`);
+    /// 0 until it did.
     window: AtomicU64,
+    /// True when the models are the server's list (`--model-name auto`).
+    auto: bool,
+    /// The models a conversation may choose, the default first; with `auto`, the server's
+    /// list as last read (empty before the first answer).
+    models: parking_lot::RwLock<Vec<String>>,
 }
 
 /// The context window assumed for a server that does not say: small local models have 2k to
@@ -225,12 +246,23 @@ impl RemoteModel {
             "{}/chat/completions",
             options.base_url.trim_end_matches('/')
         );
+        let auto = options.model == AUTO_MODELS;
+        let mut models = Vec::new();
+        if !auto {
+            for name in std::iter::once(&options.model).chain(&options.other_models) {
+                if !models.contains(name) {
+                    models.push(name.clone());
+                }
+            }
+        }
         RemoteModel {
             options,
             endpoint,
             health: parking_lot::Mutex::default(),
             usage_refused: AtomicBool::new(false),
             window: AtomicU64::new(0),
+            auto,
+            models: parking_lot::RwLock::new(models),
         }
     }
 
@@ -241,12 +273,44 @@ impl RemoteModel {
         health.last_error = outcome.err().map(str::to_owned);
     }
 
-    /// The context window, from llama.cpp's `GET /props` (`n_ctx`, at the top or under
-    /// `default_generation_settings`); `None` from servers that do not say.
-    fn ask_for_window(&self) -> Option<u64> {
+    /// The server's root URL: the base URL without its `/v1`.
+    fn root(&self) -> &str {
         let base = self.options.base_url.trim_end_matches('/');
-        let root = base.strip_suffix("/v1").unwrap_or(base);
-        let mut response = self.agent().get(&format!("{root}/props")).call().ok()?;
+        base.strip_suffix("/v1").unwrap_or(base)
+    }
+
+    /// The context window, from llama.cpp's `GET /props` (`n_ctx`, at the top or under
+    /// `default_generation_settings`), else from Ollama's `POST /api/show` for the default
+    /// model (`num_ctx` in its parameters, else its `model_info`'s `*.context_length`);
+    /// `None` from servers that say neither.
+    fn ask_for_window(&self) -> Option<u64> {
+        let props = self
+            .read_json(self.agent().get(&format!("{}/props", self.root())).call())
+            .and_then(|props| {
+                props["n_ctx"]
+                    .as_u64()
+                    .or_else(|| props["default_generation_settings"]["n_ctx"].as_u64())
+            })
+            .filter(|n| *n > 0);
+        if props.is_some() {
+            return props;
+        }
+        let model = self.name();
+        let show = self.read_json(
+            self.agent()
+                .post(&format!("{}/api/show", self.root()))
+                .header("Content-Type", "application/json")
+                .send(json!({ "model": model }).to_string()),
+        )?;
+        ollama_window(&show)
+    }
+
+    /// The JSON body of a `200` answer, or `None`.
+    fn read_json(
+        &self,
+        answer: std::result::Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Option<Value> {
+        let mut response = answer.ok()?;
         if response.status().as_u16() != 200 {
             return None;
         }
@@ -256,11 +320,7 @@ impl RemoteModel {
             .limit(MAX_MODELS_BODY_BYTES)
             .read_to_string()
             .ok()?;
-        let props: Value = serde_json::from_str(&body).ok()?;
-        props["n_ctx"]
-            .as_u64()
-            .or_else(|| props["default_generation_settings"]["n_ctx"].as_u64())
-            .filter(|n| *n > 0)
+        serde_json::from_str(&body).ok()
     }
 
     /// `GET {base_url}/models`: is the server there, and does it serve the model?
@@ -298,14 +358,48 @@ impl RemoteModel {
                 })
             })
             .unwrap_or_default();
+        if self.auto {
+            let mut listed: Vec<String> = Vec::new();
+            for name in served {
+                if listed.len() < MAX_MODELS
+                    && !name.is_empty()
+                    && name.len() <= MAX_MODEL_NAME_BYTES
+                    && !listed.contains(&name)
+                {
+                    listed.push(name);
+                }
+            }
+            if listed.is_empty() {
+                return Err(format!(
+                    "the model server at {base} lists no models (--model-name auto)"
+                ));
+            }
+            let mut models = self.models.write();
+            if *models != listed {
+                log::info!("model: the server lists {}", listed.join(", "));
+                *models = listed;
+            }
+            return Ok(());
+        }
         // Some servers (llama.cpp's) serve whatever name is asked for; an empty or unreadable
-        // list is no evidence against the model.
-        if served.is_empty() || served.contains(&self.options.model) {
+        // list is no evidence against a model.
+        let missing: Vec<String> = self
+            .models
+            .read()
+            .iter()
+            .filter(|name| !served.is_empty() && !served.contains(name))
+            .cloned()
+            .collect();
+        if missing.is_empty() {
             Ok(())
         } else {
             Err(format!(
-                "the model server at {base} does not serve {:?}; it serves: {}",
-                self.options.model,
+                "the model server at {base} does not serve {}; it serves: {}",
+                missing
+                    .iter()
+                    .map(|name| format!("{name:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 served.join(", ")
             ))
         }
@@ -357,8 +451,16 @@ impl RemoteModel {
 }
 
 impl ModelBackend for RemoteModel {
-    fn name(&self) -> &str {
-        &self.options.model
+    fn name(&self) -> String {
+        self.models
+            .read()
+            .first()
+            .cloned()
+            .unwrap_or_else(|| self.options.model.clone())
+    }
+
+    fn models(&self) -> Vec<String> {
+        self.models.read().clone()
     }
 
     fn health(&self) -> ModelHealth {
@@ -387,6 +489,12 @@ impl ModelBackend for RemoteModel {
         tools: &[ToolSpec],
         sink: &mut dyn ReplySink,
     ) -> Result<ModelReply> {
+        // With `auto`, a server that has not listed its models yet is asked now.
+        if self.auto && self.models.read().is_empty() {
+            let listed = self.ask_for_models();
+            self.record(listed.as_ref().map(|_| ()).map_err(String::as_str));
+            listed.map_err(|detail| self.error(Failure::Fatal(detail)))?;
+        }
         let mut usage = !self.usage_refused.load(Ordering::Relaxed);
         let mut body = self.encode(conversation, tools, usage)?;
         let retry = self.options.retry;
@@ -417,7 +525,7 @@ impl ModelBackend for RemoteModel {
             {
                 log::info!(
                     "model {}: the server refuses stream_options; asking without usage",
-                    self.options.model
+                    self.name()
                 );
                 self.usage_refused.store(true, Ordering::Relaxed);
                 usage = false;
@@ -449,7 +557,7 @@ impl ModelBackend for RemoteModel {
             attempt += 1;
             log::warn!(
                 "model {}: {detail}; attempt {attempt} in {} ms",
-                self.options.model,
+                self.name(),
                 delay.as_millis()
             );
             sink.retrying(attempt, delay);
@@ -468,7 +576,8 @@ impl RemoteModel {
         tools: &[ToolSpec],
         usage: bool,
     ) -> Result<Arc<[u8]>> {
-        let mut body = request_body(&self.options.model, conversation, tools);
+        let model = self.resolve(conversation.model);
+        let mut body = request_body(&model, conversation, tools);
         if !usage && let Some(body) = body.as_object_mut() {
             body.remove("stream_options");
         }
@@ -480,7 +589,7 @@ impl RemoteModel {
     /// The error a failed step ends with; it names the server's URL, so that the user knows
     /// which server failed.
     fn error(&self, failure: Failure) -> Error {
-        let backend = self.options.model.clone();
+        let backend = self.name();
         match failure {
             Failure::HistoryRejected(detail) => Error::HistoryRejected { backend, detail },
             Failure::Cancelled => Error::Model {
@@ -965,6 +1074,28 @@ fn request_body(model: &str, conversation: Conversation<'_>, tools: &[ToolSpec])
         body["tools"] = Value::Array(tools);
     }
     body
+}
+
+/// The context window in an Ollama `POST /api/show` answer: `num_ctx` in its `parameters` (a
+/// Modelfile's lines, e.g. `num_ctx 8192`) when the model sets one, else the
+/// `model_info` entry `<architecture>.context_length` (the most the model was trained for).
+fn ollama_window(show: &Value) -> Option<u64> {
+    let configured = show["parameters"].as_str().and_then(|parameters| {
+        parameters.lines().find_map(|line| {
+            let mut words = line.split_whitespace();
+            (words.next() == Some("num_ctx"))
+                .then(|| words.next()?.parse::<u64>().ok())
+                .flatten()
+        })
+    });
+    let trained = || {
+        show["model_info"].as_object().and_then(|info| {
+            info.iter()
+                .find(|(key, _)| key.ends_with(".context_length"))
+                .and_then(|(_, value)| value.as_u64())
+        })
+    };
+    configured.or_else(trained).filter(|n| *n > 0)
 }
 
 /// The `usage` object of a chunk: `None` unless it has both counts (some servers send
@@ -1776,6 +1907,7 @@ mod tests {
             ChatMessage::tool_result("c1", "2", false),
         ];
         let conversation = Conversation {
+            model: None,
             head: &head,
             earlier: &earlier,
             current: &current,

@@ -158,7 +158,8 @@ impl Session {
                 stored.personality,
                 stored.first_message,
                 stored.messages,
-            );
+            )
+            .with_model(stored.model);
             state.next_turn = stored.turns + 1;
             state.holder = true;
         }

@@ -63,6 +63,8 @@ pub struct Conversation {
     pub summary: ConversationSummary,
     /// True while a turn runs in it.
     pub running: bool,
+    /// The model its turns use: its choice, else the server's default.
+    pub model: String,
 }
 
 /// What every session of a server shares.
@@ -194,10 +196,12 @@ impl SessionManager {
         mut subscriber: Subscriber,
     ) -> Result<Attachment, Refusal> {
         let engine = &self.inner.shared.engine;
-        let ready = ServerFrame::Ready {
+        let models = engine.model.models();
+        let ready = |session: &Session| ServerFrame::Ready {
             tools_loaded: engine.tools.len(),
             tools: engine.tools.names(),
-            model: engine.model.name().to_owned(),
+            model: engine.model.resolve(session.model().as_deref()),
+            models: models.clone(),
         };
         let wanted = data.session_id.as_deref().and_then(SessionId::parse);
         // A session that leaves memory between the look-up and the attach is looked up again
@@ -214,12 +218,29 @@ impl SessionManager {
                 id.short(),
                 data.last_seq
             );
-            match session.attach(subscriber, false, data.last_seq, &ready) {
+            match session.attach(subscriber, false, data.last_seq, &ready(&session)) {
                 Ok(attachment) => return Ok(attachment),
                 Err(back) => subscriber = back,
             }
         }
-        let session = self.create(data, principal)?;
+        // A new conversation's model must be one the server offers. It is kept as chosen;
+        // a conversation that chose none follows the server's default.
+        let model = match data.model.as_deref() {
+            None => None,
+            Some(name) if models.iter().any(|m| m == name) => Some(name.to_owned()),
+            Some(name) => {
+                let name: String = name.chars().take(MODEL_NAME_SHOWN).collect();
+                return Err(Refusal::new(
+                    ErrorCode::InvalidMessage,
+                    format!(
+                        "unknown model {name:?}; this server offers: {}",
+                        models.join(", ")
+                    ),
+                ));
+            }
+        };
+        let session = self.create(data, model, principal)?;
+        let ready = ready(&session);
         session
             .attach(subscriber, true, None, &ready)
             .map_err(|_| Refusal::new(ErrorCode::ServerBusy, "the new session closed at once"))
@@ -363,7 +384,12 @@ impl SessionManager {
     }
 
     /// A new session for `principal`, seeded with the personality and history of `data`.
-    fn create(&self, data: &ConnectData, principal: &Principal) -> Result<Session, Refusal> {
+    fn create(
+        &self,
+        data: &ConnectData,
+        model: Option<String>,
+        principal: &Principal,
+    ) -> Result<Session, Refusal> {
         let shared = &self.inner.shared;
         if self.len() >= shared.config.max_sessions {
             return Err(Refusal::new(
@@ -383,7 +409,8 @@ impl SessionManager {
             id: id.clone(),
             user_id: data.user_id.clone(),
             owner: principal.clone(),
-            bot: Bot::new(shared.engine.clone(), data.personality.clone(), Vec::new()),
+            bot: Bot::new(shared.engine.clone(), data.personality.clone(), Vec::new())
+                .with_model(model),
             notes: Vec::new(),
             log: tail(shared, 1, Vec::new()),
             next_turn: 1,
@@ -612,7 +639,17 @@ impl SessionManager {
         let running = self
             .get(&summary.id)
             .is_some_and(|session| session.has_turn());
-        Conversation { summary, running }
+        let model = self
+            .inner
+            .shared
+            .engine
+            .model
+            .resolve(summary.model.as_deref());
+        Conversation {
+            summary,
+            running,
+            model,
+        }
     }
 
     /// How many sessions have a turn in flight.
@@ -708,7 +745,8 @@ fn restore(stored: StoredConversation, shared: &Shared) -> Session {
             stored.personality,
             stored.first_message,
             stored.messages,
-        ),
+        )
+        .with_model(stored.model),
         notes: stored.notes,
         log: tail(shared, stored.last_seq + 1, events),
         next_turn: stored.turns + 1,
@@ -718,6 +756,9 @@ fn restore(stored: StoredConversation, shared: &Shared) -> Session {
     let persist = Persist::new(shared.journal.clone(), stored.id);
     Session::build(parts, persist, shared)
 }
+
+/// Characters of an unknown model name repeated in the error that refuses it, at most.
+const MODEL_NAME_SHOWN: usize = 100;
 
 /// Draws a new session id from the OS's cryptographic random source.
 fn new_session_id() -> Result<SessionId, getrandom::Error> {

@@ -236,6 +236,11 @@ impl Session {
         &self.inner.owner
     }
 
+    /// The model the conversation chose; `None` for the server's default.
+    pub fn model(&self) -> Option<String> {
+        self.inner.state.lock().bot.model().map(str::to_owned)
+    }
+
     /// The session's short-term knowledge.
     pub fn knowledge(&self) -> &Knowledge {
         &self.inner.knowledge
@@ -520,6 +525,7 @@ impl Session {
             self.inner.owner.as_str(),
             self.inner.user_id.as_deref(),
             state.bot.personality(),
+            state.bot.model(),
         );
         if !state.bot.history().is_empty() {
             persist.messages(state.bot.first_index(), state.bot.history().to_vec());

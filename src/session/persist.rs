@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::journal::{Durable, Journal};
 use crate::knowledge::NoteWriter;
 use crate::model::ChatMessage;
-use crate::protocol::{ServerFrame, SessionId};
+use crate::protocol::{ServerFrame, SessionId, Usage};
 use crate::store::{TurnMark, WriteOp};
 
 use super::WireText;
@@ -39,12 +39,19 @@ impl Persist {
     }
 
     /// The new conversation's row.
-    pub fn create(&self, owner: &str, user_id: Option<&str>, personality: Option<&str>) {
+    pub fn create(
+        &self,
+        owner: &str,
+        user_id: Option<&str>,
+        personality: Option<&str>,
+        model: Option<&str>,
+    ) {
         self.submit(WriteOp::CreateSession {
             id: self.session.clone(),
             owner: owner.to_owned(),
             user_id: user_id.map(str::to_owned),
             personality: personality.map(str::to_owned),
+            model: model.map(str::to_owned),
         });
     }
 
@@ -55,7 +62,12 @@ impl Persist {
                 turn_id: turn_id.0,
                 text: text.clone(),
             },
-            frame if frame.closes_turn() => TurnMark::Closed,
+            ServerFrame::Message {
+                usage: Some(usage), ..
+            } => TurnMark::Closed { usage: *usage },
+            frame if frame.closes_turn() => TurnMark::Closed {
+                usage: Usage::default(),
+            },
             _ => TurnMark::None,
         };
         let search_text = match frame {

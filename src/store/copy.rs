@@ -79,6 +79,9 @@ pub(super) struct ExportedConversation {
     pub(super) open_text: Option<String>,
     pub(super) first_seq: i64,
     pub(super) first_message: i64,
+    pub(super) model: Option<String>,
+    pub(super) prompt_tokens: i64,
+    pub(super) completion_tokens: i64,
     /// `(seq, body, search text)`, by `seq`.
     pub(super) events: Vec<(i64, String, Option<String>)>,
     /// `(number, message)`, by number.

@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 
 use crate::error::Result;
 use crate::model::{ChatMessage, Role, ToolCall};
-use crate::protocol::SessionId;
+use crate::protocol::{SessionId, Usage};
 
 pub use cluster::{Cluster, LEASE_TTL, Notice, Signal, Solo};
 pub use copy::{CopyReport, copy_sqlite_to_postgres};
@@ -44,7 +44,7 @@ pub const MAX_SEARCH_WORDS: usize = 16;
 
 /// The SQLite schema version this build writes. A store with a higher one was written by a
 /// newer Sparky and is refused. (PostgreSQL's is [`POSTGRES_SCHEMA_VERSION`].)
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// The owner of everything when the server requires no token.
 pub const LOCAL_OWNER: &str = "local";
@@ -63,6 +63,8 @@ pub enum WriteOp {
         user_id: Option<String>,
         /// Its system prompt.
         personality: Option<String>,
+        /// The model it chose; `None` for the server's default.
+        model: Option<String>,
     },
     /// An event, by number.
     Event {
@@ -129,8 +131,12 @@ pub enum TurnMark {
         /// The user's text.
         text: String,
     },
-    /// The frame closed the open turn.
-    Closed,
+    /// The frame closed the open turn; a `message` adds the tokens its turn used to the
+    /// conversation's totals.
+    Closed {
+        /// The turn's tokens (zero when the model did not say, or the turn did not answer).
+        usage: Usage,
+    },
 }
 
 /// A conversation as the store holds it: what a session needs to come back to life.
@@ -144,6 +150,8 @@ pub struct StoredConversation {
     pub user_id: Option<String>,
     /// Its system prompt.
     pub personality: Option<String>,
+    /// The model it chose; `None` for the server's default.
+    pub model: Option<String>,
     /// The `seq` of its newest event (0 before the first).
     pub last_seq: u64,
     /// The highest turn id it used.
@@ -173,6 +181,10 @@ pub struct ConversationSummary {
     pub updated_at: i64,
     /// Turns so far.
     pub turns: u64,
+    /// The model it chose; `None` for the server's default.
+    pub model: Option<String>,
+    /// The tokens its answered turns used, summed from each closing `message`'s usage.
+    pub usage: Usage,
 }
 
 /// Events read for a replay.
@@ -467,6 +479,38 @@ pub trait GraphStore: Send + Sync {
     /// How many nodes the graph holds, all owners together (a cheap way to skip a lookup).
     fn node_count(&self) -> u64;
 
+    /// Nodes (any owner's) that have no embedding by `model` yet, oldest first, at most
+    /// `limit`: `(id, the text to embed)`. Semantic memory's background worker embeds them.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::error::Error::Store`] on a database failure.
+    fn unembedded(&self, model: &str, limit: usize) -> Result<Vec<(i64, String)>>;
+
+    /// Stores each node's unit vector by `model` (replacing any earlier one), under the node's
+    /// owner. A node deleted meanwhile is skipped.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::error::Error::Store`] on a database failure.
+    fn store_embeddings(&self, model: &str, vectors: &[(i64, Vec<f32>)]) -> Result<()>;
+
+    /// `owner`'s nodes whose `model` vectors are nearest to the unit vector `query` (cosine
+    /// similarity, brute force over that owner's vectors), best first, at most `limit`, with
+    /// their similarity; with `kind`, only nodes of that kind.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::error::Error::Store`] on a database failure.
+    fn nearest(
+        &self,
+        owner: &str,
+        model: &str,
+        query: &[f32],
+        kind: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(Node, f32)>>;
+
     /// Gives every node of `old` to `new`, and returns how many there were (the counterpart of
     /// [`ConversationStore::reassign_owner`] for the graph).
     ///
@@ -474,6 +518,45 @@ pub trait GraphStore: Send + Sync {
     ///
     /// [`crate::error::Error::Store`] on a database failure.
     fn reassign_nodes(&self, old: &str, new: &str) -> Result<u64>;
+}
+
+/// What a node's embedding is made from, in SQL (both stores): a fact's content, another
+/// node's label and content.
+const EMBEDDED_TEXT: &str =
+    "CASE WHEN kind = 'fact' THEN content ELSE label || '. ' || content END";
+
+/// A vector as stored: its `f32`s, little-endian, one after another.
+fn vector_bytes(vector: &[f32]) -> Vec<u8> {
+    vector.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// The dot product of `query` and a stored vector (the cosine similarity, both being unit
+/// vectors); `None` when the stored one has another dimension.
+fn stored_similarity(query: &[f32], stored: &[u8]) -> Option<f32> {
+    if stored.len() != query.len() * 4 {
+        return None;
+    }
+    Some(
+        stored
+            .chunks_exact(4)
+            .zip(query)
+            .map(|(bytes, q)| f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) * q)
+            .sum(),
+    )
+}
+
+/// The `limit` best `(id, similarity)` of `scored`, best first (ties: the newer node first).
+fn best(scored: impl Iterator<Item = (i64, f32)>, limit: usize) -> Vec<(i64, f32)> {
+    let mut top: Vec<(i64, f32)> = Vec::with_capacity(limit + 1);
+    for (id, score) in scored {
+        if limit == 0 || (top.len() == limit && top.last().is_some_and(|(_, s)| *s >= score)) {
+            continue;
+        }
+        let at = top.partition_point(|(other, s)| *s > score || (*s == score && *other > id));
+        top.insert(at, (id, score));
+        top.truncate(limit);
+    }
+    top
 }
 
 /// Longest label made from a fact's first words.

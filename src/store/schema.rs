@@ -2,7 +2,8 @@
 //!
 //! Version 1 kept a window of events and loaded every session at start. Version 2 keeps every
 //! event with an index per conversation, turn bookkeeping and titles in the session row, a
-//! full-text index over what people said, and an owner on every node of the graph.
+//! full-text index over what people said, and an owner on every node of the graph. Version 3
+//! adds each conversation's model and token totals, and the facts' embeddings.
 
 use rusqlite::{Connection, Transaction};
 
@@ -108,6 +109,30 @@ DROP INDEX nodes_kind_content;
 CREATE INDEX nodes_owner ON nodes (owner, kind, content);
 "#;
 
+/// Version 2 to 3: each conversation's model and token totals (the totals summed from the
+/// closing `message` events already stored), and a table of fact embeddings for semantic
+/// memory: one vector per node and embedding model, unit length, stored as little-endian
+/// `f32`s, with the node's owner beside it so that a search reads one principal's vectors only.
+const V3: &str = r#"
+ALTER TABLE sessions ADD COLUMN model TEXT;
+ALTER TABLE sessions ADD COLUMN prompt_tokens INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE sessions ADD COLUMN completion_tokens INTEGER NOT NULL DEFAULT 0;
+UPDATE sessions SET
+    prompt_tokens = COALESCE((SELECT SUM(json_extract(body, '$.data.usage.prompt_tokens'))
+        FROM events WHERE session_key = sessions.key
+        AND json_extract(body, '$.type') = 'message'), 0),
+    completion_tokens = COALESCE((SELECT SUM(json_extract(body, '$.data.usage.completion_tokens'))
+        FROM events WHERE session_key = sessions.key
+        AND json_extract(body, '$.type') = 'message'), 0);
+CREATE TABLE embeddings (
+    node_id INTEGER PRIMARY KEY REFERENCES nodes (id) ON DELETE CASCADE,
+    owner TEXT NOT NULL,
+    model TEXT NOT NULL,
+    vector BLOB NOT NULL
+);
+CREATE INDEX embeddings_owner ON embeddings (owner, model);
+"#;
+
 /// Fills in the open turn of each conversation from its last event: version 1 kept that only
 /// in the events.
 fn v2_open_turns(tx: &Transaction<'_>) -> rusqlite::Result<()> {
@@ -157,7 +182,8 @@ type Migration = (
 );
 
 /// Entry `n` migrates from version `n` to `n + 1`.
-const MIGRATIONS: [Migration; SCHEMA_VERSION as usize] = [(V1, None), (V2, Some(v2_open_turns))];
+const MIGRATIONS: [Migration; SCHEMA_VERSION as usize] =
+    [(V1, None), (V2, Some(v2_open_turns)), (V3, None)];
 
 /// Brings the database to [`SCHEMA_VERSION`], one version per transaction.
 ///
@@ -166,6 +192,12 @@ const MIGRATIONS: [Migration; SCHEMA_VERSION as usize] = [(V1, None), (V2, Some(
 /// [`Error::Store`] when the file is not a database, was written by a newer build, or a
 /// migration fails (nothing of that migration is then kept).
 pub fn migrate(connection: &mut Connection, context: &str) -> Result<()> {
+    migrate_to(connection, context, SCHEMA_VERSION)
+}
+
+/// Brings the database to version `target` (at most [`SCHEMA_VERSION`]); tests use it to
+/// build an older version's database.
+pub(super) fn migrate_to(connection: &mut Connection, context: &str, target: i64) -> Result<()> {
     let version: i64 = connection
         .query_row("PRAGMA user_version", [], |row| row.get(0))
         .map_err(|e| {
@@ -180,7 +212,12 @@ pub fn migrate(connection: &mut Connection, context: &str) -> Result<()> {
         )));
     }
     debug_assert_eq!(LOCAL_OWNER, "local", "V2 writes the local owner literally");
-    for (from, (sql, step)) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+    for (from, (sql, step)) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .take(target.max(0) as usize)
+        .skip(version.max(0) as usize)
+    {
         let to = from as i64 + 1;
         let failed = |e: rusqlite::Error| {
             Error::Store(format!("{context}: migration to version {to} failed: {e}"))

@@ -21,14 +21,14 @@ use serde_json::Value;
 use super::copy::{Exported, ExportedConversation, ExportedEdge, ExportedNode};
 use super::schema::migrate;
 use super::{
-    ConversationStore, ConversationSummary, DEFAULT_SEARCH_BUDGET, Edge, EventPage, GraphStore,
-    Neighbourhood, Node, StoreStatus, StoredConversation, TITLE_CHARS, TurnMark, WriteOp,
-    calls_from_json, calls_to_json, cut, label_for, messages_from_newest, role_from, role_name,
-    search_words, unix_now,
+    ConversationStore, ConversationSummary, DEFAULT_SEARCH_BUDGET, EMBEDDED_TEXT, Edge, EventPage,
+    GraphStore, Neighbourhood, Node, StoreStatus, StoredConversation, TITLE_CHARS, TurnMark,
+    WriteOp, best, calls_from_json, calls_to_json, cut, label_for, messages_from_newest, role_from,
+    role_name, search_words, stored_similarity, unix_now, vector_bytes,
 };
 use crate::error::{Error, Result};
 use crate::model::ChatMessage;
-use crate::protocol::SessionId;
+use crate::protocol::{SessionId, Usage};
 
 /// The database file inside the data directory.
 pub const DATABASE_FILE: &str = "sparky.db";
@@ -383,7 +383,8 @@ fn export_conversation(
 ) -> rusqlite::Result<ExportedConversation> {
     let mut conversation = connection.query_row(
         "SELECT id, owner, user_id, personality, title, created_at, updated_at, last_seq, \
-         turns, open_turn, open_text, first_seq, first_message FROM sessions WHERE key = ?1",
+         turns, open_turn, open_text, first_seq, first_message, model, prompt_tokens, \
+         completion_tokens FROM sessions WHERE key = ?1",
         [key],
         |row| {
             Ok(ExportedConversation {
@@ -400,6 +401,9 @@ fn export_conversation(
                 open_text: row.get(10)?,
                 first_seq: row.get(11)?,
                 first_message: row.get(12)?,
+                model: row.get(13)?,
+                prompt_tokens: row.get(14)?,
+                completion_tokens: row.get(15)?,
                 ..ExportedConversation::default()
             })
         },
@@ -493,10 +497,16 @@ fn summary_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Option<Conversa
         created_at: row.get(2).unwrap_or(0),
         updated_at: row.get(3).unwrap_or(0),
         turns: row.get::<_, i64>(4).unwrap_or(0).max(0) as u64,
+        model: row.get(5).ok().flatten(),
+        usage: Usage {
+            prompt_tokens: row.get::<_, i64>(6).unwrap_or(0).max(0) as u64,
+            completion_tokens: row.get::<_, i64>(7).unwrap_or(0).max(0) as u64,
+        },
     }))
 }
 
-const SUMMARY_COLUMNS: &str = "id, title, created_at, updated_at, turns";
+const SUMMARY_COLUMNS: &str =
+    "id, title, created_at, updated_at, turns, model, prompt_tokens, completion_tokens";
 
 /// The words of free text as quoted FTS5 terms (see [`search_words`]), so that no input is a
 /// syntax error.
@@ -569,6 +579,8 @@ struct RowUpdate {
     open: Option<Option<(u64, String)>>,
     /// The first turn opened in the batch: a title, when the row has none yet.
     title: Option<String>,
+    /// Tokens the turns closed in the batch used.
+    usage: Usage,
 }
 
 /// The integer key of a conversation, or `None` when the store does not hold it.
@@ -603,12 +615,21 @@ impl Writer {
                     owner,
                     user_id,
                     personality,
+                    model,
                 } => {
                     tx.prepare_cached(
-                        "INSERT INTO sessions (id, owner, user_id, personality, created_at, updated_at) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+                        "INSERT INTO sessions \
+                         (id, owner, user_id, personality, model, created_at, updated_at) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
                     )?
-                    .execute(params![id.as_str(), owner, user_id, personality, now])?;
+                    .execute(params![
+                        id.as_str(),
+                        owner,
+                        user_id,
+                        personality,
+                        model,
+                        now
+                    ])?;
                     keys.insert(id.clone(), tx.last_insert_rowid());
                 }
                 WriteOp::Event {
@@ -643,7 +664,10 @@ impl Writer {
                             row.turns = row.turns.max(*turn_id);
                             row.title.get_or_insert_with(|| cut(text, TITLE_CHARS));
                         }
-                        TurnMark::Closed => row.open = Some(None),
+                        TurnMark::Closed { usage } => {
+                            row.open = Some(None);
+                            row.usage = row.usage.plus(*usage);
+                        }
                     }
                 }
                 WriteOp::Messages {
@@ -717,9 +741,17 @@ impl Writer {
         for (key, row) in rows {
             tx.prepare_cached(
                 "UPDATE sessions SET last_seq = MAX(last_seq, ?2), turns = MAX(turns, ?3), \
-                 updated_at = ?4 WHERE key = ?1",
+                 updated_at = ?4, prompt_tokens = prompt_tokens + ?5, \
+                 completion_tokens = completion_tokens + ?6 WHERE key = ?1",
             )?
-            .execute(params![key, row.last_seq as i64, row.turns as i64, now])?;
+            .execute(params![
+                key,
+                row.last_seq as i64,
+                row.turns as i64,
+                now,
+                i64::try_from(row.usage.prompt_tokens).unwrap_or(i64::MAX),
+                i64::try_from(row.usage.completion_tokens).unwrap_or(i64::MAX),
+            ])?;
             match row.open {
                 None => {}
                 Some(None) => {
@@ -772,11 +804,12 @@ impl ConversationStore for SqliteStore {
                 Option<i64>,
                 Option<String>,
                 i64,
+                Option<String>,
             );
             let row: Option<Row> = tx
                 .prepare_cached(
                     "SELECT key, owner, user_id, personality, last_seq, turns, open_turn, \
-                     open_text, first_message FROM sessions WHERE id = ?1",
+                     open_text, first_message, model FROM sessions WHERE id = ?1",
                 )?
                 .query_row([id.as_str()], |row| {
                     Ok((
@@ -789,10 +822,12 @@ impl ConversationStore for SqliteStore {
                         row.get(6)?,
                         row.get(7)?,
                         row.get(8)?,
+                        row.get(9)?,
                     ))
                 })
                 .optional()?;
-            let Some((key, owner, user_id, personality, last_seq, turns, open, text, first)) = row
+            let Some((key, owner, user_id, personality, last_seq, turns, open, text, first, model)) =
+                row
             else {
                 return Ok(None);
             };
@@ -834,6 +869,7 @@ impl ConversationStore for SqliteStore {
                 owner,
                 user_id,
                 personality,
+                model,
                 last_seq: last_seq.max(0) as u64,
                 turns: turns.max(0) as u64,
                 open_turn: open.map(|turn| (turn.max(0) as u64, text.unwrap_or_default())),
@@ -1206,12 +1242,78 @@ impl GraphStore for SqliteStore {
 
     fn reassign_nodes(&self, old: &str, new: &str) -> Result<u64> {
         self.write("reassign nodes", |connection| {
+            connection.execute(
+                "UPDATE embeddings SET owner = ?2 WHERE owner = ?1",
+                params![old, new],
+            )?;
             connection
                 .execute(
                     "UPDATE nodes SET owner = ?2 WHERE owner = ?1",
                     params![old, new],
                 )
                 .map(|n| n as u64)
+        })
+    }
+
+    fn unembedded(&self, model: &str, limit: usize) -> Result<Vec<(i64, String)>> {
+        self.read("find facts to embed", |connection| {
+            connection
+                .prepare_cached(&format!(
+                    "SELECT id, {EMBEDDED_TEXT} FROM nodes WHERE NOT EXISTS \
+                     (SELECT 1 FROM embeddings e WHERE e.node_id = nodes.id AND e.model = ?1) \
+                     ORDER BY id LIMIT ?2"
+                ))?
+                .query_map(params![model, limit as i64], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })?
+                .collect()
+        })
+    }
+
+    fn store_embeddings(&self, model: &str, vectors: &[(i64, Vec<f32>)]) -> Result<()> {
+        self.write("store embeddings", |connection| {
+            let tx = connection.unchecked_transaction()?;
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT OR REPLACE INTO embeddings (node_id, owner, model, vector) \
+                     SELECT id, owner, ?2, ?3 FROM nodes WHERE id = ?1",
+                )?;
+                for (id, vector) in vectors {
+                    insert.execute(params![id, model, vector_bytes(vector)])?;
+                }
+            }
+            tx.commit()
+        })
+    }
+
+    fn nearest(
+        &self,
+        owner: &str,
+        model: &str,
+        query: &[f32],
+        kind: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(Node, f32)>> {
+        self.read("semantic search", |connection| {
+            let mut statement = connection.prepare_cached(
+                "SELECT e.node_id, e.vector FROM embeddings e JOIN nodes n ON n.id = e.node_id \
+                 WHERE e.owner = ?1 AND e.model = ?2 AND (?3 IS NULL OR n.kind = ?3)",
+            )?;
+            let mut rows = statement.query(params![owner, model, kind])?;
+            let mut scored: Vec<(i64, f32)> = Vec::new();
+            while let Some(row) = rows.next()? {
+                let id: i64 = row.get(0)?;
+                if let Some(similarity) = stored_similarity(query, row.get_ref(1)?.as_blob()?) {
+                    scored.push((id, similarity));
+                }
+            }
+            let mut found = Vec::new();
+            for (id, similarity) in best(scored.into_iter(), limit) {
+                if let Some(node) = get_node(connection, owner, id)? {
+                    found.push((node, similarity));
+                }
+            }
+            Ok(found)
         })
     }
 }

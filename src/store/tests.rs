@@ -19,7 +19,7 @@ use super::{
     PostgresStore, SqliteStore, TurnMark, WriteOp, label_for, search_words,
 };
 use crate::model::{ChatMessage, Role, ToolCall};
-use crate::protocol::SessionId;
+use crate::protocol::{SessionId, Usage};
 
 /// Both traits, and what the shared tests need to look inside.
 trait TestStore: ConversationStore + GraphStore + Send + Sync + 'static {
@@ -66,6 +66,7 @@ fn create(id: &SessionId, owner: &str) -> WriteOp {
         owner: owner.into(),
         user_id: Some("ann".into()),
         personality: Some("be brief".into()),
+        model: None,
     }
 }
 
@@ -99,7 +100,14 @@ fn round_trip<S: TestStore>(store: S, reopen: impl FnOnce() -> S) {
         .apply(&[
             create(&one, "alice"),
             event(&one, 1, opened, Some("hello otters")),
-            event(&one, 2, TurnMark::Closed, Some("You said: hello otters")),
+            event(
+                &one,
+                2,
+                TurnMark::Closed {
+                    usage: Usage::default(),
+                },
+                Some("You said: hello otters"),
+            ),
             event(
                 &one,
                 3,
@@ -253,6 +261,146 @@ fn reassigning_an_owner_moves_its_conversations_and_nodes_only<S: TestStore>(sto
     assert_eq!(store.search("new", "owls", None, 5).unwrap().len(), 1);
     assert!(store.search("old", "owls", None, 5).unwrap().is_empty());
     assert_eq!(store.reassign_owner("old", "new").unwrap(), 0, "idempotent");
+}
+
+/// A `message` event that closes turn `turn` having used `usage`.
+fn answered(session: &SessionId, seq: u64, usage: Usage) -> WriteOp {
+    event(session, seq, TurnMark::Closed { usage }, Some("an answer"))
+}
+
+fn a_conversation_keeps_its_model_and_token_totals<S: TestStore>(store: S) {
+    let one = id(1);
+    let WriteOp::CreateSession {
+        id: session,
+        owner,
+        user_id,
+        personality,
+        ..
+    } = create(&one, "ann")
+    else {
+        unreachable!()
+    };
+    let chosen = WriteOp::CreateSession {
+        id: session,
+        owner,
+        user_id,
+        personality,
+        model: Some("beta".into()),
+    };
+    let opened = |turn_id| TurnMark::Opened {
+        turn_id,
+        text: "hi".into(),
+    };
+    let usage = Usage {
+        prompt_tokens: 10,
+        completion_tokens: 5,
+    };
+    store
+        .apply(&[
+            chosen,
+            event(&one, 1, opened(1), None),
+            answered(&one, 2, usage),
+        ])
+        .unwrap();
+    // Two turns closed in one batch, one of them by an error (no usage).
+    store
+        .apply(&[
+            event(&one, 3, opened(2), None),
+            event(
+                &one,
+                4,
+                TurnMark::Closed {
+                    usage: Usage::default(),
+                },
+                None,
+            ),
+            event(&one, 5, opened(3), None),
+            answered(&one, 6, usage),
+        ])
+        .unwrap();
+    let summary = store.summary("ann", &one).unwrap().unwrap();
+    assert_eq!(summary.model.as_deref(), Some("beta"));
+    assert_eq!(
+        summary.usage,
+        Usage {
+            prompt_tokens: 20,
+            completion_tokens: 10
+        }
+    );
+    assert_eq!(store.list("ann", None, 5).unwrap()[0].usage, summary.usage);
+    assert_eq!(
+        store.load(&one, 1, 1).unwrap().unwrap().model.as_deref(),
+        Some("beta")
+    );
+    let two = id(2);
+    store.apply(&[create(&two, "ann")]).unwrap();
+    assert_eq!(store.summary("ann", &two).unwrap().unwrap().model, None);
+}
+
+fn embeddings_are_stored_per_owner_and_found_by_similarity<S: TestStore>(store: S) {
+    let (cat, _) = store.remember("ann", "Tom is a tabby").unwrap();
+    let (bills, _) = store
+        .remember("ann", "the bills are due on Friday")
+        .unwrap();
+    let (bobs, _) = store.remember("bob", "Tom is a tabby").unwrap();
+    let pending: Vec<i64> = store
+        .unembedded("m", 10)
+        .unwrap()
+        .iter()
+        .map(|(id, _)| *id)
+        .collect();
+    assert_eq!(pending, vec![cat.id, bills.id, bobs.id]);
+    let vectors = vec![
+        (cat.id, vec![1.0, 0.0]),
+        (bills.id, vec![0.0, 1.0]),
+        (bobs.id, vec![1.0, 0.0]),
+    ];
+    store.store_embeddings("m", &vectors).unwrap();
+    assert!(store.unembedded("m", 10).unwrap().is_empty());
+    assert_eq!(store.unembedded("other-model", 10).unwrap().len(), 3);
+    let query = [0.8, 0.6];
+    let near = store.nearest("ann", "m", &query, Some("fact"), 5).unwrap();
+    let found: Vec<(i64, f32)> = near.iter().map(|(n, s)| (n.id, *s)).collect();
+    assert_eq!(found.len(), 2, "ann's own facts only: {found:?}");
+    assert_eq!(found[0].0, cat.id);
+    assert!((found[0].1 - 0.8).abs() < 1e-6 && (found[1].1 - 0.6).abs() < 1e-6);
+    assert!(
+        store
+            .nearest("ann", "other-model", &query, None, 5)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .nearest("ann", "m", &query, Some("person"), 5)
+            .unwrap()
+            .is_empty()
+    );
+    // A vector of another dimension is never compared; a deleted node takes its vector along.
+    assert!(
+        store
+            .nearest("ann", "m", &[1.0, 0.0, 0.0], None, 5)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(store.delete("ann", cat.id).unwrap());
+    let left = store.nearest("ann", "m", &query, None, 5).unwrap();
+    assert_eq!(
+        left.iter().map(|(n, _)| n.id).collect::<Vec<_>>(),
+        vec![bills.id]
+    );
+    // A new owner takes the vectors with the nodes.
+    store.reassign_nodes("bob", "carol").unwrap();
+    assert!(
+        store
+            .nearest("bob", "m", &query, None, 5)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store.nearest("carol", "m", &query, None, 5).unwrap().len(),
+        1
+    );
 }
 
 fn the_graph_is_private_to_each_owner_and_remember_is_an_upsert<S: TestStore>(store: S) {
@@ -423,6 +571,110 @@ fn postgres_graph() {
     the_graph_is_private_to_each_owner_and_remember_is_an_upsert(postgres(
         &cluster::fresh_database(),
     ));
+}
+
+#[test]
+fn sqlite_model_and_usage() {
+    a_conversation_keeps_its_model_and_token_totals(SqliteStore::in_memory().unwrap());
+}
+
+#[test]
+fn postgres_model_and_usage() {
+    a_conversation_keeps_its_model_and_token_totals(postgres(&cluster::fresh_database()));
+}
+
+#[test]
+fn sqlite_embeddings() {
+    embeddings_are_stored_per_owner_and_found_by_similarity(SqliteStore::in_memory().unwrap());
+}
+
+#[test]
+fn postgres_embeddings() {
+    embeddings_are_stored_per_owner_and_found_by_similarity(postgres(&cluster::fresh_database()));
+}
+
+/// Events of a conversation as an earlier version stored them: a turn answered with usage, a
+/// turn answered without, a failed turn.
+const EARLIER_EVENTS: [&str; 5] = [
+    r#"{"type":"user_message","seq":1,"data":{"turn_id":1,"text":"hi"}}"#,
+    r#"{"type":"message","seq":2,"data":{"turn_id":1,"text":"a","usage":{"prompt_tokens":7,"completion_tokens":3}}}"#,
+    r#"{"type":"message","seq":3,"data":{"turn_id":2,"text":"b"}}"#,
+    r#"{"type":"error","seq":4,"data":{"turn_id":3,"code":"model_error","message":"x"}}"#,
+    r#"{"type":"message","seq":5,"data":{"turn_id":4,"text":"c","usage":{"prompt_tokens":1,"completion_tokens":2}}}"#,
+];
+
+/// What the migration made of [`EARLIER_EVENTS`] and one fact: totals summed from the
+/// answers, no model chosen, the fact waiting for the backfill.
+fn earlier_conversation_migrated<S: TestStore>(store: &S) {
+    let summary = store.summary("ann", &id(1)).unwrap().unwrap();
+    let usage = Usage {
+        prompt_tokens: 8,
+        completion_tokens: 5,
+    };
+    assert_eq!(summary.usage, usage);
+    assert_eq!(summary.model, None);
+    assert_eq!(store.unembedded("m", 5).unwrap().len(), 1);
+}
+
+#[test]
+fn sqlite_version_2_gains_models_totals_from_its_events_and_embeddings() {
+    let dir = temp_dir("v2-to-v3");
+    std::fs::create_dir_all(&dir).unwrap();
+    {
+        let mut db = rusqlite::Connection::open(dir.join(super::DATABASE_FILE)).unwrap();
+        super::schema::migrate_to(&mut db, "test", 2).unwrap();
+        db.execute(
+            "INSERT INTO sessions (id, owner, created_at, updated_at) VALUES (?1, 'ann', 1, 1)",
+            [id(1).as_str()],
+        )
+        .unwrap();
+        for (seq, body) in EARLIER_EVENTS.iter().enumerate() {
+            db.execute(
+                "INSERT INTO events (session_key, seq, body) VALUES (1, ?1, ?2)",
+                rusqlite::params![seq as i64 + 1, body],
+            )
+            .unwrap();
+        }
+        db.execute(
+            "INSERT INTO nodes (kind, label, content, owner, created_at, updated_at) \
+             VALUES ('fact', 'owls', 'owls hoot', 'ann', 1, 1)",
+            [],
+        )
+        .unwrap();
+    }
+    earlier_conversation_migrated(&SqliteStore::open(&dir).unwrap());
+}
+
+#[test]
+fn postgres_version_1_gains_models_totals_from_its_events_and_embeddings() {
+    let url = cluster::fresh_database();
+    {
+        let mut client = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap();
+        super::postgres::schema::migrate_to(&mut client, "test", 1).unwrap();
+        let version: i64 = client
+            .query_one("SELECT max(version) FROM schema_version", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(version, 1);
+        client
+            .execute(
+                "INSERT INTO sessions (id, owner, created_at, updated_at) VALUES ($1, 'ann', 1, 1)",
+                &[&id(1).as_str()],
+            )
+            .unwrap();
+        for (seq, body) in EARLIER_EVENTS.iter().enumerate() {
+            client
+                .execute(
+                    "INSERT INTO events (session_key, seq, body) \
+                     SELECT key, $1, $2 FROM sessions",
+                    &[&(seq as i64 + 1), body],
+                )
+                .unwrap();
+        }
+    }
+    let store = postgres(&url);
+    store.remember("ann", "owls hoot").unwrap();
+    earlier_conversation_migrated(&store);
 }
 
 #[test]

@@ -381,6 +381,15 @@ fn model_answer(stream: TcpStream, requests: &Sender<Value>, released: &Mutex<Re
         return;
     }
     let request: Value = serde_json::from_slice(&body).unwrap();
+    if request.get("messages").is_none() {
+        // Not a chat (Ollama's `POST /api/show`, which the probe asks for the window).
+        let mut out = stream;
+        let _ = write!(
+            out,
+            "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        return;
+    }
     let last_user = request["messages"]
         .as_array()
         .and_then(|messages| messages.iter().rev().find(|m| m["role"] == "user"))

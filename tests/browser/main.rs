@@ -4,7 +4,7 @@
 //! One test, so that Chromium starts once; it runs one scenario per concern, each in its own
 //! file and against its own server: chatting through a proxy that cuts the network and a
 //! server that is killed mid-turn (`chat.rs`), the conversation list, paging and export
-//! (`conversations.rs`), personas, token usage, a reload mid-answer and rendered answers with
+//! (`conversations.rs`), the model menu (`models.rs`), personas, token usage, a reload mid-answer and rendered answers with
 //! the markdown payload list (`answers.rs`), memories (`memories.rs`), the phone layout
 //! (`phone.rs`), tokens (`tokens.rs`). At the end the console must hold no script error and
 //! no Content-Security-Policy violation. Screenshots go to `target/browser-artifacts/`.
@@ -21,6 +21,7 @@ mod conversations;
 mod driver;
 mod fakes;
 mod memories;
+mod models;
 mod phone;
 mod tokens;
 
@@ -40,6 +41,7 @@ fn the_chat_page_works_in_a_real_browser() {
     conversations::run(&browser);
     answers::run(&browser);
     memories::run(&browser);
+    models::run(&browser);
     phone::run(&browser);
     tokens::run(&browser);
 

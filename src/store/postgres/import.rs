@@ -177,8 +177,10 @@ impl Importer<'_, '_> {
             .tx
             .query_one(
                 "INSERT INTO sessions (id, owner, user_id, personality, title, created_at, \
-                 updated_at, last_seq, turns, open_turn, open_text, first_seq, first_message) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING key",
+                 updated_at, last_seq, turns, open_turn, open_text, first_seq, first_message, \
+                 model, prompt_tokens, completion_tokens) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
+                 RETURNING key",
                 &[
                     &c.id,
                     &c.owner,
@@ -193,6 +195,9 @@ impl Importer<'_, '_> {
                     &c.open_text,
                     &c.first_seq,
                     &c.first_message,
+                    &c.model,
+                    &c.prompt_tokens,
+                    &c.completion_tokens,
                 ],
             )?
             .try_get(0)?;

@@ -21,7 +21,7 @@
 mod cluster;
 mod import;
 mod pool;
-mod schema;
+pub(super) mod schema;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,13 +38,13 @@ use super::cluster::payload;
 use super::{
     ConversationStore, ConversationSummary, DEFAULT_SEARCH_BUDGET, Edge, EventPage, GraphStore,
     LEASE_TTL, Neighbourhood, Node, Signal, StoreStatus, StoredConversation, TITLE_CHARS, TurnMark,
-    WriteOp, calls_from_json, calls_to_json, cut, label_for, messages_from_newest, role_from,
-    role_name, search_words, unix_now,
+    WriteOp, best, calls_from_json, calls_to_json, cut, label_for, messages_from_newest, role_from,
+    role_name, search_words, stored_similarity, unix_now, vector_bytes,
 };
 use crate::config::redact_url;
 use crate::error::{Error, Result};
 use crate::model::ChatMessage;
-use crate::protocol::SessionId;
+use crate::protocol::{SessionId, Usage};
 
 pub use schema::POSTGRES_SCHEMA_VERSION;
 
@@ -171,7 +171,7 @@ fn edge_from_row(row: &Row) -> Result<Edge, postgres::Error> {
     })
 }
 
-/// A summary from `id, title, created_at, updated_at, turns`; `None` for an id that is not one.
+/// A summary from [`SUMMARY_COLUMNS`]; `None` for an id that is not one.
 fn summary_from_row(row: &Row) -> Result<Option<ConversationSummary>, postgres::Error> {
     let id: String = row.try_get(0)?;
     Ok(SessionId::parse(&id).map(|id| ConversationSummary {
@@ -180,8 +180,53 @@ fn summary_from_row(row: &Row) -> Result<Option<ConversationSummary>, postgres::
         created_at: row.try_get(2).unwrap_or(0),
         updated_at: row.try_get(3).unwrap_or(0),
         turns: small(row.try_get(4).unwrap_or(0)),
+        model: row.try_get(5).ok().flatten(),
+        usage: Usage {
+            prompt_tokens: small(row.try_get(6).unwrap_or(0)),
+            completion_tokens: small(row.try_get(7).unwrap_or(0)),
+        },
     }))
 }
+
+/// What a conversation's summary reads, in the order [`summary_from_row`] takes it.
+macro_rules! summary_columns {
+    ($prefix:literal) => {
+        concat!(
+            $prefix,
+            "id, ",
+            $prefix,
+            "title, ",
+            $prefix,
+            "created_at, ",
+            $prefix,
+            "updated_at, ",
+            $prefix,
+            "turns, ",
+            $prefix,
+            "model, ",
+            $prefix,
+            "prompt_tokens, ",
+            $prefix,
+            "completion_tokens"
+        )
+    };
+}
+
+const UNEMBEDDED: &str = concat!(
+    "SELECT id, ",
+    "CASE WHEN kind = 'fact' THEN content ELSE label || '. ' || content END",
+    " FROM nodes WHERE NOT EXISTS (SELECT 1 FROM embeddings e \
+     WHERE e.node_id = nodes.id AND e.model = $1) ORDER BY id LIMIT $2"
+);
+/// Upserts a batch of vectors, each under its node's owner; a node deleted meanwhile has no
+/// row to join and is skipped.
+const STORE_EMBEDDINGS: &str = "INSERT INTO embeddings (node_id, owner, model, vector) \
+     SELECT n.id, n.owner, $2, u.v FROM unnest($1::bigint[], $3::bytea[]) AS u (id, v) \
+     JOIN nodes n ON n.id = u.id \
+     ON CONFLICT (node_id) DO UPDATE SET owner = excluded.owner, model = excluded.model, \
+     vector = excluded.vector";
+const VECTORS: &str = "SELECT e.node_id, e.vector FROM embeddings e JOIN nodes n ON n.id = e.node_id \
+     WHERE e.owner = $1 AND e.model = $2 AND ($3::text IS NULL OR n.kind = $3)";
 
 const GET_NODE: &str = "SELECT id, kind, label, content, properties, created_at, updated_at \
      FROM nodes WHERE id = $1 AND owner = $2";
@@ -459,6 +504,8 @@ struct RowUpdate {
     /// The turn opened in this batch, not closed yet and not written yet: its place in
     /// [`Rows`]'s turn columns.
     open_here: Option<usize>,
+    /// Tokens the turns closed in the batch used.
+    usage: Usage,
 }
 
 /// The rows of a batch, gathered per table and written as arrays by one statement.
@@ -494,20 +541,22 @@ struct Rows {
     session_open_turns: Vec<Option<i64>>,
     session_open_texts: Vec<Option<String>>,
     session_titles: Vec<Option<String>>,
+    session_prompt_tokens: Vec<i64>,
+    session_completion_tokens: Vec<i64>,
     /// Notifications for the other instances.
     notices: Vec<String>,
 }
 
-/// A new conversation, leased to the instance that creates it (`$6`) for `$7` milliseconds.
+/// A new conversation, leased to the instance that creates it (`$7`) for `$8` milliseconds.
 const INSERT_SESSION: &str = "WITH s AS (INSERT INTO sessions \
-     (id, owner, user_id, personality, created_at, updated_at) \
-     VALUES ($1, $2, $3, $4, $5, $5) RETURNING key), \
+     (id, owner, user_id, personality, model, created_at, updated_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $6) RETURNING key), \
      l AS (INSERT INTO leases (session_key, holder, expires_at) \
-     SELECT key, $6, now() + $7::bigint * interval '1 millisecond' FROM s) \
+     SELECT key, $7, now() + $8::bigint * interval '1 millisecond' FROM s) \
      SELECT key FROM s";
 const SESSION_KEY: &str = "SELECT key FROM sessions WHERE id = $1";
 /// Every row of a batch in one statement (one round trip), the notifications for other
-/// instances (`$29`, sent when the transaction commits), and the transaction's id. Its parts
+/// instances (`$31`, sent when the transaction commits), and the transaction's id. Its parts
 /// all see the database as it was before the statement, which is why a turn opened and closed
 /// in one batch is inserted closed, and only turns opened earlier are updated. An event or
 /// turn whose number is taken already is left out rather than failing the batch: only an
@@ -536,13 +585,15 @@ const WRITE_ROWS: &str = "WITH \
          updated_at = $28, \
          open_turn = CASE WHEN u.open_set THEN u.open_turn ELSE s.open_turn END, \
          open_text = CASE WHEN u.open_set THEN u.open_text ELSE s.open_text END, \
-         title = coalesce(s.title, u.title) \
+         title = coalesce(s.title, u.title), \
+         prompt_tokens = s.prompt_tokens + u.prompt, \
+         completion_tokens = s.completion_tokens + u.completion \
          FROM unnest($21::bigint[], $22::bigint[], $23::bigint[], $24::bool[], $25::bigint[], \
-         $26::text[], $27::text[]) \
-         AS u (key, last_seq, turns, open_set, open_turn, open_text, title) \
+         $26::text[], $27::text[], $29::bigint[], $30::bigint[]) \
+         AS u (key, last_seq, turns, open_set, open_turn, open_text, title, prompt, completion) \
          WHERE s.key = u.key) \
      SELECT pg_current_xact_id()::text, \
-         (SELECT count(*) FROM (SELECT pg_notify('sparky', n) FROM unnest($29::text[]) n) x)";
+         (SELECT count(*) FROM (SELECT pg_notify('sparky', n) FROM unnest($31::text[]) n) x)";
 const TRIM_MESSAGES: &str = "UPDATE sessions SET first_message = $2 WHERE key = $1";
 const RENAME: &str = "UPDATE sessions SET title = $3 WHERE id = $1 AND owner = $2";
 /// A conversation and every row of it (`turns` and `leases` follow by their foreign keys).
@@ -593,6 +644,7 @@ fn apply_batch(
                 owner,
                 user_id,
                 personality,
+                model,
             } => {
                 let statement = prepared(statements, &mut tx, INSERT_SESSION)?;
                 let key: i64 = tx
@@ -603,6 +655,7 @@ fn apply_batch(
                             owner,
                             user_id,
                             personality,
+                            model,
                             &now,
                             &*instance,
                             &lease_ms,
@@ -642,8 +695,9 @@ fn apply_batch(
                         rows.turn_opened.push(big(*seq));
                         rows.turn_closed.push(None);
                     }
-                    TurnMark::Closed => {
+                    TurnMark::Closed { usage } => {
                         update.open = Some(None);
+                        update.usage = update.usage.plus(*usage);
                         match update.open_here.take() {
                             Some(at) => rows.turn_closed[at] = Some(big(*seq)),
                             None => {
@@ -746,6 +800,10 @@ impl Rows {
                 .push(open.as_ref().map(|(turn, _)| big(*turn)));
             self.session_open_texts.push(open.map(|(_, text)| text));
             self.session_titles.push(update.title);
+            self.session_prompt_tokens
+                .push(big(update.usage.prompt_tokens));
+            self.session_completion_tokens
+                .push(big(update.usage.completion_tokens));
         }
         let statement = prepared(statements, tx, WRITE_ROWS)?;
         let xid: String = tx
@@ -780,6 +838,8 @@ impl Rows {
                     &self.session_open_texts,
                     &self.session_titles,
                     &now,
+                    &self.session_prompt_tokens,
+                    &self.session_completion_tokens,
                     &self.notices,
                 ],
             )?
@@ -822,7 +882,7 @@ fn only_removes(batch: &[WriteOp]) -> bool {
 }
 
 const LOAD_SESSION: &str = "SELECT key, owner, user_id, personality, last_seq, turns, \
-     open_turn, open_text, first_message FROM sessions WHERE id = $1";
+     open_turn, open_text, first_message, model FROM sessions WHERE id = $1";
 const LOAD_MESSAGES: &str = "SELECT idx, role, content, tool_calls, tool_call_id, is_error \
      FROM messages WHERE session_key = $1 AND idx >= $2 ORDER BY idx DESC LIMIT $3";
 const LOAD_NOTES: &str = "SELECT text FROM notes WHERE session_key = $1 ORDER BY id";
@@ -834,15 +894,24 @@ const EVENT_RANGE: &str = "SELECT seq, body FROM events \
 const OWNED_SESSION_KEY: &str = "SELECT key FROM sessions WHERE id = $1 AND owner = $2";
 const EVENTS_BEFORE: &str = "SELECT body FROM events WHERE session_key = $1 AND seq < $2 \
      ORDER BY seq DESC LIMIT $3";
-const LIST: &str = "SELECT id, title, created_at, updated_at, turns FROM sessions \
-     WHERE owner = $1 ORDER BY updated_at DESC, key DESC LIMIT $2";
-const SEARCH_CONVERSATIONS: &str = "WITH q AS (SELECT to_tsquery('sparky_english', $2) AS words) \
-     SELECT s.id, s.title, s.created_at, s.updated_at, s.turns FROM sessions s, q \
+const LIST: &str = concat!(
+    "SELECT ",
+    summary_columns!(""),
+    " FROM sessions WHERE owner = $1 ORDER BY updated_at DESC, key DESC LIMIT $2"
+);
+const SEARCH_CONVERSATIONS: &str = concat!(
+    "WITH q AS (SELECT to_tsquery('sparky_english', $2) AS words) SELECT ",
+    summary_columns!("s."),
+    " FROM sessions s, q \
      WHERE numnode(q.words) > 0 AND s.owner = $1 AND EXISTS \
      (SELECT 1 FROM events e WHERE e.session_key = s.key AND e.search @@ q.words) \
-     ORDER BY s.updated_at DESC, s.key DESC LIMIT $3";
-const SUMMARY: &str = "SELECT id, title, created_at, updated_at, turns FROM sessions \
-     WHERE id = $1 AND owner = $2";
+     ORDER BY s.updated_at DESC, s.key DESC LIMIT $3"
+);
+const SUMMARY: &str = concat!(
+    "SELECT ",
+    summary_columns!(""),
+    " FROM sessions WHERE id = $1 AND owner = $2"
+);
 const IDLE: &str = "SELECT id FROM sessions WHERE updated_at < $1 LIMIT $2";
 const COUNT: &str = "SELECT count(*) FROM sessions WHERE owner = $1";
 
@@ -924,6 +993,7 @@ impl ConversationStore for PostgresStore {
                 owner: row.try_get(1)?,
                 user_id: row.try_get(2)?,
                 personality: row.try_get(3)?,
+                model: row.try_get(9)?,
                 last_seq: small(row.try_get(4)?),
                 turns: small(row.try_get(5)?),
                 open_turn: open.map(|turn| (small(turn), text.unwrap_or_default())),
@@ -1355,10 +1425,71 @@ impl GraphStore for PostgresStore {
 
     fn reassign_nodes(&self, old: &str, new: &str) -> Result<u64> {
         self.write("reassign nodes", |connection, _| {
-            connection.client.execute(
+            let mut tx = connection.client.transaction()?;
+            tx.execute(
+                "UPDATE embeddings SET owner = $2 WHERE owner = $1",
+                &[&old, &new],
+            )?;
+            let moved = tx.execute(
                 "UPDATE nodes SET owner = $2 WHERE owner = $1",
                 &[&old, &new],
-            )
+            )?;
+            tx.commit()?;
+            Ok(moved)
+        })
+    }
+
+    fn unembedded(&self, model: &str, limit: usize) -> Result<Vec<(i64, String)>> {
+        self.pool.run("find facts to embed", |connection| {
+            let Connection { client, statements } = connection;
+            let statement = prepared(statements, client, UNEMBEDDED)?;
+            client
+                .query(&statement, &[&model, &big(limit as u64)])?
+                .iter()
+                .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+                .collect()
+        })
+    }
+
+    fn store_embeddings(&self, model: &str, vectors: &[(i64, Vec<f32>)]) -> Result<()> {
+        let ids: Vec<i64> = vectors.iter().map(|(id, _)| *id).collect();
+        let bytes: Vec<Vec<u8>> = vectors.iter().map(|(_, v)| vector_bytes(v)).collect();
+        self.pool.run("store embeddings", |connection| {
+            let Connection { client, statements } = connection;
+            let statement = prepared(statements, client, STORE_EMBEDDINGS)?;
+            client.execute(&statement, &[&ids, &model, &bytes])?;
+            Ok(())
+        })
+    }
+
+    fn nearest(
+        &self,
+        owner: &str,
+        model: &str,
+        query: &[f32],
+        kind: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(Node, f32)>> {
+        self.pool.run("semantic search", |connection| {
+            let scored = {
+                let Connection { client, statements } = &mut *connection;
+                let statement = prepared(statements, client, VECTORS)?;
+                let mut scored: Vec<(i64, f32)> = Vec::new();
+                for row in client.query(&statement, &[&owner, &model, &kind])? {
+                    let bytes: &[u8] = row.try_get(1)?;
+                    if let Some(similarity) = stored_similarity(query, bytes) {
+                        scored.push((row.try_get(0)?, similarity));
+                    }
+                }
+                best(scored.into_iter(), limit)
+            };
+            let mut found = Vec::new();
+            for (id, similarity) in scored {
+                if let Some(node) = get_node(connection, owner, id)? {
+                    found.push((node, similarity));
+                }
+            }
+            Ok(found)
         })
     }
 }
@@ -1422,6 +1553,7 @@ mod tests {
             owner: "ann".into(),
             user_id: None,
             personality: None,
+            model: None,
         };
         store.apply(&[create]).unwrap();
         store.apply(&batch(&id, 1)).unwrap();

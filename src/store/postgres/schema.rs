@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 
 /// The schema version this build writes. A database with a higher one was migrated by a newer
 /// Sparky and is refused.
-pub const POSTGRES_SCHEMA_VERSION: i64 = 1;
+pub const POSTGRES_SCHEMA_VERSION: i64 = 2;
 
 /// The advisory lock each migration's transaction takes: `sparky-migrate` in ASCII.
 const MIGRATION_LOCK: i64 = 0x7370_6172_6b79_6d67;
@@ -129,8 +129,32 @@ CREATE TABLE edges (
 CREATE INDEX edges_target ON edges (target);
 "#;
 
+/// Version 1 to 2: each conversation's model and token totals (summed from the closing
+/// `message` events already stored), and the facts' embeddings (as SQLite's version 3): one
+/// vector per node and embedding model, unit length, little-endian `f32`s in a `bytea`, with
+/// the node's owner beside it so that a search reads one principal's vectors only.
+const V2: &str = r#"
+ALTER TABLE sessions ADD COLUMN model text,
+    ADD COLUMN prompt_tokens bigint NOT NULL DEFAULT 0,
+    ADD COLUMN completion_tokens bigint NOT NULL DEFAULT 0;
+UPDATE sessions s SET prompt_tokens = u.prompt, completion_tokens = u.completion
+    FROM (SELECT session_key,
+            coalesce(sum((body::jsonb #>> '{data,usage,prompt_tokens}')::bigint), 0) AS prompt,
+            coalesce(sum((body::jsonb #>> '{data,usage,completion_tokens}')::bigint), 0)
+                AS completion
+          FROM events WHERE body::jsonb ->> 'type' = 'message' GROUP BY session_key) u
+    WHERE u.session_key = s.key;
+CREATE TABLE embeddings (
+    node_id bigint PRIMARY KEY REFERENCES nodes (id) ON DELETE CASCADE,
+    owner text NOT NULL,
+    model text NOT NULL,
+    vector bytea NOT NULL
+);
+CREATE INDEX embeddings_owner ON embeddings (owner, model);
+"#;
+
 /// Entry `n` migrates from version `n` to `n + 1`.
-const MIGRATIONS: [&str; POSTGRES_SCHEMA_VERSION as usize] = [V1];
+const MIGRATIONS: [&str; POSTGRES_SCHEMA_VERSION as usize] = [V1, V2];
 
 /// Brings the database to [`POSTGRES_SCHEMA_VERSION`], one version per transaction.
 ///
@@ -139,6 +163,12 @@ const MIGRATIONS: [&str; POSTGRES_SCHEMA_VERSION as usize] = [V1];
 /// [`Error::Store`] when the database was migrated by a newer build, the role may not create
 /// tables, or a migration fails (nothing of that migration is then kept).
 pub fn migrate(client: &mut Client, target: &str) -> Result<()> {
+    migrate_to(client, target, POSTGRES_SCHEMA_VERSION)
+}
+
+/// Brings the database to version `version_wanted` (at most [`POSTGRES_SCHEMA_VERSION`]);
+/// tests use it to build an older version's database.
+pub(crate) fn migrate_to(client: &mut Client, target: &str, version_wanted: i64) -> Result<()> {
     loop {
         let failed = |e: postgres::Error| {
             Error::Store(format!(
@@ -166,7 +196,10 @@ pub fn migrate(client: &mut Client, target: &str) -> Result<()> {
                  {POSTGRES_SCHEMA_VERSION}; run a newer sparky or point --store elsewhere"
             )));
         }
-        let Some(sql) = MIGRATIONS.get(version.max(0) as usize) else {
+        let Some(sql) = MIGRATIONS
+            .get(version.max(0) as usize)
+            .filter(|_| version < version_wanted)
+        else {
             return tx.commit().map_err(failed);
         };
         let to = version + 1;
