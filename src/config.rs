@@ -142,6 +142,8 @@ pub struct Config {
     /// How long one full-text search (a memory lookup, `graph_search`, `recall`, or a search
     /// of the API) may run; one that runs out answers with what it found so far.
     pub search_budget: Duration,
+    /// How long a tool call that needs approval waits for a person before it is denied.
+    pub approval_timeout: Duration,
 }
 
 /// A token bucket: `per_second` frames a second on average, `burst` at once.
@@ -251,6 +253,7 @@ impl Default for Config {
             mcp_config: None,
             max_tool_result_bytes: 256 * 1024,
             search_budget: Duration::from_millis(200),
+            approval_timeout: Duration::from_secs(5 * 60),
         }
     }
 }
@@ -298,6 +301,7 @@ impl fmt::Debug for Config {
             .field("max_connections_per_ip", &self.max_connections_per_ip)
             .field("per_ip_loopback", &self.per_ip_loopback)
             .field("max_pending_message_bytes", &self.max_pending_message_bytes)
+            .field("approval_timeout", &self.approval_timeout)
             .field("public_metrics", &self.public_metrics)
             .field("rate_limit", &self.rate_limit)
             .field("shutdown_grace", &self.shutdown_grace)

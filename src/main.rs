@@ -193,6 +193,10 @@ struct Args {
     /// that runs out answers with what it found so far, e.g. 200ms.
     #[arg(long, value_name = "DURATION", default_value = "200ms", value_parser = positive_duration)]
     search_budget: Duration,
+    /// How long a tool call that needs approval (see the MCP config's "approve") waits for a
+    /// person to allow it; then it is denied, e.g. 5m.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = positive_duration)]
+    approval_timeout: Duration,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -264,6 +268,7 @@ impl Args {
             mcp_config: self.mcp_config,
             max_tool_result_bytes: self.max_tool_result_bytes,
             search_budget: self.search_budget,
+            approval_timeout: self.approval_timeout,
             ..Config::default()
         }
     }

@@ -23,9 +23,8 @@ use crate::model::ToolSpec;
 use crate::protocol::ToolStatus;
 use crate::store::GraphStore;
 
-/// What a tool gets besides its arguments: who calls it, the calling session's knowledge and
-/// the turn's cancel flag.
-#[derive(Debug)]
+/// What a tool gets besides its arguments: who calls it, the calling session's knowledge,
+/// the turn's cancel flag and where to report progress.
 pub struct ToolContext<'a> {
     /// The principal whose conversation calls the tool: the graph tools act for it alone.
     pub principal: &'a Principal,
@@ -33,6 +32,36 @@ pub struct ToolContext<'a> {
     pub knowledge: &'a Knowledge,
     /// Set when the turn is cancelled; a slow tool stops when it sees it.
     pub cancel: &'a CancelFlag,
+    /// Where a long tool says how far it has come, when anyone listens.
+    pub progress: Option<&'a dyn ProgressSink>,
+}
+
+impl fmt::Debug for ToolContext<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ToolContext")
+            .field("principal", &self.principal)
+            .field("cancel", &self.cancel)
+            .field("progress", &self.progress.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How far a running tool call has come, as MCP's `notifications/progress` says it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Progress {
+    /// The progress so far; it only grows.
+    pub progress: f64,
+    /// What `progress` will reach, when known.
+    pub total: Option<f64>,
+    /// What the tool is doing, for a person.
+    pub message: Option<String>,
+}
+
+/// Where one tool call reports its progress. Called from whatever thread the tool waits on;
+/// must not block.
+pub trait ProgressSink: Sync {
+    /// The call has come this far.
+    fn report(&self, progress: Progress);
 }
 
 /// One capability the bot can use.
@@ -49,6 +78,11 @@ pub trait Tool: Send + Sync {
     ///
     /// A message for the model and the user, saying what was wrong (bad arguments, a failure).
     fn call(&self, args: &Value, ctx: &ToolContext<'_>) -> Result<String, String>;
+    /// True when a person must allow each call before it runs (`approval_request`). Sparky's
+    /// own tools never ask; an MCP tool asks as its server's config and hints say.
+    fn needs_approval(&self) -> bool {
+        false
+    }
 }
 
 /// Tools that may change while the server runs (the MCP servers' tools): a server announces a
@@ -235,6 +269,12 @@ impl ToolChain {
         output
     }
 
+    /// True when a call of the tool `name` must wait for a person to allow it (see
+    /// [`Tool::needs_approval`]); false for an unknown tool, whose call fails anyway.
+    pub fn needs_approval(&self, name: &str) -> bool {
+        self.find(name).is_some_and(|tool| tool.needs_approval())
+    }
+
     /// Counts every call in `metrics` from now on.
     pub fn set_metrics(&mut self, metrics: Arc<Metrics>) {
         self.metrics = Some(metrics);
@@ -265,9 +305,9 @@ impl ToolChain {
             .collect()
     }
 
-    fn run(&self, name: &str, args: &Value, ctx: &ToolContext<'_>) -> ToolOutput {
-        let tool = self
-            .tools
+    /// The current tool called `name`, if any.
+    fn find(&self, name: &str) -> Option<Arc<dyn Tool>> {
+        self.tools
             .iter()
             .find(|tool| tool.name() == name)
             .cloned()
@@ -278,8 +318,11 @@ impl ToolChain {
                     .iter()
                     .find(|tool| tool.name() == name)
                     .cloned()
-            });
-        let Some(tool) = tool else {
+            })
+    }
+
+    fn run(&self, name: &str, args: &Value, ctx: &ToolContext<'_>) -> ToolOutput {
+        let Some(tool) = self.find(name) else {
             return ToolOutput {
                 status: ToolStatus::Error,
                 text: format!(
@@ -392,6 +435,7 @@ mod tests {
             principal: &Principal::local(),
             knowledge: &knowledge,
             cancel: &cancel,
+            progress: None,
         };
         // Within the cap: untouched.
         let short = chain.call("repeat", &json!({"text": "abcde", "times": 2}), &ctx);
@@ -455,6 +499,7 @@ mod tests {
             principal: &Principal::local(),
             knowledge: &knowledge,
             cancel: &cancel,
+            progress: None,
         };
         assert_eq!(chain.call("repeat", &json!({"text": "a"}), &ctx).text, "a");
         *source.tools.lock() = (2, Vec::new());
@@ -475,6 +520,7 @@ mod tests {
             principal: &Principal::local(),
             knowledge: &knowledge,
             cancel: &cancel,
+            progress: None,
         };
         let output = chain.call("panicky", &json!({}), &ctx);
         assert_eq!(output.status, ToolStatus::Error);

@@ -14,8 +14,9 @@ use serde_json::{Value, json};
 
 use super::client::McpClient;
 use super::config::ServerCommand;
+use super::policy::{Hints, ServerPolicy};
 use super::wire::RemoteTool;
-use super::{CALL_TIMEOUT, McpError, START_TIMEOUT, tool_name};
+use super::{McpError, START_TIMEOUT, tool_name};
 use crate::cancel::CancelFlag;
 use crate::tools::{Tool, ToolContext, ToolSource};
 
@@ -100,6 +101,8 @@ pub(super) struct McpServer {
     /// The server's name in the config.
     pub(super) name: String,
     command: ServerCommand,
+    /// Which of its tools ask a person first, and how long a call may wait.
+    policy: ServerPolicy,
     /// The live client. Held only to clone or swap the `Arc`.
     client: Mutex<Option<Arc<McpClient>>>,
     /// Taken by the one caller restarting the server, across spawn and handshake (bounded by
@@ -120,10 +123,16 @@ pub(super) struct McpServer {
 impl McpServer {
     /// A server with no client yet, publishing its tools to `catalog`; give it its first with
     /// [`adopt`](Self::adopt).
-    pub(super) fn new(name: String, command: ServerCommand, catalog: &Arc<Catalog>) -> Arc<Self> {
+    pub(super) fn new(
+        name: String,
+        command: ServerCommand,
+        policy: ServerPolicy,
+        catalog: &Arc<Catalog>,
+    ) -> Arc<Self> {
         Arc::new(McpServer {
             name,
             command,
+            policy,
             client: Mutex::new(None),
             restart: Arc::default(),
             stopped: AtomicBool::new(false),
@@ -412,6 +421,8 @@ pub(super) struct McpTool {
     remote_name: String,
     description: String,
     parameters: Value,
+    /// True when each call waits for a person (the server's `"approve"` and the tool's hints).
+    asks: bool,
 }
 
 impl McpTool {
@@ -432,12 +443,18 @@ impl McpTool {
             Some(schema @ Value::Object(_)) => schema,
             _ => json!({"type": "object", "properties": {}}),
         };
+        let hints = Hints {
+            read_only: remote.annotations.read_only_hint,
+            destructive: remote.annotations.destructive_hint,
+        };
+        let asks = server.policy.approve.asks(&remote.name, hints);
         McpTool {
             server,
             name,
             remote_name: remote.name,
             description,
             parameters,
+            asks,
         }
     }
 }
@@ -458,13 +475,21 @@ impl Tool for McpTool {
             .live_client(ctx.cancel)
             .map_err(|e| e.to_string())?;
         let reply = client
-            .call_tool(&self.remote_name, args, CALL_TIMEOUT, ctx.cancel)
+            .call_tool(
+                &self.remote_name,
+                args,
+                self.server.policy.timeout.0,
+                ctx.cancel,
+            )
             .map_err(|e| e.to_string())?;
         if reply.is_error {
             Err(reply.text)
         } else {
             Ok(reply.text)
         }
+    }
+    fn needs_approval(&self) -> bool {
+        self.asks
     }
 }
 
@@ -507,7 +532,7 @@ mod tests {
             env: Default::default(),
             cwd: None,
         };
-        McpServer::new(name.into(), command, catalog)
+        McpServer::new(name.into(), command, ServerPolicy::default(), catalog)
     }
 
     fn remote(value: Value) -> RemoteTool {

@@ -214,6 +214,21 @@ pub(super) struct RemoteTool {
     pub(super) input_schema: Option<Value>,
     /// How the tool may be run; absent means plain `tools/call`.
     pub(super) execution: Option<ToolExecution>,
+    /// What the server says about the tool's behaviour (hints, not guarantees).
+    #[serde(default)]
+    pub(super) annotations: ToolAnnotations,
+}
+
+/// A tool's `annotations`: the hints Sparky reads when it decides whether a call asks a person
+/// first.
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct ToolAnnotations {
+    /// The tool changes nothing.
+    #[serde(rename = "readOnlyHint")]
+    pub(super) read_only_hint: Option<bool>,
+    /// The tool may destroy or overwrite something.
+    #[serde(rename = "destructiveHint")]
+    pub(super) destructive_hint: Option<bool>,
 }
 
 /// A tool's `execution`: whether it runs as a task (MCP 2025-11-25).
