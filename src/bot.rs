@@ -1360,4 +1360,132 @@ mod tests {
         assert_eq!(order[4], "result b: together 2");
         assert!(order[5].starts_with("result c: the arguments of echo are not a JSON object"));
     }
+
+    /// A tool that must be approved, and says how often it ran.
+    struct Guarded(std::sync::atomic::AtomicUsize);
+    impl Tool for Guarded {
+        fn name(&self) -> &str {
+            "guarded"
+        }
+        fn description(&self) -> &str {
+            "needs a person"
+        }
+        fn parameters(&self) -> Value {
+            json!({"type": "object"})
+        }
+        fn call(&self, _args: &Value, _ctx: &ToolContext<'_>) -> Result<String, String> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok("ran".into())
+        }
+        fn needs_approval(&self) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn calls_that_need_approval_are_asked_for_and_only_allowed_ones_run() {
+        let call = |id: &str, name: &str| ToolCall {
+            id: id.into(),
+            name: name.into(),
+            args: json!({}),
+        };
+        // The Recorder's verdict is named by the call id.
+        let calls = vec![
+            call("allow", "guarded"),
+            call("deny", "guarded"),
+            call("late", "guarded"),
+            call("free", "echo"),
+        ];
+        let model = Arc::new(Scripted::new(vec![
+            Ok(ModelReply {
+                tool_calls: calls,
+                ..ModelReply::default()
+            }),
+            answer("done"),
+        ]));
+        let mut asking = engine(model);
+        asking.approval_timeout = Duration::from_secs(90);
+        let guarded = Arc::new(Guarded(Default::default()));
+        let mut tools = (*asking.tools).clone();
+        tools.add(guarded.clone());
+        asking.tools = Arc::new(tools);
+        let bot = Bot::new(asking, None, Vec::new());
+        let events = Recorder::new();
+        assert_eq!(run(&bot, "go", &events), TurnOutcome::Answered);
+        let order: Vec<String> = events
+            .frames
+            .lock()
+            .iter()
+            .filter_map(|frame| match frame {
+                ServerFrame::ToolUse { call_id, .. } => Some(format!("use {call_id}")),
+                ServerFrame::ApprovalRequest { call_id, .. } => Some(format!("ask {call_id}")),
+                ServerFrame::ToolResult {
+                    call_id, result, ..
+                } => Some(format!("result {call_id}: {result}")),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "use allow",
+                "use deny",
+                "use late",
+                "use free",
+                "ask allow",
+                "ask deny",
+                "ask late",
+                "result allow: ran",
+                "result deny: the user denied this call; it was not run",
+                "result late: nobody allowed this call within 90s; it was not run",
+                "result free: {}",
+            ]
+        );
+        assert_eq!(guarded.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+        // A cancel during the wait ends the turn with nothing run.
+        let model = Arc::new(Scripted::new(vec![Ok(ModelReply {
+            tool_calls: vec![call("stop", "guarded")],
+            ..ModelReply::default()
+        })]));
+        let mut stopping = engine(model);
+        let mut tools = (*stopping.tools).clone();
+        tools.add(guarded.clone());
+        stopping.tools = Arc::new(tools);
+        let bot = Bot::new(stopping, None, Vec::new());
+        let events = Recorder::new();
+        assert_eq!(run(&bot, "go", &events), TurnOutcome::Cancelled);
+        assert_eq!(guarded.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn progress_is_relayed_at_most_once_per_interval_but_the_last_report_always() {
+        let events = Recorder::new();
+        let sink = CallProgress {
+            events: &events,
+            turn_id: TurnId(1),
+            call_id: "c",
+            last: Mutex::new(None),
+        };
+        let report = |progress: f64| Progress {
+            progress,
+            total: Some(10.0),
+            message: None,
+        };
+        for step in 1..=9 {
+            sink.report(report(f64::from(step)));
+        }
+        sink.report(report(10.0));
+        let sent: Vec<f64> = events
+            .frames
+            .lock()
+            .iter()
+            .filter_map(|frame| match frame {
+                ServerFrame::ToolProgress { progress, .. } => Some(*progress),
+                _ => None,
+            })
+            .collect();
+        // Nine reports in far less than the interval: the first goes out, then the last.
+        assert_eq!(sent, [1.0, 10.0]);
+    }
 }

@@ -475,5 +475,8 @@ fn progress_reaches_clients_and_keeps_a_call_past_its_timeout_alive() {
     let turn = start_call(&mut client, "fx__progress", args);
     let (status, text) = result_of(&client.finish_turn(turn));
     assert_eq!(status, ToolStatus::Error);
-    assert!(text.contains("no answer within 1s"), "{text}");
+    assert!(
+        text.contains("did not answer tools/call within 1s"),
+        "{text}"
+    );
 }

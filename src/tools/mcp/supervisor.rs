@@ -480,6 +480,11 @@ impl Tool for McpTool {
                 args,
                 self.server.policy.timeout.0,
                 ctx.cancel,
+                &|report| {
+                    if let Some(sink) = ctx.progress {
+                        sink.report(report);
+                    }
+                },
             )
             .map_err(|e| e.to_string())?;
         if reply.is_error {

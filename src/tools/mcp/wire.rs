@@ -249,6 +249,36 @@ impl RemoteTool {
     }
 }
 
+/// The `params` of `notifications/progress`.
+#[derive(Debug, Deserialize)]
+pub(super) struct ProgressParams {
+    /// The token the request carried: we send the request's id.
+    #[serde(rename = "progressToken")]
+    pub(super) progress_token: RequestId,
+    pub(super) progress: f64,
+    pub(super) total: Option<f64>,
+    pub(super) message: Option<String>,
+}
+
+impl ProgressParams {
+    /// The id of the request the report is for, when its token is one we sent.
+    pub(super) fn request_id(&self) -> Option<i64> {
+        match &self.progress_token {
+            RequestId::Number(id) => Some(*id),
+            RequestId::Text(text) => text.parse().ok(),
+        }
+    }
+
+    /// The report as the ToolChain's tools give it.
+    pub(super) fn into_progress(self) -> crate::tools::Progress {
+        crate::tools::Progress {
+            progress: self.progress,
+            total: self.total,
+            message: self.message,
+        }
+    }
+}
+
 /// The part of a `tools/call` result we use.
 #[derive(Debug, Deserialize)]
 pub(super) struct CallToolResult {
