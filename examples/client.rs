@@ -453,6 +453,7 @@ impl Client {
             } => match status {
                 ToolStatus::Success => {
                     self.asking.retain(|waiting| *waiting != call_id);
+                    let result = without_data_urls(&result);
                     screen.say(PLAIN, &format!("tool> {name} -> {result}"));
                 }
                 ToolStatus::Error => {
@@ -800,6 +801,19 @@ impl Screen {
         // A closed stdout is no reason to panic or to drop the session, so errors are ignored.
         let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
     }
+}
+
+/// A tool result as the terminal shows it: image lines (`[image: …] data:…`) keep their note
+/// and lose their `data:` URL, which only a browser can show.
+fn without_data_urls(result: &str) -> String {
+    result
+        .lines()
+        .map(|line| match line.split_once("] data:") {
+            Some((note, _)) if line.starts_with("[image: ") => format!("{note}]"),
+            _ => line.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The one-line form of a `status`: its code, message, and whichever extra fields it carries.

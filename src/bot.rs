@@ -411,7 +411,12 @@ impl Turn {
                 };
                 self.current
                     .push(ChatMessage::text(Role::Assistant, reply.text));
-                let transcript = self.current.split_off(self.user_index);
+                let mut transcript = self.current.split_off(self.user_index);
+                // Images reach the model in the turn that made them; the conversation keeps
+                // their notes (in the text), as the store does.
+                for message in &mut transcript {
+                    message.images = Vec::new();
+                }
                 // Let go of the snapshot first, so that the commit extends the history in place.
                 self.history = Arc::default();
                 return if self.close(events, answer, transcript) {
@@ -604,9 +609,9 @@ impl Turn {
                     .and_then(|other| others.get_mut(other))
                     .and_then(Option::take);
                 let output = match handle {
-                    Some(handle) => handle.join().unwrap_or_else(|_| ToolOutput {
-                        status: ToolStatus::Error,
-                        text: format!("the {} tool crashed", call.name),
+                    Some(handle) => handle.join().unwrap_or_else(|_| {
+                        let crashed = format!("the {} tool crashed", call.name);
+                        ToolOutput::text(ToolStatus::Error, crashed)
                     }),
                     None => run(i),
                 };
@@ -615,14 +620,18 @@ impl Turn {
                     call_id: call.id.clone(),
                     name: call.name.clone(),
                     status: output.status,
-                    result: output.text.clone(),
+                    result: output.shown(),
                 };
                 // The scope waits for the calls still running; they see the cancel flag.
                 if cancel.is_cancelled() || !events.emit(result) {
                     return None;
                 }
                 let is_error = output.status == ToolStatus::Error;
-                messages.push(ChatMessage::tool_result(&call.id, output.text, is_error));
+                let mut message = ChatMessage::tool_result(&call.id, output.for_model(), is_error);
+                if self.engine.model.accepts_images() {
+                    message.images = output.images;
+                }
+                messages.push(message);
             }
             Some(messages)
         })
@@ -675,10 +684,7 @@ impl Turn {
             if let Some(reason) = &denied {
                 log::info!("turn {}: {} not run: {reason}", self.turn_id, call.name);
             }
-            denials.push(denied.map(|text| ToolOutput {
-                status: ToolStatus::Error,
-                text,
-            }));
+            denials.push(denied.map(|text| ToolOutput::text(ToolStatus::Error, text)));
         }
         Some(denials)
     }
@@ -772,14 +778,11 @@ enum Asked {
 fn run_tool(tools: &ToolChain, call: &ToolCall, ctx: &ToolContext<'_>) -> ToolOutput {
     if let Some(raw) = unparsed_arguments(call) {
         let raw = raw.as_str().map_or_else(|| raw.to_string(), str::to_owned);
-        return ToolOutput {
-            status: ToolStatus::Error,
-            text: format!(
-                "the arguments of {} are not a JSON object: {raw}; call it again with a JSON \
-                 object",
-                call.name
-            ),
-        };
+        let text = format!(
+            "the arguments of {} are not a JSON object: {raw}; call it again with a JSON object",
+            call.name
+        );
+        return ToolOutput::text(ToolStatus::Error, text);
     }
     tools.call(&call.name, &call.args, ctx)
 }

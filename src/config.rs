@@ -66,6 +66,9 @@ pub struct Config {
     /// How long the model server may stay silent before its answer starts or between two
     /// pieces of it.
     pub model_read_timeout: Duration,
+    /// True when the model takes images: those tools return are sent to it as content parts
+    /// (`--model-vision`); otherwise it reads a note for each.
+    pub model_vision: bool,
     /// How long a session with no connection and no turn stays in memory. It only frees
     /// memory: the conversation stays in the store, and the next `connect` brings it back.
     pub idle_timeout: Duration,
@@ -221,6 +224,7 @@ impl Default for Config {
             api_key_env: None,
             model_connect_timeout: Duration::from_secs(10),
             model_read_timeout: Duration::from_secs(300),
+            model_vision: false,
             idle_timeout: Duration::from_secs(60 * 60),
             retention: None,
             max_connections: 20_000,
@@ -277,6 +281,7 @@ impl fmt::Debug for Config {
             .field("api_key_env", &self.api_key_env)
             .field("model_connect_timeout", &self.model_connect_timeout)
             .field("model_read_timeout", &self.model_read_timeout)
+            .field("model_vision", &self.model_vision)
             .field("idle_timeout", &self.idle_timeout)
             .field("retention", &self.retention)
             .field("max_connections", &self.max_connections)

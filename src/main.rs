@@ -82,6 +82,10 @@ struct Args {
     /// How long the model server may stay silent before or while it answers, e.g. 300s.
     #[arg(long, default_value = "300s", value_parser = positive_duration)]
     model_read_timeout: Duration,
+    /// With --model openai: the model takes images, so the images tools return are sent to it
+    /// (as image_url content parts); without it, it reads a note for each.
+    #[arg(long)]
+    model_vision: bool,
     /// How long a conversation with no connection and no turn stays in memory, e.g. 90s, 60m.
     /// It only frees memory: the conversation stays stored and comes back on the next connect.
     #[arg(long, alias = "session-timeout", default_value = "60m", value_parser = positive_duration)]
@@ -238,6 +242,7 @@ impl Args {
             api_key_env: self.api_key_env,
             model_connect_timeout: self.model_connect_timeout,
             model_read_timeout: self.model_read_timeout,
+            model_vision: self.model_vision,
             idle_timeout: self.idle_timeout,
             retention: self.retention,
             max_connections: self
@@ -469,6 +474,7 @@ fn build_model(config: &Config) -> Result<Arc<dyn ModelBackend>, String> {
     let mut options = RemoteOptions::new(config.model_url.clone(), name);
     options.connect_timeout = config.model_connect_timeout;
     options.read_timeout = config.model_read_timeout;
+    options.vision = config.model_vision;
     if let Some(var) = &config.api_key_env {
         match std::env::var(var) {
             Ok(key) if !key.trim().is_empty() => options.api_key = Some(key.trim().to_owned()),

@@ -1,7 +1,7 @@
 //! MCP tool calls that wait for a person (`approval_request`, `approve`), progress reports
-//! (`tool_progress`) and the timeout they extend, over real sockets against the Python
-//! fixture server (`tests/fixtures/mcp_fixture.py`, with `MCP_FIXTURE_EXTRAS=1`: its `delete`,
-//! `plain`, `progress` and `image` tools).
+//! (`tool_progress`) and the timeout they extend, images and structured content, over real
+//! sockets against the Python fixture server (`tests/fixtures/mcp_fixture.py`, with
+//! `MCP_FIXTURE_EXTRAS=1`: its `delete`, `plain`, `progress`, `image` and `weather` tools).
 
 mod support;
 
@@ -477,6 +477,56 @@ fn progress_reaches_clients_and_keeps_a_call_past_its_timeout_alive() {
     assert_eq!(status, ToolStatus::Error);
     assert!(
         text.contains("did not answer tools/call within 1s"),
+        "{text}"
+    );
+}
+
+/// The fixture's 1x1 PNG, as it sends it.
+const RED_DOT: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGP4z8DwHwAFAAH/iZk9HQAAAABJRU5ErkJggg==";
+
+#[test]
+fn an_image_reaches_the_card_as_a_data_url_and_the_offline_model_as_a_note() {
+    let fixture = Fixture::one("image", json!({}));
+    let server = fixture.server();
+    let mut client = server.client();
+    let turn = start_call(&mut client, "fx__image", json!({}));
+    let frames = client.finish_turn(turn);
+    // The result is a string (PROTOCOL.md): the text, then the image's note and data: URL.
+    assert_eq!(
+        result_of(&frames),
+        (
+            ToolStatus::Success,
+            format!("a red dot\n[image: image/png, 70 B] data:image/png;base64,{RED_DOT}")
+        )
+    );
+    // The offline model takes no images: it read the note alone.
+    let Some(ServerFrame::Message { text, .. }) = frames.last().map(|f| &f.frame) else {
+        panic!("no answer: {frames:#?}");
+    };
+    assert!(text.contains("[image: image/png, 70 B]"), "{text}");
+    assert!(!text.contains("base64"), "{text}");
+}
+
+#[test]
+fn structured_content_is_preferred_and_checked_against_the_output_schema() {
+    let fixture = Fixture::one("structured", json!({}));
+    let server = fixture.server();
+    let mut client = server.client();
+    let turn = start_call(&mut client, "fx__weather", json!({}));
+    assert_eq!(
+        result_of(&client.finish_turn(turn)),
+        (
+            ToolStatus::Success,
+            r#"{"conditions":"sunny","temperature":21.5}"#.to_owned()
+        )
+    );
+    let turn = start_call(&mut client, "fx__weather", json!({"bad": true}));
+    let (status, text) = result_of(&client.finish_turn(turn));
+    assert_eq!(status, ToolStatus::Error);
+    assert!(
+        text.contains(
+            "does not match its outputSchema (/temperature: expected number, found a string)"
+        ),
         "{text}"
     );
 }

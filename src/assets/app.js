@@ -635,7 +635,7 @@
     turn.steps.append(box);
     const tool = {
       box, nameEl, state, args, result, done: false, name, argsValue: null, resultText: "", ok: true,
-      approval: null, progress: null, bar: null, progressLabel: null,
+      approval: null, progress: null, bar: null, progressLabel: null, images: null,
     };
     turn.tools.set(callId, tool);
     return tool;
@@ -657,10 +657,38 @@
     tool.box.classList.add(ok ? "success" : "error");
     tool.state.textContent = ok ? "done" : "error";
     tool.resultText = String(data.result ?? "");
-    tool.result.textContent = tool.resultText;
+    const { text, images } = splitImages(tool.resultText);
+    tool.result.textContent = text;
     tool.result.hidden = false;
+    if (images.length > 0 && !tool.images) {
+      tool.images = el("div", "images");
+      for (const image of images) {
+        const img = el("img");
+        img.src = image.url;
+        img.alt = image.note;
+        img.title = image.note;
+        tool.images.append(img);
+      }
+      tool.box.append(tool.images);
+    }
     endApproval(tool);
     if (tool.progress) { tool.progress.remove(); tool.progress = null; }
+  }
+
+  // An image line of a tool result: its note, then its data: URL (the server checked the type
+  // and the base64; this checks them again, so that nothing else becomes an image source).
+  const IMAGE_LINE = /^(\[image: (image\/(?:png|jpeg|gif|webp)), [^\]\n]*\]) (data:(image\/(?:png|jpeg|gif|webp));base64,[A-Za-z0-9+/]+={0,2})$/;
+
+  // A result's text without its image lines' data: URLs (their notes stay), and the images.
+  function splitImages(result) {
+    const images = [];
+    const lines = result.split("\n").map((line) => {
+      const match = IMAGE_LINE.exec(line);
+      if (!match || match[2] !== match[4]) return line;
+      images.push({ note: match[1], url: match[3] });
+      return match[1];
+    });
+    return { text: lines.join("\n"), images };
   }
 
   // A call waiting for a person: Allow and Deny on its card, until its result comes or its turn

@@ -894,6 +894,7 @@ impl ConversationStore for PostgresStore {
                             tool_calls: calls_from_json(row.try_get(3)?),
                             tool_call_id: row.try_get(4)?,
                             is_error: row.try_get(5)?,
+                            images: Vec::new(),
                         },
                     ))
                 })

@@ -20,8 +20,8 @@ use super::config::ServerCommand;
 use super::process::ServerProcess;
 use super::wire::ProgressParams;
 use super::wire::{
-    CallToolResult, InitializeResult, METHOD_NOT_FOUND, Message, RemoteTool, Request, RequestId,
-    Response, ToolsPage, render_content,
+    CallToolResult, InitializeResult, METHOD_NOT_FOUND, Message, RemoteTool, Rendered, Request,
+    RequestId, Response, ToolsPage, render_content,
 };
 use super::{McpError, PROTOCOL_VERSION};
 use crate::cancel::CancelFlag;
@@ -48,13 +48,15 @@ const PROGRESS_QUEUE: usize = 16;
 /// server cannot keep a call alive for ever by reporting progress.
 const MAX_TIMEOUTS_PER_CALL: u32 = 10;
 
-/// The outcome of one `tools/call`: its content as text, and whether the tool said it failed.
+/// The outcome of one `tools/call`: its content, and whether the tool said it failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct ToolReply {
     /// The server's `isError`: the tool ran and reports a failure.
     pub(super) is_error: bool,
     /// The content, rendered by [`render_content`].
-    pub(super) text: String,
+    pub(super) content: Rendered,
+    /// The `structuredContent`, when there was one.
+    pub(super) structured: Option<Value>,
 }
 
 /// What a waiting caller receives: the result, or why there is none.
@@ -292,7 +294,8 @@ impl McpClient {
         let result: CallToolResult = self.parse(result)?;
         Ok(ToolReply {
             is_error: result.is_error,
-            text: render_content(&result.content, result.structured_content.as_ref()),
+            content: render_content(&result.content, result.structured_content.as_ref()),
+            structured: result.structured_content,
         })
     }
 
@@ -817,7 +820,7 @@ mod tests {
             }
             for (i, call) in calls.into_iter().enumerate() {
                 let reply = call.join().unwrap();
-                assert_eq!(reply.text, format!("answer {i}"));
+                assert_eq!(reply.content.text, format!("answer {i}"));
                 assert!(!reply.is_error);
             }
         });
@@ -884,7 +887,7 @@ mod tests {
                 Some(stray),
             ));
             server.reply(id, text("finished"));
-            assert_eq!(call.join().unwrap().unwrap().text, "finished");
+            assert_eq!(call.join().unwrap().unwrap().content.text, "finished");
         });
         let steps: Vec<f64> = reports.lock().iter().map(|r| r.progress).collect();
         assert_eq!(steps, [1.0, 2.0, 3.0, 4.0]);
@@ -919,7 +922,7 @@ mod tests {
             let call = scope.spawn(|| client.call_tool("echo", &json!({}), WAIT, &cancel, &|_| {}));
             let (id, _) = server.expect_request("tools/call");
             server.reply(id, text("on time"));
-            assert_eq!(call.join().unwrap().unwrap().text, "on time");
+            assert_eq!(call.join().unwrap().unwrap().content.text, "on time");
         });
     }
 
@@ -967,7 +970,7 @@ mod tests {
                 json!({"content": [{"type": "text", "text": "bad"}], "isError": true}),
             );
             let reply = call.join().unwrap().unwrap();
-            assert_eq!((reply.is_error, reply.text.as_str()), (true, "bad"));
+            assert_eq!((reply.is_error, reply.content.text.as_str()), (true, "bad"));
 
             let call = scope.spawn(|| client.call_tool("odd", &json!({}), WAIT, &cancel, &|_| {}));
             let (id, _) = server.expect_request("tools/call");
@@ -1001,7 +1004,7 @@ mod tests {
             let call = scope.spawn(|| client.call_tool("echo", &json!({}), WAIT, &cancel, &|_| {}));
             let (id, _) = server.expect_request("tools/call");
             server.reply(id, text("fine"));
-            assert_eq!(call.join().unwrap().unwrap().text, "fine");
+            assert_eq!(call.join().unwrap().unwrap().content.text, "fine");
         });
     }
 

@@ -10,6 +10,7 @@
 //! - `config.rs`: the config file, one `ServerCommand` per server;
 //! - `policy.rs`: each server's `"approve"` and `"timeout"`;
 //! - `wire.rs`: JSON-RPC messages and the MCP results we read;
+//! - `schema.rs`: the check of a tool's `structuredContent` against its `outputSchema`;
 //! - `process.rs`: a server's process, in a process group of its own, and how it is stopped;
 //! - `client.rs`: `McpClient`, requests matched to answers by id over a pipe pair;
 //! - `supervisor.rs`: a server restarted after a crash, its tools, and the catalog of every
@@ -26,6 +27,7 @@ mod client;
 mod config;
 mod policy;
 mod process;
+mod schema;
 mod supervisor;
 mod wire;
 

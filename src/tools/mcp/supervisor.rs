@@ -15,10 +15,11 @@ use serde_json::{Value, json};
 use super::client::McpClient;
 use super::config::ServerCommand;
 use super::policy::{Hints, ServerPolicy};
+use super::schema;
 use super::wire::RemoteTool;
 use super::{McpError, START_TIMEOUT, tool_name};
 use crate::cancel::CancelFlag;
-use crate::tools::{Tool, ToolContext, ToolSource};
+use crate::tools::{Tool, ToolContent, ToolContext, ToolSource};
 
 /// Every server's current tools and instructions: what the ToolChain consults (as its
 /// [`ToolSource`]) for each new turn and `ready` frame.
@@ -423,6 +424,8 @@ pub(super) struct McpTool {
     parameters: Value,
     /// True when each call waits for a person (the server's `"approve"` and the tool's hints).
     asks: bool,
+    /// The schema its `structuredContent` must match, when it declared one.
+    output_schema: Option<Value>,
 }
 
 impl McpTool {
@@ -455,6 +458,7 @@ impl McpTool {
             description,
             parameters,
             asks,
+            output_schema: remote.output_schema.filter(Value::is_object),
         }
     }
 }
@@ -470,6 +474,9 @@ impl Tool for McpTool {
         self.parameters.clone()
     }
     fn call(&self, args: &Value, ctx: &ToolContext<'_>) -> Result<String, String> {
+        self.call_content(args, ctx).map(|content| content.text)
+    }
+    fn call_content(&self, args: &Value, ctx: &ToolContext<'_>) -> Result<ToolContent, String> {
         let client = self
             .server
             .live_client(ctx.cancel)
@@ -488,10 +495,21 @@ impl Tool for McpTool {
             )
             .map_err(|e| e.to_string())?;
         if reply.is_error {
-            Err(reply.text)
-        } else {
-            Ok(reply.text)
+            return Err(reply.content.text);
         }
+        if let (Some(structured), Some(schema)) = (&reply.structured, &self.output_schema)
+            && let Err(mismatch) = schema::check(structured, schema)
+        {
+            return Err(format!(
+                "the {} tool answered with structuredContent that does not match its \
+                 outputSchema ({mismatch}): {structured}",
+                self.remote_name
+            ));
+        }
+        Ok(ToolContent {
+            text: reply.content.text,
+            images: reply.content.images,
+        })
     }
     fn needs_approval(&self) -> bool {
         self.asks
