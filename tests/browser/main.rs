@@ -6,7 +6,7 @@
 //! server that is killed mid-turn (`chat.rs`), the conversation list, paging and export
 //! (`conversations.rs`), personas, token usage, a reload mid-answer and rendered answers with
 //! the markdown payload list (`answers.rs`), memories (`memories.rs`), the phone layout
-//! (`phone.rs`), tokens (`tokens.rs`), MCP tool cards: Allow and Deny, progress (`mcp.rs`). At the end the console must hold no script error and
+//! (`phone.rs`), tokens (`tokens.rs`), MCP tool cards: Allow and Deny, progress, images (`mcp.rs`). At the end the console must hold no script error and
 //! no Content-Security-Policy violation. Screenshots go to `target/browser-artifacts/`.
 //!
 //! Chromium and chromedriver must be installed (`.ci/run` installs Debian's `chromium` and

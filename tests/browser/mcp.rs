@@ -1,5 +1,6 @@
 //! MCP tools on the page: a call that waits for approval shows Allow and Deny on its card (and
-//! each does what it says), a long call shows a progress bar while it reports progress.
+//! each does what it says), a long call shows a progress bar while it reports progress, and an
+//! image a tool returns is shown on its card (under the page's CSP, `img-src data:`).
 //! Against the Python fixture server with its extra tools (`MCP_FIXTURE_EXTRAS=1`).
 
 use serde_json::json;
@@ -94,5 +95,24 @@ pub fn run(browser: &Browser) {
         browser.turn(3)["tools"][0],
         "fx__progress|done|{\"interval_ms\":300,\"steps\":6}|done in 6 steps"
     );
+
+    // An image: shown on the card from its data: URL, its note in the text.
+    browser.say("/tool fx__image {}", Submit::EnterKey);
+    browser.wait_for_turn(4, "done");
+    let image = browser.wait_for(
+        "the image on the card",
+        "const img = document.querySelector('.turn[data-turn-id=\"4\"] .tool .images img'); \
+         return img !== null && img.complete && img.naturalWidth === 1 \
+           && [img.src.slice(0, 22), img.alt]",
+    );
+    assert_eq!(
+        image,
+        json!(["data:image/png;base64,", "[image: image/png, 70 B]"])
+    );
+    assert_eq!(
+        browser.turn(4)["tools"][0],
+        "fx__image|done|{}|a red dot\n[image: image/png, 70 B]"
+    );
+    browser.screenshot("mcp-image");
     drop(server);
 }
