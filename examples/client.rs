@@ -7,7 +7,8 @@
 //! Type a line at the `you>` prompt to send it as a message. Ctrl-C stops the turn in flight
 //! (as does `/cancel`); a second Ctrl-C quits, as do `/quit` and the end of input. `/list`
 //! shows your conversations (through the HTTP API), `/open N` switches to the Nth of that list,
-//! `/new` starts a new one. Other lines that start with `/` (`/help`, `/calc 1+2`, …) are
+//! `/new` starts a new one. When a tool call waits for approval, the client asks `allow? [y/n]`
+//! and the next `y` or `n` line answers it (an `approve` frame). Other lines that start with `/` (`/help`, `/calc 1+2`, …) are
 //! ordinary messages for the server's model. The client saves its `session_id` and the highest
 //! `seq` it has seen in a state file, so a dropped connection or a restarted client resumes the
 //! same session and gets every event it missed; on resume (and on `/open`) it first shows the
@@ -31,8 +32,8 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sparky::protocol::{
-    ClientFrame, ConnectData, ErrorCode, MessageData, ServerEnvelope, ServerFrame, StatusCode,
-    StatusData, ToolStatus, TurnId,
+    ApproveData, ClientFrame, ConnectData, ErrorCode, MessageData, ServerEnvelope, ServerFrame,
+    StatusCode, StatusData, ToolStatus, TurnId,
 };
 use tungstenite::{Message, WebSocket};
 
@@ -98,6 +99,8 @@ enum Command {
     Open(usize),
     /// `/new`: start a new conversation.
     New,
+    /// `y` or `n`: the answer to the oldest waiting approval request (else an ordinary line).
+    Answer(bool, String),
 }
 
 /// What [`Client::take_input`] decided.
@@ -152,6 +155,8 @@ struct Client {
     interrupted: bool,
     /// The conversation ids of the last `/list`, in the order shown.
     listed: Vec<String>,
+    /// Tool calls waiting for this user's `y` or `n`, oldest first.
+    asking: VecDeque<String>,
 }
 
 fn main() -> ExitCode {
@@ -196,6 +201,7 @@ fn main() -> ExitCode {
         running: false,
         interrupted: false,
         listed: Vec::new(),
+        asking: VecDeque::new(),
     };
     client.run()
 }
@@ -361,6 +367,7 @@ impl Client {
     fn show(&mut self, frame: ServerFrame, code: &str) -> Option<End> {
         if frame.closes_turn() {
             self.running = false;
+            self.asking.clear();
         }
         let screen = &mut self.screen;
         match frame {
@@ -416,14 +423,43 @@ impl Client {
             ServerFrame::ToolUse { name, args, .. } => {
                 screen.say(PLAIN, &format!("tool> {name} {args}"));
             }
+            ServerFrame::ApprovalRequest {
+                call_id,
+                name,
+                args,
+                ..
+            } => {
+                screen.say(YELLOW, &format!("approve> {name} {args}: allow? [y/n]"));
+                self.asking.push_back(call_id);
+            }
+            ServerFrame::ToolProgress {
+                progress,
+                total,
+                message,
+                ..
+            } => {
+                let of = total
+                    .map(|total| format!(" of {total}"))
+                    .unwrap_or_default();
+                let what = message.map(|m| format!(": {m}")).unwrap_or_default();
+                screen.say(DIM, &format!("tool> progress {progress}{of}{what}"));
+            }
             ServerFrame::ToolResult {
+                call_id,
                 name,
                 status,
                 result,
                 ..
             } => match status {
-                ToolStatus::Success => screen.say(PLAIN, &format!("tool> {name} -> {result}")),
-                ToolStatus::Error => screen.say(RED, &format!("tool> {name} failed: {result}")),
+                ToolStatus::Success => {
+                    self.asking.retain(|waiting| *waiting != call_id);
+                    let result = without_data_urls(&result);
+                    screen.say(PLAIN, &format!("tool> {name} -> {result}"));
+                }
+                ToolStatus::Error => {
+                    self.asking.retain(|waiting| *waiting != call_id);
+                    screen.say(RED, &format!("tool> {name} failed: {result}"));
+                }
             },
             ServerFrame::MessageDelta { turn_id, text, .. } => screen.delta(turn_id, &text),
             ServerFrame::Message { turn_id, text, .. } => screen.answer(turn_id, &text),
@@ -502,6 +538,16 @@ impl Client {
                     self.switch(None);
                     return Input::Switch;
                 }
+                Command::Answer(allow, line) => match self.asking.pop_front() {
+                    Some(call_id) => {
+                        let frame = ClientFrame::Approve(ApproveData { call_id, allow });
+                        self.outbox.push_back(frame);
+                    }
+                    None => {
+                        let frame = ClientFrame::Message(MessageData { text: line });
+                        self.outbox.push_back(frame);
+                    }
+                },
             }
         }
         Input::Continue
@@ -513,6 +559,7 @@ impl Client {
         self.outbox.clear();
         self.echoes.clear();
         self.running = false;
+        self.asking.clear();
         self.connected_before = false;
         self.screen.stream = None;
         self.state = SavedState {
@@ -756,6 +803,19 @@ impl Screen {
     }
 }
 
+/// A tool result as the terminal shows it: image lines (`[image: …] data:…`) keep their note
+/// and lose their `data:` URL, which only a browser can show.
+fn without_data_urls(result: &str) -> String {
+    result
+        .lines()
+        .map(|line| match line.split_once("] data:") {
+            Some((note, _)) if line.starts_with("[image: ") => format!("{note}]"),
+            _ => line.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// The one-line form of a `status`: its code, message, and whichever extra fields it carries.
 fn describe_status(status: &StatusData, code: &str) -> String {
     let details = [
@@ -808,6 +868,8 @@ fn spawn_input_threads() -> io::Result<Receiver<Command>> {
                 "/cancel" => Command::Send(ClientFrame::Cancel {}),
                 "/list" => Command::List,
                 "/new" => Command::New,
+                "y" | "Y" | "yes" => Command::Answer(true, line),
+                "n" | "N" | "no" => Command::Answer(false, line),
                 other if other.starts_with("/open") => {
                     match other["/open".len()..].trim().parse() {
                         Ok(number) => Command::Open(number),

@@ -6,8 +6,12 @@
 use std::fmt;
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
+use serde_json::Value;
+
+use crate::approval::Verdict;
 use crate::auth::Principal;
 use crate::cancel::{CancelFlag, OnCancel};
 use crate::error::Error;
@@ -19,7 +23,7 @@ use crate::model::{
 };
 use crate::protocol::{ErrorCode, ServerFrame, StatusCode, StatusData, ToolStatus, TurnId, Usage};
 use crate::store::GraphStore;
-use crate::tools::{ToolChain, ToolContext, ToolOutput};
+use crate::tools::{Progress, ProgressSink, ToolChain, ToolContext, ToolOutput};
 
 /// The most conversation messages a session keeps. Older ones are dropped a whole exchange at a
 /// time, so that the model's context stays bounded and every turn copies a bounded history.
@@ -35,6 +39,11 @@ pub const MEMORY_ENTRIES: usize = 3;
 
 /// Characters of one graph entry put into a turn's context at most.
 pub const MEMORY_ENTRY_CHARS: usize = 300;
+
+/// The shortest time between two `tool_progress` frames of one call: a server may report
+/// progress as often as it likes, clients get at most ten a second of each call (the last
+/// report, where `progress` reaches `total`, always goes out).
+pub const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 
 /// The model and tools every bot of a server shares. Cheap to clone.
 #[derive(Clone)]
@@ -56,6 +65,9 @@ pub struct Engine {
     /// The model's context window in tokens, when the operator gave it (`--context-tokens`);
     /// else the model says ([`ModelBackend::context_tokens`]), or nothing is trimmed.
     pub context_tokens: Option<usize>,
+    /// How long a tool call that needs approval waits for it before it is denied
+    /// (`--approval-timeout`).
+    pub approval_timeout: Duration,
 }
 
 /// The built-in system prompt: what Sparky is, what its tools are for, and the date.
@@ -93,10 +105,21 @@ impl fmt::Debug for Engine {
 }
 
 /// Where a running turn sends its events. The session implements it; it checks that the turn
-/// is still the current one, so that nothing of a cancelled turn is ever sent.
-pub trait TurnEvents {
-    /// Sends an event of the turn. False when the turn is no longer current: stop working.
+/// is still the current one, so that nothing of a cancelled turn is ever sent. Shared by the
+/// threads of a step's tool calls, which report their progress through it.
+pub trait TurnEvents: Sync {
+    /// Sends an event of the turn (or a streamed piece: `message_delta`, `tool_progress`).
+    /// False when the turn is no longer current: stop working.
     fn emit(&self, frame: ServerFrame) -> bool;
+
+    /// Marks the call `call_id` as waiting for a person and sends its `approval_request`, in
+    /// one step, so that an `approve` sent the moment a client sees the request finds the call
+    /// waiting. False when the turn is no longer current.
+    fn ask_approval(&self, call_id: &str, request: ServerFrame) -> bool;
+
+    /// Waits for the answer to `call_id` (asked with [`ask_approval`](Self::ask_approval))
+    /// until `deadline`, or until `cancel` is set.
+    fn await_approval(&self, call_id: &str, deadline: Instant, cancel: &CancelFlag) -> Verdict;
 
     /// Sends the frame that closes the turn and adds `transcript` to the conversation, as one
     /// step. False when the turn is no longer current (nothing is sent or kept then).
@@ -407,7 +430,12 @@ impl Turn {
                 };
                 self.current
                     .push(ChatMessage::text(Role::Assistant, reply.text));
-                let transcript = self.current.split_off(self.user_index);
+                let mut transcript = self.current.split_off(self.user_index);
+                // Images reach the model in the turn that made them; the conversation keeps
+                // their notes (in the text), as the store does.
+                for message in &mut transcript {
+                    message.images = Vec::new();
+                }
                 // Let go of the snapshot first, so that the commit extends the history in place.
                 self.history = Arc::default();
                 return if self.close(events, answer, transcript) {
@@ -528,10 +556,11 @@ impl Turn {
         }
     }
 
-    /// Runs one step's tool calls and reports them: every `tool_use` first, then each
-    /// `tool_result` in call order. Several calls run side by side, the first on this thread
-    /// and each other on a scoped thread of its own. Returns the tool messages for the
-    /// conversation, or `None` when the turn is no longer current.
+    /// Runs one step's tool calls and reports them: every `tool_use` first, then the
+    /// `approval_request` of each call a person must allow (and the wait for the answers),
+    /// then each `tool_result` in call order. Several calls run side by side, the first on
+    /// this thread and each other on a scoped thread of its own. Returns the tool messages for
+    /// the conversation, or `None` when the turn is no longer current.
     fn run_tools(
         &self,
         calls: &[ToolCall],
@@ -551,21 +580,41 @@ impl Turn {
                 return None;
             }
         }
+        let denials = self.approve(calls, events, cancel)?;
         let tools: &ToolChain = &self.engine.tools;
-        let ctx = ToolContext {
-            principal: &self.owner,
-            knowledge,
-            cancel,
+        let sinks: Vec<CallProgress<'_>> = calls
+            .iter()
+            .map(|call| CallProgress {
+                events,
+                turn_id,
+                call_id: &call.id,
+                last: Mutex::new(None),
+            })
+            .collect();
+        let owner = &self.owner;
+        // Runs call `i`, unless a person denied it.
+        let run = |i: usize| -> ToolOutput {
+            if let Some(denial) = &denials[i] {
+                return denial.clone();
+            }
+            let ctx = ToolContext {
+                principal: owner,
+                knowledge,
+                cancel,
+                progress: Some(&sinks[i]),
+            };
+            run_tool(tools, &calls[i], &ctx)
         };
         thread::scope(|scope| {
-            let ctx = &ctx;
-            let mut others: Vec<_> = calls
-                .iter()
-                .skip(1)
-                .map(|call| {
+            let run = &run;
+            let mut others: Vec<_> = (1..calls.len())
+                .map(|i| {
+                    if denials[i].is_some() {
+                        return None;
+                    }
                     thread::Builder::new()
                         .name("tool".into())
-                        .spawn_scoped(scope, move || run_tool(tools, call, ctx))
+                        .spawn_scoped(scope, move || run(i))
                         .inspect_err(|e| {
                             log::warn!(
                                 "turn {turn_id}: no thread for a tool call, running it in turn: {e}"
@@ -581,28 +630,84 @@ impl Turn {
                     .and_then(|other| others.get_mut(other))
                     .and_then(Option::take);
                 let output = match handle {
-                    Some(handle) => handle.join().unwrap_or_else(|_| ToolOutput {
-                        status: ToolStatus::Error,
-                        text: format!("the {} tool crashed", call.name),
+                    Some(handle) => handle.join().unwrap_or_else(|_| {
+                        let crashed = format!("the {} tool crashed", call.name);
+                        ToolOutput::text(ToolStatus::Error, crashed)
                     }),
-                    None => run_tool(tools, call, ctx),
+                    None => run(i),
                 };
                 let result = ServerFrame::ToolResult {
                     turn_id,
                     call_id: call.id.clone(),
                     name: call.name.clone(),
                     status: output.status,
-                    result: output.text.clone(),
+                    result: output.shown(),
                 };
                 // The scope waits for the calls still running; they see the cancel flag.
                 if cancel.is_cancelled() || !events.emit(result) {
                     return None;
                 }
                 let is_error = output.status == ToolStatus::Error;
-                messages.push(ChatMessage::tool_result(&call.id, output.text, is_error));
+                let mut message = ChatMessage::tool_result(&call.id, output.for_model(), is_error);
+                if self.engine.model.accepts_images() {
+                    message.images = output.images;
+                }
+                messages.push(message);
             }
             Some(messages)
         })
+    }
+
+    /// Asks a person about every call of the step whose tool needs approval (one
+    /// `approval_request` each, all at once), then waits for the answers, all under one
+    /// deadline (`--approval-timeout`). Returns, for each call, the error result that replaces
+    /// it when it was denied or nobody answered in time, or `None` when the turn is no longer
+    /// current (cancelled, or replaced by a newer message).
+    fn approve(
+        &self,
+        calls: &[ToolCall],
+        events: &dyn TurnEvents,
+        cancel: &CancelFlag,
+    ) -> Option<Vec<Option<ToolOutput>>> {
+        let tools = &self.engine.tools;
+        let asking: Vec<bool> = calls
+            .iter()
+            .map(|call| unparsed_arguments(call).is_none() && tools.needs_approval(&call.name))
+            .collect();
+        for (call, _) in calls.iter().zip(&asking).filter(|(_, ask)| **ask) {
+            let request = ServerFrame::ApprovalRequest {
+                turn_id: self.turn_id,
+                call_id: call.id.clone(),
+                name: call.name.clone(),
+                args: call.args.clone(),
+            };
+            if cancel.is_cancelled() || !events.ask_approval(&call.id, request) {
+                return None;
+            }
+        }
+        let timeout = self.engine.approval_timeout;
+        let deadline = Instant::now() + timeout;
+        let mut denials = Vec::with_capacity(calls.len());
+        for (call, ask) in calls.iter().zip(asking) {
+            if !ask {
+                denials.push(None);
+                continue;
+            }
+            let denied = match events.await_approval(&call.id, deadline, cancel) {
+                Verdict::Allowed => None,
+                Verdict::Denied => Some("the user denied this call; it was not run".to_owned()),
+                Verdict::TimedOut => Some(format!(
+                    "nobody allowed this call within {}; it was not run",
+                    crate::tools::mcp::round_duration(timeout)
+                )),
+                Verdict::Cancelled => return None,
+            };
+            if let Some(reason) = &denied {
+                log::info!("turn {}: {} not run: {reason}", self.turn_id, call.name);
+            }
+            denials.push(denied.map(|text| ToolOutput::text(ToolStatus::Error, text)));
+        }
+        Some(denials)
     }
 
     /// Closes the turn, replacing the session's conversation if this turn dropped it.
@@ -692,23 +797,57 @@ enum Asked {
 /// Runs one tool call through the ToolChain. Arguments the model wrote as something other than
 /// a JSON object (see [`UNPARSED_ARGUMENTS`]) get an error result without running the tool.
 fn run_tool(tools: &ToolChain, call: &ToolCall, ctx: &ToolContext<'_>) -> ToolOutput {
-    let unparsed = call
-        .args
-        .as_object()
-        .filter(|args| args.len() == 1)
-        .and_then(|args| args.get(UNPARSED_ARGUMENTS));
-    if let Some(raw) = unparsed {
+    if let Some(raw) = unparsed_arguments(call) {
         let raw = raw.as_str().map_or_else(|| raw.to_string(), str::to_owned);
-        return ToolOutput {
-            status: ToolStatus::Error,
-            text: format!(
-                "the arguments of {} are not a JSON object: {raw}; call it again with a JSON \
-                 object",
-                call.name
-            ),
-        };
+        let text = format!(
+            "the arguments of {} are not a JSON object: {raw}; call it again with a JSON object",
+            call.name
+        );
+        return ToolOutput::text(ToolStatus::Error, text);
     }
     tools.call(&call.name, &call.args, ctx)
+}
+
+/// The arguments of `call` when the model wrote them as something other than a JSON object
+/// (see [`UNPARSED_ARGUMENTS`]).
+fn unparsed_arguments(call: &ToolCall) -> Option<&Value> {
+    call.args
+        .as_object()
+        .filter(|args| args.len() == 1)
+        .and_then(|args| args.get(UNPARSED_ARGUMENTS))
+}
+
+/// Where one tool call's progress goes: `tool_progress` frames of the turn, at most one per
+/// [`PROGRESS_INTERVAL`].
+struct CallProgress<'a> {
+    events: &'a dyn TurnEvents,
+    turn_id: TurnId,
+    call_id: &'a str,
+    /// When the last frame went out.
+    last: Mutex<Option<Instant>>,
+}
+
+impl ProgressSink for CallProgress<'_> {
+    fn report(&self, progress: Progress) {
+        let finished = progress
+            .total
+            .is_some_and(|total| progress.progress >= total);
+        {
+            let mut last = self.last.lock();
+            let now = Instant::now();
+            if !finished && last.is_some_and(|at| now.duration_since(at) < PROGRESS_INTERVAL) {
+                return;
+            }
+            *last = Some(now);
+        }
+        self.events.emit(ServerFrame::ToolProgress {
+            turn_id: self.turn_id,
+            call_id: self.call_id.to_owned(),
+            progress: progress.progress,
+            total: progress.total,
+            message: progress.message,
+        });
+    }
 }
 
 /// Turns what a model streams into events of the turn.
@@ -823,6 +962,18 @@ mod tests {
             *self.reset.lock() = true;
             self.close(frame, transcript)
         }
+        fn ask_approval(&self, _call_id: &str, request: ServerFrame) -> bool {
+            self.emit(request)
+        }
+        fn await_approval(&self, call_id: &str, _: Instant, _: &CancelFlag) -> Verdict {
+            // The test names the verdict in the call id.
+            match call_id {
+                "allow" => Verdict::Allowed,
+                "late" => Verdict::TimedOut,
+                "stop" => Verdict::Cancelled,
+                _ => Verdict::Denied,
+            }
+        }
     }
 
     struct Echo;
@@ -877,6 +1028,7 @@ mod tests {
             metrics: Arc::default(),
             system_prompt: None,
             context_tokens: None,
+            approval_timeout: Duration::from_secs(300),
         }
     }
 
@@ -1231,5 +1383,133 @@ mod tests {
         assert_eq!(order[3], "result a: together 1");
         assert_eq!(order[4], "result b: together 2");
         assert!(order[5].starts_with("result c: the arguments of echo are not a JSON object"));
+    }
+
+    /// A tool that must be approved, and says how often it ran.
+    struct Guarded(std::sync::atomic::AtomicUsize);
+    impl Tool for Guarded {
+        fn name(&self) -> &str {
+            "guarded"
+        }
+        fn description(&self) -> &str {
+            "needs a person"
+        }
+        fn parameters(&self) -> Value {
+            json!({"type": "object"})
+        }
+        fn call(&self, _args: &Value, _ctx: &ToolContext<'_>) -> Result<String, String> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok("ran".into())
+        }
+        fn needs_approval(&self) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn calls_that_need_approval_are_asked_for_and_only_allowed_ones_run() {
+        let call = |id: &str, name: &str| ToolCall {
+            id: id.into(),
+            name: name.into(),
+            args: json!({}),
+        };
+        // The Recorder's verdict is named by the call id.
+        let calls = vec![
+            call("allow", "guarded"),
+            call("deny", "guarded"),
+            call("late", "guarded"),
+            call("free", "echo"),
+        ];
+        let model = Arc::new(Scripted::new(vec![
+            Ok(ModelReply {
+                tool_calls: calls,
+                ..ModelReply::default()
+            }),
+            answer("done"),
+        ]));
+        let mut asking = engine(model);
+        asking.approval_timeout = Duration::from_secs(90);
+        let guarded = Arc::new(Guarded(Default::default()));
+        let mut tools = (*asking.tools).clone();
+        tools.add(guarded.clone());
+        asking.tools = Arc::new(tools);
+        let bot = Bot::new(asking, None, Vec::new());
+        let events = Recorder::new();
+        assert_eq!(run(&bot, "go", &events), TurnOutcome::Answered);
+        let order: Vec<String> = events
+            .frames
+            .lock()
+            .iter()
+            .filter_map(|frame| match frame {
+                ServerFrame::ToolUse { call_id, .. } => Some(format!("use {call_id}")),
+                ServerFrame::ApprovalRequest { call_id, .. } => Some(format!("ask {call_id}")),
+                ServerFrame::ToolResult {
+                    call_id, result, ..
+                } => Some(format!("result {call_id}: {result}")),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "use allow",
+                "use deny",
+                "use late",
+                "use free",
+                "ask allow",
+                "ask deny",
+                "ask late",
+                "result allow: ran",
+                "result deny: the user denied this call; it was not run",
+                "result late: nobody allowed this call within 90s; it was not run",
+                "result free: {}",
+            ]
+        );
+        assert_eq!(guarded.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+        // A cancel during the wait ends the turn with nothing run.
+        let model = Arc::new(Scripted::new(vec![Ok(ModelReply {
+            tool_calls: vec![call("stop", "guarded")],
+            ..ModelReply::default()
+        })]));
+        let mut stopping = engine(model);
+        let mut tools = (*stopping.tools).clone();
+        tools.add(guarded.clone());
+        stopping.tools = Arc::new(tools);
+        let bot = Bot::new(stopping, None, Vec::new());
+        let events = Recorder::new();
+        assert_eq!(run(&bot, "go", &events), TurnOutcome::Cancelled);
+        assert_eq!(guarded.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn progress_is_relayed_at_most_once_per_interval_but_the_last_report_always() {
+        let events = Recorder::new();
+        let sink = CallProgress {
+            events: &events,
+            turn_id: TurnId(1),
+            call_id: "c",
+            last: Mutex::new(None),
+        };
+        let report = |progress: f64| Progress {
+            progress,
+            total: Some(10.0),
+            message: None,
+        };
+        for step in 1..=9 {
+            sink.report(report(f64::from(step)));
+        }
+        sink.report(report(10.0));
+        let sent: Vec<f64> = events
+            .frames
+            .lock()
+            .iter()
+            .filter_map(|frame| match frame {
+                ServerFrame::ToolProgress { progress, .. } => Some(*progress),
+                _ => None,
+            })
+            .collect();
+        // Nine reports in far less than the interval: the first goes out, then the last.
+        assert_eq!(sent, [1.0, 10.0]);
     }
 }

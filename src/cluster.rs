@@ -79,7 +79,7 @@ impl ClusterThread {
         drop(self.stopped.take());
         let cluster = self.sessions.cluster();
         // A signal to no conversation wakes this instance's own wait at once.
-        let _ = cluster.signal(Signal::Released, &SessionId::from_random_bytes([0; 16]));
+        let _ = cluster.signal(Signal::Released, &SessionId::from_random_bytes([0; 16]), "");
         let _ = handle.join();
         if let Err(e) = cluster.release_all() {
             log::warn!("cluster: cannot let the leases go: {e}");
@@ -143,7 +143,7 @@ fn run(sessions: &SessionManager, metrics: &Metrics, stop: &AtomicBool, stopping
 
 /// Does what another instance's signal asks.
 fn act(sessions: &SessionManager, metrics: &Metrics, notice: Notice) {
-    let (signal, id, lag) = match notice {
+    let (signal, id, lag, detail) = match notice {
         Notice::Resync => {
             sessions.catch_up_all();
             sessions.lease_released();
@@ -153,7 +153,8 @@ fn act(sessions: &SessionManager, metrics: &Metrics, notice: Notice) {
             signal,
             session,
             lag,
-        } => (signal, session, lag),
+            detail,
+        } => (signal, session, lag, detail),
     };
     Metrics::bump(&metrics.signals_received);
     if let Some(lag) = lag {
@@ -165,7 +166,7 @@ fn act(sessions: &SessionManager, metrics: &Metrics, notice: Notice) {
     match signal {
         Signal::Released => sessions.lease_released(),
         Signal::Deleted => sessions.forget(&id),
-        Signal::Events | Signal::Yield | Signal::Cancel => {
+        Signal::Events | Signal::Yield | Signal::Cancel | Signal::Allow | Signal::Deny => {
             let Some(session) = sessions.get(&id) else {
                 if signal == Signal::Yield {
                     // Not in memory here: a lease left behind (a release that failed when the
@@ -173,7 +174,7 @@ fn act(sessions: &SessionManager, metrics: &Metrics, notice: Notice) {
                     let cluster = sessions.cluster();
                     if let Err(e) = cluster.release(&id).and_then(|held| {
                         if held {
-                            cluster.signal(Signal::Released, &id)
+                            cluster.signal(Signal::Released, &id, "")
                         } else {
                             Ok(())
                         }
@@ -186,6 +187,9 @@ fn act(sessions: &SessionManager, metrics: &Metrics, notice: Notice) {
             match signal {
                 Signal::Events => session.catch_up(),
                 Signal::Yield => session.let_go(),
+                Signal::Allow | Signal::Deny => {
+                    session.approve_here(&detail, signal == Signal::Allow);
+                }
                 _ => session.cancel_here(),
             }
         }

@@ -74,6 +74,9 @@ pub struct Config {
     /// How long the model server may stay silent before its answer starts or between two
     /// pieces of it.
     pub model_read_timeout: Duration,
+    /// True when the model takes images: those tools return are sent to it as content parts
+    /// (`--model-vision`); otherwise it reads a note for each.
+    pub model_vision: bool,
     /// How long a session with no connection and no turn stays in memory. It only frees
     /// memory: the conversation stays in the store, and the next `connect` brings it back.
     pub idle_timeout: Duration,
@@ -150,6 +153,8 @@ pub struct Config {
     /// How long one full-text search (a memory lookup, `graph_search`, `recall`, or a search
     /// of the API) may run; one that runs out answers with what it found so far.
     pub search_budget: Duration,
+    /// How long a tool call that needs approval waits for a person before it is denied.
+    pub approval_timeout: Duration,
 }
 
 /// A token bucket: `per_second` frames a second on average, `burst` at once.
@@ -230,6 +235,7 @@ impl Default for Config {
             api_key_env: None,
             model_connect_timeout: Duration::from_secs(10),
             model_read_timeout: Duration::from_secs(300),
+            model_vision: false,
             idle_timeout: Duration::from_secs(60 * 60),
             retention: None,
             max_connections: 20_000,
@@ -262,6 +268,7 @@ impl Default for Config {
             mcp_config: None,
             max_tool_result_bytes: 256 * 1024,
             search_budget: Duration::from_millis(200),
+            approval_timeout: Duration::from_secs(5 * 60),
         }
     }
 }
@@ -288,6 +295,7 @@ impl fmt::Debug for Config {
             .field("api_key_env", &self.api_key_env)
             .field("model_connect_timeout", &self.model_connect_timeout)
             .field("model_read_timeout", &self.model_read_timeout)
+            .field("model_vision", &self.model_vision)
             .field("idle_timeout", &self.idle_timeout)
             .field("retention", &self.retention)
             .field("max_connections", &self.max_connections)
@@ -312,6 +320,7 @@ impl fmt::Debug for Config {
             .field("max_connections_per_ip", &self.max_connections_per_ip)
             .field("per_ip_loopback", &self.per_ip_loopback)
             .field("max_pending_message_bytes", &self.max_pending_message_bytes)
+            .field("approval_timeout", &self.approval_timeout)
             .field("public_metrics", &self.public_metrics)
             .field("rate_limit", &self.rate_limit)
             .field("shutdown_grace", &self.shutdown_grace)

@@ -232,6 +232,9 @@ impl<'a> Handler<'a> {
                 }
             }
             (ClientFrame::Cancel {}, session) => session.cancel(),
+            (ClientFrame::Approve(answer), session) => {
+                session.approve(&answer.call_id, answer.allow);
+            }
             (ClientFrame::Connect(_), _) => {}
         }
     }

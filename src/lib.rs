@@ -22,6 +22,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 // Vocabulary: plain data, no IO, no threads.
+pub mod approval;
 pub mod auth;
 pub mod cancel;
 pub mod config;

@@ -95,6 +95,10 @@ struct Args {
     /// How long the model server may stay silent before or while it answers, e.g. 300s.
     #[arg(long, default_value = "300s", value_parser = positive_duration)]
     model_read_timeout: Duration,
+    /// With --model openai: the model takes images, so the images tools return are sent to it
+    /// (as image_url content parts); without it, it reads a note for each.
+    #[arg(long)]
+    model_vision: bool,
     /// How long a conversation with no connection and no turn stays in memory, e.g. 90s, 60m.
     /// It only frees memory: the conversation stays stored and comes back on the next connect.
     #[arg(long, alias = "session-timeout", default_value = "60m", value_parser = positive_duration)]
@@ -206,6 +210,10 @@ struct Args {
     /// that runs out answers with what it found so far, e.g. 200ms.
     #[arg(long, value_name = "DURATION", default_value = "200ms", value_parser = positive_duration)]
     search_budget: Duration,
+    /// How long a tool call that needs approval (see the MCP config's "approve") waits for a
+    /// person to allow it; then it is denied, e.g. 5m.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = positive_duration)]
+    approval_timeout: Duration,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -250,6 +258,7 @@ impl Args {
             api_key_env: self.api_key_env,
             model_connect_timeout: self.model_connect_timeout,
             model_read_timeout: self.model_read_timeout,
+            model_vision: self.model_vision,
             idle_timeout: self.idle_timeout,
             retention: self.retention,
             max_connections: self
@@ -280,6 +289,7 @@ impl Args {
             mcp_config: self.mcp_config,
             max_tool_result_bytes: self.max_tool_result_bytes,
             search_budget: self.search_budget,
+            approval_timeout: self.approval_timeout,
             ..Config::default()
         }
     }
@@ -487,6 +497,7 @@ fn build_model(config: &Config) -> Result<Arc<dyn ModelBackend>, String> {
     }
     options.connect_timeout = config.model_connect_timeout;
     options.read_timeout = config.model_read_timeout;
+    options.vision = config.model_vision;
     if let Some(var) = &config.api_key_env {
         match std::env::var(var) {
             Ok(key) if !key.trim().is_empty() => options.api_key = Some(key.trim().to_owned()),

@@ -86,6 +86,17 @@ pub enum ClientFrame {
     Message(MessageData),
     /// Stops the turn in flight, if any.
     Cancel {},
+    /// Answers an `approval_request`: runs the waiting tool call, or denies it.
+    Approve(ApproveData),
+}
+
+/// The `data` of an `approve` frame.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApproveData {
+    /// The waiting call's id, as its `approval_request` gave it.
+    pub call_id: String,
+    /// True runs the call; false denies it.
+    pub allow: bool,
 }
 
 /// The `data` of a `connect` frame. Every field is optional. Its `Debug` form hides the token.
@@ -221,6 +232,32 @@ pub enum ServerFrame {
         /// The tool's output, or what went wrong.
         result: String,
     },
+    /// A tool call waits for a person to allow it (`approve`); its `tool_use` came first.
+    ApprovalRequest {
+        /// The turn it belongs to.
+        turn_id: TurnId,
+        /// The waiting call.
+        call_id: String,
+        /// The tool's name in the ToolChain.
+        name: String,
+        /// The call's arguments: a JSON object.
+        args: Value,
+    },
+    /// How far a running tool call has come: not an event (no `seq`, never logged or replayed).
+    ToolProgress {
+        /// The turn it belongs to.
+        turn_id: TurnId,
+        /// The running call.
+        call_id: String,
+        /// The progress so far; it only grows.
+        progress: f64,
+        /// The total `progress` will reach, when the tool knows it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        total: Option<f64>,
+        /// What the tool is doing, for a person to read.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+    },
     /// A streamed piece of the final answer: not an event (no `seq`, never logged or replayed).
     MessageDelta {
         /// The turn it belongs to.
@@ -264,6 +301,8 @@ impl ServerFrame {
             | ServerFrame::Thought { turn_id, .. }
             | ServerFrame::ToolUse { turn_id, .. }
             | ServerFrame::ToolResult { turn_id, .. }
+            | ServerFrame::ApprovalRequest { turn_id, .. }
+            | ServerFrame::ToolProgress { turn_id, .. }
             | ServerFrame::MessageDelta { turn_id, .. }
             | ServerFrame::Message { turn_id, .. } => Some(*turn_id),
             ServerFrame::Status(status) => status.turn_id,
@@ -494,6 +533,7 @@ enum ClientFrameType {
     Connect,
     Message,
     Cancel,
+    Approve,
 }
 
 /// Decodes one text frame from a client.
@@ -522,7 +562,9 @@ pub fn decode_client_frame(text: &str) -> Result<ClientFrame, DecodeError> {
     if serde_json::from_value::<ClientFrameType>(frame_type.clone()).is_err() {
         return Err(DecodeError::new(
             ErrorCode::UnknownType,
-            format!("unknown frame type {frame_type}; expected connect, message or cancel"),
+            format!(
+                "unknown frame type {frame_type}; expected connect, message, cancel or approve"
+            ),
         ));
     }
     // A missing or null `data` reads as `{}`, so that `{"type": "cancel"}` is enough.

@@ -163,6 +163,7 @@ pub fn spawn_with(
         memory: Some(graph),
         metrics: metrics.clone(),
         context_tokens: config.context_tokens,
+        approval_timeout: config.approval_timeout,
         system_prompt: match &config.system_prompt {
             Some(prompt) => Some(prompt.as_str().into()),
             None => Some(crate::bot::DEFAULT_SYSTEM_PROMPT.into()),

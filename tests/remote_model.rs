@@ -95,6 +95,11 @@ impl FakeServer {
     /// A model that talks to this server, with quick retries and a read timeout far longer
     /// than any wait of the tests (so that a test would notice a turn waiting for it).
     fn model(&self) -> Arc<RemoteModel> {
+        self.model_with(|_| {})
+    }
+
+    /// [`FakeServer::model`] with its options adjusted by `adjust`.
+    fn model_with(&self, adjust: impl FnOnce(&mut RemoteOptions)) -> Arc<RemoteModel> {
         let mut options = RemoteOptions::new(format!("http://{}/v1/", self.addr), "test-model");
         options.connect_timeout = Duration::from_secs(5);
         options.read_timeout = Duration::from_secs(60);
@@ -103,6 +108,7 @@ impl FakeServer {
             base_delay: Duration::from_millis(10),
             max_delay: Duration::from_millis(50),
         };
+        adjust(&mut options);
         Arc::new(RemoteModel::new(options))
     }
 
@@ -1109,4 +1115,84 @@ fn a_conversation_longer_than_the_window_is_trimmed_to_the_newest_exchanges() {
         .get(client.session_id.as_ref().unwrap())
         .unwrap();
     assert_eq!(session.history().len(), 6);
+}
+
+/// An MCP config starting the fixture server (`tests/fixtures/mcp_fixture.py`) with its extra
+/// tools, as server `fx`.
+fn image_fixture_config(name: &str) -> std::path::PathBuf {
+    let dir = support::temp_dir(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/mcp_fixture.py");
+    let config = dir.join("mcp.json");
+    let servers = json!({"mcpServers": {"fx": {
+        "command": "python3", "args": [fixture], "env": {"MCP_FIXTURE_EXTRAS": "1"}
+    }}});
+    std::fs::write(&config, servers.to_string()).unwrap();
+    config
+}
+
+/// A turn whose model calls the fixture's `image` tool, then answers; returns the second
+/// request (the one after the tool ran).
+fn image_turn(vision: bool) -> Value {
+    let fake = FakeServer::start(vec![
+        stream(vec![
+            tool_calls(json!([{"index": 0, "id": "call_img", "type": "function",
+                "function": {"name": "fx__image", "arguments": "{}"}}])),
+            DONE.into(),
+        ]),
+        answer("A red dot."),
+    ]);
+    let config = image_fixture_config(&format!("remote-image-{vision}"));
+    let server = TestServer::with_model(
+        |c| {
+            c.in_memory = true;
+            c.system_prompt = Some(String::new());
+            c.mcp_config = Some(config);
+        },
+        fake.model_with(|options| options.vision = vision),
+    );
+    support::wait_until("the fixture's tools", || {
+        let client = Client::connect(server.addr, json!({}));
+        client.seen.iter().any(|f| {
+            matches!(&f.frame, ServerFrame::Ready { tools, .. } if tools.iter().any(|t| t == "fx__image"))
+        })
+    });
+    let mut client = server.client();
+    let frames = turn(&mut client, "show me");
+    assert_eq!(final_text(&frames), "A red dot.");
+    let _first = fake.request();
+    fake.request()
+}
+
+#[test]
+fn an_image_a_tool_returns_reaches_a_vision_model_as_an_image_url_part() {
+    let second = image_turn(true);
+    // The system message carries the fixture's instructions.
+    assert_eq!(
+        roles(&second),
+        ["system", "user", "assistant", "tool", "user"]
+    );
+    assert_eq!(
+        second["messages"][3]["content"],
+        "a red dot\n[image: image/png, 70 B]"
+    );
+    let parts = second["messages"][4]["content"].as_array().unwrap();
+    assert_eq!(parts[0]["type"], "text");
+    assert_eq!(parts[1]["type"], "image_url");
+    let url = parts[1]["image_url"]["url"].as_str().unwrap();
+    assert!(
+        url.starts_with("data:image/png;base64,iVBORw0KGgo"),
+        "{url}"
+    );
+}
+
+#[test]
+fn a_model_without_vision_reads_a_note_for_the_image() {
+    let second = image_turn(false);
+    assert_eq!(roles(&second), ["system", "user", "assistant", "tool"]);
+    assert_eq!(
+        second["messages"][3]["content"],
+        "a red dot\n[image: image/png, 70 B]"
+    );
+    assert!(!second.to_string().contains("base64"));
 }

@@ -370,7 +370,10 @@
     }
   }
 
-  const TURN_EVENTS = new Set(["user_message", "thought", "tool_use", "tool_result", "message_delta", "message"]);
+  const TURN_EVENTS = new Set([
+    "user_message", "thought", "tool_use", "tool_result", "approval_request", "tool_progress",
+    "message_delta", "message",
+  ]);
 
   // Applies one frame to the view; `live` is false for events fetched from the API.
   function apply(type, data, live) {
@@ -403,6 +406,8 @@
       case "thought": return addThought(turnView(data.turn_id), String(data.text ?? ""));
       case "tool_use": return toolUse(turnView(data.turn_id), data);
       case "tool_result": return toolResult(turnView(data.turn_id), data);
+      case "approval_request": return approvalRequest(turnView(data.turn_id), data);
+      case "tool_progress": return toolProgress(turnView(data.turn_id), data);
       case "message_delta": {
         const turn = turnView(data.turn_id);
         if (turn.closed) return;
@@ -635,7 +640,10 @@
     result.hidden = true;
     box.append(head, args, result);
     turn.steps.append(box);
-    const tool = { box, nameEl, state, args, result, done: false, name, argsValue: null, resultText: "", ok: true };
+    const tool = {
+      box, nameEl, state, args, result, done: false, name, argsValue: null, resultText: "", ok: true,
+      approval: null, progress: null, bar: null, progressLabel: null, images: null,
+    };
     turn.tools.set(callId, tool);
     return tool;
   }
@@ -656,8 +664,101 @@
     tool.box.classList.add(ok ? "success" : "error");
     tool.state.textContent = ok ? "done" : "error";
     tool.resultText = String(data.result ?? "");
-    tool.result.textContent = tool.resultText;
+    const { text, images } = splitImages(tool.resultText);
+    tool.result.textContent = text;
     tool.result.hidden = false;
+    if (images.length > 0 && !tool.images) {
+      tool.images = el("div", "images");
+      for (const image of images) {
+        const img = el("img");
+        img.src = image.url;
+        img.alt = image.note;
+        img.title = image.note;
+        tool.images.append(img);
+      }
+      tool.box.append(tool.images);
+    }
+    endApproval(tool);
+    if (tool.progress) { tool.progress.remove(); tool.progress = null; }
+  }
+
+  // An image line of a tool result: its note, then its data: URL (the server checked the type
+  // and the base64; this checks them again, so that nothing else becomes an image source).
+  const IMAGE_LINE = /^(\[image: (image\/(?:png|jpeg|gif|webp)), [^\]\n]*\]) (data:(image\/(?:png|jpeg|gif|webp));base64,[A-Za-z0-9+/]+={0,2})$/;
+
+  // A result's text without its image lines' data: URLs (their notes stay), and the images.
+  function splitImages(result) {
+    const images = [];
+    const lines = result.split("\n").map((line) => {
+      const match = IMAGE_LINE.exec(line);
+      if (!match || match[2] !== match[4]) return line;
+      images.push({ note: match[1], url: match[3] });
+      return match[1];
+    });
+    return { text: lines.join("\n"), images };
+  }
+
+  // A call waiting for a person: Allow and Deny on its card, until its result comes or its turn
+  // ends. Any connection of the session may answer; the first answer decides.
+  function approvalRequest(turn, data) {
+    const callId = String(data.call_id ?? "");
+    const tool = toolBox(turn, callId, String(data.name ?? "tool"));
+    if (tool.done || turn.closed || tool.approval) return;
+    tool.box.classList.add("asking");
+    tool.state.textContent = "waiting for approval";
+    const row = el("div", "approval");
+    const allow = button("allow", "Allow", "Allow this call");
+    const deny = button("deny", "Deny", "Deny this call");
+    const answer = (ok) => {
+      if (!send({ type: "approve", data: { call_id: callId, allow: ok } })) {
+        note("Not connected: the answer was not sent. Try again once reconnected.", "error");
+        return;
+      }
+      allow.disabled = true;
+      deny.disabled = true;
+      tool.state.textContent = ok ? "allowed" : "denied";
+    };
+    allow.addEventListener("click", () => answer(true));
+    deny.addEventListener("click", () => answer(false));
+    row.append(el("span", "ask", "Run this tool?"), allow, deny);
+    tool.box.insertBefore(row, tool.result);
+    tool.approval = row;
+  }
+
+  function endApproval(tool) {
+    if (!tool.approval) return;
+    tool.approval.remove();
+    tool.approval = null;
+    tool.box.classList.remove("asking");
+  }
+
+  // How far a running call has come: a progress bar (indeterminate without a total) and the
+  // tool's words. Not an event: it is never replayed.
+  function toolProgress(turn, data) {
+    const tool = turn.tools.get(String(data.call_id ?? ""));
+    if (!tool || tool.done || turn.closed) return;
+    const progress = Number(data.progress);
+    if (!Number.isFinite(progress)) return;
+    if (!tool.progress) {
+      const row = el("div", "progress");
+      const bar = el("progress");
+      const label = el("span", "label");
+      row.append(bar, label);
+      tool.box.insertBefore(row, tool.result);
+      tool.progress = row;
+      tool.bar = bar;
+      tool.progressLabel = label;
+    }
+    const total = Number(data.total);
+    if (Number.isFinite(total) && total > 0) {
+      tool.bar.max = total;
+      tool.bar.value = Math.min(progress, total);
+    } else {
+      tool.bar.removeAttribute("value");
+    }
+    const words = typeof data.message === "string" ? data.message : "";
+    const of = Number.isFinite(total) && total > 0 ? `${progress} of ${total}` : String(progress);
+    tool.progressLabel.textContent = words ? `${words} (${of})` : of;
   }
 
   function mark(turn, kind, text) {
@@ -673,6 +774,8 @@
     if (outcome !== "done" && turn.streamed && !turn.text) renderMarkdown(turn.answer, turn.streamed);
     if (turn.answer.textContent === "") turn.answer.hidden = true;
     for (const tool of turn.tools.values()) {
+      endApproval(tool);
+      if (tool.progress) { tool.progress.remove(); tool.progress = null; }
       if (!tool.done) {
         tool.box.classList.remove("running");
         tool.box.classList.add("stopped");

@@ -47,6 +47,55 @@ pub struct ToolCall {
     pub args: Value,
 }
 
+/// An image a tool returned: what a model that accepts images is sent beside the tool's text.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Image {
+    /// Its media type: `image/png`, `image/jpeg`, `image/gif` or `image/webp`.
+    pub mime_type: String,
+    /// The image, base64-encoded (the standard alphabet, padded).
+    pub data: String,
+}
+
+impl std::fmt::Debug for Image {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Image")
+            .field("mime_type", &self.mime_type)
+            .field("bytes", &self.bytes())
+            .finish()
+    }
+}
+
+impl Image {
+    /// The image's size in bytes, decoded.
+    pub fn bytes(&self) -> usize {
+        let padding = self.data.bytes().rev().take_while(|b| *b == b'=').count();
+        (self.data.len() / 4 * 3).saturating_sub(padding)
+    }
+
+    /// The image as a `data:` URL.
+    pub fn data_url(&self) -> String {
+        format!("data:{};base64,{}", self.mime_type, self.data)
+    }
+
+    /// What a model that is not sent the image reads instead: `[image: image/png, 12 KB]`.
+    pub fn note(&self) -> String {
+        format!(
+            "[image: {}, {}]",
+            self.mime_type,
+            describe_bytes(self.bytes())
+        )
+    }
+}
+
+/// A size for people: `70 B`, `12 KB`, `3.1 MB` (decimal units, as file managers show them).
+pub fn describe_bytes(bytes: usize) -> String {
+    match bytes {
+        0..1000 => format!("{bytes} B"),
+        1000..1_000_000 => format!("{} KB", bytes.div_ceil(1000)),
+        _ => format!("{:.1} MB", bytes as f64 / 1e6),
+    }
+}
+
 /// One message of the conversation a model sees.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ChatMessage {
@@ -60,6 +109,9 @@ pub struct ChatMessage {
     pub tool_call_id: Option<String>,
     /// For a tool message: whether the tool failed.
     pub is_error: bool,
+    /// For a tool message: the images the tool returned, for a model that accepts images
+    /// (their notes are in `content`). Kept for the turn that made them only: never stored.
+    pub images: Vec<Image>,
 }
 
 impl ChatMessage {
@@ -71,6 +123,7 @@ impl ChatMessage {
             tool_calls: Vec::new(),
             tool_call_id: None,
             is_error: false,
+            images: Vec::new(),
         }
     }
 
@@ -268,6 +321,12 @@ pub trait ModelBackend: Send + Sync {
     /// instead of the moment it is streamed. False (the default) for anything that may block,
     /// so that nothing it streams waits for the rest.
     fn answers_at_once(&self) -> bool {
+        false
+    }
+
+    /// True when the model is sent the images tools return (as content parts); otherwise it
+    /// reads only their notes (`[image: image/png, 12 KB]`).
+    fn accepts_images(&self) -> bool {
         false
     }
 

@@ -171,6 +171,9 @@ pub struct RemoteOptions {
     pub read_timeout: Duration,
     /// How failed requests are tried again.
     pub retry: RetryPolicy,
+    /// True when the model takes images (`image_url` content parts): the images tools return
+    /// are sent to it (`--model-vision`). Otherwise it reads only their notes.
+    pub vision: bool,
 }
 
 impl RemoteOptions {
@@ -185,6 +188,7 @@ impl RemoteOptions {
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(300),
             retry: RetryPolicy::default(),
+            vision: false,
         }
     }
 }
@@ -199,6 +203,7 @@ impl fmt::Debug for RemoteOptions {
             .field("connect_timeout", &self.connect_timeout)
             .field("read_timeout", &self.read_timeout)
             .field("retry", &self.retry)
+            .field("vision", &self.vision)
             .finish()
     }
 }
@@ -465,6 +470,10 @@ impl ModelBackend for RemoteModel {
 
     fn health(&self) -> ModelHealth {
         self.health.lock().clone()
+    }
+
+    fn accepts_images(&self) -> bool {
+        self.options.vision
     }
 
     fn context_tokens(&self) -> Option<usize> {
@@ -999,12 +1008,18 @@ fn jitter() -> f64 {
 ///
 /// Every system message (the prompt, and the memory the bot adds to a turn) goes into one
 /// system message at the start, because many chat templates accept a system message only
-/// there.
+/// there. Images that tools returned follow their tool messages as one user message of
+/// `image_url` parts, since OpenAI's tool messages carry text only.
 fn request_body(model: &str, conversation: Conversation<'_>, tools: &[ToolSpec]) -> Value {
     let mut system: Vec<&str> = Vec::new();
     let mut messages: Vec<Value> = Vec::new();
+    // Image parts of the tool messages just sent, waiting for the end of their run.
+    let mut images: Vec<Value> = Vec::new();
     for message in conversation.iter() {
         let content = message.content.as_str();
+        if message.role != Role::Tool {
+            flush_images(&mut messages, &mut images);
+        }
         match message.role {
             Role::System => system.push(content),
             Role::User => messages.push(json!({"role": "user", "content": content})),
@@ -1043,9 +1058,13 @@ fn request_body(model: &str, conversation: Conversation<'_>, tools: &[ToolSpec])
                     "tool_call_id": message.tool_call_id.as_deref().unwrap_or_default(),
                     "content": content,
                 }));
+                images.extend(message.images.iter().map(
+                    |image| json!({"type": "image_url", "image_url": {"url": image.data_url()}}),
+                ));
             }
         }
     }
+    flush_images(&mut messages, &mut images);
     if !system.is_empty() {
         messages.insert(0, json!({"role": "system", "content": system.join("\n\n")}));
     }
@@ -1096,6 +1115,16 @@ fn ollama_window(show: &Value) -> Option<u64> {
         })
     };
     configured.or_else(trained).filter(|n| *n > 0)
+}
+
+/// Sends the images of the tool messages just added, if any, as one user message.
+fn flush_images(messages: &mut Vec<Value>, images: &mut Vec<Value>) {
+    if images.is_empty() {
+        return;
+    }
+    let mut parts = vec![json!({"type": "text", "text": "The images the tools above returned:"})];
+    parts.append(images);
+    messages.push(json!({"role": "user", "content": parts}));
 }
 
 /// The `usage` object of a chunk: `None` unless it has both counts (some servers send
@@ -1888,6 +1917,61 @@ mod tests {
         assert_eq!(backoff(&policy, 40, 0.0), Duration::from_millis(350));
     }
 
+    /// The `role` of each message of a request.
+    fn roles_of(messages: &[Value]) -> Vec<&str> {
+        messages
+            .iter()
+            .map(|m| m["role"].as_str().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn images_tools_returned_follow_their_tool_messages_as_image_url_parts() {
+        let call = |id: &str| ToolCall {
+            id: id.into(),
+            name: "camera".into(),
+            args: json!({}),
+        };
+        let image = crate::model::Image {
+            mime_type: "image/png".into(),
+            data: "iVBORw0KGgo=".into(),
+        };
+        let mut shot = ChatMessage::tool_result("a", "a photo\n[image: image/png, 8 B]", false);
+        shot.images = vec![image.clone(), image];
+        let current = [
+            ChatMessage::text(Role::User, "look"),
+            ChatMessage::tool_calls("", vec![call("a"), call("b")]),
+            shot,
+            ChatMessage::tool_result("b", "nothing", false),
+            ChatMessage::tool_calls("", vec![call("c")]),
+            ChatMessage::tool_result("c", "plain", false),
+        ];
+        let body = request_body("m", Conversation::of(&current), &[]);
+        let messages = body["messages"].as_array().unwrap();
+        let roles = roles_of(messages);
+        // Both tool messages first (they must follow their calls), then the images.
+        assert_eq!(
+            roles,
+            [
+                "user",
+                "assistant",
+                "tool",
+                "tool",
+                "user",
+                "assistant",
+                "tool"
+            ]
+        );
+        assert_eq!(messages[2]["content"], "a photo\n[image: image/png, 8 B]");
+        let parts = messages[4]["content"].as_array().unwrap();
+        assert_eq!(parts.len(), 3);
+        assert_eq!(parts[0]["type"], "text");
+        assert_eq!(
+            parts[1],
+            json!({"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}})
+        );
+    }
+
     #[test]
     fn the_request_carries_the_conversation_and_the_tools() {
         let call = ToolCall {
@@ -1922,10 +2006,7 @@ mod tests {
         assert_eq!(body["stream"], true);
         assert_eq!(body["stream_options"]["include_usage"], true);
         let messages = body["messages"].as_array().unwrap();
-        let roles: Vec<&str> = messages
-            .iter()
-            .map(|m| m["role"].as_str().unwrap())
-            .collect();
+        let roles = roles_of(messages);
         assert_eq!(
             roles,
             ["system", "user", "assistant", "user", "assistant", "tool"]

@@ -118,7 +118,7 @@ impl Session {
                 ));
             }
             if asked.is_none_or(|at| now.duration_since(at) >= ASK_AGAIN) {
-                if let Err(e) = cluster.signal(Signal::Yield, id) {
+                if let Err(e) = cluster.signal(Signal::Yield, id, "") {
                     log::warn!("session {}: cannot ask its holder: {e}", id.short());
                 }
                 asked = Some(now);
@@ -201,7 +201,7 @@ impl Session {
         let cluster = &self.inner.cluster;
         if let Err(e) = cluster
             .release(id)
-            .and_then(|_| cluster.signal(Signal::Released, id))
+            .and_then(|_| cluster.signal(Signal::Released, id, ""))
         {
             log::warn!("session {}: cannot let its lease go: {e}", id.short());
         }
@@ -267,9 +267,20 @@ impl Session {
 
     /// Passes a client's `cancel` on to the holder, on another instance.
     pub(super) fn cancel_elsewhere(&self) {
-        if let Err(e) = self.inner.cluster.signal(Signal::Cancel, &self.inner.id) {
+        self.tell_holder(Signal::Cancel, "");
+    }
+
+    /// Passes a client's answer to an `approval_request` on to the holder, on another
+    /// instance, where the turn waits.
+    pub(super) fn approve_elsewhere(&self, call_id: &str, allow: bool) {
+        let signal = if allow { Signal::Allow } else { Signal::Deny };
+        self.tell_holder(signal, call_id);
+    }
+
+    fn tell_holder(&self, signal: Signal, detail: &str) {
+        if let Err(e) = self.inner.cluster.signal(signal, &self.inner.id, detail) {
             log::warn!(
-                "session {}: cannot pass a cancel on: {e}",
+                "session {}: cannot pass a {signal:?} on: {e}",
                 self.inner.id.short()
             );
         }

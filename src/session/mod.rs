@@ -29,6 +29,7 @@ use std::time::Instant;
 
 use parking_lot::Mutex;
 
+use crate::approval::Approvals;
 use crate::auth::Principal;
 use crate::bot::{Bot, interrupted};
 use crate::cancel::CancelFlag;
@@ -135,8 +136,9 @@ struct SessionState {
     turn: Option<CurrentTurn>,
     subscribers: Vec<Attached>,
     /// Streamed pieces emitted while events before them wait for the store: `(seq of the event
-    /// they follow, frame, piece)`. Released with those events, in order.
-    held: Vec<(u64, WireText, String)>,
+    /// they follow, frame, piece of the answer)`; a `tool_progress` frame has no piece.
+    /// Released with those events, in order.
+    held: Vec<(u64, WireText, Option<String>)>,
     /// When the session last had a subscriber or an event; eviction counts from here.
     idle_since: Instant,
     /// Set when the session leaves memory or is deleted; a closed session accepts nothing.
@@ -151,6 +153,32 @@ struct SessionState {
     /// answers at once has its thoughts sent with its answer); cleared when the turn flushes
     /// or closes.
     holding: bool,
+}
+
+/// The calls of turn `turn_id` whose `approval_request` the tail holds and that have no
+/// `tool_result`: `(call_id, name)`, in order.
+fn waiting_approvals(log: &EventLog, turn_id: TurnId) -> Vec<(String, String)> {
+    let mut waiting: Vec<(String, String)> = Vec::new();
+    for (_, text) in log.iter() {
+        let Ok(envelope) = serde_json::from_str::<crate::protocol::ServerEnvelope>(text) else {
+            continue;
+        };
+        match envelope.frame {
+            ServerFrame::ApprovalRequest {
+                turn_id: turn,
+                call_id,
+                name,
+                ..
+            } if turn == turn_id => waiting.push((call_id, name)),
+            ServerFrame::ToolResult {
+                turn_id: turn,
+                call_id,
+                ..
+            } if turn == turn_id => waiting.retain(|(waiting, _)| *waiting != call_id),
+            _ => {}
+        }
+    }
+    waiting
 }
 
 /// The journal's handle on a session: a weak one, so that a pending batch does not keep an
@@ -326,12 +354,14 @@ impl Session {
             }
         };
         let cancel = CancelFlag::new();
+        let approvals = Approvals::new();
         state.turn = Some(CurrentTurn {
             id: turn_id,
             cancel: cancel.clone(),
             text: text.to_owned(),
             started: Instant::now(),
             shown: String::new(),
+            approvals: approvals.clone(),
         });
         let turn = state.bot.start_turn(turn_id, text, &self.inner.owner);
         Metrics::bump(&self.inner.metrics.turns_started);
@@ -340,6 +370,7 @@ impl Session {
             events: SessionTurn {
                 session: self.clone(),
                 turn_id,
+                approvals,
             },
             cancel,
             knowledge: self.inner.knowledge.clone(),
@@ -365,6 +396,42 @@ impl Session {
     pub fn cancel_here(&self) {
         let mut state = self.inner.state.lock();
         self.cancel_locked(&mut state);
+    }
+
+    /// A client's answer to the `approval_request` of the call `call_id`; passed on to the
+    /// instance that holds the conversation when this one does not (see
+    /// [`approve_here`](Self::approve_here)).
+    pub fn approve(&self, call_id: &str, allow: bool) {
+        if self.holds_lease() {
+            self.approve_here(call_id, allow);
+        } else {
+            self.approve_elsewhere(call_id, allow);
+        }
+    }
+
+    /// Answers the `approval_request` of the call `call_id` here: the first answer for a call
+    /// of the turn in flight that waits decides (`allow` runs it, else it is denied). An answer
+    /// for a call that is not waiting is ignored, as PROTOCOL.md section 5 says; true when this
+    /// answer decided.
+    pub fn approve_here(&self, call_id: &str, allow: bool) -> bool {
+        let state = self.inner.state.lock();
+        let decided = state
+            .turn
+            .as_ref()
+            .is_some_and(|turn| turn.approvals.decide(call_id, allow));
+        if decided {
+            log::info!(
+                "session {}: call {call_id:?} {}",
+                self.inner.id.short(),
+                if allow { "allowed" } else { "denied" }
+            );
+        } else {
+            log::debug!(
+                "session {}: approve for {call_id:?}, which is not waiting: ignored",
+                self.inner.id.short()
+            );
+        }
+        decided
     }
 
     /// Detaches the subscriber `id`, if it is still attached.
@@ -429,12 +496,24 @@ impl Session {
         let ServerFrame::MessageDelta { text: piece, .. } = frame else {
             return;
         };
+        self.stream_frame(state, text, Some(piece));
+    }
+
+    /// A `tool_progress` frame: not an event, streamed like a piece of the answer.
+    fn stream_progress(&self, state: &mut SessionState, frame: &ServerFrame) {
+        let text: WireText = encode(frame, Some(&self.inner.id), None).into();
+        self.stream_frame(state, text, None);
+    }
+
+    /// Sends a streamed frame to live subscribers at once, or, while events before it wait for
+    /// the store, right after them. `piece` is its part of the answer, if any.
+    fn stream_frame(&self, state: &mut SessionState, text: WireText, piece: Option<String>) {
         if state.visible_seq < state.log.last_seq() {
             state.held.push((state.log.last_seq(), text, piece));
             return;
         }
-        if let Some(turn) = &mut state.turn {
-            turn.shown.push_str(&piece);
+        if let (Some(turn), Some(piece)) = (&mut state.turn, &piece) {
+            turn.shown.push_str(piece);
         }
         let batch = [text];
         state
@@ -461,7 +540,7 @@ impl Session {
         }
         state.visible_seq = seq;
         let split = state.held.partition_point(|(after, _, _)| *after <= seq);
-        let held: Vec<(u64, WireText, String)> = state.held.drain(..split).collect();
+        let held: Vec<(u64, WireText, Option<String>)> = state.held.drain(..split).collect();
         let SessionState {
             log,
             subscribers,
@@ -470,7 +549,7 @@ impl Session {
         } = state;
         if let Some(turn) = turn {
             for (_, _, piece) in &held {
-                turn.shown.push_str(piece);
+                turn.shown.push_str(piece.as_deref().unwrap_or_default());
             }
         }
         let metrics = &self.inner.metrics;
@@ -722,6 +801,18 @@ impl Session {
             return;
         };
         let mut state = self.inner.state.lock();
+        // Calls that waited for a person are answered first, so that no request stays open.
+        for (call_id, name) in waiting_approvals(&state.log, TurnId(turn_id)) {
+            let result = ServerFrame::ToolResult {
+                turn_id: TurnId(turn_id),
+                call_id,
+                name,
+                status: crate::protocol::ToolStatus::Error,
+                result: "the server running this turn stopped while this call waited for approval; it was not run"
+                    .into(),
+            };
+            self.push_event(&mut state, result);
+        }
         let message = "the server running this turn stopped before it finished";
         let frame = ServerFrame::Error {
             turn_id: Some(TurnId(turn_id)),

@@ -65,6 +65,11 @@ impl EventLog {
         }
     }
 
+    /// Every event the tail holds, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &WireText)> + '_ {
+        self.events.iter().map(|(seq, text)| (*seq, text))
+    }
+
     /// The events numbered `after + 1 ..= up_to`, or `None` when the tail no longer holds the
     /// first of them.
     pub fn range(

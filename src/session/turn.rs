@@ -6,6 +6,7 @@ use std::io;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Instant;
 
+use crate::approval::{Approvals, Verdict};
 use crate::bot::{Turn, TurnEvents, TurnOutcome, interrupted};
 use crate::cancel::CancelFlag;
 use crate::knowledge::Knowledge;
@@ -30,6 +31,8 @@ pub struct CurrentTurn {
     /// The answer streamed so far that subscribers were given: what a connection attaching now
     /// gets as one `message_delta` with `replace`.
     pub shown: String,
+    /// Its tool calls waiting for a person (`approval_request`), which `approve` answers.
+    pub approvals: Approvals,
 }
 
 /// A new turn, ready for a worker thread.
@@ -86,6 +89,8 @@ impl Task for TurnStart {
 pub struct SessionTurn {
     pub(super) session: Session,
     pub(super) turn_id: TurnId,
+    /// The turn's waiting calls (the same as its [`CurrentTurn`]'s).
+    pub(super) approvals: Approvals,
 }
 
 impl SessionTurn {
@@ -161,8 +166,10 @@ impl SessionTurn {
     }
 }
 
-impl TurnEvents for SessionTurn {
-    fn emit(&self, frame: ServerFrame) -> bool {
+impl SessionTurn {
+    /// Runs `act` under the session lock if the turn is still current (and the store takes
+    /// writes; a failing store ends the turn instead). True when it ran.
+    fn while_current(&self, act: impl FnOnce(&mut SessionState)) -> bool {
         let mut state = self.session.inner.state.lock();
         if self.session.store_failing() {
             self.fail_on_storage(&mut state);
@@ -173,14 +180,34 @@ impl TurnEvents for SessionTurn {
             .as_ref()
             .is_some_and(|turn| turn.id == self.turn_id);
         if current {
-            match frame {
-                ServerFrame::MessageDelta { text, .. } => {
-                    self.session.stream(&mut state, self.turn_id, text);
-                }
-                frame => self.session.push_event(&mut state, frame),
-            }
+            act(&mut state);
         }
         current
+    }
+}
+
+impl TurnEvents for SessionTurn {
+    fn emit(&self, frame: ServerFrame) -> bool {
+        self.while_current(|state| match frame {
+            ServerFrame::MessageDelta { text, .. } => {
+                self.session.stream(state, self.turn_id, text);
+            }
+            frame @ ServerFrame::ToolProgress { .. } => {
+                self.session.stream_progress(state, &frame);
+            }
+            frame => self.session.push_event(state, frame),
+        })
+    }
+
+    fn ask_approval(&self, call_id: &str, request: ServerFrame) -> bool {
+        self.while_current(|state| {
+            self.approvals.expect(call_id);
+            self.session.push_event(state, request);
+        })
+    }
+
+    fn await_approval(&self, call_id: &str, deadline: Instant, cancel: &CancelFlag) -> Verdict {
+        self.approvals.wait(call_id, deadline, cancel)
     }
 
     fn close(&self, frame: ServerFrame, transcript: Vec<ChatMessage>) -> bool {

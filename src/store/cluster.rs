@@ -28,6 +28,10 @@ pub enum Signal {
     Released,
     /// The conversation was deleted (sent by the store with the deletion).
     Deleted,
+    /// A client on another instance allowed the call the notice's `detail` names.
+    Allow,
+    /// A client on another instance denied the call the notice's `detail` names.
+    Deny,
 }
 
 impl Signal {
@@ -39,6 +43,8 @@ impl Signal {
             Signal::Cancel => 'c',
             Signal::Released => 'r',
             Signal::Deleted => 'd',
+            Signal::Allow => 'a',
+            Signal::Deny => 'n',
         }
     }
 
@@ -50,6 +56,8 @@ impl Signal {
             'c' => Signal::Cancel,
             'r' => Signal::Released,
             'd' => Signal::Deleted,
+            'a' => Signal::Allow,
+            'n' => Signal::Deny,
             _ => return None,
         })
     }
@@ -67,6 +75,9 @@ pub enum Notice {
         session: SessionId,
         /// From sending to receiving.
         lag: Option<Duration>,
+        /// What the signal is about within the conversation: the call of an `Allow` or a
+        /// `Deny`; empty for the others.
+        detail: String,
     },
     /// The listening connection was (re)opened: signals may have been missed meanwhile, so
     /// every live conversation should look at the store.
@@ -118,12 +129,15 @@ pub trait Cluster: Send + Sync {
     /// [`crate::error::Error::Store`] when the store cannot be reached.
     fn expired(&self, limit: usize) -> Result<Vec<SessionId>>;
 
-    /// Tells every other instance `signal` about `id`.
+    /// Tells every other instance `signal` about `id`, with `detail` (see
+    /// [`Notice::Signal`]). A signal that is lost (its listener was reconnecting) is lost: those
+    /// about the store's rows are made good by a resync, an `Allow` or `Deny` is answered again
+    /// by its user or times out.
     ///
     /// # Errors
     ///
     /// [`crate::error::Error::Store`] when the store cannot be reached.
-    fn signal(&self, signal: Signal, id: &SessionId) -> Result<()>;
+    fn signal(&self, signal: Signal, id: &SessionId, detail: &str) -> Result<()>;
 
     /// Waits up to `timeout` for signals from other instances, and returns those that came
     /// (none when the time ran out).
@@ -164,7 +178,7 @@ impl Cluster for Solo {
         Ok(Vec::new())
     }
 
-    fn signal(&self, _: Signal, _: &SessionId) -> Result<()> {
+    fn signal(&self, _: Signal, _: &SessionId, _: &str) -> Result<()> {
         Ok(())
     }
 
@@ -174,10 +188,10 @@ impl Cluster for Solo {
     }
 }
 
-/// A notification's payload: `"<letter> <session> <instance> <unix micros>"`.
-pub(crate) fn payload(signal: Signal, session: &str, instance: &str) -> String {
+/// A notification's payload: `"<letter> <session> <instance> <unix micros> <detail>"`.
+pub(crate) fn payload(signal: Signal, session: &str, instance: &str, detail: &str) -> String {
     format!(
-        "{} {session} {instance} {}",
+        "{} {session} {instance} {} {detail}",
         signal.letter(),
         super::unix_micros()
     )
@@ -186,7 +200,7 @@ pub(crate) fn payload(signal: Signal, session: &str, instance: &str) -> String {
 /// Reads a payload made by [`payload`]; `None` for one this instance sent itself, or one that
 /// is not a payload.
 pub(crate) fn parse_payload(text: &str, own_instance: &str) -> Option<Notice> {
-    let mut parts = text.split(' ');
+    let mut parts = text.splitn(5, ' ');
     let signal = Signal::from_letter(parts.next()?.chars().next()?)?;
     let session = SessionId::parse(parts.next()?)?;
     let instance = parts.next()?;
@@ -201,6 +215,7 @@ pub(crate) fn parse_payload(text: &str, own_instance: &str) -> Option<Notice> {
         signal,
         session,
         lag,
+        detail: parts.next().unwrap_or_default().to_owned(),
     })
 }
 
@@ -217,17 +232,21 @@ mod tests {
             Signal::Cancel,
             Signal::Released,
             Signal::Deleted,
+            Signal::Allow,
+            Signal::Deny,
         ] {
-            let text = payload(signal, id.as_str(), "a1");
+            let text = payload(signal, id.as_str(), "a1", "call 7 with spaces");
             let Some(Notice::Signal {
                 signal: read,
                 session,
                 lag,
+                detail,
             }) = parse_payload(&text, "b2")
             else {
                 panic!("{text:?} did not read back");
             };
             assert_eq!((read, &session), (signal, &id));
+            assert_eq!(detail, "call 7 with spaces");
             assert!(lag.is_some_and(|lag| lag < Duration::from_secs(5)));
             assert_eq!(parse_payload(&text, "a1"), None);
         }

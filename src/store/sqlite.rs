@@ -431,6 +431,7 @@ fn export_conversation(
                     tool_calls: calls_from_json(row.get(3)?),
                     tool_call_id: row.get(4)?,
                     is_error: row.get(5)?,
+                    images: Vec::new(),
                 },
             ))
         })?
@@ -846,6 +847,7 @@ impl ConversationStore for SqliteStore {
                             tool_calls: calls_from_json(row.get(3)?),
                             tool_call_id: row.get(4)?,
                             is_error: row.get(5)?,
+                            images: Vec::new(),
                         },
                     ))
                 })?

@@ -204,6 +204,7 @@ mod tests {
                 principal: &Principal::local(),
                 knowledge: &knowledge,
                 cancel: &cancel,
+                progress: None,
             },
         )
     }
@@ -247,6 +248,7 @@ mod tests {
             principal: &Principal::local(),
             knowledge: &knowledge,
             cancel: &cancel,
+            progress: None,
         };
         assert_eq!(
             Wait.call(&json!({"ms": 60_000}), &ctx),
@@ -262,6 +264,7 @@ mod tests {
             principal: &Principal::local(),
             knowledge: &mine,
             cancel: &cancel,
+            progress: None,
         };
         SessionNote
             .call(&json!({"text": "buy milk"}), &ctx)
@@ -274,6 +277,7 @@ mod tests {
             principal: &Principal::local(),
             knowledge: &theirs,
             cancel: &cancel,
+            progress: None,
         };
         assert_eq!(
             SessionNotes.call(&json!({}), &other),

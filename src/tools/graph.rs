@@ -303,6 +303,7 @@ mod tests {
                 principal: &Principal::local(),
                 knowledge: &knowledge,
                 cancel: &cancel,
+                progress: None,
             },
         );
         (

@@ -19,13 +19,12 @@ use crate::auth::Principal;
 use crate::cancel::CancelFlag;
 use crate::knowledge::Knowledge;
 use crate::metrics::Metrics;
-use crate::model::ToolSpec;
+use crate::model::{Image, ToolSpec, describe_bytes};
 use crate::protocol::ToolStatus;
 use crate::store::GraphStore;
 
-/// What a tool gets besides its arguments: who calls it, the calling session's knowledge and
-/// the turn's cancel flag.
-#[derive(Debug)]
+/// What a tool gets besides its arguments: who calls it, the calling session's knowledge,
+/// the turn's cancel flag and where to report progress.
 pub struct ToolContext<'a> {
     /// The principal whose conversation calls the tool: the graph tools act for it alone.
     pub principal: &'a Principal,
@@ -33,6 +32,36 @@ pub struct ToolContext<'a> {
     pub knowledge: &'a Knowledge,
     /// Set when the turn is cancelled; a slow tool stops when it sees it.
     pub cancel: &'a CancelFlag,
+    /// Where a long tool says how far it has come, when anyone listens.
+    pub progress: Option<&'a dyn ProgressSink>,
+}
+
+impl fmt::Debug for ToolContext<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ToolContext")
+            .field("principal", &self.principal)
+            .field("cancel", &self.cancel)
+            .field("progress", &self.progress.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How far a running tool call has come, as MCP's `notifications/progress` says it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Progress {
+    /// The progress so far; it only grows.
+    pub progress: f64,
+    /// What `progress` will reach, when known.
+    pub total: Option<f64>,
+    /// What the tool is doing, for a person.
+    pub message: Option<String>,
+}
+
+/// Where one tool call reports its progress. Called from whatever thread the tool waits on;
+/// must not block.
+pub trait ProgressSink: Sync {
+    /// The call has come this far.
+    fn report(&self, progress: Progress);
 }
 
 /// One capability the bot can use.
@@ -49,6 +78,20 @@ pub trait Tool: Send + Sync {
     ///
     /// A message for the model and the user, saying what was wrong (bad arguments, a failure).
     fn call(&self, args: &Value, ctx: &ToolContext<'_>) -> Result<String, String>;
+    /// Runs the tool, for a result that may hold images beside its text. The default is
+    /// [`call`](Self::call)'s text alone.
+    ///
+    /// # Errors
+    ///
+    /// As [`call`](Self::call).
+    fn call_content(&self, args: &Value, ctx: &ToolContext<'_>) -> Result<ToolContent, String> {
+        self.call(args, ctx).map(ToolContent::from)
+    }
+    /// True when a person must allow each call before it runs (`approval_request`). Sparky's
+    /// own tools never ask; an MCP tool asks as its server's config and hints say.
+    fn needs_approval(&self) -> bool {
+        false
+    }
 }
 
 /// Tools that may change while the server runs (the MCP servers' tools): a server announces a
@@ -65,14 +108,73 @@ pub trait ToolSource: Send + Sync {
     fn instructions(&self) -> String;
 }
 
-/// The result of one tool call as clients see it.
+/// What a tool returned: text, and images.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ToolContent {
+    /// The text.
+    pub text: String,
+    /// The images, in order.
+    pub images: Vec<Image>,
+}
+
+impl From<String> for ToolContent {
+    fn from(text: String) -> Self {
+        ToolContent {
+            text,
+            images: Vec::new(),
+        }
+    }
+}
+
+/// The result of one tool call.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ToolOutput {
     /// Whether the call succeeded.
     pub status: ToolStatus,
     /// The tool's output, or what went wrong.
     pub text: String,
+    /// The images it returned, within [`MAX_IMAGE_BYTES`].
+    pub images: Vec<Image>,
 }
+
+impl ToolOutput {
+    /// A result of text alone.
+    pub fn text(status: ToolStatus, text: impl Into<String>) -> Self {
+        ToolOutput {
+            status,
+            text: text.into(),
+            images: Vec::new(),
+        }
+    }
+
+    /// The result as the `tool_result` frame carries it (a string, PROTOCOL.md section 5): the
+    /// text, then one line per image, its note and its `data:` URL, which the page shows.
+    pub fn shown(&self) -> String {
+        let mut shown = self.text.clone();
+        for image in &self.images {
+            shown.push_str(&format!("\n{} {}", image.note(), image.data_url()));
+        }
+        shown
+    }
+
+    /// The result as the model reads it: the text, then each image's note (a model that
+    /// accepts images is sent the images too).
+    pub fn for_model(&self) -> String {
+        let mut text = self.text.clone();
+        for image in &self.images {
+            text.push('\n');
+            text.push_str(&image.note());
+        }
+        text
+    }
+}
+
+/// The most image bytes (decoded) one tool result keeps, all its images together; an image
+/// past it is replaced by a note saying so. 1 MiB: a screenshot or a chart, a few times over.
+pub const MAX_IMAGE_BYTES: usize = 1 << 20;
+
+/// The image types kept: those every browser shows and the OpenAI API takes.
+pub const IMAGE_TYPES: [&str; 4] = ["image/png", "image/jpeg", "image/gif", "image/webp"];
 
 /// The largest tool result kept by default, in bytes (`--max-tool-result-bytes`).
 pub const DEFAULT_MAX_RESULT_BYTES: usize = 256 * 1024;
@@ -229,10 +331,17 @@ impl ToolChain {
                 self.max_result_bytes
             );
         }
+        keep_images(&mut output);
         if let Some(metrics) = &self.metrics {
             metrics.tool_called(name, output.status);
         }
         output
+    }
+
+    /// True when a call of the tool `name` must wait for a person to allow it (see
+    /// [`Tool::needs_approval`]); false for an unknown tool, whose call fails anyway.
+    pub fn needs_approval(&self, name: &str) -> bool {
+        self.find(name).is_some_and(|tool| tool.needs_approval())
     }
 
     /// Counts every call in `metrics` from now on.
@@ -265,9 +374,9 @@ impl ToolChain {
             .collect()
     }
 
-    fn run(&self, name: &str, args: &Value, ctx: &ToolContext<'_>) -> ToolOutput {
-        let tool = self
-            .tools
+    /// The current tool called `name`, if any.
+    fn find(&self, name: &str) -> Option<Arc<dyn Tool>> {
+        self.tools
             .iter()
             .find(|tool| tool.name() == name)
             .cloned()
@@ -278,40 +387,84 @@ impl ToolChain {
                     .iter()
                     .find(|tool| tool.name() == name)
                     .cloned()
-            });
-        let Some(tool) = tool else {
-            return ToolOutput {
-                status: ToolStatus::Error,
-                text: format!(
-                    "unknown tool {name:?}; known tools: {}",
-                    self.names().join(", ")
-                ),
-            };
+            })
+    }
+
+    fn run(&self, name: &str, args: &Value, ctx: &ToolContext<'_>) -> ToolOutput {
+        let Some(tool) = self.find(name) else {
+            let known = self.names().join(", ");
+            return ToolOutput::text(
+                ToolStatus::Error,
+                format!("unknown tool {name:?}; known tools: {known}"),
+            );
         };
         if !args.is_object() {
-            return ToolOutput {
-                status: ToolStatus::Error,
-                text: format!("arguments of {name} must be a JSON object, not {args}"),
-            };
+            return ToolOutput::text(
+                ToolStatus::Error,
+                format!("arguments of {name} must be a JSON object, not {args}"),
+            );
         }
-        match catch_unwind(AssertUnwindSafe(|| tool.call(args, ctx))) {
-            Ok(Ok(text)) => ToolOutput {
+        match catch_unwind(AssertUnwindSafe(|| tool.call_content(args, ctx))) {
+            Ok(Ok(content)) => ToolOutput {
                 status: ToolStatus::Success,
-                text,
+                text: content.text,
+                images: content.images,
             },
-            Ok(Err(text)) => ToolOutput {
-                status: ToolStatus::Error,
-                text,
-            },
+            Ok(Err(text)) => ToolOutput::text(ToolStatus::Error, text),
             Err(_) => {
                 log::warn!("tool {name}: panicked");
-                ToolOutput {
-                    status: ToolStatus::Error,
-                    text: format!("the {name} tool crashed"),
-                }
+                ToolOutput::text(ToolStatus::Error, format!("the {name} tool crashed"))
             }
         }
     }
+}
+
+/// Keeps the images of `output` that are of a known type, well formed and, together, within
+/// [`MAX_IMAGE_BYTES`]; each other one becomes a note in the text.
+fn keep_images(output: &mut ToolOutput) {
+    let mut kept_bytes = 0;
+    let mut kept = Vec::new();
+    for image in std::mem::take(&mut output.images) {
+        let bytes = image.bytes();
+        let why = if !IMAGE_TYPES.contains(&image.mime_type.as_str()) {
+            Some("not a type Sparky shows".to_owned())
+        } else if !is_base64(&image.data) {
+            Some("not valid base64".to_owned())
+        } else if kept_bytes + bytes > MAX_IMAGE_BYTES {
+            Some(format!(
+                "past the {} MiB Sparky keeps of a result's images",
+                MAX_IMAGE_BYTES >> 20
+            ))
+        } else {
+            None
+        };
+        match why {
+            Some(why) => {
+                let type_name: String = image.mime_type.chars().take(60).collect();
+                output.text.push_str(&format!(
+                    "\n[image: {type_name}, {}; left out: {why}]",
+                    describe_bytes(bytes)
+                ));
+            }
+            None => {
+                kept_bytes += bytes;
+                kept.push(image);
+            }
+        }
+    }
+    output.images = kept;
+}
+
+/// True for standard, padded base64 (what MCP's image content carries), so that a `data:` URL
+/// made of it holds nothing else.
+fn is_base64(data: &str) -> bool {
+    let body = data.trim_end_matches('=');
+    !data.is_empty()
+        && data.len().is_multiple_of(4)
+        && data.len() - body.len() <= 2
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
 }
 
 /// A tool as the model is told about it.
@@ -392,6 +545,7 @@ mod tests {
             principal: &Principal::local(),
             knowledge: &knowledge,
             cancel: &cancel,
+            progress: None,
         };
         // Within the cap: untouched.
         let short = chain.call("repeat", &json!({"text": "abcde", "times": 2}), &ctx);
@@ -455,6 +609,7 @@ mod tests {
             principal: &Principal::local(),
             knowledge: &knowledge,
             cancel: &cancel,
+            progress: None,
         };
         assert_eq!(chain.call("repeat", &json!({"text": "a"}), &ctx).text, "a");
         *source.tools.lock() = (2, Vec::new());
@@ -475,6 +630,7 @@ mod tests {
             principal: &Principal::local(),
             knowledge: &knowledge,
             cancel: &cancel,
+            progress: None,
         };
         let output = chain.call("panicky", &json!({}), &ctx);
         assert_eq!(output.status, ToolStatus::Error);
@@ -489,5 +645,82 @@ mod tests {
                 .text
                 .contains("unknown tool")
         );
+    }
+
+    /// Returns the images its arguments describe: `[[mime, base64], …]`.
+    struct Camera;
+
+    impl Tool for Camera {
+        fn name(&self) -> &str {
+            "camera"
+        }
+        fn description(&self) -> &str {
+            "returns images"
+        }
+        fn parameters(&self) -> Value {
+            json!({"type": "object"})
+        }
+        fn call(&self, _args: &Value, _ctx: &ToolContext<'_>) -> Result<String, String> {
+            Ok(String::new())
+        }
+        fn call_content(
+            &self,
+            args: &Value,
+            _ctx: &ToolContext<'_>,
+        ) -> Result<ToolContent, String> {
+            let images = args["images"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|pair| Image {
+                    mime_type: pair[0].as_str().unwrap_or_default().to_owned(),
+                    data: pair[1].as_str().unwrap_or_default().to_owned(),
+                })
+                .collect();
+            Ok(ToolContent {
+                text: "shot".into(),
+                images,
+            })
+        }
+    }
+
+    #[test]
+    fn images_within_the_cap_are_kept_and_the_others_become_notes() {
+        let mut chain = ToolChain::new();
+        chain.add(Arc::new(Camera));
+        let (knowledge, cancel) = (Knowledge::new(), CancelFlag::new());
+        let ctx = ToolContext {
+            principal: &Principal::local(),
+            knowledge: &knowledge,
+            cancel: &cancel,
+            progress: None,
+        };
+        // 768 KiB each: the first fits the 1 MiB of a result, the second does not.
+        let big = "A".repeat(1 << 20);
+        let args = json!({"images": [
+            ["image/png", "iVBORw0KGgo="],
+            ["image/svg+xml", "PHN2Zz4="],
+            ["image/png", "not base64!"],
+            ["image/jpeg", big],
+            ["image/jpeg", big],
+        ]});
+        let output = chain.call("camera", &args, &ctx);
+        assert_eq!(output.images.len(), 2);
+        assert_eq!(output.images[0].bytes(), 8);
+        assert_eq!(output.images[1].bytes(), 768 * 1024);
+        assert_eq!(
+            output.text,
+            "shot\n[image: image/svg+xml, 5 B; left out: not a type Sparky shows]\n\
+             [image: image/png, 6 B; left out: not valid base64]\n\
+             [image: image/jpeg, 787 KB; left out: past the 1 MiB Sparky keeps of a result's images]"
+        );
+        // The frame shows each kept image as a data: URL; the model reads its note.
+        assert!(
+            output
+                .shown()
+                .contains("\n[image: image/png, 8 B] data:image/png;base64,iVBORw0KGgo=")
+        );
+        assert!(output.for_model().ends_with("[image: image/jpeg, 787 KB]"));
+        assert!(!output.for_model().contains("data:"));
     }
 }

@@ -6,7 +6,7 @@
 //! server that is killed mid-turn (`chat.rs`), the conversation list, paging and export
 //! (`conversations.rs`), the model menu (`models.rs`), personas, token usage, a reload mid-answer and rendered answers with
 //! the markdown payload list (`answers.rs`), memories (`memories.rs`), the phone layout
-//! (`phone.rs`), tokens (`tokens.rs`). At the end the console must hold no script error and
+//! (`phone.rs`), tokens (`tokens.rs`), MCP tool cards: Allow and Deny, progress, images (`mcp.rs`). At the end the console must hold no script error and
 //! no Content-Security-Policy violation. Screenshots go to `target/browser-artifacts/`.
 //!
 //! Chromium and chromedriver must be installed (`.ci/run` installs Debian's `chromium` and
@@ -20,6 +20,7 @@ mod chat;
 mod conversations;
 mod driver;
 mod fakes;
+mod mcp;
 mod memories;
 mod models;
 mod phone;
@@ -44,6 +45,7 @@ fn the_chat_page_works_in_a_real_browser() {
     models::run(&browser);
     phone::run(&browser);
     tokens::run(&browser);
+    mcp::run(&browser);
 
     // No script error and no Content-Security-Policy violation anywhere along the way; the
     // only errors are the network failures the scenarios cause on purpose (a cut network, a

@@ -135,8 +135,8 @@ impl Cluster for PostgresStore {
             .map(|ids| ids.iter().filter_map(|id| SessionId::parse(id)).collect())
     }
 
-    fn signal(&self, signal: Signal, id: &SessionId) -> Result<()> {
-        let text = payload(signal, id.as_str(), &self.instance);
+    fn signal(&self, signal: Signal, id: &SessionId, detail: &str) -> Result<()> {
+        let text = payload(signal, id.as_str(), &self.instance, detail);
         self.pool.run_once("signal other instances", |connection| {
             connection.client.execute(NOTIFY, &[&text]).map(drop)
         })

@@ -766,7 +766,7 @@ fn apply_batch(
     }
     rows.notices = notices
         .into_iter()
-        .map(|(session, signal)| payload(signal, session, instance))
+        .map(|(session, signal)| payload(signal, session, instance, ""))
         .collect();
     let xid = rows.write(statements, &mut tx, &mut updates, now)?;
     match tx.commit() {
@@ -967,6 +967,7 @@ impl ConversationStore for PostgresStore {
                             tool_calls: calls_from_json(row.try_get(3)?),
                             tool_call_id: row.try_get(4)?,
                             is_error: row.try_get(5)?,
+                            images: Vec::new(),
                         },
                     ))
                 })

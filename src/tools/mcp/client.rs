@@ -18,12 +18,14 @@ use serde_json::{Value, json};
 
 use super::config::ServerCommand;
 use super::process::ServerProcess;
+use super::wire::ProgressParams;
 use super::wire::{
-    CallToolResult, InitializeResult, METHOD_NOT_FOUND, Message, RemoteTool, Request, RequestId,
-    Response, ToolsPage, render_content,
+    CallToolResult, InitializeResult, METHOD_NOT_FOUND, Message, RemoteTool, Rendered, Request,
+    RequestId, Response, ToolsPage, render_content,
 };
 use super::{McpError, PROTOCOL_VERSION};
 use crate::cancel::CancelFlag;
+use crate::tools::Progress;
 
 /// Revisions whose tools API Sparky knows; a server that answers with another one gets a
 /// warning but is used anyway, since the tools API has not changed between them.
@@ -38,13 +40,23 @@ const MAX_LINE_BYTES: u64 = 16 << 20;
 /// Pages of `tools/list` followed at most, so a server repeating its cursor cannot loop us.
 const MAX_TOOL_PAGES: usize = 100;
 
-/// The outcome of one `tools/call`: its content as text, and whether the tool said it failed.
+/// Progress reports of one call queued for its caller at most; more are dropped until the
+/// caller catches up (progress is a hint, and the caller coalesces it anyway).
+const PROGRESS_QUEUE: usize = 16;
+
+/// How many times its timeout a call may run in all, however often it reports progress: a
+/// server cannot keep a call alive for ever by reporting progress.
+const MAX_TIMEOUTS_PER_CALL: u32 = 10;
+
+/// The outcome of one `tools/call`: its content, and whether the tool said it failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct ToolReply {
     /// The server's `isError`: the tool ran and reports a failure.
     pub(super) is_error: bool,
     /// The content, rendered by [`render_content`].
-    pub(super) text: String,
+    pub(super) content: Rendered,
+    /// The `structuredContent`, when there was one.
+    pub(super) structured: Option<Value>,
 }
 
 /// What a waiting caller receives: the result, or why there is none.
@@ -91,6 +103,9 @@ struct ClientShared {
 struct ClientState {
     /// Callers waiting for an answer, by request id.
     pending: HashMap<i64, Sender<Reply>>,
+    /// Where the progress reports of a waiting `tools/call` go, by its request id (which is
+    /// also its progress token).
+    progress: HashMap<i64, Sender<Progress>>,
     /// Lines for the writer thread; `None` once closed, which ends the writer.
     outbox: Option<Sender<String>>,
     /// Why the client closed, once it has.
@@ -112,6 +127,7 @@ impl McpClient {
             next_id: AtomicI64::new(1),
             state: Mutex::new(ClientState {
                 pending: HashMap::new(),
+                progress: HashMap::new(),
                 outbox: Some(outbox),
                 closed: None,
             }),
@@ -257,20 +273,29 @@ impl McpClient {
         )))
     }
 
-    /// Calls one tool and renders its content as text.
+    /// Calls one tool and renders its content as text. The call carries a progress token;
+    /// each progress report the server sends for it goes to `progress` and gives the call
+    /// `timeout` again (up to [`MAX_TIMEOUTS_PER_CALL`] times `timeout` in all).
     pub(super) fn call_tool(
         &self,
         name: &str,
         args: &Value,
         timeout: Duration,
         cancel: &CancelFlag,
+        progress: &dyn Fn(Progress),
     ) -> Result<ToolReply, McpError> {
         let params = json!({"name": name, "arguments": args});
-        let result = self.request("tools/call", params, Instant::now() + timeout, Some(cancel))?;
+        let wait = Wait {
+            timeout,
+            cancel: Some(cancel),
+            progress: Some(progress),
+        };
+        let result = self.exchange("tools/call", params, &wait)?;
         let result: CallToolResult = self.parse(result)?;
         Ok(ToolReply {
             is_error: result.is_error,
-            text: render_content(&result.content, result.structured_content.as_ref()),
+            content: render_content(&result.content, result.structured_content.as_ref()),
+            structured: result.structured_content,
         })
     }
 
@@ -284,22 +309,60 @@ impl McpClient {
         deadline: Instant,
         cancel: Option<&CancelFlag>,
     ) -> Result<Value, McpError> {
+        let wait = Wait {
+            timeout: deadline.saturating_duration_since(Instant::now()),
+            cancel,
+            progress: None,
+        };
+        self.exchange(method, params, &wait)
+    }
+
+    /// [`request`](Self::request), with progress: when `wait.progress` is set, the request
+    /// carries `_meta.progressToken` (its id), and each report restarts its timeout.
+    fn exchange(
+        &self,
+        method: &str,
+        mut params: Value,
+        wait: &Wait<'_>,
+    ) -> Result<Value, McpError> {
+        let Wait {
+            timeout: allowed,
+            cancel,
+            progress,
+        } = *wait;
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        if progress.is_some()
+            && let Some(params) = params.as_object_mut()
+        {
+            params.insert("_meta".into(), json!({"progressToken": id}));
+        }
         let line = self.encode(&Message::request(id, method, params))?;
         let (waiter, reply) = crossbeam_channel::bounded(1);
+        let (reporter, reports) = crossbeam_channel::bounded(PROGRESS_QUEUE);
         {
             let mut state = self.shared.state.lock();
             if let Some(reason) = &state.closed {
                 return Err(self.shared.closed_error(reason));
             }
             state.pending.insert(id, waiter);
+            if progress.is_some() {
+                state.progress.insert(id, reporter);
+            }
             if let Err(e) = self.shared.queue(&mut state, line) {
                 state.pending.remove(&id);
+                state.progress.remove(&id);
                 return Err(e);
             }
         }
+        // However the wait ends, no more reports are routed to it.
+        let _routed = Unroute {
+            shared: &self.shared,
+            id,
+        };
         log::debug!("mcp {}: request {id} {method}", self.shared.server);
-        let allowed = deadline.saturating_duration_since(Instant::now());
+        let started = Instant::now();
+        let mut deadline = started + allowed;
+        let last_deadline = started + allowed * MAX_TIMEOUTS_PER_CALL;
         // A cancel wakes the wait below at once through this channel.
         let (cancelled, woken) = crossbeam_channel::bounded::<()>(1);
         let _hook = cancel.map(|cancel| {
@@ -314,6 +377,12 @@ impl McpClient {
                     Ok(answer) => return answer,
                     Err(_) => return Err(self.shared.closed_error("it closed")),
                 },
+                recv(reports) -> report => {
+                    if let (Ok(report), Some(progress)) = (report, progress) {
+                        deadline = (Instant::now() + allowed).min(last_deadline);
+                        progress(report);
+                    }
+                }
                 recv(woken) -> _ => {}
                 default(left) => {}
             }
@@ -393,6 +462,27 @@ impl Drop for McpClient {
     }
 }
 
+/// How a request waits: `timeout` (from the request, and again from each progress report),
+/// or until `cancel`; its progress reports, if it wants them, go to `progress`.
+#[derive(Clone, Copy)]
+struct Wait<'a> {
+    timeout: Duration,
+    cancel: Option<&'a CancelFlag>,
+    progress: Option<&'a dyn Fn(Progress)>,
+}
+
+/// Stops routing progress reports to request `id` when dropped.
+struct Unroute<'a> {
+    shared: &'a ClientShared,
+    id: i64,
+}
+
+impl Drop for Unroute<'_> {
+    fn drop(&mut self) {
+        self.shared.state.lock().progress.remove(&self.id);
+    }
+}
+
 impl ClientShared {
     /// Queues a line for the writer without blocking.
     fn queue(&self, state: &mut ClientState, line: String) -> Result<(), McpError> {
@@ -456,7 +546,9 @@ impl ClientShared {
             Ok(Message::Request(request)) => self.answer(request),
             Ok(Message::Notification(notification)) => {
                 log::debug!("mcp {}: notification {}", self.server, notification.method);
-                if notification.method == "notifications/tools/list_changed" {
+                if notification.method == "notifications/progress" {
+                    self.progressed(notification.params);
+                } else if notification.method == "notifications/tools/list_changed" {
                     let hook = self.tools_changed.lock().clone();
                     if let Some(hook) = hook {
                         hook();
@@ -470,6 +562,23 @@ impl ClientShared {
                     self.server
                 );
             }
+        }
+    }
+
+    /// Hands a progress report to the call it is for, if that call still waits and has room
+    /// for it (else the report is dropped: a newer one will follow, or the answer).
+    fn progressed(&self, params: Option<Value>) {
+        let Some(report) = params.and_then(|p| serde_json::from_value::<ProgressParams>(p).ok())
+        else {
+            log::debug!("mcp {}: a progress report it could not read", self.server);
+            return;
+        };
+        let Some(id) = report.request_id() else {
+            return;
+        };
+        let state = self.state.lock();
+        if let Some(reporter) = state.progress.get(&id) {
+            let _ = reporter.try_send(report.into_progress());
         }
     }
 
@@ -695,7 +804,9 @@ mod tests {
                     let (client, cancel) = (&client, &cancel);
                     scope.spawn(move || {
                         let args = json!({"n": i});
-                        client.call_tool("echo", &args, WAIT, cancel).unwrap()
+                        client
+                            .call_tool("echo", &args, WAIT, cancel, &|_| {})
+                            .unwrap()
                     })
                 })
                 .collect();
@@ -709,7 +820,7 @@ mod tests {
             }
             for (i, call) in calls.into_iter().enumerate() {
                 let reply = call.join().unwrap();
-                assert_eq!(reply.text, format!("answer {i}"));
+                assert_eq!(reply.content.text, format!("answer {i}"));
                 assert!(!reply.is_error);
             }
         });
@@ -720,7 +831,7 @@ mod tests {
         let (client, server) = connect();
         let cancel = CancelFlag::new();
         thread::scope(|scope| {
-            let call = scope.spawn(|| client.call_tool("slow", &json!({}), WAIT, &cancel));
+            let call = scope.spawn(|| client.call_tool("slow", &json!({}), WAIT, &cancel, &|_| {}));
             let (id, _) = server.expect_request("tools/call");
             let cancelled_at = Instant::now();
             cancel.cancel();
@@ -744,10 +855,58 @@ mod tests {
     }
 
     #[test]
+    fn progress_reports_reach_the_caller_and_restart_its_timeout() {
+        let (client, mut server) = connect();
+        let cancel = CancelFlag::new();
+        let reports = Mutex::new(Vec::new());
+        let timeout = Duration::from_millis(300);
+        thread::scope(|scope| {
+            let call = scope.spawn(|| {
+                let record = |report: Progress| reports.lock().push(report);
+                client.call_tool("long", &json!({}), timeout, &cancel, &record)
+            });
+            let (id, params) = server.expect_request("tools/call");
+            let RequestId::Number(number) = id else {
+                panic!("a numeric id")
+            };
+            // The token is the request's id.
+            assert_eq!(params["_meta"]["progressToken"], json!(number));
+            // Four reports 150 ms apart: 600 ms in all, twice the timeout.
+            for step in 1..=4 {
+                thread::sleep(Duration::from_millis(150));
+                let params = json!({"progressToken": number, "progress": step, "total": 4});
+                server.send(&Message::notification(
+                    "notifications/progress",
+                    Some(params),
+                ));
+            }
+            // A report for no waiting call goes nowhere.
+            let stray = json!({"progressToken": 9999, "progress": 1});
+            server.send(&Message::notification(
+                "notifications/progress",
+                Some(stray),
+            ));
+            server.reply(id, text("finished"));
+            assert_eq!(call.join().unwrap().unwrap().content.text, "finished");
+        });
+        let steps: Vec<f64> = reports.lock().iter().map(|r| r.progress).collect();
+        assert_eq!(steps, [1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(reports.lock()[0].total, Some(4.0));
+        // Once answered, the call's reports are no longer routed.
+        assert!(client.shared.state.lock().progress.is_empty());
+    }
+
+    #[test]
     fn a_late_answer_after_a_timeout_is_ignored_and_the_request_cancelled() {
         let (client, mut server) = connect();
         let cancel = CancelFlag::new();
-        let outcome = client.call_tool("slow", &json!({}), Duration::from_millis(50), &cancel);
+        let outcome = client.call_tool(
+            "slow",
+            &json!({}),
+            Duration::from_millis(50),
+            &cancel,
+            &|_| {},
+        );
         assert!(
             matches!(&outcome, Err(McpError::Timeout { method, .. }) if method == "tools/call"),
             "{outcome:?}"
@@ -760,10 +919,10 @@ mod tests {
         // The late answer goes nowhere, and the next call still gets its own.
         server.reply(id, text("late"));
         thread::scope(|scope| {
-            let call = scope.spawn(|| client.call_tool("echo", &json!({}), WAIT, &cancel));
+            let call = scope.spawn(|| client.call_tool("echo", &json!({}), WAIT, &cancel, &|_| {}));
             let (id, _) = server.expect_request("tools/call");
             server.reply(id, text("on time"));
-            assert_eq!(call.join().unwrap().unwrap().text, "on time");
+            assert_eq!(call.join().unwrap().unwrap().content.text, "on time");
         });
     }
 
@@ -772,7 +931,7 @@ mod tests {
         let (client, server) = connect();
         let cancel = CancelFlag::new();
         thread::scope(|scope| {
-            let call = scope.spawn(|| client.call_tool("echo", &json!({}), WAIT, &cancel));
+            let call = scope.spawn(|| client.call_tool("echo", &json!({}), WAIT, &cancel, &|_| {}));
             server.expect_request("tools/call");
             drop(server.output); // The server's stdout closes, as when it exits.
             let error = call.join().unwrap().unwrap_err();
@@ -781,7 +940,7 @@ mod tests {
         });
         assert!(!client.is_alive());
         let again = client
-            .call_tool("echo", &json!({}), WAIT, &cancel)
+            .call_tool("echo", &json!({}), WAIT, &cancel, &|_| {})
             .unwrap_err();
         assert!(matches!(again, McpError::Closed { .. }), "{again:?}");
     }
@@ -791,7 +950,7 @@ mod tests {
         let (client, mut server) = connect();
         let cancel = CancelFlag::new();
         thread::scope(|scope| {
-            let call = scope.spawn(|| client.call_tool("nope", &json!({}), WAIT, &cancel));
+            let call = scope.spawn(|| client.call_tool("nope", &json!({}), WAIT, &cancel, &|_| {}));
             let (id, _) = server.expect_request("tools/call");
             server.send(&Message::Response(Response::error(
                 Some(id),
@@ -804,16 +963,16 @@ mod tests {
                 "mcp server fake: Unknown tool: nope (error -32602)"
             );
 
-            let call = scope.spawn(|| client.call_tool("fail", &json!({}), WAIT, &cancel));
+            let call = scope.spawn(|| client.call_tool("fail", &json!({}), WAIT, &cancel, &|_| {}));
             let (id, _) = server.expect_request("tools/call");
             server.reply(
                 id,
                 json!({"content": [{"type": "text", "text": "bad"}], "isError": true}),
             );
             let reply = call.join().unwrap().unwrap();
-            assert_eq!((reply.is_error, reply.text.as_str()), (true, "bad"));
+            assert_eq!((reply.is_error, reply.content.text.as_str()), (true, "bad"));
 
-            let call = scope.spawn(|| client.call_tool("odd", &json!({}), WAIT, &cancel));
+            let call = scope.spawn(|| client.call_tool("odd", &json!({}), WAIT, &cancel, &|_| {}));
             let (id, _) = server.expect_request("tools/call");
             server.reply(id, json!({"content": "not a list"}));
             let error = call.join().unwrap().unwrap_err();
@@ -842,10 +1001,10 @@ mod tests {
         // None of it broke the connection.
         let cancel = CancelFlag::new();
         thread::scope(|scope| {
-            let call = scope.spawn(|| client.call_tool("echo", &json!({}), WAIT, &cancel));
+            let call = scope.spawn(|| client.call_tool("echo", &json!({}), WAIT, &cancel, &|_| {}));
             let (id, _) = server.expect_request("tools/call");
             server.reply(id, text("fine"));
-            assert_eq!(call.join().unwrap().unwrap().text, "fine");
+            assert_eq!(call.join().unwrap().unwrap().content.text, "fine");
         });
     }
 

@@ -1,10 +1,13 @@
 //! The `--mcp-config` file: the usual `{"mcpServers": {"name": {"command", "args", "env"}}}`
-//! format, read into one [`ServerCommand`] per stdio server. Plain data; depends on nothing.
+//! format, read into one [`ServerCommand`] per stdio server, with its [`ServerPolicy`]
+//! (`"approve"`, `"timeout"`). Plain data; depends on nothing outside `tools/mcp/`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::Deserialize;
+
+use super::policy::{Approve, CallTimeout, ServerPolicy};
 
 /// The usual MCP config file: `{"mcpServers": {"name": {"command", "args", "env"}}}`.
 #[derive(Debug, Deserialize)]
@@ -26,6 +29,10 @@ struct ConfigEntry {
     cwd: Option<PathBuf>,
     #[serde(default)]
     disabled: bool,
+    #[serde(default)]
+    approve: Approve,
+    #[serde(default)]
+    timeout: CallTimeout,
 }
 
 /// How to start one server.
@@ -41,8 +48,11 @@ pub(super) struct ServerCommand {
     pub(super) cwd: Option<PathBuf>,
 }
 
+/// One configured server: its name, how to start it, and how its tools are used.
+pub(super) type ServerEntry = (String, ServerCommand, ServerPolicy);
+
 /// Reads a config file's text into the servers to start, in name order.
-pub(super) fn parse_config(text: &str) -> Result<Vec<(String, ServerCommand)>, serde_json::Error> {
+pub(super) fn parse_config(text: &str) -> Result<Vec<ServerEntry>, serde_json::Error> {
     let file: ConfigFile = serde_json::from_str(text)?;
     let mut servers = Vec::new();
     for (name, entry) in file.servers {
@@ -61,6 +71,10 @@ pub(super) fn parse_config(text: &str) -> Result<Vec<(String, ServerCommand)>, s
                 args: entry.args,
                 env: entry.env,
                 cwd: entry.cwd,
+            },
+            ServerPolicy {
+                approve: entry.approve,
+                timeout: entry.timeout,
             },
         ));
     }
@@ -83,7 +97,7 @@ mod tests {
             }}"#,
         )
         .unwrap();
-        let names: Vec<&str> = servers.iter().map(|(name, _)| name.as_str()).collect();
+        let names: Vec<&str> = servers.iter().map(|(name, ..)| name.as_str()).collect();
         assert_eq!(names, ["files", "plain"]);
         assert_eq!(
             servers[0].1,
@@ -95,8 +109,34 @@ mod tests {
             }
         );
         assert!(servers[1].1.args.is_empty());
+        assert_eq!(servers[0].2, ServerPolicy::default());
         assert!(parse_config("{}").is_err());
         assert!(parse_config(r#"{"mcpServers": {"a": {"command": 3}}}"#).is_err());
         assert!(parse_config("not json").is_err());
+    }
+
+    #[test]
+    fn approve_and_timeout_are_read_per_server() {
+        let servers = parse_config(
+            r#"{"mcpServers": {
+                "a": {"command": "a", "approve": "never", "timeout": 5},
+                "b": {"command": "b", "approve": ["write"], "timeout": "2m"},
+                "c": {"command": "c", "approve": "always"}
+            }}"#,
+        )
+        .unwrap();
+        let policies: Vec<&ServerPolicy> = servers.iter().map(|(.., policy)| policy).collect();
+        assert_eq!(policies[0].approve, Approve::Never);
+        assert_eq!(policies[0].timeout.0, std::time::Duration::from_secs(5));
+        assert_eq!(
+            policies[1].approve,
+            Approve::Tools(["write".to_owned()].into())
+        );
+        assert_eq!(policies[1].timeout.0, std::time::Duration::from_secs(120));
+        assert_eq!(policies[2].approve, Approve::Always);
+        assert_eq!(policies[2].timeout, CallTimeout::default());
+        let bad = parse_config(r#"{"mcpServers": {"a": {"command": "a", "approve": "maybe"}}}"#);
+        assert!(bad.unwrap_err().to_string().contains("approve"));
+        assert!(parse_config(r#"{"mcpServers": {"a": {"command": "a", "timeout": 0}}}"#).is_err());
     }
 }

@@ -8,7 +8,9 @@
 //! to it. Its files, in reading order:
 //!
 //! - `config.rs`: the config file, one `ServerCommand` per server;
+//! - `policy.rs`: each server's `"approve"` and `"timeout"`;
 //! - `wire.rs`: JSON-RPC messages and the MCP results we read;
+//! - `schema.rs`: the check of a tool's `structuredContent` against its `outputSchema`;
 //! - `process.rs`: a server's process, in a process group of its own, and how it is stopped;
 //! - `client.rs`: `McpClient`, requests matched to answers by id over a pipe pair;
 //! - `supervisor.rs`: a server restarted after a crash, its tools, and the catalog of every
@@ -23,7 +25,9 @@
 
 mod client;
 mod config;
+mod policy;
 mod process;
+mod schema;
 mod supervisor;
 mod wire;
 
@@ -39,7 +43,7 @@ use crate::cancel::CancelFlag;
 use crate::error::{Error, Result};
 use crate::tools::{Tool, ToolSource};
 
-use self::config::{ServerCommand, parse_config};
+use self::config::{ServerEntry, parse_config};
 use self::supervisor::{Catalog, McpServer, Started, start_server, tools_text};
 
 /// The MCP revision Sparky asks for in `initialize`. It is the newest revision with the
@@ -94,8 +98,8 @@ pub fn spawn(path: &Path, first_retry_delay: Duration) -> Result<McpServers> {
     let stopping = CancelFlag::new();
     let mut servers = Vec::new();
     let mut starting = Vec::new();
-    for (name, command) in entries {
-        let server = McpServer::new(name.clone(), command, &catalog);
+    for (name, command, policy) in entries {
+        let server = McpServer::new(name.clone(), command, policy, &catalog);
         let (thread_server, thread_stopping) = (server.clone(), stopping.clone());
         let handle = thread::Builder::new()
             .name(format!("mcp-{name}-start"))
@@ -129,7 +133,7 @@ pub fn spawn(path: &Path, first_retry_delay: Duration) -> Result<McpServers> {
 }
 
 /// Reads and parses the MCP config file at `path`.
-fn read_config(path: &Path) -> Result<Vec<(String, ServerCommand)>> {
+fn read_config(path: &Path) -> Result<Vec<ServerEntry>> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         Error::Config(format!(
             "cannot read the MCP config {}: {e}",
@@ -260,45 +264,44 @@ impl McpServers {
     }
 
     /// Starts the servers of a parsed config side by side and keeps those that came up.
-    fn start(entries: Vec<(String, ServerCommand)>) -> Self {
-        let started: Vec<(String, ServerCommand, Result<Started, McpError>)> =
-            thread::scope(|scope| {
-                let spawned: Vec<_> = entries
-                    .into_iter()
-                    .map(|(name, command)| {
-                        let (thread_name, thread_command) = (name.clone(), command.clone());
-                        let handle = thread::Builder::new()
-                            .name(format!("mcp-{name}-start"))
-                            .spawn_scoped(scope, move || {
-                                start_server(&thread_name, &thread_command, START_TIMEOUT, None)
-                            });
-                        (name, command, handle)
-                    })
-                    .collect();
-                spawned
-                    .into_iter()
-                    .map(|(name, command, handle)| {
-                        let result = match handle {
-                            Ok(handle) => handle.join().unwrap_or_else(|_| {
-                                Err(McpError::Start {
-                                    server: name.clone(),
-                                    detail: "its start-up thread panicked".into(),
-                                })
-                            }),
-                            Err(e) => Err(McpError::Start {
+    fn start(entries: Vec<ServerEntry>) -> Self {
+        let started: Vec<(ServerEntry, Result<Started, McpError>)> = thread::scope(|scope| {
+            let spawned: Vec<_> = entries
+                .into_iter()
+                .map(|(name, command, policy)| {
+                    let (thread_name, thread_command) = (name.clone(), command.clone());
+                    let handle = thread::Builder::new()
+                        .name(format!("mcp-{name}-start"))
+                        .spawn_scoped(scope, move || {
+                            start_server(&thread_name, &thread_command, START_TIMEOUT, None)
+                        });
+                    (name, command, policy, handle)
+                })
+                .collect();
+            spawned
+                .into_iter()
+                .map(|(name, command, policy, handle)| {
+                    let result = match handle {
+                        Ok(handle) => handle.join().unwrap_or_else(|_| {
+                            Err(McpError::Start {
                                 server: name.clone(),
-                                detail: format!("no thread to start it: {e}"),
-                            }),
-                        };
-                        (name, command, result)
-                    })
-                    .collect()
-            });
+                                detail: "its start-up thread panicked".into(),
+                            })
+                        }),
+                        Err(e) => Err(McpError::Start {
+                            server: name.clone(),
+                            detail: format!("no thread to start it: {e}"),
+                        }),
+                    };
+                    ((name, command, policy), result)
+                })
+                .collect()
+        });
 
         let catalog = Arc::new(Catalog::default());
         let mut servers = Vec::new();
         let (mut loaded, mut failed) = (Vec::new(), Vec::new());
-        for (name, command, result) in started {
+        for ((name, command, policy), result) in started {
             let started = match result {
                 Ok(started) => started,
                 Err(e) => {
@@ -307,7 +310,7 @@ impl McpServers {
                     continue;
                 }
             };
-            let server = McpServer::new(name.clone(), command, &catalog);
+            let server = McpServer::new(name.clone(), command, policy, &catalog);
             let (_, count) = server.adopt(started);
             log::info!("mcp {name}: loaded with {}", tools_text(count));
             loaded.push((name, count));

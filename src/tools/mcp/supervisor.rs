@@ -14,10 +14,12 @@ use serde_json::{Value, json};
 
 use super::client::McpClient;
 use super::config::ServerCommand;
+use super::policy::{Hints, ServerPolicy};
+use super::schema;
 use super::wire::RemoteTool;
-use super::{CALL_TIMEOUT, McpError, START_TIMEOUT, tool_name};
+use super::{McpError, START_TIMEOUT, tool_name};
 use crate::cancel::CancelFlag;
-use crate::tools::{Tool, ToolContext, ToolSource};
+use crate::tools::{Tool, ToolContent, ToolContext, ToolSource};
 
 /// Every server's current tools and instructions: what the ToolChain consults (as its
 /// [`ToolSource`]) for each new turn and `ready` frame.
@@ -100,6 +102,8 @@ pub(super) struct McpServer {
     /// The server's name in the config.
     pub(super) name: String,
     command: ServerCommand,
+    /// Which of its tools ask a person first, and how long a call may wait.
+    policy: ServerPolicy,
     /// The live client. Held only to clone or swap the `Arc`.
     client: Mutex<Option<Arc<McpClient>>>,
     /// Taken by the one caller restarting the server, across spawn and handshake (bounded by
@@ -120,10 +124,16 @@ pub(super) struct McpServer {
 impl McpServer {
     /// A server with no client yet, publishing its tools to `catalog`; give it its first with
     /// [`adopt`](Self::adopt).
-    pub(super) fn new(name: String, command: ServerCommand, catalog: &Arc<Catalog>) -> Arc<Self> {
+    pub(super) fn new(
+        name: String,
+        command: ServerCommand,
+        policy: ServerPolicy,
+        catalog: &Arc<Catalog>,
+    ) -> Arc<Self> {
         Arc::new(McpServer {
             name,
             command,
+            policy,
             client: Mutex::new(None),
             restart: Arc::default(),
             stopped: AtomicBool::new(false),
@@ -412,6 +422,10 @@ pub(super) struct McpTool {
     remote_name: String,
     description: String,
     parameters: Value,
+    /// True when each call waits for a person (the server's `"approve"` and the tool's hints).
+    asks: bool,
+    /// The schema its `structuredContent` must match, when it declared one.
+    output_schema: Option<Value>,
 }
 
 impl McpTool {
@@ -432,12 +446,19 @@ impl McpTool {
             Some(schema @ Value::Object(_)) => schema,
             _ => json!({"type": "object", "properties": {}}),
         };
+        let hints = Hints {
+            read_only: remote.annotations.read_only_hint,
+            destructive: remote.annotations.destructive_hint,
+        };
+        let asks = server.policy.approve.asks(&remote.name, hints);
         McpTool {
             server,
             name,
             remote_name: remote.name,
             description,
             parameters,
+            asks,
+            output_schema: remote.output_schema.filter(Value::is_object),
         }
     }
 }
@@ -453,18 +474,45 @@ impl Tool for McpTool {
         self.parameters.clone()
     }
     fn call(&self, args: &Value, ctx: &ToolContext<'_>) -> Result<String, String> {
+        self.call_content(args, ctx).map(|content| content.text)
+    }
+    fn call_content(&self, args: &Value, ctx: &ToolContext<'_>) -> Result<ToolContent, String> {
         let client = self
             .server
             .live_client(ctx.cancel)
             .map_err(|e| e.to_string())?;
         let reply = client
-            .call_tool(&self.remote_name, args, CALL_TIMEOUT, ctx.cancel)
+            .call_tool(
+                &self.remote_name,
+                args,
+                self.server.policy.timeout.0,
+                ctx.cancel,
+                &|report| {
+                    if let Some(sink) = ctx.progress {
+                        sink.report(report);
+                    }
+                },
+            )
             .map_err(|e| e.to_string())?;
         if reply.is_error {
-            Err(reply.text)
-        } else {
-            Ok(reply.text)
+            return Err(reply.content.text);
         }
+        if let (Some(structured), Some(schema)) = (&reply.structured, &self.output_schema)
+            && let Err(mismatch) = schema::check(structured, schema)
+        {
+            return Err(format!(
+                "the {} tool answered with structuredContent that does not match its \
+                 outputSchema ({mismatch}): {structured}",
+                self.remote_name
+            ));
+        }
+        Ok(ToolContent {
+            text: reply.content.text,
+            images: reply.content.images,
+        })
+    }
+    fn needs_approval(&self) -> bool {
+        self.asks
     }
 }
 
@@ -507,7 +555,7 @@ mod tests {
             env: Default::default(),
             cwd: None,
         };
-        McpServer::new(name.into(), command, catalog)
+        McpServer::new(name.into(), command, ServerPolicy::default(), catalog)
     }
 
     fn remote(value: Value) -> RemoteTool {

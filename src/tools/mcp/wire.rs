@@ -5,6 +5,8 @@
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
+use crate::model::{Image, describe_bytes};
+
 /// JSON-RPC's "method not found", the answer to every request a server makes of us but `ping`.
 pub(super) const METHOD_NOT_FOUND: i64 = -32601;
 
@@ -214,6 +216,24 @@ pub(super) struct RemoteTool {
     pub(super) input_schema: Option<Value>,
     /// How the tool may be run; absent means plain `tools/call`.
     pub(super) execution: Option<ToolExecution>,
+    /// The JSON Schema its `structuredContent` follows, when it declares one.
+    #[serde(rename = "outputSchema")]
+    pub(super) output_schema: Option<Value>,
+    /// What the server says about the tool's behaviour (hints, not guarantees).
+    #[serde(default)]
+    pub(super) annotations: ToolAnnotations,
+}
+
+/// A tool's `annotations`: the hints Sparky reads when it decides whether a call asks a person
+/// first.
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct ToolAnnotations {
+    /// The tool changes nothing.
+    #[serde(rename = "readOnlyHint")]
+    pub(super) read_only_hint: Option<bool>,
+    /// The tool may destroy or overwrite something.
+    #[serde(rename = "destructiveHint")]
+    pub(super) destructive_hint: Option<bool>,
 }
 
 /// A tool's `execution`: whether it runs as a task (MCP 2025-11-25).
@@ -234,6 +254,36 @@ impl RemoteTool {
     }
 }
 
+/// The `params` of `notifications/progress`.
+#[derive(Debug, Deserialize)]
+pub(super) struct ProgressParams {
+    /// The token the request carried: we send the request's id.
+    #[serde(rename = "progressToken")]
+    pub(super) progress_token: RequestId,
+    pub(super) progress: f64,
+    pub(super) total: Option<f64>,
+    pub(super) message: Option<String>,
+}
+
+impl ProgressParams {
+    /// The id of the request the report is for, when its token is one we sent.
+    pub(super) fn request_id(&self) -> Option<i64> {
+        match &self.progress_token {
+            RequestId::Number(id) => Some(*id),
+            RequestId::Text(text) => text.parse().ok(),
+        }
+    }
+
+    /// The report as the ToolChain's tools give it.
+    pub(super) fn into_progress(self) -> crate::tools::Progress {
+        crate::tools::Progress {
+            progress: self.progress,
+            total: self.total,
+            message: self.message,
+        }
+    }
+}
+
 /// The part of a `tools/call` result we use.
 #[derive(Debug, Deserialize)]
 pub(super) struct CallToolResult {
@@ -245,16 +295,42 @@ pub(super) struct CallToolResult {
     pub(super) structured_content: Option<Value>,
 }
 
-/// Turns a `tools/call` result's content into text: text items joined with newlines, other
-/// kinds summarised in brackets, and `structuredContent` when there is no content at all.
-pub(super) fn render_content(content: &[Value], structured: Option<&Value>) -> String {
-    let parts: Vec<String> = content.iter().map(describe_content).collect();
-    if !parts.is_empty() {
-        return parts.join("\n");
+/// What a `tools/call` result's content comes to: text, and the images it holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(super) struct Rendered {
+    pub(super) text: String,
+    pub(super) images: Vec<Image>,
+}
+
+/// Turns a `tools/call` result's content into text and images. With `structuredContent`, its
+/// JSON is the text (the text items only repeat it, as MCP asks servers to do); otherwise text
+/// items are joined with newlines. Images with data are kept apart (their notes are added
+/// where they are shown); an embedded resource gives its text; other kinds are summarised in
+/// brackets. A result with nothing at all reads `(no output)`.
+pub(super) fn render_content(content: &[Value], structured: Option<&Value>) -> Rendered {
+    let mut parts: Vec<String> = structured.map(Value::to_string).into_iter().collect();
+    let mut images = Vec::new();
+    for item in content {
+        let kind = item.get("type").and_then(Value::as_str);
+        if structured.is_some() && kind == Some("text") {
+            continue;
+        }
+        let data = item.get("data").and_then(Value::as_str);
+        let mime = item.get("mimeType").and_then(Value::as_str);
+        match (kind, data, mime) {
+            (Some("image"), Some(data), Some(mime)) => images.push(Image {
+                mime_type: mime.to_owned(),
+                data: data.to_owned(),
+            }),
+            _ => parts.push(describe_content(item)),
+        }
     }
-    match structured {
-        Some(value) => value.to_string(),
-        None => "(no output)".to_owned(),
+    if parts.is_empty() && images.is_empty() {
+        parts.push("(no output)".to_owned());
+    }
+    Rendered {
+        text: parts.join("\n"),
+        images,
     }
 }
 
@@ -268,10 +344,20 @@ fn describe_content(item: &Value) -> String {
         |value: &Value, key: &str| value.get(key).and_then(Value::as_str).map(str::to_owned);
     match kind {
         "text" => field(item, "text").unwrap_or_default(),
-        "image" | "audio" => match field(item, "mimeType") {
-            Some(mime) => format!("[{kind}: {mime}]"),
-            None => format!("[{kind}]"),
-        },
+        "image" | "audio" => {
+            let size = field(item, "data").map(|data| {
+                let image = Image {
+                    mime_type: String::new(),
+                    data,
+                };
+                describe_bytes(image.bytes())
+            });
+            match (field(item, "mimeType"), size) {
+                (Some(mime), Some(size)) => format!("[{kind}: {mime}, {size}]"),
+                (Some(mime), None) => format!("[{kind}: {mime}]"),
+                (None, _) => format!("[{kind}]"),
+            }
+        }
         "resource" => {
             let resource = item.get("resource").unwrap_or(&Value::Null);
             field(resource, "text").unwrap_or_else(|| {
@@ -397,12 +483,44 @@ mod tests {
             json!({"type": "hologram"}),
             json!({"type": "text", "text": "two"}),
         ];
+        let rendered = render_content(&content, None);
         assert_eq!(
-            render_content(&content, None),
-            "one\n[image: image/png]\n[audio]\ninside\n[resource: file:///b]\n\
+            rendered.text,
+            "one\n[audio]\ninside\n[resource: file:///b]\n\
              [resource link: file:///c]\n[hologram content]\ntwo"
         );
-        assert_eq!(render_content(&[], Some(&json!({"n": 1}))), r#"{"n":1}"#);
-        assert_eq!(render_content(&[], None), "(no output)");
+        assert_eq!(
+            rendered.images,
+            [Image {
+                mime_type: "image/png".into(),
+                data: "AAAA".into()
+            }]
+        );
+        let text = |content: &[Value], structured: Option<&Value>| {
+            render_content(content, structured).text
+        };
+        // An image without data, or without a type, is only described.
+        assert_eq!(
+            text(&[json!({"type": "image", "mimeType": "image/png"})], None),
+            "[image: image/png]"
+        );
+        assert_eq!(
+            text(
+                &[json!({"type": "audio", "data": "AAAA", "mimeType": "audio/wav"})],
+                None
+            ),
+            "[audio: audio/wav, 3 B]"
+        );
+        // structuredContent is the text; text items (its copy) are left out, others kept.
+        let both = [
+            json!({"type": "text", "text": "{\"n\": 1}"}),
+            json!({"type": "resource_link", "uri": "file:///d"}),
+        ];
+        assert_eq!(
+            text(&both, Some(&json!({"n": 1}))),
+            "{\"n\":1}\n[resource link: file:///d]"
+        );
+        assert_eq!(text(&[], Some(&json!({"n": 1}))), r#"{"n":1}"#);
+        assert_eq!(text(&[], None), "(no output)");
     }
 }
