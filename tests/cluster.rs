@@ -214,9 +214,16 @@ fn a_cancel_through_another_instance_stops_the_turn_at_once() {
 
 #[test]
 fn a_newer_message_through_another_instance_cancels_the_turn_there_and_runs_here() {
-    let (_a, _b, mut phone, mut laptop) = phone_and_laptop();
+    let (_a, b, mut phone, mut laptop) = phone_and_laptop();
     phone.say(r#"/tool wait {"ms": 60000}"#);
     read_until(&mut laptop, "tool_use", 2);
+    // B's API knows the turn runs, on A.
+    let path = format!(
+        "/api/conversations/{}",
+        phone.session_id.as_ref().unwrap().as_str()
+    );
+    let (status, body) = support::http_json(b.addr, "GET", &path, None, None);
+    assert_eq!((status, &body["running"]), (200, &json!(true)), "{body}");
     // B asks A to let go: A's turn ends with `status cancelled`, written before B's message.
     laptop.say("never mind that");
     let cancelled = read_until(&mut laptop, "status", 2);

@@ -61,6 +61,10 @@ impl Llama {
                 "1",
             ])
             .args(["--threads", "2", "--parallel", "1", "--jinja"])
+            // A small model asked for "OK" may ramble to the end of its window; a cap keeps a
+            // turn within seconds on a busy two-core machine (an answer cut by it is reported
+            // as `truncated`, which these tests accept).
+            .args(["--n-predict", "128"])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -636,9 +636,15 @@ impl SessionManager {
     }
 
     fn with_running(&self, summary: ConversationSummary) -> Conversation {
-        let running = self
+        // Where this instance writes the conversation, it knows best (the store may not have
+        // the newest turn yet); elsewhere the store knows, for a turn on another instance.
+        let here = self
             .get(&summary.id)
-            .is_some_and(|session| session.has_turn());
+            .filter(|session| session.holds_lease());
+        let running = match here {
+            Some(session) => session.has_turn(),
+            None => self.inner.shared.cluster.shared() && summary.open,
+        };
         let model = self
             .inner
             .shared

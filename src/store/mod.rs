@@ -185,6 +185,9 @@ pub struct ConversationSummary {
     pub model: Option<String>,
     /// The tokens its answered turns used, summed from each closing `message`'s usage.
     pub usage: Usage,
+    /// True when the store holds a turn of it open: one running (on any instance sharing the
+    /// store), or one a stop cut off that nobody has closed yet.
+    pub open: bool,
 }
 
 /// Events read for a replay.

@@ -503,11 +503,12 @@ fn summary_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Option<Conversa
             prompt_tokens: row.get::<_, i64>(6).unwrap_or(0).max(0) as u64,
             completion_tokens: row.get::<_, i64>(7).unwrap_or(0).max(0) as u64,
         },
+        open: row.get::<_, bool>(8).unwrap_or(false),
     }))
 }
 
-const SUMMARY_COLUMNS: &str =
-    "id, title, created_at, updated_at, turns, model, prompt_tokens, completion_tokens";
+const SUMMARY_COLUMNS: &str = "id, title, created_at, updated_at, turns, model, prompt_tokens, \
+     completion_tokens, open_turn IS NOT NULL";
 
 /// The words of free text as quoted FTS5 terms (see [`search_words`]), so that no input is a
 /// syntax error.

@@ -185,6 +185,7 @@ fn summary_from_row(row: &Row) -> Result<Option<ConversationSummary>, postgres::
             prompt_tokens: small(row.try_get(6).unwrap_or(0)),
             completion_tokens: small(row.try_get(7).unwrap_or(0)),
         },
+        open: row.try_get(8).unwrap_or(false),
     }))
 }
 
@@ -207,7 +208,9 @@ macro_rules! summary_columns {
             $prefix,
             "prompt_tokens, ",
             $prefix,
-            "completion_tokens"
+            "completion_tokens, ",
+            $prefix,
+            "open_turn IS NOT NULL"
         )
     };
 }
