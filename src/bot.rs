@@ -14,8 +14,8 @@ use crate::error::Error;
 use crate::knowledge::Knowledge;
 use crate::metrics::Metrics;
 use crate::model::{
-    ChatMessage, Conversation, MEMORY_PREFIX, ModelBackend, ModelReply, ReplySink, Role, ToolCall,
-    UNPARSED_ARGUMENTS,
+    ChatMessage, Conversation, MEMORY_PREFIX, ModelBackend, ModelReply, ReplySink, Role, ToolArgs,
+    ToolCall,
 };
 use crate::protocol::{ErrorCode, ServerFrame, StatusCode, StatusData, ToolStatus, TurnId, Usage};
 use crate::store::GraphStore;
@@ -145,7 +145,7 @@ fn message_bytes(message: &ChatMessage) -> usize {
     let calls: usize = message
         .tool_calls
         .iter()
-        .map(|call| call.id.len() + call.name.len() + call.args.to_string().len())
+        .map(|call| call.id.len() + call.name.len() + call.args.text_len())
         .sum();
     message.content.len() + calls
 }
@@ -524,7 +524,7 @@ impl Turn {
                 turn_id,
                 call_id: call.id.clone(),
                 name: call.name.clone(),
-                args: call.args.clone(),
+                args: call.args.frame_value(),
             };
             if cancel.is_cancelled() || !events.emit(used) {
                 return None;
@@ -669,25 +669,19 @@ enum Asked {
 }
 
 /// Runs one tool call through the ToolChain. Arguments the model wrote as something other than
-/// a JSON object (see [`UNPARSED_ARGUMENTS`]) get an error result without running the tool.
+/// a JSON object ([`ToolArgs::Unparsed`]) get an error result without running the tool.
 fn run_tool(tools: &ToolChain, call: &ToolCall, ctx: &ToolContext<'_>) -> ToolOutput {
-    let unparsed = call
-        .args
-        .as_object()
-        .filter(|args| args.len() == 1)
-        .and_then(|args| args.get(UNPARSED_ARGUMENTS));
-    if let Some(raw) = unparsed {
-        let raw = raw.as_str().map_or_else(|| raw.to_string(), str::to_owned);
-        return ToolOutput {
+    match &call.args {
+        ToolArgs::Parsed(args) => tools.call(&call.name, args, ctx),
+        ToolArgs::Unparsed(raw) => ToolOutput {
             status: ToolStatus::Error,
             text: format!(
                 "the arguments of {} are not a JSON object: {raw}; call it again with a JSON \
                  object",
                 call.name
             ),
-        };
+        },
     }
-    tools.call(&call.name, &call.args, ctx)
 }
 
 /// Turns what a model streams into events of the turn.
@@ -835,7 +829,7 @@ mod tests {
             let call = ToolCall {
                 id: "x".into(),
                 name: "echo".into(),
-                args: json!({}),
+                args: json!({}).into(),
             };
             Ok(ModelReply {
                 text: String::new(),
@@ -1086,7 +1080,7 @@ mod tests {
             tool_calls: vec![ToolCall {
                 id: "a".into(),
                 name: "echo".into(),
-                args: json!({}),
+                args: json!({}).into(),
             }],
             usage: counted(10, 2),
             truncated: false,
@@ -1167,15 +1161,15 @@ mod tests {
 
     #[test]
     fn tool_calls_of_one_step_run_side_by_side_and_report_in_order() {
-        let call = |id: &str, name: &str, args: Value| ToolCall {
+        let call = |id: &str, name: &str, args: ToolArgs| ToolCall {
             id: id.into(),
             name: name.into(),
             args,
         };
         let calls = vec![
-            call("a", "together", json!({"n": 1})),
-            call("b", "together", json!({"n": 2})),
-            call("c", "echo", json!({UNPARSED_ARGUMENTS: "{oops"})),
+            call("a", "together", json!({"n": 1}).into()),
+            call("b", "together", json!({"n": 2}).into()),
+            call("c", "echo", ToolArgs::Unparsed("{oops".into())),
         ];
         let model = Arc::new(Scripted::new(vec![
             Ok(ModelReply {

@@ -39,8 +39,8 @@ use ureq::Agent;
 use crate::error::{Error, Result};
 use crate::model::is_failure_note;
 use crate::model::{
-    Conversation, ModelBackend, ModelHealth, ModelReply, ReplySink, Role, ToolCall, ToolSpec,
-    UNPARSED_ARGUMENTS,
+    Conversation, ModelBackend, ModelHealth, ModelReply, ReplySink, Role, ToolArgs, ToolCall,
+    ToolSpec,
 };
 use crate::protocol::Usage;
 
@@ -915,7 +915,7 @@ fn request_body(model: &str, conversation: Conversation<'_>, tools: &[ToolSpec])
                         json!({
                             "id": call.id,
                             "type": "function",
-                            "function": {"name": call.name, "arguments": call.args.to_string()},
+                            "function": {"name": call.name, "arguments": call.args.to_text()},
                         })
                     })
                     .collect();
@@ -1118,23 +1118,23 @@ impl Arguments {
 
     /// The arguments as a JSON object. Empty or `null` arguments are `{}`; a JSON text that
     /// holds an object as a string is unwrapped; anything else that is not an object is
-    /// passed on under [`UNPARSED_ARGUMENTS`], for the bot to answer with an error.
-    fn into_object(self) -> Value {
+    /// passed on as [`ToolArgs::Unparsed`], for the bot to answer with an error.
+    fn into_args(self) -> ToolArgs {
         let raw = match self {
-            Arguments::Value(Value::Null) => return json!({}),
-            Arguments::Value(value @ Value::Object(_)) => return value,
+            Arguments::Value(Value::Null) => return ToolArgs::Parsed(json!({})),
+            Arguments::Value(value @ Value::Object(_)) => return ToolArgs::Parsed(value),
             Arguments::Value(other) => other.to_string(),
-            Arguments::Text(text) if text.trim().is_empty() => return json!({}),
+            Arguments::Text(text) if text.trim().is_empty() => return ToolArgs::Parsed(json!({})),
             Arguments::Text(text) => text,
         };
         match serde_json::from_str::<Value>(&raw) {
-            Ok(Value::Null) => json!({}),
-            Ok(value @ Value::Object(_)) => value,
+            Ok(Value::Null) => ToolArgs::Parsed(json!({})),
+            Ok(value @ Value::Object(_)) => ToolArgs::Parsed(value),
             Ok(Value::String(inner)) => match serde_json::from_str::<Value>(&inner) {
-                Ok(value @ Value::Object(_)) => value,
-                _ => json!({ UNPARSED_ARGUMENTS: raw }),
+                Ok(value @ Value::Object(_)) => ToolArgs::Parsed(value),
+                _ => ToolArgs::Unparsed(raw),
             },
-            _ => json!({ UNPARSED_ARGUMENTS: raw }),
+            _ => ToolArgs::Unparsed(raw),
         }
     }
 }
@@ -1240,7 +1240,7 @@ impl ToolCalls {
                     format!("call_{}", NEXT_CALL_ID.fetch_add(1, Ordering::Relaxed))
                 }),
                 name: call.name,
-                args: call.arguments.into_object(),
+                args: call.arguments.into_args(),
             })
             .collect()
     }
@@ -1556,12 +1556,12 @@ mod tests {
         assert_eq!(calls.len(), 2);
         assert_eq!(calls[0].id, "call_a");
         assert_eq!(calls[0].name, "calculator");
-        assert_eq!(calls[0].args, json!({"expression": "1+2"}));
+        assert_eq!(calls[0].args, ToolArgs::from(json!({"expression": "1+2"})));
         assert_eq!(
             (calls[1].id.as_str(), calls[1].name.as_str()),
             ("call_b", "clock")
         );
-        assert_eq!(calls[1].args, json!({}));
+        assert_eq!(calls[1].args, ToolArgs::from(json!({})));
     }
 
     #[test]
@@ -1577,15 +1577,15 @@ mod tests {
         ]);
         let names: Vec<&str> = reply.tool_calls.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, ["a", "b"]);
-        assert_eq!(reply.tool_calls[1].args, json!({"y": 2}));
+        assert_eq!(reply.tool_calls[1].args, ToolArgs::from(json!({"y": 2})));
         // Without ids, in one chunk: a new name after a complete call is a new call.
         let (reply, _) = run(&[calls(json!([
             {"index": 0, "function": {"name": "a", "arguments": "{\"x\":1}"}},
             {"index": 0, "function": {"name": "a", "arguments": "{\"x\":2}"}},
         ]))]);
         assert_eq!(reply.tool_calls.len(), 2);
-        assert_eq!(reply.tool_calls[0].args, json!({"x": 1}));
-        assert_eq!(reply.tool_calls[1].args, json!({"x": 2}));
+        assert_eq!(reply.tool_calls[0].args, ToolArgs::from(json!({"x": 1})));
+        assert_eq!(reply.tool_calls[1].args, ToolArgs::from(json!({"x": 2})));
         assert_ne!(reply.tool_calls[0].id, reply.tool_calls[1].id);
         assert!(reply.tool_calls[0].id.starts_with("call_"));
     }
@@ -1600,7 +1600,7 @@ mod tests {
             calls(json!([{"index": 0, "id": "c1", "function": {"name": "a", "arguments": ""}}])),
         ]);
         assert_eq!(reply.tool_calls.len(), 1);
-        assert_eq!(reply.tool_calls[0].args, json!({"x": 1}));
+        assert_eq!(reply.tool_calls[0].args, ToolArgs::from(json!({"x": 1})));
     }
 
     #[test]
@@ -1610,7 +1610,10 @@ mod tests {
             {"function": {"name": "clock", "arguments": {}}},
         ]))]);
         assert_eq!(reply.tool_calls.len(), 2);
-        assert_eq!(reply.tool_calls[0].args, json!({"expression": "2*3"}));
+        assert_eq!(
+            reply.tool_calls[0].args,
+            ToolArgs::from(json!({"expression": "2*3"}))
+        );
         assert_eq!(reply.tool_calls[1].name, "clock");
     }
 
@@ -1621,11 +1624,14 @@ mod tests {
         )]);
         assert_eq!(
             reply.tool_calls[0].args,
-            json!({UNPARSED_ARGUMENTS: "{\"x\": oops"})
+            ToolArgs::Unparsed("{\"x\": oops".into())
         );
         let doubly = Arguments::Text("\"{\\\"x\\\": 1}\"".into());
-        assert_eq!(doubly.into_object(), json!({"x": 1}));
-        assert_eq!(Arguments::Text("null".into()).into_object(), json!({}));
+        assert_eq!(doubly.into_args(), ToolArgs::Parsed(json!({"x": 1})));
+        assert_eq!(
+            Arguments::Text("null".into()).into_args(),
+            ToolArgs::Parsed(json!({}))
+        );
     }
 
     #[test]
@@ -1762,7 +1768,7 @@ mod tests {
         let call = ToolCall {
             id: "c1".into(),
             name: "calculator".into(),
-            args: json!({"expression": "1+1"}),
+            args: json!({"expression": "1+1"}).into(),
         };
         let head = [ChatMessage::text(Role::System, "be nice")];
         let earlier = [
