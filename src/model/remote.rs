@@ -568,13 +568,7 @@ impl Exchange {
         let status = response.status();
         if !status.is_success() {
             let retry_after = retry_after(response.headers(), SystemTime::now());
-            let mut text = Vec::new();
-            let _ = response
-                .into_body()
-                .into_reader()
-                .take(ERROR_BODY_BYTES)
-                .read_to_end(&mut text);
-            let text = String::from_utf8_lossy(&text);
+            let text = body_start(response, ERROR_BODY_BYTES);
             let failure = classify(status.as_u16(), &status.to_string(), &text, retry_after);
             let _ = self.events.send(Event::Failed(failure));
             return;
@@ -993,9 +987,22 @@ fn object_schema(parameters: &Value) -> Value {
     }
 }
 
-/// Collects the `data:` lines of a server-sent event stream into whole events.
+/// The first `limit` bytes of a response's body, as text (lossily): enough of an error answer
+/// for its message. A body that cannot be read gives what was read of it.
+pub fn body_start(response: ureq::http::Response<ureq::Body>, limit: u64) -> String {
+    let mut text = Vec::new();
+    let _ = response
+        .into_body()
+        .into_reader()
+        .take(limit)
+        .read_to_end(&mut text);
+    String::from_utf8_lossy(&text).into_owned()
+}
+
+/// Collects the `data:` lines of a server-sent event stream into whole events (the MCP HTTP
+/// transport reads its streams with it too).
 #[derive(Debug, Default)]
-struct SseDecoder {
+pub struct SseDecoder {
     data: String,
     pending: bool,
 }
@@ -1003,7 +1010,7 @@ struct SseDecoder {
 impl SseDecoder {
     /// Takes one line, without its line ending; returns an event's data when the line ends
     /// one (a blank line).
-    fn line(&mut self, line: &str) -> Option<String> {
+    pub fn line(&mut self, line: &str) -> Option<String> {
         if line.is_empty() {
             return self.finish();
         }
@@ -1022,7 +1029,7 @@ impl SseDecoder {
     }
 
     /// The data of an event that the stream ended without a blank line after.
-    fn finish(&mut self) -> Option<String> {
+    pub fn finish(&mut self) -> Option<String> {
         self.pending = false;
         let data = std::mem::take(&mut self.data);
         (!data.is_empty()).then_some(data)

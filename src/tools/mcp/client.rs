@@ -1,23 +1,24 @@
-//! `McpClient`: one connection to an MCP server over a byte pipe pair (a child's stdout and
-//! stdin, or in-memory pipes in tests), speaking newline-delimited JSON-RPC 2.0. A named reader
-//! thread routes each answer to its caller by request id; a named writer thread owns the
-//! server's input, so a caller never blocks on a pipe write. Depends on `cancel`.
+//! `McpClient`: one connection to an MCP server, speaking JSON-RPC 2.0 over a transport
+//! (`stdio.rs` for a pipe pair, `http.rs` for Streamable HTTP) that it knows only through
+//! `transport.rs`: it queues encoded messages on an [`Outbox`] without blocking, and the
+//! transport hands what the server sends to its [`Inbox`], which routes each answer to its
+//! caller by request id. Depends on `cancel`.
 
 use std::collections::HashMap;
 use std::fmt;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError, select};
+use crossbeam_channel::{Sender, select};
 use parking_lot::Mutex;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::config::ServerCommand;
+use super::config::{HttpEndpoint, ServerCommand, ServerSpec};
 use super::process::ServerProcess;
+use super::transport::{Inbox, Outbox, Outgoing, QueueError, Transport};
 use super::wire::{
     CallToolResult, InitializeResult, METHOD_NOT_FOUND, Message, RemoteTool, Request, RequestId,
     Response, ToolsPage, render_content,
@@ -28,12 +29,6 @@ use crate::cancel::CancelFlag;
 /// Revisions whose tools API Sparky knows; a server that answers with another one gets a
 /// warning but is used anyway, since the tools API has not changed between them.
 const KNOWN_PROTOCOL_VERSIONS: [&str; 4] = ["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
-
-/// Lines queued for a server's stdin at most; past it the server is not reading.
-const OUTBOX_CAPACITY: usize = 256;
-
-/// Longest line accepted from a server. A longer one ends the connection.
-const MAX_LINE_BYTES: u64 = 16 << 20;
 
 /// Pages of `tools/list` followed at most, so a server repeating its cursor cannot loop us.
 const MAX_TOOL_PAGES: usize = 100;
@@ -54,18 +49,17 @@ type Reply = std::result::Result<Value, McpError>;
 /// must not block.
 type ToolsChanged = Arc<dyn Fn() + Send + Sync>;
 
-/// One connection to an MCP server over any byte pipe pair: a child's stdout and stdin, or
-/// in-memory pipes in tests.
+/// One connection to an MCP server over a transport: a pipe pair (a child's stdout and stdin,
+/// or in-memory pipes in tests) or Streamable HTTP.
 ///
-/// It owns two named threads: `mcp-<name>-reader` reads lines and routes each response to the
-/// one-shot channel its request registered, and `mcp-<name>-writer` writes queued lines. Both
-/// are detached: they hold only the shared state and their pipe, and end when the pipe closes
-/// (reader) or the client closes (writer). [`stop`](Self::stop), or dropping the client,
-/// closes it and then stops its server's process group.
+/// The transport's threads hand each message to the client's shared state, which routes each
+/// response to the one-shot channel its request registered. [`stop`](Self::stop), or dropping
+/// the client, closes it and then stops its transport (the server's process group, or the
+/// HTTP session).
 pub(super) struct McpClient {
     shared: Arc<ClientShared>,
-    /// The server's process, when the client started one; taken by [`stop`](Self::stop).
-    process: Mutex<Option<ServerProcess>>,
+    /// The transport, taken by [`stop`](Self::stop).
+    transport: Mutex<Option<Box<dyn Transport>>>,
 }
 
 impl fmt::Debug for McpClient {
@@ -91,66 +85,77 @@ struct ClientShared {
 struct ClientState {
     /// Callers waiting for an answer, by request id.
     pending: HashMap<i64, Sender<Reply>>,
-    /// Lines for the writer thread; `None` once closed, which ends the writer.
-    outbox: Option<Sender<String>>,
+    /// Messages for the transport; `None` once closed, which ends the transport's writers.
+    outbox: Option<Outbox>,
     /// Why the client closed, once it has.
     closed: Option<String>,
 }
 
 impl McpClient {
-    /// A client speaking to a server through `reader` (its output) and `writer` (its input).
-    /// `process`, when given, is stopped when the client stops.
+    /// A client speaking to a server through `reader` (its output) and `writer` (its input)
+    /// with the stdio transport. `process`, when given, is stopped when the client stops.
+    #[cfg(test)]
     pub(super) fn new(
         server: &str,
         reader: impl Read + Send + 'static,
         writer: impl Write + Send + 'static,
         process: Option<ServerProcess>,
     ) -> Result<Self, McpError> {
-        let (outbox, lines) = crossbeam_channel::bounded(OUTBOX_CAPACITY);
-        let shared = Arc::new(ClientShared {
-            server: server.to_owned(),
-            next_id: AtomicI64::new(1),
-            state: Mutex::new(ClientState {
-                pending: HashMap::new(),
-                outbox: Some(outbox),
-                closed: None,
-            }),
-            tools_changed: Mutex::new(None),
-        });
-        // Built first, so that a failure below drops it, which stops the process.
-        let client = McpClient {
-            shared: shared.clone(),
-            process: Mutex::new(process),
-        };
-        let no_thread = |e: io::Error| McpError::Start {
-            server: server.to_owned(),
-            detail: format!("no thread for it: {e}"),
-        };
-
-        let writer_shared = shared.clone();
-        thread::Builder::new()
-            .name(format!("mcp-{server}-writer"))
-            .spawn(move || {
-                if let Err(e) = run_writer(writer, &lines) {
-                    let _ = writer_shared.close_and_log(format!("writing to it failed: {e}"));
-                }
-            })
-            .map_err(no_thread)?;
-
-        let reader_shared = shared;
-        thread::Builder::new()
-            .name(format!("mcp-{server}-reader"))
-            .spawn(move || {
-                let reason = match run_reader(reader, &reader_shared) {
-                    Ok(()) => "it closed its output; it is restarted on the next call".to_owned(),
-                    Err(e) => {
-                        format!("reading from it failed ({e}); it is restarted on the next call")
-                    }
-                };
-                let _ = reader_shared.close_and_log(reason);
-            })
-            .map_err(no_thread)?;
+        let (outbox, queued) = Outbox::single();
+        let client = McpClient::unconnected(server, outbox);
+        client.attach_stdio(queued.requests, reader, writer, process)?;
         Ok(client)
+    }
+
+    /// Starts the stdio transport on `reader` and `writer` (see `stdio.rs`).
+    fn attach_stdio(
+        &self,
+        lines: crossbeam_channel::Receiver<Outgoing>,
+        reader: impl Read + Send + 'static,
+        writer: impl Write + Send + 'static,
+        process: Option<ServerProcess>,
+    ) -> Result<(), McpError> {
+        let inbox: Arc<dyn Inbox> = self.shared.clone();
+        let stdio = super::stdio::start(inbox, lines, reader, writer, process)?;
+        *self.transport.lock() = Some(Box::new(stdio));
+        Ok(())
+    }
+
+    /// A client for the server `spec` describes, not yet initialised: a process started
+    /// (see [`spawn`](Self::spawn)), or an HTTP endpoint, which is first contacted by
+    /// [`initialize`](Self::initialize).
+    pub(super) fn connect(server: &str, spec: &ServerSpec) -> Result<Self, McpError> {
+        match spec {
+            ServerSpec::Stdio(command) => McpClient::spawn(server, command),
+            ServerSpec::Http(endpoint) => McpClient::http(server, endpoint),
+        }
+    }
+
+    /// A client for the Streamable HTTP server at `endpoint` (see `http.rs`).
+    pub(super) fn http(server: &str, endpoint: &HttpEndpoint) -> Result<Self, McpError> {
+        let (outbox, queued) = Outbox::split();
+        let client = McpClient::unconnected(server, outbox);
+        let inbox: Arc<dyn Inbox> = client.shared.clone();
+        let http = super::http::start(inbox, queued, endpoint.clone())?;
+        *client.transport.lock() = Some(Box::new(http));
+        Ok(client)
+    }
+
+    /// A client with no transport yet, queuing on `outbox`.
+    fn unconnected(server: &str, outbox: Outbox) -> Self {
+        McpClient {
+            shared: Arc::new(ClientShared {
+                server: server.to_owned(),
+                next_id: AtomicI64::new(1),
+                state: Mutex::new(ClientState {
+                    pending: HashMap::new(),
+                    outbox: Some(outbox),
+                    closed: None,
+                }),
+                tools_changed: Mutex::new(None),
+            }),
+            transport: Mutex::new(None),
+        }
     }
 
     /// Spawns `command` (see [`ServerProcess::spawn`]) and returns a client on it, not yet
@@ -158,7 +163,8 @@ impl McpClient {
     /// whichever comes first.
     pub(super) fn spawn(server: &str, command: &ServerCommand) -> Result<Self, McpError> {
         let (process, stdin, stdout) = ServerProcess::spawn(server, command)?;
-        let client = McpClient::new(server, stdout, stdin, None)?;
+        let (outbox, queued) = Outbox::single();
+        let client = McpClient::unconnected(server, outbox);
         let watched = Arc::downgrade(&client.shared);
         process.watch_exit(move |how| {
             let Some(shared) = watched.upgrade() else {
@@ -171,7 +177,7 @@ impl McpClient {
                 log::info!("mcp {}: its process exited ({how})", shared.server);
             }
         })?;
-        *client.process.lock() = Some(process);
+        client.attach_stdio(queued.requests, stdout, stdin, Some(process))?;
         Ok(client)
     }
 
@@ -185,12 +191,18 @@ impl McpClient {
     /// a few seconds when the server lingers. Every waiting caller gets a `Closed` error.
     /// Calling it again does nothing.
     pub(super) fn stop(&self) {
-        // Closing drops the outbox, so the writer ends and the server's stdin closes.
+        // Closing drops the outbox, so the writers end (and a server's stdin closes).
         self.shared.close("sparky stopped it".into());
-        let process = self.process.lock().take();
-        if let Some(mut process) = process {
-            process.stop();
+        let transport = self.transport.lock().take();
+        if let Some(mut transport) = transport {
+            transport.stop();
         }
+    }
+
+    /// Marks the client closed for `reason` without stopping its transport (the supervisor
+    /// stops it when it replaces the client): the next call starts again.
+    pub(super) fn close(&self, reason: &str) {
+        self.shared.close_and_log(reason.to_owned());
     }
 
     /// Calls `hook` (on the reader thread; it must not block) whenever the server sends
@@ -371,8 +383,8 @@ impl McpClient {
         self.shared.queue(&mut state, line)
     }
 
-    fn encode(&self, message: &Message) -> Result<String, McpError> {
-        serde_json::to_string(message).map_err(|e| self.protocol(format!("cannot encode: {e}")))
+    fn encode(&self, message: &Message) -> Result<Outgoing, McpError> {
+        encode(message).map_err(|e| self.protocol(format!("cannot encode: {e}")))
     }
 
     fn parse<T: for<'de> Deserialize<'de>>(&self, value: Value) -> Result<T, McpError> {
@@ -394,17 +406,17 @@ impl Drop for McpClient {
 }
 
 impl ClientShared {
-    /// Queues a line for the writer without blocking.
-    fn queue(&self, state: &mut ClientState, line: String) -> Result<(), McpError> {
+    /// Queues a message for the transport without blocking.
+    fn queue(&self, state: &mut ClientState, message: Outgoing) -> Result<(), McpError> {
         let Some(outbox) = &state.outbox else {
             return Err(self.closed_error(state.closed.as_deref().unwrap_or("it closed")));
         };
-        match outbox.try_send(line) {
+        match outbox.queue(message) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => Err(McpError::Busy {
+            Err(QueueError::Full) => Err(McpError::Busy {
                 server: self.server.clone(),
             }),
-            Err(TrySendError::Disconnected(_)) => Err(self.closed_error("it closed")),
+            Err(QueueError::Closed) => Err(self.closed_error("it closed")),
         }
     }
 
@@ -519,7 +531,7 @@ impl ClientShared {
                 format!("sparky does not offer {}", request.method),
             ))
         };
-        let Ok(line) = serde_json::to_string(&reply) else {
+        let Ok(line) = encode(&reply) else {
             return;
         };
         let mut state = self.state.lock();
@@ -529,47 +541,50 @@ impl ClientShared {
     }
 }
 
-/// The writer thread: writes each queued line, until the client closes.
-fn run_writer(mut writer: impl Write, lines: &Receiver<String>) -> io::Result<()> {
-    for mut line in lines {
-        line.push('\n');
-        writer.write_all(line.as_bytes())?;
-        writer.flush()?;
+impl Inbox for ClientShared {
+    fn deliver(&self, text: &[u8]) {
+        self.dispatch(text);
     }
-    Ok(())
+
+    fn fail(&self, id: i64, error: McpError) {
+        let waiter = self.state.lock().pending.remove(&id);
+        if let Some(waiter) = waiter {
+            let _ = waiter.try_send(Err(error));
+        }
+    }
+
+    fn close(&self, reason: String) -> bool {
+        self.close_and_log(reason)
+    }
+
+    fn server(&self) -> &str {
+        &self.server
+    }
 }
 
-/// The reader thread: reads lines until the server closes its output.
-///
-/// # Errors
-///
-/// When reading fails or a line is longer than [`MAX_LINE_BYTES`].
-fn run_reader(reader: impl Read, shared: &ClientShared) -> io::Result<()> {
-    let mut reader = BufReader::new(reader);
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        let read = (&mut reader)
-            .take(MAX_LINE_BYTES)
-            .read_until(b'\n', &mut line)?;
-        if read == 0 {
-            return Ok(());
-        }
-        if line.last() != Some(&b'\n') && read as u64 == MAX_LINE_BYTES {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("a line longer than {MAX_LINE_BYTES} bytes"),
-            ));
-        }
-        shared.dispatch(&line);
-    }
+/// A message as the transport takes it.
+fn encode(message: &Message) -> serde_json::Result<Outgoing> {
+    let (id, method) = match message {
+        Message::Request(request) => match &request.id {
+            RequestId::Number(id) => (Some(*id), request.method.clone()),
+            RequestId::Text(_) => (None, request.method.clone()),
+        },
+        Message::Notification(notification) => (None, notification.method.clone()),
+        Message::Response(_) => (None, String::new()),
+    };
+    Ok(Outgoing {
+        id,
+        method,
+        line: serde_json::to_string(message)?,
+    })
 }
 
 #[cfg(test)]
 mod tests {
-    use std::io::{PipeReader, PipeWriter};
+    use std::io::{BufRead, BufReader, PipeReader, PipeWriter};
+    use std::thread;
 
-    use crossbeam_channel::RecvTimeoutError;
+    use crossbeam_channel::{Receiver, RecvTimeoutError};
 
     use super::*;
 

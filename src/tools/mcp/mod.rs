@@ -7,7 +7,7 @@
 //! `tools/mcp/` is the only place that spawns processes, and the MCP JSON shapes stay private
 //! to it. Its files, in reading order:
 //!
-//! - `config.rs`: the config file, one `ServerCommand` per server;
+//! - `config.rs`: the config file, one `ServerSpec` per server;
 //! - `wire.rs`: JSON-RPC messages and the MCP results we read;
 //! - `process.rs`: a server's process, in a process group of its own, and how it is stopped;
 //! - `client.rs`: `McpClient`, requests matched to answers by id over a pipe pair;
@@ -23,8 +23,11 @@
 
 mod client;
 mod config;
+mod http;
 mod process;
+mod stdio;
 mod supervisor;
+mod transport;
 mod wire;
 
 use std::fmt;
@@ -39,7 +42,7 @@ use crate::cancel::CancelFlag;
 use crate::error::{Error, Result};
 use crate::tools::{Tool, ToolSource};
 
-use self::config::{ServerCommand, parse_config};
+use self::config::{ServerSpec, parse_config};
 use self::supervisor::{Catalog, McpServer, Started, start_server, tools_text};
 
 /// The MCP revision Sparky asks for in `initialize`. It is the newest revision with the
@@ -129,7 +132,7 @@ pub fn spawn(path: &Path, first_retry_delay: Duration) -> Result<McpServers> {
 }
 
 /// Reads and parses the MCP config file at `path`.
-fn read_config(path: &Path) -> Result<Vec<(String, ServerCommand)>> {
+fn read_config(path: &Path) -> Result<Vec<(String, ServerSpec)>> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         Error::Config(format!(
             "cannot read the MCP config {}: {e}",
@@ -260,8 +263,8 @@ impl McpServers {
     }
 
     /// Starts the servers of a parsed config side by side and keeps those that came up.
-    fn start(entries: Vec<(String, ServerCommand)>) -> Self {
-        let started: Vec<(String, ServerCommand, Result<Started, McpError>)> =
+    fn start(entries: Vec<(String, ServerSpec)>) -> Self {
+        let started: Vec<(String, ServerSpec, Result<Started, McpError>)> =
             thread::scope(|scope| {
                 let spawned: Vec<_> = entries
                     .into_iter()
@@ -374,6 +377,21 @@ pub enum McpError {
         /// The server's message.
         message: String,
     },
+    /// An HTTP server refused a request with an error status.
+    Http {
+        /// The server's name in the config.
+        server: String,
+        /// The HTTP status.
+        status: u16,
+        /// The start of the answer's body, or what the status means here.
+        detail: String,
+    },
+    /// An HTTP server no longer knows the session (404): the request was not run, and a new
+    /// session starts on the next call.
+    SessionExpired {
+        /// The server's name in the config.
+        server: String,
+    },
     /// The server answered something that is not what MCP says it should be.
     Protocol {
         /// The server's name in the config.
@@ -408,6 +426,14 @@ impl fmt::Display for McpError {
                 code,
                 message,
             } => write!(f, "mcp server {server}: {message} (error {code})"),
+            McpError::Http {
+                server,
+                status,
+                detail,
+            } => write!(f, "mcp server {server} answered HTTP {status}: {detail}"),
+            McpError::SessionExpired { server } => {
+                write!(f, "mcp server {server} no longer knows our session")
+            }
             McpError::Protocol { server, detail } => {
                 write!(f, "mcp server {server}: unexpected answer: {detail}")
             }

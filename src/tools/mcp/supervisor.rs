@@ -13,7 +13,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use serde_json::{Value, json};
 
 use super::client::McpClient;
-use super::config::ServerCommand;
+use super::config::ServerSpec;
 use super::wire::RemoteTool;
 use super::{CALL_TIMEOUT, McpError, START_TIMEOUT, tool_name};
 use crate::cancel::CancelFlag;
@@ -99,7 +99,7 @@ impl ToolSource for Catalog {
 pub(super) struct McpServer {
     /// The server's name in the config.
     pub(super) name: String,
-    command: ServerCommand,
+    spec: ServerSpec,
     /// The live client. Held only to clone or swap the `Arc`.
     client: Mutex<Option<Arc<McpClient>>>,
     /// Taken by the one caller restarting the server, across spawn and handshake (bounded by
@@ -120,10 +120,10 @@ pub(super) struct McpServer {
 impl McpServer {
     /// A server with no client yet, publishing its tools to `catalog`; give it its first with
     /// [`adopt`](Self::adopt).
-    pub(super) fn new(name: String, command: ServerCommand, catalog: &Arc<Catalog>) -> Arc<Self> {
+    pub(super) fn new(name: String, spec: ServerSpec, catalog: &Arc<Catalog>) -> Arc<Self> {
         Arc::new(McpServer {
             name,
-            command,
+            spec,
             client: Mutex::new(None),
             restart: Arc::default(),
             stopped: AtomicBool::new(false),
@@ -264,7 +264,7 @@ impl McpServer {
             if stopping.is_cancelled() {
                 return;
             }
-            match start_server(&self.name, &self.command, START_TIMEOUT, Some(stopping)) {
+            match start_server(&self.name, &self.spec, START_TIMEOUT, Some(stopping)) {
                 Ok(started) => {
                     let (_, count) = self.adopt(started);
                     log::info!("mcp {}: loaded with {}", self.name, tools_text(count));
@@ -296,14 +296,15 @@ impl McpServer {
         }
         self.check_running()?;
         log::info!("mcp {}: restarting", self.name);
-        let started = start_server(&self.name, &self.command, START_TIMEOUT, Some(cancel))
-            .map_err(|e| match e {
+        let started = start_server(&self.name, &self.spec, START_TIMEOUT, Some(cancel)).map_err(
+            |e| match e {
                 McpError::Cancelled => McpError::Cancelled,
                 other => McpError::Closed {
                     server: self.name.clone(),
                     reason: format!("it could not be restarted: {other}"),
                 },
-            })?;
+            },
+        )?;
         // The restarted server's list is the new truth.
         let (client, count) = self.adopt(started);
         log::info!("mcp {}: restarted with {}", self.name, tools_text(count));
@@ -453,17 +454,27 @@ impl Tool for McpTool {
         self.parameters.clone()
     }
     fn call(&self, args: &Value, ctx: &ToolContext<'_>) -> Result<String, String> {
-        let client = self
-            .server
-            .live_client(ctx.cancel)
-            .map_err(|e| e.to_string())?;
-        let reply = client
-            .call_tool(&self.remote_name, args, CALL_TIMEOUT, ctx.cancel)
-            .map_err(|e| e.to_string())?;
-        if reply.is_error {
-            Err(reply.text)
-        } else {
-            Ok(reply.text)
+        let mut expired = false;
+        loop {
+            let client = self
+                .server
+                .live_client(ctx.cancel)
+                .map_err(|e| e.to_string())?;
+            let reply = match client.call_tool(&self.remote_name, args, CALL_TIMEOUT, ctx.cancel) {
+                Ok(reply) => reply,
+                // The server never ran it: once, start a new session and call it again.
+                Err(McpError::SessionExpired { .. }) if !expired => {
+                    expired = true;
+                    client.close("its session expired");
+                    continue;
+                }
+                Err(e) => return Err(e.to_string()),
+            };
+            return if reply.is_error {
+                Err(reply.text)
+            } else {
+                Ok(reply.text)
+            };
         }
     }
 }
@@ -481,12 +492,12 @@ pub(super) struct Started {
 /// Spawns a server, initialises it and lists its tools, all within `timeout`.
 pub(super) fn start_server(
     name: &str,
-    command: &ServerCommand,
+    spec: &ServerSpec,
     timeout: Duration,
     cancel: Option<&CancelFlag>,
 ) -> Result<Started, McpError> {
     let deadline = Instant::now() + timeout;
-    let client = McpClient::spawn(name, command)?;
+    let client = McpClient::connect(name, spec)?;
     let instructions = client.initialize(deadline, cancel)?;
     let tools = client.list_tools(deadline, cancel)?;
     Ok(Started {
@@ -501,13 +512,13 @@ mod tests {
     use super::*;
 
     fn server(name: &str, catalog: &Arc<Catalog>) -> Arc<McpServer> {
-        let command = ServerCommand {
+        let command = super::super::config::ServerCommand {
             command: "true".into(),
             args: Vec::new(),
             env: Default::default(),
             cwd: None,
         };
-        McpServer::new(name.into(), command, catalog)
+        McpServer::new(name.into(), ServerSpec::Stdio(command), catalog)
     }
 
     fn remote(value: Value) -> RemoteTool {
