@@ -19,6 +19,7 @@ use crate::model::{
 };
 use crate::protocol::{ErrorCode, ServerFrame, StatusCode, StatusData, ToolStatus, TurnId, Usage};
 use crate::store::GraphStore;
+use crate::tools::prompts::{self, PromptOutcome};
 use crate::tools::{ToolChain, ToolContext, ToolOutput};
 
 /// The most conversation messages a session keeps. Older ones are dropped a whole exchange at a
@@ -341,6 +342,17 @@ impl Turn {
     ) -> TurnOutcome {
         let turn_id = self.turn_id;
         let tools = self.engine.tools.clone();
+        // `/prompt` lists the MCP servers' prompts, or puts one in the user's place.
+        match prompts::resolve(&tools, self.user_text(), cancel) {
+            Some(PromptOutcome::Expanded(text)) => self.current[self.user_index].content = text,
+            Some(PromptOutcome::Answer(text)) => {
+                return self.answer(events, text.clone(), text, None);
+            }
+            None => {}
+        }
+        if cancel.is_cancelled() {
+            return TurnOutcome::Cancelled;
+        }
         let specs = tools.specs();
         if !self.recall_memory(events) {
             return TurnOutcome::Cancelled;
@@ -381,21 +393,7 @@ impl Turn {
                 // The answer is every step's text, in order, separated by a blank line.
                 said.push(reply.text.clone());
                 said.retain(|text| !text.trim().is_empty());
-                let answer = ServerFrame::Message {
-                    turn_id,
-                    text: said.join("\n\n"),
-                    usage,
-                };
-                self.current
-                    .push(ChatMessage::text(Role::Assistant, reply.text));
-                let transcript = self.current.split_off(self.user_index);
-                // Let go of the snapshot first, so that the commit extends the history in place.
-                self.history = Arc::default();
-                return if self.close(events, answer, transcript) {
-                    TurnOutcome::Answered
-                } else {
-                    TurnOutcome::Cancelled
-                };
+                return self.answer(events, said.join("\n\n"), reply.text, usage);
             }
             let calls = reply.tool_calls;
             said.push(reply.text.clone());
@@ -412,6 +410,31 @@ impl Turn {
             ErrorCode::StepLimit,
             &format!("the turn took more than {limit} model steps"),
         )
+    }
+
+    /// Closes the turn with an answer: `shown` is what the user sees (every step's text),
+    /// `said` what the conversation keeps as the assistant's last message.
+    fn answer(
+        mut self,
+        events: &dyn TurnEvents,
+        shown: String,
+        said: String,
+        usage: Option<Usage>,
+    ) -> TurnOutcome {
+        let answer = ServerFrame::Message {
+            turn_id: self.turn_id,
+            text: shown,
+            usage,
+        };
+        self.current.push(ChatMessage::text(Role::Assistant, said));
+        let transcript = self.current.split_off(self.user_index);
+        // Let go of the snapshot first, so that the commit extends the history in place.
+        self.history = Arc::default();
+        if self.close(events, answer, transcript) {
+            TurnOutcome::Answered
+        } else {
+            TurnOutcome::Cancelled
+        }
     }
 
     /// Asks the model for the next step. When the model rejects the conversation history as

@@ -98,7 +98,9 @@ fn the_ready_frame_lists_and_counts_the_prefixed_tools() {
     let server = fixture.server();
     let (count, names) = ready(&server.client());
     assert_eq!(count, names.len());
-    assert_eq!(count, builtin_count + FIXTURE_TOOLS.len());
+    // The fixture offers resources, so `mcp_read_resource` joins its tools.
+    assert_eq!(count, builtin_count + FIXTURE_TOOLS.len() + 1);
+    assert!(names.contains(&"mcp_read_resource".to_owned()), "{names:?}");
     let listed: Vec<&str> = names
         .iter()
         .map(String::as_str)

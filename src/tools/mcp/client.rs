@@ -20,8 +20,9 @@ use super::config::{HttpEndpoint, ServerCommand, ServerSpec};
 use super::process::ServerProcess;
 use super::transport::{Inbox, Outbox, Outgoing, QueueError, Transport};
 use super::wire::{
-    CallToolResult, InitializeResult, METHOD_NOT_FOUND, Message, RemoteTool, Request, RequestId,
-    Response, ToolsPage, render_content,
+    CallToolResult, GetPromptResult, InitializeResult, METHOD_NOT_FOUND, Message, PromptsPage,
+    ReadResourceResult, RemotePrompt, RemoteTool, Request, RequestId, Response, ServerCapabilities,
+    ToolsPage, render_content,
 };
 use super::{McpError, PROTOCOL_VERSION};
 use crate::cancel::CancelFlag;
@@ -30,8 +31,9 @@ use crate::cancel::CancelFlag;
 /// warning but is used anyway, since the tools API has not changed between them.
 const KNOWN_PROTOCOL_VERSIONS: [&str; 4] = ["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
 
-/// Pages of `tools/list` followed at most, so a server repeating its cursor cannot loop us.
-const MAX_TOOL_PAGES: usize = 100;
+/// Pages of a list (`tools/list`, `prompts/list`) followed at most, so a server repeating its
+/// cursor cannot loop us.
+const MAX_PAGES: usize = 100;
 
 /// The outcome of one `tools/call`: its content as text, and whether the tool said it failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,6 +42,15 @@ pub(super) struct ToolReply {
     pub(super) is_error: bool,
     /// The content, rendered by [`render_content`].
     pub(super) text: String,
+}
+
+/// What the server said about itself in `initialize`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(super) struct Handshake {
+    /// Its `instructions`, when it gave any.
+    pub(super) instructions: Option<String>,
+    /// What it offers besides tools.
+    pub(super) capabilities: ServerCapabilities,
 }
 
 /// What a waiting caller receives: the result, or why there is none.
@@ -212,12 +223,12 @@ impl McpClient {
     }
 
     /// `initialize`, then the `notifications/initialized` notification. Returns the server's
-    /// `instructions`, when it gave any.
+    /// `instructions` and capabilities.
     pub(super) fn initialize(
         &self,
         deadline: Instant,
         cancel: Option<&CancelFlag>,
-    ) -> Result<Option<String>, McpError> {
+    ) -> Result<Handshake, McpError> {
         let params = json!({
             "protocolVersion": PROTOCOL_VERSION,
             "capabilities": {},
@@ -240,7 +251,10 @@ impl McpClient {
             answer.protocol_version
         );
         self.notify("notifications/initialized", None)?;
-        Ok(answer.instructions.filter(|text| !text.trim().is_empty()))
+        Ok(Handshake {
+            instructions: answer.instructions.filter(|text| !text.trim().is_empty()),
+            capabilities: answer.capabilities,
+        })
     }
 
     /// Every tool the server offers, following `nextCursor` from page to page.
@@ -249,24 +263,73 @@ impl McpClient {
         deadline: Instant,
         cancel: Option<&CancelFlag>,
     ) -> Result<Vec<RemoteTool>, McpError> {
-        let mut tools = Vec::new();
+        self.follow_pages("tools/list", deadline, cancel, |page: ToolsPage| {
+            (page.tools, page.next_cursor)
+        })
+    }
+
+    /// Every prompt the server offers (`prompts/list`, every page).
+    pub(super) fn list_prompts(
+        &self,
+        deadline: Instant,
+        cancel: Option<&CancelFlag>,
+    ) -> Result<Vec<RemotePrompt>, McpError> {
+        self.follow_pages("prompts/list", deadline, cancel, |page: PromptsPage| {
+            (page.prompts, page.next_cursor)
+        })
+    }
+
+    /// The prompt `name` filled in with `args` (`prompts/get`), as one user message's text.
+    pub(super) fn get_prompt(
+        &self,
+        name: &str,
+        args: &std::collections::BTreeMap<String, String>,
+        deadline: Instant,
+        cancel: Option<&CancelFlag>,
+    ) -> Result<String, McpError> {
+        let params = json!({"name": name, "arguments": args});
+        let result: GetPromptResult =
+            self.parse(self.request("prompts/get", params, deadline, cancel)?)?;
+        Ok(result.render())
+    }
+
+    /// The resource at `uri` (`resources/read`), as text.
+    pub(super) fn read_resource(
+        &self,
+        uri: &str,
+        deadline: Instant,
+        cancel: Option<&CancelFlag>,
+    ) -> Result<String, McpError> {
+        let params = json!({"uri": uri});
+        let result: ReadResourceResult =
+            self.parse(self.request("resources/read", params, deadline, cancel)?)?;
+        Ok(result.render())
+    }
+
+    /// Every item of a paginated list method, following `nextCursor` from page to page (at
+    /// most [`MAX_PAGES`], so that a server repeating its cursor cannot loop us).
+    fn follow_pages<P: for<'de> Deserialize<'de>, T>(
+        &self,
+        method: &str,
+        deadline: Instant,
+        cancel: Option<&CancelFlag>,
+        split: impl Fn(P) -> (Vec<T>, Option<String>),
+    ) -> Result<Vec<T>, McpError> {
+        let mut items = Vec::new();
         let mut cursor: Option<String> = None;
-        for _ in 0..MAX_TOOL_PAGES {
+        for _ in 0..MAX_PAGES {
             let params = match &cursor {
                 Some(cursor) => json!({"cursor": cursor}),
                 None => json!({}),
             };
-            let page: ToolsPage =
-                self.parse(self.request("tools/list", params, deadline, cancel)?)?;
-            tools.extend(page.tools);
-            match page.next_cursor {
+            let (page, next) = split(self.parse(self.request(method, params, deadline, cancel)?)?);
+            items.extend(page);
+            match next {
                 Some(next) if !next.is_empty() => cursor = Some(next),
-                _ => return Ok(tools),
+                _ => return Ok(items),
             }
         }
-        Err(self.protocol(format!(
-            "tools/list went on for more than {MAX_TOOL_PAGES} pages"
-        )))
+        Err(self.protocol(format!("{method} went on for more than {MAX_PAGES} pages")))
     }
 
     /// Calls one tool and renders its content as text.

@@ -25,6 +25,7 @@ mod client;
 mod config;
 mod http;
 mod process;
+mod resources;
 mod stdio;
 mod supervisor;
 mod transport;
