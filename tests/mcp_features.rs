@@ -9,9 +9,9 @@ mod support;
 use std::path::PathBuf;
 
 use serde_json::json;
-use sparky::protocol::{ServerFrame, ToolStatus};
-use support::mcp::{FIXTURE, call, ready, require_python, wait_for_event, write_config};
-use support::{Client, TestServer};
+use sparky::protocol::ToolStatus;
+use support::TestServer;
+use support::mcp::{FIXTURE, answer, call, ready, require_python, wait_for_event, write_config};
 
 /// A Sparky server with the fixture as server `fx`, once its tools have joined; and the
 /// fixture's log.
@@ -27,20 +27,6 @@ fn sparky_with_fixture(name: &str) -> (TestServer, PathBuf) {
     let server = TestServer::with_config(|c| c.mcp_config = Some(config));
     support::mcp::wait_for_tool(&server, "mcp_read_resource");
     (server, log)
-}
-
-/// Sends `text` and returns the turn's answer (its `message` frame's text).
-fn answer(client: &mut Client, text: &str) -> String {
-    client.say(text);
-    let turn = client.expect("user_message").frame.turn_id().unwrap().0;
-    let frames = client.finish_turn(turn);
-    frames
-        .iter()
-        .find_map(|frame| match &frame.frame {
-            ServerFrame::Message { text, .. } => Some(text.clone()),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("no answer in {frames:#?}"))
 }
 
 #[test]

@@ -74,6 +74,20 @@ pub fn call(client: &mut Client, tool: &str, args: Value) -> (ToolStatus, String
         .unwrap_or_else(|| panic!("no tool_result in {frames:#?}"))
 }
 
+/// Sends `text` and returns the turn's answer (its `message` frame's text).
+pub fn answer(client: &mut Client, text: &str) -> String {
+    client.say(text);
+    let turn = client.expect("user_message").frame.turn_id().unwrap().0;
+    let frames = client.finish_turn(turn);
+    frames
+        .iter()
+        .find_map(|frame| match &frame.frame {
+            ServerFrame::Message { text, .. } => Some(text.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no answer in {frames:#?}"))
+}
+
 /// The `ready` frame a client received when it connected: its tool count and names.
 pub fn ready(client: &Client) -> (usize, Vec<String>) {
     client
