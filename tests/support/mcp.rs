@@ -163,6 +163,13 @@ pub fn cancel_a_slow_call(client: &mut Client, tool: &str, log: &Path) {
         .and_then(|rest| rest.strip_suffix(" slow"))
         .unwrap_or_else(|| panic!("unexpected event {started:?}"))
         .to_owned();
+    cancel_at_once(client);
+    let cancelled = wait_for_event(log, &format!("cancelled {id} "));
+    assert!(cancelled.contains("cancelled the turn"), "{cancelled}");
+}
+
+/// Cancels the client's turn and checks that it ends cancelled within two seconds.
+pub fn cancel_at_once(client: &mut Client) {
     let sent = Instant::now();
     client.cancel();
     let status = client.expect("status");
@@ -175,6 +182,4 @@ pub fn cancel_a_slow_call(client: &mut Client, tool: &str, log: &Path) {
         "{:?}",
         sent.elapsed()
     );
-    let cancelled = wait_for_event(log, &format!("cancelled {id} "));
-    assert!(cancelled.contains("cancelled the turn"), "{cancelled}");
 }
