@@ -1,25 +1,31 @@
-//! MCP tool servers, each started from the `--mcp-config` file (in the background, retried with
-//! backoff until it comes up) and spoken to over stdio. Every
-//! tool of every server joins the ToolChain as `<server>__<tool>`, through a catalog of the
-//! current tools that follows `notifications/tools/list_changed` and restarts; each server's
-//! `instructions` join the system prompt. Depends on `cancel`, `error` and `tools`.
+//! MCP tool servers, each started (or, for a `url`, connected to) from the `--mcp-config` file
+//! in the background, retried with backoff until it comes up, and spoken to over stdio or
+//! Streamable HTTP. Every tool of every server joins the ToolChain as `<server>__<tool>`,
+//! through a catalog of the current tools that follows `notifications/tools/list_changed` and
+//! restarts; each server's `instructions` join the system prompt; `mcp_read_resource` reads
+//! the resources of servers that offer them, and `/prompt` gets their prompts. Depends on
+//! `cancel`, `error` and `tools`.
 //!
 //! `tools/mcp/` is the only place that spawns processes, and the MCP JSON shapes stay private
 //! to it. Its files, in reading order:
 //!
-//! - `config.rs`: the config file, one `ServerSpec` per server;
+//! - `config.rs`: the config file, one `ServerSpec` per server (a command, or a URL);
 //! - `wire.rs`: JSON-RPC messages and the MCP results we read;
+//! - `transport.rs`: the seam between the client and its transports;
 //! - `process.rs`: a server's process, in a process group of its own, and how it is stopped;
-//! - `client.rs`: `McpClient`, requests matched to answers by id over a pipe pair;
+//! - `stdio.rs`: the stdio transport, over a process's pipes;
+//! - `http.rs`: the Streamable HTTP transport;
+//! - `client.rs`: `McpClient`, requests matched to answers by id over either transport;
 //! - `supervisor.rs`: a server restarted after a crash, its tools, and the catalog of every
-//!   server's current tools;
+//!   server's current tools and prompts;
+//! - `resources.rs`: the `mcp_read_resource` tool;
 //! - this file: `load`, `McpServers` (every server of one config), `McpError`, tool names.
 //!
-//! One process per configured server is shared by every session. Callers never hold a lock
-//! across IO: a request registers a one-shot channel under its id, hands its line to the
-//! server's writer thread, and waits on the channel in short slices so that it sees its turn's
-//! [`CancelFlag`] at once. A server that dies fails every waiting
-//! call with a clear error and is started again by the next call.
+//! One process (or HTTP session) per configured server is shared by every session. Callers
+//! never hold a lock across IO: a request registers a one-shot channel under its id, queues
+//! its message for the transport's threads, and waits on the channel, woken at once by its
+//! turn's [`CancelFlag`]. A server that dies fails every waiting call with a clear error and
+//! is started (or connected) again by the next call.
 
 mod client;
 mod config;
