@@ -86,6 +86,12 @@ fn calls_over_http_carry_the_session_the_version_and_the_configured_headers() {
         posts[0],
         "post initialize session=- version=- auth=Bearer fixture-token"
     );
+    // `notifications/initialized` goes before any other request, as the spec orders.
+    assert!(
+        posts[1].starts_with("post notifications/initialized "),
+        "{posts:#?}"
+    );
+    assert!(posts[2].starts_with("post tools/list "), "{posts:#?}");
     for post in &posts[1..] {
         assert!(
             post.ends_with(&format!(

@@ -620,6 +620,10 @@ impl Inbox for ClientShared {
         self.close_and_log(reason)
     }
 
+    fn is_open(&self) -> bool {
+        self.state.lock().closed.is_none()
+    }
+
     fn server(&self) -> &str {
         &self.server
     }

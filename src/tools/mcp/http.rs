@@ -23,7 +23,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use serde_json::Value;
 use ureq::{Agent, Body, RequestBuilder, http::Response};
 
@@ -83,6 +83,12 @@ struct HttpShared {
     stopping: CancelFlag,
     /// Set once the `listen` thread has been started.
     listening: AtomicBool,
+    /// Set once `notifications/initialized` has been POSTed: requests after `initialize` wait
+    /// for it (at most [`CONNECT_TIMEOUT`]), since the spec orders it before them and the
+    /// workers would not. Held only to read or set the flag.
+    initialized: Mutex<bool>,
+    /// Notified when `initialized` is set.
+    initialized_sent: Condvar,
 }
 
 /// Starts the workers that POST what the client queues to `endpoint` (see the module
@@ -106,6 +112,8 @@ pub(super) fn start(
         protocol: Mutex::new(None),
         stopping: CancelFlag::new(),
         listening: AtomicBool::new(false),
+        initialized: Mutex::new(false),
+        initialized_sent: Condvar::new(),
     });
     // Built first, so that a failure below stops what started.
     let http = Http {
@@ -137,6 +145,7 @@ impl Transport for Http {
             return;
         }
         shared.stopping.cancel();
+        shared.release_requests();
         let session = shared.session.lock().clone();
         if let Some(session) = session {
             shared.end_session(&session);
@@ -198,13 +207,20 @@ impl HttpShared {
 
     /// POSTs one message and hands on what comes back.
     fn post(self: &Arc<Self>, message: &Outgoing) {
+        if message.id.is_some() && message.method != "initialize" {
+            self.wait_for_initialized();
+        }
         let had_session = self.session.lock().is_some();
         let request = self
             .decorate(self.posts.post(&self.endpoint.url))
             .header("content-type", "application/json")
             .header("accept", "application/json, text/event-stream");
         log::trace!("mcp {}: -> {}", self.server(), message.line);
-        let response = match request.send(message.line.as_bytes()) {
+        let sent = request.send(message.line.as_bytes());
+        if message.method == "notifications/initialized" {
+            self.release_requests();
+        }
+        let response = match sent {
             Ok(response) => response,
             Err(e) => return self.unreachable(message, &e),
         };
@@ -251,6 +267,28 @@ impl HttpShared {
                 if let Some(id) = message.id {
                     self.inbox.fail(id, self.http_error(status, body));
                 }
+            }
+        }
+    }
+
+    /// Lets every request waiting in [`wait_for_initialized`](Self::wait_for_initialized) go.
+    fn release_requests(&self) {
+        *self.initialized.lock() = true;
+        self.initialized_sent.notify_all();
+    }
+
+    /// Waits until `notifications/initialized` has been POSTed, for [`CONNECT_TIMEOUT`] at
+    /// most (a request that comes first is sent anyway, and the server judges it).
+    fn wait_for_initialized(&self) {
+        let deadline = Instant::now() + CONNECT_TIMEOUT;
+        let mut initialized = self.initialized.lock();
+        while !*initialized && !self.stopping.is_cancelled() {
+            if self
+                .initialized_sent
+                .wait_until(&mut initialized, deadline)
+                .timed_out()
+            {
+                return;
             }
         }
     }
@@ -377,12 +415,13 @@ impl HttpShared {
     /// The `listen` thread: holds the GET stream open while the transport runs, handing each
     /// event to the client, and opens it again (after a wait) when it ends. Ends when the
     /// server offers no stream (405), forgot the session, cannot be reached (both close the
-    /// client), or the transport stops.
+    /// client), the client has closed (after the next event, or when the stream ends), or
+    /// the transport stops.
     fn run_listen(&self) {
         let server = self.server().to_owned();
         let mut delay = FIRST_LISTEN_RETRY;
         loop {
-            if self.stopping.is_cancelled() {
+            if self.stopping.is_cancelled() || !self.inbox.is_open() {
                 return;
             }
             let had_session = self.session.lock().is_some();
@@ -407,7 +446,7 @@ impl HttpShared {
                         let outcome = read_events(reader, |data| {
                             log::trace!("mcp {server}: <- (stream) {data}");
                             self.inbox.deliver(data.as_bytes());
-                            !self.stopping.is_cancelled()
+                            !self.stopping.is_cancelled() && self.inbox.is_open()
                         });
                         if self.stopping.is_cancelled() {
                             return;

@@ -106,6 +106,8 @@ pub(super) trait Inbox: Send + Sync {
     /// The transport has ended, for `reason`: every caller gets an error, and the server is
     /// started (or connected) again by the next call. True when this call closed the client.
     fn close(&self, reason: String) -> bool;
+    /// False once the client has closed: a transport's long-lived threads then end.
+    fn is_open(&self) -> bool;
     /// The server's name in the config, for the log.
     fn server(&self) -> &str;
 }
