@@ -2,8 +2,9 @@
 //! sessions, with answers as JSON and as SSE streams that carry a request of the server's
 //! before the answer; the session id, protocol version and configured headers go with every
 //! request; a changed tool list arrives on the GET stream; a restarted server is reconnected
-//! with a new session; a server that wants OAuth is refused with a clear error; cancelling a
-//! turn cancels its call over HTTP; shutdown ends the session with DELETE.
+//! with a new session, and one not up yet is tried again until it answers; a server that
+//! wants OAuth is refused with a clear error; cancelling a turn cancels its call over HTTP;
+//! shutdown ends the session with DELETE.
 //!
 //! The fixture is `tests/fixtures/mcp_fixture.py --http PORT`.
 
@@ -180,6 +181,35 @@ fn a_restarted_server_is_reconnected_with_a_new_session() {
     let new_session = session_of(&second_log);
     assert_ne!(new_session, old_session);
     assert!(events(&second_log).contains(&"initialize".to_owned()));
+}
+
+#[test]
+fn a_server_that_is_not_up_yet_is_tried_again_until_it_answers() {
+    // A port nothing listens on yet.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = support::temp_dir("mcp-http-late-sparky");
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let config = write_config(&dir, &json!({"fxh": {"url": url}}));
+    let server = TestServer::with_config(|c| c.mcp_config = Some(config));
+    let log = log_file("late");
+    // Sparky listens at once, without the server's tools; its first try has failed.
+    assert!(
+        !support::mcp::ready(&server.client())
+            .1
+            .contains(&"fxh__echo".to_owned())
+    );
+    let _fixture = HttpFixture::start(port, &[("MCP_FIXTURE_LOG", log.to_str().unwrap())]);
+    // The retry (1 s after the first failure) connects.
+    wait_for_tool(&server, "fxh__echo");
+    let mut client = server.client();
+    assert_eq!(
+        call(&mut client, "fxh__echo", json!({"text": "late"})),
+        (ToolStatus::Success, "late".to_owned())
+    );
 }
 
 #[test]

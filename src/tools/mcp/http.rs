@@ -3,7 +3,8 @@
 //! may carry the server's own requests and notifications before it; the `Mcp-Session-Id` the
 //! server gives on `initialize` goes with every later request, with `MCP-Protocol-Version` and
 //! the config's `headers`; a GET stream carries what the server sends unasked, where it offers
-//! one; the session is DELETEd on stop. Built on blocking `ureq`. Depends on `cancel`.
+//! one; the session is DELETEd on stop. Built on blocking `ureq`. Depends on `cancel` and
+//! `model` (the SSE decoder the model client uses too).
 //!
 //! Threads, all named `mcp-<name>-…` and detached: [`MAX_POSTS`] `post` workers take requests
 //! (a long call holds one), one `notify` worker takes notifications and responses (so that a
