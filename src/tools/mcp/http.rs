@@ -147,9 +147,9 @@ impl Transport for Http {
         }
         shared.stopping.cancel();
         shared.release_requests();
-        let session = shared.session.lock().clone();
-        if let Some(session) = session {
-            shared.end_session(&session);
+        let has_session = shared.session.lock().is_some();
+        if has_session {
+            shared.end_session();
         }
         // Wakes every worker blocked on a connection, and the GET stream.
         shared.posts.clone().shutdown();
@@ -229,8 +229,12 @@ impl HttpShared {
         if message.method == "initialize"
             && let Some(session) = header(&response, "mcp-session-id")
         {
-            log::debug!("mcp {}: session {session}", self.server());
+            // The id itself stays out of the log: it is as good as a key to the session.
+            log::debug!("mcp {}: session started", self.server());
             *self.session.lock() = Some(session);
+        }
+        if message.method == "notifications/initialized" && (200..300).contains(&status) {
+            self.listen_soon();
         }
         match status {
             200 => self.read_answer(message, response),
@@ -238,8 +242,6 @@ impl HttpShared {
                 if let Some(id) = message.id {
                     let detail = format!("HTTP {status} without an answer to {}", message.method);
                     self.inbox.fail(id, self.http_error(status, detail));
-                } else if message.method == "notifications/initialized" {
-                    self.listen_soon();
                 }
             }
             404 if had_session => self.session_expired(message),
@@ -492,7 +494,8 @@ impl HttpShared {
 
     /// DELETEs the session, as the spec asks of a client that leaves; bounded by
     /// [`DELETE_TIMEOUT`]. A server that does not allow it (405) is fine.
-    fn end_session(&self, session: &str) {
+    fn end_session(&self) {
+        let server = self.server();
         let agent: Agent = Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(DELETE_TIMEOUT))
@@ -501,11 +504,10 @@ impl HttpShared {
         let request = self.decorate(agent.delete(&self.endpoint.url));
         match request.call() {
             Ok(response) => log::debug!(
-                "mcp {}: session {session} ended (HTTP {})",
-                self.server(),
+                "mcp {server}: session ended (DELETE answered HTTP {})",
                 response.status().as_u16()
             ),
-            Err(e) => log::debug!("mcp {}: could not end its session: {e}", self.server()),
+            Err(e) => log::debug!("mcp {server}: could not end its session: {e}"),
         }
     }
 }
