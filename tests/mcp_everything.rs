@@ -16,8 +16,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use serde_json::{Value, json};
-use sparky::protocol::{ServerFrame, ToolStatus};
-use support::mcp::{answer, call, cancel_at_once, ready, wait_for_tool, write_config};
+use sparky::protocol::ToolStatus;
+use support::mcp::{
+    answer, call, cancel_at_once, progress_seen, ready, wait_for_tool, write_config,
+};
 use support::{TestServer, wait_until};
 
 /// Where `scripts/npm-fixtures.sh` puts the server's entry point.
@@ -151,16 +153,7 @@ fn exercise(server: &TestServer) {
         json!({"duration": 1, "steps": 2}),
     );
     assert_eq!(status, ToolStatus::Success, "{text}");
-    let progress: Vec<(f64, Option<f64>)> = client
-        .seen
-        .iter()
-        .filter_map(|frame| match &frame.frame {
-            ServerFrame::ToolProgress {
-                progress, total, ..
-            } => Some((*progress, *total)),
-            _ => None,
-        })
-        .collect();
+    let progress = progress_seen(&client);
     assert_eq!(progress.last(), Some(&(2.0, Some(2.0))), "{progress:?}");
 
     // Its long-running operation is cancelled at once, and the server still answers.

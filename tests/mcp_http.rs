@@ -16,7 +16,8 @@ use std::path::PathBuf;
 use serde_json::json;
 use sparky::protocol::{ServerFrame, ToolStatus};
 use support::mcp::{
-    HttpFixture, call, cancel_a_slow_call, events, wait_for_event, wait_for_tool, write_config,
+    HttpFixture, call, cancel_a_slow_call, events, progress_seen, wait_for_event, wait_for_tool,
+    write_config,
 };
 use support::{TestServer, wait_until};
 
@@ -323,15 +324,8 @@ fn an_http_server_follows_its_approval_policy_and_timeout_and_its_progress_exten
         call(&mut client, "fxh__progress", args),
         (ToolStatus::Success, "done in 5 steps".to_owned())
     );
-    let progress: Vec<f64> = client
-        .seen
-        .iter()
-        .filter_map(|frame| match &frame.frame {
-            ServerFrame::ToolProgress { progress, .. } => Some(*progress),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(progress.last(), Some(&5.0), "{progress:?}");
+    let progress = progress_seen(&client);
+    assert_eq!(progress.last(), Some(&(5.0, Some(5.0))), "{progress:?}");
     // The same call without progress times out after the server's one second.
     let args = json!({"steps": 5, "interval_ms": 400, "silent": true});
     let (status, text) = call(&mut client, "fxh__progress", args);

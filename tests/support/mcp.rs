@@ -88,6 +88,20 @@ pub fn answer(client: &mut Client, text: &str) -> String {
         .unwrap_or_else(|| panic!("no answer in {frames:#?}"))
 }
 
+/// Every `tool_progress` frame the client has seen, in order: `(progress, total)`.
+pub fn progress_seen(client: &Client) -> Vec<(f64, Option<f64>)> {
+    client
+        .seen
+        .iter()
+        .filter_map(|frame| match &frame.frame {
+            ServerFrame::ToolProgress {
+                progress, total, ..
+            } => Some((*progress, *total)),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The `ready` frame a client received when it connected: its tool count and names.
 pub fn ready(client: &Client) -> (usize, Vec<String>) {
     client

@@ -2,7 +2,9 @@
 //! (`stdio.rs` for a pipe pair, `http.rs` for Streamable HTTP) that it knows only through
 //! `transport.rs`: it queues encoded messages on an [`Outbox`] without blocking, and the
 //! transport hands what the server sends to its [`Inbox`], which routes each answer to its
-//! caller by request id. Depends on `cancel`.
+//! caller by request id, and each `notifications/progress` to the `tools/call` whose token it
+//! carries (restarting that call's timeout), whichever transport brought it. Depends on
+//! `cancel` and `tools` (`Progress`).
 
 use std::collections::HashMap;
 use std::fmt;

@@ -2,8 +2,9 @@
 //! the [`Tool`] each of its tools becomes in the ToolChain, and the [`Catalog`] of every
 //! server's current tools, which a server updates when it announces a new list
 //! (`notifications/tools/list_changed`) or restarts; the catalog adds `mcp_read_resource`
-//! while a server offers resources, and finds prompts for `/prompt`. Depends on `cancel` and
-//! `tools`.
+//! while a server offers resources, and finds prompts for `/prompt`. Each server carries its
+//! policy (`"approve"`, `"timeout"`), whether it runs a command or is reached at a URL.
+//! Depends on `cancel` and `tools`.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

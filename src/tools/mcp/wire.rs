@@ -1,6 +1,7 @@
-//! Wire types: JSON-RPC 2.0 messages as MCP's stdio transport carries them (one per line), the
-//! parts of MCP results Sparky reads, and how a tool result's content becomes text. Plain
-//! serde types; the MCP JSON shapes stay private to `tools/mcp/`. Depends on nothing.
+//! Wire types: JSON-RPC 2.0 messages as MCP's transports carry them, the parts of MCP results
+//! Sparky reads, and how a tool result's content becomes text and images. Plain serde types;
+//! the MCP JSON shapes stay private to `tools/mcp/`. Depends on `model` (`Image`) and `tools`
+//! (`Progress`).
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
