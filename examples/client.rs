@@ -8,8 +8,9 @@
 //! (as does `/cancel`); a second Ctrl-C quits, as do `/quit` and the end of input. `/list`
 //! shows your conversations (through the HTTP API), `/open N` switches to the Nth of that list,
 //! `/new` starts a new one. When a tool call waits for approval, the client asks `allow? [y/n]`
-//! and the next `y` or `n` line answers it (an `approve` frame). Other lines that start with `/` (`/help`, `/calc 1+2`, …) are
-//! ordinary messages for the server's model. The client saves its `session_id` and the highest
+//! and the next `y` or `n` line answers it (an `approve` frame). Other lines that start with
+//! `/` (`/help`, `/calc 1+2`, `/prompt`, …) are ordinary messages for the server (`/prompt`
+//! its MCP prompts) and its model. The client saves its `session_id` and the highest
 //! `seq` it has seen in a state file, so a dropped connection or a restarted client resumes the
 //! same session and gets every event it missed; on resume (and on `/open`) it first shows the
 //! conversation's recent history, so the screen is not blank.

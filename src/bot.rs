@@ -9,7 +9,6 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use serde_json::Value;
 
 use crate::approval::Verdict;
 use crate::auth::Principal;
@@ -18,11 +17,12 @@ use crate::error::Error;
 use crate::knowledge::Knowledge;
 use crate::metrics::Metrics;
 use crate::model::{
-    ChatMessage, Conversation, MEMORY_PREFIX, ModelBackend, ModelReply, ReplySink, Role, ToolCall,
-    UNPARSED_ARGUMENTS,
+    ChatMessage, Conversation, MEMORY_PREFIX, ModelBackend, ModelReply, ReplySink, Role, ToolArgs,
+    ToolCall,
 };
 use crate::protocol::{ErrorCode, ServerFrame, StatusCode, StatusData, ToolStatus, TurnId, Usage};
 use crate::store::GraphStore;
+use crate::tools::prompts::{self, PromptOutcome};
 use crate::tools::{Progress, ProgressSink, ToolChain, ToolContext, ToolOutput};
 
 /// The most conversation messages a session keeps. Older ones are dropped a whole exchange at a
@@ -170,7 +170,7 @@ fn message_bytes(message: &ChatMessage) -> usize {
     let calls: usize = message
         .tool_calls
         .iter()
-        .map(|call| call.id.len() + call.name.len() + call.args.to_string().len())
+        .map(|call| call.id.len() + call.name.len() + call.args.text_len())
         .sum();
     message.content.len() + calls
 }
@@ -383,6 +383,17 @@ impl Turn {
     ) -> TurnOutcome {
         let turn_id = self.turn_id;
         let tools = self.engine.tools.clone();
+        // `/prompt` lists the MCP servers' prompts, or puts one in the user's place.
+        match prompts::resolve(&tools, self.user_text(), cancel) {
+            Some(PromptOutcome::Expanded(text)) => self.current[self.user_index].content = text,
+            Some(PromptOutcome::Answer(text)) => {
+                return self.answer(events, text.clone(), text, None);
+            }
+            None => {}
+        }
+        if cancel.is_cancelled() {
+            return TurnOutcome::Cancelled;
+        }
         let specs = tools.specs();
         if !self.recall_memory(events) {
             return TurnOutcome::Cancelled;
@@ -423,26 +434,7 @@ impl Turn {
                 // The answer is every step's text, in order, separated by a blank line.
                 said.push(reply.text.clone());
                 said.retain(|text| !text.trim().is_empty());
-                let answer = ServerFrame::Message {
-                    turn_id,
-                    text: said.join("\n\n"),
-                    usage,
-                };
-                self.current
-                    .push(ChatMessage::text(Role::Assistant, reply.text));
-                let mut transcript = self.current.split_off(self.user_index);
-                // Images reach the model in the turn that made them; the conversation keeps
-                // their notes (in the text), as the store does.
-                for message in &mut transcript {
-                    message.images = Vec::new();
-                }
-                // Let go of the snapshot first, so that the commit extends the history in place.
-                self.history = Arc::default();
-                return if self.close(events, answer, transcript) {
-                    TurnOutcome::Answered
-                } else {
-                    TurnOutcome::Cancelled
-                };
+                return self.answer(events, said.join("\n\n"), reply.text, usage);
             }
             let calls = reply.tool_calls;
             said.push(reply.text.clone());
@@ -459,6 +451,36 @@ impl Turn {
             ErrorCode::StepLimit,
             &format!("the turn took more than {limit} model steps"),
         )
+    }
+
+    /// Closes the turn with an answer: `shown` is what the user sees (every step's text),
+    /// `said` what the conversation keeps as the assistant's last message.
+    fn answer(
+        mut self,
+        events: &dyn TurnEvents,
+        shown: String,
+        said: String,
+        usage: Option<Usage>,
+    ) -> TurnOutcome {
+        let answer = ServerFrame::Message {
+            turn_id: self.turn_id,
+            text: shown,
+            usage,
+        };
+        self.current.push(ChatMessage::text(Role::Assistant, said));
+        let mut transcript = self.current.split_off(self.user_index);
+        // Images reach the model in the turn that made them; the conversation keeps their
+        // notes (in the text), as the store does.
+        for message in &mut transcript {
+            message.images = Vec::new();
+        }
+        // Let go of the snapshot first, so that the commit extends the history in place.
+        self.history = Arc::default();
+        if self.close(events, answer, transcript) {
+            TurnOutcome::Answered
+        } else {
+            TurnOutcome::Cancelled
+        }
     }
 
     /// Asks the model for the next step. When the model rejects the conversation history as
@@ -574,7 +596,7 @@ impl Turn {
                 turn_id,
                 call_id: call.id.clone(),
                 name: call.name.clone(),
-                args: call.args.clone(),
+                args: call.args.frame_value(),
             };
             if cancel.is_cancelled() || !events.emit(used) {
                 return None;
@@ -672,14 +694,16 @@ impl Turn {
         let tools = &self.engine.tools;
         let asking: Vec<bool> = calls
             .iter()
-            .map(|call| unparsed_arguments(call).is_none() && tools.needs_approval(&call.name))
+            .map(|call| {
+                matches!(call.args, ToolArgs::Parsed(_)) && tools.needs_approval(&call.name)
+            })
             .collect();
         for (call, _) in calls.iter().zip(&asking).filter(|(_, ask)| **ask) {
             let request = ServerFrame::ApprovalRequest {
                 turn_id: self.turn_id,
                 call_id: call.id.clone(),
                 name: call.name.clone(),
-                args: call.args.clone(),
+                args: call.args.frame_value(),
             };
             if cancel.is_cancelled() || !events.ask_approval(&call.id, request) {
                 return None;
@@ -795,26 +819,19 @@ enum Asked {
 }
 
 /// Runs one tool call through the ToolChain. Arguments the model wrote as something other than
-/// a JSON object (see [`UNPARSED_ARGUMENTS`]) get an error result without running the tool.
+/// a JSON object ([`ToolArgs::Unparsed`]) get an error result without running the tool.
 fn run_tool(tools: &ToolChain, call: &ToolCall, ctx: &ToolContext<'_>) -> ToolOutput {
-    if let Some(raw) = unparsed_arguments(call) {
-        let raw = raw.as_str().map_or_else(|| raw.to_string(), str::to_owned);
-        let text = format!(
-            "the arguments of {} are not a JSON object: {raw}; call it again with a JSON object",
-            call.name
-        );
-        return ToolOutput::text(ToolStatus::Error, text);
+    match &call.args {
+        ToolArgs::Parsed(args) => tools.call(&call.name, args, ctx),
+        ToolArgs::Unparsed(raw) => {
+            let text = format!(
+                "the arguments of {} are not a JSON object: {raw}; call it again with a JSON \
+                 object",
+                call.name
+            );
+            ToolOutput::text(ToolStatus::Error, text)
+        }
     }
-    tools.call(&call.name, &call.args, ctx)
-}
-
-/// The arguments of `call` when the model wrote them as something other than a JSON object
-/// (see [`UNPARSED_ARGUMENTS`]).
-fn unparsed_arguments(call: &ToolCall) -> Option<&Value> {
-    call.args
-        .as_object()
-        .filter(|args| args.len() == 1)
-        .and_then(|args| args.get(UNPARSED_ARGUMENTS))
 }
 
 /// Where one tool call's progress goes: `tool_progress` frames of the turn, at most one per
@@ -1007,7 +1024,7 @@ mod tests {
             let call = ToolCall {
                 id: "x".into(),
                 name: "echo".into(),
-                args: json!({}),
+                args: json!({}).into(),
             };
             Ok(ModelReply {
                 text: String::new(),
@@ -1259,7 +1276,7 @@ mod tests {
             tool_calls: vec![ToolCall {
                 id: "a".into(),
                 name: "echo".into(),
-                args: json!({}),
+                args: json!({}).into(),
             }],
             usage: counted(10, 2),
             truncated: false,
@@ -1340,15 +1357,15 @@ mod tests {
 
     #[test]
     fn tool_calls_of_one_step_run_side_by_side_and_report_in_order() {
-        let call = |id: &str, name: &str, args: Value| ToolCall {
+        let call = |id: &str, name: &str, args: ToolArgs| ToolCall {
             id: id.into(),
             name: name.into(),
             args,
         };
         let calls = vec![
-            call("a", "together", json!({"n": 1})),
-            call("b", "together", json!({"n": 2})),
-            call("c", "echo", json!({UNPARSED_ARGUMENTS: "{oops"})),
+            call("a", "together", json!({"n": 1}).into()),
+            call("b", "together", json!({"n": 2}).into()),
+            call("c", "echo", ToolArgs::Unparsed("{oops".into())),
         ];
         let model = Arc::new(Scripted::new(vec![
             Ok(ModelReply {
@@ -1411,7 +1428,7 @@ mod tests {
         let call = |id: &str, name: &str| ToolCall {
             id: id.into(),
             name: name.into(),
-            args: json!({}),
+            args: json!({}).into(),
         };
         // The Recorder's verdict is named by the call id.
         let calls = vec![

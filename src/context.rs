@@ -26,7 +26,7 @@ pub fn tokens(message: &ChatMessage) -> usize {
     let calls: usize = message
         .tool_calls
         .iter()
-        .map(|call| call.name.len() + call.args.to_string().len())
+        .map(|call| call.name.len() + call.args.text_len())
         .sum();
     (message.content.len() + calls).div_ceil(BYTES_PER_TOKEN) + MESSAGE_OVERHEAD
 }
@@ -140,7 +140,7 @@ mod tests {
             vec![ToolCall {
                 id: "c".into(),
                 name: "calculator".into(),
-                args: json!({}),
+                args: json!({}).into(),
             }],
         );
         let earlier = vec![

@@ -14,10 +14,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sparky::protocol::{ServerFrame, StatusCode, ToolStatus};
-use support::{Client, TestServer, WAIT, test_config, wait_until};
-
-const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/mcp_fixture.py");
+use sparky::protocol::ToolStatus;
+use support::mcp::{FIXTURE, call, cancel_a_slow_call, ready, wait_for_tool};
+use support::{TestServer, WAIT, test_config, wait_until};
 
 /// The fixture's tools as the ToolChain names them (server `fx`); its `research` tool requires
 /// tasks and is left out.
@@ -92,43 +91,6 @@ impl Fixture {
     }
 }
 
-/// Waits until the `ready` frame of a new connection lists `tool`.
-fn wait_for_tool(server: &TestServer, tool: &str) {
-    wait_until(&format!("{tool} to be listed"), || {
-        ready(&server.client()).1.iter().any(|name| name == tool)
-    });
-}
-
-/// Calls `tool` through the offline model's `/tool` command and returns the tool_result.
-fn call(client: &mut Client, tool: &str, args: Value) -> (ToolStatus, String) {
-    client.say(&format!("/tool {tool} {args}"));
-    let turn = client.expect("user_message").frame.turn_id().unwrap().0;
-    let frames = client.finish_turn(turn);
-    frames
-        .iter()
-        .find_map(|frame| match &frame.frame {
-            ServerFrame::ToolResult { status, result, .. } => Some((*status, result.clone())),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("no tool_result in {frames:#?}"))
-}
-
-/// The `ready` frame a client received when it connected: its tool count and names.
-fn ready(client: &Client) -> (usize, Vec<String>) {
-    client
-        .seen
-        .iter()
-        .find_map(|frame| match &frame.frame {
-            ServerFrame::Ready {
-                tools_loaded,
-                tools,
-                ..
-            } => Some((*tools_loaded, tools.clone())),
-            _ => None,
-        })
-        .expect("a ready frame")
-}
-
 #[test]
 fn the_ready_frame_lists_and_counts_the_prefixed_tools() {
     let (builtin_count, _) = ready(&TestServer::start().client());
@@ -136,7 +98,9 @@ fn the_ready_frame_lists_and_counts_the_prefixed_tools() {
     let server = fixture.server();
     let (count, names) = ready(&server.client());
     assert_eq!(count, names.len());
-    assert_eq!(count, builtin_count + FIXTURE_TOOLS.len());
+    // The fixture offers resources, so `mcp_read_resource` joins its tools.
+    assert_eq!(count, builtin_count + FIXTURE_TOOLS.len() + 1);
+    assert!(names.contains(&"mcp_read_resource".to_owned()), "{names:?}");
     let listed: Vec<&str> = names
         .iter()
         .map(String::as_str)
@@ -221,30 +185,8 @@ fn cancelling_a_turn_cancels_its_mcp_call() {
     let fixture = Fixture::new("cancel");
     let server = fixture.server();
     let mut client = server.client();
-    client.say(r#"/tool fx__slow {"ms": 30000}"#);
-    client.expect("tool_use");
-    let started = fixture.wait_for("call ");
-    let id = started
-        .strip_prefix("call ")
-        .and_then(|rest| rest.strip_suffix(" slow"))
-        .unwrap_or_else(|| panic!("unexpected event {started:?}"))
-        .to_owned();
-
-    let sent = Instant::now();
-    client.cancel();
-    let status = client.expect("status");
-    assert!(
-        matches!(&status.frame, ServerFrame::Status(s) if s.code == StatusCode::Cancelled),
-        "{status:?}"
-    );
-    assert!(
-        sent.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        sent.elapsed()
-    );
-    // The server was told which request to stop, as MCP asks of stdio clients.
-    let cancelled = fixture.wait_for(&format!("cancelled {id} "));
-    assert!(cancelled.contains("cancelled the turn"), "{cancelled}");
+    // The server is told which request to stop, as MCP asks of stdio clients.
+    cancel_a_slow_call(&mut client, "fx__slow", &fixture.log);
     // The server is still fine for the next turn.
     assert_eq!(
         call(&mut client, "fx__echo", json!({"text": "next"})),

@@ -6,14 +6,12 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
 use serde_json::json;
 use sparky::protocol::{ErrorCode, ServerFrame};
 use support::{
-    Client, TestServer, WAIT, events_seen, http, http_json, postgres, replay, test_config,
-    wait_until,
+    Client, TestServer, events_seen, http, http_json, postgres, replay, test_config, wait_until,
 };
 
 fn on_postgres(url: &str) -> TestServer {
@@ -57,16 +55,7 @@ fn the_database_url_comes_from_the_environment_and_shows_in_healthz_and_metrics(
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (lines, received) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            if lines.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    let line = received.recv_timeout(WAIT).unwrap().unwrap();
+    let line = support::first_line(&mut child, "the server");
     let addr: std::net::SocketAddr = line
         .strip_prefix("listening on http://")
         .unwrap()

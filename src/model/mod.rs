@@ -17,11 +17,86 @@ use crate::protocol::Usage;
 /// How the system message that carries remembered facts into a turn begins.
 pub const MEMORY_PREFIX: &str = "Relevant memory from earlier conversations:";
 
-/// The one key of the arguments a backend gives a tool call whose arguments the model wrote
-/// as something other than a JSON object (usually broken JSON): `{"_unparsed_arguments":
-/// "<what the model wrote>"}`. The bot answers such a call with an error result, without
-/// running the tool, so that the model sees what was wrong and can try again.
-pub const UNPARSED_ARGUMENTS: &str = "_unparsed_arguments";
+/// The arguments of a tool call as the model wrote them: a JSON object, or text that is not
+/// one (usually broken JSON). The bot answers a call with [`ToolArgs::Unparsed`] arguments
+/// with an error result, without running the tool, so that the model sees what was wrong and
+/// can try again.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ToolArgs {
+    /// A JSON object (always a `Value::Object`; build it with [`ToolArgs::from`]).
+    Parsed(Value),
+    /// What the model wrote, when it is not a JSON object.
+    Unparsed(String),
+}
+
+/// The key under which [`ToolArgs::frame_value`] shows unparsed arguments in a `tool_use`
+/// frame, whose `args` must be a JSON object (PROTOCOL.md), and under which stores written
+/// before [`ToolArgs`] existed kept them. Only those two edges know it.
+const UNPARSED_KEY: &str = "_unparsed_arguments";
+
+impl From<Value> for ToolArgs {
+    /// An object is parsed arguments and `null` is no arguments (`{}`); anything else is
+    /// unparsed, as its JSON text.
+    fn from(value: Value) -> Self {
+        match value {
+            Value::Object(_) => ToolArgs::Parsed(value),
+            Value::Null => ToolArgs::Parsed(Value::Object(serde_json::Map::new())),
+            other => ToolArgs::Unparsed(other.to_string()),
+        }
+    }
+}
+
+impl ToolArgs {
+    /// The arguments as the model API carries them: the object's JSON text, or what the model
+    /// wrote.
+    pub fn to_text(&self) -> String {
+        match self {
+            ToolArgs::Parsed(value) => value.to_string(),
+            ToolArgs::Unparsed(text) => text.clone(),
+        }
+    }
+
+    /// The arguments for a `tool_use` frame: the object, or `{"_unparsed_arguments": text}`.
+    pub fn frame_value(&self) -> Value {
+        match self {
+            ToolArgs::Parsed(value) => value.clone(),
+            ToolArgs::Unparsed(text) => serde_json::json!({ UNPARSED_KEY: text }),
+        }
+    }
+
+    /// The arguments as a store keeps them: the object, or a JSON string holding what the model
+    /// wrote (which no object can be mistaken for).
+    pub fn to_stored(&self) -> Value {
+        match self {
+            ToolArgs::Parsed(value) => value.clone(),
+            ToolArgs::Unparsed(text) => Value::String(text.clone()),
+        }
+    }
+
+    /// Reads back what [`to_stored`](Self::to_stored) wrote, and the
+    /// `{"_unparsed_arguments": text}` objects that stores written before it hold.
+    pub fn from_stored(value: Value) -> Self {
+        match value {
+            Value::String(text) => ToolArgs::Unparsed(text),
+            Value::Object(map) if map.len() == 1 && map.contains_key(UNPARSED_KEY) => {
+                match map.get(UNPARSED_KEY) {
+                    Some(Value::String(text)) => ToolArgs::Unparsed(text.clone()),
+                    Some(other) => ToolArgs::Unparsed(other.to_string()),
+                    None => ToolArgs::Parsed(Value::Object(map)),
+                }
+            }
+            other => ToolArgs::from(other),
+        }
+    }
+
+    /// The length of [`to_text`](Self::to_text), near enough for sizing.
+    pub fn text_len(&self) -> usize {
+        match self {
+            ToolArgs::Parsed(value) => value.to_string().len(),
+            ToolArgs::Unparsed(text) => text.len(),
+        }
+    }
+}
 
 /// Who said a message of the conversation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,8 +118,8 @@ pub struct ToolCall {
     pub id: String,
     /// The tool's name in the ToolChain.
     pub name: String,
-    /// The arguments: a JSON object.
-    pub args: Value,
+    /// The arguments, parsed or not.
+    pub args: ToolArgs,
 }
 
 /// An image a tool returned: what a model that accepts images is sent beside the tool's text.
@@ -344,4 +419,62 @@ pub trait ModelBackend: Send + Sync {
         tools: &[ToolSpec],
         sink: &mut dyn ReplySink,
     ) -> Result<ModelReply>;
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn tool_args_from_json_keep_objects_and_mark_the_rest_unparsed() {
+        assert_eq!(
+            ToolArgs::from(json!({"x": 1})),
+            ToolArgs::Parsed(json!({"x": 1}))
+        );
+        assert_eq!(ToolArgs::from(Value::Null), ToolArgs::Parsed(json!({})));
+        assert_eq!(ToolArgs::from(json!([1])), ToolArgs::Unparsed("[1]".into()));
+        // An object that happens to use the old marker key is an object like any other.
+        let lookalike = json!({UNPARSED_KEY: "x"});
+        assert_eq!(
+            ToolArgs::from(lookalike.clone()),
+            ToolArgs::Parsed(lookalike)
+        );
+    }
+
+    #[test]
+    fn tool_args_round_trip_through_the_store_and_read_the_old_form() {
+        for args in [
+            ToolArgs::Parsed(json!({"a": [1, 2]})),
+            ToolArgs::Parsed(json!({})),
+            ToolArgs::Unparsed("{\"x\": oops".into()),
+            ToolArgs::Unparsed(String::new()),
+        ] {
+            assert_eq!(ToolArgs::from_stored(args.to_stored()), args);
+        }
+        assert_eq!(
+            ToolArgs::from_stored(json!({"_unparsed_arguments": "{oops"})),
+            ToolArgs::Unparsed("{oops".into())
+        );
+        assert_eq!(
+            ToolArgs::from_stored(Value::Null),
+            ToolArgs::Parsed(json!({}))
+        );
+    }
+
+    #[test]
+    fn tool_args_show_as_text_and_as_a_frame_object() {
+        let parsed = ToolArgs::Parsed(json!({"x": 1}));
+        assert_eq!(parsed.to_text(), r#"{"x":1}"#);
+        assert_eq!(parsed.text_len(), parsed.to_text().len());
+        assert_eq!(parsed.frame_value(), json!({"x": 1}));
+        let unparsed = ToolArgs::Unparsed("{oops".into());
+        assert_eq!(unparsed.to_text(), "{oops");
+        assert_eq!(unparsed.text_len(), 5);
+        assert_eq!(
+            unparsed.frame_value(),
+            json!({"_unparsed_arguments": "{oops"})
+        );
+    }
 }

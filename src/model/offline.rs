@@ -70,7 +70,11 @@ impl ModelBackend for OfflineModel {
                 let id = format!("call_{}", messages.len());
                 Ok(ModelReply {
                     text: String::new(),
-                    tool_calls: vec![ToolCall { id, name, args }],
+                    tool_calls: vec![ToolCall {
+                        id,
+                        name,
+                        args: args.into(),
+                    }],
                     ..ModelReply::default()
                 })
             }
@@ -181,6 +185,7 @@ fn summarize_tool_results(messages: Conversation<'_>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::ToolArgs;
 
     #[derive(Default)]
     struct Recorder {
@@ -226,11 +231,14 @@ mod tests {
         let tools = [spec("calculator"), spec("wait")];
         let (reply, _) = ask("/calc 1 + 2", &tools);
         assert_eq!(reply.tool_calls[0].name, "calculator");
-        assert_eq!(reply.tool_calls[0].args, json!({"expression": "1 + 2"}));
+        assert_eq!(
+            reply.tool_calls[0].args,
+            ToolArgs::from(json!({"expression": "1 + 2"}))
+        );
         let (reply, _) = ask("/wait 50", &tools);
-        assert_eq!(reply.tool_calls[0].args, json!({"ms": 50}));
+        assert_eq!(reply.tool_calls[0].args, ToolArgs::from(json!({"ms": 50})));
         let (reply, _) = ask("/tool wait {\"ms\": 3}", &tools);
-        assert_eq!(reply.tool_calls[0].args, json!({"ms": 3}));
+        assert_eq!(reply.tool_calls[0].args, ToolArgs::from(json!({"ms": 3})));
     }
 
     #[test]
@@ -255,7 +263,7 @@ mod tests {
         let call = ToolCall {
             id: "c".into(),
             name: "calculator".into(),
-            args: json!({}),
+            args: json!({}).into(),
         };
         let messages = [
             ChatMessage::text(Role::User, "/calc 1/0"),

@@ -39,8 +39,8 @@ use ureq::Agent;
 use crate::error::{Error, Result};
 use crate::model::is_failure_note;
 use crate::model::{
-    Conversation, ModelBackend, ModelHealth, ModelReply, ReplySink, Role, ToolCall, ToolSpec,
-    UNPARSED_ARGUMENTS,
+    Conversation, ModelBackend, ModelHealth, ModelReply, ReplySink, Role, ToolArgs, ToolCall,
+    ToolSpec,
 };
 use crate::protocol::Usage;
 
@@ -686,13 +686,7 @@ impl Exchange {
         let status = response.status();
         if !status.is_success() {
             let retry_after = retry_after(response.headers(), SystemTime::now());
-            let mut text = Vec::new();
-            let _ = response
-                .into_body()
-                .into_reader()
-                .take(ERROR_BODY_BYTES)
-                .read_to_end(&mut text);
-            let text = String::from_utf8_lossy(&text);
+            let text = body_start(response, ERROR_BODY_BYTES);
             let failure = classify(status.as_u16(), &status.to_string(), &text, retry_after);
             let _ = self.events.send(Event::Failed(failure));
             return;
@@ -1039,7 +1033,7 @@ fn request_body(model: &str, conversation: Conversation<'_>, tools: &[ToolSpec])
                         json!({
                             "id": call.id,
                             "type": "function",
-                            "function": {"name": call.name, "arguments": call.args.to_string()},
+                            "function": {"name": call.name, "arguments": call.args.to_text()},
                         })
                     })
                     .collect();
@@ -1153,9 +1147,22 @@ fn object_schema(parameters: &Value) -> Value {
     }
 }
 
-/// Collects the `data:` lines of a server-sent event stream into whole events.
+/// The first `limit` bytes of a response's body, as text (lossily): enough of an error answer
+/// for its message. A body that cannot be read gives what was read of it.
+pub fn body_start(response: ureq::http::Response<ureq::Body>, limit: u64) -> String {
+    let mut text = Vec::new();
+    let _ = response
+        .into_body()
+        .into_reader()
+        .take(limit)
+        .read_to_end(&mut text);
+    String::from_utf8_lossy(&text).into_owned()
+}
+
+/// Collects the `data:` lines of a server-sent event stream into whole events (the MCP HTTP
+/// transport reads its streams with it too).
 #[derive(Debug, Default)]
-struct SseDecoder {
+pub struct SseDecoder {
     data: String,
     pending: bool,
 }
@@ -1163,7 +1170,7 @@ struct SseDecoder {
 impl SseDecoder {
     /// Takes one line, without its line ending; returns an event's data when the line ends
     /// one (a blank line).
-    fn line(&mut self, line: &str) -> Option<String> {
+    pub fn line(&mut self, line: &str) -> Option<String> {
         if line.is_empty() {
             return self.finish();
         }
@@ -1182,7 +1189,7 @@ impl SseDecoder {
     }
 
     /// The data of an event that the stream ended without a blank line after.
-    fn finish(&mut self) -> Option<String> {
+    pub fn finish(&mut self) -> Option<String> {
         self.pending = false;
         let data = std::mem::take(&mut self.data);
         (!data.is_empty()).then_some(data)
@@ -1278,23 +1285,23 @@ impl Arguments {
 
     /// The arguments as a JSON object. Empty or `null` arguments are `{}`; a JSON text that
     /// holds an object as a string is unwrapped; anything else that is not an object is
-    /// passed on under [`UNPARSED_ARGUMENTS`], for the bot to answer with an error.
-    fn into_object(self) -> Value {
+    /// passed on as [`ToolArgs::Unparsed`], for the bot to answer with an error.
+    fn into_args(self) -> ToolArgs {
         let raw = match self {
-            Arguments::Value(Value::Null) => return json!({}),
-            Arguments::Value(value @ Value::Object(_)) => return value,
+            Arguments::Value(Value::Null) => return ToolArgs::Parsed(json!({})),
+            Arguments::Value(value @ Value::Object(_)) => return ToolArgs::Parsed(value),
             Arguments::Value(other) => other.to_string(),
-            Arguments::Text(text) if text.trim().is_empty() => return json!({}),
+            Arguments::Text(text) if text.trim().is_empty() => return ToolArgs::Parsed(json!({})),
             Arguments::Text(text) => text,
         };
         match serde_json::from_str::<Value>(&raw) {
-            Ok(Value::Null) => json!({}),
-            Ok(value @ Value::Object(_)) => value,
+            Ok(Value::Null) => ToolArgs::Parsed(json!({})),
+            Ok(value @ Value::Object(_)) => ToolArgs::Parsed(value),
             Ok(Value::String(inner)) => match serde_json::from_str::<Value>(&inner) {
-                Ok(value @ Value::Object(_)) => value,
-                _ => json!({ UNPARSED_ARGUMENTS: raw }),
+                Ok(value @ Value::Object(_)) => ToolArgs::Parsed(value),
+                _ => ToolArgs::Unparsed(raw),
             },
-            _ => json!({ UNPARSED_ARGUMENTS: raw }),
+            _ => ToolArgs::Unparsed(raw),
         }
     }
 }
@@ -1400,7 +1407,7 @@ impl ToolCalls {
                     format!("call_{}", NEXT_CALL_ID.fetch_add(1, Ordering::Relaxed))
                 }),
                 name: call.name,
-                args: call.arguments.into_object(),
+                args: call.arguments.into_args(),
             })
             .collect()
     }
@@ -1716,12 +1723,12 @@ mod tests {
         assert_eq!(calls.len(), 2);
         assert_eq!(calls[0].id, "call_a");
         assert_eq!(calls[0].name, "calculator");
-        assert_eq!(calls[0].args, json!({"expression": "1+2"}));
+        assert_eq!(calls[0].args, ToolArgs::from(json!({"expression": "1+2"})));
         assert_eq!(
             (calls[1].id.as_str(), calls[1].name.as_str()),
             ("call_b", "clock")
         );
-        assert_eq!(calls[1].args, json!({}));
+        assert_eq!(calls[1].args, ToolArgs::from(json!({})));
     }
 
     #[test]
@@ -1737,15 +1744,15 @@ mod tests {
         ]);
         let names: Vec<&str> = reply.tool_calls.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, ["a", "b"]);
-        assert_eq!(reply.tool_calls[1].args, json!({"y": 2}));
+        assert_eq!(reply.tool_calls[1].args, ToolArgs::from(json!({"y": 2})));
         // Without ids, in one chunk: a new name after a complete call is a new call.
         let (reply, _) = run(&[calls(json!([
             {"index": 0, "function": {"name": "a", "arguments": "{\"x\":1}"}},
             {"index": 0, "function": {"name": "a", "arguments": "{\"x\":2}"}},
         ]))]);
         assert_eq!(reply.tool_calls.len(), 2);
-        assert_eq!(reply.tool_calls[0].args, json!({"x": 1}));
-        assert_eq!(reply.tool_calls[1].args, json!({"x": 2}));
+        assert_eq!(reply.tool_calls[0].args, ToolArgs::from(json!({"x": 1})));
+        assert_eq!(reply.tool_calls[1].args, ToolArgs::from(json!({"x": 2})));
         assert_ne!(reply.tool_calls[0].id, reply.tool_calls[1].id);
         assert!(reply.tool_calls[0].id.starts_with("call_"));
     }
@@ -1760,7 +1767,7 @@ mod tests {
             calls(json!([{"index": 0, "id": "c1", "function": {"name": "a", "arguments": ""}}])),
         ]);
         assert_eq!(reply.tool_calls.len(), 1);
-        assert_eq!(reply.tool_calls[0].args, json!({"x": 1}));
+        assert_eq!(reply.tool_calls[0].args, ToolArgs::from(json!({"x": 1})));
     }
 
     #[test]
@@ -1770,7 +1777,10 @@ mod tests {
             {"function": {"name": "clock", "arguments": {}}},
         ]))]);
         assert_eq!(reply.tool_calls.len(), 2);
-        assert_eq!(reply.tool_calls[0].args, json!({"expression": "2*3"}));
+        assert_eq!(
+            reply.tool_calls[0].args,
+            ToolArgs::from(json!({"expression": "2*3"}))
+        );
         assert_eq!(reply.tool_calls[1].name, "clock");
     }
 
@@ -1781,11 +1791,14 @@ mod tests {
         )]);
         assert_eq!(
             reply.tool_calls[0].args,
-            json!({UNPARSED_ARGUMENTS: "{\"x\": oops"})
+            ToolArgs::Unparsed("{\"x\": oops".into())
         );
         let doubly = Arguments::Text("\"{\\\"x\\\": 1}\"".into());
-        assert_eq!(doubly.into_object(), json!({"x": 1}));
-        assert_eq!(Arguments::Text("null".into()).into_object(), json!({}));
+        assert_eq!(doubly.into_args(), ToolArgs::Parsed(json!({"x": 1})));
+        assert_eq!(
+            Arguments::Text("null".into()).into_args(),
+            ToolArgs::Parsed(json!({}))
+        );
     }
 
     #[test]
@@ -1930,7 +1943,7 @@ mod tests {
         let call = |id: &str| ToolCall {
             id: id.into(),
             name: "camera".into(),
-            args: json!({}),
+            args: json!({}).into(),
         };
         let image = crate::model::Image {
             mime_type: "image/png".into(),
@@ -1977,7 +1990,7 @@ mod tests {
         let call = ToolCall {
             id: "c1".into(),
             name: "calculator".into(),
-            args: json!({"expression": "1+1"}),
+            args: json!({"expression": "1+1"}).into(),
         };
         let head = [ChatMessage::text(Role::System, "be nice")];
         let earlier = [

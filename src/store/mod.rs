@@ -27,7 +27,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::{Value, json};
 
 use crate::error::Result;
-use crate::model::{ChatMessage, Role, ToolCall};
+use crate::model::{ChatMessage, Role, ToolArgs, ToolCall};
 use crate::protocol::{SessionId, Usage};
 
 pub use cluster::{Cluster, LEASE_TTL, Notice, Signal, Solo};
@@ -665,7 +665,7 @@ fn calls_to_json(calls: &[ToolCall]) -> Option<String> {
         Value::Array(
             calls
                 .iter()
-                .map(|c| json!({"id": c.id, "name": c.name, "args": c.args}))
+                .map(|c| json!({"id": c.id, "name": c.name, "args": c.args.to_stored()}))
                 .collect(),
         )
         .to_string()
@@ -682,7 +682,7 @@ fn calls_from_json(text: Option<String>) -> Vec<ToolCall> {
         .map(|item| ToolCall {
             id: item["id"].as_str().unwrap_or_default().to_owned(),
             name: item["name"].as_str().unwrap_or_default().to_owned(),
-            args: item["args"].clone(),
+            args: ToolArgs::from_stored(item["args"].clone()),
         })
         .collect()
 }

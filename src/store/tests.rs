@@ -93,7 +93,7 @@ fn round_trip<S: TestStore>(store: S, reopen: impl FnOnce() -> S) {
         vec![ToolCall {
             id: "c".into(),
             name: "clock".into(),
-            args: json!({}),
+            args: json!({}).into(),
         }],
     );
     store

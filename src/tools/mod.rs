@@ -7,7 +7,9 @@ pub mod builtin;
 pub mod calculator;
 pub mod graph;
 pub mod mcp;
+pub mod prompts;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -94,9 +96,23 @@ pub trait Tool: Send + Sync {
     }
 }
 
+/// A prompt a [`ToolSource`] offers (an MCP server's `prompts/list`), for `/prompt`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PromptInfo {
+    /// The server that offers it.
+    pub server: String,
+    /// Its name on that server.
+    pub name: String,
+    /// What it is for; may be empty.
+    pub description: String,
+    /// Its arguments' names, each with whether it is required.
+    pub arguments: Vec<(String, bool)>,
+}
+
 /// Tools that may change while the server runs (the MCP servers' tools): a server announces a
 /// new list, or restarts with one. The ToolChain asks it for the current tools whenever it
-/// needs them, so every new turn and every `ready` frame sees the current list.
+/// needs them, so every new turn and every `ready` frame sees the current list. A source may
+/// offer prompts too (`/prompt`).
 pub trait ToolSource: Send + Sync {
     /// The current tools, in a stable order. Their names must not change while they are listed.
     fn tools(&self) -> Arc<[Arc<dyn Tool>]>;
@@ -106,6 +122,29 @@ pub trait ToolSource: Send + Sync {
     /// Text for the system prompt (the MCP servers' `instructions`, each under its server's
     /// name); empty when there is none.
     fn instructions(&self) -> String;
+    /// Every prompt on offer now, asking the servers; none by default.
+    ///
+    /// # Errors
+    ///
+    /// What went wrong asking, for the user.
+    fn prompts(&self, cancel: &CancelFlag) -> Result<Vec<PromptInfo>, String> {
+        let _ = cancel;
+        Ok(Vec::new())
+    }
+    /// The text of the prompt `name` (`server/name` picks the server) filled in with `args`.
+    ///
+    /// # Errors
+    ///
+    /// No such prompt, or what went wrong getting it, for the user.
+    fn prompt(
+        &self,
+        name: &str,
+        args: &BTreeMap<String, String>,
+        cancel: &CancelFlag,
+    ) -> Result<String, String> {
+        let _ = (args, cancel);
+        Err(format!("there is no prompt named {name}"))
+    }
 }
 
 /// What a tool returned: text, and images.
@@ -302,6 +341,36 @@ impl ToolChain {
             .as_ref()
             .map(|source| source.instructions())
             .unwrap_or_default()
+    }
+
+    /// Every prompt its source offers (see [`ToolSource::prompts`]); none without a source.
+    ///
+    /// # Errors
+    ///
+    /// What went wrong asking, for the user.
+    pub fn prompts(&self, cancel: &CancelFlag) -> Result<Vec<PromptInfo>, String> {
+        match &self.source {
+            Some(source) => source.prompts(cancel),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// The text of its source's prompt `name` filled in with `args` (see
+    /// [`ToolSource::prompt`]).
+    ///
+    /// # Errors
+    ///
+    /// No such prompt, or what went wrong getting it, for the user.
+    pub fn prompt(
+        &self,
+        name: &str,
+        args: &BTreeMap<String, String>,
+        cancel: &CancelFlag,
+    ) -> Result<String, String> {
+        match &self.source {
+            Some(source) => source.prompt(name, args, cancel),
+            None => Err(format!("there is no prompt named {name}")),
+        }
     }
 
     /// How many tools the chain holds now.

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // Each test file uses its own subset of these helpers.
 
+pub mod mcp;
 pub mod postgres;
 
 use std::net::{SocketAddr, TcpStream};
@@ -425,7 +426,6 @@ pub struct ChildServer {
 impl ChildServer {
     /// Starts the binary on `127.0.0.1:0` with `args` and waits for its `listening on` line.
     pub fn start(args: &[&str]) -> Self {
-        use std::io::{BufRead, BufReader};
         use std::process::{Command, Stdio};
         let mut child = Command::new(env!("CARGO_BIN_EXE_sparky"))
             .args(["--addr", "127.0.0.1:0", "--log-level", "warn"])
@@ -434,19 +434,7 @@ impl ChildServer {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (lines, received) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                if lines.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        let line = received
-            .recv_timeout(WAIT)
-            .expect("the server printed nothing")
-            .unwrap();
+        let line = first_line(&mut child, "the server");
         let addr = line
             .strip_prefix("listening on http://")
             .unwrap_or_else(|| panic!("unexpected line {line:?}"));
@@ -468,6 +456,25 @@ impl Drop for ChildServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The first line `child` prints on its piped stdout (which a thread goes on reading, so
+/// that the child never blocks on it); fails after [`WAIT`], naming `what` printed nothing.
+pub fn first_line(child: &mut std::process::Child, what: &str) -> String {
+    use std::io::{BufRead, BufReader};
+    let stdout = child.stdout.take().expect("a piped stdout");
+    let (lines, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if lines.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    received
+        .recv_timeout(WAIT)
+        .unwrap_or_else(|_| panic!("{what} printed nothing"))
+        .unwrap()
 }
 
 /// A fresh, empty temporary directory for one test.

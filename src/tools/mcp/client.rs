@@ -1,27 +1,30 @@
-//! `McpClient`: one connection to an MCP server over a byte pipe pair (a child's stdout and
-//! stdin, or in-memory pipes in tests), speaking newline-delimited JSON-RPC 2.0. A named reader
-//! thread routes each answer to its caller by request id; a named writer thread owns the
-//! server's input, so a caller never blocks on a pipe write. Depends on `cancel`.
+//! `McpClient`: one connection to an MCP server, speaking JSON-RPC 2.0 over a transport
+//! (`stdio.rs` for a pipe pair, `http.rs` for Streamable HTTP) that it knows only through
+//! `transport.rs`: it queues encoded messages on an [`Outbox`] without blocking, and the
+//! transport hands what the server sends to its [`Inbox`], which routes each answer to its
+//! caller by request id, and each `notifications/progress` to the `tools/call` whose token it
+//! carries (restarting that call's timeout), whichever transport brought it. Depends on
+//! `cancel` and `tools` (`Progress`).
 
 use std::collections::HashMap;
 use std::fmt;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError, select};
+use crossbeam_channel::{Sender, select};
 use parking_lot::Mutex;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::config::ServerCommand;
+use super::config::{HttpEndpoint, ServerCommand, ServerSpec};
 use super::process::ServerProcess;
-use super::wire::ProgressParams;
+use super::transport::{Inbox, Outbox, Outgoing, QueueError, Transport};
 use super::wire::{
-    CallToolResult, InitializeResult, METHOD_NOT_FOUND, Message, RemoteTool, Rendered, Request,
-    RequestId, Response, ToolsPage, render_content,
+    CallToolResult, GetPromptResult, InitializeResult, METHOD_NOT_FOUND, Message, ProgressParams,
+    PromptsPage, ReadResourceResult, RemotePrompt, RemoteTool, Rendered, Request, RequestId,
+    Response, ServerCapabilities, ToolsPage, render_content,
 };
 use super::{McpError, PROTOCOL_VERSION};
 use crate::cancel::CancelFlag;
@@ -31,14 +34,9 @@ use crate::tools::Progress;
 /// warning but is used anyway, since the tools API has not changed between them.
 const KNOWN_PROTOCOL_VERSIONS: [&str; 4] = ["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
 
-/// Lines queued for a server's stdin at most; past it the server is not reading.
-const OUTBOX_CAPACITY: usize = 256;
-
-/// Longest line accepted from a server. A longer one ends the connection.
-const MAX_LINE_BYTES: u64 = 16 << 20;
-
-/// Pages of `tools/list` followed at most, so a server repeating its cursor cannot loop us.
-const MAX_TOOL_PAGES: usize = 100;
+/// Pages of a list (`tools/list`, `prompts/list`) followed at most, so a server repeating its
+/// cursor cannot loop us.
+const MAX_PAGES: usize = 100;
 
 /// Progress reports of one call queued for its caller at most; more are dropped until the
 /// caller catches up (progress is a hint, and the caller coalesces it anyway).
@@ -59,6 +57,15 @@ pub(super) struct ToolReply {
     pub(super) structured: Option<Value>,
 }
 
+/// What the server said about itself in `initialize`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(super) struct Handshake {
+    /// Its `instructions`, when it gave any.
+    pub(super) instructions: Option<String>,
+    /// What it offers besides tools.
+    pub(super) capabilities: ServerCapabilities,
+}
+
 /// What a waiting caller receives: the result, or why there is none.
 type Reply = std::result::Result<Value, McpError>;
 
@@ -66,18 +73,17 @@ type Reply = std::result::Result<Value, McpError>;
 /// must not block.
 type ToolsChanged = Arc<dyn Fn() + Send + Sync>;
 
-/// One connection to an MCP server over any byte pipe pair: a child's stdout and stdin, or
-/// in-memory pipes in tests.
+/// One connection to an MCP server over a transport: a pipe pair (a child's stdout and stdin,
+/// or in-memory pipes in tests) or Streamable HTTP.
 ///
-/// It owns two named threads: `mcp-<name>-reader` reads lines and routes each response to the
-/// one-shot channel its request registered, and `mcp-<name>-writer` writes queued lines. Both
-/// are detached: they hold only the shared state and their pipe, and end when the pipe closes
-/// (reader) or the client closes (writer). [`stop`](Self::stop), or dropping the client,
-/// closes it and then stops its server's process group.
+/// The transport's threads hand each message to the client's shared state, which routes each
+/// response to the one-shot channel its request registered. [`stop`](Self::stop), or dropping
+/// the client, closes it and then stops its transport (the server's process group, or the
+/// HTTP session).
 pub(super) struct McpClient {
     shared: Arc<ClientShared>,
-    /// The server's process, when the client started one; taken by [`stop`](Self::stop).
-    process: Mutex<Option<ServerProcess>>,
+    /// The transport, taken by [`stop`](Self::stop).
+    transport: Mutex<Option<Box<dyn Transport>>>,
 }
 
 impl fmt::Debug for McpClient {
@@ -106,67 +112,87 @@ struct ClientState {
     /// Where the progress reports of a waiting `tools/call` go, by its request id (which is
     /// also its progress token).
     progress: HashMap<i64, Sender<Progress>>,
-    /// Lines for the writer thread; `None` once closed, which ends the writer.
-    outbox: Option<Sender<String>>,
+    /// Messages for the transport; `None` once closed, which ends the transport's writers.
+    outbox: Option<Outbox>,
     /// Why the client closed, once it has.
     closed: Option<String>,
 }
 
 impl McpClient {
-    /// A client speaking to a server through `reader` (its output) and `writer` (its input).
-    /// `process`, when given, is stopped when the client stops.
+    /// A client speaking to a server through `reader` (its output) and `writer` (its input)
+    /// with the stdio transport. `process`, when given, is stopped when the client stops.
+    #[cfg(test)]
     pub(super) fn new(
         server: &str,
         reader: impl Read + Send + 'static,
         writer: impl Write + Send + 'static,
         process: Option<ServerProcess>,
     ) -> Result<Self, McpError> {
-        let (outbox, lines) = crossbeam_channel::bounded(OUTBOX_CAPACITY);
-        let shared = Arc::new(ClientShared {
-            server: server.to_owned(),
-            next_id: AtomicI64::new(1),
-            state: Mutex::new(ClientState {
-                pending: HashMap::new(),
-                progress: HashMap::new(),
-                outbox: Some(outbox),
-                closed: None,
-            }),
-            tools_changed: Mutex::new(None),
-        });
-        // Built first, so that a failure below drops it, which stops the process.
-        let client = McpClient {
-            shared: shared.clone(),
-            process: Mutex::new(process),
-        };
-        let no_thread = |e: io::Error| McpError::Start {
-            server: server.to_owned(),
-            detail: format!("no thread for it: {e}"),
-        };
-
-        let writer_shared = shared.clone();
-        thread::Builder::new()
-            .name(format!("mcp-{server}-writer"))
-            .spawn(move || {
-                if let Err(e) = run_writer(writer, &lines) {
-                    let _ = writer_shared.close_and_log(format!("writing to it failed: {e}"));
-                }
-            })
-            .map_err(no_thread)?;
-
-        let reader_shared = shared;
-        thread::Builder::new()
-            .name(format!("mcp-{server}-reader"))
-            .spawn(move || {
-                let reason = match run_reader(reader, &reader_shared) {
-                    Ok(()) => "it closed its output; it is restarted on the next call".to_owned(),
-                    Err(e) => {
-                        format!("reading from it failed ({e}); it is restarted on the next call")
-                    }
-                };
-                let _ = reader_shared.close_and_log(reason);
-            })
-            .map_err(no_thread)?;
+        let (outbox, queued) = Outbox::single();
+        let client = McpClient::unconnected(server, outbox);
+        client.attach_stdio(queued.requests, reader, writer, process)?;
         Ok(client)
+    }
+
+    /// Starts the stdio transport on `reader` and `writer` (see `stdio.rs`).
+    fn attach_stdio(
+        &self,
+        lines: crossbeam_channel::Receiver<Outgoing>,
+        reader: impl Read + Send + 'static,
+        writer: impl Write + Send + 'static,
+        process: Option<ServerProcess>,
+    ) -> Result<(), McpError> {
+        let inbox: Arc<dyn Inbox> = self.shared.clone();
+        let stdio = super::stdio::start(inbox, lines, reader, writer, process)?;
+        *self.transport.lock() = Some(Box::new(stdio));
+        Ok(())
+    }
+
+    /// A client for the server `spec` describes, not yet initialised: a process started
+    /// (see [`spawn`](Self::spawn)), or an HTTP endpoint, which is first contacted by
+    /// [`initialize`](Self::initialize). `call_timeout` is the server's `"timeout"`.
+    pub(super) fn connect(
+        server: &str,
+        spec: &ServerSpec,
+        call_timeout: Duration,
+    ) -> Result<Self, McpError> {
+        match spec {
+            ServerSpec::Stdio(command) => McpClient::spawn(server, command),
+            ServerSpec::Http(endpoint) => McpClient::http(server, endpoint, call_timeout),
+        }
+    }
+
+    /// A client for the Streamable HTTP server at `endpoint` (see `http.rs`), whose calls may
+    /// take `call_timeout`.
+    pub(super) fn http(
+        server: &str,
+        endpoint: &HttpEndpoint,
+        call_timeout: Duration,
+    ) -> Result<Self, McpError> {
+        let (outbox, queued) = Outbox::split();
+        let client = McpClient::unconnected(server, outbox);
+        let inbox: Arc<dyn Inbox> = client.shared.clone();
+        let http = super::http::start(inbox, queued, endpoint.clone(), call_timeout)?;
+        *client.transport.lock() = Some(Box::new(http));
+        Ok(client)
+    }
+
+    /// A client with no transport yet, queuing on `outbox`.
+    fn unconnected(server: &str, outbox: Outbox) -> Self {
+        McpClient {
+            shared: Arc::new(ClientShared {
+                server: server.to_owned(),
+                next_id: AtomicI64::new(1),
+                state: Mutex::new(ClientState {
+                    pending: HashMap::new(),
+                    progress: HashMap::new(),
+                    outbox: Some(outbox),
+                    closed: None,
+                }),
+                tools_changed: Mutex::new(None),
+            }),
+            transport: Mutex::new(None),
+        }
     }
 
     /// Spawns `command` (see [`ServerProcess::spawn`]) and returns a client on it, not yet
@@ -174,7 +200,8 @@ impl McpClient {
     /// whichever comes first.
     pub(super) fn spawn(server: &str, command: &ServerCommand) -> Result<Self, McpError> {
         let (process, stdin, stdout) = ServerProcess::spawn(server, command)?;
-        let client = McpClient::new(server, stdout, stdin, None)?;
+        let (outbox, queued) = Outbox::single();
+        let client = McpClient::unconnected(server, outbox);
         let watched = Arc::downgrade(&client.shared);
         process.watch_exit(move |how| {
             let Some(shared) = watched.upgrade() else {
@@ -187,7 +214,7 @@ impl McpClient {
                 log::info!("mcp {}: its process exited ({how})", shared.server);
             }
         })?;
-        *client.process.lock() = Some(process);
+        client.attach_stdio(queued.requests, stdout, stdin, Some(process))?;
         Ok(client)
     }
 
@@ -201,12 +228,18 @@ impl McpClient {
     /// a few seconds when the server lingers. Every waiting caller gets a `Closed` error.
     /// Calling it again does nothing.
     pub(super) fn stop(&self) {
-        // Closing drops the outbox, so the writer ends and the server's stdin closes.
+        // Closing drops the outbox, so the writers end (and a server's stdin closes).
         self.shared.close("sparky stopped it".into());
-        let process = self.process.lock().take();
-        if let Some(mut process) = process {
-            process.stop();
+        let transport = self.transport.lock().take();
+        if let Some(mut transport) = transport {
+            transport.stop();
         }
+    }
+
+    /// Marks the client closed for `reason` without stopping its transport (the supervisor
+    /// stops it when it replaces the client): the next call starts again.
+    pub(super) fn close(&self, reason: &str) {
+        self.shared.close_and_log(reason.to_owned());
     }
 
     /// Calls `hook` (on the reader thread; it must not block) whenever the server sends
@@ -216,12 +249,12 @@ impl McpClient {
     }
 
     /// `initialize`, then the `notifications/initialized` notification. Returns the server's
-    /// `instructions`, when it gave any.
+    /// `instructions` and capabilities.
     pub(super) fn initialize(
         &self,
         deadline: Instant,
         cancel: Option<&CancelFlag>,
-    ) -> Result<Option<String>, McpError> {
+    ) -> Result<Handshake, McpError> {
         let params = json!({
             "protocolVersion": PROTOCOL_VERSION,
             "capabilities": {},
@@ -244,7 +277,10 @@ impl McpClient {
             answer.protocol_version
         );
         self.notify("notifications/initialized", None)?;
-        Ok(answer.instructions.filter(|text| !text.trim().is_empty()))
+        Ok(Handshake {
+            instructions: answer.instructions.filter(|text| !text.trim().is_empty()),
+            capabilities: answer.capabilities,
+        })
     }
 
     /// Every tool the server offers, following `nextCursor` from page to page.
@@ -253,24 +289,73 @@ impl McpClient {
         deadline: Instant,
         cancel: Option<&CancelFlag>,
     ) -> Result<Vec<RemoteTool>, McpError> {
-        let mut tools = Vec::new();
+        self.follow_pages("tools/list", deadline, cancel, |page: ToolsPage| {
+            (page.tools, page.next_cursor)
+        })
+    }
+
+    /// Every prompt the server offers (`prompts/list`, every page).
+    pub(super) fn list_prompts(
+        &self,
+        deadline: Instant,
+        cancel: Option<&CancelFlag>,
+    ) -> Result<Vec<RemotePrompt>, McpError> {
+        self.follow_pages("prompts/list", deadline, cancel, |page: PromptsPage| {
+            (page.prompts, page.next_cursor)
+        })
+    }
+
+    /// The prompt `name` filled in with `args` (`prompts/get`), as one user message's text.
+    pub(super) fn get_prompt(
+        &self,
+        name: &str,
+        args: &std::collections::BTreeMap<String, String>,
+        deadline: Instant,
+        cancel: Option<&CancelFlag>,
+    ) -> Result<String, McpError> {
+        let params = json!({"name": name, "arguments": args});
+        let result: GetPromptResult =
+            self.parse(self.request("prompts/get", params, deadline, cancel)?)?;
+        Ok(result.render())
+    }
+
+    /// The resource at `uri` (`resources/read`), as text.
+    pub(super) fn read_resource(
+        &self,
+        uri: &str,
+        deadline: Instant,
+        cancel: Option<&CancelFlag>,
+    ) -> Result<String, McpError> {
+        let params = json!({"uri": uri});
+        let result: ReadResourceResult =
+            self.parse(self.request("resources/read", params, deadline, cancel)?)?;
+        Ok(result.render())
+    }
+
+    /// Every item of a paginated list method, following `nextCursor` from page to page (at
+    /// most [`MAX_PAGES`], so that a server repeating its cursor cannot loop us).
+    fn follow_pages<P: for<'de> Deserialize<'de>, T>(
+        &self,
+        method: &str,
+        deadline: Instant,
+        cancel: Option<&CancelFlag>,
+        split: impl Fn(P) -> (Vec<T>, Option<String>),
+    ) -> Result<Vec<T>, McpError> {
+        let mut items = Vec::new();
         let mut cursor: Option<String> = None;
-        for _ in 0..MAX_TOOL_PAGES {
+        for _ in 0..MAX_PAGES {
             let params = match &cursor {
                 Some(cursor) => json!({"cursor": cursor}),
                 None => json!({}),
             };
-            let page: ToolsPage =
-                self.parse(self.request("tools/list", params, deadline, cancel)?)?;
-            tools.extend(page.tools);
-            match page.next_cursor {
+            let (page, next) = split(self.parse(self.request(method, params, deadline, cancel)?)?);
+            items.extend(page);
+            match next {
                 Some(next) if !next.is_empty() => cursor = Some(next),
-                _ => return Ok(tools),
+                _ => return Ok(items),
             }
         }
-        Err(self.protocol(format!(
-            "tools/list went on for more than {MAX_TOOL_PAGES} pages"
-        )))
+        Err(self.protocol(format!("{method} went on for more than {MAX_PAGES} pages")))
     }
 
     /// Calls one tool and renders its content as text. The call carries a progress token;
@@ -440,8 +525,8 @@ impl McpClient {
         self.shared.queue(&mut state, line)
     }
 
-    fn encode(&self, message: &Message) -> Result<String, McpError> {
-        serde_json::to_string(message).map_err(|e| self.protocol(format!("cannot encode: {e}")))
+    fn encode(&self, message: &Message) -> Result<Outgoing, McpError> {
+        encode(message).map_err(|e| self.protocol(format!("cannot encode: {e}")))
     }
 
     fn parse<T: for<'de> Deserialize<'de>>(&self, value: Value) -> Result<T, McpError> {
@@ -484,17 +569,17 @@ impl Drop for Unroute<'_> {
 }
 
 impl ClientShared {
-    /// Queues a line for the writer without blocking.
-    fn queue(&self, state: &mut ClientState, line: String) -> Result<(), McpError> {
+    /// Queues a message for the transport without blocking.
+    fn queue(&self, state: &mut ClientState, message: Outgoing) -> Result<(), McpError> {
         let Some(outbox) = &state.outbox else {
             return Err(self.closed_error(state.closed.as_deref().unwrap_or("it closed")));
         };
-        match outbox.try_send(line) {
+        match outbox.queue(message) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => Err(McpError::Busy {
+            Err(QueueError::Full) => Err(McpError::Busy {
                 server: self.server.clone(),
             }),
-            Err(TrySendError::Disconnected(_)) => Err(self.closed_error("it closed")),
+            Err(QueueError::Closed) => Err(self.closed_error("it closed")),
         }
     }
 
@@ -628,7 +713,7 @@ impl ClientShared {
                 format!("sparky does not offer {}", request.method),
             ))
         };
-        let Ok(line) = serde_json::to_string(&reply) else {
+        let Ok(line) = encode(&reply) else {
             return;
         };
         let mut state = self.state.lock();
@@ -638,47 +723,54 @@ impl ClientShared {
     }
 }
 
-/// The writer thread: writes each queued line, until the client closes.
-fn run_writer(mut writer: impl Write, lines: &Receiver<String>) -> io::Result<()> {
-    for mut line in lines {
-        line.push('\n');
-        writer.write_all(line.as_bytes())?;
-        writer.flush()?;
+impl Inbox for ClientShared {
+    fn deliver(&self, text: &[u8]) {
+        self.dispatch(text);
     }
-    Ok(())
+
+    fn fail(&self, id: i64, error: McpError) {
+        let waiter = self.state.lock().pending.remove(&id);
+        if let Some(waiter) = waiter {
+            let _ = waiter.try_send(Err(error));
+        }
+    }
+
+    fn close(&self, reason: String) -> bool {
+        self.close_and_log(reason)
+    }
+
+    fn is_open(&self) -> bool {
+        self.state.lock().closed.is_none()
+    }
+
+    fn server(&self) -> &str {
+        &self.server
+    }
 }
 
-/// The reader thread: reads lines until the server closes its output.
-///
-/// # Errors
-///
-/// When reading fails or a line is longer than [`MAX_LINE_BYTES`].
-fn run_reader(reader: impl Read, shared: &ClientShared) -> io::Result<()> {
-    let mut reader = BufReader::new(reader);
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        let read = (&mut reader)
-            .take(MAX_LINE_BYTES)
-            .read_until(b'\n', &mut line)?;
-        if read == 0 {
-            return Ok(());
-        }
-        if line.last() != Some(&b'\n') && read as u64 == MAX_LINE_BYTES {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("a line longer than {MAX_LINE_BYTES} bytes"),
-            ));
-        }
-        shared.dispatch(&line);
-    }
+/// A message as the transport takes it.
+fn encode(message: &Message) -> serde_json::Result<Outgoing> {
+    let (id, method) = match message {
+        Message::Request(request) => match &request.id {
+            RequestId::Number(id) => (Some(*id), request.method.clone()),
+            RequestId::Text(_) => (None, request.method.clone()),
+        },
+        Message::Notification(notification) => (None, notification.method.clone()),
+        Message::Response(_) => (None, String::new()),
+    };
+    Ok(Outgoing {
+        id,
+        method,
+        line: serde_json::to_string(message)?,
+    })
 }
 
 #[cfg(test)]
 mod tests {
-    use std::io::{PipeReader, PipeWriter};
+    use std::io::{BufRead, BufReader, PipeReader, PipeWriter};
+    use std::thread;
 
-    use crossbeam_channel::RecvTimeoutError;
+    use crossbeam_channel::{Receiver, RecvTimeoutError};
 
     use super::*;
 

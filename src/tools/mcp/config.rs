@@ -1,8 +1,10 @@
 //! The `--mcp-config` file: the usual `{"mcpServers": {"name": {"command", "args", "env"}}}`
-//! format, read into one [`ServerCommand`] per stdio server, with its [`ServerPolicy`]
+//! format, read into one [`ServerSpec`] per server: a [`ServerCommand`] to run (stdio) or an
+//! [`HttpEndpoint`] to connect to (`"url"`, Streamable HTTP), each with its [`ServerPolicy`]
 //! (`"approve"`, `"timeout"`). Plain data; depends on nothing outside `tools/mcp/`.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::PathBuf;
 
 use serde::Deserialize;
@@ -10,17 +12,23 @@ use serde::Deserialize;
 use super::policy::{Approve, CallTimeout, ServerPolicy};
 
 /// The usual MCP config file: `{"mcpServers": {"name": {"command", "args", "env"}}}`.
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 struct ConfigFile {
     #[serde(rename = "mcpServers")]
     servers: BTreeMap<String, ConfigEntry>,
 }
 
-/// One entry of `mcpServers`. Entries for other transports (a `url` instead of a `command`)
-/// are skipped with a warning: Sparky speaks stdio only.
-#[derive(Debug, Deserialize)]
+/// One entry of `mcpServers`: a `command` (stdio) or a `url` (Streamable HTTP, with optional
+/// `headers`). An entry whose `type` is `"sse"` (the transport MCP replaced in 2025-03-26) is
+/// skipped with a warning.
+#[derive(Deserialize)]
 struct ConfigEntry {
     command: Option<String>,
+    url: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
     #[serde(default)]
     args: Vec<String>,
     #[serde(default)]
@@ -35,7 +43,36 @@ struct ConfigEntry {
     timeout: CallTimeout,
 }
 
-/// How to start one server.
+/// How to reach one server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum ServerSpec {
+    /// A process to start, spoken to over its stdio.
+    Stdio(ServerCommand),
+    /// A Streamable HTTP endpoint.
+    Http(HttpEndpoint),
+}
+
+/// Where a Streamable HTTP server is, and what every request to it carries.
+#[derive(Clone, PartialEq, Eq)]
+pub(super) struct HttpEndpoint {
+    /// The MCP endpoint's URL (`http://` or `https://`).
+    pub(super) url: String,
+    /// Headers sent with every request (for a bearer token, say), by name.
+    pub(super) headers: BTreeMap<String, String>,
+}
+
+impl fmt::Debug for HttpEndpoint {
+    /// Header values are left out: they are usually secrets.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.headers.keys().map(String::as_str).collect();
+        f.debug_struct("HttpEndpoint")
+            .field("url", &self.url)
+            .field("headers", &names)
+            .finish()
+    }
+}
+
+/// How to start one stdio server.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct ServerCommand {
     /// The program to run, found on `PATH` when it has no slash.
@@ -48,37 +85,60 @@ pub(super) struct ServerCommand {
     pub(super) cwd: Option<PathBuf>,
 }
 
-/// One configured server: its name, how to start it, and how its tools are used.
-pub(super) type ServerEntry = (String, ServerCommand, ServerPolicy);
+/// One configured server: its name, how to reach it, and how its tools are used.
+pub(super) type ServerEntry = (String, ServerSpec, ServerPolicy);
 
 /// Reads a config file's text into the servers to start, in name order.
 pub(super) fn parse_config(text: &str) -> Result<Vec<ServerEntry>, serde_json::Error> {
     let file: ConfigFile = serde_json::from_str(text)?;
     let mut servers = Vec::new();
-    for (name, entry) in file.servers {
+    for (name, mut entry) in file.servers {
         if entry.disabled {
             log::info!("mcp {name}: disabled in the config");
             continue;
         }
-        let Some(command) = entry.command.filter(|c| !c.trim().is_empty()) else {
-            log::warn!("mcp {name}: left out: it has no \"command\" (only stdio servers work)");
-            continue;
+        let policy = ServerPolicy {
+            approve: std::mem::take(&mut entry.approve),
+            timeout: entry.timeout,
         };
-        servers.push((
-            name,
-            ServerCommand {
-                command,
-                args: entry.args,
-                env: entry.env,
-                cwd: entry.cwd,
-            },
-            ServerPolicy {
-                approve: entry.approve,
-                timeout: entry.timeout,
-            },
-        ));
+        if let Some(spec) = entry.into_spec(&name) {
+            servers.push((name, spec, policy));
+        }
     }
     Ok(servers)
+}
+
+impl ConfigEntry {
+    /// The server this entry describes, or `None` (logged) when it cannot be used.
+    fn into_spec(self, name: &str) -> Option<ServerSpec> {
+        if let Some(command) = self.command.filter(|c| !c.trim().is_empty()) {
+            return Some(ServerSpec::Stdio(ServerCommand {
+                command,
+                args: self.args,
+                env: self.env,
+                cwd: self.cwd,
+            }));
+        }
+        let Some(url) = self.url.filter(|u| !u.trim().is_empty()) else {
+            log::warn!("mcp {name}: left out: it has neither a \"command\" nor a \"url\"");
+            return None;
+        };
+        if self.kind.as_deref() == Some("sse") {
+            log::warn!(
+                "mcp {name}: left out: it uses the old HTTP+SSE transport (\"type\": \"sse\"); \
+                 sparky speaks Streamable HTTP (drop \"type\" if the server offers it)"
+            );
+            return None;
+        }
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            log::warn!("mcp {name}: left out: its url {url:?} is not http:// or https://");
+            return None;
+        }
+        Some(ServerSpec::Http(HttpEndpoint {
+            url,
+            headers: self.headers,
+        }))
+    }
 }
 
 #[cfg(test)]
@@ -92,24 +152,36 @@ mod tests {
                 "files": {"command": "npx", "args": ["-y", "server-files", "/tmp"],
                           "env": {"A": "1"}},
                 "plain": {"command": "plain-server"},
-                "remote": {"url": "https://example.com/mcp"},
+                "remote": {"url": "https://example.com/mcp",
+                           "headers": {"Authorization": "Bearer secret"}},
+                "typed": {"type": "http", "url": "http://127.0.0.1:1/mcp"},
+                "old": {"type": "sse", "url": "https://example.com/sse"},
+                "ftp": {"url": "ftp://example.com/"},
+                "empty": {},
                 "off": {"command": "x", "disabled": true}
             }}"#,
         )
         .unwrap();
         let names: Vec<&str> = servers.iter().map(|(name, ..)| name.as_str()).collect();
-        assert_eq!(names, ["files", "plain"]);
+        assert_eq!(names, ["files", "plain", "remote", "typed"]);
         assert_eq!(
             servers[0].1,
-            ServerCommand {
+            ServerSpec::Stdio(ServerCommand {
                 command: "npx".into(),
                 args: vec!["-y".into(), "server-files".into(), "/tmp".into()],
                 env: BTreeMap::from([("A".into(), "1".into())]),
                 cwd: None,
-            }
+            })
         );
-        assert!(servers[1].1.args.is_empty());
+        assert!(matches!(&servers[1].1, ServerSpec::Stdio(c) if c.args.is_empty()));
         assert_eq!(servers[0].2, ServerPolicy::default());
+        let ServerSpec::Http(remote) = &servers[2].1 else {
+            panic!("remote is not an HTTP server: {:?}", servers[2].1);
+        };
+        assert_eq!(remote.url, "https://example.com/mcp");
+        assert_eq!(remote.headers["Authorization"], "Bearer secret");
+        // The token never reaches a log line through Debug.
+        assert!(!format!("{remote:?}").contains("secret"));
         assert!(parse_config("{}").is_err());
         assert!(parse_config(r#"{"mcpServers": {"a": {"command": 3}}}"#).is_err());
         assert!(parse_config("not json").is_err());

@@ -1,34 +1,44 @@
-//! MCP tool servers, each started from the `--mcp-config` file (in the background, retried with
-//! backoff until it comes up) and spoken to over stdio. Every
-//! tool of every server joins the ToolChain as `<server>__<tool>`, through a catalog of the
-//! current tools that follows `notifications/tools/list_changed` and restarts; each server's
-//! `instructions` join the system prompt. Depends on `cancel`, `error` and `tools`.
+//! MCP tool servers, each started (or, for a `url`, connected to) from the `--mcp-config` file
+//! in the background, retried with backoff until it comes up, and spoken to over stdio or
+//! Streamable HTTP. Every tool of every server joins the ToolChain as `<server>__<tool>`,
+//! through a catalog of the current tools that follows `notifications/tools/list_changed` and
+//! restarts; each server's `instructions` join the system prompt; `mcp_read_resource` reads
+//! the resources of servers that offer them, and `/prompt` gets their prompts. Depends on
+//! `cancel`, `error` and `tools`.
 //!
 //! `tools/mcp/` is the only place that spawns processes, and the MCP JSON shapes stay private
 //! to it. Its files, in reading order:
 //!
-//! - `config.rs`: the config file, one `ServerCommand` per server;
+//! - `config.rs`: the config file, one `ServerSpec` per server (a command, or a URL);
 //! - `policy.rs`: each server's `"approve"` and `"timeout"`;
 //! - `wire.rs`: JSON-RPC messages and the MCP results we read;
 //! - `schema.rs`: the check of a tool's `structuredContent` against its `outputSchema`;
+//! - `transport.rs`: the seam between the client and its transports;
 //! - `process.rs`: a server's process, in a process group of its own, and how it is stopped;
-//! - `client.rs`: `McpClient`, requests matched to answers by id over a pipe pair;
+//! - `stdio.rs`: the stdio transport, over a process's pipes;
+//! - `http.rs`: the Streamable HTTP transport;
+//! - `client.rs`: `McpClient`, requests matched to answers by id over either transport;
 //! - `supervisor.rs`: a server restarted after a crash, its tools, and the catalog of every
-//!   server's current tools;
+//!   server's current tools and prompts;
+//! - `resources.rs`: the `mcp_read_resource` tool;
 //! - this file: `load`, `McpServers` (every server of one config), `McpError`, tool names.
 //!
-//! One process per configured server is shared by every session. Callers never hold a lock
-//! across IO: a request registers a one-shot channel under its id, hands its line to the
-//! server's writer thread, and waits on the channel in short slices so that it sees its turn's
-//! [`CancelFlag`] at once. A server that dies fails every waiting
-//! call with a clear error and is started again by the next call.
+//! One process (or HTTP session) per configured server is shared by every session. Callers
+//! never hold a lock across IO: a request registers a one-shot channel under its id, queues
+//! its message for the transport's threads, and waits on the channel, woken at once by its
+//! turn's [`CancelFlag`]. A server that dies fails every waiting call with a clear error and
+//! is started (or connected) again by the next call.
 
 mod client;
 mod config;
+mod http;
 mod policy;
 mod process;
+mod resources;
 mod schema;
+mod stdio;
 mod supervisor;
+mod transport;
 mod wire;
 
 use std::fmt;
@@ -98,8 +108,8 @@ pub fn spawn(path: &Path, first_retry_delay: Duration) -> Result<McpServers> {
     let stopping = CancelFlag::new();
     let mut servers = Vec::new();
     let mut starting = Vec::new();
-    for (name, command, policy) in entries {
-        let server = McpServer::new(name.clone(), command, policy, &catalog);
+    for (name, spec, policy) in entries {
+        let server = McpServer::new(name.clone(), spec, policy, &catalog);
         let (thread_server, thread_stopping) = (server.clone(), stopping.clone());
         let handle = thread::Builder::new()
             .name(format!("mcp-{name}-start"))
@@ -268,19 +278,20 @@ impl McpServers {
         let started: Vec<(ServerEntry, Result<Started, McpError>)> = thread::scope(|scope| {
             let spawned: Vec<_> = entries
                 .into_iter()
-                .map(|(name, command, policy)| {
-                    let (thread_name, thread_command) = (name.clone(), command.clone());
+                .map(|(name, spec, policy)| {
+                    let (thread_name, thread_spec, thread_policy) =
+                        (name.clone(), spec.clone(), policy.clone());
                     let handle = thread::Builder::new()
                         .name(format!("mcp-{name}-start"))
                         .spawn_scoped(scope, move || {
-                            start_server(&thread_name, &thread_command, START_TIMEOUT, None)
+                            start_server(&thread_name, &thread_spec, &thread_policy, None)
                         });
-                    (name, command, policy, handle)
+                    (name, spec, policy, handle)
                 })
                 .collect();
             spawned
                 .into_iter()
-                .map(|(name, command, policy, handle)| {
+                .map(|(name, spec, policy, handle)| {
                     let result = match handle {
                         Ok(handle) => handle.join().unwrap_or_else(|_| {
                             Err(McpError::Start {
@@ -293,7 +304,7 @@ impl McpServers {
                             detail: format!("no thread to start it: {e}"),
                         }),
                     };
-                    ((name, command, policy), result)
+                    ((name, spec, policy), result)
                 })
                 .collect()
         });
@@ -301,7 +312,7 @@ impl McpServers {
         let catalog = Arc::new(Catalog::default());
         let mut servers = Vec::new();
         let (mut loaded, mut failed) = (Vec::new(), Vec::new());
-        for ((name, command, policy), result) in started {
+        for ((name, spec, policy), result) in started {
             let started = match result {
                 Ok(started) => started,
                 Err(e) => {
@@ -310,7 +321,7 @@ impl McpServers {
                     continue;
                 }
             };
-            let server = McpServer::new(name.clone(), command, policy, &catalog);
+            let server = McpServer::new(name.clone(), spec, policy, &catalog);
             let (_, count) = server.adopt(started);
             log::info!("mcp {name}: loaded with {}", tools_text(count));
             loaded.push((name, count));
@@ -377,6 +388,21 @@ pub enum McpError {
         /// The server's message.
         message: String,
     },
+    /// An HTTP server refused a request with an error status.
+    Http {
+        /// The server's name in the config.
+        server: String,
+        /// The HTTP status.
+        status: u16,
+        /// The start of the answer's body, or what the status means here.
+        detail: String,
+    },
+    /// An HTTP server no longer knows the session (404): the request was not run, and a new
+    /// session starts on the next call.
+    SessionExpired {
+        /// The server's name in the config.
+        server: String,
+    },
     /// The server answered something that is not what MCP says it should be.
     Protocol {
         /// The server's name in the config.
@@ -411,6 +437,14 @@ impl fmt::Display for McpError {
                 code,
                 message,
             } => write!(f, "mcp server {server}: {message} (error {code})"),
+            McpError::Http {
+                server,
+                status,
+                detail,
+            } => write!(f, "mcp server {server} answered HTTP {status}: {detail}"),
+            McpError::SessionExpired { server } => {
+                write!(f, "mcp server {server} no longer knows our session")
+            }
             McpError::Protocol { server, detail } => {
                 write!(f, "mcp server {server}: unexpected answer: {detail}")
             }

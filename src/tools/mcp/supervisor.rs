@@ -1,7 +1,10 @@
 //! The supervisor: a configured server that is started again by the next call after it dies,
 //! the [`Tool`] each of its tools becomes in the ToolChain, and the [`Catalog`] of every
 //! server's current tools, which a server updates when it announces a new list
-//! (`notifications/tools/list_changed`) or restarts. Depends on `cancel` and `tools`.
+//! (`notifications/tools/list_changed`) or restarts; the catalog adds `mcp_read_resource`
+//! while a server offers resources, and finds prompts for `/prompt`. Each server carries its
+//! policy (`"approve"`, `"timeout"`), whether it runs a command or is reached at a URL.
+//! Depends on `cancel` and `tools`.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -12,14 +15,15 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex, RwLock};
 use serde_json::{Value, json};
 
-use super::client::McpClient;
-use super::config::ServerCommand;
+use super::client::{Handshake, McpClient};
+use super::config::ServerSpec;
 use super::policy::{Hints, ServerPolicy};
+use super::resources::ResourceTool;
 use super::schema;
-use super::wire::RemoteTool;
+use super::wire::{RemotePrompt, RemoteTool};
 use super::{McpError, START_TIMEOUT, tool_name};
 use crate::cancel::CancelFlag;
-use crate::tools::{Tool, ToolContent, ToolContext, ToolSource};
+use crate::tools::{PromptInfo, Tool, ToolContent, ToolContext, ToolSource};
 
 /// Every server's current tools and instructions: what the ToolChain consults (as its
 /// [`ToolSource`]) for each new turn and `ready` frame.
@@ -31,33 +35,53 @@ pub(super) struct Catalog {
     generation: AtomicU64,
 }
 
-/// One server's tools and instructions, as last published.
-type Published = (Vec<Arc<dyn Tool>>, Option<String>);
+/// One server's tools and handshake, as last published.
+struct Published {
+    tools: Vec<Arc<dyn Tool>>,
+    handshake: Handshake,
+    /// The server, for resources and prompts; weak, since it holds the catalog weakly too.
+    server: Weak<McpServer>,
+}
 
 #[derive(Default)]
 struct CatalogState {
-    /// Each server's tools and instructions, by server name.
+    /// Each server's tools and handshake, by server name.
     servers: BTreeMap<String, Published>,
     /// Every server's tools in server-name order, without names taken by an earlier server.
     combined: Arc<[Arc<dyn Tool>]>,
 }
 
 impl Catalog {
-    /// Makes `tools` and `instructions` the current ones of `server`.
+    /// Makes `tools` and `handshake` (its instructions and capabilities) the current ones of
+    /// `server`.
     pub(super) fn publish(
         &self,
-        server: &str,
+        server: &Arc<McpServer>,
         tools: Vec<Arc<dyn Tool>>,
-        instructions: Option<String>,
+        handshake: Handshake,
     ) {
         let mut state = self.state.write();
-        state
-            .servers
-            .insert(server.to_owned(), (tools, instructions));
+        let published = Published {
+            tools,
+            handshake,
+            server: Arc::downgrade(server),
+        };
+        state.servers.insert(server.name.clone(), published);
         let mut names = HashSet::new();
         let mut combined = Vec::new();
-        for (name, (tools, _)) in &state.servers {
-            for tool in tools {
+        let readable: Vec<(String, Weak<McpServer>)> = state
+            .servers
+            .iter()
+            .filter(|(_, published)| published.handshake.capabilities.resources)
+            .map(|(name, published)| (name.clone(), published.server.clone()))
+            .collect();
+        if !readable.is_empty() {
+            let tool: Arc<dyn Tool> = Arc::new(ResourceTool::new(readable));
+            names.insert(tool.name().to_owned());
+            combined.push(tool);
+        }
+        for (name, published) in &state.servers {
+            for tool in &published.tools {
                 if names.insert(tool.name().to_owned()) {
                     combined.push(tool.clone());
                 } else {
@@ -87,13 +111,88 @@ impl ToolSource for Catalog {
         let parts: Vec<String> = state
             .servers
             .iter()
-            .filter_map(|(name, (_, instructions))| {
-                let text = instructions.as_deref()?.trim();
+            .filter_map(|(name, published)| {
+                let text = published.handshake.instructions.as_deref()?.trim();
                 (!text.is_empty())
                     .then(|| format!("Instructions from the MCP server {name}:\n{text}"))
             })
             .collect();
         parts.join("\n\n")
+    }
+
+    fn prompts(&self, cancel: &CancelFlag) -> Result<Vec<PromptInfo>, String> {
+        let mut prompts = Vec::new();
+        let mut failure = None;
+        for server in self.prompt_servers() {
+            match server.list_prompts(cancel) {
+                Ok(listed) => prompts.extend(listed.into_iter().map(|prompt| {
+                    PromptInfo {
+                        server: server.name.clone(),
+                        description: prompt.description.or(prompt.title).unwrap_or_default(),
+                        arguments: prompt
+                            .arguments
+                            .into_iter()
+                            .map(|argument| (argument.name, argument.required))
+                            .collect(),
+                        name: prompt.name,
+                    }
+                })),
+                Err(McpError::Cancelled) => return Err("cancelled".into()),
+                Err(e) => {
+                    log::warn!("mcp {}: cannot list its prompts: {e}", server.name);
+                    failure.get_or_insert(e.to_string());
+                }
+            }
+        }
+        match failure {
+            Some(failure) if prompts.is_empty() => Err(failure),
+            _ => Ok(prompts),
+        }
+    }
+
+    fn prompt(
+        &self,
+        name: &str,
+        args: &BTreeMap<String, String>,
+        cancel: &CancelFlag,
+    ) -> Result<String, String> {
+        let servers = self.prompt_servers();
+        let (server, prompt) = match name.split_once('/') {
+            Some((server, prompt)) => {
+                let server = servers.into_iter().find(|s| s.name == server);
+                (server, prompt)
+            }
+            None => {
+                let mut found = None;
+                for server in servers {
+                    let listed = server.list_prompts(cancel).map_err(|e| e.to_string())?;
+                    if listed.iter().any(|p| p.name == name) {
+                        found = Some(server);
+                        break;
+                    }
+                }
+                (found, name)
+            }
+        };
+        let Some(server) = server else {
+            return Err(format!("there is no prompt named {name}"));
+        };
+        server
+            .get_prompt(prompt, args, cancel)
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl Catalog {
+    /// The servers that offer prompts, in name order.
+    fn prompt_servers(&self) -> Vec<Arc<McpServer>> {
+        self.state
+            .read()
+            .servers
+            .values()
+            .filter(|published| published.handshake.capabilities.prompts)
+            .filter_map(|published| published.server.upgrade())
+            .collect()
     }
 }
 
@@ -101,7 +200,7 @@ impl ToolSource for Catalog {
 pub(super) struct McpServer {
     /// The server's name in the config.
     pub(super) name: String,
-    command: ServerCommand,
+    spec: ServerSpec,
     /// Which of its tools ask a person first, and how long a call may wait.
     policy: ServerPolicy,
     /// The live client. Held only to clone or swap the `Arc`.
@@ -113,8 +212,8 @@ pub(super) struct McpServer {
     stopped: AtomicBool,
     /// Where its tools are published; weak, since the catalog holds its tools, which hold it.
     catalog: Weak<Catalog>,
-    /// The instructions of its last `initialize`.
-    instructions: Mutex<Option<String>>,
+    /// What its last `initialize` said: instructions and capabilities.
+    handshake: Mutex<Handshake>,
     /// Set when the server announced a new tool list that has not been fetched yet.
     relist_wanted: AtomicBool,
     /// Set while a `mcp-<name>-relist` thread runs.
@@ -126,19 +225,19 @@ impl McpServer {
     /// [`adopt`](Self::adopt).
     pub(super) fn new(
         name: String,
-        command: ServerCommand,
+        spec: ServerSpec,
         policy: ServerPolicy,
         catalog: &Arc<Catalog>,
     ) -> Arc<Self> {
         Arc::new(McpServer {
             name,
-            command,
+            spec,
             policy,
             client: Mutex::new(None),
             restart: Arc::default(),
             stopped: AtomicBool::new(false),
             catalog: Arc::downgrade(catalog),
-            instructions: Mutex::new(None),
+            handshake: Mutex::new(Handshake::default()),
             relist_wanted: AtomicBool::new(false),
             relisting: AtomicBool::new(false),
         })
@@ -152,7 +251,7 @@ impl McpServer {
         let Started {
             client,
             tools,
-            instructions,
+            handshake,
         } = started;
         let weak = Arc::downgrade(self);
         client.on_tools_changed(move || {
@@ -178,7 +277,7 @@ impl McpServer {
             // Shut down meanwhile: the client stops when the caller drops it.
             return (client, 0);
         }
-        *self.instructions.lock() = instructions;
+        *self.handshake.lock() = handshake;
         let count = self.publish(tools);
         (client, count)
     }
@@ -211,8 +310,8 @@ impl McpServer {
         }
         let count = tools.len();
         if let Some(catalog) = self.catalog.upgrade() {
-            let instructions = self.instructions.lock().clone();
-            catalog.publish(&self.name, tools, instructions);
+            let handshake = self.handshake.lock().clone();
+            catalog.publish(self, tools, handshake);
         }
         count
     }
@@ -274,7 +373,7 @@ impl McpServer {
             if stopping.is_cancelled() {
                 return;
             }
-            match start_server(&self.name, &self.command, START_TIMEOUT, Some(stopping)) {
+            match start_server(&self.name, &self.spec, &self.policy, Some(stopping)) {
                 Ok(started) => {
                     let (_, count) = self.adopt(started);
                     log::info!("mcp {}: loaded with {}", self.name, tools_text(count));
@@ -294,6 +393,38 @@ impl McpServer {
         }
     }
 
+    /// The resource at `uri`, as text (`resources/read`), within the server's `"timeout"`.
+    pub(super) fn read_resource(
+        self: &Arc<Self>,
+        uri: &str,
+        cancel: &CancelFlag,
+    ) -> Result<String, McpError> {
+        let client = self.live_client(cancel)?;
+        client.read_resource(uri, Instant::now() + self.policy.timeout.0, Some(cancel))
+    }
+
+    /// Every prompt the server offers, within the server's `"timeout"`.
+    fn list_prompts(self: &Arc<Self>, cancel: &CancelFlag) -> Result<Vec<RemotePrompt>, McpError> {
+        let client = self.live_client(cancel)?;
+        client.list_prompts(Instant::now() + self.policy.timeout.0, Some(cancel))
+    }
+
+    /// The prompt `name` filled in with `args`, within the server's `"timeout"`.
+    fn get_prompt(
+        self: &Arc<Self>,
+        name: &str,
+        args: &BTreeMap<String, String>,
+        cancel: &CancelFlag,
+    ) -> Result<String, McpError> {
+        let client = self.live_client(cancel)?;
+        client.get_prompt(
+            name,
+            args,
+            Instant::now() + self.policy.timeout.0,
+            Some(cancel),
+        )
+    }
+
     /// The live client, restarting the server first when it has stopped.
     fn live_client(self: &Arc<Self>, cancel: &CancelFlag) -> Result<Arc<McpClient>, McpError> {
         if let Some(client) = self.current() {
@@ -306,14 +437,15 @@ impl McpServer {
         }
         self.check_running()?;
         log::info!("mcp {}: restarting", self.name);
-        let started = start_server(&self.name, &self.command, START_TIMEOUT, Some(cancel))
-            .map_err(|e| match e {
+        let started = start_server(&self.name, &self.spec, &self.policy, Some(cancel)).map_err(
+            |e| match e {
                 McpError::Cancelled => McpError::Cancelled,
                 other => McpError::Closed {
                     server: self.name.clone(),
                     reason: format!("it could not be restarted: {other}"),
                 },
-            })?;
+            },
+        )?;
         // The restarted server's list is the new truth.
         let (client, count) = self.adopt(started);
         log::info!("mcp {}: restarted with {}", self.name, tools_text(count));
@@ -477,23 +609,28 @@ impl Tool for McpTool {
         self.call_content(args, ctx).map(|content| content.text)
     }
     fn call_content(&self, args: &Value, ctx: &ToolContext<'_>) -> Result<ToolContent, String> {
-        let client = self
-            .server
-            .live_client(ctx.cancel)
-            .map_err(|e| e.to_string())?;
-        let reply = client
-            .call_tool(
-                &self.remote_name,
-                args,
-                self.server.policy.timeout.0,
-                ctx.cancel,
-                &|report| {
-                    if let Some(sink) = ctx.progress {
-                        sink.report(report);
-                    }
-                },
-            )
-            .map_err(|e| e.to_string())?;
+        let report = |report| {
+            if let Some(sink) = ctx.progress {
+                sink.report(report);
+            }
+        };
+        let mut expired = false;
+        let reply = loop {
+            let client = self
+                .server
+                .live_client(ctx.cancel)
+                .map_err(|e| e.to_string())?;
+            let timeout = self.server.policy.timeout.0;
+            match client.call_tool(&self.remote_name, args, timeout, ctx.cancel, &report) {
+                Ok(reply) => break reply,
+                // The server never ran it: once, start a new session and call it again.
+                Err(McpError::SessionExpired { .. }) if !expired => {
+                    expired = true;
+                    client.close("its session expired");
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        };
         if reply.is_error {
             return Err(reply.content.text);
         }
@@ -516,31 +653,32 @@ impl Tool for McpTool {
     }
 }
 
-/// A started, initialised client, the tools its server listed and its instructions.
+/// A started, initialised client, the tools its server listed and its handshake.
 pub(super) struct Started {
     /// The client, initialised.
     pub(super) client: McpClient,
     /// Every tool the server listed.
     pub(super) tools: Vec<RemoteTool>,
-    /// The `instructions` of its `initialize` result.
-    pub(super) instructions: Option<String>,
+    /// What its `initialize` result said.
+    pub(super) handshake: Handshake,
 }
 
-/// Spawns a server, initialises it and lists its tools, all within `timeout`.
+/// Spawns (or connects to) a server, initialises it and lists its tools, all within
+/// [`START_TIMEOUT`]; its calls will follow `policy`'s timeout.
 pub(super) fn start_server(
     name: &str,
-    command: &ServerCommand,
-    timeout: Duration,
+    spec: &ServerSpec,
+    policy: &ServerPolicy,
     cancel: Option<&CancelFlag>,
 ) -> Result<Started, McpError> {
-    let deadline = Instant::now() + timeout;
-    let client = McpClient::spawn(name, command)?;
-    let instructions = client.initialize(deadline, cancel)?;
+    let deadline = Instant::now() + START_TIMEOUT;
+    let client = McpClient::connect(name, spec, policy.timeout.0)?;
+    let handshake = client.initialize(deadline, cancel)?;
     let tools = client.list_tools(deadline, cancel)?;
     Ok(Started {
         client,
         tools,
-        instructions,
+        handshake,
     })
 }
 
@@ -549,13 +687,18 @@ mod tests {
     use super::*;
 
     fn server(name: &str, catalog: &Arc<Catalog>) -> Arc<McpServer> {
-        let command = ServerCommand {
+        let command = super::super::config::ServerCommand {
             command: "true".into(),
             args: Vec::new(),
             env: Default::default(),
             cwd: None,
         };
-        McpServer::new(name.into(), command, ServerPolicy::default(), catalog)
+        McpServer::new(
+            name.into(),
+            ServerSpec::Stdio(command),
+            ServerPolicy::default(),
+            catalog,
+        )
     }
 
     fn remote(value: Value) -> RemoteTool {
@@ -574,7 +717,7 @@ mod tests {
     fn the_catalog_leaves_out_task_tools_and_follows_each_server_s_latest_list() {
         let catalog = Arc::new(Catalog::default());
         let (a, b) = (server("a", &catalog), server("b", &catalog));
-        *a.instructions.lock() = Some("Use a.".into());
+        a.handshake.lock().instructions = Some("Use a.".into());
         let published = a.publish(vec![
             remote(json!({"name": "one"})),
             remote(json!({"name": "research", "execution": {"taskSupport": "required"}})),
@@ -592,7 +735,7 @@ mod tests {
         // A new list from a replaces its old one and leaves b's alone.
         a.publish(vec![remote(json!({"name": "three"}))]);
         assert_eq!(names(&catalog), ["a__three", "b__two"]);
-        *b.instructions.lock() = Some("Use b.".into());
+        b.handshake.lock().instructions = Some("Use b.".into());
         b.publish(Vec::new());
         assert_eq!(names(&catalog), ["a__three"]);
         assert_eq!(

@@ -1,6 +1,7 @@
-//! Wire types: JSON-RPC 2.0 messages as MCP's stdio transport carries them (one per line), the
-//! parts of MCP results Sparky reads, and how a tool result's content becomes text. Plain
-//! serde types; the MCP JSON shapes stay private to `tools/mcp/`. Depends on nothing.
+//! Wire types: JSON-RPC 2.0 messages as MCP's transports carry them, the parts of MCP results
+//! Sparky reads, and how a tool result's content becomes text and images. Plain serde types;
+//! the MCP JSON shapes stay private to `tools/mcp/`. Depends on `model` (`Image`) and `tools`
+//! (`Progress`).
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
@@ -184,10 +185,29 @@ impl Response {
 pub(super) struct InitializeResult {
     #[serde(rename = "protocolVersion")]
     pub(super) protocol_version: String,
+    /// What the server offers besides tools.
+    #[serde(default)]
+    pub(super) capabilities: ServerCapabilities,
     #[serde(rename = "serverInfo")]
     pub(super) server_info: Option<Implementation>,
     /// How to use the server, for the model's system prompt.
     pub(super) instructions: Option<String>,
+}
+
+/// The server's capabilities we look at: present (even as `{}`) means offered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+pub(super) struct ServerCapabilities {
+    /// `resources/list` and `resources/read`.
+    #[serde(default, deserialize_with = "offered")]
+    pub(super) resources: bool,
+    /// `prompts/list` and `prompts/get`.
+    #[serde(default, deserialize_with = "offered")]
+    pub(super) prompts: bool,
+}
+
+/// A capability is offered when its member is present and not `null`.
+fn offered<'de, D: Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
+    Ok(!Value::deserialize(deserializer)?.is_null())
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -281,6 +301,114 @@ impl ProgressParams {
             total: self.total,
             message: self.message,
         }
+    }
+}
+
+/// The result of `resources/read`.
+#[derive(Debug, Deserialize)]
+pub(super) struct ReadResourceResult {
+    pub(super) contents: Vec<ResourceContents>,
+}
+
+/// One resource's contents: text, or a base64 blob.
+#[derive(Debug, Deserialize)]
+pub(super) struct ResourceContents {
+    pub(super) uri: String,
+    #[serde(rename = "mimeType")]
+    pub(super) mime_type: Option<String>,
+    pub(super) text: Option<String>,
+    pub(super) blob: Option<String>,
+}
+
+impl ReadResourceResult {
+    /// The contents as text: each text part as it is, a blob as a short note (its type and
+    /// about how many bytes), parts after the first each under its URI.
+    pub(super) fn render(&self) -> String {
+        let parts: Vec<String> = self
+            .contents
+            .iter()
+            .enumerate()
+            .map(|(index, part)| {
+                let body = match (&part.text, &part.blob) {
+                    (Some(text), _) => text.clone(),
+                    (None, Some(blob)) => format!(
+                        "[binary resource: {}, about {} bytes, not shown]",
+                        part.mime_type.as_deref().unwrap_or("unknown type"),
+                        blob.len() / 4 * 3
+                    ),
+                    (None, None) => "(empty)".to_owned(),
+                };
+                if index == 0 {
+                    body
+                } else {
+                    format!("--- {}\n{body}", part.uri)
+                }
+            })
+            .collect();
+        if parts.is_empty() {
+            "(no contents)".to_owned()
+        } else {
+            parts.join("\n")
+        }
+    }
+}
+
+/// One page of `prompts/list`.
+#[derive(Debug, Deserialize)]
+pub(super) struct PromptsPage {
+    pub(super) prompts: Vec<RemotePrompt>,
+    #[serde(rename = "nextCursor")]
+    pub(super) next_cursor: Option<String>,
+}
+
+/// A prompt as its server describes it.
+#[derive(Clone, Debug, Deserialize)]
+pub(super) struct RemotePrompt {
+    pub(super) name: String,
+    pub(super) title: Option<String>,
+    pub(super) description: Option<String>,
+    #[serde(default)]
+    pub(super) arguments: Vec<PromptArgument>,
+}
+
+/// One argument of a prompt.
+#[derive(Clone, Debug, Deserialize)]
+pub(super) struct PromptArgument {
+    pub(super) name: String,
+    #[serde(default)]
+    pub(super) required: bool,
+}
+
+/// The result of `prompts/get`.
+#[derive(Debug, Deserialize)]
+pub(super) struct GetPromptResult {
+    pub(super) messages: Vec<PromptMessage>,
+}
+
+/// One message of a prompt.
+#[derive(Debug, Deserialize)]
+pub(super) struct PromptMessage {
+    pub(super) role: String,
+    pub(super) content: Value,
+}
+
+impl GetPromptResult {
+    /// The prompt as one user message: each message's content as text (see
+    /// [`render_content`]), an assistant's marked as such, separated by blank lines.
+    pub(super) fn render(&self) -> String {
+        let parts: Vec<String> = self
+            .messages
+            .iter()
+            .map(|message| {
+                let text = describe_content(&message.content);
+                if message.role == "assistant" {
+                    format!("(assistant) {text}")
+                } else {
+                    text
+                }
+            })
+            .collect();
+        parts.join("\n\n")
     }
 }
 
@@ -469,6 +597,55 @@ mod tests {
         ] {
             assert!(serde_json::from_str::<Message>(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn capabilities_prompts_and_resources_are_read() {
+        let init: InitializeResult = serde_json::from_value(json!({
+            "protocolVersion": "2025-06-18",
+            "capabilities": {"tools": {}, "resources": {"subscribe": true}, "prompts": null}
+        }))
+        .unwrap();
+        assert_eq!(
+            init.capabilities,
+            ServerCapabilities {
+                resources: true,
+                prompts: false
+            }
+        );
+        let bare: InitializeResult =
+            serde_json::from_value(json!({"protocolVersion": "2025-06-18"})).unwrap();
+        assert_eq!(bare.capabilities, ServerCapabilities::default());
+
+        let read: ReadResourceResult = serde_json::from_value(json!({"contents": [
+            {"uri": "demo://a", "mimeType": "text/plain", "text": "alpha"},
+            {"uri": "demo://b", "mimeType": "image/png", "blob": "AAAAAAAA"}
+        ]}))
+        .unwrap();
+        assert_eq!(
+            read.render(),
+            "alpha\n--- demo://b\n[binary resource: image/png, about 6 bytes, not shown]"
+        );
+
+        let prompt: GetPromptResult = serde_json::from_value(json!({"messages": [
+            {"role": "user", "content": {"type": "text", "text": "Weather in Paris?"}},
+            {"role": "assistant", "content": {"type": "text", "text": "Sunny."}},
+            {"role": "user", "content": {"type": "resource",
+                                         "resource": {"uri": "demo://r", "text": "inside"}}}
+        ]}))
+        .unwrap();
+        assert_eq!(
+            prompt.render(),
+            "Weather in Paris?\n\n(assistant) Sunny.\n\ninside"
+        );
+        let page: PromptsPage = serde_json::from_value(json!({"prompts": [
+            {"name": "args-prompt", "arguments": [{"name": "city", "required": true},
+                                                  {"name": "state"}]}
+        ]}))
+        .unwrap();
+        assert_eq!(page.prompts[0].arguments[0].name, "city");
+        assert!(page.prompts[0].arguments[0].required);
+        assert!(!page.prompts[0].arguments[1].required);
     }
 
     #[test]

@@ -1,0 +1,199 @@
+//! Helpers for the MCP tests: the fixture server (`tests/fixtures/mcp_fixture.py`) on stdio
+//! or over Streamable HTTP, its event log, and tool calls through the offline model's `/tool`.
+
+#![allow(dead_code)] // Each user takes its own subset.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use serde_json::{Value, json};
+use sparky::protocol::{ServerFrame, ToolStatus};
+
+use std::time::{Duration, Instant};
+
+use sparky::protocol::StatusCode;
+
+use super::{Client, TestServer, wait_until};
+
+/// The fixture server's script.
+pub const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/mcp_fixture.py");
+
+/// Fails the test unless `python3` runs: the fixture needs it.
+pub fn require_python() {
+    assert!(
+        Command::new("python3").arg("--version").output().is_ok(),
+        "the MCP tests run their fixture server with python3, which is not on PATH"
+    );
+}
+
+/// Writes `{"mcpServers": servers}` to `mcp.json` in `dir` and returns its path.
+pub fn write_config(dir: &Path, servers: &Value) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let config = dir.join("mcp.json");
+    std::fs::write(&config, json!({"mcpServers": servers}).to_string()).unwrap();
+    config
+}
+
+/// The lines a fixture appended to its `MCP_FIXTURE_LOG` file so far.
+pub fn events(log: &Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Waits until the fixture logs a line starting with `prefix`, and returns it.
+pub fn wait_for_event(log: &Path, prefix: &str) -> String {
+    let mut found = None;
+    wait_until(&format!("the fixture to record {prefix:?}"), || {
+        found = events(log).into_iter().find(|e| e.starts_with(prefix));
+        found.is_some()
+    });
+    found.unwrap()
+}
+
+/// Waits until the `ready` frame of a new connection lists `tool`.
+pub fn wait_for_tool(server: &TestServer, tool: &str) {
+    wait_until(&format!("{tool} to be listed"), || {
+        ready(&server.client()).1.iter().any(|name| name == tool)
+    });
+}
+
+/// Calls `tool` through the offline model's `/tool` command and returns the tool_result.
+pub fn call(client: &mut Client, tool: &str, args: Value) -> (ToolStatus, String) {
+    client.say(&format!("/tool {tool} {args}"));
+    let turn = client.expect("user_message").frame.turn_id().unwrap().0;
+    let frames = client.finish_turn(turn);
+    frames
+        .iter()
+        .find_map(|frame| match &frame.frame {
+            ServerFrame::ToolResult { status, result, .. } => Some((*status, result.clone())),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no tool_result in {frames:#?}"))
+}
+
+/// Sends `text` and returns the turn's answer (its `message` frame's text).
+pub fn answer(client: &mut Client, text: &str) -> String {
+    client.say(text);
+    let turn = client.expect("user_message").frame.turn_id().unwrap().0;
+    let frames = client.finish_turn(turn);
+    frames
+        .iter()
+        .find_map(|frame| match &frame.frame {
+            ServerFrame::Message { text, .. } => Some(text.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no answer in {frames:#?}"))
+}
+
+/// Every `tool_progress` frame the client has seen, in order: `(progress, total)`.
+pub fn progress_seen(client: &Client) -> Vec<(f64, Option<f64>)> {
+    client
+        .seen
+        .iter()
+        .filter_map(|frame| match &frame.frame {
+            ServerFrame::ToolProgress {
+                progress, total, ..
+            } => Some((*progress, *total)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The `ready` frame a client received when it connected: its tool count and names.
+pub fn ready(client: &Client) -> (usize, Vec<String>) {
+    client
+        .seen
+        .iter()
+        .find_map(|frame| match &frame.frame {
+            ServerFrame::Ready {
+                tools_loaded,
+                tools,
+                ..
+            } => Some((*tools_loaded, tools.clone())),
+            _ => None,
+        })
+        .expect("a ready frame")
+}
+
+/// The fixture serving Streamable HTTP (`--http PORT`) as a child process; killed when
+/// dropped.
+pub struct HttpFixture {
+    child: Child,
+    /// The port it listens on, on 127.0.0.1.
+    pub port: u16,
+}
+
+impl HttpFixture {
+    /// Starts it on `port` (0 for any) with `env`, and waits for its `listening on` line.
+    pub fn start(port: u16, env: &[(&str, &str)]) -> Self {
+        require_python();
+        let mut child = Command::new("python3")
+            .args([FIXTURE, "--http", &port.to_string()])
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let line = super::first_line(&mut child, "the HTTP fixture");
+        let port = line
+            .strip_prefix("listening on ")
+            .and_then(|port| port.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected line {line:?}"));
+        HttpFixture { child, port }
+    }
+
+    /// Its MCP endpoint.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/mcp", self.port)
+    }
+
+    /// Kills it (SIGKILL) and waits for it.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for HttpFixture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the fixture's `slow` tool (as `tool`, 30 s) from `client`, cancels the turn once the
+/// fixture has logged the call in `log`, and checks that the turn ends cancelled at once and
+/// that the server was told which request to stop.
+pub fn cancel_a_slow_call(client: &mut Client, tool: &str, log: &Path) {
+    client.say(&format!(r#"/tool {tool} {{"ms": 30000}}"#));
+    client.expect("tool_use");
+    let started = wait_for_event(log, "call ");
+    let id = started
+        .strip_prefix("call ")
+        .and_then(|rest| rest.strip_suffix(" slow"))
+        .unwrap_or_else(|| panic!("unexpected event {started:?}"))
+        .to_owned();
+    cancel_at_once(client);
+    let cancelled = wait_for_event(log, &format!("cancelled {id} "));
+    assert!(cancelled.contains("cancelled the turn"), "{cancelled}");
+}
+
+/// Cancels the client's turn and checks that it ends cancelled within two seconds.
+pub fn cancel_at_once(client: &mut Client) {
+    let sent = Instant::now();
+    client.cancel();
+    let status = client.expect("status");
+    assert!(
+        matches!(&status.frame, ServerFrame::Status(s) if s.code == StatusCode::Cancelled),
+        "{status:?}"
+    );
+    assert!(
+        sent.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        sent.elapsed()
+    );
+}
