@@ -1,5 +1,5 @@
 //! Sparky against the real reference server, `@modelcontextprotocol/server-everything` from
-//! npm, over stdio and over Streamable HTTP: echo, a tool that requires tasks left out, a
+//! npm, over stdio and over Streamable HTTP: echo, an image, a tool that requires tasks left out, a
 //! resource link read through `mcp_read_resource`, `/prompt`, the progress of its long-running
 //! operation relayed as `tool_progress`, and cancelling that operation.
 //!
@@ -114,6 +114,15 @@ fn exercise(server: &TestServer) {
             json!({"message": "hello there"})
         ),
         (ToolStatus::Success, "Echo: hello there".to_owned())
+    );
+
+    // Its image reaches the tool card as a data URL, after the note the model reads.
+    let (status, shown) = call(&mut client, "everything__get-tiny-image", json!({}));
+    assert_eq!(status, ToolStatus::Success, "{shown}");
+    assert!(shown.contains("[image: image/png"), "{shown}");
+    assert!(
+        shown.contains("data:image/png;base64,iVBORw0KGgo"),
+        "{shown}"
     );
 
     // A resource link a tool returns can be read.
