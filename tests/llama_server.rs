@@ -1,6 +1,7 @@
 //! Sparky against a real model server: llama.cpp's `llama-server` serving SmolLM2-135M-Instruct
 //! at temperature 0, built and fetched once by `scripts/llama-server.sh` (cached under
-//! `target/llama/`). Fakes show only the quirks we already know; these show the real ones.
+//! `target/llama/`), and its `/v1/embeddings` for semantic memory. Fakes show only the quirks
+//! we already know; these show the real ones.
 
 mod support;
 
@@ -11,8 +12,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use sparky::memory::SemanticGraph;
+use sparky::model::embed::{EmbedOptions, RemoteEmbedder};
 use sparky::model::remote::{RemoteModel, RemoteOptions, RetryPolicy};
 use sparky::protocol::{ServerEnvelope, ServerFrame, StatusCode};
+use sparky::store::{GraphStore, SqliteStore};
 use support::{Client, TestServer};
 
 /// How long the model server may take to load and to answer: a small model on two busy cores.
@@ -40,6 +44,11 @@ struct Llama {
 
 impl Llama {
     fn start(ctx_size: u32, port: Option<u16>) -> Self {
+        Self::start_with(ctx_size, port, &[])
+    }
+
+    /// [`Llama::start`] with `extra` arguments for the server.
+    fn start_with(ctx_size: u32, port: Option<u16>, extra: &[&str]) -> Self {
         let (server, model) = artifacts();
         let port = port.unwrap_or_else(|| {
             TcpListener::bind("127.0.0.1:0")
@@ -65,6 +74,7 @@ impl Llama {
             // turn within seconds on a busy two-core machine (an answer cut by it is reported
             // as `truncated`, which these tests accept).
             .args(["--n-predict", "128"])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -293,4 +303,50 @@ fn an_overflowing_conversation_is_trimmed_or_recovered_and_a_restarted_server_is
     let _llama = Llama::start(768, Some(port));
     let frames = turn(&mut client, "Are you back? Reply with OK.");
     assert!(!answer(&frames).trim().is_empty());
+}
+
+#[test]
+fn semantic_memory_embeds_facts_through_a_real_embeddings_endpoint() {
+    // llama-server with `--embedding` serves `POST /v1/embeddings` (mean-pooled SmolLM2 here:
+    // not a retrieval model, so what is checked is that its answers are taken and stored, per
+    // owner, and that searches still work with them; not the quality of what is found).
+    let llama = Llama::start_with(512, None, &["--embedding", "--pooling", "mean"]);
+    let store: Arc<dyn GraphStore> = Arc::new(SqliteStore::in_memory().unwrap());
+    let embedder = RemoteEmbedder::new(EmbedOptions {
+        base_url: format!("http://{}/v1", llama.addr()),
+        model: "smollm2".into(),
+        api_key: None,
+        timeout: MODEL_WAIT,
+    });
+    let graph = SemanticGraph::start(store.clone(), Arc::new(embedder)).unwrap();
+    for fact in [
+        "The spare key is under the blue flowerpot.",
+        "Our dentist appointment is on the first Monday of March.",
+        "The wifi password is written inside the kitchen cupboard.",
+    ] {
+        graph.remember("ann", fact).unwrap();
+    }
+    // The background worker embeds every fact through the real server.
+    let deadline = Instant::now() + MODEL_WAIT;
+    while !store.unembedded("smollm2", 10).unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the facts were never embedded");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A search embeds its query through the server too; the fact it names is found, and
+    // another owner finds nothing of ann's.
+    let found = graph
+        .search("ann", "where is the spare key", None, 3)
+        .unwrap();
+    assert!(
+        found
+            .iter()
+            .any(|node| node.content.contains("blue flowerpot")),
+        "{found:#?}"
+    );
+    assert!(
+        graph
+            .search("bob", "where is the spare key", None, 3)
+            .unwrap()
+            .is_empty()
+    );
 }
