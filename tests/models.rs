@@ -188,27 +188,11 @@ fn ready(client: &Client) -> (String, Vec<String>) {
 
 /// A server on `data_dir` answering with `model`, started once the directory is free.
 fn sparky_on(data_dir: &Path, model: Arc<RemoteModel>) -> TestServer {
-    let config = |config: &mut sparky::Config| {
-        config.data_dir = data_dir.to_owned();
-        support::use_test_store(config);
-        config.system_prompt = Some(String::new());
-    };
-    let mut started = None;
-    support::wait_until("the data directory to be free", || {
-        let mut c = support::test_config();
-        config(&mut c);
-        let listener = sparky::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        match sparky::server::spawn_with(listener, c, model.clone()) {
-            Ok(handle) => started = Some(handle),
-            Err(e) => assert!(e.to_string().contains("in use"), "{e}"),
-        }
-        started.is_some()
-    });
-    let handle = started.unwrap();
-    TestServer {
-        addr: handle.addr(),
-        handle,
-    }
+    TestServer::restart_with_model(
+        data_dir,
+        |config| config.system_prompt = Some(String::new()),
+        model,
+    )
 }
 
 #[test]

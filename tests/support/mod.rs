@@ -60,6 +60,15 @@ impl TestServer {
 
     /// [`TestServer::restart_on`] with the configuration adjusted by `adjust`.
     pub fn restart_with(data_dir: &std::path::Path, adjust: impl Fn(&mut Config)) -> Self {
+        Self::restart_with_model(data_dir, adjust, Arc::new(OfflineModel))
+    }
+
+    /// [`TestServer::restart_with`], answering with `model`.
+    pub fn restart_with_model(
+        data_dir: &std::path::Path,
+        adjust: impl Fn(&mut Config),
+        model: Arc<dyn ModelBackend>,
+    ) -> Self {
         let mut started = None;
         wait_until("the data directory to be free", || {
             let mut config = test_config();
@@ -67,7 +76,7 @@ impl TestServer {
             use_test_store(&mut config);
             adjust(&mut config);
             let listener = sparky::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-            match sparky::server::spawn_with(listener, config, Arc::new(OfflineModel)) {
+            match sparky::server::spawn_with(listener, config, model.clone()) {
                 Ok(handle) => started = Some(handle),
                 Err(e) => assert!(e.to_string().contains("in use"), "{e}"),
             }
