@@ -32,7 +32,7 @@ use clap::Parser;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sparky::protocol::{
+use sparky::common::protocol::{
     ApproveData, ClientFrame, ConnectData, ErrorCode, MessageData, ServerEnvelope, ServerFrame,
     StatusCode, StatusData, ToolStatus, TurnId,
 };

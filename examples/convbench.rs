@@ -19,9 +19,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sparky::auth::Principal;
+use sparky::common::auth::Principal;
+use sparky::common::protocol::{ServerFrame, SessionId, TurnId, Usage, encode};
 use sparky::model::{ChatMessage, Role};
-use sparky::protocol::{ServerFrame, SessionId, TurnId, Usage, encode};
 use sparky::store::{ConversationStore, SqliteStore, TurnMark, WriteOp};
 use tungstenite::Message;
 

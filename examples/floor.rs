@@ -15,7 +15,7 @@
 //!
 //! To keep the comparison fair it uses what Sparky uses where it matters to speed: a listen
 //! backlog of 4096 (socket2), `TCP_NODELAY`, a 4 KiB tungstenite read buffer, 256 KiB thread
-//! stacks, and Sparky's own frame types and encoder from `sparky::protocol`.
+//! stacks, and Sparky's own frame types and encoder from `sparky::common::protocol`.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -23,7 +23,9 @@ use std::thread;
 use std::time::Duration;
 
 use clap::Parser;
-use sparky::protocol::{ClientFrame, ServerFrame, SessionId, TurnId, decode_client_frame, encode};
+use sparky::common::protocol::{
+    ClientFrame, ServerFrame, SessionId, TurnId, decode_client_frame, encode,
+};
 use sparky::tools::ToolChain;
 use tungstenite::Message;
 use tungstenite::handshake::HandshakeError;

@@ -21,7 +21,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sparky::memory::SemanticGraph;
+use sparky::conversation::memory::SemanticGraph;
 use sparky::model::embed::{Embed, HashEmbedder};
 use sparky::store::{GraphStore, SqliteStore};
 

@@ -269,7 +269,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..Config::default()
     };
     let listener = sparky::bind(config.addr)?;
-    let handle = sparky::server::spawn_with(listener, config, Arc::new(OfflineModel))?;
+    let handle = sparky::net::server::spawn_with(listener, config, Arc::new(OfflineModel))?;
     let addr = handle.addr();
     for name in ["baseline", "sequential", "flood"] {
         phase(addr, name, seconds, 4)?;

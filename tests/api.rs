@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use sparky::protocol::{ServerFrame, StatusCode};
+use sparky::common::protocol::{ServerFrame, StatusCode};
 use support::{Client, TestServer, http, http_json, wait_until};
 use tungstenite::protocol::frame::coding::CloseCode;
 
@@ -227,7 +227,7 @@ fn another_principal_sees_nothing_and_gets_404_for_everything() {
         let (status, text) = support::tool_result(&bo.finish_turn(turn));
         assert_eq!(
             status,
-            sparky::protocol::ToolStatus::Error,
+            sparky::common::protocol::ToolStatus::Error,
             "{tool}: {text}"
         );
         assert!(!text.contains("swordfish"));

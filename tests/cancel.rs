@@ -5,7 +5,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use sparky::protocol::{ServerFrame, StatusCode, TurnId};
+use sparky::common::protocol::{ServerFrame, StatusCode, TurnId};
 use support::{TestServer, kinds};
 
 fn is_cancelled_status(frame: &ServerFrame, turn: u64) -> bool {

@@ -14,7 +14,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use sparky::protocol::{ServerEnvelope, ServerFrame, SessionId, TurnId};
+use sparky::common::protocol::{ServerEnvelope, ServerFrame, SessionId, TurnId};
 use support::{Client, Rng, TestServer, WAIT, wait_until};
 
 const SESSIONS: usize = 16;
@@ -81,7 +81,7 @@ impl Driver {
             };
             match poll_frame(client) {
                 Polled::Frame(frame) => {
-                    if matches!(&frame.frame, ServerFrame::Status(s) if s.code == sparky::protocol::StatusCode::TakenOver)
+                    if matches!(&frame.frame, ServerFrame::Status(s) if s.code == sparky::common::protocol::StatusCode::TakenOver)
                     {
                         tally.takeovers.fetch_add(1, Ordering::Relaxed);
                     }

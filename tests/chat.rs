@@ -3,7 +3,7 @@
 mod support;
 
 use serde_json::json;
-use sparky::protocol::{ServerFrame, TurnId};
+use sparky::common::protocol::{ServerFrame, TurnId};
 use support::{Client, TestServer, kinds, seqs};
 
 #[test]

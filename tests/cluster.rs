@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sparky::protocol::{ServerFrame, SessionId, StatusCode, TurnId};
+use sparky::common::protocol::{ServerFrame, SessionId, StatusCode, TurnId};
 use support::{ChildServer, Client, Rng, TestServer, WAIT, events_seen, http, postgres};
 
 fn instance(url: &str) -> TestServer {
@@ -32,7 +32,7 @@ fn phone_and_laptop() -> (TestServer, TestServer, Client, Client) {
     (a, b, phone, laptop)
 }
 
-fn value(frame: &sparky::protocol::ServerEnvelope) -> Value {
+fn value(frame: &sparky::common::protocol::ServerEnvelope) -> Value {
     serde_json::to_value(frame).unwrap()
 }
 

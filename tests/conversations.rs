@@ -5,7 +5,7 @@
 mod support;
 
 use serde_json::{Value, json};
-use sparky::protocol::{ErrorCode, ServerFrame, TurnId};
+use sparky::common::protocol::{ErrorCode, ServerFrame, TurnId};
 use support::{Client, TestServer, events_seen, http_json, replay, temp_dir, test_config};
 
 #[test]
@@ -109,7 +109,7 @@ fn a_version_1_database_is_migrated_with_nothing_lost() {
     let list = http_json(server.addr, "GET", "/api/conversations", None, None).1;
     assert_eq!(list["conversations"].as_array().unwrap().len(), 3);
     for id in &sessions {
-        let id = sparky::protocol::SessionId::parse(id).unwrap();
+        let id = sparky::common::protocol::SessionId::parse(id).unwrap();
         let stored: Vec<Value> = events
             .iter()
             .filter(|(session, _)| session == id.as_str())

@@ -12,10 +12,10 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use serde_json::json;
 use socket2::{Domain, Socket, Type};
-use sparky::error::{Error, Result};
-use sparky::metrics::Metrics;
+use sparky::common::error::{Error, Result};
+use sparky::common::metrics::Metrics;
+use sparky::common::protocol::ServerFrame;
 use sparky::model::{Conversation, ModelBackend, ModelReply, ReplySink, ToolSpec};
-use sparky::protocol::ServerFrame;
 use support::{Client, TestServer, WAIT, wait_until};
 
 /// Bytes of padding in each streamed piece.

@@ -4,7 +4,7 @@
 mod support;
 
 use serde_json::json;
-use sparky::protocol::{ErrorCode, ServerFrame};
+use sparky::common::protocol::{ErrorCode, ServerFrame};
 use support::{Client, TestServer};
 use tungstenite::Message;
 use tungstenite::protocol::frame::coding::CloseCode;

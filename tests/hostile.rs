@@ -7,7 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sparky::protocol::{ClientFrame, ErrorCode, ServerFrame, decode_client_frame};
+use sparky::common::protocol::{ClientFrame, ErrorCode, ServerFrame, decode_client_frame};
 use support::TestServer;
 use tungstenite::Message;
 

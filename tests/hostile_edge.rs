@@ -11,9 +11,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use sparky::auth::Principal;
-use sparky::config::RateLimit;
-use sparky::protocol::{ServerFrame, SessionId};
+use sparky::common::auth::Principal;
+use sparky::common::config::RateLimit;
+use sparky::common::protocol::{ServerFrame, SessionId};
 use sparky::store::{TurnMark, WriteOp};
 use support::{Client, TestServer, WAIT, http_json, test_config, wait_until};
 use tungstenite::protocol::CloseFrame;
@@ -238,7 +238,7 @@ fn a_large_frame_before_authentication_closes_the_socket() {
     assert!(matches!(
         user.next().frame,
         ServerFrame::Error {
-            code: sparky::protocol::ErrorCode::TooLarge,
+            code: sparky::common::protocol::ErrorCode::TooLarge,
             ..
         }
     ));

@@ -5,7 +5,7 @@
 mod support;
 
 use serde_json::json;
-use sparky::protocol::{ErrorCode, ServerEnvelope, ServerFrame, TurnId};
+use sparky::common::protocol::{ErrorCode, ServerEnvelope, ServerFrame, TurnId};
 use support::{Client, TestServer, events_seen, http_json, replay, test_config, wait_until};
 
 /// Asserts that `frame` is the `error` `server_busy` closing turn `turn`.
@@ -169,7 +169,7 @@ fn refused_connect(server: &TestServer, token: &str) -> String {
 fn a_flood_of_new_conversations_is_cut_off_for_its_principal_only() {
     let server = TestServer::with_config(|config| {
         config.auth_tokens = vec!["alpha".into(), "beta".into()];
-        config.new_conversation_rate = Some(sparky::config::RateLimit {
+        config.new_conversation_rate = Some(sparky::common::config::RateLimit {
             per_second: 0.001,
             burst: 5.0,
         });
@@ -232,7 +232,10 @@ fn a_session_of_many_huge_messages_holds_a_bounded_conversation_in_memory() {
         .unwrap();
     let history = session.history();
     let bytes: usize = history.iter().map(|m| m.content.len()).sum();
-    assert!(bytes <= sparky::bot::MAX_HISTORY_BYTES, "{bytes}");
+    assert!(
+        bytes <= sparky::conversation::bot::MAX_HISTORY_BYTES,
+        "{bytes}"
+    );
     assert!(history.len() < 80, "old exchanges left memory");
     // The newest exchange is still there, and the whole conversation is in the store.
     assert!(history.last().unwrap().content.starts_with("You said: 39"));

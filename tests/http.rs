@@ -61,7 +61,7 @@ fn the_root_serves_the_chat_page_with_a_content_security_policy() {
 fn the_page_assets_are_served_with_the_policy_and_cached_by_version() {
     let server = TestServer::start();
     let (_, page) = get(server.addr, "/");
-    for asset in sparky::assets::all() {
+    for asset in sparky::net::assets::all() {
         let url = asset.url();
         assert!(page.contains(&url), "the page does not name {url}");
         let mut stream = TcpStream::connect(server.addr).unwrap();

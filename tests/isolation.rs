@@ -4,10 +4,10 @@ mod support;
 
 use std::sync::Arc;
 
-use sparky::error::Result;
+use sparky::common::error::Result;
+use sparky::common::protocol::{ErrorCode, ServerFrame};
 use sparky::model::offline::OfflineModel;
 use sparky::model::{Conversation, ModelBackend, ModelReply, ReplySink, ToolSpec};
-use sparky::protocol::{ErrorCode, ServerFrame};
 use support::{TestServer, kinds};
 
 /// The offline model, except that it panics on the word "boom".

@@ -3,7 +3,7 @@
 
 mod support;
 
-use sparky::protocol::{ServerFrame, ToolStatus};
+use sparky::common::protocol::{ServerFrame, ToolStatus};
 use support::{TestServer, kinds, tool_result};
 
 #[test]

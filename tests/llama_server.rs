@@ -12,10 +12,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sparky::memory::SemanticGraph;
+use sparky::common::protocol::{ServerEnvelope, ServerFrame, StatusCode};
+use sparky::conversation::memory::SemanticGraph;
 use sparky::model::embed::{EmbedOptions, RemoteEmbedder};
 use sparky::model::remote::{RemoteModel, RemoteOptions, RetryPolicy};
-use sparky::protocol::{ServerEnvelope, ServerFrame, StatusCode};
 use sparky::store::{GraphStore, SqliteStore};
 use support::{Client, TestServer};
 

@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sparky::protocol::ToolStatus;
+use sparky::common::protocol::ToolStatus;
 use support::mcp::{FIXTURE, call, cancel_a_slow_call, ready, wait_for_tool};
 use support::{TestServer, WAIT, test_config, wait_until};
 
@@ -260,7 +260,7 @@ fn a_config_that_cannot_be_read_stops_the_server_at_start() {
         let listener = sparky::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let error = sparky::spawn(listener, config).unwrap_err();
         assert!(
-            matches!(error, sparky::error::Error::Config(_)),
+            matches!(error, sparky::common::error::Error::Config(_)),
             "{error:?}"
         );
         assert!(error.to_string().contains(expected), "{error}");
@@ -448,7 +448,7 @@ impl sparky::model::ModelBackend for SystemRecorder {
         conversation: sparky::model::Conversation<'_>,
         _tools: &[sparky::model::ToolSpec],
         _sink: &mut dyn sparky::model::ReplySink,
-    ) -> sparky::error::Result<sparky::model::ModelReply> {
+    ) -> sparky::common::error::Result<sparky::model::ModelReply> {
         let system = conversation
             .head
             .iter()

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sparky::protocol::{ErrorCode, ServerEnvelope, ServerFrame, StatusCode, ToolStatus};
+use sparky::common::protocol::{ErrorCode, ServerEnvelope, ServerFrame, StatusCode, ToolStatus};
 use support::{ChildServer, Client, TestServer, kind, temp_dir, wait_until};
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/mcp_fixture.py");

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use serde_json::{Value, json};
-use sparky::protocol::ToolStatus;
+use sparky::common::protocol::ToolStatus;
 use support::mcp::{
     answer, call, cancel_at_once, progress_seen, ready, wait_for_tool, write_config,
 };

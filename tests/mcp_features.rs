@@ -9,7 +9,7 @@ mod support;
 use std::path::PathBuf;
 
 use serde_json::json;
-use sparky::protocol::ToolStatus;
+use sparky::common::protocol::ToolStatus;
 use support::TestServer;
 use support::mcp::{FIXTURE, answer, call, ready, require_python, wait_for_event, write_config};
 

@@ -14,7 +14,7 @@ mod support;
 use std::path::PathBuf;
 
 use serde_json::json;
-use sparky::protocol::{ServerFrame, ToolStatus};
+use sparky::common::protocol::{ServerFrame, ToolStatus};
 use support::mcp::{
     HttpFixture, call, cancel_a_slow_call, events, progress_seen, wait_for_event, wait_for_tool,
     write_config,

@@ -9,7 +9,7 @@ mod support;
 use std::process::Command;
 
 use serde_json::{Value, json};
-use sparky::protocol::{SessionId, TurnId};
+use sparky::common::protocol::{SessionId, TurnId};
 use support::{
     Client, TestServer, events_seen, http_json, postgres, replay, temp_dir, test_config,
     tool_result, wait_until,
@@ -187,7 +187,7 @@ fn a_data_directory_comes_back_whole_from_postgres() {
 }
 
 /// `graph_get` of node 1 (the first fact), asked through `client`.
-fn alpha_graph(client: &mut Client) -> Vec<sparky::protocol::ServerEnvelope> {
+fn alpha_graph(client: &mut Client) -> Vec<sparky::common::protocol::ServerEnvelope> {
     client.say(r#"/tool graph_get {"id": 1}"#);
     let opened = client.expect("user_message");
     client.finish_turn(opened.frame.turn_id().unwrap().0)

@@ -15,10 +15,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use sparky::common::protocol::{ErrorCode, ServerFrame, ToolStatus};
 use sparky::model::ModelBackend;
 use sparky::model::embed::HashEmbedder;
 use sparky::model::remote::{RemoteModel, RemoteOptions};
-use sparky::protocol::{ErrorCode, ServerFrame, ToolStatus};
 use support::{Client, TestServer, WAIT};
 
 /// What the fake's embeddings endpoint does.

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::thread;
 
 use serde_json::json;
-use sparky::protocol::{ErrorCode, ServerFrame, TurnId};
+use sparky::common::protocol::{ErrorCode, ServerFrame, TurnId};
 use support::{ChildServer, Client, kinds, seqs, store_args, temp_dir, tool_result};
 
 #[test]

@@ -9,7 +9,7 @@ mod support;
 use std::process::{Command, Stdio};
 
 use serde_json::json;
-use sparky::protocol::{ErrorCode, ServerFrame};
+use sparky::common::protocol::{ErrorCode, ServerFrame};
 use support::{
     Client, TestServer, events_seen, http, http_json, postgres, replay, test_config, wait_until,
 };
@@ -94,7 +94,7 @@ fn the_database_url_comes_from_the_environment_and_shows_in_healthz_and_metrics(
 }
 
 /// The code of a frame that is an error.
-fn error_code(frame: &sparky::protocol::ServerEnvelope) -> Option<ErrorCode> {
+fn error_code(frame: &sparky::common::protocol::ServerEnvelope) -> Option<ErrorCode> {
     match &frame.frame {
         ServerFrame::Error { code, .. } => Some(*code),
         _ => None,

@@ -2,7 +2,7 @@
 //! send. The lists below are checked against the enums by exhaustive matches, so a new variant
 //! does not compile until it is listed here, and then fails this test until it is documented.
 
-use sparky::protocol::{ErrorCode, ServerFrame, StatusCode};
+use sparky::common::protocol::{ErrorCode, ServerFrame, StatusCode};
 
 const DOC: &str = include_str!("../docs/protocol.md");
 

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use sparky::Config;
+use sparky::common::protocol::{ErrorCode, ServerEnvelope, ServerFrame, StatusCode, ToolStatus};
 use sparky::model::remote::{RemoteModel, RemoteOptions, RetryPolicy};
-use sparky::protocol::{ErrorCode, ServerEnvelope, ServerFrame, StatusCode, ToolStatus};
 use support::{ChildServer, Client, TestServer, WAIT};
 
 /// One canned answer of the fake server, for one connection.

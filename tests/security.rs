@@ -7,8 +7,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use sparky::config::RateLimit;
-use sparky::protocol::{ErrorCode, ServerFrame};
+use sparky::common::config::RateLimit;
+use sparky::common::protocol::{ErrorCode, ServerFrame};
 use support::{ChildServer, Client, TestServer, WAIT, kinds, temp_dir, wait_until};
 use tungstenite::protocol::frame::coding::CloseCode;
 

@@ -6,7 +6,7 @@ mod support;
 use std::thread;
 
 use serde_json::json;
-use sparky::protocol::{ServerFrame, StatusCode};
+use sparky::common::protocol::{ServerFrame, StatusCode};
 use support::{Client, TestServer, kinds, seqs};
 use tungstenite::protocol::frame::coding::CloseCode;
 

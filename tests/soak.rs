@@ -194,7 +194,7 @@ fn attacks_beside_normal_clients_leave_them_served_with_nothing_lost() {
 /// `replay` with the victim's token.
 fn replay_as_victim(
     addr: SocketAddr,
-    id: &sparky::protocol::SessionId,
+    id: &sparky::common::protocol::SessionId,
     count: usize,
 ) -> Vec<Value> {
     let mut client = Client::connect(

@@ -5,7 +5,7 @@
 mod support;
 
 use serde_json::{Value, json};
-use sparky::protocol::{ServerFrame, ToolStatus};
+use sparky::common::protocol::{ServerFrame, ToolStatus};
 use support::{Client, TestServer};
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/mcp_fixture.py");

@@ -3,11 +3,15 @@
 mod support;
 
 use serde_json::json;
-use sparky::protocol::{ServerFrame, ToolStatus};
+use sparky::common::protocol::{ServerFrame, ToolStatus};
 use support::{Client, TestServer, kinds, tool_result};
 
 /// Sends a command and returns the turn's frames, checking the tool shape of section 9.
-fn tool_turn(client: &mut Client, text: &str, tool: &str) -> Vec<sparky::protocol::ServerEnvelope> {
+fn tool_turn(
+    client: &mut Client,
+    text: &str,
+    tool: &str,
+) -> Vec<sparky::common::protocol::ServerEnvelope> {
     client.say(text);
     let turn = client.expect("user_message").frame.turn_id().unwrap().0;
     let mut frames = client.finish_turn(turn);
@@ -48,7 +52,7 @@ fn tool_turn(client: &mut Client, text: &str, tool: &str) -> Vec<sparky::protoco
     frames
 }
 
-fn args_of(frames: &[sparky::protocol::ServerEnvelope]) -> serde_json::Value {
+fn args_of(frames: &[sparky::common::protocol::ServerEnvelope]) -> serde_json::Value {
     match &frames[2].frame {
         ServerFrame::ToolUse { args, .. } => args.clone(),
         other => panic!("not a tool_use: {other:?}"),

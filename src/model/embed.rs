@@ -2,7 +2,9 @@
 //! OpenAI-compatible `POST {base_url}/embeddings`: Ollama, llama.cpp's server with
 //! `--embedding`, vLLM, OpenAI), and [`HashEmbedder`], a deterministic embedder for tests and
 //! benchmarks. Every vector an [`Embed`] returns has unit length, so that cosine similarity is
-//! a dot product. Depends on nothing else of the crate; `ureq` for HTTP.
+//! a dot product.
+//!
+//! Depends on nothing in the crate.
 
 use std::fmt;
 use std::time::Duration;

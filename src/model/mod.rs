@@ -1,6 +1,7 @@
 //! The model side of a turn: the conversation it sees (`ChatMessage`), what it answers
-//! (`ModelReply`), and the `ModelBackend` trait that each provider implements. Depends on
-//! `error` and `protocol` (token counts).
+//! (`ModelReply`), and the `ModelBackend` trait that each provider implements.
+//!
+//! Depends on: `common::cancel`, `common::error`, `common::protocol`.
 
 pub mod embed;
 pub mod offline;
@@ -10,9 +11,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::cancel::OnCancel;
-use crate::error::Result;
-use crate::protocol::Usage;
+use crate::common::cancel::OnCancel;
+use crate::common::error::Result;
+use crate::common::protocol::Usage;
 
 /// How the system message that carries remembered facts into a turn begins.
 pub const MEMORY_PREFIX: &str = "Relevant memory from earlier conversations:";
@@ -409,8 +410,8 @@ pub trait ModelBackend: Send + Sync {
     ///
     /// # Errors
     ///
-    /// [`Error::Model`](crate::error::Error::Model) when the provider fails, and
-    /// [`Error::HistoryRejected`](crate::error::Error::HistoryRejected) when it refuses the
+    /// [`Error::Model`](crate::common::error::Error::Model) when the provider fails, and
+    /// [`Error::HistoryRejected`](crate::common::error::Error::HistoryRejected) when it refuses the
     /// conversation history as malformed (the bot then resets the history and tries once
     /// more).
     fn complete(

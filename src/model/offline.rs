@@ -1,9 +1,11 @@
 //! `OfflineModel`: the deterministic built-in backend of PROTOCOL.md section 9. It needs no
-//! network, so the server can be tried, tested and benchmarked anywhere. Depends on `model`.
+//! network, so the server can be tried, tested and benchmarked anywhere.
+//!
+//! Depends on: `common::error`, `model`.
 
 use serde_json::{Value, json};
 
-use crate::error::Result;
+use crate::common::error::Result;
 use crate::model::{
     ChatMessage, Conversation, MEMORY_PREFIX, ModelBackend, ModelReply, ReplySink, Role, ToolCall,
     ToolSpec,

@@ -1,7 +1,6 @@
 //! `RemoteModel`: a client for OpenAI-compatible chat-completions servers (Ollama, llama.cpp's
 //! server, vLLM, OpenAI and the like), streamed with server-sent events. This is the only
-//! outbound HTTP in the crate. Depends on `model` and `error`, and on `ureq` (blocking, no
-//! async runtime).
+//! outbound HTTP in the crate.
 //!
 //! # How a model step runs
 //!
@@ -24,6 +23,8 @@
 //! A 400 (or 422) whose body says that the conversation history is malformed becomes
 //! [`Error::HistoryRejected`], which the bot answers by resetting the history and trying once
 //! more.
+//!
+//! Depends on: `common::error`, `common::protocol`, `model`.
 
 use std::fmt;
 use std::io::{BufRead, BufReader, Read};
@@ -36,13 +37,13 @@ use crossbeam_channel::{Receiver, Sender, select};
 use serde_json::{Map, Value, json};
 use ureq::Agent;
 
-use crate::error::{Error, Result};
+use crate::common::error::{Error, Result};
+use crate::common::protocol::Usage;
 use crate::model::is_failure_note;
 use crate::model::{
     Conversation, ModelBackend, ModelHealth, ModelReply, ReplySink, Role, ToolArgs, ToolCall,
     ToolSpec,
 };
-use crate::protocol::Usage;
 
 /// How often the turn's thread looks at the cancel flag while it waits for the server, when its
 /// sink cannot wake it on cancel.

@@ -5,11 +5,13 @@
 //!
 //! A signal only says "look": what it is about is in the tables (events, leases, sessions),
 //! so a signal that is lost or late costs time, never data.
+//!
+//! Depends on: `common::error`, `common::protocol`, `store`.
 
 use std::time::Duration;
 
-use crate::error::Result;
-use crate::protocol::SessionId;
+use crate::common::error::Result;
+use crate::common::protocol::SessionId;
 
 /// How long a lease lasts unless its holder renews it. A holder that died (`kill -9`) loses
 /// its leases this long after its last renewal, and another instance closes its turns.
@@ -97,28 +99,28 @@ pub trait Cluster: Send + Sync {
     ///
     /// # Errors
     ///
-    /// [`crate::error::Error::Store`] when the store cannot be reached.
+    /// [`crate::common::error::Error::Store`] when the store cannot be reached.
     fn acquire(&self, id: &SessionId) -> Result<bool>;
 
     /// Lets go of the lease on `id`, if this instance holds it; true when it did.
     ///
     /// # Errors
     ///
-    /// [`crate::error::Error::Store`] when the store cannot be reached.
+    /// [`crate::common::error::Error::Store`] when the store cannot be reached.
     fn release(&self, id: &SessionId) -> Result<bool>;
 
     /// Lets go of every lease this instance holds (at shutdown).
     ///
     /// # Errors
     ///
-    /// [`crate::error::Error::Store`] when the store cannot be reached.
+    /// [`crate::common::error::Error::Store`] when the store cannot be reached.
     fn release_all(&self) -> Result<()>;
 
     /// Extends every lease this instance holds by [`LEASE_TTL`]; returns how many.
     ///
     /// # Errors
     ///
-    /// [`crate::error::Error::Store`] when the store cannot be reached.
+    /// [`crate::common::error::Error::Store`] when the store cannot be reached.
     fn renew(&self) -> Result<u64>;
 
     /// Conversations whose lease expired with a turn open in them (their holder died), at
@@ -126,7 +128,7 @@ pub trait Cluster: Send + Sync {
     ///
     /// # Errors
     ///
-    /// [`crate::error::Error::Store`] when the store cannot be reached.
+    /// [`crate::common::error::Error::Store`] when the store cannot be reached.
     fn expired(&self, limit: usize) -> Result<Vec<SessionId>>;
 
     /// Tells every other instance `signal` about `id`, with `detail` (see
@@ -136,7 +138,7 @@ pub trait Cluster: Send + Sync {
     ///
     /// # Errors
     ///
-    /// [`crate::error::Error::Store`] when the store cannot be reached.
+    /// [`crate::common::error::Error::Store`] when the store cannot be reached.
     fn signal(&self, signal: Signal, id: &SessionId, detail: &str) -> Result<()>;
 
     /// Waits up to `timeout` for signals from other instances, and returns those that came
@@ -144,7 +146,7 @@ pub trait Cluster: Send + Sync {
     ///
     /// # Errors
     ///
-    /// [`crate::error::Error::Store`] when the listening connection broke; the next call
+    /// [`crate::common::error::Error::Store`] when the listening connection broke; the next call
     /// opens a new one and returns [`Notice::Resync`].
     fn wait(&self, timeout: Duration) -> Result<Vec<Notice>>;
 }

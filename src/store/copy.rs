@@ -3,14 +3,16 @@
 //! every event (with the text the conversation search looks at), messages, notes, and the
 //! knowledge graph's nodes and edges with their ids. The turns table PostgreSQL keeps is filled
 //! from the events. Either all of it is copied or nothing is.
+//!
+//! Depends on: `common::error`, `common::protocol`, `store::export`, `store::postgres`, `store::sqlite`.
 
 use std::collections::HashMap;
 
+use super::export::Exported;
 use super::postgres::PostgresStore;
 use super::sqlite::SqliteStore;
-use crate::error::Result;
-use crate::model::ChatMessage;
-use crate::protocol::{ServerEnvelope, ServerFrame};
+use crate::common::error::Result;
+use crate::common::protocol::{ServerEnvelope, ServerFrame};
 
 /// What [`copy_sqlite_to_postgres`] copied.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -34,7 +36,7 @@ pub struct CopyReport {
 ///
 /// # Errors
 ///
-/// [`crate::error::Error::Store`] when `to` is not empty, either store fails, or the copy
+/// [`crate::common::error::Error::Store`] when `to` is not empty, either store fails, or the copy
 /// cannot be committed; nothing is then kept in `to`.
 pub fn copy_sqlite_to_postgres(
     from: &SqliteStore,
@@ -50,67 +52,6 @@ pub fn copy_sqlite_to_postgres(
             Ok(())
         })
     })
-}
-
-/// One thing read from the SQLite store for the copy.
-#[derive(Debug)]
-pub(super) enum Exported {
-    /// A conversation and everything in it.
-    Conversation(Box<ExportedConversation>),
-    /// A node of the graph (all come before the first edge).
-    Node(ExportedNode),
-    /// An edge of the graph.
-    Edge(ExportedEdge),
-}
-
-/// A conversation as the SQLite store holds it.
-#[derive(Debug, Default)]
-pub(super) struct ExportedConversation {
-    pub(super) id: String,
-    pub(super) owner: String,
-    pub(super) user_id: Option<String>,
-    pub(super) personality: Option<String>,
-    pub(super) title: Option<String>,
-    pub(super) created_at: i64,
-    pub(super) updated_at: i64,
-    pub(super) last_seq: i64,
-    pub(super) turns: i64,
-    pub(super) open_turn: Option<i64>,
-    pub(super) open_text: Option<String>,
-    pub(super) first_seq: i64,
-    pub(super) first_message: i64,
-    pub(super) model: Option<String>,
-    pub(super) prompt_tokens: i64,
-    pub(super) completion_tokens: i64,
-    /// `(seq, body, search text)`, by `seq`.
-    pub(super) events: Vec<(i64, String, Option<String>)>,
-    /// `(number, message)`, by number.
-    pub(super) messages: Vec<(i64, ChatMessage)>,
-    /// Oldest first.
-    pub(super) notes: Vec<String>,
-}
-
-/// A node as the SQLite store holds it.
-#[derive(Debug)]
-pub(super) struct ExportedNode {
-    pub(super) id: i64,
-    pub(super) owner: String,
-    pub(super) kind: String,
-    pub(super) label: String,
-    pub(super) content: String,
-    pub(super) properties: serde_json::Value,
-    pub(super) created_at: i64,
-    pub(super) updated_at: i64,
-}
-
-/// An edge as the SQLite store holds it.
-#[derive(Debug)]
-pub(super) struct ExportedEdge {
-    pub(super) source: i64,
-    pub(super) target: i64,
-    pub(super) kind: String,
-    pub(super) properties: serde_json::Value,
-    pub(super) created_at: i64,
 }
 
 /// A turn found in a conversation's events: `(turn_id, opened at seq, closed at seq)`.

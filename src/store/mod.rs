@@ -10,11 +10,13 @@
 //! `postgres/` implements both over a PostgreSQL database; `copy.rs` moves a SQLite data
 //! directory into PostgreSQL (`sparky migrate-store`). What both stores share (the words a search
 //! keeps, labels, titles, how a stored message is spelled) lives here, so that they agree. This
-//! is the only module that runs SQL. Depends on `model` (for `ChatMessage`), `protocol` and
-//! `error`; `postgres/` on `config` too (a URL without its password).
+//! is the only module that runs SQL.
+//!
+//! Depends on: `common::error`, `common::protocol`, `model`.
 
 mod cluster;
 mod copy;
+mod export;
 mod postgres;
 mod schema;
 mod sqlite;
@@ -26,9 +28,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
-use crate::error::Result;
+use crate::common::error::Result;
+use crate::common::protocol::{SessionId, Usage};
 use crate::model::{ChatMessage, Role, ToolArgs, ToolCall};
-use crate::protocol::{SessionId, Usage};
 
 pub use cluster::{Cluster, LEASE_TTL, Notice, Signal, Solo};
 pub use copy::{CopyReport, copy_sqlite_to_postgres};
@@ -207,7 +209,7 @@ pub trait ConversationStore: Send + Sync {
     ///
     /// # Errors
     ///
-    /// [`crate::error::Error::Store`] when the batch could not be written; nothing of it is
+    /// [`crate::common::error::Error::Store`] when the batch could not be written; nothing of it is
     /// then kept.
     fn apply(&self, batch: &[WriteOp]) -> Result<()>;
 
@@ -216,7 +218,7 @@ pub trait ConversationStore: Send + Sync {
     ///
     /// # Errors
     ///
-    /// [`crate::error::Error::Store`] when the store cannot be read.
+    /// [`crate::common::error::Error::Store`] when the store cannot be read.
     fn load(
         &self,
         id: &SessionId,
@@ -229,7 +231,7 @@ pub trait ConversationStore: Send + Sync {
     ///
     /// # Errors
     ///
-    /// [`crate::error::Error::Store`] when the store cannot be read.
+    /// [`crate::common::error::Error::Store`] when the store cannot be read.
     fn events(&self, id: &SessionId, after: u64, up_to: u64, max_bytes: usize)
     -> Result<EventPage>;
 
@@ -238,7 +240,7 @@ pub trait ConversationStore: Send + Sync {
     ///
     /// # Errors
     ///
-    /// [`crate::error::Error::Store`] when the store cannot be read.
+    /// [`crate::common::error::Error::Store`] when the store cannot be read.
     fn events_before(
         &self,
         owner: &str,
@@ -252,7 +254,7 @@ pub trait ConversationStore: Send + Sync {
     ///
     /// # Errors
     ///
-    /// [`crate::error::Error::Store`] when the store cannot be read.
+    /// [`crate::common::error::Error::Store`] when the store cannot be read.
     fn list(
         &self,
         owner: &str,
@@ -264,21 +266,21 @@ pub trait ConversationStore: Send + Sync {
     ///
     /// # Errors
     ///
-    /// [`crate::error::Error::Store`] when the store cannot be read.
+    /// [`crate::common::error::Error::Store`] when the store cannot be read.
     fn summary(&self, owner: &str, id: &SessionId) -> Result<Option<ConversationSummary>>;
 
     /// Conversations with no event for longer than `idle`, at most `limit`.
     ///
     /// # Errors
     ///
-    /// [`crate::error::Error::Store`] when the store cannot be read.
+    /// [`crate::common::error::Error::Store`] when the store cannot be read.
     fn idle(&self, idle: std::time::Duration, limit: usize) -> Result<Vec<SessionId>>;
 
     /// How many conversations `owner` has.
     ///
     /// # Errors
     ///
-    /// [`crate::error::Error::Store`] when the store cannot be read.
+    /// [`crate::common::error::Error::Store`] when the store cannot be read.
     fn count(&self, owner: &str) -> Result<u64>;
 
     /// Caps the size of the store at about `bytes` (`None`: no cap but the disk's). Past it, a
@@ -286,7 +288,7 @@ pub trait ConversationStore: Send + Sync {
     ///
     /// # Errors
     ///
-    /// [`crate::error::Error::Store`] when the cap cannot be set.
+    /// [`crate::common::error::Error::Store`] when the cap cannot be set.
     fn set_size_limit(&self, bytes: Option<u64>) -> Result<()>;
 
     /// Gives every conversation of `old` to `new`, and returns how many there were. Start-up
@@ -295,7 +297,7 @@ pub trait ConversationStore: Send + Sync {
     ///
     /// # Errors
     ///
-    /// [`crate::error::Error::Store`] when the store cannot be written.
+    /// [`crate::common::error::Error::Store`] when the store cannot be written.
     fn reassign_owner(&self, old: &str, new: &str) -> Result<u64>;
 
     /// What the store is and whether it can reach its data now, for `/healthz` and `/metrics`.
@@ -410,7 +412,7 @@ pub trait GraphStore: Send + Sync {
     ///
     /// # Errors
     ///
-    /// [`crate::error::Error::Store`] on a database failure.
+    /// [`crate::common::error::Error::Store`] on a database failure.
     fn remember(&self, owner: &str, content: &str) -> Result<(Node, bool)>;
 
     /// `owner`'s nodes that best match `query` (BM25 over label and content), best first;
@@ -420,7 +422,7 @@ pub trait GraphStore: Send + Sync {
     ///
     /// # Errors
     ///
-    /// [`crate::error::Error::Store`] on a database failure.
+    /// [`crate::common::error::Error::Store`] on a database failure.
     fn search(
         &self,
         owner: &str,
@@ -433,14 +435,14 @@ pub trait GraphStore: Send + Sync {
     ///
     /// # Errors
     ///
-    /// [`crate::error::Error::Store`] on a database failure.
+    /// [`crate::common::error::Error::Store`] on a database failure.
     fn recent(&self, owner: &str, kind: Option<&str>, limit: usize) -> Result<Vec<Node>>;
 
     /// Adds a node owned by `owner`.
     ///
     /// # Errors
     ///
-    /// [`crate::error::Error::Store`] on a database failure.
+    /// [`crate::common::error::Error::Store`] on a database failure.
     fn add_node(
         &self,
         owner: &str,
@@ -455,7 +457,7 @@ pub trait GraphStore: Send + Sync {
     ///
     /// # Errors
     ///
-    /// [`crate::error::Error::Store`] when a node is not `owner`'s, or on a database failure.
+    /// [`crate::common::error::Error::Store`] when a node is not `owner`'s, or on a database failure.
     fn add_edge(
         &self,
         owner: &str,
@@ -469,14 +471,14 @@ pub trait GraphStore: Send + Sync {
     ///
     /// # Errors
     ///
-    /// [`crate::error::Error::Store`] on a database failure.
+    /// [`crate::common::error::Error::Store`] on a database failure.
     fn get(&self, owner: &str, id: i64) -> Result<Option<Neighbourhood>>;
 
     /// Deletes one of `owner`'s nodes and its edges; false when `owner` has no such node.
     ///
     /// # Errors
     ///
-    /// [`crate::error::Error::Store`] on a database failure.
+    /// [`crate::common::error::Error::Store`] on a database failure.
     fn delete(&self, owner: &str, id: i64) -> Result<bool>;
 
     /// How many nodes the graph holds, all owners together (a cheap way to skip a lookup).
@@ -487,7 +489,7 @@ pub trait GraphStore: Send + Sync {
     ///
     /// # Errors
     ///
-    /// [`crate::error::Error::Store`] on a database failure.
+    /// [`crate::common::error::Error::Store`] on a database failure.
     fn unembedded(&self, model: &str, limit: usize) -> Result<Vec<(i64, String)>>;
 
     /// Stores each node's unit vector by `model` (replacing any earlier one), under the node's
@@ -495,7 +497,7 @@ pub trait GraphStore: Send + Sync {
     ///
     /// # Errors
     ///
-    /// [`crate::error::Error::Store`] on a database failure.
+    /// [`crate::common::error::Error::Store`] on a database failure.
     fn store_embeddings(&self, model: &str, vectors: &[(i64, Vec<f32>)]) -> Result<()>;
 
     /// `owner`'s nodes whose `model` vectors are nearest to the unit vector `query` (cosine
@@ -504,7 +506,7 @@ pub trait GraphStore: Send + Sync {
     ///
     /// # Errors
     ///
-    /// [`crate::error::Error::Store`] on a database failure.
+    /// [`crate::common::error::Error::Store`] on a database failure.
     fn nearest(
         &self,
         owner: &str,
@@ -519,7 +521,7 @@ pub trait GraphStore: Send + Sync {
     ///
     /// # Errors
     ///
-    /// [`crate::error::Error::Store`] on a database failure.
+    /// [`crate::common::error::Error::Store`] on a database failure.
     fn reassign_nodes(&self, old: &str, new: &str) -> Result<u64>;
 }
 

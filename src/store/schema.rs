@@ -4,11 +4,13 @@
 //! event with an index per conversation, turn bookkeeping and titles in the session row, a
 //! full-text index over what people said, and an owner on every node of the graph. Version 3
 //! adds each conversation's model and token totals, and the facts' embeddings.
+//!
+//! Depends on: `common::error`, `store`.
 
 use rusqlite::{Connection, Transaction};
 
 use super::{LOCAL_OWNER, SCHEMA_VERSION};
-use crate::error::{Error, Result};
+use crate::common::error::{Error, Result};
 
 /// Version 0 to 1: the first schema.
 const V1: &str = r#"

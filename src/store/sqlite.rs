@@ -7,6 +7,8 @@
 //! holds up a commit or another reader. A full-text search keeps at most [`super::MAX_SEARCH_WORDS`]
 //! words and runs within a time budget (SQLite's progress handler interrupts it), so that no
 //! search holds a reader for long: one that runs out returns what it found so far.
+//!
+//! Depends on: `common::error`, `common::protocol`, `model`, `store`, `store::export`, `store::schema`.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -18,7 +20,7 @@ use parking_lot::{Mutex, MutexGuard};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde_json::Value;
 
-use super::copy::{Exported, ExportedConversation, ExportedEdge, ExportedNode};
+use super::export::{Exported, ExportedConversation, ExportedEdge, ExportedNode};
 use super::schema::migrate;
 use super::{
     ConversationStore, ConversationSummary, DEFAULT_SEARCH_BUDGET, EMBEDDED_TEXT, Edge, EventPage,
@@ -26,9 +28,9 @@ use super::{
     WriteOp, best, calls_from_json, calls_to_json, cut, label_for, messages_from_newest, role_from,
     role_name, search_words, stored_similarity, unix_now, vector_bytes,
 };
-use crate::error::{Error, Result};
+use crate::common::error::{Error, Result};
+use crate::common::protocol::{SessionId, Usage};
 use crate::model::ChatMessage;
-use crate::protocol::{SessionId, Usage};
 
 /// The database file inside the data directory.
 pub const DATABASE_FILE: &str = "sparky.db";

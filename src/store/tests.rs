@@ -2,6 +2,8 @@
 //! directory (or in memory) and [`PostgresStore`] on a fresh database of the test server
 //! (`tests/support/postgres.rs`, shared with the integration tests). Then what only one of them
 //! has: PostgreSQL's shared databases, schema version, size cap and reconnection.
+//!
+//! Depends on: `common::protocol`, `model`, `store`, `store::postgres`, `store::postgres::schema`, `store::schema`, `store::sqlite`.
 
 /// The test PostgreSQL server (`tests/support/postgres.rs`), for every unit test that wants a
 /// database.
@@ -18,8 +20,8 @@ use super::{
     ConversationStore, DEFAULT_SEARCH_BUDGET, GraphStore, LABEL_CHARS, MAX_SEARCH_WORDS,
     PostgresStore, SqliteStore, TurnMark, WriteOp, label_for, search_words,
 };
+use crate::common::protocol::{SessionId, Usage};
 use crate::model::{ChatMessage, Role, ToolCall};
-use crate::protocol::{SessionId, Usage};
 
 /// Both traits, and what the shared tests need to look inside.
 trait TestStore: ConversationStore + GraphStore + Send + Sync + 'static {

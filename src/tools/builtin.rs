@@ -1,5 +1,6 @@
 //! The built-in tools that need no outside service: session notes, calculator, clock and wait.
-//! Depends on `tools` and `tools::calculator`.
+//!
+//! Depends on: `tools`, `tools::calculator`.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -191,9 +192,9 @@ fn format_utc(unix_seconds: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::Principal;
-    use crate::cancel::CancelFlag;
-    use crate::knowledge::Knowledge;
+    use crate::common::auth::Principal;
+    use crate::common::cancel::CancelFlag;
+    use crate::tools::knowledge::Knowledge;
 
     fn run(tool: &dyn Tool, args: Value) -> Result<String, String> {
         let knowledge = Knowledge::new();

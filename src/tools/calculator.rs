@@ -1,5 +1,7 @@
 //! An arithmetic evaluator for the `calculator` tool: `+ - * / % ^`, parentheses, unary minus
 //! and decimals, by recursive descent. Pure functions; depends on nothing.
+//!
+//! Depends on nothing in the crate.
 
 /// Deepest nesting of parentheses and unary signs accepted, so that hostile input cannot
 /// overflow the stack.

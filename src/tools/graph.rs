@@ -1,6 +1,7 @@
 //! The knowledge-graph tools, shared by all sessions: `remember`, `recall`, `graph_add_node`,
-//! `graph_add_edge`, `graph_get`, `graph_search` and `graph_delete`. Depends on `store` and
-//! `tools`.
+//! `graph_add_edge`, `graph_get`, `graph_search` and `graph_delete`.
+//!
+//! Depends on: `common::error`, `store`, `tools`.
 
 use std::sync::Arc;
 
@@ -183,7 +184,7 @@ impl Tool for Graph {
     fn call(&self, args: &Value, ctx: &ToolContext<'_>) -> Result<String, String> {
         let store = &self.store;
         let owner = ctx.principal.as_str();
-        let failed = |e: crate::error::Error| e.to_string();
+        let failed = |e: crate::common::error::Error| e.to_string();
         match self.kind {
             GraphTool::Remember => {
                 let (node, new) = store
@@ -270,11 +271,11 @@ impl Tool for Graph {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::Principal;
-    use crate::cancel::CancelFlag;
-    use crate::knowledge::Knowledge;
+    use crate::common::auth::Principal;
+    use crate::common::cancel::CancelFlag;
     use crate::store::{PostgresStore, SqliteStore};
     use crate::tools::ToolChain;
+    use crate::tools::knowledge::Knowledge;
 
     /// The tools over each store: SQLite in memory, and a fresh PostgreSQL database.
     fn chains() -> [ToolChain; 2] {
@@ -307,7 +308,7 @@ mod tests {
             },
         );
         (
-            output.status == crate::protocol::ToolStatus::Success,
+            output.status == crate::common::protocol::ToolStatus::Success,
             output.text,
         )
     }

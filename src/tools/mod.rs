@@ -1,11 +1,13 @@
 //! The `ToolChain`: every tool a bot may call, shared by all sessions, and the `Tool` trait
 //! that built-in, knowledge-graph and MCP tools implement. The built-in part is fixed at start;
-//! a [`ToolSource`] (the MCP servers) may change its tools while the server runs. Depends on
-//! `cancel`, `knowledge`, `model` and `store`.
+//! a [`ToolSource`] (the MCP servers) may change its tools while the server runs.
+//!
+//! Depends on: `common::auth`, `common::cancel`, `common::metrics`, `common::protocol`, `model`, `store`, `tools::knowledge`.
 
 pub mod builtin;
 pub mod calculator;
 pub mod graph;
+pub mod knowledge;
 pub mod mcp;
 pub mod prompts;
 
@@ -17,13 +19,13 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use serde_json::Value;
 
-use crate::auth::Principal;
-use crate::cancel::CancelFlag;
-use crate::knowledge::Knowledge;
-use crate::metrics::Metrics;
+use crate::common::auth::Principal;
+use crate::common::cancel::CancelFlag;
+use crate::common::metrics::Metrics;
+use crate::common::protocol::ToolStatus;
 use crate::model::{Image, ToolSpec, describe_bytes};
-use crate::protocol::ToolStatus;
 use crate::store::GraphStore;
+use crate::tools::knowledge::Knowledge;
 
 /// What a tool gets besides its arguments: who calls it, the calling session's knowledge,
 /// the turn's cancel flag and where to report progress.

@@ -1,14 +1,16 @@
 //! `/prompt`: the user's command for the prompts the MCP servers offer. `/prompt` alone lists
 //! them; `/prompt NAME [key=value ...]` (or `/prompt NAME {"key": "value"}`) gets one, whose
 //! text becomes the user's message for the model. The bot calls [`resolve`] before a turn asks
-//! the model. Depends on `cancel` (and its parent, `tools`).
+//! the model.
+//!
+//! Depends on: `common::cancel`, `tools`.
 
 use std::collections::BTreeMap;
 
 use serde_json::Value;
 
 use super::{PromptInfo, ToolChain};
-use crate::cancel::CancelFlag;
+use crate::common::cancel::CancelFlag;
 
 /// The command's word.
 pub const PROMPT_COMMAND: &str = "/prompt";

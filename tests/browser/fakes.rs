@@ -239,7 +239,7 @@ fn serve_http(mut stream: TcpStream) {
     let target = head.split(' ').nth(1).unwrap_or("/").to_owned();
     let path = target.split('?').next().unwrap_or("/");
     let authorized = head.contains(&format!("Bearer {FAKE_TOKEN}"));
-    let (status, content_type, body) = if let Some(asset) = sparky::assets::find(path) {
+    let (status, content_type, body) = if let Some(asset) = sparky::net::assets::find(path) {
         ("200 OK", asset.content_type, asset.body.to_owned())
     } else if path.starts_with("/api/") && !authorized {
         (
@@ -262,7 +262,7 @@ fn serve_http(mut stream: TcpStream) {
         (
             "200 OK",
             "text/html; charset=utf-8",
-            sparky::assets::page().to_owned(),
+            sparky::net::assets::page().to_owned(),
         )
     };
     let _ = write!(

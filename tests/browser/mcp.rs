@@ -27,7 +27,7 @@ pub fn run(browser: &Browser) {
     support::wait_until("the fixture's tools", || {
         let client = support::Client::connect(server.addr, json!({}));
         client.seen.iter().any(|f| match &f.frame {
-            sparky::protocol::ServerFrame::Ready { tools, .. } => {
+            sparky::common::protocol::ServerFrame::Ready { tools, .. } => {
                 tools.iter().any(|t| t == "fx__delete")
             }
             _ => false,

@@ -23,7 +23,7 @@ impl ModelBackend for Pair {
         conversation: Conversation<'_>,
         _tools: &[ToolSpec],
         _sink: &mut dyn ReplySink,
-    ) -> sparky::error::Result<ModelReply> {
+    ) -> sparky::common::error::Result<ModelReply> {
         Ok(ModelReply {
             text: format!("answer from {}", self.resolve(conversation.model)),
             ..ModelReply::default()

@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use serde_json::{Value, json};
-use sparky::protocol::{ServerFrame, ToolStatus};
+use sparky::common::protocol::{ServerFrame, ToolStatus};
 
 use std::time::{Duration, Instant};
 
-use sparky::protocol::StatusCode;
+use sparky::common::protocol::StatusCode;
 
 use super::{Client, TestServer, wait_until};
 

@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use sparky::common::protocol::{ServerEnvelope, ServerFrame, SessionId, TurnId};
 use sparky::model::ModelBackend;
 use sparky::model::offline::OfflineModel;
-use sparky::protocol::{ServerEnvelope, ServerFrame, SessionId, TurnId};
 use sparky::{Config, ServerHandle};
 use tungstenite::protocol::CloseFrame;
 use tungstenite::{Message, WebSocket};
@@ -44,7 +44,7 @@ impl TestServer {
         let mut config = test_config();
         adjust(&mut config);
         let listener = sparky::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let handle = sparky::server::spawn_with(listener, config, model).unwrap();
+        let handle = sparky::net::server::spawn_with(listener, config, model).unwrap();
         TestServer {
             addr: handle.addr(),
             handle,
@@ -76,7 +76,7 @@ impl TestServer {
             use_test_store(&mut config);
             adjust(&mut config);
             let listener = sparky::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-            match sparky::server::spawn_with(listener, config, model.clone()) {
+            match sparky::net::server::spawn_with(listener, config, model.clone()) {
                 Ok(handle) => started = Some(handle),
                 Err(e) => assert!(e.to_string().contains("in use"), "{e}"),
             }
@@ -494,7 +494,7 @@ pub fn temp_dir(name: &str) -> std::path::PathBuf {
 }
 
 /// The status and text of the first `tool_result` among `frames`; fails if there is none.
-pub fn tool_result(frames: &[ServerEnvelope]) -> (sparky::protocol::ToolStatus, String) {
+pub fn tool_result(frames: &[ServerEnvelope]) -> (sparky::common::protocol::ToolStatus, String) {
     frames
         .iter()
         .find_map(|f| match &f.frame {

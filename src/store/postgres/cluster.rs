@@ -10,6 +10,8 @@
 //! Lease statements run on the pool; the listening connection is a connection of its own,
 //! opened at the first [`Cluster::wait`] and again after it broke (then the caller is told to
 //! resync, since notifications sent meanwhile are lost).
+//!
+//! Depends on: `common::error`, `common::protocol`, `store::cluster`, `store::postgres`.
 
 use std::time::Duration;
 
@@ -18,8 +20,8 @@ use postgres::fallible_iterator::FallibleIterator;
 use super::super::cluster::{parse_payload, payload};
 use super::super::{Cluster, LEASE_TTL, Notice, Signal};
 use super::{PostgresStore, store_error};
-use crate::error::{Error, Result};
-use crate::protocol::SessionId;
+use crate::common::error::{Error, Result};
+use crate::common::protocol::SessionId;
 
 /// Expired leases of conversations with no open turn dropped in one sweep at most.
 const DROP_BATCH: i64 = 1_000;

@@ -1,6 +1,8 @@
 //! The PostgreSQL side of `sparky migrate-store`: [`Importer`] writes what the SQLite store
 //! exported, inside the one transaction [`PostgresStore::import`] opens, with the rows of each
 //! table sent as arrays a thousand at a time.
+//!
+//! Depends on: `common::error`, `store`, `store::copy`, `store::export`, `store::postgres`, `store::postgres::pool`.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -8,11 +10,12 @@ use std::sync::atomic::Ordering;
 use postgres::Transaction;
 use sha2::{Digest, Sha256};
 
-use super::super::copy::{CopyReport, Exported, ExportedConversation, turns_of};
+use super::super::copy::{CopyReport, turns_of};
+use super::super::export::{Exported, ExportedConversation};
 use super::super::{calls_to_json, role_name};
 use super::pool::Connection;
 use super::{PostgresStore, small, store_error};
-use crate::error::{Error, Result};
+use crate::common::error::{Error, Result};
 
 /// Rows sent in one statement at most.
 const CHUNK_ROWS: usize = 1000;

@@ -17,6 +17,8 @@
 //! Searches use PostgreSQL's full-text search (`tsvector`, GIN indexes, `ts_rank_cd`), keep the
 //! same words as SQLite's ([`super::search_words`]), and run within the search budget through
 //! `statement_timeout`: a search out of time answers with what it found.
+//!
+//! Depends on: `common::config`, `common::error`, `common::protocol`, `model`, `store`, `store::cluster`, `store::postgres::pool`.
 
 mod cluster;
 mod import;
@@ -41,10 +43,10 @@ use super::{
     WriteOp, best, calls_from_json, calls_to_json, cut, label_for, messages_from_newest, role_from,
     role_name, search_words, stored_similarity, unix_now, vector_bytes,
 };
-use crate::config::redact_url;
-use crate::error::{Error, Result};
+use crate::common::config::redact_url;
+use crate::common::error::{Error, Result};
+use crate::common::protocol::{SessionId, Usage};
 use crate::model::ChatMessage;
-use crate::protocol::{SessionId, Usage};
 
 pub use schema::POSTGRES_SCHEMA_VERSION;
 

@@ -6,6 +6,8 @@
 //! A small pool of our own rather than r2d2: a mutex, a condvar and a list of idle connections
 //! are all it takes, it needs no thread of its own (r2d2 keeps a scheduled thread pool for its
 //! reaper), and it reports exactly the figures `/metrics` shows.
+//!
+//! Depends on: `common::error`, `store`.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -16,7 +18,7 @@ use parking_lot::{Condvar, Mutex};
 use postgres::{Client, GenericClient, NoTls, Statement};
 
 use super::super::PoolStatus;
-use crate::error::{Error, Result};
+use crate::common::error::{Error, Result};
 
 /// How long opening a connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

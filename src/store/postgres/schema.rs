@@ -19,10 +19,12 @@
 //! so that a search is scoped to one principal inside the index. `leases` is empty: it is where
 //! an instance will record the conversations whose turns it runs, once several instances share
 //! one database.
+//!
+//! Depends on: `common::error`, `store::postgres::pool`.
 
 use postgres::Client;
 
-use crate::error::{Error, Result};
+use crate::common::error::{Error, Result};
 
 /// The schema version this build writes. A database with a higher one was migrated by a newer
 /// Sparky and is refused.

@@ -3,8 +3,9 @@
 //! `transport.rs`: it queues encoded messages on an [`Outbox`] without blocking, and the
 //! transport hands what the server sends to its [`Inbox`], which routes each answer to its
 //! caller by request id, and each `notifications/progress` to the `tools/call` whose token it
-//! carries (restarting that call's timeout), whichever transport brought it. Depends on
-//! `cancel` and `tools` (`Progress`).
+//! carries (restarting that call's timeout), whichever transport brought it.
+//!
+//! Depends on: `common::cancel`, `tools`, `tools::mcp::config`, `tools::mcp::error`, `tools::mcp::http`, `tools::mcp::process`, `tools::mcp::stdio`, `tools::mcp::transport`, `tools::mcp::wire`.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -19,15 +20,16 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::config::{HttpEndpoint, ServerCommand, ServerSpec};
+use super::error::McpError;
 use super::process::ServerProcess;
 use super::transport::{Inbox, Outbox, Outgoing, QueueError, Transport};
+use super::wire::PROTOCOL_VERSION;
 use super::wire::{
     CallToolResult, GetPromptResult, InitializeResult, METHOD_NOT_FOUND, Message, ProgressParams,
     PromptsPage, ReadResourceResult, RemotePrompt, RemoteTool, Rendered, Request, RequestId,
     Response, ServerCapabilities, ToolsPage, render_content,
 };
-use super::{McpError, PROTOCOL_VERSION};
-use crate::cancel::CancelFlag;
+use crate::common::cancel::CancelFlag;
 use crate::tools::Progress;
 
 /// Revisions whose tools API Sparky knows; a server that answers with another one gets a
@@ -479,7 +481,7 @@ impl McpClient {
                 self.abandon(
                     id,
                     method,
-                    &format!("no answer within {}", super::round_duration(allowed)),
+                    &format!("no answer within {}", super::error::round_duration(allowed)),
                 );
                 return Err(McpError::Timeout {
                     server: self.shared.server.clone(),

@@ -2,6 +2,8 @@
 //! format, read into one [`ServerSpec`] per server: a [`ServerCommand`] to run (stdio) or an
 //! [`HttpEndpoint`] to connect to (`"url"`, Streamable HTTP), each with its [`ServerPolicy`]
 //! (`"approve"`, `"timeout"`). Plain data; depends on nothing outside `tools/mcp/`.
+//!
+//! Depends on: `tools::mcp::policy`.
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -3,8 +3,7 @@
 //! may carry the server's own requests and notifications before it; the `Mcp-Session-Id` the
 //! server gives on `initialize` goes with every later request, with `MCP-Protocol-Version` and
 //! the config's `headers`; a GET stream carries what the server sends unasked, where it offers
-//! one; the session is DELETEd on stop. Built on blocking `ureq`. Depends on `cancel` and
-//! `model` (the SSE decoder the model client uses too).
+//! one; the session is DELETEd on stop. Built on blocking `ureq`.
 //!
 //! Threads, all named `mcp-<name>-…` and detached: [`MAX_POSTS`] `post` workers take requests
 //! (a long call holds one), one `notify` worker takes notifications and responses (so that a
@@ -16,6 +15,8 @@
 //! closes, so that the next call connects and initialises again, as a stdio server is
 //! restarted. A server that cannot be reached closes the client the same way. OAuth is not
 //! supported: a 401 is logged as an error that says to put a token in `headers`.
+//!
+//! Depends on: `common::cancel`, `model::remote`, `tools::mcp::config`, `tools::mcp::error`, `tools::mcp::transport`.
 
 use std::io::{self, BufRead, BufReader, Read};
 use std::sync::Arc;
@@ -29,9 +30,9 @@ use serde_json::Value;
 use ureq::{Agent, Body, RequestBuilder, http::Response};
 
 use super::config::HttpEndpoint;
+use super::error::{McpError, round_duration};
 use super::transport::{Inbox, Outgoing, Queued, Transport};
-use super::{McpError, round_duration};
-use crate::cancel::CancelFlag;
+use crate::common::cancel::CancelFlag;
 use crate::model::remote::{SseDecoder, body_start};
 
 /// Requests in flight to one server at most; more wait in the outbox.

@@ -3,8 +3,7 @@
 //! Streamable HTTP. Every tool of every server joins the ToolChain as `<server>__<tool>`,
 //! through a catalog of the current tools that follows `notifications/tools/list_changed` and
 //! restarts; each server's `instructions` join the system prompt; `mcp_read_resource` reads
-//! the resources of servers that offer them, and `/prompt` gets their prompts. Depends on
-//! `cancel`, `error` and `tools`.
+//! the resources of servers that offer them, and `/prompt` gets their prompts.
 //!
 //! `tools/mcp/` is the only place that spawns processes, and the MCP JSON shapes stay private
 //! to it. Its files, in reading order:
@@ -28,9 +27,12 @@
 //! its message for the transport's threads, and waits on the channel, woken at once by its
 //! turn's [`CancelFlag`]. A server that dies fails every waiting call with a clear error and
 //! is started (or connected) again by the next call.
+//!
+//! Depends on: `common::cancel`, `common::error`, `tools`, `tools::mcp::config`, `tools::mcp::supervisor`.
 
 mod client;
 mod config;
+mod error;
 mod http;
 mod policy;
 mod process;
@@ -49,36 +51,20 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use crate::cancel::CancelFlag;
-use crate::error::{Error, Result};
+use crate::common::cancel::CancelFlag;
+use crate::common::error::{Error, Result};
 use crate::tools::{Tool, ToolSource};
 
 use self::config::{ServerEntry, parse_config};
 use self::supervisor::{Catalog, McpServer, Started, start_server, tools_text};
 
-/// The MCP revision Sparky asks for in `initialize`. It is the newest revision with the
-/// `initialize` handshake: 2026-07-28 made the protocol stateless, and servers that speak it
-/// still accept this handshake from older clients.
-pub const PROTOCOL_VERSION: &str = "2025-11-25";
-
-/// How long a `tools/call` may take before it is cancelled and reported as timed out.
-pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// How long a server has to start: spawn, `initialize` and every page of `tools/list`.
-pub const START_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// How long the first wait is before a server that failed to start is tried again; each
-/// failure doubles it, up to [`MAX_RETRY_DELAY`].
-pub const FIRST_RETRY_DELAY: Duration = Duration::from_secs(1);
-
-/// The longest wait between two tries at starting a server.
-pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(300);
-
-/// Longest tool name the model may see (the OpenAI function-name limit).
-pub const MAX_TOOL_NAME_CHARS: usize = 64;
-
-/// What stands between the server's name and the tool's name in [`tool_name`].
-pub const NAME_SEPARATOR: &str = "__";
+pub use self::error::{McpError, round_duration};
+pub use self::policy::CALL_TIMEOUT;
+pub use self::supervisor::{
+    FIRST_RETRY_DELAY, MAX_RETRY_DELAY, MAX_TOOL_NAME_CHARS, NAME_SEPARATOR, START_TIMEOUT,
+    tool_name,
+};
+pub use self::wire::PROTOCOL_VERSION;
 
 /// Starts every server in the MCP config file at `path` and returns them with their tools.
 ///
@@ -152,36 +138,6 @@ fn read_config(path: &Path) -> Result<Vec<ServerEntry>> {
     })?;
     parse_config(&text)
         .map_err(|e| Error::Config(format!("{} is not an MCP config: {e}", path.display())))
-}
-
-/// The name a server's tool has in the ToolChain: `<server>__<tool>`.
-///
-/// Every character of either part outside `[a-zA-Z0-9_-]` becomes `_`. A result longer than
-/// [`MAX_TOOL_NAME_CHARS`] keeps its first 55 characters and ends in `_` and eight hex digits
-/// of a hash of both original names, so that long names stay distinct and stable across runs.
-pub fn tool_name(server: &str, tool: &str) -> String {
-    let full = format!("{}{NAME_SEPARATOR}{}", sanitize(server), sanitize(tool));
-    if full.len() <= MAX_TOOL_NAME_CHARS {
-        return full;
-    }
-    let hash = fnv1a(format!("{server}\0{tool}").as_bytes());
-    // `full` is ASCII, so any byte index is a character boundary.
-    format!("{}_{hash:08x}", &full[..MAX_TOOL_NAME_CHARS - 9])
-}
-
-/// A duration as people read it: whole milliseconds below a second, else seconds rounded to
-/// one decimal place, without a trailing `.0` (`250ms`, `60s`, `1.5s`).
-pub fn round_duration(duration: Duration) -> String {
-    let millis = duration.as_millis();
-    if millis < 1000 {
-        return format!("{millis}ms");
-    }
-    let tenths = (millis + 50) / 100;
-    if tenths.is_multiple_of(10) {
-        format!("{}s", tenths / 10)
-    } else {
-        format!("{}.{}s", tenths / 10, tenths % 10)
-    }
 }
 
 /// The MCP servers started from one config file, and their tools. Cheap to keep: the tools
@@ -344,173 +300,9 @@ impl Drop for McpServers {
     }
 }
 
-/// What went wrong talking to an MCP server. The `Display` text is what the model and the user
-/// see as the tool's error.
-#[derive(Debug)]
-pub enum McpError {
-    /// The server could not be started: it could not be spawned or a thread for it could not be
-    /// created.
-    Start {
-        /// The server's name in the config.
-        server: String,
-        /// What failed.
-        detail: String,
-    },
-    /// The server stopped: its output closed, or reading or writing its pipes failed.
-    Closed {
-        /// The server's name in the config.
-        server: String,
-        /// Why, and what happens next.
-        reason: String,
-    },
-    /// The server is not reading its input: too many messages are queued for it.
-    Busy {
-        /// The server's name in the config.
-        server: String,
-    },
-    /// No answer came in time; the request was cancelled.
-    Timeout {
-        /// The server's name in the config.
-        server: String,
-        /// The request's method.
-        method: String,
-        /// How long we waited.
-        after: Duration,
-    },
-    /// The turn was cancelled while the request was in flight; the request was cancelled too.
-    Cancelled,
-    /// The server answered with a JSON-RPC error.
-    Rpc {
-        /// The server's name in the config.
-        server: String,
-        /// The JSON-RPC error code.
-        code: i64,
-        /// The server's message.
-        message: String,
-    },
-    /// An HTTP server refused a request with an error status.
-    Http {
-        /// The server's name in the config.
-        server: String,
-        /// The HTTP status.
-        status: u16,
-        /// The start of the answer's body, or what the status means here.
-        detail: String,
-    },
-    /// An HTTP server no longer knows the session (404): the request was not run, and a new
-    /// session starts on the next call.
-    SessionExpired {
-        /// The server's name in the config.
-        server: String,
-    },
-    /// The server answered something that is not what MCP says it should be.
-    Protocol {
-        /// The server's name in the config.
-        server: String,
-        /// What was wrong.
-        detail: String,
-    },
-}
-
-impl fmt::Display for McpError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            McpError::Start { server, detail } => {
-                write!(f, "mcp server {server}: cannot start: {detail}")
-            }
-            McpError::Closed { server, reason } => {
-                write!(f, "mcp server {server} stopped: {reason}")
-            }
-            McpError::Busy { server } => write!(f, "mcp server {server} is not reading its input"),
-            McpError::Timeout {
-                server,
-                method,
-                after,
-            } => write!(
-                f,
-                "mcp server {server} did not answer {method} within {}",
-                round_duration(*after)
-            ),
-            McpError::Cancelled => write!(f, "cancelled"),
-            McpError::Rpc {
-                server,
-                code,
-                message,
-            } => write!(f, "mcp server {server}: {message} (error {code})"),
-            McpError::Http {
-                server,
-                status,
-                detail,
-            } => write!(f, "mcp server {server} answered HTTP {status}: {detail}"),
-            McpError::SessionExpired { server } => {
-                write!(f, "mcp server {server} no longer knows our session")
-            }
-            McpError::Protocol { server, detail } => {
-                write!(f, "mcp server {server}: unexpected answer: {detail}")
-            }
-        }
-    }
-}
-
-impl std::error::Error for McpError {}
-
-fn sanitize(part: &str) -> String {
-    part.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
-/// 32-bit FNV-1a: a tiny hash that, unlike std's, is the same in every build.
-fn fnv1a(bytes: &[u8]) -> u32 {
-    bytes.iter().fold(0x811c_9dc5, |hash: u32, byte| {
-        (hash ^ u32::from(*byte)).wrapping_mul(0x0100_0193)
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tool_names_are_prefixed_sanitised_and_at_most_64_characters() {
-        assert_eq!(tool_name("files", "read_file"), "files__read_file");
-        assert_eq!(tool_name("my server", "a.b/c-d"), "my_server__a_b_c-d");
-        assert_eq!(tool_name("é", "ü"), "____");
-        let long = tool_name("server", &"x".repeat(100));
-        assert_eq!(long.len(), MAX_TOOL_NAME_CHARS);
-        assert!(long.starts_with("server__xxx"));
-        // Names that share a long prefix stay distinct, and the same name maps the same way.
-        let other = tool_name("server", &format!("{}y", "x".repeat(99)));
-        assert_ne!(long, other);
-        assert_eq!(long, tool_name("server", &"x".repeat(100)));
-        assert!(
-            long.chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        );
-    }
-
-    #[test]
-    fn durations_are_rounded_for_people() {
-        assert_eq!(round_duration(Duration::from_nanos(59_999_945_507)), "60s");
-        assert_eq!(round_duration(Duration::from_millis(1_500)), "1.5s");
-        assert_eq!(round_duration(Duration::from_micros(250_400)), "250ms");
-        assert_eq!(round_duration(Duration::ZERO), "0ms");
-        let timeout = McpError::Timeout {
-            server: "fx".into(),
-            method: "tools/call".into(),
-            after: Duration::from_nanos(59_999_945_507),
-        };
-        assert_eq!(
-            timeout.to_string(),
-            "mcp server fx did not answer tools/call within 60s"
-        );
-    }
 
     #[test]
     fn load_reports_a_missing_or_broken_file_as_a_config_error() {

@@ -1,13 +1,16 @@
 //! What the `--mcp-config` file says about how a server's tools are used, beside how to start
 //! it: which calls ask a person first (`"approve"`) and how long a call may go without an
 //! answer or a progress report (`"timeout"`). Plain data; depends on `config` (durations).
+//!
+//! Depends on: `common::config`.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::CALL_TIMEOUT;
+/// How long a `tools/call` may take before it is cancelled and reported as timed out.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Which of a server's tools ask a person before each call (`"approve"` in its config entry).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -103,7 +106,7 @@ impl TryFrom<RawTimeout> for CallTimeout {
                     "\"timeout\" is {seconds}; it must be a positive number of seconds"
                 ));
             }
-            RawTimeout::Text(text) => crate::config::parse_duration(&text)
+            RawTimeout::Text(text) => crate::common::config::parse_duration(&text)
                 .map_err(|e| format!("\"timeout\" {text:?}: {e}"))?,
         };
         if duration.is_zero() {

@@ -1,12 +1,14 @@
 //! One MCP server's process: started in a process group of its own, with a filtered
 //! environment and piped stdio, and stopped the way the MCP stdio transport describes: its
 //! input closes, then the whole group gets SIGTERM, then SIGKILL. The only code in Sparky
-//! that spawns or signals processes. Depends on nothing outside `tools/mcp/`.
+//! that spawns or signals processes.
 //!
 //! A group of its own matters because servers are often started through a launcher (`npx`,
 //! `uvx`, `sh -c`) whose children do the work: signalling the direct child alone would leave
 //! them running after Sparky has gone. It also keeps a Ctrl-C at Sparky's terminal from
 //! reaching the servers before Sparky has stopped them in order.
+//!
+//! Depends on: `tools::mcp::config`, `tools::mcp::error`.
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
@@ -19,8 +21,8 @@ use rustix::process::{
     Pid, Signal, WaitId, WaitIdOptions, kill_process_group, test_kill_process_group, waitid,
 };
 
-use super::McpError;
 use super::config::ServerCommand;
+use super::error::McpError;
 
 /// How long a server has to exit by itself once its input has closed.
 pub(super) const STDIN_GRACE: Duration = Duration::from_secs(1);

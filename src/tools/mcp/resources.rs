@@ -1,29 +1,35 @@
 //! `mcp_read_resource`: the built-in tool that reads a resource (`resources/read`) from any
 //! connected server that declares the resources capability, so that the resource links and
 //! URIs tools return lead somewhere. The catalog offers it while at least one such server is
-//! up. Depends on `cancel` and `tools`.
-
-use std::sync::Weak;
+//! up.
+//!
+//! Depends on: `common::cancel`, `tools`.
 
 use serde_json::{Value, json};
 
-use super::supervisor::McpServer;
+use crate::common::cancel::CancelFlag;
 use crate::tools::{Tool, ToolContext};
 
 /// The tool's name in the ToolChain. Server tools are always `<server>__<tool>`, so it cannot
 /// clash with one.
 pub const READ_RESOURCE_TOOL: &str = "mcp_read_resource";
 
+/// Reads one resource (by URI) from a server, within the server's timeout, or `None` once the
+/// server is gone. The supervisor makes one per server, so that this tool needs to know nothing
+/// of servers.
+pub(super) type Reader =
+    Box<dyn Fn(&str, &CancelFlag) -> Option<Result<String, String>> + Send + Sync>;
+
 /// Reads a resource from one of the servers that offer resources.
 pub(super) struct ResourceTool {
     /// The servers that declared resources, by name, in name order.
-    servers: Vec<(String, Weak<McpServer>)>,
+    servers: Vec<(String, Reader)>,
     description: String,
 }
 
 impl ResourceTool {
     /// The tool over `servers` (those that declared the resources capability).
-    pub(super) fn new(servers: Vec<(String, Weak<McpServer>)>) -> Self {
+    pub(super) fn new(servers: Vec<(String, Reader)>) -> Self {
         let names: Vec<&str> = servers.iter().map(|(name, _)| name.as_str()).collect();
         let description = format!(
             "Read a resource (a file, a document, a record) from an MCP server by its URI, as \
@@ -67,20 +73,16 @@ impl Tool for ResourceTool {
                 .ok_or_else(|| format!("{READ_RESOURCE_TOOL} needs a \"{key}\" string"))
         };
         let (name, uri) = (field("server")?, field("uri")?);
-        let server = self
-            .servers
+        self.servers
             .iter()
             .find(|(known, _)| known == name)
-            .and_then(|(_, server)| server.upgrade())
-            .ok_or_else(|| {
+            .and_then(|(_, read)| read(uri, ctx.cancel))
+            .unwrap_or_else(|| {
                 let names: Vec<&str> = self.servers.iter().map(|(n, _)| n.as_str()).collect();
-                format!(
+                Err(format!(
                     "no MCP server {name:?} offers resources; these do: {}",
                     names.join(", ")
-                )
-            })?;
-        server
-            .read_resource(uri, ctx.cancel)
-            .map_err(|e| e.to_string())
+                ))
+            })
     }
 }

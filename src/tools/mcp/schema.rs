@@ -3,7 +3,9 @@
 //! other keyword is ignored, so a schema using more is checked only as far as these go. Written
 //! here rather than taken from a crate: the JSON Schema crates are large (regex engines, format
 //! checkers, remote references) for the few keywords MCP servers use in practice, and a
-//! mismatch is only reported, never trusted. Depends on nothing.
+//! mismatch is only reported, never trusted.
+//!
+//! Depends on nothing in the crate.
 
 use serde_json::Value;
 

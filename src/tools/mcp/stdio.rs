@@ -1,7 +1,9 @@
 //! The stdio transport: newline-delimited JSON-RPC over a byte pipe pair (a child's stdout and
 //! stdin, or in-memory pipes in tests). A named reader thread hands each line to the client's
 //! [`Inbox`]; a named writer thread owns the server's input, so a caller never blocks on a
-//! pipe write. Depends on nothing outside `tools/mcp/`.
+//! pipe write.
+//!
+//! Depends on: `tools::mcp::error`, `tools::mcp::process`, `tools::mcp::transport`.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::sync::Arc;
@@ -9,7 +11,7 @@ use std::thread;
 
 use crossbeam_channel::Receiver;
 
-use super::McpError;
+use super::error::McpError;
 use super::process::ServerProcess;
 use super::transport::{Inbox, Outgoing, Transport};
 

@@ -4,7 +4,8 @@
 //! (`notifications/tools/list_changed`) or restarts; the catalog adds `mcp_read_resource`
 //! while a server offers resources, and finds prompts for `/prompt`. Each server carries its
 //! policy (`"approve"`, `"timeout"`), whether it runs a command or is reached at a URL.
-//! Depends on `cancel` and `tools`.
+//!
+//! Depends on: `common::cancel`, `tools`, `tools::mcp::client`, `tools::mcp::config`, `tools::mcp::error`, `tools::mcp::policy`, `tools::mcp::resources`, `tools::mcp::schema`, `tools::mcp::wire`.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -17,13 +18,63 @@ use serde_json::{Value, json};
 
 use super::client::{Handshake, McpClient};
 use super::config::ServerSpec;
+use super::error::McpError;
 use super::policy::{Hints, ServerPolicy};
-use super::resources::ResourceTool;
+use super::resources::{Reader, ResourceTool};
 use super::schema;
 use super::wire::{RemotePrompt, RemoteTool};
-use super::{McpError, START_TIMEOUT, tool_name};
-use crate::cancel::CancelFlag;
+use crate::common::cancel::CancelFlag;
 use crate::tools::{PromptInfo, Tool, ToolContent, ToolContext, ToolSource};
+
+/// How long a server has to start: spawn, `initialize` and every page of `tools/list`.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long the first wait is before a server that failed to start is tried again; each
+/// failure doubles it, up to [`MAX_RETRY_DELAY`].
+pub const FIRST_RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// The longest wait between two tries at starting a server.
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(300);
+
+/// Longest tool name the model may see (the OpenAI function-name limit).
+pub const MAX_TOOL_NAME_CHARS: usize = 64;
+
+/// What stands between the server's name and the tool's name in [`tool_name`].
+pub const NAME_SEPARATOR: &str = "__";
+
+/// The name a server's tool has in the ToolChain: `<server>__<tool>`.
+///
+/// Every character of either part outside `[a-zA-Z0-9_-]` becomes `_`. A result longer than
+/// [`MAX_TOOL_NAME_CHARS`] keeps its first 55 characters and ends in `_` and eight hex digits
+/// of a hash of both original names, so that long names stay distinct and stable across runs.
+pub fn tool_name(server: &str, tool: &str) -> String {
+    let full = format!("{}{NAME_SEPARATOR}{}", sanitize(server), sanitize(tool));
+    if full.len() <= MAX_TOOL_NAME_CHARS {
+        return full;
+    }
+    let hash = fnv1a(format!("{server}\0{tool}").as_bytes());
+    // `full` is ASCII, so any byte index is a character boundary.
+    format!("{}_{hash:08x}", &full[..MAX_TOOL_NAME_CHARS - 9])
+}
+
+fn sanitize(part: &str) -> String {
+    part.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// 32-bit FNV-1a: a tiny hash that, unlike std's, is the same in every build.
+fn fnv1a(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5, |hash: u32, byte| {
+        (hash ^ u32::from(*byte)).wrapping_mul(0x0100_0193)
+    })
+}
 
 /// Every server's current tools and instructions: what the ToolChain consults (as its
 /// [`ToolSource`]) for each new turn and `ready` frame.
@@ -69,11 +120,18 @@ impl Catalog {
         state.servers.insert(server.name.clone(), published);
         let mut names = HashSet::new();
         let mut combined = Vec::new();
-        let readable: Vec<(String, Weak<McpServer>)> = state
+        let readable: Vec<(String, Reader)> = state
             .servers
             .iter()
             .filter(|(_, published)| published.handshake.capabilities.resources)
-            .map(|(name, published)| (name.clone(), published.server.clone()))
+            .map(|(name, published)| {
+                let server = published.server.clone();
+                let read: Reader = Box::new(move |uri, cancel| {
+                    let server = server.upgrade()?;
+                    Some(server.read_resource(uri, cancel).map_err(|e| e.to_string()))
+                });
+                (name.clone(), read)
+            })
             .collect();
         if !readable.is_empty() {
             let tool: Arc<dyn Tool> = Arc::new(ResourceTool::new(readable));
@@ -383,7 +441,7 @@ impl McpServer {
                 Err(e) => log::warn!(
                     "mcp {}: not loaded (attempt {attempt}): {e}; trying again in {}",
                     self.name,
-                    super::round_duration(delay)
+                    super::error::round_duration(delay)
                 ),
             }
             if stopping.sleep(delay) {
@@ -685,6 +743,24 @@ pub(super) fn start_server(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tool_names_are_prefixed_sanitised_and_at_most_64_characters() {
+        assert_eq!(tool_name("files", "read_file"), "files__read_file");
+        assert_eq!(tool_name("my server", "a.b/c-d"), "my_server__a_b_c-d");
+        assert_eq!(tool_name("é", "ü"), "____");
+        let long = tool_name("server", &"x".repeat(100));
+        assert_eq!(long.len(), MAX_TOOL_NAME_CHARS);
+        assert!(long.starts_with("server__xxx"));
+        // Names that share a long prefix stay distinct, and the same name maps the same way.
+        let other = tool_name("server", &format!("{}y", "x".repeat(99)));
+        assert_ne!(long, other);
+        assert_eq!(long, tool_name("server", &"x".repeat(100)));
+        assert!(
+            long.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        );
+    }
 
     fn server(name: &str, catalog: &Arc<Catalog>) -> Arc<McpServer> {
         let command = super::super::config::ServerCommand {

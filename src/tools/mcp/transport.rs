@@ -2,11 +2,13 @@
 //! client queues ([`Outgoing`], on the two channels of an [`Outbox`]), where a transport hands
 //! what the server sent ([`Inbox`]), and how a transport is stopped ([`Transport`]). The
 //! transports themselves are `stdio.rs` (a pipe pair) and `http.rs` (Streamable HTTP); the
-//! client (`client.rs`) knows neither. Depends on nothing outside `tools/mcp/`.
+//! client (`client.rs`) knows neither.
+//!
+//! Depends on: `tools::mcp::error`.
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
-use super::McpError;
+use super::error::McpError;
 
 /// Messages queued for a server at most, on each channel; past it the server is not reading.
 pub(super) const OUTBOX_CAPACITY: usize = 256;

@@ -1,12 +1,18 @@
 //! Wire types: JSON-RPC 2.0 messages as MCP's transports carry them, the parts of MCP results
 //! Sparky reads, and how a tool result's content becomes text and images. Plain serde types;
-//! the MCP JSON shapes stay private to `tools/mcp/`. Depends on `model` (`Image`) and `tools`
-//! (`Progress`).
+//! the MCP JSON shapes stay private to `tools/mcp/`.
+//!
+//! Depends on: `model`, `tools`.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
 use crate::model::{Image, describe_bytes};
+
+/// The MCP revision Sparky asks for in `initialize`. It is the newest revision with the
+/// `initialize` handshake: 2026-07-28 made the protocol stateless, and servers that speak it
+/// still accept this handshake from older clients.
+pub const PROTOCOL_VERSION: &str = "2025-11-25";
 
 /// JSON-RPC's "method not found", the answer to every request a server makes of us but `ping`.
 pub(super) const METHOD_NOT_FOUND: i64 = -32601;

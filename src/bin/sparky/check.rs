@@ -1,0 +1,145 @@
+//! `sparky check`: looks at each thing a start depends on, with the same flags, and prints one
+//! line per check. It stops at the first hard failure. Depends on `config`, `model`, `store`
+//! and `tools`.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use sparky::common::config::{Config, connections_for};
+use sparky::model::ModelBackend;
+use sparky::store::{PostgresStore, SqliteStore};
+use sparky::tools::mcp;
+
+/// One check's outcome.
+enum Outcome {
+    /// Fine.
+    Ok(String),
+    /// Worth knowing; the server would start.
+    Warn(String),
+    /// The server would not start, or would not work.
+    Fail(String),
+}
+
+/// Runs every check for `config` and writes a line for each to `out`. `model` is what building
+/// the model backend gave, `tokens` what reading the tokens gave (their count, or why not),
+/// `files` the open-file limit and whether `--max-connections` was given. True when nothing
+/// failed.
+pub fn run(
+    config: &Config,
+    model: Result<Arc<dyn ModelBackend>, String>,
+    tokens: Result<usize, String>,
+    files: (u64, bool),
+    out: &mut dyn Write,
+) -> bool {
+    let mut report = |name: &str, outcomes: Vec<Outcome>| {
+        for outcome in outcomes {
+            let (mark, text, failed) = match outcome {
+                Outcome::Ok(text) => ("ok  ", text, false),
+                Outcome::Warn(text) => ("warn", text, false),
+                Outcome::Fail(text) => ("FAIL", text, true),
+            };
+            let _ = writeln!(out, "{mark} {name:<6} {text}");
+            if failed {
+                return false;
+            }
+        }
+        true
+    };
+    // In order, each only if the ones before passed.
+    report("data", vec![data_dir(config)])
+        && report("tokens", vec![token_outcome(config, tokens)])
+        && report("files", vec![open_file_limit(config, files)])
+        && report("model", vec![model_outcome(model)])
+        && report("mcp", mcp_servers(config))
+}
+
+fn data_dir(config: &Config) -> Outcome {
+    if config.in_memory {
+        return Outcome::Ok("in memory: nothing is written".into());
+    }
+    let found = match &config.database_url {
+        Some(url) => PostgresStore::inspect(url),
+        None => SqliteStore::inspect(&config.data_dir),
+    };
+    match found {
+        Ok(found) => Outcome::Ok(found),
+        Err(e) => Outcome::Fail(e.to_string()),
+    }
+}
+
+fn token_outcome(config: &Config, tokens: Result<usize, String>) -> Outcome {
+    match tokens {
+        Ok(0) if config.addr.ip().is_loopback() => {
+            Outcome::Ok("no tokens: anyone on this machine may connect".into())
+        }
+        Ok(0) => Outcome::Warn(format!(
+            "no tokens, and {} is reachable from elsewhere: anyone who can reach it may connect",
+            config.addr
+        )),
+        Ok(n) => Outcome::Ok(format!("{n} token{}", if n == 1 { "" } else { "s" })),
+        Err(e) => Outcome::Fail(e),
+    }
+}
+
+fn open_file_limit(config: &Config, (available, explicit): (u64, bool)) -> Outcome {
+    let fits = connections_for(available);
+    if config.max_connections <= fits {
+        Outcome::Ok(format!(
+            "open-file limit {available}, enough for --max-connections {}",
+            config.max_connections
+        ))
+    } else if !explicit {
+        Outcome::Ok(format!(
+            "open-file limit {available}: the server will hold at most {fits} connections"
+        ))
+    } else {
+        Outcome::Warn(format!(
+            "open-file limit {available}: {fits} connections fit, not --max-connections {}; \
+             raise the limit (ulimit -n, LimitNOFILE=) or lower --max-connections",
+            config.max_connections
+        ))
+    }
+}
+
+fn model_outcome(model: Result<Arc<dyn ModelBackend>, String>) -> Outcome {
+    let model = match model {
+        Ok(model) => model,
+        Err(e) => return Outcome::Fail(e),
+    };
+    match model.probe() {
+        None => Outcome::Ok(format!("{}: built in", model.name())),
+        Some(Ok(())) => Outcome::Ok(format!(
+            "{}: the server answers and serves it",
+            model.name()
+        )),
+        Some(Err(e)) => Outcome::Fail(e),
+    }
+}
+
+fn mcp_servers(config: &Config) -> Vec<Outcome> {
+    let Some(path) = &config.mcp_config else {
+        return vec![Outcome::Ok("no --mcp-config".into())];
+    };
+    let servers = match mcp::load(path) {
+        Ok(servers) => servers,
+        Err(e) => return vec![Outcome::Fail(e.to_string())],
+    };
+    let mut outcomes: Vec<Outcome> = servers
+        .loaded()
+        .iter()
+        .map(|(name, tools)| {
+            Outcome::Ok(format!(
+                "{name}: started, {tools} tool{}",
+                if *tools == 1 { "" } else { "s" }
+            ))
+        })
+        .collect();
+    outcomes.extend(
+        servers
+            .failed()
+            .iter()
+            .map(|(name, why)| Outcome::Fail(format!("{name}: {why}"))),
+    );
+    servers.shutdown();
+    outcomes
+}

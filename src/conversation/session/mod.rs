@@ -1,0 +1,874 @@
+//! Sessions (conversations) while they are live in memory.
+//!
+//! - `manager.rs`: `SessionManager`, the map of live sessions; creates them, brings them back
+//!   from the store on demand, frees idle ones, deletes them.
+//! - this file: `Session`, one conversation's live state (bot, knowledge, event tail, current
+//!   turn, subscribers) and the operations on it: submit, cancel, attach, replay, release.
+//! - `tail.rs`: the in-memory tail of events. `subscribers.rs`: fan-out to connections.
+//!   `turn.rs`: the running turn and the one place a turn is closed. `persist.rs`: every store
+//!   write. `lease.rs`: the session's part when several instances share the store (who writes
+//!   it, and how the others follow).
+//!
+//! An event reaches subscribers only once the store has committed it: `push_event` numbers,
+//! logs and submits it; the journal's acknowledgement (`release`) hands it to every live
+//! subscriber's [`Sink`], one batch per subscriber, under the session lock. A session starts
+//! its own turns on the server's [`TurnPool`].
+//!
+//! Depends on: `common::auth`, `common::cancel`, `common::error`, `common::metrics`, `common::protocol`, `conversation::approval`, `conversation::bot`, `conversation::journal`, `conversation::worker`, `model`, `store`, `store::cluster`, `tools::knowledge`.
+
+mod lease;
+mod limits;
+mod manager;
+mod persist;
+mod subscribers;
+mod tail;
+mod turn;
+
+use std::fmt;
+use std::sync::{Arc, Weak};
+use std::time::Instant;
+
+use parking_lot::Mutex;
+
+use crate::common::auth::Principal;
+use crate::common::cancel::CancelFlag;
+use crate::common::metrics::Metrics;
+use crate::common::protocol::{
+    ErrorCode, ServerFrame, SessionId, StatusCode, StatusData, TurnId, encode,
+};
+use crate::conversation::approval::Approvals;
+use crate::conversation::bot::{Bot, interrupted};
+use crate::conversation::journal::Durable;
+use crate::conversation::worker::TurnPool;
+use crate::model::ChatMessage;
+use crate::store::{Cluster, ConversationStore};
+use crate::tools::knowledge::Knowledge;
+
+pub use lease::Releases;
+pub use limits::{Full, TurnLimits, TurnPermit};
+pub use manager::{Conversation, Refusal, SessionManager};
+pub use persist::Persist;
+pub use subscribers::{Attached, CloseReason, Sink, Subscriber};
+pub use tail::EventLog;
+pub use turn::{CurrentTurn, SessionTurn, TurnStart};
+
+/// A frame ready for the wire, shared by the event tail and every subscriber it goes to.
+pub type WireText = Arc<str>;
+
+/// Bytes of events one replay step reads at most.
+const REPLAY_PAGE_BYTES: usize = 256 * 1024;
+
+/// The threads turns run on: one pool for the server.
+pub type Turns = TurnPool<TurnStart>;
+
+/// What a successful `connect` gives the connection. Its greeting (`session_info`, `ready`,
+/// and for a live attach to a streaming turn the `message_delta` that replaces the answer so
+/// far) has gone to its sink already, under the session lock, so nothing overtakes it.
+#[derive(Debug)]
+pub struct Attachment {
+    /// The session it is now attached to.
+    pub session: Session,
+    /// True when the connection must replay (see [`Session::replay`]) before it is live.
+    pub replaying: bool,
+}
+
+/// One step of a replay; its frames have gone to the subscriber's sink.
+#[derive(Debug, Default)]
+pub struct ReplayStep {
+    /// How many events it sent.
+    pub events: usize,
+    /// True when the connection has caught up and is live: nothing more to pull.
+    pub done: bool,
+}
+
+/// A cheap-to-clone handle to one session.
+#[derive(Clone)]
+pub struct Session {
+    inner: Arc<SessionInner>,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.inner.id)
+            .finish_non_exhaustive()
+    }
+}
+
+struct SessionInner {
+    id: SessionId,
+    /// The client's label for its user, from the `connect` that created it.
+    user_id: Option<String>,
+    /// Who may attach to it and see it.
+    owner: Principal,
+    knowledge: Knowledge,
+    metrics: Arc<Metrics>,
+    /// The caps on running turns, shared by every session.
+    limits: Arc<TurnLimits>,
+    /// Where its turns run.
+    turns: Turns,
+    max_subscribers: usize,
+    persist: Persist,
+    /// Where replays read what the tail no longer holds.
+    store: Arc<dyn ConversationStore>,
+    /// This session as the journal's acknowledgement target.
+    ack: Arc<dyn Durable>,
+    /// The instances sharing the store, and where a message waiting for the lease sleeps.
+    cluster: Arc<dyn Cluster>,
+    releases: Arc<Releases>,
+    /// Held while the lease changes hands here (taken, let go), never with `state`'s lock
+    /// held: those steps do IO.
+    lease: Mutex<()>,
+    /// True with `--in-memory`: nothing survives a restart anyway, so an event is sent the
+    /// moment it is made instead of after the journal has written it (one thread hop less).
+    send_before_written: bool,
+    /// Held for bookkeeping only: never across IO, a model call, a tool call or a blocking send.
+    state: Mutex<SessionState>,
+}
+
+/// What the session lock protects.
+struct SessionState {
+    bot: Bot,
+    log: EventLog,
+    /// The highest `seq` the store has committed; the tail keeps every event after it.
+    durable_seq: u64,
+    /// The highest `seq` handed to subscribers: `durable_seq` when events are written before
+    /// they are sent, the newest event with `--in-memory`.
+    visible_seq: u64,
+    next_turn: u64,
+    turn: Option<CurrentTurn>,
+    subscribers: Vec<Attached>,
+    /// Streamed pieces emitted while events before them wait for the store: `(seq of the event
+    /// they follow, frame, piece of the answer)`; a `tool_progress` frame has no piece.
+    /// Released with those events, in order.
+    held: Vec<(u64, WireText, Option<String>)>,
+    /// When the session last had a subscriber or an event; eviction counts from here.
+    idle_since: Instant,
+    /// Set when the session leaves memory or is deleted; a closed session accepts nothing.
+    closed: bool,
+    /// True for a new session until its first message: nothing of it is in the store, and it
+    /// is not listed. Its first message writes it, with any seeded history.
+    unsaved: bool,
+    /// True while this instance holds the conversation's lease and so may write it; always
+    /// with a cluster of one. A follower writes nothing (see `lease.rs`).
+    holder: bool,
+    /// Set while the current turn holds back what it emits (`--in-memory` only: a model that
+    /// answers at once has its thoughts sent with its answer); cleared when the turn flushes
+    /// or closes.
+    holding: bool,
+}
+
+/// The calls of turn `turn_id` whose `approval_request` the tail holds and that have no
+/// `tool_result`: `(call_id, name)`, in order.
+fn waiting_approvals(log: &EventLog, turn_id: TurnId) -> Vec<(String, String)> {
+    let mut waiting: Vec<(String, String)> = Vec::new();
+    for (_, text) in log.iter() {
+        let Ok(envelope) = serde_json::from_str::<crate::common::protocol::ServerEnvelope>(text)
+        else {
+            continue;
+        };
+        match envelope.frame {
+            ServerFrame::ApprovalRequest {
+                turn_id: turn,
+                call_id,
+                name,
+                ..
+            } if turn == turn_id => waiting.push((call_id, name)),
+            ServerFrame::ToolResult {
+                turn_id: turn,
+                call_id,
+                ..
+            } if turn == turn_id => waiting.retain(|(waiting, _)| *waiting != call_id),
+            _ => {}
+        }
+    }
+    waiting
+}
+
+/// The journal's handle on a session: a weak one, so that a pending batch does not keep an
+/// evicted session alive.
+struct SessionAck(Weak<SessionInner>);
+
+impl Durable for SessionAck {
+    fn durable(&self, seq: u64) {
+        if let Some(inner) = self.0.upgrade() {
+            let session = Session { inner };
+            let mut state = session.inner.state.lock();
+            session.durable(&mut state, seq);
+        }
+    }
+}
+
+/// What a session is built from: new, or as the store held it.
+struct Parts {
+    id: SessionId,
+    user_id: Option<String>,
+    owner: Principal,
+    bot: Bot,
+    notes: Vec<String>,
+    log: EventLog,
+    next_turn: u64,
+    /// True for a session `connect` just made: see [`SessionState::unsaved`].
+    unsaved: bool,
+    /// True when this instance holds the lease: see [`SessionState::holder`].
+    holder: bool,
+}
+
+impl Session {
+    fn build(parts: Parts, persist: Persist, shared: &manager::Shared) -> Self {
+        let knowledge = Knowledge::persistent(Arc::new(persist.clone()), parts.notes);
+        let state = SessionState {
+            durable_seq: parts.log.last_seq(),
+            visible_seq: parts.log.last_seq(),
+            bot: parts.bot,
+            log: parts.log,
+            next_turn: parts.next_turn,
+            turn: None,
+            subscribers: Vec::new(),
+            held: Vec::new(),
+            idle_since: Instant::now(),
+            closed: false,
+            unsaved: parts.unsaved,
+            holder: parts.holder,
+            holding: false,
+        };
+        let inner = Arc::new_cyclic(|weak: &Weak<SessionInner>| SessionInner {
+            id: parts.id,
+            user_id: parts.user_id,
+            owner: parts.owner,
+            knowledge,
+            metrics: shared.metrics.clone(),
+            limits: shared.limits.clone(),
+            turns: shared.turns.clone(),
+            max_subscribers: shared.config.max_connections_per_session.max(1),
+            persist,
+            store: shared.store.clone(),
+            ack: Arc::new(SessionAck(weak.clone())),
+            cluster: shared.cluster.clone(),
+            releases: shared.releases.clone(),
+            lease: Mutex::new(()),
+            send_before_written: shared.config.in_memory,
+            state: Mutex::new(state),
+        });
+        Session { inner }
+    }
+
+    /// The session's id.
+    pub fn id(&self) -> &SessionId {
+        &self.inner.id
+    }
+
+    /// The `user_id` the session was created with.
+    pub fn user_id(&self) -> Option<&str> {
+        self.inner.user_id.as_deref()
+    }
+
+    /// The principal that owns it.
+    pub fn owner(&self) -> &Principal {
+        &self.inner.owner
+    }
+
+    /// The model the conversation chose; `None` for the server's default.
+    pub fn model(&self) -> Option<String> {
+        self.inner.state.lock().bot.model().map(str::to_owned)
+    }
+
+    /// The session's short-term knowledge.
+    pub fn knowledge(&self) -> &Knowledge {
+        &self.inner.knowledge
+    }
+
+    /// The `seq` of the newest event (0 before the first).
+    pub fn last_seq(&self) -> u64 {
+        self.inner.state.lock().log.last_seq()
+    }
+
+    /// True while the store refuses writes: new turns are refused meanwhile.
+    pub fn store_failing(&self) -> bool {
+        self.inner.persist.failing()
+    }
+
+    /// True while a turn is in flight.
+    pub fn has_turn(&self) -> bool {
+        self.inner.state.lock().turn.is_some()
+    }
+
+    /// How many subscribers are attached now.
+    pub fn subscriber_count(&self) -> usize {
+        self.inner.state.lock().subscribers.len()
+    }
+
+    /// A copy of the conversation the model sees.
+    pub fn history(&self) -> Vec<ChatMessage> {
+        self.inner.state.lock().bot.history().to_vec()
+    }
+
+    /// Opens a turn for a user message: cancels the turn in flight (its `status cancelled`
+    /// comes first), logs `user_message`, and starts the turn on the server's pool. With
+    /// several instances, this one takes the conversation's lease first (see `lease.rs`),
+    /// which stops a turn running elsewhere. When the caps on running turns are reached, the
+    /// turn is closed at once with `error` `server_busy`; nothing happens when the session
+    /// left memory or was deleted meanwhile.
+    ///
+    /// # Errors
+    ///
+    /// The code and words for the client when the lease could not be had: the message was
+    /// not taken.
+    pub fn submit(&self, text: &str) -> Result<(), (ErrorCode, &'static str)> {
+        self.lead()?;
+        if let Some(start) = self.open_turn(text) {
+            // With the lock released: waking a thread is a system call.
+            self.inner.turns.start(start);
+        }
+        Ok(())
+    }
+
+    fn open_turn(&self, text: &str) -> Option<TurnStart> {
+        let mut state = self.inner.state.lock();
+        if state.closed || !state.holder {
+            return None;
+        }
+        self.cancel_locked(&mut state);
+        if std::mem::take(&mut state.unsaved) {
+            self.save(&state);
+        }
+        let turn_id = TurnId(state.next_turn);
+        state.next_turn += 1;
+        let frame = ServerFrame::UserMessage {
+            turn_id,
+            text: text.to_owned(),
+        };
+        self.push_event(&mut state, frame);
+        let permit = match self.inner.limits.acquire(&self.inner.owner) {
+            Ok(permit) => permit,
+            Err(full) => {
+                log::warn!(
+                    "session {}: turn {turn_id} refused: {:?} cap reached",
+                    self.inner.id.short(),
+                    full
+                );
+                let frame = ServerFrame::Error {
+                    turn_id: Some(turn_id),
+                    code: ErrorCode::ServerBusy,
+                    message: full.message().to_owned(),
+                };
+                let transcript = interrupted(text);
+                self.close_turn(&mut state, None, frame, transcript, false);
+                return None;
+            }
+        };
+        let cancel = CancelFlag::new();
+        let approvals = Approvals::new();
+        state.turn = Some(CurrentTurn {
+            id: turn_id,
+            cancel: cancel.clone(),
+            text: text.to_owned(),
+            started: Instant::now(),
+            shown: String::new(),
+            approvals: approvals.clone(),
+        });
+        let turn = state.bot.start_turn(turn_id, text, &self.inner.owner);
+        Metrics::bump(&self.inner.metrics.turns_started);
+        Some(TurnStart {
+            turn,
+            events: SessionTurn {
+                session: self.clone(),
+                turn_id,
+                approvals,
+            },
+            cancel,
+            knowledge: self.inner.knowledge.clone(),
+            permit,
+        })
+    }
+
+    /// A client's `cancel`: stops the turn in flight, if any, and logs its `status
+    /// cancelled`; passed on to the instance that holds the conversation when this one does
+    /// not.
+    pub fn cancel(&self) {
+        let mut state = self.inner.state.lock();
+        if state.holder {
+            self.cancel_locked(&mut state);
+        } else {
+            drop(state);
+            self.cancel_elsewhere();
+        }
+    }
+
+    /// Stops the turn in flight here, if any (at shutdown, or when another instance passes a
+    /// client's `cancel` on).
+    pub fn cancel_here(&self) {
+        let mut state = self.inner.state.lock();
+        self.cancel_locked(&mut state);
+    }
+
+    /// A client's answer to the `approval_request` of the call `call_id`; passed on to the
+    /// instance that holds the conversation when this one does not (see
+    /// [`approve_here`](Self::approve_here)).
+    pub fn approve(&self, call_id: &str, allow: bool) {
+        if self.holds_lease() {
+            self.approve_here(call_id, allow);
+        } else {
+            self.approve_elsewhere(call_id, allow);
+        }
+    }
+
+    /// Answers the `approval_request` of the call `call_id` here: the first answer for a call
+    /// of the turn in flight that waits decides (`allow` runs it, else it is denied). An answer
+    /// for a call that is not waiting is ignored, as PROTOCOL.md section 5 says; true when this
+    /// answer decided.
+    pub fn approve_here(&self, call_id: &str, allow: bool) -> bool {
+        let state = self.inner.state.lock();
+        let decided = state
+            .turn
+            .as_ref()
+            .is_some_and(|turn| turn.approvals.decide(call_id, allow));
+        if decided {
+            log::info!(
+                "session {}: call {call_id:?} {}",
+                self.inner.id.short(),
+                if allow { "allowed" } else { "denied" }
+            );
+        } else {
+            log::debug!(
+                "session {}: approve for {call_id:?}, which is not waiting: ignored",
+                self.inner.id.short()
+            );
+        }
+        decided
+    }
+
+    /// Detaches the subscriber `id`, if it is still attached.
+    pub fn detach(&self, id: u64) {
+        let mut state = self.inner.state.lock();
+        let before = state.subscribers.len();
+        state
+            .subscribers
+            .retain(|attached| attached.subscriber.id != id);
+        if state.subscribers.len() < before && state.subscribers.is_empty() {
+            state.idle_since = Instant::now();
+        }
+    }
+
+    fn cancel_locked(&self, state: &mut SessionState) {
+        let Some(turn) = state.turn.take() else {
+            return;
+        };
+        turn.cancel.cancel();
+        let status = ServerFrame::status(
+            StatusCode::Cancelled,
+            "the turn was cancelled",
+            Some(turn.id),
+        );
+        let transcript = interrupted(&turn.text);
+        self.close_turn(state, Some(&turn), status, transcript, false);
+    }
+
+    /// Numbers an event, logs it, and submits it to the store; the one place events are made.
+    /// Subscribers get it when the store acknowledges it.
+    fn push_event(&self, state: &mut SessionState, frame: ServerFrame) {
+        let seq = state.log.last_seq() + 1;
+        let text: WireText = encode(&frame, Some(&self.inner.id), Some(seq)).into();
+        state.log.push(text.clone());
+        state.idle_since = Instant::now();
+        Metrics::bump(&self.inner.metrics.events);
+        self.inner
+            .persist
+            .event(seq, &text, &frame, self.inner.ack.clone());
+        if self.inner.send_before_written && !state.holding {
+            self.release(state, seq);
+        }
+    }
+
+    /// Sends what the current turn held back, if it held anything.
+    fn flush_held(&self, state: &mut SessionState) {
+        if std::mem::take(&mut state.holding) && self.inner.send_before_written {
+            let last = state.log.last_seq();
+            self.release(state, last);
+        }
+    }
+
+    /// A streamed piece of the answer of turn `turn_id`: not an event. It goes to live
+    /// subscribers at once, or, while events before it wait for the store, right after them.
+    fn stream(&self, state: &mut SessionState, turn_id: TurnId, piece: String) {
+        let frame = ServerFrame::MessageDelta {
+            turn_id,
+            text: piece,
+            replace: false,
+        };
+        let text: WireText = encode(&frame, Some(&self.inner.id), None).into();
+        let ServerFrame::MessageDelta { text: piece, .. } = frame else {
+            return;
+        };
+        self.stream_frame(state, text, Some(piece));
+    }
+
+    /// A `tool_progress` frame: not an event, streamed like a piece of the answer.
+    fn stream_progress(&self, state: &mut SessionState, frame: &ServerFrame) {
+        let text: WireText = encode(frame, Some(&self.inner.id), None).into();
+        self.stream_frame(state, text, None);
+    }
+
+    /// Sends a streamed frame to live subscribers at once, or, while events before it wait for
+    /// the store, right after them. `piece` is its part of the answer, if any.
+    fn stream_frame(&self, state: &mut SessionState, text: WireText, piece: Option<String>) {
+        if state.visible_seq < state.log.last_seq() {
+            state.held.push((state.log.last_seq(), text, piece));
+            return;
+        }
+        if let (Some(turn), Some(piece)) = (&mut state.turn, &piece) {
+            turn.shown.push_str(piece);
+        }
+        let batch = [text];
+        state
+            .subscribers
+            .retain(|attached| !attached.live || attached.subscriber.deliver(&batch));
+    }
+
+    /// The journal has written events up to `seq`: the tail may let them go, and (unless they
+    /// went out already) they go to every live subscriber.
+    fn durable(&self, state: &mut SessionState, seq: u64) {
+        state.durable_seq = state.durable_seq.max(seq);
+        if !self.inner.send_before_written {
+            self.release(state, seq);
+        }
+        let durable = state.durable_seq;
+        state.log.trim(durable);
+    }
+
+    /// Sends events up to `seq`, with the pieces streamed between them, to every live
+    /// subscriber, one batch each. Subscribers that cannot keep up are dropped here.
+    fn release(&self, state: &mut SessionState, seq: u64) {
+        if seq <= state.visible_seq {
+            return;
+        }
+        state.visible_seq = seq;
+        let split = state.held.partition_point(|(after, _, _)| *after <= seq);
+        let held: Vec<(u64, WireText, Option<String>)> = state.held.drain(..split).collect();
+        let SessionState {
+            log,
+            subscribers,
+            turn,
+            ..
+        } = state;
+        if let Some(turn) = turn {
+            for (_, _, piece) in &held {
+                turn.shown.push_str(piece.as_deref().unwrap_or_default());
+            }
+        }
+        let metrics = &self.inner.metrics;
+        let mut batch: Vec<WireText> = Vec::new();
+        subscribers.retain_mut(|attached| {
+            if !attached.live {
+                return true;
+            }
+            let Some(events) = log.range(attached.sent_seq, seq) else {
+                log::warn!(
+                    "subscriber {}: fell behind the event tail; detaching it",
+                    attached.subscriber.id
+                );
+                attached.subscriber.sink.close(CloseReason::Behind);
+                return false;
+            };
+            // The events and the pieces streamed between them, in order, in one batch.
+            batch.clear();
+            let mut pieces = held.iter().peekable();
+            let mut sent = 0;
+            for (event_seq, text) in events {
+                while let Some((_, piece, _)) = pieces.next_if(|(after, _, _)| *after < event_seq) {
+                    batch.push(piece.clone());
+                }
+                sent += 1;
+                batch.push(text.clone());
+            }
+            batch.extend(pieces.map(|(_, piece, _)| piece.clone()));
+            if !attached.subscriber.deliver(&batch) {
+                return false;
+            }
+            Metrics::add(&metrics.events_sent, sent);
+            attached.sent_seq = seq;
+            true
+        });
+    }
+
+    /// Adds messages to the conversation, and to the store once the session is in it.
+    fn commit(&self, state: &mut SessionState, transcript: Vec<ChatMessage>) {
+        if !state.unsaved {
+            self.inner
+                .persist
+                .messages(state.bot.end_index(), transcript.clone());
+        }
+        state.bot.commit(transcript);
+    }
+
+    /// Writes a new session to the store: its row, then the history it was seeded with.
+    fn save(&self, state: &SessionState) {
+        let persist = &self.inner.persist;
+        persist.create(
+            self.inner.owner.as_str(),
+            self.inner.user_id.as_deref(),
+            state.bot.personality(),
+            state.bot.model(),
+        );
+        if !state.bot.history().is_empty() {
+            persist.messages(state.bot.first_index(), state.bot.history().to_vec());
+        }
+        log::info!(
+            "session {}: stored with its first message",
+            self.inner.id.short()
+        );
+    }
+
+    /// The `message_delta` with `replace` that a connection attaching now needs, if the turn
+    /// in flight has shown part of its answer.
+    fn replace_frame(&self, state: &SessionState) -> Option<WireText> {
+        let turn = state.turn.as_ref().filter(|turn| !turn.shown.is_empty())?;
+        let frame = ServerFrame::MessageDelta {
+            turn_id: turn.id,
+            text: turn.shown.clone(),
+            replace: true,
+        };
+        Some(encode(&frame, Some(&self.inner.id), None).into())
+    }
+
+    /// Attaches a subscriber, taking over from the oldest past the limit, and sends it its
+    /// greeting. With `last_seq` (on a resume) the connection then replays; without it, it is
+    /// live at once. Gives the subscriber back when the session left memory meanwhile.
+    fn attach(
+        &self,
+        subscriber: Subscriber,
+        is_new: bool,
+        last_seq: Option<u64>,
+        ready: &ServerFrame,
+    ) -> Result<Attachment, Subscriber> {
+        let mut state = self.inner.state.lock();
+        if state.closed {
+            return Err(subscriber);
+        }
+        while state.subscribers.len() >= self.inner.max_subscribers {
+            let oldest = state.subscribers.remove(0).subscriber;
+            let status = ServerFrame::status(
+                StatusCode::TakenOver,
+                "another connection took this one's place",
+                None,
+            );
+            let text: WireText = encode(&status, Some(&self.inner.id), None).into();
+            oldest.deliver(&[text]);
+            oldest.sink.close(CloseReason::TakenOver);
+            log::info!(
+                "session {}: subscriber {} taken over",
+                self.inner.id.short(),
+                oldest.id
+            );
+        }
+        let id = Some(&self.inner.id);
+        let info = ServerFrame::SessionInfo {
+            session_id: self.inner.id.clone(),
+            is_new,
+            reconnected: !is_new,
+        };
+        let mut greeting: Vec<WireText> = vec![
+            encode(&info, id, None).into(),
+            encode(ready, id, None).into(),
+        ];
+        let replaying = !is_new && last_seq.is_some();
+        let sent_seq = match last_seq {
+            Some(seen) if replaying => seen.min(state.log.last_seq()),
+            _ => state.visible_seq,
+        };
+        if !replaying {
+            greeting.extend(self.replace_frame(&state));
+        }
+        // Under the lock: nothing released after this attach can overtake the greeting.
+        subscriber.deliver(&greeting);
+        state.subscribers.push(Attached {
+            subscriber,
+            sent_seq,
+            live: !replaying,
+        });
+        Ok(Attachment {
+            session: self.clone(),
+            replaying,
+        })
+    }
+
+    /// Sends subscriber `id` the next step of its replay: events it has not had, up to what is
+    /// durable, from the tail when it holds them, else from the store (read with no lock held).
+    /// The step that reaches the durable end makes the subscriber live and is `done`; its
+    /// frames go out under the session lock, so live events cannot overtake them.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::common::error::Error::Store`] when the store cannot be read.
+    pub fn replay(&self, id: u64) -> crate::common::error::Result<ReplayStep> {
+        let (after, up_to) = {
+            let mut state = self.inner.state.lock();
+            let visible = state.visible_seq;
+            let Some(at) = state
+                .subscribers
+                .iter()
+                .position(|attached| attached.subscriber.id == id)
+            else {
+                return Ok(ReplayStep {
+                    done: true,
+                    ..ReplayStep::default()
+                });
+            };
+            let after = state.subscribers[at].sent_seq;
+            if state.subscribers[at].live {
+                return Ok(ReplayStep {
+                    done: true,
+                    ..ReplayStep::default()
+                });
+            }
+            let cached: Option<Vec<(u64, WireText)>> =
+                state.log.range(after, visible).map(|events| {
+                    let mut bytes = 0;
+                    events
+                        .take_while(|(_, text)| {
+                            let more = bytes < REPLAY_PAGE_BYTES;
+                            bytes += text.len();
+                            more
+                        })
+                        .map(|(seq, text)| (seq, text.clone()))
+                        .collect()
+                });
+            if let Some(events) = cached {
+                let last = events.last().map_or(after, |(seq, _)| *seq);
+                let mut frames: Vec<WireText> = events.into_iter().map(|(_, text)| text).collect();
+                let step = ReplayStep {
+                    events: frames.len(),
+                    done: last >= visible,
+                };
+                if step.done {
+                    frames.extend(self.replace_frame(&state));
+                }
+                let attached = &mut state.subscribers[at];
+                attached.sent_seq = last;
+                attached.live = step.done;
+                if !attached.subscriber.deliver(&frames) {
+                    state.subscribers.remove(at);
+                    return Ok(ReplayStep { done: true, ..step });
+                }
+                return Ok(step);
+            }
+            // The tail keeps every event the store has not written, so these are written.
+            (after, state.durable_seq)
+        };
+        let page = self
+            .inner
+            .store
+            .events(&self.inner.id, after, up_to, REPLAY_PAGE_BYTES)?;
+        let mut frames: Vec<WireText> = Vec::with_capacity(page.events.len() + 1);
+        if page.first_seq > after + 1 {
+            let (from, to) = (after + 1, page.first_seq - 1);
+            let status = ServerFrame::Status(StatusData {
+                code: StatusCode::Gap,
+                message: format!("events {from} to {to} were removed by the retention policy"),
+                from: Some(from),
+                to: Some(to),
+                ..StatusData::default()
+            });
+            frames.push(encode(&status, Some(&self.inner.id), None).into());
+        }
+        let last = page.events.last().map_or(up_to, |(seq, _)| *seq);
+        let step = ReplayStep {
+            events: page.events.len(),
+            done: false,
+        };
+        frames.extend(
+            page.events
+                .into_iter()
+                .map(|(_, body)| WireText::from(body)),
+        );
+        let mut state = self.inner.state.lock();
+        let Some(at) = state
+            .subscribers
+            .iter()
+            .position(|attached| attached.subscriber.id == id && !attached.live)
+        else {
+            return Ok(ReplayStep { done: true, ..step });
+        };
+        let attached = &mut state.subscribers[at];
+        attached.sent_seq = attached.sent_seq.max(last);
+        if !attached.subscriber.deliver(&frames) {
+            state.subscribers.remove(at);
+            return Ok(ReplayStep { done: true, ..step });
+        }
+        Ok(step)
+    }
+
+    /// Closes a turn that a restart (or, with several instances, the death of the instance
+    /// running it) cut off, so that every turn is closed exactly once.
+    fn settle(&self, open_turn: Option<(u64, String)>) {
+        let Some((turn_id, text)) = open_turn else {
+            return;
+        };
+        let mut state = self.inner.state.lock();
+        // Calls that waited for a person are answered first, so that no request stays open.
+        for (call_id, name) in waiting_approvals(&state.log, TurnId(turn_id)) {
+            let result = ServerFrame::ToolResult {
+                turn_id: TurnId(turn_id),
+                call_id,
+                name,
+                status: crate::common::protocol::ToolStatus::Error,
+                result: "the server running this turn stopped while this call waited for approval; it was not run"
+                    .into(),
+            };
+            self.push_event(&mut state, result);
+        }
+        let message = "the server running this turn stopped before it finished";
+        let frame = ServerFrame::Error {
+            turn_id: Some(TurnId(turn_id)),
+            code: ErrorCode::Internal,
+            message: message.into(),
+        };
+        let transcript = interrupted(&text);
+        self.close_turn(&mut state, None, frame, transcript, false);
+        log::info!(
+            "session {}: closed turn {turn_id}, cut off by a stop",
+            self.inner.id.short()
+        );
+    }
+
+    /// Takes the session out of service: no more turns or subscribers. With `deleted`, its
+    /// turn is stopped and its subscribers get `status deleted` and are closed.
+    fn close(&self, deleted: bool) {
+        let mut state = self.inner.state.lock();
+        state.closed = true;
+        if !deleted {
+            return;
+        }
+        if let Some(turn) = state.turn.take() {
+            turn.cancel.cancel();
+        }
+        let status = ServerFrame::status(StatusCode::Deleted, "the conversation was deleted", None);
+        let text: WireText = encode(&status, Some(&self.inner.id), None).into();
+        for attached in state.subscribers.drain(..) {
+            attached.subscriber.deliver(std::slice::from_ref(&text));
+            attached.subscriber.sink.close(CloseReason::Deleted);
+        }
+    }
+
+    /// True when the session may leave memory: nobody attached, no turn, everything durable,
+    /// and idle since `before`.
+    fn evictable(&self, before: Instant) -> bool {
+        Self::idle(&self.inner.state.lock(), before)
+    }
+
+    /// Closes the session if it is still [`evictable`](Self::evictable), in one step under its
+    /// lock, so that no connection attaches to it in between. True when it closed.
+    fn close_if_idle(&self, before: Instant) -> bool {
+        let mut state = self.inner.state.lock();
+        let idle = Self::idle(&state, before);
+        state.closed |= idle;
+        idle
+    }
+
+    fn idle(state: &SessionState, before: Instant) -> bool {
+        state.subscribers.is_empty()
+            && state.turn.is_none()
+            && state.durable_seq == state.log.last_seq()
+            && state.idle_since <= before
+    }
+}

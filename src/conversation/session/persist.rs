@@ -1,0 +1,138 @@
+//! Every write a session makes to the store is built here and handed to the journal, so that
+//! what a row holds is decided in one place.
+//!
+//! Depends on: `common::protocol`, `conversation::journal`, `conversation::session`, `model`, `store`, `tools::knowledge`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::common::protocol::{ServerFrame, SessionId, Usage};
+use crate::conversation::journal::{Durable, Journal};
+use crate::model::ChatMessage;
+use crate::store::{TurnMark, WriteOp};
+use crate::tools::knowledge::NoteWriter;
+
+use super::WireText;
+
+/// How long a deletion waits for the store before it answers anyway.
+const DELETE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One session's writer: its id and the journal.
+#[derive(Clone, Debug)]
+pub struct Persist {
+    journal: Journal,
+    session: SessionId,
+}
+
+impl Persist {
+    /// Writes for `session` through `journal`.
+    pub fn new(journal: Journal, session: SessionId) -> Self {
+        Persist { journal, session }
+    }
+
+    /// True while the store refuses writes (see [`Journal::failing`]).
+    pub fn failing(&self) -> bool {
+        self.journal.failing()
+    }
+
+    /// Waits until everything queued so far is written; false when `timeout` passed first.
+    pub fn sync(&self, timeout: Duration) -> bool {
+        self.journal.sync(timeout)
+    }
+
+    /// The new conversation's row.
+    pub fn create(
+        &self,
+        owner: &str,
+        user_id: Option<&str>,
+        personality: Option<&str>,
+        model: Option<&str>,
+    ) {
+        self.submit(WriteOp::CreateSession {
+            id: self.session.clone(),
+            owner: owner.to_owned(),
+            user_id: user_id.map(str::to_owned),
+            personality: personality.map(str::to_owned),
+            model: model.map(str::to_owned),
+        });
+    }
+
+    /// An event; `ack` is told once it is committed.
+    pub fn event(&self, seq: u64, body: &WireText, frame: &ServerFrame, ack: Arc<dyn Durable>) {
+        let turn = match frame {
+            ServerFrame::UserMessage { turn_id, text } => TurnMark::Opened {
+                turn_id: turn_id.0,
+                text: text.clone(),
+            },
+            ServerFrame::Message {
+                usage: Some(usage), ..
+            } => TurnMark::Closed { usage: *usage },
+            frame if frame.closes_turn() => TurnMark::Closed {
+                usage: Usage::default(),
+            },
+            _ => TurnMark::None,
+        };
+        let search_text = match frame {
+            ServerFrame::UserMessage { text, .. } | ServerFrame::Message { text, .. } => {
+                Some(text.clone())
+            }
+            _ => None,
+        };
+        let op = WriteOp::Event {
+            session: self.session.clone(),
+            seq,
+            body: body.clone(),
+            turn,
+            search_text,
+        };
+        self.journal.submit(op, Some((ack, seq)));
+    }
+
+    /// Messages appended to the conversation, numbered from `first`.
+    pub fn messages(&self, first: u64, messages: Vec<ChatMessage>) {
+        self.submit(WriteOp::Messages {
+            session: self.session.clone(),
+            first,
+            messages,
+        });
+    }
+
+    /// The model sees nothing before message `below` any more.
+    pub fn trim_messages(&self, below: u64) {
+        self.submit(WriteOp::TrimMessages {
+            session: self.session.clone(),
+            below,
+        });
+    }
+
+    /// A new title, if `owner` owns the conversation.
+    pub fn rename(&self, owner: &str, title: &str) {
+        self.submit(WriteOp::Rename {
+            session: self.session.clone(),
+            owner: owner.to_owned(),
+            title: title.to_owned(),
+        });
+    }
+
+    /// Removes the conversation and everything of it, and waits until the store has done so.
+    /// False when the store did not answer in time.
+    pub fn delete(&self) -> bool {
+        self.submit(WriteOp::DeleteSession {
+            session: self.session.clone(),
+        });
+        self.journal.sync(DELETE_TIMEOUT)
+    }
+
+    fn submit(&self, op: WriteOp) {
+        self.journal.submit(op, None);
+    }
+}
+
+impl NoteWriter for Persist {
+    fn note(&self, text: &str) {
+        self.submit(WriteOp::Note {
+            session: self.session.clone(),
+            text: text.to_owned(),
+        });
+    }
+}

@@ -1,0 +1,290 @@
+//! One running turn as its session sees it: `CurrentTurn` (its bookkeeping under the session
+//! lock), `SessionTurn` (what the worker emits through), `TurnStart` (what a worker thread is
+//! handed, and how it runs there), and the one place a turn is closed.
+//!
+//! Depends on: `common::cancel`, `common::metrics`, `common::protocol`, `conversation::approval`, `conversation::bot`, `conversation::session`, `conversation::session::limits`, `conversation::worker`, `model`, `tools::knowledge`.
+
+use std::io;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::Instant;
+
+use crate::common::cancel::CancelFlag;
+use crate::common::metrics::Outcome;
+use crate::common::protocol::{ErrorCode, ServerFrame, TurnId};
+use crate::conversation::approval::{Approvals, Verdict};
+use crate::conversation::bot::{Turn, TurnEvents, TurnOutcome, interrupted};
+use crate::conversation::worker::Task;
+use crate::model::ChatMessage;
+use crate::tools::knowledge::Knowledge;
+
+use super::{Session, SessionState, TurnPermit};
+
+/// The turn in flight, as its session keeps it.
+#[derive(Debug)]
+pub struct CurrentTurn {
+    /// Its id.
+    pub id: TurnId,
+    /// Set to stop it.
+    pub cancel: CancelFlag,
+    /// The user's text, for the transcript of an interrupted turn.
+    pub text: String,
+    /// When it started, for the duration histogram.
+    pub started: Instant,
+    /// The answer streamed so far that subscribers were given: what a connection attaching now
+    /// gets as one `message_delta` with `replace`.
+    pub shown: String,
+    /// Its tool calls waiting for a person (`approval_request`), which `approve` answers.
+    pub approvals: Approvals,
+}
+
+/// A new turn, ready for a worker thread.
+#[derive(Debug)]
+pub struct TurnStart {
+    /// The agent loop to run.
+    pub turn: Turn,
+    /// Where its events go.
+    pub events: SessionTurn,
+    /// Its cancel flag.
+    pub cancel: CancelFlag,
+    /// The session's knowledge, for the tools.
+    pub knowledge: Knowledge,
+    /// The turn's place under the caps on running turns: held until its worker is done.
+    pub permit: TurnPermit,
+}
+
+impl Task for TurnStart {
+    /// Runs the agent loop; a panic becomes an `internal` error event that closes the turn.
+    fn run(self) {
+        let TurnStart {
+            turn,
+            events,
+            cancel,
+            knowledge,
+            permit,
+        } = self;
+        let outcome = catch_unwind(AssertUnwindSafe(|| turn.run(&events, &cancel, &knowledge)));
+        drop(permit);
+        match outcome {
+            Ok(TurnOutcome::Answered | TurnOutcome::Failed | TurnOutcome::Cancelled) => {}
+            Err(_) => {
+                log::error!("turn {}: panicked", events.turn_id());
+                events.fail(ErrorCode::Internal, "the turn crashed inside the server");
+            }
+        }
+    }
+
+    /// Closes the turn with `server_busy`: no thread could run it.
+    fn refused(self, error: &io::Error) {
+        log::warn!(
+            "turn {}: no thread could be started: {error}",
+            self.events.turn_id()
+        );
+        self.events.fail(
+            ErrorCode::ServerBusy,
+            "the server could not start a worker for this turn",
+        );
+    }
+}
+
+/// The session's side of one running turn: what [`Turn::run`] emits through.
+#[derive(Clone, Debug)]
+pub struct SessionTurn {
+    pub(super) session: Session,
+    pub(super) turn_id: TurnId,
+    /// The turn's waiting calls (the same as its [`CurrentTurn`]'s).
+    pub(super) approvals: Approvals,
+}
+
+impl SessionTurn {
+    /// The turn's id.
+    pub fn turn_id(&self) -> TurnId {
+        self.turn_id
+    }
+
+    /// The session the turn runs in.
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// Closes the turn with an error event, if it is still current, keeping the conversation
+    /// well formed. Used when the turn's worker could not start or crashed.
+    pub fn fail(&self, code: ErrorCode, message: &str) {
+        let frame = ServerFrame::Error {
+            turn_id: Some(self.turn_id),
+            code,
+            message: message.to_owned(),
+        };
+        let mut state = self.session.inner.state.lock();
+        if let Some(turn) = state.turn.take_if(|turn| turn.id == self.turn_id) {
+            let transcript = interrupted(&turn.text);
+            self.session
+                .close_turn(&mut state, Some(&turn), frame, transcript, false);
+        }
+    }
+
+    /// Closes the turn with `frame`, if it is still current.
+    fn finish(
+        &self,
+        frame: ServerFrame,
+        transcript: Vec<ChatMessage>,
+        reset_history: bool,
+    ) -> bool {
+        let mut state = self.session.inner.state.lock();
+        if self.session.store_failing() {
+            self.fail_on_storage(&mut state);
+            return false;
+        }
+        let Some(turn) = state.turn.take_if(|turn| turn.id == self.turn_id) else {
+            return false;
+        };
+        self.session
+            .close_turn(&mut state, Some(&turn), frame, transcript, reset_history);
+        true
+    }
+
+    /// Ends the turn with `error` `storage` because the store refuses writes: nothing more of
+    /// it is produced, and what it produced since the failure is never shown (events are
+    /// released only once committed; the error itself is, once the store takes writes again).
+    fn fail_on_storage(&self, state: &mut SessionState) {
+        let Some(turn) = state.turn.take_if(|turn| turn.id == self.turn_id) else {
+            return;
+        };
+        turn.cancel.cancel();
+        let message = "the server could not write this turn to its store; nothing of it after \
+                       the failure was shown";
+        let frame = ServerFrame::Error {
+            turn_id: Some(self.turn_id),
+            code: ErrorCode::Storage,
+            message: message.to_owned(),
+        };
+        let transcript = interrupted(&turn.text);
+        self.session
+            .close_turn(state, Some(&turn), frame, transcript, false);
+        log::warn!(
+            "session {}: turn {} ended: the store refuses writes",
+            self.session.id().short(),
+            self.turn_id
+        );
+    }
+}
+
+impl SessionTurn {
+    /// Runs `act` under the session lock if the turn is still current (and the store takes
+    /// writes; a failing store ends the turn instead). True when it ran.
+    fn while_current(&self, act: impl FnOnce(&mut SessionState)) -> bool {
+        let mut state = self.session.inner.state.lock();
+        if self.session.store_failing() {
+            self.fail_on_storage(&mut state);
+            return false;
+        }
+        let current = state
+            .turn
+            .as_ref()
+            .is_some_and(|turn| turn.id == self.turn_id);
+        if current {
+            act(&mut state);
+        }
+        current
+    }
+}
+
+impl TurnEvents for SessionTurn {
+    fn emit(&self, frame: ServerFrame) -> bool {
+        self.while_current(|state| match frame {
+            ServerFrame::MessageDelta { text, .. } => {
+                self.session.stream(state, self.turn_id, text);
+            }
+            frame @ ServerFrame::ToolProgress { .. } => {
+                self.session.stream_progress(state, &frame);
+            }
+            frame => self.session.push_event(state, frame),
+        })
+    }
+
+    fn ask_approval(&self, call_id: &str, request: ServerFrame) -> bool {
+        self.while_current(|state| {
+            self.approvals.expect(call_id);
+            self.session.push_event(state, request);
+        })
+    }
+
+    fn await_approval(&self, call_id: &str, deadline: Instant, cancel: &CancelFlag) -> Verdict {
+        self.approvals.wait(call_id, deadline, cancel)
+    }
+
+    fn close(&self, frame: ServerFrame, transcript: Vec<ChatMessage>) -> bool {
+        self.finish(frame, transcript, false)
+    }
+
+    fn close_resetting(&self, frame: ServerFrame, transcript: Vec<ChatMessage>) -> bool {
+        self.finish(frame, transcript, true)
+    }
+
+    fn hold(&self) {
+        let mut state = self.session.inner.state.lock();
+        // Only where events are sent as they are made; otherwise the journal batches them.
+        if self.session.inner.send_before_written
+            && state
+                .turn
+                .as_ref()
+                .is_some_and(|turn| turn.id == self.turn_id)
+        {
+            state.holding = true;
+        }
+    }
+
+    fn flush(&self) {
+        let mut state = self.session.inner.state.lock();
+        self.session.flush_held(&mut state);
+    }
+}
+
+impl Session {
+    /// The one place a turn ends: logs its closing `frame`, clears the conversation first when
+    /// `reset_history` is set, and commits `transcript`. `turn` is the turn that was current,
+    /// taken out of the state by the caller (none for a turn a restart cut off).
+    pub(super) fn close_turn(
+        &self,
+        state: &mut SessionState,
+        turn: Option<&CurrentTurn>,
+        frame: ServerFrame,
+        transcript: Vec<ChatMessage>,
+        reset_history: bool,
+    ) {
+        // The turn's story in one line: session, turn, code and the model server's words.
+        if let ServerFrame::Error {
+            turn_id: Some(turn_id),
+            code,
+            message,
+        } = &frame
+        {
+            log::warn!(
+                "session {}: turn {turn_id} failed ({}): {message}",
+                self.inner.id.short(),
+                code.as_str()
+            );
+        }
+        // The closing frame goes out with whatever the turn held back.
+        state.holding = false;
+        if let Some(turn) = turn {
+            let outcome = match &frame {
+                ServerFrame::Message { .. } => Outcome::Message,
+                ServerFrame::Status(_) => Outcome::Cancelled,
+                _ => Outcome::Error,
+            };
+            self.inner
+                .metrics
+                .turn_ended(outcome, turn.started.elapsed());
+        }
+        self.push_event(state, frame);
+        if reset_history {
+            state.bot.clear_history();
+            self.inner.persist.trim_messages(state.bot.first_index());
+            log::info!(
+                "session {}: history cleared after the model rejected it",
+                self.inner.id.short()
+            );
+        }
+        self.commit(state, transcript);
+    }
+}

@@ -1,0 +1,374 @@
+//! The conversation API of PROTOCOL.md section 10: list, search, read, rename and delete
+//! conversations; list, search and delete memories. One handler per route, serde types for
+//! every body. The caller is a principal (the local one when the server requires no token);
+//! anything that is not theirs is a `404`, so that nobody learns which ids exist.
+//!
+//! Depends on: `common::auth`, `common::error`, `common::protocol`, `conversation::session`, `net::http`, `store`.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::common::auth::Principal;
+use crate::common::protocol::{SessionId, Usage};
+use crate::conversation::session::{Conversation, SessionManager};
+use crate::net::http::Response;
+use crate::store::{GraphStore, Node};
+
+/// Largest request body accepted, in bytes.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Events one page holds when the caller gives no `limit`.
+const DEFAULT_EVENTS: usize = 200;
+
+/// Events one page holds at most.
+const MAX_EVENTS: usize = 1_000;
+
+/// Conversations one list holds at most (and by default).
+const MAX_CONVERSATIONS: usize = 5_000;
+
+/// Memories one list holds at most (and by default).
+const MAX_MEMORIES: usize = 1_000;
+
+/// What the API works on.
+pub struct Api<'a> {
+    /// The conversations.
+    pub sessions: &'a SessionManager,
+    /// The knowledge graph.
+    pub graph: &'a Arc<dyn GraphStore>,
+}
+
+impl std::fmt::Debug for Api<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api").finish_non_exhaustive()
+    }
+}
+
+/// One API request, authenticated.
+#[derive(Debug)]
+pub struct ApiRequest<'a> {
+    /// `GET`, `PATCH`, `DELETE`, … (`HEAD` is answered as `GET`).
+    pub method: &'a str,
+    /// The path, starting with `/api/`.
+    pub path: &'a str,
+    /// The query string, if any.
+    pub query: Option<&'a str>,
+    /// The body.
+    pub body: &'a [u8],
+    /// Who asks.
+    pub principal: &'a Principal,
+}
+
+/// One conversation in a list or a `PATCH` answer.
+#[derive(Debug, Serialize)]
+struct ConversationJson {
+    id: String,
+    title: Option<String>,
+    created_at: String,
+    updated_at: String,
+    turns: u64,
+    running: bool,
+    /// The model its turns use. Beyond PROTOCOL.md's fields, which clients ignore.
+    model: String,
+    /// The tokens its answered turns used, summed from each closing `message`'s `usage`.
+    usage: Usage,
+}
+
+#[derive(Debug, Serialize)]
+struct ConversationsJson<'a> {
+    conversations: Vec<ConversationJson>,
+    /// Whose they are: the token's name (`name:token` in the token file), else its
+    /// fingerprint. A field beyond PROTOCOL.md's, which clients ignore.
+    principal: &'a str,
+}
+
+#[derive(Debug, Serialize)]
+struct EventsJson {
+    /// Each event exactly as it went over the WebSocket.
+    events: Vec<Box<RawValue>>,
+}
+
+#[derive(Debug, Serialize)]
+struct MemoryJson {
+    id: i64,
+    kind: String,
+    content: String,
+    created_at: String,
+}
+
+#[derive(Debug, Serialize)]
+struct MemoriesJson {
+    memories: Vec<MemoryJson>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RenameJson {
+    title: String,
+}
+
+#[derive(Debug, Serialize)]
+struct ErrorJson<'a> {
+    error: &'a str,
+}
+
+/// An RFC 3339 UTC time for unix seconds.
+fn rfc3339(seconds: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(seconds)
+        .ok()
+        .and_then(|at| {
+            at.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+impl From<Conversation> for ConversationJson {
+    fn from(conversation: Conversation) -> Self {
+        let summary = conversation.summary;
+        ConversationJson {
+            id: summary.id.as_str().to_owned(),
+            title: summary.title,
+            created_at: rfc3339(summary.created_at),
+            updated_at: rfc3339(summary.updated_at),
+            turns: summary.turns,
+            running: conversation.running,
+            model: conversation.model,
+            usage: summary.usage,
+        }
+    }
+}
+
+impl From<Node> for MemoryJson {
+    fn from(node: Node) -> Self {
+        MemoryJson {
+            id: node.id,
+            kind: node.kind,
+            content: node.content,
+            created_at: rfc3339(node.created_at),
+        }
+    }
+}
+
+fn json(status: u16, reason: &'static str, body: &impl Serialize) -> Response {
+    let text = serde_json::to_string(body).unwrap_or_else(|_| "{}".into());
+    Response {
+        content_type: "application/json",
+        ..Response::text(status, reason, &text)
+    }
+}
+
+fn error(status: u16, reason: &'static str, message: &str) -> Response {
+    json(status, reason, &ErrorJson { error: message })
+}
+
+fn not_found() -> Response {
+    error(404, "Not Found", "not found")
+}
+
+fn no_content() -> Response {
+    Response::text(204, "No Content", "")
+}
+
+fn method_not_allowed() -> Response {
+    error(405, "Method Not Allowed", "method not allowed on this path")
+}
+
+fn failed(e: &crate::common::error::Error) -> Response {
+    log::error!("api: {e}");
+    error(500, "Internal Server Error", "the store could not answer")
+}
+
+/// The value of `name` in a query string, decoded.
+fn param(query: Option<&str>, name: &str) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.into_owned())
+}
+
+/// A numeric parameter: `Ok(None)` when absent, `Err` (a `400`) when not a number.
+fn number(query: Option<&str>, name: &str) -> Result<Option<u64>, Response> {
+    match param(query, name) {
+        None => Ok(None),
+        Some(text) => text.parse().map(Some).map_err(|_| {
+            error(
+                400,
+                "Bad Request",
+                &format!("{name} must be a whole number"),
+            )
+        }),
+    }
+}
+
+impl Api<'_> {
+    /// Answers one request: the one router of the API.
+    pub fn handle(&self, request: &ApiRequest<'_>) -> Response {
+        let method = match request.method {
+            "HEAD" => "GET",
+            other => other,
+        };
+        let parts: Vec<&str> = request.path.trim_end_matches('/').split('/').collect();
+        match parts.as_slice() {
+            ["", "api", "conversations"] => match method {
+                "GET" => self.list_conversations(request),
+                _ => method_not_allowed(),
+            },
+            ["", "api", "conversations", id] => match (method, SessionId::parse(id)) {
+                ("GET" | "PATCH" | "DELETE", None) => not_found(),
+                ("GET", Some(id)) => self.conversation(request, &id),
+                ("PATCH", Some(id)) => self.rename(request, &id),
+                ("DELETE", Some(id)) => self.delete_conversation(request, &id),
+                _ => method_not_allowed(),
+            },
+            ["", "api", "conversations", id, "events"] => match (method, SessionId::parse(id)) {
+                ("GET", Some(id)) => self.events(request, &id),
+                ("GET", None) => not_found(),
+                _ => method_not_allowed(),
+            },
+            ["", "api", "memories"] => match method {
+                "GET" => self.memories(request),
+                _ => method_not_allowed(),
+            },
+            ["", "api", "memories", id] => match (method, id.parse::<i64>()) {
+                ("DELETE", Ok(id)) => self.delete_memory(request, id),
+                ("DELETE", Err(_)) => not_found(),
+                _ => method_not_allowed(),
+            },
+            _ => not_found(),
+        }
+    }
+
+    /// `GET /api/conversations[?q=words]`.
+    fn list_conversations(&self, request: &ApiRequest<'_>) -> Response {
+        let query = param(request.query, "q").filter(|q| !q.trim().is_empty());
+        match self
+            .sessions
+            .list(request.principal, query.as_deref(), MAX_CONVERSATIONS)
+        {
+            Ok(list) => json(
+                200,
+                "OK",
+                &ConversationsJson {
+                    conversations: list.into_iter().map(Into::into).collect(),
+                    principal: request.principal.name(),
+                },
+            ),
+            Err(e) => failed(&e),
+        }
+    }
+
+    /// `GET /api/conversations/{id}`: one entry of the list.
+    fn conversation(&self, request: &ApiRequest<'_>, id: &SessionId) -> Response {
+        match self.sessions.conversation(request.principal, id) {
+            Ok(Some(conversation)) => json(200, "OK", &ConversationJson::from(conversation)),
+            Ok(None) => not_found(),
+            Err(e) => failed(&e),
+        }
+    }
+
+    /// `GET /api/conversations/{id}/events?before_seq=N&limit=M`.
+    fn events(&self, request: &ApiRequest<'_>, id: &SessionId) -> Response {
+        let (before, limit) = match (
+            number(request.query, "before_seq"),
+            number(request.query, "limit"),
+        ) {
+            (Ok(before), Ok(limit)) => (before, limit),
+            (Err(response), _) | (_, Err(response)) => return response,
+        };
+        let limit = limit.map_or(DEFAULT_EVENTS, |n| {
+            usize::try_from(n)
+                .unwrap_or(MAX_EVENTS)
+                .clamp(1, MAX_EVENTS)
+        });
+        match self.sessions.events(request.principal, id, before, limit) {
+            Ok(Some(bodies)) => {
+                let events = bodies
+                    .into_iter()
+                    .filter_map(|body| RawValue::from_string(body).ok())
+                    .collect();
+                json(200, "OK", &EventsJson { events })
+            }
+            Ok(None) => not_found(),
+            Err(e) => failed(&e),
+        }
+    }
+
+    /// `PATCH /api/conversations/{id}` with `{"title": "…"}`.
+    fn rename(&self, request: &ApiRequest<'_>, id: &SessionId) -> Response {
+        let title = match serde_json::from_slice::<RenameJson>(request.body) {
+            Ok(body) if !body.title.trim().is_empty() => body.title,
+            Ok(_) => return error(400, "Bad Request", "title must not be empty"),
+            Err(e) => {
+                return error(
+                    400,
+                    "Bad Request",
+                    &format!("the body must be {{\"title\": \"…\"}}: {e}"),
+                );
+            }
+        };
+        match self.sessions.rename(request.principal, id, &title) {
+            Ok(Some(conversation)) => json(200, "OK", &ConversationJson::from(conversation)),
+            Ok(None) => not_found(),
+            Err(e) => failed(&e),
+        }
+    }
+
+    /// `DELETE /api/conversations/{id}`.
+    fn delete_conversation(&self, request: &ApiRequest<'_>, id: &SessionId) -> Response {
+        match self.sessions.delete(request.principal, id) {
+            Ok(true) => no_content(),
+            Ok(false) => not_found(),
+            Err(e) => failed(&e),
+        }
+    }
+
+    /// `GET /api/memories[?q=words]`.
+    fn memories(&self, request: &ApiRequest<'_>) -> Response {
+        let owner = request.principal.as_str();
+        let found = match param(request.query, "q").filter(|q| !q.trim().is_empty()) {
+            Some(query) => self.graph.search(owner, &query, None, MAX_MEMORIES),
+            None => self.graph.recent(owner, None, MAX_MEMORIES),
+        };
+        match found {
+            Ok(nodes) => json(
+                200,
+                "OK",
+                &MemoriesJson {
+                    memories: nodes.into_iter().map(Into::into).collect(),
+                },
+            ),
+            Err(e) => failed(&e),
+        }
+    }
+
+    /// `DELETE /api/memories/{id}`.
+    fn delete_memory(&self, request: &ApiRequest<'_>, id: i64) -> Response {
+        match self.graph.delete(request.principal.as_str(), id) {
+            Ok(true) => no_content(),
+            Ok(false) => not_found(),
+            Err(e) => failed(&e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_rfc_3339_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn query_parameters_are_decoded() {
+        assert_eq!(
+            param(Some("a=1&q=caf%C3%A9+au+lait"), "q").as_deref(),
+            Some("café au lait")
+        );
+        assert_eq!(param(Some("a=1"), "q"), None);
+        assert!(number(Some("limit=x"), "limit").is_err());
+        assert_eq!(number(Some("limit=5"), "limit").ok(), Some(Some(5)));
+    }
+}

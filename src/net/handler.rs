@@ -1,0 +1,331 @@
+//! `Handler`: dispatch for one WebSocket. It takes what the transport ([`Connection`]) reads,
+//! decodes client frames, checks authentication (the deadline and the small limits until then)
+//! and the rate limit (data and control frames alike), and submits to sessions, which start
+//! their own turns. Its replies go out through the transport.
+//!
+//! Depends on: `common::auth`, `common::config`, `common::error`, `common::metrics`, `common::protocol`, `common::rate`, `conversation::session`, `net::connection`, `net::shutdown`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tungstenite::protocol::frame::coding::CloseCode;
+
+use crate::common::auth::{Auth, Principal, Refused};
+use crate::common::config::{Config, UNAUTHENTICATED_FRAME_BYTES};
+use crate::common::error::Result;
+use crate::common::metrics::Metrics;
+use crate::common::protocol::{
+    ClientFrame, ConnectData, ErrorCode, ServerFrame, decode_client_frame, encode,
+};
+use crate::common::rate::Bucket;
+use crate::conversation::session::{Session, SessionManager, Subscriber, WireText};
+use crate::net::connection::{Connection, Incoming};
+use crate::net::shutdown::Shutdown;
+
+/// What every connection of a server shares.
+#[derive(Clone, Debug)]
+pub struct ConnectionContext {
+    /// The server's settings.
+    pub config: Arc<Config>,
+    /// The session map.
+    pub sessions: SessionManager,
+    /// The counters.
+    pub metrics: Arc<Metrics>,
+    /// Where the server is in its life: draining refuses new turns, closing closes (1001).
+    pub shutdown: Shutdown,
+    /// The tokens clients must present.
+    pub auth: Auth,
+}
+
+/// Dispatch for one connection: what it is attached to and what it may still do.
+pub struct Handler<'a> {
+    connection: Connection,
+    ctx: &'a ConnectionContext,
+    session: Option<Session>,
+    /// True once a `connect` was handled (accepted or not): only one is.
+    connected: bool,
+    /// True while the connection replays its session's events from before it attached.
+    replaying: bool,
+    /// A token from the upgrade request (`Authorization: Bearer` or `?token=`).
+    upgrade_token: Option<String>,
+    /// While tokens are required and none valid has been presented: the time by which one must
+    /// be, or the connection is closed (1008), whatever it sends meanwhile.
+    auth_deadline: Option<Instant>,
+    /// The rate limit on client frames, when there is one.
+    bucket: Option<Bucket>,
+}
+
+impl std::fmt::Debug for Handler<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handler")
+            .field("connection", &self.connection)
+            .field("session", &self.session)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Handler<'a> {
+    /// Dispatch for `connection`.
+    ///
+    /// When tokens are required and `upgrade_token` is not a valid one, the connection starts
+    /// unauthenticated: its frames and messages may be [`UNAUTHENTICATED_FRAME_BYTES`] at most,
+    /// and it must authenticate (a `connect` with a valid token) within the handshake timeout.
+    pub fn new(
+        mut connection: Connection,
+        ctx: &'a ConnectionContext,
+        upgrade_token: Option<String>,
+    ) -> Self {
+        let authenticated = ctx.auth.check(upgrade_token.as_deref()).is_ok();
+        let auth_deadline = (!authenticated).then(|| Instant::now() + ctx.config.handshake_timeout);
+        if !authenticated {
+            connection.limit_frames(UNAUTHENTICATED_FRAME_BYTES.min(ctx.config.max_frame_bytes));
+        }
+        connection.set_deadline(auth_deadline);
+        Handler {
+            connection,
+            ctx,
+            session: None,
+            connected: false,
+            replaying: false,
+            upgrade_token,
+            auth_deadline,
+            bucket: ctx.config.rate_limit.map(Bucket::new),
+        }
+    }
+
+    /// Serves the connection until the peer leaves, the connection is closed, or the server
+    /// shuts down.
+    ///
+    /// # Errors
+    ///
+    /// Socket and WebSocket failures other than a normal close.
+    pub fn run(&mut self) -> Result<()> {
+        let result = self.serve();
+        if let Some(session) = self.session.take() {
+            session.detach(self.connection.id());
+        }
+        result
+    }
+
+    fn serve(&mut self) -> Result<()> {
+        loop {
+            match self.connection.next(self.replaying)? {
+                Incoming::Closed => return Ok(()),
+                Incoming::Room => self.replay_step(),
+                Incoming::Released(_) => {
+                    self.session = None;
+                    self.replaying = false;
+                }
+                Incoming::Deadline => self.check_auth_deadline(),
+                Incoming::Text(text) => {
+                    if self.admit(false) {
+                        self.on_text(text.as_str());
+                    }
+                }
+                Incoming::Binary => {
+                    if self.admit(false) {
+                        self.reject(
+                            ErrorCode::UnsupportedFrame,
+                            "binary frames are not supported; send JSON text",
+                        );
+                    }
+                }
+                Incoming::Control => {
+                    // tungstenite has answered a ping already.
+                    self.admit(true);
+                }
+            }
+        }
+    }
+
+    /// Checks the authentication deadline (per frame too: a peer that never lets the socket
+    /// run dry must not outlive it) and charges the frame to the rate limit. False when the
+    /// frame is not to be handled.
+    fn admit(&mut self, control_frame: bool) -> bool {
+        self.check_auth_deadline();
+        if self.connection.is_closing() {
+            return false;
+        }
+        if self.bucket.as_mut().is_none_or(Bucket::take) {
+            return true;
+        }
+        if control_frame {
+            // An error frame per excess ping would answer a flood with a flood, and
+            // tungstenite has queued the pong already: a peer this far past its limit with
+            // control frames is not a chat client.
+            log::warn!(
+                "connection {}: control frames past the rate limit; closing with 1008",
+                self.connection.id()
+            );
+            self.ctx.metrics.rejected(ErrorCode::RateLimited);
+            self.connection
+                .abort(CloseCode::Policy, "too many control frames");
+        } else {
+            self.reject(
+                ErrorCode::RateLimited,
+                "too many frames; slow down and try again",
+            );
+        }
+        false
+    }
+
+    /// Closes (1008) a connection that has not authenticated by its deadline.
+    fn check_auth_deadline(&mut self) {
+        if !self.connection.is_closing()
+            && self
+                .auth_deadline
+                .is_some_and(|deadline| Instant::now() >= deadline)
+        {
+            log::info!(
+                "connection {}: no valid token within {:?}; closing with 1008",
+                self.connection.id(),
+                self.ctx.config.handshake_timeout
+            );
+            self.ctx.metrics.rejected(ErrorCode::Unauthorized);
+            self.connection
+                .close(CloseCode::Policy, "no valid token in time");
+        }
+    }
+
+    fn on_text(&mut self, text: &str) {
+        let frame = match decode_client_frame(text) {
+            Ok(frame) => frame,
+            Err(e) => {
+                self.reject(e.code, &e.message);
+                return;
+            }
+        };
+        let session = match (frame, &self.session) {
+            (ClientFrame::Connect(data), None) => return self.connect(&data),
+            (ClientFrame::Connect(_), Some(_)) => {
+                self.reject(
+                    ErrorCode::AlreadyConnected,
+                    "this connection already sent connect",
+                );
+                return;
+            }
+            (_, None) => {
+                self.reject(ErrorCode::NotConnected, "the first frame must be connect");
+                return;
+            }
+            (frame, Some(session)) => (frame, session.clone()),
+        };
+        match session {
+            (ClientFrame::Message(message), session) => {
+                let limit = self.ctx.config.max_text_chars;
+                if message.text.chars().count() > limit {
+                    self.reject(
+                        ErrorCode::TooLarge,
+                        &format!("text is longer than {limit} characters"),
+                    );
+                } else if self.ctx.shutdown.draining() {
+                    self.reject(ErrorCode::ServerBusy, "the server is shutting down");
+                } else if session.store_failing() {
+                    self.reject(
+                        ErrorCode::Storage,
+                        "the server cannot write to its store right now (is its disk full?); \
+                         try again later",
+                    );
+                } else if let Err((code, why)) = session.submit(&message.text) {
+                    // The session starts the turn on its own, unless the conversation's lease
+                    // could not be had (several instances on one database).
+                    self.reject(code, why);
+                }
+            }
+            (ClientFrame::Cancel {}, session) => session.cancel(),
+            (ClientFrame::Approve(answer), session) => {
+                session.approve(&answer.call_id, answer.allow);
+            }
+            (ClientFrame::Connect(_), _) => {}
+        }
+    }
+
+    fn connect(&mut self, data: &ConnectData) {
+        if std::mem::replace(&mut self.connected, true) {
+            return;
+        }
+        let token = data.token.as_deref().or(self.upgrade_token.as_deref());
+        let principal = match self.ctx.auth.check(token) {
+            Ok(principal) => principal.unwrap_or_else(Principal::local),
+            Err(refused) => {
+                let message = match refused {
+                    Refused::Missing => "this server requires a token",
+                    Refused::Wrong => "the token is not valid",
+                };
+                self.reject(ErrorCode::Unauthorized, message);
+                self.connection.close(CloseCode::Policy, "unauthorized");
+                return;
+            }
+        };
+        if self.ctx.auth.required() {
+            log::info!(
+                "connection {}: authenticated as {}",
+                self.connection.id(),
+                principal.name()
+            );
+        }
+        // Authenticated: the connection gets the server's full limits and no deadline.
+        if self.auth_deadline.take().is_some() {
+            self.connection
+                .limit_frames(self.ctx.config.max_frame_bytes);
+            self.connection.set_deadline(None);
+        }
+        let subscriber = Subscriber {
+            id: self.connection.id(),
+            sink: self.connection.outbound().clone(),
+        };
+        match self.ctx.sessions.connect(data, &principal, subscriber) {
+            Ok(attachment) => {
+                self.replaying = attachment.replaying;
+                self.session = Some(attachment.session);
+            }
+            Err(refusal) => {
+                self.reject(refusal.code, &refusal.message);
+                match refusal.code {
+                    ErrorCode::Unauthorized => {
+                        self.connection.close(CloseCode::Policy, "unauthorized");
+                    }
+                    // A `connect` the server cannot honour (an unknown model): nothing else
+                    // may follow it on this connection.
+                    ErrorCode::InvalidMessage => {
+                        self.connection.close(CloseCode::Policy, "invalid connect");
+                    }
+                    _ => self.connection.close(CloseCode::Again, "server busy"),
+                }
+            }
+        }
+    }
+
+    /// Answers a bad client frame with an `error` frame; the connection stays open.
+    fn reject(&mut self, code: ErrorCode, message: &str) {
+        self.ctx.metrics.rejected(code);
+        log::debug!(
+            "connection {}: rejected frame: {}: {message}",
+            self.connection.id(),
+            code.as_str()
+        );
+        let frame = ServerFrame::client_error(code, message);
+        let text: WireText = encode(&frame, self.session.as_ref().map(Session::id), None).into();
+        self.connection.send(&[text]);
+    }
+
+    /// Sends the next stretch of the replay; the last one makes the connection live.
+    fn replay_step(&mut self) {
+        let Some(session) = self.session.clone() else {
+            self.replaying = false;
+            return;
+        };
+        match session.replay(self.connection.id()) {
+            Ok(step) => {
+                Metrics::add(&self.ctx.metrics.events_replayed, step.events as u64);
+                self.replaying = !step.done;
+            }
+            Err(e) => {
+                log::error!("connection {}: replay failed: {e}", self.connection.id());
+                self.replaying = false;
+                self.connection
+                    .close(CloseCode::Error, "the conversation could not be read");
+            }
+        }
+    }
+}

@@ -1,0 +1,612 @@
+//! `Outbound`: the write side of one WebSocket, shared by every thread that produces frames for
+//! it. Whoever has frames writes them to the socket itself, with a non-blocking write under a
+//! small lock: the connection thread for its own replies, the journal thread for the events it
+//! has just committed, a turn thread for streamed pieces. Only when the socket will not take
+//! the bytes does the rest wait in a pending buffer, which the connection thread writes out
+//! when `poll` says the socket has room.
+//!
+//! Server frames are encoded here (unmasked RFC 6455 text frames), and a batch of frames goes
+//! out in one `writev`. tungstenite keeps the read side; its own frames (pongs, pings, Close)
+//! come through [`Outbound::write_raw`] under the same lock, so bytes never interleave.
+//!
+//! Depends on: `common::metrics`, `conversation::session`, `net::shutdown`, `net::wake`.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io::{self, IoSlice, Write};
+use std::net::TcpStream;
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Instant;
+
+use parking_lot::{Mutex, MutexGuard};
+
+use crate::common::metrics::Metrics;
+use crate::conversation::session::{CloseReason, Sink, WireText};
+use crate::net::shutdown::Wake;
+use crate::net::wake::ThreadWaker;
+
+/// Frames per `writev`: two slices each (header and payload). Small, because the slices and
+/// headers sit on the writer's stack, and a connection thread's stack pages count towards
+/// what an idle connection costs; a batch of more frames takes several calls.
+const FRAMES_PER_WRITE: usize = 8;
+
+/// The longest header of an unmasked server frame: 2 bytes and an 8-byte length.
+const MAX_HEADER_BYTES: usize = 10;
+
+/// Pending bytes below which the connection takes more work of its own (replay pages).
+const ROOM_BYTES: usize = 256 * 1024;
+
+/// A pending buffer whose capacity grew past this is freed once it empties, so that a burst
+/// does not leave an idle connection holding memory.
+const KEEP_CAPACITY_BYTES: usize = 16 * 1024;
+
+/// How far a connection may fall behind before its sessions let it go.
+#[derive(Clone, Copy, Debug)]
+pub struct PendingLimit {
+    /// Frames waiting for the socket, at most.
+    pub frames: usize,
+    /// Bytes waiting for the socket, at most.
+    pub bytes: usize,
+}
+
+/// The write side of one WebSocket. Shared (`Arc`) by its connection thread and every session
+/// it is attached to.
+///
+/// The lock guards the pending buffer and the connection thread's sleep; it is held for one
+/// non-blocking `write`/`writev` at most, and taken after a session's lock, never before.
+pub struct Outbound {
+    /// The connection's id, for the log.
+    id: u64,
+    socket: TcpStream,
+    limit: PendingLimit,
+    metrics: Arc<Metrics>,
+    state: Mutex<OutboundState>,
+    /// Copies of what the connection thread looks at on every pass, kept up to date whenever
+    /// the lock is released, so that an idle pass takes no lock: the pending bytes, and
+    /// whether a session let the connection go or the socket broke.
+    pending_copy: AtomicUsize,
+    attention: AtomicBool,
+    /// True while the connection thread sleeps (or is about to). Set under the lock, cleared
+    /// without it when the sleep ends (a writer that still sees it set sends one wake too
+    /// many, which only shortens the next sleep), and cleared under the lock for good by
+    /// [`Outbound::retire`].
+    asleep: AtomicBool,
+}
+
+/// The lock, held; brings the lock-free copies up to date when released.
+struct Locked<'a> {
+    outbound: &'a Outbound,
+    state: MutexGuard<'a, OutboundState>,
+}
+
+impl Deref for Locked<'_> {
+    type Target = OutboundState;
+
+    fn deref(&self) -> &OutboundState {
+        &self.state
+    }
+}
+
+impl DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut OutboundState {
+        &mut self.state
+    }
+}
+
+impl Locked<'_> {
+    /// Wakes the connection thread if it sleeps; with `for_output`, only if it does not poll
+    /// for `POLLOUT` already. Called with the lock held, which is what keeps the thread alive
+    /// meanwhile (see [`Outbound::retire`]).
+    fn wake(&self, for_output: bool) {
+        if self.outbound.asleep.load(Ordering::SeqCst)
+            && let Some(sleeping) = self.state.sleeping
+            && !(for_output && sleeping.polls_out)
+        {
+            sleeping.waker.wake();
+        }
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        let attention = self.state.released.is_some() || self.state.broken;
+        self.outbound
+            .pending_copy
+            .store(self.state.pending_bytes(), Ordering::Release);
+        self.outbound.attention.store(attention, Ordering::Release);
+    }
+}
+
+#[derive(Default)]
+struct OutboundState {
+    /// Bytes the socket did not take yet; `pending[sent..]` is still to be written.
+    pending: Vec<u8>,
+    sent: usize,
+    /// Where each data frame in `pending` ends, oldest first: counts frames for the limit.
+    frame_ends: VecDeque<usize>,
+    /// Since when the pending bytes have made no progress.
+    stalled_since: Option<Instant>,
+    /// A Close frame is on its way: no data frame may follow it.
+    data_closed: bool,
+    /// A write failed: the socket is gone.
+    broken: bool,
+    /// A session let the connection go, and why.
+    released: Option<CloseReason>,
+    /// Someone asked the connection thread to look around (shutdown).
+    woken: bool,
+    /// Set by the connection thread before each sleep: whom to wake, and whether it polls for
+    /// `POLLOUT` already. Only read while [`Outbound::asleep`] is set.
+    sleeping: Option<Sleeping>,
+}
+
+#[derive(Clone, Copy)]
+struct Sleeping {
+    waker: ThreadWaker,
+    polls_out: bool,
+}
+
+impl OutboundState {
+    fn pending_bytes(&self) -> usize {
+        self.pending.len() - self.sent
+    }
+
+    /// Keeps what the socket did not take of `slices` (it took `written` bytes); `frame_ends`
+    /// are the ends of the data frames in them, counted from the first slice.
+    fn keep(&mut self, slices: &[IoSlice<'_>], written: usize, frame_ends: &[usize]) {
+        let start = self.pending.len();
+        let mut skip = written;
+        for slice in slices {
+            let skipped = skip.min(slice.len());
+            skip -= skipped;
+            self.pending.extend_from_slice(&slice[skipped..]);
+        }
+        for end in frame_ends.iter().filter(|end| **end > written) {
+            self.frame_ends.push_back(start + end - written);
+        }
+    }
+}
+
+impl fmt::Debug for Outbound {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Outbound")
+            .field("pending", &self.pending_bytes())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Outbound {
+    /// The write side of connection `id`'s `socket`, which must be (or soon be) non-blocking.
+    pub fn new(id: u64, socket: TcpStream, limit: PendingLimit, metrics: Arc<Metrics>) -> Self {
+        Outbound {
+            id,
+            socket,
+            limit,
+            metrics,
+            state: Mutex::new(OutboundState::default()),
+            pending_copy: AtomicUsize::new(0),
+            attention: AtomicBool::new(false),
+            asleep: AtomicBool::new(false),
+        }
+    }
+
+    fn lock(&self) -> Locked<'_> {
+        Locked {
+            outbound: self,
+            state: self.state.lock(),
+        }
+    }
+
+    /// True when nothing waits for the socket and no session let the connection go: the
+    /// connection thread has nothing to write out or close. Takes no lock.
+    pub fn quiet(&self) -> bool {
+        self.pending_copy.load(Ordering::Acquire) == 0 && !self.attention.load(Ordering::Acquire)
+    }
+
+    /// The socket, for reading and polling.
+    pub fn socket(&self) -> &TcpStream {
+        &self.socket
+    }
+
+    /// Writes `frames` as text frames, in one `writev` where it can; what the socket does not
+    /// take waits for the connection thread. False when the connection is closing or broken,
+    /// or has fallen past its [`PendingLimit`]: then it is released (`CloseReason::Behind`)
+    /// and its thread woken to close it.
+    pub fn send(&self, frames: &[WireText]) -> bool {
+        let mut state = self.lock();
+        if state.data_closed || state.broken || state.released.is_some() {
+            return false;
+        }
+        if state.pending_bytes() > 0 {
+            if state.pending_bytes() >= self.limit.bytes
+                || state.frame_ends.len() >= self.limit.frames
+            {
+                log::warn!(
+                    "connection {}: {} bytes in {} frames wait for a peer that does not read; \
+                     letting it go",
+                    self.id,
+                    state.pending_bytes(),
+                    state.frame_ends.len()
+                );
+                state.released = Some(CloseReason::Behind);
+                state.wake(false);
+                return false;
+            }
+            for frame in frames {
+                push_frame(&mut state.pending, frame.as_bytes());
+                let end = state.pending.len();
+                state.frame_ends.push_back(end);
+            }
+            return true;
+        }
+        for (at, chunk) in frames.chunks(FRAMES_PER_WRITE).enumerate() {
+            let mut headers = [[0u8; MAX_HEADER_BYTES]; FRAMES_PER_WRITE];
+            let mut lengths = [0usize; FRAMES_PER_WRITE];
+            for (i, frame) in chunk.iter().enumerate() {
+                lengths[i] = text_header(&mut headers[i], frame.len());
+            }
+            let mut slices = [IoSlice::new(&[]); 2 * FRAMES_PER_WRITE];
+            let mut ends = [0usize; FRAMES_PER_WRITE];
+            let mut total = 0;
+            for (i, frame) in chunk.iter().enumerate() {
+                slices[2 * i] = IoSlice::new(&headers[i][..lengths[i]]);
+                slices[2 * i + 1] = IoSlice::new(frame.as_bytes());
+                total += lengths[i] + frame.len();
+                ends[i] = total;
+            }
+            let slices = &slices[..2 * chunk.len()];
+            let written = match write_vectored(&self.socket, slices) {
+                Ok(written) => written,
+                Err(e) => {
+                    log::debug!("connection {}: write failed: {e}", self.id);
+                    state.broken = true;
+                    state.wake(false);
+                    return false;
+                }
+            };
+            if written < total {
+                state.keep(slices, written, &ends[..chunk.len()]);
+                for frame in frames.iter().skip((at + 1) * FRAMES_PER_WRITE) {
+                    push_frame(&mut state.pending, frame.as_bytes());
+                    let end = state.pending.len();
+                    state.frame_ends.push_back(end);
+                }
+                state.stalled_since = Some(Instant::now());
+                Metrics::bump(&self.metrics.writes_deferred);
+                // The connection thread may sleep waiting for its peer only: now it must wait
+                // for room too.
+                state.wake(true);
+                return true;
+            }
+        }
+        true
+    }
+
+    /// Writes bytes tungstenite encoded (control frames, Close), after anything pending. Takes
+    /// them all: what the socket does not take waits.
+    ///
+    /// # Errors
+    ///
+    /// When the socket is broken.
+    pub fn write_raw(&self, bytes: &[u8]) -> io::Result<usize> {
+        let mut state = self.lock();
+        if state.broken {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
+        if state.pending_bytes() > 0 {
+            state.pending.extend_from_slice(bytes);
+            return Ok(bytes.len());
+        }
+        let slices = [IoSlice::new(bytes)];
+        match write_vectored(&self.socket, &slices) {
+            Ok(written) if written < bytes.len() => {
+                state.keep(&slices, written, &[]);
+                state.stalled_since = Some(Instant::now());
+                state.wake(true);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                state.broken = true;
+                return Err(e);
+            }
+        }
+        Ok(bytes.len())
+    }
+
+    /// Writes what is pending as far as the socket takes it. Called by the connection thread.
+    ///
+    /// # Errors
+    ///
+    /// When the socket is broken.
+    pub fn flush(&self) -> io::Result<()> {
+        let mut state = self.lock();
+        if state.broken {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
+        let mut progress = false;
+        while state.pending_bytes() > 0 {
+            let from = state.sent;
+            match (&self.socket).write(&state.pending[from..]) {
+                Ok(0) => {
+                    state.broken = true;
+                    return Err(io::ErrorKind::WriteZero.into());
+                }
+                Ok(n) => {
+                    state.sent += n;
+                    progress = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    state.broken = true;
+                    return Err(e);
+                }
+            }
+        }
+        let sent = state.sent;
+        while state.frame_ends.front().is_some_and(|end| *end <= sent) {
+            state.frame_ends.pop_front();
+        }
+        if state.pending_bytes() == 0 {
+            if state.pending.capacity() > KEEP_CAPACITY_BYTES {
+                state.pending = Vec::new();
+                state.frame_ends = VecDeque::new();
+            }
+            state.pending.clear();
+            state.frame_ends.clear();
+            state.sent = 0;
+            state.stalled_since = None;
+        } else if progress {
+            state.stalled_since = Some(Instant::now());
+            if state.sent > state.pending.len() / 2 {
+                let sent = state.sent;
+                state.pending.drain(..sent);
+                for end in &mut state.frame_ends {
+                    *end -= sent;
+                }
+                state.sent = 0;
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes waiting for the socket.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending_copy.load(Ordering::Acquire)
+    }
+
+    /// True when little enough waits that the connection may take on more work of its own.
+    pub fn has_room(&self) -> bool {
+        self.pending_bytes() < ROOM_BYTES
+    }
+
+    /// Since when the pending bytes have made no progress, if any wait.
+    pub fn stalled_since(&self) -> Option<Instant> {
+        self.lock().stalled_since
+    }
+
+    /// No data frame may be sent any more: a Close frame follows.
+    pub fn close_data(&self) {
+        self.lock().data_closed = true;
+    }
+
+    /// Why a session let the connection go, once.
+    pub fn take_released(&self) -> Option<CloseReason> {
+        self.lock().released.take()
+    }
+
+    /// Called by the connection thread before it sleeps: `None` when something happened that
+    /// it must look at first (a wake, a release, a broken socket); else the thread counts as
+    /// sleeping from now on, and the answer says whether it must poll for `POLLOUT`.
+    pub fn begin_sleep(&self, waker: ThreadWaker) -> Option<bool> {
+        let mut state = self.lock();
+        if std::mem::take(&mut state.woken) || state.released.is_some() || state.broken {
+            return None;
+        }
+        let polls_out = state.pending_bytes() > 0;
+        state.sleeping = Some(Sleeping { waker, polls_out });
+        self.asleep.store(true, Ordering::SeqCst);
+        Some(polls_out)
+    }
+
+    /// Called by the connection thread when its sleep ends. Takes no lock.
+    pub fn end_sleep(&self) {
+        self.asleep.store(false, Ordering::SeqCst);
+    }
+
+    /// Called by the connection thread before it ends: nobody wakes it after this returns.
+    /// Taking the lock waits out a writer that saw it asleep and is signalling it.
+    pub fn retire(&self) {
+        let mut state = self.lock();
+        self.asleep.store(false, Ordering::SeqCst);
+        state.sleeping = None;
+    }
+}
+
+impl Sink for Outbound {
+    fn deliver(&self, frames: &[WireText]) -> bool {
+        self.send(frames)
+    }
+
+    fn close(&self, reason: CloseReason) {
+        let mut state = self.lock();
+        state.released.get_or_insert(reason);
+        state.wake(false);
+    }
+}
+
+impl Wake for Outbound {
+    fn wake(&self) {
+        let mut state = self.lock();
+        state.woken = true;
+        state.wake(false);
+    }
+}
+
+/// Writes `slices` once, as far as the socket takes them; `WouldBlock` is 0 bytes.
+fn write_vectored(socket: &TcpStream, slices: &[IoSlice<'_>]) -> io::Result<usize> {
+    let mut socket = socket;
+    loop {
+        match socket.write_vectored(slices) {
+            Ok(written) => return Ok(written),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Writes the header of an unmasked, final text frame of `length` bytes; returns its size.
+fn text_header(header: &mut [u8; MAX_HEADER_BYTES], length: usize) -> usize {
+    header[0] = 0x81;
+    if length < 126 {
+        header[1] = length as u8;
+        2
+    } else if let Ok(short) = u16::try_from(length) {
+        header[1] = 126;
+        header[2..4].copy_from_slice(&short.to_be_bytes());
+        4
+    } else {
+        header[1] = 127;
+        header[2..10].copy_from_slice(&(length as u64).to_be_bytes());
+        10
+    }
+}
+
+/// Appends one text frame to `buffer`.
+fn push_frame(buffer: &mut Vec<u8>, payload: &[u8]) {
+    let mut header = [0u8; MAX_HEADER_BYTES];
+    let length = text_header(&mut header, payload.len());
+    buffer.extend_from_slice(&header[..length]);
+    buffer.extend_from_slice(payload);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsFd;
+    use std::thread;
+    use std::time::Duration;
+
+    use nix::poll::PollFlags;
+
+    use super::*;
+    use crate::net::wake::{self, Sleeper};
+
+    /// Frames the writer sends, and the payload of each.
+    const FRAMES: usize = 2_000;
+    const FRAME_BYTES: usize = 8 * 1024;
+
+    /// A writer thread keeps the socket full while a reader drains it in small reads, so that
+    /// the pending buffer fills and empties over and over, and each time it fills while the
+    /// connection thread sleeps polling for input only, that thread must be woken to poll for
+    /// room. A lost wake-up leaves bytes pending with nobody writing them: the reader's next
+    /// read times out. Every frame arrives, once, in order.
+    #[test]
+    fn no_wake_up_is_lost_while_the_pending_buffer_fills_and_empties() {
+        wake::install().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket
+            .connect(&listener.local_addr().unwrap().into())
+            .unwrap();
+        let mut client: TcpStream = socket.into();
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let (server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        // A small send buffer: most frames do not fit whole, so the writer leaves bytes
+        // pending (and must wake the connection thread) again and again.
+        socket2::SockRef::from(&server)
+            .set_send_buffer_size(4096)
+            .unwrap();
+        let limit = PendingLimit {
+            frames: usize::MAX,
+            bytes: usize::MAX,
+        };
+        let metrics = Arc::new(Metrics::default());
+        let outbound = Arc::new(Outbound::new(1, server, limit, metrics.clone()));
+        let done = Arc::new(AtomicBool::new(false));
+
+        // The connection thread, as `Connection` runs it: flush, then sleep until the socket
+        // has room (when bytes are pending) or a wake-up comes.
+        let (connection_outbound, connection_done) = (outbound.clone(), done.clone());
+        let connection = thread::spawn(move || {
+            let sleeper = Sleeper::new().unwrap();
+            while !connection_done.load(Ordering::SeqCst) {
+                connection_outbound.flush().unwrap();
+                let Some(polls_out) = connection_outbound.begin_sleep(sleeper.waker()) else {
+                    continue;
+                };
+                let mut events = PollFlags::POLLIN;
+                if polls_out {
+                    events |= PollFlags::POLLOUT;
+                }
+                let fd = connection_outbound.socket().as_fd();
+                // A long timeout: only a wake-up or room on the socket ends the sleep in time.
+                sleeper
+                    .sleep(fd, events, Some(Duration::from_secs(60)))
+                    .unwrap();
+                connection_outbound.end_sleep();
+            }
+            connection_outbound.retire();
+        });
+        // The writer: a turn thread producing frames. It waits for the pending bytes to drain
+        // before each frame, so that every frame the socket refuses makes the pending buffer
+        // non-empty anew, most often while the connection thread sleeps polling for input only.
+        let writer_outbound = outbound.clone();
+        let writer = thread::spawn(move || {
+            let padding = "z".repeat(FRAME_BYTES - 8);
+            for i in 0..FRAMES {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while writer_outbound.pending_bytes() > 0 {
+                    assert!(Instant::now() < deadline, "the pending bytes never drained");
+                    thread::yield_now();
+                }
+                let frame: WireText = format!("{i:08}{padding}").into();
+                assert!(writer_outbound.send(&[frame]));
+            }
+        });
+        // The reader: the client, in small reads.
+        let mut received = Vec::with_capacity(FRAMES * (FRAME_BYTES + 4));
+        let mut chunk = [0u8; 512];
+        while received.len() < FRAMES * (FRAME_BYTES + 4) {
+            let n = client
+                .read(&mut chunk)
+                .expect("a read timed out: a wake-up was lost");
+            assert!(n > 0, "the socket closed");
+            received.extend_from_slice(&chunk[..n]);
+        }
+        writer.join().unwrap();
+        done.store(true, Ordering::SeqCst);
+        Wake::wake(&*outbound);
+        connection.join().unwrap();
+        for (i, frame) in received.chunks(FRAME_BYTES + 4).enumerate() {
+            assert_eq!(frame[..4], [0x81, 126, (FRAME_BYTES >> 8) as u8, 0]);
+            assert_eq!(&frame[4..12], format!("{i:08}").as_bytes());
+        }
+        let deferred = Metrics::get(&metrics.writes_deferred);
+        assert!(
+            deferred > FRAMES as u64 / 10,
+            "the socket filled up only {deferred} times; the test proves little"
+        );
+    }
+
+    #[test]
+    fn headers_use_7_16_and_64_bit_lengths() {
+        let mut header = [0u8; MAX_HEADER_BYTES];
+        assert_eq!(text_header(&mut header, 125), 2);
+        assert_eq!(header[..2], [0x81, 125]);
+        assert_eq!(text_header(&mut header, 126), 4);
+        assert_eq!(header[..4], [0x81, 126, 0, 126]);
+        assert_eq!(text_header(&mut header, 65_535), 4);
+        assert_eq!(header[..4], [0x81, 126, 0xff, 0xff]);
+        assert_eq!(text_header(&mut header, 65_536), 10);
+        assert_eq!(header[..10], [0x81, 127, 0, 0, 0, 0, 0, 1, 0, 0]);
+    }
+}

@@ -1,0 +1,819 @@
+//! The server: binding, the accept loop, one thread per connection, the connection limits (in
+//! all and per IP address), the `Host` check, the session reaper, and shutdown. [`spawn`]
+//! returns a [`ServerHandle`]; [`run`] blocks.
+//!
+//! Only this file, `http.rs`, `outbound.rs` and `connection.rs` touch client sockets.
+//!
+//! Depends on: `common::auth`, `common::config`, `common::error`, `common::metrics`, `conversation::bot`, `conversation::cluster`, `conversation::journal`, `conversation::memory`, `conversation::session`, `model`, `model::embed`, `model::offline`, `net::api`, `net::connection`, `net::handler`, `net::http`, `net::inbound`, `net::outbound`, `net::shutdown`, `net::wake`, `store`, `store::cluster`, `store::postgres`, `store::sqlite`, `tools`, `tools::mcp`.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Sender, select, tick};
+use parking_lot::Mutex;
+use tungstenite::WebSocket;
+use tungstenite::protocol::{Role, WebSocketConfig};
+
+use crate::common::auth::{Auth, Principal};
+use crate::common::config::Config;
+use crate::common::error::{Error, Result};
+use crate::common::metrics::Metrics;
+use crate::conversation::bot::Engine;
+use crate::conversation::cluster::ClusterThread;
+use crate::conversation::journal::Journal;
+use crate::conversation::memory::SemanticGraph;
+use crate::conversation::session::{SessionManager, Turns};
+use crate::model::ModelBackend;
+use crate::model::embed::{Embed, EmbedOptions, RemoteEmbedder};
+use crate::model::offline::OfflineModel;
+use crate::net::api::{self, Api, ApiRequest};
+use crate::net::connection::{Connection, Wire};
+use crate::net::handler::{ConnectionContext, Handler};
+use crate::net::http::{self, HeadError, HostPolicy, Response, Route, ServerView};
+use crate::net::inbound::{MessageBudget, MeteredStream};
+use crate::net::outbound::{Outbound, PendingLimit};
+use crate::net::shutdown::Shutdown;
+use crate::net::wake::{self, Sleeper};
+use crate::store::{Cluster, ConversationStore, GraphStore, PostgresStore, Solo, SqliteStore};
+use crate::tools::ToolChain;
+use crate::tools::mcp::{self, McpServers};
+
+/// How often the grace period of a shutdown looks whether a second Ctrl-C asked to hurry.
+const HURRY_CHECK: Duration = Duration::from_millis(100);
+
+/// Stack of a connection thread. Only touched pages count towards memory, and a connection
+/// touches little: this leaves room for serde_json's recursion limit of 128 on hostile input.
+const CONNECTION_STACK_BYTES: usize = 256 * 1024;
+
+/// The listen backlog. std's 128 makes a burst of a few hundred connects wait a second for SYN
+/// retries.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// tungstenite's read buffer per connection. Chat frames are small; the default 128 KiB, zeroed
+/// on each read, costs memory and throughput.
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+
+/// Bytes tungstenite gathers before it writes: none. It writes only its own control frames,
+/// and those go straight to the connection's `Outbound`, which never refuses bytes.
+const WRITE_BUFFER_BYTES: usize = 0;
+
+/// Bytes waiting for a peer that does not read, past which its sessions let it go (it resumes
+/// by replay). Frames are bounded by `--outbox-capacity` too.
+const PENDING_LIMIT_BYTES: usize = 4 << 20;
+
+/// How long a graceful shutdown waits for connections to finish their closing handshakes.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// How long shutdown waits for the journal to commit what is queued.
+const JOURNAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a connection refused by the per-IP cap has to send its request head before it is
+/// answered `429` anyway: the answer should reach an honest client, but a refused connection
+/// must not hold its thread for the whole handshake timeout.
+const REFUSED_HEAD_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Binds a listener with a large backlog.
+///
+/// # Errors
+///
+/// When the address cannot be bound.
+pub fn bind(addr: SocketAddr) -> Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )
+    .map_err(|e| Error::io("socket", e))?;
+    socket
+        .set_reuse_address(true)
+        .map_err(|e| Error::io("SO_REUSEADDR", e))?;
+    socket
+        .bind(&addr.into())
+        .map_err(|e| Error::io("bind", e))?;
+    socket
+        .listen(LISTEN_BACKLOG)
+        .map_err(|e| Error::io("listen", e))?;
+    Ok(socket.into())
+}
+
+/// Starts a server on `listener` with the built-in offline model, and returns at once.
+///
+/// # Errors
+///
+/// When the store cannot be opened (see [`SqliteStore::open`] and
+/// [`PostgresStore::connect`]), the listener's address cannot
+/// be read, or a thread cannot be started.
+pub fn spawn(listener: TcpListener, config: Config) -> Result<ServerHandle> {
+    spawn_with(listener, config, Arc::new(OfflineModel))
+}
+
+/// Starts a server on `listener` that answers with `model`, and returns at once. Opens the
+/// store (or an in-memory one), starts the journal, and restores the sessions the store held.
+///
+/// # Errors
+///
+/// As [`spawn`].
+pub fn spawn_with(
+    listener: TcpListener,
+    config: Config,
+    model: Arc<dyn ModelBackend>,
+) -> Result<ServerHandle> {
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::io("local_addr", e))?;
+    let config = Arc::new(config);
+    // MCP servers start in the background, beside the listener: an unreadable config stops
+    // the server here, while a server that fails to start is logged and tried again.
+    let mcp = match &config.mcp_config {
+        Some(path) => Some(mcp::spawn(path, mcp::FIRST_RETRY_DELAY)?),
+        None => None,
+    };
+    for origin in config
+        .allowed_origins
+        .iter()
+        .filter(|o| !http::is_origin(o))
+    {
+        log::warn!(
+            "server: --allowed-origin {origin:?} is not an origin like https://host[:port]; ignored"
+        );
+    }
+    // Before any connection: the signal that wakes a connection thread needs its handler.
+    wake::install().map_err(|e| Error::io("wake-up signal", e))?;
+    let metrics = Arc::new(Metrics::default());
+    let (conversations, graph, cluster) = open_store(&config)?;
+    // Before the journal starts, so that nothing else writes meanwhile.
+    migrate_owners(conversations.as_ref(), graph.as_ref(), &config.auth_tokens)?;
+    let graph = with_embeddings(graph, &config)?;
+    let api_graph = graph.clone();
+    let journal = Journal::spawn(conversations.clone(), metrics.clone())?;
+    let mut tools = ToolChain::standard(&graph);
+    if let Some(mcp) = &mcp {
+        tools.set_source(mcp.source());
+    }
+    tools.set_metrics(metrics.clone());
+    tools.set_max_result_bytes(config.max_tool_result_bytes);
+    let engine = Engine {
+        model,
+        tools: Arc::new(tools),
+        max_steps: config.max_steps,
+        memory: Some(graph),
+        metrics: metrics.clone(),
+        context_tokens: config.context_tokens,
+        approval_timeout: config.approval_timeout,
+        system_prompt: match &config.system_prompt {
+            Some(prompt) => Some(prompt.as_str().into()),
+            None => Some(crate::conversation::bot::DEFAULT_SYSTEM_PROMPT.into()),
+        },
+    };
+    // Nothing is loaded at start: a conversation comes into memory when a client asks for it.
+    let sessions = SessionManager::new(
+        config.clone(),
+        engine,
+        metrics.clone(),
+        journal,
+        (conversations, cluster),
+        Turns::new(),
+    );
+    let cluster = ClusterThread::spawn(sessions.clone(), metrics.clone())?;
+    let shared = Arc::new(Shared {
+        ctx: ConnectionContext {
+            config: config.clone(),
+            sessions,
+            metrics,
+            shutdown: Shutdown::new(),
+            auth: Auth::named(
+                config.auth_tokens.iter().map(String::as_str),
+                &config.token_names,
+            ),
+        },
+        graph: api_graph,
+        hosts: HostPolicy::new(addr, &config.allowed_hosts),
+        budget: Arc::new(MessageBudget::new(config.max_pending_message_bytes)),
+        per_ip: Mutex::new(HashMap::new()),
+        websockets: AtomicUsize::new(0),
+        next_id: AtomicU64::new(1),
+        started: Instant::now(),
+    });
+
+    let accept_shared = shared.clone();
+    let accept = thread::Builder::new()
+        .name("accept".into())
+        .spawn(move || accept_loop(&listener, &accept_shared))
+        .map_err(Error::Spawn)?;
+
+    let (reaper_stop, stopped) = crossbeam_channel::bounded::<()>(1);
+    let reaper_sessions = shared.ctx.sessions.clone();
+    let every = (config.idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(30));
+    let (idle_timeout, retention) = (config.idle_timeout, config.retention);
+    let reaper = thread::Builder::new()
+        .name("reaper".into())
+        .spawn(move || {
+            let ticker = tick(every);
+            loop {
+                select! {
+                    recv(ticker) -> _ => {
+                        reaper_sessions.evict_idle(idle_timeout);
+                        if let Some(retention) = retention {
+                            reaper_sessions.expire(retention);
+                        }
+                    }
+                    recv(stopped) -> _ => return,
+                }
+            }
+        })
+        .map_err(Error::Spawn)?;
+
+    log::info!("server: listening on {addr}");
+    Ok(ServerHandle {
+        addr,
+        shared,
+        accept: Some(accept),
+        reaper: Some(reaper),
+        reaper_stop: Some(reaper_stop),
+        cluster,
+        mcp,
+    })
+}
+
+/// Runs a server on `listener` until the process ends.
+///
+/// # Errors
+///
+/// As [`spawn`].
+pub fn run(listener: TcpListener, config: Config) -> Result<()> {
+    spawn(listener, config)?.wait();
+    Ok(())
+}
+
+/// A running server. Dropping it shuts the server down.
+#[derive(Debug)]
+pub struct ServerHandle {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    accept: Option<JoinHandle<()>>,
+    reaper: Option<JoinHandle<()>>,
+    reaper_stop: Option<Sender<()>>,
+    /// With several instances on one database: the thread that listens to the others.
+    cluster: Option<ClusterThread>,
+    /// The MCP server processes; stopped with the server.
+    mcp: Option<McpServers>,
+}
+
+impl ServerHandle {
+    /// The address the server listens on (with the real port when bound to port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The session map, for tests and tools that look inside.
+    pub fn sessions(&self) -> &SessionManager {
+        &self.shared.ctx.sessions
+    }
+
+    /// The server's counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.ctx.metrics
+    }
+
+    /// WebSocket connections open now.
+    pub fn connection_count(&self) -> usize {
+        self.shared.websockets.load(Ordering::SeqCst)
+    }
+
+    /// Bytes that unfinished incoming messages hold now, all connections together.
+    pub fn pending_message_bytes(&self) -> usize {
+        self.shared.budget.held()
+    }
+
+    /// Blocks until the server is shut down from another thread (or the process ends).
+    pub fn wait(mut self) {
+        if let Some(accept) = self.accept.take() {
+            let _ = accept.join();
+        }
+    }
+
+    /// Stops accepting, closes every WebSocket with 1001, cancels turns in flight, and waits
+    /// for the accept and reaper threads.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    /// Shuts down gracefully: stops accepting, refuses new turns, lets turns in flight run for
+    /// up to `grace`, then cancels the rest, writes everything to the store, closes every
+    /// WebSocket with 1001, and waits (briefly) for the connections to finish.
+    pub fn shutdown_gracefully(self, grace: Duration) {
+        self.shutdown_gracefully_unless(grace, &AtomicBool::new(false));
+    }
+
+    /// [`shutdown_gracefully`](Self::shutdown_gracefully), except that the grace period ends
+    /// at once when `hurry` is set (a second Ctrl-C).
+    pub fn shutdown_gracefully_unless(mut self, grace: Duration, hurry: &AtomicBool) {
+        self.stop_accepting();
+        let turns = self.shared.ctx.sessions.turns();
+        let running = turns.running();
+        if running > 0 {
+            log::info!(
+                "server: waiting up to {grace:?} for {running} turn{} to finish",
+                if running == 1 { "" } else { "s" }
+            );
+        }
+        // The grace period: until every turn is done, the deadline, or a second Ctrl-C
+        // (`hurry`, looked at between waits of at most a tenth of a second).
+        let deadline = Instant::now() + grace;
+        while !hurry.load(Ordering::SeqCst) && Instant::now() < deadline {
+            let slice = (Instant::now() + HURRY_CHECK).min(deadline);
+            if turns.wait_idle(slice) {
+                break;
+            }
+        }
+        self.stop();
+        self.shared
+            .ctx
+            .shutdown
+            .wait_closed(Instant::now() + CLOSE_WAIT);
+    }
+
+    /// Stops the accept loop and refuses new turns; idempotent.
+    fn stop_accepting(&mut self) {
+        self.shared.ctx.shutdown.drain();
+        let Some(accept) = self.accept.take() else {
+            return;
+        };
+        // A connection to ourselves wakes the blocking accept(); it sees the flag and returns.
+        let _ = TcpStream::connect_timeout(&wake_addr(self.addr), Duration::from_secs(1));
+        let _ = accept.join();
+    }
+
+    fn stop(&mut self) {
+        if self.reaper.is_none() {
+            return;
+        }
+        self.stop_accepting();
+        self.shared.ctx.sessions.cancel_all();
+        if let Some(mcp) = &self.mcp {
+            mcp.shutdown();
+        }
+        if !self
+            .shared
+            .ctx
+            .sessions
+            .journal()
+            .sync(JOURNAL_FLUSH_TIMEOUT)
+        {
+            log::error!("server: the journal did not finish writing in {JOURNAL_FLUSH_TIMEOUT:?}");
+        }
+        // With everything written, the other instances may take this one's conversations.
+        if let Some(cluster) = self.cluster.as_mut() {
+            cluster.stop();
+        }
+        // Only now, with every event written, are the connections told to close.
+        self.shared.ctx.shutdown.close();
+        drop(self.reaper_stop.take());
+        if let Some(reaper) = self.reaper.take() {
+            let _ = reaper.join();
+        }
+        log::info!("server: stopped");
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// An address that reaches the listener: an unspecified bind address is reached on loopback.
+fn wake_addr(addr: SocketAddr) -> SocketAddr {
+    let mut target = addr;
+    if addr.ip().is_unspecified() {
+        target.set_ip(if addr.is_ipv4() {
+            [127, 0, 0, 1].into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    target
+}
+
+/// `graph` with semantic memory when `config` names an embedding model
+/// (`--embedding-model`): embedded through `--embedding-url`, else the model's URL, with the
+/// model's API key when it is the same server.
+fn with_embeddings(graph: Arc<dyn GraphStore>, config: &Config) -> Result<Arc<dyn GraphStore>> {
+    let Some(model) = config
+        .embedding_model
+        .as_ref()
+        .filter(|m| !m.trim().is_empty())
+    else {
+        return Ok(graph);
+    };
+    let api_key = match (&config.embedding_url, &config.api_key_env) {
+        (None, Some(var)) => std::env::var(var).ok().map(|key| key.trim().to_owned()),
+        _ => None,
+    };
+    let embedder = RemoteEmbedder::new(EmbedOptions {
+        base_url: config
+            .embedding_url
+            .clone()
+            .unwrap_or_else(|| config.model_url.clone()),
+        model: model.trim().to_owned(),
+        api_key,
+        timeout: config.embedding_timeout,
+    });
+    log::info!(
+        "memory: semantic, embedded by {} at {}",
+        embedder.model(),
+        embedder.endpoint()
+    );
+    Ok(SemanticGraph::start(graph, Arc::new(embedder))?)
+}
+
+/// The store `config` asks for: in memory with `in_memory`, else PostgreSQL with
+/// `database_url`, else SQLite in `data_dir`, with its size cap and search budget set.
+fn open_store(config: &Config) -> Result<Stores> {
+    if let Some(url) = config.database_url.as_ref().filter(|_| !config.in_memory) {
+        let store = Arc::new(PostgresStore::connect(url, config.store_pool)?);
+        store.set_size_limit(config.max_store_bytes)?;
+        store.set_search_budget(config.search_budget);
+        return Ok((store.clone(), store.clone(), store));
+    }
+    let store = Arc::new(if config.in_memory {
+        SqliteStore::in_memory()?
+    } else {
+        SqliteStore::open(&config.data_dir)?
+    });
+    if let Some(bytes) = config.max_store_bytes {
+        store.set_size_limit(Some(bytes))?;
+    }
+    store.set_search_budget(config.search_budget);
+    Ok((store.clone(), store, Arc::new(Solo)))
+}
+
+/// The store as each of its users sees it: conversations, the graph, the cluster.
+type Stores = (
+    Arc<dyn ConversationStore>,
+    Arc<dyn GraphStore>,
+    Arc<dyn Cluster>,
+);
+
+/// Moves what earlier versions stored under a token's SHA-1 fingerprint to its SHA-256 one, for
+/// every configured token. Cheap when there is nothing to move (indexed lookups), so it runs at
+/// every start.
+fn migrate_owners(
+    conversations: &dyn ConversationStore,
+    graph: &dyn GraphStore,
+    tokens: &[String],
+) -> Result<()> {
+    for token in tokens.iter().filter(|token| !token.is_empty()) {
+        let old = Principal::legacy_of_token(token);
+        let new = Principal::of_token(token);
+        let moved = conversations.reassign_owner(old.as_str(), new.as_str())?
+            + graph.reassign_nodes(old.as_str(), new.as_str())?;
+        if moved > 0 {
+            log::info!(
+                "store: moved {moved} conversations and facts of one token from its SHA-1 \
+                 fingerprint to its SHA-256 one"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// What the accept loop and every connection thread share.
+struct Shared {
+    ctx: ConnectionContext,
+    /// The knowledge graph, for the API's memories.
+    graph: Arc<dyn GraphStore>,
+    /// The `Host` values the server answers to.
+    hosts: HostPolicy,
+    /// The bytes unfinished incoming messages may hold, all connections together.
+    budget: Arc<MessageBudget>,
+    /// Open connections per peer address, for `max_connections_per_ip`; an address leaves the
+    /// map when its last connection closes. Locked for one update.
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Open WebSockets; counted against `max_connections`.
+    websockets: AtomicUsize,
+    next_id: AtomicU64,
+    started: Instant,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("websockets", &self.websockets)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Holds one place under the connection limit; gives it back on drop.
+struct Slot<'a> {
+    shared: &'a Shared,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.shared.websockets.fetch_sub(1, Ordering::SeqCst);
+        Metrics::drop_one(&self.shared.ctx.metrics.connections_open);
+    }
+}
+
+/// Holds one place under the per-IP cap; gives it back on drop. `ip` is `None` for a peer the
+/// cap does not apply to.
+struct IpSlot<'a> {
+    shared: &'a Shared,
+    ip: Option<IpAddr>,
+}
+
+impl Drop for IpSlot<'_> {
+    fn drop(&mut self) {
+        let Some(ip) = self.ip else {
+            return;
+        };
+        let mut per_ip = self.shared.per_ip.lock();
+        if let Some(count) = per_ip.get_mut(&ip) {
+            *count -= 1;
+            if *count == 0 {
+                per_ip.remove(&ip);
+            }
+        }
+    }
+}
+
+impl Shared {
+    /// Takes a place under the per-IP cap for a connection from `peer`, or `None` when that
+    /// address has as many connections open as it may.
+    fn try_ip_slot(&self, peer: IpAddr) -> Option<IpSlot<'_>> {
+        let config = &self.ctx.config;
+        let peer = peer.to_canonical();
+        let exempt = peer.is_loopback() && !config.per_ip_loopback;
+        if config.max_connections_per_ip == 0 || exempt {
+            return Some(IpSlot {
+                shared: self,
+                ip: None,
+            });
+        }
+        let mut per_ip = self.per_ip.lock();
+        let count = per_ip.entry(peer).or_insert(0);
+        if *count >= config.max_connections_per_ip {
+            return None;
+        }
+        *count += 1;
+        Some(IpSlot {
+            shared: self,
+            ip: Some(peer),
+        })
+    }
+
+    /// Takes a place under the limit, or `None` when the server is full.
+    fn try_slot(&self) -> Option<Slot<'_>> {
+        let limit = self.ctx.config.max_connections;
+        self.websockets
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()?;
+        Metrics::bump(&self.ctx.metrics.connections_open);
+        Metrics::bump(&self.ctx.metrics.connections_total);
+        Some(Slot { shared: self })
+    }
+}
+
+fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
+    let mut accept_failing = false;
+    loop {
+        let accepted = listener.accept();
+        if shared.ctx.shutdown.draining() {
+            return;
+        }
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Out of descriptors or memory: back off instead of spinning, and say so once
+                // per episode rather than once per attempt.
+                if !accept_failing {
+                    log::warn!("server: accept failed: {e}; retrying every 100 ms");
+                    accept_failing = true;
+                }
+                thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        if accept_failing {
+            log::info!("server: accepting again");
+            accept_failing = false;
+        }
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let thread_shared = shared.clone();
+        let spawned = thread::Builder::new()
+            .name(format!("conn-{peer}"))
+            .stack_size(CONNECTION_STACK_BYTES)
+            .spawn(move || {
+                if let Err(e) = serve(stream, peer, &thread_shared, id) {
+                    log::debug!("connection {id} ({peer}): {e}");
+                }
+            });
+        if let Err(e) = spawned {
+            // The stream went down with the closure: the peer sees its connection closed.
+            log::warn!("server: no thread for {peer}: {e}");
+        }
+    }
+}
+
+/// Serves one accepted socket: reads the request head, checks its `Host`, then answers HTTP or
+/// runs a WebSocket.
+fn serve(mut stream: TcpStream, peer: SocketAddr, shared: &Shared, id: u64) -> Result<()> {
+    let config = &shared.ctx.config;
+    stream
+        .set_nodelay(true)
+        .map_err(|e| Error::io("nodelay", e))?;
+    stream
+        .set_write_timeout(Some(config.write_timeout))
+        .map_err(|e| Error::io("write timeout", e))?;
+    let Some(_ip_slot) = shared.try_ip_slot(peer.ip()) else {
+        log::warn!(
+            "connection {id}: {} has {} connections open already; answering 429",
+            peer.ip(),
+            config.max_connections_per_ip
+        );
+        let deadline = Instant::now() + REFUSED_HEAD_TIMEOUT.min(config.handshake_timeout);
+        if let Err(HeadError::Gone(_)) = http::read_head(&mut stream, deadline) {
+            return Ok(());
+        }
+        let refused = Response::text(
+            429,
+            "Too Many Requests",
+            "too many connections from your address\n",
+        );
+        return respond(&mut stream, &refused);
+    };
+    let head = match http::read_head(&mut stream, Instant::now() + config.handshake_timeout) {
+        Ok(head) => head,
+        Err(HeadError::Gone(_)) => return Ok(()),
+        Err(HeadError::Bad(response)) => return respond(&mut stream, &response),
+    };
+    if let Err(response) = shared.hosts.check(&head) {
+        log::warn!(
+            "connection {id}: refused a request for Host {:?} with {}",
+            head.header("host"),
+            response.status
+        );
+        return respond(&mut stream, &response);
+    }
+    let token = head.token();
+    let view = ServerView {
+        sessions: &shared.ctx.sessions,
+        metrics: &shared.ctx.metrics,
+        started: shared.started,
+        shutting_down: shared.ctx.shutdown.draining(),
+        authorized: shared.ctx.auth.check(token.as_deref()).is_ok(),
+        public_metrics: config.public_metrics,
+    };
+    match http::route(&head, &view) {
+        Route::Http(response) => response
+            .write(&mut stream, head.method != "HEAD")
+            .map_err(|e| Error::io("http response", e)),
+        Route::Api => {
+            let deadline = Instant::now() + config.handshake_timeout;
+            let body = match http::read_body(&mut stream, &head, api::MAX_BODY_BYTES, deadline) {
+                Ok(body) => body,
+                Err(HeadError::Gone(_)) => return Ok(()),
+                Err(HeadError::Bad(response)) => return respond(&mut stream, &response),
+            };
+            let response = match api_principal(&head, &shared.ctx.auth) {
+                Some(principal) => Api {
+                    sessions: &shared.ctx.sessions,
+                    graph: &shared.graph,
+                }
+                .handle(&ApiRequest {
+                    method: &head.method,
+                    path: &head.path,
+                    query: head.query.as_deref(),
+                    body: &body,
+                    principal: &principal,
+                }),
+                None => Response {
+                    content_type: "application/json",
+                    extra_headers: &[("WWW-Authenticate", "Bearer")],
+                    ..Response::text(
+                        401,
+                        "Unauthorized",
+                        r#"{"error":"a valid bearer token is required"}"#,
+                    )
+                },
+            };
+            response
+                .write(&mut stream, head.method != "HEAD")
+                .map_err(|e| Error::io("http response", e))
+        }
+        Route::WebSocket => serve_websocket(stream, head, shared, id, token),
+    }
+}
+
+/// Runs a WebSocket on `stream`, whose request head was `head`. Not inlined into [`serve`]:
+/// its locals (the WebSocket, the transport, the handler) would otherwise deepen the stack
+/// under every request head that is read, and an idle connection's thread would touch one
+/// more page.
+#[inline(never)]
+fn serve_websocket(
+    mut stream: TcpStream,
+    head: http::RequestHead,
+    shared: &Shared,
+    id: u64,
+    token: Option<String>,
+) -> Result<()> {
+    let config = &shared.ctx.config;
+    if !http::origin_allowed(&head, &config.allowed_origins) {
+        log::warn!(
+            "connection {id}: refused an upgrade from origin {:?}",
+            head.header("origin")
+        );
+        let forbidden = Response::text(403, "Forbidden", "this origin may not open a session\n");
+        return respond(&mut stream, &forbidden);
+    }
+    let answer = match http::upgrade_response(&head) {
+        Ok(answer) => answer,
+        Err(response) => return respond(&mut stream, &response),
+    };
+    let Some(_slot) = shared.try_slot() else {
+        let busy = Response::text(503, "Service Unavailable", "too many connections\n");
+        return respond(&mut stream, &busy);
+    };
+    let limit = PendingLimit {
+        frames: config.outbox_capacity.max(1),
+        bytes: PENDING_LIMIT_BYTES,
+    };
+    let outbound = Arc::new(Outbound::new(id, stream, limit, shared.ctx.metrics.clone()));
+    let mut stream = MeteredStream::new(Wire::new(outbound.clone()), shared.budget.clone());
+    if stream.observe(&head.rest).is_err() {
+        let busy = Response::text(503, "Service Unavailable", "server busy\n");
+        return respond(&mut outbound.socket(), &busy);
+    }
+    // Still blocking (with the write timeout): the answer goes out whole.
+    outbound
+        .socket()
+        .write_all(answer.as_bytes())
+        .map_err(|e| Error::io("handshake", e))?;
+    outbound
+        .socket()
+        .set_nonblocking(true)
+        .map_err(|e| Error::io("nonblocking", e))?;
+    let sleeper = Sleeper::new().map_err(|e| Error::io("signal mask", e))?;
+    let _registration = shared.ctx.shutdown.register(id, outbound.clone());
+    let mut handler = handler(stream, head.rest, outbound, sleeper, shared, id, token);
+    handler.run()
+}
+
+/// The transport and the handler of a WebSocket, on the heap. Built in a frame of its own that
+/// is gone before the handler runs, so that its temporaries do not deepen the stack under
+/// every frame the handler handles.
+#[inline(never)]
+fn handler(
+    stream: MeteredStream<Wire>,
+    read_ahead: Vec<u8>,
+    outbound: Arc<Outbound>,
+    sleeper: Sleeper,
+    shared: &Shared,
+    id: u64,
+    token: Option<String>,
+) -> Box<Handler<'_>> {
+    let config = &shared.ctx.config;
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
+        .max_message_size(Some(config.max_frame_bytes))
+        .max_frame_size(Some(config.max_frame_bytes));
+    let ws = WebSocket::from_partially_read(stream, read_ahead, Role::Server, Some(ws_config));
+    let connection = Connection::new(
+        ws,
+        outbound,
+        sleeper,
+        shared.ctx.shutdown.clone(),
+        id,
+        config,
+    );
+    Box::new(Handler::new(connection, &shared.ctx, token))
+}
+
+/// Who an API request comes from: the bearer token's principal, or the local principal when
+/// the server requires no token. `None` when a token is required and missing or wrong.
+fn api_principal(head: &http::RequestHead, auth: &Auth) -> Option<Principal> {
+    let token = head
+        .header("authorization")
+        .and_then(|value| value.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
+    match auth.check(token) {
+        Ok(principal) => Some(principal.unwrap_or_else(Principal::local)),
+        Err(_) => None,
+    }
+}
+
+fn respond(stream: &mut impl Write, response: &Response) -> Result<()> {
+    response
+        .write_to(stream)
+        .map_err(|e| Error::io("http response", e))
+}
