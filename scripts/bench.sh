@@ -23,6 +23,9 @@
 # hard limit is lower than 65536 (containers), it goes as high as the hard limit allows.
 # Extra flags for Sparky can be passed in SPARKY_ARGS, e.g. SPARKY_ARGS="--log-level warn";
 # SPARKY_BIN=path runs that build of Sparky instead of target/release/sparky;
+# SPARKY_BEFORE_BIN=path adds that build (an earlier commit's) to the same rotation, labelled
+# `sparky-before` (and `sparky-mem-before`), so that before and after are measured in one run
+# and the table gains a "Before and after" section of per-round ratios;
 # BENCH_OUT moves the output directory; the counts at the top can be overridden the same way.
 
 set -euo pipefail
@@ -49,6 +52,7 @@ OUT=${BENCH_OUT:-target/bench}
 RESULTS=$OUT/results.jsonl
 # SPARKY_BIN runs another build of Sparky (an earlier commit's, for a before-and-after).
 SPARKY=${SPARKY_BIN:-target/release/sparky}
+SPARKY_BEFORE=${SPARKY_BEFORE_BIN:-}
 FLOOR=target/release/examples/floor
 LOADGEN=target/release/examples/loadgen
 
@@ -105,6 +109,11 @@ servers=(sparky floor)
 if [[ $sparky_help == *--in-memory* ]]; then
     servers=(sparky sparky-mem floor)
 fi
+if [[ -n $SPARKY_BEFORE ]]; then
+    # The earlier build gets the same flags: bench.sh only lifts limits both builds know.
+    servers+=(sparky-before)
+    [[ $sparky_help == *--in-memory* ]] && servers+=(sparky-mem-before)
+fi
 if [[ -z ${NO_FASTAPI:-} ]]; then
     servers+=(fastapi)
 fi
@@ -136,9 +145,11 @@ start_server() {
     if [[ $name == sparky* ]]; then
         local data="$OUT/data/$SERVER_COUNT"
         local flags=("${sparky_flags[@]}")
-        [[ $name == sparky-mem ]] && flags+=(--in-memory)
+        [[ $name == sparky-mem* ]] && flags+=(--in-memory)
+        local binary=$SPARKY
+        [[ $name == *-before ]] && binary=$SPARKY_BEFORE
         mkdir -p "$data"
-        "$SPARKY" --addr 127.0.0.1:0 --data-dir "$data" "${flags[@]}" >"$stdout" 2>"$stderr" &
+        "$binary" --addr 127.0.0.1:0 --data-dir "$data" "${flags[@]}" >"$stdout" 2>"$stderr" &
     elif [[ $name == fastapi ]]; then
         "$FASTAPI_PYTHON" bench/fastapi_app.py --addr 127.0.0.1:0 >"$stdout" 2>"$stderr" &
     else

@@ -35,6 +35,8 @@ NAMES = {
     FASTAPI: "FastAPI/uvicorn",
 }
 SERVER_ORDER = (SPARKY, SPARKY_MEM, FASTAPI, FLOOR)
+# The suffix of an earlier build's labels (`SPARKY_BEFORE_BIN` in scripts/bench.sh).
+BEFORE = "-before"
 
 # The targets of issue 13 (medians of alternating runs, ratios from the same run).
 TURNS_1_OVER_FASTAPI = 1.5
@@ -246,6 +248,51 @@ def comparison_row(scenario, clients, variant, grouped):
     return "| " + " | ".join(cells) + " |"
 
 
+def before_and_after(runs):
+    """The "Before and after" rows, when an earlier build ran in the same rotation
+    (`SPARKY_BEFORE_BIN`): each figure's medians, and the median of the per-round ratios."""
+    pairs = [(SPARKY, SPARKY + BEFORE), (SPARKY_MEM, SPARKY_MEM + BEFORE)]
+    if not any(run["label"].endswith(BEFORE) for run in runs):
+        return []
+    out = [
+        "",
+        "## Before and after",
+        "",
+        "The earlier build (`SPARKY_BEFORE_BIN`) ran in the same rotation as this one, with the",
+        "same flags. Ratios are after/before, medians of the per-round ratios.",
+        "",
+        "| scenario | clients | server | /s before | /s after | ×/s | p50 before | p50 after "
+        "| p99 before | p99 after | ×p99 | CPU µs/turn before | after | ×CPU |",
+        "|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for scenario in ("connect", "turns"):
+        grouped = by_key(runs, scenario)
+        for clients in sorted(grouped):
+            for after, before in pairs:
+                now, then = grouped[clients].get(after), grouped[clients].get(before)
+                if not now or not then:
+                    continue
+                out.append(
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
+                        scenario,
+                        clients,
+                        NAMES[after],
+                        fmt(median_of(then, "throughput_per_s"), 0),
+                        fmt(median_of(now, "throughput_per_s"), 0),
+                        fmt(ratio_of(now, then, "throughput_per_s")),
+                        fmt(median_of(then, "p50_ms")),
+                        fmt(median_of(now, "p50_ms")),
+                        fmt(median_of(then, "p99_ms")),
+                        fmt(median_of(now, "p99_ms")),
+                        fmt(ratio_of(now, then, "p99_ms")),
+                        fmt(median_of(then, "server_cpu_us_per_turn"), 0),
+                        fmt(median_of(now, "server_cpu_us_per_turn"), 0),
+                        fmt(ratio_of(now, then, "server_cpu_us_per_turn")),
+                    )
+                )
+    return out
+
+
 def render_table(runs):
     rounds = sorted({run["round"] for run in runs if run["scenario"] in ("turns", "connect")})
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -284,6 +331,7 @@ def render_table(runs):
             for variant in SERVER_ORDER:
                 if grouped[clients].get(variant):
                     out.append(comparison_row(scenario, clients, variant, grouped))
+    out += before_and_after(runs)
     out += [
         "",
         "## Capacity and session features",
