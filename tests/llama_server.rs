@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use sparky::common::protocol::{ServerEnvelope, ServerFrame, StatusCode};
 use sparky::conversation::memory::SemanticGraph;
 use sparky::model::embed::{EmbedOptions, RemoteEmbedder};
-use sparky::model::remote::{RemoteModel, RemoteOptions, RetryPolicy};
+use sparky::model::openai::{RemoteModel, RemoteOptions, RetryPolicy};
 use sparky::store::{GraphStore, SqliteStore};
 use support::{Client, TestServer};
 

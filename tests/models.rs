@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use sparky::common::protocol::{ErrorCode, ServerFrame, ToolStatus};
 use sparky::model::ModelBackend;
 use sparky::model::embed::HashEmbedder;
-use sparky::model::remote::{RemoteModel, RemoteOptions};
+use sparky::model::openai::{RemoteModel, RemoteOptions};
 use support::{Client, TestServer, WAIT};
 
 /// What the fake's embeddings endpoint does.

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use sparky::Config;
 use sparky::common::protocol::{ErrorCode, ServerEnvelope, ServerFrame, StatusCode, ToolStatus};
-use sparky::model::remote::{RemoteModel, RemoteOptions, RetryPolicy};
+use sparky::model::openai::{RemoteModel, RemoteOptions, RetryPolicy};
 use support::{ChildServer, Client, TestServer, WAIT};
 
 /// One canned answer of the fake server, for one connection.

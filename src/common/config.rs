@@ -49,7 +49,7 @@ pub struct Config {
     /// Model steps allowed in one turn.
     pub max_steps: usize,
     /// The model's context window in tokens; `None`: ask the server (llama.cpp's `/props`),
-    /// else assume [`crate::model::remote::DEFAULT_CONTEXT_TOKENS`].
+    /// else assume [`crate::model::openai::DEFAULT_CONTEXT_TOKENS`].
     pub context_tokens: Option<usize>,
     /// The system message of conversations without a personality of their own (`{date}` is
     /// replaced by the date); `None`: the built-in one; empty: none at all.

@@ -12,3 +12,4 @@ pub mod metrics;
 pub mod protocol;
 pub mod rate;
 pub mod redact;
+pub mod sse;

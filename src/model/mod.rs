@@ -5,7 +5,7 @@
 
 pub mod embed;
 pub mod offline;
-pub mod remote;
+pub mod openai;
 
 use std::time::Duration;
 

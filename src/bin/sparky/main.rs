@@ -23,7 +23,7 @@ use sparky::common::config::{
 };
 use sparky::model::ModelBackend;
 use sparky::model::offline::OfflineModel;
-use sparky::model::remote::{AUTO_MODELS, RemoteModel, RemoteOptions};
+use sparky::model::openai::{AUTO_MODELS, RemoteModel, RemoteOptions};
 
 /// A self-hosted chat-agent server: WebSocket chat with a thinking, tool-using bot.
 #[derive(Debug, Parser)]

@@ -16,7 +16,7 @@
 //! restarted. A server that cannot be reached closes the client the same way. OAuth is not
 //! supported: a 401 is logged as an error that says to put a token in `headers`.
 //!
-//! Depends on: `common::cancel`, `model::remote`, `tools::mcp::config`, `tools::mcp::error`, `tools::mcp::transport`.
+//! Depends on: `common::cancel`, `common::sse`, `tools::mcp::config`, `tools::mcp::error`, `tools::mcp::transport`.
 
 use std::io::{self, BufRead, BufReader, Read};
 use std::sync::Arc;
@@ -33,7 +33,7 @@ use super::config::HttpEndpoint;
 use super::error::{McpError, round_duration};
 use super::transport::{Inbox, Outgoing, Queued, Transport};
 use crate::common::cancel::CancelFlag;
-use crate::model::remote::{SseDecoder, body_start};
+use crate::common::sse::{SseDecoder, body_start};
 
 /// Requests in flight to one server at most; more wait in the outbox.
 pub(super) const MAX_POSTS: usize = 8;
