@@ -37,8 +37,6 @@ pub fn connections_for(open_files: u64) -> usize {
 /// Its `Debug` form shows how many tokens there are, never the tokens, and no database
 /// password.
 #[derive(Clone, clap::Args)]
-// The doc comments are also the help text, which shows `<server>` and `[:PORT]` as they are.
-#[allow(rustdoc::invalid_html_tags, rustdoc::broken_intra_doc_links)]
 pub struct Config {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:8000", value_parser = parse_addr)]
@@ -52,7 +50,9 @@ pub struct Config {
     pub in_memory: bool,
     /// Keep everything in PostgreSQL instead of SQLite: postgres://USER[:PASSWORD]@HOST[:PORT]/DB
     /// (default: the SPARKY_DATABASE_URL environment variable, else SQLite in --data-dir).
-    // The binary reads the environment variable; `Debug` hides the password.
+    // The binary reads the environment variable; `Debug` hides the password. The doc comment is
+    // also the help text, which shows `[:PORT]` as it is.
+    #[allow(rustdoc::broken_intra_doc_links)]
     #[arg(long = "store", value_name = "URL")]
     pub database_url: Option<String>,
     /// With a PostgreSQL store: connections its pool may open for reads and graph writes,
@@ -194,6 +194,8 @@ pub struct Config {
     pub token_names: Vec<(String, String)>,
     /// An origin, besides the server's own, whose web pages may open a WebSocket (repeatable),
     /// e.g. https://chat.example.com.
+    // The help text shows the URL as it is.
+    #[allow(rustdoc::bare_urls)]
     #[arg(long = "allowed-origin", value_name = "ORIGIN")]
     pub allowed_origins: Vec<String>,
     /// A host name requests may name in Host (repeatable, any port), besides localhost,
@@ -227,6 +229,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// An MCP config file ({"mcpServers": {"name": {"command", "args", "env"}}}): each server is
     /// started and its tools join the bot's tools as <server>__<tool>.
+    // The help text shows `<server>` as it is.
+    #[allow(rustdoc::invalid_html_tags)]
     #[arg(long, value_name = "FILE")]
     pub mcp_config: Option<PathBuf>,
     /// Longest tool result kept, in bytes; a longer one is cut, with a note saying so, before
