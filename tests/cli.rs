@@ -8,7 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, channel};
 use std::time::Instant;
 
-use rustix::process::{Pid, Signal, kill_process};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 use serde_json::json;
 use support::{Client, WAIT};
 
@@ -49,8 +50,8 @@ fn line_with(lines: &Receiver<String>, wanted: &str) -> String {
 }
 
 fn signal(child: &Child, signal: Signal) {
-    let pid = Pid::from_raw(i32::try_from(child.id()).unwrap()).unwrap();
-    kill_process(pid, signal).unwrap();
+    let pid = Pid::from_raw(i32::try_from(child.id()).unwrap());
+    kill(pid, signal).unwrap();
 }
 
 /// Waits for the child to exit and returns how long it took from `since`.
@@ -110,12 +111,12 @@ fn a_second_interrupt_stops_at_once_and_the_log_has_no_colour_codes() {
     let mut client = Client::connect(addr, json!({}));
     client.say("/wait 60000");
     client.expect("tool_use");
-    signal(&child, Signal::INT);
+    signal(&child, Signal::SIGINT);
     let first = line_with(&lines, "shutting down");
     assert!(first.contains("Ctrl-C again"), "{first}");
     assert!(!first.contains('\u{1b}'), "escape codes in {first:?}");
     let second = Instant::now();
-    signal(&child, Signal::INT);
+    signal(&child, Signal::SIGINT);
     let took = exited_within(&mut child, second);
     // The grace period was 60 s: stopping at all within the wait bound is the point.
     assert!(took < WAIT, "{took:?}");

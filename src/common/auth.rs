@@ -7,7 +7,9 @@ use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
+use data_encoding::HEXLOWER;
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 /// Bytes of a token's SHA-256 digest that make up its fingerprint (32 hex characters): plenty
 /// to tell tokens apart, and less of the digest stored beside the data it owns.
@@ -41,7 +43,8 @@ impl Principal {
     /// The principal that a token stands for: the first 16 bytes of the token's SHA-256
     /// digest, in hex.
     pub fn of_token(token: &str) -> Self {
-        Principal::from_stored(hex(&Sha256::digest(token.as_bytes())[..FINGERPRINT_BYTES]))
+        let digest = Sha256::digest(token.as_bytes());
+        Principal::from_stored(HEXLOWER.encode(&digest[..FINGERPRINT_BYTES]))
     }
 
     /// The fingerprint that versions before SHA-256 stored for a token (the first 8 bytes of
@@ -49,7 +52,7 @@ impl Principal {
     /// [`Principal::of_token`] uses it.
     pub fn legacy_of_token(token: &str) -> Self {
         use sha1::{Digest as _, Sha1};
-        Principal::from_stored(hex(&Sha1::digest(token.as_bytes())[..8]))
+        Principal::from_stored(HEXLOWER.encode(&Sha1::digest(token.as_bytes())[..8]))
     }
 
     /// A principal as stored.
@@ -154,7 +157,7 @@ impl Auth {
         // Look at every accepted token whatever the outcome, so timing says nothing.
         let mut found = None;
         for (digest, name) in &self.digests {
-            if constant_time_eq(digest, &presented) {
+            if bool::from(digest.ct_eq(&presented)) {
                 found = Some(name.clone());
             }
         }
@@ -166,23 +169,6 @@ impl Auth {
             None => Err(Refused::Wrong),
         }
     }
-}
-
-/// Compares two digests in time that depends only on their (fixed) length.
-fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
-}
-
-/// Lowercase hex of `bytes`.
-fn hex(bytes: &[u8]) -> String {
-    use fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut out, byte| {
-            // Writing to a String cannot fail.
-            let _ = write!(out, "{byte:02x}");
-            out
-        })
 }
 
 #[cfg(test)]

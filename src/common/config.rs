@@ -1,5 +1,6 @@
-//! `Config`: everything a server can be told at start. Plain data; depends on nothing in the
-//! crate. `main.rs` fills it from the command line; tests fill it by hand.
+//! `Config`: everything a server can be told at start, each setting declared once with its flag,
+//! help text, default and check (clap's derive). Plain data; depends on nothing in the crate.
+//! The binary parses it from the command line; tests start from its defaults and change fields.
 //!
 //! Depends on nothing in the crate.
 
@@ -7,6 +8,8 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+
+use clap::{Args as _, FromArgMatches as _};
 
 /// Largest frame or message, in bytes, that a connection may send before it has authenticated
 /// (when tokens are required and none came with the upgrade request): room for a `connect`
@@ -26,136 +29,227 @@ pub fn connections_for(open_files: u64) -> usize {
         .unwrap_or(usize::MAX)
 }
 
-/// The settings of one server. [`Config::default`] is what `sparky` runs with when given no flags.
+/// The settings of one server. Each field is declared once, here, with everything about it: its
+/// flag, its help text (the doc comment, which `sparky --help` shows), its default and the check
+/// its value must pass. `sparky` parses them from its flags; [`Config::default`] is what it runs
+/// with when given none; tests start from that and change fields by hand.
 ///
-/// Its `Debug` form shows how many tokens there are, never the tokens.
-#[derive(Clone)]
+/// Its `Debug` form shows how many tokens there are, never the tokens, and no database
+/// password.
+#[derive(Clone, clap::Args)]
 pub struct Config {
-    /// Where to listen.
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8000", value_parser = parse_addr)]
     pub addr: SocketAddr,
-    /// Where persistent data lives.
+    /// Directory for persistent data: the knowledge graph and durable sessions (SQLite).
+    #[arg(long, default_value = "sparky-data")]
     pub data_dir: PathBuf,
-    /// Keep everything in memory: no data directory, nothing survives a restart.
+    /// Keep everything in memory: no data directory is touched, nothing survives a restart.
+    // It wins over `database_url`.
+    #[arg(long, conflicts_with = "database_url")]
     pub in_memory: bool,
-    /// A PostgreSQL database to keep everything in (`postgres://USER@HOST[:PORT]/DB`), instead
-    /// of the SQLite file in `data_dir` (`in_memory` wins over it). Its Debug form hides any
-    /// password.
+    /// Keep everything in PostgreSQL instead of SQLite: postgres://USER[:PASSWORD]@HOST[:PORT]/DB
+    /// (default: the SPARKY_DATABASE_URL environment variable, else SQLite in --data-dir).
+    // The binary reads the environment variable; `Debug` hides the password. The doc comment is
+    // also the help text, which shows `[:PORT]` as it is.
+    #[allow(rustdoc::broken_intra_doc_links)]
+    #[arg(long = "store", value_name = "URL")]
     pub database_url: Option<String>,
-    /// Connections the PostgreSQL store's pool may open, besides the writer's own.
+    /// With a PostgreSQL store: connections its pool may open for reads and graph writes,
+    /// besides the one the journal writes with.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 8,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1000)
+    )]
     pub store_pool: usize,
-    /// A cap on the store's size in bytes; past it, writes fail as on a full disk (new turns
-    /// are refused until there is room). `None`: only the disk's size.
-    pub max_store_bytes: Option<u64>,
-    /// Model steps allowed in one turn.
+    /// Model steps (model calls) allowed in one turn.
+    #[arg(long, default_value_t = 8, value_parser = at_least_one::<usize>)]
     pub max_steps: usize,
-    /// The model's context window in tokens; `None`: ask the server (llama.cpp's `/props`),
-    /// else assume [`crate::model::openai::DEFAULT_CONTEXT_TOKENS`].
+    /// The model's context window in tokens (default: what llama.cpp's server reports, else
+    /// 4096); older turns that do not fit are left out of what the model sees.
+    // `None`: ask the server, else assume `model::openai::DEFAULT_CONTEXT_TOKENS`.
+    #[arg(long, value_name = "N", value_parser = at_least_one::<usize>)]
     pub context_tokens: Option<usize>,
-    /// The system message of conversations without a personality of their own (`{date}` is
-    /// replaced by the date); `None`: the built-in one; empty: none at all.
+    /// The system message of conversations without a persona of their own; `{date}` becomes
+    /// the date; "" sends none (default: a built-in one naming the tools and the date).
+    #[arg(long, value_name = "TEXT")]
     pub system_prompt: Option<String>,
-    /// Which model answers.
+    /// The model: the built-in offline one, or an OpenAI-compatible server (Ollama, llama.cpp,
+    /// vLLM, OpenAI).
+    #[arg(long, value_enum, default_value = "offline")]
     pub model: ModelKind,
-    /// With [`ModelKind::OpenAi`]: the API's base URL, up to and including `/v1`.
+    /// With --model openai: the API's base URL, up to and including /v1.
+    #[arg(long, default_value = "http://127.0.0.1:11434/v1")]
     pub model_url: String,
-    /// With [`ModelKind::OpenAi`]: the models a conversation may choose, e.g. `llama3.1`, the
-    /// first being the default; `["auto"]` for whatever the server lists.
+    /// With --model openai: the model to ask for, e.g. llama3.1 (required); repeat it to let
+    /// each new conversation choose (the first is the default), or `auto` for every model the
+    /// server lists.
+    #[arg(long = "model-name", value_name = "NAME")]
     pub model_names: Vec<String>,
-    /// The embedding model that turns on semantic memory (`POST /v1/embeddings`); `None`:
-    /// keyword search alone.
+    /// Turns on semantic memory: the embedding model to ask for (POST /v1/embeddings), e.g.
+    /// nomic-embed-text; facts are then found by meaning as well as by keywords.
+    #[arg(long, value_name = "NAME")]
     pub embedding_model: Option<String>,
-    /// The embedding server's base URL, up to and including `/v1`; `None`: `model_url`.
+    /// With --embedding-model: the embedding server's base URL, up to and including /v1
+    /// (default: --model-url).
+    #[arg(long, value_name = "URL", requires = "embedding_model")]
     pub embedding_url: Option<String>,
-    /// How long one embedding request may take, connecting included.
+    /// With --embedding-model: how long one embedding request may take, e.g. 10s.
+    #[arg(long, default_value = "10s", value_parser = positive_duration)]
     pub embedding_timeout: Duration,
-    /// With [`ModelKind::OpenAi`]: the environment variable that holds the API key, read at
-    /// start; `None` sends no key.
+    /// With --model openai: the environment variable holding the API key (read at start).
+    #[arg(long, value_name = "VAR")]
     pub api_key_env: Option<String>,
-    /// How long connecting to the model server may take.
+    /// How long connecting to the model server may take, e.g. 10s.
+    #[arg(long, default_value = "10s", value_parser = positive_duration)]
     pub model_connect_timeout: Duration,
-    /// How long the model server may stay silent before its answer starts or between two
-    /// pieces of it.
+    /// How long the model server may stay silent before or while it answers, e.g. 300s.
+    #[arg(long, default_value = "300s", value_parser = positive_duration)]
     pub model_read_timeout: Duration,
-    /// True when the model takes images: those tools return are sent to it as content parts
-    /// (`--model-vision`); otherwise it reads a note for each.
+    /// With --model openai: the model takes images, so the images tools return are sent to it
+    /// (as image_url content parts); without it, it reads a note for each.
+    #[arg(long)]
     pub model_vision: bool,
-    /// How long a session with no connection and no turn stays in memory. It only frees
-    /// memory: the conversation stays in the store, and the next `connect` brings it back.
+    /// How long a conversation with no connection and no turn stays in memory, e.g. 90s, 60m.
+    /// It only frees memory: the conversation stays stored and comes back on the next connect.
+    #[arg(long, alias = "session-timeout", default_value = "60m", value_parser = positive_duration)]
     pub idle_timeout: Duration,
-    /// The operator's opt-in to deleting conversations with no event for this long; `None`
-    /// (the default) keeps every conversation until its owner deletes it.
+    /// Delete conversations with no activity for this long, e.g. 90d (default: keep them until
+    /// their owner deletes them).
+    #[arg(long, value_name = "DURATION", value_parser = positive_duration)]
     pub retention: Option<Duration>,
-    /// Open WebSocket connections at most; an upgrade past it gets HTTP 503.
+    /// Open WebSocket connections at most; an upgrade past it gets HTTP 503 (default: 20000,
+    /// or fewer when the open-file limit allows fewer).
+    // The binary lowers the default, never a value given on the command line.
+    #[arg(
+        long,
+        default_value_t = 20_000,
+        hide_default_value = true,
+        value_parser = at_least_one::<usize>
+    )]
     pub max_connections: usize,
-    /// Live connections of one session at most; one more takes over from the oldest.
+    /// Live connections per session; one more takes over from the oldest.
+    #[arg(long, default_value_t = 8, value_parser = at_least_one::<usize>)]
     pub max_connections_per_session: usize,
-    /// Sessions at most; a `connect` that would create one more gets `server_busy`.
+    /// Sessions at most; a connect past it gets server_busy.
+    #[arg(long, default_value_t = 100_000, value_parser = at_least_one::<usize>)]
     pub max_sessions: usize,
-    /// Conversations one principal may keep at most; a `connect` that would create one more
-    /// gets `server_busy`.
+    /// Cap the store at this many MiB; past it, new turns are refused as on a full disk
+    /// (default: only the disk's size).
+    // Held in bytes.
+    #[arg(long = "max-store-mib", value_name = "MIB", value_parser = mib_as_bytes)]
+    pub max_store_bytes: Option<u64>,
+    /// Conversations one principal (token) may keep; a connect that would create one more
+    /// gets server_busy.
+    #[arg(long, default_value_t = 50_000, value_parser = at_least_one::<u64>)]
     pub max_conversations_per_principal: u64,
-    /// How fast one principal may create conversations; `None` for no limit.
-    pub new_conversation_rate: Option<RateLimit>,
-    /// Turns running at once on the whole server, at most; one more gets `server_busy`.
+    /// New conversations per second per principal, as N, N/BURST or off.
+    // The full path keeps clap from reading `Option` as "the flag may be absent": `off` is `None`.
+    #[arg(long, default_value = "1/600", value_parser = parse_rate_limit)]
+    pub new_conversation_rate: std::option::Option<RateLimit>,
+    /// Turns running at once on the whole server; one more gets server_busy.
+    #[arg(long, default_value_t = 1_024, value_parser = at_least_one::<usize>)]
     pub max_running_turns: usize,
-    /// Turns one principal may run at once, at most; one more gets `server_busy`.
+    /// Turns one principal (token) may run at once; one more gets server_busy.
+    #[arg(long, default_value_t = 256, value_parser = at_least_one::<usize>)]
     pub max_running_turns_per_principal: usize,
-    /// Largest WebSocket frame or message, in bytes; a larger one closes the connection (1009).
+    /// Largest WebSocket frame or message in bytes; a larger one closes the connection (1009).
+    #[arg(long, default_value_t = 1 << 20, value_parser = at_least_one::<usize>)]
     pub max_frame_bytes: usize,
-    /// Longest `text` of a message, in characters; a longer one gets `too_large`.
+    /// Longest message text in characters; a longer one gets too_large.
+    #[arg(long, default_value_t = 100_000, value_parser = at_least_one::<usize>)]
     pub max_text_chars: usize,
-    /// Events a live session keeps in memory (besides a bound in bytes); a replay of older
-    /// ones reads the store.
+    /// Events a live conversation keeps in memory; a replay of older ones reads the store.
+    // Besides a bound in bytes.
+    #[arg(long, default_value_t = 256, value_parser = at_least_one::<usize>)]
     pub event_log_capacity: usize,
     /// Frames queued for one connection at most; a connection that falls further behind is
-    /// closed and catches up by replay when it reconnects.
+    /// closed and catches up by replay when it reconnects. No flag.
+    #[arg(skip = 1_024_usize)]
     pub outbox_capacity: usize,
-    /// How long a connection may sit idle before the server pings it; it is dropped when the
-    /// next interval passes with no answer.
+    /// How long a connection may be quiet before it is pinged, e.g. 30s.
+    // It is dropped when the next interval passes with no answer.
+    #[arg(long, default_value = "30s", value_parser = positive_duration)]
     pub ping_interval: Duration,
     /// How long a write to a client may stall before the connection is dropped.
+    #[arg(long, default_value = "10s", value_parser = positive_duration)]
     pub write_timeout: Duration,
-    /// How long a new TCP connection has to send its request head, and, when tokens are
-    /// required, how long a WebSocket has to authenticate before it is closed (1008).
+    /// How long a new connection has to send its request head; with tokens, also how long a
+    /// WebSocket has to present a valid one before it is closed (1008).
+    #[arg(long, default_value = "10s", value_parser = positive_duration)]
     pub handshake_timeout: Duration,
-    /// Tokens a client must present (any one of them); empty means no authentication.
+    /// A token clients must present (repeatable). Tokens are also read from
+    /// --auth-token-file and from the SPARKY_AUTH_TOKENS environment variable (comma-separated),
+    /// which keep them out of `ps`.
+    // Any one of them will do; none means no authentication. The binary adds those of the file
+    // and the variable.
+    #[arg(long = "auth-token", value_name = "TOKEN")]
     pub auth_tokens: Vec<String>,
     /// Readable names of some of those tokens' principals, as `(token, name)`: for logs and the
-    /// API. Ownership goes by the token, never by the name.
+    /// API. Ownership goes by the token, never by the name. No flag: `name:token` lines of
+    /// `--auth-token-file`.
+    #[arg(skip)]
     pub token_names: Vec<(String, String)>,
-    /// Origins, besides the server's own, whose pages may open a WebSocket (e.g.
-    /// `https://chat.example.com`).
+    /// An origin, besides the server's own, whose web pages may open a WebSocket (repeatable),
+    /// e.g. https://chat.example.com.
+    // The help text shows the URL as it is.
+    #[allow(rustdoc::bare_urls)]
+    #[arg(long = "allowed-origin", value_name = "ORIGIN")]
     pub allowed_origins: Vec<String>,
-    /// Host names that requests may carry in `Host` (with any port), besides loopback names and
-    /// addresses and the address the server is bound to; any other `Host` gets HTTP 421, which
-    /// is what stops DNS rebinding.
+    /// A host name requests may name in Host (repeatable, any port), besides localhost,
+    /// loopback addresses and the bound address, e.g. chat.example.com. Others get 421.
+    // HTTP 421 for any other `Host` is what stops DNS rebinding.
+    #[arg(long = "allowed-host", value_name = "NAME")]
     pub allowed_hosts: Vec<String>,
-    /// Open connections (HTTP and WebSocket) from one IP address at most; one more gets HTTP
-    /// 429. `0` turns the cap off. Loopback peers are exempt unless `per_ip_loopback` is set.
+    /// Open connections from one IP address at most (0: no cap); one more gets HTTP 429.
+    /// Loopback peers are exempt unless --per-ip-loopback.
+    // HTTP and WebSocket connections alike.
+    #[arg(long, default_value_t = 64)]
     pub max_connections_per_ip: usize,
-    /// Count loopback peers against `max_connections_per_ip` too. Off by default: behind a
-    /// reverse proxy on the same machine every client arrives from loopback, and a cap on that
-    /// one address would be a cap on everyone.
+    /// Apply --max-connections-per-ip to loopback peers too (not behind a local reverse proxy,
+    /// whose clients all arrive from loopback).
+    #[arg(long)]
     pub per_ip_loopback: bool,
-    /// Bytes that unfinished incoming WebSocket messages (fragments, or a frame still arriving)
-    /// may hold across all connections; a connection whose data would pass it is closed with
-    /// 1013 (try again later).
+    /// Bytes that unfinished incoming messages may hold, all connections together; a connection
+    /// that would pass it is closed with 1013.
+    #[arg(long, default_value_t = 64 << 20, value_parser = at_least_one::<usize>)]
     pub max_pending_message_bytes: usize,
-    /// Serve `/metrics` without a token even when tokens are configured.
+    /// Serve /metrics without a token even when tokens are configured.
+    #[arg(long)]
     pub public_metrics: bool,
-    /// Client frames per second per connection, with bursts up to `burst`; `None` for no limit.
-    pub rate_limit: Option<RateLimit>,
-    /// At shutdown, how long turns in flight may run on before they are cancelled.
+    /// Client frames per second per connection: N (bursts of 2N), N/BURST, or off.
+    // The default is far above what a person types and low enough to cut off a flood. The full
+    // path keeps clap from reading `Option` as "the flag may be absent": `off` is `None`.
+    #[arg(long, default_value = "100/200", value_parser = parse_rate_limit)]
+    pub rate_limit: std::option::Option<RateLimit>,
+    /// At SIGINT or SIGTERM, how long turns in flight may finish before they are cancelled.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
-    /// An MCP config file (`{"mcpServers": {...}}`) whose servers' tools join the ToolChain.
+    /// An MCP config file ({"mcpServers": {"name": {"command", "args", "env"}}}): each server is
+    /// started and its tools join the bot's tools as <server>__<tool>.
+    // The help text shows `<server>` as it is.
+    #[allow(rustdoc::invalid_html_tags)]
+    #[arg(long, value_name = "FILE")]
     pub mcp_config: Option<PathBuf>,
-    /// Longest tool result kept, in bytes; a longer one (built-in or MCP) is cut with a note
-    /// before it becomes an event or reaches the model.
+    /// Longest tool result kept, in bytes; a longer one is cut, with a note saying so, before
+    /// the model or a client sees it.
+    // Built-in and MCP tools alike, before the result becomes an event.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 256 * 1024,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1024..)
+    )]
     pub max_tool_result_bytes: usize,
-    /// How long one full-text search (a memory lookup, `graph_search`, `recall`, or a search
-    /// of the API) may run; one that runs out answers with what it found so far.
+    /// How long one full-text search (memory lookup, graph search, API search) may run; one
+    /// that runs out answers with what it found so far, e.g. 200ms.
+    #[arg(long, value_name = "DURATION", default_value = "200ms", value_parser = positive_duration)]
     pub search_budget: Duration,
-    /// How long a tool call that needs approval waits for a person before it is denied.
+    /// How long a tool call that needs approval (see the MCP config's "approve") waits for a
+    /// person to allow it; then it is denied, e.g. 5m.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = positive_duration)]
     pub approval_timeout: Duration,
 }
 
@@ -166,15 +260,6 @@ pub struct RateLimit {
     pub per_second: f64,
     /// Frames allowed at once.
     pub burst: f64,
-}
-
-impl RateLimit {
-    /// The default: 100 frames a second, bursts of 200: far above what a person types, low
-    /// enough to cut off a flood.
-    pub const DEFAULT: RateLimit = RateLimit {
-        per_second: 100.0,
-        burst: 200.0,
-    };
 }
 
 /// Reads a rate limit: `off`, `N` (frames per second, bursts of 2N) or `N/B`.
@@ -205,129 +290,93 @@ pub fn parse_rate_limit(text: &str) -> Result<Option<RateLimit>, String> {
     }))
 }
 
-/// Which model backend a server runs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Which model backend a server runs: the values of `--model`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum ModelKind {
-    /// The deterministic built-in model (`--model offline`).
+    /// The deterministic built-in model.
     #[default]
     Offline,
-    /// An OpenAI-compatible chat-completions server (`--model openai`): Ollama, llama.cpp's
-    /// server, vLLM, OpenAI.
+    /// An OpenAI-compatible chat-completions server.
+    // Ollama, llama.cpp's server, vLLM, OpenAI.
+    #[value(name = "openai")]
     OpenAi,
 }
 
 impl Default for Config {
+    /// The flags' defaults: what `sparky` runs with when given no flags.
+    // The defaults are constants, and a unit test parses them: this cannot fail at run time.
+    #[allow(clippy::expect_used)]
     fn default() -> Self {
-        Config {
-            addr: SocketAddr::from(([127, 0, 0, 1], 8000)),
-            data_dir: PathBuf::from("sparky-data"),
-            in_memory: false,
-            database_url: None,
-            store_pool: 8,
-            max_store_bytes: None,
-            max_steps: 8,
-            context_tokens: None,
-            system_prompt: None,
-            model: ModelKind::Offline,
-            model_url: "http://127.0.0.1:11434/v1".into(),
-            model_names: Vec::new(),
-            embedding_model: None,
-            embedding_url: None,
-            embedding_timeout: Duration::from_secs(10),
-            api_key_env: None,
-            model_connect_timeout: Duration::from_secs(10),
-            model_read_timeout: Duration::from_secs(300),
-            model_vision: false,
-            idle_timeout: Duration::from_secs(60 * 60),
-            retention: None,
-            max_connections: 20_000,
-            max_connections_per_session: 8,
-            max_sessions: 100_000,
-            max_conversations_per_principal: 50_000,
-            new_conversation_rate: Some(RateLimit {
-                per_second: 1.0,
-                burst: 600.0,
-            }),
-            max_running_turns: 1_024,
-            max_running_turns_per_principal: 256,
-            max_frame_bytes: 1 << 20,
-            max_text_chars: 100_000,
-            event_log_capacity: 256,
-            outbox_capacity: 1_024,
-            ping_interval: Duration::from_secs(30),
-            write_timeout: Duration::from_secs(10),
-            handshake_timeout: Duration::from_secs(10),
-            auth_tokens: Vec::new(),
-            token_names: Vec::new(),
-            allowed_origins: Vec::new(),
-            allowed_hosts: Vec::new(),
-            max_connections_per_ip: 64,
-            per_ip_loopback: false,
-            max_pending_message_bytes: 64 << 20,
-            public_metrics: false,
-            rate_limit: Some(RateLimit::DEFAULT),
-            shutdown_grace: Duration::from_secs(10),
-            mcp_config: None,
-            max_tool_result_bytes: 256 * 1024,
-            search_budget: Duration::from_millis(200),
-            approval_timeout: Duration::from_secs(5 * 60),
-        }
+        let no_flags = Config::augment_args(clap::Command::new("sparky"))
+            .try_get_matches_from(["sparky"])
+            .and_then(|matches| Config::from_arg_matches(&matches));
+        no_flags.expect("the defaults of Config's flags are valid")
     }
 }
 
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Every field but the tokens, which are secrets: only their number is shown.
-        f.debug_struct("Config")
-            .field("addr", &self.addr)
-            .field("data_dir", &self.data_dir)
-            .field("in_memory", &self.in_memory)
-            .field(
-                "database_url",
-                &self.database_url.as_deref().map(redact_url),
-            )
-            .field("store_pool", &self.store_pool)
-            .field("max_steps", &self.max_steps)
-            .field("model", &self.model)
-            .field("model_url", &self.model_url)
-            .field("model_names", &self.model_names)
-            .field("embedding_model", &self.embedding_model)
-            .field("embedding_url", &self.embedding_url)
-            .field("embedding_timeout", &self.embedding_timeout)
-            .field("api_key_env", &self.api_key_env)
-            .field("model_connect_timeout", &self.model_connect_timeout)
-            .field("model_read_timeout", &self.model_read_timeout)
-            .field("model_vision", &self.model_vision)
-            .field("idle_timeout", &self.idle_timeout)
-            .field("retention", &self.retention)
-            .field("max_connections", &self.max_connections)
-            .field(
-                "max_connections_per_session",
-                &self.max_connections_per_session,
-            )
-            .field("max_sessions", &self.max_sessions)
-            .field("max_frame_bytes", &self.max_frame_bytes)
-            .field("max_text_chars", &self.max_text_chars)
-            .field("event_log_capacity", &self.event_log_capacity)
-            .field("outbox_capacity", &self.outbox_capacity)
-            .field("ping_interval", &self.ping_interval)
-            .field("write_timeout", &self.write_timeout)
-            .field("handshake_timeout", &self.handshake_timeout)
-            .field(
-                "auth_tokens",
-                &format_args!("[{} redacted]", self.auth_tokens.len()),
-            )
-            .field("allowed_origins", &self.allowed_origins)
-            .field("allowed_hosts", &self.allowed_hosts)
-            .field("max_connections_per_ip", &self.max_connections_per_ip)
-            .field("per_ip_loopback", &self.per_ip_loopback)
-            .field("max_pending_message_bytes", &self.max_pending_message_bytes)
-            .field("approval_timeout", &self.approval_timeout)
-            .field("public_metrics", &self.public_metrics)
-            .field("rate_limit", &self.rate_limit)
-            .field("shutdown_grace", &self.shutdown_grace)
-            .field("mcp_config", &self.mcp_config)
-            .finish()
+        // Every field as itself but the secrets. The pattern names every field, so a new one
+        // that is not listed here does not compile.
+        macro_rules! fields_and_secrets {
+            ($($field:ident),* $(,)?) => {{
+                let Config { $($field,)* database_url, auth_tokens, token_names } = self;
+                let mut out = f.debug_struct("Config");
+                $(out.field(stringify!($field), $field);)*
+                out.field("database_url", &database_url.as_deref().map(redact_url))
+                    .field("auth_tokens", &format_args!("[{} redacted]", auth_tokens.len()))
+                    .field("token_names", &format_args!("[{} redacted]", token_names.len()))
+                    .finish()
+            }};
+        }
+        fields_and_secrets!(
+            addr,
+            data_dir,
+            in_memory,
+            store_pool,
+            max_steps,
+            context_tokens,
+            system_prompt,
+            model,
+            model_url,
+            model_names,
+            embedding_model,
+            embedding_url,
+            embedding_timeout,
+            api_key_env,
+            model_connect_timeout,
+            model_read_timeout,
+            model_vision,
+            idle_timeout,
+            retention,
+            max_connections,
+            max_connections_per_session,
+            max_sessions,
+            max_store_bytes,
+            max_conversations_per_principal,
+            new_conversation_rate,
+            max_running_turns,
+            max_running_turns_per_principal,
+            max_frame_bytes,
+            max_text_chars,
+            event_log_capacity,
+            outbox_capacity,
+            ping_interval,
+            write_timeout,
+            handshake_timeout,
+            allowed_origins,
+            allowed_hosts,
+            max_connections_per_ip,
+            per_ip_loopback,
+            max_pending_message_bytes,
+            public_metrics,
+            rate_limit,
+            shutdown_grace,
+            mcp_config,
+            max_tool_result_bytes,
+            search_budget,
+            approval_timeout,
+        )
     }
 }
 
@@ -360,37 +409,70 @@ pub fn redact_url(url: &str) -> String {
     out
 }
 
-/// Reads a duration written as a number and a unit: `500ms`, `90s`, `60m`, `2h`, `1d`. A bare
-/// number is seconds.
+/// Reads a duration written as a number and a unit, as humantime reads it: `500ms`, `90s`, `60m`,
+/// `2h`, `1d`, or several at once (`1h 30m`). A bare number is seconds.
 ///
 /// # Errors
 ///
 /// A message saying what is wrong with the text.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 90s, 60m or 2h"))?;
-    let millis_per_unit = match unit.trim() {
-        "ms" => 1,
-        "" | "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        other => {
-            return Err(format!(
-                "unknown unit {other:?} in {text:?}; use ms, s, m, h or d"
-            ));
+    if !text.is_empty() && text.bytes().all(|byte| byte.is_ascii_digit()) {
+        return text
+            .parse()
+            .map(Duration::from_secs)
+            .map_err(|_| format!("{text:?} is too long"));
+    }
+    humantime::parse_duration(text).map_err(|e| match e {
+        humantime::DurationError::UnknownUnit { unit, .. } => {
+            format!("unknown unit {unit:?} in {text:?}; use ms, s, m, h or d")
         }
-    };
-    number
-        .checked_mul(millis_per_unit)
-        .map(Duration::from_millis)
-        .ok_or_else(|| format!("{text:?} is too long"))
+        humantime::DurationError::NumberOverflow => format!("{text:?} is too long"),
+        _ => format!("{text:?} is not a duration like 90s, 60m or 2h"),
+    })
+}
+
+/// `HOST:PORT` where HOST is an address or a name (`localhost:8000`); a name that resolves to
+/// several addresses listens on the first IPv4 one.
+fn parse_addr(text: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    let addrs: Vec<SocketAddr> = text
+        .to_socket_addrs()
+        .map_err(|e| format!("{text:?} is not HOST:PORT ({e})"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|addr| addr.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{text:?} names no address"))
+}
+
+/// A count that must be at least 1: a zero would make the server refuse everything (every
+/// turn past `--max-steps 0` fails), so it is refused at start instead.
+fn at_least_one<T>(text: &str) -> Result<T, String>
+where
+    T: std::str::FromStr + PartialOrd + From<u8>,
+{
+    match text.trim().parse::<T>() {
+        Ok(n) if n >= T::from(1) => Ok(n),
+        Ok(_) => Err("must be at least 1".to_owned()),
+        Err(_) => Err(format!("{text:?} is not a whole number")),
+    }
+}
+
+/// A number of MiB, at least 1, as bytes.
+fn mib_as_bytes(text: &str) -> Result<u64, String> {
+    at_least_one::<u64>(text).map(|mib| mib.saturating_mul(1 << 20))
+}
+
+/// A duration that must be longer than zero.
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    let duration = parse_duration(text)?;
+    if duration.is_zero() {
+        return Err("must be longer than zero".to_owned());
+    }
+    Ok(duration)
 }
 
 #[cfg(test)]
@@ -458,8 +540,71 @@ mod tests {
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
-        assert!(parse_duration("5 weeks").is_err());
+        assert_eq!(parse_duration(" 1d "), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("90 s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        // humantime knows weeks; a unit it does not know is named in the error.
+        assert_eq!(
+            parse_duration("5 weeks"),
+            Ok(Duration::from_secs(5 * 7 * 86_400))
+        );
+        assert_eq!(
+            parse_duration("5 fortnights"),
+            Err(r#"unknown unit "fortnights" in "5 fortnights"; use ms, s, m, h or d"#.into())
+        );
         assert!(parse_duration("m").is_err());
+        assert!(parse_duration("").is_err());
+        assert_eq!(parse_duration("1.5h"), Ok(Duration::from_secs(5400)));
+        assert!(parse_duration("-5s").is_err());
         assert!(parse_duration("99999999999999999999h").is_err());
+        assert!(parse_duration("99999999999999999999").is_err());
+    }
+
+    #[test]
+    fn defaults_are_the_flags_defaults() {
+        let config = Config::default();
+        assert_eq!(config.addr, SocketAddr::from(([127, 0, 0, 1], 8000)));
+        assert_eq!(config.data_dir, PathBuf::from("sparky-data"));
+        assert_eq!(config.model, ModelKind::Offline);
+        assert_eq!(config.max_connections, 20_000);
+        assert_eq!(config.max_frame_bytes, 1 << 20);
+        assert_eq!(config.outbox_capacity, 1_024);
+        assert_eq!(config.idle_timeout, Duration::from_secs(3600));
+        assert_eq!(config.search_budget, Duration::from_millis(200));
+        assert_eq!(config.max_store_bytes, None);
+        assert_eq!(config.retention, None);
+        assert_eq!(parse_rate_limit("100/200"), Ok(config.rate_limit));
+        assert_eq!(parse_rate_limit("1/600"), Ok(config.new_conversation_rate));
+        assert!(config.auth_tokens.is_empty() && config.token_names.is_empty());
+    }
+
+    #[test]
+    fn flags_fill_the_fields_they_name() {
+        let matches = Config::augment_args(clap::Command::new("sparky"))
+            .try_get_matches_from([
+                "sparky",
+                "--store",
+                "postgres://db/x",
+                "--max-store-mib",
+                "2",
+                "--model",
+                "openai",
+                "--model-name",
+                "a",
+                "--model-name",
+                "b",
+                "--session-timeout",
+                "90s",
+                "--rate-limit",
+                "off",
+            ])
+            .unwrap();
+        let config = Config::from_arg_matches(&matches).unwrap();
+        assert_eq!(config.database_url.as_deref(), Some("postgres://db/x"));
+        assert_eq!(config.max_store_bytes, Some(2 << 20));
+        assert_eq!(config.model, ModelKind::OpenAi);
+        assert_eq!(config.model_names, ["a", "b"]);
+        assert_eq!(config.idle_timeout, Duration::from_secs(90));
+        assert_eq!(config.rate_limit, None);
     }
 }

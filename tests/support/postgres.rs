@@ -228,7 +228,7 @@ fn start_cluster() -> Result<String, String> {
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&root).map_err(|e| format!("cannot create {}: {e}", root.display()))?;
     // initdb refuses to run as root: the cluster belongs to `nobody` then.
-    let as_root = rustix::process::geteuid().is_root();
+    let as_root = nix::unistd::geteuid().is_root();
     let run_as = |program: &Path| {
         let mut command = Command::new("setpriv");
         if as_root {

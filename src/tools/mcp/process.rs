@@ -16,10 +16,10 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use rustix::io::Errno;
-use rustix::process::{
-    Pid, Signal, WaitId, WaitIdOptions, kill_process_group, test_kill_process_group, waitid,
-};
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, killpg};
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
+use nix::unistd::Pid;
 
 use super::config::ServerCommand;
 use super::error::McpError;
@@ -90,7 +90,11 @@ impl ServerProcess {
         })?;
         let pipes = (child.stdin.take(), child.stdout.take(), child.stderr.take());
         // Built before anything else can fail, so that every failure below stops the group.
-        let group = Pid::from_raw(child.id() as i32).filter(|pid| !pid.is_init());
+        // Never 0 (the caller's own group) or 1 (init), whatever the id said.
+        let group = i32::try_from(child.id())
+            .ok()
+            .filter(|&pid| pid > 1)
+            .map(Pid::from_raw);
         let process = ServerProcess {
             server: server.to_owned(),
             child: Some(child),
@@ -105,7 +109,7 @@ impl ServerProcess {
         log::info!(
             "mcp {server}: started {:?} (pid {}, in a process group of its own)",
             command.command,
-            process.group.map_or(0, Pid::as_raw_pid)
+            process.group.map_or(0, Pid::as_raw)
         );
         let name = server.to_owned();
         // Detached: it ends when the process (and every process it started) closes stderr,
@@ -174,9 +178,9 @@ impl ServerProcess {
             log::info!("mcp {server}: still running after its input closed; sending SIGTERM");
         }
         // Whatever the leader did, the processes it started may still be running.
-        let signalled = match kill_process_group(group, Signal::TERM) {
+        let signalled = match killpg(group, Signal::SIGTERM) {
             Ok(()) => true,
-            Err(Errno::SRCH) => false,
+            Err(Errno::ESRCH) => false,
             Err(e) => {
                 log::warn!("mcp {server}: cannot signal its process group: {e}");
                 true
@@ -192,8 +196,8 @@ impl ServerProcess {
                     "mcp {server}: its processes did not exit {TERM_GRACE:?} after SIGTERM; \
                      sending SIGKILL"
                 );
-                match kill_process_group(group, Signal::KILL) {
-                    Ok(()) | Err(Errno::SRCH) => {}
+                match killpg(group, Signal::SIGKILL) {
+                    Ok(()) | Err(Errno::ESRCH) => {}
                     Err(e) => log::warn!("mcp {server}: cannot kill its process group: {e}"),
                 }
             }
@@ -216,18 +220,15 @@ impl Drop for ServerProcess {
 /// `None` when it was reaped meanwhile (it is no longer our child).
 fn wait_for_exit(pid: Pid) -> Option<String> {
     loop {
-        match waitid(
-            WaitId::Pid(pid),
-            WaitIdOptions::EXITED | WaitIdOptions::NOWAIT,
-        ) {
-            Ok(Some(status)) => {
-                return Some(match (status.exit_status(), status.terminating_signal()) {
-                    (Some(code), _) if status.exited() => format!("exit status {code}"),
-                    (_, Some(signal)) => format!("signal {signal}"),
-                    _ => "it ended".to_owned(),
-                });
+        match waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
+            Ok(WaitStatus::Exited(_, code)) => return Some(format!("exit status {code}")),
+            Ok(WaitStatus::Signaled(_, signal, _)) => {
+                return Some(format!("signal {}", signal as i32));
             }
-            Ok(None) | Err(Errno::INTR) => {}
+            Ok(WaitStatus::StillAlive) | Err(Errno::EINTR) => {}
+            // nix reports a signal it has no name for (a real-time one) as EINVAL: the process
+            // has ended all the same.
+            Ok(_) | Err(Errno::EINVAL) => return Some("it ended".to_owned()),
             Err(_) => return None,
         }
     }
@@ -255,7 +256,8 @@ fn wait_until(child: &mut Child, deadline: Instant) -> Option<ExitStatus> {
 /// the server's processes; once it is empty, stopping signals it no more.
 fn wait_until_empty(group: Pid, deadline: Instant) -> bool {
     loop {
-        if test_kill_process_group(group) == Err(Errno::SRCH) {
+        // Signal 0 only asks whether anything in the group is left.
+        if killpg(group, None) == Err(Errno::ESRCH) {
             return true;
         }
         let now = Instant::now();

@@ -1,0 +1,79 @@
+//! What the flags point to and what the environment adds, read into the `Config` at start:
+//! tokens from `--auth-token-file` and `SPARKY_AUTH_TOKENS`, the system prompt from
+//! `--system-prompt-file`, and the database URL from `SPARKY_DATABASE_URL`.
+
+use std::path::Path;
+
+use sparky::common::config::{Config, redact_url};
+
+/// Adds the tokens of `file` and of `SPARKY_AUTH_TOKENS` to those given with --auth-token.
+pub fn add_tokens(config: &mut Config, file: Option<&Path>) -> Result<(), String> {
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read --auth-token-file {}: {e}", path.display()))?;
+        let lines = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'));
+        for line in lines {
+            // `name:token` names the principal; a bare token (or `:token`, for a token that
+            // itself holds a colon) has none.
+            match line.split_once(':') {
+                Some((name, token)) if !token.is_empty() => {
+                    if !name.is_empty() {
+                        config.token_names.push((token.to_owned(), name.to_owned()));
+                    }
+                    config.auth_tokens.push(token.to_owned());
+                }
+                _ => config.auth_tokens.push(line.to_owned()),
+            }
+        }
+    }
+    if let Ok(list) = std::env::var("SPARKY_AUTH_TOKENS") {
+        let tokens = list.split(',').map(str::trim).filter(|t| !t.is_empty());
+        config.auth_tokens.extend(tokens.map(str::to_owned));
+    }
+    Ok(())
+}
+
+/// The system prompt in `path`, trimmed.
+pub fn read_system_prompt(path: &Path) -> Result<String, String> {
+    std::fs::read_to_string(path)
+        .map(|text| text.trim().to_owned())
+        .map_err(|e| format!("cannot read --system-prompt-file {}: {e}", path.display()))
+}
+
+/// Sets the store's URL: `--store`, else `SPARKY_DATABASE_URL`; none with `--in-memory`, which
+/// says so when the variable is set.
+pub fn choose_store(config: &mut Config) -> Result<(), String> {
+    let url = database_url(config.database_url.take(), "--store")?;
+    if config.in_memory {
+        if url.is_some() {
+            eprintln!(
+                "sparky: --in-memory keeps everything in memory; SPARKY_DATABASE_URL is ignored"
+            );
+        }
+        return Ok(());
+    }
+    config.database_url = url;
+    Ok(())
+}
+
+/// The database URL given with a flag, else the one in `SPARKY_DATABASE_URL`; checked to be a
+/// PostgreSQL one.
+pub fn database_url(flag: Option<String>, name: &str) -> Result<Option<String>, String> {
+    let url = flag.or_else(|| {
+        std::env::var("SPARKY_DATABASE_URL")
+            .ok()
+            .filter(|url| !url.trim().is_empty())
+    });
+    match url {
+        Some(url) if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) => {
+            Err(format!(
+                "{name} takes a PostgreSQL URL like postgres://USER@HOST[:PORT]/DB, not {}",
+                redact_url(&url)
+            ))
+        }
+        url => Ok(url),
+    }
+}
