@@ -16,7 +16,6 @@
 mod cluster;
 mod copy;
 mod postgres;
-mod schema;
 mod sqlite;
 #[cfg(test)]
 pub(crate) mod tests;

@@ -622,7 +622,7 @@ fn sqlite_version_2_gains_models_totals_from_its_events_and_embeddings() {
     std::fs::create_dir_all(&dir).unwrap();
     {
         let mut db = rusqlite::Connection::open(dir.join(super::DATABASE_FILE)).unwrap();
-        super::schema::migrate_to(&mut db, "test", 2).unwrap();
+        super::sqlite::schema::migrate_to(&mut db, "test", 2).unwrap();
         db.execute(
             "INSERT INTO sessions (id, owner, created_at, updated_at) VALUES (?1, 'ann', 1, 1)",
             [id(1).as_str()],

@@ -7,7 +7,7 @@
 
 use rusqlite::{Connection, Transaction};
 
-use super::{LOCAL_OWNER, SCHEMA_VERSION};
+use super::super::{LOCAL_OWNER, SCHEMA_VERSION};
 use crate::error::{Error, Result};
 
 /// Version 0 to 1: the first schema.

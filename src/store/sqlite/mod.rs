@@ -8,6 +8,8 @@
 //! words and runs within a time budget (SQLite's progress handler interrupts it), so that no
 //! search holds a reader for long: one that runs out returns what it found so far.
 
+pub(super) mod schema;
+
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -18,8 +20,8 @@ use parking_lot::{Mutex, MutexGuard};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde_json::Value;
 
+use self::schema::migrate;
 use super::copy::{Exported, ExportedConversation, ExportedEdge, ExportedNode};
-use super::schema::migrate;
 use super::{
     ConversationStore, ConversationSummary, DEFAULT_SEARCH_BUDGET, EMBEDDED_TEXT, Edge, EventPage,
     GraphStore, Neighbourhood, Node, StoreStatus, StoredConversation, TITLE_CHARS, TurnMark,
