@@ -193,7 +193,7 @@ pub(crate) fn payload(signal: Signal, session: &str, instance: &str, detail: &st
     format!(
         "{} {session} {instance} {} {detail}",
         signal.letter(),
-        super::unix_micros()
+        super::plan::unix_micros()
     )
 }
 
@@ -208,7 +208,7 @@ pub(crate) fn parse_payload(text: &str, own_instance: &str) -> Option<Notice> {
         return None;
     }
     let sent: u64 = parts.next()?.parse().ok()?;
-    let lag = super::unix_micros()
+    let lag = super::plan::unix_micros()
         .checked_sub(sent)
         .map(Duration::from_micros);
     Some(Notice::Signal {

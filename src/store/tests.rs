@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use super::plan::{LABEL_CHARS, label_for, search_words};
 use super::{
-    ConversationStore, DEFAULT_SEARCH_BUDGET, GraphStore, LABEL_CHARS, MAX_SEARCH_WORDS,
-    PostgresStore, SqliteStore, TurnMark, WriteOp, label_for, search_words,
+    ConversationStore, DEFAULT_SEARCH_BUDGET, GraphStore, MAX_SEARCH_WORDS, PostgresStore,
+    SqliteStore, TurnMark, WriteOp,
 };
 use crate::model::{ChatMessage, Role, ToolCall};
 use crate::protocol::{SessionId, Usage};
