@@ -306,7 +306,7 @@ pub fn apply<'a, E>(
             }
             WriteOp::TrimMessages { session, below } => {
                 if let Some(key) = session_key(db, keys, session)? {
-                    db.execute(TRIM_MESSAGES, &[Param::Int(key), Param::Int(big(*below))])?;
+                    db.run(TRIM_MESSAGES, &[Param::Int(key), Param::Int(big(*below))])?;
                 }
             }
             WriteOp::Note { session, text } => {
@@ -320,7 +320,7 @@ pub fn apply<'a, E>(
                 owner,
                 title,
             } => {
-                db.execute(
+                db.run(
                     RENAME,
                     &[
                         Param::Text(session.as_str()),
@@ -344,7 +344,7 @@ pub fn apply<'a, E>(
                 keys.remove(session);
                 signals.insert(session.as_str(), Signal::Deleted);
                 for statement in sql.delete_session {
-                    db.execute(statement, &[Param::Int(key)])?;
+                    db.run(statement, &[Param::Int(key)])?;
                 }
             }
         }

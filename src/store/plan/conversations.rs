@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use super::{
-    Backend, Db, Param, Row, View, Write, big, calls_from_json, messages_from_newest, role_from,
-    small, summary_columns, unix_now,
+    Backend, Db, Param, Query, Row, View, Write, big, calls_from_json, messages_from_newest,
+    role_from, small, summary_columns, unix_now,
 };
 use crate::error::Result;
 use crate::model::ChatMessage;
@@ -52,7 +52,7 @@ impl<B: Backend> ConversationStore for B {
         tail: usize,
         messages: usize,
     ) -> Result<Option<StoredConversation>> {
-        self.read("load conversation", View::Snapshot, |db| {
+        self.read("load conversation", View::Snapshot, &mut |db| {
             load(db, B::SQL.notes, id, tail, messages)
         })
     }
@@ -64,7 +64,7 @@ impl<B: Backend> ConversationStore for B {
         up_to: u64,
         max_bytes: usize,
     ) -> Result<EventPage> {
-        self.read("read events", View::Snapshot, |db| {
+        self.read("read events", View::Snapshot, &mut |db| {
             let Some((key, first_seq)) =
                 db.row(SESSION_FIRST_SEQ, &[Param::Text(id.as_str())], |row| {
                     Ok((row.int(0)?, row.int(1)?))
@@ -80,7 +80,11 @@ impl<B: Backend> ConversationStore for B {
                     Param::Int(big(after)),
                     Param::Int(big(up_to)),
                 ];
-                db.stream(EVENT_RANGE, &range, &mut |row| {
+                let range = Query {
+                    sql: EVENT_RANGE,
+                    params: &range,
+                };
+                db.stream(range, &mut |row| {
                     let body = row.text(1)?;
                     bytes += body.len();
                     events.push((small(row.int(0)?), body));
@@ -102,7 +106,7 @@ impl<B: Backend> ConversationStore for B {
         limit: usize,
     ) -> Result<Option<Vec<String>>> {
         let before = before.map_or(i64::MAX, big);
-        self.read("read events", View::Snapshot, |db| {
+        self.read("read events", View::Snapshot, &mut |db| {
             let owned = [Param::Text(id.as_str()), Param::Text(owner)];
             let Some(key) = db.row(OWNED_SESSION_KEY, &owned, |row| row.int(0))? else {
                 return Ok(None);
@@ -126,7 +130,7 @@ impl<B: Backend> ConversationStore for B {
     ) -> Result<Vec<ConversationSummary>> {
         let limit = Param::Int(count(limit));
         let Some(text) = query else {
-            return self.read("list conversations", View::Statement, |db| {
+            return self.read("list conversations", View::Statement, &mut |db| {
                 let rows = db.rows(LIST, &[Param::Text(owner), limit.clone()], summary_from_row)?;
                 Ok(rows.into_iter().flatten().collect())
             });
@@ -134,7 +138,7 @@ impl<B: Backend> ConversationStore for B {
         let Some(words) = (B::SQL.search_queries)(text).into_iter().next() else {
             return Ok(Vec::new());
         };
-        self.read("search conversations", View::Search, |db| {
+        self.read("search conversations", View::Search, &mut |db| {
             if !db.time_left()? {
                 return Ok(Vec::new());
             }
@@ -151,7 +155,7 @@ impl<B: Backend> ConversationStore for B {
     }
 
     fn summary(&self, owner: &str, id: &SessionId) -> Result<Option<ConversationSummary>> {
-        self.read("read conversation", View::Statement, |db| {
+        self.read("read conversation", View::Statement, &mut |db| {
             let params = [Param::Text(id.as_str()), Param::Text(owner)];
             Ok(db.row(SUMMARY, &params, summary_from_row)?.flatten())
         })
@@ -159,7 +163,7 @@ impl<B: Backend> ConversationStore for B {
 
     fn idle(&self, idle: Duration, limit: usize) -> Result<Vec<SessionId>> {
         let cutoff = unix_now().saturating_sub(i64::try_from(idle.as_secs()).unwrap_or(i64::MAX));
-        self.read("find idle conversations", View::Statement, |db| {
+        self.read("find idle conversations", View::Statement, &mut |db| {
             let params = [Param::Int(cutoff), Param::Int(count(limit))];
             let ids = db.rows(IDLE, &params, |row| row.text(0))?;
             Ok(ids.iter().filter_map(|id| SessionId::parse(id)).collect())
@@ -167,7 +171,7 @@ impl<B: Backend> ConversationStore for B {
     }
 
     fn count(&self, owner: &str) -> Result<u64> {
-        self.read("count conversations", View::Statement, |db| {
+        self.read("count conversations", View::Statement, &mut |db| {
             let n = db.row(COUNT, &[Param::Text(owner)], |row| row.int(0))?;
             Ok(small(n.unwrap_or(0)))
         })
@@ -178,8 +182,8 @@ impl<B: Backend> ConversationStore for B {
     }
 
     fn reassign_owner(&self, old: &str, new: &str) -> Result<u64> {
-        self.write("reassign conversations", Write::Owners, |db| {
-            db.execute(REASSIGN, &[Param::Text(old), Param::Text(new)])
+        self.write("reassign conversations", Write::Owners, &mut |db| {
+            db.run(REASSIGN, &[Param::Text(old), Param::Text(new)])
         })
     }
 

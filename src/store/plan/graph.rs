@@ -6,8 +6,8 @@ use serde_json::Value;
 
 use super::conversations::count;
 use super::{
-    Backend, Column, Db, Param, Row, Table, View, Write, best, label_for, node_columns,
-    stored_similarity, unix_now, vector_bytes,
+    Backend, Column, Counters, Db, NodeSearch, Param, Query, Row, Table, View, Write, best,
+    label_for, node_columns, stored_similarity, unix_now, vector_bytes,
 };
 use crate::error::{Error, Result};
 use crate::store::{Edge, GraphStore, Neighbourhood, Node};
@@ -47,7 +47,7 @@ impl<B: Backend> GraphStore for B {
         let now = unix_now();
         let label = label_for(content);
         let key = (B::SQL.fact_key)(content);
-        let (node, new) = self.write("remember", Write::Upsert, |db| {
+        let (node, new) = self.write("remember", Write::Upsert, &mut |db| {
             // One statement: the database stores a fact once however many ask at once.
             let fact = [
                 Param::Text(owner),
@@ -67,7 +67,7 @@ impl<B: Backend> GraphStore for B {
         })?;
         let node = node.ok_or_else(|| Error::Store("a fact vanished as it was stored".into()))?;
         if new {
-            self.counters().node_added();
+            Counters::of(self).node_added();
         }
         Ok((node, new))
     }
@@ -83,13 +83,19 @@ impl<B: Backend> GraphStore for B {
         if queries.is_empty() {
             return Ok(Vec::new());
         }
-        self.read("search", View::Search, |db| {
+        self.read("search", View::Search, &mut |db| {
             let mut found: Vec<Node> = Vec::new();
             for words in &queries {
                 if found.len() >= limit || !db.time_left()? {
                     break;
                 }
-                match db.search_nodes(words, owner, kind, limit, &mut found) {
+                let search = NodeSearch {
+                    query: words,
+                    owner,
+                    kind,
+                    limit,
+                };
+                match db.search_nodes(&search, &mut found) {
                     Ok(()) => {}
                     Err(e) if B::out_of_time(&e) => {
                         log::debug!(
@@ -106,7 +112,7 @@ impl<B: Backend> GraphStore for B {
     }
 
     fn recent(&self, owner: &str, kind: Option<&str>, limit: usize) -> Result<Vec<Node>> {
-        self.read("list nodes", View::Statement, |db| {
+        self.read("list nodes", View::Statement, &mut |db| {
             let params = [
                 Param::Text(owner),
                 Param::OptText(kind),
@@ -126,7 +132,7 @@ impl<B: Backend> GraphStore for B {
     ) -> Result<Node> {
         let now = unix_now();
         let key = (B::SQL.fact_key)(content);
-        let id = self.write("add node", Write::Insert, |db| {
+        let id = self.write("add node", Write::Insert, &mut |db| {
             let node = [
                 Param::Text(owner),
                 Param::Text(kind),
@@ -139,7 +145,7 @@ impl<B: Backend> GraphStore for B {
             db.row(B::SQL.add_node, &node, |row| row.int(0))
         })?;
         let id = id.ok_or_else(|| Error::Store("add node: no id came back".into()))?;
-        self.counters().node_added();
+        Counters::of(self).node_added();
         Ok(Node::created(id, kind, label, content, properties, now))
     }
 
@@ -152,7 +158,7 @@ impl<B: Backend> GraphStore for B {
         properties: &Value,
     ) -> Result<Edge> {
         let now = unix_now();
-        let edge = self.write("add edge", Write::Upsert, |db| {
+        let edge = self.write("add edge", Write::Upsert, &mut |db| {
             for id in [source, target] {
                 if get_node(db, owner, id)?.is_none() {
                     return Ok(Err(id));
@@ -165,7 +171,7 @@ impl<B: Backend> GraphStore for B {
                 Param::Json(properties),
                 Param::Int(now),
             ];
-            db.execute(ADD_EDGE, &edge)?;
+            db.run(ADD_EDGE, &edge)?;
             let ends = [Param::Int(source), Param::Int(target), Param::Text(kind)];
             Ok(Ok(db.row(GET_EDGE, &ends, edge_from_row)?))
         })?;
@@ -177,7 +183,7 @@ impl<B: Backend> GraphStore for B {
     }
 
     fn get(&self, owner: &str, id: i64) -> Result<Option<Neighbourhood>> {
-        self.read("get", View::Statement, |db| {
+        self.read("get", View::Statement, &mut |db| {
             let Some(node) = get_node(db, owner, id)? else {
                 return Ok(None);
             };
@@ -198,21 +204,21 @@ impl<B: Backend> GraphStore for B {
     }
 
     fn delete(&self, owner: &str, id: i64) -> Result<bool> {
-        let deleted = self.write("delete", Write::Delete, |db| {
-            Ok(db.execute(DELETE_NODE, &[Param::Int(id), Param::Text(owner)])? > 0)
+        let deleted = self.write("delete", Write::Delete, &mut |db| {
+            Ok(db.run(DELETE_NODE, &[Param::Int(id), Param::Text(owner)])? > 0)
         })?;
         if deleted {
-            self.counters().node_deleted();
+            Counters::of(self).node_deleted();
         }
         Ok(deleted)
     }
 
     fn node_count(&self) -> u64 {
-        self.counters().nodes()
+        Counters::of(self).nodes()
     }
 
     fn unembedded(&self, model: &str, limit: usize) -> Result<Vec<(i64, String)>> {
-        self.read("find facts to embed", View::Statement, |db| {
+        self.read("find facts to embed", View::Statement, &mut |db| {
             let params = [Param::Text(model), Param::Int(count(limit))];
             db.rows(UNEMBEDDED, &params, |row| Ok((row.int(0)?, row.text(1)?)))
         })
@@ -229,7 +235,7 @@ impl<B: Backend> GraphStore for B {
                 Column::Blobs(&bytes),
             ],
         };
-        self.write("store embeddings", Write::Replace, |db| {
+        self.write("store embeddings", Write::Replace, &mut |db| {
             db.write_table(B::SQL.store_embeddings, &table)
         })
     }
@@ -242,10 +248,14 @@ impl<B: Backend> GraphStore for B {
         kind: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(Node, f32)>> {
-        self.read("semantic search", View::Statement, |db| {
+        self.read("semantic search", View::Statement, &mut |db| {
             let mut scored: Vec<(i64, f32)> = Vec::new();
             let params = [Param::Text(owner), Param::Text(model), Param::OptText(kind)];
-            db.each(VECTORS, &params, &mut |row| {
+            let vectors = Query {
+                sql: VECTORS,
+                params: &params,
+            };
+            db.each(vectors, &mut |row| {
                 if let Some(similarity) = stored_similarity(query, row.bytes(1)?) {
                     scored.push((row.int(0)?, similarity));
                 }
@@ -262,10 +272,10 @@ impl<B: Backend> GraphStore for B {
     }
 
     fn reassign_nodes(&self, old: &str, new: &str) -> Result<u64> {
-        self.write("reassign nodes", Write::Owners, |db| {
+        self.write("reassign nodes", Write::Owners, &mut |db| {
             let owners = [Param::Text(old), Param::Text(new)];
-            db.execute(REASSIGN_EMBEDDINGS, &owners)?;
-            db.execute(REASSIGN_NODES, &owners)
+            db.run(REASSIGN_EMBEDDINGS, &owners)?;
+            db.run(REASSIGN_NODES, &owners)
         })
     }
 }

@@ -68,17 +68,15 @@ macro_rules! node_columns {
 pub(crate) use {node_columns, summary_columns};
 
 /// A store over one SQL dialect. [`crate::store::ConversationStore`] and
-/// [`crate::store::GraphStore`] are implemented once, for every backend, on top of it.
-pub trait Backend: Send + Sync {
+/// [`crate::store::GraphStore`] are implemented once, for every backend, on top of it. Its
+/// [`Counters`] are the figures it keeps beside the tables.
+pub trait Backend: AsRef<Counters> + Send + Sync {
     /// The dialect's own error, kept until the store answers, so that a backend can tell a
     /// broken connection or a search out of time from other failures.
     type Error;
 
     /// The statements whose text differs in this dialect.
     const SQL: Dialect;
-
-    /// The figures kept beside the tables.
-    fn counters(&self) -> &Counters;
 
     /// Runs `work` on a connection for reading, as `view` asks, and names `what` in an error.
     /// `work` may run twice (PostgreSQL tries once more on a new connection when an idle one
@@ -87,12 +85,7 @@ pub trait Backend: Send + Sync {
     /// # Errors
     ///
     /// [`crate::error::Error::Store`] when no connection can be had or `work` fails.
-    fn read<T>(
-        &self,
-        what: &str,
-        view: View,
-        work: impl FnMut(&mut dyn Db<Error = Self::Error>) -> Result<T, Self::Error>,
-    ) -> Result<T>;
+    fn read<T>(&self, what: &str, view: View, work: &mut Work<'_, Self::Error, T>) -> Result<T>;
 
     /// Runs `work` on a connection for writing, as `write` says the write may be run.
     ///
@@ -100,12 +93,7 @@ pub trait Backend: Send + Sync {
     ///
     /// [`crate::error::Error::Store`] when no connection can be had, the store is full and
     /// `write` adds, or `work` fails.
-    fn write<T>(
-        &self,
-        what: &str,
-        write: Write,
-        work: impl FnMut(&mut dyn Db<Error = Self::Error>) -> Result<T, Self::Error>,
-    ) -> Result<T>;
+    fn write<T>(&self, what: &str, write: Write, work: &mut Work<'_, Self::Error, T>) -> Result<T>;
 
     /// True when `e` is a search stopped because its time budget ran out.
     fn out_of_time(e: &Self::Error) -> bool;
@@ -128,6 +116,9 @@ pub trait Backend: Send + Sync {
     /// [`crate::store::ConversationStore::status`].
     fn health(&self) -> StoreStatus;
 }
+
+/// What a backend runs on the connection it chose: the shared logic's side of a read or write.
+pub type Work<'w, E, T> = dyn FnMut(&mut dyn Db<Error = E>) -> Result<T, E> + 'w;
 
 /// How a read sees the database.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -195,15 +186,14 @@ pub trait Db {
     /// The dialect's own error.
     type Error;
 
-    /// Runs the query `sql` with `params`, handing each row to `row` until it returns false.
+    /// Runs `query`, handing each row to `row` until it returns false.
     ///
     /// # Errors
     ///
     /// The database's, or what `row` returns.
     fn each(
         &mut self,
-        sql: &'static str,
-        params: &[Param<'_>],
+        query: Query<'_>,
         row: &mut EachRow<'_, Self::Error>,
     ) -> Result<(), Self::Error>;
 
@@ -215,19 +205,18 @@ pub trait Db {
     /// As [`Db::each`].
     fn stream(
         &mut self,
-        sql: &'static str,
-        params: &[Param<'_>],
+        query: Query<'_>,
         row: &mut EachRow<'_, Self::Error>,
     ) -> Result<(), Self::Error> {
-        self.each(sql, params, row)
+        self.each(query, row)
     }
 
-    /// Runs the statement `sql` with `params`, and returns how many rows it changed.
+    /// Runs the statement `query`, and returns how many rows it changed.
     ///
     /// # Errors
     ///
     /// The database's.
-    fn execute(&mut self, sql: &'static str, params: &[Param<'_>]) -> Result<u64, Self::Error>;
+    fn execute(&mut self, query: Query<'_>) -> Result<u64, Self::Error>;
 
     /// Gives the next statement what is left of the search budget ([`View::Search`]); false
     /// when nothing is left. SQLite arms the budget once for the whole read.
@@ -239,19 +228,15 @@ pub trait Db {
         Ok(true)
     }
 
-    /// Adds to `found`, best first, `owner`'s nodes (of `kind`, when given) that match the
-    /// full-text query `query` ([`Dialect::search_queries`]) and are not in it yet, until it
-    /// holds `limit`.
+    /// Adds to `found`, best first, the nodes `search` asks for that are not in it yet, until
+    /// it holds `search.limit`.
     ///
     /// # Errors
     ///
     /// The database's, including a search out of time.
     fn search_nodes(
         &mut self,
-        query: &str,
-        owner: &str,
-        kind: Option<&str>,
-        limit: usize,
+        search: &NodeSearch<'_>,
         found: &mut Vec<Node>,
     ) -> Result<(), Self::Error>;
 
@@ -288,6 +273,28 @@ pub trait Db {
 /// What [`Db::each`] hands each row to: true to go on.
 pub type EachRow<'f, E> = dyn FnMut(&dyn Row<Error = E>) -> Result<bool, E> + 'f;
 
+/// A statement and the values of its parameters.
+#[derive(Clone, Copy, Debug)]
+pub struct Query<'q> {
+    /// Its text; both dialects cache the prepared statement by it.
+    pub sql: &'static str,
+    /// The values of `?1`, `?2`, … in order.
+    pub params: &'q [Param<'q>],
+}
+
+/// A full-text search of the graph, for [`Db::search_nodes`].
+#[derive(Clone, Copy, Debug)]
+pub struct NodeSearch<'a> {
+    /// One of [`Dialect::search_queries`].
+    pub query: &'a str,
+    /// Whose nodes.
+    pub owner: &'a str,
+    /// Only nodes of this kind, when given.
+    pub kind: Option<&'a str>,
+    /// How many nodes the search wants in all.
+    pub limit: usize,
+}
+
 impl<E> dyn Db<Error = E> + '_ {
     /// Every row of the query `sql`, each made into a `T` by `read`.
     ///
@@ -301,7 +308,7 @@ impl<E> dyn Db<Error = E> + '_ {
         mut read: impl FnMut(&dyn Row<Error = E>) -> Result<T, E>,
     ) -> Result<Vec<T>, E> {
         let mut all = Vec::new();
-        self.each(sql, params, &mut |row| {
+        self.each(Query { sql, params }, &mut |row| {
             all.push(read(row)?);
             Ok(true)
         })?;
@@ -321,13 +328,22 @@ impl<E> dyn Db<Error = E> + '_ {
     ) -> Result<Option<T>, E> {
         let mut read = Some(read);
         let mut first = None;
-        self.each(sql, params, &mut |row| {
+        self.each(Query { sql, params }, &mut |row| {
             if let Some(read) = read.take() {
                 first = Some(read(row)?);
             }
             Ok(false)
         })?;
         Ok(first)
+    }
+
+    /// Runs the statement `sql` with `params`, and returns how many rows it changed.
+    ///
+    /// # Errors
+    ///
+    /// The database's.
+    pub fn run(&mut self, sql: &'static str, params: &[Param<'_>]) -> Result<u64, E> {
+        self.execute(Query { sql, params })
     }
 }
 
@@ -467,6 +483,11 @@ pub struct Counters {
 }
 
 impl Counters {
+    /// The counters of `backend`.
+    fn of(backend: &impl AsRef<Counters>) -> &Counters {
+        backend.as_ref()
+    }
+
     /// The figures of a store that holds `nodes` nodes, with the default search budget.
     pub fn new(nodes: i64) -> Self {
         Counters {

@@ -14,8 +14,8 @@ use sha2::{Digest, Sha256};
 
 use super::super::cluster::payload;
 use super::super::plan::{
-    BatchTable, Column, Db, Dialect, EachRow, Param, Row, Rows, Table, big, node_columns,
-    node_from_row, search_words, summary_columns,
+    BatchTable, Column, Db, Dialect, EachRow, NodeSearch, Param, Query, Row, Rows, Table, big,
+    node_columns, node_from_row, search_words, summary_columns,
 };
 use crate::store::{LEASE_TTL, Node};
 
@@ -227,29 +227,28 @@ impl<C: Fetch> Pg<'_, C> {
 impl<C: Fetch> Db for Pg<'_, C> {
     type Error = postgres::Error;
 
+    /// Fetches every row at once (one round trip), then hands them over.
     fn each(
         &mut self,
-        sql: &'static str,
-        params: &[Param<'_>],
-        row: &mut EachRow<'_, postgres::Error>,
-    ) -> Result<(), postgres::Error> {
-        let statement = self.prepare(sql)?;
-        every_row(self.client, &statement, &bound(params), row)
+        query: Query<'_>,
+        row: &mut EachRow<'_, Self::Error>,
+    ) -> Result<(), Self::Error> {
+        let statement = self.prepare(query.sql)?;
+        every_row(self.client, &statement, &bound(query.params), row)
     }
 
     fn stream(
         &mut self,
-        sql: &'static str,
-        params: &[Param<'_>],
-        row: &mut EachRow<'_, postgres::Error>,
-    ) -> Result<(), postgres::Error> {
-        let statement = self.prepare(sql)?;
-        self.client.fetch(&statement, &bound(params), row)
+        query: Query<'_>,
+        row: &mut EachRow<'_, Self::Error>,
+    ) -> Result<(), Self::Error> {
+        let statement = self.prepare(query.sql)?;
+        self.client.fetch(&statement, &bound(query.params), row)
     }
 
-    fn execute(&mut self, sql: &'static str, params: &[Param<'_>]) -> Result<u64, Self::Error> {
-        let statement = self.prepare(sql)?;
-        self.client.execute(&statement, &bound(params))
+    fn execute(&mut self, query: Query<'_>) -> Result<u64, Self::Error> {
+        let statement = self.prepare(query.sql)?;
+        self.client.execute(&statement, &bound(query.params))
     }
 
     /// Sets the transaction's `statement_timeout` to what is left before the deadline.
@@ -260,28 +259,34 @@ impl<C: Fetch> Db for Pg<'_, C> {
         let Some(left) = remaining_millis(deadline) else {
             return Ok(false);
         };
-        self.execute(SET_TIMEOUT, &[Param::Text(&left)])?;
+        let timeout = [Param::Text(&left)];
+        self.execute(Query {
+            sql: SET_TIMEOUT,
+            params: &timeout,
+        })?;
         Ok(true)
     }
 
+    /// One statement: the owner's lexeme keeps the index's answer to one principal.
     fn search_nodes(
         &mut self,
-        query: &str,
-        owner: &str,
-        kind: Option<&str>,
-        limit: usize,
+        search: &NodeSearch<'_>,
         found: &mut Vec<Node>,
     ) -> Result<(), Self::Error> {
-        let owner = owner_lexeme(owner);
+        let owner = owner_lexeme(search.owner);
         let params = [
             Param::Text(&owner),
-            Param::Text(query),
-            Param::OptText(kind),
-            Param::Int(big(limit as u64)),
+            Param::Text(search.query),
+            Param::OptText(search.kind),
+            Param::Int(big(search.limit as u64)),
         ];
-        self.each(SEARCH_NODES, &params, &mut |row| {
+        let matches = Query {
+            sql: SEARCH_NODES,
+            params: &params,
+        };
+        self.each(matches, &mut |row| {
             let node = node_from_row(row)?;
-            if found.len() < limit && !found.iter().any(|known| known.id == node.id) {
+            if found.len() < search.limit && !found.iter().any(|known| known.id == node.id) {
                 found.push(node);
             }
             Ok(true)
@@ -532,7 +537,11 @@ mod tests {
             );
         }
         assert!(!WRITE_ROWS.contains('?'));
-        assert!(WRITE_ROWS.contains("unnest($30::text[]) n"), "{}", *WRITE_ROWS);
+        assert!(
+            WRITE_ROWS.contains("unnest($30::text[]) n"),
+            "{}",
+            *WRITE_ROWS
+        );
     }
 
     #[test]

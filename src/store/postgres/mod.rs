@@ -39,7 +39,7 @@ use postgres::error::SqlState;
 
 use self::db::{Pg, SQL};
 use self::pool::{Connection, Connector, Pool, broken, describe};
-use super::plan::{Backend, Counters, Db, Dialect, View, Write};
+use super::plan::{Backend, Counters, Dialect, View, Work, Write};
 use super::{StoreStatus, WriteOp};
 use crate::config::redact_url;
 use crate::error::{Error, Result};
@@ -64,6 +64,12 @@ pub struct PostgresStore {
     counters: Counters,
     /// The size cap (`--max-store-mib`) and the last measure of the database's size.
     size: Mutex<SizeCap>,
+}
+
+impl AsRef<Counters> for PostgresStore {
+    fn as_ref(&self) -> &Counters {
+        &self.counters
+    }
 }
 
 #[derive(Debug, Default)]
@@ -92,11 +98,6 @@ struct WriterMemory {
 
 fn store_error(what: &str, e: &postgres::Error) -> Error {
     Error::Store(format!("{what}: {}", describe(e)))
-}
-
-/// True when `e` is a statement stopped by `statement_timeout`: a search out of time.
-fn timed_out(e: &postgres::Error) -> bool {
-    e.code() == Some(&SqlState::QUERY_CANCELED)
 }
 
 impl PostgresStore {
@@ -289,19 +290,10 @@ impl Backend for PostgresStore {
 
     const SQL: Dialect = SQL;
 
-    fn counters(&self) -> &Counters {
-        &self.counters
-    }
-
     /// Reads run on the pool. A snapshot is a read-only `REPEATABLE READ` transaction; a
-    /// search a read-only transaction whose statements [`Db::time_left`] gives a
+    /// search a read-only transaction whose statements `Db::time_left` gives a
     /// `statement_timeout`.
-    fn read<T>(
-        &self,
-        what: &str,
-        view: View,
-        mut work: impl FnMut(&mut dyn Db<Error = postgres::Error>) -> Result<T, postgres::Error>,
-    ) -> Result<T> {
+    fn read<T>(&self, what: &str, view: View, work: &mut Work<'_, Self::Error, T>) -> Result<T> {
         let instance = &self.instance;
         let deadline = (view == View::Search).then(|| self.counters.search_deadline());
         self.pool.run(what, |connection| {
@@ -330,12 +322,7 @@ impl Backend for PostgresStore {
 
     /// Owners move on the writer, in one transaction. The graph writes on the pool: those that
     /// add are refused past the size cap, and those that a second run would repeat run once.
-    fn write<T>(
-        &self,
-        what: &str,
-        write: Write,
-        mut work: impl FnMut(&mut dyn Db<Error = postgres::Error>) -> Result<T, postgres::Error>,
-    ) -> Result<T> {
+    fn write<T>(&self, what: &str, write: Write, work: &mut Work<'_, Self::Error, T>) -> Result<T> {
         let instance = &self.instance;
         if write == Write::Owners {
             return self.write_on_writer(what, |connection, _| {
@@ -359,8 +346,9 @@ impl Backend for PostgresStore {
         }
     }
 
+    /// A statement stopped by `statement_timeout`.
     fn out_of_time(e: &postgres::Error) -> bool {
-        timed_out(e)
+        e.code() == Some(&SqlState::QUERY_CANCELED)
     }
 
     fn write_batch(&self, batch: &[WriteOp]) -> Result<()> {

@@ -7,8 +7,8 @@ use rusqlite::{Connection, OptionalExtension, ToSql, params, params_from_iter};
 use serde_json::Value;
 
 use super::super::plan::{
-    BatchTable, Db, Dialect, EachRow, Param, Row, Rows, Table, node_columns, node_from_row,
-    search_words, summary_columns,
+    BatchTable, Db, Dialect, EachRow, NodeSearch, Param, Query, Row, Rows, Table, node_columns,
+    node_from_row, search_words, summary_columns,
 };
 use crate::store::Node;
 
@@ -89,14 +89,14 @@ pub(super) struct Lite<'c>(pub(super) &'c Connection);
 impl Db for Lite<'_> {
     type Error = rusqlite::Error;
 
+    /// Steps through the rows as `row` reads them, so a [`Db::stream`] stops reading early.
     fn each(
         &mut self,
-        sql: &'static str,
-        params: &[Param<'_>],
+        query: Query<'_>,
         row: &mut EachRow<'_, rusqlite::Error>,
     ) -> rusqlite::Result<()> {
-        let mut statement = self.0.prepare_cached(sql)?;
-        let mut rows = statement.query(params_from_iter(params))?;
+        let mut statement = self.0.prepare_cached(query.sql)?;
+        let mut rows = statement.query(params_from_iter(query.params))?;
         while let Some(found) = rows.next()? {
             if !row(found)? {
                 break;
@@ -105,23 +105,17 @@ impl Db for Lite<'_> {
         Ok(())
     }
 
-    fn execute(&mut self, sql: &'static str, params: &[Param<'_>]) -> rusqlite::Result<u64> {
-        let changed = self
-            .0
-            .prepare_cached(sql)?
-            .execute(params_from_iter(params))?;
-        Ok(changed as u64)
+    fn execute(&mut self, query: Query<'_>) -> rusqlite::Result<u64> {
+        let mut statement = self.0.prepare_cached(query.sql)?;
+        Ok(statement.execute(params_from_iter(query.params))? as u64)
     }
 
     fn search_nodes(
         &mut self,
-        query: &str,
-        owner: &str,
-        kind: Option<&str>,
-        limit: usize,
+        search: &NodeSearch<'_>,
         found: &mut Vec<Node>,
     ) -> rusqlite::Result<()> {
-        add_matches(self.0, query, owner, kind, limit, found)
+        add_matches(self.0, search, found)
     }
 
     fn insert_session(&mut self, values: &[Param<'_>]) -> rusqlite::Result<i64> {
@@ -227,8 +221,8 @@ pub fn fts_queries(text: &str) -> Vec<String> {
     }
 }
 
-/// Adds to `found`, best first, `owner`'s nodes (of `kind`, when given) that match the FTS5
-/// query `fts` and are not in it yet, until it holds `limit`.
+/// Adds to `found`, best first, the nodes of `search.owner` (of `search.kind`, when given) that
+/// match the FTS5 query `search.query` and are not in it yet, until it holds `search.limit`.
 ///
 /// Ranking reads the full-text index alone; a node's row is read only for the best-ranked
 /// candidates, one at a time, until enough belong to `owner`. Joining `nodes` in the ranking
@@ -236,12 +230,15 @@ pub fn fts_queries(text: &str) -> Vec<String> {
 /// (version 2 added it), so checking it walks every page of a long fact.
 fn add_matches(
     connection: &Connection,
-    fts: &str,
-    owner: &str,
-    kind: Option<&str>,
-    limit: usize,
+    search: &NodeSearch<'_>,
     found: &mut Vec<Node>,
 ) -> rusqlite::Result<()> {
+    let NodeSearch {
+        query,
+        owner,
+        kind,
+        limit,
+    } = *search;
     let mut ranked = connection.prepare_cached(
         "SELECT rowid FROM nodes_fts WHERE nodes_fts MATCH ?1 ORDER BY bm25(nodes_fts)",
     )?;
@@ -250,7 +247,7 @@ fn add_matches(
         node_columns!(),
         " FROM nodes WHERE id = ?1 AND owner = ?2 AND (?3 IS NULL OR kind = ?3)"
     ))?;
-    let mut ids = ranked.query([fts])?;
+    let mut ids = ranked.query([query])?;
     while found.len() < limit {
         let Some(row) = ids.next()? else {
             break;

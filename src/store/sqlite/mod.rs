@@ -26,7 +26,7 @@ use rusqlite::{Connection, OpenFlags};
 
 use self::db::{Lite, SQL};
 use self::schema::migrate;
-use super::plan::{Backend, Counters, Db, Dialect, Keys, View, Write, apply};
+use super::plan::{Backend, Counters, Dialect, Keys, View, Work, Write, apply};
 use super::{StoreStatus, WriteOp};
 use crate::error::{Error, Result};
 
@@ -59,17 +59,18 @@ pub struct SqliteStore {
     path: Option<PathBuf>,
 }
 
+impl AsRef<Counters> for SqliteStore {
+    fn as_ref(&self) -> &Counters {
+        &self.counters
+    }
+}
+
 /// The writer connection and what it remembers between batches.
 #[derive(Debug)]
 struct Writer {
     connection: Connection,
     /// Conversation id to its integer key.
     keys: Keys,
-}
-
-/// True when `e` is a statement stopped by the progress handler: a search out of time.
-fn interrupted(e: &rusqlite::Error) -> bool {
-    e.sqlite_error_code() == Some(rusqlite::ErrorCode::OperationInterrupted)
 }
 
 fn store_error(context: &str, e: impl std::fmt::Display) -> Error {
@@ -227,8 +228,8 @@ impl SqliteStore {
 
     /// Runs a full-text `search` on a reader connection within the search budget: SQLite's
     /// progress handler interrupts it once the budget has passed, and every statement it runs
-    /// from then on fails with [`interrupted`] errors, which `search` turns into a shorter
-    /// answer.
+    /// from then on fails with an error [`Backend::out_of_time`] knows, which `search` turns
+    /// into a shorter answer.
     fn read_searching<T>(
         &self,
         what: &str,
@@ -253,17 +254,8 @@ impl Backend for SqliteStore {
 
     const SQL: Dialect = SQL;
 
-    fn counters(&self) -> &Counters {
-        &self.counters
-    }
-
     /// Reads run on a reader connection; a snapshot is a (deferred) transaction on it.
-    fn read<T>(
-        &self,
-        what: &str,
-        view: View,
-        mut work: impl FnMut(&mut dyn Db<Error = rusqlite::Error>) -> rusqlite::Result<T>,
-    ) -> Result<T> {
+    fn read<T>(&self, what: &str, view: View, work: &mut Work<'_, Self::Error, T>) -> Result<T> {
         match view {
             View::Statement => work(&mut Lite(&self.reader())).map_err(|e| store_error(what, e)),
             View::Snapshot => {
@@ -279,12 +271,7 @@ impl Backend for SqliteStore {
 
     /// Every write runs on the one writer connection, in a transaction of its own: SQLite has
     /// no size cap to check first and no connection to lose, so every kind of write is alike.
-    fn write<T>(
-        &self,
-        what: &str,
-        _: Write,
-        mut work: impl FnMut(&mut dyn Db<Error = rusqlite::Error>) -> rusqlite::Result<T>,
-    ) -> Result<T> {
+    fn write<T>(&self, what: &str, _: Write, work: &mut Work<'_, Self::Error, T>) -> Result<T> {
         let writer = self.writer.lock();
         let written = (|| -> rusqlite::Result<T> {
             let tx = writer.connection.unchecked_transaction()?;
@@ -295,8 +282,9 @@ impl Backend for SqliteStore {
         written.map_err(|e| store_error(what, e))
     }
 
+    /// A statement stopped by the progress handler.
     fn out_of_time(e: &rusqlite::Error) -> bool {
-        interrupted(e)
+        e.sqlite_error_code() == Some(rusqlite::ErrorCode::OperationInterrupted)
     }
 
     fn write_batch(&self, batch: &[WriteOp]) -> Result<()> {

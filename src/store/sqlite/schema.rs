@@ -197,7 +197,11 @@ pub fn migrate(connection: &mut Connection, context: &str) -> Result<()> {
 
 /// Brings the database to version `target` (at most [`SCHEMA_VERSION`]); tests use it to
 /// build an older version's database.
-pub(in super::super) fn migrate_to(connection: &mut Connection, context: &str, target: i64) -> Result<()> {
+pub(in super::super) fn migrate_to(
+    connection: &mut Connection,
+    context: &str,
+    target: i64,
+) -> Result<()> {
     let version: i64 = connection
         .query_row("PRAGMA user_version", [], |row| row.get(0))
         .map_err(|e| {
