@@ -6,12 +6,22 @@
 //! - [`GraphStore`]: the knowledge graph, every node owned by one principal.
 //! - [`Cluster`] (`cluster.rs`): leases and signals between instances sharing one store.
 //!
-//! `sqlite.rs` implements both over one SQLite file (`schema.rs` holds its migrations);
-//! `postgres/` implements both over a PostgreSQL database; `copy.rs` moves a SQLite data
-//! directory into PostgreSQL (`sparky migrate-store`). What both stores share (the words a search
-//! keeps, labels, titles, how a stored message is spelled) lives here, so that they agree. This
-//! is the only module that runs SQL. Depends on `model` (for `ChatMessage`), `protocol` and
-//! `error`; `postgres/` on `config` too (a URL without its password).
+//! What is stored is decided once, in `plan/`: the rows a journal batch writes, the queries each
+//! read runs and their order, the graph's operations. Both traits are implemented there, once,
+//! for every backend. `sqlite/` (one SQLite file) and `postgres/` (a PostgreSQL database) only
+//! supply what differs between the two SQL dialects (statement text, binding values, reading
+//! rows), connect, migrate their schema, and do what is theirs alone: FTS5 or `tsvector`
+//! search, SQLite's progress handler or `statement_timeout`, the size cap, and PostgreSQL's
+//! pool, leases, `NOTIFY` and exactly-once `COMMIT` retry. `exported.rs` holds what `sparky
+//! migrate-store` carries from one to the other, and `copy.rs` joins the two. How values are
+//! spelled (the words a search keeps, labels, titles, a stored message) is `plan/values.rs`, so
+//! that both stores agree. This is the only module that runs SQL.
+//!
+//! Reading order: this file, `plan/mod.rs` (the seam, and why it is shaped so), `plan/batch.rs`,
+//! `plan/conversations.rs`, `plan/graph.rs`, then a dialect's `db.rs` and `mod.rs`.
+//!
+//! Depends on `model` (for `ChatMessage`), `protocol` and `error`; `postgres/` on `config` too
+//! (a URL without its password).
 
 mod cluster;
 mod copy;
