@@ -426,6 +426,13 @@ pub enum Param<'a> {
     Json(&'a Value),
 }
 
+impl Param<'_> {
+    /// True for SQL's NULL.
+    pub fn is_null(&self) -> bool {
+        matches!(self, Param::OptInt(None) | Param::OptText(None))
+    }
+}
+
 /// One column of a [`Table`]: a value per row, or one value for every row.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Column<'a> {

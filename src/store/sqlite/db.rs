@@ -53,28 +53,55 @@ pub(super) const SQL: Dialect = Dialect {
     fact_key: content_key,
 };
 
-/// How SQLite writes each table of a batch: each statement once per row, the row's values
-/// bound as `?1`, `?2`, … in the order [`BatchTable`] gives its columns.
-fn batch_statements(table: BatchTable) -> &'static [&'static str] {
+/// A statement SQLite runs once per row of a table, with the row's values bound as `?1`, `?2`,
+/// … in the order [`BatchTable`] gives its columns (as many as the statement names); with
+/// `needs`, only for a row whose `?needs` is not NULL.
+struct RowStatement {
+    sql: &'static str,
+    needs: Option<usize>,
+}
+
+/// A statement for every row.
+fn every_row(sql: &'static str) -> RowStatement {
+    RowStatement { sql, needs: None }
+}
+
+/// How SQLite writes each table of a batch.
+fn batch_statements(table: BatchTable) -> &'static [RowStatement] {
     match table {
         BatchTable::Events => &[
-            "INSERT INTO events (session_key, seq, body) VALUES (?1, ?2, ?3)",
+            RowStatement {
+                sql: "INSERT INTO events (session_key, seq, body) VALUES (?1, ?2, ?3)",
+                needs: None,
+            },
             // The search text goes into the full-text index under the event's rowid.
-            "INSERT INTO event_text (rowid, text, session_key) \
-             SELECT last_insert_rowid(), ?4, ?1 WHERE ?4 IS NOT NULL",
+            RowStatement {
+                sql: "INSERT INTO event_text (rowid, text, session_key) \
+                      VALUES (last_insert_rowid(), ?4, ?1)",
+                needs: Some(4),
+            },
         ],
-        BatchTable::Messages => &["INSERT INTO messages \
+        BatchTable::Messages => &[RowStatement {
+            sql: "INSERT INTO messages \
              (session_key, idx, role, content, tool_calls, tool_call_id, is_error) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"],
-        BatchTable::Notes => &["INSERT INTO notes (session_key, text) VALUES (?1, ?2)"],
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            needs: None,
+        }],
+        BatchTable::Notes => &[RowStatement {
+            sql: "INSERT INTO notes (session_key, text) VALUES (?1, ?2)",
+            needs: None,
+        }],
         // SQLite keeps no table of turns: `sparky migrate-store` reads them from the events.
         BatchTable::Turns | BatchTable::TurnCloses => &[],
-        BatchTable::Sessions => &["UPDATE sessions SET \
+        BatchTable::Sessions => &[RowStatement {
+            sql: "UPDATE sessions SET \
              last_seq = MAX(last_seq, ?2), turns = MAX(turns, ?3), \
              open_turn = CASE WHEN ?4 THEN ?5 ELSE open_turn END, \
              open_text = CASE WHEN ?4 THEN ?6 ELSE open_text END, \
              title = coalesce(title, ?7), prompt_tokens = prompt_tokens + ?8, \
-             completion_tokens = completion_tokens + ?9, updated_at = ?10 WHERE key = ?1"],
+             completion_tokens = completion_tokens + ?9, updated_at = ?10 WHERE key = ?1",
+            needs: None,
+        }],
     }
 }
 
@@ -129,31 +156,45 @@ impl Db for Lite<'_> {
         statements: &'static [&'static str],
         table: &Table<'_>,
     ) -> rusqlite::Result<()> {
-        if table.rows == 0 {
-            return Ok(());
-        }
-        let mut prepared = statements
-            .iter()
-            .map(|sql| self.0.prepare_cached(sql))
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        for row in 0..table.rows {
-            for statement in &mut prepared {
-                let named = statement.parameter_count();
-                for (index, column) in table.columns.iter().take(named).enumerate() {
-                    statement.raw_bind_parameter(index + 1, column.at(row))?;
-                }
-                statement.raw_execute()?;
-            }
-        }
-        Ok(())
+        let statements: Vec<RowStatement> = statements.iter().map(|sql| every_row(sql)).collect();
+        write_each_row(self.0, &statements, table)
     }
 
     fn write_rows(&mut self, rows: &Rows<'_>) -> rusqlite::Result<()> {
         for (kind, table) in rows.tables() {
-            self.write_table(batch_statements(kind), &table)?;
+            write_each_row(self.0, batch_statements(kind), &table)?;
         }
         Ok(())
     }
+}
+
+/// Runs `statements` for each row of `table` in turn, prepared once.
+fn write_each_row(
+    connection: &Connection,
+    statements: &[RowStatement],
+    table: &Table<'_>,
+) -> rusqlite::Result<()> {
+    if table.rows == 0 {
+        return Ok(());
+    }
+    let mut prepared = statements
+        .iter()
+        .map(|step| Ok((connection.prepare_cached(step.sql)?, step.needs)))
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    for row in 0..table.rows {
+        for (statement, needs) in &mut prepared {
+            let wanted = needs.is_none_or(|at| !table.columns[at - 1].at(row).is_null());
+            if !wanted {
+                continue;
+            }
+            let named = statement.parameter_count();
+            for (index, column) in table.columns.iter().take(named).enumerate() {
+                statement.raw_bind_parameter(index + 1, column.at(row))?;
+            }
+            statement.raw_execute()?;
+        }
+    }
+    Ok(())
 }
 
 impl Row for rusqlite::Row<'_> {
