@@ -246,6 +246,45 @@ fn round_trip<S: TestStore>(store: S, reopen: impl FnOnce() -> S) {
     }
 }
 
+/// One batch that deletes a conversation between writes to another: what came before the
+/// deletion goes with it, a later write for it is skipped, and the other conversation's turn,
+/// opened before the deletion and closed after it, ends up closed.
+fn a_deletion_inside_a_batch_takes_only_its_own_rows<S: TestStore>(store: S) -> S {
+    let (one, two) = (id(1), id(2));
+    store
+        .apply(&[create(&one, "ann"), create(&two, "ann")])
+        .unwrap();
+    let opened = TurnMark::Opened {
+        turn_id: 1,
+        text: "hi".into(),
+    };
+    let closed = TurnMark::Closed {
+        usage: Usage::default(),
+    };
+    store
+        .apply(&[
+            event(&one, 1, opened.clone(), Some("otters")),
+            event(&two, 1, opened, Some("otters")),
+            WriteOp::Note {
+                session: one.clone(),
+                text: "n".into(),
+            },
+            WriteOp::DeleteSession {
+                session: one.clone(),
+            },
+            event(&one, 2, TurnMark::None, None),
+            event(&two, 2, closed, None),
+        ])
+        .unwrap();
+    assert!(store.load(&one, 10, 10).unwrap().is_none());
+    let kept = store.load(&two, 10, 10).unwrap().unwrap();
+    assert_eq!((kept.last_seq, kept.turns, kept.open_turn), (2, 1, None));
+    assert_eq!(kept.tail.len(), 2);
+    assert_eq!((store.rows("events"), store.rows("notes")), (2, 0));
+    assert_eq!(store.list("ann", Some("otters"), 10).unwrap().len(), 1);
+    store
+}
+
 fn reassigning_an_owner_moves_its_conversations_and_nodes_only<S: TestStore>(store: S) {
     let (one, two) = (id(1), id(2));
     store
@@ -548,6 +587,20 @@ fn sqlite_round_trip() {
 fn postgres_round_trip() {
     let url = cluster::fresh_database();
     round_trip(postgres(&url), || postgres(&url));
+}
+
+#[test]
+fn sqlite_deletion_inside_a_batch() {
+    a_deletion_inside_a_batch_takes_only_its_own_rows(SqliteStore::in_memory().unwrap());
+}
+
+#[test]
+fn postgres_deletion_inside_a_batch() {
+    let store =
+        a_deletion_inside_a_batch_takes_only_its_own_rows(postgres(&cluster::fresh_database()));
+    // The turn went into PostgreSQL's table before the deletion, and was closed after it.
+    assert_eq!(store.rows("turns WHERE closed_seq = 2"), 1);
+    assert_eq!(store.rows("turns"), 1);
 }
 
 #[test]
