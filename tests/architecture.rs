@@ -746,7 +746,7 @@ fn shape(name: &str) -> String {
 #[test]
 fn the_resolver_follows_paths_trees_and_reexports() {
     let code = strip(
-        "use crate::store::{GraphStore, postgres::{Pool as P}};\n// crate::server only here\nlet x = \"crate::nope\";\nlet y = super::turn::Turn::new();",
+        "use crate::store::{GraphStore, postgres::{Pool as P}};\n// crate::net::server only here\nlet x = \"crate::nope\";\nlet y = super::turn::Turn::new();",
     );
     let statements = use_statements(&code);
     assert_eq!(statements.len(), 1);

@@ -6,7 +6,7 @@
 //! A signal only says "look": what it is about is in the tables (events, leases, sessions),
 //! so a signal that is lost or late costs time, never data.
 //!
-//! Depends on: `common::error`, `common::protocol`, `store`.
+//! Depends on: `common::error`, `common::protocol`, `store::plan`.
 
 use std::time::Duration;
 
@@ -195,7 +195,7 @@ pub(crate) fn payload(signal: Signal, session: &str, instance: &str, detail: &st
     format!(
         "{} {session} {instance} {} {detail}",
         signal.letter(),
-        super::unix_micros()
+        super::plan::unix_micros()
     )
 }
 
@@ -210,7 +210,7 @@ pub(crate) fn parse_payload(text: &str, own_instance: &str) -> Option<Notice> {
         return None;
     }
     let sent: u64 = parts.next()?.parse().ok()?;
-    let lag = super::unix_micros()
+    let lag = super::plan::unix_micros()
         .checked_sub(sent)
         .map(Duration::from_micros);
     Some(Notice::Signal {

@@ -6,34 +6,42 @@
 //! - [`GraphStore`]: the knowledge graph, every node owned by one principal.
 //! - [`Cluster`] (`cluster.rs`): leases and signals between instances sharing one store.
 //!
-//! `sqlite.rs` implements both over one SQLite file (`schema.rs` holds its migrations);
-//! `postgres/` implements both over a PostgreSQL database; `copy.rs` moves a SQLite data
-//! directory into PostgreSQL (`sparky migrate-store`). What both stores share (the words a search
-//! keeps, labels, titles, how a stored message is spelled) lives here, so that they agree. This
-//! is the only module that runs SQL.
+//! What is stored is decided once, in `plan/`: the rows a journal batch writes, the queries each
+//! read runs and their order, the graph's operations. Both traits are implemented there, once,
+//! for every backend. `sqlite/` (one SQLite file) and `postgres/` (a PostgreSQL database) only
+//! supply what differs between the two SQL dialects (statement text, binding values, reading
+//! rows), connect, migrate their schema, and do what is theirs alone: FTS5 or `tsvector`
+//! search, SQLite's progress handler or `statement_timeout`, the size cap, and PostgreSQL's
+//! pool, leases, `NOTIFY` and exactly-once `COMMIT` retry. `exported.rs` holds what `sparky
+//! migrate-store` carries from one to the other, and `copy.rs` joins the two. How values are
+//! spelled (the words a search keeps, labels, titles, a stored message) is `plan/values.rs`, so
+//! that both stores agree. This is the only module that runs SQL.
+//!
+//! Reading order: this file, `plan/mod.rs` (the seam, and why it is shaped so), `plan/batch.rs`,
+//! `plan/conversations.rs`, `plan/graph.rs`, then a dialect's `db.rs` and `mod.rs`.
 //!
 //! Depends on: `common::error`, `common::protocol`, `model`.
 
 mod cluster;
 mod copy;
-mod export;
+mod exported;
+mod plan;
 mod postgres;
-mod schema;
 mod sqlite;
 #[cfg(test)]
 pub(crate) mod tests;
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::common::error::Result;
 use crate::common::protocol::{SessionId, Usage};
-use crate::model::{ChatMessage, Role, ToolArgs, ToolCall};
+use crate::model::ChatMessage;
 
 pub use cluster::{Cluster, LEASE_TTL, Notice, Signal, Solo};
-pub use copy::{CopyReport, copy_sqlite_to_postgres};
+pub use copy::copy_sqlite_to_postgres;
+pub use exported::CopyReport;
 pub use postgres::{POSTGRES_SCHEMA_VERSION, PostgresStore};
 pub use sqlite::{DATABASE_FILE, SqliteStore, fts_queries};
 
@@ -523,189 +531,4 @@ pub trait GraphStore: Send + Sync {
     ///
     /// [`crate::common::error::Error::Store`] on a database failure.
     fn reassign_nodes(&self, old: &str, new: &str) -> Result<u64>;
-}
-
-/// What a node's embedding is made from, in SQL (both stores): a fact's content, another
-/// node's label and content.
-const EMBEDDED_TEXT: &str =
-    "CASE WHEN kind = 'fact' THEN content ELSE label || '. ' || content END";
-
-/// A vector as stored: its `f32`s, little-endian, one after another.
-fn vector_bytes(vector: &[f32]) -> Vec<u8> {
-    vector.iter().flat_map(|v| v.to_le_bytes()).collect()
-}
-
-/// The dot product of `query` and a stored vector (the cosine similarity, both being unit
-/// vectors); `None` when the stored one has another dimension.
-fn stored_similarity(query: &[f32], stored: &[u8]) -> Option<f32> {
-    if stored.len() != query.len() * 4 {
-        return None;
-    }
-    Some(
-        stored
-            .chunks_exact(4)
-            .zip(query)
-            .map(|(bytes, q)| f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) * q)
-            .sum(),
-    )
-}
-
-/// The `limit` best `(id, similarity)` of `scored`, best first (ties: the newer node first).
-fn best(scored: impl Iterator<Item = (i64, f32)>, limit: usize) -> Vec<(i64, f32)> {
-    let mut top: Vec<(i64, f32)> = Vec::with_capacity(limit + 1);
-    for (id, score) in scored {
-        if limit == 0 || (top.len() == limit && top.last().is_some_and(|(_, s)| *s >= score)) {
-            continue;
-        }
-        let at = top.partition_point(|(other, s)| *s > score || (*s == score && *other > id));
-        top.insert(at, (id, score));
-        top.truncate(limit);
-    }
-    top
-}
-
-/// Longest label made from a fact's first words.
-const LABEL_CHARS: usize = 60;
-
-/// Longest title made from a first user message.
-const TITLE_CHARS: usize = 80;
-
-/// Common words that say nothing about what to look for.
-const STOPWORDS: &[&str] = &[
-    "a", "about", "an", "and", "are", "as", "at", "be", "by", "can", "do", "does", "for", "from",
-    "how", "i", "in", "is", "it", "me", "my", "of", "on", "or", "tell", "that", "the", "this",
-    "to", "was", "what", "when", "where", "which", "who", "why", "with", "you", "your",
-];
-
-/// The words of free text a search looks for: lowercased, each once, without stopwords unless
-/// nothing else is left, and at most [`MAX_SEARCH_WORDS`] of them (the first ones). Each is
-/// made of letters and digits only, so no input is a syntax error in either store's query
-/// language. Reading stops once that many are found, so a long text costs no more than a short
-/// one.
-fn search_words(text: &str) -> Vec<String> {
-    let mut meaningful: Vec<String> = Vec::new();
-    let mut common: Vec<String> = Vec::new();
-    for word in text
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|word| !word.is_empty())
-    {
-        let word = word.to_lowercase();
-        let list = if STOPWORDS.contains(&word.as_str()) {
-            &mut common
-        } else {
-            &mut meaningful
-        };
-        if list.len() < MAX_SEARCH_WORDS && !list.contains(&word) {
-            list.push(word);
-        }
-        if meaningful.len() == MAX_SEARCH_WORDS {
-            break;
-        }
-    }
-    if meaningful.is_empty() {
-        common
-    } else {
-        meaningful
-    }
-}
-
-/// Unix seconds now.
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
-/// Microseconds since the Unix epoch, by this machine's clock.
-fn unix_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
-
-/// The first `limit` characters of `text`.
-fn cut(text: &str, limit: usize) -> String {
-    text.chars().take(limit).collect()
-}
-
-/// A fact's label: its first words, cut at a word boundary.
-fn label_for(content: &str) -> String {
-    let flat: String = content.split_whitespace().collect::<Vec<_>>().join(" ");
-    if flat.chars().count() <= LABEL_CHARS {
-        return flat;
-    }
-    let head = cut(&flat, LABEL_CHARS);
-    let head = head
-        .rsplit_once(' ')
-        .map_or(head.as_str(), |(head, _)| head);
-    format!("{head}…")
-}
-
-/// How a role is stored.
-fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::System => "system",
-        Role::User => "user",
-        Role::Assistant => "assistant",
-        Role::Tool => "tool",
-    }
-}
-
-/// The role stored as `name`.
-fn role_from(name: &str) -> Role {
-    match name {
-        "system" => Role::System,
-        "assistant" => Role::Assistant,
-        "tool" => Role::Tool,
-        _ => Role::User,
-    }
-}
-
-/// A message's tool calls as stored: a JSON array, or nothing when there are none.
-fn calls_to_json(calls: &[ToolCall]) -> Option<String> {
-    (!calls.is_empty()).then(|| {
-        Value::Array(
-            calls
-                .iter()
-                .map(|c| json!({"id": c.id, "name": c.name, "args": c.args.to_stored()}))
-                .collect(),
-        )
-        .to_string()
-    })
-}
-
-/// The tool calls stored as `text`.
-fn calls_from_json(text: Option<String>) -> Vec<ToolCall> {
-    let Some(Ok(Value::Array(items))) = text.map(|t| serde_json::from_str::<Value>(&t)) else {
-        return Vec::new();
-    };
-    items
-        .iter()
-        .map(|item| ToolCall {
-            id: item["id"].as_str().unwrap_or_default().to_owned(),
-            name: item["name"].as_str().unwrap_or_default().to_owned(),
-            args: ToolArgs::from_stored(item["args"].clone()),
-        })
-        .collect()
-}
-
-/// The newest messages of a conversation as read (numbered, newest first, at most the count
-/// asked for), made into what a session loads: oldest first, starting at a user message so that
-/// no tool result is left without its call, with the number of the first one kept. `first` is
-/// the conversation's first visible message number, for when none is kept.
-fn messages_from_newest(
-    mut loaded: Vec<(u64, ChatMessage)>,
-    first: i64,
-) -> (u64, Vec<ChatMessage>) {
-    loaded.reverse();
-    let start = loaded
-        .iter()
-        .position(|(_, message)| message.role == Role::User)
-        .unwrap_or(loaded.len());
-    let first_message = loaded.get(start).map_or_else(
-        || loaded.last().map_or(first.max(0) as u64, |(i, _)| i + 1),
-        |(i, _)| *i,
-    );
-    let messages = loaded.into_iter().skip(start).map(|(_, m)| m).collect();
-    (first_message, messages)
 }

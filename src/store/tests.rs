@@ -3,7 +3,7 @@
 //! (`tests/support/postgres.rs`, shared with the integration tests). Then what only one of them
 //! has: PostgreSQL's shared databases, schema version, size cap and reconnection.
 //!
-//! Depends on: `common::protocol`, `model`, `store`, `store::postgres`, `store::postgres::schema`, `store::schema`, `store::sqlite`.
+//! Depends on: `common::protocol`, `model`, `store`, `store::plan`, `store::postgres`, `store::postgres::schema`, `store::sqlite`, `store::sqlite::schema`.
 
 /// The test PostgreSQL server (`tests/support/postgres.rs`), for every unit test that wants a
 /// database.
@@ -16,9 +16,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use super::plan::{LABEL_CHARS, label_for, search_words};
 use super::{
-    ConversationStore, DEFAULT_SEARCH_BUDGET, GraphStore, LABEL_CHARS, MAX_SEARCH_WORDS,
-    PostgresStore, SqliteStore, TurnMark, WriteOp, label_for, search_words,
+    ConversationStore, DEFAULT_SEARCH_BUDGET, GraphStore, MAX_SEARCH_WORDS, PostgresStore,
+    SqliteStore, TurnMark, WriteOp,
 };
 use crate::common::protocol::{SessionId, Usage};
 use crate::model::{ChatMessage, Role, ToolCall};
@@ -245,6 +246,45 @@ fn round_trip<S: TestStore>(store: S, reopen: impl FnOnce() -> S) {
     for (table, left) in [("events", 1), ("messages", 0), ("notes", 0)] {
         assert_eq!(store.rows(table), left, "{table}");
     }
+}
+
+/// One batch that deletes a conversation between writes to another: what came before the
+/// deletion goes with it, a later write for it is skipped, and the other conversation's turn,
+/// opened before the deletion and closed after it, ends up closed.
+fn a_deletion_inside_a_batch_takes_only_its_own_rows<S: TestStore>(store: S) -> S {
+    let (one, two) = (id(1), id(2));
+    store
+        .apply(&[create(&one, "ann"), create(&two, "ann")])
+        .unwrap();
+    let opened = TurnMark::Opened {
+        turn_id: 1,
+        text: "hi".into(),
+    };
+    let closed = TurnMark::Closed {
+        usage: Usage::default(),
+    };
+    store
+        .apply(&[
+            event(&one, 1, opened.clone(), Some("otters")),
+            event(&two, 1, opened, Some("otters")),
+            WriteOp::Note {
+                session: one.clone(),
+                text: "n".into(),
+            },
+            WriteOp::DeleteSession {
+                session: one.clone(),
+            },
+            event(&one, 2, TurnMark::None, None),
+            event(&two, 2, closed, None),
+        ])
+        .unwrap();
+    assert!(store.load(&one, 10, 10).unwrap().is_none());
+    let kept = store.load(&two, 10, 10).unwrap().unwrap();
+    assert_eq!((kept.last_seq, kept.turns, kept.open_turn), (2, 1, None));
+    assert_eq!(kept.tail.len(), 2);
+    assert_eq!((store.rows("events"), store.rows("notes")), (2, 0));
+    assert_eq!(store.list("ann", Some("otters"), 10).unwrap().len(), 1);
+    store
 }
 
 fn reassigning_an_owner_moves_its_conversations_and_nodes_only<S: TestStore>(store: S) {
@@ -552,6 +592,20 @@ fn postgres_round_trip() {
 }
 
 #[test]
+fn sqlite_deletion_inside_a_batch() {
+    a_deletion_inside_a_batch_takes_only_its_own_rows(SqliteStore::in_memory().unwrap());
+}
+
+#[test]
+fn postgres_deletion_inside_a_batch() {
+    let store =
+        a_deletion_inside_a_batch_takes_only_its_own_rows(postgres(&cluster::fresh_database()));
+    // The turn went into PostgreSQL's table before the deletion, and was closed after it.
+    assert_eq!(store.rows("turns WHERE closed_seq = 2"), 1);
+    assert_eq!(store.rows("turns"), 1);
+}
+
+#[test]
 fn sqlite_reassigning_an_owner() {
     reassigning_an_owner_moves_its_conversations_and_nodes_only(SqliteStore::in_memory().unwrap());
 }
@@ -624,7 +678,7 @@ fn sqlite_version_2_gains_models_totals_from_its_events_and_embeddings() {
     std::fs::create_dir_all(&dir).unwrap();
     {
         let mut db = rusqlite::Connection::open(dir.join(super::DATABASE_FILE)).unwrap();
-        super::schema::migrate_to(&mut db, "test", 2).unwrap();
+        super::sqlite::schema::migrate_to(&mut db, "test", 2).unwrap();
         db.execute(
             "INSERT INTO sessions (id, owner, created_at, updated_at) VALUES (?1, 'ann', 1, 1)",
             [id(1).as_str()],

@@ -2,19 +2,18 @@
 //! exported, inside the one transaction [`PostgresStore::import`] opens, with the rows of each
 //! table sent as arrays a thousand at a time.
 //!
-//! Depends on: `common::error`, `store`, `store::copy`, `store::export`, `store::postgres`, `store::postgres::pool`.
+//! Depends on: `common::error`, `store`, `store::exported`, `store::plan`, `store::postgres`, `store::postgres::db`, `store::postgres::pool`.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 
 use postgres::Transaction;
 use sha2::{Digest, Sha256};
 
-use super::super::copy::{CopyReport, turns_of};
-use super::super::export::{Exported, ExportedConversation};
-use super::super::{calls_to_json, role_name};
+use super::super::exported::{CopyReport, Exported, ExportedConversation, turns_of};
+use super::super::plan::{calls_to_json, role_name};
+use super::db::SEARCH_TEXT_CHARS;
 use super::pool::Connection;
-use super::{PostgresStore, small, store_error};
+use super::{PostgresStore, store_error};
 use crate::common::error::{Error, Result};
 
 /// Rows sent in one statement at most.
@@ -88,7 +87,7 @@ impl PostgresStore {
             .map_err(failed)?;
         tx.commit().map_err(failed)?;
         writer.memory.keys.clear();
-        self.nodes.store(small(nodes), Ordering::Relaxed);
+        self.counters.set_nodes(nodes);
         Ok(report)
     }
 }
@@ -213,7 +212,7 @@ impl Importer<'_, '_> {
                 "INSERT INTO events (session_key, seq, body, search) \
                  SELECT $1, s, b, to_tsvector('sparky_english', left(t, $5::bigint::int)) \
                  FROM unnest($2::bigint[], $3::text[], $4::text[]) AS u (s, b, t)",
-                &[&key, &seqs, &bodies, &texts, &super::SEARCH_TEXT_CHARS],
+                &[&key, &seqs, &bodies, &texts, &SEARCH_TEXT_CHARS],
             )?;
         }
         self.report.events += c.events.len() as u64;

@@ -1,7 +1,7 @@
 //! The connections of a PostgreSQL store: [`Connector`] opens them (with a backoff once the
 //! database has refused one, so that a database that went away is not hammered by every thread
-//! that wants it), [`Pool`] lends a bounded number of them to readers, and [`Connection`] caches
-//! each one's prepared statements.
+//! that wants it), [`Pool`] lends a bounded number of them to readers, and [`Connection`] keeps
+//! each one's prepared statements (`db.rs` prepares them).
 //!
 //! A small pool of our own rather than r2d2: a mutex, a condvar and a list of idle connections
 //! are all it takes, it needs no thread of its own (r2d2 keeps a scheduled thread pool for its
@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
-use postgres::{Client, GenericClient, NoTls, Statement};
+use postgres::{Client, NoTls, Statement};
 
 use super::super::PoolStatus;
 use crate::common::error::{Error, Result};
@@ -52,25 +52,6 @@ impl fmt::Debug for Connection {
             .field("statements", &self.statements.len())
             .finish()
     }
-}
-
-/// The statement `sql`, prepared on `client` the first time and taken from `statements` after.
-/// `client` is the connection or a transaction on it.
-///
-/// # Errors
-///
-/// The database's, when `sql` cannot be prepared.
-pub(super) fn prepared(
-    statements: &mut HashMap<&'static str, Statement>,
-    client: &mut impl GenericClient,
-    sql: &'static str,
-) -> Result<Statement, postgres::Error> {
-    if let Some(statement) = statements.get(sql) {
-        return Ok(statement.clone());
-    }
-    let statement = client.prepare(sql)?;
-    statements.insert(sql, statement.clone());
-    Ok(statement)
 }
 
 /// Opens connections to one database, and remembers when it last refused one.

@@ -9,7 +9,7 @@
 
 use rusqlite::{Connection, Transaction};
 
-use super::{LOCAL_OWNER, SCHEMA_VERSION};
+use super::super::{LOCAL_OWNER, SCHEMA_VERSION};
 use crate::common::error::{Error, Result};
 
 /// Version 0 to 1: the first schema.
@@ -199,7 +199,11 @@ pub fn migrate(connection: &mut Connection, context: &str) -> Result<()> {
 
 /// Brings the database to version `target` (at most [`SCHEMA_VERSION`]); tests use it to
 /// build an older version's database.
-pub(super) fn migrate_to(connection: &mut Connection, context: &str, target: i64) -> Result<()> {
+pub(in super::super) fn migrate_to(
+    connection: &mut Connection,
+    context: &str,
+    target: i64,
+) -> Result<()> {
     let version: i64 = connection
         .query_row("PRAGMA user_version", [], |row| row.get(0))
         .map_err(|e| {

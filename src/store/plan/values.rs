@@ -1,0 +1,202 @@
+//! How values are spelled in the store, alike for both dialects: message roles and tool calls,
+//! vectors, labels and titles, the words a search keeps, and the integer conversions at the
+//! edge of SQL's signed `bigint`.
+//!
+//! Depends on: `model`, `store`.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+
+use crate::model::{ChatMessage, Role, ToolArgs, ToolCall};
+use crate::store::MAX_SEARCH_WORDS;
+
+/// `n` as SQL's signed 64-bit integer, saturating.
+pub(crate) fn big(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// `n` read from a signed 64-bit column; never negative.
+pub(crate) fn small(n: i64) -> u64 {
+    n.max(0) as u64
+}
+
+/// A vector as stored: its `f32`s, little-endian, one after another.
+pub(crate) fn vector_bytes(vector: &[f32]) -> Vec<u8> {
+    vector.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// The dot product of `query` and a stored vector (the cosine similarity, both being unit
+/// vectors); `None` when the stored one has another dimension.
+pub(crate) fn stored_similarity(query: &[f32], stored: &[u8]) -> Option<f32> {
+    if stored.len() != query.len() * 4 {
+        return None;
+    }
+    Some(
+        stored
+            .chunks_exact(4)
+            .zip(query)
+            .map(|(bytes, q)| f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) * q)
+            .sum(),
+    )
+}
+
+/// The `limit` best `(id, similarity)` of `scored`, best first (ties: the newer node first).
+pub(crate) fn best(scored: impl Iterator<Item = (i64, f32)>, limit: usize) -> Vec<(i64, f32)> {
+    let mut top: Vec<(i64, f32)> = Vec::with_capacity(limit + 1);
+    for (id, score) in scored {
+        if limit == 0 || (top.len() == limit && top.last().is_some_and(|(_, s)| *s >= score)) {
+            continue;
+        }
+        let at = top.partition_point(|(other, s)| *s > score || (*s == score && *other > id));
+        top.insert(at, (id, score));
+        top.truncate(limit);
+    }
+    top
+}
+
+/// Longest label made from a fact's first words.
+pub(crate) const LABEL_CHARS: usize = 60;
+
+/// Longest title made from a first user message.
+pub(crate) const TITLE_CHARS: usize = 80;
+
+/// Common words that say nothing about what to look for.
+pub(crate) const STOPWORDS: &[&str] = &[
+    "a", "about", "an", "and", "are", "as", "at", "be", "by", "can", "do", "does", "for", "from",
+    "how", "i", "in", "is", "it", "me", "my", "of", "on", "or", "tell", "that", "the", "this",
+    "to", "was", "what", "when", "where", "which", "who", "why", "with", "you", "your",
+];
+
+/// The words of free text a search looks for: lowercased, each once, without stopwords unless
+/// nothing else is left, and at most [`MAX_SEARCH_WORDS`] of them (the first ones). Each is
+/// made of letters and digits only, so no input is a syntax error in either store's query
+/// language. Reading stops once that many are found, so a long text costs no more than a short
+/// one.
+pub(crate) fn search_words(text: &str) -> Vec<String> {
+    let mut meaningful: Vec<String> = Vec::new();
+    let mut common: Vec<String> = Vec::new();
+    for word in text
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|word| !word.is_empty())
+    {
+        let word = word.to_lowercase();
+        let list = if STOPWORDS.contains(&word.as_str()) {
+            &mut common
+        } else {
+            &mut meaningful
+        };
+        if list.len() < MAX_SEARCH_WORDS && !list.contains(&word) {
+            list.push(word);
+        }
+        if meaningful.len() == MAX_SEARCH_WORDS {
+            break;
+        }
+    }
+    if meaningful.is_empty() {
+        common
+    } else {
+        meaningful
+    }
+}
+
+/// Unix seconds now.
+pub(crate) fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Microseconds since the Unix epoch, by this machine's clock.
+pub(crate) fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// The first `limit` characters of `text`.
+pub(crate) fn cut(text: &str, limit: usize) -> String {
+    text.chars().take(limit).collect()
+}
+
+/// A fact's label: its first words, cut at a word boundary.
+pub(crate) fn label_for(content: &str) -> String {
+    let flat: String = content.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.chars().count() <= LABEL_CHARS {
+        return flat;
+    }
+    let head = cut(&flat, LABEL_CHARS);
+    let head = head
+        .rsplit_once(' ')
+        .map_or(head.as_str(), |(head, _)| head);
+    format!("{head}…")
+}
+
+/// How a role is stored.
+pub(crate) fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::System => "system",
+        Role::User => "user",
+        Role::Assistant => "assistant",
+        Role::Tool => "tool",
+    }
+}
+
+/// The role stored as `name`.
+pub(crate) fn role_from(name: &str) -> Role {
+    match name {
+        "system" => Role::System,
+        "assistant" => Role::Assistant,
+        "tool" => Role::Tool,
+        _ => Role::User,
+    }
+}
+
+/// A message's tool calls as stored: a JSON array, or nothing when there are none.
+pub(crate) fn calls_to_json(calls: &[ToolCall]) -> Option<String> {
+    (!calls.is_empty()).then(|| {
+        Value::Array(
+            calls
+                .iter()
+                .map(|c| json!({"id": c.id, "name": c.name, "args": c.args.to_stored()}))
+                .collect(),
+        )
+        .to_string()
+    })
+}
+
+/// The tool calls stored as `text`.
+pub(crate) fn calls_from_json(text: Option<String>) -> Vec<ToolCall> {
+    let Some(Ok(Value::Array(items))) = text.map(|t| serde_json::from_str::<Value>(&t)) else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .map(|item| ToolCall {
+            id: item["id"].as_str().unwrap_or_default().to_owned(),
+            name: item["name"].as_str().unwrap_or_default().to_owned(),
+            args: ToolArgs::from_stored(item["args"].clone()),
+        })
+        .collect()
+}
+
+/// The newest messages of a conversation as read (numbered, newest first, at most the count
+/// asked for), made into what a session loads: oldest first, starting at a user message so that
+/// no tool result is left without its call, with the number of the first one kept. `first` is
+/// the conversation's first visible message number, for when none is kept.
+pub(crate) fn messages_from_newest(
+    mut loaded: Vec<(u64, ChatMessage)>,
+    first: i64,
+) -> (u64, Vec<ChatMessage>) {
+    loaded.reverse();
+    let start = loaded
+        .iter()
+        .position(|(_, message)| message.role == Role::User)
+        .unwrap_or(loaded.len());
+    let first_message = loaded.get(start).map_or_else(
+        || loaded.last().map_or(first.max(0) as u64, |(i, _)| i + 1),
+        |(i, _)| *i,
+    );
+    let messages = loaded.into_iter().skip(start).map(|(_, m)| m).collect();
+    (first_message, messages)
+}

@@ -1,0 +1,310 @@
+//! SQLite's side of the shared logic ([`Db`]): binding [`Param`]s and reading rows through
+//! `rusqlite` with prepared statements cached per connection, the statements whose text is
+//! SQLite's own ([`SQL`]), the batch written one row at a time, and FTS5 search.
+//!
+//! Depends on: `store`, `store::plan`, `store::plan::batch`, `store::plan::graph`.
+
+use rusqlite::types::{ToSqlOutput, Value as SqlValue, ValueRef};
+use rusqlite::{Connection, OptionalExtension, ToSql, params, params_from_iter};
+use serde_json::Value;
+
+use super::super::plan::{
+    BatchTable, Db, Dialect, EachRow, NodeSearch, Param, Query, Row, Rows, Table, node_columns,
+    node_from_row, search_words, summary_columns,
+};
+use crate::store::Node;
+
+/// What differs in SQLite's text. A fact is looked up by its content (the `nodes_owner`
+/// index), and the conversation search reads the `event_text` full-text index.
+pub(super) const SQL: Dialect = Dialect {
+    notes: "SELECT text FROM notes WHERE session_key = ?1 ORDER BY rowid",
+    search_conversations: concat!(
+        "SELECT ",
+        summary_columns!(),
+        " FROM sessions WHERE owner = ?1 AND key IN \
+         (SELECT session_key FROM event_text WHERE event_text MATCH ?2) \
+         ORDER BY updated_at DESC, key DESC LIMIT ?3"
+    ),
+    // One statement: SQLite runs it atomically, so two calls at once store one fact.
+    remember: concat!(
+        "INSERT INTO nodes (owner, kind, label, content, properties, created_at, updated_at) \
+         SELECT ?1, 'fact', ?2, ?3, '{}', ?5, ?5 WHERE NOT EXISTS \
+         (SELECT 1 FROM nodes WHERE owner = ?1 AND kind = 'fact' AND content = ?4) RETURNING ",
+        node_columns!(),
+        ", true"
+    ),
+    remembered: concat!(
+        "SELECT ",
+        node_columns!(),
+        " FROM nodes WHERE owner = ?1 AND kind = 'fact' AND content = ?2"
+    ),
+    add_node: "INSERT INTO nodes (owner, kind, label, content, properties, created_at, updated_at) \
+         VALUES (?1, ?2, ?3, ?4, ?6, ?7, ?7) RETURNING id",
+    store_embeddings: &[
+        "INSERT OR REPLACE INTO embeddings (node_id, owner, model, vector) \
+         SELECT id, owner, ?2, ?3 FROM nodes WHERE id = ?1",
+    ],
+    delete_session: &[
+        "DELETE FROM event_text WHERE rowid IN (SELECT rowid FROM events WHERE session_key = ?1)",
+        "DELETE FROM events WHERE session_key = ?1",
+        "DELETE FROM messages WHERE session_key = ?1",
+        "DELETE FROM notes WHERE session_key = ?1",
+        "DELETE FROM sessions WHERE key = ?1",
+    ],
+    search_queries: fts_queries,
+    fact_key: content_key,
+};
+
+/// A statement SQLite runs once per row of a table, with the row's values bound as `?1`, `?2`,
+/// … in the order [`BatchTable`] gives its columns (as many as the statement names); with
+/// `needs`, only for a row whose `?needs` is not NULL.
+struct RowStatement {
+    sql: &'static str,
+    needs: Option<usize>,
+}
+
+/// A statement for every row.
+fn every_row(sql: &'static str) -> RowStatement {
+    RowStatement { sql, needs: None }
+}
+
+/// How SQLite writes each table of a batch.
+fn batch_statements(table: BatchTable) -> &'static [RowStatement] {
+    match table {
+        BatchTable::Events => &[
+            RowStatement {
+                sql: "INSERT INTO events (session_key, seq, body) VALUES (?1, ?2, ?3)",
+                needs: None,
+            },
+            // The search text goes into the full-text index under the event's rowid.
+            RowStatement {
+                sql: "INSERT INTO event_text (rowid, text, session_key) \
+                      VALUES (last_insert_rowid(), ?4, ?1)",
+                needs: Some(4),
+            },
+        ],
+        BatchTable::Messages => &[RowStatement {
+            sql: "INSERT INTO messages \
+             (session_key, idx, role, content, tool_calls, tool_call_id, is_error) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            needs: None,
+        }],
+        BatchTable::Notes => &[RowStatement {
+            sql: "INSERT INTO notes (session_key, text) VALUES (?1, ?2)",
+            needs: None,
+        }],
+        // SQLite keeps no table of turns: `sparky migrate-store` reads them from the events.
+        BatchTable::Turns | BatchTable::TurnCloses => &[],
+        BatchTable::Sessions => &[RowStatement {
+            sql: "UPDATE sessions SET \
+             last_seq = MAX(last_seq, ?2), turns = MAX(turns, ?3), \
+             open_turn = CASE WHEN ?4 THEN ?5 ELSE open_turn END, \
+             open_text = CASE WHEN ?4 THEN ?6 ELSE open_text END, \
+             title = coalesce(title, ?7), prompt_tokens = prompt_tokens + ?8, \
+             completion_tokens = completion_tokens + ?9, updated_at = ?10 WHERE key = ?1",
+            needs: None,
+        }],
+    }
+}
+
+/// A new conversation's row, answering its key.
+const INSERT_SESSION: &str = "INSERT INTO sessions \
+     (id, owner, user_id, personality, model, created_at, updated_at) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6) RETURNING key";
+
+/// A connection (or a transaction on one, through `Deref`) as the shared logic's [`Db`].
+pub(super) struct Lite<'c>(pub(super) &'c Connection);
+
+impl Db for Lite<'_> {
+    type Error = rusqlite::Error;
+
+    /// Steps through the rows as `row` reads them, so a [`Db::stream`] stops reading early.
+    fn each(
+        &mut self,
+        query: Query<'_>,
+        row: &mut EachRow<'_, rusqlite::Error>,
+    ) -> rusqlite::Result<()> {
+        let mut statement = self.0.prepare_cached(query.sql)?;
+        let mut rows = statement.query(params_from_iter(query.params))?;
+        while let Some(found) = rows.next()? {
+            if !row(found)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn execute(&mut self, query: Query<'_>) -> rusqlite::Result<u64> {
+        let mut statement = self.0.prepare_cached(query.sql)?;
+        Ok(statement.execute(params_from_iter(query.params))? as u64)
+    }
+
+    fn search_nodes(
+        &mut self,
+        search: &NodeSearch<'_>,
+        found: &mut Vec<Node>,
+    ) -> rusqlite::Result<()> {
+        add_matches(self.0, search, found)
+    }
+
+    fn insert_session(&mut self, values: &[Param<'_>]) -> rusqlite::Result<i64> {
+        self.0
+            .prepare_cached(INSERT_SESSION)?
+            .query_row(params_from_iter(values), |row| row.get(0))
+    }
+
+    fn write_table(
+        &mut self,
+        statements: &'static [&'static str],
+        table: &Table<'_>,
+    ) -> rusqlite::Result<()> {
+        let statements: Vec<RowStatement> = statements.iter().map(|sql| every_row(sql)).collect();
+        write_each_row(self.0, &statements, table)
+    }
+
+    fn write_rows(&mut self, rows: &Rows<'_>) -> rusqlite::Result<()> {
+        for (kind, table) in rows.tables() {
+            write_each_row(self.0, batch_statements(kind), &table)?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs `statements` for each row of `table` in turn, prepared once.
+fn write_each_row(
+    connection: &Connection,
+    statements: &[RowStatement],
+    table: &Table<'_>,
+) -> rusqlite::Result<()> {
+    if table.rows == 0 {
+        return Ok(());
+    }
+    let mut prepared = statements
+        .iter()
+        .map(|step| Ok((connection.prepare_cached(step.sql)?, step.needs)))
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    for row in 0..table.rows {
+        for (statement, needs) in &mut prepared {
+            let wanted = needs.is_none_or(|at| !table.columns[at - 1].at(row).is_null());
+            if !wanted {
+                continue;
+            }
+            let named = statement.parameter_count();
+            for (index, column) in table.columns.iter().take(named).enumerate() {
+                statement.raw_bind_parameter(index + 1, column.at(row))?;
+            }
+            statement.raw_execute()?;
+        }
+    }
+    Ok(())
+}
+
+impl Row for rusqlite::Row<'_> {
+    type Error = rusqlite::Error;
+
+    fn opt_int(&self, column: usize) -> rusqlite::Result<Option<i64>> {
+        self.get(column)
+    }
+
+    fn opt_text(&self, column: usize) -> rusqlite::Result<Option<String>> {
+        self.get(column)
+    }
+
+    fn flag(&self, column: usize) -> rusqlite::Result<bool> {
+        self.get(column)
+    }
+
+    fn json(&self, column: usize) -> rusqlite::Result<Value> {
+        let text: String = self.get(column)?;
+        Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    fn bytes(&self, column: usize) -> rusqlite::Result<&[u8]> {
+        Ok(self.get_ref(column)?.as_blob()?)
+    }
+}
+
+impl ToSql for Param<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        let value = match self {
+            Param::Int(n) | Param::OptInt(Some(n)) => ValueRef::Integer(*n),
+            Param::OptInt(None) | Param::OptText(None) => ValueRef::Null,
+            Param::Text(text) | Param::OptText(Some(text)) => ValueRef::Text(text.as_bytes()),
+            Param::Flag(flag) => ValueRef::Integer(i64::from(*flag)),
+            Param::Bytes(bytes) => ValueRef::Blob(bytes),
+            // JSON is stored as its text.
+            Param::Json(json) => return Ok(ToSqlOutput::Owned(SqlValue::Text(json.to_string()))),
+        };
+        Ok(ToSqlOutput::Borrowed(value))
+    }
+}
+
+/// A fact's content stands for itself in SQLite's lookups.
+fn content_key(content: &str) -> Param<'_> {
+    Param::Text(content)
+}
+
+/// The words of free text as quoted FTS5 terms (see [`search_words`]), so that no input is a
+/// syntax error.
+pub(super) fn fts_terms(text: &str) -> Vec<String> {
+    search_words(text)
+        .into_iter()
+        .map(|word| format!("\"{word}\""))
+        .collect()
+}
+
+/// FTS5 queries for free text, most selective first: nodes with every word, then (when there
+/// are several words) nodes with any of them. BM25 ranks within each.
+pub fn fts_queries(text: &str) -> Vec<String> {
+    let terms = fts_terms(text);
+    match terms.len() {
+        0 => Vec::new(),
+        1 => terms,
+        _ => vec![terms.join(" AND "), terms.join(" OR ")],
+    }
+}
+
+/// Adds to `found`, best first, the nodes of `search.owner` (of `search.kind`, when given) that
+/// match the FTS5 query `search.query` and are not in it yet, until it holds `search.limit`.
+///
+/// Ranking reads the full-text index alone; a node's row is read only for the best-ranked
+/// candidates, one at a time, until enough belong to `owner`. Joining `nodes` in the ranking
+/// query instead would read every matching row, and `owner` sits after `content` in the row
+/// (version 2 added it), so checking it walks every page of a long fact.
+fn add_matches(
+    connection: &Connection,
+    search: &NodeSearch<'_>,
+    found: &mut Vec<Node>,
+) -> rusqlite::Result<()> {
+    let NodeSearch {
+        query,
+        owner,
+        kind,
+        limit,
+    } = *search;
+    let mut ranked = connection.prepare_cached(
+        "SELECT rowid FROM nodes_fts WHERE nodes_fts MATCH ?1 ORDER BY bm25(nodes_fts)",
+    )?;
+    let mut candidate = connection.prepare_cached(concat!(
+        "SELECT ",
+        node_columns!(),
+        " FROM nodes WHERE id = ?1 AND owner = ?2 AND (?3 IS NULL OR kind = ?3)"
+    ))?;
+    let mut ids = ranked.query([query])?;
+    while found.len() < limit {
+        let Some(row) = ids.next()? else {
+            break;
+        };
+        let id: i64 = row.get(0)?;
+        if found.iter().any(|known| known.id == id) {
+            continue;
+        }
+        if let Some(node) = candidate
+            .query_row(params![id, owner, kind], |row| node_from_row(row))
+            .optional()?
+        {
+            found.push(node);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,419 @@
+//! `SqliteStore`: both store traits over one SQLite file in WAL mode (or a private in-memory
+//! database for `--in-memory`).
+//!
+//! One writer connection, behind a mutex, takes the journal's batches and the graph's writes.
+//! A small pool of reader connections serves everything else (loading a conversation, replay,
+//! the API, graph searches): WAL lets them read while the writer writes, so a slow search never
+//! holds up a commit or another reader. A full-text search keeps at most [`super::MAX_SEARCH_WORDS`]
+//! words and runs within a time budget (SQLite's progress handler interrupts it), so that no
+//! search holds a reader for long: one that runs out returns what it found so far.
+//!
+//! What is stored, and how it is read back, is the shared logic's (`plan/`); `db.rs` runs its
+//! statements on these connections, `schema.rs` holds the migrations, `export.rs` reads
+//! everything for `sparky migrate-store`.
+//!
+//! Depends on: `common::error`, `store`, `store::plan`, `store::plan::batch`, `store::sqlite::db`, `store::sqlite::schema`.
+
+mod db;
+mod export;
+pub(super) mod schema;
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, MutexGuard};
+use rusqlite::{Connection, OpenFlags};
+
+use self::db::{Lite, SQL};
+use self::schema::migrate;
+use super::plan::{Backend, Counters, Dialect, Keys, View, Work, Write, apply};
+use super::{StoreStatus, WriteOp};
+use crate::common::error::{Error, Result};
+
+pub use self::db::fts_queries;
+
+/// The database file inside the data directory.
+pub const DATABASE_FILE: &str = "sparky.db";
+
+/// Reader connections in the pool.
+const READERS: usize = 4;
+
+/// SQLite virtual-machine instructions between two looks at a search's clock: a few
+/// microseconds of work, so a search overruns its budget by little, and the clock costs
+/// nothing measurable.
+const PROGRESS_OPS: i32 = 1000;
+
+/// SQLite's largest `max_page_count`.
+const MAX_PAGES: i64 = 4_294_967_294;
+
+/// The SQLite store. See the module documentation for its connections.
+#[derive(Debug)]
+pub struct SqliteStore {
+    writer: Mutex<Writer>,
+    readers: Vec<Mutex<Connection>>,
+    next_reader: AtomicUsize,
+    /// The node count and the search budget.
+    counters: Counters,
+    /// Held (and locked) for as long as the store is open.
+    _lock: Option<File>,
+    path: Option<PathBuf>,
+}
+
+impl AsRef<Counters> for SqliteStore {
+    fn as_ref(&self) -> &Counters {
+        &self.counters
+    }
+}
+
+/// The writer connection and what it remembers between batches.
+#[derive(Debug)]
+struct Writer {
+    connection: Connection,
+    /// Conversation id to its integer key.
+    keys: Keys,
+}
+
+fn store_error(context: &str, e: impl std::fmt::Display) -> Error {
+    Error::Store(format!("{context}: {e}"))
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store in `dir`, takes the directory's lock, and migrates
+    /// the schema to [`super::SCHEMA_VERSION`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] with a message for the operator when the directory cannot be created,
+    /// another server holds it, the file is not a database, or its schema is newer than this
+    /// build.
+    pub fn open(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            store_error(
+                &format!("cannot create data directory {}", dir.display()),
+                e,
+            )
+        })?;
+        let lock_path = dir.join("LOCK");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| store_error(&format!("cannot open {}", lock_path.display()), e))?;
+        if lock.try_lock().is_err() {
+            return Err(Error::Store(format!(
+                "data directory {} is in use by another running sparky",
+                dir.display()
+            )));
+        }
+        let path = dir.join(DATABASE_FILE);
+        let name = path.to_string_lossy().into_owned();
+        let mut store = Self::connect(&name, &format!("database {}", path.display()))?;
+        store._lock = Some(lock);
+        store.path = Some(path);
+        Ok(store)
+    }
+
+    /// What [`open`](Self::open) would find in `dir`, without changing anything: for
+    /// `sparky check`. Says whether the database is new, current, or to be migrated.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] with the reason `open` would fail: the directory cannot be written,
+    /// another server holds it, the file is not a database, or its schema is newer than this
+    /// build.
+    pub fn inspect(dir: &Path) -> Result<String> {
+        let probe = dir.join(".sparky-check");
+        let existed = dir.exists();
+        let writable = std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&probe, b""));
+        let _ = std::fs::remove_file(&probe);
+        if !existed {
+            let _ = std::fs::remove_dir(dir);
+        }
+        writable.map_err(|e| store_error(&format!("{} is not writable", dir.display()), e))?;
+        if let Ok(lock) = File::open(dir.join("LOCK"))
+            && lock.try_lock().is_err()
+        {
+            return Err(Error::Store(format!(
+                "{} is in use by another running sparky",
+                dir.display()
+            )));
+        }
+        let path = dir.join(DATABASE_FILE);
+        if !path.exists() {
+            return Ok(format!(
+                "{} is new; the store will be created",
+                dir.display()
+            ));
+        }
+        let connection = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| store_error(&format!("cannot open {}", path.display()), e))?;
+        let version: i64 = connection
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .map_err(|e| store_error(&format!("{} is not a Sparky database", path.display()), e))?;
+        match version {
+            v if v > super::SCHEMA_VERSION => Err(Error::Store(format!(
+                "{} has schema version {v}, newer than this build's {}",
+                path.display(),
+                super::SCHEMA_VERSION
+            ))),
+            v if v < super::SCHEMA_VERSION => Ok(format!(
+                "{}: schema version {v}, migrated to {} at start",
+                path.display(),
+                super::SCHEMA_VERSION
+            )),
+            v => Ok(format!("{}: schema version {v}", path.display())),
+        }
+    }
+
+    /// A store that lives in memory and is gone with the process. Its connections share one
+    /// private database (SQLite's `memdb` VFS), so it behaves like the file store.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] if SQLite cannot start.
+    pub fn in_memory() -> Result<Self> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = format!("file:/sparky-{}-{n}?vfs=memdb", std::process::id());
+        Self::connect(&name, "in-memory database")
+    }
+
+    fn connect(name: &str, context: &str) -> Result<Self> {
+        let mut writer = open_connection(name, context)?;
+        migrate(&mut writer, context)?;
+        let readers = (0..READERS)
+            .map(|_| open_connection(name, context).map(Mutex::new))
+            .collect::<Result<Vec<_>>>()?;
+        let nodes = writer
+            .query_row("SELECT count(*) FROM nodes", [], |row| row.get::<_, i64>(0))
+            .map_err(|e| store_error("count nodes", e))?;
+        Ok(SqliteStore {
+            writer: Mutex::new(Writer {
+                connection: writer,
+                keys: Keys::new(),
+            }),
+            readers,
+            next_reader: AtomicUsize::new(0),
+            counters: Counters::new(nodes),
+            _lock: None,
+            path: None,
+        })
+    }
+
+    /// The database file, when on disk.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// Gives every full-text search from now on `budget` to run (default
+    /// [`super::DEFAULT_SEARCH_BUDGET`]): graph searches, memory lookups and the conversation
+    /// search. A search that runs out is interrupted and returns what it had found, which may
+    /// be nothing; it is not an error.
+    pub fn set_search_budget(&self, budget: Duration) {
+        self.counters.set_search_budget(budget);
+    }
+
+    /// A reader connection: a free one if there is one, else it waits for one. The guard is
+    /// held for one query.
+    fn reader(&self) -> MutexGuard<'_, Connection> {
+        let start = self.next_reader.fetch_add(1, Ordering::Relaxed);
+        let count = self.readers.len();
+        let free = (0..count).find_map(|i| self.readers[(start + i) % count].try_lock());
+        match free {
+            Some(connection) => connection,
+            None => self.readers[start % count].lock(),
+        }
+    }
+
+    /// Runs a full-text `search` on a reader connection within the search budget: SQLite's
+    /// progress handler interrupts it once the budget has passed, and every statement it runs
+    /// from then on fails with an error [`Backend::out_of_time`] knows, which `search` turns
+    /// into a shorter answer.
+    fn read_searching<T>(
+        &self,
+        what: &str,
+        search: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T> {
+        let deadline = self.counters.search_deadline();
+        let mut connection = self.reader();
+        connection
+            .progress_handler(PROGRESS_OPS, Some(move || Instant::now() >= deadline))
+            .map_err(|e| store_error(what, e))?;
+        let result = search(&connection);
+        // The connection goes back to the pool without a handler, for queries with no budget.
+        let cleared = connection.progress_handler(0, None::<fn() -> bool>);
+        let value = result.map_err(|e| store_error(what, e))?;
+        cleared.map_err(|e| store_error(what, e))?;
+        Ok(value)
+    }
+}
+
+impl Backend for SqliteStore {
+    type Error = rusqlite::Error;
+
+    const SQL: Dialect = SQL;
+
+    /// Reads run on a reader connection; a snapshot is a (deferred) transaction on it.
+    fn read<T>(&self, what: &str, view: View, work: &mut Work<'_, Self::Error, T>) -> Result<T> {
+        match view {
+            View::Statement => work(&mut Lite(&self.reader())).map_err(|e| store_error(what, e)),
+            View::Snapshot => {
+                let connection = self.reader();
+                let tx = connection
+                    .unchecked_transaction()
+                    .map_err(|e| store_error(what, e))?;
+                work(&mut Lite(&tx)).map_err(|e| store_error(what, e))
+            }
+            View::Search => self.read_searching(what, |connection| work(&mut Lite(connection))),
+        }
+    }
+
+    /// Every write runs on the one writer connection, in a transaction of its own: SQLite has
+    /// no size cap to check first and no connection to lose, so every kind of write is alike.
+    fn write<T>(&self, what: &str, _: Write, work: &mut Work<'_, Self::Error, T>) -> Result<T> {
+        let writer = self.writer.lock();
+        let written = (|| -> rusqlite::Result<T> {
+            let tx = writer.connection.unchecked_transaction()?;
+            let value = work(&mut Lite(&tx))?;
+            tx.commit()?;
+            Ok(value)
+        })();
+        written.map_err(|e| store_error(what, e))
+    }
+
+    /// A statement stopped by the progress handler.
+    fn out_of_time(e: &rusqlite::Error) -> bool {
+        e.sqlite_error_code() == Some(rusqlite::ErrorCode::OperationInterrupted)
+    }
+
+    fn write_batch(&self, batch: &[WriteOp]) -> Result<()> {
+        let mut writer = self.writer.lock();
+        let Writer { connection, keys } = &mut *writer;
+        let written = (|| {
+            let tx = connection.transaction()?;
+            apply(&mut Lite(&tx), &SQL, keys, batch)?;
+            tx.commit()
+        })();
+        if written.is_err() {
+            // Keys learnt in a transaction that did not commit may name nothing.
+            keys.clear();
+        }
+        written.map_err(|e| store_error("write", e))
+    }
+
+    fn cap_size(&self, bytes: Option<u64>) -> Result<()> {
+        let writer = self.writer.lock();
+        let connection = &writer.connection;
+        let capped = (|| {
+            let page_size: i64 = connection.query_row("PRAGMA page_size", [], |row| row.get(0))?;
+            // SQLite's own ceiling when there is no cap; a cap below the file's size keeps the
+            // file's size (SQLite never truncates here).
+            let pages = bytes.map_or(MAX_PAGES, |bytes| {
+                (i64::try_from(bytes).unwrap_or(i64::MAX) / page_size.max(1)).clamp(1, MAX_PAGES)
+            });
+            connection.pragma_update(None, "max_page_count", pages)
+        })();
+        capped.map_err(|e| store_error("set the size limit", e))
+    }
+
+    /// A file on the local disk is always there to reach; a full disk shows as the journal
+    /// failing instead.
+    fn health(&self) -> StoreStatus {
+        StoreStatus {
+            backend: "sqlite",
+            reachable: true,
+            pool: None,
+        }
+    }
+}
+
+fn open_connection(name: &str, context: &str) -> Result<Connection> {
+    let connection = Connection::open_with_flags(
+        name,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| store_error(&format!("cannot open {context}"), e))?;
+    connection
+        .busy_timeout(Duration::from_secs(5))
+        .map_err(|e| store_error(context, e))?;
+    // WAL lets readers read while the writer writes; NORMAL syncs at checkpoints, so a
+    // committed transaction survives a crash of the process (not of the machine's power). The
+    // in-memory database ignores the journal mode.
+    connection
+        .execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+        )
+        .map_err(|e| store_error(context, e))?;
+    Ok(connection)
+}
+
+#[cfg(test)]
+impl SqliteStore {
+    /// Rows in `table`, for tests.
+    pub(super) fn count_rows(&self, table: &str) -> i64 {
+        self.reader()
+            .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap_or(-1)
+    }
+
+    /// Reader connections, for tests.
+    pub(super) fn reader_count(&self) -> usize {
+        self.readers.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::db::fts_terms;
+    use super::*;
+    use crate::store::SCHEMA_VERSION;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("sparky-store-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn a_locked_corrupt_or_newer_directory_is_refused() {
+        let dir = temp_dir("locked");
+        let first = SqliteStore::open(&dir).unwrap();
+        let second = SqliteStore::open(&dir).unwrap_err().to_string();
+        assert!(
+            second.contains("in use by another running sparky"),
+            "{second}"
+        );
+        drop(first);
+        let connection = Connection::open(dir.join(DATABASE_FILE)).unwrap();
+        connection
+            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        drop(connection);
+        let newer = SqliteStore::open(&dir).unwrap_err().to_string();
+        assert!(newer.contains("newer than this build"), "{newer}");
+        let dir = temp_dir("corrupt");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(DATABASE_FILE), vec![0x42; 8192]).unwrap();
+        let corrupt = SqliteStore::open(&dir).unwrap_err().to_string();
+        assert!(corrupt.contains("sparky.db"), "{corrupt}");
+    }
+
+    #[test]
+    fn search_words_are_quoted_fts5_terms() {
+        assert_eq!(
+            fts_terms("what is the what"),
+            ["\"what\"", "\"is\"", "\"the\""]
+        );
+        assert_eq!(
+            fts_queries("otters rivers"),
+            ["\"otters\" AND \"rivers\"", "\"otters\" OR \"rivers\""]
+        );
+        assert!(fts_terms("  ...  ").is_empty());
+    }
+}
