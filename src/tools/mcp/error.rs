@@ -80,8 +80,9 @@ pub enum McpError {
     OutputMismatch {
         /// The tool's own name on its server.
         tool: String,
-        /// Where and how the content does not match.
-        mismatch: Mismatch,
+        /// Where and how the content does not match (boxed: it is the largest part of an
+        /// error that every MCP call may return).
+        mismatch: Box<Mismatch>,
         /// The content.
         structured: Value,
     },
@@ -139,7 +140,7 @@ impl fmt::Display for McpError {
 impl std::error::Error for McpError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            McpError::OutputMismatch { mismatch, .. } => Some(mismatch),
+            McpError::OutputMismatch { mismatch, .. } => Some(mismatch.as_ref()),
             _ => None,
         }
     }

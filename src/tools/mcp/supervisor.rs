@@ -693,7 +693,7 @@ impl Tool for McpTool {
         {
             return Err(McpError::OutputMismatch {
                 tool: self.remote_name.clone(),
-                mismatch,
+                mismatch: Box::new(mismatch),
                 structured,
             }
             .into());
