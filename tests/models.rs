@@ -69,7 +69,10 @@ impl Fake {
         options.other_models = names[1..].iter().map(|n| (*n).to_owned()).collect();
         options.read_timeout = Duration::from_secs(30);
         let model = Arc::new(RemoteModel::new(options));
-        assert_eq!(model.probe(), Some(Ok(())));
+        let probed = model
+            .probe()
+            .map(|outcome| outcome.map_err(|e| e.to_string()));
+        assert_eq!(probed, Some(Ok(())));
         model
     }
 

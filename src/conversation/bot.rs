@@ -942,6 +942,7 @@ mod tests {
     use crate::model::offline::OfflineModel;
     use crate::model::{ModelReply, ToolCall, ToolSpec};
     use crate::tools::Tool;
+    use crate::tools::error::ToolError;
 
     /// Records what a turn sends; refuses everything once `open` is false.
     struct Recorder {
@@ -1006,7 +1007,7 @@ mod tests {
         fn parameters(&self) -> Value {
             json!({"type": "object"})
         }
-        fn call(&self, args: &Value, _ctx: &ToolContext<'_>) -> Result<String, String> {
+        fn call(&self, args: &Value, _ctx: &ToolContext<'_>) -> Result<String, ToolError> {
             Ok(args.to_string())
         }
     }
@@ -1343,14 +1344,14 @@ mod tests {
         fn parameters(&self) -> Value {
             json!({"type": "object"})
         }
-        fn call(&self, args: &Value, _ctx: &ToolContext<'_>) -> Result<String, String> {
+        fn call(&self, args: &Value, _ctx: &ToolContext<'_>) -> Result<String, ToolError> {
             let deadline = std::time::Instant::now() + Duration::from_secs(10);
             let mut running = self.running.lock();
             *running += 1;
             self.changed.notify_all();
             while *running < 2 {
                 if self.changed.wait_until(&mut running, deadline).timed_out() {
-                    return Err("alone".into());
+                    return Err(ToolError::failed("alone"));
                 }
             }
             Ok(format!("together {}", args["n"]))
@@ -1416,7 +1417,7 @@ mod tests {
         fn parameters(&self) -> Value {
             json!({"type": "object"})
         }
-        fn call(&self, _args: &Value, _ctx: &ToolContext<'_>) -> Result<String, String> {
+        fn call(&self, _args: &Value, _ctx: &ToolContext<'_>) -> Result<String, ToolError> {
             self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             Ok("ran".into())
         }

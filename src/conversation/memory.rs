@@ -18,9 +18,10 @@
 //! Everything stays per principal: the vectors are stored under their node's owner and a
 //! search reads only the caller's.
 //!
-//! Depends on: `common::error`, `model::embed`, `store`.
+//! Depends on: `common::error`, `model::embed`, `model::error`, `store`.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
@@ -28,8 +29,9 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use serde_json::Value;
 
-use crate::common::error::Result;
+use crate::common::error::{Error, Result};
 use crate::model::embed::Embed;
+use crate::model::error::ModelError;
 use crate::store::{Edge, GraphStore, Neighbourhood, Node};
 
 /// Nodes embedded in one request at most.
@@ -290,30 +292,51 @@ impl Worker {
     }
 
     /// Embeds one batch; how many nodes it held.
-    fn embed_some(&self) -> std::result::Result<usize, String> {
+    fn embed_some(&self) -> std::result::Result<usize, BatchError> {
         let model = self.embedder.model();
         let pending = self
             .inner
             .unembedded(model, BATCH)
-            .map_err(|e| e.to_string())?;
+            .map_err(BatchError::Store)?;
         if pending.is_empty() {
             return Ok(0);
         }
         let texts: Vec<String> = pending.iter().map(|(_, text)| text.clone()).collect();
-        let vectors = self.embedder.embed(&texts)?;
+        let vectors = self.embedder.embed(&texts).map_err(BatchError::Embed)?;
         if vectors.len() != pending.len() {
-            return Err(format!(
-                "{} vectors for {} texts",
-                vectors.len(),
-                pending.len()
-            ));
+            return Err(BatchError::Count {
+                vectors: vectors.len(),
+                texts: pending.len(),
+            });
         }
         let rows: Vec<(i64, Vec<f32>)> = pending.iter().map(|(id, _)| *id).zip(vectors).collect();
         self.inner
             .store_embeddings(model, &rows)
-            .map_err(|e| e.to_string())?;
+            .map_err(BatchError::Store)?;
         log::debug!("memory: embedded {} nodes", rows.len());
         Ok(rows.len())
+    }
+}
+
+/// Why a batch was not embedded, as the worker logs it.
+enum BatchError {
+    /// The store could not list the nodes without a vector, or keep their vectors.
+    Store(Error),
+    /// The embedding server failed.
+    Embed(ModelError),
+    /// The embedder returned another number of vectors than it was given texts.
+    Count { vectors: usize, texts: usize },
+}
+
+impl fmt::Display for BatchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BatchError::Store(e) => write!(f, "{e}"),
+            BatchError::Embed(e) => write!(f, "{e}"),
+            BatchError::Count { vectors, texts } => {
+                write!(f, "{vectors} vectors for {texts} texts")
+            }
+        }
     }
 }
 

@@ -4,13 +4,15 @@
 //! benchmarks. Every vector an [`Embed`] returns has unit length, so that cosine similarity is
 //! a dot product.
 //!
-//! Depends on nothing in the crate.
+//! Depends on: `model::error`.
 
 use std::fmt;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use ureq::Agent;
+
+use crate::model::error::ModelError;
 
 /// The largest embeddings answer read.
 const MAX_ANSWER_BYTES: u64 = 64 << 20;
@@ -28,9 +30,9 @@ pub trait Embed: Send + Sync {
     ///
     /// # Errors
     ///
-    /// What went wrong, in words, when the server failed or answered something that is not
-    /// one finite vector per text.
-    fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, String>;
+    /// A [`ModelError`] when the server failed or answered something that is not one finite
+    /// vector per text.
+    fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, ModelError>;
 }
 
 /// Where a [`RemoteEmbedder`] reaches its server.
@@ -94,7 +96,7 @@ impl Embed for RemoteEmbedder {
         &self.options.model
     }
 
-    fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, String> {
+    fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, ModelError> {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
@@ -106,40 +108,54 @@ impl Embed for RemoteEmbedder {
         if let Some(key) = &self.options.api_key {
             request = request.header("Authorization", &format!("Bearer {key}"));
         }
+        let at_url = || format!("{SERVER} at {}", self.url);
         let mut response = request
             .send(body)
-            .map_err(|e| format!("cannot reach the embedding server at {}: {e}", self.url))?;
+            .map_err(|source| ModelError::Unreachable {
+                server: at_url(),
+                source,
+            })?;
         let status = response.status().as_u16();
         let text = response
             .body_mut()
             .with_config()
             .limit(MAX_ANSWER_BYTES)
             .read_to_string()
-            .map_err(|e| format!("the embedding server sent an unreadable answer: {e}"))?;
+            .map_err(|source| ModelError::Unreadable {
+                server: SERVER.to_owned(),
+                source,
+            })?;
         if status != 200 {
-            let excerpt: String = text.chars().take(300).collect();
-            return Err(format!(
-                "the embedding server at {} answered {status}: {excerpt}",
-                self.url
-            ));
+            return Err(ModelError::Status {
+                server: at_url(),
+                request: None,
+                status,
+                detail: text.chars().take(300).collect(),
+            });
         }
-        let answer: Value = serde_json::from_str(&text)
-            .map_err(|e| format!("the embedding server's answer is not JSON: {e}"))?;
+        let answer: Value = serde_json::from_str(&text).map_err(|source| ModelError::NotJson {
+            server: SERVER.to_owned(),
+            source,
+        })?;
         parse_embeddings(&answer, texts.len())
     }
 }
 
+/// How the embedding server is named in errors.
+const SERVER: &str = "the embedding server";
+
 /// The vectors of an OpenAI-style answer (`data: [{index, embedding}]`), in the order of the
 /// inputs, each of unit length.
-fn parse_embeddings(answer: &Value, count: usize) -> Result<Vec<Vec<f32>>, String> {
+fn parse_embeddings(answer: &Value, count: usize) -> Result<Vec<Vec<f32>>, ModelError> {
+    let wrong = |detail: &str| ModelError::Answer(detail.to_owned());
     let items = answer["data"]
         .as_array()
-        .ok_or("the embedding server's answer has no data list")?;
+        .ok_or_else(|| wrong("the embedding server's answer has no data list"))?;
     if items.len() != count {
-        return Err(format!(
+        return Err(ModelError::Answer(format!(
             "the embedding server returned {} vectors for {count} texts",
             items.len()
-        ));
+        )));
     }
     let mut vectors: Vec<Option<Vec<f32>>> = vec![None; count];
     for (position, item) in items.iter().enumerate() {
@@ -147,25 +163,29 @@ fn parse_embeddings(answer: &Value, count: usize) -> Result<Vec<Vec<f32>>, Strin
             .as_u64()
             .and_then(|i| usize::try_from(i).ok())
             .unwrap_or(position);
-        let slot = vectors
-            .get_mut(index)
-            .ok_or_else(|| format!("the embedding server returned index {index}"))?;
+        let slot = vectors.get_mut(index).ok_or_else(|| {
+            ModelError::Answer(format!("the embedding server returned index {index}"))
+        })?;
         let values = item["embedding"]
             .as_array()
-            .ok_or("an embedding is not a list of numbers")?;
+            .ok_or_else(|| wrong("an embedding is not a list of numbers"))?;
         let vector: Vec<f32> = values
             .iter()
             .map(|v| v.as_f64().map(|v| v as f32).filter(|v| v.is_finite()))
             .collect::<Option<_>>()
-            .ok_or("an embedding holds something other than finite numbers")?;
-        *slot = Some(normalized(vector).ok_or("an embedding is empty, zero or too long")?);
+            .ok_or_else(|| wrong("an embedding holds something other than finite numbers"))?;
+        *slot = Some(
+            normalized(vector).ok_or_else(|| wrong("an embedding is empty, zero or too long"))?,
+        );
     }
     let vectors: Vec<Vec<f32>> = vectors
         .into_iter()
         .collect::<Option<_>>()
-        .ok_or("the embedding server skipped an input")?;
+        .ok_or_else(|| wrong("the embedding server skipped an input"))?;
     if vectors.windows(2).any(|w| w[0].len() != w[1].len()) {
-        return Err("the embedding server returned vectors of different lengths".into());
+        return Err(wrong(
+            "the embedding server returned vectors of different lengths",
+        ));
     }
     Ok(vectors)
 }
@@ -242,7 +262,7 @@ impl Embed for HashEmbedder {
         &self.model
     }
 
-    fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, String> {
+    fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, ModelError> {
         Ok(texts.iter().map(|text| Self::vector(text)).collect())
     }
 }
@@ -278,7 +298,10 @@ mod tests {
             assert!(parse_embeddings(&answer, 1).is_err(), "{answer}");
         }
         let uneven = json!({"data": [{"embedding": [1.0]}, {"embedding": [1.0, 2.0]}]});
-        assert!(parse_embeddings(&uneven, 2).is_err());
+        assert_eq!(
+            parse_embeddings(&uneven, 2).unwrap_err().to_string(),
+            "the embedding server returned vectors of different lengths"
+        );
     }
 
     #[test]

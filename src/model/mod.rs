@@ -1,9 +1,10 @@
 //! The model side of a turn: the conversation it sees (`ChatMessage`), what it answers
 //! (`ModelReply`), and the `ModelBackend` trait that each provider implements.
 //!
-//! Depends on: `common::cancel`, `common::error`, `common::protocol`.
+//! Depends on: `common::cancel`, `common::error`, `common::protocol`, `model::error`.
 
 pub mod embed;
+pub mod error;
 pub mod offline;
 pub mod openai;
 
@@ -14,6 +15,7 @@ use serde_json::Value;
 use crate::common::cancel::OnCancel;
 use crate::common::error::Result;
 use crate::common::protocol::Usage;
+use crate::model::error::ModelError;
 
 /// How the system message that carries remembered facts into a turn begins.
 pub const MEMORY_PREFIX: &str = "Relevant memory from earlier conversations:";
@@ -382,7 +384,12 @@ pub trait ModelBackend: Send + Sync {
     /// Asks the model server whether it is there and serves the model (`GET /v1/models`),
     /// and records the answer for [`health`](Self::health). `None` for a backend with nothing
     /// to ask.
-    fn probe(&self) -> Option<std::result::Result<(), String>> {
+    ///
+    /// # Errors
+    ///
+    /// Inside the `Some`: a [`ModelError`] when the server cannot be reached, fails, or does
+    /// not serve the model.
+    fn probe(&self) -> Option<std::result::Result<(), ModelError>> {
         None
     }
 

@@ -1,6 +1,6 @@
 //! The built-in tools that need no outside service: session notes, calculator, clock and wait.
 //!
-//! Depends on: `tools`, `tools::calculator`.
+//! Depends on: `tools`, `tools::calculator`, `tools::error`.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -11,7 +11,8 @@ use time::format_description::BorrowedFormatItem;
 use time::macros::format_description;
 
 use crate::tools::calculator;
-use crate::tools::{Tool, ToolContext};
+use crate::tools::error::ToolError;
+use crate::tools::{Tool, ToolContext, string_arg};
 
 /// The longest `wait` allowed.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -25,16 +26,6 @@ pub fn all() -> Vec<Arc<dyn Tool>> {
         Arc::new(Clock),
         Arc::new(Wait),
     ]
-}
-
-/// Reads a required string argument.
-fn string_arg<'a>(args: &'a Value, key: &str) -> Result<&'a str, String> {
-    match args.get(key) {
-        Some(Value::String(text)) if !text.trim().is_empty() => Ok(text),
-        Some(Value::String(_)) => Err(format!("\"{key}\" must not be empty")),
-        Some(other) => Err(format!("\"{key}\" must be a string, not {other}")),
-        None => Err(format!("missing argument \"{key}\"")),
-    }
 }
 
 /// `session_note`: keeps a note in the calling session's short-term knowledge.
@@ -52,7 +43,7 @@ impl Tool for SessionNote {
         json!({"type": "object", "properties": {"text": {"type": "string", "description": "the note"}},
                "required": ["text"]})
     }
-    fn call(&self, args: &Value, ctx: &ToolContext<'_>) -> Result<String, String> {
+    fn call(&self, args: &Value, ctx: &ToolContext<'_>) -> Result<String, ToolError> {
         let count = ctx.knowledge.add_note(string_arg(args, "text")?)?;
         Ok(format!(
             "Noted. This session has {count} note{}.",
@@ -75,7 +66,7 @@ impl Tool for SessionNotes {
     fn parameters(&self) -> Value {
         json!({"type": "object", "properties": {}})
     }
-    fn call(&self, _args: &Value, ctx: &ToolContext<'_>) -> Result<String, String> {
+    fn call(&self, _args: &Value, ctx: &ToolContext<'_>) -> Result<String, ToolError> {
         let notes = ctx.knowledge.notes();
         if notes.is_empty() {
             return Ok("This session has no notes.".to_owned());
@@ -105,7 +96,7 @@ impl Tool for Calculator {
                "properties": {"expression": {"type": "string", "description": "e.g. (2 + 3) * 4"}},
                "required": ["expression"]})
     }
-    fn call(&self, args: &Value, _ctx: &ToolContext<'_>) -> Result<String, String> {
+    fn call(&self, args: &Value, _ctx: &ToolContext<'_>) -> Result<String, ToolError> {
         let expression = string_arg(args, "expression")?;
         let value = calculator::evaluate(expression)?;
         Ok(format!(
@@ -130,10 +121,13 @@ impl Tool for Clock {
     fn parameters(&self) -> Value {
         json!({"type": "object", "properties": {}})
     }
-    fn call(&self, _args: &Value, _ctx: &ToolContext<'_>) -> Result<String, String> {
+    fn call(&self, _args: &Value, _ctx: &ToolContext<'_>) -> Result<String, ToolError> {
         let seconds = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_err(|_| "the server's clock is before 1970".to_owned())?
+            .map_err(|e| ToolError::Failed {
+                detail: "the server's clock is before 1970".to_owned(),
+                source: Some(Box::new(e)),
+            })?
             .as_secs();
         Ok(format!(
             "It is {} UTC (unix time {seconds}).",
@@ -158,19 +152,24 @@ impl Tool for Wait {
                "properties": {"ms": {"type": "integer", "minimum": 0, "maximum": 60000}},
                "required": ["ms"]})
     }
-    fn call(&self, args: &Value, ctx: &ToolContext<'_>) -> Result<String, String> {
+    fn call(&self, args: &Value, ctx: &ToolContext<'_>) -> Result<String, ToolError> {
         let ms = match args.get("ms") {
             Some(value) => value.as_u64().ok_or_else(|| {
-                format!("\"ms\" must be a whole number of milliseconds, not {value}")
+                ToolError::Arguments(format!(
+                    "\"ms\" must be a whole number of milliseconds, not {value}"
+                ))
             })?,
-            None => return Err("missing argument \"ms\"".to_owned()),
+            None => return Err(ToolError::Arguments("missing argument \"ms\"".to_owned())),
         };
         let duration = Duration::from_millis(ms);
         if duration > MAX_WAIT {
-            return Err(format!("\"ms\" must be at most {}", MAX_WAIT.as_millis()));
+            return Err(ToolError::Arguments(format!(
+                "\"ms\" must be at most {}",
+                MAX_WAIT.as_millis()
+            )));
         }
         if ctx.cancel.sleep(duration) {
-            return Err("cancelled".to_owned());
+            return Err(ToolError::Cancelled);
         }
         Ok(format!("Waited {ms} ms."))
     }
@@ -196,6 +195,7 @@ mod tests {
     use crate::common::cancel::CancelFlag;
     use crate::tools::knowledge::Knowledge;
 
+    /// Runs `tool`; an error as the text the model would read.
     fn run(tool: &dyn Tool, args: Value) -> Result<String, String> {
         let knowledge = Knowledge::new();
         let cancel = CancelFlag::new();
@@ -208,6 +208,7 @@ mod tests {
                 progress: None,
             },
         )
+        .map_err(|e| e.to_string())
     }
 
     #[test]
@@ -229,18 +230,26 @@ mod tests {
             run(&Calculator, json!({"expression": "1/0"})),
             Err("division by zero".into())
         );
-        assert!(run(&Calculator, json!({})).unwrap_err().contains("missing"));
-        assert!(
-            run(&Calculator, json!({"expression": 3}))
-                .unwrap_err()
-                .contains("string")
+        assert_eq!(
+            run(&Calculator, json!({})),
+            Err("missing argument \"expression\"".into())
+        );
+        assert_eq!(
+            run(&Calculator, json!({"expression": 3})),
+            Err("\"expression\" must be a string, not 3".into())
         );
     }
 
     #[test]
     fn wait_checks_its_argument_and_stops_when_cancelled() {
-        assert!(run(&Wait, json!({"ms": 60_001})).is_err());
-        assert!(run(&Wait, json!({"ms": "5"})).is_err());
+        assert_eq!(
+            run(&Wait, json!({"ms": 60_001})),
+            Err("\"ms\" must be at most 60000".into())
+        );
+        assert_eq!(
+            run(&Wait, json!({"ms": "5"})),
+            Err("\"ms\" must be a whole number of milliseconds, not \"5\"".into())
+        );
         assert_eq!(run(&Wait, json!({"ms": 1})), Ok("Waited 1 ms.".to_owned()));
         let knowledge = Knowledge::new();
         let cancel = CancelFlag::new();
@@ -251,9 +260,10 @@ mod tests {
             cancel: &cancel,
             progress: None,
         };
-        assert_eq!(
-            Wait.call(&json!({"ms": 60_000}), &ctx),
-            Err("cancelled".to_owned())
+        let cancelled = Wait.call(&json!({"ms": 60_000}), &ctx);
+        assert!(
+            matches!(cancelled, Err(ToolError::Cancelled)),
+            "{cancelled:?}"
         );
     }
 
@@ -270,10 +280,7 @@ mod tests {
         SessionNote
             .call(&json!({"text": "buy milk"}), &ctx)
             .unwrap();
-        assert_eq!(
-            SessionNotes.call(&json!({}), &ctx),
-            Ok("1. buy milk".to_owned())
-        );
+        assert_eq!(SessionNotes.call(&json!({}), &ctx).unwrap(), "1. buy milk");
         let other = ToolContext {
             principal: &Principal::local(),
             knowledge: &theirs,
@@ -281,8 +288,8 @@ mod tests {
             progress: None,
         };
         assert_eq!(
-            SessionNotes.call(&json!({}), &other),
-            Ok("This session has no notes.".into())
+            SessionNotes.call(&json!({}), &other).unwrap(),
+            "This session has no notes."
         );
     }
 }

@@ -1,7 +1,11 @@
 //! An arithmetic evaluator for the `calculator` tool: `+ - * / % ^`, parentheses, unary minus
-//! and decimals, by recursive descent. Pure functions; depends on nothing.
+//! and decimals, by recursive descent, and [`ExpressionError`], why an expression has no value.
+//! Pure functions; depends on nothing.
 //!
 //! Depends on nothing in the crate.
+
+use std::fmt;
+use std::num::ParseFloatError;
 
 /// Deepest nesting of parentheses and unary signs accepted, so that hostile input cannot
 /// overflow the stack.
@@ -14,9 +18,9 @@ const MAX_DEPTH: usize = 200;
 ///
 /// # Errors
 ///
-/// A message that says what is wrong: an unexpected character, a missing parenthesis, division
-/// by zero, or a result too large to represent.
-pub fn evaluate(expression: &str) -> Result<f64, String> {
+/// An [`ExpressionError`] that says what is wrong: an unexpected character, a missing
+/// parenthesis, division by zero, or a result too large to represent.
+pub fn evaluate(expression: &str) -> Result<f64, ExpressionError> {
     let mut parser = Parser {
         chars: expression.chars().collect(),
         pos: 0,
@@ -24,15 +28,18 @@ pub fn evaluate(expression: &str) -> Result<f64, String> {
     };
     parser.skip_spaces();
     if parser.at_end() {
-        return Err("the expression is empty".to_owned());
+        return Err(ExpressionError::Empty);
     }
     let value = parser.sum()?;
     parser.skip_spaces();
-    if let Some(c) = parser.peek() {
-        return Err(format!("unexpected {c:?} at position {}", parser.pos + 1));
+    if let Some(found) = parser.peek() {
+        return Err(ExpressionError::Unexpected {
+            found,
+            position: parser.pos + 1,
+        });
     }
     if !value.is_finite() {
-        return Err("the result is too large".to_owned());
+        return Err(ExpressionError::TooLarge);
     }
     Ok(value)
 }
@@ -43,6 +50,72 @@ pub fn format_number(value: f64) -> String {
         format!("{}", value as i64)
     } else {
         format!("{value}")
+    }
+}
+
+/// Why an expression has no value. The `Display` text is what the model reads, so that it can
+/// write the expression again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExpressionError {
+    /// Nothing but spaces.
+    Empty,
+    /// A character that cannot stand where it stands.
+    Unexpected {
+        /// The character.
+        found: char,
+        /// Where it stands, counting characters from 1.
+        position: usize,
+    },
+    /// A `(` without its `)`.
+    MissingParenthesis {
+        /// Where the `)` was expected, counting characters from 1.
+        position: usize,
+    },
+    /// The expression stops where a number or a `(` must come.
+    EndsTooSoon,
+    /// Digits and points that do not make a number (`1.2.3`).
+    NotANumber {
+        /// The text read as a number.
+        text: String,
+        /// Why it is not one.
+        source: ParseFloatError,
+    },
+    /// A division by zero.
+    DivisionByZero,
+    /// A remainder of a division by zero.
+    ModuloByZero,
+    /// The result is too large to represent.
+    TooLarge,
+    /// Parentheses or signs nested deeper than the evaluator follows.
+    TooDeep,
+}
+
+impl fmt::Display for ExpressionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExpressionError::Empty => write!(f, "the expression is empty"),
+            ExpressionError::Unexpected { found, position } => {
+                write!(f, "unexpected {found:?} at position {position}")
+            }
+            ExpressionError::MissingParenthesis { position } => {
+                write!(f, "missing ')' at position {position}")
+            }
+            ExpressionError::EndsTooSoon => write!(f, "the expression ends too soon"),
+            ExpressionError::NotANumber { text, .. } => write!(f, "{text:?} is not a number"),
+            ExpressionError::DivisionByZero => write!(f, "division by zero"),
+            ExpressionError::ModuloByZero => write!(f, "modulo by zero"),
+            ExpressionError::TooLarge => write!(f, "the result is too large"),
+            ExpressionError::TooDeep => write!(f, "the expression is nested too deeply"),
+        }
+    }
+}
+
+impl std::error::Error for ExpressionError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ExpressionError::NotANumber { source, .. } => Some(source),
+            _ => None,
+        }
     }
 }
 
@@ -78,7 +151,7 @@ impl Parser {
         }
     }
 
-    fn sum(&mut self) -> Result<f64, String> {
+    fn sum(&mut self) -> Result<f64, ExpressionError> {
         let mut value = self.product()?;
         loop {
             if self.eat('+') {
@@ -91,7 +164,7 @@ impl Parser {
         }
     }
 
-    fn product(&mut self) -> Result<f64, String> {
+    fn product(&mut self) -> Result<f64, ExpressionError> {
         let mut value = self.unary()?;
         loop {
             if self.eat('*') {
@@ -99,13 +172,13 @@ impl Parser {
             } else if self.eat('/') {
                 let divisor = self.unary()?;
                 if divisor == 0.0 {
-                    return Err("division by zero".to_owned());
+                    return Err(ExpressionError::DivisionByZero);
                 }
                 value /= divisor;
             } else if self.eat('%') {
                 let divisor = self.unary()?;
                 if divisor == 0.0 {
-                    return Err("modulo by zero".to_owned());
+                    return Err(ExpressionError::ModuloByZero);
                 }
                 value %= divisor;
             } else {
@@ -114,7 +187,7 @@ impl Parser {
         }
     }
 
-    fn unary(&mut self) -> Result<f64, String> {
+    fn unary(&mut self) -> Result<f64, ExpressionError> {
         self.descend()?;
         let value = if self.eat('-') {
             self.unary().map(|v| -v)
@@ -127,7 +200,7 @@ impl Parser {
         value
     }
 
-    fn power(&mut self) -> Result<f64, String> {
+    fn power(&mut self) -> Result<f64, ExpressionError> {
         let base = self.primary()?;
         if self.eat('^') {
             let exponent = self.unary()?;
@@ -137,14 +210,16 @@ impl Parser {
         }
     }
 
-    fn primary(&mut self) -> Result<f64, String> {
+    fn primary(&mut self) -> Result<f64, ExpressionError> {
         self.skip_spaces();
         if self.eat('(') {
             self.descend()?;
             let value = self.sum()?;
             self.depth -= 1;
             if !self.eat(')') {
-                return Err(format!("missing ')' at position {}", self.pos + 1));
+                return Err(ExpressionError::MissingParenthesis {
+                    position: self.pos + 1,
+                });
             }
             return Ok(value);
         }
@@ -154,20 +229,22 @@ impl Parser {
         }
         if start == self.pos {
             return Err(match self.peek() {
-                Some(c) => format!("unexpected {c:?} at position {}", self.pos + 1),
-                None => "the expression ends too soon".to_owned(),
+                Some(found) => ExpressionError::Unexpected {
+                    found,
+                    position: self.pos + 1,
+                },
+                None => ExpressionError::EndsTooSoon,
             });
         }
-        let digits: String = self.chars[start..self.pos].iter().collect();
-        digits
-            .parse()
-            .map_err(|_| format!("{digits:?} is not a number"))
+        let text: String = self.chars[start..self.pos].iter().collect();
+        text.parse()
+            .map_err(|source| ExpressionError::NotANumber { text, source })
     }
 
-    fn descend(&mut self) -> Result<(), String> {
+    fn descend(&mut self) -> Result<(), ExpressionError> {
         self.depth += 1;
         if self.depth > MAX_DEPTH {
-            Err("the expression is nested too deeply".to_owned())
+            Err(ExpressionError::TooDeep)
         } else {
             Ok(())
         }
@@ -200,23 +277,25 @@ mod tests {
 
     #[test]
     fn rejects_bad_input_with_a_reason() {
-        assert_eq!(evaluate("1 / 0"), Err("division by zero".to_owned()));
-        assert_eq!(evaluate("5 % 0"), Err("modulo by zero".to_owned()));
-        assert!(evaluate("").unwrap_err().contains("empty"));
-        assert!(evaluate("(1 + 2").unwrap_err().contains("missing ')'"));
-        assert!(evaluate("1 + x").unwrap_err().contains("'x'"));
-        assert!(evaluate("1 2").unwrap_err().contains("unexpected"));
-        assert!(evaluate("1.2.3").unwrap_err().contains("not a number"));
-        assert!(evaluate("10 ^ 400").unwrap_err().contains("too large"));
-        assert!(
-            evaluate(&"(".repeat(100_000))
-                .unwrap_err()
-                .contains("deeply")
+        let error = |expression: &str| evaluate(expression).unwrap_err().to_string();
+        assert_eq!(evaluate("1 / 0"), Err(ExpressionError::DivisionByZero));
+        assert_eq!(error("1 / 0"), "division by zero");
+        assert_eq!(error("5 % 0"), "modulo by zero");
+        assert_eq!(error(""), "the expression is empty");
+        assert_eq!(error("(1 + 2"), "missing ')' at position 7");
+        assert_eq!(error("1 + x"), "unexpected 'x' at position 5");
+        assert_eq!(error("1 2"), "unexpected '2' at position 3");
+        assert_eq!(error("1 +"), "the expression ends too soon");
+        assert_eq!(error("1.2.3"), "\"1.2.3\" is not a number");
+        assert!(std::error::Error::source(&evaluate("1.2.3").unwrap_err()).is_some());
+        assert_eq!(error("10 ^ 400"), "the result is too large");
+        assert_eq!(
+            error(&"(".repeat(100_000)),
+            "the expression is nested too deeply"
         );
-        assert!(
-            evaluate(&"-".repeat(100_000))
-                .unwrap_err()
-                .contains("deeply")
+        assert_eq!(
+            evaluate(&"-".repeat(100_000)),
+            Err(ExpressionError::TooDeep)
         );
     }
 

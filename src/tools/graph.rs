@@ -1,14 +1,15 @@
 //! The knowledge-graph tools, shared by all sessions: `remember`, `recall`, `graph_add_node`,
 //! `graph_add_edge`, `graph_get`, `graph_search` and `graph_delete`.
 //!
-//! Depends on: `common::error`, `store`, `tools`.
+//! Depends on: `store`, `tools`, `tools::error`.
 
 use std::sync::Arc;
 
 use serde_json::{Value, json};
 
 use crate::store::{GraphStore, Node};
-use crate::tools::{Tool, ToolContext};
+use crate::tools::error::ToolError;
+use crate::tools::{Tool, ToolContext, string_arg as string};
 
 /// Results a search returns when the caller gives no limit.
 const DEFAULT_LIMIT: u64 = 5;
@@ -52,32 +53,24 @@ struct Graph {
     store: Arc<dyn GraphStore>,
 }
 
-fn string<'a>(args: &'a Value, key: &str) -> Result<&'a str, String> {
-    match args.get(key) {
-        Some(Value::String(text)) if !text.trim().is_empty() => Ok(text),
-        Some(Value::String(_)) => Err(format!("\"{key}\" must not be empty")),
-        Some(other) => Err(format!("\"{key}\" must be a string, not {other}")),
-        None => Err(format!("missing argument \"{key}\"")),
-    }
-}
-
-fn optional_string<'a>(args: &'a Value, key: &str) -> Result<Option<&'a str>, String> {
+fn optional_string<'a>(args: &'a Value, key: &str) -> Result<Option<&'a str>, ToolError> {
     match args.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(_) => string(args, key).map(Some),
     }
 }
 
-fn node_id(args: &Value, key: &str) -> Result<i64, String> {
+fn node_id(args: &Value, key: &str) -> Result<i64, ToolError> {
     match args.get(key) {
         Some(value) => value.as_i64().filter(|id| *id > 0).ok_or_else(|| {
             format!("\"{key}\" must be a node id (a positive integer), not {value}")
         }),
         None => Err(format!("missing argument \"{key}\"")),
     }
+    .map_err(ToolError::Arguments)
 }
 
-fn limit(args: &Value) -> Result<usize, String> {
+fn limit(args: &Value) -> Result<usize, ToolError> {
     match args.get("limit") {
         None | Some(Value::Null) => Ok(DEFAULT_LIMIT as usize),
         Some(value) => value
@@ -85,16 +78,20 @@ fn limit(args: &Value) -> Result<usize, String> {
             .filter(|n| (1..=MAX_LIMIT).contains(n))
             .map(|n| n as usize)
             .ok_or_else(|| {
-                format!("\"limit\" must be a whole number from 1 to {MAX_LIMIT}, not {value}")
+                ToolError::Arguments(format!(
+                    "\"limit\" must be a whole number from 1 to {MAX_LIMIT}, not {value}"
+                ))
             }),
     }
 }
 
-fn properties(args: &Value) -> Result<Value, String> {
+fn properties(args: &Value) -> Result<Value, ToolError> {
     match args.get("properties") {
         None | Some(Value::Null) => Ok(json!({})),
         Some(value @ Value::Object(_)) => Ok(value.clone()),
-        Some(other) => Err(format!("\"properties\" must be a JSON object, not {other}")),
+        Some(other) => Err(ToolError::Arguments(format!(
+            "\"properties\" must be a JSON object, not {other}"
+        ))),
     }
 }
 
@@ -181,10 +178,10 @@ impl Tool for Graph {
         }
     }
 
-    fn call(&self, args: &Value, ctx: &ToolContext<'_>) -> Result<String, String> {
+    fn call(&self, args: &Value, ctx: &ToolContext<'_>) -> Result<String, ToolError> {
         let store = &self.store;
         let owner = ctx.principal.as_str();
-        let failed = |e: crate::common::error::Error| e.to_string();
+        let failed = ToolError::Store;
         match self.kind {
             GraphTool::Remember => {
                 let (node, new) = store
@@ -235,7 +232,7 @@ impl Tool for Graph {
             GraphTool::Get => {
                 let id = node_id(args, "id")?;
                 let Some(around) = store.get(owner, id).map_err(failed)? else {
-                    return Err(format!("there is no node #{id}"));
+                    return Err(ToolError::NotFound(format!("node #{id}")));
                 };
                 let mut lines = vec![describe(&around.node)];
                 if around
@@ -261,7 +258,7 @@ impl Tool for Graph {
                 if store.delete(owner, id).map_err(failed)? {
                     Ok(format!("Deleted node #{id} and its edges."))
                 } else {
-                    Err(format!("there is no node #{id}"))
+                    Err(ToolError::NotFound(format!("node #{id}")))
                 }
             }
         }

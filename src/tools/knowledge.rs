@@ -1,13 +1,14 @@
 //! `Knowledge`: the short-term notes of one session, sandboxed to it. Each new note also goes
-//! to a [`NoteWriter`] (the session's store writer), so the notes outlive the process. Depends
-//! on nothing in the crate.
+//! to a [`NoteWriter`] (the session's store writer), so the notes outlive the process.
 //!
-//! Depends on nothing in the crate.
+//! Depends on: `tools::error`.
 
 use std::fmt;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+
+use crate::tools::error::ToolError;
 
 /// Notes one session may hold at most.
 pub const MAX_NOTES: usize = 200;
@@ -58,17 +59,18 @@ impl Knowledge {
     ///
     /// # Errors
     ///
-    /// A message for the model when the session holds [`MAX_NOTES`] notes or the new one
+    /// [`ToolError::NotesFull`] when the session holds [`MAX_NOTES`] notes or the new one
     /// would take it past [`MAX_NOTE_BYTES`].
-    pub fn add_note(&self, text: &str) -> Result<usize, String> {
+    pub fn add_note(&self, text: &str) -> Result<usize, ToolError> {
         let mut notes = self.notes.lock();
         let bytes: usize = notes.iter().map(String::len).sum();
         if notes.len() >= MAX_NOTES || bytes + text.len() > MAX_NOTE_BYTES {
-            return Err(format!(
-                "this session's notes are full ({} notes, {bytes} bytes; at most {MAX_NOTES} \
-                 notes and {MAX_NOTE_BYTES} bytes)",
-                notes.len()
-            ));
+            return Err(ToolError::NotesFull {
+                notes: notes.len(),
+                bytes,
+                max_notes: MAX_NOTES,
+                max_bytes: MAX_NOTE_BYTES,
+            });
         }
         notes.push(text.to_owned());
         if let Some(writer) = &self.writer {

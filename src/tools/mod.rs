@@ -2,10 +2,11 @@
 //! that built-in, knowledge-graph and MCP tools implement. The built-in part is fixed at start;
 //! a [`ToolSource`] (the MCP servers) may change its tools while the server runs.
 //!
-//! Depends on: `common::auth`, `common::cancel`, `common::metrics`, `common::protocol`, `model`, `store`, `tools::knowledge`.
+//! Depends on: `common::auth`, `common::cancel`, `common::metrics`, `common::protocol`, `model`, `store`, `tools::error`, `tools::knowledge`.
 
 pub mod builtin;
 pub mod calculator;
+pub mod error;
 pub mod graph;
 pub mod knowledge;
 pub mod mcp;
@@ -25,6 +26,7 @@ use crate::common::metrics::Metrics;
 use crate::common::protocol::ToolStatus;
 use crate::model::{Image, ToolSpec, describe_bytes};
 use crate::store::GraphStore;
+use crate::tools::error::ToolError;
 use crate::tools::knowledge::Knowledge;
 
 /// What a tool gets besides its arguments: who calls it, the calling session's knowledge,
@@ -80,15 +82,16 @@ pub trait Tool: Send + Sync {
     ///
     /// # Errors
     ///
-    /// A message for the model and the user, saying what was wrong (bad arguments, a failure).
-    fn call(&self, args: &Value, ctx: &ToolContext<'_>) -> Result<String, String>;
+    /// A [`ToolError`] whose text tells the model and the user what was wrong (bad arguments,
+    /// a failure).
+    fn call(&self, args: &Value, ctx: &ToolContext<'_>) -> Result<String, ToolError>;
     /// Runs the tool, for a result that may hold images beside its text. The default is
     /// [`call`](Self::call)'s text alone.
     ///
     /// # Errors
     ///
     /// As [`call`](Self::call).
-    fn call_content(&self, args: &Value, ctx: &ToolContext<'_>) -> Result<ToolContent, String> {
+    fn call_content(&self, args: &Value, ctx: &ToolContext<'_>) -> Result<ToolContent, ToolError> {
         self.call(args, ctx).map(ToolContent::from)
     }
     /// True when a person must allow each call before it runs (`approval_request`). Sparky's
@@ -129,7 +132,7 @@ pub trait ToolSource: Send + Sync {
     /// # Errors
     ///
     /// What went wrong asking, for the user.
-    fn prompts(&self, cancel: &CancelFlag) -> Result<Vec<PromptInfo>, String> {
+    fn prompts(&self, cancel: &CancelFlag) -> Result<Vec<PromptInfo>, ToolError> {
         let _ = cancel;
         Ok(Vec::new())
     }
@@ -143,10 +146,25 @@ pub trait ToolSource: Send + Sync {
         name: &str,
         args: &BTreeMap<String, String>,
         cancel: &CancelFlag,
-    ) -> Result<String, String> {
+    ) -> Result<String, ToolError> {
         let _ = (args, cancel);
-        Err(format!("there is no prompt named {name}"))
+        Err(ToolError::NotFound(format!("prompt named {name}")))
     }
+}
+
+/// Reads the required string argument `key`: present, a string, and not blank.
+///
+/// # Errors
+///
+/// [`ToolError::Arguments`] saying which of these it is not.
+pub fn string_arg<'a>(args: &'a Value, key: &str) -> Result<&'a str, ToolError> {
+    match args.get(key) {
+        Some(Value::String(text)) if !text.trim().is_empty() => Ok(text.as_str()),
+        Some(Value::String(_)) => Err(format!("\"{key}\" must not be empty")),
+        Some(other) => Err(format!("\"{key}\" must be a string, not {other}")),
+        None => Err(format!("missing argument \"{key}\"")),
+    }
+    .map_err(ToolError::Arguments)
 }
 
 /// What a tool returned: text, and images.
@@ -350,7 +368,7 @@ impl ToolChain {
     /// # Errors
     ///
     /// What went wrong asking, for the user.
-    pub fn prompts(&self, cancel: &CancelFlag) -> Result<Vec<PromptInfo>, String> {
+    pub fn prompts(&self, cancel: &CancelFlag) -> Result<Vec<PromptInfo>, ToolError> {
         match &self.source {
             Some(source) => source.prompts(cancel),
             None => Ok(Vec::new()),
@@ -368,10 +386,10 @@ impl ToolChain {
         name: &str,
         args: &BTreeMap<String, String>,
         cancel: &CancelFlag,
-    ) -> Result<String, String> {
+    ) -> Result<String, ToolError> {
         match &self.source {
             Some(source) => source.prompt(name, args, cancel),
-            None => Err(format!("there is no prompt named {name}")),
+            None => Err(ToolError::NotFound(format!("prompt named {name}"))),
         }
     }
 
@@ -462,31 +480,39 @@ impl ToolChain {
     }
 
     fn run(&self, name: &str, args: &Value, ctx: &ToolContext<'_>) -> ToolOutput {
-        let Some(tool) = self.find(name) else {
-            let known = self.names().join(", ");
-            return ToolOutput::text(
-                ToolStatus::Error,
-                format!("unknown tool {name:?}; known tools: {known}"),
-            );
-        };
-        if !args.is_object() {
-            return ToolOutput::text(
-                ToolStatus::Error,
-                format!("arguments of {name} must be a JSON object, not {args}"),
-            );
-        }
-        match catch_unwind(AssertUnwindSafe(|| tool.call_content(args, ctx))) {
-            Ok(Ok(content)) => ToolOutput {
+        match self.try_run(name, args, ctx) {
+            Ok(content) => ToolOutput {
                 status: ToolStatus::Success,
                 text: content.text,
                 images: content.images,
             },
-            Ok(Err(text)) => ToolOutput::text(ToolStatus::Error, text),
-            Err(_) => {
-                log::warn!("tool {name}: panicked");
-                ToolOutput::text(ToolStatus::Error, format!("the {name} tool crashed"))
-            }
+            Err(e) => ToolOutput::text(ToolStatus::Error, e.to_string()),
         }
+    }
+
+    fn try_run(
+        &self,
+        name: &str,
+        args: &Value,
+        ctx: &ToolContext<'_>,
+    ) -> Result<ToolContent, ToolError> {
+        let Some(tool) = self.find(name) else {
+            return Err(ToolError::Unknown {
+                name: name.to_owned(),
+                known: self.names(),
+            });
+        };
+        if !args.is_object() {
+            return Err(ToolError::Arguments(format!(
+                "arguments of {name} must be a JSON object, not {args}"
+            )));
+        }
+        catch_unwind(AssertUnwindSafe(|| tool.call_content(args, ctx))).unwrap_or_else(|_| {
+            log::warn!("tool {name}: panicked");
+            Err(ToolError::Panicked {
+                tool: name.to_owned(),
+            })
+        })
     }
 }
 
@@ -576,7 +602,7 @@ mod tests {
         fn parameters(&self) -> Value {
             json!({"type": "object"})
         }
-        fn call(&self, _args: &Value, _ctx: &ToolContext<'_>) -> Result<String, String> {
+        fn call(&self, _args: &Value, _ctx: &ToolContext<'_>) -> Result<String, ToolError> {
             panic!("tool bug")
         }
     }
@@ -594,12 +620,12 @@ mod tests {
         fn parameters(&self) -> Value {
             json!({"type": "object"})
         }
-        fn call(&self, args: &Value, _ctx: &ToolContext<'_>) -> Result<String, String> {
+        fn call(&self, args: &Value, _ctx: &ToolContext<'_>) -> Result<String, ToolError> {
             let text = args["text"].as_str().unwrap_or_default();
             let times = args["times"].as_u64().unwrap_or(1) as usize;
             let output = text.repeat(times);
             if args["fail"] == json!(true) {
-                Err(output)
+                Err(ToolError::failed(output))
             } else {
                 Ok(output)
             }
@@ -705,16 +731,16 @@ mod tests {
         };
         let output = chain.call("panicky", &json!({}), &ctx);
         assert_eq!(output.status, ToolStatus::Error);
-        assert!(output.text.contains("crashed"));
+        assert_eq!(output.text, "the panicky tool crashed");
+        let not_an_object = chain.call("panicky", &json!([1]), &ctx);
+        assert_eq!(not_an_object.status, ToolStatus::Error);
         assert_eq!(
-            chain.call("panicky", &json!([1]), &ctx).status,
-            ToolStatus::Error
+            not_an_object.text,
+            "arguments of panicky must be a JSON object, not [1]"
         );
-        assert!(
-            chain
-                .call("nope", &json!({}), &ctx)
-                .text
-                .contains("unknown tool")
+        assert_eq!(
+            chain.call("nope", &json!({}), &ctx).text,
+            "unknown tool \"nope\"; known tools: panicky"
         );
     }
 
@@ -731,14 +757,14 @@ mod tests {
         fn parameters(&self) -> Value {
             json!({"type": "object"})
         }
-        fn call(&self, _args: &Value, _ctx: &ToolContext<'_>) -> Result<String, String> {
+        fn call(&self, _args: &Value, _ctx: &ToolContext<'_>) -> Result<String, ToolError> {
             Ok(String::new())
         }
         fn call_content(
             &self,
             args: &Value,
             _ctx: &ToolContext<'_>,
-        ) -> Result<ToolContent, String> {
+        ) -> Result<ToolContent, ToolError> {
             let images = args["images"]
                 .as_array()
                 .into_iter()

@@ -112,7 +112,7 @@ fn model_outcome(model: Result<Arc<dyn ModelBackend>, String>) -> Outcome {
             "{}: the server answers and serves it",
             model.name()
         )),
-        Some(Err(e)) => Outcome::Fail(e),
+        Some(Err(e)) => Outcome::Fail(e.to_string()),
     }
 }
 

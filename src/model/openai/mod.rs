@@ -20,7 +20,7 @@
 //! [`Error::HistoryRejected`], which the bot answers by resetting the history and trying once
 //! more.
 //!
-//! Depends on: `common::error`, `model`, `model::openai::client`, `model::openai::request`, `model::openai::retry`.
+//! Depends on: `common::error`, `model`, `model::error`, `model::openai::client`, `model::openai::request`, `model::openai::retry`.
 
 mod client;
 mod request;
@@ -41,6 +41,7 @@ use self::request::encode_request;
 pub use self::retry::RetryPolicy;
 use self::retry::{Failure, error_message};
 use crate::common::error::{Error, Result};
+use crate::model::error::ModelError;
 use crate::model::{Conversation, ModelBackend, ModelHealth, ModelReply, ReplySink, ToolSpec};
 
 /// Where and how a [`RemoteModel`] reaches its server.
@@ -164,10 +165,10 @@ impl RemoteModel {
     }
 
     /// Records how the server answered a request or probe.
-    fn record(&self, outcome: std::result::Result<(), &str>) {
+    fn record(&self, outcome: std::result::Result<(), &dyn fmt::Display>) {
         let mut health = self.health.lock();
         health.reachable = Some(outcome.is_ok());
-        health.last_error = outcome.err().map(str::to_owned);
+        health.last_error = outcome.err().map(ToString::to_string);
     }
 
     /// The server's root URL: the base URL without its `/v1`.
@@ -221,28 +222,35 @@ impl RemoteModel {
     }
 
     /// `GET {base_url}/models`: is the server there, and does it serve the model?
-    fn ask_for_models(&self) -> std::result::Result<(), String> {
+    fn ask_for_models(&self) -> std::result::Result<(), ModelError> {
         let base = self.options.base_url.trim_end_matches('/');
+        let server = || format!("the model server at {base}");
         let url = format!("{base}/models");
         let mut request = self.agent().get(&url);
         if let Some(key) = &self.options.api_key {
             request = request.header("Authorization", &format!("Bearer {key}"));
         }
-        let mut response = request
-            .call()
-            .map_err(|e| format!("cannot reach the model server at {base}: {e}"))?;
+        let mut response = request.call().map_err(|source| ModelError::Unreachable {
+            server: server(),
+            source,
+        })?;
         let status = response.status().as_u16();
         let body = response
             .body_mut()
             .with_config()
             .limit(MAX_MODELS_BODY_BYTES)
             .read_to_string()
-            .map_err(|e| format!("the model server at {base} sent an unreadable answer: {e}"))?;
+            .map_err(|source| ModelError::Unreadable {
+                server: server(),
+                source,
+            })?;
         if status != 200 {
-            return Err(format!(
-                "the model server at {base} answered GET /models with {status}: {}",
-                error_message(&body)
-            ));
+            return Err(ModelError::Status {
+                server: server(),
+                request: Some("GET /models"),
+                status,
+                detail: error_message(&body),
+            });
         }
         let served: Vec<String> = serde_json::from_str::<Value>(&body)
             .ok()
@@ -267,9 +275,10 @@ impl RemoteModel {
                 }
             }
             if listed.is_empty() {
-                return Err(format!(
-                    "the model server at {base} lists no models (--model-name auto)"
-                ));
+                return Err(ModelError::Answer(format!(
+                    "{} lists no models (--model-name auto)",
+                    server()
+                )));
             }
             let mut models = self.models.write();
             if *models != listed {
@@ -290,15 +299,16 @@ impl RemoteModel {
         if missing.is_empty() {
             Ok(())
         } else {
-            Err(format!(
-                "the model server at {base} does not serve {}; it serves: {}",
+            Err(ModelError::Answer(format!(
+                "{} does not serve {}; it serves: {}",
+                server(),
                 missing
                     .iter()
                     .map(|name| format!("{name:?}"))
                     .collect::<Vec<_>>()
                     .join(", "),
                 served.join(", ")
-            ))
+            )))
         }
     }
 
@@ -381,12 +391,12 @@ impl ModelBackend for RemoteModel {
         }
     }
 
-    fn probe(&self) -> Option<std::result::Result<(), String>> {
+    fn probe(&self) -> Option<std::result::Result<(), ModelError>> {
         if let Some(window) = self.ask_for_window() {
             self.window.store(window, Ordering::Relaxed);
         }
         let outcome = self.ask_for_models();
-        self.record(outcome.as_ref().map(|_| ()).map_err(String::as_str));
+        self.record(outcome.as_ref().map(|_| ()).map_err(|e| e as _));
         Some(outcome)
     }
 
@@ -399,8 +409,8 @@ impl ModelBackend for RemoteModel {
         // With `auto`, a server that has not listed its models yet is asked now.
         if self.auto && self.models.read().is_empty() {
             let listed = self.ask_for_models();
-            self.record(listed.as_ref().map(|_| ()).map_err(String::as_str));
-            listed.map_err(|detail| self.error(Failure::Fatal(detail)))?;
+            self.record(listed.as_ref().map(|_| ()).map_err(|e| e as _));
+            listed.map_err(|e| self.error(Failure::Fatal(e.to_string())))?;
         }
         let mut usage = !self.usage_refused.load(Ordering::Relaxed);
         let mut body = self.encode(conversation, tools, usage)?;

@@ -1,9 +1,13 @@
 //! `McpError`: what went wrong talking to an MCP server, and how a wait is written for people.
 //!
-//! Depends on nothing in the crate.
+//! Depends on: `tools::mcp::schema`.
 
 use std::fmt;
 use std::time::Duration;
+
+use serde_json::Value;
+
+use super::schema::Mismatch;
 
 /// What went wrong talking to an MCP server. The `Display` text is what the model and the user
 /// see as the tool's error.
@@ -71,6 +75,17 @@ pub enum McpError {
         /// What was wrong.
         detail: String,
     },
+    /// A tool answered with `structuredContent` that does not match the `outputSchema` it
+    /// declared.
+    OutputMismatch {
+        /// The tool's own name on its server.
+        tool: String,
+        /// Where and how the content does not match (boxed: it is the largest part of an
+        /// error that every MCP call may return).
+        mismatch: Box<Mismatch>,
+        /// The content.
+        structured: Value,
+    },
 }
 
 impl fmt::Display for McpError {
@@ -109,11 +124,27 @@ impl fmt::Display for McpError {
             McpError::Protocol { server, detail } => {
                 write!(f, "mcp server {server}: unexpected answer: {detail}")
             }
+            McpError::OutputMismatch {
+                tool,
+                mismatch,
+                structured,
+            } => write!(
+                f,
+                "the {tool} tool answered with structuredContent that does not match its \
+                 outputSchema ({mismatch}): {structured}"
+            ),
         }
     }
 }
 
-impl std::error::Error for McpError {}
+impl std::error::Error for McpError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            McpError::OutputMismatch { mismatch, .. } => Some(mismatch.as_ref()),
+            _ => None,
+        }
+    }
+}
 
 /// A duration as people read it: whole milliseconds below a second, else seconds rounded to
 /// one decimal place, without a trailing `.0` (`250ms`, `60s`, `1.5s`).

@@ -3,11 +3,13 @@
 //! URIs tools return lead somewhere. The catalog offers it while at least one such server is
 //! up.
 //!
-//! Depends on: `common::cancel`, `tools`.
+//! Depends on: `common::cancel`, `tools`, `tools::error`, `tools::mcp::error`.
 
 use serde_json::{Value, json};
 
+use super::error::McpError;
 use crate::common::cancel::CancelFlag;
+use crate::tools::error::ToolError;
 use crate::tools::{Tool, ToolContext};
 
 /// The tool's name in the ToolChain. Server tools are always `<server>__<tool>`, so it cannot
@@ -18,7 +20,7 @@ pub const READ_RESOURCE_TOOL: &str = "mcp_read_resource";
 /// server is gone. The supervisor makes one per server, so that this tool needs to know nothing
 /// of servers.
 pub(super) type Reader =
-    Box<dyn Fn(&str, &CancelFlag) -> Option<Result<String, String>> + Send + Sync>;
+    Box<dyn Fn(&str, &CancelFlag) -> Option<Result<String, McpError>> + Send + Sync>;
 
 /// Reads a resource from one of the servers that offer resources.
 pub(super) struct ResourceTool {
@@ -65,24 +67,30 @@ impl Tool for ResourceTool {
         })
     }
 
-    fn call(&self, args: &Value, ctx: &ToolContext<'_>) -> Result<String, String> {
+    fn call(&self, args: &Value, ctx: &ToolContext<'_>) -> Result<String, ToolError> {
         let field = |key: &str| {
             args.get(key)
                 .and_then(Value::as_str)
                 .filter(|value| !value.trim().is_empty())
-                .ok_or_else(|| format!("{READ_RESOURCE_TOOL} needs a \"{key}\" string"))
+                .ok_or_else(|| {
+                    ToolError::Arguments(format!("{READ_RESOURCE_TOOL} needs a \"{key}\" string"))
+                })
         };
         let (name, uri) = (field("server")?, field("uri")?);
-        self.servers
+        let read = self
+            .servers
             .iter()
             .find(|(known, _)| known == name)
-            .and_then(|(_, read)| read(uri, ctx.cancel))
-            .unwrap_or_else(|| {
+            .and_then(|(_, read)| read(uri, ctx.cancel));
+        match read {
+            Some(text) => Ok(text?),
+            None => {
                 let names: Vec<&str> = self.servers.iter().map(|(n, _)| n.as_str()).collect();
-                Err(format!(
+                Err(ToolError::Arguments(format!(
                     "no MCP server {name:?} offers resources; these do: {}",
                     names.join(", ")
-                ))
-            })
+                )))
+            }
+        }
     }
 }

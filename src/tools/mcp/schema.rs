@@ -7,18 +7,68 @@
 //!
 //! Depends on nothing in the crate.
 
+use std::fmt;
+
 use serde_json::Value;
 
 /// Nesting followed at most, so that a deep value or schema cannot exhaust the stack.
 const MAX_DEPTH: usize = 32;
 
-/// Checks `value` against `schema`; the error names the first place that does not match, as
-/// a JSON pointer (`/items/0/name`).
-pub(super) fn check(value: &Value, schema: &Value) -> Result<(), String> {
+/// The first place where a value does not match its schema, and how.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mismatch {
+    /// The place, as a JSON pointer (`/items/0/name`; `/` for the value itself).
+    pub at: String,
+    /// What is wrong there.
+    pub problem: Problem,
+}
+
+/// How a value does not match its schema.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Problem {
+    /// It is not of the type (`type`) the schema asks for.
+    Type {
+        /// The types allowed.
+        expected: Vec<String>,
+        /// What it is instead (`an array`).
+        found: &'static str,
+    },
+    /// It is not one of the values `enum` allows.
+    NotAllowed {
+        /// The value.
+        value: Value,
+        /// The values allowed.
+        allowed: Vec<Value>,
+    },
+    /// An object lacks a member `required` names.
+    Missing(String),
+}
+
+impl fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let at = &self.at;
+        match &self.problem {
+            Problem::Type { expected, found } => {
+                write!(f, "{at}: expected {}, found {found}", expected.join(" or "))
+            }
+            Problem::NotAllowed { value, allowed } => write!(
+                f,
+                "{at}: {value} is not one of {}",
+                Value::from(allowed.clone())
+            ),
+            Problem::Missing(name) => write!(f, "{at}: {name:?} is required"),
+        }
+    }
+}
+
+impl std::error::Error for Mismatch {}
+
+/// Checks `value` against `schema`; the error names the first place that does not match.
+pub(super) fn check(value: &Value, schema: &Value) -> Result<(), Mismatch> {
     check_at(value, schema, "", 0)
 }
 
-fn check_at(value: &Value, schema: &Value, at: &str, depth: usize) -> Result<(), String> {
+fn check_at(value: &Value, schema: &Value, at: &str, depth: usize) -> Result<(), Mismatch> {
     let Some(schema) = schema.as_object() else {
         // `true`, `{}` or anything else this check does not read: every value matches.
         return Ok(());
@@ -26,7 +76,10 @@ fn check_at(value: &Value, schema: &Value, at: &str, depth: usize) -> Result<(),
     if depth > MAX_DEPTH {
         return Ok(());
     }
-    let place = if at.is_empty() { "/" } else { at };
+    let mismatch = |problem| Mismatch {
+        at: if at.is_empty() { "/" } else { at }.to_owned(),
+        problem,
+    };
     if let Some(wanted) = schema.get("type") {
         let types: Vec<&str> = match wanted {
             Value::String(one) => vec![one.as_str()],
@@ -34,26 +87,25 @@ fn check_at(value: &Value, schema: &Value, at: &str, depth: usize) -> Result<(),
             _ => Vec::new(),
         };
         if !types.is_empty() && !types.iter().any(|kind| is_type(value, kind)) {
-            return Err(format!(
-                "{place}: expected {}, found {}",
-                types.join(" or "),
-                type_of(value)
-            ));
+            return Err(mismatch(Problem::Type {
+                expected: types.into_iter().map(str::to_owned).collect(),
+                found: type_of(value),
+            }));
         }
     }
     if let Some(Value::Array(allowed)) = schema.get("enum")
         && !allowed.contains(value)
     {
-        return Err(format!(
-            "{place}: {value} is not one of {}",
-            Value::from(allowed.clone())
-        ));
+        return Err(mismatch(Problem::NotAllowed {
+            value: value.clone(),
+            allowed: allowed.clone(),
+        }));
     }
     if let Value::Object(object) = value {
         if let Some(Value::Array(required)) = schema.get("required") {
             for name in required.iter().filter_map(Value::as_str) {
                 if !object.contains_key(name) {
-                    return Err(format!("{place}: {name:?} is required"));
+                    return Err(mismatch(Problem::Missing(name.to_owned())));
                 }
             }
         }
@@ -141,8 +193,19 @@ mod tests {
             ),
         ];
         for (value, error) in cases {
-            assert_eq!(check(&value, &schema), Err(error.to_owned()), "{value}");
+            let found = check(&value, &schema).map_err(|mismatch| mismatch.to_string());
+            assert_eq!(found, Err(error.to_owned()), "{value}");
         }
+        assert_eq!(
+            check(&json!({"temperature": 1, "readings": [true]}), &schema),
+            Err(Mismatch {
+                at: "/readings/0".into(),
+                problem: Problem::Type {
+                    expected: vec!["integer".into()],
+                    found: "a boolean",
+                },
+            })
+        );
         // Keywords it does not read, and schemas that are not objects, accept anything.
         assert_eq!(check(&json!(1), &json!({"minimum": 5})), Ok(()));
         assert_eq!(check(&json!(1), &json!(true)), Ok(()));

@@ -5,7 +5,7 @@
 //! while a server offers resources, and finds prompts for `/prompt`. Each server carries its
 //! policy (`"approve"`, `"timeout"`), whether it runs a command or is reached at a URL.
 //!
-//! Depends on: `common::cancel`, `tools`, `tools::mcp::client`, `tools::mcp::config`, `tools::mcp::error`, `tools::mcp::policy`, `tools::mcp::resources`, `tools::mcp::schema`, `tools::mcp::wire`.
+//! Depends on: `common::cancel`, `tools`, `tools::error`, `tools::mcp::client`, `tools::mcp::config`, `tools::mcp::error`, `tools::mcp::policy`, `tools::mcp::resources`, `tools::mcp::schema`, `tools::mcp::wire`.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,6 +24,7 @@ use super::resources::{Reader, ResourceTool};
 use super::schema;
 use super::wire::{RemotePrompt, RemoteTool};
 use crate::common::cancel::CancelFlag;
+use crate::tools::error::ToolError;
 use crate::tools::{PromptInfo, Tool, ToolContent, ToolContext, ToolSource};
 
 /// How long a server has to start: spawn, `initialize` and every page of `tools/list`.
@@ -128,7 +129,7 @@ impl Catalog {
                 let server = published.server.clone();
                 let read: Reader = Box::new(move |uri, cancel| {
                     let server = server.upgrade()?;
-                    Some(server.read_resource(uri, cancel).map_err(|e| e.to_string()))
+                    Some(server.read_resource(uri, cancel))
                 });
                 (name.clone(), read)
             })
@@ -178,7 +179,7 @@ impl ToolSource for Catalog {
         parts.join("\n\n")
     }
 
-    fn prompts(&self, cancel: &CancelFlag) -> Result<Vec<PromptInfo>, String> {
+    fn prompts(&self, cancel: &CancelFlag) -> Result<Vec<PromptInfo>, ToolError> {
         let mut prompts = Vec::new();
         let mut failure = None;
         for server in self.prompt_servers() {
@@ -195,15 +196,15 @@ impl ToolSource for Catalog {
                         name: prompt.name,
                     }
                 })),
-                Err(McpError::Cancelled) => return Err("cancelled".into()),
+                Err(McpError::Cancelled) => return Err(ToolError::Cancelled),
                 Err(e) => {
                     log::warn!("mcp {}: cannot list its prompts: {e}", server.name);
-                    failure.get_or_insert(e.to_string());
+                    failure.get_or_insert(e);
                 }
             }
         }
         match failure {
-            Some(failure) if prompts.is_empty() => Err(failure),
+            Some(failure) if prompts.is_empty() => Err(failure.into()),
             _ => Ok(prompts),
         }
     }
@@ -213,7 +214,7 @@ impl ToolSource for Catalog {
         name: &str,
         args: &BTreeMap<String, String>,
         cancel: &CancelFlag,
-    ) -> Result<String, String> {
+    ) -> Result<String, ToolError> {
         let servers = self.prompt_servers();
         let (server, prompt) = match name.split_once('/') {
             Some((server, prompt)) => {
@@ -223,7 +224,7 @@ impl ToolSource for Catalog {
             None => {
                 let mut found = None;
                 for server in servers {
-                    let listed = server.list_prompts(cancel).map_err(|e| e.to_string())?;
+                    let listed = server.list_prompts(cancel)?;
                     if listed.iter().any(|p| p.name == name) {
                         found = Some(server);
                         break;
@@ -233,11 +234,9 @@ impl ToolSource for Catalog {
             }
         };
         let Some(server) = server else {
-            return Err(format!("there is no prompt named {name}"));
+            return Err(ToolError::NotFound(format!("prompt named {name}")));
         };
-        server
-            .get_prompt(prompt, args, cancel)
-            .map_err(|e| e.to_string())
+        Ok(server.get_prompt(prompt, args, cancel)?)
     }
 }
 
@@ -663,10 +662,10 @@ impl Tool for McpTool {
     fn parameters(&self) -> Value {
         self.parameters.clone()
     }
-    fn call(&self, args: &Value, ctx: &ToolContext<'_>) -> Result<String, String> {
+    fn call(&self, args: &Value, ctx: &ToolContext<'_>) -> Result<String, ToolError> {
         self.call_content(args, ctx).map(|content| content.text)
     }
-    fn call_content(&self, args: &Value, ctx: &ToolContext<'_>) -> Result<ToolContent, String> {
+    fn call_content(&self, args: &Value, ctx: &ToolContext<'_>) -> Result<ToolContent, ToolError> {
         let report = |report| {
             if let Some(sink) = ctx.progress {
                 sink.report(report);
@@ -674,10 +673,7 @@ impl Tool for McpTool {
         };
         let mut expired = false;
         let reply = loop {
-            let client = self
-                .server
-                .live_client(ctx.cancel)
-                .map_err(|e| e.to_string())?;
+            let client = self.server.live_client(ctx.cancel)?;
             let timeout = self.server.policy.timeout.0;
             match client.call_tool(&self.remote_name, args, timeout, ctx.cancel, &report) {
                 Ok(reply) => break reply,
@@ -686,20 +682,21 @@ impl Tool for McpTool {
                     expired = true;
                     client.close("its session expired");
                 }
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(e.into()),
             }
         };
         if reply.is_error {
-            return Err(reply.content.text);
+            return Err(ToolError::failed(reply.content.text));
         }
-        if let (Some(structured), Some(schema)) = (&reply.structured, &self.output_schema)
-            && let Err(mismatch) = schema::check(structured, schema)
+        if let (Some(structured), Some(schema)) = (reply.structured, &self.output_schema)
+            && let Err(mismatch) = schema::check(&structured, schema)
         {
-            return Err(format!(
-                "the {} tool answered with structuredContent that does not match its \
-                 outputSchema ({mismatch}): {structured}",
-                self.remote_name
-            ));
+            return Err(McpError::OutputMismatch {
+                tool: self.remote_name.clone(),
+                mismatch: Box::new(mismatch),
+                structured,
+            }
+            .into());
         }
         Ok(ToolContent {
             text: reply.content.text,
