@@ -1,0 +1,478 @@
+//! The frames the server sends (PROTOCOL.md sections 4 and 5), the envelope that carries
+//! `session_id` and `seq` (section 2), and [`encode`], which writes a frame in it as JSON.
+//!
+//! Depends on: `common::protocol`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{ErrorCode, SessionId, TurnId};
+
+/// A frame the server sends (PROTOCOL.md sections 4 and 5).
+///
+/// Which of them are events (and so carry `seq`) is decided by whoever sends them: every frame
+/// that goes through a session's event log is one.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// The first answer to `connect`.
+    SessionInfo {
+        /// The session's id.
+        session_id: SessionId,
+        /// True when the session was created by this `connect`.
+        is_new: bool,
+        /// True when an existing session was resumed.
+        reconnected: bool,
+    },
+    /// Sent after `session_info` and before any replayed event.
+    Ready {
+        /// How many tools the ToolChain holds.
+        tools_loaded: usize,
+        /// Their names.
+        tools: Vec<String>,
+        /// This conversation's model.
+        model: String,
+        /// The models a new conversation may choose (`connect.model`), the default first.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        models: Vec<String>,
+    },
+    /// Opens a turn and echoes the user's text.
+    UserMessage {
+        /// The turn it opens.
+        turn_id: TurnId,
+        /// The user's text.
+        text: String,
+    },
+    /// Reasoning the bot chose to show.
+    Thought {
+        /// The turn it belongs to.
+        turn_id: TurnId,
+        /// The reasoning.
+        text: String,
+    },
+    /// A tool call the bot makes.
+    ToolUse {
+        /// The turn it belongs to.
+        turn_id: TurnId,
+        /// Pairs this call with its `tool_result`.
+        call_id: String,
+        /// The tool's name in the ToolChain.
+        name: String,
+        /// The arguments: a JSON object.
+        args: Value,
+    },
+    /// What a tool call returned.
+    ToolResult {
+        /// The turn it belongs to.
+        turn_id: TurnId,
+        /// The `call_id` of the matching `tool_use`.
+        call_id: String,
+        /// The tool's name.
+        name: String,
+        /// Whether the call succeeded.
+        status: ToolStatus,
+        /// The tool's output, or what went wrong.
+        result: String,
+    },
+    /// A tool call waits for a person to allow it (`approve`); its `tool_use` came first.
+    ApprovalRequest {
+        /// The turn it belongs to.
+        turn_id: TurnId,
+        /// The waiting call.
+        call_id: String,
+        /// The tool's name in the ToolChain.
+        name: String,
+        /// The call's arguments: a JSON object.
+        args: Value,
+    },
+    /// How far a running tool call has come: not an event (no `seq`, never logged or replayed).
+    ToolProgress {
+        /// The turn it belongs to.
+        turn_id: TurnId,
+        /// The running call.
+        call_id: String,
+        /// The progress so far; it only grows.
+        progress: f64,
+        /// The total `progress` will reach, when the tool knows it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        total: Option<f64>,
+        /// What the tool is doing, for a person to read.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+    },
+    /// A streamed piece of the final answer: not an event (no `seq`, never logged or replayed).
+    MessageDelta {
+        /// The turn it belongs to.
+        turn_id: TurnId,
+        /// The piece, or with `replace` the whole answer so far.
+        text: String,
+        /// True when `text` replaces what the client has of the answer: sent to a connection
+        /// that attaches while the answer streams.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        replace: bool,
+    },
+    /// The final answer; closes the turn.
+    Message {
+        /// The turn it closes.
+        turn_id: TurnId,
+        /// The answer.
+        text: String,
+        /// The tokens the turn's model calls used, when the model reported them.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        usage: Option<Usage>,
+    },
+    /// Something about the session or a turn that is neither content nor failure.
+    Status(StatusData),
+    /// A rejected client frame (no `turn_id`, no `seq`) or a failed turn (closes it).
+    Error {
+        /// The failed turn, for a turn error.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        turn_id: Option<TurnId>,
+        /// What kind of problem.
+        code: ErrorCode,
+        /// What went wrong, for a person to read.
+        message: String,
+    },
+}
+
+impl ServerFrame {
+    /// The turn this frame belongs to, if any.
+    pub fn turn_id(&self) -> Option<TurnId> {
+        match self {
+            ServerFrame::UserMessage { turn_id, .. }
+            | ServerFrame::Thought { turn_id, .. }
+            | ServerFrame::ToolUse { turn_id, .. }
+            | ServerFrame::ToolResult { turn_id, .. }
+            | ServerFrame::ApprovalRequest { turn_id, .. }
+            | ServerFrame::ToolProgress { turn_id, .. }
+            | ServerFrame::MessageDelta { turn_id, .. }
+            | ServerFrame::Message { turn_id, .. } => Some(*turn_id),
+            ServerFrame::Status(status) => status.turn_id,
+            ServerFrame::Error { turn_id, .. } => *turn_id,
+            ServerFrame::SessionInfo { .. } | ServerFrame::Ready { .. } => None,
+        }
+    }
+
+    /// True for the frames that close a turn: `message`, a turn `error`, `status cancelled`.
+    pub fn closes_turn(&self) -> bool {
+        match self {
+            ServerFrame::Message { .. } => true,
+            ServerFrame::Error { turn_id, .. } => turn_id.is_some(),
+            ServerFrame::Status(status) => status.code == StatusCode::Cancelled,
+            _ => false,
+        }
+    }
+
+    /// A client-frame error (section 7): no turn, no `seq`.
+    pub fn client_error(code: ErrorCode, message: impl Into<String>) -> Self {
+        ServerFrame::Error {
+            turn_id: None,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// A `status` frame with only a code, a message and maybe a turn.
+    pub fn status(code: StatusCode, message: impl Into<String>, turn_id: Option<TurnId>) -> Self {
+        ServerFrame::Status(StatusData {
+            code,
+            message: message.into(),
+            turn_id,
+            ..StatusData::default()
+        })
+    }
+}
+
+/// Tokens a model used, as OpenAI-compatible servers report them: summed over the model calls
+/// of a turn on a `message`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Tokens of the prompts sent.
+    pub prompt_tokens: u64,
+    /// Tokens the model generated.
+    pub completion_tokens: u64,
+}
+
+impl Usage {
+    /// The sum of two counts (saturating).
+    pub fn plus(self, other: Usage) -> Usage {
+        Usage {
+            prompt_tokens: self.prompt_tokens.saturating_add(other.prompt_tokens),
+            completion_tokens: self
+                .completion_tokens
+                .saturating_add(other.completion_tokens),
+        }
+    }
+}
+
+/// Whether a tool call succeeded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolStatus {
+    /// The tool did its work.
+    Success,
+    /// The tool failed; `result` says why.
+    Error,
+}
+
+/// The `data` of a `status` frame. Fields other than `code` and `message` appear only with the
+/// codes that use them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatusData {
+    /// Which status.
+    pub code: StatusCode,
+    /// For a person to read.
+    pub message: String,
+    /// The turn it concerns, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turn_id: Option<TurnId>,
+    /// `retrying`: which attempt comes next.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    /// `retrying`: how long until it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<u64>,
+    /// `gap`: the first event no longer retained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<u64>,
+    /// `gap`: the last event no longer retained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<u64>,
+}
+
+/// The `status` codes of PROTOCOL.md section 5.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StatusCode {
+    /// The turn `turn_id` was stopped.
+    #[default]
+    Cancelled,
+    /// The history was cleared after the model rejected it, and the turn retried.
+    HistoryReset,
+    /// A transient model failure; the call is tried again.
+    Retrying,
+    /// Replay could not include events that are no longer retained.
+    Gap,
+    /// This connection was the oldest of its session past the limit, and is closed.
+    TakenOver,
+    /// The conversation was deleted; the connection is closed.
+    Deleted,
+    /// Older turns were left out of what the model sees.
+    ContextTrimmed,
+    /// The model stopped at its length limit; the answer that follows is incomplete.
+    Truncated,
+    /// A code this build does not know (only ever decoded, never sent).
+    #[serde(other)]
+    Unknown,
+}
+
+/// A server frame with the envelope fields of PROTOCOL.md section 2.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServerEnvelope {
+    /// The frame itself: `type` and `data`.
+    #[serde(flatten)]
+    pub frame: ServerFrame,
+    /// The session, once known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<SessionId>,
+    /// The event's sequence number; events only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+}
+
+/// Encodes a server frame with its envelope fields as one JSON text.
+pub fn encode(frame: &ServerFrame, session_id: Option<&SessionId>, seq: Option<u64>) -> String {
+    let envelope = EnvelopeRef {
+        frame,
+        session_id,
+        seq,
+    };
+    // Serializing these types cannot fail (every map key is a string), but a wrong frame is
+    // better than a panic on a server path.
+    serde_json::to_string(&envelope).unwrap_or_else(|e| {
+        format!(r#"{{"type":"error","data":{{"code":"internal","message":"encode: {e}"}}}}"#)
+    })
+}
+
+/// The borrowed form of [`ServerEnvelope`], so that encoding copies nothing.
+#[derive(Serialize)]
+struct EnvelopeRef<'a> {
+    #[serde(flatten)]
+    frame: &'a ServerFrame,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session_id: Option<&'a SessionId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn id() -> SessionId {
+        SessionId::from_random_bytes([0xab; 16])
+    }
+
+    fn golden(frame: ServerFrame, seq: Option<u64>, expected: Value) {
+        let text = encode(&frame, Some(&id()), seq);
+        let value: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(value, expected);
+        let back: ServerEnvelope = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            back,
+            ServerEnvelope {
+                frame,
+                session_id: Some(id()),
+                seq
+            }
+        );
+    }
+
+    #[test]
+    fn golden_json_for_each_server_frame() {
+        let sid = id().to_string();
+        golden(
+            ServerFrame::SessionInfo {
+                session_id: id(),
+                is_new: true,
+                reconnected: false,
+            },
+            None,
+            json!({"type": "session_info", "session_id": sid,
+                   "data": {"session_id": sid, "is_new": true, "reconnected": false}}),
+        );
+        golden(
+            ServerFrame::Ready {
+                tools_loaded: 1,
+                tools: vec!["clock".into()],
+                model: "m".into(),
+                models: Vec::new(),
+            },
+            None,
+            json!({"type": "ready", "session_id": sid,
+                   "data": {"tools_loaded": 1, "tools": ["clock"], "model": "m"}}),
+        );
+        golden(
+            ServerFrame::UserMessage {
+                turn_id: TurnId(1),
+                text: "hi".into(),
+            },
+            Some(1),
+            json!({"type": "user_message", "session_id": sid, "seq": 1,
+                   "data": {"turn_id": 1, "text": "hi"}}),
+        );
+        golden(
+            ServerFrame::Thought {
+                turn_id: TurnId(1),
+                text: "t".into(),
+            },
+            Some(2),
+            json!({"type": "thought", "session_id": sid, "seq": 2,
+                   "data": {"turn_id": 1, "text": "t"}}),
+        );
+        golden(
+            ServerFrame::ToolUse {
+                turn_id: TurnId(1),
+                call_id: "c1".into(),
+                name: "clock".into(),
+                args: json!({}),
+            },
+            Some(3),
+            json!({"type": "tool_use", "session_id": sid, "seq": 3,
+                   "data": {"turn_id": 1, "call_id": "c1", "name": "clock", "args": {}}}),
+        );
+        golden(
+            ServerFrame::ToolResult {
+                turn_id: TurnId(1),
+                call_id: "c1".into(),
+                name: "clock".into(),
+                status: ToolStatus::Error,
+                result: "no".into(),
+            },
+            Some(4),
+            json!({"type": "tool_result", "session_id": sid, "seq": 4,
+                   "data": {"turn_id": 1, "call_id": "c1", "name": "clock",
+                            "status": "error", "result": "no"}}),
+        );
+        golden(
+            ServerFrame::MessageDelta {
+                turn_id: TurnId(1),
+                text: "pa".into(),
+                replace: false,
+            },
+            None,
+            json!({"type": "message_delta", "session_id": sid,
+                   "data": {"turn_id": 1, "text": "pa"}}),
+        );
+        golden(
+            ServerFrame::MessageDelta {
+                turn_id: TurnId(1),
+                text: "papa".into(),
+                replace: true,
+            },
+            None,
+            json!({"type": "message_delta", "session_id": sid,
+                   "data": {"turn_id": 1, "text": "papa", "replace": true}}),
+        );
+        golden(
+            ServerFrame::Message {
+                turn_id: TurnId(1),
+                text: "done".into(),
+                usage: None,
+            },
+            Some(6),
+            json!({"type": "message", "session_id": sid, "seq": 6,
+                   "data": {"turn_id": 1, "text": "done"}}),
+        );
+        golden(
+            ServerFrame::Message {
+                turn_id: TurnId(2),
+                text: "counted".into(),
+                usage: Some(Usage {
+                    prompt_tokens: 12,
+                    completion_tokens: 3,
+                }),
+            },
+            Some(7),
+            json!({"type": "message", "session_id": sid, "seq": 7,
+                   "data": {"turn_id": 2, "text": "counted",
+                            "usage": {"prompt_tokens": 12, "completion_tokens": 3}}}),
+        );
+        golden(
+            ServerFrame::status(StatusCode::Cancelled, "stopped", Some(TurnId(2))),
+            Some(7),
+            json!({"type": "status", "session_id": sid, "seq": 7,
+                   "data": {"code": "cancelled", "message": "stopped", "turn_id": 2}}),
+        );
+        golden(
+            ServerFrame::Status(StatusData {
+                code: StatusCode::Gap,
+                message: "gone".into(),
+                from: Some(1),
+                to: Some(5),
+                ..StatusData::default()
+            }),
+            None,
+            json!({"type": "status", "session_id": sid,
+                   "data": {"code": "gap", "message": "gone", "from": 1, "to": 5}}),
+        );
+        golden(
+            ServerFrame::client_error(ErrorCode::TooLarge, "big"),
+            None,
+            json!({"type": "error", "session_id": sid,
+                   "data": {"code": "too_large", "message": "big"}}),
+        );
+        golden(
+            ServerFrame::Error {
+                turn_id: Some(TurnId(3)),
+                code: ErrorCode::ModelError,
+                message: "m".into(),
+            },
+            Some(8),
+            json!({"type": "error", "session_id": sid, "seq": 8,
+                   "data": {"turn_id": 3, "code": "model_error", "message": "m"}}),
+        );
+    }
+}
