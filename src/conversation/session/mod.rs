@@ -36,6 +36,7 @@ use crate::common::metrics::Metrics;
 use crate::common::protocol::{
     ErrorCode, ServerFrame, SessionId, StatusCode, StatusData, TurnId, encode,
 };
+use crate::conversation::agent::Turn;
 use crate::conversation::approval::Approvals;
 use crate::conversation::bot::{Bot, interrupted};
 use crate::conversation::journal::Durable;
@@ -367,7 +368,7 @@ impl Session {
             shown: String::new(),
             approvals: approvals.clone(),
         });
-        let turn = state.bot.start_turn(turn_id, text, &self.inner.owner);
+        let turn = Turn::start(&state.bot, turn_id, text, &self.inner.owner);
         Metrics::bump(&self.inner.metrics.turns_started);
         Some(TurnStart {
             turn,
