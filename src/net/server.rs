@@ -1,10 +1,11 @@
 //! The server: binding, the accept loop, one thread per connection, the connection limits (in
-//! all and per IP address), the `Host` check, the session reaper, and shutdown. [`spawn`]
-//! returns a [`ServerHandle`]; [`run`] blocks.
+//! all and per IP address), the `Host` check, the dispatch of a request to the page's routes or
+//! the API's (with the [`RouteContext`] they are handed, built here once), the session reaper,
+//! and shutdown. [`spawn`] returns a [`ServerHandle`]; [`run`] blocks.
 //!
 //! Only this file, `http.rs`, `outbound.rs` and `connection.rs` touch client sockets.
 //!
-//! Depends on: `common::auth`, `common::config`, `common::error`, `common::metrics`, `conversation::bot`, `conversation::cluster`, `conversation::journal`, `conversation::memory`, `conversation::session`, `model`, `model::embed`, `model::offline`, `net::api`, `net::connection`, `net::handler`, `net::http`, `net::inbound`, `net::outbound`, `net::shutdown`, `net::wake`, `store`, `store::cluster`, `store::postgres`, `store::sqlite`, `tools`, `tools::mcp`.
+//! Depends on: `common::auth`, `common::config`, `common::error`, `common::metrics`, `conversation::bot`, `conversation::cluster`, `conversation::journal`, `conversation::memory`, `conversation::session`, `model`, `model::embed`, `model::offline`, `net::api`, `net::connection`, `net::handler`, `net::http`, `net::inbound`, `net::outbound`, `net::policy`, `net::routes`, `net::shutdown`, `net::wake`, `store`, `store::cluster`, `store::postgres`, `store::sqlite`, `tools`, `tools::mcp`.
 
 use std::collections::HashMap;
 use std::io::Write;

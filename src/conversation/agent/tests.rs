@@ -2,7 +2,7 @@
 //! their events recorded: answers, tool calls side by side, approvals, the step limit, a
 //! rejected history, usage, the system prompt.
 //!
-//! Depends on: `common::auth`, `common::cancel`, `common::error`, `common::protocol`, `conversation::agent`, `conversation::approval`, `conversation::bot`, `conversation::events`, `model`, `model::offline`, `tools`, `tools::knowledge`.
+//! Depends on: `common::error`, `conversation::agent`, `conversation::approval`, `model`, `model::offline`, `tools`.
 
 use std::time::Instant;
 

@@ -14,7 +14,7 @@
 //! subscriber's [`Sink`], one batch per subscriber, under the session lock. A session starts
 //! its own turns on the server's [`TurnPool`].
 //!
-//! Depends on: `common::auth`, `common::cancel`, `common::error`, `common::metrics`, `common::protocol`, `conversation::approval`, `conversation::bot`, `conversation::journal`, `conversation::worker`, `model`, `store`, `store::cluster`, `tools::knowledge`.
+//! Depends on: `common::auth`, `common::cancel`, `common::error`, `common::metrics`, `common::protocol`, `conversation::agent`, `conversation::approval`, `conversation::bot`, `conversation::journal`, `conversation::worker`, `model`, `store`, `store::cluster`, `tools::knowledge`.
 
 mod lease;
 mod limits;
