@@ -376,7 +376,7 @@ fn chat_page() -> Response {
 /// A file of `/assets/`, kept for a year when asked for by its current versioned URL.
 fn asset(path: &str, head: &RequestHead) -> Response {
     let Some(asset) = assets::find(path) else {
-        return Response::text(404, "Not Found", "not found\n");
+        return not_found();
     };
     let versioned = head.query.as_deref().is_some_and(|query| {
         form_urlencoded::parse(query.as_bytes())
