@@ -8,7 +8,7 @@
 //! the connection to a [`conversation::session::Session`], which holds the bot, its short-term
 //! knowledge and its event log. Each user message opens a turn that the session starts on a
 //! thread of the server's [`conversation::worker::TurnPool`]; the turn's agent loop
-//! ([`conversation::bot`]) asks the model ([`model`]), runs tools ([`tools`]) and hands every
+//! ([`conversation::agent`]) asks the model ([`model`]), runs tools ([`tools`]) and hands every
 //! event to the session, which numbers it, logs it through the journal into the [`store`], and
 //! writes it to every attached connection's socket through its [`net::outbound::Outbound`].
 //!
@@ -27,7 +27,7 @@
 //! # Reading order
 //!
 //! [`common::protocol`], [`net::server`], [`net::handler`], [`net::connection`],
-//! [`net::outbound`], [`conversation::session`], [`conversation::bot`], then the capabilities
+//! [`net::outbound`], [`conversation::session`], [`conversation::agent`], then the capabilities
 //! ([`model`], [`tools`], [`store`]). ARCHITECTURE.md has the rules that hold between them.
 
 #![forbid(unsafe_code)]

@@ -185,7 +185,7 @@ fn a_connect_alone_stores_nothing_and_the_first_message_stores_the_conversation(
             server.addr,
             json!({"personality": "terse", "history": [{"role": "user", "content": "earlier"}]}),
         );
-        server.handle.sessions().journal().sync(support::WAIT);
+        server.handle.journal().sync(support::WAIT);
         assert_eq!(listed(&server), 0, "page loads leave no empty chats");
         // While it is in memory, an empty session resumes as usual.
         let id = empty.session_id.clone().unwrap();
@@ -193,7 +193,7 @@ fn a_connect_alone_stores_nothing_and_the_first_message_stores_the_conversation(
         empty = Client::resume(server.addr, &id, 0);
         assert_eq!(empty.session_id.as_ref(), Some(&id));
         assert_eq!(kept.ask("first"), "You said: first");
-        server.handle.sessions().journal().sync(support::WAIT);
+        server.handle.journal().sync(support::WAIT);
         assert_eq!(listed(&server), 1);
         (id, kept.session_id.clone().unwrap())
     };

@@ -95,10 +95,10 @@ fn a_full_store_delays_events_refuses_turns_and_loses_nothing_once_there_is_room
         waiting.expect("tool_use");
 
         // The disk fills: no page may be added to the database.
-        let store = server.handle.sessions().store().clone();
+        let store = server.handle.store().clone();
         store.set_size_limit(Some(1)).unwrap();
         writer.say(&"x".repeat(90_000));
-        let journal = server.handle.sessions().journal().clone();
+        let journal = server.handle.journal().clone();
         wait_until("the store to refuse writes", || journal.failing());
         let (status, health) = http_json(server.addr, "GET", "/healthz", None, None);
         assert_eq!((status, health["status"].as_str()), (503, Some("degraded")));

@@ -116,7 +116,7 @@ fn a_database_that_goes_away_delays_events_refuses_turns_and_loses_nothing() {
 
         postgres::cut_off(&url);
         talker.say("while it is gone");
-        let journal = server.handle.sessions().journal().clone();
+        let journal = server.handle.journal().clone();
         wait_until("the journal to fail", || journal.failing());
         let (status, health) = http_json(server.addr, "GET", "/healthz", None, None);
         assert_eq!((status, health["status"].as_str()), (503, Some("degraded")));

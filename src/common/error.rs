@@ -1,6 +1,6 @@
 //! The crate's error type and `Result` alias.
 //!
-//! Depends on: `common::protocol`.
+//! Depends on: `common::protocol`, `common::protocol::client`.
 
 use std::fmt;
 use std::io;

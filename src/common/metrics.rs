@@ -1,7 +1,7 @@
 //! `Metrics`: the server's counters, and their Prometheus text form. Atomics, plus one small
 //! map for tool calls; depends on `protocol` for the names of error codes.
 //!
-//! Depends on: `common::protocol`.
+//! Depends on: `common::protocol`, `common::protocol::server`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

@@ -7,6 +7,7 @@
 //!
 //! Depends on: `common::error`, `common::metrics`, `common::protocol`, `conversation::session::manager`, `store::cluster`.
 
+use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::{self, JoinHandle};
@@ -18,7 +19,7 @@ use crate::common::error::{Error, Result};
 use crate::common::metrics::Metrics;
 use crate::common::protocol::SessionId;
 use crate::conversation::session::SessionManager;
-use crate::store::{LEASE_TTL, Notice, Signal};
+use crate::store::{Cluster, LEASE_TTL, Notice, Signal};
 
 /// How long one wait for signals lasts; the thread's other work runs between waits.
 const WAIT: Duration = Duration::from_millis(500);
@@ -37,37 +38,58 @@ const SWEEP_BATCH: usize = 64;
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// The running cluster thread; [`stop`](Self::stop) ends it.
-#[derive(Debug)]
 pub struct ClusterThread {
     stop: Arc<AtomicBool>,
     /// Closed on stop, to end a wait between tries.
     stopped: Option<Sender<()>>,
     handle: Option<JoinHandle<()>>,
-    sessions: SessionManager,
+    /// The instances sharing the store: told this one lets its leases go when it stops.
+    cluster: Arc<dyn Cluster>,
+}
+
+impl fmt::Debug for ClusterThread {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterThread")
+            .field("running", &self.handle.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ClusterThread {
-    /// Starts the thread for `sessions`' cluster; `None` for a cluster of one.
+    /// Starts the thread that acts on `cluster`'s signals for `sessions`; `None` for a
+    /// cluster of one.
     ///
     /// # Errors
     ///
     /// [`Error::Spawn`] when the thread cannot be started.
-    pub fn spawn(sessions: SessionManager, metrics: Arc<Metrics>) -> Result<Option<Self>> {
-        if !sessions.cluster().shared() {
+    pub fn spawn(
+        sessions: SessionManager,
+        cluster: Arc<dyn Cluster>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Option<Self>> {
+        if !cluster.shared() {
             return Ok(None);
         }
         let stop = Arc::new(AtomicBool::new(false));
         let (stopped, stopping) = bounded::<()>(0);
-        let (thread_sessions, thread_stop) = (sessions.clone(), stop.clone());
+        let (thread_cluster, thread_stop) = (cluster.clone(), stop.clone());
         let handle = thread::Builder::new()
             .name("cluster".into())
-            .spawn(move || run(&thread_sessions, &metrics, &thread_stop, &stopping))
+            .spawn(move || {
+                run(
+                    &sessions,
+                    thread_cluster.as_ref(),
+                    &metrics,
+                    &thread_stop,
+                    &stopping,
+                );
+            })
             .map_err(Error::Spawn)?;
         Ok(Some(ClusterThread {
             stop,
             stopped: Some(stopped),
             handle: Some(handle),
-            sessions,
+            cluster,
         }))
     }
 
@@ -79,7 +101,7 @@ impl ClusterThread {
         };
         self.stop.store(true, Ordering::SeqCst);
         drop(self.stopped.take());
-        let cluster = self.sessions.cluster();
+        let cluster = &self.cluster;
         // A signal to no conversation wakes this instance's own wait at once.
         let _ = cluster.signal(Signal::Released, &SessionId::from_random_bytes([0; 16]), "");
         let _ = handle.join();
@@ -95,8 +117,13 @@ impl Drop for ClusterThread {
     }
 }
 
-fn run(sessions: &SessionManager, metrics: &Metrics, stop: &AtomicBool, stopping: &Receiver<()>) {
-    let cluster = sessions.cluster().clone();
+fn run(
+    sessions: &SessionManager,
+    cluster: &dyn Cluster,
+    metrics: &Metrics,
+    stop: &AtomicBool,
+    stopping: &Receiver<()>,
+) {
     let mut next_renew = Instant::now() + RENEW_EVERY;
     let mut next_sweep = Instant::now() + SWEEP_EVERY;
     let mut failing = false;
@@ -107,7 +134,7 @@ fn run(sessions: &SessionManager, metrics: &Metrics, stop: &AtomicBool, stopping
                     log::warn!("cluster: listening to the other instances again");
                 }
                 for notice in notices {
-                    act(sessions, metrics, notice);
+                    act(sessions, cluster, metrics, notice);
                 }
             }
             Err(e) => {
@@ -144,7 +171,7 @@ fn run(sessions: &SessionManager, metrics: &Metrics, stop: &AtomicBool, stopping
 }
 
 /// Does what another instance's signal asks.
-fn act(sessions: &SessionManager, metrics: &Metrics, notice: Notice) {
+fn act(sessions: &SessionManager, cluster: &dyn Cluster, metrics: &Metrics, notice: Notice) {
     let (signal, id, lag, detail) = match notice {
         Notice::Resync => {
             sessions.catch_up_all();
@@ -173,7 +200,6 @@ fn act(sessions: &SessionManager, metrics: &Metrics, notice: Notice) {
                 if signal == Signal::Yield {
                     // Not in memory here: a lease left behind (a release that failed when the
                     // session left memory) is let go, or the asker would wait it out.
-                    let cluster = sessions.cluster();
                     if let Err(e) = cluster.release(&id).and_then(|held| {
                         if held {
                             cluster.signal(Signal::Released, &id, "")

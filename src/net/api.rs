@@ -1,20 +1,20 @@
-//! The conversation API of PROTOCOL.md section 10: list, search, read, rename and delete
-//! conversations; list, search and delete memories. One handler per route, serde types for
-//! every body. The caller is a principal (the local one when the server requires no token);
-//! anything that is not theirs is a `404`, so that nobody learns which ids exist.
+//! The conversation API of PROTOCOL.md section 10 as a route table: list, search, read, rename
+//! and delete conversations; list, search and delete memories. One route function per row,
+//! serde types for every body. The caller is a principal (the local one when the server
+//! requires no token); anything that is not theirs is a `404`, so that nobody learns which ids
+//! exist.
 //!
-//! Depends on: `common::auth`, `common::error`, `common::protocol`, `conversation::session`, `net::http`, `store`.
-
-use std::sync::Arc;
+//! Depends on: `common::auth`, `common::error`, `common::protocol`, `conversation::session`, `net::http`, `net::routes`, `store`.
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::common::auth::Principal;
+use crate::common::auth::{Auth, Principal};
 use crate::common::protocol::{SessionId, Usage};
-use crate::conversation::session::{Conversation, SessionManager};
-use crate::net::http::Response;
-use crate::store::{GraphStore, Node};
+use crate::conversation::session::Conversation;
+use crate::net::http::{RequestHead, Response};
+use crate::net::routes::{Found, Route, RouteContext, find};
+use crate::store::Node;
 
 /// Largest request body accepted, in bytes.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -31,33 +31,108 @@ const MAX_CONVERSATIONS: usize = 5_000;
 /// Memories one list holds at most (and by default).
 const MAX_MEMORIES: usize = 1_000;
 
-/// What the API works on.
-pub struct Api<'a> {
-    /// The conversations.
-    pub sessions: &'a SessionManager,
-    /// The knowledge graph.
-    pub graph: &'a Arc<dyn GraphStore>,
-}
-
-impl std::fmt::Debug for Api<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Api").finish_non_exhaustive()
-    }
-}
-
 /// One API request, authenticated.
 #[derive(Debug)]
 pub struct ApiRequest<'a> {
-    /// `GET`, `PATCH`, `DELETE`, … (`HEAD` is answered as `GET`).
-    pub method: &'a str,
-    /// The path, starting with `/api/`.
-    pub path: &'a str,
     /// The query string, if any.
     pub query: Option<&'a str>,
     /// The body.
     pub body: &'a [u8],
     /// Who asks.
     pub principal: &'a Principal,
+    /// The path segments the route's `{…}`s matched, in order.
+    pub params: Vec<&'a str>,
+}
+
+/// An API route.
+pub type ApiRoute = fn(&RouteContext, &ApiRequest<'_>) -> Response;
+
+/// The API's routes.
+pub const API_ROUTES: &[Route<ApiRoute>] = &[
+    Route {
+        method: "GET",
+        pattern: "/api/conversations",
+        handler: list_conversations,
+    },
+    Route {
+        method: "GET",
+        pattern: "/api/conversations/{id}",
+        handler: conversation,
+    },
+    Route {
+        method: "PATCH",
+        pattern: "/api/conversations/{id}",
+        handler: rename,
+    },
+    Route {
+        method: "DELETE",
+        pattern: "/api/conversations/{id}",
+        handler: delete_conversation,
+    },
+    Route {
+        method: "GET",
+        pattern: "/api/conversations/{id}/events",
+        handler: events,
+    },
+    Route {
+        method: "GET",
+        pattern: "/api/memories",
+        handler: memories,
+    },
+    Route {
+        method: "DELETE",
+        pattern: "/api/memories/{id}",
+        handler: delete_memory,
+    },
+];
+
+/// True for the paths the API answers: `/api` and everything under `/api/`.
+pub fn serves(path: &str) -> bool {
+    path == "/api" || path.starts_with("/api/")
+}
+
+/// Answers one API request, whose head is `head` and body `body`: a `401` unless it presents
+/// a valid bearer token (or none is required), else its route's answer. A trailing `/` is
+/// ignored; a path no route has is a `404`, a method its routes do not take a `405`.
+pub fn answer(ctx: &RouteContext, head: &RequestHead, body: &[u8]) -> Response {
+    let Some(principal) = principal(head, &ctx.auth) else {
+        return Response {
+            content_type: "application/json",
+            extra_headers: &[("WWW-Authenticate", "Bearer")],
+            ..Response::text(
+                401,
+                "Unauthorized",
+                r#"{"error":"a valid bearer token is required"}"#,
+            )
+        };
+    };
+    match find(API_ROUTES, &head.method, head.path.trim_end_matches('/')) {
+        Found::Route(route, params) => (route.handler)(
+            ctx,
+            &ApiRequest {
+                query: head.query.as_deref(),
+                body,
+                principal: &principal,
+                params,
+            },
+        ),
+        Found::MethodNotAllowed(_) => method_not_allowed(),
+        Found::NotFound => not_found(),
+    }
+}
+
+/// Who an API request comes from: the bearer token's principal, or the local principal when
+/// the server requires no token. `None` when a token is required and missing or wrong.
+fn principal(head: &RequestHead, auth: &Auth) -> Option<Principal> {
+    let token = head
+        .header("authorization")
+        .and_then(|value| value.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
+    match auth.check(token) {
+        Ok(principal) => Some(principal.unwrap_or_else(Principal::local)),
+        Err(_) => None,
+    }
 }
 
 /// One conversation in a list or a `PATCH` answer.
@@ -200,155 +275,136 @@ fn number(query: Option<&str>, name: &str) -> Result<Option<u64>, Response> {
     }
 }
 
-impl Api<'_> {
-    /// Answers one request: the one router of the API.
-    pub fn handle(&self, request: &ApiRequest<'_>) -> Response {
-        let method = match request.method {
-            "HEAD" => "GET",
-            other => other,
-        };
-        let parts: Vec<&str> = request.path.trim_end_matches('/').split('/').collect();
-        match parts.as_slice() {
-            ["", "api", "conversations"] => match method {
-                "GET" => self.list_conversations(request),
-                _ => method_not_allowed(),
+/// `GET /api/conversations[?q=words]`.
+fn list_conversations(ctx: &RouteContext, request: &ApiRequest<'_>) -> Response {
+    let query = param(request.query, "q").filter(|q| !q.trim().is_empty());
+    match ctx
+        .sessions
+        .list(request.principal, query.as_deref(), MAX_CONVERSATIONS)
+    {
+        Ok(list) => json(
+            200,
+            "OK",
+            &ConversationsJson {
+                conversations: list.into_iter().map(Into::into).collect(),
+                principal: request.principal.name(),
             },
-            ["", "api", "conversations", id] => match (method, SessionId::parse(id)) {
-                ("GET" | "PATCH" | "DELETE", None) => not_found(),
-                ("GET", Some(id)) => self.conversation(request, &id),
-                ("PATCH", Some(id)) => self.rename(request, &id),
-                ("DELETE", Some(id)) => self.delete_conversation(request, &id),
-                _ => method_not_allowed(),
+        ),
+        Err(e) => failed(&e),
+    }
+}
+
+/// `GET /api/conversations/{id}`: one entry of the list.
+fn conversation(ctx: &RouteContext, request: &ApiRequest<'_>) -> Response {
+    let Some(id) = session_id(request) else {
+        return not_found();
+    };
+    match ctx.sessions.conversation(request.principal, &id) {
+        Ok(Some(conversation)) => json(200, "OK", &ConversationJson::from(conversation)),
+        Ok(None) => not_found(),
+        Err(e) => failed(&e),
+    }
+}
+
+/// `GET /api/conversations/{id}/events?before_seq=N&limit=M`.
+fn events(ctx: &RouteContext, request: &ApiRequest<'_>) -> Response {
+    let Some(id) = session_id(request) else {
+        return not_found();
+    };
+    let (before, limit) = match (
+        number(request.query, "before_seq"),
+        number(request.query, "limit"),
+    ) {
+        (Ok(before), Ok(limit)) => (before, limit),
+        (Err(response), _) | (_, Err(response)) => return response,
+    };
+    let limit = limit.map_or(DEFAULT_EVENTS, |n| {
+        usize::try_from(n)
+            .unwrap_or(MAX_EVENTS)
+            .clamp(1, MAX_EVENTS)
+    });
+    match ctx.sessions.events(request.principal, &id, before, limit) {
+        Ok(Some(bodies)) => {
+            let events = bodies
+                .into_iter()
+                .filter_map(|body| RawValue::from_string(body).ok())
+                .collect();
+            json(200, "OK", &EventsJson { events })
+        }
+        Ok(None) => not_found(),
+        Err(e) => failed(&e),
+    }
+}
+
+/// `PATCH /api/conversations/{id}` with `{"title": "…"}`.
+fn rename(ctx: &RouteContext, request: &ApiRequest<'_>) -> Response {
+    let Some(id) = session_id(request) else {
+        return not_found();
+    };
+    let title = match serde_json::from_slice::<RenameJson>(request.body) {
+        Ok(body) if !body.title.trim().is_empty() => body.title,
+        Ok(_) => return error(400, "Bad Request", "title must not be empty"),
+        Err(e) => {
+            return error(
+                400,
+                "Bad Request",
+                &format!("the body must be {{\"title\": \"…\"}}: {e}"),
+            );
+        }
+    };
+    match ctx.sessions.rename(request.principal, &id, &title) {
+        Ok(Some(conversation)) => json(200, "OK", &ConversationJson::from(conversation)),
+        Ok(None) => not_found(),
+        Err(e) => failed(&e),
+    }
+}
+
+/// `DELETE /api/conversations/{id}`.
+fn delete_conversation(ctx: &RouteContext, request: &ApiRequest<'_>) -> Response {
+    let Some(id) = session_id(request) else {
+        return not_found();
+    };
+    match ctx.sessions.delete(request.principal, &id) {
+        Ok(true) => no_content(),
+        Ok(false) => not_found(),
+        Err(e) => failed(&e),
+    }
+}
+
+/// `GET /api/memories[?q=words]`.
+fn memories(ctx: &RouteContext, request: &ApiRequest<'_>) -> Response {
+    let owner = request.principal.as_str();
+    let found = match param(request.query, "q").filter(|q| !q.trim().is_empty()) {
+        Some(query) => ctx.graph.search(owner, &query, None, MAX_MEMORIES),
+        None => ctx.graph.recent(owner, None, MAX_MEMORIES),
+    };
+    match found {
+        Ok(nodes) => json(
+            200,
+            "OK",
+            &MemoriesJson {
+                memories: nodes.into_iter().map(Into::into).collect(),
             },
-            ["", "api", "conversations", id, "events"] => match (method, SessionId::parse(id)) {
-                ("GET", Some(id)) => self.events(request, &id),
-                ("GET", None) => not_found(),
-                _ => method_not_allowed(),
-            },
-            ["", "api", "memories"] => match method {
-                "GET" => self.memories(request),
-                _ => method_not_allowed(),
-            },
-            ["", "api", "memories", id] => match (method, id.parse::<i64>()) {
-                ("DELETE", Ok(id)) => self.delete_memory(request, id),
-                ("DELETE", Err(_)) => not_found(),
-                _ => method_not_allowed(),
-            },
-            _ => not_found(),
-        }
+        ),
+        Err(e) => failed(&e),
     }
+}
 
-    /// `GET /api/conversations[?q=words]`.
-    fn list_conversations(&self, request: &ApiRequest<'_>) -> Response {
-        let query = param(request.query, "q").filter(|q| !q.trim().is_empty());
-        match self
-            .sessions
-            .list(request.principal, query.as_deref(), MAX_CONVERSATIONS)
-        {
-            Ok(list) => json(
-                200,
-                "OK",
-                &ConversationsJson {
-                    conversations: list.into_iter().map(Into::into).collect(),
-                    principal: request.principal.name(),
-                },
-            ),
-            Err(e) => failed(&e),
-        }
+/// `DELETE /api/memories/{id}`.
+fn delete_memory(ctx: &RouteContext, request: &ApiRequest<'_>) -> Response {
+    let Some(Ok(id)) = request.params.first().map(|id| id.parse::<i64>()) else {
+        return not_found();
+    };
+    match ctx.graph.delete(request.principal.as_str(), id) {
+        Ok(true) => no_content(),
+        Ok(false) => not_found(),
+        Err(e) => failed(&e),
     }
+}
 
-    /// `GET /api/conversations/{id}`: one entry of the list.
-    fn conversation(&self, request: &ApiRequest<'_>, id: &SessionId) -> Response {
-        match self.sessions.conversation(request.principal, id) {
-            Ok(Some(conversation)) => json(200, "OK", &ConversationJson::from(conversation)),
-            Ok(None) => not_found(),
-            Err(e) => failed(&e),
-        }
-    }
-
-    /// `GET /api/conversations/{id}/events?before_seq=N&limit=M`.
-    fn events(&self, request: &ApiRequest<'_>, id: &SessionId) -> Response {
-        let (before, limit) = match (
-            number(request.query, "before_seq"),
-            number(request.query, "limit"),
-        ) {
-            (Ok(before), Ok(limit)) => (before, limit),
-            (Err(response), _) | (_, Err(response)) => return response,
-        };
-        let limit = limit.map_or(DEFAULT_EVENTS, |n| {
-            usize::try_from(n)
-                .unwrap_or(MAX_EVENTS)
-                .clamp(1, MAX_EVENTS)
-        });
-        match self.sessions.events(request.principal, id, before, limit) {
-            Ok(Some(bodies)) => {
-                let events = bodies
-                    .into_iter()
-                    .filter_map(|body| RawValue::from_string(body).ok())
-                    .collect();
-                json(200, "OK", &EventsJson { events })
-            }
-            Ok(None) => not_found(),
-            Err(e) => failed(&e),
-        }
-    }
-
-    /// `PATCH /api/conversations/{id}` with `{"title": "…"}`.
-    fn rename(&self, request: &ApiRequest<'_>, id: &SessionId) -> Response {
-        let title = match serde_json::from_slice::<RenameJson>(request.body) {
-            Ok(body) if !body.title.trim().is_empty() => body.title,
-            Ok(_) => return error(400, "Bad Request", "title must not be empty"),
-            Err(e) => {
-                return error(
-                    400,
-                    "Bad Request",
-                    &format!("the body must be {{\"title\": \"…\"}}: {e}"),
-                );
-            }
-        };
-        match self.sessions.rename(request.principal, id, &title) {
-            Ok(Some(conversation)) => json(200, "OK", &ConversationJson::from(conversation)),
-            Ok(None) => not_found(),
-            Err(e) => failed(&e),
-        }
-    }
-
-    /// `DELETE /api/conversations/{id}`.
-    fn delete_conversation(&self, request: &ApiRequest<'_>, id: &SessionId) -> Response {
-        match self.sessions.delete(request.principal, id) {
-            Ok(true) => no_content(),
-            Ok(false) => not_found(),
-            Err(e) => failed(&e),
-        }
-    }
-
-    /// `GET /api/memories[?q=words]`.
-    fn memories(&self, request: &ApiRequest<'_>) -> Response {
-        let owner = request.principal.as_str();
-        let found = match param(request.query, "q").filter(|q| !q.trim().is_empty()) {
-            Some(query) => self.graph.search(owner, &query, None, MAX_MEMORIES),
-            None => self.graph.recent(owner, None, MAX_MEMORIES),
-        };
-        match found {
-            Ok(nodes) => json(
-                200,
-                "OK",
-                &MemoriesJson {
-                    memories: nodes.into_iter().map(Into::into).collect(),
-                },
-            ),
-            Err(e) => failed(&e),
-        }
-    }
-
-    /// `DELETE /api/memories/{id}`.
-    fn delete_memory(&self, request: &ApiRequest<'_>, id: i64) -> Response {
-        match self.graph.delete(request.principal.as_str(), id) {
-            Ok(true) => no_content(),
-            Ok(false) => not_found(),
-            Err(e) => failed(&e),
-        }
-    }
+/// The conversation id the route's `{id}` names, if it is one.
+fn session_id(request: &ApiRequest<'_>) -> Option<SessionId> {
+    request.params.first().and_then(|id| SessionId::parse(id))
 }
 
 #[cfg(test)]

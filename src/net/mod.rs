@@ -1,7 +1,9 @@
-//! The edge: the accept loop and its limits ([`server`]), HTTP heads and the Host/Origin policy
-//! ([`http`]), the `/api/` routes ([`api`]), the bundled page ([`assets`]), the WebSocket
-//! transport ([`connection`], [`inbound`], [`outbound`], [`wake`]), dispatch of client frames
-//! ([`handler`]) and shutdown ([`shutdown`]). The only folder that knows a client exists.
+//! The edge: the accept loop and its limits ([`server`]), the HTTP wire ([`http`]), the
+//! Host/Origin policy ([`policy`]), the route table ([`routes`]: the page's routes, each a
+//! function that gets what it needs passed in) and the `/api/` routes ([`api`]), the bundled
+//! page ([`assets`]), the WebSocket transport ([`connection`], [`inbound`], [`outbound`],
+//! [`wake`]), dispatch of client frames ([`handler`]) and shutdown ([`shutdown`]). The only
+//! folder that knows a client exists.
 //!
 //! Depends on nothing in the crate.
 
@@ -12,6 +14,8 @@ pub mod handler;
 pub mod http;
 pub mod inbound;
 pub mod outbound;
+pub mod policy;
+pub mod routes;
 pub mod server;
 pub mod shutdown;
 pub mod wake;

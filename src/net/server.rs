@@ -1,10 +1,11 @@
 //! The server: binding, the accept loop, one thread per connection, the connection limits (in
-//! all and per IP address), the `Host` check, the session reaper, and shutdown. [`spawn`]
-//! returns a [`ServerHandle`]; [`run`] blocks.
+//! all and per IP address), the `Host` check, the dispatch of a request to the page's routes or
+//! the API's (with the [`RouteContext`] they are handed, built here once), the session reaper,
+//! and shutdown. [`spawn`] returns a [`ServerHandle`]; [`run`] blocks.
 //!
 //! Only this file, `http.rs`, `outbound.rs` and `connection.rs` touch client sockets.
 //!
-//! Depends on: `common::auth`, `common::config`, `common::error`, `common::metrics`, `conversation::bot`, `conversation::cluster`, `conversation::journal`, `conversation::memory`, `conversation::session`, `model`, `model::embed`, `model::offline`, `net::api`, `net::connection`, `net::handler`, `net::http`, `net::inbound`, `net::outbound`, `net::shutdown`, `net::wake`, `store`, `store::cluster`, `store::postgres`, `store::sqlite`, `tools`, `tools::mcp`.
+//! Depends on: `common::auth`, `common::config`, `common::error`, `common::metrics`, `conversation::bot`, `conversation::cluster`, `conversation::journal`, `conversation::memory`, `conversation::session`, `model`, `model::embed`, `model::offline`, `net::api`, `net::connection`, `net::handler`, `net::http`, `net::inbound`, `net::outbound`, `net::policy`, `net::routes`, `net::shutdown`, `net::wake`, `store`, `store::cluster`, `store::postgres`, `store::sqlite`, `tools`, `tools::mcp`.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -31,12 +32,14 @@ use crate::conversation::session::{SessionManager, Turns};
 use crate::model::ModelBackend;
 use crate::model::embed::{Embed, EmbedOptions, RemoteEmbedder};
 use crate::model::offline::OfflineModel;
-use crate::net::api::{self, Api, ApiRequest};
+use crate::net::api;
 use crate::net::connection::{Connection, Wire};
 use crate::net::handler::{ConnectionContext, Handler};
-use crate::net::http::{self, HeadError, HostPolicy, Response, Route, ServerView};
+use crate::net::http::{self, HeadError, Response};
 use crate::net::inbound::{MessageBudget, MeteredStream};
 use crate::net::outbound::{Outbound, PendingLimit};
+use crate::net::policy::{self, HostPolicy};
+use crate::net::routes::{Reply, RouteContext};
 use crate::net::shutdown::Shutdown;
 use crate::net::wake::{self, Sleeper};
 use crate::store::{Cluster, ConversationStore, GraphStore, PostgresStore, Solo, SqliteStore};
@@ -136,7 +139,7 @@ pub fn spawn_with(
     for origin in config
         .allowed_origins
         .iter()
-        .filter(|o| !http::is_origin(o))
+        .filter(|o| !policy::is_origin(o))
     {
         log::warn!(
             "server: --allowed-origin {origin:?} is not an origin like https://host[:port]; ignored"
@@ -150,6 +153,7 @@ pub fn spawn_with(
     migrate_owners(conversations.as_ref(), graph.as_ref(), &config.auth_tokens)?;
     let graph = with_embeddings(graph, &config)?;
     let api_graph = graph.clone();
+    let store = conversations.clone();
     let journal = Journal::spawn(conversations.clone(), metrics.clone())?;
     let mut tools = ToolChain::standard(&graph);
     if let Some(mcp) = &mcp {
@@ -157,9 +161,10 @@ pub fn spawn_with(
     }
     tools.set_metrics(metrics.clone());
     tools.set_max_result_bytes(config.max_tool_result_bytes);
+    let tools = Arc::new(tools);
     let engine = Engine {
-        model,
-        tools: Arc::new(tools),
+        model: model.clone(),
+        tools: tools.clone(),
         max_steps: config.max_steps,
         memory: Some(graph),
         metrics: metrics.clone(),
@@ -170,34 +175,48 @@ pub fn spawn_with(
             None => Some(crate::conversation::bot::DEFAULT_SYSTEM_PROMPT.into()),
         },
     };
+    let turns = Turns::new();
     // Nothing is loaded at start: a conversation comes into memory when a client asks for it.
     let sessions = SessionManager::new(
         config.clone(),
         engine,
         metrics.clone(),
-        journal,
-        (conversations, cluster),
-        Turns::new(),
+        journal.clone(),
+        (conversations, cluster.clone()),
+        turns.clone(),
     );
-    let cluster = ClusterThread::spawn(sessions.clone(), metrics.clone())?;
+    let cluster = ClusterThread::spawn(sessions.clone(), cluster, metrics.clone())?;
+    let shutdown = Shutdown::new();
+    let auth = Auth::named(
+        config.auth_tokens.iter().map(String::as_str),
+        &config.token_names,
+    );
     let shared = Arc::new(Shared {
+        routes: RouteContext {
+            sessions: sessions.clone(),
+            store,
+            journal: journal.clone(),
+            graph: api_graph,
+            model,
+            tools,
+            metrics: metrics.clone(),
+            shutdown: shutdown.clone(),
+            auth: auth.clone(),
+            started: Instant::now(),
+            public_metrics: config.public_metrics,
+        },
         ctx: ConnectionContext {
             config: config.clone(),
             sessions,
             metrics,
-            shutdown: Shutdown::new(),
-            auth: Auth::named(
-                config.auth_tokens.iter().map(String::as_str),
-                &config.token_names,
-            ),
+            shutdown,
+            auth,
         },
-        graph: api_graph,
         hosts: HostPolicy::new(addr, &config.allowed_hosts),
         budget: Arc::new(MessageBudget::new(config.max_pending_message_bytes)),
         per_ip: Mutex::new(HashMap::new()),
         websockets: AtomicUsize::new(0),
         next_id: AtomicU64::new(1),
-        started: Instant::now(),
     });
 
     let accept_shared = shared.clone();
@@ -236,6 +255,8 @@ pub fn spawn_with(
         reaper: Some(reaper),
         reaper_stop: Some(reaper_stop),
         cluster,
+        journal,
+        turns,
         mcp,
     })
 }
@@ -260,6 +281,10 @@ pub struct ServerHandle {
     reaper_stop: Option<Sender<()>>,
     /// With several instances on one database: the thread that listens to the others.
     cluster: Option<ClusterThread>,
+    /// What every session writes through; shutdown waits for it.
+    journal: Journal,
+    /// The threads turns run on; a graceful shutdown waits for them to be idle.
+    turns: Turns,
     /// The MCP server processes; stopped with the server.
     mcp: Option<McpServers>,
 }
@@ -278,6 +303,16 @@ impl ServerHandle {
     /// The server's counters.
     pub fn metrics(&self) -> &Metrics {
         &self.shared.ctx.metrics
+    }
+
+    /// The journal every session writes through.
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    /// The store conversations are kept in.
+    pub fn store(&self) -> &Arc<dyn ConversationStore> {
+        &self.shared.routes.store
     }
 
     /// WebSocket connections open now.
@@ -314,7 +349,7 @@ impl ServerHandle {
     /// at once when `hurry` is set (a second Ctrl-C).
     pub fn shutdown_gracefully_unless(mut self, grace: Duration, hurry: &AtomicBool) {
         self.stop_accepting();
-        let turns = self.shared.ctx.sessions.turns();
+        let turns = &self.turns;
         let running = turns.running();
         if running > 0 {
             log::info!(
@@ -358,13 +393,7 @@ impl ServerHandle {
         if let Some(mcp) = &self.mcp {
             mcp.shutdown();
         }
-        if !self
-            .shared
-            .ctx
-            .sessions
-            .journal()
-            .sync(JOURNAL_FLUSH_TIMEOUT)
-        {
+        if !self.journal.sync(JOURNAL_FLUSH_TIMEOUT) {
             log::error!("server: the journal did not finish writing in {JOURNAL_FLUSH_TIMEOUT:?}");
         }
         // With everything written, the other instances may take this one's conversations.
@@ -486,8 +515,8 @@ fn migrate_owners(
 /// What the accept loop and every connection thread share.
 struct Shared {
     ctx: ConnectionContext,
-    /// The knowledge graph, for the API's memories.
-    graph: Arc<dyn GraphStore>,
+    /// What the HTTP routes answer from.
+    routes: RouteContext,
     /// The `Host` values the server answers to.
     hosts: HostPolicy,
     /// The bytes unfinished incoming messages may hold, all connections together.
@@ -498,7 +527,6 @@ struct Shared {
     /// Open WebSockets; counted against `max_connections`.
     websockets: AtomicUsize,
     next_id: AtomicU64,
-    started: Instant,
 }
 
 impl std::fmt::Debug for Shared {
@@ -663,53 +691,22 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, shared: &Shared, id: u64) -> R
         );
         return respond(&mut stream, &response);
     }
-    let token = head.token();
-    let view = ServerView {
-        sessions: &shared.ctx.sessions,
-        metrics: &shared.ctx.metrics,
-        started: shared.started,
-        shutting_down: shared.ctx.shutdown.draining(),
-        authorized: shared.ctx.auth.check(token.as_deref()).is_ok(),
-        public_metrics: config.public_metrics,
+    let reply = if api::serves(&head.path) {
+        let deadline = Instant::now() + config.handshake_timeout;
+        let body = match http::read_body(&mut stream, &head, api::MAX_BODY_BYTES, deadline) {
+            Ok(body) => body,
+            Err(HeadError::Gone(_)) => return Ok(()),
+            Err(HeadError::Bad(response)) => return respond(&mut stream, &response),
+        };
+        Reply::Response(api::answer(&shared.routes, &head, &body))
+    } else {
+        shared.routes.page(&head)
     };
-    match http::route(&head, &view) {
-        Route::Http(response) => response
+    match reply {
+        Reply::Response(response) => response
             .write(&mut stream, head.method != "HEAD")
             .map_err(|e| Error::io("http response", e)),
-        Route::Api => {
-            let deadline = Instant::now() + config.handshake_timeout;
-            let body = match http::read_body(&mut stream, &head, api::MAX_BODY_BYTES, deadline) {
-                Ok(body) => body,
-                Err(HeadError::Gone(_)) => return Ok(()),
-                Err(HeadError::Bad(response)) => return respond(&mut stream, &response),
-            };
-            let response = match api_principal(&head, &shared.ctx.auth) {
-                Some(principal) => Api {
-                    sessions: &shared.ctx.sessions,
-                    graph: &shared.graph,
-                }
-                .handle(&ApiRequest {
-                    method: &head.method,
-                    path: &head.path,
-                    query: head.query.as_deref(),
-                    body: &body,
-                    principal: &principal,
-                }),
-                None => Response {
-                    content_type: "application/json",
-                    extra_headers: &[("WWW-Authenticate", "Bearer")],
-                    ..Response::text(
-                        401,
-                        "Unauthorized",
-                        r#"{"error":"a valid bearer token is required"}"#,
-                    )
-                },
-            };
-            response
-                .write(&mut stream, head.method != "HEAD")
-                .map_err(|e| Error::io("http response", e))
-        }
-        Route::WebSocket => serve_websocket(stream, head, shared, id, token),
+        Reply::Upgrade => serve_websocket(stream, head, shared, id),
     }
 }
 
@@ -723,10 +720,9 @@ fn serve_websocket(
     head: http::RequestHead,
     shared: &Shared,
     id: u64,
-    token: Option<String>,
 ) -> Result<()> {
     let config = &shared.ctx.config;
-    if !http::origin_allowed(&head, &config.allowed_origins) {
+    if !policy::origin_allowed(&head, &config.allowed_origins) {
         log::warn!(
             "connection {id}: refused an upgrade from origin {:?}",
             head.header("origin")
@@ -763,6 +759,7 @@ fn serve_websocket(
         .map_err(|e| Error::io("nonblocking", e))?;
     let sleeper = Sleeper::new().map_err(|e| Error::io("signal mask", e))?;
     let _registration = shared.ctx.shutdown.register(id, outbound.clone());
+    let token = head.token();
     let mut handler = handler(stream, head.rest, outbound, sleeper, shared, id, token);
     handler.run()
 }
@@ -796,20 +793,6 @@ fn handler(
         config,
     );
     Box::new(Handler::new(connection, &shared.ctx, token))
-}
-
-/// Who an API request comes from: the bearer token's principal, or the local principal when
-/// the server requires no token. `None` when a token is required and missing or wrong.
-fn api_principal(head: &http::RequestHead, auth: &Auth) -> Option<Principal> {
-    let token = head
-        .header("authorization")
-        .and_then(|value| value.trim().split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim());
-    match auth.check(token) {
-        Ok(principal) => Some(principal.unwrap_or_else(Principal::local)),
-        Err(_) => None,
-    }
 }
 
 fn respond(stream: &mut impl Write, response: &Response) -> Result<()> {

@@ -147,16 +147,6 @@ impl SessionManager {
         }
     }
 
-    /// The journal every session writes through.
-    pub fn journal(&self) -> &Journal {
-        &self.inner.shared.journal
-    }
-
-    /// The store conversations are kept in.
-    pub fn store(&self) -> &Arc<dyn ConversationStore> {
-        &self.inner.shared.store
-    }
-
     /// How many sessions are live in memory.
     pub fn len(&self) -> usize {
         self.inner.sessions.lock().len()
@@ -170,16 +160,6 @@ impl SessionManager {
     /// The session `id`, if it is live in memory.
     pub fn get(&self, id: &SessionId) -> Option<Session> {
         self.inner.sessions.lock().get(id).cloned()
-    }
-
-    /// The pool every session starts its turns on.
-    pub fn turns(&self) -> &Turns {
-        &self.inner.shared.turns
-    }
-
-    /// The engine every session runs on.
-    pub fn engine(&self) -> &Engine {
-        &self.inner.shared.engine
     }
 
     /// Creates or resumes a session as PROTOCOL.md section 6 says, and attaches `subscriber`
@@ -678,11 +658,6 @@ impl SessionManager {
         for session in self.live() {
             session.cancel_here();
         }
-    }
-
-    /// The instances sharing the store.
-    pub fn cluster(&self) -> &Arc<dyn Cluster> {
-        &self.inner.shared.cluster
     }
 
     /// Another instance let a lease go: wakes the messages waiting for one.

@@ -14,7 +14,7 @@
 //! subscriber's [`Sink`], one batch per subscriber, under the session lock. A session starts
 //! its own turns on the server's [`TurnPool`].
 //!
-//! Depends on: `common::auth`, `common::cancel`, `common::error`, `common::metrics`, `common::protocol`, `conversation::approval`, `conversation::bot`, `conversation::journal`, `conversation::worker`, `model`, `store`, `store::cluster`, `tools::knowledge`.
+//! Depends on: `common::auth`, `common::cancel`, `common::error`, `common::metrics`, `common::protocol`, `conversation::agent`, `conversation::approval`, `conversation::bot`, `conversation::journal`, `conversation::worker`, `model`, `store`, `store::cluster`, `tools::knowledge`.
 
 mod lease;
 mod limits;
@@ -36,6 +36,7 @@ use crate::common::metrics::Metrics;
 use crate::common::protocol::{
     ErrorCode, ServerFrame, SessionId, StatusCode, StatusData, TurnId, encode,
 };
+use crate::conversation::agent::Turn;
 use crate::conversation::approval::Approvals;
 use crate::conversation::bot::{Bot, interrupted};
 use crate::conversation::journal::Durable;
@@ -367,7 +368,7 @@ impl Session {
             shown: String::new(),
             approvals: approvals.clone(),
         });
-        let turn = state.bot.start_turn(turn_id, text, &self.inner.owner);
+        let turn = Turn::start(&state.bot, turn_id, text, &self.inner.owner);
         Metrics::bump(&self.inner.metrics.turns_started);
         Some(TurnStart {
             turn,

@@ -2,7 +2,7 @@
 //! lock), `SessionTurn` (what the worker emits through), `TurnStart` (what a worker thread is
 //! handed, and how it runs there), and the one place a turn is closed.
 //!
-//! Depends on: `common::cancel`, `common::metrics`, `common::protocol`, `conversation::approval`, `conversation::bot`, `conversation::session`, `conversation::session::limits`, `conversation::worker`, `model`, `tools::knowledge`.
+//! Depends on: `common::cancel`, `common::metrics`, `common::protocol`, `conversation::agent`, `conversation::approval`, `conversation::bot`, `conversation::events`, `conversation::session`, `conversation::session::limits`, `conversation::worker`, `model`, `tools::knowledge`.
 
 use std::io;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -11,8 +11,10 @@ use std::time::Instant;
 use crate::common::cancel::CancelFlag;
 use crate::common::metrics::Outcome;
 use crate::common::protocol::{ErrorCode, ServerFrame, TurnId};
+use crate::conversation::agent::Turn;
 use crate::conversation::approval::{Approvals, Verdict};
-use crate::conversation::bot::{Turn, TurnEvents, TurnOutcome, interrupted};
+use crate::conversation::bot::interrupted;
+use crate::conversation::events::{TurnEvents, TurnOutcome};
 use crate::conversation::worker::Task;
 use crate::model::ChatMessage;
 use crate::tools::knowledge::Knowledge;

@@ -1,33 +1,31 @@
-//! `McpClient`: one connection to an MCP server, speaking JSON-RPC 2.0 over a transport
-//! (`stdio.rs` for a pipe pair, `http.rs` for Streamable HTTP) that it knows only through
-//! `transport.rs`: it queues encoded messages on an [`Outbox`] without blocking, and the
-//! transport hands what the server sends to its [`Inbox`], which routes each answer to its
-//! caller by request id, and each `notifications/progress` to the `tools/call` whose token it
-//! carries (restarting that call's timeout), whichever transport brought it.
+//! `McpClient`: one connection to an MCP server, over a transport (`stdio.rs` for a pipe
+//! pair, `http.rs` for Streamable HTTP) it knows only through `transport.rs`, and the MCP
+//! methods Sparky uses: the handshake, tools (each `tools/call` with a progress token), prompts
+//! and resources. The JSON-RPC underneath (ids, answers matched to their callers, progress
+//! routed to its call, cancellation) is `client/rpc.rs`.
 //!
-//! Depends on: `common::cancel`, `tools`, `tools::mcp::config`, `tools::mcp::error`, `tools::mcp::http`, `tools::mcp::process`, `tools::mcp::stdio`, `tools::mcp::transport`, `tools::mcp::wire`.
+//! Depends on: `common::cancel`, `tools`, `tools::mcp::client::rpc`, `tools::mcp::config`, `tools::mcp::error`, `tools::mcp::http`, `tools::mcp::process`, `tools::mcp::stdio`, `tools::mcp::transport`, `tools::mcp::wire`.
 
-use std::collections::HashMap;
+mod rpc;
+
 use std::fmt;
 use std::io::{Read, Write};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Sender, select};
 use parking_lot::Mutex;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use self::rpc::{Rpc, Wait};
 use super::config::{HttpEndpoint, ServerCommand, ServerSpec};
 use super::error::McpError;
 use super::process::ServerProcess;
-use super::transport::{Inbox, Outbox, Outgoing, QueueError, Transport};
+use super::transport::{Inbox, Outbox, Outgoing, Transport};
 use super::wire::PROTOCOL_VERSION;
 use super::wire::{
-    CallToolResult, GetPromptResult, InitializeResult, METHOD_NOT_FOUND, Message, ProgressParams,
-    PromptsPage, ReadResourceResult, RemotePrompt, RemoteTool, Rendered, Request, RequestId,
-    Response, ServerCapabilities, ToolsPage, render_content,
+    CallToolResult, GetPromptResult, InitializeResult, PromptsPage, ReadResourceResult,
+    RemotePrompt, RemoteTool, Rendered, ServerCapabilities, ToolsPage, render_content,
 };
 use crate::common::cancel::CancelFlag;
 use crate::tools::Progress;
@@ -39,14 +37,6 @@ const KNOWN_PROTOCOL_VERSIONS: [&str; 4] = ["2025-11-25", "2025-06-18", "2025-03
 /// Pages of a list (`tools/list`, `prompts/list`) followed at most, so a server repeating its
 /// cursor cannot loop us.
 const MAX_PAGES: usize = 100;
-
-/// Progress reports of one call queued for its caller at most; more are dropped until the
-/// caller catches up (progress is a hint, and the caller coalesces it anyway).
-const PROGRESS_QUEUE: usize = 16;
-
-/// How many times its timeout a call may run in all, however often it reports progress: a
-/// server cannot keep a call alive for ever by reporting progress.
-const MAX_TIMEOUTS_PER_CALL: u32 = 10;
 
 /// The outcome of one `tools/call`: its content, and whether the tool said it failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,22 +58,15 @@ pub(super) struct Handshake {
     pub(super) capabilities: ServerCapabilities,
 }
 
-/// What a waiting caller receives: the result, or why there is none.
-type Reply = std::result::Result<Value, McpError>;
-
-/// What runs when the server announces a new tool list; called on the reader thread, so it
-/// must not block.
-type ToolsChanged = Arc<dyn Fn() + Send + Sync>;
-
 /// One connection to an MCP server over a transport: a pipe pair (a child's stdout and stdin,
 /// or in-memory pipes in tests) or Streamable HTTP.
 ///
-/// The transport's threads hand each message to the client's shared state, which routes each
+/// The transport's threads hand each message to the client's [`Rpc`], which routes each
 /// response to the one-shot channel its request registered. [`stop`](Self::stop), or dropping
 /// the client, closes it and then stops its transport (the server's process group, or the
 /// HTTP session).
 pub(super) struct McpClient {
-    shared: Arc<ClientShared>,
+    rpc: Arc<Rpc>,
     /// The transport, taken by [`stop`](Self::stop).
     transport: Mutex<Option<Box<dyn Transport>>>,
 }
@@ -91,33 +74,10 @@ pub(super) struct McpClient {
 impl fmt::Debug for McpClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("McpClient")
-            .field("server", &self.shared.server)
+            .field("server", &self.rpc.server)
             .field("alive", &self.is_alive())
             .finish()
     }
-}
-
-/// What a client shares with its threads.
-struct ClientShared {
-    server: String,
-    next_id: AtomicI64,
-    /// Held only to register or remove a waiter, or to queue a line (never blocking); never
-    /// across IO.
-    state: Mutex<ClientState>,
-    /// Called on `notifications/tools/list_changed`; held only to clone the `Arc`.
-    tools_changed: Mutex<Option<ToolsChanged>>,
-}
-
-struct ClientState {
-    /// Callers waiting for an answer, by request id.
-    pending: HashMap<i64, Sender<Reply>>,
-    /// Where the progress reports of a waiting `tools/call` go, by its request id (which is
-    /// also its progress token).
-    progress: HashMap<i64, Sender<Progress>>,
-    /// Messages for the transport; `None` once closed, which ends the transport's writers.
-    outbox: Option<Outbox>,
-    /// Why the client closed, once it has.
-    closed: Option<String>,
 }
 
 impl McpClient {
@@ -144,7 +104,7 @@ impl McpClient {
         writer: impl Write + Send + 'static,
         process: Option<ServerProcess>,
     ) -> Result<(), McpError> {
-        let inbox: Arc<dyn Inbox> = self.shared.clone();
+        let inbox: Arc<dyn Inbox> = self.rpc.clone();
         let stdio = super::stdio::start(inbox, lines, reader, writer, process)?;
         *self.transport.lock() = Some(Box::new(stdio));
         Ok(())
@@ -173,7 +133,7 @@ impl McpClient {
     ) -> Result<Self, McpError> {
         let (outbox, queued) = Outbox::split();
         let client = McpClient::unconnected(server, outbox);
-        let inbox: Arc<dyn Inbox> = client.shared.clone();
+        let inbox: Arc<dyn Inbox> = client.rpc.clone();
         let http = super::http::start(inbox, queued, endpoint.clone(), call_timeout)?;
         *client.transport.lock() = Some(Box::new(http));
         Ok(client)
@@ -182,17 +142,7 @@ impl McpClient {
     /// A client with no transport yet, queuing on `outbox`.
     fn unconnected(server: &str, outbox: Outbox) -> Self {
         McpClient {
-            shared: Arc::new(ClientShared {
-                server: server.to_owned(),
-                next_id: AtomicI64::new(1),
-                state: Mutex::new(ClientState {
-                    pending: HashMap::new(),
-                    progress: HashMap::new(),
-                    outbox: Some(outbox),
-                    closed: None,
-                }),
-                tools_changed: Mutex::new(None),
-            }),
+            rpc: Arc::new(Rpc::new(server, outbox)),
             transport: Mutex::new(None),
         }
     }
@@ -204,16 +154,16 @@ impl McpClient {
         let (process, stdin, stdout) = ServerProcess::spawn(server, command)?;
         let (outbox, queued) = Outbox::single();
         let client = McpClient::unconnected(server, outbox);
-        let watched = Arc::downgrade(&client.shared);
+        let watched = Arc::downgrade(&client.rpc);
         process.watch_exit(move |how| {
-            let Some(shared) = watched.upgrade() else {
+            let Some(rpc) = watched.upgrade() else {
                 return;
             };
             let reason = format!("it exited ({how}); it is restarted on the next call");
-            if !shared.close_and_log(reason) {
+            if !rpc.close_and_log(reason) {
                 // The client closed first (its output ended, or we stopped it): the log
                 // still says how the process ended.
-                log::info!("mcp {}: its process exited ({how})", shared.server);
+                log::info!("mcp {}: its process exited ({how})", rpc.server);
             }
         })?;
         client.attach_stdio(queued.requests, stdout, stdin, Some(process))?;
@@ -222,7 +172,7 @@ impl McpClient {
 
     /// True until the server stops or the client is closed.
     pub(super) fn is_alive(&self) -> bool {
-        self.shared.state.lock().closed.is_none()
+        self.rpc.is_open()
     }
 
     /// Closes the client and stops its server: the writer ends, which closes the server's
@@ -231,7 +181,7 @@ impl McpClient {
     /// Calling it again does nothing.
     pub(super) fn stop(&self) {
         // Closing drops the outbox, so the writers end (and a server's stdin closes).
-        self.shared.close("sparky stopped it".into());
+        self.rpc.close("sparky stopped it".into());
         let transport = self.transport.lock().take();
         if let Some(mut transport) = transport {
             transport.stop();
@@ -241,13 +191,13 @@ impl McpClient {
     /// Marks the client closed for `reason` without stopping its transport (the supervisor
     /// stops it when it replaces the client): the next call starts again.
     pub(super) fn close(&self, reason: &str) {
-        self.shared.close_and_log(reason.to_owned());
+        self.rpc.close_and_log(reason.to_owned());
     }
 
     /// Calls `hook` (on the reader thread; it must not block) whenever the server sends
     /// `notifications/tools/list_changed`.
     pub(super) fn on_tools_changed(&self, hook: impl Fn() + Send + Sync + 'static) {
-        *self.shared.tools_changed.lock() = Some(Arc::new(hook));
+        self.rpc.on_tools_changed(Arc::new(hook));
     }
 
     /// `initialize`, then the `notifications/initialized` notification. Returns the server's
@@ -262,9 +212,9 @@ impl McpClient {
             "capabilities": {},
             "clientInfo": {"name": "sparky", "version": env!("CARGO_PKG_VERSION")},
         });
-        let result = self.request("initialize", params, deadline, cancel)?;
-        let answer: InitializeResult = self.parse(result)?;
-        let server = &self.shared.server;
+        let result = self.rpc.request("initialize", params, deadline, cancel)?;
+        let answer: InitializeResult = self.rpc.parse(result)?;
+        let server = &self.rpc.server;
         if !KNOWN_PROTOCOL_VERSIONS.contains(&answer.protocol_version.as_str()) {
             log::warn!(
                 "mcp {server}: speaks protocol {:?}, which sparky does not know; trying anyway",
@@ -278,7 +228,7 @@ impl McpClient {
             info.version,
             answer.protocol_version
         );
-        self.notify("notifications/initialized", None)?;
+        self.rpc.notify("notifications/initialized", None)?;
         Ok(Handshake {
             instructions: answer.instructions.filter(|text| !text.trim().is_empty()),
             capabilities: answer.capabilities,
@@ -317,7 +267,8 @@ impl McpClient {
     ) -> Result<String, McpError> {
         let params = json!({"name": name, "arguments": args});
         let result: GetPromptResult =
-            self.parse(self.request("prompts/get", params, deadline, cancel)?)?;
+            self.rpc
+                .parse(self.rpc.request("prompts/get", params, deadline, cancel)?)?;
         Ok(result.render())
     }
 
@@ -330,7 +281,10 @@ impl McpClient {
     ) -> Result<String, McpError> {
         let params = json!({"uri": uri});
         let result: ReadResourceResult =
-            self.parse(self.request("resources/read", params, deadline, cancel)?)?;
+            self.rpc.parse(
+                self.rpc
+                    .request("resources/read", params, deadline, cancel)?,
+            )?;
         Ok(result.render())
     }
 
@@ -350,14 +304,19 @@ impl McpClient {
                 Some(cursor) => json!({"cursor": cursor}),
                 None => json!({}),
             };
-            let (page, next) = split(self.parse(self.request(method, params, deadline, cancel)?)?);
+            let (page, next) = split(
+                self.rpc
+                    .parse(self.rpc.request(method, params, deadline, cancel)?)?,
+            );
             items.extend(page);
             match next {
                 Some(next) if !next.is_empty() => cursor = Some(next),
                 _ => return Ok(items),
             }
         }
-        Err(self.protocol(format!("{method} went on for more than {MAX_PAGES} pages")))
+        Err(self
+            .rpc
+            .protocol(format!("{method} went on for more than {MAX_PAGES} pages")))
     }
 
     /// Calls one tool and renders its content as text. The call carries a progress token;
@@ -377,169 +336,13 @@ impl McpClient {
             cancel: Some(cancel),
             progress: Some(progress),
         };
-        let result = self.exchange("tools/call", params, &wait)?;
-        let result: CallToolResult = self.parse(result)?;
+        let result = self.rpc.exchange("tools/call", params, &wait)?;
+        let result: CallToolResult = self.rpc.parse(result)?;
         Ok(ToolReply {
             is_error: result.is_error,
             content: render_content(&result.content, result.structured_content.as_ref()),
             structured: result.structured_content,
         })
-    }
-
-    /// Sends a request and waits for its answer until `deadline`, or until `cancel` is set.
-    /// A cancelled or timed-out request is cancelled at the server with
-    /// `notifications/cancelled` (except `initialize`, which MCP forbids cancelling).
-    fn request(
-        &self,
-        method: &str,
-        params: Value,
-        deadline: Instant,
-        cancel: Option<&CancelFlag>,
-    ) -> Result<Value, McpError> {
-        let wait = Wait {
-            timeout: deadline.saturating_duration_since(Instant::now()),
-            cancel,
-            progress: None,
-        };
-        self.exchange(method, params, &wait)
-    }
-
-    /// [`request`](Self::request), with progress: when `wait.progress` is set, the request
-    /// carries `_meta.progressToken` (its id), and each report restarts its timeout.
-    fn exchange(
-        &self,
-        method: &str,
-        mut params: Value,
-        wait: &Wait<'_>,
-    ) -> Result<Value, McpError> {
-        let Wait {
-            timeout: allowed,
-            cancel,
-            progress,
-        } = *wait;
-        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-        if progress.is_some()
-            && let Some(params) = params.as_object_mut()
-        {
-            params.insert("_meta".into(), json!({"progressToken": id}));
-        }
-        let line = self.encode(&Message::request(id, method, params))?;
-        let (waiter, reply) = crossbeam_channel::bounded(1);
-        let (reporter, reports) = crossbeam_channel::bounded(PROGRESS_QUEUE);
-        {
-            let mut state = self.shared.state.lock();
-            if let Some(reason) = &state.closed {
-                return Err(self.shared.closed_error(reason));
-            }
-            state.pending.insert(id, waiter);
-            if progress.is_some() {
-                state.progress.insert(id, reporter);
-            }
-            if let Err(e) = self.shared.queue(&mut state, line) {
-                state.pending.remove(&id);
-                state.progress.remove(&id);
-                return Err(e);
-            }
-        }
-        // However the wait ends, no more reports are routed to it.
-        let _routed = Unroute {
-            shared: &self.shared,
-            id,
-        };
-        log::debug!("mcp {}: request {id} {method}", self.shared.server);
-        let started = Instant::now();
-        let mut deadline = started + allowed;
-        let last_deadline = started + allowed * MAX_TIMEOUTS_PER_CALL;
-        // A cancel wakes the wait below at once through this channel.
-        let (cancelled, woken) = crossbeam_channel::bounded::<()>(1);
-        let _hook = cancel.map(|cancel| {
-            cancel.on_cancel(move || {
-                let _ = cancelled.try_send(());
-            })
-        });
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            select! {
-                recv(reply) -> answer => match answer {
-                    Ok(answer) => return answer,
-                    Err(_) => return Err(self.shared.closed_error("it closed")),
-                },
-                recv(reports) -> report => {
-                    if let (Ok(report), Some(progress)) = (report, progress) {
-                        deadline = (Instant::now() + allowed).min(last_deadline);
-                        progress(report);
-                    }
-                }
-                recv(woken) -> _ => {}
-                default(left) => {}
-            }
-            if cancel.is_some_and(CancelFlag::is_cancelled) {
-                self.abandon(id, method, "the user cancelled the turn");
-                return Err(McpError::Cancelled);
-            }
-            if Instant::now() >= deadline {
-                self.abandon(
-                    id,
-                    method,
-                    &format!("no answer within {}", super::error::round_duration(allowed)),
-                );
-                return Err(McpError::Timeout {
-                    server: self.shared.server.clone(),
-                    method: method.to_owned(),
-                    after: allowed,
-                });
-            }
-        }
-    }
-
-    /// Stops waiting for request `id` and, when it is still in flight, tells the server.
-    fn abandon(&self, id: i64, method: &str, reason: &str) {
-        let mut state = self.shared.state.lock();
-        if state.pending.remove(&id).is_none() || method == "initialize" {
-            return;
-        }
-        let params = json!({"requestId": id, "reason": reason});
-        let sent = self
-            .encode(&Message::notification(
-                "notifications/cancelled",
-                Some(params),
-            ))
-            .and_then(|line| self.shared.queue(&mut state, line));
-        match sent {
-            Ok(()) => log::debug!(
-                "mcp {}: cancelled request {id}: {reason}",
-                self.shared.server
-            ),
-            Err(e) => log::debug!(
-                "mcp {}: could not cancel request {id}: {e}",
-                self.shared.server
-            ),
-        }
-    }
-
-    /// Sends a notification.
-    fn notify(&self, method: &str, params: Option<Value>) -> Result<(), McpError> {
-        let line = self.encode(&Message::notification(method, params))?;
-        let mut state = self.shared.state.lock();
-        if let Some(reason) = &state.closed {
-            return Err(self.shared.closed_error(reason));
-        }
-        self.shared.queue(&mut state, line)
-    }
-
-    fn encode(&self, message: &Message) -> Result<Outgoing, McpError> {
-        encode(message).map_err(|e| self.protocol(format!("cannot encode: {e}")))
-    }
-
-    fn parse<T: for<'de> Deserialize<'de>>(&self, value: Value) -> Result<T, McpError> {
-        serde_json::from_value(value).map_err(|e| self.protocol(e.to_string()))
-    }
-
-    fn protocol(&self, detail: String) -> McpError {
-        McpError::Protocol {
-            server: self.shared.server.clone(),
-            detail,
-        }
     }
 }
 
@@ -549,232 +352,15 @@ impl Drop for McpClient {
     }
 }
 
-/// How a request waits: `timeout` (from the request, and again from each progress report),
-/// or until `cancel`; its progress reports, if it wants them, go to `progress`.
-#[derive(Clone, Copy)]
-struct Wait<'a> {
-    timeout: Duration,
-    cancel: Option<&'a CancelFlag>,
-    progress: Option<&'a dyn Fn(Progress)>,
-}
-
-/// Stops routing progress reports to request `id` when dropped.
-struct Unroute<'a> {
-    shared: &'a ClientShared,
-    id: i64,
-}
-
-impl Drop for Unroute<'_> {
-    fn drop(&mut self) {
-        self.shared.state.lock().progress.remove(&self.id);
-    }
-}
-
-impl ClientShared {
-    /// Queues a message for the transport without blocking.
-    fn queue(&self, state: &mut ClientState, message: Outgoing) -> Result<(), McpError> {
-        let Some(outbox) = &state.outbox else {
-            return Err(self.closed_error(state.closed.as_deref().unwrap_or("it closed")));
-        };
-        match outbox.queue(message) {
-            Ok(()) => Ok(()),
-            Err(QueueError::Full) => Err(McpError::Busy {
-                server: self.server.clone(),
-            }),
-            Err(QueueError::Closed) => Err(self.closed_error("it closed")),
-        }
-    }
-
-    fn closed_error(&self, reason: &str) -> McpError {
-        McpError::Closed {
-            server: self.server.clone(),
-            reason: reason.to_owned(),
-        }
-    }
-
-    /// Closes the client: no new requests, the writer ends, and every waiting caller gets a
-    /// `Closed` error. True when this call closed it (false when it already was).
-    fn close(&self, reason: String) -> bool {
-        let pending = {
-            let mut state = self.state.lock();
-            if state.closed.is_some() {
-                return false;
-            }
-            state.outbox = None;
-            state.closed = Some(reason.clone());
-            std::mem::take(&mut state.pending)
-        };
-        for waiter in pending.into_values() {
-            let _ = waiter.try_send(Err(self.closed_error(&reason)));
-        }
-        true
-    }
-
-    /// [`close`](Self::close), and a warning when it was the server, not us, that ended it.
-    /// True when this call closed it.
-    fn close_and_log(&self, reason: String) -> bool {
-        let closed = self.close(reason.clone());
-        if closed {
-            log::warn!("mcp {}: stopped: {reason}", self.server);
-        }
-        closed
-    }
-
-    /// Handles one line from the server.
-    fn dispatch(&self, line: &[u8]) {
-        let text = String::from_utf8_lossy(line);
-        let text = text.trim();
-        if text.is_empty() {
-            return;
-        }
-        log::trace!("mcp {}: <- {text}", self.server);
-        match serde_json::from_str::<Message>(text) {
-            Ok(Message::Response(response)) => self.route(response),
-            Ok(Message::Request(request)) => self.answer(request),
-            Ok(Message::Notification(notification)) => {
-                log::debug!("mcp {}: notification {}", self.server, notification.method);
-                if notification.method == "notifications/progress" {
-                    self.progressed(notification.params);
-                } else if notification.method == "notifications/tools/list_changed" {
-                    let hook = self.tools_changed.lock().clone();
-                    if let Some(hook) = hook {
-                        hook();
-                    }
-                }
-            }
-            Err(e) => {
-                let preview: String = text.chars().take(200).collect();
-                log::warn!(
-                    "mcp {}: ignoring a line that is not JSON-RPC ({e}): {preview}",
-                    self.server
-                );
-            }
-        }
-    }
-
-    /// Hands a progress report to the call it is for, if that call still waits and has room
-    /// for it (else the report is dropped: a newer one will follow, or the answer).
-    fn progressed(&self, params: Option<Value>) {
-        let Some(report) = params.and_then(|p| serde_json::from_value::<ProgressParams>(p).ok())
-        else {
-            log::debug!("mcp {}: a progress report it could not read", self.server);
-            return;
-        };
-        let Some(id) = report.request_id() else {
-            return;
-        };
-        let state = self.state.lock();
-        if let Some(reporter) = state.progress.get(&id) {
-            let _ = reporter.try_send(report.into_progress());
-        }
-    }
-
-    /// Hands a response to the caller waiting for it.
-    fn route(&self, response: Response) {
-        let id = match &response.id {
-            Some(RequestId::Number(id)) => Some(*id),
-            Some(RequestId::Text(text)) => text.parse().ok(),
-            None => None,
-        };
-        let waiter = id.and_then(|id| self.state.lock().pending.remove(&id));
-        let Some(waiter) = waiter else {
-            // A request we cancelled or stopped waiting for, or an error about a line the
-            // server could not read.
-            log::debug!(
-                "mcp {}: answer to no waiting request ({:?})",
-                self.server,
-                response.id
-            );
-            return;
-        };
-        let reply = match response.error {
-            Some(error) => Err(McpError::Rpc {
-                server: self.server.clone(),
-                code: error.code,
-                message: error.message,
-            }),
-            None => Ok(response.result.unwrap_or(Value::Null)),
-        };
-        let _ = waiter.try_send(reply);
-    }
-
-    /// Answers a request the server made: `ping` gets an empty result, anything else "method
-    /// not found", since Sparky offers servers no client features.
-    fn answer(&self, request: Request) {
-        let reply = if request.method == "ping" {
-            Message::Response(Response::ok(Some(request.id), json!({})))
-        } else {
-            log::debug!(
-                "mcp {}: refusing its request {}",
-                self.server,
-                request.method
-            );
-            Message::Response(Response::error(
-                Some(request.id),
-                METHOD_NOT_FOUND,
-                format!("sparky does not offer {}", request.method),
-            ))
-        };
-        let Ok(line) = encode(&reply) else {
-            return;
-        };
-        let mut state = self.state.lock();
-        if let Err(e) = self.queue(&mut state, line) {
-            log::debug!("mcp {}: could not answer its request: {e}", self.server);
-        }
-    }
-}
-
-impl Inbox for ClientShared {
-    fn deliver(&self, text: &[u8]) {
-        self.dispatch(text);
-    }
-
-    fn fail(&self, id: i64, error: McpError) {
-        let waiter = self.state.lock().pending.remove(&id);
-        if let Some(waiter) = waiter {
-            let _ = waiter.try_send(Err(error));
-        }
-    }
-
-    fn close(&self, reason: String) -> bool {
-        self.close_and_log(reason)
-    }
-
-    fn is_open(&self) -> bool {
-        self.state.lock().closed.is_none()
-    }
-
-    fn server(&self) -> &str {
-        &self.server
-    }
-}
-
-/// A message as the transport takes it.
-fn encode(message: &Message) -> serde_json::Result<Outgoing> {
-    let (id, method) = match message {
-        Message::Request(request) => match &request.id {
-            RequestId::Number(id) => (Some(*id), request.method.clone()),
-            RequestId::Text(_) => (None, request.method.clone()),
-        },
-        Message::Notification(notification) => (None, notification.method.clone()),
-        Message::Response(_) => (None, String::new()),
-    };
-    Ok(Outgoing {
-        id,
-        method,
-        line: serde_json::to_string(message)?,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use std::io::{BufRead, BufReader, PipeReader, PipeWriter};
     use std::thread;
 
-    use crossbeam_channel::{Receiver, RecvTimeoutError};
+    use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
     use super::*;
+    use crate::tools::mcp::wire::{METHOD_NOT_FOUND, Message, RequestId, Response};
 
     /// How long any wait in these tests may take.
     const WAIT: Duration = Duration::from_secs(10);
@@ -987,7 +573,7 @@ mod tests {
         assert_eq!(steps, [1.0, 2.0, 3.0, 4.0]);
         assert_eq!(reports.lock()[0].total, Some(4.0));
         // Once answered, the call's reports are no longer routed.
-        assert!(client.shared.state.lock().progress.is_empty());
+        assert_eq!(client.rpc.progress_routes(), 0);
     }
 
     #[test]

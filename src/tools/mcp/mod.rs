@@ -16,11 +16,13 @@
 //! - `process.rs`: a server's process, in a process group of its own, and how it is stopped;
 //! - `stdio.rs`: the stdio transport, over a process's pipes;
 //! - `http.rs`: the Streamable HTTP transport;
-//! - `client.rs`: `McpClient`, requests matched to answers by id over either transport;
+//! - `client/rpc.rs`: JSON-RPC requests matched to answers by id, progress and cancellation;
+//! - `client.rs`: `McpClient`, the MCP methods over either transport;
 //! - `supervisor.rs`: a server restarted after a crash, its tools, and the catalog of every
 //!   server's current tools and prompts;
 //! - `resources.rs`: the `mcp_read_resource` tool;
-//! - this file: `load`, `McpServers` (every server of one config), `McpError`, tool names.
+//! - `error.rs`: `McpError`;
+//! - this file: `load`, `spawn`, `McpServers` (every server of one config).
 //!
 //! One process (or HTTP session) per configured server is shared by every session. Callers
 //! never hold a lock across IO: a request registers a one-shot channel under its id, queues
