@@ -48,7 +48,13 @@ pub enum Error {
         detail: String,
     },
     /// The store failed: it cannot be opened, read or written.
-    Store(String),
+    Store {
+        /// What failed, in words for the operator (with the underlying error's text, where
+        /// there is one, as the database described it).
+        detail: String,
+        /// The underlying error (SQLite's, PostgreSQL's, the file system's), if any.
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
     /// The configuration is not usable.
     Config(String),
     /// No thread could be started.
@@ -61,6 +67,26 @@ impl Error {
         Error::Io { context, source }
     }
 
+    /// A store failure with no underlying error: a refusal or a broken expectation.
+    pub fn store(detail: impl Into<String>) -> Self {
+        Error::Store {
+            detail: detail.into(),
+            source: None,
+        }
+    }
+
+    /// A store failure caused by `source`; `detail` says what failed, in words for the
+    /// operator, and includes the source's text as the store described it.
+    pub fn store_caused(
+        detail: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Error::Store {
+            detail: detail.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+
     /// The stable code a client sees for this error.
     pub fn code(&self) -> ErrorCode {
         match self {
@@ -70,7 +96,7 @@ impl Error {
             Error::Io { .. }
             | Error::WebSocket(_)
             | Error::Tool { .. }
-            | Error::Store(_)
+            | Error::Store { .. }
             | Error::Config(_) => ErrorCode::Internal,
         }
     }
@@ -87,7 +113,7 @@ impl fmt::Display for Error {
             Error::HistoryRejected { backend, detail } => {
                 write!(f, "model {backend} rejected the history: {detail}")
             }
-            Error::Store(detail) => write!(f, "store: {detail}"),
+            Error::Store { detail, .. } => write!(f, "store: {detail}"),
             Error::Config(detail) => write!(f, "config: {detail}"),
             Error::Spawn(e) => write!(f, "spawn: {e}"),
         }
@@ -101,10 +127,12 @@ impl std::error::Error for Error {
             Error::WebSocket(e) => Some(e),
             Error::Decode(e) => Some(e),
             Error::Spawn(e) => Some(e),
+            Error::Store { source, .. } => source
+                .as_deref()
+                .map(|source| source as &(dyn std::error::Error + 'static)),
             Error::Tool { .. }
             | Error::Model { .. }
             | Error::HistoryRejected { .. }
-            | Error::Store(_)
             | Error::Config(_) => None,
         }
     }
@@ -119,5 +147,26 @@ impl From<tungstenite::Error> for Error {
 impl From<DecodeError> for Error {
     fn from(e: DecodeError) -> Self {
         Error::Decode(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    #[test]
+    fn a_store_error_keeps_its_source_and_reads_as_before() {
+        let cause = io::Error::new(io::ErrorKind::StorageFull, "no space left on device");
+        let error = Error::store_caused("write: no space left on device", cause);
+        assert_eq!(error.to_string(), "store: write: no space left on device");
+        let source = error.source().expect("the cause is kept");
+        let io = source
+            .downcast_ref::<io::Error>()
+            .expect("as the io::Error it was");
+        assert_eq!(io.kind(), io::ErrorKind::StorageFull);
+        assert_eq!(error.code(), ErrorCode::Internal);
+        assert!(Error::store("refused").source().is_none());
     }
 }

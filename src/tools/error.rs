@@ -162,7 +162,7 @@ mod tests {
             ToolError::NotFound("node #4".into()).to_string(),
             "there is no node #4"
         );
-        let store = ToolError::Store(Error::Store("disk full".into()));
+        let store = ToolError::Store(Error::store("disk full"));
         assert_eq!(store.to_string(), "store: disk full");
         assert!(store.source().is_some());
         let expression = ToolError::from(ExpressionError::DivisionByZero);

@@ -67,7 +67,7 @@ impl<B: Backend> GraphStore for B {
             let known = [Param::Text(owner), key.clone()];
             Ok((db.row(B::SQL.remembered, &known, node_from_row)?, false))
         })?;
-        let node = node.ok_or_else(|| Error::Store("a fact vanished as it was stored".into()))?;
+        let node = node.ok_or_else(|| Error::store("a fact vanished as it was stored"))?;
         if new {
             Counters::of(self).node_added();
         }
@@ -146,7 +146,7 @@ impl<B: Backend> GraphStore for B {
             ];
             db.row(B::SQL.add_node, &node, |row| row.int(0))
         })?;
-        let id = id.ok_or_else(|| Error::Store("add node: no id came back".into()))?;
+        let id = id.ok_or_else(|| Error::store("add node: no id came back"))?;
         Counters::of(self).node_added();
         Ok(Node::created(id, kind, label, content, properties, now))
     }
@@ -179,8 +179,8 @@ impl<B: Backend> GraphStore for B {
         })?;
         match edge {
             Ok(Some(edge)) => Ok(edge),
-            Ok(None) => Err(Error::Store("an edge vanished as it was stored".into())),
-            Err(id) => Err(Error::Store(format!("there is no node #{id}"))),
+            Ok(None) => Err(Error::store("an edge vanished as it was stored")),
+            Err(id) => Err(Error::store(format!("there is no node #{id}"))),
         }
     }
 

@@ -70,7 +70,7 @@ const NOTIFY: &str = "SELECT pg_notify('sparky', $1)";
 pub(super) fn instance_name() -> Result<String> {
     let mut bytes = [0u8; 8];
     getrandom::fill(&mut bytes)
-        .map_err(|e| Error::Store(format!("no instance name could be drawn: {e}")))?;
+        .map_err(|e| Error::store(format!("no instance name could be drawn: {e}")))?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
@@ -154,7 +154,7 @@ impl Cluster for PostgresStore {
             connection
                 .client
                 .batch_execute("LISTEN sparky")
-                .map_err(|e| store_error("listen for other instances", &e))?;
+                .map_err(|e| store_error("listen for other instances", e))?;
             *listener = Some(connection);
             return Ok(vec![Notice::Resync]);
         };
@@ -162,13 +162,13 @@ impl Cluster for PostgresStore {
             Ok(texts) if !connection.client.is_closed() => texts,
             Ok(_) => {
                 *listener = None;
-                return Err(Error::Store(
-                    "listen for other instances: the connection closed".into(),
+                return Err(Error::store(
+                    "listen for other instances: the connection closed",
                 ));
             }
             Err(e) => {
                 *listener = None;
-                return Err(store_error("listen for other instances", &e));
+                return Err(store_error("listen for other instances", e));
             }
         };
         Ok(texts

@@ -52,7 +52,7 @@ impl PostgresStore {
         let target = self.target().to_owned();
         let mut writer = self.writer.lock();
         let connection: &mut Connection = self.writer_connection(&mut writer.connection)?;
-        let failed = |e: postgres::Error| store_error("copy", &e);
+        let failed = |e: postgres::Error| store_error("copy", e);
         let mut tx = connection.client.transaction().map_err(failed)?;
         let held: i64 = tx
             .query_one(
@@ -62,7 +62,7 @@ impl PostgresStore {
             .and_then(|row| row.try_get(0))
             .map_err(failed)?;
         if held > 0 {
-            return Err(Error::Store(format!(
+            return Err(Error::store(format!(
                 "database {target} already holds conversations or facts; migrate-store copies \
                  into an empty database only"
             )));
@@ -171,7 +171,7 @@ impl Importer<'_, '_> {
                     .map(|n| self.report.edges += n)
             }
         };
-        result.map_err(|e| store_error("copy", &e))
+        result.map_err(|e| store_error("copy", e))
     }
 
     fn conversation(&mut self, c: &ExportedConversation) -> Result<(), postgres::Error> {

@@ -98,8 +98,10 @@ struct WriterMemory {
     uncertain: Option<(String, Vec<WriteOp>)>,
 }
 
-fn store_error(what: &str, e: &postgres::Error) -> Error {
-    Error::Store(format!("{what}: {}", describe(e)))
+/// A store error for `what`, described as PostgreSQL describes it, keeping `e` as its source.
+fn store_error(what: &str, e: postgres::Error) -> Error {
+    let detail = format!("{what}: {}", describe(&e));
+    Error::store_caused(detail, e)
 }
 
 impl PostgresStore {
@@ -115,7 +117,7 @@ impl PostgresStore {
     pub fn connect(url: &str, pool_size: usize) -> Result<Self> {
         let target = redact_url(url);
         let config: postgres::Config = url.parse().map_err(|e| {
-            Error::Store(format!(
+            Error::store(format!(
                 "{target} is not a PostgreSQL URL like postgres://USER@HOST[:PORT]/DB: {e}"
             ))
         })?;
@@ -130,7 +132,7 @@ impl PostgresStore {
             .client
             .query_one("SELECT count(*) FROM nodes", &[])
             .and_then(|row| row.try_get(0))
-            .map_err(|e| store_error("count nodes", &e))?;
+            .map_err(|e| store_error("count nodes", e))?;
         log::info!("store: using PostgreSQL database {target}");
         Ok(PostgresStore {
             pool,
@@ -155,13 +157,13 @@ impl PostgresStore {
     pub fn inspect(url: &str) -> Result<String> {
         let target = redact_url(url);
         let config: postgres::Config = url.parse().map_err(|e| {
-            Error::Store(format!(
+            Error::store(format!(
                 "{target} is not a PostgreSQL URL like postgres://USER@HOST[:PORT]/DB: {e}"
             ))
         })?;
         let mut connection = Connector::new(config, target.clone(), "sparky check").connect()?;
         let client = &mut connection.client;
-        let failed = |e: postgres::Error| store_error(&format!("database {target}"), &e);
+        let failed = |e: postgres::Error| store_error(&format!("database {target}"), e);
         let migrated: bool = client
             .query_one("SELECT to_regclass('schema_version') IS NOT NULL", &[])
             .and_then(|row| row.try_get(0))
@@ -178,7 +180,7 @@ impl PostgresStore {
             0 => Ok(format!(
                 "database {target} is new; the store will be created"
             )),
-            v if v > POSTGRES_SCHEMA_VERSION => Err(Error::Store(format!(
+            v if v > POSTGRES_SCHEMA_VERSION => Err(Error::store(format!(
                 "database {target} has schema version {v}, newer than this build's \
                  {POSTGRES_SCHEMA_VERSION}"
             ))),
@@ -220,17 +222,17 @@ impl PostgresStore {
             let open = self.writer_connection(connection)?;
             let result = work(open, memory);
             let Err(e) = result else {
-                return result.map_err(|e| store_error(what, &e));
+                return result.map_err(|e| store_error(what, e));
             };
             // Keys learnt in a transaction that did not commit may name nothing.
             memory.keys.clear();
             if !broken(&e, &open.client) {
-                return Err(store_error(what, &e));
+                return Err(store_error(what, e));
             }
             *connection = None;
             if tries == 2 {
                 self.pool.connector().lost();
-                return Err(store_error(what, &e));
+                return Err(store_error(what, e));
             }
         }
     }
@@ -248,7 +250,7 @@ impl PostgresStore {
         }
         connection
             .as_mut()
-            .ok_or_else(|| Error::Store("the writer has no connection".into()))
+            .ok_or_else(|| Error::store("the writer has no connection"))
     }
 
     /// Refuses a write that would grow the database past its cap. The size is measured with
@@ -267,7 +269,7 @@ impl PostgresStore {
             }
         };
         if bytes >= limit {
-            return Err(Error::Store(format!(
+            return Err(Error::store(format!(
                 "database {} holds {} MiB, at or past its cap of {} MiB (--max-store-mib)",
                 self.target(),
                 bytes >> 20,

@@ -116,7 +116,7 @@ impl Connector {
         if let Some((next_try, _)) = *self.backoff.lock() {
             let now = Instant::now();
             if now < next_try {
-                return Err(Error::Store(format!(
+                return Err(Error::store(format!(
                     "database {} is unreachable; next try in {} ms",
                     self.target,
                     (next_try - now).as_millis()
@@ -150,7 +150,7 @@ impl Connector {
                         self.target
                     );
                 }
-                Err(Error::Store(format!(
+                Err(Error::store(format!(
                     "cannot connect to database {}: {cause}",
                     self.target
                 )))
@@ -302,7 +302,10 @@ impl Pool {
             self.connector.lost();
         }
         self.give_back(connection, lost);
-        result.map_err(|e| Error::Store(format!("{what}: {}", describe(&e))))
+        result.map_err(|e| {
+            let detail = format!("{what}: {}", describe(&e));
+            Error::store_caused(detail, e)
+        })
     }
 
     /// An idle connection, a new one while fewer than the pool's size are open, or the first
@@ -341,7 +344,7 @@ impl Pool {
             state.waiting -= 1;
             if timed_out && state.idle.is_empty() && state.open >= self.size {
                 self.timeouts.fetch_add(1, Ordering::Relaxed);
-                return Err(Error::Store(format!(
+                return Err(Error::store(format!(
                     "no connection to database {} came free in {CHECKOUT_TIMEOUT:?} \
                      (--store-pool {})",
                     self.connector.target, self.size

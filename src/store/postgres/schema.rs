@@ -173,7 +173,7 @@ pub fn migrate(client: &mut Client, target: &str) -> Result<()> {
 pub(crate) fn migrate_to(client: &mut Client, target: &str, version_wanted: i64) -> Result<()> {
     loop {
         let failed = |e: postgres::Error| {
-            Error::Store(format!(
+            Error::store(format!(
                 "database {target}: migration failed: {}",
                 super::pool::describe(&e)
             ))
@@ -193,7 +193,7 @@ pub(crate) fn migrate_to(client: &mut Client, target: &str, version_wanted: i64)
             .and_then(|row| row.try_get(0))
             .map_err(failed)?;
         if version > POSTGRES_SCHEMA_VERSION {
-            return Err(Error::Store(format!(
+            return Err(Error::store(format!(
                 "database {target} has schema version {version}, newer than this build's \
                  {POSTGRES_SCHEMA_VERSION}; run a newer sparky or point --store elsewhere"
             )));
@@ -206,7 +206,7 @@ pub(crate) fn migrate_to(client: &mut Client, target: &str, version_wanted: i64)
         };
         let to = version + 1;
         tx.batch_execute(sql).map_err(|e| {
-            Error::Store(format!(
+            Error::store(format!(
                 "database {target}: migration to version {to} failed: {}",
                 super::pool::describe(&e)
             ))

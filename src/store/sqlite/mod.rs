@@ -76,7 +76,7 @@ struct Writer {
 }
 
 fn store_error(context: &str, e: impl std::fmt::Display) -> Error {
-    Error::Store(format!("{context}: {e}"))
+    Error::store(format!("{context}: {e}"))
 }
 
 impl SqliteStore {
@@ -103,7 +103,7 @@ impl SqliteStore {
             .open(&lock_path)
             .map_err(|e| store_error(&format!("cannot open {}", lock_path.display()), e))?;
         if lock.try_lock().is_err() {
-            return Err(Error::Store(format!(
+            return Err(Error::store(format!(
                 "data directory {} is in use by another running sparky",
                 dir.display()
             )));
@@ -136,7 +136,7 @@ impl SqliteStore {
         if let Ok(lock) = File::open(dir.join("LOCK"))
             && lock.try_lock().is_err()
         {
-            return Err(Error::Store(format!(
+            return Err(Error::store(format!(
                 "{} is in use by another running sparky",
                 dir.display()
             )));
@@ -154,7 +154,7 @@ impl SqliteStore {
             .query_row("PRAGMA user_version", [], |row| row.get(0))
             .map_err(|e| store_error(&format!("{} is not a Sparky database", path.display()), e))?;
         match version {
-            v if v > super::SCHEMA_VERSION => Err(Error::Store(format!(
+            v if v > super::SCHEMA_VERSION => Err(Error::store(format!(
                 "{} has schema version {v}, newer than this build's {}",
                 path.display(),
                 super::SCHEMA_VERSION

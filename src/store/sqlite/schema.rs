@@ -207,12 +207,12 @@ pub(in super::super) fn migrate_to(
     let version: i64 = connection
         .query_row("PRAGMA user_version", [], |row| row.get(0))
         .map_err(|e| {
-            Error::Store(format!(
+            Error::store(format!(
                 "{context} cannot be read (is it a Sparky database?): {e}"
             ))
         })?;
     if version > SCHEMA_VERSION {
-        return Err(Error::Store(format!(
+        return Err(Error::store(format!(
             "{context} has schema version {version}, newer than this build's {SCHEMA_VERSION}; \
              run a newer sparky or point --data-dir elsewhere"
         )));
@@ -226,7 +226,7 @@ pub(in super::super) fn migrate_to(
     {
         let to = from as i64 + 1;
         let failed = |e: rusqlite::Error| {
-            Error::Store(format!("{context}: migration to version {to} failed: {e}"))
+            Error::store(format!("{context}: migration to version {to} failed: {e}"))
         };
         let tx = connection.transaction().map_err(failed)?;
         tx.execute_batch(sql).map_err(failed)?;
