@@ -262,12 +262,25 @@ pub struct RateLimit {
     pub burst: f64,
 }
 
+/// A flag's (or a config file's) value that cannot be read; the text says what is wrong with it
+/// and what would be right, as `sparky --help` and clap show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidValue(pub String);
+
+impl std::fmt::Display for InvalidValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for InvalidValue {}
+
 /// Reads a rate limit: `off`, `N` (frames per second, bursts of 2N) or `N/B`.
 ///
 /// # Errors
 ///
-/// A message saying what is wrong with the text.
-pub fn parse_rate_limit(text: &str) -> Result<Option<RateLimit>, String> {
+/// [`InvalidValue`], saying what is wrong with the text.
+pub fn parse_rate_limit(text: &str) -> Result<Option<RateLimit>, InvalidValue> {
     let text = text.trim();
     if text.eq_ignore_ascii_case("off") {
         return Ok(None);
@@ -275,12 +288,12 @@ pub fn parse_rate_limit(text: &str) -> Result<Option<RateLimit>, String> {
     let (rate, burst) = text
         .split_once('/')
         .map_or((text, None), |(r, b)| (r, Some(b)));
-    let number = |part: &str| -> Result<f64, String> {
+    let number = |part: &str| -> Result<f64, InvalidValue> {
         part.trim()
             .parse::<f64>()
             .ok()
             .filter(|n| n.is_finite() && *n > 0.0)
-            .ok_or_else(|| format!("{text:?} is not a rate like 20, 20/40 or off"))
+            .ok_or_else(|| InvalidValue(format!("{text:?} is not a rate like 20, 20/40 or off")))
     };
     let per_second = number(rate)?;
     let burst = burst.map_or(Ok(per_second * 2.0), number)?;
@@ -414,21 +427,23 @@ pub fn redact_url(url: &str) -> String {
 ///
 /// # Errors
 ///
-/// A message saying what is wrong with the text.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+/// [`InvalidValue`], saying what is wrong with the text.
+pub fn parse_duration(text: &str) -> Result<Duration, InvalidValue> {
     let text = text.trim();
     if !text.is_empty() && text.bytes().all(|byte| byte.is_ascii_digit()) {
         return text
             .parse()
             .map(Duration::from_secs)
-            .map_err(|_| format!("{text:?} is too long"));
+            .map_err(|_| InvalidValue(format!("{text:?} is too long")));
     }
-    humantime::parse_duration(text).map_err(|e| match e {
-        humantime::DurationError::UnknownUnit { unit, .. } => {
-            format!("unknown unit {unit:?} in {text:?}; use ms, s, m, h or d")
-        }
-        humantime::DurationError::NumberOverflow => format!("{text:?} is too long"),
-        _ => format!("{text:?} is not a duration like 90s, 60m or 2h"),
+    humantime::parse_duration(text).map_err(|e| {
+        InvalidValue(match e {
+            humantime::DurationError::UnknownUnit { unit, .. } => {
+                format!("unknown unit {unit:?} in {text:?}; use ms, s, m, h or d")
+            }
+            humantime::DurationError::NumberOverflow => format!("{text:?} is too long"),
+            _ => format!("{text:?} is not a duration like 90s, 60m or 2h"),
+        })
     })
 }
 
@@ -467,10 +482,10 @@ fn mib_as_bytes(text: &str) -> Result<u64, String> {
 }
 
 /// A duration that must be longer than zero.
-fn positive_duration(text: &str) -> Result<Duration, String> {
+fn positive_duration(text: &str) -> Result<Duration, InvalidValue> {
     let duration = parse_duration(text)?;
     if duration.is_zero() {
-        return Err("must be longer than zero".to_owned());
+        return Err(InvalidValue("must be longer than zero".to_owned()));
     }
     Ok(duration)
 }
@@ -550,7 +565,9 @@ mod tests {
         );
         assert_eq!(
             parse_duration("5 fortnights"),
-            Err(r#"unknown unit "fortnights" in "5 fortnights"; use ms, s, m, h or d"#.into())
+            Err(InvalidValue(
+                r#"unknown unit "fortnights" in "5 fortnights"; use ms, s, m, h or d"#.into()
+            ))
         );
         assert!(parse_duration("m").is_err());
         assert!(parse_duration("").is_err());

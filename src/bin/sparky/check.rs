@@ -10,6 +10,8 @@ use sparky::model::ModelBackend;
 use sparky::store::{PostgresStore, SqliteStore};
 use sparky::tools::mcp;
 
+use crate::start_error::StartError;
+
 /// One check's outcome.
 enum Outcome {
     /// Fine.
@@ -26,8 +28,8 @@ enum Outcome {
 /// failed.
 pub fn run(
     config: &Config,
-    model: Result<Arc<dyn ModelBackend>, String>,
-    tokens: Result<usize, String>,
+    model: Result<Arc<dyn ModelBackend>, StartError>,
+    tokens: Result<usize, StartError>,
     files: (u64, bool),
     out: &mut dyn Write,
 ) -> bool {
@@ -67,7 +69,7 @@ fn data_dir(config: &Config) -> Outcome {
     }
 }
 
-fn token_outcome(config: &Config, tokens: Result<usize, String>) -> Outcome {
+fn token_outcome(config: &Config, tokens: Result<usize, StartError>) -> Outcome {
     match tokens {
         Ok(0) if config.addr.ip().is_loopback() => {
             Outcome::Ok("no tokens: anyone on this machine may connect".into())
@@ -77,7 +79,7 @@ fn token_outcome(config: &Config, tokens: Result<usize, String>) -> Outcome {
             config.addr
         )),
         Ok(n) => Outcome::Ok(format!("{n} token{}", if n == 1 { "" } else { "s" })),
-        Err(e) => Outcome::Fail(e),
+        Err(e) => Outcome::Fail(e.to_string()),
     }
 }
 
@@ -101,10 +103,10 @@ fn open_file_limit(config: &Config, (available, explicit): (u64, bool)) -> Outco
     }
 }
 
-fn model_outcome(model: Result<Arc<dyn ModelBackend>, String>) -> Outcome {
+fn model_outcome(model: Result<Arc<dyn ModelBackend>, StartError>) -> Outcome {
     let model = match model {
         Ok(model) => model,
-        Err(e) => return Outcome::Fail(e),
+        Err(e) => return Outcome::Fail(e.to_string()),
     };
     match model.probe() {
         None => Outcome::Ok(format!("{}: built in", model.name())),

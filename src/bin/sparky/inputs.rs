@@ -6,11 +6,16 @@ use std::path::Path;
 
 use sparky::common::config::{Config, redact_url};
 
+use crate::start_error::StartError;
+
 /// Adds the tokens of `file` and of `SPARKY_AUTH_TOKENS` to those given with --auth-token.
-pub fn add_tokens(config: &mut Config, file: Option<&Path>) -> Result<(), String> {
+pub fn add_tokens(config: &mut Config, file: Option<&Path>) -> Result<(), StartError> {
     if let Some(path) = file {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read --auth-token-file {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(|source| StartError::Read {
+            flag: "--auth-token-file",
+            path: path.to_owned(),
+            source,
+        })?;
         let lines = text
             .lines()
             .map(str::trim)
@@ -37,15 +42,19 @@ pub fn add_tokens(config: &mut Config, file: Option<&Path>) -> Result<(), String
 }
 
 /// The system prompt in `path`, trimmed.
-pub fn read_system_prompt(path: &Path) -> Result<String, String> {
+pub fn read_system_prompt(path: &Path) -> Result<String, StartError> {
     std::fs::read_to_string(path)
         .map(|text| text.trim().to_owned())
-        .map_err(|e| format!("cannot read --system-prompt-file {}: {e}", path.display()))
+        .map_err(|source| StartError::Read {
+            flag: "--system-prompt-file",
+            path: path.to_owned(),
+            source,
+        })
 }
 
 /// Sets the store's URL: `--store`, else `SPARKY_DATABASE_URL`; none with `--in-memory`, which
 /// says so when the variable is set.
-pub fn choose_store(config: &mut Config) -> Result<(), String> {
+pub fn choose_store(config: &mut Config) -> Result<(), StartError> {
     let url = database_url(config.database_url.take(), "--store")?;
     if config.in_memory {
         if url.is_some() {
@@ -61,7 +70,7 @@ pub fn choose_store(config: &mut Config) -> Result<(), String> {
 
 /// The database URL given with a flag, else the one in `SPARKY_DATABASE_URL`; checked to be a
 /// PostgreSQL one.
-pub fn database_url(flag: Option<String>, name: &str) -> Result<Option<String>, String> {
+pub fn database_url(flag: Option<String>, name: &str) -> Result<Option<String>, StartError> {
     let url = flag.or_else(|| {
         std::env::var("SPARKY_DATABASE_URL")
             .ok()
@@ -69,10 +78,10 @@ pub fn database_url(flag: Option<String>, name: &str) -> Result<Option<String>, 
     });
     match url {
         Some(url) if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) => {
-            Err(format!(
+            Err(StartError::Setting(format!(
                 "{name} takes a PostgreSQL URL like postgres://USER@HOST[:PORT]/DB, not {}",
                 redact_url(&url)
-            ))
+            )))
         }
         url => Ok(url),
     }

@@ -10,6 +10,7 @@ mod limits;
 mod logging;
 mod migrate;
 mod model;
+mod start_error;
 
 use std::ffi::OsString;
 use std::io::Write;

@@ -9,12 +9,14 @@ use sparky::model::ModelBackend;
 use sparky::model::offline::OfflineModel;
 use sparky::model::openai::{AUTO_MODELS, RemoteModel, RemoteOptions};
 
+use crate::start_error::StartError;
+
 /// How often the model server is asked whether it is there.
 const PROBE_INTERVAL: Duration = Duration::from_secs(300);
 
 /// The model backend `config` asks for. The API key is read from its environment variable
 /// here, once, and never logged.
-pub fn build(config: &Config) -> Result<Arc<dyn ModelBackend>, String> {
+pub fn build(config: &Config) -> Result<Arc<dyn ModelBackend>, StartError> {
     if config.model == ModelKind::Offline {
         return Ok(Arc::new(OfflineModel));
     }
@@ -23,13 +25,15 @@ pub fn build(config: &Config) -> Result<Arc<dyn ModelBackend>, String> {
         .iter()
         .map(|name| name.trim().to_owned())
         .filter(|name| !name.is_empty());
-    let name = names
-        .next()
-        .ok_or("--model openai needs --model-name (e.g. llama3.1, or auto)")?;
+    let name = names.next().ok_or_else(|| {
+        StartError::Setting("--model openai needs --model-name (e.g. llama3.1, or auto)".into())
+    })?;
     let mut options = RemoteOptions::new(config.model_url.clone(), name);
     options.other_models = names.collect();
     if options.model == AUTO_MODELS && !options.other_models.is_empty() {
-        return Err("--model-name auto lists the server's models; give no other name".into());
+        return Err(StartError::Setting(
+            "--model-name auto lists the server's models; give no other name".into(),
+        ));
     }
     options.connect_timeout = config.model_connect_timeout;
     options.read_timeout = config.model_read_timeout;
@@ -37,7 +41,11 @@ pub fn build(config: &Config) -> Result<Arc<dyn ModelBackend>, String> {
     if let Some(var) = &config.api_key_env {
         match std::env::var(var) {
             Ok(key) if !key.trim().is_empty() => options.api_key = Some(key.trim().to_owned()),
-            _ => return Err(format!("--api-key-env {var}: the variable is not set")),
+            _ => {
+                return Err(StartError::Setting(format!(
+                    "--api-key-env {var}: the variable is not set"
+                )));
+            }
         }
     }
     let model = RemoteModel::new(options);
