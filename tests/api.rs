@@ -280,3 +280,50 @@ fn the_retention_policy_deletes_idle_conversations_and_only_those() {
     });
     assert_eq!(conversations(&server, "/api/conversations", None).len(), 1);
 }
+
+/// Sends `method path` with an empty body and returns the status, the `Allow` header and the
+/// body.
+fn status_allow_body(
+    server: &TestServer,
+    method: &str,
+    path: &str,
+) -> (u16, Option<String>, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
+    stream.set_read_timeout(Some(support::WAIT)).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let allow = head.split("\r\n").skip(1).find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.eq_ignore_ascii_case("allow")
+            .then(|| value.trim().to_owned())
+    });
+    (status, allow, body.to_owned())
+}
+
+#[test]
+fn an_api_path_asked_with_another_method_gets_405_naming_the_methods_it_takes() {
+    let server = TestServer::start();
+    for (method, path, allowed) in [
+        ("POST", "/api/conversations/abc", "GET, HEAD, PATCH, DELETE"),
+        ("PUT", "/api/conversations/abc/", "GET, HEAD, PATCH, DELETE"),
+        ("DELETE", "/api/conversations", "GET, HEAD"),
+        ("POST", "/api/conversations/abc/events", "GET, HEAD"),
+        ("PATCH", "/api/memories/7", "DELETE"),
+    ] {
+        let (status, allow, body) = status_allow_body(&server, method, path);
+        assert_eq!(status, 405, "{method} {path}: {body}");
+        assert_eq!(allow.as_deref(), Some(allowed), "{method} {path}");
+        let body: Value = serde_json::from_str(&body).unwrap();
+        assert!(body["error"].is_string(), "{body}");
+    }
+    let (status, allow, _) = status_allow_body(&server, "POST", "/api/nothing");
+    assert_eq!((status, allow), (404, None));
+}

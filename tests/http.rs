@@ -1,5 +1,5 @@
-//! Plain HTTP on the WebSocket port: the chat page, `/healthz`, `/metrics`, 404, and upgrade
-//! mistakes.
+//! Plain HTTP on the WebSocket port: the chat page and its policy, `/healthz`, `/metrics`,
+//! 404, 405 with `Allow`, ambiguous `Content-Length`s, and upgrade mistakes.
 
 mod support;
 
@@ -195,4 +195,130 @@ fn a_header_sent_a_byte_at_a_time_is_cut_off_at_the_handshake_deadline() {
     assert!(closed, "the server waited for the whole slow header");
     assert!(started.elapsed() < WAIT);
     assert_eq!(get(server.addr, "/healthz").0, 200);
+}
+
+/// Sends a raw request and returns the whole answer, head and body, read until the server
+/// closes the connection.
+fn raw_answer(addr: SocketAddr, raw: &str) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream.write_all(raw.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+/// The status and the `Allow` header of an answer.
+fn status_and_allow(response: &str) -> (u16, Option<String>) {
+    let (head, _) = response.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let allow = head.split("\r\n").skip(1).find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.eq_ignore_ascii_case("allow")
+            .then(|| value.trim().to_owned())
+    });
+    (status, allow)
+}
+
+#[test]
+fn a_known_path_asked_with_another_method_gets_405_with_allow() {
+    let server = TestServer::start();
+    for (method, path) in [
+        ("POST", "/"),
+        ("PUT", "/index.html"),
+        ("DELETE", "/healthz"),
+        ("POST", "/metrics"),
+        ("POST", "/ws"),
+        ("PATCH", "/ws/chat"),
+        ("POST", "/assets/app.js"),
+    ] {
+        let answer = raw_answer(
+            server.addr,
+            &format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n"),
+        );
+        assert_eq!(
+            status_and_allow(&answer),
+            (405, Some("GET, HEAD".to_owned())),
+            "{method} {path}: {answer}"
+        );
+    }
+    // A path no route has is still a 404, whatever the method, and without `Allow`.
+    let answer = raw_answer(
+        server.addr,
+        "POST /nope HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(status_and_allow(&answer), (404, None), "{answer}");
+    // A `HEAD` of the page is still answered like `GET`.
+    assert_eq!(support::http(server.addr, "HEAD", "/", None, None).0, 200);
+}
+
+#[test]
+fn ambiguous_content_lengths_get_400_and_the_connection_is_closed() {
+    let server = TestServer::start();
+    // RFC 9112 section 6.3: two lengths that disagree, or one that is not plain digits, leave
+    // the body's end unknowable; a proxy in front might have read it another way.
+    for lengths in [
+        "Content-Length: 2\r\nContent-Length: 3",
+        "Content-Length: 2, 3",
+        "Content-Length: +2",
+        "Content-Length: -1",
+        "Content-Length: 2 x",
+        "Content-Length: 0x2",
+        "Content-Length: ",
+        "Content-Length: 99999999999999999999999999",
+    ] {
+        for path in ["/api/conversations", "/"] {
+            let answer = raw_answer(
+                server.addr,
+                &format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{lengths}\r\n\r\n{{}}"),
+            );
+            // `raw_answer` read to the end: the server closed the connection after its answer.
+            assert_eq!(
+                status_and_allow(&answer).0,
+                400,
+                "{lengths:?} on {path}: {answer}"
+            );
+        }
+    }
+    // Identical lengths, repeated or listed, agree on where the body ends: accepted.
+    for lengths in [
+        "Content-Length: 0\r\nContent-Length: 0",
+        "Content-Length: 0, 0",
+    ] {
+        let answer = raw_answer(
+            server.addr,
+            &format!("GET /api/conversations HTTP/1.1\r\nHost: localhost\r\n{lengths}\r\n\r\n"),
+        );
+        assert_eq!(status_and_allow(&answer).0, 200, "{lengths:?}: {answer}");
+    }
+}
+
+#[test]
+fn the_page_and_its_assets_may_connect_only_to_their_own_origin() {
+    let server = TestServer::start();
+    let urls: Vec<String> = std::iter::once("/".to_owned())
+        .chain(sparky::net::assets::all().iter().map(|asset| asset.url()))
+        .collect();
+    for url in urls {
+        let answer = raw_answer(
+            server.addr,
+            &format!("GET {url} HTTP/1.1\r\nHost: localhost\r\n\r\n"),
+        );
+        let (head, _) = answer.split_once("\r\n\r\n").unwrap();
+        let policy = head
+            .split("\r\n")
+            .find_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                name.eq_ignore_ascii_case("content-security-policy")
+                    .then(|| value.trim().to_owned())
+            })
+            .unwrap_or_else(|| panic!("{url}: no policy in {head}"));
+        let connect: Vec<&str> = policy
+            .split(';')
+            .map(str::trim)
+            .filter(|directive| directive.starts_with("connect-src"))
+            .collect();
+        // CSP Level 3: 'self' covers ws: and wss: on the page's own host and port.
+        assert_eq!(connect, ["connect-src 'self'"], "{url}: {policy}");
+    }
 }

@@ -13,7 +13,7 @@ use crate::common::auth::{Auth, Principal};
 use crate::common::protocol::{SessionId, Usage};
 use crate::conversation::session::Conversation;
 use crate::net::http::{RequestHead, Response};
-use crate::net::routes::{Found, Route, RouteContext, find};
+use crate::net::routes::{Found, Route, RouteContext, allow, find};
 use crate::store::Node;
 
 /// Largest request body accepted, in bytes.
@@ -116,7 +116,7 @@ pub fn answer(ctx: &RouteContext, head: &RequestHead, body: &[u8]) -> Response {
                 params,
             },
         ),
-        Found::MethodNotAllowed(_) => method_not_allowed(),
+        Found::MethodNotAllowed(methods) => method_not_allowed(methods),
         Found::NotFound => not_found(),
     }
 }
@@ -245,8 +245,12 @@ fn no_content() -> Response {
     Response::text(204, "No Content", "")
 }
 
-fn method_not_allowed() -> Response {
-    error(405, "Method Not Allowed", "method not allowed on this path")
+/// A `405` whose `Allow` names the methods the path's routes take.
+fn method_not_allowed(methods: Vec<&'static str>) -> Response {
+    Response {
+        allow: allow(methods),
+        ..error(405, "Method Not Allowed", "method not allowed on this path")
+    }
 }
 
 fn failed(e: &crate::common::error::Error) -> Response {

@@ -162,16 +162,9 @@ pub fn read_body(
     limit: usize,
     deadline: Instant,
 ) -> Result<Vec<u8>, HeadError> {
-    let length = match head.header("content-length") {
-        None => 0,
-        Some(text) => text.trim().parse::<usize>().map_err(|_| {
-            HeadError::Bad(Response::text(
-                400,
-                "Bad Request",
-                "malformed Content-Length\n",
-            ))
-        })?,
-    };
+    let length = content_length(&head.headers)
+        .map_err(HeadError::Bad)?
+        .unwrap_or(0);
     if length > limit {
         return Err(HeadError::Bad(Response::text(
             413,
@@ -200,7 +193,42 @@ pub fn read_body(
     Ok(body)
 }
 
-/// Parses a complete head from `buffer`, or `None` when more bytes are needed.
+/// The body length that `headers` (lowercase names) declare, `None` when they declare none.
+///
+/// RFC 9112 section 6.3: a `Content-Length` that is not plain digits (`+14`, `-1`, `14 x`), or
+/// lengths that disagree, leave the body's end unknowable, and a proxy in front may have read
+/// it another way (request smuggling); such a request is refused. Identical lengths, in
+/// repeated headers or in one comma-separated list, agree on where the body ends, so they are
+/// accepted as one, as the RFC allows.
+///
+/// # Errors
+///
+/// A `400` response for a length that is not plain digits, too large to count, or two that
+/// differ.
+fn content_length(headers: &[(String, String)]) -> Result<Option<usize>, Response> {
+    let bad = |detail: &str| Response::text(400, "Bad Request", &format!("{detail}\n"));
+    let mut length = None;
+    for (_, value) in headers.iter().filter(|(name, _)| name == "content-length") {
+        for part in value.split(',') {
+            let digits = part.trim_matches([' ', '\t']);
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad("malformed Content-Length"));
+            }
+            let value: usize = digits
+                .parse()
+                .map_err(|_| bad("Content-Length too large"))?;
+            if length.is_some_and(|seen| seen != value) {
+                return Err(bad("conflicting Content-Length values"));
+            }
+            length = Some(value);
+        }
+    }
+    Ok(length)
+}
+
+/// Parses a complete head from `buffer`, or `None` when more bytes are needed. A head whose
+/// `Content-Length` is ambiguous is refused here, whatever it asks for (see
+/// [`content_length`]).
 fn parse_head(buffer: &[u8]) -> Result<Option<RequestHead>, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut request = httparse::Request::new(&mut headers);
@@ -216,20 +244,22 @@ fn parse_head(buffer: &[u8]) -> Result<Option<RequestHead>, HeadError> {
         Some((path, query)) => (path, Some(query.to_owned())),
         None => (target, None),
     };
+    let headers: Vec<(String, String)> = request
+        .headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_ascii_lowercase(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect();
+    content_length(&headers).map_err(HeadError::Bad)?;
     Ok(Some(RequestHead {
         method: request.method.unwrap_or("GET").to_owned(),
         path: path.to_owned(),
         query,
-        headers: request
-            .headers
-            .iter()
-            .map(|h| {
-                (
-                    h.name.to_ascii_lowercase(),
-                    String::from_utf8_lossy(h.value).into_owned(),
-                )
-            })
-            .collect(),
+        headers,
         rest: buffer[length..].to_vec(),
     }))
 }
@@ -248,6 +278,8 @@ pub struct Response {
     pub extra_headers: &'static [(&'static str, &'static str)],
     /// The `Cache-Control` value: `no-store` but for versioned assets.
     pub cache_control: &'static str,
+    /// The methods an `Allow` header names, for a `405`; no header when empty.
+    pub allow: Vec<&'static str>,
     /// The body.
     pub body: String,
 }
@@ -261,6 +293,7 @@ impl Response {
             content_type: "text/plain; charset=utf-8",
             extra_headers: &[],
             cache_control: NO_STORE,
+            allow: Vec::new(),
             body: body.to_owned(),
         }
     }
@@ -289,6 +322,9 @@ impl Response {
             self.body.len(),
             self.cache_control
         );
+        if !self.allow.is_empty() {
+            head.push_str(&format!("Allow: {}\r\n", self.allow.join(", ")));
+        }
         for (name, value) in self.extra_headers {
             head.push_str(&format!("{name}: {value}\r\n"));
         }
@@ -367,6 +403,56 @@ mod tests {
             parse_head(b"\x00\x01 nonsense\r\n\r\n"),
             Err(HeadError::Bad(_))
         ));
+    }
+
+    #[test]
+    fn content_length_is_plain_digits_and_never_ambiguous() {
+        let length = |values: &[&str]| {
+            let headers: Vec<(String, String)> = values
+                .iter()
+                .map(|value| ("content-length".to_owned(), (*value).to_owned()))
+                .collect();
+            content_length(&headers).map_err(|response| response.status)
+        };
+        assert_eq!(length(&[]), Ok(None));
+        assert_eq!(length(&["14"]), Ok(Some(14)));
+        assert_eq!(length(&["014"]), Ok(Some(14)));
+        assert_eq!(length(&["14", "14"]), Ok(Some(14)));
+        assert_eq!(length(&["14, 14"]), Ok(Some(14)));
+        for bad in [
+            &["14", "15"][..],
+            &["14, 15"],
+            &["+14"],
+            &["-1"],
+            &["14 x"],
+            &[" 14 x"],
+            &["1_4"],
+            &[""],
+            &["14,"],
+            &["99999999999999999999999999"],
+        ] {
+            assert_eq!(length(bad), Err(400), "{bad:?}");
+        }
+        let doubled = b"POST /api HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n";
+        assert!(matches!(parse_head(doubled), Err(HeadError::Bad(r)) if r.status == 400));
+    }
+
+    #[test]
+    fn an_allow_header_is_written_only_when_there_are_methods() {
+        let mut out = Vec::new();
+        Response::text(200, "OK", "").write_to(&mut out).unwrap();
+        assert!(!String::from_utf8(out).unwrap().contains("\r\nAllow:"));
+        let mut out = Vec::new();
+        let refused = Response {
+            allow: vec!["GET", "HEAD"],
+            ..Response::text(405, "Method Not Allowed", "")
+        };
+        refused.write_to(&mut out).unwrap();
+        assert!(
+            String::from_utf8(out)
+                .unwrap()
+                .contains("\r\nAllow: GET, HEAD\r\n")
+        );
     }
 
     #[test]

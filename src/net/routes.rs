@@ -200,30 +200,39 @@ impl RouteContext {
         };
         match find(PAGE_ROUTES, &head.method, &head.path) {
             Found::Route(route, _) => (route.handler)(self, &request),
-            Found::MethodNotAllowed(_) => Reply::Response(other_method(&head.path)),
+            Found::MethodNotAllowed(methods) => Reply::Response(Response {
+                allow: allow(methods),
+                ..Response::text(
+                    405,
+                    "Method Not Allowed",
+                    "method not allowed on this path\n",
+                )
+            }),
             Found::NotFound => Reply::Response(not_found()),
         }
     }
 }
 
-/// The answer to a page path asked with a method its routes do not take. PROTOCOL.md section
-/// 10 wants a `405` whose `Allow` names the methods [`find`] found; until then each path
-/// answers as it always has, with a `404`: the WebSocket endpoint says it speaks WebSocket
-/// only, any other path is not found.
-fn other_method(path: &str) -> Response {
-    if matches!(path, "/ws" | "/ws/chat") {
-        websocket_only()
-    } else {
-        not_found()
+/// What the `Allow` header of a `405` names, from the methods [`find`] found for a path
+/// (PROTOCOL.md section 10): those, in the table's order, with `HEAD` after `GET`, since a
+/// `GET` route answers `HEAD` too.
+pub fn allow(methods: Vec<&'static str>) -> Vec<&'static str> {
+    let mut allowed = Vec::with_capacity(methods.len() + 1);
+    for method in methods {
+        allowed.push(method);
+        if method == "GET" {
+            allowed.push("HEAD");
+        }
     }
+    allowed
 }
 
 fn not_found() -> Response {
     Response::text(404, "Not Found", "not found\n")
 }
 
-/// PROTOCOL.md section 10: anything that is not one of its four answers is a 404, so a plain
-/// GET of the WebSocket path is too (the body says what it wanted).
+/// PROTOCOL.md section 10: anything that is not one of its answers is a 404, so a plain GET of
+/// the WebSocket path is too (the body says what it wanted).
 fn websocket_only() -> Response {
     Response::text(
         404,
@@ -273,13 +282,14 @@ fn metrics(ctx: &RouteContext, request: &PageRequest<'_>) -> Reply {
 
 /// Headers of the chat page and its assets. The policy lets the page run only the scripts and
 /// style sheets served from `/assets/` (no inline script or style, no `eval`), fetch only from
-/// this server and open WebSockets; it loads no image but `data:` ones (answers never fetch
+/// this server and open WebSockets only to it (CSP Level 3: `'self'` covers `ws:` and `wss:`
+/// on the page's own host and port); it loads no image but `data:` ones (answers never fetch
 /// images), no frame, no plugin, and no other site may frame it.
 const CHAT_PAGE_HEADERS: &[(&str, &str)] = &[
     (
         "Content-Security-Policy",
         "default-src 'none'; script-src 'self'; style-src 'self'; img-src data:; \
-         connect-src 'self' ws: wss:; base-uri 'none'; form-action 'none'; \
+         connect-src 'self'; base-uri 'none'; form-action 'none'; \
          frame-ancestors 'none'",
     ),
     ("X-Content-Type-Options", "nosniff"),
@@ -486,6 +496,16 @@ mod tests {
             find(table, "get", "/"),
             Found::MethodNotAllowed(allowed) if allowed == ["GET"]
         ));
+    }
+
+    #[test]
+    fn allow_names_head_beside_get() {
+        assert_eq!(allow(vec!["GET"]), ["GET", "HEAD"]);
+        assert_eq!(
+            allow(vec!["GET", "PATCH", "DELETE"]),
+            ["GET", "HEAD", "PATCH", "DELETE"]
+        );
+        assert_eq!(allow(vec!["DELETE"]), ["DELETE"]);
     }
 
     #[test]
