@@ -307,15 +307,142 @@ fn check_passes_a_good_setup_and_names_what_is_broken() {
         "{out}"
     );
 
-    // A data directory another server holds.
+    // A data directory another server holds: a note, and the rest is checked beside it.
     let (mut child, _, _) = start(&["--addr", "127.0.0.1:0", "--data-dir", data]);
     let (ok, out) = run(&["--data-dir", data]);
-    assert!(!ok);
     assert!(
         out.lines()
-            .any(|l| l.starts_with("FAIL data") && l.contains("in use")),
+            .any(|l| l.starts_with("note data") && l.contains("in use")),
+        "{out}"
+    );
+    assert!(!out.contains("FAIL"), "{out}");
+    for check in ["tokens", "files", "model", "mcp"] {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with("ok") && l.contains(check)),
+            "{check}: {out}"
+        );
+    }
+    assert!(ok, "only a note: {out}");
+    // Beside the running server, a real failure still fails.
+    let (ok, out) = run(&[
+        "--data-dir",
+        data,
+        "--model",
+        "openai",
+        "--model-name",
+        "m",
+        "--model-url",
+        "http://127.0.0.1:1/v1",
+    ]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("note data") && out.contains("FAIL model"),
         "{out}"
     );
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+/// `sparky ARGS`: whether it succeeded, its stdout and its stderr.
+fn sparky(args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_sparky"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_is_a_subcommand_with_its_own_help() {
+    let (ok, top, _) = sparky(&["--help"]);
+    assert!(ok);
+    for command in ["check", "migrate-store"] {
+        let line = top
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{command} ")))
+            .unwrap_or_else(|| panic!("{command} not listed: {top}"));
+        assert!(
+            line.split_whitespace().count() > 2,
+            "no description: {line}"
+        );
+    }
+    for args in [&["help", "check"][..], &["check", "--help"]] {
+        let (ok, help, err) = sparky(args);
+        assert!(ok, "{args:?}: {err}");
+        assert!(help.contains("Usage: sparky check"), "{args:?}: {help}");
+        assert!(!help.contains("migrate-store"), "{args:?}: {help}");
+        // The server's flags, and the binary's own.
+        for flag in [
+            "--data-dir",
+            "--model-url",
+            "--auth-token-file",
+            "--log-level",
+        ] {
+            assert!(help.contains(flag), "{args:?}: {flag} missing: {help}");
+        }
+    }
+    // The flags still follow `check`, as before.
+    let (ok, out, err) = sparky(&["check", "--in-memory", "--log-level", "warn"]);
+    assert!(ok, "{out}{err}");
+    assert!(out.starts_with("ok   data   in memory"), "{out}");
+}
+
+#[test]
+fn a_tokens_file_line_with_no_usable_token_is_refused_with_its_line_named() {
+    let dir = support::temp_dir("token-lines");
+    std::fs::create_dir_all(&dir).unwrap();
+    let tokens = dir.join("tokens");
+    let file = tokens.to_str().unwrap();
+    for (bad, problem) in [
+        (":", "empty"),
+        ("bob:", "no token after its colon"),
+        ("short", "shorter than 8 characters"),
+        ("carol:short", "shorter than 8 characters"),
+    ] {
+        std::fs::write(&tokens, format!("# tokens\n\nalice:alpha-token\n{bad}\n")).unwrap();
+        let wanted = format!("--auth-token-file {file} line 4: ");
+        // Accepted, the server would run: bound the wait, and stop it.
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sparky"))
+            .args([
+                "--in-memory",
+                "--addr",
+                "127.0.0.1:0",
+                "--auth-token-file",
+                file,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        while child.try_wait().unwrap().is_none() && started.elapsed() < WAIT {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let output = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{bad:?} was accepted: {err}");
+        assert!(
+            err.contains(&wanted) && err.contains(problem),
+            "{bad:?}: {err}"
+        );
+        let (ok, out, _) = sparky(&["check", "--in-memory", "--auth-token-file", file]);
+        assert!(!ok, "{bad:?} passed the check: {out}");
+        assert!(
+            out.lines().any(|l| l.starts_with("FAIL tokens")
+                && l.contains(&wanted)
+                && l.contains(problem)),
+            "{bad:?}: {out}"
+        );
+    }
+    // Named, bare, and holding a colon behind a leading one: three tokens.
+    std::fs::write(&tokens, "alice:alpha-token\nbare-token-1\n:colon:token-1\n").unwrap();
+    let (ok, out, err) = sparky(&["check", "--in-memory", "--auth-token-file", file]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("ok   tokens 3 tokens"), "{out}");
 }

@@ -1,6 +1,6 @@
 //! `sparky check`: looks at each thing a start depends on, with the same flags, and prints one
-//! line per check. It stops at the first hard failure. Depends on `config`, `model`, `store`
-//! and `tools`.
+//! line per check. It stops at the first hard failure; a data directory that a running server
+//! holds is a note, not a failure. Depends on `config`, `model`, `store` and `tools`.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -18,6 +18,8 @@ enum Outcome {
     Ok(String),
     /// Worth knowing; the server would start.
     Warn(String),
+    /// Not checked, for a reason that is no failure (a running server holds the data).
+    Note(String),
     /// The server would not start, or would not work.
     Fail(String),
 }
@@ -38,6 +40,7 @@ pub fn run(
             let (mark, text, failed) = match outcome {
                 Outcome::Ok(text) => ("ok  ", text, false),
                 Outcome::Warn(text) => ("warn", text, false),
+                Outcome::Note(text) => ("note", text, false),
                 Outcome::Fail(text) => ("FAIL", text, true),
             };
             let _ = writeln!(out, "{mark} {name:<6} {text}");
@@ -61,6 +64,13 @@ fn data_dir(config: &Config) -> Outcome {
     }
     let found = match &config.database_url {
         Some(url) => PostgresStore::inspect(url),
+        // A check beside the running server: its store is the server's to open.
+        None if SqliteStore::in_use(&config.data_dir) => {
+            return Outcome::Note(format!(
+                "{} is in use by a running sparky: not opened; checking the rest",
+                config.data_dir.display()
+            ));
+        }
         None => SqliteStore::inspect(&config.data_dir),
     };
     match found {

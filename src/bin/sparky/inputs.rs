@@ -6,9 +6,19 @@ use std::path::Path;
 
 use sparky::common::config::{Config, redact_url};
 
-use crate::start_error::StartError;
+use crate::start_error::{StartError, TokenProblem};
+
+/// The fewest characters a token in `--auth-token-file` may have: a shorter one is a slip
+/// (or a guess away), and a one-character token would make log redaction garble every line.
+pub const MIN_TOKEN_CHARS: usize = 8;
 
 /// Adds the tokens of `file` and of `SPARKY_AUTH_TOKENS` to those given with --auth-token.
+///
+/// # Errors
+///
+/// [`StartError::Read`] when the file cannot be read, and [`StartError::TokenLine`] for the
+/// first line of it with an empty token, a token shorter than [`MIN_TOKEN_CHARS`], or a name
+/// with nothing after its colon.
 pub fn add_tokens(config: &mut Config, file: Option<&Path>) -> Result<(), StartError> {
     if let Some(path) = file {
         let text = std::fs::read_to_string(path).map_err(|source| StartError::Read {
@@ -19,19 +29,29 @@ pub fn add_tokens(config: &mut Config, file: Option<&Path>) -> Result<(), StartE
         let lines = text
             .lines()
             .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'));
-        for line in lines {
+            .enumerate()
+            .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'));
+        for (index, line) in lines {
+            let refuse = |problem| StartError::TokenLine {
+                path: path.to_owned(),
+                line: index + 1,
+                problem,
+            };
             // `name:token` names the principal; a bare token (or `:token`, for a token that
             // itself holds a colon) has none.
-            match line.split_once(':') {
-                Some((name, token)) if !token.is_empty() => {
-                    if !name.is_empty() {
-                        config.token_names.push((token.to_owned(), name.to_owned()));
-                    }
-                    config.auth_tokens.push(token.to_owned());
-                }
-                _ => config.auth_tokens.push(line.to_owned()),
+            let (name, token) = match line.split_once(':') {
+                Some(("", "")) => return Err(refuse(TokenProblem::Empty)),
+                Some((_, "")) => return Err(refuse(TokenProblem::NameWithoutToken)),
+                Some((name, token)) => (name, token),
+                None => ("", line),
+            };
+            if token.chars().count() < MIN_TOKEN_CHARS {
+                return Err(refuse(TokenProblem::TooShort));
             }
+            if !name.is_empty() {
+                config.token_names.push((token.to_owned(), name.to_owned()));
+            }
+            config.auth_tokens.push(token.to_owned());
         }
     }
     if let Ok(list) = std::env::var("SPARKY_AUTH_TOKENS") {

@@ -49,9 +49,10 @@ struct Cli {
 /// What `sparky` does besides serving.
 #[derive(Debug, clap::Subcommand)]
 enum Command {
-    /// Copy a SQLite data directory (conversations, events, messages, notes, the knowledge
-    /// graph) into an empty PostgreSQL database, in one transaction. Stop the server that uses
-    /// the directory first.
+    /// Copy a SQLite data directory into an empty PostgreSQL database.
+    ///
+    /// Copies the conversations, events, messages, notes and the knowledge graph, in one
+    /// transaction. Stop the server that uses the directory first.
     MigrateStore {
         /// The SQLite data directory (--data-dir of the server that wrote it).
         #[arg(long, value_name = "DIR")]
@@ -73,6 +74,16 @@ const SHOWN_BESIDE: [(&str, &str); 3] = [
     ("auth_token_file", "auth_tokens"),
 ];
 
+/// What `sparky check` does, as `--help` lists it.
+const CHECK_ABOUT: &str =
+    "Check what a start depends on, with the server's flags, instead of serving";
+
+/// What `sparky help check` adds below [`CHECK_ABOUT`].
+const CHECK_LONG_ABOUT: &str = "Check what a start depends on, with the server's flags, instead \
+    of serving.\n\nOne line each for the data directory (or with --store the database), the \
+    tokens, the open-file limit, the model server and each MCP server. Exits 1 at the first \
+    failure; a data directory that a running server holds is a note, and the rest is checked.";
+
 fn main() -> ExitCode {
     // `sparky check [FLAGS]`: the same flags, checked instead of run.
     let mut argv: Vec<OsString> = std::env::args_os().collect();
@@ -80,7 +91,11 @@ fn main() -> ExitCode {
     if checking {
         argv.remove(1);
     }
-    let (mut cli, max_connections_given) = parse(argv);
+    let (mut cli, max_connections_given) = if checking {
+        parse(check_command(), argv)
+    } else {
+        parse(command(), argv)
+    };
     if let Some(Command::MigrateStore { from, to }) = cli.command.take() {
         logging::init(cli.log_level, &[]);
         return migrate::run(&from, to, cli.config.store_pool);
@@ -95,22 +110,56 @@ fn main() -> ExitCode {
     run(cli, max_connections_given)
 }
 
-/// The command line, and whether `--max-connections` was on it: the open-file limit may lower
-/// the default, never a value the operator gave. Exits with clap's message when the flags are
-/// wrong, and after `--help` or `--version`.
-fn parse(argv: Vec<OsString>) -> (Cli, bool) {
-    let mut command = command();
+/// The command line, read by `command`, and whether `--max-connections` was on it: the
+/// open-file limit may lower the default, never a value the operator gave. Exits with clap's
+/// message when the flags are wrong, and after `--help` or `--version`.
+fn parse(mut command: clap::Command, argv: Vec<OsString>) -> (Cli, bool) {
     let matches = command
         .try_get_matches_from_mut(argv)
         .unwrap_or_else(|e| e.exit());
+    if matches.subcommand_name() == Some("check") {
+        // `check` is listed so that `--help` and `sparky help check` show it, but it is read
+        // only as the first word, before its flags: flags given before it would be lost.
+        command
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "check comes first, before its flags: sparky check [FLAGS]",
+            )
+            .exit();
+    }
     let max_connections_given =
         matches.value_source("max_connections") == Some(ValueSource::CommandLine);
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.format(&mut command).exit());
     (cli, max_connections_given)
 }
 
-/// `Cli`'s flags, with the binary's own placed as [`SHOWN_BESIDE`] says.
+/// `Cli`'s flags, with the binary's own placed as [`SHOWN_BESIDE`] says, and `check` listed
+/// among the subcommands.
 fn command() -> clap::Command {
+    server_flags().subcommand(check_flags())
+}
+
+/// The command that reads `sparky check`'s flags (what follows `check` on the command line):
+/// the server's, with its own name and help.
+fn check_command() -> clap::Command {
+    check_flags()
+        .bin_name("sparky check")
+        .display_name("sparky")
+}
+
+/// `check` with the server's flags, as `--help` lists it.
+fn check_flags() -> clap::Command {
+    let server = server_flags();
+    clap::Command::new("check")
+        .version(env!("CARGO_PKG_VERSION"))
+        .about(CHECK_ABOUT)
+        .long_about(CHECK_LONG_ABOUT)
+        .args(server.get_arguments().cloned())
+        .groups(server.get_groups().cloned())
+}
+
+/// `Cli`'s flags, with the binary's own placed as [`SHOWN_BESIDE`] says.
+fn server_flags() -> clap::Command {
     let mut command = Cli::command();
     for (flag, setting) in SHOWN_BESIDE {
         let place = command
@@ -254,6 +303,7 @@ mod tests {
     #[test]
     fn the_flags_are_consistent() {
         command().debug_assert();
+        check_command().debug_assert();
     }
 
     #[test]

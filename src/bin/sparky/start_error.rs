@@ -1,6 +1,6 @@
 //! `StartError`: what stops `sparky` before the server runs, a file a flag names that cannot be
-//! read or a setting that cannot be used. Its text is what `sparky` prints after `sparky: `,
-//! and what `sparky check` prints on a FAIL line.
+//! read, a line of the tokens file with no usable token, or a setting that cannot be used. Its
+//! text is what `sparky` prints after `sparky: `, and what `sparky check` prints on a FAIL line.
 
 use std::fmt;
 use std::io;
@@ -18,8 +18,45 @@ pub enum StartError {
         /// Why.
         source: io::Error,
     },
+    /// A line of `--auth-token-file` that holds no usable token.
+    TokenLine {
+        /// The file.
+        path: PathBuf,
+        /// The line's number, from 1.
+        line: usize,
+        /// What is wrong with it.
+        problem: TokenProblem,
+    },
     /// A setting, or a combination of them, cannot be used; the text says which and why.
     Setting(String),
+}
+
+/// What is wrong with a line of `--auth-token-file`. The text never holds the token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenProblem {
+    /// The token is empty (a line `:`).
+    Empty,
+    /// The token is shorter than `inputs::MIN_TOKEN_CHARS`.
+    TooShort,
+    /// A `name:` with nothing after the colon.
+    NameWithoutToken,
+}
+
+impl fmt::Display for TokenProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TokenProblem::Empty => f.write_str("the token is empty"),
+            TokenProblem::TooShort => write!(
+                f,
+                "the token is shorter than {} characters",
+                crate::inputs::MIN_TOKEN_CHARS
+            ),
+            TokenProblem::NameWithoutToken => f.write_str(
+                "a name with no token after its colon (write name:token, or :token for a token \
+                 that holds a colon)",
+            ),
+        }
+    }
 }
 
 impl fmt::Display for StartError {
@@ -28,6 +65,15 @@ impl fmt::Display for StartError {
             StartError::Read { flag, path, source } => {
                 write!(f, "cannot read {flag} {}: {source}", path.display())
             }
+            StartError::TokenLine {
+                path,
+                line,
+                problem,
+            } => write!(
+                f,
+                "--auth-token-file {} line {line}: {problem}",
+                path.display()
+            ),
             StartError::Setting(detail) => f.write_str(detail),
         }
     }
@@ -37,7 +83,7 @@ impl std::error::Error for StartError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             StartError::Read { source, .. } => Some(source),
-            StartError::Setting(_) => None,
+            StartError::TokenLine { .. } | StartError::Setting(_) => None,
         }
     }
 }

@@ -133,9 +133,7 @@ impl SqliteStore {
             let _ = std::fs::remove_dir(dir);
         }
         writable.map_err(|e| store_error(&format!("{} is not writable", dir.display()), e))?;
-        if let Ok(lock) = File::open(dir.join("LOCK"))
-            && lock.try_lock().is_err()
-        {
+        if Self::in_use(dir) {
             return Err(Error::store(format!(
                 "{} is in use by another running sparky",
                 dir.display()
@@ -166,6 +164,12 @@ impl SqliteStore {
             )),
             v => Ok(format!("{}: schema version {v}", path.display())),
         }
+    }
+
+    /// Whether another process holds `dir`'s lock: a server is running on it. For `sparky
+    /// check`, which then checks the rest beside it.
+    pub fn in_use(dir: &Path) -> bool {
+        File::open(dir.join("LOCK")).is_ok_and(|lock| lock.try_lock().is_err())
     }
 
     /// A store that lives in memory and is gone with the process. Its connections share one
