@@ -124,17 +124,7 @@ pub fn read_head(stream: &mut TcpStream, deadline: Instant) -> Result<RequestHea
     let mut buffer = Vec::with_capacity(1024);
     let mut chunk = [0u8; 2048];
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(HeadError::Gone(io::ErrorKind::TimedOut.into()));
-        }
-        stream
-            .set_read_timeout(Some(left.max(Duration::from_millis(1))))
-            .map_err(HeadError::Gone)?;
-        let n = stream.read(&mut chunk).map_err(HeadError::Gone)?;
-        if n == 0 {
-            return Err(HeadError::Gone(io::ErrorKind::UnexpectedEof.into()));
-        }
+        let n = read_before(stream, &mut chunk, deadline)?;
         buffer.extend_from_slice(&chunk[..n]);
         if let Some(head) = parse_head(&buffer)? {
             return Ok(head);
@@ -176,21 +166,31 @@ pub fn read_body(
     body.truncate(length);
     let mut chunk = [0u8; 4096];
     while body.len() < length {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(HeadError::Gone(io::ErrorKind::TimedOut.into()));
-        }
-        stream
-            .set_read_timeout(Some(left.max(Duration::from_millis(1))))
-            .map_err(HeadError::Gone)?;
         let want = (length - body.len()).min(chunk.len());
-        let n = stream.read(&mut chunk[..want]).map_err(HeadError::Gone)?;
-        if n == 0 {
-            return Err(HeadError::Gone(io::ErrorKind::UnexpectedEof.into()));
-        }
+        let n = read_before(stream, &mut chunk[..want], deadline)?;
         body.extend_from_slice(&chunk[..n]);
     }
     Ok(body)
+}
+
+/// Reads what the peer has sent into `chunk` (at least one byte), waiting no later than
+/// `deadline`: EOF, the deadline and a socket error are all [`HeadError::Gone`].
+fn read_before(
+    stream: &mut TcpStream,
+    chunk: &mut [u8],
+    deadline: Instant,
+) -> Result<usize, HeadError> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(HeadError::Gone(io::ErrorKind::TimedOut.into()));
+    }
+    stream
+        .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+        .map_err(HeadError::Gone)?;
+    match stream.read(chunk).map_err(HeadError::Gone)? {
+        0 => Err(HeadError::Gone(io::ErrorKind::UnexpectedEof.into())),
+        n => Ok(n),
+    }
 }
 
 /// The body length that `headers` (lowercase names) declare, `None` when they declare none.
