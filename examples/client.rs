@@ -548,9 +548,9 @@ impl Client {
                     }
                     None => {
                         let frame = ClientFrame::Message(MessageData {
-                    text: line,
-                    client_id: None,
-                });
+                            text: line,
+                            client_id: None,
+                        });
                         self.outbox.push_back(frame);
                     }
                 },

@@ -31,6 +31,12 @@ const PER_PRINCIPAL: usize = 1_000;
 const TURNS: u64 = 100;
 /// Turns of the one long conversation (3 events a turn: 10,002 events).
 const LONG_TURNS: u64 = 3_334;
+/// Turns of each conversation of the branch figures, linear or branched.
+const TREE_TURNS: u64 = 1_000;
+/// Every fifth turn of a branched conversation is a branch: 200 in 1,000 turns.
+const BRANCH_EVERY: u64 = 5;
+/// Conversations of each shape (linear, branched) the branch figures measure.
+const TREE_SAMPLES: usize = 100;
 /// Topics: a conversation's messages name one, so that a search finds 1 in 50.
 const TOPICS: [&str; 50] = [
     "otters",
@@ -85,10 +91,20 @@ const TOPICS: [&str; 50] = [
     "zeppelins",
 ];
 /// Bump to rebuild cached data after a change of what is generated.
-const DATA_VERSION: &str = "convbench-2";
+const DATA_VERSION: &str = "convbench-3";
 
 fn token(principal: usize) -> String {
     format!("bench-token-{principal}")
+}
+
+/// The `n`th linear conversation of [`TREE_TURNS`] turns (principal 0's).
+fn linear_id(n: usize) -> SessionId {
+    session_id(0, PER_PRINCIPAL + 1 + n)
+}
+
+/// The `n`th conversation of [`TREE_TURNS`] turns with a branch every [`BRANCH_EVERY`].
+fn branched_id(n: usize) -> SessionId {
+    session_id(0, PER_PRINCIPAL + 1 + TREE_SAMPLES + n)
 }
 
 fn session_id(principal: usize, n: usize) -> SessionId {
@@ -100,6 +116,20 @@ fn session_id(principal: usize, n: usize) -> SessionId {
 
 /// The writes of one conversation of `turns` turns, as the server would make them.
 fn conversation(id: &SessionId, owner: &str, turns: u64, topic: &str) -> Vec<WriteOp> {
+    branched(id, owner, turns, topic, None)
+}
+
+/// [`conversation`], where every `every`th turn (when given) is another answer beside the turn
+/// before it (a `regenerate`): a tree with `turns / every` branches, its leaf the last turn.
+fn branched(
+    id: &SessionId,
+    owner: &str,
+    turns: u64,
+    topic: &str,
+    every: Option<u64>,
+) -> Vec<WriteOp> {
+    // parents[t] is turn t's parent.
+    let mut parents = vec![0u64];
     let mut ops = vec![WriteOp::CreateSession {
         id: id.clone(),
         owner: owner.to_owned(),
@@ -122,19 +152,26 @@ fn conversation(id: &SessionId, owner: &str, turns: u64, topic: &str) -> Vec<Wri
         let text = format!("tell me something new about {topic}, part {turn}");
         let answer = format!("You said: {text}");
         let turn_id = TurnId(turn);
+        let beside = every.is_some_and(|k| turn > 1 && turn % k == 0);
+        let parent = if beside {
+            parents[turn as usize - 1]
+        } else {
+            turn - 1
+        };
+        parents.push(parent);
         ops.push(event(
             ServerFrame::UserMessage {
                 turn_id,
-                parent: Some(TurnId(turn - 1)),
+                parent: Some(TurnId(parent)),
                 text: text.clone(),
                 client_id: None,
                 edit_of: None,
-                regenerate_of: None,
+                regenerate_of: beside.then_some(TurnId(turn - 1)),
             },
             TurnMark::Opened {
                 turn_id: turn,
                 text: text.clone(),
-                parent: turn - 1,
+                parent,
                 client_id: None,
             },
             Some(text.clone()),
@@ -209,6 +246,12 @@ fn data_dir() -> PathBuf {
         "comets",
     );
     store.apply(&long).expect("write the long conversation");
+    for n in 0..TREE_SAMPLES {
+        for (at, every) in [(linear_id(n), None), (branched_id(n), Some(BRANCH_EVERY))] {
+            let ops = branched(&at, owner.as_str(), TREE_TURNS, "trees", every);
+            store.apply(&ops).expect("write a tree conversation");
+        }
+    }
     drop(store);
     std::fs::write(&marker, expected).expect("write the marker");
     eprintln!("convbench: data written in {:?}", started.elapsed());
@@ -273,6 +316,12 @@ fn rss_mib(pid: u32) -> f64 {
 
 /// Resumes `id` from `last_seq: 0` and returns the time until event `last` arrived.
 fn resume(addr: SocketAddr, token: &str, id: &SessionId, last: u64) -> Duration {
+    resume_from(addr, token, id, 0, last)
+}
+
+/// Resumes `id` from `from` and returns the time until event `last` arrived, or `ready` when
+/// there is nothing to replay.
+fn resume_from(addr: SocketAddr, token: &str, id: &SessionId, from: u64, last: u64) -> Duration {
     let started = Instant::now();
     let stream = TcpStream::connect(addr).expect("connect");
     stream
@@ -280,13 +329,14 @@ fn resume(addr: SocketAddr, token: &str, id: &SessionId, last: u64) -> Duration 
         .unwrap();
     let url = format!("ws://{addr}/ws?token={token}");
     let (mut ws, _) = tungstenite::client(url, stream).expect("handshake");
-    let connect = json!({"type": "connect", "data": {"session_id": id.as_str(), "last_seq": 0}});
+    let connect = json!({"type": "connect", "data": {"session_id": id.as_str(), "last_seq": from}});
     ws.send(Message::text(connect.to_string())).expect("send");
     loop {
         match ws.read().expect("read") {
             Message::Text(text) => {
                 let frame: Value = serde_json::from_str(text.as_str()).expect("json");
-                if frame["seq"].as_u64() == Some(last) {
+                if frame["seq"].as_u64() == Some(last) || (from == last && frame["type"] == "ready")
+                {
                     return started.elapsed();
                 }
                 assert_ne!(frame["type"], "error", "{frame}");
@@ -374,6 +424,39 @@ fn main() {
             .map(|_| resume(addr, &me, &long, LONG_TURNS * 3))
             .collect(),
     );
+
+    // Branches: conversations of 1,000 turns, linear and with 200 branches, each brought back
+    // from the store once (no replay: the time to `ready`), then their trees read by the API.
+    let tree_events = TREE_TURNS * 3;
+    let tree_resume = |id: fn(usize) -> SessionId| {
+        percentiles(
+            (0..TREE_SAMPLES)
+                .map(|n| resume_from(addr, &me, &id(n), tree_events, tree_events))
+                .collect(),
+        )
+    };
+    let (linear_resume, branched_resume) = (tree_resume(linear_id), tree_resume(branched_id));
+    let tree_api = |id: fn(usize) -> SessionId| {
+        let (_, body) = get(
+            addr,
+            &format!("/api/conversations/{}/turns", id(0).as_str()),
+            &me,
+        );
+        let turns = serde_json::from_str::<Value>(&body).unwrap()["turns"]
+            .as_array()
+            .map_or(0, Vec::len);
+        assert_eq!(turns as u64, TREE_TURNS);
+        percentiles(
+            (0..TREE_SAMPLES * 2)
+                .map(|n| {
+                    let path =
+                        format!("/api/conversations/{}/turns", id(n % TREE_SAMPLES).as_str());
+                    get(addr, &path, &me).0
+                })
+                .collect(),
+        )
+    };
+    let (linear_api, branched_api) = (tree_api(linear_id), tree_api(branched_id));
 
     // The list, and a search that matches one conversation in 50.
     let list: Vec<Duration> = (0..200)
@@ -484,6 +567,36 @@ fn main() {
         "p99 < 50",
         search_stats.1 < 50.0,
     );
+    for (what, linear, branched) in [
+        (
+            "cold resume to `ready` (no replay), 1,000 turns",
+            linear_resume,
+            branched_resume,
+        ),
+        (
+            "`GET /api/conversations/{id}/turns`, 1,000 turns",
+            linear_api,
+            branched_api,
+        ),
+    ] {
+        row(
+            &format!("{what}, linear: p50 / p99, ms ({TREE_SAMPLES} conversations)"),
+            format!("{:.2} / {:.2}", linear.0, linear.1),
+            "",
+            true,
+        );
+        row(
+            &format!("{what}, 200 branches: p50 / p99, ms; p99 ratio to linear"),
+            format!(
+                "{:.2} / {:.2}; {:.2}x",
+                branched.0,
+                branched.1,
+                branched.1 / linear.1
+            ),
+            "within 2x of linear",
+            branched.1 <= linear.1 * 2.0,
+        );
+    }
     row(
         "RSS after 200 cold resumes and the long replay, MiB",
         format!("{rss_after_resumes:.1}"),

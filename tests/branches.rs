@@ -184,7 +184,10 @@ fn edit_regenerate_and_switch_build_the_tree_and_the_model_sees_only_the_path() 
     let (leaf, turns) = tree(&server, id.as_str());
     assert_eq!(leaf, 7);
     let shape: Vec<(u64, u64)> = turns.iter().map(|(t, p, _)| (*t, *p)).collect();
-    assert_eq!(shape, [(1, 0), (2, 1), (3, 2), (4, 1), (5, 1), (6, 5), (7, 3)]);
+    assert_eq!(
+        shape,
+        [(1, 0), (2, 1), (3, 2), (4, 1), (5, 1), (6, 5), (7, 3)]
+    );
     assert_eq!(turns[4].2, "two, better", "a regenerate repeats the text");
 
     // Nothing of any branch is lost: a replay from 0 is what the client saw live.
@@ -200,12 +203,13 @@ fn edit_regenerate_and_switch_build_the_tree_and_the_model_sees_only_the_path() 
         None,
     );
     assert_eq!(status, 200);
-    let turn_four: Vec<&Value> = live
-        .iter()
-        .filter(|e| e["data"]["turn_id"] == 4)
-        .collect();
+    let turn_four: Vec<&Value> = live.iter().filter(|e| e["data"]["turn_id"] == 4).collect();
     assert_eq!(
-        body["events"].as_array().unwrap().iter().collect::<Vec<_>>(),
+        body["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .collect::<Vec<_>>(),
         turn_four
     );
     // `ready.leaf` tells a new device where the path ends.
@@ -213,7 +217,13 @@ fn edit_regenerate_and_switch_build_the_tree_and_the_model_sees_only_the_path() 
     phone.send(json!({"type": "connect", "data": {"session_id": id.as_str()}}));
     phone.expect("session_info");
     let ready = phone.expect("ready");
-    assert!(matches!(ready.frame, ServerFrame::Ready { leaf: TurnId(7), .. }));
+    assert!(matches!(
+        ready.frame,
+        ServerFrame::Ready {
+            leaf: TurnId(7),
+            ..
+        }
+    ));
 }
 
 #[test]
@@ -367,6 +377,9 @@ fn the_tree_survives_kill_9() {
     fresh.expect("session_info");
     assert!(matches!(
         fresh.expect("ready").frame,
-        ServerFrame::Ready { leaf: TurnId(4), .. }
+        ServerFrame::Ready {
+            leaf: TurnId(4),
+            ..
+        }
     ));
 }

@@ -325,12 +325,25 @@ fn a_waiting_call_survives_a_disconnect_and_is_replayed_on_resume() {
 }
 
 #[test]
-fn an_approve_for_a_call_that_is_not_waiting_is_ignored() {
+fn an_approve_for_a_call_that_is_not_waiting_gets_not_waiting_and_changes_nothing() {
     let fixture = Fixture::one("unknown", json!({}));
     let server = fixture.server();
     let mut client = server.client();
-    // PROTOCOL.md section 5: ignored, with no error frame.
+    // PROTOCOL.md section 5: `error` `not_waiting` (no seq), and nothing changes.
+    let not_waiting = |client: &mut Client| {
+        let error = client.expect("error");
+        assert_eq!(error.seq, None);
+        assert!(matches!(
+            error.frame,
+            ServerFrame::Error {
+                code: ErrorCode::NotWaiting,
+                turn_id: None,
+                ..
+            }
+        ));
+    };
     approve(&mut client, "call_404", true);
+    not_waiting(&mut client);
     client.say("hello");
     let next = client.next();
     assert_eq!(kind(&next), "user_message", "{next:?}");
@@ -340,10 +353,13 @@ fn an_approve_for_a_call_that_is_not_waiting_is_ignored() {
     let turn = start_call(&mut client, "fx__delete", json!({"path": "/u"}));
     let (call_id, ..) = expect_request(&mut client);
     approve(&mut client, "call_404", true);
+    not_waiting(&mut client);
     approve(&mut client, &call_id, false);
     let frames = client.finish_turn(turn);
     assert!(result_of(&frames).1.contains("denied"));
-    assert!(!client.seen.iter().any(|f| kind(f) == "error"));
+    // A second answer for the call, now decided, changes nothing either.
+    approve(&mut client, &call_id, true);
+    not_waiting(&mut client);
     // A frame with missing fields is still rejected as any bad frame is.
     client.send(json!({"type": "approve", "data": {"call_id": "x"}}));
     let error = client.expect("error");

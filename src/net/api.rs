@@ -388,10 +388,7 @@ fn events(ctx: &RouteContext, request: &ApiRequest<'_>) -> Response {
 
 /// The `before_seq` and `limit` of an events page.
 fn page(query: Option<&str>) -> Result<(Option<u64>, usize), Response> {
-    let (before, limit) = match (
-        number(query, "before_seq"),
-        number(query, "limit"),
-    ) {
+    let (before, limit) = match (number(query, "before_seq"), number(query, "limit")) {
         (Ok(before), Ok(limit)) => (before, limit),
         (Err(response), _) | (_, Err(response)) => return Err(response),
     };

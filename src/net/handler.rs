@@ -15,11 +15,11 @@ use crate::common::config::{Config, UNAUTHENTICATED_FRAME_BYTES};
 use crate::common::error::Result;
 use crate::common::metrics::Metrics;
 use crate::common::protocol::{
-    ClientFrame, ConnectData, ErrorCode, ServerFrame, StatusCode, StatusData, decode_client_frame,
+    ClientFrame, ConnectData, ErrorCode, ServerFrame, StatusCode, StatusData, TurnId, decode_client_frame,
     encode,
 };
 use crate::common::rate::Bucket;
-use crate::conversation::session::{Ask, Session, SessionManager, Subscriber, Submitted, WireText};
+use crate::conversation::session::{Ask, Session, SessionManager, Submitted, Subscriber, WireText};
 use crate::net::connection::{Connection, Incoming};
 use crate::net::shutdown::Shutdown;
 
@@ -239,7 +239,13 @@ impl<'a> Handler<'a> {
             }
             (ClientFrame::Cancel {}, session) => session.cancel(),
             (ClientFrame::Approve(answer), session) => {
-                session.approve(&answer.call_id, answer.allow);
+                if !session.approve(&answer.call_id, answer.allow) {
+                    let call: String = answer.call_id.chars().take(100).collect();
+                    self.reject(
+                        ErrorCode::NotWaiting,
+                        &format!("no tool call {call:?} is waiting for approval"),
+                    );
+                }
             }
             (ClientFrame::Connect(_), _) => {}
         }
@@ -249,6 +255,10 @@ impl<'a> Handler<'a> {
     /// too long, the server is draining, or the store refuses writes. A `client_id` seen
     /// before gets `status` `duplicate`, to this connection only.
     fn steer(&mut self, session: &Session, ask: Ask) {
+        // A retry of a frame that started a turn is answered first, whatever else holds now.
+        if let Some(turn) = ask.client_id().and_then(|id| session.started_by(id)) {
+            return self.duplicate(session, turn);
+        }
         let limit = self.ctx.config.max_text_chars;
         let text = match &ask {
             Ask::Message { text, .. } | Ask::Edit { text, .. } => text.as_str(),
@@ -270,19 +280,22 @@ impl<'a> Handler<'a> {
         } else {
             match session.submit(&ask) {
                 Ok(Submitted::Done) => {}
-                Ok(Submitted::Duplicate(turn)) => {
-                    let frame = ServerFrame::Status(StatusData {
-                        code: StatusCode::Duplicate,
-                        message: format!("turn {turn} was started by this client_id already"),
-                        turn_id: Some(turn),
-                        ..StatusData::default()
-                    });
-                    let text: WireText = encode(&frame, Some(session.id()), None).into();
-                    self.connection.send(&[text]);
-                }
+                Ok(Submitted::Duplicate(turn)) => self.duplicate(session, turn),
                 Err((code, why)) => self.reject(code, &why),
             }
         }
+    }
+
+    /// Tells this connection that its frame's `client_id` started turn `turn` already.
+    fn duplicate(&mut self, session: &Session, turn: TurnId) {
+        let frame = ServerFrame::Status(StatusData {
+            code: StatusCode::Duplicate,
+            message: format!("turn {turn} was started by this client_id already"),
+            turn_id: Some(turn),
+            ..StatusData::default()
+        });
+        let text: WireText = encode(&frame, Some(session.id()), None).into();
+        self.connection.send(&[text]);
     }
 
     fn connect(&mut self, data: &ConnectData) {

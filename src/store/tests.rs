@@ -291,7 +291,10 @@ fn a_deletion_inside_a_batch_takes_only_its_own_rows<S: TestStore>(store: S) -> 
         .unwrap();
     assert!(store.load(&one, 10, 10).unwrap().is_none());
     let kept = store.load(&two, 10, 10).unwrap().unwrap();
-    assert_eq!((kept.last_seq, kept.tree.len(), kept.open_turn), (2, 1, None));
+    assert_eq!(
+        (kept.last_seq, kept.tree.len(), kept.open_turn),
+        (2, 1, None)
+    );
     assert_eq!(kept.tail.len(), 2);
     assert_eq!((store.rows("events"), store.rows("notes")), (2, 0));
     assert_eq!(store.list("ann", Some("otters"), 10).unwrap().len(), 1);
@@ -318,11 +321,16 @@ fn reassigning_an_owner_moves_its_conversations_and_nodes_only<S: TestStore>(sto
 
 /// A `message` event that closes turn `turn` having used `usage`.
 fn answered(session: &SessionId, seq: u64, usage: Usage) -> WriteOp {
-    event(session, seq, TurnMark::Closed {
+    event(
+        session,
+        seq,
+        TurnMark::Closed {
             usage,
             closing: Closing::Message,
             reset: false,
-        }, Some("an answer"))
+        },
+        Some("an answer"),
+    )
 }
 
 fn a_conversation_keeps_its_model_and_token_totals<S: TestStore>(store: S) {
@@ -781,7 +789,11 @@ const LINEAR_MESSAGES: [(&str, &str); 8] = [
 fn linear_conversation_became_a_tree<S: TestStore>(store: &S) {
     let loaded = store.load(&id(1), 10, 100).unwrap().unwrap();
     assert_eq!((loaded.tree.len(), loaded.tree.leaf()), (3, 3));
-    assert_eq!(loaded.tree.path(3), [2, 3], "the reset cuts the path at turn 2");
+    assert_eq!(
+        loaded.tree.path(3),
+        [2, 3],
+        "the reset cuts the path at turn 2"
+    );
     assert_eq!(loaded.tree.path(1), [0, 1]);
     let seen: Vec<&str> = loaded.messages.iter().map(|m| m.content.as_str()).collect();
     assert_eq!(seen, ["q2", "a2", "q3", ""]);

@@ -139,7 +139,10 @@ impl TurnTree {
         let mut under: HashSet<u64> = HashSet::from([id]);
         let mut newest = id;
         for child in id + 1..=self.len() {
-            if self.turn(child).is_some_and(|turn| under.contains(&turn.parent)) {
+            if self
+                .turn(child)
+                .is_some_and(|turn| under.contains(&turn.parent))
+            {
                 under.insert(child);
                 newest = child;
             }

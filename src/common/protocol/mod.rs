@@ -18,8 +18,7 @@ use serde::{Deserialize, Serialize};
 
 pub use client::{
     ApproveData, ClientFrame, ConnectData, DecodeError, EditData, HistoryEntry, HistoryRole,
-    MAX_CLIENT_ID_CHARS, MAX_NESTING, MessageData, RegenerateData, SwitchData,
-    decode_client_frame,
+    MAX_CLIENT_ID_CHARS, MAX_NESTING, MessageData, RegenerateData, SwitchData, decode_client_frame,
 };
 pub use server::{ServerEnvelope, ServerFrame, StatusCode, StatusData, ToolStatus, Usage, encode};
 
@@ -113,6 +112,8 @@ pub enum ErrorCode {
     TooLarge,
     /// Too many messages in a short time.
     RateLimited,
+    /// An `approve` for a call that is not waiting for one.
+    NotWaiting,
     /// Missing or wrong credentials.
     Unauthorized,
     /// No room for another session or thread.
@@ -142,6 +143,7 @@ impl ErrorCode {
             ErrorCode::UnsupportedFrame => "unsupported_frame",
             ErrorCode::TooLarge => "too_large",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::NotWaiting => "not_waiting",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::ServerBusy => "server_busy",
             ErrorCode::ModelError => "model_error",

@@ -55,7 +55,8 @@ pub enum Ask {
 }
 
 impl Ask {
-    fn client_id(&self) -> Option<&str> {
+    /// The client's name for the frame, if it gave one.
+    pub fn client_id(&self) -> Option<&str> {
         match self {
             Ask::Message { client_id, .. }
             | Ask::Edit { client_id, .. }
@@ -113,6 +114,16 @@ struct Fetched {
 }
 
 impl Session {
+    /// The turn the frame named `client_id` started, when this instance knows it.
+    pub fn started_by(&self, client_id: &str) -> Option<TurnId> {
+        self.inner
+            .state
+            .lock()
+            .tree
+            .by_client_id(client_id)
+            .map(TurnId)
+    }
+
     /// Does what a client's `message`, `edit`, `regenerate` or `switch` asks (PROTOCOL.md
     /// section 5, "Branches"): a turn in flight is cancelled first (its `status cancelled`
     /// comes first), then the new turn opens (logging `user_message`) and starts on the
@@ -129,13 +140,11 @@ impl Session {
     pub fn submit(&self, ask: &Ask) -> Result<Submitted, Refused> {
         // A retry that this instance knows already must not take the lease, which would stop
         // the very turn it started.
-        if let Some(turn) = ask
-            .client_id()
-            .and_then(|id| self.inner.state.lock().tree.by_client_id(id))
-        {
-            return Ok(Submitted::Duplicate(TurnId(turn)));
+        if let Some(turn) = ask.client_id().and_then(|id| self.started_by(id)) {
+            return Ok(Submitted::Duplicate(turn));
         }
-        self.lead().map_err(|(code, why)| (code, Cow::Borrowed(why)))?;
+        self.lead()
+            .map_err(|(code, why)| (code, Cow::Borrowed(why)))?;
         let mut fetched: Option<Fetched> = None;
         for _ in 0..TRIES {
             let (path, seen, target) = {
@@ -190,7 +199,13 @@ impl Session {
             .path_messages(id, path, MAX_HISTORY_MESSAGES)
             .map_err(failed)?;
         let text = match target.text_of {
-            Some(turn) => Some(store.turn_text(id, turn).map_err(failed)?.unwrap_or_default()),
+            Some(turn) => match store.turn_text(id, turn).map_err(failed)? {
+                Some(text) => Some(text),
+                None => {
+                    log::warn!("session {}: turn {turn} has no stored text", id.short());
+                    return Err((ErrorCode::Storage, UNREADABLE.into()));
+                }
+            },
             None => None,
         };
         Ok(Fetched {

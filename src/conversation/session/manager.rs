@@ -21,7 +21,9 @@ use crate::common::rate::Bucket;
 use crate::conversation::bot::{Bot, Engine, MAX_HISTORY_MESSAGES};
 use crate::conversation::journal::Journal;
 use crate::model::{ChatMessage, Role};
-use crate::store::{TurnTree, TurnsPage, Cluster, ConversationStore, ConversationSummary, StoredConversation};
+use crate::store::{
+    Cluster, ConversationStore, ConversationSummary, StoredConversation, TurnTree, TurnsPage,
+};
 
 use super::{
     Attachment, EventLog, Parts, Persist, Releases, Session, Subscriber, TurnLimits, Turns,

@@ -200,6 +200,23 @@ fn waiting_approvals(log: &EventLog, turn_id: TurnId) -> Vec<(String, String)> {
     waiting
 }
 
+/// The turn the tail shows open: the newest `user_message`'s, unless a frame closed it since.
+fn open_turn_in(log: &EventLog) -> Option<TurnId> {
+    let mut open = None;
+    for (_, text) in log.iter() {
+        let Ok(envelope) = serde_json::from_str::<crate::common::protocol::ServerEnvelope>(text)
+        else {
+            continue;
+        };
+        if let ServerFrame::UserMessage { turn_id, .. } = envelope.frame {
+            open = Some(turn_id);
+        } else if envelope.frame.closes_turn() && envelope.frame.turn_id() == open {
+            open = None;
+        }
+    }
+    open
+}
+
 /// The journal's handle on a session: a weak one, so that a pending batch does not keep an
 /// evicted session alive.
 struct SessionAck(Weak<SessionInner>);
@@ -413,13 +430,25 @@ impl Session {
 
     /// A client's answer to the `approval_request` of the call `call_id`; passed on to the
     /// instance that holds the conversation when this one does not (see
-    /// [`approve_here`](Self::approve_here)).
-    pub fn approve(&self, call_id: &str, allow: bool) {
+    /// [`approve_here`](Self::approve_here)). False when no such call waits, as far as this
+    /// instance can tell (a follower reads its tail of the holder's events).
+    pub fn approve(&self, call_id: &str, allow: bool) -> bool {
         if self.holds_lease() {
-            self.approve_here(call_id, allow);
-        } else {
+            return self.approve_here(call_id, allow);
+        }
+        let waits = {
+            let state = self.inner.state.lock();
+            let open = open_turn_in(&state.log);
+            open.is_some_and(|turn| {
+                waiting_approvals(&state.log, turn)
+                    .iter()
+                    .any(|(waiting, _)| waiting == call_id)
+            })
+        };
+        if waits {
             self.approve_elsewhere(call_id, allow);
         }
+        waits
     }
 
     /// Answers the `approval_request` of the call `call_id` here: the first answer for a call

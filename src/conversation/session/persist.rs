@@ -86,7 +86,9 @@ impl Persist {
                 closing: Closing::Message,
                 reset,
             },
-            ServerFrame::Error { turn_id: Some(_), .. } => TurnMark::Closed {
+            ServerFrame::Error {
+                turn_id: Some(_), ..
+            } => TurnMark::Closed {
                 usage: Usage::default(),
                 closing: Closing::Error,
                 reset,

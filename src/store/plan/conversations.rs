@@ -10,10 +10,10 @@ use super::{
     Backend, Db, Param, Query, Row, View, Write, big, calls_from_json, messages_from_newest,
     role_from, small, summary_columns, unix_now,
 };
-use crate::store::{Closing, TreeTurn, TurnSummary, TurnTree, TurnsPage};
 use crate::common::error::Result;
 use crate::common::protocol::{SessionId, Usage};
 use crate::model::ChatMessage;
+use crate::store::{Closing, TreeTurn, TurnSummary, TurnTree, TurnsPage};
 use crate::store::{
     ConversationStore, ConversationSummary, EventPage, StoreStatus, StoredConversation, WriteOp,
 };
@@ -22,8 +22,7 @@ const LOAD_SESSION: &str = "SELECT key, owner, user_id, personality, last_seq, t
      open_turn, open_text, leaf, model FROM sessions WHERE id = ?1";
 const LOAD_TREE: &str = "SELECT turn_id, parent, reset, client_id FROM turns \
      WHERE session_key = ?1 ORDER BY turn_id";
-const NEXT_MESSAGE: &str =
-    "SELECT coalesce(max(idx) + 1, 0) FROM messages WHERE session_key = ?1";
+const NEXT_MESSAGE: &str = "SELECT coalesce(max(idx) + 1, 0) FROM messages WHERE session_key = ?1";
 /// Messages newest first, from `?2` down, of every turn: a path's are picked from them as they
 /// stream, and the read stops once it has enough.
 const PATH_MESSAGES: &str = "SELECT turn_id, role, content, tool_calls, tool_call_id, is_error \
@@ -99,9 +98,11 @@ impl<B: Backend> ConversationStore for B {
             else {
                 return Ok(None);
             };
-            let body = db.row(TURN_TEXT, &[Param::Int(key), Param::Int(big(turn))], |row| {
-                row.text(0)
-            })?;
+            let body = db.row(
+                TURN_TEXT,
+                &[Param::Int(key), Param::Int(big(turn))],
+                |row| row.text(0),
+            )?;
             Ok(body.map(|body| user_text(&body)))
         })
     }
@@ -113,7 +114,9 @@ impl<B: Backend> ConversationStore for B {
                 return Ok(None);
             };
             let (leaf, count) = db
-                .row(LEAF, &[Param::Int(key)], |row| Ok((row.int(0)?, row.int(1)?)))?
+                .row(LEAF, &[Param::Int(key)], |row| {
+                    Ok((row.int(0)?, row.int(1)?))
+                })?
                 .unwrap_or((0, 0));
             let turns = db.rows(TURNS, &[Param::Int(key)], |row| {
                 Ok(TurnSummary {

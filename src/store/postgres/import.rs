@@ -265,7 +265,14 @@ impl Importer<'_, '_> {
                  SELECT $1, * FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::bigint[], \
                  $6::bigint[], $7::text[], $8::bool[], $9::bigint[]) ON CONFLICT DO NOTHING",
                 &[
-                    &key, &ids, &parents, &client_ids, &opened, &closed, &closings, &resets,
+                    &key,
+                    &ids,
+                    &parents,
+                    &client_ids,
+                    &opened,
+                    &closed,
+                    &closings,
+                    &resets,
                     &created,
                 ],
             )?;

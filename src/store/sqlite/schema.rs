@@ -234,8 +234,12 @@ type Migration = (
 );
 
 /// Entry `n` migrates from version `n` to `n + 1`.
-const MIGRATIONS: [Migration; SCHEMA_VERSION as usize] =
-    [(V1, None), (V2, Some(v2_open_turns)), (V3, None), (V4, None)];
+const MIGRATIONS: [Migration; SCHEMA_VERSION as usize] = [
+    (V1, None),
+    (V2, Some(v2_open_turns)),
+    (V3, None),
+    (V4, None),
+];
 
 /// Brings the database to [`SCHEMA_VERSION`], one version per transaction.
 ///
