@@ -23,6 +23,7 @@ fn frame_types() -> Vec<&'static str> {
         ServerFrame::Message { .. } => "message",
         ServerFrame::Status(_) => "status",
         ServerFrame::Error { .. } => "error",
+        ServerFrame::Branch { .. } => "branch",
     };
     let _ = name;
     vec![
@@ -38,6 +39,7 @@ fn frame_types() -> Vec<&'static str> {
         "message",
         "status",
         "error",
+        "branch",
     ]
 }
 
@@ -104,6 +106,7 @@ fn status_codes() -> Vec<StatusCode> {
         StatusCode::Deleted,
         StatusCode::ContextTrimmed,
         StatusCode::Truncated,
+        StatusCode::Duplicate,
     ];
     for code in &all {
         match code {
@@ -115,6 +118,7 @@ fn status_codes() -> Vec<StatusCode> {
             | StatusCode::Deleted
             | StatusCode::ContextTrimmed
             | StatusCode::Truncated
+            | StatusCode::Duplicate
             // Only ever decoded, never sent.
             | StatusCode::Unknown => {}
         }
