@@ -49,11 +49,22 @@ fn client_frame_types() -> Vec<&'static str> {
     let name = |frame: &ClientFrame| match frame {
         ClientFrame::Connect(_) => "connect",
         ClientFrame::Message(_) => "message",
+        ClientFrame::Edit(_) => "edit",
+        ClientFrame::Regenerate(_) => "regenerate",
+        ClientFrame::Switch(_) => "switch",
         ClientFrame::Cancel {} => "cancel",
         ClientFrame::Approve(_) => "approve",
     };
     let _ = name;
-    vec!["connect", "message", "cancel", "approve"]
+    vec![
+        "connect",
+        "message",
+        "edit",
+        "regenerate",
+        "switch",
+        "cancel",
+        "approve",
+    ]
 }
 
 fn error_codes() -> Vec<ErrorCode> {
