@@ -4,37 +4,55 @@
 //! cargo run --example client -- [--url ws://127.0.0.1:8000/ws] [--state FILE] [--token T] [--new]
 //! ```
 //!
-//! Type a line at the `you>` prompt to send it as a message. Ctrl-C stops the turn in flight
-//! (as does `/cancel`); a second Ctrl-C quits, as do `/quit` and the end of input. `/list`
-//! shows your conversations (through the HTTP API), `/open N` switches to the Nth of that list,
-//! `/new` starts a new one. When a tool call waits for approval, the client asks `allow? [y/n]`
-//! and the next `y` or `n` line answers it (an `approve` frame). Other lines that start with
-//! `/` (`/help`, `/calc 1+2`, `/prompt`, …) are ordinary messages for the server (`/prompt`
-//! its MCP prompts) and its model. The client saves its `session_id` and the highest
-//! `seq` it has seen in a state file, so a dropped connection or a restarted client resumes the
-//! same session and gets every event it missed; on resume (and on `/open`) it first shows the
-//! conversation's recent history, so the screen is not blank.
+//! Type a line at the `you>` prompt to send it as a message; each user message is shown with
+//! its turn number. Ctrl-C stops the turn in flight (as does `/cancel`); a second Ctrl-C quits,
+//! as do `/quit` and the end of input. The client's own commands:
+//!
+//! | command | what it does |
+//! |---|---|
+//! | `/edit N text` | asks again with `text` in place of turn N's message: a new branch beside it |
+//! | `/regen N` | asks for another answer to turn N's message: a new branch beside it |
+//! | `/switch N` | makes the branch through turn N the current one |
+//! | `/history` | shows the conversation's turns as a tree, marking the current path and its leaf |
+//! | `/list` | shows your conversations (through the HTTP API) |
+//! | `/open N` | switches to the Nth conversation of the last `/list` |
+//! | `/new` | starts a new conversation |
+//! | `/cancel` | stops the turn in flight |
+//! | `/quit` | quits |
+//!
+//! When a tool call waits for approval, the client asks `allow? [y/n]` and the next `y` or `n`
+//! line answers it (an `approve` frame). Other lines that start with `/` (`/help`, `/calc 1+2`,
+//! `/prompt`, …) are ordinary messages for the server (`/prompt` its MCP prompts) and its model.
+//!
+//! The client saves its `session_id` and the highest `seq` it has seen in a state file, so a
+//! dropped connection or a restarted client resumes the same session and gets every event it
+//! missed; on resume (and on `/open`) it first shows the conversation's recent history, so the
+//! screen is not blank. Every `message`, `edit` and `regenerate` carries a random `client_id`:
+//! one whose `user_message` had not come back when the connection dropped is sent again, with
+//! the same `client_id`, once the client has resumed, so that it runs exactly once (the server
+//! answers a copy it already has with `status` `duplicate`, which the client takes as success).
 //!
 //! The main thread owns the WebSocket and polls it with a short read timeout, sending typed
 //! lines in between; a second thread only reads stdin, and a third turns SIGINT into a command.
 //! Polling is fine for one client with one connection; the server must never do it.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs;
 use std::io::{self, BufRead, IsTerminal, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sparky::common::protocol::{
-    ApproveData, ClientFrame, ConnectData, ErrorCode, MessageData, ServerEnvelope, ServerFrame,
-    StatusCode, StatusData, ToolStatus, TurnId,
+    ApproveData, ClientFrame, ConnectData, EditData, ErrorCode, MessageData, RegenerateData,
+    ServerEnvelope, ServerFrame, StatusCode, StatusData, SwitchData, ToolStatus, TurnId,
 };
 use tungstenite::{Message, WebSocket};
 
@@ -49,10 +67,13 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 const INPUT_QUEUE_LEN: usize = 64;
 /// Events of recent history shown when resuming or opening a conversation.
 const HISTORY_EVENTS: usize = 24;
-/// The prompt; a message the server echoes back is not printed again, since it stands after it.
+/// The prompt. A message typed at it is not printed again when the server echoes it (it stands
+/// after the prompt already): only its turn number is.
 const PROMPT: &str = "you> ";
 /// The most bytes of an API answer that are read.
 const MAX_API_BYTES: u64 = 4 << 20;
+/// How much of a turn's text one line of `/history` shows, in characters.
+const HISTORY_TEXT_CHARS: usize = 60;
 
 /// ANSI styles for [`Screen::say`]; `PLAIN` adds none.
 const PLAIN: &str = "";
@@ -102,6 +123,10 @@ enum Command {
     New,
     /// `y` or `n`: the answer to the oldest waiting approval request (else an ordinary line).
     Answer(bool, String),
+    /// `/history`: show the conversation's tree of turns.
+    History,
+    /// A client command typed wrong: how to type it.
+    Usage(&'static str),
 }
 
 /// What [`Client::take_input`] decided.
@@ -111,8 +136,8 @@ enum Input {
     Continue,
     /// The user asked to quit.
     Quit,
-    /// The user switched conversations: reconnect at once.
-    Switch,
+    /// The user opened another conversation (or a new one): reconnect at once.
+    Reopen,
 }
 
 /// Why a connection ended.
@@ -125,7 +150,7 @@ enum End {
     /// Reconnecting cannot help (refused credentials, session taken over).
     Fatal(String),
     /// The user opened another conversation (or a new one).
-    Switch,
+    Reopen,
 }
 
 /// The client: its resume point, what is still to be sent, and the screen.
@@ -147,9 +172,14 @@ struct Client {
     backoff: Duration,
     save_failed: bool,
     screen: Screen,
-    /// Texts this client sent whose `user_message` echo has not come back yet: the echo is not
-    /// printed, since the typed line is on the screen already.
-    echoes: VecDeque<String>,
+    /// The `message`, `edit` and `regenerate` frames written on this connection whose
+    /// `user_message` (the one echoing their `client_id`) has not come back, oldest first. When
+    /// the connection drops they go back to the front of the outbox, to be sent again with the
+    /// same `client_id` once the client has resumed.
+    unconfirmed: VecDeque<ClientFrame>,
+    /// The turns whose `user_message` echoed a frame of this client: a `duplicate` naming one
+    /// of them answers a frame already taken off `unconfirmed`.
+    confirmed_turns: HashSet<TurnId>,
     /// True while a turn of the session runs (between its `user_message` and its closing frame).
     running: bool,
     /// True after a Ctrl-C that was not followed by anything else: the next one quits.
@@ -198,7 +228,8 @@ fn main() -> ExitCode {
         backoff: FIRST_BACKOFF,
         save_failed: false,
         screen,
-        echoes: VecDeque::new(),
+        unconfirmed: VecDeque::new(),
+        confirmed_turns: HashSet::new(),
         running: false,
         interrupted: false,
         listed: Vec::new(),
@@ -226,7 +257,7 @@ impl Client {
             };
             match end {
                 End::Quit => break,
-                End::Switch => {
+                End::Reopen => {
                     self.backoff = FIRST_BACKOFF;
                     continue;
                 }
@@ -240,7 +271,7 @@ impl Client {
             let deadline = Instant::now() + self.backoff;
             match self.take_input(deadline) {
                 Input::Quit => break,
-                Input::Switch => continue,
+                Input::Reopen => continue,
                 Input::Continue => {}
             }
             // Input has ended: keep trying only while there are lines left to deliver.
@@ -279,6 +310,11 @@ impl Client {
     /// Sends `connect`, then alternates between showing what arrived and sending what was typed.
     fn converse(&mut self, ws: &mut WebSocket<TcpStream>) -> End {
         self.ready = false;
+        // What the last connection wrote without seeing its echo goes out again, in order. The
+        // replay that follows `ready` usually brings the echo first, and then nothing is resent.
+        while let Some(frame) = self.unconfirmed.pop_back() {
+            self.outbox.push_front(frame);
+        }
         let connect = ClientFrame::Connect(ConnectData {
             session_id: self.state.session_id.clone(),
             last_seq: self.state.session_id.as_ref().map(|_| self.state.last_seq),
@@ -313,22 +349,25 @@ impl Client {
             }
             match self.take_input(Instant::now()) {
                 Input::Quit => return End::Quit,
-                Input::Switch => {
+                Input::Reopen => {
                     close_gracefully(ws);
-                    return End::Switch;
+                    return End::Reopen;
                 }
                 Input::Continue => {}
             }
             while self.ready
                 && let Some(frame) = self.outbox.front()
             {
+                // A frame that fails to go out stays first in the outbox, and is sent again
+                // (with the same `client_id`) after the reconnect.
                 if let Err(e) = send(ws, frame) {
                     return End::Lost(e);
                 }
-                if let ClientFrame::Message(message) = frame {
-                    self.echoes.push_back(message.text.clone());
+                if let Some(frame) = self.outbox.pop_front()
+                    && client_id(&frame).is_some()
+                {
+                    self.unconfirmed.push_back(frame);
                 }
-                self.outbox.pop_front();
             }
             if self.ready && !self.running {
                 self.screen.prompt();
@@ -411,16 +450,30 @@ impl Client {
                 self.ready = true;
                 self.connected_before = true;
             }
-            // The helper that teaches this client branches shows it; until then it is ignored.
-            ServerFrame::Branch { .. } => {}
-            ServerFrame::UserMessage { text, .. } => {
+            ServerFrame::UserMessage {
+                turn_id,
+                text,
+                client_id,
+                edit_of,
+                regenerate_of,
+                ..
+            } => {
                 self.running = true;
-                if self.echoes.front() == Some(&text) {
-                    // Typed here: the line stands after the prompt already.
-                    self.echoes.pop_front();
-                } else {
-                    screen.say(PLAIN, &format!("{PROMPT}{text}"));
+                let sent = self.confirm(client_id.as_deref(), &text);
+                if sent.is_some() {
+                    self.confirmed_turns.insert(turn_id);
                 }
+                let about = describe_turn(turn_id, edit_of, regenerate_of);
+                let screen = &mut self.screen;
+                if matches!(sent, Some(ClientFrame::Message(_))) && screen.interactive {
+                    // Typed here: the line stands after the prompt already.
+                    screen.say(DIM, &format!("({about})"));
+                } else {
+                    screen.say(PLAIN, &format!("{PROMPT}{text}  ({about})"));
+                }
+            }
+            ServerFrame::Branch { leaf } => {
+                screen.say(YELLOW, &format!("now on the branch ending at turn {leaf}"));
             }
             ServerFrame::Thought { text, .. } => screen.say(DIM, &format!("think> {text}")),
             ServerFrame::ToolUse { name, args, .. } => {
@@ -466,6 +519,24 @@ impl Client {
             },
             ServerFrame::MessageDelta { turn_id, text, .. } => screen.delta(turn_id, &text),
             ServerFrame::Message { turn_id, text, .. } => screen.answer(turn_id, &text),
+            ServerFrame::Status(status) if status.code == StatusCode::Duplicate => {
+                // A frame sent again after a reconnect that the server had already: success.
+                // Only this connection gets the answer, in the order of the frames it sent, so it
+                // answers the oldest frame still waiting for its echo, unless the echo (in the
+                // replay) came first.
+                let echoed = status
+                    .turn_id
+                    .is_some_and(|turn| !self.confirmed_turns.insert(turn));
+                if !echoed {
+                    self.unconfirmed.pop_front();
+                }
+                let turn = status
+                    .turn_id
+                    .map(|turn| format!(" as turn {turn}"))
+                    .unwrap_or_default();
+                self.screen
+                    .say(DIM, &format!("(the server already had that message{turn})"));
+            }
             ServerFrame::Status(status) => {
                 screen.say(YELLOW, &describe_status(&status, code));
                 if status.code == StatusCode::TakenOver {
@@ -482,6 +553,13 @@ impl Client {
                     .map(|turn| format!(" (turn {turn})"))
                     .unwrap_or_default();
                 screen.say(RED, &format!("[error {code}] {message}{turn}"));
+                if turn_id.is_none() && code != "not_waiting" {
+                    // A refused frame starts nothing, so it is not sent again. The server answers
+                    // a connection's frames in order, so this error answers the oldest frame
+                    // waiting for its echo, or one written before it (a `switch`): either way
+                    // that frame has most likely reached the server already.
+                    self.unconfirmed.pop_front();
+                }
                 if error_code == ErrorCode::Unauthorized {
                     return Some(End::Fatal("the server refused the credentials".to_owned()));
                 }
@@ -508,7 +586,7 @@ impl Client {
                 self.interrupted = false;
             }
             match command {
-                Command::Send(frame) => self.outbox.push_back(frame),
+                Command::Send(frame) => self.outbox.push_back(with_client_id(frame)),
                 Command::Quit => return Input::Quit,
                 Command::Interrupt => {
                     if self.interrupted {
@@ -528,8 +606,8 @@ impl Client {
                 Command::Open(number) => match self.listed.get(number.wrapping_sub(1)) {
                     Some(id) => {
                         let id = id.clone();
-                        self.switch(Some(id));
-                        return Input::Switch;
+                        self.open_conversation(Some(id));
+                        return Input::Reopen;
                     }
                     None if self.listed.is_empty() => self.screen.notice("run /list first"),
                     None => self.screen.notice(&format!(
@@ -538,8 +616,8 @@ impl Client {
                     )),
                 },
                 Command::New => {
-                    self.switch(None);
-                    return Input::Switch;
+                    self.open_conversation(None);
+                    return Input::Reopen;
                 }
                 Command::Answer(allow, line) => match self.asking.pop_front() {
                     Some(call_id) => {
@@ -551,9 +629,11 @@ impl Client {
                             text: line,
                             client_id: None,
                         });
-                        self.outbox.push_back(frame);
+                        self.outbox.push_back(with_client_id(frame));
                     }
                 },
+                Command::History => self.history(),
+                Command::Usage(usage) => self.screen.notice(usage),
             }
         }
         Input::Continue
@@ -561,9 +641,10 @@ impl Client {
 
     /// Leaves the current conversation for `id` (shown with its recent history), or for a new
     /// one when `None`.
-    fn switch(&mut self, id: Option<String>) {
+    fn open_conversation(&mut self, id: Option<String>) {
         self.outbox.clear();
-        self.echoes.clear();
+        self.unconfirmed.clear();
+        self.confirmed_turns.clear();
         self.running = false;
         self.asking.clear();
         self.connected_before = false;
@@ -653,6 +734,48 @@ impl Client {
             self.state.last_seq = self.state.last_seq.max(seq);
         }
         self.screen.notice("(end of history)");
+    }
+
+    /// Takes the frame that a `user_message` echoes out of those waiting for their echo (sent
+    /// on this connection, or waiting to be sent again), and returns it. The frame is found by
+    /// its `client_id`; a server that does not echo `client_id`s is matched by the text of the
+    /// oldest `message` instead.
+    fn confirm(&mut self, echoed: Option<&str>, text: &str) -> Option<ClientFrame> {
+        let matches = |frame: &ClientFrame| match echoed {
+            Some(echoed) => client_id(frame) == Some(echoed),
+            None => matches!(frame, ClientFrame::Message(message) if message.text == text),
+        };
+        if let Some(at) = self.unconfirmed.iter().position(matches) {
+            return self.unconfirmed.remove(at);
+        }
+        let at = self.outbox.iter().position(matches)?;
+        self.outbox.remove(at)
+    }
+
+    /// `/history`: the conversation's turns as a tree, with the current path and its leaf marked.
+    fn history(&mut self) {
+        let Some(id) = self.state.session_id.clone() else {
+            return self.screen.notice("no conversation yet");
+        };
+        let tree = self
+            .api(&format!("/api/conversations/{id}/turns"))
+            .and_then(|answer| {
+                serde_json::from_value::<TurnTree>(answer).map_err(|e| format!("bad answer: {e}"))
+            });
+        let tree = match tree {
+            Ok(tree) => tree,
+            Err(e) => return self.screen.notice(&format!("cannot show the turns: {e}")),
+        };
+        if tree.turns.is_empty() {
+            return self.screen.notice("no turns yet");
+        }
+        self.screen
+            .notice("the turns of this conversation (* the current path, > its leaf):");
+        for (style, line) in tree_lines(&tree) {
+            self.screen.say(style, &line);
+        }
+        self.screen
+            .notice("/switch N follows another branch; /edit N text and /regen N start one");
     }
 
     /// One GET of the conversation API on the server of `--url`, as JSON.
@@ -822,6 +945,204 @@ fn without_data_urls(result: &str) -> String {
         .join("\n")
 }
 
+/// The answer of `GET /api/conversations/{id}/turns`: the conversation's tree of turns.
+#[derive(Debug, Deserialize)]
+struct TurnTree {
+    /// The last turn of the current path; 0 when there is none.
+    leaf: u64,
+    /// Every turn of every branch, oldest first.
+    turns: Vec<TurnEntry>,
+}
+
+/// One turn of a [`TurnTree`].
+#[derive(Debug, Deserialize)]
+struct TurnEntry {
+    turn_id: u64,
+    /// The turn it follows; 0 for a turn at the conversation's start.
+    parent: u64,
+    /// The user's message.
+    text: String,
+    #[serde(default)]
+    attachments: Vec<Value>,
+    /// `message`, `error` or `cancelled`; none while the turn runs.
+    #[serde(default)]
+    closing: Option<String>,
+}
+
+/// The lines of `/history` and their styles: depth first, siblings in the order they started.
+/// A turn's only child stands under it at the same indent; where a turn has several, each of
+/// them starts a block indented one step more, marked `-`. A mark in the first column shows
+/// the current path (`*`) and its leaf (`>`); turns off it are dimmed.
+fn tree_lines(tree: &TurnTree) -> Vec<(&'static str, String)> {
+    let parents: HashMap<u64, u64> = tree.turns.iter().map(|t| (t.turn_id, t.parent)).collect();
+    // A turn whose parent is not listed (or is itself) is shown as a root, so that every turn
+    // appears exactly once, and a malformed answer cannot make a cycle.
+    let mut children: HashMap<u64, Vec<usize>> = HashMap::new();
+    for (index, turn) in tree.turns.iter().enumerate() {
+        let parent = if turn.parent != turn.turn_id && parents.contains_key(&turn.parent) {
+            turn.parent
+        } else {
+            0
+        };
+        children.entry(parent).or_default().push(index);
+    }
+    let mut path = HashSet::new();
+    let mut at = tree.leaf;
+    while at != 0 && path.insert(at) {
+        at = parents.get(&at).copied().unwrap_or(0);
+    }
+    // (turn index, column of its text, whether it starts a sibling block); a stack rather than
+    // recursion, since a long conversation is a deep tree.
+    let mut stack: Vec<(usize, usize, bool)> = Vec::new();
+    let push_children =
+        |stack: &mut Vec<(usize, usize, bool)>, parent: u64, column: usize| match children
+            .get(&parent)
+            .map(Vec::as_slice)
+        {
+            None | Some([]) => {}
+            Some([only]) => stack.push((*only, column, false)),
+            Some(several) => {
+                for &index in several.iter().rev() {
+                    stack.push((index, column + 2, true));
+                }
+            }
+        };
+    push_children(&mut stack, 0, 0);
+    let mut lines = Vec::with_capacity(tree.turns.len());
+    while let Some((index, column, starts_block)) = stack.pop() {
+        let turn = &tree.turns[index];
+        let on_path = path.contains(&turn.turn_id);
+        let mark = if turn.turn_id == tree.leaf {
+            '>'
+        } else if on_path {
+            '*'
+        } else {
+            ' '
+        };
+        let (indent, dash) = if starts_block {
+            (" ".repeat(column - 2), "- ")
+        } else {
+            (" ".repeat(column), "")
+        };
+        let files = match turn.attachments.len() {
+            0 => String::new(),
+            1 => " (1 file)".to_owned(),
+            n => format!(" ({n} files)"),
+        };
+        let closing = turn.closing.as_deref().unwrap_or("running");
+        let text = one_line(&turn.text, HISTORY_TEXT_CHARS);
+        let line = format!(
+            "{mark} {indent}{dash}{}. {text}{files}  [{closing}]",
+            turn.turn_id
+        );
+        lines.push((if on_path { PLAIN } else { DIM }, line));
+        push_children(&mut stack, turn.turn_id, column);
+    }
+    lines
+}
+
+/// `text` on one line (runs of white space as one space), cut to `max` characters.
+fn one_line(text: &str, max: usize) -> String {
+    let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.chars().count() <= max {
+        return flat;
+    }
+    let mut cut: String = flat.chars().take(max.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
+/// How a `user_message` names its turn: `turn 5`, and `edit of 3` or `regenerate of 3` when an
+/// `edit` or `regenerate` started it.
+fn describe_turn(
+    turn_id: TurnId,
+    edit_of: Option<TurnId>,
+    regenerate_of: Option<TurnId>,
+) -> String {
+    let mut about = format!("turn {turn_id}");
+    if let Some(edited) = edit_of {
+        about.push_str(&format!(", edit of {edited}"));
+    }
+    if let Some(answered) = regenerate_of {
+        about.push_str(&format!(", regenerate of {answered}"));
+    }
+    about
+}
+
+/// Reads `/edit N text`, `/regen N`, `/switch N` and `/history`; `None` for any other line.
+fn parse_branch_command(line: &str) -> Option<Command> {
+    let (word, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+    let rest = rest.trim();
+    let (number, text) = rest
+        .split_once(char::is_whitespace)
+        .map_or((rest, ""), |(number, text)| (number, text.trim()));
+    let turn = number.parse().ok().filter(|n| *n > 0).map(TurnId);
+    let command = match (word, turn) {
+        ("/edit", Some(turn_id)) if !text.is_empty() => {
+            Command::Send(ClientFrame::Edit(EditData {
+                turn_id,
+                text: text.to_owned(),
+                client_id: None,
+            }))
+        }
+        ("/edit", _) => Command::Usage("usage: /edit N text (N: a turn number; see /history)"),
+        ("/regen", Some(turn_id)) if text.is_empty() => {
+            Command::Send(ClientFrame::Regenerate(RegenerateData {
+                turn_id,
+                client_id: None,
+            }))
+        }
+        ("/regen", _) => Command::Usage("usage: /regen N (N: a turn number; see /history)"),
+        ("/switch", Some(turn_id)) if text.is_empty() => {
+            Command::Send(ClientFrame::Switch(SwitchData { turn_id }))
+        }
+        ("/switch", _) => Command::Usage("usage: /switch N (N: a turn number; see /history)"),
+        ("/history", _) if rest.is_empty() => Command::History,
+        ("/history", _) => Command::Usage("usage: /history"),
+        _ => return None,
+    };
+    Some(command)
+}
+
+/// The `client_id` of a frame that starts a turn.
+fn client_id(frame: &ClientFrame) -> Option<&str> {
+    match frame {
+        ClientFrame::Message(MessageData { client_id, .. })
+        | ClientFrame::Edit(EditData { client_id, .. })
+        | ClientFrame::Regenerate(RegenerateData { client_id, .. }) => client_id.as_deref(),
+        _ => None,
+    }
+}
+
+/// The frame, with a fresh `client_id` when it starts a turn and has none yet.
+fn with_client_id(mut frame: ClientFrame) -> ClientFrame {
+    match &mut frame {
+        ClientFrame::Message(MessageData { client_id, .. })
+        | ClientFrame::Edit(EditData { client_id, .. })
+        | ClientFrame::Regenerate(RegenerateData { client_id, .. }) => {
+            client_id.get_or_insert_with(new_client_id);
+        }
+        _ => {}
+    }
+    frame
+}
+
+/// A `client_id`: 16 random bytes in hex (32 characters), or, should the operating system's
+/// random source fail, the time, the process id and a counter (at most 58 characters), which
+/// are as unique within one conversation.
+fn new_client_id() -> String {
+    let mut bytes = [0u8; 16];
+    if getrandom::fill(&mut bytes).is_ok() {
+        return data_encoding::HEXLOWER.encode(&bytes);
+    }
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos());
+    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{nanos:x}-{:x}-{count:x}", std::process::id())
+}
+
 /// The one-line form of a `status`: its code, message, and whichever extra fields it carries.
 fn describe_status(status: &StatusData, code: &str) -> String {
     let details = [
@@ -882,10 +1203,13 @@ fn spawn_input_threads() -> io::Result<Receiver<Command>> {
                         Err(_) => Command::Open(0),
                     }
                 }
-                _ => Command::Send(ClientFrame::Message(MessageData {
-                    text: line,
-                    client_id: None,
-                })),
+                other => match parse_branch_command(other) {
+                    Some(command) => command,
+                    None => Command::Send(ClientFrame::Message(MessageData {
+                        text: line,
+                        client_id: None,
+                    })),
+                },
             };
             let quit = matches!(command, Command::Quit);
             if sender.send(command).is_err() || quit {

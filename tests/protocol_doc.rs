@@ -1,8 +1,9 @@
-//! `docs/protocol.md` names every frame type, `status` code and `error` code the server can
-//! send. The lists below are checked against the enums by exhaustive matches, so a new variant
-//! does not compile until it is listed here, and then fails this test until it is documented.
+//! `docs/protocol.md` names every frame type a client may send, and every frame type, `status`
+//! code and `error` code the server can send. The lists below are checked against the enums by
+//! exhaustive matches, so a new variant does not compile until it is listed here, and then
+//! fails this test until it is documented.
 
-use sparky::common::protocol::{ErrorCode, ServerFrame, StatusCode};
+use sparky::common::protocol::{ClientFrame, ErrorCode, ServerFrame, StatusCode};
 
 const DOC: &str = include_str!("../docs/protocol.md");
 
@@ -39,6 +40,30 @@ fn frame_types() -> Vec<&'static str> {
         "status",
         "error",
         "branch",
+    ]
+}
+
+/// Every client frame type's wire name.
+fn client_frame_types() -> Vec<&'static str> {
+    // As for server frames: a new variant breaks the build here until it is listed.
+    let name = |frame: &ClientFrame| match frame {
+        ClientFrame::Connect(_) => "connect",
+        ClientFrame::Message(_) => "message",
+        ClientFrame::Edit(_) => "edit",
+        ClientFrame::Regenerate(_) => "regenerate",
+        ClientFrame::Switch(_) => "switch",
+        ClientFrame::Cancel {} => "cancel",
+        ClientFrame::Approve(_) => "approve",
+    };
+    let _ = name;
+    vec![
+        "connect",
+        "message",
+        "edit",
+        "regenerate",
+        "switch",
+        "cancel",
+        "approve",
     ]
 }
 
@@ -112,6 +137,17 @@ fn status_codes() -> Vec<StatusCode> {
     all
 }
 
+/// The text of section `number` of the document, from its heading to the next one.
+fn section(number: u32) -> &'static str {
+    let heading = format!("\n## {number}. ");
+    let start = DOC
+        .find(&heading)
+        .unwrap_or_else(|| panic!("docs/protocol.md has no section {number}"));
+    let rest = &DOC[start + 1..];
+    let end = rest.find("\n## ").unwrap_or(rest.len());
+    &rest[..end]
+}
+
 /// Wire names as the server writes them.
 fn wire<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_value(value)
@@ -122,11 +158,22 @@ fn wire<T: serde::Serialize>(value: &T) -> String {
 }
 
 #[test]
-fn every_frame_type_and_code_the_server_sends_is_documented() {
+fn every_frame_type_and_code_is_documented() {
     let mut missing = Vec::new();
     for name in frame_types() {
         if !DOC.contains(&format!("`{name}`")) || !DOC.contains(&format!("\"type\":\"{name}\"")) {
             missing.push(format!("frame {name} (a row and an example)"));
+        }
+    }
+    // A client frame has its row in section 3 and an example of a client sending it.
+    let section_3 = section(3);
+    for name in client_frame_types() {
+        if !section_3.contains(&format!("| `{name}` |"))
+            || !DOC.contains(&format!("→ {{\"type\":\"{name}\""))
+        {
+            missing.push(format!(
+                "client frame {name} (a row in section 3 and an example)"
+            ));
         }
     }
     for code in error_codes() {
