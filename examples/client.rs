@@ -411,6 +411,8 @@ impl Client {
                 self.ready = true;
                 self.connected_before = true;
             }
+            // The helper that teaches this client branches shows it; until then it is ignored.
+            ServerFrame::Branch { .. } => {}
             ServerFrame::UserMessage { text, .. } => {
                 self.running = true;
                 if self.echoes.front() == Some(&text) {
@@ -545,7 +547,10 @@ impl Client {
                         self.outbox.push_back(frame);
                     }
                     None => {
-                        let frame = ClientFrame::Message(MessageData { text: line });
+                        let frame = ClientFrame::Message(MessageData {
+                    text: line,
+                    client_id: None,
+                });
                         self.outbox.push_back(frame);
                     }
                 },
@@ -877,7 +882,10 @@ fn spawn_input_threads() -> io::Result<Receiver<Command>> {
                         Err(_) => Command::Open(0),
                     }
                 }
-                _ => Command::Send(ClientFrame::Message(MessageData { text: line })),
+                _ => Command::Send(ClientFrame::Message(MessageData {
+                    text: line,
+                    client_id: None,
+                })),
             };
             let quit = matches!(command, Command::Quit);
             if sender.send(command).is_err() || quit {

@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use sparky::common::auth::Principal;
 use sparky::common::protocol::{ServerFrame, SessionId, TurnId, Usage, encode};
 use sparky::model::{ChatMessage, Role};
-use sparky::store::{ConversationStore, SqliteStore, TurnMark, WriteOp};
+use sparky::store::{Closing, ConversationStore, SqliteStore, TurnMark, WriteOp};
 use tungstenite::Message;
 
 /// Principals, each with `PER_PRINCIPAL` conversations.
@@ -85,7 +85,7 @@ const TOPICS: [&str; 50] = [
     "zeppelins",
 ];
 /// Bump to rebuild cached data after a change of what is generated.
-const DATA_VERSION: &str = "convbench-1";
+const DATA_VERSION: &str = "convbench-2";
 
 fn token(principal: usize) -> String {
     format!("bench-token-{principal}")
@@ -118,7 +118,6 @@ fn conversation(id: &SessionId, owner: &str, turns: u64, topic: &str) -> Vec<Wri
             search_text: search,
         }
     };
-    let mut messages = Vec::new();
     for turn in 1..=turns {
         let text = format!("tell me something new about {topic}, part {turn}");
         let answer = format!("You said: {text}");
@@ -126,11 +125,17 @@ fn conversation(id: &SessionId, owner: &str, turns: u64, topic: &str) -> Vec<Wri
         ops.push(event(
             ServerFrame::UserMessage {
                 turn_id,
+                parent: Some(TurnId(turn - 1)),
                 text: text.clone(),
+                client_id: None,
+                edit_of: None,
+                regenerate_of: None,
             },
             TurnMark::Opened {
                 turn_id: turn,
                 text: text.clone(),
+                parent: turn - 1,
+                client_id: None,
             },
             Some(text.clone()),
         ));
@@ -150,17 +155,21 @@ fn conversation(id: &SessionId, owner: &str, turns: u64, topic: &str) -> Vec<Wri
             },
             TurnMark::Closed {
                 usage: Usage::default(),
+                closing: Closing::Message,
+                reset: false,
             },
             Some(answer.clone()),
         ));
-        messages.push(ChatMessage::text(Role::User, text));
-        messages.push(ChatMessage::text(Role::Assistant, answer));
+        ops.push(WriteOp::Messages {
+            session: id.clone(),
+            first: (turn - 1) * 2,
+            turn,
+            messages: vec![
+                ChatMessage::text(Role::User, text),
+                ChatMessage::text(Role::Assistant, answer),
+            ],
+        });
     }
-    ops.push(WriteOp::Messages {
-        session: id.clone(),
-        first: 0,
-        messages,
-    });
     ops
 }
 

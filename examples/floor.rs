@@ -138,6 +138,7 @@ fn serve(stream: TcpStream, greeting: &Greeting) -> tungstenite::Result<()> {
                     tools: greeting.tools.clone(),
                     model: "offline".into(),
                     models: vec!["offline".into()],
+                    leaf: TurnId(turn),
                 };
                 ws.write(Message::text(encode(&info, Some(&id), None)))?;
                 ws.write(Message::text(encode(&ready, Some(&id), None)))?;
@@ -150,7 +151,11 @@ fn serve(stream: TcpStream, greeting: &Greeting) -> tungstenite::Result<()> {
                 let frames = [
                     ServerFrame::UserMessage {
                         turn_id,
+                        parent: Some(TurnId(turn - 1)),
                         text: message.text.clone(),
+                        client_id: message.client_id.clone(),
+                        edit_of: None,
+                        regenerate_of: None,
                     },
                     ServerFrame::Thought {
                         turn_id,

@@ -32,6 +32,7 @@ fn connect_answers_session_info_then_ready() {
         tools,
         model,
         models,
+        leaf,
     } = &ready.frame
     else {
         panic!("expected ready, got {ready:?}");
@@ -50,6 +51,7 @@ fn connect_answers_session_info_then_ready() {
         );
     }
     assert_eq!(model, "offline");
+    assert_eq!(leaf.0, 0, "a new conversation has no turn yet");
     assert_eq!(
         models,
         &["offline"],
@@ -69,7 +71,11 @@ fn a_plain_turn_is_user_message_thought_message_numbered_from_one() {
         frames[0].frame,
         ServerFrame::UserMessage {
             turn_id: TurnId(1),
-            text: "hello there".into()
+            parent: Some(TurnId(0)),
+            text: "hello there".into(),
+            client_id: None,
+            edit_of: None,
+            regenerate_of: None,
         }
     );
     assert_eq!(

@@ -477,7 +477,7 @@ fn chaos_through_haproxy_over_two_instances_loses_and_repeats_nothing() {
         let mut last_turn = None;
         loop {
             let frame = device.client.next();
-            if let ServerFrame::UserMessage { turn_id, text } = &frame.frame
+            if let ServerFrame::UserMessage { turn_id, text, .. } = &frame.frame
                 && text == "the end"
             {
                 last_turn = Some(*turn_id);

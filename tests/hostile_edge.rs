@@ -478,6 +478,8 @@ fn owners_stored_under_a_sha1_fingerprint_are_moved_to_sha256_at_start() {
                     turn: TurnMark::Opened {
                         turn_id: 1,
                         text: "from before".into(),
+                        parent: 0,
+                        client_id: None,
                     },
                     search_text: Some("from before".into()),
                 },

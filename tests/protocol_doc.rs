@@ -22,6 +22,7 @@ fn frame_types() -> Vec<&'static str> {
         ServerFrame::Message { .. } => "message",
         ServerFrame::Status(_) => "status",
         ServerFrame::Error { .. } => "error",
+        ServerFrame::Branch { .. } => "branch",
     };
     let _ = name;
     vec![
@@ -37,6 +38,7 @@ fn frame_types() -> Vec<&'static str> {
         "message",
         "status",
         "error",
+        "branch",
     ]
 }
 
@@ -90,6 +92,7 @@ fn status_codes() -> Vec<StatusCode> {
         StatusCode::Deleted,
         StatusCode::ContextTrimmed,
         StatusCode::Truncated,
+        StatusCode::Duplicate,
     ];
     for code in &all {
         match code {
@@ -101,6 +104,7 @@ fn status_codes() -> Vec<StatusCode> {
             | StatusCode::Deleted
             | StatusCode::ContextTrimmed
             | StatusCode::Truncated
+            | StatusCode::Duplicate
             // Only ever decoded, never sent.
             | StatusCode::Unknown => {}
         }

@@ -88,10 +88,12 @@ pub struct Bot {
     system: Option<String>,
     /// The model the conversation chose; `None` for the backend's default.
     model: Option<String>,
-    /// Shared with running turns as a snapshot: a turn clones the `Arc`, not the messages.
+    /// The current path's conversation, newest part: shared with running turns as a snapshot
+    /// (a turn clones the `Arc`, not the messages).
     history: Arc<Vec<ChatMessage>>,
-    /// The number of `history[0]` in the whole conversation (older messages were trimmed).
-    first_index: u64,
+    /// The number the next committed message gets: messages are numbered in the order they
+    /// were committed, across every branch.
+    next_index: u64,
     /// The size of `history`, as [`message_bytes`] counts it.
     bytes: usize,
 }
@@ -109,37 +111,41 @@ fn message_bytes(message: &ChatMessage) -> usize {
 impl Bot {
     /// A bot with an optional system prompt and a seeded conversation.
     pub fn new(engine: Engine, personality: Option<String>, seed: Vec<ChatMessage>) -> Self {
-        Self::restore(engine, personality, 0, seed)
+        let next_index = seed.len() as u64;
+        Self::restore(engine, personality, next_index, seed)
     }
 
-    /// A bot whose conversation so far is `history`, the first of which is message number
-    /// `first_index`.
+    /// A bot whose current path's conversation is `history`, and whose next committed message
+    /// is number `next_index`.
     pub fn restore(
         engine: Engine,
         personality: Option<String>,
-        first_index: u64,
+        next_index: u64,
         history: Vec<ChatMessage>,
     ) -> Self {
         let mut bot = Bot {
             engine,
             system: personality,
             model: None,
-            bytes: history.iter().map(message_bytes).sum(),
-            history: Arc::new(history),
-            first_index,
+            bytes: 0,
+            history: Arc::default(),
+            next_index,
         };
-        bot.trim();
+        bot.follow(history);
         bot
     }
 
-    /// The number of the oldest message kept.
-    pub fn first_index(&self) -> u64 {
-        self.first_index
+    /// Makes `history` the conversation the model sees: another path's, after a `switch`, an
+    /// `edit` or a `regenerate`. Numbering goes on.
+    pub fn follow(&mut self, history: Vec<ChatMessage>) {
+        self.bytes = history.iter().map(message_bytes).sum();
+        self.history = Arc::new(history);
+        self.trim();
     }
 
     /// The number the next committed message gets.
-    pub fn end_index(&self) -> u64 {
-        self.first_index + self.history.len() as u64
+    pub fn next_index(&self) -> u64 {
+        self.next_index
     }
 
     /// The bot with the conversation's choice of model (one of the backend's
@@ -198,16 +204,15 @@ impl Bot {
     /// Adds a finished turn's messages to the conversation. The messages are copied only when a
     /// turn (a cancelled one still winding down) holds a snapshot.
     pub fn commit(&mut self, transcript: Vec<ChatMessage>) {
+        self.next_index += transcript.len() as u64;
         self.bytes += transcript.iter().map(message_bytes).sum::<usize>();
         Arc::make_mut(&mut self.history).extend(transcript);
         self.trim();
     }
 
     /// Forgets the conversation (the system prompt stays), after the model rejected it as
-    /// malformed. Numbering goes on: the next committed message keeps the number it would have
-    /// had, and everything before it counts as trimmed.
+    /// malformed. Numbering goes on.
     pub fn clear_history(&mut self) {
-        self.first_index = self.end_index();
         self.history = Arc::default();
         self.bytes = 0;
     }
@@ -240,7 +245,6 @@ impl Bot {
         }
         if cut > 0 {
             Arc::make_mut(&mut self.history).drain(..cut);
-            self.first_index += cut as u64;
             self.bytes = bytes;
         }
     }
@@ -316,7 +320,7 @@ mod tests {
         assert!(bytes <= MAX_HISTORY_BYTES, "{bytes}");
         assert_eq!(bytes, bot.bytes);
         assert_eq!(bot.history()[0].role, Role::User);
-        assert_eq!(bot.end_index(), 40);
+        assert_eq!(bot.next_index(), 40);
         let huge = "y".repeat(MAX_HISTORY_BYTES * 2);
         bot.commit(exchange(&huge, "a"));
         assert_eq!(bot.history().len(), 2, "only the last exchange");

@@ -14,7 +14,7 @@ use crate::common::protocol::{SessionId, Usage};
 use crate::conversation::session::Conversation;
 use crate::net::http::{RequestHead, Response};
 use crate::net::routes::{Found, Route, RouteContext, allow, find};
-use crate::store::Node;
+use crate::store::{Node, TurnsPage};
 
 /// Largest request body accepted, in bytes.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -24,6 +24,10 @@ const DEFAULT_EVENTS: usize = 200;
 
 /// Events one page holds at most.
 const MAX_EVENTS: usize = 1_000;
+
+/// The most events `?turn_id=T` answers with: more than any turn makes (it is bounded by
+/// `--max-steps`), and a bound on the answer whatever is stored.
+const MAX_TURN_EVENTS: usize = 10_000;
 
 /// Conversations one list holds at most (and by default).
 const MAX_CONVERSATIONS: usize = 5_000;
@@ -73,6 +77,11 @@ pub const API_ROUTES: &[Route<ApiRoute>] = &[
         method: "GET",
         pattern: "/api/conversations/{id}/events",
         handler: events,
+    },
+    Route {
+        method: "GET",
+        pattern: "/api/conversations/{id}/turns",
+        handler: turns,
     },
     Route {
         method: "GET",
@@ -162,6 +171,45 @@ struct ConversationsJson<'a> {
 struct EventsJson {
     /// Each event exactly as it went over the WebSocket.
     events: Vec<Box<RawValue>>,
+}
+
+/// The tree of a conversation, as `GET /api/conversations/{id}/turns` answers.
+#[derive(Debug, Serialize)]
+struct TurnsJson {
+    leaf: u64,
+    turns: Vec<TurnJson>,
+}
+
+/// One turn of [`TurnsJson`].
+#[derive(Debug, Serialize)]
+struct TurnJson {
+    turn_id: u64,
+    parent: u64,
+    text: String,
+    /// Files come with issue 23; a turn has none yet.
+    attachments: [(); 0],
+    created_at: String,
+    closing: Option<&'static str>,
+}
+
+impl From<TurnsPage> for TurnsJson {
+    fn from(page: TurnsPage) -> Self {
+        TurnsJson {
+            leaf: page.leaf,
+            turns: page
+                .turns
+                .into_iter()
+                .map(|turn| TurnJson {
+                    turn_id: turn.turn_id,
+                    parent: turn.parent,
+                    text: turn.text,
+                    attachments: [],
+                    created_at: rfc3339(turn.created_at),
+                    closing: turn.closing.map(|closing| closing.as_str()),
+                })
+                .collect(),
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -310,24 +358,22 @@ fn conversation(ctx: &RouteContext, request: &ApiRequest<'_>) -> Response {
     }
 }
 
-/// `GET /api/conversations/{id}/events?before_seq=N&limit=M`.
+/// `GET /api/conversations/{id}/events?before_seq=N&limit=M`, or `?turn_id=T` for one turn's.
 fn events(ctx: &RouteContext, request: &ApiRequest<'_>) -> Response {
     let Some(id) = session_id(request) else {
         return not_found();
     };
-    let (before, limit) = match (
-        number(request.query, "before_seq"),
-        number(request.query, "limit"),
-    ) {
-        (Ok(before), Ok(limit)) => (before, limit),
-        (Err(response), _) | (_, Err(response)) => return response,
+    let bodies = match number(request.query, "turn_id") {
+        Err(response) => return response,
+        Ok(Some(turn)) => ctx
+            .sessions
+            .turn_events(request.principal, &id, turn, MAX_TURN_EVENTS),
+        Ok(None) => match page(request.query) {
+            Ok((before, limit)) => ctx.sessions.events(request.principal, &id, before, limit),
+            Err(response) => return response,
+        },
     };
-    let limit = limit.map_or(DEFAULT_EVENTS, |n| {
-        usize::try_from(n)
-            .unwrap_or(MAX_EVENTS)
-            .clamp(1, MAX_EVENTS)
-    });
-    match ctx.sessions.events(request.principal, &id, before, limit) {
+    match bodies {
         Ok(Some(bodies)) => {
             let events = bodies
                 .into_iter()
@@ -335,6 +381,35 @@ fn events(ctx: &RouteContext, request: &ApiRequest<'_>) -> Response {
                 .collect();
             json(200, "OK", &EventsJson { events })
         }
+        Ok(None) => not_found(),
+        Err(e) => failed(&e),
+    }
+}
+
+/// The `before_seq` and `limit` of an events page.
+fn page(query: Option<&str>) -> Result<(Option<u64>, usize), Response> {
+    let (before, limit) = match (
+        number(query, "before_seq"),
+        number(query, "limit"),
+    ) {
+        (Ok(before), Ok(limit)) => (before, limit),
+        (Err(response), _) | (_, Err(response)) => return Err(response),
+    };
+    let limit = limit.map_or(DEFAULT_EVENTS, |n| {
+        usize::try_from(n)
+            .unwrap_or(MAX_EVENTS)
+            .clamp(1, MAX_EVENTS)
+    });
+    Ok((before, limit))
+}
+
+/// `GET /api/conversations/{id}/turns`: the tree and the leaf.
+fn turns(ctx: &RouteContext, request: &ApiRequest<'_>) -> Response {
+    let Some(id) = session_id(request) else {
+        return not_found();
+    };
+    match ctx.sessions.turns(request.principal, &id) {
+        Ok(Some(page)) => json(200, "OK", &TurnsJson::from(page)),
         Ok(None) => not_found(),
         Err(e) => failed(&e),
     }

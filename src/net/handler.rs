@@ -15,10 +15,11 @@ use crate::common::config::{Config, UNAUTHENTICATED_FRAME_BYTES};
 use crate::common::error::Result;
 use crate::common::metrics::Metrics;
 use crate::common::protocol::{
-    ClientFrame, ConnectData, ErrorCode, ServerFrame, decode_client_frame, encode,
+    ClientFrame, ConnectData, ErrorCode, ServerFrame, StatusCode, StatusData, decode_client_frame,
+    encode,
 };
 use crate::common::rate::Bucket;
-use crate::conversation::session::{Session, SessionManager, Subscriber, WireText};
+use crate::conversation::session::{Ask, Session, SessionManager, Subscriber, Submitted, WireText};
 use crate::net::connection::{Connection, Incoming};
 use crate::net::shutdown::Shutdown;
 
@@ -211,32 +212,76 @@ impl<'a> Handler<'a> {
             (frame, Some(session)) => (frame, session.clone()),
         };
         match session {
-            (ClientFrame::Message(message), session) => {
-                let limit = self.ctx.config.max_text_chars;
-                if message.text.chars().count() > limit {
-                    self.reject(
-                        ErrorCode::TooLarge,
-                        &format!("text is longer than {limit} characters"),
-                    );
-                } else if self.ctx.shutdown.draining() {
-                    self.reject(ErrorCode::ServerBusy, "the server is shutting down");
-                } else if session.store_failing() {
-                    self.reject(
-                        ErrorCode::Storage,
-                        "the server cannot write to its store right now (is its disk full?); \
-                         try again later",
-                    );
-                } else if let Err((code, why)) = session.submit(&message.text) {
-                    // The session starts the turn on its own, unless the conversation's lease
-                    // could not be had (several instances on one database).
-                    self.reject(code, why);
-                }
+            (ClientFrame::Message(m), session) => self.steer(
+                &session,
+                Ask::Message {
+                    text: m.text,
+                    client_id: m.client_id,
+                },
+            ),
+            (ClientFrame::Edit(e), session) => self.steer(
+                &session,
+                Ask::Edit {
+                    turn: e.turn_id,
+                    text: e.text,
+                    client_id: e.client_id,
+                },
+            ),
+            (ClientFrame::Regenerate(r), session) => self.steer(
+                &session,
+                Ask::Regenerate {
+                    turn: r.turn_id,
+                    client_id: r.client_id,
+                },
+            ),
+            (ClientFrame::Switch(w), session) => {
+                self.steer(&session, Ask::Switch { turn: w.turn_id });
             }
             (ClientFrame::Cancel {}, session) => session.cancel(),
             (ClientFrame::Approve(answer), session) => {
                 session.approve(&answer.call_id, answer.allow);
             }
             (ClientFrame::Connect(_), _) => {}
+        }
+    }
+
+    /// Hands a `message`, `edit`, `regenerate` or `switch` to the session, unless its text is
+    /// too long, the server is draining, or the store refuses writes. A `client_id` seen
+    /// before gets `status` `duplicate`, to this connection only.
+    fn steer(&mut self, session: &Session, ask: Ask) {
+        let limit = self.ctx.config.max_text_chars;
+        let text = match &ask {
+            Ask::Message { text, .. } | Ask::Edit { text, .. } => text.as_str(),
+            Ask::Regenerate { .. } | Ask::Switch { .. } => "",
+        };
+        if text.chars().count() > limit {
+            self.reject(
+                ErrorCode::TooLarge,
+                &format!("text is longer than {limit} characters"),
+            );
+        } else if self.ctx.shutdown.draining() {
+            self.reject(ErrorCode::ServerBusy, "the server is shutting down");
+        } else if session.store_failing() {
+            self.reject(
+                ErrorCode::Storage,
+                "the server cannot write to its store right now (is its disk full?); \
+                 try again later",
+            );
+        } else {
+            match session.submit(&ask) {
+                Ok(Submitted::Done) => {}
+                Ok(Submitted::Duplicate(turn)) => {
+                    let frame = ServerFrame::Status(StatusData {
+                        code: StatusCode::Duplicate,
+                        message: format!("turn {turn} was started by this client_id already"),
+                        turn_id: Some(turn),
+                        ..StatusData::default()
+                    });
+                    let text: WireText = encode(&frame, Some(session.id()), None).into();
+                    self.connection.send(&[text]);
+                }
+                Err((code, why)) => self.reject(code, &why),
+            }
         }
     }
 

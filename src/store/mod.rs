@@ -30,6 +30,7 @@ mod postgres;
 mod sqlite;
 #[cfg(test)]
 pub(crate) mod tests;
+mod tree;
 
 use std::sync::Arc;
 
@@ -44,6 +45,7 @@ pub use copy::copy_sqlite_to_postgres;
 pub use exported::CopyReport;
 pub use postgres::{POSTGRES_SCHEMA_VERSION, PostgresStore};
 pub use sqlite::{DATABASE_FILE, SqliteStore, fts_queries};
+pub use tree::{TreeTurn, TurnTree};
 
 /// How long one full-text search may run by default (`--search-budget`).
 pub const DEFAULT_SEARCH_BUDGET: std::time::Duration = std::time::Duration::from_millis(200);
@@ -54,7 +56,7 @@ pub const MAX_SEARCH_WORDS: usize = 16;
 
 /// The SQLite schema version this build writes. A store with a higher one was written by a
 /// newer Sparky and is refused. (PostgreSQL's is [`POSTGRES_SCHEMA_VERSION`].)
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// The owner of everything when the server requires no token.
 pub const LOCAL_OWNER: &str = "local";
@@ -95,15 +97,10 @@ pub enum WriteOp {
         session: SessionId,
         /// The number of the first message.
         first: u64,
+        /// The turn they belong to (`0`: the history a conversation was seeded with).
+        turn: u64,
         /// The messages.
         messages: Vec<ChatMessage>,
-    },
-    /// The model sees no message numbered below `below` (the history was reset).
-    TrimMessages {
-        /// The conversation.
-        session: SessionId,
-        /// The first number kept.
-        below: u64,
     },
     /// A note of the conversation's short-term knowledge.
     Note {
@@ -134,19 +131,65 @@ pub enum TurnMark {
     /// Nothing: an event inside a turn, or one that concerns no turn.
     #[default]
     None,
-    /// A `user_message` opened turn `turn_id` with this text.
+    /// A `user_message` opened turn `turn_id` with this text, after `parent`; it is the leaf
+    /// now.
     Opened {
         /// The turn.
         turn_id: u64,
         /// The user's text.
         text: String,
+        /// The turn it follows (`0`: the start).
+        parent: u64,
+        /// The `client_id` of the frame that started it.
+        client_id: Option<String>,
     },
     /// The frame closed the open turn; a `message` adds the tokens its turn used to the
     /// conversation's totals.
     Closed {
         /// The turn's tokens (zero when the model did not say, or the turn did not answer).
         usage: Usage,
+        /// How it closed.
+        closing: Closing,
+        /// True when the model rejected the history before this turn, which it no longer sees.
+        reset: bool,
     },
+    /// A `branch` event: the current path now ends at `leaf`.
+    Branch {
+        /// The new leaf.
+        leaf: u64,
+    },
+}
+
+/// How a turn closed (PROTOCOL.md section 5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Closing {
+    /// With its answer, a `message`.
+    Message,
+    /// With a turn `error`.
+    Error,
+    /// With `status` `cancelled`.
+    Cancelled,
+}
+
+impl Closing {
+    /// The name the turns API gives it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Closing::Message => "message",
+            Closing::Error => "error",
+            Closing::Cancelled => "cancelled",
+        }
+    }
+
+    /// The closing a stored name means.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "message" => Some(Closing::Message),
+            "error" => Some(Closing::Error),
+            "cancelled" => Some(Closing::Cancelled),
+            _ => None,
+        }
+    }
 }
 
 /// A conversation as the store holds it: what a session needs to come back to life.
@@ -164,13 +207,13 @@ pub struct StoredConversation {
     pub model: Option<String>,
     /// The `seq` of its newest event (0 before the first).
     pub last_seq: u64,
-    /// The highest turn id it used.
-    pub turns: u64,
+    /// Its turns, and the leaf of its current path.
+    pub tree: TurnTree,
     /// The turn that was open when the server stopped, and its user's text.
     pub open_turn: Option<(u64, String)>,
-    /// The number of the first of `messages`.
-    pub first_message: u64,
-    /// The newest part of its conversation, oldest first.
+    /// The number the next message gets (one more than the highest stored).
+    pub next_message: u64,
+    /// The newest part of the current path's conversation, oldest first.
     pub messages: Vec<ChatMessage>,
     /// Its notes, oldest first.
     pub notes: Vec<String>,
@@ -198,6 +241,30 @@ pub struct ConversationSummary {
     /// True when the store holds a turn of it open: one running (on any instance sharing the
     /// store), or one a stop cut off that nobody has closed yet.
     pub open: bool,
+}
+
+/// One turn in `GET /api/conversations/{id}/turns`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TurnSummary {
+    /// Its id.
+    pub turn_id: u64,
+    /// The turn it follows (`0`: the start).
+    pub parent: u64,
+    /// The user's text.
+    pub text: String,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// How it closed; `None` while it runs.
+    pub closing: Option<Closing>,
+}
+
+/// A conversation's tree as `GET /api/conversations/{id}/turns` gives it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TurnsPage {
+    /// The last turn of the current path (`0`: none).
+    pub leaf: u64,
+    /// Every turn, oldest first.
+    pub turns: Vec<TurnSummary>,
 }
 
 /// Events read for a replay.
@@ -254,6 +321,44 @@ pub trait ConversationStore: Send + Sync {
         owner: &str,
         id: &SessionId,
         before: Option<u64>,
+        limit: usize,
+    ) -> Result<Option<Vec<String>>>;
+
+    /// The newest `limit` messages of conversation `id` that belong to the turns `path`
+    /// (sorted; `0` for the seeded history), oldest first: what the model sees on a path.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::common::error::Error::Store`] when the store cannot be read.
+    fn path_messages(&self, id: &SessionId, path: &[u64], limit: usize)
+    -> Result<Vec<ChatMessage>>;
+
+    /// The user's text of turn `turn` of conversation `id`, or `None` when it has no such turn.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::common::error::Error::Store`] when the store cannot be read.
+    fn turn_text(&self, id: &SessionId, turn: u64) -> Result<Option<String>>;
+
+    /// The tree of `owner`'s conversation `id`, or `None` when it does not exist or is someone
+    /// else's.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::common::error::Error::Store`] when the store cannot be read.
+    fn turns(&self, owner: &str, id: &SessionId) -> Result<Option<TurnsPage>>;
+
+    /// The events of turn `turn` of `owner`'s conversation `id`, oldest first, at most `limit`;
+    /// `None` when the conversation does not exist, is someone else's, or has no such turn.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::common::error::Error::Store`] when the store cannot be read.
+    fn turn_events(
+        &self,
+        owner: &str,
+        id: &SessionId,
+        turn: u64,
         limit: usize,
     ) -> Result<Option<Vec<String>>>;
 

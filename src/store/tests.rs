@@ -18,7 +18,7 @@ use serde_json::json;
 
 use super::plan::{LABEL_CHARS, label_for, search_words};
 use super::{
-    ConversationStore, DEFAULT_SEARCH_BUDGET, GraphStore, MAX_SEARCH_WORDS, PostgresStore,
+    Closing, ConversationStore, DEFAULT_SEARCH_BUDGET, GraphStore, MAX_SEARCH_WORDS, PostgresStore,
     SqliteStore, TurnMark, WriteOp,
 };
 use crate::common::protocol::{SessionId, Usage};
@@ -90,6 +90,8 @@ fn round_trip<S: TestStore>(store: S, reopen: impl FnOnce() -> S) {
     let opened = TurnMark::Opened {
         turn_id: 1,
         text: "hello otters".into(),
+        parent: 0,
+        client_id: None,
     };
     let calls = ChatMessage::tool_calls(
         "",
@@ -108,6 +110,8 @@ fn round_trip<S: TestStore>(store: S, reopen: impl FnOnce() -> S) {
                 2,
                 TurnMark::Closed {
                     usage: Usage::default(),
+                    closing: Closing::Message,
+                    reset: false,
                 },
                 Some("You said: hello otters"),
             ),
@@ -117,12 +121,15 @@ fn round_trip<S: TestStore>(store: S, reopen: impl FnOnce() -> S) {
                 TurnMark::Opened {
                     turn_id: 2,
                     text: "cut".into(),
+                    parent: 1,
+                    client_id: None,
                 },
                 None,
             ),
             WriteOp::Messages {
                 session: one.clone(),
                 first: 0,
+                turn: 1,
                 messages: vec![ChatMessage::text(Role::User, "hello otters"), calls.clone()],
             },
             WriteOp::Note {
@@ -143,7 +150,7 @@ fn round_trip<S: TestStore>(store: S, reopen: impl FnOnce() -> S) {
     assert_eq!(loaded.owner, "alice");
     assert_eq!(loaded.user_id.as_deref(), Some("ann"));
     assert_eq!(loaded.personality.as_deref(), Some("be brief"));
-    assert_eq!((loaded.last_seq, loaded.turns), (3, 2));
+    assert_eq!((loaded.last_seq, loaded.tree.len()), (3, 2));
     assert_eq!(loaded.open_turn, Some((2, "cut".to_owned())));
     assert_eq!(
         loaded.tail,
@@ -155,7 +162,7 @@ fn round_trip<S: TestStore>(store: S, reopen: impl FnOnce() -> S) {
     // A cut by count never starts inside an exchange.
     let cut = store.load(&one, 2, 1).unwrap().unwrap();
     assert!(cut.messages.is_empty());
-    assert_eq!(cut.first_message, 2);
+    assert_eq!(cut.next_message, 2);
     assert!(store.load(&id(3), 2, 1).unwrap().is_none());
     let page = store.events(&one, 1, 3, usize::MAX).unwrap();
     assert_eq!(page.events.len(), 2);
@@ -259,9 +266,13 @@ fn a_deletion_inside_a_batch_takes_only_its_own_rows<S: TestStore>(store: S) -> 
     let opened = TurnMark::Opened {
         turn_id: 1,
         text: "hi".into(),
+        parent: 0,
+        client_id: None,
     };
     let closed = TurnMark::Closed {
         usage: Usage::default(),
+        closing: Closing::Message,
+        reset: false,
     };
     store
         .apply(&[
@@ -280,7 +291,7 @@ fn a_deletion_inside_a_batch_takes_only_its_own_rows<S: TestStore>(store: S) -> 
         .unwrap();
     assert!(store.load(&one, 10, 10).unwrap().is_none());
     let kept = store.load(&two, 10, 10).unwrap().unwrap();
-    assert_eq!((kept.last_seq, kept.turns, kept.open_turn), (2, 1, None));
+    assert_eq!((kept.last_seq, kept.tree.len(), kept.open_turn), (2, 1, None));
     assert_eq!(kept.tail.len(), 2);
     assert_eq!((store.rows("events"), store.rows("notes")), (2, 0));
     assert_eq!(store.list("ann", Some("otters"), 10).unwrap().len(), 1);
@@ -307,7 +318,11 @@ fn reassigning_an_owner_moves_its_conversations_and_nodes_only<S: TestStore>(sto
 
 /// A `message` event that closes turn `turn` having used `usage`.
 fn answered(session: &SessionId, seq: u64, usage: Usage) -> WriteOp {
-    event(session, seq, TurnMark::Closed { usage }, Some("an answer"))
+    event(session, seq, TurnMark::Closed {
+            usage,
+            closing: Closing::Message,
+            reset: false,
+        }, Some("an answer"))
 }
 
 fn a_conversation_keeps_its_model_and_token_totals<S: TestStore>(store: S) {
@@ -332,6 +347,8 @@ fn a_conversation_keeps_its_model_and_token_totals<S: TestStore>(store: S) {
     let opened = |turn_id| TurnMark::Opened {
         turn_id,
         text: "hi".into(),
+        parent: 0,
+        client_id: None,
     };
     let usage = Usage {
         prompt_tokens: 10,
@@ -353,6 +370,8 @@ fn a_conversation_keeps_its_model_and_token_totals<S: TestStore>(store: S) {
                 4,
                 TurnMark::Closed {
                     usage: Usage::default(),
+                    closing: Closing::Message,
+                    reset: false,
                 },
                 None,
             ),

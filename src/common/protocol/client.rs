@@ -8,7 +8,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::ErrorCode;
+use super::{ErrorCode, TurnId};
 
 /// A frame a client sends (PROTOCOL.md section 3).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -16,8 +16,14 @@ use super::ErrorCode;
 pub enum ClientFrame {
     /// Opens or resumes a session; the first frame of every connection.
     Connect(ConnectData),
-    /// A user message, which opens a turn.
+    /// A user message, which opens a turn after the leaf.
     Message(MessageData),
+    /// A new user message in place of an earlier turn's: a new turn beside it.
+    Edit(EditData),
+    /// Another answer to an earlier turn's user message: a new turn beside it.
+    Regenerate(RegenerateData),
+    /// Makes the branch through a turn current.
+    Switch(SwitchData),
     /// Stops the turn in flight, if any.
     Cancel {},
     /// Answers an `approval_request`: runs the waiting tool call, or denies it.
@@ -98,7 +104,42 @@ pub enum HistoryRole {
 pub struct MessageData {
     /// The user's text; never empty.
     pub text: String,
+    /// The client's name for this frame, so that a retry of it runs once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
 }
+
+/// The `data` of an `edit` frame.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EditData {
+    /// The turn whose user message this replaces.
+    pub turn_id: TurnId,
+    /// The new text; never empty.
+    pub text: String,
+    /// As [`MessageData::client_id`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+}
+
+/// The `data` of a `regenerate` frame.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RegenerateData {
+    /// The turn to answer again.
+    pub turn_id: TurnId,
+    /// As [`MessageData::client_id`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+}
+
+/// The `data` of a `switch` frame.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SwitchData {
+    /// A turn of the branch to make current.
+    pub turn_id: TurnId,
+}
+
+/// The longest `client_id`, in characters.
+pub const MAX_CLIENT_ID_CHARS: usize = 64;
 
 /// Why a client frame was rejected: the code and message of the `error` frame that answers it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -133,6 +174,9 @@ impl std::error::Error for DecodeError {}
 enum ClientFrameType {
     Connect,
     Message,
+    Edit,
+    Regenerate,
+    Switch,
     Cancel,
     Approve,
 }
@@ -164,7 +208,7 @@ pub fn decode_client_frame(text: &str) -> Result<ClientFrame, DecodeError> {
         return Err(DecodeError::new(
             ErrorCode::UnknownType,
             format!(
-                "unknown frame type {frame_type}; expected connect, message, cancel or approve"
+                "unknown frame type {frame_type}; expected connect, message, edit, regenerate, switch, cancel or approve"
             ),
         ));
     }
@@ -186,12 +230,22 @@ pub fn decode_client_frame(text: &str) -> Result<ClientFrame, DecodeError> {
             format!("bad {frame_type} data: {e}"),
         )
     })?;
-    if let ClientFrame::Message(message) = &frame
-        && message.text.is_empty()
-    {
+    let (text, client_id) = match &frame {
+        ClientFrame::Message(m) => (Some(&m.text), m.client_id.as_ref()),
+        ClientFrame::Edit(e) => (Some(&e.text), e.client_id.as_ref()),
+        ClientFrame::Regenerate(r) => (None, r.client_id.as_ref()),
+        _ => (None, None),
+    };
+    if text.is_some_and(String::is_empty) {
         return Err(DecodeError::new(
             ErrorCode::InvalidMessage,
-            "message text is empty",
+            format!("{frame_type} text is empty"),
+        ));
+    }
+    if client_id.is_some_and(|id| id.is_empty() || id.chars().count() > MAX_CLIENT_ID_CHARS) {
+        return Err(DecodeError::new(
+            ErrorCode::InvalidMessage,
+            format!("client_id must be 1 to {MAX_CLIENT_ID_CHARS} characters"),
         ));
     }
     Ok(frame)
@@ -249,7 +303,10 @@ mod tests {
     fn decodes_each_client_frame() {
         assert_eq!(
             decode_client_frame(r#"{"type":"message","data":{"text":"hi","extra":1},"x":2}"#),
-            Ok(ClientFrame::Message(MessageData { text: "hi".into() }))
+            Ok(ClientFrame::Message(MessageData {
+                text: "hi".into(),
+                client_id: None
+            }))
         );
         assert_eq!(
             decode_client_frame(r#"{"type":"cancel"}"#),

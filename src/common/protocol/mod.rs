@@ -17,8 +17,9 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub use client::{
-    ApproveData, ClientFrame, ConnectData, DecodeError, HistoryEntry, HistoryRole, MAX_NESTING,
-    MessageData, decode_client_frame,
+    ApproveData, ClientFrame, ConnectData, DecodeError, EditData, HistoryEntry, HistoryRole,
+    MAX_CLIENT_ID_CHARS, MAX_NESTING, MessageData, RegenerateData, SwitchData,
+    decode_client_frame,
 };
 pub use server::{ServerEnvelope, ServerFrame, StatusCode, StatusData, ToolStatus, Usage, encode};
 
@@ -79,7 +80,9 @@ impl fmt::Debug for SessionId {
 }
 
 /// A per-session turn number: 1, 2, 3, …
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct TurnId(pub u64);
 

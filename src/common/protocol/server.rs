@@ -35,13 +35,34 @@ pub enum ServerFrame {
         /// The models a new conversation may choose (`connect.model`), the default first.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         models: Vec<String>,
+        /// The last turn of the current path (`0` when there is none).
+        #[serde(default)]
+        leaf: TurnId,
     },
     /// Opens a turn and echoes the user's text.
     UserMessage {
         /// The turn it opens.
         turn_id: TurnId,
+        /// The turn it follows (`0`: the conversation's start). Always sent; absent only from
+        /// events stored before PROTOCOL.md version 3, whose turns each follow the turn before.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        parent: Option<TurnId>,
         /// The user's text.
         text: String,
+        /// The client's name for the frame that started it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_id: Option<String>,
+        /// The turn an `edit` replaced.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        edit_of: Option<TurnId>,
+        /// The turn a `regenerate` answered again.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        regenerate_of: Option<TurnId>,
+    },
+    /// The current path now ends at turn `leaf` (after a `switch`).
+    Branch {
+        /// The new leaf.
+        leaf: TurnId,
     },
     /// Reasoning the bot chose to show.
     Thought {
@@ -149,7 +170,9 @@ impl ServerFrame {
             | ServerFrame::Message { turn_id, .. } => Some(*turn_id),
             ServerFrame::Status(status) => status.turn_id,
             ServerFrame::Error { turn_id, .. } => *turn_id,
-            ServerFrame::SessionInfo { .. } | ServerFrame::Ready { .. } => None,
+            ServerFrame::SessionInfo { .. }
+            | ServerFrame::Ready { .. }
+            | ServerFrame::Branch { .. } => None,
         }
     }
 
@@ -261,6 +284,9 @@ pub enum StatusCode {
     ContextTrimmed,
     /// The model stopped at its length limit; the answer that follows is incomplete.
     Truncated,
+    /// A `message`, `edit` or `regenerate` carried a `client_id` an earlier turn has: nothing
+    /// was started (not an event; only to the connection that sent it).
+    Duplicate,
     /// A code this build does not know (only ever decoded, never sent).
     #[serde(other)]
     Unknown,
@@ -349,19 +375,43 @@ mod tests {
                 tools: vec!["clock".into()],
                 model: "m".into(),
                 models: Vec::new(),
+                leaf: TurnId(3),
             },
             None,
             json!({"type": "ready", "session_id": sid,
-                   "data": {"tools_loaded": 1, "tools": ["clock"], "model": "m"}}),
+                   "data": {"tools_loaded": 1, "tools": ["clock"], "model": "m", "leaf": 3}}),
         );
         golden(
             ServerFrame::UserMessage {
                 turn_id: TurnId(1),
+                parent: Some(TurnId(0)),
                 text: "hi".into(),
+                client_id: None,
+                edit_of: None,
+                regenerate_of: None,
             },
             Some(1),
             json!({"type": "user_message", "session_id": sid, "seq": 1,
-                   "data": {"turn_id": 1, "text": "hi"}}),
+                   "data": {"turn_id": 1, "parent": 0, "text": "hi"}}),
+        );
+        golden(
+            ServerFrame::UserMessage {
+                turn_id: TurnId(4),
+                parent: Some(TurnId(1)),
+                text: "again".into(),
+                client_id: Some("c-1".into()),
+                edit_of: None,
+                regenerate_of: Some(TurnId(2)),
+            },
+            Some(9),
+            json!({"type": "user_message", "session_id": sid, "seq": 9,
+                   "data": {"turn_id": 4, "parent": 1, "text": "again", "client_id": "c-1",
+                            "regenerate_of": 2}}),
+        );
+        golden(
+            ServerFrame::Branch { leaf: TurnId(2) },
+            Some(10),
+            json!({"type": "branch", "session_id": sid, "seq": 10, "data": {"leaf": 2}}),
         );
         golden(
             ServerFrame::Thought {

@@ -10,17 +10,17 @@
 //! holder. With a cluster of one (SQLite), every session holds its lease from the start and
 //! none of this costs anything.
 //!
-//! Depends on: `common::metrics`, `common::protocol`, `conversation::bot`, `conversation::session`, `store::cluster`.
+//! Depends on: `common::metrics`, `common::protocol`, `conversation::bot`, `conversation::session`, `store::cluster`, `store::tree`.
 
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
 use crate::common::metrics::Metrics;
-use crate::common::protocol::ErrorCode;
+use crate::common::protocol::{ErrorCode, ServerEnvelope, ServerFrame};
 use crate::conversation::bot::Bot;
 use crate::conversation::bot::MAX_HISTORY_MESSAGES;
-use crate::store::{LEASE_TTL, Signal};
+use crate::store::{LEASE_TTL, Signal, TurnTree};
 
 use super::{REPLAY_PAGE_BYTES, Session, SessionState, WireText};
 
@@ -158,11 +158,11 @@ impl Session {
             state.bot = Bot::restore(
                 engine,
                 stored.personality,
-                stored.first_message,
+                stored.next_message,
                 stored.messages,
             )
             .with_model(stored.model);
-            state.next_turn = stored.turns + 1;
+            state.tree = stored.tree;
             state.holder = true;
         }
         shared.knowledge.replace_notes(stored.notes);
@@ -254,6 +254,7 @@ impl Session {
             if seq != state.log.last_seq() + 1 {
                 continue;
             }
+            follow_tree(&mut state.tree, &body);
             state.log.push(WireText::from(body));
             added = true;
         }
@@ -286,5 +287,29 @@ impl Session {
                 self.inner.id.short()
             );
         }
+    }
+}
+
+/// Keeps a follower's tree in step with an event the holder wrote: a turn opened, or the leaf
+/// moved. (The rest of the tree, what the model sees, is read from the store when this instance
+/// takes the lease.) Only those two kinds of event are parsed.
+fn follow_tree(tree: &mut TurnTree, body: &str) {
+    if !body.contains(r#""type":"user_message""#) && !body.contains(r#""type":"branch""#) {
+        return;
+    }
+    let Ok(envelope) = serde_json::from_str::<ServerEnvelope>(body) else {
+        return;
+    };
+    match envelope.frame {
+        ServerFrame::UserMessage {
+            turn_id,
+            parent,
+            client_id,
+            ..
+        } if turn_id.0 == tree.len() + 1 => {
+            tree.open(parent.map_or(turn_id.0 - 1, |p| p.0), client_id);
+        }
+        ServerFrame::Branch { leaf } => tree.set_leaf(leaf.0),
+        _ => {}
     }
 }

@@ -3,7 +3,7 @@
 //! policy, and serves the conversation API. The map lock is held only to look up, insert or
 //! remove; loading from the store and attaching happen after it is released.
 //!
-//! Depends on: `common::auth`, `common::config`, `common::error`, `common::metrics`, `common::protocol`, `common::rate`, `conversation::bot`, `conversation::journal`, `conversation::session`, `conversation::session::lease`, `conversation::session::limits`, `conversation::session::persist`, `conversation::session::subscribers`, `conversation::session::tail`, `model`, `store`, `store::cluster`.
+//! Depends on: `common::auth`, `common::config`, `common::error`, `common::metrics`, `common::protocol`, `common::rate`, `conversation::bot`, `conversation::journal`, `conversation::session`, `conversation::session::lease`, `conversation::session::limits`, `conversation::session::persist`, `conversation::session::subscribers`, `conversation::session::tail`, `model`, `store`, `store::cluster`, `store::tree`.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -21,7 +21,7 @@ use crate::common::rate::Bucket;
 use crate::conversation::bot::{Bot, Engine, MAX_HISTORY_MESSAGES};
 use crate::conversation::journal::Journal;
 use crate::model::{ChatMessage, Role};
-use crate::store::{Cluster, ConversationStore, ConversationSummary, StoredConversation};
+use crate::store::{TurnTree, TurnsPage, Cluster, ConversationStore, ConversationSummary, StoredConversation};
 
 use super::{
     Attachment, EventLog, Parts, Persist, Releases, Session, Subscriber, TurnLimits, Turns,
@@ -184,6 +184,7 @@ impl SessionManager {
             tools: engine.tools.names(),
             model: engine.model.resolve(session.model().as_deref()),
             models: models.clone(),
+            leaf: session.leaf(),
         };
         let wanted = data.session_id.as_deref().and_then(SessionId::parse);
         // A session that leaves memory between the look-up and the attach is looked up again
@@ -395,7 +396,7 @@ impl SessionManager {
                 .with_model(model),
             notes: Vec::new(),
             log: tail(shared, 1, Vec::new()),
-            next_turn: 1,
+            tree: TurnTree::default(),
             unsaved: true,
             // Nobody else knows its id: the store leases it to this instance with its row.
             holder: true,
@@ -415,7 +416,7 @@ impl SessionManager {
             .collect();
         if !seed.is_empty() {
             let mut state = session.inner.state.lock();
-            session.commit(&mut state, seed);
+            session.commit(&mut state, crate::common::protocol::TurnId(0), seed);
         }
         self.inner
             .sessions
@@ -555,6 +556,36 @@ impl SessionManager {
             .shared
             .store
             .events_before(principal.as_str(), id, before, limit)
+    }
+
+    /// The tree of `principal`'s conversation `id`, as `GET /api/conversations/{id}/turns`
+    /// answers; `None` when it is not theirs.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::common::error::Error::Store`] when the store cannot be read.
+    pub fn turns(&self, principal: &Principal, id: &SessionId) -> Result<Option<TurnsPage>> {
+        self.inner.shared.store.turns(principal.as_str(), id)
+    }
+
+    /// The events of turn `turn` of `principal`'s conversation `id`, at most `limit`, as
+    /// `GET /api/conversations/{id}/events?turn_id=T` answers; `None` when the conversation is
+    /// not theirs or has no such turn.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::common::error::Error::Store`] when the store cannot be read.
+    pub fn turn_events(
+        &self,
+        principal: &Principal,
+        id: &SessionId,
+        turn: u64,
+        limit: usize,
+    ) -> Result<Option<Vec<String>>> {
+        self.inner
+            .shared
+            .store
+            .turn_events(principal.as_str(), id, turn, limit)
     }
 
     /// Renames one of `principal`'s conversations and returns it; `None` when it is not theirs.
@@ -726,13 +757,13 @@ fn restore(stored: StoredConversation, shared: &Shared) -> Session {
         bot: Bot::restore(
             shared.engine.clone(),
             stored.personality,
-            stored.first_message,
+            stored.next_message,
             stored.messages,
         )
         .with_model(stored.model),
         notes: stored.notes,
         log: tail(shared, stored.last_seq + 1, events),
-        next_turn: stored.turns + 1,
+        tree: stored.tree,
         unsaved: false,
         holder: !shared.cluster.shared(),
     };

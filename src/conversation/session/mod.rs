@@ -14,8 +14,9 @@
 //! subscriber's [`Sink`], one batch per subscriber, under the session lock. A session starts
 //! its own turns on the server's [`TurnPool`].
 //!
-//! Depends on: `common::auth`, `common::cancel`, `common::error`, `common::metrics`, `common::protocol`, `conversation::agent`, `conversation::approval`, `conversation::bot`, `conversation::journal`, `conversation::worker`, `model`, `store`, `store::cluster`, `tools::knowledge`.
+//! Depends on: `common::auth`, `common::cancel`, `common::error`, `common::metrics`, `common::protocol`, `conversation::agent`, `conversation::approval`, `conversation::bot`, `conversation::journal`, `conversation::worker`, `model`, `store`, `store::cluster`, `store::tree`, `tools::knowledge`.
 
+mod branch;
 mod lease;
 mod limits;
 mod manager;
@@ -42,9 +43,11 @@ use crate::conversation::bot::{Bot, interrupted};
 use crate::conversation::journal::Durable;
 use crate::conversation::worker::TurnPool;
 use crate::model::ChatMessage;
-use crate::store::{Cluster, ConversationStore};
+use crate::store::{Cluster, ConversationStore, TurnTree};
+
 use crate::tools::knowledge::Knowledge;
 
+pub use branch::{Ask, Refused, Submitted};
 pub use lease::Releases;
 pub use limits::{Full, TurnLimits, TurnPermit};
 pub use manager::{Conversation, Refusal, SessionManager};
@@ -136,7 +139,8 @@ struct SessionState {
     /// The highest `seq` handed to subscribers: `durable_seq` when events are written before
     /// they are sent, the newest event with `--in-memory`.
     visible_seq: u64,
-    next_turn: u64,
+    /// The turns so far and the current leaf; the bot holds the leaf's path.
+    tree: TurnTree,
     turn: Option<CurrentTurn>,
     subscribers: Vec<Attached>,
     /// Streamed pieces emitted while events before them wait for the store: `(seq of the event
@@ -157,6 +161,16 @@ struct SessionState {
     /// answers at once has its thoughts sent with its answer); cleared when the turn flushes
     /// or closes.
     holding: bool,
+}
+
+/// A turn about to open: its text and its place in the tree.
+#[derive(Debug)]
+struct Opening {
+    text: String,
+    parent: u64,
+    client_id: Option<String>,
+    edit_of: Option<TurnId>,
+    regenerate_of: Option<TurnId>,
 }
 
 /// The calls of turn `turn_id` whose `approval_request` the tail holds and that have no
@@ -208,7 +222,7 @@ struct Parts {
     bot: Bot,
     notes: Vec<String>,
     log: EventLog,
-    next_turn: u64,
+    tree: TurnTree,
     /// True for a session `connect` just made: see [`SessionState::unsaved`].
     unsaved: bool,
     /// True when this instance holds the lease: see [`SessionState::holder`].
@@ -223,7 +237,7 @@ impl Session {
             visible_seq: parts.log.last_seq(),
             bot: parts.bot,
             log: parts.log,
-            next_turn: parts.next_turn,
+            tree: parts.tree,
             turn: None,
             subscribers: Vec::new(),
             held: Vec::new(),
@@ -289,6 +303,11 @@ impl Session {
         self.inner.persist.failing()
     }
 
+    /// The last turn of the current path (`0` before the first).
+    pub fn leaf(&self) -> TurnId {
+        TurnId(self.inner.state.lock().tree.leaf())
+    }
+
     /// True while a turn is in flight.
     pub fn has_turn(&self) -> bool {
         self.inner.state.lock().turn.is_some()
@@ -304,42 +323,31 @@ impl Session {
         self.inner.state.lock().bot.history().to_vec()
     }
 
-    /// Opens a turn for a user message: cancels the turn in flight (its `status cancelled`
-    /// comes first), logs `user_message`, and starts the turn on the server's pool. With
-    /// several instances, this one takes the conversation's lease first (see `lease.rs`),
-    /// which stops a turn running elsewhere. When the caps on running turns are reached, the
-    /// turn is closed at once with `error` `server_busy`; nothing happens when the session
-    /// left memory or was deleted meanwhile.
-    ///
-    /// # Errors
-    ///
-    /// The code and words for the client when the lease could not be had: the message was
-    /// not taken.
-    pub fn submit(&self, text: &str) -> Result<(), (ErrorCode, &'static str)> {
-        self.lead()?;
-        if let Some(start) = self.open_turn(text) {
-            // With the lock released: waking a thread is a system call.
-            self.inner.turns.start(start);
-        }
-        Ok(())
-    }
-
-    fn open_turn(&self, text: &str) -> Option<TurnStart> {
-        let mut state = self.inner.state.lock();
-        if state.closed || !state.holder {
-            return None;
-        }
-        self.cancel_locked(&mut state);
+    /// Opens a turn: cancels the turn in flight (its `status cancelled` comes first), logs
+    /// `user_message`, and returns the turn for the server's pool. When the caps on running
+    /// turns are reached, the turn is closed at once with `error` `server_busy`.
+    fn open_turn(&self, state: &mut SessionState, opening: Opening) -> Option<TurnStart> {
+        self.cancel_locked(state);
         if std::mem::take(&mut state.unsaved) {
-            self.save(&state);
+            self.save(state);
         }
-        let turn_id = TurnId(state.next_turn);
-        state.next_turn += 1;
+        let Opening {
+            text,
+            parent,
+            client_id,
+            edit_of,
+            regenerate_of,
+        } = opening;
+        let turn_id = TurnId(state.tree.open(parent, client_id.clone()));
         let frame = ServerFrame::UserMessage {
             turn_id,
-            text: text.to_owned(),
+            parent: Some(TurnId(parent)),
+            text: text.clone(),
+            client_id,
+            edit_of,
+            regenerate_of,
         };
-        self.push_event(&mut state, frame);
+        self.push_event(state, frame);
         let permit = match self.inner.limits.acquire(&self.inner.owner) {
             Ok(permit) => permit,
             Err(full) => {
@@ -353,22 +361,22 @@ impl Session {
                     code: ErrorCode::ServerBusy,
                     message: full.message().to_owned(),
                 };
-                let transcript = interrupted(text);
-                self.close_turn(&mut state, None, frame, transcript, false);
+                let transcript = interrupted(&text);
+                self.close_turn(state, None, frame, transcript, false);
                 return None;
             }
         };
         let cancel = CancelFlag::new();
         let approvals = Approvals::new();
+        let turn = Turn::start(&state.bot, turn_id, &text, &self.inner.owner);
         state.turn = Some(CurrentTurn {
             id: turn_id,
             cancel: cancel.clone(),
-            text: text.to_owned(),
+            text,
             started: Instant::now(),
             shown: String::new(),
             approvals: approvals.clone(),
         });
-        let turn = Turn::start(&state.bot, turn_id, text, &self.inner.owner);
         Metrics::bump(&self.inner.metrics.turns_started);
         Some(TurnStart {
             turn,
@@ -468,6 +476,12 @@ impl Session {
     /// Numbers an event, logs it, and submits it to the store; the one place events are made.
     /// Subscribers get it when the store acknowledges it.
     fn push_event(&self, state: &mut SessionState, frame: ServerFrame) {
+        self.push_marked(state, frame, false);
+    }
+
+    /// [`push_event`](Self::push_event), for a closing frame whose turn cleared the history
+    /// before it when `reset` is set.
+    fn push_marked(&self, state: &mut SessionState, frame: ServerFrame, reset: bool) {
         let seq = state.log.last_seq() + 1;
         let text: WireText = encode(&frame, Some(&self.inner.id), Some(seq)).into();
         state.log.push(text.clone());
@@ -475,7 +489,7 @@ impl Session {
         Metrics::bump(&self.inner.metrics.events);
         self.inner
             .persist
-            .event(seq, &text, &frame, self.inner.ack.clone());
+            .event(seq, &text, &frame, reset, self.inner.ack.clone());
         if self.inner.send_before_written && !state.holding {
             self.release(state, seq);
         }
@@ -592,12 +606,13 @@ impl Session {
         });
     }
 
-    /// Adds messages to the conversation, and to the store once the session is in it.
-    fn commit(&self, state: &mut SessionState, transcript: Vec<ChatMessage>) {
+    /// Adds turn `turn`'s messages to the conversation, and to the store once the session is
+    /// in it.
+    fn commit(&self, state: &mut SessionState, turn: TurnId, transcript: Vec<ChatMessage>) {
         if !state.unsaved {
             self.inner
                 .persist
-                .messages(state.bot.end_index(), transcript.clone());
+                .messages(state.bot.next_index(), turn.0, transcript.clone());
         }
         state.bot.commit(transcript);
     }
@@ -612,7 +627,7 @@ impl Session {
             state.bot.model(),
         );
         if !state.bot.history().is_empty() {
-            persist.messages(state.bot.first_index(), state.bot.history().to_vec());
+            persist.messages(0, 0, state.bot.history().to_vec());
         }
         log::info!(
             "session {}: stored with its first message",

@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::common::protocol::{ServerFrame, SessionId, Usage};
 use crate::conversation::journal::{Durable, Journal};
 use crate::model::ChatMessage;
-use crate::store::{TurnMark, WriteOp};
+use crate::store::{Closing, TurnMark, WriteOp};
 use crate::tools::knowledge::NoteWriter;
 
 use super::WireText;
@@ -57,18 +57,44 @@ impl Persist {
         });
     }
 
-    /// An event; `ack` is told once it is committed.
-    pub fn event(&self, seq: u64, body: &WireText, frame: &ServerFrame, ack: Arc<dyn Durable>) {
+    /// An event; `ack` is told once it is committed. `reset` marks a closing frame whose turn
+    /// cleared the history before it (`history_reset`).
+    pub fn event(
+        &self,
+        seq: u64,
+        body: &WireText,
+        frame: &ServerFrame,
+        reset: bool,
+        ack: Arc<dyn Durable>,
+    ) {
         let turn = match frame {
-            ServerFrame::UserMessage { turn_id, text } => TurnMark::Opened {
+            ServerFrame::UserMessage {
+                turn_id,
+                parent,
+                text,
+                client_id,
+                ..
+            } => TurnMark::Opened {
                 turn_id: turn_id.0,
                 text: text.clone(),
+                parent: parent.map_or(turn_id.0.saturating_sub(1), |p| p.0),
+                client_id: client_id.clone(),
             },
-            ServerFrame::Message {
-                usage: Some(usage), ..
-            } => TurnMark::Closed { usage: *usage },
+            ServerFrame::Branch { leaf } => TurnMark::Branch { leaf: leaf.0 },
+            ServerFrame::Message { usage, .. } => TurnMark::Closed {
+                usage: usage.unwrap_or_default(),
+                closing: Closing::Message,
+                reset,
+            },
+            ServerFrame::Error { turn_id: Some(_), .. } => TurnMark::Closed {
+                usage: Usage::default(),
+                closing: Closing::Error,
+                reset,
+            },
             frame if frame.closes_turn() => TurnMark::Closed {
                 usage: Usage::default(),
+                closing: Closing::Cancelled,
+                reset,
             },
             _ => TurnMark::None,
         };
@@ -88,20 +114,14 @@ impl Persist {
         self.journal.submit(op, Some((ack, seq)));
     }
 
-    /// Messages appended to the conversation, numbered from `first`.
-    pub fn messages(&self, first: u64, messages: Vec<ChatMessage>) {
+    /// Messages of turn `turn` (`0`: the seeded history) appended to the conversation,
+    /// numbered from `first`.
+    pub fn messages(&self, first: u64, turn: u64, messages: Vec<ChatMessage>) {
         self.submit(WriteOp::Messages {
             session: self.session.clone(),
             first,
+            turn,
             messages,
-        });
-    }
-
-    /// The model sees nothing before message `below` any more.
-    pub fn trim_messages(&self, below: u64) {
-        self.submit(WriteOp::TrimMessages {
-            session: self.session.clone(),
-            below,
         });
     }
 

@@ -278,15 +278,16 @@ impl Session {
                 .metrics
                 .turn_ended(outcome, turn.started.elapsed());
         }
-        self.push_event(state, frame);
+        let turn_id = frame.turn_id().unwrap_or_default();
+        self.push_marked(state, frame, reset_history);
         if reset_history {
             state.bot.clear_history();
-            self.inner.persist.trim_messages(state.bot.first_index());
+            state.tree.reset(turn_id.0);
             log::info!(
                 "session {}: history cleared after the model rejected it",
                 self.inner.id.short()
             );
         }
-        self.commit(state, transcript);
+        self.commit(state, turn_id, transcript);
     }
 }

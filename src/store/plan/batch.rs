@@ -23,18 +23,21 @@ pub type Keys = HashMap<SessionId, i64>;
 pub enum BatchTable {
     /// `events`: key, `seq`, body, the text the conversation search looks at.
     Events,
-    /// `messages`: key, number, role, content, tool calls, tool call id, whether an error.
+    /// `messages`: key, number, role, content, tool calls, tool call id, whether an error,
+    /// turn.
     Messages,
     /// `notes`: key, text.
     Notes,
     /// Turns opened in the batch: key, turn id, the `seq` that opened it, the `seq` that
-    /// closed it when that is in the batch too.
+    /// closed it when that is in the batch too, parent, client id, how it closed, whether it
+    /// reset the history, and the time (one value for every row).
     Turns,
-    /// Turns opened before the batch and closed in it: key, the closing `seq`.
+    /// Turns opened before the batch and closed in it: key, the closing `seq`, how it closed,
+    /// whether it reset the history.
     TurnCloses,
     /// Conversation rows: key, last `seq`, turns, whether the open turn changed, the open turn
     /// and its text, a title for a row that has none, prompt tokens and completion tokens to
-    /// add, and the time (one value for every row).
+    /// add, the new leaf (when it changed), and the time (one value for every row).
     Sessions,
 }
 
@@ -52,14 +55,21 @@ pub struct Rows<'a> {
     message_calls: Vec<Option<String>>,
     message_call_ids: Vec<Option<&'a str>>,
     message_errors: Vec<bool>,
+    message_turns: Vec<i64>,
     note_keys: Vec<i64>,
     note_texts: Vec<&'a str>,
     turn_keys: Vec<i64>,
     turn_ids: Vec<i64>,
     turn_opened: Vec<i64>,
     turn_closed: Vec<Option<i64>>,
+    turn_parents: Vec<i64>,
+    turn_client_ids: Vec<Option<&'a str>>,
+    turn_closings: Vec<Option<&'static str>>,
+    turn_resets: Vec<bool>,
     close_keys: Vec<i64>,
     close_seqs: Vec<i64>,
+    close_closings: Vec<&'static str>,
+    close_resets: Vec<bool>,
     session_keys: Vec<i64>,
     session_last_seqs: Vec<i64>,
     session_turns: Vec<i64>,
@@ -69,6 +79,7 @@ pub struct Rows<'a> {
     session_titles: Vec<Option<String>>,
     session_prompt_tokens: Vec<i64>,
     session_completion_tokens: Vec<i64>,
+    session_leaves: Vec<Option<i64>>,
     /// Unix seconds of the batch: every updated conversation's `updated_at`.
     now: i64,
     /// What other instances sharing the store hear of, per conversation (PostgreSQL).
@@ -108,6 +119,7 @@ impl<'a> Rows<'a> {
                         OptStrings(&self.message_calls),
                         OptTexts(&self.message_call_ids),
                         Flags(&self.message_errors),
+                        Ints(&self.message_turns),
                     ],
                 ),
             ),
@@ -127,6 +139,11 @@ impl<'a> Rows<'a> {
                         Ints(&self.turn_ids),
                         Ints(&self.turn_opened),
                         OptInts(&self.turn_closed),
+                        Ints(&self.turn_parents),
+                        OptTexts(&self.turn_client_ids),
+                        OptTexts(&self.turn_closings),
+                        Flags(&self.turn_resets),
+                        Same(Param::Int(self.now)),
                     ],
                 ),
             ),
@@ -134,7 +151,12 @@ impl<'a> Rows<'a> {
                 BatchTable::TurnCloses,
                 table(
                     &self.close_keys,
-                    vec![Ints(&self.close_keys), Ints(&self.close_seqs)],
+                    vec![
+                        Ints(&self.close_keys),
+                        Ints(&self.close_seqs),
+                        Texts(&self.close_closings),
+                        Flags(&self.close_resets),
+                    ],
                 ),
             ),
             (
@@ -151,6 +173,7 @@ impl<'a> Rows<'a> {
                         OptStrings(&self.session_titles),
                         Ints(&self.session_prompt_tokens),
                         Ints(&self.session_completion_tokens),
+                        OptInts(&self.session_leaves),
                         Same(Param::Int(self.now)),
                     ],
                 ),
@@ -186,6 +209,7 @@ impl<'a> Rows<'a> {
                 .push(big(update.usage.prompt_tokens));
             self.session_completion_tokens
                 .push(big(update.usage.completion_tokens));
+            self.session_leaves.push(update.leaf.map(big));
         }
     }
 }
@@ -205,6 +229,8 @@ struct RowUpdate<'a> {
     open_here: Option<usize>,
     /// Tokens the turns closed in the batch used.
     usage: Usage,
+    /// The leaf the batch leaves the conversation at, when it moved.
+    leaf: Option<u64>,
 }
 
 /// Applies `batch` on `db`, inside the transaction its backend opened; `sql` is the dialect's
@@ -265,32 +291,54 @@ pub fn apply<'a, E>(
                 update.last_seq = update.last_seq.max(*seq);
                 match turn {
                     TurnMark::None => {}
-                    TurnMark::Opened { turn_id, text } => {
+                    TurnMark::Opened {
+                        turn_id,
+                        text,
+                        parent,
+                        client_id,
+                    } => {
                         update.open = Some(Some((*turn_id, text)));
                         update.turns = update.turns.max(*turn_id);
+                        update.leaf = Some(*turn_id);
                         update.title.get_or_insert_with(|| cut(text, TITLE_CHARS));
                         update.open_here = Some(rows.turn_keys.len());
                         rows.turn_keys.push(key);
                         rows.turn_ids.push(big(*turn_id));
                         rows.turn_opened.push(big(*seq));
                         rows.turn_closed.push(None);
+                        rows.turn_parents.push(big(*parent));
+                        rows.turn_client_ids.push(client_id.as_deref());
+                        rows.turn_closings.push(None);
+                        rows.turn_resets.push(false);
                     }
-                    TurnMark::Closed { usage } => {
+                    TurnMark::Closed {
+                        usage,
+                        closing,
+                        reset,
+                    } => {
                         update.open = Some(None);
                         update.usage = update.usage.plus(*usage);
                         match update.open_here.take() {
-                            Some(at) => rows.turn_closed[at] = Some(big(*seq)),
+                            Some(at) => {
+                                rows.turn_closed[at] = Some(big(*seq));
+                                rows.turn_closings[at] = Some(closing.as_str());
+                                rows.turn_resets[at] = *reset;
+                            }
                             None => {
                                 rows.close_keys.push(key);
                                 rows.close_seqs.push(big(*seq));
+                                rows.close_closings.push(closing.as_str());
+                                rows.close_resets.push(*reset);
                             }
                         }
                     }
+                    TurnMark::Branch { leaf } => update.leaf = Some(*leaf),
                 }
             }
             WriteOp::Messages {
                 session,
                 first,
+                turn,
                 messages,
             } => {
                 let Some(key) = session_key(db, keys, session)? else {
@@ -304,11 +352,7 @@ pub fn apply<'a, E>(
                     rows.message_calls.push(calls_to_json(&message.tool_calls));
                     rows.message_call_ids.push(message.tool_call_id.as_deref());
                     rows.message_errors.push(message.is_error);
-                }
-            }
-            WriteOp::TrimMessages { session, below } => {
-                if let Some(key) = session_key(db, keys, session)? {
-                    db.run(TRIM_MESSAGES, &[Param::Int(key), Param::Int(big(*below))])?;
+                    rows.message_turns.push(big(*turn));
                 }
             }
             WriteOp::Note { session, text } => {
@@ -360,7 +404,6 @@ pub fn apply<'a, E>(
 }
 
 const SESSION_KEY: &str = "SELECT key FROM sessions WHERE id = ?1";
-const TRIM_MESSAGES: &str = "UPDATE sessions SET first_message = ?2 WHERE key = ?1";
 const RENAME: &str = "UPDATE sessions SET title = ?3 WHERE id = ?1 AND owner = ?2";
 
 /// The integer key of a conversation, or `None` when the store does not hold it.

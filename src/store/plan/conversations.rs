@@ -2,7 +2,7 @@
 //! it, paging its events, the list and its search, summaries), and moving owners. The batch
 //! that writes conversations is `batch.rs`.
 //!
-//! Depends on: `common::error`, `common::protocol`, `model`, `store`, `store::plan`.
+//! Depends on: `common::error`, `common::protocol`, `model`, `store`, `store::plan`, `store::tree`.
 
 use std::time::Duration;
 
@@ -10,6 +10,7 @@ use super::{
     Backend, Db, Param, Query, Row, View, Write, big, calls_from_json, messages_from_newest,
     role_from, small, summary_columns, unix_now,
 };
+use crate::store::{Closing, TreeTurn, TurnSummary, TurnTree, TurnsPage};
 use crate::common::error::Result;
 use crate::common::protocol::{SessionId, Usage};
 use crate::model::ChatMessage;
@@ -18,9 +19,27 @@ use crate::store::{
 };
 
 const LOAD_SESSION: &str = "SELECT key, owner, user_id, personality, last_seq, turns, \
-     open_turn, open_text, first_message, model FROM sessions WHERE id = ?1";
-const LOAD_MESSAGES: &str = "SELECT idx, role, content, tool_calls, tool_call_id, is_error \
-     FROM messages WHERE session_key = ?1 AND idx >= ?2 ORDER BY idx DESC LIMIT ?3";
+     open_turn, open_text, leaf, model FROM sessions WHERE id = ?1";
+const LOAD_TREE: &str = "SELECT turn_id, parent, reset, client_id FROM turns \
+     WHERE session_key = ?1 ORDER BY turn_id";
+const NEXT_MESSAGE: &str =
+    "SELECT coalesce(max(idx) + 1, 0) FROM messages WHERE session_key = ?1";
+/// Messages newest first, from `?2` down, of every turn: a path's are picked from them as they
+/// stream, and the read stops once it has enough.
+const PATH_MESSAGES: &str = "SELECT turn_id, role, content, tool_calls, tool_call_id, is_error \
+     FROM messages WHERE session_key = ?1 ORDER BY idx DESC";
+const SESSION_KEY: &str = "SELECT key FROM sessions WHERE id = ?1";
+const TURN_TEXT: &str = "SELECT e.body FROM turns t JOIN events e \
+     ON e.session_key = t.session_key AND e.seq = t.opened_seq \
+     WHERE t.session_key = ?1 AND t.turn_id = ?2";
+const LEAF: &str = "SELECT leaf, turns FROM sessions WHERE key = ?1";
+const TURNS: &str = "SELECT t.turn_id, t.parent, t.created_at, t.closing, e.body FROM turns t \
+     JOIN events e ON e.session_key = t.session_key AND e.seq = t.opened_seq \
+     WHERE t.session_key = ?1 ORDER BY t.turn_id";
+const TURN_EVENTS: &str = "SELECT e.body FROM turns t JOIN events e \
+     ON e.session_key = t.session_key AND e.seq >= t.opened_seq \
+     AND e.seq <= coalesce(t.closed_seq, ?3) \
+     WHERE t.session_key = ?1 AND t.turn_id = ?2 ORDER BY e.seq LIMIT ?4";
 const LOAD_TAIL: &str =
     "SELECT seq, body FROM events WHERE session_key = ?1 ORDER BY seq DESC LIMIT ?2";
 const SESSION_FIRST_SEQ: &str = "SELECT key, first_seq FROM sessions WHERE id = ?1";
@@ -56,6 +75,81 @@ impl<B: Backend> ConversationStore for B {
     ) -> Result<Option<StoredConversation>> {
         self.read("load conversation", View::Snapshot, &mut |db| {
             load(db, B::SQL.notes, id, tail, messages)
+        })
+    }
+
+    fn path_messages(
+        &self,
+        id: &SessionId,
+        path: &[u64],
+        limit: usize,
+    ) -> Result<Vec<ChatMessage>> {
+        self.read("load messages", View::Snapshot, &mut |db| {
+            let Some(key) = db.row(SESSION_KEY, &[Param::Text(id.as_str())], |row| row.int(0))?
+            else {
+                return Ok(Vec::new());
+            };
+            path_messages(db, key, path, limit)
+        })
+    }
+
+    fn turn_text(&self, id: &SessionId, turn: u64) -> Result<Option<String>> {
+        self.read("read a turn", View::Snapshot, &mut |db| {
+            let Some(key) = db.row(SESSION_KEY, &[Param::Text(id.as_str())], |row| row.int(0))?
+            else {
+                return Ok(None);
+            };
+            let body = db.row(TURN_TEXT, &[Param::Int(key), Param::Int(big(turn))], |row| {
+                row.text(0)
+            })?;
+            Ok(body.map(|body| user_text(&body)))
+        })
+    }
+
+    fn turns(&self, owner: &str, id: &SessionId) -> Result<Option<TurnsPage>> {
+        self.read("read turns", View::Snapshot, &mut |db| {
+            let owned = [Param::Text(id.as_str()), Param::Text(owner)];
+            let Some(key) = db.row(OWNED_SESSION_KEY, &owned, |row| row.int(0))? else {
+                return Ok(None);
+            };
+            let (leaf, count) = db
+                .row(LEAF, &[Param::Int(key)], |row| Ok((row.int(0)?, row.int(1)?)))?
+                .unwrap_or((0, 0));
+            let turns = db.rows(TURNS, &[Param::Int(key)], |row| {
+                Ok(TurnSummary {
+                    turn_id: small(row.int(0)?),
+                    parent: small(row.int(1)?),
+                    created_at: row.int(2)?,
+                    closing: row.opt_text(3)?.as_deref().and_then(Closing::parse),
+                    text: user_text(&row.text(4)?),
+                })
+            })?;
+            // The leaf as a session would read it: a stored leaf out of range is the newest.
+            let leaf = TurnTree::from_rows(small(count), Vec::new(), small(leaf)).leaf();
+            Ok(Some(TurnsPage { leaf, turns }))
+        })
+    }
+
+    fn turn_events(
+        &self,
+        owner: &str,
+        id: &SessionId,
+        turn: u64,
+        limit: usize,
+    ) -> Result<Option<Vec<String>>> {
+        self.read("read events", View::Snapshot, &mut |db| {
+            let owned = [Param::Text(id.as_str()), Param::Text(owner)];
+            let Some(key) = db.row(OWNED_SESSION_KEY, &owned, |row| row.int(0))? else {
+                return Ok(None);
+            };
+            let params = [
+                Param::Int(key),
+                Param::Int(big(turn)),
+                Param::Int(i64::MAX),
+                Param::Int(count(limit)),
+            ];
+            let bodies = db.rows(TURN_EVENTS, &params, |row| row.text(0))?;
+            Ok((!bodies.is_empty()).then_some(bodies))
         })
     }
 
@@ -199,8 +293,8 @@ pub(super) fn count(n: usize) -> i64 {
     big(n as u64)
 }
 
-/// Conversation `id` with its newest `tail` events and at most `messages` messages; `notes` is
-/// the dialect's statement for its notes.
+/// Conversation `id` with its newest `tail` events and at most `messages` messages of its
+/// current path; `notes` is the dialect's statement for its notes.
 fn load<E>(
     db: &mut dyn Db<Error = E>,
     notes: &'static str,
@@ -208,7 +302,7 @@ fn load<E>(
     tail: usize,
     messages: usize,
 ) -> Result<Option<StoredConversation>, E> {
-    let Some((key, first, mut conversation)) =
+    let Some((key, turns, leaf, mut conversation)) =
         db.row(LOAD_SESSION, &[Param::Text(id.as_str())], |row| {
             let open_turn = match row.opt_int(6)? {
                 Some(turn) => Some((small(turn), row.opt_text(7)?.unwrap_or_default())),
@@ -221,25 +315,35 @@ fn load<E>(
                 personality: row.opt_text(3)?,
                 model: row.opt_text(9)?,
                 last_seq: small(row.int(4)?),
-                turns: small(row.int(5)?),
+                tree: TurnTree::default(),
                 open_turn,
-                first_message: 0,
+                next_message: 0,
                 messages: Vec::new(),
                 notes: Vec::new(),
                 tail: Vec::new(),
             };
-            Ok((row.int(0)?, row.int(8)?, conversation))
+            Ok((row.int(0)?, row.int(5)?, row.int(8)?, conversation))
         })?
     else {
         return Ok(None);
     };
-    let newest = [
-        Param::Int(key),
-        Param::Int(first),
-        Param::Int(count(messages)),
-    ];
-    let loaded = db.rows(LOAD_MESSAGES, &newest, message_from_row)?;
-    (conversation.first_message, conversation.messages) = messages_from_newest(loaded, first);
+    let known = db.rows(LOAD_TREE, &[Param::Int(key)], |row| {
+        Ok((
+            small(row.int(0)?),
+            TreeTurn {
+                parent: small(row.int(1)?),
+                reset: row.flag(2)?,
+                client_id: row.opt_text(3)?,
+            },
+        ))
+    })?;
+    conversation.tree = TurnTree::from_rows(small(turns), known, small(leaf));
+    let path = conversation.tree.path(conversation.tree.leaf());
+    conversation.messages = path_messages(db, key, &path, messages)?;
+    conversation.next_message = small(
+        db.row(NEXT_MESSAGE, &[Param::Int(key)], |row| row.int(0))?
+            .unwrap_or(0),
+    );
     conversation.notes = db.rows(notes, &[Param::Int(key)], |row| row.text(0))?;
     let newest = [Param::Int(key), Param::Int(count(tail))];
     conversation.tail = db.rows(LOAD_TAIL, &newest, |row| {
@@ -249,19 +353,55 @@ fn load<E>(
     Ok(Some(conversation))
 }
 
-/// A message as [`LOAD_MESSAGES`] reads it, with its number.
-fn message_from_row<E>(row: &dyn Row<Error = E>) -> Result<(u64, ChatMessage), E> {
-    Ok((
-        small(row.int(0)?),
-        ChatMessage {
-            role: role_from(&row.text(1)?),
-            content: row.text(2)?,
-            tool_calls: calls_from_json(row.opt_text(3)?),
-            tool_call_id: row.opt_text(4)?,
-            is_error: row.flag(5)?,
-            images: Vec::new(),
-        },
-    ))
+/// The newest `limit` messages of conversation `key` on the turns `path` (sorted), oldest
+/// first, starting at a user message. The messages stream newest first, and the read stops as
+/// soon as it has `limit` of them, or has passed the path's first turn.
+fn path_messages<E>(
+    db: &mut dyn Db<Error = E>,
+    key: i64,
+    path: &[u64],
+    limit: usize,
+) -> Result<Vec<ChatMessage>, E> {
+    let first = path.first().copied().unwrap_or(0);
+    let mut found = Vec::new();
+    if limit > 0 && !path.is_empty() {
+        let params = [Param::Int(key)];
+        let query = Query {
+            sql: PATH_MESSAGES,
+            params: &params,
+        };
+        db.stream(query, &mut |row| {
+            let turn = small(row.int(0)?);
+            if turn < first {
+                return Ok(false);
+            }
+            if path.binary_search(&turn).is_ok() {
+                found.push(message_from_row(row)?);
+            }
+            Ok(found.len() < limit)
+        })?;
+    }
+    Ok(messages_from_newest(found))
+}
+
+/// The user's text in a stored `user_message` event (empty when it cannot be read).
+fn user_text(body: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|frame| frame["data"]["text"].as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// A message as [`PATH_MESSAGES`] reads it (its first column is its turn).
+fn message_from_row<E>(row: &dyn Row<Error = E>) -> Result<ChatMessage, E> {
+    Ok(ChatMessage {
+        role: role_from(&row.text(1)?),
+        content: row.text(2)?,
+        tool_calls: calls_from_json(row.opt_text(3)?),
+        tool_call_id: row.opt_text(4)?,
+        is_error: row.flag(5)?,
+        images: Vec::new(),
+    })
 }
 
 /// A summary from [`summary_columns`]; `None` for an id that is not one. A column that cannot

@@ -180,23 +180,14 @@ pub(crate) fn calls_from_json(text: Option<String>) -> Vec<ToolCall> {
         .collect()
 }
 
-/// The newest messages of a conversation as read (numbered, newest first, at most the count
-/// asked for), made into what a session loads: oldest first, starting at a user message so that
-/// no tool result is left without its call, with the number of the first one kept. `first` is
-/// the conversation's first visible message number, for when none is kept.
-pub(crate) fn messages_from_newest(
-    mut loaded: Vec<(u64, ChatMessage)>,
-    first: i64,
-) -> (u64, Vec<ChatMessage>) {
+/// The newest messages of a path as read (newest first, at most the count asked for), made
+/// into what a session loads: oldest first, starting at a user message so that no tool result
+/// is left without its call.
+pub(crate) fn messages_from_newest(mut loaded: Vec<ChatMessage>) -> Vec<ChatMessage> {
     loaded.reverse();
     let start = loaded
         .iter()
-        .position(|(_, message)| message.role == Role::User)
+        .position(|message| message.role == Role::User)
         .unwrap_or(loaded.len());
-    let first_message = loaded.get(start).map_or_else(
-        || loaded.last().map_or(first.max(0) as u64, |(i, _)| i + 1),
-        |(i, _)| *i,
-    );
-    let messages = loaded.into_iter().skip(start).map(|(_, m)| m).collect();
-    (first_message, messages)
+    loaded.split_off(start)
 }

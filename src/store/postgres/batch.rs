@@ -55,7 +55,7 @@ pub(super) fn only_removes(batch: &[WriteOp]) -> bool {
     batch.iter().all(|op| {
         matches!(
             op,
-            WriteOp::DeleteSession { .. } | WriteOp::TrimMessages { .. } | WriteOp::Rename { .. }
+            WriteOp::DeleteSession { .. } | WriteOp::Rename { .. }
         )
     })
 }

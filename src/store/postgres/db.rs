@@ -110,20 +110,24 @@ fn batch_part(table: BatchTable) -> Cow<'static, str> {
         )
         .into(),
         BatchTable::Messages => "ms AS (INSERT INTO messages \
-             (session_key, idx, role, content, tool_calls, tool_call_id, is_error) \
+             (session_key, idx, role, content, tool_calls, tool_call_id, is_error, turn_id) \
              SELECT * FROM unnest(?1::bigint[], ?2::bigint[], ?3::text[], ?4::text[], \
-             ?5::text[], ?6::text[], ?7::bool[]) ON CONFLICT (session_key, idx) DO NOTHING)"
+             ?5::text[], ?6::text[], ?7::bool[], ?8::bigint[]) \
+             ON CONFLICT (session_key, idx) DO NOTHING)"
             .into(),
         BatchTable::Notes => "nt AS (INSERT INTO notes (session_key, text) \
              SELECT k, t FROM unnest(?1::bigint[], ?2::text[]) WITH ORDINALITY AS u (k, t, n) \
              ORDER BY n)"
             .into(),
-        BatchTable::Turns => "tu AS (INSERT INTO turns (session_key, turn_id, opened_seq, closed_seq) \
-             SELECT * FROM unnest(?1::bigint[], ?2::bigint[], ?3::bigint[], ?4::bigint[]) \
+        BatchTable::Turns => "tu AS (INSERT INTO turns (session_key, turn_id, opened_seq, \
+             closed_seq, parent, client_id, closing, reset, created_at) \
+             SELECT *, CAST(?9 AS bigint) FROM unnest(?1::bigint[], ?2::bigint[], ?3::bigint[], \
+             ?4::bigint[], ?5::bigint[], ?6::text[], ?7::text[], ?8::bool[]) \
              ON CONFLICT (session_key, turn_id) DO NOTHING)"
             .into(),
-        BatchTable::TurnCloses => "cl AS (UPDATE turns t SET closed_seq = u.s \
-             FROM unnest(?1::bigint[], ?2::bigint[]) AS u (k, s) \
+        BatchTable::TurnCloses => "cl AS (UPDATE turns t SET closed_seq = u.s, closing = u.c, \
+             reset = u.r FROM unnest(?1::bigint[], ?2::bigint[], ?3::text[], ?4::bool[]) \
+             AS u (k, s, c, r) \
              WHERE t.session_key = u.k AND t.closed_seq IS NULL AND t.opened_seq < u.s)"
             .into(),
         BatchTable::Sessions => "se AS (UPDATE sessions s SET \
@@ -132,10 +136,12 @@ fn batch_part(table: BatchTable) -> Cow<'static, str> {
              open_text = CASE WHEN u.open_set THEN u.open_text ELSE s.open_text END, \
              title = coalesce(s.title, u.title), \
              prompt_tokens = s.prompt_tokens + u.prompt, \
-             completion_tokens = s.completion_tokens + u.completion, updated_at = ?10 \
+             completion_tokens = s.completion_tokens + u.completion, \
+             leaf = coalesce(u.leaf, s.leaf), updated_at = ?11 \
              FROM unnest(?1::bigint[], ?2::bigint[], ?3::bigint[], ?4::bool[], ?5::bigint[], \
-             ?6::text[], ?7::text[], ?8::bigint[], ?9::bigint[]) \
-             AS u (key, last_seq, turns, open_set, open_turn, open_text, title, prompt, completion) \
+             ?6::text[], ?7::text[], ?8::bigint[], ?9::bigint[], ?10::bigint[]) \
+             AS u (key, last_seq, turns, open_set, open_turn, open_text, title, prompt, completion, \
+             leaf) \
              WHERE s.key = u.key)"
             .into(),
     }

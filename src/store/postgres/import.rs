@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use postgres::Transaction;
 use sha2::{Digest, Sha256};
 
-use super::super::exported::{CopyReport, Exported, ExportedConversation, turns_of};
+use super::super::exported::{CopyReport, Exported, ExportedConversation};
 use super::super::plan::{calls_to_json, role_name};
 use super::db::SEARCH_TEXT_CHARS;
 use super::pool::Connection;
@@ -179,7 +179,7 @@ impl Importer<'_, '_> {
             .tx
             .query_one(
                 "INSERT INTO sessions (id, owner, user_id, personality, title, created_at, \
-                 updated_at, last_seq, turns, open_turn, open_text, first_seq, first_message, \
+                 updated_at, last_seq, turns, open_turn, open_text, first_seq, leaf, \
                  model, prompt_tokens, completion_tokens) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
                  RETURNING key",
@@ -196,7 +196,7 @@ impl Importer<'_, '_> {
                     &c.open_turn,
                     &c.open_text,
                     &c.first_seq,
-                    &c.first_message,
+                    &c.leaf,
                     &c.model,
                     &c.prompt_tokens,
                     &c.completion_tokens,
@@ -217,25 +217,26 @@ impl Importer<'_, '_> {
         }
         self.report.events += c.events.len() as u64;
         for chunk in c.messages.chunks(CHUNK_ROWS) {
-            let indexes: Vec<i64> = chunk.iter().map(|(i, _)| *i).collect();
-            let roles: Vec<&str> = chunk.iter().map(|(_, m)| role_name(m.role)).collect();
-            let contents: Vec<&str> = chunk.iter().map(|(_, m)| m.content.as_str()).collect();
+            let indexes: Vec<i64> = chunk.iter().map(|(i, _, _)| *i).collect();
+            let turns: Vec<i64> = chunk.iter().map(|(_, turn, _)| *turn).collect();
+            let roles: Vec<&str> = chunk.iter().map(|(_, _, m)| role_name(m.role)).collect();
+            let contents: Vec<&str> = chunk.iter().map(|(_, _, m)| m.content.as_str()).collect();
             let calls: Vec<Option<String>> = chunk
                 .iter()
-                .map(|(_, m)| calls_to_json(&m.tool_calls))
+                .map(|(_, _, m)| calls_to_json(&m.tool_calls))
                 .collect();
             let call_ids: Vec<Option<&str>> = chunk
                 .iter()
-                .map(|(_, m)| m.tool_call_id.as_deref())
+                .map(|(_, _, m)| m.tool_call_id.as_deref())
                 .collect();
-            let errors: Vec<bool> = chunk.iter().map(|(_, m)| m.is_error).collect();
+            let errors: Vec<bool> = chunk.iter().map(|(_, _, m)| m.is_error).collect();
             self.tx.execute(
                 "INSERT INTO messages \
-                 (session_key, idx, role, content, tool_calls, tool_call_id, is_error) \
+                 (session_key, idx, role, content, tool_calls, tool_call_id, is_error, turn_id) \
                  SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], \
-                 $6::text[], $7::bool[]) ON CONFLICT DO NOTHING",
+                 $6::text[], $7::bool[], $8::bigint[]) ON CONFLICT DO NOTHING",
                 &[
-                    &key, &indexes, &roles, &contents, &calls, &call_ids, &errors,
+                    &key, &indexes, &roles, &contents, &calls, &call_ids, &errors, &turns,
                 ],
             )?;
         }
@@ -248,16 +249,25 @@ impl Importer<'_, '_> {
             )?;
         }
         self.report.notes += c.notes.len() as u64;
-        let turns = turns_of(&c.events);
-        for chunk in turns.chunks(CHUNK_ROWS) {
-            let ids: Vec<i64> = chunk.iter().map(|(turn, _, _)| *turn).collect();
-            let opened: Vec<i64> = chunk.iter().map(|(_, seq, _)| *seq).collect();
-            let closed: Vec<Option<i64>> = chunk.iter().map(|(_, _, seq)| *seq).collect();
+        for chunk in c.turn_rows.chunks(CHUNK_ROWS) {
+            let ids: Vec<i64> = chunk.iter().map(|t| t.turn_id).collect();
+            let parents: Vec<i64> = chunk.iter().map(|t| t.parent).collect();
+            let client_ids: Vec<Option<&str>> =
+                chunk.iter().map(|t| t.client_id.as_deref()).collect();
+            let opened: Vec<i64> = chunk.iter().map(|t| t.opened_seq).collect();
+            let closed: Vec<Option<i64>> = chunk.iter().map(|t| t.closed_seq).collect();
+            let closings: Vec<Option<&str>> = chunk.iter().map(|t| t.closing.as_deref()).collect();
+            let resets: Vec<bool> = chunk.iter().map(|t| t.reset).collect();
+            let created: Vec<i64> = chunk.iter().map(|t| t.created_at).collect();
             self.tx.execute(
-                "INSERT INTO turns (session_key, turn_id, opened_seq, closed_seq) \
-                 SELECT $1, * FROM unnest($2::bigint[], $3::bigint[], $4::bigint[]) \
-                 ON CONFLICT DO NOTHING",
-                &[&key, &ids, &opened, &closed],
+                "INSERT INTO turns (session_key, turn_id, parent, client_id, opened_seq, \
+                 closed_seq, closing, reset, created_at) \
+                 SELECT $1, * FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::bigint[], \
+                 $6::bigint[], $7::text[], $8::bool[], $9::bigint[]) ON CONFLICT DO NOTHING",
+                &[
+                    &key, &ids, &parents, &client_ids, &opened, &closed, &closings, &resets,
+                    &created,
+                ],
             )?;
         }
         self.report.conversations += 1;

@@ -28,7 +28,7 @@ use crate::common::error::{Error, Result};
 
 /// The schema version this build writes. A database with a higher one was migrated by a newer
 /// Sparky and is refused.
-pub const POSTGRES_SCHEMA_VERSION: i64 = 2;
+pub const POSTGRES_SCHEMA_VERSION: i64 = 3;
 
 /// The advisory lock each migration's transaction takes: `sparky-migrate` in ASCII.
 const MIGRATION_LOCK: i64 = 0x7370_6172_6b79_6d67;
@@ -155,8 +155,38 @@ CREATE TABLE embeddings (
 CREATE INDEX embeddings_owner ON embeddings (owner, model);
 "#;
 
+/// Version 2 to 3: the turn tree, as SQLite's version 4: each turn's parent, client id,
+/// closing, history-reset mark and start time, each message's turn, and each conversation's
+/// leaf. What was stored before is one line, read as SQLite's migration reads it.
+const V3: &str = r#"
+ALTER TABLE turns ADD COLUMN parent bigint NOT NULL DEFAULT 0,
+    ADD COLUMN client_id text,
+    ADD COLUMN closing text,
+    ADD COLUMN reset boolean NOT NULL DEFAULT false,
+    ADD COLUMN created_at bigint NOT NULL DEFAULT 0;
+UPDATE turns t SET parent = t.turn_id - 1, created_at = s.created_at
+    FROM sessions s WHERE s.key = t.session_key;
+UPDATE turns t SET closing = CASE e.body::jsonb ->> 'type'
+        WHEN 'message' THEN 'message' WHEN 'error' THEN 'error' ELSE 'cancelled' END
+    FROM events e WHERE e.session_key = t.session_key AND e.seq = t.closed_seq;
+ALTER TABLE sessions ADD COLUMN leaf bigint NOT NULL DEFAULT 0;
+UPDATE sessions SET leaf = turns;
+ALTER TABLE messages ADD COLUMN turn_id bigint NOT NULL DEFAULT 0;
+WITH n AS (
+    SELECT session_key, idx,
+        count(*) FILTER (WHERE role = 'user') OVER (PARTITION BY session_key ORDER BY idx) AS users,
+        count(*) FILTER (WHERE role = 'user') OVER (PARTITION BY session_key) AS total
+    FROM messages)
+UPDATE messages m SET turn_id = greatest(0, least(s.turns, n.users - (n.total - s.turns)))
+    FROM n, sessions s
+    WHERE m.session_key = n.session_key AND m.idx = n.idx AND s.key = m.session_key;
+UPDATE turns t SET reset = true FROM sessions s, messages m
+    WHERE s.key = t.session_key AND s.first_message > 0 AND m.session_key = s.key
+        AND m.idx = s.first_message AND m.turn_id = t.turn_id;
+"#;
+
 /// Entry `n` migrates from version `n` to `n + 1`.
-const MIGRATIONS: [&str; POSTGRES_SCHEMA_VERSION as usize] = [V1, V2];
+const MIGRATIONS: [&str; POSTGRES_SCHEMA_VERSION as usize] = [V1, V2, V3];
 
 /// Brings the database to [`POSTGRES_SCHEMA_VERSION`], one version per transaction.
 ///

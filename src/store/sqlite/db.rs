@@ -85,23 +85,34 @@ fn batch_statements(table: BatchTable) -> &'static [RowStatement] {
         ],
         BatchTable::Messages => &[RowStatement {
             sql: "INSERT INTO messages \
-             (session_key, idx, role, content, tool_calls, tool_call_id, is_error) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+             (session_key, idx, role, content, tool_calls, tool_call_id, is_error, turn_id) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             needs: None,
         }],
         BatchTable::Notes => &[RowStatement {
             sql: "INSERT INTO notes (session_key, text) VALUES (?1, ?2)",
             needs: None,
         }],
-        // SQLite keeps no table of turns: `sparky migrate-store` reads them from the events.
-        BatchTable::Turns | BatchTable::TurnCloses => &[],
+        BatchTable::Turns => &[RowStatement {
+            sql: "INSERT OR IGNORE INTO turns (session_key, turn_id, opened_seq, closed_seq, \
+             parent, client_id, closing, reset, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            needs: None,
+        }],
+        // Only one turn of a conversation is ever open: the one opened before the close.
+        BatchTable::TurnCloses => &[RowStatement {
+            sql: "UPDATE turns SET closed_seq = ?2, closing = ?3, reset = ?4 \
+             WHERE session_key = ?1 AND closed_seq IS NULL AND opened_seq < ?2",
+            needs: None,
+        }],
         BatchTable::Sessions => &[RowStatement {
             sql: "UPDATE sessions SET \
              last_seq = MAX(last_seq, ?2), turns = MAX(turns, ?3), \
              open_turn = CASE WHEN ?4 THEN ?5 ELSE open_turn END, \
              open_text = CASE WHEN ?4 THEN ?6 ELSE open_text END, \
              title = coalesce(title, ?7), prompt_tokens = prompt_tokens + ?8, \
-             completion_tokens = completion_tokens + ?9, updated_at = ?10 WHERE key = ?1",
+             completion_tokens = completion_tokens + ?9, leaf = coalesce(?10, leaf), \
+             updated_at = ?11 WHERE key = ?1",
             needs: None,
         }],
     }

@@ -6,7 +6,9 @@
 use rusqlite::Connection;
 use serde_json::Value;
 
-use super::super::exported::{Exported, ExportedConversation, ExportedEdge, ExportedNode};
+use super::super::exported::{
+    Exported, ExportedConversation, ExportedEdge, ExportedNode, ExportedTurn,
+};
 use super::super::plan::{calls_from_json, role_from};
 use super::{SqliteStore, store_error};
 use crate::common::error::Result;
@@ -94,7 +96,7 @@ fn export_conversation(
 ) -> rusqlite::Result<ExportedConversation> {
     let mut conversation = connection.query_row(
         "SELECT id, owner, user_id, personality, title, created_at, updated_at, last_seq, \
-         turns, open_turn, open_text, first_seq, first_message, model, prompt_tokens, \
+         turns, open_turn, open_text, first_seq, leaf, model, prompt_tokens, \
          completion_tokens FROM sessions WHERE key = ?1",
         [key],
         |row| {
@@ -111,7 +113,7 @@ fn export_conversation(
                 open_turn: row.get(9)?,
                 open_text: row.get(10)?,
                 first_seq: row.get(11)?,
-                first_message: row.get(12)?,
+                leaf: row.get(12)?,
                 model: row.get(13)?,
                 prompt_tokens: row.get(14)?,
                 completion_tokens: row.get(15)?,
@@ -129,13 +131,14 @@ fn export_conversation(
         .collect::<rusqlite::Result<_>>()?;
     conversation.messages = connection
         .prepare(
-            "SELECT idx, role, content, tool_calls, tool_call_id, is_error FROM messages \
+            "SELECT idx, role, content, tool_calls, tool_call_id, is_error, turn_id FROM messages \
              WHERE session_key = ?1 ORDER BY idx",
         )?
         .query_map([key], |row| {
             let role: String = row.get(1)?;
             Ok((
                 row.get(0)?,
+                row.get(6)?,
                 ChatMessage {
                     role: role_from(&role),
                     content: row.get(2)?,
@@ -145,6 +148,24 @@ fn export_conversation(
                     images: Vec::new(),
                 },
             ))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    conversation.turn_rows = connection
+        .prepare(
+            "SELECT turn_id, parent, client_id, opened_seq, closed_seq, closing, reset, \
+             created_at FROM turns WHERE session_key = ?1 ORDER BY turn_id",
+        )?
+        .query_map([key], |row| {
+            Ok(ExportedTurn {
+                turn_id: row.get(0)?,
+                parent: row.get(1)?,
+                client_id: row.get(2)?,
+                opened_seq: row.get(3)?,
+                closed_seq: row.get(4)?,
+                closing: row.get(5)?,
+                reset: row.get(6)?,
+                created_at: row.get(7)?,
+            })
         })?
         .collect::<rusqlite::Result<_>>()?;
     conversation.notes = connection

@@ -3,7 +3,8 @@
 //! Version 1 kept a window of events and loaded every session at start. Version 2 keeps every
 //! event with an index per conversation, turn bookkeeping and titles in the session row, a
 //! full-text index over what people said, and an owner on every node of the graph. Version 3
-//! adds each conversation's model and token totals, and the facts' embeddings.
+//! adds each conversation's model and token totals, and the facts' embeddings. Version 4 makes
+//! a conversation a tree of turns: a table of turns, each message's turn, and the leaf.
 //!
 //! Depends on: `common::error`, `store`.
 
@@ -135,6 +136,55 @@ CREATE TABLE embeddings (
 CREATE INDEX embeddings_owner ON embeddings (owner, model);
 "#;
 
+/// Version 3 to 4: the turn tree (PROTOCOL.md section 5, "Branches"). A table of turns (the
+/// same as PostgreSQL's), each message's turn, and each conversation's leaf. What was stored
+/// before is one line: each turn follows the one before, its span and closing are read from its
+/// events, and its messages are found by counting user messages back from the last (each turn
+/// committed exactly one; those before the first turn were the seeded history, turn 0). A
+/// history reset, kept until now as the first message the model sees, becomes its turn's mark.
+const V4: &str = r#"
+CREATE TABLE turns (
+    session_key INTEGER NOT NULL,
+    turn_id INTEGER NOT NULL,
+    parent INTEGER NOT NULL DEFAULT 0,
+    client_id TEXT,
+    opened_seq INTEGER NOT NULL,
+    closed_seq INTEGER,
+    closing TEXT,
+    reset INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (session_key, turn_id)
+) WITHOUT ROWID;
+ALTER TABLE sessions ADD COLUMN leaf INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE messages ADD COLUMN turn_id INTEGER NOT NULL DEFAULT 0;
+INSERT OR IGNORE INTO turns (session_key, turn_id, parent, opened_seq, created_at)
+    SELECT e.session_key, json_extract(e.body, '$.data.turn_id'),
+        json_extract(e.body, '$.data.turn_id') - 1, e.seq, s.created_at
+    FROM events e JOIN sessions s ON s.key = e.session_key
+    WHERE json_extract(e.body, '$.type') = 'user_message'
+        AND json_extract(e.body, '$.data.turn_id') IS NOT NULL;
+UPDATE turns SET (closed_seq, closing) = (
+    SELECT e.seq, CASE json_extract(e.body, '$.type')
+            WHEN 'message' THEN 'message' WHEN 'error' THEN 'error' ELSE 'cancelled' END
+    FROM events e WHERE e.session_key = turns.session_key AND e.seq > turns.opened_seq
+        AND json_extract(e.body, '$.data.turn_id') = turns.turn_id
+        AND (json_extract(e.body, '$.type') IN ('message', 'error')
+            OR json_extract(e.body, '$.data.code') = 'cancelled')
+    ORDER BY e.seq LIMIT 1);
+UPDATE sessions SET leaf = turns;
+WITH numbered AS (
+    SELECT rowid AS r, session_key,
+        sum(role = 'user') OVER (PARTITION BY session_key ORDER BY idx) AS users,
+        sum(role = 'user') OVER (PARTITION BY session_key) AS total
+    FROM messages)
+UPDATE messages SET turn_id = max(0, min(s.turns, n.users - (n.total - s.turns)))
+    FROM numbered n JOIN sessions s ON s.key = n.session_key
+    WHERE messages.rowid = n.r;
+UPDATE turns SET reset = 1 WHERE EXISTS (
+    SELECT 1 FROM sessions s JOIN messages m ON m.session_key = s.key AND m.idx = s.first_message
+    WHERE s.key = turns.session_key AND s.first_message > 0 AND m.turn_id = turns.turn_id);
+"#;
+
 /// Fills in the open turn of each conversation from its last event: version 1 kept that only
 /// in the events.
 fn v2_open_turns(tx: &Transaction<'_>) -> rusqlite::Result<()> {
@@ -185,7 +235,7 @@ type Migration = (
 
 /// Entry `n` migrates from version `n` to `n + 1`.
 const MIGRATIONS: [Migration; SCHEMA_VERSION as usize] =
-    [(V1, None), (V2, Some(v2_open_turns)), (V3, None)];
+    [(V1, None), (V2, Some(v2_open_turns)), (V3, None), (V4, None)];
 
 /// Brings the database to [`SCHEMA_VERSION`], one version per transaction.
 ///
