@@ -243,6 +243,59 @@ fn a_newer_message_through_another_instance_cancels_the_turn_there_and_runs_here
     );
 }
 
+/// An `edit`, a `switch` and a `client_id` through the instance that does not hold the
+/// conversation work as a `message` does: it takes the conversation over with its tree, the
+/// model sees the new path, the other device follows, and a retried `client_id` runs once.
+#[test]
+fn an_edit_and_a_switch_through_another_instance_work_like_a_message() {
+    let (_a, b, mut phone, mut laptop) = phone_and_laptop();
+    phone.say("second question");
+    phone.finish_turn(2);
+    read_until(&mut laptop, "message", 2);
+    // The edit of turn 2 goes through B while A holds the conversation.
+    let edit = json!({"type": "edit",
+                      "data": {"turn_id": 2, "text": "second, edited", "client_id": "e-1"}});
+    laptop.send(edit.clone());
+    let opened = read_until(&mut laptop, "user_message", 3);
+    assert_eq!(opened["data"]["parent"], 1, "{opened}");
+    assert_eq!(opened["data"]["edit_of"], 2, "{opened}");
+    let answer = read_until(&mut laptop, "message", 3);
+    assert_eq!(answer["data"]["text"], "You said: second, edited");
+    read_until(&mut phone, "message", 3);
+    // The same client_id again, through A this time: nothing runs.
+    phone.send(edit);
+    let duplicate = phone.expect("status");
+    assert!(matches!(
+        &duplicate.frame,
+        ServerFrame::Status(s) if s.code == StatusCode::Duplicate && s.turn_id == Some(TurnId(3))
+    ));
+    // A switch back through A: both devices get the branch event, and a message follows it.
+    phone.send(json!({"type": "switch", "data": {"turn_id": 2}}));
+    for device in [&mut phone, &mut laptop] {
+        let branch = device.expect("branch");
+        assert_eq!(branch.frame, ServerFrame::Branch { leaf: TurnId(2) });
+    }
+    laptop.say("third");
+    let third = read_until(&mut laptop, "user_message", 4);
+    assert_eq!(third["data"]["parent"], 2, "{third}");
+    read_until(&mut laptop, "message", 4);
+    let (status, tree) = support::http_json(
+        b.addr,
+        "GET",
+        &format!(
+            "/api/conversations/{}/turns",
+            phone.session_id.as_ref().unwrap().as_str()
+        ),
+        None,
+        None,
+    );
+    assert_eq!(status, 200);
+    assert_eq!(tree["leaf"], 4, "{tree}");
+    let events = events_seen(&phone);
+    assert_contiguous(&events);
+    assert_turns_closed_once(&events);
+}
+
 #[test]
 fn the_turn_of_a_killed_instance_is_closed_by_another_and_the_conversation_goes_on() {
     let url = postgres::fresh_database();

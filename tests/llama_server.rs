@@ -134,7 +134,12 @@ impl Llama {
     }
 
     fn model(&self) -> Arc<RemoteModel> {
-        let mut options = RemoteOptions::new(format!("http://{}/v1", self.addr()), "smollm2");
+        Self::model_at(self.addr())
+    }
+
+    /// The model, reached at `addr` (a proxy in front of the server).
+    fn model_at(addr: SocketAddr) -> Arc<RemoteModel> {
+        let mut options = RemoteOptions::new(format!("http://{addr}/v1"), "smollm2");
         options.connect_timeout = Duration::from_secs(5);
         options.read_timeout = MODEL_WAIT;
         options.retry = RetryPolicy {
@@ -168,6 +173,12 @@ fn sparky(llama: &Llama, window: usize) -> TestServer {
 /// may take.
 fn turn(client: &mut Client, text: &str) -> Vec<ServerFrame> {
     client.say(text);
+    finish(client)
+}
+
+/// Reads the frames of the turn just started up to its closing one (its `user_message` left
+/// out), waiting as long as a model may take.
+fn finish(client: &mut Client) -> Vec<ServerFrame> {
     let deadline = Instant::now() + MODEL_WAIT;
     let mut frames = Vec::new();
     loop {
@@ -258,6 +269,101 @@ fn a_real_model_streams_answers_keeps_context_and_stops_when_cancelled() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// A proxy in front of `upstream` that forwards bytes both ways and keeps every byte its
+/// clients sent: what Sparky asked the model server, exactly as it went on the wire.
+struct Recorder {
+    addr: SocketAddr,
+    sent: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Recorder {
+    fn start(upstream: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let kept = sent.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let (Ok(client), Ok(server)) = (client, TcpStream::connect(upstream)) else {
+                    continue;
+                };
+                let (mut client_in, mut server_out) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let kept = kept.clone();
+                std::thread::spawn(move || {
+                    let mut buffer = [0u8; 16 * 1024];
+                    while let Ok(n @ 1..) = client_in.read(&mut buffer) {
+                        kept.lock().unwrap().extend_from_slice(&buffer[..n]);
+                        if server_out.write_all(&buffer[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = server_out.shutdown(std::net::Shutdown::Write);
+                });
+                let (mut server_in, mut client_out) = (server, client);
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut server_in, &mut client_out);
+                    let _ = client_out.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        Recorder { addr, sent }
+    }
+
+    /// Everything sent from byte `from` on, as text.
+    fn sent_since(&self, from: usize) -> String {
+        String::from_utf8_lossy(&self.sent.lock().unwrap()[from..]).into_owned()
+    }
+}
+
+/// `text` as it appears inside a JSON string.
+fn json_escaped(text: &str) -> String {
+    let quoted = serde_json::to_string(text).unwrap();
+    quoted[1..quoted.len() - 1].to_owned()
+}
+
+/// A `regenerate` asks the real model the same question again without the first answer in
+/// the request (the proxy shows what went on the wire), and at temperature 0 the same context
+/// gets the same answer, in a new turn beside the first.
+#[test]
+fn a_regenerated_answer_is_asked_for_without_the_first_one() {
+    let llama = Llama::start(2048, None);
+    let recorder = Recorder::start(llama.addr());
+    let server = TestServer::with_model(
+        |config| {
+            config.in_memory = true;
+            config.context_tokens = Some(2048);
+        },
+        Llama::model_at(recorder.addr),
+    );
+    let mut client = server.client();
+    let question = "Name one fruit that is red. Answer in one short sentence.";
+    let first = answer(&turn(&mut client, question));
+    assert!(!first.trim().is_empty());
+    let asked_before = recorder.sent.lock().unwrap().len();
+    client.send(serde_json::json!({"type": "regenerate", "data": {"turn_id": 1}}));
+    let opened = client.expect("user_message");
+    assert!(
+        matches!(
+            &opened.frame,
+            ServerFrame::UserMessage { turn_id, text, regenerate_of: Some(of), .. }
+                if turn_id.0 == 2 && text == question && of.0 == 1
+        ),
+        "{opened:?}"
+    );
+    let second = answer(&finish(&mut client));
+    let request = recorder.sent_since(asked_before);
+    assert!(
+        request.contains(&json_escaped(question)),
+        "the question was not asked again: {request}"
+    );
+    assert!(
+        !request.contains(&json_escaped(first.trim())),
+        "the first answer reached the model: {request}"
+    );
+    assert_eq!(second, first, "the same context at temperature 0");
 }
 
 #[test]

@@ -752,6 +752,139 @@ fn postgres_version_1_gains_models_totals_from_its_events_and_embeddings() {
     earlier_conversation_migrated(&store);
 }
 
+/// A conversation as a version without branches stored it: a seeded exchange, turn 1
+/// answered, turn 2 answered after the model rejected the history (the first message the model
+/// saw was then turn 2's), and turn 3 cancelled.
+const LINEAR_EVENTS: [&str; 6] = [
+    r#"{"type":"user_message","seq":1,"data":{"turn_id":1,"text":"q1"}}"#,
+    r#"{"type":"message","seq":2,"data":{"turn_id":1,"text":"a1"}}"#,
+    r#"{"type":"user_message","seq":3,"data":{"turn_id":2,"text":"q2"}}"#,
+    r#"{"type":"message","seq":4,"data":{"turn_id":2,"text":"a2"}}"#,
+    r#"{"type":"user_message","seq":5,"data":{"turn_id":3,"text":"q3"}}"#,
+    r#"{"type":"status","seq":6,"data":{"turn_id":3,"code":"cancelled","message":"x"}}"#,
+];
+
+/// The messages of [`LINEAR_EVENTS`]' conversation, by number, with their roles.
+const LINEAR_MESSAGES: [(&str, &str); 8] = [
+    ("user", "seed q"),
+    ("assistant", "seed a"),
+    ("user", "q1"),
+    ("assistant", "a1"),
+    ("user", "q2"),
+    ("assistant", "a2"),
+    ("user", "q3"),
+    ("assistant", ""),
+];
+
+/// What the migration to the turn tree made of [`LINEAR_EVENTS`]: one line of turns, each
+/// message in its turn, the reset on turn 2, the leaf at turn 3.
+fn linear_conversation_became_a_tree<S: TestStore>(store: &S) {
+    let loaded = store.load(&id(1), 10, 100).unwrap().unwrap();
+    assert_eq!((loaded.tree.len(), loaded.tree.leaf()), (3, 3));
+    assert_eq!(loaded.tree.path(3), [2, 3], "the reset cuts the path at turn 2");
+    assert_eq!(loaded.tree.path(1), [0, 1]);
+    let seen: Vec<&str> = loaded.messages.iter().map(|m| m.content.as_str()).collect();
+    assert_eq!(seen, ["q2", "a2", "q3", ""]);
+    assert_eq!(loaded.next_message, 8);
+    let first = store.path_messages(&id(1), &[0, 1], 100).unwrap();
+    let first: Vec<&str> = first.iter().map(|m| m.content.as_str()).collect();
+    assert_eq!(first, ["seed q", "seed a", "q1", "a1"]);
+    let page = store.turns("ann", &id(1)).unwrap().unwrap();
+    assert_eq!(page.leaf, 3);
+    let turns: Vec<(u64, u64, &str, Option<Closing>)> = page
+        .turns
+        .iter()
+        .map(|t| (t.turn_id, t.parent, t.text.as_str(), t.closing))
+        .collect();
+    assert_eq!(
+        turns,
+        [
+            (1, 0, "q1", Some(Closing::Message)),
+            (2, 1, "q2", Some(Closing::Message)),
+            (3, 2, "q3", Some(Closing::Cancelled)),
+        ]
+    );
+    assert_eq!(store.turn_text(&id(1), 2).unwrap().as_deref(), Some("q2"));
+    let events = store.turn_events("ann", &id(1), 3, 100).unwrap().unwrap();
+    assert_eq!(events, [LINEAR_EVENTS[4], LINEAR_EVENTS[5]]);
+    assert_eq!(store.turns("bob", &id(1)).unwrap(), None);
+    assert_eq!(store.turn_events("ann", &id(1), 4, 100).unwrap(), None);
+}
+
+#[test]
+fn sqlite_version_3_becomes_a_tree_of_turns() {
+    let dir = temp_dir("v3-to-v4");
+    std::fs::create_dir_all(&dir).unwrap();
+    {
+        let mut db = rusqlite::Connection::open(dir.join(super::DATABASE_FILE)).unwrap();
+        super::sqlite::schema::migrate_to(&mut db, "test", 3).unwrap();
+        db.execute(
+            "INSERT INTO sessions (id, owner, created_at, updated_at, last_seq, turns, \
+             first_message) VALUES (?1, 'ann', 1, 1, 6, 3, 4)",
+            [id(1).as_str()],
+        )
+        .unwrap();
+        for (seq, body) in LINEAR_EVENTS.iter().enumerate() {
+            db.execute(
+                "INSERT INTO events (session_key, seq, body) VALUES (1, ?1, ?2)",
+                rusqlite::params![seq as i64 + 1, body],
+            )
+            .unwrap();
+        }
+        for (idx, (role, content)) in LINEAR_MESSAGES.iter().enumerate() {
+            db.execute(
+                "INSERT INTO messages (session_key, idx, role, content) VALUES (1, ?1, ?2, ?3)",
+                rusqlite::params![idx as i64, role, content],
+            )
+            .unwrap();
+        }
+    }
+    linear_conversation_became_a_tree(&SqliteStore::open(&dir).unwrap());
+}
+
+#[test]
+fn postgres_version_2_becomes_a_tree_of_turns() {
+    let url = cluster::fresh_database();
+    {
+        let mut client = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap();
+        super::postgres::schema::migrate_to(&mut client, "test", 2).unwrap();
+        client
+            .execute(
+                "INSERT INTO sessions (id, owner, created_at, updated_at, last_seq, turns, \
+                 first_message) VALUES ($1, 'ann', 1, 1, 6, 3, 4)",
+                &[&id(1).as_str()],
+            )
+            .unwrap();
+        for (seq, body) in LINEAR_EVENTS.iter().enumerate() {
+            client
+                .execute(
+                    "INSERT INTO events (session_key, seq, body) SELECT key, $1, $2 FROM sessions",
+                    &[&(seq as i64 + 1), body],
+                )
+                .unwrap();
+        }
+        for (turn, opened, closed) in [(1i64, 1i64, 2i64), (2, 3, 4), (3, 5, 6)] {
+            client
+                .execute(
+                    "INSERT INTO turns (session_key, turn_id, opened_seq, closed_seq) \
+                     SELECT key, $1, $2, $3 FROM sessions",
+                    &[&turn, &opened, &closed],
+                )
+                .unwrap();
+        }
+        for (idx, (role, content)) in LINEAR_MESSAGES.iter().enumerate() {
+            client
+                .execute(
+                    "INSERT INTO messages (session_key, idx, role, content) \
+                     SELECT key, $1, $2, $3 FROM sessions",
+                    &[&(idx as i64), role, content],
+                )
+                .unwrap();
+        }
+    }
+    linear_conversation_became_a_tree(&postgres(&url));
+}
+
 #[test]
 fn sqlite_search_words() {
     a_search_keeps_its_first_sixteen_distinct_words(SqliteStore::in_memory().unwrap());
