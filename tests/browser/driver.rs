@@ -522,3 +522,27 @@ impl Browser {
         );
     }
 }
+
+impl Browser {
+    /// The handle of the window (tab) that commands go to.
+    pub fn window_handle(&self) -> String {
+        let handle = self.command("GET", "/window", Value::Null);
+        handle.as_str().unwrap().to_owned()
+    }
+
+    /// Opens a new tab and returns its handle; commands still go to the current one.
+    pub fn new_tab(&self) -> String {
+        let created = self.command("POST", "/window/new", json!({"type": "tab"}));
+        created["handle"].as_str().unwrap().to_owned()
+    }
+
+    /// Sends later commands to the tab `handle`.
+    pub fn switch_to(&self, handle: &str) {
+        self.command("POST", "/window", json!({"handle": handle}));
+    }
+
+    /// Closes the current tab; switch to another one before the next command.
+    pub fn close_tab(&self) {
+        self.command("DELETE", "/window", Value::Null);
+    }
+}

@@ -4,7 +4,8 @@
 //! One test, so that Chromium starts once; it runs one scenario per concern, each in its own
 //! file and against its own server: chatting through a proxy that cuts the network and a
 //! server that is killed mid-turn (`chat.rs`), the conversation list, paging and export
-//! (`conversations.rs`), the model menu (`models.rs`), personas, token usage, a reload mid-answer and rendered answers with
+//! (`conversations.rs`), editing, another answer, Retry and the arrows between branches, in
+//! two tabs and across a reload (`branches.rs`), the model menu (`models.rs`), personas, token usage, a reload mid-answer and rendered answers with
 //! the markdown payload list (`answers.rs`), memories (`memories.rs`), the phone layout
 //! (`phone.rs`), tokens (`tokens.rs`), MCP tool cards: Allow and Deny, progress, images (`mcp.rs`). At the end the console must hold no script error and
 //! no Content-Security-Policy violation. Screenshots go to `target/browser-artifacts/`.
@@ -16,6 +17,7 @@
 mod support;
 
 mod answers;
+mod branches;
 mod chat;
 mod conversations;
 mod driver;
@@ -40,6 +42,7 @@ fn the_chat_page_works_in_a_real_browser() {
 
     chat::run(&browser);
     conversations::run(&browser);
+    branches::run(&browser);
     answers::run(&browser);
     memories::run(&browser);
     models::run(&browser);

@@ -2,15 +2,25 @@
   Sparky's chat page: plain JavaScript, nothing to build, served from /assets/ under a
   Content-Security-Policy that allows no inline script.
 
-  It speaks PROTOCOL.md (version 2): the WebSocket at /ws for live turns, and the conversation
+  It speaks PROTOCOL.md (version 3): the WebSocket at /ws for live turns, and the conversation
   API under /api/ for the list, the history, renames, deletions and memories.
 
   - The open conversation is named by the URL's fragment (#<id>), so a bookmark or a second tab
     opens the same one; without one, the page reopens the last conversation it showed.
-  - Opening a conversation fetches its newest events from the API and shows them at once, then
-    connects with last_seq set to the newest of them: the server sends what came after, then live
-    events. Scrolling up fetches older pages with before_seq. Events are applied at most once (by
-    seq) and placed by turn_id, so replayed, paged and live events land in the same turn.
+  - A conversation is a tree of turns (each user_message names its parent); the page shows one
+    path through it, from the start to the leaf that the server names (ready.leaf, a branch
+    event, or a new turn, which makes itself the leaf). Editing a message or asking for another
+    answer makes a sibling turn; arrows on a turn with siblings send `switch`, and the view
+    follows the `branch` event that the server logs, so every device shows the same path.
+  - Opening a conversation fetches the seq of its newest event, the tree (the turns API), and
+    the events of the newest turns of the current path, one turn at a time (events?turn_id=T);
+    then it connects with last_seq set to that newest seq: the server sends what came after,
+    then live events. Scrolling up fetches the path's older turns the same way, so other
+    branches' events are never fetched to show this one. Events are applied at most once (by
+    seq) and placed by turn_id, so replayed, fetched and live events land in the same turn.
+  - Every message, edit and regenerate carries a fresh client_id and waits in an outbox until
+    the server echoes it (or says it is a duplicate); after a reconnect the page sends what is
+    still there again, with the same client_id, so that it runs once.
   - "New chat" is a draft: nothing is created on the server until the first message, which goes
     with the persona chosen for it (connect.personality).
   - Answers are rendered as markdown by markdown-it (raw HTML off) and then sanitized by
@@ -25,8 +35,10 @@
   const KEY_MODELS = "sparky.models"; // the models the server offered last (ready.models)
   const FIRST_BACKOFF_MS = 500;
   const MAX_BACKOFF_MS = 15000;
-  const PAGE_EVENTS = 200;      // events fetched per page of history
+  const PAGE_TURNS = 20;        // turns of the current path fetched per page of history
+  const TURN_FETCHES = 4;       // turns fetched at once (each is one request)
   const EXPORT_PAGE = 1000;     // the API's largest page
+  const CLIENT_ID_BYTES = 16;   // a client_id is this many random bytes, in hex
   const KEPT_PERSONAS = 500;    // conversations whose persona this browser remembers
   const ID_PATTERN = /^[0-9a-f]{32,64}$/;
 
@@ -75,13 +87,23 @@
   let halted = null;         // why the page does not reconnect: "taken_over", "token", "deleted"
   let sessionId = null;      // the open conversation; null for a new chat not yet sent
   let pendingText = null;    // a new chat's first message, sent once its session is ready
-  let lastSeq = 0;           // the highest seq applied to the view
-  let firstSeq = 0;          // the lowest seq applied (0: none yet)
-  let hasOlder = false;      // the server has events older than firstSeq
+  let streamSeq = 0;         // the WebSocket has delivered every event up to this seq
+  const seen = new Set();    // the seq of every event applied to the view (fetched or live)
   let loadingOlder = false;
+  let pagedToStart = false;  // scrolling up has reached the conversation's first turn
   let conversations = [];    // the list as last fetched
-  const turns = new Map();   // turn_id -> the turn's view
+  const turns = new Map();   // turn_id -> the turn's view (on the path shown or not)
   const openTurns = new Set();
+
+  // The conversation's tree of turns: the turns API's skeleton plus every user_message seen.
+  const tree = new Map();    // turn_id -> { id, parent, clientId }
+  let leaf = 0;              // the last turn of the current path (0: no turn yet)
+  let path = [];             // the current path's turn ids, from the start to the leaf
+  let shownFrom = 0;         // path[shownFrom..] is what the view shows; older ones page in
+  const turnLoads = new Map(); // turn_id -> the fetch of its events, while it runs
+
+  // Sends that start a turn, until the server echoes their client_id (or calls it a duplicate).
+  const outbox = [];         // { clientId, type, data, sentOn: the socket generation, or 0 }
 
   // ---- helpers ----
 
@@ -297,7 +319,7 @@
       const data = {};
       if (sessionId) {
         data.session_id = sessionId;
-        data.last_seq = lastSeq;
+        data.last_seq = streamSeq;
       } else {
         const persona = chosenPersona();
         if (persona.text) data.personality = persona.text;
@@ -349,6 +371,47 @@
     return true;
   }
 
+  // ---- the outbox: sends that start a turn ----
+
+  // A fresh client_id: random hex (crypto.randomUUID needs a secure context; this does not).
+  function newClientId() {
+    const bytes = new Uint8Array(CLIENT_ID_BYTES);
+    crypto.getRandomValues(bytes);
+    return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+
+  // Sends a `message`, `edit` or `regenerate` with a fresh client_id. It stays in the outbox
+  // until the server echoes it, so that a reconnect sends it again, under the same client_id.
+  function sendTurn(type, data) {
+    const clientId = newClientId();
+    outbox.push({ clientId, type, data: { ...data, client_id: clientId }, sentOn: 0 });
+    flushOutbox();
+  }
+
+  // Sends what the current socket has not sent yet (all of it, after a reconnect).
+  function flushOutbox() {
+    if (!ws || !ready) return;
+    for (const entry of outbox) {
+      if (entry.sentOn === generation) continue;
+      ws.send(JSON.stringify({ type: entry.type, data: entry.data }));
+      entry.sentOn = generation;
+    }
+  }
+
+  // The server has the turn that `clientId` started: nothing to send again.
+  function acknowledge(clientId) {
+    const at = outbox.findIndex((entry) => entry.clientId === clientId);
+    if (at >= 0) outbox.splice(at, 1);
+    return at >= 0;
+  }
+
+  // The oldest send of the current socket that has no answer yet: the one an answer without a
+  // client_id (an error, or a duplicate whose turn this page never saw) is about.
+  function oldestSent() {
+    const at = outbox.findIndex((entry) => entry.sentOn === generation);
+    return at >= 0 ? outbox.splice(at, 1)[0] : null;
+  }
+
   // ---- frames ----
 
   function onFrame(raw) {
@@ -357,9 +420,11 @@
     if (!frame || typeof frame !== "object") return;
     const data = frame.data && typeof frame.data === "object" ? frame.data : {};
     if (typeof frame.seq === "number") {
-      if (frame.seq <= lastSeq) return; // already applied: a replay overlapping what we have
-      lastSeq = frame.seq;
-      if (firstSeq === 0) firstSeq = frame.seq;
+      // The stream is ordered: a reconnect resumes after this seq, even when the event was
+      // already applied (fetched with its turn) and is skipped here.
+      streamSeq = Math.max(streamSeq, frame.seq);
+      if (seen.has(frame.seq)) return;
+      seen.add(frame.seq);
     }
     const stick = nearBottom();
     try {
@@ -389,20 +454,18 @@
         everReady = true;
         backoff = FIRST_BACKOFF_MS;
         setConn("connected", "connected");
+        if (Number.isInteger(data.leaf)) moveLeaf(data.leaf);
         if (pendingText !== null) {
           const text = pendingText;
           pendingText = null;
-          if (!send({ type: "message", data: { text } })) pendingText = text;
+          sendTurn("message", { text });
         }
+        flushOutbox();
         return;
-      case "user_message": {
-        const turn = turnView(data.turn_id);
-        turn.user.textContent = String(data.text ?? "");
-        turn.user.hidden = false;
-        if (!turn.closed) openTurns.add(turn.id);
-        if (titleEl.dataset.fromList !== "true" && turn.id === 1) setTitle(String(data.text ?? ""), false);
+      case "user_message": return userMessage(data, live);
+      case "branch":
+        if (live && Number.isInteger(data.leaf)) moveLeaf(data.leaf);
         return;
-      }
       case "thought": return addThought(turnView(data.turn_id), String(data.text ?? ""));
       case "tool_use": return toolUse(turnView(data.turn_id), data);
       case "tool_result": return toolResult(turnView(data.turn_id), data);
@@ -473,11 +536,13 @@
 
   function onStatus(data, live) {
     const code = data.code;
+    if (code === "duplicate") return onDuplicate(data);
     const message = String(data.message ?? "");
     const turn = Number.isInteger(data.turn_id) ? turnView(data.turn_id) : null;
     switch (code) {
       case "cancelled":
         if (turn && !turn.closed) {
+          keepAnswerSoFar(turn, data);
           turn.el.classList.add("cancelled");
           mark(turn, "cancelled", "\u25A0 Stopped");
           closeTurn(turn, "cancelled");
@@ -536,6 +601,7 @@
     if (Number.isInteger(data.turn_id)) {
       const turn = turnView(data.turn_id);
       if (turn.closed) return;
+      keepAnswerSoFar(turn, data);
       turn.el.classList.add("failed");
       mark(turn, "error", "\u26A0 Error (" + code + "): " + message);
       closeTurn(turn, "error");
@@ -549,11 +615,39 @@
     }
     if (pendingText !== null && !ready) {
       // The new chat could not start: its message goes back into the box.
-      input.value = pendingText + (input.value ? "\n" + input.value : "");
+      restoreText(pendingText);
       pendingText = null;
-      autosize();
+    } else if (REFUSED_SENDS.has(code)) {
+      // The send this answers started nothing: a message goes back into the box.
+      const refused = oldestSent();
+      if (refused && refused.type === "message") restoreText(refused.data.text);
     }
     note(message ? code + ": " + message : code, "error");
+  }
+
+  // Codes of an `error` frame that refuse a message, edit or regenerate (it started nothing).
+  // Such a frame names no client_id: it answers the oldest send of this socket not yet
+  // answered (a `switch` refused at the same moment would be taken for it; the page sends
+  // none to a turn the server does not have).
+  const REFUSED_SENDS = new Set(["invalid_message", "too_large", "rate_limited", "storage", "server_busy"]);
+
+  function restoreText(text) {
+    input.value = text + (input.value ? "\n" + input.value : "");
+    autosize();
+  }
+
+  // A send that had already happened (sent again after a reconnect): the turn it names is the
+  // one it started, so nothing is shown. The turn's user_message names its client_id, when the
+  // page has seen it; otherwise this answers the oldest send of this socket.
+  function onDuplicate(data) {
+    const node = Number.isInteger(data.turn_id) ? tree.get(data.turn_id) : null;
+    if (node && node.clientId) acknowledge(node.clientId);
+    else oldestSent();
+  }
+
+  // A closing `error` or `status cancelled` may carry the answer streamed so far: it is kept.
+  function keepAnswerSoFar(turn, data) {
+    if (typeof data.text === "string" && data.text && !turn.text) turn.streamed = data.text;
   }
 
   // ---- view ----
@@ -574,14 +668,22 @@
     }
     emptyEl.hidden = false;
     olderEl.hidden = true;
-    lastSeq = 0;
-    firstSeq = 0;
-    hasOlder = false;
+    streamSeq = 0;
+    seen.clear();
+    tree.clear();
+    leaf = 0;
+    path = [];
+    shownFrom = 0;
+    turnLoads.clear();
+    outbox.length = 0;
     loadingOlder = false;
+    pagedToStart = false;
     updateUsageTotal();
   }
 
-  // The view of a turn, created on first sight and placed in turn_id order.
+  // The view of a turn, created on first sight. It is in the page only while its turn is on
+  // the shown part of the current path (placeTurns); a turn of another branch keeps its view,
+  // out of the page, for when the path comes back to it.
   function turnView(rawId) {
     const id = Number(rawId);
     const existing = turns.get(id);
@@ -593,19 +695,298 @@
     const steps = el("div", "steps");
     const answer = el("div", "bubble answer md");
     answer.hidden = true;
-    section.append(user, steps, answer);
-    let before = null;
-    for (const [otherId, other] of turns) {
-      if (otherId > id && (before === null || otherId < Number(before.dataset.turnId))) before = other.el;
-    }
-    logEl.insertBefore(section, before);
-    emptyEl.hidden = true;
     const turn = {
       id, el: section, user, steps, answer, tools: new Map(), streamed: "", text: "",
       closed: false, usage: null, renderQueued: false,
+      loaded: false,  // every event of the turn is applied, or will arrive on the WebSocket
+      editor: null,   // the inline editor of its message, while open
     };
+    addTurnBars(turn);
+    section.append(user, turn.userBar, steps, answer, turn.answerBar);
     turns.set(id, turn);
+    emptyEl.hidden = true;
     return turn;
+  }
+
+  // ---- branches: the tree of turns and the current path ----
+
+  // A turn opens: its place in the tree and its user bubble. A live one (from the WebSocket)
+  // becomes the leaf, as the protocol says every new turn does, and its events all follow it
+  // on the stream; one fetched with its turn changes no path.
+  function userMessage(data, live) {
+    const clientId = typeof data.client_id === "string" ? data.client_id : null;
+    addToTree(data.turn_id, data.parent, clientId);
+    const turn = turnView(data.turn_id);
+    turn.user.textContent = String(data.text ?? "");
+    turn.user.hidden = false;
+    if (!turn.closed) openTurns.add(turn.id);
+    if (titleEl.dataset.fromList !== "true" && turn.id === 1) setTitle(String(data.text ?? ""), false);
+    if (clientId) acknowledge(clientId);
+    if (live) {
+      turn.loaded = true;
+      moveLeaf(turn.id);
+    }
+  }
+
+  // A turn's place in the tree; an event without `parent` (written before branches existed)
+  // follows the turn before it.
+  function addToTree(id, parent, clientId) {
+    const known = tree.get(id);
+    if (known) {
+      if (clientId) known.clientId = clientId;
+      return;
+    }
+    const parentId = Number.isInteger(parent) ? parent : Math.max(0, id - 1);
+    tree.set(id, { id, parent: parentId, clientId });
+  }
+
+  function moveLeaf(id) {
+    leaf = id;
+    showPath();
+  }
+
+  // The turn ids from the start to `id`; null while `id` is not in the tree yet (ready.leaf
+  // names a turn whose user_message is still on its way in the replay).
+  function pathTo(id) {
+    if (id === 0) return [];
+    if (!tree.has(id)) return null;
+    const ids = [];
+    for (let at = id; at !== 0 && tree.has(at) && ids.length <= tree.size; at = tree.get(at).parent) {
+      ids.push(at);
+    }
+    return ids.reverse();
+  }
+
+  // How many turns two paths share from the start.
+  function sharedStart(a, b) {
+    let n = 0;
+    while (n < a.length && n < b.length && a[n] === b[n]) n++;
+    return n;
+  }
+
+  // Shows the path to the leaf. Where it leaves the old path inside what the view shows (an
+  // arrow or an edit there), the view keeps its place and shows the new turns below it; where
+  // it leaves it above (another device switched there), the view shows the newest page.
+  function showPath() {
+    const next = pathTo(leaf);
+    if (next === null) return;
+    const shared = sharedStart(path, next);
+    path = next;
+    if (shared < shownFrom) shownFrom = Math.max(0, path.length - PAGE_TURNS);
+    shownFrom = Math.min(shownFrom, path.length);
+    placeTurns();
+    loadShown();
+  }
+
+  // Puts in the page the loaded turns of the path's shown part, in order, and takes out every
+  // other turn; refreshes each shown turn's buttons and arrows.
+  function placeTurns() {
+    const shown = new Set(path.slice(shownFrom));
+    const siblings = siblingsByParent();
+    for (const turn of turns.values()) {
+      if (!shown.has(turn.id) || !turn.loaded) {
+        if (turn.el.isConnected) turn.el.remove();
+        continue;
+      }
+      if (!turn.el.isConnected) attach(turn);
+      updateBars(turn, siblings);
+    }
+    if (!loadingOlder) {
+      olderEl.hidden = shownFrom === 0 && !pagedToStart;
+      olderEl.textContent = shownFrom > 0 ? "Scroll up for older messages" : "The beginning of this conversation";
+    }
+    updateUsageTotal();
+  }
+
+  // A section goes before the first shown turn with a larger id: along a path, ids grow.
+  function attach(turn) {
+    let before = null;
+    for (const other of logEl.querySelectorAll(":scope > .turn")) {
+      if (Number(other.dataset.turnId) > turn.id) {
+        before = other;
+        break;
+      }
+    }
+    logEl.insertBefore(turn.el, before);
+  }
+
+  // parent -> its children's ids, oldest first: the siblings a turn's arrows step through.
+  function siblingsByParent() {
+    const byParent = new Map();
+    for (const node of tree.values()) {
+      if (!byParent.has(node.parent)) byParent.set(node.parent, []);
+      byParent.get(node.parent).push(node.id);
+    }
+    for (const ids of byParent.values()) ids.sort((a, b) => a - b);
+    return byParent;
+  }
+
+  // ---- a turn's buttons: edit, the sibling arrows, regenerate, retry ----
+
+  function addTurnBars(turn) {
+    turn.userBar = el("div", "turn-bar user-bar");
+    turn.pager = el("span", "pager");
+    turn.prev = button("prev", "\u2039", "Previous version");
+    turn.count = el("span", "count");
+    turn.next = button("next", "\u203A", "Next version");
+    turn.pager.append(turn.prev, turn.count, turn.next);
+    turn.edit = button("edit", "\u270E", "Edit this message");
+    turn.userBar.append(turn.pager, turn.edit);
+    turn.answerBar = el("div", "turn-bar answer-bar");
+    turn.regenerate = button("regenerate", "\u21BB", "Another answer");
+    turn.retry = button("retry", "\u21BB Retry", "Try this message again");
+    turn.answerBar.append(turn.regenerate, turn.retry);
+    turn.userBar.hidden = true;
+    turn.answerBar.hidden = true;
+
+    turn.prev.addEventListener("click", () => switchSibling(turn, -1));
+    turn.next.addEventListener("click", () => switchSibling(turn, 1));
+    turn.edit.addEventListener("click", () => startEdit(turn));
+    const again = () => sendTurn("regenerate", { turn_id: turn.id });
+    turn.regenerate.addEventListener("click", again);
+    turn.retry.addEventListener("click", again);
+  }
+
+  // Shows what a turn offers now: arrows when it has siblings, the pencil on its message, and
+  // under the answer "another answer" (when it ended well) or Retry (when it failed or stopped).
+  function updateBars(turn, siblings) {
+    const node = tree.get(turn.id);
+    const byParent = siblings || siblingsByParent();
+    const versions = (node && byParent.get(node.parent)) || [turn.id];
+    const at = versions.indexOf(turn.id);
+    turn.pager.hidden = versions.length < 2;
+    turn.count.textContent = (at + 1) + "/" + versions.length;
+    turn.prev.disabled = at <= 0;
+    turn.next.disabled = at >= versions.length - 1;
+    turn.userBar.hidden = turn.user.hidden || turn.editor !== null;
+    const outcome = turn.el.dataset.outcome;
+    turn.regenerate.hidden = !(turn.closed && outcome === "done");
+    turn.retry.hidden = !(turn.closed && (outcome === "error" || outcome === "cancelled"));
+    turn.answerBar.hidden = turn.regenerate.hidden && turn.retry.hidden;
+  }
+
+  // An arrow asks the server to make the sibling's branch current; the view changes when the
+  // server's `branch` event comes back, as it does on every other device.
+  function switchSibling(turn, step) {
+    const node = tree.get(turn.id);
+    const versions = (node && siblingsByParent().get(node.parent)) || [];
+    const target = versions[versions.indexOf(turn.id) + step];
+    if (target === undefined) return;
+    if (!send({ type: "switch", data: { turn_id: target } })) {
+      note("Not connected: try again once reconnected.", "error");
+    }
+  }
+
+  // The inline editor of a user message: Enter sends an `edit` (a new turn beside this one;
+  // the server stops a running turn first), Shift+Enter adds a line, Escape puts it back.
+  function startEdit(turn) {
+    if (turn.editor) {
+      turn.editor.querySelector("textarea").focus();
+      return;
+    }
+    const box = el("div", "editor");
+    const field = el("textarea");
+    field.value = turn.user.textContent;
+    field.rows = Math.min(8, field.value.split("\n").length + 1);
+    field.setAttribute("aria-label", "Edit your message");
+    const cancel = button("cancel", "Cancel");
+    const save = button("primary save", "Send");
+    const row = el("div", "buttons");
+    row.append(cancel, save);
+    box.append(field, row);
+    turn.user.after(box);
+    turn.editor = box;
+    turn.user.hidden = true;
+    updateBars(turn);
+
+    const close = () => {
+      box.remove();
+      turn.editor = null;
+      turn.user.hidden = false;
+      updateBars(turn);
+    };
+    const submitEdit = () => {
+      const text = field.value;
+      if (!text.trim()) return;
+      close();
+      sendTurn("edit", { turn_id: turn.id, text });
+    };
+    field.addEventListener("keydown", (event) => {
+      if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+        event.preventDefault();
+        submitEdit();
+      } else if (event.key === "Escape") {
+        event.preventDefault();
+        event.stopPropagation();
+        close();
+      }
+    });
+    cancel.addEventListener("click", close);
+    save.addEventListener("click", submitEdit);
+    field.focus();
+    field.setSelectionRange(field.value.length, field.value.length);
+  }
+
+  // ---- loading the path's turns ----
+
+  // Fetches the shown turns that the page does not have yet, then shows them.
+  async function loadShown() {
+    const missing = path.slice(shownFrom).filter((id) => !isLoaded(id));
+    if (missing.length === 0) return;
+    const mine = view;
+    try {
+      await loadTurns(missing);
+    } catch (error) {
+      if (mine === view) note("Part of this conversation could not be loaded: " + error.message + ".", "error");
+      return;
+    }
+    if (mine !== view) return;
+    const stick = nearBottom();
+    placeTurns();
+    if (stick) scrollToBottom();
+  }
+
+  function isLoaded(id) {
+    const turn = turns.get(id);
+    return Boolean(turn && turn.loaded);
+  }
+
+  // Fetches the events of `ids`, a few turns at a time.
+  async function loadTurns(ids) {
+    const queue = ids.slice();
+    const worker = async () => {
+      while (queue.length > 0) await loadTurn(queue.shift());
+    };
+    const workers = Array.from({ length: Math.min(TURN_FETCHES, queue.length) }, worker);
+    await Promise.all(workers);
+  }
+
+  // One turn's events (events?turn_id=T), applied once; one fetch per turn at a time.
+  function loadTurn(id) {
+    if (isLoaded(id)) return Promise.resolve();
+    const running = turnLoads.get(id);
+    if (running) return running;
+    const mine = view;
+    const url = "/api/conversations/" + encodeURIComponent(sessionId) + "/events?turn_id=" + id;
+    const load = api("GET", url).then((data) => {
+      if (mine !== view) return;
+      const events = Array.isArray(data && data.events) ? data.events : [];
+      for (const event of events) applyStored(event);
+      turnView(id).loaded = true;
+    }).finally(() => {
+      if (turnLoads.get(id) === load) turnLoads.delete(id);
+    });
+    turnLoads.set(id, load);
+    return load;
+  }
+
+  // An event fetched from the API (not live): applied unless the view already has it.
+  function applyStored(event) {
+    if (!event || typeof event !== "object" || typeof event.seq !== "number") return;
+    if (seen.has(event.seq)) return;
+    seen.add(event.seq);
+    const data = event.data && typeof event.data === "object" ? event.data : {};
+    apply(event.type, data, false);
   }
 
   function addThought(turn, text) {
@@ -763,7 +1144,7 @@
 
   function mark(turn, kind, text) {
     const node = el("div", "mark " + kind, text);
-    turn.el.append(node);
+    turn.el.insertBefore(node, turn.answerBar);
     return node;
   }
 
@@ -772,7 +1153,7 @@
     turn.el.dataset.outcome = outcome;
     turn.answer.classList.remove("streaming");
     if (outcome !== "done" && turn.streamed && !turn.text) renderMarkdown(turn.answer, turn.streamed);
-    if (turn.answer.textContent === "") turn.answer.hidden = true;
+    turn.answer.hidden = turn.answer.textContent === "";
     for (const tool of turn.tools.values()) {
       endApproval(tool);
       if (tool.progress) { tool.progress.remove(); tool.progress = null; }
@@ -783,6 +1164,7 @@
       }
     }
     openTurns.delete(turn.id);
+    if (turn.el.isConnected) updateBars(turn); // placeTurns does it for a turn it shows later
   }
 
   function showUsage(turn, usage) {
@@ -799,12 +1181,14 @@
     updateUsageTotal();
   }
 
-  // The conversation's total over the answers this page has loaded; "≥" while older turns
-  // are not loaded yet.
+  // The total over the answers of the current path that the page shows; "≥" while older
+  // turns are not loaded yet.
   function updateUsageTotal() {
     let total = 0, counted = 0;
-    for (const turn of turns.values()) {
-      if (turn.usage) {
+    const hasOlder = shownFrom > 0;
+    for (const id of path.slice(shownFrom)) {
+      const turn = turns.get(id);
+      if (turn && turn.usage) {
         total += turn.usage.prompt + turn.usage.completion;
         counted++;
       }
@@ -985,9 +1369,8 @@
     markCurrent();
     listChanged();
     setConn("connecting", "loading…");
-    let events = null;
     try {
-      events = await fetchTurnPage(id, null);
+      await loadNewest(id, mine);
     } catch (error) {
       if (mine !== view) return;
       if (error.status === 404) {
@@ -998,57 +1381,46 @@
         return;
       }
       if (error.status === 401) return; // the token form is up; it reopens this conversation
-      // Otherwise the WebSocket replays everything from the start.
+      // Otherwise the WebSocket replays everything from the start, every branch included.
+      resetView();
     }
     if (mine !== view) return;
-    if (events) {
-      for (const event of events) applyEvent(event);
-      hasOlder = firstSeq > 1;
-      olderEl.hidden = !hasOlder;
-      olderEl.textContent = "Scroll up for older messages";
-      updateUsageTotal();
-    }
+    placeTurns();
     scrollToBottom();
     connect();
     fillScreen();
   }
 
-  // One page of events before `before` (the newest when null), cut so that it starts where a
-  // turn starts (the rest of that turn comes with the next page); a turn too long for one page
-  // is fetched with the largest page the API gives.
-  async function fetchTurnPage(id, before) {
-    const base = "/api/conversations/" + encodeURIComponent(id) + "/events?";
-    const query = (limit) => base + (before !== null ? "before_seq=" + before + "&" : "") + "limit=" + limit;
-    let events = (await api("GET", query(PAGE_EVENTS))).events || [];
-    let limit = PAGE_EVENTS;
-    if (events.length === limit && !events.some((e) => e.type === "user_message")) {
-      limit = EXPORT_PAGE;
-      events = (await api("GET", query(limit))).events || [];
+  // What a conversation shows first: the tree and its leaf (the turns API), and the events of
+  // the newest turns of the current path. The newest event's seq, asked for first, is where
+  // the WebSocket takes over: whatever happens after it comes live, or in its replay.
+  async function loadNewest(id, mine) {
+    const base = "/api/conversations/" + encodeURIComponent(id);
+    const newest = (await api("GET", base + "/events?limit=1")).events || [];
+    const skeleton = await api("GET", base + "/turns");
+    if (mine !== view) return;
+    const listed = Array.isArray(skeleton && skeleton.turns) ? skeleton.turns : [];
+    for (const turn of listed) {
+      if (Number.isInteger(turn.turn_id)) addToTree(turn.turn_id, turn.parent, null);
     }
-    if (events.length === limit) {
-      const start = events.findIndex((e) => e.type === "user_message");
-      if (start > 0) events = events.slice(start);
-    }
-    return events;
+    leaf = skeleton && Number.isInteger(skeleton.leaf) ? skeleton.leaf : Math.max(0, ...tree.keys());
+    path = pathTo(leaf) || [];
+    shownFrom = Math.max(0, path.length - PAGE_TURNS);
+    if (path.length > 0) emptyEl.hidden = true;
+    await loadTurns(path.slice(shownFrom));
+    const last = newest[newest.length - 1];
+    streamSeq = last && typeof last.seq === "number" ? last.seq : 0;
   }
 
-  function applyEvent(event) {
-    if (!event || typeof event !== "object" || typeof event.seq !== "number") return;
-    if (turns.size > 0 && event.seq >= firstSeq && event.seq <= lastSeq) return;
-    const data = event.data && typeof event.data === "object" ? event.data : {};
-    lastSeq = Math.max(lastSeq, event.seq);
-    firstSeq = firstSeq === 0 ? event.seq : Math.min(firstSeq, event.seq);
-    apply(event.type, data, false);
-  }
-
+  // Scrolling up: the page of the path's turns before the oldest one shown.
   async function loadOlder() {
-    if (!hasOlder || loadingOlder || !sessionId) return;
+    if (shownFrom === 0 || loadingOlder || !sessionId) return;
     loadingOlder = true;
     const mine = view;
     olderEl.textContent = "Loading older messages…";
-    let events;
+    const from = Math.max(0, shownFrom - PAGE_TURNS);
     try {
-      events = await fetchTurnPage(sessionId, firstSeq);
+      await loadTurns(path.slice(from, shownFrom));
     } catch (_) {
       if (mine === view) {
         loadingOlder = false;
@@ -1057,27 +1429,19 @@
       return;
     }
     if (mine !== view) return;
-    const fromBottom = logEl.scrollHeight - logEl.scrollTop;
-    const oldFirst = firstSeq;
-    for (const event of events) {
-      if (event && typeof event.seq === "number" && event.seq < oldFirst) {
-        const data = event.data && typeof event.data === "object" ? event.data : {};
-        firstSeq = Math.min(firstSeq, event.seq);
-        apply(event.type, data, false);
-      }
-    }
-    hasOlder = events.length > 0 && firstSeq > 1 && firstSeq < oldFirst;
-    olderEl.hidden = false;
-    olderEl.textContent = hasOlder ? "Scroll up for older messages" : "The beginning of this conversation";
-    logEl.scrollTop = logEl.scrollHeight - fromBottom;
-    updateUsageTotal();
     loadingOlder = false;
+    const fromBottom = logEl.scrollHeight - logEl.scrollTop;
+    shownFrom = Math.min(shownFrom, from);
+    pagedToStart = shownFrom === 0;
+    placeTurns();
+    logEl.scrollTop = logEl.scrollHeight - fromBottom;
+    loadShown(); // the path may have moved meanwhile
     fillScreen();
   }
 
   // Loads older pages until the view can scroll (or there is nothing older).
   function fillScreen() {
-    if (hasOlder && logEl.scrollHeight <= logEl.clientHeight + 200) loadOlder();
+    if (shownFrom > 0 && logEl.scrollHeight <= logEl.clientHeight + 200) loadOlder();
   }
 
   logEl.addEventListener("scroll", () => {
@@ -1393,6 +1757,7 @@
     return ticks + "\n" + text + "\n" + ticks;
   }
 
+  // A readable transcript of the current path (the JSON export keeps every branch).
   function toMarkdown(meta, events) {
     const lines = ["# " + meta.title, ""];
     lines.push("Exported from Sparky on " + new Date().toISOString() + " (conversation `" + meta.id + "`).");
@@ -1402,8 +1767,10 @@
     for (const event of events) {
       if (event.type === "tool_result") results.set(String(event.data.call_id), event.data);
     }
+    const onPath = new Set(path);
     for (const event of events) {
       const data = event.data || {};
+      if (Number.isInteger(data.turn_id) && !onPath.has(data.turn_id)) continue; // another branch
       switch (event.type) {
         case "user_message":
           lines.push("", "## You", "", String(data.text ?? ""));
@@ -1499,7 +1866,8 @@
       connect();
     } else {
       if (running()) return; // the box keeps the text until the answer ends or is stopped
-      if (!send({ type: "message", data: { text } })) return;
+      if (!ready) return; // not connected: the text stays in the box
+      sendTurn("message", { text });
     }
     input.value = "";
     autosize();
