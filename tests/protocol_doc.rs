@@ -77,6 +77,7 @@ fn error_codes() -> Vec<ErrorCode> {
         ErrorCode::UnsupportedFrame,
         ErrorCode::TooLarge,
         ErrorCode::RateLimited,
+        ErrorCode::NotWaiting,
         ErrorCode::Unauthorized,
         ErrorCode::ServerBusy,
         ErrorCode::ModelError,
@@ -94,6 +95,7 @@ fn error_codes() -> Vec<ErrorCode> {
             | ErrorCode::UnsupportedFrame
             | ErrorCode::TooLarge
             | ErrorCode::RateLimited
+            | ErrorCode::NotWaiting
             | ErrorCode::Unauthorized
             | ErrorCode::ServerBusy
             | ErrorCode::ModelError

@@ -15,8 +15,8 @@ use crate::common::config::{Config, UNAUTHENTICATED_FRAME_BYTES};
 use crate::common::error::Result;
 use crate::common::metrics::Metrics;
 use crate::common::protocol::{
-    ClientFrame, ConnectData, ErrorCode, ServerFrame, StatusCode, StatusData, TurnId, decode_client_frame,
-    encode,
+    ClientFrame, ConnectData, ErrorCode, ServerFrame, StatusCode, StatusData, TurnId,
+    decode_client_frame, encode,
 };
 use crate::common::rate::Bucket;
 use crate::conversation::session::{Ask, Session, SessionManager, Submitted, Subscriber, WireText};
