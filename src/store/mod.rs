@@ -118,6 +118,14 @@ pub enum WriteOp {
         /// The title.
         title: String,
     },
+    /// Streamed frames for the other instances sharing the store, told in order with the
+    /// batch's events (`Signal::Stream`); nothing is written.
+    Relay {
+        /// The conversation.
+        session: SessionId,
+        /// The signal's detail: the frames and the event they follow.
+        detail: String,
+    },
     /// The conversation and every row that belongs to it.
     DeleteSession {
         /// The conversation.

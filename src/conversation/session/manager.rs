@@ -3,7 +3,7 @@
 //! policy, and serves the conversation API. The map lock is held only to look up, insert or
 //! remove; loading from the store and attaching happen after it is released.
 //!
-//! Depends on: `common::auth`, `common::config`, `common::error`, `common::metrics`, `common::protocol`, `common::rate`, `conversation::bot`, `conversation::journal`, `conversation::session`, `conversation::session::lease`, `conversation::session::limits`, `conversation::session::persist`, `conversation::session::subscribers`, `conversation::session::tail`, `model`, `store`, `store::cluster`, `store::tree`.
+//! Depends on: `common::auth`, `common::config`, `common::error`, `common::metrics`, `common::protocol`, `common::rate`, `conversation::bot`, `conversation::journal`, `conversation::session`, `conversation::session::lease`, `conversation::session::limits`, `conversation::session::persist`, `conversation::session::relay`, `conversation::session::subscribers`, `conversation::session::tail`, `model`, `store`, `store::cluster`, `store::tree`.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -26,7 +26,7 @@ use crate::store::{
 };
 
 use super::{
-    Attachment, EventLog, Parts, Persist, Releases, Session, Subscriber, TurnLimits, Turns,
+    Attachment, EventLog, Parts, Persist, Relays, Releases, Session, Subscriber, TurnLimits, Turns,
     WireText,
 };
 
@@ -82,6 +82,7 @@ pub(super) struct Shared {
     pub(super) releases: Arc<Releases>,
     pub(super) limits: Arc<TurnLimits>,
     pub(super) turns: Turns,
+    pub(super) relays: Arc<Relays>,
 }
 
 /// The map of live sessions, and the rules for creating, resuming, evicting and deleting them.
@@ -144,6 +145,7 @@ impl SessionManager {
                     cluster,
                     releases: Arc::new(Releases::default()),
                     turns,
+                    relays: Arc::new(Relays::default()),
                 },
             }),
         }
@@ -719,6 +721,20 @@ impl SessionManager {
                 id.short(),
                 refusal.message
             ),
+        }
+    }
+
+    /// Sends the other instances the streamed frames that have waited long enough to be
+    /// coalesced (the cluster thread calls it every [`super::RELAY_EVERY`]).
+    pub fn flush_relays(&self) {
+        self.inner.shared.relays.flush_due();
+    }
+
+    /// Streamed frames another instance relayed for conversation `id`, following its event
+    /// `after`: passed to the session when it is live here.
+    pub fn relayed(&self, id: &SessionId, after: u64, frames: &str) {
+        if let Some(session) = self.get(id) {
+            session.relayed(after, frames);
         }
     }
 

@@ -21,6 +21,7 @@ mod lease;
 mod limits;
 mod manager;
 mod persist;
+mod relay;
 mod subscribers;
 mod tail;
 mod turn;
@@ -52,6 +53,7 @@ pub use lease::Releases;
 pub use limits::{Full, TurnLimits, TurnPermit};
 pub use manager::{Conversation, Refusal, SessionManager};
 pub use persist::Persist;
+pub use relay::{RELAY_EVERY, Relays};
 pub use subscribers::{Attached, CloseReason, Sink, Subscriber};
 pub use tail::EventLog;
 pub use turn::{CurrentTurn, SessionTurn, TurnStart};
@@ -120,6 +122,8 @@ struct SessionInner {
     /// The instances sharing the store, and where a message waiting for the lease sleeps.
     cluster: Arc<dyn Cluster>,
     releases: Arc<Releases>,
+    /// Where this session waits for its streamed frames to go to the other instances.
+    relays: Arc<Relays>,
     /// Held while the lease changes hands here (taken, let go), never with `state`'s lock
     /// held: those steps do IO.
     lease: Mutex<()>,
@@ -157,6 +161,8 @@ struct SessionState {
     /// True while this instance holds the conversation's lease and so may write it; always
     /// with a cluster of one. A follower writes nothing (see `lease.rs`).
     holder: bool,
+    /// Streamed frames gathered for the other instances sharing the store (see `relay.rs`).
+    relay: relay::Relay,
     /// Set while the current turn holds back what it emits (`--in-memory` only: a model that
     /// answers at once has its thoughts sent with its answer); cleared when the turn flushes
     /// or closes.
@@ -263,6 +269,7 @@ impl Session {
             unsaved: parts.unsaved,
             holder: parts.holder,
             holding: false,
+            relay: relay::Relay::default(),
         };
         let inner = Arc::new_cyclic(|weak: &Weak<SessionInner>| SessionInner {
             id: parts.id,
@@ -278,6 +285,7 @@ impl Session {
             ack: Arc::new(SessionAck(weak.clone())),
             cluster: shared.cluster.clone(),
             releases: shared.releases.clone(),
+            relays: shared.relays.clone(),
             lease: Mutex::new(()),
             send_before_written: shared.config.in_memory,
             state: Mutex::new(state),
@@ -508,6 +516,8 @@ impl Session {
     /// [`push_event`](Self::push_event), for a closing frame whose turn cleared the history
     /// before it when `reset` is set.
     fn push_marked(&self, state: &mut SessionState, frame: ServerFrame, reset: bool) {
+        // Frames streamed before this event go to the other instances ahead of it.
+        self.flush_relay(state);
         let seq = state.log.last_seq() + 1;
         let text: WireText = encode(&frame, Some(&self.inner.id), Some(seq)).into();
         state.log.push(text.clone());
@@ -544,12 +554,14 @@ impl Session {
         if let Some(turn) = &mut state.turn {
             turn.streamed.push_str(&piece);
         }
+        self.relay_piece(state, turn_id, &piece);
         self.stream_frame(state, text, Some(piece));
     }
 
     /// A `tool_progress` frame: not an event, streamed like a piece of the answer.
     fn stream_progress(&self, state: &mut SessionState, frame: &ServerFrame) {
         let text: WireText = encode(frame, Some(&self.inner.id), None).into();
+        self.relay_frame(state, &text);
         self.stream_frame(state, text, None);
     }
 
@@ -667,10 +679,20 @@ impl Session {
     /// The `message_delta` with `replace` that a connection attaching now needs, if the turn
     /// in flight has shown part of its answer.
     fn replace_frame(&self, state: &SessionState) -> Option<WireText> {
-        let turn = state.turn.as_ref().filter(|turn| !turn.shown.is_empty())?;
+        // The holder knows what it showed; a follower, what the holder relayed to it.
+        let (turn_id, shown) = match &state.turn {
+            Some(turn) => (turn.id, &turn.shown),
+            None => {
+                let (turn_id, shown) = state.relay.followed()?;
+                (turn_id, shown)
+            }
+        };
+        if shown.is_empty() {
+            return None;
+        }
         let frame = ServerFrame::MessageDelta {
-            turn_id: turn.id,
-            text: turn.shown.clone(),
+            turn_id,
+            text: shown.clone(),
             replace: true,
         };
         Some(encode(&frame, Some(&self.inner.id), None).into())

@@ -127,6 +127,14 @@ impl Persist {
         });
     }
 
+    /// Streamed frames for the other instances, following event `after` (see `relay.rs`).
+    pub fn relay(&self, after: u64, frames: &str) {
+        self.submit(WriteOp::Relay {
+            session: self.session.clone(),
+            detail: format!("{after} {frames}"),
+        });
+    }
+
     /// A new title, if `owner` owns the conversation.
     pub fn rename(&self, owner: &str, title: &str) {
         self.submit(WriteOp::Rename {
