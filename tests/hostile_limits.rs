@@ -95,9 +95,10 @@ fn a_newcomer_s_turn_runs_while_other_principals_hold_every_turn_they_may() {
     let server = TestServer::with_config(|config| {
         config.auth_tokens = attackers.iter().map(|t| t.to_string()).collect();
         config.auth_tokens.push("newcomer".into());
-        // Eight places, one of them kept; any one principal may take them all.
+        // As in the attack run, four principals at their own caps add up to the server's:
+        // eight places, one of them kept for a principal running none.
         config.max_running_turns = 8;
-        config.max_running_turns_per_principal = 8;
+        config.max_running_turns_per_principal = 2;
     });
     // Each attacker starts long turns until the server refuses it one.
     let mut held = Vec::new();
@@ -119,6 +120,7 @@ fn a_newcomer_s_turn_runs_while_other_principals_hold_every_turn_they_may() {
             held.push(client);
         }
     }
+    // Two turns each but the last, which got one: the kept place is left.
     assert_eq!(held.len(), 7, "the attackers took the kept place");
     assert_eq!(server.handle.sessions().turns_running(), 7);
     // The newcomer's turn runs.
