@@ -1,7 +1,8 @@
 //! The server: binding, the accept loop, one thread per connection, the connection limits (in
-//! all and per client address, applied as `admission.rs` decides), the `Host` check, the dispatch of a request to the page's routes or
-//! the API's (with the [`RouteContext`] they are handed, built here once), the session reaper,
-//! and shutdown. [`spawn`] returns a [`ServerHandle`]; [`run`] blocks.
+//! all and per client address, as `admission.rs` decides), the `Host` check, the dispatch of a
+//! request to the page's routes or the API's (with the [`RouteContext`] they are handed, built
+//! here once), the session reaper, and shutdown. [`spawn`] returns a [`ServerHandle`]; [`run`]
+//! blocks.
 //!
 //! Only this file, `http.rs`, `outbound.rs` and `connection.rs` touch client sockets.
 //!
@@ -596,7 +597,13 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, shared: &Shared, id: u64) -> R
     // are read from the request head.
     let admission = &shared.admission;
     let Some(_ip_place) = admission.ip_place(peer.ip()) else {
-        return refuse_address(stream, peer.ip(), config, id, true);
+        // The head is read first, so that an honest client sees the answer, but briefly: a
+        // refused connection must not hold its thread for the whole handshake timeout.
+        let deadline = Instant::now() + REFUSED_HEAD_TIMEOUT.min(config.handshake_timeout);
+        if let Err(HeadError::Gone(_)) = http::read_head(&mut stream, deadline) {
+            return Ok(());
+        }
+        return refuse_address(&mut stream, peer.ip(), config, id);
     };
     let head = match http::read_head(&mut stream, Instant::now() + config.handshake_timeout) {
         Ok(head) => head,
@@ -608,7 +615,7 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, shared: &Shared, id: u64) -> R
         log::debug!("connection {id}: from {client} by way of {peer}");
         match admission.ip_place(client) {
             Some(place) => Some(place),
-            None => return refuse_address(stream, client, config, id, false),
+            None => return refuse_address(&mut stream, client, config, id),
         }
     } else {
         None
@@ -732,30 +739,23 @@ fn handler<'a>(
     Box::new(Handler::new(connection, &shared.ctx, upgrade))
 }
 
-/// Answers `429` to a connection from `client`, which has as many open as it may: after the
-/// request head, when it still has to be read (`read_head`), so that an honest client sees
-/// the answer, but without holding the thread for the whole handshake timeout.
+/// Answers `429` to a connection from `client`, which has as many open as it may.
 fn refuse_address(
-    mut stream: TcpStream,
+    stream: &mut TcpStream,
     client: std::net::IpAddr,
     config: &Config,
     id: u64,
-    read_head: bool,
 ) -> Result<()> {
     log::warn!(
         "connection {id}: {client} has {} connections open already; answering 429",
         config.max_connections_per_ip
     );
-    let deadline = Instant::now() + REFUSED_HEAD_TIMEOUT.min(config.handshake_timeout);
-    if read_head && let Err(HeadError::Gone(_)) = http::read_head(&mut stream, deadline) {
-        return Ok(());
-    }
     let refused = Response::text(
         429,
         "Too Many Requests",
         "too many connections from your address\n",
     );
-    respond(&mut stream, &refused)
+    respond(stream, &refused)
 }
 
 fn respond(stream: &mut impl Write, response: &Response) -> Result<()> {
