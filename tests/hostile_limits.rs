@@ -6,7 +6,7 @@ mod support;
 
 use serde_json::json;
 use sparky::common::protocol::{ErrorCode, ServerEnvelope, ServerFrame, TurnId};
-use support::{Client, TestServer, events_seen, http_json, replay, test_config, wait_until};
+use support::{Client, TestServer, events_seen, http_json, kind, replay, test_config, wait_until};
 
 /// Asserts that `frame` is the `error` `server_busy` closing turn `turn`.
 fn assert_busy(frame: &ServerEnvelope, turn: u64) {
@@ -27,7 +27,13 @@ fn client_of(server: &TestServer, token: &str) -> Client {
 #[test]
 fn running_turns_are_capped_per_principal_and_per_server_while_others_are_served() {
     let server = TestServer::with_config(|config| {
-        config.auth_tokens = vec!["alpha".into(), "beta".into()];
+        config.auth_tokens = vec![
+            "alpha".into(),
+            "beta".into(),
+            "gamma".into(),
+            "delta".into(),
+        ];
+        // Five places, the last kept for a principal running no turn.
         config.max_running_turns = 5;
         config.max_running_turns_per_principal = 3;
     });
@@ -48,29 +54,78 @@ fn running_turns_are_capped_per_principal_and_per_server_while_others_are_served
     fourth.expect("user_message");
     assert_busy(&fourth.expect("error"), 1);
 
-    // Beta is still served, up to the server's cap.
+    // Beta is still served. A second turn of beta's while its first runs would take the last
+    // place, which is kept for a principal running none.
     let mut beta = client_of(&server, "beta");
     assert_eq!(beta.ask("hello"), "You said: hello");
-    let mut beta_waits: Vec<Client> = (0..2).map(|_| client_of(&server, "beta")).collect();
-    for client in &mut beta_waits {
-        client.say("/wait 30000");
-        client.expect("tool_use");
-    }
+    let mut beta_wait = client_of(&server, "beta");
+    beta_wait.say("/wait 30000");
+    beta_wait.expect("tool_use");
     beta.say("one too many");
     beta.expect("user_message");
     assert_busy(&beta.expect("error"), 2);
-    assert_eq!(server.handle.sessions().turns_running(), 5);
 
-    // A cancelled turn gives its place back once its thread is done with it.
-    alpha[0].cancel();
-    alpha[0].expect("status");
-    wait_until("the cancelled turn's place to be free", || {
-        server.handle.sessions().turns_running() == 4
+    // Gamma, running none, takes it; then the server is full for everyone.
+    let mut gamma = client_of(&server, "gamma");
+    gamma.say("/wait 30000");
+    gamma.expect("tool_use");
+    assert_eq!(server.handle.sessions().turns_running(), 5);
+    let mut delta = client_of(&server, "delta");
+    delta.say("hello");
+    delta.expect("user_message");
+    assert_busy(&delta.expect("error"), 1);
+
+    // Cancelled turns give their places back once their threads are done with them.
+    for client in &mut alpha[..2] {
+        client.cancel();
+        client.expect("status");
+    }
+    wait_until("the cancelled turns' places to be free", || {
+        server.handle.sessions().turns_running() == 3
     });
     assert_eq!(fourth.ask("my turn now"), "You said: my turn now");
     wait_until("the finished turn's place to be free", || {
-        server.handle.sessions().turns_running() == 4
+        server.handle.sessions().turns_running() == 3
     });
+}
+
+#[test]
+fn a_newcomer_s_turn_runs_while_other_principals_hold_every_turn_they_may() {
+    let attackers = ["attacker-1", "attacker-2", "attacker-3", "attacker-4"];
+    let server = TestServer::with_config(|config| {
+        config.auth_tokens = attackers.iter().map(|t| t.to_string()).collect();
+        config.auth_tokens.push("newcomer".into());
+        // As in the attack run, four principals at their own caps add up to the server's:
+        // eight places, one of them kept for a principal running none.
+        config.max_running_turns = 8;
+        config.max_running_turns_per_principal = 2;
+    });
+    // Each attacker starts long turns until the server refuses it one.
+    let mut held = Vec::new();
+    for token in attackers {
+        loop {
+            let mut client = client_of(&server, token);
+            client.say("/wait 30000");
+            client.expect("user_message");
+            let outcome = loop {
+                let frame = client.next();
+                if ["tool_use", "error"].contains(&kind(&frame).as_str()) {
+                    break frame;
+                }
+            };
+            if kind(&outcome) == "error" {
+                assert_busy(&outcome, 1);
+                break;
+            }
+            held.push(client);
+        }
+    }
+    // Two turns each but the last, which got one: the kept place is left.
+    assert_eq!(held.len(), 7, "the attackers took the kept place");
+    assert_eq!(server.handle.sessions().turns_running(), 7);
+    // The newcomer's turn runs.
+    let mut newcomer = client_of(&server, "newcomer");
+    assert_eq!(newcomer.ask("am I served?"), "You said: am I served?");
 }
 
 /// The code of a frame that is an error, for a turn or for the connection.
