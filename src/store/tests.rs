@@ -18,8 +18,8 @@ use serde_json::json;
 
 use super::plan::{LABEL_CHARS, label_for, search_words};
 use super::{
-    Closing, ConversationStore, DEFAULT_SEARCH_BUDGET, GraphStore, MAX_SEARCH_WORDS, PostgresStore,
-    SqliteStore, TurnMark, WriteOp,
+    Closing, ConversationStore, DEFAULT_SEARCH_BUDGET, GraphStore, MAX_SEARCH_WORDS, PageSize,
+    PostgresStore, SqliteStore, TurnMark, WriteOp,
 };
 use crate::common::protocol::{SessionId, Usage};
 use crate::model::{ChatMessage, Role, ToolCall};
@@ -169,10 +169,24 @@ fn round_trip<S: TestStore>(store: S, reopen: impl FnOnce() -> S) {
     assert_eq!(page.first_seq, 1);
     assert_eq!(store.events(&one, 0, 3, 1).unwrap().events.len(), 1);
     assert!(store.events(&id(3), 0, 3, 1).unwrap().events.is_empty());
-    let before = store.events_before("alice", &one, Some(3), 1).unwrap();
+    let page = |limit, max_bytes| PageSize { limit, max_bytes };
+    let before = store
+        .events_before("alice", &one, Some(3), page(1, 100))
+        .unwrap();
     assert_eq!(before, Some(vec!["event 2".to_owned()]));
-    let all = store.events_before("alice", &one, None, 10).unwrap();
+    let all = store
+        .events_before("alice", &one, None, page(10, 100))
+        .unwrap();
     assert_eq!(all.map(|events| events.len()), Some(3));
+    // A page stops at its bytes, counted from the newest event, but is never empty.
+    let newest = store
+        .events_before("alice", &one, None, page(10, 14))
+        .unwrap();
+    assert_eq!(newest, Some(vec!["event 2".into(), "event 3".into()]));
+    let one_event = store
+        .events_before("alice", &one, None, page(10, 1))
+        .unwrap();
+    assert_eq!(one_event, Some(vec!["event 3".to_owned()]));
     let titles: Vec<_> = store
         .list("alice", None, 10)
         .unwrap()
@@ -195,7 +209,7 @@ fn round_trip<S: TestStore>(store: S, reopen: impl FnOnce() -> S) {
     assert!(store.summary("bob", &one).unwrap().is_none());
     assert!(
         store
-            .events_before("bob", &one, None, 10)
+            .events_before("bob", &one, None, page(10, 100))
             .unwrap()
             .is_none()
     );
@@ -817,10 +831,31 @@ fn linear_conversation_became_a_tree<S: TestStore>(store: &S) {
         ]
     );
     assert_eq!(store.turn_text(&id(1), 2).unwrap().as_deref(), Some("q2"));
-    let events = store.turn_events("ann", &id(1), 3, 100).unwrap().unwrap();
+    let all = PageSize {
+        limit: 100,
+        max_bytes: 1 << 20,
+    };
+    let events = store
+        .turn_events("ann", &id(1), 3, 0, all)
+        .unwrap()
+        .unwrap();
     assert_eq!(events, [LINEAR_EVENTS[4], LINEAR_EVENTS[5]]);
+    // A page of one event at a time, on from the last one seen, then an empty one.
+    let small = PageSize {
+        limit: 100,
+        max_bytes: 1,
+    };
+    let first = store.turn_events("ann", &id(1), 3, 0, small).unwrap();
+    assert_eq!(first, Some(vec![LINEAR_EVENTS[4].to_owned()]));
+    let second = store.turn_events("ann", &id(1), 3, 5, small).unwrap();
+    assert_eq!(second, Some(vec![LINEAR_EVENTS[5].to_owned()]));
+    assert_eq!(
+        store.turn_events("ann", &id(1), 3, 6, small).unwrap(),
+        Some(vec![])
+    );
     assert_eq!(store.turns("bob", &id(1)).unwrap(), None);
-    assert_eq!(store.turn_events("ann", &id(1), 4, 100).unwrap(), None);
+    assert_eq!(store.turn_events("ann", &id(1), 4, 0, all).unwrap(), None);
+    assert_eq!(store.turn_events("bob", &id(1), 3, 0, all).unwrap(), None);
 }
 
 #[test]
