@@ -12,7 +12,7 @@
 //! answers with what the store said. A deletion takes the writes queued for its conversation
 //! with it, so that deleting a conversation is how a full store makes room.
 //!
-//! Depends on: `common::error`, `common::metrics`, `store`.
+//! Depends on: `common::error`, `common::metrics`, `common::protocol`, `store`.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -52,7 +52,7 @@ enum Entry {
     Write(WriteOp, Option<Ack>),
     Sync(Sender<()>),
     /// A write someone waits for: see [`Journal::write_alone`].
-    Alone(Box<Alone>),
+    Alone(Alone),
 }
 
 impl Entry {
@@ -179,11 +179,11 @@ impl Journal {
     pub fn write_alone(&self, op: WriteOp, timeout: Duration) -> Result<()> {
         let state = Arc::new(AtomicU8::new(WAITING));
         let (done, answer) = crossbeam_channel::bounded(1);
-        self.push(Entry::Alone(Box::new(Alone {
+        self.push(Entry::Alone(Alone {
             op,
             state: state.clone(),
             done,
-        })));
+        }));
         if let Ok(result) = answer.recv_timeout(timeout) {
             return result;
         }
@@ -295,7 +295,7 @@ impl Batch {
 /// and answers them. A deletion first takes every write for its conversation out of `batch`:
 /// a batch the store refuses must not hold it up (deleting is how a full store makes room),
 /// and nothing of a deleted conversation is written after it.
-fn write_alone(store: &dyn ConversationStore, write: Box<Alone>, batch: &mut Batch) {
+fn write_alone(store: &dyn ConversationStore, write: Alone, batch: &mut Batch) {
     if !write.start() {
         return;
     }
@@ -375,7 +375,7 @@ fn write(store: &dyn ConversationStore, batch: &mut Batch, queue: &Queue) -> boo
 
 /// Takes the writes someone waits for out of `entries`. A deletion among them also takes out
 /// the writes queued for its conversation before it.
-fn take_alone(entries: &mut Vec<Entry>) -> Vec<Box<Alone>> {
+fn take_alone(entries: &mut Vec<Entry>) -> Vec<Alone> {
     let mut alone = Vec::new();
     let mut kept = Vec::with_capacity(entries.len());
     for entry in entries.drain(..) {
@@ -448,11 +448,11 @@ mod tests {
             Entry::Write(event(&a, 1), None),
             Entry::Write(event(&b, 1), None),
             Entry::Sync(synced),
-            Entry::Alone(Box::new(Alone {
+            Entry::Alone(Alone {
                 op: WriteOp::DeleteSession { session: a.clone() },
                 state: Arc::new(AtomicU8::new(WAITING)),
                 done,
-            })),
+            }),
             Entry::Write(event(&b, 2), None),
         ];
         let alone = take_alone(&mut entries);

@@ -13,7 +13,7 @@ use crate::common::auth::{Auth, Principal};
 use crate::common::error::Error;
 use crate::common::protocol::{SessionId, Usage};
 use crate::conversation::session::Conversation;
-use crate::net::http::{Body, RequestHead, Response};
+use crate::net::http::{Body, JsonList, RequestHead, Response};
 use crate::net::routes::{Found, Route, RouteContext, allow, find};
 use crate::store::{Node, PageSize, TurnsPage};
 
@@ -439,10 +439,10 @@ fn events(ctx: &RouteContext, request: &ApiRequest<'_>) -> Response {
                 .collect();
             Response {
                 content_type: "application/json",
-                body: Body::JsonList {
+                body: Body::JsonList(Box::new(JsonList {
                     key: "events",
                     items,
-                },
+                })),
                 ..Response::text(200, "OK", "")
             }
         }

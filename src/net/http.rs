@@ -292,15 +292,20 @@ pub struct Response {
 pub enum Body {
     /// Text, written as it is.
     Text(String),
-    /// The JSON object `{"<key>": [item, …]}`, whose items are JSON texts already. It is
-    /// written piece by piece, never joined into one string, so that a large list (a page of
-    /// events) costs no second copy of itself; its length is known before the first byte.
-    JsonList {
-        /// The one member's name: plain ASCII that needs no escaping.
-        key: &'static str,
-        /// The list's items, each the text of one JSON value.
-        items: Vec<String>,
-    },
+    /// A JSON list, written piece by piece (see [`JsonList`]). Boxed, so that a response stays
+    /// small to move around.
+    JsonList(Box<JsonList>),
+}
+
+/// The JSON object `{"<key>": [item, …]}`, whose items are JSON texts already. It is written
+/// piece by piece, never joined into one string, so that a large list (a page of events) costs
+/// no second copy of itself; its length is known before the first byte.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonList {
+    /// The one member's name: plain ASCII that needs no escaping.
+    pub key: &'static str,
+    /// The list's items, each the text of one JSON value.
+    pub items: Vec<String>,
 }
 
 impl Body {
@@ -309,7 +314,8 @@ impl Body {
         match self {
             Body::Text(text) => text.len(),
             // `{"` key `":[` items joined by `,` `]}`
-            Body::JsonList { key, items } => {
+            Body::JsonList(list) => {
+                let JsonList { key, items } = &**list;
                 key.len()
                     + 7
                     + items.iter().map(String::len).sum::<usize>()
@@ -327,7 +333,8 @@ impl Body {
     fn write_to(&self, out: &mut impl Write) -> io::Result<()> {
         match self {
             Body::Text(text) => out.write_all(text.as_bytes()),
-            Body::JsonList { key, items } => {
+            Body::JsonList(list) => {
+                let JsonList { key, items } = &**list;
                 write!(out, "{{\"{key}\":[")?;
                 for (n, item) in items.iter().enumerate() {
                     if n > 0 {
@@ -522,10 +529,10 @@ mod tests {
             vec![r#"{"a":[1,2]}"#.into(), "\"x\"".into()],
         ] {
             let response = Response {
-                body: Body::JsonList {
+                body: Body::JsonList(Box::new(JsonList {
                     key: "events",
                     items: items.clone(),
-                },
+                })),
                 ..Response::text(200, "OK", "")
             };
             let mut out = Vec::new();

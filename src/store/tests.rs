@@ -1001,6 +1001,71 @@ fn postgres_lets_instances_share_a_database_and_refuses_a_newer_schema_and_a_bad
     assert!(nonsense.contains("not a PostgreSQL URL"), "{nonsense}");
 }
 
+/// A store filled to its size cap: what adds is refused as `full`; a rename and deletions go
+/// through, and a deleted conversation's room takes what was refused.
+fn a_deletion_makes_room_in_a_full_store<S: TestStore>(store: S) {
+    let (one, two) = (id(1), id(2));
+    let big = |session: &SessionId, seq: u64| WriteOp::Event {
+        session: session.clone(),
+        seq,
+        body: "b".repeat(100_000).into(),
+        turn: TurnMark::None,
+        search_text: Some(format!("otters {seq} ").repeat(2_000)),
+    };
+    let mut filling = vec![create(&one, "ann"), create(&two, "ann")];
+    filling.extend((1..=8).map(|seq| big(&one, seq)));
+    store.apply(&filling).unwrap();
+    let words: String = (0..3000).map(|n| format!("word{n} ")).collect();
+    let (fact, _) = store.remember("ann", &words).unwrap();
+    store.set_size_limit(Some(1)).unwrap();
+
+    // Filled to the last page: small facts until one is refused.
+    let mut n = 0;
+    while store
+        .remember("ann", &format!("small fact {n} of many"))
+        .is_ok()
+    {
+        n += 1;
+        assert!(n < 100_000, "the cap refuses nothing");
+    }
+    let refused = store.apply(&[big(&two, 1)]).unwrap_err();
+    assert!(refused.is_store_full(), "{refused}");
+    let large_fact = "another fact ".repeat(20_000);
+    assert!(
+        store
+            .remember("ann", &large_fact)
+            .unwrap_err()
+            .is_store_full()
+    );
+    let rename = WriteOp::Rename {
+        session: two.clone(),
+        owner: "ann".into(),
+        title: "kept".into(),
+    };
+    store.apply(&[rename]).unwrap();
+    assert!(store.delete("ann", fact.id).unwrap());
+    store
+        .apply(&[WriteOp::DeleteSession { session: one }])
+        .unwrap();
+    store.apply(&[big(&two, 1)]).unwrap();
+    let summary = store.summary("ann", &two).unwrap().unwrap();
+    assert_eq!(
+        (summary.title.as_deref(), store.rows("events")),
+        (Some("kept"), 1)
+    );
+    store.set_size_limit(None).unwrap();
+}
+
+#[test]
+fn sqlite_a_deletion_makes_room_in_a_full_store() {
+    a_deletion_makes_room_in_a_full_store(SqliteStore::open(&temp_dir("full")).unwrap());
+}
+
+#[test]
+fn postgres_a_deletion_makes_room_in_a_full_store() {
+    a_deletion_makes_room_in_a_full_store(postgres(&cluster::fresh_database()));
+}
+
 #[test]
 fn postgres_a_size_cap_refuses_writes_that_add_but_lets_deletions_through() {
     let store = postgres(&cluster::fresh_database());

@@ -1,7 +1,7 @@
 //! Every write a session makes to the store is built here and handed to the journal, so that
 //! what a row holds is decided in one place.
 //!
-//! Depends on: `common::protocol`, `conversation::journal`, `conversation::session`, `model`, `store`, `tools::knowledge`.
+//! Depends on: `common::error`, `common::protocol`, `conversation::journal`, `conversation::session`, `model`, `store`, `tools::knowledge`.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -80,8 +80,9 @@ struct Writer {
 impl Writer {
     /// Runs `work` with the size cap lifted when `lift` is set: a deletion must go through a
     /// full store, since it is how the store makes room, yet deleting from a full-text index
-    /// writes a few pages of its own. The cap is put back afterwards; the pages freed go to
-    /// SQLite's free list, where later writes find them.
+    /// may write a few pages of its own (FTS5 records deletions in new segments, and merges
+    /// them). The cap is put back afterwards; the pages freed go to SQLite's free list, where
+    /// later writes find them.
     fn uncapped<T>(
         &mut self,
         lift: bool,
