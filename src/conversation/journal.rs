@@ -473,9 +473,16 @@ mod tests {
         batch.forget(&a);
         assert_eq!(batch.ops, [event(&b, 1)]);
         assert_eq!(batch.acks.len(), 1);
-        // A write whose caller gave up is never started.
+        // A write starts once; one whose caller gave up first never starts.
         assert!(alone[0].start());
         assert!(!alone[0].start());
+        let (done, _answer) = crossbeam_channel::bounded(1);
+        let given_up = Alone {
+            op: WriteOp::DeleteSession { session: b },
+            state: Arc::new(AtomicU8::new(ABANDONED)),
+            done,
+        };
+        assert!(!given_up.start());
     }
 
     #[test]

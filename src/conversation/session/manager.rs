@@ -327,9 +327,9 @@ impl SessionManager {
         });
         let limit = config.max_conversations_per_principal;
         // The cached count also holds sessions that never got a message and have left memory
-        // (so were never stored): at the limit, count again. A session in memory that the
-        // store does not hold yet (no message yet, or its first batch not committed) counts,
-        // or connects held open, or left and resumed, would each store one more.
+        // (so were never stored): at the limit, count again. Sessions in memory that the store
+        // does not hold yet (no message yet, or their first batch not committed) count too, or
+        // connects held open, or left and resumed, would each store one more past the limit.
         let stored = match quota.stored.filter(|stored| *stored < limit) {
             Some(stored) => stored,
             None => {
@@ -679,10 +679,23 @@ impl SessionManager {
     ///
     /// The store's, when it did not delete it; then nothing changed here either.
     fn remove(&self, id: &SessionId) -> Result<()> {
-        Persist::new(self.inner.shared.journal.clone(), id.clone()).delete()?;
+        let persist = Persist::new(self.inner.shared.journal.clone(), id.clone());
+        let unsaved = self.get(id).is_some_and(|session| !session.saved());
+        persist.delete()?;
         let live = self.inner.sessions.lock().remove(id);
         if let Some(session) = live {
             session.close(true);
+            // Its first message came between the deletion and the close: what it wrote goes
+            // too.
+            if unsaved
+                && session.saved()
+                && let Err(e) = persist.delete()
+            {
+                log::error!(
+                    "session {}: its first message stays stored: {e}",
+                    id.short()
+                );
+            }
         }
         Ok(())
     }

@@ -339,6 +339,12 @@ impl Session {
         }
     }
 
+    /// True once the session has gone to the store, or is on its way there: false for a new
+    /// session until its first message.
+    pub(super) fn saved(&self) -> bool {
+        self.inner.state.lock().saved != Saved::No
+    }
+
     /// True while the store refuses writes: new turns are refused meanwhile.
     pub fn store_failing(&self) -> bool {
         self.inner.persist.failing()
