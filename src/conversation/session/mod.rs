@@ -155,9 +155,9 @@ struct SessionState {
     idle_since: Instant,
     /// Set when the session leaves memory or is deleted; a closed session accepts nothing.
     closed: bool,
-    /// True for a new session until its first message: nothing of it is in the store, and it
-    /// is not listed. Its first message writes it, with any seeded history.
-    unsaved: bool,
+    /// How far the store holds the session: a new one is [`Saved::No`] until its first
+    /// message, which writes it, with any seeded history.
+    saved: Saved,
     /// True while this instance holds the conversation's lease and so may write it; always
     /// with a cluster of one. A follower writes nothing (see `lease.rs`).
     holder: bool,
@@ -167,6 +167,18 @@ struct SessionState {
     /// answers at once has its thoughts sent with its answer); cleared when the turn flushes
     /// or closes.
     holding: bool,
+}
+
+/// How far the store holds a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Saved {
+    /// New, and nothing of it is in the store: it is not listed. Its first message writes it.
+    No,
+    /// New, and its row went to the journal with its first message, whose event has this
+    /// `seq`: in the store once that event is durable.
+    Queued(u64),
+    /// In the store.
+    Yes,
 }
 
 /// A turn about to open: its text and its place in the tree.
@@ -246,7 +258,7 @@ struct Parts {
     notes: Vec<String>,
     log: EventLog,
     tree: TurnTree,
-    /// True for a session `connect` just made: see [`SessionState::unsaved`].
+    /// True for a session `connect` just made, which the store does not hold yet.
     unsaved: bool,
     /// True when this instance holds the lease: see [`SessionState::holder`].
     holder: bool,
@@ -266,7 +278,7 @@ impl Session {
             held: Vec::new(),
             idle_since: Instant::now(),
             closed: false,
-            unsaved: parts.unsaved,
+            saved: if parts.unsaved { Saved::No } else { Saved::Yes },
             holder: parts.holder,
             holding: false,
             relay: relay::Relay::default(),
@@ -323,6 +335,24 @@ impl Session {
         self.inner.state.lock().log.last_seq()
     }
 
+    /// True when the store holds the conversation: false for a new session until the batch
+    /// with its first message is committed. The conversation quota counts the sessions in
+    /// memory that the store does not hold yet.
+    pub fn in_store(&self) -> bool {
+        let state = self.inner.state.lock();
+        match state.saved {
+            Saved::No => false,
+            Saved::Queued(seq) => state.durable_seq >= seq,
+            Saved::Yes => true,
+        }
+    }
+
+    /// True once the session has gone to the store, or is on its way there: false for a new
+    /// session until its first message.
+    pub(super) fn saved(&self) -> bool {
+        self.inner.state.lock().saved != Saved::No
+    }
+
     /// True while the store refuses writes: new turns are refused meanwhile.
     pub fn store_failing(&self) -> bool {
         self.inner.persist.failing()
@@ -353,8 +383,10 @@ impl Session {
     /// turns are reached, the turn is closed at once with `error` `server_busy`.
     fn open_turn(&self, state: &mut SessionState, opening: Opening) -> Option<TurnStart> {
         self.cancel_locked(state);
-        if std::mem::take(&mut state.unsaved) {
+        if state.saved == Saved::No {
             self.save(state);
+            // The `user_message` below is the first event, and goes in the same batch or after.
+            state.saved = Saved::Queued(state.log.last_seq() + 1);
         }
         let Opening {
             text,
@@ -650,7 +682,7 @@ impl Session {
     /// Adds turn `turn`'s messages to the conversation, and to the store once the session is
     /// in it.
     fn commit(&self, state: &mut SessionState, turn: TurnId, transcript: Vec<ChatMessage>) {
-        if !state.unsaved {
+        if state.saved != Saved::No {
             self.inner
                 .persist
                 .messages(state.bot.next_index(), turn.0, transcript.clone());
