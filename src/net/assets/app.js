@@ -267,7 +267,9 @@
       throw new ApiError(0, "the server cannot be reached");
     }
     if (response.status === 401) {
-      onUnauthorized();
+      // A refusal of a request sent before the current token was entered (or with an older
+      // one) says nothing about the current token: only a refusal of it asks again.
+      if ((token || null) === store.get(KEY_TOKEN)) onUnauthorized();
       throw new ApiError(401, "a token is required");
     }
     let data = null;
