@@ -15,9 +15,10 @@
 //! message:
 //!
 //! - `unrelated`: words that appear in no fact at all;
-//! - `shared`: words that every one of A's facts holds, and one word only B's fact holds, so
-//!   that B's memory lookup matches all of A's facts too; the turn counts as *found* when the
-//!   thought that lists what was recalled names B's own fact.
+//! - `shared`: sixteen words, fifteen of which every one of A's facts holds (six of them are in
+//!   B's fact too) and one only B's fact holds, so that B's memory lookup matches all of A's
+//!   facts as well; the turn counts as *found* when the thought that lists what was recalled
+//!   names B's own fact.
 //!
 //! Two phases: `idle` (A does nothing) and `attack` (A's 8 sockets each send 32 words its facts
 //! hold, one turn after another, so that each turn's memory lookup ranks all of A's facts).
@@ -181,8 +182,13 @@ fn b_text(kind: &str, n: usize) -> String {
     match kind {
         "unrelated" => format!("hello there number{n}, how is it going today?"),
         _ => {
-            let common: Vec<String> = (0..6).rev().map(word).collect();
-            format!("where is {} {B_WORD}", common.join(" "))
+            let mine: Vec<String> = (0..6).rev().map(word).collect();
+            let others: Vec<String> = (6..15).map(word).collect();
+            format!(
+                "where is {} {B_WORD} with {}",
+                mine.join(" "),
+                others.join(" ")
+            )
         }
     }
 }
