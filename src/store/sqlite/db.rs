@@ -15,7 +15,8 @@ use super::super::plan::{
 use crate::store::Node;
 
 /// What differs in SQLite's text. A fact is looked up by its content (the `nodes_owner`
-/// index), and the conversation search reads the `event_text` full-text index.
+/// index), and the conversation search reads the `event_text` and `title_text` full-text
+/// indexes.
 pub(super) const SQL: Dialect = Dialect {
     notes: "SELECT text FROM notes WHERE session_key = ?1 ORDER BY rowid",
     // Both indexes answer for the owner's rows alone: its token is ANDed into each query.
