@@ -548,6 +548,7 @@ impl Client {
                 turn_id,
                 code: error_code,
                 message,
+                ..
             } => {
                 let turn = turn_id
                     .map(|turn| format!(" (turn {turn})"))

@@ -17,6 +17,7 @@ fn expect_error(client: &mut Client, code: ErrorCode) {
             code: got,
             turn_id: None,
             message,
+            text: None,
         } => {
             assert_eq!(*got, code, "{message}");
             assert!(!message.is_empty());

@@ -123,6 +123,7 @@ fn a_stream_of_generated_frames_gets_an_answer_for_each_and_the_server_goes_on()
                 code: ErrorCode::UnknownType,
                 message,
                 turn_id: None,
+                ..
             } = &frame.frame
                 && message.contains("probe")
             {

@@ -249,18 +249,31 @@ fn a_real_model_streams_answers_keeps_context_and_stops_when_cancelled() {
     let frames = turn(&mut first, "Say that again, please.");
     assert!(!answer(&frames).trim().is_empty());
 
-    // A cancel stops the generation on the server too.
+    // A cancel stops the generation on the server too, and the story so far is kept: the
+    // closing `status cancelled` carries every piece that was streamed (tests/kept_answers.rs
+    // shows the model seeing it in later turns).
     first.say("Write a very long story about a lighthouse keeper, with many chapters.");
     let deadline = Instant::now() + MODEL_WAIT;
-    loop {
+    let mut story = String::new();
+    while story.trim().is_empty() {
         assert!(Instant::now() < deadline, "no piece of the story arrived");
         let frame = first.try_next_within(deadline - Instant::now()).unwrap();
-        if matches!(frame.frame, ServerFrame::MessageDelta { .. }) {
-            break;
+        if let ServerFrame::MessageDelta { text, .. } = frame.frame {
+            story.push_str(&text);
         }
     }
     first.cancel();
-    first.expect("status");
+    let kept = loop {
+        let frame = first.try_next_within(MODEL_WAIT).unwrap();
+        match frame.frame {
+            ServerFrame::MessageDelta { text, .. } => story.push_str(&text),
+            ServerFrame::Status(status) if status.code == StatusCode::Cancelled => {
+                break status.text;
+            }
+            _ => {}
+        }
+    };
+    assert_eq!(kept.as_deref(), Some(story.as_str()));
     let deadline = Instant::now() + MODEL_WAIT;
     while !llama.logged("cancel") {
         assert!(

@@ -363,11 +363,7 @@ impl Turn {
 
     /// Closes the turn with an error, keeping the conversation well formed.
     fn fail(&self, events: &dyn TurnEvents, code: ErrorCode, message: &str) -> TurnOutcome {
-        let frame = ServerFrame::Error {
-            turn_id: Some(self.turn_id),
-            code,
-            message: message.to_owned(),
-        };
+        let frame = ServerFrame::turn_error(self.turn_id, code, message);
         let transcript = interrupted(self.user_text());
         if self.close(events, frame, transcript) {
             TurnOutcome::Failed

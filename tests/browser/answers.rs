@@ -138,6 +138,21 @@ pub fn run(browser: &Browser) {
         "Streaming part one. And the end."
     );
 
+    // Stopped while it streams: the text shown so far stays, after a reload too (the closing
+    // `status cancelled` carries it), marked as stopped.
+    browser.say("slow", Submit::EnterKey);
+    let stopping = "const answer = document.querySelector('.turn[data-turn-id=\"3\"] .bubble.answer'); \
+         return answer !== null && answer.textContent.trim() === 'Streaming part one.'";
+    browser.wait_for("the first part of the answer to stop", stopping);
+    model.request();
+    browser.click("#send");
+    browser.wait_for_turn(3, "cancelled");
+    model.release();
+    browser.refresh();
+    browser.wait_for("the page to reconnect", CONNECTED);
+    browser.wait_for_turn(3, "cancelled");
+    browser.wait_for("the stopped answer, after the reload", stopping);
+
     // Rendered markdown: headings, emphasis, a table with its alignment, code in monospace
     // with a copy button, links that open in a new tab without an opener.
     browser.click("#new-chat");

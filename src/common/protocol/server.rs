@@ -153,6 +153,10 @@ pub enum ServerFrame {
         code: ErrorCode,
         /// What went wrong, for a person to read.
         message: String,
+        /// A turn error: the answer the model had streamed before it failed, kept so that
+        /// nothing a person was shown is lost.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        text: Option<String>,
     },
 }
 
@@ -192,6 +196,33 @@ impl ServerFrame {
             turn_id: None,
             code,
             message: message.into(),
+            text: None,
+        }
+    }
+
+    /// A turn error (it closes turn `turn_id`), with nothing of an answer yet.
+    pub fn turn_error(turn_id: TurnId, code: ErrorCode, message: impl Into<String>) -> Self {
+        ServerFrame::Error {
+            turn_id: Some(turn_id),
+            code,
+            message: message.into(),
+            text: None,
+        }
+    }
+
+    /// Gives a closing `error` or `status cancelled` the answer streamed so far; other frames
+    /// are left as they are.
+    pub fn keep_answer(&mut self, answer: &str) {
+        match self {
+            ServerFrame::Error {
+                turn_id: Some(_),
+                text,
+                ..
+            } => *text = Some(answer.to_owned()),
+            ServerFrame::Status(status) if status.code == StatusCode::Cancelled => {
+                status.text = Some(answer.to_owned());
+            }
+            _ => {}
         }
     }
 
@@ -249,6 +280,9 @@ pub struct StatusData {
     /// The turn it concerns, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub turn_id: Option<TurnId>,
+    /// `cancelled`: the answer the model had streamed before the turn was stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
     /// `retrying`: which attempt comes next.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt: Option<u32>,
@@ -515,14 +549,28 @@ mod tests {
                    "data": {"code": "too_large", "message": "big"}}),
         );
         golden(
-            ServerFrame::Error {
-                turn_id: Some(TurnId(3)),
-                code: ErrorCode::ModelError,
-                message: "m".into(),
-            },
+            ServerFrame::turn_error(TurnId(3), ErrorCode::ModelError, "m"),
             Some(8),
             json!({"type": "error", "session_id": sid, "seq": 8,
                    "data": {"turn_id": 3, "code": "model_error", "message": "m"}}),
+        );
+        let mut failed = ServerFrame::turn_error(TurnId(3), ErrorCode::ModelError, "m");
+        failed.keep_answer("The capi");
+        golden(
+            failed,
+            Some(9),
+            json!({"type": "error", "session_id": sid, "seq": 9,
+                   "data": {"turn_id": 3, "code": "model_error", "message": "m",
+                            "text": "The capi"}}),
+        );
+        let mut stopped = ServerFrame::status(StatusCode::Cancelled, "stopped", Some(TurnId(4)));
+        stopped.keep_answer("Once upon");
+        golden(
+            stopped,
+            Some(10),
+            json!({"type": "status", "session_id": sid, "seq": 10,
+                   "data": {"turn_id": 4, "code": "cancelled", "message": "stopped",
+                            "text": "Once upon"}}),
         );
     }
 }

@@ -373,11 +373,7 @@ impl Session {
                     self.inner.id.short(),
                     full
                 );
-                let frame = ServerFrame::Error {
-                    turn_id: Some(turn_id),
-                    code: ErrorCode::ServerBusy,
-                    message: full.message().to_owned(),
-                };
+                let frame = ServerFrame::turn_error(turn_id, ErrorCode::ServerBusy, full.message());
                 let transcript = interrupted(&text);
                 self.close_turn(state, None, frame, transcript, false);
                 return None;
@@ -392,6 +388,7 @@ impl Session {
             text,
             started: Instant::now(),
             shown: String::new(),
+            streamed: String::new(),
             approvals: approvals.clone(),
         });
         Metrics::bump(&self.inner.metrics.turns_started);
@@ -544,6 +541,9 @@ impl Session {
         let ServerFrame::MessageDelta { text: piece, .. } = frame else {
             return;
         };
+        if let Some(turn) = &mut state.turn {
+            turn.streamed.push_str(&piece);
+        }
         self.stream_frame(state, text, Some(piece));
     }
 
@@ -863,11 +863,7 @@ impl Session {
             self.push_event(&mut state, result);
         }
         let message = "the server running this turn stopped before it finished";
-        let frame = ServerFrame::Error {
-            turn_id: Some(TurnId(turn_id)),
-            code: ErrorCode::Internal,
-            message: message.into(),
-        };
+        let frame = ServerFrame::turn_error(TurnId(turn_id), ErrorCode::Internal, message);
         let transcript = interrupted(&text);
         self.close_turn(&mut state, None, frame, transcript, false);
         log::info!(

@@ -16,7 +16,7 @@ use crate::conversation::approval::{Approvals, Verdict};
 use crate::conversation::bot::interrupted;
 use crate::conversation::events::{TurnEvents, TurnOutcome};
 use crate::conversation::worker::Task;
-use crate::model::ChatMessage;
+use crate::model::{ChatMessage, Role};
 use crate::tools::knowledge::Knowledge;
 
 use super::{Session, SessionState, TurnPermit};
@@ -35,6 +35,10 @@ pub struct CurrentTurn {
     /// The answer streamed so far that subscribers were given: what a connection attaching now
     /// gets as one `message_delta` with `replace`.
     pub shown: String,
+    /// The whole answer streamed so far, including pieces still held until the events before
+    /// them are written: everything of it reaches every subscriber before the turn's closing
+    /// frame, which keeps it when the turn stops or fails.
+    pub streamed: String,
     /// Its tool calls waiting for a person (`approval_request`), which `approve` answers.
     pub approvals: Approvals,
 }
@@ -111,11 +115,7 @@ impl SessionTurn {
     /// Closes the turn with an error event, if it is still current, keeping the conversation
     /// well formed. Used when the turn's worker could not start or crashed.
     pub fn fail(&self, code: ErrorCode, message: &str) {
-        let frame = ServerFrame::Error {
-            turn_id: Some(self.turn_id),
-            code,
-            message: message.to_owned(),
-        };
+        let frame = ServerFrame::turn_error(self.turn_id, code, message);
         let mut state = self.session.inner.state.lock();
         if let Some(turn) = state.turn.take_if(|turn| turn.id == self.turn_id) {
             let transcript = interrupted(&turn.text);
@@ -154,11 +154,7 @@ impl SessionTurn {
         turn.cancel.cancel();
         let message = "the server could not write this turn to its store; nothing of it after \
                        the failure was shown";
-        let frame = ServerFrame::Error {
-            turn_id: Some(self.turn_id),
-            code: ErrorCode::Storage,
-            message: message.to_owned(),
-        };
+        let frame = ServerFrame::turn_error(self.turn_id, ErrorCode::Storage, message);
         let transcript = interrupted(&turn.text);
         self.session
             .close_turn(state, Some(&turn), frame, transcript, false);
@@ -249,15 +245,24 @@ impl Session {
         &self,
         state: &mut SessionState,
         turn: Option<&CurrentTurn>,
-        frame: ServerFrame,
-        transcript: Vec<ChatMessage>,
+        mut frame: ServerFrame,
+        mut transcript: Vec<ChatMessage>,
         reset_history: bool,
     ) {
+        // A turn that stops or fails after part of its answer was shown keeps that part: in
+        // its closing frame, for every device and every replay, and in what the model sees.
+        if let Some(turn) = turn.filter(|turn| !turn.streamed.is_empty())
+            && !matches!(frame, ServerFrame::Message { .. })
+        {
+            frame.keep_answer(&turn.streamed);
+            keep_in_transcript(&mut transcript, &turn.streamed);
+        }
         // The turn's story in one line: session, turn, code and the model server's words.
         if let ServerFrame::Error {
             turn_id: Some(turn_id),
             code,
             message,
+            ..
         } = &frame
         {
             log::warn!(
@@ -289,5 +294,21 @@ impl Session {
             );
         }
         self.commit(state, turn_id, transcript);
+    }
+}
+
+/// Puts `answer` (the part of an answer a stopped or failed turn had shown) into its
+/// transcript as the assistant's reply: in place of the empty reply an interrupted turn ends
+/// with, else after the transcript's last message.
+fn keep_in_transcript(transcript: &mut Vec<ChatMessage>, answer: &str) {
+    match transcript.last_mut() {
+        Some(last)
+            if last.role == Role::Assistant
+                && last.content.is_empty()
+                && last.tool_calls.is_empty() =>
+        {
+            last.content = answer.to_owned();
+        }
+        _ => transcript.push(ChatMessage::text(Role::Assistant, answer)),
     }
 }

@@ -2060,10 +2060,15 @@
           }
           break;
         case "error":
+          // The answer the model had streamed before the turn failed is kept, then the error.
+          if (data.text) lines.push("", "## Sparky", "", String(data.text));
           lines.push("", "*Error (" + String(data.code ?? "") + "): " + String(data.message ?? "") + "*");
           break;
         case "status":
-          if (data.code === "cancelled") lines.push("", "*Stopped.*");
+          if (data.code === "cancelled") {
+            if (data.text) lines.push("", "## Sparky", "", String(data.text));
+            lines.push("", "*Stopped.*");
+          }
           break;
         default:
           break;
