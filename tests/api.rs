@@ -91,6 +91,117 @@ fn events_come_back_exactly_as_sent_a_page_at_a_time() {
     assert_eq!(status, 200);
 }
 
+/// The `seq`s of a page of events.
+fn seqs_of(page: &Value) -> Vec<u64> {
+    page["events"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no events in {page}"))
+        .iter()
+        .map(|event| event["seq"].as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn pages_of_large_events_are_cut_by_bytes_and_page_on_to_the_whole_conversation() {
+    let server = TestServer::with_config(|config| {
+        config.max_text_chars = 4_000_000;
+        config.max_frame_bytes = 8 << 20;
+    });
+    let mut client = server.client();
+    client.ask("a small start");
+    // Its text comes back in the user message, the thought and the tool call: three events of
+    // 3 MB each in one turn.
+    let big = "z".repeat(3_000_000);
+    client.say(&format!("/note {big}"));
+    let opened = client.expect("user_message");
+    let big_turn = opened.frame.turn_id().unwrap().0;
+    client.finish_turn(big_turn);
+    client.ask("a small end");
+    let id = client.session_id.clone().unwrap();
+    let sent = support::events_seen(&client);
+    let sent_seqs: Vec<u64> = sent.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    let bound = sparky::net::api::MAX_PAGE_BYTES + 3_100_000 + 4096;
+
+    // Six large pages at once, while others are served: each stops at the byte cap.
+    let path = format!("/api/conversations/{}/events", id.as_str());
+    let addr = server.addr;
+    let readers: Vec<_> = (0..6)
+        .map(|_| {
+            let path = format!("{path}?limit=1000");
+            std::thread::spawn(move || http(addr, "GET", &path, None, None))
+        })
+        .collect();
+    let mut other = server.client();
+    assert_eq!(other.ask("still served"), "You said: still served");
+    let (status, _) = http(server.addr, "GET", "/api/conversations", None, None);
+    assert_eq!(status, 200);
+    let pages: Vec<(u16, String)> = readers.into_iter().map(|r| r.join().unwrap()).collect();
+    for (status, body) in &pages {
+        assert_eq!(*status, 200);
+        assert!(body.len() <= bound, "a page of {} bytes", body.len());
+        assert_eq!(body, &pages[0].1);
+    }
+    let newest: Value = serde_json::from_str(&pages[0].1).unwrap();
+    let newest = seqs_of(&newest);
+    assert!(newest.len() < sent.len(), "one page held everything");
+    assert_eq!(newest.last(), sent_seqs.last());
+
+    // Paging on with before_seq brings the whole conversation, exactly as it was sent.
+    let mut all: Vec<Value> = Vec::new();
+    let mut before = None;
+    loop {
+        let query = before.map_or(String::new(), |seq| format!("&before_seq={seq}"));
+        let (status, page) = http_json(
+            addr,
+            "GET",
+            &format!("{path}?limit=1000{query}"),
+            None,
+            None,
+        );
+        assert_eq!(status, 200);
+        let events = page["events"].as_array().unwrap().clone();
+        let Some(first) = events.first() else { break };
+        before = first["seq"].as_u64();
+        all.splice(0..0, events);
+        if before == Some(1) {
+            break;
+        }
+    }
+    assert_eq!(all, sent);
+
+    // One turn's events come in pages too, on from the last one seen.
+    let mut turn: Vec<Value> = Vec::new();
+    let mut after = 0;
+    let mut pages = 0;
+    loop {
+        let query = format!("{path}?turn_id={big_turn}&after_seq={after}");
+        let (status, body) = http(addr, "GET", &query, None, None);
+        assert_eq!(status, 200);
+        assert!(body.len() <= bound, "a page of {} bytes", body.len());
+        let page: Value = serde_json::from_str(&body).unwrap();
+        let events = page["events"].as_array().unwrap().clone();
+        let Some(last) = events.last() else { break };
+        after = last["seq"].as_u64().unwrap();
+        turn.extend(events);
+        pages += 1;
+    }
+    assert!(pages > 1, "the turn came in one page");
+    let expected: Vec<Value> = sent
+        .iter()
+        .filter(|e| e["data"]["turn_id"].as_u64() == Some(big_turn))
+        .cloned()
+        .collect();
+    assert_eq!(turn, expected);
+    let (status, _) = http(
+        addr,
+        "GET",
+        &format!("{path}?turn_id=1&after_seq=x"),
+        None,
+        None,
+    );
+    assert_eq!(status, 400);
+}
+
 #[test]
 fn a_conversation_can_be_renamed() {
     let server = TestServer::start();

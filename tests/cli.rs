@@ -446,3 +446,132 @@ fn a_tokens_file_line_with_no_usable_token_is_refused_with_its_line_named() {
     assert!(ok, "{out}{err}");
     assert!(out.contains("ok   tokens 3 tokens"), "{out}");
 }
+
+/// How `sparky` with `args` and `SPARKY_AUTH_TOKENS` set to `variable` (or unset) ends: its
+/// exit code (`None` when it was still running after [`WAIT`], and was killed) and stderr.
+fn start_with_tokens(args: &[&str], variable: Option<&str>) -> (Option<i32>, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sparky"));
+    command
+        .args(["--in-memory", "--addr", "127.0.0.1:0"])
+        .args(args)
+        .env_remove("SPARKY_AUTH_TOKENS")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if let Some(value) = variable {
+        command.env("SPARKY_AUTH_TOKENS", value);
+    }
+    let mut child = command.spawn().unwrap();
+    let started = Instant::now();
+    // Accepted, the server would run: bound the wait, and stop it.
+    while child.try_wait().unwrap().is_none() && started.elapsed() < WAIT {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let running = child.try_wait().unwrap().is_none();
+    let _ = child.kill();
+    let output = child.wait_with_output().unwrap();
+    let code = if running { None } else { output.status.code() };
+    (code, String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+#[test]
+fn an_auth_token_or_variable_entry_with_no_usable_token_is_refused_with_the_entry_named() {
+    let good = "good-token-1";
+    // (flags, variable, what the message names, the problem)
+    let cases: [(&[&str], Option<&str>, &str, &str); 9] = [
+        (
+            &["--auth-token", ""],
+            None,
+            "--auth-token (entry 1): ",
+            "empty",
+        ),
+        (
+            &["--auth-token", good, "--auth-token", ":"],
+            None,
+            "--auth-token (entry 2): ",
+            "empty",
+        ),
+        (
+            &["--auth-token", "bob:"],
+            None,
+            "--auth-token (entry 1): ",
+            "ends with a colon",
+        ),
+        (
+            &["--auth-token", "abc1234"],
+            None,
+            "--auth-token (entry 1): ",
+            "shorter than 8 characters",
+        ),
+        (&[], Some(""), "SPARKY_AUTH_TOKENS (entry 1): ", "empty"),
+        (&[], Some(" : "), "SPARKY_AUTH_TOKENS (entry 1): ", "empty"),
+        (
+            &[],
+            Some("good-token-1,,good-token-2"),
+            "SPARKY_AUTH_TOKENS (entry 2): ",
+            "empty",
+        ),
+        (
+            &["--auth-token", good],
+            Some("good-token-2,carol:"),
+            "SPARKY_AUTH_TOKENS (entry 2): ",
+            "ends with a colon",
+        ),
+        (
+            &[],
+            Some("good-token-2, abc1234"),
+            "SPARKY_AUTH_TOKENS (entry 2): ",
+            "shorter than 8 characters",
+        ),
+    ];
+    for (flags, variable, named, problem) in cases {
+        let (code, err) = start_with_tokens(flags, variable);
+        assert_eq!(code, Some(1), "{flags:?} {variable:?} was accepted: {err}");
+        assert!(
+            err.contains(named) && err.contains(problem),
+            "{flags:?} {variable:?}: {err}"
+        );
+        for secret in ["bob:", "carol", "abc1234"] {
+            assert!(!err.contains(secret), "the message shows a token: {err}");
+        }
+        // `check` says the same on its tokens line.
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sparky"));
+        command
+            .args(["check", "--in-memory"])
+            .args(flags)
+            .env_remove("SPARKY_AUTH_TOKENS");
+        if let Some(value) = variable {
+            command.env("SPARKY_AUTH_TOKENS", value);
+        }
+        let output = command.output().unwrap();
+        let out = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            !output.status.success(),
+            "{flags:?} {variable:?} passed: {out}"
+        );
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with("FAIL tokens") && l.contains(named) && l.contains(problem)),
+            "{flags:?} {variable:?}: {out}"
+        );
+    }
+    // Good tokens from both: three of them, and the server starts.
+    let output = Command::new(env!("CARGO_BIN_EXE_sparky"))
+        .args(["check", "--in-memory", "--auth-token", good])
+        .env("SPARKY_AUTH_TOKENS", "good-token-2, good:token-3")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{out}");
+    assert!(out.contains("ok   tokens 3 tokens"), "{out}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sparky"))
+        .args(["--in-memory", "--addr", "127.0.0.1:0", "--auth-token", good])
+        .env("SPARKY_AUTH_TOKENS", "good-token-2")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let line = support::first_line(&mut child, "the listening line");
+    assert!(line.starts_with("listening on "), "{line}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

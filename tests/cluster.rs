@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -294,6 +295,134 @@ fn an_edit_and_a_switch_through_another_instance_work_like_a_message() {
     let events = events_seen(&phone);
     assert_contiguous(&events);
     assert_turns_closed_once(&events);
+}
+
+/// A model that streams its answer: for "fast", a hundred pieces at once; for "slow", one
+/// piece, then (once the test releases it) the rest.
+struct Streaming {
+    release: parking_lot::Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl sparky::model::ModelBackend for Streaming {
+    fn name(&self) -> String {
+        "streaming".into()
+    }
+
+    fn complete(
+        &self,
+        conversation: sparky::model::Conversation<'_>,
+        _tools: &[sparky::model::ToolSpec],
+        sink: &mut dyn sparky::model::ReplySink,
+    ) -> sparky::common::error::Result<sparky::model::ModelReply> {
+        let asked = conversation
+            .last()
+            .map(|m| m.content.clone())
+            .unwrap_or_default();
+        let mut text = String::new();
+        let mut piece = |part: &str, sink: &mut dyn sparky::model::ReplySink| {
+            sink.delta(part);
+            text.push_str(part);
+        };
+        if asked == "slow" {
+            piece("part one. ", sink);
+            let _ = self.release.lock().recv_timeout(support::WAIT);
+            piece("part two.", sink);
+        } else {
+            for n in 0..100 {
+                piece(&format!("p{n} "), sink);
+            }
+        }
+        Ok(sparky::model::ModelReply {
+            text,
+            ..sparky::model::ModelReply::default()
+        })
+    }
+}
+
+/// Reads until the turn's closing `message`, and returns the `message_delta` texts and the
+/// answer; fails if a delta comes before the `user_message` (unless the client joined after
+/// it: `opened`).
+fn deltas_and_answer(client: &mut Client, turn: u64, mut opened: bool) -> (Vec<String>, String) {
+    let mut deltas = Vec::new();
+    loop {
+        let frame = client.next();
+        match frame.frame {
+            ServerFrame::UserMessage { turn_id, .. } if turn_id.0 == turn => opened = true,
+            ServerFrame::MessageDelta { turn_id, text, .. } if turn_id.0 == turn => {
+                assert!(opened, "a piece before its turn opened");
+                deltas.push(text);
+            }
+            ServerFrame::Message { turn_id, text, .. } if turn_id.0 == turn => {
+                return (deltas, text);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// `message_delta` reaches the connections on the other instance too, coalesced, in order,
+/// never after the answer; one that attaches there mid-answer gets the answer so far.
+#[test]
+fn streamed_pieces_reach_the_other_instance_in_order() {
+    let url = postgres::fresh_database();
+    let (released, release) = std::sync::mpsc::channel();
+    let model = Arc::new(Streaming {
+        release: parking_lot::Mutex::new(release),
+    });
+    let on = |model: &Arc<Streaming>| {
+        TestServer::with_model(
+            |config| config.database_url = Some(url.clone()),
+            model.clone(),
+        )
+    };
+    let (a, b) = (on(&model), on(&model));
+    let mut phone = a.client();
+    phone.ask("hello");
+    let id = phone.session_id.clone().unwrap();
+    let mut laptop = Client::resume(b.addr, &id, phone.last_seq);
+
+    phone.say("fast");
+    let (on_a, answer) = deltas_and_answer(&mut phone, 2, false);
+    let (on_b, answer_b) = deltas_and_answer(&mut laptop, 2, false);
+    assert_eq!(answer, answer_b);
+    assert_eq!(
+        on_a.concat(),
+        answer,
+        "every piece on the instance running it"
+    );
+    assert_eq!(on_b.concat(), answer, "every piece on the other, in order");
+    assert!(
+        on_b.len() < on_a.len(),
+        "coalesced on the way: {} pieces became {}",
+        on_a.len(),
+        on_b.len()
+    );
+
+    // Mid-answer: the first piece reaches B while the model waits, and a tablet attaching to
+    // B then gets the answer so far.
+    phone.say("slow");
+    loop {
+        if let ServerFrame::MessageDelta { text, .. } = laptop.next().frame {
+            assert_eq!(text, "part one. ");
+            break;
+        }
+    }
+    let mut tablet = Client::open(b.addr);
+    tablet.send(json!({"type": "connect", "data": {"session_id": id.as_str()}}));
+    tablet.expect("session_info");
+    tablet.expect("ready");
+    let so_far = tablet.expect("message_delta");
+    assert!(matches!(
+        so_far.frame,
+        ServerFrame::MessageDelta { replace: true, ref text, .. } if text == "part one. "
+    ));
+    released.send(()).unwrap();
+    let (rest, answer) = deltas_and_answer(&mut laptop, 3, true);
+    assert_eq!(format!("part one. {}", rest.concat()), answer);
+    assert_eq!(
+        deltas_and_answer(&mut tablet, 3, true).0.concat(),
+        "part two."
+    );
 }
 
 #[test]

@@ -7,7 +7,8 @@ mod support;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -547,4 +548,154 @@ fn a_ping_flood_closes_the_connection_and_others_are_served() {
         server.handle.connection_count() == 1
     });
     assert_eq!(calm.ask("still calm"), "You said: still calm");
+}
+
+#[test]
+fn a_flood_of_unauthenticated_sockets_does_not_keep_out_those_with_a_token() {
+    const TOKEN: &str = "alpha-token";
+    let server = TestServer::with_config(|config| {
+        config.auth_tokens = vec![TOKEN.into()];
+        // Forty places: four kept for authenticated connections, 36 for those waiting.
+        config.max_connections = 40;
+    });
+    let addr = server.addr;
+    // Loopback is exempt from the per-IP cap (no --per-ip-loopback): only the places bound
+    // the flood. Each new socket lets the oldest waiting one go, so every upgrade succeeds.
+    let flood: Vec<Client> = (0..100)
+        .filter_map(|_| open_with(addr, "/ws", &[]).ok())
+        .collect();
+
+    // A token with the upgrade gets one of the kept places.
+    let bearer = format!("Bearer {TOKEN}");
+    let by_header = || {
+        let mut client = open_with(addr, "/ws", &[("Authorization", bearer.as_str())])
+            .unwrap_or_else(|status| panic!("an upgrade with a token got {status}"));
+        client.send(json!({"type": "connect", "data": {}}));
+        client.expect("ready");
+        client
+    };
+    // As the page does it: the token in `connect`, which a flooding socket never sends.
+    let in_connect = || {
+        let mut client =
+            open_with(addr, "/ws", &[]).unwrap_or_else(|status| panic!("an upgrade got {status}"));
+        client.send(json!({"type": "connect", "data": {"token": TOKEN}}));
+        client.expect("ready");
+        client
+    };
+    let mut first = by_header();
+    assert_eq!(first.ask("in?"), "You said: in?");
+    let mut second = in_connect();
+    assert_eq!(second.ask("me too?"), "You said: me too?");
+    // Each flooding socket got in, pushing out an older one: the flood holds its part only.
+    assert_eq!(flood.len(), 100, "a flooding socket was refused");
+    wait_until("the flood to hold no more than its places", || {
+        server.handle.connection_count() <= 36 + 2
+    });
+
+    // The flood goes on, refilling as fast as it can, while others keep coming in: until it
+    // has pushed out its whole part three times over.
+    let stop = Arc::new(AtomicBool::new(false));
+    let opened = Arc::new(AtomicUsize::new(0));
+    let flooding = {
+        let (stop, opened) = (stop.clone(), opened.clone());
+        std::thread::spawn(move || {
+            let mut held = std::collections::VecDeque::new();
+            while !stop.load(Ordering::SeqCst) {
+                if let Ok(client) = open_with(addr, "/ws", &[]) {
+                    held.push_back(client);
+                    opened.fetch_add(1, Ordering::SeqCst);
+                }
+                if held.len() > 50 {
+                    held.pop_front();
+                }
+            }
+        })
+    };
+    let mut served = vec![first, second];
+    let deadline = Instant::now() + WAIT;
+    let mut round = 0;
+    while round < 5 || opened.load(Ordering::SeqCst) < 3 * 36 {
+        assert!(Instant::now() < deadline, "the flood did not get going");
+        let mut client = if round % 2 == 0 {
+            in_connect()
+        } else {
+            by_header()
+        };
+        assert_eq!(client.ask("during"), "You said: during");
+        served.push(client);
+        // Keep the first two and the newest: the authenticated stay well within the places.
+        if served.len() > 8 {
+            served.remove(2);
+        }
+        round += 1;
+    }
+    stop.store(true, Ordering::SeqCst);
+    flooding.join().unwrap();
+    // Every authenticated connection is still served.
+    for client in &mut served {
+        assert_eq!(client.ask("still?"), "You said: still?");
+    }
+    drop(flood);
+}
+
+#[test]
+fn x_forwarded_for_names_the_client_only_behind_a_trusted_proxy() {
+    let forwarded =
+        |addr: SocketAddr, from: &str| open_with(addr, "/ws", &[("X-Forwarded-For", from)]);
+    // Untrusted: the header is ignored, and every connection is loopback's.
+    let plain = TestServer::with_config(|config| {
+        config.max_connections_per_ip = 2;
+        config.per_ip_loopback = true;
+    });
+    let _plain_held = [
+        forwarded(plain.addr, "192.0.2.1").unwrap(),
+        forwarded(plain.addr, "192.0.2.2").unwrap(),
+    ];
+    assert_eq!(forwarded(plain.addr, "192.0.2.3").err(), Some(429));
+
+    // Trusted (and loopback exempt, as it is by default): each forwarded address is a client
+    // of its own, capped as one.
+    let proxied = TestServer::with_config(|config| {
+        config.max_connections_per_ip = 2;
+        config.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    });
+    let addr = proxied.addr;
+    let mut held: Vec<Client> = [
+        "192.0.2.1",
+        "192.0.2.2",
+        "192.0.2.3",
+        "192.0.2.9",
+        "192.0.2.9",
+    ]
+    .into_iter()
+    .map(|from| forwarded(addr, from).unwrap())
+    .collect();
+    assert_eq!(forwarded(addr, "192.0.2.9").err(), Some(429));
+    let health = |from: &str| {
+        status_of(
+            addr,
+            &format!("GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: {from}\r\n\r\n"),
+        )
+    };
+    assert_eq!(health("192.0.2.9"), 429);
+    assert_eq!(health("192.0.2.1"), 200);
+    // Only the entry the proxy added counts: what the client wrote before it does not.
+    assert_eq!(health("192.0.2.1, 192.0.2.9"), 429);
+    held.push(forwarded(addr, "192.0.2.9, 192.0.2.4").unwrap());
+    // The proxy's own connections, with no header, are not capped.
+    for _ in 0..3 {
+        held.push(open_with(addr, "/ws", &[]).unwrap());
+    }
+    // And the connections work as any other.
+    held[0].send(json!({"type": "connect", "data": {}}));
+    held[0].expect("ready");
+    assert_eq!(
+        held[0].ask("through the proxy"),
+        "You said: through the proxy"
+    );
+    // A place given back is free again for that address.
+    held.remove(3);
+    wait_until("192.0.2.9's place to be free", || {
+        health("192.0.2.9") == 200
+    });
 }

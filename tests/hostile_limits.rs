@@ -4,9 +4,13 @@
 
 mod support;
 
+use std::time::Duration;
+
 use serde_json::json;
-use sparky::common::protocol::{ErrorCode, ServerEnvelope, ServerFrame, TurnId};
-use support::{Client, TestServer, events_seen, http_json, replay, test_config, wait_until};
+use sparky::common::protocol::{ErrorCode, ServerEnvelope, ServerFrame, SessionId, TurnId};
+use support::{
+    Client, TestServer, events_seen, http, http_json, kind, replay, test_config, wait_until,
+};
 
 /// Asserts that `frame` is the `error` `server_busy` closing turn `turn`.
 fn assert_busy(frame: &ServerEnvelope, turn: u64) {
@@ -27,7 +31,13 @@ fn client_of(server: &TestServer, token: &str) -> Client {
 #[test]
 fn running_turns_are_capped_per_principal_and_per_server_while_others_are_served() {
     let server = TestServer::with_config(|config| {
-        config.auth_tokens = vec!["alpha".into(), "beta".into()];
+        config.auth_tokens = vec![
+            "alpha".into(),
+            "beta".into(),
+            "gamma".into(),
+            "delta".into(),
+        ];
+        // Five places, the last kept for a principal running no turn.
         config.max_running_turns = 5;
         config.max_running_turns_per_principal = 3;
     });
@@ -48,29 +58,78 @@ fn running_turns_are_capped_per_principal_and_per_server_while_others_are_served
     fourth.expect("user_message");
     assert_busy(&fourth.expect("error"), 1);
 
-    // Beta is still served, up to the server's cap.
+    // Beta is still served. A second turn of beta's while its first runs would take the last
+    // place, which is kept for a principal running none.
     let mut beta = client_of(&server, "beta");
     assert_eq!(beta.ask("hello"), "You said: hello");
-    let mut beta_waits: Vec<Client> = (0..2).map(|_| client_of(&server, "beta")).collect();
-    for client in &mut beta_waits {
-        client.say("/wait 30000");
-        client.expect("tool_use");
-    }
+    let mut beta_wait = client_of(&server, "beta");
+    beta_wait.say("/wait 30000");
+    beta_wait.expect("tool_use");
     beta.say("one too many");
     beta.expect("user_message");
     assert_busy(&beta.expect("error"), 2);
-    assert_eq!(server.handle.sessions().turns_running(), 5);
 
-    // A cancelled turn gives its place back once its thread is done with it.
-    alpha[0].cancel();
-    alpha[0].expect("status");
-    wait_until("the cancelled turn's place to be free", || {
-        server.handle.sessions().turns_running() == 4
+    // Gamma, running none, takes it; then the server is full for everyone.
+    let mut gamma = client_of(&server, "gamma");
+    gamma.say("/wait 30000");
+    gamma.expect("tool_use");
+    assert_eq!(server.handle.sessions().turns_running(), 5);
+    let mut delta = client_of(&server, "delta");
+    delta.say("hello");
+    delta.expect("user_message");
+    assert_busy(&delta.expect("error"), 1);
+
+    // Cancelled turns give their places back once their threads are done with them.
+    for client in &mut alpha[..2] {
+        client.cancel();
+        client.expect("status");
+    }
+    wait_until("the cancelled turns' places to be free", || {
+        server.handle.sessions().turns_running() == 3
     });
     assert_eq!(fourth.ask("my turn now"), "You said: my turn now");
     wait_until("the finished turn's place to be free", || {
-        server.handle.sessions().turns_running() == 4
+        server.handle.sessions().turns_running() == 3
     });
+}
+
+#[test]
+fn a_newcomer_s_turn_runs_while_other_principals_hold_every_turn_they_may() {
+    let attackers = ["attacker-1", "attacker-2", "attacker-3", "attacker-4"];
+    let server = TestServer::with_config(|config| {
+        config.auth_tokens = attackers.iter().map(|t| t.to_string()).collect();
+        config.auth_tokens.push("newcomer".into());
+        // As in the attack run, four principals at their own caps add up to the server's:
+        // eight places, one of them kept for a principal running none.
+        config.max_running_turns = 8;
+        config.max_running_turns_per_principal = 2;
+    });
+    // Each attacker starts long turns until the server refuses it one.
+    let mut held = Vec::new();
+    for token in attackers {
+        loop {
+            let mut client = client_of(&server, token);
+            client.say("/wait 30000");
+            client.expect("user_message");
+            let outcome = loop {
+                let frame = client.next();
+                if ["tool_use", "error"].contains(&kind(&frame).as_str()) {
+                    break frame;
+                }
+            };
+            if kind(&outcome) == "error" {
+                assert_busy(&outcome, 1);
+                break;
+            }
+            held.push(client);
+        }
+    }
+    // Two turns each but the last, which got one: the kept place is left.
+    assert_eq!(held.len(), 7, "the attackers took the kept place");
+    assert_eq!(server.handle.sessions().turns_running(), 7);
+    // The newcomer's turn runs.
+    let mut newcomer = client_of(&server, "newcomer");
+    assert_eq!(newcomer.ask("am I served?"), "You said: am I served?");
 }
 
 /// The code of a frame that is an error, for a turn or for the connection.
@@ -196,10 +255,17 @@ fn a_principal_keeps_at_most_its_quota_of_conversations() {
         config.auth_tokens = vec!["alpha".into(), "beta".into()];
         config.max_conversations_per_principal = 3;
     });
-    // A conversation counts once it is stored, with its first message.
-    for _ in 0..5 {
+    // A conversation that never got a message counts while it is in memory, and no longer
+    // once it has left.
+    for _ in 0..3 {
         client_of(&server, "alpha");
     }
+    assert!(refused_connect(&server, "alpha").contains("delete some"));
+    let sessions = server.handle.sessions();
+    wait_until("the conversations nobody wrote in to leave memory", || {
+        sessions.evict_idle(Duration::ZERO);
+        sessions.is_empty()
+    });
     let ids: Vec<_> = (0..3)
         .map(|_| {
             let mut client = client_of(&server, "alpha");
@@ -214,6 +280,138 @@ fn a_principal_keeps_at_most_its_quota_of_conversations() {
     assert_eq!(status, 204);
     client_of(&server, "alpha").ask("in its place");
     assert!(refused_connect(&server, "alpha").contains("delete some"));
+}
+
+/// How many conversations the API lists for `token`.
+fn listed(server: &TestServer, token: &str) -> usize {
+    let (status, list) = http_json(server.addr, "GET", "/api/conversations", Some(token), None);
+    assert_eq!(status, 200, "{list}");
+    list["conversations"].as_array().unwrap().len()
+}
+
+#[test]
+fn connects_held_open_cannot_pass_the_conversation_quota() {
+    let server = TestServer::with_config(|config| {
+        config.auth_tokens = vec!["alpha".into()];
+        config.max_conversations_per_principal = 3;
+    });
+    // Three new sessions, none stored yet: they count already.
+    let mut held: Vec<Client> = (0..3).map(|_| client_of(&server, "alpha")).collect();
+    assert!(refused_connect(&server, "alpha").contains("delete some"));
+    for client in &mut held {
+        assert_eq!(client.ask("store me"), "You said: store me");
+    }
+    assert!(refused_connect(&server, "alpha").contains("delete some"));
+    assert_eq!(listed(&server, "alpha"), 3);
+}
+
+#[test]
+fn leaving_and_resuming_cannot_pass_the_conversation_quota() {
+    let server = TestServer::with_config(|config| {
+        config.auth_tokens = vec!["alpha".into()];
+        config.max_conversations_per_principal = 3;
+    });
+    // Three new sessions, each left at once: they stay in memory, not stored.
+    let ids: Vec<SessionId> = (0..3)
+        .map(|_| client_of(&server, "alpha").session_id.unwrap())
+        .collect();
+    let sessions = server.handle.sessions();
+    wait_until("every connection to be gone", || {
+        ids.iter()
+            .all(|id| sessions.get(id).is_some_and(|s| s.subscriber_count() == 0))
+    });
+    assert!(refused_connect(&server, "alpha").contains("delete some"));
+    // Each is resumed and gets its first message: still three.
+    for id in &ids {
+        let mut client = Client::connect(
+            server.addr,
+            json!({"token": "alpha", "session_id": id.as_str(), "last_seq": 0}),
+        );
+        assert_eq!(client.session_id.as_ref(), Some(id));
+        assert_eq!(client.ask("store me"), "You said: store me");
+    }
+    assert!(refused_connect(&server, "alpha").contains("delete some"));
+    assert_eq!(listed(&server, "alpha"), 3);
+}
+
+#[test]
+fn a_full_store_takes_renames_and_deletions_and_a_deletion_makes_room() {
+    let config = test_config();
+    let data_dir = config.data_dir.clone();
+    let (kept_id, deleted_id);
+    {
+        let server = TestServer::with_config(|c| *c = config.clone());
+        let mut kept = server.client();
+        kept.ask("/remember otters hold hands while they sleep");
+        let mut doomed = server.client();
+        let big = "y".repeat(90_000);
+        for n in 0..6 {
+            doomed.ask(&format!("{n} {big}"));
+        }
+        let (_, memories) = http_json(server.addr, "GET", "/api/memories", None, None);
+        let memory = memories["memories"][0]["id"].as_i64().expect("a memory");
+        kept_id = kept.session_id.clone().unwrap();
+        deleted_id = doomed.session_id.clone().unwrap();
+        drop(doomed);
+
+        // The store fills: a new conversation's first batch is refused, and retried.
+        let store = server.handle.store().clone();
+        store.set_size_limit(Some(1)).unwrap();
+        let mut writer = server.client();
+        writer.say(&"x".repeat(90_000));
+        let journal = server.handle.journal().clone();
+        wait_until("the store to refuse writes", || journal.failing());
+
+        // A rename is made (it adds no more than a title), and says so.
+        let kept_path = format!("/api/conversations/{}", kept_id.as_str());
+        let title = json!({"title": "renamed while full"}).to_string();
+        let (status, entry) = http_json(server.addr, "PATCH", &kept_path, None, Some(&title));
+        assert_eq!(
+            (status, entry["title"].as_str()),
+            (200, Some("renamed while full"))
+        );
+        let (_, entry) = http_json(server.addr, "GET", &kept_path, None, None);
+        assert_eq!(entry["title"], "renamed while full");
+
+        // A memory is deleted.
+        let memory_path = format!("/api/memories/{memory}");
+        let (status, body) = http(server.addr, "DELETE", &memory_path, None, None);
+        assert_eq!(status, 204, "{body}");
+        let (_, memories) = http_json(server.addr, "GET", "/api/memories", None, None);
+        assert_eq!(memories["memories"], json!([]));
+
+        // A conversation is deleted at once, ahead of the refused batch, and is gone.
+        let deleted_path = format!("/api/conversations/{}", deleted_id.as_str());
+        let (status, body) = http(server.addr, "DELETE", &deleted_path, None, None);
+        assert_eq!(status, 204, "{body}");
+        let (status, _) = http(server.addr, "GET", &deleted_path, None, None);
+        assert_eq!(status, 404);
+
+        // The room it made takes the refused batch, and then new turns.
+        wait_until("the store to take writes", || !journal.failing());
+        writer.finish_turn(1);
+        assert_eq!(kept.ask("room again"), "You said: room again");
+        store.set_size_limit(None).unwrap();
+    }
+
+    // After a restart, the deletion and the rename hold.
+    let server = TestServer::restart_on(&data_dir);
+    let (status, _) = http(
+        server.addr,
+        "GET",
+        &format!("/api/conversations/{}", deleted_id.as_str()),
+        None,
+        None,
+    );
+    assert_eq!(status, 404);
+    let (_, entry) = http_json(
+        server.addr,
+        "GET",
+        &format!("/api/conversations/{}", kept_id.as_str()),
+        None,
+        None,
+    );
+    assert_eq!(entry["title"], "renamed while full");
 }
 
 #[test]

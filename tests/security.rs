@@ -2,7 +2,8 @@
 
 mod support;
 
-use std::net::SocketAddr;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -11,6 +12,7 @@ use sparky::common::config::RateLimit;
 use sparky::common::protocol::{ErrorCode, ServerFrame};
 use support::{ChildServer, Client, TestServer, WAIT, kinds, temp_dir, wait_until};
 use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::{Message, WebSocket};
 
 fn with_tokens() -> TestServer {
     TestServer::with_config(|config| config.auth_tokens = vec!["alpha".into(), "beta".into()])
@@ -192,6 +194,120 @@ fn a_peer_that_stops_answering_pings_is_dropped_and_its_session_kept() {
     drop(client);
     let mut again = Client::resume(server.addr, &id, 0);
     assert_eq!(again.ask("still mine?"), "You said: still mine?");
+}
+
+/// A client's stream on a slow link: it takes at most `bytes_per_second` from its socket.
+struct Throttled {
+    stream: TcpStream,
+    bytes_per_second: f64,
+}
+
+impl Read for Throttled {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        let wanted = buffer.len().min(16 * 1024);
+        let read = self.stream.read(&mut buffer[..wanted])?;
+        // The link's pace, not a wait for something: a slow reader is what is tested.
+        std::thread::sleep(Duration::from_secs_f64(read as f64 / self.bytes_per_second));
+        Ok(read)
+    }
+}
+
+impl Write for Throttled {
+    fn write(&mut self, buffer: &[u8]) -> std::io::Result<usize> {
+        self.stream.write(buffer)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.stream.flush()
+    }
+}
+
+/// Reads `ws` until a frame of type `wanted` arrives, and returns it as JSON.
+fn read_until(ws: &mut WebSocket<Throttled>, wanted: &str) -> serde_json::Value {
+    let deadline = Instant::now() + 3 * WAIT;
+    loop {
+        assert!(Instant::now() < deadline, "no {wanted} in time");
+        match ws.read() {
+            Ok(Message::Text(text)) => {
+                let frame: serde_json::Value = serde_json::from_str(&text).unwrap();
+                if frame["type"] == wanted {
+                    return frame;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => panic!("the slow reader's connection ended waiting for {wanted}: {e}"),
+        }
+    }
+}
+
+#[test]
+fn a_slow_reader_of_a_large_event_keeps_its_connection_while_dead_peers_are_dropped() {
+    let server = TestServer::with_config(|config| {
+        config.ping_interval = Duration::from_secs(1);
+        config.write_timeout = Duration::from_secs(2);
+        config.max_frame_bytes = 8 << 20;
+        config.max_text_chars = 8 << 20;
+    });
+    // A reader at 2 MB/s with a small receive buffer, so that most of what it has yet to read
+    // waits on the server's side.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(64 * 1024).unwrap();
+    socket.connect(&server.addr.into()).unwrap();
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let link = Throttled {
+        stream,
+        bytes_per_second: 2e6,
+    };
+    let (mut slow, _) = tungstenite::client(format!("ws://{}/ws", server.addr), link).unwrap();
+    slow.send(Message::text(
+        json!({"type": "connect", "data": {}}).to_string(),
+    ))
+    .unwrap();
+    let info = read_until(&mut slow, "session_info");
+    let id = info["data"]["session_id"].as_str().unwrap().to_owned();
+    read_until(&mut slow, "ready");
+    // Two dead peers, which neither read nor answer pings: one on the same conversation, with
+    // the large events waiting for it, and one with nothing to read.
+    let behind = Client::connect(server.addr, json!({"session_id": id}));
+    let idle = server.client();
+    assert_eq!(server.handle.connection_count(), 3);
+
+    // About 5 MB of words; the echo makes a second event as large: 10 MB to read, five seconds
+    // at the reader's pace, five ping intervals.
+    let text = "lorem ipsum ".repeat(5_000_000 / 12);
+    slow.send(Message::text(
+        json!({"type": "message", "data": {"text": text}}).to_string(),
+    ))
+    .unwrap();
+    let started = Instant::now();
+    let echoed = read_until(&mut slow, "user_message");
+    assert_eq!(
+        echoed["data"]["text"].as_str().map(str::len),
+        Some(text.len())
+    );
+    let answer = read_until(&mut slow, "message");
+    assert_eq!(
+        answer["data"]["text"].as_str().map(str::len),
+        Some("You said: ".len() + text.len())
+    );
+    assert!(
+        started.elapsed() > Duration::from_secs(3),
+        "read in {:?}: the reader was not slow, so the test proves little",
+        started.elapsed()
+    );
+    // Still connected, and answered.
+    slow.send(Message::text(
+        json!({"type": "message", "data": {"text": "still here?"}}).to_string(),
+    ))
+    .unwrap();
+    let answer = read_until(&mut slow, "message");
+    assert_eq!(answer["data"]["text"], "You said: still here?");
+    // The dead peers were dropped meanwhile.
+    wait_until("the dead peers to be dropped", || {
+        server.handle.connection_count() == 1
+    });
+    drop((behind, idle));
 }
 
 #[test]

@@ -121,7 +121,8 @@ pub struct Config {
     #[arg(long, value_name = "DURATION", value_parser = positive_duration)]
     pub retention: Option<Duration>,
     /// Open WebSocket connections at most; an upgrade past it gets HTTP 503 (default: 20000,
-    /// or fewer when the open-file limit allows fewer).
+    /// or fewer when the open-file limit allows fewer). A tenth is kept for connections that
+    /// authenticated; one that has not yet is let go for a newer one when the rest is taken.
     // The binary lowers the default, never a value given on the command line.
     #[arg(
         long,
@@ -212,6 +213,12 @@ pub struct Config {
     /// whose clients all arrive from loopback).
     #[arg(long)]
     pub per_ip_loopback: bool,
+    /// The address of a reverse proxy in front of the server (repeatable), e.g. 127.0.0.1.
+    /// For connections from it, the client's address is the last one in X-Forwarded-For (the
+    /// one the proxy added), for --max-connections-per-ip and the log; the header is ignored
+    /// from anyone else.
+    #[arg(long = "trusted-proxy", value_name = "ADDR")]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Bytes that unfinished incoming messages may hold, all connections together; a connection
     /// that would pass it is closed with 1013.
     #[arg(long, default_value_t = 64 << 20, value_parser = at_least_one::<usize>)]
@@ -381,6 +388,7 @@ impl fmt::Debug for Config {
             allowed_hosts,
             max_connections_per_ip,
             per_ip_loopback,
+            trusted_proxies,
             max_pending_message_bytes,
             public_metrics,
             rate_limit,

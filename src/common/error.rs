@@ -54,6 +54,10 @@ pub enum Error {
         detail: String,
         /// The underlying error (SQLite's, PostgreSQL's, the file system's), if any.
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
+        /// True when the store refused a write for lack of room: a full disk, or its size cap
+        /// (`--max-store-mib`). The API answers `507` for it, where other store failures get
+        /// `503`.
+        full: bool,
     },
     /// The configuration is not usable.
     Config(String),
@@ -72,6 +76,17 @@ impl Error {
         Error::Store {
             detail: detail.into(),
             source: None,
+            full: false,
+        }
+    }
+
+    /// A write the store refused for lack of room (a full disk, its size cap); `detail` says
+    /// which, in words for the operator.
+    pub fn store_full(detail: impl Into<String>) -> Self {
+        Error::Store {
+            detail: detail.into(),
+            source: None,
+            full: true,
         }
     }
 
@@ -84,7 +99,26 @@ impl Error {
         Error::Store {
             detail: detail.into(),
             source: Some(Box::new(source)),
+            full: false,
         }
+    }
+
+    /// Marks a store error as a refusal for lack of room (see [`Error::store_full`]) when
+    /// `full` is set; any other error is returned as it is.
+    pub fn full_if(self, full: bool) -> Self {
+        match self {
+            Error::Store { detail, source, .. } if full => Error::Store {
+                detail,
+                source,
+                full: true,
+            },
+            other => other,
+        }
+    }
+
+    /// True for a store that refused a write for lack of room (see [`Error::store_full`]).
+    pub fn is_store_full(&self) -> bool {
+        matches!(self, Error::Store { full: true, .. })
     }
 
     /// The stable code a client sees for this error.
@@ -168,5 +202,10 @@ mod tests {
         assert_eq!(io.kind(), io::ErrorKind::StorageFull);
         assert_eq!(error.code(), ErrorCode::Internal);
         assert!(Error::store("refused").source().is_none());
+        assert!(!error.is_store_full());
+        let full = Error::store("write: disk full").full_if(true);
+        assert!(full.is_store_full());
+        assert_eq!(full.to_string(), "store: write: disk full");
+        assert!(!Error::Config("x".into()).full_if(true).is_store_full());
     }
 }

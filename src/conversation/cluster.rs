@@ -5,7 +5,7 @@
 //! a cluster of one (SQLite) there is no such thread. See `session/lease.rs` for what a lease
 //! is; ARCHITECTURE.md has the cross-instance paths.
 //!
-//! Depends on: `common::error`, `common::metrics`, `common::protocol`, `conversation::session::manager`, `store::cluster`.
+//! Depends on: `common::error`, `common::metrics`, `common::protocol`, `conversation::session::manager`, `conversation::session::relay`, `store::cluster`.
 
 use std::fmt;
 use std::sync::Arc;
@@ -18,11 +18,16 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 use crate::common::error::{Error, Result};
 use crate::common::metrics::Metrics;
 use crate::common::protocol::SessionId;
-use crate::conversation::session::SessionManager;
+use crate::conversation::session::{RELAY_EVERY, SessionManager};
 use crate::store::{Cluster, LEASE_TTL, Notice, Signal};
 
-/// How long one wait for signals lasts; the thread's other work runs between waits.
-const WAIT: Duration = Duration::from_millis(500);
+/// How long one wait for signals lasts; the thread's other work runs between waits, streamed
+/// frames waiting to be relayed among it (so they go between one and one and a half times
+/// `RELAY_EVERY` after the first of them).
+const WAIT: Duration = match RELAY_EVERY.checked_div(2) {
+    Some(half) => half,
+    None => RELAY_EVERY,
+};
 
 /// How often this instance renews its leases: three times per lease.
 const RENEW_EVERY: Duration = Duration::from_secs(LEASE_TTL.as_secs() / 3);
@@ -145,6 +150,7 @@ fn run(
                 let _ = stopping.recv_timeout(RETRY_AFTER);
             }
         }
+        sessions.flush_relays();
         let now = Instant::now();
         if now >= next_renew {
             next_renew = now + RENEW_EVERY;
@@ -193,6 +199,14 @@ fn act(sessions: &SessionManager, cluster: &dyn Cluster, metrics: &Metrics, noti
         );
     }
     match signal {
+        Signal::Stream => {
+            if let Some((after, frames)) = detail
+                .split_once(' ')
+                .and_then(|(after, frames)| Some((after.parse().ok()?, frames)))
+            {
+                sessions.relayed(&id, after, frames);
+            }
+        }
         Signal::Released => sessions.lease_released(),
         Signal::Deleted => sessions.forget(&id),
         Signal::Events | Signal::Yield | Signal::Cancel | Signal::Allow | Signal::Deny => {
@@ -213,7 +227,9 @@ fn act(sessions: &SessionManager, cluster: &dyn Cluster, metrics: &Metrics, noti
                 return;
             };
             match signal {
-                Signal::Events => session.catch_up(),
+                // Up to the batch's newest event only: the streamed frames signalled after it
+                // must find this instance there.
+                Signal::Events => session.catch_up_to(detail.parse().unwrap_or(u64::MAX)),
                 Signal::Yield => session.let_go(),
                 Signal::Allow | Signal::Deny => {
                     session.approve_here(&detail, signal == Signal::Allow);

@@ -10,11 +10,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::common::auth::{Auth, Principal};
+use crate::common::error::Error;
 use crate::common::protocol::{SessionId, Usage};
 use crate::conversation::session::Conversation;
-use crate::net::http::{RequestHead, Response};
+use crate::net::http::{Body, JsonList, RequestHead, Response};
 use crate::net::routes::{Found, Route, RouteContext, allow, find};
-use crate::store::{Node, TurnsPage};
+use crate::store::{Node, PageSize, TurnsPage};
 
 /// Largest request body accepted, in bytes.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -25,9 +26,16 @@ const DEFAULT_EVENTS: usize = 200;
 /// Events one page holds at most.
 const MAX_EVENTS: usize = 1_000;
 
-/// The most events `?turn_id=T` answers with: more than any turn makes (it is bounded by
+/// The most events a page of `?turn_id=T` holds: more than any turn makes (it is bounded by
 /// `--max-steps`), and a bound on the answer whatever is stored.
 const MAX_TURN_EVENTS: usize = 10_000;
+
+/// Bytes of event bodies one page of events holds at most, whatever its `limit`: a page of
+/// large events is shorter, and the client pages on (`before_seq`, or `after_seq` for one
+/// turn). A page always holds at least one event, however large. Each page is read from the
+/// store whole, so that no reader connection waits on a slow client, and written to the socket
+/// piece by piece, so that it is never copied into one string.
+pub const MAX_PAGE_BYTES: usize = 4 << 20;
 
 /// Conversations one list holds at most (and by default).
 const MAX_CONVERSATIONS: usize = 5_000;
@@ -167,12 +175,6 @@ struct ConversationsJson<'a> {
     principal: &'a str,
 }
 
-#[derive(Debug, Serialize)]
-struct EventsJson {
-    /// Each event exactly as it went over the WebSocket.
-    events: Vec<Box<RawValue>>,
-}
-
 /// The tree of a conversation, as `GET /api/conversations/{id}/turns` answers.
 #[derive(Debug, Serialize)]
 struct TurnsJson {
@@ -233,6 +235,9 @@ struct RenameJson {
 #[derive(Debug, Serialize)]
 struct ErrorJson<'a> {
     error: &'a str,
+    /// `storage` when the store failed (section 7's code for the same cause on the WebSocket).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<&'static str>,
 }
 
 /// An RFC 3339 UTC time for unix seconds.
@@ -282,7 +287,14 @@ fn json(status: u16, reason: &'static str, body: &impl Serialize) -> Response {
 }
 
 fn error(status: u16, reason: &'static str, message: &str) -> Response {
-    json(status, reason, &ErrorJson { error: message })
+    json(
+        status,
+        reason,
+        &ErrorJson {
+            error: message,
+            code: None,
+        },
+    )
 }
 
 fn not_found() -> Response {
@@ -301,9 +313,34 @@ fn method_not_allowed(methods: Vec<&'static str>) -> Response {
     }
 }
 
-fn failed(e: &crate::common::error::Error) -> Response {
-    log::error!("api: {e}");
-    error(500, "Internal Server Error", "the store could not answer")
+/// The answer to a failure of the store, with the code `storage`: `507` when it refused a
+/// write for lack of room (a full disk, `--max-store-mib`), else `503` (it cannot be reached,
+/// or did not answer in time). Either way, a request that would change something changed
+/// nothing.
+fn failed(e: &Error) -> Response {
+    let (status, reason, message) = if e.is_store_full() {
+        log::warn!("api: {e}");
+        (
+            507,
+            "Insufficient Storage",
+            "the store is full; nothing was changed (deleting conversations or memories makes room)",
+        )
+    } else {
+        log::error!("api: {e}");
+        (
+            503,
+            "Service Unavailable",
+            "the store cannot be reached now; nothing was changed",
+        )
+    };
+    json(
+        status,
+        reason,
+        &ErrorJson {
+            error: message,
+            code: Some("storage"),
+        },
+    )
 }
 
 /// The value of `name` in a query string, decoded.
@@ -358,28 +395,56 @@ fn conversation(ctx: &RouteContext, request: &ApiRequest<'_>) -> Response {
     }
 }
 
-/// `GET /api/conversations/{id}/events?before_seq=N&limit=M`, or `?turn_id=T` for one turn's.
+/// `GET /api/conversations/{id}/events?before_seq=N&limit=M`, or
+/// `?turn_id=T[&after_seq=N]` for one turn's: a page of at most [`MAX_PAGE_BYTES`] of events.
 fn events(ctx: &RouteContext, request: &ApiRequest<'_>) -> Response {
     let Some(id) = session_id(request) else {
         return not_found();
     };
-    let bodies = match number(request.query, "turn_id") {
+    let turn = match number(request.query, "turn_id") {
+        Ok(turn) => turn,
         Err(response) => return response,
-        Ok(Some(turn)) => ctx
-            .sessions
-            .turn_events(request.principal, &id, turn, MAX_TURN_EVENTS),
-        Ok(None) => match page(request.query) {
-            Ok((before, limit)) => ctx.sessions.events(request.principal, &id, before, limit),
+    };
+    let bodies = match turn {
+        Some(turn) => {
+            let after = match number(request.query, "after_seq") {
+                Ok(after) => after.unwrap_or(0),
+                Err(response) => return response,
+            };
+            let size = PageSize {
+                limit: MAX_TURN_EVENTS,
+                max_bytes: MAX_PAGE_BYTES,
+            };
+            ctx.sessions
+                .turn_events(request.principal, &id, turn, after, size)
+        }
+        None => match page(request.query) {
+            Ok((before, limit)) => {
+                let size = PageSize {
+                    limit,
+                    max_bytes: MAX_PAGE_BYTES,
+                };
+                ctx.sessions.events(request.principal, &id, before, size)
+            }
             Err(response) => return response,
         },
     };
     match bodies {
         Ok(Some(bodies)) => {
-            let events = bodies
+            // Every body is an event the server encoded; one that is not JSON (a damaged row)
+            // is left out rather than breaking the whole answer.
+            let items = bodies
                 .into_iter()
-                .filter_map(|body| RawValue::from_string(body).ok())
+                .filter(|body| serde_json::from_str::<&RawValue>(body).is_ok())
                 .collect();
-            json(200, "OK", &EventsJson { events })
+            Response {
+                content_type: "application/json",
+                body: Body::JsonList(Box::new(JsonList {
+                    key: "events",
+                    items,
+                })),
+                ..Response::text(200, "OK", "")
+            }
         }
         Ok(None) => not_found(),
         Err(e) => failed(&e),
@@ -491,6 +556,21 @@ mod tests {
     fn times_are_rfc_3339_utc() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn a_store_failure_is_a_storage_error_507_when_full_and_503_otherwise() {
+        let body = |response: &Response| match &response.body {
+            Body::Text(text) => serde_json::from_str::<serde_json::Value>(text).unwrap(),
+            other => panic!("not text: {other:?}"),
+        };
+        let full = failed(&Error::store_full("write: database or disk is full"));
+        assert_eq!(full.status, 507);
+        assert_eq!(body(&full)["code"], "storage");
+        let lost = failed(&Error::store("write: connection refused"));
+        assert_eq!(lost.status, 503);
+        assert_eq!(body(&lost)["code"], "storage");
+        assert!(body(&not_found()).get("code").is_none());
     }
 
     #[test]

@@ -3,6 +3,13 @@
 //! once, pings a quiet peer, drops one that stalls or stops answering, and closes. It knows
 //! nothing of what the frames mean: `handler.rs` does.
 //!
+//! A ping's answer can only come once the peer has read everything sent before it, so the time
+//! the peer has to answer runs from when the ping reached the socket, and again from each time
+//! the peer took bytes that had waited for it: a slow reader of a large frame is not taken for
+//! a dead peer. One that reads nothing is dropped by the write timeout meanwhile. The server's
+//! side (`server.rs`) keeps the socket's unsent bytes low (`TCP_NOTSENT_LOWAT`), so that what
+//! a ping waits behind is mostly in the [`Outbound`], where progress shows.
+//!
 //! The socket is non-blocking. Frames from sessions do not pass through this thread: their
 //! producers write them through the `Outbound`. The thread is woken (a thread-directed signal,
 //! see `wake.rs`) only when those bytes did not all fit and it must poll for `POLLOUT`, when a
@@ -98,13 +105,24 @@ pub struct Connection {
     ping_interval: Duration,
     write_timeout: Duration,
     last_heard: Instant,
-    ping_sent: Option<Instant>,
+    /// The ping we sent and have had no answer to.
+    ping: Option<Ping>,
     /// Set once a Close frame is sent: the time by which the peer must have answered.
     closing_until: Option<Instant>,
     /// The handler's deadline.
     deadline: Option<Instant>,
     /// Set after a fatal frame: the connection ends at once.
     aborted: bool,
+}
+
+/// A ping on its way to the peer, or waiting for its answer.
+#[derive(Clone, Copy, Debug)]
+struct Ping {
+    /// Where the ping ends in the bytes handed to the `Outbound`: it has reached the socket
+    /// once the socket has taken this many.
+    ends_at: u64,
+    /// When it reached the socket, once it has.
+    on_socket: Option<Instant>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -142,7 +160,7 @@ impl Connection {
             ping_interval: config.ping_interval,
             write_timeout: config.write_timeout,
             last_heard: Instant::now(),
-            ping_sent: None,
+            ping: None,
             closing_until: None,
             deadline: None,
             aborted: false,
@@ -240,6 +258,14 @@ impl Connection {
                 self.close(code, text);
                 return Ok(Incoming::Released(reason));
             }
+            if !quiet && self.outbound.take_evicted() {
+                // A peer that never authenticates would not answer a Close either.
+                self.abort(
+                    CloseCode::Again,
+                    "too many connections waiting to authenticate; send a token sooner",
+                );
+                return Ok(Incoming::Closed);
+            }
             if self.closing_until.is_none() && self.shutdown.closing() {
                 self.close(CloseCode::Away, "server shutting down");
             }
@@ -299,9 +325,9 @@ impl Connection {
             };
             // The first pong after our ping is the answer to it; any other control frame is
             // the peer's own.
-            let awaited = matches!(message, Message::Pong(_)) && self.ping_sent.is_some();
+            let awaited = matches!(message, Message::Pong(_)) && self.ping.is_some();
             self.last_heard = Instant::now();
-            self.ping_sent = None;
+            self.ping = None;
             let closing = self.is_closing();
             let incoming = match message {
                 Message::Text(text) => Incoming::Text(text),
@@ -345,33 +371,61 @@ impl Connection {
             .is_none_or(|until| Instant::now() < until)
     }
 
-    /// Pings a quiet peer; false when it did not answer the last ping in time.
+    /// Pings a quiet peer; false when it did not answer the last ping in time (see the
+    /// module's notes for when that time starts).
     fn keepalive(&mut self) -> bool {
         let interval = self.ping_interval;
-        match self.ping_sent {
-            Some(sent) if sent.elapsed() >= interval => {
+        if self.ping.is_none() {
+            if self.last_heard.elapsed() >= interval && !self.is_closing() {
+                // The write side takes every byte; a broken socket shows at the next flush.
+                let _ = self.ws.send(Message::Ping(Default::default()));
+                // Bytes another thread added just after the ping count as before it: the
+                // clock starts a little late, never early.
+                self.ping = Some(Ping {
+                    ends_at: self.outbound.queued(),
+                    on_socket: None,
+                });
+            }
+            return true;
+        }
+        match self.pong_clock() {
+            Some(since) if since.elapsed() >= interval => {
                 log::info!(
-                    "connection {}: no pong within {interval:?}; dropping it",
+                    "connection {}: no pong within {interval:?} of the ping reaching the \
+                     socket; dropping it",
                     self.id
                 );
                 false
-            }
-            None if self.last_heard.elapsed() >= interval && !self.is_closing() => {
-                self.ping_sent = Some(Instant::now());
-                // The write side takes every byte; a broken socket shows at the next flush.
-                let _ = self.ws.send(Message::Ping(Default::default()));
-                true
             }
             _ => true,
         }
     }
 
+    /// Since when the peer has had our ping to answer: the later of when the ping reached the
+    /// socket and when the peer last took bytes that had waited. `None` while no ping is out,
+    /// or while it still waits behind bytes the socket has not taken.
+    fn pong_clock(&mut self) -> Option<Instant> {
+        let ping = self.ping.as_mut()?;
+        if ping.on_socket.is_none() && self.outbound.written() >= ping.ends_at {
+            ping.on_socket = Some(Instant::now());
+        }
+        let on_socket = ping.on_socket?;
+        Some(
+            self.outbound
+                .drained_at()
+                .map_or(on_socket, |drained| drained.max(on_socket)),
+        )
+    }
+
     /// Sleeps until the socket has something (or room, when bytes are pending), a wake-up
     /// comes, or the next deadline.
     fn sleep(&mut self) -> Result<()> {
-        let mut deadline = match self.ping_sent {
-            Some(sent) => sent + self.ping_interval,
-            None => self.last_heard + self.ping_interval,
+        // A ping still waiting for the socket has no deadline of its own: the write timeout
+        // below watches the bytes ahead of it.
+        let mut deadline = match (self.ping.is_some(), self.pong_clock()) {
+            (_, Some(since)) => since + self.ping_interval,
+            (true, None) => Instant::now() + self.ping_interval,
+            (false, None) => self.last_heard + self.ping_interval,
         };
         if !self.outbound.quiet()
             && let Some(since) = self.outbound.stalled_since()

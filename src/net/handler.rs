@@ -3,7 +3,7 @@
 //! and the rate limit (data and control frames alike), and submits to sessions, which start
 //! their own turns. Its replies go out through the transport.
 //!
-//! Depends on: `common::auth`, `common::config`, `common::error`, `common::metrics`, `common::protocol`, `common::rate`, `conversation::session`, `net::connection`, `net::shutdown`.
+//! Depends on: `common::auth`, `common::config`, `common::error`, `common::metrics`, `common::protocol`, `common::rate`, `conversation::session`, `net::admission`, `net::connection`, `net::shutdown`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -20,6 +20,7 @@ use crate::common::protocol::{
 };
 use crate::common::rate::Bucket;
 use crate::conversation::session::{Ask, Session, SessionManager, Submitted, Subscriber, WireText};
+use crate::net::admission::Place;
 use crate::net::connection::{Connection, Incoming};
 use crate::net::shutdown::Shutdown;
 
@@ -38,6 +39,23 @@ pub struct ConnectionContext {
     pub auth: Auth,
 }
 
+/// What a WebSocket brought from its upgrade request. Its `Debug` form hides the token.
+pub struct Upgrade<'a> {
+    /// A token from the request (`Authorization: Bearer` or `?token=`).
+    pub token: Option<String>,
+    /// The connection's place under `--max-connections`, authenticated or waiting to be.
+    pub place: Place<'a>,
+}
+
+impl std::fmt::Debug for Upgrade<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upgrade")
+            .field("token", &self.token.as_ref().map(|_| "[redacted]"))
+            .field("place", &self.place)
+            .finish()
+    }
+}
+
 /// Dispatch for one connection: what it is attached to and what it may still do.
 pub struct Handler<'a> {
     connection: Connection,
@@ -49,6 +67,8 @@ pub struct Handler<'a> {
     replaying: bool,
     /// A token from the upgrade request (`Authorization: Bearer` or `?token=`).
     upgrade_token: Option<String>,
+    /// The connection's place under `--max-connections`.
+    place: Place<'a>,
     /// While tokens are required and none valid has been presented: the time by which one must
     /// be, or the connection is closed (1008), whatever it sends meanwhile.
     auth_deadline: Option<Instant>,
@@ -68,15 +88,20 @@ impl std::fmt::Debug for Handler<'_> {
 impl<'a> Handler<'a> {
     /// Dispatch for `connection`.
     ///
-    /// When tokens are required and `upgrade_token` is not a valid one, the connection starts
-    /// unauthenticated: its frames and messages may be [`UNAUTHENTICATED_FRAME_BYTES`] at most,
-    /// and it must authenticate (a `connect` with a valid token) within the handshake timeout.
+    /// When its place is not an authenticated one (tokens are required and the upgrade brought
+    /// no valid one), the connection starts unauthenticated: its frames and messages may be
+    /// [`UNAUTHENTICATED_FRAME_BYTES`] at most, and it must authenticate (a `connect` with a
+    /// valid token) within the handshake timeout.
     pub fn new(
         mut connection: Connection,
         ctx: &'a ConnectionContext,
-        upgrade_token: Option<String>,
+        upgrade: Upgrade<'a>,
     ) -> Self {
-        let authenticated = ctx.auth.check(upgrade_token.as_deref()).is_ok();
+        let Upgrade {
+            token: upgrade_token,
+            place,
+        } = upgrade;
+        let authenticated = place.authenticated();
         let auth_deadline = (!authenticated).then(|| Instant::now() + ctx.config.handshake_timeout);
         if !authenticated {
             connection.limit_frames(UNAUTHENTICATED_FRAME_BYTES.min(ctx.config.max_frame_bytes));
@@ -89,6 +114,7 @@ impl<'a> Handler<'a> {
             connected: false,
             replaying: false,
             upgrade_token,
+            place,
             auth_deadline,
             bucket: ctx.config.rate_limit.map(Bucket::new),
         }
@@ -322,8 +348,13 @@ impl<'a> Handler<'a> {
                 principal.name()
             );
         }
-        // Authenticated: the connection gets the server's full limits and no deadline.
+        // Authenticated: the connection gets the server's full limits and no deadline, and
+        // leaves the places kept for those waiting to authenticate.
         if self.auth_deadline.take().is_some() {
+            if !self.place.authenticate() {
+                // Let go, a moment ago, to make room for a newer connection: it is closing.
+                return;
+            }
             self.connection
                 .limit_frames(self.ctx.config.max_frame_bytes);
             self.connection.set_deadline(None);

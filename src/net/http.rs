@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 /// The largest request head accepted.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
 
+/// The buffer a response is written through.
+const WRITE_BUFFER_BYTES: usize = 64 * 1024;
+
 /// `Cache-Control` of everything but versioned assets.
 const NO_STORE: &str = "no-store";
 
@@ -281,7 +284,68 @@ pub struct Response {
     /// The methods an `Allow` header names, for a `405`; no header when empty.
     pub allow: Vec<&'static str>,
     /// The body.
-    pub body: String,
+    pub body: Body,
+}
+
+/// What a response carries after its head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body {
+    /// Text, written as it is.
+    Text(String),
+    /// A JSON list, written piece by piece (see [`JsonList`]). Boxed, so that a response stays
+    /// small to move around.
+    JsonList(Box<JsonList>),
+}
+
+/// The JSON object `{"<key>": [item, …]}`, whose items are JSON texts already. It is written
+/// piece by piece, never joined into one string, so that a large list (a page of events) costs
+/// no second copy of itself; its length is known before the first byte.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonList {
+    /// The one member's name: plain ASCII that needs no escaping.
+    pub key: &'static str,
+    /// The list's items, each the text of one JSON value.
+    pub items: Vec<String>,
+}
+
+impl Body {
+    /// Its length in bytes, for `Content-Length`.
+    pub fn len(&self) -> usize {
+        match self {
+            Body::Text(text) => text.len(),
+            // `{"` key `":[` items joined by `,` `]}`
+            Body::JsonList(list) => {
+                let JsonList { key, items } = &**list;
+                key.len()
+                    + 7
+                    + items.iter().map(String::len).sum::<usize>()
+                    + items.len().saturating_sub(1)
+            }
+        }
+    }
+
+    /// True for a body of no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Writes the body to `out`.
+    fn write_to(&self, out: &mut impl Write) -> io::Result<()> {
+        match self {
+            Body::Text(text) => out.write_all(text.as_bytes()),
+            Body::JsonList(list) => {
+                let JsonList { key, items } = &**list;
+                write!(out, "{{\"{key}\":[")?;
+                for (n, item) in items.iter().enumerate() {
+                    if n > 0 {
+                        out.write_all(b",")?;
+                    }
+                    out.write_all(item.as_bytes())?;
+                }
+                out.write_all(b"]}")
+            }
+        }
+    }
 }
 
 impl Response {
@@ -294,7 +358,7 @@ impl Response {
             extra_headers: &[],
             cache_control: NO_STORE,
             allow: Vec::new(),
-            body: body.to_owned(),
+            body: Body::Text(body.to_owned()),
         }
     }
 
@@ -314,6 +378,8 @@ impl Response {
     ///
     /// The socket's write error.
     pub fn write(&self, stream: &mut impl Write, with_body: bool) -> io::Result<()> {
+        // Small pieces (a list's commas) gather here; large ones pass straight through.
+        let mut out = io::BufWriter::with_capacity(WRITE_BUFFER_BYTES, stream);
         let mut head = format!(
             "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: {}\r\nConnection: close\r\n",
             self.status,
@@ -329,11 +395,11 @@ impl Response {
             head.push_str(&format!("{name}: {value}\r\n"));
         }
         head.push_str("\r\n");
-        stream.write_all(head.as_bytes())?;
+        out.write_all(head.as_bytes())?;
         if with_body {
-            stream.write_all(self.body.as_bytes())?;
+            self.body.write_to(&mut out)?;
         }
-        stream.flush()
+        out.flush()
     }
 }
 
@@ -453,6 +519,40 @@ mod tests {
                 .unwrap()
                 .contains("\r\nAllow: GET, HEAD\r\n")
         );
+    }
+
+    #[test]
+    fn a_json_list_is_written_whole_with_its_length_known_first() {
+        for items in [
+            vec![],
+            vec!["1".to_owned()],
+            vec![r#"{"a":[1,2]}"#.into(), "\"x\"".into()],
+        ] {
+            let response = Response {
+                body: Body::JsonList(Box::new(JsonList {
+                    key: "events",
+                    items: items.clone(),
+                })),
+                ..Response::text(200, "OK", "")
+            };
+            let mut out = Vec::new();
+            response.write_to(&mut out).unwrap();
+            let text = String::from_utf8(out).unwrap();
+            let (head, body) = text.split_once("\r\n\r\n").unwrap();
+            let expected = serde_json::json!({ "events": items
+                .iter()
+                .map(|item| serde_json::from_str::<serde_json::Value>(item).unwrap())
+                .collect::<Vec<_>>() });
+            assert_eq!(
+                serde_json::from_str::<serde_json::Value>(body).unwrap(),
+                expected
+            );
+            assert!(
+                head.contains(&format!("\r\nContent-Length: {}\r\n", body.len())),
+                "{head}"
+            );
+            assert_eq!(response.body.len(), body.len());
+        }
     }
 
     #[test]

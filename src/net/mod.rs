@@ -1,4 +1,5 @@
-//! The edge: the accept loop and its limits ([`server`]), the HTTP wire ([`http`]), the
+//! The edge: the accept loop ([`server`]) and who may hold a connection ([`admission`]: the caps
+//! in all and per client address, trusted proxies), the HTTP wire ([`http`]), the
 //! Host/Origin policy ([`policy`]), the route table ([`routes`]: the page's routes, each a
 //! function that gets what it needs passed in) and the `/api/` routes ([`api`]), the bundled
 //! page ([`assets`]), the WebSocket transport ([`connection`], [`inbound`], [`outbound`],
@@ -7,6 +8,7 @@
 //!
 //! Depends on nothing in the crate.
 
+pub mod admission;
 pub mod api;
 pub mod assets;
 pub mod connection;

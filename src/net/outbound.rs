@@ -111,7 +111,7 @@ impl Locked<'_> {
 
 impl Drop for Locked<'_> {
     fn drop(&mut self) {
-        let attention = self.state.released.is_some() || self.state.broken;
+        let attention = self.state.released.is_some() || self.state.broken || self.state.evicted;
         self.outbound
             .pending_copy
             .store(self.state.pending_bytes(), Ordering::Release);
@@ -128,12 +128,18 @@ struct OutboundState {
     frame_ends: VecDeque<usize>,
     /// Since when the pending bytes have made no progress.
     stalled_since: Option<Instant>,
+    /// Bytes the socket has taken, in all.
+    written: u64,
+    /// When the socket last took bytes that had waited for it: the peer was reading then.
+    drained_at: Option<Instant>,
     /// A Close frame is on its way: no data frame may follow it.
     data_closed: bool,
     /// A write failed: the socket is gone.
     broken: bool,
     /// A session let the connection go, and why.
     released: Option<CloseReason>,
+    /// The server let the connection go, unauthenticated, to make room for a newer one.
+    evicted: bool,
     /// Someone asked the connection thread to look around (shutdown).
     woken: bool,
     /// Set by the connection thread before each sleep: whom to wake, and whether it polls for
@@ -265,6 +271,7 @@ impl Outbound {
                     return false;
                 }
             };
+            state.written += written as u64;
             if written < total {
                 state.keep(slices, written, &ends[..chunk.len()]);
                 for frame in frames.iter().skip((at + 1) * FRAMES_PER_WRITE) {
@@ -301,11 +308,12 @@ impl Outbound {
         let slices = [IoSlice::new(bytes)];
         match write_vectored(&self.socket, &slices) {
             Ok(written) if written < bytes.len() => {
+                state.written += written as u64;
                 state.keep(&slices, written, &[]);
                 state.stalled_since = Some(Instant::now());
                 state.wake(true);
             }
-            Ok(_) => {}
+            Ok(written) => state.written += written as u64,
             Err(e) => {
                 state.broken = true;
                 return Err(e);
@@ -334,6 +342,7 @@ impl Outbound {
                 }
                 Ok(n) => {
                     state.sent += n;
+                    state.written += n as u64;
                     progress = true;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -343,6 +352,9 @@ impl Outbound {
                     return Err(e);
                 }
             }
+        }
+        if progress {
+            state.drained_at = Some(Instant::now());
         }
         let sent = state.sent;
         while state.frame_ends.front().is_some_and(|end| *end <= sent) {
@@ -386,6 +398,25 @@ impl Outbound {
         self.lock().stalled_since
     }
 
+    /// Bytes the socket has taken so far.
+    pub fn written(&self) -> u64 {
+        self.lock().written
+    }
+
+    /// Bytes handed to this `Outbound` so far, taken by the socket or waiting: the socket has
+    /// taken everything handed over before now once [`Outbound::written`] reaches this.
+    pub fn queued(&self) -> u64 {
+        let state = self.lock();
+        state.written + state.pending_bytes() as u64
+    }
+
+    /// When the socket last took bytes that had been waiting for it, a sign that the peer is
+    /// reading: a socket with room takes bytes whether anyone reads them or not, a full one
+    /// only as its peer reads.
+    pub fn drained_at(&self) -> Option<Instant> {
+        self.lock().drained_at
+    }
+
     /// No data frame may be sent any more: a Close frame follows.
     pub fn close_data(&self) {
         self.lock().data_closed = true;
@@ -396,12 +427,29 @@ impl Outbound {
         self.lock().released.take()
     }
 
+    /// Lets the connection go to make room for a newer one (it has not authenticated; see
+    /// `admission.rs`): its thread is woken and closes it.
+    pub fn evict(&self) {
+        let mut state = self.lock();
+        state.evicted = true;
+        state.wake(false);
+    }
+
+    /// True, once, when the connection was let go by [`Outbound::evict`].
+    pub fn take_evicted(&self) -> bool {
+        std::mem::take(&mut self.lock().evicted)
+    }
+
     /// Called by the connection thread before it sleeps: `None` when something happened that
     /// it must look at first (a wake, a release, a broken socket); else the thread counts as
     /// sleeping from now on, and the answer says whether it must poll for `POLLOUT`.
     pub fn begin_sleep(&self, waker: ThreadWaker) -> Option<bool> {
         let mut state = self.lock();
-        if std::mem::take(&mut state.woken) || state.released.is_some() || state.broken {
+        if std::mem::take(&mut state.woken)
+            || state.released.is_some()
+            || state.broken
+            || state.evicted
+        {
             return None;
         }
         let polls_out = state.pending_bytes() > 0;

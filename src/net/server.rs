@@ -1,22 +1,21 @@
 //! The server: binding, the accept loop, one thread per connection, the connection limits (in
-//! all and per IP address), the `Host` check, the dispatch of a request to the page's routes or
-//! the API's (with the [`RouteContext`] they are handed, built here once), the session reaper,
-//! and shutdown. [`spawn`] returns a [`ServerHandle`]; [`run`] blocks.
+//! all and per client address, as `admission.rs` decides), the `Host` check, the dispatch of a
+//! request to the page's routes or the API's (with the [`RouteContext`] they are handed, built
+//! here once), the session reaper, and shutdown. [`spawn`] returns a [`ServerHandle`]; [`run`]
+//! blocks.
 //!
 //! Only this file, `http.rs`, `outbound.rs` and `connection.rs` touch client sockets.
 //!
-//! Depends on: `common::auth`, `common::config`, `common::error`, `common::metrics`, `conversation::bot`, `conversation::cluster`, `conversation::journal`, `conversation::memory`, `conversation::session`, `model`, `model::embed`, `model::offline`, `net::api`, `net::connection`, `net::handler`, `net::http`, `net::inbound`, `net::outbound`, `net::policy`, `net::routes`, `net::shutdown`, `net::wake`, `store`, `store::cluster`, `store::postgres`, `store::sqlite`, `tools`, `tools::mcp`.
+//! Depends on: `common::auth`, `common::config`, `common::error`, `common::metrics`, `conversation::bot`, `conversation::cluster`, `conversation::journal`, `conversation::memory`, `conversation::session`, `model`, `model::embed`, `model::offline`, `net::admission`, `net::api`, `net::connection`, `net::handler`, `net::http`, `net::inbound`, `net::outbound`, `net::policy`, `net::routes`, `net::shutdown`, `net::wake`, `store`, `store::cluster`, `store::postgres`, `store::sqlite`, `tools`, `tools::mcp`.
 
-use std::collections::HashMap;
 use std::io::Write;
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Sender, select, tick};
-use parking_lot::Mutex;
 use tungstenite::WebSocket;
 use tungstenite::protocol::{Role, WebSocketConfig};
 
@@ -32,9 +31,10 @@ use crate::conversation::session::{SessionManager, Turns};
 use crate::model::ModelBackend;
 use crate::model::embed::{Embed, EmbedOptions, RemoteEmbedder};
 use crate::model::offline::OfflineModel;
+use crate::net::admission::Admission;
 use crate::net::api;
 use crate::net::connection::{Connection, Wire};
-use crate::net::handler::{ConnectionContext, Handler};
+use crate::net::handler::{ConnectionContext, Handler, Upgrade};
 use crate::net::http::{self, HeadError, Response};
 use crate::net::inbound::{MessageBudget, MeteredStream};
 use crate::net::outbound::{Outbound, PendingLimit};
@@ -66,8 +66,16 @@ const READ_BUFFER_BYTES: usize = 4 * 1024;
 const WRITE_BUFFER_BYTES: usize = 0;
 
 /// Bytes waiting for a peer that does not read, past which its sessions let it go (it resumes
-/// by replay). Frames are bounded by `--outbox-capacity` too.
+/// by replay); at least twice `--max-frame-bytes`, so that a slow reader of one event as
+/// large as a client may send is not let go for the frames that follow it. Frames are bounded
+/// by `--outbox-capacity` too.
 const PENDING_LIMIT_BYTES: usize = 4 << 20;
+
+/// Unsent bytes a WebSocket's socket holds at most (`TCP_NOTSENT_LOWAT`); the rest waits in
+/// its `Outbound`. Without it, the kernel takes megabytes for a peer that reads slowly, and
+/// the server cannot tell whether a ping behind them has reached the peer or how fast the
+/// peer reads. Bytes in flight are not limited by it, so throughput is not either.
+const UNSENT_LOWAT_BYTES: u32 = 128 * 1024;
 
 /// How long a graceful shutdown waits for connections to finish their closing handshakes.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
@@ -191,6 +199,7 @@ pub fn spawn_with(
         config.auth_tokens.iter().map(String::as_str),
         &config.token_names,
     );
+    let admission = Admission::new(&config, metrics.clone());
     let shared = Arc::new(Shared {
         routes: RouteContext {
             sessions: sessions.clone(),
@@ -214,8 +223,7 @@ pub fn spawn_with(
         },
         hosts: HostPolicy::new(addr, &config.allowed_hosts),
         budget: Arc::new(MessageBudget::new(config.max_pending_message_bytes)),
-        per_ip: Mutex::new(HashMap::new()),
-        websockets: AtomicUsize::new(0),
+        admission,
         next_id: AtomicU64::new(1),
     });
 
@@ -317,7 +325,7 @@ impl ServerHandle {
 
     /// WebSocket connections open now.
     pub fn connection_count(&self) -> usize {
-        self.shared.websockets.load(Ordering::SeqCst)
+        self.shared.admission.open()
     }
 
     /// Bytes that unfinished incoming messages hold now, all connections together.
@@ -521,92 +529,16 @@ struct Shared {
     hosts: HostPolicy,
     /// The bytes unfinished incoming messages may hold, all connections together.
     budget: Arc<MessageBudget>,
-    /// Open connections per peer address, for `max_connections_per_ip`; an address leaves the
-    /// map when its last connection closes. Locked for one update.
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
-    /// Open WebSockets; counted against `max_connections`.
-    websockets: AtomicUsize,
+    /// The connection caps, in all and per client address.
+    admission: Admission,
     next_id: AtomicU64,
 }
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shared")
-            .field("websockets", &self.websockets)
+            .field("admission", &self.admission)
             .finish_non_exhaustive()
-    }
-}
-
-/// Holds one place under the connection limit; gives it back on drop.
-struct Slot<'a> {
-    shared: &'a Shared,
-}
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        self.shared.websockets.fetch_sub(1, Ordering::SeqCst);
-        Metrics::drop_one(&self.shared.ctx.metrics.connections_open);
-    }
-}
-
-/// Holds one place under the per-IP cap; gives it back on drop. `ip` is `None` for a peer the
-/// cap does not apply to.
-struct IpSlot<'a> {
-    shared: &'a Shared,
-    ip: Option<IpAddr>,
-}
-
-impl Drop for IpSlot<'_> {
-    fn drop(&mut self) {
-        let Some(ip) = self.ip else {
-            return;
-        };
-        let mut per_ip = self.shared.per_ip.lock();
-        if let Some(count) = per_ip.get_mut(&ip) {
-            *count -= 1;
-            if *count == 0 {
-                per_ip.remove(&ip);
-            }
-        }
-    }
-}
-
-impl Shared {
-    /// Takes a place under the per-IP cap for a connection from `peer`, or `None` when that
-    /// address has as many connections open as it may.
-    fn try_ip_slot(&self, peer: IpAddr) -> Option<IpSlot<'_>> {
-        let config = &self.ctx.config;
-        let peer = peer.to_canonical();
-        let exempt = peer.is_loopback() && !config.per_ip_loopback;
-        if config.max_connections_per_ip == 0 || exempt {
-            return Some(IpSlot {
-                shared: self,
-                ip: None,
-            });
-        }
-        let mut per_ip = self.per_ip.lock();
-        let count = per_ip.entry(peer).or_insert(0);
-        if *count >= config.max_connections_per_ip {
-            return None;
-        }
-        *count += 1;
-        Some(IpSlot {
-            shared: self,
-            ip: Some(peer),
-        })
-    }
-
-    /// Takes a place under the limit, or `None` when the server is full.
-    fn try_slot(&self) -> Option<Slot<'_>> {
-        let limit = self.ctx.config.max_connections;
-        self.websockets
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n < limit).then_some(n + 1)
-            })
-            .ok()?;
-        Metrics::bump(&self.ctx.metrics.connections_open);
-        Metrics::bump(&self.ctx.metrics.connections_total);
-        Some(Slot { shared: self })
     }
 }
 
@@ -661,27 +593,32 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, shared: &Shared, id: u64) -> R
     stream
         .set_write_timeout(Some(config.write_timeout))
         .map_err(|e| Error::io("write timeout", e))?;
-    let Some(_ip_slot) = shared.try_ip_slot(peer.ip()) else {
-        log::warn!(
-            "connection {id}: {} has {} connections open already; answering 429",
-            peer.ip(),
-            config.max_connections_per_ip
-        );
+    // A trusted proxy's own address is exempt: its clients are counted once their addresses
+    // are read from the request head.
+    let admission = &shared.admission;
+    let Some(_ip_place) = admission.ip_place(peer.ip()) else {
+        // The head is read first, so that an honest client sees the answer, but briefly: a
+        // refused connection must not hold its thread for the whole handshake timeout.
         let deadline = Instant::now() + REFUSED_HEAD_TIMEOUT.min(config.handshake_timeout);
         if let Err(HeadError::Gone(_)) = http::read_head(&mut stream, deadline) {
             return Ok(());
         }
-        let refused = Response::text(
-            429,
-            "Too Many Requests",
-            "too many connections from your address\n",
-        );
-        return respond(&mut stream, &refused);
+        return refuse_address(&mut stream, peer.ip(), config, id);
     };
     let head = match http::read_head(&mut stream, Instant::now() + config.handshake_timeout) {
         Ok(head) => head,
         Err(HeadError::Gone(_)) => return Ok(()),
         Err(HeadError::Bad(response)) => return respond(&mut stream, &response),
+    };
+    let _client_place = if admission.trusts(peer.ip()) {
+        let client = admission.client_address(peer.ip(), &head);
+        log::debug!("connection {id}: from {client} by way of {peer}");
+        match admission.ip_place(client) {
+            Some(place) => Some(place),
+            None => return refuse_address(&mut stream, client, config, id),
+        }
+    } else {
+        None
     };
     if let Err(response) = shared.hosts.check(&head) {
         log::warn!(
@@ -734,15 +671,22 @@ fn serve_websocket(
         Ok(answer) => answer,
         Err(response) => return respond(&mut stream, &response),
     };
-    let Some(_slot) = shared.try_slot() else {
-        let busy = Response::text(503, "Service Unavailable", "too many connections\n");
-        return respond(&mut stream, &busy);
-    };
     let limit = PendingLimit {
         frames: config.outbox_capacity.max(1),
-        bytes: PENDING_LIMIT_BYTES,
+        bytes: PENDING_LIMIT_BYTES.max(config.max_frame_bytes.saturating_mul(2)),
     };
     let outbound = Arc::new(Outbound::new(id, stream, limit, shared.ctx.metrics.clone()));
+    let token = head.token();
+    let authenticated = shared.ctx.auth.check(token.as_deref()).is_ok();
+    let Some(place) = shared.admission.place(id, authenticated, &outbound) else {
+        let busy = Response::text(503, "Service Unavailable", "too many connections\n");
+        return respond(&mut outbound.socket(), &busy);
+    };
+    if let Err(e) =
+        socket2::SockRef::from(outbound.socket()).set_tcp_notsent_lowat(UNSENT_LOWAT_BYTES)
+    {
+        log::debug!("connection {id}: TCP_NOTSENT_LOWAT not set: {e}");
+    }
     let mut stream = MeteredStream::new(Wire::new(outbound.clone()), shared.budget.clone());
     if stream.observe(&head.rest).is_err() {
         let busy = Response::text(503, "Service Unavailable", "server busy\n");
@@ -759,8 +703,8 @@ fn serve_websocket(
         .map_err(|e| Error::io("nonblocking", e))?;
     let sleeper = Sleeper::new().map_err(|e| Error::io("signal mask", e))?;
     let _registration = shared.ctx.shutdown.register(id, outbound.clone());
-    let token = head.token();
-    let mut handler = handler(stream, head.rest, outbound, sleeper, shared, id, token);
+    let upgrade = Upgrade { token, place };
+    let mut handler = handler(stream, head.rest, outbound, sleeper, shared, id, upgrade);
     handler.run()
 }
 
@@ -768,15 +712,15 @@ fn serve_websocket(
 /// is gone before the handler runs, so that its temporaries do not deepen the stack under
 /// every frame the handler handles.
 #[inline(never)]
-fn handler(
+fn handler<'a>(
     stream: MeteredStream<Wire>,
     read_ahead: Vec<u8>,
     outbound: Arc<Outbound>,
     sleeper: Sleeper,
-    shared: &Shared,
+    shared: &'a Shared,
     id: u64,
-    token: Option<String>,
-) -> Box<Handler<'_>> {
+    upgrade: Upgrade<'a>,
+) -> Box<Handler<'a>> {
     let config = &shared.ctx.config;
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_BYTES)
@@ -792,7 +736,26 @@ fn handler(
         id,
         config,
     );
-    Box::new(Handler::new(connection, &shared.ctx, token))
+    Box::new(Handler::new(connection, &shared.ctx, upgrade))
+}
+
+/// Answers `429` to a connection from `client`, which has as many open as it may.
+fn refuse_address(
+    stream: &mut TcpStream,
+    client: std::net::IpAddr,
+    config: &Config,
+    id: u64,
+) -> Result<()> {
+    log::warn!(
+        "connection {id}: {client} has {} connections open already; answering 429",
+        config.max_connections_per_ip
+    );
+    let refused = Response::text(
+        429,
+        "Too Many Requests",
+        "too many connections from your address\n",
+    );
+    respond(stream, &refused)
 }
 
 fn respond(stream: &mut impl Write, response: &Response) -> Result<()> {

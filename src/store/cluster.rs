@@ -20,7 +20,8 @@ pub const LEASE_TTL: Duration = Duration::from_secs(10);
 /// What one instance tells the others about a conversation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Signal {
-    /// New events are in the store (sent by the store with the batch that wrote them).
+    /// New events are in the store (sent by the store with the batch that wrote them), up to
+    /// the `seq` the notice's `detail` names.
     Events,
     /// Another instance wants the lease: cancel the turn in flight, write, and let go.
     Yield,
@@ -34,6 +35,10 @@ pub enum Signal {
     Allow,
     /// A client on another instance denied the call the notice's `detail` names.
     Deny,
+    /// Streamed frames (`message_delta`, `tool_progress`) of the turn running on the sender,
+    /// in `detail`: not events, so not in the store; sent with the batch of events they
+    /// follow, so never ahead of them (see `session/relay.rs`).
+    Stream,
 }
 
 impl Signal {
@@ -47,6 +52,7 @@ impl Signal {
             Signal::Deleted => 'd',
             Signal::Allow => 'a',
             Signal::Deny => 'n',
+            Signal::Stream => 's',
         }
     }
 
@@ -60,6 +66,7 @@ impl Signal {
             'd' => Signal::Deleted,
             'a' => Signal::Allow,
             'n' => Signal::Deny,
+            's' => Signal::Stream,
             _ => return None,
         })
     }
@@ -78,7 +85,7 @@ pub enum Notice {
         /// From sending to receiving.
         lag: Option<Duration>,
         /// What the signal is about within the conversation: the call of an `Allow` or a
-        /// `Deny`; empty for the others.
+        /// `Deny`, the frames of a `Stream`; empty for the others.
         detail: String,
     },
     /// The listening connection was (re)opened: signals may have been missed meanwhile, so
@@ -236,6 +243,7 @@ mod tests {
             Signal::Deleted,
             Signal::Allow,
             Signal::Deny,
+            Signal::Stream,
         ] {
             let text = payload(signal, id.as_str(), "a1", "call 7 with spaces");
             let Some(Notice::Signal {

@@ -118,11 +118,47 @@ pub enum WriteOp {
         /// The title.
         title: String,
     },
+    /// Streamed frames for the other instances sharing the store, told in order with the
+    /// batch's events (`Signal::Stream`); nothing is written.
+    Relay {
+        /// The conversation.
+        session: SessionId,
+        /// The signal's detail: the frames and the event they follow.
+        detail: String,
+    },
     /// The conversation and every row that belongs to it.
     DeleteSession {
         /// The conversation.
         session: SessionId,
     },
+}
+
+impl WriteOp {
+    /// The conversation the write is for.
+    pub fn session(&self) -> &SessionId {
+        match self {
+            WriteOp::CreateSession { id, .. } => id,
+            WriteOp::Event { session, .. }
+            | WriteOp::Messages { session, .. }
+            | WriteOp::Note { session, .. }
+            | WriteOp::Rename { session, .. }
+            | WriteOp::Relay { session, .. }
+            | WriteOp::DeleteSession { session } => session,
+        }
+    }
+
+    /// True for a write that adds nothing, or no more than a title: a deletion, a rename, or
+    /// streamed frames relayed (which write nothing).
+    /// A store lets a batch of only these through past its size cap, so that deleting is how
+    /// a full store makes room.
+    pub fn only_removes(batch: &[WriteOp]) -> bool {
+        batch.iter().all(|op| {
+            matches!(
+                op,
+                WriteOp::DeleteSession { .. } | WriteOp::Rename { .. } | WriteOp::Relay { .. }
+            )
+        })
+    }
 }
 
 /// What an event does to its conversation's turn bookkeeping.
@@ -267,6 +303,24 @@ pub struct TurnsPage {
     pub turns: Vec<TurnSummary>,
 }
 
+/// How much one page of a conversation's events for the API holds at most: `limit` events,
+/// and no more than `max_bytes` of their bodies once it holds one (a page is never empty for
+/// lack of room, or a client could not page past a large event).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PageSize {
+    /// Events.
+    pub limit: usize,
+    /// Bytes of bodies.
+    pub max_bytes: usize,
+}
+
+impl PageSize {
+    /// True when a page holding `events` events of `bytes` bytes takes no more.
+    fn full(self, events: usize, bytes: usize) -> bool {
+        events >= self.limit || bytes >= self.max_bytes
+    }
+}
+
 /// Events read for a replay.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EventPage {
@@ -310,8 +364,9 @@ pub trait ConversationStore: Send + Sync {
     fn events(&self, id: &SessionId, after: u64, up_to: u64, max_bytes: usize)
     -> Result<EventPage>;
 
-    /// The newest `limit` events of `id` with `seq < before` (all when `None`), oldest first,
-    /// when `owner` owns it; `None` when it does not exist or is someone else's.
+    /// The newest events of `id` with `seq < before` (all when `None`), as many as one page of
+    /// `size` holds (counted from the newest), oldest first, when `owner` owns it; `None` when
+    /// it does not exist or is someone else's.
     ///
     /// # Errors
     ///
@@ -321,7 +376,7 @@ pub trait ConversationStore: Send + Sync {
         owner: &str,
         id: &SessionId,
         before: Option<u64>,
-        limit: usize,
+        size: PageSize,
     ) -> Result<Option<Vec<String>>>;
 
     /// The newest `limit` messages of conversation `id` that belong to the turns `path`
@@ -348,8 +403,9 @@ pub trait ConversationStore: Send + Sync {
     /// [`crate::common::error::Error::Store`] when the store cannot be read.
     fn turns(&self, owner: &str, id: &SessionId) -> Result<Option<TurnsPage>>;
 
-    /// The events of turn `turn` of `owner`'s conversation `id`, oldest first, at most `limit`;
-    /// `None` when the conversation does not exist, is someone else's, or has no such turn.
+    /// The events of turn `turn` of `owner`'s conversation `id` with `seq > after`, oldest
+    /// first, as many as one page of `size` holds; `None` when the conversation does not
+    /// exist, is someone else's, or has no such turn.
     ///
     /// # Errors
     ///
@@ -359,7 +415,8 @@ pub trait ConversationStore: Send + Sync {
         owner: &str,
         id: &SessionId,
         turn: u64,
-        limit: usize,
+        after: u64,
+        size: PageSize,
     ) -> Result<Option<Vec<String>>>;
 
     /// `owner`'s conversations, most recently active first; with `query`, only those whose

@@ -18,8 +18,8 @@ use serde_json::json;
 
 use super::plan::{LABEL_CHARS, label_for, search_words};
 use super::{
-    Closing, ConversationStore, DEFAULT_SEARCH_BUDGET, GraphStore, MAX_SEARCH_WORDS, PostgresStore,
-    SqliteStore, TurnMark, WriteOp,
+    Closing, ConversationStore, DEFAULT_SEARCH_BUDGET, GraphStore, MAX_SEARCH_WORDS, PageSize,
+    PostgresStore, SqliteStore, TurnMark, WriteOp,
 };
 use crate::common::protocol::{SessionId, Usage};
 use crate::model::{ChatMessage, Role, ToolCall};
@@ -169,10 +169,24 @@ fn round_trip<S: TestStore>(store: S, reopen: impl FnOnce() -> S) {
     assert_eq!(page.first_seq, 1);
     assert_eq!(store.events(&one, 0, 3, 1).unwrap().events.len(), 1);
     assert!(store.events(&id(3), 0, 3, 1).unwrap().events.is_empty());
-    let before = store.events_before("alice", &one, Some(3), 1).unwrap();
+    let page = |limit, max_bytes| PageSize { limit, max_bytes };
+    let before = store
+        .events_before("alice", &one, Some(3), page(1, 100))
+        .unwrap();
     assert_eq!(before, Some(vec!["event 2".to_owned()]));
-    let all = store.events_before("alice", &one, None, 10).unwrap();
+    let all = store
+        .events_before("alice", &one, None, page(10, 100))
+        .unwrap();
     assert_eq!(all.map(|events| events.len()), Some(3));
+    // A page stops at its bytes, counted from the newest event, but is never empty.
+    let newest = store
+        .events_before("alice", &one, None, page(10, 14))
+        .unwrap();
+    assert_eq!(newest, Some(vec!["event 2".into(), "event 3".into()]));
+    let one_event = store
+        .events_before("alice", &one, None, page(10, 1))
+        .unwrap();
+    assert_eq!(one_event, Some(vec!["event 3".to_owned()]));
     let titles: Vec<_> = store
         .list("alice", None, 10)
         .unwrap()
@@ -195,7 +209,7 @@ fn round_trip<S: TestStore>(store: S, reopen: impl FnOnce() -> S) {
     assert!(store.summary("bob", &one).unwrap().is_none());
     assert!(
         store
-            .events_before("bob", &one, None, 10)
+            .events_before("bob", &one, None, page(10, 100))
             .unwrap()
             .is_none()
     );
@@ -817,10 +831,31 @@ fn linear_conversation_became_a_tree<S: TestStore>(store: &S) {
         ]
     );
     assert_eq!(store.turn_text(&id(1), 2).unwrap().as_deref(), Some("q2"));
-    let events = store.turn_events("ann", &id(1), 3, 100).unwrap().unwrap();
+    let all = PageSize {
+        limit: 100,
+        max_bytes: 1 << 20,
+    };
+    let events = store
+        .turn_events("ann", &id(1), 3, 0, all)
+        .unwrap()
+        .unwrap();
     assert_eq!(events, [LINEAR_EVENTS[4], LINEAR_EVENTS[5]]);
+    // A page of one event at a time, on from the last one seen, then an empty one.
+    let small = PageSize {
+        limit: 100,
+        max_bytes: 1,
+    };
+    let first = store.turn_events("ann", &id(1), 3, 0, small).unwrap();
+    assert_eq!(first, Some(vec![LINEAR_EVENTS[4].to_owned()]));
+    let second = store.turn_events("ann", &id(1), 3, 5, small).unwrap();
+    assert_eq!(second, Some(vec![LINEAR_EVENTS[5].to_owned()]));
+    assert_eq!(
+        store.turn_events("ann", &id(1), 3, 6, small).unwrap(),
+        Some(vec![])
+    );
     assert_eq!(store.turns("bob", &id(1)).unwrap(), None);
-    assert_eq!(store.turn_events("ann", &id(1), 4, 100).unwrap(), None);
+    assert_eq!(store.turn_events("ann", &id(1), 4, 0, all).unwrap(), None);
+    assert_eq!(store.turn_events("bob", &id(1), 3, 0, all).unwrap(), None);
 }
 
 #[test]
@@ -964,6 +999,71 @@ fn postgres_lets_instances_share_a_database_and_refuses_a_newer_schema_and_a_bad
         .unwrap_err()
         .to_string();
     assert!(nonsense.contains("not a PostgreSQL URL"), "{nonsense}");
+}
+
+/// A store filled to its size cap: what adds is refused as `full`; a rename and deletions go
+/// through, and a deleted conversation's room takes what was refused.
+fn a_deletion_makes_room_in_a_full_store<S: TestStore>(store: S) {
+    let (one, two) = (id(1), id(2));
+    let big = |session: &SessionId, seq: u64| WriteOp::Event {
+        session: session.clone(),
+        seq,
+        body: "b".repeat(100_000).into(),
+        turn: TurnMark::None,
+        search_text: Some(format!("otters {seq} ").repeat(2_000)),
+    };
+    let mut filling = vec![create(&one, "ann"), create(&two, "ann")];
+    filling.extend((1..=8).map(|seq| big(&one, seq)));
+    store.apply(&filling).unwrap();
+    let words: String = (0..3000).map(|n| format!("word{n} ")).collect();
+    let (fact, _) = store.remember("ann", &words).unwrap();
+    store.set_size_limit(Some(1)).unwrap();
+
+    // Filled to the last page: small facts until one is refused.
+    let mut n = 0;
+    while store
+        .remember("ann", &format!("small fact {n} of many"))
+        .is_ok()
+    {
+        n += 1;
+        assert!(n < 100_000, "the cap refuses nothing");
+    }
+    let refused = store.apply(&[big(&two, 1)]).unwrap_err();
+    assert!(refused.is_store_full(), "{refused}");
+    let large_fact = "another fact ".repeat(20_000);
+    assert!(
+        store
+            .remember("ann", &large_fact)
+            .unwrap_err()
+            .is_store_full()
+    );
+    let rename = WriteOp::Rename {
+        session: two.clone(),
+        owner: "ann".into(),
+        title: "kept".into(),
+    };
+    store.apply(&[rename]).unwrap();
+    assert!(store.delete("ann", fact.id).unwrap());
+    store
+        .apply(&[WriteOp::DeleteSession { session: one }])
+        .unwrap();
+    store.apply(&[big(&two, 1)]).unwrap();
+    let summary = store.summary("ann", &two).unwrap().unwrap();
+    assert_eq!(
+        (summary.title.as_deref(), store.rows("events")),
+        (Some("kept"), 1)
+    );
+    store.set_size_limit(None).unwrap();
+}
+
+#[test]
+fn sqlite_a_deletion_makes_room_in_a_full_store() {
+    a_deletion_makes_room_in_a_full_store(SqliteStore::open(&temp_dir("full")).unwrap());
+}
+
+#[test]
+fn postgres_a_deletion_makes_room_in_a_full_store() {
+    a_deletion_makes_room_in_a_full_store(postgres(&cluster::fresh_database()));
 }
 
 #[test]

@@ -8,18 +8,28 @@ use sparky::common::config::{Config, redact_url};
 
 use crate::start_error::{StartError, TokenProblem};
 
-/// The fewest characters a token in `--auth-token-file` may have: a shorter one is a slip
-/// (or a guess away), and a one-character token would make log redaction garble every line.
+/// The fewest characters a token may have, wherever it is given: a shorter one is a slip (or a
+/// guess away), and a one-character token would make log redaction garble every line.
 pub const MIN_TOKEN_CHARS: usize = 8;
 
-/// Adds the tokens of `file` and of `SPARKY_AUTH_TOKENS` to those given with --auth-token.
+/// Checks the `--auth-token` values already in `config`, then adds the tokens of `file` and of
+/// `SPARKY_AUTH_TOKENS`.
 ///
 /// # Errors
 ///
-/// [`StartError::Read`] when the file cannot be read, and [`StartError::TokenLine`] for the
-/// first line of it with an empty token, a token shorter than [`MIN_TOKEN_CHARS`], or a name
-/// with nothing after its colon.
+/// [`StartError::TokenValue`] for the first `--auth-token` or `SPARKY_AUTH_TOKENS` entry that
+/// is empty, ends with a colon or is shorter than [`MIN_TOKEN_CHARS`] (a variable that is set
+/// but blank is one empty entry); [`StartError::Read`] when the file cannot be read, and
+/// [`StartError::TokenLine`] for the first line of it with an empty token, a token shorter
+/// than [`MIN_TOKEN_CHARS`], or a name with nothing after its colon.
 pub fn add_tokens(config: &mut Config, file: Option<&Path>) -> Result<(), StartError> {
+    for (index, token) in config.auth_tokens.iter().enumerate() {
+        value_problem(token).map_err(|problem| StartError::TokenValue {
+            origin: "--auth-token",
+            entry: index + 1,
+            problem,
+        })?;
+    }
     if let Some(path) = file {
         let text = std::fs::read_to_string(path).map_err(|source| StartError::Read {
             flag: "--auth-token-file",
@@ -45,9 +55,7 @@ pub fn add_tokens(config: &mut Config, file: Option<&Path>) -> Result<(), StartE
                 Some((name, token)) => (name, token),
                 None => ("", line),
             };
-            if token.chars().count() < MIN_TOKEN_CHARS {
-                return Err(refuse(TokenProblem::TooShort));
-            }
+            token_problem(token).map_err(refuse)?;
             if !name.is_empty() {
                 config.token_names.push((token.to_owned(), name.to_owned()));
             }
@@ -55,10 +63,38 @@ pub fn add_tokens(config: &mut Config, file: Option<&Path>) -> Result<(), StartE
         }
     }
     if let Ok(list) = std::env::var("SPARKY_AUTH_TOKENS") {
-        let tokens = list.split(',').map(str::trim).filter(|t| !t.is_empty());
-        config.auth_tokens.extend(tokens.map(str::to_owned));
+        for (index, token) in list.split(',').map(str::trim).enumerate() {
+            value_problem(token).map_err(|problem| StartError::TokenValue {
+                origin: "SPARKY_AUTH_TOKENS",
+                entry: index + 1,
+                problem,
+            })?;
+            config.auth_tokens.push(token.to_owned());
+        }
     }
     Ok(())
+}
+
+/// What makes `token` (a tokens file's token, after its `name:`) unusable, if anything.
+fn token_problem(token: &str) -> Result<(), TokenProblem> {
+    if token.trim().chars().all(|c| c == ':') {
+        Err(TokenProblem::Empty)
+    } else if token.chars().count() < MIN_TOKEN_CHARS {
+        Err(TokenProblem::TooShort)
+    } else {
+        Ok(())
+    }
+}
+
+/// What makes an `--auth-token` or `SPARKY_AUTH_TOKENS` value unusable, if anything: as
+/// [`token_problem`], and a trailing colon, which is what `name:` without its token looks like
+/// (told before its length, which is rarely the real slip).
+fn value_problem(token: &str) -> Result<(), TokenProblem> {
+    let blank = token.trim().chars().all(|c| c == ':');
+    if !blank && token.trim_end().ends_with(':') {
+        return Err(TokenProblem::TrailingColon);
+    }
+    token_problem(token)
 }
 
 /// The system prompt in `path`, trimmed.

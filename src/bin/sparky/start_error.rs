@@ -1,6 +1,7 @@
 //! `StartError`: what stops `sparky` before the server runs, a file a flag names that cannot be
-//! read, a line of the tokens file with no usable token, or a setting that cannot be used. Its
-//! text is what `sparky` prints after `sparky: `, and what `sparky check` prints on a FAIL line.
+//! read, a token with no usable value (a line of the tokens file, an `--auth-token`, an entry of
+//! `SPARKY_AUTH_TOKENS`), or a setting that cannot be used. Its text is what `sparky` prints
+//! after `sparky: `, and what `sparky check` prints on a FAIL line.
 
 use std::fmt;
 use std::io;
@@ -27,25 +28,42 @@ pub enum StartError {
         /// What is wrong with it.
         problem: TokenProblem,
     },
+    /// An `--auth-token` value, or an entry of `SPARKY_AUTH_TOKENS`, that is no usable token.
+    TokenValue {
+        /// Where it was given: `--auth-token` or `SPARKY_AUTH_TOKENS`.
+        origin: &'static str,
+        /// Which one, from 1: the nth `--auth-token`, or the nth comma-separated entry.
+        entry: usize,
+        /// What is wrong with it.
+        problem: TokenProblem,
+    },
     /// A setting, or a combination of them, cannot be used; the text says which and why.
     Setting(String),
 }
 
-/// What is wrong with a line of `--auth-token-file`. The text never holds the token.
+/// What is wrong with a token: a line of `--auth-token-file`, an `--auth-token`, an entry of
+/// `SPARKY_AUTH_TOKENS`. The text never holds the token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenProblem {
-    /// The token is empty (a line `:`).
+    /// The token is empty, blank, or colons only (a line `:`).
     Empty,
     /// The token is shorter than `inputs::MIN_TOKEN_CHARS`.
     TooShort,
-    /// A `name:` with nothing after the colon.
+    /// A `name:` with nothing after the colon, in the tokens file.
     NameWithoutToken,
+    /// An `--auth-token` or `SPARKY_AUTH_TOKENS` value that ends with a colon, as a `name:`
+    /// with its token left out would (names are given in the tokens file only).
+    TrailingColon,
 }
 
 impl fmt::Display for TokenProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             TokenProblem::Empty => f.write_str("the token is empty"),
+            TokenProblem::TrailingColon => f.write_str(
+                "the token ends with a colon, like a name with its token left out (names go in \
+                 --auth-token-file as name:token)",
+            ),
             TokenProblem::TooShort => write!(
                 f,
                 "the token is shorter than {} characters",
@@ -74,6 +92,11 @@ impl fmt::Display for StartError {
                 "--auth-token-file {} line {line}: {problem}",
                 path.display()
             ),
+            StartError::TokenValue {
+                origin,
+                entry,
+                problem,
+            } => write!(f, "{origin} (entry {entry}): {problem}"),
             StartError::Setting(detail) => f.write_str(detail),
         }
     }
@@ -83,7 +106,9 @@ impl std::error::Error for StartError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             StartError::Read { source, .. } => Some(source),
-            StartError::TokenLine { .. } | StartError::Setting(_) => None,
+            StartError::TokenLine { .. }
+            | StartError::TokenValue { .. }
+            | StartError::Setting(_) => None,
         }
     }
 }

@@ -213,6 +213,12 @@ impl Session {
     /// Brings a follower's subscribers the events other instances wrote since the last it
     /// has, reading them from the store. Nothing for the holder, whose events are its own.
     pub fn catch_up(&self) {
+        self.catch_up_to(u64::MAX);
+    }
+
+    /// [`catch_up`](Self::catch_up), up to event `up_to` and no further (the newest event of
+    /// the batch that signalled it).
+    pub fn catch_up_to(&self, up_to: u64) {
         loop {
             let after = {
                 let state = self.inner.state.lock();
@@ -225,7 +231,7 @@ impl Session {
                 match self
                     .inner
                     .store
-                    .events(&self.inner.id, after, u64::MAX, REPLAY_PAGE_BYTES)
+                    .events(&self.inner.id, after, up_to, REPLAY_PAGE_BYTES)
                 {
                     Ok(page) => page,
                     Err(e) => {
@@ -255,6 +261,7 @@ impl Session {
                 continue;
             }
             follow_tree(&mut state.tree, &body);
+            state.relay.absorbed(&body);
             state.log.push(WireText::from(body));
             added = true;
         }

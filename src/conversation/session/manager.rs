@@ -3,7 +3,7 @@
 //! policy, and serves the conversation API. The map lock is held only to look up, insert or
 //! remove; loading from the store and attaching happen after it is released.
 //!
-//! Depends on: `common::auth`, `common::config`, `common::error`, `common::metrics`, `common::protocol`, `common::rate`, `conversation::bot`, `conversation::journal`, `conversation::session`, `conversation::session::lease`, `conversation::session::limits`, `conversation::session::persist`, `conversation::session::subscribers`, `conversation::session::tail`, `model`, `store`, `store::cluster`, `store::tree`.
+//! Depends on: `common::auth`, `common::config`, `common::error`, `common::metrics`, `common::protocol`, `common::rate`, `conversation::bot`, `conversation::journal`, `conversation::session`, `conversation::session::lease`, `conversation::session::limits`, `conversation::session::persist`, `conversation::session::relay`, `conversation::session::subscribers`, `conversation::session::tail`, `model`, `store`, `store::cluster`, `store::tree`.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -22,11 +22,12 @@ use crate::conversation::bot::{Bot, Engine, MAX_HISTORY_MESSAGES};
 use crate::conversation::journal::Journal;
 use crate::model::{ChatMessage, Role};
 use crate::store::{
-    Cluster, ConversationStore, ConversationSummary, StoredConversation, TurnTree, TurnsPage,
+    Cluster, ConversationStore, ConversationSummary, PageSize, StoredConversation, TurnTree,
+    TurnsPage,
 };
 
 use super::{
-    Attachment, EventLog, Parts, Persist, Releases, Session, Subscriber, TurnLimits, Turns,
+    Attachment, EventLog, Parts, Persist, Relays, Releases, Session, Subscriber, TurnLimits, Turns,
     WireText,
 };
 
@@ -82,6 +83,7 @@ pub(super) struct Shared {
     pub(super) releases: Arc<Releases>,
     pub(super) limits: Arc<TurnLimits>,
     pub(super) turns: Turns,
+    pub(super) relays: Arc<Relays>,
 }
 
 /// The map of live sessions, and the rules for creating, resuming, evicting and deleting them.
@@ -102,7 +104,8 @@ impl fmt::Debug for SessionManager {
 struct ManagerInner {
     /// Locked only to look up, insert or remove; the order is always map, then session.
     sessions: Mutex<HashMap<SessionId, Session>>,
-    /// Each principal's creation rate and conversation count. Never locked with `sessions`.
+    /// Each principal's creation rate and conversation count. Held while a new session is
+    /// made and inserted; the order is quotas, then map, then session.
     quotas: Mutex<HashMap<Principal, Quota>>,
     shared: Shared,
 }
@@ -111,7 +114,8 @@ struct ManagerInner {
 struct Quota {
     /// New conversations.
     bucket: Option<Bucket>,
-    /// Conversations stored: read from the store once, then counted here.
+    /// Conversations stored or on their way there (in memory, not in the store yet): read
+    /// from the store and the map once, then counted here.
     stored: Option<u64>,
 }
 
@@ -144,6 +148,7 @@ impl SessionManager {
                     cluster,
                     releases: Arc::new(Releases::default()),
                     turns,
+                    relays: Arc::new(Relays::default()),
                 },
             }),
         }
@@ -310,31 +315,40 @@ impl SessionManager {
         Ok(Some(session))
     }
 
-    /// Takes one new conversation from `principal`'s quota: its creation rate and its count.
-    fn take_quota(&self, principal: &Principal) -> Result<(), Refusal> {
+    /// Takes one new conversation from `principal`'s quota (its creation rate and its count)
+    /// in `quotas`, which the caller holds locked until the new session is in the map.
+    fn take_quota(
+        &self,
+        quotas: &mut HashMap<Principal, Quota>,
+        principal: &Principal,
+    ) -> Result<(), Refusal> {
         let config = &self.inner.shared.config;
-        let mut quotas = self.inner.quotas.lock();
         let quota = quotas.entry(principal.clone()).or_insert_with(|| Quota {
             bucket: config.new_conversation_rate.map(Bucket::new),
             stored: None,
         });
         let limit = config.max_conversations_per_principal;
-        // The cached count also holds sessions that never got a message (and so were never
-        // stored): at the limit, ask the store for the truth.
+        // The cached count also holds sessions that never got a message and have left memory
+        // (so were never stored): at the limit, count again. Sessions in memory that the store
+        // does not hold yet (no message yet, or their first batch not committed) count too, or
+        // connects held open, or left and resumed, would each store one more past the limit.
         let stored = match quota.stored.filter(|stored| *stored < limit) {
             Some(stored) => stored,
-            None => self
-                .inner
-                .shared
-                .store
-                .count(principal.as_str())
-                .map_err(|e| {
-                    log::error!("sessions: cannot count conversations: {e}");
-                    Refusal::new(
-                        ErrorCode::ServerBusy,
-                        "the conversations cannot be read now",
-                    )
-                })?,
+            None => {
+                let stored = self
+                    .inner
+                    .shared
+                    .store
+                    .count(principal.as_str())
+                    .map_err(|e| {
+                        log::error!("sessions: cannot count conversations: {e}");
+                        Refusal::new(
+                            ErrorCode::ServerBusy,
+                            "the conversations cannot be read now",
+                        )
+                    })?;
+                stored + self.not_in_store(principal)
+            }
         };
         quota.stored = Some(stored);
         if stored >= limit {
@@ -352,6 +366,16 @@ impl SessionManager {
         }
         quota.stored = Some(stored + 1);
         Ok(())
+    }
+
+    /// How many of `principal`'s sessions are in memory here but not in the store yet.
+    fn not_in_store(&self, principal: &Principal) -> u64 {
+        let live = self.live();
+        let count = live
+            .iter()
+            .filter(|session| session.owner() == principal && !session.in_store())
+            .count();
+        u64::try_from(count).unwrap_or(u64::MAX)
     }
 
     /// Counts one conversation less for `owner`; `None` forgets every count (after the
@@ -382,13 +406,16 @@ impl SessionManager {
                 "the server holds as many sessions as it may",
             ));
         }
-        self.take_quota(principal)?;
         let id = new_session_id().map_err(|e| {
             Refusal::new(
                 ErrorCode::ServerBusy,
                 format!("no session id could be drawn: {e}"),
             )
         })?;
+        // Held until the session is in the map, so that a count at the limit sees every
+        // session created before it.
+        let mut quotas = self.inner.quotas.lock();
+        self.take_quota(&mut quotas, principal)?;
         let persist = Persist::new(shared.journal.clone(), id.clone());
         let parts = Parts {
             id: id.clone(),
@@ -424,6 +451,7 @@ impl SessionManager {
             .sessions
             .lock()
             .insert(id.clone(), session.clone());
+        drop(quotas);
         log::info!("session {}: created", id.short());
         Ok(session)
     }
@@ -494,7 +522,13 @@ impl SessionManager {
             {
                 continue;
             }
-            self.remove(&id);
+            if let Err(e) = self.remove(&id) {
+                log::error!(
+                    "session {}: the retention policy cannot delete it: {e}",
+                    id.short()
+                );
+                continue;
+            }
             deleted += 1;
             log::info!("session {}: deleted by the retention policy", id.short());
         }
@@ -541,8 +575,9 @@ impl SessionManager {
         Ok(summary.map(|summary| self.with_running(summary)))
     }
 
-    /// `principal`'s conversation `id` with `before` and `limit` paging, as
-    /// `GET /api/conversations/{id}/events` answers; `None` when it is not theirs.
+    /// A page of `principal`'s conversation `id`: its newest events before `before`, as many
+    /// as `size` holds, as `GET /api/conversations/{id}/events` answers; `None` when it is not
+    /// theirs.
     ///
     /// # Errors
     ///
@@ -552,12 +587,12 @@ impl SessionManager {
         principal: &Principal,
         id: &SessionId,
         before: Option<u64>,
-        limit: usize,
+        size: PageSize,
     ) -> Result<Option<Vec<String>>> {
         self.inner
             .shared
             .store
-            .events_before(principal.as_str(), id, before, limit)
+            .events_before(principal.as_str(), id, before, size)
     }
 
     /// The tree of `principal`'s conversation `id`, as `GET /api/conversations/{id}/turns`
@@ -570,9 +605,9 @@ impl SessionManager {
         self.inner.shared.store.turns(principal.as_str(), id)
     }
 
-    /// The events of turn `turn` of `principal`'s conversation `id`, at most `limit`, as
-    /// `GET /api/conversations/{id}/events?turn_id=T` answers; `None` when the conversation is
-    /// not theirs or has no such turn.
+    /// A page of the events of turn `turn` of `principal`'s conversation `id`: those after
+    /// `after`, as many as `size` holds, as `GET /api/conversations/{id}/events?turn_id=T`
+    /// answers; `None` when the conversation is not theirs or has no such turn.
     ///
     /// # Errors
     ///
@@ -582,19 +617,22 @@ impl SessionManager {
         principal: &Principal,
         id: &SessionId,
         turn: u64,
-        limit: usize,
+        after: u64,
+        size: PageSize,
     ) -> Result<Option<Vec<String>>> {
         self.inner
             .shared
             .store
-            .turn_events(principal.as_str(), id, turn, limit)
+            .turn_events(principal.as_str(), id, turn, after, size)
     }
 
     /// Renames one of `principal`'s conversations and returns it; `None` when it is not theirs.
+    /// The title is written before this returns, ahead of any batch the store refuses.
     ///
     /// # Errors
     ///
-    /// [`crate::common::error::Error::Store`] when the store cannot be read.
+    /// [`crate::common::error::Error::Store`] when the store cannot be read, or did not write
+    /// the title (then it is unchanged).
     pub fn rename(
         &self,
         principal: &Principal,
@@ -606,18 +644,18 @@ impl SessionManager {
         }
         let title: String = title.trim().chars().take(MAX_TITLE_CHARS).collect();
         let persist = Persist::new(self.inner.shared.journal.clone(), id.clone());
-        persist.rename(principal.as_str(), &title);
-        self.inner.shared.journal.sync(SYNC_TIMEOUT);
+        persist.rename(principal.as_str(), &title)?;
         self.conversation(principal, id)
     }
 
-    /// Deletes one of `principal`'s conversations: stops its turn, tells its connections
-    /// (`status deleted`) and closes them, and removes every row of it. False when it is not
+    /// Deletes one of `principal`'s conversations: removes every row of it, then stops its
+    /// turn, tells its connections (`status deleted`) and closes them. False when it is not
     /// theirs.
     ///
     /// # Errors
     ///
-    /// [`crate::common::error::Error::Store`] when the store cannot be read.
+    /// [`crate::common::error::Error::Store`] when the store cannot be read, or did not delete
+    /// the conversation (then it stays as it was, in the store and in memory).
     pub fn delete(&self, principal: &Principal, id: &SessionId) -> Result<bool> {
         let owned = match self.get(id) {
             Some(session) => session.owner() == principal,
@@ -629,25 +667,39 @@ impl SessionManager {
                 .is_some(),
         };
         if owned {
-            self.remove(id);
+            self.remove(id)?;
             self.give_back_quota(Some(principal));
             log::info!("session {}: deleted by its owner", id.short());
         }
         Ok(owned)
     }
 
-    /// Takes `id` out of memory (closing its connections) and out of the store.
-    fn remove(&self, id: &SessionId) {
+    /// Takes `id` out of the store, then out of memory (closing its connections). Writes of
+    /// it made after the deletion (a turn winding down) find no conversation and are skipped.
+    ///
+    /// # Errors
+    ///
+    /// The store's, when it did not delete it; then nothing changed here either.
+    fn remove(&self, id: &SessionId) -> Result<()> {
+        let persist = Persist::new(self.inner.shared.journal.clone(), id.clone());
+        let unsaved = self.get(id).is_some_and(|session| !session.saved());
+        persist.delete()?;
         let live = self.inner.sessions.lock().remove(id);
         if let Some(session) = live {
             session.close(true);
+            // Its first message came between the deletion and the close: what it wrote goes
+            // too.
+            if unsaved
+                && session.saved()
+                && let Err(e) = persist.delete()
+            {
+                log::error!(
+                    "session {}: its first message stays stored: {e}",
+                    id.short()
+                );
+            }
         }
-        if !Persist::new(self.inner.shared.journal.clone(), id.clone()).delete() {
-            log::error!(
-                "session {}: the store did not confirm its deletion",
-                id.short()
-            );
-        }
+        Ok(())
     }
 
     fn with_running(&self, summary: ConversationSummary) -> Conversation {
@@ -719,6 +771,20 @@ impl SessionManager {
                 id.short(),
                 refusal.message
             ),
+        }
+    }
+
+    /// Sends the other instances the streamed frames that have waited long enough to be
+    /// coalesced (the cluster thread calls it every [`super::RELAY_EVERY`]).
+    pub fn flush_relays(&self) {
+        self.inner.shared.relays.flush_due();
+    }
+
+    /// Streamed frames another instance relayed for conversation `id`, following its event
+    /// `after`: passed to the session when it is live here.
+    pub fn relayed(&self, id: &SessionId, after: u64, frames: &str) {
+        if let Some(session) = self.get(id) {
+            session.relayed(after, frames);
         }
     }
 

@@ -21,6 +21,7 @@ mod lease;
 mod limits;
 mod manager;
 mod persist;
+mod relay;
 mod subscribers;
 mod tail;
 mod turn;
@@ -52,6 +53,7 @@ pub use lease::Releases;
 pub use limits::{Full, TurnLimits, TurnPermit};
 pub use manager::{Conversation, Refusal, SessionManager};
 pub use persist::Persist;
+pub use relay::{RELAY_EVERY, Relays};
 pub use subscribers::{Attached, CloseReason, Sink, Subscriber};
 pub use tail::EventLog;
 pub use turn::{CurrentTurn, SessionTurn, TurnStart};
@@ -120,6 +122,8 @@ struct SessionInner {
     /// The instances sharing the store, and where a message waiting for the lease sleeps.
     cluster: Arc<dyn Cluster>,
     releases: Arc<Releases>,
+    /// Where this session waits for its streamed frames to go to the other instances.
+    relays: Arc<Relays>,
     /// Held while the lease changes hands here (taken, let go), never with `state`'s lock
     /// held: those steps do IO.
     lease: Mutex<()>,
@@ -151,16 +155,30 @@ struct SessionState {
     idle_since: Instant,
     /// Set when the session leaves memory or is deleted; a closed session accepts nothing.
     closed: bool,
-    /// True for a new session until its first message: nothing of it is in the store, and it
-    /// is not listed. Its first message writes it, with any seeded history.
-    unsaved: bool,
+    /// How far the store holds the session: a new one is [`Saved::No`] until its first
+    /// message, which writes it, with any seeded history.
+    saved: Saved,
     /// True while this instance holds the conversation's lease and so may write it; always
     /// with a cluster of one. A follower writes nothing (see `lease.rs`).
     holder: bool,
+    /// Streamed frames gathered for the other instances sharing the store (see `relay.rs`).
+    relay: relay::Relay,
     /// Set while the current turn holds back what it emits (`--in-memory` only: a model that
     /// answers at once has its thoughts sent with its answer); cleared when the turn flushes
     /// or closes.
     holding: bool,
+}
+
+/// How far the store holds a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Saved {
+    /// New, and nothing of it is in the store: it is not listed. Its first message writes it.
+    No,
+    /// New, and its row went to the journal with its first message, whose event has this
+    /// `seq`: in the store once that event is durable.
+    Queued(u64),
+    /// In the store.
+    Yes,
 }
 
 /// A turn about to open: its text and its place in the tree.
@@ -240,7 +258,7 @@ struct Parts {
     notes: Vec<String>,
     log: EventLog,
     tree: TurnTree,
-    /// True for a session `connect` just made: see [`SessionState::unsaved`].
+    /// True for a session `connect` just made, which the store does not hold yet.
     unsaved: bool,
     /// True when this instance holds the lease: see [`SessionState::holder`].
     holder: bool,
@@ -260,9 +278,10 @@ impl Session {
             held: Vec::new(),
             idle_since: Instant::now(),
             closed: false,
-            unsaved: parts.unsaved,
+            saved: if parts.unsaved { Saved::No } else { Saved::Yes },
             holder: parts.holder,
             holding: false,
+            relay: relay::Relay::default(),
         };
         let inner = Arc::new_cyclic(|weak: &Weak<SessionInner>| SessionInner {
             id: parts.id,
@@ -278,6 +297,7 @@ impl Session {
             ack: Arc::new(SessionAck(weak.clone())),
             cluster: shared.cluster.clone(),
             releases: shared.releases.clone(),
+            relays: shared.relays.clone(),
             lease: Mutex::new(()),
             send_before_written: shared.config.in_memory,
             state: Mutex::new(state),
@@ -315,6 +335,24 @@ impl Session {
         self.inner.state.lock().log.last_seq()
     }
 
+    /// True when the store holds the conversation: false for a new session until the batch
+    /// with its first message is committed. The conversation quota counts the sessions in
+    /// memory that the store does not hold yet.
+    pub fn in_store(&self) -> bool {
+        let state = self.inner.state.lock();
+        match state.saved {
+            Saved::No => false,
+            Saved::Queued(seq) => state.durable_seq >= seq,
+            Saved::Yes => true,
+        }
+    }
+
+    /// True once the session has gone to the store, or is on its way there: false for a new
+    /// session until its first message.
+    pub(super) fn saved(&self) -> bool {
+        self.inner.state.lock().saved != Saved::No
+    }
+
     /// True while the store refuses writes: new turns are refused meanwhile.
     pub fn store_failing(&self) -> bool {
         self.inner.persist.failing()
@@ -345,8 +383,10 @@ impl Session {
     /// turns are reached, the turn is closed at once with `error` `server_busy`.
     fn open_turn(&self, state: &mut SessionState, opening: Opening) -> Option<TurnStart> {
         self.cancel_locked(state);
-        if std::mem::take(&mut state.unsaved) {
+        if state.saved == Saved::No {
             self.save(state);
+            // The `user_message` below is the first event, and goes in the same batch or after.
+            state.saved = Saved::Queued(state.log.last_seq() + 1);
         }
         let Opening {
             text,
@@ -508,6 +548,8 @@ impl Session {
     /// [`push_event`](Self::push_event), for a closing frame whose turn cleared the history
     /// before it when `reset` is set.
     fn push_marked(&self, state: &mut SessionState, frame: ServerFrame, reset: bool) {
+        // Frames streamed before this event go to the other instances ahead of it.
+        self.flush_relay(state);
         let seq = state.log.last_seq() + 1;
         let text: WireText = encode(&frame, Some(&self.inner.id), Some(seq)).into();
         state.log.push(text.clone());
@@ -544,12 +586,14 @@ impl Session {
         if let Some(turn) = &mut state.turn {
             turn.streamed.push_str(&piece);
         }
+        self.relay_piece(state, turn_id, &piece);
         self.stream_frame(state, text, Some(piece));
     }
 
     /// A `tool_progress` frame: not an event, streamed like a piece of the answer.
     fn stream_progress(&self, state: &mut SessionState, frame: &ServerFrame) {
         let text: WireText = encode(frame, Some(&self.inner.id), None).into();
+        self.relay_frame(state, &text);
         self.stream_frame(state, text, None);
     }
 
@@ -638,7 +682,7 @@ impl Session {
     /// Adds turn `turn`'s messages to the conversation, and to the store once the session is
     /// in it.
     fn commit(&self, state: &mut SessionState, turn: TurnId, transcript: Vec<ChatMessage>) {
-        if !state.unsaved {
+        if state.saved != Saved::No {
             self.inner
                 .persist
                 .messages(state.bot.next_index(), turn.0, transcript.clone());
@@ -667,10 +711,20 @@ impl Session {
     /// The `message_delta` with `replace` that a connection attaching now needs, if the turn
     /// in flight has shown part of its answer.
     fn replace_frame(&self, state: &SessionState) -> Option<WireText> {
-        let turn = state.turn.as_ref().filter(|turn| !turn.shown.is_empty())?;
+        // The holder knows what it showed; a follower, what the holder relayed to it.
+        let (turn_id, shown) = match &state.turn {
+            Some(turn) => (turn.id, &turn.shown),
+            None => {
+                let (turn_id, shown) = state.relay.followed()?;
+                (turn_id, shown)
+            }
+        };
+        if shown.is_empty() {
+            return None;
+        }
         let frame = ServerFrame::MessageDelta {
-            turn_id: turn.id,
-            text: turn.shown.clone(),
+            turn_id,
+            text: shown.clone(),
             replace: true,
         };
         Some(encode(&frame, Some(&self.inner.id), None).into())

@@ -1,11 +1,12 @@
 //! Every write a session makes to the store is built here and handed to the journal, so that
 //! what a row holds is decided in one place.
 //!
-//! Depends on: `common::protocol`, `conversation::journal`, `conversation::session`, `model`, `store`, `tools::knowledge`.
+//! Depends on: `common::error`, `common::protocol`, `conversation::journal`, `conversation::session`, `model`, `store`, `tools::knowledge`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::error::Result;
 use crate::common::protocol::{ServerFrame, SessionId, Usage};
 use crate::conversation::journal::{Durable, Journal};
 use crate::model::ChatMessage;
@@ -14,8 +15,8 @@ use crate::tools::knowledge::NoteWriter;
 
 use super::WireText;
 
-/// How long a deletion waits for the store before it answers anyway.
-const DELETE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a rename or a deletion waits for the store to start it; past it, it is not made.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One session's writer: its id and the journal.
 #[derive(Clone, Debug)]
@@ -127,22 +128,41 @@ impl Persist {
         });
     }
 
-    /// A new title, if `owner` owns the conversation.
-    pub fn rename(&self, owner: &str, title: &str) {
-        self.submit(WriteOp::Rename {
+    /// Streamed frames for the other instances, following event `after` (see `relay.rs`).
+    pub fn relay(&self, after: u64, frames: &str) {
+        self.submit(WriteOp::Relay {
             session: self.session.clone(),
-            owner: owner.to_owned(),
-            title: title.to_owned(),
+            detail: format!("{after} {frames}"),
         });
     }
 
-    /// Removes the conversation and everything of it, and waits until the store has done so.
-    /// False when the store did not answer in time.
-    pub fn delete(&self) -> bool {
-        self.submit(WriteOp::DeleteSession {
+    /// A new title, if `owner` owns the conversation, written at once (ahead of a batch the
+    /// store refuses; see [`Journal::write_alone`]).
+    ///
+    /// # Errors
+    ///
+    /// The store's, when it did not write the title (or did not answer in time).
+    pub fn rename(&self, owner: &str, title: &str) -> Result<()> {
+        let op = WriteOp::Rename {
             session: self.session.clone(),
-        });
-        self.journal.sync(DELETE_TIMEOUT)
+            owner: owner.to_owned(),
+            title: title.to_owned(),
+        };
+        self.journal.write_alone(op, WRITE_TIMEOUT)
+    }
+
+    /// Removes the conversation and everything of it, at once (ahead of a batch the store
+    /// refuses, together with every write for it queued so far; see
+    /// [`Journal::write_alone`]).
+    ///
+    /// # Errors
+    ///
+    /// The store's, when it did not delete it (or did not answer in time).
+    pub fn delete(&self) -> Result<()> {
+        let op = WriteOp::DeleteSession {
+            session: self.session.clone(),
+        };
+        self.journal.write_alone(op, WRITE_TIMEOUT)
     }
 
     fn submit(&self, op: WriteOp) {

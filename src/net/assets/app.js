@@ -1043,19 +1043,34 @@
     await Promise.all(workers);
   }
 
-  // One turn's events (events?turn_id=T), applied once; one fetch per turn at a time.
+  // True for the event that ends a turn.
+  function closesTurn(event) {
+    const code = event.data && event.data.code;
+    return event.type === "message" || event.type === "error" ||
+      (event.type === "status" && code === "cancelled");
+  }
+
+  // One turn's events (events?turn_id=T), applied once; one fetch per turn at a time. A turn
+  // of large events comes in several pages: the next one starts after the last event seen.
   function loadTurn(id) {
     if (isLoaded(id)) return Promise.resolve();
     const running = turnLoads.get(id);
     if (running) return running;
     const mine = view;
-    const url = "/api/conversations/" + encodeURIComponent(sessionId) + "/events?turn_id=" + id;
-    const load = api("GET", url).then((data) => {
-      if (mine !== view) return;
-      const events = Array.isArray(data && data.events) ? data.events : [];
-      for (const event of events) applyStored(event);
+    const base = "/api/conversations/" + encodeURIComponent(sessionId) + "/events?turn_id=" + id;
+    const load = (async () => {
+      let after = 0;
+      for (;;) {
+        const data = await api("GET", base + (after > 0 ? "&after_seq=" + after : ""));
+        if (mine !== view) return;
+        const events = Array.isArray(data && data.events) ? data.events : [];
+        for (const event of events) applyStored(event);
+        const last = events[events.length - 1];
+        if (!last || typeof last.seq !== "number" || last.seq <= after || closesTurn(last)) break;
+        after = last.seq;
+      }
       turnView(id).loaded = true;
-    }).finally(() => {
+    })().finally(() => {
       if (turnLoads.get(id) === load) turnLoads.delete(id);
     });
     turnLoads.set(id, load);
@@ -2001,7 +2016,9 @@
         (before !== null ? "&before_seq=" + before : "");
       const page = (await api("GET", path)).events || [];
       events = page.concat(events);
-      if (page.length < EXPORT_PAGE || page[0].seq <= 1) return events;
+      // A page of large events holds fewer than asked: only an empty one, or the first
+      // event, ends the conversation.
+      if (page.length === 0 || page[0].seq <= 1) return events;
       before = page[0].seq;
     }
   }

@@ -6,6 +6,7 @@
 //!
 //! Depends on: `common::protocol`, `store`, `store::cluster`, `store::plan`.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
 use super::TITLE_CHARS;
@@ -83,7 +84,7 @@ pub struct Rows<'a> {
     /// Unix seconds of the batch: every updated conversation's `updated_at`.
     now: i64,
     /// What other instances sharing the store hear of, per conversation (PostgreSQL).
-    signals: Vec<(Signal, &'a str)>,
+    signals: Vec<(Signal, &'a str, Cow<'a, str>)>,
 }
 
 impl<'a> Rows<'a> {
@@ -181,8 +182,10 @@ impl<'a> Rows<'a> {
         ]
     }
 
-    /// The signals the batch raises: new events in a conversation, or its deletion.
-    pub fn signals(&self) -> &[(Signal, &'a str)] {
+    /// The signals the batch raises, in order: `(signal, conversation, detail)`. Streamed
+    /// frames first, as the batch's ops relayed them, then new events in a conversation, or
+    /// its deletion (one per conversation).
+    pub fn signals(&self) -> &[(Signal, &'a str, Cow<'a, str>)] {
         &self.signals
     }
 
@@ -252,6 +255,11 @@ pub fn apply<'a, E>(
     let mut updates: BTreeMap<i64, RowUpdate<'a>> = BTreeMap::new();
     // Conversations whose events or deletion the other instances hear of.
     let mut signals: BTreeMap<&'a str, Signal> = BTreeMap::new();
+    // Streamed frames, in the order the ops relayed them.
+    let mut relayed: Vec<(Signal, &'a str, Cow<'a, str>)> = Vec::new();
+    // The newest event of each conversation in the batch: an `Events` signal names it, so that
+    // another instance reads up to it and no further before the signals after it.
+    let mut newest: HashMap<&'a str, u64> = HashMap::new();
     for op in batch {
         match op {
             WriteOp::CreateSession {
@@ -283,6 +291,8 @@ pub fn apply<'a, E>(
                     continue;
                 };
                 signals.entry(session.as_str()).or_insert(Signal::Events);
+                let last = newest.entry(session.as_str()).or_default();
+                *last = (*last).max(*seq);
                 rows.event_keys.push(key);
                 rows.event_seqs.push(big(*seq));
                 rows.event_bodies.push(body);
@@ -375,6 +385,9 @@ pub fn apply<'a, E>(
                     ],
                 )?;
             }
+            WriteOp::Relay { session, detail } => {
+                relayed.push((Signal::Stream, session.as_str(), Cow::Borrowed(detail)));
+            }
             WriteOp::DeleteSession { session } => {
                 let Some(key) = session_key(db, keys, session)? else {
                     continue;
@@ -396,10 +409,15 @@ pub fn apply<'a, E>(
         }
     }
     rows.sessions(updates);
-    rows.signals = signals
-        .into_iter()
-        .map(|(session, signal)| (signal, session))
-        .collect();
+    rows.signals = relayed;
+    rows.signals
+        .extend(signals.into_iter().map(|(session, signal)| {
+            let detail = match (signal, newest.get(session)) {
+                (Signal::Events, Some(seq)) => Cow::Owned(seq.to_string()),
+                _ => Cow::Borrowed(""),
+            };
+            (signal, session, detail)
+        }));
     db.write_rows(&rows)
 }
 

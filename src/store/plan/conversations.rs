@@ -15,7 +15,8 @@ use crate::common::protocol::{SessionId, Usage};
 use crate::model::ChatMessage;
 use crate::store::{Closing, TreeTurn, TurnSummary, TurnTree, TurnsPage};
 use crate::store::{
-    ConversationStore, ConversationSummary, EventPage, StoreStatus, StoredConversation, WriteOp,
+    ConversationStore, ConversationSummary, EventPage, PageSize, StoreStatus, StoredConversation,
+    WriteOp,
 };
 
 const LOAD_SESSION: &str = "SELECT key, owner, user_id, personality, last_seq, turns, \
@@ -37,8 +38,9 @@ const TURNS: &str = "SELECT t.turn_id, t.parent, t.created_at, t.closing, e.body
      WHERE t.session_key = ?1 ORDER BY t.turn_id";
 const TURN_EVENTS: &str = "SELECT e.body FROM turns t JOIN events e \
      ON e.session_key = t.session_key AND e.seq >= t.opened_seq \
-     AND e.seq <= coalesce(t.closed_seq, ?3) \
+     AND e.seq <= coalesce(t.closed_seq, ?3) AND e.seq > ?5 \
      WHERE t.session_key = ?1 AND t.turn_id = ?2 ORDER BY e.seq LIMIT ?4";
+const HAS_TURN: &str = "SELECT 1 FROM turns WHERE session_key = ?1 AND turn_id = ?2";
 const LOAD_TAIL: &str =
     "SELECT seq, body FROM events WHERE session_key = ?1 ORDER BY seq DESC LIMIT ?2";
 const SESSION_FIRST_SEQ: &str = "SELECT key, first_seq FROM sessions WHERE id = ?1";
@@ -138,21 +140,33 @@ impl<B: Backend> ConversationStore for B {
         owner: &str,
         id: &SessionId,
         turn: u64,
-        limit: usize,
+        after: u64,
+        size: PageSize,
     ) -> Result<Option<Vec<String>>> {
         self.read("read events", View::Snapshot, &mut |db| {
             let owned = [Param::Text(id.as_str()), Param::Text(owner)];
             let Some(key) = db.row(OWNED_SESSION_KEY, &owned, |row| row.int(0))? else {
                 return Ok(None);
             };
+            let turn = Param::Int(big(turn));
+            if db
+                .row(HAS_TURN, &[Param::Int(key), turn.clone()], |_| Ok(()))?
+                .is_none()
+            {
+                return Ok(None);
+            }
             let params = [
                 Param::Int(key),
-                Param::Int(big(turn)),
+                turn,
                 Param::Int(i64::MAX),
-                Param::Int(count(limit)),
+                Param::Int(count(size.limit)),
+                Param::Int(big(after)),
             ];
-            let bodies = db.rows(TURN_EVENTS, &params, |row| row.text(0))?;
-            Ok((!bodies.is_empty()).then_some(bodies))
+            let query = Query {
+                sql: TURN_EVENTS,
+                params: &params,
+            };
+            page_of(db, query, size).map(Some)
         })
     }
 
@@ -202,7 +216,7 @@ impl<B: Backend> ConversationStore for B {
         owner: &str,
         id: &SessionId,
         before: Option<u64>,
-        limit: usize,
+        size: PageSize,
     ) -> Result<Option<Vec<String>>> {
         let before = before.map_or(i64::MAX, big);
         self.read("read events", View::Snapshot, &mut |db| {
@@ -210,12 +224,16 @@ impl<B: Backend> ConversationStore for B {
             let Some(key) = db.row(OWNED_SESSION_KEY, &owned, |row| row.int(0))? else {
                 return Ok(None);
             };
-            let page = [
+            let params = [
                 Param::Int(key),
                 Param::Int(before),
-                Param::Int(count(limit)),
+                Param::Int(count(size.limit)),
             ];
-            let mut bodies = db.rows(EVENTS_BEFORE, &page, |row| row.text(0))?;
+            let query = Query {
+                sql: EVENTS_BEFORE,
+                params: &params,
+            };
+            let mut bodies = page_of(db, query, size)?;
             bodies.reverse();
             Ok(Some(bodies))
         })
@@ -289,6 +307,24 @@ impl<B: Backend> ConversationStore for B {
     fn status(&self) -> StoreStatus {
         self.health()
     }
+}
+
+/// The bodies `query` answers (one per row, its first column), until a page of `size` is
+/// full. Rows are read as they come, so that a page stops at its bytes without reading more.
+fn page_of<E>(
+    db: &mut dyn Db<Error = E>,
+    query: Query<'_>,
+    size: PageSize,
+) -> Result<Vec<String>, E> {
+    let mut bodies = Vec::new();
+    let mut bytes = 0;
+    db.stream(query, &mut |row| {
+        let body = row.text(0)?;
+        bytes += body.len();
+        bodies.push(body);
+        Ok(!size.full(bodies.len(), bytes))
+    })?;
+    Ok(bodies)
 }
 
 /// A row count or limit as SQL's integer.

@@ -49,14 +49,6 @@ pub(super) fn apply_batch(
     }
 }
 
-/// True when a batch only takes things away: it is let through a full database, as a delete
-/// is on a full disk.
-pub(super) fn only_removes(batch: &[WriteOp]) -> bool {
-    batch
-        .iter()
-        .all(|op| matches!(op, WriteOp::DeleteSession { .. } | WriteOp::Rename { .. }))
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::super::tests::cluster;

@@ -327,7 +327,7 @@ impl<C: Fetch> Db for Pg<'_, C> {
         let notices: Vec<String> = rows
             .signals()
             .iter()
-            .map(|(signal, session)| payload(*signal, session, self.instance, ""))
+            .map(|(signal, session, detail)| payload(*signal, session, self.instance, detail))
             .collect();
         let tables = rows.tables();
         let mut params: Vec<&(dyn ToSql + Sync)> = tables

@@ -74,11 +74,33 @@ impl AsRef<Counters> for PostgresStore {
     }
 }
 
+/// The size cap and what the store knows of the database's size.
 #[derive(Debug, Default)]
 struct SizeCap {
+    /// The cap, in bytes.
     limit: Option<u64>,
+    /// The last measure of the database's size, and when it was taken.
     measured: Option<(Instant, u64)>,
+    /// The size measured right after a deletion made at or past the cap. PostgreSQL keeps the
+    /// space it freed and reuses it (once `VACUUM` has passed, which the deletion runs), so
+    /// writes go on for as long as the database does not grow past this size. Forgotten once
+    /// the database is below the cap.
+    reusing: Option<u64>,
 }
+
+impl SizeCap {
+    /// True when a deletion now should make its space reusable: a cap is set and the database
+    /// was last measured at or past it.
+    fn at_cap(&self) -> bool {
+        matches!((self.limit, self.measured), (Some(limit), Some((_, bytes))) if bytes >= limit)
+    }
+}
+
+/// The tables a conversation's deletion frees space in, for `VACUUM`.
+const CONVERSATION_TABLES: &str = "events, messages, notes, turns, sessions";
+
+/// The tables a fact's deletion frees space in, for `VACUUM`.
+const GRAPH_TABLES: &str = "nodes, edges, embeddings";
 
 /// The writer connection and what it remembers between batches.
 #[derive(Debug, Default)]
@@ -101,7 +123,8 @@ struct WriterMemory {
 /// A store error for `what`, described as PostgreSQL describes it, keeping `e` as its source.
 fn store_error(what: &str, e: postgres::Error) -> Error {
     let detail = format!("{what}: {}", describe(&e));
-    Error::store_caused(detail, e)
+    let full = e.code() == Some(&SqlState::DISK_FULL);
+    Error::store_caused(detail, e).full_if(full)
 }
 
 impl PostgresStore {
@@ -268,15 +291,45 @@ impl PostgresStore {
                 bytes
             }
         };
-        if bytes >= limit {
-            return Err(Error::store(format!(
-                "database {} holds {} MiB, at or past its cap of {} MiB (--max-store-mib)",
-                self.target(),
-                bytes >> 20,
-                limit >> 20
-            )));
+        if bytes < limit {
+            size.reusing = None;
+            return Ok(());
         }
-        Ok(())
+        if size.reusing.is_some_and(|reusing| bytes <= reusing) {
+            return Ok(());
+        }
+        Err(Error::store_full(format!(
+            "database {} holds {} MiB, at or past its cap of {} MiB (--max-store-mib)",
+            self.target(),
+            bytes >> 20,
+            limit >> 20
+        )))
+    }
+
+    /// After a deletion made at or past the size cap: runs `VACUUM` on `tables` with `run`,
+    /// so that PostgreSQL can reuse the space the deletion freed, and lets writes go on while
+    /// the database does not grow (see [`SizeCap::reusing`]). The size is measured with
+    /// `measure` afterwards. A failure is logged: autovacuum gets there later.
+    fn make_room(
+        &self,
+        tables: &str,
+        run: impl FnOnce(&str) -> Result<()>,
+        measure: impl FnOnce() -> Result<u64>,
+    ) {
+        if !self.size.lock().at_cap() {
+            return;
+        }
+        if let Err(e) = run(&format!("VACUUM {tables}")) {
+            log::warn!("store: cannot vacuum after a deletion at the size cap: {e}");
+        }
+        match measure() {
+            Ok(bytes) => {
+                let mut size = self.size.lock();
+                size.measured = Some((Instant::now(), bytes));
+                size.reusing = Some(bytes);
+            }
+            Err(e) => log::warn!("store: cannot measure the database after a deletion: {e}"),
+        }
     }
 
     /// [`PostgresStore::check_room`] for a graph write, measuring on a pool connection.
@@ -344,10 +397,21 @@ impl Backend for PostgresStore {
             let Connection { client, statements } = connection;
             work(&mut Pg::new(client, statements, instance))
         };
-        match write {
+        let value = match write {
             Write::Upsert | Write::Replace => self.pool.run(what, &mut on_pool),
             _ => self.pool.run_once(what, &mut on_pool),
+        }?;
+        if write == Write::Delete {
+            self.make_room(
+                GRAPH_TABLES,
+                |sql| self.pool.run("make room", |c| c.client.batch_execute(sql)),
+                || {
+                    self.pool
+                        .run("measure the database", |c| database_size(&mut c.client))
+                },
+            );
         }
+        Ok(value)
     }
 
     /// A statement stopped by `statement_timeout`.
@@ -356,24 +420,37 @@ impl Backend for PostgresStore {
     }
 
     fn write_batch(&self, batch: &[WriteOp]) -> Result<()> {
-        if !batch::only_removes(batch) {
-            self.check_room(|| {
-                self.write_on_writer("measure the database", |c, _| database_size(&mut c.client))
-            })?;
+        let measure =
+            || self.write_on_writer("measure the database", |c, _| database_size(&mut c.client));
+        if !WriteOp::only_removes(batch) {
+            self.check_room(measure)?;
         }
         self.write_on_writer("write", |connection, memory| {
             batch::apply_batch(connection, memory, &self.instance, batch)
-        })
+        })?;
+        if batch
+            .iter()
+            .any(|op| matches!(op, WriteOp::DeleteSession { .. }))
+        {
+            self.make_room(
+                CONVERSATION_TABLES,
+                |sql| self.write_on_writer("make room", |c, _| c.client.batch_execute(sql)),
+                measure,
+            );
+        }
+        Ok(())
     }
 
     /// PostgreSQL has no cap on a database's size, so the store keeps one: once the database
     /// (`pg_database_size`, measured at most once a second while a cap is set) reaches `bytes`,
     /// writes that add data (journal batches, graph writes) fail as on a full disk; deletions
-    /// still go through. The database may pass the cap by what one second of writes adds.
+    /// and renames still go through. The database may pass the cap by what one second of writes
+    /// adds. A deletion at the cap makes room as PostgreSQL can: it vacuums the tables it freed
+    /// space in, and writes go on while the database does not grow (see [`SizeCap::reusing`]).
     fn cap_size(&self, bytes: Option<u64>) -> Result<()> {
         *self.size.lock() = SizeCap {
             limit: bytes,
-            measured: None,
+            ..SizeCap::default()
         };
         Ok(())
     }

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
+use postgres::error::SqlState;
 use postgres::{Client, NoTls, Statement};
 
 use super::super::PoolStatus;
@@ -304,7 +305,8 @@ impl Pool {
         self.give_back(connection, lost);
         result.map_err(|e| {
             let detail = format!("{what}: {}", describe(&e));
-            Error::store_caused(detail, e)
+            let full = e.code() == Some(&SqlState::DISK_FULL);
+            Error::store_caused(detail, e).full_if(full)
         })
     }
 

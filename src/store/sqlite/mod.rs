@@ -73,10 +73,44 @@ struct Writer {
     connection: Connection,
     /// Conversation id to its integer key.
     keys: Keys,
+    /// The size cap in pages (`max_page_count`), when one is set.
+    cap_pages: Option<i64>,
+}
+
+impl Writer {
+    /// Runs `work` with the size cap lifted when `lift` is set: a deletion must go through a
+    /// full store, since it is how the store makes room, yet deleting from a full-text index
+    /// may write a few pages of its own (FTS5 records deletions in new segments, and merges
+    /// them). The cap is put back afterwards; the pages freed go to SQLite's free list, where
+    /// later writes find them.
+    fn uncapped<T>(
+        &mut self,
+        lift: bool,
+        work: impl FnOnce(&mut Self) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
+        let Some(cap) = self.cap_pages.filter(|_| lift) else {
+            return work(self);
+        };
+        self.connection
+            .pragma_update(None, "max_page_count", MAX_PAGES)?;
+        let result = work(self);
+        // A cap below the file's size (the deletion's own pages) keeps the file's size.
+        let restored = self.connection.pragma_update(None, "max_page_count", cap);
+        let value = result?;
+        restored?;
+        Ok(value)
+    }
 }
 
 fn store_error(context: &str, e: impl std::fmt::Display) -> Error {
     Error::store(format!("{context}: {e}"))
+}
+
+/// A store error for a write: one refused for lack of room (`SQLITE_FULL`: a full disk, or
+/// `max_page_count`) is marked as such.
+fn write_error(context: &str, e: &rusqlite::Error) -> Error {
+    let full = e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull);
+    store_error(context, e).full_if(full)
 }
 
 impl SqliteStore {
@@ -198,6 +232,7 @@ impl SqliteStore {
             writer: Mutex::new(Writer {
                 connection: writer,
                 keys: Keys::new(),
+                cap_pages: None,
             }),
             readers,
             next_reader: AtomicUsize::new(0),
@@ -275,17 +310,18 @@ impl Backend for SqliteStore {
         }
     }
 
-    /// Every write runs on the one writer connection, in a transaction of its own: SQLite has
-    /// no size cap to check first and no connection to lose, so every kind of write is alike.
-    fn write<T>(&self, what: &str, _: Write, work: &mut Work<'_, Self::Error, T>) -> Result<T> {
-        let writer = self.writer.lock();
-        let written = (|| -> rusqlite::Result<T> {
+    /// Every write runs on the one writer connection, in a transaction of its own. SQLite has
+    /// no connection to lose, and its size cap is its own (`max_page_count`); a deletion goes
+    /// through it (see [`Writer::uncapped`]).
+    fn write<T>(&self, what: &str, write: Write, work: &mut Work<'_, Self::Error, T>) -> Result<T> {
+        let mut writer = self.writer.lock();
+        let written = writer.uncapped(write == Write::Delete, |writer| {
             let tx = writer.connection.unchecked_transaction()?;
             let value = work(&mut Lite(&tx))?;
             tx.commit()?;
             Ok(value)
-        })();
-        written.map_err(|e| store_error(what, e))
+        });
+        written.map_err(|e| write_error(what, &e))
     }
 
     /// A statement stopped by the progress handler.
@@ -293,34 +329,41 @@ impl Backend for SqliteStore {
         e.sqlite_error_code() == Some(rusqlite::ErrorCode::OperationInterrupted)
     }
 
+    /// A batch of only deletions and renames goes through the size cap (see
+    /// [`Writer::uncapped`]).
     fn write_batch(&self, batch: &[WriteOp]) -> Result<()> {
         let mut writer = self.writer.lock();
-        let Writer { connection, keys } = &mut *writer;
-        let written = (|| {
+        let written = writer.uncapped(WriteOp::only_removes(batch), |writer| {
+            let Writer {
+                connection, keys, ..
+            } = writer;
             let tx = connection.transaction()?;
             apply(&mut Lite(&tx), &SQL, keys, batch)?;
             tx.commit()
-        })();
+        });
         if written.is_err() {
             // Keys learnt in a transaction that did not commit may name nothing.
-            keys.clear();
+            writer.keys.clear();
         }
-        written.map_err(|e| store_error("write", e))
+        written.map_err(|e| write_error("write", &e))
     }
 
     fn cap_size(&self, bytes: Option<u64>) -> Result<()> {
-        let writer = self.writer.lock();
+        let mut writer = self.writer.lock();
         let connection = &writer.connection;
         let capped = (|| {
             let page_size: i64 = connection.query_row("PRAGMA page_size", [], |row| row.get(0))?;
             // SQLite's own ceiling when there is no cap; a cap below the file's size keeps the
             // file's size (SQLite never truncates here).
-            let pages = bytes.map_or(MAX_PAGES, |bytes| {
+            let pages = bytes.map(|bytes| {
                 (i64::try_from(bytes).unwrap_or(i64::MAX) / page_size.max(1)).clamp(1, MAX_PAGES)
             });
-            connection.pragma_update(None, "max_page_count", pages)
+            connection.pragma_update(None, "max_page_count", pages.unwrap_or(MAX_PAGES))?;
+            Ok(pages)
         })();
-        capped.map_err(|e| store_error("set the size limit", e))
+        writer.cap_pages =
+            capped.map_err(|e: rusqlite::Error| store_error("set the size limit", e))?;
+        Ok(())
     }
 
     /// A file on the local disk is always there to reach; a full disk shows as the journal
