@@ -53,6 +53,38 @@ fn conversations_are_listed_newest_first_and_searched_by_their_words() {
 }
 
 #[test]
+fn a_conversation_is_found_by_its_title_and_a_command_gets_a_readable_one() {
+    let server = TestServer::start();
+    let mut trip = server.client();
+    trip.ask("plan the trip");
+    let mut command = server.client();
+    command.ask(r#"/tool echo {"text": "hello otters"}"#);
+    let mut calc = server.client();
+    calc.ask("/calc 6*7");
+    let list = conversations(&server, "/api/conversations", None);
+    let titles: Vec<&str> = list.iter().map(|c| c["title"].as_str().unwrap()).collect();
+    assert_eq!(titles, ["calc: 6*7", "echo: hello otters", "plan the trip"]);
+    // A renamed title is searched, and so is one made from a command.
+    let path = format!(
+        "/api/conversations/{}",
+        trip.session_id.as_ref().unwrap().as_str()
+    );
+    let body = json!({"title": "Holiday in Lisbon"}).to_string();
+    assert_eq!(http(server.addr, "PATCH", &path, None, Some(&body)).0, 200);
+    let found = conversations(&server, "/api/conversations?q=lisbon+holidays", None);
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0]["title"], "Holiday in Lisbon");
+    let found = conversations(&server, "/api/conversations?q=calc", None);
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0]["title"], "calc: 6*7");
+    // Its messages are still searched as well.
+    assert_eq!(
+        conversations(&server, "/api/conversations?q=trip", None).len(),
+        1
+    );
+}
+
+#[test]
 fn events_come_back_exactly_as_sent_a_page_at_a_time() {
     let server = TestServer::start();
     let mut client = server.client();
@@ -289,6 +321,94 @@ fn memories_are_listed_searched_and_deleted() {
 }
 
 #[test]
+fn memories_are_added_and_edited_by_hand() {
+    let server = TestServer::with_config(|config| {
+        config.auth_tokens = vec!["alice-token".into(), "bob-token".into()];
+    });
+    let (alice, bob) = (Some("alice-token"), Some("bob-token"));
+    let add =
+        |token, body: &str| http_json(server.addr, "POST", "/api/memories", token, Some(body));
+    let (status, added) = add(alice, r#"{"content": "  My locker code is 4512  "}"#);
+    assert_eq!(status, 201, "{added}");
+    let id = added["id"].as_i64().unwrap();
+    assert_eq!(added["content"], "My locker code is 4512");
+    let at = added["created_at"].as_str().unwrap();
+    assert!(at.ends_with('Z') && at.contains('T'), "{at}");
+    // The same memory again is the one already there.
+    let (status, again) = add(alice, r#"{"content": "My locker code is 4512"}"#);
+    assert_eq!((status, again["id"].as_i64()), (200, Some(id)));
+    let (_, listed) = http_json(server.addr, "GET", "/api/memories?q=locker", alice, None);
+    assert_eq!(listed["memories"][0]["id"], id);
+    // The model's memory lookup finds it like any other.
+    let mut ann = Client::connect(server.addr, json!({"token": "alice-token"}));
+    assert!(ann.ask("/recall locker").contains("4512"));
+
+    let path = format!("/api/memories/{id}");
+    let body = r#"{"content": "My locker code is 7781"}"#;
+    let (status, edited) = http_json(server.addr, "PATCH", &path, alice, Some(body));
+    assert_eq!(status, 200, "{edited}");
+    assert_eq!(edited["id"], id);
+    assert_eq!(edited["content"], "My locker code is 7781");
+    assert_eq!(edited["created_at"], added["created_at"]);
+    assert!(ann.ask("/recall locker").contains("7781"));
+    assert!(!ann.ask("/recall locker").contains("4512"));
+    let (_, listed) = http_json(server.addr, "GET", "/api/memories", alice, None);
+    assert_eq!(listed["memories"].as_array().unwrap().len(), 1);
+
+    // Another memory may not be made to say what one says already.
+    let (_, other) = add(alice, r#"{"content": "The bike is blue"}"#);
+    let other_path = format!("/api/memories/{}", other["id"]);
+    let (status, conflict) = http_json(server.addr, "PATCH", &other_path, alice, Some(body));
+    assert_eq!(status, 409, "{conflict}");
+    assert!(
+        conflict["error"]
+            .as_str()
+            .unwrap()
+            .contains(&id.to_string())
+    );
+
+    // Someone else's, or nobody's, is not found; nothing of Alice's changes.
+    for (token, path) in [(bob, path.as_str()), (alice, "/api/memories/999999")] {
+        let (status, _) = http(server.addr, "PATCH", path, token, Some(body));
+        assert_eq!(status, 404, "{path}");
+    }
+    assert_eq!(
+        http(server.addr, "PATCH", "/api/memories/x", alice, Some(body)).0,
+        404
+    );
+    let (_, theirs) = http_json(server.addr, "GET", "/api/memories", bob, None);
+    assert!(theirs["memories"].as_array().unwrap().is_empty());
+    assert_eq!(
+        http(server.addr, "POST", "/api/memories", None, Some(body)).0,
+        401
+    );
+
+    // What is wrong with a body is said.
+    let long = json!({"content": "x".repeat(sparky::net::api::MAX_MEMORY_CHARS + 1)}).to_string();
+    for (bad, says) in [
+        ("not json", "the body must be"),
+        ("{}", "the body must be"),
+        (r#"{"content": 7}"#, "the body must be"),
+        (r#"{"content": "   "}"#, "must not be empty"),
+        (long.as_str(), "at most 10000 characters"),
+    ] {
+        for (method, path) in [("POST", "/api/memories"), ("PATCH", path.as_str())] {
+            let (status, answer) = http_json(server.addr, method, path, alice, Some(bad));
+            assert_eq!(status, 400, "{method} {bad}");
+            assert!(answer["error"].as_str().unwrap().contains(says), "{answer}");
+        }
+    }
+    let (_, listed) = http_json(server.addr, "GET", "/api/memories", alice, None);
+    let contents: Vec<&str> = listed["memories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|memory| memory["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(contents, ["The bike is blue", "My locker code is 7781"]);
+}
+
+#[test]
 fn another_principal_sees_nothing_and_gets_404_for_everything() {
     let server = TestServer::with_config(|config| {
         config.auth_tokens = vec!["alice-token".into(), "bob-token".into()];
@@ -427,7 +547,8 @@ fn an_api_path_asked_with_another_method_gets_405_naming_the_methods_it_takes() 
         ("PUT", "/api/conversations/abc/", "GET, HEAD, PATCH, DELETE"),
         ("DELETE", "/api/conversations", "GET, HEAD"),
         ("POST", "/api/conversations/abc/events", "GET, HEAD"),
-        ("PATCH", "/api/memories/7", "DELETE"),
+        ("PUT", "/api/memories/7", "PATCH, DELETE"),
+        ("DELETE", "/api/memories", "GET, HEAD, POST"),
     ] {
         let (status, allow, body) = status_allow_body(&server, method, path);
         assert_eq!(status, 405, "{method} {path}: {body}");

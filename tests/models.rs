@@ -19,7 +19,7 @@ use sparky::common::protocol::{ErrorCode, ServerFrame, ToolStatus};
 use sparky::model::ModelBackend;
 use sparky::model::embed::HashEmbedder;
 use sparky::model::openai::{RemoteModel, RemoteOptions};
-use support::{Client, TestServer, WAIT};
+use support::{Client, TestServer, WAIT, http_json};
 
 /// What the fake's embeddings endpoint does.
 const EMBED_OK: u8 = 0;
@@ -355,6 +355,32 @@ fn hybrid_recall_finds_a_paraphrase_keywords_miss_and_old_facts_are_backfilled()
         recall(&mut client, "psychology").contains("sister")
     });
     assert!(recall(&mut client, "psychologist").contains("sister"));
+}
+
+#[test]
+fn a_memory_edited_by_hand_is_embedded_again() {
+    let fake = Fake::start();
+    let server = TestServer::with_config(|config| {
+        config.embedding_model = Some("hash".into());
+        config.embedding_url = Some(fake.url());
+    });
+    let mut client = server.client();
+    let body = json!({"content": "Ann spends her weekends on photography"}).to_string();
+    let (status, added) = http_json(server.addr, "POST", "/api/memories", None, Some(&body));
+    assert_eq!(status, 201, "{added}");
+    eventually("the new memory to be embedded", WAIT, || {
+        recall(&mut client, "photograph").contains("weekends")
+    });
+    // Only the new content's vector matches "astronomer" and not "photograph" (no keyword
+    // matches either): the old vector went with the old content, and the new one came.
+    let path = format!("/api/memories/{}", added["id"]);
+    let body = json!({"content": "Ann spends her weekends on astronomy"}).to_string();
+    let (status, edited) = http_json(server.addr, "PATCH", &path, None, Some(&body));
+    assert_eq!(status, 200, "{edited}");
+    eventually("the edited memory to be embedded again", WAIT, || {
+        recall(&mut client, "astronomer").contains("astronomy")
+            && !recall(&mut client, "photograph").contains("weekends")
+    });
 }
 
 #[test]

@@ -32,7 +32,7 @@ use serde_json::Value;
 use crate::common::error::{Error, Result};
 use crate::model::embed::Embed;
 use crate::model::error::ModelError;
-use crate::store::{Edge, GraphStore, Neighbourhood, Node};
+use crate::store::{Edge, Edited, GraphStore, Neighbourhood, Node};
 
 /// Nodes embedded in one request at most.
 pub const BATCH: usize = 32;
@@ -211,6 +211,15 @@ impl GraphStore for SemanticGraph {
 
     fn get(&self, owner: &str, id: i64) -> Result<Option<Neighbourhood>> {
         self.inner.get(owner, id)
+    }
+
+    /// The store drops the node's vectors; the worker is woken to embed its new content.
+    fn edit(&self, owner: &str, id: i64, content: &str) -> Result<Edited> {
+        let edited = self.inner.edit(owner, id, content)?;
+        if matches!(edited, Edited::Changed(_)) {
+            self.stored();
+        }
+        Ok(edited)
     }
 
     fn delete(&self, owner: &str, id: i64) -> Result<bool> {

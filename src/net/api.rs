@@ -1,5 +1,5 @@
 //! The conversation API of PROTOCOL.md section 10 as a route table: list, search, read, rename
-//! and delete conversations; list, search and delete memories. One route function per row,
+//! and delete conversations; list, search, add, edit and delete memories. One route function per row,
 //! serde types for every body. The caller is a principal (the local one when the server
 //! requires no token); anything that is not theirs is a `404`, so that nobody learns which ids
 //! exist.
@@ -15,7 +15,7 @@ use crate::common::protocol::{SessionId, Usage};
 use crate::conversation::session::Conversation;
 use crate::net::http::{Body, JsonList, RequestHead, Response};
 use crate::net::routes::{Found, Route, RouteContext, allow, find};
-use crate::store::{Node, PageSize, TurnsPage};
+use crate::store::{Edited, Node, PageSize, TurnsPage};
 
 /// Largest request body accepted, in bytes.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -42,6 +42,10 @@ const MAX_CONVERSATIONS: usize = 5_000;
 
 /// Memories one list holds at most (and by default).
 const MAX_MEMORIES: usize = 1_000;
+
+/// Characters a memory added or edited by hand may hold at most: a fact a person types, with
+/// room to spare, and far below what a model's context can take in one lookup.
+pub const MAX_MEMORY_CHARS: usize = 10_000;
 
 /// One API request, authenticated.
 #[derive(Debug)]
@@ -95,6 +99,16 @@ pub const API_ROUTES: &[Route<ApiRoute>] = &[
         method: "GET",
         pattern: "/api/memories",
         handler: memories,
+    },
+    Route {
+        method: "POST",
+        pattern: "/api/memories",
+        handler: add_memory,
+    },
+    Route {
+        method: "PATCH",
+        pattern: "/api/memories/{id}",
+        handler: edit_memory,
     },
     Route {
         method: "DELETE",
@@ -230,6 +244,12 @@ struct MemoriesJson {
 #[derive(Debug, Deserialize)]
 struct RenameJson {
     title: String,
+}
+
+/// The body of `POST /api/memories` and `PATCH /api/memories/{id}`.
+#[derive(Debug, Deserialize)]
+struct ContentJson {
+    content: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -529,6 +549,70 @@ fn memories(ctx: &RouteContext, request: &ApiRequest<'_>) -> Response {
         ),
         Err(e) => failed(&e),
     }
+}
+
+/// `POST /api/memories` with `{"content": "…"}`: a fact added by hand, whatever the model.
+/// `201` with the new memory, or `200` with the one the caller had already, word for word.
+fn add_memory(ctx: &RouteContext, request: &ApiRequest<'_>) -> Response {
+    let content = match memory_content(request.body) {
+        Ok(content) => content,
+        Err(response) => return response,
+    };
+    match ctx.graph.remember(request.principal.as_str(), &content) {
+        Ok((node, true)) => json(201, "Created", &MemoryJson::from(node)),
+        Ok((node, false)) => json(200, "OK", &MemoryJson::from(node)),
+        Err(e) => failed(&e),
+    }
+}
+
+/// `PATCH /api/memories/{id}` with `{"content": "…"}`: `200` with the memory as changed (it is
+/// embedded again, when semantic memory is on); `409` when another of the caller's memories
+/// says exactly that already.
+fn edit_memory(ctx: &RouteContext, request: &ApiRequest<'_>) -> Response {
+    let Some(Ok(id)) = request.params.first().map(|id| id.parse::<i64>()) else {
+        return not_found();
+    };
+    let content = match memory_content(request.body) {
+        Ok(content) => content,
+        Err(response) => return response,
+    };
+    match ctx.graph.edit(request.principal.as_str(), id, &content) {
+        Ok(Edited::Changed(node)) => json(200, "OK", &MemoryJson::from(node)),
+        Ok(Edited::Missing) => not_found(),
+        Ok(Edited::Duplicate(other)) => error(
+            409,
+            "Conflict",
+            &format!("memory {} says exactly this already", other.id),
+        ),
+        Err(e) => failed(&e),
+    }
+}
+
+/// The content of a memory's body, trimmed: a `400` naming what is wrong unless it is JSON
+/// with a non-empty `content` of at most [`MAX_MEMORY_CHARS`] characters.
+fn memory_content(body: &[u8]) -> Result<String, Response> {
+    let content = match serde_json::from_slice::<ContentJson>(body) {
+        Ok(body) => body.content,
+        Err(e) => {
+            return Err(error(
+                400,
+                "Bad Request",
+                &format!("the body must be {{\"content\": \"…\"}}: {e}"),
+            ));
+        }
+    };
+    let content = content.trim();
+    if content.is_empty() {
+        return Err(error(400, "Bad Request", "content must not be empty"));
+    }
+    if content.chars().count() > MAX_MEMORY_CHARS {
+        return Err(error(
+            400,
+            "Bad Request",
+            &format!("content must be at most {MAX_MEMORY_CHARS} characters"),
+        ));
+    }
+    Ok(content.to_owned())
 }
 
 /// `DELETE /api/memories/{id}`.

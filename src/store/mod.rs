@@ -56,7 +56,7 @@ pub const MAX_SEARCH_WORDS: usize = 16;
 
 /// The SQLite schema version this build writes. A store with a higher one was written by a
 /// newer Sparky and is refused. (PostgreSQL's is [`POSTGRES_SCHEMA_VERSION`].)
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// The owner of everything when the server requires no token.
 pub const LOCAL_OWNER: &str = "local";
@@ -420,7 +420,8 @@ pub trait ConversationStore: Send + Sync {
     ) -> Result<Option<Vec<String>>>;
 
     /// `owner`'s conversations, most recently active first; with `query`, only those whose
-    /// user messages or answers match its words (bounded like [`GraphStore::search`]).
+    /// title, or one of whose user messages or answers, has all its words (bounded like
+    /// [`GraphStore::search`]).
     ///
     /// # Errors
     ///
@@ -550,6 +551,17 @@ impl Node {
     }
 }
 
+/// What [`GraphStore::edit`] did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Edited {
+    /// The node, as it is now.
+    Changed(Node),
+    /// The owner has no such node.
+    Missing,
+    /// Nothing: the owner has this other fact with that content already.
+    Duplicate(Node),
+}
+
 /// A typed edge between two nodes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Edge {
@@ -643,6 +655,15 @@ pub trait GraphStore: Send + Sync {
     ///
     /// [`crate::common::error::Error::Store`] on a database failure.
     fn get(&self, owner: &str, id: i64) -> Result<Option<Neighbourhood>>;
+
+    /// Gives one of `owner`'s nodes the content `content` (a fact's label follows it; another
+    /// node keeps its label) and drops its embeddings, so that semantic memory embeds it again.
+    /// A fact is not given the content of another of `owner`'s facts: each is stored once.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::common::error::Error::Store`] on a database failure.
+    fn edit(&self, owner: &str, id: i64, content: &str) -> Result<Edited>;
 
     /// Deletes one of `owner`'s nodes and its edges; false when `owner` has no such node.
     ///

@@ -18,7 +18,8 @@ use serde_json::json;
 
 use super::plan::{LABEL_CHARS, label_for, search_words};
 use super::{
-    Closing, ConversationStore, DEFAULT_SEARCH_BUDGET, GraphStore, MAX_SEARCH_WORDS, PageSize,
+    Closing, ConversationStore, DEFAULT_SEARCH_BUDGET, Edited, GraphStore, MAX_SEARCH_WORDS,
+    PageSize,
     PostgresStore, SqliteStore, TurnMark, WriteOp,
 };
 use crate::common::protocol::{SessionId, Usage};
@@ -317,8 +318,19 @@ fn a_deletion_inside_a_batch_takes_only_its_own_rows<S: TestStore>(store: S) -> 
 
 fn reassigning_an_owner_moves_its_conversations_and_nodes_only<S: TestStore>(store: S) {
     let (one, two) = (id(1), id(2));
+    let opened = TurnMark::Opened {
+        turn_id: 1,
+        text: "owls at night".into(),
+        parent: 0,
+        client_id: None,
+    };
     store
-        .apply(&[create(&one, "old"), create(&two, "other")])
+        .apply(&[
+            create(&one, "old"),
+            event(&one, 1, opened, Some("owls at night")),
+            event(&one, 2, TurnMark::None, Some("You said: owls hoot")),
+            create(&two, "other"),
+        ])
         .unwrap();
     store.remember("old", "owls hoot").unwrap();
     store.remember("other", "owls hoot").unwrap();
@@ -330,6 +342,10 @@ fn reassigning_an_owner_moves_its_conversations_and_nodes_only<S: TestStore>(sto
     assert!(store.list("old", None, 10).unwrap().is_empty());
     assert_eq!(store.search("new", "owls", None, 5).unwrap().len(), 1);
     assert!(store.search("old", "owls", None, 5).unwrap().is_empty());
+    // The conversation search follows the owner, by the messages and by the title.
+    assert_eq!(store.list("new", Some("hoot"), 10).unwrap().len(), 1);
+    assert_eq!(store.list("new", Some("night"), 10).unwrap().len(), 1);
+    assert!(store.list("old", Some("owls"), 10).unwrap().is_empty());
     assert_eq!(store.reassign_owner("old", "new").unwrap(), 0, "idempotent");
 }
 
@@ -616,6 +632,187 @@ fn a_search_out_of_time_answers_with_what_it_found_not_an_error<S: TestStore>(st
     for _ in 0..8 {
         assert_eq!(store.search("ann", "otters", None, 5).unwrap().len(), 5);
     }
+}
+
+/// Principal A's facts all hold the words many times and are long; B's one fact holds each
+/// once and is long too, so that it ranks below every one of A's (and C's facts, which do not
+/// hold the words, give the words a weight). Before the owner was part of what the index looks
+/// up, B's lookup ranked all of A's facts and read each one's row to find it was not B's, and
+/// ran out of its budget before it reached B's fact.
+fn another_principals_matching_rows_cost_nothing<S: TestStore>(store: S) {
+    let a_fact = "otters rivers ".repeat(3_000);
+    for n in 0..800 {
+        store
+            .remember("alice", &format!("fact{n} {a_fact}"))
+            .unwrap();
+    }
+    for n in 0..1_600 {
+        store
+            .remember("carol", &format!("carol's fact {n} about tea"))
+            .unwrap();
+    }
+    let filler = "lorem ".repeat(2_000);
+    let (bobs, _) = store
+        .remember("bob", &format!("otters and rivers {filler}"))
+        .unwrap();
+    // Ranking A's facts took 210 ms here before (a debug build), B's own 3 to 6 ms now.
+    store.set_budget(Duration::from_millis(60));
+    for round in 0..40 {
+        let found = store.search("bob", "otters rivers", None, 5).unwrap();
+        let ids: Vec<i64> = found.iter().map(|node| node.id).collect();
+        assert_eq!(ids, [bobs.id], "round {round}");
+    }
+    store.set_budget(DEFAULT_SEARCH_BUDGET);
+    assert_eq!(store.search("alice", "otters", None, 5).unwrap().len(), 5);
+}
+
+/// A conversation is found by its title as well as by what was said in it, the title as it was
+/// made from the first message or as it was renamed; and only its owner's conversations are,
+/// however many of another principal's match.
+fn titles_are_searched_and_each_principal_searches_only_its_own<S: TestStore>(store: S) {
+    let (one, two, theirs) = (id(1), id(2), id(3));
+    let opened = |text: &str| TurnMark::Opened {
+        turn_id: 1,
+        text: text.into(),
+        parent: 0,
+        client_id: None,
+    };
+    let mut ops = vec![
+        create(&one, "ann"),
+        event(&one, 1, opened("plan the trip"), Some("plan the trip")),
+        create(&two, "ann"),
+        event(&two, 1, opened("/calc 6*7"), None),
+        create(&theirs, "bob"),
+        event(&theirs, 1, opened("lisbon trip"), Some("lisbon trip")),
+    ];
+    ops.extend((2..=300).map(|seq| event(&theirs, seq, TurnMark::None, Some("lisbon trip"))));
+    store.apply(&ops).unwrap();
+    let found = |owner: &str, words: &str| -> Vec<SessionId> {
+        let list = store.list(owner, Some(words), 10).unwrap();
+        list.into_iter().map(|summary| summary.id).collect()
+    };
+    assert_eq!(found("ann", "trip"), [one.clone()]);
+    assert!(found("ann", "lisbon").is_empty());
+    // A title made from a command is searched too, though the command's text is not.
+    assert_eq!(found("ann", "calc"), [two.clone()]);
+    store
+        .apply(&[WriteOp::Rename {
+            session: one.clone(),
+            owner: "ann".into(),
+            title: "Holiday in Lisbon".into(),
+        }])
+        .unwrap();
+    assert_eq!(found("ann", "lisbon holidays"), [one.clone()]);
+    assert_eq!(
+        found("ann", "trip"),
+        [one.clone()],
+        "its messages still count"
+    );
+    assert_eq!(found("bob", "lisbon"), [theirs.clone()]);
+    assert!(found("bob", "holiday").is_empty());
+    // A rename by someone else changes nothing; a deletion takes the title out of the index.
+    store
+        .apply(&[
+            WriteOp::Rename {
+                session: two.clone(),
+                owner: "bob".into(),
+                title: "lisbon".into(),
+            },
+            WriteOp::DeleteSession {
+                session: one.clone(),
+            },
+        ])
+        .unwrap();
+    assert!(found("ann", "lisbon").is_empty());
+    assert!(found("bob", "calc").is_empty());
+}
+
+/// A fact edited is found by its new words and not its old ones, waits to be embedded again,
+/// keeps its id; a fact is never given another's content, and nobody edits another's.
+fn an_edited_fact_is_searched_and_embedded_anew<S: TestStore>(store: S) {
+    let (tea, _) = store.remember("ann", "I like green tea").unwrap();
+    let (coffee, _) = store.remember("ann", "I drink coffee at nine").unwrap();
+    store
+        .store_embeddings("m", &[(tea.id, vec![1.0]), (coffee.id, vec![1.0])])
+        .unwrap();
+    assert!(store.unembedded("m", 5).unwrap().is_empty());
+    let Edited::Changed(edited) = store
+        .edit("ann", tea.id, "I like black tea with lemon")
+        .unwrap()
+    else {
+        panic!("the fact was not edited");
+    };
+    assert_eq!(edited.id, tea.id);
+    assert_eq!(edited.content, "I like black tea with lemon");
+    assert_eq!(edited.label, "I like black tea with lemon");
+    assert_eq!(edited.created_at, tea.created_at);
+    let found = store.search("ann", "lemon", None, 5).unwrap();
+    assert_eq!(found, [edited.clone()]);
+    assert!(store.search("ann", "green", None, 5).unwrap().is_empty());
+    let pending: Vec<i64> = store
+        .unembedded("m", 5)
+        .unwrap()
+        .iter()
+        .map(|(id, _)| *id)
+        .collect();
+    assert_eq!(pending, [tea.id]);
+    // Remembering the new content finds the edited fact.
+    assert_eq!(
+        store
+            .remember("ann", "I like black tea with lemon")
+            .unwrap(),
+        (edited.clone(), false)
+    );
+    match store.edit("ann", tea.id, "I drink coffee at nine").unwrap() {
+        Edited::Duplicate(other) => assert_eq!(other.id, coffee.id),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(store.edit("bob", tea.id, "mine").unwrap(), Edited::Missing);
+    assert_eq!(store.edit("ann", 999_999, "none").unwrap(), Edited::Missing);
+    assert_eq!(store.search("ann", "lemon", None, 5).unwrap(), [edited]);
+    // Another kind of node keeps the label it was given.
+    let node = store
+        .add_node("ann", "person", "Tom", "a tabby", &json!({}))
+        .unwrap();
+    let Edited::Changed(tom) = store.edit("ann", node.id, "a grey tabby").unwrap() else {
+        panic!("the node was not edited");
+    };
+    assert_eq!(
+        (tom.label.as_str(), tom.content.as_str()),
+        ("Tom", "a grey tabby")
+    );
+}
+
+#[test]
+fn sqlite_another_principals_rows() {
+    another_principals_matching_rows_cost_nothing(SqliteStore::in_memory().unwrap());
+}
+
+#[test]
+fn postgres_another_principals_rows() {
+    another_principals_matching_rows_cost_nothing(postgres(&cluster::fresh_database()));
+}
+
+#[test]
+fn sqlite_titles_searched() {
+    titles_are_searched_and_each_principal_searches_only_its_own(SqliteStore::in_memory().unwrap());
+}
+
+#[test]
+fn postgres_titles_searched() {
+    titles_are_searched_and_each_principal_searches_only_its_own(postgres(
+        &cluster::fresh_database(),
+    ));
+}
+
+#[test]
+fn sqlite_edit() {
+    an_edited_fact_is_searched_and_embedded_anew(SqliteStore::in_memory().unwrap());
+}
+
+#[test]
+fn postgres_edit() {
+    an_edited_fact_is_searched_and_embedded_anew(postgres(&cluster::fresh_database()));
 }
 
 #[test]
@@ -930,6 +1127,74 @@ fn postgres_version_2_becomes_a_tree_of_turns() {
         }
     }
     linear_conversation_became_a_tree(&postgres(&url));
+}
+
+/// What the migration that put owners into the full-text indexes made of a conversation of
+/// ann's titled "Holiday plans" whose message says "otters", and a fact each of ann and bob
+/// about owls: each found by its owner alone, the conversation by its title too.
+fn owners_went_into_the_indexes<S: TestStore>(store: &S) {
+    let found = |owner: &str, words: &str| store.list(owner, Some(words), 10).unwrap().len();
+    assert_eq!(found("ann", "otters"), 1);
+    assert_eq!(found("ann", "holiday"), 1);
+    assert_eq!((found("bob", "otters"), found("bob", "holiday")), (0, 0));
+    let owls = store.search("ann", "owls", None, 5).unwrap();
+    assert_eq!(owls.len(), 1);
+    assert_eq!(owls[0].content, "ann's owls hoot");
+    assert_eq!(
+        store.search("bob", "owls", None, 5).unwrap()[0].content,
+        "bob's owls hoot"
+    );
+    // What is written from now on is indexed the same way.
+    store
+        .apply(&[event(&id(1), 3, TurnMark::None, Some("beavers"))])
+        .unwrap();
+    assert_eq!((found("ann", "beavers"), found("bob", "beavers")), (1, 0));
+}
+
+#[test]
+fn sqlite_version_4_puts_owners_into_its_indexes_and_searches_titles() {
+    let dir = temp_dir("v4-to-v5");
+    std::fs::create_dir_all(&dir).unwrap();
+    {
+        let mut db = rusqlite::Connection::open(dir.join(super::DATABASE_FILE)).unwrap();
+        super::sqlite::schema::migrate_to(&mut db, "test", 4).unwrap();
+        db.execute_batch(&format!(
+            "INSERT INTO sessions (id, owner, title, created_at, updated_at, last_seq) \
+             VALUES ('{}', 'ann', 'Holiday plans', 1, 1, 2); \
+             INSERT INTO events (session_key, seq, body) VALUES (1, 1, '{{}}'), (1, 2, '{{}}'); \
+             INSERT INTO event_text (rowid, text, session_key) VALUES (1, 'tell me of otters', 1); \
+             INSERT INTO nodes (owner, kind, label, content, created_at, updated_at) VALUES \
+             ('ann', 'fact', 'owls', 'ann''s owls hoot', 1, 1), \
+             ('bob', 'fact', 'owls', 'bob''s owls hoot', 1, 1);",
+            id(1).as_str()
+        ))
+        .unwrap();
+    }
+    owners_went_into_the_indexes(&SqliteStore::open(&dir).unwrap());
+}
+
+#[test]
+fn postgres_version_3_puts_owners_into_its_indexes_and_searches_titles() {
+    let url = cluster::fresh_database();
+    {
+        let mut client = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap();
+        super::postgres::schema::migrate_to(&mut client, "test", 3).unwrap();
+        client
+            .batch_execute(&format!(
+                "INSERT INTO sessions (id, owner, title, created_at, updated_at, last_seq) \
+                 VALUES ('{}', 'ann', 'Holiday plans', 1, 1, 2); \
+                 INSERT INTO events (session_key, seq, body, search) SELECT key, 1, '{{}}', \
+                 to_tsvector('sparky_english', 'tell me of otters') FROM sessions; \
+                 INSERT INTO events (session_key, seq, body) SELECT key, 2, '{{}}' FROM sessions; \
+                 INSERT INTO nodes (owner, kind, label, content, content_sha256, created_at, \
+                 updated_at) VALUES \
+                 ('ann', 'fact', 'owls', 'ann''s owls hoot', sha256('ann''s owls hoot'), 1, 1), \
+                 ('bob', 'fact', 'owls', 'bob''s owls hoot', sha256('bob''s owls hoot'), 1, 1);",
+                id(1).as_str()
+            ))
+            .unwrap();
+    }
+    owners_went_into_the_indexes(&postgres(&url));
 }
 
 #[test]

@@ -9,8 +9,9 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
-use super::TITLE_CHARS;
-use super::{Column, Db, Dialect, Param, Table, big, calls_to_json, cut, role_name, unix_now};
+use super::{
+    Column, Db, Dialect, Param, Table, big, calls_to_json, role_name, title_for, unix_now,
+};
 use crate::common::protocol::{SessionId, Usage};
 use crate::store::{Signal, TurnMark, WriteOp};
 
@@ -310,7 +311,7 @@ pub fn apply<'a, E>(
                         update.open = Some(Some((*turn_id, text)));
                         update.turns = update.turns.max(*turn_id);
                         update.leaf = Some(*turn_id);
-                        update.title.get_or_insert_with(|| cut(text, TITLE_CHARS));
+                        update.title.get_or_insert_with(|| title_for(text));
                         update.open_here = Some(rows.turn_keys.len());
                         rows.turn_keys.push(key);
                         rows.turn_ids.push(big(*turn_id));

@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use super::{
-    Backend, Db, Param, Query, Row, View, Write, big, calls_from_json, messages_from_newest,
-    role_from, small, summary_columns, unix_now,
+    Backend, Counters, Db, Param, Query, Row, View, Write, big, calls_from_json,
+    messages_from_newest, role_from, small, summary_columns, unix_now,
 };
 use crate::common::error::Result;
 use crate::common::protocol::{SessionId, Usage};
@@ -61,7 +61,6 @@ const SUMMARY: &str = concat!(
 );
 const IDLE: &str = "SELECT id FROM sessions WHERE updated_at < ?1 LIMIT ?2";
 const COUNT: &str = "SELECT count(*) FROM sessions WHERE owner = ?1";
-const REASSIGN: &str = "UPDATE sessions SET owner = ?2 WHERE owner = ?1";
 
 impl<B: Backend> ConversationStore for B {
     fn apply(&self, batch: &[WriteOp]) -> Result<()> {
@@ -255,11 +254,20 @@ impl<B: Backend> ConversationStore for B {
         let Some(words) = (B::SQL.search_queries)(text).into_iter().next() else {
             return Ok(Vec::new());
         };
+        let owner_term = (B::SQL.owner_term)(owner);
+        let Some(_turn) = Counters::of(self).search_turn(owner) else {
+            return Ok(Vec::new());
+        };
         self.read("search conversations", View::Search, &mut |db| {
             if !db.time_left()? {
                 return Ok(Vec::new());
             }
-            let params = [Param::Text(owner), Param::Text(&words), limit.clone()];
+            let params = [
+                Param::Text(owner),
+                Param::Text(&words),
+                limit.clone(),
+                Param::Text(&owner_term),
+            ];
             match db.rows(B::SQL.search_conversations, &params, summary_from_row) {
                 Ok(rows) => Ok(rows.into_iter().flatten().collect()),
                 Err(e) if B::out_of_time(&e) => {
@@ -300,7 +308,12 @@ impl<B: Backend> ConversationStore for B {
 
     fn reassign_owner(&self, old: &str, new: &str) -> Result<u64> {
         self.write("reassign conversations", Write::Owners, &mut |db| {
-            db.run(REASSIGN, &[Param::Text(old), Param::Text(new)])
+            let mut moved = 0;
+            for statement in B::SQL.reassign_conversations {
+                moved = db.run(statement, &[Param::Text(old), Param::Text(new)])?;
+            }
+            // The last statement moves the conversations themselves.
+            Ok(moved)
         })
     }
 

@@ -1,6 +1,6 @@
 //! [`GraphStore`] for every [`Backend`]: remembering a fact (an upsert), the full-text search
-//! around the dialect's own matching, nodes and edges, a node's neighbourhood, deletion,
-//! embeddings and the nearest vectors, and moving nodes to a new owner.
+//! around the dialect's own matching, nodes and edges, a node's neighbourhood, editing,
+//! deletion, embeddings and the nearest vectors, and moving nodes to a new owner.
 //!
 //! Depends on: `common::error`, `store`, `store::plan`, `store::plan::conversations`.
 
@@ -12,7 +12,7 @@ use super::{
     label_for, node_columns, stored_similarity, unix_now, vector_bytes,
 };
 use crate::common::error::{Error, Result};
-use crate::store::{Edge, GraphStore, Neighbourhood, Node};
+use crate::store::{Edge, Edited, GraphStore, Neighbourhood, Node};
 
 const GET_NODE: &str = concat!(
     "SELECT ",
@@ -32,6 +32,8 @@ const GET_EDGE: &str = "SELECT id, source, target, kind, properties FROM edges \
 const NODE_EDGES: &str = "SELECT id, source, target, kind, properties FROM edges \
      WHERE source = ?1 OR target = ?1 ORDER BY id";
 const DELETE_NODE: &str = "DELETE FROM nodes WHERE id = ?1 AND owner = ?2";
+/// A node's vectors, dropped when its content changes: the worker embeds it again.
+const DROP_EMBEDDINGS: &str = "DELETE FROM embeddings WHERE node_id = ?1";
 const REASSIGN_EMBEDDINGS: &str = "UPDATE embeddings SET owner = ?2 WHERE owner = ?1";
 const REASSIGN_NODES: &str = "UPDATE nodes SET owner = ?2 WHERE owner = ?1";
 /// Nodes without a `?1` vector, oldest first, at most `?2`, with what their embedding is made
@@ -85,6 +87,9 @@ impl<B: Backend> GraphStore for B {
         if queries.is_empty() {
             return Ok(Vec::new());
         }
+        let Some(_turn) = Counters::of(self).search_turn(owner) else {
+            return Ok(Vec::new());
+        };
         self.read("search", View::Search, &mut |db| {
             let mut found: Vec<Node> = Vec::new();
             for words in &queries {
@@ -202,6 +207,37 @@ impl<B: Backend> GraphStore for B {
                 }
             }
             Ok(Some(Neighbourhood { node, neighbours }))
+        })
+    }
+
+    fn edit(&self, owner: &str, id: i64, content: &str) -> Result<Edited> {
+        let now = unix_now();
+        let label = label_for(content);
+        let key = (B::SQL.fact_key)(content);
+        self.write("edit", Write::Upsert, &mut |db| {
+            let Some(node) = get_node(db, owner, id)? else {
+                return Ok(Edited::Missing);
+            };
+            if node.kind == "fact" {
+                let known = [Param::Text(owner), key.clone()];
+                let same = db.row(B::SQL.remembered, &known, node_from_row)?;
+                if let Some(other) = same.filter(|other| other.id != id) {
+                    return Ok(Edited::Duplicate(other));
+                }
+            }
+            let edit = [
+                Param::Int(id),
+                Param::Text(owner),
+                Param::Text(&label),
+                Param::Text(content),
+                key.clone(),
+                Param::Int(now),
+            ];
+            let Some(node) = db.row(B::SQL.edit_node, &edit, node_from_row)? else {
+                return Ok(Edited::Missing);
+            };
+            db.run(DROP_EMBEDDINGS, &[Param::Int(id)])?;
+            Ok(Edited::Changed(node))
         })
     }
 

@@ -35,6 +35,7 @@
 mod batch;
 mod conversations;
 mod graph;
+mod share;
 mod values;
 
 use std::borrow::Cow;
@@ -48,6 +49,7 @@ use crate::store::{Node, StoreStatus, WriteOp};
 
 pub(crate) use self::batch::{BatchTable, Keys, Rows, apply};
 pub(crate) use self::graph::node_from_row;
+pub(crate) use self::share::{SearchShare, SearchTurn};
 pub(crate) use self::values::*;
 
 /// The columns a conversation's summary reads, in the order the shared logic takes them (a
@@ -155,8 +157,9 @@ pub enum Write {
 pub struct Dialect {
     /// A conversation's notes, oldest first: `?1` its key.
     pub notes: &'static str,
-    /// `?1`'s conversations with an event matching the full-text query `?2`, as
-    /// [`summary_columns`], most recently active first, at most `?3`.
+    /// `?1`'s conversations whose title or one of whose events matches the full-text query
+    /// `?2`, as [`summary_columns`], most recently active first, at most `?3`. `?4` is the
+    /// owner's [`Dialect::owner_term`]: the index answers for the owner's rows alone.
     pub search_conversations: &'static str,
     /// A fact stored unless its owner has it: `?1` owner, `?2` label, `?3` content, `?4` its
     /// [`Dialect::fact_key`], `?5` now. Answers [`node_columns`] and whether the row is new
@@ -167,6 +170,13 @@ pub struct Dialect {
     /// A node: `?1` owner, `?2` kind, `?3` label, `?4` content, `?5` its
     /// [`Dialect::fact_key`], `?6` properties, `?7` now. Answers its id.
     pub add_node: &'static str,
+    /// `?2`'s node `?1` given the content `?4` (and its [`Dialect::fact_key`] `?5`), the label
+    /// `?3` when it is a fact, and the time `?6`. Answers [`node_columns`], or no row when `?2`
+    /// has no such node.
+    pub edit_node: &'static str,
+    /// Every conversation of `?1` given to `?2`, with whatever the dialect's full-text indexes
+    /// keep of the owner.
+    pub reassign_conversations: &'static [&'static str],
     /// Vectors for [`Db::write_table`]: `?1` a node's id, `?2` the model, `?3` the vector,
     /// stored under the node's owner and replacing an earlier one; a node deleted meanwhile is
     /// skipped.
@@ -179,6 +189,10 @@ pub struct Dialect {
     /// What stands for a fact's content where a fact is looked up: the text itself (SQLite's
     /// index), or its digest (PostgreSQL's unique index).
     pub fact_key: for<'a> fn(&'a str) -> Param<'a>,
+    /// What stands for an owner inside the dialect's full-text queries: every indexed row
+    /// carries its owner's, and a search ANDs it in, so that the index skips other
+    /// principals' rows.
+    pub owner_term: fn(&str) -> String,
 }
 
 /// A connection, or a transaction on one, running the shared logic's statements.
@@ -481,7 +495,7 @@ pub struct Table<'a> {
     pub columns: Vec<Column<'a>>,
 }
 
-/// The figures a store keeps beside its tables.
+/// The figures a store keeps beside its tables, and how its full-text searches are shared.
 #[derive(Debug)]
 pub struct Counters {
     /// Nodes in the graph, counted at open, so that a turn can skip the memory lookup on an
@@ -489,6 +503,8 @@ pub struct Counters {
     nodes: AtomicU64,
     /// How long a full-text search may run, in microseconds.
     search_budget_micros: AtomicU64,
+    /// How many searches each principal runs at once.
+    searches: SearchShare,
 }
 
 impl Counters {
@@ -497,12 +513,24 @@ impl Counters {
         backend.as_ref()
     }
 
-    /// The figures of a store that holds `nodes` nodes, with the default search budget.
-    pub fn new(nodes: i64) -> Self {
+    /// The figures of a store that holds `nodes` nodes and reads with `connections`
+    /// connections, with the default search budget.
+    pub fn new(nodes: i64, connections: usize) -> Self {
         Counters {
             nodes: AtomicU64::new(small(nodes)),
             search_budget_micros: AtomicU64::new(micros(crate::store::DEFAULT_SEARCH_BUDGET)),
+            searches: SearchShare::new(connections),
         }
+    }
+
+    /// Waits for `owner`'s turn to run a full-text search ([`SearchShare`]), at most for the
+    /// search budget; `None` when it did not come, and the search should find nothing.
+    fn search_turn(&self, owner: &str) -> Option<SearchTurn<'_>> {
+        let turn = self.searches.enter(owner, self.search_deadline());
+        if turn.is_none() {
+            log::debug!("store: a search waited out its budget behind the same principal's");
+        }
+        turn
     }
 
     /// Gives every full-text search from now on `budget` to run.

@@ -1,5 +1,5 @@
 //! How values are spelled in the store, alike for both dialects: message roles and tool calls,
-//! vectors, labels and titles, the words a search keeps, and the integer conversions at the
+//! vectors, labels and titles (a command's readable), the words a search keeps, and the integer conversions at the
 //! edge of SQL's signed `bigint`.
 //!
 //! Depends on: `model`, `store`.
@@ -58,7 +58,7 @@ pub(crate) fn best(scored: impl Iterator<Item = (i64, f32)>, limit: usize) -> Ve
 /// Longest label made from a fact's first words.
 pub(crate) const LABEL_CHARS: usize = 60;
 
-/// Longest title made from a first user message.
+/// Longest title made from a first user message ([`title_for`]).
 pub(crate) const TITLE_CHARS: usize = 80;
 
 /// Common words that say nothing about what to look for.
@@ -117,6 +117,62 @@ pub(crate) fn unix_micros() -> u64 {
 /// The first `limit` characters of `text`.
 pub(crate) fn cut(text: &str, limit: usize) -> String {
     text.chars().take(limit).collect()
+}
+
+/// A conversation's title, made from its first user message: the message with its whitespace
+/// made single spaces, cut to [`TITLE_CHARS`] characters. A command (a message that starts with
+/// `/` and a name) reads as its name and what it was given, which the raw text hides: `/calc
+/// 6*7` is `calc: 6*7`, and `/tool everything__echo {"message": "hi"}` is `echo: hi`: the
+/// tool's name without its MCP server's prefix, and the plain values of its arguments.
+pub(crate) fn title_for(text: &str) -> String {
+    let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let title = command_title(&flat).unwrap_or(flat);
+    cut(&title, TITLE_CHARS)
+}
+
+/// The readable title of `text` when it is a command.
+fn command_title(text: &str) -> Option<String> {
+    let command = text.strip_prefix('/')?;
+    let (name, rest) = command.split_once(' ').unwrap_or((command, ""));
+    let is_name = |name: &str| {
+        !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_alphanumeric() || c == '_' || c == '-' || c == '.')
+    };
+    if !is_name(name) {
+        return None;
+    }
+    let (name, given) = match (name, rest.split_once(' ')) {
+        ("tool", Some((tool, arguments))) => (tool, argument_values(arguments)),
+        ("tool", None) if is_name(rest) => (rest, String::new()),
+        _ => (name, rest.to_owned()),
+    };
+    // An MCP tool is named `server__tool`.
+    let name = name.rsplit_once("__").map_or(name, |(_, tool)| tool);
+    Some(if given.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{name}: {given}")
+    })
+}
+
+/// The plain values (text, numbers, true or false) of a tool's JSON arguments, in order,
+/// joined by commas; the text itself when it is not a JSON object.
+fn argument_values(arguments: &str) -> String {
+    let Ok(Value::Object(fields)) = serde_json::from_str::<Value>(arguments) else {
+        return arguments.to_owned();
+    };
+    fields
+        .values()
+        .filter_map(|value| match value {
+            Value::String(text) => Some(text.clone()),
+            Value::Number(number) => Some(number.to_string()),
+            Value::Bool(flag) => Some(flag.to_string()),
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A fact's label: its first words, cut at a word boundary.
@@ -190,4 +246,37 @@ pub(crate) fn messages_from_newest(mut loaded: Vec<ChatMessage>) -> Vec<ChatMess
         .position(|message| message.role == Role::User)
         .unwrap_or(loaded.len());
     loaded.split_off(start)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_command_gets_a_readable_title() {
+        assert_eq!(
+            title_for(r#"/tool everything__echo {"message": "hello there"}"#),
+            "echo: hello there"
+        );
+        assert_eq!(
+            title_for(r#"/tool everything__add {"a": 1, "b": 2.5, "deep": {"x": 1}}"#),
+            "add: 1, 2.5"
+        );
+        assert_eq!(title_for("/tool clock {}"), "clock");
+        assert_eq!(
+            title_for("/tool everything__longRunningOperation"),
+            "longRunningOperation"
+        );
+        assert_eq!(title_for("/tool echo not json"), "echo: not json");
+        assert_eq!(title_for("/calc 6*7"), "calc: 6*7");
+        assert_eq!(title_for("/remember  I like\n tea"), "remember: I like tea");
+        assert_eq!(title_for("/help"), "help");
+        // Not commands: the text as it is, whitespace made single spaces.
+        assert_eq!(title_for("/usr/bin is where?"), "/usr/bin is where?");
+        assert_eq!(title_for("/ hello"), "/ hello");
+        assert_eq!(title_for("  what do\n\therons eat "), "what do herons eat");
+        let long = format!("/tool s__echo {{\"message\": \"{}\"}}", "word ".repeat(40));
+        assert_eq!(title_for(&long).chars().count(), TITLE_CHARS);
+        assert!(title_for(&long).starts_with("echo: word word"));
+    }
 }

@@ -208,11 +208,13 @@ impl Importer<'_, '_> {
             let bodies: Vec<&str> = chunk.iter().map(|(_, body, _)| body.as_str()).collect();
             let texts: Vec<Option<&str>> =
                 chunk.iter().map(|(_, _, text)| text.as_deref()).collect();
+            // With the owner's lexeme, as the journal's batches write it.
             self.tx.execute(
                 "INSERT INTO events (session_key, seq, body, search) \
                  SELECT $1, s, b, to_tsvector('sparky_english', left(t, $5::bigint::int)) \
+                 || array_to_tsvector(ARRAY['@' || $6::text]) \
                  FROM unnest($2::bigint[], $3::text[], $4::text[]) AS u (s, b, t)",
-                &[&key, &seqs, &bodies, &texts, &SEARCH_TEXT_CHARS],
+                &[&key, &seqs, &bodies, &texts, &SEARCH_TEXT_CHARS, &c.owner],
             )?;
         }
         self.report.events += c.events.len() as u64;

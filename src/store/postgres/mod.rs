@@ -165,7 +165,7 @@ impl PostgresStore {
             }),
             instance,
             listener: Mutex::new(None),
-            counters: Counters::new(nodes),
+            counters: Counters::new(nodes, pool_size),
             size: Mutex::new(SizeCap::default()),
         })
     }

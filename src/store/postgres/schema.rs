@@ -18,7 +18,9 @@
 //! conversation search, and over each node's label and content plus a lexeme naming its owner,
 //! so that a search is scoped to one principal inside the index. `leases` is empty: it is where
 //! an instance will record the conversations whose turns it runs, once several instances share
-//! one database.
+//! one database. Version 2 adds models, token totals and embeddings, version 3 the turn tree,
+//! and version 4 the owner's lexeme in the events' search vectors and a search vector of each
+//! title, so that the conversation search too is scoped to one principal inside its indexes.
 //!
 //! Depends on: `common::error`, `store::postgres::pool`.
 
@@ -28,7 +30,7 @@ use crate::common::error::{Error, Result};
 
 /// The schema version this build writes. A database with a higher one was migrated by a newer
 /// Sparky and is refused.
-pub const POSTGRES_SCHEMA_VERSION: i64 = 3;
+pub const POSTGRES_SCHEMA_VERSION: i64 = 4;
 
 /// The advisory lock each migration's transaction takes: `sparky-migrate` in ASCII.
 const MIGRATION_LOCK: i64 = 0x7370_6172_6b79_6d67;
@@ -185,8 +187,22 @@ UPDATE turns t SET reset = true FROM sessions s, messages m
         AND m.idx = s.first_message AND m.turn_id = t.turn_id;
 "#;
 
+/// Version 3 to 4 (as SQLite's version 5): the owner inside every full-text index, and titles
+/// searched. An event's search vector gains its conversation owner's lexeme (`@owner`, as a
+/// node's already has), so that the conversation search ANDs it into its query and the GIN
+/// index answers for one principal's events alone; each conversation gets a generated search
+/// vector of its title and owner, with a GIN index of its own.
+const V4: &str = r#"
+UPDATE events e SET search = e.search || array_to_tsvector(ARRAY['@' || s.owner])
+    FROM sessions s WHERE s.key = e.session_key AND e.search IS NOT NULL;
+ALTER TABLE sessions ADD COLUMN title_search tsvector GENERATED ALWAYS AS (
+    to_tsvector('sparky_english', coalesce(title, '')) || array_to_tsvector(ARRAY['@' || owner])
+) STORED;
+CREATE INDEX sessions_title_search ON sessions USING gin (title_search);
+"#;
+
 /// Entry `n` migrates from version `n` to `n + 1`.
-const MIGRATIONS: [&str; POSTGRES_SCHEMA_VERSION as usize] = [V1, V2, V3];
+const MIGRATIONS: [&str; POSTGRES_SCHEMA_VERSION as usize] = [V1, V2, V3, V4];
 
 /// Brings the database to [`POSTGRES_SCHEMA_VERSION`], one version per transaction.
 ///

@@ -18,11 +18,14 @@ use crate::store::Node;
 /// index), and the conversation search reads the `event_text` full-text index.
 pub(super) const SQL: Dialect = Dialect {
     notes: "SELECT text FROM notes WHERE session_key = ?1 ORDER BY rowid",
+    // Both indexes answer for the owner's rows alone: its token is ANDed into each query.
     search_conversations: concat!(
         "SELECT ",
         summary_columns!(),
-        " FROM sessions WHERE owner = ?1 AND key IN \
-         (SELECT session_key FROM event_text WHERE event_text MATCH ?2) \
+        " FROM sessions WHERE owner = ?1 AND (key IN (SELECT session_key FROM event_text \
+         WHERE event_text MATCH ('owner_token : ' || ?4 || ' AND (' || ?2 || ')')) \
+         OR key IN (SELECT rowid FROM title_text \
+         WHERE title_text MATCH ('owner_token : ' || ?4 || ' AND (' || ?2 || ')'))) \
          ORDER BY updated_at DESC, key DESC LIMIT ?3"
     ),
     // One statement: SQLite runs it atomically, so two calls at once store one fact.
@@ -44,6 +47,20 @@ pub(super) const SQL: Dialect = Dialect {
         "INSERT OR REPLACE INTO embeddings (node_id, owner, model, vector) \
          SELECT id, owner, ?2, ?3 FROM nodes WHERE id = ?1",
     ],
+    // A fact's label follows its content; another node keeps the label it was given.
+    edit_node: concat!(
+        "UPDATE nodes SET content = ?4, updated_at = ?6, \
+         label = CASE WHEN kind = 'fact' THEN ?3 ELSE label END \
+         WHERE id = ?1 AND owner = ?2 RETURNING ",
+        node_columns!()
+    ),
+    // The conversation search's index keeps a copy of each event's owner token; the titles'
+    // index follows `sessions.owner` by a trigger.
+    reassign_conversations: &[
+        "UPDATE event_text SET owner_token = 'o' || hex(?2) \
+         WHERE event_text MATCH ('owner_token : o' || hex(?1))",
+        "UPDATE sessions SET owner = ?2 WHERE owner = ?1",
+    ],
     delete_session: &[
         "DELETE FROM event_text WHERE rowid IN (SELECT rowid FROM events WHERE session_key = ?1)",
         "DELETE FROM events WHERE session_key = ?1",
@@ -53,6 +70,7 @@ pub(super) const SQL: Dialect = Dialect {
     ],
     search_queries: fts_queries,
     fact_key: content_key,
+    owner_term,
 };
 
 /// A statement SQLite runs once per row of a table, with the row's values bound as `?1`, `?2`,
@@ -76,10 +94,12 @@ fn batch_statements(table: BatchTable) -> &'static [RowStatement] {
                 sql: "INSERT INTO events (session_key, seq, body) VALUES (?1, ?2, ?3)",
                 needs: None,
             },
-            // The search text goes into the full-text index under the event's rowid.
+            // The search text goes into the full-text index under the event's rowid, and
+            // under the conversation owner's token.
             RowStatement {
-                sql: "INSERT INTO event_text (rowid, text, session_key) \
-                      VALUES (last_insert_rowid(), ?4, ?1)",
+                sql: "INSERT INTO event_text (rowid, text, owner_token, session_key) \
+                      VALUES (last_insert_rowid(), ?4, \
+                      (SELECT 'o' || hex(owner) FROM sessions WHERE key = ?1), ?1)",
                 needs: Some(4),
             },
         ],
@@ -255,6 +275,22 @@ fn content_key(content: &str) -> Param<'_> {
     Param::Text(content)
 }
 
+/// The token that stands for `owner` in the `owner_token` column of every full-text table: `o`
+/// and the owner's UTF-8 bytes in hex, as SQLite's `'o' || hex(owner)` spells it where a row
+/// is indexed: one token whatever the owner's characters. A search's words are matched in
+/// every column, the owner's too, and no column filter: with one, FTS5 reads each match's
+/// positions to count the documents a word is in (BM25's weight of a word), which took twice
+/// as long. A word that happens to be a principal's token matches only that principal's own
+/// rows, since the query ANDs the searcher's token in, and weighs nothing in the ranking.
+pub(super) fn owner_term(owner: &str) -> String {
+    let mut term = String::with_capacity(1 + owner.len() * 2);
+    term.push('o');
+    for byte in owner.bytes() {
+        term.push_str(&format!("{byte:02X}"));
+    }
+    term
+}
+
 /// The words of free text as quoted FTS5 terms (see [`search_words`]), so that no input is a
 /// syntax error.
 pub(super) fn fts_terms(text: &str) -> Vec<String> {
@@ -278,10 +314,13 @@ pub fn fts_queries(text: &str) -> Vec<String> {
 /// Adds to `found`, best first, the nodes of `search.owner` (of `search.kind`, when given) that
 /// match the FTS5 query `search.query` and are not in it yet, until it holds `search.limit`.
 ///
-/// Ranking reads the full-text index alone; a node's row is read only for the best-ranked
-/// candidates, one at a time, until enough belong to `owner`. Joining `nodes` in the ranking
-/// query instead would read every matching row, and `owner` sits after `content` in the row
-/// (version 2 added it), so checking it walks every page of a long fact.
+/// The owner's token is ANDed into the query, so the index itself answers with the owner's
+/// nodes only: FTS5 steps through the owner's postings and skips everyone else's, and ranks
+/// (BM25, the owner column weighing nothing) only what is left. Ranking reads the full-text
+/// index alone; a node's row is read only for the best-ranked candidates, one at a time,
+/// checking its owner and kind. Joining `nodes` in the ranking query instead would read every
+/// matching row, and `owner` sits after `content` in the row (version 2 added it), so checking
+/// it walks every page of a long fact.
 fn add_matches(
     connection: &Connection,
     search: &NodeSearch<'_>,
@@ -294,14 +333,16 @@ fn add_matches(
         limit,
     } = *search;
     let mut ranked = connection.prepare_cached(
-        "SELECT rowid FROM nodes_fts WHERE nodes_fts MATCH ?1 ORDER BY bm25(nodes_fts)",
+        "SELECT rowid FROM nodes_fts \
+         WHERE nodes_fts MATCH ('owner_token : ' || ?2 || ' AND (' || ?1 || ')') \
+         ORDER BY bm25(nodes_fts, 1.0, 1.0, 0.0)",
     )?;
     let mut candidate = connection.prepare_cached(concat!(
         "SELECT ",
         node_columns!(),
         " FROM nodes WHERE id = ?1 AND owner = ?2 AND (?3 IS NULL OR kind = ?3)"
     ))?;
-    let mut ids = ranked.query([query])?;
+    let mut ids = ranked.query([query, &owner_term(owner)])?;
     while found.len() < limit {
         let Some(row) = ids.next()? else {
             break;

@@ -236,7 +236,7 @@ impl SqliteStore {
             }),
             readers,
             next_reader: AtomicUsize::new(0),
-            counters: Counters::new(nodes),
+            counters: Counters::new(nodes, READERS),
             _lock: None,
             path: None,
         })
@@ -417,7 +417,7 @@ impl SqliteStore {
 
 #[cfg(test)]
 mod tests {
-    use super::db::fts_terms;
+    use super::db::{fts_terms, owner_term};
     use super::*;
     use crate::store::SCHEMA_VERSION;
 
@@ -449,6 +449,17 @@ mod tests {
         std::fs::write(dir.join(DATABASE_FILE), vec![0x42; 8192]).unwrap();
         let corrupt = SqliteStore::open(&dir).unwrap_err().to_string();
         assert!(corrupt.contains("sparky.db"), "{corrupt}");
+    }
+
+    #[test]
+    fn an_owner_term_is_the_token_sqlite_indexes_for_the_owner() {
+        let connection = Connection::open_in_memory().unwrap();
+        for owner in ["local", "3f9a0c1d2e4b5a69788796a5b4c3d2e1", "ünï:x y'z"] {
+            let indexed: String = connection
+                .query_row("SELECT 'o' || hex(?1)", [owner], |row| row.get(0))
+                .unwrap();
+            assert_eq!(owner_term(owner), indexed);
+        }
     }
 
     #[test]

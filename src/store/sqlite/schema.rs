@@ -4,7 +4,9 @@
 //! event with an index per conversation, turn bookkeeping and titles in the session row, a
 //! full-text index over what people said, and an owner on every node of the graph. Version 3
 //! adds each conversation's model and token totals, and the facts' embeddings. Version 4 makes
-//! a conversation a tree of turns: a table of turns, each message's turn, and the leaf.
+//! a conversation a tree of turns: a table of turns, each message's turn, and the leaf. Version
+//! 5 puts each row's owner into the full-text indexes, so that a search reads only its
+//! principal's postings, and indexes titles for the conversation search.
 //!
 //! Depends on: `common::error`, `store`.
 
@@ -185,6 +187,72 @@ UPDATE turns SET reset = 1 WHERE EXISTS (
     WHERE s.key = turns.session_key AND s.first_message > 0 AND m.turn_id = turns.turn_id);
 "#;
 
+/// Version 4 to 5: the owner inside the full-text indexes, and titles searched.
+///
+/// Each full-text table gains an `owner_token` column holding one token that stands for the
+/// row's owner (`o` and the owner's bytes in hex, so that every owner is one token, whatever
+/// its characters, and none is a word people write); a search ANDs it into its query, so that
+/// FTS5 skips other principals' rows inside the index rather than ranking them and reading each
+/// one's row to drop it. Before this, one principal's large graph made every other principal's
+/// lookups run out of time. For the nodes' index (whose content lives in `nodes`), the token is
+/// a virtual generated column of `nodes`, so that the external-content table reads it like the
+/// others; the conversation search's index keeps its own copy and takes the token from the
+/// conversation's row as each event is indexed. `title_text` indexes each conversation's
+/// title under the conversation's key, kept by triggers (a rename, a first title, a deletion,
+/// a new owner).
+const V5: &str = r#"
+ALTER TABLE nodes ADD COLUMN owner_token TEXT GENERATED ALWAYS AS ('o' || hex(owner)) VIRTUAL;
+DROP TRIGGER nodes_after_insert;
+DROP TRIGGER nodes_after_delete;
+DROP TRIGGER nodes_after_update;
+DROP TABLE nodes_fts;
+CREATE VIRTUAL TABLE nodes_fts USING fts5 (
+    label, content, owner_token, content = 'nodes', content_rowid = 'id',
+    tokenize = 'porter unicode61'
+);
+INSERT INTO nodes_fts (nodes_fts) VALUES ('rebuild');
+CREATE TRIGGER nodes_after_insert AFTER INSERT ON nodes BEGIN
+    INSERT INTO nodes_fts (rowid, label, content, owner_token)
+        VALUES (new.id, new.label, new.content, new.owner_token);
+END;
+CREATE TRIGGER nodes_after_delete AFTER DELETE ON nodes BEGIN
+    INSERT INTO nodes_fts (nodes_fts, rowid, label, content, owner_token)
+        VALUES ('delete', old.id, old.label, old.content, old.owner_token);
+END;
+CREATE TRIGGER nodes_after_update AFTER UPDATE ON nodes BEGIN
+    INSERT INTO nodes_fts (nodes_fts, rowid, label, content, owner_token)
+        VALUES ('delete', old.id, old.label, old.content, old.owner_token);
+    INSERT INTO nodes_fts (rowid, label, content, owner_token)
+        VALUES (new.id, new.label, new.content, new.owner_token);
+END;
+
+CREATE VIRTUAL TABLE event_words USING fts5 (
+    text, owner_token, session_key UNINDEXED, tokenize = 'porter unicode61'
+);
+INSERT INTO event_words (rowid, text, owner_token, session_key)
+    SELECT t.rowid, t.text, 'o' || hex(s.owner), t.session_key
+    FROM event_text t JOIN sessions s ON s.key = t.session_key;
+DROP TABLE event_text;
+ALTER TABLE event_words RENAME TO event_text;
+
+CREATE VIRTUAL TABLE title_text USING fts5 (title, owner_token, tokenize = 'porter unicode61');
+INSERT INTO title_text (rowid, title, owner_token)
+    SELECT key, title, 'o' || hex(owner) FROM sessions WHERE title IS NOT NULL;
+CREATE TRIGGER sessions_title_insert AFTER INSERT ON sessions WHEN new.title IS NOT NULL BEGIN
+    INSERT INTO title_text (rowid, title, owner_token)
+        VALUES (new.key, new.title, 'o' || hex(new.owner));
+END;
+CREATE TRIGGER sessions_title_update AFTER UPDATE OF title, owner ON sessions
+    WHEN old.title IS NOT new.title OR old.owner IS NOT new.owner BEGIN
+    DELETE FROM title_text WHERE rowid = old.key;
+    INSERT INTO title_text (rowid, title, owner_token)
+        SELECT new.key, new.title, 'o' || hex(new.owner) WHERE new.title IS NOT NULL;
+END;
+CREATE TRIGGER sessions_title_delete AFTER DELETE ON sessions BEGIN
+    DELETE FROM title_text WHERE rowid = old.key;
+END;
+"#;
+
 /// Fills in the open turn of each conversation from its last event: version 1 kept that only
 /// in the events.
 fn v2_open_turns(tx: &Transaction<'_>) -> rusqlite::Result<()> {
@@ -239,6 +307,7 @@ const MIGRATIONS: [Migration; SCHEMA_VERSION as usize] = [
     (V2, Some(v2_open_turns)),
     (V3, None),
     (V4, None),
+    (V5, None),
 ];
 
 /// Brings the database to [`SCHEMA_VERSION`], one version per transaction.
