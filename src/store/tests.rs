@@ -19,8 +19,7 @@ use serde_json::json;
 use super::plan::{LABEL_CHARS, label_for, search_words};
 use super::{
     Closing, ConversationStore, DEFAULT_SEARCH_BUDGET, Edited, GraphStore, MAX_SEARCH_WORDS,
-    PageSize,
-    PostgresStore, SqliteStore, TurnMark, WriteOp,
+    PageSize, PostgresStore, SqliteStore, TurnMark, WriteOp,
 };
 use crate::common::protocol::{SessionId, Usage};
 use crate::model::{ChatMessage, Role, ToolCall};

@@ -681,7 +681,6 @@
     const status = Number(error && error.status) || 0;
     if (status === 0) return "The server cannot be reached. Check the connection and try again.";
     if (status === 404) return "It is no longer on the server.";
-    if (status === 409) return "That is there already.";
     if (status === 413) return "That is more than the server accepts.";
     if (status === 429) return "Too many requests at once. Wait a moment, then try again.";
     if (status === 503 || status === 507) {
@@ -1891,7 +1890,11 @@
       } catch (error) {
         busy(false);
         field.focus();
-        memoryProblem("That memory could not be changed.", error);
+        if (error.status === 409) {
+          memoryNote("Another memory says exactly that already.", error.message);
+        } else {
+          memoryProblem("That memory could not be changed.", error);
+        }
       }
     };
     field.addEventListener("keydown", (event) => {
