@@ -2,7 +2,8 @@
 //! answer real WebSocket sessions; error results, crashes and restarts, cancellation, many
 //! sessions at once, servers that fail to start, config files that cannot be read, and the
 //! processes a server starts, which must not outlive it; the servers' instructions in the
-//! system prompt, tools that require tasks left out, and tool lists that change.
+//! system prompt (each text once, capped, or left out by `"instructions": false`), tools that
+//! require tasks left out, and tool lists that change.
 //!
 //! The fixture is `tests/fixtures/mcp_fixture.py`, run with `python3` (its header says why it
 //! is not a Rust binary).
@@ -484,6 +485,83 @@ fn a_server_s_instructions_reach_the_model_under_its_name() {
     assert_eq!(
         seen,
         ["be brief\n\nInstructions from the MCP server fx:\nCall echo before anything else."]
+    );
+}
+
+/// The system messages a [`SystemRecorder`] saw in one turn with the MCP servers of `fixture`
+/// (each named in `tools`, waited for), under the prompt "be brief".
+fn system_messages(fixture: &Fixture, tools: &[&str]) -> Vec<String> {
+    let model = std::sync::Arc::new(SystemRecorder {
+        seen: std::sync::Mutex::default(),
+    });
+    let server = TestServer::with_model(
+        |config| {
+            config.mcp_config = Some(fixture.config.clone());
+            config.system_prompt = Some("be brief".into());
+        },
+        model.clone(),
+    );
+    for tool in tools {
+        wait_for_tool(&server, tool);
+    }
+    let mut client = server.client();
+    client.say("hello");
+    let turn = client.expect("user_message").frame.turn_id().unwrap().0;
+    client.finish_turn(turn);
+    model.seen.lock().unwrap().clone()
+}
+
+#[test]
+fn the_same_instructions_come_once_and_a_server_can_leave_its_own_out() {
+    // fx and fy give the same text (one server reached twice, say); quiet says
+    // "instructions": false, so its words never reach the model, though its tools do.
+    let fixture = Fixture::with_servers(
+        "instructions-once",
+        json!({
+            "fy": {"command": "python3", "args": [FIXTURE]},
+            "quiet": {"command": "python3", "args": [FIXTURE], "instructions": false,
+                      "env": {"MCP_FIXTURE_INSTRUCTIONS": "Never shown."}},
+        }),
+    );
+    let seen = system_messages(&fixture, &["fx__echo", "fy__echo", "quiet__echo"]);
+    assert_eq!(
+        seen,
+        [
+            "be brief\n\nInstructions from the MCP servers fx and fy:\nCall echo before anything else."
+        ]
+    );
+}
+
+#[test]
+fn instructions_past_the_cap_are_cut_with_a_note() {
+    let long = "Always answer in verse. ".repeat(150); // 3,600 bytes
+    let fixture = Fixture::with_servers(
+        "instructions-cap",
+        json!({
+            "big": {"command": "python3", "args": [FIXTURE],
+                    "env": {"MCP_FIXTURE_INSTRUCTIONS": long}},
+        }),
+    );
+    let seen = system_messages(&fixture, &["big__echo", "fx__echo"]);
+    assert_eq!(seen.len(), 1);
+    let instructions = seen[0].strip_prefix("be brief\n\n").unwrap();
+    assert!(
+        instructions.len() <= sparky::tools::mcp::MAX_INSTRUCTIONS_BYTES,
+        "{} bytes",
+        instructions.len()
+    );
+    // "big" comes first (name order) and is cut; fx's short text has no room left after it.
+    assert!(
+        instructions.starts_with("Instructions from the MCP server big:\nAlways answer in verse."),
+        "{instructions}"
+    );
+    assert!(!instructions.contains("Call echo"), "{instructions}");
+    assert!(
+        instructions.ends_with(
+            "…\n\n[The MCP servers' instructions were cut to 2048 bytes; left out, in \
+             part or whole: big and fx.]"
+        ),
+        "{instructions}"
     );
 }
 

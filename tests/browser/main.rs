@@ -6,9 +6,11 @@
 //! server that is killed mid-turn (`chat.rs`), the conversation list, paging and export
 //! (`conversations.rs`), editing, another answer, Retry and the arrows between branches, in
 //! two tabs and across a reload (`branches.rs`), the model menu (`models.rs`), personas, token usage, a reload mid-answer and rendered answers with
-//! the markdown payload list (`answers.rs`), memories (`memories.rs`), the phone layout
-//! (`phone.rs`), tokens (`tokens.rs`), MCP tool cards: Allow and Deny, progress, images (`mcp.rs`). At the end the console must hold no script error and
-//! no Content-Security-Policy violation. Screenshots go to `target/browser-artifacts/`.
+//! the markdown payload list (`answers.rs`), memories listed, added, edited and deleted, and
+//! the hints each kind of model gets (`memories.rs`), errors in words with their details
+//! (`errors.rs`), the phone layout (`phone.rs`), tokens (`tokens.rs`), MCP tool cards: Allow
+//! and Deny, "running…" once allowed, progress, images (`mcp.rs`). At the end the console must
+//! hold no script error and no Content-Security-Policy violation. Screenshots go to `target/browser-artifacts/`.
 //!
 //! Chromium and chromedriver must be installed (`.ci/run` installs Debian's `chromium` and
 //! `chromium-driver`); without them the test fails, unless `SPARKY_SKIP_BROWSER=1` is set.
@@ -21,6 +23,7 @@ mod branches;
 mod chat;
 mod conversations;
 mod driver;
+mod errors;
 mod fakes;
 mod mcp;
 mod memories;
@@ -45,6 +48,7 @@ fn the_chat_page_works_in_a_real_browser() {
     branches::run(&browser);
     answers::run(&browser);
     memories::run(&browser);
+    errors::run(&browser);
     models::run(&browser);
     phone::run(&browser);
     tokens::run(&browser);

@@ -1,6 +1,7 @@
 //! MCP tools on the page: a call that waits for approval shows Allow and Deny on its card (and
-//! each does what it says), a long call shows a progress bar while it reports progress, and an
-//! image a tool returns is shown on its card (under the page's CSP, `img-src data:`).
+//! each does what it says), an allowed call reads "running…" (not the answer given) until its
+//! result, a long call shows a progress bar while it reports progress, and an image a tool
+//! returns is shown on its card (under the page's CSP, `img-src data:`).
 //! Against the Python fixture server with its extra tools (`MCP_FIXTURE_EXTRAS=1`).
 
 use serde_json::json;
@@ -14,8 +15,10 @@ pub fn run(browser: &Browser) {
     let dir = support::temp_dir("browser-mcp");
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("mcp.json");
+    // `delete` and the long `progress` ask first.
     let servers = json!({"mcpServers": {"fx": {
-        "command": "python3", "args": [FIXTURE], "env": {"MCP_FIXTURE_EXTRAS": "1"}
+        "command": "python3", "args": [FIXTURE], "env": {"MCP_FIXTURE_EXTRAS": "1"},
+        "approve": ["delete", "progress"]
     }}});
     std::fs::write(&config, servers.to_string()).unwrap();
     let data = dir.join("data");
@@ -73,11 +76,23 @@ pub fn run(browser: &Browser) {
         "{card}"
     );
 
-    // Progress: a bar with the tool's words while it runs, gone once it answers.
+    // Allowed, a long call reads "running…", without the buttons; then a progress bar with
+    // the tool's words while it runs, gone once it answers.
     browser.say(
         r#"/tool fx__progress {"steps": 6, "interval_ms": 300}"#,
         Submit::EnterKey,
     );
+    browser.wait_for(
+        "Allow on the third card",
+        "return document.querySelector('.turn[data-turn-id=\"3\"] .tool button.allow') !== null",
+    );
+    browser.click(".turn[data-turn-id=\"3\"] .tool button.allow");
+    let card = browser.eval(
+        "const box = document.querySelector('.turn[data-turn-id=\"3\"] .tool'); \
+         return [box.className, box.querySelector('.state').textContent, \
+                 box.querySelectorAll('button').length]",
+    );
+    assert_eq!(card, json!(["tool running", "running…", 0]));
     let label = browser.wait_for(
         "a progress bar on the card",
         "const bar = document.querySelector('.turn[data-turn-id=\"3\"] .tool .progress progress'); \

@@ -26,6 +26,11 @@
   - Answers are rendered as markdown by markdown-it (raw HTML off) and then sanitized by
     DOMPurify with a short allow-list; links open in a new tab with rel=noopener, and images are
     shown as links, never fetched. Every other text from the server is set with textContent.
+  - What the page suggests depends on the model: the slash commands (/help, /calc, /remember)
+    belong to the built-in offline model, so only a conversation with that model is told
+    about them.
+  - Errors are said in words a person understands, by their code; the server's own text is
+    kept in a "Details" disclosure under them.
 */
 "use strict";
 (() => {
@@ -41,6 +46,7 @@
   const CLIENT_ID_BYTES = 16;   // a client_id is this many random bytes, in hex
   const KEPT_PERSONAS = 500;    // conversations whose persona this browser remembers
   const ID_PATTERN = /^[0-9a-f]{32,64}$/;
+  const BUILTIN_MODEL = "offline"; // the built-in model's name; the slash commands are its own
 
   const PERSONAS = {
     none: { name: "None", text: "" },
@@ -92,6 +98,8 @@
   let loadingOlder = false;
   let pagedToStart = false;  // scrolling up has reached the conversation's first turn
   let conversations = [];    // the list as last fetched
+  let readyModel = null;     // the open conversation's model, as its last `ready` named it
+  let defaultModel = null;   // a new chat's model when no `ready` has named one (GET /healthz)
   const turns = new Map();   // turn_id -> the turn's view (on the path shown or not)
   const openTurns = new Set();
 
@@ -452,6 +460,8 @@
           store.set(KEY_MODELS, JSON.stringify(data.models));
           showModels();
         }
+        readyModel = typeof data.model === "string" ? data.model : null;
+        updateHints();
         ready = true;
         everReady = true;
         backoff = FIRST_BACKOFF_MS;
@@ -559,8 +569,9 @@
         return;
       }
       case "history_reset": {
-        const text = "The conversation history was reset: " + (message || "the model rejected it") + ".";
-        if (turn) mark(turn, "info", text); else note(text);
+        const text = "The model refused the conversation so far, so this message was answered " +
+          "without the earlier turns.";
+        if (turn) addDetail(mark(turn, "info", text), message); else note(text, undefined, message);
         return;
       }
       case "context_trimmed":
@@ -600,12 +611,14 @@
   function onError(data, live) {
     const code = String(data.code ?? "error");
     const message = String(data.message ?? "");
+    const detail = message ? code + ": " + message : code;
     if (Number.isInteger(data.turn_id)) {
       const turn = turnView(data.turn_id);
       if (turn.closed) return;
       keepAnswerSoFar(turn, data);
       turn.el.classList.add("failed");
-      mark(turn, "error", "\u26A0 Error (" + code + "): " + message);
+      const node = mark(turn, "error", "\u26A0 " + explainError(code, message));
+      addDetail(node, detail);
       closeTurn(turn, "error");
       if (live) listChanged();
       return;
@@ -624,7 +637,74 @@
       const refused = oldestSent();
       if (refused && refused.type === "message") restoreText(refused.data.text);
     }
-    note(message ? code + ": " + message : code, "error");
+    note(explainError(code, message), "error", detail);
+  }
+
+  // What an error code means, in words a person understands; the server's own text goes in a
+  // disclosure beside it (addDetail). `message` tells a model server that could not be reached
+  // from one that failed while answering.
+  function explainError(code, message) {
+    switch (code) {
+      case "model_error":
+        return UNREACHABLE.test(message)
+          ? "The model server could not be reached, so there is no answer. Try again in a " +
+            "moment; if it keeps happening, whoever runs this server should check the model server."
+          : "The model server failed while answering. Try again, or ask in another way.";
+      case "step_limit":
+        return "The answer took more steps (model calls and tools) than this server allows, so " +
+          "it was stopped. Try asking for less at once.";
+      case "internal":
+        return "Something went wrong inside the server, so the answer stopped. Try again.";
+      case "storage":
+        return "The server could not save this conversation: its storage is full or unavailable. " +
+          "Nothing was started; try again later.";
+      case "server_busy":
+        return "The server is too busy to answer right now. Try again in a minute.";
+      case "rate_limited":
+        return "You are sending faster than this server allows. Wait a moment, then try again.";
+      case "too_large":
+        return "That message is longer than this server accepts. Shorten it and try again.";
+      case "invalid_message":
+        return "The server could not accept that request.";
+      case "not_waiting":
+        return "That tool call is no longer waiting for an answer (it was answered elsewhere, " +
+          "or it timed out).";
+      default:
+        return "Something went wrong.";
+    }
+  }
+
+  // How the model client words a server it could not connect to (refused, no route, no name,
+  // a connect that timed out).
+  const UNREACHABLE = /connection refused|os error 111|could not connect|unreachable|no route|dns|resolve|failed to lookup|connect.*timed? ?out|timeout.*connect/i;
+
+  // What an API error means, by its HTTP status; its text goes in the disclosure.
+  function explainApiError(error) {
+    const status = Number(error && error.status) || 0;
+    if (status === 0) return "The server cannot be reached. Check the connection and try again.";
+    if (status === 404) return "It is no longer on the server.";
+    if (status === 413) return "That is more than the server accepts.";
+    if (status === 429) return "Too many requests at once. Wait a moment, then try again.";
+    if (status === 503 || status === 507) {
+      return "The server cannot store anything right now (its storage is full or unavailable). Try again later.";
+    }
+    if (status >= 500) return "Something went wrong on the server. Try again later.";
+    return "The server refused it.";
+  }
+
+  // A "Details" disclosure under `node` with the server's own words.
+  function addDetail(node, detail) {
+    if (!detail) return node;
+    const more = el("details", "detail");
+    more.append(el("summary", undefined, "Details"), el("code", undefined, detail));
+    node.append(more);
+    return node;
+  }
+
+  // A problem with an API request, as a note in the conversation.
+  function apiNote(what, error) {
+    const detail = error && error.message ? String(error.message) : "";
+    return note(what + " " + explainApiError(error), "error", detail);
   }
 
   // Codes of an `error` frame that refuse a message, edit or regenerate (it started nothing).
@@ -680,6 +760,7 @@
     outbox.length = 0;
     loadingOlder = false;
     pagedToStart = false;
+    readyModel = null;
     updateUsageTotal();
   }
 
@@ -939,7 +1020,7 @@
     try {
       await loadTurns(missing);
     } catch (error) {
-      if (mine === view) note("Part of this conversation could not be loaded: " + error.message + ".", "error");
+      if (mine === view) apiNote("Part of this conversation could not be loaded.", error);
       return;
     }
     if (mine !== view) return;
@@ -1112,9 +1193,10 @@
         note("Not connected: the answer was not sent. Try again once reconnected.", "error");
         return;
       }
-      allow.disabled = true;
-      deny.disabled = true;
-      tool.state.textContent = ok ? "allowed" : "denied";
+      // Allowed, the call runs now: the card says so (its result replaces it). Denied, the
+      // result saying so follows at once.
+      endApproval(tool);
+      tool.state.textContent = ok ? "running…" : "denied";
     };
     allow.addEventListener("click", () => answer(true));
     deny.addEventListener("click", () => answer(false));
@@ -1135,6 +1217,11 @@
   function toolProgress(turn, data) {
     const tool = turn.tools.get(String(data.call_id ?? ""));
     if (!tool || tool.done || turn.closed) return;
+    if (tool.approval) {
+      // Someone allowed it elsewhere (another tab or device): it runs.
+      endApproval(tool);
+      tool.state.textContent = "running…";
+    }
     const progress = Number(data.progress);
     if (!Number.isFinite(progress)) return;
     if (!tool.progress) {
@@ -1216,12 +1303,16 @@
       (hasOlder ? " loaded so far; scroll up for older ones" : "");
   }
 
-  // A line in the conversation that belongs to no turn. The same line twice in a row (a server
-  // that stays busy across reconnections) is shown once.
-  function note(text, kind) {
+  // A line in the conversation that belongs to no turn, with the server's own words under
+  // "Details" when given. The same line twice in a row (a server that stays busy across
+  // reconnections) is shown once.
+  function note(text, kind, detail) {
     const last = logEl.lastElementChild;
-    if (last && last.classList.contains("note") && last.textContent === text) return last;
-    const node = el("div", "note" + (kind ? " " + kind : ""), text);
+    if (last && last.classList.contains("note") && last.dataset.text === text) return last;
+    const node = el("div", "note" + (kind ? " " + kind : ""));
+    node.dataset.text = text;
+    node.append(el("span", "text", text));
+    addDetail(node, detail);
     logEl.append(node);
     return node;
   }
@@ -1269,7 +1360,53 @@
     }));
     if (models.includes(chosen)) modelSelect.value = chosen;
     modelSelect.hidden = modelLabel.hidden = models.length < 2;
+    updateHints();
   }
+  modelSelect.addEventListener("change", updateHints);
+
+  // The model the view talks to: the open conversation's (its `ready`, else its entry in the
+  // list), or the one a new chat would get (the menu's choice, which holds the server's
+  // default when there is no choice, else what /healthz named). Null while unknown.
+  function modelInView() {
+    if (sessionId !== null) {
+      if (readyModel !== null) return readyModel;
+      const known = conversations.find((c) => c.id === sessionId);
+      return known && typeof known.model === "string" ? known.model : null;
+    }
+    return modelSelect.value || defaultModel;
+  }
+
+  // The empty chat's hints and the memories panel name the slash commands only for the
+  // built-in model, whose commands they are; any other model gets plain-language hints (none
+  // while the model is not known yet).
+  function updateHints() {
+    const model = modelInView();
+    const builtin = model === BUILTIN_MODEL;
+    $("hints-offline").hidden = !builtin;
+    $("hints-model").hidden = model === null || builtin;
+    $("remember-hint").hidden = !builtin;
+  }
+
+  // A browser that never had a `ready` from this server does not know which model a new chat
+  // gets: /healthz names it (to a caller that may see the server's figures).
+  async function learnDefaultModel() {
+    if (modelSelect.value) return;
+    const headers = {};
+    const token = store.get(KEY_TOKEN);
+    if (token) headers.Authorization = "Bearer " + token;
+    try {
+      const response = await fetch("/healthz", { headers, cache: "no-store" });
+      const data = await response.json();
+      const name = data && data.model && data.model.name;
+      if (typeof name === "string" && name) {
+        defaultModel = name;
+        updateHints();
+      }
+    } catch (_) {
+      // Unknown: the hints stay neutral.
+    }
+  }
+
   showModels();
 
   // ---- personas ----
@@ -1367,6 +1504,7 @@
     updatePersonaPicker();
     setConn("idle", "new chat");
     markCurrent();
+    updateHints();
   }
 
   async function openConversation(id) {
@@ -1384,6 +1522,7 @@
     setTitle(known ? String(known.title ?? "") : "", Boolean(known));
     showPersona();
     markCurrent();
+    updateHints();
     listChanged();
     setConn("connecting", "loading…");
     try {
@@ -1531,6 +1670,7 @@
     listNote.hidden = conversations.length > 0;
     listNote.textContent = q ? "No conversation matches." : "No conversations yet.";
     markCurrent();
+    updateHints();
   }
 
   function markCurrent() {
@@ -1558,7 +1698,7 @@
         try {
           await api("PATCH", "/api/conversations/" + encodeURIComponent(id), { title: wanted });
         } catch (error) {
-          note("The conversation could not be renamed: " + error.message + ".", "error");
+          apiNote("The conversation could not be renamed.", error);
         }
       }
       listChanged();
@@ -1598,7 +1738,7 @@
         await api("DELETE", "/api/conversations/" + encodeURIComponent(id));
       } catch (error) {
         if (error.status !== 404) {
-          note("The conversation could not be deleted: " + error.message + ".", "error");
+          apiNote("The conversation could not be deleted.", error);
           if (current) reconnectNow();
           return;
         }
@@ -1638,50 +1778,179 @@
   $("scrim").addEventListener("click", closeSidebar);
 
   // ---- memories ----
+  // The panel lists the caller's facts (newest first, or those a search finds), adds one by
+  // hand (POST /api/memories: whatever the model, a person can say what to remember), edits
+  // one in place (PATCH) and deletes one (DELETE).
 
   let memoryTimer = null;
+  let memoryRequest = 0;     // bumped per list fetch; an older answer is dropped
+
+  // The line under the list: a plain note, or a problem with the server's words in "Details".
+  function memoryNote(text, detail) {
+    const line = $("memory-note");
+    line.replaceChildren();
+    line.classList.toggle("error", Boolean(detail));
+    if (text) line.append(el("span", "text", text));
+    addDetail(line, detail);
+  }
+
+  function memoryProblem(what, error) {
+    memoryNote(what + " " + explainApiError(error), (error && error.message) || String(error));
+  }
 
   async function loadMemories() {
+    const mine = ++memoryRequest;
     const q = $("memory-search").value.trim();
-    const list = $("memory-list"), memoryNote = $("memory-note");
+    const list = $("memory-list");
     let data;
     try {
       data = await api("GET", "/api/memories" + (q ? "?q=" + encodeURIComponent(q) : ""));
     } catch (error) {
+      if (mine !== memoryRequest) return;
       list.replaceChildren();
-      memoryNote.textContent = "Memories could not be loaded: " + error.message + ".";
+      memoryProblem("Memories could not be loaded.", error);
       return;
     }
+    if (mine !== memoryRequest) return;
     const memories = Array.isArray(data && data.memories) ? data.memories : [];
-    list.replaceChildren();
-    for (const memory of memories) {
-      const item = el("li", "memory");
-      item.dataset.id = String(memory.id);
-      const content = el("div", "content", String(memory.content ?? ""));
-      content.append(el("span", "when", ago(memory.created_at)));
-      const forget = button("forget", "Delete", "Delete this memory");
-      forget.addEventListener("click", async () => {
-        forget.disabled = true;
-        try {
-          await api("DELETE", "/api/memories/" + encodeURIComponent(String(memory.id)));
-          item.remove();
-          if (list.children.length === 0) memoryNote.textContent = "Nothing remembered.";
-        } catch (error) {
-          forget.disabled = false;
-          memoryNote.textContent = "That memory could not be deleted: " + error.message + ".";
-        }
-      });
-      item.append(content, forget);
-      list.append(item);
-    }
-    memoryNote.textContent = memories.length ? "" : q ? "No memory matches." : "Nothing remembered.";
+    list.replaceChildren(...memories.map(memoryItem));
+    memoryNote(memories.length ? "" : q ? "No memory matches." : "Nothing remembered.");
   }
+
+  // One memory in the list: its text and age, Edit and Delete.
+  function memoryItem(memory) {
+    const item = el("li", "memory");
+    const id = String(memory.id ?? "");
+    item.dataset.id = id;
+    const content = el("div", "content");
+    const text = el("span", "text", String(memory.content ?? ""));
+    content.append(text, el("span", "when", ago(memory.created_at)));
+    const edit = button("edit", "Edit", "Edit this memory");
+    const forget = button("forget", "Delete", "Delete this memory");
+    const actions = el("div", "actions");
+    actions.append(edit, forget);
+    edit.addEventListener("click", () => editMemory(item, id, text));
+    forget.addEventListener("click", async () => {
+      forget.disabled = true;
+      try {
+        await api("DELETE", "/api/memories/" + encodeURIComponent(id));
+      } catch (error) {
+        if (error.status !== 404) {
+          forget.disabled = false;
+          memoryProblem("That memory could not be deleted.", error);
+          return;
+        }
+      }
+      item.remove();
+      memoryNote($("memory-list").children.length === 0 ? "Nothing remembered." : "");
+    });
+    item.append(content, actions);
+    return item;
+  }
+
+  // Edits a memory in place: Enter or Save keeps the change, Shift+Enter adds a line, Escape or
+  // Cancel puts the text back. An empty text is not saved (Delete removes a memory).
+  function editMemory(item, id, text) {
+    const open = item.querySelector(".memory-editor");
+    if (open) {
+      open.querySelector("textarea").focus();
+      return;
+    }
+    const editor = el("div", "memory-editor");
+    const field = el("textarea");
+    field.value = text.textContent;
+    field.rows = Math.min(6, field.value.split("\n").length + 1);
+    field.setAttribute("aria-label", "Edit this memory");
+    const cancel = button("cancel", "Cancel");
+    const save = button("primary save", "Save");
+    const row = el("div", "buttons");
+    row.append(cancel, save);
+    editor.append(field, row);
+    item.classList.add("editing");
+    item.append(editor);
+    field.focus();
+    field.setSelectionRange(field.value.length, field.value.length);
+
+    const close = () => {
+      editor.remove();
+      item.classList.remove("editing");
+    };
+    const busy = (on) => { field.disabled = save.disabled = cancel.disabled = on; };
+    const commit = async () => {
+      const wanted = field.value.trim();
+      if (!wanted || save.disabled) return;
+      if (wanted === text.textContent) {
+        close();
+        return;
+      }
+      busy(true);
+      try {
+        const changed = await api("PATCH", "/api/memories/" + encodeURIComponent(id), { content: wanted });
+        text.textContent = String((changed && changed.content) ?? wanted);
+        close();
+        memoryNote("");
+      } catch (error) {
+        busy(false);
+        field.focus();
+        if (error.status === 409) {
+          memoryNote("Another memory says exactly that already.", error.message);
+        } else {
+          memoryProblem("That memory could not be changed.", error);
+        }
+      }
+    };
+    field.addEventListener("keydown", (event) => {
+      if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+        event.preventDefault();
+        commit();
+      } else if (event.key === "Escape") {
+        // Closes the editor only, not the panel.
+        event.preventDefault();
+        event.stopPropagation();
+        close();
+      }
+    });
+    cancel.addEventListener("click", close);
+    save.addEventListener("click", commit);
+  }
+
+  // The Add box: the new memory joins the list (the search is cleared so that it shows).
+  async function addMemory() {
+    const field = $("memory-new"), add = $("memory-add-button");
+    const content = field.value.trim();
+    if (!content || add.disabled) return;
+    add.disabled = true;
+    try {
+      await api("POST", "/api/memories", { content });
+    } catch (error) {
+      memoryProblem("That memory could not be added.", error);
+      return;
+    } finally {
+      add.disabled = false;
+    }
+    field.value = "";
+    $("memory-search").value = "";
+    await loadMemories();
+    field.focus();
+  }
+
+  $("memory-add").addEventListener("submit", (event) => {
+    event.preventDefault();
+    addMemory();
+  });
+  $("memory-new").addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      addMemory();
+    }
+  });
 
   $("open-memories").addEventListener("click", () => {
     closeSidebar();
+    updateHints();
     $("memories-box").hidden = false;
     $("memory-search").value = "";
-    $("memory-search").focus();
+    $("memory-new").focus();
     loadMemories();
   });
   $("memories-close").addEventListener("click", () => { $("memories-box").hidden = true; });
@@ -1845,7 +2114,7 @@
     try {
       events = await allEvents(id);
     } catch (error) {
-      note("The conversation could not be exported: " + error.message + ".", "error");
+      apiNote("The conversation could not be exported.", error);
       return;
     }
     const known = conversations.find((c) => c.id === id);
@@ -1934,6 +2203,7 @@
   function start() {
     placeholder();
     updatePersonaPicker();
+    learnDefaultModel();
     const fromHash = location.hash.slice(1);
     const stored = store.get(KEY_SESSION);
     refreshList();

@@ -1,7 +1,7 @@
 //! The `--mcp-config` file: the usual `{"mcpServers": {"name": {"command", "args", "env"}}}`
 //! format, read into one [`ServerSpec`] per server: a [`ServerCommand`] to run (stdio) or an
 //! [`HttpEndpoint`] to connect to (`"url"`, Streamable HTTP), each with its [`ServerPolicy`]
-//! (`"approve"`, `"timeout"`). Plain data; depends on nothing outside `tools/mcp/`.
+//! (`"approve"`, `"timeout"`, `"instructions"`). Plain data; depends on nothing outside `tools/mcp/`.
 //!
 //! Depends on: `tools::mcp::policy`.
 
@@ -43,6 +43,14 @@ struct ConfigEntry {
     approve: Approve,
     #[serde(default)]
     timeout: CallTimeout,
+    /// `false` leaves the server's `instructions` out of the system prompt.
+    #[serde(default = "yes")]
+    instructions: bool,
+}
+
+/// The default of a setting that is on unless turned off.
+fn yes() -> bool {
+    true
 }
 
 /// How to reach one server.
@@ -102,6 +110,7 @@ pub(super) fn parse_config(text: &str) -> Result<Vec<ServerEntry>, serde_json::E
         let policy = ServerPolicy {
             approve: std::mem::take(&mut entry.approve),
             timeout: entry.timeout,
+            instructions: entry.instructions,
         };
         if let Some(spec) = entry.into_spec(&name) {
             servers.push((name, spec, policy));
@@ -209,8 +218,30 @@ mod tests {
         assert_eq!(policies[1].timeout.0, std::time::Duration::from_secs(120));
         assert_eq!(policies[2].approve, Approve::Always);
         assert_eq!(policies[2].timeout, CallTimeout::default());
+        assert!(policies.iter().all(|policy| policy.instructions));
         let bad = parse_config(r#"{"mcpServers": {"a": {"command": "a", "approve": "maybe"}}}"#);
         assert!(bad.unwrap_err().to_string().contains("approve"));
         assert!(parse_config(r#"{"mcpServers": {"a": {"command": "a", "timeout": 0}}}"#).is_err());
+    }
+
+    #[test]
+    fn instructions_are_on_unless_an_entry_turns_them_off() {
+        let servers = parse_config(
+            r#"{"mcpServers": {
+                "quiet": {"command": "q", "instructions": false},
+                "plain": {"url": "http://127.0.0.1:1/mcp"},
+                "loud": {"command": "l", "instructions": true}
+            }}"#,
+        )
+        .unwrap();
+        let on: Vec<(&str, bool)> = servers
+            .iter()
+            .map(|(name, _, policy)| (name.as_str(), policy.instructions))
+            .collect();
+        assert_eq!(on, [("loud", true), ("plain", true), ("quiet", false)]);
+        assert!(
+            parse_config(r#"{"mcpServers": {"a": {"command": "a", "instructions": "no"}}}"#)
+                .is_err()
+        );
     }
 }

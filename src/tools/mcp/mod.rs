@@ -2,14 +2,15 @@
 //! in the background, retried with backoff until it comes up, and spoken to over stdio or
 //! Streamable HTTP. Every tool of every server joins the ToolChain as `<server>__<tool>`,
 //! through a catalog of the current tools that follows `notifications/tools/list_changed` and
-//! restarts; each server's `instructions` join the system prompt; `mcp_read_resource` reads
+//! restarts; the servers' `instructions` join the system prompt (each text once, capped,
+//! unless a server's entry says `"instructions": false`); `mcp_read_resource` reads
 //! the resources of servers that offer them, and `/prompt` gets their prompts.
 //!
 //! `tools/mcp/` is the only place that spawns processes, and the MCP JSON shapes stay private
 //! to it. Its files, in reading order:
 //!
 //! - `config.rs`: the config file, one `ServerSpec` per server (a command, or a URL);
-//! - `policy.rs`: each server's `"approve"` and `"timeout"`;
+//! - `policy.rs`: each server's `"approve"`, `"timeout"` and `"instructions"`;
 //! - `wire.rs`: JSON-RPC messages and the MCP results we read;
 //! - `schema.rs`: the check of a tool's `structuredContent` against its `outputSchema`;
 //! - `transport.rs`: the seam between the client and its transports;
@@ -18,8 +19,10 @@
 //! - `http.rs`: the Streamable HTTP transport;
 //! - `client/rpc.rs`: JSON-RPC requests matched to answers by id, progress and cancellation;
 //! - `client.rs`: `McpClient`, the MCP methods over either transport;
+//! - `instructions.rs`: the servers' instructions for the system prompt, each text once and
+//!   capped;
 //! - `supervisor.rs`: a server restarted after a crash, its tools, and the catalog of every
-//!   server's current tools and prompts;
+//!   server's current tools, instructions and prompts;
 //! - `resources.rs`: the `mcp_read_resource` tool;
 //! - `error.rs`: `McpError`;
 //! - this file: `load`, `spawn`, `McpServers` (every server of one config).
@@ -36,6 +39,7 @@ mod client;
 mod config;
 mod error;
 mod http;
+mod instructions;
 mod policy;
 mod process;
 mod resources;
@@ -61,6 +65,7 @@ use self::config::{ServerEntry, parse_config};
 use self::supervisor::{Catalog, McpServer, Started, start_server, tools_text};
 
 pub use self::error::{McpError, round_duration};
+pub use self::instructions::MAX_INSTRUCTIONS_BYTES;
 pub use self::policy::CALL_TIMEOUT;
 pub use self::supervisor::{
     FIRST_RETRY_DELAY, MAX_RETRY_DELAY, MAX_TOOL_NAME_CHARS, NAME_SEPARATOR, START_TIMEOUT,

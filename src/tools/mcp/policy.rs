@@ -1,6 +1,7 @@
 //! What the `--mcp-config` file says about how a server's tools are used, beside how to start
-//! it: which calls ask a person first (`"approve"`) and how long a call may go without an
-//! answer or a progress report (`"timeout"`). Plain data; depends on `config` (durations).
+//! it: which calls ask a person first (`"approve"`), how long a call may go without an
+//! answer or a progress report (`"timeout"`), and whether its instructions join the system
+//! prompt (`"instructions"`). Plain data; depends on `config` (durations).
 //!
 //! Depends on: `common::config`.
 
@@ -116,13 +117,26 @@ impl TryFrom<RawTimeout> for CallTimeout {
     }
 }
 
-/// A server's `"approve"` and `"timeout"`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// A server's `"approve"`, `"timeout"` and `"instructions"`.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct ServerPolicy {
     /// Which of its tools ask first.
     pub(super) approve: Approve,
     /// How long a call may wait without an answer or progress.
     pub(super) timeout: CallTimeout,
+    /// Whether the `instructions` it gives at `initialize` join the system prompt (`true`
+    /// unless its entry says `"instructions": false`).
+    pub(super) instructions: bool,
+}
+
+impl Default for ServerPolicy {
+    fn default() -> Self {
+        ServerPolicy {
+            approve: Approve::default(),
+            timeout: CallTimeout::default(),
+            instructions: true,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -3,9 +3,11 @@
 //! server's current tools, which a server updates when it announces a new list
 //! (`notifications/tools/list_changed`) or restarts; the catalog adds `mcp_read_resource`
 //! while a server offers resources, and finds prompts for `/prompt`. Each server carries its
-//! policy (`"approve"`, `"timeout"`), whether it runs a command or is reached at a URL.
+//! policy (`"approve"`, `"timeout"`, `"instructions"`), whether it runs a command or is
+//! reached at a URL. The catalog combines the servers' instructions once per change
+//! (`instructions.rs`), not once per turn.
 //!
-//! Depends on: `common::cancel`, `tools`, `tools::error`, `tools::mcp::client`, `tools::mcp::config`, `tools::mcp::error`, `tools::mcp::policy`, `tools::mcp::resources`, `tools::mcp::schema`, `tools::mcp::wire`.
+//! Depends on: `common::cancel`, `tools`, `tools::error`, `tools::mcp::client`, `tools::mcp::config`, `tools::mcp::error`, `tools::mcp::instructions`, `tools::mcp::policy`, `tools::mcp::resources`, `tools::mcp::schema`, `tools::mcp::wire`.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,6 +21,7 @@ use serde_json::{Value, json};
 use super::client::{Handshake, McpClient};
 use super::config::ServerSpec;
 use super::error::McpError;
+use super::instructions;
 use super::policy::{Hints, ServerPolicy};
 use super::resources::{Reader, ResourceTool};
 use super::schema;
@@ -101,6 +104,8 @@ struct CatalogState {
     servers: BTreeMap<String, Published>,
     /// Every server's tools in server-name order, without names taken by an earlier server.
     combined: Arc<[Arc<dyn Tool>]>,
+    /// The servers' instructions as the system prompt carries them (`instructions.rs`).
+    instructions: String,
 }
 
 impl Catalog {
@@ -152,6 +157,19 @@ impl Catalog {
             }
         }
         state.combined = combined.into();
+        let combined =
+            instructions::combine(state.servers.iter().filter_map(|(name, published)| {
+                Some((name.as_str(), published.handshake.instructions.as_deref()?))
+            }));
+        if !combined.cut.is_empty() && combined.text != state.instructions {
+            log::warn!(
+                "mcp: the servers' instructions are more than {} bytes; cut from those of {} \
+                 (\"instructions\": false in a server's config entry leaves its own out)",
+                instructions::MAX_INSTRUCTIONS_BYTES,
+                combined.cut.join(", ")
+            );
+        }
+        state.instructions = combined.text;
         self.generation.fetch_add(1, Ordering::SeqCst);
     }
 }
@@ -166,17 +184,7 @@ impl ToolSource for Catalog {
     }
 
     fn instructions(&self) -> String {
-        let state = self.state.read();
-        let parts: Vec<String> = state
-            .servers
-            .iter()
-            .filter_map(|(name, published)| {
-                let text = published.handshake.instructions.as_deref()?.trim();
-                (!text.is_empty())
-                    .then(|| format!("Instructions from the MCP server {name}:\n{text}"))
-            })
-            .collect();
-        parts.join("\n\n")
+        self.state.read().instructions.clone()
     }
 
     fn prompts(&self, cancel: &CancelFlag) -> Result<Vec<PromptInfo>, ToolError> {
@@ -367,7 +375,11 @@ impl McpServer {
         }
         let count = tools.len();
         if let Some(catalog) = self.catalog.upgrade() {
-            let handshake = self.handshake.lock().clone();
+            let mut handshake = self.handshake.lock().clone();
+            if !self.policy.instructions {
+                // `"instructions": false`: the server's own words stay out of every prompt.
+                handshake.instructions = None;
+            }
             catalog.publish(self, tools, handshake);
         }
         count
@@ -760,18 +772,45 @@ mod tests {
     }
 
     fn server(name: &str, catalog: &Arc<Catalog>) -> Arc<McpServer> {
+        server_with(name, ServerPolicy::default(), catalog)
+    }
+
+    fn server_with(name: &str, policy: ServerPolicy, catalog: &Arc<Catalog>) -> Arc<McpServer> {
         let command = super::super::config::ServerCommand {
             command: "true".into(),
             args: Vec::new(),
             env: Default::default(),
             cwd: None,
         };
-        McpServer::new(
-            name.into(),
-            ServerSpec::Stdio(command),
-            ServerPolicy::default(),
-            catalog,
-        )
+        McpServer::new(name.into(), ServerSpec::Stdio(command), policy, catalog)
+    }
+
+    #[test]
+    fn the_catalog_gives_each_text_once_and_leaves_out_servers_that_said_no() {
+        let catalog = Arc::new(Catalog::default());
+        let quiet = ServerPolicy {
+            instructions: false,
+            ..ServerPolicy::default()
+        };
+        let (stdio, http, off) = (
+            server("stdio", &catalog),
+            server("http", &catalog),
+            server_with("off", quiet, &catalog),
+        );
+        for (server, text) in [
+            (&stdio, "Use echo."),
+            (&http, "Use echo."),
+            (&off, "Secret."),
+        ] {
+            server.handshake.lock().instructions = Some(text.into());
+            server.publish(vec![remote(json!({"name": "one"}))]);
+        }
+        assert_eq!(
+            catalog.instructions(),
+            "Instructions from the MCP servers http and stdio:\nUse echo."
+        );
+        // The tools of a server without instructions are there all the same.
+        assert_eq!(names(&catalog), ["http__one", "off__one", "stdio__one"]);
     }
 
     fn remote(value: Value) -> RemoteTool {
