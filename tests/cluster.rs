@@ -339,21 +339,31 @@ impl sparky::model::ModelBackend for Streaming {
     }
 }
 
-/// Reads until the turn's closing `message`, and returns the `message_delta` texts and the
-/// answer; fails if a delta comes before the `user_message` (unless the client joined after
-/// it: `opened`).
-fn deltas_and_answer(client: &mut Client, turn: u64, mut opened: bool) -> (Vec<String>, String) {
-    let mut deltas = Vec::new();
+/// Reads until the turn's closing `message`, and returns the `message_delta` frames, the answer
+/// they make up as a client builds it (appending each, or replacing it with one marked
+/// `replace`: a connection that went live mid-answer gets one), and the closing answer. Fails
+/// if a piece comes before the `user_message` (unless the client joined after it: `opened`).
+fn deltas_and_answer(client: &mut Client, turn: u64, mut opened: bool) -> (usize, String, String) {
+    let (mut frames, mut shown) = (0, String::new());
     loop {
         let frame = client.next();
         match frame.frame {
             ServerFrame::UserMessage { turn_id, .. } if turn_id.0 == turn => opened = true,
-            ServerFrame::MessageDelta { turn_id, text, .. } if turn_id.0 == turn => {
+            ServerFrame::MessageDelta {
+                turn_id,
+                text,
+                replace,
+            } if turn_id.0 == turn => {
                 assert!(opened, "a piece before its turn opened");
-                deltas.push(text);
+                frames += 1;
+                if replace {
+                    shown = text;
+                } else {
+                    shown.push_str(&text);
+                }
             }
             ServerFrame::Message { turn_id, text, .. } if turn_id.0 == turn => {
-                return (deltas, text);
+                return (frames, shown, text);
             }
             _ => {}
         }
@@ -382,20 +392,14 @@ fn streamed_pieces_reach_the_other_instance_in_order() {
     let mut laptop = Client::resume(b.addr, &id, phone.last_seq);
 
     phone.say("fast");
-    let (on_a, answer) = deltas_and_answer(&mut phone, 2, false);
-    let (on_b, answer_b) = deltas_and_answer(&mut laptop, 2, false);
+    let (pieces_a, on_a, answer) = deltas_and_answer(&mut phone, 2, false);
+    let (pieces_b, on_b, answer_b) = deltas_and_answer(&mut laptop, 2, false);
     assert_eq!(answer, answer_b);
-    assert_eq!(
-        on_a.concat(),
-        answer,
-        "every piece on the instance running it"
-    );
-    assert_eq!(on_b.concat(), answer, "every piece on the other, in order");
+    assert_eq!(on_a, answer, "every piece on the instance running it");
+    assert_eq!(on_b, answer, "every piece on the other, in order");
     assert!(
-        on_b.len() < on_a.len(),
-        "coalesced on the way: {} pieces became {}",
-        on_a.len(),
-        on_b.len()
+        pieces_b < pieces_a,
+        "coalesced on the way: {pieces_a} pieces became {pieces_b}"
     );
 
     // Mid-answer: the first piece reaches B while the model waits, and a tablet attaching to
@@ -417,12 +421,9 @@ fn streamed_pieces_reach_the_other_instance_in_order() {
         ServerFrame::MessageDelta { replace: true, ref text, .. } if text == "part one. "
     ));
     released.send(()).unwrap();
-    let (rest, answer) = deltas_and_answer(&mut laptop, 3, true);
-    assert_eq!(format!("part one. {}", rest.concat()), answer);
-    assert_eq!(
-        deltas_and_answer(&mut tablet, 3, true).0.concat(),
-        "part two."
-    );
+    let (_, shown, answer) = deltas_and_answer(&mut laptop, 3, true);
+    assert_eq!(format!("part one. {shown}"), answer);
+    assert_eq!(deltas_and_answer(&mut tablet, 3, true).1, "part two.");
 }
 
 #[test]
