@@ -81,8 +81,9 @@ const CHECK_ABOUT: &str =
 /// What `sparky help check` adds below [`CHECK_ABOUT`].
 const CHECK_LONG_ABOUT: &str = "Check what a start depends on, with the server's flags, instead \
     of serving.\n\nOne line each for the data directory (or with --store the database), the \
-    tokens, the open-file limit, the model server and each MCP server. Exits 1 at the first \
-    failure; a data directory that a running server holds is a note, and the rest is checked.";
+    tokens, the open-file limit, the model server, the embedding server (one word embedded) \
+    and each MCP server. Exits 1 at the first failure; a data directory that a running server \
+    holds is a note, and the rest is checked.";
 
 fn main() -> ExitCode {
     // `sparky check [FLAGS]`: the same flags, checked instead of run.
