@@ -361,7 +361,7 @@ fn sparky(args: &[&str]) -> (bool, String, String) {
 fn check_is_a_subcommand_with_its_own_help() {
     let (ok, top, _) = sparky(&["--help"]);
     assert!(ok);
-    for command in ["check", "migrate-store"] {
+    for command in ["check", "backup", "migrate-store"] {
         let line = top
             .lines()
             .find(|l| l.trim_start().starts_with(&format!("{command} ")))

@@ -1,9 +1,11 @@
-//! The `sparky` binary: parses the flags, sets up logging, and runs the server, `sparky check`
-//! or `sparky migrate-store`. The settings and their flags are the library's `Config`; the
+//! The `sparky` binary: parses the flags, sets up logging, and runs the server, `sparky check`,
+//! `sparky backup` or `sparky migrate-store`. The settings and their flags are the library's `Config`; the
 //! binary adds only its own few. Each other job has a file here: what the flags point to
 //! (`inputs.rs`), logging (`logging.rs`), the open-file limit (`limits.rs`), the model backend
-//! and its probe (`model.rs`), `migrate-store` (`migrate.rs`) and `check` (`check.rs`).
+//! and its probe (`model.rs`), `migrate-store` (`migrate.rs`), `backup` (`backup.rs`) and
+//! `check` (`check.rs`).
 
+mod backup;
 mod check;
 mod inputs;
 mod limits;
@@ -62,6 +64,24 @@ enum Command {
         #[arg(long, value_name = "URL")]
         to: Option<String>,
     },
+    /// Copy a running server's SQLite store to FILE, consistently, without stopping it.
+    ///
+    /// Uses SQLite's online backup API: the copy holds every event committed before it began,
+    /// turns go on meanwhile, and FILE is one self-contained, checked database. To restore,
+    /// stop the server, delete sparky.db-wal and sparky.db-shm in the data directory, and put
+    /// FILE there as sparky.db. A PostgreSQL store is refused: back it up with pg_dump.
+    Backup {
+        /// The new file to write (an existing file is never overwritten).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// The data directory of the server (its --data-dir) [default: sparky-data].
+        #[arg(long = "data-dir", value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// A PostgreSQL store (or the SPARKY_DATABASE_URL environment variable, when no
+        /// --data-dir is given): refused, with how to back it up with pg_dump.
+        #[arg(long = "store", value_name = "URL")]
+        store: Option<String>,
+    },
 }
 
 /// The binary's own flags, each shown in `--help` beside the setting it goes with, as
@@ -97,9 +117,24 @@ fn main() -> ExitCode {
     } else {
         parse(command(), argv)
     };
-    if let Some(Command::MigrateStore { from, to }) = cli.command.take() {
-        logging::init(cli.log_level, &[]);
-        return migrate::run(&from, to, cli.config.store_pool);
+    match cli.command.take() {
+        Some(Command::MigrateStore { from, to }) => {
+            logging::init(cli.log_level, &[]);
+            return migrate::run(&from, to, cli.config.store_pool);
+        }
+        Some(Command::Backup { file, dir, store }) => {
+            logging::init(cli.log_level, &[]);
+            // As for the server: `--store`, else the environment's URL, else SQLite; but a
+            // data directory named here is what is asked for.
+            let store = store.or(cli.config.database_url).or_else(|| {
+                std::env::var("SPARKY_DATABASE_URL")
+                    .ok()
+                    .filter(|url| !url.trim().is_empty() && dir.is_none())
+            });
+            let dir = dir.unwrap_or(cli.config.data_dir);
+            return backup::run(&file, &dir, store);
+        }
+        None => {}
     }
     if let Err(e) = inputs::choose_store(&mut cli.config) {
         eprintln!("sparky: {e}");
