@@ -1,11 +1,12 @@
 //! The `sparky` binary: parses the flags, sets up logging, and runs the server, `sparky check`,
-//! `sparky backup` or `sparky migrate-store`. The settings and their flags are the library's `Config`; the
+//! `sparky chat`, `sparky backup` or `sparky migrate-store`. The settings and their flags are the library's `Config`; the
 //! binary adds only its own few. Each other job has a file here: what the flags point to
 //! (`inputs.rs`), logging (`logging.rs`), the open-file limit (`limits.rs`), the model backend
-//! and its probe (`model.rs`), `migrate-store` (`migrate.rs`), `backup` (`backup.rs`) and
-//! `check` (`check.rs`).
+//! and its probe (`model.rs`), `migrate-store` (`migrate.rs`), `backup` (`backup.rs`), `chat`
+//! (`chat.rs`, over the library's client) and `check` (`check.rs`).
 
 mod backup;
+mod chat;
 mod check;
 mod inputs;
 mod limits;
@@ -51,6 +52,30 @@ struct Cli {
 /// What `sparky` does besides serving.
 #[derive(Debug, clap::Subcommand)]
 enum Command {
+    /// Chat with a Sparky server from this terminal.
+    ///
+    /// Type a line to send it; answers stream in. Ctrl-C stops an answer, a second Ctrl-C (or
+    /// /quit) quits. /list shows your conversations, /open N opens one, /new starts another;
+    /// /history shows the turns as a tree, /edit N text and /regen N start a branch beside
+    /// turn N, /switch N follows another. Lines that start with another / go to the server
+    /// (/help lists the built-in model's commands). The conversation's id and the last event
+    /// seen are kept in the state file: a dropped connection or a new run resumes it, missing
+    /// nothing, and a message cut off by a dropped connection is sent again and runs once.
+    Chat {
+        /// The server's WebSocket URL (ws:// only: the client has no TLS).
+        #[arg(value_name = "URL", default_value = sparky::client::DEFAULT_URL)]
+        url: String,
+        /// The file that keeps the conversation's id and the last event seen between runs.
+        #[arg(long, value_name = "FILE", default_value = sparky::client::DEFAULT_STATE_FILE)]
+        state: PathBuf,
+        /// The token, for a server that requires one (default: the SPARKY_TOKEN environment
+        /// variable, which keeps it out of ps).
+        #[arg(long, value_name = "TOKEN")]
+        token: Option<String>,
+        /// Start a new conversation instead of resuming the state file's.
+        #[arg(long)]
+        new: bool,
+    },
     /// Copy a SQLite data directory into an empty PostgreSQL database.
     ///
     /// Copies the conversations, events, messages, notes and the knowledge graph, in one
@@ -118,6 +143,25 @@ fn main() -> ExitCode {
         parse(command(), argv)
     };
     match cli.command.take() {
+        Some(Command::Chat {
+            url,
+            state,
+            token,
+            new,
+        }) => {
+            // The environment keeps the token out of `ps`.
+            let token = token.or_else(|| {
+                std::env::var("SPARKY_TOKEN")
+                    .ok()
+                    .filter(|token| !token.trim().is_empty())
+            });
+            return chat::run(sparky::client::ChatOptions {
+                url,
+                state_file: state,
+                token,
+                new,
+            });
+        }
         Some(Command::MigrateStore { from, to }) => {
             logging::init(cli.log_level, &[]);
             return migrate::run(&from, to, cli.config.store_pool);
