@@ -21,6 +21,13 @@ if [ ! -x "$root/bin/sh" ]; then
     chmod +x "$root/usr/sbin/policy-rc.d"
 fi
 cp /etc/resolv.conf "$root/etc/resolv.conf"
+# The host's own certificate authorities (a TLS-inspecting proxy's, say), so that the chroot
+# reaches npm and PyPI as the host does; ca-certificates adds them when it is installed.
+mkdir -p "$root/usr/local/share/ca-certificates"
+cp /usr/local/share/ca-certificates/*.crt "$root/usr/local/share/ca-certificates/" 2>/dev/null || true
+if [ -x "$root/usr/sbin/update-ca-certificates" ]; then
+    chroot "$root" update-ca-certificates >/dev/null
+fi
 rm -rf "$root/src"
 mkdir -p "$root/src"
 git archive HEAD | tar -x -C "$root/src"
@@ -49,6 +56,7 @@ bind "${RUSTUP_HOME:-$HOME/.rustup}" /opt/rustup
 bind "${CARGO_HOME:-$HOME/.cargo}" /opt/cargo
 
 chroot "$root" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=dumb CI=1 \
+    NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt \
     RUSTUP_HOME=/opt/rustup CARGO_HOME=/opt/cargo \
     PATH=/opt/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     /bin/bash -c 'cd /src && scripts/test "$@"' scripts/test "$@"
