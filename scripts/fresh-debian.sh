@@ -3,7 +3,8 @@
 # by itself: debootstrap's minimal system, this tree's committed files (git archive HEAD), and
 # the host's Rust toolchain and cargo cache bind-mounted (Rust is what the README asks for
 # first). Arguments go to scripts/test. Needs root (chroot and mounts) and debootstrap; the
-# chroot is kept under target/fresh-debian/ between runs unless FRESH=1, which starts over.
+# chroot (with what scripts/test installed in it) is kept under target/fresh-debian/ between
+# runs unless FRESH=1, which starts over.
 #
 #     sudo scripts/fresh-debian.sh --test upgrades --test browser
 set -euo pipefail
@@ -28,8 +29,10 @@ cp /usr/local/share/ca-certificates/*.crt "$root/usr/local/share/ca-certificates
 if [ -x "$root/usr/sbin/update-ca-certificates" ]; then
     chroot "$root" update-ca-certificates >/dev/null
 fi
-rm -rf "$root/src"
+# The tree afresh; its target/ (the builds, the npm and llama-server fixtures) is kept, as a
+# developer's would be.
 mkdir -p "$root/src"
+find "$root/src" -mindepth 1 -maxdepth 1 ! -name target -exec rm -rf {} +
 git archive HEAD | tar -x -C "$root/src"
 
 mounts=()
