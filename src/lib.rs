@@ -16,6 +16,8 @@
 //!
 //! Each folder is one layer and imports only the layers below it:
 //!
+//! - [`client`]: the terminal client (`sparky chat`), beside the server rather than in it: it
+//!   speaks the protocol over the network, and nothing of the server uses it.
 //! - [`net`]: the edge; the only layer that knows a client exists.
 //! - [`conversation`]: sessions, turns, the agent loop, the journal, memory.
 //! - [`tools`]: the `ToolChain`, built-in tools, the knowledge graph's tools, MCP.
@@ -34,6 +36,7 @@
 #![warn(missing_docs, missing_debug_implementations)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod client;
 pub mod common;
 pub mod conversation;
 pub mod model;

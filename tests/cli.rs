@@ -361,7 +361,7 @@ fn sparky(args: &[&str]) -> (bool, String, String) {
 fn check_is_a_subcommand_with_its_own_help() {
     let (ok, top, _) = sparky(&["--help"]);
     assert!(ok);
-    for command in ["check", "migrate-store"] {
+    for command in ["check", "backup", "migrate-store"] {
         let line = top
             .lines()
             .find(|l| l.trim_start().starts_with(&format!("{command} ")))
@@ -574,4 +574,160 @@ fn an_auth_token_or_variable_entry_with_no_usable_token_is_refused_with_the_entr
     assert!(line.starts_with("listening on "), "{line}");
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+/// A fake model server: each request's method and path go to `answer`, whose JSON body is
+/// sent with 200 (`None`: 404). Bodies of requests are read whole before answering.
+fn fake_server(
+    answer: impl Fn(&str, &str) -> Option<serde_json::Value> + Send + 'static,
+) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            stream.set_read_timeout(Some(WAIT)).unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                continue;
+            }
+            let mut words = line.split_whitespace();
+            let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+            let mut length = 0;
+            loop {
+                let mut header = String::new();
+                if reader.read_line(&mut header).unwrap_or(0) == 0 || header.trim().is_empty() {
+                    break;
+                }
+                if let Some((name, value)) = header.split_once(':')
+                    && name.eq_ignore_ascii_case("content-length")
+                {
+                    length = value.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            let (status, body) = match answer(method, path) {
+                Some(value) => ("200 OK", value.to_string()),
+                None => ("404 Not Found", "{}".to_owned()),
+            };
+            let _ = write!(
+                &stream,
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+                 Connection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    addr
+}
+
+/// A fake of llama.cpp's `llama-server`: with one model (`router` false) it answers to any
+/// name, and says so in `/props` and `owned_by`; as a router it lists its models with a
+/// `status` and its `/props` has `role: router`. `props` false: `/props` wants a key (401 in
+/// the real one; here 404), so only the list tells. It embeds too.
+fn llama_server(router: bool, props: bool) -> std::net::SocketAddr {
+    fake_server(move |method, path| match (method, path) {
+        ("GET", "/props") if props && router => Some(json!({
+            "role": "router", "model_path": "none",
+            "default_generation_settings": {"params": {}, "n_ctx": 0}})),
+        ("GET", "/props") if props => Some(json!({
+            "model_path": "/models/smollm2-135m-instruct.gguf", "model_alias": "smollm2",
+            "default_generation_settings": {"n_ctx": 2048}, "build_info": "b1-fake"})),
+        ("GET", "/v1/models") if router => Some(json!({"object": "list", "data": [
+            {"id": "qwen", "object": "model", "owned_by": "llamacpp",
+             "status": {"value": "unloaded"}}]})),
+        ("GET", "/v1/models") => Some(json!({"object": "list",
+            "models": [{"name": "smollm2", "model": "smollm2"}],
+            "data": [{"id": "smollm2", "object": "model", "owned_by": "llamacpp",
+                      "meta": {"n_ctx_train": 8192}}]})),
+        ("POST", "/v1/embeddings") => Some(json!({"object": "list", "model": "smollm2",
+            "data": [{"object": "embedding", "index": 0, "embedding": [0.5, 0.5, 0.5, 0.5]}]})),
+        _ => None,
+    })
+}
+
+#[test]
+fn llama_cpp_answers_to_any_model_name_so_neither_check_nor_the_log_complains() {
+    for props in [true, false] {
+        let url = format!("http://{}/v1", llama_server(false, props));
+        let args = openai_args(&url, &[]);
+        let (ok, out, err) = sparky(&[&["check"], &args[..]].concat());
+        assert!(ok, "props {props}: {out}{err}");
+        assert!(out.contains("ok   model  m:"), "props {props}: {out}");
+        assert!(!out.contains("does not serve"), "props {props}: {out}");
+
+        let (mut child, _, lines) = start(&openai_args(&url, &["--addr", "127.0.0.1:0"]));
+        // The probe's verdict is the first line about the model server; no warning before it.
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = lines.recv_timeout(left).expect("no line from the probe");
+            assert!(!line.contains("does not serve"), "props {props}: {line}");
+            assert!(!line.contains("turns will fail"), "props {props}: {line}");
+            if line.contains("the model server serves m") {
+                break;
+            }
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    // llama.cpp's router loads the model a request names: a name it lacks is still reported.
+    let url = format!("http://{}/v1", llama_server(true, true));
+    let args = openai_args(&url, &[]);
+    let (ok, out, _) = sparky(&[&["check"], &args[..]].concat());
+    assert!(!ok, "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("FAIL model") && l.contains("does not serve \"m\"")),
+        "{out}"
+    );
+}
+
+#[test]
+fn check_embeds_one_word_with_the_embedding_server() {
+    let (ok, out, err) = sparky(&["check", "--in-memory"]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("ok   embed  no --embedding-model"), "{out}");
+
+    let url = format!("http://{}/v1", llama_server(false, true));
+    let (ok, out, err) = sparky(&[
+        "check",
+        "--in-memory",
+        "--embedding-model",
+        "nomic-embed-text",
+        "--embedding-url",
+        &url,
+    ]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("ok   embed  nomic-embed-text")
+                && l.contains(&url)
+                && l.contains("4 dimensions")),
+        "{out}"
+    );
+
+    // Down, or without an embeddings endpoint: a failure that names the embedding server.
+    for url in [
+        "http://127.0.0.1:1/v1".to_owned(),
+        format!("http://{}/v1", fake_server(|_, _| None)),
+    ] {
+        let (ok, out, _) = sparky(&[
+            "check",
+            "--in-memory",
+            "--embedding-model",
+            "nomic-embed-text",
+            "--embedding-url",
+            &url,
+        ]);
+        assert!(!ok, "{out}");
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with("FAIL embed") && l.contains(&url)),
+            "{out}"
+        );
+    }
 }

@@ -1,4 +1,4 @@
-//! The terminal client (`examples/client.rs`) against a real server: an answer shown once,
+//! The terminal client (`sparky chat`) against a real server: an answer shown once,
 //! `/list`, on a restart of the client the conversation's recent history, the branch commands
 //! (`/edit`, `/regen`, `/switch`, `/history`), and a message cut off by a dropped connection
 //! sent again with its `client_id` and run once.
@@ -7,7 +7,7 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, channel};
@@ -17,15 +17,6 @@ use std::time::Instant;
 use serde_json::{Value, json};
 use support::{TestServer, WAIT, http_json, temp_dir};
 
-/// The example binary, built by `cargo test` beside this test's own binary.
-fn client_binary() -> PathBuf {
-    let deps = std::env::current_exe().unwrap();
-    let target = deps.parent().unwrap().parent().unwrap();
-    let binary = target.join("examples").join("client");
-    assert!(binary.exists(), "{} is not built", binary.display());
-    binary
-}
-
 /// The client, with its output arriving on a channel.
 fn start(server: &TestServer, state: &Path) -> (Child, Receiver<String>) {
     start_at(server.addr, state)
@@ -33,8 +24,8 @@ fn start(server: &TestServer, state: &Path) -> (Child, Receiver<String>) {
 
 /// The client of a server at `addr` (the server's, or a proxy's).
 fn start_at(addr: SocketAddr, state: &Path) -> (Child, Receiver<String>) {
-    let mut child = Command::new(client_binary())
-        .args(["--url", &format!("ws://{addr}/ws")])
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sparky"))
+        .args(["chat", &format!("ws://{addr}/ws")])
         .arg("--state")
         .arg(state)
         .stdin(Stdio::piped())
@@ -555,4 +546,104 @@ impl FrameReader {
         let text = (raw[0] & 0x0f == 1).then(|| String::from_utf8_lossy(&payload).into_owned());
         Some((raw, text))
     }
+}
+
+/// `sparky ARGS` with `env` and no input (the client quits at the end of its input): its exit
+/// code, stdout and stderr; killed, and failing the test, if it has not ended within [`WAIT`].
+fn sparky(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sparky"));
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env_remove("SPARKY_TOKEN");
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let mut child = command.spawn().unwrap();
+    let deadline = Instant::now() + WAIT;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let output = child.wait_with_output().unwrap();
+            panic!(
+                "sparky {args:?} did not end: {}",
+                String::from_utf8_lossy(&output.stdout)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn chat_is_a_subcommand_with_its_options_documented() {
+    let (code, top, _) = sparky(&["--help"], &[]);
+    assert_eq!(code, Some(0));
+    assert!(
+        top.lines()
+            .any(|l| l.trim_start().starts_with("chat ") && l.contains("terminal")),
+        "{top}"
+    );
+    let (code, help, err) = sparky(&["chat", "--help"], &[]);
+    assert_eq!(code, Some(0), "{err}");
+    for wanted in [
+        "Usage: sparky chat [OPTIONS] [URL]",
+        "[default: ws://127.0.0.1:8000/ws]",
+        "--state <FILE>",
+        "--token <TOKEN>",
+        "SPARKY_TOKEN",
+        "--new",
+        "/history",
+    ] {
+        assert!(help.contains(wanted), "{wanted} missing: {help}");
+    }
+    // A URL it cannot use: exit 2, saying why.
+    let (code, _, err) = sparky(&["chat", "wss://example/ws"], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("sparky chat: bad URL") && err.contains("TLS"),
+        "{err}"
+    );
+}
+
+#[test]
+fn chat_presents_the_token_from_the_flag_or_the_environment() {
+    let server = TestServer::with_config(|config| {
+        config.auth_tokens = vec!["chat-token-123".into()];
+    });
+    let dir = temp_dir("client-token");
+    std::fs::create_dir_all(&dir).unwrap();
+    let state = dir.join("state.json");
+    let url = format!("ws://{}/ws", server.addr);
+    let state = state.to_str().unwrap();
+    // Without input the client quits once connected; with a wrong token it stops, exit 1.
+    let (code, out, _) = sparky(
+        &["chat", &url, "--state", state],
+        &[("SPARKY_TOKEN", "chat-token-123")],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("connected to new session"), "{out}");
+    let (code, out, _) = sparky(
+        &[
+            "chat",
+            &url,
+            "--state",
+            state,
+            "--new",
+            "--token",
+            "chat-token-123",
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    let (code, _, err) = sparky(&["chat", &url, "--state", state, "--new"], &[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("refused the credentials"), "{err}");
 }

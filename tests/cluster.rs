@@ -498,12 +498,12 @@ struct Haproxy {
 
 impl Haproxy {
     /// Starts HAProxy with the configuration the README shows, or `None` when it is not
-    /// installed and the run is not CI's (`.ci/run` installs it).
+    /// installed and the run is not CI's (`scripts/test` installs it).
     fn start(backends: &[SocketAddr]) -> Option<Self> {
         if Command::new("haproxy").arg("-v").output().is_err() {
             assert!(
                 std::env::var_os("CI").is_none(),
-                "haproxy is not installed (apt-get install -y haproxy; .ci/run does)"
+                "haproxy is not installed (apt-get install -y haproxy; scripts/test does)"
             );
             eprintln!("haproxy is not installed; skipping the HAProxy test");
             return None;

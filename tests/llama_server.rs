@@ -469,3 +469,22 @@ fn semantic_memory_embeds_facts_through_a_real_embeddings_endpoint() {
             .is_empty()
     );
 }
+
+#[test]
+fn check_passes_against_llama_server_whatever_the_model_is_called() {
+    // The README's recipe names the model `local`; llama-server answers to any name. With
+    // `--embedding` the same server embeds, so `check`'s embeddings line is checked too.
+    let llama = Llama::start_with(512, None, &["--embedding", "--pooling", "mean"]);
+    let url = format!("http://{}/v1", llama.addr());
+    let output = Command::new(env!("CARGO_BIN_EXE_sparky"))
+        .args(["check", "--in-memory", "--model", "openai"])
+        .args(["--model-name", "local", "--model-url", &url])
+        .args(["--embedding-model", "local-embed", "--embedding-url", &url])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{out}");
+    assert!(out.contains("ok   model  local:"), "{out}");
+    assert!(out.contains("ok   embed  local-embed"), "{out}");
+    assert!(!out.contains("does not serve"), "{out}");
+}

@@ -3,7 +3,7 @@
 //! resource link read through `mcp_read_resource`, `/prompt`, the progress of its long-running
 //! operation relayed as `tool_progress`, and cancelling that operation.
 //!
-//! `scripts/npm-fixtures.sh` installs the pinned version under `target/npm/` (`.ci/run` runs
+//! `scripts/npm-fixtures.sh` installs the pinned version under `target/npm/` (`scripts/test` runs
 //! it first). When it is missing the tests fail under CI (`CI` set) and are skipped, with a
 //! note, elsewhere. Its tool list changes only while it initialises (conditional tools), so
 //! `list_changed` cannot be triggered from here; tests/mcp.rs and tests/mcp_http.rs cover it

@@ -300,6 +300,52 @@ fn the_context_window_comes_from_ollamas_api_show_when_there_is_no_props() {
     assert_eq!(model.context_tokens(), Some(2048));
 }
 
+/// The `data` of the first `ready` frame after sending `connect` with `data`, as the server
+/// wrote it (not parsed into a `ServerFrame`, whose defaults would hide a missing field).
+fn raw_ready(addr: SocketAddr, data: Value) -> Value {
+    let mut client = Client::open(addr);
+    client.send(json!({"type": "connect", "data": data}));
+    let deadline = Instant::now() + WAIT;
+    loop {
+        assert!(Instant::now() < deadline, "no ready frame");
+        match client.ws.read() {
+            Ok(tungstenite::Message::Text(text)) => {
+                let frame: Value = serde_json::from_str(text.as_str()).unwrap();
+                if frame["type"] == "ready" {
+                    return frame["data"].clone();
+                }
+            }
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("read failed: {e}"),
+        }
+    }
+}
+
+#[test]
+fn ready_lists_models_when_auto_could_not_ask_the_model_server() {
+    // A port nobody listens on: the model server is down at start, so `auto` has no list.
+    let down = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut options = RemoteOptions::new(format!("http://{down}/v1"), "auto");
+    options.connect_timeout = Duration::from_secs(1);
+    let model = Arc::new(RemoteModel::new(options));
+    assert_eq!(model.models(), Vec::<String>::new());
+    let server = TestServer::with_model(|config| config.in_memory = true, model);
+
+    let ready = raw_ready(server.addr, json!({}));
+    assert_eq!(ready["models"], json!([ready["model"].clone()]), "{ready}");
+    // Choosing what is offered is accepted, and follows the default.
+    let chosen = raw_ready(server.addr, json!({"model": ready["model"].clone()}));
+    assert_eq!(chosen["models"], ready["models"], "{chosen}");
+}
+
 /// Sends `/recall query` and returns the tool's result.
 fn recall(client: &mut Client, query: &str) -> String {
     client.say(&format!("/recall {query}"));

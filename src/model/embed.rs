@@ -4,7 +4,7 @@
 //! benchmarks. Every vector an [`Embed`] returns has unit length, so that cosine similarity is
 //! a dot product.
 //!
-//! Depends on: `model::error`.
+//! Depends on: `common::config`, `model::error`.
 
 use std::fmt;
 use std::time::Duration;
@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use ureq::Agent;
 
+use crate::common::config::Config;
 use crate::model::error::ModelError;
 
 /// The largest embeddings answer read.
@@ -46,6 +47,32 @@ pub struct EmbedOptions {
     pub api_key: Option<String>,
     /// How long one request may take, from connecting to the last byte of the answer.
     pub timeout: Duration,
+}
+
+impl EmbedOptions {
+    /// What `config` asks for (`--embedding-model`), or `None` without an embedding model:
+    /// the embedding server is `--embedding-url`, else the model's (`--model-url`), asked
+    /// with the model's API key (`--api-key-env`, read now) when it is the same server.
+    pub fn from_config(config: &Config) -> Option<EmbedOptions> {
+        let model = config
+            .embedding_model
+            .as_deref()
+            .map(str::trim)
+            .filter(|m| !m.is_empty())?;
+        let api_key = match (&config.embedding_url, &config.api_key_env) {
+            (None, Some(var)) => std::env::var(var).ok().map(|key| key.trim().to_owned()),
+            _ => None,
+        };
+        Some(EmbedOptions {
+            base_url: config
+                .embedding_url
+                .clone()
+                .unwrap_or_else(|| config.model_url.clone()),
+            model: model.to_owned(),
+            api_key,
+            timeout: config.embedding_timeout,
+        })
+    }
 }
 
 impl fmt::Debug for EmbedOptions {

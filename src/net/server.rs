@@ -441,26 +441,10 @@ fn wake_addr(addr: SocketAddr) -> SocketAddr {
 /// (`--embedding-model`): embedded through `--embedding-url`, else the model's URL, with the
 /// model's API key when it is the same server.
 fn with_embeddings(graph: Arc<dyn GraphStore>, config: &Config) -> Result<Arc<dyn GraphStore>> {
-    let Some(model) = config
-        .embedding_model
-        .as_ref()
-        .filter(|m| !m.trim().is_empty())
-    else {
+    let Some(options) = EmbedOptions::from_config(config) else {
         return Ok(graph);
     };
-    let api_key = match (&config.embedding_url, &config.api_key_env) {
-        (None, Some(var)) => std::env::var(var).ok().map(|key| key.trim().to_owned()),
-        _ => None,
-    };
-    let embedder = RemoteEmbedder::new(EmbedOptions {
-        base_url: config
-            .embedding_url
-            .clone()
-            .unwrap_or_else(|| config.model_url.clone()),
-        model: model.trim().to_owned(),
-        api_key,
-        timeout: config.embedding_timeout,
-    });
+    let embedder = RemoteEmbedder::new(options);
     log::info!(
         "memory: semantic, embedded by {} at {}",
         embedder.model(),

@@ -44,7 +44,7 @@ pub use cluster::{Cluster, LEASE_TTL, Notice, Signal, Solo};
 pub use copy::copy_sqlite_to_postgres;
 pub use exported::CopyReport;
 pub use postgres::{POSTGRES_SCHEMA_VERSION, PostgresStore};
-pub use sqlite::{DATABASE_FILE, SqliteStore, fts_queries};
+pub use sqlite::{BackupReport, DATABASE_FILE, SqliteStore, fts_queries};
 pub use tree::{TreeTurn, TurnTree};
 
 /// How long one full-text search may run by default (`--search-budget`).

@@ -78,7 +78,7 @@ impl BrowserTools {
             }),
             _ => panic!(
                 "the browser test needs Chromium and chromedriver, and they are not on PATH. \
-                 Run .ci/run (it installs them), or `apt-get install -y chromium chromium-driver`; \
+                 Run scripts/test (it installs them), or `apt-get install -y chromium chromium-driver`; \
                  set SPARKY_SKIP_BROWSER=1 to skip this test"
             ),
         }

@@ -12,7 +12,7 @@
 //! and Deny, "running…" once allowed, progress, images (`mcp.rs`). At the end the console must
 //! hold no script error and no Content-Security-Policy violation. Screenshots go to `target/browser-artifacts/`.
 //!
-//! Chromium and chromedriver must be installed (`.ci/run` installs Debian's `chromium` and
+//! Chromium and chromedriver must be installed (`scripts/test` installs Debian's `chromium` and
 //! `chromium-driver`); without them the test fails, unless `SPARKY_SKIP_BROWSER=1` is set.
 
 #[path = "../support/mod.rs"]

@@ -55,8 +55,13 @@ pub fn wait_for_event(log: &Path, prefix: &str) -> String {
 
 /// Waits until the `ready` frame of a new connection lists `tool`.
 pub fn wait_for_tool(server: &TestServer, tool: &str) {
+    // Each look resumes one conversation: a new conversation for each would run into the
+    // principal's --new-conversation-rate while a slow server starts.
+    let first = server.client();
+    let id = first.session_id.clone().expect("a session id");
     wait_until(&format!("{tool} to be listed"), || {
-        ready(&server.client()).1.iter().any(|name| name == tool)
+        let again = Client::connect(server.addr, json!({"session_id": id.as_str()}));
+        ready(&again).1.iter().any(|name| name == tool)
     });
 }
 

@@ -1,12 +1,14 @@
 //! `sparky check`: looks at each thing a start depends on, with the same flags, and prints one
 //! line per check. It stops at the first hard failure; a data directory that a running server
-//! holds is a note, not a failure. Depends on `config`, `model`, `store` and `tools`.
+//! holds is a note, not a failure. Depends on `config`, `model` (with `model::embed`), `store`
+//! and `tools`.
 
 use std::io::Write;
 use std::sync::Arc;
 
 use sparky::common::config::{Config, connections_for};
 use sparky::model::ModelBackend;
+use sparky::model::embed::{Embed, EmbedOptions, RemoteEmbedder};
 use sparky::store::{PostgresStore, SqliteStore};
 use sparky::tools::mcp;
 
@@ -55,6 +57,7 @@ pub fn run(
         && report("tokens", vec![token_outcome(config, tokens)])
         && report("files", vec![open_file_limit(config, files)])
         && report("model", vec![model_outcome(model)])
+        && report("embed", vec![embeddings(config)])
         && report("mcp", mcp_servers(config))
 }
 
@@ -125,6 +128,24 @@ fn model_outcome(model: Result<Arc<dyn ModelBackend>, StartError>) -> Outcome {
             model.name()
         )),
         Some(Err(e)) => Outcome::Fail(e.to_string()),
+    }
+}
+
+/// Semantic memory's embedding server (`--embedding-model`, at `--embedding-url`): one word
+/// embedded, as the server will embed facts.
+fn embeddings(config: &Config) -> Outcome {
+    let Some(options) = EmbedOptions::from_config(config) else {
+        return Outcome::Ok("no --embedding-model: facts are found by their words".into());
+    };
+    let embedder = RemoteEmbedder::new(options);
+    match embedder.embed(&["sparky".to_owned()]) {
+        Ok(vectors) => Outcome::Ok(format!(
+            "{} at {}: embeds, {} dimensions",
+            embedder.model(),
+            embedder.endpoint(),
+            vectors.first().map_or(0, Vec::len)
+        )),
+        Err(e) => Outcome::Fail(format!("{}: {e}", embedder.model())),
     }
 }
 

@@ -1,9 +1,12 @@
-//! The `sparky` binary: parses the flags, sets up logging, and runs the server, `sparky check`
-//! or `sparky migrate-store`. The settings and their flags are the library's `Config`; the
+//! The `sparky` binary: parses the flags, sets up logging, and runs the server, `sparky check`,
+//! `sparky chat`, `sparky backup` or `sparky migrate-store`. The settings and their flags are the library's `Config`; the
 //! binary adds only its own few. Each other job has a file here: what the flags point to
 //! (`inputs.rs`), logging (`logging.rs`), the open-file limit (`limits.rs`), the model backend
-//! and its probe (`model.rs`), `migrate-store` (`migrate.rs`) and `check` (`check.rs`).
+//! and its probe (`model.rs`), `migrate-store` (`migrate.rs`), `backup` (`backup.rs`), `chat`
+//! (`chat.rs`, over the library's client) and `check` (`check.rs`).
 
+mod backup;
+mod chat;
 mod check;
 mod inputs;
 mod limits;
@@ -49,6 +52,30 @@ struct Cli {
 /// What `sparky` does besides serving.
 #[derive(Debug, clap::Subcommand)]
 enum Command {
+    /// Chat with a Sparky server from this terminal.
+    ///
+    /// Type a line to send it; answers stream in. Ctrl-C stops an answer, a second Ctrl-C (or
+    /// /quit) quits. /list shows your conversations, /open N opens one, /new starts another;
+    /// /history shows the turns as a tree, /edit N text and /regen N start a branch beside
+    /// turn N, /switch N follows another. Lines that start with another / go to the server
+    /// (/help lists the built-in model's commands). The conversation's id and the last event
+    /// seen are kept in the state file: a dropped connection or a new run resumes it, missing
+    /// nothing, and a message cut off by a dropped connection is sent again and runs once.
+    Chat {
+        /// The server's WebSocket URL (ws:// only: the client has no TLS).
+        #[arg(value_name = "URL", default_value = sparky::client::DEFAULT_URL)]
+        url: String,
+        /// The file that keeps the conversation's id and the last event seen between runs.
+        #[arg(long, value_name = "FILE", default_value = sparky::client::DEFAULT_STATE_FILE)]
+        state: PathBuf,
+        /// The token, for a server that requires one (default: the SPARKY_TOKEN environment
+        /// variable, which keeps it out of ps).
+        #[arg(long, value_name = "TOKEN")]
+        token: Option<String>,
+        /// Start a new conversation instead of resuming the state file's.
+        #[arg(long)]
+        new: bool,
+    },
     /// Copy a SQLite data directory into an empty PostgreSQL database.
     ///
     /// Copies the conversations, events, messages, notes and the knowledge graph, in one
@@ -61,6 +88,24 @@ enum Command {
         /// SPARKY_DATABASE_URL environment variable).
         #[arg(long, value_name = "URL")]
         to: Option<String>,
+    },
+    /// Copy a running server's SQLite store to FILE, consistently, without stopping it.
+    ///
+    /// Uses SQLite's online backup API: the copy holds every event committed before it began,
+    /// turns go on meanwhile, and FILE is one self-contained, checked database. To restore,
+    /// stop the server, delete sparky.db-wal and sparky.db-shm in the data directory, and put
+    /// FILE there as sparky.db. A PostgreSQL store is refused: back it up with pg_dump.
+    Backup {
+        /// The new file to write (an existing file is never overwritten).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// The data directory of the server (its --data-dir) [default: sparky-data].
+        #[arg(long = "data-dir", value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// A PostgreSQL store (or the SPARKY_DATABASE_URL environment variable, when no
+        /// --data-dir is given): refused, with how to back it up with pg_dump.
+        #[arg(long = "store", value_name = "URL")]
+        store: Option<String>,
     },
 }
 
@@ -81,8 +126,9 @@ const CHECK_ABOUT: &str =
 /// What `sparky help check` adds below [`CHECK_ABOUT`].
 const CHECK_LONG_ABOUT: &str = "Check what a start depends on, with the server's flags, instead \
     of serving.\n\nOne line each for the data directory (or with --store the database), the \
-    tokens, the open-file limit, the model server and each MCP server. Exits 1 at the first \
-    failure; a data directory that a running server holds is a note, and the rest is checked.";
+    tokens, the open-file limit, the model server, the embedding server (one word embedded) \
+    and each MCP server. Exits 1 at the first failure; a data directory that a running server \
+    holds is a note, and the rest is checked.";
 
 fn main() -> ExitCode {
     // `sparky check [FLAGS]`: the same flags, checked instead of run.
@@ -96,9 +142,43 @@ fn main() -> ExitCode {
     } else {
         parse(command(), argv)
     };
-    if let Some(Command::MigrateStore { from, to }) = cli.command.take() {
-        logging::init(cli.log_level, &[]);
-        return migrate::run(&from, to, cli.config.store_pool);
+    match cli.command.take() {
+        Some(Command::Chat {
+            url,
+            state,
+            token,
+            new,
+        }) => {
+            // The environment keeps the token out of `ps`.
+            let token = token.or_else(|| {
+                std::env::var("SPARKY_TOKEN")
+                    .ok()
+                    .filter(|token| !token.trim().is_empty())
+            });
+            return chat::run(sparky::client::ChatOptions {
+                url,
+                state_file: state,
+                token,
+                new,
+            });
+        }
+        Some(Command::MigrateStore { from, to }) => {
+            logging::init(cli.log_level, &[]);
+            return migrate::run(&from, to, cli.config.store_pool);
+        }
+        Some(Command::Backup { file, dir, store }) => {
+            logging::init(cli.log_level, &[]);
+            // As for the server: `--store`, else the environment's URL, else SQLite; but a
+            // data directory named here is what is asked for.
+            let store = store.or(cli.config.database_url).or_else(|| {
+                std::env::var("SPARKY_DATABASE_URL")
+                    .ok()
+                    .filter(|url| !url.trim().is_empty() && dir.is_none())
+            });
+            let dir = dir.unwrap_or(cli.config.data_dir);
+            return backup::run(&file, &dir, store);
+        }
+        None => {}
     }
     if let Err(e) = inputs::choose_store(&mut cli.config) {
         eprintln!("sparky: {e}");

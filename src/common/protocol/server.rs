@@ -33,7 +33,10 @@ pub enum ServerFrame {
         /// This conversation's model.
         model: String,
         /// The models a new conversation may choose (`connect.model`), the default first.
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        /// Always sent, and never empty: a server that could not list its models yet (`auto`,
+        /// with the model server down) offers the conversation's model. Read as empty from a
+        /// server that left it out (before PROTOCOL.md version 3).
+        #[serde(default)]
         models: Vec<String>,
         /// The last turn of the current path (`0` when there is none).
         #[serde(default)]
@@ -408,12 +411,13 @@ mod tests {
                 tools_loaded: 1,
                 tools: vec!["clock".into()],
                 model: "m".into(),
-                models: Vec::new(),
+                models: vec!["m".into()],
                 leaf: TurnId(3),
             },
             None,
             json!({"type": "ready", "session_id": sid,
-                   "data": {"tools_loaded": 1, "tools": ["clock"], "model": "m", "leaf": 3}}),
+                   "data": {"tools_loaded": 1, "tools": ["clock"], "model": "m",
+                            "models": ["m"], "leaf": 3}}),
         );
         golden(
             ServerFrame::UserMessage {

@@ -185,13 +185,28 @@ impl SessionManager {
         mut subscriber: Subscriber,
     ) -> Result<Attachment, Refusal> {
         let engine = &self.inner.shared.engine;
-        let models = engine.model.models();
-        let ready = |session: &Session| ServerFrame::Ready {
-            tools_loaded: engine.tools.len(),
-            tools: engine.tools.names(),
-            model: engine.model.resolve(session.model().as_deref()),
-            models: models.clone(),
-            leaf: session.leaf(),
+        let listed = engine.model.models();
+        // A backend that could not list its models yet (`auto`, the model server down) offers
+        // its default, so that `ready.models` is never empty; choosing it follows the default.
+        let models = if listed.is_empty() {
+            vec![engine.model.name()]
+        } else {
+            listed.clone()
+        };
+        let ready = |session: &Session| {
+            let model = engine.model.resolve(session.model().as_deref());
+            ServerFrame::Ready {
+                tools_loaded: engine.tools.len(),
+                tools: engine.tools.names(),
+                // Never empty: at least the conversation's own model.
+                models: if listed.is_empty() {
+                    vec![model.clone()]
+                } else {
+                    listed.clone()
+                },
+                model,
+                leaf: session.leaf(),
+            }
         };
         let wanted = data.session_id.as_deref().and_then(SessionId::parse);
         // A session that leaves memory between the look-up and the attach is looked up again
@@ -217,7 +232,9 @@ impl SessionManager {
         // a conversation that chose none follows the server's default.
         let model = match data.model.as_deref() {
             None => None,
-            Some(name) if models.iter().any(|m| m == name) => Some(name.to_owned()),
+            Some(name) if models.iter().any(|m| m == name) => {
+                (!listed.is_empty()).then(|| name.to_owned())
+            }
             Some(name) => {
                 let name: String = name.chars().take(MODEL_NAME_SHOWN).collect();
                 return Err(Refusal::new(

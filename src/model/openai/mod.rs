@@ -125,6 +125,9 @@ pub struct RemoteModel {
     /// The context window the server reported (llama.cpp's `/props`, Ollama's `/api/show`);
     /// 0 until it did.
     window: AtomicU64,
+    /// True once the server showed itself to be llama.cpp's `llama-server` serving one model,
+    /// which answers to whatever model name it is asked for (see [`answers_any_name`]).
+    any_name: AtomicBool,
     /// True when the models are the server's list (`--model-name auto`).
     auto: bool,
     /// The models a conversation may choose, the default first; with `auto`, the server's
@@ -159,6 +162,7 @@ impl RemoteModel {
             health: parking_lot::Mutex::default(),
             usage_refused: AtomicBool::new(false),
             window: AtomicU64::new(0),
+            any_name: AtomicBool::new(false),
             auto,
             models: parking_lot::RwLock::new(models),
         }
@@ -177,13 +181,19 @@ impl RemoteModel {
         base.strip_suffix("/v1").unwrap_or(base)
     }
 
-    /// The context window, from llama.cpp's `GET /props` (`n_ctx`, at the top or under
-    /// `default_generation_settings`), else from Ollama's `POST /api/show` for the default
-    /// model (`num_ctx` in its parameters, else its `model_info`'s `*.context_length`);
-    /// `None` from servers that say neither.
-    fn ask_for_window(&self) -> Option<u64> {
-        let props = self
-            .read_json(self.agent().get(&format!("{}/props", self.root())).call())
+    /// llama.cpp's `GET /props`, or `None` from a server without it (or that wants a key
+    /// for it).
+    fn ask_for_props(&self) -> Option<Value> {
+        self.read_json(self.agent().get(&format!("{}/props", self.root())).call())
+            .filter(Value::is_object)
+    }
+
+    /// The context window, from llama.cpp's `GET /props` (`props`: `n_ctx`, at the top or
+    /// under `default_generation_settings`), else from Ollama's `POST /api/show` for the
+    /// default model (`num_ctx` in its parameters, else its `model_info`'s
+    /// `*.context_length`); `None` from servers that say neither.
+    fn ask_for_window(&self, props: Option<&Value>) -> Option<u64> {
+        let props = props
             .and_then(|props| {
                 props["n_ctx"]
                     .as_u64()
@@ -221,8 +231,9 @@ impl RemoteModel {
         serde_json::from_str(&body).ok()
     }
 
-    /// `GET {base_url}/models`: is the server there, and does it serve the model?
-    fn ask_for_models(&self) -> std::result::Result<(), ModelError> {
+    /// `GET {base_url}/models`: is the server there, and does it serve the model? `props` is
+    /// what `GET /props` answered, if it did: with llama.cpp's server, any name will do.
+    fn ask_for_models(&self, props: Option<&Value>) -> std::result::Result<(), ModelError> {
         let base = self.options.base_url.trim_end_matches('/');
         let server = || format!("the model server at {base}");
         let url = format!("{base}/models");
@@ -252,17 +263,17 @@ impl RemoteModel {
                 detail: error_message(&body),
             });
         }
-        let served: Vec<String> = serde_json::from_str::<Value>(&body)
+        let listed: Vec<Value> = serde_json::from_str::<Value>(&body)
             .ok()
-            .and_then(|value| {
-                value["data"].as_array().map(|models| {
-                    models
-                        .iter()
-                        .filter_map(|m| m["id"].as_str().map(str::to_owned))
-                        .collect()
-                })
+            .and_then(|mut value| match value["data"].take() {
+                Value::Array(models) => Some(models),
+                _ => None,
             })
             .unwrap_or_default();
+        let served: Vec<String> = listed
+            .iter()
+            .filter_map(|m| m["id"].as_str().map(str::to_owned))
+            .collect();
         if self.auto {
             let mut listed: Vec<String> = Vec::new();
             for name in served {
@@ -287,8 +298,17 @@ impl RemoteModel {
             }
             return Ok(());
         }
-        // Some servers (llama.cpp's) serve whatever name is asked for; an empty or unreadable
-        // list is no evidence against a model.
+        // llama.cpp's server with one model answers to whatever name is asked for, and an
+        // empty or unreadable list is no evidence against a model.
+        if answers_any_name(props, &listed) {
+            if !self.any_name.swap(true, Ordering::Relaxed) {
+                log::info!(
+                    "model: the server is llama.cpp's, serving {}, whatever name is asked for",
+                    served.join(", ")
+                );
+            }
+            return Ok(());
+        }
         let missing: Vec<String> = self
             .models
             .read()
@@ -392,10 +412,11 @@ impl ModelBackend for RemoteModel {
     }
 
     fn probe(&self) -> Option<std::result::Result<(), ModelError>> {
-        if let Some(window) = self.ask_for_window() {
+        let props = self.ask_for_props();
+        if let Some(window) = self.ask_for_window(props.as_ref()) {
             self.window.store(window, Ordering::Relaxed);
         }
-        let outcome = self.ask_for_models();
+        let outcome = self.ask_for_models(props.as_ref());
         self.record(outcome.as_ref().map(|_| ()).map_err(|e| e as _));
         Some(outcome)
     }
@@ -408,7 +429,7 @@ impl ModelBackend for RemoteModel {
     ) -> Result<ModelReply> {
         // With `auto`, a server that has not listed its models yet is asked now.
         if self.auto && self.models.read().is_empty() {
-            let listed = self.ask_for_models();
+            let listed = self.ask_for_models(None);
             self.record(listed.as_ref().map(|_| ()).map_err(|e| e as _));
             listed.map_err(|e| self.error(Failure::Fatal(e.to_string())))?;
         }
@@ -497,9 +518,54 @@ fn ollama_window(show: &Value) -> Option<u64> {
     configured.or_else(trained).filter(|n| *n > 0)
 }
 
+/// True when the server is llama.cpp's `llama-server` serving one model, which answers to any
+/// model name: its `GET /props` (`props`) answered as llama.cpp's does (`model_path`, or
+/// `default_generation_settings`) and not as its router (`role: router`, which loads the model
+/// each request names), or, when `/props` did not answer (it may want an API key that
+/// `/models` does not), every model it lists is `owned_by: llamacpp` with no `status` (which
+/// only the router's list has).
+fn answers_any_name(props: Option<&Value>, listed: &[Value]) -> bool {
+    match props {
+        Some(props) if props["role"] == "router" => false,
+        Some(props)
+            if props.get("model_path").is_some()
+                || props.get("default_generation_settings").is_some() =>
+        {
+            true
+        }
+        _ => {
+            !listed.is_empty()
+                && listed
+                    .iter()
+                    .all(|m| m["owned_by"] == "llamacpp" && m.get("status").is_none())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn llama_cpp_with_one_model_answers_to_any_name_and_its_router_does_not() {
+        let one = [json!({"id": "smollm2.gguf", "object": "model", "owned_by": "llamacpp"})];
+        let props = json!({"model_path": "/m/smollm2.gguf",
+                           "default_generation_settings": {"n_ctx": 2048}});
+        assert!(answers_any_name(Some(&props), &one));
+        // `/props` wanted a key: the list alone tells.
+        assert!(answers_any_name(None, &one));
+        // The router names its models and loads the one a request names.
+        let router = json!({"role": "router", "model_path": "none",
+                            "default_generation_settings": {"n_ctx": 0}});
+        let routed = [json!({"id": "a", "owned_by": "llamacpp", "status": {"value": "loaded"}})];
+        assert!(!answers_any_name(Some(&router), &routed));
+        assert!(!answers_any_name(None, &routed));
+        // Others (Ollama, vLLM, OpenAI) serve only what they list.
+        let ollama = [json!({"id": "llama3.1:latest", "owned_by": "library"})];
+        assert!(!answers_any_name(None, &ollama));
+        assert!(!answers_any_name(None, &[]));
+        assert!(!answers_any_name(Some(&json!({"error": "nope"})), &ollama));
+    }
 
     #[test]
     fn the_key_is_not_in_debug_output() {

@@ -10,10 +10,11 @@
 //!
 //! What is stored, and how it is read back, is the shared logic's (`plan/`); `db.rs` runs its
 //! statements on these connections, `schema.rs` holds the migrations, `export.rs` reads
-//! everything for `sparky migrate-store`.
+//! everything for `sparky migrate-store`, `backup.rs` copies the file for `sparky backup`.
 //!
 //! Depends on: `common::error`, `store`, `store::plan`, `store::plan::batch`, `store::sqlite::db`, `store::sqlite::schema`.
 
+mod backup;
 mod db;
 mod export;
 pub(super) mod schema;
@@ -32,6 +33,7 @@ use super::plan::{Backend, Counters, Dialect, Keys, View, Work, Write, apply};
 use super::{StoreStatus, WriteOp};
 use crate::common::error::{Error, Result};
 
+pub use self::backup::BackupReport;
 pub use self::db::fts_queries;
 
 /// The database file inside the data directory.
