@@ -161,6 +161,7 @@ fn branched(
         parents.push(parent);
         ops.push(event(
             ServerFrame::UserMessage {
+                attachments: Vec::new(),
                 turn_id,
                 parent: Some(TurnId(parent)),
                 text: text.clone(),

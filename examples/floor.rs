@@ -150,6 +150,7 @@ fn serve(stream: TcpStream, greeting: &Greeting) -> tungstenite::Result<()> {
                 let turn_id = TurnId(turn);
                 let frames = [
                     ServerFrame::UserMessage {
+                        attachments: Vec::new(),
                         turn_id,
                         parent: Some(TurnId(turn - 1)),
                         text: message.text.clone(),

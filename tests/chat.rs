@@ -70,6 +70,7 @@ fn a_plain_turn_is_user_message_thought_message_numbered_from_one() {
     assert_eq!(
         frames[0].frame,
         ServerFrame::UserMessage {
+            attachments: Vec::new(),
             turn_id: TurnId(1),
             parent: Some(TurnId(0)),
             text: "hello there".into(),

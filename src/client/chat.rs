@@ -523,6 +523,7 @@ impl Chat {
                     }
                     None => {
                         let frame = ClientFrame::Message(MessageData {
+                            attachments: Vec::new(),
                             text: line,
                             client_id: None,
                         });

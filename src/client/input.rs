@@ -58,6 +58,7 @@ pub fn parse_line(line: &str) -> Option<Command> {
         },
         other => parse_branch_command(other).unwrap_or_else(|| {
             Command::Send(ClientFrame::Message(MessageData {
+                attachments: Vec::new(),
                 text: line.to_owned(),
                 client_id: None,
             }))
@@ -77,6 +78,7 @@ fn parse_branch_command(line: &str) -> Option<Command> {
     let command = match (word, turn) {
         ("/edit", Some(turn_id)) if !text.is_empty() => {
             Command::Send(ClientFrame::Edit(EditData {
+                attachments: Vec::new(),
                 turn_id,
                 text: text.to_owned(),
                 client_id: None,
@@ -166,6 +168,7 @@ mod tests {
         assert_eq!(
             parse_line("/edit 3 better words"),
             Some(Command::Send(ClientFrame::Edit(EditData {
+                attachments: Vec::new(),
                 turn_id: TurnId(3),
                 text: "better words".into(),
                 client_id: None,
@@ -182,6 +185,7 @@ mod tests {
         assert_eq!(
             parse_line("/calc 1+2"),
             Some(Command::Send(ClientFrame::Message(MessageData {
+                attachments: Vec::new(),
                 text: "/calc 1+2".into(),
                 client_id: None,
             })))

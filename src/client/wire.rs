@@ -227,6 +227,7 @@ mod tests {
     #[test]
     fn turn_starting_frames_get_one_client_id_each() {
         let frame = with_client_id(ClientFrame::Message(MessageData {
+            attachments: Vec::new(),
             text: "hi".into(),
             client_id: None,
         }));

@@ -142,6 +142,27 @@ pub struct Config {
     // Held in bytes.
     #[arg(long = "max-store-mib", value_name = "MIB", value_parser = mib_as_bytes)]
     pub max_store_bytes: Option<u64>,
+    /// The largest file one upload may be, in MiB; a larger one gets 413.
+    // Held in bytes.
+    #[arg(long = "max-upload-mib", value_name = "MIB", default_value = "25", value_parser = mib_as_bytes)]
+    pub max_upload_bytes: u64,
+    /// The most MiB one principal's files may hold (identical files counted once); an upload
+    /// past it gets 507. `off`: no quota.
+    // Held in bytes; the full path keeps clap from reading `Option` as "the flag may be absent".
+    #[arg(long = "file-quota-mib", value_name = "MIB|off", default_value = "1024", value_parser = mib_or_off)]
+    pub file_quota_bytes: std::option::Option<u64>,
+    /// How long reading one document's text may take (PDF, HTML, DOCX), e.g. 30s; past it the
+    /// file gets a note that its text could not be read.
+    #[arg(long, default_value = "30s", value_parser = positive_duration)]
+    pub extract_timeout: Duration,
+    /// The most memory reading one document's text may use, in MiB (the reader is a child
+    /// process held to it).
+    #[arg(long = "extract-memory-mib", value_name = "MIB", default_value = "512", value_parser = mib_as_bytes)]
+    pub extract_memory_bytes: u64,
+    /// The program that reads documents' text, run as `PROGRAM extract-text` (default: this
+    /// binary). Tests that run the server in process point it at the built `sparky`.
+    #[arg(long, value_name = "PROGRAM", hide = true)]
+    pub extractor: Option<PathBuf>,
     /// Conversations one principal (token) may keep; a connect that would create one more
     /// gets server_busy.
     #[arg(long, default_value_t = 50_000, value_parser = at_least_one::<u64>)]
@@ -373,6 +394,11 @@ impl fmt::Debug for Config {
             max_connections_per_session,
             max_sessions,
             max_store_bytes,
+            max_upload_bytes,
+            file_quota_bytes,
+            extract_timeout,
+            extract_memory_bytes,
+            extractor,
             max_conversations_per_principal,
             new_conversation_rate,
             max_running_turns,
@@ -482,6 +508,14 @@ where
         Ok(_) => Err("must be at least 1".to_owned()),
         Err(_) => Err(format!("{text:?} is not a whole number")),
     }
+}
+
+/// A number of MiB as bytes, or `off` for none.
+fn mib_or_off(text: &str) -> Result<Option<u64>, String> {
+    if text == "off" {
+        return Ok(None);
+    }
+    mib_as_bytes(text).map(Some)
 }
 
 /// A number of MiB, at least 1, as bytes.

@@ -129,6 +129,7 @@ impl ToolCalls<'_> {
                     None => run(i),
                 };
                 let result = ServerFrame::ToolResult {
+                    attachments: Vec::new(),
                     turn_id,
                     call_id: call.id.clone(),
                     name: call.name.clone(),

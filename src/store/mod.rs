@@ -25,6 +25,7 @@
 mod cluster;
 mod copy;
 mod exported;
+mod files;
 mod plan;
 mod postgres;
 mod sqlite;
@@ -43,6 +44,10 @@ use crate::model::ChatMessage;
 pub use cluster::{Cluster, LEASE_TTL, Notice, Signal, Solo};
 pub use copy::copy_sqlite_to_postgres;
 pub use exported::CopyReport;
+pub use files::{
+    BLOB_CHUNK, FileStore, NewChunk, NewFile, StoredFile, TextChunk, TextState, Upload,
+    UploadLimits, safe_name,
+};
 pub use postgres::{POSTGRES_SCHEMA_VERSION, PostgresStore};
 pub use sqlite::{BackupReport, DATABASE_FILE, SqliteStore, fts_queries};
 pub use tree::{TreeTurn, TurnTree};

@@ -102,8 +102,13 @@ pub enum HistoryRole {
 /// The `data` of a `message` frame.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MessageData {
-    /// The user's text; never empty.
+    /// The user's text; empty only when `attachments` is not.
+    #[serde(default)]
     pub text: String,
+    /// Files uploaded with `POST /api/files`, by id: at most [`MAX_ATTACHMENTS`], each the
+    /// sender's own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<String>,
     /// The client's name for this frame, so that a retry of it runs once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
@@ -114,8 +119,12 @@ pub struct MessageData {
 pub struct EditData {
     /// The turn whose user message this replaces.
     pub turn_id: TurnId,
-    /// The new text; never empty.
+    /// The new text; empty only when `attachments` is not.
+    #[serde(default)]
     pub text: String,
+    /// As [`MessageData::attachments`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<String>,
     /// As [`MessageData::client_id`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
@@ -230,13 +239,19 @@ pub fn decode_client_frame(text: &str) -> Result<ClientFrame, DecodeError> {
             format!("bad {frame_type} data: {e}"),
         )
     })?;
-    let (text, client_id) = match &frame {
-        ClientFrame::Message(m) => (Some(&m.text), m.client_id.as_ref()),
-        ClientFrame::Edit(e) => (Some(&e.text), e.client_id.as_ref()),
-        ClientFrame::Regenerate(r) => (None, r.client_id.as_ref()),
-        _ => (None, None),
+    let (text, attachments, client_id) = match &frame {
+        ClientFrame::Message(m) => (Some(&m.text), &m.attachments[..], m.client_id.as_ref()),
+        ClientFrame::Edit(e) => (Some(&e.text), &e.attachments[..], e.client_id.as_ref()),
+        ClientFrame::Regenerate(r) => (None, &[][..], r.client_id.as_ref()),
+        _ => (None, &[][..], None),
     };
-    if text.is_some_and(String::is_empty) {
+    if attachments.len() > MAX_ATTACHMENTS {
+        return Err(DecodeError::new(
+            ErrorCode::InvalidMessage,
+            format!("at most {MAX_ATTACHMENTS} attachments"),
+        ));
+    }
+    if text.is_some_and(String::is_empty) && attachments.is_empty() {
         return Err(DecodeError::new(
             ErrorCode::InvalidMessage,
             format!("{frame_type} text is empty"),
@@ -250,6 +265,9 @@ pub fn decode_client_frame(text: &str) -> Result<ClientFrame, DecodeError> {
     }
     Ok(frame)
 }
+
+/// The most files one `message` or `edit` may carry (PROTOCOL.md section 3).
+pub const MAX_ATTACHMENTS: usize = 16;
 
 /// The deepest nesting of arrays and objects a client frame may have. Real frames need 4; the
 /// limit keeps parsing (which recurses) far from the bottom of a connection thread's small
@@ -305,6 +323,7 @@ mod tests {
             decode_client_frame(r#"{"type":"message","data":{"text":"hi","extra":1},"x":2}"#),
             Ok(ClientFrame::Message(MessageData {
                 text: "hi".into(),
+                attachments: Vec::new(),
                 client_id: None
             }))
         );

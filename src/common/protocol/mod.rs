@@ -18,9 +18,24 @@ use serde::{Deserialize, Serialize};
 
 pub use client::{
     ApproveData, ClientFrame, ConnectData, DecodeError, EditData, HistoryEntry, HistoryRole,
-    MAX_CLIENT_ID_CHARS, MAX_NESTING, MessageData, RegenerateData, SwitchData, decode_client_frame,
+    MAX_ATTACHMENTS, MAX_CLIENT_ID_CHARS, MAX_NESTING, MessageData, RegenerateData, SwitchData,
+    decode_client_frame,
 };
 pub use server::{ServerEnvelope, ServerFrame, StatusCode, StatusData, ToolStatus, Usage, encode};
+
+/// A stored file as frames name it: on a `user_message` (the files the user attached) and on a
+/// `tool_result` (the files a tool returned), fetched with `GET /api/files/{id}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    /// The file's id (32 hex characters).
+    pub id: String,
+    /// Its name, as the uploader gave it (made safe).
+    pub name: String,
+    /// Its type, decided by its bytes.
+    pub content_type: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
 
 /// A session id issued by the server: 128 random bits written as 32 lowercase hex characters.
 ///

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{ErrorCode, SessionId, TurnId};
+use super::{Attachment, ErrorCode, SessionId, TurnId};
 
 /// A frame the server sends (PROTOCOL.md sections 4 and 5).
 ///
@@ -52,6 +52,9 @@ pub enum ServerFrame {
         parent: Option<TurnId>,
         /// The user's text.
         text: String,
+        /// The files the user attached.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        attachments: Vec<Attachment>,
         /// The client's name for the frame that started it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         client_id: Option<String>,
@@ -97,6 +100,9 @@ pub enum ServerFrame {
         status: ToolStatus,
         /// The tool's output, or what went wrong.
         result: String,
+        /// The files the tool returned, stored (never inlined in `result`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        attachments: Vec<Attachment>,
     },
     /// A tool call waits for a person to allow it (`approve`); its `tool_use` came first.
     ApprovalRequest {
@@ -421,6 +427,7 @@ mod tests {
         );
         golden(
             ServerFrame::UserMessage {
+                attachments: Vec::new(),
                 turn_id: TurnId(1),
                 parent: Some(TurnId(0)),
                 text: "hi".into(),
@@ -434,6 +441,7 @@ mod tests {
         );
         golden(
             ServerFrame::UserMessage {
+                attachments: Vec::new(),
                 turn_id: TurnId(4),
                 parent: Some(TurnId(1)),
                 text: "again".into(),
@@ -473,6 +481,7 @@ mod tests {
         );
         golden(
             ServerFrame::ToolResult {
+                attachments: Vec::new(),
                 turn_id: TurnId(1),
                 call_id: "c1".into(),
                 name: "clock".into(),

@@ -397,6 +397,7 @@ impl Session {
         } = opening;
         let turn_id = TurnId(state.tree.open(parent, client_id.clone()));
         let frame = ServerFrame::UserMessage {
+            attachments: Vec::new(),
             turn_id,
             parent: Some(TurnId(parent)),
             text: text.clone(),
@@ -907,6 +908,7 @@ impl Session {
         // Calls that waited for a person are answered first, so that no request stays open.
         for (call_id, name) in waiting_approvals(&state.log, TurnId(turn_id)) {
             let result = ServerFrame::ToolResult {
+                attachments: Vec::new(),
                 turn_id: TurnId(turn_id),
                 call_id,
                 name,
