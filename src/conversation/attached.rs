@@ -147,15 +147,15 @@ impl TurnFiles<'_> {
         match state {
             Ok(Some(TextState::Ready { chunks, chars })) => {
                 let chars = usize::try_from(chars).unwrap_or(usize::MAX);
-                if chars <= INLINE_CHARS.min(*inline_left) {
-                    if let Ok(read) = self.library.store().chunks(self.owner, &file.id, 0, chunks) {
-                        *inline_left -= chars;
-                        return read
-                            .iter()
-                            .map(|chunk| chunk.text.as_str())
-                            .collect::<Vec<_>>()
-                            .join("\n");
-                    }
+                if chars <= INLINE_CHARS.min(*inline_left)
+                    && let Ok(read) = self.library.store().chunks(self.owner, &file.id, 0, chunks)
+                {
+                    *inline_left -= chars;
+                    return read
+                        .iter()
+                        .map(|chunk| chunk.text.as_str())
+                        .collect::<Vec<_>>()
+                        .join("\n");
                 }
                 long.push(file);
                 format!(
