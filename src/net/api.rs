@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 
 use crate::common::auth::{Auth, Principal};
 use crate::common::error::Error;
-use crate::common::protocol::{SessionId, Usage};
+use crate::common::protocol::{Attachment, SessionId, Usage};
 use crate::conversation::session::Conversation;
 use crate::net::http::{Body, JsonList, RequestHead, Response};
 use crate::net::routes::{Found, Route, RouteContext, allow, find};
@@ -202,8 +202,8 @@ struct TurnJson {
     turn_id: u64,
     parent: u64,
     text: String,
-    /// Files come with issue 23; a turn has none yet.
-    attachments: [(); 0],
+    /// The files its user message carried.
+    attachments: Vec<Attachment>,
     created_at: String,
     closing: Option<&'static str>,
 }
@@ -219,7 +219,7 @@ impl From<TurnsPage> for TurnsJson {
                     turn_id: turn.turn_id,
                     parent: turn.parent,
                     text: turn.text,
-                    attachments: [],
+                    attachments: turn.attachments,
                     created_at: rfc3339(turn.created_at),
                     closing: turn.closing.map(|closing| closing.as_str()),
                 })

@@ -6,7 +6,7 @@
 //!
 //! Only this file, `http.rs`, `outbound.rs` and `connection.rs` touch client sockets.
 //!
-//! Depends on: `common::auth`, `common::config`, `common::error`, `common::metrics`, `conversation::bot`, `conversation::cluster`, `conversation::journal`, `conversation::memory`, `conversation::session`, `model`, `model::embed`, `model::offline`, `net::admission`, `net::api`, `net::connection`, `net::handler`, `net::http`, `net::inbound`, `net::outbound`, `net::policy`, `net::routes`, `net::shutdown`, `net::wake`, `store`, `store::cluster`, `store::postgres`, `store::sqlite`, `tools`, `tools::mcp`.
+//! Depends on: `common::auth`, `common::config`, `common::error`, `common::metrics`, `conversation::bot`, `conversation::cluster`, `conversation::journal`, `conversation::memory`, `conversation::session`, `files`, `model`, `model::embed`, `model::offline`, `net::admission`, `net::api`, `net::connection`, `net::handler`, `net::http`, `net::inbound`, `net::outbound`, `net::policy`, `net::routes`, `net::shutdown`, `net::wake`, `store`, `store::cluster`, `store::files`, `store::postgres`, `store::sqlite`, `tools`, `tools::files`, `tools::mcp`.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -28,6 +28,7 @@ use crate::conversation::cluster::ClusterThread;
 use crate::conversation::journal::Journal;
 use crate::conversation::memory::SemanticGraph;
 use crate::conversation::session::{SessionManager, Turns};
+use crate::files::Library;
 use crate::model::ModelBackend;
 use crate::model::embed::{Embed, EmbedOptions, RemoteEmbedder};
 use crate::model::offline::OfflineModel;
@@ -42,7 +43,9 @@ use crate::net::policy::{self, HostPolicy};
 use crate::net::routes::{Reply, RouteContext};
 use crate::net::shutdown::Shutdown;
 use crate::net::wake::{self, Sleeper};
-use crate::store::{Cluster, ConversationStore, GraphStore, PostgresStore, Solo, SqliteStore};
+use crate::store::{
+    Cluster, ConversationStore, FileStore, GraphStore, PostgresStore, Solo, SqliteStore,
+};
 use crate::tools::ToolChain;
 use crate::tools::mcp::{self, McpServers};
 
@@ -156,14 +159,18 @@ pub fn spawn_with(
     // Before any connection: the signal that wakes a connection thread needs its handler.
     wake::install().map_err(|e| Error::io("wake-up signal", e))?;
     let metrics = Arc::new(Metrics::default());
-    let (conversations, graph, cluster) = open_store(&config)?;
+    let (conversations, graph, cluster, files) = open_store(&config)?;
     // Before the journal starts, so that nothing else writes meanwhile.
     migrate_owners(conversations.as_ref(), graph.as_ref(), &config.auth_tokens)?;
     let graph = with_embeddings(graph, &config)?;
     let api_graph = graph.clone();
     let store = conversations.clone();
     let journal = Journal::spawn(conversations.clone(), metrics.clone())?;
+    let library = Library::new(files.clone(), &config, metrics.clone());
     let mut tools = ToolChain::standard(&graph);
+    for tool in crate::tools::files::all(&library) {
+        tools.add(tool);
+    }
     if let Some(mcp) = &mcp {
         tools.set_source(mcp.source());
     }
@@ -178,7 +185,7 @@ pub fn spawn_with(
         metrics: metrics.clone(),
         context_tokens: config.context_tokens,
         approval_timeout: config.approval_timeout,
-        files: None,
+        files: Some(library),
         system_prompt: match &config.system_prompt {
             Some(prompt) => Some(prompt.as_str().into()),
             None => Some(crate::conversation::bot::DEFAULT_SYSTEM_PROMPT.into()),
@@ -191,7 +198,7 @@ pub fn spawn_with(
         engine,
         metrics.clone(),
         journal.clone(),
-        (conversations, cluster.clone()),
+        (conversations, cluster.clone(), files.clone()),
         turns.clone(),
     );
     let cluster = ClusterThread::spawn(sessions.clone(), cluster, metrics.clone())?;
@@ -207,6 +214,7 @@ pub fn spawn_with(
             store,
             journal: journal.clone(),
             graph: api_graph,
+            files: files.clone(),
             model,
             tools,
             metrics: metrics.clone(),
@@ -218,6 +226,7 @@ pub fn spawn_with(
         ctx: ConnectionContext {
             config: config.clone(),
             sessions,
+            files,
             metrics,
             shutdown,
             auth,
@@ -461,7 +470,7 @@ fn open_store(config: &Config) -> Result<Stores> {
         let store = Arc::new(PostgresStore::connect(url, config.store_pool)?);
         store.set_size_limit(config.max_store_bytes)?;
         store.set_search_budget(config.search_budget);
-        return Ok((store.clone(), store.clone(), store));
+        return Ok((store.clone(), store.clone(), store.clone(), store));
     }
     let store = Arc::new(if config.in_memory {
         SqliteStore::in_memory()?
@@ -472,14 +481,16 @@ fn open_store(config: &Config) -> Result<Stores> {
         store.set_size_limit(Some(bytes))?;
     }
     store.set_search_budget(config.search_budget);
-    Ok((store.clone(), store, Arc::new(Solo)))
+    Ok((store.clone(), store.clone(), Arc::new(Solo), store))
 }
 
-/// The store as each of its users sees it: conversations, the graph, the cluster.
+/// The store as each of its users sees it: conversations, the graph, the cluster, files
+/// (`--in-memory` keeps them in its in-memory SQLite database too).
 type Stores = (
     Arc<dyn ConversationStore>,
     Arc<dyn GraphStore>,
     Arc<dyn Cluster>,
+    Arc<dyn FileStore>,
 );
 
 /// Moves what earlier versions stored under a token's SHA-1 fingerprint to its SHA-256 one, for

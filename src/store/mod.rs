@@ -61,7 +61,7 @@ pub const MAX_SEARCH_WORDS: usize = 16;
 
 /// The SQLite schema version this build writes. A store with a higher one was written by a
 /// newer Sparky and is refused. (PostgreSQL's is [`POSTGRES_SCHEMA_VERSION`].)
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// The owner of everything when the server requires no token.
 pub const LOCAL_OWNER: &str = "local";
@@ -293,6 +293,8 @@ pub struct TurnSummary {
     pub parent: u64,
     /// The user's text.
     pub text: String,
+    /// The files its user message carried.
+    pub attachments: Vec<crate::common::protocol::Attachment>,
     /// Unix seconds.
     pub created_at: i64,
     /// How it closed; `None` while it runs.

@@ -11,7 +11,7 @@ use super::{
     messages_from_newest, role_from, small, summary_columns, unix_now,
 };
 use crate::common::error::Result;
-use crate::common::protocol::{SessionId, Usage};
+use crate::common::protocol::{Attachment, ServerEnvelope, ServerFrame, SessionId, Usage};
 use crate::model::ChatMessage;
 use crate::store::{Closing, TreeTurn, TurnSummary, TurnTree, TurnsPage};
 use crate::store::{
@@ -21,8 +21,12 @@ use crate::store::{
 
 const LOAD_SESSION: &str = "SELECT key, owner, user_id, personality, last_seq, turns, \
      open_turn, open_text, leaf, model FROM sessions WHERE id = ?1";
-const LOAD_TREE: &str = "SELECT turn_id, parent, reset, client_id FROM turns \
-     WHERE session_key = ?1 ORDER BY turn_id";
+/// Each turn, and its `user_message` when that carried files (the event is where a turn's
+/// files are kept; the pattern cannot match inside a JSON string, where quotes are escaped).
+const LOAD_TREE: &str = "SELECT t.turn_id, t.parent, t.reset, t.client_id, \
+     CASE WHEN e.body LIKE '%\"attachments\":[%' THEN e.body END FROM turns t \
+     LEFT JOIN events e ON e.session_key = t.session_key AND e.seq = t.opened_seq \
+     WHERE t.session_key = ?1 ORDER BY t.turn_id";
 const NEXT_MESSAGE: &str = "SELECT coalesce(max(idx) + 1, 0) FROM messages WHERE session_key = ?1";
 /// Messages newest first, from `?2` down, of every turn: a path's are picked from them as they
 /// stream, and the read stops once it has enough.
@@ -125,7 +129,7 @@ impl<B: Backend> ConversationStore for B {
                     parent: small(row.int(1)?),
                     created_at: row.int(2)?,
                     closing: row.opt_text(3)?.as_deref().and_then(Closing::parse),
-                    text: user_text(&row.text(4)?),
+                    ..TurnSummary::opened(&row.text(4)?)
                 })
             })?;
             // The leaf as a session would read it: a stored leaf out of range is the newest.
@@ -386,7 +390,10 @@ fn load<E>(
                 parent: small(row.int(1)?),
                 reset: row.flag(2)?,
                 client_id: row.opt_text(3)?,
-                attachments: Vec::new(),
+                attachments: row
+                    .opt_text(4)?
+                    .map(|body| opened_with(&body).1)
+                    .unwrap_or_default(),
             },
         ))
     })?;
@@ -439,10 +446,32 @@ fn path_messages<E>(
 
 /// The user's text in a stored `user_message` event (empty when it cannot be read).
 fn user_text(body: &str) -> String {
-    serde_json::from_str::<serde_json::Value>(body)
-        .ok()
-        .and_then(|frame| frame["data"]["text"].as_str().map(str::to_owned))
-        .unwrap_or_default()
+    opened_with(body).0
+}
+
+/// The text and the files of the `user_message` event `body`.
+fn opened_with(body: &str) -> (String, Vec<Attachment>) {
+    match serde_json::from_str::<ServerEnvelope>(body).map(|envelope| envelope.frame) {
+        Ok(ServerFrame::UserMessage {
+            text, attachments, ..
+        }) => (text, attachments),
+        _ => (String::new(), Vec::new()),
+    }
+}
+
+impl TurnSummary {
+    /// A turn as its `user_message` event `body` opened it; the rest is left empty.
+    fn opened(body: &str) -> Self {
+        let (text, attachments) = opened_with(body);
+        TurnSummary {
+            turn_id: 0,
+            parent: 0,
+            text,
+            attachments,
+            created_at: 0,
+            closing: None,
+        }
+    }
 }
 
 /// A message as [`PATH_MESSAGES`] reads it (its first column is its turn).
