@@ -128,7 +128,7 @@ pub fn serves(path: &str) -> bool {
 pub fn answer(ctx: &RouteContext, head: &RequestHead, body: &[u8]) -> Response {
     let Some(principal) = principal(head, &ctx.auth) else {
         return Response {
-            content_type: "application/json".into(),
+            content_type: "application/json",
             extra_headers: &[("WWW-Authenticate", "Bearer")],
             ..Response::text(
                 401,
@@ -301,7 +301,7 @@ impl From<Node> for MemoryJson {
 fn json(status: u16, reason: &'static str, body: &impl Serialize) -> Response {
     let text = serde_json::to_string(body).unwrap_or_else(|_| "{}".into());
     Response {
-        content_type: "application/json".into(),
+        content_type: "application/json",
         ..Response::text(status, reason, &text)
     }
 }
@@ -458,7 +458,7 @@ fn events(ctx: &RouteContext, request: &ApiRequest<'_>) -> Response {
                 .filter(|body| serde_json::from_str::<&RawValue>(body).is_ok())
                 .collect();
             Response {
-                content_type: "application/json".into(),
+                content_type: "application/json",
                 body: Body::JsonList(Box::new(JsonList {
                     key: "events",
                     items,

@@ -429,14 +429,11 @@ pub struct Response {
     pub status: u16,
     /// The reason phrase.
     pub reason: &'static str,
-    /// The `Content-Type`.
-    pub content_type: Cow<'static, str>,
+    /// The `Content-Type` (a [`Body::Stream`] brings its own).
+    pub content_type: &'static str,
     /// Headers beyond the fixed ones (`Content-Type`, `Content-Length`, `Cache-Control`,
     /// `Connection`).
     pub extra_headers: &'static [(&'static str, &'static str)],
-    /// Headers made for this response alone (a file's `Content-Disposition`), written after
-    /// `extra_headers`; control characters in their values are left out.
-    pub headers: Vec<(&'static str, String)>,
     /// The `Cache-Control` value: `no-store` but for versioned assets.
     pub cache_control: &'static str,
     /// The methods an `Allow` header names, for a `405`; no header when empty.
@@ -453,16 +450,17 @@ pub enum Body {
     /// A JSON list, written piece by piece (see [`JsonList`]). Boxed, so that a response stays
     /// small to move around.
     JsonList(Box<JsonList>),
-    /// Bytes that come from elsewhere (a stored file), written as they come.
-    Stream(Streamed),
+    /// Bytes that come from elsewhere (a stored file), written as they come, with the headers
+    /// that describe them. Boxed, as a list is.
+    Stream(Box<Streamed>),
 }
 
 /// A body whose bytes are written as they come from elsewhere, never gathered: a stored file.
 pub trait StreamBody: fmt::Debug + Send + Sync {
     /// How many bytes it writes, for `Content-Length`.
-    fn len(&self) -> usize;
+    fn size(&self) -> usize;
 
-    /// Writes exactly [`StreamBody::len`] bytes to `out`.
+    /// Writes exactly [`StreamBody::size`] bytes to `out`.
     ///
     /// # Errors
     ///
@@ -471,13 +469,24 @@ pub trait StreamBody: fmt::Debug + Send + Sync {
     fn write_to(&self, out: &mut dyn Write) -> io::Result<()>;
 }
 
-/// A [`StreamBody`] as [`Body::Stream`] holds it: two are equal when they are the same one.
+/// A [`StreamBody`] as [`Body::Stream`] holds it, with the headers made for it. Two are equal
+/// when their headers are and their bytes come from the same source.
 #[derive(Debug, Clone)]
-pub struct Streamed(pub Arc<dyn StreamBody>);
+pub struct Streamed {
+    /// Its `Content-Type`, which the response's gives way to.
+    pub content_type: String,
+    /// Headers that describe it (a file's `Content-Disposition`), written after the
+    /// response's `extra_headers`.
+    pub headers: Vec<(&'static str, String)>,
+    /// Where its bytes come from.
+    pub source: Arc<dyn StreamBody>,
+}
 
 impl PartialEq for Streamed {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
+        self.content_type == other.content_type
+            && self.headers == other.headers
+            && Arc::ptr_eq(&self.source, &other.source)
     }
 }
 
@@ -507,7 +516,7 @@ impl Body {
                     + items.iter().map(String::len).sum::<usize>()
                     + items.len().saturating_sub(1)
             }
-            Body::Stream(stream) => stream.0.len(),
+            Body::Stream(stream) => stream.source.size(),
         }
     }
 
@@ -531,7 +540,7 @@ impl Body {
                 }
                 out.write_all(b"]}")
             }
-            Body::Stream(stream) => stream.0.write_to(out),
+            Body::Stream(stream) => stream.source.write_to(out),
         }
     }
 }
@@ -542,9 +551,8 @@ impl Response {
         Response {
             status,
             reason,
-            content_type: Cow::Borrowed("text/plain; charset=utf-8"),
+            content_type: "text/plain; charset=utf-8",
             extra_headers: &[],
-            headers: Vec::new(),
             cache_control: NO_STORE,
             allow: Vec::new(),
             body: Body::Text(body.to_owned()),
@@ -569,11 +577,18 @@ impl Response {
     pub fn write(&self, stream: &mut impl Write, with_body: bool) -> io::Result<()> {
         // Small pieces (a list's commas) gather here; large ones pass straight through.
         let mut out = io::BufWriter::with_capacity(WRITE_BUFFER_BYTES, stream);
+        let (content_type, made) = match &self.body {
+            Body::Stream(stream) => (
+                without_controls(&stream.content_type),
+                stream.headers.as_slice(),
+            ),
+            Body::Text(_) | Body::JsonList(_) => (Cow::Borrowed(self.content_type), &[][..]),
+        };
         let mut head = format!(
             "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: {}\r\nConnection: close\r\n",
             self.status,
             self.reason,
-            without_controls(&self.content_type),
+            content_type,
             self.body.len(),
             self.cache_control
         );
@@ -583,7 +598,7 @@ impl Response {
         for (name, value) in self.extra_headers {
             head.push_str(&format!("{name}: {value}\r\n"));
         }
-        for (name, value) in &self.headers {
+        for (name, value) in made {
             head.push_str(&format!("{name}: {}\r\n", without_controls(value)));
         }
         head.push_str("\r\n");
@@ -869,7 +884,7 @@ mod tests {
     struct Pieces(Vec<&'static [u8]>);
 
     impl StreamBody for Pieces {
-        fn len(&self) -> usize {
+        fn size(&self) -> usize {
             self.0.iter().map(|piece| piece.len()).sum()
         }
 
@@ -881,12 +896,15 @@ mod tests {
     #[test]
     fn a_streamed_body_is_written_as_it_comes_and_made_headers_lose_their_controls() {
         let response = Response {
-            content_type: "image/png\r\nX-Evil: 1".to_owned().into(),
-            headers: vec![(
-                "Content-Disposition",
-                "attachment; filename=\"a\r\nb\"".into(),
-            )],
-            body: Body::Stream(Streamed(Arc::new(Pieces(vec![b"ab", b"", b"cde"])))),
+            content_type: "text/plain",
+            body: Body::Stream(Box::new(Streamed {
+                content_type: "image/png\r\nX-Evil: 1".to_owned(),
+                headers: vec![(
+                    "Content-Disposition",
+                    "attachment; filename=\"a\r\nb\"".into(),
+                )],
+                source: Arc::new(Pieces(vec![b"ab", b"", b"cde"])),
+            })),
             ..Response::text(200, "OK", "")
         };
         let mut out = Vec::new();

@@ -275,7 +275,7 @@ fn metrics(ctx: &RouteContext, request: &PageRequest<'_>) -> Reply {
         });
     }
     Reply::Response(Response {
-        content_type: "text/plain; version=0.0.4; charset=utf-8".into(),
+        content_type: "text/plain; version=0.0.4; charset=utf-8",
         ..Response::text(200, "OK", &metrics_text(ctx))
     })
 }
@@ -377,7 +377,7 @@ fn metrics_text(ctx: &RouteContext) -> String {
 /// The chat page, with the headers of [`CHAT_PAGE_HEADERS`].
 fn chat_page() -> Response {
     Response {
-        content_type: "text/html; charset=utf-8".into(),
+        content_type: "text/html; charset=utf-8",
         extra_headers: CHAT_PAGE_HEADERS,
         ..Response::text(200, "OK", assets::page())
     }
@@ -393,7 +393,7 @@ fn asset(path: &str, head: &RequestHead) -> Response {
             .any(|(name, value)| name == "v" && value == asset.version)
     });
     Response {
-        content_type: asset.content_type.into(),
+        content_type: asset.content_type,
         extra_headers: CHAT_PAGE_HEADERS,
         cache_control: if versioned { IMMUTABLE } else { REVALIDATE },
         ..Response::text(200, "OK", asset.body)
@@ -439,7 +439,7 @@ fn health(ctx: &RouteContext, request: &PageRequest<'_>) -> Reply {
         (200, "OK")
     };
     Reply::Response(Response {
-        content_type: "application/json".into(),
+        content_type: "application/json",
         ..Response::text(status, reason, &body.to_string())
     })
 }
