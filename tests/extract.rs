@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
