@@ -6,7 +6,7 @@
 //!
 //! Only this file, `http.rs`, `outbound.rs` and `connection.rs` touch client sockets.
 //!
-//! Depends on: `common::auth`, `common::config`, `common::error`, `common::metrics`, `conversation::bot`, `conversation::cluster`, `conversation::journal`, `conversation::memory`, `conversation::session`, `model`, `model::embed`, `model::offline`, `net::admission`, `net::api`, `net::connection`, `net::handler`, `net::http`, `net::inbound`, `net::outbound`, `net::policy`, `net::routes`, `net::shutdown`, `net::wake`, `store`, `store::cluster`, `store::files`, `store::postgres`, `store::sqlite`, `tools`, `tools::mcp`.
+//! Depends on: `common::auth`, `common::config`, `common::error`, `common::metrics`, `conversation::bot`, `conversation::cluster`, `conversation::journal`, `conversation::memory`, `conversation::session`, `files`, `model`, `model::embed`, `model::offline`, `net::admission`, `net::api`, `net::connection`, `net::handler`, `net::http`, `net::inbound`, `net::outbound`, `net::policy`, `net::routes`, `net::shutdown`, `net::wake`, `store`, `store::cluster`, `store::files`, `store::postgres`, `store::sqlite`, `tools`, `tools::mcp`.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -28,6 +28,7 @@ use crate::conversation::cluster::ClusterThread;
 use crate::conversation::journal::Journal;
 use crate::conversation::memory::SemanticGraph;
 use crate::conversation::session::{SessionManager, Turns};
+use crate::files::Library;
 use crate::model::ModelBackend;
 use crate::model::embed::{Embed, EmbedOptions, RemoteEmbedder};
 use crate::model::offline::OfflineModel;
@@ -84,6 +85,11 @@ const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// How long shutdown waits for the journal to commit what is queued.
 const JOURNAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the server keeps reading (and dropping) what a client still sends after an upload
+/// was answered before its body was read to the end (a `413`, a `507`), so that the client
+/// reads the answer rather than a reset connection.
+const UPLOAD_LINGER: Duration = Duration::from_secs(2);
 
 /// How long a connection refused by the per-IP cap has to send its request head before it is
 /// answered `429` anyway: the answer should reach an honest client, but a refused connection
@@ -208,7 +214,7 @@ pub fn spawn_with(
             store,
             journal: journal.clone(),
             graph: api_graph,
-            files: files.clone(),
+            files: Library::new(files.clone(), &config, metrics.clone()),
             model,
             tools,
             metrics: metrics.clone(),
@@ -619,13 +625,22 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, shared: &Shared, id: u64) -> R
         return respond(&mut stream, &response);
     }
     let reply = if api::serves(&head.path) {
+        if api::streams(&head) {
+            // An upload: the route reads the body straight from the socket, once it has checked
+            // the token and the length.
+            let body = http::RequestBody::new(&stream, &head, config.handshake_timeout);
+            let response = api::answer(&shared.routes, &head, &[], Some(&body));
+            let written = response.write(&mut &stream, true);
+            body.linger(UPLOAD_LINGER);
+            return written.map_err(|e| Error::io("http response", e));
+        }
         let deadline = Instant::now() + config.handshake_timeout;
         let body = match http::read_body(&mut stream, &head, api::MAX_BODY_BYTES, deadline) {
             Ok(body) => body,
             Err(HeadError::Gone(_)) => return Ok(()),
             Err(HeadError::Bad(response)) => return respond(&mut stream, &response),
         };
-        Reply::Response(api::answer(&shared.routes, &head, &body))
+        Reply::Response(api::answer(&shared.routes, &head, &body, None))
     } else {
         shared.routes.page(&head)
     };
