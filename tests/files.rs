@@ -9,6 +9,7 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -277,6 +278,12 @@ fn a_multi_mib_file_goes_up_and_comes_back_byte_for_byte_then_is_deleted() {
     let again = request(server.addr, "DELETE", &path, Some(ALICE), &[], b"");
     assert_eq!(again.status, 404);
     assert!(list(&server, Some(ALICE)).is_empty());
+    let metrics = server.handle.metrics();
+    assert_eq!(metrics.file_uploads.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        metrics.file_upload_bytes.load(Ordering::Relaxed),
+        bytes.len() as u64
+    );
     chat_answers(&server, ALICE);
 }
 
@@ -417,6 +424,9 @@ fn one_byte_past_the_size_limit_is_413_at_once_even_when_the_body_never_comes() 
         .map(|file| file["name"].clone())
         .collect();
     assert_eq!(names, [json!("exact.bin")]);
+    let metrics = server.handle.metrics();
+    assert_eq!(metrics.file_uploads.load(Ordering::Relaxed), 1);
+    assert_eq!(metrics.file_uploads_refused.load(Ordering::Relaxed), 2);
     chat_answers(&server, ALICE);
 }
 

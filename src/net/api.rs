@@ -10,7 +10,7 @@
 //! is never held whole and one too large is refused before a byte of it is read. A file is
 //! served as `file_response.rs` says.
 //!
-//! Depends on: `common::auth`, `common::error`, `common::protocol`, `conversation::session`, `net::file_response`, `net::http`, `net::routes`, `store`.
+//! Depends on: `common::auth`, `common::error`, `common::metrics`, `common::protocol`, `conversation::session`, `net::file_response`, `net::http`, `net::routes`, `store`.
 
 use std::io::Read;
 
@@ -19,6 +19,7 @@ use serde_json::value::RawValue;
 
 use crate::common::auth::{Auth, Principal};
 use crate::common::error::Error;
+use crate::common::metrics::Metrics;
 use crate::common::protocol::{SessionId, Usage};
 use crate::conversation::session::Conversation;
 use crate::net::file_response;
@@ -720,6 +721,18 @@ fn delete_memory(ctx: &RouteContext, request: &ApiRequest<'_>) -> Response {
 /// the body is streamed to the store. `507` past the caller's quota; nothing is kept of a
 /// refused file. A file of no bytes is a file like any other.
 fn upload(ctx: &RouteContext, request: &ApiRequest<'_>) -> Response {
+    let metrics = &ctx.metrics;
+    let response = store_upload(ctx, request);
+    match response.status {
+        201 => Metrics::bump(&metrics.file_uploads),
+        411 | 413 | 507 => Metrics::bump(&metrics.file_uploads_refused),
+        _ => {}
+    }
+    response
+}
+
+/// [`upload`]'s work: the answer, which [`upload`] counts.
+fn store_upload(ctx: &RouteContext, request: &ApiRequest<'_>) -> Response {
     let length = match request.upload.map(RequestBody::framing) {
         Some(Framing::Length(length)) => length,
         Some(Framing::Encoded) => {
@@ -759,17 +772,20 @@ fn upload(ctx: &RouteContext, request: &ApiRequest<'_>) -> Response {
     };
     let owner = request.principal.as_str();
     match ctx.files.upload(owner, &name, declared, body, None) {
-        Ok(Upload::Stored(file)) => json(
-            201,
-            "Created",
-            &UploadedJson {
-                id: file.id,
-                name: file.name,
-                content_type: file.content_type,
-                size: file.size,
-                sha256: file.sha256,
-            },
-        ),
+        Ok(Upload::Stored(file)) => {
+            Metrics::add(&ctx.metrics.file_upload_bytes, file.size);
+            json(
+                201,
+                "Created",
+                &UploadedJson {
+                    id: file.id,
+                    name: file.name,
+                    content_type: file.content_type,
+                    size: file.size,
+                    sha256: file.sha256,
+                },
+            )
+        }
         Ok(Upload::TooLarge) => too_large(limit),
         Ok(Upload::OverQuota) => error(
             507,
