@@ -408,3 +408,34 @@ fn a_wait_for_text_ends_at_its_limit_or_its_cancel() {
         None
     );
 }
+
+#[test]
+fn chunks_are_embedded_once_read() {
+    use sparky::model::embed::{Embed, HashEmbedder};
+    let (library, store, _) = library();
+    let embedder: Arc<dyn Embed> = Arc::new(HashEmbedder::new("hash"));
+    library.embed_with(embedder.clone()).unwrap();
+    assert_eq!(library.embedder().map(|e| e.model()), Some("hash"));
+    let text: String = (0..40)
+        .map(|i| format!("Paragraph {i} is about otters and rivers, line after line.\n\n"))
+        .collect::<String>()
+        + "The last paragraph speaks of herons standing in shallow water.";
+    let notes = upload(&library, "notes.txt", text.as_bytes());
+    let Some(TextState::Ready { chunks, .. }) =
+        library.text_state("ann", &notes.id, TIMEOUT, None).unwrap()
+    else {
+        panic!("not read");
+    };
+    assert!(chunks > 1);
+    support::wait_until("the chunks' vectors", || {
+        store.unembedded_chunks("hash", 10).unwrap().is_empty()
+    });
+    let question = embedder
+        .embed(&["herons standing in shallow water".to_owned()])
+        .unwrap()
+        .remove(0);
+    let nearest = store
+        .nearest_chunks("ann", std::slice::from_ref(&notes.id), "hash", &question, 1)
+        .unwrap();
+    assert!(nearest[0].0.text.contains("herons"), "{nearest:?}");
+}
