@@ -167,7 +167,13 @@ pub fn spawn_with(
     let (conversations, graph, cluster, files) = open_store(&config)?;
     // Before the journal starts, so that nothing else writes meanwhile.
     migrate_owners(conversations.as_ref(), graph.as_ref(), &config.auth_tokens)?;
-    let graph = with_embeddings(graph, &config)?;
+    let embedder = embedder(&config);
+    let graph = with_embeddings(graph, embedder.as_ref())?;
+    // Made once: its `extract` threads read every file's text, whoever asks.
+    let library = Library::new(files.clone(), &config, metrics.clone());
+    if let Some(embedder) = embedder {
+        library.embed_with(embedder)?;
+    }
     let api_graph = graph.clone();
     let store = conversations.clone();
     let journal = Journal::spawn(conversations.clone(), metrics.clone())?;
@@ -214,7 +220,7 @@ pub fn spawn_with(
             store,
             journal: journal.clone(),
             graph: api_graph,
-            files: Library::new(files.clone(), &config, metrics.clone()),
+            files: library,
             model,
             tools,
             metrics: metrics.clone(),
@@ -447,20 +453,28 @@ fn wake_addr(addr: SocketAddr) -> SocketAddr {
     target
 }
 
-/// `graph` with semantic memory when `config` names an embedding model
-/// (`--embedding-model`): embedded through `--embedding-url`, else the model's URL, with the
-/// model's API key when it is the same server.
-fn with_embeddings(graph: Arc<dyn GraphStore>, config: &Config) -> Result<Arc<dyn GraphStore>> {
-    let Some(options) = EmbedOptions::from_config(config) else {
-        return Ok(graph);
-    };
-    let embedder = RemoteEmbedder::new(options);
+/// The embedder `config` names (`--embedding-model`), if any: embedding through
+/// `--embedding-url`, else the model's URL, with the model's API key when it is the same server.
+/// Semantic memory and files' chunks share it.
+fn embedder(config: &Config) -> Option<Arc<dyn Embed>> {
+    let embedder = RemoteEmbedder::new(EmbedOptions::from_config(config)?);
     log::info!(
-        "memory: semantic, embedded by {} at {}",
+        "memory and files: semantic, embedded by {} at {}",
         embedder.model(),
         embedder.endpoint()
     );
-    Ok(SemanticGraph::start(graph, Arc::new(embedder))?)
+    Some(Arc::new(embedder))
+}
+
+/// `graph` with semantic memory when there is an `embedder`.
+fn with_embeddings(
+    graph: Arc<dyn GraphStore>,
+    embedder: Option<&Arc<dyn Embed>>,
+) -> Result<Arc<dyn GraphStore>> {
+    match embedder {
+        Some(embedder) => Ok(SemanticGraph::start(graph, embedder.clone())?),
+        None => Ok(graph),
+    }
 }
 
 /// The store `config` asks for: in memory with `in_memory`, else PostgreSQL with
