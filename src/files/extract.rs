@@ -136,6 +136,9 @@ pub fn read_document(document: Document, bytes: &[u8]) -> Result<Vec<Section>, S
 /// A PDF's pages, from 1.
 fn read_pdf(bytes: &[u8]) -> Result<Vec<Section>, String> {
     let pages = pdf_extract::extract_text_from_mem_by_pages(bytes).map_err(|e| e.to_string())?;
+    if pages.is_empty() {
+        return Err("no page of it could be read".to_owned());
+    }
     if pages.iter().all(|page| page.trim().is_empty()) {
         return Err(format!(
             "it holds no text ({} pages; they may be scanned images)",

@@ -86,6 +86,11 @@ const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// How long shutdown waits for the journal to commit what is queued.
 const JOURNAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long the server keeps reading (and dropping) what a client still sends after an upload
+/// was answered before its body was read to the end (a `413`, a `507`), so that the client
+/// reads the answer rather than a reset connection.
+const UPLOAD_LINGER: Duration = Duration::from_secs(2);
+
 /// How long a connection refused by the per-IP cap has to send its request head before it is
 /// answered `429` anyway: the answer should reach an honest client, but a refused connection
 /// must not hold its thread for the whole handshake timeout.
@@ -162,11 +167,16 @@ pub fn spawn_with(
     let (conversations, graph, cluster, files) = open_store(&config)?;
     // Before the journal starts, so that nothing else writes meanwhile.
     migrate_owners(conversations.as_ref(), graph.as_ref(), &config.auth_tokens)?;
-    let graph = with_embeddings(graph, &config)?;
+    let embedder = embedder(&config);
+    let graph = with_embeddings(graph, embedder.as_ref())?;
+    // Made once: its `extract` threads read every file's text, whoever asks.
+    let library = Library::new(files.clone(), &config, metrics.clone());
+    if let Some(embedder) = embedder {
+        library.embed_with(embedder)?;
+    }
     let api_graph = graph.clone();
     let store = conversations.clone();
     let journal = Journal::spawn(conversations.clone(), metrics.clone())?;
-    let library = Library::new(files.clone(), &config, metrics.clone());
     let mut tools = ToolChain::standard(&graph);
     for tool in crate::tools::files::all(&library) {
         tools.add(tool);
@@ -185,7 +195,7 @@ pub fn spawn_with(
         metrics: metrics.clone(),
         context_tokens: config.context_tokens,
         approval_timeout: config.approval_timeout,
-        files: Some(library),
+        files: Some(library.clone()),
         system_prompt: match &config.system_prompt {
             Some(prompt) => Some(prompt.as_str().into()),
             None => Some(crate::conversation::bot::DEFAULT_SYSTEM_PROMPT.into()),
@@ -214,7 +224,7 @@ pub fn spawn_with(
             store,
             journal: journal.clone(),
             graph: api_graph,
-            files: files.clone(),
+            files: library,
             model,
             tools,
             metrics: metrics.clone(),
@@ -447,20 +457,28 @@ fn wake_addr(addr: SocketAddr) -> SocketAddr {
     target
 }
 
-/// `graph` with semantic memory when `config` names an embedding model
-/// (`--embedding-model`): embedded through `--embedding-url`, else the model's URL, with the
-/// model's API key when it is the same server.
-fn with_embeddings(graph: Arc<dyn GraphStore>, config: &Config) -> Result<Arc<dyn GraphStore>> {
-    let Some(options) = EmbedOptions::from_config(config) else {
-        return Ok(graph);
-    };
-    let embedder = RemoteEmbedder::new(options);
+/// The embedder `config` names (`--embedding-model`), if any: embedding through
+/// `--embedding-url`, else the model's URL, with the model's API key when it is the same server.
+/// Semantic memory and files' chunks share it.
+fn embedder(config: &Config) -> Option<Arc<dyn Embed>> {
+    let embedder = RemoteEmbedder::new(EmbedOptions::from_config(config)?);
     log::info!(
-        "memory: semantic, embedded by {} at {}",
+        "memory and files: semantic, embedded by {} at {}",
         embedder.model(),
         embedder.endpoint()
     );
-    Ok(SemanticGraph::start(graph, Arc::new(embedder))?)
+    Some(Arc::new(embedder))
+}
+
+/// `graph` with semantic memory when there is an `embedder`.
+fn with_embeddings(
+    graph: Arc<dyn GraphStore>,
+    embedder: Option<&Arc<dyn Embed>>,
+) -> Result<Arc<dyn GraphStore>> {
+    match embedder {
+        Some(embedder) => Ok(SemanticGraph::start(graph, embedder.clone())?),
+        None => Ok(graph),
+    }
 }
 
 /// The store `config` asks for: in memory with `in_memory`, else PostgreSQL with
@@ -625,13 +643,22 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, shared: &Shared, id: u64) -> R
         return respond(&mut stream, &response);
     }
     let reply = if api::serves(&head.path) {
+        if api::streams(&head) {
+            // An upload: the route reads the body straight from the socket, once it has checked
+            // the token and the length.
+            let body = http::RequestBody::new(&stream, &head, config.handshake_timeout);
+            let response = api::answer(&shared.routes, &head, &[], Some(&body));
+            let written = response.write(&mut &stream, true);
+            body.linger(UPLOAD_LINGER);
+            return written.map_err(|e| Error::io("http response", e));
+        }
         let deadline = Instant::now() + config.handshake_timeout;
         let body = match http::read_body(&mut stream, &head, api::MAX_BODY_BYTES, deadline) {
             Ok(body) => body,
             Err(HeadError::Gone(_)) => return Ok(()),
             Err(HeadError::Bad(response)) => return respond(&mut stream, &response),
         };
-        Reply::Response(api::answer(&shared.routes, &head, &body))
+        Reply::Response(api::answer(&shared.routes, &head, &body, None))
     } else {
         shared.routes.page(&head)
     };
