@@ -589,6 +589,39 @@ fn a_full_store_refuses_an_upload<S: TestStore>(store: S) {
     assert_eq!((store.rows("blobs"), store.rows("blob_chunks")), (0, 0));
 }
 
+/// The same bytes uploaded by one owner several times at once are kept once.
+fn identical_uploads_at_once_keep_one_blob<S: TestStore>(store: S) {
+    let bytes = noise(50, BLOB_CHUNK + 1);
+    let files: Vec<StoredFile> = std::thread::scope(|scope| {
+        let uploads: Vec<_> = (0..4)
+            .map(|n| {
+                let (store, bytes) = (&store, &bytes);
+                scope.spawn(move || stored(store, "ann", &format!("copy {n}"), bytes))
+            })
+            .collect();
+        uploads
+            .into_iter()
+            .map(|upload| upload.join().unwrap())
+            .collect()
+    });
+    assert_eq!(files.len(), 4);
+    assert_eq!((store.rows("blobs"), store.rows("blob_chunks")), (1, 2));
+    assert_eq!(store.used_bytes("ann").unwrap(), bytes.len() as u64);
+    for file in &files {
+        assert_eq!(bytes_of(&store, "ann", &file.id).as_ref(), Some(&bytes));
+    }
+}
+
+#[test]
+fn sqlite_identical_uploads_at_once() {
+    identical_uploads_at_once_keep_one_blob(SqliteStore::in_memory().unwrap());
+}
+
+#[test]
+fn postgres_identical_uploads_at_once() {
+    identical_uploads_at_once_keep_one_blob(postgres(&cluster::fresh_database()));
+}
+
 #[test]
 fn sqlite_uploads() {
     uploads_round_trip_once_per_owner(SqliteStore::in_memory().unwrap());
