@@ -1,14 +1,16 @@
-//! The persistent store: what it holds and the two traits the rest of the server uses.
+//! The persistent store: what it holds and the traits the rest of the server uses.
 //!
 //! - [`ConversationStore`]: conversations (sessions), their events, messages and notes, written
 //!   in batches by the journal and read back lazily, one conversation at a time, by the session
 //!   manager, the replay of a connection and the HTTP API.
 //! - [`GraphStore`]: the knowledge graph, every node owned by one principal.
+//! - [`FileStore`] (`files.rs`): files, their bytes in pieces, the conversations that use them,
+//!   and their text.
 //! - [`Cluster`] (`cluster.rs`): leases and signals between instances sharing one store.
 //!
 //! What is stored is decided once, in `plan/`: the rows a journal batch writes, the queries each
-//! read runs and their order, the graph's operations. Both traits are implemented there, once,
-//! for every backend. `sqlite/` (one SQLite file) and `postgres/` (a PostgreSQL database) only
+//! read runs and their order, the graph's and the files' operations. The traits are implemented
+//! there, once, for every backend. `sqlite/` (one SQLite file) and `postgres/` (a PostgreSQL database) only
 //! supply what differs between the two SQL dialects (statement text, binding values, reading
 //! rows), connect, migrate their schema, and do what is theirs alone: FTS5 or `tsvector`
 //! search, SQLite's progress handler or `statement_timeout`, the size cap, and PostgreSQL's
@@ -18,7 +20,8 @@
 //! that both stores agree. This is the only module that runs SQL.
 //!
 //! Reading order: this file, `plan/mod.rs` (the seam, and why it is shaped so), `plan/batch.rs`,
-//! `plan/conversations.rs`, `plan/graph.rs`, then a dialect's `db.rs` and `mod.rs`.
+//! `plan/conversations.rs`, `plan/graph.rs`, `plan/files.rs`, then a dialect's `db.rs` and
+//! `mod.rs`.
 //!
 //! Depends on: `common::error`, `common::protocol`, `model`.
 
