@@ -1,8 +1,9 @@
 //! `sparky migrate-store`: copies everything a SQLite data directory holds into an empty
 //! PostgreSQL database, in one transaction: conversations with their owners, titles and times,
 //! every event (with the text the conversation search looks at), messages, notes, and the
-//! knowledge graph's nodes and edges with their ids. The turns table PostgreSQL keeps is filled
-//! from the events. Either all of it is copied or nothing is. What travels between the two
+//! knowledge graph's nodes and edges with their ids, and every file (its bytes a piece at a
+//! time, its text and vectors, the conversations that use it). The turns table PostgreSQL keeps
+//! is filled from the events. Either all of it is copied or nothing is. What travels between the two
 //! (`Exported`) is defined in `exported.rs`, which both stores can reach.
 //!
 //! Depends on: `common::error`, `store::exported`, `store::postgres`, `store::sqlite`.
@@ -12,8 +13,8 @@ use super::postgres::PostgresStore;
 use super::sqlite::SqliteStore;
 use crate::common::error::Result;
 
-/// Copies every conversation and the whole knowledge graph of `from` into `to`, which must hold
-/// neither conversations nor nodes yet. `progress` hears about each conversation copied.
+/// Copies every conversation, the whole knowledge graph and every file of `from` into `to`,
+/// which must hold no conversations, nodes or files yet. `progress` hears about each conversation copied.
 ///
 /// # Errors
 ///

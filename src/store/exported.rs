@@ -1,6 +1,6 @@
 //! What `sparky migrate-store` carries from the SQLite store to PostgreSQL: a conversation with
-//! everything in it (its turns included), a node, an edge ([`Exported`]), and what a copy counts
-//! ([`CopyReport`]). Both stores reach these types here, and `copy.rs` joins them.
+//! everything in it (its turns included), a node, an edge, a blob, a piece of its bytes, its
+//! text, a file ([`Exported`]), and what a copy counts ([`CopyReport`]). Both stores reach these types here, and `copy.rs` joins them.
 //!
 //! Depends on: `model`.
 
@@ -21,6 +21,10 @@ pub struct CopyReport {
     pub nodes: u64,
     /// Edges of the knowledge graph.
     pub edges: u64,
+    /// Files.
+    pub files: u64,
+    /// The bytes of the files, each blob counted once.
+    pub file_bytes: u64,
 }
 
 /// One thing read from the SQLite store for the copy.
@@ -32,6 +36,61 @@ pub(super) enum Exported {
     Node(ExportedNode),
     /// An edge of the graph.
     Edge(ExportedEdge),
+    /// A blob (all of them after the graph, each before its pieces, its text and its files).
+    Blob(ExportedBlob),
+    /// A piece of the last blob's bytes, in order.
+    Piece(ExportedPiece),
+    /// The last blob's text.
+    Text(Box<ExportedText>),
+    /// A file, over a blob exported before it.
+    File(ExportedFile),
+}
+
+/// A complete blob as the SQLite store holds it (one being written is not copied).
+#[derive(Debug)]
+pub(super) struct ExportedBlob {
+    /// Its key in the SQLite store: the files and pieces name it.
+    pub(super) key: i64,
+    pub(super) owner: String,
+    pub(super) sha256: String,
+    pub(super) size: i64,
+    pub(super) created_at: i64,
+}
+
+/// One piece of a blob's bytes.
+#[derive(Debug)]
+pub(super) struct ExportedPiece {
+    pub(super) blob: i64,
+    pub(super) n: i64,
+    pub(super) data: Vec<u8>,
+}
+
+/// A blob's text: its state and its chunks with their vectors.
+#[derive(Debug, Default)]
+pub(super) struct ExportedText {
+    pub(super) blob: i64,
+    pub(super) owner: String,
+    pub(super) state: String,
+    pub(super) note: Option<String>,
+    pub(super) chunks: i64,
+    pub(super) chars: i64,
+    /// `(n, label, text)`, by number.
+    pub(super) text_chunks: Vec<(i64, String, String)>,
+    /// `(n, model, vector)`.
+    pub(super) vectors: Vec<(i64, String, Vec<u8>)>,
+}
+
+/// A file as the SQLite store holds it, with the conversations that use it.
+#[derive(Debug)]
+pub(super) struct ExportedFile {
+    pub(super) id: String,
+    pub(super) owner: String,
+    pub(super) blob: i64,
+    pub(super) name: String,
+    pub(super) content_type: String,
+    pub(super) created_at: i64,
+    /// The ids of the conversations that use it.
+    pub(super) uses: Vec<String>,
 }
 
 /// A conversation as the SQLite store holds it.

@@ -62,14 +62,16 @@ pub fn run(from: &Path, to: Option<String>, pool: usize) -> ExitCode {
     match copy_sqlite_to_postgres(&source, &target, &mut progress) {
         Ok(report) => {
             println!(
-                "copied {} conversations ({} events, {} messages, {} notes) and {} nodes and \
-                 {} edges from {} to {}",
+                "copied {} conversations ({} events, {} messages, {} notes), {} nodes and \
+                 {} edges, and {} files ({} bytes) from {} to {}",
                 report.conversations,
                 report.events,
                 report.messages,
                 report.notes,
                 report.nodes,
                 report.edges,
+                report.files,
+                report.file_bytes,
                 from.display(),
                 target.target()
             );

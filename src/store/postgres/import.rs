@@ -1,6 +1,6 @@
 //! The PostgreSQL side of `sparky migrate-store`: [`Importer`] writes what the SQLite store
 //! exported, inside the one transaction [`PostgresStore::import`] opens, with the rows of each
-//! table sent as arrays a thousand at a time.
+//! table sent as arrays a thousand at a time (a file's bytes a piece per statement).
 //!
 //! Depends on: `common::error`, `store`, `store::exported`, `store::plan`, `store::postgres`, `store::postgres::db`, `store::postgres::pool`.
 
@@ -9,7 +9,9 @@ use std::collections::HashMap;
 use postgres::Transaction;
 use sha2::{Digest, Sha256};
 
-use super::super::exported::{CopyReport, Exported, ExportedConversation};
+use super::super::exported::{
+    CopyReport, Exported, ExportedBlob, ExportedConversation, ExportedFile, ExportedText,
+};
 use super::super::plan::{calls_to_json, role_name};
 use super::db::SEARCH_TEXT_CHARS;
 use super::pool::Connection;
@@ -26,6 +28,8 @@ pub(in super::super) struct Importer<'a, 'b> {
     /// SQLite node ids to the ids they have here: the same, except for a fact stored twice,
     /// which PostgreSQL keeps once.
     node_ids: HashMap<i64, i64>,
+    /// SQLite blob keys to the keys they have here.
+    blob_keys: HashMap<i64, i64>,
 }
 
 impl std::fmt::Debug for Importer<'_, '_> {
@@ -56,21 +60,23 @@ impl PostgresStore {
         let mut tx = connection.client.transaction().map_err(failed)?;
         let held: i64 = tx
             .query_one(
-                "SELECT (SELECT count(*) FROM sessions) + (SELECT count(*) FROM nodes)",
+                "SELECT (SELECT count(*) FROM sessions) + (SELECT count(*) FROM nodes) \
+                 + (SELECT count(*) FROM files)",
                 &[],
             )
             .and_then(|row| row.try_get(0))
             .map_err(failed)?;
         if held > 0 {
             return Err(Error::store(format!(
-                "database {target} already holds conversations or facts; migrate-store copies \
-                 into an empty database only"
+                "database {target} already holds conversations, facts or files; migrate-store \
+                 copies into an empty database only"
             )));
         }
         let mut importer = Importer {
             tx: &mut tx,
             report: CopyReport::default(),
             node_ids: HashMap::new(),
+            blob_keys: HashMap::new(),
         };
         fill(&mut importer)?;
         let report = importer.report;
@@ -170,8 +176,97 @@ impl Importer<'_, '_> {
                     )
                     .map(|n| self.report.edges += n)
             }
+            Exported::Blob(blob) => self.blob(blob),
+            Exported::Piece(piece) => match self.blob_keys.get(&piece.blob) {
+                Some(key) => self
+                    .tx
+                    .execute(
+                        "INSERT INTO blob_chunks (blob_key, n, data) VALUES ($1, $2, $3)",
+                        &[key, &piece.n, &piece.data],
+                    )
+                    .map(|_| ()),
+                None => Ok(()),
+            },
+            Exported::Text(text) => self.text(text),
+            Exported::File(file) => self.file(file),
         };
         result.map_err(|e| store_error("copy", e))
+    }
+
+    fn blob(&mut self, blob: &ExportedBlob) -> Result<(), postgres::Error> {
+        // Complete: its writer is no one's, and no start sweeps it.
+        let key: i64 = self
+            .tx
+            .query_one(
+                "INSERT INTO blobs (owner, sha256, size, created_at, writer) \
+                 VALUES ($1, $2, $3, $4, '') RETURNING key",
+                &[&blob.owner, &blob.sha256, &blob.size, &blob.created_at],
+            )?
+            .try_get(0)?;
+        self.blob_keys.insert(blob.key, key);
+        self.report.file_bytes += blob.size.max(0) as u64;
+        Ok(())
+    }
+
+    fn text(&mut self, text: &ExportedText) -> Result<(), postgres::Error> {
+        let Some(&key) = self.blob_keys.get(&text.blob) else {
+            return Ok(());
+        };
+        self.tx.execute(
+            "INSERT INTO blob_text (blob_key, state, note, chunks, chars) \
+             VALUES ($1, $2, $3, $4, $5)",
+            &[&key, &text.state, &text.note, &text.chunks, &text.chars],
+        )?;
+        for chunk in text.text_chunks.chunks(CHUNK_ROWS) {
+            let numbers: Vec<i64> = chunk.iter().map(|(n, _, _)| *n).collect();
+            let labels: Vec<&str> = chunk.iter().map(|(_, label, _)| label.as_str()).collect();
+            let texts: Vec<&str> = chunk.iter().map(|(_, _, text)| text.as_str()).collect();
+            self.tx.execute(
+                "INSERT INTO text_chunks (blob_key, n, owner, label, text) \
+                 SELECT $1, u.n, $2, u.l, u.t \
+                 FROM unnest($3::bigint[], $4::text[], $5::text[]) AS u (n, l, t)",
+                &[&key, &text.owner, &numbers, &labels, &texts],
+            )?;
+        }
+        for chunk in text.vectors.chunks(CHUNK_ROWS) {
+            let numbers: Vec<i64> = chunk.iter().map(|(n, _, _)| *n).collect();
+            let models: Vec<&str> = chunk.iter().map(|(_, model, _)| model.as_str()).collect();
+            let vectors: Vec<&[u8]> = chunk.iter().map(|(_, _, v)| v.as_slice()).collect();
+            self.tx.execute(
+                "INSERT INTO chunk_vectors (blob_key, n, model, vector) \
+                 SELECT $1, u.n, u.m, u.v \
+                 FROM unnest($2::bigint[], $3::text[], $4::bytea[]) AS u (n, m, v)",
+                &[&key, &numbers, &models, &vectors],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn file(&mut self, file: &ExportedFile) -> Result<(), postgres::Error> {
+        let Some(&blob) = self.blob_keys.get(&file.blob) else {
+            return Ok(());
+        };
+        let key: i64 = self
+            .tx
+            .query_one(
+                "INSERT INTO files (id, owner, blob_key, name, content_type, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING key",
+                &[
+                    &file.id,
+                    &file.owner,
+                    &blob,
+                    &file.name,
+                    &file.content_type,
+                    &file.created_at,
+                ],
+            )?
+            .try_get(0)?;
+        self.tx.execute(
+            "INSERT INTO file_uses (file_key, session_id) SELECT $1, u FROM unnest($2::text[]) u",
+            &[&key, &file.uses],
+        )?;
+        self.report.files += 1;
+        Ok(())
     }
 
     fn conversation(&mut self, c: &ExportedConversation) -> Result<(), postgres::Error> {

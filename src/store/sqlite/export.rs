@@ -1,13 +1,15 @@
-//! SQLite's side of `sparky migrate-store`: every conversation, node and edge the store holds,
-//! read on one reader connection and handed over one at a time as [`Exported`] things.
+//! SQLite's side of `sparky migrate-store`: every conversation, node, edge and file the store
+//! holds, read on one reader connection and handed over one at a time as [`Exported`] things (a
+//! file's bytes a piece at a time, so that no file is held whole).
 //!
 //! Depends on: `common::error`, `model`, `store`, `store::exported`, `store::plan`, `store::sqlite`.
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 use serde_json::Value;
 
 use super::super::exported::{
-    Exported, ExportedConversation, ExportedEdge, ExportedNode, ExportedTurn,
+    Exported, ExportedBlob, ExportedConversation, ExportedEdge, ExportedFile, ExportedNode,
+    ExportedPiece, ExportedText, ExportedTurn,
 };
 use super::super::plan::{calls_from_json, role_from};
 use super::{SqliteStore, store_error};
@@ -16,7 +18,8 @@ use crate::model::ChatMessage;
 
 impl SqliteStore {
     /// Reads everything the store holds for `sparky migrate-store`, handing each conversation,
-    /// then each node, then each edge to `sink`, on one reader connection.
+    /// then each node, then each edge, then each blob (its pieces and text after it) and the
+    /// files over it to `sink`, on one reader connection.
     ///
     /// # Errors
     ///
@@ -85,8 +88,125 @@ impl SqliteStore {
         for edge in edges {
             sink(&Exported::Edge(edge))?;
         }
-        Ok(())
+        export_files(&connection, sink)
     }
+}
+
+/// Every complete blob, each followed by its pieces (one at a time), its text, and the files
+/// over it with the conversations that use them.
+fn export_files(
+    connection: &Connection,
+    sink: &mut dyn FnMut(&Exported) -> Result<()>,
+) -> Result<()> {
+    let failed = |e: rusqlite::Error| store_error("read files for the copy", e);
+    let blobs: Vec<ExportedBlob> = connection
+        .prepare(
+            "SELECT key, owner, sha256, size, created_at FROM blobs \
+             WHERE sha256 IS NOT NULL ORDER BY key",
+        )
+        .and_then(|mut statement| {
+            statement
+                .query_map([], |row| {
+                    Ok(ExportedBlob {
+                        key: row.get(0)?,
+                        owner: row.get(1)?,
+                        sha256: row.get(2)?,
+                        size: row.get(3)?,
+                        created_at: row.get(4)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<_>>()
+        })
+        .map_err(failed)?;
+    let mut pieces = connection
+        .prepare("SELECT n, data FROM blob_chunks WHERE blob_key = ?1 ORDER BY n")
+        .map_err(failed)?;
+    for blob in blobs {
+        let key = blob.key;
+        sink(&Exported::Blob(blob))?;
+        let mut rows = pieces.query([key]).map_err(failed)?;
+        while let Some(row) = rows.next().map_err(failed)? {
+            let piece = ExportedPiece {
+                blob: key,
+                n: row.get(0).map_err(failed)?,
+                data: row.get(1).map_err(failed)?,
+            };
+            sink(&Exported::Piece(piece))?;
+        }
+        if let Some(text) = export_text(connection, key).map_err(failed)? {
+            sink(&Exported::Text(Box::new(text)))?;
+        }
+        for file in export_files_of(connection, key).map_err(failed)? {
+            sink(&Exported::File(file))?;
+        }
+    }
+    Ok(())
+}
+
+/// The text of blob `key`, when it has any.
+fn export_text(connection: &Connection, key: i64) -> rusqlite::Result<Option<ExportedText>> {
+    let Some(mut text) = connection
+        .query_row(
+            "SELECT t.state, t.note, t.chunks, t.chars, b.owner FROM blob_text t \
+             JOIN blobs b ON b.key = t.blob_key WHERE t.blob_key = ?1",
+            [key],
+            |row| {
+                Ok(ExportedText {
+                    blob: key,
+                    state: row.get(0)?,
+                    note: row.get(1)?,
+                    chunks: row.get(2)?,
+                    chars: row.get(3)?,
+                    owner: row.get(4)?,
+                    ..ExportedText::default()
+                })
+            },
+        )
+        .optional()?
+    else {
+        return Ok(None);
+    };
+    text.text_chunks = connection
+        .prepare("SELECT n, label, text FROM text_chunks WHERE blob_key = ?1 ORDER BY n")?
+        .query_map([key], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    text.vectors = connection
+        .prepare("SELECT n, model, vector FROM chunk_vectors WHERE blob_key = ?1 ORDER BY n")?
+        .query_map([key], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(Some(text))
+}
+
+/// The files over blob `key`, oldest first, with the conversations that use each.
+fn export_files_of(connection: &Connection, key: i64) -> rusqlite::Result<Vec<ExportedFile>> {
+    let mut files: Vec<(i64, ExportedFile)> = connection
+        .prepare(
+            "SELECT key, id, owner, name, content_type, created_at FROM files \
+             WHERE blob_key = ?1 ORDER BY key",
+        )?
+        .query_map([key], |row| {
+            Ok((
+                row.get(0)?,
+                ExportedFile {
+                    id: row.get(1)?,
+                    owner: row.get(2)?,
+                    blob: key,
+                    name: row.get(3)?,
+                    content_type: row.get(4)?,
+                    created_at: row.get(5)?,
+                    uses: Vec::new(),
+                },
+            ))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut uses =
+        connection.prepare("SELECT session_id FROM file_uses WHERE file_key = ?1 ORDER BY 1")?;
+    for (file_key, file) in &mut files {
+        file.uses = uses
+            .query_map([*file_key], |row| row.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+    }
+    Ok(files.into_iter().map(|(_, file)| file).collect())
 }
 
 /// One conversation and everything in it, for the copy.

@@ -2,9 +2,10 @@
 //! uploads of every size (one piece, several, a body that reads a little at a time), bytes
 //! kept once per owner, the upload limits and the size cap, reading back, another owner's
 //! view, deletion, a conversation's deletion taking the files only it used, text and its
-//! searches, and what a crash leaves half-written, removed at the next start.
+//! searches, what a crash leaves half-written, removed at the next start, and the copy of
+//! files by `sparky migrate-store`.
 //!
-//! Depends on: `common::error`, `common::protocol`, `store`, `store::files`, `store::postgres`, `store::sqlite`, `store::tests`.
+//! Depends on: `common::error`, `common::protocol`, `store`, `store::copy`, `store::files`, `store::postgres`, `store::sqlite`, `store::tests`.
 
 use std::io::Read;
 
@@ -772,4 +773,59 @@ fn a_use_may_come_before_its_conversation_is_written() {
         .unwrap();
     assert_eq!(store.file("ann", &file.id).unwrap(), None);
     assert_eq!(store.rows("blobs"), 0);
+}
+
+/// `sparky migrate-store` carries files across: their bytes, text, vectors and uses.
+#[test]
+fn files_are_copied_from_sqlite_to_postgres() {
+    let from = SqliteStore::open(&temp_dir("copy-files")).unwrap();
+    let one = id(1);
+    from.apply(&[create(&one, "ann")]).unwrap();
+    let big = noise(40, 2 * BLOB_CHUNK + 99);
+    let report = stored(&from, "ann", "report.bin", &big);
+    let copy = stored(&from, "ann", "copy.bin", &big);
+    let small = stored(&from, "bob", "small.txt", b"small");
+    from.use_files(&one, std::slice::from_ref(&report.id))
+        .unwrap();
+    from.put_text(&report.id, &[chunk("page 1", "otters in rivers")], None)
+        .unwrap();
+    from.put_text(&small.id, &[], Some("nothing to read"))
+        .unwrap();
+    from.store_chunk_vectors("m", &[(report.id.clone(), 0, vec![1.0, 0.0])])
+        .unwrap();
+    let to = postgres(&cluster::fresh_database());
+    let copied = crate::store::copy_sqlite_to_postgres(&from, &to, &mut |_| {}).unwrap();
+    assert_eq!((copied.files, copied.file_bytes), (3, big.len() as u64 + 5));
+    assert_eq!(to.file("ann", &report.id).unwrap(), Some(report.clone()));
+    assert_eq!(to.file("ann", &copy.id).unwrap(), Some(copy.clone()));
+    assert_eq!(bytes_of(&to, "ann", &copy.id), Some(big));
+    assert_eq!(bytes_of(&to, "bob", &small.id), Some(b"small".to_vec()));
+    assert_eq!(to.rows("blobs"), 2);
+    assert_eq!(
+        ids(&to.list_files("ann", Some(&one)).unwrap()),
+        [&report.id]
+    );
+    assert_eq!(
+        to.text_state("ann", &copy.id).unwrap(),
+        Some(TextState::Ready {
+            chunks: 1,
+            chars: 16
+        })
+    );
+    assert_eq!(
+        to.text_state("bob", &small.id).unwrap(),
+        Some(TextState::Failed("nothing to read".into()))
+    );
+    let asked = [copy.id.clone()];
+    assert_eq!(
+        found(&to.search_chunks("ann", &asked, "otters", 5).unwrap()).len(),
+        1
+    );
+    assert_eq!(
+        to.nearest_chunks("ann", &asked, "m", &[1.0, 0.0], 5)
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(to.unembedded_chunks("m", 5).unwrap().is_empty());
 }
