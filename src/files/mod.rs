@@ -210,8 +210,11 @@ impl Library {
             conversation,
         };
         let upload = self.store().upload(file, &mut whole, self.inner.limits)?;
-        if let Upload::Stored(file) = &upload {
-            self.queue(owner, file)?;
+        if let Upload::Stored(file) = &upload
+            && let Err(e) = self.queue(owner, file)
+        {
+            // Stored all the same: its text is read at the next start.
+            log::warn!("files: cannot queue {} to be read: {e}", file.id);
         }
         Ok(upload)
     }
