@@ -92,6 +92,35 @@ fn a_real_pdfs_text_comes_out_labelled_by_page() {
 }
 
 #[test]
+fn a_page_that_cannot_be_read_is_noted_and_the_rest_read() {
+    let mut pdf = files::pdf(&["Page one.", "Page two.", "Page three."]);
+    // The second page names a font it does not have (same length: the offsets hold).
+    let at = pdf
+        .windows(9)
+        .enumerate()
+        .filter(|(_, w)| *w == b"/F1 12 Tf")
+        .nth(1)
+        .map(|(i, _)| i)
+        .unwrap();
+    pdf[at..at + 3].copy_from_slice(b"/F9");
+    let (read, _) = read(Document::Pdf, &pdf);
+    let text = read.unwrap();
+    let chunks = chunk(&text.sections, MAX_TEXT_BYTES, text.cut);
+    let pages: Vec<(&str, &str)> = chunks
+        .iter()
+        .map(|c| (c.label.as_str(), c.text.trim()))
+        .collect();
+    assert_eq!(
+        pages,
+        [
+            ("page 1", "Page one."),
+            ("page 2", "(this page could not be read)"),
+            ("page 3", "Page three.")
+        ]
+    );
+}
+
+#[test]
 fn a_flate_bomb_gets_a_note_within_the_limits() {
     // 4 GiB of zeros behind 4 MiB of file: far past the 256 MiB the reader may use.
     let bomb = files::pdf_flate_bomb(4096);

@@ -13,7 +13,7 @@ use std::io::{Cursor, Read};
 
 use quick_xml::events::Event;
 
-use crate::files::chunk::Section;
+use crate::files::chunk::{MAX_TEXT_BYTES, Section};
 use crate::files::sniff::{self, DOCX};
 
 /// The most bytes of XML a Word document's body may inflate to before the rest is left out.
@@ -133,26 +133,57 @@ pub fn read_document(document: Document, bytes: &[u8]) -> Result<Vec<Section>, S
     }
 }
 
-/// A PDF's pages, from 1.
+/// What a page that could not be read holds instead of its text.
+pub const UNREADABLE_PAGE: &str = "(this page could not be read)";
+
+/// A PDF's pages, from 1, each read on its own: a page that fails (an error or a panic in the
+/// parser) is noted as [`UNREADABLE_PAGE`] and the rest are still read. Pages stop being read
+/// once their text passes [`MAX_TEXT_BYTES`], which is all a file keeps.
 fn read_pdf(bytes: &[u8]) -> Result<Vec<Section>, String> {
-    let pages = pdf_extract::extract_text_from_mem_by_pages(bytes).map_err(|e| e.to_string())?;
+    let mut doc = pdf_extract::Document::load_mem(bytes).map_err(|e| e.to_string())?;
+    if doc.is_encrypted() && doc.decrypt("").is_err() {
+        return Err("it is encrypted with a password".to_owned());
+    }
+    let pages: Vec<u32> = doc.get_pages().keys().copied().collect();
     if pages.is_empty() {
         return Err("no page of it could be read".to_owned());
     }
-    if pages.iter().all(|page| page.trim().is_empty()) {
+    let mut sections = Vec::with_capacity(pages.len());
+    let mut kept = 0;
+    for page in pages {
+        let mut text = String::new();
+        let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut output = pdf_extract::PlainTextOutput::new(&mut text);
+            pdf_extract::output_doc_page(&doc, &mut output, page)
+        }));
+        if !matches!(read, Ok(Ok(()))) {
+            text = UNREADABLE_PAGE.to_owned();
+        }
+        kept += text.len();
+        sections.push(Section {
+            page: Some(page),
+            text,
+        });
+        if kept > MAX_TEXT_BYTES {
+            break;
+        }
+    }
+    if sections.iter().all(|s| s.text == UNREADABLE_PAGE) {
         return Err(format!(
-            "it holds no text ({} pages; they may be scanned images)",
-            pages.len()
+            "none of its {} pages could be read",
+            sections.len()
         ));
     }
-    Ok(pages
-        .into_iter()
-        .enumerate()
-        .map(|(i, text)| Section {
-            page: Some(u32::try_from(i + 1).unwrap_or(u32::MAX)),
-            text,
-        })
-        .collect())
+    if sections
+        .iter()
+        .all(|s| s.text.trim().is_empty() || s.text == UNREADABLE_PAGE)
+    {
+        return Err(format!(
+            "it holds no text ({} pages; they may be scanned images)",
+            sections.len()
+        ));
+    }
+    Ok(sections)
 }
 
 /// An HTML page's text: its scripts and styles left out, its links' text kept.

@@ -210,8 +210,11 @@ impl Library {
             conversation,
         };
         let upload = self.store().upload(file, &mut whole, self.inner.limits)?;
-        if let Upload::Stored(file) = &upload {
-            self.queue(owner, file)?;
+        if let Upload::Stored(file) = &upload
+            && let Err(e) = self.queue(owner, file)
+        {
+            // Stored all the same: its text is read at the next start.
+            log::warn!("files: cannot queue {} to be read: {e}", file.id);
         }
         Ok(upload)
     }
@@ -430,246 +433,29 @@ impl Shared {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    use sha2::{Digest, Sha256};
-
     use super::*;
-    use crate::store::{NewChunk, TextChunk};
-
-    /// A blob of the fake store: its bytes and its text.
-    #[derive(Default)]
-    struct Blob {
-        bytes: Vec<u8>,
-        state: Option<TextState>,
-        chunks: Vec<NewChunk>,
-    }
-
-    /// A small in-memory `FileStore`: files over blobs per owner and SHA-256, the limits kept,
-    /// and a count of the texts put.
-    #[derive(Default)]
-    struct FakeStore {
-        files: Mutex<Vec<(String, StoredFile)>>,
-        blobs: Mutex<HashMap<(String, String), Blob>>,
-        puts: AtomicUsize,
-        next: AtomicUsize,
-    }
-
-    impl FakeStore {
-        fn blob_of(&self, owner: Option<&str>, id: &str) -> Option<(String, String)> {
-            self.files
-                .lock()
-                .iter()
-                .find(|(o, f)| f.id == id && owner.is_none_or(|owner| owner == o))
-                .map(|(o, f)| (o.clone(), f.sha256.clone()))
-        }
-    }
-
-    impl FileStore for FakeStore {
-        fn upload(
-            &self,
-            file: NewFile<'_>,
-            body: &mut dyn Read,
-            limits: UploadLimits,
-        ) -> Result<Upload> {
-            let mut bytes = Vec::new();
-            Read::take(body, limits.max_bytes + 1)
-                .read_to_end(&mut bytes)
-                .map_err(|e| Error::io("test", e))?;
-            if bytes.len() as u64 > limits.max_bytes {
-                return Ok(Upload::TooLarge);
-            }
-            let sha256 = data_encoding::HEXLOWER.encode(&Sha256::digest(&bytes));
-            let key = (file.owner.to_owned(), sha256.clone());
-            let mut blobs = self.blobs.lock();
-            if !blobs.contains_key(&key) {
-                let used: usize = blobs
-                    .iter()
-                    .filter(|((o, _), _)| o == file.owner)
-                    .map(|(_, b)| b.bytes.len())
-                    .sum();
-                if limits
-                    .quota
-                    .is_some_and(|q| (used + bytes.len()) as u64 > q)
-                {
-                    return Ok(Upload::OverQuota);
-                }
-                blobs.insert(
-                    key,
-                    Blob {
-                        bytes: bytes.clone(),
-                        state: Some(TextState::Pending),
-                        chunks: Vec::new(),
-                    },
-                );
-            }
-            let stored = StoredFile {
-                id: format!("{:032x}", self.next.fetch_add(1, Ordering::SeqCst)),
-                name: file.name.to_owned(),
-                content_type: file.content_type.to_owned(),
-                size: bytes.len() as u64,
-                sha256,
-                created_at: 0,
-            };
-            self.files
-                .lock()
-                .push((file.owner.to_owned(), stored.clone()));
-            Ok(Upload::Stored(stored))
-        }
-
-        fn file(&self, owner: &str, id: &str) -> Result<Option<StoredFile>> {
-            Ok(self
-                .files
-                .lock()
-                .iter()
-                .find(|(o, f)| o == owner && f.id == id)
-                .map(|(_, f)| f.clone()))
-        }
-
-        fn files(&self, owner: &str, ids: &[String]) -> Result<Vec<StoredFile>> {
-            Ok(ids
-                .iter()
-                .filter_map(|id| self.file(owner, id).ok().flatten())
-                .collect())
-        }
-
-        fn list_files(&self, owner: &str, _: Option<&SessionId>) -> Result<Vec<StoredFile>> {
-            Ok(self
-                .files
-                .lock()
-                .iter()
-                .filter(|(o, _)| o == owner)
-                .map(|(_, f)| f.clone())
-                .collect())
-        }
-
-        fn read_bytes(
-            &self,
-            owner: &str,
-            id: &str,
-            sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
-        ) -> Result<bool> {
-            let Some(key) = self.blob_of(Some(owner), id) else {
-                return Ok(false);
-            };
-            let bytes = self.blobs.lock()[&key].bytes.clone();
-            for piece in bytes.chunks(1000) {
-                sink(piece).map_err(|e| Error::io("test sink", e))?;
-            }
-            Ok(true)
-        }
-
-        fn delete_file(&self, _: &str, _: &str) -> Result<bool> {
-            Ok(false)
-        }
-
-        fn used_bytes(&self, _: &str) -> Result<u64> {
-            Ok(0)
-        }
-
-        fn use_files(&self, _: &SessionId, _: &[String]) -> Result<()> {
-            Ok(())
-        }
-
-        fn text_state(&self, owner: &str, id: &str) -> Result<Option<TextState>> {
-            Ok(self
-                .blob_of(Some(owner), id)
-                .and_then(|key| self.blobs.lock()[&key].state.clone()))
-        }
-
-        fn put_text(&self, id: &str, chunks: &[NewChunk], failure: Option<&str>) -> Result<()> {
-            self.puts.fetch_add(1, Ordering::SeqCst);
-            let key = self
-                .blob_of(None, id)
-                .ok_or_else(|| Error::store("no file"))?;
-            let mut blobs = self.blobs.lock();
-            let blob = blobs.get_mut(&key).ok_or_else(|| Error::store("no blob"))?;
-            blob.state = Some(match failure {
-                Some(note) => TextState::Failed(note.to_owned()),
-                None => TextState::Ready {
-                    chunks: chunks.len() as u32,
-                    chars: chunks.iter().map(|c| c.text.chars().count() as u64).sum(),
-                },
-            });
-            blob.chunks = chunks.to_vec();
-            Ok(())
-        }
-
-        fn chunks(&self, owner: &str, id: &str, from: u32, limit: u32) -> Result<Vec<TextChunk>> {
-            let Some(key) = self.blob_of(Some(owner), id) else {
-                return Ok(Vec::new());
-            };
-            Ok(self.blobs.lock()[&key]
-                .chunks
-                .iter()
-                .enumerate()
-                .skip(from as usize)
-                .take(limit as usize)
-                .map(|(n, c)| TextChunk {
-                    file_id: id.to_owned(),
-                    n: n as u32,
-                    label: c.label.clone(),
-                    text: c.text.clone(),
-                })
-                .collect())
-        }
-
-        fn search_chunks(
-            &self,
-            _: &str,
-            _: &[String],
-            _: &str,
-            _: usize,
-        ) -> Result<Vec<TextChunk>> {
-            Ok(Vec::new())
-        }
-
-        fn unembedded_chunks(&self, _: &str, _: usize) -> Result<Vec<(String, u32, String)>> {
-            Ok(Vec::new())
-        }
-
-        fn store_chunk_vectors(&self, _: &str, _: &[(String, u32, Vec<f32>)]) -> Result<()> {
-            Ok(())
-        }
-
-        fn nearest_chunks(
-            &self,
-            _: &str,
-            _: &[String],
-            _: &str,
-            _: &[f32],
-            _: usize,
-        ) -> Result<Vec<(TextChunk, f32)>> {
-            Ok(Vec::new())
-        }
-
-        fn pending_texts(&self, limit: usize) -> Result<Vec<(String, StoredFile)>> {
-            let blobs = self.blobs.lock();
-            let mut seen = HashSet::new();
-            Ok(self
-                .files
-                .lock()
-                .iter()
-                .filter(|(o, f)| {
-                    blobs[&(o.clone(), f.sha256.clone())].state == Some(TextState::Pending)
-                        && seen.insert((o.clone(), f.sha256.clone()))
-                })
-                .take(limit)
-                .cloned()
-                .collect())
-        }
-    }
+    use crate::store::SqliteStore;
 
     const WAIT: Duration = Duration::from_secs(20);
 
-    fn library(store: &Arc<FakeStore>) -> Library {
+    /// A library over a SQLite store in memory; in a test binary, with no reader for
+    /// documents.
+    fn library() -> (Library, Arc<SqliteStore>, Arc<Metrics>) {
+        let store = Arc::new(SqliteStore::in_memory().unwrap());
         let config = Config {
             max_upload_bytes: 100_000,
             file_quota_bytes: Some(150_000),
             ..Config::default()
         };
-        Library::new(store.clone(), &config, Arc::new(Metrics::default()))
+        let metrics = Arc::new(Metrics::default());
+        let library = Library::new(store.clone(), &config, metrics.clone());
+        (library, store, metrics)
+    }
+
+    fn upload(library: &Library, name: &str, declared: Option<&str>, bytes: &[u8]) -> Upload {
+        library
+            .upload("alice", name, declared, &mut &bytes[..], None)
+            .unwrap()
     }
 
     fn stored(upload: Upload) -> StoredFile {
@@ -681,17 +467,12 @@ mod tests {
 
     #[test]
     fn a_text_upload_is_typed_by_its_bytes_and_read_into_labelled_chunks() {
-        let store = Arc::new(FakeStore::default());
-        let library = library(&store);
+        let (library, store, metrics) = library();
         let body = (1..=300)
             .map(|i| format!("line {i}: the quick brown fox"))
             .collect::<Vec<_>>()
             .join("\n");
-        let file = stored(
-            library
-                .upload("alice", "../notes\n.md", None, &mut body.as_bytes(), None)
-                .unwrap(),
-        );
+        let file = stored(upload(&library, "../notes\n.md", None, body.as_bytes()));
         assert_eq!(file.name, "notes.md");
         assert_eq!(file.content_type, "text/markdown");
         let state = library.text_state("alice", &file.id, WAIT, None).unwrap();
@@ -707,6 +488,81 @@ mod tests {
         assert_eq!(
             library.text_state("bob", &file.id, WAIT, None).unwrap(),
             None
+        );
+
+        // The same bytes under another name: the same text, not read again.
+        let again = stored(upload(&library, "again.txt", None, body.as_bytes()));
+        assert_eq!(again.content_type, "text/plain");
+        let state = library.text_state("alice", &again.id, WAIT, None).unwrap();
+        assert!(matches!(state, Some(TextState::Ready { .. })), "{state:?}");
+        assert_eq!(Metrics::get(&metrics.file_texts_read), 1);
+    }
+
+    #[test]
+    fn files_without_text_get_a_note_at_once() {
+        let (library, _, _) = library();
+        let png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x02\0\0\0";
+        let image = stored(upload(&library, "photo.txt", Some("text/plain"), png));
+        assert_eq!(image.content_type, "image/png");
+        assert_eq!(
+            library
+                .text_state("alice", &image.id, Duration::ZERO, None)
+                .unwrap(),
+            Some(TextState::Failed("no text: an image (image/png)".into()))
+        );
+        let svg = stored(upload(
+            &library,
+            "cat.png",
+            None,
+            b"<svg><script>x()</script></svg>",
+        ));
+        assert_eq!(svg.content_type, "image/svg+xml");
+        assert_eq!(
+            library
+                .text_state("alice", &svg.id, Duration::ZERO, None)
+                .unwrap(),
+            Some(TextState::Failed(
+                "no text: an image (image/svg+xml)".into()
+            ))
+        );
+    }
+
+    #[test]
+    fn without_a_reader_a_document_gets_a_note() {
+        // A test binary is not `sparky`, and no --extractor is given.
+        let (library, _, _) = library();
+        let pdf =
+            b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF";
+        let file = stored(upload(&library, "report.pdf", None, pdf));
+        assert_eq!(file.content_type, "application/pdf");
+        let state = library.text_state("alice", &file.id, WAIT, None).unwrap();
+        let Some(TextState::Failed(note)) = state else {
+            panic!("{state:?}");
+        };
+        assert!(
+            note.starts_with("could not read the PDF: this server has no reader"),
+            "{note}"
+        );
+    }
+
+    #[test]
+    fn the_limits_are_the_configs() {
+        let (library, _, _) = library();
+        assert_eq!(
+            library.limits(),
+            UploadLimits {
+                max_bytes: 100_000,
+                quota: Some(150_000)
+            }
+        );
+        assert_eq!(
+            upload(&library, "big.txt", None, &[b'a'; 100_001]),
+            Upload::TooLarge
+        );
+        stored(upload(&library, "one.txt", None, &[b'a'; 100_000]));
+        assert_eq!(
+            upload(&library, "two.txt", None, &[b'b'; 60_000]),
+            Upload::OverQuota
         );
     }
 }
