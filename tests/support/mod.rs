@@ -109,6 +109,8 @@ pub fn test_config() -> Config {
         // `SPARKY_TEST_IN_MEMORY=1 cargo test --test reconnect` runs a suite against the
         // in-memory store, where events are sent before the journal has written them.
         in_memory: std::env::var_os("SPARKY_TEST_IN_MEMORY").is_some(),
+        // Documents are read by the built binary's `extract-text`, as a real server's are.
+        extractor: Some(env!("CARGO_BIN_EXE_sparky").into()),
         ..Config::default()
     };
     use_test_store(&mut config);

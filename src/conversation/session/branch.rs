@@ -225,6 +225,17 @@ impl Session {
         if found.len() != unique.len() {
             return Err((ErrorCode::InvalidMessage, Cow::Borrowed(NO_SUCH_FILE)));
         }
+        // The conversation uses them from now on: deleting it deletes those only it used.
+        if let Err(e) = files.store().use_files(&self.inner.id, &unique) {
+            log::warn!(
+                "session {}: cannot record its files: {e}",
+                self.inner.id.short()
+            );
+            return Err((
+                ErrorCode::Storage,
+                Cow::Borrowed("the server cannot write to its store right now; try again later"),
+            ));
+        }
         Ok(found.iter().map(StoredFile::attachment).collect())
     }
 
