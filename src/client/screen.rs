@@ -182,8 +182,7 @@ pub fn describe_size(bytes: u64) -> String {
     if bytes < 1024 {
         return format!("{bytes} B");
     }
-    // Precision is not the point here: a size shown to a person.
-    #[allow(clippy::cast_precision_loss)]
+    // A size shown to a person: f64's precision is plenty.
     let mut value = bytes as f64;
     let mut unit = UNITS[0];
     for candidate in UNITS {

@@ -2108,6 +2108,12 @@
       }));
   }
 
+  // A file's badge: its extension (PDF, TXT, …), or FILE.
+  function kindOf(name) {
+    const extension = /\.([A-Za-z0-9]{1,4})$/.exec(name);
+    return extension ? extension[1].toUpperCase() : "FILE";
+  }
+
   // A file's bytes, fetched with the page's credentials (an <img> or a link cannot send them).
   async function fetchFile(id) {
     const token = store.get(KEY_TOKEN);
@@ -2196,7 +2202,7 @@
       });
       item.append(img);
     } else {
-      item.append(el("span", "icon", "\u{1F4C4}"));
+      item.append(el("span", "icon", kindOf(file.name)));
     }
     const caption = el("span", "caption");
     caption.append(el("span", "name", file.name), el("span", "size", formatBytes(file.size)), downloadLink(file));
@@ -2265,7 +2271,7 @@
     why.hidden = true;
     const remove = button("remove", "\u2715", "Remove " + upload.name);
     remove.addEventListener("click", () => removeUpload(upload));
-    chip.append(el("span", "icon", "\u{1F4C4}"), el("span", "name", upload.name),
+    chip.append(el("span", "icon", kindOf(upload.name)), el("span", "name", upload.name),
       el("span", "size", formatBytes(upload.size)), bar, why, remove);
     upload.el = chip;
     upload.bar = bar;
