@@ -3,7 +3,7 @@
 //! and the rate limit (data and control frames alike), and submits to sessions, which start
 //! their own turns. Its replies go out through the transport.
 //!
-//! Depends on: `common::auth`, `common::config`, `common::error`, `common::metrics`, `common::protocol`, `common::rate`, `conversation::session`, `net::admission`, `net::connection`, `net::shutdown`.
+//! Depends on: `common::auth`, `common::config`, `common::error`, `common::metrics`, `common::protocol`, `common::rate`, `conversation::session`, `net::admission`, `net::connection`, `net::shutdown`, `store::files`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -23,20 +23,35 @@ use crate::conversation::session::{Ask, Session, SessionManager, Submitted, Subs
 use crate::net::admission::Place;
 use crate::net::connection::{Connection, Incoming};
 use crate::net::shutdown::Shutdown;
+use crate::store::FileStore;
 
 /// What every connection of a server shares.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ConnectionContext {
     /// The server's settings.
     pub config: Arc<Config>,
     /// The session map.
     pub sessions: SessionManager,
+    /// Files: what a message's attachments name.
+    pub files: Arc<dyn FileStore>,
     /// The counters.
     pub metrics: Arc<Metrics>,
     /// Where the server is in its life: draining refuses new turns, closing closes (1001).
     pub shutdown: Shutdown,
     /// The tokens clients must present.
     pub auth: Auth,
+}
+
+impl std::fmt::Debug for ConnectionContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionContext")
+            .field("config", &self.config)
+            .field("sessions", &self.sessions)
+            .field("metrics", &self.metrics)
+            .field("shutdown", &self.shutdown)
+            .field("auth", &self.auth)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What a WebSocket brought from its upgrade request. Its `Debug` form hides the token.

@@ -6,7 +6,7 @@
 //! state), `/metrics` (with the store's pool; figures only with a token when tokens are set)
 //! and the WebSocket endpoint's upgrade. The `/api/` routes are `api.rs`'s table.
 //!
-//! Depends on: `common::auth`, `common::metrics`, `conversation::journal`, `conversation::session`, `model`, `net::assets`, `net::http`, `net::shutdown`, `store`, `tools`.
+//! Depends on: `common::auth`, `common::metrics`, `conversation::journal`, `conversation::session`, `model`, `net::assets`, `net::http`, `net::shutdown`, `store`, `store::files`, `tools`.
 
 use std::fmt;
 use std::sync::Arc;
@@ -22,7 +22,7 @@ use crate::model::ModelBackend;
 use crate::net::assets;
 use crate::net::http::{RequestHead, Response};
 use crate::net::shutdown::Shutdown;
-use crate::store::{ConversationStore, GraphStore};
+use crate::store::{ConversationStore, FileStore, GraphStore};
 use crate::tools::ToolChain;
 
 /// What the routes answer from, built once by `server.rs`: each route takes what it needs from
@@ -36,6 +36,8 @@ pub struct RouteContext {
     pub journal: Journal,
     /// The knowledge graph: the API's memories.
     pub graph: Arc<dyn GraphStore>,
+    /// Files: what `/api/files` uploads, lists, serves and deletes.
+    pub files: Arc<dyn FileStore>,
     /// The model, which `/healthz` names and asks whether it is reachable.
     pub model: Arc<dyn ModelBackend>,
     /// The tools, which `/healthz` counts.

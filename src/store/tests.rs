@@ -3,7 +3,7 @@
 //! (`tests/support/postgres.rs`, shared with the integration tests). Then what only one of them
 //! has: PostgreSQL's shared databases, schema version, size cap and reconnection.
 //!
-//! Depends on: `common::protocol`, `model`, `store`, `store::plan`, `store::postgres`, `store::postgres::schema`, `store::sqlite`, `store::sqlite::schema`.
+//! Depends on: `common::protocol`, `model`, `store`, `store::files`, `store::plan`, `store::postgres`, `store::postgres::schema`, `store::sqlite`, `store::sqlite::schema`.
 
 /// The test PostgreSQL server (`tests/support/postgres.rs`), for every unit test that wants a
 /// database.
@@ -18,14 +18,16 @@ use serde_json::json;
 
 use super::plan::{LABEL_CHARS, label_for, search_words};
 use super::{
-    Closing, ConversationStore, DEFAULT_SEARCH_BUDGET, Edited, GraphStore, MAX_SEARCH_WORDS,
-    PageSize, PostgresStore, SqliteStore, TurnMark, WriteOp,
+    Closing, ConversationStore, DEFAULT_SEARCH_BUDGET, Edited, FileStore, GraphStore,
+    MAX_SEARCH_WORDS, PageSize, PostgresStore, SqliteStore, TurnMark, WriteOp,
 };
 use crate::common::protocol::{SessionId, Usage};
 use crate::model::{ChatMessage, Role, ToolCall};
 
-/// Both traits, and what the shared tests need to look inside.
-trait TestStore: ConversationStore + GraphStore + Send + Sync + 'static {
+mod files;
+
+/// The three traits, and what the shared tests need to look inside.
+trait TestStore: ConversationStore + GraphStore + FileStore + Send + Sync + 'static {
     /// Rows in `table` (`events`, `messages`, `notes`).
     fn rows(&self, table: &str) -> i64;
     fn set_budget(&self, budget: Duration);

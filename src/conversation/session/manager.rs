@@ -3,7 +3,7 @@
 //! policy, and serves the conversation API. The map lock is held only to look up, insert or
 //! remove; loading from the store and attaching happen after it is released.
 //!
-//! Depends on: `common::auth`, `common::config`, `common::error`, `common::metrics`, `common::protocol`, `common::rate`, `conversation::bot`, `conversation::journal`, `conversation::session`, `conversation::session::lease`, `conversation::session::limits`, `conversation::session::persist`, `conversation::session::relay`, `conversation::session::subscribers`, `conversation::session::tail`, `model`, `store`, `store::cluster`, `store::tree`.
+//! Depends on: `common::auth`, `common::config`, `common::error`, `common::metrics`, `common::protocol`, `common::rate`, `conversation::bot`, `conversation::journal`, `conversation::session`, `conversation::session::lease`, `conversation::session::limits`, `conversation::session::persist`, `conversation::session::relay`, `conversation::session::subscribers`, `conversation::session::tail`, `model`, `store`, `store::cluster`, `store::files`, `store::tree`.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -22,8 +22,8 @@ use crate::conversation::bot::{Bot, Engine, MAX_HISTORY_MESSAGES};
 use crate::conversation::journal::Journal;
 use crate::model::{ChatMessage, Role};
 use crate::store::{
-    Cluster, ConversationStore, ConversationSummary, PageSize, StoredConversation, TurnTree,
-    TurnsPage,
+    Cluster, ConversationStore, ConversationSummary, FileStore, PageSize, StoredConversation,
+    TurnTree, TurnsPage,
 };
 
 use super::{
@@ -80,6 +80,7 @@ pub(super) struct Shared {
     pub(super) journal: Journal,
     pub(super) store: Arc<dyn ConversationStore>,
     pub(super) cluster: Arc<dyn Cluster>,
+    pub(super) files: Arc<dyn FileStore>,
     pub(super) releases: Arc<Releases>,
     pub(super) limits: Arc<TurnLimits>,
     pub(super) turns: Turns,
@@ -121,16 +122,21 @@ struct Quota {
 
 impl SessionManager {
     /// An empty map for sessions that run on `engine`, start their turns on `turns`, and are
-    /// kept in `store` through `journal`, shared with the other instances of `cluster`.
+    /// kept in `store` through `journal`, shared with the other instances of `cluster`; their
+    /// files are in `files`.
     pub fn new(
         config: Arc<Config>,
         engine: Engine,
         metrics: Arc<Metrics>,
         journal: Journal,
-        store: (Arc<dyn ConversationStore>, Arc<dyn Cluster>),
+        store: (
+            Arc<dyn ConversationStore>,
+            Arc<dyn Cluster>,
+            Arc<dyn FileStore>,
+        ),
         turns: Turns,
     ) -> Self {
-        let (store, cluster) = store;
+        let (store, cluster, files) = store;
         SessionManager {
             inner: Arc::new(ManagerInner {
                 sessions: Mutex::new(HashMap::new()),
@@ -146,12 +152,18 @@ impl SessionManager {
                     journal,
                     store,
                     cluster,
+                    files,
                     releases: Arc::new(Releases::default()),
                     turns,
                     relays: Arc::new(Relays::default()),
                 },
             }),
         }
+    }
+
+    /// Where the conversations' files are: what messages attach and tools return.
+    pub fn files(&self) -> &Arc<dyn FileStore> {
+        &self.inner.shared.files
     }
 
     /// How many sessions are live in memory.

@@ -4,11 +4,12 @@
 //! key, a rename, a deletion) run as they come. The dialect writes the gathered rows
 //! ([`Db::write_rows`]) in the batch's transaction, which its backend opened and commits.
 //!
-//! Depends on: `common::protocol`, `store`, `store::cluster`, `store::plan`.
+//! Depends on: `common::protocol`, `store`, `store::cluster`, `store::plan`, `store::plan::files`.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
+use super::files::forget_conversation;
 use super::{
     Column, Db, Dialect, Param, Table, big, calls_to_json, role_name, title_for, unix_now,
 };
@@ -403,6 +404,8 @@ pub fn apply<'a, E>(
                 }
                 keys.remove(session);
                 signals.insert(session.as_str(), Signal::Deleted);
+                // The files only it used go with it (it is read from its row, still there).
+                forget_conversation(db, key)?;
                 for statement in sql.delete_session {
                     db.run(statement, &[Param::Int(key)])?;
                 }

@@ -34,6 +34,7 @@
 
 mod batch;
 mod conversations;
+mod files;
 mod graph;
 mod share;
 mod values;
@@ -48,6 +49,7 @@ use crate::common::error::Result;
 use crate::store::{Node, StoreStatus, WriteOp};
 
 pub(crate) use self::batch::{BatchTable, Keys, Rows, apply};
+pub(crate) use self::files::sweep_uploads;
 pub(crate) use self::graph::node_from_row;
 pub(crate) use self::share::{SearchShare, SearchTurn};
 pub(crate) use self::values::*;
@@ -193,6 +195,26 @@ pub struct Dialect {
     /// carries its owner's, and a search ANDs it in, so that the index skips other
     /// principals' rows.
     pub owner_term: fn(&str) -> String,
+    /// The keys of blobs left half-written (`sha256` NULL) by a writer that is gone, for the
+    /// sweep at start: every one in SQLite, whose directory lock keeps other processes out;
+    /// in PostgreSQL, those whose writer has no connection left.
+    pub stale_blobs: &'static str,
+    /// Waits, until the transaction ends, for any other upload finishing with the owner and
+    /// digest `?1` (PostgreSQL's advisory lock, so that two uploads of the same bytes keep
+    /// them once); SQLite's one writer already runs one at a time. Answers one row.
+    pub lock_digest: &'static str,
+    /// A blob's text chunks for [`Db::write_table`]: `?1` the blob's key (one value), `?2`
+    /// the chunk's number, `?3` the owner (one value), `?4` its label, `?5` its text.
+    pub put_chunks: &'static [&'static str],
+    /// Chunk vectors for [`Db::write_table`], each replacing an earlier one: `?1` the blob's
+    /// key, `?2` the chunk's number, `?3` the model (one value), `?4` the vector. A chunk that
+    /// is gone is skipped.
+    pub put_chunk_vectors: &'static [&'static str],
+    /// The chunks of blob `?1` that match the full-text query `?2` (one of
+    /// [`Dialect::search_queries`]), with `?3` the owner's [`Dialect::owner_term`], best
+    /// first, at most `?4`: number, label, text, and a score that is higher for a better
+    /// match and comparable across blobs.
+    pub search_chunks: &'static str,
 }
 
 /// A connection, or a transaction on one, running the shared logic's statements.
@@ -396,6 +418,13 @@ pub trait Row {
     ///
     /// The dialect's, when the column is neither.
     fn json(&self, column: usize) -> Result<Value, Self::Error>;
+
+    /// A floating-point column (`REAL` in SQLite, `float8` in PostgreSQL): a search's score.
+    ///
+    /// # Errors
+    ///
+    /// The dialect's, when the column is not a number.
+    fn real(&self, column: usize) -> Result<f64, Self::Error>;
 
     /// A binary column, borrowed from the row.
     ///

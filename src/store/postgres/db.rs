@@ -91,6 +91,26 @@ pub(super) const SQL: Dialect = Dialect {
     search_queries: tsqueries,
     fact_key: content_digest,
     owner_term: owner_lexeme,
+    // A blob being written carries its writer's `application_name` (see schema version 5):
+    // one whose writer has no connection left will never be finished.
+    stale_blobs: "SELECT b.key FROM blobs b WHERE b.sha256 IS NULL AND NOT EXISTS \
+         (SELECT 1 FROM pg_stat_activity a WHERE a.application_name = b.writer)",
+    lock_digest: "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+    put_chunks: &["INSERT INTO text_chunks (blob_key, n, owner, label, text) \
+         SELECT $1::bigint, u.n, $3::text, u.l, u.t \
+         FROM unnest($2::bigint[], $4::text[], $5::text[]) AS u (n, l, t)"],
+    put_chunk_vectors: &["INSERT INTO chunk_vectors (blob_key, n, model, vector) \
+         SELECT u.b, u.n, $3::text, u.v FROM unnest($1::bigint[], $2::bigint[], $4::bytea[]) \
+         AS u (b, n, v) WHERE EXISTS \
+         (SELECT 1 FROM text_chunks c WHERE c.blob_key = u.b AND c.n = u.n) \
+         ON CONFLICT (blob_key, n, model) DO UPDATE SET vector = excluded.vector"],
+    // The owner's lexeme is ANDed in, as for every search; `ts_rank_cd` ranks a chunk on its
+    // own text, so that two blobs' scores compare.
+    search_chunks: "WITH q AS (SELECT to_tsquery('sparky_english', $2) AS words) \
+         SELECT c.n, c.label, c.text, ts_rank_cd(c.search, q.words)::float8 AS score \
+         FROM text_chunks c, q WHERE numnode(q.words) > 0 AND c.blob_key = $1 \
+         AND c.search @@ (q.words && $3::text::tsquery) \
+         ORDER BY score DESC, c.n LIMIT $4",
 };
 
 /// Every row of a batch in one statement (one round trip), the notifications for other
@@ -453,6 +473,10 @@ impl Row for postgres::Row {
     }
 
     fn json(&self, column: usize) -> Result<Value, Self::Error> {
+        self.try_get(column)
+    }
+
+    fn real(&self, column: usize) -> Result<f64, Self::Error> {
         self.try_get(column)
     }
 

@@ -23,7 +23,7 @@
 //! statements on these connections, `schema.rs` holds the migrations, `import.rs` writes what
 //! `sparky migrate-store` copies.
 //!
-//! Depends on: `common::config`, `common::error`, `common::protocol`, `store`, `store::plan`, `store::postgres::db`, `store::postgres::pool`.
+//! Depends on: `common::config`, `common::error`, `common::protocol`, `store`, `store::plan`, `store::plan::files`, `store::postgres::db`, `store::postgres::pool`.
 
 mod batch;
 mod cluster;
@@ -41,7 +41,7 @@ use postgres::error::SqlState;
 
 use self::db::{Pg, SQL};
 use self::pool::{Connection, Connector, Pool, broken, describe};
-use super::plan::{Backend, Counters, Dialect, View, Work, Write};
+use super::plan::{Backend, Counters, Dialect, View, Work, Write, sweep_uploads};
 use super::{StoreStatus, WriteOp};
 use crate::common::config::redact_url;
 use crate::common::error::{Error, Result};
@@ -96,11 +96,13 @@ impl SizeCap {
     }
 }
 
-/// The tables a conversation's deletion frees space in, for `VACUUM`.
-const CONVERSATION_TABLES: &str = "events, messages, notes, turns, sessions";
+/// The tables a conversation's deletion frees space in, for `VACUUM` (its files go with it).
+const CONVERSATION_TABLES: &str = "events, messages, notes, turns, sessions, files, file_uses, \
+     blobs, blob_chunks, blob_text, text_chunks, chunk_vectors";
 
-/// The tables a fact's deletion frees space in, for `VACUUM`.
-const GRAPH_TABLES: &str = "nodes, edges, embeddings";
+/// The tables a deletion on the pool (a fact, a file) frees space in, for `VACUUM`.
+const POOL_TABLES: &str = "nodes, edges, embeddings, files, file_uses, blobs, blob_chunks, \
+     blob_text, text_chunks, chunk_vectors";
 
 /// The writer connection and what it remembers between batches.
 #[derive(Debug, Default)]
@@ -157,7 +159,7 @@ impl PostgresStore {
             .and_then(|row| row.try_get(0))
             .map_err(|e| store_error("count nodes", e))?;
         log::info!("store: using PostgreSQL database {target}");
-        Ok(PostgresStore {
+        let store = PostgresStore {
             pool,
             writer: Mutex::new(Writer {
                 connection: Some(connection),
@@ -167,7 +169,9 @@ impl PostgresStore {
             listener: Mutex::new(None),
             counters: Counters::new(nodes, pool_size),
             size: Mutex::new(SizeCap::default()),
-        })
+        };
+        sweep_uploads(&store)?;
+        Ok(store)
     }
 
     /// What a start on the database at `url` would find, for `sparky check`, changing nothing:
@@ -393,9 +397,14 @@ impl Backend for PostgresStore {
         if matches!(write, Write::Upsert | Write::Insert) {
             self.graph_room()?;
         }
+        // In a transaction, so that a write of several statements (an upload's end, a
+        // file's deletion) is whole or not at all.
         let mut on_pool = |connection: &mut Connection| {
             let Connection { client, statements } = connection;
-            work(&mut Pg::new(client, statements, instance))
+            let mut tx = client.transaction()?;
+            let value = work(&mut Pg::new(&mut tx, statements, instance))?;
+            tx.commit()?;
+            Ok(value)
         };
         let value = match write {
             Write::Upsert | Write::Replace => self.pool.run(what, &mut on_pool),
@@ -403,7 +412,7 @@ impl Backend for PostgresStore {
         }?;
         if write == Write::Delete {
             self.make_room(
-                GRAPH_TABLES,
+                POOL_TABLES,
                 |sql| self.pool.run("make room", |c| c.client.batch_execute(sql)),
                 || {
                     self.pool

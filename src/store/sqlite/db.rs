@@ -72,6 +72,25 @@ pub(super) const SQL: Dialect = Dialect {
     search_queries: fts_queries,
     fact_key: content_key,
     owner_term,
+    // The directory's lock keeps every other process out: a blob half-written at start was
+    // left by a crash.
+    stale_blobs: "SELECT key FROM blobs WHERE sha256 IS NULL",
+    // The one writer runs one upload's end at a time already.
+    lock_digest: "SELECT length(?1)",
+    put_chunks: &["INSERT INTO text_chunks (blob_key, n, owner, label, text) \
+         VALUES (?1, ?2, ?3, ?4, ?5)"],
+    put_chunk_vectors: &["INSERT INTO chunk_vectors (blob_key, n, model, vector) \
+         SELECT ?1, ?2, ?3, ?4 WHERE EXISTS \
+         (SELECT 1 FROM text_chunks WHERE blob_key = ?1 AND n = ?2) \
+         ON CONFLICT (blob_key, n, model) DO UPDATE SET vector = excluded.vector"],
+    // The owner's and the blob's tokens are ANDed in, so that the index answers for this
+    // blob's chunks alone; BM25 (higher is better once negated) weighs the text only, and its
+    // figures come from the whole index, so that two blobs' scores compare.
+    search_chunks: "SELECT c.n, c.label, c.text, -bm25(chunk_text, 1.0, 0.0, 0.0) \
+         FROM chunk_text JOIN text_chunks c ON c.key = chunk_text.rowid \
+         WHERE chunk_text MATCH ('owner_token : ' || ?3 || ' AND blob_token : b' || ?1 \
+         || ' AND (' || ?2 || ')') \
+         ORDER BY bm25(chunk_text, 1.0, 0.0, 0.0) LIMIT ?4",
 };
 
 /// A statement SQLite runs once per row of a table, with the row's values bound as `?1`, `?2`,
@@ -249,6 +268,10 @@ impl Row for rusqlite::Row<'_> {
     fn json(&self, column: usize) -> rusqlite::Result<Value> {
         let text: String = self.get(column)?;
         Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    fn real(&self, column: usize) -> rusqlite::Result<f64> {
+        self.get(column)
     }
 
     fn bytes(&self, column: usize) -> rusqlite::Result<&[u8]> {

@@ -12,7 +12,7 @@
 //! statements on these connections, `schema.rs` holds the migrations, `export.rs` reads
 //! everything for `sparky migrate-store`, `backup.rs` copies the file for `sparky backup`.
 //!
-//! Depends on: `common::error`, `store`, `store::plan`, `store::plan::batch`, `store::sqlite::db`, `store::sqlite::schema`.
+//! Depends on: `common::error`, `store`, `store::plan`, `store::plan::batch`, `store::plan::files`, `store::sqlite::db`, `store::sqlite::schema`.
 
 mod backup;
 mod db;
@@ -29,7 +29,7 @@ use rusqlite::{Connection, OpenFlags};
 
 use self::db::{Lite, SQL};
 use self::schema::migrate;
-use super::plan::{Backend, Counters, Dialect, Keys, View, Work, Write, apply};
+use super::plan::{Backend, Counters, Dialect, Keys, View, Work, Write, apply, sweep_uploads};
 use super::{StoreStatus, WriteOp};
 use crate::common::error::{Error, Result};
 
@@ -230,7 +230,7 @@ impl SqliteStore {
         let nodes = writer
             .query_row("SELECT count(*) FROM nodes", [], |row| row.get::<_, i64>(0))
             .map_err(|e| store_error("count nodes", e))?;
-        Ok(SqliteStore {
+        let store = SqliteStore {
             writer: Mutex::new(Writer {
                 connection: writer,
                 keys: Keys::new(),
@@ -241,7 +241,9 @@ impl SqliteStore {
             counters: Counters::new(nodes, READERS),
             _lock: None,
             path: None,
-        })
+        };
+        sweep_uploads(&store)?;
+        Ok(store)
     }
 
     /// The database file, when on disk.

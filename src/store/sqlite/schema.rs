@@ -6,7 +6,8 @@
 //! adds each conversation's model and token totals, and the facts' embeddings. Version 4 makes
 //! a conversation a tree of turns: a table of turns, each message's turn, and the leaf. Version
 //! 5 puts each row's owner into the full-text indexes, so that a search reads only its
-//! principal's postings, and indexes titles for the conversation search.
+//! principal's postings, and indexes titles for the conversation search. Version 6 adds files:
+//! their bytes in pieces, the conversations that use them, and their text, indexed.
 //!
 //! Depends on: `common::error`, `store`.
 
@@ -253,6 +254,90 @@ CREATE TRIGGER sessions_title_delete AFTER DELETE ON sessions BEGIN
 END;
 "#;
 
+/// Version 5 to 6: files (`store/files.rs`). A file is a row of its own over a *blob*, the
+/// bytes kept once per owner and SHA-256, in pieces of `BLOB_CHUNK` bytes (`blob_chunks`), so
+/// that no file is ever held whole in memory; a blob's `sha256` is NULL while it is being
+/// written, and such a blob left by a crash is removed at the next start. `file_uses` records
+/// the conversations that use a file, by the conversation's id rather than its key: a message
+/// may carry a file before the journal has written its new conversation's row. A blob's text
+/// is its `blob_text` state and its `text_chunks`, indexed by `chunk_text` (FTS5 over the
+/// chunks, with the owner's token as the other indexes have it, and a token naming the blob,
+/// so that a search of a few files reads only their postings); `chunk_vectors` holds their
+/// embeddings.
+const V6: &str = r#"
+CREATE TABLE blobs (
+    key INTEGER PRIMARY KEY,
+    owner TEXT NOT NULL,
+    sha256 TEXT,
+    size INTEGER NOT NULL DEFAULT 0,
+    writer TEXT NOT NULL DEFAULT '',
+    created_at INTEGER NOT NULL,
+    UNIQUE (owner, sha256)
+);
+CREATE INDEX blobs_partial ON blobs (key) WHERE sha256 IS NULL;
+CREATE TABLE blob_chunks (
+    blob_key INTEGER NOT NULL REFERENCES blobs (key) ON DELETE CASCADE,
+    n INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (blob_key, n)
+);
+CREATE TABLE files (
+    key INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    owner TEXT NOT NULL,
+    blob_key INTEGER NOT NULL REFERENCES blobs (key),
+    name TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX files_owner ON files (owner, created_at);
+CREATE INDEX files_blob ON files (blob_key);
+CREATE TABLE file_uses (
+    file_key INTEGER NOT NULL REFERENCES files (key) ON DELETE CASCADE,
+    session_id TEXT NOT NULL,
+    PRIMARY KEY (file_key, session_id)
+) WITHOUT ROWID;
+CREATE INDEX file_uses_session ON file_uses (session_id);
+CREATE TABLE blob_text (
+    blob_key INTEGER PRIMARY KEY REFERENCES blobs (key) ON DELETE CASCADE,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'ready', 'failed')),
+    note TEXT,
+    chunks INTEGER NOT NULL DEFAULT 0,
+    chars INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE text_chunks (
+    key INTEGER PRIMARY KEY,
+    blob_key INTEGER NOT NULL REFERENCES blobs (key) ON DELETE CASCADE,
+    n INTEGER NOT NULL,
+    owner TEXT NOT NULL,
+    label TEXT NOT NULL,
+    text TEXT NOT NULL,
+    owner_token TEXT GENERATED ALWAYS AS ('o' || hex(owner)) VIRTUAL,
+    blob_token TEXT GENERATED ALWAYS AS ('b' || blob_key) VIRTUAL,
+    UNIQUE (blob_key, n)
+);
+CREATE VIRTUAL TABLE chunk_text USING fts5 (
+    text, owner_token, blob_token, content = 'text_chunks', content_rowid = 'key',
+    tokenize = 'porter unicode61'
+);
+CREATE TRIGGER text_chunks_after_insert AFTER INSERT ON text_chunks BEGIN
+    INSERT INTO chunk_text (rowid, text, owner_token, blob_token)
+        VALUES (new.key, new.text, new.owner_token, new.blob_token);
+END;
+CREATE TRIGGER text_chunks_after_delete AFTER DELETE ON text_chunks BEGIN
+    INSERT INTO chunk_text (chunk_text, rowid, text, owner_token, blob_token)
+        VALUES ('delete', old.key, old.text, old.owner_token, old.blob_token);
+END;
+CREATE TABLE chunk_vectors (
+    blob_key INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    model TEXT NOT NULL,
+    vector BLOB NOT NULL,
+    PRIMARY KEY (blob_key, n, model),
+    FOREIGN KEY (blob_key, n) REFERENCES text_chunks (blob_key, n) ON DELETE CASCADE
+);
+"#;
+
 /// Fills in the open turn of each conversation from its last event: version 1 kept that only
 /// in the events.
 fn v2_open_turns(tx: &Transaction<'_>) -> rusqlite::Result<()> {
@@ -308,6 +393,7 @@ const MIGRATIONS: [Migration; SCHEMA_VERSION as usize] = [
     (V3, None),
     (V4, None),
     (V5, None),
+    (V6, None),
 ];
 
 /// Brings the database to [`SCHEMA_VERSION`], one version per transaction.
