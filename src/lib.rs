@@ -21,6 +21,9 @@
 //! - [`net`]: the edge; the only layer that knows a client exists.
 //! - [`conversation`]: sessions, turns, the agent loop, the journal, memory.
 //! - [`tools`]: the `ToolChain`, built-in tools, the knowledge graph's tools, MCP.
+//! - [`files`]: files in the conversation: their type by their bytes, their text read in a
+//!   bounded child process and chunked, uploads and waiting for a file's text
+//!   ([`files::Library`]).
 //! - [`store`]: what is stored, written once, over SQLite and PostgreSQL.
 //! - [`model`]: the model backends and embeddings.
 //! - [`common`]: the vocabulary every layer shares (protocol, config, errors, principals,
@@ -39,6 +42,7 @@
 pub mod client;
 pub mod common;
 pub mod conversation;
+pub mod files;
 pub mod model;
 pub mod net;
 pub mod store;

@@ -84,6 +84,10 @@ pub struct Metrics {
     pub signal_lag_micros: AtomicU64,
     /// Leases of conversations taken over from another instance (asked to let go, or dead).
     pub leases_taken: AtomicU64,
+    /// Files whose text was read and stored.
+    pub file_texts_read: AtomicU64,
+    /// Files whose text could not be read (a note was stored instead).
+    pub file_texts_failed: AtomicU64,
     /// Rejected client frames, by the index of their code in `REJECTED_CODES`.
     rejected_by_code: [AtomicU64; REJECTED_CODES.len()],
     /// Turn durations: a count per bucket of `TURN_BUCKETS` (plus one for larger), and the
@@ -184,7 +188,7 @@ impl Metrics {
         let head = |out: &mut String, name: &str, kind: &str, help: &str| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         };
-        let simple: [(&str, &str, &str, u64); 15] = [
+        let simple: [(&str, &str, &str, u64); 17] = [
             (
                 "sparky_connections_open",
                 "gauge",
@@ -274,6 +278,18 @@ impl Metrics {
                 "counter",
                 "Conversation leases taken over from another instance.",
                 Self::get(&self.leases_taken),
+            ),
+            (
+                "sparky_file_texts_read_total",
+                "counter",
+                "Files whose text was read.",
+                Self::get(&self.file_texts_read),
+            ),
+            (
+                "sparky_file_texts_failed_total",
+                "counter",
+                "Files whose text could not be read.",
+                Self::get(&self.file_texts_failed),
             ),
         ];
         for (name, kind, help, value) in simple {

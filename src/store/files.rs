@@ -210,6 +210,19 @@ pub trait FileStore: Send + Sync {
     /// The store's.
     fn put_text(&self, id: &str, chunks: &[NewChunk], failure: Option<&str>) -> Result<()>;
 
+    /// Files whose text is still [`TextState::Pending`], one per blob, as `(owner, file)`,
+    /// at most `limit`: what a server that stopped before reading them left, queued again
+    /// when the next one starts (`files::Library::new`). The default finds none: a store
+    /// should override it.
+    ///
+    /// # Errors
+    ///
+    /// The store's.
+    fn pending_texts(&self, limit: usize) -> Result<Vec<(String, StoredFile)>> {
+        let _ = limit;
+        Ok(Vec::new())
+    }
+
     /// Chunks `from..from + limit` of `owner`'s file `id`, in order.
     ///
     /// # Errors

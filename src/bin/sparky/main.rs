@@ -3,11 +3,13 @@
 //! binary adds only its own few. Each other job has a file here: what the flags point to
 //! (`inputs.rs`), logging (`logging.rs`), the open-file limit (`limits.rs`), the model backend
 //! and its probe (`model.rs`), `migrate-store` (`migrate.rs`), `backup` (`backup.rs`), `chat`
-//! (`chat.rs`, over the library's client) and `check` (`check.rs`).
+//! (`chat.rs`, over the library's client), `check` (`check.rs`) and the hidden `extract-text`,
+//! the child process that reads a document's text (`extract.rs`).
 
 mod backup;
 mod chat;
 mod check;
+mod extract;
 mod inputs;
 mod limits;
 mod logging;
@@ -107,6 +109,20 @@ enum Command {
         #[arg(long = "store", value_name = "URL")]
         store: Option<String>,
     },
+    /// Read a document's text: its bytes on stdin, its text on stdout as JSON lines. The
+    /// server runs it, one process per document, held to a memory and a CPU limit.
+    #[command(hide = true)]
+    ExtractText {
+        /// The document's type: application/pdf, text/html, or a Word document's.
+        #[arg(long = "type", value_name = "TYPE")]
+        content_type: String,
+        /// The most memory (address space) the process may use, in MiB.
+        #[arg(long, value_name = "MIB", default_value_t = 512)]
+        memory_mib: u64,
+        /// The most CPU time it may use, in seconds.
+        #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+        cpu_seconds: u64,
+    },
 }
 
 /// The binary's own flags, each shown in `--help` beside the setting it goes with, as
@@ -178,6 +194,11 @@ fn main() -> ExitCode {
             let dir = dir.unwrap_or(cli.config.data_dir);
             return backup::run(&file, &dir, store);
         }
+        Some(Command::ExtractText {
+            content_type,
+            memory_mib,
+            cpu_seconds,
+        }) => return extract::run(&content_type, memory_mib, cpu_seconds),
         None => {}
     }
     if let Err(e) = inputs::choose_store(&mut cli.config) {
