@@ -1,12 +1,17 @@
-//! The HTTP wire on the WebSocket port: reading a request head (and a small body), writing a
-//! response, and the `101` answer that turns the connection into a WebSocket. What a request
-//! may ask for is `policy.rs`'s and `routes.rs`'s business. Only `server.rs` hands it a socket.
+//! The HTTP wire on the WebSocket port: reading a request head (and a small body, or a large
+//! one as a stream: [`RequestBody`]), writing a response (its body whole, a list piece by piece,
+//! or streamed from elsewhere: [`StreamBody`]), and the `101` answer that turns the connection
+//! into a WebSocket. What a request may ask for is `policy.rs`'s and `routes.rs`'s business.
+//! Only `server.rs` hands it a socket.
 //!
 //! Depends on nothing in the crate.
 
+use std::borrow::Cow;
+use std::cell::Cell;
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::TcpStream;
+use std::net::{Shutdown, TcpStream};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The largest request head accepted.
@@ -17,6 +22,11 @@ const WRITE_BUFFER_BYTES: usize = 64 * 1024;
 
 /// `Cache-Control` of everything but versioned assets.
 const NO_STORE: &str = "no-store";
+
+/// The slowest a streamed request body may arrive on average, in bytes per second: a body of `n`
+/// bytes has `n / MIN_BODY_RATE` seconds beyond the idle timeout (a 25 MiB upload, 800 s), so
+/// that a client that drips its bytes cannot hold a thread for ever.
+pub const MIN_BODY_RATE: u64 = 32 * 1024;
 
 /// Request headers whose values are secrets: never shown in `Debug` output (and so never in a
 /// log line).
@@ -179,20 +189,165 @@ pub fn read_body(
 /// Reads what the peer has sent into `chunk` (at least one byte), waiting no later than
 /// `deadline`: EOF, the deadline and a socket error are all [`HeadError::Gone`].
 fn read_before(
-    stream: &mut TcpStream,
+    stream: &TcpStream,
     chunk: &mut [u8],
     deadline: Instant,
 ) -> Result<usize, HeadError> {
+    read_within(stream, chunk, deadline).map_err(HeadError::Gone)
+}
+
+/// Reads what the peer has sent into `chunk` (at least one byte), waiting no later than
+/// `deadline`.
+///
+/// # Errors
+///
+/// `UnexpectedEof` when the peer closed, `TimedOut` (or `WouldBlock`) past the deadline, and
+/// the socket's own.
+fn read_within(stream: &TcpStream, chunk: &mut [u8], deadline: Instant) -> io::Result<usize> {
     let left = deadline.saturating_duration_since(Instant::now());
     if left.is_zero() {
-        return Err(HeadError::Gone(io::ErrorKind::TimedOut.into()));
+        return Err(io::ErrorKind::TimedOut.into());
     }
-    stream
-        .set_read_timeout(Some(left.max(Duration::from_millis(1))))
-        .map_err(HeadError::Gone)?;
-    match stream.read(chunk).map_err(HeadError::Gone)? {
-        0 => Err(HeadError::Gone(io::ErrorKind::UnexpectedEof.into())),
+    stream.set_read_timeout(Some(left.max(Duration::from_millis(1))))?;
+    let mut reader = stream;
+    match reader.read(chunk)? {
+        0 => Err(io::ErrorKind::UnexpectedEof.into()),
         n => Ok(n),
+    }
+}
+
+/// How a request says where its body ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// It says nothing: no body.
+    None,
+    /// `Content-Length`: this many bytes.
+    Length(u64),
+    /// A `Transfer-Encoding` (`chunked`): the end is in the coding, which [`RequestBody`] does
+    /// not read.
+    Encoded,
+}
+
+/// The body of a request, read as a stream straight from the socket (what was read past the
+/// head first), at most as many bytes as its `Content-Length` says; never held whole.
+///
+/// Each read waits at most the idle timeout it was made with, and all of them together at most
+/// that plus a second per [`MIN_BODY_RATE`] bytes of the declared length. A failed read (the
+/// peer closed early or stalled) is remembered ([`RequestBody::failure`]), so that whoever
+/// consumed the body can tell a peer's failure from its own. It is read through a shared
+/// reference (`Read for &RequestBody`), as a `TcpStream` is, so that it can be lent inside a
+/// request that routes take by reference.
+pub struct RequestBody<'a> {
+    stream: &'a TcpStream,
+    /// The bytes read past the head, and how many of them have been handed out.
+    ahead: &'a [u8],
+    taken: Cell<usize>,
+    framing: Framing,
+    /// Bytes of the declared length not read yet.
+    left: Cell<u64>,
+    idle: Duration,
+    deadline: Instant,
+    failure: Cell<Option<io::ErrorKind>>,
+}
+
+impl fmt::Debug for RequestBody<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequestBody")
+            .field("framing", &self.framing)
+            .field("left", &self.left.get())
+            .field("failure", &self.failure.get())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> RequestBody<'a> {
+    /// The body of the request whose head is `head`, to be read from `stream`, each read
+    /// waiting at most `idle`.
+    pub fn new(stream: &'a TcpStream, head: &'a RequestHead, idle: Duration) -> Self {
+        let framing = if head.header("transfer-encoding").is_some() {
+            Framing::Encoded
+        } else {
+            // `parse_head` refused a head whose length is malformed or ambiguous.
+            match content_length(&head.headers) {
+                Ok(Some(length)) => Framing::Length(length as u64),
+                Ok(None) | Err(_) => Framing::None,
+            }
+        };
+        let length = match framing {
+            Framing::Length(length) => length,
+            Framing::None | Framing::Encoded => 0,
+        };
+        let allowance = Duration::from_secs(length / MIN_BODY_RATE);
+        RequestBody {
+            stream,
+            ahead: &head.rest,
+            taken: Cell::new(0),
+            framing,
+            left: Cell::new(length),
+            idle,
+            deadline: Instant::now() + idle + allowance,
+            failure: Cell::new(None),
+        }
+    }
+
+    /// How the request says its body ends.
+    pub fn framing(&self) -> Framing {
+        self.framing
+    }
+
+    /// The kind of error a read of the body met (the peer closed before the end, stalled past
+    /// the timeouts, or the socket failed), if any.
+    pub fn failure(&self) -> Option<io::ErrorKind> {
+        self.failure.get()
+    }
+
+    /// After the answer has been written: when the peer may still be sending (the body was not
+    /// read to its end, or its end is unknown), says it will write no more and reads what
+    /// comes, for at most `within`, so that the peer reads the answer rather than a reset
+    /// (closing a socket with unread bytes resets the connection, and may cost the peer the
+    /// answer it has not read yet).
+    pub fn linger(&self, within: Duration) {
+        let unread = match self.framing {
+            Framing::None => false,
+            Framing::Length(_) => self.left.get() > 0,
+            Framing::Encoded => true,
+        };
+        if !unread || self.failure.get().is_some() {
+            return;
+        }
+        let _ = self.stream.shutdown(Shutdown::Write);
+        let until = Instant::now() + within;
+        let mut sink = [0u8; 16 * 1024];
+        while read_within(self.stream, &mut sink, until).is_ok() {}
+    }
+}
+
+impl Read for &RequestBody<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let body = *self;
+        let left = body.left.get();
+        if left == 0 || buf.is_empty() {
+            return Ok(0);
+        }
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let taken = body.taken.get();
+        let n = if taken < body.ahead.len() {
+            let n = want.min(body.ahead.len() - taken);
+            buf[..n].copy_from_slice(&body.ahead[taken..taken + n]);
+            body.taken.set(taken + n);
+            n
+        } else {
+            let until = body.deadline.min(Instant::now() + body.idle);
+            match read_within(body.stream, &mut buf[..want], until) {
+                Ok(n) => n,
+                Err(e) => {
+                    body.failure.set(Some(e.kind()));
+                    return Err(e);
+                }
+            }
+        };
+        body.left.set(left - n as u64);
+        Ok(n)
     }
 }
 
@@ -274,7 +429,7 @@ pub struct Response {
     pub status: u16,
     /// The reason phrase.
     pub reason: &'static str,
-    /// The `Content-Type`.
+    /// The `Content-Type` (a [`Body::Stream`] brings its own).
     pub content_type: &'static str,
     /// Headers beyond the fixed ones (`Content-Type`, `Content-Length`, `Cache-Control`,
     /// `Connection`).
@@ -295,7 +450,47 @@ pub enum Body {
     /// A JSON list, written piece by piece (see [`JsonList`]). Boxed, so that a response stays
     /// small to move around.
     JsonList(Box<JsonList>),
+    /// Bytes that come from elsewhere (a stored file), written as they come, with the headers
+    /// that describe them. Boxed, as a list is.
+    Stream(Box<Streamed>),
 }
+
+/// A body whose bytes are written as they come from elsewhere, never gathered: a stored file.
+pub trait StreamBody: fmt::Debug + Send + Sync {
+    /// How many bytes it writes, for `Content-Length`.
+    fn size(&self) -> usize;
+
+    /// Writes exactly [`StreamBody::size`] bytes to `out`.
+    ///
+    /// # Errors
+    ///
+    /// `out`'s, or any failure to produce the bytes (the connection is then closed short of
+    /// the length the head announced, so that the peer knows the body is incomplete).
+    fn write_to(&self, out: &mut dyn Write) -> io::Result<()>;
+}
+
+/// A [`StreamBody`] as [`Body::Stream`] holds it, with the headers made for it. Two are equal
+/// when their headers are and their bytes come from the same source.
+#[derive(Debug, Clone)]
+pub struct Streamed {
+    /// Its `Content-Type`, which the response's gives way to.
+    pub content_type: String,
+    /// Headers that describe it (a file's `Content-Disposition`), written after the
+    /// response's `extra_headers`.
+    pub headers: Vec<(&'static str, String)>,
+    /// Where its bytes come from.
+    pub source: Arc<dyn StreamBody>,
+}
+
+impl PartialEq for Streamed {
+    fn eq(&self, other: &Self) -> bool {
+        self.content_type == other.content_type
+            && self.headers == other.headers
+            && Arc::ptr_eq(&self.source, &other.source)
+    }
+}
+
+impl Eq for Streamed {}
 
 /// The JSON object `{"<key>": [item, …]}`, whose items are JSON texts already. It is written
 /// piece by piece, never joined into one string, so that a large list (a page of events) costs
@@ -321,6 +516,7 @@ impl Body {
                     + items.iter().map(String::len).sum::<usize>()
                     + items.len().saturating_sub(1)
             }
+            Body::Stream(stream) => stream.source.size(),
         }
     }
 
@@ -344,6 +540,7 @@ impl Body {
                 }
                 out.write_all(b"]}")
             }
+            Body::Stream(stream) => stream.source.write_to(out),
         }
     }
 }
@@ -380,11 +577,18 @@ impl Response {
     pub fn write(&self, stream: &mut impl Write, with_body: bool) -> io::Result<()> {
         // Small pieces (a list's commas) gather here; large ones pass straight through.
         let mut out = io::BufWriter::with_capacity(WRITE_BUFFER_BYTES, stream);
+        let (content_type, made) = match &self.body {
+            Body::Stream(stream) => (
+                without_controls(&stream.content_type),
+                stream.headers.as_slice(),
+            ),
+            Body::Text(_) | Body::JsonList(_) => (Cow::Borrowed(self.content_type), &[][..]),
+        };
         let mut head = format!(
             "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: {}\r\nConnection: close\r\n",
             self.status,
             self.reason,
-            self.content_type,
+            content_type,
             self.body.len(),
             self.cache_control
         );
@@ -394,12 +598,25 @@ impl Response {
         for (name, value) in self.extra_headers {
             head.push_str(&format!("{name}: {value}\r\n"));
         }
+        for (name, value) in made {
+            head.push_str(&format!("{name}: {}\r\n", without_controls(value)));
+        }
         head.push_str("\r\n");
         out.write_all(head.as_bytes())?;
         if with_body {
             self.body.write_to(&mut out)?;
         }
         out.flush()
+    }
+}
+
+/// A header value with its control characters (a line break above all) left out, so that a
+/// value made from what a client gave can never end the header early.
+fn without_controls(value: &str) -> Cow<'_, str> {
+    if value.chars().any(char::is_control) {
+        Cow::Owned(value.chars().filter(|c| !c.is_control()).collect())
+    } else {
+        Cow::Borrowed(value)
     }
 }
 
@@ -570,6 +787,140 @@ mod tests {
         }
         assert!(shown.contains("a=1&token=%5Bredacted%5D"), "{shown}");
         assert_eq!(RequestHead::parse(b"GET / HTTP/1.1\r\n\r\n").token(), None);
+    }
+
+    /// A connected pair of loopback sockets: (the server's side, the client's).
+    fn pair() -> (TcpStream, TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        (listener.accept().unwrap().0, client)
+    }
+
+    #[test]
+    fn a_request_body_streams_what_came_with_the_head_then_the_socket_up_to_its_length() {
+        let (server, mut client) = pair();
+        let head = RequestHead::parse(b"POST /api/files HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc");
+        let body = RequestBody::new(&server, &head, Duration::from_secs(5));
+        assert_eq!(body.framing(), Framing::Length(10));
+        client.write_all(b"defghijEXTRA").unwrap();
+        let mut read = Vec::new();
+        (&body).read_to_end(&mut read).unwrap();
+        assert_eq!(read, b"abcdefghij");
+        assert_eq!(body.failure(), None);
+        // Read to its end: nothing to linger for.
+        let started = Instant::now();
+        body.linger(Duration::from_secs(5));
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_body_that_ends_early_or_stalls_is_a_failure_remembered() {
+        let (server, mut client) = pair();
+        let head = RequestHead::parse(b"POST / HTTP/1.1\r\nContent-Length: 100\r\n\r\n");
+        let body = RequestBody::new(&server, &head, Duration::from_millis(200));
+        client.write_all(b"short").unwrap();
+        let mut read = Vec::new();
+        let e = (&body).read_to_end(&mut read).unwrap_err();
+        assert!(
+            matches!(
+                e.kind(),
+                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+            ),
+            "{e:?}"
+        );
+        assert_eq!(read, b"short");
+        assert_eq!(body.failure(), Some(e.kind()));
+        drop(client);
+        let (server, client) = pair();
+        let body = RequestBody::new(&server, &head, Duration::from_secs(5));
+        drop(client);
+        let e = (&body).read_to_end(&mut Vec::new()).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
+    fn a_body_without_a_length_is_empty_and_a_transfer_coding_is_told_apart() {
+        let (server, _client) = pair();
+        let none = RequestHead::parse(b"POST / HTTP/1.1\r\n\r\nignored");
+        let body = RequestBody::new(&server, &none, Duration::from_secs(5));
+        assert_eq!(body.framing(), Framing::None);
+        assert_eq!((&body).read(&mut [0; 8]).unwrap(), 0);
+        let chunked = RequestHead::parse(
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n3\r\nabc",
+        );
+        let body = RequestBody::new(&server, &chunked, Duration::from_secs(5));
+        assert_eq!(body.framing(), Framing::Encoded);
+        assert_eq!((&body).read(&mut [0; 8]).unwrap(), 0);
+    }
+
+    #[test]
+    fn lingering_reads_what_the_peer_still_sends_after_the_answer() {
+        let (server, mut client) = pair();
+        let head = RequestHead::parse(b"POST / HTTP/1.1\r\nContent-Length: 4000000\r\n\r\n");
+        let body = RequestBody::new(&server, &head, Duration::from_secs(5));
+        client
+            .set_write_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let sender = std::thread::spawn(move || {
+            // More than the socket buffers hold: it is written only when the server reads.
+            let sent = client.write_all(&vec![b'x'; 4_000_000]);
+            let mut answer = String::new();
+            client.read_to_string(&mut answer).unwrap();
+            (sent.is_ok(), answer)
+        });
+        Response::text(413, "Content Too Large", "too large\n")
+            .write_to(&mut &server)
+            .unwrap();
+        body.linger(Duration::from_secs(5));
+        let (sent, answer) = sender.join().unwrap();
+        assert!(sent);
+        assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
+    }
+
+    #[derive(Debug)]
+    struct Pieces(Vec<&'static [u8]>);
+
+    impl StreamBody for Pieces {
+        fn size(&self) -> usize {
+            self.0.iter().map(|piece| piece.len()).sum()
+        }
+
+        fn write_to(&self, out: &mut dyn Write) -> io::Result<()> {
+            self.0.iter().try_for_each(|piece| out.write_all(piece))
+        }
+    }
+
+    #[test]
+    fn a_streamed_body_is_written_as_it_comes_and_made_headers_lose_their_controls() {
+        let response = Response {
+            content_type: "text/plain",
+            body: Body::Stream(Box::new(Streamed {
+                content_type: "image/png\r\nX-Evil: 1".to_owned(),
+                headers: vec![(
+                    "Content-Disposition",
+                    "attachment; filename=\"a\r\nb\"".into(),
+                )],
+                source: Arc::new(Pieces(vec![b"ab", b"", b"cde"])),
+            })),
+            ..Response::text(200, "OK", "")
+        };
+        let mut out = Vec::new();
+        response.write_to(&mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert_eq!(body, "abcde");
+        assert!(head.contains("\r\nContent-Length: 5\r\n"), "{head}");
+        assert!(
+            head.contains("\r\nContent-Type: image/pngX-Evil: 1\r\n"),
+            "{head}"
+        );
+        assert!(head.ends_with("\r\nContent-Disposition: attachment; filename=\"ab\""));
+        let mut bare = Vec::new();
+        response.write(&mut bare, false).unwrap();
+        assert!(String::from_utf8(bare).unwrap().ends_with("\r\n\r\n"));
     }
 
     #[test]
