@@ -6,13 +6,18 @@
 mod support;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sparky::Config;
+use sparky::common::cancel::CancelFlag;
+use sparky::common::metrics::Metrics;
+use sparky::files::Library;
 use sparky::files::child::{Extractor, ReadText, Unread};
 use sparky::files::chunk::{MAX_TEXT_BYTES, chunk};
 use sparky::files::extract::{Document, Reading, nothing_to_read, reading};
 use sparky::files::sniff::{self, DOCX};
+use sparky::store::{FileStore, NewFile, SqliteStore, StoredFile, TextState, Upload, UploadLimits};
 use support::files;
 
 /// The time a document may take here: long enough for a slow machine's debug build, short
@@ -22,14 +27,18 @@ const TIMEOUT: Duration = Duration::from_secs(20);
 /// The memory a document may use here.
 const MEMORY_MIB: u64 = 256;
 
-fn extractor(timeout: Duration) -> Extractor {
-    let config = Config {
+/// The settings of a server whose reader is the built `sparky`.
+fn config(timeout: Duration) -> Config {
+    Config {
         extractor: Some(PathBuf::from(env!("CARGO_BIN_EXE_sparky"))),
         extract_timeout: timeout,
         extract_memory_bytes: MEMORY_MIB << 20,
         ..Config::default()
-    };
-    Extractor::from_config(&config)
+    }
+}
+
+fn extractor(timeout: Duration) -> Extractor {
+    Extractor::from_config(&config(timeout))
 }
 
 /// Reads `bytes` as `document` through the child, and how long it took.
@@ -193,4 +202,240 @@ fn images_are_typed_by_their_bytes() {
     assert_eq!(sniff::content_type(&png, "photo.pdf", None), "image/png");
     assert!(sniff::is_inline_image("image/png"));
     assert_eq!(reading("image/png"), Reading::Nothing);
+}
+
+/// A library over a SQLite store in memory, reading with the built `sparky`.
+fn library() -> (Library, Arc<SqliteStore>, Arc<Metrics>) {
+    let store = Arc::new(SqliteStore::in_memory().unwrap());
+    let metrics = Arc::new(Metrics::default());
+    let library = Library::new(store.clone(), &config(TIMEOUT), metrics.clone());
+    (library, store, metrics)
+}
+
+fn upload(library: &Library, name: &str, bytes: &[u8]) -> StoredFile {
+    match library
+        .upload("ann", name, None, &mut &bytes[..], None)
+        .unwrap()
+    {
+        Upload::Stored(file) => file,
+        other => panic!("{name} not stored: {other:?}"),
+    }
+}
+
+/// The text state of `file` once it is read (the wait is bounded by far more than a
+/// document may take).
+fn text_of(library: &Library, file: &StoredFile) -> TextState {
+    library
+        .text_state("ann", &file.id, TIMEOUT * 2, None)
+        .unwrap()
+        .expect("the file is there")
+}
+
+#[test]
+fn the_library_reads_uploads_once_per_blob() {
+    let (library, store, metrics) = library();
+    let pdf = files::pdf(&["Otters hold hands while they sleep.", "Page two."]);
+    let report = upload(&library, "report.bin", &pdf);
+    assert_eq!(report.content_type, "application/pdf");
+    assert_eq!(
+        text_of(&library, &report),
+        TextState::Ready {
+            chunks: 2,
+            chars: store
+                .chunks("ann", &report.id, 0, 10)
+                .unwrap()
+                .iter()
+                .map(|c| c.text.chars().count() as u64)
+                .sum()
+        }
+    );
+    let chunks = store.chunks("ann", &report.id, 0, 10).unwrap();
+    assert_eq!(chunks[0].label, "page 1");
+    assert!(chunks[0].text.contains("Otters hold hands"), "{chunks:?}");
+    assert_eq!(chunks[1].label, "page 2");
+
+    // The same bytes again: the blob's text is there already, and is not read again.
+    let copy = upload(&library, "copy.pdf", &pdf);
+    assert!(matches!(
+        text_of(&library, &copy),
+        TextState::Ready { chunks: 2, .. }
+    ));
+    assert_eq!(Metrics::get(&metrics.file_texts_read), 1);
+
+    // Text is read in process, labelled by lines.
+    let notes = upload(&library, "notes.md", b"# Notes\n\nBeavers build dams.");
+    assert_eq!(notes.content_type, "text/markdown");
+    assert!(matches!(
+        text_of(&library, &notes),
+        TextState::Ready { chunks: 1, .. }
+    ));
+    assert_eq!(
+        store.chunks("ann", &notes.id, 0, 1).unwrap()[0].label,
+        "lines 1-3"
+    );
+}
+
+#[test]
+fn the_library_gives_hostile_files_a_note() {
+    let (library, _store, metrics) = library();
+    let bomb = upload(&library, "bomb.pdf", &files::pdf_flate_bomb(4096));
+    let zip = upload(
+        &library,
+        "report.pdf",
+        &files::zip(&[("a.txt", b"not a pdf".as_slice())]),
+    );
+    let page = upload(
+        &library,
+        "page.txt",
+        b"<html><script>alert(1)</script>hi</html>",
+    );
+    let empty = upload(&library, "empty.pdf", b"");
+    assert_eq!(zip.content_type, "application/zip");
+    assert_eq!(page.content_type, "text/html");
+    assert_eq!(empty.content_type, "text/plain");
+    assert_eq!(
+        text_of(&library, &bomb),
+        TextState::Failed(format!(
+            "could not read the PDF: it needed more than the {MEMORY_MIB} MiB of memory a document may use"
+        ))
+    );
+    assert_eq!(
+        text_of(&library, &zip),
+        TextState::Failed("no text: an archive (application/zip)".into())
+    );
+    assert!(matches!(
+        text_of(&library, &page),
+        TextState::Ready { chunks: 1, .. }
+    ));
+    assert_eq!(
+        text_of(&library, &empty),
+        TextState::Ready {
+            chunks: 0,
+            chars: 0
+        }
+    );
+    assert_eq!(Metrics::get(&metrics.file_texts_failed), 2);
+}
+
+#[test]
+fn files_left_unread_are_read_at_the_next_start() {
+    let store = Arc::new(SqliteStore::in_memory().unwrap());
+    // Stored as a server that stopped before reading it would leave it.
+    let file = NewFile {
+        owner: "ann",
+        name: "left.txt",
+        content_type: "text/plain",
+        conversation: None,
+    };
+    let limits = UploadLimits {
+        max_bytes: 1 << 20,
+        quota: None,
+    };
+    let Upload::Stored(left) = store
+        .upload(file, &mut &b"left behind"[..], limits)
+        .unwrap()
+    else {
+        panic!("not stored");
+    };
+    assert_eq!(
+        store.text_state("ann", &left.id).unwrap(),
+        Some(TextState::Pending)
+    );
+    let library = Library::new(
+        store.clone(),
+        &config(TIMEOUT),
+        Arc::new(Metrics::default()),
+    );
+    assert!(matches!(
+        text_of(&library, &left),
+        TextState::Ready { chunks: 1, .. }
+    ));
+}
+
+#[test]
+fn a_wait_for_text_ends_at_its_limit_or_its_cancel() {
+    let store = Arc::new(SqliteStore::in_memory().unwrap());
+    // No reader thread will read it: stored behind the library's back, after it started.
+    let library = Library::new(
+        store.clone(),
+        &config(TIMEOUT),
+        Arc::new(Metrics::default()),
+    );
+    let file = NewFile {
+        owner: "ann",
+        name: "waiting.txt",
+        content_type: "text/plain",
+        conversation: None,
+    };
+    let limits = UploadLimits {
+        max_bytes: 1 << 20,
+        quota: None,
+    };
+    let Upload::Stored(waiting) = store.upload(file, &mut &b"waiting"[..], limits).unwrap() else {
+        panic!("not stored");
+    };
+    let started = Instant::now();
+    let state = library
+        .text_state("ann", &waiting.id, Duration::from_millis(200), None)
+        .unwrap();
+    assert_eq!(state, Some(TextState::Pending));
+    assert!(started.elapsed() >= Duration::from_millis(200));
+
+    let cancel = CancelFlag::new();
+    let canceller = {
+        let cancel = cancel.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            cancel.cancel();
+        })
+    };
+    let started = Instant::now();
+    let state = library
+        .text_state("ann", &waiting.id, Duration::from_secs(60), Some(&cancel))
+        .unwrap();
+    assert_eq!(state, Some(TextState::Pending));
+    // Woken by the cancel, not by the store's recheck a second into the wait.
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+    canceller.join().unwrap();
+    assert_eq!(
+        library
+            .text_state("bob", &waiting.id, Duration::from_secs(60), None)
+            .unwrap(),
+        None
+    );
+}
+
+#[test]
+fn chunks_are_embedded_once_read() {
+    use sparky::model::embed::{Embed, HashEmbedder};
+    let (library, store, _) = library();
+    let embedder: Arc<dyn Embed> = Arc::new(HashEmbedder::new("hash"));
+    library.embed_with(embedder.clone()).unwrap();
+    assert_eq!(library.embedder().map(|e| e.model()), Some("hash"));
+    let text: String = (0..40)
+        .map(|i| format!("Paragraph {i} is about otters and rivers, line after line.\n\n"))
+        .collect::<String>()
+        + "The last paragraph speaks of herons standing in shallow water.";
+    let notes = upload(&library, "notes.txt", text.as_bytes());
+    let Some(TextState::Ready { chunks, .. }) =
+        library.text_state("ann", &notes.id, TIMEOUT, None).unwrap()
+    else {
+        panic!("not read");
+    };
+    assert!(chunks > 1);
+    support::wait_until("the chunks' vectors", || {
+        store.unembedded_chunks("hash", 10).unwrap().is_empty()
+    });
+    let question = embedder
+        .embed(&["herons standing in shallow water".to_owned()])
+        .unwrap()
+        .remove(0);
+    let nearest = store
+        .nearest_chunks("ann", std::slice::from_ref(&notes.id), "hash", &question, 1)
+        .unwrap();
+    assert!(nearest[0].0.text.contains("herons"), "{nearest:?}");
 }

@@ -88,6 +88,12 @@ pub struct Metrics {
     pub file_texts_read: AtomicU64,
     /// Files whose text could not be read (a note was stored instead).
     pub file_texts_failed: AtomicU64,
+    /// Files uploaded over HTTP and stored (`POST /api/files` answered `201`).
+    pub file_uploads: AtomicU64,
+    /// Bytes of the files uploaded over HTTP and stored (identical ones counted each time).
+    pub file_upload_bytes: AtomicU64,
+    /// Uploads refused: too large (`413`), past the quota (`507`), without a length (`411`).
+    pub file_uploads_refused: AtomicU64,
     /// Rejected client frames, by the index of their code in `REJECTED_CODES`.
     rejected_by_code: [AtomicU64; REJECTED_CODES.len()],
     /// Turn durations: a count per bucket of `TURN_BUCKETS` (plus one for larger), and the
@@ -188,7 +194,7 @@ impl Metrics {
         let head = |out: &mut String, name: &str, kind: &str, help: &str| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         };
-        let simple: [(&str, &str, &str, u64); 17] = [
+        let simple: [(&str, &str, &str, u64); 20] = [
             (
                 "sparky_connections_open",
                 "gauge",
@@ -290,6 +296,24 @@ impl Metrics {
                 "counter",
                 "Files whose text could not be read.",
                 Self::get(&self.file_texts_failed),
+            ),
+            (
+                "sparky_file_uploads_total",
+                "counter",
+                "Files uploaded over HTTP and stored.",
+                Self::get(&self.file_uploads),
+            ),
+            (
+                "sparky_file_upload_bytes_total",
+                "counter",
+                "Bytes of the files uploaded over HTTP and stored.",
+                Self::get(&self.file_upload_bytes),
+            ),
+            (
+                "sparky_file_uploads_refused_total",
+                "counter",
+                "Uploads refused: too large, past the quota, or without a length.",
+                Self::get(&self.file_uploads_refused),
             ),
         ];
         for (name, kind, help, value) in simple {

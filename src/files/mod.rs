@@ -7,18 +7,19 @@
 //! Reading order: this file, `sniff.rs`, `extract.rs`, `child.rs`, `chunk.rs`.
 //!
 //! Depends on: `common::cancel`, `common::config`, `common::error`, `common::metrics`,
-//! `common::protocol`, `files::child`, `files::chunk`, `files::extract`, `files::sniff`,
-//! `store::files`.
+//! `common::protocol`, `files::child`, `files::chunk`, `files::embed`, `files::extract`,
+//! `files::sniff`, `model::embed`, `store::files`.
 
 pub mod child;
 pub mod chunk;
+pub mod embed;
 pub mod extract;
 pub mod sniff;
 
 use std::collections::HashSet;
 use std::fmt;
 use std::io::{Cursor, Read};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -33,6 +34,7 @@ use crate::files::child::{Extractor, Unread};
 use crate::files::chunk::{MAX_TEXT_BYTES, Section, chunk};
 use crate::files::extract::{Reading, nothing_to_read, read_text, reading};
 use crate::files::sniff::SNIFF_BYTES;
+use crate::model::embed::Embed;
 use crate::store::{FileStore, NewFile, StoredFile, TextState, Upload, UploadLimits, safe_name};
 
 pub use sniff::is_inline_image;
@@ -77,6 +79,8 @@ struct Shared {
     /// Bumped each time a text is stored; waits for a text sleep on `stored`.
     generation: Mutex<u64>,
     stored: Condvar,
+    /// With an embedding model: the embedder, and what wakes the `file-embedder` thread.
+    embedding: OnceLock<(Arc<dyn Embed>, Sender<()>)>,
 }
 
 /// A file to read.
@@ -107,6 +111,7 @@ impl Library {
             reading: Mutex::new(HashSet::new()),
             generation: Mutex::new(0),
             stored: Condvar::new(),
+            embedding: OnceLock::new(),
         });
         let (jobs, queue) = crossbeam_channel::bounded(QUEUE);
         for _ in 0..EXTRACT_THREADS {
@@ -145,6 +150,33 @@ impl Library {
     /// What an upload may take.
     pub fn limits(&self) -> UploadLimits {
         self.inner.limits
+    }
+
+    /// Embeds files' chunks with `embedder` from now on, on a `file-embedder` thread: each
+    /// text as it is stored, and at once those stored earlier without a vector by its model.
+    /// A second call is ignored.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when the thread cannot be started.
+    pub fn embed_with(&self, embedder: Arc<dyn Embed>) -> Result<()> {
+        let shared = &self.inner.shared;
+        if shared.embedding.get().is_some() {
+            return Ok(());
+        }
+        let wake = self::embed::start(shared.store.clone(), embedder.clone())?;
+        let _ = shared.embedding.set((embedder, wake));
+        Ok(())
+    }
+
+    /// The embedder of files' chunks, when there is one ([`Library::embed_with`]): what a
+    /// question is embedded with to find the nearest chunks.
+    pub fn embedder(&self) -> Option<&Arc<dyn Embed>> {
+        self.inner
+            .shared
+            .embedding
+            .get()
+            .map(|(embedder, _)| embedder)
     }
 
     /// Stores a file that `owner` uploads (or a tool of `conversation` returned, which then
@@ -369,7 +401,13 @@ impl Shared {
             Ok(sections) => {
                 let chunks = chunk(sections, MAX_TEXT_BYTES, cut);
                 Metrics::bump(&self.metrics.file_texts_read);
-                self.store.put_text(id, &chunks, None)
+                let stored = self.store.put_text(id, &chunks, None);
+                if let Some((_, wake)) = self.embedding.get()
+                    && !chunks.is_empty()
+                {
+                    let _ = wake.try_send(());
+                }
+                stored
             }
             Err(note) => {
                 Metrics::bump(&self.metrics.file_texts_failed);

@@ -1,21 +1,31 @@
 //! The conversation API of PROTOCOL.md section 10 as a route table: list, search, read, rename
-//! and delete conversations; list, search, add, edit and delete memories. One route function per row,
-//! serde types for every body. The caller is a principal (the local one when the server
-//! requires no token); anything that is not theirs is a `404`, so that nobody learns which ids
-//! exist.
+//! and delete conversations; list, search, add, edit and delete memories; upload, list, read
+//! and delete files. One route function per row, serde types for every body. The caller is a
+//! principal (the local one when the server requires no token); anything that is not theirs is
+//! a `404`, so that nobody learns which ids exist.
 //!
-//! Depends on: `common::auth`, `common::error`, `common::protocol`, `conversation::session`, `net::http`, `net::routes`, `store`.
+//! A body is read whole before its route runs (at most [`MAX_BODY_BYTES`]), but for an upload
+//! ([`streams`]): that one is handed to `files::Library::upload` as a stream straight from the
+//! socket, after the caller's token and the declared length have been checked, so that a file
+//! is never held whole and one too large is refused before a byte of it is read. A file is
+//! served as `file_response.rs` says.
+//!
+//! Depends on: `common::auth`, `common::error`, `common::metrics`, `common::protocol`, `conversation::session`, `net::file_response`, `net::http`, `net::routes`, `store`.
+
+use std::io::Read;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::common::auth::{Auth, Principal};
 use crate::common::error::Error;
+use crate::common::metrics::Metrics;
 use crate::common::protocol::{SessionId, Usage};
 use crate::conversation::session::Conversation;
-use crate::net::http::{Body, JsonList, RequestHead, Response};
+use crate::net::file_response;
+use crate::net::http::{Body, Framing, JsonList, RequestBody, RequestHead, Response};
 use crate::net::routes::{Found, Route, RouteContext, allow, find};
-use crate::store::{Edited, Node, PageSize, TurnsPage};
+use crate::store::{Edited, Node, PageSize, StoredFile, TurnsPage, Upload};
 
 /// Largest request body accepted, in bytes.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -40,6 +50,9 @@ pub const MAX_PAGE_BYTES: usize = 4 << 20;
 /// Conversations one list holds at most (and by default).
 const MAX_CONVERSATIONS: usize = 5_000;
 
+/// Files one list holds at most.
+const MAX_FILES: usize = 10_000;
+
 /// Memories one list holds at most (and by default).
 const MAX_MEMORIES: usize = 1_000;
 
@@ -52,8 +65,12 @@ pub const MAX_MEMORY_CHARS: usize = 10_000;
 pub struct ApiRequest<'a> {
     /// The query string, if any.
     pub query: Option<&'a str>,
-    /// The body.
+    /// The body, when it was read whole.
     pub body: &'a [u8],
+    /// The body as a stream, for an upload ([`streams`]); `body` is then empty.
+    pub upload: Option<&'a RequestBody<'a>>,
+    /// The request's `Content-Type`, if any.
+    pub content_type: Option<&'a str>,
     /// Who asks.
     pub principal: &'a Principal,
     /// The path segments the route's `{…}`s matched, in order.
@@ -115,6 +132,26 @@ pub const API_ROUTES: &[Route<ApiRoute>] = &[
         pattern: "/api/memories/{id}",
         handler: delete_memory,
     },
+    Route {
+        method: "GET",
+        pattern: "/api/files",
+        handler: list_files,
+    },
+    Route {
+        method: "POST",
+        pattern: "/api/files",
+        handler: upload,
+    },
+    Route {
+        method: "GET",
+        pattern: "/api/files/{id}",
+        handler: file,
+    },
+    Route {
+        method: "DELETE",
+        pattern: "/api/files/{id}",
+        handler: delete_file,
+    },
 ];
 
 /// True for the paths the API answers: `/api` and everything under `/api/`.
@@ -122,10 +159,22 @@ pub fn serves(path: &str) -> bool {
     path == "/api" || path.starts_with("/api/")
 }
 
-/// Answers one API request, whose head is `head` and body `body`: a `401` unless it presents
-/// a valid bearer token (or none is required), else its route's answer. A trailing `/` is
-/// ignored; a path no route has is a `404`, a method its routes do not take a `405`.
-pub fn answer(ctx: &RouteContext, head: &RequestHead, body: &[u8]) -> Response {
+/// True for the requests whose body is read as a stream rather than whole: `POST /api/files`.
+/// The caller hands [`answer`] a [`RequestBody`] for them.
+pub fn streams(head: &RequestHead) -> bool {
+    head.method == "POST" && head.path.trim_end_matches('/') == "/api/files"
+}
+
+/// Answers one API request, whose head is `head` and body `body` (read whole), or `upload`
+/// (a stream, for a request [`streams`] names): a `401` unless it presents a valid bearer
+/// token (or none is required), else its route's answer. A trailing `/` is ignored; a path no
+/// route has is a `404`, a method its routes do not take a `405`.
+pub fn answer(
+    ctx: &RouteContext,
+    head: &RequestHead,
+    body: &[u8],
+    upload: Option<&RequestBody<'_>>,
+) -> Response {
     let Some(principal) = principal(head, &ctx.auth) else {
         return Response {
             content_type: "application/json",
@@ -143,6 +192,8 @@ pub fn answer(ctx: &RouteContext, head: &RequestHead, body: &[u8]) -> Response {
             &ApiRequest {
                 query: head.query.as_deref(),
                 body,
+                upload,
+                content_type: head.header("content-type"),
                 principal: &principal,
                 params,
             },
@@ -239,6 +290,43 @@ struct MemoryJson {
 #[derive(Debug, Serialize)]
 struct MemoriesJson {
     memories: Vec<MemoryJson>,
+}
+
+/// A file as `GET /api/files` lists it.
+#[derive(Debug, Serialize)]
+struct FileJson {
+    id: String,
+    name: String,
+    content_type: String,
+    size: u64,
+    created_at: String,
+}
+
+#[derive(Debug, Serialize)]
+struct FilesJson {
+    files: Vec<FileJson>,
+}
+
+/// A file as `POST /api/files` answers it.
+#[derive(Debug, Serialize)]
+struct UploadedJson {
+    id: String,
+    name: String,
+    content_type: String,
+    size: u64,
+    sha256: String,
+}
+
+impl From<StoredFile> for FileJson {
+    fn from(file: StoredFile) -> Self {
+        FileJson {
+            id: file.id,
+            name: file.name,
+            content_type: file.content_type,
+            size: file.size,
+            created_at: rfc3339(file.created_at),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -625,6 +713,195 @@ fn delete_memory(ctx: &RouteContext, request: &ApiRequest<'_>) -> Response {
         Ok(false) => not_found(),
         Err(e) => failed(&e),
     }
+}
+
+/// `POST /api/files?name=N`, the file's bytes as the body and its type as `Content-Type`:
+/// `201` with the stored file. The declared length is checked before a byte is read: `411`
+/// without one (a `Transfer-Encoding` is not read here), `413` past `--max-upload-mib`; then
+/// the body is streamed to the store. `507` past the caller's quota; nothing is kept of a
+/// refused file. A file of no bytes is a file like any other.
+fn upload(ctx: &RouteContext, request: &ApiRequest<'_>) -> Response {
+    let metrics = &ctx.metrics;
+    let response = store_upload(ctx, request);
+    match response.status {
+        201 => Metrics::bump(&metrics.file_uploads),
+        411 | 413 | 507 => Metrics::bump(&metrics.file_uploads_refused),
+        _ => {}
+    }
+    response
+}
+
+/// [`upload`]'s work: the answer, which [`upload`] counts.
+fn store_upload(ctx: &RouteContext, request: &ApiRequest<'_>) -> Response {
+    let length = match request.upload.map(RequestBody::framing) {
+        Some(Framing::Length(length)) => length,
+        Some(Framing::Encoded) => {
+            return error(
+                411,
+                "Length Required",
+                "send the file with a Content-Length: a Transfer-Encoding (chunked) is not read \
+                 here (curl --data-binary @FILE sends one)",
+            );
+        }
+        Some(Framing::None) => {
+            return error(
+                411,
+                "Length Required",
+                "send the file's bytes as the body, with a Content-Length",
+            );
+        }
+        None => request.body.len() as u64,
+    };
+    let limit = ctx.files.limits().max_bytes;
+    if length > limit {
+        return too_large(limit);
+    }
+    let name = param(request.query, "name").unwrap_or_default();
+    let declared = request
+        .content_type
+        .map(str::trim)
+        .filter(|value| !value.is_empty());
+    let mut whole = request.body;
+    let mut stream;
+    let body: &mut dyn Read = match request.upload {
+        Some(upload) => {
+            stream = upload;
+            &mut stream
+        }
+        None => &mut whole,
+    };
+    let owner = request.principal.as_str();
+    match ctx.files.upload(owner, &name, declared, body, None) {
+        Ok(Upload::Stored(file)) => {
+            Metrics::add(&ctx.metrics.file_upload_bytes, file.size);
+            json(
+                201,
+                "Created",
+                &UploadedJson {
+                    id: file.id,
+                    name: file.name,
+                    content_type: file.content_type,
+                    size: file.size,
+                    sha256: file.sha256,
+                },
+            )
+        }
+        Ok(Upload::TooLarge) => too_large(limit),
+        Ok(Upload::OverQuota) => error(
+            507,
+            "Insufficient Storage",
+            &format!(
+                "this file would take your files past your storage quota{}; nothing was kept \
+                 (deleting files makes room)",
+                ctx.files
+                    .limits()
+                    .quota
+                    .map(|quota| format!(" of {}", mib(quota)))
+                    .unwrap_or_default()
+            ),
+        ),
+        Err(e) => match request.upload.and_then(RequestBody::failure) {
+            Some(std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock) => error(
+                408,
+                "Request Timeout",
+                "the file's bytes did not arrive in time; nothing was kept",
+            ),
+            Some(_) => error(
+                400,
+                "Bad Request",
+                "the body ended before its Content-Length; nothing was kept",
+            ),
+            None => failed(&e),
+        },
+    }
+}
+
+/// The `413` of a file past `--max-upload-mib` (`limit` bytes).
+fn too_large(limit: u64) -> Response {
+    error(
+        413,
+        "Content Too Large",
+        &format!("a file may be {} at most; nothing was kept", mib(limit)),
+    )
+}
+
+/// `bytes` in MiB, for a person: `25 MiB`, `0.5 MiB`.
+fn mib(bytes: u64) -> String {
+    let mib = bytes as f64 / (1024.0 * 1024.0);
+    if bytes.is_multiple_of(1024 * 1024) {
+        format!("{mib:.0} MiB")
+    } else {
+        format!("{mib:.1} MiB")
+    }
+}
+
+/// `GET /api/files[?conversation=id]`: the caller's files, newest first, all of them or those
+/// the conversation uses (a `404` when it is not the caller's).
+fn list_files(ctx: &RouteContext, request: &ApiRequest<'_>) -> Response {
+    let conversation = match param(request.query, "conversation") {
+        None => None,
+        Some(text) => {
+            let Some(id) = SessionId::parse(&text) else {
+                return not_found();
+            };
+            match ctx.sessions.conversation(request.principal, &id) {
+                Ok(Some(_)) => Some(id),
+                Ok(None) => return not_found(),
+                Err(e) => return failed(&e),
+            }
+        }
+    };
+    let owner = request.principal.as_str();
+    match ctx.files.store().list_files(owner, conversation.as_ref()) {
+        Ok(files) => json(
+            200,
+            "OK",
+            &FilesJson {
+                files: files.into_iter().take(MAX_FILES).map(Into::into).collect(),
+            },
+        ),
+        Err(e) => failed(&e),
+    }
+}
+
+/// `GET /api/files/{id}`: the file's bytes, streamed from the store, with the headers of
+/// `file_response.rs`.
+fn file(ctx: &RouteContext, request: &ApiRequest<'_>) -> Response {
+    let Some(id) = file_id(request) else {
+        return not_found();
+    };
+    let owner = request.principal.as_str();
+    let store = ctx.files.store();
+    match store.file(owner, id) {
+        Ok(Some(file)) => file_response::response(store.clone(), owner, &file),
+        Ok(None) => not_found(),
+        Err(e) => failed(&e),
+    }
+}
+
+/// `DELETE /api/files/{id}`.
+fn delete_file(ctx: &RouteContext, request: &ApiRequest<'_>) -> Response {
+    let Some(id) = file_id(request) else {
+        return not_found();
+    };
+    match ctx
+        .files
+        .store()
+        .delete_file(request.principal.as_str(), id)
+    {
+        Ok(true) => no_content(),
+        Ok(false) => not_found(),
+        Err(e) => failed(&e),
+    }
+}
+
+/// The file id the route's `{id}` names, if it can be one (32 hex characters).
+fn file_id<'a>(request: &ApiRequest<'a>) -> Option<&'a str> {
+    request
+        .params
+        .first()
+        .copied()
+        .filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// The conversation id the route's `{id}` names, if it is one.

@@ -6,7 +6,7 @@
 //! state), `/metrics` (with the store's pool; figures only with a token when tokens are set)
 //! and the WebSocket endpoint's upgrade. The `/api/` routes are `api.rs`'s table.
 //!
-//! Depends on: `common::auth`, `common::metrics`, `conversation::journal`, `conversation::session`, `model`, `net::assets`, `net::http`, `net::shutdown`, `store`, `store::files`, `tools`.
+//! Depends on: `common::auth`, `common::metrics`, `conversation::journal`, `conversation::session`, `files`, `model`, `net::assets`, `net::http`, `net::shutdown`, `store`, `tools`.
 
 use std::fmt;
 use std::sync::Arc;
@@ -18,11 +18,12 @@ use crate::common::auth::Auth;
 use crate::common::metrics::Metrics;
 use crate::conversation::journal::Journal;
 use crate::conversation::session::SessionManager;
+use crate::files::Library;
 use crate::model::ModelBackend;
 use crate::net::assets;
 use crate::net::http::{RequestHead, Response};
 use crate::net::shutdown::Shutdown;
-use crate::store::{ConversationStore, FileStore, GraphStore};
+use crate::store::{ConversationStore, GraphStore};
 use crate::tools::ToolChain;
 
 /// What the routes answer from, built once by `server.rs`: each route takes what it needs from
@@ -36,8 +37,9 @@ pub struct RouteContext {
     pub journal: Journal,
     /// The knowledge graph: the API's memories.
     pub graph: Arc<dyn GraphStore>,
-    /// Files: what `/api/files` uploads, lists, serves and deletes.
-    pub files: Arc<dyn FileStore>,
+    /// The files: uploads (typed by their bytes, their text read in the background), their
+    /// limits, and the store they are kept in.
+    pub files: Library,
     /// The model, which `/healthz` names and asks whether it is reachable.
     pub model: Arc<dyn ModelBackend>,
     /// The tools, which `/healthz` counts.

@@ -6,7 +6,7 @@
 //!
 //! Only this file, `http.rs`, `outbound.rs` and `connection.rs` touch client sockets.
 //!
-//! Depends on: `common::auth`, `common::config`, `common::error`, `common::metrics`, `conversation::bot`, `conversation::cluster`, `conversation::journal`, `conversation::memory`, `conversation::session`, `model`, `model::embed`, `model::offline`, `net::admission`, `net::api`, `net::connection`, `net::handler`, `net::http`, `net::inbound`, `net::outbound`, `net::policy`, `net::routes`, `net::shutdown`, `net::wake`, `store`, `store::cluster`, `store::files`, `store::postgres`, `store::sqlite`, `tools`, `tools::mcp`.
+//! Depends on: `common::auth`, `common::config`, `common::error`, `common::metrics`, `conversation::bot`, `conversation::cluster`, `conversation::journal`, `conversation::memory`, `conversation::session`, `files`, `model`, `model::embed`, `model::offline`, `net::admission`, `net::api`, `net::connection`, `net::handler`, `net::http`, `net::inbound`, `net::outbound`, `net::policy`, `net::routes`, `net::shutdown`, `net::wake`, `store`, `store::cluster`, `store::files`, `store::postgres`, `store::sqlite`, `tools`, `tools::mcp`.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -28,6 +28,7 @@ use crate::conversation::cluster::ClusterThread;
 use crate::conversation::journal::Journal;
 use crate::conversation::memory::SemanticGraph;
 use crate::conversation::session::{SessionManager, Turns};
+use crate::files::Library;
 use crate::model::ModelBackend;
 use crate::model::embed::{Embed, EmbedOptions, RemoteEmbedder};
 use crate::model::offline::OfflineModel;
@@ -84,6 +85,11 @@ const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// How long shutdown waits for the journal to commit what is queued.
 const JOURNAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the server keeps reading (and dropping) what a client still sends after an upload
+/// was answered before its body was read to the end (a `413`, a `507`), so that the client
+/// reads the answer rather than a reset connection.
+const UPLOAD_LINGER: Duration = Duration::from_secs(2);
 
 /// How long a connection refused by the per-IP cap has to send its request head before it is
 /// answered `429` anyway: the answer should reach an honest client, but a refused connection
@@ -161,7 +167,13 @@ pub fn spawn_with(
     let (conversations, graph, cluster, files) = open_store(&config)?;
     // Before the journal starts, so that nothing else writes meanwhile.
     migrate_owners(conversations.as_ref(), graph.as_ref(), &config.auth_tokens)?;
-    let graph = with_embeddings(graph, &config)?;
+    let embedder = embedder(&config);
+    let graph = with_embeddings(graph, embedder.as_ref())?;
+    // Made once: its `extract` threads read every file's text, whoever asks.
+    let library = Library::new(files.clone(), &config, metrics.clone());
+    if let Some(embedder) = embedder {
+        library.embed_with(embedder)?;
+    }
     let api_graph = graph.clone();
     let store = conversations.clone();
     let journal = Journal::spawn(conversations.clone(), metrics.clone())?;
@@ -208,7 +220,7 @@ pub fn spawn_with(
             store,
             journal: journal.clone(),
             graph: api_graph,
-            files: files.clone(),
+            files: library,
             model,
             tools,
             metrics: metrics.clone(),
@@ -441,20 +453,28 @@ fn wake_addr(addr: SocketAddr) -> SocketAddr {
     target
 }
 
-/// `graph` with semantic memory when `config` names an embedding model
-/// (`--embedding-model`): embedded through `--embedding-url`, else the model's URL, with the
-/// model's API key when it is the same server.
-fn with_embeddings(graph: Arc<dyn GraphStore>, config: &Config) -> Result<Arc<dyn GraphStore>> {
-    let Some(options) = EmbedOptions::from_config(config) else {
-        return Ok(graph);
-    };
-    let embedder = RemoteEmbedder::new(options);
+/// The embedder `config` names (`--embedding-model`), if any: embedding through
+/// `--embedding-url`, else the model's URL, with the model's API key when it is the same server.
+/// Semantic memory and files' chunks share it.
+fn embedder(config: &Config) -> Option<Arc<dyn Embed>> {
+    let embedder = RemoteEmbedder::new(EmbedOptions::from_config(config)?);
     log::info!(
-        "memory: semantic, embedded by {} at {}",
+        "memory and files: semantic, embedded by {} at {}",
         embedder.model(),
         embedder.endpoint()
     );
-    Ok(SemanticGraph::start(graph, Arc::new(embedder))?)
+    Some(Arc::new(embedder))
+}
+
+/// `graph` with semantic memory when there is an `embedder`.
+fn with_embeddings(
+    graph: Arc<dyn GraphStore>,
+    embedder: Option<&Arc<dyn Embed>>,
+) -> Result<Arc<dyn GraphStore>> {
+    match embedder {
+        Some(embedder) => Ok(SemanticGraph::start(graph, embedder.clone())?),
+        None => Ok(graph),
+    }
 }
 
 /// The store `config` asks for: in memory with `in_memory`, else PostgreSQL with
@@ -619,13 +639,22 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, shared: &Shared, id: u64) -> R
         return respond(&mut stream, &response);
     }
     let reply = if api::serves(&head.path) {
+        if api::streams(&head) {
+            // An upload: the route reads the body straight from the socket, once it has checked
+            // the token and the length.
+            let body = http::RequestBody::new(&stream, &head, config.handshake_timeout);
+            let response = api::answer(&shared.routes, &head, &[], Some(&body));
+            let written = response.write(&mut &stream, true);
+            body.linger(UPLOAD_LINGER);
+            return written.map_err(|e| Error::io("http response", e));
+        }
         let deadline = Instant::now() + config.handshake_timeout;
         let body = match http::read_body(&mut stream, &head, api::MAX_BODY_BYTES, deadline) {
             Ok(body) => body,
             Err(HeadError::Gone(_)) => return Ok(()),
             Err(HeadError::Bad(response)) => return respond(&mut stream, &response),
         };
-        Reply::Response(api::answer(&shared.routes, &head, &body))
+        Reply::Response(api::answer(&shared.routes, &head, &body, None))
     } else {
         shared.routes.page(&head)
     };

@@ -212,16 +212,12 @@ pub trait FileStore: Send + Sync {
 
     /// Files whose text is still [`TextState::Pending`], one per blob, as `(owner, file)`,
     /// at most `limit`: what a server that stopped before reading them left, queued again
-    /// when the next one starts (`files::Library::new`). The default finds none: a store
-    /// should override it.
+    /// when the next one starts (`files::Library::new`).
     ///
     /// # Errors
     ///
     /// The store's.
-    fn pending_texts(&self, limit: usize) -> Result<Vec<(String, StoredFile)>> {
-        let _ = limit;
-        Ok(Vec::new())
-    }
+    fn pending_texts(&self, limit: usize) -> Result<Vec<(String, StoredFile)>>;
 
     /// Chunks `from..from + limit` of `owner`'s file `id`, in order.
     ///

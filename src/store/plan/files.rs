@@ -117,6 +117,14 @@ const UNEMBEDDED: &str = "SELECT f.id, c.n, c.text FROM text_chunks c \
      WHERE NOT EXISTS (SELECT 1 FROM chunk_vectors v \
      WHERE v.blob_key = c.blob_key AND v.n = c.n AND v.model = ?1) \
      ORDER BY c.blob_key, c.n LIMIT ?2";
+/// Blobs with no text yet, at most `?1`, each as its oldest file (its columns as
+/// [`file_from_row`] reads them) and owner.
+const PENDING_TEXTS: &str = "SELECT f.id, f.name, f.content_type, b.size, b.sha256, \
+     f.created_at, f.owner FROM files f JOIN blobs b ON b.key = f.blob_key \
+     WHERE b.sha256 IS NOT NULL \
+     AND f.key = (SELECT min(g.key) FROM files g WHERE g.blob_key = f.blob_key) \
+     AND NOT EXISTS (SELECT 1 FROM blob_text t WHERE t.blob_key = f.blob_key) \
+     ORDER BY f.key LIMIT ?1";
 const VECTORS: &str = "SELECT n, vector FROM chunk_vectors WHERE blob_key = ?1 AND model = ?2";
 
 impl<B: Backend> FileStore for B {
@@ -343,6 +351,14 @@ impl<B: Backend> FileStore for B {
             ];
             db.run(PUT_TEXT_STATE, &text_state)?;
             Ok(())
+        })
+    }
+
+    fn pending_texts(&self, limit: usize) -> Result<Vec<(String, StoredFile)>> {
+        self.read("find files to read", View::Statement, &mut |db| {
+            db.rows(PENDING_TEXTS, &[Param::Int(count(limit))], |row| {
+                Ok((row.text(6)?, file_from_row(row)?))
+            })
         })
     }
 

@@ -588,6 +588,51 @@ fn a_full_store_refuses_an_upload<S: TestStore>(store: S) {
     assert_eq!((store.rows("blobs"), store.rows("blob_chunks")), (0, 0));
 }
 
+/// The blobs whose text is not read yet, each once (as its oldest file), with its owner; a
+/// blob leaves the list once its text or its note is stored.
+fn unread_blobs_are_found_again<S: TestStore>(store: S) {
+    let report = stored(&store, "ann", "report.txt", b"the report");
+    let _copy = stored(&store, "ann", "copy.txt", b"the report");
+    let notes = stored(&store, "ann", "notes.txt", b"the notes");
+    let bobs = stored(&store, "bob", "report.txt", b"the report");
+    let pending = |limit| {
+        let mut found: Vec<(String, String)> = store
+            .pending_texts(limit)
+            .unwrap()
+            .into_iter()
+            .map(|(owner, file)| (owner, file.id))
+            .collect();
+        found.sort();
+        found
+    };
+    let mut all = vec![
+        ("ann".to_owned(), report.id.clone()),
+        ("ann".to_owned(), notes.id.clone()),
+        ("bob".to_owned(), bobs.id.clone()),
+    ];
+    all.sort();
+    assert_eq!(pending(10), all);
+    assert_eq!(pending(2).len(), 2);
+    store
+        .put_text(&report.id, &[chunk("line 1", "the report")], None)
+        .unwrap();
+    store.put_text(&bobs.id, &[], Some("unreadable")).unwrap();
+    assert_eq!(pending(10), [("ann".to_owned(), notes.id.clone())]);
+    let found = store.pending_texts(10).unwrap();
+    assert_eq!(found[0].1.name, "notes.txt");
+    assert_eq!(found[0].1.size, 9);
+}
+
+#[test]
+fn sqlite_unread_blobs() {
+    unread_blobs_are_found_again(SqliteStore::in_memory().unwrap());
+}
+
+#[test]
+fn postgres_unread_blobs() {
+    unread_blobs_are_found_again(postgres(&cluster::fresh_database()));
+}
+
 #[test]
 fn sqlite_uploads() {
     uploads_round_trip_once_per_owner(SqliteStore::in_memory().unwrap());
