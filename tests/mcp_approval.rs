@@ -527,19 +527,60 @@ fn progress_reaches_clients_and_keeps_a_call_past_its_timeout_alive() {
 const RED_DOT: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGP4z8DwHwAFAAH/iZk9HQAAAABJRU5ErkJggg==";
 
 #[test]
-fn an_image_reaches_the_card_as_a_data_url_and_the_offline_model_as_a_note() {
+fn an_image_is_kept_as_a_file_of_the_conversation_and_the_offline_model_reads_a_note() {
     let fixture = Fixture::one("image", json!({}));
     let server = fixture.server();
     let mut client = server.client();
     let turn = start_call(&mut client, "fx__image", json!({}));
     let frames = client.finish_turn(turn);
-    // The result is a string (PROTOCOL.md): the text, then the image's note and data: URL.
+    // The result is the text and the image's note; the image itself is a stored file that the
+    // tool_result lists (PROTOCOL.md section 5), never inlined.
     assert_eq!(
         result_of(&frames),
         (
             ToolStatus::Success,
-            format!("a red dot\n[image: image/png, 70 B] data:image/png;base64,{RED_DOT}")
+            "a red dot\n[image: image/png, 70 B]".to_owned()
         )
+    );
+    let attachments = frames
+        .iter()
+        .find_map(|f| match &f.frame {
+            ServerFrame::ToolResult { attachments, .. } => Some(attachments.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(attachments.len(), 1, "{attachments:?}");
+    assert_eq!(attachments[0].content_type, "image/png");
+    assert_eq!(attachments[0].size, 70);
+    let (status, headers, bytes) = support::http_raw(
+        server.addr,
+        "GET",
+        &format!("/api/files/{}", attachments[0].id),
+        &[],
+        b"",
+    );
+    assert_eq!(status, 200);
+    assert_eq!(
+        bytes,
+        data_encoding::BASE64.decode(RED_DOT.as_bytes()).unwrap()
+    );
+    assert!(headers.contains(&("x-content-type-options".into(), "nosniff".into())));
+    // It is a file of the conversation.
+    let (status, listed) = support::http_json(
+        server.addr,
+        "GET",
+        &format!(
+            "/api/files?conversation={}",
+            client.session_id.clone().unwrap()
+        ),
+        None,
+        None,
+    );
+    assert_eq!(status, 200);
+    assert_eq!(
+        listed["files"][0]["id"],
+        attachments[0].id.as_str(),
+        "{listed}"
     );
     // The offline model takes no images: it read the note alone.
     let Some(ServerFrame::Message { text, .. }) = frames.last().map(|f| &f.frame) else {

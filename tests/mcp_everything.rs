@@ -122,14 +122,11 @@ fn exercise(server: &TestServer) {
         (ToolStatus::Success, "Echo: hello there".to_owned())
     );
 
-    // Its image reaches the tool card as a data URL, after the note the model reads.
+    // Its image is the note the model reads; the bytes are a stored file, never inlined.
     let (status, shown) = call(&mut client, "everything__get-tiny-image", json!({}));
     assert_eq!(status, ToolStatus::Success, "{shown}");
     assert!(shown.contains("[image: image/png"), "{shown}");
-    assert!(
-        shown.contains("data:image/png;base64,iVBORw0KGgo"),
-        "{shown}"
-    );
+    assert!(!shown.contains("base64"), "{shown}");
 
     // A resource link a tool returns can be read.
     let (status, links) = call(

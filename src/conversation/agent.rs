@@ -3,7 +3,7 @@
 //! it calls (`tool_calls.rs`), and asks again, until the model answers, fails, runs out of
 //! steps, or the turn is cancelled; what the model streams becomes events as it comes.
 //!
-//! Depends on: `common::auth`, `common::cancel`, `common::error`, `common::metrics`, `common::protocol`, `conversation::bot`, `conversation::context`, `conversation::events`, `conversation::tool_calls`, `model`, `tools::knowledge`, `tools::prompts`.
+//! Depends on: `common::auth`, `common::cancel`, `common::error`, `common::metrics`, `common::protocol`, `conversation::attached`, `conversation::bot`, `conversation::context`, `conversation::events`, `conversation::tool_calls`, `model`, `tools::knowledge`, `tools::prompts`.
 
 use std::fmt;
 use std::sync::Arc;
@@ -13,7 +13,10 @@ use crate::common::auth::Principal;
 use crate::common::cancel::{CancelFlag, OnCancel};
 use crate::common::error::Error;
 use crate::common::metrics::Metrics;
-use crate::common::protocol::{ErrorCode, ServerFrame, StatusCode, StatusData, TurnId, Usage};
+use crate::common::protocol::{
+    Attachment, ErrorCode, ServerFrame, SessionId, StatusCode, StatusData, TurnId, Usage,
+};
+use crate::conversation::attached::TurnFiles;
 use crate::conversation::bot::{Bot, Engine, interrupted};
 use crate::conversation::events::{TurnEvents, TurnOutcome};
 use crate::conversation::tool_calls::ToolCalls;
@@ -51,6 +54,17 @@ pub struct Turn {
     history_reset: bool,
     /// True once this turn said `context_trimmed`.
     trim_announced: bool,
+    /// The conversation it belongs to, the files its user message carries and the files on
+    /// its path (this turn's included).
+    files: Option<FilesOfTurn>,
+}
+
+/// A turn's conversation and files.
+#[derive(Debug)]
+struct FilesOfTurn {
+    conversation: SessionId,
+    attached: Vec<Attachment>,
+    on_path: Vec<Attachment>,
 }
 
 impl fmt::Debug for Turn {
@@ -77,7 +91,24 @@ impl Turn {
             user_index: 0,
             history_reset: false,
             trim_announced: false,
+            files: None,
         }
+    }
+
+    /// The turn of conversation `conversation`, whose user message carries the files
+    /// `attached`, with the files `on_path` on its path (`attached` among them).
+    pub fn with_files(
+        mut self,
+        conversation: SessionId,
+        attached: Vec<Attachment>,
+        on_path: Vec<Attachment>,
+    ) -> Turn {
+        self.files = Some(FilesOfTurn {
+            conversation,
+            attached,
+            on_path,
+        });
+        self
     }
 
     /// The user's text.
@@ -108,7 +139,7 @@ impl Turn {
             return TurnOutcome::Cancelled;
         }
         let specs = tools.specs();
-        if !self.recall_memory(events) {
+        if !self.attach_files(events, cancel) || !self.recall_memory(events) {
             return TurnOutcome::Cancelled;
         }
         // Tokens used by the turn's model calls, summed over the steps that reported them.
@@ -158,6 +189,7 @@ impl Turn {
                 engine: &self.engine,
                 turn_id,
                 owner: &self.owner,
+                conversation: self.files.as_ref().map(|files| &files.conversation),
                 events,
                 cancel,
                 knowledge,
@@ -312,6 +344,56 @@ impl Turn {
         } else {
             events.close(frame, transcript)
         }
+    }
+
+    /// Gives the model the files on the turn's path (`attached.rs`): this turn's files as
+    /// blocks after the user's words (and images, to a model that takes them), and the passages
+    /// of long documents relevant to the question just before the user's message, said in a
+    /// `thought` (unless the model says so itself). False when the turn is no longer current.
+    fn attach_files(&mut self, events: &dyn TurnEvents, cancel: &CancelFlag) -> bool {
+        let (Some(files), Some(library)) = (&self.files, &self.engine.files) else {
+            return true;
+        };
+        if files.on_path.is_empty() {
+            return true;
+        }
+        let question = self.current[self.user_index].content.clone();
+        let prepared = TurnFiles {
+            library,
+            owner: self.owner.as_str(),
+            attached: &files.attached,
+            on_path: &files.on_path,
+            question: &question,
+            vision: self.engine.model.accepts_images(),
+            window_tokens: self
+                .engine
+                .context_tokens
+                .or_else(|| self.engine.model.context_tokens()),
+            cancel,
+        }
+        .prepare();
+        if cancel.is_cancelled() {
+            return false;
+        }
+        let user = &mut self.current[self.user_index];
+        user.content.push_str(&prepared.blocks);
+        user.images = prepared.images;
+        let Some(passages) = prepared.passages else {
+            return true;
+        };
+        self.current
+            .insert(self.user_index, ChatMessage::text(Role::System, passages));
+        self.user_index += 1;
+        if self.engine.model.describes_memory() {
+            return true;
+        }
+        events.emit(ServerFrame::Thought {
+            turn_id: self.turn_id,
+            text: format!(
+                "Read from the attached files: {}",
+                prepared.cited.join("; ")
+            ),
+        })
     }
 
     /// Puts the graph entries most relevant to the user's text into the context, just before

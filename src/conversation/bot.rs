@@ -2,13 +2,14 @@
 //! to a bound) and the `Engine` every bot of a server shares. A turn runs on a snapshot of it
 //! (`agent.rs`).
 //!
-//! Depends on: `common::metrics`, `model`, `store`, `tools`.
+//! Depends on: `common::metrics`, `files`, `model`, `store`, `tools`.
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::metrics::Metrics;
+use crate::files::Library;
 use crate::model::{ChatMessage, ModelBackend, Role};
 use crate::store::GraphStore;
 use crate::tools::ToolChain;
@@ -45,6 +46,9 @@ pub struct Engine {
     /// How long a tool call that needs approval waits for it before it is denied
     /// (`--approval-timeout`).
     pub approval_timeout: Duration,
+    /// The files users attach and tools return, and their text; `None` in a server without
+    /// files (tests of the loop alone).
+    pub files: Option<Library>,
 }
 
 /// The built-in system prompt: what Sparky is, what its tools are for, and the date.
@@ -274,6 +278,7 @@ impl Engine {
             system_prompt: None,
             context_tokens: None,
             approval_timeout: Duration::from_secs(300),
+            files: None,
         }
     }
 }

@@ -10,6 +10,7 @@
 
 pub mod agent;
 pub mod approval;
+pub mod attached;
 pub mod bot;
 pub mod cluster;
 pub mod context;

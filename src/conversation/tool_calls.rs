@@ -4,7 +4,7 @@
 //! each relaying its progress as `tool_progress` at most ten times a second, and each
 //! `tool_result` in call order.
 //!
-//! Depends on: `common::auth`, `common::cancel`, `common::protocol`, `conversation::approval`, `conversation::bot`, `conversation::events`, `model`, `tools`, `tools::knowledge`, `tools::mcp`.
+//! Depends on: `common::auth`, `common::cancel`, `common::protocol`, `conversation::approval`, `conversation::bot`, `conversation::events`, `model`, `store::files`, `tools`, `tools::knowledge`, `tools::mcp`.
 
 use std::thread;
 use std::time::{Duration, Instant};
@@ -13,11 +13,12 @@ use parking_lot::Mutex;
 
 use crate::common::auth::Principal;
 use crate::common::cancel::CancelFlag;
-use crate::common::protocol::{ServerFrame, ToolStatus, TurnId};
+use crate::common::protocol::{Attachment, ServerFrame, SessionId, ToolStatus, TurnId};
 use crate::conversation::approval::Verdict;
 use crate::conversation::bot::Engine;
 use crate::conversation::events::TurnEvents;
 use crate::model::{ChatMessage, ToolArgs, ToolCall};
+use crate::store::Upload;
 use crate::tools::knowledge::Knowledge;
 use crate::tools::{Progress, ProgressSink, ToolChain, ToolContext, ToolOutput};
 
@@ -38,6 +39,8 @@ pub(crate) struct ToolCalls<'a> {
     pub(crate) turn_id: TurnId,
     /// The principal the tools act for.
     pub(crate) owner: &'a Principal,
+    /// The conversation the turn belongs to, when known.
+    pub(crate) conversation: Option<&'a SessionId>,
     /// Where the calls' events go.
     pub(crate) events: &'a dyn TurnEvents,
     /// The turn's cancel flag, checked before each event and seen by the tools.
@@ -58,6 +61,7 @@ impl ToolCalls<'_> {
             engine,
             turn_id,
             owner,
+            conversation,
             events,
             cancel,
             knowledge,
@@ -90,6 +94,7 @@ impl ToolCalls<'_> {
                 return denial.clone();
             }
             let ctx = ToolContext {
+                conversation,
                 principal: owner,
                 knowledge,
                 cancel,
@@ -129,12 +134,12 @@ impl ToolCalls<'_> {
                     None => run(i),
                 };
                 let result = ServerFrame::ToolResult {
-                    attachments: Vec::new(),
+                    attachments: self.keep_images(call, &output),
                     turn_id,
                     call_id: call.id.clone(),
                     name: call.name.clone(),
                     status: output.status,
-                    result: output.shown(),
+                    result: output.for_model(),
                 };
                 // The scope waits for the calls still running; they see the cancel flag.
                 if cancel.is_cancelled() || !events.emit(result) {
@@ -149,6 +154,40 @@ impl ToolCalls<'_> {
             }
             Some(messages)
         })
+    }
+
+    /// Stores the images `call` returned as files of the conversation, so that the
+    /// `tool_result` lists them rather than carrying their bytes (PROTOCOL.md section 5). An
+    /// image that cannot be stored keeps only its note in the result.
+    fn keep_images(&self, call: &ToolCall, output: &ToolOutput) -> Vec<Attachment> {
+        let (Some(library), Some(conversation)) = (&self.engine.files, self.conversation) else {
+            return Vec::new();
+        };
+        let mut kept = Vec::new();
+        for (n, image) in output.images.iter().enumerate() {
+            let Ok(bytes) = data_encoding::BASE64.decode(image.data.as_bytes()) else {
+                continue;
+            };
+            let extension = image.mime_type.rsplit('/').next().unwrap_or("bin");
+            let name = format!("{}-{}.{extension}", call.name, n + 1);
+            match library.upload(
+                self.owner.as_str(),
+                &name,
+                Some(&image.mime_type),
+                &mut bytes.as_slice(),
+                Some(conversation),
+            ) {
+                Ok(Upload::Stored(file)) => kept.push(file.attachment()),
+                Ok(refused) => {
+                    log::warn!(
+                        "turn {}: a tool's image was not kept: {refused:?}",
+                        self.turn_id
+                    );
+                }
+                Err(e) => log::warn!("turn {}: a tool's image was not kept: {e}", self.turn_id),
+            }
+        }
+        kept
     }
 
     /// Asks a person about every call of the step whose tool needs approval (one

@@ -3,6 +3,7 @@
 //!
 //! Depends on: `common::cancel`, `common::error`, `common::protocol`, `model::error`.
 
+pub mod attached;
 pub mod embed;
 pub mod error;
 pub mod offline;
@@ -125,7 +126,8 @@ pub struct ToolCall {
     pub args: ToolArgs,
 }
 
-/// An image a tool returned: what a model that accepts images is sent beside the tool's text.
+/// An image a tool returned or a user attached: what a model that accepts images is sent beside
+/// the message's text.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Image {
     /// Its media type: `image/png`, `image/jpeg`, `image/gif` or `image/webp`.
@@ -187,7 +189,8 @@ pub struct ChatMessage {
     pub tool_call_id: Option<String>,
     /// For a tool message: whether the tool failed.
     pub is_error: bool,
-    /// For a tool message: the images the tool returned, for a model that accepts images
+    /// For a tool message: the images the tool returned; for a user message: the images the
+    /// user attached. For a model that accepts images
     /// (their notes are in `content`). Kept for the turn that made them only: never stored.
     pub images: Vec<Image>,
 }

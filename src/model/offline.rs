@@ -1,11 +1,12 @@
 //! `OfflineModel`: the deterministic built-in backend of PROTOCOL.md section 9. It needs no
 //! network, so the server can be tried, tested and benchmarked anywhere.
 //!
-//! Depends on: `common::error`, `model`.
+//! Depends on: `common::error`, `model`, `model::attached`.
 
 use serde_json::{Value, json};
 
 use crate::common::error::Result;
+use crate::model::attached::{PASSAGES_PREFIX, passages_cited, split_files};
 use crate::model::{
     ChatMessage, Conversation, MEMORY_PREFIX, ModelBackend, ModelReply, ReplySink, Role, ToolCall,
     ToolSpec,
@@ -25,6 +26,8 @@ pub const HELP: &str = "Commands:\n\
 /time  the server's clock\n\
 /wait <ms>  wait, until cancelled (at most 60000 ms)\n\
 /tool <name> <json>  call any tool with a JSON object of arguments\n\
+/files  list the files of this conversation\n\
+/read <id>  read one of them, a page at a time\n\
 /help  this list\n\
 Anything else is echoed back.";
 
@@ -59,10 +62,16 @@ impl ModelBackend for OfflineModel {
         if last.role == Role::Tool {
             return Ok(say(&summarize_tool_results(messages)));
         }
-        let text = last.content.as_str();
+        let (text, files) = split_files(&last.content);
         if !text.starts_with('/') {
             sink.thought(&echo_thought(messages));
-            return Ok(say(&format!("You said: {text}")));
+            if files.is_empty() {
+                return Ok(say(&format!("You said: {text}")));
+            }
+            return Ok(say(&format!(
+                "You said: {text} (attached: {})",
+                files.join(", ")
+            )));
         }
         match plan(text) {
             Plan::Say(answer) => Ok(say(&answer)),
@@ -84,17 +93,29 @@ impl ModelBackend for OfflineModel {
     }
 }
 
-/// The thought before an echo: says which remembered facts were in the context, if any.
+/// The thought before an echo: says which remembered facts and which passages of attached
+/// files were in the context, if any.
 fn echo_thought(messages: Conversation<'_>) -> String {
-    let memory = messages
-        .iter()
-        .rev()
-        .take_while(|m| m.role != Role::Assistant)
-        .find_map(|m| {
-            m.content
-                .strip_prefix(MEMORY_PREFIX)
-                .filter(|_| m.role == Role::System)
-        });
+    let this_turn = || {
+        messages
+            .iter()
+            .rev()
+            .take_while(|m| m.role != Role::Assistant)
+            .filter(|m| m.role == Role::System)
+    };
+    let memory = this_turn().find_map(|m| m.content.strip_prefix(MEMORY_PREFIX));
+    let passages = this_turn()
+        .find(|m| m.content.starts_with(PASSAGES_PREFIX))
+        .map(|m| passages_cited(&m.content));
+    let thought = echo_memory(memory);
+    match passages {
+        Some(cited) => format!("{thought} Passages in context: {}.", cited.join("; ")),
+        None => thought,
+    }
+}
+
+/// The part of the echo's thought about memory.
+fn echo_memory(memory: Option<&str>) -> String {
     match memory {
         Some(entries) => {
             let used: Vec<&str> = entries
@@ -139,6 +160,9 @@ fn plan(text: &str) -> Plan {
         "/calc" if !rest.is_empty() => call("calculator", json!({ "expression": rest })),
         "/calc" => usage("/calc <expression>"),
         "/time" => call("clock", json!({})),
+        "/files" => call("files", json!({})),
+        "/read" if !rest.is_empty() => call("read_file", json!({ "id": rest })),
+        "/read" => usage("/read <file id>"),
         "/wait" => match rest.parse::<u64>() {
             Ok(ms) => call("wait", json!({ "ms": ms })),
             Err(_) => usage("/wait <milliseconds>"),

@@ -257,6 +257,7 @@ impl<'a> Handler<'a> {
                 &session,
                 Ask::Message {
                     text: m.text,
+                    attachments: m.attachments,
                     client_id: m.client_id,
                 },
             ),
@@ -265,6 +266,7 @@ impl<'a> Handler<'a> {
                 Ask::Edit {
                     turn: e.turn_id,
                     text: e.text,
+                    attachments: e.attachments,
                     client_id: e.client_id,
                 },
             ),

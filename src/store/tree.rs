@@ -2,14 +2,18 @@
 //! as the store keeps it and a live session holds it. Each turn has a parent (`0`: the start),
 //! and one turn, the *leaf*, ends the current path: the only turns whose messages the model
 //! sees. A turn may also cut the path (`reset`: the model rejected the history before it), and
-//! may carry the `client_id` of the frame that started it, so that a frame sent twice runs once.
+//! may carry the `client_id` of the frame that started it, so that a frame sent twice runs once,
+//! and the files its user message carried, which a `regenerate` carries again and whose text the
+//! model is given on every path through the turn.
 //!
 //! Turn ids are numbered in the order turns started, and a turn's parent always started before
 //! it, so a turn's descendants all have larger ids: the walks below are single passes.
 //!
-//! Depends on: nothing.
+//! Depends on: `common::protocol`.
 
 use std::collections::{HashMap, HashSet};
+
+use crate::common::protocol::Attachment;
 
 /// One turn's place in the tree.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -20,6 +24,8 @@ pub struct TreeTurn {
     pub reset: bool,
     /// The `client_id` of the frame that started it.
     pub client_id: Option<String>,
+    /// The files its user message carried.
+    pub attachments: Vec<Attachment>,
 }
 
 /// The turns of a conversation as a tree, and its current leaf.
@@ -100,8 +106,14 @@ impl TurnTree {
         self.client_ids.get(client_id).copied()
     }
 
-    /// Adds turn `len() + 1` after `parent`, and makes it the leaf. Returns its id.
-    pub fn open(&mut self, parent: u64, client_id: Option<String>) -> u64 {
+    /// Adds turn `len() + 1` after `parent`, with the files its message carried, and makes it
+    /// the leaf. Returns its id.
+    pub fn open(
+        &mut self,
+        parent: u64,
+        client_id: Option<String>,
+        attachments: Vec<Attachment>,
+    ) -> u64 {
         let id = self.len() + 1;
         if let Some(client_id) = &client_id {
             self.client_ids.insert(client_id.clone(), id);
@@ -110,6 +122,7 @@ impl TurnTree {
             parent: if parent < id { parent } else { 0 },
             reset: false,
             client_id,
+            attachments,
         });
         self.leaf = id;
         id
@@ -150,6 +163,19 @@ impl TurnTree {
         newest
     }
 
+    /// The files the user messages of the turns in `path` carried, oldest first, each once.
+    pub fn files_on(&self, path: &[u64]) -> Vec<Attachment> {
+        let mut files: Vec<Attachment> = Vec::new();
+        for turn in path.iter().filter_map(|id| self.turn(*id)) {
+            for file in &turn.attachments {
+                if !files.iter().any(|known| known.id == file.id) {
+                    files.push(file.clone());
+                }
+            }
+        }
+        files
+    }
+
     /// The turns whose messages the model sees on the path ending at `leaf`, oldest first:
     /// `0` (the seeded history) and each turn from the start, or only from the newest turn on
     /// the path that cut it.
@@ -177,11 +203,11 @@ mod tests {
     /// 1 ← 2 ← 3, and 4 beside 2 (an edit of 2), then 5 after 4.
     fn forked() -> TurnTree {
         let mut tree = TurnTree::default();
-        tree.open(0, Some("a".into()));
-        tree.open(1, None);
-        tree.open(2, None);
-        tree.open(1, Some("d".into()));
-        tree.open(4, None);
+        tree.open(0, Some("a".into()), Vec::new());
+        tree.open(1, None, Vec::new());
+        tree.open(2, None, Vec::new());
+        tree.open(1, Some("d".into()), Vec::new());
+        tree.open(4, None, Vec::new());
         tree
     }
 

@@ -202,6 +202,7 @@ mod tests {
         tool.call(
             &args,
             &ToolContext {
+                conversation: None,
                 principal: &Principal::local(),
                 knowledge: &knowledge,
                 cancel: &cancel,
@@ -255,6 +256,7 @@ mod tests {
         let cancel = CancelFlag::new();
         cancel.cancel();
         let ctx = ToolContext {
+            conversation: None,
             principal: &Principal::local(),
             knowledge: &knowledge,
             cancel: &cancel,
@@ -272,6 +274,7 @@ mod tests {
         let (mine, theirs) = (Knowledge::new(), Knowledge::new());
         let cancel = CancelFlag::new();
         let ctx = ToolContext {
+            conversation: None,
             principal: &Principal::local(),
             knowledge: &mine,
             cancel: &cancel,
@@ -282,6 +285,7 @@ mod tests {
             .unwrap();
         assert_eq!(SessionNotes.call(&json!({}), &ctx).unwrap(), "1. buy milk");
         let other = ToolContext {
+            conversation: None,
             principal: &Principal::local(),
             knowledge: &theirs,
             cancel: &cancel,

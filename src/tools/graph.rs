@@ -298,6 +298,7 @@ mod tests {
             name,
             &args,
             &ToolContext {
+                conversation: None,
                 principal: &Principal::local(),
                 knowledge: &knowledge,
                 cancel: &cancel,

@@ -7,6 +7,7 @@
 pub mod builtin;
 pub mod calculator;
 pub mod error;
+pub mod files;
 pub mod graph;
 pub mod knowledge;
 pub mod mcp;
@@ -23,7 +24,7 @@ use serde_json::Value;
 use crate::common::auth::Principal;
 use crate::common::cancel::CancelFlag;
 use crate::common::metrics::Metrics;
-use crate::common::protocol::ToolStatus;
+use crate::common::protocol::{SessionId, ToolStatus};
 use crate::model::{Image, ToolSpec, describe_bytes};
 use crate::store::GraphStore;
 use crate::tools::error::ToolError;
@@ -34,6 +35,8 @@ use crate::tools::knowledge::Knowledge;
 pub struct ToolContext<'a> {
     /// The principal whose conversation calls the tool: the graph tools act for it alone.
     pub principal: &'a Principal,
+    /// The calling conversation, when there is one: the files tools read its files.
+    pub conversation: Option<&'a SessionId>,
     /// The calling session's short-term knowledge.
     pub knowledge: &'a Knowledge,
     /// Set when the turn is cancelled; a slow tool stops when it sees it.
@@ -206,18 +209,9 @@ impl ToolOutput {
         }
     }
 
-    /// The result as the `tool_result` frame carries it (a string, PROTOCOL.md section 5): the
-    /// text, then one line per image, its note and its `data:` URL, which the page shows.
-    pub fn shown(&self) -> String {
-        let mut shown = self.text.clone();
-        for image in &self.images {
-            shown.push_str(&format!("\n{} {}", image.note(), image.data_url()));
-        }
-        shown
-    }
-
-    /// The result as the model reads it: the text, then each image's note (a model that
-    /// accepts images is sent the images too).
+    /// The result as the model reads it and the `tool_result` frame carries it: the text, then
+    /// each image's note. A model that accepts images is sent the images too, and the frame
+    /// lists them as stored files (PROTOCOL.md section 5), never their bytes.
     pub fn for_model(&self) -> String {
         let mut text = self.text.clone();
         for image in &self.images {
@@ -639,6 +633,7 @@ mod tests {
         chain.set_max_result_bytes(10);
         let (knowledge, cancel) = (Knowledge::new(), CancelFlag::new());
         let ctx = ToolContext {
+            conversation: None,
             principal: &Principal::local(),
             knowledge: &knowledge,
             cancel: &cancel,
@@ -703,6 +698,7 @@ mod tests {
         assert_eq!(chain.len(), 2);
         let (knowledge, cancel) = (Knowledge::new(), CancelFlag::new());
         let ctx = ToolContext {
+            conversation: None,
             principal: &Principal::local(),
             knowledge: &knowledge,
             cancel: &cancel,
@@ -724,6 +720,7 @@ mod tests {
         chain.add(Arc::new(Panicky));
         let (knowledge, cancel) = (Knowledge::new(), CancelFlag::new());
         let ctx = ToolContext {
+            conversation: None,
             principal: &Principal::local(),
             knowledge: &knowledge,
             cancel: &cancel,
@@ -787,6 +784,7 @@ mod tests {
         chain.add(Arc::new(Camera));
         let (knowledge, cancel) = (Knowledge::new(), CancelFlag::new());
         let ctx = ToolContext {
+            conversation: None,
             principal: &Principal::local(),
             knowledge: &knowledge,
             cancel: &cancel,
@@ -811,12 +809,7 @@ mod tests {
              [image: image/png, 6 B; left out: not valid base64]\n\
              [image: image/jpeg, 787 KB; left out: past the 1 MiB Sparky keeps of a result's images]"
         );
-        // The frame shows each kept image as a data: URL; the model reads its note.
-        assert!(
-            output
-                .shown()
-                .contains("\n[image: image/png, 8 B] data:image/png;base64,iVBORw0KGgo=")
-        );
+        // The model and the frame read each kept image's note, never its bytes.
         assert!(output.for_model().ends_with("[image: image/jpeg, 787 KB]"));
         assert!(!output.for_model().contains("data:"));
     }

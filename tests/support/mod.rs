@@ -534,6 +534,69 @@ pub fn http(
     (status, body)
 }
 
+/// One HTTP request with a body of bytes and extra headers: the status, the headers (names in
+/// lowercase) and the body as bytes.
+pub fn http_raw(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    stream.write_all(request.as_bytes()).unwrap();
+    // The server may answer before it has read the whole body (a refusal): a failed write of
+    // the rest is no error here.
+    let _ = stream.write_all(body);
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let end = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no head in {:?}", String::from_utf8_lossy(&response)));
+    let head = String::from_utf8_lossy(&response[..end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+        .collect();
+    (status, headers, response[end + 4..].to_vec())
+}
+
+/// Uploads `bytes` as a file named `name` (`POST /api/files`) and returns the answer's JSON;
+/// fails unless the server answered `201`.
+pub fn upload(addr: SocketAddr, token: Option<&str>, name: &str, bytes: &[u8]) -> Value {
+    let bearer = token.map(|token| format!("Bearer {token}"));
+    let mut headers = vec![("Content-Type", "application/octet-stream")];
+    if let Some(bearer) = &bearer {
+        headers.push(("Authorization", bearer));
+    }
+    let path = format!(
+        "/api/files?name={}",
+        form_urlencoded::byte_serialize(name.as_bytes()).collect::<String>()
+    );
+    let (status, _, body) = http_raw(addr, "POST", &path, &headers, bytes);
+    let text = String::from_utf8_lossy(&body);
+    assert_eq!(status, 201, "{text}");
+    serde_json::from_str(&text).unwrap()
+}
+
 /// `http` for a JSON answer: the status and the parsed body (`null` when empty).
 pub fn http_json(
     addr: SocketAddr,

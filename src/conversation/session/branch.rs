@@ -9,15 +9,15 @@
 //! tries again). The store is where every branch's messages are, so one read serves a
 //! `switch` across the tree as well as an `edit` of the last question.
 //!
-//! Depends on: `common::error`, `common::protocol`, `conversation::bot`, `conversation::session`, `model`, `store::tree`.
+//! Depends on: `common::error`, `common::protocol`, `conversation::bot`, `conversation::session`, `model`, `store::files`, `store::tree`.
 
 use std::borrow::Cow;
 use std::time::Duration;
 
-use crate::common::protocol::{ErrorCode, ServerFrame, TurnId};
+use crate::common::protocol::{Attachment, ErrorCode, ServerFrame, TurnId};
 use crate::conversation::bot::MAX_HISTORY_MESSAGES;
 use crate::model::ChatMessage;
-use crate::store::TurnTree;
+use crate::store::{StoredFile, TurnTree};
 
 use super::{Opening, Session, SessionState};
 
@@ -28,6 +28,8 @@ pub enum Ask {
     Message {
         /// The user's text.
         text: String,
+        /// The ids of the files it carries.
+        attachments: Vec<String>,
         /// The client's name for the frame.
         client_id: Option<String>,
     },
@@ -37,6 +39,8 @@ pub enum Ask {
         turn: TurnId,
         /// The new text.
         text: String,
+        /// The ids of the files it carries.
+        attachments: Vec<String>,
         /// The client's name for the frame.
         client_id: Option<String>,
     },
@@ -62,6 +66,14 @@ impl Ask {
             | Ask::Edit { client_id, .. }
             | Ask::Regenerate { client_id, .. } => client_id.as_deref(),
             Ask::Switch { .. } => None,
+        }
+    }
+
+    /// The ids of the files the ask's frame carries.
+    fn file_ids(&self) -> &[String] {
+        match self {
+            Ask::Message { attachments, .. } | Ask::Edit { attachments, .. } => attachments,
+            Ask::Regenerate { .. } | Ask::Switch { .. } => &[],
         }
     }
 
@@ -104,6 +116,9 @@ struct Target {
     text_of: Option<u64>,
 }
 
+/// Why an attachment was refused, in words for the client.
+const NO_SUCH_FILE: &str = "no file with that id to attach (upload it with POST /api/files)";
+
 /// Another path's messages, read with no lock held, and the conversation as it was then.
 struct Fetched {
     path_end: u64,
@@ -143,6 +158,7 @@ impl Session {
         if let Some(turn) = ask.client_id().and_then(|id| self.started_by(id)) {
             return Ok(Submitted::Duplicate(turn));
         }
+        let attachments = self.attachments(ask.file_ids())?;
         self.lead()
             .map_err(|(code, why)| (code, Cow::Borrowed(why)))?;
         let mut fetched: Option<Fetched> = None;
@@ -162,14 +178,14 @@ impl Session {
                 self.cancel_locked(&mut state);
                 let seen = state.log.last_seq();
                 if target.path_end == state.tree.leaf() && target.text_of.is_none() {
-                    return Ok(self.steer(&mut state, ask, &target, None));
+                    return Ok(self.steer(&mut state, ask, &target, None, attachments));
                 }
                 if let Some(got) = fetched.take()
                     && got.seen == seen
                     && got.path_end == target.path_end
                 {
                     state.bot.follow(got.history);
-                    return Ok(self.steer(&mut state, ask, &target, got.text));
+                    return Ok(self.steer(&mut state, ask, &target, got.text, attachments));
                 }
                 (state.tree.path(target.path_end), seen, target)
             };
@@ -179,6 +195,37 @@ impl Session {
             ErrorCode::ServerBusy,
             "the conversation kept changing; send it again".into(),
         ))
+    }
+
+    /// The files `ids` as the conversation's owner has them, in order, each once: refused with
+    /// `invalid_message` when one is unknown or someone else's.
+    fn attachments(&self, ids: &[String]) -> Result<Vec<Attachment>, Refused> {
+        let mut unique: Vec<String> = Vec::with_capacity(ids.len());
+        for id in ids {
+            if !unique.contains(id) {
+                unique.push(id.clone());
+            }
+        }
+        if unique.is_empty() {
+            return Ok(Vec::new());
+        }
+        let Some(files) = self.files() else {
+            return Err((ErrorCode::InvalidMessage, Cow::Borrowed(NO_SUCH_FILE)));
+        };
+        let found = files
+            .store()
+            .files(self.inner.owner.as_str(), &unique)
+            .map_err(|e| {
+                log::warn!("session {}: cannot read files: {e}", self.inner.id.short());
+                (
+                    ErrorCode::Storage,
+                    Cow::Borrowed("the server cannot read its store right now; try again later"),
+                )
+            })?;
+        if found.len() != unique.len() {
+            return Err((ErrorCode::InvalidMessage, Cow::Borrowed(NO_SUCH_FILE)));
+        }
+        Ok(found.iter().map(StoredFile::attachment).collect())
     }
 
     /// Reads the messages of the path `path` (and a `regenerate`'s text) from the store, once
@@ -217,13 +264,15 @@ impl Session {
     }
 
     /// Does `ask` once the bot holds the path to `target.path_end`: opens its turn, or moves
-    /// the leaf. `text` is a `regenerate`'s.
+    /// the leaf. `text` is a `regenerate`'s; `attachments` the files of the ask's frame (a
+    /// `regenerate` carries its turn's again).
     fn steer(
         &self,
         state: &mut SessionState,
         ask: &Ask,
         target: &Target,
         text: Option<String>,
+        attachments: Vec<Attachment>,
     ) -> Submitted {
         let opening = match ask {
             Ask::Switch { .. } => {
@@ -232,8 +281,11 @@ impl Session {
                 self.push_event(state, ServerFrame::Branch { leaf });
                 return Submitted::Done;
             }
-            Ask::Message { text, client_id } => Opening {
+            Ask::Message {
+                text, client_id, ..
+            } => Opening {
                 text: text.clone(),
+                attachments,
                 parent: target.path_end,
                 client_id: client_id.clone(),
                 edit_of: None,
@@ -243,8 +295,10 @@ impl Session {
                 turn,
                 text,
                 client_id,
+                ..
             } => Opening {
                 text: text.clone(),
+                attachments,
                 parent: target.path_end,
                 client_id: client_id.clone(),
                 edit_of: Some(*turn),
@@ -252,6 +306,11 @@ impl Session {
             },
             Ask::Regenerate { turn, client_id } => Opening {
                 text: text.unwrap_or_default(),
+                attachments: state
+                    .tree
+                    .turn(turn.0)
+                    .map(|t| t.attachments.clone())
+                    .unwrap_or_default(),
                 parent: target.path_end,
                 client_id: client_id.clone(),
                 edit_of: None,

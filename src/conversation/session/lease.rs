@@ -312,9 +312,14 @@ fn follow_tree(tree: &mut TurnTree, body: &str) {
             turn_id,
             parent,
             client_id,
+            attachments,
             ..
         } if turn_id.0 == tree.len() + 1 => {
-            tree.open(parent.map_or(turn_id.0 - 1, |p| p.0), client_id);
+            tree.open(
+                parent.map_or(turn_id.0 - 1, |p| p.0),
+                client_id,
+                attachments,
+            );
         }
         ServerFrame::Branch { leaf } => tree.set_leaf(leaf.0),
         _ => {}

@@ -14,7 +14,7 @@
 //! subscriber's [`Sink`], one batch per subscriber, under the session lock. A session starts
 //! its own turns on the server's [`TurnPool`].
 //!
-//! Depends on: `common::auth`, `common::cancel`, `common::error`, `common::metrics`, `common::protocol`, `conversation::agent`, `conversation::approval`, `conversation::bot`, `conversation::journal`, `conversation::worker`, `model`, `store`, `store::cluster`, `store::tree`, `tools::knowledge`.
+//! Depends on: `common::auth`, `common::cancel`, `common::error`, `common::metrics`, `common::protocol`, `conversation::agent`, `conversation::approval`, `conversation::bot`, `conversation::journal`, `conversation::worker`, `files`, `model`, `store`, `store::cluster`, `store::tree`, `tools::knowledge`.
 
 mod branch;
 mod lease;
@@ -185,6 +185,7 @@ enum Saved {
 #[derive(Debug)]
 struct Opening {
     text: String,
+    attachments: Vec<crate::common::protocol::Attachment>,
     parent: u64,
     client_id: Option<String>,
     edit_of: Option<TurnId>,
@@ -353,6 +354,11 @@ impl Session {
         self.inner.state.lock().saved != Saved::No
     }
 
+    /// Where the server keeps files, when it keeps them.
+    pub fn files(&self) -> Option<crate::files::Library> {
+        self.inner.state.lock().bot.engine().files.clone()
+    }
+
     /// True while the store refuses writes: new turns are refused meanwhile.
     pub fn store_failing(&self) -> bool {
         self.inner.persist.failing()
@@ -390,14 +396,20 @@ impl Session {
         }
         let Opening {
             text,
+            attachments,
             parent,
             client_id,
             edit_of,
             regenerate_of,
         } = opening;
-        let turn_id = TurnId(state.tree.open(parent, client_id.clone()));
+        let turn_id = TurnId(
+            state
+                .tree
+                .open(parent, client_id.clone(), attachments.clone()),
+        );
+        let path_files = state.tree.files_on(&state.tree.path(turn_id.0));
         let frame = ServerFrame::UserMessage {
-            attachments: Vec::new(),
+            attachments: attachments.clone(),
             turn_id,
             parent: Some(TurnId(parent)),
             text: text.clone(),
@@ -422,7 +434,11 @@ impl Session {
         };
         let cancel = CancelFlag::new();
         let approvals = Approvals::new();
-        let turn = Turn::start(&state.bot, turn_id, &text, &self.inner.owner);
+        let turn = Turn::start(&state.bot, turn_id, &text, &self.inner.owner).with_files(
+            self.inner.id.clone(),
+            attachments,
+            path_files,
+        );
         state.turn = Some(CurrentTurn {
             id: turn_id,
             cancel: cancel.clone(),

@@ -33,7 +33,8 @@ pub(super) fn encode_request(
 ///
 /// Every system message (the prompt, and the memory the bot adds to a turn) goes into one
 /// system message at the start, because many chat templates accept a system message only
-/// there. Images that tools returned follow their tool messages as one user message of
+/// there. Images a user attached are `image_url` parts of their message; images that tools
+/// returned follow their tool messages as one user message of
 /// `image_url` parts, since OpenAI's tool messages carry text only.
 fn request_body(model: &str, conversation: Conversation<'_>, tools: &[ToolSpec]) -> Value {
     let mut system: Vec<&str> = Vec::new();
@@ -47,7 +48,17 @@ fn request_body(model: &str, conversation: Conversation<'_>, tools: &[ToolSpec])
         }
         match message.role {
             Role::System => system.push(content),
-            Role::User => messages.push(json!({"role": "user", "content": content})),
+            Role::User if message.images.is_empty() => {
+                messages.push(json!({"role": "user", "content": content}));
+            }
+            // The images the user attached, after the words (with `--model-vision` only).
+            Role::User => {
+                let mut parts = vec![json!({"type": "text", "text": content})];
+                parts.extend(message.images.iter().map(
+                    |image| json!({"type": "image_url", "image_url": {"url": image.data_url()}}),
+                ));
+                messages.push(json!({"role": "user", "content": parts}));
+            }
             Role::Assistant if message.tool_calls.is_empty() => {
                 let content = if is_failure_note(content) {
                     ""

@@ -386,6 +386,7 @@ fn load<E>(
                 parent: small(row.int(1)?),
                 reset: row.flag(2)?,
                 client_id: row.opt_text(3)?,
+                attachments: Vec::new(),
             },
         ))
     })?;
