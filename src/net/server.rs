@@ -192,7 +192,7 @@ pub fn spawn_with(
         metrics: metrics.clone(),
         context_tokens: config.context_tokens,
         approval_timeout: config.approval_timeout,
-        files: None,
+        files: Some(library.clone()),
         system_prompt: match &config.system_prompt {
             Some(prompt) => Some(prompt.as_str().into()),
             None => Some(crate::conversation::bot::DEFAULT_SYSTEM_PROMPT.into()),
