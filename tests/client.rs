@@ -1,7 +1,8 @@
 //! The terminal client (`sparky chat`) against a real server: an answer shown once,
 //! `/list`, on a restart of the client the conversation's recent history, the branch commands
-//! (`/edit`, `/regen`, `/switch`, `/history`), and a message cut off by a dropped connection
-//! sent again with its `client_id` and run once.
+//! (`/edit`, `/regen`, `/switch`, `/history`), `/attach` (a file uploaded for the next message,
+//! kept by `/edit`) and `/detach`, and a message cut off by a dropped connection sent again
+//! with its `client_id` and run once.
 
 mod support;
 
@@ -219,6 +220,78 @@ fn the_branch_commands_send_their_frames_and_show_the_tree() {
     client_ids.sort();
     client_ids.dedup();
     assert_eq!(client_ids.len(), 6, "a client_id was used twice: {sent:#?}");
+}
+
+#[test]
+fn attach_uploads_a_file_for_the_next_message_and_edit_keeps_it() {
+    let server = TestServer::start();
+    let proxy = WsProxy::start(server.addr, Vec::new());
+    let dir = temp_dir("client-attach");
+    std::fs::create_dir_all(&dir).unwrap();
+    let state = dir.join("state.json");
+    let notes = dir.join("boat notes.txt");
+    std::fs::write(&notes, "The boat leaves at 9:40 from pier 3.\n").unwrap();
+    let (mut child, output) = start_at(proxy.addr, &state);
+    let mut seen = String::new();
+    until(&output, &mut seen, "model offline");
+
+    type_line(&mut child, "/attach");
+    until(&output, &mut seen, "no files attached");
+    type_line(
+        &mut child,
+        &format!("/attach {}", dir.join("missing.txt").display()),
+    );
+    until(&output, &mut seen, "not attached: cannot read");
+    type_line(&mut child, &format!("/attach \"{}\"", notes.display()));
+    until(&output, &mut seen, "1 file(s) go with your next message");
+    assert!(
+        seen.contains("\u{1F4CE} boat notes.txt (37 B) /api/files/"),
+        "{seen}"
+    );
+    type_line(&mut child, "/attach");
+    until(&output, &mut seen, "these files go with your next message:");
+
+    // The next message carries it, and shows it under its line.
+    type_line(&mut child, "when does the boat leave?");
+    until(&output, &mut seen, "You said: when does the boat leave?");
+    let (status, files) = http_json(server.addr, "GET", "/api/files", None, None);
+    assert_eq!(status, 200);
+    let id = files["files"][0]["id"].as_str().unwrap().to_owned();
+    until(
+        &output,
+        &mut seen,
+        &format!("boat notes.txt (37 B) /api/files/{id}"),
+    );
+
+    // The one after goes without it; /detach drops what was attached.
+    type_line(&mut child, "and without?");
+    until(&output, &mut seen, "You said: and without?");
+    type_line(&mut child, &format!("/attach {}", notes.display()));
+    until_count(&output, &mut seen, "1 file(s) go with your next message", 2);
+    type_line(&mut child, "/detach");
+    until(&output, &mut seen, "1 file(s) detached");
+    type_line(&mut child, "plain again");
+    until(&output, &mut seen, "You said: plain again");
+
+    // An edit of turn 1 keeps its file.
+    type_line(&mut child, "/edit 1 when does it leave?");
+    until(&output, &mut seen, "(turn 4, edit of 1)");
+    until(&output, &mut seen, "You said: when does it leave?");
+    type_line(&mut child, "/quit");
+    let _ = child.wait();
+
+    let turns: Vec<Value> = proxy
+        .sent()
+        .into_iter()
+        .map(|(_, frame)| frame)
+        .filter(|frame| frame["type"] == "message" || frame["type"] == "edit")
+        .map(|frame| frame["data"]["attachments"].clone())
+        .collect();
+    assert_eq!(
+        turns,
+        [json!([id]), Value::Null, Value::Null, json!([id])],
+        "the attachments of each message and edit sent"
+    );
 }
 
 #[test]

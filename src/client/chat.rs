@@ -9,9 +9,9 @@
 //!
 //! Depends on: `client::input`, `client::screen`, `client::state`, `client::tree`, `client::wire`, `common::protocol`.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -21,14 +21,15 @@ use tungstenite::{Message, WebSocket};
 
 use super::input::Command;
 use super::screen::{
-    DIM, PLAIN, PROMPT, RED, Screen, YELLOW, describe_status, describe_turn, without_data_urls,
+    DIM, PLAIN, PROMPT, RED, Screen, YELLOW, describe_attachment, describe_status, describe_turn,
+    without_data_urls,
 };
 use super::state::SavedState;
 use super::tree::{TurnTree, tree_lines};
 use super::wire::{Server, client_id, close_gracefully, is_timeout, send, with_client_id};
 use crate::common::protocol::{
-    ApproveData, ClientFrame, ConnectData, ErrorCode, MessageData, ServerEnvelope, ServerFrame,
-    StatusCode, ToolStatus, TurnId,
+    ApproveData, Attachment, ClientFrame, ConnectData, EditData, ErrorCode, MAX_ATTACHMENTS,
+    MessageData, ServerEnvelope, ServerFrame, StatusCode, ToolStatus, TurnId,
 };
 
 /// How long one read waits before the loop looks at the input again.
@@ -99,6 +100,11 @@ pub struct Chat {
     listed: Vec<String>,
     /// Tool calls waiting for this user's `y` or `n`, oldest first.
     asking: VecDeque<String>,
+    /// Files uploaded with `/attach`, to go with the next message.
+    attached: Vec<Attachment>,
+    /// The files each turn's message carried, by turn, as far as this client has seen them:
+    /// `/edit` keeps them.
+    turn_files: HashMap<TurnId, Vec<String>>,
 }
 
 impl std::fmt::Debug for Chat {
@@ -144,6 +150,8 @@ impl Chat {
             interrupted: false,
             listed: Vec::new(),
             asking: VecDeque::new(),
+            attached: Vec::new(),
+            turn_files: HashMap::new(),
         }
     }
 
@@ -349,12 +357,15 @@ impl Chat {
             ServerFrame::UserMessage {
                 turn_id,
                 text,
+                attachments,
                 client_id,
                 edit_of,
                 regenerate_of,
                 ..
             } => {
                 self.running = true;
+                self.turn_files
+                    .insert(turn_id, attachments.iter().map(|f| f.id.clone()).collect());
                 let sent = self.confirm(client_id.as_deref(), &text);
                 if sent.is_some() {
                     self.confirmed_turns.insert(turn_id);
@@ -366,6 +377,9 @@ impl Chat {
                     screen.say(DIM, &format!("({about})"));
                 } else {
                     screen.say(PLAIN, &format!("{PROMPT}{text}  ({about})"));
+                }
+                for file in &attachments {
+                    screen.say(DIM, &format!("     {}", describe_attachment(file)));
                 }
             }
             ServerFrame::Branch { leaf } => {
@@ -401,18 +415,23 @@ impl Chat {
                 name,
                 status,
                 result,
+                attachments,
                 ..
-            } => match status {
-                ToolStatus::Success => {
-                    self.asking.retain(|waiting| *waiting != call_id);
-                    let result = without_data_urls(&result);
-                    screen.say(PLAIN, &format!("tool> {name} -> {result}"));
+            } => {
+                self.asking.retain(|waiting| *waiting != call_id);
+                match status {
+                    ToolStatus::Success => {
+                        let result = without_data_urls(&result);
+                        screen.say(PLAIN, &format!("tool> {name} -> {result}"));
+                    }
+                    ToolStatus::Error => {
+                        screen.say(RED, &format!("tool> {name} failed: {result}"));
+                    }
                 }
-                ToolStatus::Error => {
-                    self.asking.retain(|waiting| *waiting != call_id);
-                    screen.say(RED, &format!("tool> {name} failed: {result}"));
+                for file in &attachments {
+                    screen.say(DIM, &format!("      {}", describe_attachment(file)));
                 }
-            },
+            }
             ServerFrame::MessageDelta { turn_id, text, .. } => screen.delta(turn_id, &text),
             ServerFrame::Message { turn_id, text, .. } => screen.answer(turn_id, &text),
             ServerFrame::Status(status) if status.code == StatusCode::Duplicate => {
@@ -483,7 +502,10 @@ impl Chat {
                 self.interrupted = false;
             }
             match command {
-                Command::Send(frame) => self.outbox.push_back(with_client_id(frame)),
+                Command::Send(frame) => {
+                    let frame = self.with_files(frame);
+                    self.outbox.push_back(with_client_id(frame));
+                }
                 Command::Quit => return Input::Quit,
                 Command::Interrupt => {
                     if self.interrupted {
@@ -522,20 +544,117 @@ impl Chat {
                         self.outbox.push_back(frame);
                     }
                     None => {
-                        let frame = ClientFrame::Message(MessageData {
+                        let frame = self.with_files(ClientFrame::Message(MessageData {
                             attachments: Vec::new(),
                             text: line,
                             client_id: None,
-                        });
+                        }));
                         self.outbox.push_back(with_client_id(frame));
                     }
                 },
                 Command::History => self.history(),
+                Command::Attach(path) => self.attach(&path),
+                Command::Attached => self.show_attached(),
+                Command::Detach => {
+                    let count = self.attached.len();
+                    self.attached.clear();
+                    self.screen.notice(&format!(
+                        "{count} file(s) detached; the next message goes without them"
+                    ));
+                }
                 Command::Usage(usage) => self.screen.notice(usage),
                 Command::Closed => self.input_closed = true,
             }
         }
         Input::Continue
+    }
+
+    /// The frame as it goes: a `message` carries the files attached since the last one, and an
+    /// `edit` the files of the turn it replaces (the server keeps a `regenerate`'s itself).
+    fn with_files(&mut self, mut frame: ClientFrame) -> ClientFrame {
+        match &mut frame {
+            ClientFrame::Message(message) if message.attachments.is_empty() => {
+                message.attachments = self.attached.drain(..).map(|file| file.id).collect();
+            }
+            ClientFrame::Edit(EditData {
+                turn_id,
+                attachments,
+                ..
+            }) if attachments.is_empty() => {
+                *attachments = self.files_of(*turn_id);
+            }
+            _ => {}
+        }
+        frame
+    }
+
+    /// The files turn `turn_id`'s message carried: as its `user_message` showed them, else as
+    /// the turns API lists them (a turn older than the history shown); none when unknown.
+    fn files_of(&mut self, turn_id: TurnId) -> Vec<String> {
+        if let Some(files) = self.turn_files.get(&turn_id) {
+            return files.clone();
+        }
+        let Some(id) = self.state.session_id.clone() else {
+            return Vec::new();
+        };
+        let tree = self
+            .api(&format!("/api/conversations/{id}/turns"))
+            .and_then(|answer| {
+                serde_json::from_value::<TurnTree>(answer).map_err(|e| format!("bad answer: {e}"))
+            });
+        match tree {
+            Ok(tree) => {
+                for turn in tree.turns {
+                    let files = turn
+                        .attachments
+                        .iter()
+                        .filter_map(|file| file["id"].as_str().map(str::to_owned))
+                        .collect();
+                    self.turn_files.insert(TurnId(turn.turn_id), files);
+                }
+            }
+            Err(e) => {
+                let notice = format!("the edit goes without turn {turn_id}'s files: {e}");
+                self.screen.notice(&notice);
+            }
+        }
+        self.turn_files.get(&turn_id).cloned().unwrap_or_default()
+    }
+
+    /// `/attach PATH`: uploads the file (the conversation waits meanwhile), to go with the next
+    /// message.
+    fn attach(&mut self, path: &Path) {
+        if self.attached.len() >= MAX_ATTACHMENTS {
+            let notice = format!("a message carries at most {MAX_ATTACHMENTS} files");
+            return self.screen.notice(&notice);
+        }
+        self.screen.notice(&format!("uploading {}", path.display()));
+        match self.server.upload(path, self.token.as_deref()) {
+            Ok(file) => {
+                self.screen
+                    .say(DIM, &format!("     {}", describe_attachment(&file)));
+                self.attached.push(file);
+                let count = self.attached.len();
+                self.screen.notice(&format!(
+                    "{count} file(s) go with your next message (/attach lists them, /detach drops them)"
+                ));
+            }
+            Err(e) => self.screen.notice(&format!("not attached: {e}")),
+        }
+    }
+
+    /// `/attach` alone: the files waiting for the next message.
+    fn show_attached(&mut self) {
+        if self.attached.is_empty() {
+            return self
+                .screen
+                .notice("no files attached; /attach PATH uploads one for the next message");
+        }
+        self.screen.notice("these files go with your next message:");
+        for file in &self.attached {
+            self.screen
+                .say(PLAIN, &format!("     {}", describe_attachment(file)));
+        }
     }
 
     /// Leaves the current conversation for `id` (shown with its recent history), or for a new
@@ -544,6 +663,7 @@ impl Chat {
         self.outbox.clear();
         self.unconfirmed.clear();
         self.confirmed_turns.clear();
+        self.turn_files.clear();
         self.running = false;
         self.asking.clear();
         self.connected_before = false;

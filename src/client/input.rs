@@ -5,6 +5,7 @@
 //! Depends on: `common::protocol`.
 
 use std::io::{self, BufRead};
+use std::path::PathBuf;
 use std::thread;
 
 use crossbeam_channel::Receiver;
@@ -35,6 +36,12 @@ pub enum Command {
     Answer(bool, String),
     /// `/history`: show the conversation's tree of turns.
     History,
+    /// `/attach PATH`: upload the file, to go with the next message.
+    Attach(PathBuf),
+    /// `/attach` alone: show the files waiting for the next message.
+    Attached,
+    /// `/detach`: the next message goes without the files attached so far.
+    Detach,
     /// A client command typed wrong: how to type it.
     Usage(&'static str),
     /// The input has ended: the client quits once everything typed was sent. (Said in so many
@@ -50,12 +57,17 @@ pub fn parse_line(line: &str) -> Option<Command> {
         "/cancel" => Command::Send(ClientFrame::Cancel {}),
         "/list" => Command::List,
         "/new" => Command::New,
+        "/attach" => Command::Attached,
+        "/detach" => Command::Detach,
         "y" | "Y" | "yes" => Command::Answer(true, line.to_owned()),
         "n" | "N" | "no" => Command::Answer(false, line.to_owned()),
         other if other.starts_with("/open") => match other["/open".len()..].trim().parse() {
             Ok(number) => Command::Open(number),
             Err(_) => Command::Open(0),
         },
+        other if other.starts_with("/attach ") => {
+            Command::Attach(attach_path(&other["/attach ".len()..]))
+        }
         other => parse_branch_command(other).unwrap_or_else(|| {
             Command::Send(ClientFrame::Message(MessageData {
                 attachments: Vec::new(),
@@ -65,6 +77,23 @@ pub fn parse_line(line: &str) -> Option<Command> {
         }),
     };
     Some(command)
+}
+
+/// The path of `/attach PATH`: the rest of the line, without quotes around it (a path copied
+/// from a file manager often has them) and with a leading `~/` meaning the home directory.
+fn attach_path(rest: &str) -> PathBuf {
+    let rest = rest.trim();
+    let unquoted = ['"', '\'']
+        .iter()
+        .find_map(|quote| {
+            rest.strip_prefix(*quote)
+                .and_then(|inner| inner.strip_suffix(*quote))
+        })
+        .unwrap_or(rest);
+    match (unquoted.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(below), Some(home)) => PathBuf::from(home).join(below),
+        _ => PathBuf::from(unquoted),
+    }
 }
 
 /// Reads `/edit N text`, `/regen N`, `/switch N` and `/history`; `None` for any other line.
@@ -191,5 +220,43 @@ mod tests {
             })))
         );
         assert_eq!(parse_line("y"), Some(Command::Answer(true, "y".into())));
+    }
+
+    #[test]
+    fn attach_takes_the_rest_of_the_line_as_a_path() {
+        assert_eq!(parse_line("/attach"), Some(Command::Attached));
+        assert_eq!(parse_line("  /attach  "), Some(Command::Attached));
+        assert_eq!(parse_line("/detach"), Some(Command::Detach));
+        assert_eq!(
+            parse_line("/attach notes.txt"),
+            Some(Command::Attach(PathBuf::from("notes.txt")))
+        );
+        assert_eq!(
+            parse_line("/attach  my report (final).pdf "),
+            Some(Command::Attach(PathBuf::from("my report (final).pdf")))
+        );
+        assert_eq!(
+            parse_line("/attach \"/tmp/a b.png\""),
+            Some(Command::Attach(PathBuf::from("/tmp/a b.png")))
+        );
+        assert_eq!(
+            parse_line("/attach 'x.csv'"),
+            Some(Command::Attach(PathBuf::from("x.csv")))
+        );
+        if let Some(home) = std::env::var_os("HOME") {
+            assert_eq!(
+                parse_line("/attach ~/a.txt"),
+                Some(Command::Attach(PathBuf::from(home).join("a.txt")))
+            );
+        }
+        // A word that only starts like it is a message for the server.
+        assert!(matches!(
+            parse_line("/attachments please"),
+            Some(Command::Send(ClientFrame::Message(_)))
+        ));
+        assert!(matches!(
+            parse_line("/detach now"),
+            Some(Command::Send(ClientFrame::Message(_)))
+        ));
     }
 }

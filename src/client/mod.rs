@@ -15,12 +15,17 @@
 //! | `/list` | shows your conversations (through the HTTP API) |
 //! | `/open N` | switches to the Nth conversation of the last `/list` |
 //! | `/new` | starts a new conversation |
+//! | `/attach PATH` | uploads the file (`POST /api/files`); it goes with the next message |
+//! | `/attach` | shows the files waiting for the next message |
+//! | `/detach` | the next message goes without them |
 //! | `/cancel` | stops the turn in flight |
 //! | `/quit` | quits |
 //!
 //! When a tool call waits for approval, the client asks `allow? [y/n]` and the next `y` or `n`
 //! line answers it (an `approve` frame). Other lines that start with `/` (`/help`, `/calc 1+2`,
 //! `/prompt`, …) are ordinary messages for the server (`/prompt` its MCP prompts) and its model.
+//! Files that messages and tool results carry are shown as `📎 name (size) /api/files/ID`;
+//! `/edit` keeps the files of the turn it replaces.
 //!
 //! The client saves its `session_id` and the highest `seq` it has seen in a state file, so a
 //! dropped connection or a restarted client resumes the same session and gets every event it

@@ -1,12 +1,13 @@
 //! `Screen`: what the terminal client writes, a line at a time, with a streamed answer kept on
 //! one line and the `you>` prompt taken off its line before anything else is shown; and how a
-//! frame's parts read on it (`describe_turn`, `describe_status`, `without_data_urls`).
+//! frame's parts read on it (`describe_turn`, `describe_status`, `without_data_urls`,
+//! `describe_attachment`).
 //!
 //! Depends on: `common::protocol`.
 
 use std::io::Write;
 
-use crate::common::protocol::{StatusData, TurnId};
+use crate::common::protocol::{Attachment, StatusData, TurnId};
 
 /// The prompt. A message typed at it is not printed again when the server echoes it (it stands
 /// after the prompt already): only its turn number is.
@@ -164,6 +165,40 @@ pub fn without_data_urls(result: &str) -> String {
         .join("\n")
 }
 
+/// A file as the terminal shows it: `📎 name (size) /api/files/id`, the path it is fetched
+/// from (with the token) on the same server.
+pub fn describe_attachment(file: &Attachment) -> String {
+    format!(
+        "\u{1F4CE} {} ({}) /api/files/{}",
+        file.name,
+        describe_size(file.size),
+        file.id
+    )
+}
+
+/// A size in bytes as a person reads it: `812 B`, `14.2 KB`, `3.1 MB`.
+pub fn describe_size(bytes: u64) -> String {
+    const UNITS: [&str; 3] = ["KB", "MB", "GB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    // A size shown to a person: f64's precision is plenty.
+    let mut value = bytes as f64;
+    let mut unit = UNITS[0];
+    for candidate in UNITS {
+        value /= 1024.0;
+        unit = candidate;
+        if value < 1024.0 {
+            break;
+        }
+    }
+    if value < 10.0 {
+        format!("{value:.1} {unit}")
+    } else {
+        format!("{value:.0} {unit}")
+    }
+}
+
 /// How a `user_message` names its turn: `turn 5`, and `edit of 3` or `regenerate of 3` when an
 /// `edit` or `regenerate` started it.
 pub fn describe_turn(
@@ -233,6 +268,25 @@ mod tests {
         screen.answer(TurnId(2), "Again");
         let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
         assert_eq!(text, "you> \r\x1b[Kbot> Hello\nbot> Again\n");
+    }
+
+    #[test]
+    fn attachments_read_as_name_size_and_path() {
+        let file = Attachment {
+            id: "ab".repeat(16),
+            name: "notes.txt".into(),
+            content_type: "text/plain".into(),
+            size: 14_540,
+        };
+        assert_eq!(
+            describe_attachment(&file),
+            format!("\u{1F4CE} notes.txt (14 KB) /api/files/{}", "ab".repeat(16))
+        );
+        assert_eq!(describe_size(0), "0 B");
+        assert_eq!(describe_size(1023), "1023 B");
+        assert_eq!(describe_size(1536), "1.5 KB");
+        assert_eq!(describe_size(25 << 20), "25 MB");
+        assert_eq!(describe_size(3 << 30), "3.0 GB");
     }
 
     #[test]

@@ -1,18 +1,20 @@
 //! The terminal client's side of the network: the server's address from its URL, the
-//! WebSocket (opened, written, closed), one GET of the conversation API, and the `client_id`s
-//! that make a resent frame run once.
+//! WebSocket (opened, written, closed), one GET of the conversation API, a file's upload
+//! (`POST /api/files`), and the `client_id`s that make a resent frame run once.
 //!
 //! Depends on: `common::protocol`.
 
+use std::fs::File;
 use std::io;
 use std::net::{TcpStream, ToSocketAddrs};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 use tungstenite::{Message, WebSocket};
 
-use crate::common::protocol::{ClientFrame, EditData, MessageData, RegenerateData};
+use crate::common::protocol::{Attachment, ClientFrame, EditData, MessageData, RegenerateData};
 
 /// Bound on TCP connect, the handshake, each write and each API request, so that a dead server
 /// cannot hang the client.
@@ -20,6 +22,10 @@ pub const NETWORK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The most bytes of an API answer that are read.
 const MAX_API_BYTES: u64 = 4 << 20;
+
+/// Bound on each write of an upload's body and on the wait for the server's answer after it,
+/// so that a stalled server cannot hang the client (the whole upload may take longer).
+const UPLOAD_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Where the server is: its host and port, from the `ws://` URL.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,15 +96,10 @@ impl Server {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(NETWORK_TIMEOUT))
-            .user_agent(concat!("sparky-chat/", env!("CARGO_PKG_VERSION")))
+            .user_agent(USER_AGENT)
             .build()
             .into();
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
-        let mut request = agent.get(&format!("http://{host}:{}{path}", self.port));
+        let mut request = agent.get(&self.http_url(path));
         if let Some(token) = token {
             request = request.header("Authorization", &format!("Bearer {token}"));
         }
@@ -116,6 +117,79 @@ impl Server {
         serde_json::from_str(&body).map_err(|e| format!("not JSON: {e}"))
     }
 
+    /// Uploads the file at `path` (`POST /api/files?name=…`, its bytes streamed as the body,
+    /// with `token` as the bearer credential) and returns the stored file.
+    ///
+    /// # Errors
+    ///
+    /// Why it is not stored, in words: the file cannot be read, the server cannot be reached,
+    /// the file is larger than the server accepts (413), the caller's storage is full (507), or
+    /// another refusal with the server's own words.
+    pub fn upload(&self, path: &Path, token: Option<&str>) -> Result<Attachment, String> {
+        let shown = path.display();
+        let file = File::open(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+        let metadata = file
+            .metadata()
+            .map_err(|e| format!("cannot read {shown}: {e}"))?;
+        if !metadata.is_file() {
+            return Err(format!("{shown} is not a file"));
+        }
+        let name = path
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "file".to_owned());
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(NETWORK_TIMEOUT))
+            .timeout_per_write(Some(UPLOAD_TIMEOUT))
+            .timeout_recv_response(Some(UPLOAD_TIMEOUT))
+            .timeout_recv_body(Some(NETWORK_TIMEOUT))
+            .user_agent(USER_AGENT)
+            .build()
+            .into();
+        let query: String = form_urlencoded::byte_serialize(name.as_bytes()).collect();
+        let mut request = agent
+            .post(&self.http_url(&format!("/api/files?name={query}")))
+            .header("Content-Type", declared_type(&name));
+        if let Some(token) = token {
+            request = request.header("Authorization", &format!("Bearer {token}"));
+        }
+        let mut response = request.send(&file).map_err(|e| {
+            format!("the upload failed: {e} (a server stops an upload larger than it accepts)")
+        })?;
+        let status = response.status().as_u16();
+        let body = response
+            .body_mut()
+            .with_config()
+            .limit(MAX_API_BYTES)
+            .read_to_string()
+            .unwrap_or_default();
+        if status == 200 || status == 201 {
+            return serde_json::from_str(&body).map_err(|e| format!("bad answer: {e}"));
+        }
+        let words = serde_json::from_str::<Value>(&body)
+            .ok()
+            .and_then(|value| value["error"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| body.trim().chars().take(200).collect());
+        let why = match status {
+            401 => "the server wants a token (--token)",
+            413 => "the file is larger than the server accepts",
+            507 => "your storage on the server is full; delete files you no longer need",
+            _ => "the server refused it",
+        };
+        Err(format!("{why} ({status}: {words})"))
+    }
+
+    /// The HTTP URL of `path` on the server.
+    fn http_url(&self, path: &str) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        format!("http://{host}:{}{path}", self.port)
+    }
+
     /// A TCP connection to the first address of the host that answers within the timeout.
     fn connect_tcp(&self) -> Result<TcpStream, String> {
         let host = &self.host;
@@ -130,6 +204,33 @@ impl Server {
             }
         }
         Err(last_error)
+    }
+}
+
+/// The `User-Agent` of the client's HTTP requests.
+const USER_AGENT: &str = concat!("sparky-chat/", env!("CARGO_PKG_VERSION"));
+
+/// The `Content-Type` an upload declares, from the name's extension. The server decides the
+/// type by the bytes; the declared one only tells kinds of text apart.
+fn declared_type(name: &str) -> &'static str {
+    let extension = name
+        .rsplit_once('.')
+        .map(|(_, extension)| extension.to_ascii_lowercase())
+        .unwrap_or_default();
+    match extension.as_str() {
+        "txt" | "log" => "text/plain",
+        "md" | "markdown" => "text/markdown",
+        "csv" => "text/csv",
+        "json" => "application/json",
+        "html" | "htm" => "text/html",
+        "pdf" => "application/pdf",
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        "svg" => "image/svg+xml",
+        "docx" => "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+        _ => "application/octet-stream",
     }
 }
 
@@ -222,6 +323,16 @@ mod tests {
                 .contains("TLS")
         );
         assert!(Server::parse("http://example/").is_err());
+    }
+
+    #[test]
+    fn uploads_declare_a_type_by_the_extension() {
+        assert_eq!(declared_type("notes.TXT"), "text/plain");
+        assert_eq!(declared_type("a.b.csv"), "text/csv");
+        assert_eq!(declared_type("photo.jpeg"), "image/jpeg");
+        assert_eq!(declared_type("Makefile"), "application/octet-stream");
+        let server = Server::parse("ws://[::1]:9000/ws").unwrap();
+        assert_eq!(server.http_url("/api/files"), "http://[::1]:9000/api/files");
     }
 
     #[test]

@@ -287,12 +287,13 @@ fn metrics(ctx: &RouteContext, request: &PageRequest<'_>) -> Reply {
 /// Headers of the chat page and its assets. The policy lets the page run only the scripts and
 /// style sheets served from `/assets/` (no inline script or style, no `eval`), fetch only from
 /// this server and open WebSockets only to it (CSP Level 3: `'self'` covers `ws:` and `wss:`
-/// on the page's own host and port); it loads no image but `data:` ones (answers never fetch
+/// on the page's own host and port); it loads no image but `data:` ones and `blob:` ones (the
+/// thumbnails of attached images, fetched with the page's credentials; answers never fetch
 /// images), no frame, no plugin, and no other site may frame it.
 const CHAT_PAGE_HEADERS: &[(&str, &str)] = &[
     (
         "Content-Security-Policy",
-        "default-src 'none'; script-src 'self'; style-src 'self'; img-src data:; \
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src data: blob:; \
          connect-src 'self'; base-uri 'none'; form-action 'none'; \
          frame-ancestors 'none'",
     ),

@@ -9,7 +9,9 @@
 //! the markdown payload list (`answers.rs`), memories listed, added, edited and deleted, and
 //! the hints each kind of model gets (`memories.rs`), errors in words with their details
 //! (`errors.rs`), the phone layout (`phone.rs`), tokens (`tokens.rs`), MCP tool cards: Allow
-//! and Deny, "running…" once allowed, progress, images (`mcp.rs`). At the end the console must
+//! and Deny, "running…" once allowed, progress, images (`mcp.rs`), files attached by the
+//! paperclip, drag and drop and paste, thumbnails, downloads, the Files panel, files kept on
+//! edits, uploads that never run (`files.rs`). At the end the console must
 //! hold no script error and no Content-Security-Policy violation. Screenshots go to `target/browser-artifacts/`.
 //!
 //! Chromium and chromedriver must be installed (`scripts/test` installs Debian's `chromium` and
@@ -25,6 +27,7 @@ mod conversations;
 mod driver;
 mod errors;
 mod fakes;
+mod files;
 mod mcp;
 mod memories;
 mod models;
@@ -53,6 +56,7 @@ fn the_chat_page_works_in_a_real_browser() {
     phone::run(&browser);
     tokens::run(&browser);
     mcp::run(&browser);
+    files::run(&browser);
 
     // No script error and no Content-Security-Policy violation anywhere along the way; the
     // only errors are the network failures the scenarios cause on purpose (a cut network, a
@@ -63,7 +67,9 @@ fn the_chat_page_works_in_a_real_browser() {
         let expected = entry.contains("WebSocket connection to")
             || entry.contains("Failed to load resource: net::ERR_")
             || entry.contains("status of 401 (Unauthorized)")
-            || entry.contains("status of 404 (Not Found)");
+            || entry.contains("status of 404 (Not Found)")
+            || entry.contains("status of 413 (")
+            || entry.contains("status of 507 (");
         assert!(
             expected || !entry.starts_with("\"SEVERE\""),
             "the browser console says: {entry}"

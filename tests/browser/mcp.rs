@@ -1,7 +1,7 @@
 //! MCP tools on the page: a call that waits for approval shows Allow and Deny on its card (and
 //! each does what it says), an allowed call reads "running…" (not the answer given) until its
 //! result, a long call shows a progress bar while it reports progress, and an image a tool
-//! returns is shown on its card (under the page's CSP, `img-src data:`).
+//! returns is stored as a file and shown on its card (under the page's CSP, `img-src blob:`).
 //! Against the Python fixture server with its extra tools (`MCP_FIXTURE_EXTRAS=1`).
 
 use serde_json::json;
@@ -111,19 +111,18 @@ pub fn run(browser: &Browser) {
         "fx__progress|done|{\"interval_ms\":300,\"steps\":6}|done in 6 steps"
     );
 
-    // An image: shown on the card from its data: URL, its note in the text.
+    // An image: stored as a file, listed on the tool result, and shown on the card as a
+    // thumbnail (fetched with the page's credentials, from a blob: URL); its note stays in the
+    // text, without a data: URL.
     browser.say("/tool fx__image {}", Submit::EnterKey);
     browser.wait_for_turn(4, "done");
     let image = browser.wait_for(
         "the image on the card",
-        "const img = document.querySelector('.turn[data-turn-id=\"4\"] .tool .images img'); \
+        "const img = document.querySelector('.turn[data-turn-id=\"4\"] .tool .tool-files .file-image img'); \
          return img !== null && img.complete && img.naturalWidth === 1 \
-           && [img.src.slice(0, 22), img.alt]",
+           && [img.src.slice(0, 5), img.closest('.file').querySelector('.size').textContent]",
     );
-    assert_eq!(
-        image,
-        json!(["data:image/png;base64,", "[image: image/png, 70 B]"])
-    );
+    assert_eq!(image, json!(["blob:", "70 B"]));
     assert_eq!(
         browser.turn(4)["tools"][0],
         "fx__image|done|{}|a red dot\n[image: image/png, 70 B]"

@@ -31,6 +31,16 @@
     about them.
   - Errors are said in words a person understands, by their code; the server's own text is
     kept in a "Details" disclosure under them.
+  - Files: each file chosen with the paperclip, dropped on the chat or pasted is uploaded at
+    once (POST /api/files, the raw bytes, by XMLHttpRequest for its progress) and shown as a
+    chip above the box; Send waits for the uploads, and the message names the stored files by
+    id. A turn shows its files under its message (a tool's under its result): thumbnails for
+    PNG, JPEG, GIF and WebP (the types the server checked by their bytes), a chip with a
+    download link for anything else. File bytes are fetched with the page's credentials and
+    shown from blob: URLs; a download's blob is typed application/octet-stream, so that nothing
+    a user uploaded (an HTML page, an SVG with a script) is ever rendered in the page's origin.
+    Names are text, never HTML. An edit keeps its turn's files (the editor can drop some); the
+    Files panel lists the conversation's files, to download or delete.
 */
 "use strict";
 (() => {
@@ -47,6 +57,9 @@
   const KEPT_PERSONAS = 500;    // conversations whose persona this browser remembers
   const ID_PATTERN = /^[0-9a-f]{32,64}$/;
   const BUILTIN_MODEL = "offline"; // the built-in model's name; the slash commands are its own
+  const MAX_ATTACHMENTS = 16;   // files one message may carry (PROTOCOL.md section 3)
+  // The types the page shows as images: the server decided them by the bytes.
+  const INLINE_IMAGES = new Set(["image/png", "image/jpeg", "image/gif", "image/webp"]);
 
   const PERSONAS = {
     none: { name: "None", text: "" },
@@ -75,6 +88,7 @@
   const personaSelect = $("persona-select"), personaText = $("persona-text");
   const modelSelect = $("model-select"), modelLabel = $("model-label");
   const exportMenu = $("export");
+  const mainEl = $("main"), attachmentsEl = $("attachments"), fileInput = $("file-input");
 
   // localStorage can be missing or full (private windows); the page still works without it.
   const store = {
@@ -93,6 +107,7 @@
   let halted = null;         // why the page does not reconnect: "taken_over", "token", "deleted"
   let sessionId = null;      // the open conversation; null for a new chat not yet sent
   let pendingText = null;    // a new chat's first message, sent once its session is ready
+  let pendingFiles = [];     // the files that message carries ({id, name, content_type, size})
   let streamSeq = 0;         // the WebSocket has delivered every event up to this seq
   const seen = new Set();    // the seq of every event applied to the view (fetched or live)
   let loadingOlder = false;
@@ -111,7 +126,11 @@
   const turnLoads = new Map(); // turn_id -> the fetch of its events, while it runs
 
   // Sends that start a turn, until the server echoes their client_id (or calls it a duplicate).
-  const outbox = [];         // { clientId, type, data, sentOn: the socket generation, or 0 }
+  const outbox = [];         // { clientId, type, data, files, sentOn: the socket generation, or 0 }
+
+  // The composer's files: uploading, uploaded (meta set) or refused (error set).
+  const uploads = [];        // { file, name, size, el, bar, why, xhr, meta, error, removed }
+  const fileBlobs = new Map(); // file id -> a promise of a blob: URL of the image (thumbnails)
 
   // ---- helpers ----
 
@@ -137,6 +156,17 @@
 
   function formatCount(n) {
     return Number(n).toLocaleString("en-US");
+  }
+
+  // A size in bytes as a person reads it: 812 B, 14.2 KB, 3.1 MB.
+  function formatBytes(n) {
+    let value = Math.max(0, Number(n) || 0);
+    if (value < 1024) return value + " B";
+    for (const unit of ["KB", "MB", "GB"]) {
+      value /= 1024;
+      if (value < 1024 || unit === "GB") return (value < 10 ? value.toFixed(1) : Math.round(value)) + " " + unit;
+    }
+    return value + " B";
   }
 
   function ago(iso) {
@@ -392,10 +422,22 @@
 
   // Sends a `message`, `edit` or `regenerate` with a fresh client_id. It stays in the outbox
   // until the server echoes it, so that a reconnect sends it again, under the same client_id.
-  function sendTurn(type, data) {
+  // `files` are the attachments the frame names, kept to put back in the composer if the
+  // server refuses the message.
+  function sendTurn(type, data, files) {
     const clientId = newClientId();
-    outbox.push({ clientId, type, data: { ...data, client_id: clientId }, sentOn: 0 });
+    outbox.push({ clientId, type, data: { ...data, client_id: clientId }, files: files || [], sentOn: 0 });
     flushOutbox();
+  }
+
+  // The `data` of a message (or an edit) with `files`: the text may be empty when files go.
+  function withFiles(data, files) {
+    const out = { ...data };
+    if (files.length > 0) {
+      out.attachments = files.map((file) => file.id);
+      if (!out.text.trim()) out.text = "";
+    }
+    return out;
   }
 
   // Sends what the current socket has not sent yet (all of it, after a reconnect).
@@ -468,9 +510,10 @@
         setConn("connected", "connected");
         if (Number.isInteger(data.leaf)) moveLeaf(data.leaf);
         if (pendingText !== null) {
-          const text = pendingText;
+          const text = pendingText, files = pendingFiles;
           pendingText = null;
-          sendTurn("message", { text });
+          pendingFiles = [];
+          sendTurn("message", withFiles({ text }, files), files);
         }
         flushOutbox();
         return;
@@ -629,13 +672,18 @@
       return;
     }
     if (pendingText !== null && !ready) {
-      // The new chat could not start: its message goes back into the box.
+      // The new chat could not start: its message goes back into the box, with its files.
       restoreText(pendingText);
+      restoreFiles(pendingFiles);
       pendingText = null;
+      pendingFiles = [];
     } else if (REFUSED_SENDS.has(code)) {
       // The send this answers started nothing: a message goes back into the box.
       const refused = oldestSent();
-      if (refused && refused.type === "message") restoreText(refused.data.text);
+      if (refused && refused.type === "message") {
+        restoreText(refused.data.text);
+        restoreFiles(refused.files);
+      }
     }
     note(explainError(code, message), "error", detail);
   }
@@ -761,6 +809,7 @@
     loadingOlder = false;
     pagedToStart = false;
     readyModel = null;
+    forgetFileBlobs();
     updateUsageTotal();
   }
 
@@ -775,17 +824,19 @@
     section.dataset.turnId = String(id);
     const user = el("div", "bubble user");
     user.hidden = true;
+    const files = el("div", "attachments user-files");
+    files.hidden = true;
     const steps = el("div", "steps");
     const answer = el("div", "bubble answer md");
     answer.hidden = true;
     const turn = {
-      id, el: section, user, steps, answer, tools: new Map(), streamed: "", text: "",
+      id, el: section, user, files, attachments: [], steps, answer, tools: new Map(), streamed: "", text: "",
       closed: false, usage: null, renderQueued: false,
       loaded: false,  // every event of the turn is applied, or will arrive on the WebSocket
       editor: null,   // the inline editor of its message, while open
     };
     addTurnBars(turn);
-    section.append(user, turn.userBar, steps, answer, turn.answerBar);
+    section.append(user, files, turn.userBar, steps, answer, turn.answerBar);
     turns.set(id, turn);
     emptyEl.hidden = true;
     return turn;
@@ -800,8 +851,13 @@
     const clientId = typeof data.client_id === "string" ? data.client_id : null;
     addToTree(data.turn_id, data.parent, clientId);
     const turn = turnView(data.turn_id);
-    turn.user.textContent = String(data.text ?? "");
+    const text = String(data.text ?? "");
+    turn.user.textContent = text;
+    turn.user.classList.toggle("empty", text === "");
     turn.user.hidden = false;
+    turn.attachments = attachmentsOf(data);
+    turn.files.replaceChildren(...turn.attachments.map(attachmentItem));
+    turn.files.hidden = turn.attachments.length === 0 || turn.editor !== null;
     if (!turn.closed) openTurns.add(turn.id);
     if (titleEl.dataset.fromList !== "true" && turn.id === 1) setTitle(String(data.text ?? ""), false);
     if (clientId) acknowledge(clientId);
@@ -961,7 +1017,8 @@
   }
 
   // The inline editor of a user message: Enter sends an `edit` (a new turn beside this one;
-  // the server stops a running turn first), Shift+Enter adds a line, Escape puts it back.
+  // the server stops a running turn first), Shift+Enter adds a line, Escape puts it back. The
+  // turn's files go with the edit; × on one leaves it out.
   function startEdit(turn) {
     if (turn.editor) {
       turn.editor.querySelector("textarea").focus();
@@ -976,23 +1033,39 @@
     const save = button("primary save", "Send");
     const row = el("div", "buttons");
     row.append(cancel, save);
-    box.append(field, row);
+    let kept = turn.attachments.slice();
+    const files = el("div", "attachments editor-files");
+    for (const file of kept) {
+      const item = attachmentItem(file);
+      const drop = button("remove", "\u2715", "Leave out " + String(file.name ?? "this file"));
+      drop.addEventListener("click", () => {
+        kept = kept.filter((other) => other !== file);
+        item.remove();
+        files.hidden = kept.length === 0;
+      });
+      item.append(drop);
+      files.append(item);
+    }
+    files.hidden = kept.length === 0;
+    box.append(field, files, row);
     turn.user.after(box);
     turn.editor = box;
     turn.user.hidden = true;
+    turn.files.hidden = true;
     updateBars(turn);
 
     const close = () => {
       box.remove();
       turn.editor = null;
       turn.user.hidden = false;
+      turn.files.hidden = turn.attachments.length === 0;
       updateBars(turn);
     };
     const submitEdit = () => {
       const text = field.value;
-      if (!text.trim()) return;
+      if (!text.trim() && kept.length === 0) return;
       close();
-      sendTurn("edit", { turn_id: turn.id, text });
+      sendTurn("edit", withFiles({ turn_id: turn.id, text }, kept), kept);
     };
     field.addEventListener("keydown", (event) => {
       if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
@@ -1121,7 +1194,7 @@
     turn.steps.append(box);
     const tool = {
       box, nameEl, state, args, result, done: false, name, argsValue: null, resultText: "", ok: true,
-      approval: null, progress: null, bar: null, progressLabel: null, images: null,
+      approval: null, progress: null, bar: null, progressLabel: null, images: null, files: null,
     };
     turn.tools.set(callId, tool);
     return tool;
@@ -1156,6 +1229,12 @@
         tool.images.append(img);
       }
       tool.box.append(tool.images);
+    }
+    const files = attachmentsOf(data);
+    if (files.length > 0 && !tool.files) {
+      tool.files = el("div", "attachments tool-files");
+      tool.files.append(...files.map(attachmentItem));
+      tool.box.append(tool.files);
     }
     endApproval(tool);
     if (tool.progress) { tool.progress.remove(); tool.progress = null; }
@@ -1328,9 +1407,11 @@
     sendBtn.textContent = stop ? "Stop" : "Send";
     sendBtn.className = stop ? "danger" : "primary";
     sendBtn.type = stop ? "button" : "submit";
-    sendBtn.title = stop ? "Stop the answer (your text stays in the box)" : "Send (Enter)";
+    const waiting = !stop && uploading();
+    sendBtn.title = stop ? "Stop the answer (your text stays in the box)"
+      : waiting ? "Waiting for the files to upload" : "Send (Enter)";
     if (stop) sendBtn.disabled = !ready;
-    else sendBtn.disabled = halted === "token" || (sessionId !== null ? !ready : pendingText !== null);
+    else sendBtn.disabled = halted === "token" || waiting || (sessionId !== null ? !ready : pendingText !== null);
     exportMenu.dataset.disabled = sessionId === null ? "true" : "false";
     if (sessionId === null) exportMenu.open = false;
     $("forget-token").hidden = store.get(KEY_TOKEN) === null;
@@ -1787,11 +1868,7 @@
 
   // The line under the list: a plain note, or a problem with the server's words in "Details".
   function memoryNote(text, detail) {
-    const line = $("memory-note");
-    line.replaceChildren();
-    line.classList.toggle("error", Boolean(detail));
-    if (text) line.append(el("span", "text", text));
-    addDetail(line, detail);
+    listLine($("memory-note"), text, detail);
   }
 
   function memoryProblem(what, error) {
@@ -1961,6 +2038,7 @@
   document.addEventListener("keydown", (event) => {
     if (event.key !== "Escape") return;
     $("memories-box").hidden = true;
+    $("files-box").hidden = true;
     $("confirm-box").hidden = true;
     exportMenu.open = false;
     closeSidebar();
@@ -2010,6 +2088,441 @@
     refreshList();
     if (sessionId) openConversation(sessionId);
   });
+
+  // ---- files in the conversation ----
+
+  function fileUrl(id) {
+    return "/api/files/" + encodeURIComponent(id);
+  }
+
+  // The well-formed entries of a frame's `attachments` ({id, name, content_type, size}).
+  function attachmentsOf(data) {
+    const list = Array.isArray(data.attachments) ? data.attachments : [];
+    return list
+      .filter((file) => file && typeof file === "object" && typeof file.id === "string" && file.id)
+      .map((file) => ({
+        id: file.id,
+        name: String(file.name ?? "") || "file",
+        content_type: String(file.content_type ?? ""),
+        size: Number(file.size) || 0,
+      }));
+  }
+
+  // A file's badge: its extension (PDF, TXT, …), or FILE.
+  function kindOf(name) {
+    const extension = /\.([A-Za-z0-9]{1,4})$/.exec(name);
+    return extension ? extension[1].toUpperCase() : "FILE";
+  }
+
+  // A file's bytes, fetched with the page's credentials (an <img> or a link cannot send them).
+  async function fetchFile(id) {
+    const token = store.get(KEY_TOKEN);
+    const headers = {};
+    if (token) headers.Authorization = "Bearer " + token;
+    let response;
+    try {
+      response = await fetch(fileUrl(id), { headers });
+    } catch (_) {
+      throw new ApiError(0, "the server cannot be reached");
+    }
+    if (response.status === 401) {
+      if ((token || null) === store.get(KEY_TOKEN)) onUnauthorized();
+      throw new ApiError(401, "a token is required");
+    }
+    if (!response.ok) throw new ApiError(response.status, response.statusText);
+    return response.blob();
+  }
+
+  // A blob: URL of an image file, fetched once per view. The blob takes the checked image type
+  // whatever the server's answer said, so it can only ever be shown as an image.
+  function imageUrl(file) {
+    let url = fileBlobs.get(file.id);
+    if (!url) {
+      url = fetchFile(file.id).then((blob) => URL.createObjectURL(new Blob([blob], { type: file.content_type })));
+      url.catch(() => fileBlobs.delete(file.id));
+      fileBlobs.set(file.id, url);
+    }
+    return url;
+  }
+
+  function forgetFileBlobs() {
+    for (const url of fileBlobs.values()) url.then((u) => URL.revokeObjectURL(u), () => {});
+    fileBlobs.clear();
+  }
+
+  // Saves a file: its bytes as application/octet-stream, under its name. The blob is never
+  // opened as a page, whatever the file holds.
+  async function downloadFile(file, node) {
+    let blob;
+    try {
+      blob = await fetchFile(file.id);
+    } catch (error) {
+      if (error.status === 404) markFileGone(file.id);
+      else if (node) addDetail(node, "download: " + (error.message || String(error)));
+      return;
+    }
+    const url = URL.createObjectURL(new Blob([blob], { type: "application/octet-stream" }));
+    const link = el("a");
+    link.href = url;
+    link.download = file.name;
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60000);
+  }
+
+  // A link that downloads `file` (its href names the file; a click fetches it with the
+  // page's credentials).
+  function downloadLink(file) {
+    const link = el("a", "download", "Download");
+    link.href = fileUrl(file.id);
+    link.download = file.name;
+    link.title = "Download " + file.name;
+    link.addEventListener("click", (event) => {
+      event.preventDefault();
+      downloadFile(file, link.closest(".file"));
+    });
+    return link;
+  }
+
+  // One file of a turn: a thumbnail for an image of a checked type, else a chip; each with its
+  // name, size and a download link.
+  function attachmentItem(file) {
+    const image = INLINE_IMAGES.has(file.content_type);
+    const item = el("div", "file " + (image ? "file-image" : "file-chip"));
+    item.dataset.fileId = file.id;
+    item.title = file.name + " (" + (file.content_type || "unknown type") + ", " + formatBytes(file.size) + ")";
+    if (image) {
+      const img = el("img");
+      img.alt = file.name;
+      img.addEventListener("click", () => item.classList.toggle("large"));
+      imageUrl(file).then((url) => { img.src = url; }, (error) => {
+        if (error.status === 404) markFileGone(file.id);
+        else item.classList.add("broken");
+      });
+      item.append(img);
+    } else {
+      item.append(el("span", "icon", kindOf(file.name)));
+    }
+    const caption = el("span", "caption");
+    caption.append(el("span", "name", file.name), el("span", "size", formatBytes(file.size)), downloadLink(file));
+    item.append(caption);
+    return item;
+  }
+
+  // A file deleted from the server: every place that shows it says so.
+  function markFileGone(id) {
+    for (const item of document.querySelectorAll(".file[data-file-id]")) {
+      if (item.dataset.fileId !== id || item.classList.contains("gone")) continue;
+      item.classList.add("gone");
+      const img = item.querySelector("img");
+      if (img) img.remove();
+      const link = item.querySelector(".download");
+      if (link) link.replaceWith(el("span", "deleted", "deleted"));
+    }
+  }
+
+  // ---- files: uploads from the composer ----
+
+  function uploading() {
+    return uploads.some((upload) => !upload.meta && !upload.error);
+  }
+
+  function uploadedFiles() {
+    return uploads.filter((upload) => upload.meta).map((upload) => upload.meta);
+  }
+
+  // A pasted image may come without a name.
+  function nameOf(file) {
+    if (file.name) return file.name;
+    const extension = /^image\/(png|jpeg|gif|webp)$/.exec(file.type || "");
+    return "pasted" + (extension ? "." + extension[1].replace("jpeg", "jpg") : "");
+  }
+
+  // Files chosen, dropped or pasted: each gets its chip and starts uploading at once; past
+  // MAX_ATTACHMENTS a chip says so instead.
+  function addFiles(files) {
+    for (const file of Array.from(files || [])) {
+      if (!(file instanceof Blob)) continue;
+      const upload = {
+        file, name: nameOf(file), size: file.size, el: null, bar: null, why: null, xhr: null,
+        meta: null, error: null, removed: false,
+      };
+      const counted = uploads.filter((other) => !other.error).length;
+      uploadChip(upload);
+      uploads.push(upload);
+      if (counted >= MAX_ATTACHMENTS) {
+        failUpload(upload, "A message carries at most " + MAX_ATTACHMENTS + " files.");
+      } else {
+        startUpload(upload);
+      }
+    }
+    showUploads();
+  }
+
+  function uploadChip(upload) {
+    const chip = el("div", "file-chip upload");
+    chip.dataset.state = "uploading";
+    chip.title = upload.name;
+    const bar = el("progress");
+    bar.max = 100;
+    bar.value = 0;
+    const why = el("span", "why");
+    why.hidden = true;
+    const remove = button("remove", "\u2715", "Remove " + upload.name);
+    remove.addEventListener("click", () => removeUpload(upload));
+    chip.append(el("span", "icon", kindOf(upload.name)), el("span", "name", upload.name),
+      el("span", "size", formatBytes(upload.size)), bar, why, remove);
+    upload.el = chip;
+    upload.bar = bar;
+    upload.why = why;
+    attachmentsEl.append(chip);
+  }
+
+  // POST /api/files?name=…: the raw bytes, with the file's type; the bar follows the upload.
+  function startUpload(upload) {
+    const token = store.get(KEY_TOKEN);
+    const xhr = new XMLHttpRequest();
+    upload.xhr = xhr;
+    xhr.open("POST", "/api/files?name=" + encodeURIComponent(upload.name));
+    if (token) xhr.setRequestHeader("Authorization", "Bearer " + token);
+    xhr.setRequestHeader("Content-Type", upload.file.type || "application/octet-stream");
+    xhr.upload.onprogress = (event) => {
+      // The last percent waits for the server's answer: only then is the file stored.
+      if (event.lengthComputable && event.total > 0) upload.bar.value = Math.min(99, (100 * event.loaded) / event.total);
+    };
+    xhr.onload = () => {
+      upload.xhr = null;
+      if (upload.removed) return;
+      if (xhr.status === 201 || xhr.status === 200) {
+        let stored = null;
+        try { stored = JSON.parse(xhr.responseText); } catch (_) { stored = null; }
+        const files = stored ? attachmentsOf({ attachments: [stored] }) : [];
+        if (files.length === 1) finishUpload(upload, files[0]);
+        else failUpload(upload, "The server's answer could not be read.", xhr.responseText.slice(0, 300));
+        return;
+      }
+      if (xhr.status === 401 && (token || null) === store.get(KEY_TOKEN)) onUnauthorized();
+      failUpload(upload, explainUpload(xhr.status), serverWords(xhr));
+    };
+    xhr.onerror = () => {
+      upload.xhr = null;
+      if (upload.removed) return;
+      failUpload(upload, "The upload failed: the server cannot be reached, or it stopped the " +
+        "upload (a file larger than it accepts).");
+    };
+    xhr.send(upload.file);
+  }
+
+  // What an upload's refusal means, by its HTTP status.
+  function explainUpload(status) {
+    if (status === 413) return "This file is larger than the server accepts.";
+    if (status === 507) return "Your storage on this server is full: delete files you no longer need (Files), then try again.";
+    if (status === 401) return "A token is required.";
+    if (status === 400 || status === 415) return "The server refused this file.";
+    return explainApiError({ status });
+  }
+
+  // The server's own words about a refused upload: its JSON `error`, or its text.
+  function serverWords(xhr) {
+    const text = String(xhr.responseText || "");
+    let words = text;
+    try {
+      const body = JSON.parse(text);
+      if (body && typeof body.error === "string") words = body.error;
+    } catch (_) { /* plain text */ }
+    words = words.trim().slice(0, 300);
+    return words ? xhr.status + ": " + words : String(xhr.status);
+  }
+
+  function finishUpload(upload, meta) {
+    upload.meta = meta;
+    upload.bar.value = 100;
+    upload.el.dataset.state = "done";
+    upload.el.dataset.fileId = meta.id;
+    upload.el.title = meta.name + " (" + (meta.content_type || "unknown type") + ", " + formatBytes(meta.size) + ")";
+    upload.el.querySelector(".name").textContent = meta.name;
+    upload.el.querySelector(".size").textContent = formatBytes(meta.size);
+    showUploads();
+  }
+
+  function failUpload(upload, text, detail) {
+    upload.error = text;
+    upload.el.dataset.state = "error";
+    upload.el.classList.add("error");
+    upload.bar.hidden = true;
+    upload.why.hidden = false;
+    upload.why.textContent = text;
+    if (detail) addDetail(upload.why, detail);
+    showUploads();
+  }
+
+  function removeUpload(upload) {
+    upload.removed = true;
+    if (upload.xhr) upload.xhr.abort();
+    upload.el.remove();
+    const at = uploads.indexOf(upload);
+    if (at >= 0) uploads.splice(at, 1);
+    showUploads();
+  }
+
+  // Takes every chip away (the message went): uploads still running are stopped.
+  function clearUploads() {
+    for (const upload of uploads.slice()) removeUpload(upload);
+  }
+
+  // A refused message's files come back as uploaded chips.
+  function restoreFiles(files) {
+    for (const meta of files || []) {
+      const upload = {
+        file: null, name: meta.name, size: meta.size, el: null, bar: null, why: null, xhr: null,
+        meta: null, error: null, removed: false,
+      };
+      uploadChip(upload);
+      uploads.push(upload);
+      finishUpload(upload, meta);
+    }
+    showUploads();
+  }
+
+  function showUploads() {
+    attachmentsEl.hidden = uploads.length === 0;
+    updateControls();
+  }
+
+  $("attach").addEventListener("click", () => fileInput.click());
+  fileInput.addEventListener("change", () => {
+    addFiles(fileInput.files);
+    fileInput.value = "";
+    input.focus();
+  });
+
+  // Files dragged over the chat: it says it takes them; dropped, they are attached. A file
+  // dropped anywhere else on the page is not opened in its place.
+  let dragDepth = 0;
+  const carriesFiles = (event) =>
+    Boolean(event.dataTransfer) && Array.from(event.dataTransfer.types || []).includes("Files");
+  mainEl.addEventListener("dragenter", (event) => {
+    if (!carriesFiles(event)) return;
+    event.preventDefault();
+    dragDepth++;
+    mainEl.classList.add("dropping");
+  });
+  mainEl.addEventListener("dragover", (event) => {
+    if (!carriesFiles(event)) return;
+    event.preventDefault();
+    event.dataTransfer.dropEffect = "copy";
+  });
+  mainEl.addEventListener("dragleave", (event) => {
+    if (!carriesFiles(event)) return;
+    dragDepth = Math.max(0, dragDepth - 1);
+    if (dragDepth === 0) mainEl.classList.remove("dropping");
+  });
+  mainEl.addEventListener("drop", (event) => {
+    if (!carriesFiles(event)) return;
+    event.preventDefault();
+    dragDepth = 0;
+    mainEl.classList.remove("dropping");
+    addFiles(event.dataTransfer.files);
+    input.focus();
+  });
+  for (const type of ["dragover", "drop"]) {
+    window.addEventListener(type, (event) => { if (carriesFiles(event)) event.preventDefault(); });
+  }
+
+  // Pasting an image (a screenshot) attaches it; text pasted with it still goes in the box.
+  input.addEventListener("paste", (event) => {
+    const items = event.clipboardData ? Array.from(event.clipboardData.items || []) : [];
+    const files = items.filter((item) => item.kind === "file").map((item) => item.getAsFile()).filter(Boolean);
+    if (files.length === 0) return;
+    if (!items.some((item) => item.kind === "string" && item.type === "text/plain")) event.preventDefault();
+    addFiles(files);
+  });
+
+  // ---- the files panel ----
+  // The open conversation's files (its messages' attachments and its tools' results), or all
+  // of the caller's: each to download or delete (DELETE /api/files/{id}).
+
+  let fileRequest = 0;       // bumped per list fetch; an older answer is dropped
+
+  // A list's line under it: a plain note, or a problem with the server's words in "Details".
+  function listLine(line, text, detail) {
+    line.replaceChildren();
+    line.classList.toggle("error", Boolean(detail));
+    if (text) line.append(el("span", "text", text));
+    addDetail(line, detail);
+  }
+
+  function fileProblem(what, error) {
+    listLine($("file-note"), what + " " + explainApiError(error), (error && error.message) || String(error));
+  }
+
+  function filesShowAll() {
+    return sessionId === null || $("files-all").checked;
+  }
+
+  async function loadFiles() {
+    const mine = ++fileRequest;
+    const all = filesShowAll();
+    const list = $("file-list");
+    let data;
+    try {
+      data = await api("GET", "/api/files" + (all ? "" : "?conversation=" + encodeURIComponent(sessionId)));
+    } catch (error) {
+      if (mine !== fileRequest) return;
+      list.replaceChildren();
+      fileProblem("Files could not be loaded.", error);
+      return;
+    }
+    if (mine !== fileRequest) return;
+    const files = Array.isArray(data && data.files) ? data.files : [];
+    list.replaceChildren(...files.filter((f) => f && typeof f.id === "string").map(fileEntry));
+    listLine($("file-note"), files.length ? "" : all ? "You have no files on this server." : "No files in this conversation yet.");
+  }
+
+  // One file in the panel: its name, type, size and age; Download and Delete.
+  function fileEntry(entry) {
+    const file = attachmentsOf({ attachments: [entry] })[0];
+    const item = el("li", "file file-entry");
+    item.dataset.fileId = file.id;
+    const content = el("div", "content");
+    content.append(el("span", "name", file.name),
+      el("span", "when", [file.content_type || "unknown type", formatBytes(file.size), ago(entry.created_at)]
+        .filter(Boolean).join(" \u00B7 ")));
+    const actions = el("div", "actions");
+    const save = button("save", "Download", "Download " + file.name);
+    save.addEventListener("click", () => downloadFile(file, item));
+    const forget = button("forget", "Delete", "Delete " + file.name);
+    forget.addEventListener("click", async () => {
+      forget.disabled = true;
+      try {
+        await api("DELETE", fileUrl(file.id));
+      } catch (error) {
+        if (error.status !== 404) {
+          forget.disabled = false;
+          fileProblem("That file could not be deleted.", error);
+          return;
+        }
+      }
+      item.remove();
+      markFileGone(file.id);
+      if ($("file-list").children.length === 0) loadFiles();
+    });
+    actions.append(save, forget);
+    item.append(content, actions);
+    return item;
+  }
+
+  $("open-files").addEventListener("click", () => {
+    closeSidebar();
+    $("files-all").checked = sessionId === null;
+    $("files-all").disabled = sessionId === null;
+    $("files-box").hidden = false;
+    $("files-close").focus();
+    loadFiles();
+  });
+  $("files-close").addEventListener("click", () => { $("files-box").hidden = true; });
+  $("files-all").addEventListener("change", loadFiles);
 
   // ---- export ----
 
@@ -2062,6 +2575,9 @@
       switch (event.type) {
         case "user_message":
           lines.push("", "## You", "", String(data.text ?? ""));
+          for (const file of attachmentsOf(data)) {
+            lines.push("", "*Attached: " + file.name + " (" + formatBytes(file.size) + ", `" + file.id + "`)*");
+          }
           break;
         case "thought":
           lines.push("", "> *Thought:* " + String(data.text ?? "").replace(/\n/g, "\n> "));
@@ -2149,19 +2665,23 @@
 
   function submit() {
     const text = input.value;
-    if (!text.trim()) return;
+    const files = uploadedFiles();
+    if (!text.trim() && files.length === 0) return;
+    if (uploading()) return; // Send waits until every file is uploaded
     if (sessionId === null) {
       // A new chat: the conversation is made with its persona, then the message goes.
       if (pendingText !== null || halted === "token") return;
       pendingText = text;
+      pendingFiles = files;
       $("persona-picker").hidden = true;
       emptyEl.hidden = true;
       connect();
     } else {
       if (running()) return; // the box keeps the text until the answer ends or is stopped
       if (!ready) return; // not connected: the text stays in the box
-      sendTurn("message", { text });
+      sendTurn("message", withFiles({ text }, files), files);
     }
+    clearUploads();
     input.value = "";
     autosize();
     scrollToBottom();
