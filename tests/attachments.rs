@@ -22,6 +22,9 @@ use support::{Client, TestServer, upload};
 struct Recording {
     requests: Mutex<Vec<Vec<(Role, String)>>>,
     window: Option<usize>,
+    vision: bool,
+    /// The images of each request's last user message, as `(type, base64)`.
+    images: Mutex<Vec<Vec<(String, String)>>>,
 }
 
 impl Recording {
@@ -39,6 +42,10 @@ impl ModelBackend for Recording {
         self.window
     }
 
+    fn accepts_images(&self) -> bool {
+        self.vision
+    }
+
     fn complete(
         &self,
         messages: Conversation<'_>,
@@ -50,6 +57,17 @@ impl ModelBackend for Recording {
             .map(|m: &ChatMessage| (m.role, m.content.clone()))
             .collect();
         self.requests.lock().push(seen);
+        let images = messages
+            .iter()
+            .rfind(|m| m.role == Role::User)
+            .map(|m| {
+                m.images
+                    .iter()
+                    .map(|i| (i.mime_type.clone(), i.data.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.images.lock().push(images);
         OfflineModel.complete(messages, tools, sink)
     }
 }
@@ -330,4 +348,97 @@ fn the_files_and_read_file_tools_read_a_conversations_files() {
     );
     let (status, text) = support::tool_result(&frames);
     assert_eq!(serde_json::to_value(status).unwrap(), "error", "{text}");
+}
+
+#[test]
+fn hostile_documents_get_a_note_and_the_conversation_goes_on() {
+    let model = Arc::new(Recording::default());
+    let server = TestServer::with_model(
+        |config| config.extract_timeout = std::time::Duration::from_secs(20),
+        model.clone(),
+    );
+    let bomb = upload(
+        server.addr,
+        None,
+        "bomb.pdf",
+        &support::files::pdf_flate_bomb(4096),
+    );
+    let zip = upload(
+        server.addr,
+        None,
+        "archive.pdf",
+        &support::files::zip(&[("a.txt", b"hello")]),
+    );
+    assert_eq!(zip["content_type"], "application/zip", "{zip}");
+    let report = upload(
+        server.addr,
+        None,
+        "report.pdf",
+        &support::files::pdf(&["The quarterly figures rose by nine percent."]),
+    );
+    let mut client = server.client();
+    let (_, frames) = run(
+        &mut client,
+        json!({"type": "message", "data": {"text": "read these", "attachments": [id(&bomb), id(&zip), id(&report)]}}),
+    );
+    assert_eq!(
+        answer(&frames),
+        "You said: read these (attached: bomb.pdf, archive.pdf, report.pdf)"
+    );
+    let user = model
+        .last()
+        .into_iter()
+        .rfind(|(role, _)| *role == Role::User)
+        .unwrap()
+        .1;
+    let block = |name: &str| {
+        user.split("<file name=\"")
+            .find(|block| block.starts_with(name))
+            .unwrap_or_else(|| panic!("no block for {name}: {user}"))
+            .to_owned()
+    };
+    assert!(block("bomb.pdf").contains("could not be read"), "{user}");
+    assert!(block("archive.pdf").contains("an archive"), "{user}");
+    assert!(
+        block("report.pdf").contains("The quarterly figures rose by nine percent."),
+        "{user}"
+    );
+    // The server and the conversation go on.
+    assert_eq!(client.ask("still there?"), "You said: still there?");
+}
+
+#[test]
+fn an_image_goes_to_a_vision_model_and_another_model_reads_a_note() {
+    let png = support::files::png();
+    for vision in [true, false] {
+        let model = Arc::new(Recording {
+            vision,
+            ..Recording::default()
+        });
+        let server = TestServer::with_model(|_| {}, model.clone());
+        let photo = upload(server.addr, None, "photo.png", &png);
+        assert_eq!(photo["content_type"], "image/png");
+        let mut client = server.client();
+        run(
+            &mut client,
+            json!({"type": "message", "data": {"text": "what is it?", "attachments": [id(&photo)]}}),
+        );
+        let images = model.images.lock().last().cloned().unwrap();
+        let user = model
+            .last()
+            .into_iter()
+            .rfind(|(role, _)| *role == Role::User)
+            .unwrap()
+            .1;
+        if vision {
+            assert_eq!(
+                images,
+                [("image/png".to_owned(), data_encoding::BASE64.encode(&png))]
+            );
+            assert!(user.contains("attached."), "{user}");
+        } else {
+            assert!(images.is_empty());
+            assert!(user.contains("This model cannot see images"), "{user}");
+        }
+    }
 }

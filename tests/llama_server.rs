@@ -488,3 +488,47 @@ fn check_passes_against_llama_server_whatever_the_model_is_called() {
     assert!(out.contains("ok   embed  local-embed"), "{out}");
     assert!(!out.contains("does not serve"), "{out}");
 }
+
+#[test]
+fn a_question_about_an_attached_file_is_answered_from_the_passage_sent_with_it() {
+    let llama = Llama::start(4096, None);
+    let recorder = Recorder::start(llama.addr());
+    let server = TestServer::with_model(
+        |config| {
+            config.in_memory = true;
+            config.context_tokens = Some(4096);
+        },
+        Llama::model_at(recorder.addr),
+    );
+    // Too long to go whole into the message: the model gets the passages that match.
+    let fact = "The code of the blue door is 4172.";
+    let mut document: Vec<String> = (0..120)
+        .map(|n| {
+            format!("Note {n}: the garden needs water on dry days, and the shed is painted green.")
+        })
+        .collect();
+    document.insert(77, fact.to_owned());
+    let file = support::upload(
+        server.addr,
+        None,
+        "house-notes.txt",
+        document.join("\n\n").as_bytes(),
+    );
+    let mut client = server.client();
+    let asked_before = recorder.sent.lock().unwrap().len();
+    client.send(serde_json::json!({"type": "message", "data": {
+        "text": "What is the code of the blue door? Answer with the number only.",
+        "attachments": [file["id"]],
+    }}));
+    let answer = answer(&finish(&mut client));
+    let request = recorder.sent_since(asked_before);
+    assert!(
+        request.contains(fact),
+        "the passage did not reach the model: {request}"
+    );
+    assert!(
+        request.contains(r#"<passage file=\"house-notes.txt\" at=\"lines "#),
+        "the passage is not cited: {request}"
+    );
+    assert!(answer.contains("4172"), "{answer}");
+}

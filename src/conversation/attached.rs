@@ -8,9 +8,9 @@
 //!   them too.
 //! - For every long document on the path (this turn's and earlier turns'), the chunks most
 //!   relevant to the question (full-text search, and the embedding model's nearest when one is
-//!   configured) go into a system message just before the user's, each labelled with its file
-//!   and place, within a share of the context budget. They are for this turn only: the next
-//!   question gets its own.
+//!   configured, taking turns) go into a system message just before the user's, each labelled
+//!   with its file and place, within a share of the context budget. They are for this turn
+//!   only: the next question gets its own.
 //!
 //! The text of a file just uploaded may still be being read: the turn waits for it (bounded,
 //! and woken by a cancel).
@@ -198,6 +198,30 @@ impl TurnFiles<'_> {
         })
     }
 
+    /// The chunks of the files `ids` nearest to the question in meaning, nearest first, when an
+    /// embedding model is configured; none otherwise, or when it fails.
+    fn nearest(&self, ids: &[String]) -> Vec<TextChunk> {
+        let Some(embedder) = self.library.embedder() else {
+            return Vec::new();
+        };
+        let vector = match embedder.embed(&[self.question.to_owned()]) {
+            Ok(mut vectors) if !vectors.is_empty() => vectors.swap_remove(0),
+            Ok(_) => return Vec::new(),
+            Err(e) => {
+                log::warn!("files: cannot embed a question: {e}");
+                return Vec::new();
+            }
+        };
+        self.library
+            .store()
+            .nearest_chunks(self.owner, ids, embedder.model(), &vector, PASSAGES)
+            .map(|found| found.into_iter().map(|(chunk, _)| chunk).collect())
+            .unwrap_or_else(|e| {
+                log::warn!("files: nearest passages failed: {e}");
+                Vec::new()
+            })
+    }
+
     /// The passages of the long documents `long` that best answer the question, within the
     /// passages' share of the context.
     fn passages(&self, long: &[&Attachment], prepared: &mut Prepared) {
@@ -213,6 +237,17 @@ impl TurnFiles<'_> {
                 log::warn!("files: passage search failed: {e}");
                 Vec::new()
             });
+        // With an embedding model, the chunks nearest in meaning join those that share words,
+        // each once, taking turns so that both kinds of match reach the model.
+        for (n, near) in self.nearest(&ids).into_iter().enumerate() {
+            if !chosen
+                .iter()
+                .any(|c| c.file_id == near.file_id && c.n == near.n)
+            {
+                let at = (2 * n + 1).min(chosen.len());
+                chosen.insert(at, near);
+            }
+        }
         if chosen.is_empty() {
             // Nothing matched the words: the start of each document is the best guess.
             for id in &ids {
@@ -234,5 +269,83 @@ impl TurnFiles<'_> {
         if !blocks.is_empty() {
             prepared.passages = Some(format!("{PASSAGES_PREFIX}\n\n{}", blocks.join("\n\n")));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::common::config::Config;
+    use crate::model::embed::HashEmbedder;
+    use crate::store::{FileStore, SqliteStore, Upload};
+
+    /// A long document in which one paragraph, and only it, names the cat.
+    fn document() -> String {
+        (0..400)
+            .map(|n| {
+                if n == 250 {
+                    "The lighthouse keeper's cat is named Marmalade.".to_owned()
+                } else {
+                    format!("Paragraph {n} tells of the tides, the boats and the gulls.")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n\n")
+    }
+
+    /// The passages a question gets from the document, with or without an embedding model.
+    fn passages_for(question: &str, embed: bool) -> String {
+        let store: Arc<dyn FileStore> = Arc::new(SqliteStore::in_memory().unwrap());
+        let library = Library::new(store.clone(), &Config::default(), Arc::default());
+        if embed {
+            library
+                .embed_with(Arc::new(HashEmbedder::new("hash")))
+                .unwrap();
+        }
+        let Upload::Stored(file) = library
+            .upload("ann", "log.txt", None, &mut document().as_bytes(), None)
+            .unwrap()
+        else {
+            panic!("not stored");
+        };
+        let ready = library
+            .text_state("ann", &file.id, Duration::from_secs(10), None)
+            .unwrap();
+        assert!(matches!(ready, Some(TextState::Ready { .. })), "{ready:?}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while embed && !store.unembedded_chunks("hash", 1).unwrap().is_empty() {
+            assert!(Instant::now() < deadline, "the chunks were not embedded");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let attached = [file.attachment()];
+        let cancel = CancelFlag::new();
+        TurnFiles {
+            library: &library,
+            owner: "ann",
+            attached: &attached,
+            on_path: &attached,
+            question,
+            vision: false,
+            window_tokens: Some(8_192),
+            cancel: &cancel,
+        }
+        .prepare()
+        .passages
+        .unwrap_or_default()
+    }
+
+    #[test]
+    fn words_find_their_passage_and_meaning_finds_a_misspelt_one() {
+        assert!(passages_for("What is the cat named?", false).contains("Marmalade"));
+        // No word of the question is in the document: the start of it is given.
+        let unmatched = passages_for("marmalaid", false);
+        assert!(!unmatched.contains("Marmalade"), "{unmatched}");
+        assert!(unmatched.contains("Paragraph 0 "), "{unmatched}");
+        // The embedding model finds the paragraph by its likeness.
+        let near = passages_for("marmalaid", true);
+        assert!(near.contains("Marmalade"), "{near}");
     }
 }

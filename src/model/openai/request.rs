@@ -172,6 +172,26 @@ mod tests {
     }
 
     #[test]
+    fn images_a_user_attached_are_image_url_parts_of_their_message() {
+        let mut asked = ChatMessage::text(Role::User, "what is this?");
+        asked.images = vec![crate::model::Image {
+            mime_type: "image/jpeg".into(),
+            data: "/9j/".into(),
+        }];
+        let current = [ChatMessage::text(Role::User, "hi"), asked];
+        let body = request_body("m", Conversation::of(&current), &[]);
+        let messages = body["messages"].as_array().unwrap();
+        assert_eq!(messages[0]["content"], "hi");
+        assert_eq!(
+            messages[1]["content"],
+            json!([
+                {"type": "text", "text": "what is this?"},
+                {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,/9j/"}},
+            ])
+        );
+    }
+
+    #[test]
     fn images_tools_returned_follow_their_tool_messages_as_image_url_parts() {
         let call = |id: &str| ToolCall {
             id: id.into(),
