@@ -1,13 +1,12 @@
 //! Semantic memory: [`SemanticGraph`], a [`GraphStore`] that adds embeddings to another one.
 //!
 //! - **Storing.** A stored node is embedded in the background, never in the turn that stored
-//!   it: one worker thread (`embedder`) asks the store for nodes without a vector by the
-//!   embedding model ([`GraphStore::unembedded`]), up to [`BATCH`] at a time, embeds them in
-//!   one request and stores the vectors. The same loop backfills the facts stored before
-//!   embeddings were turned on (or by another model). A failed request (server down, a `500`,
-//!   a timeout, an answer that is not one vector per text) is tried again after a backoff that
-//!   doubles from 1 s to 5 min; the facts wait in the store meanwhile, and recall keeps finding
-//!   them by keywords.
+//!   it: one worker thread (`embedder`, `model/backfill.rs`) asks the store for nodes without a
+//!   vector by the embedding model ([`GraphStore::unembedded`]), a batch at a time, embeds
+//!   them in one request and stores the vectors. The same loop backfills the facts stored
+//!   before embeddings were turned on (or by another model). A failed request is tried again
+//!   after a backoff; the facts wait in the store meanwhile, and recall keeps finding them by
+//!   keywords.
 //! - **Searching.** [`search`](GraphStore::search) (what `recall`, `graph_search` and each
 //!   turn's memory lookup use) ranks by hybrid search: the keyword search of the store below
 //!   (BM25) and the nearest vectors of the principal's own nodes (cosine, brute force), each
@@ -18,24 +17,18 @@
 //! Everything stays per principal: the vectors are stored under their node's owner and a
 //! search reads only the caller's.
 //!
-//! Depends on: `common::error`, `model::embed`, `model::error`, `store`.
+//! Depends on: `common::error`, `model::backfill`, `model::embed`, `store`.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::sync::Arc;
-use std::thread;
-use std::time::Duration;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::Sender;
 use serde_json::Value;
 
-use crate::common::error::{Error, Result};
+use crate::common::error::Result;
+use crate::model::backfill::{self, BATCH, BatchError};
 use crate::model::embed::Embed;
-use crate::model::error::ModelError;
 use crate::store::{Edge, Edited, GraphStore, Neighbourhood, Node};
-
-/// Nodes embedded in one request at most.
-pub const BATCH: usize = 32;
 
 /// Results taken from each of the keyword and the vector search before they are fused.
 pub const CANDIDATES: usize = 50;
@@ -49,17 +42,6 @@ pub const RRF_K: f64 = 60.0;
 /// nearly orthogonal ones say nothing about it, and without this floor every search would
 /// return something.
 pub const MIN_SIMILARITY: f32 = 0.1;
-
-/// The first wait after a failed embedding request; each later one doubles, up to
-/// [`MAX_BACKOFF`].
-const FIRST_BACKOFF: Duration = Duration::from_secs(1);
-
-/// The longest wait between two failed embedding requests.
-const MAX_BACKOFF: Duration = Duration::from_secs(300);
-
-/// How often the worker looks for unembedded nodes when nothing woke it (nodes stored by
-/// another path, or a wake-up lost to a full channel).
-const IDLE_LOOK: Duration = Duration::from_secs(60);
 
 /// A knowledge graph whose nodes are also found by meaning. Cheap to share (`Arc`); the
 /// embedding worker stops when the last one is dropped.
@@ -86,16 +68,13 @@ impl SemanticGraph {
     ///
     /// [`crate::common::error::Error::Io`] when the worker thread cannot be started.
     pub fn start(inner: Arc<dyn GraphStore>, embedder: Arc<dyn Embed>) -> Result<Arc<Self>> {
-        let (wake, woken) = crossbeam_channel::bounded(1);
-        let worker = Worker {
-            inner: inner.clone(),
-            embedder: embedder.clone(),
-            woken,
+        let wake = {
+            let (inner, embedder) = (inner.clone(), embedder.clone());
+            let thread = std::thread::Builder::new().name("embedder".into());
+            backfill::start(thread, "memory", move || {
+                embed_some(inner.as_ref(), embedder.as_ref())
+            })?
         };
-        thread::Builder::new()
-            .name("embedder".into())
-            .spawn(move || worker.run())
-            .map_err(|e| crate::common::error::Error::io("the embedding worker", e))?;
         Ok(Arc::new(SemanticGraph {
             inner,
             embedder,
@@ -254,99 +233,19 @@ impl GraphStore for SemanticGraph {
     }
 }
 
-/// The background worker: embeds what has no vector, in batches, with backoff on failure.
-struct Worker {
-    inner: Arc<dyn GraphStore>,
-    embedder: Arc<dyn Embed>,
-    woken: Receiver<()>,
-}
-
-impl Worker {
-    fn run(self) {
-        let mut backoff = FIRST_BACKOFF;
-        loop {
-            let wait = match self.embed_some() {
-                // A full batch: there may be more at once.
-                Ok(n) if n == BATCH => {
-                    backoff = FIRST_BACKOFF;
-                    continue;
-                }
-                Ok(_) => {
-                    backoff = FIRST_BACKOFF;
-                    IDLE_LOOK
-                }
-                Err(e) => {
-                    let wait = backoff;
-                    log::warn!(
-                        "memory: embedding failed; trying again in {} s: {e}",
-                        wait.as_secs()
-                    );
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                    wait
-                }
-            };
-            // A wake-up during a backoff waits for the backoff's end: a server that just
-            // failed is not asked again sooner because someone stored a fact.
-            let deadline = std::time::Instant::now() + wait;
-            loop {
-                let left = deadline.saturating_duration_since(std::time::Instant::now());
-                match self.woken.recv_timeout(left) {
-                    Ok(()) if backoff == FIRST_BACKOFF => break,
-                    Ok(()) => {}
-                    Err(RecvTimeoutError::Timeout) => break,
-                    Err(RecvTimeoutError::Disconnected) => return,
-                }
-            }
-        }
+/// Embeds one batch of nodes without a vector; how many it held.
+fn embed_some(graph: &dyn GraphStore, embedder: &dyn Embed) -> Result<usize, BatchError> {
+    let model = embedder.model();
+    let pending = graph.unembedded(model, BATCH).map_err(BatchError::Store)?;
+    if pending.is_empty() {
+        return Ok(0);
     }
-
-    /// Embeds one batch; how many nodes it held.
-    fn embed_some(&self) -> std::result::Result<usize, BatchError> {
-        let model = self.embedder.model();
-        let pending = self
-            .inner
-            .unembedded(model, BATCH)
-            .map_err(BatchError::Store)?;
-        if pending.is_empty() {
-            return Ok(0);
-        }
-        let texts: Vec<String> = pending.iter().map(|(_, text)| text.clone()).collect();
-        let vectors = self.embedder.embed(&texts).map_err(BatchError::Embed)?;
-        if vectors.len() != pending.len() {
-            return Err(BatchError::Count {
-                vectors: vectors.len(),
-                texts: pending.len(),
-            });
-        }
-        let rows: Vec<(i64, Vec<f32>)> = pending.iter().map(|(id, _)| *id).zip(vectors).collect();
-        self.inner
-            .store_embeddings(model, &rows)
-            .map_err(BatchError::Store)?;
-        log::debug!("memory: embedded {} nodes", rows.len());
-        Ok(rows.len())
-    }
-}
-
-/// Why a batch was not embedded, as the worker logs it.
-enum BatchError {
-    /// The store could not list the nodes without a vector, or keep their vectors.
-    Store(Error),
-    /// The embedding server failed.
-    Embed(ModelError),
-    /// The embedder returned another number of vectors than it was given texts.
-    Count { vectors: usize, texts: usize },
-}
-
-impl fmt::Display for BatchError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            BatchError::Store(e) => write!(f, "{e}"),
-            BatchError::Embed(e) => write!(f, "{e}"),
-            BatchError::Count { vectors, texts } => {
-                write!(f, "{vectors} vectors for {texts} texts")
-            }
-        }
-    }
+    let rows = backfill::embed_all(embedder, pending)?;
+    graph
+        .store_embeddings(model, &rows)
+        .map_err(BatchError::Store)?;
+    log::debug!("memory: embedded {} nodes", rows.len());
+    Ok(rows.len())
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! Depends on: `common::cancel`, `common::error`, `common::protocol`, `model::error`.
 
 pub mod attached;
+pub mod backfill;
 pub mod embed;
 pub mod error;
 pub mod offline;
