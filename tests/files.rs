@@ -7,7 +7,7 @@
 
 mod support;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -63,36 +63,11 @@ impl Answer {
 
 /// Reads a whole answer (the server closes after each).
 fn read_answer(stream: &mut TcpStream) -> Answer {
-    stream.set_read_timeout(Some(WAIT)).unwrap();
-    let mut raw = Vec::new();
-    if let Err(e) = stream.read_to_end(&mut raw) {
-        // A reset after the whole answer arrived (the server closed with bytes unread).
-        assert!(!raw.is_empty(), "no answer: {e}");
-    }
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no head in {:?}", String::from_utf8_lossy(&raw)));
-    let head = String::from_utf8(raw[..split].to_vec()).unwrap();
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers = lines
-        .map(|line| {
-            let (name, value) = line.split_once(':').unwrap();
-            (name.to_ascii_lowercase(), value.trim().to_owned())
-        })
-        .collect();
+    let (status, headers, body) = support::read_answer(stream);
     Answer {
         status,
         headers,
-        body: raw[split + 4..].to_vec(),
+        body,
     }
 }
 

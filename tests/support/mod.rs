@@ -545,9 +545,8 @@ pub fn http_raw(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> (u16, Vec<(String, String)>, Vec<u8>) {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(WAIT)).unwrap();
     let mut request =
         format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
     for (name, value) in headers {
@@ -558,13 +557,24 @@ pub fn http_raw(
     // The server may answer before it has read the whole body (a refusal): a failed write of
     // the rest is no error here.
     let _ = stream.write_all(body);
-    let mut response = Vec::new();
-    let _ = stream.read_to_end(&mut response);
-    let end = response
+    read_answer(&mut stream)
+}
+
+/// Reads a whole HTTP answer from `stream` (the server closes after it): the status, the
+/// headers (names in lowercase) and the body as bytes.
+pub fn read_answer(stream: &mut TcpStream) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    use std::io::Read;
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let mut raw = Vec::new();
+    if let Err(e) = stream.read_to_end(&mut raw) {
+        // A reset after the whole answer arrived (the server closed with bytes unread).
+        assert!(!raw.is_empty(), "no answer: {e}");
+    }
+    let end = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no head in {:?}", String::from_utf8_lossy(&response)));
-    let head = String::from_utf8_lossy(&response[..end]).into_owned();
+        .unwrap_or_else(|| panic!("no head in {:?}", String::from_utf8_lossy(&raw)));
+    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
     let mut lines = head.split("\r\n");
     let status = lines
         .next()
@@ -578,7 +588,7 @@ pub fn http_raw(
         .filter_map(|line| line.split_once(':'))
         .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
         .collect();
-    (status, headers, response[end + 4..].to_vec())
+    (status, headers, raw[end + 4..].to_vec())
 }
 
 /// Uploads `bytes` as a file named `name` (`POST /api/files`) and returns the answer's JSON;
