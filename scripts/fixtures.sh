@@ -20,7 +20,8 @@ cd "$(dirname "$0")/.."
 VERSIONS=(
     "96b02f9 2 1"
     "9f65ad1 3 2"
-    "HEAD 4 3 --branches"
+    "b322b07 4 3 --branches"
+    "95354b3 5 4 --branches"
 )
 TOKEN=fixture-token-one
 OTHER=fixture-token-two

@@ -442,3 +442,49 @@ fn an_image_goes_to_a_vision_model_and_another_model_reads_a_note() {
         }
     }
 }
+
+#[test]
+fn deleting_a_conversation_deletes_the_files_only_it_used() {
+    let server = TestServer::start();
+    let own = upload(server.addr, None, "own.txt", b"only the first uses me");
+    let shared = upload(server.addr, None, "shared.txt", b"both use me");
+    let kept = upload(server.addr, None, "kept.txt", b"uploaded, never sent");
+    let mut first = server.client();
+    run(
+        &mut first,
+        json!({"type": "message", "data": {"text": "a", "attachments": [id(&own), id(&shared)]}}),
+    );
+    let mut second = server.client();
+    run(
+        &mut second,
+        json!({"type": "message", "data": {"text": "b", "attachments": [id(&shared)]}}),
+    );
+    let session = first.session_id.clone().unwrap();
+    let (status, _) = support::http(
+        server.addr,
+        "DELETE",
+        &format!("/api/conversations/{session}"),
+        None,
+        None,
+    );
+    assert_eq!(status, 204);
+    let status_of = |file: &Value| {
+        support::http_raw(
+            server.addr,
+            "GET",
+            &format!("/api/files/{}", id(file)),
+            &[],
+            b"",
+        )
+        .0
+    };
+    assert_eq!(status_of(&own), 404);
+    assert_eq!(status_of(&shared), 200);
+    assert_eq!(status_of(&kept), 200);
+    // The other conversation goes on with its file.
+    let (_, frames) = run(
+        &mut second,
+        json!({"type": "regenerate", "data": {"turn_id": 1}}),
+    );
+    assert_eq!(answer(&frames), "You said: b (attached: shared.txt)");
+}

@@ -2,8 +2,8 @@
 //! nothing lost, and a store newer than the binary is refused with a clear message and exit 1.
 //!
 //! The fixtures (`tests/fixtures/`) were written by the builds that shipped each schema:
-//! SQLite 1 (`v1.db`) by hand-driven version 1, SQLite 2 to 4 (`sqlite-vN.db`) and PostgreSQL 1
-//! to 3 (`postgres-vN.sql`, pg_dump as INSERTs) by `scripts/fixtures.sh`, which builds each
+//! SQLite 1 (`v1.db`) by hand-driven version 1, SQLite 2 to 5 (`sqlite-vN.db`) and PostgreSQL 1
+//! to 4 (`postgres-vN.sql`, pg_dump as INSERTs) by `scripts/fixtures.sh`, which builds each
 //! from git and holds the same conversations with it (`examples/fixture_writer.rs`): two
 //! principals, a persona, notes, facts, nodes and an edge, a tool call, a cancelled turn, a
 //! renamed title, a seeded history and (schema 4) an edited turn. What each held is read from
@@ -445,6 +445,11 @@ fn sqlite_4_upgrades_with_nothing_lost() {
 }
 
 #[test]
+fn sqlite_5_upgrades_with_nothing_lost() {
+    upgrade(Fixture::Sqlite(5));
+}
+
+#[test]
 fn postgres_1_upgrades_with_nothing_lost() {
     upgrade(Fixture::Postgres(1));
 }
@@ -460,18 +465,22 @@ fn postgres_3_upgrades_with_nothing_lost() {
 }
 
 #[test]
+fn postgres_4_upgrades_with_nothing_lost() {
+    upgrade(Fixture::Postgres(4));
+}
+
+#[test]
 fn the_fixtures_cover_every_schema_version_this_build_knows() {
     // Every version before this build's has its fixture, written by the build that shipped it
     // (scripts/fixtures.sh), and a test above. This build's own (SQLite 6, PostgreSQL 5:
-    // files) is what they upgrade to, through SQLite 5 and PostgreSQL 4 (the owner in every
-    // full-text index), which have not shipped either; once a version has shipped, its
-    // fixture joins them and these numbers move on.
+    // files) is what they upgrade to; once it has shipped, its fixture joins them and these
+    // numbers move on.
     assert_eq!(sparky::store::SCHEMA_VERSION, 6);
     assert_eq!(sparky::store::POSTGRES_SCHEMA_VERSION, 5);
-    for fixture in [1, 2, 3, 4]
+    for fixture in [1, 2, 3, 4, 5]
         .map(Fixture::Sqlite)
         .into_iter()
-        .chain([1, 2, 3].map(Fixture::Postgres))
+        .chain([1, 2, 3, 4].map(Fixture::Postgres))
     {
         assert!(fixture.path().is_file(), "{fixture:?}");
     }
