@@ -591,6 +591,42 @@ fn an_image_is_kept_as_a_file_of_the_conversation_and_the_offline_model_reads_a_
 }
 
 #[test]
+fn audio_and_blobs_a_tool_returns_are_kept_as_files_too() {
+    let fixture = Fixture::one("image", json!({}));
+    let server = fixture.server();
+    let mut client = server.client();
+    let turn = start_call(&mut client, "fx__image", json!({"more": true}));
+    let frames = client.finish_turn(turn);
+    let (status, result) = result_of(&frames);
+    assert_eq!(status, ToolStatus::Success, "{result}");
+    assert!(!result.contains("UklGR"), "{result}");
+    let attachments = frames
+        .iter()
+        .find_map(|f| match &f.frame {
+            ServerFrame::ToolResult { attachments, .. } => Some(attachments.clone()),
+            _ => None,
+        })
+        .unwrap();
+    let kept: Vec<(&str, u64)> = attachments
+        .iter()
+        .map(|a| (a.name.as_str(), a.size))
+        .collect();
+    assert_eq!(
+        kept,
+        [("fx__image-1.png", 70), ("audio", 12), ("data.bin", 5)],
+        "{attachments:?}"
+    );
+    let (status, _, bytes) = support::http_raw(
+        server.addr,
+        "GET",
+        &format!("/api/files/{}", attachments[2].id),
+        &[],
+        b"",
+    );
+    assert_eq!((status, bytes), (200, vec![0, 1, 2, 3, 4]));
+}
+
+#[test]
 fn structured_content_is_preferred_and_checked_against_the_output_schema() {
     let fixture = Fixture::one("structured", json!({}));
     let server = fixture.server();

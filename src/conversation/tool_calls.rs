@@ -134,7 +134,7 @@ impl ToolCalls<'_> {
                     None => run(i),
                 };
                 let result = ServerFrame::ToolResult {
-                    attachments: self.keep_images(call, &output),
+                    attachments: self.keep_files(call, &output),
                     turn_id,
                     call_id: call.id.clone(),
                     name: call.name.clone(),
@@ -156,35 +156,42 @@ impl ToolCalls<'_> {
         })
     }
 
-    /// Stores the images `call` returned as files of the conversation, so that the
-    /// `tool_result` lists them rather than carrying their bytes (PROTOCOL.md section 5). An
-    /// image that cannot be stored keeps only its note in the result.
-    fn keep_images(&self, call: &ToolCall, output: &ToolOutput) -> Vec<Attachment> {
+    /// Stores the images and other files `call` returned as files of the conversation, so
+    /// that the `tool_result` lists them rather than carrying their bytes (PROTOCOL.md
+    /// section 5). One that cannot be stored keeps only its note in the result.
+    fn keep_files(&self, call: &ToolCall, output: &ToolOutput) -> Vec<Attachment> {
         let (Some(library), Some(conversation)) = (&self.engine.files, self.conversation) else {
             return Vec::new();
         };
-        let mut kept = Vec::new();
-        for (n, image) in output.images.iter().enumerate() {
-            let Ok(bytes) = data_encoding::BASE64.decode(image.data.as_bytes()) else {
-                continue;
-            };
+        let images = output.images.iter().enumerate().map(|(n, image)| {
             let extension = image.mime_type.rsplit('/').next().unwrap_or("bin");
             let name = format!("{}-{}.{extension}", call.name, n + 1);
+            (name, &image.mime_type, &image.data)
+        });
+        let files = output
+            .files
+            .iter()
+            .map(|file| (file.name.clone(), &file.mime_type, &file.data));
+        let mut kept = Vec::new();
+        for (name, mime_type, data) in images.chain(files) {
+            let Ok(bytes) = data_encoding::BASE64.decode(data.as_bytes()) else {
+                continue;
+            };
             match library.upload(
                 self.owner.as_str(),
                 &name,
-                Some(&image.mime_type),
+                Some(mime_type),
                 &mut bytes.as_slice(),
                 Some(conversation),
             ) {
                 Ok(Upload::Stored(file)) => kept.push(file.attachment()),
                 Ok(refused) => {
                     log::warn!(
-                        "turn {}: a tool's image was not kept: {refused:?}",
+                        "turn {}: a tool's file was not kept: {refused:?}",
                         self.turn_id
                     );
                 }
-                Err(e) => log::warn!("turn {}: a tool's image was not kept: {e}", self.turn_id),
+                Err(e) => log::warn!("turn {}: a tool's file was not kept: {e}", self.turn_id),
             }
         }
         kept

@@ -170,20 +170,34 @@ pub fn string_arg<'a>(args: &'a Value, key: &str) -> Result<&'a str, ToolError> 
     .map_err(ToolError::Arguments)
 }
 
-/// What a tool returned: text, and images.
+/// What a tool returned: text, images, and other files.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ToolContent {
     /// The text.
     pub text: String,
     /// The images, in order.
     pub images: Vec<Image>,
+    /// Other binary content (an MCP tool's audio, an embedded resource's blob), kept as files
+    /// of the conversation; the text has a note for each.
+    pub files: Vec<ToolFile>,
+}
+
+/// Binary content a tool returned that is not an image for the model.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ToolFile {
+    /// A name for it (a resource's last path segment, or its kind).
+    pub name: String,
+    /// Its media type, as the tool said.
+    pub mime_type: String,
+    /// Its bytes, base64-encoded (the standard alphabet, padded).
+    pub data: String,
 }
 
 impl From<String> for ToolContent {
     fn from(text: String) -> Self {
         ToolContent {
             text,
-            images: Vec::new(),
+            ..ToolContent::default()
         }
     }
 }
@@ -197,6 +211,8 @@ pub struct ToolOutput {
     pub text: String,
     /// The images it returned, within [`MAX_IMAGE_BYTES`].
     pub images: Vec<Image>,
+    /// The other files it returned.
+    pub files: Vec<ToolFile>,
 }
 
 impl ToolOutput {
@@ -206,6 +222,7 @@ impl ToolOutput {
             status,
             text: text.into(),
             images: Vec::new(),
+            files: Vec::new(),
         }
     }
 
@@ -479,6 +496,7 @@ impl ToolChain {
                 status: ToolStatus::Success,
                 text: content.text,
                 images: content.images,
+                files: content.files,
             },
             Err(e) => ToolOutput::text(ToolStatus::Error, e.to_string()),
         }
@@ -774,6 +792,7 @@ mod tests {
             Ok(ToolContent {
                 text: "shot".into(),
                 images,
+                files: Vec::new(),
             })
         }
     }

@@ -713,6 +713,7 @@ impl Tool for McpTool {
         Ok(ToolContent {
             text: reply.content.text,
             images: reply.content.images,
+            files: reply.content.files,
         })
     }
     fn needs_approval(&self) -> bool {

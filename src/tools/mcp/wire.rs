@@ -8,6 +8,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
 use crate::model::{Image, describe_bytes};
+use crate::tools::ToolFile;
 
 /// The MCP revision Sparky asks for in `initialize`. It is the newest revision with the
 /// `initialize` handshake: 2026-07-28 made the protocol stateless, and servers that speak it
@@ -434,6 +435,8 @@ pub(super) struct CallToolResult {
 pub(super) struct Rendered {
     pub(super) text: String,
     pub(super) images: Vec<Image>,
+    /// Audio and embedded resources' blobs, with their data.
+    pub(super) files: Vec<ToolFile>,
 }
 
 /// Turns a `tools/call` result's content into text and images. With `structuredContent`, its
@@ -444,6 +447,7 @@ pub(super) struct Rendered {
 pub(super) fn render_content(content: &[Value], structured: Option<&Value>) -> Rendered {
     let mut parts: Vec<String> = structured.map(Value::to_string).into_iter().collect();
     let mut images = Vec::new();
+    let mut files = Vec::new();
     for item in content {
         let kind = item.get("type").and_then(Value::as_str);
         if structured.is_some() && kind == Some("text") {
@@ -456,7 +460,10 @@ pub(super) fn render_content(content: &[Value], structured: Option<&Value>) -> R
                 mime_type: mime.to_owned(),
                 data: data.to_owned(),
             }),
-            _ => parts.push(describe_content(item)),
+            _ => {
+                files.extend(binary_file(item));
+                parts.push(describe_content(item));
+            }
         }
     }
     if parts.is_empty() && images.is_empty() {
@@ -465,6 +472,35 @@ pub(super) fn render_content(content: &[Value], structured: Option<&Value>) -> R
     Rendered {
         text: parts.join("\n"),
         images,
+        files,
+    }
+}
+
+/// The bytes of an audio item or of an embedded resource's blob, as a file to keep.
+fn binary_file(item: &Value) -> Option<ToolFile> {
+    let text = |value: &Value, key: &str| value.get(key).and_then(Value::as_str).map(str::to_owned);
+    match item.get("type").and_then(Value::as_str)? {
+        "audio" => Some(ToolFile {
+            name: "audio".to_owned(),
+            mime_type: text(item, "mimeType")?,
+            data: text(item, "data")?,
+        }),
+        "resource" => {
+            let resource = item.get("resource")?;
+            let uri = text(resource, "uri").unwrap_or_default();
+            let name = uri
+                .rsplit('/')
+                .next()
+                .filter(|n| !n.is_empty())
+                .unwrap_or("resource");
+            Some(ToolFile {
+                name: name.to_owned(),
+                mime_type: text(resource, "mimeType")
+                    .unwrap_or_else(|| "application/octet-stream".to_owned()),
+                data: text(resource, "blob")?,
+            })
+        }
+        _ => None,
     }
 }
 
@@ -676,6 +712,15 @@ mod tests {
             rendered.images,
             [Image {
                 mime_type: "image/png".into(),
+                data: "AAAA".into()
+            }]
+        );
+        // The blob is kept as a file; audio without a type is only described.
+        assert_eq!(
+            rendered.files,
+            [ToolFile {
+                name: "b".into(),
+                mime_type: "application/octet-stream".into(),
                 data: "AAAA".into()
             }]
         );
