@@ -9,6 +9,7 @@ pub mod cancel;
 pub mod config;
 pub mod error;
 pub mod metrics;
+pub mod password;
 pub mod protocol;
 pub mod rate;
 pub mod redact;

@@ -25,6 +25,7 @@
 //!
 //! Depends on: `common::error`, `common::protocol`, `model`.
 
+mod accounts;
 mod cluster;
 mod copy;
 mod exported;
@@ -44,6 +45,7 @@ use crate::common::error::Result;
 use crate::common::protocol::{SessionId, Usage};
 use crate::model::ChatMessage;
 
+pub use accounts::{AccountStore, ApiToken, User, UserSummary};
 pub use cluster::{Cluster, LEASE_TTL, Notice, Signal, Solo};
 pub use copy::copy_sqlite_to_postgres;
 pub use exported::CopyReport;
@@ -64,7 +66,7 @@ pub const MAX_SEARCH_WORDS: usize = 16;
 
 /// The SQLite schema version this build writes. A store with a higher one was written by a
 /// newer Sparky and is refused. (PostgreSQL's is [`POSTGRES_SCHEMA_VERSION`].)
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 /// The owner of everything when the server requires no token.
 pub const LOCAL_OWNER: &str = "local";

@@ -16,6 +16,7 @@ mod logging;
 mod migrate;
 mod model;
 mod start_error;
+mod user;
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -109,6 +110,18 @@ enum Command {
         #[arg(long = "store", value_name = "URL")]
         store: Option<String>,
     },
+    /// Manage user accounts (add, list, remove), also while the server runs.
+    User {
+        #[command(subcommand)]
+        command: user::UserCommand,
+        /// The data directory of the server (its --data-dir) [default: sparky-data].
+        #[arg(long = "data-dir", value_name = "DIR", global = true)]
+        dir: Option<PathBuf>,
+        /// A PostgreSQL store (or the SPARKY_DATABASE_URL environment variable, when no
+        /// --data-dir is given).
+        #[arg(long = "store", value_name = "URL", global = true)]
+        store: Option<String>,
+    },
     /// Read a document's text: its bytes on stdin, its text on stdout as JSON lines. The
     /// server runs it, one process per document, held to a memory and a CPU limit.
     #[command(hide = true)]
@@ -193,6 +206,20 @@ fn main() -> ExitCode {
             });
             let dir = dir.unwrap_or(cli.config.data_dir);
             return backup::run(&file, &dir, store);
+        }
+        Some(Command::User {
+            command,
+            dir,
+            store,
+        }) => {
+            logging::init(cli.log_level, &[]);
+            let store = store.or(cli.config.database_url).or_else(|| {
+                std::env::var("SPARKY_DATABASE_URL")
+                    .ok()
+                    .filter(|url| !url.trim().is_empty() && dir.is_none())
+            });
+            let dir = dir.unwrap_or(cli.config.data_dir);
+            return user::run(command, &dir, store);
         }
         Some(Command::ExtractText {
             content_type,

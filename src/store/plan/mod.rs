@@ -32,6 +32,7 @@
 //!
 //! Depends on: `common::error`, `store`.
 
+mod accounts;
 mod batch;
 mod conversations;
 mod files;

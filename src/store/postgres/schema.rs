@@ -31,7 +31,7 @@ use crate::common::error::{Error, Result};
 
 /// The schema version this build writes. A database with a higher one was migrated by a newer
 /// Sparky and is refused.
-pub const POSTGRES_SCHEMA_VERSION: i64 = 5;
+pub const POSTGRES_SCHEMA_VERSION: i64 = 6;
 
 /// The advisory lock each migration's transaction takes: `sparky-migrate` in ASCII.
 const MIGRATION_LOCK: i64 = 0x7370_6172_6b79_6d67;
@@ -286,7 +286,38 @@ CREATE TABLE chunk_vectors (
 "#;
 
 /// Entry `n` migrates from version `n` to `n + 1`.
-const MIGRATIONS: [&str; POSTGRES_SCHEMA_VERSION as usize] = [V1, V2, V3, V4, V5];
+/// User accounts: users, their sign-ins (a cookie's SHA-256) and their named API tokens.
+const V6: &str = r#"
+CREATE TABLE users (
+    id bigserial PRIMARY KEY,
+    name text NOT NULL UNIQUE,
+    password_hash text NOT NULL,
+    admin boolean NOT NULL DEFAULT false,
+    created_at bigint NOT NULL,
+    daily_turns bigint,
+    daily_tokens bigint
+);
+CREATE TABLE login_sessions (
+    secret_sha256 text PRIMARY KEY,
+    user_id bigint NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    csrf text NOT NULL,
+    created_at bigint NOT NULL,
+    last_used bigint NOT NULL,
+    expires_at bigint NOT NULL
+);
+CREATE INDEX login_sessions_user ON login_sessions (user_id);
+CREATE TABLE api_tokens (
+    id text PRIMARY KEY,
+    user_id bigint NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    name text NOT NULL,
+    secret_sha256 text NOT NULL UNIQUE,
+    created_at bigint NOT NULL,
+    last_used bigint
+);
+CREATE INDEX api_tokens_user ON api_tokens (user_id);
+"#;
+
+const MIGRATIONS: [&str; POSTGRES_SCHEMA_VERSION as usize] = [V1, V2, V3, V4, V5, V6];
 
 /// Brings the database to [`POSTGRES_SCHEMA_VERSION`], one version per transaction.
 ///

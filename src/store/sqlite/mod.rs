@@ -152,6 +152,28 @@ impl SqliteStore {
         Ok(store)
     }
 
+    /// Opens the store in `dir` beside the server that may be running on it, without its lock:
+    /// for `sparky user`, whose few writes SQLite's own locking (WAL, a busy timeout) orders
+    /// with the server's. Creates and migrates the store like [`open`](Self::open) when there
+    /// is none yet, but never sweeps half-written uploads (the server's may be under way).
+    ///
+    /// # Errors
+    ///
+    /// As [`open`](Self::open), but for the lock.
+    pub fn open_beside(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            store_error(
+                &format!("cannot create data directory {}", dir.display()),
+                e,
+            )
+        })?;
+        let path = dir.join(DATABASE_FILE);
+        let name = path.to_string_lossy().into_owned();
+        let mut store = Self::connect_only(&name, &format!("database {}", path.display()))?;
+        store.path = Some(path);
+        Ok(store)
+    }
+
     /// What [`open`](Self::open) would find in `dir`, without changing anything: for
     /// `sparky check`. Says whether the database is new, current, or to be migrated.
     ///
@@ -222,6 +244,13 @@ impl SqliteStore {
     }
 
     fn connect(name: &str, context: &str) -> Result<Self> {
+        let store = Self::connect_only(name, context)?;
+        sweep_uploads(&store)?;
+        Ok(store)
+    }
+
+    /// [`connect`](Self::connect) without the sweep of half-written uploads.
+    fn connect_only(name: &str, context: &str) -> Result<Self> {
         let mut writer = open_connection(name, context)?;
         migrate(&mut writer, context)?;
         let readers = (0..READERS)
@@ -242,7 +271,6 @@ impl SqliteStore {
             _lock: None,
             path: None,
         };
-        sweep_uploads(&store)?;
         Ok(store)
     }
 

@@ -380,6 +380,38 @@ fn v2_open_turns(tx: &Transaction<'_>) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// User accounts: users, their sign-ins (a cookie's SHA-256) and their named API tokens.
+/// `AUTOINCREMENT`, so that a removed user's number (its principal) is never given again.
+const V7: &str = r#"
+CREATE TABLE users (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL UNIQUE,
+    password_hash TEXT NOT NULL,
+    admin INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL,
+    daily_turns INTEGER,
+    daily_tokens INTEGER
+);
+CREATE TABLE login_sessions (
+    secret_sha256 TEXT PRIMARY KEY,
+    user_id INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    csrf TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    last_used INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE INDEX login_sessions_user ON login_sessions (user_id);
+CREATE TABLE api_tokens (
+    id TEXT PRIMARY KEY,
+    user_id INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    secret_sha256 TEXT NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL,
+    last_used INTEGER
+);
+CREATE INDEX api_tokens_user ON api_tokens (user_id);
+"#;
+
 /// One migration: SQL, then an optional step in code.
 type Migration = (
     &'static str,
@@ -394,6 +426,7 @@ const MIGRATIONS: [Migration; SCHEMA_VERSION as usize] = [
     (V4, None),
     (V5, None),
     (V6, None),
+    (V7, None),
 ];
 
 /// Brings the database to [`SCHEMA_VERSION`], one version per transaction.
