@@ -1,5 +1,7 @@
 //! Authentication: the tokens a server accepts, the principal each one stands for, and the
-//! constant-time check. Plain data and hashing; depends on nothing in the crate.
+//! constant-time check. Plain data and hashing; depends on nothing in the crate. User accounts
+//! (`net/accounts.rs`) plug in through [`AccountCheck`]: their API tokens and sign-in cookies
+//! are checked after the configured tokens, and a user's principal is `user:<id>`.
 //!
 //! Depends on nothing in the crate.
 
@@ -68,6 +70,20 @@ impl Principal {
         Principal::from_stored("local".to_owned())
     }
 
+    /// The principal of user account `id` named `name`: `user:<id>` (the number is never
+    /// given to another account, so a name used again does not inherit a removed user's data).
+    pub fn user(id: i64, name: &str) -> Self {
+        Principal {
+            fingerprint: format!("{USER_PREFIX}{id}"),
+            name: Some(Arc::from(name)),
+        }
+    }
+
+    /// The account number of a user's principal; `None` for any other.
+    pub fn user_id(&self) -> Option<i64> {
+        self.fingerprint.strip_prefix(USER_PREFIX)?.parse().ok()
+    }
+
     /// The fingerprint, for storage.
     pub fn as_str(&self) -> &str {
         &self.fingerprint
@@ -86,18 +102,39 @@ impl fmt::Debug for Principal {
     }
 }
 
-/// The tokens a server accepts. With none, every client may connect and sessions have no owner.
+/// What a user's principal starts with.
+const USER_PREFIX: &str = "user:";
+
+/// User accounts as authentication sees them: whether there are any, and the principal an
+/// account's API token or sign-in cookie stands for. A store that fails answers as if the
+/// credential were unknown.
+pub trait AccountCheck: Send + Sync {
+    /// True when at least one account exists: then every client must authenticate.
+    fn any(&self) -> bool;
+
+    /// The user whose API token `secret` is.
+    fn token(&self, secret: &str) -> Option<Principal>;
+
+    /// The user signed in with cookie `secret`, and the sign-in's CSRF token.
+    fn cookie(&self, secret: &str) -> Option<(Principal, String)>;
+}
+
+/// The tokens a server accepts. With none, and no user accounts, every client may connect and
+/// sessions have no owner.
 #[derive(Clone, Default)]
 pub struct Auth {
     /// SHA-256 digests of the accepted tokens, with each one's name: comparing fixed-length
     /// digests in constant time leaks neither a token's content nor its length.
     digests: Vec<([u8; 32], Option<Arc<str>>)>,
+    /// User accounts, when the server keeps them.
+    accounts: Option<Arc<dyn AccountCheck>>,
 }
 
 impl fmt::Debug for Auth {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Auth")
             .field("tokens", &self.digests.len())
+            .field("accounts", &self.accounts.is_some())
             .finish()
     }
 }
@@ -134,12 +171,52 @@ impl Auth {
                 (Sha256::digest(token.as_bytes()).into(), name)
             })
             .collect();
-        Auth { digests }
+        Auth {
+            digests,
+            accounts: None,
+        }
     }
 
-    /// True when the server requires a token.
+    /// Accepts user accounts' credentials too (after the configured tokens).
+    #[must_use]
+    pub fn with_accounts(mut self, accounts: Arc<dyn AccountCheck>) -> Self {
+        self.accounts = Some(accounts);
+        self
+    }
+
+    /// True when the server requires a token: tokens are configured, or accounts exist.
     pub fn required(&self) -> bool {
-        !self.digests.is_empty()
+        !self.digests.is_empty() || self.accounts.as_ref().is_some_and(|a| a.any())
+    }
+
+    /// Checks what a request presents: a token (`Authorization: Bearer`, `?token=`, `connect`)
+    /// if any, else a sign-in cookie. As [`Auth::check`].
+    ///
+    /// # Errors
+    ///
+    /// [`Refused`] when a token is required and none valid was presented.
+    pub fn check_either(
+        &self,
+        token: Option<&str>,
+        cookie: Option<&str>,
+    ) -> Result<Option<Principal>, Refused> {
+        let token = token.filter(|t| !t.is_empty());
+        if token.is_none()
+            && let Some(cookie) = cookie.filter(|c| !c.is_empty())
+            && self.required()
+        {
+            return match self.check_cookie(cookie) {
+                Some((principal, _)) => Ok(Some(principal)),
+                None => Err(Refused::Wrong),
+            };
+        }
+        self.check(token)
+    }
+
+    /// The user signed in with cookie `secret`, and its CSRF token; `None` when it is not a
+    /// live sign-in (or the server keeps no accounts).
+    pub fn check_cookie(&self, secret: &str) -> Option<(Principal, String)> {
+        self.accounts.as_ref()?.cookie(secret)
     }
 
     /// Checks a presented token. `Ok(None)` when no token is required, `Ok(Some(principal))`
@@ -166,7 +243,12 @@ impl Auth {
                 name,
                 ..Principal::of_token(token)
             })),
-            None => Err(Refused::Wrong),
+            None => self
+                .accounts
+                .as_ref()
+                .and_then(|accounts| accounts.token(token))
+                .map(Some)
+                .ok_or(Refused::Wrong),
         }
     }
 }

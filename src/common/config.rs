@@ -225,6 +225,12 @@ pub struct Config {
     // HTTP 421 for any other `Host` is what stops DNS rebinding.
     #[arg(long = "allowed-host", value_name = "NAME")]
     pub allowed_hosts: Vec<String>,
+    /// The URL people reach the server at, e.g. https://chat.example.com behind a reverse
+    /// proxy. With https, the sign-in cookie is marked Secure (sent over HTTPS only).
+    // The help text shows the URL as it is.
+    #[allow(rustdoc::bare_urls)]
+    #[arg(long = "public-url", value_name = "URL")]
+    pub public_url: Option<String>,
     /// Open connections from one IP address at most (0: no cap); one more gets HTTP 429.
     /// Loopback peers are exempt unless --per-ip-loopback.
     // HTTP and WebSocket connections alike.
@@ -412,6 +418,7 @@ impl fmt::Debug for Config {
             handshake_timeout,
             allowed_origins,
             allowed_hosts,
+            public_url,
             max_connections_per_ip,
             per_ip_loopback,
             trusted_proxies,

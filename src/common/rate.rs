@@ -27,16 +27,22 @@ impl Bucket {
 
     /// Takes a token if there is one.
     pub fn take(&mut self) -> bool {
-        let now = Instant::now();
-        let earned = now.duration_since(self.refilled).as_secs_f64() * self.limit.per_second;
-        self.tokens = (self.tokens + earned).min(self.limit.burst);
-        self.refilled = now;
-        if self.tokens >= 1.0 {
+        if self.ready() {
             self.tokens -= 1.0;
             true
         } else {
             false
         }
+    }
+
+    /// True when a token is there to take (none is taken): for limits that charge only what
+    /// fails, such as sign-ins.
+    pub fn ready(&mut self) -> bool {
+        let now = Instant::now();
+        let earned = now.duration_since(self.refilled).as_secs_f64() * self.limit.per_second;
+        self.tokens = (self.tokens + earned).min(self.limit.burst);
+        self.refilled = now;
+        self.tokens >= 1.0
     }
 }
 

@@ -10,9 +10,10 @@
 //! is never held whole and one too large is refused before a byte of it is read. A file is
 //! served as `file_response.rs` says.
 //!
-//! Depends on: `common::auth`, `common::error`, `common::metrics`, `common::protocol`, `conversation::session`, `net::file_response`, `net::http`, `net::routes`, `store`, `store::files`.
+//! Depends on: `common::auth`, `common::error`, `common::metrics`, `common::protocol`, `conversation::session`, `net::accounts`, `net::file_response`, `net::http`, `net::routes`, `store`, `store::files`.
 
 use std::io::Read;
+use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -22,6 +23,7 @@ use crate::common::error::Error;
 use crate::common::metrics::Metrics;
 use crate::common::protocol::{Attachment, SessionId, Usage};
 use crate::conversation::session::Conversation;
+use crate::net::accounts::{COOKIE, CSRF_HEADER, csrf_matches};
 use crate::net::file_response;
 use crate::net::http::{Body, Framing, JsonList, RequestBody, RequestHead, Response};
 use crate::net::routes::{Found, Route, RouteContext, allow, find};
@@ -73,6 +75,10 @@ pub struct ApiRequest<'a> {
     pub content_type: Option<&'a str>,
     /// Who asks.
     pub principal: &'a Principal,
+    /// The sign-in cookie the request carries, if any.
+    pub cookie: Option<&'a str>,
+    /// The address the request came from (for sign-ins' limits), when known.
+    pub client: Option<IpAddr>,
     /// The path segments the route's `{…}`s matched, in order.
     pub params: Vec<&'a str>,
 }
@@ -139,6 +145,46 @@ pub const API_ROUTES: &[Route<ApiRoute>] = &[
     },
     Route {
         method: "POST",
+        pattern: "/api/login",
+        handler: login,
+    },
+    Route {
+        method: "POST",
+        pattern: "/api/logout",
+        handler: logout,
+    },
+    Route {
+        method: "GET",
+        pattern: "/api/tokens",
+        handler: list_tokens,
+    },
+    Route {
+        method: "POST",
+        pattern: "/api/tokens",
+        handler: create_token,
+    },
+    Route {
+        method: "DELETE",
+        pattern: "/api/tokens/{id}",
+        handler: revoke_token,
+    },
+    Route {
+        method: "GET",
+        pattern: "/api/users",
+        handler: list_users,
+    },
+    Route {
+        method: "POST",
+        pattern: "/api/users",
+        handler: create_user,
+    },
+    Route {
+        method: "DELETE",
+        pattern: "/api/users/{name}",
+        handler: remove_user,
+    },
+    Route {
+        method: "POST",
         pattern: "/api/files",
         handler: upload,
     },
@@ -166,27 +212,49 @@ pub fn streams(head: &RequestHead) -> bool {
 }
 
 /// Answers one API request, whose head is `head` and body `body` (read whole), or `upload`
-/// (a stream, for a request [`streams`] names): a `401` unless it presents a valid bearer
-/// token (or none is required), else its route's answer. A trailing `/` is ignored; a path no
-/// route has is a `404`, a method its routes do not take a `405`.
+/// (a stream, for a request [`streams`] names), from `client`: a `401` unless it presents a
+/// valid bearer token or sign-in cookie (or none is required; `POST /api/login` needs none),
+/// a `403` for a change authenticated by the cookie without its CSRF header, else its route's
+/// answer. A trailing `/` is ignored; a path no route has is a `404`, a method its routes do
+/// not take a `405`.
 pub fn answer(
     ctx: &RouteContext,
     head: &RequestHead,
     body: &[u8],
     upload: Option<&RequestBody<'_>>,
+    client: Option<IpAddr>,
 ) -> Response {
-    let Some(principal) = principal(head, &ctx.auth) else {
-        return Response {
-            content_type: "application/json",
-            extra_headers: &[("WWW-Authenticate", "Bearer")],
-            ..Response::text(
-                401,
-                "Unauthorized",
-                r#"{"error":"a valid bearer token is required"}"#,
-            )
+    let path = head.path.trim_end_matches('/');
+    let cookie = head.cookie(COOKIE);
+    let signing_in = path == "/api/login";
+    let (principal, csrf) = if signing_in {
+        (Principal::local(), None)
+    } else {
+        let Some(found) = principal(head, &ctx.auth) else {
+            return Response {
+                content_type: "application/json",
+                extra_headers: &[("WWW-Authenticate", "Bearer")],
+                ..Response::text(
+                    401,
+                    "Unauthorized",
+                    r#"{"error":"a valid bearer token or sign-in is required"}"#,
+                )
+            };
         };
+        found
     };
-    match find(API_ROUTES, &head.method, head.path.trim_end_matches('/')) {
+    if let Some(csrf) = csrf
+        && !matches!(head.method.as_str(), "GET" | "HEAD")
+        && !csrf_matches(head.header(CSRF_HEADER), &csrf)
+    {
+        return error(
+            403,
+            "Forbidden",
+            "a change made with the sign-in cookie needs the X-Sparky-CSRF header that \
+             POST /api/login answered",
+        );
+    }
+    match find(API_ROUTES, &head.method, path) {
         Found::Route(route, params) => (route.handler)(
             ctx,
             &ApiRequest {
@@ -195,6 +263,8 @@ pub fn answer(
                 upload,
                 content_type: head.header("content-type"),
                 principal: &principal,
+                cookie,
+                client,
                 params,
             },
         ),
@@ -203,16 +273,27 @@ pub fn answer(
     }
 }
 
-/// Who an API request comes from: the bearer token's principal, or the local principal when
-/// the server requires no token. `None` when a token is required and missing or wrong.
-fn principal(head: &RequestHead, auth: &Auth) -> Option<Principal> {
+/// Who an API request comes from: the bearer token's principal (a configured token's, or a
+/// user's API token's); else, with a sign-in cookie, its user, with the sign-in's CSRF token;
+/// else the local principal when the server requires no token. `None` when a token is
+/// required and missing or wrong.
+fn principal(head: &RequestHead, auth: &Auth) -> Option<(Principal, Option<String>)> {
     let token = head
         .header("authorization")
         .and_then(|value| value.trim().split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim());
+        .map(|(_, token)| token.trim())
+        .filter(|token| !token.is_empty());
+    if token.is_none()
+        && let Some(cookie) = head.cookie(COOKIE).filter(|c| !c.is_empty())
+        && auth.required()
+    {
+        return auth
+            .check_cookie(cookie)
+            .map(|(principal, csrf)| (principal, Some(csrf)));
+    }
     match auth.check(token) {
-        Ok(principal) => Some(principal.unwrap_or_else(Principal::local)),
+        Ok(principal) => Some((principal.unwrap_or_else(Principal::local), None)),
         Err(_) => None,
     }
 }
@@ -416,7 +497,7 @@ fn no_content() -> Response {
 /// A `405` whose `Allow` names the methods the path's routes take.
 fn method_not_allowed(methods: Vec<&'static str>) -> Response {
     Response {
-        allow: allow(methods),
+        allow: allow(methods).into(),
         ..error(405, "Method Not Allowed", "method not allowed on this path")
     }
 }
@@ -907,6 +988,52 @@ fn file_id<'a>(request: &ApiRequest<'a>) -> Option<&'a str> {
 /// The conversation id the route's `{id}` names, if it is one.
 fn session_id(request: &ApiRequest<'_>) -> Option<SessionId> {
     request.params.first().and_then(|id| SessionId::parse(id))
+}
+
+/// `POST /api/login`.
+fn login(ctx: &RouteContext, request: &ApiRequest<'_>) -> Response {
+    ctx.accounts.sign_in(request.body, request.client)
+}
+
+/// `POST /api/logout`.
+fn logout(ctx: &RouteContext, request: &ApiRequest<'_>) -> Response {
+    ctx.accounts.sign_out(request.cookie)
+}
+
+/// `GET /api/tokens`.
+fn list_tokens(ctx: &RouteContext, request: &ApiRequest<'_>) -> Response {
+    ctx.accounts.list_tokens(request.principal)
+}
+
+/// `POST /api/tokens`.
+fn create_token(ctx: &RouteContext, request: &ApiRequest<'_>) -> Response {
+    ctx.accounts.create_token(request.principal, request.body)
+}
+
+/// `DELETE /api/tokens/{id}`.
+fn revoke_token(ctx: &RouteContext, request: &ApiRequest<'_>) -> Response {
+    ctx.accounts.revoke_token(
+        request.principal,
+        request.params.first().copied().unwrap_or(""),
+    )
+}
+
+/// `GET /api/users`.
+fn list_users(ctx: &RouteContext, request: &ApiRequest<'_>) -> Response {
+    ctx.accounts.list_users(request.principal)
+}
+
+/// `POST /api/users`.
+fn create_user(ctx: &RouteContext, request: &ApiRequest<'_>) -> Response {
+    ctx.accounts.create_user(request.principal, request.body)
+}
+
+/// `DELETE /api/users/{name}`.
+fn remove_user(ctx: &RouteContext, request: &ApiRequest<'_>) -> Response {
+    ctx.accounts.remove_user(
+        request.principal,
+        request.params.first().copied().unwrap_or(""),
+    )
 }
 
 #[cfg(test)]

@@ -1,12 +1,14 @@
 //! `Handler`: dispatch for one WebSocket. It takes what the transport ([`Connection`]) reads,
 //! decodes client frames, checks authentication (the deadline and the small limits until then)
 //! and the rate limit (data and control frames alike), and submits to sessions, which start
-//! their own turns. Its replies go out through the transport.
+//! their own turns. Its replies go out through the transport. A connection authenticated as a
+//! user account (its API token or sign-in cookie) has its credential checked again every
+//! [`RECHECK`], and is closed (1008) once it is revoked, ended, or its user removed.
 //!
 //! Depends on: `common::auth`, `common::config`, `common::error`, `common::metrics`, `common::protocol`, `common::rate`, `conversation::session`, `net::admission`, `net::connection`, `net::shutdown`, `store::files`.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tungstenite::protocol::frame::coding::CloseCode;
 
@@ -24,6 +26,10 @@ use crate::net::admission::Place;
 use crate::net::connection::{Connection, Incoming};
 use crate::net::shutdown::Shutdown;
 use crate::store::FileStore;
+
+/// How often a connection authenticated as a user account checks that its credential still
+/// holds: how long a revoked token, an ended sign-in or a removed user's socket lives at most.
+pub const RECHECK: Duration = Duration::from_secs(1);
 
 /// What every connection of a server shares.
 #[derive(Clone)]
@@ -58,6 +64,8 @@ impl std::fmt::Debug for ConnectionContext {
 pub struct Upgrade<'a> {
     /// A token from the request (`Authorization: Bearer` or `?token=`).
     pub token: Option<String>,
+    /// The sign-in cookie of the request.
+    pub cookie: Option<String>,
     /// The connection's place under `--max-connections`, authenticated or waiting to be.
     pub place: Place<'a>,
 }
@@ -66,6 +74,7 @@ impl std::fmt::Debug for Upgrade<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Upgrade")
             .field("token", &self.token.as_ref().map(|_| "[redacted]"))
+            .field("cookie", &self.cookie.as_ref().map(|_| "[redacted]"))
             .field("place", &self.place)
             .finish()
     }
@@ -82,6 +91,11 @@ pub struct Handler<'a> {
     replaying: bool,
     /// A token from the upgrade request (`Authorization: Bearer` or `?token=`).
     upgrade_token: Option<String>,
+    /// The sign-in cookie of the upgrade request.
+    upgrade_cookie: Option<String>,
+    /// For a connection authenticated as a user account: the token it presented (none: the
+    /// cookie), its principal, and when to check them again ([`RECHECK`]).
+    recheck: Option<(Option<String>, Principal, Instant)>,
     /// The connection's place under `--max-connections`.
     place: Place<'a>,
     /// While tokens are required and none valid has been presented: the time by which one must
@@ -114,6 +128,7 @@ impl<'a> Handler<'a> {
     ) -> Self {
         let Upgrade {
             token: upgrade_token,
+            cookie: upgrade_cookie,
             place,
         } = upgrade;
         let authenticated = place.authenticated();
@@ -129,6 +144,8 @@ impl<'a> Handler<'a> {
             connected: false,
             replaying: false,
             upgrade_token,
+            upgrade_cookie,
+            recheck: None,
             place,
             auth_deadline,
             bucket: ctx.config.rate_limit.map(Bucket::new),
@@ -158,7 +175,10 @@ impl<'a> Handler<'a> {
                     self.session = None;
                     self.replaying = false;
                 }
-                Incoming::Deadline => self.check_auth_deadline(),
+                Incoming::Deadline => {
+                    self.check_auth_deadline();
+                    self.check_credential();
+                }
                 Incoming::Text(text) => {
                     if self.admit(false) {
                         self.on_text(text.as_str());
@@ -227,6 +247,40 @@ impl<'a> Handler<'a> {
             self.connection
                 .close(CloseCode::Policy, "no valid token in time");
         }
+    }
+
+    /// For a connection of a user account, once [`RECHECK`] has passed: checks its credential
+    /// again, and closes the connection (1008) when it no longer stands for the same user.
+    fn check_credential(&mut self) {
+        let Some((token, principal, at)) = self.recheck.take() else {
+            return;
+        };
+        if self.connection.is_closing() {
+            return;
+        }
+        if Instant::now() < at {
+            self.recheck = Some((token, principal, at));
+            return;
+        }
+        let now = self
+            .ctx
+            .auth
+            .check_either(token.as_deref(), self.upgrade_cookie.as_deref());
+        if matches!(&now, Ok(Some(current)) if *current == principal) {
+            let next = Instant::now() + RECHECK;
+            self.connection.set_deadline(Some(next));
+            self.recheck = Some((token, principal, next));
+            return;
+        }
+        log::info!(
+            "connection {}: the credential of {} was revoked; closing with 1008",
+            self.connection.id(),
+            principal.name()
+        );
+        self.connection.set_deadline(None);
+        self.ctx.metrics.rejected(ErrorCode::Unauthorized);
+        self.connection
+            .close(CloseCode::Policy, "credentials revoked");
     }
 
     fn on_text(&mut self, text: &str) {
@@ -346,7 +400,11 @@ impl<'a> Handler<'a> {
             return;
         }
         let token = data.token.as_deref().or(self.upgrade_token.as_deref());
-        let principal = match self.ctx.auth.check(token) {
+        let principal = match self
+            .ctx
+            .auth
+            .check_either(token, self.upgrade_cookie.as_deref())
+        {
             Ok(principal) => principal.unwrap_or_else(Principal::local),
             Err(refused) => {
                 let message = match refused {
@@ -375,6 +433,11 @@ impl<'a> Handler<'a> {
             self.connection
                 .limit_frames(self.ctx.config.max_frame_bytes);
             self.connection.set_deadline(None);
+        }
+        if principal.user_id().is_some() {
+            let next = Instant::now() + RECHECK;
+            self.connection.set_deadline(Some(next));
+            self.recheck = Some((token.map(str::to_owned), principal.clone(), next));
         }
         let subscriber = Subscriber {
             id: self.connection.id(),

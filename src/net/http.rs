@@ -74,6 +74,15 @@ impl RequestHead {
             .map(|(_, value)| value.into_owned())
     }
 
+    /// The value of cookie `name` in the `Cookie` header, if any.
+    pub fn cookie(&self, name: &str) -> Option<&str> {
+        self.header("cookie")?
+            .split(';')
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(key, _)| *key == name)
+            .map(|(_, value)| value.trim())
+    }
+
     /// True when a header holds `token` in its comma-separated list (case-insensitive).
     pub fn header_has(&self, name: &str, token: &str) -> bool {
         self.header(name).is_some_and(|value| {
@@ -436,11 +445,18 @@ pub struct Response {
     pub extra_headers: &'static [(&'static str, &'static str)],
     /// The `Cache-Control` value: `no-store` but for versioned assets.
     pub cache_control: &'static str,
+    /// A `Set-Cookie` made for this answer, written after `extra_headers`. Boxed, so that a
+    /// response stays small to move around.
+    pub set_cookie: Option<Box<SetCookie>>,
     /// The methods an `Allow` header names, for a `405`; no header when empty.
-    pub allow: Vec<&'static str>,
+    pub allow: Box<[&'static str]>,
     /// The body.
     pub body: Body,
 }
+
+/// The value of a `Set-Cookie` header (its control characters are left out as it is written).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetCookie(pub String);
 
 /// What a response carries after its head.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -554,7 +570,8 @@ impl Response {
             content_type: "text/plain; charset=utf-8",
             extra_headers: &[],
             cache_control: NO_STORE,
-            allow: Vec::new(),
+            set_cookie: None,
+            allow: Box::new([]),
             body: Body::Text(body.to_owned()),
         }
     }
@@ -597,6 +614,9 @@ impl Response {
         }
         for (name, value) in self.extra_headers {
             head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        if let Some(cookie) = &self.set_cookie {
+            head.push_str(&format!("Set-Cookie: {}\r\n", without_controls(&cookie.0)));
         }
         for (name, value) in made {
             head.push_str(&format!("{name}: {}\r\n", without_controls(value)));
@@ -727,7 +747,7 @@ mod tests {
         assert!(!String::from_utf8(out).unwrap().contains("\r\nAllow:"));
         let mut out = Vec::new();
         let refused = Response {
-            allow: vec!["GET", "HEAD"],
+            allow: Box::new(["GET", "HEAD"]),
             ..Response::text(405, "Method Not Allowed", "")
         };
         refused.write_to(&mut out).unwrap();

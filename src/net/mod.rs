@@ -9,6 +9,7 @@
 //!
 //! Depends on nothing in the crate.
 
+pub mod accounts;
 pub mod admission;
 pub mod api;
 pub mod assets;

@@ -6,7 +6,7 @@
 //! state), `/metrics` (with the store's pool; figures only with a token when tokens are set)
 //! and the WebSocket endpoint's upgrade. The `/api/` routes are `api.rs`'s table.
 //!
-//! Depends on: `common::auth`, `common::metrics`, `conversation::journal`, `conversation::session`, `files`, `model`, `net::assets`, `net::http`, `net::shutdown`, `store`, `tools`.
+//! Depends on: `common::auth`, `common::metrics`, `conversation::journal`, `conversation::session`, `files`, `model`, `net::accounts`, `net::assets`, `net::http`, `net::shutdown`, `store`, `tools`.
 
 use std::fmt;
 use std::sync::Arc;
@@ -20,6 +20,7 @@ use crate::conversation::journal::Journal;
 use crate::conversation::session::SessionManager;
 use crate::files::Library;
 use crate::model::ModelBackend;
+use crate::net::accounts::{Accounts, COOKIE};
 use crate::net::assets;
 use crate::net::http::{RequestHead, Response};
 use crate::net::shutdown::Shutdown;
@@ -50,6 +51,8 @@ pub struct RouteContext {
     pub shutdown: Shutdown,
     /// The tokens a request must present to see the server's figures and use the API.
     pub auth: Auth,
+    /// User accounts: signing in and out, API tokens, the admin's list.
+    pub accounts: Arc<Accounts>,
     /// When the server started.
     pub started: Instant,
     /// Serve `/metrics` to anyone (`--public-metrics`).
@@ -200,12 +203,15 @@ impl RouteContext {
     pub fn page(&self, head: &RequestHead) -> Reply {
         let request = PageRequest {
             head,
-            authorized: self.auth.check(head.token().as_deref()).is_ok(),
+            authorized: self
+                .auth
+                .check_either(head.token().as_deref(), head.cookie(COOKIE))
+                .is_ok(),
         };
         match find(PAGE_ROUTES, &head.method, &head.path) {
             Found::Route(route, _) => (route.handler)(self, &request),
             Found::MethodNotAllowed(methods) => Reply::Response(Response {
-                allow: allow(methods),
+                allow: allow(methods).into(),
                 ..Response::text(
                     405,
                     "Method Not Allowed",

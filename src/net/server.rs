@@ -6,7 +6,7 @@
 //!
 //! Only this file, `http.rs`, `outbound.rs` and `connection.rs` touch client sockets.
 //!
-//! Depends on: `common::auth`, `common::config`, `common::error`, `common::metrics`, `conversation::bot`, `conversation::cluster`, `conversation::journal`, `conversation::memory`, `conversation::session`, `files`, `model`, `model::embed`, `model::offline`, `net::admission`, `net::api`, `net::connection`, `net::handler`, `net::http`, `net::inbound`, `net::outbound`, `net::policy`, `net::routes`, `net::shutdown`, `net::wake`, `store`, `store::cluster`, `store::files`, `store::postgres`, `store::sqlite`, `tools`, `tools::files`, `tools::mcp`.
+//! Depends on: `common::auth`, `common::config`, `common::error`, `common::metrics`, `conversation::bot`, `conversation::cluster`, `conversation::journal`, `conversation::memory`, `conversation::session`, `files`, `model`, `model::embed`, `model::offline`, `net::accounts`, `net::admission`, `net::api`, `net::connection`, `net::handler`, `net::http`, `net::inbound`, `net::outbound`, `net::policy`, `net::routes`, `net::shutdown`, `net::wake`, `store`, `store::accounts`, `store::cluster`, `store::files`, `store::postgres`, `store::sqlite`, `tools`, `tools::files`, `tools::mcp`.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -32,6 +32,7 @@ use crate::files::Library;
 use crate::model::ModelBackend;
 use crate::model::embed::{Embed, EmbedOptions, RemoteEmbedder};
 use crate::model::offline::OfflineModel;
+use crate::net::accounts::{Accounts, COOKIE};
 use crate::net::admission::Admission;
 use crate::net::api;
 use crate::net::connection::{Connection, Wire};
@@ -44,7 +45,8 @@ use crate::net::routes::{Reply, RouteContext};
 use crate::net::shutdown::Shutdown;
 use crate::net::wake::{self, Sleeper};
 use crate::store::{
-    Cluster, ConversationStore, FileStore, GraphStore, PostgresStore, Solo, SqliteStore,
+    AccountStore, Cluster, ConversationStore, FileStore, GraphStore, PostgresStore, Solo,
+    SqliteStore,
 };
 use crate::tools::ToolChain;
 use crate::tools::mcp::{self, McpServers};
@@ -164,7 +166,7 @@ pub fn spawn_with(
     // Before any connection: the signal that wakes a connection thread needs its handler.
     wake::install().map_err(|e| Error::io("wake-up signal", e))?;
     let metrics = Arc::new(Metrics::default());
-    let (conversations, graph, cluster, files) = open_store(&config)?;
+    let (conversations, graph, cluster, files, account_store) = open_store(&config)?;
     // Before the journal starts, so that nothing else writes meanwhile.
     migrate_owners(conversations.as_ref(), graph.as_ref(), &config.auth_tokens)?;
     let embedder = embedder(&config);
@@ -213,10 +215,16 @@ pub fn spawn_with(
     );
     let cluster = ClusterThread::spawn(sessions.clone(), cluster, metrics.clone())?;
     let shutdown = Shutdown::new();
+    let secure = config
+        .public_url
+        .as_deref()
+        .is_some_and(|url| url.to_ascii_lowercase().starts_with("https://"));
+    let accounts = Arc::new(Accounts::new(account_store, secure));
     let auth = Auth::named(
         config.auth_tokens.iter().map(String::as_str),
         &config.token_names,
-    );
+    )
+    .with_accounts(accounts.clone());
     let admission = Admission::new(&config, metrics.clone());
     let shared = Arc::new(Shared {
         routes: RouteContext {
@@ -230,6 +238,7 @@ pub fn spawn_with(
             metrics: metrics.clone(),
             shutdown: shutdown.clone(),
             auth: auth.clone(),
+            accounts,
             started: Instant::now(),
             public_metrics: config.public_metrics,
         },
@@ -488,7 +497,13 @@ fn open_store(config: &Config) -> Result<Stores> {
         let store = Arc::new(PostgresStore::connect(url, config.store_pool)?);
         store.set_size_limit(config.max_store_bytes)?;
         store.set_search_budget(config.search_budget);
-        return Ok((store.clone(), store.clone(), store.clone(), store));
+        return Ok((
+            store.clone(),
+            store.clone(),
+            store.clone(),
+            store.clone(),
+            store,
+        ));
     }
     let store = Arc::new(if config.in_memory {
         SqliteStore::in_memory()?
@@ -499,16 +514,23 @@ fn open_store(config: &Config) -> Result<Stores> {
         store.set_size_limit(Some(bytes))?;
     }
     store.set_search_budget(config.search_budget);
-    Ok((store.clone(), store.clone(), Arc::new(Solo), store))
+    Ok((
+        store.clone(),
+        store.clone(),
+        Arc::new(Solo),
+        store.clone(),
+        store,
+    ))
 }
 
-/// The store as each of its users sees it: conversations, the graph, the cluster, files
-/// (`--in-memory` keeps them in its in-memory SQLite database too).
+/// The store as each of its users sees it: conversations, the graph, the cluster, files,
+/// accounts (`--in-memory` keeps them in its in-memory SQLite database too).
 type Stores = (
     Arc<dyn ConversationStore>,
     Arc<dyn GraphStore>,
     Arc<dyn Cluster>,
     Arc<dyn FileStore>,
+    Arc<dyn AccountStore>,
 );
 
 /// Moves what earlier versions stored under a token's SHA-1 fingerprint to its SHA-256 one, for
@@ -624,8 +646,12 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, shared: &Shared, id: u64) -> R
         Err(HeadError::Gone(_)) => return Ok(()),
         Err(HeadError::Bad(response)) => return respond(&mut stream, &response),
     };
+    // The client's address: the peer's, or the one a trusted proxy names for it.
+    let mut client = Some(peer.ip());
     let _client_place = if admission.trusts(peer.ip()) {
-        let client = admission.client_address(peer.ip(), &head);
+        let named = admission.client_address(peer.ip(), &head);
+        client = Some(named);
+        let client = named;
         log::debug!("connection {id}: from {client} by way of {peer}");
         match admission.ip_place(client) {
             Some(place) => Some(place),
@@ -647,7 +673,7 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, shared: &Shared, id: u64) -> R
             // An upload: the route reads the body straight from the socket, once it has checked
             // the token and the length.
             let body = http::RequestBody::new(&stream, &head, config.handshake_timeout);
-            let response = api::answer(&shared.routes, &head, &[], Some(&body));
+            let response = api::answer(&shared.routes, &head, &[], Some(&body), client);
             let written = response.write(&mut &stream, true);
             body.linger(UPLOAD_LINGER);
             return written.map_err(|e| Error::io("http response", e));
@@ -658,7 +684,7 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, shared: &Shared, id: u64) -> R
             Err(HeadError::Gone(_)) => return Ok(()),
             Err(HeadError::Bad(response)) => return respond(&mut stream, &response),
         };
-        Reply::Response(api::answer(&shared.routes, &head, &body, None))
+        Reply::Response(api::answer(&shared.routes, &head, &body, None, client))
     } else {
         shared.routes.page(&head)
     };
@@ -700,7 +726,12 @@ fn serve_websocket(
     };
     let outbound = Arc::new(Outbound::new(id, stream, limit, shared.ctx.metrics.clone()));
     let token = head.token();
-    let authenticated = shared.ctx.auth.check(token.as_deref()).is_ok();
+    let cookie = head.cookie(COOKIE).map(str::to_owned);
+    let authenticated = shared
+        .ctx
+        .auth
+        .check_either(token.as_deref(), cookie.as_deref())
+        .is_ok();
     let Some(place) = shared.admission.place(id, authenticated, &outbound) else {
         let busy = Response::text(503, "Service Unavailable", "too many connections\n");
         return respond(&mut outbound.socket(), &busy);
@@ -726,7 +757,11 @@ fn serve_websocket(
         .map_err(|e| Error::io("nonblocking", e))?;
     let sleeper = Sleeper::new().map_err(|e| Error::io("signal mask", e))?;
     let _registration = shared.ctx.shutdown.register(id, outbound.clone());
-    let upgrade = Upgrade { token, place };
+    let upgrade = Upgrade {
+        token,
+        cookie,
+        place,
+    };
     let mut handler = handler(stream, head.rest, outbound, sleeper, shared, id, upgrade);
     handler.run()
 }

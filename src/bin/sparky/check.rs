@@ -55,6 +55,7 @@ pub fn run(
     // In order, each only if the ones before passed.
     report("data", vec![data_dir(config)])
         && report("tokens", vec![token_outcome(config, tokens)])
+        && report("users", vec![accounts(config)])
         && report("files", vec![open_file_limit(config, files)])
         && report("model", vec![model_outcome(model)])
         && report("embed", vec![embeddings(config)])
@@ -92,6 +93,35 @@ fn token_outcome(config: &Config, tokens: Result<usize, StartError>) -> Outcome 
             config.addr
         )),
         Ok(n) => Outcome::Ok(format!("{n} token{}", if n == 1 { "" } else { "s" })),
+        Err(e) => Outcome::Fail(e.to_string()),
+    }
+}
+
+/// The account setup: how many users, how many admins (read only, beside a running server
+/// too).
+fn accounts(config: &Config) -> Outcome {
+    if config.in_memory {
+        return Outcome::Ok("in memory: no accounts (add none with sparky user)".into());
+    }
+    let found = match &config.database_url {
+        Some(url) => PostgresStore::inspect_accounts(url),
+        None => SqliteStore::inspect_accounts(&config.data_dir),
+    };
+    match found {
+        Ok(None) | Ok(Some((0, _))) => {
+            Outcome::Ok("no user accounts (sparky user add NAME --admin makes one)".into())
+        }
+        Ok(Some((users, 0))) => Outcome::Warn(format!(
+            "{users} user account{}, no admin: nobody can manage accounts on the page \
+             (sparky user add NAME --admin)",
+            if users == 1 { "" } else { "s" }
+        )),
+        Ok(Some((users, admins))) => Outcome::Ok(format!(
+            "{users} user account{}, {admins} admin{}; every client must sign in or present \
+             a token",
+            if users == 1 { "" } else { "s" },
+            if admins == 1 { "" } else { "s" }
+        )),
         Err(e) => Outcome::Fail(e.to_string()),
     }
 }

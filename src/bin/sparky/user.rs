@@ -8,10 +8,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use sparky::common::password;
+use sparky::net::accounts::check_name;
 use sparky::store::{AccountStore, PostgresStore, SqliteStore};
-
-/// Characters of a user's name at most.
-pub const MAX_NAME_CHARS: usize = 64;
 
 /// What `sparky user` does.
 #[derive(Debug, clap::Subcommand)]
@@ -120,15 +118,4 @@ fn execute(command: UserCommand, accounts: &dyn AccountStore) -> Result<(), Stri
             }
         }
     }
-}
-
-/// Refuses a name that is empty, too long, or has characters beyond the plain ones.
-pub fn check_name(name: &str) -> Result<(), String> {
-    let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@');
-    if name.is_empty() || name.chars().count() > MAX_NAME_CHARS || !name.chars().all(plain) {
-        return Err(format!(
-            "a user's name is 1 to {MAX_NAME_CHARS} letters, digits, '.', '_', '-' or '@'"
-        ));
-    }
-    Ok(())
 }

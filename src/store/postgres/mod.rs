@@ -219,6 +219,40 @@ impl PostgresStore {
         }
     }
 
+    /// How many user accounts the database at `url` holds, and how many admins, without
+    /// changing anything: for `sparky check`. `None` before the accounts' schema version.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] when the database cannot be reached or read.
+    pub fn inspect_accounts(url: &str) -> Result<Option<(u64, u64)>> {
+        let target = redact_url(url);
+        let config: postgres::Config = url.parse().map_err(|e| {
+            Error::store(format!(
+                "{target} is not a PostgreSQL URL like postgres://USER@HOST[:PORT]/DB: {e}"
+            ))
+        })?;
+        let mut connection = Connector::new(config, target.clone(), "sparky check").connect()?;
+        let client = &mut connection.client;
+        let failed = |e: postgres::Error| store_error(&format!("database {target}"), e);
+        let present: bool = client
+            .query_one("SELECT to_regclass('users') IS NOT NULL", &[])
+            .and_then(|row| row.try_get(0))
+            .map_err(failed)?;
+        if !present {
+            return Ok(None);
+        }
+        let row = client
+            .query_one(
+                "SELECT count(*), count(*) FILTER (WHERE admin) FROM users",
+                &[],
+            )
+            .map_err(failed)?;
+        let users: i64 = row.try_get(0).map_err(failed)?;
+        let admins: i64 = row.try_get(1).map_err(failed)?;
+        Ok(Some((users.max(0) as u64, admins.max(0) as u64)))
+    }
+
     /// The database as named in messages (without a password).
     pub fn target(&self) -> &str {
         &self.pool.connector().target

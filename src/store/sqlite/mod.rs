@@ -224,6 +224,40 @@ impl SqliteStore {
         }
     }
 
+    /// How many user accounts the store in `dir` holds, and how many admins, read without
+    /// changing anything (a running server's included): for `sparky check`. `None` when there
+    /// is no database yet, or it predates accounts.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] when the database cannot be read.
+    pub fn inspect_accounts(dir: &Path) -> Result<Option<(u64, u64)>> {
+        let path = dir.join(DATABASE_FILE);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let connection = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| store_error(&format!("cannot open {}", path.display()), e))?;
+        let present: bool = connection
+            .query_row(
+                "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'users'",
+                [],
+                |row| row.get(0),
+            )
+            .map_err(|e| store_error(&format!("cannot read {}", path.display()), e))?;
+        if !present {
+            return Ok(None);
+        }
+        connection
+            .query_row(
+                "SELECT count(*), count(*) FILTER (WHERE admin) FROM users",
+                [],
+                |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?)),
+            )
+            .map(|(users, admins)| Some((users.max(0) as u64, admins.max(0) as u64)))
+            .map_err(|e| store_error(&format!("cannot read {}", path.display()), e))
+    }
+
     /// Whether another process holds `dir`'s lock: a server is running on it. For `sparky
     /// check`, which then checks the rest beside it.
     pub fn in_use(dir: &Path) -> bool {

@@ -1,0 +1,655 @@
+//! User accounts (PROTOCOL.md section 8, "Accounts"): the `sparky user` commands beside a
+//! running server, signing in and out with the session cookie and its CSRF header, failed
+//! sign-ins (the same answer for an unknown name and a wrong password, then 429), API tokens,
+//! the admin's accounts, revocation that closes live sockets (1008), and privacy across users.
+//! Runs on SQLite, and on PostgreSQL with `SPARKY_TEST_STORE=postgres`.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sparky::common::protocol::{ErrorCode, ServerFrame};
+use support::{Client, TestServer, http_json, http_raw, store_args};
+use tungstenite::protocol::frame::coding::CloseCode;
+
+/// Runs `sparky user ARGS` against the store of `dir` (PostgreSQL's for `dir` in a run
+/// against PostgreSQL), with `stdin` on its standard input.
+fn user_command(dir: &Path, args: &[&str], stdin: &str) -> Output {
+    use std::io::Write;
+    let dir = dir.to_str().unwrap();
+    let mut all = vec!["user"];
+    all.extend_from_slice(args);
+    all.extend(["--data-dir", dir]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sparky"))
+        .args(["--log-level", "warn"])
+        .args(store_args(&all))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// Adds user `name` with `password` (an admin when `admin`) through the CLI.
+fn add_user(server: &Server, name: &str, password: &str, admin: bool) {
+    let mut args = vec!["add", name, "--password-stdin"];
+    if admin {
+        args.push("--admin");
+    }
+    let out = user_command(&server.dir, &args, &format!("{password}\n"));
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// A server and the data directory its store stands for.
+struct Server {
+    server: TestServer,
+    dir: std::path::PathBuf,
+}
+
+impl Server {
+    fn addr(&self) -> SocketAddr {
+        self.server.addr
+    }
+}
+
+fn start() -> Server {
+    start_with(|_| {})
+}
+
+fn start_with(adjust: impl FnOnce(&mut sparky::common::config::Config)) -> Server {
+    let mut dir = None;
+    let server = TestServer::with_config(|config| {
+        adjust(config);
+        dir = Some(config.data_dir.clone());
+    });
+    Server {
+        server,
+        dir: dir.unwrap(),
+    }
+}
+
+/// A signed-in user: the cookie's secret and the CSRF token.
+struct SignedIn {
+    cookie: String,
+    csrf: String,
+}
+
+impl SignedIn {
+    fn cookie_header(&self) -> String {
+        format!("sparky_session={}", self.cookie)
+    }
+}
+
+/// `POST /api/login`: the status, the headers and the body.
+fn login_raw(addr: SocketAddr, name: &str, password: &str) -> (u16, Vec<(String, String)>, Value) {
+    let body = json!({"name": name, "password": password}).to_string();
+    let (status, headers, body) = http_raw(
+        addr,
+        "POST",
+        "/api/login",
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    );
+    (
+        status,
+        headers,
+        serde_json::from_slice(&body).unwrap_or(Value::Null),
+    )
+}
+
+fn login(addr: SocketAddr, name: &str, password: &str) -> SignedIn {
+    let (status, headers, body) = login_raw(addr, name, password);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["name"], name);
+    let set_cookie = headers
+        .iter()
+        .find(|(name, _)| name == "set-cookie")
+        .map(|(_, value)| value.clone())
+        .expect("a Set-Cookie");
+    let cookie = set_cookie
+        .split(';')
+        .next()
+        .unwrap()
+        .strip_prefix("sparky_session=")
+        .unwrap()
+        .to_owned();
+    SignedIn {
+        cookie,
+        csrf: body["csrf"].as_str().unwrap().to_owned(),
+    }
+}
+
+/// One API request with the cookie (and the CSRF header when `csrf`): status and JSON body.
+fn with_cookie(
+    addr: SocketAddr,
+    user: &SignedIn,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    csrf: bool,
+) -> (u16, Value) {
+    let cookie = user.cookie_header();
+    let mut headers = vec![
+        ("Cookie", cookie.as_str()),
+        ("Content-Type", "application/json"),
+    ];
+    if csrf {
+        headers.push(("X-Sparky-CSRF", user.csrf.as_str()));
+    }
+    let body = body.map(Value::to_string).unwrap_or_default();
+    let (status, _, answer) = http_raw(addr, method, path, &headers, body.as_bytes());
+    (
+        status,
+        serde_json::from_slice(&answer).unwrap_or(Value::Null),
+    )
+}
+
+/// A WebSocket opened with the cookie, connected (a new conversation, or `data`'s).
+fn socket_with_cookie(addr: SocketAddr, user: &SignedIn, data: Value) -> Client {
+    let cookie = user.cookie_header();
+    let mut client = Client::open_with(
+        addr,
+        "/ws",
+        &[("Cookie", &cookie)],
+        Duration::from_millis(250),
+    )
+    .unwrap();
+    client.send(json!({"type": "connect", "data": data}));
+    client
+}
+
+fn connected(mut client: Client) -> Client {
+    let info = client.expect("session_info");
+    let ServerFrame::SessionInfo { session_id, .. } = &info.frame else {
+        unreachable!()
+    };
+    client.session_id = Some(session_id.clone());
+    client.expect("ready");
+    client
+}
+
+fn expect_closed_1008(client: &mut Client) {
+    let close = client.expect_close().expect("a close frame");
+    assert_eq!(close.code, CloseCode::Policy, "{close:?}");
+}
+
+#[test]
+fn the_cli_adds_lists_and_removes_users_beside_a_running_server() {
+    let server = start();
+    // A made-up password, printed once.
+    let out = user_command(&server.dir, &["add", "alice", "--admin"], "");
+    assert!(out.status.success(), "{out:?}");
+    let printed = String::from_utf8(out.stdout).unwrap();
+    let password = printed.trim().rsplit(' ').next().unwrap().to_owned();
+    assert!(printed.starts_with("added admin alice"), "{printed}");
+    add_user(&server, "bob", "bob's password", false);
+    let again = user_command(&server.dir, &["add", "bob", "--password-stdin"], "x\n");
+    assert!(!again.status.success(), "a name is taken once");
+    let bad = user_command(&server.dir, &["add", "no spaces"], "");
+    assert!(!bad.status.success());
+
+    let list = user_command(&server.dir, &["list"], "");
+    let listed = String::from_utf8(list.stdout).unwrap();
+    assert!(listed.contains("alice\tadmin"), "{listed}");
+    assert!(listed.contains("bob\tuser"), "{listed}");
+    assert!(!listed.contains(&password), "never a password");
+
+    // The running server knows them at once.
+    login(server.addr(), "alice", &password);
+    login(server.addr(), "bob", "bob's password");
+
+    let removed = user_command(&server.dir, &["remove", "bob"], "");
+    assert!(removed.status.success(), "{removed:?}");
+    let listed = String::from_utf8(user_command(&server.dir, &["list"], "").stdout).unwrap();
+    assert!(!listed.contains("bob"), "{listed}");
+    assert!(
+        !user_command(&server.dir, &["remove", "bob"], "")
+            .status
+            .success()
+    );
+    assert_eq!(login_raw(server.addr(), "bob", "bob's password").0, 401);
+}
+
+#[test]
+fn signing_in_sets_a_strict_cookie_and_signing_out_ends_it_at_once() {
+    let server = start();
+    add_user(&server, "alice", "pw-alice", false);
+    // Accounts exist: nobody gets in without signing in.
+    assert_eq!(
+        http_json(server.addr(), "GET", "/api/conversations", None, None).0,
+        401
+    );
+    let (status, headers, body) = login_raw(server.addr(), "alice", "pw-alice");
+    assert_eq!(status, 200);
+    assert_eq!(body["admin"], false);
+    let cookie = &headers.iter().find(|(n, _)| n == "set-cookie").unwrap().1;
+    for part in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(cookie.contains(part), "{cookie}");
+    }
+    assert!(
+        !cookie.contains("Secure"),
+        "not without an https --public-url"
+    );
+
+    let alice = login(server.addr(), "alice", "pw-alice");
+    let (status, list) = with_cookie(
+        server.addr(),
+        &alice,
+        "GET",
+        "/api/conversations",
+        None,
+        false,
+    );
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list["principal"], "alice");
+    let (status, _) = with_cookie(server.addr(), &alice, "POST", "/api/logout", None, true);
+    assert_eq!(status, 204);
+    let (status, _) = with_cookie(
+        server.addr(),
+        &alice,
+        "GET",
+        "/api/conversations",
+        None,
+        false,
+    );
+    assert_eq!(status, 401, "the cookie stopped working");
+}
+
+#[test]
+fn the_cookie_is_secure_behind_https() {
+    let server = start_with(|config| config.public_url = Some("https://chat.example.com".into()));
+    add_user(&server, "alice", "pw", false);
+    let (status, headers, _) = login_raw(server.addr(), "alice", "pw");
+    assert_eq!(status, 200);
+    let cookie = &headers.iter().find(|(n, _)| n == "set-cookie").unwrap().1;
+    assert!(cookie.contains("; Secure"), "{cookie}");
+}
+
+#[test]
+fn a_wrong_password_and_an_unknown_name_answer_alike_then_lock_out() {
+    let server = start();
+    add_user(&server, "alice", "right", false);
+    let (wrong_status, _, wrong) = login_raw(server.addr(), "alice", "wrong");
+    let (unknown_status, _, unknown) = login_raw(server.addr(), "nobody", "wrong");
+    assert_eq!(wrong_status, 401);
+    assert_eq!((unknown_status, &unknown), (wrong_status, &wrong));
+    // Four more failures for alice's name, and the name is locked, the right password too.
+    for _ in 0..4 {
+        assert_eq!(login_raw(server.addr(), "alice", "wrong").0, 401);
+    }
+    assert_eq!(login_raw(server.addr(), "alice", "right").0, 429);
+    assert_eq!(login_raw(server.addr(), "alice", "wrong").0, 429);
+}
+
+#[test]
+fn a_change_made_with_the_cookie_needs_the_csrf_header() {
+    let server = start();
+    add_user(&server, "alice", "pw", false);
+    let alice = login(server.addr(), "alice", "pw");
+    let fact = json!({"content": "the sky is green"});
+    let (status, body) = with_cookie(
+        server.addr(),
+        &alice,
+        "POST",
+        "/api/memories",
+        Some(&fact),
+        false,
+    );
+    assert_eq!(status, 403, "{body}");
+    let forged = SignedIn {
+        cookie: alice.cookie.clone(),
+        csrf: "forged".into(),
+    };
+    let (status, _) = with_cookie(
+        server.addr(),
+        &forged,
+        "POST",
+        "/api/memories",
+        Some(&fact),
+        true,
+    );
+    assert_eq!(status, 403);
+    let (status, _) = with_cookie(server.addr(), &alice, "POST", "/api/logout", None, false);
+    assert_eq!(status, 403, "signing out is a change too");
+    let (status, body) = with_cookie(
+        server.addr(),
+        &alice,
+        "POST",
+        "/api/memories",
+        Some(&fact),
+        true,
+    );
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = with_cookie(server.addr(), &alice, "GET", "/api/memories", None, false);
+    assert_eq!(status, 200);
+    assert_eq!(body["memories"].as_array().unwrap().len(), 1, "{body}");
+}
+
+#[test]
+fn api_tokens_stand_for_their_user_until_revoked_live_sockets_included() {
+    let server = start();
+    add_user(&server, "alice", "pw", false);
+    let alice = login(server.addr(), "alice", "pw");
+    let (status, made) = with_cookie(
+        server.addr(),
+        &alice,
+        "POST",
+        "/api/tokens",
+        Some(&json!({"name": "laptop"})),
+        true,
+    );
+    assert_eq!(status, 201, "{made}");
+    let token = made["token"].as_str().unwrap().to_owned();
+    let id = made["id"].as_str().unwrap().to_owned();
+    let (status, list) = with_cookie(server.addr(), &alice, "GET", "/api/tokens", None, false);
+    assert_eq!(status, 200);
+    assert_eq!(list["tokens"][0]["name"], "laptop");
+    assert!(!list.to_string().contains(&token), "never the secret again");
+
+    // The token is alice: what it makes, her cookie sees.
+    let mut socket = Client::connect(server.addr(), json!({"token": token}));
+    let conversation = socket.session_id.clone().unwrap();
+    socket.ask("hello from the laptop");
+    let (status, list) = with_cookie(
+        server.addr(),
+        &alice,
+        "GET",
+        "/api/conversations",
+        None,
+        false,
+    );
+    assert_eq!(status, 200);
+    assert!(list.to_string().contains(conversation.as_str()), "{list}");
+    assert_eq!(
+        http_json(
+            server.addr(),
+            "GET",
+            "/api/conversations",
+            Some(&token),
+            None
+        )
+        .0,
+        200
+    );
+
+    let (status, _) = with_cookie(
+        server.addr(),
+        &alice,
+        "DELETE",
+        &format!("/api/tokens/{id}"),
+        None,
+        true,
+    );
+    assert_eq!(status, 204);
+    assert_eq!(
+        http_json(
+            server.addr(),
+            "GET",
+            "/api/conversations",
+            Some(&token),
+            None
+        )
+        .0,
+        401,
+        "a revoked token is refused at once"
+    );
+    expect_closed_1008(&mut socket);
+    let mut refused = Client::open(server.addr());
+    refused.send(json!({"type": "connect", "data": {"token": token}}));
+    let frame = refused.next();
+    assert!(
+        matches!(
+            frame.frame,
+            ServerFrame::Error {
+                code: ErrorCode::Unauthorized,
+                ..
+            }
+        ),
+        "{frame:?}"
+    );
+}
+
+#[test]
+fn a_removed_users_live_socket_is_closed_and_their_cookie_refused() {
+    let server = start();
+    // Another account stays: with none left, the server would be open again, as before any.
+    add_user(&server, "alice", "pw", true);
+    add_user(&server, "bob", "pw", false);
+    let bob = login(server.addr(), "bob", "pw");
+    let mut socket = connected(socket_with_cookie(server.addr(), &bob, json!({})));
+    assert_eq!(socket.ask("still here?"), "You said: still here?");
+    let out = user_command(&server.dir, &["remove", "bob"], "");
+    assert!(out.status.success(), "{out:?}");
+    expect_closed_1008(&mut socket);
+    let (status, _) = with_cookie(
+        server.addr(),
+        &bob,
+        "GET",
+        "/api/conversations",
+        None,
+        false,
+    );
+    assert_eq!(status, 401);
+}
+
+#[test]
+fn a_logged_out_cookies_live_socket_is_closed() {
+    let server = start();
+    add_user(&server, "bob", "pw", false);
+    let bob = login(server.addr(), "bob", "pw");
+    let mut socket = connected(socket_with_cookie(server.addr(), &bob, json!({})));
+    let (status, _) = with_cookie(server.addr(), &bob, "POST", "/api/logout", None, true);
+    assert_eq!(status, 204);
+    expect_closed_1008(&mut socket);
+}
+
+#[test]
+fn users_never_see_each_others_conversations() {
+    let server = start();
+    add_user(&server, "alice", "pw-a", true);
+    add_user(&server, "bob", "pw-b", false);
+    let alice = login(server.addr(), "alice", "pw-a");
+    let bob = login(server.addr(), "bob", "pw-b");
+    let mut socket = connected(socket_with_cookie(server.addr(), &bob, json!({})));
+    let id = socket.session_id.clone().unwrap();
+    socket.ask("bob's secret plan");
+    let mine = format!("/api/conversations/{}", id.as_str());
+    assert_eq!(
+        with_cookie(server.addr(), &bob, "GET", &mine, None, false).0,
+        200
+    );
+
+    // Alice, an admin, sees none of it: not in her list, not by id, not its events, not by
+    // resuming it.
+    let (status, list) = with_cookie(
+        server.addr(),
+        &alice,
+        "GET",
+        "/api/conversations",
+        None,
+        false,
+    );
+    assert_eq!(status, 200);
+    assert!(!list.to_string().contains(id.as_str()), "{list}");
+    let (status, list) = with_cookie(
+        server.addr(),
+        &alice,
+        "GET",
+        "/api/conversations?q=secret",
+        None,
+        false,
+    );
+    assert_eq!(status, 200);
+    assert!(!list.to_string().contains(id.as_str()), "{list}");
+    for path in [
+        mine.clone(),
+        format!("{mine}/events"),
+        format!("{mine}/turns"),
+    ] {
+        assert_eq!(
+            with_cookie(server.addr(), &alice, "GET", &path, None, false).0,
+            404,
+            "{path}"
+        );
+    }
+    assert_eq!(
+        with_cookie(server.addr(), &alice, "DELETE", &mine, None, true).0,
+        404
+    );
+    let mut intruder = socket_with_cookie(
+        server.addr(),
+        &alice,
+        json!({"session_id": id.as_str(), "last_seq": 0}),
+    );
+    let frame = intruder.next();
+    assert!(
+        matches!(
+            frame.frame,
+            ServerFrame::Error {
+                code: ErrorCode::Unauthorized,
+                ..
+            }
+        ),
+        "{frame:?}"
+    );
+    expect_closed_1008(&mut intruder);
+    // Bob still has it.
+    assert_eq!(
+        with_cookie(server.addr(), &bob, "GET", &mine, None, false).0,
+        200
+    );
+}
+
+#[test]
+fn only_an_admin_manages_accounts() {
+    let server = start();
+    add_user(&server, "alice", "pw-a", true);
+    add_user(&server, "bob", "pw-b", false);
+    let alice = login(server.addr(), "alice", "pw-a");
+    let bob = login(server.addr(), "bob", "pw-b");
+    assert_eq!(
+        with_cookie(server.addr(), &bob, "GET", "/api/users", None, false).0,
+        403
+    );
+    let carol = json!({"name": "carol"});
+    assert_eq!(
+        with_cookie(
+            server.addr(),
+            &bob,
+            "POST",
+            "/api/users",
+            Some(&carol),
+            true
+        )
+        .0,
+        403
+    );
+    assert_eq!(
+        with_cookie(
+            server.addr(),
+            &bob,
+            "DELETE",
+            "/api/users/alice",
+            None,
+            true
+        )
+        .0,
+        403
+    );
+
+    let (status, list) = with_cookie(server.addr(), &alice, "GET", "/api/users", None, false);
+    assert_eq!(status, 200);
+    let names: Vec<&str> = list["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["alice", "bob"]);
+    let (status, made) = with_cookie(
+        server.addr(),
+        &alice,
+        "POST",
+        "/api/users",
+        Some(&carol),
+        true,
+    );
+    assert_eq!(status, 201, "{made}");
+    let password = made["password"].as_str().unwrap();
+    login(server.addr(), "carol", password);
+    assert_eq!(
+        with_cookie(
+            server.addr(),
+            &alice,
+            "POST",
+            "/api/users",
+            Some(&carol),
+            true
+        )
+        .0,
+        409
+    );
+    assert_eq!(
+        with_cookie(
+            server.addr(),
+            &alice,
+            "DELETE",
+            "/api/users/carol",
+            None,
+            true
+        )
+        .0,
+        204
+    );
+    assert_eq!(login_raw(server.addr(), "carol", password).0, 401);
+}
+
+#[test]
+fn configured_tokens_and_accounts_work_side_by_side() {
+    let server = start_with(|config| config.auth_tokens = vec!["operator-token".into()]);
+    add_user(&server, "alice", "pw", false);
+    let alice = login(server.addr(), "alice", "pw");
+    let (status, operator) = http_json(
+        server.addr(),
+        "GET",
+        "/api/conversations",
+        Some("operator-token"),
+        None,
+    );
+    assert_eq!(status, 200);
+    let (status, mine) = with_cookie(
+        server.addr(),
+        &alice,
+        "GET",
+        "/api/conversations",
+        None,
+        false,
+    );
+    assert_eq!(status, 200);
+    assert_ne!(operator["principal"], mine["principal"], "two principals");
+    // A configured token is no user: it has no API tokens of its own.
+    assert_eq!(
+        http_json(
+            server.addr(),
+            "GET",
+            "/api/tokens",
+            Some("operator-token"),
+            None
+        )
+        .0,
+        403
+    );
+    let mut socket = Client::connect(server.addr(), json!({"token": "operator-token"}));
+    assert_eq!(socket.ask("hi"), "You said: hi");
+}
