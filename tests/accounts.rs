@@ -568,8 +568,16 @@ fn only_an_admin_manages_accounts() {
         403
     );
 
+    let mut socket = connected(socket_with_cookie(server.addr(), &bob, json!({})));
+    socket.ask("one conversation of bob's");
+    // The count is of stored conversations: the journal writes bob's soon.
+    support::wait_until("bob's conversation to be counted", || {
+        let (_, list) = with_cookie(server.addr(), &alice, "GET", "/api/users", None, false);
+        list["users"][1]["conversations"] == 1
+    });
     let (status, list) = with_cookie(server.addr(), &alice, "GET", "/api/users", None, false);
     assert_eq!(status, 200);
+    assert_eq!(list["users"][0]["conversations"], 0, "{list}");
     let names: Vec<&str> = list["users"]
         .as_array()
         .unwrap()

@@ -401,9 +401,14 @@ impl Accounts {
         }
     }
 
-    /// `GET /api/users` (admin only): every account with its tokens' use; nothing of anyone's
+    /// `GET /api/users` (admin only): every account with its tokens' use and how many
+    /// conversations it has (`conversations` counts them for a principal); nothing of anyone's
     /// content.
-    pub fn list_users(&self, principal: &Principal) -> Response {
+    pub fn list_users(
+        &self,
+        principal: &Principal,
+        conversations: &dyn Fn(&Principal) -> Option<u64>,
+    ) -> Response {
         if let Err(response) = self.admin(principal) {
             return response;
         }
@@ -415,6 +420,7 @@ impl Accounts {
                     "name": u.user.name,
                     "admin": u.user.admin,
                     "created_at": rfc3339(u.user.created_at),
+                    "conversations": conversations(&Principal::user(u.user.id, &u.user.name)),
                     "tokens": u.tokens,
                     "token_last_used": u.token_last_used.map(rfc3339),
                 })).collect::<Vec<_>>() }),

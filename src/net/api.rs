@@ -1020,7 +1020,12 @@ fn revoke_token(ctx: &RouteContext, request: &ApiRequest<'_>) -> Response {
 
 /// `GET /api/users`.
 fn list_users(ctx: &RouteContext, request: &ApiRequest<'_>) -> Response {
-    ctx.accounts.list_users(request.principal)
+    ctx.accounts.list_users(request.principal, &|user| {
+        ctx.store
+            .count(user.as_str())
+            .inspect_err(|e| log::error!("api: {e}"))
+            .ok()
+    })
 }
 
 /// `POST /api/users`.
