@@ -19,14 +19,19 @@ use tungstenite::protocol::frame::coding::CloseCode;
 /// Runs `sparky user ARGS` against the store of `dir` (PostgreSQL's for `dir` in a run
 /// against PostgreSQL), with `stdin` on its standard input.
 fn user_command(dir: &Path, args: &[&str], stdin: &str) -> Output {
-    use std::io::Write;
     let dir = dir.to_str().unwrap();
     let mut all = vec!["user"];
     all.extend_from_slice(args);
     all.extend(["--data-dir", dir]);
+    sparky_command(&store_args(&all), stdin)
+}
+
+/// Runs `sparky ARGS` with `stdin` on its standard input.
+fn sparky_command(args: &[String], stdin: &str) -> Output {
+    use std::io::Write;
     let mut child = Command::new(env!("CARGO_BIN_EXE_sparky"))
         .args(["--log-level", "warn"])
-        .args(store_args(&all))
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -660,4 +665,32 @@ fn configured_tokens_and_accounts_work_side_by_side() {
     );
     let mut socket = Client::connect(server.addr(), json!({"token": "operator-token"}));
     assert_eq!(socket.ask("hi"), "You said: hi");
+}
+
+#[test]
+fn a_user_removed_through_one_instance_is_closed_out_on_every_instance() {
+    // Two instances on one PostgreSQL database, whatever store the rest of the run uses.
+    let url = support::postgres::fresh_database();
+    let instance = || TestServer::with_config(|config| config.database_url = Some(url.clone()));
+    let (a, b) = (instance(), instance());
+    for (name, admin) in [("alice", true), ("bob", false)] {
+        let mut args = vec!["user", "add", name, "--password-stdin", "--store", &url];
+        if admin {
+            args.push("--admin");
+        }
+        let args: Vec<String> = args.into_iter().map(str::to_owned).collect();
+        let out = sparky_command(&args, "pw\n");
+        assert!(out.status.success(), "{out:?}");
+    }
+    let bob = login(b.addr, "bob", "pw");
+    let mut socket = connected(socket_with_cookie(b.addr, &bob, json!({})));
+    assert_eq!(socket.ask("on b"), "You said: on b");
+    let alice = login(a.addr, "alice", "pw");
+    let (status, _) = with_cookie(a.addr, &alice, "DELETE", "/api/users/bob", None, true);
+    assert_eq!(status, 204);
+    expect_closed_1008(&mut socket);
+    assert_eq!(
+        with_cookie(b.addr, &bob, "GET", "/api/conversations", None, false).0,
+        401
+    );
 }

@@ -187,6 +187,7 @@ impl Accounts {
 
     /// True when sign-ins for `name` or from `client` have failed too often lately.
     fn locked(&self, name: &str, client: Option<IpAddr>) -> bool {
+        let name = tracked(name);
         let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
         let name_locked = failures
             .names
@@ -203,6 +204,7 @@ impl Accounts {
 
     /// Counts a failed sign-in against `name` and `client`.
     fn failed_sign_in(&self, name: &str, client: Option<IpAddr>) {
+        let name = tracked(name);
         let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
         if failures.names.len() >= MAX_TRACKED {
             failures.names.clear();
@@ -492,6 +494,14 @@ impl Accounts {
     }
 }
 
+/// What failures are counted under for `name`: its first [`MAX_NAME_CHARS`] characters (no
+/// account has a longer one), so that what is remembered per name stays small.
+fn tracked(name: &str) -> &str {
+    name.char_indices()
+        .nth(MAX_NAME_CHARS)
+        .map_or(name, |(end, _)| &name[..end])
+}
+
 /// True when `presented` is `expected` (a CSRF token), compared in constant time.
 pub fn csrf_matches(presented: Option<&str>, expected: &str) -> bool {
     presented.is_some_and(|presented| bool::from(presented.as_bytes().ct_eq(expected.as_bytes())))
@@ -528,5 +538,24 @@ impl AccountCheck for Accounts {
                 None
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked_and_failures_counted_under_a_bounded_key() {
+        assert!(check_name("alice.b-c_d@x").is_ok());
+        for bad in ["", "a b", "a/b", "é", &"a".repeat(MAX_NAME_CHARS + 1)] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+        let long = "n".repeat(10 * MAX_NAME_CHARS);
+        assert_eq!(tracked(&long).len(), MAX_NAME_CHARS);
+        assert_eq!(tracked("bob"), "bob");
+        assert!(csrf_matches(Some("abc"), "abc"));
+        assert!(!csrf_matches(Some("abd"), "abc"));
+        assert!(!csrf_matches(None, "abc"));
     }
 }

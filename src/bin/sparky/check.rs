@@ -85,11 +85,12 @@ fn data_dir(config: &Config) -> Outcome {
 
 fn token_outcome(config: &Config, tokens: Result<usize, StartError>) -> Outcome {
     match tokens {
-        Ok(0) if config.addr.ip().is_loopback() => {
-            Outcome::Ok("no tokens: anyone on this machine may connect".into())
-        }
+        Ok(0) if config.addr.ip().is_loopback() => Outcome::Ok(
+            "no tokens: anyone on this machine may connect, unless user accounts exist".into(),
+        ),
         Ok(0) => Outcome::Warn(format!(
-            "no tokens, and {} is reachable from elsewhere: anyone who can reach it may connect",
+            "no tokens, and {} is reachable from elsewhere: anyone who can reach it may connect, \
+             unless user accounts exist",
             config.addr
         )),
         Ok(n) => Outcome::Ok(format!("{n} token{}", if n == 1 { "" } else { "s" })),
