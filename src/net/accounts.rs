@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -68,6 +69,8 @@ pub struct Accounts {
     /// Mark the cookie `Secure` (`--public-url https://…`).
     secure: bool,
     failures: Mutex<Failures>,
+    /// Whether accounts existed when the store last said: the answer while it cannot say.
+    any_known: AtomicBool,
 }
 
 impl std::fmt::Debug for Accounts {
@@ -174,6 +177,7 @@ impl Accounts {
             store,
             secure,
             failures: Mutex::new(Failures::default()),
+            any_known: AtomicBool::new(false),
         }
     }
 
@@ -510,12 +514,15 @@ pub fn csrf_matches(presented: Option<&str>, expected: &str) -> bool {
 impl AccountCheck for Accounts {
     fn any(&self) -> bool {
         match self.store.user_counts() {
-            Ok((users, _)) => users > 0,
+            Ok((users, _)) => {
+                self.any_known.store(users > 0, Ordering::Relaxed);
+                users > 0
+            }
             Err(e) => {
-                // Fail closed: a store that cannot say whether accounts exist lets nobody in
-                // unauthenticated.
+                // What the store last said: a server with accounts stays closed (and their
+                // credentials cannot be checked now), one without goes on as it was.
                 log::error!("accounts: {e}");
-                true
+                self.any_known.load(Ordering::Relaxed)
             }
         }
     }
