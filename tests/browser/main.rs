@@ -8,7 +8,7 @@
 //! two tabs and across a reload (`branches.rs`), the model menu (`models.rs`), personas, token usage, a reload mid-answer and rendered answers with
 //! the markdown payload list (`answers.rs`), memories listed, added, edited and deleted, and
 //! the hints each kind of model gets (`memories.rs`), errors in words with their details
-//! (`errors.rs`), the phone layout (`phone.rs`), tokens (`tokens.rs`), MCP tool cards: Allow
+//! (`errors.rs`), the phone layout (`phone.rs`), tokens (`tokens.rs`), signing in and out (`accounts.rs`), MCP tool cards: Allow
 //! and Deny, "running…" once allowed, progress, images (`mcp.rs`), files attached by the
 //! paperclip, drag and drop and paste, thumbnails, downloads, the Files panel, files kept on
 //! edits, uploads that never run (`files.rs`). At the end the console must
@@ -20,6 +20,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod accounts;
 mod answers;
 mod branches;
 mod chat;
@@ -55,6 +56,7 @@ fn the_chat_page_works_in_a_real_browser() {
     models::run(&browser);
     phone::run(&browser);
     tokens::run(&browser);
+    accounts::run(&browser);
     mcp::run(&browser);
     files::run(&browser);
 

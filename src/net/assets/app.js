@@ -46,6 +46,7 @@
 (() => {
   const KEY_SESSION = "sparky.session_id";
   const KEY_TOKEN = "sparky.token";
+  const KEY_CSRF = "sparky.csrf"; // the sign-in's CSRF token (the cookie itself is HttpOnly)
   const KEY_PERSONAS = "sparky.personas";
   const KEY_MODELS = "sparky.models"; // the models the server offered last (ready.models)
   const FIRST_BACKOFF_MS = 500;
@@ -294,6 +295,8 @@
     const headers = {};
     const token = store.get(KEY_TOKEN);
     if (token) headers.Authorization = "Bearer " + token;
+    const csrf = store.get(KEY_CSRF);
+    if (csrf && method !== "GET") headers["X-Sparky-CSRF"] = csrf;
     if (body !== undefined) headers["Content-Type"] = "application/json";
     let response;
     try {
@@ -1415,6 +1418,7 @@
     exportMenu.dataset.disabled = sessionId === null ? "true" : "false";
     if (sessionId === null) exportMenu.open = false;
     $("forget-token").hidden = store.get(KEY_TOKEN) === null;
+    $("sign-out").hidden = store.get(KEY_CSRF) === null;
   }
 
   function setTitle(text, fromList) {
@@ -2054,6 +2058,7 @@
     halted = "token";
     const rejected = store.get(KEY_TOKEN) !== null;
     store.remove(KEY_TOKEN);
+    store.remove(KEY_CSRF);
     closeSocket();
     setConn("needs-token", "needs a token");
     $("token-note").textContent = rejected
@@ -2063,6 +2068,63 @@
     $("token").value = "";
     $("token").focus();
   }
+
+  // In with a token or a sign-in: the list and the conversation come back.
+  function admitted() {
+    $("token-box").hidden = true;
+    askedForToken = false;
+    halted = null;
+    refreshList();
+    if (sessionId) openConversation(sessionId);
+    else if (pendingText !== null) reconnectNow();
+    else setConn("idle", "new chat");
+  }
+
+  // POST /api/login: the server sets its HttpOnly cookie (which the WebSocket and every API
+  // request then carry) and answers the CSRF token that changes must send.
+  $("signin-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const name = $("signin-name").value.trim();
+    const password = $("signin-password").value;
+    if (!name || !password) return;
+    let response = null;
+    try {
+      response = await fetch("/api/login", {
+        method: "POST", cache: "no-store",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ name, password }),
+      });
+    } catch (_) {
+      $("signin-note").textContent = "The server cannot be reached.";
+      return;
+    }
+    $("signin-password").value = "";
+    if (response.status === 429) {
+      $("signin-note").textContent = "Too many failed sign-ins. Wait a minute and try again.";
+      return;
+    }
+    let data = null;
+    try { data = await response.json(); } catch (_) { data = null; }
+    if (!response.ok || !data || typeof data.csrf !== "string") {
+      $("signin-note").textContent = "Wrong name or password.";
+      return;
+    }
+    store.remove(KEY_TOKEN);
+    store.set(KEY_CSRF, data.csrf);
+    admitted();
+    updateControls();
+  });
+
+  $("sign-out").addEventListener("click", async () => {
+    try { await api("POST", "/api/logout"); } catch (_) { /* signed out or not, forget it */ }
+    store.remove(KEY_CSRF);
+    closeSocket();
+    conversations = [];
+    listEl.replaceChildren();
+    updateControls();
+    // Ask the server again: it brings the form back.
+    refreshList();
+  });
 
   $("token-form").addEventListener("submit", (event) => {
     event.preventDefault();
@@ -2286,6 +2348,8 @@
     upload.xhr = xhr;
     xhr.open("POST", "/api/files?name=" + encodeURIComponent(upload.name));
     if (token) xhr.setRequestHeader("Authorization", "Bearer " + token);
+    const csrf = store.get(KEY_CSRF);
+    if (csrf) xhr.setRequestHeader("X-Sparky-CSRF", csrf);
     xhr.setRequestHeader("Content-Type", upload.file.type || "application/octet-stream");
     xhr.upload.onprogress = (event) => {
       // The last percent waits for the server's answer: only then is the file stored.
