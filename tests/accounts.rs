@@ -694,3 +694,27 @@ fn a_user_removed_through_one_instance_is_closed_out_on_every_instance() {
         401
     );
 }
+
+#[test]
+fn an_unknown_name_costs_a_password_check_too() {
+    // Without the check an unknown name would answer in well under a millisecond, and a wrong
+    // password after an Argon2id hash: the fastest of three of each must be of one order.
+    let server = start();
+    add_user(&server, "alice", "right", false);
+    let fastest = |name: &str| {
+        (0..3)
+            .map(|_| {
+                let started = std::time::Instant::now();
+                assert_eq!(login_raw(server.addr(), name, "wrong").0, 401);
+                started.elapsed()
+            })
+            .min()
+            .unwrap()
+    };
+    let wrong = fastest("alice");
+    let unknown = fastest("nobody");
+    assert!(
+        unknown * 4 >= wrong && wrong * 4 >= unknown,
+        "a wrong password took {wrong:?}, an unknown name {unknown:?}"
+    );
+}
