@@ -23,8 +23,8 @@ use crate::common::metrics::Metrics;
 use crate::common::protocol::{Attachment, SessionId, Usage};
 use crate::conversation::session::Conversation;
 use crate::net::file_response;
-use crate::net::porting;
 use crate::net::http::{Body, Framing, JsonList, RequestBody, RequestHead, Response};
+use crate::net::porting;
 use crate::net::routes::{Found, Route, RouteContext, allow, find};
 use crate::store::{Edited, Node, PageSize, StoredFile, TurnsPage, Upload};
 

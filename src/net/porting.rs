@@ -19,12 +19,12 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::conversation::porting::sparky::{Export, ExportFile, ExportTurn, FORMAT, VERSION};
-use crate::conversation::porting::{self, MAX_IMPORT_BYTES};
-use crate::conversation::session::ImportRefusal;
 use crate::common::auth::Principal;
 use crate::common::error::Error;
 use crate::common::protocol::SessionId;
+use crate::conversation::porting::sparky::{Export, ExportFile, ExportTurn, FORMAT, VERSION};
+use crate::conversation::porting::{self, MAX_IMPORT_BYTES};
+use crate::conversation::session::ImportRefusal;
 use crate::net::file_response::content_disposition;
 use crate::net::http::{Body, Framing, RequestBody, Response, StreamBody, Streamed};
 use crate::net::routes::RouteContext;
@@ -128,7 +128,10 @@ pub fn export(
         .sessions
         .conversation(principal, &id)?
         .ok_or(Failure::NotFound)?;
-    let page = ctx.sessions.turns(principal, &id)?.ok_or(Failure::NotFound)?;
+    let page = ctx
+        .sessions
+        .turns(principal, &id)?
+        .ok_or(Failure::NotFound)?;
     let persona = ctx
         .store
         .load(&id, 0, 0)?

@@ -123,7 +123,10 @@ fn text_of(content: Content) -> String {
         if code.trim().is_empty() {
             return String::new();
         }
-        let language = content.language.filter(|l| l != "unknown").unwrap_or_default();
+        let language = content
+            .language
+            .filter(|l| l != "unknown")
+            .unwrap_or_default();
         return format!("```{language}\n{code}\n```");
     }
     if !matches!(kind, "text" | "multimodal_text") {

@@ -178,8 +178,8 @@ impl fmt::Display for ImportError {
 /// deeply, holds too many conversations, messages or turns, a conversation is in no known
 /// format, has fields of the wrong type, or a tree that loops.
 pub fn read(body: &[u8]) -> Result<Vec<Imported>, ImportError> {
-    let text = std::str::from_utf8(body)
-        .map_err(|_| ImportError::body("the body is not UTF-8 text"))?;
+    let text =
+        std::str::from_utf8(body).map_err(|_| ImportError::body("the body is not UTF-8 text"))?;
     let depth = crate::common::protocol::nesting_depth(text);
     if depth > MAX_IMPORT_NESTING {
         return Err(ImportError::body(format!(
@@ -226,11 +226,16 @@ pub fn read(body: &[u8]) -> Result<Vec<Imported>, ImportError> {
         } else if item.get("chat_messages").is_some() {
             claude::read(item)
         } else if item.is_object() {
-            Err("not a Sparky export (\"format\"), a ChatGPT conversation (\"mapping\") or a \
+            Err(
+                "not a Sparky export (\"format\"), a ChatGPT conversation (\"mapping\") or a \
                  Claude one (\"chat_messages\")"
-                .to_owned())
+                    .to_owned(),
+            )
         } else {
-            Err(format!("a conversation must be a JSON object, not {}", kind(&item)))
+            Err(format!(
+                "a conversation must be a JSON object, not {}",
+                kind(&item)
+            ))
         }
         .map_err(fail)?;
         turns += conversation.turns.len();
@@ -333,7 +338,12 @@ mod tests {
     #[test]
     fn a_body_that_is_not_a_list_of_conversations_says_why() {
         assert!(read(b"[]").unwrap_err().reason.contains("no conversation"));
-        assert!(read(b"42").unwrap_err().reason.contains("list of conversations"));
+        assert!(
+            read(b"42")
+                .unwrap_err()
+                .reason
+                .contains("list of conversations")
+        );
         let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
         assert!(read(deep.as_bytes()).unwrap_err().reason.contains("nested"));
         let error = read(br#"[{"title": "x", "what": 1}]"#).unwrap_err();

@@ -121,10 +121,7 @@ pub fn read(value: Value) -> Result<Imported, String> {
     let document: Document =
         serde_json::from_value(value).map_err(|e| format!("not a Sparky export: {e}"))?;
     if document.format != FORMAT {
-        return Err(format!(
-            "format {:?} is not {FORMAT:?}",
-            document.format
-        ));
+        return Err(format!("format {:?} is not {FORMAT:?}", document.format));
     }
     if document.version != VERSION {
         return Err(format!(

@@ -147,7 +147,12 @@ pub fn turns(
         }
         let id = turns.len() as u64 + 1;
         let answer = (!pending.answer.is_empty()).then(|| pending.answer.join("\n\n"));
-        turns.push(ImportedTurn::answered(id, pending.parent, pending.text, answer));
+        turns.push(ImportedTurn::answered(
+            id,
+            pending.parent,
+            pending.text,
+            answer,
+        ));
         closed.insert(pending.last, id);
         for node in pending.nodes {
             if turn_of[node] == 0 {
@@ -161,7 +166,10 @@ pub fn turns(
         roots.iter().rev().map(|root| (*root, 0, None)).collect();
     while let Some((at, mut parent_turn, mut pending)) = stack.pop() {
         if std::mem::replace(&mut seen[at], true) {
-            return Err(format!("message {:?} is reached twice (the tree loops)", messages[at].id));
+            return Err(format!(
+                "message {:?} is reached twice (the tree loops)",
+                messages[at].id
+            ));
         }
         reached += 1;
         let message = &messages[at];
@@ -277,7 +285,10 @@ mod tests {
         ];
         let (turns, leaf) = turns(messages.clone(), Some("a1b")).unwrap();
         assert_eq!(turns.len(), 3);
-        assert_eq!((turns[0].parent, turns[1].parent, turns[2].parent), (0, 1, 0));
+        assert_eq!(
+            (turns[0].parent, turns[1].parent, turns[2].parent),
+            (0, 1, 0)
+        );
         assert_eq!(turns[2].text, "hi");
         assert_eq!(leaf, 3);
         let (_, leaf) = super::turns(messages, Some("a2")).unwrap();

@@ -655,7 +655,10 @@ impl SessionManager {
     /// at a time, so that a few large ones cannot take the server's memory. `None` while
     /// another import runs.
     pub fn import_slot(&self) -> Option<ImportSlot<'_>> {
-        self.inner.importing.try_lock().map(|held| ImportSlot { _held: held })
+        self.inner
+            .importing
+            .try_lock()
+            .map(|held| ImportSlot { _held: held })
     }
 
     /// Stores `conversations` (read from an import, every one of them checked) as new
@@ -703,8 +706,8 @@ impl SessionManager {
             }
         }
         let mut quotas = self.inner.quotas.lock();
-        let stored = shared.store.count(owner).map_err(ImportRefusal::Store)?
-            + self.not_in_store(principal);
+        let stored =
+            shared.store.count(owner).map_err(ImportRefusal::Store)? + self.not_in_store(principal);
         let limit = shared.config.max_conversations_per_principal;
         let count = conversations.len() as u64;
         if stored + count > limit {
@@ -717,8 +720,9 @@ impl SessionManager {
         let mut ids = Vec::with_capacity(conversations.len());
         let mut batch = Vec::new();
         for conversation in &conversations {
-            let id = new_session_id()
-                .map_err(|e| ImportRefusal::Store(crate::common::error::Error::store(e.to_string())))?;
+            let id = new_session_id().map_err(|e| {
+                ImportRefusal::Store(crate::common::error::Error::store(e.to_string()))
+            })?;
             batch.extend(porting::writes(conversation, &id, owner));
             ids.push(id);
         }
@@ -736,7 +740,10 @@ impl SessionManager {
             if !files.is_empty()
                 && let Err(e) = shared.files.use_files(id, &files)
             {
-                log::warn!("session {}: its imported files are not recorded: {e}", id.short());
+                log::warn!(
+                    "session {}: its imported files are not recorded: {e}",
+                    id.short()
+                );
             }
         }
         log::info!("sessions: {} conversations imported", ids.len());
