@@ -100,7 +100,7 @@ fn too_large(what: &str) -> Failure {
     refused(
         413,
         "Content Too Large",
-        &format!(
+        format!(
             "{what} may be {} MiB at most; nothing was {}",
             MAX_IMPORT_BYTES >> 20,
             if what.starts_with("an import") {

@@ -12,7 +12,7 @@
 //! - `claude.rs`: a Claude data export's `conversations.json`.
 //! - `tree.rs`: a tree of foreign messages made into turns (both foreign formats).
 //!
-//! Depends on: `common::protocol`, `conversation::session`, `model`, `store`.
+//! Depends on: `common::protocol`, `conversation::session::persist`, `model`, `store`.
 
 pub mod chatgpt;
 pub mod claude;
