@@ -497,6 +497,13 @@ fn hostile_imports_are_refused_with_a_reason_and_import_nothing() {
     }}]);
     let deep = format!("{}{}", "[".repeat(5_000), "]".repeat(5_000));
     let too_many = format!("[{}]", vec!["{}"; 1_001].join(","));
+    let nodes: serde_json::Map<String, Value> = (0..20_001)
+        .map(|n| {
+            let parent = (n > 0).then(|| (n - 1).to_string());
+            (n.to_string(), json!({"message": null, "parent": parent}))
+        })
+        .collect();
+    let long = json!([{"title": "Long", "mapping": nodes}]).to_string();
     let cases: Vec<(String, &str)> = vec![
         (cyclic.to_string(), "loops"),
         (children_loop.to_string(), "conversation 0 (\"Back\")"),
@@ -533,6 +540,7 @@ fn hostile_imports_are_refused_with_a_reason_and_import_nothing() {
             "conversation 1 (\"Bad\")",
         ),
         (too_many, "1000 at most"),
+        (long, "20000 at most"),
     ];
     for (body, reason) in cases {
         let (status, answer) = import(&server, None, &body);

@@ -305,4 +305,27 @@ mod tests {
         let own = vec![message("a", Some("a"), Author::User, "x")];
         assert!(turns(own, None).unwrap_err().contains("loops"));
     }
+
+    #[test]
+    fn a_long_chain_is_walked_without_deepening_the_stack_and_a_longer_one_is_refused() {
+        let chain = |count: usize| {
+            (0..count)
+                .map(|n| {
+                    let author = if n % 2 == 0 {
+                        Author::User
+                    } else {
+                        Author::Assistant
+                    };
+                    let parent = n.checked_sub(1).map(|p| p.to_string());
+                    message(&n.to_string(), parent.as_deref(), author, "x")
+                })
+                .collect::<Vec<_>>()
+        };
+        let (turns, leaf) = turns(chain(MAX_IMPORT_MESSAGES), None).unwrap();
+        assert_eq!(turns.len(), MAX_IMPORT_MESSAGES / 2);
+        assert_eq!(leaf, turns.len() as u64);
+        assert_eq!(turns[9].parent, 9);
+        let error = super::turns(chain(MAX_IMPORT_MESSAGES + 1), None).unwrap_err();
+        assert!(error.contains("at most"), "{error}");
+    }
 }
