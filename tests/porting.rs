@@ -574,8 +574,12 @@ fn nobody_exports_or_reaches_another_principals_conversation() {
     let server = TestServer::with_config(|config| {
         config.auth_tokens = vec!["ann-token".into(), "bob-token".into()];
     });
+    let file = support::upload(server.addr, Some("ann-token"), "plan.txt", b"step one\n");
     let mut ann = Client::connect(server.addr, json!({"token": "ann-token"}));
-    ann.ask("my secret plan");
+    run(
+        &mut ann,
+        json!({"type": "message", "data": {"text": "my secret plan", "attachments": [file["id"]]}}),
+    );
     let id = ann.session_id.clone().unwrap();
     let path = format!("/api/conversations/{}/export", id.as_str());
     let (status, _) = http_json(server.addr, "GET", &path, Some("bob-token"), None);
@@ -584,10 +588,40 @@ fn nobody_exports_or_reaches_another_principals_conversation() {
     assert_eq!(status, 401);
     let (status, body) = http_json(server.addr, "GET", &path, Some("ann-token"), None);
     assert_eq!(status, 200);
-    // What Bob imports is Bob's alone.
+    assert_eq!(body["files"][0]["name"], "plan.txt");
+    assert_eq!(body["turns"][0]["attachments"][0]["id"], file["id"]);
+    // What Bob imports is Bob's alone, and names none of Ann's files.
     let copy = imported_one(&server, Some("bob-token"), &body.to_string());
+    let (_, turns) = http_json(
+        server.addr,
+        "GET",
+        &format!("/api/conversations/{copy}/turns"),
+        Some("bob-token"),
+        None,
+    );
+    assert_eq!(turns["turns"][0]["attachments"], json!([]), "{turns}");
+    let (_, bobs_files) = http_json(server.addr, "GET", "/api/files", Some("bob-token"), None);
+    assert_eq!(bobs_files["files"], json!([]));
+    // Ann's own copy keeps her file, and uses it.
+    let own = imported_one(&server, Some("ann-token"), &body.to_string());
+    let (_, turns) = http_json(
+        server.addr,
+        "GET",
+        &format!("/api/conversations/{own}/turns"),
+        Some("ann-token"),
+        None,
+    );
+    assert_eq!(turns["turns"][0]["attachments"][0]["id"], file["id"]);
+    let (_, used) = http_json(
+        server.addr,
+        "GET",
+        &format!("/api/files?conversation={own}"),
+        Some("ann-token"),
+        None,
+    );
+    assert_eq!(used["files"][0]["id"], file["id"]);
     assert_eq!(count(&server, Some("bob-token")), 1);
-    assert_eq!(count(&server, Some("ann-token")), 1);
+    assert_eq!(count(&server, Some("ann-token")), 2);
     let copy_path = format!("/api/conversations/{copy}/export");
     let (status, _) = http_json(server.addr, "GET", &copy_path, Some("ann-token"), None);
     assert_eq!(status, 404);
