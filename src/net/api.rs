@@ -1,6 +1,6 @@
 //! The conversation API of PROTOCOL.md section 10 as a route table: list, search, read, rename
 //! and delete conversations; list, search, add, edit and delete memories; upload, list, read
-//! and delete files. One route function per row, serde types for every body. The caller is a
+//! and delete files; export and import conversations (`porting.rs`). One route function per row, serde types for every body. The caller is a
 //! principal (the local one when the server requires no token); anything that is not theirs is
 //! a `404`, so that nobody learns which ids exist.
 //!
@@ -10,7 +10,7 @@
 //! is never held whole and one too large is refused before a byte of it is read. A file is
 //! served as `file_response.rs` says.
 //!
-//! Depends on: `common::auth`, `common::error`, `common::metrics`, `common::protocol`, `conversation::session`, `net::file_response`, `net::http`, `net::routes`, `store`, `store::files`.
+//! Depends on: `common::auth`, `common::error`, `common::metrics`, `common::protocol`, `conversation::session`, `net::file_response`, `net::http`, `net::porting`, `net::routes`, `store`, `store::files`.
 
 use std::io::Read;
 
@@ -24,6 +24,7 @@ use crate::common::protocol::{Attachment, SessionId, Usage};
 use crate::conversation::session::Conversation;
 use crate::net::file_response;
 use crate::net::http::{Body, Framing, JsonList, RequestBody, RequestHead, Response};
+use crate::net::porting;
 use crate::net::routes::{Found, Route, RouteContext, allow, find};
 use crate::store::{Edited, Node, PageSize, StoredFile, TurnsPage, Upload};
 
@@ -114,6 +115,16 @@ pub const API_ROUTES: &[Route<ApiRoute>] = &[
     },
     Route {
         method: "GET",
+        pattern: "/api/conversations/{id}/export",
+        handler: export,
+    },
+    Route {
+        method: "POST",
+        pattern: "/api/import",
+        handler: import,
+    },
+    Route {
+        method: "GET",
         pattern: "/api/memories",
         handler: memories,
     },
@@ -159,10 +170,15 @@ pub fn serves(path: &str) -> bool {
     path == "/api" || path.starts_with("/api/")
 }
 
-/// True for the requests whose body is read as a stream rather than whole: `POST /api/files`.
+/// True for the requests whose body is read as a stream rather than whole: `POST /api/files`
+/// and `POST /api/import` (read by their routes, once the token and the length are checked).
 /// The caller hands [`answer`] a [`RequestBody`] for them.
 pub fn streams(head: &RequestHead) -> bool {
-    head.method == "POST" && head.path.trim_end_matches('/') == "/api/files"
+    head.method == "POST"
+        && matches!(
+            head.path.trim_end_matches('/'),
+            "/api/files" | "/api/import"
+        )
 }
 
 /// Answers one API request, whose head is `head` and body `body` (read whole), or `upload`
@@ -617,6 +633,29 @@ fn delete_conversation(ctx: &RouteContext, request: &ApiRequest<'_>) -> Response
         Ok(true) => no_content(),
         Ok(false) => not_found(),
         Err(e) => failed(&e),
+    }
+}
+
+/// `GET /api/conversations/{id}/export`: the whole conversation, as `porting.rs` writes it.
+fn export(ctx: &RouteContext, request: &ApiRequest<'_>) -> Response {
+    let Some(id) = session_id(request) else {
+        return not_found();
+    };
+    porting::export(ctx, request.principal, &id).unwrap_or_else(|failure| answer_failure(&failure))
+}
+
+/// `POST /api/import`: a Sparky, ChatGPT or Claude export, as `porting.rs` reads it.
+fn import(ctx: &RouteContext, request: &ApiRequest<'_>) -> Response {
+    porting::import(ctx, request.principal, request.body, request.upload)
+        .unwrap_or_else(|failure| answer_failure(&failure))
+}
+
+/// The answer to an export or import that was not made.
+fn answer_failure(failure: &porting::Failure) -> Response {
+    match failure {
+        porting::Failure::NotFound => not_found(),
+        porting::Failure::Store(e) => failed(e),
+        porting::Failure::Refused(status, reason, message) => error(*status, reason, message),
     }
 }
 

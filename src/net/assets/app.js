@@ -2650,6 +2650,64 @@
     }
   }
 
+  // The server's own export: every branch of the conversation, which Import reads back.
+  async function exportWhole() {
+    exportMenu.open = false;
+    const id = sessionId;
+    if (!id) return;
+    const headers = {};
+    const token = store.get(KEY_TOKEN);
+    if (token) headers.Authorization = "Bearer " + token;
+    let text;
+    try {
+      const response = await fetch("/api/conversations/" + encodeURIComponent(id) + "/export",
+        { headers, cache: "no-store" });
+      text = await response.text();
+      if (!response.ok) {
+        let message = response.statusText;
+        try { message = JSON.parse(text).error || message; } catch (_) { /* not JSON */ }
+        throw new ApiError(response.status, message);
+      }
+    } catch (error) {
+      apiNote("The conversation could not be exported.", error instanceof ApiError ? error : new ApiError(0, "the server cannot be reached"));
+      return;
+    }
+    const known = conversations.find((c) => c.id === id);
+    const title = (known && known.title) || titleEl.textContent || "Conversation";
+    download(fileName(title, "json"), "application/json", text);
+  }
+
+  // Import: a file picked here is sent as it is; the server says what it made of it.
+  async function importFile(file) {
+    const headers = { "Content-Type": "application/json" };
+    const token = store.get(KEY_TOKEN);
+    if (token) headers.Authorization = "Bearer " + token;
+    let response;
+    let data = null;
+    try {
+      response = await fetch("/api/import", { method: "POST", headers, cache: "no-store", body: file });
+      try { data = await response.json(); } catch (_) { data = null; }
+    } catch (_) {
+      apiNote("Nothing was imported.", new ApiError(0, "the server cannot be reached"));
+      return;
+    }
+    if (!response.ok) {
+      if (response.status === 401) onUnauthorized();
+      apiNote("Nothing was imported.", new ApiError(response.status, (data && data.error) || response.statusText));
+      return;
+    }
+    const count = Array.isArray(data && data.imported) ? data.imported.length : 0;
+    note(count === 1 ? "One conversation was imported." : count + " conversations were imported.");
+    refreshList();
+  }
+
+  $("export-sparky").addEventListener("click", () => exportWhole());
+  $("import").addEventListener("click", () => $("import-file").click());
+  $("import-file").addEventListener("change", (event) => {
+    const file = event.target.files && event.target.files[0];
+    event.target.value = "";
+    if (file) importFile(file);
+  });
   $("export-markdown").addEventListener("click", () => exportAs("markdown"));
   $("export-json").addEventListener("click", () => exportAs("json"));
   document.addEventListener("click", (event) => {
