@@ -236,3 +236,19 @@ fn markup_in_an_answer_reaches_the_page_raw_for_its_sanitizer() {
     assert!(script.contains("DOMPurify.sanitize"), "{script}");
     assert!(script.contains("html: false"));
 }
+
+#[test]
+fn deleting_the_conversation_revokes_its_links() {
+    let server = server();
+    let mut ann = Client::connect(server.addr, json!({"token": ANN}));
+    say(&mut ann, "soon gone", &[]);
+    let conversation = ann.session_id.clone().unwrap();
+    let made = share(&server, ANN, conversation.as_str());
+    let link = format!("/api/shares/{}", made["share_id"].as_str().unwrap());
+    assert_eq!(http(server.addr, "GET", &link, None, None).0, 200);
+    let path = format!("/api/conversations/{conversation}");
+    assert_eq!(http(server.addr, "DELETE", &path, Some(ANN), None).0, 204);
+    assert_eq!(http(server.addr, "GET", &link, None, None).0, 404);
+    let (_, listed) = http_json(server.addr, "GET", "/api/shares", Some(ANN), None);
+    assert_eq!(listed["shares"], json!([]));
+}

@@ -1,11 +1,12 @@
 //! [`ShareStore`] for every [`Backend`]: a link written once under a fresh random id, read
-//! back by its id alone (whoever asks holds the link), listed and revoked by its owner.
+//! back by its id alone (whoever asks holds the link), listed and revoked by its owner, and
+//! revoked with its conversation ([`forget_shares`], in the journal's batch that deletes it).
 //!
 //! Depends on: `common::error`, `common::protocol`, `store::plan`, `store::shares`.
 
 use data_encoding::HEXLOWER;
 
-use super::{Backend, Param, Row, View, Write, unix_now};
+use super::{Backend, Db, Param, Row, View, Write, unix_now};
 use crate::common::error::{Error, Result};
 use crate::common::protocol::SessionId;
 use crate::store::shares::{Share, ShareStore};
@@ -17,6 +18,7 @@ const SHARE: &str =
 const SHARES: &str = "SELECT id, owner, session_id, title, '', created_at FROM shares \
      WHERE owner = ?1 ORDER BY created_at DESC, key DESC";
 const DELETE_SHARE: &str = "DELETE FROM shares WHERE id = ?1 AND owner = ?2";
+const FORGET_SHARES: &str = "DELETE FROM shares WHERE session_id = ?1";
 
 impl<B: Backend> ShareStore for B {
     fn create_share(
@@ -67,6 +69,17 @@ impl<B: Backend> ShareStore for B {
             Ok(db.run(DELETE_SHARE, &[Param::Text(id), Param::Text(owner)])? > 0)
         })
     }
+}
+
+/// Revokes every link to conversation `session`: its deletion leaves nothing of it readable.
+/// Runs in the journal's batch that deletes it.
+///
+/// # Errors
+///
+/// The database's.
+pub(super) fn forget_shares<E>(db: &mut dyn Db<Error = E>, session: &str) -> Result<(), E> {
+    db.run(FORGET_SHARES, &[Param::Text(session)])?;
+    Ok(())
 }
 
 /// A link as [`SHARE`] and [`SHARES`] read it.
