@@ -11,7 +11,7 @@
 //! them are stored in one transaction. One that cannot be read fails the whole import with a
 //! `400` that names it and says why.
 //!
-//! Depends on: `common::auth`, `common::error`, `common::protocol`, `conversation::porting`, `conversation::porting::sparky`, `conversation::session`, `net::file_response`, `net::http`, `net::routes`, `store`.
+//! Depends on: `common::auth`, `common::error`, `common::protocol`, `conversation::porting`, `conversation::session`, `net::file_response`, `net::http`, `net::routes`, `store`.
 
 use std::io::{self, Read, Write};
 use std::sync::Arc;

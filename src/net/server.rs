@@ -6,7 +6,7 @@
 //!
 //! Only this file, `http.rs`, `outbound.rs` and `connection.rs` touch client sockets.
 //!
-//! Depends on: `common::auth`, `common::config`, `common::error`, `common::metrics`, `conversation::bot`, `conversation::cluster`, `conversation::journal`, `conversation::memory`, `conversation::session`, `files`, `model`, `model::embed`, `model::offline`, `net::admission`, `net::api`, `net::connection`, `net::handler`, `net::http`, `net::inbound`, `net::outbound`, `net::policy`, `net::routes`, `net::shutdown`, `net::wake`, `store`, `store::cluster`, `store::files`, `store::postgres`, `store::sqlite`, `tools`, `tools::files`, `tools::mcp`.
+//! Depends on: `common::auth`, `common::config`, `common::error`, `common::metrics`, `conversation::bot`, `conversation::cluster`, `conversation::journal`, `conversation::memory`, `conversation::session`, `files`, `model`, `model::embed`, `model::offline`, `net::admission`, `net::api`, `net::connection`, `net::handler`, `net::http`, `net::inbound`, `net::outbound`, `net::policy`, `net::routes`, `net::shutdown`, `net::wake`, `store`, `store::cluster`, `store::files`, `store::postgres`, `store::shares`, `store::sqlite`, `tools`, `tools::files`, `tools::mcp`.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -44,7 +44,7 @@ use crate::net::routes::{Reply, RouteContext};
 use crate::net::shutdown::Shutdown;
 use crate::net::wake::{self, Sleeper};
 use crate::store::{
-    Cluster, ConversationStore, FileStore, GraphStore, PostgresStore, Solo, SqliteStore,
+    Cluster, ConversationStore, FileStore, GraphStore, PostgresStore, ShareStore, Solo, SqliteStore,
 };
 use crate::tools::ToolChain;
 use crate::tools::mcp::{self, McpServers};
@@ -164,7 +164,7 @@ pub fn spawn_with(
     // Before any connection: the signal that wakes a connection thread needs its handler.
     wake::install().map_err(|e| Error::io("wake-up signal", e))?;
     let metrics = Arc::new(Metrics::default());
-    let (conversations, graph, cluster, files) = open_store(&config)?;
+    let (conversations, graph, cluster, files, shares) = open_store(&config)?;
     // Before the journal starts, so that nothing else writes meanwhile.
     migrate_owners(conversations.as_ref(), graph.as_ref(), &config.auth_tokens)?;
     let embedder = embedder(&config);
@@ -225,6 +225,7 @@ pub fn spawn_with(
             journal: journal.clone(),
             graph: api_graph,
             files: library,
+            shares,
             model,
             tools,
             metrics: metrics.clone(),
@@ -488,7 +489,13 @@ fn open_store(config: &Config) -> Result<Stores> {
         let store = Arc::new(PostgresStore::connect(url, config.store_pool)?);
         store.set_size_limit(config.max_store_bytes)?;
         store.set_search_budget(config.search_budget);
-        return Ok((store.clone(), store.clone(), store.clone(), store));
+        return Ok((
+            store.clone(),
+            store.clone(),
+            store.clone(),
+            store.clone(),
+            store,
+        ));
     }
     let store = Arc::new(if config.in_memory {
         SqliteStore::in_memory()?
@@ -499,16 +506,23 @@ fn open_store(config: &Config) -> Result<Stores> {
         store.set_size_limit(Some(bytes))?;
     }
     store.set_search_budget(config.search_budget);
-    Ok((store.clone(), store.clone(), Arc::new(Solo), store))
+    Ok((
+        store.clone(),
+        store.clone(),
+        Arc::new(Solo),
+        store.clone(),
+        store,
+    ))
 }
 
-/// The store as each of its users sees it: conversations, the graph, the cluster, files
-/// (`--in-memory` keeps them in its in-memory SQLite database too).
+/// The store as each of its users sees it: conversations, the graph, the cluster, files, share
+/// links (`--in-memory` keeps them in its in-memory SQLite database too).
 type Stores = (
     Arc<dyn ConversationStore>,
     Arc<dyn GraphStore>,
     Arc<dyn Cluster>,
     Arc<dyn FileStore>,
+    Arc<dyn ShareStore>,
 );
 
 /// Moves what earlier versions stored under a token's SHA-1 fingerprint to its SHA-256 one, for

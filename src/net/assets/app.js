@@ -1413,6 +1413,7 @@
     if (stop) sendBtn.disabled = !ready;
     else sendBtn.disabled = halted === "token" || waiting || (sessionId !== null ? !ready : pendingText !== null);
     exportMenu.dataset.disabled = sessionId === null ? "true" : "false";
+    $("share-chat").disabled = sessionId === null;
     if (sessionId === null) exportMenu.open = false;
     $("forget-token").hidden = store.get(KEY_TOKEN) === null;
   }
@@ -2039,6 +2040,7 @@
     if (event.key !== "Escape") return;
     $("memories-box").hidden = true;
     $("files-box").hidden = true;
+    $("shares-box").hidden = true;
     $("confirm-box").hidden = true;
     exportMenu.open = false;
     closeSidebar();
@@ -2523,6 +2525,93 @@
   });
   $("files-close").addEventListener("click", () => { $("files-box").hidden = true; });
   $("files-all").addEventListener("change", loadFiles);
+
+  // ---- share links ----
+  // "Share" makes a read-only link to the conversation as it is now (POST
+  // /api/conversations/{id}/share) and shows it, copied when the browser lets the page; the
+  // "Shares" box lists the person's links, each with Revoke (DELETE /api/shares/{id}).
+
+  function shareAddress(url) {
+    return new URL(url, location.href).href;
+  }
+
+  async function loadShares() {
+    const list = $("share-list");
+    const noteEl = $("share-note");
+    noteEl.textContent = "Loading...";
+    let data;
+    try {
+      data = await api("GET", "/api/shares");
+    } catch (error) {
+      noteEl.textContent = "The links could not be loaded: " + explainApiError(error);
+      return;
+    }
+    list.replaceChildren(...data.shares.map(shareItem));
+    noteEl.textContent = data.shares.length ? "" : "No share links yet.";
+  }
+
+  function shareItem(share) {
+    const item = el("li", "share");
+    item.dataset.shareId = share.share_id;
+    const content = el("div", "content");
+    const link = el("a", "share-link", share.title || "Untitled");
+    link.href = shareAddress(share.url);
+    link.target = "_blank";
+    link.rel = "noopener noreferrer";
+    content.append(link, el("div", "meta", new Date(share.created_at).toLocaleString()));
+    const revoke = el("button", "danger revoke", "Revoke");
+    revoke.type = "button";
+    revoke.addEventListener("click", async () => {
+      revoke.disabled = true;
+      try {
+        await api("DELETE", "/api/shares/" + encodeURIComponent(share.share_id));
+      } catch (error) {
+        if (error.status !== 404) {
+          revoke.disabled = false;
+          $("share-note").textContent = "That link could not be revoked: " + explainApiError(error);
+          return;
+        }
+      }
+      item.remove();
+      if ($("share-url").value === link.href) $("share-new").hidden = true;
+      if ($("share-list").children.length === 0) $("share-note").textContent = "No share links yet.";
+    });
+    item.append(content, revoke);
+    return item;
+  }
+
+  function openShares() {
+    closeSidebar();
+    $("shares-box").hidden = false;
+    $("shares-close").focus();
+    loadShares();
+  }
+
+  $("share-chat").addEventListener("click", async () => {
+    if (sessionId === null) return;
+    let made;
+    try {
+      made = await api("POST", "/api/conversations/" + encodeURIComponent(sessionId) + "/share");
+    } catch (error) {
+      apiNote("The conversation could not be shared.", error);
+      return;
+    }
+    const address = shareAddress(made.url);
+    $("share-url").value = address;
+    $("share-new").hidden = false;
+    openShares();
+    $("share-url").select();
+    try { await navigator.clipboard.writeText(address); } catch (_) { /* shown, to copy by hand */ }
+  });
+  $("share-copy").addEventListener("click", async () => {
+    $("share-url").select();
+    try { await navigator.clipboard.writeText($("share-url").value); } catch (_) { /* selected */ }
+  });
+  $("open-shares").addEventListener("click", () => {
+    $("share-new").hidden = true;
+    openShares();
+  });
+  $("shares-close").addEventListener("click", () => { $("shares-box").hidden = true; });
 
   // ---- export ----
 
