@@ -17,6 +17,7 @@ pub mod context;
 pub mod events;
 pub mod journal;
 pub mod memory;
+pub mod porting;
 pub mod session;
 pub mod tool_calls;
 pub mod worker;

@@ -1,6 +1,9 @@
 //! The conversation API of PROTOCOL.md section 10 as a route table: list, search, read, rename
 //! and delete conversations; list, search, add, edit and delete memories; upload, list, read
-//! and delete files. One route function per row, serde types for every body. The caller is a
+//! and delete files; export and import conversations (`porting.rs`); make, list and revoke
+//! share links. A share link's copy and the files it lists are read without a token
+//! (`PUBLIC_ROUTES`): its 128-bit id is the secret. One route function per row, serde types
+//! for every body. The caller is a
 //! principal (the local one when the server requires no token); anything that is not theirs is
 //! a `404`, so that nobody learns which ids exist.
 //!
@@ -10,7 +13,7 @@
 //! is never held whole and one too large is refused before a byte of it is read. A file is
 //! served as `file_response.rs` says.
 //!
-//! Depends on: `common::auth`, `common::error`, `common::metrics`, `common::protocol`, `conversation::session`, `net::accounts`, `net::file_response`, `net::http`, `net::routes`, `store`, `store::files`.
+//! Depends on: `common::auth`, `common::error`, `common::metrics`, `common::protocol`, `conversation::session`, `net::accounts`, `net::file_response`, `net::http`, `net::porting`, `net::routes`, `store`, `store::files`, `store::shares`.
 
 use std::io::Read;
 use std::net::IpAddr;
@@ -21,13 +24,14 @@ use serde_json::value::RawValue;
 use crate::common::auth::{Auth, Principal};
 use crate::common::error::Error;
 use crate::common::metrics::Metrics;
-use crate::common::protocol::{Attachment, SessionId, Usage};
+use crate::common::protocol::{Attachment, ServerEnvelope, ServerFrame, SessionId, Usage};
 use crate::conversation::session::Conversation;
 use crate::net::accounts::{COOKIE, CSRF_HEADER, csrf_matches};
 use crate::net::file_response;
 use crate::net::http::{Body, Framing, JsonList, RequestBody, RequestHead, Response};
+use crate::net::porting;
 use crate::net::routes::{Found, Route, RouteContext, allow, find};
-use crate::store::{Edited, Node, PageSize, StoredFile, TurnsPage, Upload};
+use crate::store::{Edited, Node, PageSize, Share, StoredFile, TurnsPage, Upload};
 
 /// Largest request body accepted, in bytes.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -119,6 +123,41 @@ pub const API_ROUTES: &[Route<ApiRoute>] = &[
         handler: turns,
     },
     Route {
+        method: "POST",
+        pattern: "/api/conversations/{id}/share",
+        handler: share,
+    },
+    Route {
+        method: "GET",
+        pattern: "/api/shares",
+        handler: list_shares,
+    },
+    Route {
+        method: "GET",
+        pattern: "/api/shares/{share_id}",
+        handler: shared_route,
+    },
+    Route {
+        method: "DELETE",
+        pattern: "/api/shares/{share_id}",
+        handler: revoke_share,
+    },
+    Route {
+        method: "GET",
+        pattern: "/api/shares/{share_id}/files/{file_id}",
+        handler: shared_file_route,
+    },
+    Route {
+        method: "GET",
+        pattern: "/api/conversations/{id}/export",
+        handler: export,
+    },
+    Route {
+        method: "POST",
+        pattern: "/api/import",
+        handler: import,
+    },
+    Route {
         method: "GET",
         pattern: "/api/memories",
         handler: memories,
@@ -200,15 +239,38 @@ pub const API_ROUTES: &[Route<ApiRoute>] = &[
     },
 ];
 
+/// A route anyone may take, without a token: what a share link shows.
+type PublicRoute = fn(&RouteContext, &[&str]) -> Response;
+
+/// The routes of [`API_ROUTES`] that need no token: a share link's copy and its files. The id
+/// is the secret (128 random bits); a revoked or unknown one is a `404`.
+const PUBLIC_ROUTES: &[Route<PublicRoute>] = &[
+    Route {
+        method: "GET",
+        pattern: "/api/shares/{share_id}",
+        handler: shared,
+    },
+    Route {
+        method: "GET",
+        pattern: "/api/shares/{share_id}/files/{file_id}",
+        handler: shared_file,
+    },
+];
+
 /// True for the paths the API answers: `/api` and everything under `/api/`.
 pub fn serves(path: &str) -> bool {
     path == "/api" || path.starts_with("/api/")
 }
 
-/// True for the requests whose body is read as a stream rather than whole: `POST /api/files`.
+/// True for the requests whose body is read as a stream rather than whole: `POST /api/files`
+/// and `POST /api/import` (read by their routes, once the token and the length are checked).
 /// The caller hands [`answer`] a [`RequestBody`] for them.
 pub fn streams(head: &RequestHead) -> bool {
-    head.method == "POST" && head.path.trim_end_matches('/') == "/api/files"
+    head.method == "POST"
+        && matches!(
+            head.path.trim_end_matches('/'),
+            "/api/files" | "/api/import"
+        )
 }
 
 /// Answers one API request, whose head is `head` and body `body` (read whole), or `upload`
@@ -225,6 +287,9 @@ pub fn answer(
     client: Option<IpAddr>,
 ) -> Response {
     let path = head.path.trim_end_matches('/');
+    if let Found::Route(route, params) = find(PUBLIC_ROUTES, &head.method, path) {
+        return (route.handler)(ctx, &params);
+    }
     let cookie = head.cookie(COOKIE);
     let signing_in = path == "/api/login";
     let (principal, csrf) = if signing_in {
@@ -701,6 +766,29 @@ fn delete_conversation(ctx: &RouteContext, request: &ApiRequest<'_>) -> Response
     }
 }
 
+/// `GET /api/conversations/{id}/export`: the whole conversation, as `porting.rs` writes it.
+fn export(ctx: &RouteContext, request: &ApiRequest<'_>) -> Response {
+    let Some(id) = session_id(request) else {
+        return not_found();
+    };
+    porting::export(ctx, request.principal, &id).unwrap_or_else(|failure| answer_failure(&failure))
+}
+
+/// `POST /api/import`: a Sparky, ChatGPT or Claude export, as `porting.rs` reads it.
+fn import(ctx: &RouteContext, request: &ApiRequest<'_>) -> Response {
+    porting::import(ctx, request.principal, request.body, request.upload)
+        .unwrap_or_else(|failure| answer_failure(&failure))
+}
+
+/// The answer to an export or import that was not made.
+fn answer_failure(failure: &porting::Failure) -> Response {
+    match failure {
+        porting::Failure::NotFound => not_found(),
+        porting::Failure::Store(e) => failed(e),
+        porting::Failure::Refused(status, reason, message) => error(*status, reason, message),
+    }
+}
+
 /// `GET /api/memories[?q=words]`.
 fn memories(ctx: &RouteContext, request: &ApiRequest<'_>) -> Response {
     let owner = request.principal.as_str();
@@ -978,11 +1066,308 @@ fn delete_file(ctx: &RouteContext, request: &ApiRequest<'_>) -> Response {
 
 /// The file id the route's `{id}` names, if it can be one (32 hex characters).
 fn file_id<'a>(request: &ApiRequest<'a>) -> Option<&'a str> {
-    request
-        .params
-        .first()
-        .copied()
-        .filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+    request.params.first().copied().filter(|id| hex_id(id))
+}
+/// The frozen copy a share link keeps: the conversation's current path when it was made.
+#[derive(Debug, Serialize, Deserialize)]
+struct SharedCopy {
+    turns: Vec<SharedTurn>,
+}
+
+/// One turn of a [`SharedCopy`].
+#[derive(Debug, Serialize, Deserialize)]
+struct SharedTurn {
+    /// What the person wrote.
+    text: String,
+    /// The files their message carried.
+    attachments: Vec<Attachment>,
+    created_at: String,
+    /// `message`, `error`, `cancelled`, or `null` for a turn that was still running.
+    closing: Option<String>,
+    /// The answer (for an error, what had streamed before it), as the model wrote it: the page
+    /// renders it as sanitised markdown.
+    answer: Option<String>,
+    /// What went wrong, for a turn that closed with an error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    /// The files the turn's tools returned.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    files: Vec<Attachment>,
+}
+
+impl SharedCopy {
+    /// True when `file_id` is one of the files the copy lists.
+    fn lists(&self, file_id: &str) -> bool {
+        self.turns.iter().any(|turn| {
+            turn.attachments
+                .iter()
+                .chain(&turn.files)
+                .any(|file| file.id == file_id)
+        })
+    }
+}
+
+/// `GET /api/shares/{share_id}`: the copy, without a token.
+#[derive(Debug, Serialize)]
+struct SharedJson {
+    share_id: String,
+    title: Option<String>,
+    created_at: String,
+    turns: Vec<SharedTurn>,
+}
+
+/// `POST /api/conversations/{id}/share`'s answer.
+#[derive(Debug, Serialize)]
+struct NewShareJson {
+    share_id: String,
+    url: String,
+}
+
+/// One link of `GET /api/shares`.
+#[derive(Debug, Serialize)]
+struct ShareEntryJson {
+    share_id: String,
+    url: String,
+    conversation: String,
+    title: Option<String>,
+    created_at: String,
+}
+
+#[derive(Debug, Serialize)]
+struct SharesJson {
+    shares: Vec<ShareEntryJson>,
+}
+
+/// Where a share link's page is: `/s/{share_id}`.
+fn share_url(share_id: &str) -> String {
+    format!("/s/{share_id}")
+}
+
+/// `POST /api/conversations/{id}/share`: a frozen copy of the current path as it is now, under
+/// a new link. `201` `{share_id, url}`.
+fn share(ctx: &RouteContext, request: &ApiRequest<'_>) -> Response {
+    let Some(id) = session_id(request) else {
+        return not_found();
+    };
+    let title = match ctx.sessions.conversation(request.principal, &id) {
+        Ok(Some(conversation)) => conversation.summary.title,
+        Ok(None) => return not_found(),
+        Err(e) => return failed(&e),
+    };
+    let copy = match frozen_copy(ctx, request.principal, &id) {
+        Ok(Some(copy)) => copy,
+        Ok(None) => return not_found(),
+        Err(e) => return failed(&e),
+    };
+    let text = serde_json::to_string(&copy).unwrap_or_else(|_| r#"{"turns":[]}"#.into());
+    let owner = request.principal.as_str();
+    match ctx.shares.create_share(owner, &id, title.as_deref(), &text) {
+        Ok(share) => json(
+            201,
+            "Created",
+            &NewShareJson {
+                url: share_url(&share.id),
+                share_id: share.id,
+            },
+        ),
+        Err(e) => failed(&e),
+    }
+}
+
+/// The current path of `principal`'s conversation `id`, each turn with its closing answer;
+/// `None` when it is not theirs.
+fn frozen_copy(
+    ctx: &RouteContext,
+    principal: &Principal,
+    id: &SessionId,
+) -> Result<Option<SharedCopy>, Error> {
+    let Some(page) = ctx.sessions.turns(principal, id)? else {
+        return Ok(None);
+    };
+    // The path: from the leaf up its parents (bounded, whatever the store holds), then
+    // reversed.
+    let mut path = Vec::new();
+    let mut at = page.leaf;
+    while at != 0 && path.len() < page.turns.len() {
+        let Some(turn) = page.turns.iter().find(|turn| turn.turn_id == at) else {
+            break;
+        };
+        path.push(turn);
+        at = turn.parent;
+    }
+    path.reverse();
+    let mut turns = Vec::with_capacity(path.len());
+    for turn in path {
+        let mut shared = SharedTurn {
+            text: turn.text.clone(),
+            attachments: turn.attachments.clone(),
+            created_at: rfc3339(turn.created_at),
+            closing: turn.closing.map(|closing| closing.as_str().to_owned()),
+            answer: None,
+            error: None,
+            files: Vec::new(),
+        };
+        closing_of(ctx, principal, id, turn.turn_id, &mut shared)?;
+        turns.push(shared);
+    }
+    Ok(Some(SharedCopy { turns }))
+}
+
+/// Reads turn `turn`'s events, as `GET /api/conversations/{id}/events?turn_id=T` does, page
+/// after page, into `shared`: its answer or error, and the files its tools returned.
+fn closing_of(
+    ctx: &RouteContext,
+    principal: &Principal,
+    id: &SessionId,
+    turn: u64,
+    shared: &mut SharedTurn,
+) -> Result<(), Error> {
+    let size = PageSize {
+        limit: MAX_TURN_EVENTS,
+        max_bytes: MAX_PAGE_BYTES,
+    };
+    let mut after = 0;
+    loop {
+        let Some(bodies) = ctx.sessions.turn_events(principal, id, turn, after, size)? else {
+            return Ok(());
+        };
+        let mut last = after;
+        for body in &bodies {
+            let Ok(event) = serde_json::from_str::<ServerEnvelope>(body) else {
+                continue;
+            };
+            last = last.max(event.seq.unwrap_or(last));
+            match event.frame {
+                ServerFrame::Message { text, .. } => shared.answer = Some(text),
+                ServerFrame::Error {
+                    turn_id: Some(_),
+                    message,
+                    text,
+                    ..
+                } => {
+                    shared.error = Some(message);
+                    shared.answer = text;
+                }
+                ServerFrame::ToolResult { attachments, .. } => shared.files.extend(attachments),
+                _ => {}
+            }
+        }
+        if bodies.is_empty() || last == after {
+            return Ok(());
+        }
+        after = last;
+    }
+}
+
+/// `GET /api/shares`: the caller's links, newest first.
+fn list_shares(ctx: &RouteContext, request: &ApiRequest<'_>) -> Response {
+    match ctx.shares.shares(request.principal.as_str()) {
+        Ok(shares) => json(
+            200,
+            "OK",
+            &SharesJson {
+                shares: shares
+                    .into_iter()
+                    .map(|share| ShareEntryJson {
+                        url: share_url(&share.id),
+                        share_id: share.id,
+                        conversation: share.conversation,
+                        title: share.title,
+                        created_at: rfc3339(share.created_at),
+                    })
+                    .collect(),
+            },
+        ),
+        Err(e) => failed(&e),
+    }
+}
+
+/// `DELETE /api/shares/{share_id}`: the owner's only; the link stops working at once.
+fn revoke_share(ctx: &RouteContext, request: &ApiRequest<'_>) -> Response {
+    let Some(share_id) = request.params.first().copied().filter(|id| hex_id(id)) else {
+        return not_found();
+    };
+    match ctx
+        .shares
+        .delete_share(request.principal.as_str(), share_id)
+    {
+        Ok(true) => no_content(),
+        Ok(false) => not_found(),
+        Err(e) => failed(&e),
+    }
+}
+
+/// The share link `params[0]` names and its copy, or the answer when there is none.
+fn found_share(ctx: &RouteContext, params: &[&str]) -> Result<(Share, SharedCopy), Response> {
+    let Some(share_id) = params.first().copied().filter(|id| hex_id(id)) else {
+        return Err(not_found());
+    };
+    match ctx.shares.share(share_id) {
+        Ok(Some(share)) => match serde_json::from_str::<SharedCopy>(&share.copy) {
+            Ok(copy) => Ok((share, copy)),
+            Err(e) => {
+                log::error!("api: share link {share_id} holds an unreadable copy: {e}");
+                Err(not_found())
+            }
+        },
+        Ok(None) => Err(not_found()),
+        Err(e) => Err(failed(&e)),
+    }
+}
+
+/// `GET /api/shares/{share_id}` through [`API_ROUTES`] (the request is answered by
+/// [`PUBLIC_ROUTES`] first; this row makes the path's methods known for a `405`).
+fn shared_route(ctx: &RouteContext, request: &ApiRequest<'_>) -> Response {
+    shared(ctx, &request.params)
+}
+
+/// `GET /api/shares/{share_id}/files/{file_id}` through [`API_ROUTES`], as [`shared_route`].
+fn shared_file_route(ctx: &RouteContext, request: &ApiRequest<'_>) -> Response {
+    shared_file(ctx, &request.params)
+}
+
+/// `GET /api/shares/{share_id}`, without a token: the frozen copy, its text as it was written
+/// (the page renders it as sanitised markdown).
+fn shared(ctx: &RouteContext, params: &[&str]) -> Response {
+    match found_share(ctx, params) {
+        Ok((share, copy)) => json(
+            200,
+            "OK",
+            &SharedJson {
+                share_id: share.id,
+                title: share.title,
+                created_at: rfc3339(share.created_at),
+                turns: copy.turns,
+            },
+        ),
+        Err(response) => response,
+    }
+}
+
+/// `GET /api/shares/{share_id}/files/{file_id}`, without a token: a file the copy lists, with
+/// the headers of `file_response.rs`; any other file is a `404`.
+fn shared_file(ctx: &RouteContext, params: &[&str]) -> Response {
+    let (share, copy) = match found_share(ctx, params) {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
+    let Some(file_id) = params.get(1).copied().filter(|id| hex_id(id)) else {
+        return not_found();
+    };
+    if !copy.lists(file_id) {
+        return not_found();
+    }
+    let store = ctx.files.store();
+    match store.file(&share.owner, file_id) {
+        Ok(Some(file)) => file_response::response(store.clone(), &share.owner, &file),
+        Ok(None) => not_found(),
+        Err(e) => failed(&e),
+    }
+}
+
+/// True when `id` can be a file's or a share link's id: 32 hex characters.
+fn hex_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// The conversation id the route's `{id}` names, if it is one.

@@ -1,6 +1,7 @@
 //! The chat page and the static files it loads, bundled into the binary with `include_str!` so
 //! that the server needs nothing beside it: `page.html` (served at `/`), the page's own script
-//! and style sheet, and two vendored libraries, markdown-it (CommonMark to HTML) and DOMPurify
+//! and style sheet, a share link's read-only page (`share.html`, at `/s/{share_id}`) and its
+//! script, and two vendored libraries, markdown-it (CommonMark to HTML) and DOMPurify
 //! (the sanitizer), each minified with its license header (ARCHITECTURE.md says why).
 //!
 //! Every asset is served at `/assets/<name>`. The page names each one with `?v=<hash of its
@@ -16,12 +17,20 @@ use sha2::{Digest, Sha256};
 /// The page as written, before asset URLs get their version.
 const PAGE_SOURCE: &str = include_str!("assets/page.html");
 
+/// A share link's page as written (`/s/{share_id}`), before asset URLs get their version.
+const SHARE_PAGE_SOURCE: &str = include_str!("assets/share.html");
+
 /// Every file under `/assets/`: name, `Content-Type`, content.
 const FILES: &[(&str, &str, &str)] = &[
     (
         "app.js",
         "text/javascript; charset=utf-8",
         include_str!("assets/app.js"),
+    ),
+    (
+        "share.js",
+        "text/javascript; charset=utf-8",
+        include_str!("assets/share.js"),
     ),
     (
         "app.css",
@@ -93,14 +102,24 @@ pub fn find(path: &str) -> Option<&'static Asset> {
 /// The chat page, every `/assets/<name>` it names carrying its asset's version.
 pub fn page() -> &'static str {
     static PAGE: OnceLock<String> = OnceLock::new();
-    PAGE.get_or_init(|| {
-        let mut page = PAGE_SOURCE.to_owned();
-        for asset in all() {
-            let plain = format!("\"/assets/{}\"", asset.name);
-            page = page.replace(&plain, &format!("\"{}\"", asset.url()));
-        }
-        page
-    })
+    PAGE.get_or_init(|| versioned(PAGE_SOURCE))
+}
+
+/// A share link's read-only page, versioned as [`page`] is. The same for every link: its
+/// script reads the link's id from the address.
+pub fn share_page() -> &'static str {
+    static PAGE: OnceLock<String> = OnceLock::new();
+    PAGE.get_or_init(|| versioned(SHARE_PAGE_SOURCE))
+}
+
+/// `source` with every `/assets/<name>` it names carrying its asset's version.
+fn versioned(source: &str) -> String {
+    let mut page = source.to_owned();
+    for asset in all() {
+        let plain = format!("\"/assets/{}\"", asset.name);
+        page = page.replace(&plain, &format!("\"{}\"", asset.url()));
+    }
+    page
 }
 
 #[cfg(test)]
@@ -108,9 +127,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_share_page_loads_the_sanitizer_and_its_script_versioned() {
+        let page = share_page();
+        for name in ["markdown-it.min.js", "purify.min.js", "share.js", "app.css"] {
+            let asset = find(&format!("/assets/{name}")).unwrap();
+            assert!(page.contains(&asset.url()), "{name} is not named");
+        }
+        assert!(!page.contains("<script>"), "the page has an inline script");
+        assert!(!page.contains("<textarea") && !page.contains("<input"));
+    }
+
+    #[test]
     fn the_page_names_every_asset_with_its_version() {
         let page = page();
-        for asset in all() {
+        for asset in all().iter().filter(|asset| asset.name != "share.js") {
             assert!(page.contains(&asset.url()), "{} is not named", asset.name);
             assert_eq!(asset.version.len(), VERSION_CHARS);
             assert!(std::ptr::eq(

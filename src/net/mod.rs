@@ -20,6 +20,7 @@ pub mod http;
 pub mod inbound;
 pub mod outbound;
 pub mod policy;
+pub mod porting;
 pub mod routes;
 pub mod server;
 pub mod shutdown;

@@ -2,11 +2,12 @@
 //! pattern and the function that answers it. Each function gets what it needs passed in, in a
 //! [`RouteContext`] that `server.rs` builds once. This file has the table's machinery
 //! ([`Route`], [`find`]) and the page's routes: the chat page and its `/assets/` (the
-//! Content-Security-Policy; versioned assets cached for a year), `/healthz` (with the store's
+//! Content-Security-Policy; versioned assets cached for a year), a share link's page
+//! (`/s/{share_id}`), `/healthz` (with the store's
 //! state), `/metrics` (with the store's pool; figures only with a token when tokens are set)
 //! and the WebSocket endpoint's upgrade. The `/api/` routes are `api.rs`'s table.
 //!
-//! Depends on: `common::auth`, `common::metrics`, `conversation::journal`, `conversation::session`, `files`, `model`, `net::accounts`, `net::assets`, `net::http`, `net::shutdown`, `store`, `tools`.
+//! Depends on: `common::auth`, `common::metrics`, `conversation::journal`, `conversation::session`, `files`, `model`, `net::accounts`, `net::assets`, `net::http`, `net::shutdown`, `store`, `store::shares`, `tools`.
 
 use std::fmt;
 use std::sync::Arc;
@@ -24,7 +25,7 @@ use crate::net::accounts::{Accounts, COOKIE};
 use crate::net::assets;
 use crate::net::http::{RequestHead, Response};
 use crate::net::shutdown::Shutdown;
-use crate::store::{ConversationStore, GraphStore};
+use crate::store::{ConversationStore, GraphStore, ShareStore};
 use crate::tools::ToolChain;
 
 /// What the routes answer from, built once by `server.rs`: each route takes what it needs from
@@ -41,6 +42,8 @@ pub struct RouteContext {
     /// The files: uploads (typed by their bytes, their text read in the background), their
     /// limits, and the store they are kept in.
     pub files: Library,
+    /// Share links: the API's and `/s/{id}`'s.
+    pub shares: Arc<dyn ShareStore>,
     /// The model, which `/healthz` names and asks whether it is reachable.
     pub model: Arc<dyn ModelBackend>,
     /// The tools, which `/healthz` counts.
@@ -144,6 +147,8 @@ pub struct PageRequest<'a> {
     /// valid one. Otherwise `/healthz` shows only the status, and `/metrics` answers `401`
     /// unless `--public-metrics`.
     pub authorized: bool,
+    /// The path segments the route's `{…}`s matched, in order.
+    pub params: Vec<&'a str>,
 }
 
 /// What a page route answers.
@@ -183,6 +188,11 @@ pub const PAGE_ROUTES: &[Route<PageRoute>] = &[
     },
     Route {
         method: "GET",
+        pattern: "/s/{share_id}",
+        handler: share_page,
+    },
+    Route {
+        method: "GET",
         pattern: "/assets/*",
         handler: asset_route,
     },
@@ -207,9 +217,12 @@ impl RouteContext {
                 .auth
                 .check_either(head.token().as_deref(), head.cookie(COOKIE))
                 .is_ok(),
+            params: Vec::new(),
         };
         match find(PAGE_ROUTES, &head.method, &head.path) {
-            Found::Route(route, _) => (route.handler)(self, &request),
+            Found::Route(route, params) => {
+                (route.handler)(self, &PageRequest { params, ..request })
+            }
             Found::MethodNotAllowed(methods) => Reply::Response(Response {
                 allow: allow(methods).into(),
                 ..Response::text(
@@ -264,6 +277,34 @@ fn websocket(_: &RouteContext, request: &PageRequest<'_>) -> Reply {
 /// `/` and `/index.html`: the chat page.
 fn page(_: &RouteContext, _: &PageRequest<'_>) -> Reply {
     Reply::Response(chat_page())
+}
+
+/// `/s/{share_id}`: a share link's read-only page, for anyone who has the link; a `404` for an
+/// id that is not a link (any more).
+fn share_page(ctx: &RouteContext, request: &PageRequest<'_>) -> Reply {
+    let Some(id) = request
+        .params
+        .first()
+        .filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+    else {
+        return Reply::Response(not_found());
+    };
+    Reply::Response(match ctx.shares.share(id) {
+        Ok(Some(_)) => Response {
+            content_type: "text/html; charset=utf-8",
+            extra_headers: CHAT_PAGE_HEADERS,
+            ..Response::text(200, "OK", assets::share_page())
+        },
+        Ok(None) => not_found(),
+        Err(e) => {
+            log::error!("routes: {e}");
+            Response::text(
+                503,
+                "Service Unavailable",
+                "the store cannot be reached now\n",
+            )
+        }
+    })
 }
 
 /// `/assets/…`: a file the chat page loads.

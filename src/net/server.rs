@@ -6,7 +6,7 @@
 //!
 //! Only this file, `http.rs`, `outbound.rs` and `connection.rs` touch client sockets.
 //!
-//! Depends on: `common::auth`, `common::config`, `common::error`, `common::metrics`, `conversation::bot`, `conversation::cluster`, `conversation::journal`, `conversation::memory`, `conversation::session`, `files`, `model`, `model::embed`, `model::offline`, `net::accounts`, `net::admission`, `net::api`, `net::connection`, `net::handler`, `net::http`, `net::inbound`, `net::outbound`, `net::policy`, `net::routes`, `net::shutdown`, `net::wake`, `store`, `store::accounts`, `store::cluster`, `store::files`, `store::postgres`, `store::sqlite`, `tools`, `tools::files`, `tools::mcp`.
+//! Depends on: `common::auth`, `common::config`, `common::error`, `common::metrics`, `conversation::bot`, `conversation::cluster`, `conversation::journal`, `conversation::memory`, `conversation::session`, `files`, `model`, `model::embed`, `model::offline`, `net::accounts`, `net::admission`, `net::api`, `net::connection`, `net::handler`, `net::http`, `net::inbound`, `net::outbound`, `net::policy`, `net::routes`, `net::shutdown`, `net::wake`, `store`, `store::accounts`, `store::cluster`, `store::files`, `store::postgres`, `store::shares`, `store::sqlite`, `tools`, `tools::files`, `tools::mcp`.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -45,8 +45,8 @@ use crate::net::routes::{Reply, RouteContext};
 use crate::net::shutdown::Shutdown;
 use crate::net::wake::{self, Sleeper};
 use crate::store::{
-    AccountStore, Cluster, ConversationStore, FileStore, GraphStore, PostgresStore, Solo,
-    SqliteStore,
+    AccountStore, Cluster, ConversationStore, FileStore, GraphStore, PostgresStore, ShareStore,
+    Solo, SqliteStore,
 };
 use crate::tools::ToolChain;
 use crate::tools::mcp::{self, McpServers};
@@ -166,7 +166,7 @@ pub fn spawn_with(
     // Before any connection: the signal that wakes a connection thread needs its handler.
     wake::install().map_err(|e| Error::io("wake-up signal", e))?;
     let metrics = Arc::new(Metrics::default());
-    let (conversations, graph, cluster, files, account_store) = open_store(&config)?;
+    let (conversations, graph, cluster, files, shares, account_store) = open_store(&config)?;
     // Before the journal starts, so that nothing else writes meanwhile.
     migrate_owners(conversations.as_ref(), graph.as_ref(), &config.auth_tokens)?;
     let embedder = embedder(&config);
@@ -233,6 +233,7 @@ pub fn spawn_with(
             journal: journal.clone(),
             graph: api_graph,
             files: library,
+            shares,
             model,
             tools,
             metrics: metrics.clone(),
@@ -502,6 +503,7 @@ fn open_store(config: &Config) -> Result<Stores> {
             store.clone(),
             store.clone(),
             store.clone(),
+            store.clone(),
             store,
         ));
     }
@@ -519,17 +521,19 @@ fn open_store(config: &Config) -> Result<Stores> {
         store.clone(),
         Arc::new(Solo),
         store.clone(),
+        store.clone(),
         store,
     ))
 }
 
-/// The store as each of its users sees it: conversations, the graph, the cluster, files,
-/// accounts (`--in-memory` keeps them in its in-memory SQLite database too).
+/// The store as each of its users sees it: conversations, the graph, the cluster, files, share
+/// links, accounts (`--in-memory` keeps them in its in-memory SQLite database too).
 type Stores = (
     Arc<dyn ConversationStore>,
     Arc<dyn GraphStore>,
     Arc<dyn Cluster>,
     Arc<dyn FileStore>,
+    Arc<dyn ShareStore>,
     Arc<dyn AccountStore>,
 );
 

@@ -6,6 +6,7 @@
 //! - [`GraphStore`]: the knowledge graph, every node owned by one principal.
 //! - [`FileStore`] (`files.rs`): files, their bytes in pieces, the conversations that use them,
 //!   and their text.
+//! - [`ShareStore`] (`shares.rs`): share links, frozen read-only copies of conversations.
 //! - [`Cluster`] (`cluster.rs`): leases and signals between instances sharing one store.
 //!
 //! What is stored is decided once, in `plan/`: the rows a journal batch writes, the queries each
@@ -32,6 +33,7 @@ mod exported;
 mod files;
 mod plan;
 mod postgres;
+mod shares;
 mod sqlite;
 #[cfg(test)]
 pub(crate) mod tests;
@@ -54,6 +56,7 @@ pub use files::{
     UploadLimits, safe_name,
 };
 pub use postgres::{POSTGRES_SCHEMA_VERSION, PostgresStore};
+pub use shares::{Share, ShareStore};
 pub use sqlite::{BackupReport, DATABASE_FILE, SqliteStore, fts_queries};
 pub use tree::{TreeTurn, TurnTree};
 
@@ -66,7 +69,7 @@ pub const MAX_SEARCH_WORDS: usize = 16;
 
 /// The SQLite schema version this build writes. A store with a higher one was written by a
 /// newer Sparky and is refused. (PostgreSQL's is [`POSTGRES_SCHEMA_VERSION`].)
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 8;
 
 /// The owner of everything when the server requires no token.
 pub const LOCAL_OWNER: &str = "local";

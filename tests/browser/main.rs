@@ -11,7 +11,8 @@
 //! (`errors.rs`), the phone layout (`phone.rs`), tokens (`tokens.rs`), signing in and out (`accounts.rs`), MCP tool cards: Allow
 //! and Deny, "running…" once allowed, progress, images (`mcp.rs`), files attached by the
 //! paperclip, drag and drop and paste, thumbnails, downloads, the Files panel, files kept on
-//! edits, uploads that never run (`files.rs`). At the end the console must
+//! edits, uploads that never run (`files.rs`), share links made, opened in a tab without a token
+//! (their answers sanitised) and revoked (`shares.rs`). At the end the console must
 //! hold no script error and no Content-Security-Policy violation. Screenshots go to `target/browser-artifacts/`.
 //!
 //! Chromium and chromedriver must be installed (`scripts/test` installs Debian's `chromium` and
@@ -33,6 +34,7 @@ mod mcp;
 mod memories;
 mod models;
 mod phone;
+mod shares;
 mod tokens;
 
 use std::time::Instant;
@@ -59,6 +61,7 @@ fn the_chat_page_works_in_a_real_browser() {
     accounts::run(&browser);
     mcp::run(&browser);
     files::run(&browser);
+    shares::run(&browser);
 
     // No script error and no Content-Security-Policy violation anywhere along the way; the
     // only errors are the network failures the scenarios cause on purpose (a cut network, a

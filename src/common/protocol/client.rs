@@ -276,7 +276,7 @@ pub const MAX_NESTING: usize = 64;
 
 /// The deepest nesting of `[` and `{` in a JSON text, outside strings; a linear scan that
 /// costs far less than parsing.
-fn nesting_depth(text: &str) -> usize {
+pub fn nesting_depth(text: &str) -> usize {
     let (mut depth, mut deepest) = (0usize, 0usize);
     let (mut in_string, mut escaped) = (false, false);
     for byte in text.bytes() {

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 pub use client::{
     ApproveData, ClientFrame, ConnectData, DecodeError, EditData, HistoryEntry, HistoryRole,
     MAX_ATTACHMENTS, MAX_CLIENT_ID_CHARS, MAX_NESTING, MessageData, RegenerateData, SwitchData,
-    decode_client_frame,
+    decode_client_frame, nesting_depth,
 };
 pub use server::{ServerEnvelope, ServerFrame, StatusCode, StatusData, ToolStatus, Usage, encode};
 

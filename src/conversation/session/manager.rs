@@ -3,7 +3,7 @@
 //! policy, and serves the conversation API. The map lock is held only to look up, insert or
 //! remove; loading from the store and attaching happen after it is released.
 //!
-//! Depends on: `common::auth`, `common::config`, `common::error`, `common::metrics`, `common::protocol`, `common::rate`, `conversation::bot`, `conversation::journal`, `conversation::session`, `conversation::session::lease`, `conversation::session::limits`, `conversation::session::persist`, `conversation::session::relay`, `conversation::session::subscribers`, `conversation::session::tail`, `model`, `store`, `store::cluster`, `store::files`, `store::tree`.
+//! Depends on: `common::auth`, `common::config`, `common::error`, `common::metrics`, `common::protocol`, `common::rate`, `conversation::bot`, `conversation::journal`, `conversation::porting`, `conversation::session`, `conversation::session::lease`, `conversation::session::limits`, `conversation::session::persist`, `conversation::session::relay`, `conversation::session::subscribers`, `conversation::session::tail`, `model`, `store`, `store::cluster`, `store::files`, `store::tree`.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -20,6 +20,7 @@ use crate::common::protocol::{ConnectData, ErrorCode, HistoryRole, ServerFrame, 
 use crate::common::rate::Bucket;
 use crate::conversation::bot::{Bot, Engine, MAX_HISTORY_MESSAGES};
 use crate::conversation::journal::Journal;
+use crate::conversation::porting::{self, Imported};
 use crate::model::{ChatMessage, Role};
 use crate::store::{
     Cluster, ConversationStore, ConversationSummary, FileStore, PageSize, StoredConversation,
@@ -42,6 +43,28 @@ const RETENTION_BATCH: usize = 1_000;
 
 /// Longest title a rename keeps, in characters.
 const MAX_TITLE_CHARS: usize = 200;
+
+/// The right to import (see [`SessionManager::import_slot`]).
+#[derive(Debug)]
+pub struct ImportSlot<'a> {
+    _held: parking_lot::MutexGuard<'a, ()>,
+}
+
+/// Why an import was not stored.
+#[derive(Debug)]
+pub enum ImportRefusal {
+    /// The conversations would take their owner past the most they may keep.
+    Quota {
+        /// Conversations the owner has.
+        stored: u64,
+        /// Conversations the import holds.
+        count: u64,
+        /// The most they may keep.
+        limit: u64,
+    },
+    /// The store failed.
+    Store(crate::common::error::Error),
+}
 
 /// A refused `connect`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -108,6 +131,9 @@ struct ManagerInner {
     /// Each principal's creation rate and conversation count. Held while a new session is
     /// made and inserted; the order is quotas, then map, then session.
     quotas: Mutex<HashMap<Principal, Quota>>,
+    /// Held while an import is written: one at a time, so that a few large imports cannot
+    /// take the server's memory.
+    importing: Mutex<()>,
     shared: Shared,
 }
 
@@ -141,6 +167,7 @@ impl SessionManager {
             inner: Arc::new(ManagerInner {
                 sessions: Mutex::new(HashMap::new()),
                 quotas: Mutex::new(HashMap::new()),
+                importing: Mutex::new(()),
                 shared: Shared {
                     engine,
                     metrics,
@@ -622,6 +649,105 @@ impl SessionManager {
             .shared
             .store
             .events_before(principal.as_str(), id, before, size)
+    }
+
+    /// The right to import, held from before the body is read until it is stored: one import
+    /// at a time, so that a few large ones cannot take the server's memory. `None` while
+    /// another import runs.
+    pub fn import_slot(&self) -> Option<ImportSlot<'_>> {
+        self.inner
+            .importing
+            .try_lock()
+            .map(|held| ImportSlot { _held: held })
+    }
+
+    /// Stores `conversations` (read from an import, every one of them checked) as new
+    /// conversations of `principal`, all in one transaction, and returns their ids in order.
+    /// An attachment is kept only when `principal` owns the file; the conversations are then
+    /// recorded as using it. `_slot` ([`SessionManager::import_slot`]) says no other import
+    /// runs.
+    ///
+    /// # Errors
+    ///
+    /// [`ImportRefusal::Quota`] when the
+    /// conversations would take `principal` past `--max-conversations-per-principal`,
+    /// [`ImportRefusal::Store`] when the store failed; nothing is then stored.
+    pub fn import(
+        &self,
+        _slot: &ImportSlot<'_>,
+        principal: &Principal,
+        mut conversations: Vec<Imported>,
+    ) -> std::result::Result<Vec<SessionId>, ImportRefusal> {
+        let shared = &self.inner.shared;
+        let owner = principal.as_str();
+        // Attachments of files the importer does not own are dropped.
+        let mut wanted: Vec<String> = conversations
+            .iter()
+            .flat_map(|c| c.turns.iter())
+            .flat_map(|t| t.attachments.iter().map(|a| a.id.clone()))
+            .collect();
+        wanted.sort();
+        wanted.dedup();
+        let owned: std::collections::HashSet<String> = if wanted.is_empty() {
+            Default::default()
+        } else {
+            shared
+                .files
+                .files(owner, &wanted)
+                .map_err(ImportRefusal::Store)?
+                .into_iter()
+                .map(|file| file.id)
+                .collect()
+        };
+        for turn in conversations.iter_mut().flat_map(|c| c.turns.iter_mut()) {
+            turn.attachments.retain(|a| owned.contains(&a.id));
+            if turn.text.is_empty() && turn.attachments.is_empty() {
+                turn.text = "(an attachment that was not imported)".to_owned();
+            }
+        }
+        let mut quotas = self.inner.quotas.lock();
+        let stored =
+            shared.store.count(owner).map_err(ImportRefusal::Store)? + self.not_in_store(principal);
+        let limit = shared.config.max_conversations_per_principal;
+        let count = conversations.len() as u64;
+        if stored + count > limit {
+            return Err(ImportRefusal::Quota {
+                stored,
+                count,
+                limit,
+            });
+        }
+        let mut ids = Vec::with_capacity(conversations.len());
+        let mut batch = Vec::new();
+        for conversation in &conversations {
+            let id = new_session_id().map_err(|e| {
+                ImportRefusal::Store(crate::common::error::Error::store(e.to_string()))
+            })?;
+            batch.extend(porting::writes(conversation, &id, owner));
+            ids.push(id);
+        }
+        shared.store.apply(&batch).map_err(ImportRefusal::Store)?;
+        if let Some(quota) = quotas.get_mut(principal) {
+            quota.stored = Some(stored + count);
+        }
+        drop(quotas);
+        for (id, conversation) in ids.iter().zip(&conversations) {
+            let files: Vec<String> = conversation
+                .turns
+                .iter()
+                .flat_map(|t| t.attachments.iter().map(|a| a.id.clone()))
+                .collect();
+            if !files.is_empty()
+                && let Err(e) = shared.files.use_files(id, &files)
+            {
+                log::warn!(
+                    "session {}: its imported files are not recorded: {e}",
+                    id.short()
+                );
+            }
+        }
+        log::info!("sessions: {} conversations imported", ids.len());
+        Ok(ids)
     }
 
     /// The tree of `principal`'s conversation `id`, as `GET /api/conversations/{id}/turns`

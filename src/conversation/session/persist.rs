@@ -68,45 +68,8 @@ impl Persist {
         reset: bool,
         ack: Arc<dyn Durable>,
     ) {
-        let turn = match frame {
-            ServerFrame::UserMessage {
-                turn_id,
-                parent,
-                text,
-                client_id,
-                ..
-            } => TurnMark::Opened {
-                turn_id: turn_id.0,
-                text: text.clone(),
-                parent: parent.map_or(turn_id.0.saturating_sub(1), |p| p.0),
-                client_id: client_id.clone(),
-            },
-            ServerFrame::Branch { leaf } => TurnMark::Branch { leaf: leaf.0 },
-            ServerFrame::Message { usage, .. } => TurnMark::Closed {
-                usage: usage.unwrap_or_default(),
-                closing: Closing::Message,
-                reset,
-            },
-            ServerFrame::Error {
-                turn_id: Some(_), ..
-            } => TurnMark::Closed {
-                usage: Usage::default(),
-                closing: Closing::Error,
-                reset,
-            },
-            frame if frame.closes_turn() => TurnMark::Closed {
-                usage: Usage::default(),
-                closing: Closing::Cancelled,
-                reset,
-            },
-            _ => TurnMark::None,
-        };
-        let search_text = match frame {
-            ServerFrame::UserMessage { text, .. } | ServerFrame::Message { text, .. } => {
-                Some(text.clone())
-            }
-            _ => None,
-        };
+        let turn = turn_mark(frame, reset);
+        let search_text = search_text(frame);
         let op = WriteOp::Event {
             session: self.session.clone(),
             seq,
@@ -176,5 +139,55 @@ impl NoteWriter for Persist {
             session: self.session.clone(),
             text: text.to_owned(),
         });
+    }
+}
+
+/// What an event frame does to its turn's bookkeeping in the store; `reset` marks a closing
+/// frame whose turn cleared the history before it. Imports mark their events with it too, so
+/// that an imported turn is stored as a chatted one is.
+pub fn turn_mark(frame: &ServerFrame, reset: bool) -> TurnMark {
+    match frame {
+        ServerFrame::UserMessage {
+            turn_id,
+            parent,
+            text,
+            client_id,
+            ..
+        } => TurnMark::Opened {
+            turn_id: turn_id.0,
+            text: text.clone(),
+            parent: parent.map_or(turn_id.0.saturating_sub(1), |p| p.0),
+            client_id: client_id.clone(),
+        },
+        ServerFrame::Branch { leaf } => TurnMark::Branch { leaf: leaf.0 },
+        ServerFrame::Message { usage, .. } => TurnMark::Closed {
+            usage: usage.unwrap_or_default(),
+            closing: Closing::Message,
+            reset,
+        },
+        ServerFrame::Error {
+            turn_id: Some(_), ..
+        } => TurnMark::Closed {
+            usage: Usage::default(),
+            closing: Closing::Error,
+            reset,
+        },
+        frame if frame.closes_turn() => TurnMark::Closed {
+            usage: Usage::default(),
+            closing: Closing::Cancelled,
+            reset,
+        },
+        _ => TurnMark::None,
+    }
+}
+
+/// The text of an event frame that the conversation search looks at: user messages and
+/// answers.
+pub fn search_text(frame: &ServerFrame) -> Option<String> {
+    match frame {
+        ServerFrame::UserMessage { text, .. } | ServerFrame::Message { text, .. } => {
+            Some(text.clone())
+        }
+        _ => None,
     }
 }

@@ -1416,6 +1416,7 @@
     if (stop) sendBtn.disabled = !ready;
     else sendBtn.disabled = halted === "token" || waiting || (sessionId !== null ? !ready : pendingText !== null);
     exportMenu.dataset.disabled = sessionId === null ? "true" : "false";
+    $("share-chat").disabled = sessionId === null;
     if (sessionId === null) exportMenu.open = false;
     $("forget-token").hidden = store.get(KEY_TOKEN) === null;
     $("sign-out").hidden = store.get(KEY_CSRF) === null;
@@ -2043,6 +2044,7 @@
     if (event.key !== "Escape") return;
     $("memories-box").hidden = true;
     $("files-box").hidden = true;
+    $("shares-box").hidden = true;
     $("confirm-box").hidden = true;
     exportMenu.open = false;
     closeSidebar();
@@ -2588,6 +2590,93 @@
   $("files-close").addEventListener("click", () => { $("files-box").hidden = true; });
   $("files-all").addEventListener("change", loadFiles);
 
+  // ---- share links ----
+  // "Share" makes a read-only link to the conversation as it is now (POST
+  // /api/conversations/{id}/share) and shows it, copied when the browser lets the page; the
+  // "Shares" box lists the person's links, each with Revoke (DELETE /api/shares/{id}).
+
+  function shareAddress(url) {
+    return new URL(url, location.href).href;
+  }
+
+  async function loadShares() {
+    const list = $("share-list");
+    const noteEl = $("share-note");
+    noteEl.textContent = "Loading...";
+    let data;
+    try {
+      data = await api("GET", "/api/shares");
+    } catch (error) {
+      noteEl.textContent = "The links could not be loaded: " + explainApiError(error);
+      return;
+    }
+    list.replaceChildren(...data.shares.map(shareItem));
+    noteEl.textContent = data.shares.length ? "" : "No share links yet.";
+  }
+
+  function shareItem(share) {
+    const item = el("li", "share");
+    item.dataset.shareId = share.share_id;
+    const content = el("div", "content");
+    const link = el("a", "share-link", share.title || "Untitled");
+    link.href = shareAddress(share.url);
+    link.target = "_blank";
+    link.rel = "noopener noreferrer";
+    content.append(link, el("div", "meta", new Date(share.created_at).toLocaleString()));
+    const revoke = el("button", "danger revoke", "Revoke");
+    revoke.type = "button";
+    revoke.addEventListener("click", async () => {
+      revoke.disabled = true;
+      try {
+        await api("DELETE", "/api/shares/" + encodeURIComponent(share.share_id));
+      } catch (error) {
+        if (error.status !== 404) {
+          revoke.disabled = false;
+          $("share-note").textContent = "That link could not be revoked: " + explainApiError(error);
+          return;
+        }
+      }
+      item.remove();
+      if ($("share-url").value === link.href) $("share-new").hidden = true;
+      if ($("share-list").children.length === 0) $("share-note").textContent = "No share links yet.";
+    });
+    item.append(content, revoke);
+    return item;
+  }
+
+  function openShares() {
+    closeSidebar();
+    $("shares-box").hidden = false;
+    $("shares-close").focus();
+    loadShares();
+  }
+
+  $("share-chat").addEventListener("click", async () => {
+    if (sessionId === null) return;
+    let made;
+    try {
+      made = await api("POST", "/api/conversations/" + encodeURIComponent(sessionId) + "/share");
+    } catch (error) {
+      apiNote("The conversation could not be shared.", error);
+      return;
+    }
+    const address = shareAddress(made.url);
+    $("share-url").value = address;
+    $("share-new").hidden = false;
+    openShares();
+    $("share-url").select();
+    try { await navigator.clipboard.writeText(address); } catch (_) { /* shown, to copy by hand */ }
+  });
+  $("share-copy").addEventListener("click", async () => {
+    $("share-url").select();
+    try { await navigator.clipboard.writeText($("share-url").value); } catch (_) { /* selected */ }
+  });
+  $("open-shares").addEventListener("click", () => {
+    $("share-new").hidden = true;
+    openShares();
+  });
+  $("shares-close").addEventListener("click", () => { $("shares-box").hidden = true; });
+
   // ---- export ----
 
   async function allEvents(id) {
@@ -2714,6 +2803,64 @@
     }
   }
 
+  // The server's own export: every branch of the conversation, which Import reads back.
+  async function exportWhole() {
+    exportMenu.open = false;
+    const id = sessionId;
+    if (!id) return;
+    const headers = {};
+    const token = store.get(KEY_TOKEN);
+    if (token) headers.Authorization = "Bearer " + token;
+    let text;
+    try {
+      const response = await fetch("/api/conversations/" + encodeURIComponent(id) + "/export",
+        { headers, cache: "no-store" });
+      text = await response.text();
+      if (!response.ok) {
+        let message = response.statusText;
+        try { message = JSON.parse(text).error || message; } catch (_) { /* not JSON */ }
+        throw new ApiError(response.status, message);
+      }
+    } catch (error) {
+      apiNote("The conversation could not be exported.", error instanceof ApiError ? error : new ApiError(0, "the server cannot be reached"));
+      return;
+    }
+    const known = conversations.find((c) => c.id === id);
+    const title = (known && known.title) || titleEl.textContent || "Conversation";
+    download(fileName(title, "json"), "application/json", text);
+  }
+
+  // Import: a file picked here is sent as it is; the server says what it made of it.
+  async function importFile(file) {
+    const headers = { "Content-Type": "application/json" };
+    const token = store.get(KEY_TOKEN);
+    if (token) headers.Authorization = "Bearer " + token;
+    let response;
+    let data = null;
+    try {
+      response = await fetch("/api/import", { method: "POST", headers, cache: "no-store", body: file });
+      try { data = await response.json(); } catch (_) { data = null; }
+    } catch (_) {
+      apiNote("Nothing was imported.", new ApiError(0, "the server cannot be reached"));
+      return;
+    }
+    if (!response.ok) {
+      if (response.status === 401) onUnauthorized();
+      apiNote("Nothing was imported.", new ApiError(response.status, (data && data.error) || response.statusText));
+      return;
+    }
+    const count = Array.isArray(data && data.imported) ? data.imported.length : 0;
+    note(count === 1 ? "One conversation was imported." : count + " conversations were imported.");
+    refreshList();
+  }
+
+  $("export-sparky").addEventListener("click", () => exportWhole());
+  $("import").addEventListener("click", () => $("import-file").click());
+  $("import-file").addEventListener("change", (event) => {
+    const file = event.target.files && event.target.files[0];
+    event.target.value = "";
+    if (file) importFile(file);
+  });
   $("export-markdown").addEventListener("click", () => exportAs("markdown"));
   $("export-json").addEventListener("click", () => exportAs("json"));
   document.addEventListener("click", (event) => {

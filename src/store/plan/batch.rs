@@ -4,12 +4,13 @@
 //! key, a rename, a deletion) run as they come. The dialect writes the gathered rows
 //! ([`Db::write_rows`]) in the batch's transaction, which its backend opened and commits.
 //!
-//! Depends on: `common::protocol`, `store`, `store::cluster`, `store::plan`, `store::plan::files`.
+//! Depends on: `common::protocol`, `store`, `store::cluster`, `store::plan`, `store::plan::files`, `store::plan::shares`.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
 use super::files::forget_conversation;
+use super::shares::forget_shares;
 use super::{
     Column, Db, Dialect, Param, Table, big, calls_to_json, role_name, title_for, unix_now,
 };
@@ -406,6 +407,7 @@ pub fn apply<'a, E>(
                 signals.insert(session.as_str(), Signal::Deleted);
                 // The files only it used go with it (it is read from its row, still there).
                 forget_conversation(db, key)?;
+                forget_shares(db, session.as_str())?;
                 for statement in sql.delete_session {
                     db.run(statement, &[Param::Int(key)])?;
                 }

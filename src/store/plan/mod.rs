@@ -38,6 +38,7 @@ mod conversations;
 mod files;
 mod graph;
 mod share;
+mod shares;
 mod values;
 
 use std::borrow::Cow;

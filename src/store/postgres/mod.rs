@@ -102,7 +102,7 @@ const CONVERSATION_TABLES: &str = "events, messages, notes, turns, sessions, fil
 
 /// The tables a deletion on the pool (a fact, a file) frees space in, for `VACUUM`.
 const POOL_TABLES: &str = "nodes, edges, embeddings, files, file_uses, blobs, blob_chunks, \
-     blob_text, text_chunks, chunk_vectors";
+     blob_text, text_chunks, chunk_vectors, shares";
 
 /// The writer connection and what it remembers between batches.
 #[derive(Debug, Default)]

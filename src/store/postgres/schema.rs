@@ -21,7 +21,8 @@
 //! one database. Version 2 adds models, token totals and embeddings, version 3 the turn tree,
 //! and version 4 the owner's lexeme in the events' search vectors and a search vector of each
 //! title, so that the conversation search too is scoped to one principal inside its indexes. Version 5
-//! adds files (see [`V5`] for why their bytes are `bytea` in pieces).
+//! adds files (see [`V5`] for why their bytes are `bytea` in pieces), version 6 share links
+//! ([`V6_SHARES`]).
 //!
 //! Depends on: `common::error`, `store::postgres::pool`.
 
@@ -31,7 +32,7 @@ use crate::common::error::{Error, Result};
 
 /// The schema version this build writes. A database with a higher one was migrated by a newer
 /// Sparky and is refused.
-pub const POSTGRES_SCHEMA_VERSION: i64 = 6;
+pub const POSTGRES_SCHEMA_VERSION: i64 = 7;
 
 /// The advisory lock each migration's transaction takes: `sparky-migrate` in ASCII.
 const MIGRATION_LOCK: i64 = 0x7370_6172_6b79_6d67;
@@ -285,9 +286,25 @@ CREATE TABLE chunk_vectors (
 );
 "#;
 
-/// Entry `n` migrates from version `n` to `n + 1`.
-/// User accounts: users, their sign-ins (a cookie's SHA-256) and their named API tokens.
-const V6: &str = r#"
+/// Version 5 to 6: share links, each a frozen copy of a conversation's current path as JSON
+/// text, readable by whoever has its 128-bit random id. Self-contained, so that it can be joined
+/// with other version 6 tables into one migration.
+const V6_SHARES: &str = r#"
+CREATE TABLE shares (
+    key bigserial PRIMARY KEY,
+    id text NOT NULL UNIQUE,
+    owner text NOT NULL,
+    session_id text NOT NULL,
+    title text,
+    copy text NOT NULL,
+    created_at bigint NOT NULL
+);
+CREATE INDEX shares_owner ON shares (owner, created_at DESC, key DESC);
+"#;
+
+/// Version 6 to 7: user accounts: users, their sign-ins (a cookie's SHA-256) and their named
+/// API tokens.
+const V7: &str = r#"
 CREATE TABLE users (
     id bigserial PRIMARY KEY,
     name text NOT NULL UNIQUE,
@@ -317,7 +334,8 @@ CREATE TABLE api_tokens (
 CREATE INDEX api_tokens_user ON api_tokens (user_id);
 "#;
 
-const MIGRATIONS: [&str; POSTGRES_SCHEMA_VERSION as usize] = [V1, V2, V3, V4, V5, V6];
+/// Entry `n` migrates from version `n` to `n + 1`.
+const MIGRATIONS: [&str; POSTGRES_SCHEMA_VERSION as usize] = [V1, V2, V3, V4, V5, V6_SHARES, V7];
 
 /// Brings the database to [`POSTGRES_SCHEMA_VERSION`], one version per transaction.
 ///

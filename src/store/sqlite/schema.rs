@@ -7,7 +7,8 @@
 //! a conversation a tree of turns: a table of turns, each message's turn, and the leaf. Version
 //! 5 puts each row's owner into the full-text indexes, so that a search reads only its
 //! principal's postings, and indexes titles for the conversation search. Version 6 adds files:
-//! their bytes in pieces, the conversations that use them, and their text, indexed.
+//! their bytes in pieces, the conversations that use them, and their text, indexed. Version 7
+//! adds share links ([`V7_SHARES`]).
 //!
 //! Depends on: `common::error`, `store`.
 
@@ -380,9 +381,26 @@ fn v2_open_turns(tx: &Transaction<'_>) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// User accounts: users, their sign-ins (a cookie's SHA-256) and their named API tokens.
+/// Version 6 to 7: share links, each a frozen copy of a conversation's current path as JSON
+/// text, readable by whoever has its 128-bit random id. Self-contained, so that it can be joined
+/// with other version 7 tables into one migration.
+const V7_SHARES: &str = r#"
+CREATE TABLE shares (
+    key INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    owner TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    title TEXT,
+    copy TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX shares_owner ON shares (owner, created_at);
+"#;
+
+/// Version 7 to 8: user accounts: users, their sign-ins (a cookie's SHA-256) and their named
+/// API tokens.
 /// `AUTOINCREMENT`, so that a removed user's number (its principal) is never given again.
-const V7: &str = r#"
+const V8: &str = r#"
 CREATE TABLE users (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     name TEXT NOT NULL UNIQUE,
@@ -426,7 +444,8 @@ const MIGRATIONS: [Migration; SCHEMA_VERSION as usize] = [
     (V4, None),
     (V5, None),
     (V6, None),
-    (V7, None),
+    (V7_SHARES, None),
+    (V8, None),
 ];
 
 /// Brings the database to [`SCHEMA_VERSION`], one version per transaction.

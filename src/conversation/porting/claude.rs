@@ -1,0 +1,113 @@
+//! A conversation of a Claude data export (`conversations.json`): `uuid`, `name`,
+//! `created_at` and `chat_messages`, each `{uuid, sender: "human" | "assistant", text, content:
+//! [{type: "text", text}], created_at, parent_message_uuid?}`. Newer exports link each message
+//! to its parent (a tree: edits and retries are siblings; a parent the conversation does not
+//! hold, such as the all-zero uuid, is the start), and may name `current_leaf_message_uuid`;
+//! older ones are a list in order (each message follows the one before it). Content that is not
+//! text (tool use, thinking, files) is passed over. `tree.rs` makes the turns.
+//!
+//! Depends on: `conversation::porting`, `conversation::porting::tree`.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::Imported;
+use super::tree::{Author, Message, turns};
+
+#[derive(Debug, Deserialize)]
+struct Conversation {
+    #[serde(default)]
+    name: Option<String>,
+    chat_messages: Vec<ChatMessage>,
+    #[serde(default)]
+    current_leaf_message_uuid: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChatMessage {
+    #[serde(default)]
+    uuid: Option<String>,
+    sender: String,
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    content: Option<Vec<Part>>,
+    #[serde(default)]
+    parent_message_uuid: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Part {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    text: Option<String>,
+}
+
+/// Reads one Claude conversation.
+///
+/// # Errors
+///
+/// Why it cannot be read: a field of the wrong type, an unknown sender, a message without a
+/// `uuid` in a tree, a tree that loops.
+pub fn read(value: Value) -> Result<Imported, String> {
+    let conversation: Conversation =
+        serde_json::from_value(value).map_err(|e| format!("not a Claude conversation: {e}"))?;
+    let linked = conversation
+        .chat_messages
+        .iter()
+        .any(|message| message.parent_message_uuid.is_some());
+    let mut messages = Vec::with_capacity(conversation.chat_messages.len());
+    let mut previous: Option<String> = None;
+    for (at, message) in conversation.chat_messages.into_iter().enumerate() {
+        let author = match message.sender.as_str() {
+            "human" | "user" => Author::User,
+            "assistant" => Author::Assistant,
+            other => return Err(format!("message {at} has an unknown sender {other:?}")),
+        };
+        let id = match (message.uuid, linked) {
+            (Some(id), _) => id,
+            (None, false) => format!("#{at}"),
+            (None, true) => return Err(format!("message {at} has no uuid")),
+        };
+        let parent = if linked {
+            message.parent_message_uuid
+        } else {
+            previous.replace(id.clone())
+        };
+        let parts: Vec<String> = message
+            .content
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|part| part.kind == "text")
+            .filter_map(|part| part.text)
+            .filter(|text| !text.trim().is_empty())
+            .collect();
+        let text = if parts.is_empty() {
+            message.text.unwrap_or_default()
+        } else {
+            parts.join("\n\n")
+        };
+        messages.push(Message {
+            id,
+            parent,
+            children: None,
+            author,
+            text,
+            // The export's order is the order they were written.
+            time: Some(at as f64),
+        });
+    }
+    let current = if linked {
+        conversation.current_leaf_message_uuid
+    } else {
+        None
+    };
+    let (turns, leaf) = turns(messages, current.as_deref())?;
+    Ok(Imported {
+        title: conversation.name,
+        persona: None,
+        turns,
+        leaf,
+    })
+}
