@@ -182,13 +182,7 @@ impl PostgresStore {
     /// [`Error::Store`] when the URL is not one, the database cannot be reached, or its schema
     /// is newer than this build.
     pub fn inspect(url: &str) -> Result<String> {
-        let target = redact_url(url);
-        let config: postgres::Config = url.parse().map_err(|e| {
-            Error::store(format!(
-                "{target} is not a PostgreSQL URL like postgres://USER@HOST[:PORT]/DB: {e}"
-            ))
-        })?;
-        let mut connection = Connector::new(config, target.clone(), "sparky check").connect()?;
+        let (mut connection, target) = Self::check_connection(url)?;
         let client = &mut connection.client;
         let failed = |e: postgres::Error| store_error(&format!("database {target}"), e);
         let migrated: bool = client
@@ -219,6 +213,19 @@ impl PostgresStore {
         }
     }
 
+    /// A connection of `sparky check`'s own to the database at `url`, and the URL as it may be
+    /// shown (without its password).
+    fn check_connection(url: &str) -> Result<(Connection, String)> {
+        let target = redact_url(url);
+        let config: postgres::Config = url.parse().map_err(|e| {
+            Error::store(format!(
+                "{target} is not a PostgreSQL URL like postgres://USER@HOST[:PORT]/DB: {e}"
+            ))
+        })?;
+        let connection = Connector::new(config, target.clone(), "sparky check").connect()?;
+        Ok((connection, target))
+    }
+
     /// How many user accounts the database at `url` holds, and how many admins, without
     /// changing anything: for `sparky check`. `None` before the accounts' schema version.
     ///
@@ -226,13 +233,7 @@ impl PostgresStore {
     ///
     /// [`Error::Store`] when the database cannot be reached or read.
     pub fn inspect_accounts(url: &str) -> Result<Option<(u64, u64)>> {
-        let target = redact_url(url);
-        let config: postgres::Config = url.parse().map_err(|e| {
-            Error::store(format!(
-                "{target} is not a PostgreSQL URL like postgres://USER@HOST[:PORT]/DB: {e}"
-            ))
-        })?;
-        let mut connection = Connector::new(config, target.clone(), "sparky check").connect()?;
+        let (mut connection, target) = Self::check_connection(url)?;
         let client = &mut connection.client;
         let failed = |e: postgres::Error| store_error(&format!("database {target}"), e);
         let present: bool = client
