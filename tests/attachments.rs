@@ -7,70 +7,11 @@ mod support;
 
 use std::sync::Arc;
 
-use parking_lot::Mutex;
 use serde_json::{Value, json};
-use sparky::common::error::Result;
 use sparky::common::protocol::{ServerEnvelope, ServerFrame};
-use sparky::model::offline::OfflineModel;
-use sparky::model::{
-    ChatMessage, Conversation, ModelBackend, ModelReply, ReplySink, Role, ToolSpec,
-};
+use sparky::model::Role;
+use support::recording::Recording;
 use support::{Client, TestServer, upload};
-
-/// The offline model, recording every request: each message's role and text.
-#[derive(Default)]
-struct Recording {
-    requests: Mutex<Vec<Vec<(Role, String)>>>,
-    window: Option<usize>,
-    vision: bool,
-    /// The images of each request's last user message, as `(type, base64)`.
-    images: Mutex<Vec<Vec<(String, String)>>>,
-}
-
-impl Recording {
-    fn last(&self) -> Vec<(Role, String)> {
-        self.requests.lock().last().cloned().unwrap_or_default()
-    }
-}
-
-impl ModelBackend for Recording {
-    fn name(&self) -> String {
-        "recording".into()
-    }
-
-    fn context_tokens(&self) -> Option<usize> {
-        self.window
-    }
-
-    fn accepts_images(&self) -> bool {
-        self.vision
-    }
-
-    fn complete(
-        &self,
-        messages: Conversation<'_>,
-        tools: &[ToolSpec],
-        sink: &mut dyn ReplySink,
-    ) -> Result<ModelReply> {
-        let seen = messages
-            .iter()
-            .map(|m: &ChatMessage| (m.role, m.content.clone()))
-            .collect();
-        self.requests.lock().push(seen);
-        let images = messages
-            .iter()
-            .rfind(|m| m.role == Role::User)
-            .map(|m| {
-                m.images
-                    .iter()
-                    .map(|i| (i.mime_type.clone(), i.data.clone()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        self.images.lock().push(images);
-        OfflineModel.complete(messages, tools, sink)
-    }
-}
 
 /// Sends `frame` and reads the turn it opens to its end: its `user_message` and every frame.
 fn run(client: &mut Client, frame: Value) -> (ServerEnvelope, Vec<ServerEnvelope>) {

@@ -9,46 +9,10 @@ mod support;
 
 use std::sync::Arc;
 
-use parking_lot::Mutex;
 use serde_json::{Value, json};
-use sparky::common::error::Result;
 use sparky::common::protocol::{ServerEnvelope, ServerFrame, StatusCode, TurnId};
-use sparky::model::offline::OfflineModel;
-use sparky::model::{Conversation, ModelBackend, ModelReply, ReplySink, Role, ToolSpec};
+use support::recording::Recording;
 use support::{ChildServer, Client, TestServer, events_seen, http_json, kinds, temp_dir};
-
-/// The offline model, recording the user and assistant texts of every request it gets.
-#[derive(Default)]
-struct Recording {
-    requests: Mutex<Vec<Vec<String>>>,
-}
-
-impl Recording {
-    fn last(&self) -> Vec<String> {
-        self.requests.lock().last().cloned().unwrap_or_default()
-    }
-}
-
-impl ModelBackend for Recording {
-    fn name(&self) -> String {
-        "recording".into()
-    }
-
-    fn complete(
-        &self,
-        messages: Conversation<'_>,
-        tools: &[ToolSpec],
-        sink: &mut dyn ReplySink,
-    ) -> Result<ModelReply> {
-        let seen = messages
-            .iter()
-            .filter(|m| matches!(m.role, Role::User | Role::Assistant))
-            .map(|m| m.content.clone())
-            .collect();
-        self.requests.lock().push(seen);
-        OfflineModel.complete(messages, tools, sink)
-    }
-}
 
 /// Sends `frame` and reads the turn it opens to its end; returns the `user_message` and the
 /// closing frame.
@@ -132,7 +96,7 @@ fn edit_regenerate_and_switch_build_the_tree_and_the_model_sees_only_the_path() 
     assert_eq!(place(&edited), (1, Some(2), None));
     assert_eq!(answer(&closing), "You said: two, better");
     assert_eq!(
-        model.last(),
+        model.dialogue(),
         ["one", "You said: one", "two, better"],
         "the model saw another branch"
     );
@@ -144,13 +108,13 @@ fn edit_regenerate_and_switch_build_the_tree_and_the_model_sees_only_the_path() 
     );
     assert_eq!(again.frame.turn_id(), Some(TurnId(5)));
     assert_eq!(place(&again), (1, None, Some(4)));
-    assert_eq!(model.last(), ["one", "You said: one", "two, better"]);
+    assert_eq!(model.dialogue(), ["one", "You said: one", "two, better"]);
 
     // A message follows the leaf (turn 5).
     let (next, _) = run(&mut client, message("four"));
     assert_eq!(place(&next), (5, None, None));
     assert_eq!(
-        model.last(),
+        model.dialogue(),
         [
             "one",
             "You said: one",
@@ -168,7 +132,7 @@ fn edit_regenerate_and_switch_build_the_tree_and_the_model_sees_only_the_path() 
     let (after, _) = run(&mut client, message("five"));
     assert_eq!(place(&after), (3, None, None));
     assert_eq!(
-        model.last(),
+        model.dialogue(),
         [
             "one",
             "You said: one",

@@ -12,46 +12,10 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::sync::Arc;
 
-use parking_lot::Mutex;
 use serde_json::{Value, json};
-use sparky::common::error::Result;
 use sparky::common::protocol::SessionId;
-use sparky::model::offline::OfflineModel;
-use sparky::model::{Conversation, ModelBackend, ModelReply, ReplySink, Role, ToolSpec};
+use support::recording::Recording;
 use support::{Client, TestServer, http_json, http_raw, read_answer};
-
-/// The offline model, recording the user and assistant texts of every request it gets.
-#[derive(Default)]
-struct Recording {
-    requests: Mutex<Vec<Vec<String>>>,
-}
-
-impl Recording {
-    fn last(&self) -> Vec<String> {
-        self.requests.lock().last().cloned().unwrap_or_default()
-    }
-}
-
-impl ModelBackend for Recording {
-    fn name(&self) -> String {
-        "recording".into()
-    }
-
-    fn complete(
-        &self,
-        messages: Conversation<'_>,
-        tools: &[ToolSpec],
-        sink: &mut dyn ReplySink,
-    ) -> Result<ModelReply> {
-        let seen = messages
-            .iter()
-            .filter(|m| matches!(m.role, Role::User | Role::Assistant))
-            .map(|m| m.content.clone())
-            .collect();
-        self.requests.lock().push(seen);
-        OfflineModel.complete(messages, tools, sink)
-    }
-}
 
 /// Sends `frame` and reads the turn it opens to its end.
 fn run(client: &mut Client, frame: Value) {
@@ -225,7 +189,7 @@ fn an_export_imported_again_keeps_every_branch_and_the_leaf() {
     // The copy goes on from its leaf, turn 3: the model sees that path.
     assert_eq!(go_on(&server, &copy, "four"), "You said: four");
     assert_eq!(
-        model.last(),
+        model.dialogue(),
         [
             "one",
             "You said: one",
@@ -418,7 +382,7 @@ fn chatgpt_exports_import_with_their_branches_and_leaf_in_both_layouts() {
     // The conversation goes on from its leaf: the model sees the current path only.
     assert_eq!(go_on(&server, &ids[0], "And then?"), "You said: And then?");
     assert_eq!(
-        model.last(),
+        model.dialogue(),
         [
             "Hello",
             "Hi there",
@@ -478,7 +442,10 @@ fn claude_exports_import_in_both_layouts() {
     assert_eq!(shape, [(1, 0, "Q1"), (2, 1, "Q2"), (3, 1, "Q2 edited")]);
     assert_eq!(leaf, 3);
     assert_eq!(go_on(&server, &newer_id, "Q3"), "You said: Q3");
-    assert_eq!(model.last(), ["Q1", "A1", "Q2 edited", "A2 edited", "Q3"]);
+    assert_eq!(
+        model.dialogue(),
+        ["Q1", "A1", "Q2 edited", "A2 edited", "Q3"]
+    );
 }
 
 #[test]

@@ -6,6 +6,7 @@
 pub mod files;
 pub mod mcp;
 pub mod postgres;
+pub mod recording;
 
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
