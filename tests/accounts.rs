@@ -184,6 +184,21 @@ fn connected(mut client: Client) -> Client {
     client
 }
 
+/// Reads the next frame: an `unauthorized` error.
+fn expect_unauthorized(client: &mut Client) {
+    let frame = client.next();
+    assert!(
+        matches!(
+            frame.frame,
+            ServerFrame::Error {
+                code: ErrorCode::Unauthorized,
+                ..
+            }
+        ),
+        "{frame:?}"
+    );
+}
+
 fn expect_closed_1008(client: &mut Client) {
     let close = client.expect_close().expect("a close frame");
     assert_eq!(close.code, CloseCode::Policy, "{close:?}");
@@ -412,17 +427,7 @@ fn api_tokens_stand_for_their_user_until_revoked_live_sockets_included() {
     expect_closed_1008(&mut socket);
     let mut refused = Client::open(server.addr());
     refused.send(json!({"type": "connect", "data": {"token": token}}));
-    let frame = refused.next();
-    assert!(
-        matches!(
-            frame.frame,
-            ServerFrame::Error {
-                code: ErrorCode::Unauthorized,
-                ..
-            }
-        ),
-        "{frame:?}"
-    );
+    expect_unauthorized(&mut refused);
 }
 
 #[test]
@@ -517,17 +522,7 @@ fn users_never_see_each_others_conversations() {
         &alice,
         json!({"session_id": id.as_str(), "last_seq": 0}),
     );
-    let frame = intruder.next();
-    assert!(
-        matches!(
-            frame.frame,
-            ServerFrame::Error {
-                code: ErrorCode::Unauthorized,
-                ..
-            }
-        ),
-        "{frame:?}"
-    );
+    expect_unauthorized(&mut intruder);
     expect_closed_1008(&mut intruder);
     // Bob still has it.
     assert_eq!(
