@@ -14,7 +14,7 @@
 //! subscriber's [`Sink`], one batch per subscriber, under the session lock. A session starts
 //! its own turns on the server's [`TurnPool`].
 //!
-//! Depends on: `common::auth`, `common::cancel`, `common::error`, `common::metrics`, `common::protocol`, `conversation::agent`, `conversation::approval`, `conversation::bot`, `conversation::journal`, `conversation::worker`, `files`, `model`, `store`, `store::cluster`, `store::tree`, `tools::knowledge`.
+//! Depends on: `common::auth`, `common::cancel`, `common::error`, `common::metrics`, `common::protocol`, `conversation::agent`, `conversation::approval`, `conversation::bot`, `conversation::journal`, `conversation::quota`, `conversation::worker`, `files`, `model`, `store`, `store::cluster`, `store::tree`, `tools::knowledge`.
 
 mod branch;
 mod lease;
@@ -42,6 +42,7 @@ use crate::conversation::agent::Turn;
 use crate::conversation::approval::Approvals;
 use crate::conversation::bot::{Bot, interrupted};
 use crate::conversation::journal::Durable;
+use crate::conversation::quota::Quotas;
 use crate::conversation::worker::TurnPool;
 use crate::model::ChatMessage;
 use crate::store::{Cluster, ConversationStore, TurnTree};
@@ -111,6 +112,8 @@ struct SessionInner {
     metrics: Arc<Metrics>,
     /// The caps on running turns, shared by every session.
     limits: Arc<TurnLimits>,
+    /// Users' daily quotas, checked as each turn starts on its worker.
+    quotas: Arc<Quotas>,
     /// Where its turns run.
     turns: Turns,
     max_subscribers: usize,
@@ -291,6 +294,7 @@ impl Session {
             knowledge,
             metrics: shared.metrics.clone(),
             limits: shared.limits.clone(),
+            quotas: shared.quotas.clone(),
             turns: shared.turns.clone(),
             max_subscribers: shared.config.max_connections_per_session.max(1),
             persist,

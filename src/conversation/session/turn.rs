@@ -59,7 +59,9 @@ pub struct TurnStart {
 }
 
 impl Task for TurnStart {
-    /// Runs the agent loop; a panic becomes an `internal` error event that closes the turn.
+    /// Counts the turn against its owner's daily quota, which may close it at once with
+    /// `error` `quota`; else runs the agent loop. A panic becomes an `internal` error event
+    /// that closes the turn.
     fn run(self) {
         let TurnStart {
             turn,
@@ -68,6 +70,15 @@ impl Task for TurnStart {
             knowledge,
             permit,
         } = self;
+        // A turn cancelled before it started is not counted; it ends as cancelled.
+        if !cancel.is_cancelled() {
+            let inner = &events.session.inner;
+            if let Err(message) = inner.quotas.start_turn(&inner.owner) {
+                drop(permit);
+                events.fail(ErrorCode::Quota, &message);
+                return;
+            }
+        }
         let outcome = catch_unwind(AssertUnwindSafe(|| turn.run(&events, &cancel, &knowledge)));
         drop(permit);
         match outcome {

@@ -11,10 +11,12 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::files::forget_conversation;
 use super::shares::forget_shares;
+use super::usage::add_tokens;
 use super::{
     Column, Db, Dialect, Param, Table, big, calls_to_json, role_name, title_for, unix_now,
 };
 use crate::common::protocol::{SessionId, Usage};
+use crate::store::usage::day_of;
 use crate::store::{Signal, TurnMark, WriteOp};
 
 /// Conversation id to its integer key, as the writer learnt them. A backend clears it when a
@@ -263,6 +265,10 @@ pub fn apply<'a, E>(
     // The newest event of each conversation in the batch: an `Events` signal names it, so that
     // another instance reads up to it and no further before the signals after it.
     let mut newest: HashMap<&'a str, u64> = HashMap::new();
+    // The owners of the conversations whose turns closed with tokens, and those tokens, per
+    // owner: each owner's use of the day grows by them (`plan/usage.rs`).
+    let mut owners: HashMap<i64, String> = HashMap::new();
+    let mut tokens: BTreeMap<String, u64> = BTreeMap::new();
     for op in batch {
         match op {
             WriteOp::CreateSession {
@@ -281,6 +287,7 @@ pub fn apply<'a, E>(
                     Param::Int(now),
                 ])?;
                 keys.insert(id.clone(), key);
+                owners.insert(key, owner.clone());
             }
             WriteOp::Event {
                 session,
@@ -331,6 +338,12 @@ pub fn apply<'a, E>(
                     } => {
                         update.open = Some(None);
                         update.usage = update.usage.plus(*usage);
+                        let used = usage.prompt_tokens.saturating_add(usage.completion_tokens);
+                        if used > 0
+                            && let Some(owner) = owner_of(db, &mut owners, key)?
+                        {
+                            *tokens.entry(owner).or_default() += used;
+                        }
                         match update.open_here.take() {
                             Some(at) => {
                                 rows.turn_closed[at] = Some(big(*seq));
@@ -424,10 +437,12 @@ pub fn apply<'a, E>(
             };
             (signal, session, detail)
         }));
-    db.write_rows(&rows)
+    db.write_rows(&rows)?;
+    add_tokens(db, &tokens, day_of(now))
 }
 
 const SESSION_KEY: &str = "SELECT key FROM sessions WHERE id = ?1";
+const SESSION_OWNER: &str = "SELECT owner FROM sessions WHERE key = ?1";
 const RENAME: &str = "UPDATE sessions SET title = ?3 WHERE id = ?1 AND owner = ?2";
 
 /// The integer key of a conversation, or `None` when the store does not hold it.
@@ -442,6 +457,23 @@ fn session_key<E>(
     let found = db.row(SESSION_KEY, &[Param::Text(id.as_str())], |row| row.int(0))?;
     if let Some(key) = found {
         keys.insert(id.clone(), key);
+    }
+    Ok(found)
+}
+
+/// The owner of the conversation whose key is `key`, or `None` when the store does not hold
+/// it; `owners` keeps those already read.
+fn owner_of<E>(
+    db: &mut dyn Db<Error = E>,
+    owners: &mut HashMap<i64, String>,
+    key: i64,
+) -> Result<Option<String>, E> {
+    if let Some(owner) = owners.get(&key) {
+        return Ok(Some(owner.clone()));
+    }
+    let found = db.row(SESSION_OWNER, &[Param::Int(key)], |row| row.text(0))?;
+    if let Some(owner) = &found {
+        owners.insert(key, owner.clone());
     }
     Ok(found)
 }
