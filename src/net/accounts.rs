@@ -531,9 +531,17 @@ impl Accounts {
         if let Err(response) = self.admin(principal) {
             return response;
         }
-        let limits: NewLimits = match body(bytes) {
-            Ok(limits) => limits,
+        // An object only: serde would read a struct from a list too.
+        let limits = match body::<Value>(bytes) {
+            Ok(value @ Value::Object(_)) => serde_json::from_value::<NewLimits>(value),
+            Ok(_) => return refuse(400, "Bad Request", "the body is not a JSON object"),
             Err(response) => return response,
+        };
+        let limits = match limits {
+            Ok(limits) => limits,
+            Err(e) => {
+                return refuse(400, "Bad Request", &format!("the body cannot be read: {e}"));
+            }
         };
         let change = LimitChange {
             turns: limits.daily_turns,

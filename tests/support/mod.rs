@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // Each test file uses its own subset of these helpers.
 
+pub mod accounts;
 pub mod files;
 pub mod mcp;
 pub mod postgres;
