@@ -10,7 +10,8 @@
 //! (`GET /api/usage`), and each user's use and daily limits in the admin's list, set by an
 //! admin (`PATCH /api/users/{name}`), from `conversation::quota`.
 //!
-//! Depends on: `common::auth`, `common::config`, `common::error`, `common::password`, `common::rate`, `net::http`, `store::accounts`.
+//! Depends on: `common::auth`, `common::config`, `common::error`, `common::password`,
+//! `common::rate`, `conversation::quota`, `net::http`, `store::accounts`, `store::usage`.
 
 use std::collections::HashMap;
 use std::net::IpAddr;

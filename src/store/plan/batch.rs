@@ -4,7 +4,8 @@
 //! key, a rename, a deletion) run as they come. The dialect writes the gathered rows
 //! ([`Db::write_rows`]) in the batch's transaction, which its backend opened and commits.
 //!
-//! Depends on: `common::protocol`, `store`, `store::cluster`, `store::plan`, `store::plan::files`, `store::plan::shares`.
+//! Depends on: `common::protocol`, `store`, `store::cluster`, `store::plan`, `store::plan::files`,
+//! `store::plan::shares`, `store::plan::usage`, `store::usage`.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
