@@ -10,37 +10,23 @@ mod support;
 use std::sync::Arc;
 
 use serde_json::{Value, json};
-use sparky::common::error::Result;
 use sparky::common::protocol::{ErrorCode, ServerFrame, Usage};
-use sparky::model::offline::OfflineModel;
-use sparky::model::{Conversation, ModelBackend, ModelReply, ReplySink, ToolSpec};
 use support::accounts::{
     SignedIn, add_user, connected, login, socket_with_cookie, sparky_command, start,
     start_with_model, user_command, with_cookie,
 };
+use support::recording::Recording;
 use support::{Client, TestServer, http_json};
 
 /// The offline model, reporting 60 prompt and 40 completion tokens for every answer.
-struct Metered;
-
-impl ModelBackend for Metered {
-    fn name(&self) -> String {
-        "metered".into()
-    }
-
-    fn complete(
-        &self,
-        messages: Conversation<'_>,
-        tools: &[ToolSpec],
-        sink: &mut dyn ReplySink,
-    ) -> Result<ModelReply> {
-        let mut reply = OfflineModel.complete(messages, tools, sink)?;
-        reply.usage = Some(Usage {
+fn metered() -> Arc<Recording> {
+    Arc::new(Recording {
+        usage: Some(Usage {
             prompt_tokens: 60,
             completion_tokens: 40,
-        });
-        Ok(reply)
-    }
+        }),
+        ..Recording::default()
+    })
 }
 
 /// Sends `frame` (a `message`, `edit` or `regenerate`) and reads its turn: a `user_message`,
@@ -84,6 +70,24 @@ fn usage(server: &support::accounts::Server, user: &SignedIn) -> Value {
     usage
 }
 
+/// `PATCH /api/users/{name}` with `body`, by `admin` (with the CSRF header).
+fn set_limits(
+    server: &support::accounts::Server,
+    admin: &SignedIn,
+    name: &str,
+    body: &Value,
+) -> (u16, Value) {
+    let path = format!("/api/users/{name}");
+    with_cookie(server.addr(), admin, "PATCH", &path, Some(body), true)
+}
+
+/// `GET /api/users`, by `admin`.
+fn users(server: &support::accounts::Server, admin: &SignedIn) -> Value {
+    let (status, list) = with_cookie(server.addr(), admin, "GET", "/api/users", None, false);
+    assert_eq!(status, 200, "{list}");
+    list
+}
+
 /// The entry of `name` in the admin's list of users.
 fn listed(list: &Value, name: &str) -> Value {
     list["users"]
@@ -105,14 +109,7 @@ fn a_user_past_their_daily_turns_is_refused_while_another_is_served() {
     let bob = login(server.addr(), "bob", "pw-b");
     let carol = login(server.addr(), "carol", "pw-c");
     let two = json!({"daily_turns": 2});
-    let (status, entry) = with_cookie(
-        server.addr(),
-        &alice,
-        "PATCH",
-        "/api/users/bob",
-        Some(&two),
-        true,
-    );
+    let (status, entry) = set_limits(&server, &alice, "bob", &two);
     assert_eq!(status, 200, "{entry}");
     assert_eq!(entry["name"], "bob");
     assert_eq!(entry["daily_turns"], 2);
@@ -145,21 +142,13 @@ fn a_user_past_their_daily_turns_is_refused_while_another_is_served() {
 
     // Cleared, bob is back on the server's default: no limit.
     let cleared = json!({"daily_turns": null});
-    let (status, entry) = with_cookie(
-        server.addr(),
-        &alice,
-        "PATCH",
-        "/api/users/bob",
-        Some(&cleared),
-        true,
-    );
+    let (status, entry) = set_limits(&server, &alice, "bob", &cleared);
     assert_eq!(status, 200, "{entry}");
     assert_eq!(entry["daily_turns"], Value::Null);
     assert_eq!(socket.ask("four"), "You said: four");
     assert_eq!(usage(&server, &bob)["daily_turns"], Value::Null);
 
-    let (status, list) = with_cookie(server.addr(), &alice, "GET", "/api/users", None, false);
-    assert_eq!(status, 200, "{list}");
+    let list = users(&server, &alice);
     assert_eq!(
         list["defaults"],
         json!({"daily_turns": null, "daily_tokens": null})
@@ -180,7 +169,7 @@ fn a_daily_token_limit_counts_answers_usage_and_defaults_bind_accounts_only() {
             config.daily_tokens = 150;
             config.auth_tokens = vec!["operator-token".into()];
         },
-        Arc::new(Metered),
+        metered(),
     );
     add_user(&server, "alice", "pw-a", true);
     add_user(&server, "bob", "pw-b", false);
@@ -225,7 +214,7 @@ fn a_daily_token_limit_counts_answers_usage_and_defaults_bind_accounts_only() {
         401
     );
 
-    let (_, list) = with_cookie(server.addr(), &alice, "GET", "/api/users", None, false);
+    let list = users(&server, &alice);
     assert_eq!(
         list["defaults"],
         json!({"daily_turns": null, "daily_tokens": 150})
@@ -237,14 +226,7 @@ fn a_daily_token_limit_counts_answers_usage_and_defaults_bind_accounts_only() {
 
     // A user's own 0 is no limit, whatever the default.
     let unlimited = json!({"daily_tokens": 0});
-    let (status, entry) = with_cookie(
-        server.addr(),
-        &alice,
-        "PATCH",
-        "/api/users/bob",
-        Some(&unlimited),
-        true,
-    );
+    let (status, entry) = set_limits(&server, &alice, "bob", &unlimited);
     assert_eq!((status, &entry["daily_tokens"]), (200, &json!(0)));
     assert_eq!(socket.ask("four"), "You said: four");
     assert_eq!(usage(&server, &bob)["daily_tokens"], Value::Null);
@@ -275,7 +257,7 @@ fn only_an_admin_sets_limits_and_a_bad_body_is_refused() {
         let (status, answer) = patch(&alice, "/api/users/bob", &bad, true);
         assert_eq!(status, 400, "{bad}: {answer}");
     }
-    let (_, list) = with_cookie(server.addr(), &alice, "GET", "/api/users", None, false);
+    let list = users(&server, &alice);
     assert_eq!(
         listed(&list, "bob")["daily_turns"],
         Value::Null,
@@ -292,16 +274,10 @@ fn only_an_admin_sets_limits_and_a_bad_body_is_refused() {
     );
     // A new account may come with its limits.
     let carol = json!({"name": "carol", "password": "pw-c", "daily_turns": 7});
-    let (status, made) = with_cookie(
-        server.addr(),
-        &alice,
-        "POST",
-        "/api/users",
-        Some(&carol),
-        true,
-    );
+    let addr = server.addr();
+    let (status, made) = with_cookie(addr, &alice, "POST", "/api/users", Some(&carol), true);
     assert_eq!(status, 201, "{made}");
-    let (_, list) = with_cookie(server.addr(), &alice, "GET", "/api/users", None, false);
+    let list = users(&server, &alice);
     let entry = listed(&list, "carol");
     assert_eq!(
         (&entry["daily_turns"], &entry["daily_tokens"]),

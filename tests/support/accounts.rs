@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use sparky::common::protocol::ServerFrame;
 use sparky::model::ModelBackend;
 use sparky::model::offline::OfflineModel;
 
@@ -188,12 +187,7 @@ pub fn socket_with_cookie(addr: SocketAddr, user: &SignedIn, data: Value) -> Cli
     client
 }
 
-pub fn connected(mut client: Client) -> Client {
-    let info = client.expect("session_info");
-    let ServerFrame::SessionInfo { session_id, .. } = &info.frame else {
-        unreachable!()
-    };
-    client.session_id = Some(session_id.clone());
-    client.expect("ready");
-    client
+/// `client` once its `connect` is answered (`session_info`, `ready`).
+pub fn connected(client: Client) -> Client {
+    client.greeted()
 }

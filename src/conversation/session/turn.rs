@@ -124,7 +124,8 @@ impl SessionTurn {
     }
 
     /// Closes the turn with an error event, if it is still current, keeping the conversation
-    /// well formed. Used when the turn's worker could not start or crashed.
+    /// well formed. Used when the turn's worker could not start or crashed, and when its
+    /// owner's daily quota is used up.
     pub fn fail(&self, code: ErrorCode, message: &str) {
         let frame = ServerFrame::turn_error(self.turn_id, code, message);
         let mut state = self.session.inner.state.lock();

@@ -2,7 +2,9 @@
 //! gathers the rows they write per table, as columns ([`Rows`]), with each conversation's row
 //! updated once for the whole batch; the statements that cannot wait (a new conversation's
 //! key, a rename, a deletion) run as they come. The dialect writes the gathered rows
-//! ([`Db::write_rows`]) in the batch's transaction, which its backend opened and commits.
+//! ([`Db::write_rows`]) in the batch's transaction, which its backend opened and commits; then
+//! the tokens of the turns the batch closes are added to their owners' use of the day
+//! (`usage.rs`), where the conversation rows' totals are summed.
 //!
 //! Depends on: `common::protocol`, `store`, `store::cluster`, `store::plan`, `store::plan::files`,
 //! `store::plan::shares`, `store::plan::usage`, `store::usage`.
