@@ -12,8 +12,8 @@ use std::process::Command;
 use serde_json::{Value, json};
 use sparky::common::protocol::{SessionId, TurnId};
 use support::{
-    Client, TestServer, events_seen, http_json, http_raw, postgres, replay, temp_dir, test_config,
-    tool_result, wait_until,
+    Client, TestServer, events_seen, http_json, http_raw, postgres, replay, sparky_command,
+    temp_dir, test_config, tool_result, wait_until,
 };
 
 /// Runs `sparky migrate-store --from dir --to url`; returns the exit code, stdout and stderr.
@@ -296,30 +296,29 @@ fn a_directory_in_use_a_missing_one_and_a_bad_url_are_refused() {
 }
 
 /// Runs `sparky user ARGS` on `store` (a data directory, or a PostgreSQL URL with `dir`), with
-/// `stdin`; returns its standard output, after checking that it succeeded.
-fn user(dir: &std::path::Path, store: Option<&str>, args: &[&str], stdin: &str) -> String {
-    use std::io::Write;
-    let mut command = Command::new(env!("CARGO_BIN_EXE_sparky"));
-    command.args(["--log-level", "warn", "user"]).args(args);
-    command.arg("--data-dir").arg(dir);
+/// `stdin`, and checks that it succeeded.
+fn user(dir: &std::path::Path, store: Option<&str>, args: &[&str], stdin: &str) {
+    let mut all: Vec<String> = std::iter::once("user")
+        .chain(args.iter().copied())
+        .map(str::to_owned)
+        .collect();
+    all.extend(["--data-dir".to_owned(), dir.display().to_string()]);
     if let Some(store) = store {
-        command.args(["--store", store]);
+        all.extend(["--store".to_owned(), store.to_owned()]);
     }
-    let mut child = command
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = sparky_command(&all, stdin);
     assert!(out.status.success(), "{out:?}");
-    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A share link's copy, read without a token: the status and the answer.
+fn shared_copy(server: &TestServer, share_id: &str) -> (u16, Value) {
+    http_json(
+        server.addr,
+        "GET",
+        &format!("/api/shares/{share_id}"),
+        None,
+        None,
+    )
 }
 
 /// `POST /api/login`: the status and the answer.
@@ -404,13 +403,7 @@ fn accounts_api_tokens_and_share_links_survive_the_copy() {
         );
         assert_eq!(status, 201, "{made}");
         share_id = made["share_id"].as_str().unwrap().to_owned();
-        let (status, copy) = http_json(
-            server.addr,
-            "GET",
-            &format!("/api/shares/{share_id}"),
-            None,
-            None,
-        );
+        let (status, copy) = shared_copy(&server, &share_id);
         assert_eq!(status, 200, "{copy}");
         shared = copy;
     }
@@ -453,14 +446,7 @@ fn accounts_api_tokens_and_share_links_survive_the_copy() {
     );
     assert_eq!(client.ask("and again"), "You said: and again");
     // The share link reads as it did, without a token, page included.
-    let (status, copy) = http_json(
-        server.addr,
-        "GET",
-        &format!("/api/shares/{share_id}"),
-        None,
-        None,
-    );
-    assert_eq!((status, &copy), (200, &shared));
+    assert_eq!(shared_copy(&server, &share_id), (200, shared));
     let (status, _, _) = http_raw(server.addr, "GET", &format!("/s/{share_id}"), &[], b"");
     assert_eq!(status, 200);
     let (status, list) = http_json(server.addr, "GET", "/api/shares", Some(&token), None);

@@ -75,13 +75,23 @@ fn import(server: &TestServer, token: Option<&str>, body: &str) -> (u16, Value) 
     )
 }
 
-/// The one conversation an import made.
-fn imported_one(server: &TestServer, token: Option<&str>, body: &str) -> String {
+/// The conversations an import made, which must be a `201`.
+fn imported(server: &TestServer, token: Option<&str>, body: &str) -> Vec<String> {
     let (status, answer) = import(server, token, body);
     assert_eq!(status, 201, "{answer}");
-    let ids = answer["imported"].as_array().unwrap();
-    assert_eq!(ids.len(), 1, "{answer}");
-    ids[0].as_str().unwrap().to_owned()
+    answer["imported"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|id| id.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The one conversation an import made.
+fn imported_one(server: &TestServer, token: Option<&str>, body: &str) -> String {
+    let ids = imported(server, token, body);
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    ids[0].clone()
 }
 
 fn count(server: &TestServer, token: Option<&str>) -> usize {
@@ -327,14 +337,7 @@ fn chatgpt_exports_import_with_their_branches_and_leaf_in_both_layouts() {
     let model = Arc::new(Recording::default());
     let server = TestServer::with_model(|_| {}, model.clone());
     let body = json!([chatgpt_current(), chatgpt_older()]).to_string();
-    let (status, answer) = import(&server, None, &body);
-    assert_eq!(status, 201, "{answer}");
-    let ids: Vec<String> = answer["imported"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|id| id.as_str().unwrap().to_owned())
-        .collect();
+    let ids = imported(&server, None, &body);
     assert_eq!(ids.len(), 2);
 
     let (leaf, turns) = tree(&server, None, &ids[0]);
@@ -654,14 +657,7 @@ fn imports_keep_their_original_times_titles_and_models() {
         {"uuid": "m2", "text": "Hello!", "sender": "assistant",
          "created_at": "2024-03-01T12:00:02Z"}
     ]});
-    let (status, answer) = import(&server, None, &json!([gpt, older, claude]).to_string());
-    assert_eq!(status, 201, "{answer}");
-    let ids: Vec<String> = answer["imported"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|id| id.as_str().unwrap().to_owned())
-        .collect();
+    let ids = imported(&server, None, &json!([gpt, older, claude]).to_string());
     assert_eq!(
         listed(&server, &ids[0]),
         (
