@@ -9,10 +9,10 @@ mod support;
 use serde_json::json;
 use sparky::common::protocol::{ErrorCode, ServerFrame};
 use support::accounts::{
-    SignedIn, add_user, connected, login, login_raw, socket_with_cookie, sparky_command, start,
-    start_with, user_command, with_cookie,
+    SignedIn, add_user, connected, login, login_raw, socket_with_cookie, start, start_with,
+    user_command, with_cookie,
 };
-use support::{Client, TestServer, http_json};
+use support::{Client, TestServer, http_json, sparky_command};
 use tungstenite::protocol::frame::coding::CloseCode;
 
 /// Reads the next frame: an `unauthorized` error.

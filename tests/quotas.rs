@@ -12,11 +12,11 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 use sparky::common::protocol::{ErrorCode, ServerFrame, Usage};
 use support::accounts::{
-    SignedIn, add_user, connected, login, socket_with_cookie, sparky_command, start,
-    start_with_model, user_command, with_cookie,
+    SignedIn, add_user, connected, login, socket_with_cookie, start, start_with_model,
+    user_command, with_cookie,
 };
 use support::recording::Recording;
-use support::{Client, TestServer, http_json};
+use support::{Client, TestServer, http_json, sparky_command};
 
 /// The offline model, reporting 60 prompt and 40 completion tokens for every answer.
 fn metered() -> Arc<Recording> {

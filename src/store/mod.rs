@@ -147,6 +147,20 @@ pub enum WriteOp {
         /// The signal's detail: the frames and the event they follow.
         detail: String,
     },
+    /// The times and the model an imported conversation keeps from its export, set once the
+    /// rest of the batch is written (so that the batch's own time does not replace them).
+    KeepDates {
+        /// The conversation.
+        session: SessionId,
+        /// Unix seconds it was created, when the export says.
+        created_at: Option<i64>,
+        /// Unix seconds it was last active, when the export says.
+        updated_at: Option<i64>,
+        /// The model it used, when the export says.
+        model: Option<String>,
+        /// `(turn, unix seconds it started)` for the turns whose time the export gives.
+        turns: Vec<(u64, i64)>,
+    },
     /// The conversation and every row that belongs to it.
     DeleteSession {
         /// The conversation.
@@ -164,6 +178,7 @@ impl WriteOp {
             | WriteOp::Note { session, .. }
             | WriteOp::Rename { session, .. }
             | WriteOp::Relay { session, .. }
+            | WriteOp::KeepDates { session, .. }
             | WriteOp::DeleteSession { session } => session,
         }
     }

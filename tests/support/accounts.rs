@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use sparky::model::ModelBackend;
 use sparky::model::offline::OfflineModel;
 
-use super::{Client, TestServer, http_raw, store_args};
+use super::{Client, TestServer, http_raw, sparky_command, store_args};
 
 /// Runs `sparky user ARGS` against the store of `dir` (PostgreSQL's for `dir` in a run
 /// against PostgreSQL), with `stdin` on its standard input.
@@ -22,26 +22,6 @@ pub fn user_command(dir: &Path, args: &[&str], stdin: &str) -> Output {
     all.extend_from_slice(args);
     all.extend(["--data-dir", dir]);
     sparky_command(&store_args(&all), stdin)
-}
-
-/// Runs `sparky ARGS` with `stdin` on its standard input.
-pub fn sparky_command(args: &[String], stdin: &str) -> Output {
-    use std::io::Write;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sparky"))
-        .args(["--log-level", "warn"])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
 }
 
 /// Adds user `name` with `password` (an admin when `admin`) through the CLI.

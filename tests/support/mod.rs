@@ -170,6 +170,28 @@ pub fn store_args(args: &[&str]) -> Vec<String> {
     all
 }
 
+/// Runs `sparky ARGS` (after `--log-level warn`) with `stdin` on its standard input, and waits
+/// for it.
+pub fn sparky_command(args: &[String], stdin: &str) -> std::process::Output {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sparky"))
+        .args(["--log-level", "warn"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
 /// A small deterministic random source (xorshift), so that a failing run can be repeated from
 /// its seed.
 pub struct Rng(pub u64);

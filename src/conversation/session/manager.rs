@@ -871,12 +871,12 @@ impl SessionManager {
             Some(session) => session.has_turn(),
             None => self.inner.shared.cluster.shared() && summary.open,
         };
-        let model = self
-            .inner
-            .shared
-            .engine
+        // The conversation's own model as recorded (an import keeps the original's), even
+        // where a turn would now go to the default (`ModelBackend::resolve`).
+        let model = summary
             .model
-            .resolve(summary.model.as_deref());
+            .clone()
+            .unwrap_or_else(|| self.inner.shared.engine.model.name());
         Conversation {
             summary,
             running,

@@ -272,6 +272,8 @@ pub fn apply<'a, E>(
     // owner: each owner's use of the day grows by them (`plan/usage.rs`).
     let mut owners: HashMap<i64, String> = HashMap::new();
     let mut tokens: BTreeMap<String, u64> = BTreeMap::new();
+    // Imported conversations' own times, set after the rows (which carry the batch's time).
+    let mut dates: Vec<&'a WriteOp> = Vec::new();
     for op in batch {
         match op {
             WriteOp::CreateSession {
@@ -404,6 +406,7 @@ pub fn apply<'a, E>(
                     ],
                 )?;
             }
+            WriteOp::KeepDates { .. } => dates.push(op),
             WriteOp::Relay { session, detail } => {
                 relayed.push((Signal::Stream, session.as_str(), Cow::Borrowed(detail)));
             }
@@ -441,7 +444,59 @@ pub fn apply<'a, E>(
             (signal, session, detail)
         }));
     db.write_rows(&rows)?;
+    for op in dates {
+        keep_dates(db, sql, keys, op)?;
+    }
     add_tokens(db, &tokens, day_of(now))
+}
+
+const KEEP_DATES: &str = "UPDATE sessions SET created_at = coalesce(?2, created_at), \
+     updated_at = coalesce(?3, updated_at), model = coalesce(?4, model) WHERE key = ?1";
+
+/// Sets the times and model a [`WriteOp::KeepDates`] carries, on a conversation the store
+/// holds.
+fn keep_dates<E>(
+    db: &mut dyn Db<Error = E>,
+    sql: &Dialect,
+    keys: &mut Keys,
+    op: &WriteOp,
+) -> Result<(), E> {
+    let WriteOp::KeepDates {
+        session,
+        created_at,
+        updated_at,
+        model,
+        turns,
+    } = op
+    else {
+        return Ok(());
+    };
+    let Some(key) = session_key(db, keys, session)? else {
+        return Ok(());
+    };
+    db.run(
+        KEEP_DATES,
+        &[
+            Param::Int(key),
+            Param::OptInt(*created_at),
+            Param::OptInt(*updated_at),
+            Param::OptText(model.as_deref()),
+        ],
+    )?;
+    if turns.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<i64> = turns.iter().map(|(turn, _)| big(*turn)).collect();
+    let times: Vec<i64> = turns.iter().map(|(_, at)| *at).collect();
+    let table = Table {
+        rows: turns.len(),
+        columns: vec![
+            Column::Same(Param::Int(key)),
+            Column::Ints(&ids),
+            Column::Ints(&times),
+        ],
+    };
+    db.write_table(sql.turn_times, &table)
 }
 
 const SESSION_KEY: &str = "SELECT key FROM sessions WHERE id = ?1";
