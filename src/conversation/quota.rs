@@ -1,9 +1,10 @@
 //! `Quotas`: each user's turns and model tokens per UTC day (issue 25, "Quotas per user"). A
 //! user's own limits, set by an admin, win over the server's defaults (`--daily-turns`,
 //! `--daily-tokens`); principals that are no user account (a configured token, the local user)
-//! are counted but never limited. A turn is counted as its worker starts it
+//! are counted but never limited. An account's turn is counted as its worker starts it
 //! ([`Quotas::start_turn`]), and refused there, before the model is asked, once a limit is
-//! reached; its tokens are counted as its answer is written (the journal's batch). Both counts
+//! reached; anyone else's is counted by the journal's batch that writes it, at no cost of its
+//! own; the tokens are counted as the answer is written (the journal's batch). Both counts
 //! are the store's, so instances sharing a database count together.
 //!
 //! Depends on: `common::auth`, `common::config`, `common::error`, `store::usage`.
@@ -50,11 +51,8 @@ fn now() -> i64 {
 
 /// UTC day `day` (days since 1970-01-01) as `YYYY-MM-DD`.
 pub fn day_name(day: i64) -> String {
-    // 2440588 is 1970-01-01's Julian day number.
-    i32::try_from(day + 2_440_588)
-        .ok()
-        .and_then(|julian| time::Date::from_julian_day(julian).ok())
-        .map_or_else(|| day.to_string(), |date| date.to_string())
+    time::OffsetDateTime::from_unix_timestamp(day.saturating_mul(DAY_SECONDS))
+        .map_or_else(|_| day.to_string(), |at| at.date().to_string())
 }
 
 /// The words a refused turn's `error` `quota` carries: the limit, the use, and when the day
@@ -98,13 +96,15 @@ impl Quotas {
     /// daily limit is reached: the turn was not counted and must not run. A store that cannot
     /// count lets the turn run (it is logged): the turn will meet the store's failure itself.
     pub fn start_turn(&self, principal: &Principal) -> std::result::Result<(), String> {
+        // No account, no quota: the journal's batch counts the turn as it writes it, and a
+        // turn pays no store write of its own.
+        let Some(user) = principal.user_id() else {
+            return Ok(());
+        };
         let now = now();
-        let count = self.store.count_turn(
-            principal.as_str(),
-            principal.user_id(),
-            self.defaults,
-            day_of(now),
-        );
+        let count =
+            self.store
+                .count_turn(principal.as_str(), Some(user), self.defaults, day_of(now));
         match count {
             Ok(count) if count.counted => Ok(()),
             Ok(count) => {

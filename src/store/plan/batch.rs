@@ -14,12 +14,12 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::files::forget_conversation;
 use super::shares::forget_shares;
-use super::usage::add_tokens;
+use super::usage::{add_use, counted_at_start};
 use super::{
     Column, Db, Dialect, Param, Table, big, calls_to_json, role_name, title_for, unix_now,
 };
 use crate::common::protocol::{SessionId, Usage};
-use crate::store::usage::day_of;
+use crate::store::usage::{DayUsage, day_of};
 use crate::store::{Signal, TurnMark, WriteOp};
 
 /// Conversation id to its integer key, as the writer learnt them. A backend clears it when a
@@ -268,10 +268,12 @@ pub fn apply<'a, E>(
     // The newest event of each conversation in the batch: an `Events` signal names it, so that
     // another instance reads up to it and no further before the signals after it.
     let mut newest: HashMap<&'a str, u64> = HashMap::new();
-    // The owners of the conversations whose turns closed with tokens, and those tokens, per
-    // owner: each owner's use of the day grows by them (`plan/usage.rs`).
+    // The owners of the conversations whose turns opened or closed with tokens, and per owner
+    // the turns and tokens that adds to their use of the day (`plan/usage.rs`). An account's
+    // turns were counted as they started (`count_turn`, which enforces its quota); everyone
+    // else's are counted here, with no write of their own.
     let mut owners: HashMap<i64, String> = HashMap::new();
-    let mut tokens: BTreeMap<String, u64> = BTreeMap::new();
+    let mut used: BTreeMap<String, DayUsage> = BTreeMap::new();
     // Imported conversations' own times, set after the rows (which carry the batch's time).
     let mut dates: Vec<&'a WriteOp> = Vec::new();
     for op in batch {
@@ -322,6 +324,11 @@ pub fn apply<'a, E>(
                         parent,
                         client_id,
                     } => {
+                        if let Some(owner) = owner_of(db, &mut owners, key)?
+                            && !counted_at_start(&owner)
+                        {
+                            used.entry(owner).or_default().turns += 1;
+                        }
                         update.open = Some(Some((*turn_id, text)));
                         update.turns = update.turns.max(*turn_id);
                         update.leaf = Some(*turn_id);
@@ -343,11 +350,11 @@ pub fn apply<'a, E>(
                     } => {
                         update.open = Some(None);
                         update.usage = update.usage.plus(*usage);
-                        let used = usage.prompt_tokens.saturating_add(usage.completion_tokens);
-                        if used > 0
+                        let tokens = usage.prompt_tokens.saturating_add(usage.completion_tokens);
+                        if tokens > 0
                             && let Some(owner) = owner_of(db, &mut owners, key)?
                         {
-                            *tokens.entry(owner).or_default() += used;
+                            used.entry(owner).or_default().tokens += tokens;
                         }
                         match update.open_here.take() {
                             Some(at) => {
@@ -447,7 +454,7 @@ pub fn apply<'a, E>(
     for op in dates {
         keep_dates(db, sql, keys, op)?;
     }
-    add_tokens(db, &tokens, day_of(now))
+    add_use(db, &used, day_of(now))
 }
 
 const KEEP_DATES: &str = "UPDATE sessions SET created_at = coalesce(?2, created_at), \

@@ -29,9 +29,9 @@ const SET_LIMITS: &str = "UPDATE users SET \
      daily_turns = CASE WHEN ?2 THEN ?3 ELSE daily_turns END, \
      daily_tokens = CASE WHEN ?4 THEN ?5 ELSE daily_tokens END \
      WHERE name = ?1";
-const ADD_TOKENS: &str = "INSERT INTO daily_usage (owner, day, turns, tokens) \
-     VALUES (?1, ?2, 0, ?3) ON CONFLICT (owner, day) DO UPDATE \
-     SET tokens = daily_usage.tokens + excluded.tokens";
+const ADD_USE: &str = "INSERT INTO daily_usage (owner, day, turns, tokens) \
+     VALUES (?1, ?2, ?3, ?4) ON CONFLICT (owner, day) DO UPDATE \
+     SET turns = daily_usage.turns + excluded.turns, tokens = daily_usage.tokens + excluded.tokens";
 
 /// A limit as the count's `WHERE` compares it: none is the largest integer.
 fn bound(limit: Option<u64>) -> i64 {
@@ -137,24 +137,36 @@ impl<B: Backend> UsageStore for B {
     }
 }
 
-/// Adds the tokens each owner's answers took (`tokens`: owner to tokens) to their use on
-/// `day`, in the batch's transaction, one owner after another in order.
+/// Whether `owner`'s turns are counted as they start ([`count_turn`](UsageStore::count_turn),
+/// which enforces a quota): a user account's (`user:<id>`). Everyone else's are counted by the
+/// journal's batch that opens them, with no write of their own.
+pub(super) fn counted_at_start(owner: &str) -> bool {
+    owner.starts_with("user:")
+}
+
+/// Adds what each owner used (`used`: owner to the turns the batch opened and the tokens its
+/// answers took) to their use on `day`, in the batch's transaction, one owner after another in
+/// order.
 ///
 /// # Errors
 ///
 /// The database's.
-pub(super) fn add_tokens<E>(
+pub(super) fn add_use<E>(
     db: &mut dyn Db<Error = E>,
-    tokens: &BTreeMap<String, u64>,
+    used: &BTreeMap<String, DayUsage>,
     day: i64,
 ) -> Result<(), E> {
-    for (owner, tokens) in tokens.iter().filter(|(_, tokens)| **tokens > 0) {
+    for (owner, used) in used
+        .iter()
+        .filter(|(_, used)| **used != DayUsage::default())
+    {
         db.run(
-            ADD_TOKENS,
+            ADD_USE,
             &[
                 Param::Text(owner),
                 Param::Int(day),
-                Param::Int(big(*tokens)),
+                Param::Int(big(used.turns)),
+                Param::Int(big(used.tokens)),
             ],
         )?;
     }
