@@ -261,7 +261,7 @@ pub fn run(browser: &Browser, tools: &BrowserTools) {
     browser.say("one more, please", Submit::EnterKey);
     browser.wait_for(
         "the quota refusal in words",
-        "return document.getElementById('log').innerText.includes('daily quota')",
+        "return document.getElementById('log').innerText.includes('Daily quota reached: 1 of your 1 turns a day are used')",
     );
     browser.wait_for(
         "today's use at its limit",
