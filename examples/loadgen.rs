@@ -5,7 +5,8 @@
 //! ```text
 //! cargo run --release --example loadgen -- --url ws://127.0.0.1:PORT/ws SCENARIO [OPTIONS]
 //!
-//! turns   --clients N --turns M [--pid P]   closed-loop plain turns; latency = send to final message
+//! turns   --clients N --turns M [--pid P]   closed-loop plain turns; latency = send to final message;
+//!                                           with --pid, the server's CPU and context switches per turn
 //! connect --clients N                       TCP connect + handshake + `connect` until `ready`
 //! idle    --clients N --seconds S --pid P   hold N sessions; server RSS, threads and idle CPU
 //! cancel  --clients N --turns M             `/wait 10000` cut short by a new message
@@ -210,6 +211,7 @@ fn run_turns(
         },
     );
     let cpu_ticks = run.cpu_ticks_since_start(pid);
+    let switches = run.context_switches_since_start(pid);
     let finishes = run.finishes.clone();
     let mut outcome = run.into_outcome("turns", clients, clients * turns);
     outcome
@@ -226,6 +228,18 @@ fn run_turns(
             outcome
                 .extra
                 .insert("server_cpu_us_per_turn".into(), json!(round3(micros)));
+        }
+    }
+    if let Some(switches) = switches {
+        outcome
+            .extra
+            .insert("server_context_switches".into(), json!(switches));
+        let count = outcome.tally.latencies.len();
+        if count > 0 {
+            outcome.extra.insert(
+                "server_context_switches_per_turn".into(),
+                json!(round3(switches as f64 / count as f64)),
+            );
         }
     }
     // Fairness: when each client finished its turns, from the start of the window.
@@ -900,6 +914,8 @@ struct ClientRun {
     finishes: Vec<Duration>,
     /// The server's CPU ticks when the window opened, when asked for.
     cpu_at_start: Option<u64>,
+    /// The server's context switches when the window opened, when asked for.
+    switches_at_start: Option<u64>,
 }
 
 impl ClientRun {
@@ -928,10 +944,12 @@ impl ClientRun {
                 break;
             }
         }
+        let switches_at_start = pid.and_then(proc_context_switches);
         let cpu_at_start = pid.and_then(proc_cpu_ticks);
         let start = gate.open();
         let mut run = Self::join(handles, start);
         run.cpu_at_start = cpu_at_start;
+        run.switches_at_start = switches_at_start;
         run
     }
 
@@ -949,6 +967,13 @@ impl ClientRun {
             last = now;
         }
         Some(last.saturating_sub(start))
+    }
+
+    /// The context switches of process `pid`'s threads since the window opened (read after
+    /// [`ClientRun::cpu_ticks_since_start`], so once the server has settled).
+    fn context_switches_since_start(&self, pid: Option<u32>) -> Option<u64> {
+        let (pid, start) = (pid?, self.switches_at_start?);
+        Some(proc_context_switches(pid)?.saturating_sub(start))
     }
 
     /// Joins the client threads; the window runs from `start` to the last one's finish.
@@ -971,6 +996,7 @@ impl ClientRun {
             window: end - start,
             finishes,
             cpu_at_start: None,
+            switches_at_start: None,
         }
     }
 
@@ -1115,6 +1141,28 @@ fn proc_status(pid: u32) -> Option<ProcStatus> {
         rss_kib: field("VmRSS:")?,
         threads: field("Threads:")?,
     })
+}
+
+/// Context switches (`voluntary_ctxt_switches` + `nonvoluntary_ctxt_switches`) summed over the
+/// live threads of process `pid`, from `/proc/PID/task/*/status`: `/proc/PID/status` counts
+/// the main thread alone. A thread that ended takes its count with it, so a run counts the
+/// threads alive at its end (a server's turn and connection threads outlive the run).
+fn proc_context_switches(pid: u32) -> Option<u64> {
+    let mut total = 0;
+    for task in fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+        let Ok(text) = fs::read_to_string(task.path().join("status")) else {
+            continue;
+        };
+        for line in text.lines() {
+            let count = line
+                .strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"));
+            if let Some(count) = count.and_then(|count| count.trim().parse::<u64>().ok()) {
+                total += count;
+            }
+        }
+    }
+    Some(total)
 }
 
 /// utime + stime of the whole process from `/proc/PID/stat`, in clock ticks.

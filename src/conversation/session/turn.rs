@@ -116,7 +116,7 @@ impl SessionTurn {
     /// well formed. Used when the turn's worker could not start or crashed.
     pub fn fail(&self, code: ErrorCode, message: &str) {
         let frame = ServerFrame::turn_error(self.turn_id, code, message);
-        let mut state = self.session.inner.state.lock();
+        let mut state = self.session.inner.lock();
         if let Some(turn) = state.turn.take_if(|turn| turn.id == self.turn_id) {
             let transcript = interrupted(&turn.text);
             self.session
@@ -131,7 +131,7 @@ impl SessionTurn {
         transcript: Vec<ChatMessage>,
         reset_history: bool,
     ) -> bool {
-        let mut state = self.session.inner.state.lock();
+        let mut state = self.session.inner.lock();
         if self.session.store_failing() {
             self.fail_on_storage(&mut state);
             return false;
@@ -170,7 +170,7 @@ impl SessionTurn {
     /// Runs `act` under the session lock if the turn is still current (and the store takes
     /// writes; a failing store ends the turn instead). True when it ran.
     fn while_current(&self, act: impl FnOnce(&mut SessionState)) -> bool {
-        let mut state = self.session.inner.state.lock();
+        let mut state = self.session.inner.lock();
         if self.session.store_failing() {
             self.fail_on_storage(&mut state);
             return false;
@@ -219,7 +219,7 @@ impl TurnEvents for SessionTurn {
     }
 
     fn hold(&self) {
-        let mut state = self.session.inner.state.lock();
+        let mut state = self.session.inner.lock();
         // Only where events are sent as they are made; otherwise the journal batches them.
         if self.session.inner.send_before_written
             && state
@@ -232,7 +232,7 @@ impl TurnEvents for SessionTurn {
     }
 
     fn flush(&self) {
-        let mut state = self.session.inner.state.lock();
+        let mut state = self.session.inner.lock();
         self.session.flush_held(&mut state);
     }
 }

@@ -1,7 +1,8 @@
 //! `SqliteStore`: both store traits over one SQLite file in WAL mode (or a private in-memory
 //! database for `--in-memory`).
 //!
-//! One writer connection, behind a mutex, takes the journal's batches and the graph's writes.
+//! One writer connection, behind a mutex, takes the journal's batches and the graph's writes;
+//! it never checkpoints the WAL itself: a thread of its own does (`checkpoint.rs`).
 //! A small pool of reader connections serves everything else (loading a conversation, replay,
 //! the API, graph searches): WAL lets them read while the writer writes, so a slow search never
 //! holds up a commit or another reader. A full-text search keeps at most [`super::MAX_SEARCH_WORDS`]
@@ -9,12 +10,14 @@
 //! search holds a reader for long: one that runs out returns what it found so far.
 //!
 //! What is stored, and how it is read back, is the shared logic's (`plan/`); `db.rs` runs its
-//! statements on these connections, `schema.rs` holds the migrations, `export.rs` reads
+//! statements on these connections, `schema.rs` holds the migrations, `checkpoint.rs` runs the
+//! WAL's checkpoints, `export.rs` reads
 //! everything for `sparky migrate-store`, `backup.rs` copies the file for `sparky backup`.
 //!
 //! Depends on: `common::error`, `store`, `store::plan`, `store::plan::batch`, `store::plan::files`, `store::sqlite::db`, `store::sqlite::schema`.
 
 mod backup;
+mod checkpoint;
 mod db;
 mod export;
 pub(super) mod schema;
@@ -27,6 +30,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Mutex, MutexGuard};
 use rusqlite::{Connection, OpenFlags};
 
+use self::checkpoint::Checkpoints;
 use self::db::{Lite, SQL};
 use self::schema::migrate;
 use super::plan::{Backend, Counters, Dialect, Keys, View, Work, Write, apply, sweep_uploads};
@@ -58,6 +62,8 @@ pub struct SqliteStore {
     next_reader: AtomicUsize,
     /// The node count and the search budget.
     counters: Counters,
+    /// The thread that checkpoints the WAL, for a store on disk that a server runs on.
+    checkpoints: Option<Checkpoints>,
     /// Held (and locked) for as long as the store is open.
     _lock: Option<File>,
     path: Option<PathBuf>,
@@ -147,6 +153,10 @@ impl SqliteStore {
         let path = dir.join(DATABASE_FILE);
         let name = path.to_string_lossy().into_owned();
         let mut store = Self::connect(&name, &format!("database {}", path.display()))?;
+        store.checkpoints = Some(Checkpoints::start(
+            &mut store.writer.get_mut().connection,
+            path.clone(),
+        )?);
         store._lock = Some(lock);
         store.path = Some(path);
         Ok(store)
@@ -302,6 +312,7 @@ impl SqliteStore {
             readers,
             next_reader: AtomicUsize::new(0),
             counters: Counters::new(nodes, READERS),
+            checkpoints: None,
             _lock: None,
             path: None,
         };
