@@ -211,7 +211,7 @@ fn run_turns(
         },
     );
     let cpu_ticks = run.cpu_ticks_since_start(pid);
-    let switches = run.context_switches_since_start(pid);
+    let switches = run.switches;
     let finishes = run.finishes.clone();
     let mut outcome = run.into_outcome("turns", clients, clients * turns);
     outcome
@@ -831,11 +831,19 @@ where
     F: Fn(&mut Socket, &Target, Instant, &mut Tally) + Send + Copy + 'static,
 {
     let gate = Gate::new();
+    // With `pid`, each client keeps its socket open after its work until the server's context
+    // switches are read: a server thread that ends (a connection's, when its socket closes)
+    // takes its count with it.
+    let measured = Gate::new();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
     let (ready_tx, ready_rx) = mpsc::channel::<()>();
     let mut handles = Vec::with_capacity(clients);
     let mut failures = Tally::default();
     for index in 0..clients {
         let gate = gate.clone();
+        let measured = measured.clone();
+        let done_tx = done_tx.clone();
+        let hold_open = pid.is_some();
         let ready_tx = ready_tx.clone();
         let target = target.for_client(index);
         let spawned = client_thread(index, move || {
@@ -855,6 +863,11 @@ where
             };
             body(&mut ws, &target, deadline, &mut tally);
             let finished = Instant::now();
+            if hold_open {
+                let _ = done_tx.send(());
+                drop(done_tx);
+                measured.wait(limit);
+            }
             close(&mut ws);
             (tally, finished)
         });
@@ -863,7 +876,14 @@ where
             Err(e) => failures.fail(&e),
         }
     }
-    let mut run = ClientRun::start_and_join_measuring(handles, ready_tx, &ready_rx, &gate, pid);
+    drop(done_tx);
+    let mut run = ClientRun::start_and_join_measuring(
+        handles,
+        ready_tx,
+        &ready_rx,
+        &gate,
+        pid.map(|pid| (pid, done_rx, measured)),
+    );
     run.tally.merge(failures);
     run
 }
@@ -914,8 +934,8 @@ struct ClientRun {
     finishes: Vec<Duration>,
     /// The server's CPU ticks when the window opened, when asked for.
     cpu_at_start: Option<u64>,
-    /// The server's context switches when the window opened, when asked for.
-    switches_at_start: Option<u64>,
+    /// The server's context switches over the window, when asked for.
+    switches: Option<u64>,
 }
 
 impl ClientRun {
@@ -930,13 +950,15 @@ impl ClientRun {
         Self::start_and_join_measuring(handles, ready_tx, ready_rx, gate, None)
     }
 
-    /// [`ClientRun::start_and_join`], noting the CPU time of process `pid` as the gate opens.
+    /// [`ClientRun::start_and_join`], noting the CPU time and context switches of process
+    /// `pid` as the gate opens, and its context switches again once every client is done (each
+    /// says so on `done` and waits at `measured` before it closes its socket).
     fn start_and_join_measuring(
         handles: Vec<thread::JoinHandle<(Tally, Instant)>>,
         ready_tx: mpsc::Sender<()>,
         ready_rx: &mpsc::Receiver<()>,
         gate: &Gate,
-        pid: Option<u32>,
+        measure: Option<(u32, mpsc::Receiver<()>, Gate)>,
     ) -> Self {
         drop(ready_tx);
         for _ in 0..handles.len() {
@@ -944,12 +966,22 @@ impl ClientRun {
                 break;
             }
         }
+        let pid = measure.as_ref().map(|(pid, _, _)| *pid);
         let switches_at_start = pid.and_then(proc_context_switches);
         let cpu_at_start = pid.and_then(proc_cpu_ticks);
         let start = gate.open();
+        let mut switches = None;
+        if let Some((pid, done, measured)) = measure {
+            // Every client sends once, or ends (its sender goes) without sending.
+            while done.recv().is_ok() {}
+            switches = proc_context_switches(pid)
+                .zip(switches_at_start)
+                .map(|(end, start)| end.saturating_sub(start));
+            measured.open();
+        }
         let mut run = Self::join(handles, start);
         run.cpu_at_start = cpu_at_start;
-        run.switches_at_start = switches_at_start;
+        run.switches = switches;
         run
     }
 
@@ -967,13 +999,6 @@ impl ClientRun {
             last = now;
         }
         Some(last.saturating_sub(start))
-    }
-
-    /// The context switches of process `pid`'s threads since the window opened (read after
-    /// [`ClientRun::cpu_ticks_since_start`], so once the server has settled).
-    fn context_switches_since_start(&self, pid: Option<u32>) -> Option<u64> {
-        let (pid, start) = (pid?, self.switches_at_start?);
-        Some(proc_context_switches(pid)?.saturating_sub(start))
     }
 
     /// Joins the client threads; the window runs from `start` to the last one's finish.
@@ -996,7 +1021,7 @@ impl ClientRun {
             window: end - start,
             finishes,
             cpu_at_start: None,
-            switches_at_start: None,
+            switches: None,
         }
     }
 
@@ -1145,8 +1170,8 @@ fn proc_status(pid: u32) -> Option<ProcStatus> {
 
 /// Context switches (`voluntary_ctxt_switches` + `nonvoluntary_ctxt_switches`) summed over the
 /// live threads of process `pid`, from `/proc/PID/task/*/status`: `/proc/PID/status` counts
-/// the main thread alone. A thread that ended takes its count with it, so a run counts the
-/// threads alive at its end (a server's turn and connection threads outlive the run).
+/// the main thread alone. A thread that ended takes its count with it, so the clients keep
+/// their sockets (and so the server's connection threads) open until it is read.
 fn proc_context_switches(pid: u32) -> Option<u64> {
     let mut total = 0;
     for task in fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {

@@ -182,6 +182,8 @@ struct Shared {
     progress: Condvar,
     /// True while the store refuses the batch at the head of the queue.
     failing: AtomicBool,
+    /// True when the journal thread leads every group: see [`Journal::spawn_in_background`].
+    background: bool,
 }
 
 #[derive(Default)]
@@ -236,6 +238,29 @@ impl Journal {
     ///
     /// [`Error::Spawn`] when the thread cannot be started.
     pub fn spawn(store: Arc<dyn ConversationStore>, metrics: Arc<Metrics>) -> Result<Self> {
+        Self::start(store, metrics, false)
+    }
+
+    /// [`spawn`](Self::spawn), for a server that sends events before they are written
+    /// (`--in-memory`, where nothing outlives the process): no client waits for a commit, so
+    /// the journal thread leads every group, beside the threads that queue the writes rather
+    /// than on their path.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Spawn`] when the thread cannot be started.
+    pub fn spawn_in_background(
+        store: Arc<dyn ConversationStore>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self> {
+        Self::start(store, metrics, true)
+    }
+
+    fn start(
+        store: Arc<dyn ConversationStore>,
+        metrics: Arc<Metrics>,
+        background: bool,
+    ) -> Result<Self> {
         let shared = Arc::new(Shared {
             store,
             metrics,
@@ -243,6 +268,7 @@ impl Journal {
             wake: Condvar::new(),
             progress: Condvar::new(),
             failing: AtomicBool::new(false),
+            background,
         });
         let retrier = shared.clone();
         thread::Builder::new()
@@ -337,12 +363,16 @@ impl Journal {
         let shared = &self.shared;
         let alone = entry.is_alone();
         let mut state = shared.state.lock();
+        let was_empty = state.entries.is_empty();
         state.entries.push(entry);
         state.queued += 1;
-        if alone {
+        if alone || (shared.background && was_empty && !state.leading) {
             // A write someone waits for wakes a journal thread that waits to retry a refused
-            // batch.
+            // batch; in the background, the first write wakes it to lead.
             shared.wake.notify_one();
+        }
+        if shared.background {
+            return;
         }
         if holding() {
             if owe(shared) {
@@ -442,7 +472,8 @@ impl Shared {
 }
 
 /// The journal thread: retries the batches the store refused, and leads what queued up behind
-/// each until the queue is empty; at the end, leads what is left.
+/// each until the queue is empty; at the end, leads what is left; in the background, leads
+/// every group.
 fn run(shared: &Shared) {
     let mut state = shared.state.lock();
     loop {
@@ -460,13 +491,13 @@ fn run(shared: &Shared) {
             state = shared.state.lock();
             continue;
         }
-        if state.closed && !state.leading {
-            if state.entries.is_empty() {
-                return;
-            }
+        if (state.closed || shared.background) && !state.leading && !state.entries.is_empty() {
             shared.lead(state);
             state = shared.state.lock();
             continue;
+        }
+        if state.closed && !state.leading {
+            return;
         }
         shared.wake.wait(&mut state);
     }

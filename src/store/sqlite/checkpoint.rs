@@ -14,7 +14,7 @@
 //! can stop that, so past [`TRUNCATE_BYTES`] the thread runs a `TRUNCATE` checkpoint, which
 //! waits for readers and holds the writer for its length, and empties the file.
 //!
-//! Depends on: `common::error`, `store::sqlite`.
+//! Depends on: `common::error`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,7 +24,6 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 use rusqlite::Connection;
 
-use super::{open_connection, store_error};
 use crate::common::error::{Error, Result};
 
 /// WAL pages past which a commit asks for a checkpoint: SQLite's own default threshold.
@@ -73,24 +72,29 @@ struct SignalState {
 
 impl Checkpoints {
     /// Turns the checkpoints on `writer` (the store's writer connection on the file `path`)
-    /// off, and starts the thread that runs them instead, on a connection of its own.
+    /// off, and starts the thread that runs them instead, on `connection` (another connection
+    /// to the same file).
     ///
     /// # Errors
     ///
-    /// [`Error::Store`] when the connection cannot be opened or set up, [`Error::Spawn`] when
-    /// the thread cannot be started.
-    pub(super) fn start(writer: &mut Connection, path: PathBuf) -> Result<Self> {
+    /// [`Error::Store`] when the connections cannot be set up, [`Error::Spawn`] when the
+    /// thread cannot be started.
+    pub(super) fn start(
+        writer: &mut Connection,
+        connection: Connection,
+        path: &Path,
+    ) -> Result<Self> {
         let name = path.to_string_lossy().into_owned();
         let context = format!("database {}", path.display());
-        let connection = open_connection(&name, &context)?;
+        let store_error = |e: rusqlite::Error| Error::store(format!("{context}: {e}"));
         connection
             .busy_timeout(TRUNCATE_WAIT)
-            .map_err(|e| store_error(&context, e))?;
+            .map_err(store_error)?;
         // The pragma sets SQLite's own WAL hook; the hook below replaces it.
         writer
             .pragma_update(None, "wal_autocheckpoint", 0)
             .and_then(|()| writer.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT))
-            .map_err(|e| store_error(&context, e))?;
+            .map_err(store_error)?;
         let signal = Arc::new(Signal::default());
         let hook_signal = signal.clone();
         writer
@@ -98,7 +102,7 @@ impl Checkpoints {
                 hook_signal.committed(pages);
                 Ok(())
             }))
-            .map_err(|e| store_error(&context, e))?;
+            .map_err(store_error)?;
         let thread_signal = signal.clone();
         let wal = PathBuf::from(format!("{name}-wal"));
         let thread = thread::Builder::new()
@@ -191,11 +195,14 @@ fn checkpoint(connection: &Connection, wal: &Path) {
 
 /// `PRAGMA wal_checkpoint(mode)`: the WAL's pages and those copied; an error when it was busy.
 fn run_checkpoint(connection: &Connection, mode: &str) -> rusqlite::Result<(i64, i64)> {
-    let (busy, log, copied) = connection.query_row(
-        &format!("PRAGMA wal_checkpoint({mode})"),
-        [],
-        |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, row.get::<_, i64>(2)?)),
-    )?;
+    let (busy, log, copied) =
+        connection.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, i64>(2)?,
+            ))
+        })?;
     if busy != 0 && mode != "PASSIVE" {
         return Err(rusqlite::Error::SqliteFailure(
             rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),

@@ -14,7 +14,7 @@
 //! WAL's checkpoints, `export.rs` reads
 //! everything for `sparky migrate-store`, `backup.rs` copies the file for `sparky backup`.
 //!
-//! Depends on: `common::error`, `store`, `store::plan`, `store::plan::batch`, `store::plan::files`, `store::sqlite::db`, `store::sqlite::schema`.
+//! Depends on: `common::error`, `store`, `store::plan`, `store::plan::batch`, `store::plan::files`, `store::sqlite::checkpoint`, `store::sqlite::db`, `store::sqlite::schema`.
 
 mod backup;
 mod checkpoint;
@@ -153,9 +153,11 @@ impl SqliteStore {
         let path = dir.join(DATABASE_FILE);
         let name = path.to_string_lossy().into_owned();
         let mut store = Self::connect(&name, &format!("database {}", path.display()))?;
+        let checkpointer = open_connection(&name, &format!("database {}", path.display()))?;
         store.checkpoints = Some(Checkpoints::start(
             &mut store.writer.get_mut().connection,
-            path.clone(),
+            checkpointer,
+            &path,
         )?);
         store._lock = Some(lock);
         store.path = Some(path);
