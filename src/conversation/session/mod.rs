@@ -485,12 +485,14 @@ impl Session {
             approvals: approvals.clone(),
         });
         Metrics::bump(&self.inner.metrics.turns_started);
+        let permit = Arc::new(Mutex::new(Some(permit)));
         Some(TurnStart {
             turn,
             events: SessionTurn {
                 session: self.clone(),
                 turn_id,
                 approvals,
+                permit: permit.clone(),
             },
             cancel,
             knowledge: self.inner.knowledge.clone(),

@@ -6,7 +6,10 @@
 
 use std::io;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
 use std::time::Instant;
+
+use parking_lot::Mutex;
 
 use crate::common::cancel::CancelFlag;
 use crate::common::metrics::Outcome;
@@ -54,8 +57,9 @@ pub struct TurnStart {
     pub cancel: CancelFlag,
     /// The session's knowledge, for the tools.
     pub knowledge: Knowledge,
-    /// The turn's place under the caps on running turns: held until its worker is done.
-    pub permit: TurnPermit,
+    /// The turn's place under the caps on running turns: held until its worker is done, or
+    /// until the worker closes the turn itself (shared with `events`).
+    pub permit: Arc<Mutex<Option<TurnPermit>>>,
 }
 
 impl Task for TurnStart {
@@ -69,7 +73,7 @@ impl Task for TurnStart {
             permit,
         } = self;
         let outcome = catch_unwind(AssertUnwindSafe(|| turn.run(&events, &cancel, &knowledge)));
-        drop(permit);
+        drop(permit.lock().take());
         match outcome {
             Ok(TurnOutcome::Answered | TurnOutcome::Failed | TurnOutcome::Cancelled) => {}
             Err(_) => {
@@ -99,6 +103,8 @@ pub struct SessionTurn {
     pub(super) turn_id: TurnId,
     /// The turn's waiting calls (the same as its [`CurrentTurn`]'s).
     pub(super) approvals: Approvals,
+    /// Its place under the caps (the same as its [`TurnStart`]'s).
+    pub(super) permit: Arc<Mutex<Option<TurnPermit>>>,
 }
 
 impl SessionTurn {
@@ -141,6 +147,10 @@ impl SessionTurn {
         };
         self.session
             .close_turn(&mut state, Some(&turn), frame, transcript, reset_history);
+        // Its place goes back before anyone can see the closing frame: this thread may commit
+        // it and send it (once the session lock is released), and a client that has seen it
+        // may start its next turn at once.
+        drop(self.permit.lock().take());
         true
     }
 
