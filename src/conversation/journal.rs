@@ -657,6 +657,16 @@ mod tests {
         }
     }
 
+    fn create(session: &SessionId) -> WriteOp {
+        WriteOp::CreateSession {
+            id: session.clone(),
+            owner: "local".into(),
+            user_id: None,
+            personality: None,
+            model: None,
+        }
+    }
+
     fn event(session: &SessionId, seq: u64) -> WriteOp {
         WriteOp::Event {
             session: session.clone(),
@@ -719,14 +729,7 @@ mod tests {
         let store = Arc::new(SqliteStore::in_memory().unwrap());
         let journal = Journal::spawn(store.clone(), Arc::default()).unwrap();
         let session = SessionId::from_random_bytes([3; 16]);
-        let create = WriteOp::CreateSession {
-            id: session.clone(),
-            owner: "local".into(),
-            user_id: None,
-            personality: None,
-            model: None,
-        };
-        journal.submit(create, None);
+        journal.submit(create(&session), None);
         journal.submit(event(&session, 1), None);
         // A write alone goes ahead of what is queued: the API renames what is stored.
         assert!(journal.sync(Duration::from_secs(10)));
@@ -753,17 +756,10 @@ mod tests {
         let session = SessionId::from_random_bytes([5; 16]);
         let highest = Arc::new(Highest::default());
         let ack: Arc<dyn Durable> = highest.clone();
-        let create = WriteOp::CreateSession {
-            id: session.clone(),
-            owner: "local".into(),
-            user_id: None,
-            personality: None,
-            model: None,
-        };
         {
             let outer = Hold::new();
             let inner = Hold::new();
-            journal.submit(create, None);
+            journal.submit(create(&session), None);
             journal.submit(event(&session, 1), Some((ack.clone(), 1)));
             drop(inner);
             // Nobody else leads, and this thread still holds: nothing is committed yet.
@@ -789,16 +785,7 @@ mod tests {
             .map(|n| (SessionId::from_random_bytes([10 + n; 16]), Arc::default()))
             .collect();
         for (session, _) in &sessions {
-            journal.submit(
-                WriteOp::CreateSession {
-                    id: session.clone(),
-                    owner: "local".into(),
-                    user_id: None,
-                    personality: None,
-                    model: None,
-                },
-                None,
-            );
+            journal.submit(create(session), None);
         }
         thread::scope(|scope| {
             for (session, highest) in &sessions {
@@ -836,16 +823,7 @@ mod tests {
         let journal = Journal::spawn(store.clone(), Arc::default()).unwrap();
         let session = SessionId::from_random_bytes([7; 16]);
         let highest = Arc::new(Highest::default());
-        journal.submit(
-            WriteOp::CreateSession {
-                id: session.clone(),
-                owner: "local".into(),
-                user_id: None,
-                personality: None,
-                model: None,
-            },
-            None,
-        );
+        journal.submit(create(&session), None);
         for seq in 1..=100 {
             let body = format!("event {seq}").into();
             let ack: Arc<dyn Durable> = highest.clone();
