@@ -29,7 +29,7 @@
 # BENCH_OUT moves the output directory; the counts at the top can be overridden the same way.
 # SCENARIOS picks a subset (a space-separated list of connect, turns1, turns50, turns500, idle,
 # cancel, resume; all by default), e.g. SCENARIOS="turns1 turns50" NO_FASTAPI=1 for the turns
-# alone. `turns` also counts the server's context switches per turn (its threads' voluntary and
+# alone; NO_BUILD=1 runs the release binaries as they are. `turns` also counts the server's context switches per turn (its threads' voluntary and
 # involuntary ones, from /proc/PID/task/*/status).
 
 set -euo pipefail
@@ -77,8 +77,10 @@ if (($(ulimit -n) < IDLE_CLIENTS + 100)); then
     log "warning: $(ulimit -n) open files may be too few for Sparky to hold $IDLE_CLIENTS connections"
 fi
 
-log "building (release)"
-cargo build --release --quiet --bin sparky --example loadgen --example floor
+if [[ -z ${NO_BUILD:-} ]]; then
+    log "building (release)"
+    cargo build --release --quiet --bin sparky --example loadgen --example floor
+fi
 
 VENV=target/bench-venv
 FASTAPI_PYTHON=$VENV/bin/python

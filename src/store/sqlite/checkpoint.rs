@@ -8,11 +8,15 @@
 //! the WAL's size in pages) wakes the `checkpoint` thread past [`CHECKPOINT_PAGES`], or
 //! [`CHECKPOINT_EVERY`] after the first commit since the last checkpoint. The thread runs a
 //! `PASSIVE` checkpoint on a connection of its own: it copies what no reader still needs and
-//! never waits for the writer, so commits go on meanwhile. Once the WAL is copied whole, the
-//! next commit starts it over from the beginning, so the file stays small; a writer told its
-//! `journal_size_limit` cuts it back when it does. A reader that keeps an old snapshot open
-//! can stop that, so past [`TRUNCATE_BYTES`] the thread runs a `TRUNCATE` checkpoint, which
-//! waits for readers and holds the writer for its length, and empties the file.
+//! never waits for the writer, so commits go on meanwhile. The next commit starts the WAL over
+//! from the beginning only once it is copied whole, which a checkpoint beside a busy writer
+//! never sees (a commit lands while it copies), and the WAL would grow without end; so past
+//! [`RESTART_PAGES`] the thread copies the last few frames on the writer connection itself,
+//! under its lock (a short hold: the bulk was copied already), and the next commit starts the
+//! WAL over; the writer's `journal_size_limit` cuts the file back then. A reader that keeps an
+//! old snapshot open can stop even that, so past [`TRUNCATE_BYTES`] the thread runs a
+//! `TRUNCATE` checkpoint, which waits for readers and holds the writer for its length, and
+//! empties the file.
 //!
 //! Depends on: `common::error`.
 
@@ -36,6 +40,10 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// [`CHECKPOINT_PAGES`], and every commit would ask again.
 const CHECKPOINT_GAP: Duration = Duration::from_millis(50);
 
+/// WAL frames past which a checkpoint ends on the writer connection, so that the WAL starts
+/// over (about 16 MiB of pages of 4 KiB).
+const RESTART_PAGES: i64 = 4 * CHECKPOINT_PAGES as i64;
+
 /// The WAL file's size past which a checkpoint empties it (`TRUNCATE`), waiting for readers.
 const TRUNCATE_BYTES: u64 = 64 << 20;
 
@@ -52,6 +60,10 @@ pub(super) struct Checkpoints {
     signal: Arc<Signal>,
     thread: Option<JoinHandle<()>>,
 }
+
+/// Runs a `PASSIVE` checkpoint on the writer connection, under its lock: the WAL's frames and
+/// those copied.
+pub(super) type OnWriter = Box<dyn Fn() -> rusqlite::Result<(i64, i64)> + Send>;
 
 /// What commits tell the thread.
 #[derive(Debug, Default)]
@@ -73,7 +85,7 @@ struct SignalState {
 impl Checkpoints {
     /// Turns the checkpoints on `writer` (the store's writer connection on the file `path`)
     /// off, and starts the thread that runs them instead, on `connection` (another connection
-    /// to the same file).
+    /// to the same file), ending them with `on_writer` when the WAL is long.
     ///
     /// # Errors
     ///
@@ -82,6 +94,7 @@ impl Checkpoints {
     pub(super) fn start(
         writer: &mut Connection,
         connection: Connection,
+        on_writer: OnWriter,
         path: &Path,
     ) -> Result<Self> {
         let name = path.to_string_lossy().into_owned();
@@ -107,7 +120,7 @@ impl Checkpoints {
         let wal = PathBuf::from(format!("{name}-wal"));
         let thread = thread::Builder::new()
             .name("checkpoint".into())
-            .spawn(move || run(&connection, &thread_signal, &wal))
+            .spawn(move || run(&connection, &on_writer, &thread_signal, &wal))
             .map_err(Error::Spawn)?;
         Ok(Checkpoints {
             signal,
@@ -144,7 +157,7 @@ impl Signal {
 }
 
 /// The thread: waits for commits, then checkpoints; ends when told to.
-fn run(connection: &Connection, signal: &Signal, wal: &Path) {
+fn run(connection: &Connection, on_writer: &OnWriter, signal: &Signal, wal: &Path) {
     let mut last = Instant::now();
     loop {
         {
@@ -169,19 +182,32 @@ fn run(connection: &Connection, signal: &Signal, wal: &Path) {
             state.pages = 0;
             state.dirty_since = None;
         }
-        checkpoint(connection, wal);
+        checkpoint(connection, on_writer, wal);
         last = Instant::now();
     }
 }
 
-/// One checkpoint: `PASSIVE`, then `TRUNCATE` when the WAL file is still too big.
-fn checkpoint(connection: &Connection, wal: &Path) {
+/// One checkpoint: `PASSIVE`; its end on the writer when the WAL is long; `TRUNCATE` when the
+/// WAL file is still too big.
+fn checkpoint(connection: &Connection, on_writer: &OnWriter, wal: &Path) {
     let started = Instant::now();
     match run_checkpoint(connection, "PASSIVE") {
-        Ok((log, copied)) => log::debug!(
-            "checkpoint: {copied} of {log} WAL pages copied in {:?}",
-            started.elapsed()
-        ),
+        Ok((log, copied)) => {
+            log::debug!(
+                "checkpoint: {copied} of {log} WAL pages copied in {:?}",
+                started.elapsed()
+            );
+            if log >= RESTART_PAGES {
+                let started = Instant::now();
+                match on_writer() {
+                    Ok((log, copied)) => log::debug!(
+                        "checkpoint: {copied} of {log} WAL pages copied on the writer in {:?}",
+                        started.elapsed()
+                    ),
+                    Err(e) => log::warn!("checkpoint: on the writer: {e}"),
+                }
+            }
+        }
         Err(e) => log::warn!("checkpoint: {e}"),
     }
     let size = std::fs::metadata(wal).map_or(0, |meta| meta.len());

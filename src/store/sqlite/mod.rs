@@ -24,13 +24,14 @@ pub(super) mod schema;
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, MutexGuard};
 use rusqlite::{Connection, OpenFlags};
 
-use self::checkpoint::Checkpoints;
+use self::checkpoint::{Checkpoints, OnWriter};
 use self::db::{Lite, SQL};
 use self::schema::migrate;
 use super::plan::{Backend, Counters, Dialect, Keys, View, Work, Write, apply, sweep_uploads};
@@ -57,7 +58,8 @@ const MAX_PAGES: i64 = 4_294_967_294;
 /// The SQLite store. See the module documentation for its connections.
 #[derive(Debug)]
 pub struct SqliteStore {
-    writer: Mutex<Writer>,
+    /// Shared with the `checkpoint` thread, which ends a long WAL's checkpoint on it.
+    writer: Arc<Mutex<Writer>>,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
     /// The node count and the search budget.
@@ -154,9 +156,19 @@ impl SqliteStore {
         let name = path.to_string_lossy().into_owned();
         let mut store = Self::connect(&name, &format!("database {}", path.display()))?;
         let checkpointer = open_connection(&name, &format!("database {}", path.display()))?;
+        let writer = store.writer.clone();
+        let on_writer: OnWriter = Box::new(move || {
+            writer
+                .lock()
+                .connection
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+                    Ok((row.get(1)?, row.get(2)?))
+                })
+        });
         store.checkpoints = Some(Checkpoints::start(
-            &mut store.writer.get_mut().connection,
+            &mut store.writer.lock().connection,
             checkpointer,
+            on_writer,
             &path,
         )?);
         store._lock = Some(lock);
@@ -306,11 +318,11 @@ impl SqliteStore {
             .query_row("SELECT count(*) FROM nodes", [], |row| row.get::<_, i64>(0))
             .map_err(|e| store_error("count nodes", e))?;
         let store = SqliteStore {
-            writer: Mutex::new(Writer {
+            writer: Arc::new(Mutex::new(Writer {
                 connection: writer,
                 keys: Keys::new(),
                 cap_pages: None,
-            }),
+            })),
             readers,
             next_reader: AtomicUsize::new(0),
             counters: Counters::new(nodes, READERS),
