@@ -29,8 +29,9 @@
 # BENCH_OUT moves the output directory; the counts at the top can be overridden the same way.
 # SCENARIOS picks a subset (a space-separated list of connect, turns1, turns50, turns500, idle,
 # cancel, resume; all by default), e.g. SCENARIOS="turns1 turns50" NO_FASTAPI=1 for the turns
-# alone; NO_BUILD=1 runs the release binaries as they are. `turns` also counts the server's context switches per turn (its threads' voluntary and
-# involuntary ones, from /proc/PID/task/*/status).
+# alone; NO_BUILD=1 runs the release binaries as they are. `turns` also counts the server's
+# context switches per turn (its threads' voluntary and involuntary ones, from
+# /proc/PID/task/*/status, read before the clients close their sockets).
 
 set -euo pipefail
 cd "$(dirname "$0")/.."
