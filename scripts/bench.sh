@@ -27,6 +27,11 @@
 # `sparky-before` (and `sparky-mem-before`), so that before and after are measured in one run
 # and the table gains a "Before and after" section of per-round ratios;
 # BENCH_OUT moves the output directory; the counts at the top can be overridden the same way.
+# SCENARIOS picks a subset (a space-separated list of connect, turns1, turns50, turns500, idle,
+# cancel, resume; all by default), e.g. SCENARIOS="turns1 turns50" NO_FASTAPI=1 for the turns
+# alone; NO_BUILD=1 runs the release binaries as they are. `turns` also counts the server's
+# context switches per turn (its threads' voluntary and involuntary ones, from
+# /proc/PID/task/*/status, read before the clients close their sockets).
 
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,6 +52,10 @@ RESUME_EVENTS=${RESUME_EVENTS:-100}
 RESUME_REPEAT=${RESUME_REPEAT:-10}
 # Bound on each loadgen run, on top of its per-read timeouts.
 MAX_SECONDS=${MAX_SECONDS:-60}
+SCENARIOS=" ${SCENARIOS:-connect turns1 turns50 turns500 idle cancel resume} "
+
+# wanted SCENARIO: true when SCENARIOS names it.
+wanted() { [[ $SCENARIOS == *" $1 "* ]]; }
 
 OUT=${BENCH_OUT:-target/bench}
 RESULTS=$OUT/results.jsonl
@@ -69,8 +78,10 @@ if (($(ulimit -n) < IDLE_CLIENTS + 100)); then
     log "warning: $(ulimit -n) open files may be too few for Sparky to hold $IDLE_CLIENTS connections"
 fi
 
-log "building (release)"
-cargo build --release --quiet --bin sparky --example loadgen --example floor
+if [[ -z ${NO_BUILD:-} ]]; then
+    log "building (release)"
+    cargo build --release --quiet --bin sparky --example loadgen --example floor
+fi
 
 VENV=target/bench-venv
 FASTAPI_PYTHON=$VENV/bin/python
@@ -198,10 +209,18 @@ EOF_PY
 compare_round() {
     local name=$1 round=$2
     start_server "$name"
-    load "$name" "$round" connect --clients "$CONNECT_CLIENTS"
-    load "$name" "$round" turns --clients 1 --turns "$TURNS_1" --pid "$SERVER_PID"
-    load "$name" "$round" turns --clients 50 --turns "$TURNS_50" --pid "$SERVER_PID"
-    load "$name" "$round" turns --clients 500 --turns "$TURNS_500" --pid "$SERVER_PID"
+    if wanted connect; then
+        load "$name" "$round" connect --clients "$CONNECT_CLIENTS"
+    fi
+    if wanted turns1; then
+        load "$name" "$round" turns --clients 1 --turns "$TURNS_1" --pid "$SERVER_PID"
+    fi
+    if wanted turns50; then
+        load "$name" "$round" turns --clients 50 --turns "$TURNS_50" --pid "$SERVER_PID"
+    fi
+    if wanted turns500; then
+        load "$name" "$round" turns --clients 500 --turns "$TURNS_500" --pid "$SERVER_PID"
+    fi
     stop_server
 }
 
@@ -222,17 +241,26 @@ load_average=$(cut -d' ' -f1-3 /proc/loadavg)
 echo "{\"scenario\":\"machine\",\"load_before\":\"$load_before\",\"load_average\":\"$load_average\"}" >>"$RESULTS"
 log "load average after the rounds: $load_average"
 
-for name in sparky floor; do
-    start_server "$name"
-    load "$name" 1 idle --clients "$IDLE_CLIENTS" --seconds "$IDLE_SECONDS" --pid "$SERVER_PID" \
-        --timeout-ms "$IDLE_TIMEOUT_MS"
-    stop_server
-done
+if wanted idle; then
+    for name in sparky floor; do
+        start_server "$name"
+        load "$name" 1 idle --clients "$IDLE_CLIENTS" --seconds "$IDLE_SECONDS" \
+            --pid "$SERVER_PID" --timeout-ms "$IDLE_TIMEOUT_MS"
+        stop_server
+    done
+fi
 
-start_server sparky
-load sparky 1 cancel --clients "$CANCEL_CLIENTS" --turns "$CANCEL_TURNS"
-load sparky 1 resume --clients "$RESUME_CLIENTS" --events "$RESUME_EVENTS" --repeat "$RESUME_REPEAT"
-stop_server
+if wanted cancel || wanted resume; then
+    start_server sparky
+    if wanted cancel; then
+        load sparky 1 cancel --clients "$CANCEL_CLIENTS" --turns "$CANCEL_TURNS"
+    fi
+    if wanted resume; then
+        load sparky 1 resume --clients "$RESUME_CLIENTS" --events "$RESUME_EVENTS" \
+            --repeat "$RESUME_REPEAT"
+    fi
+    stop_server
+fi
 
 # The servers' data directories only matter while they run.
 rm -rf "$OUT/data"

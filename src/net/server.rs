@@ -187,7 +187,11 @@ pub fn spawn_with(
     }
     let api_graph = graph.clone();
     let store = conversations.clone();
-    let journal = Journal::spawn(conversations.clone(), metrics.clone())?;
+    let journal = if config.in_memory {
+        Journal::spawn_in_background(conversations.clone(), metrics.clone())?
+    } else {
+        Journal::spawn(conversations.clone(), metrics.clone())?
+    };
     let mut tools = ToolChain::standard(&graph);
     for tool in crate::tools::files::all(&library) {
         tools.add(tool);

@@ -504,7 +504,7 @@ impl SessionManager {
             })
             .collect();
         if !seed.is_empty() {
-            let mut state = session.inner.state.lock();
+            let mut state = session.inner.lock();
             session.commit(&mut state, crate::common::protocol::TurnId(0), seed);
         }
         self.inner

@@ -6,7 +6,10 @@
 
 use std::io;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
 use std::time::Instant;
+
+use parking_lot::Mutex;
 
 use crate::common::cancel::CancelFlag;
 use crate::common::metrics::Outcome;
@@ -54,8 +57,9 @@ pub struct TurnStart {
     pub cancel: CancelFlag,
     /// The session's knowledge, for the tools.
     pub knowledge: Knowledge,
-    /// The turn's place under the caps on running turns: held until its worker is done.
-    pub permit: TurnPermit,
+    /// The turn's place under the caps on running turns: held until its worker is done, or
+    /// until the worker closes the turn itself (shared with `events`).
+    pub permit: Arc<Mutex<Option<TurnPermit>>>,
 }
 
 impl Task for TurnStart {
@@ -80,7 +84,7 @@ impl Task for TurnStart {
             }
         }
         let outcome = catch_unwind(AssertUnwindSafe(|| turn.run(&events, &cancel, &knowledge)));
-        drop(permit);
+        drop(permit.lock().take());
         match outcome {
             Ok(TurnOutcome::Answered | TurnOutcome::Failed | TurnOutcome::Cancelled) => {}
             Err(_) => {
@@ -110,6 +114,8 @@ pub struct SessionTurn {
     pub(super) turn_id: TurnId,
     /// The turn's waiting calls (the same as its [`CurrentTurn`]'s).
     pub(super) approvals: Approvals,
+    /// Its place under the caps (the same as its [`TurnStart`]'s).
+    pub(super) permit: Arc<Mutex<Option<TurnPermit>>>,
 }
 
 impl SessionTurn {
@@ -128,7 +134,7 @@ impl SessionTurn {
     /// owner's daily quota is used up.
     pub fn fail(&self, code: ErrorCode, message: &str) {
         let frame = ServerFrame::turn_error(self.turn_id, code, message);
-        let mut state = self.session.inner.state.lock();
+        let mut state = self.session.inner.lock();
         if let Some(turn) = state.turn.take_if(|turn| turn.id == self.turn_id) {
             let transcript = interrupted(&turn.text);
             self.session
@@ -143,7 +149,7 @@ impl SessionTurn {
         transcript: Vec<ChatMessage>,
         reset_history: bool,
     ) -> bool {
-        let mut state = self.session.inner.state.lock();
+        let mut state = self.session.inner.lock();
         if self.session.store_failing() {
             self.fail_on_storage(&mut state);
             return false;
@@ -153,6 +159,10 @@ impl SessionTurn {
         };
         self.session
             .close_turn(&mut state, Some(&turn), frame, transcript, reset_history);
+        // Its place goes back before anyone can see the closing frame: this thread may commit
+        // it and send it (once the session lock is released), and a client that has seen it
+        // may start its next turn at once.
+        drop(self.permit.lock().take());
         true
     }
 
@@ -182,7 +192,7 @@ impl SessionTurn {
     /// Runs `act` under the session lock if the turn is still current (and the store takes
     /// writes; a failing store ends the turn instead). True when it ran.
     fn while_current(&self, act: impl FnOnce(&mut SessionState)) -> bool {
-        let mut state = self.session.inner.state.lock();
+        let mut state = self.session.inner.lock();
         if self.session.store_failing() {
             self.fail_on_storage(&mut state);
             return false;
@@ -231,7 +241,7 @@ impl TurnEvents for SessionTurn {
     }
 
     fn hold(&self) {
-        let mut state = self.session.inner.state.lock();
+        let mut state = self.session.inner.lock();
         // Only where events are sent as they are made; otherwise the journal batches them.
         if self.session.inner.send_before_written
             && state
@@ -244,7 +254,7 @@ impl TurnEvents for SessionTurn {
     }
 
     fn flush(&self) {
-        let mut state = self.session.inner.state.lock();
+        let mut state = self.session.inner.lock();
         self.session.flush_held(&mut state);
     }
 }
