@@ -232,7 +232,7 @@ fn act(sessions: &SessionManager, cluster: &dyn Cluster, metrics: &Metrics, noti
                 Signal::Events => session.catch_up_to(detail.parse().unwrap_or(u64::MAX)),
                 Signal::Yield => session.let_go(),
                 Signal::Allow | Signal::Deny => {
-                    session.approve_here(&detail, signal == Signal::Allow);
+                    session.approve_here(&detail, signal == Signal::Allow, false);
                 }
                 _ => session.cancel_here(),
             }

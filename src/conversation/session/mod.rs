@@ -14,7 +14,10 @@
 //! subscriber's [`Sink`], one batch per subscriber, under the session lock. A session starts
 //! its own turns on the server's [`TurnPool`].
 //!
-//! Depends on: `common::auth`, `common::cancel`, `common::error`, `common::metrics`, `common::protocol`, `conversation::agent`, `conversation::approval`, `conversation::bot`, `conversation::journal`, `conversation::worker`, `files`, `model`, `store`, `store::cluster`, `store::tree`, `tools::knowledge`.
+//! Depends on: `common::auth`, `common::cancel`, `common::error`, `common::metrics`,
+//! `common::protocol`, `conversation::agent`, `conversation::approval`, `conversation::bot`,
+//! `conversation::elicitation`, `conversation::journal`, `conversation::worker`, `files`, `model`,
+//! `store`, `store::cluster`, `store::tree`, `tools::ask`, `tools::knowledge`.
 
 mod branch;
 mod lease;
@@ -41,6 +44,7 @@ use crate::common::protocol::{
 use crate::conversation::agent::Turn;
 use crate::conversation::approval::Approvals;
 use crate::conversation::bot::{Bot, interrupted};
+use crate::conversation::elicitation::{ElicitRefusal, Elicitations};
 use crate::conversation::journal::Durable;
 use crate::conversation::worker::TurnPool;
 use crate::model::ChatMessage;
@@ -167,6 +171,9 @@ struct SessionState {
     /// answers at once has its thoughts sent with its answer); cleared when the turn flushes
     /// or closes.
     holding: bool,
+    /// The MCP servers whose sampling requests this conversation allows without asking
+    /// (`approve` with `always`); kept in memory only, so forgotten when the session leaves it.
+    sampling_allowed: std::collections::BTreeSet<String>,
 }
 
 /// How far the store holds a session.
@@ -283,6 +290,7 @@ impl Session {
             holder: parts.holder,
             holding: false,
             relay: relay::Relay::default(),
+            sampling_allowed: std::collections::BTreeSet::new(),
         };
         let inner = Arc::new_cyclic(|weak: &Weak<SessionInner>| SessionInner {
             id: parts.id,
@@ -434,6 +442,7 @@ impl Session {
         };
         let cancel = CancelFlag::new();
         let approvals = Approvals::new();
+        let elicitations = Elicitations::new();
         let turn = Turn::start(&state.bot, turn_id, &text, &self.inner.owner).with_files(
             self.inner.id.clone(),
             attachments,
@@ -447,6 +456,8 @@ impl Session {
             shown: String::new(),
             streamed: String::new(),
             approvals: approvals.clone(),
+            elicitations: elicitations.clone(),
+            sampling_servers: std::collections::HashMap::new(),
         });
         Metrics::bump(&self.inner.metrics.turns_started);
         Some(TurnStart {
@@ -455,6 +466,7 @@ impl Session {
                 session: self.clone(),
                 turn_id,
                 approvals,
+                elicitations,
             },
             cancel,
             knowledge: self.inner.knowledge.clone(),
@@ -486,9 +498,9 @@ impl Session {
     /// instance that holds the conversation when this one does not (see
     /// [`approve_here`](Self::approve_here)). False when no such call waits, as far as this
     /// instance can tell (a follower reads its tail of the holder's events).
-    pub fn approve(&self, call_id: &str, allow: bool) -> bool {
+    pub fn approve(&self, call_id: &str, allow: bool, always: bool) -> bool {
         if self.holds_lease() {
-            return self.approve_here(call_id, allow);
+            return self.approve_here(call_id, allow, always);
         }
         let waits = {
             let state = self.inner.state.lock();
@@ -505,16 +517,28 @@ impl Session {
         waits
     }
 
-    /// Answers the `approval_request` of the call `call_id` here: the first answer for a call
-    /// of the turn in flight that waits decides (`allow` runs it, else it is denied). An answer
-    /// for a call that is not waiting is ignored, as PROTOCOL.md section 5 says; true when this
-    /// answer decided.
-    pub fn approve_here(&self, call_id: &str, allow: bool) -> bool {
-        let state = self.inner.state.lock();
+    /// Answers the `approval_request` of the call `call_id` (or the `sampling_request` of that
+    /// id) here: the first answer for a call of the turn in flight that waits decides (`allow`
+    /// runs it, else it is denied). An answer for a call that is not waiting is ignored, as
+    /// PROTOCOL.md section 5 says; true when this answer decided. `always` with `allow` on a
+    /// sampling request allows every later one of its server in this conversation.
+    pub fn approve_here(&self, call_id: &str, allow: bool, always: bool) -> bool {
+        let mut state = self.inner.state.lock();
         let decided = state
             .turn
             .as_ref()
             .is_some_and(|turn| turn.approvals.decide(call_id, allow));
+        let server = state
+            .turn
+            .as_ref()
+            .and_then(|turn| turn.sampling_servers.get(call_id).cloned());
+        if let Some(server) = server.filter(|_| decided && allow && always) {
+            log::info!(
+                "session {}: sampling of mcp {server} allowed for the conversation",
+                self.inner.id.short()
+            );
+            state.sampling_allowed.insert(server);
+        }
         if decided {
             log::info!(
                 "session {}: call {call_id:?} {}",
@@ -528,6 +552,33 @@ impl Session {
             );
         }
         decided
+    }
+
+    /// A client's `elicit`: the answer to the `elicitation_request` `request_id` of the turn
+    /// in flight here. Only the instance running the turn can take it (with several
+    /// instances, a client connected to another one is told the request does not wait).
+    ///
+    /// # Errors
+    ///
+    /// [`ElicitRefusal::NotWaiting`] when no such request waits here, [`ElicitRefusal::Invalid`] when the
+    /// answer does not fit the form (the request still waits).
+    pub fn elicit(
+        &self,
+        request_id: &str,
+        answer: crate::tools::ask::ElicitAnswer,
+    ) -> Result<(), ElicitRefusal> {
+        let state = self.inner.state.lock();
+        let Some(turn) = state.turn.as_ref() else {
+            return Err(ElicitRefusal::NotWaiting);
+        };
+        let outcome = turn.elicitations.answer(request_id, answer);
+        if outcome.is_ok() {
+            log::info!(
+                "session {}: elicitation {request_id:?} answered",
+                self.inner.id.short()
+            );
+        }
+        outcome
     }
 
     /// Detaches the subscriber `id`, if it is still attached.

@@ -353,7 +353,7 @@ impl HttpShared {
             }
             is_answer
         });
-        self.inbox.deliver(text.as_bytes());
+        self.inbox.deliver(text.as_bytes(), sent.id);
         answers
     }
 
@@ -452,7 +452,7 @@ impl HttpShared {
                         let reader = BufReader::new(response.into_body().into_reader());
                         let outcome = read_events(reader, |data| {
                             log::trace!("mcp {server}: <- (stream) {data}");
-                            self.inbox.deliver(data.as_bytes());
+                            self.inbox.deliver(data.as_bytes(), None);
                             !self.stopping.is_cancelled() && self.inbox.is_open()
                         });
                         if self.stopping.is_cancelled() {
