@@ -64,6 +64,11 @@ struct HttpEverything {
 
 impl HttpEverything {
     fn start(script: &Path) -> Self {
+        Self::start_with(script, &["streamableHttp"])
+    }
+
+    /// Any Node script that serves Streamable HTTP on `PORT`, run with `args`.
+    fn start_with(script: &Path, args: &[&str]) -> Self {
         // The server takes its port from PORT and does not report the one it got for 0, so
         // the test picks a free one.
         let port = TcpListener::bind("127.0.0.1:0")
@@ -73,7 +78,7 @@ impl HttpEverything {
             .port();
         let child = Command::new(NODE)
             .arg(script)
-            .arg("streamableHttp")
+            .args(args)
             .env("PORT", port.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -103,17 +108,41 @@ fn sparky(name: &str, entry: Value) -> TestServer {
 }
 
 /// [`sparky`], with `approval_timeout` as `--approval-timeout`.
-fn sparky_with(name: &str, mut entry: Value, approval_timeout: Duration) -> TestServer {
+fn sparky_with(name: &str, entry: Value, approval_timeout: Duration) -> TestServer {
+    sparky_serving(
+        name,
+        "everything",
+        entry,
+        "everything__echo",
+        approval_timeout,
+    )
+}
+
+/// A Sparky server with `entry` as MCP server `server`, once `tool` has joined.
+fn sparky_serving(
+    name: &str,
+    server: &str,
+    mut entry: Value,
+    tool: &str,
+    approval_timeout: Duration,
+) -> TestServer {
     entry["approve"] = json!("never");
     let dir = support::temp_dir(&format!("mcp-everything-{name}"));
-    let config = write_config(&dir, &json!({ "everything": entry }));
-    let server = TestServer::with_config(|c| {
+    let config = write_config(&dir, &json!({ server: entry }));
+    let sparky = TestServer::with_config(|c| {
         c.mcp_config = Some(config);
         c.approval_timeout = approval_timeout;
     });
-    wait_for_tool(&server, "everything__echo");
-    server
+    wait_for_tool(&sparky, tool);
+    sparky
 }
+
+/// The MCP TypeScript SDK's example server `elicitationFormExample` (installed beside
+/// server-everything, pinned by `scripts/npm-fixtures.sh`).
+const FORM_EXAMPLE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/target/npm/node_modules/@modelcontextprotocol/sdk/dist/esm/examples/server/elicitationFormExample.js"
+);
 
 /// What both transports must do.
 fn exercise(server: &TestServer) {
@@ -253,14 +282,10 @@ fn expect_elicitation(client: &mut Client) -> (String, ElicitMode, Option<Box<Va
     match frame.frame {
         ServerFrame::ElicitationRequest {
             request_id,
-            server,
             mode,
             schema,
             ..
-        } => {
-            assert_eq!(server, "everything");
-            (request_id, mode, schema)
-        }
+        } => (request_id, mode, schema),
         other => panic!("not an elicitation_request: {other:?}"),
     }
 }
@@ -455,4 +480,67 @@ fn sampling_and_elicitation_over_streamable_http() {
     let (status, result) = result_of(&mut client, turn);
     assert_eq!(status, ToolStatus::Success, "{result}");
     assert!(result.contains("- Name: Over Http"), "{result}");
+}
+
+#[test]
+fn the_sdk_form_elicitation_example_is_answered_with_accept_decline_and_cancel() {
+    if everything().is_none() {
+        return;
+    }
+    let example = HttpEverything::start_with(Path::new(FORM_EXAMPLE), &[]);
+    let url = format!("http://127.0.0.1:{}/mcp", example.port);
+    let register = "forms__register_user";
+    let server = sparky_serving(
+        "sdk-forms",
+        "forms",
+        json!({ "url": url }),
+        register,
+        Duration::from_secs(300),
+    );
+    let mut client = server.client();
+
+    let turn = start_call(&mut client, register, &json!({}));
+    let (request_id, mode, schema) = expect_elicitation(&mut client);
+    assert_eq!(mode, ElicitMode::Form);
+    assert_eq!(
+        schema.expect("a schema")["required"],
+        json!(["username", "email", "password"])
+    );
+    // Too short a password (minLength 8) is refused here, before the server sees it.
+    let short = json!({"username": "ann", "email": "ann@example.com", "password": "short"});
+    elicit(&mut client, &request_id, "accept", Some(short));
+    let refused = client.expect("error");
+    assert!(
+        matches!(
+            &refused.frame,
+            ServerFrame::Error {
+                code: ErrorCode::InvalidMessage,
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
+    let good = json!({"username": "ann", "email": "ann@example.com", "password": "long enough",
+                      "newsletter": true, "role": "designer", "interests": ["ai", "backend"]});
+    elicit(&mut client, &request_id, "accept", Some(good));
+    let (status, result) = result_of(&mut client, turn);
+    assert_eq!(status, ToolStatus::Success, "{result}");
+    assert!(result.contains("Registration successful!"), "{result}");
+    assert!(result.contains("Username: ann"), "{result}");
+    assert!(result.contains("Newsletter: Yes"), "{result}");
+
+    for (action, said) in [
+        ("decline", "Registration cancelled by user."),
+        ("cancel", "Registration was cancelled."),
+    ] {
+        let turn = start_call(&mut client, register, &json!({}));
+        let (request_id, ..) = expect_elicitation(&mut client);
+        elicit(&mut client, &request_id, action, None);
+        let (status, result) = result_of(&mut client, turn);
+        assert_eq!(
+            (status, result.as_str()),
+            (ToolStatus::Success, said),
+            "{action}"
+        );
+    }
 }
