@@ -101,7 +101,8 @@ impl FormFill {
             return Step::Done(self.submit());
         };
         let value = match line {
-            "-" if !field.required => None,
+            "-" if field.required => return Step::Again(format!("{} is required", field.title)),
+            "-" => None,
             "." if field.default.is_some() => field.default.clone(),
             _ => match field.read(line) {
                 Ok(Some(value)) => Some(value),
@@ -185,11 +186,16 @@ mod tests {
             "ok": {"type": "boolean"}
         }, "required": ["name"]});
         let mut form = FormFill::new("r".into(), "c".into(), Some(&schema), false).unwrap();
-        assert!(form.first().starts_with("Name [text"));
-        assert!(matches!(form.take("-"), Step::Again(_)), "name is required");
-        assert!(matches!(form.take("Ann"), Step::Ask(_)));
+        // The fields come in name order: age, name, ok.
+        assert!(
+            form.first().starts_with("age [whole number"),
+            "{}",
+            form.first()
+        );
         assert!(matches!(form.take("old"), Step::Again(_)));
         assert!(matches!(form.take("."), Step::Ask(_)));
+        assert!(matches!(form.take("-"), Step::Again(_)), "name is required");
+        assert!(matches!(form.take("Ann"), Step::Ask(_)));
         let Step::Done(ClientFrame::Elicit(data)) = form.take("-") else {
             panic!("not done");
         };

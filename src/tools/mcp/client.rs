@@ -722,6 +722,88 @@ mod tests {
         });
     }
 
+    /// Answers every elicitation with the message it was asked, and refuses every sampling.
+    struct Answering;
+
+    impl AskUser for Answering {
+        fn elicit(
+            &self,
+            server: &str,
+            request: crate::tools::ask::Elicitation,
+        ) -> crate::tools::ask::ElicitAnswer {
+            let mut content = serde_json::Map::new();
+            content.insert(
+                "said".into(),
+                json!(format!("{server}: {}", request.message)),
+            );
+            crate::tools::ask::ElicitAnswer {
+                action: crate::common::protocol::ElicitAction::Accept,
+                content: Some(content),
+            }
+        }
+        fn sample(
+            &self,
+            _server: &str,
+            request: crate::tools::ask::Sampling,
+        ) -> Result<crate::tools::ask::Sampled, String> {
+            Err(format!("no, not {} tokens", request.max_tokens))
+        }
+    }
+
+    #[test]
+    fn the_server_s_requests_for_roots_and_a_person_are_answered() {
+        let (client, mut server) = connect();
+        client.set_roots(vec![Root {
+            uri: "file:///srv/notes".into(),
+            name: Some("notes".into()),
+        }]);
+        server.send_line(r#"{"jsonrpc":"2.0","id":"r1","method":"roots/list"}"#);
+        let Message::Response(roots) = server.next() else {
+            panic!("roots/list was not answered")
+        };
+        assert_eq!(
+            roots.result,
+            Some(json!({"roots": [{"uri": "file:///srv/notes", "name": "notes"}]}))
+        );
+        // With no call waiting, nobody can be asked.
+        server.send_line(
+            r#"{"jsonrpc":"2.0","id":"e0","method":"elicitation/create","params":{"message":"hi","requestedSchema":{"type":"object","properties":{}}}}"#,
+        );
+        let Message::Response(refused) = server.next() else {
+            panic!("the elicitation was not answered")
+        };
+        assert!(refused.error.is_some(), "{refused:?}");
+        // During a call, its asker answers, and the call then gets its own result.
+        let cancel = CancelFlag::new();
+        thread::scope(|scope| {
+            let call = scope.spawn(|| {
+                client.call_tool("ask", &json!({}), WAIT, &cancel, &|_| {}, Some(&Answering))
+            });
+            let (id, _) = server.expect_request("tools/call");
+            server.send_line(
+                r#"{"jsonrpc":"2.0","id":"e1","method":"elicitation/create","params":{"message":"name?","requestedSchema":{"type":"object","properties":{"said":{"type":"string"}}}}}"#,
+            );
+            let Message::Response(answer) = server.next() else {
+                panic!("the elicitation was not answered")
+            };
+            assert_eq!(answer.id, Some(RequestId::Text("e1".into())));
+            assert_eq!(
+                answer.result,
+                Some(json!({"action": "accept", "content": {"said": "fake: name?"}}))
+            );
+            server.send_line(
+                r#"{"jsonrpc":"2.0","id":"s1","method":"sampling/createMessage","params":{"messages":[{"role":"user","content":{"type":"text","text":"hi"}}],"maxTokens":9}}"#,
+            );
+            let Message::Response(refusal) = server.next() else {
+                panic!("the sampling request was not answered")
+            };
+            let error = refusal.error.expect("a refusal");
+            assert!(error.message.contains("not 9 tokens"), "{error:?}");
+            server.reply(id, text("asked"));
+            assert_eq!(call.join().unwrap().unwrap().content.text, "asked");
+        });
+    }
+
     #[test]
     fn dropping_the_client_closes_the_server_input() {
         let (client, server) = connect();
