@@ -24,21 +24,10 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use sparky::common::protocol::{ElicitMode, ErrorCode, ServerFrame, ToolStatus};
 use support::mcp::{
-    answer, call, cancel_at_once, progress_seen, ready, wait_for_tool, write_config,
+    EVERYTHING, NODE, answer, call, cancel_at_once, progress_seen, ready, wait_for_tool,
+    write_config,
 };
 use support::{Client, TestServer, wait_until};
-
-/// Where `scripts/npm-fixtures.sh` puts the server's entry point.
-const EVERYTHING: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/target/npm/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
-);
-
-/// The Node that runs it, installed beside it (pinned: the server needs Node 20 or newer).
-const NODE: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/target/npm/node_modules/.bin/node"
-);
 
 /// The server's entry point, or `None` (after saying why) when the test should be skipped.
 fn everything() -> Option<PathBuf> {

@@ -9,16 +9,8 @@ use std::path::Path;
 use serde_json::json;
 
 use crate::driver::{Browser, CONNECTED, Submit};
+use crate::support::mcp::{EVERYTHING, NODE};
 use crate::support::{self, ChildServer};
-
-const EVERYTHING: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/target/npm/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
-);
-const NODE: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/target/npm/node_modules/.bin/node"
-);
 
 /// The result text on the card of turn `turn`'s tool.
 fn result(browser: &Browser, turn: u64) -> String {
