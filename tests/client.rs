@@ -745,7 +745,11 @@ fn an_mcp_server_s_form_is_asked_field_by_field_and_its_sampling_allowed() {
         "/tool everything__trigger-elicitation-request {}",
     );
     until(&output, &mut seen, "elicit> everything asks");
-    until(&output, &mut seen, "(Your date of birth) [date, - to skip]:");
+    until(
+        &output,
+        &mut seen,
+        "(Your date of birth) [date, - to skip]:",
+    );
     // The fields, in name order: birthdate, check, email, firstLine, homepage, integer,
     // legacyTitledEnum, name, number, and four lists of options.
     for line in [

@@ -2,7 +2,7 @@
 //! `approval_request` of each call a person must allow and the wait for the answers, then the
 //! calls side by side (the first on the turn's thread, each other on a scoped `tool` thread),
 //! each relaying its progress as `tool_progress` at most ten times a second and asking the
-//! person through its own [`CallAsk`] what its MCP server asks, and each `tool_result` in
+//! person through its own `CallAsk` what its MCP server asks, and each `tool_result` in
 //! call order.
 //!
 //! Depends on: `common::auth`, `common::cancel`, `common::protocol`, `conversation::approval`,
