@@ -805,6 +805,46 @@ mod tests {
     }
 
     #[test]
+    fn a_request_for_a_person_is_refused_when_two_calls_could_be_asking() {
+        let (client, mut server) = connect();
+        let cancel = CancelFlag::new();
+        thread::scope(|scope| {
+            let calls: Vec<_> = (0..2)
+                .map(|_| {
+                    scope.spawn(|| {
+                        client.call_tool(
+                            "ask",
+                            &json!({}),
+                            WAIT,
+                            &cancel,
+                            &|_| {},
+                            Some(&Answering),
+                        )
+                    })
+                })
+                .collect();
+            let ids = [
+                server.expect_request("tools/call").0,
+                server.expect_request("tools/call").0,
+            ];
+            server.send_line(
+                r#"{"jsonrpc":"2.0","id":"e1","method":"elicitation/create","params":{"message":"who?","requestedSchema":{"type":"object","properties":{}}}}"#,
+            );
+            let Message::Response(refusal) = server.next() else {
+                panic!("the elicitation was not answered")
+            };
+            let error = refusal.error.expect("a refusal");
+            assert!(error.message.contains("cannot tell"), "{error:?}");
+            for id in ids {
+                server.reply(id, text("done"));
+            }
+            for call in calls {
+                assert_eq!(call.join().unwrap().unwrap().content.text, "done");
+            }
+        });
+    }
+
+    #[test]
     fn dropping_the_client_closes_the_server_input() {
         let (client, server) = connect();
         drop(client);

@@ -37,12 +37,16 @@ pub(super) fn answer(server: &str, request: Request, ask: &dyn AskUser) -> Respo
     }
 }
 
-/// The refusal of a request for a person when no call of the server waits to take it.
+/// The refusal of a request for a person when no call of the server, or more than one (and
+/// the transport does not say which), waits to take it.
 pub(super) fn nobody_to_ask(id: RequestId, method: &str) -> Response {
     Response::error(
         Some(id),
         USER_REFUSED,
-        format!("no conversation is waiting on a call of this server to answer {method}"),
+        format!(
+            "sparky cannot tell which of its conversations {method} is for: none, or several, \
+             wait on a call of this server"
+        ),
     )
 }
 

@@ -6,7 +6,8 @@
 //! `tools/call` whose token it carries (restarting that call's timeout), and answers the
 //! server's own requests: `ping` and `roots/list` at once, and those that need a person
 //! (`elicitation/create`, `sampling/createMessage`, see `asked.rs`) on the thread of the call
-//! they belong to, which waits for the person meanwhile (the call's timeout stops while it
+//! they belong to (the one whose HTTP answer stream carried them, else the only call in
+//! flight that can ask; never a guess between several), which waits for the person meanwhile (the call's timeout stops while it
 //! does). A caller that is cancelled or times out stops waiting and tells the
 //! server with `notifications/cancelled`.
 //!
@@ -431,7 +432,7 @@ impl Rpc {
 
     /// Answers a request the server made: `ping` gets an empty result and `roots/list` the
     /// configured roots; a request for a person goes to the waiting call it came with
-    /// (`related`), else to the oldest call that can ask, else is refused; anything else gets
+    /// (`related`), else to the one call that can ask, else is refused; anything else gets
     /// "method not found".
     fn answer(&self, request: Request, related: Option<i64>) {
         let method = request.method.clone();
@@ -461,12 +462,18 @@ impl Rpc {
     }
 
     /// Hands a request for a person to the call it belongs to: the one whose answer it came
-    /// with, else (stdio says nothing of it) the oldest call that can ask.
+    /// with, else (stdio says nothing of it) the only call that can ask. With several such
+    /// calls in flight (of several conversations, perhaps of several people) it is refused
+    /// rather than shown to someone who may not be the one it is for.
     fn hand_to_caller(&self, request: Request, related: Option<i64>) -> Result<(), ()> {
         let state = self.state.lock();
-        let caller = related
-            .and_then(|id| state.asks.get(&id))
-            .or_else(|| state.asks.values().next());
+        let caller =
+            related
+                .and_then(|id| state.asks.get(&id))
+                .or_else(|| match state.asks.len() {
+                    1 => state.asks.values().next(),
+                    _ => None,
+                });
         match caller {
             Some(caller) => caller.try_send(request).map_err(|_| ()),
             None => Err(()),
