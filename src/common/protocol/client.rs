@@ -41,8 +41,8 @@ pub struct ApproveData {
     /// True runs the call; false denies it.
     pub allow: bool,
     /// With `allow`, on a `sampling_request`: every later sampling request of the same MCP
-    /// server in this conversation is allowed without asking (until the server restarts).
-    /// Ignored on an `approval_request`.
+    /// server in this conversation is allowed without asking (kept in memory only: a restart,
+    /// or the conversation leaving memory, forgets it). Ignored on an `approval_request`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub always: bool,
 }
