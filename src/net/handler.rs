@@ -7,7 +7,7 @@
 //!
 //! Depends on: `common::auth`, `common::config`, `common::error`, `common::metrics`,
 //! `common::protocol`, `common::rate`, `conversation::elicitation`, `conversation::session`,
-//! `net::admission`, `net::connection`, `net::shutdown`, `store::files`, `tools::ask`.
+//! `net::admission`, `net::connection`, `net::shutdown`, `store::files`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,7 +29,6 @@ use crate::net::admission::Place;
 use crate::net::connection::{Connection, Incoming};
 use crate::net::shutdown::Shutdown;
 use crate::store::FileStore;
-use crate::tools::ask::ElicitAnswer;
 
 /// How often a connection authenticated as a user account checks that its credential still
 /// holds: how long a revoked token, an ended sign-in or a removed user's socket lives at most.
@@ -358,11 +357,7 @@ impl<'a> Handler<'a> {
     /// `not_waiting`.
     fn elicit(&mut self, session: &Session, answer: ElicitData) {
         let request: String = answer.request_id.chars().take(100).collect();
-        let reply = ElicitAnswer {
-            action: answer.action,
-            content: answer.content,
-        };
-        match session.elicit(&answer.request_id, reply) {
+        match session.elicit(&answer) {
             Ok(()) => {}
             Err(ElicitRefusal::NotWaiting) => self.reject(
                 ErrorCode::NotWaiting,

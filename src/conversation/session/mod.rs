@@ -39,7 +39,7 @@ use crate::common::auth::Principal;
 use crate::common::cancel::CancelFlag;
 use crate::common::metrics::Metrics;
 use crate::common::protocol::{
-    ErrorCode, ServerFrame, SessionId, StatusCode, StatusData, TurnId, encode,
+    ElicitData, ErrorCode, ServerFrame, SessionId, StatusCode, StatusData, TurnId, encode,
 };
 use crate::conversation::agent::Turn;
 use crate::conversation::approval::Approvals;
@@ -224,6 +224,46 @@ fn waiting_approvals(log: &EventLog, turn_id: TurnId) -> Vec<(String, String)> {
         }
     }
     waiting
+}
+
+/// True when the tail shows the `elicitation_request` or `sampling_request` `request_id` of
+/// turn `turn_id` still waiting: no `tool_result` of its call, nor a later request of its
+/// call, followed it.
+fn request_waits(log: &EventLog, turn_id: TurnId, request_id: &str) -> bool {
+    let mut waiting: Option<String> = None;
+    for (_, text) in log.iter() {
+        let Ok(envelope) = serde_json::from_str::<crate::common::protocol::ServerEnvelope>(text)
+        else {
+            continue;
+        };
+        let (turn, asked, call_id) = match envelope.frame {
+            ServerFrame::ElicitationRequest {
+                turn_id,
+                request_id,
+                call_id,
+                ..
+            }
+            | ServerFrame::SamplingRequest {
+                turn_id,
+                request_id,
+                call_id,
+                ..
+            } => (turn_id, Some(request_id), call_id),
+            ServerFrame::ToolResult {
+                turn_id, call_id, ..
+            } => (turn_id, None, call_id),
+            _ => continue,
+        };
+        if turn != turn_id {
+            continue;
+        }
+        if asked.as_deref() == Some(request_id) {
+            waiting = Some(call_id);
+        } else if waiting.as_ref() == Some(&call_id) {
+            waiting = None;
+        }
+    }
+    waiting.is_some()
 }
 
 /// The turn the tail shows open: the newest `user_message`'s, unless a frame closed it since.
@@ -509,10 +549,11 @@ impl Session {
                 waiting_approvals(&state.log, turn)
                     .iter()
                     .any(|(waiting, _)| waiting == call_id)
+                    || request_waits(&state.log, turn, call_id)
             })
         };
         if waits {
-            self.approve_elsewhere(call_id, allow);
+            self.approve_elsewhere(call_id, allow, always);
         }
         waits
     }
@@ -555,14 +596,69 @@ impl Session {
     }
 
     /// A client's `elicit`: the answer to the `elicitation_request` `request_id` of the turn
-    /// in flight here. Only the instance running the turn can take it (with several
-    /// instances, a client connected to another one is told the request does not wait).
+    /// in flight; passed on to the instance that holds the conversation when this one does
+    /// not (which checks it against the form there: a follower only checks that the request
+    /// waits, as far as its tail of the holder's events tells).
     ///
     /// # Errors
     ///
-    /// [`ElicitRefusal::NotWaiting`] when no such request waits here, [`ElicitRefusal::Invalid`] when the
-    /// answer does not fit the form (the request still waits).
-    pub fn elicit(
+    /// [`ElicitRefusal::NotWaiting`] when no such request waits, [`ElicitRefusal::Invalid`]
+    /// when the answer does not fit the form (the request still waits).
+    pub fn elicit(&self, data: &ElicitData) -> Result<(), ElicitRefusal> {
+        let answer = crate::tools::ask::ElicitAnswer {
+            action: data.action,
+            content: data.content.clone(),
+        };
+        if self.holds_lease() {
+            return self.elicit_here(&data.request_id, answer);
+        }
+        let waits = {
+            let state = self.inner.state.lock();
+            open_turn_in(&state.log)
+                .is_some_and(|turn| request_waits(&state.log, turn, &data.request_id))
+        };
+        if !waits {
+            return Err(ElicitRefusal::NotWaiting);
+        }
+        match serde_json::to_string(data) {
+            Ok(text) => self.elicit_elsewhere(&text),
+            Err(e) => log::warn!(
+                "session {}: cannot pass an elicit on: {e}",
+                self.inner.id.short()
+            ),
+        }
+        Ok(())
+    }
+
+    /// An `elicit` another instance passed on (its data as JSON): answered here, or logged
+    /// when it does not fit or no longer waits.
+    pub fn elicit_relayed(&self, detail: &str) {
+        let Ok(data) = serde_json::from_str::<ElicitData>(detail) else {
+            log::warn!(
+                "session {}: an elicit passed on that is not one",
+                self.inner.id.short()
+            );
+            return;
+        };
+        let answer = crate::tools::ask::ElicitAnswer {
+            action: data.action,
+            content: data.content,
+        };
+        if let Err(refused) = self.elicit_here(&data.request_id, answer) {
+            log::info!(
+                "session {}: elicit passed on for {:?} not taken: {refused:?}",
+                self.inner.id.short(),
+                data.request_id
+            );
+        }
+    }
+
+    /// Answers the `elicitation_request` `request_id` of the turn in flight here.
+    ///
+    /// # Errors
+    ///
+    /// As [`elicit`](Self::elicit).
+    pub fn elicit_here(
         &self,
         request_id: &str,
         answer: crate::tools::ask::ElicitAnswer,
