@@ -75,13 +75,23 @@ fn import(server: &TestServer, token: Option<&str>, body: &str) -> (u16, Value) 
     )
 }
 
-/// The one conversation an import made.
-fn imported_one(server: &TestServer, token: Option<&str>, body: &str) -> String {
+/// The conversations an import made, which must be a `201`.
+fn imported(server: &TestServer, token: Option<&str>, body: &str) -> Vec<String> {
     let (status, answer) = import(server, token, body);
     assert_eq!(status, 201, "{answer}");
-    let ids = answer["imported"].as_array().unwrap();
-    assert_eq!(ids.len(), 1, "{answer}");
-    ids[0].as_str().unwrap().to_owned()
+    answer["imported"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|id| id.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The one conversation an import made.
+fn imported_one(server: &TestServer, token: Option<&str>, body: &str) -> String {
+    let ids = imported(server, token, body);
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    ids[0].clone()
 }
 
 fn count(server: &TestServer, token: Option<&str>) -> usize {
@@ -327,14 +337,7 @@ fn chatgpt_exports_import_with_their_branches_and_leaf_in_both_layouts() {
     let model = Arc::new(Recording::default());
     let server = TestServer::with_model(|_| {}, model.clone());
     let body = json!([chatgpt_current(), chatgpt_older()]).to_string();
-    let (status, answer) = import(&server, None, &body);
-    assert_eq!(status, 201, "{answer}");
-    let ids: Vec<String> = answer["imported"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|id| id.as_str().unwrap().to_owned())
-        .collect();
+    let ids = imported(&server, None, &body);
     assert_eq!(ids.len(), 2);
 
     let (leaf, turns) = tree(&server, None, &ids[0]);
@@ -594,4 +597,147 @@ fn nobody_exports_or_reaches_another_principals_conversation() {
     assert_eq!(status, 404);
     let (status, _) = import(&server, None, "[]");
     assert_eq!(status, 401, "an import needs a token");
+}
+
+/// The listing's entry for conversation `id`: `(title, created_at, updated_at, model)`.
+fn listed(server: &TestServer, id: &str) -> (Value, Value, Value, Value) {
+    let (status, body) = http_json(server.addr, "GET", "/api/conversations", None, None);
+    assert_eq!(status, 200, "{body}");
+    let entry = body["conversations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == id)
+        .unwrap_or_else(|| panic!("{id} is not listed: {body}"))
+        .clone();
+    (
+        entry["title"].clone(),
+        entry["created_at"].clone(),
+        entry["updated_at"].clone(),
+        entry["model"].clone(),
+    )
+}
+
+/// The `created_at` of each turn of conversation `id`.
+fn turn_times(server: &TestServer, id: &str) -> Vec<Value> {
+    let path = format!("/api/conversations/{id}/turns");
+    let (status, body) = http_json(server.addr, "GET", &path, None, None);
+    assert_eq!(status, 200, "{body}");
+    body["turns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["created_at"].clone())
+        .collect()
+}
+
+#[test]
+fn imports_keep_their_original_times_titles_and_models() {
+    let server = TestServer::start();
+    // ChatGPT: fractional unix seconds; the newest answer's `model_slug`, else the default.
+    let mut gpt = chatgpt_current();
+    gpt["create_time"] = json!(1_700_000_000.25);
+    gpt["update_time"] = json!(1_700_003_600.75);
+    gpt["default_model_slug"] = json!("gpt-4");
+    gpt["mapping"]["u1"]["message"]["create_time"] = json!(1_700_000_100.5);
+    gpt["mapping"]["u2"]["message"]["create_time"] = json!(1_700_000_200.0);
+    gpt["mapping"]["u2b"]["message"]["create_time"] = json!(1_700_000_300.0);
+    gpt["mapping"]["a2b"]["message"]["create_time"] = json!(1_700_000_400.0);
+    gpt["mapping"]["a2b"]["message"]["metadata"] = json!({"model_slug": "gpt-4o"});
+    gpt["mapping"]["a1"]["message"]["metadata"] = json!({"model_slug": "gpt-3.5"});
+    let mut older = chatgpt_older();
+    older["create_time"] = json!(1_600_000_000.0);
+    older["update_time"] = json!(1_600_000_060.0);
+    older["default_model_slug"] = json!("text-davinci-002-render");
+    // Claude: RFC 3339 with fractions and offsets.
+    let claude = json!({"uuid": "c", "name": "Claude talk",
+    "created_at": "2024-03-01T12:00:00.123456Z", "updated_at": "2024-03-02T08:30:00+02:00",
+    "chat_messages": [
+        {"uuid": "m1", "text": "Hi", "sender": "human", "created_at": "2024-03-01T12:00:01Z"},
+        {"uuid": "m2", "text": "Hello!", "sender": "assistant",
+         "created_at": "2024-03-01T12:00:02Z"}
+    ]});
+    let ids = imported(&server, None, &json!([gpt, older, claude]).to_string());
+    assert_eq!(
+        listed(&server, &ids[0]),
+        (
+            json!("Greetings"),
+            json!("2023-11-14T22:13:20Z"),
+            json!("2023-11-14T23:13:20Z"),
+            json!("gpt-4o")
+        )
+    );
+    assert_eq!(
+        turn_times(&server, &ids[0]),
+        [
+            "2023-11-14T22:15:00Z",
+            "2023-11-14T22:16:40Z",
+            "2023-11-14T22:18:20Z",
+            "2023-11-14T22:15:00Z"
+        ]
+    );
+    assert_eq!(
+        listed(&server, &ids[1]),
+        (
+            json!("Sums"),
+            json!("2020-09-13T12:26:40Z"),
+            json!("2020-09-13T12:27:40Z"),
+            json!("text-davinci-002-render")
+        )
+    );
+    let (title, created, updated, _) = listed(&server, &ids[2]);
+    assert_eq!(
+        (title, created, updated),
+        (
+            json!("Claude talk"),
+            json!("2024-03-01T12:00:00Z"),
+            json!("2024-03-02T06:30:00Z")
+        )
+    );
+    assert_eq!(turn_times(&server, &ids[2]), ["2024-03-01T12:00:01Z"]);
+    // The listing is by the original times, most recent first, after anything chatted now.
+    let mut client = server.client();
+    client.ask("made today");
+    let today = client.session_id.clone().unwrap();
+    let (_, body) = http_json(server.addr, "GET", "/api/conversations", None, None);
+    let order: Vec<&str> = body["conversations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(order, [today.as_str(), &ids[2], &ids[0], &ids[1]], "{body}");
+
+    // Sparky's own export: its times, turn times and model come back.
+    let path = format!("/api/conversations/{}/export", today.as_str());
+    let (status, _, body) = http_raw(server.addr, "GET", &path, &[], b"");
+    assert_eq!(status, 200);
+    let mut export: Value = serde_json::from_slice(&body).unwrap();
+    assert!(export["updated_at"].is_string(), "{export}");
+    export["title"] = json!("Sparky's own");
+    export["created_at"] = json!("2022-01-02T03:04:05Z");
+    export["updated_at"] = json!("2022-02-03T04:05:06Z");
+    export["model"] = json!("some-model");
+    export["turns"][0]["created_at"] = json!("2022-01-02T03:04:06Z");
+    let copy = imported_one(&server, None, &export.to_string());
+    assert_eq!(
+        listed(&server, &copy),
+        (
+            json!("Sparky's own"),
+            json!("2022-01-02T03:04:05Z"),
+            json!("2022-02-03T04:05:06Z"),
+            json!("some-model")
+        )
+    );
+    assert_eq!(turn_times(&server, &copy), ["2022-01-02T03:04:06Z"]);
+    // An export of this server, imported as it is, keeps the original's times and model.
+    let (status, _, body) = http_raw(server.addr, "GET", &path, &[], b"");
+    assert_eq!(status, 200);
+    let again = imported_one(&server, None, &String::from_utf8(body).unwrap());
+    let (_, created, updated, model) = listed(&server, today.as_str());
+    let (_, created_copy, updated_copy, model_copy) = listed(&server, &again);
+    assert_eq!(
+        (created_copy, updated_copy, model_copy),
+        (created, updated, model)
+    );
 }

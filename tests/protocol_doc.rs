@@ -90,6 +90,7 @@ fn error_codes() -> Vec<ErrorCode> {
         ErrorCode::StepLimit,
         ErrorCode::Internal,
         ErrorCode::Storage,
+        ErrorCode::Quota,
     ];
     for code in &all {
         match code {
@@ -108,6 +109,7 @@ fn error_codes() -> Vec<ErrorCode> {
             | ErrorCode::StepLimit
             | ErrorCode::Internal
             | ErrorCode::Storage
+            | ErrorCode::Quota
             // Only ever decoded, never sent.
             | ErrorCode::Unknown => {}
         }

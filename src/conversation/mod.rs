@@ -4,7 +4,7 @@
 //! ([`worker`]), tool approval ([`approval`]), what MCP servers ask the person behind a turn
 //! ([`asking`], [`elicitation`]), the context budget ([`context`]), the journal
 //! that writes every event ([`journal`]), semantic memory ([`memory`]) and what an instance
-//! does for the others sharing its store ([`cluster`]). Knows no client: a bot works the same
+//! does for the others sharing its store ([`cluster`]), and users' daily quotas ([`quota`]). Knows no client: a bot works the same
 //! with no one connected.
 //!
 //! Depends on nothing in the crate.
@@ -21,6 +21,7 @@ pub mod events;
 pub mod journal;
 pub mod memory;
 pub mod porting;
+pub mod quota;
 pub mod session;
 pub mod tool_calls;
 pub mod worker;

@@ -369,9 +369,17 @@ pub trait ModelBackend: Send + Sync {
         vec![self.name()]
     }
 
-    /// The model a conversation that chose `chosen` uses: its choice, else the default.
+    /// The model a conversation that chose `chosen` uses: its choice while this server offers
+    /// it (or lists nothing yet), else the default. A conversation imported from elsewhere
+    /// (`gpt-4o`) or one whose model left the configuration goes on with the default.
     fn resolve(&self, chosen: Option<&str>) -> String {
-        chosen.map_or_else(|| self.name(), str::to_owned)
+        let offered = self.models();
+        match chosen {
+            Some(name) if offered.is_empty() || offered.iter().any(|m| m == name) => {
+                name.to_owned()
+            }
+            _ => self.name(),
+        }
     }
 
     /// What is known of the model server: whether it answered last time it was asked (by a
@@ -442,6 +450,43 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    /// A backend offering `offered` (the default first), answering nothing.
+    struct Offering(Vec<&'static str>);
+
+    impl ModelBackend for Offering {
+        fn name(&self) -> String {
+            self.0.first().map_or("auto", |m| m).to_owned()
+        }
+        fn models(&self) -> Vec<String> {
+            self.0.iter().map(|m| (*m).to_owned()).collect()
+        }
+        fn complete(
+            &self,
+            _: Conversation<'_>,
+            _: &[ToolSpec],
+            _: &mut dyn ReplySink,
+        ) -> Result<ModelReply> {
+            Err(crate::common::error::Error::Model {
+                backend: "offering".into(),
+                detail: "unused".into(),
+            })
+        }
+    }
+
+    #[test]
+    fn a_model_this_server_does_not_offer_resolves_to_the_default() {
+        let two = Offering(vec!["small", "large"]);
+        assert_eq!(two.resolve(None), "small");
+        assert_eq!(two.resolve(Some("large")), "large");
+        assert_eq!(
+            two.resolve(Some("gpt-4o")),
+            "small",
+            "an imported conversation's model"
+        );
+        // A server whose list is not read yet keeps the choice.
+        assert_eq!(Offering(vec![]).resolve(Some("large")), "large");
+    }
 
     #[test]
     fn tool_args_from_json_keep_objects_and_mark_the_rest_unparsed() {

@@ -198,6 +198,7 @@ pub fn export(
         id: summary.id.as_str().to_owned(),
         title: summary.title,
         created_at: rfc3339(summary.created_at),
+        updated_at: rfc3339(summary.updated_at),
         model: conversation.model,
         persona,
         leaf: page.leaf,

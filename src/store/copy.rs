@@ -1,5 +1,8 @@
 //! `sparky migrate-store`: copies everything a SQLite data directory holds into an empty
-//! PostgreSQL database, in one transaction: conversations with their owners, titles and times,
+//! PostgreSQL database, in one transaction: user accounts with their ids, password hashes,
+//! admin flags and daily quotas, and their API tokens (hashes; sign-ins are not copied, so
+//! everyone signs in again), conversations with their owners, titles and times, share links
+//! with their ids and frozen copies,
 //! every event (with the text the conversation search looks at), messages, notes, and the
 //! knowledge graph's nodes and edges with their ids, and every file (its bytes a piece at a
 //! time, its text and vectors, the conversations that use it). The turns table PostgreSQL keeps
@@ -13,8 +16,8 @@ use super::postgres::PostgresStore;
 use super::sqlite::SqliteStore;
 use crate::common::error::Result;
 
-/// Copies every conversation, the whole knowledge graph and every file of `from` into `to`,
-/// which must hold no conversations, nodes or files yet. `progress` hears about each conversation copied.
+/// Copies every account, conversation and share link, the whole knowledge graph and every file
+/// of `from` into `to`, which must hold no conversations, nodes, files, users or shares yet. `progress` hears about each conversation copied.
 ///
 /// # Errors
 ///

@@ -1,6 +1,7 @@
-//! What `sparky migrate-store` carries from the SQLite store to PostgreSQL: a conversation with
-//! everything in it (its turns included), a node, an edge, a blob, a piece of its bytes, its
-//! text, a file ([`Exported`]), and what a copy counts ([`CopyReport`]). Both stores reach these types here, and `copy.rs` joins them.
+//! What `sparky migrate-store` carries from the SQLite store to PostgreSQL: the accounts (users
+//! with their API tokens), a conversation with everything in it (its turns included), a share
+//! link, a node, an edge, a blob, a piece of its bytes, its text, a file ([`Exported`]), and
+//! what a copy counts ([`CopyReport`]). Both stores reach these types here, and `copy.rs` joins them.
 //!
 //! Depends on: `model`.
 
@@ -25,11 +26,21 @@ pub struct CopyReport {
     pub files: u64,
     /// The bytes of the files, each blob counted once.
     pub file_bytes: u64,
+    /// User accounts.
+    pub users: u64,
+    /// Their API tokens.
+    pub tokens: u64,
+    /// Share links.
+    pub shares: u64,
 }
 
 /// One thing read from the SQLite store for the copy.
 #[derive(Debug)]
 pub(super) enum Exported {
+    /// Every user account with its API tokens (first of all).
+    Accounts(Box<ExportedAccounts>),
+    /// A share link and its frozen copy.
+    Share(ExportedShare),
     /// A conversation and everything in it.
     Conversation(Box<ExportedConversation>),
     /// A node of the graph (all come before the first edge).
@@ -44,6 +55,54 @@ pub(super) enum Exported {
     Text(Box<ExportedText>),
     /// A file, over a blob exported before it.
     File(ExportedFile),
+}
+
+/// The user accounts as the SQLite store holds them: their ids are their principals
+/// (`user:<id>`), kept as they are. Sign-ins are not carried: everyone signs in again.
+#[derive(Debug, Default)]
+pub(super) struct ExportedAccounts {
+    /// By id.
+    pub(super) users: Vec<ExportedUser>,
+    /// By user, then id.
+    pub(super) tokens: Vec<ExportedToken>,
+    /// The highest user id ever given (a removed user's included), so that none is given
+    /// again.
+    pub(super) highest_id: i64,
+}
+
+/// A user account.
+#[derive(Debug)]
+pub(super) struct ExportedUser {
+    pub(super) id: i64,
+    pub(super) name: String,
+    /// Its Argon2id hash, as it is.
+    pub(super) password_hash: String,
+    pub(super) admin: bool,
+    pub(super) created_at: i64,
+    pub(super) daily_turns: Option<i64>,
+    pub(super) daily_tokens: Option<i64>,
+}
+
+/// A user's API token: its id and its secret's SHA-256, never the secret.
+#[derive(Debug)]
+pub(super) struct ExportedToken {
+    pub(super) id: String,
+    pub(super) user_id: i64,
+    pub(super) name: String,
+    pub(super) secret_sha256: String,
+    pub(super) created_at: i64,
+    pub(super) last_used: Option<i64>,
+}
+
+/// A share link: its id (the URL's), owner, conversation, title and frozen copy.
+#[derive(Debug)]
+pub(super) struct ExportedShare {
+    pub(super) id: String,
+    pub(super) owner: String,
+    pub(super) session_id: String,
+    pub(super) title: Option<String>,
+    pub(super) copy: String,
+    pub(super) created_at: i64,
 }
 
 /// A complete blob as the SQLite store holds it (one being written is not copied).

@@ -546,3 +546,16 @@ impl Browser {
         self.command("DELETE", "/window", Value::Null);
     }
 }
+
+impl Browser {
+    /// The value of the cookie `name` of the current page's site, `HttpOnly` ones included
+    /// (WebDriver sees them; the page's scripts do not).
+    pub fn cookie(&self, name: &str) -> Option<String> {
+        let path = format!("/session/{}/cookie/{name}", self.session);
+        match self.request("GET", &path, None) {
+            Ok(cookie) => cookie["value"].as_str().map(str::to_owned),
+            Err(e) if e.contains("no such cookie") => None,
+            Err(e) => panic!("{e}"),
+        }
+    }
+}

@@ -13,8 +13,12 @@
 //! forms and sampling requests answered on the card (`mcp_asks.rs`), files attached by the
 //! paperclip, drag and drop and paste, thumbnails, downloads, the Files panel, files kept on
 //! edits, uploads that never run (`files.rs`), share links made, opened in a tab without a token
-//! (their answers sanitised) and revoked (`shares.rs`). At the end the console must
+//! (their answers sanitised) and revoked (`shares.rs`), a team: an admin and a user added from
+//! the shell, the user's API tokens, share link in a fresh profile and sign-out, the admin's
+//! Users panel (`team.rs`). At the end the console must
 //! hold no script error and no Content-Security-Policy violation. Screenshots go to `target/browser-artifacts/`.
+//!
+//! `SPARKY_BROWSER_SCENARIOS=accounts,team` runs only the scenarios it names (by file name).
 //!
 //! Chromium and chromedriver must be installed (`scripts/test` installs Debian's `chromium` and
 //! `chromium-driver`); without them the test fails, unless `SPARKY_SKIP_BROWSER=1` is set.
@@ -37,11 +41,19 @@ mod memories;
 mod models;
 mod phone;
 mod shares;
+mod team;
 mod tokens;
 
 use std::time::Instant;
 
 use driver::{Browser, BrowserTools, artifacts_dir, notice};
+
+/// True when the scenario `name` is to run: every one, unless `SPARKY_BROWSER_SCENARIOS` names
+/// some (`accounts,team`).
+fn wanted(name: &str) -> bool {
+    std::env::var("SPARKY_BROWSER_SCENARIOS")
+        .map_or(true, |list| list.split(',').any(|n| n.trim() == name))
+}
 
 #[test]
 fn the_chat_page_works_in_a_real_browser() {
@@ -51,20 +63,51 @@ fn the_chat_page_works_in_a_real_browser() {
     let started = Instant::now();
     let browser = Browser::start(&tools);
 
-    chat::run(&browser);
-    conversations::run(&browser);
-    branches::run(&browser);
-    answers::run(&browser);
-    memories::run(&browser);
-    errors::run(&browser);
-    models::run(&browser);
-    phone::run(&browser);
-    tokens::run(&browser);
-    accounts::run(&browser);
-    mcp::run(&browser);
-    mcp_asks::run(&browser);
-    files::run(&browser);
-    shares::run(&browser);
+    if wanted("chat") {
+        chat::run(&browser);
+    }
+    if wanted("conversations") {
+        conversations::run(&browser);
+    }
+    if wanted("branches") {
+        branches::run(&browser);
+    }
+    if wanted("answers") {
+        answers::run(&browser);
+    }
+    if wanted("memories") {
+        memories::run(&browser);
+    }
+    if wanted("errors") {
+        errors::run(&browser);
+    }
+    if wanted("models") {
+        models::run(&browser);
+    }
+    if wanted("phone") {
+        phone::run(&browser);
+    }
+    if wanted("tokens") {
+        tokens::run(&browser);
+    }
+    if wanted("accounts") {
+        accounts::run(&browser);
+    }
+    if wanted("mcp") {
+        mcp::run(&browser);
+    }
+    if wanted("mcp_asks") {
+        mcp_asks::run(&browser);
+    }
+    if wanted("files") {
+        files::run(&browser);
+    }
+    if wanted("shares") {
+        shares::run(&browser);
+    }
+    if wanted("team") {
+        team::run(&browser, &tools);
+    }
 
     // No script error and no Content-Security-Policy violation anywhere along the way; the
     // only errors are the network failures the scenarios cause on purpose (a cut network, a

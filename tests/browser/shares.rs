@@ -17,14 +17,7 @@ pub fn run(browser: &Browser) {
     );
     browser.wait_for_turn(1, "done");
 
-    browser.click("#share-chat");
-    let url = browser.wait_for(
-        "the new link",
-        "return !document.getElementById('shares-box').hidden \
-         && document.getElementById('share-url').value",
-    );
-    let url = url.as_str().unwrap().to_owned();
-    assert!(url.contains("/s/"), "{url}");
+    let url = share(browser);
     browser.wait_for(
         "the link in the list",
         "return document.querySelectorAll('#share-list .share').length === 1",
@@ -73,4 +66,17 @@ pub fn run(browser: &Browser) {
     );
     browser.close_tab();
     browser.switch_to(&chat);
+}
+
+/// Clicks "Share" and returns the new link the Shares box shows.
+pub fn share(browser: &Browser) -> String {
+    browser.click("#share-chat");
+    let url = browser.wait_for(
+        "the new link",
+        "return !document.getElementById('shares-box').hidden \
+         && document.getElementById('share-url').value",
+    );
+    let url = url.as_str().unwrap().to_owned();
+    assert!(url.contains("/s/"), "{url}");
+    url
 }

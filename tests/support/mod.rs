@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // Each test file uses its own subset of these helpers.
 
+pub mod accounts;
 pub mod files;
 pub mod mcp;
 pub mod postgres;
@@ -169,6 +170,28 @@ pub fn store_args(args: &[&str]) -> Vec<String> {
     all
 }
 
+/// Runs `sparky ARGS` (after `--log-level warn`) with `stdin` on its standard input, and waits
+/// for it.
+pub fn sparky_command(args: &[String], stdin: &str) -> std::process::Output {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sparky"))
+        .args(["--log-level", "warn"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
 /// A small deterministic random source (xorshift), so that a failing run can be repeated from
 /// its seed.
 pub struct Rng(pub u64);
@@ -273,13 +296,19 @@ impl Client {
     pub fn connect(addr: SocketAddr, data: Value) -> Self {
         let mut client = Self::open(addr);
         client.send(json!({"type": "connect", "data": data}));
-        let info = client.expect("session_info");
+        client.greeted()
+    }
+
+    /// Reads the answer to the `connect` sent: `session_info` (whose session it keeps) and
+    /// `ready`.
+    pub fn greeted(mut self) -> Self {
+        let info = self.expect("session_info");
         let ServerFrame::SessionInfo { session_id, .. } = &info.frame else {
             unreachable!()
         };
-        client.session_id = Some(session_id.clone());
-        client.expect("ready");
-        client
+        self.session_id = Some(session_id.clone());
+        self.expect("ready");
+        self
     }
 
     /// Resumes `session` from `last_seq`.

@@ -62,12 +62,16 @@ pub fn run(from: &Path, to: Option<String>, pool: usize) -> ExitCode {
     match copy_sqlite_to_postgres(&source, &target, &mut progress) {
         Ok(report) => {
             println!(
-                "copied {} conversations ({} events, {} messages, {} notes), {} nodes and \
-                 {} edges, and {} files ({} bytes) from {} to {}",
+                "copied {} conversations ({} events, {} messages, {} notes), {} share links, {} \
+                 users ({} API tokens), {} nodes and {} edges, and {} files ({} bytes) from {} \
+                 to {}",
                 report.conversations,
                 report.events,
                 report.messages,
                 report.notes,
+                report.shares,
+                report.users,
+                report.tokens,
                 report.nodes,
                 report.edges,
                 report.files,

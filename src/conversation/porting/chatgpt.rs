@@ -1,10 +1,12 @@
-//! A conversation of a ChatGPT data export (`conversations.json`): `title`, `create_time`,
-//! `mapping` (`{node id: {id, message, parent, children}}`, a tree whose root has no message)
+//! A conversation of a ChatGPT data export (`conversations.json`): `title`, `create_time` and
+//! `update_time` (unix seconds, fractional), `default_model_slug`, `mapping` (`{node id: {id, message, parent, children}}`, a tree whose root has no message)
 //! and `current_node`, the end of the path shown. Older exports have no `current_node` (the
 //! newest message is taken), may give `parts` as objects rather than strings, and use the
 //! content types `text`, `multimodal_text` and `code`. System and tool messages, hidden ones
 //! and non-text parts (images, files) are passed over; code is kept as a fenced block of the
-//! answer. `tree.rs` makes the turns.
+//! answer. A turn keeps its user message's `create_time`; the conversation keeps the
+//! `model_slug` of its newest answer that names one (in the message's `metadata`), else its
+//! `default_model_slug`. `tree.rs` makes the turns.
 //!
 //! Depends on: `conversation::porting`, `conversation::porting::tree`.
 
@@ -13,8 +15,8 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::Imported;
 use super::tree::{Author, Message, turns};
+use super::{Imported, float_seconds};
 
 #[derive(Debug, Deserialize)]
 struct Conversation {
@@ -23,6 +25,12 @@ struct Conversation {
     mapping: BTreeMap<String, Node>,
     #[serde(default)]
     current_node: Option<String>,
+    #[serde(default)]
+    create_time: Option<f64>,
+    #[serde(default)]
+    update_time: Option<f64>,
+    #[serde(default)]
+    default_model_slug: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -72,6 +80,8 @@ struct Content {
 pub fn read(value: Value) -> Result<Imported, String> {
     let conversation: Conversation =
         serde_json::from_value(value).map_err(|e| format!("not a ChatGPT conversation: {e}"))?;
+    // The model of the newest answer that names one, else the conversation's default.
+    let mut model: Option<(f64, String)> = None;
     let messages: Vec<Message> = conversation
         .mapping
         .into_iter()
@@ -90,6 +100,17 @@ pub fn read(value: Value) -> Result<Imported, String> {
                         "assistant" => Author::Assistant,
                         _ => Author::Other,
                     };
+                    let slug = message
+                        .metadata
+                        .as_ref()
+                        .and_then(|m| m.get("model_slug"))
+                        .and_then(Value::as_str);
+                    if let (Author::Assistant, Some(slug)) = (author, slug) {
+                        let at = message.create_time.unwrap_or(f64::NEG_INFINITY);
+                        if model.as_ref().is_none_or(|(newest, _)| at >= *newest) {
+                            model = Some((at, slug.to_owned()));
+                        }
+                    }
                     let text = message.content.map(text_of).unwrap_or_default();
                     (author, text, message.create_time)
                 }
@@ -102,6 +123,7 @@ pub fn read(value: Value) -> Result<Imported, String> {
                 author,
                 text,
                 time,
+                created_at: time.and_then(float_seconds),
             }
         })
         .collect();
@@ -111,6 +133,11 @@ pub fn read(value: Value) -> Result<Imported, String> {
         persona: None,
         turns,
         leaf,
+        created_at: conversation.create_time.and_then(float_seconds),
+        updated_at: conversation.update_time.and_then(float_seconds),
+        model: model
+            .map(|(_, slug)| slug)
+            .or(conversation.default_model_slug),
     })
 }
 

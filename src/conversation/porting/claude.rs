@@ -1,18 +1,20 @@
 //! A conversation of a Claude data export (`conversations.json`): `uuid`, `name`,
-//! `created_at` and `chat_messages`, each `{uuid, sender: "human" | "assistant", text, content:
+//! `created_at` and `updated_at` (RFC 3339, kept), a `model` when it names one, and
+//! `chat_messages`, each `{uuid, sender: "human" | "assistant", text, content:
 //! [{type: "text", text}], created_at, parent_message_uuid?}`. Newer exports link each message
 //! to its parent (a tree: edits and retries are siblings; a parent the conversation does not
 //! hold, such as the all-zero uuid, is the start), and may name `current_leaf_message_uuid`;
 //! older ones are a list in order (each message follows the one before it). Content that is not
-//! text (tool use, thinking, files) is passed over. `tree.rs` makes the turns.
+//! text (tool use, thinking, files) is passed over. A turn keeps its human message's
+//! `created_at`. `tree.rs` makes the turns.
 //!
 //! Depends on: `conversation::porting`, `conversation::porting::tree`.
 
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::Imported;
 use super::tree::{Author, Message, turns};
+use super::{Imported, rfc3339_seconds};
 
 #[derive(Debug, Deserialize)]
 struct Conversation {
@@ -21,6 +23,12 @@ struct Conversation {
     chat_messages: Vec<ChatMessage>,
     #[serde(default)]
     current_leaf_message_uuid: Option<String>,
+    #[serde(default)]
+    created_at: Option<String>,
+    #[serde(default)]
+    updated_at: Option<String>,
+    #[serde(default)]
+    model: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -34,6 +42,8 @@ struct ChatMessage {
     content: Option<Vec<Part>>,
     #[serde(default)]
     parent_message_uuid: Option<String>,
+    #[serde(default)]
+    created_at: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -96,6 +106,7 @@ pub fn read(value: Value) -> Result<Imported, String> {
             text,
             // The export's order is the order they were written.
             time: Some(at as f64),
+            created_at: message.created_at.as_deref().and_then(rfc3339_seconds),
         });
     }
     let current = if linked {
@@ -109,5 +120,8 @@ pub fn read(value: Value) -> Result<Imported, String> {
         persona: None,
         turns,
         leaf,
+        created_at: conversation.created_at.as_deref().and_then(rfc3339_seconds),
+        updated_at: conversation.updated_at.as_deref().and_then(rfc3339_seconds),
+        model: conversation.model,
     })
 }

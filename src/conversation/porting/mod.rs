@@ -51,6 +51,9 @@ pub const MAX_IMPORT_TURNS: usize = 100_000;
 /// Events one imported turn may carry at most (Sparky's format).
 pub const MAX_TURN_EVENTS: usize = 10_000;
 
+/// Characters of an imported conversation's model name kept at most.
+pub const MAX_MODEL_CHARS: usize = 200;
+
 /// One conversation read from an import, ready to be written.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Imported {
@@ -62,6 +65,12 @@ pub struct Imported {
     pub turns: Vec<ImportedTurn>,
     /// The last turn of its current path (`1..=turns.len()`).
     pub leaf: u64,
+    /// Unix seconds it was created, when the export says.
+    pub created_at: Option<i64>,
+    /// Unix seconds it was last active, when the export says.
+    pub updated_at: Option<i64>,
+    /// The model it used, when the export says.
+    pub model: Option<String>,
 }
 
 /// One turn of an [`Imported`] conversation.
@@ -81,6 +90,8 @@ pub struct ImportedTurn {
     pub middle: Vec<ServerFrame>,
     /// Its closing frame: a `message`, a turn `error` or a `status cancelled`.
     pub closing: ServerFrame,
+    /// Unix seconds it started, when the export says.
+    pub created_at: Option<i64>,
 }
 
 impl ImportedTurn {
@@ -103,6 +114,7 @@ impl ImportedTurn {
             regenerate_of: None,
             middle: Vec::new(),
             closing,
+            created_at: None,
         }
     }
 
@@ -121,6 +133,27 @@ impl ImportedTurn {
         ));
         messages
     }
+}
+
+/// Unix seconds of an RFC 3339 time (Claude's and Sparky's exports), or `None` when it is not
+/// one.
+pub fn rfc3339_seconds(text: &str) -> Option<i64> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(time::OffsetDateTime::unix_timestamp)
+}
+
+/// Unix seconds of a time given as fractional unix seconds (ChatGPT's exports), or `None` when
+/// it is no time a calendar holds.
+pub fn float_seconds(seconds: f64) -> Option<i64> {
+    let whole = seconds.floor();
+    if !whole.is_finite() || whole.abs() > 1e15 {
+        return None;
+    }
+    let whole = whole as i64;
+    time::OffsetDateTime::from_unix_timestamp(whole)
+        .ok()
+        .map(|_| whole)
 }
 
 /// The closing frame of an imported turn that has no answer.
@@ -328,7 +361,44 @@ pub fn writes(conversation: &Imported, id: &SessionId, owner: &str) -> Vec<Write
             },
         );
     }
+    ops.extend(kept_dates(conversation, id));
     ops
+}
+
+/// The write that keeps an imported conversation's own times and model: its creation (or its
+/// first turn's time), its last activity (or its newest turn's time, or its creation), each
+/// turn's time; `None` when the export gives none of them.
+fn kept_dates(conversation: &Imported, id: &SessionId) -> Option<WriteOp> {
+    let turns: Vec<(u64, i64)> = conversation
+        .turns
+        .iter()
+        .enumerate()
+        .filter_map(|(index, turn)| Some((index as u64 + 1, turn.created_at?)))
+        .collect();
+    let first = turns.iter().map(|(_, at)| *at).min();
+    let last = turns.iter().map(|(_, at)| *at).max();
+    let created_at = conversation.created_at.or(first);
+    let updated_at = conversation
+        .updated_at
+        .or(last)
+        .or(created_at)
+        .map(|updated| created_at.map_or(updated, |created| updated.max(created)));
+    let model = conversation
+        .model
+        .as_deref()
+        .map(str::trim)
+        .filter(|model| !model.is_empty())
+        .map(|model| model.chars().take(MAX_MODEL_CHARS).collect::<String>());
+    if created_at.is_none() && updated_at.is_none() && model.is_none() && turns.is_empty() {
+        return None;
+    }
+    Some(WriteOp::KeepDates {
+        session: id.clone(),
+        created_at,
+        updated_at,
+        model,
+        turns,
+    })
 }
 
 #[cfg(test)]
@@ -361,6 +431,7 @@ mod tests {
                 ImportedTurn::answered(2, 0, "b".into(), None),
             ],
             leaf: 1,
+            ..Imported::default()
         };
         let id = SessionId::from_random_bytes([7; 16]);
         let ops = writes(&conversation, &id, "me");

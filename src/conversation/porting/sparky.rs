@@ -2,7 +2,8 @@
 //! and `POST /api/import` reads it back:
 //!
 //! ```json
-//! {"format": "sparky-conversation", "version": 1, "id", "title", "created_at", "model",
+//! {"format": "sparky-conversation", "version": 1, "id", "title", "created_at", "updated_at",
+//!  "model",
 //!  "persona", "leaf",
 //!  "turns": [{"turn_id", "parent", "text", "attachments", "created_at", "closing",
 //!             "events": [the turn's events, exactly as they were sent]}],
@@ -10,7 +11,8 @@
 //! ```
 //!
 //! Every turn of every branch is in it. Read back, the turns keep their numbers, parents, words
-//! and events (renumbered for the new conversation); `branch` events and events of no turn are
+//! and events (renumbered for the new conversation) and their times, the conversation its
+//! title, times and model; `branch` events and events of no turn are
 //! left out, a turn without a closing frame is closed as cancelled, and the leaf is kept. The
 //! files are listed, not carried: an attachment stays only when the importer owns the file.
 //!
@@ -20,7 +22,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use super::{Imported, ImportedTurn, MAX_IMPORT_MESSAGES, MAX_TURN_EVENTS, unanswered};
+use super::{
+    Imported, ImportedTurn, MAX_IMPORT_MESSAGES, MAX_TURN_EVENTS, rfc3339_seconds, unanswered,
+};
 use crate::common::protocol::{Attachment, ServerEnvelope, ServerFrame};
 
 /// The `format` of a Sparky export.
@@ -42,6 +46,8 @@ pub struct Export {
     pub title: Option<String>,
     /// RFC 3339.
     pub created_at: String,
+    /// RFC 3339: its last activity.
+    pub updated_at: String,
     /// The model its turns use.
     pub model: String,
     /// Its system prompt, if it has its own.
@@ -97,6 +103,12 @@ struct Document {
     #[serde(default)]
     leaf: u64,
     turns: Vec<Turn>,
+    #[serde(default)]
+    created_at: Option<String>,
+    #[serde(default)]
+    updated_at: Option<String>,
+    #[serde(default)]
+    model: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -108,6 +120,8 @@ struct Turn {
     attachments: Vec<Attachment>,
     #[serde(default)]
     events: Vec<Value>,
+    #[serde(default)]
+    created_at: Option<String>,
 }
 
 /// Reads one conversation in Sparky's format.
@@ -169,6 +183,7 @@ pub fn read(value: Value) -> Result<Imported, String> {
             regenerate_of: None,
             middle: Vec::new(),
             closing: unanswered(id),
+            created_at: turn.created_at.as_deref().and_then(rfc3339_seconds),
         };
         let mut closed = false;
         for (at, event) in turn.events.into_iter().enumerate() {
@@ -216,5 +231,8 @@ pub fn read(value: Value) -> Result<Imported, String> {
         persona: document.persona,
         turns,
         leaf,
+        created_at: document.created_at.as_deref().and_then(rfc3339_seconds),
+        updated_at: document.updated_at.as_deref().and_then(rfc3339_seconds),
+        model: document.model,
     })
 }

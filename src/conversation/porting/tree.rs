@@ -41,6 +41,8 @@ pub struct Message {
     pub text: String,
     /// When it was written, in seconds (any epoch), for ordering when nothing else orders.
     pub time: Option<f64>,
+    /// Unix seconds it was written, when the export says: a user message's is its turn's time.
+    pub created_at: Option<i64>,
 }
 
 /// A pending turn on one path: its words, the turn it follows, its answer so far.
@@ -54,6 +56,8 @@ struct Pending {
     last: usize,
     /// Every message it took in.
     nodes: Vec<usize>,
+    /// Unix seconds its user message was written.
+    created_at: Option<i64>,
 }
 
 /// The turns of `messages` and the leaf: the turn that holds `current` (or, without it, the
@@ -147,12 +151,10 @@ pub fn turns(
         }
         let id = turns.len() as u64 + 1;
         let answer = (!pending.answer.is_empty()).then(|| pending.answer.join("\n\n"));
-        turns.push(ImportedTurn::answered(
-            id,
-            pending.parent,
-            pending.text,
-            answer,
-        ));
+        turns.push(ImportedTurn {
+            created_at: pending.created_at,
+            ..ImportedTurn::answered(id, pending.parent, pending.text, answer)
+        });
         closed.insert(pending.last, id);
         for node in pending.nodes {
             if turn_of[node] == 0 {
@@ -185,6 +187,7 @@ pub fn turns(
                     answer: Vec::new(),
                     last: at,
                     nodes: vec![at],
+                    created_at: message.created_at,
                 });
             }
             Author::Assistant if !text.is_empty() => {
@@ -270,6 +273,7 @@ mod tests {
             author,
             text: text.into(),
             time: None,
+            created_at: None,
         }
     }
 

@@ -16,8 +16,9 @@
 //!
 //! Depends on: `common::auth`, `common::cancel`, `common::error`, `common::metrics`,
 //! `common::protocol`, `conversation::agent`, `conversation::approval`, `conversation::bot`,
-//! `conversation::elicitation`, `conversation::journal`, `conversation::worker`, `files`, `model`,
-//! `store`, `store::cluster`, `store::tree`, `tools::ask`, `tools::knowledge`.
+//! `conversation::elicitation`, `conversation::journal`, `conversation::quota`,
+//! `conversation::worker`, `files`, `model`, `store`, `store::cluster`, `store::tree`,
+//! `tools::ask`, `tools::knowledge`.
 
 mod branch;
 mod lease;
@@ -46,6 +47,7 @@ use crate::conversation::approval::Approvals;
 use crate::conversation::bot::{Bot, interrupted};
 use crate::conversation::elicitation::{ElicitRefusal, Elicitations};
 use crate::conversation::journal::Durable;
+use crate::conversation::quota::Quotas;
 use crate::conversation::worker::TurnPool;
 use crate::model::ChatMessage;
 use crate::store::{Cluster, ConversationStore, TurnTree};
@@ -115,6 +117,8 @@ struct SessionInner {
     metrics: Arc<Metrics>,
     /// The caps on running turns, shared by every session.
     limits: Arc<TurnLimits>,
+    /// Users' daily quotas, checked as each turn starts on its worker.
+    quotas: Arc<Quotas>,
     /// Where its turns run.
     turns: Turns,
     max_subscribers: usize,
@@ -339,6 +343,7 @@ impl Session {
             knowledge,
             metrics: shared.metrics.clone(),
             limits: shared.limits.clone(),
+            quotas: shared.quotas.clone(),
             turns: shared.turns.clone(),
             max_subscribers: shared.config.max_connections_per_session.max(1),
             persist,

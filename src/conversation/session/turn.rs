@@ -73,7 +73,9 @@ pub struct TurnStart {
 }
 
 impl Task for TurnStart {
-    /// Runs the agent loop; a panic becomes an `internal` error event that closes the turn.
+    /// Counts the turn against its owner's daily quota, which may close it at once with
+    /// `error` `quota`; else runs the agent loop. A panic becomes an `internal` error event
+    /// that closes the turn.
     fn run(self) {
         let TurnStart {
             turn,
@@ -82,6 +84,15 @@ impl Task for TurnStart {
             knowledge,
             permit,
         } = self;
+        // A turn cancelled before it started is not counted; it ends as cancelled.
+        if !cancel.is_cancelled() {
+            let inner = &events.session.inner;
+            if let Err(message) = inner.quotas.start_turn(&inner.owner) {
+                drop(permit);
+                events.fail(ErrorCode::Quota, &message);
+                return;
+            }
+        }
         let outcome = catch_unwind(AssertUnwindSafe(|| turn.run(&events, &cancel, &knowledge)));
         drop(permit);
         match outcome {
@@ -129,7 +140,8 @@ impl SessionTurn {
     }
 
     /// Closes the turn with an error event, if it is still current, keeping the conversation
-    /// well formed. Used when the turn's worker could not start or crashed.
+    /// well formed. Used when the turn's worker could not start or crashed, and when its
+    /// owner's daily quota is used up.
     pub fn fail(&self, code: ErrorCode, message: &str) {
         let frame = ServerFrame::turn_error(self.turn_id, code, message);
         let mut state = self.session.inner.state.lock();

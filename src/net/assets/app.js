@@ -47,6 +47,7 @@
   const KEY_SESSION = "sparky.session_id";
   const KEY_TOKEN = "sparky.token";
   const KEY_CSRF = "sparky.csrf"; // the sign-in's CSRF token (the cookie itself is HttpOnly)
+  const KEY_ACCOUNT = "sparky.account"; // the sign-in's account: {name, admin}
   const KEY_PERSONAS = "sparky.personas";
   const KEY_MODELS = "sparky.models"; // the models the server offered last (ready.models)
   const FIRST_BACKOFF_MS = 500;
@@ -549,7 +550,7 @@
         turn.answer.classList.remove("streaming");
         if (data.usage && typeof data.usage === "object") showUsage(turn, data.usage);
         closeTurn(turn, "done");
-        if (live) listChanged();
+        if (live) turnEnded();
         return;
       }
       case "status": return onStatus(data, live);
@@ -606,7 +607,7 @@
           turn.el.classList.add("cancelled");
           mark(turn, "cancelled", "\u25A0 Stopped");
           closeTurn(turn, "cancelled");
-          if (live) listChanged();
+          if (live) turnEnded();
         }
         return;
       case "retrying": {
@@ -668,7 +669,7 @@
       const node = mark(turn, "error", "\u26A0 " + explainError(code, message));
       addDetail(node, detail);
       closeTurn(turn, "error");
-      if (live) listChanged();
+      if (live) turnEnded();
       return;
     }
     if (code === "unauthorized") {
@@ -719,6 +720,10 @@
         return "That message is longer than this server accepts. Shorten it and try again.";
       case "invalid_message":
         return "The server could not accept that request.";
+      case "quota":
+        // The server's words say which limit, and when it starts again: they are shown.
+        return "You have used up your daily quota on this server" + (message ? ": " + message : ".") +
+          (message && !/[.!]$/.test(message) ? "." : "");
       case "not_waiting":
         return "That tool call is no longer waiting for an answer (it was answered elsewhere, " +
           "or it timed out).";
@@ -764,7 +769,7 @@
   // Such a frame names no client_id: it answers the oldest send of this socket not yet
   // answered (a `switch` refused at the same moment would be taken for it; the page sends
   // none to a turn the server does not have).
-  const REFUSED_SENDS = new Set(["invalid_message", "too_large", "rate_limited", "storage", "server_busy"]);
+  const REFUSED_SENDS = new Set(["invalid_message", "too_large", "rate_limited", "storage", "server_busy", "quota"]);
 
   function restoreText(text) {
     input.value = text + (input.value ? "\n" + input.value : "");
@@ -1654,6 +1659,7 @@
     if (sessionId === null) exportMenu.open = false;
     $("forget-token").hidden = store.get(KEY_TOKEN) === null;
     $("sign-out").hidden = store.get(KEY_CSRF) === null;
+    showAccount();
   }
 
   function setTitle(text, fromList) {
@@ -2034,10 +2040,12 @@
     field.select();
   }
 
-  // Delete asks first; it works while a turn runs (the server stops it).
-  function askDelete(id, title) {
-    $("confirm-text").textContent = "\u201C" + title + "\u201D and everything in it will be " +
-      "removed from the server. This cannot be undone.";
+  // The confirm box: `question` as its title, `text` under it, and `ok` (a danger button)
+  // that runs `action`; Cancel (or Escape) runs nothing.
+  function askFirst(question, text, ok, action) {
+    $("confirm-title").textContent = question;
+    $("confirm-text").textContent = text;
+    $("confirm-ok").textContent = ok;
     const box = $("confirm-box");
     box.hidden = false;
     $("confirm-cancel").focus();
@@ -2047,8 +2055,17 @@
       $("confirm-cancel").onclick = null;
     };
     $("confirm-cancel").onclick = close;
-    $("confirm-ok").onclick = async () => {
+    $("confirm-ok").onclick = () => {
       close();
+      action();
+    };
+  }
+
+  // Delete asks first; it works while a turn runs (the server stops it).
+  function askDelete(id, title) {
+    const text = "\u201C" + title + "\u201D and everything in it will be removed from the " +
+      "server. This cannot be undone.";
+    askFirst("Delete this conversation?", text, "Delete", async () => {
       const current = id === sessionId;
       if (current) {
         halted = "deleted";
@@ -2068,7 +2085,7 @@
       conversations = conversations.filter((c) => c.id !== id);
       renderList(searchEl.value.trim());
       listChanged();
-    };
+    });
   }
 
   let searchTimer = null;
@@ -2279,6 +2296,8 @@
     $("memories-box").hidden = true;
     $("files-box").hidden = true;
     $("shares-box").hidden = true;
+    $("account-box").hidden = true;
+    $("users-box").hidden = true;
     $("confirm-box").hidden = true;
     exportMenu.open = false;
     closeSidebar();
@@ -2295,6 +2314,7 @@
     const rejected = store.get(KEY_TOKEN) !== null;
     store.remove(KEY_TOKEN);
     store.remove(KEY_CSRF);
+    forgetAccount();
     closeSocket();
     setConn("needs-token", "needs a token");
     $("token-note").textContent = rejected
@@ -2347,14 +2367,18 @@
     }
     store.remove(KEY_TOKEN);
     store.set(KEY_CSRF, data.csrf);
+    rememberAccount(data);
     admitted();
     updateControls();
+    loadUsage();
   });
 
   $("sign-out").addEventListener("click", async () => {
     try { await api("POST", "/api/logout"); } catch (_) { /* signed out or not, forget it */ }
     store.remove(KEY_CSRF);
-    closeSocket();
+    forgetAccount();
+    // Whoever signs in next on this browser starts on a new chat, not on this one.
+    startDraft();
     conversations = [];
     listEl.replaceChildren();
     updateControls();
@@ -2385,6 +2409,411 @@
     // Ask the server again: one that needs a token brings the form back.
     refreshList();
     if (sessionId) openConversation(sessionId);
+  });
+
+  // ---- the account ----
+  // A sign-in (POST /api/login) answers the account's name and whether it is an admin; the page
+  // keeps both beside the CSRF token (sparky.account) and shows the name, today's use (GET
+  // /api/usage, on a server that counts it: one that answers 404 is not asked again),
+  // "Account" with the person's API tokens (GET, POST and DELETE /api/tokens: a new secret is
+  // shown once) and, for an admin, "Users" (GET, POST, PATCH and DELETE /api/users: counts and
+  // limits, never anyone's content).
+
+  let usageKnown = true;     // false once the server said it has no /api/usage (404)
+  let usageTimer = null;
+  let usageRequest = 0;      // bumped per fetch; an older answer is dropped
+  let tokenRequest = 0;
+  let userRequest = 0;
+
+  // The signed-in account ({name, admin}), or null without a sign-in. A sign-in kept from
+  // before the page remembered accounts has no name, and is not taken for an admin's.
+  function account() {
+    if (store.get(KEY_CSRF) === null) return null;
+    let kept = null;
+    try { kept = JSON.parse(store.get(KEY_ACCOUNT) || "null"); } catch (_) { kept = null; }
+    if (!kept || typeof kept !== "object" || typeof kept.name !== "string") return { name: "", admin: false };
+    return { name: kept.name, admin: kept.admin === true };
+  }
+
+  function rememberAccount(data) {
+    store.set(KEY_ACCOUNT, JSON.stringify({ name: String(data.name ?? ""), admin: data.admin === true }));
+    usageKnown = true;
+  }
+
+  function forgetAccount() {
+    store.remove(KEY_ACCOUNT);
+    $("account-box").hidden = true;
+    $("users-box").hidden = true;
+    $("usage-today").hidden = true;
+  }
+
+  function showAccount() {
+    const me = account();
+    $("account-line").hidden = me === null;
+    $("open-account").hidden = me === null;
+    $("open-users").hidden = !(me && me.admin);
+    $("account-name").textContent = me === null ? "" : me.name ? "Signed in as " + me.name : "Signed in";
+    $("account-user").textContent = me ? me.name || "your account" : "";
+    $("account-admin").hidden = !(me && me.admin);
+  }
+
+  function plural(n, word) {
+    return formatCount(n) + " " + word + (n === 1 ? "" : "s");
+  }
+
+  // " (of 100)" for a limit, nothing for none (null).
+  function ofLimit(limit) {
+    return typeof limit === "number" ? " (of " + formatCount(limit) + ")" : "";
+  }
+
+  // "Today: 3 turns, 1,234 tokens (of 50,000)", from GET /api/usage.
+  function usageText(data) {
+    if (!data || typeof data !== "object") return "";
+    const turns = Number(data.turns) || 0, tokens = Number(data.tokens) || 0;
+    return "Today: " + plural(turns, "turn") + ofLimit(data.daily_turns) + ", " +
+      plural(tokens, "token") + ofLimit(data.daily_tokens);
+  }
+
+  // Today's use changed (a turn ended): fetch it again, soon.
+  function usageChanged() {
+    if (usageTimer === null) usageTimer = setTimeout(loadUsage, 200);
+  }
+
+  async function loadUsage() {
+    clearTimeout(usageTimer);
+    usageTimer = null;
+    const line = $("usage-today"), full = $("account-usage");
+    if (account() === null || !usageKnown) {
+      line.hidden = full.hidden = true;
+      return;
+    }
+    const mine = ++usageRequest;
+    let data;
+    try {
+      data = await api("GET", "/api/usage");
+    } catch (error) {
+      if (mine !== usageRequest) return;
+      if (error.status === 404) usageKnown = false;
+      line.hidden = full.hidden = true;
+      return;
+    }
+    if (mine !== usageRequest) return;
+    const text = usageText(data);
+    const over = data && ((typeof data.daily_turns === "number" && Number(data.turns) >= data.daily_turns) ||
+      (typeof data.daily_tokens === "number" && Number(data.tokens) >= data.daily_tokens));
+    for (const node of [line, full]) {
+      node.textContent = text;
+      node.hidden = text === "";
+      node.classList.toggle("over", Boolean(over));
+    }
+  }
+
+  // A live turn ended: the list and today's use change.
+  function turnEnded() {
+    listChanged();
+    usageChanged();
+  }
+
+  // A secret shown once: in its box, selected, with a Copy button beside it.
+  function showSecret(box, field, value) {
+    field.value = value;
+    box.hidden = false;
+    field.focus();
+    field.select();
+  }
+
+  function copyField(field, copy) {
+    field.select();
+    copyText(field.value).then((ok) => {
+      copy.textContent = ok ? "Copied" : "Copy";
+      setTimeout(() => { copy.textContent = "Copy"; }, 1500);
+    });
+  }
+
+  // ---- API tokens ----
+
+  function tokenProblem(what, error) {
+    listLine($("apitoken-note"), what + " " + explainApiError(error), (error && error.message) || String(error));
+  }
+
+  async function loadTokens() {
+    const mine = ++tokenRequest;
+    const list = $("apitoken-list");
+    let data;
+    try {
+      data = await api("GET", "/api/tokens");
+    } catch (error) {
+      if (mine !== tokenRequest) return;
+      list.replaceChildren();
+      tokenProblem("The tokens could not be loaded.", error);
+      return;
+    }
+    if (mine !== tokenRequest) return;
+    const tokens = Array.isArray(data && data.tokens) ? data.tokens : [];
+    list.replaceChildren(...tokens.map(tokenItem));
+    listLine($("apitoken-note"), tokens.length ? "" : "No API tokens yet.");
+  }
+
+  // One token: its name, when it was made and last used, and Revoke (asked first).
+  function tokenItem(token) {
+    const id = String(token.id ?? "");
+    const name = String(token.name ?? "") || "Unnamed";
+    const item = el("li", "entry apitoken");
+    item.dataset.id = id;
+    const content = el("div", "content");
+    const used = token.last_used ? "last used " + ago(token.last_used) : "never used";
+    content.append(el("span", "name", name), el("span", "meta", "made " + ago(token.created_at) + " · " + used));
+    const revoke = button("danger revoke", "Revoke", "Revoke the token " + name);
+    revoke.addEventListener("click", () => {
+      askFirst("Revoke this token?", "\u201C" + name + "\u201D stops working at once, for " +
+        "whatever uses it. This cannot be undone.", "Revoke", async () => {
+        revoke.disabled = true;
+        try {
+          await api("DELETE", "/api/tokens/" + encodeURIComponent(id));
+        } catch (error) {
+          if (error.status !== 404) {
+            revoke.disabled = false;
+            tokenProblem("That token could not be revoked.", error);
+            return;
+          }
+        }
+        item.remove();
+        if ($("apitoken-list").children.length === 0) listLine($("apitoken-note"), "No API tokens yet.");
+      });
+    });
+    const actions = el("div", "actions");
+    actions.append(revoke);
+    item.append(content, actions);
+    return item;
+  }
+
+  $("apitoken-add").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const field = $("apitoken-name"), create = $("apitoken-create");
+    const name = field.value.trim();
+    if (!name || create.disabled) return;
+    create.disabled = true;
+    let made;
+    try {
+      made = await api("POST", "/api/tokens", { name });
+    } catch (error) {
+      tokenProblem("The token could not be made.", error);
+      return;
+    } finally {
+      create.disabled = false;
+    }
+    field.value = "";
+    showSecret($("apitoken-new"), $("apitoken-secret"), String((made && made.token) ?? ""));
+    loadTokens();
+  });
+  $("apitoken-copy").addEventListener("click", () => copyField($("apitoken-secret"), $("apitoken-copy")));
+
+  $("open-account").addEventListener("click", () => {
+    closeSidebar();
+    showAccount();
+    $("apitoken-new").hidden = true;
+    $("apitoken-secret").value = "";
+    $("account-box").hidden = false;
+    $("apitoken-name").focus();
+    loadTokens();
+    loadUsage();
+  });
+  $("account-close").addEventListener("click", () => {
+    $("account-box").hidden = true;
+    $("apitoken-secret").value = "";
+  });
+
+  // ---- users (an admin's) ----
+
+  function userProblem(what, error) {
+    const why = error && error.status === 403 ? "Only an admin manages accounts." : explainApiError(error);
+    listLine($("user-note"), what + " " + why, (error && error.message) || String(error));
+  }
+
+  // "100 turns" for a limit, "unlimited turns" for none.
+  function limitText(limit, unit) {
+    return typeof limit === "number" ? plural(limit, unit) : "unlimited " + unit + "s";
+  }
+
+  async function loadUsers() {
+    const mine = ++userRequest;
+    const list = $("user-list");
+    let data;
+    try {
+      data = await api("GET", "/api/users");
+    } catch (error) {
+      if (mine !== userRequest) return;
+      list.replaceChildren();
+      userProblem("The users could not be loaded.", error);
+      return;
+    }
+    if (mine !== userRequest) return;
+    const users = Array.isArray(data && data.users) ? data.users : [];
+    // Limits are offered by a server that says what its defaults are.
+    const defaults = data && data.defaults && typeof data.defaults === "object" ? data.defaults : null;
+    const line = $("users-defaults");
+    line.hidden = defaults === null;
+    line.textContent = defaults === null ? "" : "Daily limits unless set for a user: " +
+      limitText(defaults.daily_turns, "turn") + ", " + limitText(defaults.daily_tokens, "token") + ".";
+    list.replaceChildren(...users.map((user) => userItem(user, defaults)));
+    listLine($("user-note"), users.length ? "" : "No accounts yet.");
+  }
+
+  // One account: its name, what it has and used (never its content), its limits when the
+  // server has them, and Remove (asked first; not for the admin's own account).
+  function userItem(user, defaults) {
+    const name = String(user.name ?? "");
+    const me = account();
+    const item = el("li", "entry user");
+    item.dataset.name = name;
+    const content = el("div", "content");
+    const head = el("span", "name", name);
+    if (user.admin === true) head.append(el("span", "badge", "admin"));
+    if (me && me.name === name) head.append(el("span", "badge", "you"));
+    const facts = [];
+    if (user.conversations != null) facts.push(plural(Number(user.conversations) || 0, "conversation"));
+    facts.push(plural(Number(user.tokens) || 0, "API token") +
+      (user.token_last_used ? ", last used " + ago(user.token_last_used) : ""));
+    if (user.tokens_used != null) facts.push(plural(Number(user.tokens_used) || 0, "model token") + " in all");
+    if (user.created_at) facts.push("added " + ago(user.created_at));
+    content.append(head, el("span", "meta facts", facts.join(" · ")));
+    if (user.today && typeof user.today === "object") {
+      // A limit of null is the server's default.
+      const limit = (key) => typeof user[key] === "number" ? user[key] : defaults && defaults[key];
+      const today = "Today: " + plural(Number(user.today.turns) || 0, "turn") + ofLimit(limit("daily_turns")) +
+        ", " + plural(Number(user.today.tokens) || 0, "token") + ofLimit(limit("daily_tokens"));
+      content.append(el("span", "meta today", today));
+    }
+    if (defaults !== null) content.append(limitsForm(name, user, defaults));
+    item.append(content);
+    if (!(me && me.name === name)) {
+      const remove = button("danger remove", "Remove", "Remove the account " + name);
+      remove.addEventListener("click", () => askRemoveUser(name, remove));
+      const actions = el("div", "actions");
+      actions.append(remove);
+      item.append(actions);
+    }
+    return item;
+  }
+
+  // The daily limits of one account: a number, or empty for the server's default.
+  function limitsForm(name, user, defaults) {
+    const form = el("form", "limits");
+    form.autocomplete = "off";
+    const fields = {};
+    for (const [key, label, unit] of [["daily_turns", "Daily turns", "turn"], ["daily_tokens", "Daily tokens", "token"]]) {
+      const wrap = el("label", "limit", label + " ");
+      const field = el("input");
+      field.type = "number";
+      field.min = "0";
+      field.step = "1";
+      field.name = key;
+      field.placeholder = "default (" + (typeof defaults[key] === "number" ? formatCount(defaults[key]) : "none") + ")";
+      field.title = "Empty: the server's default, " + limitText(defaults[key], unit) + " a day";
+      field.value = typeof user[key] === "number" ? String(user[key]) : "";
+      wrap.append(field);
+      form.append(wrap);
+      fields[key] = field;
+    }
+    const save = el("button", "save", "Set limits");
+    save.type = "submit";
+    form.append(save);
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const limits = {};
+      for (const [key, field] of Object.entries(fields)) {
+        const text = field.value.trim();
+        const value = Number(text);
+        if (text !== "" && !(Number.isInteger(value) && value >= 0)) {
+          listLine($("user-note"), "A limit is a whole number (or empty, for the default).");
+          field.focus();
+          return;
+        }
+        limits[key] = text === "" ? null : value;
+      }
+      save.disabled = true;
+      try {
+        await api("PATCH", "/api/users/" + encodeURIComponent(name), limits);
+      } catch (error) {
+        save.disabled = false;
+        userProblem("The limits of " + name + " could not be set.", error);
+        return;
+      }
+      await loadUsers();
+      listLine($("user-note"), "The limits of " + name + " are set.");
+    });
+    return form;
+  }
+
+  function askRemoveUser(name, remove) {
+    askFirst("Remove " + name + "?", "The account " + name + ", its sign-ins and its API tokens " +
+      "stop working at once, connections already open included. This cannot be undone.", "Remove", async () => {
+      remove.disabled = true;
+      try {
+        await api("DELETE", "/api/users/" + encodeURIComponent(name));
+      } catch (error) {
+        if (error.status !== 404) {
+          remove.disabled = false;
+          userProblem(name + " could not be removed.", error);
+          return;
+        }
+      }
+      await loadUsers();
+      listLine($("user-note"), name + " was removed.");
+    });
+  }
+
+  $("user-add").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const nameField = $("user-new-name"), passwordField = $("user-new-password");
+    const add = $("user-add-button");
+    const name = nameField.value.trim();
+    if (!name || add.disabled) return;
+    const body = { name, admin: $("user-new-admin").checked };
+    if (passwordField.value) body.password = passwordField.value;
+    add.disabled = true;
+    let made;
+    try {
+      made = await api("POST", "/api/users", body);
+    } catch (error) {
+      if (error.status === 409) {
+        listLine($("user-note"), "There is already a user named " + name + ".", error.message);
+      } else if (error.status === 400) {
+        listLine($("user-note"), "The server refused that account: " + error.message);
+      } else {
+        userProblem("The account could not be added.", error);
+      }
+      return;
+    } finally {
+      add.disabled = false;
+    }
+    nameField.value = "";
+    passwordField.value = "";
+    $("user-new-admin").checked = false;
+    const password = made && typeof made.password === "string" ? made.password : "";
+    $("user-made").hidden = true;
+    await loadUsers();
+    if (password) {
+      $("user-made-text").textContent = "The password of " + name + ": give it to them now, it " +
+        "will not be shown again.";
+      showSecret($("user-made"), $("user-made-password"), password);
+    } else {
+      listLine($("user-note"), name + " was added, with the password you typed.");
+    }
+  });
+  $("user-made-copy").addEventListener("click", () => copyField($("user-made-password"), $("user-made-copy")));
+
+  $("open-users").addEventListener("click", () => {
+    closeSidebar();
+    $("user-made").hidden = true;
+    $("user-made-password").value = "";
+    $("users-box").hidden = false;
+    $("user-new-name").focus();
+    loadUsers();
+  });
+  $("users-close").addEventListener("click", () => {
+    $("users-box").hidden = true;
+    $("user-made-password").value = "";
   });
 
   // ---- files in the conversation ----
@@ -3172,6 +3601,7 @@
     const fromHash = location.hash.slice(1);
     const stored = store.get(KEY_SESSION);
     refreshList();
+    loadUsage();
     if (ID_PATTERN.test(fromHash)) openConversation(fromHash);
     else if (stored && ID_PATTERN.test(stored)) openConversation(stored);
     else startDraft();

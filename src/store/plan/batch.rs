@@ -2,19 +2,24 @@
 //! gathers the rows they write per table, as columns ([`Rows`]), with each conversation's row
 //! updated once for the whole batch; the statements that cannot wait (a new conversation's
 //! key, a rename, a deletion) run as they come. The dialect writes the gathered rows
-//! ([`Db::write_rows`]) in the batch's transaction, which its backend opened and commits.
+//! ([`Db::write_rows`]) in the batch's transaction, which its backend opened and commits; then
+//! the tokens of the turns the batch closes are added to their owners' use of the day
+//! (`usage.rs`), where the conversation rows' totals are summed.
 //!
-//! Depends on: `common::protocol`, `store`, `store::cluster`, `store::plan`, `store::plan::files`, `store::plan::shares`.
+//! Depends on: `common::protocol`, `store`, `store::cluster`, `store::plan`, `store::plan::files`,
+//! `store::plan::shares`, `store::plan::usage`, `store::usage`.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
 use super::files::forget_conversation;
 use super::shares::forget_shares;
+use super::usage::add_tokens;
 use super::{
     Column, Db, Dialect, Param, Table, big, calls_to_json, role_name, title_for, unix_now,
 };
 use crate::common::protocol::{SessionId, Usage};
+use crate::store::usage::day_of;
 use crate::store::{Signal, TurnMark, WriteOp};
 
 /// Conversation id to its integer key, as the writer learnt them. A backend clears it when a
@@ -263,6 +268,12 @@ pub fn apply<'a, E>(
     // The newest event of each conversation in the batch: an `Events` signal names it, so that
     // another instance reads up to it and no further before the signals after it.
     let mut newest: HashMap<&'a str, u64> = HashMap::new();
+    // The owners of the conversations whose turns closed with tokens, and those tokens, per
+    // owner: each owner's use of the day grows by them (`plan/usage.rs`).
+    let mut owners: HashMap<i64, String> = HashMap::new();
+    let mut tokens: BTreeMap<String, u64> = BTreeMap::new();
+    // Imported conversations' own times, set after the rows (which carry the batch's time).
+    let mut dates: Vec<&'a WriteOp> = Vec::new();
     for op in batch {
         match op {
             WriteOp::CreateSession {
@@ -281,6 +292,7 @@ pub fn apply<'a, E>(
                     Param::Int(now),
                 ])?;
                 keys.insert(id.clone(), key);
+                owners.insert(key, owner.clone());
             }
             WriteOp::Event {
                 session,
@@ -331,6 +343,12 @@ pub fn apply<'a, E>(
                     } => {
                         update.open = Some(None);
                         update.usage = update.usage.plus(*usage);
+                        let used = usage.prompt_tokens.saturating_add(usage.completion_tokens);
+                        if used > 0
+                            && let Some(owner) = owner_of(db, &mut owners, key)?
+                        {
+                            *tokens.entry(owner).or_default() += used;
+                        }
                         match update.open_here.take() {
                             Some(at) => {
                                 rows.turn_closed[at] = Some(big(*seq));
@@ -388,6 +406,7 @@ pub fn apply<'a, E>(
                     ],
                 )?;
             }
+            WriteOp::KeepDates { .. } => dates.push(op),
             WriteOp::Relay { session, detail } => {
                 relayed.push((Signal::Stream, session.as_str(), Cow::Borrowed(detail)));
             }
@@ -424,10 +443,64 @@ pub fn apply<'a, E>(
             };
             (signal, session, detail)
         }));
-    db.write_rows(&rows)
+    db.write_rows(&rows)?;
+    for op in dates {
+        keep_dates(db, sql, keys, op)?;
+    }
+    add_tokens(db, &tokens, day_of(now))
+}
+
+const KEEP_DATES: &str = "UPDATE sessions SET created_at = coalesce(?2, created_at), \
+     updated_at = coalesce(?3, updated_at), model = coalesce(?4, model) WHERE key = ?1";
+
+/// Sets the times and model a [`WriteOp::KeepDates`] carries, on a conversation the store
+/// holds.
+fn keep_dates<E>(
+    db: &mut dyn Db<Error = E>,
+    sql: &Dialect,
+    keys: &mut Keys,
+    op: &WriteOp,
+) -> Result<(), E> {
+    let WriteOp::KeepDates {
+        session,
+        created_at,
+        updated_at,
+        model,
+        turns,
+    } = op
+    else {
+        return Ok(());
+    };
+    let Some(key) = session_key(db, keys, session)? else {
+        return Ok(());
+    };
+    db.run(
+        KEEP_DATES,
+        &[
+            Param::Int(key),
+            Param::OptInt(*created_at),
+            Param::OptInt(*updated_at),
+            Param::OptText(model.as_deref()),
+        ],
+    )?;
+    if turns.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<i64> = turns.iter().map(|(turn, _)| big(*turn)).collect();
+    let times: Vec<i64> = turns.iter().map(|(_, at)| *at).collect();
+    let table = Table {
+        rows: turns.len(),
+        columns: vec![
+            Column::Same(Param::Int(key)),
+            Column::Ints(&ids),
+            Column::Ints(&times),
+        ],
+    };
+    db.write_table(sql.turn_times, &table)
 }
 
 const SESSION_KEY: &str = "SELECT key FROM sessions WHERE id = ?1";
+const SESSION_OWNER: &str = "SELECT owner FROM sessions WHERE key = ?1";
 const RENAME: &str = "UPDATE sessions SET title = ?3 WHERE id = ?1 AND owner = ?2";
 
 /// The integer key of a conversation, or `None` when the store does not hold it.
@@ -442,6 +515,23 @@ fn session_key<E>(
     let found = db.row(SESSION_KEY, &[Param::Text(id.as_str())], |row| row.int(0))?;
     if let Some(key) = found {
         keys.insert(id.clone(), key);
+    }
+    Ok(found)
+}
+
+/// The owner of the conversation whose key is `key`, or `None` when the store does not hold
+/// it; `owners` keeps those already read.
+fn owner_of<E>(
+    db: &mut dyn Db<Error = E>,
+    owners: &mut HashMap<i64, String>,
+    key: i64,
+) -> Result<Option<String>, E> {
+    if let Some(owner) = owners.get(&key) {
+        return Ok(Some(owner.clone()));
+    }
+    let found = db.row(SESSION_OWNER, &[Param::Int(key)], |row| row.text(0))?;
+    if let Some(owner) = &found {
+        owners.insert(key, owner.clone());
     }
     Ok(found)
 }

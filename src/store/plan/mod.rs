@@ -39,6 +39,7 @@ mod files;
 mod graph;
 mod share;
 mod shares;
+mod usage;
 mod values;
 
 use std::borrow::Cow;
@@ -185,6 +186,9 @@ pub struct Dialect {
     /// stored under the node's owner and replacing an earlier one; a node deleted meanwhile is
     /// skipped.
     pub store_embeddings: &'static [&'static str],
+    /// Turn times for [`Db::write_table`]: `?1` a conversation's key (one value), `?2` a turn's
+    /// id, `?3` the unix seconds it started (an imported turn's own time).
+    pub turn_times: &'static [&'static str],
     /// Conversation `?1` (its key) and every row that belongs to it, deleted.
     pub delete_session: &'static [&'static str],
     /// The full-text queries for free text in the dialect's syntax, most selective first:

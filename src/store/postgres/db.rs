@@ -82,6 +82,9 @@ pub(super) const SQL: Dialect = Dialect {
          JOIN nodes n ON n.id = u.id \
          ON CONFLICT (node_id) DO UPDATE SET owner = excluded.owner, model = excluded.model, \
          vector = excluded.vector"],
+    turn_times: &["UPDATE turns t SET created_at = u.c \
+         FROM unnest($2::bigint[], $3::bigint[]) AS u (n, c) \
+         WHERE t.session_key = $1::bigint AND t.turn_id = u.n"],
     // `turns` and `leases` follow by their foreign keys.
     delete_session: &["WITH \
          ev AS (DELETE FROM events WHERE session_key = $1), \

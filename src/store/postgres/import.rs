@@ -1,5 +1,6 @@
 //! The PostgreSQL side of `sparky migrate-store`: [`Importer`] writes what the SQLite store
-//! exported, inside the one transaction [`PostgresStore::import`] opens, with the rows of each
+//! exported (users keep their ids, so that their principals `user:<id>` still own what they
+//! own, and share links theirs, so that their URLs still work), inside the one transaction [`PostgresStore::import`] opens, with the rows of each
 //! table sent as arrays a thousand at a time (a file's bytes a piece per statement).
 //!
 //! Depends on: `common::error`, `store`, `store::exported`, `store::plan`, `store::postgres`, `store::postgres::db`, `store::postgres::pool`.
@@ -10,7 +11,8 @@ use postgres::Transaction;
 use sha2::{Digest, Sha256};
 
 use super::super::exported::{
-    CopyReport, Exported, ExportedBlob, ExportedConversation, ExportedFile, ExportedText,
+    CopyReport, Exported, ExportedAccounts, ExportedBlob, ExportedConversation, ExportedFile,
+    ExportedShare, ExportedText,
 };
 use super::super::plan::{calls_to_json, role_name};
 use super::db::SEARCH_TEXT_CHARS;
@@ -61,15 +63,16 @@ impl PostgresStore {
         let held: i64 = tx
             .query_one(
                 "SELECT (SELECT count(*) FROM sessions) + (SELECT count(*) FROM nodes) \
-                 + (SELECT count(*) FROM files)",
+                 + (SELECT count(*) FROM files) + (SELECT count(*) FROM users) \
+                 + (SELECT count(*) FROM shares)",
                 &[],
             )
             .and_then(|row| row.try_get(0))
             .map_err(failed)?;
         if held > 0 {
             return Err(Error::store(format!(
-                "database {target} already holds conversations, facts or files; migrate-store \
-                 copies into an empty database only"
+                "database {target} already holds conversations, facts, files, users or share \
+                 links; migrate-store copies into an empty database only"
             )));
         }
         let mut importer = Importer {
@@ -111,6 +114,8 @@ impl Importer<'_, '_> {
     /// [`Error::Store`] when the database refuses it.
     pub(in super::super) fn add(&mut self, item: &Exported) -> Result<()> {
         let result = match item {
+            Exported::Accounts(accounts) => self.accounts(accounts),
+            Exported::Share(share) => self.share(share),
             Exported::Conversation(conversation) => self.conversation(conversation),
             Exported::Node(node) => {
                 let digest = Sha256::digest(node.content.as_bytes()).to_vec();
@@ -191,6 +196,66 @@ impl Importer<'_, '_> {
             Exported::File(file) => self.file(file),
         };
         result.map_err(|e| store_error("copy", e))
+    }
+
+    /// The users with their ids, their tokens, and the users' id sequence moved past the
+    /// highest id SQLite ever gave.
+    fn accounts(&mut self, accounts: &ExportedAccounts) -> Result<(), postgres::Error> {
+        for user in &accounts.users {
+            self.tx.execute(
+                "INSERT INTO users (id, name, password_hash, admin, created_at, daily_turns, \
+                 daily_tokens) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                &[
+                    &user.id,
+                    &user.name,
+                    &user.password_hash,
+                    &user.admin,
+                    &user.created_at,
+                    &user.daily_turns,
+                    &user.daily_tokens,
+                ],
+            )?;
+            self.report.users += 1;
+        }
+        for token in &accounts.tokens {
+            self.tx.execute(
+                "INSERT INTO api_tokens (id, user_id, name, secret_sha256, created_at, last_used) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+                &[
+                    &token.id,
+                    &token.user_id,
+                    &token.name,
+                    &token.secret_sha256,
+                    &token.created_at,
+                    &token.last_used,
+                ],
+            )?;
+            self.report.tokens += 1;
+        }
+        self.tx.execute(
+            "SELECT setval(pg_get_serial_sequence('users', 'id'), \
+             greatest($1::bigint, (SELECT coalesce(max(id), 0) FROM users)) + 1, false)",
+            &[&accounts.highest_id],
+        )?;
+        Ok(())
+    }
+
+    /// A share link under its own id.
+    fn share(&mut self, share: &ExportedShare) -> Result<(), postgres::Error> {
+        self.tx.execute(
+            "INSERT INTO shares (id, owner, session_id, title, copy, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                &share.id,
+                &share.owner,
+                &share.session_id,
+                &share.title,
+                &share.copy,
+                &share.created_at,
+            ],
+        )?;
+        self.report.shares += 1;
+        Ok(())
     }
 
     fn blob(&mut self, blob: &ExportedBlob) -> Result<(), postgres::Error> {

@@ -62,6 +62,7 @@ pub(super) const SQL: Dialect = Dialect {
          WHERE event_text MATCH ('owner_token : o' || hex(?1))",
         "UPDATE sessions SET owner = ?2 WHERE owner = ?1",
     ],
+    turn_times: &["UPDATE turns SET created_at = ?3 WHERE session_key = ?1 AND turn_id = ?2"],
     delete_session: &[
         "DELETE FROM event_text WHERE rowid IN (SELECT rowid FROM events WHERE session_key = ?1)",
         "DELETE FROM events WHERE session_key = ?1",

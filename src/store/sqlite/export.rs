@@ -1,5 +1,5 @@
-//! SQLite's side of `sparky migrate-store`: every conversation, node, edge and file the store
-//! holds, read on one reader connection and handed over one at a time as [`Exported`] things (a
+//! SQLite's side of `sparky migrate-store`: the accounts (users and their API tokens, not their
+//! sign-ins), then every conversation, share link, node, edge and file the store holds, read on one reader connection and handed over one at a time as [`Exported`] things (a
 //! file's bytes a piece at a time, so that no file is held whole).
 //!
 //! Depends on: `common::error`, `model`, `store`, `store::exported`, `store::plan`, `store::sqlite`.
@@ -8,8 +8,9 @@ use rusqlite::{Connection, OptionalExtension};
 use serde_json::Value;
 
 use super::super::exported::{
-    Exported, ExportedBlob, ExportedConversation, ExportedEdge, ExportedFile, ExportedNode,
-    ExportedPiece, ExportedText, ExportedTurn,
+    Exported, ExportedAccounts, ExportedBlob, ExportedConversation, ExportedEdge, ExportedFile,
+    ExportedNode, ExportedPiece, ExportedShare, ExportedText, ExportedToken, ExportedTurn,
+    ExportedUser,
 };
 use super::super::plan::{calls_from_json, role_from};
 use super::{SqliteStore, store_error};
@@ -17,8 +18,8 @@ use crate::common::error::Result;
 use crate::model::ChatMessage;
 
 impl SqliteStore {
-    /// Reads everything the store holds for `sparky migrate-store`, handing each conversation,
-    /// then each node, then each edge, then each blob (its pieces and text after it) and the
+    /// Reads everything the store holds for `sparky migrate-store`, handing the accounts, then
+    /// each conversation, then each share link, then each node, then each edge, then each blob (its pieces and text after it) and the
     /// files over it to `sink`, on one reader connection.
     ///
     /// # Errors
@@ -30,6 +31,8 @@ impl SqliteStore {
     ) -> Result<()> {
         let connection = self.reader();
         let failed = |e: rusqlite::Error| store_error("read for the copy", e);
+        let accounts = export_accounts(&connection).map_err(failed)?;
+        sink(&Exported::Accounts(Box::new(accounts)))?;
         let keys: Vec<i64> = connection
             .prepare("SELECT key FROM sessions ORDER BY key")
             .and_then(|mut statement| {
@@ -42,6 +45,7 @@ impl SqliteStore {
             let conversation = export_conversation(&connection, key).map_err(failed)?;
             sink(&Exported::Conversation(Box::new(conversation)))?;
         }
+        export_shares(&connection, sink)?;
         let nodes: Vec<ExportedNode> = connection
             .prepare(
                 "SELECT id, owner, kind, label, content, properties, created_at, updated_at \
@@ -90,6 +94,86 @@ impl SqliteStore {
         }
         export_files(&connection, sink)
     }
+}
+
+/// Every user with its API tokens, and the highest user id ever given.
+fn export_accounts(connection: &Connection) -> rusqlite::Result<ExportedAccounts> {
+    let users = connection
+        .prepare(
+            "SELECT id, name, password_hash, admin, created_at, daily_turns, daily_tokens \
+             FROM users ORDER BY id",
+        )?
+        .query_map([], |row| {
+            Ok(ExportedUser {
+                id: row.get(0)?,
+                name: row.get(1)?,
+                password_hash: row.get(2)?,
+                admin: row.get(3)?,
+                created_at: row.get(4)?,
+                daily_turns: row.get(5)?,
+                daily_tokens: row.get(6)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let tokens = connection
+        .prepare(
+            "SELECT id, user_id, name, secret_sha256, created_at, last_used FROM api_tokens \
+             ORDER BY user_id, id",
+        )?
+        .query_map([], |row| {
+            Ok(ExportedToken {
+                id: row.get(0)?,
+                user_id: row.get(1)?,
+                name: row.get(2)?,
+                secret_sha256: row.get(3)?,
+                created_at: row.get(4)?,
+                last_used: row.get(5)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    // `AUTOINCREMENT` remembers the highest id given, a removed user's too.
+    let given: Option<i64> = connection
+        .query_row(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'users'",
+            [],
+            |row| row.get(0),
+        )
+        .optional()?;
+    let highest_id = users
+        .iter()
+        .map(|user| user.id)
+        .chain(given)
+        .max()
+        .unwrap_or(0);
+    Ok(ExportedAccounts {
+        users,
+        tokens,
+        highest_id,
+    })
+}
+
+/// Every share link, oldest first, one at a time.
+fn export_shares(
+    connection: &Connection,
+    sink: &mut dyn FnMut(&Exported) -> Result<()>,
+) -> Result<()> {
+    let failed = |e: rusqlite::Error| store_error("read share links for the copy", e);
+    let mut statement = connection
+        .prepare("SELECT id, owner, session_id, title, copy, created_at FROM shares ORDER BY key")
+        .map_err(failed)?;
+    let mut rows = statement.query([]).map_err(failed)?;
+    while let Some(row) = rows.next().map_err(failed)? {
+        let share = ExportedShare {
+            id: row.get(0).map_err(failed)?,
+            owner: row.get(1).map_err(failed)?,
+            session_id: row.get(2).map_err(failed)?,
+            title: row.get(3).map_err(failed)?,
+            copy: row.get(4).map_err(failed)?,
+            created_at: row.get(5).map_err(failed)?,
+        };
+        sink(&Exported::Share(share))?;
+    }
+    Ok(())
 }
 
 /// Every complete blob, each followed by its pieces (one at a time), its text, and the files
