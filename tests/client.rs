@@ -1,8 +1,9 @@
 //! The terminal client (`sparky chat`) against a real server: an answer shown once,
 //! `/list`, on a restart of the client the conversation's recent history, the branch commands
 //! (`/edit`, `/regen`, `/switch`, `/history`), `/attach` (a file uploaded for the next message,
-//! kept by `/edit`) and `/detach`, and a message cut off by a dropped connection sent again
-//! with its `client_id` and run once.
+//! kept by `/edit`) and `/detach`, a message cut off by a dropped connection sent again
+//! with its `client_id` and run once, and an MCP server's form asked field by field and its
+//! sampling request allowed (against `@modelcontextprotocol/server-everything`).
 
 mod support;
 
@@ -719,4 +720,69 @@ fn chat_presents_the_token_from_the_flag_or_the_environment() {
     let (code, _, err) = sparky(&["chat", &url, "--state", state, "--new"], &[]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("refused the credentials"), "{err}");
+}
+
+#[test]
+fn an_mcp_server_s_form_is_asked_field_by_field_and_its_sampling_allowed() {
+    let (everything, node) = (support::mcp::EVERYTHING, support::mcp::NODE);
+    if !Path::new(everything).exists() || !Path::new(node).exists() {
+        let message = format!("{everything} is missing: run scripts/npm-fixtures.sh");
+        assert!(std::env::var_os("CI").is_none(), "{message}");
+        eprintln!("skipped: {message}");
+        return;
+    }
+    let dir = temp_dir("client-mcp");
+    let entry = json!({"command": node, "args": [everything, "stdio"], "approve": "never"});
+    let config = support::mcp::write_config(&dir, &json!({ "everything": entry }));
+    let server = TestServer::with_config(|c| c.mcp_config = Some(config));
+    support::mcp::wait_for_tool(&server, "everything__trigger-elicitation-request");
+    let (mut child, output) = start(&server, &dir.join("state.json"));
+    let mut seen = String::new();
+    until(&output, &mut seen, "model offline");
+
+    type_line(
+        &mut child,
+        "/tool everything__trigger-elicitation-request {}",
+    );
+    until(&output, &mut seen, "elicit> everything asks");
+    until(
+        &output,
+        &mut seen,
+        "(Your date of birth) [date, - to skip]:",
+    );
+    // The fields, in name order: birthdate, check, email, firstLine, homepage, integer,
+    // legacyTitledEnum, name, number, and four lists of options.
+    for line in [
+        "-",
+        "y",
+        "-",
+        ".",
+        "-",
+        "seven",
+        "7",
+        "Dogs",
+        "-",
+        "Terminal Person",
+        "-",
+        "-",
+        "2",
+        "Piano, Drums",
+        "-",
+    ] {
+        type_line(&mut child, line);
+    }
+    until(&output, &mut seen, "- Name: Terminal Person");
+    assert!(seen.contains("Favorite Integer: 7"), "{seen}");
+    assert!(seen.contains("must be a whole number"), "{seen}");
+    assert!(seen.contains("is required"), "{seen}");
+
+    type_line(
+        &mut child,
+        r#"/tool everything__trigger-sampling-request {"prompt": "from the terminal"}"#,
+    );
+    until(&output, &mut seen, "allow? [y/n, always]");
+    type_line(&mut child, "y");
+    until(&output, &mut seen, "LLM sampling result");
+    type_line(&mut child, "/quit");
+    let _ = child.wait();
 }

@@ -1,6 +1,7 @@
 //! Several instances on one PostgreSQL database, whatever store the rest of the run uses: a
 //! conversation resumed and carried on through another instance, two devices on two
-//! instances, a cancel sent through the instance that does not run the turn, an instance
+//! instances, a cancel sent through the instance that does not run the turn, an MCP server's
+//! form answered and its sampling allowed for good through the other instance, an instance
 //! killed mid-turn, a deletion seen everywhere, and a bounded chaos run through a real HAProxy
 //! that spreads connections over two instances.
 
@@ -697,4 +698,78 @@ fn chaos_through_haproxy_over_two_instances_loses_and_repeats_nothing() {
             assert_turns_closed_once(&stored);
         }
     }
+}
+
+#[test]
+fn an_mcp_form_and_sampling_are_answered_through_another_instance() {
+    let (everything, node) = (support::mcp::EVERYTHING, support::mcp::NODE);
+    if !std::path::Path::new(everything).exists() || !std::path::Path::new(node).exists() {
+        let message = format!("{everything} is missing: run scripts/npm-fixtures.sh");
+        assert!(std::env::var_os("CI").is_none(), "{message}");
+        eprintln!("skipped: {message}");
+        return;
+    }
+    let url = postgres::fresh_database();
+    let dir = support::temp_dir("cluster-mcp");
+    let entry = json!({"command": node, "args": [everything, "stdio"], "approve": "never"});
+    let config = support::mcp::write_config(&dir, &json!({ "everything": entry }));
+    let with_mcp = || {
+        TestServer::with_config(|c| {
+            c.database_url = Some(url.clone());
+            c.mcp_config = Some(config.clone());
+        })
+    };
+    let (a, b) = (with_mcp(), with_mcp());
+    support::mcp::wait_for_tool(&a, "everything__trigger-elicitation-request");
+    let mut phone = a.client();
+    phone.ask("hi");
+    let id = phone.session_id.clone().unwrap();
+    let mut laptop = Client::resume(b.addr, &id, phone.last_seq);
+
+    // The form waits on A; B answers it.
+    phone.say("/tool everything__trigger-elicitation-request {}");
+    let request = read_until(&mut laptop, "elicitation_request", 2);
+    let request_id = request["data"]["request_id"].as_str().unwrap().to_owned();
+    laptop.send(
+        json!({"type": "elicit", "data": {"request_id": request_id, "action": "accept",
+                                                   "content": {"name": "Via B"}}}),
+    );
+    let result = read_until(&mut phone, "tool_result", 2);
+    assert!(
+        result["data"]["result"]
+            .as_str()
+            .unwrap()
+            .contains("- Name: Via B"),
+        "{result}"
+    );
+    // An answer for no waiting request is refused on B itself, once B has seen the turn end
+    // (before, B passes it on, and A, where it no longer waits, drops it).
+    read_until(&mut laptop, "message", 2);
+    laptop.send(json!({"type": "elicit", "data": {"request_id": request_id, "action": "cancel"}}));
+    let refused = laptop.expect("error");
+    assert_eq!(
+        value(&refused)["data"]["code"],
+        "not_waiting",
+        "{refused:?}"
+    );
+
+    // Sampling allowed for good through B: A asks no more.
+    let sample = r#"/tool everything__trigger-sampling-request {"prompt": "x"}"#;
+    phone.say(sample);
+    let request = read_until(&mut laptop, "sampling_request", 3);
+    let request_id = request["data"]["request_id"].as_str().unwrap().to_owned();
+    laptop.send(json!({"type": "approve",
+                       "data": {"call_id": request_id, "allow": true, "always": true}}));
+    let result = read_until(&mut phone, "tool_result", 3);
+    assert_eq!(result["data"]["status"], "success", "{result}");
+    phone.say(sample);
+    let frames = phone.finish_turn(4);
+    assert!(
+        !support::kinds(&frames).contains(&"sampling_request".to_owned()),
+        "{frames:#?}"
+    );
+    assert_eq!(
+        support::tool_result(&frames).0,
+        sparky::common::protocol::ToolStatus::Success
+    );
 }

@@ -18,6 +18,8 @@ fn frame_types() -> Vec<&'static str> {
         ServerFrame::ToolUse { .. } => "tool_use",
         ServerFrame::ToolResult { .. } => "tool_result",
         ServerFrame::ApprovalRequest { .. } => "approval_request",
+        ServerFrame::ElicitationRequest { .. } => "elicitation_request",
+        ServerFrame::SamplingRequest { .. } => "sampling_request",
         ServerFrame::ToolProgress { .. } => "tool_progress",
         ServerFrame::MessageDelta { .. } => "message_delta",
         ServerFrame::Message { .. } => "message",
@@ -34,6 +36,8 @@ fn frame_types() -> Vec<&'static str> {
         "tool_use",
         "tool_result",
         "approval_request",
+        "elicitation_request",
+        "sampling_request",
         "tool_progress",
         "message_delta",
         "message",
@@ -54,6 +58,7 @@ fn client_frame_types() -> Vec<&'static str> {
         ClientFrame::Switch(_) => "switch",
         ClientFrame::Cancel {} => "cancel",
         ClientFrame::Approve(_) => "approve",
+        ClientFrame::Elicit(_) => "elicit",
     };
     let _ = name;
     vec![
@@ -64,6 +69,7 @@ fn client_frame_types() -> Vec<&'static str> {
         "switch",
         "cancel",
         "approve",
+        "elicit",
     ]
 }
 

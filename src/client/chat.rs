@@ -7,7 +7,8 @@
 //! timeout, sending typed lines in between; the input threads (`input.rs`) only read. Polling
 //! is fine for one client with one connection; the server must never do it.
 //!
-//! Depends on: `client::input`, `client::screen`, `client::state`, `client::tree`, `client::wire`, `common::protocol`.
+//! Depends on: `client::form`, `client::input`, `client::screen`, `client::state`, `client::tree`,
+//! `client::wire`, `common::protocol`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::TcpStream;
@@ -19,6 +20,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use serde_json::Value;
 use tungstenite::{Message, WebSocket};
 
+use super::form::{FormFill, Step};
 use super::input::Command;
 use super::screen::{
     DIM, PLAIN, PROMPT, RED, Screen, YELLOW, describe_attachment, describe_status, describe_turn,
@@ -28,8 +30,9 @@ use super::state::SavedState;
 use super::tree::{TurnTree, tree_lines};
 use super::wire::{Server, client_id, close_gracefully, is_timeout, send, with_client_id};
 use crate::common::protocol::{
-    ApproveData, Attachment, ClientFrame, ConnectData, EditData, ErrorCode, MAX_ATTACHMENTS,
-    MessageData, ServerEnvelope, ServerFrame, StatusCode, ToolStatus, TurnId,
+    ApproveData, Attachment, ClientFrame, ConnectData, EditData, ElicitAction, ElicitData,
+    ErrorCode, MAX_ATTACHMENTS, MessageData, ServerEnvelope, ServerFrame, StatusCode, ToolStatus,
+    TurnId,
 };
 
 /// How long one read waits before the loop looks at the input again.
@@ -98,8 +101,11 @@ pub struct Chat {
     interrupted: bool,
     /// The conversation ids of the last `/list`, in the order shown.
     listed: Vec<String>,
-    /// Tool calls waiting for this user's `y` or `n`, oldest first.
+    /// Tool calls (and sampling requests) waiting for this user's `y` or `n`, oldest first.
     asking: VecDeque<String>,
+    /// Elicitations waiting for this user, the one being filled in first: while there is one,
+    /// typed lines answer it.
+    forms: VecDeque<FormFill>,
     /// Files uploaded with `/attach`, to go with the next message.
     attached: Vec<Attachment>,
     /// The files each turn's message carried, by turn, as far as this client has seen them:
@@ -150,6 +156,7 @@ impl Chat {
             interrupted: false,
             listed: Vec::new(),
             asking: VecDeque::new(),
+            forms: VecDeque::new(),
             attached: Vec::new(),
             turn_files: HashMap::new(),
         }
@@ -312,6 +319,7 @@ impl Chat {
         if frame.closes_turn() {
             self.running = false;
             self.asking.clear();
+            self.forms.clear();
         }
         let screen = &mut self.screen;
         match frame {
@@ -398,6 +406,43 @@ impl Chat {
                 screen.say(YELLOW, &format!("approve> {name} {args}: allow? [y/n]"));
                 self.asking.push_back(call_id);
             }
+            ServerFrame::SamplingRequest {
+                request_id,
+                server,
+                messages,
+                max_tokens,
+                ..
+            } => {
+                let asked: Vec<String> = messages
+                    .iter()
+                    .map(|m| format!("{}: {}", m.role, m.text))
+                    .collect();
+                screen.say(
+                    YELLOW,
+                    &format!(
+                        "sampling> {server} asks the model (at most {max_tokens} tokens): {}: \
+                         allow? [y/n, always]",
+                        asked.join(" | ")
+                    ),
+                );
+                self.asking.push_back(request_id);
+            }
+            ServerFrame::ElicitationRequest {
+                request_id,
+                call_id,
+                server,
+                message,
+                schema,
+                url,
+                ..
+            } => self.start_form(
+                request_id,
+                call_id,
+                &server,
+                &message,
+                schema.map(|s| *s),
+                url,
+            ),
             ServerFrame::ToolProgress {
                 progress,
                 total,
@@ -419,6 +464,7 @@ impl Chat {
                 ..
             } => {
                 self.asking.retain(|waiting| *waiting != call_id);
+                self.forms.retain(|form| form.call_id != call_id);
                 match status {
                     ToolStatus::Success => {
                         let result = without_data_urls(&result);
@@ -484,6 +530,82 @@ impl Chat {
         None
     }
 
+    /// Shows an `elicitation_request` and queues its form; the first one waiting is asked at
+    /// once. A form the terminal cannot ask is declined.
+    fn start_form(
+        &mut self,
+        request_id: String,
+        call_id: String,
+        server: &str,
+        message: &str,
+        schema: Option<Value>,
+        url: Option<String>,
+    ) {
+        let is_url = url.is_some();
+        self.screen
+            .say(YELLOW, &format!("elicit> {server} asks: {message}"));
+        if let Some(url) = &url {
+            self.screen.say(YELLOW, &format!("elicit> url: {url}"));
+        }
+        match FormFill::new(request_id.clone(), call_id, schema.as_ref(), is_url) {
+            Ok(form) => {
+                if self.forms.is_empty() {
+                    self.screen
+                        .say(YELLOW, &format!("elicit> {}", form.first()));
+                }
+                self.forms.push_back(form);
+            }
+            Err(why) => {
+                self.screen.notice(&format!(
+                    "this form cannot be filled in here ({why}): declined"
+                ));
+                self.outbox.push_back(ClientFrame::Elicit(ElicitData {
+                    request_id,
+                    action: ElicitAction::Decline,
+                    content: None,
+                }));
+            }
+        }
+    }
+
+    /// While a form is being filled in, a typed line answers it (`None`: the line was taken);
+    /// otherwise the command is left as it is. `always` answers a waiting sampling request
+    /// with `allow` for good.
+    fn fill_form(&mut self, command: Command) -> Option<Command> {
+        let line = match &command {
+            Command::Send(ClientFrame::Message(message)) => message.text.clone(),
+            Command::Send(ClientFrame::Cancel {}) => "/cancel".to_owned(),
+            Command::Answer(_, line) => line.clone(),
+            _ => return Some(command),
+        };
+        let Some(form) = self.forms.front_mut() else {
+            if line.trim() == "always"
+                && let Some(call_id) = self.asking.pop_front()
+            {
+                self.outbox.push_back(ClientFrame::Approve(ApproveData {
+                    call_id,
+                    allow: true,
+                    always: true,
+                }));
+                return None;
+            }
+            return Some(command);
+        };
+        match form.take(&line) {
+            Step::Ask(prompt) => self.screen.say(YELLOW, &format!("elicit> {prompt}")),
+            Step::Again(why) => self.screen.notice(&why),
+            Step::Done(frame) => {
+                self.outbox.push_back(frame);
+                self.forms.pop_front();
+                if let Some(next) = self.forms.front() {
+                    self.screen
+                        .say(YELLOW, &format!("elicit> {}", next.first()));
+                }
+            }
+        }
+        None
+    }
+
     /// Moves typed commands into the outbox, waiting for more until `deadline` (a deadline now
     /// does not wait), and carries out the others.
     fn take_input(&mut self, deadline: Instant) -> Input {
@@ -501,6 +623,10 @@ impl Chat {
                 self.screen.prompt_shown = false;
                 self.interrupted = false;
             }
+            let command = match self.fill_form(command) {
+                Some(command) => command,
+                None => continue,
+            };
             match command {
                 Command::Send(frame) => {
                     let frame = self.with_files(frame);
@@ -540,7 +666,11 @@ impl Chat {
                 }
                 Command::Answer(allow, line) => match self.asking.pop_front() {
                     Some(call_id) => {
-                        let frame = ClientFrame::Approve(ApproveData { call_id, allow });
+                        let frame = ClientFrame::Approve(ApproveData {
+                            call_id,
+                            allow,
+                            always: false,
+                        });
                         self.outbox.push_back(frame);
                     }
                     None => {
@@ -666,6 +796,7 @@ impl Chat {
         self.turn_files.clear();
         self.running = false;
         self.asking.clear();
+        self.forms.clear();
         self.connected_before = false;
         self.screen.stream = None;
         self.state = SavedState {

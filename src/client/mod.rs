@@ -42,6 +42,7 @@
 //! Depends on: `client::chat`, `client::input`, `client::screen`, `client::state`, `client::wire`.
 
 mod chat;
+mod form;
 mod input;
 mod screen;
 mod state;

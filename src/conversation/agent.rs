@@ -144,6 +144,8 @@ impl Turn {
         }
         // Tokens used by the turn's model calls, summed over the steps that reported them.
         let mut usage: Option<Usage> = None;
+        // Tokens the MCP servers' sampling requests used in a step's tool calls.
+        let sampled = parking_lot::Mutex::new(None);
         // Text the model streamed in steps that went on to call tools: the user saw it as it
         // came, so it stays part of the answer.
         let mut said: Vec<String> = Vec::new();
@@ -193,10 +195,16 @@ impl Turn {
                 events,
                 cancel,
                 knowledge,
+                model: self.model.as_deref(),
+                usage: &sampled,
             };
             let Some(results) = step.run() else {
                 return TurnOutcome::Cancelled;
             };
+            // What the step's sampling requests used counts as the turn's.
+            if let Some(step) = sampled.lock().take() {
+                usage = Some(usage.unwrap_or_default().plus(step));
+            }
             self.current.extend(results);
         }
         let limit = self.engine.max_steps;
@@ -271,12 +279,14 @@ impl Turn {
                     head: &self.head,
                     earlier: fitted.earlier,
                     current: &fitted.current,
+                    max_tokens: None,
                 },
                 None => Conversation {
                     model: self.model.as_deref(),
                     head: &self.head,
                     earlier: &self.history,
                     current: &self.current,
+                    max_tokens: None,
                 },
             };
             if fitted.as_ref().is_some_and(|f| f.trimmed) && !self.trim_announced {

@@ -28,7 +28,8 @@ pub enum Verdict {
 
 /// The calls of one turn that wait for an answer, shared by the turn (which waits) and its
 /// session (which hands it each `approve`). Cheap to clone. Holds at most one entry per tool
-/// call of the turn's current step, and only until the turn has its answer.
+/// call of the turn's current step (and per MCP sampling request, under its request id), and
+/// only until the turn has its answer.
 #[derive(Clone, Default)]
 pub struct Approvals {
     inner: Arc<Shared>,

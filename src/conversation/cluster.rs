@@ -209,7 +209,13 @@ fn act(sessions: &SessionManager, cluster: &dyn Cluster, metrics: &Metrics, noti
         }
         Signal::Released => sessions.lease_released(),
         Signal::Deleted => sessions.forget(&id),
-        Signal::Events | Signal::Yield | Signal::Cancel | Signal::Allow | Signal::Deny => {
+        Signal::Events
+        | Signal::Yield
+        | Signal::Cancel
+        | Signal::Allow
+        | Signal::Deny
+        | Signal::AllowAlways
+        | Signal::Elicit => {
             let Some(session) = sessions.get(&id) else {
                 if signal == Signal::Yield {
                     // Not in memory here: a lease left behind (a release that failed when the
@@ -232,8 +238,12 @@ fn act(sessions: &SessionManager, cluster: &dyn Cluster, metrics: &Metrics, noti
                 Signal::Events => session.catch_up_to(detail.parse().unwrap_or(u64::MAX)),
                 Signal::Yield => session.let_go(),
                 Signal::Allow | Signal::Deny => {
-                    session.approve_here(&detail, signal == Signal::Allow);
+                    session.approve_here(&detail, signal == Signal::Allow, false);
                 }
+                Signal::AllowAlways => {
+                    session.approve_here(&detail, true, true);
+                }
+                Signal::Elicit => session.elicit_relayed(&detail),
                 _ => session.cancel_here(),
             }
         }

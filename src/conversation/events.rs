@@ -1,15 +1,19 @@
 //! What a running turn and the session that runs it agree on: [`TurnEvents`], where the agent
-//! loop sends its events and asks for approvals (the session implements it), and
+//! loop sends its events and asks for approvals, elicitations and sampling (the session
+//! implements it), and
 //! [`TurnOutcome`], how the turn ended.
 //!
-//! Depends on: `common::cancel`, `common::protocol`, `conversation::approval`, `model`.
+//! Depends on: `common::cancel`, `common::protocol`, `conversation::approval`, `model`, `tools::ask`.
 
 use std::time::Instant;
 
+use serde_json::Value;
+
 use crate::common::cancel::CancelFlag;
-use crate::common::protocol::ServerFrame;
+use crate::common::protocol::{ElicitAction, ServerFrame};
 use crate::conversation::approval::Verdict;
 use crate::model::ChatMessage;
+use crate::tools::ask::ElicitAnswer;
 
 /// Where a running turn sends its events. The session implements it; it checks that the turn
 /// is still the current one, so that nothing of a cancelled turn is ever sent. Shared by the
@@ -27,6 +31,47 @@ pub trait TurnEvents: Sync {
     /// Waits for the answer to `call_id` (asked with [`ask_approval`](Self::ask_approval))
     /// until `deadline`, or until `cancel` is set.
     fn await_approval(&self, call_id: &str, deadline: Instant, cancel: &CancelFlag) -> Verdict;
+
+    /// Marks the elicitation `request_id` (with its form's `schema`, `None` in URL mode) as
+    /// waiting and sends its `elicitation_request`, in one step. False when the turn is no
+    /// longer current, or (the default) when nobody can be asked.
+    fn ask_elicitation(
+        &self,
+        request_id: &str,
+        schema: Option<Value>,
+        request: ServerFrame,
+    ) -> bool {
+        let _ = (request_id, schema, request);
+        false
+    }
+
+    /// Waits for the answer to the elicitation `request_id` until `deadline`, or until
+    /// `cancel` is set; `cancel` when none came.
+    fn await_elicitation(
+        &self,
+        request_id: &str,
+        deadline: Instant,
+        cancel: &CancelFlag,
+    ) -> ElicitAnswer {
+        let _ = (request_id, deadline, cancel);
+        ElicitAnswer::bare(ElicitAction::Cancel)
+    }
+
+    /// True when the person allowed every sampling request of the MCP server `server` in this
+    /// conversation (`approve` with `always`).
+    fn allows_sampling(&self, server: &str) -> bool {
+        let _ = server;
+        false
+    }
+
+    /// Marks the sampling request `request_id` of `server` as waiting for approval and sends
+    /// its `sampling_request`, in one step; [`await_approval`](Self::await_approval) waits for
+    /// the answer. False when the turn is no longer current, or (the default) when nobody can
+    /// be asked.
+    fn ask_sampling(&self, request_id: &str, server: &str, request: ServerFrame) -> bool {
+        let _ = (request_id, server, request);
+        false
+    }
 
     /// Sends the frame that closes the turn and adds `transcript` to the conversation, as one
     /// step. False when the turn is no longer current (nothing is sent or kept then).

@@ -1,10 +1,13 @@
 //! One step's tool calls, as the agent loop runs them: every `tool_use` first, then the
 //! `approval_request` of each call a person must allow and the wait for the answers, then the
 //! calls side by side (the first on the turn's thread, each other on a scoped `tool` thread),
-//! each relaying its progress as `tool_progress` at most ten times a second, and each
-//! `tool_result` in call order.
+//! each relaying its progress as `tool_progress` at most ten times a second and asking the
+//! person through its own `CallAsk` what its MCP server asks, and each `tool_result` in
+//! call order.
 //!
-//! Depends on: `common::auth`, `common::cancel`, `common::protocol`, `conversation::approval`, `conversation::bot`, `conversation::events`, `model`, `store::files`, `tools`, `tools::knowledge`, `tools::mcp`.
+//! Depends on: `common::auth`, `common::cancel`, `common::protocol`, `conversation::approval`,
+//! `conversation::asking`, `conversation::bot`, `conversation::events`, `model`, `store::files`,
+//! `tools`, `tools::knowledge`, `tools::mcp`.
 
 use std::thread;
 use std::time::{Duration, Instant};
@@ -13,8 +16,10 @@ use parking_lot::Mutex;
 
 use crate::common::auth::Principal;
 use crate::common::cancel::CancelFlag;
+use crate::common::protocol::Usage;
 use crate::common::protocol::{Attachment, ServerFrame, SessionId, ToolStatus, TurnId};
 use crate::conversation::approval::Verdict;
+use crate::conversation::asking::{CallAsk, TurnAsk};
 use crate::conversation::bot::Engine;
 use crate::conversation::events::TurnEvents;
 use crate::model::{ChatMessage, ToolArgs, ToolCall};
@@ -47,6 +52,10 @@ pub(crate) struct ToolCalls<'a> {
     pub(crate) cancel: &'a CancelFlag,
     /// The session's notes, for the tools that read and write them.
     pub(crate) knowledge: &'a Knowledge,
+    /// The conversation's model (`None`: the default), which answers sampling requests.
+    pub(crate) model: Option<&'a str>,
+    /// Where the tokens the calls' sampling requests use are added.
+    pub(crate) usage: &'a Mutex<Option<Usage>>,
 }
 
 impl ToolCalls<'_> {
@@ -65,6 +74,8 @@ impl ToolCalls<'_> {
             events,
             cancel,
             knowledge,
+            model,
+            usage,
         } = self;
         for call in calls {
             let used = ServerFrame::ToolUse {
@@ -88,6 +99,22 @@ impl ToolCalls<'_> {
                 last: Mutex::new(None),
             })
             .collect();
+        let asking = TurnAsk {
+            engine,
+            model,
+            turn_id,
+            events,
+            cancel,
+            usage,
+            asked: Default::default(),
+        };
+        let asks: Vec<CallAsk<'_>> = calls
+            .iter()
+            .map(|call| CallAsk {
+                turn: &asking,
+                call_id: &call.id,
+            })
+            .collect();
         // Runs call `i`, unless a person denied it.
         let run = |i: usize| -> ToolOutput {
             if let Some(denial) = &denials[i] {
@@ -99,6 +126,7 @@ impl ToolCalls<'_> {
                 knowledge,
                 cancel,
                 progress: Some(&sinks[i]),
+                ask: Some(&asks[i]),
             };
             run_tool(tools, &calls[i], &ctx)
         };

@@ -241,6 +241,9 @@ pub struct Conversation<'a> {
     pub earlier: &'a [ChatMessage],
     /// This turn's messages so far.
     pub current: &'a [ChatMessage],
+    /// The most tokens the answer may take, when the caller bounds it (an MCP server's
+    /// sampling request does); `None` leaves it to the model server.
+    pub max_tokens: Option<u32>,
 }
 
 impl<'a> Conversation<'a> {
@@ -251,6 +254,7 @@ impl<'a> Conversation<'a> {
             head: &[],
             earlier: &[],
             current: messages,
+            max_tokens: None,
         }
     }
 

@@ -5,7 +5,9 @@
 //! user account (its API token or sign-in cookie) has its credential checked again every
 //! [`RECHECK`], and is closed (1008) once it is revoked, ended, or its user removed.
 //!
-//! Depends on: `common::auth`, `common::config`, `common::error`, `common::metrics`, `common::protocol`, `common::rate`, `conversation::session`, `net::admission`, `net::connection`, `net::shutdown`, `store::files`.
+//! Depends on: `common::auth`, `common::config`, `common::error`, `common::metrics`,
+//! `common::protocol`, `common::rate`, `conversation::elicitation`, `conversation::session`,
+//! `net::admission`, `net::connection`, `net::shutdown`, `store::files`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,10 +19,11 @@ use crate::common::config::{Config, UNAUTHENTICATED_FRAME_BYTES};
 use crate::common::error::Result;
 use crate::common::metrics::Metrics;
 use crate::common::protocol::{
-    ClientFrame, ConnectData, ErrorCode, ServerFrame, StatusCode, StatusData, TurnId,
+    ClientFrame, ConnectData, ElicitData, ErrorCode, ServerFrame, StatusCode, StatusData, TurnId,
     decode_client_frame, encode,
 };
 use crate::common::rate::Bucket;
+use crate::conversation::elicitation::ElicitRefusal;
 use crate::conversation::session::{Ask, Session, SessionManager, Submitted, Subscriber, WireText};
 use crate::net::admission::Place;
 use crate::net::connection::{Connection, Incoming};
@@ -336,7 +339,7 @@ impl<'a> Handler<'a> {
             }
             (ClientFrame::Cancel {}, session) => session.cancel(),
             (ClientFrame::Approve(answer), session) => {
-                if !session.approve(&answer.call_id, answer.allow) {
+                if !session.approve(&answer.call_id, answer.allow, answer.always) {
                     let call: String = answer.call_id.chars().take(100).collect();
                     self.reject(
                         ErrorCode::NotWaiting,
@@ -344,7 +347,26 @@ impl<'a> Handler<'a> {
                     );
                 }
             }
+            (ClientFrame::Elicit(answer), session) => self.elicit(&session, answer),
             (ClientFrame::Connect(_), _) => {}
+        }
+    }
+
+    /// Hands an `elicit` to the session: an answer that does not fit the form is refused with
+    /// `invalid_message` (the request still waits), one for no waiting request with
+    /// `not_waiting`.
+    fn elicit(&mut self, session: &Session, answer: ElicitData) {
+        let request: String = answer.request_id.chars().take(100).collect();
+        match session.elicit(&answer) {
+            Ok(()) => {}
+            Err(ElicitRefusal::NotWaiting) => self.reject(
+                ErrorCode::NotWaiting,
+                &format!("no elicitation {request:?} is waiting for an answer"),
+            ),
+            Err(ElicitRefusal::Invalid(why)) => self.reject(
+                ErrorCode::InvalidMessage,
+                &format!("the answer to {request:?} does not fit its form: {why}"),
+            ),
         }
     }
 

@@ -35,6 +35,12 @@ pub enum Signal {
     Allow,
     /// A client on another instance denied the call the notice's `detail` names.
     Deny,
+    /// A client on another instance allowed the MCP sampling request the notice's `detail`
+    /// names, and every later one of its server in the conversation.
+    AllowAlways,
+    /// A client on another instance answered an MCP elicitation: the `elicit` frame's data,
+    /// as JSON, in `detail`.
+    Elicit,
     /// Streamed frames (`message_delta`, `tool_progress`) of the turn running on the sender,
     /// in `detail`: not events, so not in the store; sent with the batch of events they
     /// follow, so never ahead of them (see `session/relay.rs`).
@@ -52,6 +58,8 @@ impl Signal {
             Signal::Deleted => 'd',
             Signal::Allow => 'a',
             Signal::Deny => 'n',
+            Signal::AllowAlways => 'w',
+            Signal::Elicit => 'l',
             Signal::Stream => 's',
         }
     }
@@ -66,6 +74,8 @@ impl Signal {
             'd' => Signal::Deleted,
             'a' => Signal::Allow,
             'n' => Signal::Deny,
+            'w' => Signal::AllowAlways,
+            'l' => Signal::Elicit,
             's' => Signal::Stream,
             _ => return None,
         })
@@ -84,8 +94,9 @@ pub enum Notice {
         session: SessionId,
         /// From sending to receiving.
         lag: Option<Duration>,
-        /// What the signal is about within the conversation: the call of an `Allow` or a
-        /// `Deny`, the frames of a `Stream`; empty for the others.
+        /// What the signal is about within the conversation: the call of an `Allow`, a `Deny`
+        /// or an `AllowAlways`, the answer of an `Elicit`, the frames of a `Stream`; empty for
+        /// the others.
         detail: String,
     },
     /// The listening connection was (re)opened: signals may have been missed meanwhile, so
@@ -243,6 +254,8 @@ mod tests {
             Signal::Deleted,
             Signal::Allow,
             Signal::Deny,
+            Signal::AllowAlways,
+            Signal::Elicit,
             Signal::Stream,
         ] {
             let text = payload(signal, id.as_str(), "a1", "call 7 with spaces");

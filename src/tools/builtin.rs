@@ -207,6 +207,7 @@ mod tests {
                 knowledge: &knowledge,
                 cancel: &cancel,
                 progress: None,
+                ask: None,
             },
         )
         .map_err(|e| e.to_string())
@@ -261,6 +262,7 @@ mod tests {
             knowledge: &knowledge,
             cancel: &cancel,
             progress: None,
+            ask: None,
         };
         let cancelled = Wait.call(&json!({"ms": 60_000}), &ctx);
         assert!(
@@ -279,6 +281,7 @@ mod tests {
             knowledge: &mine,
             cancel: &cancel,
             progress: None,
+            ask: None,
         };
         SessionNote
             .call(&json!({"text": "buy milk"}), &ctx)
@@ -290,6 +293,7 @@ mod tests {
             knowledge: &theirs,
             cancel: &cancel,
             progress: None,
+            ask: None,
         };
         assert_eq!(
             SessionNotes.call(&json!({}), &other).unwrap(),

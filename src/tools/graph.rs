@@ -303,6 +303,7 @@ mod tests {
                 knowledge: &knowledge,
                 cancel: &cancel,
                 progress: None,
+                ask: None,
             },
         );
         (

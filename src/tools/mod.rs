@@ -4,6 +4,7 @@
 //!
 //! Depends on: `common::auth`, `common::cancel`, `common::metrics`, `common::protocol`, `model`, `store`, `tools::error`, `tools::knowledge`.
 
+pub mod ask;
 pub mod builtin;
 pub mod calculator;
 pub mod error;
@@ -43,6 +44,9 @@ pub struct ToolContext<'a> {
     pub cancel: &'a CancelFlag,
     /// Where a long tool says how far it has come, when anyone listens.
     pub progress: Option<&'a dyn ProgressSink>,
+    /// Who answers what a tool asks the person behind the turn (an MCP server's elicitation
+    /// and sampling requests); `None` where nobody can be asked.
+    pub ask: Option<&'a dyn ask::AskUser>,
 }
 
 impl fmt::Debug for ToolContext<'_> {
@@ -51,6 +55,7 @@ impl fmt::Debug for ToolContext<'_> {
             .field("principal", &self.principal)
             .field("cancel", &self.cancel)
             .field("progress", &self.progress.is_some())
+            .field("ask", &self.ask.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -656,6 +661,7 @@ mod tests {
             knowledge: &knowledge,
             cancel: &cancel,
             progress: None,
+            ask: None,
         };
         // Within the cap: untouched.
         let short = chain.call("repeat", &json!({"text": "abcde", "times": 2}), &ctx);
@@ -721,6 +727,7 @@ mod tests {
             knowledge: &knowledge,
             cancel: &cancel,
             progress: None,
+            ask: None,
         };
         assert_eq!(chain.call("repeat", &json!({"text": "a"}), &ctx).text, "a");
         *source.tools.lock() = (2, Vec::new());
@@ -743,6 +750,7 @@ mod tests {
             knowledge: &knowledge,
             cancel: &cancel,
             progress: None,
+            ask: None,
         };
         let output = chain.call("panicky", &json!({}), &ctx);
         assert_eq!(output.status, ToolStatus::Error);
@@ -808,6 +816,7 @@ mod tests {
             knowledge: &knowledge,
             cancel: &cancel,
             progress: None,
+            ask: None,
         };
         // 768 KiB each: the first fits the 1 MiB of a result, the second does not.
         let big = "A".repeat(1 << 20);

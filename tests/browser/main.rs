@@ -9,7 +9,8 @@
 //! the markdown payload list (`answers.rs`), memories listed, added, edited and deleted, and
 //! the hints each kind of model gets (`memories.rs`), errors in words with their details
 //! (`errors.rs`), the phone layout (`phone.rs`), tokens (`tokens.rs`), signing in and out (`accounts.rs`), MCP tool cards: Allow
-//! and Deny, "running…" once allowed, progress, images (`mcp.rs`), files attached by the
+//! and Deny, "running…" once allowed, progress, images (`mcp.rs`), an MCP server's
+//! forms and sampling requests answered on the card (`mcp_asks.rs`), files attached by the
 //! paperclip, drag and drop and paste, thumbnails, downloads, the Files panel, files kept on
 //! edits, uploads that never run (`files.rs`), share links made, opened in a tab without a token
 //! (their answers sanitised) and revoked (`shares.rs`), a team: an admin and a user added from
@@ -35,6 +36,7 @@ mod errors;
 mod fakes;
 mod files;
 mod mcp;
+mod mcp_asks;
 mod memories;
 mod models;
 mod phone;
@@ -93,6 +95,9 @@ fn the_chat_page_works_in_a_real_browser() {
     }
     if wanted("mcp") {
         mcp::run(&browser);
+    }
+    if wanted("mcp_asks") {
+        mcp_asks::run(&browser);
     }
     if wanted("files") {
         files::run(&browser);

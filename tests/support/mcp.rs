@@ -18,6 +18,19 @@ use super::{Client, TestServer, wait_until};
 /// The fixture server's script.
 pub const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/mcp_fixture.py");
 
+/// Where `scripts/npm-fixtures.sh` puts `@modelcontextprotocol/server-everything`'s entry
+/// point.
+pub const EVERYTHING: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/target/npm/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
+);
+
+/// The Node that runs it, installed beside it (pinned: the server needs Node 20 or newer).
+pub const NODE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/target/npm/node_modules/.bin/node"
+);
+
 /// Fails the test unless `python3` runs: the fixture needs it.
 pub fn require_python() {
     assert!(

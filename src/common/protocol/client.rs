@@ -26,8 +26,11 @@ pub enum ClientFrame {
     Switch(SwitchData),
     /// Stops the turn in flight, if any.
     Cancel {},
-    /// Answers an `approval_request`: runs the waiting tool call, or denies it.
+    /// Answers an `approval_request` (runs the waiting tool call, or denies it) or a
+    /// `sampling_request` (lets the conversation's model answer an MCP server, or refuses).
     Approve(ApproveData),
+    /// Answers an `elicitation_request`: the form's content, or a decline or cancel.
+    Elicit(ElicitData),
 }
 
 /// The `data` of an `approve` frame.
@@ -37,6 +40,46 @@ pub struct ApproveData {
     pub call_id: String,
     /// True runs the call; false denies it.
     pub allow: bool,
+    /// With `allow`, on a `sampling_request`: every later sampling request of the same MCP
+    /// server in this conversation is allowed without asking (kept in memory only: a restart,
+    /// or the conversation leaving memory, forgets it). Ignored on an `approval_request`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub always: bool,
+}
+
+/// The `data` of an `elicit` frame.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ElicitData {
+    /// The waiting request's id, as its `elicitation_request` gave it.
+    pub request_id: String,
+    /// What the user did with the form.
+    pub action: ElicitAction,
+    /// With `accept` in form mode: the answers, by field name, each of its field's type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<serde_json::Map<String, Value>>,
+}
+
+/// What a user did with an `elicitation_request` (MCP's `ElicitResult.action`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ElicitAction {
+    /// Submitted the form (or, in URL mode, agreed to go to the URL).
+    Accept,
+    /// Said no.
+    Decline,
+    /// Dismissed it without choosing (also what a timeout answers).
+    Cancel,
+}
+
+impl ElicitAction {
+    /// The action as written on the wire (and in MCP).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ElicitAction::Accept => "accept",
+            ElicitAction::Decline => "decline",
+            ElicitAction::Cancel => "cancel",
+        }
+    }
 }
 
 /// The `data` of a `connect` frame. Every field is optional. Its `Debug` form hides the token.
@@ -188,6 +231,7 @@ enum ClientFrameType {
     Switch,
     Cancel,
     Approve,
+    Elicit,
 }
 
 /// Decodes one text frame from a client.
@@ -217,7 +261,7 @@ pub fn decode_client_frame(text: &str) -> Result<ClientFrame, DecodeError> {
         return Err(DecodeError::new(
             ErrorCode::UnknownType,
             format!(
-                "unknown frame type {frame_type}; expected connect, message, edit, regenerate, switch, cancel or approve"
+                "unknown frame type {frame_type}; expected connect, message, edit, regenerate, switch, cancel, approve or elicit"
             ),
         ));
     }
@@ -339,6 +383,28 @@ mod tests {
                 ..ConnectData::default()
             }))
         );
+        let mut content = serde_json::Map::new();
+        content.insert("name".into(), Value::from("Ann"));
+        assert_eq!(
+            decode_client_frame(
+                r#"{"type":"elicit","data":{"request_id":"c1/ask-1","action":"accept","content":{"name":"Ann"}}}"#
+            ),
+            Ok(ClientFrame::Elicit(ElicitData {
+                request_id: "c1/ask-1".into(),
+                action: ElicitAction::Accept,
+                content: Some(content),
+            }))
+        );
+        assert_eq!(
+            decode_client_frame(
+                r#"{"type":"approve","data":{"call_id":"c1/ask-2","allow":true,"always":true}}"#
+            ),
+            Ok(ClientFrame::Approve(ApproveData {
+                call_id: "c1/ask-2".into(),
+                allow: true,
+                always: true,
+            }))
+        );
         let frame = ClientFrame::Connect(ConnectData {
             history: Some(vec![HistoryEntry {
                 role: HistoryRole::User,
@@ -382,6 +448,10 @@ mod tests {
             ),
             (
                 r#"{"type":"connect","data":{"history":[{"role":"x"}]}}"#,
+                ErrorCode::InvalidMessage,
+            ),
+            (
+                r#"{"type":"elicit","data":{"request_id":"r","action":"maybe"}}"#,
                 ErrorCode::InvalidMessage,
             ),
         ];

@@ -10,6 +10,7 @@
 //! Depends on nothing in the crate.
 
 mod client;
+pub mod form;
 mod server;
 
 use std::fmt;
@@ -17,11 +18,14 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub use client::{
-    ApproveData, ClientFrame, ConnectData, DecodeError, EditData, HistoryEntry, HistoryRole,
-    MAX_ATTACHMENTS, MAX_CLIENT_ID_CHARS, MAX_NESTING, MessageData, RegenerateData, SwitchData,
-    decode_client_frame, nesting_depth,
+    ApproveData, ClientFrame, ConnectData, DecodeError, EditData, ElicitAction, ElicitData,
+    HistoryEntry, HistoryRole, MAX_ATTACHMENTS, MAX_CLIENT_ID_CHARS, MAX_NESTING, MessageData,
+    RegenerateData, SwitchData, decode_client_frame, nesting_depth,
 };
-pub use server::{ServerEnvelope, ServerFrame, StatusCode, StatusData, ToolStatus, Usage, encode};
+pub use server::{
+    ElicitMode, SampledMessage, ServerEnvelope, ServerFrame, StatusCode, StatusData, ToolStatus,
+    Usage, encode,
+};
 
 /// A stored file as frames name it: on a `user_message` (the files the user attached) and on a
 /// `tool_result` (the files a tool returned), fetched with `GET /api/files/{id}`.
@@ -127,7 +131,7 @@ pub enum ErrorCode {
     TooLarge,
     /// Too many messages in a short time.
     RateLimited,
-    /// An `approve` for a call that is not waiting for one.
+    /// An `approve` or `elicit` for a request that is not waiting for one.
     NotWaiting,
     /// Missing or wrong credentials.
     Unauthorized,

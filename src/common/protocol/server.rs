@@ -115,6 +115,52 @@ pub enum ServerFrame {
         /// The call's arguments: a JSON object.
         args: Value,
     },
+    /// An MCP server asks the user, in the middle of the tool call `call_id`, to fill in a form
+    /// or to visit a URL (MCP's `elicitation/create`); answered by `elicit`. It waits until
+    /// the answer, the call's `tool_result`, the turn's close, or a later request of the same
+    /// call.
+    ElicitationRequest {
+        /// The turn it belongs to.
+        turn_id: TurnId,
+        /// Names the request in the `elicit` that answers it.
+        request_id: String,
+        /// The tool call during which the server asks.
+        call_id: String,
+        /// The MCP server that asks, by its name in the config.
+        server: String,
+        /// What the server says it wants, for a person to read.
+        message: String,
+        /// A form to fill in, or a URL to visit.
+        mode: ElicitMode,
+        /// In form mode: the fields, a JSON Schema object of flat primitive properties
+        /// (`string`, `number`, `integer`, `boolean`, string enums, arrays of string enums).
+        /// Boxed: it is rare, and frames stay small.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        schema: Option<Box<Value>>,
+        /// In URL mode: where the server wants the user to go. Shown, never opened by itself.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        url: Option<String>,
+    },
+    /// An MCP server asks, in the middle of the tool call `call_id`, for a completion from the
+    /// conversation's model (MCP's `sampling/createMessage`); answered by `approve` with this
+    /// `request_id` as its `call_id`. Waits as an `elicitation_request` does.
+    SamplingRequest {
+        /// The turn it belongs to.
+        turn_id: TurnId,
+        /// Names the request in the `approve` that answers it.
+        request_id: String,
+        /// The tool call during which the server asks.
+        call_id: String,
+        /// The MCP server that asks.
+        server: String,
+        /// The messages the server wants the model to answer, as text.
+        messages: Vec<SampledMessage>,
+        /// The system prompt the server asks for, when it gave one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        system_prompt: Option<String>,
+        /// The most tokens the answer may take.
+        max_tokens: u32,
+    },
     /// How far a running tool call has come: not an event (no `seq`, never logged or replayed).
     ToolProgress {
         /// The turn it belongs to.
@@ -178,6 +224,8 @@ impl ServerFrame {
             | ServerFrame::ToolUse { turn_id, .. }
             | ServerFrame::ToolResult { turn_id, .. }
             | ServerFrame::ApprovalRequest { turn_id, .. }
+            | ServerFrame::ElicitationRequest { turn_id, .. }
+            | ServerFrame::SamplingRequest { turn_id, .. }
             | ServerFrame::ToolProgress { turn_id, .. }
             | ServerFrame::MessageDelta { turn_id, .. }
             | ServerFrame::Message { turn_id, .. } => Some(*turn_id),
@@ -244,6 +292,25 @@ impl ServerFrame {
             ..StatusData::default()
         })
     }
+}
+
+/// What an `elicitation_request` asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ElicitMode {
+    /// A form to fill in, described by `schema`.
+    Form,
+    /// A URL to visit, out of band (a sign-in, a payment).
+    Url,
+}
+
+/// One message of a `sampling_request`, as text.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SampledMessage {
+    /// `user` or `assistant`.
+    pub role: String,
+    /// Its text; other content (an image, audio) is named by a note.
+    pub text: String,
 }
 
 /// Tokens a model used, as OpenAI-compatible servers report them: summed over the model calls
@@ -492,6 +559,62 @@ mod tests {
             json!({"type": "tool_result", "session_id": sid, "seq": 4,
                    "data": {"turn_id": 1, "call_id": "c1", "name": "clock",
                             "status": "error", "result": "no"}}),
+        );
+        golden(
+            ServerFrame::ElicitationRequest {
+                turn_id: TurnId(1),
+                request_id: "c1/ask-1".into(),
+                call_id: "c1".into(),
+                server: "forms".into(),
+                message: "Your name?".into(),
+                mode: ElicitMode::Form,
+                schema: Some(Box::new(json!({"type": "object",
+                                    "properties": {"name": {"type": "string"}}}))),
+                url: None,
+            },
+            Some(5),
+            json!({"type": "elicitation_request", "session_id": sid, "seq": 5,
+                   "data": {"turn_id": 1, "request_id": "c1/ask-1", "call_id": "c1",
+                            "server": "forms", "message": "Your name?", "mode": "form",
+                            "schema": {"type": "object",
+                                       "properties": {"name": {"type": "string"}}}}}),
+        );
+        golden(
+            ServerFrame::ElicitationRequest {
+                turn_id: TurnId(1),
+                request_id: "c1/ask-2".into(),
+                call_id: "c1".into(),
+                server: "pay".into(),
+                message: "Pay here".into(),
+                mode: ElicitMode::Url,
+                schema: None,
+                url: Some("https://example.com/pay".into()),
+            },
+            Some(6),
+            json!({"type": "elicitation_request", "session_id": sid, "seq": 6,
+                   "data": {"turn_id": 1, "request_id": "c1/ask-2", "call_id": "c1",
+                            "server": "pay", "message": "Pay here", "mode": "url",
+                            "url": "https://example.com/pay"}}),
+        );
+        golden(
+            ServerFrame::SamplingRequest {
+                turn_id: TurnId(1),
+                request_id: "c1/ask-3".into(),
+                call_id: "c1".into(),
+                server: "everything".into(),
+                messages: vec![SampledMessage {
+                    role: "user".into(),
+                    text: "hi".into(),
+                }],
+                system_prompt: None,
+                max_tokens: 100,
+            },
+            Some(7),
+            json!({"type": "sampling_request", "session_id": sid, "seq": 7,
+                   "data": {"turn_id": 1, "request_id": "c1/ask-3", "call_id": "c1",
+                            "server": "everything",
+                            "messages": [{"role": "user", "text": "hi"}],
+                            "max_tokens": 100}}),
         );
         golden(
             ServerFrame::MessageDelta {

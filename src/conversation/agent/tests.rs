@@ -2,7 +2,8 @@
 //! their events recorded: answers, tool calls side by side, approvals, the step limit, a
 //! rejected history, usage, the system prompt.
 //!
-//! Depends on: `common::error`, `conversation::agent`, `conversation::approval`, `model`, `model::offline`, `tools`, `tools::error`.
+//! Depends on: `common::error`, `common::protocol`, `conversation::agent`,
+//! `conversation::approval`, `model`, `model::offline`, `tools`, `tools::ask`, `tools::error`.
 
 use std::time::Instant;
 
@@ -58,10 +59,13 @@ impl TurnEvents for Recorder {
     fn ask_approval(&self, _call_id: &str, request: ServerFrame) -> bool {
         self.emit(request)
     }
+    fn ask_sampling(&self, _request_id: &str, _server: &str, request: ServerFrame) -> bool {
+        self.emit(request)
+    }
     fn await_approval(&self, call_id: &str, _: Instant, _: &CancelFlag) -> Verdict {
         // The test names the verdict in the call id.
         match call_id {
-            "allow" => Verdict::Allowed,
+            "allow" | "allow/ask-1" => Verdict::Allowed,
             "late" => Verdict::TimedOut,
             "stop" => Verdict::Cancelled,
             _ => Verdict::Denied,
@@ -530,4 +534,102 @@ fn calls_that_need_approval_are_asked_for_and_only_allowed_ones_run() {
     let events = Recorder::new();
     assert_eq!(run(&bot, "go", &events), TurnOutcome::Cancelled);
     assert_eq!(guarded.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+/// A tool whose server asks the conversation's model (as an MCP server's sampling request).
+struct Sampler;
+impl Tool for Sampler {
+    fn name(&self) -> &str {
+        "sampler"
+    }
+    fn description(&self) -> &str {
+        "asks the model"
+    }
+    fn parameters(&self) -> Value {
+        json!({"type": "object"})
+    }
+    fn call(&self, _args: &Value, ctx: &ToolContext<'_>) -> Result<String, ToolError> {
+        let ask = ctx.ask.ok_or_else(|| ToolError::failed("nobody to ask"))?;
+        let request = crate::tools::ask::Sampling {
+            messages: vec![crate::common::protocol::SampledMessage {
+                role: "user".into(),
+                text: "say the alphabet".into(),
+            }],
+            system_prompt: None,
+            max_tokens: 3,
+        };
+        let sampled = ask.sample("srv", request).map_err(ToolError::failed)?;
+        Ok(format!(
+            "{}|{}|{}",
+            sampled.text, sampled.model, sampled.stop_reason
+        ))
+    }
+}
+
+#[test]
+fn a_sampling_request_is_allowed_answered_within_its_max_tokens_and_counted_in_the_usage() {
+    let counted = |prompt, completion| {
+        Some(Usage {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+        })
+    };
+    let step = ModelReply {
+        tool_calls: vec![ToolCall {
+            id: "allow".into(),
+            name: "sampler".into(),
+            args: json!({}).into(),
+        }],
+        usage: counted(10, 2),
+        ..ModelReply::default()
+    };
+    let sampled = ModelReply {
+        usage: counted(4, 5),
+        ..answer("abcdefghijklmnop").unwrap()
+    };
+    let last = ModelReply {
+        usage: counted(15, 7),
+        ..answer("done").unwrap()
+    };
+    let model = Arc::new(Scripted::new(vec![Ok(step), Ok(sampled), Ok(last)]));
+    let mut engine = engine(model);
+    let mut tools = (*engine.tools).clone();
+    tools.add(Arc::new(Sampler));
+    engine.tools = Arc::new(tools);
+    let bot = Bot::new(engine, None, Vec::new());
+    let events = Recorder::new();
+    assert_eq!(run(&bot, "sample", &events), TurnOutcome::Answered);
+    let frames = events.frames.lock();
+    let asked = frames.iter().find_map(|frame| match frame {
+        ServerFrame::SamplingRequest {
+            request_id,
+            call_id,
+            server,
+            max_tokens,
+            messages,
+            ..
+        } => Some((
+            request_id.as_str(),
+            call_id.as_str(),
+            server.as_str(),
+            *max_tokens,
+            messages[0].text.as_str(),
+        )),
+        _ => None,
+    });
+    assert_eq!(
+        asked,
+        Some(("allow/ask-1", "allow", "srv", 3, "say the alphabet")),
+        "{frames:?}"
+    );
+    let result = frames.iter().find_map(|frame| match frame {
+        ServerFrame::ToolResult { result, .. } => Some(result.as_str()),
+        _ => None,
+    });
+    // Three tokens by the estimate: nine bytes.
+    assert_eq!(result, Some("abcdefghi|scripted|maxTokens"));
+    assert!(
+        matches!(frames.last(), Some(ServerFrame::Message { usage, .. }) if *usage == counted(29, 14)),
+        "{frames:?}"
+    );
 }

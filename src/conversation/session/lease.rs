@@ -280,11 +280,21 @@ impl Session {
         self.tell_holder(Signal::Cancel, "");
     }
 
-    /// Passes a client's answer to an `approval_request` on to the holder, on another
-    /// instance, where the turn waits.
-    pub(super) fn approve_elsewhere(&self, call_id: &str, allow: bool) {
-        let signal = if allow { Signal::Allow } else { Signal::Deny };
+    /// Passes a client's answer to an `approval_request` (or a `sampling_request`) on to the
+    /// holder, on another instance, where the turn waits.
+    pub(super) fn approve_elsewhere(&self, call_id: &str, allow: bool, always: bool) {
+        let signal = match (allow, always) {
+            (true, true) => Signal::AllowAlways,
+            (true, false) => Signal::Allow,
+            (false, _) => Signal::Deny,
+        };
         self.tell_holder(signal, call_id);
+    }
+
+    /// Passes a client's answer to an `elicitation_request` (the `elicit` frame's data, as
+    /// JSON) on to the holder, on another instance, where the turn waits.
+    pub(super) fn elicit_elsewhere(&self, answer: &str) {
+        self.tell_holder(Signal::Elicit, answer);
     }
 
     fn tell_holder(&self, signal: Signal, detail: &str) {

@@ -14,7 +14,11 @@
 //! subscriber's [`Sink`], one batch per subscriber, under the session lock. A session starts
 //! its own turns on the server's [`TurnPool`].
 //!
-//! Depends on: `common::auth`, `common::cancel`, `common::error`, `common::metrics`, `common::protocol`, `conversation::agent`, `conversation::approval`, `conversation::bot`, `conversation::journal`, `conversation::quota`, `conversation::worker`, `files`, `model`, `store`, `store::cluster`, `store::tree`, `tools::knowledge`.
+//! Depends on: `common::auth`, `common::cancel`, `common::error`, `common::metrics`,
+//! `common::protocol`, `conversation::agent`, `conversation::approval`, `conversation::bot`,
+//! `conversation::elicitation`, `conversation::journal`, `conversation::quota`,
+//! `conversation::worker`, `files`, `model`, `store`, `store::cluster`, `store::tree`,
+//! `tools::ask`, `tools::knowledge`.
 
 mod branch;
 mod lease;
@@ -37,11 +41,12 @@ use crate::common::auth::Principal;
 use crate::common::cancel::CancelFlag;
 use crate::common::metrics::Metrics;
 use crate::common::protocol::{
-    ErrorCode, ServerFrame, SessionId, StatusCode, StatusData, TurnId, encode,
+    ElicitData, ErrorCode, ServerFrame, SessionId, StatusCode, StatusData, TurnId, encode,
 };
 use crate::conversation::agent::Turn;
 use crate::conversation::approval::Approvals;
 use crate::conversation::bot::{Bot, interrupted};
+use crate::conversation::elicitation::{ElicitRefusal, Elicitations};
 use crate::conversation::journal::{Durable, Hold};
 use crate::conversation::quota::Quotas;
 use crate::conversation::worker::TurnPool;
@@ -206,6 +211,9 @@ struct SessionState {
     /// answers at once has its thoughts sent with its answer); cleared when the turn flushes
     /// or closes.
     holding: bool,
+    /// The MCP servers whose sampling requests this conversation allows without asking
+    /// (`approve` with `always`); kept in memory only, so forgotten when the session leaves it.
+    sampling_allowed: std::collections::BTreeSet<String>,
 }
 
 /// How far the store holds a session.
@@ -256,6 +264,46 @@ fn waiting_approvals(log: &EventLog, turn_id: TurnId) -> Vec<(String, String)> {
         }
     }
     waiting
+}
+
+/// True when the tail shows the `elicitation_request` or `sampling_request` `request_id` of
+/// turn `turn_id` still waiting: no `tool_result` of its call, nor a later request of its
+/// call, followed it.
+fn request_waits(log: &EventLog, turn_id: TurnId, request_id: &str) -> bool {
+    let mut waiting: Option<String> = None;
+    for (_, text) in log.iter() {
+        let Ok(envelope) = serde_json::from_str::<crate::common::protocol::ServerEnvelope>(text)
+        else {
+            continue;
+        };
+        let (turn, asked, call_id) = match envelope.frame {
+            ServerFrame::ElicitationRequest {
+                turn_id,
+                request_id,
+                call_id,
+                ..
+            }
+            | ServerFrame::SamplingRequest {
+                turn_id,
+                request_id,
+                call_id,
+                ..
+            } => (turn_id, Some(request_id), call_id),
+            ServerFrame::ToolResult {
+                turn_id, call_id, ..
+            } => (turn_id, None, call_id),
+            _ => continue,
+        };
+        if turn != turn_id {
+            continue;
+        }
+        if asked.as_deref() == Some(request_id) {
+            waiting = Some(call_id);
+        } else if waiting.as_ref() == Some(&call_id) {
+            waiting = None;
+        }
+    }
+    waiting.is_some()
 }
 
 /// The turn the tail shows open: the newest `user_message`'s, unless a frame closed it since.
@@ -322,6 +370,7 @@ impl Session {
             holder: parts.holder,
             holding: false,
             relay: relay::Relay::default(),
+            sampling_allowed: std::collections::BTreeSet::new(),
         };
         let inner = Arc::new_cyclic(|weak: &Weak<SessionInner>| SessionInner {
             id: parts.id,
@@ -474,6 +523,7 @@ impl Session {
         };
         let cancel = CancelFlag::new();
         let approvals = Approvals::new();
+        let elicitations = Elicitations::new();
         let turn = Turn::start(&state.bot, turn_id, &text, &self.inner.owner).with_files(
             self.inner.id.clone(),
             attachments,
@@ -487,6 +537,8 @@ impl Session {
             shown: String::new(),
             streamed: String::new(),
             approvals: approvals.clone(),
+            elicitations: elicitations.clone(),
+            sampling_servers: std::collections::HashMap::new(),
         });
         Metrics::bump(&self.inner.metrics.turns_started);
         let permit = Arc::new(Mutex::new(Some(permit)));
@@ -497,6 +549,7 @@ impl Session {
                 turn_id,
                 approvals,
                 permit: permit.clone(),
+                elicitations,
             },
             cancel,
             knowledge: self.inner.knowledge.clone(),
@@ -528,9 +581,9 @@ impl Session {
     /// instance that holds the conversation when this one does not (see
     /// [`approve_here`](Self::approve_here)). False when no such call waits, as far as this
     /// instance can tell (a follower reads its tail of the holder's events).
-    pub fn approve(&self, call_id: &str, allow: bool) -> bool {
+    pub fn approve(&self, call_id: &str, allow: bool, always: bool) -> bool {
         if self.holds_lease() {
-            return self.approve_here(call_id, allow);
+            return self.approve_here(call_id, allow, always);
         }
         let waits = {
             let state = self.inner.lock();
@@ -539,24 +592,37 @@ impl Session {
                 waiting_approvals(&state.log, turn)
                     .iter()
                     .any(|(waiting, _)| waiting == call_id)
+                    || request_waits(&state.log, turn, call_id)
             })
         };
         if waits {
-            self.approve_elsewhere(call_id, allow);
+            self.approve_elsewhere(call_id, allow, always);
         }
         waits
     }
 
-    /// Answers the `approval_request` of the call `call_id` here: the first answer for a call
-    /// of the turn in flight that waits decides (`allow` runs it, else it is denied). An answer
-    /// for a call that is not waiting is ignored, as PROTOCOL.md section 5 says; true when this
-    /// answer decided.
-    pub fn approve_here(&self, call_id: &str, allow: bool) -> bool {
-        let state = self.inner.lock();
+    /// Answers the `approval_request` of the call `call_id` (or the `sampling_request` of that
+    /// id) here: the first answer for a call of the turn in flight that waits decides (`allow`
+    /// runs it, else it is denied). An answer for a call that is not waiting is ignored, as
+    /// PROTOCOL.md section 5 says; true when this answer decided. `always` with `allow` on a
+    /// sampling request allows every later one of its server in this conversation.
+    pub fn approve_here(&self, call_id: &str, allow: bool, always: bool) -> bool {
+        let mut state = self.inner.lock();
         let decided = state
             .turn
             .as_ref()
             .is_some_and(|turn| turn.approvals.decide(call_id, allow));
+        let server = state
+            .turn
+            .as_ref()
+            .and_then(|turn| turn.sampling_servers.get(call_id).cloned());
+        if let Some(server) = server.filter(|_| decided && allow && always) {
+            log::info!(
+                "session {}: sampling of mcp {server} allowed for the conversation",
+                self.inner.id.short()
+            );
+            state.sampling_allowed.insert(server);
+        }
         if decided {
             log::info!(
                 "session {}: call {call_id:?} {}",
@@ -570,6 +636,88 @@ impl Session {
             );
         }
         decided
+    }
+
+    /// A client's `elicit`: the answer to the `elicitation_request` `request_id` of the turn
+    /// in flight; passed on to the instance that holds the conversation when this one does
+    /// not (which checks it against the form there: a follower only checks that the request
+    /// waits, as far as its tail of the holder's events tells).
+    ///
+    /// # Errors
+    ///
+    /// [`ElicitRefusal::NotWaiting`] when no such request waits, [`ElicitRefusal::Invalid`]
+    /// when the answer does not fit the form (the request still waits).
+    pub fn elicit(&self, data: &ElicitData) -> Result<(), ElicitRefusal> {
+        let answer = crate::tools::ask::ElicitAnswer {
+            action: data.action,
+            content: data.content.clone(),
+        };
+        if self.holds_lease() {
+            return self.elicit_here(&data.request_id, answer);
+        }
+        let waits = {
+            let state = self.inner.lock();
+            open_turn_in(&state.log)
+                .is_some_and(|turn| request_waits(&state.log, turn, &data.request_id))
+        };
+        if !waits {
+            return Err(ElicitRefusal::NotWaiting);
+        }
+        match serde_json::to_string(data) {
+            Ok(text) => self.elicit_elsewhere(&text),
+            Err(e) => log::warn!(
+                "session {}: cannot pass an elicit on: {e}",
+                self.inner.id.short()
+            ),
+        }
+        Ok(())
+    }
+
+    /// An `elicit` another instance passed on (its data as JSON): answered here, or logged
+    /// when it does not fit or no longer waits.
+    pub fn elicit_relayed(&self, detail: &str) {
+        let Ok(data) = serde_json::from_str::<ElicitData>(detail) else {
+            log::warn!(
+                "session {}: an elicit passed on that is not one",
+                self.inner.id.short()
+            );
+            return;
+        };
+        let answer = crate::tools::ask::ElicitAnswer {
+            action: data.action,
+            content: data.content,
+        };
+        if let Err(refused) = self.elicit_here(&data.request_id, answer) {
+            log::info!(
+                "session {}: elicit passed on for {:?} not taken: {refused:?}",
+                self.inner.id.short(),
+                data.request_id
+            );
+        }
+    }
+
+    /// Answers the `elicitation_request` `request_id` of the turn in flight here.
+    ///
+    /// # Errors
+    ///
+    /// As [`elicit`](Self::elicit).
+    pub fn elicit_here(
+        &self,
+        request_id: &str,
+        answer: crate::tools::ask::ElicitAnswer,
+    ) -> Result<(), ElicitRefusal> {
+        let state = self.inner.lock();
+        let Some(turn) = state.turn.as_ref() else {
+            return Err(ElicitRefusal::NotWaiting);
+        };
+        let outcome = turn.elicitations.answer(request_id, answer);
+        if outcome.is_ok() {
+            log::info!(
+                "session {}: elicitation {request_id:?} answered",
+                self.inner.id.short()
+            );
+        }
+        outcome
     }
 
     /// Detaches the subscriber `id`, if it is still attached.

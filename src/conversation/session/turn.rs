@@ -2,8 +2,12 @@
 //! lock), `SessionTurn` (what the worker emits through), `TurnStart` (what a worker thread is
 //! handed, and how it runs there), and the one place a turn is closed.
 //!
-//! Depends on: `common::cancel`, `common::metrics`, `common::protocol`, `conversation::agent`, `conversation::approval`, `conversation::bot`, `conversation::events`, `conversation::session`, `conversation::session::limits`, `conversation::worker`, `model`, `tools::knowledge`.
+//! Depends on: `common::cancel`, `common::metrics`, `common::protocol`, `conversation::agent`,
+//! `conversation::approval`, `conversation::bot`, `conversation::elicitation`,
+//! `conversation::events`, `conversation::session`, `conversation::session::limits`,
+//! `conversation::worker`, `model`, `tools::ask`, `tools::knowledge`.
 
+use std::collections::HashMap;
 use std::io;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -17,10 +21,13 @@ use crate::common::protocol::{ErrorCode, ServerFrame, TurnId};
 use crate::conversation::agent::Turn;
 use crate::conversation::approval::{Approvals, Verdict};
 use crate::conversation::bot::interrupted;
+use crate::conversation::elicitation::Elicitations;
 use crate::conversation::events::{TurnEvents, TurnOutcome};
 use crate::conversation::worker::Task;
 use crate::model::{ChatMessage, Role};
+use crate::tools::ask::ElicitAnswer;
 use crate::tools::knowledge::Knowledge;
+use serde_json::Value;
 
 use super::{Session, SessionState, TurnPermit};
 
@@ -42,8 +49,15 @@ pub struct CurrentTurn {
     /// them are written: everything of it reaches every subscriber before the turn's closing
     /// frame, which keeps it when the turn stops or fails.
     pub streamed: String,
-    /// Its tool calls waiting for a person (`approval_request`), which `approve` answers.
+    /// Its tool calls waiting for a person (`approval_request`), and its MCP servers'
+    /// sampling requests (`sampling_request`), which `approve` answers.
     pub approvals: Approvals,
+    /// Its MCP servers' requests waiting for a person (`elicitation_request`), which `elicit`
+    /// answers.
+    pub elicitations: Elicitations,
+    /// The server of each sampling request asked in this turn, by request id, so that an
+    /// `approve` with `always` knows which server it allows.
+    pub sampling_servers: HashMap<String, String>,
 }
 
 /// A new turn, ready for a worker thread.
@@ -116,6 +130,8 @@ pub struct SessionTurn {
     pub(super) approvals: Approvals,
     /// Its place under the caps (the same as its [`TurnStart`]'s).
     pub(super) permit: Arc<Mutex<Option<TurnPermit>>>,
+    /// The turn's waiting elicitations (the same as its [`CurrentTurn`]'s).
+    pub(super) elicitations: Elicitations,
 }
 
 impl SessionTurn {
@@ -230,6 +246,47 @@ impl TurnEvents for SessionTurn {
 
     fn await_approval(&self, call_id: &str, deadline: Instant, cancel: &CancelFlag) -> Verdict {
         self.approvals.wait(call_id, deadline, cancel)
+    }
+
+    fn ask_elicitation(
+        &self,
+        request_id: &str,
+        schema: Option<Value>,
+        request: ServerFrame,
+    ) -> bool {
+        self.while_current(|state| {
+            self.elicitations.expect(request_id, schema);
+            self.session.push_event(state, request);
+        })
+    }
+
+    fn await_elicitation(
+        &self,
+        request_id: &str,
+        deadline: Instant,
+        cancel: &CancelFlag,
+    ) -> ElicitAnswer {
+        self.elicitations.wait(request_id, deadline, cancel)
+    }
+
+    fn allows_sampling(&self, server: &str) -> bool {
+        self.session
+            .inner
+            .state
+            .lock()
+            .sampling_allowed
+            .contains(server)
+    }
+
+    fn ask_sampling(&self, request_id: &str, server: &str, request: ServerFrame) -> bool {
+        self.while_current(|state| {
+            self.approvals.expect(request_id);
+            if let Some(turn) = state.turn.as_mut() {
+                turn.sampling_servers
+                    .insert(request_id.to_owned(), server.to_owned());
+            }
+            self.session.push_event(state, request);
+        })
     }
 
     fn close(&self, frame: ServerFrame, transcript: Vec<ChatMessage>) -> bool {

@@ -112,6 +112,9 @@ fn request_body(model: &str, conversation: Conversation<'_>, tools: &[ToolSpec])
         "stream_options": {"include_usage": true},
         "messages": messages,
     });
+    if let Some(max_tokens) = conversation.max_tokens {
+        body["max_tokens"] = Value::from(max_tokens);
+    }
     if !tools.is_empty() {
         let tools: Vec<Value> = tools
             .iter()
@@ -261,6 +264,7 @@ mod tests {
             head: &head,
             earlier: &earlier,
             current: &current,
+            max_tokens: Some(64),
         };
         let tools = [ToolSpec {
             name: "clock".into(),
@@ -271,6 +275,7 @@ mod tests {
         assert_eq!(body["model"], "m");
         assert_eq!(body["stream"], true);
         assert_eq!(body["stream_options"]["include_usage"], true);
+        assert_eq!(body["max_tokens"], 64);
         let messages = body["messages"].as_array().unwrap();
         let roles = roles_of(messages);
         assert_eq!(

@@ -493,7 +493,7 @@
 
   const TURN_EVENTS = new Set([
     "user_message", "thought", "tool_use", "tool_result", "approval_request", "tool_progress",
-    "message_delta", "message",
+    "message_delta", "message", "elicitation_request", "sampling_request",
   ]);
 
   // Applies one frame to the view; `live` is false for events fetched from the API.
@@ -529,6 +529,8 @@
       case "tool_use": return toolUse(turnView(data.turn_id), data);
       case "tool_result": return toolResult(turnView(data.turn_id), data);
       case "approval_request": return approvalRequest(turnView(data.turn_id), data);
+      case "elicitation_request": return elicitationRequest(turnView(data.turn_id), data);
+      case "sampling_request": return samplingRequest(turnView(data.turn_id), data);
       case "tool_progress": return toolProgress(turnView(data.turn_id), data);
       case "message_delta": {
         const turn = turnView(data.turn_id);
@@ -1297,6 +1299,238 @@
     tool.approval.remove();
     tool.approval = null;
     tool.box.classList.remove("asking");
+  }
+
+  // ---- What an MCP server asks in the middle of a call (elicitation_request, sampling_request).
+  // Each is a card on the call's box, in the place of an approval (a call asks one thing at a
+  // time, so a newer request replaces the card); its result, a newer request or the turn's
+  // end removes it. Built from text nodes only: nothing the server sent becomes markup.
+
+  // The card for a request of the call `data.call_id`, or null when that call or turn is over.
+  function askCard(turn, data, title) {
+    const callId = String(data.call_id ?? "");
+    const tool = turn.tools.get(callId) || toolBox(turn, callId, "tool");
+    if (tool.done || turn.closed) return null;
+    endApproval(tool);
+    tool.box.classList.add("asking");
+    const card = el("div", "approval ask-card");
+    card.append(el("div", "ask", title));
+    tool.box.insertBefore(card, tool.result);
+    tool.approval = card;
+    return { tool, card };
+  }
+
+  // Sends an answer from a card; false (with a note) when not connected.
+  function sendAsk(frame, buttons) {
+    if (!send(frame)) {
+      note("Not connected: the answer was not sent. Try again once reconnected.", "error");
+      return false;
+    }
+    for (const node of buttons) node.disabled = true;
+    return true;
+  }
+
+  // A form (or, in URL mode, an address shown, never opened) with Accept, Decline and Cancel.
+  function elicitationRequest(turn, data) {
+    const requestId = String(data.request_id ?? "");
+    const server = String(data.server ?? "an MCP server");
+    const shown = askCard(turn, data, `${server} asks: ${String(data.message ?? "")}`);
+    if (!shown) return;
+    const { tool, card } = shown;
+    tool.state.textContent = "waiting for your answer";
+    let collect = () => null;
+    if (data.mode === "url") {
+      card.append(
+        el("div", "ask-note", "It wants you to visit this address. Open it yourself only if you trust it:"),
+        el("code", "ask-url", String(data.url ?? "")),
+      );
+    } else {
+      const form = elicitForm(data.schema);
+      card.append(form.node);
+      collect = form.collect;
+    }
+    const row = el("div", "ask-buttons");
+    const accept = button("allow", "Accept", "Send this answer");
+    const decline = button("deny", "Decline", "Decline to answer");
+    const cancel = button("cancel", "Cancel", "Dismiss without answering");
+    const buttons = [accept, decline, cancel];
+    const answer = (action, content) => {
+      const frame = { request_id: requestId, action };
+      if (content) frame.content = content;
+      const said = { accept: "answered", decline: "declined", cancel: "dismissed" };
+      if (sendAsk({ type: "elicit", data: frame }, buttons)) tool.state.textContent = said[action];
+    };
+    accept.addEventListener("click", () => {
+      const content = collect();
+      if (content !== undefined) answer("accept", content);
+    });
+    decline.addEventListener("click", () => answer("decline"));
+    cancel.addEventListener("click", () => answer("cancel"));
+    row.append(...buttons);
+    card.append(row);
+  }
+
+  // The fields of an elicitation's schema as inputs; `collect` returns the content, or
+  // undefined (with the wrong fields marked) when it does not fit.
+  function elicitForm(schema) {
+    const node = el("div", "ask-form");
+    const properties = schema && typeof schema.properties === "object" ? schema.properties : {};
+    const required = new Set(Array.isArray(schema?.required) ? schema.required : []);
+    const readers = [];
+    for (const [name, property] of Object.entries(properties)) {
+      if (!property || typeof property !== "object") continue;
+      const field = el("label", "ask-field");
+      field.dataset.name = name;
+      const title = String(property.title ?? name) + (required.has(name) ? " *" : "");
+      field.append(el("span", "ask-label", title));
+      if (typeof property.description === "string") field.append(el("small", "ask-help", property.description));
+      const read = elicitInput(field, property);
+      field.append(el("small", "ask-error"));
+      node.append(field);
+      readers.push({ name, field, read, required: required.has(name) });
+    }
+    const collect = () => {
+      const content = {};
+      let ok = true;
+      for (const { name, field, read, required: needed } of readers) {
+        const error = field.querySelector(".ask-error");
+        let value;
+        try {
+          value = read();
+        } catch (e) {
+          error.textContent = String(e.message || e);
+          ok = false;
+          continue;
+        }
+        if (value === undefined && needed) {
+          error.textContent = "required";
+          ok = false;
+          continue;
+        }
+        error.textContent = "";
+        if (value !== undefined) content[name] = value;
+      }
+      return ok ? content : undefined;
+    };
+    return { node, collect };
+  }
+
+  // The options of an enum property: [{value, label}], or null.
+  function elicitOptions(property) {
+    if (Array.isArray(property.enum)) {
+      const names = Array.isArray(property.enumNames) ? property.enumNames : [];
+      return property.enum.map((value, i) => ({ value: String(value), label: String(names[i] ?? value) }));
+    }
+    const listed = Array.isArray(property.oneOf) ? property.oneOf : Array.isArray(property.anyOf) ? property.anyOf : null;
+    if (!listed) return null;
+    return listed.filter((o) => o && o.const !== undefined)
+      .map((o) => ({ value: String(o.const), label: String(o.title ?? o.const) }));
+  }
+
+  // Adds the input for one property to `field`; returns its reader (undefined: left empty).
+  function elicitInput(field, property) {
+    const type = property.type;
+    if (type === "boolean") {
+      const box = el("input");
+      box.type = "checkbox";
+      box.checked = property.default === true;
+      field.append(box);
+      return () => box.checked;
+    }
+    if (type === "array") {
+      const options = elicitOptions(property.items || {}) || [];
+      const chosen = new Set(Array.isArray(property.default) ? property.default.map(String) : []);
+      const group = el("span", "ask-choices");
+      const boxes = options.map((option) => {
+        const item = el("label", "ask-choice");
+        const box = el("input");
+        box.type = "checkbox";
+        box.value = option.value;
+        box.checked = chosen.has(option.value);
+        item.append(box, el("span", null, option.label));
+        group.append(item);
+        return box;
+      });
+      field.append(group);
+      return () => {
+        const values = boxes.filter((b) => b.checked).map((b) => b.value);
+        if (values.length === 0) return undefined;
+        if (Number.isInteger(property.minItems) && values.length < property.minItems) throw new Error(`choose at least ${property.minItems}`);
+        if (Number.isInteger(property.maxItems) && values.length > property.maxItems) throw new Error(`choose at most ${property.maxItems}`);
+        return values;
+      };
+    }
+    const options = type === "string" ? elicitOptions(property) : null;
+    if (options) {
+      const select = el("select");
+      select.append(el("option", null, ""));
+      for (const option of options) {
+        const item = el("option", null, option.label);
+        item.value = option.value;
+        select.append(item);
+      }
+      if (property.default !== undefined) select.value = String(property.default);
+      field.append(select);
+      return () => (select.value === "" ? undefined : select.value);
+    }
+    const input = el("input");
+    if (type === "number" || type === "integer") {
+      input.type = "number";
+      input.step = type === "integer" ? "1" : "any";
+      if (Number.isFinite(property.minimum)) input.min = String(property.minimum);
+      if (Number.isFinite(property.maximum)) input.max = String(property.maximum);
+    } else {
+      const formats = { email: "email", uri: "url", date: "date", "date-time": "datetime-local" };
+      input.type = formats[property.format] || "text";
+      if (Number.isInteger(property.maxLength)) input.maxLength = property.maxLength;
+    }
+    if (property.default !== undefined) input.value = String(property.default);
+    field.append(input);
+    return () => {
+      const text = input.value.trim();
+      if (text === "") return undefined;
+      if (type === "number" || type === "integer") {
+        const number = Number(text);
+        if (!Number.isFinite(number)) throw new Error("a number");
+        if (type === "integer" && !Number.isInteger(number)) throw new Error("a whole number");
+        if (Number.isFinite(property.minimum) && number < property.minimum) throw new Error(`at least ${property.minimum}`);
+        if (Number.isFinite(property.maximum) && number > property.maximum) throw new Error(`at most ${property.maximum}`);
+        return number;
+      }
+      if (Number.isInteger(property.minLength) && [...text].length < property.minLength) throw new Error(`at least ${property.minLength} characters`);
+      return text;
+    };
+  }
+
+  // The messages an MCP server wants the conversation's model to answer, with Allow, Always
+  // allow (this server, for the rest of the conversation) and Deny.
+  function samplingRequest(turn, data) {
+    const requestId = String(data.request_id ?? "");
+    const server = String(data.server ?? "an MCP server");
+    const limit = Number.isInteger(data.max_tokens) ? ` (at most ${data.max_tokens} tokens)` : "";
+    const shown = askCard(turn, data, `${server} asks the model for an answer${limit}`);
+    if (!shown) return;
+    const { tool, card } = shown;
+    tool.state.textContent = "waiting for approval";
+    if (typeof data.system_prompt === "string") card.append(el("pre", "ask-message", `system: ${data.system_prompt}`));
+    for (const message of Array.isArray(data.messages) ? data.messages : []) {
+      card.append(el("pre", "ask-message", `${String(message?.role ?? "user")}: ${String(message?.text ?? "")}`));
+    }
+    const row = el("div", "ask-buttons");
+    const allow = button("allow", "Allow", "Let the model answer this request");
+    const always = button("allow", `Always allow ${server}`, "Allow this server's requests for the rest of the conversation");
+    const deny = button("deny", "Deny", "Refuse this request");
+    const buttons = [allow, always, deny];
+    const answer = (ok, forGood) => {
+      const frame = { call_id: requestId, allow: ok };
+      if (forGood) frame.always = true;
+      if (sendAsk({ type: "approve", data: frame }, buttons)) tool.state.textContent = ok ? "running…" : "denied";
+    };
+    allow.addEventListener("click", () => answer(true, false));
+    always.addEventListener("click", () => answer(true, true));
+    deny.addEventListener("click", () => answer(false, false));
+    row.append(...buttons);
+    card.append(row);
   }
 
   // How far a running call has come: a progress bar (indeterminate without a total) and the

@@ -1,11 +1,16 @@
 //! `McpClient`: one connection to an MCP server, over a transport (`stdio.rs` for a pipe
 //! pair, `http.rs` for Streamable HTTP) it knows only through `transport.rs`, and the MCP
-//! methods Sparky uses: the handshake, tools (each `tools/call` with a progress token), prompts
-//! and resources. The JSON-RPC underneath (ids, answers matched to their callers, progress
+//! methods Sparky uses: the handshake (declaring the client features Sparky offers: roots,
+//! sampling and elicitation), tools (each `tools/call` with a progress token, and whoever
+//! answers what the server asks a person meanwhile), prompts and resources. The JSON-RPC
+//! underneath (ids, answers matched to their callers, progress
 //! routed to its call, cancellation) is `client/rpc.rs`.
 //!
-//! Depends on: `common::cancel`, `tools`, `tools::mcp::client::rpc`, `tools::mcp::config`, `tools::mcp::error`, `tools::mcp::http`, `tools::mcp::process`, `tools::mcp::stdio`, `tools::mcp::transport`, `tools::mcp::wire`.
+//! Depends on: `common::cancel`, `tools`, `tools::ask`, `tools::mcp::client::rpc`,
+//! `tools::mcp::config`, `tools::mcp::error`, `tools::mcp::http`, `tools::mcp::policy`,
+//! `tools::mcp::process`, `tools::mcp::stdio`, `tools::mcp::transport`, `tools::mcp::wire`.
 
+mod asked;
 mod rpc;
 
 use std::fmt;
@@ -20,6 +25,7 @@ use serde_json::{Value, json};
 use self::rpc::{Rpc, Wait};
 use super::config::{HttpEndpoint, ServerCommand, ServerSpec};
 use super::error::McpError;
+use super::policy::Root;
 use super::process::ServerProcess;
 use super::transport::{Inbox, Outbox, Outgoing, Transport};
 use super::wire::PROTOCOL_VERSION;
@@ -29,6 +35,7 @@ use super::wire::{
 };
 use crate::common::cancel::CancelFlag;
 use crate::tools::Progress;
+use crate::tools::ask::AskUser;
 
 /// Revisions whose tools API Sparky knows; a server that answers with another one gets a
 /// warning but is used anyway, since the tools API has not changed between them.
@@ -200,6 +207,11 @@ impl McpClient {
         self.rpc.on_tools_changed(Arc::new(hook));
     }
 
+    /// Sets what `roots/list` answers the server (its entry's `"roots"`).
+    pub(super) fn set_roots(&self, roots: Vec<Root>) {
+        self.rpc.set_roots(roots);
+    }
+
     /// `initialize`, then the `notifications/initialized` notification. Returns the server's
     /// `instructions` and capabilities.
     pub(super) fn initialize(
@@ -209,7 +221,7 @@ impl McpClient {
     ) -> Result<Handshake, McpError> {
         let params = json!({
             "protocolVersion": PROTOCOL_VERSION,
-            "capabilities": {},
+            "capabilities": client_capabilities(),
             "clientInfo": {"name": "sparky", "version": env!("CARGO_PKG_VERSION")},
         });
         let result = self.rpc.request("initialize", params, deadline, cancel)?;
@@ -321,7 +333,8 @@ impl McpClient {
 
     /// Calls one tool and renders its content as text. The call carries a progress token;
     /// each progress report the server sends for it goes to `progress` and gives the call
-    /// `timeout` again (up to [`MAX_TIMEOUTS_PER_CALL`] times `timeout` in all).
+    /// `timeout` again (up to [`MAX_TIMEOUTS_PER_CALL`] times `timeout` in all). What the
+    /// server asks a person meanwhile goes to `ask` (refused when `None`).
     pub(super) fn call_tool(
         &self,
         name: &str,
@@ -329,12 +342,14 @@ impl McpClient {
         timeout: Duration,
         cancel: &CancelFlag,
         progress: &dyn Fn(Progress),
+        ask: Option<&dyn AskUser>,
     ) -> Result<ToolReply, McpError> {
         let params = json!({"name": name, "arguments": args});
         let wait = Wait {
             timeout,
             cancel: Some(cancel),
             progress: Some(progress),
+            ask,
         };
         let result = self.rpc.exchange("tools/call", params, &wait)?;
         let result: CallToolResult = self.rpc.parse(result)?;
@@ -344,6 +359,17 @@ impl McpClient {
             structured: result.structured_content,
         })
     }
+}
+
+/// The client features Sparky declares at `initialize` (protocol 2025-11-25): roots (from
+/// the config, which is read once, so their list never changes), sampling (answered by the
+/// conversation's model once a person allows it) and elicitation in both modes.
+fn client_capabilities() -> Value {
+    json!({
+        "roots": {"listChanged": false},
+        "sampling": {},
+        "elicitation": {"form": {}, "url": {}},
+    })
 }
 
 impl Drop for McpClient {
@@ -485,7 +511,7 @@ mod tests {
                     scope.spawn(move || {
                         let args = json!({"n": i});
                         client
-                            .call_tool("echo", &args, WAIT, cancel, &|_| {})
+                            .call_tool("echo", &args, WAIT, cancel, &|_| {}, None)
                             .unwrap()
                     })
                 })
@@ -511,7 +537,8 @@ mod tests {
         let (client, server) = connect();
         let cancel = CancelFlag::new();
         thread::scope(|scope| {
-            let call = scope.spawn(|| client.call_tool("slow", &json!({}), WAIT, &cancel, &|_| {}));
+            let call =
+                scope.spawn(|| client.call_tool("slow", &json!({}), WAIT, &cancel, &|_| {}, None));
             let (id, _) = server.expect_request("tools/call");
             let cancelled_at = Instant::now();
             cancel.cancel();
@@ -543,7 +570,7 @@ mod tests {
         thread::scope(|scope| {
             let call = scope.spawn(|| {
                 let record = |report: Progress| reports.lock().push(report);
-                client.call_tool("long", &json!({}), timeout, &cancel, &record)
+                client.call_tool("long", &json!({}), timeout, &cancel, &record, None)
             });
             let (id, params) = server.expect_request("tools/call");
             let RequestId::Number(number) = id else {
@@ -586,6 +613,7 @@ mod tests {
             Duration::from_millis(50),
             &cancel,
             &|_| {},
+            None,
         );
         assert!(
             matches!(&outcome, Err(McpError::Timeout { method, .. }) if method == "tools/call"),
@@ -599,7 +627,8 @@ mod tests {
         // The late answer goes nowhere, and the next call still gets its own.
         server.reply(id, text("late"));
         thread::scope(|scope| {
-            let call = scope.spawn(|| client.call_tool("echo", &json!({}), WAIT, &cancel, &|_| {}));
+            let call =
+                scope.spawn(|| client.call_tool("echo", &json!({}), WAIT, &cancel, &|_| {}, None));
             let (id, _) = server.expect_request("tools/call");
             server.reply(id, text("on time"));
             assert_eq!(call.join().unwrap().unwrap().content.text, "on time");
@@ -611,7 +640,8 @@ mod tests {
         let (client, server) = connect();
         let cancel = CancelFlag::new();
         thread::scope(|scope| {
-            let call = scope.spawn(|| client.call_tool("echo", &json!({}), WAIT, &cancel, &|_| {}));
+            let call =
+                scope.spawn(|| client.call_tool("echo", &json!({}), WAIT, &cancel, &|_| {}, None));
             server.expect_request("tools/call");
             drop(server.output); // The server's stdout closes, as when it exits.
             let error = call.join().unwrap().unwrap_err();
@@ -620,7 +650,7 @@ mod tests {
         });
         assert!(!client.is_alive());
         let again = client
-            .call_tool("echo", &json!({}), WAIT, &cancel, &|_| {})
+            .call_tool("echo", &json!({}), WAIT, &cancel, &|_| {}, None)
             .unwrap_err();
         assert!(matches!(again, McpError::Closed { .. }), "{again:?}");
     }
@@ -630,7 +660,8 @@ mod tests {
         let (client, mut server) = connect();
         let cancel = CancelFlag::new();
         thread::scope(|scope| {
-            let call = scope.spawn(|| client.call_tool("nope", &json!({}), WAIT, &cancel, &|_| {}));
+            let call =
+                scope.spawn(|| client.call_tool("nope", &json!({}), WAIT, &cancel, &|_| {}, None));
             let (id, _) = server.expect_request("tools/call");
             server.send(&Message::Response(Response::error(
                 Some(id),
@@ -643,7 +674,8 @@ mod tests {
                 "mcp server fake: Unknown tool: nope (error -32602)"
             );
 
-            let call = scope.spawn(|| client.call_tool("fail", &json!({}), WAIT, &cancel, &|_| {}));
+            let call =
+                scope.spawn(|| client.call_tool("fail", &json!({}), WAIT, &cancel, &|_| {}, None));
             let (id, _) = server.expect_request("tools/call");
             server.reply(
                 id,
@@ -652,7 +684,8 @@ mod tests {
             let reply = call.join().unwrap().unwrap();
             assert_eq!((reply.is_error, reply.content.text.as_str()), (true, "bad"));
 
-            let call = scope.spawn(|| client.call_tool("odd", &json!({}), WAIT, &cancel, &|_| {}));
+            let call =
+                scope.spawn(|| client.call_tool("odd", &json!({}), WAIT, &cancel, &|_| {}, None));
             let (id, _) = server.expect_request("tools/call");
             server.reply(id, json!({"content": "not a list"}));
             let error = call.join().unwrap().unwrap_err();
@@ -667,7 +700,7 @@ mod tests {
         server.send_line(r#"{"jsonrpc":"2.0","method":"notifications/message","params":{}}"#);
         server.send_line(r#"{"jsonrpc":"2.0","id":99,"result":{}}"#);
         server.send_line(r#"{"jsonrpc":"2.0","id":"s1","method":"ping"}"#);
-        server.send_line(r#"{"jsonrpc":"2.0","id":"s2","method":"sampling/createMessage"}"#);
+        server.send_line(r#"{"jsonrpc":"2.0","id":"s2","method":"tasks/list"}"#);
         let Message::Response(pong) = server.next() else {
             panic!("ping was not answered")
         };
@@ -681,10 +714,133 @@ mod tests {
         // None of it broke the connection.
         let cancel = CancelFlag::new();
         thread::scope(|scope| {
-            let call = scope.spawn(|| client.call_tool("echo", &json!({}), WAIT, &cancel, &|_| {}));
+            let call =
+                scope.spawn(|| client.call_tool("echo", &json!({}), WAIT, &cancel, &|_| {}, None));
             let (id, _) = server.expect_request("tools/call");
             server.reply(id, text("fine"));
             assert_eq!(call.join().unwrap().unwrap().content.text, "fine");
+        });
+    }
+
+    /// Answers every elicitation with the message it was asked, and refuses every sampling.
+    struct Answering;
+
+    impl AskUser for Answering {
+        fn elicit(
+            &self,
+            server: &str,
+            request: crate::tools::ask::Elicitation,
+        ) -> crate::tools::ask::ElicitAnswer {
+            let mut content = serde_json::Map::new();
+            content.insert(
+                "said".into(),
+                json!(format!("{server}: {}", request.message)),
+            );
+            crate::tools::ask::ElicitAnswer {
+                action: crate::common::protocol::ElicitAction::Accept,
+                content: Some(content),
+            }
+        }
+        fn sample(
+            &self,
+            _server: &str,
+            request: crate::tools::ask::Sampling,
+        ) -> Result<crate::tools::ask::Sampled, String> {
+            Err(format!("no, not {} tokens", request.max_tokens))
+        }
+    }
+
+    #[test]
+    fn the_server_s_requests_for_roots_and_a_person_are_answered() {
+        let (client, mut server) = connect();
+        client.set_roots(vec![Root {
+            uri: "file:///srv/notes".into(),
+            name: Some("notes".into()),
+        }]);
+        server.send_line(r#"{"jsonrpc":"2.0","id":"r1","method":"roots/list"}"#);
+        let Message::Response(roots) = server.next() else {
+            panic!("roots/list was not answered")
+        };
+        assert_eq!(
+            roots.result,
+            Some(json!({"roots": [{"uri": "file:///srv/notes", "name": "notes"}]}))
+        );
+        // With no call waiting, nobody can be asked.
+        server.send_line(
+            r#"{"jsonrpc":"2.0","id":"e0","method":"elicitation/create","params":{"message":"hi","requestedSchema":{"type":"object","properties":{}}}}"#,
+        );
+        let Message::Response(refused) = server.next() else {
+            panic!("the elicitation was not answered")
+        };
+        assert!(refused.error.is_some(), "{refused:?}");
+        // During a call, its asker answers, and the call then gets its own result.
+        let cancel = CancelFlag::new();
+        thread::scope(|scope| {
+            let call = scope.spawn(|| {
+                client.call_tool("ask", &json!({}), WAIT, &cancel, &|_| {}, Some(&Answering))
+            });
+            let (id, _) = server.expect_request("tools/call");
+            server.send_line(
+                r#"{"jsonrpc":"2.0","id":"e1","method":"elicitation/create","params":{"message":"name?","requestedSchema":{"type":"object","properties":{"said":{"type":"string"}}}}}"#,
+            );
+            let Message::Response(answer) = server.next() else {
+                panic!("the elicitation was not answered")
+            };
+            assert_eq!(answer.id, Some(RequestId::Text("e1".into())));
+            assert_eq!(
+                answer.result,
+                Some(json!({"action": "accept", "content": {"said": "fake: name?"}}))
+            );
+            server.send_line(
+                r#"{"jsonrpc":"2.0","id":"s1","method":"sampling/createMessage","params":{"messages":[{"role":"user","content":{"type":"text","text":"hi"}}],"maxTokens":9}}"#,
+            );
+            let Message::Response(refusal) = server.next() else {
+                panic!("the sampling request was not answered")
+            };
+            let error = refusal.error.expect("a refusal");
+            assert!(error.message.contains("not 9 tokens"), "{error:?}");
+            server.reply(id, text("asked"));
+            assert_eq!(call.join().unwrap().unwrap().content.text, "asked");
+        });
+    }
+
+    #[test]
+    fn a_request_for_a_person_is_refused_when_two_calls_could_be_asking() {
+        let (client, mut server) = connect();
+        let cancel = CancelFlag::new();
+        thread::scope(|scope| {
+            let calls: Vec<_> = (0..2)
+                .map(|_| {
+                    scope.spawn(|| {
+                        client.call_tool(
+                            "ask",
+                            &json!({}),
+                            WAIT,
+                            &cancel,
+                            &|_| {},
+                            Some(&Answering),
+                        )
+                    })
+                })
+                .collect();
+            let ids = [
+                server.expect_request("tools/call").0,
+                server.expect_request("tools/call").0,
+            ];
+            server.send_line(
+                r#"{"jsonrpc":"2.0","id":"e1","method":"elicitation/create","params":{"message":"who?","requestedSchema":{"type":"object","properties":{}}}}"#,
+            );
+            let Message::Response(refusal) = server.next() else {
+                panic!("the elicitation was not answered")
+            };
+            let error = refusal.error.expect("a refusal");
+            assert!(error.message.contains("cannot tell"), "{error:?}");
+            for id in ids {
+                server.reply(id, text("done"));
+            }
+            for call in calls {
+                assert_eq!(call.join().unwrap().unwrap().content.text, "done");
+            }
         });
     }
 

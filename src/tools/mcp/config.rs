@@ -1,7 +1,7 @@
 //! The `--mcp-config` file: the usual `{"mcpServers": {"name": {"command", "args", "env"}}}`
 //! format, read into one [`ServerSpec`] per server: a [`ServerCommand`] to run (stdio) or an
 //! [`HttpEndpoint`] to connect to (`"url"`, Streamable HTTP), each with its [`ServerPolicy`]
-//! (`"approve"`, `"timeout"`, `"instructions"`). Plain data; depends on nothing outside `tools/mcp/`.
+//! (`"approve"`, `"timeout"`, `"instructions"`, `"roots"`). Plain data; depends on nothing outside `tools/mcp/`.
 //!
 //! Depends on: `tools::mcp::policy`.
 
@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::policy::{Approve, CallTimeout, ServerPolicy};
+use super::policy::{Approve, CallTimeout, Root, ServerPolicy};
 
 /// The usual MCP config file: `{"mcpServers": {"name": {"command", "args", "env"}}}`.
 #[derive(Deserialize)]
@@ -46,6 +46,9 @@ struct ConfigEntry {
     /// `false` leaves the server's `instructions` out of the system prompt.
     #[serde(default = "yes")]
     instructions: bool,
+    /// What `roots/list` answers the server.
+    #[serde(default)]
+    roots: Vec<Root>,
 }
 
 /// The default of a setting that is on unless turned off.
@@ -111,6 +114,7 @@ pub(super) fn parse_config(text: &str) -> Result<Vec<ServerEntry>, serde_json::E
             approve: std::mem::take(&mut entry.approve),
             timeout: entry.timeout,
             instructions: entry.instructions,
+            roots: std::mem::take(&mut entry.roots),
         };
         if let Some(spec) = entry.into_spec(&name) {
             servers.push((name, spec, policy));
@@ -193,6 +197,24 @@ mod tests {
         assert_eq!(remote.headers["Authorization"], "Bearer secret");
         // The token never reaches a log line through Debug.
         assert!(!format!("{remote:?}").contains("secret"));
+        let rooted = parse_config(
+            r#"{"mcpServers": {"n": {"command": "n", "roots": ["file:///srv/notes",
+                {"uri": "file:///srv/docs", "name": "docs"}]}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            rooted[0].2.roots,
+            [
+                Root {
+                    uri: "file:///srv/notes".into(),
+                    name: None
+                },
+                Root {
+                    uri: "file:///srv/docs".into(),
+                    name: Some("docs".into())
+                }
+            ]
+        );
         assert!(parse_config("{}").is_err());
         assert!(parse_config(r#"{"mcpServers": {"a": {"command": 3}}}"#).is_err());
         assert!(parse_config("not json").is_err());

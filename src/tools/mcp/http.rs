@@ -52,6 +52,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// ends an abandoned stream.
 const POST_READ_GRACE: Duration = Duration::from_secs(30);
 
+/// How much longer again a POST's answer may stay silent: while the server waits for a person
+/// (its elicitation or sampling request came on the stream, and its call's clock stops until
+/// the answer), as long as `--approval-timeout` gives them by default.
+const PERSON_WAIT: Duration = Duration::from_secs(300);
+
 /// How long the DELETE that ends a session may take, when stopping.
 const DELETE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -96,7 +101,7 @@ struct HttpShared {
 
 /// Starts the workers that POST what the client queues to `endpoint` (see the module
 /// documentation for the threads); a POST's answer may be silent for `call_timeout` (the
-/// server's `"timeout"`) and [`POST_READ_GRACE`] more.
+/// server's `"timeout"`), [`POST_READ_GRACE`] and [`PERSON_WAIT`] more.
 ///
 /// # Errors
 ///
@@ -111,7 +116,7 @@ pub(super) fn start(
     let shared = Arc::new(HttpShared {
         inbox,
         endpoint,
-        posts: agent(Some(call_timeout + POST_READ_GRACE)),
+        posts: agent(Some(call_timeout + POST_READ_GRACE + PERSON_WAIT)),
         listen: agent(None),
         session: Mutex::new(None),
         protocol: Mutex::new(None),
@@ -353,7 +358,7 @@ impl HttpShared {
             }
             is_answer
         });
-        self.inbox.deliver(text.as_bytes());
+        self.inbox.deliver(text.as_bytes(), sent.id);
         answers
     }
 
@@ -452,7 +457,7 @@ impl HttpShared {
                         let reader = BufReader::new(response.into_body().into_reader());
                         let outcome = read_events(reader, |data| {
                             log::trace!("mcp {server}: <- (stream) {data}");
-                            self.inbox.deliver(data.as_bytes());
+                            self.inbox.deliver(data.as_bytes(), None);
                             !self.stopping.is_cancelled() && self.inbox.is_open()
                         });
                         if self.stopping.is_cancelled() {

@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// How long a `tools/call` may take before it is cancelled and reported as timed out.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -117,7 +117,38 @@ impl TryFrom<RawTimeout> for CallTimeout {
     }
 }
 
-/// A server's `"approve"`, `"timeout"` and `"instructions"`.
+/// One root a server may work in (MCP's `Root`), as its entry's `"roots"` lists it: a
+/// `file://` URI, or `{"uri", "name"}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "RootEntry")]
+pub(super) struct Root {
+    /// The root's URI.
+    pub(super) uri: String,
+    /// A name for people, when the entry gave one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) name: Option<String>,
+}
+
+/// How the config may write a root.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RootEntry {
+    /// Just the URI.
+    Uri(String),
+    /// The URI and a name.
+    Named { uri: String, name: Option<String> },
+}
+
+impl From<RootEntry> for Root {
+    fn from(entry: RootEntry) -> Self {
+        match entry {
+            RootEntry::Uri(uri) => Root { uri, name: None },
+            RootEntry::Named { uri, name } => Root { uri, name },
+        }
+    }
+}
+
+/// A server's `"approve"`, `"timeout"`, `"instructions"` and `"roots"`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct ServerPolicy {
     /// Which of its tools ask first.
@@ -127,6 +158,8 @@ pub(super) struct ServerPolicy {
     /// Whether the `instructions` it gives at `initialize` join the system prompt (`true`
     /// unless its entry says `"instructions": false`).
     pub(super) instructions: bool,
+    /// What `roots/list` answers it (its entry's `"roots"`; none by default).
+    pub(super) roots: Vec<Root>,
 }
 
 impl Default for ServerPolicy {
@@ -135,6 +168,7 @@ impl Default for ServerPolicy {
             approve: Approve::default(),
             timeout: CallTimeout::default(),
             instructions: true,
+            roots: Vec::new(),
         }
     }
 }

@@ -111,6 +111,6 @@ fn run_reader(reader: impl Read, inbox: &dyn Inbox) -> io::Result<()> {
                 format!("a line longer than {MAX_LINE_BYTES} bytes"),
             ));
         }
-        inbox.deliver(&line);
+        inbox.deliver(&line, None);
     }
 }

@@ -687,7 +687,14 @@ impl Tool for McpTool {
         let reply = loop {
             let client = self.server.live_client(ctx.cancel)?;
             let timeout = self.server.policy.timeout.0;
-            match client.call_tool(&self.remote_name, args, timeout, ctx.cancel, &report) {
+            match client.call_tool(
+                &self.remote_name,
+                args,
+                timeout,
+                ctx.cancel,
+                &report,
+                ctx.ask,
+            ) {
                 Ok(reply) => break reply,
                 // The server never ran it: once, start a new session and call it again.
                 Err(McpError::SessionExpired { .. }) if !expired => {
@@ -741,6 +748,7 @@ pub(super) fn start_server(
 ) -> Result<Started, McpError> {
     let deadline = Instant::now() + START_TIMEOUT;
     let client = McpClient::connect(name, spec, policy.timeout.0)?;
+    client.set_roots(policy.roots.clone());
     let handshake = client.initialize(deadline, cancel)?;
     let tools = client.list_tools(deadline, cancel)?;
     Ok(Started {

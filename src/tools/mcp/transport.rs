@@ -100,8 +100,9 @@ impl Outbox {
 /// What a transport hands the server's messages to: the client. Called on the transport's
 /// threads; no method blocks.
 pub(super) trait Inbox: Send + Sync {
-    /// One message's JSON text, as the server sent it.
-    fn deliver(&self, text: &[u8]);
+    /// One message's JSON text, as the server sent it; `related` is the id of our request
+    /// whose answer it came with, when the transport knows (an HTTP POST's event stream).
+    fn deliver(&self, text: &[u8], related: Option<i64>);
     /// Request `id` failed in the transport (the server refused it, or it could not be sent):
     /// its caller gets `error`.
     fn fail(&self, id: i64, error: McpError);

@@ -311,6 +311,64 @@ impl ProgressParams {
     }
 }
 
+/// The `params` of a server's `elicitation/create` (form or URL mode).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct ElicitParams {
+    /// What the server wants, for a person.
+    pub(super) message: String,
+    /// `form` (the default) or `url`.
+    #[serde(default)]
+    pub(super) mode: Option<String>,
+    /// In form mode: the JSON Schema of the form.
+    #[serde(default)]
+    pub(super) requested_schema: Option<Value>,
+    /// In URL mode: where to go.
+    #[serde(default)]
+    pub(super) url: Option<String>,
+}
+
+/// The `params` of a server's `sampling/createMessage`: what Sparky reads of them.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct CreateMessageParams {
+    /// The conversation to answer.
+    pub(super) messages: Vec<SamplingMessage>,
+    /// The system prompt the server asks for.
+    #[serde(default)]
+    pub(super) system_prompt: Option<String>,
+    /// The most tokens the answer may take.
+    pub(super) max_tokens: u32,
+}
+
+/// One message of a sampling request: a role, and one content block or (2025-11-25) a list.
+#[derive(Debug, Deserialize)]
+pub(super) struct SamplingMessage {
+    /// `user` or `assistant`.
+    pub(super) role: String,
+    /// A content block, or a list of them.
+    pub(super) content: Value,
+}
+
+impl SamplingMessage {
+    /// Its text: text blocks as they are, anything else as a note naming its type.
+    pub(super) fn text(&self) -> String {
+        let blocks = match &self.content {
+            Value::Array(blocks) => blocks.iter().collect(),
+            block => vec![block],
+        };
+        let parts: Vec<String> = blocks
+            .into_iter()
+            .map(|block| match block["type"].as_str() {
+                Some("text") => block["text"].as_str().unwrap_or_default().to_owned(),
+                Some(other) => format!("[{other} content left out]"),
+                None => "[content left out]".to_owned(),
+            })
+            .collect();
+        parts.join("\n")
+    }
+}
+
 /// The result of `resources/read`.
 #[derive(Debug, Deserialize)]
 pub(super) struct ReadResourceResult {

@@ -4,12 +4,16 @@
 //! the transport hands each message the server sends to the [`Inbox`] this implements, which
 //! routes an answer to the caller waiting under its id, a `notifications/progress` to the
 //! `tools/call` whose token it carries (restarting that call's timeout), and answers the
-//! server's own requests. A caller that is cancelled or times out stops waiting and tells the
+//! server's own requests: `ping` and `roots/list` at once, and those that need a person
+//! (`elicitation/create`, `sampling/createMessage`, see `asked.rs`) on the thread of the call
+//! they belong to (the one whose HTTP answer stream carried them, else the only call in
+//! flight that can ask; never a guess between several), which waits for the person meanwhile (the call's timeout stops while it
+//! does). A caller that is cancelled or times out stops waiting and tells the
 //! server with `notifications/cancelled`.
 //!
-//! Depends on: `common::cancel`, `tools`, `tools::mcp::error`, `tools::mcp::transport`, `tools::mcp::wire`.
+//! Depends on: `common::cancel`, `tools`, `tools::ask`, `tools::mcp::client::asked`, `tools::mcp::error`, `tools::mcp::policy`, `tools::mcp::transport`, `tools::mcp::wire`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
@@ -21,7 +25,10 @@ use serde_json::{Value, json};
 
 use crate::common::cancel::CancelFlag;
 use crate::tools::Progress;
+use crate::tools::ask::AskUser;
+use crate::tools::mcp::client::asked;
 use crate::tools::mcp::error::{McpError, round_duration};
+use crate::tools::mcp::policy::Root;
 use crate::tools::mcp::transport::{Inbox, Outbox, Outgoing, QueueError};
 use crate::tools::mcp::wire::{
     METHOD_NOT_FOUND, Message, ProgressParams, Request, RequestId, Response,
@@ -34,6 +41,9 @@ const PROGRESS_QUEUE: usize = 16;
 /// How many times its timeout a call may run in all, however often it reports progress: a
 /// server cannot keep a call alive for ever by reporting progress.
 const MAX_TIMEOUTS_PER_CALL: u32 = 10;
+
+/// Requests for a person queued for one call at most; more are refused at once.
+const ASK_QUEUE: usize = 4;
 
 /// What a waiting caller receives: the result, or why there is none.
 type Reply = std::result::Result<Value, McpError>;
@@ -52,6 +62,8 @@ pub(super) struct Rpc {
     state: Mutex<RpcState>,
     /// Called on `notifications/tools/list_changed`; held only to clone the `Arc`.
     tools_changed: Mutex<Option<ToolsChanged>>,
+    /// What `roots/list` answers (the entry's `"roots"`). Held only to read or set it.
+    roots: Mutex<Vec<Root>>,
 }
 
 struct RpcState {
@@ -60,6 +72,9 @@ struct RpcState {
     /// Where the progress reports of a waiting `tools/call` go, by its request id (which is
     /// also its progress token).
     progress: HashMap<i64, Sender<Progress>>,
+    /// Where the server's requests for a person go, by the request id of the waiting
+    /// `tools/call` that can ask one (a call made on behalf of a turn).
+    asks: BTreeMap<i64, Sender<Request>>,
     /// Messages for the transport; `None` once closed, which ends the transport's writers.
     outbox: Option<Outbox>,
     /// Why the client closed, once it has.
@@ -75,11 +90,18 @@ impl Rpc {
             state: Mutex::new(RpcState {
                 pending: HashMap::new(),
                 progress: HashMap::new(),
+                asks: BTreeMap::new(),
                 outbox: Some(outbox),
                 closed: None,
             }),
             tools_changed: Mutex::new(None),
+            roots: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Sets what `roots/list` answers.
+    pub(super) fn set_roots(&self, roots: Vec<Root>) {
+        *self.roots.lock() = roots;
     }
 
     /// True until the server stops or the client is closed.
@@ -113,6 +135,7 @@ impl Rpc {
             timeout: deadline.saturating_duration_since(Instant::now()),
             cancel,
             progress: None,
+            ask: None,
         };
         self.exchange(method, params, &wait)
     }
@@ -129,6 +152,7 @@ impl Rpc {
             timeout: allowed,
             cancel,
             progress,
+            ask,
         } = *wait;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         if progress.is_some()
@@ -139,6 +163,7 @@ impl Rpc {
         let line = self.encode(&Message::request(id, method, params))?;
         let (waiter, reply) = crossbeam_channel::bounded(1);
         let (reporter, reports) = crossbeam_channel::bounded(PROGRESS_QUEUE);
+        let (asker, asked) = crossbeam_channel::bounded::<Request>(ASK_QUEUE);
         {
             let mut state = self.state.lock();
             if let Some(reason) = &state.closed {
@@ -148,9 +173,14 @@ impl Rpc {
             if progress.is_some() {
                 state.progress.insert(id, reporter);
             }
+            // `asker` itself lives until the wait ends, so `asked` never disconnects.
+            if ask.is_some() {
+                state.asks.insert(id, asker.clone());
+            }
             if let Err(e) = self.queue(&mut state, line) {
                 state.pending.remove(&id);
                 state.progress.remove(&id);
+                state.asks.remove(&id);
                 return Err(e);
             }
         }
@@ -159,7 +189,7 @@ impl Rpc {
         log::debug!("mcp {}: request {id} {method}", self.server);
         let started = Instant::now();
         let mut deadline = started + allowed;
-        let last_deadline = started + allowed * MAX_TIMEOUTS_PER_CALL;
+        let mut last_deadline = started + allowed * MAX_TIMEOUTS_PER_CALL;
         // A cancel wakes the wait below at once through this channel.
         let (cancelled, woken) = crossbeam_channel::bounded::<()>(1);
         let _hook = cancel.map(|cancel| {
@@ -178,6 +208,18 @@ impl Rpc {
                     if let (Ok(report), Some(progress)) = (report, progress) {
                         deadline = (Instant::now() + allowed).min(last_deadline);
                         progress(report);
+                    }
+                }
+                recv(asked) -> request => {
+                    if let (Ok(request), Some(ask)) = (request, ask) {
+                        // The time the person takes is not the server's: the call's clock
+                        // stops while they answer.
+                        let asked_at = Instant::now();
+                        let method = request.method.clone();
+                        let response = asked::answer(&self.server, request, ask);
+                        self.respond(response, &method);
+                        last_deadline += asked_at.elapsed();
+                        deadline = (Instant::now() + allowed).min(last_deadline);
                     }
                 }
                 recv(woken) -> _ => {}
@@ -218,6 +260,17 @@ impl Rpc {
         match sent {
             Ok(()) => log::debug!("mcp {}: cancelled request {id}: {reason}", self.server),
             Err(e) => log::debug!("mcp {}: could not cancel request {id}: {e}", self.server),
+        }
+    }
+
+    /// Queues the answer to a request the server made.
+    fn respond(&self, response: Response, method: &str) {
+        let Ok(line) = encode(&Message::Response(response)) else {
+            return;
+        };
+        let mut state = self.state.lock();
+        if let Err(e) = self.queue(&mut state, line) {
+            log::debug!("mcp {}: could not answer its {method}: {e}", self.server);
         }
     }
 
@@ -298,8 +351,9 @@ impl Rpc {
         closed
     }
 
-    /// Handles one line from the server.
-    fn dispatch(&self, line: &[u8]) {
+    /// Handles one line from the server, which came in answer to our request `related`, when
+    /// the transport knows (over HTTP, a POST's event stream).
+    fn dispatch(&self, line: &[u8], related: Option<i64>) {
         let text = String::from_utf8_lossy(line);
         let text = text.trim();
         if text.is_empty() {
@@ -308,7 +362,7 @@ impl Rpc {
         log::trace!("mcp {}: <- {text}", self.server);
         match serde_json::from_str::<Message>(text) {
             Ok(Message::Response(response)) => self.route(response),
-            Ok(Message::Request(request)) => self.answer(request),
+            Ok(Message::Request(request)) => self.answer(request, related),
             Ok(Message::Notification(notification)) => {
                 log::debug!("mcp {}: notification {}", self.server, notification.method);
                 if notification.method == "notifications/progress" {
@@ -376,36 +430,60 @@ impl Rpc {
         let _ = waiter.try_send(reply);
     }
 
-    /// Answers a request the server made: `ping` gets an empty result, anything else "method
-    /// not found", since Sparky offers servers no client features.
-    fn answer(&self, request: Request) {
-        let reply = if request.method == "ping" {
-            Message::Response(Response::ok(Some(request.id), json!({})))
-        } else {
-            log::debug!(
-                "mcp {}: refusing its request {}",
-                self.server,
-                request.method
-            );
-            Message::Response(Response::error(
-                Some(request.id),
-                METHOD_NOT_FOUND,
-                format!("sparky does not offer {}", request.method),
-            ))
+    /// Answers a request the server made: `ping` gets an empty result and `roots/list` the
+    /// configured roots; a request for a person goes to the waiting call it came with
+    /// (`related`), else to the one call that can ask, else is refused; anything else gets
+    /// "method not found".
+    fn answer(&self, request: Request, related: Option<i64>) {
+        let method = request.method.clone();
+        let reply = match method.as_str() {
+            "ping" => Response::ok(Some(request.id), json!({})),
+            "roots/list" => {
+                let roots = self.roots.lock().clone();
+                Response::ok(Some(request.id), json!({ "roots": roots }))
+            }
+            method if asked::needs_a_person(method) => {
+                let id = request.id.clone();
+                match self.hand_to_caller(request, related) {
+                    Ok(()) => return,
+                    Err(()) => asked::nobody_to_ask(id, method),
+                }
+            }
+            _ => {
+                log::debug!("mcp {}: refusing its request {method}", self.server);
+                Response::error(
+                    Some(request.id),
+                    METHOD_NOT_FOUND,
+                    format!("sparky does not offer {method}"),
+                )
+            }
         };
-        let Ok(line) = encode(&reply) else {
-            return;
-        };
-        let mut state = self.state.lock();
-        if let Err(e) = self.queue(&mut state, line) {
-            log::debug!("mcp {}: could not answer its request: {e}", self.server);
+        self.respond(reply, &method);
+    }
+
+    /// Hands a request for a person to the call it belongs to: the one whose answer it came
+    /// with, else (stdio says nothing of it) the only call that can ask. With several such
+    /// calls in flight (of several conversations, perhaps of several people) it is refused
+    /// rather than shown to someone who may not be the one it is for.
+    fn hand_to_caller(&self, request: Request, related: Option<i64>) -> Result<(), ()> {
+        let state = self.state.lock();
+        let caller =
+            related
+                .and_then(|id| state.asks.get(&id))
+                .or_else(|| match state.asks.len() {
+                    1 => state.asks.values().next(),
+                    _ => None,
+                });
+        match caller {
+            Some(caller) => caller.try_send(request).map_err(|_| ()),
+            None => Err(()),
         }
     }
 }
 
 impl Inbox for Rpc {
-    fn deliver(&self, text: &[u8]) {
-        self.dispatch(text);
+    fn deliver(&self, text: &[u8], related: Option<i64>) {
+        self.dispatch(text, related);
     }
 
     fn fail(&self, id: i64, error: McpError) {
@@ -438,6 +516,8 @@ pub(super) struct Wait<'a> {
     pub(super) cancel: Option<&'a CancelFlag>,
     /// Where progress reports go; `None` asks for none.
     pub(super) progress: Option<&'a dyn Fn(Progress)>,
+    /// Who answers what the server asks a person during the request; `None` refuses it.
+    pub(super) ask: Option<&'a dyn AskUser>,
 }
 
 /// Stops routing progress reports to request `id` when dropped.
@@ -448,7 +528,9 @@ struct Unroute<'a> {
 
 impl Drop for Unroute<'_> {
     fn drop(&mut self) {
-        self.rpc.state.lock().progress.remove(&self.id);
+        let mut state = self.rpc.state.lock();
+        state.progress.remove(&self.id);
+        state.asks.remove(&self.id);
     }
 }
 
