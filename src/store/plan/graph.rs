@@ -2,7 +2,8 @@
 //! around the dialect's own matching, nodes and edges, a node's neighbourhood, editing,
 //! deletion, embeddings and the nearest vectors, and moving nodes to a new owner.
 //!
-//! Depends on: `common::error`, `store`, `store::plan`, `store::plan::conversations`.
+//! Depends on: `common::error`, `store`, `store::plan`, `store::plan::conversations`,
+//! `store::plan::vectors`.
 
 use serde_json::Value;
 

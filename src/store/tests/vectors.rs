@@ -1,6 +1,8 @@
 //! The semantic search through the vector index kept in memory, on both stores: the same best
 //! nodes as brute force on a seeded set, deletions and edits honoured at once, a change made by
 //! another handle on the same store seen, and never another principal's vectors.
+//!
+//! Depends on: `store::plan`, `store::plan::vectors`, `store::tests`.
 
 use std::collections::HashSet;
 
