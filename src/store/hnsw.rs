@@ -328,7 +328,7 @@ impl Hnsw {
             self.seed ^= self.seed << 13;
             self.seed ^= self.seed >> 7;
             self.seed ^= self.seed << 17;
-            if self.seed % NEIGHBOURS as u64 != 0 || level == 16 {
+            if !self.seed.is_multiple_of(NEIGHBOURS as u64) || level == 16 {
                 return level;
             }
             level += 1;

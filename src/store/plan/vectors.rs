@@ -324,7 +324,9 @@ impl VectorIndexes {
             !copy.dead[slot as usize]
                 && kind_number.is_none_or(|kind| copy.kind_of[slot as usize] == kind)
         };
-        let found = copy.graph.search(query, want, EF_SEARCH.max(4 * want), &keep);
+        let found = copy
+            .graph
+            .search(query, want, EF_SEARCH.max(4 * want), &keep);
         Ok(Candidates::Found(
             found
                 .into_iter()
@@ -597,7 +599,10 @@ fn read_rows<E>(
 /// The store's highest id of `owner`'s vectors by `model`.
 fn highest<E>(db: &mut dyn Db<Error = E>, owner: &str, model: &str) -> Result<i64, E> {
     let params = [Param::Text(owner), Param::Text(model)];
-    Ok(db.row(HIGHEST, &params, |row| row.opt_int(0))?.flatten().unwrap_or(0))
+    Ok(db
+        .row(HIGHEST, &params, |row| row.opt_int(0))?
+        .flatten()
+        .unwrap_or(0))
 }
 
 /// The store's count and id sum of `owner`'s vectors by `model`.
