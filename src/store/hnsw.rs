@@ -6,7 +6,7 @@
 //! ([`Hnsw::link_next`]). Nothing is removed from the graph: a caller passes a filter that
 //! leaves out what it has deleted, and builds a new graph when too much of it is.
 //!
-//! Depends on: nothing.
+//! Depends on: `store`.
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -337,12 +337,13 @@ impl Hnsw {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Unit vectors of `dims` floats from a seeded generator, in a few clusters so that the
-    /// graph meets the data it is built for (nearby facts), not uniform noise.
-    fn vectors(count: usize, dims: usize, seed: u64) -> Vec<Vec<f32>> {
+    /// graph meets the data it is built for (nearby facts), not uniform noise. The store's
+    /// tests use them too.
+    pub(crate) fn vectors(count: usize, dims: usize, seed: u64) -> Vec<Vec<f32>> {
         let mut state = seed;
         let mut next = move || {
             state ^= state << 13;

@@ -203,16 +203,7 @@ impl VectorIndexes {
     /// Forgets node `id`'s vectors in `owner`'s indexes, after the store dropped them (the
     /// node deleted or edited); with `edited`, its next vector is looked for.
     pub fn forget(&self, owner: &str, id: i64, edited: bool) {
-        let shared: Vec<Shared> = {
-            let cache = self.state.lock();
-            cache
-                .indexes
-                .iter()
-                .filter(|((o, _), _)| o == owner)
-                .map(|(_, (index, _))| index.clone())
-                .collect()
-        };
-        for index in shared {
+        for index in self.matching(|(o, _)| o == owner) {
             let mut index = index.write();
             index.drop_node(id);
             if edited {
@@ -266,16 +257,10 @@ impl VectorIndexes {
             {
                 let (after, pending) = {
                     let copy = index.read();
-                    (copy.seen_max, copy.pending.clone())
+                    (copy.seen_max, !copy.pending.is_empty())
                 };
-                if highest(db, owner, model)? > after || !pending.is_empty() {
-                    let (rows, missing) = read_rows(db, owner, model, after, &pending)?;
-                    let mut copy = index.write();
-                    copy.pending
-                        .retain(|id| missing.contains(id) || !pending.contains(id));
-                    for (id, kind, bytes) in rows {
-                        copy.add(id, &kind, &bytes);
-                    }
+                if pending || highest(db, owner, model)? > after {
+                    catch_up(db, &index, owner, model)?;
                 }
                 index
             }
@@ -346,21 +331,10 @@ impl VectorIndexes {
         model: &str,
         (count, sum): (i64, i64),
     ) -> Result<bool, E> {
-        // The store is read with no lock held; what was read is added under the index's own.
-        let (after, pending) = {
-            let copy = index.read();
-            (copy.seen_max, copy.pending.clone())
-        };
         let mut in_step = index.read().matches(count, sum);
-        if !in_step && pending.len() <= MAX_PENDING {
-            let (rows, missing) = read_rows(db, owner, model, after, &pending)?;
-            let mut copy = index.write();
-            copy.pending
-                .retain(|id| missing.contains(id) || !pending.contains(id));
-            for (id, kind, bytes) in rows {
-                copy.add(id, &kind, &bytes);
-            }
-            in_step = copy.matches(count, sum);
+        if !in_step && index.read().pending.len() <= MAX_PENDING {
+            catch_up(db, index, owner, model)?;
+            in_step = index.read().matches(count, sum);
         }
         if !in_step {
             log::debug!(
@@ -383,22 +357,24 @@ impl VectorIndexes {
     /// Marks the nodes `ids`, just given `model` vectors here, to be read again by the indexes
     /// that may hold an older vector of theirs (ids at or below the highest they hold).
     pub fn stored(&self, model: &str, ids: &[i64]) {
-        let shared: Vec<Shared> = {
-            let cache = self.state.lock();
-            cache
-                .indexes
-                .iter()
-                .filter(|((_, m), _)| m == model)
-                .map(|(_, (index, _))| index.clone())
-                .collect()
-        };
-        for index in shared {
+        for index in self.matching(|(_, m)| m == model) {
             let mut copy = index.write();
             let seen_max = copy.seen_max;
             for &id in ids.iter().filter(|&&id| id <= seen_max) {
                 copy.pending.insert(id);
             }
         }
+    }
+
+    /// The indexes whose `(owner, model)` `which` picks, taken out of the map's lock.
+    fn matching(&self, which: impl Fn(&(String, String)) -> bool) -> Vec<Shared> {
+        let cache = self.state.lock();
+        cache
+            .indexes
+            .iter()
+            .filter(|(key, _)| which(key))
+            .map(|(_, (index, _))| index.clone())
+            .collect()
     }
 
     /// True when the indexes fit in [`MAX_INDEX_BYTES`] with `index` among them, after the
@@ -556,6 +532,29 @@ impl VectorIndex {
         fresh.checked = self.checked;
         *self = fresh;
     }
+}
+
+/// Reads and adds to `index` the vectors with ids past the highest it holds and those of its
+/// pending nodes. The store is read with no lock held; what was read is added under the
+/// index's own.
+fn catch_up<E>(
+    db: &mut dyn Db<Error = E>,
+    index: &Shared,
+    owner: &str,
+    model: &str,
+) -> Result<(), E> {
+    let (after, pending) = {
+        let copy = index.read();
+        (copy.seen_max, copy.pending.clone())
+    };
+    let (rows, missing) = read_rows(db, owner, model, after, &pending)?;
+    let mut copy = index.write();
+    copy.pending
+        .retain(|id| missing.contains(id) || !pending.contains(id));
+    for (id, kind, bytes) in rows {
+        copy.add(id, &kind, &bytes);
+    }
+    Ok(())
 }
 
 /// `owner`'s vectors by `model` with ids past `after`, and those of the nodes `pending`; and

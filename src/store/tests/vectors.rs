@@ -2,7 +2,7 @@
 //! nodes as brute force on a seeded set, deletions and edits honoured at once, a change made by
 //! another handle on the same store seen, and never another principal's vectors.
 //!
-//! Depends on: `store::plan`, `store::plan::vectors`, `store::tests`.
+//! Depends on: `store::hnsw`, `store::plan`, `store::plan::vectors`, `store::tests`.
 
 use std::collections::HashSet;
 
@@ -20,23 +20,7 @@ const DIMS: usize = 16;
 
 /// Unit vectors from a seeded generator, in eight clusters (facts about a few topics).
 fn vectors(count: usize, seed: u64) -> Vec<Vec<f32>> {
-    let mut state = seed;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state % 10_000) as f32 / 10_000.0 - 0.5
-    };
-    let centres: Vec<Vec<f32>> = (0..8)
-        .map(|_| (0..DIMS).map(|_| next()).collect())
-        .collect();
-    (0..count)
-        .map(|i| {
-            let v: Vec<f32> = centres[i % 8].iter().map(|c| c + next() * 0.7).collect();
-            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-            v.into_iter().map(|x| x / norm).collect()
-        })
-        .collect()
+    crate::store::hnsw::tests::vectors(count, DIMS, seed)
 }
 
 fn dot(a: &[f32], b: &[f32]) -> f32 {
