@@ -9,7 +9,7 @@
 //!   keywords.
 //! - **Searching.** [`search`](GraphStore::search) (what `recall`, `graph_search` and each
 //!   turn's memory lookup use) ranks by hybrid search: the keyword search of the store below
-//!   (BM25) and the nearest vectors of the principal's own nodes (cosine, brute force), each
+//!   (BM25) and the nearest vectors of the principal's own nodes (cosine, the store's index), each
 //!   up to [`CANDIDATES`], fused by reciprocal rank (`1 / (60 + rank)` summed over both lists).
 //!   When the query cannot be embedded (the server is down, slow or answers garbage), the
 //!   keyword results alone are the answer: a turn never fails because of embeddings.

@@ -26,6 +26,7 @@ use crate::model::{ChatMessage, Role, ToolCall};
 
 mod files;
 mod usage;
+mod vectors;
 
 /// The three traits, and what the shared tests need to look inside.
 trait TestStore: ConversationStore + GraphStore + FileStore + Send + Sync + 'static {

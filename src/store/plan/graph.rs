@@ -2,11 +2,13 @@
 //! around the dialect's own matching, nodes and edges, a node's neighbourhood, editing,
 //! deletion, embeddings and the nearest vectors, and moving nodes to a new owner.
 //!
-//! Depends on: `common::error`, `store`, `store::plan`, `store::plan::conversations`.
+//! Depends on: `common::error`, `store`, `store::plan`, `store::plan::conversations`,
+//! `store::plan::vectors`.
 
 use serde_json::Value;
 
 use super::conversations::count;
+use super::vectors::Candidates;
 use super::{
     Backend, Column, Counters, Db, NodeSearch, Param, Query, Row, Table, View, Write, best,
     label_for, node_columns, stored_similarity, unix_now, vector_bytes,
@@ -45,6 +47,13 @@ const UNEMBEDDED: &str = "SELECT id, \
 const VECTORS: &str = "SELECT e.node_id, e.vector FROM embeddings e \
      JOIN nodes n ON n.id = e.node_id \
      WHERE e.owner = ?1 AND e.model = ?2 AND (CAST(?3 AS TEXT) IS NULL OR n.kind = ?3)";
+/// `?2`'s node `?1` and its vector by `?3`: what a vector index found, read back.
+const NODE_VECTOR: &str = concat!(
+    "SELECT ",
+    node_columns!(),
+    ", e.vector FROM nodes JOIN embeddings e ON e.node_id = nodes.id \
+     WHERE nodes.id = ?1 AND nodes.owner = ?2 AND e.owner = ?2 AND e.model = ?3"
+);
 
 impl<B: Backend> GraphStore for B {
     fn remember(&self, owner: &str, content: &str) -> Result<(Node, bool)> {
@@ -214,7 +223,7 @@ impl<B: Backend> GraphStore for B {
         let now = unix_now();
         let label = label_for(content);
         let key = (B::SQL.fact_key)(content);
-        self.write("edit", Write::Upsert, &mut |db| {
+        let edited = self.write("edit", Write::Upsert, &mut |db| {
             let Some(node) = get_node(db, owner, id)? else {
                 return Ok(Edited::Missing);
             };
@@ -238,7 +247,11 @@ impl<B: Backend> GraphStore for B {
             };
             db.run(DROP_EMBEDDINGS, &[Param::Int(id)])?;
             Ok(Edited::Changed(node))
-        })
+        })?;
+        if let Edited::Changed(_) = edited {
+            Counters::of(self).vectors().forget(owner, id, true);
+        }
+        Ok(edited)
     }
 
     fn delete(&self, owner: &str, id: i64) -> Result<bool> {
@@ -247,6 +260,7 @@ impl<B: Backend> GraphStore for B {
         })?;
         if deleted {
             Counters::of(self).node_deleted();
+            Counters::of(self).vectors().forget(owner, id, false);
         }
         Ok(deleted)
     }
@@ -275,7 +289,9 @@ impl<B: Backend> GraphStore for B {
         };
         self.write("store embeddings", Write::Replace, &mut |db| {
             db.write_table(B::SQL.store_embeddings, &table)
-        })
+        })?;
+        Counters::of(self).vectors().stored(model, &ids);
+        Ok(())
     }
 
     fn nearest(
@@ -286,35 +302,50 @@ impl<B: Backend> GraphStore for B {
         kind: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(Node, f32)>> {
-        self.read("semantic search", View::Statement, &mut |db| {
-            let mut scored: Vec<(i64, f32)> = Vec::new();
-            let params = [Param::Text(owner), Param::Text(model), Param::OptText(kind)];
-            let vectors = Query {
-                sql: VECTORS,
-                params: &params,
-            };
-            db.each(vectors, &mut |row| {
-                if let Some(similarity) = stored_similarity(query, row.bytes(1)?) {
-                    scored.push((row.int(0)?, similarity));
-                }
-                Ok(true)
-            })?;
-            let mut found = Vec::new();
-            for (id, similarity) in best(scored.into_iter(), limit) {
-                if let Some(node) = get_node(db, owner, id)? {
-                    found.push((node, similarity));
+        let indexes = Counters::of(self).vectors();
+        // One snapshot: the index's fingerprint and what it reads to catch up agree.
+        self.read("semantic search", View::Snapshot, &mut |db| {
+            match indexes.candidates(db, owner, model, query, kind, limit)? {
+                Candidates::Scan => scan(db, owner, model, query, kind, limit),
+                Candidates::Found(ids) => {
+                    // Scored again from the stored vector, under the owner's name: the index
+                    // is a copy, the table the truth.
+                    let mut found = Vec::with_capacity(ids.len());
+                    for id in ids {
+                        let params = [Param::Int(id), Param::Text(owner), Param::Text(model)];
+                        let row = db.row(NODE_VECTOR, &params, |row| {
+                            let node = node_from_row(row)?;
+                            Ok((node, stored_similarity(query, row.bytes(7)?)))
+                        })?;
+                        match row {
+                            Some((node, Some(similarity)))
+                                if kind.is_none_or(|kind| node.kind == kind) =>
+                            {
+                                found.push((node, similarity));
+                            }
+                            Some(_) => {}
+                            // Gone from the table (another process deleted it or dropped its
+                            // vector): gone from the copy too.
+                            None => indexes.forget(owner, id, false),
+                        }
+                    }
+                    found.sort_by(|a, b| b.1.total_cmp(&a.1).then(b.0.id.cmp(&a.0.id)));
+                    Ok(found)
                 }
             }
-            Ok(found)
         })
     }
 
     fn reassign_nodes(&self, old: &str, new: &str) -> Result<u64> {
-        self.write("reassign nodes", Write::Owners, &mut |db| {
+        let moved = self.write("reassign nodes", Write::Owners, &mut |db| {
             let owners = [Param::Text(old), Param::Text(new)];
             db.run(REASSIGN_EMBEDDINGS, &owners)?;
             db.run(REASSIGN_NODES, &owners)
-        })
+        })?;
+        for owner in [old, new] {
+            Counters::of(self).vectors().drop_owner(owner);
+        }
+        Ok(moved)
     }
 }
 
@@ -339,6 +370,36 @@ fn edge_from_row<E>(row: &dyn Row<Error = E>) -> Result<Edge, E> {
         kind: row.text(3)?,
         properties: row.json(4)?,
     })
+}
+
+/// The brute-force search: every one of `owner`'s `model` vectors read and scored.
+fn scan<E>(
+    db: &mut dyn Db<Error = E>,
+    owner: &str,
+    model: &str,
+    query: &[f32],
+    kind: Option<&str>,
+    limit: usize,
+) -> Result<Vec<(Node, f32)>, E> {
+    let mut scored: Vec<(i64, f32)> = Vec::new();
+    let params = [Param::Text(owner), Param::Text(model), Param::OptText(kind)];
+    let vectors = Query {
+        sql: VECTORS,
+        params: &params,
+    };
+    db.each(vectors, &mut |row| {
+        if let Some(similarity) = stored_similarity(query, row.bytes(1)?) {
+            scored.push((row.int(0)?, similarity));
+        }
+        Ok(true)
+    })?;
+    let mut found = Vec::new();
+    for (id, similarity) in best(scored.into_iter(), limit) {
+        if let Some(node) = get_node(db, owner, id)? {
+            found.push((node, similarity));
+        }
+    }
+    Ok(found)
 }
 
 /// One of `owner`'s nodes, or `None`.

@@ -41,6 +41,7 @@ mod share;
 mod shares;
 mod usage;
 mod values;
+mod vectors;
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -56,6 +57,9 @@ pub(crate) use self::files::sweep_uploads;
 pub(crate) use self::graph::node_from_row;
 pub(crate) use self::share::{SearchShare, SearchTurn};
 pub(crate) use self::values::*;
+#[cfg(test)]
+pub(crate) use self::vectors::Tuning;
+pub(crate) use self::vectors::VectorIndexes;
 
 /// The columns a conversation's summary reads, in the order the shared logic takes them (a
 /// macro, so that `concat!` can build both dialects' statements with it).
@@ -540,6 +544,8 @@ pub struct Counters {
     search_budget_micros: AtomicU64,
     /// How many searches each principal runs at once.
     searches: SearchShare,
+    /// The semantic search's vector indexes, kept in memory.
+    vectors: VectorIndexes,
 }
 
 impl Counters {
@@ -555,7 +561,13 @@ impl Counters {
             nodes: AtomicU64::new(small(nodes)),
             search_budget_micros: AtomicU64::new(micros(crate::store::DEFAULT_SEARCH_BUDGET)),
             searches: SearchShare::new(connections),
+            vectors: VectorIndexes::default(),
         }
+    }
+
+    /// The semantic search's vector indexes.
+    pub(crate) fn vectors(&self) -> &VectorIndexes {
+        &self.vectors
     }
 
     /// Waits for `owner`'s turn to run a full-text search ([`SearchShare`]), at most for the

@@ -153,6 +153,7 @@ impl PostgresStore {
         let pool = Pool::new(Connector::new(config, target.clone(), &name), pool_size);
         let mut connection = pool.connector().connect()?;
         schema::migrate(&mut connection.client, &target)?;
+        schema::ensure_indexes(&mut connection.client, &target)?;
         let nodes: i64 = connection
             .client
             .query_one("SELECT count(*) FROM nodes", &[])
@@ -265,6 +266,21 @@ impl PostgresStore {
     /// which may be nothing; it is not an error.
     pub fn set_search_budget(&self, budget: Duration) {
         self.counters.set_search_budget(budget);
+    }
+
+    /// Waits up to `timeout` for the semantic search's vector indexes to finish linking their
+    /// graphs (they link on a thread of their own); true when none is left linking. For
+    /// benchmarks, which measure a built index.
+    pub fn settle_vector_indexes(&self, timeout: Duration) -> bool {
+        self.counters.vectors().settle(timeout)
+    }
+
+    /// Makes the semantic search read the table (brute force) below `index_from` of a
+    /// principal's vectors, scan a copy in memory below `graph_from`, and search a graph past
+    /// it (defaults 1,000 and 20,000); drops the indexes built so far. For benchmarks, which
+    /// measure each way at each size.
+    pub fn tune_vector_search(&self, index_from: usize, graph_from: usize) {
+        self.counters.vectors().tune(index_from, graph_from);
     }
 
     /// Runs `work` on the writer connection, connecting first when there is none. A connection

@@ -351,6 +351,32 @@ CREATE TABLE daily_usage (
 const MIGRATIONS: [&str; POSTGRES_SCHEMA_VERSION as usize] =
     [V1, V2, V3, V4, V5, V6_SHARES, V7, V8_USAGE];
 
+/// The indexes made at open rather than by a numbered migration (they change no data, and
+/// `IF NOT EXISTS` makes them safe to ask for at every start): `embeddings_owner_node`, from
+/// which the semantic search's vector index reads a principal's highest vector id in one step
+/// (`store/plan/vectors.rs`).
+///
+/// # Errors
+///
+/// [`Error::Store`] when the role may not create an index.
+pub fn ensure_indexes(client: &mut Client, target: &str) -> Result<()> {
+    let failed = |e: postgres::Error| {
+        Error::store(format!(
+            "database {target}: creating indexes failed: {}",
+            super::pool::describe(&e)
+        ))
+    };
+    let mut tx = client.transaction().map_err(failed)?;
+    // The migrations' lock: two instances starting at once do not race to create it.
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .map_err(failed)?;
+    tx.batch_execute(
+        "CREATE INDEX IF NOT EXISTS embeddings_owner_node ON embeddings (owner, model, node_id)",
+    )
+    .map_err(failed)?;
+    tx.commit().map_err(failed)
+}
+
 /// Brings the database to [`POSTGRES_SCHEMA_VERSION`], one version per transaction.
 ///
 /// # Errors

@@ -346,6 +346,21 @@ impl SqliteStore {
         self.counters.set_search_budget(budget);
     }
 
+    /// Waits up to `timeout` for the semantic search's vector indexes to finish linking their
+    /// graphs (they link on a thread of their own); true when none is left linking. For
+    /// benchmarks, which measure a built index.
+    pub fn settle_vector_indexes(&self, timeout: Duration) -> bool {
+        self.counters.vectors().settle(timeout)
+    }
+
+    /// Makes the semantic search read the table (brute force) below `index_from` of a
+    /// principal's vectors, scan a copy in memory below `graph_from`, and search a graph past
+    /// it (defaults 1,000 and 20,000); drops the indexes built so far. For benchmarks, which
+    /// measure each way at each size.
+    pub fn tune_vector_search(&self, index_from: usize, graph_from: usize) {
+        self.counters.vectors().tune(index_from, graph_from);
+    }
+
     /// A reader connection: a free one if there is one, else it waits for one. The guard is
     /// held for one query.
     fn reader(&self) -> MutexGuard<'_, Connection> {
