@@ -31,6 +31,7 @@ mod cluster;
 mod copy;
 mod exported;
 mod files;
+mod mcp_auth;
 mod plan;
 mod postgres;
 mod shares;
@@ -55,6 +56,7 @@ pub use files::{
     BLOB_CHUNK, FileStore, NewChunk, NewFile, StoredFile, TextChunk, TextState, Upload,
     UploadLimits, safe_name,
 };
+pub use mcp_auth::{McpAuthStore, StoredGrant};
 pub use postgres::{POSTGRES_SCHEMA_VERSION, PostgresStore};
 pub use shares::{Share, ShareStore};
 pub use sqlite::{BackupReport, DATABASE_FILE, SqliteStore, fts_queries};
@@ -69,7 +71,7 @@ pub const MAX_SEARCH_WORDS: usize = 16;
 
 /// The SQLite schema version this build writes. A store with a higher one was written by a
 /// newer Sparky and is refused. (PostgreSQL's is [`POSTGRES_SCHEMA_VERSION`].)
-pub const SCHEMA_VERSION: i64 = 8;
+pub const SCHEMA_VERSION: i64 = 9;
 
 /// The owner of everything when the server requires no token.
 pub const LOCAL_OWNER: &str = "local";

@@ -32,7 +32,7 @@ use crate::common::error::{Error, Result};
 
 /// The schema version this build writes. A database with a higher one was migrated by a newer
 /// Sparky and is refused.
-pub const POSTGRES_SCHEMA_VERSION: i64 = 7;
+pub const POSTGRES_SCHEMA_VERSION: i64 = 8;
 
 /// The advisory lock each migration's transaction takes: `sparky-migrate` in ASCII.
 const MIGRATION_LOCK: i64 = 0x7370_6172_6b79_6d67;
@@ -334,8 +334,20 @@ CREATE TABLE api_tokens (
 CREATE INDEX api_tokens_user ON api_tokens (user_id);
 "#;
 
+/// Version 7 to 8: the grants of OAuth-protected MCP servers, one row per server name, with
+/// the refresh lease (`store/mcp_auth.rs`).
+const V8_MCP_OAUTH: &str = r#"
+CREATE TABLE mcp_oauth (
+    server text PRIMARY KEY,
+    grant_json text NOT NULL,
+    version bigint NOT NULL,
+    refreshing_until bigint,
+    updated_at bigint NOT NULL
+);
+"#;
+
 /// Entry `n` migrates from version `n` to `n + 1`.
-const MIGRATIONS: [&str; POSTGRES_SCHEMA_VERSION as usize] = [V1, V2, V3, V4, V5, V6_SHARES, V7];
+const MIGRATIONS: [&str; POSTGRES_SCHEMA_VERSION as usize] = [V1, V2, V3, V4, V5, V6_SHARES, V7, V8_MCP_OAUTH];
 
 /// Brings the database to [`POSTGRES_SCHEMA_VERSION`], one version per transaction.
 ///

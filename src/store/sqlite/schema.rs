@@ -430,6 +430,18 @@ CREATE TABLE api_tokens (
 CREATE INDEX api_tokens_user ON api_tokens (user_id);
 "#;
 
+/// Version 8 to 9: the grants of OAuth-protected MCP servers, one row per server name, with
+/// the refresh lease (`store/mcp_auth.rs`).
+const V9_MCP_OAUTH: &str = r#"
+CREATE TABLE mcp_oauth (
+    server TEXT PRIMARY KEY,
+    grant_json TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    refreshing_until INTEGER,
+    updated_at INTEGER NOT NULL
+);
+"#;
+
 /// One migration: SQL, then an optional step in code.
 type Migration = (
     &'static str,
@@ -446,6 +458,7 @@ const MIGRATIONS: [Migration; SCHEMA_VERSION as usize] = [
     (V6, None),
     (V7_SHARES, None),
     (V8, None),
+    (V9_MCP_OAUTH, None),
 ];
 
 /// Brings the database to [`SCHEMA_VERSION`], one version per transaction.
