@@ -45,11 +45,11 @@ use crate::net::routes::{Reply, RouteContext};
 use crate::net::shutdown::Shutdown;
 use crate::net::wake::{self, Sleeper};
 use crate::store::{
-    AccountStore, Cluster, ConversationStore, FileStore, GraphStore, PostgresStore, ShareStore,
-    Solo, SqliteStore,
+    AccountStore, Cluster, ConversationStore, FileStore, GraphStore, McpAuthStore, PostgresStore,
+    ShareStore, Solo, SqliteStore,
 };
 use crate::tools::ToolChain;
-use crate::tools::mcp::{self, McpServers};
+use crate::tools::mcp::{self, McpServers, OAuthOptions};
 
 /// How often the grace period of a shutdown looks whether a second Ctrl-C asked to hurry.
 const HURRY_CHECK: Duration = Duration::from_millis(100);
@@ -148,12 +148,6 @@ pub fn spawn_with(
         .local_addr()
         .map_err(|e| Error::io("local_addr", e))?;
     let config = Arc::new(config);
-    // MCP servers start in the background, beside the listener: an unreadable config stops
-    // the server here, while a server that fails to start is logged and tried again.
-    let mcp = match &config.mcp_config {
-        Some(path) => Some(mcp::spawn(path, mcp::FIRST_RETRY_DELAY)?),
-        None => None,
-    };
     for origin in config
         .allowed_origins
         .iter()
@@ -166,7 +160,23 @@ pub fn spawn_with(
     // Before any connection: the signal that wakes a connection thread needs its handler.
     wake::install().map_err(|e| Error::io("wake-up signal", e))?;
     let metrics = Arc::new(Metrics::default());
-    let (conversations, graph, cluster, files, shares, account_store) = open_store(&config)?;
+    let (conversations, graph, cluster, files, shares, account_store, mcp_auth) =
+        open_store(&config)?;
+    // MCP servers start in the background, beside the listener: an unreadable config stops
+    // the server here, while a server that fails to start is logged and tried again. The
+    // grants of OAuth servers are in the store.
+    let mcp = match &config.mcp_config {
+        Some(path) => Some(Arc::new(mcp::spawn_with(
+            path,
+            mcp::FIRST_RETRY_DELAY,
+            OAuthOptions {
+                store: Some(mcp_auth),
+                public_url: config.public_url.clone(),
+                local_base: Some(local_base(addr)),
+            },
+        )?)),
+        None => None,
+    };
     // Before the journal starts, so that nothing else writes meanwhile.
     migrate_owners(conversations.as_ref(), graph.as_ref(), &config.auth_tokens)?;
     let embedder = embedder(&config);
@@ -236,6 +246,7 @@ pub fn spawn_with(
             shares,
             model,
             tools,
+            mcp: mcp.clone(),
             metrics: metrics.clone(),
             shutdown: shutdown.clone(),
             auth: auth.clone(),
@@ -324,7 +335,7 @@ pub struct ServerHandle {
     /// The threads turns run on; a graceful shutdown waits for them to be idle.
     turns: Turns,
     /// The MCP server processes; stopped with the server.
-    mcp: Option<McpServers>,
+    mcp: Option<Arc<McpServers>>,
 }
 
 impl ServerHandle {
@@ -504,6 +515,7 @@ fn open_store(config: &Config) -> Result<Stores> {
             store.clone(),
             store.clone(),
             store.clone(),
+            store.clone(),
             store,
         ));
     }
@@ -522,12 +534,22 @@ fn open_store(config: &Config) -> Result<Stores> {
         Arc::new(Solo),
         store.clone(),
         store.clone(),
+        store.clone(),
         store,
     ))
 }
 
+/// Where the page's sign-in callback reaches this server when it has no public URL.
+fn local_base(addr: SocketAddr) -> String {
+    if addr.ip().is_unspecified() {
+        format!("http://127.0.0.1:{}", addr.port())
+    } else {
+        format!("http://{addr}")
+    }
+}
+
 /// The store as each of its users sees it: conversations, the graph, the cluster, files, share
-/// links, accounts (`--in-memory` keeps them in its in-memory SQLite database too).
+/// links, accounts, MCP grants (`--in-memory` keeps them in its in-memory SQLite database too).
 type Stores = (
     Arc<dyn ConversationStore>,
     Arc<dyn GraphStore>,
@@ -535,6 +557,7 @@ type Stores = (
     Arc<dyn FileStore>,
     Arc<dyn ShareStore>,
     Arc<dyn AccountStore>,
+    Arc<dyn McpAuthStore>,
 );
 
 /// Moves what earlier versions stored under a token's SHA-1 fingerprint to its SHA-256 one, for

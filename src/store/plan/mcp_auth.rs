@@ -8,8 +8,7 @@ use super::{Backend, Param, View, Write, unix_now};
 use crate::common::error::Result;
 use crate::store::mcp_auth::{McpAuthStore, StoredGrant};
 
-const GRANT: &str =
-    "SELECT grant_json, version, refreshing_until FROM mcp_oauth WHERE server = ?1";
+const GRANT: &str = "SELECT grant_json, version, refreshing_until FROM mcp_oauth WHERE server = ?1";
 const PUT_GRANT: &str = "INSERT INTO mcp_oauth (server, grant_json, version, updated_at) \
      VALUES (?1, ?2, 1, ?3) ON CONFLICT (server) DO UPDATE SET \
      grant_json = excluded.grant_json, version = mcp_oauth.version + 1, \

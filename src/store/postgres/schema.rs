@@ -347,7 +347,8 @@ CREATE TABLE mcp_oauth (
 "#;
 
 /// Entry `n` migrates from version `n` to `n + 1`.
-const MIGRATIONS: [&str; POSTGRES_SCHEMA_VERSION as usize] = [V1, V2, V3, V4, V5, V6_SHARES, V7, V8_MCP_OAUTH];
+const MIGRATIONS: [&str; POSTGRES_SCHEMA_VERSION as usize] =
+    [V1, V2, V3, V4, V5, V6_SHARES, V7, V8_MCP_OAUTH];
 
 /// Brings the database to [`POSTGRES_SCHEMA_VERSION`], one version per transaction.
 ///

@@ -70,7 +70,9 @@ fn read_json(url: &str, response: ureq::http::Response<ureq::Body>) -> Result<Va
     if !(200..300).contains(&status) {
         let text = String::from_utf8_lossy(&body);
         let text: String = text.chars().take(300).collect();
-        return Err(OAuthError::Http(format!("{url} answered HTTP {status}: {text}")));
+        return Err(OAuthError::Http(format!(
+            "{url} answered HTTP {status}: {text}"
+        )));
     }
     serde_json::from_slice(&body).map_err(|e| OAuthError::Http(format!("{url}: not JSON: {e}")))
 }

@@ -77,13 +77,18 @@ impl Loopback {
 fn answer(mut stream: TcpStream) -> Option<Redirect> {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
     let mut line = String::new();
-    let read = BufReader::new(&stream).take(8192).read_line(&mut line).ok()?;
+    let read = BufReader::new(&stream)
+        .take(8192)
+        .read_line(&mut line)
+        .ok()?;
     if read == 0 {
         return None;
     }
     let target = line.split_whitespace().nth(1).unwrap_or("");
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let redirect = (path == LOOPBACK_PATH).then(|| read_redirect(query)).flatten();
+    let redirect = (path == LOOPBACK_PATH)
+        .then(|| read_redirect(query))
+        .flatten();
     let (status, text) = match &redirect {
         Some(Redirect::Code { .. }) => ("200 OK", "Signed in. You can close this tab."),
         Some(Redirect::Refused(_)) => ("200 OK", "The sign-in was refused; see the terminal."),

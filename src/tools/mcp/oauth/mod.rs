@@ -512,7 +512,10 @@ impl ServerAuth {
             }
             Err(e) => {
                 if let Err(release) = store.release_mcp_refresh(&self.name) {
-                    log::warn!("mcp {}: cannot free its refresh lease: {release}", self.name);
+                    log::warn!(
+                        "mcp {}: cannot free its refresh lease: {release}",
+                        self.name
+                    );
                 }
                 Err(e)
             }
@@ -537,13 +540,17 @@ impl ServerAuth {
             .lock()
             .is_some_and(|at| at.elapsed() < FORCED_REFRESH_GAP);
         if recently || grant.refresh_token.is_none() {
-            self.set_state(AuthState::NeedsSignIn("the server refused its token".into()));
+            self.set_state(AuthState::NeedsSignIn(
+                "the server refused its token".into(),
+            ));
             return;
         }
         *self.refreshing.lock() = Some(Instant::now());
         if let Err(e) = self.refresh(version) {
             log::warn!("mcp {}: refreshing a refused token failed: {e}", self.name);
-            self.set_state(AuthState::NeedsSignIn("the server refused its token".into()));
+            self.set_state(AuthState::NeedsSignIn(
+                "the server refused its token".into(),
+            ));
         }
     }
 
