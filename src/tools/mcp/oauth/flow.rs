@@ -8,7 +8,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use oauth2::basic::{BasicClient, BasicTokenResponse};
+use oauth2::basic::{BasicClient, BasicErrorResponseType, BasicTokenResponse};
 use oauth2::{
     AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointNotSet,
     EndpointSet, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, RefreshToken, RequestTokenError,
@@ -200,7 +200,14 @@ fn token_error<E: std::error::Error>(
             if let Some(description) = refused.error_description() {
                 text = format!("{text}: {description}");
             }
-            OAuthError::Refused(text)
+            // Only these say the grant or the client is no good; others may pass.
+            match refused.error() {
+                BasicErrorResponseType::InvalidGrant
+                | BasicErrorResponseType::InvalidClient
+                | BasicErrorResponseType::UnauthorizedClient
+                | BasicErrorResponseType::UnsupportedGrantType => OAuthError::Refused(text),
+                _ => OAuthError::Http(text),
+            }
         }
         RequestTokenError::Request(e) => OAuthError::Http(e.to_string()),
         RequestTokenError::Parse(e, _) => OAuthError::Http(format!("an unreadable answer: {e}")),

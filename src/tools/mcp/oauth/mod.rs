@@ -29,6 +29,8 @@ mod grant;
 mod http;
 pub(super) mod loopback;
 mod registration;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -469,6 +471,7 @@ impl ServerAuth {
             let now = unix_now();
             // Another refresh landed since `seen` was read: its grant is the one to use.
             if version != seen && !grant.expiring(now) {
+                self.set_state(AuthState::SignedIn);
                 return Ok(grant);
             }
             if grant.refresh_token.is_none() {

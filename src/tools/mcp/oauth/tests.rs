@@ -1,0 +1,258 @@
+//! Sign-ins against a fake authorization server on 127.0.0.1: discovery's fallbacks, and the
+//! refresh, single-flight across two "instances" sharing one store, a refused refresh token
+//! leading to "needs sign-in" once, with no second request.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
+use std::thread;
+
+use serde_json::{Value, json};
+
+use super::discovery::{Challenge, discover};
+use super::grant::Grant;
+use super::registration::Client;
+use super::*;
+use crate::store::SqliteStore;
+
+/// A fake authorization (and resource) server: answers each request with `route(method,
+/// path, body)` (status, JSON); counts the requests to `/token`.
+struct Fake {
+    base: String,
+    tokens: Arc<AtomicUsize>,
+}
+
+fn fake(route: impl Fn(&str, &str, &str) -> (u16, Value) + Send + Sync + 'static) -> Fake {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let tokens = Arc::new(AtomicUsize::new(0));
+    let counted = tokens.clone();
+    let route = Arc::new(route);
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let (route, counted) = (route.clone(), counted.clone());
+            thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                let mut parts = line.split_whitespace();
+                let method = parts.next().unwrap_or("").to_owned();
+                let path = parts.next().unwrap_or("").to_owned();
+                let mut length = 0;
+                loop {
+                    let mut header = String::new();
+                    reader.read_line(&mut header).unwrap();
+                    if header.trim().is_empty() {
+                        break;
+                    }
+                    if let Some((name, value)) = header.split_once(':')
+                        && name.eq_ignore_ascii_case("content-length")
+                    {
+                        length = value.trim().parse().unwrap();
+                    }
+                }
+                let mut body = vec![0; length];
+                reader.read_exact(&mut body).unwrap();
+                if path == "/token" {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                }
+                let (status, answer) = route(&method, &path, &String::from_utf8_lossy(&body));
+                let text = answer.to_string();
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n\
+                     content-length: {}\r\nconnection: close\r\n\r\n{text}",
+                    text.len()
+                );
+            });
+        }
+    });
+    Fake { base, tokens }
+}
+
+fn metadata(base: &str) -> Value {
+    json!({
+        "issuer": base,
+        "authorization_endpoint": format!("{base}/authorize"),
+        "token_endpoint": format!("{base}/token"),
+        "registration_endpoint": format!("{base}/register"),
+        "code_challenge_methods_supported": ["S256"],
+    })
+}
+
+#[test]
+fn discovery_follows_the_challenge_else_the_well_known_paths_else_the_origin() {
+    // The resource metadata only at the root, the server metadata only as OpenID's.
+    let server = fake(|_, path, _| match path {
+        "/.well-known/oauth-protected-resource" => (
+            200,
+            json!({"resource": "r", "authorization_servers": ["http://placeholder"],
+                   "scopes_supported": ["a", "b"]}),
+        ),
+        _ => (404, json!({})),
+    });
+    let agent = http::agent();
+    // No authorization server's metadata anywhere: an error naming what was tried.
+    let failed = discover(&agent, &format!("{}/mcp", server.base), &Challenge::default());
+    assert!(matches!(failed, Err(OAuthError::Discovery(_))), "{failed:?}");
+
+    let auth = fake(|_, path, _| match path {
+        "/tenant/.well-known/openid-configuration" => (200, metadata("http://as/tenant")),
+        _ => (404, json!({})),
+    });
+    let issuer = format!("{}/tenant", auth.base);
+    let named = fake(move |_, path, _| match path {
+        "/custom/prm" => (
+            200,
+            json!({"resource": "https://mcp.example/mcp", "authorization_servers": [issuer]}),
+        ),
+        _ => (404, json!({})),
+    });
+    let challenge = Challenge {
+        resource_metadata: Some(format!("{}/custom/prm", named.base)),
+        scope: Some("from-challenge".into()),
+    };
+    let found = discover(&agent, &format!("{}/mcp", named.base), &challenge).unwrap();
+    assert_eq!(found.resource, "https://mcp.example/mcp");
+    assert_eq!(found.server.token_endpoint, "http://as/tenant/token");
+    assert_eq!(found.scope.as_deref(), Some("from-challenge"));
+
+    // No resource metadata at all: the server's origin is its authorization server, and the
+    // resource is the server's own URL.
+    let origin = fake(|_, path, _| match path {
+        "/.well-known/oauth-authorization-server" => (200, metadata("http://o")),
+        _ => (404, json!({})),
+    });
+    let found = discover(&agent, &format!("{}/v1/mcp/", origin.base), &Challenge::default())
+        .unwrap();
+    assert_eq!(found.resource, format!("{}/v1/mcp", origin.base));
+    assert_eq!(found.server.authorization_endpoint, "http://o/authorize");
+    assert_eq!(found.scope, None);
+}
+
+/// A fake token endpoint: refresh token `good-N` gives access token `access-N+1` and refresh
+/// token `good-N+1`; anything else is `invalid_grant`.
+fn token_server() -> Fake {
+    fake(|_, path, body| {
+        if path != "/token" {
+            return (404, json!({}));
+        }
+        let form: std::collections::HashMap<String, String> =
+            form_urlencoded::parse(body.as_bytes()).into_owned().collect();
+        assert_eq!(form.get("resource").map(String::as_str), Some("https://mcp/r"));
+        match form.get("refresh_token").and_then(|t| t.strip_prefix("good-")) {
+            Some(n) => {
+                let n: u32 = n.parse().unwrap();
+                // Slow enough that the other callers arrive while it runs.
+                thread::sleep(std::time::Duration::from_millis(200));
+                (
+                    200,
+                    json!({"access_token": format!("access-{}", n + 1), "token_type": "bearer",
+                           "expires_in": 3600, "refresh_token": format!("good-{}", n + 1)}),
+                )
+            }
+            None => (400, json!({"error": "invalid_grant", "error_description": "revoked"})),
+        }
+    })
+}
+
+fn expired_grant(token_endpoint: &str, refresh: &str) -> String {
+    serde_json::to_string(&Grant {
+        server_url: "https://mcp/r".into(),
+        resource: "https://mcp/r".into(),
+        token_endpoint: token_endpoint.into(),
+        client: Client {
+            id: "c".into(),
+            secret: None,
+            redirect_uri: "http://127.0.0.1:1/cb".into(),
+            how: "registered".into(),
+        },
+        access_token: "access-1".into(),
+        refresh_token: Some(refresh.into()),
+        expires_at: Some(unix_now() - 5),
+        scope: None,
+    })
+    .unwrap()
+}
+
+fn instance(store: &Arc<SqliteStore>) -> Arc<ServerAuth> {
+    let options = OAuthOptions {
+        store: Some(store.clone() as Arc<dyn McpAuthStore>),
+        ..OAuthOptions::default()
+    };
+    let sign_ins = SignIns::new(
+        options,
+        [("s".to_owned(), "https://mcp/r".to_owned(), ConfiguredClient::default())],
+    );
+    sign_ins.server("s").unwrap()
+}
+
+#[test]
+fn an_expired_token_is_refreshed_once_by_every_caller_of_every_instance() {
+    let server = token_server();
+    let store = Arc::new(SqliteStore::in_memory().unwrap());
+    store
+        .put_mcp_grant("s", &expired_grant(&format!("{}/token", server.base), "good-1"))
+        .unwrap();
+    // Two "instances" (each its own sign-in and mutex) on one store, three callers each.
+    let instances = [instance(&store), instance(&store)];
+    let barrier = Arc::new(Barrier::new(6));
+    let callers: Vec<_> = (0..6)
+        .map(|i| {
+            let (auth, barrier) = (instances[i % 2].clone(), barrier.clone());
+            thread::spawn(move || {
+                barrier.wait();
+                auth.bearer()
+            })
+        })
+        .collect();
+    for caller in callers {
+        assert_eq!(caller.join().unwrap().as_deref(), Some("access-2"));
+    }
+    assert_eq!(server.tokens.load(Ordering::SeqCst), 1);
+    assert_eq!(instances[0].state(), AuthState::SignedIn);
+    // The rotated refresh token is the stored one; the lease is free.
+    let stored = store.mcp_grant("s").unwrap().unwrap();
+    assert!(stored.grant.contains("good-2"));
+    assert_eq!(stored.refreshing_until, None);
+}
+
+#[test]
+fn a_refused_refresh_token_needs_a_sign_in_once_and_is_not_tried_again() {
+    let server = token_server();
+    let store = Arc::new(SqliteStore::in_memory().unwrap());
+    store
+        .put_mcp_grant("s", &expired_grant(&format!("{}/token", server.base), "revoked"))
+        .unwrap();
+    let auth = instance(&store);
+    assert_eq!(auth.bearer(), None);
+    assert!(matches!(auth.state(), AuthState::NeedsSignIn(reason) if reason.contains("refused")));
+    assert!(store.mcp_grant("s").unwrap().is_none(), "the grant is forgotten");
+    // Nothing is left to refresh: more requests (and a 401) send nothing to the server.
+    assert_eq!(auth.bearer(), None);
+    auth.challenged(Some("Bearer"), None);
+    assert_eq!(server.tokens.load(Ordering::SeqCst), 1);
+    assert!(auth.needs_sign_in());
+}
+
+#[test]
+fn a_lease_held_by_another_instance_is_waited_for_not_doubled() {
+    let server = token_server();
+    let store = Arc::new(SqliteStore::in_memory().unwrap());
+    let version = store
+        .put_mcp_grant("s", &expired_grant(&format!("{}/token", server.base), "good-7"))
+        .unwrap();
+    let now = unix_now();
+    // Another instance holds the lease; ours waits, then sees its result.
+    assert!(store.claim_mcp_refresh("s", version, now, now + 30).unwrap());
+    assert!(!store.claim_mcp_refresh("s", version, now, now + 30).unwrap());
+    let auth = instance(&store);
+    let waiter = thread::spawn(move || auth.bearer());
+    let other = instance(&store);
+    let fresh = flow::refresh(&http::agent(), &other.stored().unwrap().0).unwrap();
+    other.keep(&fresh).unwrap();
+    assert_eq!(waiter.join().unwrap().as_deref(), Some("access-8"));
+    assert_eq!(server.tokens.load(Ordering::SeqCst), 1);
+}
