@@ -95,8 +95,15 @@ fn discovery_follows_the_challenge_else_the_well_known_paths_else_the_origin() {
     });
     let agent = http::agent();
     // No authorization server's metadata anywhere: an error naming what was tried.
-    let failed = discover(&agent, &format!("{}/mcp", server.base), &Challenge::default());
-    assert!(matches!(failed, Err(OAuthError::Discovery(_))), "{failed:?}");
+    let failed = discover(
+        &agent,
+        &format!("{}/mcp", server.base),
+        &Challenge::default(),
+    );
+    assert!(
+        matches!(failed, Err(OAuthError::Discovery(_))),
+        "{failed:?}"
+    );
 
     let auth = fake(|_, path, _| match path {
         "/tenant/.well-known/openid-configuration" => (200, metadata("http://as/tenant")),
@@ -125,8 +132,12 @@ fn discovery_follows_the_challenge_else_the_well_known_paths_else_the_origin() {
         "/.well-known/oauth-authorization-server" => (200, metadata("http://o")),
         _ => (404, json!({})),
     });
-    let found = discover(&agent, &format!("{}/v1/mcp/", origin.base), &Challenge::default())
-        .unwrap();
+    let found = discover(
+        &agent,
+        &format!("{}/v1/mcp/", origin.base),
+        &Challenge::default(),
+    )
+    .unwrap();
     assert_eq!(found.resource, format!("{}/v1/mcp", origin.base));
     assert_eq!(found.server.authorization_endpoint, "http://o/authorize");
     assert_eq!(found.scope, None);
@@ -140,9 +151,17 @@ fn token_server() -> Fake {
             return (404, json!({}));
         }
         let form: std::collections::HashMap<String, String> =
-            form_urlencoded::parse(body.as_bytes()).into_owned().collect();
-        assert_eq!(form.get("resource").map(String::as_str), Some("https://mcp/r"));
-        match form.get("refresh_token").and_then(|t| t.strip_prefix("good-")) {
+            form_urlencoded::parse(body.as_bytes())
+                .into_owned()
+                .collect();
+        assert_eq!(
+            form.get("resource").map(String::as_str),
+            Some("https://mcp/r")
+        );
+        match form
+            .get("refresh_token")
+            .and_then(|t| t.strip_prefix("good-"))
+        {
             Some(n) => {
                 let n: u32 = n.parse().unwrap();
                 // Slow enough that the other callers arrive while it runs.
@@ -153,7 +172,10 @@ fn token_server() -> Fake {
                            "expires_in": 3600, "refresh_token": format!("good-{}", n + 1)}),
                 )
             }
-            None => (400, json!({"error": "invalid_grant", "error_description": "revoked"})),
+            None => (
+                400,
+                json!({"error": "invalid_grant", "error_description": "revoked"}),
+            ),
         }
     })
 }
@@ -184,7 +206,11 @@ fn instance(store: &Arc<SqliteStore>) -> Arc<ServerAuth> {
     };
     let sign_ins = SignIns::new(
         options,
-        [("s".to_owned(), "https://mcp/r".to_owned(), ConfiguredClient::default())],
+        [(
+            "s".to_owned(),
+            "https://mcp/r".to_owned(),
+            ConfiguredClient::default(),
+        )],
     );
     sign_ins.server("s").unwrap()
 }
@@ -194,7 +220,10 @@ fn an_expired_token_is_refreshed_once_by_every_caller_of_every_instance() {
     let server = token_server();
     let store = Arc::new(SqliteStore::in_memory().unwrap());
     store
-        .put_mcp_grant("s", &expired_grant(&format!("{}/token", server.base), "good-1"))
+        .put_mcp_grant(
+            "s",
+            &expired_grant(&format!("{}/token", server.base), "good-1"),
+        )
         .unwrap();
     // Two "instances" (each its own sign-in and mutex) on one store, three callers each.
     let instances = [instance(&store), instance(&store)];
@@ -224,12 +253,18 @@ fn a_refused_refresh_token_needs_a_sign_in_once_and_is_not_tried_again() {
     let server = token_server();
     let store = Arc::new(SqliteStore::in_memory().unwrap());
     store
-        .put_mcp_grant("s", &expired_grant(&format!("{}/token", server.base), "revoked"))
+        .put_mcp_grant(
+            "s",
+            &expired_grant(&format!("{}/token", server.base), "revoked"),
+        )
         .unwrap();
     let auth = instance(&store);
     assert_eq!(auth.bearer(), None);
     assert!(matches!(auth.state(), AuthState::NeedsSignIn(reason) if reason.contains("refused")));
-    assert!(store.mcp_grant("s").unwrap().is_none(), "the grant is forgotten");
+    assert!(
+        store.mcp_grant("s").unwrap().is_none(),
+        "the grant is forgotten"
+    );
     // Nothing is left to refresh: more requests (and a 401) send nothing to the server.
     assert_eq!(auth.bearer(), None);
     auth.challenged(Some("Bearer"), None);
@@ -242,12 +277,23 @@ fn a_lease_held_by_another_instance_is_waited_for_not_doubled() {
     let server = token_server();
     let store = Arc::new(SqliteStore::in_memory().unwrap());
     let version = store
-        .put_mcp_grant("s", &expired_grant(&format!("{}/token", server.base), "good-7"))
+        .put_mcp_grant(
+            "s",
+            &expired_grant(&format!("{}/token", server.base), "good-7"),
+        )
         .unwrap();
     let now = unix_now();
     // Another instance holds the lease; ours waits, then sees its result.
-    assert!(store.claim_mcp_refresh("s", version, now, now + 30).unwrap());
-    assert!(!store.claim_mcp_refresh("s", version, now, now + 30).unwrap());
+    assert!(
+        store
+            .claim_mcp_refresh("s", version, now, now + 30)
+            .unwrap()
+    );
+    assert!(
+        !store
+            .claim_mcp_refresh("s", version, now, now + 30)
+            .unwrap()
+    );
     let auth = instance(&store);
     let waiter = thread::spawn(move || auth.bearer());
     let other = instance(&store);
