@@ -275,7 +275,7 @@ fn sparky_mcp_login_signs_in_through_a_loopback_redirect() {
         .split("redirect_uri=")
         .nth(1)
         .and_then(|rest| rest.split('&').next())
-        .map(|encoded| form_urlencoded_decode(encoded))
+        .map(form_urlencoded_decode)
         .expect("a redirect_uri");
     assert!(redirect.starts_with("http://127.0.0.1:"), "{redirect}");
     let (status, page) = browse(&url, &redirect);

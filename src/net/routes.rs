@@ -7,7 +7,7 @@
 //! state), `/metrics` (with the store's pool; figures only with a token when tokens are set)
 //! and the WebSocket endpoint's upgrade. The `/api/` routes are `api.rs`'s table.
 //!
-//! Depends on: `common::auth`, `common::metrics`, `conversation::journal`, `conversation::session`, `files`, `model`, `net::accounts`, `net::assets`, `net::http`, `net::shutdown`, `store`, `store::shares`, `tools`.
+//! Depends on: `common::auth`, `common::metrics`, `conversation::journal`, `conversation::session`, `files`, `model`, `net::accounts`, `net::assets`, `net::http`, `net::shutdown`, `store`, `store::shares`, `tools`, `tools::mcp`.
 
 use std::fmt;
 use std::sync::Arc;

@@ -6,7 +6,7 @@
 //!
 //! Only this file, `http.rs`, `outbound.rs` and `connection.rs` touch client sockets.
 //!
-//! Depends on: `common::auth`, `common::config`, `common::error`, `common::metrics`, `conversation::bot`, `conversation::cluster`, `conversation::journal`, `conversation::memory`, `conversation::session`, `files`, `model`, `model::embed`, `model::offline`, `net::accounts`, `net::admission`, `net::api`, `net::connection`, `net::handler`, `net::http`, `net::inbound`, `net::outbound`, `net::policy`, `net::routes`, `net::shutdown`, `net::wake`, `store`, `store::accounts`, `store::cluster`, `store::files`, `store::postgres`, `store::shares`, `store::sqlite`, `tools`, `tools::files`, `tools::mcp`.
+//! Depends on: `common::auth`, `common::config`, `common::error`, `common::metrics`, `conversation::bot`, `conversation::cluster`, `conversation::journal`, `conversation::memory`, `conversation::session`, `files`, `model`, `model::embed`, `model::offline`, `net::accounts`, `net::admission`, `net::api`, `net::connection`, `net::handler`, `net::http`, `net::inbound`, `net::outbound`, `net::policy`, `net::routes`, `net::shutdown`, `net::wake`, `store`, `store::accounts`, `store::cluster`, `store::files`, `store::mcp_auth`, `store::postgres`, `store::shares`, `store::sqlite`, `tools`, `tools::files`, `tools::mcp`.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -3,7 +3,7 @@
 //! [`HttpEndpoint`] to connect to (`"url"`, Streamable HTTP), each with its [`ServerPolicy`]
 //! (`"approve"`, `"timeout"`, `"instructions"`). Plain data; depends on nothing outside `tools/mcp/`.
 //!
-//! Depends on: `tools::mcp::oauth`, `tools::mcp::policy`.
+//! Depends on: `tools::mcp::oauth`, `tools::mcp::oauth::registration`, `tools::mcp::policy`.
 
 use std::collections::BTreeMap;
 use std::fmt;

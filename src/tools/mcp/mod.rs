@@ -33,7 +33,7 @@
 //! turn's [`CancelFlag`]. A server that dies fails every waiting call with a clear error and
 //! is started (or connected) again by the next call.
 //!
-//! Depends on: `common::cancel`, `common::error`, `tools`, `tools::mcp::config`, `tools::mcp::supervisor`.
+//! Depends on: `common::cancel`, `common::error`, `tools`, `tools::mcp::config`, `tools::mcp::oauth`, `tools::mcp::oauth::loopback`, `tools::mcp::supervisor`.
 
 mod client;
 mod config;

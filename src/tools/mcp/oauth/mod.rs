@@ -20,7 +20,7 @@
 //!
 //! Tokens never reach the log: `Grant`, `Client` and `StoredGrant` leave them out of `Debug`.
 //!
-//! Depends on: `common::cancel`, `store`, `tools::mcp::oauth::discovery`, `tools::mcp::oauth::error`, `tools::mcp::oauth::flow`, `tools::mcp::oauth::grant`, `tools::mcp::oauth::http`, `tools::mcp::oauth::registration`.
+//! Depends on: `common::cancel`, `common::error`, `store::mcp_auth`, `tools::mcp::oauth::discovery`, `tools::mcp::oauth::grant`, `tools::mcp::oauth::registration`.
 
 mod discovery;
 mod error;

@@ -1,6 +1,8 @@
 //! Sign-ins against a fake authorization server on 127.0.0.1: discovery's fallbacks, and the
 //! refresh, single-flight across two "instances" sharing one store, a refused refresh token
 //! leading to "needs sign-in" once, with no second request.
+//!
+//! Depends on: `store`, `store::sqlite`, `tools::mcp::oauth`, `tools::mcp::oauth::discovery`, `tools::mcp::oauth::grant`, `tools::mcp::oauth::registration`.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
