@@ -210,14 +210,8 @@ fn main() -> ExitCode {
         }
         Some(Command::Backup { file, dir, store }) => {
             logging::init(cli.log_level, &[]);
-            // As for the server: `--store`, else the environment's URL, else SQLite; but a
-            // data directory named here is what is asked for.
-            let store = store.or(cli.config.database_url).or_else(|| {
-                std::env::var("SPARKY_DATABASE_URL")
-                    .ok()
-                    .filter(|url| !url.trim().is_empty() && dir.is_none())
-            });
-            let dir = dir.unwrap_or(cli.config.data_dir);
+            let (dir, store) =
+                chosen_store(dir, store, cli.config.database_url, cli.config.data_dir);
             return backup::run(&file, &dir, store);
         }
         Some(Command::User {
@@ -226,12 +220,8 @@ fn main() -> ExitCode {
             store,
         }) => {
             logging::init(cli.log_level, &[]);
-            let store = store.or(cli.config.database_url).or_else(|| {
-                std::env::var("SPARKY_DATABASE_URL")
-                    .ok()
-                    .filter(|url| !url.trim().is_empty() && dir.is_none())
-            });
-            let dir = dir.unwrap_or(cli.config.data_dir);
+            let (dir, store) =
+                chosen_store(dir, store, cli.config.database_url, cli.config.data_dir);
             return user::run(command, &dir, store);
         }
         Some(Command::Mcp {
@@ -240,12 +230,8 @@ fn main() -> ExitCode {
             store,
         }) => {
             logging::init(cli.log_level, &[]);
-            let store = store.or(cli.config.database_url).or_else(|| {
-                std::env::var("SPARKY_DATABASE_URL")
-                    .ok()
-                    .filter(|url| !url.trim().is_empty() && dir.is_none())
-            });
-            let dir = dir.unwrap_or(cli.config.data_dir);
+            let (dir, store) =
+                chosen_store(dir, store, cli.config.database_url, cli.config.data_dir);
             return mcp::run(command, cli.config.mcp_config.as_deref(), &dir, store);
         }
         Some(Command::ExtractText {
@@ -449,6 +435,23 @@ fn run(cli: Cli, max_connections_given: bool) -> ExitCode {
         let _ = watcher.join();
     }
     ExitCode::SUCCESS
+}
+
+/// The store a subcommand that works beside the server (`backup`, `user`, `mcp`) uses: as for
+/// the server, `--store`, else the environment's URL, else SQLite; but a data directory named
+/// here is what is asked for.
+fn chosen_store(
+    dir: Option<PathBuf>,
+    store: Option<String>,
+    database_url: Option<String>,
+    data_dir: PathBuf,
+) -> (PathBuf, Option<String>) {
+    let store = store.or(database_url).or_else(|| {
+        std::env::var("SPARKY_DATABASE_URL")
+            .ok()
+            .filter(|url| !url.trim().is_empty() && dir.is_none())
+    });
+    (dir.unwrap_or(data_dir), store)
 }
 
 #[cfg(test)]

@@ -34,6 +34,7 @@ mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Condvar, Mutex};
@@ -63,6 +64,9 @@ const REFRESH_WAIT: Duration = Duration::from_secs(35);
 
 /// How often a caller looks whether another instance's refresh has landed.
 const REFRESH_POLL: Duration = Duration::from_millis(100);
+
+/// How often a server waiting for a sign-in looks whether the store has a new grant.
+const SIGN_IN_POLL: Duration = Duration::from_secs(5);
 
 /// The least time between two refreshes forced by the server refusing a token.
 const FORCED_REFRESH_GAP: Duration = Duration::from_secs(60);
@@ -175,6 +179,7 @@ impl SignIns {
                     changed: Condvar::new(),
                     challenge: Mutex::new(None),
                     refreshing: Mutex::new(None),
+                    needed_at: AtomicI64::new(0),
                 });
                 (name, auth)
             })
@@ -352,6 +357,9 @@ pub(crate) struct ServerAuth {
     /// Held by the one thread of this process that refreshes; holds when the server last
     /// refused a token (a forced refresh).
     refreshing: Mutex<Option<Instant>>,
+    /// The version of the stored grant (0 for none) when it last came to need a sign-in: a
+    /// newer one (a sign-in on another instance, or by `sparky mcp login`) ends the wait.
+    needed_at: AtomicI64,
 }
 
 fn unix_now() -> i64 {
@@ -367,6 +375,10 @@ impl ServerAuth {
     }
 
     fn set_state(&self, state: AuthState) {
+        if matches!(state, AuthState::NeedsSignIn(_)) {
+            let version = self.stored().map_or(0, |(_, version)| version);
+            self.needed_at.store(version, Ordering::SeqCst);
+        }
         let mut current = self.state.lock();
         if *current != state {
             if let AuthState::NeedsSignIn(reason) = &state {
@@ -382,26 +394,44 @@ impl ServerAuth {
         }
     }
 
-    /// True while a person must sign in.
+    /// True while a person must sign in (after a look at the store: a sign-in on another
+    /// instance, or by `sparky mcp login`, counts).
     pub(crate) fn needs_sign_in(&self) -> bool {
+        if !matches!(*self.state.lock(), AuthState::NeedsSignIn(_)) {
+            return false;
+        }
+        self.recheck();
         matches!(*self.state.lock(), AuthState::NeedsSignIn(_))
     }
 
-    /// Waits until the server is signed in again, or `stopping` is set; true when signed in.
+    /// Marks the server signed in when the store holds a grant newer than the one it needed a
+    /// sign-in with.
+    fn recheck(&self) {
+        if let Some((_, version)) = self.stored()
+            && version > self.needed_at.load(Ordering::SeqCst)
+        {
+            self.set_state(AuthState::SignedIn);
+        }
+    }
+
+    /// Waits until the server is signed in again, here or elsewhere (the store is looked at
+    /// every [`SIGN_IN_POLL`]), or `stopping` is set; true when signed in.
     pub(crate) fn wait_for_sign_in(self: &Arc<Self>, stopping: &CancelFlag) -> bool {
         let auth = self.clone();
         let _hook = stopping.on_cancel(move || {
             let _state = auth.state.lock();
             auth.changed.notify_all();
         });
-        let mut state = self.state.lock();
-        while matches!(*state, AuthState::NeedsSignIn(_)) {
-            if stopping.is_cancelled() {
-                return false;
+        loop {
+            {
+                let mut state = self.state.lock();
+                if !matches!(*state, AuthState::NeedsSignIn(_)) || stopping.is_cancelled() {
+                    return !stopping.is_cancelled();
+                }
+                self.changed.wait_for(&mut state, SIGN_IN_POLL);
             }
-            self.changed.wait(&mut state);
+            self.recheck();
         }
-        !stopping.is_cancelled()
     }
 
     /// The grant stored for this server, with its version, when it is for this URL.

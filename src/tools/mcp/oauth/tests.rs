@@ -2,7 +2,7 @@
 //! refresh, single-flight across two "instances" sharing one store, a refused refresh token
 //! leading to "needs sign-in" once, with no second request.
 //!
-//! Depends on: `store`, `store::sqlite`, `tools::mcp::oauth`, `tools::mcp::oauth::discovery`, `tools::mcp::oauth::grant`, `tools::mcp::oauth::registration`.
+//! Depends on: `common::cancel`, `store::sqlite`, `tools::mcp::config`, `tools::mcp::oauth`, `tools::mcp::oauth::discovery`, `tools::mcp::oauth::grant`, `tools::mcp::oauth::registration`.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -303,4 +303,55 @@ fn a_lease_held_by_another_instance_is_waited_for_not_doubled() {
     other.keep(&fresh).unwrap();
     assert_eq!(waiter.join().unwrap().as_deref(), Some("access-8"));
     assert_eq!(server.tokens.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn a_callback_works_once_for_a_known_state_and_a_config_names_its_client() {
+    let store = Arc::new(SqliteStore::in_memory().unwrap());
+    let options = OAuthOptions {
+        store: Some(store as Arc<dyn McpAuthStore>),
+        ..OAuthOptions::default()
+    };
+    let sign_ins = SignIns::new(options, []);
+    assert!(matches!(
+        sign_ins.finish("made-up", "code"),
+        Err(OAuthError::UnknownSignIn)
+    ));
+    assert!(matches!(
+        sign_ins.begin("nobody", "http://127.0.0.1:1/cb"),
+        Err(OAuthError::UnknownServer(_))
+    ));
+    assert_eq!(sign_ins.page_redirect_uri(), None);
+
+    let servers = crate::tools::mcp::config::parse_config(
+        r#"{"mcpServers": {"gh": {"url": "https://x/mcp",
+            "oauth": {"client_id": "abc", "client_secret": "shh", "scope": "repo"}}}}"#,
+    )
+    .unwrap();
+    let crate::tools::mcp::config::ServerSpec::Http(endpoint) = &servers[0].1 else {
+        panic!("not an HTTP server");
+    };
+    assert_eq!(endpoint.oauth.client_id.as_deref(), Some("abc"));
+    assert_eq!(endpoint.oauth.scope.as_deref(), Some("repo"));
+    assert!(!format!("{:?}", endpoint.oauth).contains("shh"));
+}
+
+#[test]
+fn a_sign_in_on_another_instance_ends_the_wait_for_one() {
+    let store = Arc::new(SqliteStore::in_memory().unwrap());
+    let (here, there) = (instance(&store), instance(&store));
+    here.challenged(Some("Bearer"), None);
+    assert!(here.needs_sign_in());
+    let waiting = here.clone();
+    let waiter =
+        thread::spawn(move || waiting.wait_for_sign_in(&crate::common::cancel::CancelFlag::new()));
+    // The other instance signs in: its grant lands in the store.
+    let mut grant: Value =
+        serde_json::from_str(&expired_grant("http://127.0.0.1:1/token", "good-1")).unwrap();
+    grant["expires_at"] = json!(unix_now() + 3600);
+    let grant = grant.to_string();
+    store.put_mcp_grant("s", &grant).unwrap();
+    drop(there);
+    assert!(waiter.join().unwrap());
+    assert!(!here.needs_sign_in());
 }
