@@ -12,88 +12,15 @@
 mod support;
 
 use std::io::{BufRead, BufReader};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use serde_json::{Value, json};
 use sparky::common::protocol::ToolStatus;
 use sparky::store::{McpAuthStore, SqliteStore};
-use support::mcp::{call, ready, wait_for_tool, write_config};
+use support::mcp::{Demo, call, oauth_example, ready, wait_for_tool, write_config};
 use support::{TestServer, http, wait_until};
-
-const EXAMPLE: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/target/npm/node_modules/@modelcontextprotocol/sdk/dist/esm/examples/server/\
-     simpleStreamableHttp.js"
-);
-
-const NODE: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/target/npm/node_modules/.bin/node"
-);
-
-/// The example's entry point, or `None` (after saying why) when the test should be skipped.
-fn example() -> Option<PathBuf> {
-    if Path::new(EXAMPLE).exists() && Path::new(NODE).exists() {
-        return Some(EXAMPLE.into());
-    }
-    let message = format!("{EXAMPLE} or {NODE} is missing: run scripts/npm-fixtures.sh");
-    assert!(std::env::var_os("CI").is_none(), "{message}");
-    eprintln!("skipped: {message}");
-    None
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The example server with `--oauth`: the MCP server on one port, its authorization server on
-/// another (`MCP_PORT`, `MCP_AUTH_PORT`; it does not report ports it got for 0, so the test
-/// picks free ones). Killed when dropped.
-struct Demo {
-    child: Child,
-    mcp_port: u16,
-}
-
-impl Demo {
-    fn start(script: &Path) -> Self {
-        let (mcp_port, auth_port) = (free_port(), free_port());
-        let child = Command::new(NODE)
-            .arg(script)
-            .arg("--oauth")
-            .env("MCP_PORT", mcp_port.to_string())
-            .env("MCP_AUTH_PORT", auth_port.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("node runs");
-        let demo = Demo { child, mcp_port };
-        wait_until("the demo servers to listen", || {
-            TcpStream::connect(("127.0.0.1", mcp_port)).is_ok()
-                && TcpStream::connect(("127.0.0.1", auth_port)).is_ok()
-        });
-        demo
-    }
-
-    /// The MCP endpoint, as the server names itself in its metadata.
-    fn url(&self) -> String {
-        format!("http://localhost:{}/mcp", self.mcp_port)
-    }
-}
-
-impl Drop for Demo {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Plays the browser: GETs `url` and follows its redirects until one leads to `until` (a URL
 /// prefix), then GETs that and returns its status and body.
@@ -175,7 +102,9 @@ fn config_for(demo: &Demo, name: &str) -> (PathBuf, PathBuf) {
 
 #[test]
 fn connect_from_the_page_then_tools_a_call_a_restart_and_an_expired_token() {
-    let Some(script) = example() else { return };
+    let Some(script) = oauth_example() else {
+        return;
+    };
     let demo = Demo::start(&script);
     let (_dir, config) = config_for(&demo, "page");
     let data_dir = support::test_config().data_dir;
@@ -248,7 +177,9 @@ fn connect_from_the_page_then_tools_a_call_a_restart_and_an_expired_token() {
 
 #[test]
 fn sparky_mcp_login_signs_in_through_a_loopback_redirect() {
-    let Some(script) = example() else { return };
+    let Some(script) = oauth_example() else {
+        return;
+    };
     if support::on_postgres() {
         return;
     }

@@ -9,7 +9,8 @@
 //! the markdown payload list (`answers.rs`), memories listed, added, edited and deleted, and
 //! the hints each kind of model gets (`memories.rs`), errors in words with their details
 //! (`errors.rs`), the phone layout (`phone.rs`), tokens (`tokens.rs`), signing in and out (`accounts.rs`), MCP tool cards: Allow
-//! and Deny, "running…" once allowed, progress, images (`mcp.rs`), files attached by the
+//! and Deny, "running…" once allowed, progress, images (`mcp.rs`), an OAuth-protected MCP server
+//! connected from the Tools panel (`oauth.rs`), files attached by the
 //! paperclip, drag and drop and paste, thumbnails, downloads, the Files panel, files kept on
 //! edits, uploads that never run (`files.rs`), share links made, opened in a tab without a token
 //! (their answers sanitised) and revoked (`shares.rs`), a team: an admin and a user added from
@@ -37,6 +38,7 @@ mod files;
 mod mcp;
 mod memories;
 mod models;
+mod oauth;
 mod phone;
 mod shares;
 mod team;
@@ -93,6 +95,9 @@ fn the_chat_page_works_in_a_real_browser() {
     }
     if wanted("mcp") {
         mcp::run(&browser);
+    }
+    if wanted("oauth") {
+        oauth::run(&browser);
     }
     if wanted("files") {
         files::run(&browser);
