@@ -187,6 +187,13 @@ fn sparky_mcp_login_signs_in_through_a_loopback_redirect() {
     let (_dir, config) = config_for(&demo, "login");
     let data_dir = support::test_config().data_dir;
     std::fs::create_dir_all(&data_dir).unwrap();
+    // Before: `sparky check` says it needs a sign-in, as a warning, not a failure.
+    let report = check(&config, &data_dir);
+    assert!(
+        report.contains("warn") && report.contains("demo: needs a sign-in"),
+        "{report}"
+    );
+
     let mut login = Command::new(env!("CARGO_BIN_EXE_sparky"))
         .arg("--mcp-config")
         .arg(&config)
@@ -219,6 +226,13 @@ fn sparky_mcp_login_signs_in_through_a_loopback_redirect() {
         "{rest:?}"
     );
 
+    // `sparky check` reports it signed in.
+    let report = check(&config, &data_dir);
+    assert!(
+        report.contains("demo: started, 5 tools, signed in with OAuth"),
+        "{report}"
+    );
+
     // The server finds the grant: its tools come without a sign-in.
     let server = TestServer::restart_with(&data_dir, |c| c.mcp_config = Some(config.clone()));
     wait_for_tool(&server, "demo__greet");
@@ -227,6 +241,23 @@ fn sparky_mcp_login_signs_in_through_a_loopback_redirect() {
         call(&mut client, "demo__greet", json!({"name": "Eve"})),
         (ToolStatus::Success, "Hello, Eve!".to_owned())
     );
+}
+
+/// What `sparky check` prints for the MCP config `config` and the store in `data_dir`.
+fn check(config: &std::path::Path, data_dir: &std::path::Path) -> String {
+    let checked = Command::new(env!("CARGO_BIN_EXE_sparky"))
+        .arg("check")
+        .arg("--mcp-config")
+        .arg(config)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .output()
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    )
 }
 
 /// A percent-encoded query value, decoded.

@@ -12,7 +12,7 @@ use std::thread;
 
 use serde_json::{Value, json};
 
-use super::discovery::{Challenge, discover};
+use super::discovery::{self, Challenge, discover};
 use super::grant::Grant;
 use super::registration::Client;
 use super::*;
@@ -354,4 +354,79 @@ fn a_sign_in_on_another_instance_ends_the_wait_for_one() {
     drop(there);
     assert!(waiter.join().unwrap());
     assert!(!here.needs_sign_in());
+}
+
+#[test]
+fn the_client_is_the_configured_one_else_a_metadata_document_else_a_registration() {
+    let registrar = fake(|method, path, body| match (method, path) {
+        ("POST", "/register") => {
+            let asked: Value = serde_json::from_str(body).unwrap();
+            assert_eq!(asked["token_endpoint_auth_method"], "none");
+            (
+                201,
+                json!({"client_id": "registered-1", "redirect_uris": asked["redirect_uris"]}),
+            )
+        }
+        _ => (404, json!({})),
+    });
+    let mut server: discovery::ServerMetadata =
+        serde_json::from_value(metadata(&registrar.base)).unwrap();
+    let agent = http::agent();
+    let redirect = "https://chat.example/api/mcp/oauth/callback";
+    let configured = ConfiguredClient {
+        client_id: Some("by-hand".into()),
+        client_secret: Some("s".into()),
+        scope: None,
+    };
+    let client = client_for(&agent, &server, &configured, redirect, None).unwrap();
+    assert_eq!(
+        (client.id.as_str(), client.how.as_str()),
+        ("by-hand", "config")
+    );
+    assert_eq!(client.secret.as_deref(), Some("s"));
+
+    let none = ConfiguredClient::default();
+    let client = client_for(&agent, &server, &none, redirect, None).unwrap();
+    assert_eq!(
+        (client.id.as_str(), client.how.as_str()),
+        ("registered-1", "registered")
+    );
+
+    // A metadata document needs the server's support and an https public URL.
+    server.client_id_metadata_document_supported = true;
+    let client = client_for(
+        &agent,
+        &server,
+        &none,
+        redirect,
+        Some("https://chat.example/"),
+    )
+    .unwrap();
+    assert_eq!(
+        client.id,
+        format!("https://chat.example{CLIENT_DOCUMENT_PATH}")
+    );
+    assert_eq!(client.how, "metadata-document");
+    assert_eq!(
+        client_document("https://chat.example")["redirect_uris"],
+        json!([redirect])
+    );
+    let plain = client_for(
+        &agent,
+        &server,
+        &none,
+        redirect,
+        Some("http://chat.example"),
+    )
+    .unwrap();
+    assert_eq!(plain.how, "registered");
+
+    // Nothing to register with and no configured client: an error that says what to do.
+    server.client_id_metadata_document_supported = false;
+    server.registration_endpoint = None;
+    let refused = client_for(&agent, &server, &none, redirect, None);
+    assert!(
+        matches!(&refused, Err(OAuthError::Registration(why)) if why.contains("client_id")),
+        "{refused:?}"
+    );
 }
