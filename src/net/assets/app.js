@@ -2644,6 +2644,8 @@
     try {
       const data = await api("POST", "/api/mcp/" + encodeURIComponent(name) + "/connect");
       const url = String((data && data.authorize_url) || "");
+      // Only a web address is opened: never a script the metadata might name.
+      if (!/^https?:\/\//i.test(url)) throw new ApiError(502, "the sign-in address is not a web address");
       if (tab) tab.location.href = url;
       else window.location.href = url;
     } catch (error) {

@@ -208,6 +208,16 @@ pub(crate) fn discover(
             failures.join("; ")
         )));
     };
+    for endpoint in [
+        Some(&server.authorization_endpoint),
+        Some(&server.token_endpoint),
+        server.registration_endpoint.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        check_endpoint(endpoint)?;
+    }
     if let Some(named) = &server.issuer
         && named.trim_end_matches('/') != issuer.as_str().trim_end_matches('/')
     {
@@ -234,6 +244,26 @@ pub(crate) fn discover(
         server,
         scope,
     })
+}
+
+/// An endpoint a browser is sent to or a token goes to must be `https` (OAuth 2.1), or `http`
+/// on a loopback host (a server on this machine): never another scheme, which a page could
+/// be made to run (`javascript:`).
+///
+/// # Errors
+///
+/// [`OAuthError::Discovery`] for any other URL.
+pub(crate) fn check_endpoint(endpoint: &str) -> Result<(), OAuthError> {
+    let url = Url::parse(endpoint)
+        .map_err(|e| OAuthError::Discovery(format!("the endpoint {endpoint:?}: {e}")))?;
+    let loopback = matches!(url.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        _ => Err(OAuthError::Discovery(format!(
+            "the endpoint {endpoint:?} is not https (nor http on this machine)"
+        ))),
+    }
 }
 
 /// Reads authorization server metadata from its JSON.
@@ -263,6 +293,16 @@ mod tests {
                 .as_deref(),
             Some("http://x/m")
         );
+    }
+
+    #[test]
+    fn endpoints_are_https_or_on_this_machine() {
+        assert!(check_endpoint("https://auth.example/authorize").is_ok());
+        assert!(check_endpoint("http://localhost:3001/authorize").is_ok());
+        assert!(check_endpoint("http://127.0.0.1:1/token").is_ok());
+        assert!(check_endpoint("http://auth.example/authorize").is_err());
+        assert!(check_endpoint("javascript:alert(1)").is_err());
+        assert!(check_endpoint("not a url").is_err());
     }
 
     #[test]

@@ -108,7 +108,7 @@ fn discovery_follows_the_challenge_else_the_well_known_paths_else_the_origin() {
     );
 
     let auth = fake(|_, path, _| match path {
-        "/tenant/.well-known/openid-configuration" => (200, metadata("http://as/tenant")),
+        "/tenant/.well-known/openid-configuration" => (200, metadata("https://as/tenant")),
         _ => (404, json!({})),
     });
     let issuer = format!("{}/tenant", auth.base);
@@ -125,13 +125,13 @@ fn discovery_follows_the_challenge_else_the_well_known_paths_else_the_origin() {
     };
     let found = discover(&agent, &format!("{}/mcp", named.base), &challenge).unwrap();
     assert_eq!(found.resource, "https://mcp.example/mcp");
-    assert_eq!(found.server.token_endpoint, "http://as/tenant/token");
+    assert_eq!(found.server.token_endpoint, "https://as/tenant/token");
     assert_eq!(found.scope.as_deref(), Some("from-challenge"));
 
     // No resource metadata at all: the server's origin is its authorization server, and the
     // resource is the server's own URL.
     let origin = fake(|_, path, _| match path {
-        "/.well-known/oauth-authorization-server" => (200, metadata("http://o")),
+        "/.well-known/oauth-authorization-server" => (200, metadata("https://o")),
         _ => (404, json!({})),
     });
     let found = discover(
@@ -141,7 +141,7 @@ fn discovery_follows_the_challenge_else_the_well_known_paths_else_the_origin() {
     )
     .unwrap();
     assert_eq!(found.resource, format!("{}/v1/mcp", origin.base));
-    assert_eq!(found.server.authorization_endpoint, "http://o/authorize");
+    assert_eq!(found.server.authorization_endpoint, "https://o/authorize");
     assert_eq!(found.scope, None);
 }
 
