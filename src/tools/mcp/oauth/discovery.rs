@@ -180,6 +180,15 @@ pub(crate) fn discover(
         Some(metadata)
     });
     let resource_metadata = found.unwrap_or_default();
+    // RFC 9728 section 3.3: the metadata must be for this server (its URL, or a prefix of it).
+    let own = canonical_resource(&url);
+    if let Some(resource) = &resource_metadata.resource
+        && !own.starts_with(resource.trim_end_matches('/'))
+    {
+        return Err(OAuthError::Discovery(format!(
+            "its protected resource metadata is for {resource:?}, not {own:?}"
+        )));
+    }
     let issuer = match resource_metadata.authorization_servers.first() {
         Some(issuer) => Url::parse(issuer)
             .map_err(|e| OAuthError::Discovery(format!("authorization server {issuer:?}: {e}")))?,
@@ -238,9 +247,7 @@ pub(crate) fn discover(
             .then(|| resource_metadata.scopes_supported.join(" "))
     });
     Ok(Discovered {
-        resource: resource_metadata
-            .resource
-            .unwrap_or_else(|| canonical_resource(&url)),
+        resource: resource_metadata.resource.unwrap_or(own),
         server,
         scope,
     })

@@ -113,9 +113,10 @@ fn discovery_follows_the_challenge_else_the_well_known_paths_else_the_origin() {
     });
     let issuer = format!("{}/tenant", auth.base);
     let named = fake(move |_, path, _| match path {
-        "/custom/prm" => (
+        "/custom/prm" => (200, json!({"authorization_servers": [issuer]})),
+        "/other/prm" => (
             200,
-            json!({"resource": "https://mcp.example/mcp", "authorization_servers": [issuer]}),
+            json!({"resource": "https://elsewhere.example/mcp", "authorization_servers": []}),
         ),
         _ => (404, json!({})),
     });
@@ -124,9 +125,16 @@ fn discovery_follows_the_challenge_else_the_well_known_paths_else_the_origin() {
         scope: Some("from-challenge".into()),
     };
     let found = discover(&agent, &format!("{}/mcp", named.base), &challenge).unwrap();
-    assert_eq!(found.resource, "https://mcp.example/mcp");
+    assert_eq!(found.resource, format!("{}/mcp", named.base));
     assert_eq!(found.server.token_endpoint, "https://as/tenant/token");
     assert_eq!(found.scope.as_deref(), Some("from-challenge"));
+    // Metadata for another resource is refused (RFC 9728 section 3.3).
+    let elsewhere = Challenge {
+        resource_metadata: Some(format!("{}/other/prm", named.base)),
+        scope: None,
+    };
+    let refused = discover(&agent, &format!("{}/mcp", named.base), &elsewhere);
+    assert!(matches!(&refused, Err(OAuthError::Discovery(why)) if why.contains("elsewhere")));
 
     // No resource metadata at all: the server's origin is its authorization server, and the
     // resource is the server's own URL.
