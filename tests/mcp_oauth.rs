@@ -23,8 +23,8 @@ use support::mcp::{Demo, call, oauth_example, ready, wait_for_tool, write_config
 use support::{TestServer, http, wait_until};
 
 /// Plays the browser: GETs `url` and follows its redirects until one leads to `until` (a URL
-/// prefix), then GETs that and returns its status and body.
-fn browse(url: &str, until: &str) -> (u16, String) {
+/// prefix), then GETs that and returns its status and body, and that URL.
+fn browse(url: &str, until: &str) -> (u16, String, String) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .max_redirects(0)
@@ -37,7 +37,7 @@ fn browse(url: &str, until: &str) -> (u16, String) {
         let status = response.status().as_u16();
         if next.starts_with(until) {
             let body = response.into_body().read_to_string().unwrap_or_default();
-            return (status, body);
+            return (status, body, next);
         }
         let location = response
             .headers()
@@ -65,8 +65,9 @@ fn state_of(server: &TestServer, name: &str) -> Value {
         .unwrap_or(Value::Null)
 }
 
-/// Presses Connect for `name` and plays the browser up to Sparky's callback.
-fn connect(server: &TestServer, name: &str) {
+/// Presses Connect for `name` and plays the browser up to Sparky's callback; returns the
+/// callback's URL.
+fn connect(server: &TestServer, name: &str) -> String {
     let (status, body) = http(
         server.addr,
         "POST",
@@ -85,9 +86,10 @@ fn connect(server: &TestServer, name: &str) {
         "http://127.0.0.1:{}/api/mcp/oauth/callback",
         server.addr.port()
     );
-    let (status, page) = browse(&url, &callback);
+    let (status, page, came_back) = browse(&url, &callback);
     assert_eq!(status, 200, "{page}");
     assert!(page.contains(&format!("Connected to {name}")), "{page}");
+    came_back
 }
 
 /// An MCP config naming `demo` as server `demo`, in a directory of the test's own (`name`).
@@ -129,8 +131,15 @@ fn connect_from_the_page_then_tools_a_call_a_restart_and_an_expired_token() {
     let names = ready(&server.client()).1;
     assert!(!names.iter().any(|n| n.starts_with("demo__")), "{names:?}");
 
-    // Connect: the tools come, and a call works.
-    connect(&server, "demo");
+    // Connect: the tools come, and a call works. The callback works once.
+    let callback = connect(&server, "demo");
+    let path = callback
+        .split_once(&server.addr.port().to_string())
+        .unwrap()
+        .1;
+    let (status, page) = http(server.addr, "GET", path, None, None);
+    assert_eq!(status, 400, "{page}");
+    assert!(page.contains("unknown, used or expired"), "{page}");
     wait_for_tool(&server, "demo__greet");
     let mut client = server.client();
     assert_eq!(
@@ -216,7 +225,7 @@ fn sparky_mcp_login_signs_in_through_a_loopback_redirect() {
         .map(form_urlencoded_decode)
         .expect("a redirect_uri");
     assert!(redirect.starts_with("http://127.0.0.1:"), "{redirect}");
-    let (status, page) = browse(&url, &redirect);
+    let (status, page, _) = browse(&url, &redirect);
     assert_eq!(status, 200, "{page}");
     assert!(page.contains("Signed in"), "{page}");
     let rest: Vec<String> = lines.map(Result::unwrap).collect();

@@ -2,7 +2,8 @@
 //! server name, holding the grant as JSON text that `tools/mcp/oauth/` writes and reads (the
 //! store never looks inside it), a version bumped by every write, and a refresh lease, so
 //! that of every thread on every instance sharing the store, one refreshes a server's token
-//! at a time. The grant holds live tokens: it is never logged, and nothing here implements
+//! at a time; and the sign-ins waiting for their callback, taken once by whichever instance
+//! the callback reaches. The grant holds live tokens: it is never logged, and nothing here implements
 //! `Debug` over it.
 //!
 //! Depends on: `common::error`.
@@ -64,6 +65,29 @@ pub trait McpAuthStore: Send + Sync {
     ///
     /// The store's.
     fn release_mcp_refresh(&self, server: &str) -> Result<()>;
+
+    /// Keeps a sign-in waiting for its callback under its `state` (JSON text with its PKCE
+    /// verifier: never log it), so that the callback may reach any instance; forgets those
+    /// made before `expired_before` (Unix seconds).
+    ///
+    /// # Errors
+    ///
+    /// The store's.
+    fn put_mcp_sign_in(
+        &self,
+        state: &str,
+        server: &str,
+        sign_in: &str,
+        expired_before: i64,
+    ) -> Result<()>;
+
+    /// Takes the sign-in kept under `state` (once: it is gone after), when it was made at or
+    /// after `not_before`: its server and its JSON text.
+    ///
+    /// # Errors
+    ///
+    /// The store's.
+    fn take_mcp_sign_in(&self, state: &str, not_before: i64) -> Result<Option<(String, String)>>;
 
     /// Forgets `server`'s grant. False when there was none.
     ///

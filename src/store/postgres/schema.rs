@@ -335,7 +335,7 @@ CREATE INDEX api_tokens_user ON api_tokens (user_id);
 "#;
 
 /// Version 7 to 8: the grants of OAuth-protected MCP servers, one row per server name, with
-/// the refresh lease (`store/mcp_auth.rs`).
+/// the refresh lease, and the sign-ins waiting for their callback (`store/mcp_auth.rs`).
 const V8_MCP_OAUTH: &str = r#"
 CREATE TABLE mcp_oauth (
     server text PRIMARY KEY,
@@ -343,6 +343,12 @@ CREATE TABLE mcp_oauth (
     version bigint NOT NULL,
     refreshing_until bigint,
     updated_at bigint NOT NULL
+);
+CREATE TABLE mcp_oauth_sign_ins (
+    state text PRIMARY KEY,
+    server text NOT NULL,
+    sign_in_json text NOT NULL,
+    created_at bigint NOT NULL
 );
 "#;
 

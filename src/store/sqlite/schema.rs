@@ -431,7 +431,7 @@ CREATE INDEX api_tokens_user ON api_tokens (user_id);
 "#;
 
 /// Version 8 to 9: the grants of OAuth-protected MCP servers, one row per server name, with
-/// the refresh lease (`store/mcp_auth.rs`).
+/// the refresh lease, and the sign-ins waiting for their callback (`store/mcp_auth.rs`).
 const V9_MCP_OAUTH: &str = r#"
 CREATE TABLE mcp_oauth (
     server TEXT PRIMARY KEY,
@@ -439,6 +439,12 @@ CREATE TABLE mcp_oauth (
     version INTEGER NOT NULL,
     refreshing_until INTEGER,
     updated_at INTEGER NOT NULL
+);
+CREATE TABLE mcp_oauth_sign_ins (
+    state TEXT PRIMARY KEY,
+    server TEXT NOT NULL,
+    sign_in_json TEXT NOT NULL,
+    created_at INTEGER NOT NULL
 );
 "#;
 

@@ -60,3 +60,33 @@ fn sqlite_mcp_grants() {
 fn postgres_mcp_grants() {
     grants_and_their_lease(&postgres(&cluster::fresh_database()));
 }
+
+fn sign_ins_are_taken_once(store: &dyn McpAuthStore) {
+    store.put_mcp_sign_in("st", "s", "{\"v\":1}", 0).unwrap();
+    assert!(store.take_mcp_sign_in("other", 0).unwrap().is_none());
+    assert_eq!(
+        store.take_mcp_sign_in("st", 0).unwrap(),
+        Some(("s".to_owned(), "{\"v\":1}".to_owned()))
+    );
+    assert!(
+        store.take_mcp_sign_in("st", 0).unwrap().is_none(),
+        "once only"
+    );
+    // One made before `not_before` is not given (and is gone); old ones are swept.
+    store.put_mcp_sign_in("old", "s", "{}", 0).unwrap();
+    assert!(store.take_mcp_sign_in("old", i64::MAX).unwrap().is_none());
+    store.put_mcp_sign_in("a", "s", "{}", 0).unwrap();
+    store.put_mcp_sign_in("b", "s", "{}", i64::MAX).unwrap();
+    assert!(store.take_mcp_sign_in("a", 0).unwrap().is_none(), "swept");
+    assert!(store.take_mcp_sign_in("b", 0).unwrap().is_some());
+}
+
+#[test]
+fn sqlite_mcp_sign_ins() {
+    sign_ins_are_taken_once(&SqliteStore::in_memory().unwrap());
+}
+
+#[test]
+fn postgres_mcp_sign_ins() {
+    sign_ins_are_taken_once(&postgres(&cluster::fresh_database()));
+}

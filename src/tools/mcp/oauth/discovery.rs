@@ -9,7 +9,7 @@
 //! Depends on: `tools::mcp::oauth::error`, `tools::mcp::oauth::http`.
 
 use oauth2::url::Url;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use ureq::Agent;
 
@@ -73,7 +73,7 @@ pub(crate) struct ResourceMetadata {
 }
 
 /// An authorization server's metadata (RFC 8414 or OpenID), the fields we use.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 pub(crate) struct ServerMetadata {
     /// Its issuer.
     #[serde(default)]
@@ -94,7 +94,7 @@ pub(crate) struct ServerMetadata {
 }
 
 /// Everything discovery found for one server.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 pub(crate) struct Discovered {
     /// The `resource` indicator to ask tokens for (RFC 8707).
     pub(crate) resource: String,

@@ -9,7 +9,8 @@
 //! - `flow.rs`: the authorization URL, the code exchange and the refresh (the `oauth2` crate);
 //! - `loopback.rs`: `sparky mcp login`'s redirect listener;
 //! - this file: [`ServerAuth`] (one server's sign-in state and its token, refreshed single-
-//!   flight) and [`SignIns`] (every server's, the sign-ins in progress, the callback).
+//!   flight) and [`SignIns`] (every server's; the sign-ins in progress, kept in the store so
+//!   that the callback may reach any instance, taken once by it).
 //!
 //! A server's grant lives in the store (`store/mcp_auth.rs`), so that a restart and every
 //! instance use it. Its access token is read from the store for each request and refreshed
@@ -32,12 +33,13 @@ mod registration;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Condvar, Mutex};
+use serde::{Deserialize, Serialize};
 use ureq::Agent;
 
 use crate::common::cancel::CancelFlag;
@@ -104,17 +106,15 @@ pub(crate) struct Shared {
     /// `http://127.0.0.1:PORT`.
     local_base: Option<String>,
     agent: Agent,
-    /// Sign-ins waiting for their callback, by `state`.
-    pending: Mutex<HashMap<String, Pending>>,
 }
 
-/// A sign-in waiting for its callback.
+/// A sign-in waiting for its callback, as the store keeps it under its `state` (so that the
+/// callback may reach any instance). Its verifier is a secret: never logged.
+#[derive(Serialize, Deserialize)]
 struct Pending {
-    server: Arc<ServerAuth>,
     discovered: Discovered,
     client: registration::Client,
     verifier: String,
-    started: Instant,
 }
 
 /// How the sign-ins of one config reach the store and the page.
@@ -165,7 +165,6 @@ impl SignIns {
             public_url: options.public_url,
             local_base: options.local_base,
             agent: http::agent(),
-            pending: Mutex::default(),
         });
         let servers = servers
             .into_iter()
@@ -261,20 +260,18 @@ impl SignIns {
             client.id,
             client.how
         );
-        let mut pending = shared.pending.lock();
-        pending.retain(|_, p| p.started.elapsed() < SIGN_IN_TTL);
         let mut discovered = discovered;
         discovered.scope = scope;
-        pending.insert(
-            started.state,
-            Pending {
-                server,
-                discovered,
-                client,
-                verifier: started.verifier,
-                started: Instant::now(),
-            },
-        );
+        let pending = Pending {
+            discovered,
+            client,
+            verifier: started.verifier,
+        };
+        let text = serde_json::to_string(&pending)
+            .map_err(|e| OAuthError::Http(format!("cannot encode the sign-in: {e}")))?;
+        let store = shared.store.as_ref().ok_or_else(no_store)?;
+        let expired = unix_now() - SIGN_IN_TTL.as_secs() as i64;
+        store.put_mcp_sign_in(&started.state, name, &text, expired)?;
         Ok(started.url)
     }
 
@@ -286,11 +283,16 @@ impl SignIns {
     /// [`OAuthError::UnknownSignIn`] for a `state` unknown, used or older than
     /// [`SIGN_IN_TTL`]; what the exchange or the store failed with.
     pub fn finish(&self, state: &str, code: &str) -> Result<String, OAuthError> {
-        let pending = self.shared.pending.lock().remove(state);
-        let Some(pending) = pending.filter(|p| p.started.elapsed() < SIGN_IN_TTL) else {
+        let store = self.shared.store.as_ref().ok_or_else(no_store)?;
+        let not_before = unix_now() - SIGN_IN_TTL.as_secs() as i64;
+        let Some((name, text)) = store.take_mcp_sign_in(state, not_before)? else {
             return Err(OAuthError::UnknownSignIn);
         };
-        let server = pending.server;
+        let Some(server) = self.server(&name) else {
+            return Err(OAuthError::UnknownServer(name));
+        };
+        let pending: Pending =
+            serde_json::from_str(&text).map_err(|_| OAuthError::UnknownSignIn)?;
         let grant = flow::exchange(
             &self.shared.agent,
             &flow::Request {
@@ -308,11 +310,6 @@ impl SignIns {
         log::info!("mcp {}: signed in", server.name);
         server.set_state(AuthState::SignedIn);
         Ok(server.name.clone())
-    }
-
-    /// Whether a sign-in waits for `state` (for tests and the callback's page).
-    pub fn is_pending(&self, state: &str) -> bool {
-        self.shared.pending.lock().contains_key(state)
     }
 }
 
@@ -360,6 +357,13 @@ pub(crate) struct ServerAuth {
     /// The version of the stored grant (0 for none) when it last came to need a sign-in: a
     /// newer one (a sign-in on another instance, or by `sparky mcp login`) ends the wait.
     needed_at: AtomicI64,
+}
+
+/// The error of a sign-in without a store to keep it in.
+fn no_store() -> OAuthError {
+    OAuthError::Store(crate::common::error::Error::Config(
+        "no store to keep the sign-in in".into(),
+    ))
 }
 
 fn unix_now() -> i64 {
@@ -450,11 +454,7 @@ impl ServerAuth {
 
     /// Stores `grant` as this server's.
     fn keep(&self, grant: &Grant) -> Result<i64, OAuthError> {
-        let Some(store) = &self.shared.store else {
-            return Err(OAuthError::Store(crate::common::error::Error::Config(
-                "no store to keep the grant in".into(),
-            )));
-        };
+        let store = self.shared.store.as_ref().ok_or_else(no_store)?;
         let text = serde_json::to_string(grant)
             .map_err(|e| OAuthError::Http(format!("cannot encode the grant: {e}")))?;
         Ok(store.put_mcp_grant(&self.name, &text)?)
