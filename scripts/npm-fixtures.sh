@@ -2,7 +2,8 @@
 # Installs the npm packages the tests run against, once, under target/npm/ (tests/mcp_everything.rs
 # finds them there): the reference MCP server @modelcontextprotocol/server-everything, at a
 # pinned version, the MCP TypeScript SDK it is built on (pinned too: the tests run its example
-# server elicitationFormExample), and the Node that runs it (the `node` package: Node's own binary, from the
+# servers elicitationFormExample, and simpleStreamableHttp --oauth with its demo authorization
+# server for tests/mcp_oauth.rs), and the Node that runs them (the `node` package: Node's own binary, from the
 # npm registry), also pinned: the server needs Node 20 or newer (it uses the global `crypto`),
 # and Debian 12's is 18. Skips what is already installed at those versions. Needs npm.
 set -euo pipefail
@@ -10,6 +11,7 @@ cd "$(dirname "$0")/.."
 
 # Bump deliberately: its tools (names, arguments, long-running behaviour) are what the test uses.
 EVERYTHING_VERSION="2026.1.26"
+# Its examples (servers and the demo authorization server) are what tests/mcp_oauth.rs runs.
 SDK_VERSION="1.32.2"
 NODE_VERSION="20.20.2"
 

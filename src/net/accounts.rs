@@ -369,6 +369,19 @@ impl Accounts {
         }
     }
 
+    /// `Ok` when `principal` may manage the server's tools (sign MCP servers in): without
+    /// accounts the local user or a token holder, with them an admin; else a `403`.
+    pub fn may_manage_tools(&self, principal: &Principal) -> Result<(), Response> {
+        if principal.user_id().is_none() {
+            return Ok(());
+        }
+        match self.user(principal) {
+            Ok(user) if user.admin => Ok(()),
+            Ok(_) => Err(forbidden("only an admin manages tools")),
+            Err(response) => Err(response),
+        }
+    }
+
     /// `GET /api/tokens`: the caller's tokens, never their secrets.
     pub fn list_tokens(&self, principal: &Principal) -> Response {
         let user = match self.user(principal) {

@@ -13,7 +13,7 @@
 //! is never held whole and one too large is refused before a byte of it is read. A file is
 //! served as `file_response.rs` says.
 //!
-//! Depends on: `common::auth`, `common::error`, `common::metrics`, `common::protocol`, `conversation::session`, `net::accounts`, `net::file_response`, `net::http`, `net::porting`, `net::routes`, `store`, `store::files`, `store::shares`.
+//! Depends on: `common::auth`, `common::error`, `common::metrics`, `common::protocol`, `conversation::session`, `net::accounts`, `net::file_response`, `net::http`, `net::mcp_auth`, `net::porting`, `net::routes`, `store`, `store::files`, `store::shares`.
 
 use std::io::Read;
 use std::net::IpAddr;
@@ -29,6 +29,7 @@ use crate::conversation::session::Conversation;
 use crate::net::accounts::{COOKIE, CSRF_HEADER, csrf_matches};
 use crate::net::file_response;
 use crate::net::http::{Body, Framing, JsonList, RequestBody, RequestHead, Response};
+use crate::net::mcp_auth;
 use crate::net::porting;
 use crate::net::routes::{Found, Route, RouteContext, allow, find};
 use crate::store::{Edited, Node, PageSize, Share, StoredFile, TurnsPage, Upload};
@@ -92,6 +93,16 @@ pub type ApiRoute = fn(&RouteContext, &ApiRequest<'_>) -> Response;
 
 /// The API's routes.
 pub const API_ROUTES: &[Route<ApiRoute>] = &[
+    Route {
+        method: "GET",
+        pattern: "/api/mcp",
+        handler: mcp_servers,
+    },
+    Route {
+        method: "POST",
+        pattern: "/api/mcp/{name}/connect",
+        handler: mcp_connect,
+    },
     Route {
         method: "GET",
         pattern: "/api/conversations",
@@ -299,6 +310,9 @@ pub fn answer(
     let path = head.path.trim_end_matches('/');
     if let Found::Route(route, params) = find(PUBLIC_ROUTES, &head.method, path) {
         return (route.handler)(ctx, &params);
+    }
+    if let Some(response) = mcp_auth::public(ctx, head) {
+        return response;
     }
     let cookie = head.cookie(COOKIE);
     let signing_in = path == "/api/login";
@@ -540,6 +554,20 @@ impl From<Node> for MemoryJson {
             created_at: rfc3339(node.created_at),
         }
     }
+}
+
+/// `GET /api/mcp`: see `mcp_auth.rs`.
+fn mcp_servers(ctx: &RouteContext, request: &ApiRequest<'_>) -> Response {
+    mcp_auth::servers(ctx, request.principal)
+}
+
+/// `POST /api/mcp/{name}/connect`: see `mcp_auth.rs`.
+fn mcp_connect(ctx: &RouteContext, request: &ApiRequest<'_>) -> Response {
+    mcp_auth::connect(
+        ctx,
+        request.principal,
+        request.params.first().copied().unwrap_or(""),
+    )
 }
 
 fn json(status: u16, reason: &'static str, body: &impl Serialize) -> Response {

@@ -18,6 +18,7 @@ pub mod file_response;
 pub mod handler;
 pub mod http;
 pub mod inbound;
+pub mod mcp_auth;
 pub mod outbound;
 pub mod policy;
 pub mod porting;

@@ -7,7 +7,7 @@
 //! state), `/metrics` (with the store's pool; figures only with a token when tokens are set)
 //! and the WebSocket endpoint's upgrade. The `/api/` routes are `api.rs`'s table.
 //!
-//! Depends on: `common::auth`, `common::metrics`, `conversation::journal`, `conversation::session`, `files`, `model`, `net::accounts`, `net::assets`, `net::http`, `net::shutdown`, `store`, `store::shares`, `tools`.
+//! Depends on: `common::auth`, `common::metrics`, `conversation::journal`, `conversation::session`, `files`, `model`, `net::accounts`, `net::assets`, `net::http`, `net::shutdown`, `store`, `store::shares`, `tools`, `tools::mcp`.
 
 use std::fmt;
 use std::sync::Arc;
@@ -27,6 +27,7 @@ use crate::net::http::{RequestHead, Response};
 use crate::net::shutdown::Shutdown;
 use crate::store::{ConversationStore, GraphStore, ShareStore};
 use crate::tools::ToolChain;
+use crate::tools::mcp::McpServers;
 
 /// What the routes answer from, built once by `server.rs`: each route takes what it needs from
 /// here.
@@ -48,6 +49,9 @@ pub struct RouteContext {
     pub model: Arc<dyn ModelBackend>,
     /// The tools, which `/healthz` counts.
     pub tools: Arc<ToolChain>,
+    /// The MCP servers, whose states `/healthz` and `GET /api/mcp` show, and whose sign-ins
+    /// the page starts; none without `--mcp-config`.
+    pub mcp: Option<Arc<McpServers>>,
     /// The counters.
     pub metrics: Arc<Metrics>,
     /// Where the server is in its life: `/healthz` answers `503` once it drains.
@@ -481,6 +485,7 @@ fn health(ctx: &RouteContext, request: &PageRequest<'_>) -> Reply {
                 "last_error": model.last_error,
             },
             "tools_loaded": ctx.tools.len(),
+            "mcp": mcp_states(ctx),
             "store": if degraded { "failing" } else { "ok" },
             "store_backend": store.backend,
         })
@@ -494,6 +499,22 @@ fn health(ctx: &RouteContext, request: &PageRequest<'_>) -> Reply {
         content_type: "application/json",
         ..Response::text(status, reason, &body.to_string())
     })
+}
+
+/// Each MCP server's state for `/healthz`: `{name: {state, auth?, reason?}}`.
+fn mcp_states(ctx: &RouteContext) -> serde_json::Value {
+    let mut states = serde_json::Map::new();
+    for status in ctx.mcp.as_ref().map(|m| m.status()).unwrap_or_default() {
+        let mut state = json!({ "state": status.state });
+        if let Some(auth) = &status.auth {
+            state["auth"] = auth.name().into();
+            if let crate::tools::mcp::AuthState::NeedsSignIn(reason) = auth {
+                state["reason"] = reason.as_str().into();
+            }
+        }
+        states.insert(status.name, state);
+    }
+    serde_json::Value::Object(states)
 }
 
 #[cfg(test)]

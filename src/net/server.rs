@@ -12,8 +12,8 @@
 //! `model::offline`, `net::accounts`, `net::admission`, `net::api`, `net::connection`,
 //! `net::handler`, `net::http`, `net::inbound`, `net::outbound`, `net::policy`, `net::routes`,
 //! `net::shutdown`, `net::wake`, `store`, `store::accounts`, `store::cluster`, `store::files`,
-//! `store::postgres`, `store::shares`, `store::sqlite`, `store::usage`, `tools`, `tools::files`,
-//! `tools::mcp`.
+//! `store::mcp_auth`, `store::postgres`, `store::shares`, `store::sqlite`, `store::usage`, `tools`,
+//! `tools::files`, `tools::mcp`.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -53,11 +53,11 @@ use crate::net::routes::{Reply, RouteContext};
 use crate::net::shutdown::Shutdown;
 use crate::net::wake::{self, Sleeper};
 use crate::store::{
-    AccountStore, Cluster, ConversationStore, FileStore, GraphStore, PostgresStore, ShareStore,
-    Solo, SqliteStore, UsageStore,
+    AccountStore, Cluster, ConversationStore, FileStore, GraphStore, McpAuthStore, PostgresStore,
+    ShareStore, Solo, SqliteStore, UsageStore,
 };
 use crate::tools::ToolChain;
-use crate::tools::mcp::{self, McpServers};
+use crate::tools::mcp::{self, McpServers, OAuthOptions};
 
 /// How often the grace period of a shutdown looks whether a second Ctrl-C asked to hurry.
 const HURRY_CHECK: Duration = Duration::from_millis(100);
@@ -156,12 +156,6 @@ pub fn spawn_with(
         .local_addr()
         .map_err(|e| Error::io("local_addr", e))?;
     let config = Arc::new(config);
-    // MCP servers start in the background, beside the listener: an unreadable config stops
-    // the server here, while a server that fails to start is logged and tried again.
-    let mcp = match &config.mcp_config {
-        Some(path) => Some(mcp::spawn(path, mcp::FIRST_RETRY_DELAY)?),
-        None => None,
-    };
     for origin in config
         .allowed_origins
         .iter()
@@ -174,8 +168,32 @@ pub fn spawn_with(
     // Before any connection: the signal that wakes a connection thread needs its handler.
     wake::install().map_err(|e| Error::io("wake-up signal", e))?;
     let metrics = Arc::new(Metrics::default());
-    let (conversations, graph, cluster, files, shares, account_store, usage) = open_store(&config)?;
+    let Stores {
+        conversations,
+        graph,
+        cluster,
+        files,
+        shares,
+        accounts: account_store,
+        usage,
+        mcp_auth,
+    } = open_store(&config)?;
     let quotas = Arc::new(Quotas::new(usage, &config));
+    // MCP servers start in the background, beside the listener: an unreadable config stops
+    // the server here, while a server that fails to start is logged and tried again. The
+    // grants of OAuth servers are in the store.
+    let mcp = match &config.mcp_config {
+        Some(path) => Some(Arc::new(mcp::spawn_with(
+            path,
+            mcp::FIRST_RETRY_DELAY,
+            OAuthOptions {
+                store: Some(mcp_auth),
+                public_url: config.public_url.clone(),
+                local_base: Some(local_base(addr)),
+            },
+        )?)),
+        None => None,
+    };
     // Before the journal starts, so that nothing else writes meanwhile.
     migrate_owners(conversations.as_ref(), graph.as_ref(), &config.auth_tokens)?;
     let embedder = embedder(&config);
@@ -250,6 +268,7 @@ pub fn spawn_with(
             shares,
             model,
             tools,
+            mcp: mcp.clone(),
             metrics: metrics.clone(),
             shutdown: shutdown.clone(),
             auth: auth.clone(),
@@ -338,7 +357,7 @@ pub struct ServerHandle {
     /// The threads turns run on; a graceful shutdown waits for them to be idle.
     turns: Turns,
     /// The MCP server processes; stopped with the server.
-    mcp: Option<McpServers>,
+    mcp: Option<Arc<McpServers>>,
 }
 
 impl ServerHandle {
@@ -512,15 +531,8 @@ fn open_store(config: &Config) -> Result<Stores> {
         let store = Arc::new(PostgresStore::connect(url, config.store_pool)?);
         store.set_size_limit(config.max_store_bytes)?;
         store.set_search_budget(config.search_budget);
-        return Ok((
-            store.clone(),
-            store.clone(),
-            store.clone(),
-            store.clone(),
-            store.clone(),
-            store.clone(),
-            store,
-        ));
+        let cluster: Arc<dyn Cluster> = store.clone();
+        return Ok(Stores::of(&store, cluster));
     }
     let store = Arc::new(if config.in_memory {
         SqliteStore::in_memory()?
@@ -531,28 +543,57 @@ fn open_store(config: &Config) -> Result<Stores> {
         store.set_size_limit(Some(bytes))?;
     }
     store.set_search_budget(config.search_budget);
-    Ok((
-        store.clone(),
-        store.clone(),
-        Arc::new(Solo),
-        store.clone(),
-        store.clone(),
-        store.clone(),
-        store,
-    ))
+    Ok(Stores::of(&store, Arc::new(Solo)))
 }
 
-/// The store as each of its users sees it: conversations, the graph, the cluster, files, share
-/// links, accounts, daily use (`--in-memory` keeps them in its in-memory SQLite database too).
-type Stores = (
-    Arc<dyn ConversationStore>,
-    Arc<dyn GraphStore>,
-    Arc<dyn Cluster>,
-    Arc<dyn FileStore>,
-    Arc<dyn ShareStore>,
-    Arc<dyn AccountStore>,
-    Arc<dyn UsageStore>,
-);
+/// Where the page's sign-in callback reaches this server when it has no public URL.
+fn local_base(addr: SocketAddr) -> String {
+    if addr.ip().is_unspecified() {
+        format!("http://127.0.0.1:{}", addr.port())
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+/// Every store the server uses, each the one store seen through one interface: SQLite (with
+/// `Solo` for its cluster of one) or PostgreSQL. `--in-memory` keeps all of it in its in-memory
+/// SQLite database.
+struct Stores {
+    conversations: Arc<dyn ConversationStore>,
+    graph: Arc<dyn GraphStore>,
+    cluster: Arc<dyn Cluster>,
+    files: Arc<dyn FileStore>,
+    shares: Arc<dyn ShareStore>,
+    accounts: Arc<dyn AccountStore>,
+    usage: Arc<dyn UsageStore>,
+    mcp_auth: Arc<dyn McpAuthStore>,
+}
+
+impl Stores {
+    /// `store` through each interface, beside `cluster`.
+    fn of<S>(store: &Arc<S>, cluster: Arc<dyn Cluster>) -> Self
+    where
+        S: ConversationStore
+            + GraphStore
+            + FileStore
+            + ShareStore
+            + AccountStore
+            + UsageStore
+            + McpAuthStore
+            + 'static,
+    {
+        Stores {
+            conversations: store.clone(),
+            graph: store.clone(),
+            cluster,
+            files: store.clone(),
+            shares: store.clone(),
+            accounts: store.clone(),
+            usage: store.clone(),
+            mcp_auth: store.clone(),
+        }
+    }
+}
 
 /// Moves what earlier versions stored under a token's SHA-1 fingerprint to its SHA-256 one, for
 /// every configured token. Cheap when there is nothing to move (indexed lookups), so it runs at

@@ -35,6 +35,7 @@ mod copy;
 mod exported;
 mod files;
 mod hnsw;
+mod mcp_auth;
 mod plan;
 mod postgres;
 mod shares;
@@ -60,6 +61,7 @@ pub use files::{
     BLOB_CHUNK, FileStore, NewChunk, NewFile, StoredFile, TextChunk, TextState, Upload,
     UploadLimits, safe_name,
 };
+pub use mcp_auth::{McpAuthStore, StoredGrant};
 pub use postgres::{POSTGRES_SCHEMA_VERSION, PostgresStore};
 pub use shares::{Share, ShareStore};
 pub use sqlite::{BackupReport, DATABASE_FILE, SqliteStore, fts_queries};
@@ -78,7 +80,7 @@ pub const MAX_SEARCH_WORDS: usize = 16;
 
 /// The SQLite schema version this build writes. A store with a higher one was written by a
 /// newer Sparky and is refused. (PostgreSQL's is [`POSTGRES_SCHEMA_VERSION`].)
-pub const SCHEMA_VERSION: i64 = 9;
+pub const SCHEMA_VERSION: i64 = 10;
 
 /// The owner of everything when the server requires no token.
 pub const LOCAL_OWNER: &str = "local";

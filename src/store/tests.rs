@@ -25,6 +25,7 @@ use crate::common::protocol::{SessionId, Usage};
 use crate::model::{ChatMessage, Role, ToolCall};
 
 mod files;
+mod mcp_auth;
 mod usage;
 mod vectors;
 

@@ -10,7 +10,8 @@
 //! the hints each kind of model gets (`memories.rs`), errors in words with their details
 //! (`errors.rs`), the phone layout (`phone.rs`), tokens (`tokens.rs`), signing in and out (`accounts.rs`), MCP tool cards: Allow
 //! and Deny, "running…" once allowed, progress, images (`mcp.rs`), an MCP server's
-//! forms and sampling requests answered on the card (`mcp_asks.rs`), files attached by the
+//! forms and sampling requests answered on the card (`mcp_asks.rs`), an OAuth-protected MCP
+//! server connected from the Tools panel (`oauth.rs`), files attached by the
 //! paperclip, drag and drop and paste, thumbnails, downloads, the Files panel, files kept on
 //! edits, uploads that never run (`files.rs`), share links made, opened in a tab without a token
 //! (their answers sanitised) and revoked (`shares.rs`), a team: an admin and a user added from
@@ -39,6 +40,7 @@ mod mcp;
 mod mcp_asks;
 mod memories;
 mod models;
+mod oauth;
 mod phone;
 mod shares;
 mod team;
@@ -98,6 +100,9 @@ fn the_chat_page_works_in_a_real_browser() {
     }
     if wanted("mcp_asks") {
         mcp_asks::run(&browser);
+    }
+    if wanted("oauth") {
+        oauth::run(&browser);
     }
     if wanted("files") {
         files::run(&browser);

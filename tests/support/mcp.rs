@@ -1,8 +1,10 @@
 //! Helpers for the MCP tests: the fixture server (`tests/fixtures/mcp_fixture.py`) on stdio
-//! or over Streamable HTTP, its event log, and tool calls through the offline model's `/tool`.
+//! or over Streamable HTTP, its event log, and tool calls through the offline model's `/tool`;
+//! the MCP TypeScript SDK's example server with `--oauth` (`Demo`).
 
 #![allow(dead_code)] // Each user takes its own subset.
 
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -214,4 +216,75 @@ pub fn cancel_at_once(client: &mut Client) {
         "{:?}",
         sent.elapsed()
     );
+}
+
+/// The MCP TypeScript SDK's example server, which `scripts/npm-fixtures.sh` installs.
+pub const EXAMPLE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/target/npm/node_modules/@modelcontextprotocol/sdk/dist/esm/examples/server/\
+     simpleStreamableHttp.js"
+);
+
+/// The example's entry point, or `None` (after saying why) when the test should be skipped.
+pub fn oauth_example() -> Option<PathBuf> {
+    if Path::new(EXAMPLE).exists() && Path::new(NODE).exists() {
+        return Some(EXAMPLE.into());
+    }
+    let message = format!("{EXAMPLE} or {NODE} is missing: run scripts/npm-fixtures.sh");
+    assert!(std::env::var_os("CI").is_none(), "{message}");
+    eprintln!("skipped: {message}");
+    None
+}
+
+/// A port nothing listens on now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The example server with `--oauth`: the MCP server on one port, its authorization server on
+/// another (`MCP_PORT`, `MCP_AUTH_PORT`; it does not report ports it got for 0, so the test
+/// picks free ones). Killed when dropped.
+pub struct Demo {
+    child: Child,
+    /// The MCP server's port.
+    pub mcp_port: u16,
+}
+
+impl Demo {
+    /// Starts it from `script` and waits until both servers listen.
+    pub fn start(script: &Path) -> Self {
+        let (mcp_port, auth_port) = (free_port(), free_port());
+        let child = Command::new(NODE)
+            .arg(script)
+            .arg("--oauth")
+            .env("MCP_PORT", mcp_port.to_string())
+            .env("MCP_AUTH_PORT", auth_port.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("node runs");
+        let demo = Demo { child, mcp_port };
+        wait_until("the demo servers to listen", || {
+            TcpStream::connect(("127.0.0.1", mcp_port)).is_ok()
+                && TcpStream::connect(("127.0.0.1", auth_port)).is_ok()
+        });
+        demo
+    }
+
+    /// The MCP endpoint, as the server names itself in its metadata.
+    pub fn url(&self) -> String {
+        format!("http://localhost:{}/mcp", self.mcp_port)
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use sparky::common::config::{Config, connections_for};
 use sparky::model::ModelBackend;
 use sparky::model::embed::{Embed, EmbedOptions, RemoteEmbedder};
-use sparky::store::{PostgresStore, SqliteStore};
+use sparky::store::{
+    McpAuthStore, POSTGRES_SCHEMA_VERSION, PostgresStore, SCHEMA_VERSION, SqliteStore,
+};
 use sparky::tools::mcp;
 
 use crate::start_error::StartError;
@@ -184,16 +186,44 @@ fn mcp_servers(config: &Config) -> Vec<Outcome> {
     let Some(path) = &config.mcp_config else {
         return vec![Outcome::Ok("no --mcp-config".into())];
     };
-    let servers = match mcp::load(path) {
+    // OAuth servers' grants are in the store, opened (beside a running server) only when it
+    // is there at this build's schema already: the check creates and migrates nothing. (A
+    // token about to expire is refreshed, under the store's lease, as by any instance.)
+    let current = |text: String, version: i64| text.ends_with(&format!("schema version {version}"));
+    let grants: Option<Arc<dyn McpAuthStore>> = match &config.database_url {
+        _ if config.in_memory => None,
+        Some(url) => PostgresStore::inspect(url)
+            .is_ok_and(|text| current(text, POSTGRES_SCHEMA_VERSION))
+            .then(|| PostgresStore::connect(url, 1).ok())
+            .flatten()
+            .map(|s| Arc::new(s) as Arc<dyn McpAuthStore>),
+        None => (SqliteStore::in_use(&config.data_dir)
+            || SqliteStore::inspect(&config.data_dir)
+                .is_ok_and(|text| current(text, SCHEMA_VERSION)))
+        .then(|| SqliteStore::open_beside(&config.data_dir).ok())
+        .flatten()
+        .map(|s| Arc::new(s) as Arc<dyn McpAuthStore>),
+    };
+    let options = mcp::OAuthOptions {
+        store: grants,
+        ..mcp::OAuthOptions::default()
+    };
+    let servers = match mcp::load_with(path, options) {
         Ok(servers) => servers,
         Err(e) => return vec![Outcome::Fail(e.to_string())],
     };
+    let auth: std::collections::BTreeMap<String, mcp::AuthState> =
+        servers.sign_ins().states().into_iter().collect();
     let mut outcomes: Vec<Outcome> = servers
         .loaded()
         .iter()
         .map(|(name, tools)| {
+            let signed_in = match auth.get(name) {
+                Some(mcp::AuthState::SignedIn) => ", signed in with OAuth",
+                _ => "",
+            };
             Outcome::Ok(format!(
-                "{name}: started, {tools} tool{}",
+                "{name}: started, {tools} tool{}{signed_in}",
                 if *tools == 1 { "" } else { "s" }
             ))
         })
@@ -202,7 +232,13 @@ fn mcp_servers(config: &Config) -> Vec<Outcome> {
         servers
             .failed()
             .iter()
-            .map(|(name, why)| Outcome::Fail(format!("{name}: {why}"))),
+            .map(|(name, why)| match auth.get(name) {
+                Some(mcp::AuthState::NeedsSignIn(reason)) => Outcome::Warn(format!(
+                    "{name}: needs a sign-in ({reason}): Connect on the page, or `sparky mcp login \
+             {name}`"
+                )),
+                _ => Outcome::Fail(format!("{name}: {why}")),
+            }),
     );
     servers.shutdown();
     outcomes

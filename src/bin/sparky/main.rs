@@ -13,6 +13,7 @@ mod extract;
 mod inputs;
 mod limits;
 mod logging;
+mod mcp;
 mod migrate;
 mod model;
 mod start_error;
@@ -122,6 +123,18 @@ enum Command {
         #[arg(long = "store", value_name = "URL", global = true)]
         store: Option<String>,
     },
+    /// Sign in to OAuth-protected MCP servers of the --mcp-config file (`mcp login NAME`).
+    Mcp {
+        #[command(subcommand)]
+        command: mcp::McpCommand,
+        /// The data directory of the server (its --data-dir) [default: sparky-data].
+        #[arg(long = "data-dir", value_name = "DIR", global = true)]
+        dir: Option<PathBuf>,
+        /// A PostgreSQL store (or the SPARKY_DATABASE_URL environment variable, when no
+        /// --data-dir is given).
+        #[arg(long = "store", value_name = "URL", global = true)]
+        store: Option<String>,
+    },
     /// Read a document's text: its bytes on stdin, its text on stdout as JSON lines. The
     /// server runs it, one process per document, held to a memory and a CPU limit.
     #[command(hide = true)]
@@ -197,14 +210,8 @@ fn main() -> ExitCode {
         }
         Some(Command::Backup { file, dir, store }) => {
             logging::init(cli.log_level, &[]);
-            // As for the server: `--store`, else the environment's URL, else SQLite; but a
-            // data directory named here is what is asked for.
-            let store = store.or(cli.config.database_url).or_else(|| {
-                std::env::var("SPARKY_DATABASE_URL")
-                    .ok()
-                    .filter(|url| !url.trim().is_empty() && dir.is_none())
-            });
-            let dir = dir.unwrap_or(cli.config.data_dir);
+            let (dir, store) =
+                chosen_store(dir, store, cli.config.database_url, cli.config.data_dir);
             return backup::run(&file, &dir, store);
         }
         Some(Command::User {
@@ -213,13 +220,19 @@ fn main() -> ExitCode {
             store,
         }) => {
             logging::init(cli.log_level, &[]);
-            let store = store.or(cli.config.database_url).or_else(|| {
-                std::env::var("SPARKY_DATABASE_URL")
-                    .ok()
-                    .filter(|url| !url.trim().is_empty() && dir.is_none())
-            });
-            let dir = dir.unwrap_or(cli.config.data_dir);
+            let (dir, store) =
+                chosen_store(dir, store, cli.config.database_url, cli.config.data_dir);
             return user::run(command, &dir, store);
+        }
+        Some(Command::Mcp {
+            command,
+            dir,
+            store,
+        }) => {
+            logging::init(cli.log_level, &[]);
+            let (dir, store) =
+                chosen_store(dir, store, cli.config.database_url, cli.config.data_dir);
+            return mcp::run(command, cli.config.mcp_config.as_deref(), &dir, store);
         }
         Some(Command::ExtractText {
             content_type,
@@ -422,6 +435,23 @@ fn run(cli: Cli, max_connections_given: bool) -> ExitCode {
         let _ = watcher.join();
     }
     ExitCode::SUCCESS
+}
+
+/// The store a subcommand that works beside the server (`backup`, `user`, `mcp`) uses: as for
+/// the server, `--store`, else the environment's URL, else SQLite; but a data directory named
+/// here is what is asked for.
+fn chosen_store(
+    dir: Option<PathBuf>,
+    store: Option<String>,
+    database_url: Option<String>,
+    data_dir: PathBuf,
+) -> (PathBuf, Option<String>) {
+    let store = store.or(database_url).or_else(|| {
+        std::env::var("SPARKY_DATABASE_URL")
+            .ok()
+            .filter(|url| !url.trim().is_empty() && dir.is_none())
+    });
+    (dir.unwrap_or(data_dir), store)
 }
 
 #[cfg(test)]

@@ -2298,6 +2298,7 @@
     $("shares-box").hidden = true;
     $("account-box").hidden = true;
     $("users-box").hidden = true;
+    $("tools-box").hidden = true;
     $("confirm-box").hidden = true;
     exportMenu.open = false;
     closeSidebar();
@@ -2814,6 +2815,96 @@
   $("users-close").addEventListener("click", () => {
     $("users-box").hidden = true;
     $("user-made-password").value = "";
+  });
+
+  // ---- tools: MCP servers and their sign-ins ----
+  // GET /api/mcp lists each server's state; one that needs a sign-in gets Connect for whoever
+  // may manage tools (`can_connect`): POST /api/mcp/{name}/connect answers the authorization
+  // URL, opened in a tab made on the click (so that no popup blocker stops it); the server's
+  // callback finishes there, and the list is looked at again every two seconds while open.
+
+  let toolRequest = 0;
+  let toolTimer = null;
+
+  const TOOL_STATES = {
+    up: "running",
+    starting: "starting",
+    needs_sign_in: "needs a sign-in",
+  };
+
+  async function loadToolServers() {
+    const mine = ++toolRequest;
+    const list = $("tool-server-list");
+    let data;
+    try {
+      data = await api("GET", "/api/mcp");
+    } catch (error) {
+      if (mine !== toolRequest) return;
+      list.replaceChildren();
+      listLine($("tool-server-note"), "The tools could not be loaded. " + explainApiError(error),
+        (error && error.message) || String(error));
+      return;
+    }
+    if (mine !== toolRequest) return;
+    const servers = Array.isArray(data && data.servers) ? data.servers : [];
+    const canConnect = data && data.can_connect === true;
+    list.replaceChildren(...servers.map((server) => toolServerItem(server, canConnect)));
+    listLine($("tool-server-note"), servers.length ? "" : "This server uses no MCP servers.");
+  }
+
+  function toolServerItem(server, canConnect) {
+    const name = String(server.name ?? "");
+    const item = el("li", "entry tool-server");
+    item.dataset.name = name;
+    const content = el("div", "content");
+    content.append(el("span", "name", name));
+    let state = TOOL_STATES[server.state] || String(server.state ?? "");
+    if (server.auth === "signed_in") state += ", signed in";
+    if (server.reason) state += " (" + String(server.reason) + ")";
+    content.append(el("span", "meta", state));
+    item.append(content);
+    if (server.auth === "needs_sign_in" && canConnect) {
+      const connect = el("button", "primary", "Connect");
+      connect.type = "button";
+      connect.addEventListener("click", () => connectToolServer(name, connect));
+      item.append(connect);
+    }
+    return item;
+  }
+
+  async function connectToolServer(name, button) {
+    const tab = window.open("", "_blank");
+    button.disabled = true;
+    try {
+      const data = await api("POST", "/api/mcp/" + encodeURIComponent(name) + "/connect");
+      const url = String((data && data.authorize_url) || "");
+      // Only a web address is opened: never a script the metadata might name.
+      if (!/^https?:\/\//i.test(url)) throw new ApiError(502, "the sign-in address is not a web address");
+      if (tab) tab.location.href = url;
+      else window.location.href = url;
+    } catch (error) {
+      if (tab) tab.close();
+      const why = error && error.status === 403 ? "Only an admin manages tools." : explainApiError(error);
+      listLine($("tool-server-note"), "The sign-in could not start. " + why,
+        (error && error.message) || String(error));
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  $("open-tools").addEventListener("click", () => {
+    closeSidebar();
+    $("tools-box").hidden = false;
+    loadToolServers();
+    clearInterval(toolTimer);
+    toolTimer = setInterval(() => {
+      if ($("tools-box").hidden) { clearInterval(toolTimer); return; }
+      loadToolServers();
+    }, 2000);
+  });
+  $("tools-close").addEventListener("click", () => {
+    $("tools-box").hidden = true;
+    clearInterval(toolTimer);
   });
 
   // ---- files in the conversation ----

@@ -37,6 +37,7 @@ mod batch;
 mod conversations;
 mod files;
 mod graph;
+mod mcp_auth;
 mod share;
 mod shares;
 mod usage;

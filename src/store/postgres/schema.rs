@@ -23,7 +23,7 @@
 //! title, so that the conversation search too is scoped to one principal inside its indexes. Version 5
 //! adds files (see [`V5`] for why their bytes are `bytea` in pieces), version 6 share links
 //! ([`V6_SHARES`]), version 7 user accounts ([`V7`]), version 8 each principal's use per day
-//! ([`V8_USAGE`]).
+//! ([`V8_USAGE`]), version 9 MCP servers' OAuth grants ([`V9_MCP_OAUTH`]).
 //!
 //! Depends on: `common::error`, `store::postgres::pool`.
 
@@ -33,7 +33,7 @@ use crate::common::error::{Error, Result};
 
 /// The schema version this build writes. A database with a higher one was migrated by a newer
 /// Sparky and is refused.
-pub const POSTGRES_SCHEMA_VERSION: i64 = 8;
+pub const POSTGRES_SCHEMA_VERSION: i64 = 9;
 
 /// The advisory lock each migration's transaction takes: `sparky-migrate` in ASCII.
 const MIGRATION_LOCK: i64 = 0x7370_6172_6b79_6d67;
@@ -347,9 +347,27 @@ CREATE TABLE daily_usage (
 );
 "#;
 
+/// Version 8 to 9 (as SQLite's version 10): the grants of OAuth-protected MCP servers, one row per server name, with
+/// the refresh lease, and the sign-ins waiting for their callback (`store/mcp_auth.rs`).
+const V9_MCP_OAUTH: &str = r#"
+CREATE TABLE mcp_oauth (
+    server text PRIMARY KEY,
+    grant_json text NOT NULL,
+    version bigint NOT NULL,
+    refreshing_until bigint,
+    updated_at bigint NOT NULL
+);
+CREATE TABLE mcp_oauth_sign_ins (
+    state text PRIMARY KEY,
+    server text NOT NULL,
+    sign_in_json text NOT NULL,
+    created_at bigint NOT NULL
+);
+"#;
+
 /// Entry `n` migrates from version `n` to `n + 1`.
 const MIGRATIONS: [&str; POSTGRES_SCHEMA_VERSION as usize] =
-    [V1, V2, V3, V4, V5, V6_SHARES, V7, V8_USAGE];
+    [V1, V2, V3, V4, V5, V6_SHARES, V7, V8_USAGE, V9_MCP_OAUTH];
 
 /// The indexes made at open rather than by a numbered migration (they change no data, and
 /// `IF NOT EXISTS` makes them safe to ask for at every start): `embeddings_owner_node`, from

@@ -9,7 +9,7 @@
 //! principal's postings, and indexes titles for the conversation search. Version 6 adds files:
 //! their bytes in pieces, the conversations that use them, and their text, indexed. Version 7
 //! adds share links ([`V7_SHARES`]), version 8 user accounts ([`V8`]), version 9 each
-//! principal's use per day ([`V9_USAGE`]).
+//! principal's use per day ([`V9_USAGE`]), version 10 MCP servers' OAuth grants ([`V10_MCP_OAUTH`]).
 //!
 //! Depends on: `common::error`, `store`.
 
@@ -443,6 +443,24 @@ CREATE TABLE daily_usage (
 ) WITHOUT ROWID;
 "#;
 
+/// Version 9 to 10: the grants of OAuth-protected MCP servers, one row per server name, with
+/// the refresh lease, and the sign-ins waiting for their callback (`store/mcp_auth.rs`).
+const V10_MCP_OAUTH: &str = r#"
+CREATE TABLE mcp_oauth (
+    server TEXT PRIMARY KEY,
+    grant_json TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    refreshing_until INTEGER,
+    updated_at INTEGER NOT NULL
+);
+CREATE TABLE mcp_oauth_sign_ins (
+    state TEXT PRIMARY KEY,
+    server TEXT NOT NULL,
+    sign_in_json TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+"#;
+
 /// One migration: SQL, then an optional step in code.
 type Migration = (
     &'static str,
@@ -460,6 +478,7 @@ const MIGRATIONS: [Migration; SCHEMA_VERSION as usize] = [
     (V7_SHARES, None),
     (V8, None),
     (V9_USAGE, None),
+    (V10_MCP_OAUTH, None),
 ];
 
 /// Brings the database to [`SCHEMA_VERSION`], one version per transaction.

@@ -3,7 +3,7 @@
 //! [`HttpEndpoint`] to connect to (`"url"`, Streamable HTTP), each with its [`ServerPolicy`]
 //! (`"approve"`, `"timeout"`, `"instructions"`, `"roots"`). Plain data; depends on nothing outside `tools/mcp/`.
 //!
-//! Depends on: `tools::mcp::policy`.
+//! Depends on: `tools::mcp::oauth`, `tools::mcp::oauth::registration`, `tools::mcp::policy`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -11,6 +11,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use super::oauth::{Authorizer, ConfiguredClient};
 use super::policy::{Approve, CallTimeout, Root, ServerPolicy};
 
 /// The usual MCP config file: `{"mcpServers": {"name": {"command", "args", "env"}}}`.
@@ -29,6 +30,10 @@ struct ConfigEntry {
     url: Option<String>,
     #[serde(default)]
     headers: BTreeMap<String, String>,
+    /// A `url` server's OAuth client, when registered by hand (`client_id`, `client_secret`,
+    /// `scope`).
+    #[serde(default)]
+    oauth: ConfiguredClient,
     #[serde(default, rename = "type")]
     kind: Option<String>,
     #[serde(default)]
@@ -72,6 +77,11 @@ pub(super) struct HttpEndpoint {
     pub(super) url: String,
     /// Headers sent with every request (for a bearer token, say), by name.
     pub(super) headers: BTreeMap<String, String>,
+    /// Its OAuth client from the config (`"oauth"`), when registered by hand.
+    pub(super) oauth: ConfiguredClient,
+    /// Its sign-in, set when the servers are set up (`mod.rs`); none when `headers` carries
+    /// an `Authorization` of its own.
+    pub(super) auth: Authorizer,
 }
 
 impl fmt::Debug for HttpEndpoint {
@@ -152,6 +162,8 @@ impl ConfigEntry {
         Some(ServerSpec::Http(HttpEndpoint {
             url,
             headers: self.headers,
+            oauth: self.oauth,
+            auth: Authorizer::default(),
         }))
     }
 }

@@ -13,8 +13,11 @@
 //! A 404 on a request that carried a session id means the server forgot the session: the
 //! request fails with [`McpError::SessionExpired`] (the tool retries it once) and the client
 //! closes, so that the next call connects and initialises again, as a stdio server is
-//! restarted. A server that cannot be reached closes the client the same way. OAuth is not
-//! supported: a 401 is logged as an error that says to put a token in `headers`.
+//! restarted. A server that cannot be reached closes the client the same way. A server that
+//! signs in with OAuth (`oauth/`) gets its access token with every request (refreshed ahead of
+//! its expiry); its 401 goes to its sign-in, which refreshes a refused token once or marks the
+//! server as needing a sign-in. A server whose config sends its own `Authorization` header
+//! gets no OAuth, and its 401 is logged as an error that says to put a token in `headers`.
 //!
 //! Depends on: `common::cancel`, `common::sse`, `tools::mcp::config`, `tools::mcp::error`, `tools::mcp::transport`.
 
@@ -201,10 +204,22 @@ impl HttpShared {
         }
     }
 
-    /// The headers every request carries: the config's, then the session's.
-    fn decorate<B>(&self, mut request: RequestBuilder<B>) -> RequestBuilder<B> {
+    /// The headers every request carries: the config's, the OAuth token, then the session's.
+    fn decorate<B>(&self, request: RequestBuilder<B>) -> RequestBuilder<B> {
+        self.decorate_with(request, self.endpoint.auth.bearer().as_deref())
+    }
+
+    /// As [`decorate`](Self::decorate), with `token` as the OAuth bearer token.
+    fn decorate_with<B>(
+        &self,
+        mut request: RequestBuilder<B>,
+        token: Option<&str>,
+    ) -> RequestBuilder<B> {
         for (name, value) in &self.endpoint.headers {
             request = request.header(name, value);
+        }
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
         }
         if let Some(session) = self.session.lock().as_deref() {
             request = request.header("mcp-session-id", session);
@@ -221,8 +236,9 @@ impl HttpShared {
             self.wait_for_initialized();
         }
         let had_session = self.session.lock().is_some();
+        let token = self.endpoint.auth.bearer();
         let request = self
-            .decorate(self.posts.post(&self.endpoint.url))
+            .decorate_with(self.posts.post(&self.endpoint.url), token.as_deref())
             .header("content-type", "application/json")
             .header("accept", "application/json, text/event-stream");
         log::trace!("mcp {}: -> {}", self.server(), message.line);
@@ -245,6 +261,12 @@ impl HttpShared {
         if message.method == "notifications/initialized" && (200..300).contains(&status) {
             self.listen_soon();
         }
+        if (200..300).contains(&status)
+            && token.is_some()
+            && let Some(auth) = &self.endpoint.auth.0
+        {
+            auth.accepted();
+        }
         match status {
             200 => self.read_answer(message, response),
             202 | 204 => {
@@ -254,6 +276,9 @@ impl HttpShared {
                 }
             }
             404 if had_session => self.session_expired(message),
+            401 if self.endpoint.auth.0.is_some() => {
+                self.unauthorized(message, &response, token.as_deref());
+            }
             401 => {
                 let challenge = header(&response, "www-authenticate")
                     .map(|value| format!(", WWW-Authenticate: {value}"))
@@ -280,6 +305,21 @@ impl HttpShared {
                     self.inbox.fail(id, self.http_error(status, body));
                 }
             }
+        }
+    }
+
+    /// A 401 from a server that signs in with OAuth: its sign-in hears of it (and refreshes a
+    /// refused token, or marks the server as needing a sign-in), and the request fails.
+    fn unauthorized(&self, message: &Outgoing, response: &Response<Body>, token: Option<&str>) {
+        if let Some(auth) = &self.endpoint.auth.0 {
+            auth.challenged(header(response, "www-authenticate").as_deref(), token);
+        }
+        if let Some(id) = message.id {
+            let detail = format!(
+                "it needs a sign-in: use Connect on the page or `sparky mcp login {}`",
+                self.server()
+            );
+            self.inbox.fail(id, self.http_error(401, detail));
         }
     }
 

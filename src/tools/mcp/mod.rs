@@ -33,13 +33,14 @@
 //! turn's [`CancelFlag`]. A server that dies fails every waiting call with a clear error and
 //! is started (or connected) again by the next call.
 //!
-//! Depends on: `common::cancel`, `common::error`, `tools`, `tools::mcp::config`, `tools::mcp::supervisor`.
+//! Depends on: `common::cancel`, `common::error`, `tools`, `tools::mcp::config`, `tools::mcp::oauth`, `tools::mcp::oauth::loopback`, `tools::mcp::supervisor`.
 
 mod client;
 mod config;
 mod error;
 mod http;
 mod instructions;
+mod oauth;
 mod policy;
 mod process;
 mod resources;
@@ -61,11 +62,17 @@ use crate::common::cancel::CancelFlag;
 use crate::common::error::{Error, Result};
 use crate::tools::{Tool, ToolSource};
 
-use self::config::{ServerEntry, parse_config};
+use self::config::{ServerEntry, ServerSpec, parse_config};
+use self::oauth::Authorizer;
+use self::oauth::loopback::{Loopback, Redirect};
 use self::supervisor::{Catalog, McpServer, Started, start_server, tools_text};
 
 pub use self::error::{McpError, round_duration};
 pub use self::instructions::MAX_INSTRUCTIONS_BYTES;
+pub use self::oauth::{
+    AuthState, CALLBACK_PATH, CLIENT_DOCUMENT_PATH, OAuthError, OAuthOptions,
+    REFRESH_AHEAD_SECONDS, SIGN_IN_TTL, SignIns, client_document,
+};
 pub use self::policy::CALL_TIMEOUT;
 pub use self::supervisor::{
     FIRST_RETRY_DELAY, MAX_RETRY_DELAY, MAX_TOOL_NAME_CHARS, NAME_SEPARATOR, START_TIMEOUT,
@@ -82,7 +89,83 @@ pub use self::wire::PROTOCOL_VERSION;
 ///
 /// [`Error::Config`] when the file cannot be read or is not an MCP config.
 pub fn load(path: &Path) -> Result<McpServers> {
-    Ok(McpServers::start(read_config(path)?))
+    load_with(path, OAuthOptions::default())
+}
+
+/// As [`load`], with the grants of OAuth servers in `oauth`'s store.
+///
+/// # Errors
+///
+/// As [`load`].
+pub fn load_with(path: &Path, oauth: OAuthOptions) -> Result<McpServers> {
+    let (entries, sign_ins) = with_sign_ins(read_config(path)?, oauth);
+    let mut servers = McpServers::start(entries);
+    servers.sign_ins = sign_ins;
+    Ok(servers)
+}
+
+/// Gives every `url` server without an `Authorization` header of its own a sign-in.
+fn with_sign_ins(
+    mut entries: Vec<ServerEntry>,
+    oauth: OAuthOptions,
+) -> (Vec<ServerEntry>, SignIns) {
+    let oauth_servers: Vec<_> = entries
+        .iter()
+        .filter_map(|(name, spec, _)| match spec {
+            ServerSpec::Http(endpoint)
+                if !endpoint
+                    .headers
+                    .keys()
+                    .any(|header| header.eq_ignore_ascii_case("authorization")) =>
+            {
+                Some((name.clone(), endpoint.url.clone(), endpoint.oauth.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    let sign_ins = SignIns::new(oauth, oauth_servers);
+    for (name, spec, _) in &mut entries {
+        if let ServerSpec::Http(endpoint) = spec {
+            endpoint.auth = Authorizer(sign_ins.server(name));
+        }
+    }
+    (entries, sign_ins)
+}
+
+/// `sparky mcp login NAME`: signs in to server `name` of the config at `path` through a
+/// loopback redirect. `show` gets the URL a person opens; the redirect is waited for up to
+/// `timeout`. The grant goes to `oauth`'s store.
+///
+/// # Errors
+///
+/// [`Error::Config`] for an unreadable config, an unknown server, a failed sign-in or no
+/// redirect in time.
+pub fn login(
+    path: &Path,
+    name: &str,
+    oauth: OAuthOptions,
+    timeout: Duration,
+    show: impl FnOnce(&str),
+) -> Result<()> {
+    let (_, sign_ins) = with_sign_ins(read_config(path)?, oauth);
+    let loopback = Loopback::bind().map_err(|e| Error::io("the loopback listener", e))?;
+    let url = sign_ins
+        .begin(name, &loopback.redirect_uri())
+        .map_err(|e| Error::Config(format!("mcp {name}: {e}")))?;
+    show(&url);
+    match loopback.wait(timeout) {
+        Some(Redirect::Code { code, state }) => sign_ins
+            .finish(&state, &code)
+            .map(|_| ())
+            .map_err(|e| Error::Config(format!("mcp {name}: {e}"))),
+        Some(Redirect::Refused(why)) => Err(Error::Config(format!(
+            "mcp {name}: the sign-in was refused: {why}"
+        ))),
+        None => Err(Error::Config(format!(
+            "mcp {name}: no sign-in came back within {}",
+            round_duration(timeout)
+        ))),
+    }
 }
 
 /// Reads the MCP config file at `path` and starts its servers in the background, one
@@ -96,7 +179,20 @@ pub fn load(path: &Path) -> Result<McpServers> {
 /// [`Error::Config`] when the file cannot be read or is not an MCP config, and
 /// [`Error::Spawn`] when a start-up thread cannot be created.
 pub fn spawn(path: &Path, first_retry_delay: Duration) -> Result<McpServers> {
-    let entries = read_config(path)?;
+    spawn_with(path, first_retry_delay, OAuthOptions::default())
+}
+
+/// As [`spawn`], with the grants of OAuth servers in `oauth`'s store.
+///
+/// # Errors
+///
+/// As [`spawn`].
+pub fn spawn_with(
+    path: &Path,
+    first_retry_delay: Duration,
+    oauth: OAuthOptions,
+) -> Result<McpServers> {
+    let (entries, sign_ins) = with_sign_ins(read_config(path)?, oauth);
     let catalog = Arc::new(Catalog::default());
     let stopping = CancelFlag::new();
     let mut servers = Vec::new();
@@ -119,6 +215,7 @@ pub fn spawn(path: &Path, first_retry_delay: Duration) -> Result<McpServers> {
                     failed: Vec::new(),
                     stopping,
                     starting: Mutex::new(starting),
+                    sign_ins,
                 };
                 drop(partial);
                 return Err(Error::Spawn(e));
@@ -132,6 +229,7 @@ pub fn spawn(path: &Path, first_retry_delay: Duration) -> Result<McpServers> {
         failed: Vec::new(),
         stopping,
         starting: Mutex::new(starting),
+        sign_ins,
     })
 }
 
@@ -162,6 +260,19 @@ pub struct McpServers {
     stopping: CancelFlag,
     /// The `mcp-<name>-start` threads of [`spawn`], joined by shutdown. Held only to take them.
     starting: Mutex<Vec<JoinHandle<()>>>,
+    /// The sign-ins of its OAuth servers.
+    sign_ins: SignIns,
+}
+
+/// One server's state, as `/healthz`, `sparky check` and the page show it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerStatus {
+    /// Its name in the config.
+    pub name: String,
+    /// `up`, `starting` or `needs_sign_in`.
+    pub state: &'static str,
+    /// Its sign-in, for a `url` server that may sign in with OAuth.
+    pub auth: Option<AuthState>,
 }
 
 impl fmt::Debug for McpServers {
@@ -202,6 +313,36 @@ impl McpServers {
     /// Each server that did not start, with why (for [`load`]; empty for [`spawn`]).
     pub fn failed(&self) -> &[(String, String)] {
         &self.failed
+    }
+
+    /// The sign-ins of its OAuth servers: what the page's Connect button and callback use.
+    pub fn sign_ins(&self) -> &SignIns {
+        &self.sign_ins
+    }
+
+    /// Each server's state, in name order.
+    pub fn status(&self) -> Vec<ServerStatus> {
+        let mut all: Vec<ServerStatus> = self
+            .servers
+            .iter()
+            .map(|server| {
+                let auth = server.auth().map(|auth| auth.state());
+                let state = if server.is_up() {
+                    "up"
+                } else if matches!(auth, Some(AuthState::NeedsSignIn(_))) {
+                    "needs_sign_in"
+                } else {
+                    "starting"
+                };
+                ServerStatus {
+                    name: server.name.clone(),
+                    state,
+                    auth,
+                }
+            })
+            .collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
     }
 
     /// The names of the servers that started.
@@ -297,6 +438,7 @@ impl McpServers {
             failed,
             stopping: CancelFlag::new(),
             starting: Mutex::default(),
+            sign_ins: SignIns::new(OAuthOptions::default(), []),
         }
     }
 }

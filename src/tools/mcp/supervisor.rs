@@ -7,7 +7,7 @@
 //! reached at a URL. The catalog combines the servers' instructions once per change
 //! (`instructions.rs`), not once per turn.
 //!
-//! Depends on: `common::cancel`, `tools`, `tools::error`, `tools::mcp::client`, `tools::mcp::config`, `tools::mcp::error`, `tools::mcp::instructions`, `tools::mcp::policy`, `tools::mcp::resources`, `tools::mcp::schema`, `tools::mcp::wire`.
+//! Depends on: `common::cancel`, `tools`, `tools::error`, `tools::mcp::client`, `tools::mcp::config`, `tools::mcp::error`, `tools::mcp::instructions`, `tools::mcp::oauth`, `tools::mcp::policy`, `tools::mcp::resources`, `tools::mcp::schema`, `tools::mcp::wire`.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,6 +22,7 @@ use super::client::{Handshake, McpClient};
 use super::config::ServerSpec;
 use super::error::McpError;
 use super::instructions;
+use super::oauth::ServerAuth;
 use super::policy::{Hints, ServerPolicy};
 use super::resources::{Reader, ResourceTool};
 use super::schema;
@@ -449,6 +450,16 @@ impl McpServer {
                     return;
                 }
                 Err(McpError::Cancelled) => return,
+                Err(_) if self.auth().is_some_and(|auth| auth.needs_sign_in()) => {
+                    // No retries until someone signs in: its state says why it is down.
+                    if let Some(auth) = self.auth()
+                        && !auth.wait_for_sign_in(stopping)
+                    {
+                        return;
+                    }
+                    delay = first_delay;
+                    continue;
+                }
                 Err(e) => log::warn!(
                     "mcp {}: not loaded (attempt {attempt}): {e}; trying again in {}",
                     self.name,
@@ -494,10 +505,32 @@ impl McpServer {
         )
     }
 
+    /// Its sign-in, when it is a `url` server that signs in with OAuth.
+    pub(super) fn auth(&self) -> Option<&Arc<ServerAuth>> {
+        match &self.spec {
+            ServerSpec::Http(endpoint) => endpoint.auth.0.as_ref(),
+            ServerSpec::Stdio(_) => None,
+        }
+    }
+
+    /// True while it has a live client.
+    pub(super) fn is_up(&self) -> bool {
+        self.current().is_some()
+    }
+
     /// The live client, restarting the server first when it has stopped.
     fn live_client(self: &Arc<Self>, cancel: &CancelFlag) -> Result<Arc<McpClient>, McpError> {
         if let Some(client) = self.current() {
             return Ok(client);
+        }
+        if let Some(auth) = self.auth().filter(|auth| auth.needs_sign_in()) {
+            return Err(McpError::Closed {
+                server: self.name.clone(),
+                reason: format!(
+                    "it needs a sign-in: use Connect on the page or `sparky mcp login {}`",
+                    auth.name
+                ),
+            });
         }
         let _restarting = self.restart.take(cancel, &self.name)?;
         // Another caller may have restarted it while we waited.

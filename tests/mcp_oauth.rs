@@ -1,0 +1,278 @@
+//! OAuth for MCP `url` servers against the real thing: the MCP TypeScript SDK's example server
+//! `simpleStreamableHttp --oauth` and its demo authorization server (which approves every
+//! sign-in), from npm (`scripts/npm-fixtures.sh`; skipped with a note when missing, failed
+//! under CI). The test plays the browser: it follows the authorization URL's redirects with a
+//! plain HTTP client, up to Sparky's callback (the page's Connect) or `sparky mcp login`'s
+//! loopback listener. Covered: tools absent and the state saying why until a sign-in; the
+//! sign-in, the tools appearing and a call; a restart using the stored grant; a token that
+//! expires with a refresh the demo server cannot do leading to "needs sign-in" once, and a new
+//! Connect working. The refresh itself (once for many callers, across instances; a refused
+//! refresh token) is tested against a fake authorization server in `tools/mcp/oauth/tests.rs`.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use sparky::common::protocol::ToolStatus;
+use sparky::store::{McpAuthStore, SqliteStore};
+use support::mcp::{Demo, call, oauth_example, ready, wait_for_tool, write_config};
+use support::{TestServer, http, wait_until};
+
+/// Plays the browser: GETs `url` and follows its redirects until one leads to `until` (a URL
+/// prefix), then GETs that and returns its status and body, and that URL.
+fn browse(url: &str, until: &str) -> (u16, String, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .timeout_global(Some(std::time::Duration::from_secs(30)))
+        .build()
+        .into();
+    let mut next = url.to_owned();
+    for _ in 0..10 {
+        let response = agent.get(&next).call().unwrap();
+        let status = response.status().as_u16();
+        if next.starts_with(until) {
+            let body = response.into_body().read_to_string().unwrap_or_default();
+            return (status, body, next);
+        }
+        let location = response
+            .headers()
+            .get("location")
+            .unwrap_or_else(|| panic!("no redirect from {next} (HTTP {status})"))
+            .to_str()
+            .unwrap()
+            .to_owned();
+        next = location;
+    }
+    panic!("too many redirects from {url}");
+}
+
+/// `GET /api/mcp`'s entry for server `name`.
+fn state_of(server: &TestServer, name: &str) -> Value {
+    let (status, body) = http(server.addr, "GET", "/api/mcp", None, None);
+    assert_eq!(status, 200, "{body}");
+    let all: Value = serde_json::from_str(&body).unwrap();
+    all["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// Presses Connect for `name` and plays the browser up to Sparky's callback; returns the
+/// callback's URL.
+fn connect(server: &TestServer, name: &str) -> String {
+    let (status, body) = http(
+        server.addr,
+        "POST",
+        &format!("/api/mcp/{name}/connect"),
+        None,
+        Some(""),
+    );
+    assert_eq!(status, 200, "{body}");
+    let url = serde_json::from_str::<Value>(&body).unwrap()["authorize_url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(url.contains("code_challenge_method=S256"), "{url}");
+    assert!(url.contains("resource="), "{url}");
+    let callback = format!(
+        "http://127.0.0.1:{}/api/mcp/oauth/callback",
+        server.addr.port()
+    );
+    let (status, page, came_back) = browse(&url, &callback);
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains(&format!("Connected to {name}")), "{page}");
+    came_back
+}
+
+/// An MCP config naming `demo` as server `demo`, in a directory of the test's own (`name`).
+fn config_for(demo: &Demo, name: &str) -> (PathBuf, PathBuf) {
+    let dir = support::temp_dir(&format!("mcp-oauth-{name}"));
+    let config = write_config(
+        &dir,
+        &json!({ "demo": { "url": demo.url(), "approve": "never" } }),
+    );
+    (dir, config)
+}
+
+#[test]
+fn connect_from_the_page_then_tools_a_call_a_restart_and_an_expired_token() {
+    let Some(script) = oauth_example() else {
+        return;
+    };
+    let demo = Demo::start(&script);
+    let (_dir, config) = config_for(&demo, "page");
+    let data_dir = support::test_config().data_dir;
+    let configured = {
+        let (config, data_dir) = (config.clone(), data_dir.clone());
+        move |c: &mut sparky::common::config::Config| {
+            c.mcp_config = Some(config.clone());
+            c.data_dir = data_dir.clone();
+        }
+    };
+    let server = TestServer::restart_with(&data_dir, &configured);
+
+    // Until a sign-in: no tools, and the state says why, on the page's list and in /healthz.
+    wait_until("the server to need a sign-in", || {
+        state_of(&server, "demo")["state"] == "needs_sign_in"
+    });
+    let shown = state_of(&server, "demo");
+    assert_eq!(shown["auth"], "needs_sign_in", "{shown}");
+    let (_, health) = http(server.addr, "GET", "/healthz", None, None);
+    let health: Value = serde_json::from_str(&health).unwrap();
+    assert_eq!(health["mcp"]["demo"]["state"], "needs_sign_in", "{health}");
+    let names = ready(&server.client()).1;
+    assert!(!names.iter().any(|n| n.starts_with("demo__")), "{names:?}");
+
+    // Connect: the tools come, and a call works. The callback works once.
+    let callback = connect(&server, "demo");
+    let path = callback
+        .split_once(&server.addr.port().to_string())
+        .unwrap()
+        .1;
+    let (status, page) = http(server.addr, "GET", path, None, None);
+    assert_eq!(status, 400, "{page}");
+    assert!(page.contains("unknown, used or expired"), "{page}");
+    wait_for_tool(&server, "demo__greet");
+    let mut client = server.client();
+    assert_eq!(
+        call(&mut client, "demo__greet", json!({"name": "Ada"})),
+        (ToolStatus::Success, "Hello, Ada!".to_owned())
+    );
+    assert_eq!(state_of(&server, "demo")["auth"], "signed_in");
+    drop(client);
+    drop(server);
+
+    // A restart uses the stored grant: no sign-in.
+    let server = TestServer::restart_with(&data_dir, &configured);
+    wait_for_tool(&server, "demo__greet");
+    let mut client = server.client();
+    assert_eq!(
+        call(&mut client, "demo__greet", json!({"name": "Bo"})),
+        (ToolStatus::Success, "Hello, Bo!".to_owned())
+    );
+
+    // The token expires, and the demo server cannot refresh (it gives no refresh tokens; one
+    // is made up here): the next call says to sign in, once, and nothing loops.
+    if !support::on_postgres() {
+        let store = Arc::new(SqliteStore::open_beside(&data_dir).unwrap());
+        let stored = store.mcp_grant("demo").unwrap().expect("a stored grant");
+        let mut grant: Value = serde_json::from_str(&stored.grant).unwrap();
+        assert!(!stored.grant.is_empty());
+        grant["expires_at"] = json!(1);
+        grant["refresh_token"] = json!("made-up");
+        store.put_mcp_grant("demo", &grant.to_string()).unwrap();
+        let (status, text) = call(&mut client, "demo__greet", json!({"name": "Cy"}));
+        assert_eq!(status, ToolStatus::Error, "{text}");
+        assert!(text.contains("sign-in"), "{text}");
+        wait_until("the server to need a sign-in again", || {
+            state_of(&server, "demo")["auth"] == "needs_sign_in"
+        });
+        // A new Connect brings it back.
+        connect(&server, "demo");
+        wait_until("the call to work again", || {
+            call(&mut client, "demo__greet", json!({"name": "Di"}))
+                == (ToolStatus::Success, "Hello, Di!".to_owned())
+        });
+    }
+}
+
+#[test]
+fn sparky_mcp_login_signs_in_through_a_loopback_redirect() {
+    let Some(script) = oauth_example() else {
+        return;
+    };
+    if support::on_postgres() {
+        return;
+    }
+    let demo = Demo::start(&script);
+    let (_dir, config) = config_for(&demo, "login");
+    let data_dir = support::test_config().data_dir;
+    std::fs::create_dir_all(&data_dir).unwrap();
+    // Before: `sparky check` says it needs a sign-in, as a warning, not a failure.
+    let report = check(&config, &data_dir);
+    assert!(
+        report.contains("warn") && report.contains("demo: needs a sign-in"),
+        "{report}"
+    );
+
+    let mut login = Command::new(env!("CARGO_BIN_EXE_sparky"))
+        .arg("--mcp-config")
+        .arg(&config)
+        .args(["mcp", "login", "demo", "--timeout", "60s", "--data-dir"])
+        .arg(&data_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(login.stdout.take().unwrap()).lines();
+    let url = lines
+        .by_ref()
+        .map(Result::unwrap)
+        .find(|line| line.starts_with("http"))
+        .expect("the authorization URL");
+    let redirect = url
+        .split("redirect_uri=")
+        .nth(1)
+        .and_then(|rest| rest.split('&').next())
+        .map(form_urlencoded_decode)
+        .expect("a redirect_uri");
+    assert!(redirect.starts_with("http://127.0.0.1:"), "{redirect}");
+    let (status, page, _) = browse(&url, &redirect);
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("Signed in"), "{page}");
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    assert!(login.wait().unwrap().success(), "{rest:?}");
+    assert!(
+        rest.iter().any(|l| l.contains("Signed in to demo")),
+        "{rest:?}"
+    );
+
+    // `sparky check` reports it signed in.
+    let report = check(&config, &data_dir);
+    assert!(
+        report.contains("demo: started, 5 tools, signed in with OAuth"),
+        "{report}"
+    );
+
+    // The server finds the grant: its tools come without a sign-in.
+    let server = TestServer::restart_with(&data_dir, |c| c.mcp_config = Some(config.clone()));
+    wait_for_tool(&server, "demo__greet");
+    let mut client = server.client();
+    assert_eq!(
+        call(&mut client, "demo__greet", json!({"name": "Eve"})),
+        (ToolStatus::Success, "Hello, Eve!".to_owned())
+    );
+}
+
+/// What `sparky check` prints for the MCP config `config` and the store in `data_dir`.
+fn check(config: &std::path::Path, data_dir: &std::path::Path) -> String {
+    let checked = Command::new(env!("CARGO_BIN_EXE_sparky"))
+        .arg("check")
+        .arg("--mcp-config")
+        .arg(config)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .output()
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    )
+}
+
+/// A percent-encoded query value, decoded.
+fn form_urlencoded_decode(encoded: &str) -> String {
+    form_urlencoded::parse(format!("v={encoded}").as_bytes())
+        .next()
+        .map(|(_, value)| value.into_owned())
+        .unwrap_or_default()
+}
