@@ -22,6 +22,7 @@ VERSIONS=(
     "9f65ad1 3 2"
     "b322b07 4 3 --branches"
     "95354b3 5 4 --branches"
+    "fc9be25 8 7 --branches"
 )
 TOKEN=fixture-token-one
 OTHER=fixture-token-two

@@ -450,6 +450,11 @@ fn sqlite_5_upgrades_with_nothing_lost() {
 }
 
 #[test]
+fn sqlite_8_upgrades_with_nothing_lost() {
+    upgrade(Fixture::Sqlite(8));
+}
+
+#[test]
 fn postgres_1_upgrades_with_nothing_lost() {
     upgrade(Fixture::Postgres(1));
 }
@@ -470,17 +475,24 @@ fn postgres_4_upgrades_with_nothing_lost() {
 }
 
 #[test]
+fn postgres_7_upgrades_with_nothing_lost() {
+    upgrade(Fixture::Postgres(7));
+}
+
+#[test]
 fn the_fixtures_cover_every_schema_version_this_build_knows() {
-    // Every version before this build's has its fixture, written by the build that shipped it
-    // (scripts/fixtures.sh), and a test above. This build's own (SQLite 10, PostgreSQL 9: MCP
-    // OAuth grants; SQLite 9, PostgreSQL 8: daily use) is what they upgrade to; once they have
-    // shipped, their fixtures join them and these numbers move on.
+    // Every version that shipped has its fixture, written by the last build that had it
+    // (scripts/fixtures.sh), and a test above. SQLite 6 and 7 and PostgreSQL 5 and 6 never
+    // shipped on their own: they landed together with 8 and 7 (fc9be25). This build's own
+    // (SQLite 10, PostgreSQL 9: MCP OAuth grants; SQLite 9, PostgreSQL 8: daily use) is what
+    // they upgrade to; once they have shipped, their fixtures join them and these numbers move
+    // on.
     assert_eq!(sparky::store::SCHEMA_VERSION, 10);
     assert_eq!(sparky::store::POSTGRES_SCHEMA_VERSION, 9);
-    for fixture in [1, 2, 3, 4, 5]
+    for fixture in [1, 2, 3, 4, 5, 8]
         .map(Fixture::Sqlite)
         .into_iter()
-        .chain([1, 2, 3, 4].map(Fixture::Postgres))
+        .chain([1, 2, 3, 4, 7].map(Fixture::Postgres))
     {
         assert!(fixture.path().is_file(), "{fixture:?}");
     }
