@@ -18,6 +18,14 @@
 # out. `idle`, `cancel` and `resume` run
 # against the default Sparky; `idle` runs against the floor too, for scale.
 #
+# `stream` (issue 26): STREAM_CLIENTS conversations at once, each streaming one answer of
+# STREAM_TOKENS tokens at STREAM_RATE tokens/s from a fake OpenAI-compatible model server that
+# the load generator runs; the load generator starts the server itself, pointed at that model
+# (Sparky with `--model openai --model-url` and the SQLite store; FastAPI with `--model-url`,
+# relaying with httpx), STREAM_ROUNDS times each, alternating. It reports the delay each chunk
+# adds between the model's write and the client's read, the server's CPU per delta and peak
+# RSS. NO_STREAM=1 leaves it out; ONLY_STREAM=1 runs nothing else.
+#
 # Holding 10,000 connections needs more open files than the usual 1024: the script raises the
 # limit (`ulimit -n`) for itself and so for both servers and the load generator. Where the
 # hard limit is lower than 65536 (containers), it goes as high as the hard limit allows.
@@ -47,14 +55,20 @@ RESUME_EVENTS=${RESUME_EVENTS:-100}
 RESUME_REPEAT=${RESUME_REPEAT:-10}
 # Bound on each loadgen run, on top of its per-read timeouts.
 MAX_SECONDS=${MAX_SECONDS:-60}
+STREAM_CLIENTS=${STREAM_CLIENTS:-500}
+STREAM_TOKENS=${STREAM_TOKENS:-300}
+STREAM_RATE=${STREAM_RATE:-30}
+STREAM_ROUNDS=${STREAM_ROUNDS:-$ROUNDS}
 
 OUT=${BENCH_OUT:-target/bench}
 RESULTS=$OUT/results.jsonl
 # SPARKY_BIN runs another build of Sparky (an earlier commit's, for a before-and-after).
-SPARKY=${SPARKY_BIN:-target/release/sparky}
+# Cargo's output goes where CARGO_TARGET_DIR says, when it is set.
+BUILT=${CARGO_TARGET_DIR:-target}/release
+SPARKY=${SPARKY_BIN:-$BUILT/sparky}
 SPARKY_BEFORE=${SPARKY_BEFORE_BIN:-}
-FLOOR=target/release/examples/floor
-LOADGEN=target/release/examples/loadgen
+FLOOR=$BUILT/examples/floor
+LOADGEN=$BUILT/examples/loadgen
 
 started_at=$(date +%s)
 log() { printf '[bench %3ss] %s\n' "$(($(date +%s) - started_at))" "$*" >&2; }
@@ -75,7 +89,7 @@ cargo build --release --quiet --bin sparky --example loadgen --example floor
 VENV=target/bench-venv
 FASTAPI_PYTHON=$VENV/bin/python
 if [[ -z ${NO_FASTAPI:-} ]]; then
-    if ! "$FASTAPI_PYTHON" -c "import fastapi, uvicorn" 2>/dev/null; then
+    if ! "$FASTAPI_PYTHON" -c "import fastapi, uvicorn, httpx" 2>/dev/null; then
         log "installing FastAPI and uvicorn into $VENV"
         python3 -m venv "$VENV"
         "$VENV/bin/pip" install --quiet -r bench/requirements.txt
@@ -204,6 +218,57 @@ compare_round() {
     load "$name" "$round" turns --clients 500 --turns "$TURNS_500" --pid "$SERVER_PID"
     stop_server
 }
+
+# stream_round NAME ROUND: the `stream` scenario; the load generator starts the server itself.
+stream_round() {
+    local name=$1 round=$2 command line
+    SERVER_COUNT=$((SERVER_COUNT + 1))
+    if [[ $name == fastapi ]]; then
+        command=("$FASTAPI_PYTHON" bench/fastapi_app.py --addr 127.0.0.1:0 --model-url '{model_url}')
+    else
+        local data="$OUT/data/$SERVER_COUNT"
+        mkdir -p "$data"
+        command=("$SPARKY" --addr 127.0.0.1:0 --data-dir "$data" "${sparky_flags[@]}"
+            --model openai --model-url '{model_url}' --model-name fake)
+    fi
+    line=$("$LOADGEN" --label "$name" --round "$round" --max-seconds "$MAX_SECONDS" stream \
+        --clients "$STREAM_CLIENTS" --tokens "$STREAM_TOKENS" --tokens-per-s "$STREAM_RATE" \
+        -- "${command[@]}" 2>"$OUT/logs/$SERVER_COUNT-$name-stream.err")
+    echo "$line" >>"$RESULTS"
+    log "$name round $round: stream -> $(stream_summary "$line")"
+}
+
+stream_summary() {
+    python3 - "$1" <<'EOF_PY'
+import json, sys
+r = json.loads(sys.argv[1])
+print("{count}/{expected} chunks, {errors} errors, delay p50 {p50_ms} p99 {p99_ms} ms, "
+      "{deltas_received} deltas, CPU {server_cpu_us_per_delta} us/delta "
+      "{server_cpu_us_per_chunk} us/chunk, peak RSS {server_rss_peak_kib} KiB".format(**r))
+EOF_PY
+}
+
+if [[ -z ${NO_STREAM:-} ]]; then
+    stream_servers=(sparky)
+    [[ -z ${NO_FASTAPI:-} ]] && stream_servers+=(fastapi)
+    log "stream: load average $(cut -d' ' -f1-3 /proc/loadavg)"
+    for round in $(seq "$STREAM_ROUNDS"); do
+        order=("${stream_servers[@]}")
+        if ((round % 2 == 0)); then
+            order=()
+            for ((i = ${#stream_servers[@]} - 1; i >= 0; i--)); do order+=("${stream_servers[i]}"); done
+        fi
+        for name in "${order[@]}"; do
+            stream_round "$name" "$round"
+        done
+    done
+    echo "{\"scenario\":\"stream-machine\",\"load_average\":\"$(cut -d' ' -f1-3 /proc/loadavg)\"}" >>"$RESULTS"
+fi
+if [[ -n ${ONLY_STREAM:-} ]]; then
+    python3 scripts/chart.py "$RESULTS" --table "$OUT/table.md" --svg "$OUT/chart.svg"
+    cat "$OUT/table.md"
+    exit 0
+fi
 
 # The servers alternate, and the order reverses every round, so that a slow phase of the
 # shared machine does not land on one of them only.
