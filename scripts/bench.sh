@@ -262,7 +262,7 @@ if [[ -z ${NO_STREAM:-} ]]; then
             stream_round "$name" "$round"
         done
     done
-    echo "{\"scenario\":\"stream-machine\",\"load_average\":\"$(cut -d' ' -f1-3 /proc/loadavg)\"}" >>"$RESULTS"
+    echo "{\"scenario\":\"stream-machine\",\"label\":\"\",\"round\":0,\"load_average\":\"$(cut -d' ' -f1-3 /proc/loadavg)\"}" >>"$RESULTS"
 fi
 if [[ -n ${ONLY_STREAM:-} ]]; then
     python3 scripts/chart.py "$RESULTS" --table "$OUT/table.md" --svg "$OUT/chart.svg"

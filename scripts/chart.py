@@ -308,7 +308,7 @@ def render_table(runs):
             f"{machine[-1].get('load_before', '?')}; after them (our own load included): "
             f"{machine[-1].get('load_average', '?')}."
         )
-    servers = [NAMES[label] for label in SERVER_ORDER if any(r["label"] == label for r in runs)]
+    servers = [NAMES[label] for label in SERVER_ORDER if any(r.get("label") == label for r in runs)]
     out = [
         "# Benchmark results",
         "",

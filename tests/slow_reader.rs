@@ -105,7 +105,11 @@ fn a_client_that_stops_reading_gets_every_piece_merged_in_order() {
     // Now the slow client reads everything that waited for it.
     let (deltas, answer) = read_turn(&mut slow);
     assert_eq!(answer, expected);
-    assert_eq!(deltas.concat(), expected, "the pieces, in order, are the answer");
+    assert_eq!(
+        deltas.concat(),
+        expected,
+        "the pieces, in order, are the answer"
+    );
     assert!(
         deltas.len() < PIECES / 2,
         "{} delta frames for {PIECES} pieces: the waiting ones were not merged",

@@ -749,7 +749,10 @@ mod tests {
             assert!(n > 0, "the socket closed");
             received.extend_from_slice(&chunk[..n]);
         }
-        outbound.socket().shutdown(std::net::Shutdown::Write).unwrap();
+        outbound
+            .socket()
+            .shutdown(std::net::Shutdown::Write)
+            .unwrap();
         client.read_to_end(&mut received).unwrap();
         let mut frames = Vec::new();
         let mut rest = &received[..];
@@ -757,7 +760,10 @@ mod tests {
             assert_eq!(rest[0], 0x81, "a final text frame");
             let (length, header) = match rest[1] {
                 126 => (usize::from(u16::from_be_bytes([rest[2], rest[3]])), 4),
-                127 => (u64::from_be_bytes(rest[2..10].try_into().unwrap()) as usize, 10),
+                127 => (
+                    u64::from_be_bytes(rest[2..10].try_into().unwrap()) as usize,
+                    10,
+                ),
                 short => (usize::from(short), 2),
             };
             assert_eq!(header, header_bytes(rest[1]));
@@ -781,7 +787,12 @@ mod tests {
     fn fill(outbound: &Outbound) -> Vec<WireText> {
         let mut sent = Vec::new();
         while outbound.pending_bytes() == 0 {
-            let frame: WireText = format!(r#"{{"filler":{},"pad":"{}"}}"#, sent.len(), "x".repeat(1000)).into();
+            let frame: WireText = format!(
+                r#"{{"filler":{},"pad":"{}"}}"#,
+                sent.len(),
+                "x".repeat(1000)
+            )
+            .into();
             assert!(outbound.send(std::slice::from_ref(&frame)));
             sent.push(frame);
         }
@@ -808,7 +819,9 @@ mod tests {
             r#"{"type":"message","data":{"turn_id":3,"text":"done"},"seq":9}"#.into();
         assert!(outbound.send(std::slice::from_ref(&closing)));
         // One batch: pieces of turn 4, a replace, more pieces, then a piece of turn 5.
-        let mut batch: Vec<WireText> = (0..10).map(|n| delta(4, &format!("b{n} "), false)).collect();
+        let mut batch: Vec<WireText> = (0..10)
+            .map(|n| delta(4, &format!("b{n} "), false))
+            .collect();
         batch.push(delta(4, "R", true));
         batch.extend((0..10).map(|n| delta(4, &format!("c{n} "), false)));
         batch.push(delta(5, "other", false));
@@ -864,9 +877,15 @@ mod tests {
             let n = client.read(&mut chunk).unwrap();
             received.extend_from_slice(&chunk[..n]);
         }
-        outbound.socket().shutdown(std::net::Shutdown::Write).unwrap();
+        outbound
+            .socket()
+            .shutdown(std::net::Shutdown::Write)
+            .unwrap();
         client.read_to_end(&mut received).unwrap();
-        assert!(received == all, "the bytes differ from the frames sent, in order");
+        assert!(
+            received == all,
+            "the bytes differ from the frames sent, in order"
+        );
     }
 
     #[test]
