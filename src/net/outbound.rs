@@ -620,30 +620,11 @@ mod tests {
     #[test]
     fn no_wake_up_is_lost_while_the_pending_buffer_fills_and_empties() {
         wake::install().unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let socket =
-            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        socket.set_recv_buffer_size(4096).unwrap();
-        socket
-            .connect(&listener.local_addr().unwrap().into())
-            .unwrap();
-        let mut client: TcpStream = socket.into();
-        client
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        let (server, _) = listener.accept().unwrap();
-        server.set_nonblocking(true).unwrap();
         // A small send buffer: most frames do not fit whole, so the writer leaves bytes
         // pending (and must wake the connection thread) again and again.
-        socket2::SockRef::from(&server)
-            .set_send_buffer_size(4096)
-            .unwrap();
-        let limit = PendingLimit {
-            frames: usize::MAX,
-            bytes: usize::MAX,
-        };
         let metrics = Arc::new(Metrics::default());
-        let outbound = Arc::new(Outbound::new(1, server, limit, metrics.clone()));
+        let (mut client, outbound) = slow_pair(metrics.clone());
+        let outbound = Arc::new(outbound);
         let done = Arc::new(AtomicBool::new(false));
 
         // The connection thread, as `Connection` runs it: flush, then sleep until the socket
@@ -711,7 +692,7 @@ mod tests {
     }
 
     /// An `Outbound` on a socket with small buffers, and its peer, which reads nothing yet.
-    fn slow_pair() -> (TcpStream, Outbound) {
+    fn slow_pair(metrics: Arc<Metrics>) -> (TcpStream, Outbound) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let socket =
             socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
@@ -732,7 +713,7 @@ mod tests {
             frames: usize::MAX,
             bytes: usize::MAX,
         };
-        let outbound = Outbound::new(1, server, limit, Arc::new(Metrics::default()));
+        let outbound = Outbound::new(1, server, limit, metrics);
         (client, outbound)
     }
 
@@ -806,7 +787,7 @@ mod tests {
     /// lengths, so their headers grow as they are rewritten.
     #[test]
     fn pieces_waiting_for_a_slow_peer_become_one_frame_per_run() {
-        let (mut client, outbound) = slow_pair();
+        let (mut client, outbound) = slow_pair(Arc::default());
         let mut expected: Vec<String> = fill(&outbound).iter().map(|f| f.to_string()).collect();
         let piece = |n: usize| format!("{n:03}:{}|", "é\"\\\n".repeat(100));
         let mut first = String::new();
@@ -844,7 +825,7 @@ mod tests {
     /// a frame of its own. A control frame written through `write_raw` ends a run too.
     #[test]
     fn a_delta_partly_written_or_followed_by_a_control_frame_is_left_alone() {
-        let (mut client, outbound) = slow_pair();
+        let (mut client, outbound) = slow_pair(Arc::default());
         let fillers = fill(&outbound);
         let big = delta(7, &"y".repeat(200_000), false);
         assert!(outbound.send(std::slice::from_ref(&big)));
