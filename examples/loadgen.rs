@@ -5,7 +5,8 @@
 //! ```text
 //! cargo run --release --example loadgen -- --url ws://127.0.0.1:PORT/ws SCENARIO [OPTIONS]
 //!
-//! turns   --clients N --turns M [--pid P]   closed-loop plain turns; latency = send to final message
+//! turns   --clients N --turns M [--pid P]   closed-loop plain turns; latency = send to final message;
+//!                                           with --pid, the server's CPU and context switches per turn
 //! connect --clients N                       TCP connect + handshake + `connect` until `ready`
 //! idle    --clients N --seconds S --pid P   hold N sessions; server RSS, threads and idle CPU
 //! cancel  --clients N --turns M             `/wait 10000` cut short by a new message
@@ -278,6 +279,7 @@ fn run_turns(
         },
     );
     let cpu_ticks = run.cpu_ticks_since_start(pid);
+    let switches = run.switches;
     let finishes = run.finishes.clone();
     let mut outcome = run.into_outcome("turns", clients, clients * turns);
     outcome
@@ -294,6 +296,18 @@ fn run_turns(
             outcome
                 .extra
                 .insert("server_cpu_us_per_turn".into(), json!(round3(micros)));
+        }
+    }
+    if let Some(switches) = switches {
+        outcome
+            .extra
+            .insert("server_context_switches".into(), json!(switches));
+        let count = outcome.tally.latencies.len();
+        if count > 0 {
+            outcome.extra.insert(
+                "server_context_switches_per_turn".into(),
+                json!(round3(switches as f64 / count as f64)),
+            );
         }
     }
     // Fairness: when each client finished its turns, from the start of the window.
@@ -1290,11 +1304,19 @@ where
     F: Fn(&mut Socket, &Target, Instant, &mut Tally) + Send + Copy + 'static,
 {
     let gate = Gate::new();
+    // With `pid`, each client keeps its socket open after its work until the server's context
+    // switches are read: a server thread that ends (a connection's, when its socket closes)
+    // takes its count with it.
+    let measured = Gate::new();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
     let (ready_tx, ready_rx) = mpsc::channel::<()>();
     let mut handles = Vec::with_capacity(clients);
     let mut failures = Tally::default();
     for index in 0..clients {
         let gate = gate.clone();
+        let measured = measured.clone();
+        let done_tx = done_tx.clone();
+        let hold_open = pid.is_some();
         let ready_tx = ready_tx.clone();
         let target = target.for_client(index);
         let spawned = client_thread(index, move || {
@@ -1314,6 +1336,11 @@ where
             };
             body(&mut ws, &target, deadline, &mut tally);
             let finished = Instant::now();
+            if hold_open {
+                let _ = done_tx.send(());
+                drop(done_tx);
+                measured.wait(limit);
+            }
             close(&mut ws);
             (tally, finished)
         });
@@ -1322,7 +1349,14 @@ where
             Err(e) => failures.fail(&e),
         }
     }
-    let mut run = ClientRun::start_and_join_measuring(handles, ready_tx, &ready_rx, &gate, pid);
+    drop(done_tx);
+    let mut run = ClientRun::start_and_join_measuring(
+        handles,
+        ready_tx,
+        &ready_rx,
+        &gate,
+        pid.map(|pid| (pid, done_rx, measured)),
+    );
     run.tally.merge(failures);
     run
 }
@@ -1373,6 +1407,8 @@ struct ClientRun {
     finishes: Vec<Duration>,
     /// The server's CPU ticks when the window opened, when asked for.
     cpu_at_start: Option<u64>,
+    /// The server's context switches over the window, when asked for.
+    switches: Option<u64>,
 }
 
 impl ClientRun {
@@ -1387,13 +1423,15 @@ impl ClientRun {
         Self::start_and_join_measuring(handles, ready_tx, ready_rx, gate, None)
     }
 
-    /// [`ClientRun::start_and_join`], noting the CPU time of process `pid` as the gate opens.
+    /// [`ClientRun::start_and_join`], noting the CPU time and context switches of process
+    /// `pid` as the gate opens, and its context switches again once every client is done (each
+    /// says so on `done` and waits at `measured` before it closes its socket).
     fn start_and_join_measuring(
         handles: Vec<thread::JoinHandle<(Tally, Instant)>>,
         ready_tx: mpsc::Sender<()>,
         ready_rx: &mpsc::Receiver<()>,
         gate: &Gate,
-        pid: Option<u32>,
+        measure: Option<(u32, mpsc::Receiver<()>, Gate)>,
     ) -> Self {
         drop(ready_tx);
         for _ in 0..handles.len() {
@@ -1401,10 +1439,22 @@ impl ClientRun {
                 break;
             }
         }
+        let pid = measure.as_ref().map(|(pid, _, _)| *pid);
+        let switches_at_start = pid.and_then(proc_context_switches);
         let cpu_at_start = pid.and_then(proc_cpu_ticks);
         let start = gate.open();
+        let mut switches = None;
+        if let Some((pid, done, measured)) = measure {
+            // Every client sends once, or ends (its sender goes) without sending.
+            while done.recv().is_ok() {}
+            switches = proc_context_switches(pid)
+                .zip(switches_at_start)
+                .map(|(end, start)| end.saturating_sub(start));
+            measured.open();
+        }
         let mut run = Self::join(handles, start);
         run.cpu_at_start = cpu_at_start;
+        run.switches = switches;
         run
     }
 
@@ -1444,6 +1494,7 @@ impl ClientRun {
             window: end - start,
             finishes,
             cpu_at_start: None,
+            switches: None,
         }
     }
 
@@ -1588,6 +1639,28 @@ fn proc_status(pid: u32) -> Option<ProcStatus> {
         rss_kib: field("VmRSS:")?,
         threads: field("Threads:")?,
     })
+}
+
+/// Context switches (`voluntary_ctxt_switches` + `nonvoluntary_ctxt_switches`) summed over the
+/// live threads of process `pid`, from `/proc/PID/task/*/status`: `/proc/PID/status` counts
+/// the main thread alone. A thread that ended takes its count with it, so the clients keep
+/// their sockets (and so the server's connection threads) open until it is read.
+fn proc_context_switches(pid: u32) -> Option<u64> {
+    let mut total = 0;
+    for task in fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+        let Ok(text) = fs::read_to_string(task.path().join("status")) else {
+            continue;
+        };
+        for line in text.lines() {
+            let count = line
+                .strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"));
+            if let Some(count) = count.and_then(|count| count.trim().parse::<u64>().ok()) {
+                total += count;
+            }
+        }
+    }
+    Some(total)
 }
 
 /// utime + stime of the whole process from `/proc/PID/stat`, in clock ticks.

@@ -24,7 +24,7 @@
 # (Sparky with `--model openai --model-url` and the SQLite store; FastAPI with `--model-url`,
 # relaying with httpx), STREAM_ROUNDS times each, alternating. It reports the delay each chunk
 # adds between the model's write and the client's read, the server's CPU per delta and peak
-# RSS. NO_STREAM=1 leaves it out; ONLY_STREAM=1 runs nothing else.
+# RSS. `SCENARIOS=stream` runs it alone (see below).
 #
 # Holding 10,000 connections needs more open files than the usual 1024: the script raises the
 # limit (`ulimit -n`) for itself and so for both servers and the load generator. Where the
@@ -35,6 +35,11 @@
 # `sparky-before` (and `sparky-mem-before`), so that before and after are measured in one run
 # and the table gains a "Before and after" section of per-round ratios;
 # BENCH_OUT moves the output directory; the counts at the top can be overridden the same way.
+# SCENARIOS picks a subset (a space-separated list of connect, turns1, turns50, turns500, idle,
+# cancel, resume, stream; all by default), e.g. SCENARIOS="turns1 turns50" NO_FASTAPI=1 for the turns
+# alone; NO_BUILD=1 runs the release binaries as they are. `turns` also counts the server's
+# context switches per turn (its threads' voluntary and involuntary ones, from
+# /proc/PID/task/*/status, read before the clients close their sockets).
 
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -59,6 +64,10 @@ STREAM_CLIENTS=${STREAM_CLIENTS:-500}
 STREAM_TOKENS=${STREAM_TOKENS:-300}
 STREAM_RATE=${STREAM_RATE:-30}
 STREAM_ROUNDS=${STREAM_ROUNDS:-$ROUNDS}
+SCENARIOS=" ${SCENARIOS:-connect turns1 turns50 turns500 idle cancel resume stream} "
+
+# wanted SCENARIO: true when SCENARIOS names it.
+wanted() { [[ $SCENARIOS == *" $1 "* ]]; }
 
 OUT=${BENCH_OUT:-target/bench}
 RESULTS=$OUT/results.jsonl
@@ -83,8 +92,10 @@ if (($(ulimit -n) < IDLE_CLIENTS + 100)); then
     log "warning: $(ulimit -n) open files may be too few for Sparky to hold $IDLE_CLIENTS connections"
 fi
 
-log "building (release)"
-cargo build --release --quiet --bin sparky --example loadgen --example floor
+if [[ -z ${NO_BUILD:-} ]]; then
+    log "building (release)"
+    cargo build --release --quiet --bin sparky --example loadgen --example floor
+fi
 
 VENV=target/bench-venv
 FASTAPI_PYTHON=$VENV/bin/python
@@ -212,10 +223,18 @@ EOF_PY
 compare_round() {
     local name=$1 round=$2
     start_server "$name"
-    load "$name" "$round" connect --clients "$CONNECT_CLIENTS"
-    load "$name" "$round" turns --clients 1 --turns "$TURNS_1" --pid "$SERVER_PID"
-    load "$name" "$round" turns --clients 50 --turns "$TURNS_50" --pid "$SERVER_PID"
-    load "$name" "$round" turns --clients 500 --turns "$TURNS_500" --pid "$SERVER_PID"
+    if wanted connect; then
+        load "$name" "$round" connect --clients "$CONNECT_CLIENTS"
+    fi
+    if wanted turns1; then
+        load "$name" "$round" turns --clients 1 --turns "$TURNS_1" --pid "$SERVER_PID"
+    fi
+    if wanted turns50; then
+        load "$name" "$round" turns --clients 50 --turns "$TURNS_50" --pid "$SERVER_PID"
+    fi
+    if wanted turns500; then
+        load "$name" "$round" turns --clients 500 --turns "$TURNS_500" --pid "$SERVER_PID"
+    fi
     stop_server
 }
 
@@ -248,7 +267,7 @@ print("{count}/{expected} chunks, {errors} errors, delay p50 {p50_ms} p99 {p99_m
 EOF_PY
 }
 
-if [[ -z ${NO_STREAM:-} ]]; then
+if wanted stream; then
     stream_servers=(sparky)
     [[ -z ${NO_FASTAPI:-} ]] && stream_servers+=(fastapi)
     log "stream: load average $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -264,15 +283,10 @@ if [[ -z ${NO_STREAM:-} ]]; then
     done
     echo "{\"scenario\":\"stream-machine\",\"label\":\"\",\"round\":0,\"load_average\":\"$(cut -d' ' -f1-3 /proc/loadavg)\"}" >>"$RESULTS"
 fi
-if [[ -n ${ONLY_STREAM:-} ]]; then
-    python3 scripts/chart.py "$RESULTS" --table "$OUT/table.md" --svg "$OUT/chart.svg"
-    cat "$OUT/table.md"
-    exit 0
-fi
-
 # The servers alternate, and the order reverses every round, so that a slow phase of the
 # shared machine does not land on one of them only.
 for round in $(seq "$ROUNDS"); do
+    wanted connect || wanted turns1 || wanted turns50 || wanted turns500 || break
     order=("${servers[@]}")
     if ((round % 2 == 0)); then
         order=()
@@ -287,17 +301,26 @@ load_average=$(cut -d' ' -f1-3 /proc/loadavg)
 echo "{\"scenario\":\"machine\",\"load_before\":\"$load_before\",\"load_average\":\"$load_average\"}" >>"$RESULTS"
 log "load average after the rounds: $load_average"
 
-for name in sparky floor; do
-    start_server "$name"
-    load "$name" 1 idle --clients "$IDLE_CLIENTS" --seconds "$IDLE_SECONDS" --pid "$SERVER_PID" \
-        --timeout-ms "$IDLE_TIMEOUT_MS"
-    stop_server
-done
+if wanted idle; then
+    for name in sparky floor; do
+        start_server "$name"
+        load "$name" 1 idle --clients "$IDLE_CLIENTS" --seconds "$IDLE_SECONDS" \
+            --pid "$SERVER_PID" --timeout-ms "$IDLE_TIMEOUT_MS"
+        stop_server
+    done
+fi
 
-start_server sparky
-load sparky 1 cancel --clients "$CANCEL_CLIENTS" --turns "$CANCEL_TURNS"
-load sparky 1 resume --clients "$RESUME_CLIENTS" --events "$RESUME_EVENTS" --repeat "$RESUME_REPEAT"
-stop_server
+if wanted cancel || wanted resume; then
+    start_server sparky
+    if wanted cancel; then
+        load sparky 1 cancel --clients "$CANCEL_CLIENTS" --turns "$CANCEL_TURNS"
+    fi
+    if wanted resume; then
+        load sparky 1 resume --clients "$RESUME_CLIENTS" --events "$RESUME_EVENTS" \
+            --repeat "$RESUME_REPEAT"
+    fi
+    stop_server
+fi
 
 # The servers' data directories only matter while they run.
 rm -rf "$OUT/data"

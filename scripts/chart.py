@@ -244,6 +244,7 @@ def comparison_row(scenario, clients, variant, grouped):
         fmt(ratio_of(rounds, floor, "p99_ms")) if variant != FLOOR else "1",
         fmt(median_of(rounds, "max_ms")),
         fmt(median_of(rounds, "server_cpu_us_per_turn"), 1),
+        fmt(median_of(rounds, "server_context_switches_per_turn"), 1),
         fmt(median_of(rounds, "client_finish_spread")),
         fmt(sum(run["errors"] for run in rounds.values())),
         target,
@@ -266,8 +267,9 @@ def before_and_after(runs):
         "same flags. Ratios are after/before, medians of the per-round ratios.",
         "",
         "| scenario | clients | server | /s before | /s after | ×/s | p50 before | p50 after "
-        "| p99 before | p99 after | ×p99 | CPU µs/turn before | after | ×CPU |",
-        "|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| p99 before | p99 after | ×p99 | CPU µs/turn before | after | ×CPU "
+        "| switches/turn before | after |",
+        "|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for scenario in ("connect", "turns"):
         grouped = by_key(runs, scenario)
@@ -277,7 +279,7 @@ def before_and_after(runs):
                 if not now or not then:
                     continue
                 out.append(
-                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
                         scenario,
                         clients,
                         NAMES[after],
@@ -292,6 +294,8 @@ def before_and_after(runs):
                         fmt(median_of(then, "server_cpu_us_per_turn"), 0),
                         fmt(median_of(now, "server_cpu_us_per_turn"), 0),
                         fmt(ratio_of(now, then, "server_cpu_us_per_turn")),
+                        fmt(median_of(then, "server_context_switches_per_turn"), 1),
+                        fmt(median_of(now, "server_context_switches_per_turn"), 1),
                     )
                 )
     return out
@@ -326,8 +330,8 @@ def render_table(runs):
         "`Sparky --in-memory` keeps nothing on disk.",
         "",
         "| scenario | clients | server | /s | ×floor | ×FastAPI | p50 | p99 | p99 ×floor | max "
-        "| CPU µs/turn | spread | errors | targets (issue 13) | all met? |",
-        "|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|---|",
+        "| CPU µs/turn | switches/turn | spread | errors | targets (issue 13) | all met? |",
+        "|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|---|",
     ]
     for scenario in ("connect", "turns"):
         grouped = by_key(runs, scenario)

@@ -84,6 +84,7 @@ fn error_codes() -> Vec<ErrorCode> {
         ErrorCode::StepLimit,
         ErrorCode::Internal,
         ErrorCode::Storage,
+        ErrorCode::Quota,
     ];
     for code in &all {
         match code {
@@ -102,6 +103,7 @@ fn error_codes() -> Vec<ErrorCode> {
             | ErrorCode::StepLimit
             | ErrorCode::Internal
             | ErrorCode::Storage
+            | ErrorCode::Quota
             // Only ever decoded, never sent.
             | ErrorCode::Unknown => {}
         }

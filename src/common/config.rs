@@ -177,6 +177,14 @@ pub struct Config {
     /// Turns one principal (token) may run at once; one more gets server_busy.
     #[arg(long, default_value_t = 256, value_parser = at_least_one::<usize>)]
     pub max_running_turns_per_principal: usize,
+    /// Turns a user account may start a day (UTC), unless an admin set the user's own; one
+    /// more is closed at once with error quota. 0: no limit.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub daily_turns: u64,
+    /// Model tokens (prompt and completion) a user account's answers may take a day (UTC),
+    /// unless an admin set the user's own; a turn past it gets error quota. 0: no limit.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub daily_tokens: u64,
     /// Largest WebSocket frame or message in bytes; a larger one closes the connection (1009).
     #[arg(long, default_value_t = 1 << 20, value_parser = at_least_one::<usize>)]
     pub max_frame_bytes: usize,
@@ -409,6 +417,8 @@ impl fmt::Debug for Config {
             new_conversation_rate,
             max_running_turns,
             max_running_turns_per_principal,
+            daily_turns,
+            daily_tokens,
             max_frame_bytes,
             max_text_chars,
             event_log_capacity,

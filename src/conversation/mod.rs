@@ -3,7 +3,7 @@
 //! ([`tool_calls`]), what a turn and its session agree on ([`events`]), the turn pool
 //! ([`worker`]), tool approval ([`approval`]), the context budget ([`context`]), the journal
 //! that writes every event ([`journal`]), semantic memory ([`memory`]) and what an instance
-//! does for the others sharing its store ([`cluster`]). Knows no client: a bot works the same
+//! does for the others sharing its store ([`cluster`]), and users' daily quotas ([`quota`]). Knows no client: a bot works the same
 //! with no one connected.
 //!
 //! Depends on nothing in the crate.
@@ -18,6 +18,7 @@ pub mod events;
 pub mod journal;
 pub mod memory;
 pub mod porting;
+pub mod quota;
 pub mod session;
 pub mod tool_calls;
 pub mod worker;

@@ -6,9 +6,12 @@
 //! sign-in or a removed user stops working at once, on every instance: each asks the store).
 //!
 //! A user's principal is `user:<id>` ([`Principal::user`]). The routes' answers are built here
-//! and the `/api/` table (`api.rs`) hands requests to them.
+//! and the `/api/` table (`api.rs`) hands requests to them: a caller's use of the day
+//! (`GET /api/usage`), and each user's use and daily limits in the admin's list, set by an
+//! admin (`PATCH /api/users/{name}`), from `conversation::quota`.
 //!
-//! Depends on: `common::auth`, `common::config`, `common::error`, `common::password`, `common::rate`, `net::http`, `store::accounts`.
+//! Depends on: `common::auth`, `common::config`, `common::error`, `common::password`,
+//! `common::rate`, `conversation::quota`, `net::http`, `store::accounts`, `store::usage`.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -16,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
@@ -25,8 +28,9 @@ use crate::common::config::RateLimit;
 use crate::common::error::Error;
 use crate::common::password;
 use crate::common::rate::Bucket;
+use crate::conversation::quota::Quotas;
 use crate::net::http::{Response, SetCookie};
-use crate::store::{AccountStore, User};
+use crate::store::{AccountStore, DayUsage, LimitChange, Limits, User, UserSummary};
 
 /// The session cookie's name.
 pub const COOKIE: &str = "sparky_session";
@@ -66,6 +70,8 @@ const WRONG: &str = "wrong name or password";
 /// User accounts, over the store. See the module's header.
 pub struct Accounts {
     store: Arc<dyn AccountStore>,
+    /// Users' daily use and limits.
+    quotas: Arc<Quotas>,
     /// Mark the cookie `Secure` (`--public-url https://…`).
     secure: bool,
     failures: Mutex<Failures>,
@@ -109,6 +115,36 @@ struct NewUser {
     password: Option<String>,
     #[serde(default)]
     admin: bool,
+    /// The user's own turns a day; absent or null: the default.
+    #[serde(default)]
+    daily_turns: Option<u64>,
+    /// The user's own model tokens a day; absent or null: the default.
+    #[serde(default)]
+    daily_tokens: Option<u64>,
+}
+
+/// `PATCH /api/users/{name}`'s body: each limit absent (kept), null (back to the default) or a
+/// number (`0`: no limit).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewLimits {
+    #[serde(default, deserialize_with = "present")]
+    daily_turns: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "present")]
+    daily_tokens: Option<Option<u64>>,
+}
+
+/// A field that is present, null or not: `Some` of its value, so that an absent one (serde's
+/// `default`, `None`) is told from a null one (`Some(None)`).
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Option<T>, D::Error> {
+    T::deserialize(deserializer).map(Some)
+}
+
+/// Daily use as the API shows it.
+fn day_usage(usage: DayUsage) -> Value {
+    json!({ "turns": usage.turns, "tokens": usage.tokens })
 }
 
 fn now() -> i64 {
@@ -171,10 +207,12 @@ pub fn check_name(name: &str) -> Result<(), String> {
 }
 
 impl Accounts {
-    /// Accounts kept in `store`; `secure`: the cookie is marked `Secure`.
-    pub fn new(store: Arc<dyn AccountStore>, secure: bool) -> Self {
+    /// Accounts kept in `store`, their daily use and limits in `quotas`; `secure`: the cookie
+    /// is marked `Secure`.
+    pub fn new(store: Arc<dyn AccountStore>, quotas: Arc<Quotas>, secure: bool) -> Self {
         Accounts {
             store,
+            quotas,
             secure,
             failures: Mutex::new(Failures::default()),
             any_known: AtomicBool::new(false),
@@ -407,9 +445,52 @@ impl Accounts {
         }
     }
 
-    /// `GET /api/users` (admin only): every account with its tokens' use and how many
-    /// conversations it has (`conversations` counts them for a principal); nothing of anyone's
-    /// content.
+    /// `GET /api/usage`: the caller's use today (UTC) and the daily limits that apply to it
+    /// (`null`: none), whoever it is.
+    pub fn usage(&self, principal: &Principal) -> Response {
+        match self.quotas.today(principal) {
+            Ok(today) => reply(
+                200,
+                "OK",
+                &json!({
+                    "day": today.day,
+                    "turns": today.usage.turns,
+                    "tokens": today.usage.tokens,
+                    "daily_turns": today.limits.turns,
+                    "daily_tokens": today.limits.tokens,
+                }),
+            ),
+            Err(e) => failed(&e),
+        }
+    }
+
+    /// One user as the admin's list shows it: the account, its tokens' use, how many
+    /// conversations it has, the model tokens they took, its use today and its own limits.
+    fn user_entry(
+        &self,
+        summary: &UserSummary,
+        conversations: &dyn Fn(&Principal) -> Option<u64>,
+    ) -> crate::common::error::Result<Value> {
+        let user = &summary.user;
+        let principal = Principal::user(user.id, &user.name);
+        let (today, tokens_used) = self.quotas.used(&principal)?;
+        Ok(json!({
+            "name": user.name,
+            "admin": user.admin,
+            "created_at": rfc3339(user.created_at),
+            "conversations": conversations(&principal),
+            "tokens": summary.tokens,
+            "token_last_used": summary.token_last_used.map(rfc3339),
+            "tokens_used": tokens_used,
+            "today": day_usage(today),
+            "daily_turns": summary.limits.turns,
+            "daily_tokens": summary.limits.tokens,
+        }))
+    }
+
+    /// `GET /api/users` (admin only): every account with its tokens' use, how many
+    /// conversations it has (`conversations` counts them for a principal), its use and its
+    /// own daily limits, and the server's default limits; nothing of anyone's content.
     pub fn list_users(
         &self,
         principal: &Principal,
@@ -418,25 +499,79 @@ impl Accounts {
         if let Err(response) = self.admin(principal) {
             return response;
         }
-        match self.store.users() {
+        let entries = self.store.users().and_then(|users| {
+            users
+                .iter()
+                .map(|summary| self.user_entry(summary, conversations))
+                .collect::<crate::common::error::Result<Vec<_>>>()
+        });
+        let defaults = self.quotas.defaults();
+        match entries {
             Ok(users) => reply(
                 200,
                 "OK",
-                &json!({ "users": users.into_iter().map(|u| json!({
-                    "name": u.user.name,
-                    "admin": u.user.admin,
-                    "created_at": rfc3339(u.user.created_at),
-                    "conversations": conversations(&Principal::user(u.user.id, &u.user.name)),
-                    "tokens": u.tokens,
-                    "token_last_used": u.token_last_used.map(rfc3339),
-                })).collect::<Vec<_>>() }),
+                &json!({
+                    "users": users,
+                    "defaults": { "daily_turns": defaults.turns, "daily_tokens": defaults.tokens },
+                }),
             ),
             Err(e) => failed(&e),
         }
     }
 
-    /// `POST /api/users` `{name, password?, admin?}` (admin only): `201` `{name, admin}`, with
-    /// `password` when one was made (shown this once); `409` for a name taken.
+    /// `PATCH /api/users/{name}` `{daily_turns?, daily_tokens?}` (admin only): sets or clears
+    /// (null: the default) the user's own daily limits; `200` with the user as the list shows
+    /// it, `404` for no such user, `400` for a body that is not such an object.
+    pub fn set_limits(
+        &self,
+        principal: &Principal,
+        name: &str,
+        bytes: &[u8],
+        conversations: &dyn Fn(&Principal) -> Option<u64>,
+    ) -> Response {
+        if let Err(response) = self.admin(principal) {
+            return response;
+        }
+        // An object only: serde would read a struct from a list too.
+        let limits = match body::<Value>(bytes) {
+            Ok(value @ Value::Object(_)) => serde_json::from_value::<NewLimits>(value),
+            Ok(_) => return refuse(400, "Bad Request", "the body is not a JSON object"),
+            Err(response) => return response,
+        };
+        let limits = match limits {
+            Ok(limits) => limits,
+            Err(e) => {
+                return refuse(400, "Bad Request", &format!("the body cannot be read: {e}"));
+            }
+        };
+        let change = LimitChange {
+            turns: limits.daily_turns,
+            tokens: limits.daily_tokens,
+        };
+        match self.quotas.set_limits(name, change) {
+            Ok(true) => {}
+            Ok(false) => return refuse(404, "Not Found", "not found"),
+            Err(e) => return failed(&e),
+        }
+        let found = self
+            .store
+            .users()
+            .map(|users| users.into_iter().find(|u| u.user.name == name));
+        match found.and_then(|found| {
+            found
+                .map(|summary| self.user_entry(&summary, conversations))
+                .transpose()
+        }) {
+            Ok(Some(entry)) => reply(200, "OK", &entry),
+            // Removed meanwhile.
+            Ok(None) => refuse(404, "Not Found", "not found"),
+            Err(e) => failed(&e),
+        }
+    }
+
+    /// `POST /api/users` `{name, password?, admin?, daily_turns?, daily_tokens?}` (admin only):
+    /// `201` `{name, admin, daily_turns, daily_tokens}`, with `password` when one was made
+    /// (shown this once); `409` for a name taken.
     pub fn create_user(&self, principal: &Principal, bytes: &[u8]) -> Response {
         if let Err(response) = self.admin(principal) {
             return response;
@@ -462,9 +597,31 @@ impl Accounts {
             Ok(hash) => hash,
             Err(e) => return failed(&e),
         };
-        match self.store.add_user(&new.name, &hash, new.admin) {
+        let limits = Limits {
+            turns: new.daily_turns,
+            tokens: new.daily_tokens,
+        };
+        let added = self
+            .store
+            .add_user(&new.name, &hash, new.admin)
+            .and_then(|user| {
+                if user.is_some() && limits != Limits::default() {
+                    let change = LimitChange {
+                        turns: Some(limits.turns),
+                        tokens: Some(limits.tokens),
+                    };
+                    self.quotas.set_limits(&new.name, change)?;
+                }
+                Ok(user)
+            });
+        match added {
             Ok(Some(user)) => {
-                let mut answer = json!({ "name": user.name, "admin": user.admin });
+                let mut answer = json!({
+                    "name": user.name,
+                    "admin": user.admin,
+                    "daily_turns": limits.turns,
+                    "daily_tokens": limits.tokens,
+                });
                 if made {
                     answer["password"] = Value::String(password);
                 }

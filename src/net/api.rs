@@ -218,9 +218,19 @@ pub const API_ROUTES: &[Route<ApiRoute>] = &[
         handler: create_user,
     },
     Route {
+        method: "PATCH",
+        pattern: "/api/users/{name}",
+        handler: set_limits,
+    },
+    Route {
         method: "DELETE",
         pattern: "/api/users/{name}",
         handler: remove_user,
+    },
+    Route {
+        method: "GET",
+        pattern: "/api/usage",
+        handler: usage,
     },
     Route {
         method: "POST",
@@ -1403,14 +1413,34 @@ fn revoke_token(ctx: &RouteContext, request: &ApiRequest<'_>) -> Response {
     )
 }
 
+/// How many conversations `user` has, for the admin's list of users (`None`: the store
+/// failed).
+fn conversations_of(ctx: &RouteContext, user: &Principal) -> Option<u64> {
+    ctx.store
+        .count(user.as_str())
+        .inspect_err(|e| log::error!("api: {e}"))
+        .ok()
+}
+
 /// `GET /api/users`.
 fn list_users(ctx: &RouteContext, request: &ApiRequest<'_>) -> Response {
-    ctx.accounts.list_users(request.principal, &|user| {
-        ctx.store
-            .count(user.as_str())
-            .inspect_err(|e| log::error!("api: {e}"))
-            .ok()
-    })
+    ctx.accounts
+        .list_users(request.principal, &|user| conversations_of(ctx, user))
+}
+
+/// `PATCH /api/users/{name}`.
+fn set_limits(ctx: &RouteContext, request: &ApiRequest<'_>) -> Response {
+    ctx.accounts.set_limits(
+        request.principal,
+        request.params.first().copied().unwrap_or(""),
+        request.body,
+        &|user| conversations_of(ctx, user),
+    )
+}
+
+/// `GET /api/usage`.
+fn usage(ctx: &RouteContext, request: &ApiRequest<'_>) -> Response {
+    ctx.accounts.usage(request.principal)
 }
 
 /// `POST /api/users`.

@@ -6,7 +6,14 @@
 //!
 //! Only this file, `http.rs`, `outbound.rs` and `connection.rs` touch client sockets.
 //!
-//! Depends on: `common::auth`, `common::config`, `common::error`, `common::metrics`, `conversation::bot`, `conversation::cluster`, `conversation::journal`, `conversation::memory`, `conversation::session`, `files`, `model`, `model::embed`, `model::offline`, `net::accounts`, `net::admission`, `net::api`, `net::connection`, `net::handler`, `net::http`, `net::inbound`, `net::outbound`, `net::policy`, `net::routes`, `net::shutdown`, `net::wake`, `store`, `store::accounts`, `store::cluster`, `store::files`, `store::postgres`, `store::shares`, `store::sqlite`, `tools`, `tools::files`, `tools::mcp`.
+//! Depends on: `common::auth`, `common::config`, `common::error`, `common::metrics`,
+//! `conversation::bot`, `conversation::cluster`, `conversation::journal`, `conversation::memory`,
+//! `conversation::quota`, `conversation::session`, `files`, `model`, `model::embed`,
+//! `model::offline`, `net::accounts`, `net::admission`, `net::api`, `net::connection`,
+//! `net::handler`, `net::http`, `net::inbound`, `net::outbound`, `net::policy`, `net::routes`,
+//! `net::shutdown`, `net::wake`, `store`, `store::accounts`, `store::cluster`, `store::files`,
+//! `store::postgres`, `store::shares`, `store::sqlite`, `store::usage`, `tools`, `tools::files`,
+//! `tools::mcp`.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -27,6 +34,7 @@ use crate::conversation::bot::Engine;
 use crate::conversation::cluster::ClusterThread;
 use crate::conversation::journal::Journal;
 use crate::conversation::memory::SemanticGraph;
+use crate::conversation::quota::Quotas;
 use crate::conversation::session::{SessionManager, Turns};
 use crate::files::Library;
 use crate::model::ModelBackend;
@@ -46,7 +54,7 @@ use crate::net::shutdown::Shutdown;
 use crate::net::wake::{self, Sleeper};
 use crate::store::{
     AccountStore, Cluster, ConversationStore, FileStore, GraphStore, PostgresStore, ShareStore,
-    Solo, SqliteStore,
+    Solo, SqliteStore, UsageStore,
 };
 use crate::tools::ToolChain;
 use crate::tools::mcp::{self, McpServers};
@@ -166,7 +174,8 @@ pub fn spawn_with(
     // Before any connection: the signal that wakes a connection thread needs its handler.
     wake::install().map_err(|e| Error::io("wake-up signal", e))?;
     let metrics = Arc::new(Metrics::default());
-    let (conversations, graph, cluster, files, shares, account_store) = open_store(&config)?;
+    let (conversations, graph, cluster, files, shares, account_store, usage) = open_store(&config)?;
+    let quotas = Arc::new(Quotas::new(usage, &config));
     // Before the journal starts, so that nothing else writes meanwhile.
     migrate_owners(conversations.as_ref(), graph.as_ref(), &config.auth_tokens)?;
     let embedder = embedder(&config);
@@ -178,7 +187,11 @@ pub fn spawn_with(
     }
     let api_graph = graph.clone();
     let store = conversations.clone();
-    let journal = Journal::spawn(conversations.clone(), metrics.clone())?;
+    let journal = if config.in_memory {
+        Journal::spawn_in_background(conversations.clone(), metrics.clone())?
+    } else {
+        Journal::spawn(conversations.clone(), metrics.clone())?
+    };
     let mut tools = ToolChain::standard(&graph);
     for tool in crate::tools::files::all(&library) {
         tools.add(tool);
@@ -212,6 +225,7 @@ pub fn spawn_with(
         journal.clone(),
         (conversations, cluster.clone(), files.clone()),
         turns.clone(),
+        quotas.clone(),
     );
     let cluster = ClusterThread::spawn(sessions.clone(), cluster, metrics.clone())?;
     let shutdown = Shutdown::new();
@@ -219,7 +233,7 @@ pub fn spawn_with(
         .public_url
         .as_deref()
         .is_some_and(|url| url.to_ascii_lowercase().starts_with("https://"));
-    let accounts = Arc::new(Accounts::new(account_store, secure));
+    let accounts = Arc::new(Accounts::new(account_store, quotas, secure));
     let auth = Auth::named(
         config.auth_tokens.iter().map(String::as_str),
         &config.token_names,
@@ -504,6 +518,7 @@ fn open_store(config: &Config) -> Result<Stores> {
             store.clone(),
             store.clone(),
             store.clone(),
+            store.clone(),
             store,
         ));
     }
@@ -522,12 +537,13 @@ fn open_store(config: &Config) -> Result<Stores> {
         Arc::new(Solo),
         store.clone(),
         store.clone(),
+        store.clone(),
         store,
     ))
 }
 
 /// The store as each of its users sees it: conversations, the graph, the cluster, files, share
-/// links, accounts (`--in-memory` keeps them in its in-memory SQLite database too).
+/// links, accounts, daily use (`--in-memory` keeps them in its in-memory SQLite database too).
 type Stores = (
     Arc<dyn ConversationStore>,
     Arc<dyn GraphStore>,
@@ -535,6 +551,7 @@ type Stores = (
     Arc<dyn FileStore>,
     Arc<dyn ShareStore>,
     Arc<dyn AccountStore>,
+    Arc<dyn UsageStore>,
 );
 
 /// Moves what earlier versions stored under a token's SHA-1 fingerprint to its SHA-256 one, for

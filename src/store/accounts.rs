@@ -3,9 +3,10 @@
 //! stored: a cookie or token is kept as the SHA-256 of its secret (lowercase hex), which the
 //! caller computes; the password only as its PHC hash string.
 //!
-//! Depends on: `common::error`.
+//! Depends on: `common::error`, `store::usage`.
 
 use crate::common::error::Result;
+use crate::store::usage::Limits;
 
 /// A user account.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,6 +43,8 @@ pub struct UserSummary {
     pub tokens: u64,
     /// When one of its tokens was last used, if ever (Unix seconds).
     pub token_last_used: Option<i64>,
+    /// Its own daily limits (`None` each: the server's default).
+    pub limits: Limits,
 }
 
 /// User accounts, their sign-ins and API tokens. Implemented once for both stores

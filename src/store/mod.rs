@@ -7,6 +7,9 @@
 //! - [`FileStore`] (`files.rs`): files, their bytes in pieces, the conversations that use them,
 //!   and their text.
 //! - [`ShareStore`] (`shares.rs`): share links, frozen read-only copies of conversations.
+//! - [`AccountStore`] (`accounts.rs`): user accounts, their sign-ins and API tokens;
+//!   [`UsageStore`] (`usage.rs`): each principal's turns and model tokens per day, and users'
+//!   daily limits.
 //! - [`Cluster`] (`cluster.rs`): leases and signals between instances sharing one store.
 //!
 //! What is stored is decided once, in `plan/`: the rows a journal batch writes, the queries each
@@ -38,6 +41,7 @@ mod sqlite;
 #[cfg(test)]
 pub(crate) mod tests;
 mod tree;
+mod usage;
 
 use std::sync::Arc;
 
@@ -59,6 +63,10 @@ pub use postgres::{POSTGRES_SCHEMA_VERSION, PostgresStore};
 pub use shares::{Share, ShareStore};
 pub use sqlite::{BackupReport, DATABASE_FILE, SqliteStore, fts_queries};
 pub use tree::{TreeTurn, TurnTree};
+pub use usage::{
+    DAY_SECONDS, DayUsage, LimitChange, Limits, Reached, TurnCount, UsageStore, UsageSummary,
+    day_of,
+};
 
 /// How long one full-text search may run by default (`--search-budget`).
 pub const DEFAULT_SEARCH_BUDGET: std::time::Duration = std::time::Duration::from_millis(200);
@@ -69,7 +77,7 @@ pub const MAX_SEARCH_WORDS: usize = 16;
 
 /// The SQLite schema version this build writes. A store with a higher one was written by a
 /// newer Sparky and is refused. (PostgreSQL's is [`POSTGRES_SCHEMA_VERSION`].)
-pub const SCHEMA_VERSION: i64 = 8;
+pub const SCHEMA_VERSION: i64 = 9;
 
 /// The owner of everything when the server requires no token.
 pub const LOCAL_OWNER: &str = "local";

@@ -25,6 +25,7 @@ use crate::common::protocol::{SessionId, Usage};
 use crate::model::{ChatMessage, Role, ToolCall};
 
 mod files;
+mod usage;
 
 /// The three traits, and what the shared tests need to look inside.
 trait TestStore: ConversationStore + GraphStore + FileStore + Send + Sync + 'static {

@@ -1,10 +1,10 @@
 //! A team on one server: an admin (`boss`) and a user (`alice`) added from the shell; alice
 //! signs in, chats, shares the conversation (the link opens in a fresh browser profile, with no
 //! cookie, read-only), makes an API token on the page (its secret, shown once, works from a
-//! plain HTTP client; a revoked one does not), sees today's use when the server counts it, and
-//! signs out (the old cookie stops working). Then boss's "Users" panel lists alice with her
-//! conversation, adds an account with a one-time password and removes it, and sets alice's
-//! daily limits when the server has them.
+//! plain HTTP client; a revoked one does not), sees today's use, and signs out (the old cookie
+//! stops working). Then boss's "Users" panel lists alice with her conversation, adds an account
+//! with a one-time password and removes it, and sets alice's daily turns to the one she used;
+//! alice, signed in again, is refused her next turn in words.
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
@@ -152,21 +152,16 @@ pub fn run(browser: &Browser, tools: &BrowserTools) {
     assert_eq!(listed_with(server.addr, &doomed), 401);
     assert_eq!(listed_with(server.addr, &secret), 200);
 
-    // Today's use: shown when the server counts it, hidden when it has no /api/usage.
+    // Today's use, in the sidebar and the account box.
     let (usage_status, usage) = http(server.addr, "GET", "/api/usage", Some(&secret), None);
-    if usage_status == 200 {
-        browser.wait_for(
-            "today's use in the sidebar",
-            "return !document.getElementById('usage-today').hidden \
-             && document.getElementById('usage-today').textContent.startsWith('Today: 1 turn,')",
-        );
-    } else {
-        assert_eq!(usage_status, 404, "{usage}");
-        assert_eq!(
-            browser.eval("return document.getElementById('usage-today').hidden"),
-            true
-        );
-    }
+    assert_eq!(usage_status, 200, "{usage}");
+    let usage: Value = serde_json::from_str(&usage).unwrap();
+    assert_eq!(usage["turns"], 1, "{usage}");
+    browser.wait_for(
+        "today's use in the sidebar",
+        "return !document.getElementById('usage-today').hidden \
+         && document.getElementById('usage-today').textContent.startsWith('Today: 1 turn,')",
+    );
     browser.click("#account-close");
 
     // Sign out: the page asks again, and the old cookie no longer works.
@@ -236,33 +231,43 @@ pub fn run(browser: &Browser, tools: &BrowserTools) {
     let (status, _) = http(server.addr, "POST", "/api/login", None, Some(&login));
     assert_eq!(status, 401, "a removed account cannot sign in");
 
-    // Limits, on a server that has them: alice's daily turns set on the page.
-    let limits = browser.eval("return !document.getElementById('users-defaults').hidden");
-    if limits == true {
-        browser.type_into(
-            "#user-list .user[data-name=\"alice\"] input[name=\"daily_turns\"]",
-            "5",
-        );
-        browser.click("#user-list .user[data-name=\"alice\"] .limits .save");
-        browser.wait_for(
-            "the limits set",
-            "return document.getElementById('user-note').textContent.includes('limits of alice are set')",
-        );
-        let turns = browser.eval_async(
-            "const done = arguments[arguments.length - 1]; \
-             fetch('/api/users').then((r) => r.json()).then((d) => \
-               done(d.users.find((u) => u.name === 'alice').daily_turns))",
-        );
-        assert_eq!(turns, 5);
-        browser.screenshot("team-04-limits");
-    } else {
-        assert_eq!(
-            browser.eval("return document.querySelectorAll('#user-list .limits').length"),
-            0,
-            "no limits offered by a server without them"
-        );
-    }
+    // Limits: alice's daily turns set on the page to the one she has used.
+    browser.type_into(
+        "#user-list .user[data-name=\"alice\"] input[name=\"daily_turns\"]",
+        "1",
+    );
+    browser.click("#user-list .user[data-name=\"alice\"] .limits .save");
+    browser.wait_for(
+        "the limits set",
+        "return document.getElementById('user-note').textContent.includes('limits of alice are set')",
+    );
+    let turns = browser.eval_async(
+        "const done = arguments[arguments.length - 1]; \
+         fetch('/api/users').then((r) => r.json()).then((d) => \
+           done(d.users.find((u) => u.name === 'alice').daily_turns))",
+    );
+    assert_eq!(turns, 1);
+    browser.screenshot("team-04-limits");
     browser.click("#users-close");
+
+    // alice, back, is told in words that her day is used up, and her use shows it.
+    browser.click("#sign-out");
+    browser.wait_for("the sign-in form after boss", TOKEN_FORM);
+    sign_in(browser, "alice", "alice's password");
+    browser.wait_for(
+        "alice signed in again",
+        "return document.getElementById('account-name').textContent === 'Signed in as alice'",
+    );
+    browser.say("one more, please", Submit::EnterKey);
+    browser.wait_for(
+        "the quota refusal in words",
+        "return document.getElementById('log').innerText.includes('Daily quota reached: 1 of your 1 turns a day are used')",
+    );
+    browser.wait_for(
+        "today's use at its limit",
+        "return document.getElementById('usage-today').textContent.startsWith('Today: 1 turn (of 1)')",
+    );
+    browser.screenshot("team-05-quota");
 
     // Leave no sign-in behind for the scenarios after this one (cookies ignore the port).
     browser.click("#sign-out");

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // Each test file uses its own subset of these helpers.
 
+pub mod accounts;
 pub mod files;
 pub mod mcp;
 pub mod postgres;
@@ -295,13 +296,19 @@ impl Client {
     pub fn connect(addr: SocketAddr, data: Value) -> Self {
         let mut client = Self::open(addr);
         client.send(json!({"type": "connect", "data": data}));
-        let info = client.expect("session_info");
+        client.greeted()
+    }
+
+    /// Reads the answer to the `connect` sent: `session_info` (whose session it keeps) and
+    /// `ready`.
+    pub fn greeted(mut self) -> Self {
+        let info = self.expect("session_info");
         let ServerFrame::SessionInfo { session_id, .. } = &info.frame else {
             unreachable!()
         };
-        client.session_id = Some(session_id.clone());
-        client.expect("ready");
-        client
+        self.session_id = Some(session_id.clone());
+        self.expect("ready");
+        self
     }
 
     /// Resumes `session` from `last_seq`.

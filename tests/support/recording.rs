@@ -1,14 +1,16 @@
 //! `Recording`: the offline model, keeping what every request it got showed the model, so that
-//! a test can check what reached it (the branch's history, a file's passages, an image).
+//! a test can check what reached it (the branch's history, a file's passages, an image), and
+//! reporting the token use a test gives it.
 
 use parking_lot::Mutex;
 use sparky::common::error::Result;
+use sparky::common::protocol::Usage;
 use sparky::model::offline::OfflineModel;
 use sparky::model::{Conversation, ModelBackend, ModelReply, ReplySink, Role, ToolSpec};
 
 /// The offline model, recording each request: every message's role and text, and the images
 /// of its last user message. `window` is the context it says it has; `vision`, whether it
-/// takes images.
+/// takes images; `usage`, the tokens it says each answer took.
 #[derive(Default)]
 pub struct Recording {
     /// Each request's messages, oldest request first.
@@ -19,6 +21,8 @@ pub struct Recording {
     pub window: Option<usize>,
     /// True when it takes images.
     pub vision: bool,
+    /// The `usage` of each answer (none: the offline model's, which reports nothing).
+    pub usage: Option<Usage>,
 }
 
 impl Recording {
@@ -72,6 +76,10 @@ impl ModelBackend for Recording {
             })
             .unwrap_or_default();
         self.images.lock().push(images);
-        OfflineModel.complete(messages, tools, sink)
+        let mut reply = OfflineModel.complete(messages, tools, sink)?;
+        if self.usage.is_some() {
+            reply.usage = self.usage;
+        }
+        Ok(reply)
     }
 }

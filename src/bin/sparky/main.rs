@@ -110,7 +110,7 @@ enum Command {
         #[arg(long = "store", value_name = "URL")]
         store: Option<String>,
     },
-    /// Manage user accounts (add, list, remove), also while the server runs.
+    /// Manage user accounts (add, list, limit, remove), also while the server runs.
     User {
         #[command(subcommand)]
         command: user::UserCommand,

@@ -1,5 +1,5 @@
-//! `sparky user add|list|remove`: user accounts, managed from the shell against the same store
-//! as the server, while it runs. A SQLite store is opened beside the server (no directory lock:
+//! `sparky user add|list|limit|remove`: user accounts and their daily limits, managed from the
+//! shell against the same store as the server, while it runs. A SQLite store is opened beside the server (no directory lock:
 //! SQLite orders the few writes), a PostgreSQL one is connected to.
 
 use std::io::Read;
@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use sparky::common::password;
 use sparky::net::accounts::check_name;
-use sparky::store::{AccountStore, PostgresStore, SqliteStore};
+use sparky::store::{AccountStore, LimitChange, PostgresStore, SqliteStore, UsageStore};
 
 /// What `sparky user` does.
 #[derive(Debug, clap::Subcommand)]
@@ -25,8 +25,20 @@ pub enum UserCommand {
         #[arg(long)]
         password_stdin: bool,
     },
-    /// List the accounts.
+    /// List the accounts, with their API tokens and their own daily limits.
     List,
+    /// Set a user's own daily limits (unset ones are kept); `default` goes back to the
+    /// server's --daily-turns / --daily-tokens, 0 is no limit.
+    Limit {
+        /// The user's name.
+        name: String,
+        /// Turns a day (UTC): a number, or `default`.
+        #[arg(long, value_name = "N|default", value_parser = parse_limit)]
+        daily_turns: Option<Setting>,
+        /// Model tokens a day (UTC): a number, or `default`.
+        #[arg(long, value_name = "N|default", value_parser = parse_limit)]
+        daily_tokens: Option<Setting>,
+    },
     /// Remove an account, its sign-ins and its tokens: they stop working at once.
     Remove {
         /// The user's name.
@@ -34,20 +46,53 @@ pub enum UserCommand {
     },
 }
 
+/// A limit given on the command line: a number, or `None` for the server's default.
+#[derive(Clone, Copy, Debug)]
+pub struct Setting(Option<u64>);
+
+/// `N` or `default`.
+fn parse_limit(text: &str) -> Result<Setting, String> {
+    match text.trim() {
+        "default" => Ok(Setting(None)),
+        number => number
+            .parse()
+            .map(|n| Setting(Some(n)))
+            .map_err(|_| format!("{text:?} is neither a whole number nor `default`")),
+    }
+}
+
+/// A user's own limit as `sparky user list` shows it.
+fn shown(limit: Option<u64>) -> String {
+    match limit {
+        None => "default".to_owned(),
+        Some(0) => "unlimited".to_owned(),
+        Some(n) => n.to_string(),
+    }
+}
+
+/// The store's accounts and their daily use: one store, seen through both traits.
+type Opened = (Arc<dyn AccountStore>, Arc<dyn UsageStore>);
+
 /// Runs `command` against the store of `dir`, or the PostgreSQL database `store` when given.
 pub fn run(command: UserCommand, dir: &Path, store: Option<String>) -> ExitCode {
-    let opened: sparky::common::error::Result<Arc<dyn AccountStore>> = match &store {
-        Some(url) => PostgresStore::connect(url, 1).map(|s| Arc::new(s) as Arc<dyn AccountStore>),
-        None => SqliteStore::open_beside(dir).map(|s| Arc::new(s) as Arc<dyn AccountStore>),
+    let opened: sparky::common::error::Result<Opened> = match &store {
+        Some(url) => PostgresStore::connect(url, 1).map(|s| {
+            let s = Arc::new(s);
+            (s.clone() as Arc<dyn AccountStore>, s as Arc<dyn UsageStore>)
+        }),
+        None => SqliteStore::open_beside(dir).map(|s| {
+            let s = Arc::new(s);
+            (s.clone() as Arc<dyn AccountStore>, s as Arc<dyn UsageStore>)
+        }),
     };
-    let accounts = match opened {
-        Ok(accounts) => accounts,
+    let (accounts, usage) = match opened {
+        Ok(opened) => opened,
         Err(e) => {
             eprintln!("sparky: user: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match execute(command, accounts.as_ref()) {
+    match execute(command, accounts.as_ref(), usage.as_ref()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(why) => {
             eprintln!("sparky: user: {why}");
@@ -56,7 +101,11 @@ pub fn run(command: UserCommand, dir: &Path, store: Option<String>) -> ExitCode 
     }
 }
 
-fn execute(command: UserCommand, accounts: &dyn AccountStore) -> Result<(), String> {
+fn execute(
+    command: UserCommand,
+    accounts: &dyn AccountStore,
+    usage: &dyn UsageStore,
+) -> Result<(), String> {
     match command {
         UserCommand::Add {
             name,
@@ -101,13 +150,38 @@ fn execute(command: UserCommand, accounts: &dyn AccountStore) -> Result<(), Stri
             }
             for summary in users {
                 println!(
-                    "{}\t{}\t{} tokens",
+                    "{}\t{}\t{} tokens\tturns a day: {}\tmodel tokens a day: {}",
                     summary.user.name,
                     if summary.user.admin { "admin" } else { "user" },
-                    summary.tokens
+                    summary.tokens,
+                    shown(summary.limits.turns),
+                    shown(summary.limits.tokens),
                 );
             }
             Ok(())
+        }
+        UserCommand::Limit {
+            name,
+            daily_turns,
+            daily_tokens,
+        } => {
+            let change = LimitChange {
+                turns: daily_turns.map(|setting| setting.0),
+                tokens: daily_tokens.map(|setting| setting.0),
+            };
+            if usage.set_limits(&name, change).map_err(|e| e.to_string())? {
+                let users = accounts.users().map_err(|e| e.to_string())?;
+                if let Some(summary) = users.iter().find(|summary| summary.user.name == name) {
+                    println!(
+                        "{name}: turns a day: {}, model tokens a day: {}",
+                        shown(summary.limits.turns),
+                        shown(summary.limits.tokens),
+                    );
+                }
+                Ok(())
+            } else {
+                Err(format!("there is no user named {name}"))
+            }
         }
         UserCommand::Remove { name } => {
             if accounts.remove_user(&name).map_err(|e| e.to_string())? {

@@ -141,6 +141,8 @@ pub enum ErrorCode {
     Internal,
     /// Turn error: the store could not write the turn.
     Storage,
+    /// Turn error: the user's daily quota of turns or model tokens is used up.
+    Quota,
     /// A code this build does not know (only ever decoded, never sent).
     #[serde(other)]
     Unknown,
@@ -165,6 +167,7 @@ impl ErrorCode {
             ErrorCode::StepLimit => "step_limit",
             ErrorCode::Internal => "internal",
             ErrorCode::Storage => "storage",
+            ErrorCode::Quota => "quota",
             ErrorCode::Unknown => "unknown",
         }
     }

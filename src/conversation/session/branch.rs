@@ -164,7 +164,7 @@ impl Session {
         let mut fetched: Option<Fetched> = None;
         for _ in 0..TRIES {
             let (path, seen, target) = {
-                let mut state = self.inner.state.lock();
+                let mut state = self.inner.lock();
                 if state.closed || !state.holder {
                     return Err((
                         ErrorCode::ServerBusy,

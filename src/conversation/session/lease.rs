@@ -70,7 +70,7 @@ impl Releases {
 impl Session {
     /// True when this instance writes the conversation now.
     pub fn holds_lease(&self) -> bool {
-        self.inner.state.lock().holder
+        self.inner.lock().holder
     }
 
     /// Makes this instance the conversation's writer, as a message needs: takes its lease,
@@ -92,7 +92,7 @@ impl Session {
             return Ok(());
         }
         let _transition = self.inner.lease.lock();
-        if self.inner.state.lock().holder {
+        if self.inner.lock().holder {
             return Ok(());
         }
         let id = &self.inner.id;
@@ -153,7 +153,7 @@ impl Session {
             }
         };
         {
-            let mut state = shared.state.lock();
+            let mut state = shared.lock();
             let engine = state.bot.engine().clone();
             state.bot = Bot::restore(
                 engine,
@@ -176,7 +176,7 @@ impl Session {
     /// and closes the turn it left open. Nothing when the lease is still held.
     pub(super) fn recover(&self) {
         let _transition = self.inner.lease.lock();
-        if self.inner.state.lock().holder {
+        if self.inner.lock().holder {
             return;
         }
         if matches!(self.inner.cluster.acquire(&self.inner.id), Ok(true)) {
@@ -190,7 +190,7 @@ impl Session {
     pub fn let_go(&self) {
         let _transition = self.inner.lease.lock();
         {
-            let mut state = self.inner.state.lock();
+            let mut state = self.inner.lock();
             if !std::mem::take(&mut state.holder) {
                 return;
             }
@@ -221,7 +221,7 @@ impl Session {
     pub fn catch_up_to(&self, up_to: u64) {
         loop {
             let after = {
-                let state = self.inner.state.lock();
+                let state = self.inner.lock();
                 if state.holder || state.closed {
                     return;
                 }
@@ -245,7 +245,7 @@ impl Session {
             if page.events.is_empty() {
                 return;
             }
-            let mut state = self.inner.state.lock();
+            let mut state = self.inner.lock();
             if !self.absorb(&mut state, page.events) {
                 return;
             }

@@ -3,7 +3,7 @@
 //! policy, and serves the conversation API. The map lock is held only to look up, insert or
 //! remove; loading from the store and attaching happen after it is released.
 //!
-//! Depends on: `common::auth`, `common::config`, `common::error`, `common::metrics`, `common::protocol`, `common::rate`, `conversation::bot`, `conversation::journal`, `conversation::porting`, `conversation::session`, `conversation::session::lease`, `conversation::session::limits`, `conversation::session::persist`, `conversation::session::relay`, `conversation::session::subscribers`, `conversation::session::tail`, `model`, `store`, `store::cluster`, `store::files`, `store::tree`.
+//! Depends on: `common::auth`, `common::config`, `common::error`, `common::metrics`, `common::protocol`, `common::rate`, `conversation::bot`, `conversation::journal`, `conversation::porting`, `conversation::quota`, `conversation::session`, `conversation::session::lease`, `conversation::session::limits`, `conversation::session::persist`, `conversation::session::relay`, `conversation::session::subscribers`, `conversation::session::tail`, `model`, `store`, `store::cluster`, `store::files`, `store::tree`.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -21,6 +21,7 @@ use crate::common::rate::Bucket;
 use crate::conversation::bot::{Bot, Engine, MAX_HISTORY_MESSAGES};
 use crate::conversation::journal::Journal;
 use crate::conversation::porting::{self, Imported};
+use crate::conversation::quota::Quotas;
 use crate::model::{ChatMessage, Role};
 use crate::store::{
     Cluster, ConversationStore, ConversationSummary, FileStore, PageSize, StoredConversation,
@@ -106,6 +107,7 @@ pub(super) struct Shared {
     pub(super) files: Arc<dyn FileStore>,
     pub(super) releases: Arc<Releases>,
     pub(super) limits: Arc<TurnLimits>,
+    pub(super) quotas: Arc<Quotas>,
     pub(super) turns: Turns,
     pub(super) relays: Arc<Relays>,
 }
@@ -147,9 +149,9 @@ struct Quota {
 }
 
 impl SessionManager {
-    /// An empty map for sessions that run on `engine`, start their turns on `turns`, and are
-    /// kept in `store` through `journal`, shared with the other instances of `cluster`; their
-    /// files are in `files`.
+    /// An empty map for sessions that run on `engine`, start their turns on `turns` (each
+    /// counted against its owner's daily `quotas`), and are kept in `store` through `journal`,
+    /// shared with the other instances of `cluster`; their files are in `files`.
     pub fn new(
         config: Arc<Config>,
         engine: Engine,
@@ -161,6 +163,7 @@ impl SessionManager {
             Arc<dyn FileStore>,
         ),
         turns: Turns,
+        quotas: Arc<Quotas>,
     ) -> Self {
         let (store, cluster, files) = store;
         SessionManager {
@@ -175,6 +178,7 @@ impl SessionManager {
                         config.max_running_turns,
                         config.max_running_turns_per_principal,
                     ),
+                    quotas,
                     config,
                     journal,
                     store,
@@ -500,7 +504,7 @@ impl SessionManager {
             })
             .collect();
         if !seed.is_empty() {
-            let mut state = session.inner.state.lock();
+            let mut state = session.inner.lock();
             session.commit(&mut state, crate::common::protocol::TurnId(0), seed);
         }
         self.inner

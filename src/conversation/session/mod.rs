@@ -14,7 +14,7 @@
 //! subscriber's [`Sink`], one batch per subscriber, under the session lock. A session starts
 //! its own turns on the server's [`TurnPool`].
 //!
-//! Depends on: `common::auth`, `common::cancel`, `common::error`, `common::metrics`, `common::protocol`, `conversation::agent`, `conversation::approval`, `conversation::bot`, `conversation::journal`, `conversation::worker`, `files`, `model`, `store`, `store::cluster`, `store::tree`, `tools::knowledge`.
+//! Depends on: `common::auth`, `common::cancel`, `common::error`, `common::metrics`, `common::protocol`, `conversation::agent`, `conversation::approval`, `conversation::bot`, `conversation::journal`, `conversation::quota`, `conversation::worker`, `files`, `model`, `store`, `store::cluster`, `store::tree`, `tools::knowledge`.
 
 mod branch;
 mod lease;
@@ -27,10 +27,11 @@ mod tail;
 mod turn;
 
 use std::fmt;
+use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 
 use crate::common::auth::Principal;
 use crate::common::cancel::CancelFlag;
@@ -41,7 +42,8 @@ use crate::common::protocol::{
 use crate::conversation::agent::Turn;
 use crate::conversation::approval::Approvals;
 use crate::conversation::bot::{Bot, interrupted};
-use crate::conversation::journal::Durable;
+use crate::conversation::journal::{Durable, Hold};
+use crate::conversation::quota::Quotas;
 use crate::conversation::worker::TurnPool;
 use crate::model::ChatMessage;
 use crate::store::{Cluster, ConversationStore, TurnTree};
@@ -111,6 +113,8 @@ struct SessionInner {
     metrics: Arc<Metrics>,
     /// The caps on running turns, shared by every session.
     limits: Arc<TurnLimits>,
+    /// Users' daily quotas, checked as each turn starts on its worker.
+    quotas: Arc<Quotas>,
     /// Where its turns run.
     turns: Turns,
     max_subscribers: usize,
@@ -132,6 +136,41 @@ struct SessionInner {
     send_before_written: bool,
     /// Held for bookkeeping only: never across IO, a model call, a tool call or a blocking send.
     state: Mutex<SessionState>,
+}
+
+impl SessionInner {
+    /// Takes the session lock. Every lock of a session goes through here.
+    fn lock(&self) -> Locked<'_> {
+        let hold = Hold::new();
+        Locked {
+            state: self.state.lock(),
+            _hold: hold,
+        }
+    }
+}
+
+/// The session lock, held. The store writes queued under it are committed only once it is
+/// released: its [`Hold`] is dropped after the guard, and committing releases events, which
+/// takes session locks (this one among them). So no thread leads a commit while it holds a
+/// session's lock.
+struct Locked<'a> {
+    /// Dropped first: the lock is released before the hold.
+    state: MutexGuard<'a, SessionState>,
+    _hold: Hold,
+}
+
+impl Deref for Locked<'_> {
+    type Target = SessionState;
+
+    fn deref(&self) -> &SessionState {
+        &self.state
+    }
+}
+
+impl DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut SessionState {
+        &mut self.state
+    }
 }
 
 /// What the session lock protects.
@@ -244,7 +283,7 @@ impl Durable for SessionAck {
     fn durable(&self, seq: u64) {
         if let Some(inner) = self.0.upgrade() {
             let session = Session { inner };
-            let mut state = session.inner.state.lock();
+            let mut state = session.inner.lock();
             session.durable(&mut state, seq);
         }
     }
@@ -291,6 +330,7 @@ impl Session {
             knowledge,
             metrics: shared.metrics.clone(),
             limits: shared.limits.clone(),
+            quotas: shared.quotas.clone(),
             turns: shared.turns.clone(),
             max_subscribers: shared.config.max_connections_per_session.max(1),
             persist,
@@ -323,7 +363,7 @@ impl Session {
 
     /// The model the conversation chose; `None` for the server's default.
     pub fn model(&self) -> Option<String> {
-        self.inner.state.lock().bot.model().map(str::to_owned)
+        self.inner.lock().bot.model().map(str::to_owned)
     }
 
     /// The session's short-term knowledge.
@@ -333,14 +373,14 @@ impl Session {
 
     /// The `seq` of the newest event (0 before the first).
     pub fn last_seq(&self) -> u64 {
-        self.inner.state.lock().log.last_seq()
+        self.inner.lock().log.last_seq()
     }
 
     /// True when the store holds the conversation: false for a new session until the batch
     /// with its first message is committed. The conversation quota counts the sessions in
     /// memory that the store does not hold yet.
     pub fn in_store(&self) -> bool {
-        let state = self.inner.state.lock();
+        let state = self.inner.lock();
         match state.saved {
             Saved::No => false,
             Saved::Queued(seq) => state.durable_seq >= seq,
@@ -351,12 +391,12 @@ impl Session {
     /// True once the session has gone to the store, or is on its way there: false for a new
     /// session until its first message.
     pub(super) fn saved(&self) -> bool {
-        self.inner.state.lock().saved != Saved::No
+        self.inner.lock().saved != Saved::No
     }
 
     /// Where the server keeps files, when it keeps them.
     pub fn files(&self) -> Option<crate::files::Library> {
-        self.inner.state.lock().bot.engine().files.clone()
+        self.inner.lock().bot.engine().files.clone()
     }
 
     /// True while the store refuses writes: new turns are refused meanwhile.
@@ -366,22 +406,22 @@ impl Session {
 
     /// The last turn of the current path (`0` before the first).
     pub fn leaf(&self) -> TurnId {
-        TurnId(self.inner.state.lock().tree.leaf())
+        TurnId(self.inner.lock().tree.leaf())
     }
 
     /// True while a turn is in flight.
     pub fn has_turn(&self) -> bool {
-        self.inner.state.lock().turn.is_some()
+        self.inner.lock().turn.is_some()
     }
 
     /// How many subscribers are attached now.
     pub fn subscriber_count(&self) -> usize {
-        self.inner.state.lock().subscribers.len()
+        self.inner.lock().subscribers.len()
     }
 
     /// A copy of the conversation the model sees.
     pub fn history(&self) -> Vec<ChatMessage> {
-        self.inner.state.lock().bot.history().to_vec()
+        self.inner.lock().bot.history().to_vec()
     }
 
     /// Opens a turn: cancels the turn in flight (its `status cancelled` comes first), logs
@@ -449,12 +489,14 @@ impl Session {
             approvals: approvals.clone(),
         });
         Metrics::bump(&self.inner.metrics.turns_started);
+        let permit = Arc::new(Mutex::new(Some(permit)));
         Some(TurnStart {
             turn,
             events: SessionTurn {
                 session: self.clone(),
                 turn_id,
                 approvals,
+                permit: permit.clone(),
             },
             cancel,
             knowledge: self.inner.knowledge.clone(),
@@ -466,7 +508,7 @@ impl Session {
     /// cancelled`; passed on to the instance that holds the conversation when this one does
     /// not.
     pub fn cancel(&self) {
-        let mut state = self.inner.state.lock();
+        let mut state = self.inner.lock();
         if state.holder {
             self.cancel_locked(&mut state);
         } else {
@@ -478,7 +520,7 @@ impl Session {
     /// Stops the turn in flight here, if any (at shutdown, or when another instance passes a
     /// client's `cancel` on).
     pub fn cancel_here(&self) {
-        let mut state = self.inner.state.lock();
+        let mut state = self.inner.lock();
         self.cancel_locked(&mut state);
     }
 
@@ -491,7 +533,7 @@ impl Session {
             return self.approve_here(call_id, allow);
         }
         let waits = {
-            let state = self.inner.state.lock();
+            let state = self.inner.lock();
             let open = open_turn_in(&state.log);
             open.is_some_and(|turn| {
                 waiting_approvals(&state.log, turn)
@@ -510,7 +552,7 @@ impl Session {
     /// for a call that is not waiting is ignored, as PROTOCOL.md section 5 says; true when this
     /// answer decided.
     pub fn approve_here(&self, call_id: &str, allow: bool) -> bool {
-        let state = self.inner.state.lock();
+        let state = self.inner.lock();
         let decided = state
             .turn
             .as_ref()
@@ -532,7 +574,7 @@ impl Session {
 
     /// Detaches the subscriber `id`, if it is still attached.
     pub fn detach(&self, id: u64) {
-        let mut state = self.inner.state.lock();
+        let mut state = self.inner.lock();
         let before = state.subscribers.len();
         state
             .subscribers
@@ -757,7 +799,7 @@ impl Session {
         last_seq: Option<u64>,
         ready: &ServerFrame,
     ) -> Result<Attachment, Subscriber> {
-        let mut state = self.inner.state.lock();
+        let mut state = self.inner.lock();
         if state.closed {
             return Err(subscriber);
         }
@@ -818,7 +860,7 @@ impl Session {
     /// [`crate::common::error::Error::Store`] when the store cannot be read.
     pub fn replay(&self, id: u64) -> crate::common::error::Result<ReplayStep> {
         let (after, up_to) = {
-            let mut state = self.inner.state.lock();
+            let mut state = self.inner.lock();
             let visible = state.visible_seq;
             let Some(at) = state
                 .subscribers
@@ -897,7 +939,7 @@ impl Session {
                 .into_iter()
                 .map(|(_, body)| WireText::from(body)),
         );
-        let mut state = self.inner.state.lock();
+        let mut state = self.inner.lock();
         let Some(at) = state
             .subscribers
             .iter()
@@ -920,7 +962,7 @@ impl Session {
         let Some((turn_id, text)) = open_turn else {
             return;
         };
-        let mut state = self.inner.state.lock();
+        let mut state = self.inner.lock();
         // Calls that waited for a person are answered first, so that no request stays open.
         for (call_id, name) in waiting_approvals(&state.log, TurnId(turn_id)) {
             let result = ServerFrame::ToolResult {
@@ -947,7 +989,7 @@ impl Session {
     /// Takes the session out of service: no more turns or subscribers. With `deleted`, its
     /// turn is stopped and its subscribers get `status deleted` and are closed.
     fn close(&self, deleted: bool) {
-        let mut state = self.inner.state.lock();
+        let mut state = self.inner.lock();
         state.closed = true;
         if !deleted {
             return;
@@ -966,13 +1008,13 @@ impl Session {
     /// True when the session may leave memory: nobody attached, no turn, everything durable,
     /// and idle since `before`.
     fn evictable(&self, before: Instant) -> bool {
-        Self::idle(&self.inner.state.lock(), before)
+        Self::idle(&self.inner.lock(), before)
     }
 
     /// Closes the session if it is still [`evictable`](Self::evictable), in one step under its
     /// lock, so that no connection attaches to it in between. True when it closed.
     fn close_if_idle(&self, before: Instant) -> bool {
-        let mut state = self.inner.state.lock();
+        let mut state = self.inner.lock();
         let idle = Self::idle(&state, before);
         state.closed |= idle;
         idle

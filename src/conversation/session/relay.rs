@@ -89,7 +89,7 @@ impl Relays {
                 continue;
             };
             let session = Session { inner };
-            let mut state = session.inner.state.lock();
+            let mut state = session.inner.lock();
             match state.relay.since {
                 Some(since) if since.elapsed() < RELAY_EVERY => still.push(weak),
                 Some(_) => session.flush_relay(&mut state),
@@ -210,7 +210,7 @@ impl Session {
     /// sent to the live subscribers now when this instance has shown exactly that event,
     /// held until it has when it is behind, dropped when it is already past the next one.
     pub fn relayed(&self, after: u64, frames: &str) {
-        let mut state = self.inner.state.lock();
+        let mut state = self.inner.lock();
         if state.holder || state.closed || after < state.visible_seq {
             return;
         }

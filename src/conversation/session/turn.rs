@@ -6,7 +6,10 @@
 
 use std::io;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
 use std::time::Instant;
+
+use parking_lot::Mutex;
 
 use crate::common::cancel::CancelFlag;
 use crate::common::metrics::Outcome;
@@ -54,12 +57,15 @@ pub struct TurnStart {
     pub cancel: CancelFlag,
     /// The session's knowledge, for the tools.
     pub knowledge: Knowledge,
-    /// The turn's place under the caps on running turns: held until its worker is done.
-    pub permit: TurnPermit,
+    /// The turn's place under the caps on running turns: held until its worker is done, or
+    /// until the worker closes the turn itself (shared with `events`).
+    pub permit: Arc<Mutex<Option<TurnPermit>>>,
 }
 
 impl Task for TurnStart {
-    /// Runs the agent loop; a panic becomes an `internal` error event that closes the turn.
+    /// Counts the turn against its owner's daily quota, which may close it at once with
+    /// `error` `quota`; else runs the agent loop. A panic becomes an `internal` error event
+    /// that closes the turn.
     fn run(self) {
         let TurnStart {
             turn,
@@ -68,8 +74,17 @@ impl Task for TurnStart {
             knowledge,
             permit,
         } = self;
+        // A turn cancelled before it started is not counted; it ends as cancelled.
+        if !cancel.is_cancelled() {
+            let inner = &events.session.inner;
+            if let Err(message) = inner.quotas.start_turn(&inner.owner) {
+                drop(permit);
+                events.fail(ErrorCode::Quota, &message);
+                return;
+            }
+        }
         let outcome = catch_unwind(AssertUnwindSafe(|| turn.run(&events, &cancel, &knowledge)));
-        drop(permit);
+        drop(permit.lock().take());
         match outcome {
             Ok(TurnOutcome::Answered | TurnOutcome::Failed | TurnOutcome::Cancelled) => {}
             Err(_) => {
@@ -99,6 +114,8 @@ pub struct SessionTurn {
     pub(super) turn_id: TurnId,
     /// The turn's waiting calls (the same as its [`CurrentTurn`]'s).
     pub(super) approvals: Approvals,
+    /// Its place under the caps (the same as its [`TurnStart`]'s).
+    pub(super) permit: Arc<Mutex<Option<TurnPermit>>>,
 }
 
 impl SessionTurn {
@@ -113,10 +130,11 @@ impl SessionTurn {
     }
 
     /// Closes the turn with an error event, if it is still current, keeping the conversation
-    /// well formed. Used when the turn's worker could not start or crashed.
+    /// well formed. Used when the turn's worker could not start or crashed, and when its
+    /// owner's daily quota is used up.
     pub fn fail(&self, code: ErrorCode, message: &str) {
         let frame = ServerFrame::turn_error(self.turn_id, code, message);
-        let mut state = self.session.inner.state.lock();
+        let mut state = self.session.inner.lock();
         if let Some(turn) = state.turn.take_if(|turn| turn.id == self.turn_id) {
             let transcript = interrupted(&turn.text);
             self.session
@@ -131,7 +149,7 @@ impl SessionTurn {
         transcript: Vec<ChatMessage>,
         reset_history: bool,
     ) -> bool {
-        let mut state = self.session.inner.state.lock();
+        let mut state = self.session.inner.lock();
         if self.session.store_failing() {
             self.fail_on_storage(&mut state);
             return false;
@@ -141,6 +159,10 @@ impl SessionTurn {
         };
         self.session
             .close_turn(&mut state, Some(&turn), frame, transcript, reset_history);
+        // Its place goes back before anyone can see the closing frame: this thread may commit
+        // it and send it (once the session lock is released), and a client that has seen it
+        // may start its next turn at once.
+        drop(self.permit.lock().take());
         true
     }
 
@@ -170,7 +192,7 @@ impl SessionTurn {
     /// Runs `act` under the session lock if the turn is still current (and the store takes
     /// writes; a failing store ends the turn instead). True when it ran.
     fn while_current(&self, act: impl FnOnce(&mut SessionState)) -> bool {
-        let mut state = self.session.inner.state.lock();
+        let mut state = self.session.inner.lock();
         if self.session.store_failing() {
             self.fail_on_storage(&mut state);
             return false;
@@ -219,7 +241,7 @@ impl TurnEvents for SessionTurn {
     }
 
     fn hold(&self) {
-        let mut state = self.session.inner.state.lock();
+        let mut state = self.session.inner.lock();
         // Only where events are sent as they are made; otherwise the journal batches them.
         if self.session.inner.send_before_written
             && state
@@ -232,7 +254,7 @@ impl TurnEvents for SessionTurn {
     }
 
     fn flush(&self) {
-        let mut state = self.session.inner.state.lock();
+        let mut state = self.session.inner.lock();
         self.session.flush_held(&mut state);
     }
 }

@@ -720,8 +720,8 @@
         return "The server could not accept that request.";
       case "quota":
         // The server's words say which limit, and when it starts again: they are shown.
-        return "You have used up your daily quota on this server" + (message ? ": " + message : ".") +
-          (message && !/[.!]$/.test(message) ? "." : "");
+        if (!message) return "You have used up your daily quota on this server.";
+        return message.charAt(0).toUpperCase() + message.slice(1) + (/[.!]$/.test(message) ? "" : ".");
       case "not_waiting":
         return "That tool call is no longer waiting for an answer (it was answered elsewhere, " +
           "or it timed out).";

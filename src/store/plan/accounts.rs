@@ -2,17 +2,19 @@
 //! statement or two, the same text in both dialects. A token's `last_used` is written at most
 //! once a minute, so that a busy client does not make every request a write.
 //!
-//! Depends on: `common::error`, `store::accounts`, `store::plan`.
+//! Depends on: `common::error`, `store::accounts`, `store::plan`, `store::usage`.
 
-use super::{Backend, Param, Row, View, Write, unix_now};
+use super::{Backend, Param, Row, View, Write, small, unix_now};
 use crate::common::error::Result;
 use crate::store::accounts::{AccountStore, ApiToken, User, UserSummary};
+use crate::store::usage::Limits;
 
 const ADD_USER: &str = "INSERT INTO users (name, password_hash, admin, created_at) \
      VALUES (?1, ?2, ?3, ?4) ON CONFLICT (name) DO NOTHING RETURNING id";
 const USERS: &str = "SELECT u.id, u.name, u.admin, u.created_at, \
      (SELECT count(*) FROM api_tokens t WHERE t.user_id = u.id), \
-     (SELECT max(t.last_used) FROM api_tokens t WHERE t.user_id = u.id) \
+     (SELECT max(t.last_used) FROM api_tokens t WHERE t.user_id = u.id), \
+     u.daily_turns, u.daily_tokens \
      FROM users u ORDER BY u.name";
 const USER_COUNTS: &str = "SELECT count(*), count(*) FILTER (WHERE admin) FROM users";
 const USER_BY_NAME: &str =
@@ -81,6 +83,10 @@ impl<B: Backend> AccountStore for B {
                     user: user_from_row(row)?,
                     tokens: row.int(4)?.max(0) as u64,
                     token_last_used: row.opt_int(5)?,
+                    limits: Limits {
+                        turns: row.opt_int(6)?.map(small),
+                        tokens: row.opt_int(7)?.map(small),
+                    },
                 })
             })
         })

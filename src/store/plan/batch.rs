@@ -2,19 +2,24 @@
 //! gathers the rows they write per table, as columns ([`Rows`]), with each conversation's row
 //! updated once for the whole batch; the statements that cannot wait (a new conversation's
 //! key, a rename, a deletion) run as they come. The dialect writes the gathered rows
-//! ([`Db::write_rows`]) in the batch's transaction, which its backend opened and commits.
+//! ([`Db::write_rows`]) in the batch's transaction, which its backend opened and commits; then
+//! the tokens of the turns the batch closes are added to their owners' use of the day
+//! (`usage.rs`), where the conversation rows' totals are summed.
 //!
-//! Depends on: `common::protocol`, `store`, `store::cluster`, `store::plan`, `store::plan::files`, `store::plan::shares`.
+//! Depends on: `common::protocol`, `store`, `store::cluster`, `store::plan`, `store::plan::files`,
+//! `store::plan::shares`, `store::plan::usage`, `store::usage`.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
 use super::files::forget_conversation;
 use super::shares::forget_shares;
+use super::usage::{add_use, counted_at_start};
 use super::{
     Column, Db, Dialect, Param, Table, big, calls_to_json, role_name, title_for, unix_now,
 };
 use crate::common::protocol::{SessionId, Usage};
+use crate::store::usage::{DayUsage, day_of};
 use crate::store::{Signal, TurnMark, WriteOp};
 
 /// Conversation id to its integer key, as the writer learnt them. A backend clears it when a
@@ -263,6 +268,12 @@ pub fn apply<'a, E>(
     // The newest event of each conversation in the batch: an `Events` signal names it, so that
     // another instance reads up to it and no further before the signals after it.
     let mut newest: HashMap<&'a str, u64> = HashMap::new();
+    // The owners of the conversations whose turns opened or closed with tokens, and per owner
+    // the turns and tokens that adds to their use of the day (`plan/usage.rs`). An account's
+    // turns were counted as they started (`count_turn`, which enforces its quota); everyone
+    // else's are counted here, with no write of their own.
+    let mut owners: HashMap<i64, String> = HashMap::new();
+    let mut used: BTreeMap<String, DayUsage> = BTreeMap::new();
     // Imported conversations' own times, set after the rows (which carry the batch's time).
     let mut dates: Vec<&'a WriteOp> = Vec::new();
     for op in batch {
@@ -283,6 +294,7 @@ pub fn apply<'a, E>(
                     Param::Int(now),
                 ])?;
                 keys.insert(id.clone(), key);
+                owners.insert(key, owner.clone());
             }
             WriteOp::Event {
                 session,
@@ -312,6 +324,11 @@ pub fn apply<'a, E>(
                         parent,
                         client_id,
                     } => {
+                        if let Some(owner) = owner_of(db, &mut owners, key)?
+                            && !counted_at_start(&owner)
+                        {
+                            used.entry(owner).or_default().turns += 1;
+                        }
                         update.open = Some(Some((*turn_id, text)));
                         update.turns = update.turns.max(*turn_id);
                         update.leaf = Some(*turn_id);
@@ -333,6 +350,12 @@ pub fn apply<'a, E>(
                     } => {
                         update.open = Some(None);
                         update.usage = update.usage.plus(*usage);
+                        let tokens = usage.prompt_tokens.saturating_add(usage.completion_tokens);
+                        if tokens > 0
+                            && let Some(owner) = owner_of(db, &mut owners, key)?
+                        {
+                            used.entry(owner).or_default().tokens += tokens;
+                        }
                         match update.open_here.take() {
                             Some(at) => {
                                 rows.turn_closed[at] = Some(big(*seq));
@@ -431,7 +454,7 @@ pub fn apply<'a, E>(
     for op in dates {
         keep_dates(db, sql, keys, op)?;
     }
-    Ok(())
+    add_use(db, &used, day_of(now))
 }
 
 const KEEP_DATES: &str = "UPDATE sessions SET created_at = coalesce(?2, created_at), \
@@ -484,6 +507,7 @@ fn keep_dates<E>(
 }
 
 const SESSION_KEY: &str = "SELECT key FROM sessions WHERE id = ?1";
+const SESSION_OWNER: &str = "SELECT owner FROM sessions WHERE key = ?1";
 const RENAME: &str = "UPDATE sessions SET title = ?3 WHERE id = ?1 AND owner = ?2";
 
 /// The integer key of a conversation, or `None` when the store does not hold it.
@@ -498,6 +522,23 @@ fn session_key<E>(
     let found = db.row(SESSION_KEY, &[Param::Text(id.as_str())], |row| row.int(0))?;
     if let Some(key) = found {
         keys.insert(id.clone(), key);
+    }
+    Ok(found)
+}
+
+/// The owner of the conversation whose key is `key`, or `None` when the store does not hold
+/// it; `owners` keeps those already read.
+fn owner_of<E>(
+    db: &mut dyn Db<Error = E>,
+    owners: &mut HashMap<i64, String>,
+    key: i64,
+) -> Result<Option<String>, E> {
+    if let Some(owner) = owners.get(&key) {
+        return Ok(Some(owner.clone()));
+    }
+    let found = db.row(SESSION_OWNER, &[Param::Int(key)], |row| row.text(0))?;
+    if let Some(owner) = &found {
+        owners.insert(key, owner.clone());
     }
     Ok(found)
 }

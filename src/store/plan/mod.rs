@@ -39,6 +39,7 @@ mod files;
 mod graph;
 mod share;
 mod shares;
+mod usage;
 mod values;
 
 use std::borrow::Cow;

@@ -22,7 +22,8 @@
 //! and version 4 the owner's lexeme in the events' search vectors and a search vector of each
 //! title, so that the conversation search too is scoped to one principal inside its indexes. Version 5
 //! adds files (see [`V5`] for why their bytes are `bytea` in pieces), version 6 share links
-//! ([`V6_SHARES`]).
+//! ([`V6_SHARES`]), version 7 user accounts ([`V7`]), version 8 each principal's use per day
+//! ([`V8_USAGE`]).
 //!
 //! Depends on: `common::error`, `store::postgres::pool`.
 
@@ -32,7 +33,7 @@ use crate::common::error::{Error, Result};
 
 /// The schema version this build writes. A database with a higher one was migrated by a newer
 /// Sparky and is refused.
-pub const POSTGRES_SCHEMA_VERSION: i64 = 7;
+pub const POSTGRES_SCHEMA_VERSION: i64 = 8;
 
 /// The advisory lock each migration's transaction takes: `sparky-migrate` in ASCII.
 const MIGRATION_LOCK: i64 = 0x7370_6172_6b79_6d67;
@@ -334,8 +335,21 @@ CREATE TABLE api_tokens (
 CREATE INDEX api_tokens_user ON api_tokens (user_id);
 "#;
 
+/// Version 7 to 8 (as SQLite's version 9): each principal's use per UTC day (`day`: days since
+/// 1970-01-01): turns started and model tokens their answers took, against users' daily limits.
+const V8_USAGE: &str = r#"
+CREATE TABLE daily_usage (
+    owner text NOT NULL,
+    day bigint NOT NULL,
+    turns bigint NOT NULL DEFAULT 0,
+    tokens bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (owner, day)
+);
+"#;
+
 /// Entry `n` migrates from version `n` to `n + 1`.
-const MIGRATIONS: [&str; POSTGRES_SCHEMA_VERSION as usize] = [V1, V2, V3, V4, V5, V6_SHARES, V7];
+const MIGRATIONS: [&str; POSTGRES_SCHEMA_VERSION as usize] =
+    [V1, V2, V3, V4, V5, V6_SHARES, V7, V8_USAGE];
 
 /// Brings the database to [`POSTGRES_SCHEMA_VERSION`], one version per transaction.
 ///

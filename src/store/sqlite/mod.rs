@@ -1,7 +1,8 @@
 //! `SqliteStore`: both store traits over one SQLite file in WAL mode (or a private in-memory
 //! database for `--in-memory`).
 //!
-//! One writer connection, behind a mutex, takes the journal's batches and the graph's writes.
+//! One writer connection, behind a mutex, takes the journal's batches and the graph's writes;
+//! it never checkpoints the WAL itself: a thread of its own does (`checkpoint.rs`).
 //! A small pool of reader connections serves everything else (loading a conversation, replay,
 //! the API, graph searches): WAL lets them read while the writer writes, so a slow search never
 //! holds up a commit or another reader. A full-text search keeps at most [`super::MAX_SEARCH_WORDS`]
@@ -9,24 +10,28 @@
 //! search holds a reader for long: one that runs out returns what it found so far.
 //!
 //! What is stored, and how it is read back, is the shared logic's (`plan/`); `db.rs` runs its
-//! statements on these connections, `schema.rs` holds the migrations, `export.rs` reads
+//! statements on these connections, `schema.rs` holds the migrations, `checkpoint.rs` runs the
+//! WAL's checkpoints, `export.rs` reads
 //! everything for `sparky migrate-store`, `backup.rs` copies the file for `sparky backup`.
 //!
-//! Depends on: `common::error`, `store`, `store::plan`, `store::plan::batch`, `store::plan::files`, `store::sqlite::db`, `store::sqlite::schema`.
+//! Depends on: `common::error`, `store`, `store::plan`, `store::plan::batch`, `store::plan::files`, `store::sqlite::checkpoint`, `store::sqlite::db`, `store::sqlite::schema`.
 
 mod backup;
+mod checkpoint;
 mod db;
 mod export;
 pub(super) mod schema;
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, MutexGuard};
 use rusqlite::{Connection, OpenFlags};
 
+use self::checkpoint::{Checkpoints, OnWriter};
 use self::db::{Lite, SQL};
 use self::schema::migrate;
 use super::plan::{Backend, Counters, Dialect, Keys, View, Work, Write, apply, sweep_uploads};
@@ -53,11 +58,14 @@ const MAX_PAGES: i64 = 4_294_967_294;
 /// The SQLite store. See the module documentation for its connections.
 #[derive(Debug)]
 pub struct SqliteStore {
-    writer: Mutex<Writer>,
+    /// Shared with the `checkpoint` thread, which ends a long WAL's checkpoint on it.
+    writer: Arc<Mutex<Writer>>,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
     /// The node count and the search budget.
     counters: Counters,
+    /// The thread that checkpoints the WAL, for a store on disk that a server runs on.
+    checkpoints: Option<Checkpoints>,
     /// Held (and locked) for as long as the store is open.
     _lock: Option<File>,
     path: Option<PathBuf>,
@@ -147,6 +155,22 @@ impl SqliteStore {
         let path = dir.join(DATABASE_FILE);
         let name = path.to_string_lossy().into_owned();
         let mut store = Self::connect(&name, &format!("database {}", path.display()))?;
+        let checkpointer = open_connection(&name, &format!("database {}", path.display()))?;
+        let writer = store.writer.clone();
+        let on_writer: OnWriter = Box::new(move || {
+            writer
+                .lock()
+                .connection
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+                    Ok((row.get(1)?, row.get(2)?))
+                })
+        });
+        store.checkpoints = Some(Checkpoints::start(
+            &mut store.writer.lock().connection,
+            checkpointer,
+            on_writer,
+            &path,
+        )?);
         store._lock = Some(lock);
         store.path = Some(path);
         Ok(store)
@@ -294,14 +318,15 @@ impl SqliteStore {
             .query_row("SELECT count(*) FROM nodes", [], |row| row.get::<_, i64>(0))
             .map_err(|e| store_error("count nodes", e))?;
         let store = SqliteStore {
-            writer: Mutex::new(Writer {
+            writer: Arc::new(Mutex::new(Writer {
                 connection: writer,
                 keys: Keys::new(),
                 cap_pages: None,
-            }),
+            })),
             readers,
             next_reader: AtomicUsize::new(0),
             counters: Counters::new(nodes, READERS),
+            checkpoints: None,
             _lock: None,
             path: None,
         };

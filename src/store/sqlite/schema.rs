@@ -8,7 +8,8 @@
 //! 5 puts each row's owner into the full-text indexes, so that a search reads only its
 //! principal's postings, and indexes titles for the conversation search. Version 6 adds files:
 //! their bytes in pieces, the conversations that use them, and their text, indexed. Version 7
-//! adds share links ([`V7_SHARES`]).
+//! adds share links ([`V7_SHARES`]), version 8 user accounts ([`V8`]), version 9 each
+//! principal's use per day ([`V9_USAGE`]).
 //!
 //! Depends on: `common::error`, `store`.
 
@@ -430,6 +431,18 @@ CREATE TABLE api_tokens (
 CREATE INDEX api_tokens_user ON api_tokens (user_id);
 "#;
 
+/// Version 8 to 9: each principal's use per UTC day (`day`: days since 1970-01-01): turns
+/// started and model tokens their answers took, against users' daily limits.
+const V9_USAGE: &str = r#"
+CREATE TABLE daily_usage (
+    owner TEXT NOT NULL,
+    day INTEGER NOT NULL,
+    turns INTEGER NOT NULL DEFAULT 0,
+    tokens INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (owner, day)
+) WITHOUT ROWID;
+"#;
+
 /// One migration: SQL, then an optional step in code.
 type Migration = (
     &'static str,
@@ -446,6 +459,7 @@ const MIGRATIONS: [Migration; SCHEMA_VERSION as usize] = [
     (V6, None),
     (V7_SHARES, None),
     (V8, None),
+    (V9_USAGE, None),
 ];
 
 /// Brings the database to [`SCHEMA_VERSION`], one version per transaction.
