@@ -717,9 +717,9 @@ mod tests {
         (client, outbound)
     }
 
-    /// Writes out everything pending while the peer reads it; returns the text frames read.
-    fn drain(client: &mut TcpStream, outbound: &Outbound) -> Vec<String> {
-        let mut received = Vec::new();
+    /// Writes out everything pending while the peer reads it, then closes the writing side;
+    /// the peer's bytes go to `received`.
+    fn drain_bytes(client: &mut TcpStream, outbound: &Outbound, received: &mut Vec<u8>) {
         let mut chunk = [0u8; 64 * 1024];
         loop {
             outbound.flush().unwrap();
@@ -734,7 +734,13 @@ mod tests {
             .socket()
             .shutdown(std::net::Shutdown::Write)
             .unwrap();
-        client.read_to_end(&mut received).unwrap();
+        client.read_to_end(received).unwrap();
+    }
+
+    /// Writes out everything pending while the peer reads it; returns the text frames read.
+    fn drain(client: &mut TcpStream, outbound: &Outbound) -> Vec<String> {
+        let mut received = Vec::new();
+        drain_bytes(client, outbound, &mut received);
         let mut frames = Vec::new();
         let mut rest = &received[..];
         while !rest.is_empty() {
@@ -850,19 +856,7 @@ mod tests {
         push_frame(&mut all, delta(7, "after", false).as_bytes());
         all.extend_from_slice(&[0x89, 0]);
         push_frame(&mut all, delta(7, "ping", false).as_bytes());
-        loop {
-            outbound.flush().unwrap();
-            if outbound.pending_bytes() == 0 {
-                break;
-            }
-            let n = client.read(&mut chunk).unwrap();
-            received.extend_from_slice(&chunk[..n]);
-        }
-        outbound
-            .socket()
-            .shutdown(std::net::Shutdown::Write)
-            .unwrap();
-        client.read_to_end(&mut received).unwrap();
+        drain_bytes(&mut client, &outbound, &mut received);
         assert!(
             received == all,
             "the bytes differ from the frames sent, in order"
