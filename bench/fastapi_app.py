@@ -1,13 +1,20 @@
 """The seed's stack in the benchmark: FastAPI under uvicorn with one worker, answering the same
 minimal protocol as examples/floor.rs, and nothing else.
 
-    python bench/fastapi_app.py [--addr 127.0.0.1:0]
+    python bench/fastapi_app.py [--addr 127.0.0.1:0] [--model-url http://HOST:PORT/v1]
 
 It prints `listening on http://ADDR` as its first stdout line, like `sparky` and the floor. A
 `connect` frame gets `session_info` and `ready`; a `message` frame gets the three events of a
 plain Sparky turn (`user_message`, `thought`, `message`, each with `seq`, `session_id` and
 `turn_id`). Not part of the crate: scripts/bench.sh installs FastAPI and uvicorn (with uvloop,
-httptools and websockets, as `uvicorn[standard]` brings them) into a virtualenv under target/.
+httptools and websockets, as `uvicorn[standard]` brings them) and httpx into a virtualenv under
+target/.
+
+With `--model-url` a `message` is answered the way Sparky answers it with `--model openai`: the
+`user_message` event, then the answer streamed from the OpenAI-compatible server at that URL
+(`POST /chat/completions` with `stream: true`, read with httpx) as one `message_delta` per
+chunk, then the closing `message` event with the whole answer. This is the relay that
+`loadgen stream` measures; it stores nothing, as the rest of this peer.
 """
 
 import argparse
@@ -17,6 +24,7 @@ import secrets
 import socket
 import sys
 
+import httpx
 import uvicorn
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
@@ -28,6 +36,10 @@ TOOLS = ["session_note", "session_notes", "calculator", "clock", "wait"]
 LISTEN_BACKLOG = 4096
 
 app = FastAPI()
+
+# Set by main() with --model-url: the model server's base URL and one client for every
+# conversation (no cap on its connections: every conversation streams at once).
+MODEL = {"url": None, "client": None}
 
 
 def frame(kind, data, session_id, seq=None):
@@ -57,6 +69,16 @@ async def chat(ws: WebSocket):
                 ready = {"tools_loaded": len(TOOLS), "tools": TOOLS, "model": "offline"}
                 await ws.send_text(frame("session_info", info, session_id))
                 await ws.send_text(frame("ready", ready, session_id))
+            elif kind == "message" and session_id is not None and MODEL["url"]:
+                turn += 1
+                said = (message.get("data") or {}).get("text", "")
+                seq += 1
+                data = {"turn_id": turn, "text": said}
+                await ws.send_text(frame("user_message", data, session_id, seq))
+                answer = await relay(ws, session_id, turn, said)
+                seq += 1
+                data = {"turn_id": turn, "text": answer}
+                await ws.send_text(frame("message", data, session_id, seq))
             elif kind == "message" and session_id is not None:
                 turn += 1
                 said = (message.get("data") or {}).get("text", "")
@@ -73,9 +95,37 @@ async def chat(ws: WebSocket):
         pass
 
 
+async def relay(ws, session_id, turn, said):
+    """Streams the model's answer to `said` to the client, a `message_delta` per chunk, and
+    returns the whole answer."""
+    request = {
+        "model": "fake",
+        "stream": True,
+        "messages": [{"role": "user", "content": said}],
+    }
+    answer = []
+    url = MODEL["url"] + "/chat/completions"
+    async with MODEL["client"].stream("POST", url, json=request) as response:
+        async for line in response.aiter_lines():
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                break
+            chunk = json.loads(data)
+            for choice in chunk.get("choices") or []:
+                text = (choice.get("delta") or {}).get("content")
+                if text:
+                    answer.append(text)
+                    delta = {"turn_id": turn, "text": text}
+                    await ws.send_text(frame("message_delta", delta, session_id))
+    return "".join(answer)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--addr", default="127.0.0.1:0")
+    parser.add_argument("--model-url", default=None)
     args = parser.parse_args()
     host, _, port = args.addr.rpartition(":")
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -91,7 +141,15 @@ def main():
         app, workers=1, log_level="warning", backlog=LISTEN_BACKLOG, ws_ping_interval=None
     )
     server = uvicorn.Server(config)
-    asyncio.run(server.serve(sockets=[sock]))
+
+    async def serve():
+        if args.model_url:
+            MODEL["url"] = args.model_url.rstrip("/")
+            limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+            MODEL["client"] = httpx.AsyncClient(limits=limits, timeout=60.0)
+        await server.serve(sockets=[sock])
+
+    asyncio.run(serve())
     return 0
 
 

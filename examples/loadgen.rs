@@ -11,7 +11,20 @@
 //! idle    --clients N --seconds S --pid P   hold N sessions; server RSS, threads and idle CPU
 //! cancel  --clients N --turns M             `/wait 10000` cut short by a new message
 //! resume  --clients N --events E            reconnect with `last_seq`; time until replay is done
+//! stream  --clients N --tokens T --tokens-per-s R -- SERVER ARGS… {model_url} …
+//!                                           N conversations at once, each streaming answers of T
+//!                                           tokens at R tokens/s from a fake OpenAI-compatible
+//!                                           model server run by this process; loadgen starts the
+//!                                           server under test itself, pointed at the fake model
 //! ```
+//!
+//! `stream` measures the delay each streamed piece adds: every chunk the fake model writes says
+//! `w<N> `, where N indexes a table of send times in this process; a client that receives a
+//! `message_delta` looks each N up, so `p50_ms`..`max_ms` are per chunk (model write to client
+//! read), and `frame_delay_*` the same for the newest chunk of each delta frame. It adds the
+//! server's CPU time per delta frame and per chunk (utime + stime from `/proc/PID/stat` over the
+//! run, until it settles) and its peak RSS. Every turn's deltas, put together, must equal its
+//! closing `message`, or the turn counts as an error.
 //!
 //! Every line has `scenario`, `label`, `round`, `clients`, `count` (successful operations),
 //! `expected`, `errors` (timeouts included), `timeouts`, `elapsed_s`, `throughput_per_s`,
@@ -28,11 +41,12 @@
 
 use std::fmt;
 use std::fs;
-use std::io::ErrorKind;
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::process::ExitCode;
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -137,10 +151,58 @@ enum Scenario {
         #[arg(long, default_value_t = 10)]
         repeat: usize,
     },
+    /// N conversations at once, each streaming answers from a fake model server (this
+    /// process runs it) through the server under test, which loadgen starts itself.
+    Stream {
+        /// Concurrent conversations.
+        #[arg(long, default_value_t = 500)]
+        clients: usize,
+        /// Tokens (chunks) per answer.
+        #[arg(long, default_value_t = 300)]
+        tokens: usize,
+        /// The pace of each answer.
+        #[arg(long, default_value_t = 30.0)]
+        tokens_per_s: f64,
+        /// Answers per conversation, one after another.
+        #[arg(long, default_value_t = 1)]
+        turns: usize,
+        /// The server to start, after `--`; `{model_url}` in its arguments becomes the fake
+        /// model's base URL (`http://ADDR/v1`). It must print `listening on http://ADDR` as its
+        /// first line on stdout.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Scenario::Stream {
+        clients,
+        tokens,
+        tokens_per_s,
+        turns,
+        command,
+    } = &cli.scenario
+    {
+        let plan = StreamPlan {
+            clients: *clients,
+            tokens: *tokens,
+            interval: Duration::from_secs_f64(1.0 / tokens_per_s.max(0.001)),
+            turns: *turns,
+        };
+        let timeout = Duration::from_millis(cli.timeout_ms);
+        let limit = Duration::from_secs(cli.max_seconds);
+        return match run_stream(&plan, command, timeout, limit) {
+            Ok(result) => {
+                print_line(&cli, result);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("loadgen: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let target = match Target::parse(&cli.url, Duration::from_millis(cli.timeout_ms)) {
         Ok(target) => target,
         Err(e) => {
@@ -168,14 +230,20 @@ fn main() -> ExitCode {
             events,
             repeat,
         } => run_resume(&target, clients, events, repeat, limit),
+        Scenario::Stream { .. } => return ExitCode::FAILURE,
     };
+    print_line(&cli, result);
+    ExitCode::SUCCESS
+}
+
+/// Prints a scenario's one JSON line.
+fn print_line(cli: &Cli, result: Outcome) {
     let mut line = Map::new();
     line.insert("scenario".into(), json!(result.scenario));
     line.insert("label".into(), json!(cli.label));
     line.insert("round".into(), json!(cli.round));
     line.extend(result.into_json());
     println!("{}", Value::Object(line));
-    ExitCode::SUCCESS
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -494,6 +562,411 @@ fn run_resume(
         .extra
         .insert("resumes_per_client".into(), json!(repeat));
     outcome
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streamed answers: the fake model server and the `stream` scenario.
+// ---------------------------------------------------------------------------------------------
+
+/// What `stream` runs.
+struct StreamPlan {
+    clients: usize,
+    tokens: usize,
+    interval: Duration,
+    turns: usize,
+}
+
+/// When each chunk the fake model wrote was written: chunk N says `w<N> `, and `sent[N]` holds
+/// nanoseconds since `base`, plus one (zero: not written yet). Shared by the model's threads
+/// and the clients of this process.
+struct Stamps {
+    base: Instant,
+    sent: Vec<AtomicU64>,
+    next: AtomicUsize,
+    tokens: usize,
+    interval: Duration,
+}
+
+/// The one table of this process (the client bodies of `run_clients` capture nothing).
+static STAMPS: OnceLock<Stamps> = OnceLock::new();
+
+/// What the clients of `stream` measured beyond their tally, merged as each one ends.
+#[derive(Default)]
+struct StreamStats {
+    /// `message_delta` frames received.
+    deltas: u64,
+    /// Chunks found in them.
+    chunks: u64,
+    /// For each delta frame, the delay of the newest chunk it carries.
+    frame_delays: Vec<Duration>,
+}
+
+static STREAM_STATS: Mutex<StreamStats> = Mutex::new(StreamStats {
+    deltas: 0,
+    chunks: 0,
+    frame_delays: Vec::new(),
+});
+
+/// Listen backlog of the fake model server: all conversations ask at once.
+const MODEL_BACKLOG: i32 = 4096;
+
+fn run_stream(
+    plan: &StreamPlan,
+    command: &[String],
+    timeout: Duration,
+    limit: Duration,
+) -> Result<Outcome, String> {
+    let slots = plan.clients * plan.turns * plan.tokens + plan.tokens;
+    let stamps = STAMPS.get_or_init(|| Stamps {
+        base: Instant::now(),
+        sent: (0..slots).map(|_| AtomicU64::new(0)).collect(),
+        next: AtomicUsize::new(0),
+        tokens: plan.tokens,
+        interval: plan.interval,
+    });
+    let model_addr = spawn_fake_model(stamps).map_err(|e| format!("fake model: {e}"))?;
+    let model_url = format!("http://{model_addr}/v1");
+    let mut server = ServerUnderTest::start(command, &model_url)?;
+    let pid = server.child.id();
+    let target = Target::parse(&format!("ws://{}/ws", server.addr), timeout)?;
+    let peak_rss = Arc::new(AtomicU64::new(0));
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let (peak_rss, sampling) = (peak_rss.clone(), sampling.clone());
+        thread::Builder::new()
+            .name("rss-sampler".into())
+            .spawn(move || {
+                while sampling.load(Ordering::Relaxed) {
+                    if let Some(status) = proc_status(pid) {
+                        peak_rss.fetch_max(status.rss_kib, Ordering::Relaxed);
+                    }
+                    thread::sleep(Duration::from_millis(100));
+                }
+            })
+            .map_err(|e| format!("sampler: {e}"))?
+    };
+    let turns = plan.turns;
+    let run = run_clients(
+        &target,
+        plan.clients,
+        limit,
+        Some(pid),
+        move |ws, target, deadline, tally| {
+            for turn in 0..turns {
+                if Instant::now() >= deadline {
+                    break;
+                }
+                if let Err(e) = streamed_turn(ws, target, turn, tally) {
+                    tally.fail(&e);
+                    return;
+                }
+            }
+        },
+    );
+    let cpu_ticks = run.cpu_ticks_since_start(Some(pid));
+    sampling.store(false, Ordering::Relaxed);
+    let _ = sampler.join();
+    let rss_end = proc_status(pid).map(|status| status.rss_kib);
+    server.stop();
+    let stats = std::mem::take(&mut *STREAM_STATS.lock().unwrap_or_else(|e| e.into_inner()));
+    let mut outcome = run.into_outcome("stream", plan.clients, slots - plan.tokens);
+    let extra = &mut outcome.extra;
+    extra.insert("tokens_per_answer".into(), json!(plan.tokens));
+    extra.insert(
+        "tokens_per_s".into(),
+        json!(round3(1.0 / plan.interval.as_secs_f64())),
+    );
+    extra.insert("turns_per_client".into(), json!(plan.turns));
+    extra.insert(
+        "chunks_written".into(),
+        json!(stamps.next.load(Ordering::Relaxed)),
+    );
+    extra.insert("chunks_received".into(), json!(stats.chunks));
+    extra.insert("deltas_received".into(), json!(stats.deltas));
+    let mut frames = stats.frame_delays;
+    frames.sort_unstable();
+    for (name, fraction) in [
+        ("frame_delay_p50_ms", 0.5),
+        ("frame_delay_p99_ms", 0.99),
+        ("frame_delay_max_ms", 1.0),
+    ] {
+        extra.insert(name.into(), json!(millis(percentile(&frames, fraction))));
+    }
+    if let Some(ticks) = cpu_ticks {
+        let seconds = ticks as f64 / CLOCK_TICKS_PER_SECOND;
+        extra.insert("server_cpu_s".into(), json!(round3(seconds)));
+        if stats.deltas > 0 {
+            let per_delta = seconds * 1e6 / stats.deltas as f64;
+            extra.insert("server_cpu_us_per_delta".into(), json!(round3(per_delta)));
+        }
+        if stats.chunks > 0 {
+            let per_chunk = seconds * 1e6 / stats.chunks as f64;
+            extra.insert("server_cpu_us_per_chunk".into(), json!(round3(per_chunk)));
+        }
+    }
+    extra.insert(
+        "server_rss_peak_kib".into(),
+        json!(peak_rss.load(Ordering::Relaxed)),
+    );
+    if let Some(rss) = rss_end {
+        extra.insert("server_rss_end_kib".into(), json!(rss));
+    }
+    Ok(outcome)
+}
+
+/// One streamed turn: sends a message, reads every `message_delta` up to the closing
+/// `message`, and records each chunk's delay. The deltas put together must be the answer.
+fn streamed_turn(
+    ws: &mut Socket,
+    target: &Target,
+    turn: usize,
+    tally: &mut Tally,
+) -> Result<(), LoadError> {
+    let stamps = STAMPS
+        .get()
+        .ok_or_else(|| LoadError::Protocol("no stamps".into()))?;
+    send(
+        ws,
+        &json!({"type": "message", "data": {"text": format!("stream {turn}")}}),
+    )?;
+    let answer_time = stamps.interval.saturating_mul(stamps.tokens as u32);
+    let deadline = Instant::now() + answer_time * 3 + target.timeout;
+    let mut streamed = String::new();
+    let mut stats = StreamStats::default();
+    let result = loop {
+        let frame = match next_frame(ws, deadline, "the streamed answer") {
+            Ok(frame) => frame,
+            Err(e) => break Err(e),
+        };
+        match frame_type(&frame) {
+            "message_delta" => {
+                let now = stamps.base.elapsed();
+                let text = frame["data"]["text"].as_str().unwrap_or_default();
+                if frame["data"]["replace"] == true {
+                    streamed.clear();
+                }
+                streamed.push_str(text);
+                stats.deltas += 1;
+                let mut newest = None;
+                for word in text.split(' ') {
+                    let Some(index) = word.strip_prefix('w').and_then(|n| n.parse::<usize>().ok())
+                    else {
+                        continue;
+                    };
+                    let Some(sent) = stamps.sent.get(index).map(|at| at.load(Ordering::Acquire))
+                    else {
+                        continue;
+                    };
+                    if sent == 0 {
+                        continue;
+                    }
+                    let delay = now.saturating_sub(Duration::from_nanos(sent - 1));
+                    tally.record(delay);
+                    stats.chunks += 1;
+                    newest = Some(delay);
+                }
+                if let Some(delay) = newest {
+                    stats.frame_delays.push(delay);
+                }
+            }
+            "message" => {
+                let text = frame["data"]["text"].as_str().unwrap_or_default();
+                break if text == streamed {
+                    Ok(())
+                } else {
+                    Err(LoadError::Protocol(format!(
+                        "the deltas ({} bytes) differ from the answer ({} bytes)",
+                        streamed.len(),
+                        text.len()
+                    )))
+                };
+            }
+            "error" => break Err(LoadError::from_error_frame(&frame)),
+            _ => {}
+        }
+    };
+    let mut shared = STREAM_STATS.lock().unwrap_or_else(|e| e.into_inner());
+    shared.deltas += stats.deltas;
+    shared.chunks += stats.chunks;
+    shared.frame_delays.extend(stats.frame_delays);
+    result
+}
+
+/// The server under test, started by `stream` with the fake model's URL.
+struct ServerUnderTest {
+    child: Child,
+    addr: String,
+}
+
+impl ServerUnderTest {
+    /// Starts `command` (its `{model_url}` replaced) and waits (10 s at most) for its
+    /// `listening on http://ADDR` line.
+    fn start(command: &[String], model_url: &str) -> Result<Self, String> {
+        let (program, args) = command
+            .split_first()
+            .ok_or("stream needs the server's command after --")?;
+        let mut child = Command::new(program)
+            .args(args.iter().map(|arg| arg.replace("{model_url}", model_url)))
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start {program}: {e}"))?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let (line_tx, line_rx) = mpsc::channel();
+        // The server's stdout is read to its end, so that it never blocks on a full pipe.
+        thread::Builder::new()
+            .name("server-stdout".into())
+            .spawn(move || {
+                let mut lines = BufReader::new(stdout).lines();
+                if let Some(Ok(line)) = lines.next() {
+                    let _ = line_tx.send(line);
+                }
+                for _ in lines {}
+            })
+            .map_err(|e| format!("stdout reader: {e}"))?;
+        let mut server = ServerUnderTest {
+            child,
+            addr: String::new(),
+        };
+        match line_rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(line) => match line.strip_prefix("listening on http://") {
+                Some(addr) => server.addr = addr.trim().to_owned(),
+                None => {
+                    server.stop();
+                    return Err(format!("the server's first line was {line:?}"));
+                }
+            },
+            Err(_) => {
+                server.stop();
+                return Err("the server did not say where it listens within 10 s".into());
+            }
+        }
+        Ok(server)
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServerUnderTest {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Starts the fake OpenAI-compatible model server on 127.0.0.1: one thread per connection,
+/// `GET /v1/models` and streamed `POST /v1/chat/completions`. Returns its address.
+fn spawn_fake_model(stamps: &'static Stamps) -> std::io::Result<SocketAddr> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
+    socket.listen(MODEL_BACKLOG)?;
+    let listener: TcpListener = socket.into();
+    let addr = listener.local_addr()?;
+    thread::Builder::new()
+        .name("model-accept".into())
+        .spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let _ = thread::Builder::new()
+                    .name("model-conn".into())
+                    .stack_size(CLIENT_STACK_BYTES)
+                    .spawn(move || {
+                        if let Err(e) = serve_model(stream, stamps) {
+                            eprintln!("loadgen: fake model: {e}");
+                        }
+                    });
+            }
+        })?;
+    Ok(addr)
+}
+
+/// One connection to the fake model: requests until one is answered with a stream (which
+/// closes the connection) or the peer leaves.
+fn serve_model(stream: TcpStream, stamps: &Stamps) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut writer = stream;
+    loop {
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line)? == 0 {
+            return Ok(());
+        }
+        let mut parts = request_line.split_whitespace();
+        let (method, path) = (
+            parts.next().unwrap_or_default().to_owned(),
+            parts.next().unwrap_or_default().to_owned(),
+        );
+        let mut length = 0usize;
+        loop {
+            let mut header = String::new();
+            if reader.read_line(&mut header)? == 0 {
+                return Ok(());
+            }
+            let header = header.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0u8; length];
+        reader.read_exact(&mut body)?;
+        if method == "POST" && path.ends_with("/chat/completions") {
+            return stream_answer(&mut writer, stamps);
+        }
+        let (status, body) = if method == "GET" && path.ends_with("/models") {
+            (
+                "200 OK",
+                r#"{"object":"list","data":[{"id":"fake","object":"model","owned_by":"loadgen"}]}"#,
+            )
+        } else {
+            ("404 Not Found", r#"{"error":{"message":"not here"}}"#)
+        };
+        write!(
+            writer,
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )?;
+    }
+}
+
+/// Streams one answer of `stamps.tokens` chunks, one every `stamps.interval` (on a fixed
+/// schedule, so that a late write does not push the rest back), each stamped as it is written.
+fn stream_answer(writer: &mut TcpStream, stamps: &Stamps) -> std::io::Result<()> {
+    writer.write_all(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\
+          Connection: close\r\n\r\n",
+    )?;
+    let start = Instant::now();
+    for token in 0..stamps.tokens {
+        let due = start + stamps.interval.saturating_mul(token as u32);
+        let now = Instant::now();
+        if due > now {
+            thread::sleep(due - now);
+        }
+        let index = stamps.next.fetch_add(1, Ordering::Relaxed);
+        let chunk = format!(
+            "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"w{index} \"}}}}]}}\n\n"
+        );
+        if let Some(slot) = stamps.sent.get(index) {
+            let nanos = u64::try_from(stamps.base.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
+            slot.store(nanos + 1, Ordering::Release);
+        }
+        writer.write_all(chunk.as_bytes())?;
+    }
+    let usage = stamps.tokens;
+    let end = format!(
+        "data: {{\"choices\":[{{\"index\":0,\"delta\":{{}},\"finish_reason\":\"stop\"}}]}}\n\n\
+         data: {{\"choices\":[],\"usage\":{{\"prompt_tokens\":10,\"completion_tokens\":{usage}}}}}\n\n\
+         data: [DONE]\n\n"
+    );
+    writer.write_all(end.as_bytes())?;
+    writer.flush()
 }
 
 // ---------------------------------------------------------------------------------------------

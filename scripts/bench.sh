@@ -18,6 +18,14 @@
 # out. `idle`, `cancel` and `resume` run
 # against the default Sparky; `idle` runs against the floor too, for scale.
 #
+# `stream` (issue 26): STREAM_CLIENTS conversations at once, each streaming one answer of
+# STREAM_TOKENS tokens at STREAM_RATE tokens/s from a fake OpenAI-compatible model server that
+# the load generator runs; the load generator starts the server itself, pointed at that model
+# (Sparky with `--model openai --model-url` and the SQLite store; FastAPI with `--model-url`,
+# relaying with httpx), STREAM_ROUNDS times each, alternating. It reports the delay each chunk
+# adds between the model's write and the client's read, the server's CPU per delta and peak
+# RSS. `SCENARIOS=stream` runs it alone (see below).
+#
 # Holding 10,000 connections needs more open files than the usual 1024: the script raises the
 # limit (`ulimit -n`) for itself and so for both servers and the load generator. Where the
 # hard limit is lower than 65536 (containers), it goes as high as the hard limit allows.
@@ -28,7 +36,7 @@
 # and the table gains a "Before and after" section of per-round ratios;
 # BENCH_OUT moves the output directory; the counts at the top can be overridden the same way.
 # SCENARIOS picks a subset (a space-separated list of connect, turns1, turns50, turns500, idle,
-# cancel, resume; all by default), e.g. SCENARIOS="turns1 turns50" NO_FASTAPI=1 for the turns
+# cancel, resume, stream; all by default), e.g. SCENARIOS="turns1 turns50" NO_FASTAPI=1 for the turns
 # alone; NO_BUILD=1 runs the release binaries as they are. `turns` also counts the server's
 # context switches per turn (its threads' voluntary and involuntary ones, from
 # /proc/PID/task/*/status, read before the clients close their sockets).
@@ -52,7 +60,11 @@ RESUME_EVENTS=${RESUME_EVENTS:-100}
 RESUME_REPEAT=${RESUME_REPEAT:-10}
 # Bound on each loadgen run, on top of its per-read timeouts.
 MAX_SECONDS=${MAX_SECONDS:-60}
-SCENARIOS=" ${SCENARIOS:-connect turns1 turns50 turns500 idle cancel resume} "
+STREAM_CLIENTS=${STREAM_CLIENTS:-500}
+STREAM_TOKENS=${STREAM_TOKENS:-300}
+STREAM_RATE=${STREAM_RATE:-30}
+STREAM_ROUNDS=${STREAM_ROUNDS:-$ROUNDS}
+SCENARIOS=" ${SCENARIOS:-connect turns1 turns50 turns500 idle cancel resume stream} "
 
 # wanted SCENARIO: true when SCENARIOS names it.
 wanted() { [[ $SCENARIOS == *" $1 "* ]]; }
@@ -60,10 +72,12 @@ wanted() { [[ $SCENARIOS == *" $1 "* ]]; }
 OUT=${BENCH_OUT:-target/bench}
 RESULTS=$OUT/results.jsonl
 # SPARKY_BIN runs another build of Sparky (an earlier commit's, for a before-and-after).
-SPARKY=${SPARKY_BIN:-target/release/sparky}
+# Cargo's output goes where CARGO_TARGET_DIR says, when it is set.
+BUILT=${CARGO_TARGET_DIR:-target}/release
+SPARKY=${SPARKY_BIN:-$BUILT/sparky}
 SPARKY_BEFORE=${SPARKY_BEFORE_BIN:-}
-FLOOR=target/release/examples/floor
-LOADGEN=target/release/examples/loadgen
+FLOOR=$BUILT/examples/floor
+LOADGEN=$BUILT/examples/loadgen
 
 started_at=$(date +%s)
 log() { printf '[bench %3ss] %s\n' "$(($(date +%s) - started_at))" "$*" >&2; }
@@ -86,7 +100,7 @@ fi
 VENV=target/bench-venv
 FASTAPI_PYTHON=$VENV/bin/python
 if [[ -z ${NO_FASTAPI:-} ]]; then
-    if ! "$FASTAPI_PYTHON" -c "import fastapi, uvicorn" 2>/dev/null; then
+    if ! "$FASTAPI_PYTHON" -c "import fastapi, uvicorn, httpx" 2>/dev/null; then
         log "installing FastAPI and uvicorn into $VENV"
         python3 -m venv "$VENV"
         "$VENV/bin/pip" install --quiet -r bench/requirements.txt
@@ -224,9 +238,55 @@ compare_round() {
     stop_server
 }
 
+# stream_round NAME ROUND: the `stream` scenario; the load generator starts the server itself.
+stream_round() {
+    local name=$1 round=$2 command line
+    SERVER_COUNT=$((SERVER_COUNT + 1))
+    if [[ $name == fastapi ]]; then
+        command=("$FASTAPI_PYTHON" bench/fastapi_app.py --addr 127.0.0.1:0 --model-url '{model_url}')
+    else
+        local data="$OUT/data/$SERVER_COUNT"
+        mkdir -p "$data"
+        command=("$SPARKY" --addr 127.0.0.1:0 --data-dir "$data" "${sparky_flags[@]}"
+            --model openai --model-url '{model_url}' --model-name fake)
+    fi
+    line=$("$LOADGEN" --label "$name" --round "$round" --max-seconds "$MAX_SECONDS" stream \
+        --clients "$STREAM_CLIENTS" --tokens "$STREAM_TOKENS" --tokens-per-s "$STREAM_RATE" \
+        -- "${command[@]}" 2>"$OUT/logs/$SERVER_COUNT-$name-stream.err")
+    echo "$line" >>"$RESULTS"
+    log "$name round $round: stream -> $(stream_summary "$line")"
+}
+
+stream_summary() {
+    python3 - "$1" <<'EOF_PY'
+import json, sys
+r = json.loads(sys.argv[1])
+print("{count}/{expected} chunks, {errors} errors, delay p50 {p50_ms} p99 {p99_ms} ms, "
+      "{deltas_received} deltas, CPU {server_cpu_us_per_delta} us/delta "
+      "{server_cpu_us_per_chunk} us/chunk, peak RSS {server_rss_peak_kib} KiB".format(**r))
+EOF_PY
+}
+
+if wanted stream; then
+    stream_servers=(sparky)
+    [[ -z ${NO_FASTAPI:-} ]] && stream_servers+=(fastapi)
+    log "stream: load average $(cut -d' ' -f1-3 /proc/loadavg)"
+    for round in $(seq "$STREAM_ROUNDS"); do
+        order=("${stream_servers[@]}")
+        if ((round % 2 == 0)); then
+            order=()
+            for ((i = ${#stream_servers[@]} - 1; i >= 0; i--)); do order+=("${stream_servers[i]}"); done
+        fi
+        for name in "${order[@]}"; do
+            stream_round "$name" "$round"
+        done
+    done
+    echo "{\"scenario\":\"stream-machine\",\"label\":\"\",\"round\":0,\"load_average\":\"$(cut -d' ' -f1-3 /proc/loadavg)\"}" >>"$RESULTS"
+fi
 # The servers alternate, and the order reverses every round, so that a slow phase of the
 # shared machine does not land on one of them only.
 for round in $(seq "$ROUNDS"); do
+    wanted connect || wanted turns1 || wanted turns50 || wanted turns500 || break
     order=("${servers[@]}")
     if ((round % 2 == 0)); then
         order=()

@@ -50,6 +50,10 @@ IDLE_RSS_KIB_PER_SESSION = 24
 IDLE_CPU_PERCENT = 1.0
 CANCEL_P99_MS = 5.0
 RESUME_P99_MS = 10.0
+# The targets of issue 26 for streamed answers.
+STREAM_DELAY_P99_MS = 5.0
+STREAM_CPU_US_PER_DELTA = 5.0
+STREAM_CPU_OVER_FASTAPI = 0.5
 
 
 def main():
@@ -308,7 +312,7 @@ def render_table(runs):
             f"{machine[-1].get('load_before', '?')}; after them (our own load included): "
             f"{machine[-1].get('load_average', '?')}."
         )
-    servers = [NAMES[label] for label in SERVER_ORDER if any(r["label"] == label for r in runs)]
+    servers = [NAMES[label] for label in SERVER_ORDER if any(r.get("label") == label for r in runs)]
     out = [
         "# Benchmark results",
         "",
@@ -412,8 +416,69 @@ def render_table(runs):
         out.append(
             f"| {label} | errors | {run['errors']} | | 0 | {verdict(run['errors'] == 0)} |"
         )
+    out += stream_table(runs)
     out.append("")
     return "\n".join(out)
+
+
+def stream_table(runs):
+    """The `stream` scenario (issue 26): each server's medians over rounds, and Sparky's CPU
+    per chunk over FastAPI's, taken within each round."""
+    grouped = by_key(runs, "stream")
+    if not grouped:
+        return []
+    loads = [run["load_average"] for run in runs if run["scenario"] == "stream-machine"]
+    out = [
+        "",
+        "## Streamed answers (issue 26)",
+        "",
+        "Delay: from the fake model's write of a chunk to the client's read of the delta that "
+        "carries it (every chunk; `newest`: the newest chunk of each delta frame). CPU: the "
+        "server's user and system time over the run, per delta frame delivered and per chunk "
+        "relayed. ×FastAPI: CPU per chunk, the median of the per-round ratios."
+        + (f" Load average after the rounds: {loads[-1]}." if loads else ""),
+        "",
+        "| clients | server | rounds | chunks | errors | delay p50 | delay p99 | newest p50 "
+        "| newest p99 | deltas | CPU µs/delta | CPU µs/chunk | ×FastAPI | peak RSS MiB "
+        "| targets (issue 26) |",
+        "|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+    ]
+    for clients in sorted(grouped):
+        fastapi = grouped[clients].get(FASTAPI, {})
+        for label in SERVER_ORDER:
+            rounds = grouped[clients].get(label)
+            if not rounds:
+                continue
+            ratio = None
+            targets = ""
+            if label != FASTAPI:
+                ratio = ratio_of(rounds, fastapi, "server_cpu_us_per_chunk")
+                p99 = median_of(rounds, "p99_ms")
+                per_delta = median_of(rounds, "server_cpu_us_per_delta")
+                checks = [
+                    (f"delay p99 ≤ {STREAM_DELAY_P99_MS:.0f} ms", p99, STREAM_DELAY_P99_MS),
+                    (f"CPU ≤ {STREAM_CPU_US_PER_DELTA:.0f} µs/delta", per_delta,
+                     STREAM_CPU_US_PER_DELTA),
+                    (f"CPU ≤ {STREAM_CPU_OVER_FASTAPI}× FastAPI's", ratio,
+                     STREAM_CPU_OVER_FASTAPI),
+                ]
+                targets = ", ".join(
+                    f"{what} ({verdict(value <= limit) if value is not None else '–'})"
+                    for what, value, limit in checks
+                )
+            rss = median_of(rounds, "server_rss_peak_kib")
+            out.append(
+                f"| {clients:,} | {NAMES[label]} | {len(rounds)} "
+                f"| {fmt(median_of(rounds, 'count'))} | {fmt(median_of(rounds, 'errors'))} "
+                f"| {fmt(median_of(rounds, 'p50_ms'))} | {fmt(median_of(rounds, 'p99_ms'))} "
+                f"| {fmt(median_of(rounds, 'frame_delay_p50_ms'))} "
+                f"| {fmt(median_of(rounds, 'frame_delay_p99_ms'))} "
+                f"| {fmt(median_of(rounds, 'deltas_received'))} "
+                f"| {fmt(median_of(rounds, 'server_cpu_us_per_delta'))} "
+                f"| {fmt(median_of(rounds, 'server_cpu_us_per_chunk'))} | {fmt(ratio)} "
+                f"| {fmt(rss / 1024 if rss else None)} | {targets} |"
+            )
+    return out
 
 
 # ----------------------------------------------------------------------------------------------

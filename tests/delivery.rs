@@ -1,6 +1,7 @@
 //! Write-through delivery under a full socket: frames that the socket does not take wait in the
 //! connection's pending buffer, the connection thread is woken to write them out once the peer
-//! reads again, and nothing is lost or reordered on the way.
+//! reads again, and nothing is lost or reordered on the way. `message_delta` frames that wait
+//! next to each other are merged (issue 26): fewer, longer pieces, in order, none dropped.
 
 mod support;
 
@@ -162,14 +163,20 @@ fn frames_written_while_the_socket_is_full_arrive_once_the_client_reads_again_in
         match frame.frame {
             ServerFrame::MessageDelta { text, replace, .. } => {
                 assert!(!replace);
-                let expected = format!("<{next_piece}>");
-                assert!(
-                    text.starts_with(&expected),
-                    "expected piece {next_piece}, got {}",
-                    &text[..text.len().min(12)]
-                );
-                assert_eq!(text.len(), expected.len() + PIECE_BYTES);
-                next_piece += 1;
+                // Pieces that waited together may come as one frame: each whole, in order.
+                let mut rest = text.as_str();
+                while !rest.is_empty() {
+                    let expected = format!("<{next_piece}>");
+                    assert!(
+                        rest.starts_with(&expected),
+                        "expected piece {next_piece}, got {}",
+                        &rest[..rest.len().min(12)]
+                    );
+                    let end = expected.len() + PIECE_BYTES;
+                    assert!(rest[expected.len()..end].bytes().all(|b| b == b'x'));
+                    rest = &rest[end..];
+                    next_piece += 1;
+                }
             }
             ServerFrame::Thought { text, .. } => {
                 assert!(!thought_seen);
@@ -193,4 +200,89 @@ fn frames_written_while_the_socket_is_full_arrive_once_the_client_reads_again_in
     // The connection is still live afterwards.
     client.say("again");
     client.expect("user_message");
+}
+
+/// Pieces the model streams: more than a connection may have waiting (1,024 frames), so that
+/// without merging the slow client would be let go.
+const FLOOD_PIECES: usize = 3_000;
+
+/// A model that streams `FLOOD_PIECES` numbered pieces as fast as it can.
+struct Flood;
+
+fn flood_piece(n: usize) -> String {
+    format!("<{n:04} {}>", "é\"\\".repeat(20))
+}
+
+impl ModelBackend for Flood {
+    fn name(&self) -> String {
+        "flood".into()
+    }
+
+    fn complete(
+        &self,
+        _conversation: Conversation<'_>,
+        _tools: &[ToolSpec],
+        sink: &mut dyn ReplySink,
+    ) -> Result<ModelReply> {
+        let mut text = String::new();
+        for n in 0..FLOOD_PIECES {
+            let piece = flood_piece(n);
+            sink.delta(&piece);
+            text.push_str(&piece);
+        }
+        Ok(ModelReply {
+            text,
+            ..ModelReply::default()
+        })
+    }
+}
+
+/// Reads one turn's frames up to its closing `message`: the deltas' texts, in order, and the
+/// answer.
+fn read_turn(client: &mut Client) -> (Vec<String>, String) {
+    let mut deltas = Vec::new();
+    loop {
+        let frame = client.next();
+        match frame.frame {
+            ServerFrame::MessageDelta { text, replace, .. } => {
+                assert!(!replace, "no connection attached mid-answer");
+                deltas.push(text);
+            }
+            ServerFrame::Message { text, .. } => return (deltas, text),
+            ServerFrame::Error { .. } => panic!("{frame:?}"),
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn a_client_that_stops_reading_gets_every_piece_merged_in_order() {
+    let server = TestServer::with_model(|_| {}, Arc::new(Flood));
+    let mut slow = small_buffer_client(server.addr);
+    slow.send(json!({"type": "connect", "data": {}}));
+    let ServerFrame::SessionInfo { session_id: id, .. } = slow.expect("session_info").frame else {
+        unreachable!()
+    };
+    slow.expect("ready");
+    let mut watcher = Client::connect(server.addr, json!({"session_id": id.as_str()}));
+    slow.say("go");
+    // The watcher reads the whole answer while the slow client reads nothing.
+    let (_, watched) = read_turn(&mut watcher);
+    let expected: String = (0..FLOOD_PIECES).map(flood_piece).collect();
+    assert_eq!(watched, expected);
+    // Now the slow client reads everything that waited for it.
+    let (deltas, answer) = read_turn(&mut slow);
+    assert_eq!(answer, expected);
+    assert_eq!(
+        deltas.concat(),
+        expected,
+        "the pieces, in order, are the answer"
+    );
+    assert!(
+        deltas.len() < FLOOD_PIECES / 2,
+        "{} delta frames for {FLOOD_PIECES} pieces: the waiting ones were not merged",
+        deltas.len()
+    );
+    // The connection is still there: nothing let it go.
+    assert_eq!(slow.ask("again"), expected);
 }

@@ -13,6 +13,7 @@ pub mod accounts;
 pub mod admission;
 pub mod api;
 pub mod assets;
+pub mod coalesce;
 pub mod connection;
 pub mod file_response;
 pub mod handler;

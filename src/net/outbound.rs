@@ -6,10 +6,13 @@
 //! when `poll` says the socket has room.
 //!
 //! Server frames are encoded here (unmasked RFC 6455 text frames), and a batch of frames goes
-//! out in one `writev`. tungstenite keeps the read side; its own frames (pongs, pings, Close)
+//! out in one `writev`. A client that is behind costs little: a `message_delta` that would wait
+//! right behind another of the same turn is merged into it (`net::coalesce`), so the pending
+//! buffer holds one growing frame per run of pieces, never reordered, nothing dropped. tungstenite keeps the read side; its own frames (pongs, pings, Close)
 //! come through [`Outbound::write_raw`] under the same lock, so bytes never interleave.
 //!
-//! Depends on: `common::metrics`, `conversation::session`, `net::shutdown`, `net::wake`.
+//! Depends on: `common::metrics`, `conversation::session`, `net::coalesce`, `net::shutdown`,
+//! `net::wake`.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -24,6 +27,7 @@ use parking_lot::{Mutex, MutexGuard};
 
 use crate::common::metrics::Metrics;
 use crate::conversation::session::{CloseReason, Sink, WireText};
+use crate::net::coalesce;
 use crate::net::shutdown::Wake;
 use crate::net::wake::ThreadWaker;
 
@@ -126,6 +130,10 @@ struct OutboundState {
     sent: usize,
     /// Where each data frame in `pending` ends, oldest first: counts frames for the limit.
     frame_ends: VecDeque<usize>,
+    /// Where the last frame in `pending` starts (its header), when it is a `message_delta`
+    /// that nothing follows: the next delta of its turn is merged into it while none of its
+    /// bytes are written (`sent` has not reached it).
+    tail_delta: Option<usize>,
     /// Since when the pending bytes have made no progress.
     stalled_since: Option<Instant>,
     /// Bytes the socket has taken, in all.
@@ -171,6 +179,44 @@ impl OutboundState {
         for end in frame_ends.iter().filter(|end| **end > written) {
             self.frame_ends.push_back(start + end - written);
         }
+        self.tail_delta = None;
+    }
+
+    /// Appends one data frame to the pending bytes, merged into the delta before it when both
+    /// are pieces of one turn's answer and that delta is still wholly unwritten.
+    fn push_data(&mut self, frame: &[u8]) {
+        if let Some(start) = self.tail_delta
+            && start >= self.sent
+            && self.merge(start, frame)
+        {
+            return;
+        }
+        let start = self.pending.len();
+        push_frame(&mut self.pending, frame);
+        self.frame_ends.push_back(self.pending.len());
+        self.tail_delta = coalesce::parse(frame).is_some().then_some(start);
+    }
+
+    /// Appends `frame`'s text to the delta at `start`, the last frame pending, if `frame` is a
+    /// delta that joins it; its header is written anew for the longer payload.
+    fn merge(&mut self, start: usize, frame: &[u8]) -> bool {
+        let Some(next) = coalesce::parse(frame) else {
+            return false;
+        };
+        let payload = start + header_bytes(self.pending[start + 1]);
+        let at = match coalesce::parse(&self.pending[payload..]) {
+            Some(last) if coalesce::joins(&last, &next) => payload + last.text_end,
+            _ => return false,
+        };
+        self.pending.splice(at..at, next.text.iter().copied());
+        let mut header = [0u8; MAX_HEADER_BYTES];
+        let length = text_header(&mut header, self.pending.len() - payload);
+        self.pending
+            .splice(start..payload, header[..length].iter().copied());
+        if let Some(end) = self.frame_ends.back_mut() {
+            *end = self.pending.len();
+        }
+        true
     }
 }
 
@@ -240,9 +286,7 @@ impl Outbound {
                 return false;
             }
             for frame in frames {
-                push_frame(&mut state.pending, frame.as_bytes());
-                let end = state.pending.len();
-                state.frame_ends.push_back(end);
+                state.push_data(frame.as_bytes());
             }
             return true;
         }
@@ -273,11 +317,19 @@ impl Outbound {
             };
             state.written += written as u64;
             if written < total {
+                let kept_from = state.pending.len();
                 state.keep(slices, written, &ends[..chunk.len()]);
+                // The chunk's last frame may take the next pieces if none of it was written.
+                let last_start = ends[..chunk.len() - 1].last().copied().unwrap_or(0);
+                if written <= last_start
+                    && chunk
+                        .last()
+                        .is_some_and(|frame| coalesce::parse(frame.as_bytes()).is_some())
+                {
+                    state.tail_delta = Some(kept_from + last_start - written);
+                }
                 for frame in frames.iter().skip((at + 1) * FRAMES_PER_WRITE) {
-                    push_frame(&mut state.pending, frame.as_bytes());
-                    let end = state.pending.len();
-                    state.frame_ends.push_back(end);
+                    state.push_data(frame.as_bytes());
                 }
                 state.stalled_since = Some(Instant::now());
                 Metrics::bump(&self.metrics.writes_deferred);
@@ -303,6 +355,7 @@ impl Outbound {
         }
         if state.pending_bytes() > 0 {
             state.pending.extend_from_slice(bytes);
+            state.tail_delta = None;
             return Ok(bytes.len());
         }
         let slices = [IoSlice::new(bytes)];
@@ -368,6 +421,7 @@ impl Outbound {
             state.pending.clear();
             state.frame_ends.clear();
             state.sent = 0;
+            state.tail_delta = None;
             state.stalled_since = None;
         } else if progress {
             state.stalled_since = Some(Instant::now());
@@ -377,6 +431,7 @@ impl Outbound {
                 for end in &mut state.frame_ends {
                     *end -= sent;
                 }
+                state.tail_delta = state.tail_delta.and_then(|start| start.checked_sub(sent));
                 state.sent = 0;
             }
         }
@@ -522,6 +577,15 @@ fn text_header(header: &mut [u8; MAX_HEADER_BYTES], length: usize) -> usize {
     }
 }
 
+/// The header size of an unmasked frame whose second byte is `length_code`.
+fn header_bytes(length_code: u8) -> usize {
+    match length_code & 0x7f {
+        126 => 4,
+        127 => 10,
+        _ => 2,
+    }
+}
+
 /// Appends one text frame to `buffer`.
 fn push_frame(buffer: &mut Vec<u8>, payload: &[u8]) {
     let mut header = [0u8; MAX_HEADER_BYTES];
@@ -541,6 +605,7 @@ mod tests {
     use nix::poll::PollFlags;
 
     use super::*;
+    use crate::common::protocol::{ServerFrame, SessionId, TurnId, encode};
     use crate::net::wake::{self, Sleeper};
 
     /// Frames the writer sends, and the payload of each.
@@ -555,30 +620,11 @@ mod tests {
     #[test]
     fn no_wake_up_is_lost_while_the_pending_buffer_fills_and_empties() {
         wake::install().unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let socket =
-            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        socket.set_recv_buffer_size(4096).unwrap();
-        socket
-            .connect(&listener.local_addr().unwrap().into())
-            .unwrap();
-        let mut client: TcpStream = socket.into();
-        client
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        let (server, _) = listener.accept().unwrap();
-        server.set_nonblocking(true).unwrap();
         // A small send buffer: most frames do not fit whole, so the writer leaves bytes
         // pending (and must wake the connection thread) again and again.
-        socket2::SockRef::from(&server)
-            .set_send_buffer_size(4096)
-            .unwrap();
-        let limit = PendingLimit {
-            frames: usize::MAX,
-            bytes: usize::MAX,
-        };
         let metrics = Arc::new(Metrics::default());
-        let outbound = Arc::new(Outbound::new(1, server, limit, metrics.clone()));
+        let (mut client, outbound) = slow_pair(metrics.clone());
+        let outbound = Arc::new(outbound);
         let done = Arc::new(AtomicBool::new(false));
 
         // The connection thread, as `Connection` runs it: flush, then sleep until the socket
@@ -642,6 +688,178 @@ mod tests {
         assert!(
             deferred > FRAMES as u64 / 10,
             "the socket filled up only {deferred} times; the test proves little"
+        );
+    }
+
+    /// An `Outbound` on a socket with small buffers, and its peer, which reads nothing yet.
+    fn slow_pair(metrics: Arc<Metrics>) -> (TcpStream, Outbound) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket
+            .connect(&listener.local_addr().unwrap().into())
+            .unwrap();
+        let client: TcpStream = socket.into();
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let (server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        socket2::SockRef::from(&server)
+            .set_send_buffer_size(4096)
+            .unwrap();
+        let limit = PendingLimit {
+            frames: usize::MAX,
+            bytes: usize::MAX,
+        };
+        let outbound = Outbound::new(1, server, limit, metrics);
+        (client, outbound)
+    }
+
+    /// Writes out everything pending while the peer reads it, then closes the writing side;
+    /// the peer's bytes go to `received`.
+    fn drain_bytes(client: &mut TcpStream, outbound: &Outbound, received: &mut Vec<u8>) {
+        let mut chunk = [0u8; 64 * 1024];
+        loop {
+            outbound.flush().unwrap();
+            if outbound.pending_bytes() == 0 {
+                break;
+            }
+            let n = client.read(&mut chunk).expect("the peer's read timed out");
+            assert!(n > 0, "the socket closed");
+            received.extend_from_slice(&chunk[..n]);
+        }
+        outbound
+            .socket()
+            .shutdown(std::net::Shutdown::Write)
+            .unwrap();
+        client.read_to_end(received).unwrap();
+    }
+
+    /// Writes out everything pending while the peer reads it; returns the text frames read.
+    fn drain(client: &mut TcpStream, outbound: &Outbound) -> Vec<String> {
+        let mut received = Vec::new();
+        drain_bytes(client, outbound, &mut received);
+        let mut frames = Vec::new();
+        let mut rest = &received[..];
+        while !rest.is_empty() {
+            assert_eq!(rest[0], 0x81, "a final text frame");
+            let (length, header) = match rest[1] {
+                126 => (usize::from(u16::from_be_bytes([rest[2], rest[3]])), 4),
+                127 => (
+                    u64::from_be_bytes(rest[2..10].try_into().unwrap()) as usize,
+                    10,
+                ),
+                short => (usize::from(short), 2),
+            };
+            assert_eq!(header, header_bytes(rest[1]));
+            let payload = &rest[header..header + length];
+            frames.push(String::from_utf8(payload.to_vec()).unwrap());
+            rest = &rest[header + length..];
+        }
+        frames
+    }
+
+    fn delta(turn: u64, text: &str, replace: bool) -> WireText {
+        let frame = ServerFrame::MessageDelta {
+            turn_id: TurnId(turn),
+            text: text.into(),
+            replace,
+        };
+        encode(&frame, Some(&SessionId::from_random_bytes([5; 16])), None).into()
+    }
+
+    /// Fills the socket with frames that are not deltas, until bytes wait; returns them.
+    fn fill(outbound: &Outbound) -> Vec<WireText> {
+        let mut sent = Vec::new();
+        while outbound.pending_bytes() == 0 {
+            let frame: WireText = format!(
+                r#"{{"filler":{},"pad":"{}"}}"#,
+                sent.len(),
+                "x".repeat(1000)
+            )
+            .into();
+            assert!(outbound.send(std::slice::from_ref(&frame)));
+            sent.push(frame);
+        }
+        sent
+    }
+
+    /// Deltas that wait for a full socket are merged while they are pieces of one turn and
+    /// nothing stands between them: the peer reads fewer frames, in the same order, whose texts
+    /// put together are every piece sent. A `message` between them, another turn, and a
+    /// `replace` each start a new frame. The merged frames cross the 125- and 65,535-byte
+    /// lengths, so their headers grow as they are rewritten.
+    #[test]
+    fn pieces_waiting_for_a_slow_peer_become_one_frame_per_run() {
+        let (mut client, outbound) = slow_pair(Arc::default());
+        let mut expected: Vec<String> = fill(&outbound).iter().map(|f| f.to_string()).collect();
+        let piece = |n: usize| format!("{n:03}:{}|", "é\"\\\n".repeat(100));
+        let mut first = String::new();
+        for n in 0..100 {
+            first.push_str(&piece(n));
+            assert!(outbound.send(&[delta(3, &piece(n), false)]));
+        }
+        assert!(delta(3, &first, false).len() > 65_535);
+        let closing: WireText =
+            r#"{"type":"message","data":{"turn_id":3,"text":"done"},"seq":9}"#.into();
+        assert!(outbound.send(std::slice::from_ref(&closing)));
+        // One batch: pieces of turn 4, a replace, more pieces, then a piece of turn 5.
+        let mut batch: Vec<WireText> = (0..10)
+            .map(|n| delta(4, &format!("b{n} "), false))
+            .collect();
+        batch.push(delta(4, "R", true));
+        batch.extend((0..10).map(|n| delta(4, &format!("c{n} "), false)));
+        batch.push(delta(5, "other", false));
+        assert!(outbound.send(&batch));
+        let b: String = (0..10).map(|n| format!("b{n} ")).collect();
+        let c: String = (0..10).map(|n| format!("c{n} ")).collect();
+        expected.push(delta(3, &first, false).to_string());
+        expected.push(closing.to_string());
+        expected.push(delta(4, &b, false).to_string());
+        expected.push(delta(4, &format!("R{c}"), true).to_string());
+        expected.push(delta(5, "other", false).to_string());
+        let frames = drain(&mut client, &outbound);
+        assert_eq!(frames.len(), expected.len());
+        for (got, want) in frames.iter().zip(&expected) {
+            assert_eq!(got, want);
+        }
+    }
+
+    /// A delta whose first bytes went to the socket is never changed: the next piece becomes
+    /// a frame of its own. A control frame written through `write_raw` ends a run too.
+    #[test]
+    fn a_delta_partly_written_or_followed_by_a_control_frame_is_left_alone() {
+        let (mut client, outbound) = slow_pair(Arc::default());
+        let fillers = fill(&outbound);
+        let big = delta(7, &"y".repeat(200_000), false);
+        assert!(outbound.send(std::slice::from_ref(&big)));
+        let mut all = Vec::new();
+        for frame in &fillers {
+            push_frame(&mut all, frame.as_bytes());
+        }
+        let delta_starts = all.len() as u64;
+        push_frame(&mut all, big.as_bytes());
+        // The peer reads until the socket has taken the start of the delta, not all of it.
+        let mut received = Vec::new();
+        let mut chunk = [0u8; 2048];
+        while outbound.written() <= delta_starts + 100 {
+            let n = client.read(&mut chunk).unwrap();
+            received.extend_from_slice(&chunk[..n]);
+            outbound.flush().unwrap();
+        }
+        assert!(outbound.written() < all.len() as u64);
+        assert!(outbound.send(&[delta(7, "after", false)]));
+        outbound.write_raw(&[0x89, 0]).unwrap();
+        assert!(outbound.send(&[delta(7, "ping", false)]));
+        push_frame(&mut all, delta(7, "after", false).as_bytes());
+        all.extend_from_slice(&[0x89, 0]);
+        push_frame(&mut all, delta(7, "ping", false).as_bytes());
+        drain_bytes(&mut client, &outbound, &mut received);
+        assert!(
+            received == all,
+            "the bytes differ from the frames sent, in order"
         );
     }
 
