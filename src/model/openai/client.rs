@@ -15,7 +15,7 @@
 use std::io::{BufRead, BufReader, Read};
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use crossbeam_channel::{Receiver, Sender, select};
 use serde_json::Value;
@@ -223,14 +223,11 @@ fn receive(received: &Receiver<Event>, sink: &mut dyn ReplySink) -> Result<Model
         POLL_SLICE
     };
     loop {
-        let wait = stream
-            .flush_in(Instant::now())
-            .map_or(idle, |due| due.min(idle));
-        // `None`: woken by a cancel, or time to flush; `Some(Err)`: the helper is gone.
+        // `None`: woken by a cancel, or time to look at it; `Some(Err)`: the helper is gone.
         let event = select! {
             recv(received) -> event => Some(event),
             recv(woken) -> _ => None,
-            default(wait) => None,
+            default(idle) => None,
         };
         match event {
             None => {}
@@ -260,6 +257,8 @@ fn receive(received: &Receiver<Event>, sink: &mut dyn ReplySink) -> Result<Model
         if sink.is_cancelled() {
             return Err(Failure::Cancelled);
         }
-        stream.flush_due(sink, Instant::now());
+        if received.is_empty() {
+            stream.flush(sink);
+        }
     }
 }

@@ -1,11 +1,9 @@
-//! The state of one streamed answer: answer text passed on as deltas (at most every 50 ms),
-//! reasoning (a `reasoning_content` field, or `<think>` tags split even across chunks) passed
+//! The state of one streamed answer: answer text passed on as deltas (what arrived while the
+//! reader was busy goes out as one, and nothing waits once it has caught up), reasoning (a `reasoning_content` field, or `<think>` tags split even across chunks) passed
 //! on as thoughts, tool calls accumulated, the finish reason and the usage chunk; and the
 //! chunks in one server-sent event's data.
 //!
 //! Depends on: `common::protocol`, `model`, `model::openai::retry`, `model::openai::tool_calls`.
-
-use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -13,10 +11,6 @@ use super::retry::{Failure, excerpt};
 use super::tool_calls::ToolCalls;
 use crate::common::protocol::Usage;
 use crate::model::{ModelReply, ReplySink};
-
-/// Streamed answer text is passed on at most this often (the first piece at once): one event
-/// per token would flood the session's event log and its store.
-const DELTA_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Reasoning longer than this is shown in parts, cut at a paragraph break, rather than waiting
 /// for the end of the reasoning.
@@ -61,7 +55,6 @@ pub(super) struct StreamState {
     answer: String,
     /// Answer text not yet passed to the sink.
     pending: String,
-    last_delta: Option<Instant>,
     /// Reasoning not yet passed to the sink.
     reasoning: String,
     /// Where that reasoning came from: reasoning from a field and reasoning in tags are
@@ -89,7 +82,6 @@ impl StreamState {
         StreamState {
             answer: String::new(),
             pending: String::new(),
-            last_delta: None,
             reasoning: String::new(),
             reasoning_source: Source::Field,
             think: ThinkSplitter::default(),
@@ -146,7 +138,6 @@ impl StreamState {
                 self.calls.add(fragment);
             }
         }
-        self.flush_due(sink, Instant::now());
         Ok(())
     }
 
@@ -200,28 +191,10 @@ impl StreamState {
         }
     }
 
-    /// How long until pending answer text is due to go out; `None` when none is pending.
-    pub(super) fn flush_in(&self, now: Instant) -> Option<Duration> {
-        if self.pending.is_empty() {
-            return None;
-        }
-        Some(self.last_delta.map_or(Duration::ZERO, |last| {
-            DELTA_INTERVAL.saturating_sub(now.duration_since(last))
-        }))
-    }
-
-    /// Passes pending answer text on if the last piece went out long enough ago.
-    pub(super) fn flush_due(&mut self, sink: &mut dyn ReplySink, now: Instant) {
-        let due = self
-            .last_delta
-            .is_none_or(|last| now.duration_since(last) >= DELTA_INTERVAL);
-        if due && !self.pending.is_empty() {
-            self.flush(sink);
-            self.last_delta = Some(now);
-        }
-    }
-
-    fn flush(&mut self, sink: &mut dyn ReplySink) {
+    /// Passes the answer text not yet passed on as one delta. The reader calls it once it has
+    /// read every chunk that had arrived: a delta adds no delay, and a reader that fell behind
+    /// sends what it caught up on as one piece.
+    pub(super) fn flush(&mut self, sink: &mut dyn ReplySink) {
         if !self.pending.is_empty() {
             sink.delta(&std::mem::take(&mut self.pending));
         }
