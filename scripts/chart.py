@@ -257,7 +257,7 @@ def before_and_after(runs):
     """The "Before and after" rows, when an earlier build ran in the same rotation
     (`SPARKY_BEFORE_BIN`): each figure's medians, and the median of the per-round ratios."""
     pairs = [(SPARKY, SPARKY + BEFORE), (SPARKY_MEM, SPARKY_MEM + BEFORE)]
-    if not any(run["label"].endswith(BEFORE) for run in runs):
+    if not any(run.get("label", "").endswith(BEFORE) for run in runs):
         return []
     out = [
         "",
