@@ -442,6 +442,15 @@ mod tests {
             self.output.write_all(b"\n").unwrap();
         }
 
+        /// Asks the client for its roots (`roots/list`) and returns the answer's result.
+        fn list_roots(&mut self) -> Option<Value> {
+            self.send_line(r#"{"jsonrpc":"2.0","id":"roots","method":"roots/list"}"#);
+            match self.next() {
+                Message::Response(roots) => roots.result,
+                other => panic!("roots/list was not answered: {other:?}"),
+            }
+        }
+
         fn reply(&mut self, id: RequestId, result: Value) {
             self.send(&Message::Response(Response::ok(Some(id), result)));
         }
@@ -775,12 +784,8 @@ mod tests {
             uri: "file:///srv/notes".into(),
             name: Some("notes".into()),
         }]);
-        server.send_line(r#"{"jsonrpc":"2.0","id":"r1","method":"roots/list"}"#);
-        let Message::Response(roots) = server.next() else {
-            panic!("roots/list was not answered")
-        };
         assert_eq!(
-            roots.result,
+            server.list_roots(),
             Some(json!({"roots": [{"uri": "file:///srv/notes", "name": "notes"}]}))
         );
         // With no call waiting, nobody can be asked.
@@ -845,12 +850,8 @@ mod tests {
             other => panic!("expected notifications/roots/list_changed, got {other:?}"),
         }
         // The server asks again and gets the new list.
-        server.send_line(r#"{"jsonrpc":"2.0","id":"r2","method":"roots/list"}"#);
-        let Message::Response(roots) = server.next() else {
-            panic!("roots/list was not answered")
-        };
         assert_eq!(
-            roots.result,
+            server.list_roots(),
             Some(json!({"roots": [{"uri": "file:///srv/docs", "name": "docs"}]}))
         );
         assert_eq!(client_capabilities()["roots"], json!({"listChanged": true}));
