@@ -1,6 +1,7 @@
 //! Sparky against a real model server: llama.cpp's `llama-server` serving SmolLM2-135M-Instruct
 //! at temperature 0, built and fetched once by `scripts/llama-server.sh` (cached under
-//! `target/llama/`), and its `/v1/embeddings` for semantic memory. Fakes show only the quirks
+//! `target/llama/`), and its `/v1/embeddings` for semantic memory; and an MCP server's
+//! sampling request (the real `server-everything`'s) answered by it. Fakes show only the quirks
 //! we already know; these show the real ones.
 
 mod support;
@@ -12,10 +13,15 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sparky::common::protocol::{ServerEnvelope, ServerFrame, StatusCode};
+use serde_json::json;
+use sparky::common::error::Result as SparkyResult;
+use sparky::common::protocol::{ServerEnvelope, ServerFrame, StatusCode, ToolStatus};
 use sparky::conversation::memory::SemanticGraph;
 use sparky::model::embed::{EmbedOptions, RemoteEmbedder};
 use sparky::model::openai::{RemoteModel, RemoteOptions, RetryPolicy};
+use sparky::model::{
+    Conversation, ModelBackend, ModelReply, ReplySink, Role, ToolArgs, ToolCall, ToolSpec,
+};
 use sparky::store::{GraphStore, SqliteStore};
 use support::{Client, TestServer};
 
@@ -533,4 +539,161 @@ fn a_question_about_an_attached_file_is_answered_from_the_passage_sent_with_it()
     // SmolLM2-135M quotes more than it answers: that it answered is what holds for any model
     // (the request above is what Sparky owes it).
     assert!(!answer.trim().is_empty(), "no answer: {request}");
+}
+
+/// server-everything's sampling tool, as Sparky names it.
+const SAMPLE: &str = "everything__trigger-sampling-request";
+
+/// The conversation's model in [`a_sampling_request_is_answered_by_llama_server`]: llama-server
+/// (through Sparky's OpenAI client, as `--model openai --model-url` sets it up), except that
+/// the turn's steps that offer tools are scripted. SmolLM2-135M cannot be relied on to call a
+/// tool, and Sparky has no client frame that calls one, so the first step calls the sampling
+/// tool and the next one ends the turn, both without usage; every step offering no tools (what
+/// a sampling request asks the model) goes to llama-server. The turn's usage is then the
+/// sampling's alone.
+struct Steered {
+    llama: Arc<RemoteModel>,
+}
+
+impl ModelBackend for Steered {
+    fn name(&self) -> String {
+        self.llama.name()
+    }
+
+    fn context_tokens(&self) -> Option<usize> {
+        self.llama.context_tokens()
+    }
+
+    fn complete(
+        &self,
+        conversation: Conversation<'_>,
+        tools: &[ToolSpec],
+        sink: &mut dyn ReplySink,
+    ) -> SparkyResult<ModelReply> {
+        if tools.is_empty() {
+            return self.llama.complete(conversation, tools, sink);
+        }
+        let called = conversation
+            .current
+            .iter()
+            .any(|message| message.role == Role::Tool);
+        Ok(if called {
+            ModelReply {
+                text: "The server got its completion.".into(),
+                ..ModelReply::default()
+            }
+        } else {
+            ModelReply {
+                tool_calls: vec![ToolCall {
+                    id: "call-1".into(),
+                    name: SAMPLE.into(),
+                    args: ToolArgs::from(json!({
+                        "prompt": "Name a color of the sky.",
+                        "maxTokens": 24,
+                    })),
+                }],
+                ..ModelReply::default()
+            }
+        })
+    }
+}
+
+/// server-everything's sampling tool, called during a turn, asks the conversation's model
+/// for a completion: the `sampling_request` is allowed, llama-server answers it (the proxy
+/// shows the request reaching it), the tool's result carries llama's text, and the turn's
+/// usage counts its tokens.
+#[test]
+fn a_sampling_request_is_answered_by_llama_server() {
+    let script = std::path::Path::new(support::mcp::EVERYTHING);
+    if !script.exists() || !std::path::Path::new(support::mcp::NODE).exists() {
+        let message = "server-everything or its Node is missing: run scripts/npm-fixtures.sh";
+        assert!(std::env::var_os("CI").is_none(), "{message}");
+        eprintln!("skipped: {message}");
+        return;
+    }
+    let llama = Llama::start(2048, None);
+    let recorder = Recorder::start(llama.addr());
+    let dir = support::temp_dir("llama-sampling");
+    let config = support::mcp::write_config(
+        &dir,
+        &json!({"everything": {
+            "command": support::mcp::NODE,
+            "args": [script.to_str().unwrap(), "stdio"],
+            "approve": "never",
+        }}),
+    );
+    let server = TestServer::with_model(
+        |config_of| {
+            config_of.in_memory = true;
+            config_of.context_tokens = Some(2048);
+            config_of.mcp_config = Some(config.clone());
+        },
+        Arc::new(Steered {
+            llama: Llama::model_at(recorder.addr),
+        }),
+    );
+    support::mcp::wait_for_tool(&server, SAMPLE);
+    let mut client = server.client();
+    let asked_before = recorder.sent.lock().unwrap().len();
+    client.say("Ask the server to sample, please.");
+
+    // The server's request shows, and is allowed.
+    let request = client.expect("sampling_request");
+    let ServerFrame::SamplingRequest {
+        request_id,
+        server: asking,
+        messages,
+        max_tokens,
+        ..
+    } = request.frame
+    else {
+        panic!("not a sampling_request: {request:?}");
+    };
+    assert_eq!((asking.as_str(), max_tokens), ("everything", 24));
+    assert!(
+        messages[0].text.contains("Name a color of the sky."),
+        "{messages:?}"
+    );
+    client.send(json!({"type": "approve", "data": {"call_id": request_id, "allow": true}}));
+    let frames = finish(&mut client);
+
+    // llama-server was asked, bounded by the request's maxTokens.
+    let sent = recorder.sent_since(asked_before);
+    assert!(
+        sent.contains("Resource trigger-sampling-request context: Name a color of the sky."),
+        "the request did not reach llama-server: {sent}"
+    );
+    assert!(sent.contains(r#""max_tokens":24"#), "{sent}");
+
+    // The tool's result is llama's completion.
+    let (status, result) = frames
+        .iter()
+        .find_map(|frame| match frame {
+            ServerFrame::ToolResult { status, result, .. } => Some((*status, result.clone())),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no tool_result: {frames:#?}"));
+    assert_eq!(status, ToolStatus::Success, "{result}");
+    let (_, sampled) = result
+        .split_once("LLM sampling result: \n")
+        .unwrap_or_else(|| panic!("not a sampling result: {result}"));
+    let sampled: serde_json::Value = serde_json::from_str(sampled).unwrap();
+    assert_eq!(sampled["model"], "smollm2", "{sampled}");
+    assert_eq!(sampled["role"], "assistant", "{sampled}");
+    let text = sampled["content"]["text"].as_str().unwrap_or_default();
+    assert!(!text.trim().is_empty(), "an empty completion: {sampled}");
+    assert!(
+        !text.contains("You said"),
+        "the offline model answered: {text}"
+    );
+
+    // The turn's usage is the sampling's: the scripted steps report none.
+    let Some(ServerFrame::Message {
+        usage: Some(usage), ..
+    }) = frames.last()
+    else {
+        panic!("no usage on the answer: {frames:#?}");
+    };
+    assert!(usage.prompt_tokens > 0, "{usage:?}");
+    assert!((1..=24).contains(&usage.completion_tokens), "{usage:?}");
 }

@@ -5,7 +5,9 @@
 //! features it exercises: its sampling tool answered by the offline model once a person allows
 //! it (`sampling_request`, `approve`, `always`), its roots tool listing the entry's `"roots"`,
 //! and its elicitation tool answered with accept, decline and cancel (`elicitation_request`,
-//! `elicit`), after a reconnect, and by the approval timeout.
+//! `elicit`), after a reconnect, and by the approval timeout; and edits of the config file
+//! while Sparky runs: new roots reach the running server through
+//! `notifications/roots/list_changed`, and a broken edit changes nothing.
 //!
 //! `scripts/npm-fixtures.sh` installs the pinned version under `target/npm/`, with the Node that
 //! runs it (pinned too: it needs Node 20, and Debian 12's is 18; `scripts/test` runs it first). When it is missing the tests fail under CI (`CI` set) and are skipped, with a
@@ -19,7 +21,7 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use sparky::common::protocol::{ElicitMode, ErrorCode, ServerFrame, ToolStatus};
@@ -27,7 +29,7 @@ use support::mcp::{
     EVERYTHING, NODE, answer, call, cancel_at_once, progress_seen, ready, wait_for_tool,
     write_config,
 };
-use support::{Client, TestServer, wait_until};
+use support::{Client, TestServer, http, wait_until};
 
 /// The server's entry point, or `None` (after saying why) when the test should be skipped.
 fn everything() -> Option<PathBuf> {
@@ -532,4 +534,92 @@ fn the_sdk_form_elicitation_example_is_answered_with_accept_decline_and_cancel()
             "{action}"
         );
     }
+}
+
+const ROOTS: &str = "everything__get-roots-list";
+
+/// `/healthz`, as JSON.
+fn health(server: &TestServer) -> Value {
+    let (status, body) = http(server.addr, "GET", "/healthz", None, None);
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Asks the server's roots tool until its list contains `wanted` (the server fetches the new
+/// list on its own after `notifications/roots/list_changed`, so the first answers may still
+/// be the old one); fails after 30 s.
+fn wait_for_roots(client: &mut Client, wanted: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, listed) = call(client, ROOTS, json!({}));
+        assert_eq!(status, ToolStatus::Success, "{listed}");
+        if listed.contains(wanted) {
+            return listed;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server never listed {wanted}: {listed}"
+        );
+        // One look per 50 ms: a tight loop of turns would run into the connection's rate limit.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn edited_roots_reach_the_running_server_and_a_broken_edit_changes_nothing() {
+    let Some(script) = everything() else {
+        return;
+    };
+    let dir = support::temp_dir("mcp-everything-roots-edit");
+    let mut entry = stdio_entry(&script);
+    entry["approve"] = json!("never");
+    entry["roots"] = json!(["file:///srv/alpha"]);
+    let config = write_config(&dir, &json!({ "everything": entry }));
+    let server = TestServer::with_config(|c| c.mcp_config = Some(config.clone()));
+    wait_for_tool(&server, ROOTS);
+    let mut client = server.client();
+    let listed = wait_for_roots(&mut client, "URI: file:///srv/alpha");
+    assert!(listed.contains("(1 total)"), "{listed}");
+    assert_eq!(health(&server)["mcp_config_error"], Value::Null);
+
+    // A broken edit is reported and applies nothing: the server keeps its roots and works.
+    std::fs::write(&config, r#"{"mcpServers": {"everything": "#).unwrap();
+    let mut reported = Value::Null;
+    wait_until("the broken edit to be reported", || {
+        reported = health(&server)["mcp_config_error"].clone();
+        !reported.is_null()
+    });
+    assert!(
+        reported.as_str().unwrap().contains("not an MCP config"),
+        "{reported}"
+    );
+    let (status, listed) = call(&mut client, ROOTS, json!({}));
+    assert_eq!(status, ToolStatus::Success, "{listed}");
+    assert!(listed.contains("(1 total)"), "{listed}");
+    assert!(listed.contains("URI: file:///srv/alpha"), "{listed}");
+    assert_eq!(
+        call(&mut client, "everything__echo", json!({"message": "still"})),
+        (ToolStatus::Success, "Echo: still".to_owned())
+    );
+    assert_eq!(health(&server)["mcp"]["everything"]["state"], "up");
+
+    // New roots (and a new timeout, which waits for a restart): the roots reach the running
+    // server, which asks for them again.
+    entry["roots"] = json!(["file:///srv/beta", {"uri": "file:///srv/gamma", "name": "gamma"}]);
+    entry["timeout"] = json!(90);
+    write_config(&dir, &json!({ "everything": entry }));
+    let listed = wait_for_roots(&mut client, "URI: file:///srv/beta");
+    assert!(listed.contains("(2 total)"), "{listed}");
+    assert!(
+        listed.contains("gamma\n   URI: file:///srv/gamma"),
+        "{listed}"
+    );
+    assert!(!listed.contains("alpha"), "{listed}");
+    let health = health(&server);
+    assert_eq!(health["mcp_config_error"], Value::Null, "{health}");
+    assert_eq!(
+        health["mcp"]["everything"]["restart_needed"], true,
+        "{health}"
+    );
+    assert_eq!(health["mcp"]["everything"]["state"], "up", "{health}");
 }

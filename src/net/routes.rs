@@ -486,6 +486,7 @@ fn health(ctx: &RouteContext, request: &PageRequest<'_>) -> Reply {
             },
             "tools_loaded": ctx.tools.len(),
             "mcp": mcp_states(ctx),
+            "mcp_config_error": ctx.mcp.as_ref().and_then(|mcp| mcp.config_error()),
             "store": if degraded { "failing" } else { "ok" },
             "store_backend": store.backend,
         })
@@ -501,11 +502,14 @@ fn health(ctx: &RouteContext, request: &PageRequest<'_>) -> Reply {
     })
 }
 
-/// Each MCP server's state for `/healthz`: `{name: {state, auth?, reason?}}`.
+/// Each MCP server's state for `/healthz`: `{name: {state, auth?, reason?, restart_needed?}}`.
 fn mcp_states(ctx: &RouteContext) -> serde_json::Value {
     let mut states = serde_json::Map::new();
     for status in ctx.mcp.as_ref().map(|m| m.status()).unwrap_or_default() {
         let mut state = json!({ "state": status.state });
+        if status.restart_needed {
+            state["restart_needed"] = true.into();
+        }
         if let Some(auth) = &status.auth {
             state["auth"] = auth.name().into();
             if let crate::tools::mcp::AuthState::NeedsSignIn(reason) = auth {

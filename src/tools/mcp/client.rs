@@ -207,9 +207,26 @@ impl McpClient {
         self.rpc.on_tools_changed(Arc::new(hook));
     }
 
-    /// Sets what `roots/list` answers the server (its entry's `"roots"`).
+    /// Sets what `roots/list` answers the server (its entry's `"roots"`), before
+    /// [`initialize`](Self::initialize): the server has nothing to be told yet.
     pub(super) fn set_roots(&self, roots: Vec<Root>) {
         self.rpc.set_roots(roots);
+    }
+
+    /// Makes `roots` what `roots/list` answers from now on and, when that changes them, sends
+    /// the initialised server `notifications/roots/list_changed` so that it asks again.
+    /// Returns whether they changed.
+    ///
+    /// # Errors
+    ///
+    /// `Closed` when the client has closed (the roots are set all the same, for nobody).
+    pub(super) fn update_roots(&self, roots: Vec<Root>) -> Result<bool, McpError> {
+        if !self.rpc.set_roots(roots) {
+            return Ok(false);
+        }
+        self.rpc
+            .notify("notifications/roots/list_changed", None)
+            .map(|()| true)
     }
 
     /// `initialize`, then the `notifications/initialized` notification. Returns the server's
@@ -362,11 +379,12 @@ impl McpClient {
 }
 
 /// The client features Sparky declares at `initialize` (protocol 2025-11-25): roots (from
-/// the config, which is read once, so their list never changes), sampling (answered by the
+/// the config; an edit of an entry's `"roots"` while Sparky runs is announced with
+/// `notifications/roots/list_changed`), sampling (answered by the
 /// conversation's model once a person allows it) and elicitation in both modes.
 fn client_capabilities() -> Value {
     json!({
-        "roots": {"listChanged": false},
+        "roots": {"listChanged": true},
         "sampling": {},
         "elicitation": {"form": {}, "url": {}},
     })
@@ -422,6 +440,15 @@ mod tests {
         fn send_line(&mut self, line: &str) {
             self.output.write_all(line.as_bytes()).unwrap();
             self.output.write_all(b"\n").unwrap();
+        }
+
+        /// Asks the client for its roots (`roots/list`) and returns the answer's result.
+        fn list_roots(&mut self) -> Option<Value> {
+            self.send_line(r#"{"jsonrpc":"2.0","id":"roots","method":"roots/list"}"#);
+            match self.next() {
+                Message::Response(roots) => roots.result,
+                other => panic!("roots/list was not answered: {other:?}"),
+            }
         }
 
         fn reply(&mut self, id: RequestId, result: Value) {
@@ -757,12 +784,8 @@ mod tests {
             uri: "file:///srv/notes".into(),
             name: Some("notes".into()),
         }]);
-        server.send_line(r#"{"jsonrpc":"2.0","id":"r1","method":"roots/list"}"#);
-        let Message::Response(roots) = server.next() else {
-            panic!("roots/list was not answered")
-        };
         assert_eq!(
-            roots.result,
+            server.list_roots(),
             Some(json!({"roots": [{"uri": "file:///srv/notes", "name": "notes"}]}))
         );
         // With no call waiting, nobody can be asked.
@@ -802,6 +825,39 @@ mod tests {
             server.reply(id, text("asked"));
             assert_eq!(call.join().unwrap().unwrap().content.text, "asked");
         });
+    }
+
+    #[test]
+    fn changed_roots_are_announced_once_and_then_listed() {
+        let (client, mut server) = connect();
+        let notes = vec![Root {
+            uri: "file:///srv/notes".into(),
+            name: None,
+        }];
+        client.set_roots(notes.clone());
+        // The same roots again: nothing to announce.
+        assert!(!client.update_roots(notes).unwrap());
+        let docs = vec![Root {
+            uri: "file:///srv/docs".into(),
+            name: Some("docs".into()),
+        }];
+        assert!(client.update_roots(docs).unwrap());
+        match server.next() {
+            Message::Notification(n) => {
+                assert_eq!(n.method, "notifications/roots/list_changed");
+                assert_eq!(n.params, None);
+            }
+            other => panic!("expected notifications/roots/list_changed, got {other:?}"),
+        }
+        // The server asks again and gets the new list.
+        assert_eq!(
+            server.list_roots(),
+            Some(json!({"roots": [{"uri": "file:///srv/docs", "name": "docs"}]}))
+        );
+        assert_eq!(client_capabilities()["roots"], json!({"listChanged": true}));
+        // A closed client says so.
+        client.stop();
+        assert!(client.update_roots(Vec::new()).is_err());
     }
 
     #[test]

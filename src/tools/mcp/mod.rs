@@ -24,6 +24,7 @@
 //! - `supervisor.rs`: a server restarted after a crash, its tools, and the catalog of every
 //!   server's current tools, instructions and prompts;
 //! - `resources.rs`: the `mcp_read_resource` tool;
+//! - `watch.rs`: the config file watched while the server runs: edited roots apply at once;
 //! - `error.rs`: `McpError`;
 //! - this file: `load`, `spawn`, `McpServers` (every server of one config).
 //!
@@ -33,7 +34,9 @@
 //! turn's [`CancelFlag`]. A server that dies fails every waiting call with a clear error and
 //! is started (or connected) again by the next call.
 //!
-//! Depends on: `common::cancel`, `common::error`, `tools`, `tools::mcp::config`, `tools::mcp::oauth`, `tools::mcp::oauth::loopback`, `tools::mcp::supervisor`.
+//! Depends on: `common::cancel`, `common::error`, `tools`, `tools::mcp::config`,
+//! `tools::mcp::oauth`, `tools::mcp::oauth::loopback`, `tools::mcp::supervisor`,
+//! `tools::mcp::watch`.
 
 mod client;
 mod config;
@@ -48,6 +51,7 @@ mod schema;
 mod stdio;
 mod supervisor;
 mod transport;
+mod watch;
 mod wire;
 
 use std::fmt;
@@ -66,6 +70,7 @@ use self::config::{ServerEntry, ServerSpec, parse_config};
 use self::oauth::Authorizer;
 use self::oauth::loopback::{Loopback, Redirect};
 use self::supervisor::{Catalog, McpServer, Started, start_server, tools_text};
+use self::watch::{ConfigState, Watch};
 
 pub use self::error::{McpError, round_duration};
 pub use self::instructions::MAX_INSTRUCTIONS_BYTES;
@@ -78,6 +83,7 @@ pub use self::supervisor::{
     FIRST_RETRY_DELAY, MAX_RETRY_DELAY, MAX_TOOL_NAME_CHARS, NAME_SEPARATOR, START_TIMEOUT,
     tool_name,
 };
+pub use self::watch::POLL_INTERVAL;
 pub use self::wire::PROTOCOL_VERSION;
 
 /// Starts every server in the MCP config file at `path` and returns them with their tools.
@@ -172,7 +178,9 @@ pub fn login(
 /// `mcp-<name>-start` thread each, returning at once: each server's tools join
 /// [`McpServers::source`] when it is up. A server that fails or times out is logged and tried
 /// again after a wait that doubles from `first_retry_delay` (normally [`FIRST_RETRY_DELAY`]) up
-/// to [`MAX_RETRY_DELAY`], until it starts or the servers shut down.
+/// to [`MAX_RETRY_DELAY`], until it starts or the servers shut down. A `mcp-config-watch`
+/// thread reads the file again every [`POLL_INTERVAL`]: edited roots reach the running servers
+/// at once, other edits wait for a restart (`watch.rs`).
 ///
 /// # Errors
 ///
@@ -192,7 +200,8 @@ pub fn spawn_with(
     first_retry_delay: Duration,
     oauth: OAuthOptions,
 ) -> Result<McpServers> {
-    let (entries, sign_ins) = with_sign_ins(read_config(path)?, oauth);
+    let (text, parsed) = read_config_text(path)?;
+    let (entries, sign_ins) = with_sign_ins(parsed.clone(), oauth);
     let catalog = Arc::new(Catalog::default());
     let stopping = CancelFlag::new();
     let mut servers = Vec::new();
@@ -216,11 +225,22 @@ pub fn spawn_with(
                     stopping,
                     starting: Mutex::new(starting),
                     sign_ins,
+                    config: None,
                 };
                 drop(partial);
                 return Err(Error::Spawn(e));
             }
         }
+    }
+    // Edits of the file: roots apply at once, the rest is logged as waiting for a restart.
+    let watch = Watch::new(path, text, servers.clone(), parsed);
+    let config = watch.state();
+    match watch.spawn(stopping.clone()) {
+        Ok(handle) => starting.push(handle),
+        Err(e) => log::warn!(
+            "mcp config {}: not watched, edits need a restart: no thread: {e}",
+            path.display()
+        ),
     }
     Ok(McpServers {
         servers,
@@ -230,19 +250,26 @@ pub fn spawn_with(
         stopping,
         starting: Mutex::new(starting),
         sign_ins,
+        config: Some(config),
     })
 }
 
 /// Reads and parses the MCP config file at `path`.
 fn read_config(path: &Path) -> Result<Vec<ServerEntry>> {
+    read_config_text(path).map(|(_, entries)| entries)
+}
+
+/// Reads and parses the MCP config file at `path`; returns its text too.
+fn read_config_text(path: &Path) -> Result<(String, Vec<ServerEntry>)> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         Error::Config(format!(
             "cannot read the MCP config {}: {e}",
             path.display()
         ))
     })?;
-    parse_config(&text)
-        .map_err(|e| Error::Config(format!("{} is not an MCP config: {e}", path.display())))
+    let entries = parse_config(&text)
+        .map_err(|e| Error::Config(format!("{} is not an MCP config: {e}", path.display())))?;
+    Ok((text, entries))
 }
 
 /// The MCP servers started from one config file, and their tools. Cheap to keep: the tools
@@ -258,10 +285,13 @@ pub struct McpServers {
     failed: Vec<(String, String)>,
     /// Set by shutdown: background starts give up.
     stopping: CancelFlag,
-    /// The `mcp-<name>-start` threads of [`spawn`], joined by shutdown. Held only to take them.
+    /// The `mcp-<name>-start` threads of [`spawn`] and its `mcp-config-watch`, joined by
+    /// shutdown. Held only to take them.
     starting: Mutex<Vec<JoinHandle<()>>>,
     /// The sign-ins of its OAuth servers.
     sign_ins: SignIns,
+    /// What the watch on the config file found ([`spawn`] only).
+    config: Option<Arc<Mutex<ConfigState>>>,
 }
 
 /// One server's state, as `/healthz`, `sparky check` and the page show it.
@@ -273,6 +303,9 @@ pub struct ServerStatus {
     pub state: &'static str,
     /// Its sign-in, for a `url` server that may sign in with OAuth.
     pub auth: Option<AuthState>,
+    /// True when its entry was edited in ways that apply only when Sparky restarts (anything
+    /// but `"roots"`, which apply at once), or added, or removed.
+    pub restart_needed: bool,
 }
 
 impl fmt::Debug for McpServers {
@@ -322,6 +355,11 @@ impl McpServers {
 
     /// Each server's state, in name order.
     pub fn status(&self) -> Vec<ServerStatus> {
+        let restart_needed = self
+            .config
+            .as_ref()
+            .map(|config| config.lock().restart_needed.clone())
+            .unwrap_or_default();
         let mut all: Vec<ServerStatus> = self
             .servers
             .iter()
@@ -338,11 +376,20 @@ impl McpServers {
                     name: server.name.clone(),
                     state,
                     auth,
+                    restart_needed: restart_needed.contains(&server.name),
                 }
             })
             .collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
+    }
+
+    /// Why the config file's current text is not in force (it cannot be read, or is not an
+    /// MCP config): the last good one stays. `None` when it is, and for [`load`].
+    pub fn config_error(&self) -> Option<String> {
+        self.config
+            .as_ref()
+            .and_then(|config| config.lock().error.clone())
     }
 
     /// The names of the servers that started.
@@ -361,7 +408,7 @@ impl McpServers {
         let starting = std::mem::take(&mut *self.starting.lock());
         for handle in starting {
             if handle.join().is_err() {
-                log::warn!("mcp: a start-up thread panicked");
+                log::warn!("mcp: a start-up or watch thread panicked");
             }
         }
         thread::scope(|scope| {
@@ -388,7 +435,13 @@ impl McpServers {
                     let handle = thread::Builder::new()
                         .name(format!("mcp-{name}-start"))
                         .spawn_scoped(scope, move || {
-                            start_server(&thread_name, &thread_spec, &thread_policy, None)
+                            start_server(
+                                &thread_name,
+                                &thread_spec,
+                                &thread_policy,
+                                thread_policy.roots.clone(),
+                                None,
+                            )
                         });
                     (name, spec, policy, handle)
                 })
@@ -439,6 +492,7 @@ impl McpServers {
             stopping: CancelFlag::new(),
             starting: Mutex::default(),
             sign_ins: SignIns::new(OAuthOptions::default(), []),
+            config: None,
         }
     }
 }

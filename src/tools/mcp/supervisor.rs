@@ -23,7 +23,7 @@ use super::config::ServerSpec;
 use super::error::McpError;
 use super::instructions;
 use super::oauth::ServerAuth;
-use super::policy::{Hints, ServerPolicy};
+use super::policy::{Hints, Root, ServerPolicy};
 use super::resources::{Reader, ResourceTool};
 use super::schema;
 use super::wire::{RemotePrompt, RemoteTool};
@@ -267,8 +267,12 @@ pub(super) struct McpServer {
     /// The server's name in the config.
     pub(super) name: String,
     spec: ServerSpec,
-    /// Which of its tools ask a person first, and how long a call may wait.
+    /// Which of its tools ask a person first, and how long a call may wait (its `roots` are
+    /// in [`roots`](Self::roots) instead, since they follow the config file).
     policy: ServerPolicy,
+    /// What `roots/list` answers it: its entry's `"roots"`, changed when the config file is
+    /// edited (`watch.rs`). Held only to read or replace them.
+    roots: Mutex<Vec<Root>>,
     /// The live client. Held only to clone or swap the `Arc`.
     client: Mutex<Option<Arc<McpClient>>>,
     /// Taken by the one caller restarting the server, across spawn and handshake (bounded by
@@ -292,13 +296,15 @@ impl McpServer {
     pub(super) fn new(
         name: String,
         spec: ServerSpec,
-        policy: ServerPolicy,
+        mut policy: ServerPolicy,
         catalog: &Arc<Catalog>,
     ) -> Arc<Self> {
+        let roots = Mutex::new(std::mem::take(&mut policy.roots));
         Arc::new(McpServer {
             name,
             spec,
             policy,
+            roots,
             client: Mutex::new(None),
             restart: Arc::default(),
             stopped: AtomicBool::new(false),
@@ -343,9 +349,35 @@ impl McpServer {
             // Shut down meanwhile: the client stops when the caller drops it.
             return (client, 0);
         }
+        // Roots edited while it started were not seen by it: it is told now.
+        self.tell_roots(&client);
         *self.handshake.lock() = handshake;
         let count = self.publish(tools);
         (client, count)
+    }
+
+    /// What `roots/list` answers it now.
+    pub(super) fn roots(&self) -> Vec<Root> {
+        self.roots.lock().clone()
+    }
+
+    /// Makes `roots` what `roots/list` answers it, and tells the running server (with
+    /// `notifications/roots/list_changed`) when they changed; a server that is down gets them
+    /// when it starts again.
+    pub(super) fn set_roots(&self, roots: Vec<Root>) {
+        *self.roots.lock() = roots;
+        if let Some(client) = self.current() {
+            self.tell_roots(&client);
+        }
+    }
+
+    /// Gives `client` the current roots, announcing them when they differ from what it had.
+    fn tell_roots(&self, client: &McpClient) {
+        match client.update_roots(self.roots()) {
+            Ok(true) => log::info!("mcp {}: told its roots changed", self.name),
+            Ok(false) => {}
+            Err(e) => log::info!("mcp {}: roots not announced: {e}", self.name),
+        }
     }
 
     /// Makes `remote` the server's current tools, leaving out those that cannot work here
@@ -443,7 +475,13 @@ impl McpServer {
             if stopping.is_cancelled() {
                 return;
             }
-            match start_server(&self.name, &self.spec, &self.policy, Some(stopping)) {
+            match start_server(
+                &self.name,
+                &self.spec,
+                &self.policy,
+                self.roots(),
+                Some(stopping),
+            ) {
                 Ok(started) => {
                     let (_, count) = self.adopt(started);
                     log::info!("mcp {}: loaded with {}", self.name, tools_text(count));
@@ -539,15 +577,20 @@ impl McpServer {
         }
         self.check_running()?;
         log::info!("mcp {}: restarting", self.name);
-        let started = start_server(&self.name, &self.spec, &self.policy, Some(cancel)).map_err(
-            |e| match e {
-                McpError::Cancelled => McpError::Cancelled,
-                other => McpError::Closed {
-                    server: self.name.clone(),
-                    reason: format!("it could not be restarted: {other}"),
-                },
+        let started = start_server(
+            &self.name,
+            &self.spec,
+            &self.policy,
+            self.roots(),
+            Some(cancel),
+        )
+        .map_err(|e| match e {
+            McpError::Cancelled => McpError::Cancelled,
+            other => McpError::Closed {
+                server: self.name.clone(),
+                reason: format!("it could not be restarted: {other}"),
             },
-        )?;
+        })?;
         // The restarted server's list is the new truth.
         let (client, count) = self.adopt(started);
         log::info!("mcp {}: restarted with {}", self.name, tools_text(count));
@@ -772,16 +815,18 @@ pub(super) struct Started {
 }
 
 /// Spawns (or connects to) a server, initialises it and lists its tools, all within
-/// [`START_TIMEOUT`]; its calls will follow `policy`'s timeout.
+/// [`START_TIMEOUT`]; its calls will follow `policy`'s timeout, and `roots/list` answers
+/// `roots`.
 pub(super) fn start_server(
     name: &str,
     spec: &ServerSpec,
     policy: &ServerPolicy,
+    roots: Vec<Root>,
     cancel: Option<&CancelFlag>,
 ) -> Result<Started, McpError> {
     let deadline = Instant::now() + START_TIMEOUT;
     let client = McpClient::connect(name, spec, policy.timeout.0)?;
-    client.set_roots(policy.roots.clone());
+    client.set_roots(roots);
     let handshake = client.initialize(deadline, cancel)?;
     let tools = client.list_tools(deadline, cancel)?;
     Ok(Started {

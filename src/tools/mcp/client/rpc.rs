@@ -99,9 +99,14 @@ impl Rpc {
         }
     }
 
-    /// Sets what `roots/list` answers.
-    pub(super) fn set_roots(&self, roots: Vec<Root>) {
-        *self.roots.lock() = roots;
+    /// Sets what `roots/list` answers; true when that changed it.
+    pub(super) fn set_roots(&self, roots: Vec<Root>) -> bool {
+        let mut current = self.roots.lock();
+        if *current == roots {
+            return false;
+        }
+        *current = roots;
+        true
     }
 
     /// True until the server stops or the client is closed.
