@@ -14,17 +14,23 @@ EVERYTHING_VERSION="2026.1.26"
 # Its examples (servers and the demo authorization server) are what tests/mcp_oauth.rs runs.
 SDK_VERSION="1.32.2"
 NODE_VERSION="20.20.2"
+# A certified OpenID provider that issues rotating refresh tokens, for the refresh tests in
+# tests/mcp_oauth.rs (tests/fixtures/mcp-oauth-refresh.mjs runs it; the SDK's demo server issues none).
+OIDC_PROVIDER_VERSION="9.13.3"
 
 prefix="target/npm"
 installed="$prefix/node_modules/@modelcontextprotocol/server-everything/package.json"
 sdk="$prefix/node_modules/@modelcontextprotocol/sdk/package.json"
 node="$prefix/node_modules/.bin/node"
+oidc="$prefix/node_modules/oidc-provider/package.json"
 if [ -f "$installed" ] && grep -q "\"version\": \"$EVERYTHING_VERSION\"" "$installed" &&
     [ -f "$sdk" ] && grep -q "\"version\": \"$SDK_VERSION\"" "$sdk" &&
+    [ -f "$oidc" ] && grep -q "\"version\": \"$OIDC_PROVIDER_VERSION\"" "$oidc" &&
     [ -x "$node" ] && [ "$("$node" --version)" = "v$NODE_VERSION" ]; then
     exit 0
 fi
 mkdir -p "$prefix"
 npm install --prefix "$prefix" --no-audit --no-fund --loglevel=error \
     "@modelcontextprotocol/server-everything@$EVERYTHING_VERSION" \
-    "@modelcontextprotocol/sdk@$SDK_VERSION" "node@$NODE_VERSION"
+    "@modelcontextprotocol/sdk@$SDK_VERSION" "node@$NODE_VERSION" \
+    "oidc-provider@$OIDC_PROVIDER_VERSION"

@@ -19,11 +19,16 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 use sparky::common::protocol::ToolStatus;
 use sparky::store::{McpAuthStore, SqliteStore};
-use support::mcp::{Demo, call, oauth_example, ready, wait_for_tool, write_config};
+use support::mcp::{
+    Demo, OidcFixture, begin_call, call, end_call, oauth_example, oidc_fixture_installed, ready,
+    wait_for_tool, write_config,
+};
 use support::{TestServer, http, wait_until};
 
 /// Plays the browser: GETs `url` and follows its redirects until one leads to `until` (a URL
-/// prefix), then GETs that and returns its status and body, and that URL.
+/// prefix), then GETs that and returns its status and body, and that URL. It keeps the
+/// cookies it is given (every host here is this machine) and sends them back, as a browser
+/// does: `oidc-provider` ties a sign-in's steps together with them.
 fn browse(url: &str, until: &str) -> (u16, String, String) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -31,10 +36,26 @@ fn browse(url: &str, until: &str) -> (u16, String, String) {
         .timeout_global(Some(std::time::Duration::from_secs(30)))
         .build()
         .into();
+    let mut cookies = std::collections::BTreeMap::<String, String>::new();
     let mut next = url.to_owned();
     for _ in 0..10 {
-        let response = agent.get(&next).call().unwrap();
+        let mut request = agent.get(&next);
+        if !cookies.is_empty() {
+            let jar: Vec<String> = cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            request = request.header("cookie", jar.join("; "));
+        }
+        let response = request.call().unwrap();
         let status = response.status().as_u16();
+        for set in response.headers().get_all("set-cookie") {
+            let pair = set.to_str().unwrap().split(';').next().unwrap_or_default();
+            if let Some((name, value)) = pair.split_once('=') {
+                if value.is_empty() {
+                    cookies.remove(name.trim());
+                } else {
+                    cookies.insert(name.trim().to_owned(), value.to_owned());
+                }
+            }
+        }
         if next.starts_with(until) {
             let body = response.into_body().read_to_string().unwrap_or_default();
             return (status, body, next);
@@ -46,7 +67,14 @@ fn browse(url: &str, until: &str) -> (u16, String, String) {
             .to_str()
             .unwrap()
             .to_owned();
-        next = location;
+        // A path alone is on the same origin.
+        next = match location.strip_prefix('/') {
+            Some(path) => {
+                let authority_end = next[8..].find('/').map_or(next.len(), |i| i + 8);
+                format!("{}/{path}", &next[..authority_end])
+            }
+            None => location,
+        };
     }
     panic!("too many redirects from {url}");
 }
@@ -275,4 +303,115 @@ fn form_urlencoded_decode(encoded: &str) -> String {
         .next()
         .map(|(_, value)| value.into_owned())
         .unwrap_or_default()
+}
+
+/// A server for `fixture`'s MCP server (as `oidc`), in a directory of the test's own (`name`),
+/// signed in by Connect, its tools listed. Returns the directory too (the config is in it).
+fn signed_in_to(fixture: &OidcFixture, name: &str) -> (PathBuf, TestServer) {
+    let dir = support::temp_dir(&format!("mcp-oauth-{name}"));
+    let config = write_config(
+        &dir,
+        &json!({ "oidc": { "url": fixture.mcp_url, "approve": "never" } }),
+    );
+    let data_dir = support::test_config().data_dir;
+    let server = TestServer::restart_with(&data_dir, |c| c.mcp_config = Some(config.clone()));
+    wait_until("the server to need a sign-in", || {
+        state_of(&server, "oidc")["state"] == "needs_sign_in"
+    });
+    connect(&server, "oidc");
+    wait_for_tool(&server, "oidc__slow");
+    assert_eq!(fixture.granted("authorization_code"), 1);
+    (dir, server)
+}
+
+/// `(status, text)` of a successful call whose answer is `text`.
+fn success(text: &str) -> (ToolStatus, String) {
+    (ToolStatus::Success, text.to_owned())
+}
+
+#[test]
+fn an_expired_token_is_refreshed_once_for_two_calls_and_its_rotated_refresh_token_kept() {
+    if !oidc_fixture_installed() {
+        return;
+    }
+    let fixture = OidcFixture::start(3);
+    let (_dir, server) = signed_in_to(&fixture, "rotate");
+    let mut first = server.client();
+    assert_eq!(
+        call(&mut first, "oidc__echo", json!({"text": "hi"})),
+        success("echo: hi")
+    );
+    let mut second = server.client();
+
+    // The access token expires; two calls start at once: one refresh serves both.
+    fixture.wait_for_expiry();
+    let refreshed = fixture.granted("refresh_token");
+    let slow = |text: &str| json!({"ms": 1000, "text": text});
+    let a = begin_call(&mut first, "oidc__slow", slow("a"));
+    let b = begin_call(&mut second, "oidc__slow", slow("b"));
+    assert_eq!(end_call(&mut first, a), success("slow: a"));
+    assert_eq!(end_call(&mut second, b), success("slow: b"));
+    let stats = fixture.stats();
+    assert_eq!(
+        stats["granted"]["refresh_token"].as_u64().unwrap_or(0),
+        refreshed + 1,
+        "{stats}"
+    );
+    assert_eq!(stats["refused"], json!({}), "{stats}");
+    assert_eq!(stats["slow_most"], 2, "the calls did not overlap: {stats}");
+    assert_eq!(state_of(&server, "oidc")["auth"], "signed_in");
+
+    // It expires again: the refresh uses the rotated refresh token (the first one, sent
+    // again, would be refused, and its whole grant revoked with it).
+    fixture.wait_for_expiry();
+    assert_eq!(
+        call(&mut first, "oidc__echo", json!({"text": "again"})),
+        success("echo: again")
+    );
+    let stats = fixture.stats();
+    assert_eq!(stats["granted"]["refresh_token"], refreshed + 2, "{stats}");
+    assert_eq!(stats["refused"], json!({}), "{stats}");
+    assert_eq!(stats["granted"]["authorization_code"], 1, "{stats}");
+}
+
+#[test]
+fn a_revoked_refresh_token_is_refused_once_and_a_new_connect_works() {
+    if !oidc_fixture_installed() {
+        return;
+    }
+    let fixture = OidcFixture::start(3);
+    let (_dir, server) = signed_in_to(&fixture, "revoked");
+    let mut client = server.client();
+    assert_eq!(
+        call(&mut client, "oidc__echo", json!({"text": "hi"})),
+        success("echo: hi")
+    );
+
+    // The grant is revoked at the authorization server; once the access token has expired
+    // (it is a JWT, good until then), the refresh is refused and the call fails cleanly.
+    assert!(fixture.revoke() >= 1);
+    fixture.wait_for_expiry();
+    let (status, text) = call(&mut client, "oidc__echo", json!({"text": "late"}));
+    assert_eq!(status, ToolStatus::Error, "{text}");
+    assert!(text.contains("sign-in"), "{text}");
+    wait_until("the server to need a sign-in", || {
+        state_of(&server, "oidc")["auth"] == "needs_sign_in"
+    });
+    let (_, health) = http(server.addr, "GET", "/healthz", None, None);
+    let health: Value = serde_json::from_str(&health).unwrap();
+    let oidc = &health["mcp"]["oidc"];
+    assert_eq!(oidc["auth"], "needs_sign_in", "{health}");
+    let reason = oidc["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("refresh token was refused"), "{health}");
+    let stats = fixture.stats();
+    assert_eq!(stats["refused"], json!({"refresh_token": 1}), "{stats}");
+
+    // A new Connect brings it back, and nothing was retried meanwhile.
+    connect(&server, "oidc");
+    wait_until("the call to work again", || {
+        call(&mut client, "oidc__echo", json!({"text": "back"})) == success("echo: back")
+    });
+    let stats = fixture.stats();
+    assert_eq!(stats["refused"], json!({"refresh_token": 1}), "{stats}");
+    assert_eq!(stats["granted"]["authorization_code"], 2, "{stats}");
 }
