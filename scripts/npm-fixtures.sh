@@ -3,7 +3,8 @@
 # finds them there): the reference MCP server @modelcontextprotocol/server-everything, at a
 # pinned version, the MCP TypeScript SDK it is built on (pinned too: the tests run its example
 # servers elicitationFormExample, and simpleStreamableHttp --oauth with its demo authorization
-# server for tests/mcp_oauth.rs), and the Node that runs them (the `node` package: Node's own binary, from the
+# server for tests/mcp_oauth.rs), oidc-provider (the authorization server with rotating refresh
+# tokens that tests/fixtures/mcp-oauth-refresh.mjs runs), and the Node that runs them (the `node` package: Node's own binary, from the
 # npm registry), also pinned: the server needs Node 20 or newer (it uses the global `crypto`),
 # and Debian 12's is 18. Skips what is already installed at those versions. Needs npm.
 set -euo pipefail

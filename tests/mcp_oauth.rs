@@ -1,13 +1,26 @@
-//! OAuth for MCP `url` servers against the real thing: the MCP TypeScript SDK's example server
-//! `simpleStreamableHttp --oauth` and its demo authorization server (which approves every
-//! sign-in), from npm (`scripts/npm-fixtures.sh`; skipped with a note when missing, failed
-//! under CI). The test plays the browser: it follows the authorization URL's redirects with a
-//! plain HTTP client, up to Sparky's callback (the page's Connect) or `sparky mcp login`'s
-//! loopback listener. Covered: tools absent and the state saying why until a sign-in; the
-//! sign-in, the tools appearing and a call; a restart using the stored grant; a token that
-//! expires with a refresh the demo server cannot do leading to "needs sign-in" once, and a new
-//! Connect working. The refresh itself (once for many callers, across instances; a refused
-//! refresh token) is tested against a fake authorization server in `tools/mcp/oauth/tests.rs`.
+//! OAuth for MCP `url` servers against the real thing, from npm (`scripts/npm-fixtures.sh`;
+//! skipped with a note when missing, failed under CI). The test plays the browser: it follows
+//! the authorization URL's redirects with a plain HTTP client that keeps cookies, up to
+//! Sparky's callback (the page's Connect) or `sparky mcp login`'s loopback listener.
+//!
+//! - The MCP TypeScript SDK's example server `simpleStreamableHttp --oauth` and its demo
+//!   authorization server (which approves every sign-in, and gives no refresh tokens): tools
+//!   absent and the state saying why until a sign-in; the sign-in, the tools appearing and a
+//!   call; a restart using the stored grant; a token that expires with a refresh the demo
+//!   server cannot do leading to "needs sign-in" once, and a new Connect working;
+//!   `sparky mcp login` and `sparky check`.
+//! - `tests/fixtures/mcp-oauth-refresh.mjs`: `oidc-provider` (panva's certified OpenID
+//!   provider) as the authorization server, with dynamic registration, PKCE, resource
+//!   indicators, 3-second JWT access tokens and refresh tokens rotated on every use (one sent
+//!   twice revokes its grant), in front of an SDK MCP server that checks the JWT against its
+//!   keys: two calls started at once after the token expired cause exactly one refresh; the
+//!   next expiry refreshes with the rotated token; a grant revoked at the authorization
+//!   server means one refused refresh, a call that fails cleanly, "needs sign-in", and a new
+//!   Connect working; and two instances on one PostgreSQL database (whatever store the rest
+//!   of the run uses), a call on each after the token expired: exactly one refresh.
+//!
+//! A lease held by an instance that died, and the other failure paths of the refresh, are
+//! tested against a fake authorization server in `tools/mcp/oauth/tests.rs`.
 
 mod support;
 
@@ -414,4 +427,51 @@ fn a_revoked_refresh_token_is_refused_once_and_a_new_connect_works() {
     let stats = fixture.stats();
     assert_eq!(stats["refused"], json!({"refresh_token": 1}), "{stats}");
     assert_eq!(stats["granted"]["authorization_code"], 2, "{stats}");
+}
+
+#[test]
+fn two_instances_on_one_postgresql_refresh_an_expired_token_once() {
+    if !oidc_fixture_installed() {
+        return;
+    }
+    let fixture = OidcFixture::start(3);
+    let url = support::postgres::fresh_database();
+    let dir = support::temp_dir("mcp-oauth-instances");
+    let config = write_config(
+        &dir,
+        &json!({ "oidc": { "url": fixture.mcp_url, "approve": "never" } }),
+    );
+    let instance = || {
+        TestServer::with_config(|c| {
+            c.database_url = Some(url.clone());
+            c.mcp_config = Some(config.clone());
+        })
+    };
+    let (a, b) = (instance(), instance());
+    wait_until("the server to need a sign-in", || {
+        state_of(&a, "oidc")["state"] == "needs_sign_in"
+    });
+    // Signed in through A; B finds the grant in the store.
+    connect(&a, "oidc");
+    wait_for_tool(&a, "oidc__slow");
+    wait_for_tool(&b, "oidc__slow");
+    let (mut on_a, mut on_b) = (a.client(), b.client());
+
+    // The token expires; a call on each instance at once: one refresh serves both.
+    fixture.wait_for_expiry();
+    let refreshed = fixture.granted("refresh_token");
+    let slow = |text: &str| json!({"ms": 1000, "text": text});
+    let on_a_turn = begin_call(&mut on_a, "oidc__slow", slow("a"));
+    let on_b_turn = begin_call(&mut on_b, "oidc__slow", slow("b"));
+    assert_eq!(end_call(&mut on_a, on_a_turn), success("slow: a"));
+    assert_eq!(end_call(&mut on_b, on_b_turn), success("slow: b"));
+    let stats = fixture.stats();
+    assert_eq!(
+        stats["granted"]["refresh_token"].as_u64().unwrap_or(0),
+        refreshed + 1,
+        "{stats}"
+    );
+    assert_eq!(stats["refused"], json!({}), "{stats}");
+    assert_eq!(stats["slow_most"], 2, "the calls did not overlap: {stats}");
+    assert_eq!(stats["granted"]["authorization_code"], 1, "{stats}");
 }

@@ -1,6 +1,7 @@
 //! Sign-ins against a fake authorization server on 127.0.0.1: discovery's fallbacks, and the
 //! refresh, single-flight across two "instances" sharing one store, a refused refresh token
-//! leading to "needs sign-in" once, with no second request.
+//! leading to "needs sign-in" once, with no second request; when a short-lived token counts as
+//! expiring.
 //!
 //! Depends on: `common::cancel`, `store::sqlite`, `tools::mcp::config`, `tools::mcp::oauth`, `tools::mcp::oauth::discovery`, `tools::mcp::oauth::grant`, `tools::mcp::oauth::registration`.
 
