@@ -417,6 +417,7 @@ fn a_revoked_refresh_token_is_refused_once_and_a_new_connect_works() {
     let (_, health) = http(server.addr, "GET", "/healthz", None, None);
     let health: Value = serde_json::from_str(&health).unwrap();
     let oidc = &health["mcp"]["oidc"];
+    assert_eq!(oidc["state"], "needs_sign_in", "{health}");
     assert_eq!(oidc["auth"], "needs_sign_in", "{health}");
     let reason = oidc["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("refresh token was refused"), "{health}");
