@@ -14,7 +14,8 @@
 //!   indicators, 3-second JWT access tokens and refresh tokens rotated on every use (one sent
 //!   twice revokes its grant), in front of an SDK MCP server that checks the JWT against its
 //!   keys: two calls started at once after the token expired cause exactly one refresh; the
-//!   next expiry refreshes with the rotated token; a grant revoked at the authorization
+//!   next expiry refreshes with the rotated token; a token the MCP server refuses before its
+//!   expiry is refreshed once and the call sent again; a grant revoked at the authorization
 //!   server means one refused refresh, a call that fails cleanly, "needs sign-in", and a new
 //!   Connect working; and two instances on one PostgreSQL database (whatever store the rest
 //!   of the run uses), a call on each after the token expired: exactly one refresh.
@@ -394,6 +395,26 @@ fn an_expired_token_is_refreshed_once_for_two_calls_and_its_rotated_refresh_toke
     assert_eq!(stats["granted"]["refresh_token"], refreshed + 1, "{stats}");
     assert_eq!(stats["refused"], json!({}), "{stats}");
     assert_eq!(stats["granted"]["authorization_code"], 1, "{stats}");
+}
+
+#[test]
+fn a_token_refused_before_its_expiry_is_refreshed_once_and_the_call_sent_again() {
+    if !oidc_fixture_installed() {
+        return;
+    }
+    // Tokens that live a minute: not refreshed ahead of time during the test.
+    let fixture = OidcFixture::start(60);
+    let (_dir, server, mut client) = signed_in_to(&fixture, "rejected");
+    assert!(fixture.reject_tokens() >= 1);
+    assert_eq!(
+        call(&mut client, "oidc__echo", json!({"text": "again"})),
+        success("echo: again")
+    );
+    let stats = fixture.stats();
+    assert_eq!(stats["rejected_requests"], 1, "{stats}");
+    assert_eq!(stats["granted"]["refresh_token"], 1, "{stats}");
+    assert_eq!(stats["refused"], json!({}), "{stats}");
+    assert_eq!(state_of(&server, "oidc")["auth"], "signed_in");
 }
 
 #[test]

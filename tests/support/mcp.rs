@@ -428,6 +428,14 @@ impl OidcFixture {
             .unwrap()
     }
 
+    /// Makes its MCP server refuse every access token it has taken so far (they have not
+    /// expired). Returns how many.
+    pub fn reject_tokens(&self) -> u64 {
+        self.ask("POST", "/admin/reject-tokens")["rejected"]
+            .as_u64()
+            .unwrap()
+    }
+
     /// Sends `method path` to it and returns its JSON answer.
     fn ask(&self, method: &str, path: &str) -> Value {
         let agent: ureq::Agent = ureq::Agent::config_builder()
