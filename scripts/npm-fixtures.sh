@@ -4,8 +4,8 @@
 # pinned version, the MCP TypeScript SDK it is built on (pinned too: the tests run its example
 # servers elicitationFormExample, and simpleStreamableHttp --oauth with its demo authorization
 # server for tests/mcp_oauth.rs), oidc-provider (the authorization server with rotating refresh
-# tokens that tests/fixtures/mcp-oauth-refresh.mjs runs), and the Node that runs them (the `node` package: Node's own binary, from the
-# npm registry), also pinned: the server needs Node 20 or newer (it uses the global `crypto`),
+# tokens that tests/fixtures/mcp-oauth-refresh.mjs runs), and the Node that runs them (the
+# `node` package: Node's own binary, from the npm registry), also pinned: the server needs Node 20 or newer (it uses the global `crypto`),
 # and Debian 12's is 18. Skips what is already installed at those versions. Needs npm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +16,8 @@ EVERYTHING_VERSION="2026.1.26"
 SDK_VERSION="1.32.2"
 NODE_VERSION="20.20.2"
 # A certified OpenID provider that issues rotating refresh tokens, for the refresh tests in
-# tests/mcp_oauth.rs (tests/fixtures/mcp-oauth-refresh.mjs runs it; the SDK's demo server issues none).
+# tests/mcp_oauth.rs (tests/fixtures/mcp-oauth-refresh.mjs runs it; the SDK's demo
+# authorization server issues none).
 OIDC_PROVIDER_VERSION="9.13.3"
 
 prefix="target/npm"
