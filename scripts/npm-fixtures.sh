@@ -6,7 +6,8 @@
 # server for tests/mcp_oauth.rs), oidc-provider (the authorization server with rotating refresh
 # tokens that tests/fixtures/mcp-oauth-refresh.mjs runs), and the Node that runs them (the
 # `node` package: Node's own binary, from the npm registry), also pinned: the server needs
-# Node 20 or newer (it uses the global `crypto`), and Debian 12's is 18. Skips what is already installed at those versions. Needs npm.
+# Node 20 or newer (it uses the global `crypto`), and Debian 12's is 18. Skips what is already
+# installed at those versions. Needs npm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
