@@ -1,13 +1,27 @@
-//! OAuth for MCP `url` servers against the real thing: the MCP TypeScript SDK's example server
-//! `simpleStreamableHttp --oauth` and its demo authorization server (which approves every
-//! sign-in), from npm (`scripts/npm-fixtures.sh`; skipped with a note when missing, failed
-//! under CI). The test plays the browser: it follows the authorization URL's redirects with a
-//! plain HTTP client, up to Sparky's callback (the page's Connect) or `sparky mcp login`'s
-//! loopback listener. Covered: tools absent and the state saying why until a sign-in; the
-//! sign-in, the tools appearing and a call; a restart using the stored grant; a token that
-//! expires with a refresh the demo server cannot do leading to "needs sign-in" once, and a new
-//! Connect working. The refresh itself (once for many callers, across instances; a refused
-//! refresh token) is tested against a fake authorization server in `tools/mcp/oauth/tests.rs`.
+//! OAuth for MCP `url` servers against the real thing, from npm (`scripts/npm-fixtures.sh`;
+//! skipped with a note when missing, failed under CI). The test plays the browser: it follows
+//! the authorization URL's redirects with a plain HTTP client that keeps cookies, up to
+//! Sparky's callback (the page's Connect) or `sparky mcp login`'s loopback listener.
+//!
+//! - The MCP TypeScript SDK's example server `simpleStreamableHttp --oauth` and its demo
+//!   authorization server (which approves every sign-in, and gives no refresh tokens): tools
+//!   absent and the state saying why until a sign-in; the sign-in, the tools appearing and a
+//!   call; a restart using the stored grant; a token that expires with a refresh the demo
+//!   server cannot do leading to "needs sign-in" once, and a new Connect working;
+//!   `sparky mcp login` and `sparky check`.
+//! - `tests/fixtures/mcp-oauth-refresh.mjs`: `oidc-provider` (panva's certified OpenID
+//!   provider) as the authorization server, with dynamic registration, PKCE, resource
+//!   indicators, 3-second JWT access tokens and refresh tokens rotated on every use (one sent
+//!   twice revokes its grant), in front of an SDK MCP server that checks the JWT against its
+//!   keys: two calls started at once after the token expired cause exactly one refresh; the
+//!   next expiry refreshes with the rotated token; a token the MCP server refuses before its
+//!   expiry is refreshed once and the call sent again; a grant revoked at the authorization
+//!   server means one refused refresh, a call that fails cleanly, "needs sign-in", and a new
+//!   Connect working; and two instances on one PostgreSQL database (whatever store the rest
+//!   of the run uses), a call on each after the token expired: exactly one refresh.
+//!
+//! A lease held by an instance that died, and the other failure paths of the refresh, are
+//! tested against a fake authorization server in `tools/mcp/oauth/tests.rs`.
 
 mod support;
 
@@ -19,11 +33,16 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 use sparky::common::protocol::ToolStatus;
 use sparky::store::{McpAuthStore, SqliteStore};
-use support::mcp::{Demo, call, oauth_example, ready, wait_for_tool, write_config};
-use support::{TestServer, http, wait_until};
+use support::mcp::{
+    Demo, OidcFixture, begin_call, call, end_call, oauth_example, oidc_fixture_installed, ready,
+    wait_for_tool, write_config,
+};
+use support::{Client, TestServer, http, wait_until};
 
 /// Plays the browser: GETs `url` and follows its redirects until one leads to `until` (a URL
-/// prefix), then GETs that and returns its status and body, and that URL.
+/// prefix), then GETs that and returns its status and body, and that URL. It keeps the
+/// cookies it is given (every host here is this machine) and sends them back, as a browser
+/// does: `oidc-provider` ties a sign-in's steps together with them.
 fn browse(url: &str, until: &str) -> (u16, String, String) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -31,10 +50,26 @@ fn browse(url: &str, until: &str) -> (u16, String, String) {
         .timeout_global(Some(std::time::Duration::from_secs(30)))
         .build()
         .into();
+    let mut cookies = std::collections::BTreeMap::<String, String>::new();
     let mut next = url.to_owned();
     for _ in 0..10 {
-        let response = agent.get(&next).call().unwrap();
+        let mut request = agent.get(&next);
+        if !cookies.is_empty() {
+            let jar: Vec<String> = cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            request = request.header("cookie", jar.join("; "));
+        }
+        let response = request.call().unwrap();
         let status = response.status().as_u16();
+        for set in response.headers().get_all("set-cookie") {
+            let pair = set.to_str().unwrap().split(';').next().unwrap_or_default();
+            if let Some((name, value)) = pair.split_once('=') {
+                if value.is_empty() {
+                    cookies.remove(name.trim());
+                } else {
+                    cookies.insert(name.trim().to_owned(), value.to_owned());
+                }
+            }
+        }
         if next.starts_with(until) {
             let body = response.into_body().read_to_string().unwrap_or_default();
             return (status, body, next);
@@ -46,7 +81,14 @@ fn browse(url: &str, until: &str) -> (u16, String, String) {
             .to_str()
             .unwrap()
             .to_owned();
-        next = location;
+        // A path alone is on the same origin.
+        next = match location.strip_prefix('/') {
+            Some(path) => {
+                let authority_end = next[8..].find('/').map_or(next.len(), |i| i + 8);
+                format!("{}/{path}", &next[..authority_end])
+            }
+            None => location,
+        };
     }
     panic!("too many redirects from {url}");
 }
@@ -275,4 +317,173 @@ fn form_urlencoded_decode(encoded: &str) -> String {
         .next()
         .map(|(_, value)| value.into_owned())
         .unwrap_or_default()
+}
+
+/// A server for `fixture`'s MCP server (as `oidc`), in a directory of the test's own (`name`),
+/// signed in by Connect, its tools listed, and a client whose call worked. Returns the
+/// directory too (the config is in it).
+fn signed_in_to(fixture: &OidcFixture, name: &str) -> (PathBuf, TestServer, Client) {
+    let dir = support::temp_dir(&format!("mcp-oauth-{name}"));
+    let config = write_config(
+        &dir,
+        &json!({ "oidc": { "url": fixture.mcp_url, "approve": "never" } }),
+    );
+    let data_dir = support::test_config().data_dir;
+    let server = TestServer::restart_with(&data_dir, |c| c.mcp_config = Some(config.clone()));
+    wait_until("the server to need a sign-in", || {
+        state_of(&server, "oidc")["state"] == "needs_sign_in"
+    });
+    connect(&server, "oidc");
+    wait_for_tool(&server, "oidc__slow");
+    assert_eq!(fixture.granted("authorization_code"), 1);
+    let mut client = server.client();
+    assert_eq!(
+        call(&mut client, "oidc__echo", json!({"text": "hi"})),
+        success("echo: hi")
+    );
+    (dir, server, client)
+}
+
+/// `(status, text)` of a successful call whose answer is `text`.
+fn success(text: &str) -> (ToolStatus, String) {
+    (ToolStatus::Success, text.to_owned())
+}
+
+/// Waits until the access token has expired, then starts a `slow` call from each client at
+/// once, and checks that both succeed, overlapping, after exactly one refresh that nothing
+/// refused. Returns how many refreshes there had been in all.
+fn two_calls_after_expiry(fixture: &OidcFixture, first: &mut Client, second: &mut Client) -> u64 {
+    fixture.wait_for_expiry();
+    let refreshed = fixture.granted("refresh_token");
+    let slow = |text: &str| json!({"ms": 1000, "text": text});
+    let a = begin_call(first, "oidc__slow", slow("a"));
+    let b = begin_call(second, "oidc__slow", slow("b"));
+    assert_eq!(end_call(first, a), success("slow: a"));
+    assert_eq!(end_call(second, b), success("slow: b"));
+    let stats = fixture.stats();
+    assert_eq!(
+        stats["granted"]["refresh_token"].as_u64().unwrap_or(0),
+        refreshed + 1,
+        "{stats}"
+    );
+    assert_eq!(stats["refused"], json!({}), "{stats}");
+    assert_eq!(stats["slow_most"], 2, "the calls did not overlap: {stats}");
+    refreshed + 1
+}
+
+#[test]
+fn an_expired_token_is_refreshed_once_for_two_calls_and_its_rotated_refresh_token_kept() {
+    if !oidc_fixture_installed() {
+        return;
+    }
+    let fixture = OidcFixture::start(3);
+    let (_dir, server, mut first) = signed_in_to(&fixture, "rotate");
+    let mut second = server.client();
+
+    // The access token expires; two calls start at once: one refresh serves both.
+    let refreshed = two_calls_after_expiry(&fixture, &mut first, &mut second);
+    assert_eq!(state_of(&server, "oidc")["auth"], "signed_in");
+
+    // It expires again: the refresh uses the rotated refresh token (the first one, sent
+    // again, would be refused, and its whole grant revoked with it).
+    fixture.wait_for_expiry();
+    assert_eq!(
+        call(&mut first, "oidc__echo", json!({"text": "again"})),
+        success("echo: again")
+    );
+    let stats = fixture.stats();
+    assert_eq!(stats["granted"]["refresh_token"], refreshed + 1, "{stats}");
+    assert_eq!(stats["refused"], json!({}), "{stats}");
+    assert_eq!(stats["granted"]["authorization_code"], 1, "{stats}");
+}
+
+#[test]
+fn a_token_refused_before_its_expiry_is_refreshed_once_and_the_call_sent_again() {
+    if !oidc_fixture_installed() {
+        return;
+    }
+    // Tokens that live a minute: not refreshed ahead of time during the test.
+    let fixture = OidcFixture::start(60);
+    let (_dir, server, mut client) = signed_in_to(&fixture, "rejected");
+    assert!(fixture.reject_tokens() >= 1);
+    assert_eq!(
+        call(&mut client, "oidc__echo", json!({"text": "again"})),
+        success("echo: again")
+    );
+    let stats = fixture.stats();
+    assert_eq!(stats["rejected_requests"], 1, "{stats}");
+    assert_eq!(stats["granted"]["refresh_token"], 1, "{stats}");
+    assert_eq!(stats["refused"], json!({}), "{stats}");
+    assert_eq!(state_of(&server, "oidc")["auth"], "signed_in");
+}
+
+#[test]
+fn a_revoked_refresh_token_is_refused_once_and_a_new_connect_works() {
+    if !oidc_fixture_installed() {
+        return;
+    }
+    let fixture = OidcFixture::start(3);
+    let (_dir, server, mut client) = signed_in_to(&fixture, "revoked");
+
+    // The grant is revoked at the authorization server; once the access token has expired
+    // (it is a JWT, good until then), the refresh is refused and the call fails cleanly.
+    assert!(fixture.revoke() >= 1);
+    fixture.wait_for_expiry();
+    let (status, text) = call(&mut client, "oidc__echo", json!({"text": "late"}));
+    assert_eq!(status, ToolStatus::Error, "{text}");
+    assert!(text.contains("sign-in"), "{text}");
+    wait_until("the server to need a sign-in", || {
+        state_of(&server, "oidc")["auth"] == "needs_sign_in"
+    });
+    let (_, health) = http(server.addr, "GET", "/healthz", None, None);
+    let health: Value = serde_json::from_str(&health).unwrap();
+    let oidc = &health["mcp"]["oidc"];
+    assert_eq!(oidc["state"], "needs_sign_in", "{health}");
+    assert_eq!(oidc["auth"], "needs_sign_in", "{health}");
+    let reason = oidc["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("refresh token was refused"), "{health}");
+    let stats = fixture.stats();
+    assert_eq!(stats["refused"], json!({"refresh_token": 1}), "{stats}");
+
+    // A new Connect brings it back, and nothing was retried meanwhile.
+    connect(&server, "oidc");
+    wait_until("the call to work again", || {
+        call(&mut client, "oidc__echo", json!({"text": "back"})) == success("echo: back")
+    });
+    let stats = fixture.stats();
+    assert_eq!(stats["refused"], json!({"refresh_token": 1}), "{stats}");
+    assert_eq!(stats["granted"]["authorization_code"], 2, "{stats}");
+}
+
+#[test]
+fn two_instances_on_one_postgresql_refresh_an_expired_token_once() {
+    if !oidc_fixture_installed() {
+        return;
+    }
+    let fixture = OidcFixture::start(3);
+    let url = support::postgres::fresh_database();
+    let dir = support::temp_dir("mcp-oauth-instances");
+    let config = write_config(
+        &dir,
+        &json!({ "oidc": { "url": fixture.mcp_url, "approve": "never" } }),
+    );
+    let instance = || {
+        TestServer::with_config(|c| {
+            c.database_url = Some(url.clone());
+            c.mcp_config = Some(config.clone());
+        })
+    };
+    let (a, b) = (instance(), instance());
+    wait_until("the server to need a sign-in", || {
+        state_of(&a, "oidc")["state"] == "needs_sign_in"
+    });
+    // Signed in through A; B finds the grant in the store.
+    connect(&a, "oidc");
+    wait_for_tool(&a, "oidc__slow");
+    wait_for_tool(&b, "oidc__slow");
+    let (mut on_a, mut on_b) = (a.client(), b.client());
+
+    // The token expires; a call on each instance at once: one refresh serves both.
+    two_calls_after_expiry(&fixture, &mut on_a, &mut on_b);
+    assert_eq!(fixture.granted("authorization_code"), 1);
 }

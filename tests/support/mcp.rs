@@ -1,6 +1,7 @@
 //! Helpers for the MCP tests: the fixture server (`tests/fixtures/mcp_fixture.py`) on stdio
 //! or over Streamable HTTP, its event log, and tool calls through the offline model's `/tool`;
-//! the MCP TypeScript SDK's example server with `--oauth` (`Demo`).
+//! the MCP TypeScript SDK's example server with `--oauth` (`Demo`); an MCP server behind
+//! `oidc-provider`, which issues rotating refresh tokens (`OidcFixture`).
 
 #![allow(dead_code)] // Each user takes its own subset.
 
@@ -82,8 +83,18 @@ pub fn wait_for_tool(server: &TestServer, tool: &str) {
 
 /// Calls `tool` through the offline model's `/tool` command and returns the tool_result.
 pub fn call(client: &mut Client, tool: &str, args: Value) -> (ToolStatus, String) {
+    let turn = begin_call(client, tool, args);
+    end_call(client, turn)
+}
+
+/// Starts a call of `tool` through the offline model's `/tool` command; returns its turn.
+pub fn begin_call(client: &mut Client, tool: &str, args: Value) -> u64 {
     client.say(&format!("/tool {tool} {args}"));
-    let turn = client.expect("user_message").frame.turn_id().unwrap().0;
+    client.expect("user_message").frame.turn_id().unwrap().0
+}
+
+/// Reads the call's turn `turn` to its end and returns its tool_result.
+pub fn end_call(client: &mut Client, turn: u64) -> (ToolStatus, String) {
     let frames = client.finish_turn(turn);
     frames
         .iter()
@@ -227,13 +238,19 @@ pub const EXAMPLE: &str = concat!(
 
 /// The example's entry point, or `None` (after saying why) when the test should be skipped.
 pub fn oauth_example() -> Option<PathBuf> {
-    if Path::new(EXAMPLE).exists() && Path::new(NODE).exists() {
-        return Some(EXAMPLE.into());
-    }
-    let message = format!("{EXAMPLE} or {NODE} is missing: run scripts/npm-fixtures.sh");
+    installed(&[EXAMPLE, NODE]).then(|| EXAMPLE.into())
+}
+
+/// True when every file of `paths` exists; else false after saying why (the test is then
+/// skipped), or a failure under CI.
+fn installed(paths: &[&str]) -> bool {
+    let Some(missing) = paths.iter().find(|path| !Path::new(path).exists()) else {
+        return true;
+    };
+    let message = format!("{missing} is missing: run scripts/npm-fixtures.sh");
     assert!(std::env::var_os("CI").is_none(), "{message}");
     eprintln!("skipped: {message}");
-    None
+    false
 }
 
 /// A port nothing listens on now.
@@ -283,6 +300,159 @@ impl Demo {
 }
 
 impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The fixture that runs an MCP server behind `oidc-provider`.
+pub const OIDC_FIXTURE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/mcp-oauth-refresh.mjs"
+);
+
+/// Where `scripts/npm-fixtures.sh` installs the packages it imports: it runs from there.
+pub const NPM: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/target/npm");
+
+/// True when the packages `OIDC_FIXTURE` imports are installed; else false after saying why
+/// (the test is then skipped), or a failure under CI.
+pub fn oidc_fixture_installed() -> bool {
+    installed(&[
+        NODE,
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/target/npm/node_modules/oidc-provider/package.json"
+        ),
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/target/npm/node_modules/@modelcontextprotocol/sdk/package.json"
+        ),
+    ])
+}
+
+/// `tests/fixtures/mcp-oauth-refresh.mjs` as a child process: `oidc-provider` as the
+/// authorization server (rotating refresh tokens, access tokens living `ttl` seconds) and an
+/// MCP server (tools `echo` and `slow`) that takes its tokens. Killed when dropped.
+pub struct OidcFixture {
+    child: Child,
+    /// The MCP server's endpoint.
+    pub mcp_url: String,
+    /// Where its `/stats` and `/admin/revoke` are.
+    addr: std::net::SocketAddr,
+}
+
+impl OidcFixture {
+    /// Starts it with access tokens that live `ttl` seconds, and waits for its URLs.
+    pub fn start(ttl: u64) -> Self {
+        let source = std::fs::read_to_string(OIDC_FIXTURE).unwrap();
+        // Evaluated from target/npm, so that its imports resolve to the packages there.
+        let mut child = Command::new(NODE)
+            .current_dir(NPM)
+            .args(["--input-type=module", "--eval", &source, &ttl.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("node runs");
+        let stdout = child.stdout.take().expect("a piped stdout");
+        let (lines, received) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            // Read to the end, so that its later lines never meet a closed pipe.
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = lines.send(line);
+            }
+        });
+        let url = |prefix: &str| {
+            let line: String = received
+                .recv_timeout(super::WAIT)
+                .unwrap_or_else(|_| panic!("the OIDC fixture printed no {prefix:?} line"));
+            line.strip_prefix(prefix)
+                .unwrap_or_else(|| panic!("unexpected line {line:?}"))
+                .to_owned()
+        };
+        let _issuer = url("as ");
+        let mcp_url = url("mcp ");
+        let addr = mcp_url
+            .strip_prefix("http://")
+            .and_then(|rest| rest.split('/').next())
+            .and_then(|host| host.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected URL {mcp_url:?}"));
+        OidcFixture {
+            child,
+            mcp_url,
+            addr,
+        }
+    }
+
+    /// What its authorization server served: `granted` and `refused` token requests by grant
+    /// type, `access_token_expires_at` (Unix seconds) of the last access token, `slow_most`
+    /// (the most `slow` calls at once), `now`.
+    pub fn stats(&self) -> Value {
+        self.ask("GET", "/stats")
+    }
+
+    /// How many token requests of `grant_type` its authorization server granted.
+    pub fn granted(&self, grant_type: &str) -> u64 {
+        self.stats()["granted"][grant_type].as_u64().unwrap_or(0)
+    }
+
+    /// How many token requests of `grant_type` its authorization server refused.
+    pub fn refused(&self, grant_type: &str) -> u64 {
+        self.stats()["refused"][grant_type].as_u64().unwrap_or(0)
+    }
+
+    /// Waits until the last access token it issued has expired, by the clock (its expiry is
+    /// known: no need to ask anyone).
+    pub fn wait_for_expiry(&self) {
+        let expires_at = self.stats()["access_token_expires_at"].as_f64().unwrap();
+        assert!(expires_at > 0.0, "no access token was issued");
+        wait_until("the access token to expire", || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs_f64()
+                > expires_at
+        });
+    }
+
+    /// Destroys every grant at the authorization server: their refresh tokens are refused
+    /// from now on. Returns how many there were.
+    pub fn revoke(&self) -> u64 {
+        self.ask("POST", "/admin/revoke")["revoked"]
+            .as_u64()
+            .unwrap()
+    }
+
+    /// Makes its MCP server refuse every access token it has taken so far (they have not
+    /// expired). Returns how many.
+    pub fn reject_tokens(&self) -> u64 {
+        self.ask("POST", "/admin/reject-tokens")["rejected"]
+            .as_u64()
+            .unwrap()
+    }
+
+    /// Sends `method path` to it and returns its JSON answer.
+    fn ask(&self, method: &str, path: &str) -> Value {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(super::WAIT))
+            .build()
+            .into();
+        let url = format!("http://{}{path}", self.addr);
+        let answer = match method {
+            "POST" => agent.post(&url).send_empty(),
+            _ => agent.get(&url).call(),
+        };
+        let body = answer.unwrap().into_body().read_to_string().unwrap();
+        serde_json::from_str(&body).unwrap()
+    }
+}
+
+impl Drop for OidcFixture {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -16,7 +16,8 @@
 //! restarted. A server that cannot be reached closes the client the same way. A server that
 //! signs in with OAuth (`oauth/`) gets its access token with every request (refreshed ahead of
 //! its expiry); its 401 goes to its sign-in, which refreshes a refused token once or marks the
-//! server as needing a sign-in. A server whose config sends its own `Authorization` header
+//! server as needing a sign-in, and a request whose refused token a refresh replaced is sent
+//! once more with the new one. A server whose config sends its own `Authorization` header
 //! gets no OAuth, and its 401 is logged as an error that says to put a token in `headers`.
 //!
 //! Depends on: `common::cancel`, `common::sse`, `tools::mcp::config`, `tools::mcp::error`, `tools::mcp::transport`.
@@ -232,6 +233,12 @@ impl HttpShared {
 
     /// POSTs one message and hands on what comes back.
     fn post(self: &Arc<Self>, message: &Outgoing) {
+        self.post_with(message, true);
+    }
+
+    /// As [`post`](Self::post); `again` when a 401 that a refresh answered with a new token
+    /// may send it once more (the server ran nothing).
+    fn post_with(self: &Arc<Self>, message: &Outgoing, again: bool) {
         if message.id.is_some() && message.method != "initialize" {
             self.wait_for_initialized();
         }
@@ -277,7 +284,10 @@ impl HttpShared {
             }
             404 if had_session => self.session_expired(message),
             401 if self.endpoint.auth.0.is_some() => {
-                self.unauthorized(message, &response, token.as_deref());
+                if self.unauthorized(message, &response, token.as_deref(), again) {
+                    drop(response);
+                    self.post_with(message, false);
+                }
             }
             401 => {
                 let challenge = header(&response, "www-authenticate")
@@ -309,10 +319,25 @@ impl HttpShared {
     }
 
     /// A 401 from a server that signs in with OAuth: its sign-in hears of it (and refreshes a
-    /// refused token, or marks the server as needing a sign-in), and the request fails.
-    fn unauthorized(&self, message: &Outgoing, response: &Response<Body>, token: Option<&str>) {
+    /// refused token, or marks the server as needing a sign-in). True when the request is to
+    /// be sent `again` with the token a refresh just won; else it fails.
+    fn unauthorized(
+        &self,
+        message: &Outgoing,
+        response: &Response<Body>,
+        token: Option<&str>,
+        again: bool,
+    ) -> bool {
         if let Some(auth) = &self.endpoint.auth.0 {
             auth.challenged(header(response, "www-authenticate").as_deref(), token);
+            if again && token.is_some() && auth.bearer().is_some_and(|new| Some(&*new) != token) {
+                log::info!(
+                    "mcp {}: its token was refused and refreshed: {} sent again",
+                    self.server(),
+                    message.method
+                );
+                return true;
+            }
         }
         if let Some(id) = message.id {
             let detail = format!(
@@ -321,6 +346,7 @@ impl HttpShared {
             );
             self.inbox.fail(id, self.http_error(401, detail));
         }
+        false
     }
 
     /// Lets every request waiting in [`wait_for_initialized`](Self::wait_for_initialized) go.

@@ -777,7 +777,14 @@ impl Tool for McpTool {
                     expired = true;
                     client.close("its session expired");
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    // It now needs a sign-in (its refresh token was refused): closed, so that
+                    // its state says so and the first call after a sign-in starts it again.
+                    if self.server.auth().is_some_and(|auth| auth.needs_sign_in()) {
+                        client.close("it needs a sign-in");
+                    }
+                    return Err(e.into());
+                }
             }
         };
         if reply.is_error {

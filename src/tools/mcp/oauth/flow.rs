@@ -148,6 +148,7 @@ pub(crate) fn exchange(
             access_token: String::new(),
             refresh_token: None,
             expires_at: None,
+            lifetime: None,
             scope: request.scope.map(str::to_owned),
         },
     ))
@@ -182,11 +183,15 @@ fn grant_from(answer: &BasicTokenResponse, mut base: Grant) -> Grant {
     if let Some(refresh) = answer.refresh_token() {
         base.refresh_token = Some(refresh.secret().clone());
     }
-    base.expires_at = answer.expires_in().map(|within| {
+    let lifetime = answer
+        .expires_in()
+        .map(|within| within.as_secs().min(i64::MAX as u64 / 2) as i64);
+    base.lifetime = lifetime;
+    base.expires_at = lifetime.map(|within| {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        (now + within.as_secs()).min(i64::MAX as u64) as i64
+            .map_or(0, |d| d.as_secs() as i64);
+        now.saturating_add(within)
     });
     base
 }

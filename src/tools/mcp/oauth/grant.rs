@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use super::registration::Client;
 
-/// How long before its expiry an access token is refreshed, in seconds.
+/// How long before its expiry an access token is refreshed, in seconds, at most: a token that
+/// lives less than twice that is refreshed halfway through its life instead (a token of 60 s
+/// or less would otherwise count as expiring from the start, and every request refresh it).
 pub const REFRESH_AHEAD_SECONDS: i64 = 60;
 
 /// What a sign-in won, and what refreshing it needs.
@@ -32,16 +34,22 @@ pub(crate) struct Grant {
     /// Unix seconds when the access token expires, when the server said.
     #[serde(default)]
     pub(crate) expires_at: Option<i64>,
+    /// How long the access token lived when it was issued (`expires_in`), in seconds.
+    #[serde(default)]
+    pub(crate) lifetime: Option<i64>,
     /// The scope asked for.
     #[serde(default)]
     pub(crate) scope: Option<String>,
 }
 
 impl Grant {
-    /// True when the access token expires within [`REFRESH_AHEAD_SECONDS`] of `now`.
+    /// True when the access token expires within [`REFRESH_AHEAD_SECONDS`] of `now`, or
+    /// within half its lifetime when that is less.
     pub(crate) fn expiring(&self, now: i64) -> bool {
-        self.expires_at
-            .is_some_and(|at| at <= now + REFRESH_AHEAD_SECONDS)
+        let ahead = self.lifetime.map_or(REFRESH_AHEAD_SECONDS, |lifetime| {
+            (lifetime / 2).clamp(0, REFRESH_AHEAD_SECONDS)
+        });
+        self.expires_at.is_some_and(|at| at <= now + ahead)
     }
 }
 

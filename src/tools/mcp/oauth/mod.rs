@@ -561,7 +561,10 @@ impl ServerAuth {
     pub(crate) fn challenged(&self, www_authenticate: Option<&str>, sent: Option<&str>) {
         *self.challenge.lock() = Some(www_authenticate.map(parse_challenge).unwrap_or_default());
         let Some((grant, version)) = self.stored() else {
-            self.set_state(AuthState::NeedsSignIn("it is not signed in".into()));
+            // A reason already given (a refused refresh token) says more: it stays.
+            if !matches!(*self.state.lock(), AuthState::NeedsSignIn(_)) {
+                self.set_state(AuthState::NeedsSignIn("it is not signed in".into()));
+            }
             return;
         };
         if sent.is_some_and(|sent| sent != grant.access_token) {

@@ -1,6 +1,7 @@
 //! Sign-ins against a fake authorization server on 127.0.0.1: discovery's fallbacks, and the
 //! refresh, single-flight across two "instances" sharing one store, a refused refresh token
-//! leading to "needs sign-in" once, with no second request.
+//! leading to "needs sign-in" once, with no second request; when a short-lived token counts as
+//! expiring.
 //!
 //! Depends on: `common::cancel`, `store::sqlite`, `tools::mcp::config`, `tools::mcp::oauth`, `tools::mcp::oauth::discovery`, `tools::mcp::oauth::grant`, `tools::mcp::oauth::registration`.
 
@@ -204,9 +205,30 @@ fn expired_grant(token_endpoint: &str, refresh: &str) -> String {
         access_token: "access-1".into(),
         refresh_token: Some(refresh.into()),
         expires_at: Some(unix_now() - 5),
+        lifetime: None,
         scope: None,
     })
     .unwrap()
+}
+
+#[test]
+fn a_short_lived_token_is_refreshed_halfway_through_its_life_a_long_one_a_minute_ahead() {
+    let now = unix_now();
+    let grant = |lifetime: Option<i64>, left: i64| {
+        let mut grant: Grant = serde_json::from_str(&expired_grant("http://t", "r")).unwrap();
+        grant.lifetime = lifetime;
+        grant.expires_at = Some(now + left);
+        grant
+    };
+    // 3 s: fresh for 1 s, expiring in its last 1 s (not from the start, as with 60 s ahead).
+    assert!(!grant(Some(3), 3).expiring(now));
+    assert!(!grant(Some(3), 2).expiring(now));
+    assert!(grant(Some(3), 1).expiring(now));
+    // An hour: a minute ahead, as for a grant stored without its lifetime.
+    assert!(!grant(Some(3600), 61).expiring(now));
+    assert!(grant(Some(3600), 60).expiring(now));
+    assert!(grant(None, 60).expiring(now));
+    assert!(!grant(None, 61).expiring(now));
 }
 
 fn instance(store: &Arc<SqliteStore>) -> Arc<ServerAuth> {
