@@ -5,7 +5,7 @@
 //! This file holds the public surface ([`RemoteModel`], [`RemoteOptions`], [`RetryPolicy`],
 //! [`AUTO_MODELS`]), what the server says of itself (its models, its context window) and the
 //! loop that tries a step again. Reading order for the rest: `request.rs` encodes a step,
-//! `client.rs` runs one attempt on a `model-http` helper thread, `stream.rs` (with
+//! `client.rs` runs one attempt on the turn's own thread, `stream.rs` (with
 //! `tool_calls.rs`) builds the reply from what the server streams, and `retry.rs` says why an
 //! attempt failed and when to try again.
 //!
