@@ -16,7 +16,7 @@
 //! The reader passes the answer text on once it has read every chunk that had arrived: before
 //! it reads further it passes on what is pending unless its buffer already holds another whole
 //! line, so a delta adds no delay, and a turn that fell behind sends what it caught up on as
-//! one delta. One read takes whatever the socket holds, up to [`READ_BUFFER_BYTES`].
+//! one delta. One `recv` takes whatever the socket holds, up to [`INPUT_BUFFER_BYTES`].
 //!
 //! Depends on: `common::sse`, `model`, `model::openai::retry`, `model::openai::stream`.
 
@@ -41,9 +41,20 @@ const MAX_ANSWER_BYTES: u64 = 16 << 20;
 /// Bytes of an error answer's body that are read, for the message.
 const ERROR_BODY_BYTES: u64 = 16 * 1024;
 
-/// The buffer the answer is read through: large enough that one read takes everything that
-/// arrived while the turn was busy (only the pages a read touches are resident).
-const READ_BUFFER_BYTES: usize = 64 * 1024;
+/// The buffer the lines of the answer are read through. It is filled from the agent's input
+/// buffer ([`INPUT_BUFFER_BYTES`], which one `recv` fills with whatever arrived), without a
+/// system call while that holds more; it is small because it is zeroed once, all of it, when
+/// first used, and there is one per streaming turn.
+const READ_BUFFER_BYTES: usize = 8 * 1024;
+
+/// The agent's input buffer: one `recv` reads whatever arrived, up to this. No smaller than
+/// the largest response head (64 KiB, ureq's default) it must hold. Each buffer is zeroed
+/// when the connection first uses it, so ureq's default (128 KiB, and as much for output)
+/// would cost 256 KiB of memory a streaming turn.
+pub(super) const INPUT_BUFFER_BYTES: usize = 64 * 1024;
+
+/// The agent's output buffer: the request is written through it, in pieces of this size.
+pub(super) const OUTPUT_BUFFER_BYTES: usize = 16 * 1024;
 
 /// One HTTP exchange on its own `agent`, on the calling (turn's) thread: POSTs `body` to `url`
 /// (with `api_key` as a bearer token) and reads the answer, passing what it streams to `sink`.
