@@ -245,9 +245,10 @@ stream_round() {
     if [[ $name == fastapi ]]; then
         command=("$FASTAPI_PYTHON" bench/fastapi_app.py --addr 127.0.0.1:0 --model-url '{model_url}')
     else
-        local data="$OUT/data/$SERVER_COUNT"
+        local data="$OUT/data/$SERVER_COUNT" binary=$SPARKY
+        [[ $name == sparky-before ]] && binary=$SPARKY_BEFORE
         mkdir -p "$data"
-        command=("$SPARKY" --addr 127.0.0.1:0 --data-dir "$data" "${sparky_flags[@]}"
+        command=("$binary" --addr 127.0.0.1:0 --data-dir "$data" "${sparky_flags[@]}"
             --model openai --model-url '{model_url}' --model-name fake)
     fi
     line=$("$LOADGEN" --label "$name" --round "$round" --max-seconds "$MAX_SECONDS" stream \
@@ -269,6 +270,7 @@ EOF_PY
 
 if wanted stream; then
     stream_servers=(sparky)
+    [[ -n $SPARKY_BEFORE ]] && stream_servers+=(sparky-before)
     [[ -z ${NO_FASTAPI:-} ]] && stream_servers+=(fastapi)
     log "stream: load average $(cut -d' ' -f1-3 /proc/loadavg)"
     for round in $(seq "$STREAM_ROUNDS"); do

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use parking_lot::Mutex;
 
-use crate::common::cancel::CancelFlag;
+use crate::common::cancel::{CancelFlag, OnCancel};
 use crate::common::metrics::Metrics;
 use crate::common::protocol::form;
 use crate::common::protocol::{ElicitAction, ElicitMode, ServerFrame, TurnId, Usage};
@@ -236,6 +236,10 @@ impl ReplySink for Quiet<'_> {
     fn delta(&mut self, _text: &str) {}
     fn is_cancelled(&self) -> bool {
         self.cancel.is_cancelled()
+    }
+
+    fn on_cancel(&self, hook: Box<dyn Fn() + Send + Sync>) -> Option<OnCancel> {
+        Some(self.cancel.on_cancel(hook))
     }
 }
 

@@ -325,9 +325,9 @@ pub trait ReplySink {
     fn retrying(&mut self, _attempt: u32, _delay: Duration) {}
 
     /// Calls `hook` the moment the turn is cancelled, until the returned guard is dropped, so
-    /// that a backend waiting on something else (its helper thread) is woken at once. `None`
-    /// when the sink cannot do that: the backend then looks at
-    /// [`is_cancelled`](Self::is_cancelled) every few milliseconds instead.
+    /// that a backend blocked on something else (a read from its model server) is woken at
+    /// once. `None` when the sink cannot do that: the backend then looks at
+    /// [`is_cancelled`](Self::is_cancelled) between pieces of its work instead.
     fn on_cancel(&self, _hook: Box<dyn Fn() + Send + Sync>) -> Option<OnCancel> {
         None
     }

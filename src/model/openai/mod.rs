@@ -5,7 +5,7 @@
 //! This file holds the public surface ([`RemoteModel`], [`RemoteOptions`], [`RetryPolicy`],
 //! [`AUTO_MODELS`]), what the server says of itself (its models, its context window) and the
 //! loop that tries a step again. Reading order for the rest: `request.rs` encodes a step,
-//! `client.rs` runs one attempt on a `model-http` helper thread, `stream.rs` (with
+//! `client.rs` runs one attempt on the turn's own thread, `stream.rs` (with
 //! `tool_calls.rs`) builds the reply from what the server streams, and `retry.rs` says why an
 //! attempt failed and when to try again.
 //!
@@ -36,7 +36,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use ureq::Agent;
 
-use self::client::run_attempt;
+use self::client::{INPUT_BUFFER_BYTES, OUTPUT_BUFFER_BYTES, run_attempt};
 use self::request::encode_request;
 pub use self::retry::RetryPolicy;
 use self::retry::{Failure, error_message};
@@ -348,6 +348,8 @@ impl RemoteModel {
             .timeout_per_read(read)
             .timeout_per_write(read)
             .max_idle_connections(0)
+            .input_buffer_size(INPUT_BUFFER_BYTES)
+            .output_buffer_size(OUTPUT_BUFFER_BYTES)
             .user_agent(concat!("sparky/", env!("CARGO_PKG_VERSION")))
             .build()
             .into()
