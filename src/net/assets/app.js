@@ -47,7 +47,6 @@
   const KEY_SESSION = "sparky.session_id";
   const KEY_TOKEN = "sparky.token";
   const KEY_CSRF = "sparky.csrf"; // the sign-in's CSRF token (the cookie itself is HttpOnly)
-  const KEY_ACCOUNT = "sparky.account"; // the sign-in's account: {name, admin}
   const KEY_PERSONAS = "sparky.personas";
   const KEY_MODELS = "sparky.models"; // the models the server offered last (ready.models)
   const FIRST_BACKOFF_MS = 500;
@@ -2368,7 +2367,7 @@
     }
     store.remove(KEY_TOKEN);
     store.set(KEY_CSRF, data.csrf);
-    rememberAccount(data);
+    rememberAccount({ name: data.name, admin: data.admin, kind: "user" });
     admitted();
     updateControls();
     loadUsage();
@@ -2392,6 +2391,8 @@
     const token = $("token").value.trim();
     if (!token) return;
     store.set(KEY_TOKEN, token);
+    forgetAccount();
+    loadMe();
     $("token-box").hidden = true;
     askedForToken = false;
     halted = null;
@@ -2403,6 +2404,8 @@
 
   $("forget-token").addEventListener("click", () => {
     store.remove(KEY_TOKEN);
+    forgetAccount();
+    loadMe();
     closeSocket();
     conversations = [];
     listEl.replaceChildren();
@@ -2413,36 +2416,55 @@
   });
 
   // ---- the account ----
-  // A sign-in (POST /api/login) answers the account's name and whether it is an admin; the page
-  // keeps both beside the CSRF token (sparky.account) and shows the name, today's use (GET
+  // Who the page speaks for comes from the server: GET /api/me ({name, admin, kind}) on load and
+  // whenever a token is entered or forgotten, and the answer of a sign-in (POST /api/login),
+  // so that a user's API token brings their account as a sign-in does. For an account (kind
+  // "user") the page shows the name, today's use (GET
   // /api/usage, on a server that counts it: one that answers 404 is not asked again),
   // "Account" with the person's API tokens (GET, POST and DELETE /api/tokens: a new secret is
   // shown once) and, for an admin, "Users" (GET, POST, PATCH and DELETE /api/users: counts and
   // limits, never anyone's content).
 
+  let caller = null;         // GET /api/me's answer, or null before it and after a sign-out
+  let meRequest = 0;
   let usageKnown = true;     // false once the server said it has no /api/usage (404)
   let usageTimer = null;
   let usageRequest = 0;      // bumped per fetch; an older answer is dropped
   let tokenRequest = 0;
   let userRequest = 0;
 
-  // The signed-in account ({name, admin}), or null without a sign-in. A sign-in kept from
-  // before the page remembered accounts has no name, and is not taken for an admin's.
+  // The account the page speaks for ({name, admin}), or null for a caller with none: the
+  // local user, a configured token, or nobody yet.
   function account() {
-    if (store.get(KEY_CSRF) === null) return null;
-    let kept = null;
-    try { kept = JSON.parse(store.get(KEY_ACCOUNT) || "null"); } catch (_) { kept = null; }
-    if (!kept || typeof kept !== "object" || typeof kept.name !== "string") return { name: "", admin: false };
-    return { name: kept.name, admin: kept.admin === true };
+    if (!caller || caller.kind !== "user") return null;
+    return { name: String(caller.name ?? ""), admin: caller.admin === true };
   }
 
+  // The caller: a sign-in's answer ({name, admin}: an account's) or GET /api/me's.
   function rememberAccount(data) {
-    store.set(KEY_ACCOUNT, JSON.stringify({ name: String(data.name ?? ""), admin: data.admin === true }));
+    caller = { name: data.name ?? null, admin: data.admin === true, kind: String(data.kind ?? "user") };
     usageKnown = true;
+    updateControls();
+  }
+
+  // GET /api/me: who the current token, cookie or neither stands for. A 401 brings the token
+  // form (api does that); any other failure leaves the account unknown.
+  async function loadMe() {
+    const mine = ++meRequest;
+    let data;
+    try {
+      data = await api("GET", "/api/me");
+    } catch (_) {
+      return;
+    }
+    if (mine !== meRequest || !data || typeof data !== "object") return;
+    rememberAccount(data);
+    loadUsage();
   }
 
   function forgetAccount() {
-    store.remove(KEY_ACCOUNT);
+    caller = null;
+    meRequest++;
     $("account-box").hidden = true;
     $("users-box").hidden = true;
     $("usage-today").hidden = true;
@@ -3692,7 +3714,7 @@
     const fromHash = location.hash.slice(1);
     const stored = store.get(KEY_SESSION);
     refreshList();
-    loadUsage();
+    loadMe();
     if (ID_PATTERN.test(fromHash)) openConversation(fromHash);
     else if (stored && ID_PATTERN.test(stored)) openConversation(stored);
     else startDraft();
