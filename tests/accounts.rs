@@ -10,8 +10,8 @@ mod support;
 use serde_json::json;
 use sparky::common::protocol::{ErrorCode, ServerFrame};
 use support::accounts::{
-    SignedIn, add_user, connected, login, login_raw, socket_with_cookie, start, start_with,
-    user_command, with_cookie,
+    SignedIn, add_user, connected, login, login_raw, make_token, socket_with_cookie, start,
+    start_with, user_command, with_cookie,
 };
 use support::{Client, TestServer, http_json, sparky_command};
 use tungstenite::protocol::frame::coding::CloseCode;
@@ -193,17 +193,7 @@ fn api_tokens_stand_for_their_user_until_revoked_live_sockets_included() {
     let server = start();
     add_user(&server, "alice", "pw", false);
     let alice = login(server.addr(), "alice", "pw");
-    let (status, made) = with_cookie(
-        server.addr(),
-        &alice,
-        "POST",
-        "/api/tokens",
-        Some(&json!({"name": "laptop"})),
-        true,
-    );
-    assert_eq!(status, 201, "{made}");
-    let token = made["token"].as_str().unwrap().to_owned();
-    let id = made["id"].as_str().unwrap().to_owned();
+    let (token, id) = make_token(server.addr(), &alice, "laptop");
     let (status, list) = with_cookie(server.addr(), &alice, "GET", "/api/tokens", None, false);
     assert_eq!(status, 200);
     assert_eq!(list["tokens"][0]["name"], "laptop");
@@ -567,16 +557,7 @@ fn api_me_says_who_the_caller_is_by_cookie_token_or_none() {
 
     // With one of a user's API tokens and no cookie: the same account.
     let bob = login(server.addr(), "bob", "pw-bob");
-    let (status, made) = with_cookie(
-        server.addr(),
-        &bob,
-        "POST",
-        "/api/tokens",
-        Some(&json!({"name": "laptop"})),
-        true,
-    );
-    assert_eq!(status, 201, "{made}");
-    let token = made["token"].as_str().unwrap().to_owned();
+    let (token, id) = make_token(server.addr(), &bob, "laptop");
     assert_eq!(
         me(Some(&token)),
         (200, json!({"name": "bob", "admin": false, "kind": "user"}))
@@ -593,7 +574,6 @@ fn api_me_says_who_the_caller_is_by_cookie_token_or_none() {
     assert_eq!(me(Some("not-a-token")).0, 401);
 
     // A revoked token is nobody at once.
-    let id = made["id"].as_str().unwrap();
     let path = format!("/api/tokens/{id}");
     assert_eq!(
         with_cookie(server.addr(), &bob, "DELETE", &path, None, true).0,
