@@ -1,7 +1,8 @@
 //! User accounts (PROTOCOL.md section 8, "Accounts"): the `sparky user` commands beside a
 //! running server, signing in and out with the session cookie and its CSRF header, failed
 //! sign-ins (the same answer for an unknown name and a wrong password, then 429), API tokens,
-//! the admin's accounts, revocation that closes live sockets (1008), and privacy across users.
+//! the admin's accounts, `GET /api/me`, revocation that closes live sockets (1008), and privacy
+//! across users.
 //! Runs on SQLite, and on PostgreSQL with `SPARKY_TEST_STORE=postgres`.
 
 mod support;
@@ -9,8 +10,8 @@ mod support;
 use serde_json::json;
 use sparky::common::protocol::{ErrorCode, ServerFrame};
 use support::accounts::{
-    SignedIn, add_user, connected, login, login_raw, socket_with_cookie, start, start_with,
-    user_command, with_cookie,
+    SignedIn, add_user, connected, login, login_raw, make_token, socket_with_cookie, start,
+    start_with, user_command, with_cookie,
 };
 use support::{Client, TestServer, http_json, sparky_command};
 use tungstenite::protocol::frame::coding::CloseCode;
@@ -192,17 +193,7 @@ fn api_tokens_stand_for_their_user_until_revoked_live_sockets_included() {
     let server = start();
     add_user(&server, "alice", "pw", false);
     let alice = login(server.addr(), "alice", "pw");
-    let (status, made) = with_cookie(
-        server.addr(),
-        &alice,
-        "POST",
-        "/api/tokens",
-        Some(&json!({"name": "laptop"})),
-        true,
-    );
-    assert_eq!(status, 201, "{made}");
-    let token = made["token"].as_str().unwrap().to_owned();
-    let id = made["id"].as_str().unwrap().to_owned();
+    let (token, id) = make_token(server.addr(), &alice, "laptop");
     let (status, list) = with_cookie(server.addr(), &alice, "GET", "/api/tokens", None, false);
     assert_eq!(status, 200);
     assert_eq!(list["tokens"][0]["name"], "laptop");
@@ -542,5 +533,60 @@ fn an_unknown_name_costs_a_password_check_too() {
     assert!(
         unknown * 4 >= wrong && wrong * 4 >= unknown,
         "a wrong password took {wrong:?}, an unknown name {unknown:?}"
+    );
+}
+
+#[test]
+fn api_me_says_who_the_caller_is_by_cookie_token_or_none() {
+    let server = start_with(|config| {
+        config.auth_tokens = vec!["operator-token".into()];
+        config.token_names = vec![("operator-token".into(), "ops".into())];
+    });
+    add_user(&server, "alice", "pw-alice", true);
+    add_user(&server, "bob", "pw-bob", false);
+    let me = |token: Option<&str>| http_json(server.addr(), "GET", "/api/me", token, None);
+
+    // Signed in with the cookie: the account, as the sign-in answered it.
+    let alice = login(server.addr(), "alice", "pw-alice");
+    let (status, body) = with_cookie(server.addr(), &alice, "GET", "/api/me", None, false);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        json!({"name": "alice", "admin": true, "kind": "user"})
+    );
+
+    // With one of a user's API tokens and no cookie: the same account.
+    let bob = login(server.addr(), "bob", "pw-bob");
+    let (token, id) = make_token(server.addr(), &bob, "laptop");
+    assert_eq!(
+        me(Some(&token)),
+        (200, json!({"name": "bob", "admin": false, "kind": "user"}))
+    );
+
+    // A configured token: its name; it manages the server, with no account.
+    assert_eq!(
+        me(Some("operator-token")),
+        (200, json!({"name": "ops", "admin": true, "kind": "token"}))
+    );
+
+    // Nothing, or a wrong token: 401, as every /api/ route.
+    assert_eq!(me(None).0, 401);
+    assert_eq!(me(Some("not-a-token")).0, 401);
+
+    // A revoked token is nobody at once.
+    let path = format!("/api/tokens/{id}");
+    assert_eq!(
+        with_cookie(server.addr(), &bob, "DELETE", &path, None, true).0,
+        204
+    );
+    assert_eq!(me(Some(&token)).0, 401);
+}
+
+#[test]
+fn api_me_is_the_local_admin_on_a_server_without_tokens_or_accounts() {
+    let server = start();
+    assert_eq!(
+        http_json(server.addr(), "GET", "/api/me", None, None),
+        (200, json!({"name": null, "admin": true, "kind": "local"}))
     );
 }

@@ -5,22 +5,28 @@
 //! ([`Quotas::start_turn`]), and refused there, before the model is asked, once a limit is
 //! reached; anyone else's is counted by the journal's batch that writes it, at no cost of its
 //! own; the tokens are counted as the answer is written (the journal's batch). Both counts
-//! are the store's, so instances sharing a database count together.
+//! are the store's, so instances sharing a database count together. The server's `reaper`
+//! thread has days older than `USAGE_KEPT_DAYS` deleted, once a day ([`Quotas::prune`]).
 //!
 //! Depends on: `common::auth`, `common::config`, `common::error`, `store::usage`.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::common::auth::Principal;
 use crate::common::config::Config;
 use crate::common::error::Result;
-use crate::store::{DAY_SECONDS, DayUsage, LimitChange, Limits, Reached, UsageStore, day_of};
+use crate::store::{
+    DAY_SECONDS, DayUsage, LimitChange, Limits, Reached, USAGE_KEPT_DAYS, UsageStore, day_of,
+};
 
 /// Daily quotas, over the store. Cheap to share behind an `Arc`.
 pub struct Quotas {
     store: Arc<dyn UsageStore>,
     defaults: Limits,
+    /// The UTC day old use was last deleted on ([`Quotas::prune`]); `i64::MIN` before that.
+    pruned_on: AtomicI64,
 }
 
 impl std::fmt::Debug for Quotas {
@@ -84,7 +90,25 @@ impl Quotas {
                 turns: limit(config.daily_turns),
                 tokens: limit(config.daily_tokens),
             },
+            pruned_on: AtomicI64::new(i64::MIN),
         }
+    }
+
+    /// Deletes the daily use of the days before the last [`USAGE_KEPT_DAYS`], the first time
+    /// it is called on each UTC day (later calls that day return at once); answers how many
+    /// rows went. A store that fails is asked again on the next call.
+    ///
+    /// # Errors
+    ///
+    /// The store's.
+    pub fn prune(&self) -> Result<u64> {
+        let today = day_of(now());
+        if self.pruned_on.swap(today, Ordering::Relaxed) == today {
+            return Ok(0);
+        }
+        self.store
+            .prune_usage(today - USAGE_KEPT_DAYS + 1)
+            .inspect_err(|_| self.pruned_on.store(i64::MIN, Ordering::Relaxed))
     }
 
     /// The server's default limits (`--daily-turns`, `--daily-tokens`).
@@ -166,6 +190,23 @@ impl Quotas {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn old_use_is_pruned_on_the_first_call_of_a_day_only() {
+        let store = Arc::new(crate::store::SqliteStore::in_memory().unwrap());
+        let quotas = Quotas::new(store.clone(), &Config::default());
+        let oldest_kept = day_of(now()) - USAGE_KEPT_DAYS + 1;
+        for day in [oldest_kept - 1, oldest_kept] {
+            store.count_turn("token", None, Limits::NONE, day).unwrap();
+        }
+        assert_eq!(quotas.prune().unwrap(), 1);
+        let kept = store.usage("token", None, oldest_kept).unwrap().today.turns;
+        assert_eq!(kept, 1);
+        store
+            .count_turn("token", None, Limits::NONE, oldest_kept - 1)
+            .unwrap();
+        assert_eq!(quotas.prune().unwrap(), 0, "once a day");
+    }
 
     #[test]
     fn a_refusal_names_the_limit_and_when_it_resets() {

@@ -382,6 +382,28 @@ impl Accounts {
         }
     }
 
+    /// `GET /api/me`: who the caller is, as the page needs it to show the account and the
+    /// admin's panels, `{name, admin, kind}` (the shape `POST /api/login` answers, less the
+    /// CSRF token). `kind` is `user` for a sign-in or one of a user's API tokens (`name` and
+    /// `admin` are the account's), `token` for a configured `--auth-token` (`name` is its name,
+    /// else its fingerprint) and `local` on a server that requires no token (`name` is
+    /// `null`). A `token` or `local` caller is `admin`: it manages the server's tools
+    /// ([`Accounts::may_manage_tools`]), though it has no account, and so no API tokens and
+    /// no list of users.
+    pub fn me(&self, principal: &Principal) -> Response {
+        let me = if principal.user_id().is_some() {
+            match self.user(principal) {
+                Ok(user) => json!({ "name": user.name, "admin": user.admin, "kind": "user" }),
+                Err(response) => return response,
+            }
+        } else if *principal == Principal::local() {
+            json!({ "name": null, "admin": true, "kind": "local" })
+        } else {
+            json!({ "name": principal.name(), "admin": true, "kind": "token" })
+        };
+        reply(200, "OK", &me)
+    }
+
     /// `GET /api/tokens`: the caller's tokens, never their secrets.
     pub fn list_tokens(&self, principal: &Principal) -> Response {
         let user = match self.user(principal) {

@@ -205,6 +205,11 @@ pub const API_ROUTES: &[Route<ApiRoute>] = &[
     },
     Route {
         method: "GET",
+        pattern: "/api/me",
+        handler: me,
+    },
+    Route {
+        method: "GET",
         pattern: "/api/tokens",
         handler: list_tokens,
     },
@@ -1421,6 +1426,11 @@ fn login(ctx: &RouteContext, request: &ApiRequest<'_>) -> Response {
 /// `POST /api/logout`.
 fn logout(ctx: &RouteContext, request: &ApiRequest<'_>) -> Response {
     ctx.accounts.sign_out(request.cookie)
+}
+
+/// `GET /api/me`.
+fn me(ctx: &RouteContext, request: &ApiRequest<'_>) -> Response {
+    ctx.accounts.me(request.principal)
 }
 
 /// `GET /api/tokens`.

@@ -251,7 +251,7 @@ pub fn spawn_with(
         .public_url
         .as_deref()
         .is_some_and(|url| url.to_ascii_lowercase().starts_with("https://"));
-    let accounts = Arc::new(Accounts::new(account_store, quotas, secure));
+    let accounts = Arc::new(Accounts::new(account_store, quotas.clone(), secure));
     let auth = Auth::named(
         config.auth_tokens.iter().map(String::as_str),
         &config.token_names,
@@ -300,6 +300,7 @@ pub fn spawn_with(
     let reaper_sessions = shared.ctx.sessions.clone();
     let every = (config.idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(30));
     let (idle_timeout, retention) = (config.idle_timeout, config.retention);
+    let reaper_quotas = quotas.clone();
     let reaper = thread::Builder::new()
         .name("reaper".into())
         .spawn(move || {
@@ -310,6 +311,12 @@ pub fn spawn_with(
                         reaper_sessions.evict_idle(idle_timeout);
                         if let Some(retention) = retention {
                             reaper_sessions.expire(retention);
+                        }
+                        // Once a day, the first tick of each: the store keeps a bounded history.
+                        match reaper_quotas.prune() {
+                            Ok(0) => {}
+                            Ok(rows) => log::info!("quota: deleted {rows} rows of old daily use"),
+                            Err(e) => log::error!("quota: old daily use not deleted: {e}"),
                         }
                     }
                     recv(stopped) -> _ => return,

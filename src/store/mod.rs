@@ -67,8 +67,8 @@ pub use shares::{Share, ShareStore};
 pub use sqlite::{BackupReport, DATABASE_FILE, SqliteStore, fts_queries};
 pub use tree::{TreeTurn, TurnTree};
 pub use usage::{
-    DAY_SECONDS, DayUsage, LimitChange, Limits, Reached, TurnCount, UsageStore, UsageSummary,
-    day_of,
+    DAY_SECONDS, DayUsage, LimitChange, Limits, Reached, TurnCount, USAGE_KEPT_DAYS, UsageStore,
+    UsageSummary, day_of,
 };
 
 /// How long one full-text search may run by default (`--search-budget`).

@@ -12,6 +12,11 @@ use crate::common::error::Result;
 /// Seconds in a day: a day is `unix_seconds / DAY_SECONDS`, counted in UTC.
 pub const DAY_SECONDS: i64 = 86_400;
 
+/// Days of daily use the store keeps, today included: older days' rows are deleted
+/// ([`UsageStore::prune_usage`], once a day). Nothing reads them: a limit looks at its own
+/// day alone, and the tokens a principal used ever are summed from its conversations.
+pub const USAGE_KEPT_DAYS: i64 = 400;
+
 /// The UTC day (days since 1970-01-01) that Unix second `unix` falls in.
 pub fn day_of(unix: i64) -> i64 {
     unix.div_euclid(DAY_SECONDS)
@@ -141,6 +146,13 @@ pub trait UsageStore: Send + Sync {
     ///
     /// The store's.
     fn set_limits(&self, name: &str, change: LimitChange) -> Result<bool>;
+
+    /// Deletes every principal's use on the days before `day`; answers how many rows went.
+    ///
+    /// # Errors
+    ///
+    /// The store's.
+    fn prune_usage(&self, day: i64) -> Result<u64>;
 }
 
 #[cfg(test)]

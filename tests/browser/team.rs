@@ -2,9 +2,10 @@
 //! signs in, chats, shares the conversation (the link opens in a fresh browser profile, with no
 //! cookie, read-only), makes an API token on the page (its secret, shown once, works from a
 //! plain HTTP client; a revoked one does not), sees today's use, and signs out (the old cookie
-//! stops working). Then boss's "Users" panel lists alice with her conversation, adds an account
-//! with a one-time password and removes it, and sets alice's daily turns to the one she used;
-//! alice, signed in again, is refused her next turn in words.
+//! stops working); her API token entered in the token form brings her account too. Then boss's
+//! "Users" panel lists alice with her conversation, adds an account with a one-time password
+//! and removes it, and sets alice's daily turns to the one she used; alice, signed in again,
+//! is refused her next turn in words.
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
@@ -183,6 +184,19 @@ pub fn run(browser: &Browser, tools: &BrowserTools) {
         "",
         "whoever signs in next starts on a new chat"
     );
+
+    // alice's API token in the token form, with no sign-in: the page asks the server who it
+    // stands for (`GET /api/me`) and shows her account as a sign-in does.
+    browser.type_into("#token", &format!("{secret}\u{E007}"));
+    browser.wait_for(
+        "alice's account by her API token",
+        "return document.getElementById('token-box').hidden \
+         && document.getElementById('account-name').textContent === 'Signed in as alice' \
+         && !document.getElementById('open-account').hidden \
+         && document.getElementById('open-users').hidden",
+    );
+    browser.click("#forget-token");
+    browser.wait_for("the sign-in form after forgetting the token", TOKEN_FORM);
 
     // boss: the Users panel lists alice with her conversation, never its content.
     sign_in(browser, "boss", "boss's password");

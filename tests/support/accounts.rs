@@ -153,6 +153,18 @@ pub fn with_cookie(
     )
 }
 
+/// Makes an API token named `name` for the signed-in `user` (`POST /api/tokens`): its secret
+/// and its id.
+pub fn make_token(addr: SocketAddr, user: &SignedIn, name: &str) -> (String, String) {
+    let body = serde_json::json!({ "name": name });
+    let (status, made) = with_cookie(addr, user, "POST", "/api/tokens", Some(&body), true);
+    assert_eq!(status, 201, "{made}");
+    (
+        made["token"].as_str().unwrap().to_owned(),
+        made["id"].as_str().unwrap().to_owned(),
+    )
+}
+
 /// A WebSocket opened with the cookie, connected (a new conversation, or `data`'s).
 pub fn socket_with_cookie(addr: SocketAddr, user: &SignedIn, data: Value) -> Client {
     let cookie = user.cookie_header();

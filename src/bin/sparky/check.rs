@@ -9,11 +9,10 @@ use std::sync::Arc;
 use sparky::common::config::{Config, connections_for};
 use sparky::model::ModelBackend;
 use sparky::model::embed::{Embed, EmbedOptions, RemoteEmbedder};
-use sparky::store::{
-    McpAuthStore, POSTGRES_SCHEMA_VERSION, PostgresStore, SCHEMA_VERSION, SqliteStore,
-};
+use sparky::store::{POSTGRES_SCHEMA_VERSION, PostgresStore, SCHEMA_VERSION, SqliteStore};
 use sparky::tools::mcp;
 
+use crate::beside;
 use crate::start_error::StartError;
 
 /// One check's outcome.
@@ -190,20 +189,21 @@ fn mcp_servers(config: &Config) -> Vec<Outcome> {
     // is there at this build's schema already: the check creates and migrates nothing. (A
     // token about to expire is refreshed, under the store's lease, as by any instance.)
     let current = |text: String, version: i64| text.ends_with(&format!("schema version {version}"));
-    let grants: Option<Arc<dyn McpAuthStore>> = match &config.database_url {
-        _ if config.in_memory => None,
-        Some(url) => PostgresStore::inspect(url)
-            .is_ok_and(|text| current(text, POSTGRES_SCHEMA_VERSION))
-            .then(|| PostgresStore::connect(url, 1).ok())
-            .flatten()
-            .map(|s| Arc::new(s) as Arc<dyn McpAuthStore>),
-        None => (SqliteStore::in_use(&config.data_dir)
-            || SqliteStore::inspect(&config.data_dir)
-                .is_ok_and(|text| current(text, SCHEMA_VERSION)))
-        .then(|| SqliteStore::open_beside(&config.data_dir).ok())
+    let ready = !config.in_memory
+        && match &config.database_url {
+            Some(url) => {
+                PostgresStore::inspect(url).is_ok_and(|text| current(text, POSTGRES_SCHEMA_VERSION))
+            }
+            None => {
+                SqliteStore::in_use(&config.data_dir)
+                    || SqliteStore::inspect(&config.data_dir)
+                        .is_ok_and(|text| current(text, SCHEMA_VERSION))
+            }
+        };
+    let grants = ready
+        .then(|| beside::open(&config.data_dir, config.database_url.as_deref()).ok())
         .flatten()
-        .map(|s| Arc::new(s) as Arc<dyn McpAuthStore>),
-    };
+        .map(|opened| opened.mcp_auth);
     let options = mcp::OAuthOptions {
         store: grants,
         ..mcp::OAuthOptions::default()

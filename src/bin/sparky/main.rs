@@ -2,11 +2,13 @@
 //! `sparky chat`, `sparky backup` or `sparky migrate-store`. The settings and their flags are the library's `Config`; the
 //! binary adds only its own few. Each other job has a file here: what the flags point to
 //! (`inputs.rs`), logging (`logging.rs`), the open-file limit (`limits.rs`), the model backend
-//! and its probe (`model.rs`), `migrate-store` (`migrate.rs`), `backup` (`backup.rs`), `chat`
+//! and its probe (`model.rs`), `migrate-store` (`migrate.rs`), `backup` (`backup.rs`), the store of the
+//! subcommands that work beside a running server (`beside.rs`), `chat`
 //! (`chat.rs`, over the library's client), `check` (`check.rs`) and the hidden `extract-text`,
 //! the child process that reads a document's text (`extract.rs`).
 
 mod backup;
+mod beside;
 mod chat;
 mod check;
 mod extract;
@@ -115,25 +117,15 @@ enum Command {
     User {
         #[command(subcommand)]
         command: user::UserCommand,
-        /// The data directory of the server (its --data-dir) [default: sparky-data].
-        #[arg(long = "data-dir", value_name = "DIR", global = true)]
-        dir: Option<PathBuf>,
-        /// A PostgreSQL store (or the SPARKY_DATABASE_URL environment variable, when no
-        /// --data-dir is given).
-        #[arg(long = "store", value_name = "URL", global = true)]
-        store: Option<String>,
+        #[command(flatten)]
+        place: beside::Place,
     },
     /// Sign in to OAuth-protected MCP servers of the --mcp-config file (`mcp login NAME`).
     Mcp {
         #[command(subcommand)]
         command: mcp::McpCommand,
-        /// The data directory of the server (its --data-dir) [default: sparky-data].
-        #[arg(long = "data-dir", value_name = "DIR", global = true)]
-        dir: Option<PathBuf>,
-        /// A PostgreSQL store (or the SPARKY_DATABASE_URL environment variable, when no
-        /// --data-dir is given).
-        #[arg(long = "store", value_name = "URL", global = true)]
-        store: Option<String>,
+        #[command(flatten)]
+        place: beside::Place,
     },
     /// Read a document's text: its bytes on stdin, its text on stdout as JSON lines. The
     /// server runs it, one process per document, held to a memory and a CPU limit.
@@ -209,30 +201,21 @@ fn main() -> ExitCode {
             return migrate::run(&from, to, cli.config.store_pool);
         }
         Some(Command::Backup { file, dir, store }) => {
-            logging::init(cli.log_level, &[]);
-            let (dir, store) =
-                chosen_store(dir, store, cli.config.database_url, cli.config.data_dir);
+            let (dir, store) = beside(&cli, dir, store);
             return backup::run(&file, &dir, store);
         }
-        Some(Command::User {
-            command,
-            dir,
-            store,
-        }) => {
-            logging::init(cli.log_level, &[]);
-            let (dir, store) =
-                chosen_store(dir, store, cli.config.database_url, cli.config.data_dir);
-            return user::run(command, &dir, store);
+        Some(Command::User { command, place }) => {
+            let (dir, store) = beside(&cli, place.dir, place.store);
+            return user::run(command, &dir, store.as_deref());
         }
-        Some(Command::Mcp {
-            command,
-            dir,
-            store,
-        }) => {
-            logging::init(cli.log_level, &[]);
-            let (dir, store) =
-                chosen_store(dir, store, cli.config.database_url, cli.config.data_dir);
-            return mcp::run(command, cli.config.mcp_config.as_deref(), &dir, store);
+        Some(Command::Mcp { command, place }) => {
+            let (dir, store) = beside(&cli, place.dir, place.store);
+            return mcp::run(
+                command,
+                cli.config.mcp_config.as_deref(),
+                &dir,
+                store.as_deref(),
+            );
         }
         Some(Command::ExtractText {
             content_type,
@@ -437,21 +420,16 @@ fn run(cli: Cli, max_connections_given: bool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// The store a subcommand that works beside the server (`backup`, `user`, `mcp`) uses: as for
-/// the server, `--store`, else the environment's URL, else SQLite; but a data directory named
-/// here is what is asked for.
-fn chosen_store(
-    dir: Option<PathBuf>,
-    store: Option<String>,
-    database_url: Option<String>,
-    data_dir: PathBuf,
-) -> (PathBuf, Option<String>) {
-    let store = store.or(database_url).or_else(|| {
-        std::env::var("SPARKY_DATABASE_URL")
-            .ok()
-            .filter(|url| !url.trim().is_empty() && dir.is_none())
-    });
-    (dir.unwrap_or(data_dir), store)
+/// Sets up a subcommand that works beside the server (`backup`, `user`, `mcp`): its logging,
+/// and the data directory and PostgreSQL URL it uses (see [`beside::chosen`]).
+fn beside(cli: &Cli, dir: Option<PathBuf>, store: Option<String>) -> (PathBuf, Option<String>) {
+    logging::init(cli.log_level, &[]);
+    beside::chosen(
+        dir,
+        store,
+        cli.config.database_url.clone(),
+        cli.config.data_dir.clone(),
+    )
 }
 
 #[cfg(test)]

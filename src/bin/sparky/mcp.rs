@@ -6,11 +6,11 @@
 
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
-use sparky::store::{McpAuthStore, PostgresStore, SqliteStore};
 use sparky::tools::mcp::{self, OAuthOptions};
+
+use crate::beside;
 
 /// What `sparky mcp` does.
 #[derive(Debug, clap::Subcommand)]
@@ -32,18 +32,14 @@ pub fn run(
     command: McpCommand,
     config: Option<&Path>,
     dir: &Path,
-    store: Option<String>,
+    store: Option<&str>,
 ) -> ExitCode {
     let Some(config) = config else {
         eprintln!("sparky: mcp: give the server's --mcp-config");
         return ExitCode::FAILURE;
     };
-    let opened: sparky::common::error::Result<Arc<dyn McpAuthStore>> = match &store {
-        Some(url) => PostgresStore::connect(url, 1).map(|s| Arc::new(s) as Arc<dyn McpAuthStore>),
-        None => SqliteStore::open_beside(dir).map(|s| Arc::new(s) as Arc<dyn McpAuthStore>),
-    };
-    let grants = match opened {
-        Ok(grants) => grants,
+    let grants = match beside::open(dir, store) {
+        Ok(opened) => opened.mcp_auth,
         Err(e) => {
             eprintln!("sparky: mcp: {e}");
             return ExitCode::FAILURE;

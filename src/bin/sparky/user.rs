@@ -1,15 +1,16 @@
 //! `sparky user add|list|limit|remove`: user accounts and their daily limits, managed from the
-//! shell against the same store as the server, while it runs. A SQLite store is opened beside the server (no directory lock:
-//! SQLite orders the few writes), a PostgreSQL one is connected to.
+//! shell against the same store as the server, while it runs. The store is
+//! opened as `beside.rs` says.
 
 use std::io::Read;
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use sparky::common::password;
 use sparky::net::accounts::check_name;
-use sparky::store::{AccountStore, LimitChange, PostgresStore, SqliteStore, UsageStore};
+use sparky::store::{AccountStore, LimitChange, UsageStore};
+
+use crate::beside;
 
 /// What `sparky user` does.
 #[derive(Debug, clap::Subcommand)]
@@ -70,29 +71,16 @@ fn shown(limit: Option<u64>) -> String {
     }
 }
 
-/// The store's accounts and their daily use: one store, seen through both traits.
-type Opened = (Arc<dyn AccountStore>, Arc<dyn UsageStore>);
-
 /// Runs `command` against the store of `dir`, or the PostgreSQL database `store` when given.
-pub fn run(command: UserCommand, dir: &Path, store: Option<String>) -> ExitCode {
-    let opened: sparky::common::error::Result<Opened> = match &store {
-        Some(url) => PostgresStore::connect(url, 1).map(|s| {
-            let s = Arc::new(s);
-            (s.clone() as Arc<dyn AccountStore>, s as Arc<dyn UsageStore>)
-        }),
-        None => SqliteStore::open_beside(dir).map(|s| {
-            let s = Arc::new(s);
-            (s.clone() as Arc<dyn AccountStore>, s as Arc<dyn UsageStore>)
-        }),
-    };
-    let (accounts, usage) = match opened {
+pub fn run(command: UserCommand, dir: &Path, store: Option<&str>) -> ExitCode {
+    let opened = match beside::open(dir, store) {
         Ok(opened) => opened,
         Err(e) => {
             eprintln!("sparky: user: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match execute(command, accounts.as_ref(), usage.as_ref()) {
+    match execute(command, opened.accounts.as_ref(), opened.usage.as_ref()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(why) => {
             eprintln!("sparky: user: {why}");

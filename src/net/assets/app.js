@@ -47,7 +47,6 @@
   const KEY_SESSION = "sparky.session_id";
   const KEY_TOKEN = "sparky.token";
   const KEY_CSRF = "sparky.csrf"; // the sign-in's CSRF token (the cookie itself is HttpOnly)
-  const KEY_ACCOUNT = "sparky.account"; // the sign-in's account: {name, admin}
   const KEY_PERSONAS = "sparky.personas";
   const KEY_MODELS = "sparky.models"; // the models the server offered last (ready.models)
   const FIRST_BACKOFF_MS = 500;
@@ -2120,7 +2119,6 @@
   // one in place (PATCH) and deletes one (DELETE).
 
   let memoryTimer = null;
-  let memoryRequest = 0;     // bumped per list fetch; an older answer is dropped
 
   // The line under the list: a plain note, or a problem with the server's words in "Details".
   function memoryNote(text, detail) {
@@ -2131,23 +2129,14 @@
     memoryNote(what + " " + explainApiError(error), (error && error.message) || String(error));
   }
 
-  async function loadMemories() {
-    const mine = ++memoryRequest;
+  const memoryList = panelList("memory-list", "memories", "Memories could not be loaded.", memoryProblem);
+
+  function loadMemories() {
     const q = $("memory-search").value.trim();
-    const list = $("memory-list");
-    let data;
-    try {
-      data = await api("GET", "/api/memories" + (q ? "?q=" + encodeURIComponent(q) : ""));
-    } catch (error) {
-      if (mine !== memoryRequest) return;
-      list.replaceChildren();
-      memoryProblem("Memories could not be loaded.", error);
-      return;
-    }
-    if (mine !== memoryRequest) return;
-    const memories = Array.isArray(data && data.memories) ? data.memories : [];
-    list.replaceChildren(...memories.map(memoryItem));
-    memoryNote(memories.length ? "" : q ? "No memory matches." : "Nothing remembered.");
+    return memoryList("/api/memories" + (q ? "?q=" + encodeURIComponent(q) : ""), (list, memories) => {
+      list.replaceChildren(...memories.map(memoryItem));
+      memoryNote(memories.length ? "" : q ? "No memory matches." : "Nothing remembered.");
+    });
   }
 
   // One memory in the list: its text and age, Edit and Delete.
@@ -2368,7 +2357,7 @@
     }
     store.remove(KEY_TOKEN);
     store.set(KEY_CSRF, data.csrf);
-    rememberAccount(data);
+    rememberAccount({ name: data.name, admin: data.admin, kind: "user" });
     admitted();
     updateControls();
     loadUsage();
@@ -2392,6 +2381,8 @@
     const token = $("token").value.trim();
     if (!token) return;
     store.set(KEY_TOKEN, token);
+    forgetAccount();
+    loadMe();
     $("token-box").hidden = true;
     askedForToken = false;
     halted = null;
@@ -2403,6 +2394,8 @@
 
   $("forget-token").addEventListener("click", () => {
     store.remove(KEY_TOKEN);
+    forgetAccount();
+    loadMe();
     closeSocket();
     conversations = [];
     listEl.replaceChildren();
@@ -2413,36 +2406,53 @@
   });
 
   // ---- the account ----
-  // A sign-in (POST /api/login) answers the account's name and whether it is an admin; the page
-  // keeps both beside the CSRF token (sparky.account) and shows the name, today's use (GET
+  // Who the page speaks for comes from the server: GET /api/me ({name, admin, kind}) on load and
+  // whenever a token is entered or forgotten, and the answer of a sign-in (POST /api/login),
+  // so that a user's API token brings their account as a sign-in does. For an account (kind
+  // "user") the page shows the name, today's use (GET
   // /api/usage, on a server that counts it: one that answers 404 is not asked again),
   // "Account" with the person's API tokens (GET, POST and DELETE /api/tokens: a new secret is
   // shown once) and, for an admin, "Users" (GET, POST, PATCH and DELETE /api/users: counts and
   // limits, never anyone's content).
 
+  let caller = null;         // GET /api/me's answer, or null before it and after a sign-out
+  let meRequest = 0;
   let usageKnown = true;     // false once the server said it has no /api/usage (404)
   let usageTimer = null;
   let usageRequest = 0;      // bumped per fetch; an older answer is dropped
-  let tokenRequest = 0;
-  let userRequest = 0;
 
-  // The signed-in account ({name, admin}), or null without a sign-in. A sign-in kept from
-  // before the page remembered accounts has no name, and is not taken for an admin's.
+  // The account the page speaks for ({name, admin}), or null for a caller with none: the
+  // local user, a configured token, or nobody yet.
   function account() {
-    if (store.get(KEY_CSRF) === null) return null;
-    let kept = null;
-    try { kept = JSON.parse(store.get(KEY_ACCOUNT) || "null"); } catch (_) { kept = null; }
-    if (!kept || typeof kept !== "object" || typeof kept.name !== "string") return { name: "", admin: false };
-    return { name: kept.name, admin: kept.admin === true };
+    if (!caller || caller.kind !== "user") return null;
+    return { name: String(caller.name ?? ""), admin: caller.admin === true };
   }
 
+  // The caller: a sign-in's answer ({name, admin}: an account's) or GET /api/me's.
   function rememberAccount(data) {
-    store.set(KEY_ACCOUNT, JSON.stringify({ name: String(data.name ?? ""), admin: data.admin === true }));
+    caller = { name: data.name ?? null, admin: data.admin === true, kind: String(data.kind ?? "user") };
     usageKnown = true;
+    updateControls();
+  }
+
+  // GET /api/me: who the current token, cookie or neither stands for. A 401 brings the token
+  // form (api does that); any other failure leaves the account unknown.
+  async function loadMe() {
+    const mine = ++meRequest;
+    let data;
+    try {
+      data = await api("GET", "/api/me");
+    } catch (_) {
+      return;
+    }
+    if (mine !== meRequest || !data || typeof data !== "object") return;
+    rememberAccount(data);
+    loadUsage();
   }
 
   function forgetAccount() {
-    store.remove(KEY_ACCOUNT);
+    caller = null;
+    meRequest++;
     $("account-box").hidden = true;
     $("users-box").hidden = true;
     $("usage-today").hidden = true;
@@ -2537,22 +2547,13 @@
     listLine($("apitoken-note"), what + " " + explainApiError(error), (error && error.message) || String(error));
   }
 
-  async function loadTokens() {
-    const mine = ++tokenRequest;
-    const list = $("apitoken-list");
-    let data;
-    try {
-      data = await api("GET", "/api/tokens");
-    } catch (error) {
-      if (mine !== tokenRequest) return;
-      list.replaceChildren();
-      tokenProblem("The tokens could not be loaded.", error);
-      return;
-    }
-    if (mine !== tokenRequest) return;
-    const tokens = Array.isArray(data && data.tokens) ? data.tokens : [];
-    list.replaceChildren(...tokens.map(tokenItem));
-    listLine($("apitoken-note"), tokens.length ? "" : "No API tokens yet.");
+  const tokenList = panelList("apitoken-list", "tokens", "The tokens could not be loaded.", tokenProblem);
+
+  function loadTokens() {
+    return tokenList("/api/tokens", (list, tokens) => {
+      list.replaceChildren(...tokens.map(tokenItem));
+      listLine($("apitoken-note"), tokens.length ? "" : "No API tokens yet.");
+    });
   }
 
   // One token: its name, when it was made and last used, and Revoke (asked first).
@@ -2636,20 +2637,13 @@
     return typeof limit === "number" ? plural(limit, unit) : "unlimited " + unit + "s";
   }
 
-  async function loadUsers() {
-    const mine = ++userRequest;
-    const list = $("user-list");
-    let data;
-    try {
-      data = await api("GET", "/api/users");
-    } catch (error) {
-      if (mine !== userRequest) return;
-      list.replaceChildren();
-      userProblem("The users could not be loaded.", error);
-      return;
-    }
-    if (mine !== userRequest) return;
-    const users = Array.isArray(data && data.users) ? data.users : [];
+  const userList = panelList("user-list", "users", "The users could not be loaded.", userProblem);
+
+  function loadUsers() {
+    return userList("/api/users", showUsers);
+  }
+
+  function showUsers(list, users, data) {
     // Limits are offered by a server that says what its defaults are.
     const defaults = data && data.defaults && typeof data.defaults === "object" ? data.defaults : null;
     const line = $("users-defaults");
@@ -2823,7 +2817,6 @@
   // URL, opened in a tab made on the click (so that no popup blocker stops it); the server's
   // callback finishes there, and the list is looked at again every two seconds while open.
 
-  let toolRequest = 0;
   let toolTimer = null;
 
   const TOOL_STATES = {
@@ -2832,24 +2825,16 @@
     needs_sign_in: "needs a sign-in",
   };
 
-  async function loadToolServers() {
-    const mine = ++toolRequest;
-    const list = $("tool-server-list");
-    let data;
-    try {
-      data = await api("GET", "/api/mcp");
-    } catch (error) {
-      if (mine !== toolRequest) return;
-      list.replaceChildren();
-      listLine($("tool-server-note"), "The tools could not be loaded. " + explainApiError(error),
-        (error && error.message) || String(error));
-      return;
-    }
-    if (mine !== toolRequest) return;
-    const servers = Array.isArray(data && data.servers) ? data.servers : [];
-    const canConnect = data && data.can_connect === true;
-    list.replaceChildren(...servers.map((server) => toolServerItem(server, canConnect)));
-    listLine($("tool-server-note"), servers.length ? "" : "This server uses no MCP servers.");
+  const toolList = panelList("tool-server-list", "servers", "The tools could not be loaded.",
+    (what, error) => listLine($("tool-server-note"), what + " " + explainApiError(error),
+      (error && error.message) || String(error)));
+
+  function loadToolServers() {
+    return toolList("/api/mcp", (list, servers, data) => {
+      const canConnect = data && data.can_connect === true;
+      list.replaceChildren(...servers.map((server) => toolServerItem(server, canConnect)));
+      listLine($("tool-server-note"), servers.length ? "" : "This server uses no MCP servers.");
+    });
   }
 
   function toolServerItem(server, canConnect) {
@@ -3263,7 +3248,29 @@
   // The open conversation's files (its messages' attachments and its tools' results), or all
   // of the caller's: each to download or delete (DELETE /api/files/{id}).
 
-  let fileRequest = 0;       // bumped per list fetch; an older answer is dropped
+  // A panel's list, asked for again whenever the panel opens or changes: `load(path, show)`
+  // GETs `path`, and unless a later load of the same list began meanwhile (then this answer
+  // is stale and dropped), hands `show` the list element, the answer's array `key` ([] when
+  // it has none) and the whole answer; a failure empties the list and says `failed` through
+  // `problem(failed, error)`.
+  function panelList(listId, key, failed, problem) {
+    let latest = 0;
+    return async function load(path, show) {
+      const mine = ++latest;
+      const list = $(listId);
+      let data;
+      try {
+        data = await api("GET", path);
+      } catch (error) {
+        if (mine !== latest) return;
+        list.replaceChildren();
+        problem(failed, error);
+        return;
+      }
+      if (mine !== latest) return;
+      show(list, Array.isArray(data && data[key]) ? data[key] : [], data);
+    };
+  }
 
   // A list's line under it: a plain note, or a problem with the server's words in "Details".
   function listLine(line, text, detail) {
@@ -3281,23 +3288,14 @@
     return sessionId === null || $("files-all").checked;
   }
 
-  async function loadFiles() {
-    const mine = ++fileRequest;
+  const fileList = panelList("file-list", "files", "Files could not be loaded.", fileProblem);
+
+  function loadFiles() {
     const all = filesShowAll();
-    const list = $("file-list");
-    let data;
-    try {
-      data = await api("GET", "/api/files" + (all ? "" : "?conversation=" + encodeURIComponent(sessionId)));
-    } catch (error) {
-      if (mine !== fileRequest) return;
-      list.replaceChildren();
-      fileProblem("Files could not be loaded.", error);
-      return;
-    }
-    if (mine !== fileRequest) return;
-    const files = Array.isArray(data && data.files) ? data.files : [];
-    list.replaceChildren(...files.filter((f) => f && typeof f.id === "string").map(fileEntry));
-    listLine($("file-note"), files.length ? "" : all ? "You have no files on this server." : "No files in this conversation yet.");
+    return fileList("/api/files" + (all ? "" : "?conversation=" + encodeURIComponent(sessionId)), (list, files) => {
+      list.replaceChildren(...files.filter((f) => f && typeof f.id === "string").map(fileEntry));
+      listLine($("file-note"), files.length ? "" : all ? "You have no files on this server." : "No files in this conversation yet.");
+    });
   }
 
   // One file in the panel: its name, type, size and age; Download and Delete.
@@ -3692,7 +3690,7 @@
     const fromHash = location.hash.slice(1);
     const stored = store.get(KEY_SESSION);
     refreshList();
-    loadUsage();
+    loadMe();
     if (ID_PATTERN.test(fromHash)) openConversation(fromHash);
     else if (stored && ID_PATTERN.test(stored)) openConversation(stored);
     else startDraft();

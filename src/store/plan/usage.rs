@@ -1,6 +1,6 @@
 //! [`UsageStore`] for every [`Backend`]: a turn checked against the day's limits and counted
 //! in one upsert (its `WHERE` refuses it once a limit is reached, atomically on either store),
-//! the day's use read back, users' own limits changed; and [`add_tokens`], which the journal's
+//! the day's use read back, users' own limits changed, old days' use deleted; and [`add_tokens`], which the journal's
 //! batch runs for the tokens of the turns it closes, per owner in owner order (so that two
 //! instances' batches never wait on each other's rows).
 //!
@@ -29,6 +29,7 @@ const SET_LIMITS: &str = "UPDATE users SET \
      daily_turns = CASE WHEN ?2 THEN ?3 ELSE daily_turns END, \
      daily_tokens = CASE WHEN ?4 THEN ?5 ELSE daily_tokens END \
      WHERE name = ?1";
+const PRUNE_USAGE: &str = "DELETE FROM daily_usage WHERE day < ?1";
 const ADD_USE: &str = "INSERT INTO daily_usage (owner, day, turns, tokens) \
      VALUES (?1, ?2, ?3, ?4) ON CONFLICT (owner, day) DO UPDATE \
      SET turns = daily_usage.turns + excluded.turns, tokens = daily_usage.tokens + excluded.tokens";
@@ -133,6 +134,12 @@ impl<B: Backend> UsageStore for B {
                 tokens.clone(),
             ];
             Ok(db.run(SET_LIMITS, &params)? > 0)
+        })
+    }
+
+    fn prune_usage(&self, day: i64) -> Result<u64> {
+        self.write("prune old daily use", Write::Delete, &mut |db| {
+            db.run(PRUNE_USAGE, &[Param::Int(day)])
         })
     }
 }

@@ -2,7 +2,7 @@
 //! (the user's own over the defaults; none for a principal that is no user), another day
 //! counted apart, tokens added by the journal's batch that closes a turn, users' limits set,
 //! cleared and listed, and a store of the schema before daily use brought to it with its
-//! users' limits kept.
+//! users' limits kept; old days' use deleted.
 //!
 //! Depends on: `common::protocol`, `store`, `store::accounts`, `store::postgres`, `store::postgres::schema`, `store::sqlite`, `store::sqlite::schema`, `store::tests`, `store::usage`.
 
@@ -211,4 +211,40 @@ fn postgres_version_7_gains_daily_use() {
     }
     let store: PostgresStore = postgres(&url);
     a_users_limits_survive_the_upgrade(store);
+}
+
+/// Rows of the days before the cut are deleted, every principal's; the cut day and later stay.
+fn old_days_are_pruned<S: UsageStore>(store: S) {
+    let day = today();
+    let cut = day - 399;
+    for (owner, on) in [
+        ("token-a", day - 500),
+        ("token-b", cut - 1),
+        ("token-a", cut),
+        ("token-b", day),
+    ] {
+        assert!(
+            store
+                .count_turn(owner, None, Limits::NONE, on)
+                .unwrap()
+                .counted
+        );
+    }
+    let turns = |owner: &str, on: i64| store.usage(owner, None, on).unwrap().today.turns;
+    assert_eq!(store.prune_usage(cut).unwrap(), 2);
+    assert_eq!(turns("token-a", day - 500), 0);
+    assert_eq!(turns("token-b", cut - 1), 0);
+    assert_eq!(turns("token-a", cut), 1);
+    assert_eq!(turns("token-b", day), 1);
+    assert_eq!(store.prune_usage(cut).unwrap(), 0, "nothing left to delete");
+}
+
+#[test]
+fn sqlite_old_days_are_pruned() {
+    old_days_are_pruned(SqliteStore::in_memory().unwrap());
+}
+
+#[test]
+fn postgres_old_days_are_pruned() {
+    old_days_are_pruned(postgres(&cluster::fresh_database()));
 }
