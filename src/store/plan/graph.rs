@@ -353,6 +353,9 @@ fn edge_from_row<E>(row: &dyn Row<Error = E>) -> Result<Edge, E> {
     })
 }
 
+/// Nodes and their similarity to a query, best first.
+type Scored = Vec<(Node, f32)>;
+
 /// The brute-force search: every one of `owner`'s `model` vectors read and scored.
 fn scan<E>(
     db: &mut dyn Db<Error = E>,
@@ -395,7 +398,7 @@ fn read_back<E>(
     query: &[f32],
     kind: Option<&str>,
     ids: &[i64],
-) -> Result<(Vec<(Node, f32)>, Vec<i64>), E> {
+) -> Result<(Scored, Vec<i64>), E> {
     let mut found = Vec::with_capacity(ids.len());
     let mut present = Vec::with_capacity(ids.len());
     if !ids.is_empty() {
