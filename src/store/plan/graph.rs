@@ -297,15 +297,21 @@ impl<B: Backend> GraphStore for B {
         limit: usize,
     ) -> Result<Vec<(Node, f32)>> {
         let indexes = Counters::of(self).vectors();
-        let sql = B::SQL.nodes_with_vectors;
+        let asked = Nearest {
+            sql: B::SQL.nodes_with_vectors,
+            owner,
+            model,
+            query,
+            kind,
+        };
         // One snapshot: the index's fingerprint and what it reads to catch up agree.
         self.read("semantic search", View::Snapshot, &mut |db| {
             match indexes.candidates(db, owner, model, query, kind, limit)? {
-                Candidates::Scan => scan(db, sql, owner, model, query, kind, limit),
+                Candidates::Scan => scan(db, &asked, limit),
                 Candidates::Found(ids) => {
                     // Scored again from the stored vector, under the owner's name: the index
                     // is a copy, the table the truth.
-                    let (found, missing) = read_back(db, sql, owner, model, query, kind, &ids)?;
+                    let (found, missing) = read_back(db, &asked, &ids)?;
                     // Gone from the table (another process deleted it or dropped its vector):
                     // gone from the copy too.
                     for id in missing {
@@ -356,16 +362,27 @@ fn edge_from_row<E>(row: &dyn Row<Error = E>) -> Result<Edge, E> {
 /// Nodes and their similarity to a query, best first.
 type Scored = Vec<(Node, f32)>;
 
-/// The brute-force search: every one of `owner`'s `model` vectors read and scored.
-fn scan<E>(
-    db: &mut dyn Db<Error = E>,
+/// What a semantic search asks for.
+struct Nearest<'a> {
+    /// The dialect's [`Dialect::nodes_with_vectors`].
+    ///
+    /// [`Dialect::nodes_with_vectors`]: super::Dialect::nodes_with_vectors
     sql: &'static str,
-    owner: &str,
-    model: &str,
-    query: &[f32],
-    kind: Option<&str>,
-    limit: usize,
-) -> Result<Vec<(Node, f32)>, E> {
+    owner: &'a str,
+    model: &'a str,
+    query: &'a [f32],
+    kind: Option<&'a str>,
+}
+
+/// The brute-force search: every one of the owner's vectors by the model read and scored.
+fn scan<E>(db: &mut dyn Db<Error = E>, asked: &Nearest<'_>, limit: usize) -> Result<Scored, E> {
+    let Nearest {
+        owner,
+        model,
+        query,
+        kind,
+        ..
+    } = *asked;
     let mut scored: Vec<(i64, f32)> = Vec::new();
     let params = [Param::Text(owner), Param::Text(model), Param::OptText(kind)];
     let vectors = Query {
@@ -382,23 +399,24 @@ fn scan<E>(
         .into_iter()
         .map(|(id, _)| id)
         .collect();
-    Ok(read_back(db, sql, owner, model, query, kind, &ids)?.0)
+    Ok(read_back(db, asked, &ids)?.0)
 }
 
-/// `owner`'s nodes among `ids` (of `kind`, when given) that have a `model` vector, scored by
-/// it against `query`, best first, in one statement ([`Dialect::nodes_with_vectors`]); and the
-/// ids that have no such node or vector in the table.
-///
-/// [`Dialect::nodes_with_vectors`]: super::Dialect::nodes_with_vectors
+/// The owner's nodes among `ids` (of the kind asked for, when given) that have a vector by the
+/// model, scored by it against the query, best first, in one statement; and the ids that have
+/// no such node or vector in the table.
 fn read_back<E>(
     db: &mut dyn Db<Error = E>,
-    sql: &'static str,
-    owner: &str,
-    model: &str,
-    query: &[f32],
-    kind: Option<&str>,
+    asked: &Nearest<'_>,
     ids: &[i64],
 ) -> Result<(Scored, Vec<i64>), E> {
+    let Nearest {
+        sql,
+        owner,
+        model,
+        query,
+        kind,
+    } = *asked;
     let mut found = Vec::with_capacity(ids.len());
     let mut present = Vec::with_capacity(ids.len());
     if !ids.is_empty() {
