@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::plan::{LABEL_CHARS, label_for, search_words};
+use super::plan::{Counters, LABEL_CHARS, label_for, search_words};
 use super::{
     Closing, ConversationStore, DEFAULT_SEARCH_BUDGET, Edited, FileStore, GraphStore,
     MAX_SEARCH_WORDS, PageSize, PostgresStore, SqliteStore, TurnMark, WriteOp,
@@ -34,6 +34,8 @@ trait TestStore: ConversationStore + GraphStore + FileStore + Send + Sync + 'sta
     /// Rows in `table` (`events`, `messages`, `notes`).
     fn rows(&self, table: &str) -> i64;
     fn set_budget(&self, budget: Duration);
+    /// Candidate rows its full-text searches of nodes have read so far.
+    fn searched_rows(&self) -> u64;
 }
 
 impl TestStore for SqliteStore {
@@ -43,6 +45,9 @@ impl TestStore for SqliteStore {
     fn set_budget(&self, budget: Duration) {
         self.set_search_budget(budget);
     }
+    fn searched_rows(&self) -> u64 {
+        AsRef::<Counters>::as_ref(self).searched_rows()
+    }
 }
 
 impl TestStore for PostgresStore {
@@ -51,6 +56,9 @@ impl TestStore for PostgresStore {
     }
     fn set_budget(&self, budget: Duration) {
         self.set_search_budget(budget);
+    }
+    fn searched_rows(&self) -> u64 {
+        AsRef::<Counters>::as_ref(self).searched_rows()
     }
 }
 
@@ -642,7 +650,8 @@ fn a_search_out_of_time_answers_with_what_it_found_not_an_error<S: TestStore>(st
 /// once and is long too, so that it ranks below every one of A's (and C's facts, which do not
 /// hold the words, give the words a weight). Before the owner was part of what the index looks
 /// up, B's lookup ranked all of A's facts and read each one's row to find it was not B's, and
-/// ran out of its budget before it reached B's fact.
+/// ran out of its budget before it reached B's fact. The store counts the candidate rows its
+/// searches read ([`Counters::searched_rows`]): B's reads its own fact alone.
 fn another_principals_matching_rows_cost_nothing<S: TestStore>(store: S) {
     let a_fact = "otters rivers ".repeat(3_000);
     for n in 0..800 {
@@ -659,17 +668,29 @@ fn another_principals_matching_rows_cost_nothing<S: TestStore>(store: S) {
     let (bobs, _) = store
         .remember("bob", &format!("otters and rivers {filler}"))
         .unwrap();
-    // Ranking A's facts took 210 ms here before (a debug build), B's own 3 to 6 ms now. The
-    // budget sits between them with room for a machine busy with other builds (60 ms failed
-    // once under four parallel compilations): the old cost still runs out of it.
-    store.set_budget(Duration::from_millis(150));
+    // Before, B's lookup read all 800 of A's facts (ranked above B's) to reach its own; now
+    // the index answers B's rows alone. Counted rather than timed: at most B's one fact for
+    // each of the search's queries (every word, then any of them). No budget to run out of:
+    // what is checked is what the search read, not how long it took on a busy machine.
+    store.set_budget(Duration::from_secs(600));
     for round in 0..40 {
+        let before = store.searched_rows();
         let found = store.search("bob", "otters rivers", None, 5).unwrap();
         let ids: Vec<i64> = found.iter().map(|node| node.id).collect();
         assert_eq!(ids, [bobs.id], "round {round}");
+        let read = store.searched_rows() - before;
+        assert!(
+            (1..=2).contains(&read),
+            "round {round}: the search read {read} rows"
+        );
     }
-    store.set_budget(DEFAULT_SEARCH_BUDGET);
+    let before = store.searched_rows();
     assert_eq!(store.search("alice", "otters", None, 5).unwrap().len(), 5);
+    assert!(
+        store.searched_rows() - before >= 5,
+        "A's search is counted too"
+    );
+    store.set_budget(DEFAULT_SEARCH_BUDGET);
 }
 
 /// A conversation is found by its title as well as by what was said in it, the title as it was

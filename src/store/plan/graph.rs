@@ -47,13 +47,6 @@ const UNEMBEDDED: &str = "SELECT id, \
 const VECTORS: &str = "SELECT e.node_id, e.vector FROM embeddings e \
      JOIN nodes n ON n.id = e.node_id \
      WHERE e.owner = ?1 AND e.model = ?2 AND (CAST(?3 AS TEXT) IS NULL OR n.kind = ?3)";
-/// `?2`'s node `?1` and its vector by `?3`: what a vector index found, read back.
-const NODE_VECTOR: &str = concat!(
-    "SELECT ",
-    node_columns!(),
-    ", e.vector FROM nodes JOIN embeddings e ON e.node_id = nodes.id \
-     WHERE nodes.id = ?1 AND nodes.owner = ?2 AND e.owner = ?2 AND e.model = ?3"
-);
 
 impl<B: Backend> GraphStore for B {
     fn remember(&self, owner: &str, content: &str) -> Result<(Node, bool)> {
@@ -110,6 +103,7 @@ impl<B: Backend> GraphStore for B {
                     owner,
                     kind,
                     limit,
+                    read: &Counters::of(self).searched_rows,
                 };
                 match db.search_nodes(&search, &mut found) {
                     Ok(()) => {}
@@ -303,33 +297,26 @@ impl<B: Backend> GraphStore for B {
         limit: usize,
     ) -> Result<Vec<(Node, f32)>> {
         let indexes = Counters::of(self).vectors();
+        let asked = Nearest {
+            sql: B::SQL.nodes_with_vectors,
+            owner,
+            model,
+            query,
+            kind,
+        };
         // One snapshot: the index's fingerprint and what it reads to catch up agree.
         self.read("semantic search", View::Snapshot, &mut |db| {
             match indexes.candidates(db, owner, model, query, kind, limit)? {
-                Candidates::Scan => scan(db, owner, model, query, kind, limit),
+                Candidates::Scan => scan(db, &asked, limit),
                 Candidates::Found(ids) => {
                     // Scored again from the stored vector, under the owner's name: the index
                     // is a copy, the table the truth.
-                    let mut found = Vec::with_capacity(ids.len());
-                    for id in ids {
-                        let params = [Param::Int(id), Param::Text(owner), Param::Text(model)];
-                        let row = db.row(NODE_VECTOR, &params, |row| {
-                            let node = node_from_row(row)?;
-                            Ok((node, stored_similarity(query, row.bytes(7)?)))
-                        })?;
-                        match row {
-                            Some((node, Some(similarity)))
-                                if kind.is_none_or(|kind| node.kind == kind) =>
-                            {
-                                found.push((node, similarity));
-                            }
-                            Some(_) => {}
-                            // Gone from the table (another process deleted it or dropped its
-                            // vector): gone from the copy too.
-                            None => indexes.forget(owner, id, false),
-                        }
+                    let (found, missing) = read_back(db, &asked, &ids)?;
+                    // Gone from the table (another process deleted it or dropped its vector):
+                    // gone from the copy too.
+                    for id in missing {
+                        indexes.forget(owner, id, false);
                     }
-                    found.sort_by(|a, b| b.1.total_cmp(&a.1).then(b.0.id.cmp(&a.0.id)));
                     Ok(found)
                 }
             }
@@ -372,15 +359,30 @@ fn edge_from_row<E>(row: &dyn Row<Error = E>) -> Result<Edge, E> {
     })
 }
 
-/// The brute-force search: every one of `owner`'s `model` vectors read and scored.
-fn scan<E>(
-    db: &mut dyn Db<Error = E>,
-    owner: &str,
-    model: &str,
-    query: &[f32],
-    kind: Option<&str>,
-    limit: usize,
-) -> Result<Vec<(Node, f32)>, E> {
+/// Nodes and their similarity to a query, best first.
+type Scored = Vec<(Node, f32)>;
+
+/// What a semantic search asks for.
+struct Nearest<'a> {
+    /// The dialect's [`Dialect::nodes_with_vectors`].
+    ///
+    /// [`Dialect::nodes_with_vectors`]: super::Dialect::nodes_with_vectors
+    sql: &'static str,
+    owner: &'a str,
+    model: &'a str,
+    query: &'a [f32],
+    kind: Option<&'a str>,
+}
+
+/// The brute-force search: every one of the owner's vectors by the model read and scored.
+fn scan<E>(db: &mut dyn Db<Error = E>, asked: &Nearest<'_>, limit: usize) -> Result<Scored, E> {
+    let Nearest {
+        owner,
+        model,
+        query,
+        kind,
+        ..
+    } = *asked;
     let mut scored: Vec<(i64, f32)> = Vec::new();
     let params = [Param::Text(owner), Param::Text(model), Param::OptText(kind)];
     let vectors = Query {
@@ -393,13 +395,54 @@ fn scan<E>(
         }
         Ok(true)
     })?;
-    let mut found = Vec::new();
-    for (id, similarity) in best(scored.into_iter(), limit) {
-        if let Some(node) = get_node(db, owner, id)? {
-            found.push((node, similarity));
-        }
+    let ids: Vec<i64> = best(scored.into_iter(), limit)
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    Ok(read_back(db, asked, &ids)?.0)
+}
+
+/// The owner's nodes among `ids` (of the kind asked for, when given) that have a vector by the
+/// model, scored by it against the query, best first, in one statement; and the ids that have
+/// no such node or vector in the table.
+fn read_back<E>(
+    db: &mut dyn Db<Error = E>,
+    asked: &Nearest<'_>,
+    ids: &[i64],
+) -> Result<(Scored, Vec<i64>), E> {
+    let Nearest {
+        sql,
+        owner,
+        model,
+        query,
+        kind,
+    } = *asked;
+    let mut found = Vec::with_capacity(ids.len());
+    let mut present = Vec::with_capacity(ids.len());
+    if !ids.is_empty() {
+        let params = [Param::Ints(ids), Param::Text(owner), Param::Text(model)];
+        let nodes = Query {
+            sql,
+            params: &params,
+        };
+        db.each(nodes, &mut |row| {
+            let node = node_from_row(row)?;
+            present.push(node.id);
+            if let Some(similarity) = stored_similarity(query, row.bytes(7)?)
+                && kind.is_none_or(|kind| node.kind == kind)
+            {
+                found.push((node, similarity));
+            }
+            Ok(true)
+        })?;
     }
-    Ok(found)
+    found.sort_by(|a, b| b.1.total_cmp(&a.1).then(b.0.id.cmp(&a.0.id)));
+    let missing = ids
+        .iter()
+        .filter(|id| !present.contains(id))
+        .copied()
+        .collect();
+    Ok((found, missing))
 }
 
 /// One of `owner`'s nodes, or `None`.

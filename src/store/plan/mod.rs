@@ -226,6 +226,10 @@ pub struct Dialect {
     /// first, at most `?4`: number, label, text, and a score that is higher for a better
     /// match and comparable across blobs.
     pub search_chunks: &'static str,
+    /// `?2`'s nodes whose ids are in the list `?1` ([`Param::Ints`]), as [`node_columns`],
+    /// each with its vector by `?3` as the eighth column, in no order: what a semantic search
+    /// picked, read back in one statement.
+    pub nodes_with_vectors: &'static str,
 }
 
 /// A connection, or a transaction on one, running the shared logic's statements.
@@ -342,6 +346,9 @@ pub struct NodeSearch<'a> {
     pub kind: Option<&'a str>,
     /// How many nodes the search wants in all.
     pub limit: usize,
+    /// Counts each candidate row the search reads from the database, as it reads it (so that
+    /// a search out of time counts too): [`Counters::searched_rows`].
+    pub read: &'a AtomicU64,
 }
 
 impl<E> dyn Db<Error = E> + '_ {
@@ -480,6 +487,9 @@ pub enum Param<'a> {
     Bytes(Cow<'a, [u8]>),
     /// JSON (`TEXT` in SQLite, `jsonb` in PostgreSQL).
     Json(&'a Value),
+    /// A list of integers: PostgreSQL's `bigint[]` (for `= ANY(?N)`), SQLite's JSON array
+    /// text (for `IN (SELECT value FROM json_each(?N))`).
+    Ints(&'a [i64]),
 }
 
 impl Param<'_> {
@@ -547,6 +557,8 @@ pub struct Counters {
     searches: SearchShare,
     /// The semantic search's vector indexes, kept in memory.
     vectors: VectorIndexes,
+    /// Candidate rows the full-text searches of nodes read ([`NodeSearch::read`]).
+    searched_rows: AtomicU64,
 }
 
 impl Counters {
@@ -563,12 +575,20 @@ impl Counters {
             search_budget_micros: AtomicU64::new(micros(crate::store::DEFAULT_SEARCH_BUDGET)),
             searches: SearchShare::new(connections),
             vectors: VectorIndexes::default(),
+            searched_rows: AtomicU64::new(0),
         }
     }
 
     /// The semantic search's vector indexes.
     pub(crate) fn vectors(&self) -> &VectorIndexes {
         &self.vectors
+    }
+
+    /// How many candidate rows the store's full-text searches of nodes have read from the
+    /// database: what a search costs, without a clock (a search that ranked another
+    /// principal's rows would read them).
+    pub fn searched_rows(&self) -> u64 {
+        self.searched_rows.load(Ordering::Relaxed)
     }
 
     /// Waits for `owner`'s turn to run a full-text search ([`SearchShare`]), at most for the

@@ -15,8 +15,9 @@
 //!   process's new facts are found at once, and what it deleted or re-embedded under the same
 //!   id is in step within 30 seconds.
 //! - **Checked.** What the graph finds is read back from the store, node and vector, under the
-//!   principal's name, and scored from the stored vector: a node deleted or edited elsewhere is
-//!   never answered with a stale score, and no other principal's node ever is.
+//!   principal's name, in one statement for all of them (`Dialect::nodes_with_vectors`), and
+//!   scored from the stored vector: a node deleted or edited elsewhere is never answered with a
+//!   stale score, and no other principal's node ever is.
 //! - **Bounded.** The copies together stay under [`MAX_INDEX_BYTES`]; the least recently
 //!   searched go first. A principal whose vectors alone are past it gets the brute-force scan.
 //! - **Brute force where it is faster.** Below [`Tuning::index_from`] vectors a search reads

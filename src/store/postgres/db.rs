@@ -7,6 +7,7 @@
 
 use std::borrow::Cow;
 use std::sync::LazyLock;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use postgres::types::ToSql;
@@ -114,6 +115,13 @@ pub(super) const SQL: Dialect = Dialect {
          FROM text_chunks c, q WHERE numnode(q.words) > 0 AND c.blob_key = $1 \
          AND c.search @@ (q.words && $3::text::tsquery) \
          ORDER BY score DESC, c.n LIMIT $4",
+    nodes_with_vectors: concat!(
+        "SELECT ",
+        node_columns!(),
+        ", e.vector FROM nodes JOIN embeddings e ON e.node_id = nodes.id \
+         WHERE nodes.id = ANY($1::bigint[]) AND nodes.owner = $2 AND e.owner = $2 \
+         AND e.model = $3"
+    ),
 };
 
 /// Every row of a batch in one statement (one round trip), the notifications for other
@@ -345,6 +353,7 @@ impl<C: Fetch> Db for Pg<'_, C> {
             params: &params,
         };
         self.each(matches, &mut |row| {
+            search.read.fetch_add(1, Ordering::Relaxed);
             let node = node_from_row(row)?;
             if found.len() < search.limit && !found.iter().any(|known| known.id == node.id) {
                 found.push(node);
@@ -504,6 +513,7 @@ fn value<'p>(param: &'p Param<'_>) -> &'p (dyn ToSql + Sync) {
         Param::Bytes(Cow::Borrowed(bytes)) => bytes,
         Param::Bytes(Cow::Owned(bytes)) => bytes,
         Param::Json(json) => json,
+        Param::Ints(values) => values,
     }
 }
 

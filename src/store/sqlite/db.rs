@@ -4,6 +4,8 @@
 //!
 //! Depends on: `store`, `store::plan`, `store::plan::batch`, `store::plan::graph`.
 
+use std::sync::atomic::Ordering;
+
 use rusqlite::types::{ToSqlOutput, Value as SqlValue, ValueRef};
 use rusqlite::{Connection, OptionalExtension, ToSql, params, params_from_iter};
 use serde_json::Value;
@@ -92,6 +94,14 @@ pub(super) const SQL: Dialect = Dialect {
          WHERE chunk_text MATCH ('owner_token : ' || ?3 || ' AND blob_token : b' || ?1 \
          || ' AND (' || ?2 || ')') \
          ORDER BY bm25(chunk_text, 1.0, 0.0, 0.0) LIMIT ?4",
+    // The ids come as a JSON array: each is looked up by its rowid.
+    nodes_with_vectors: concat!(
+        "SELECT ",
+        node_columns!(),
+        ", e.vector FROM nodes JOIN embeddings e ON e.node_id = nodes.id \
+         WHERE nodes.id IN (SELECT value FROM json_each(?1)) AND nodes.owner = ?2 \
+         AND e.owner = ?2 AND e.model = ?3"
+    ),
 };
 
 /// A statement SQLite runs once per row of a table, with the row's values bound as `?1`, `?2`,
@@ -290,9 +300,27 @@ impl ToSql for Param<'_> {
             Param::Bytes(bytes) => ValueRef::Blob(bytes),
             // JSON is stored as its text.
             Param::Json(json) => return Ok(ToSqlOutput::Owned(SqlValue::Text(json.to_string()))),
+            // A list goes as a JSON array, for `json_each`.
+            Param::Ints(values) => {
+                return Ok(ToSqlOutput::Owned(SqlValue::Text(json_ints(values))));
+            }
         };
         Ok(ToSqlOutput::Borrowed(value))
     }
+}
+
+/// `values` as a JSON array.
+fn json_ints(values: &[i64]) -> String {
+    let mut text = String::with_capacity(values.len() * 8 + 2);
+    text.push('[');
+    for (n, value) in values.iter().enumerate() {
+        if n > 0 {
+            text.push(',');
+        }
+        text.push_str(&value.to_string());
+    }
+    text.push(']');
+    text
 }
 
 /// A fact's content stands for itself in SQLite's lookups.
@@ -356,6 +384,7 @@ fn add_matches(
         owner,
         kind,
         limit,
+        read,
     } = *search;
     let mut ranked = connection.prepare_cached(
         "SELECT rowid FROM nodes_fts \
@@ -372,6 +401,7 @@ fn add_matches(
         let Some(row) = ids.next()? else {
             break;
         };
+        read.fetch_add(1, Ordering::Relaxed);
         let id: i64 = row.get(0)?;
         if found.iter().any(|known| known.id == id) {
             continue;
