@@ -318,10 +318,10 @@ impl TurnEvents for SessionTurn {
 
     fn hold(&self) {
         let mut state = self.session.inner.lock();
-        if !state
+        if state
             .turn
             .as_ref()
-            .is_some_and(|turn| turn.id == self.turn_id)
+            .is_none_or(|turn| turn.id != self.turn_id)
         {
             return;
         }
