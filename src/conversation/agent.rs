@@ -111,6 +111,14 @@ impl Turn {
         self
     }
 
+    /// True when its model answers at once ([`ModelBackend::answers_at_once`]): the turn
+    /// runs to its answer without waiting on anyone.
+    ///
+    /// [`ModelBackend::answers_at_once`]: crate::model::ModelBackend::answers_at_once
+    pub fn answers_at_once(&self) -> bool {
+        self.engine.model.answers_at_once()
+    }
+
     /// The user's text.
     pub fn user_text(&self) -> &str {
         &self.current[self.user_index].content

@@ -113,6 +113,19 @@ impl Drop for Hold {
     }
 }
 
+/// This thread does not lead the commit of what it queued under its [`Hold`]s so far: a
+/// thread that queues after it will, and its group takes those writes with its own. For a
+/// turn that answers at once, whose thread queues its answer a moment later: the turn's events
+/// are then committed in one group instead of two. The caller makes sure that such a thread
+/// exists (the turn ends with an event, which its thread queues and so commits).
+pub fn leave_lead() {
+    let owed = OWED.with(|owed| std::mem::take(&mut *owed.borrow_mut()));
+    for shared in owed {
+        let mut state = shared.state.lock();
+        state.owed = state.owed.saturating_sub(1);
+    }
+}
+
 /// True while this thread holds a [`Hold`].
 fn holding() -> bool {
     HOLDS.with(|holds| holds.get() > 0)

@@ -9,13 +9,14 @@
 //! tries again). The store is where every branch's messages are, so one read serves a
 //! `switch` across the tree as well as an `edit` of the last question.
 //!
-//! Depends on: `common::error`, `common::protocol`, `conversation::bot`, `conversation::session`, `model`, `store::files`, `store::tree`.
+//! Depends on: `common::error`, `common::protocol`, `conversation::bot`, `conversation::journal`, `conversation::session`, `model`, `store::files`, `store::tree`.
 
 use std::borrow::Cow;
 use std::time::Duration;
 
 use crate::common::protocol::{Attachment, ErrorCode, ServerFrame, TurnId};
 use crate::conversation::bot::MAX_HISTORY_MESSAGES;
+use crate::conversation::journal::leave_lead;
 use crate::model::ChatMessage;
 use crate::store::{StoredFile, TurnTree};
 
@@ -329,6 +330,11 @@ impl Session {
             },
         };
         if let Some(start) = self.open_turn(state, opening) {
+            if !self.inner.send_before_written && start.turn.answers_at_once() {
+                // Its thread commits the `user_message` with its answer, in one group, a
+                // moment from now; this thread does not commit it on its own first.
+                leave_lead();
+            }
             self.inner.turns.start(start);
         }
         Submitted::Done

@@ -4,9 +4,10 @@
 //!
 //! Depends on: `common::cancel`, `common::metrics`, `common::protocol`, `conversation::agent`,
 //! `conversation::approval`, `conversation::bot`, `conversation::elicitation`,
-//! `conversation::events`, `conversation::session`, `conversation::session::limits`,
+//! `conversation::events`, `conversation::journal`, `conversation::session`, `conversation::session::limits`,
 //! `conversation::worker`, `model`, `tools::ask`, `tools::knowledge`.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -23,6 +24,7 @@ use crate::conversation::approval::{Approvals, Verdict};
 use crate::conversation::bot::interrupted;
 use crate::conversation::elicitation::Elicitations;
 use crate::conversation::events::{TurnEvents, TurnOutcome};
+use crate::conversation::journal::Hold;
 use crate::conversation::worker::Task;
 use crate::model::{ChatMessage, Role};
 use crate::tools::ask::ElicitAnswer;
@@ -30,6 +32,19 @@ use crate::tools::knowledge::Knowledge;
 use serde_json::Value;
 
 use super::{Session, SessionState, TurnPermit};
+
+thread_local! {
+    /// The turn thread's [`Hold`] across a model step that answers at once, when events are
+    /// written before they are sent: what the step emits (its thoughts, its answer, the
+    /// closing frame) is committed in one group when it ends, not one group per event.
+    static STEP_HOLD: RefCell<Option<Hold>> = const { RefCell::new(None) };
+}
+
+/// Ends this thread's [`STEP_HOLD`], if it has one: what it queued is committed now.
+fn end_step_hold() {
+    let hold = STEP_HOLD.with(|held| held.borrow_mut().take());
+    drop(hold);
+}
 
 /// The turn in flight, as its session keeps it.
 #[derive(Debug)]
@@ -98,6 +113,8 @@ impl Task for TurnStart {
             }
         }
         let outcome = catch_unwind(AssertUnwindSafe(|| turn.run(&events, &cancel, &knowledge)));
+        // However the turn ended, nothing it queued waits for this thread any more.
+        end_step_hold();
         drop(permit.lock().take());
         match outcome {
             Ok(TurnOutcome::Answered | TurnOutcome::Failed | TurnOutcome::Cancelled) => {}
@@ -179,6 +196,8 @@ impl SessionTurn {
         // it and send it (once the session lock is released), and a client that has seen it
         // may start its next turn at once.
         drop(self.permit.lock().take());
+        drop(state);
+        end_step_hold();
         true
     }
 
@@ -299,20 +318,29 @@ impl TurnEvents for SessionTurn {
 
     fn hold(&self) {
         let mut state = self.session.inner.lock();
-        // Only where events are sent as they are made; otherwise the journal batches them.
-        if self.session.inner.send_before_written
-            && state
-                .turn
-                .as_ref()
-                .is_some_and(|turn| turn.id == self.turn_id)
+        if state
+            .turn
+            .as_ref()
+            .is_none_or(|turn| turn.id != self.turn_id)
         {
+            return;
+        }
+        if self.session.inner.send_before_written {
+            // Events are sent as they are made: they wait for the flush.
             state.holding = true;
+        } else {
+            // Events are sent once written: they are written together, at the flush.
+            STEP_HOLD.with(|held| {
+                held.borrow_mut().get_or_insert_with(Hold::new);
+            });
         }
     }
 
     fn flush(&self) {
         let mut state = self.session.inner.lock();
         self.session.flush_held(&mut state);
+        drop(state);
+        end_step_hold();
     }
 }
 

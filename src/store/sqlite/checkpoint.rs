@@ -5,23 +5,31 @@
 //! (`wal_autocheckpoint`): that commit writes a few MB into the database file and syncs it, and
 //! the turn waiting for it waits that long (the 6 ms p99 of issue 26 at one client). Here the
 //! writer connection's autocheckpoint is off, and its WAL hook (called after each commit with
-//! the WAL's size in pages) wakes the `checkpoint` thread past [`CHECKPOINT_PAGES`], or
-//! [`CHECKPOINT_EVERY`] after the first commit since the last checkpoint. The thread runs a
-//! `PASSIVE` checkpoint on a connection of its own: it copies what no reader still needs and
-//! never waits for the writer, so commits go on meanwhile. The next commit starts the WAL over
-//! from the beginning only once it is copied whole, which a checkpoint beside a busy writer
-//! never sees (a commit lands while it copies), and the WAL would grow without end; so past
-//! [`RESTART_PAGES`] the thread copies the last few frames on the writer connection itself,
-//! under its lock (a short hold: the bulk was copied already), and the next commit starts the
-//! WAL over; the writer's `journal_size_limit` cuts the file back then. A reader that keeps an
-//! old snapshot open can stop even that, so past [`TRUNCATE_BYTES`] the thread runs a
-//! `TRUNCATE` checkpoint, which waits for readers and holds the writer for its length, and
-//! empties the file.
+//! the WAL's size in pages) wakes the `checkpoint` thread when a commit takes the WAL past
+//! [`CHECKPOINT_PAGES`], or [`CHECKPOINT_EVERY`] after the first commit since the last
+//! checkpoint. The thread runs a `PASSIVE` checkpoint on a connection of its own: it copies what
+//! no reader still needs and never waits for the writer, so commits go on meanwhile.
+//!
+//! The WAL starts over from its beginning (and the writer's `journal_size_limit` cuts the file
+//! back) at the first commit after a checkpoint that copied it whole, with no reader in it. A
+//! commit that lands while a checkpoint copies leaves a few frames behind, so the thread copies
+//! again at once, up to [`CATCH_UP_TRIES`] times while each try makes progress: each copies
+//! only what the commits added meanwhile, and a pause in the commits (a client reading its
+//! answer) is enough for one to finish. (SQLite's answer counts only the frames there were
+//! when the checkpoint started, so the thread compares it with the WAL's size after the
+//! newest commit, from the hook: a first build that took "all copied" at its word never saw
+//! the WAL start over, and it grew to 290 MiB in 3 s at one client.) Under load the commits
+//! never pause; then, past [`RESTART_PAGES`], the thread copies the last few frames on the
+//! writer connection itself, under its lock, which holds one commit for that copy and its
+//! sync. A reader that keeps an old snapshot open can stop even that, so
+//! past [`TRUNCATE_BYTES`] the thread runs a `TRUNCATE` checkpoint, which waits for readers and
+//! holds the writer for its length, and empties the file.
 //!
 //! Depends on: `common::error`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -39,6 +47,10 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// The shortest time between two checkpoints: a reader that holds the WAL keeps it past
 /// [`CHECKPOINT_PAGES`], and every commit would ask again.
 const CHECKPOINT_GAP: Duration = Duration::from_millis(50);
+
+/// Checkpoints in a row while commits keep landing, before the thread waits for the next
+/// signal: each copies what was committed while the one before it copied.
+const CATCH_UP_TRIES: usize = 3;
 
 /// WAL frames past which a checkpoint ends on the writer connection, so that the WAL starts
 /// over (about 16 MiB of pages of 4 KiB).
@@ -70,6 +82,8 @@ pub(super) type OnWriter = Box<dyn Fn() -> rusqlite::Result<(i64, i64)> + Send>;
 struct Signal {
     state: Mutex<SignalState>,
     wake: Condvar,
+    /// The WAL's size in pages after the newest commit, as the hook saw it.
+    wal_pages: AtomicI32,
 }
 
 #[derive(Debug, Default)]
@@ -129,6 +143,14 @@ impl Checkpoints {
     }
 }
 
+impl Checkpoints {
+    /// The WAL's size in pages after the newest commit: small again once it started over.
+    #[cfg(test)]
+    pub(super) fn wal_pages(&self) -> i32 {
+        self.signal.wal_pages.load(Ordering::Relaxed)
+    }
+}
+
 impl Drop for Checkpoints {
     fn drop(&mut self) {
         self.signal.state.lock().stop = true;
@@ -143,6 +165,7 @@ impl Signal {
     /// A commit left the WAL `pages` long: wakes the thread past the threshold, or when it
     /// sleeps with nothing to copy.
     fn committed(&self, pages: i32) {
+        self.wal_pages.store(pages, Ordering::Relaxed);
         let mut state = self.state.lock();
         let before = state.pages;
         state.pages = pages;
@@ -182,33 +205,57 @@ fn run(connection: &Connection, on_writer: &OnWriter, signal: &Signal, wal: &Pat
             state.pages = 0;
             state.dirty_since = None;
         }
-        checkpoint(connection, on_writer, wal);
+        checkpoint(connection, on_writer, &signal.wal_pages, wal);
         last = Instant::now();
     }
 }
 
-/// One checkpoint: `PASSIVE`; its end on the writer when the WAL is long; `TRUNCATE` when the
-/// WAL file is still too big.
-fn checkpoint(connection: &Connection, on_writer: &OnWriter, wal: &Path) {
+/// One checkpoint: `PASSIVE`, again while commits land meanwhile; its end on the writer when
+/// the WAL is long all the same; `TRUNCATE` when the WAL file is still too big.
+fn checkpoint(connection: &Connection, on_writer: &OnWriter, wal_pages: &AtomicI32, wal: &Path) {
     let started = Instant::now();
-    match run_checkpoint(connection, "PASSIVE") {
-        Ok((log, copied)) => {
-            log::debug!(
-                "checkpoint: {copied} of {log} WAL pages copied in {:?}",
-                started.elapsed()
-            );
-            if log >= RESTART_PAGES {
-                let started = Instant::now();
-                match on_writer() {
-                    Ok((log, copied)) => log::debug!(
-                        "checkpoint: {copied} of {log} WAL pages copied on the writer in {:?}",
-                        started.elapsed()
-                    ),
-                    Err(e) => log::warn!("checkpoint: on the writer: {e}"),
-                }
+    let mut copied_before = -1;
+    let mut last = None;
+    for _ in 0..CATCH_UP_TRIES {
+        match run_checkpoint(connection, "PASSIVE") {
+            // `log` is the WAL as the checkpoint found it: commits made while it copied are
+            // not in it, and the WAL is whole only when there were none. Copied whole: the
+            // next commit starts the WAL over. No progress: a reader holds the rest.
+            Ok((log, copied))
+                if (copied >= log && wal_pages.load(Ordering::Relaxed) as i64 <= log)
+                    || copied <= copied_before =>
+            {
+                last = Some((log, copied));
+                break;
+            }
+            Ok((log, copied)) => {
+                copied_before = copied;
+                last = Some((log, copied));
+            }
+            Err(e) => {
+                log::warn!("checkpoint: {e}");
+                break;
             }
         }
-        Err(e) => log::warn!("checkpoint: {e}"),
+    }
+    if let Some((log, copied)) = last {
+        log::debug!(
+            "checkpoint: {copied} of {log} WAL pages copied in {:?}",
+            started.elapsed()
+        );
+        // A WAL this long that commits kept from being copied whole: its last frames are
+        // copied under the writer's lock, so that the next commit starts it over.
+        if log >= RESTART_PAGES && (copied < log || wal_pages.load(Ordering::Relaxed) as i64 > log)
+        {
+            let started = Instant::now();
+            match on_writer() {
+                Ok((log, copied)) => log::debug!(
+                    "checkpoint: {copied} of {log} WAL pages copied on the writer in {:?}",
+                    started.elapsed()
+                ),
+                Err(e) => log::warn!("checkpoint: on the writer: {e}"),
+            }
+        }
     }
     let size = std::fs::metadata(wal).map_or(0, |meta| meta.len());
     if size > TRUNCATE_BYTES {

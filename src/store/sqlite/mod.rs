@@ -422,7 +422,7 @@ impl Backend for SqliteStore {
     fn write<T>(&self, what: &str, write: Write, work: &mut Work<'_, Self::Error, T>) -> Result<T> {
         let mut writer = self.writer.lock();
         let written = writer.uncapped(write == Write::Delete, |writer| {
-            let tx = writer.connection.unchecked_transaction()?;
+            let tx = immediate(&writer.connection)?;
             let value = work(&mut Lite(&tx))?;
             tx.commit()?;
             Ok(value)
@@ -443,7 +443,7 @@ impl Backend for SqliteStore {
             let Writer {
                 connection, keys, ..
             } = writer;
-            let tx = connection.transaction()?;
+            let tx = immediate(connection)?;
             apply(&mut Lite(&tx), &SQL, keys, batch)?;
             tx.commit()
         });
@@ -481,6 +481,14 @@ impl Backend for SqliteStore {
             pool: None,
         }
     }
+}
+
+/// A write transaction that takes the write lock at its start (`BEGIN IMMEDIATE`), waiting
+/// for it up to the busy timeout. A deferred one that has read first is refused at once
+/// (`database is locked`) when a `TRUNCATE` checkpoint or `sparky user` holds the lock, since
+/// SQLite never waits to turn a read into a write.
+fn immediate(connection: &Connection) -> rusqlite::Result<rusqlite::Transaction<'_>> {
+    rusqlite::Transaction::new_unchecked(connection, rusqlite::TransactionBehavior::Immediate)
 }
 
 fn open_connection(name: &str, context: &str) -> Result<Connection> {
@@ -555,6 +563,68 @@ mod tests {
         std::fs::write(dir.join(DATABASE_FILE), vec![0x42; 8192]).unwrap();
         let corrupt = SqliteStore::open(&dir).unwrap_err().to_string();
         assert!(corrupt.contains("sparky.db"), "{corrupt}");
+    }
+
+    #[test]
+    fn the_wal_starts_over_after_each_burst_of_commits() {
+        use crate::common::protocol::SessionId;
+        use std::time::Instant;
+
+        let dir = temp_dir("wal");
+        let store = SqliteStore::open(&dir).unwrap();
+        let session = SessionId::from_random_bytes([9; 16]);
+        let create = WriteOp::CreateSession {
+            id: session.clone(),
+            owner: "local".into(),
+            user_id: None,
+            personality: None,
+            model: None,
+        };
+        store.write_batch(&[create]).unwrap();
+        let wal_pages = || store.checkpoints.as_ref().unwrap().wal_pages();
+        let body = "x".repeat(6000);
+        let mut seq = 0;
+        let event = |seq: u64| WriteOp::Event {
+            session: session.clone(),
+            seq,
+            body: format!("{seq} {body}").into(),
+            turn: Default::default(),
+            search_text: None,
+        };
+        for round in 0..3 {
+            // A burst of commits, some 6,000 WAL pages (an event of 6 KB takes two pages).
+            for _ in 0..150 {
+                let batch: Vec<WriteOp> = (0..20)
+                    .map(|_| {
+                        seq += 1;
+                        event(seq)
+                    })
+                    .collect();
+                store.write_batch(&batch).unwrap();
+            }
+            // Then a pause, with a small commit now and then: the checkpoint thread copies
+            // the WAL whole, and the next commit starts it over.
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while wal_pages() >= checkpoint::CHECKPOINT_PAGES {
+                assert!(
+                    Instant::now() < deadline,
+                    "round {round}: the WAL is still {} pages long",
+                    wal_pages()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+                seq += 1;
+                store.write_batch(&[event(seq)]).unwrap();
+            }
+        }
+        // The file was cut back to the limit when the WAL started over, three bursts or not.
+        let wal = std::fs::metadata(dir.join(format!("{DATABASE_FILE}-wal"))).unwrap();
+        assert!(
+            wal.len() <= checkpoint::WAL_SIZE_LIMIT as u64,
+            "{}",
+            wal.len()
+        );
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
