@@ -9,6 +9,10 @@
 /// database.
 #[path = "../../tests/support/postgres.rs"]
 pub(crate) mod cluster;
+/// The sweep of temporary directories left by ended test processes, shared with the
+/// integration tests.
+#[path = "../../tests/support/leftovers.rs"]
+mod leftovers;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -62,7 +66,16 @@ impl TestStore for PostgresStore {
     }
 }
 
-fn temp_dir(name: &str) -> PathBuf {
+/// A fresh, empty directory for one store test, `sparky-store-PID-NAME`. It outlives the test;
+/// the first call in a later test process removes those of processes that have ended.
+pub(crate) fn temp_dir(name: &str) -> PathBuf {
+    static SWEEP: std::sync::Once = std::sync::Once::new();
+    SWEEP.call_once(|| {
+        leftovers::sweep(|name| {
+            let rest = name.strip_prefix("sparky-store-")?;
+            rest.split('-').next()?.parse().ok()
+        })
+    });
     let dir = std::env::temp_dir().join(format!("sparky-store-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     dir

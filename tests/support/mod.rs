@@ -5,6 +5,7 @@
 
 pub mod accounts;
 pub mod files;
+pub mod leftovers;
 pub mod mcp;
 pub mod postgres;
 pub mod recording;
@@ -103,6 +104,7 @@ impl TestServer {
 pub fn test_config() -> Config {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    sweep_leftovers();
     let dir = std::env::temp_dir().join(format!("sparky-test-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let mut config = Config {
@@ -519,11 +521,32 @@ pub fn first_line(child: &mut std::process::Child, what: &str) -> String {
         .unwrap()
 }
 
-/// A fresh, empty temporary directory for one test.
+/// A fresh, empty temporary directory for one test. It outlives the test (a test may hand it
+/// to a server that is still stopping); the next test process removes it ([`sweep_leftovers`]).
 pub fn temp_dir(name: &str) -> std::path::PathBuf {
+    sweep_leftovers();
     let dir = std::env::temp_dir().join(format!("sparky-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     dir
+}
+
+/// The test process a temporary directory was made for, read from its name:
+/// `sparky-test-PID-N` ([`test_config`]) or `sparky-NAME-PID` ([`temp_dir`], and the clusters
+/// of `postgres.rs`, which sweeps its own as well, since the library's tests use it alone).
+/// Other names (`scripts/pg-cluster.sh`'s random ones) give `None`.
+fn owner_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix("sparky-")?;
+    match rest.strip_prefix("test-") {
+        Some(rest) => rest.split('-').next()?.parse().ok(),
+        None => rest.rsplit('-').next()?.parse().ok(),
+    }
+}
+
+/// Removes, once per test process, the temporary directories of test processes that have
+/// ended ([`leftovers`]).
+pub fn sweep_leftovers() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| leftovers::sweep(owner_pid));
 }
 
 /// The status and text of the first `tool_result` among `frames`; fails if there is none.

@@ -534,12 +534,7 @@ mod tests {
     use super::db::{fts_terms, owner_term};
     use super::*;
     use crate::store::SCHEMA_VERSION;
-
-    fn temp_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("sparky-store-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        dir
-    }
+    use crate::store::tests::temp_dir;
 
     #[test]
     fn a_locked_corrupt_or_newer_directory_is_refused() {
