@@ -418,6 +418,24 @@ pub struct ServerEnvelope {
 
 /// Encodes a server frame with its envelope fields as one JSON text.
 pub fn encode(frame: &ServerFrame, session_id: Option<&SessionId>, seq: Option<u64>) -> String {
+    // The frame of every streamed chunk: written straight out, the same text serde writes.
+    if let ServerFrame::MessageDelta {
+        turn_id,
+        text,
+        replace,
+    } = frame
+    {
+        return encode_delta(*turn_id, text, *replace, session_id, seq);
+    }
+    encode_with_serde(frame, session_id, seq)
+}
+
+/// [`encode`] for every frame, through serde.
+fn encode_with_serde(
+    frame: &ServerFrame,
+    session_id: Option<&SessionId>,
+    seq: Option<u64>,
+) -> String {
     let envelope = EnvelopeRef {
         frame,
         session_id,
@@ -428,6 +446,67 @@ pub fn encode(frame: &ServerFrame, session_id: Option<&SessionId>, seq: Option<u
     serde_json::to_string(&envelope).unwrap_or_else(|e| {
         format!(r#"{{"type":"error","data":{{"code":"internal","message":"encode: {e}"}}}}"#)
     })
+}
+
+/// A `message_delta` frame, encoded without serde's generic path (a streamed answer encodes
+/// one per chunk): the same text [`encode_with_serde`] gives.
+fn encode_delta(
+    turn_id: TurnId,
+    text: &str,
+    replace: bool,
+    session_id: Option<&SessionId>,
+    seq: Option<u64>,
+) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(96 + text.len() + session_id.map_or(0, |id| id.0.len()));
+    let _ = write!(
+        out,
+        r#"{{"type":"message_delta","data":{{"turn_id":{},"text":"#,
+        turn_id.0
+    );
+    push_json_str(&mut out, text);
+    if replace {
+        out.push_str(r#","replace":true"#);
+    }
+    out.push('}');
+    if let Some(id) = session_id {
+        out.push_str(r#","session_id":"#);
+        push_json_str(&mut out, &id.0);
+    }
+    if let Some(seq) = seq {
+        let _ = write!(out, r#","seq":{seq}"#);
+    }
+    out.push('}');
+    out
+}
+
+/// Appends `text` as a JSON string, escaped as serde_json escapes it.
+fn push_json_str(out: &mut String, text: &str) {
+    use std::fmt::Write;
+    out.push('"');
+    let mut start = 0;
+    for (at, byte) in text.bytes().enumerate() {
+        let escape = match byte {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0x00..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&text[start..at]);
+        if escape.is_empty() {
+            let _ = write!(out, "\\u{byte:04x}");
+        } else {
+            out.push_str(escape);
+        }
+        start = at + 1;
+    }
+    out.push_str(&text[start..]);
+    out.push('"');
 }
 
 /// The borrowed form of [`ServerEnvelope`], so that encoding copies nothing.
@@ -708,5 +787,31 @@ mod tests {
                    "data": {"turn_id": 4, "code": "cancelled", "message": "stopped",
                             "text": "Once upon"}}),
         );
+    }
+
+    #[test]
+    fn deltas_encode_as_serde_encodes_them() {
+        let session = Some(SessionId("0a1b\"2c".to_owned()));
+        for text in [
+            "",
+            "plain",
+            "a\"b\\c\n\r\t\u{8}\u{c}\u{1}\u{1f}\u{7f} é ✓ \u{1F600}",
+        ] {
+            for replace in [false, true] {
+                for session_id in [None, session.as_ref()] {
+                    for seq in [None, Some(7)] {
+                        let frame = ServerFrame::MessageDelta {
+                            turn_id: TurnId(42),
+                            text: text.to_owned(),
+                            replace,
+                        };
+                        assert_eq!(
+                            encode(&frame, session_id, seq),
+                            encode_with_serde(&frame, session_id, seq)
+                        );
+                    }
+                }
+            }
+        }
     }
 }

@@ -28,7 +28,7 @@ use serde_json::Value;
 use ureq::Agent;
 
 use super::retry::{Failure, classify, excerpt, retry_after, send_failure};
-use super::stream::{StreamState, parse_event};
+use super::stream::StreamState;
 use crate::common::sse::{SseDecoder, body_start};
 use crate::model::{ModelReply, ReplySink};
 
@@ -205,11 +205,8 @@ fn read_stream<R: Read>(
         if data.trim() == "[DONE]" {
             return Ok(stream.finish(sink));
         }
-        for chunk in parse_event(&data)? {
-            match chunk {
-                Some(chunk) => stream.chunk(&chunk, sink)?,
-                None => return Ok(stream.finish(sink)),
-            }
+        if stream.event(&data, sink)? {
+            return Ok(stream.finish(sink));
         }
     }
 }

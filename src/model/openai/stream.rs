@@ -1,10 +1,16 @@
 //! The state of one streamed answer: answer text passed on as deltas (what arrived while the
 //! reader was busy goes out as one, and nothing waits once it has caught up), reasoning (a `reasoning_content` field, or `<think>` tags split even across chunks) passed
 //! on as thoughts, tool calls accumulated, the finish reason and the usage chunk; and the
-//! chunks in one server-sent event's data.
+//! chunks in one server-sent event's data. An event that is one chunk of the usual shape is
+//! read straight into [`TypedChunk`] (borrowing its text, skipping the fields it does not
+//! need) rather than into a tree of values; any other is read as a [`Value`], with the same
+//! result.
 //!
 //! Depends on: `common::protocol`, `model`, `model::openai::retry`, `model::openai::tool_calls`.
 
+use std::borrow::Cow;
+
+use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
 use super::retry::{Failure, excerpt};
@@ -38,6 +44,115 @@ pub(super) fn parse_event(data: &str) -> Result<Vec<Option<Value>>, Failure> {
             })
         })
         .collect()
+}
+
+/// One chunk in the usual shape, borrowing its text from the event's data. Fields it does not
+/// name are skipped unread; a field of another type than these fails the parse, and the chunk
+/// is then read as a [`Value`] instead.
+#[derive(Deserialize)]
+struct TypedChunk<'a> {
+    /// Whether the chunk has an `error` field (even `null`): such a chunk is read as a value.
+    #[serde(default, deserialize_with = "present")]
+    error: bool,
+    #[serde(default)]
+    usage: Option<TypedUsage>,
+    #[serde(default, borrow)]
+    choices: Option<Vec<TypedChoice<'a>>>,
+}
+
+/// The `usage` object of a [`TypedChunk`].
+#[derive(Deserialize)]
+struct TypedUsage {
+    #[serde(default)]
+    prompt_tokens: Option<u64>,
+    #[serde(default)]
+    completion_tokens: Option<u64>,
+}
+
+/// One of the `choices` of a [`TypedChunk`].
+#[derive(Deserialize)]
+struct TypedChoice<'a> {
+    #[serde(default)]
+    index: Option<u64>,
+    #[serde(default, borrow)]
+    finish_reason: Option<Text<'a>>,
+    /// `null` counts as an empty delta (not as a missing one), as it does in a [`Value`].
+    #[serde(default, borrow, deserialize_with = "null_is_empty")]
+    delta: Option<TypedDelta<'a>>,
+    #[serde(default, borrow, deserialize_with = "null_is_empty")]
+    message: Option<TypedDelta<'a>>,
+}
+
+/// The `delta` (or `message`) of a [`TypedChoice`].
+#[derive(Default, Deserialize)]
+struct TypedDelta<'a> {
+    #[serde(default, borrow)]
+    reasoning_content: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    reasoning: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    content: Option<Text<'a>>,
+    #[serde(default)]
+    tool_calls: Option<Vec<Value>>,
+}
+
+/// A JSON string, borrowed from the data unless it has escapes.
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, text: &'de str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Borrowed(text)))
+            }
+            fn visit_str<E>(self, text: &str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(text.to_owned())))
+            }
+            fn visit_string<E>(self, text: String) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(text)))
+            }
+        }
+        deserializer.deserialize_str(Visitor)
+    }
+}
+
+/// `true` for a field that is there, whatever its value (which is skipped).
+fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
+    serde::de::IgnoredAny::deserialize(deserializer).map(|_| true)
+}
+
+/// A field that is there, with `null` read as the empty value.
+fn null_is_empty<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Option::<T>::deserialize(deserializer).map(|value| Some(value.unwrap_or_default()))
+}
+
+/// What [`StreamState::apply`] takes from a choice's `delta` (or `message`).
+#[derive(Default)]
+struct DeltaView<'a> {
+    /// `reasoning_content`, then `reasoning`.
+    reasoning: [Option<&'a str>; 2],
+    content: Option<&'a str>,
+    tool_calls: Option<&'a [Value]>,
+}
+
+impl<'a> TypedDelta<'a> {
+    fn view(&'a self) -> DeltaView<'a> {
+        let text = |field: &'a Option<Text<'a>>| field.as_ref().map(|text| &*text.0);
+        DeltaView {
+            reasoning: [text(&self.reasoning_content), text(&self.reasoning)],
+            content: text(&self.content),
+            tool_calls: self.tool_calls.as_deref(),
+        }
+    }
 }
 
 /// The `usage` object of a chunk: `None` unless it has both counts (some servers send
@@ -91,6 +206,41 @@ impl StreamState {
         }
     }
 
+    /// Takes one event's data (see [`parse_event`]); `true` when it holds `[DONE]`, which ends
+    /// the answer.
+    pub(super) fn event(&mut self, data: &str, sink: &mut dyn ReplySink) -> Result<bool, Failure> {
+        if let Ok(chunk) = serde_json::from_str::<TypedChunk>(data)
+            && !chunk.error
+        {
+            let usage = chunk.usage.and_then(|usage| {
+                Some(Usage {
+                    prompt_tokens: usage.prompt_tokens?,
+                    completion_tokens: usage.completion_tokens?,
+                })
+            });
+            let Some(choices) = &chunk.choices else {
+                self.apply(usage, None, None, sink);
+                return Ok(false);
+            };
+            let choice = choices.iter().find(|choice| choice.index.unwrap_or(0) == 0);
+            let Some(choice) = choice else {
+                self.apply(usage, None, None, sink);
+                return Ok(false);
+            };
+            let delta = choice.delta.as_ref().or(choice.message.as_ref());
+            let reason = choice.finish_reason.as_ref().map(|reason| &*reason.0);
+            self.apply(usage, reason, delta.map(TypedDelta::view), sink);
+            return Ok(false);
+        }
+        for chunk in parse_event(data)? {
+            match chunk {
+                Some(chunk) => self.chunk(&chunk, sink)?,
+                None => return Ok(true),
+            }
+        }
+        Ok(false)
+    }
+
     /// Takes one chunk (`{"choices": [{"delta": …}]}`, or a whole answer with `message`).
     pub(super) fn chunk(&mut self, chunk: &Value, sink: &mut dyn ReplySink) -> Result<(), Failure> {
         if let Some(error) = chunk.get("error") {
@@ -104,41 +254,77 @@ impl StreamState {
             )));
         }
         // The usage chunk (last, with no choices) or the usage of a whole answer.
-        if let Some(usage) = chunk.get("usage").and_then(parse_usage) {
-            self.usage = Some(usage);
-        }
+        let usage = chunk.get("usage").and_then(parse_usage);
         let Some(choices) = chunk.get("choices").and_then(Value::as_array) else {
+            self.apply(usage, None, None, sink);
             return Ok(());
         };
         let choice = choices
             .iter()
             .find(|choice| choice.get("index").and_then(Value::as_u64).unwrap_or(0) == 0);
         let Some(choice) = choice else {
+            self.apply(usage, None, None, sink);
             return Ok(());
         };
-        if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
+        let reason = choice.get("finish_reason").and_then(Value::as_str);
+        let delta = choice
+            .get("delta")
+            .or_else(|| choice.get("message"))
+            .map(|delta| DeltaView {
+                reasoning: [
+                    delta.get("reasoning_content").and_then(Value::as_str),
+                    delta.get("reasoning").and_then(Value::as_str),
+                ],
+                content: delta.get("content").and_then(Value::as_str),
+                tool_calls: delta
+                    .get("tool_calls")
+                    .and_then(Value::as_array)
+                    .map(Vec::as_slice),
+            });
+        self.apply(usage, reason, delta, sink);
+        Ok(())
+    }
+
+    /// Takes what one chunk holds: its usage, its first choice's finish reason and delta.
+    fn apply(
+        &mut self,
+        usage: Option<Usage>,
+        finish_reason: Option<&str>,
+        delta: Option<DeltaView>,
+        sink: &mut dyn ReplySink,
+    ) {
+        if let Some(usage) = usage {
+            self.usage = Some(usage);
+        }
+        if let Some(reason) = finish_reason {
             self.finish_reason = Some(reason.to_owned());
         }
-        let Some(delta) = choice.get("delta").or_else(|| choice.get("message")) else {
-            return Ok(());
+        let Some(delta) = delta else {
+            return;
         };
-        for field in ["reasoning_content", "reasoning"] {
-            if let Some(text) = delta.get(field).and_then(Value::as_str) {
-                self.reason(text, Source::Field, sink);
+        for text in delta.reasoning.into_iter().flatten() {
+            self.reason(text, Source::Field, sink);
+        }
+        if let Some(text) = delta.content {
+            if self.think.carry.is_empty() && !text.contains('<') {
+                // No tag and no part of one: the text is all answer, or all reasoning.
+                match (text.is_empty(), self.think.inside) {
+                    (true, _) => {}
+                    (false, true) => self.reason(text, Source::Tags, sink),
+                    (false, false) => self.say(text, sink),
+                }
+            } else {
+                let mut pieces = Vec::new();
+                self.think.push(text, &mut pieces);
+                self.take(pieces, sink);
             }
         }
-        if let Some(text) = delta.get("content").and_then(Value::as_str) {
-            let mut pieces = Vec::new();
-            self.think.push(text, &mut pieces);
-            self.take(pieces, sink);
-        }
-        if let Some(calls) = delta.get("tool_calls").and_then(Value::as_array) {
+        if let Some(calls) = delta.tool_calls {
             self.end_reasoning(sink);
             for fragment in calls {
                 self.calls.add(fragment);
             }
         }
-        Ok(())
     }
 
     fn take(&mut self, pieces: Vec<Piece>, sink: &mut dyn ReplySink) {
@@ -196,7 +382,8 @@ impl StreamState {
     /// sends what it caught up on as one piece.
     pub(super) fn flush(&mut self, sink: &mut dyn ReplySink) {
         if !self.pending.is_empty() {
-            sink.delta(&std::mem::take(&mut self.pending));
+            sink.delta(&self.pending);
+            self.pending.clear();
         }
     }
 
@@ -314,8 +501,36 @@ mod tests {
         }
     }
 
-    /// Feeds `chunks` (as `data:` payloads) through the stream state.
+    /// Feeds `chunks` (as `data:` payloads) through the stream state, and checks that reading
+    /// them as values gives the same.
     fn run(chunks: &[Value]) -> (ModelReply, Recorder) {
+        let mut sink = Recorder::default();
+        let mut state = StreamState::new();
+        for chunk in chunks {
+            assert!(!state.event(&chunk.to_string(), &mut sink).unwrap());
+        }
+        let reply = state.finish(&mut sink);
+        let (by_value, by_value_sink) = run_values(chunks);
+        assert_eq!(
+            (&reply.text, reply.usage, reply.truncated),
+            (&by_value.text, by_value.usage, by_value.truncated)
+        );
+        let calls = |reply: &ModelReply| {
+            let calls = reply.tool_calls.iter();
+            calls
+                .map(|c| (c.name.clone(), c.args.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(calls(&reply), calls(&by_value));
+        assert_eq!(
+            (&sink.deltas, &sink.thoughts),
+            (&by_value_sink.deltas, &by_value_sink.thoughts)
+        );
+        (reply, sink)
+    }
+
+    /// Feeds `chunks` through the stream state as values.
+    fn run_values(chunks: &[Value]) -> (ModelReply, Recorder) {
         let mut sink = Recorder::default();
         let mut state = StreamState::new();
         for chunk in chunks {
@@ -465,6 +680,19 @@ mod tests {
         assert_eq!(reply.text, "It is 4 <b>bold</b>");
         assert_eq!(sink.thoughts, ["Let me see. Two plus two."]);
         assert_eq!(sink.deltas.concat(), reply.text);
+        // Chunks with no `<` at all, inside and outside the tags.
+        let (reply, sink) = run(&[
+            content("<think>"),
+            content("Plain "),
+            content(""),
+            content("reasoning."),
+            content("</think>"),
+            content(""),
+            content("\n\nThe answer"),
+            content(" is 4."),
+        ]);
+        assert_eq!(reply.text, "The answer is 4.");
+        assert_eq!(sink.thoughts, ["Plain reasoning."]);
     }
 
     #[test]
@@ -508,5 +736,39 @@ mod tests {
             )
             .unwrap_err();
         assert!(matches!(failure, Failure::Fatal(m) if m.contains("model not found")));
+    }
+
+    #[test]
+    fn chunks_of_other_shapes_read_as_they_do_as_values() {
+        let (reply, sink) = run(&[
+            json!({"choices": [{"index": 1, "delta": {"content": "other choice"}}]}),
+            json!({"choices": [{"delta": null, "message": {"content": "not read"}}]}),
+            json!({"choices": [{"index": null, "delta": {"content": "a\n\"b\" \u{e9}", "role": 7}}]}),
+            json!({"choices": [{"index": 0, "delta": {"content": 5, "reasoning": "R"}}]}),
+            json!({"choices": [{"delta": {"content": null}, "finish_reason": "stop"}]}),
+            json!({"choices": "none", "usage": {"prompt_tokens": 2, "completion_tokens": -1}}),
+            json!({"choices": [3], "usage": {"prompt_tokens": 2, "completion_tokens": 1}}),
+            json!([1, 2]),
+        ]);
+        assert_eq!(reply.text, "a\n\"b\" \u{e9}");
+        assert_eq!(sink.thoughts, ["R"]);
+        assert!(!reply.truncated);
+        assert_eq!(
+            reply.usage,
+            Some(Usage {
+                prompt_tokens: 2,
+                completion_tokens: 1
+            })
+        );
+        let mut state = StreamState::new();
+        let failure = state
+            .event(r#"{"error": null}"#, &mut Recorder::default())
+            .unwrap_err();
+        assert!(matches!(failure, Failure::Fatal(m) if m.contains("null")));
+        assert!(
+            state
+                .event("{\"a\":1}\n[DONE]", &mut Recorder::default())
+                .unwrap()
+        );
     }
 }
