@@ -448,8 +448,9 @@ fn encode_with_serde(
     })
 }
 
-/// A `message_delta` frame, encoded without serde's generic path (a streamed answer encodes
-/// one per chunk): the same text [`encode_with_serde`] gives.
+/// A `message_delta` frame, encoded without serde's generic (flattened) path, since a streamed
+/// answer encodes one per chunk: the same text [`encode_with_serde`] gives. The strings are
+/// still escaped by serde_json, straight into the frame's buffer.
 fn encode_delta(
     turn_id: TurnId,
     text: &str,
@@ -457,56 +458,39 @@ fn encode_delta(
     session_id: Option<&SessionId>,
     seq: Option<u64>,
 ) -> String {
-    use std::fmt::Write;
-    let mut out = String::with_capacity(96 + text.len() + session_id.map_or(0, |id| id.0.len()));
+    use std::io::Write;
+    let capacity = 96 + text.len() + session_id.map_or(0, |id| id.0.len());
+    let mut out = Vec::with_capacity(capacity);
+    // Writes to a Vec cannot fail, nor can serializing a string.
     let _ = write!(
         out,
         r#"{{"type":"message_delta","data":{{"turn_id":{},"text":"#,
         turn_id.0
     );
-    push_json_str(&mut out, text);
+    let _ = serde_json::to_writer(&mut out, text);
     if replace {
-        out.push_str(r#","replace":true"#);
+        out.extend_from_slice(br#","replace":true"#);
     }
-    out.push('}');
+    out.push(b'}');
     if let Some(id) = session_id {
-        out.push_str(r#","session_id":"#);
-        push_json_str(&mut out, &id.0);
+        out.extend_from_slice(br#","session_id":"#);
+        let _ = serde_json::to_writer(&mut out, &id.0);
     }
     if let Some(seq) = seq {
         let _ = write!(out, r#","seq":{seq}"#);
     }
-    out.push('}');
-    out
-}
-
-/// Appends `text` as a JSON string, escaped as serde_json escapes it.
-fn push_json_str(out: &mut String, text: &str) {
-    use std::fmt::Write;
-    out.push('"');
-    let mut start = 0;
-    for (at, byte) in text.bytes().enumerate() {
-        let escape = match byte {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0x08 => "\\b",
-            0x0c => "\\f",
-            0x00..=0x1f => "",
-            _ => continue,
-        };
-        out.push_str(&text[start..at]);
-        if escape.is_empty() {
-            let _ = write!(out, "\\u{byte:04x}");
-        } else {
-            out.push_str(escape);
-        }
-        start = at + 1;
-    }
-    out.push_str(&text[start..]);
-    out.push('"');
+    out.push(b'}');
+    String::from_utf8(out).unwrap_or_else(|_| {
+        encode_with_serde(
+            &ServerFrame::MessageDelta {
+                turn_id,
+                text: text.to_owned(),
+                replace,
+            },
+            session_id,
+            seq,
+        )
+    })
 }
 
 /// The borrowed form of [`ServerEnvelope`], so that encoding copies nothing.
