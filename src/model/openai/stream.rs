@@ -218,17 +218,12 @@ impl StreamState {
                     completion_tokens: usage.completion_tokens?,
                 })
             });
-            let Some(choices) = &chunk.choices else {
-                self.apply(usage, None, None, sink);
-                return Ok(false);
-            };
-            let choice = choices.iter().find(|choice| choice.index.unwrap_or(0) == 0);
-            let Some(choice) = choice else {
-                self.apply(usage, None, None, sink);
-                return Ok(false);
-            };
-            let delta = choice.delta.as_ref().or(choice.message.as_ref());
-            let reason = choice.finish_reason.as_ref().map(|reason| &*reason.0);
+            let choice =
+                (chunk.choices.iter().flatten()).find(|choice| choice.index.unwrap_or(0) == 0);
+            let reason = choice
+                .and_then(|choice| choice.finish_reason.as_ref())
+                .map(|reason| &*reason.0);
+            let delta = choice.and_then(|choice| choice.delta.as_ref().or(choice.message.as_ref()));
             self.apply(usage, reason, delta.map(TypedDelta::view), sink);
             return Ok(false);
         }
@@ -255,21 +250,15 @@ impl StreamState {
         }
         // The usage chunk (last, with no choices) or the usage of a whole answer.
         let usage = chunk.get("usage").and_then(parse_usage);
-        let Some(choices) = chunk.get("choices").and_then(Value::as_array) else {
-            self.apply(usage, None, None, sink);
-            return Ok(());
-        };
-        let choice = choices
-            .iter()
-            .find(|choice| choice.get("index").and_then(Value::as_u64).unwrap_or(0) == 0);
-        let Some(choice) = choice else {
-            self.apply(usage, None, None, sink);
-            return Ok(());
-        };
-        let reason = choice.get("finish_reason").and_then(Value::as_str);
+        let choice = (chunk
+            .get("choices")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten())
+        .find(|choice| choice.get("index").and_then(Value::as_u64).unwrap_or(0) == 0);
+        let reason = choice.and_then(|choice| choice.get("finish_reason").and_then(Value::as_str));
         let delta = choice
-            .get("delta")
-            .or_else(|| choice.get("message"))
+            .and_then(|choice| choice.get("delta").or_else(|| choice.get("message")))
             .map(|delta| DeltaView {
                 reasoning: [
                     delta.get("reasoning_content").and_then(Value::as_str),
