@@ -21,10 +21,12 @@
 # `stream` (issue 26): STREAM_CLIENTS conversations at once, each streaming one answer of
 # STREAM_TOKENS tokens at STREAM_RATE tokens/s from a fake OpenAI-compatible model server that
 # the load generator runs; the load generator starts the server itself, pointed at that model
-# (Sparky with `--model openai --model-url` and the SQLite store; FastAPI with `--model-url`,
-# relaying with httpx), STREAM_ROUNDS times each, alternating. It reports the delay each chunk
-# adds between the model's write and the client's read, the server's CPU per delta and peak
-# RSS. `SCENARIOS=stream` runs it alone (see below).
+# (Sparky with `--model openai --model-url` and the SQLite store; the floor with `--model-url`,
+# a bare thread-per-connection relay over ureq that gives the least CPU per delta this machine
+# needs; FastAPI with `--model-url`, relaying with httpx), STREAM_ROUNDS times each,
+# alternating. It reports the delay each chunk adds between the model's write and the client's
+# read, the server's CPU per delta and per chunk (and Sparky's over the floor's and FastAPI's)
+# and peak RSS. `SCENARIOS=stream` runs it alone (see below).
 #
 # Holding 10,000 connections needs more open files than the usual 1024: the script raises the
 # limit (`ulimit -n`) for itself and so for both servers and the load generator. Where the
@@ -244,6 +246,8 @@ stream_round() {
     SERVER_COUNT=$((SERVER_COUNT + 1))
     if [[ $name == fastapi ]]; then
         command=("$FASTAPI_PYTHON" bench/fastapi_app.py --addr 127.0.0.1:0 --model-url '{model_url}')
+    elif [[ $name == floor ]]; then
+        command=("$FLOOR" --addr 127.0.0.1:0 --model-url '{model_url}' --model-name fake)
     else
         local data="$OUT/data/$SERVER_COUNT" binary=$SPARKY
         [[ $name == sparky-before ]] && binary=$SPARKY_BEFORE
@@ -269,7 +273,7 @@ EOF_PY
 }
 
 if wanted stream; then
-    stream_servers=(sparky)
+    stream_servers=(sparky floor)
     [[ -n $SPARKY_BEFORE ]] && stream_servers+=(sparky-before)
     [[ -z ${NO_FASTAPI:-} ]] && stream_servers+=(fastapi)
     log "stream: load average $(cut -d' ' -f1-3 /proc/loadavg)"

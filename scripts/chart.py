@@ -423,7 +423,7 @@ def render_table(runs):
 
 def stream_table(runs):
     """The `stream` scenario (issue 26): each server's medians over rounds, and Sparky's CPU
-    per chunk over FastAPI's, taken within each round."""
+    per chunk over the floor's and over FastAPI's, taken within each round."""
     grouped = by_key(runs, "stream")
     if not grouped:
         return []
@@ -435,24 +435,28 @@ def stream_table(runs):
         "Delay: from the fake model's write of a chunk to the client's read of the delta that "
         "carries it (every chunk; `newest`: the newest chunk of each delta frame). CPU: the "
         "server's user and system time over the run, per delta frame delivered and per chunk "
-        "relayed. ×FastAPI: CPU per chunk, the median of the per-round ratios."
+        "relayed. ×floor and ×FastAPI: CPU per chunk over that server's, the median of the "
+        "per-round ratios; the floor (examples/floor.rs with `--model-url`) is a bare "
+        "thread-per-connection relay, the CPU this machine needs at least."
         + (f" Load average after the rounds: {loads[-1]}." if loads else ""),
         "",
         "| clients | server | rounds | chunks | errors | delay p50 | delay p99 | newest p50 "
-        "| newest p99 | deltas | CPU µs/delta | CPU µs/chunk | ×FastAPI | peak RSS MiB "
-        "| targets (issue 26) |",
-        "|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+        "| newest p99 | deltas | CPU µs/delta | CPU µs/chunk | ×floor | ×FastAPI "
+        "| peak RSS MiB | targets (issue 26) |",
+        "|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
     for clients in sorted(grouped):
         fastapi = grouped[clients].get(FASTAPI, {})
+        floor = grouped[clients].get(FLOOR, {})
         for label in SERVER_ORDER:
             rounds = grouped[clients].get(label)
             if not rounds:
                 continue
-            ratio = None
+            ratio = over_floor = None
             targets = ""
-            if label != FASTAPI:
+            if label not in (FASTAPI, FLOOR):
                 ratio = ratio_of(rounds, fastapi, "server_cpu_us_per_chunk")
+                over_floor = ratio_of(rounds, floor, "server_cpu_us_per_chunk")
                 p99 = median_of(rounds, "p99_ms")
                 per_delta = median_of(rounds, "server_cpu_us_per_delta")
                 checks = [
@@ -475,7 +479,8 @@ def stream_table(runs):
                 f"| {fmt(median_of(rounds, 'frame_delay_p99_ms'))} "
                 f"| {fmt(median_of(rounds, 'deltas_received'))} "
                 f"| {fmt(median_of(rounds, 'server_cpu_us_per_delta'))} "
-                f"| {fmt(median_of(rounds, 'server_cpu_us_per_chunk'))} | {fmt(ratio)} "
+                f"| {fmt(median_of(rounds, 'server_cpu_us_per_chunk'))} | {fmt(over_floor)} "
+                f"| {fmt(ratio)} "
                 f"| {fmt(rss / 1024 if rss else None)} | {targets} |"
             )
     return out
