@@ -437,7 +437,7 @@ def stream_table(runs):
         "server's user and system time over the run, per delta frame delivered and per chunk "
         "relayed. ×floor and ×FastAPI: CPU per chunk over that server's, the median of the "
         "per-round ratios; the floor (examples/floor.rs with `--model-url`) is a bare "
-        "thread-per-connection relay, the CPU this machine needs at least."
+        "thread-per-connection relay (ureq, no store), the least CPU such a server needs here."
         + (f" Load average after the rounds: {loads[-1]}." if loads else ""),
         "",
         "| clients | server | rounds | chunks | errors | delay p50 | delay p99 | newest p50 "
