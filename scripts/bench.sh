@@ -22,11 +22,11 @@
 # STREAM_TOKENS tokens at STREAM_RATE tokens/s from a fake OpenAI-compatible model server that
 # the load generator runs; the load generator starts the server itself, pointed at that model
 # (Sparky with `--model openai --model-url` and the SQLite store; the floor with `--model-url`,
-# a bare thread-per-connection relay over ureq, no store, the least CPU per delta such a server
-# needs on this machine; FastAPI with `--model-url`, relaying with httpx), STREAM_ROUNDS times each,
-# alternating. It reports the delay each chunk adds between the model's write and the client's
-# read, the server's CPU per delta and per chunk (and Sparky's over the floor's and FastAPI's)
-# and peak RSS. `SCENARIOS=stream` runs it alone (see below).
+# a bare thread-per-connection relay over ureq, no store: the least CPU per delta such a
+# server needs on this machine; FastAPI with `--model-url`, relaying with httpx),
+# STREAM_ROUNDS times each, alternating. It reports the delay each chunk adds between the
+# model's write and the client's read, the server's CPU per delta and per chunk (and Sparky's
+# over the floor's and FastAPI's) and peak RSS. `SCENARIOS=stream` runs it alone (see below).
 #
 # Holding 10,000 connections needs more open files than the usual 1024: the script raises the
 # limit (`ulimit -n`) for itself and so for both servers and the load generator. Where the
