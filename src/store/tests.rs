@@ -30,6 +30,7 @@ use crate::model::{ChatMessage, Role, ToolCall};
 
 mod files;
 mod mcp_auth;
+mod text_index;
 mod usage;
 mod vectors;
 

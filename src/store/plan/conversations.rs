@@ -262,6 +262,7 @@ impl<B: Backend> ConversationStore for B {
         let Some(_turn) = Counters::of(self).search_turn(owner) else {
             return Ok(Vec::new());
         };
+        self.catch_up_search();
         self.read("search conversations", View::Search, &mut |db| {
             if !db.time_left()? {
                 return Ok(Vec::new());

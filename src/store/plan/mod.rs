@@ -112,6 +112,11 @@ pub trait Backend: AsRef<Counters> + Send + Sync {
     /// True when `e` is a search stopped because its time budget ran out.
     fn out_of_time(e: &Self::Error) -> bool;
 
+    /// Brings the conversation search's index up to what is committed, where the dialect
+    /// fills it behind the commits (SQLite's `text_index.rs`); nothing elsewhere. A failure is
+    /// the dialect's to log: the search goes on over what is indexed.
+    fn catch_up_search(&self) {}
+
     /// [`crate::store::ConversationStore::apply`]: opens the batch's transaction on the
     /// writer, runs [`apply`] in it, and commits.
     ///

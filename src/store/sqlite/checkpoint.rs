@@ -77,6 +77,11 @@ pub(super) struct Checkpoints {
 /// those copied.
 pub(super) type OnWriter = Box<dyn Fn() -> rusqlite::Result<(i64, i64)> + Send>;
 
+/// Other work the thread does off the path of the turns, before each checkpoint (the
+/// conversation search's index: `text_index.rs`); told whether commits are few (the wake
+/// a second after one) rather than many (the WAL's length).
+pub(super) type Chores = Box<dyn Fn(bool) + Send>;
+
 /// What commits tell the thread.
 #[derive(Debug, Default)]
 struct Signal {
@@ -99,7 +104,8 @@ struct SignalState {
 impl Checkpoints {
     /// Turns the checkpoints on `writer` (the store's writer connection on the file `path`)
     /// off, and starts the thread that runs them instead, on `connection` (another connection
-    /// to the same file), ending them with `on_writer` when the WAL is long.
+    /// to the same file), ending them with `on_writer` when the WAL is long, and doing
+    /// `chores` before each.
     ///
     /// # Errors
     ///
@@ -109,6 +115,7 @@ impl Checkpoints {
         writer: &mut Connection,
         connection: Connection,
         on_writer: OnWriter,
+        chores: Chores,
         path: &Path,
     ) -> Result<Self> {
         let name = path.to_string_lossy().into_owned();
@@ -134,7 +141,7 @@ impl Checkpoints {
         let wal = PathBuf::from(format!("{name}-wal"));
         let thread = thread::Builder::new()
             .name("checkpoint".into())
-            .spawn(move || run(&connection, &on_writer, &thread_signal, &wal))
+            .spawn(move || run(&connection, &on_writer, &chores, &thread_signal, &wal))
             .map_err(Error::Spawn)?;
         Ok(Checkpoints {
             signal,
@@ -179,11 +186,17 @@ impl Signal {
     }
 }
 
-/// The thread: waits for commits, then checkpoints; ends when told to.
-fn run(connection: &Connection, on_writer: &OnWriter, signal: &Signal, wal: &Path) {
+/// The thread: waits for commits, then does its chores and checkpoints; ends when told to.
+fn run(
+    connection: &Connection,
+    on_writer: &OnWriter,
+    chores: &Chores,
+    signal: &Signal,
+    wal: &Path,
+) {
     let mut last = Instant::now();
     loop {
-        {
+        let quiet = {
             let mut state = signal.state.lock();
             loop {
                 if state.stop {
@@ -202,9 +215,12 @@ fn run(connection: &Connection, on_writer: &OnWriter, signal: &Signal, wal: &Pat
                 }
                 signal.wake.wait_until(&mut state, due);
             }
+            let quiet = state.pages < CHECKPOINT_PAGES;
             state.pages = 0;
             state.dirty_since = None;
-        }
+            quiet
+        };
+        chores(quiet);
         checkpoint(connection, on_writer, &signal.wal_pages, wal);
         last = Instant::now();
     }

@@ -67,6 +67,10 @@ pub(super) const SQL: Dialect = Dialect {
     turn_times: &["UPDATE turns SET created_at = ?3 WHERE session_key = ?1 AND turn_id = ?2"],
     delete_session: &[
         "DELETE FROM event_text WHERE rowid IN (SELECT rowid FROM events WHERE session_key = ?1)",
+        // Its events may be the newest, whose rowids SQLite hands out again: the index's mark
+        // goes back to the newest event that stays (`text_index.rs`).
+        "UPDATE text_index SET indexed_to = min(indexed_to, \
+         (SELECT coalesce(max(rowid), 0) FROM events WHERE session_key <> ?1))",
         "DELETE FROM events WHERE session_key = ?1",
         "DELETE FROM messages WHERE session_key = ?1",
         "DELETE FROM notes WHERE session_key = ?1",
@@ -104,68 +108,34 @@ pub(super) const SQL: Dialect = Dialect {
     ),
 };
 
-/// A statement SQLite runs once per row of a table, with the row's values bound as `?1`, `?2`,
-/// … in the order [`BatchTable`] gives its columns (as many as the statement names); with
-/// `needs`, only for a row whose `?needs` is not NULL.
-struct RowStatement {
-    sql: &'static str,
-    needs: Option<usize>,
-}
-
-/// A statement for every row.
-fn every_row(sql: &'static str) -> RowStatement {
-    RowStatement { sql, needs: None }
-}
-
-/// How SQLite writes each table of a batch.
-fn batch_statements(table: BatchTable) -> &'static [RowStatement] {
+/// How SQLite writes each table of a batch: statements run once per row, with the row's values
+/// bound as `?1`, `?2`, … in the order [`BatchTable`] gives its columns (as many as each names).
+fn batch_statements(table: BatchTable) -> &'static [&'static str] {
     match table {
-        BatchTable::Events => &[
-            RowStatement {
-                sql: "INSERT INTO events (session_key, seq, body) VALUES (?1, ?2, ?3)",
-                needs: None,
-            },
-            // The search text goes into the full-text index under the event's rowid, and
-            // under the conversation owner's token.
-            RowStatement {
-                sql: "INSERT INTO event_text (rowid, text, owner_token, session_key) \
-                      VALUES (last_insert_rowid(), ?4, \
-                      (SELECT 'o' || hex(owner) FROM sessions WHERE key = ?1), ?1)",
-                needs: Some(4),
-            },
-        ],
-        BatchTable::Messages => &[RowStatement {
-            sql: "INSERT INTO messages \
+        // The search text waits in its event's row for the full-text index (`text_index.rs`).
+        BatchTable::Events => &["INSERT INTO events (session_key, seq, body, search_text) \
+                  VALUES (?1, ?2, ?3, ?4)"],
+        BatchTable::Messages => &["INSERT INTO messages \
              (session_key, idx, role, content, tool_calls, tool_call_id, is_error, turn_id) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            needs: None,
-        }],
-        BatchTable::Notes => &[RowStatement {
-            sql: "INSERT INTO notes (session_key, text) VALUES (?1, ?2)",
-            needs: None,
-        }],
-        BatchTable::Turns => &[RowStatement {
-            sql: "INSERT OR IGNORE INTO turns (session_key, turn_id, opened_seq, closed_seq, \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"],
+        BatchTable::Notes => &["INSERT INTO notes (session_key, text) VALUES (?1, ?2)"],
+        BatchTable::Turns => &[
+            "INSERT OR IGNORE INTO turns (session_key, turn_id, opened_seq, closed_seq, \
              parent, client_id, closing, reset, created_at) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            needs: None,
-        }],
+        ],
         // Only one turn of a conversation is ever open: the one opened before the close.
-        BatchTable::TurnCloses => &[RowStatement {
-            sql: "UPDATE turns SET closed_seq = ?2, closing = ?3, reset = ?4 \
+        BatchTable::TurnCloses => &[
+            "UPDATE turns SET closed_seq = ?2, closing = ?3, reset = ?4 \
              WHERE session_key = ?1 AND closed_seq IS NULL AND opened_seq < ?2",
-            needs: None,
-        }],
-        BatchTable::Sessions => &[RowStatement {
-            sql: "UPDATE sessions SET \
+        ],
+        BatchTable::Sessions => &["UPDATE sessions SET \
              last_seq = MAX(last_seq, ?2), turns = MAX(turns, ?3), \
              open_turn = CASE WHEN ?4 THEN ?5 ELSE open_turn END, \
              open_text = CASE WHEN ?4 THEN ?6 ELSE open_text END, \
              title = coalesce(title, ?7), prompt_tokens = prompt_tokens + ?8, \
              completion_tokens = completion_tokens + ?9, leaf = coalesce(?10, leaf), \
-             updated_at = ?11 WHERE key = ?1",
-            needs: None,
-        }],
+             updated_at = ?11 WHERE key = ?1"],
     }
 }
 
@@ -220,8 +190,7 @@ impl Db for Lite<'_> {
         statements: &'static [&'static str],
         table: &Table<'_>,
     ) -> rusqlite::Result<()> {
-        let statements: Vec<RowStatement> = statements.iter().map(|sql| every_row(sql)).collect();
-        write_each_row(self.0, &statements, table)
+        write_each_row(self.0, statements, table)
     }
 
     fn write_rows(&mut self, rows: &Rows<'_>) -> rusqlite::Result<()> {
@@ -235,7 +204,7 @@ impl Db for Lite<'_> {
 /// Runs `statements` for each row of `table` in turn, prepared once.
 fn write_each_row(
     connection: &Connection,
-    statements: &[RowStatement],
+    statements: &[&str],
     table: &Table<'_>,
 ) -> rusqlite::Result<()> {
     if table.rows == 0 {
@@ -243,14 +212,10 @@ fn write_each_row(
     }
     let mut prepared = statements
         .iter()
-        .map(|step| Ok((connection.prepare_cached(step.sql)?, step.needs)))
+        .map(|sql| connection.prepare_cached(sql))
         .collect::<rusqlite::Result<Vec<_>>>()?;
     for row in 0..table.rows {
-        for (statement, needs) in &mut prepared {
-            let wanted = needs.is_none_or(|at| !table.columns[at - 1].at(row).is_null());
-            if !wanted {
-                continue;
-            }
+        for statement in &mut prepared {
             let named = statement.parameter_count();
             for (index, column) in table.columns.iter().take(named).enumerate() {
                 statement.raw_bind_parameter(index + 1, column.at(row))?;

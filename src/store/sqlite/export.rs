@@ -327,7 +327,7 @@ fn export_conversation(
     )?;
     conversation.events = connection
         .prepare(
-            "SELECT e.seq, e.body, t.text FROM events e \
+            "SELECT e.seq, e.body, coalesce(t.text, e.search_text) FROM events e \
              LEFT JOIN event_text t ON t.rowid = e.rowid \
              WHERE e.session_key = ?1 ORDER BY e.seq",
         )?

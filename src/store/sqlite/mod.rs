@@ -14,13 +14,16 @@
 //! WAL's checkpoints, `export.rs` reads
 //! everything for `sparky migrate-store`, `backup.rs` copies the file for `sparky backup`.
 //!
-//! Depends on: `common::error`, `store`, `store::plan`, `store::plan::batch`, `store::plan::files`, `store::sqlite::checkpoint`, `store::sqlite::db`, `store::sqlite::schema`.
+//! Depends on: `common::error`, `store`, `store::plan`, `store::plan::batch`, `store::plan::files`,
+//! `store::sqlite::checkpoint`, `store::sqlite::db`, `store::sqlite::schema`,
+//! `store::sqlite::text_index`.
 
 mod backup;
 mod checkpoint;
 mod db;
 mod export;
 pub(super) mod schema;
+mod text_index;
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -31,9 +34,10 @@ use std::time::{Duration, Instant};
 use parking_lot::{Mutex, MutexGuard};
 use rusqlite::{Connection, OpenFlags};
 
-use self::checkpoint::{Checkpoints, OnWriter};
+use self::checkpoint::{Checkpoints, Chores, OnWriter};
 use self::db::{Lite, SQL};
 use self::schema::migrate;
+use self::text_index::{DUE_TEXTS, TextIndex};
 use super::plan::{Backend, Counters, Dialect, Keys, View, Work, Write, apply, sweep_uploads};
 use super::{StoreStatus, WriteOp};
 use crate::common::error::{Error, Result};
@@ -64,8 +68,11 @@ pub struct SqliteStore {
     next_reader: AtomicUsize,
     /// The node count and the search budget.
     counters: Counters,
-    /// The thread that checkpoints the WAL, for a store on disk that a server runs on.
+    /// The thread that checkpoints the WAL, for a store on disk that a server runs on. It also
+    /// fills the conversation search's index; without it, each batch does.
     checkpoints: Option<Checkpoints>,
+    /// What the conversation search's index lacks, shared with the `checkpoint` thread.
+    text: Arc<TextIndex>,
     /// Held (and locked) for as long as the store is open.
     _lock: Option<File>,
     path: Option<PathBuf>,
@@ -165,10 +172,18 @@ impl SqliteStore {
                     Ok((row.get(1)?, row.get(2)?))
                 })
         });
+        let (writer, text) = (store.writer.clone(), store.text.clone());
+        let chores: Chores = Box::new(move |quiet| {
+            let waiting = text.waiting();
+            if waiting >= DUE_TEXTS || (quiet && waiting > 0) {
+                index_text(&writer, &text);
+            }
+        });
         store.checkpoints = Some(Checkpoints::start(
             &mut store.writer.lock().connection,
             checkpointer,
             on_writer,
+            chores,
             &path,
         )?);
         store._lock = Some(lock);
@@ -311,6 +326,9 @@ impl SqliteStore {
     fn connect_only(name: &str, context: &str) -> Result<Self> {
         let mut writer = open_connection(name, context)?;
         migrate(&mut writer, context)?;
+        // What a crash left out of the conversation search's index.
+        let text = Arc::new(TextIndex::default());
+        catch_up(&writer, &text).map_err(|e| store_error(context, e))?;
         let readers = (0..READERS)
             .map(|_| open_connection(name, context).map(Mutex::new))
             .collect::<Result<Vec<_>>>()?;
@@ -327,6 +345,7 @@ impl SqliteStore {
             next_reader: AtomicUsize::new(0),
             counters: Counters::new(nodes, READERS),
             checkpoints: None,
+            text,
             _lock: None,
             path: None,
         };
@@ -435,9 +454,30 @@ impl Backend for SqliteStore {
         e.sqlite_error_code() == Some(rusqlite::ErrorCode::OperationInterrupted)
     }
 
+    fn catch_up_search(&self) {
+        if self.text.waiting() > 0 {
+            index_text(&self.writer, &self.text);
+        }
+    }
+
     /// A batch of only deletions and renames goes through the size cap (see
     /// [`Writer::uncapped`]).
     fn write_batch(&self, batch: &[WriteOp]) -> Result<()> {
+        let texts = batch
+            .iter()
+            .filter(|op| {
+                matches!(
+                    op,
+                    WriteOp::Event {
+                        search_text: Some(_),
+                        ..
+                    }
+                )
+            })
+            .count();
+        // Without the `checkpoint` thread (in memory, beside a server), the batch fills the
+        // index itself.
+        let inline = texts > 0 && self.checkpoints.is_none();
         let mut writer = self.writer.lock();
         let written = writer.uncapped(WriteOp::only_removes(batch), |writer| {
             let Writer {
@@ -445,11 +485,16 @@ impl Backend for SqliteStore {
             } = writer;
             let tx = immediate(connection)?;
             apply(&mut Lite(&tx), &SQL, keys, batch)?;
+            if inline {
+                while self.text.step(&tx)? {}
+            }
             tx.commit()
         });
-        if written.is_err() {
+        match written {
+            Ok(()) if !inline => self.text.committed(texts),
+            Ok(()) => {}
             // Keys learnt in a transaction that did not commit may name nothing.
-            writer.keys.clear();
+            Err(_) => writer.keys.clear(),
         }
         written.map_err(|e| write_error("write", &e))
     }
@@ -481,6 +526,35 @@ impl Backend for SqliteStore {
             pool: None,
         }
     }
+}
+
+/// Brings the conversation search's index up to what is committed, a step per transaction, so
+/// that batches go on between steps. A failure (a full store) is logged: searches then miss
+/// the newest texts until a later try.
+fn index_text(writer: &Mutex<Writer>, text: &TextIndex) {
+    loop {
+        let writer = writer.lock();
+        let stepped = immediate(&writer.connection).and_then(|tx| {
+            let more = text.step(&tx)?;
+            tx.commit()?;
+            Ok(more)
+        });
+        match stepped {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                log::warn!("store: the conversation search's index is behind: {e}");
+                return;
+            }
+        }
+    }
+}
+
+/// [`index_text`] in one transaction on `connection`, before anyone else uses it.
+fn catch_up(connection: &Connection, text: &TextIndex) -> rusqlite::Result<()> {
+    let tx = immediate(connection)?;
+    while text.step(&tx)? {}
+    tx.commit()
 }
 
 /// A write transaction that takes the write lock at its start (`BEGIN IMMEDIATE`), waiting

@@ -461,6 +461,18 @@ CREATE TABLE mcp_oauth_sign_ins (
 );
 "#;
 
+/// Version 10 to 11: the conversation search's index is filled behind the commits
+/// (`text_index.rs`): an event keeps its search text in `events.search_text` until the index
+/// has it, and `text_index` holds the newest event rowid indexed (every one stored so far is).
+/// The index of sessions by their last change goes: every turn rewrote it, and only the
+/// retention pass (opt-in, on the reaper's tick) looked rows up by it; it scans the table now.
+const V11_TEXT_INDEX: &str = r#"
+ALTER TABLE events ADD COLUMN search_text TEXT;
+CREATE TABLE text_index (indexed_to INTEGER NOT NULL);
+INSERT INTO text_index (indexed_to) SELECT coalesce(max(rowid), 0) FROM events;
+DROP INDEX sessions_updated;
+"#;
+
 /// One migration: SQL, then an optional step in code.
 type Migration = (
     &'static str,
@@ -479,6 +491,7 @@ const MIGRATIONS: [Migration; SCHEMA_VERSION as usize] = [
     (V8, None),
     (V9_USAGE, None),
     (V10_MCP_OAUTH, None),
+    (V11_TEXT_INDEX, None),
 ];
 
 /// Brings the database to [`SCHEMA_VERSION`], one version per transaction.
