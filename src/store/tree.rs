@@ -35,6 +35,8 @@ pub struct TurnTree {
     turns: Vec<TreeTurn>,
     leaf: u64,
     client_ids: HashMap<String, u64>,
+    /// Turns whose user message carried files: with none, no path has any to gather.
+    carrying: usize,
 }
 
 impl TurnTree {
@@ -69,10 +71,15 @@ impl TurnTree {
         } else {
             count as u64
         };
+        let carrying = turns
+            .iter()
+            .filter(|turn| !turn.attachments.is_empty())
+            .count();
         TurnTree {
             turns,
             leaf,
             client_ids,
+            carrying,
         }
     }
 
@@ -117,6 +124,9 @@ impl TurnTree {
         let id = self.len() + 1;
         if let Some(client_id) = &client_id {
             self.client_ids.insert(client_id.clone(), id);
+        }
+        if !attachments.is_empty() {
+            self.carrying += 1;
         }
         self.turns.push(TreeTurn {
             parent: if parent < id { parent } else { 0 },
@@ -163,10 +173,15 @@ impl TurnTree {
         newest
     }
 
-    /// The files the user messages of the turns in `path` carried, oldest first, each once.
-    pub fn files_on(&self, path: &[u64]) -> Vec<Attachment> {
+    /// The files the user messages on the path ending at `leaf` carried (the turns
+    /// [`path`](Self::path) gives), oldest first, each once. Without a walk when no turn
+    /// carried any.
+    pub fn files_to(&self, leaf: u64) -> Vec<Attachment> {
         let mut files: Vec<Attachment> = Vec::new();
-        for turn in path.iter().filter_map(|id| self.turn(*id)) {
+        if self.carrying == 0 {
+            return files;
+        }
+        for turn in self.path(leaf).iter().filter_map(|id| self.turn(*id)) {
             for file in &turn.attachments {
                 if !files.iter().any(|known| known.id == file.id) {
                     files.push(file.clone());
@@ -209,6 +224,32 @@ mod tests {
         tree.open(1, Some("d".into()), Vec::new());
         tree.open(4, None, Vec::new());
         tree
+    }
+
+    #[test]
+    fn the_files_on_a_path_are_its_turns_files_each_once() {
+        let file = |id: &str| Attachment {
+            id: id.into(),
+            name: format!("{id}.txt"),
+            content_type: "text/plain".into(),
+            size: 1,
+        };
+        let mut tree = forked();
+        assert!(tree.files_to(5).is_empty());
+        // 6 after 3 carries a and b; 7 after 6 carries b again and c; 8 after 5 carries d.
+        tree.open(3, None, vec![file("a"), file("b")]);
+        tree.open(6, None, vec![file("b"), file("c")]);
+        tree.open(5, None, vec![file("d")]);
+        let ids = |leaf| -> Vec<String> { tree.files_to(leaf).into_iter().map(|f| f.id).collect() };
+        assert_eq!(ids(7), ["a", "b", "c"]);
+        assert_eq!(ids(8), ["d"]);
+        assert!(ids(3).is_empty());
+        // The same from the rows a store keeps.
+        let rows = (1..=tree.len())
+            .filter_map(|id| Some((id, tree.turn(id)?.clone())))
+            .collect();
+        let loaded = TurnTree::from_rows(tree.len(), rows, tree.leaf());
+        assert_eq!(loaded, tree);
     }
 
     #[test]

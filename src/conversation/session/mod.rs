@@ -496,7 +496,7 @@ impl Session {
                 .tree
                 .open(parent, client_id.clone(), attachments.clone()),
         );
-        let path_files = state.tree.files_on(&state.tree.path(turn_id.0));
+        let path_files = state.tree.files_to(turn_id.0);
         let frame = ServerFrame::UserMessage {
             attachments: attachments.clone(),
             turn_id,
