@@ -115,6 +115,19 @@ fn the_newest_conversation_deleted_does_not_hide_the_texts_of_the_next() {
     assert!(found(&store, "ann", "newts").is_empty());
     assert_eq!(found(&store, "ann", "owls"), [one.as_str()]);
     assert_eq!(indexed(&store), 3);
+    // A conversation deleted before the index took its texts.
+    let four = id(4);
+    store
+        .apply(&[
+            create(&four, "ann"),
+            event(&four, 1, TurnMark::None, Some("shrews at night")),
+        ])
+        .unwrap();
+    store
+        .apply(&[WriteOp::DeleteSession { session: four }])
+        .unwrap();
+    assert!(found(&store, "ann", "shrews").is_empty());
+    assert_eq!((indexed(&store), waiting(&store)), (3, 0));
 }
 
 #[test]
