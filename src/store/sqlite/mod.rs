@@ -69,7 +69,7 @@ pub struct SqliteStore {
     /// The node count and the search budget.
     counters: Counters,
     /// The thread that checkpoints the WAL, for a store on disk that a server runs on. It also
-    /// fills the conversation search's index; without it, each batch does.
+    /// fills the conversation search's index; without it, the batches do, in steps as large.
     checkpoints: Option<Checkpoints>,
     /// What the conversation search's index lacks, shared with the `checkpoint` thread.
     text: Arc<TextIndex>,
@@ -475,9 +475,9 @@ impl Backend for SqliteStore {
                 )
             })
             .count();
-        // Without the `checkpoint` thread (in memory, beside a server), the batch fills the
-        // index itself.
-        let inline = texts > 0 && self.checkpoints.is_none();
+        // Without the `checkpoint` thread (in memory, beside a server), the batch that brings
+        // the waiting texts to `DUE_TEXTS` indexes them itself.
+        let inline = self.checkpoints.is_none() && self.text.waiting() + texts >= DUE_TEXTS;
         let mut writer = self.writer.lock();
         let written = writer.uncapped(WriteOp::only_removes(batch), |writer| {
             let Writer {
@@ -491,8 +491,8 @@ impl Backend for SqliteStore {
             tx.commit()
         });
         match written {
-            Ok(()) if !inline => self.text.committed(texts),
-            Ok(()) => {}
+            Ok(()) if inline => self.text.caught_up(),
+            Ok(()) => self.text.committed(texts),
             // Keys learnt in a transaction that did not commit may name nothing.
             Err(_) => writer.keys.clear(),
         }
@@ -541,7 +541,10 @@ fn index_text(writer: &Mutex<Writer>, text: &TextIndex) {
         });
         match stepped {
             Ok(true) => {}
-            Ok(false) => return,
+            Ok(false) => {
+                text.caught_up();
+                return;
+            }
             Err(e) => {
                 log::warn!("store: the conversation search's index is behind: {e}");
                 return;
@@ -554,7 +557,9 @@ fn index_text(writer: &Mutex<Writer>, text: &TextIndex) {
 fn catch_up(connection: &Connection, text: &TextIndex) -> rusqlite::Result<()> {
     let tx = immediate(connection)?;
     while text.step(&tx)? {}
-    tx.commit()
+    tx.commit()?;
+    text.caught_up();
+    Ok(())
 }
 
 /// A write transaction that takes the write lock at its start (`BEGIN IMMEDIATE`), waiting

@@ -26,7 +26,8 @@ use rusqlite::Connection;
 /// Event rowids one step covers: a step holds the writer for about a millisecond.
 const CHUNK_ROWS: i64 = 512;
 
-/// Texts waiting past which the `checkpoint` thread indexes them at its next wake.
+/// Texts waiting past which the `checkpoint` thread indexes them at its next wake (a store
+/// without that thread: the batch that passes it).
 pub(super) const DUE_TEXTS: usize = 1024;
 
 /// The indexed part and the newest event.
@@ -67,9 +68,14 @@ impl TextIndex {
         self.waiting.load(Ordering::Relaxed)
     }
 
+    /// Every text committed is indexed now: told by the writer's holder once the last step
+    /// committed (no batch lands meanwhile).
+    pub(super) fn caught_up(&self) {
+        self.waiting.store(0, Ordering::Relaxed);
+    }
+
     /// One step, in the writer's transaction `tx`: indexes the next [`CHUNK_ROWS`] events.
-    /// Returns true when more are left. Once none is, the count of waiting texts starts over
-    /// (the caller holds the writer, so no batch lands meanwhile).
+    /// Returns true when more are left.
     ///
     /// # Errors
     ///
@@ -78,16 +84,12 @@ impl TextIndex {
         let (from, newest): (i64, i64) =
             tx.query_row(BOUNDS, [], |row| Ok((row.get(0)?, row.get(1)?)))?;
         if from >= newest {
-            self.waiting.store(0, Ordering::Relaxed);
             return Ok(false);
         }
         let to = newest.min(from.saturating_add(CHUNK_ROWS));
         tx.prepare_cached(INDEX)?.execute([from, to])?;
         tx.prepare_cached(CLEAR)?.execute([from, to])?;
         tx.prepare_cached(MOVE)?.execute([to])?;
-        if to >= newest {
-            self.waiting.store(0, Ordering::Relaxed);
-        }
         Ok(to < newest)
     }
 }

@@ -2,7 +2,8 @@
 //! (`store/sqlite/text_index.rs`): a search finds what was just said though the index had not
 //! taken it; the `checkpoint` thread takes it unasked; a start takes what a crash left; the
 //! newest conversation deleted does not hide the texts of the next; a store of the schema
-//! before keeps its index and loses its index of sessions by their last change.
+//! before keeps its index and loses its index of sessions by their last change; a store
+//! without that thread (in memory) indexes in the batch that brings enough texts.
 //!
 //! Depends on: `store`, `store::sqlite`, `store::sqlite::schema`, `store::tests`.
 
@@ -159,4 +160,23 @@ fn version_10_keeps_its_index_and_loses_the_index_by_last_change() {
         .unwrap();
     assert_eq!(found(&store, "ann", "dive"), [id(1).as_str()]);
     assert_eq!(indexed(&store), 2);
+}
+
+#[test]
+fn without_the_checkpoint_thread_the_batch_that_brings_enough_texts_indexes_them() {
+    let store = SqliteStore::in_memory().unwrap();
+    let one = id(1);
+    store.apply(&[create(&one, "ann")]).unwrap();
+    for seq in 1..=5_000 {
+        store
+            .apply(&[event(&one, seq, TurnMark::None, Some("moles dig"))])
+            .unwrap();
+        if indexed(&store) > 0 {
+            // Many batches' texts at once, and all of them.
+            assert!(seq >= 100, "indexed after {seq} texts");
+            assert_eq!((indexed(&store), waiting(&store)), (seq as i64, 0));
+            return;
+        }
+    }
+    panic!("5,000 texts and none indexed");
 }
