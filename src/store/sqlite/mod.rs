@@ -326,9 +326,13 @@ impl SqliteStore {
     fn connect_only(name: &str, context: &str) -> Result<Self> {
         let mut writer = open_connection(name, context)?;
         migrate(&mut writer, context)?;
-        // What a crash left out of the conversation search's index.
+        // What a crash left out of the conversation search's index. A store that cannot take
+        // it now (a full disk) opens all the same, and the first search tries again.
         let text = Arc::new(TextIndex::default());
-        catch_up(&writer, &text).map_err(|e| store_error(context, e))?;
+        if let Err(e) = catch_up(&writer, &text) {
+            log::warn!("store: {context}: the conversation search's index is behind: {e}");
+            text.committed(1);
+        }
         let readers = (0..READERS)
             .map(|_| open_connection(name, context).map(Mutex::new))
             .collect::<Result<Vec<_>>>()?;

@@ -3,7 +3,8 @@
 //! taken it; the `checkpoint` thread takes it unasked; a start takes what a crash left; the
 //! newest conversation deleted does not hide the texts of the next; a store of the schema
 //! before keeps its index and loses its index of sessions by their last change; a store
-//! without that thread (in memory) indexes in the batch that brings enough texts.
+//! without that thread (in memory) indexes in the batch that brings enough texts; a store whose
+//! index cannot catch up (a full disk) still opens, searches and writes.
 //!
 //! Depends on: `store`, `store::sqlite`, `store::sqlite::schema`, `store::tests`.
 
@@ -179,4 +180,31 @@ fn without_the_checkpoint_thread_the_batch_that_brings_enough_texts_indexes_them
         }
     }
     panic!("5,000 texts and none indexed");
+}
+
+#[test]
+fn a_store_whose_index_cannot_catch_up_still_opens_and_searches() {
+    let dir = temp_dir("text-index-broken");
+    let store = SqliteStore::open(&dir).unwrap();
+    let one = id(1);
+    store
+        .apply(&[
+            create(&one, "ann"),
+            event(&one, 1, TurnMark::None, Some("stoats")),
+        ])
+        .unwrap();
+    assert_eq!(found(&store, "ann", "stoats"), [one.as_str()]);
+    store
+        .apply(&[event(&one, 2, TurnMark::None, Some("weasels"))])
+        .unwrap();
+    drop(store);
+    // Every step now fails, as one would on a full disk.
+    let connection = rusqlite::Connection::open(dir.join(DATABASE_FILE)).unwrap();
+    connection.execute_batch("DROP TABLE text_index").unwrap();
+    drop(connection);
+    let store = SqliteStore::open(&dir).unwrap();
+    assert_eq!(found(&store, "ann", "stoats"), [one.as_str()]);
+    store
+        .apply(&[event(&one, 3, TurnMark::None, Some("martens"))])
+        .unwrap();
 }
