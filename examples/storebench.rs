@@ -18,6 +18,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Parser;
+use nix::sys::resource::{UsageWho, getrusage};
+use nix::sys::time::TimeVal;
 use sparky::common::protocol::{ServerFrame, SessionId, TurnId, Usage, encode};
 use sparky::model::{ChatMessage, Role};
 use sparky::store::{Closing, ConversationStore, SqliteStore, TurnMark, WriteOp};
@@ -29,19 +31,13 @@ struct Args {
     turns: u64,
 }
 
-/// The process's user and system CPU time so far, in microseconds (`/proc/self/stat`).
+/// The process's user and system CPU time so far, every thread's, in microseconds.
 fn cpu_us() -> u64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // The fields after the command's closing parenthesis; utime and stime are the 12th and
-    // 13th of them, in clock ticks (100 a second on Linux).
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<u64> = after
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|field| field.parse().ok())
-        .collect();
-    fields.iter().sum::<u64>() * 10_000
+    let Ok(usage) = getrusage(UsageWho::RUSAGE_SELF) else {
+        return 0;
+    };
+    let micros = |time: TimeVal| time.tv_sec() as u64 * 1_000_000 + time.tv_usec() as u64;
+    micros(usage.user_time()) + micros(usage.system_time())
 }
 
 /// The batch of turn `turn` of `session`, as the journal writes it when the model answers at

@@ -326,13 +326,6 @@ impl SqliteStore {
     fn connect_only(name: &str, context: &str) -> Result<Self> {
         let mut writer = open_connection(name, context)?;
         migrate(&mut writer, context)?;
-        // What a crash left out of the conversation search's index. A store that cannot take
-        // it now (a full disk) opens all the same, and the first search tries again.
-        let text = Arc::new(TextIndex::default());
-        if let Err(e) = catch_up(&writer, &text) {
-            log::warn!("store: {context}: the conversation search's index is behind: {e}");
-            text.committed(1);
-        }
         let readers = (0..READERS)
             .map(|_| open_connection(name, context).map(Mutex::new))
             .collect::<Result<Vec<_>>>()?;
@@ -349,10 +342,13 @@ impl SqliteStore {
             next_reader: AtomicUsize::new(0),
             counters: Counters::new(nodes, READERS),
             checkpoints: None,
-            text,
+            text: Arc::new(TextIndex::default()),
             _lock: None,
             path: None,
         };
+        // What a crash left out of the conversation search's index. A store that cannot take
+        // it now (a full disk) opens all the same, and the first search tries again.
+        index_text(&store.writer, &store.text);
         Ok(store)
     }
 
@@ -533,8 +529,8 @@ impl Backend for SqliteStore {
 }
 
 /// Brings the conversation search's index up to what is committed, a step per transaction, so
-/// that batches go on between steps. A failure (a full store) is logged: searches then miss
-/// the newest texts until a later try.
+/// that batches go on between steps. A failure (a full store) is logged and leaves the index
+/// marked behind: searches miss the newest texts until a later try.
 fn index_text(writer: &Mutex<Writer>, text: &TextIndex) {
     loop {
         let writer = writer.lock();
@@ -551,19 +547,11 @@ fn index_text(writer: &Mutex<Writer>, text: &TextIndex) {
             }
             Err(e) => {
                 log::warn!("store: the conversation search's index is behind: {e}");
+                text.behind();
                 return;
             }
         }
     }
-}
-
-/// [`index_text`] in one transaction on `connection`, before anyone else uses it.
-fn catch_up(connection: &Connection, text: &TextIndex) -> rusqlite::Result<()> {
-    let tx = immediate(connection)?;
-    while text.step(&tx)? {}
-    tx.commit()?;
-    text.caught_up();
-    Ok(())
 }
 
 /// A write transaction that takes the write lock at its start (`BEGIN IMMEDIATE`), waiting

@@ -10,7 +10,8 @@
 //! A step is taken:
 //! - by the `checkpoint` thread, off the path of any turn, once [`DUE_TEXTS`] texts wait, or
 //!   when commits are few (its one-second wake);
-//! - before a conversation search and an export, so that neither misses what was just said;
+//! - before a conversation search, so that it never misses what was just said (an export
+//!   reads each text where it waits);
 //! - at start, for what a crash left.
 //!
 //! Every event up to `indexed_to` is indexed, and every one above it is not. A deletion keeps
@@ -66,6 +67,12 @@ impl TextIndex {
     /// Texts committed and not indexed yet.
     pub(super) fn waiting(&self) -> usize {
         self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// A step failed: something is left, whatever the count said (at start, what a crash
+    /// left), so that the next search tries again.
+    pub(super) fn behind(&self) {
+        self.waiting.fetch_max(1, Ordering::Relaxed);
     }
 
     /// Every text committed is indexed now: told by the writer's holder once the last step
